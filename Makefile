@@ -1,0 +1,64 @@
+# Lianfang — the one front door. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+KAFKA_DATA ?= .run/kafka
+STAMP := $(VENV)/.installed
+
+.PHONY: help run test test-unit test-integration kafka-up kafka-down lint format bench prereqs jars clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+prereqs: ## check Python 3.11+, Java 17+ and Maven, and say how to fix what is missing
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found. fix: install Python 3.11+ (Debian: apt-get install python3 python3-venv)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: Python 3.11+ is needed, $(PYTHON) is $$($(PYTHON) -V 2>&1). fix: PYTHON=python3.11 make ..."; exit 1; }
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { echo "error: $(PYTHON) lacks venv/ensurepip. fix: apt-get install python3-venv"; exit 1; }
+	@command -v java >/dev/null || [ -x "$$JAVA_HOME/bin/java" ] || { echo "error: Java 17+ not found (it runs the local Kafka broker). fix: apt-get install openjdk-17-jre-headless, or set JAVA_HOME"; exit 1; }
+	@command -v mvn >/dev/null || { echo "error: Maven (mvn) not found (it fetches the Kafka jars once). fix: apt-get install maven"; exit 1; }
+
+$(STAMP): pyproject.toml | prereqs
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@# confluent-kafka is only a benchmark baseline: used when its wheel installs, skipped otherwise.
+	-@$(PY) -m pip install -q '.[bench]' >/dev/null 2>&1 || echo "note: confluent-kafka did not install; the benchmark leaves it out"
+	@touch $@
+
+jars: $(STAMP) ## fetch the Kafka broker jars from Maven Central (once)
+	@$(PY) -m deploy.kafka fetch >/dev/null
+
+run: $(STAMP) jars ## start the local Kafka and run the whole pipeline (Ctrl-C stops the services)
+	@$(PY) -m deploy.kafka up --data $(KAFKA_DATA) >/dev/null
+	@echo "Kafka: $$(cat $(KAFKA_DATA)/bootstrap)   (make kafka-down stops it)"
+	LIANFANG_BOOTSTRAP=$$(cat $(KAFKA_DATA)/bootstrap) $(VENV)/bin/lianfang run
+
+test: $(STAMP) jars ## run every test (unit, integration on a real Kafka, e2e)
+	$(PY) -m pytest
+
+test-unit: $(STAMP) ## run the unit tests only (no network)
+	$(PY) -m pytest -m unit
+
+kafka-up: $(STAMP) jars ## start a local single-node Kafka (NODES=3 for three) and print its address
+	@$(PY) -m deploy.kafka up --data $(KAFKA_DATA) $(if $(NODES),--nodes $(NODES),)
+
+kafka-down: ## stop the local Kafka; leaves no Java process behind
+	@$(PYTHON) -m deploy.kafka down --data $(KAFKA_DATA)
+
+lint: $(STAMP) ## ruff (lint and format check) and mypy strict
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP) ## apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(STAMP) jars ## run the benchmarks; prints figures and baselines, writes bench-results/*.json
+	$(PY) -m tests.bench
+
+clean: kafka-down ## remove the virtualenv, local Kafka data and caches (keeps fetched jars)
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

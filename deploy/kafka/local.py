@@ -1,0 +1,461 @@
+"""A local Apache Kafka for development and CI: fetch the jars, format storage, start, wait, stop.
+
+Standard library only, so it runs before the project's virtualenv exists. One node is a combined
+broker and controller (KRaft, ``--standalone``); three nodes are three such processes forming a
+static controller quorum, with replication factor 3 and ``min.insync.replicas=2``.
+
+    python -m deploy.kafka fetch                   # jars into deploy/kafka/.jars (once)
+    python -m deploy.kafka up --data .run/kafka    # prints 127.0.0.1:PORT
+    python -m deploy.kafka down --data .run/kafka  # stops it; no Java process is left
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+POM = HERE / "pom.xml"
+LOG4J_CONFIG = HERE / "log4j2.properties"
+JARS_ROOT = HERE / ".jars"
+STATE_FILE = "cluster.json"
+HEAP = "512m"
+READY_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 30.0
+
+
+class LocalKafkaError(Exception):
+    """Anything that keeps the local broker from starting or stopping; the message says the fix."""
+
+
+# --------------------------------------------------------------------------- prerequisites
+
+
+def _java_major(java: str) -> int:
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if not match:
+        raise LocalKafkaError(f"could not read the Java version from `{java} -version`")
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major
+
+
+def find_java() -> str:
+    """Return a Java 17+ executable (``JAVA_HOME`` first, then ``PATH``) or say how to get one."""
+    candidates = []
+    if os.environ.get("JAVA_HOME"):
+        candidates.append(str(Path(os.environ["JAVA_HOME"]) / "bin" / "java"))
+    if found := shutil.which("java"):
+        candidates.append(found)
+    for java in candidates:
+        if Path(java).exists() and _java_major(java) >= 17:
+            return java
+    raise LocalKafkaError(
+        "Java 17 or newer is needed to run the local Kafka broker and none was found.\n"
+        "  fix: install it (Debian: `apt-get install openjdk-17-jre-headless`) or set JAVA_HOME."
+    )
+
+
+def find_maven() -> str:
+    if found := shutil.which("mvn"):
+        return found
+    raise LocalKafkaError(
+        "Maven (`mvn`) is needed once, to fetch the Kafka jars from Maven Central, and was not found.\n"
+        "  fix: install it (Debian: `apt-get install maven`)."
+    )
+
+
+# --------------------------------------------------------------------------- jars
+
+
+def _pom_digest() -> str:
+    return hashlib.sha256(POM.read_bytes()).hexdigest()[:16]
+
+
+def jars_dir() -> Path:
+    """Where the jars of the current pom.xml live once fetched (a new pom means a new folder)."""
+    return JARS_ROOT / _pom_digest()
+
+
+def fetch_jars(*, quiet: bool = False) -> Path:
+    """Fetch the broker jars once; later calls reuse them.
+
+    Maven copies into a scratch folder that is renamed into place only after it succeeded, with a
+    ``COMPLETE`` marker, so a download that was cut short is never taken for a complete one.
+    """
+    target = jars_dir()
+    if (target / "COMPLETE").is_file():
+        return target
+    mvn = find_maven()
+    JARS_ROOT.mkdir(parents=True, exist_ok=True)
+    scratch = JARS_ROOT / f".partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    cmd = [
+        mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
+        f"-DoutputDirectory={scratch}", "-DincludeScope=runtime",
+    ]  # fmt: skip
+    if not quiet:
+        print("fetching the Kafka jars from Maven Central (once) ...", file=sys.stderr)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    jars = list(scratch.glob("*.jar")) if scratch.is_dir() else []
+    if proc.returncode != 0 or not any(j.name.startswith("kafka_2.13-") for j in jars):
+        shutil.rmtree(scratch, ignore_errors=True)
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise LocalKafkaError(
+            "fetching the Kafka jars with Maven failed (nothing was kept; the next run tries again).\n"
+            f"  command: {' '.join(cmd)}\n  Maven said:\n{tail}\n"
+            "  fix: check that Maven Central is reachable (proxy settings in ~/.m2/settings.xml)."
+        )
+    (scratch / "COMPLETE").write_text(_pom_digest() + "\n")
+    try:
+        scratch.rename(target)
+    except OSError:  # another process finished first: theirs is as good as ours
+        shutil.rmtree(scratch, ignore_errors=True)
+        if not (target / "COMPLETE").is_file():
+            raise
+    return target
+
+
+# --------------------------------------------------------------------------- ports and readiness
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_port_free(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise LocalKafkaError(
+                f"port 127.0.0.1:{port} is already taken, so the broker cannot listen there.\n"
+                "  fix: stop whatever holds it (`make kafka-down`, or `ss -ltnp` to find it), "
+                "or choose another port (KAFKA_PORT=...)."
+            ) from e
+
+
+def _metadata_request(correlation_id: int) -> bytes:
+    # Metadata v4 (a version Kafka 4 still serves), request header v1, all topics (null array).
+    client_id = b"lianfang-probe"
+    body = struct.pack(">hhih", 3, 4, correlation_id, len(client_id)) + client_id
+    body += struct.pack(">ib", -1, 0)
+    return struct.pack(">i", len(body)) + body
+
+
+def _read_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("broker closed the connection")
+        buf += chunk
+    return buf
+
+
+def metadata_broker_count(host: str, port: int, timeout: float = 2.0) -> int:
+    """Ask one broker for cluster metadata; return how many brokers it lists."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(_metadata_request(7))
+        (size,) = struct.unpack(">i", _read_exact(sock, 4))
+        resp = _read_exact(sock, size)
+    correlation_id, _throttle, n_brokers = struct.unpack(">iii", resp[:12])
+    if correlation_id != 7:
+        raise ConnectionError("unexpected correlation id in metadata response")
+    return int(n_brokers)
+
+
+# --------------------------------------------------------------------------- the cluster
+
+
+@dataclass
+class Node:
+    node_id: int
+    port: int
+    controller_port: int
+    pid: int | None = None
+
+    def as_dict(self) -> dict[str, int | None]:
+        return {
+            "node_id": self.node_id,
+            "port": self.port,
+            "controller_port": self.controller_port,
+            "pid": self.pid,
+        }
+
+
+@dataclass
+class LocalKafka:
+    """A local cluster of one or three combined broker+controller nodes, data under ``data_dir``."""
+
+    data_dir: Path
+    nodes: list[Node] = field(default_factory=list)
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    # -- configuration
+
+    def _properties(self, node: Node) -> str:
+        n = len(self.nodes)
+        rf = 3 if n >= 3 else 1
+        isr = 2 if n >= 3 else 1
+        voters = ",".join(f"{m.node_id}@127.0.0.1:{m.controller_port}" for m in self.nodes)
+        quorum = (
+            f"controller.quorum.voters={voters}"
+            if n > 1
+            else f"controller.quorum.bootstrap.servers=127.0.0.1:{node.controller_port}"
+        )
+        lines = [
+            "process.roles=broker,controller",
+            f"node.id={node.node_id}",
+            quorum,
+            f"listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={self.data_dir / f'node-{node.node_id}' / 'data'}",
+            f"offsets.topic.replication.factor={rf}",
+            f"transaction.state.log.replication.factor={rf}",
+            f"transaction.state.log.min.isr={isr}",
+            f"share.coordinator.state.topic.replication.factor={rf}",
+            f"share.coordinator.state.topic.min.isr={isr}",
+            f"default.replication.factor={rf}",
+            f"min.insync.replicas={isr}",
+            "num.partitions=1",
+            "offsets.topic.num.partitions=6",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=false",
+            "log.segment.bytes=67108864",
+            "log.retention.check.interval.ms=60000",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def _node_dir(self, node: Node) -> Path:
+        return self.data_dir / f"node-{node.node_id}"
+
+    def _java_cmd(self, java: str, jars: Path, node: Node, *main: str) -> list[str]:
+        heap = [f"-Xms{HEAP}", f"-Xmx{HEAP}"] if main[0] == "kafka.Kafka" else ["-Xmx256m"]
+        return [
+            java,
+            *heap,
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            f"-Dkafka.logs.dir={self._node_dir(node) / 'logs'}",
+            f"-Dlianfang.data={self.data_dir}",
+            "-cp",
+            f"{jars}/*",
+            *main,
+        ]
+
+    # -- lifecycle
+
+    def start(self, *, timeout: float = READY_TIMEOUT_S) -> None:
+        """Format storage (first time only), start every node and wait for metadata to list them all.
+
+        On any failure the nodes already started are stopped before the error is raised.
+        """
+        java = find_java()
+        jars = fetch_jars()
+        for node in self.nodes:
+            ensure_port_free(node.port)
+            ensure_port_free(node.controller_port)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._format(java, jars)
+            for node in self.nodes:
+                self._spawn(java, jars, node)
+            self._save_state()
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _format(self, java: str, jars: Path) -> None:
+        cluster_id_file = self.data_dir / "cluster.id"
+        if not cluster_id_file.exists():
+            raw = uuid.uuid4().bytes
+            cluster_id_file.write_text(base64.urlsafe_b64encode(raw).decode().rstrip("=") + "\n")
+        cluster_id = cluster_id_file.read_text().strip()
+        for node in self.nodes:
+            ndir = self._node_dir(node)
+            (ndir / "logs").mkdir(parents=True, exist_ok=True)
+            props = ndir / "server.properties"
+            props.write_text(self._properties(node))
+            if (ndir / "data" / "meta.properties").exists():
+                continue
+            args = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)]
+            if len(self.nodes) == 1:
+                args.append("--standalone")
+            proc = subprocess.run(
+                self._java_cmd(java, jars, node, *args), capture_output=True, text=True, check=False
+            )
+            if proc.returncode != 0:
+                raise LocalKafkaError(
+                    f"formatting the storage of node {node.node_id} failed:\n{proc.stdout}{proc.stderr}"
+                    f"  fix: remove {self.data_dir} if it holds an old cluster, then try again."
+                )
+
+    def _spawn(self, java: str, jars: Path, node: Node) -> None:
+        ndir = self._node_dir(node)
+        out = (ndir / "logs" / "stdout.log").open("ab")
+        cmd = self._java_cmd(java, jars, node, "kafka.Kafka", str(ndir / "server.properties"))
+        proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        out.close()
+        node.pid = proc.pid
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        want = len(self.nodes)
+        last_error = "no answer yet"
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                if node.pid is not None and not _alive(node.pid):
+                    raise LocalKafkaError(
+                        f"Kafka node {node.node_id} exited during start-up.\n{self._log_tail(node)}"
+                    )
+            try:
+                if all(metadata_broker_count("127.0.0.1", n.port) >= want for n in self.nodes):
+                    return
+                last_error = "not every broker is registered yet"
+            except (OSError, ConnectionError, struct.error) as e:
+                last_error = str(e) or type(e).__name__
+            time.sleep(0.2)  # poll interval of a deadline loop, not a wait for a guess
+        raise LocalKafkaError(
+            f"the broker did not answer a metadata request within {timeout:.0f} s ({last_error}).\n"
+            f"{self._log_tail(self.nodes[0])}\n"
+            "  fix: look at the log above; a slow machine can take longer (KAFKA_READY_TIMEOUT=...)."
+        )
+
+    def _log_tail(self, node: Node, lines: int = 25) -> str:
+        log = self._node_dir(node) / "logs" / "stdout.log"
+        if not log.exists():
+            return "(no log)"
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        return f"  last lines of {log}:\n" + "\n".join("    " + t for t in tail)
+
+    def stop(self, *, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Stop every node: SIGTERM (controlled shutdown), then SIGKILL after the deadline."""
+        pids = [n.pid for n in self.nodes if n.pid is not None and _is_our_kafka(n.pid, self.data_dir)]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.1)
+        for pid in pids:
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+        for pid in pids:
+            _reap(pid, deadline=time.monotonic() + 5)
+        for node in self.nodes:
+            node.pid = None
+        (self.data_dir / STATE_FILE).unlink(missing_ok=True)
+
+    def kill_node(self, node_id: int) -> None:
+        """SIGKILL one node (for outage tests); ``restart_node`` brings it back on the same ports."""
+        node = next(n for n in self.nodes if n.node_id == node_id)
+        if node.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)
+            _reap(node.pid, deadline=time.monotonic() + 10)
+            node.pid = None
+            self._save_state()
+
+    def restart_node(self, node_id: int, *, timeout: float = READY_TIMEOUT_S) -> None:
+        node = next(n for n in self.nodes if n.node_id == node_id)
+        self._spawn(find_java(), fetch_jars(), node)
+        self._save_state()
+        self._wait_ready(timeout)
+
+    # -- state shared between `up` and `down`
+
+    def _save_state(self) -> None:
+        state = {"bootstrap": self.bootstrap, "nodes": [n.as_dict() for n in self.nodes]}
+        (self.data_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, data_dir: Path) -> LocalKafka | None:
+        path = data_dir / STATE_FILE
+        if not path.exists():
+            return None
+        state = json.loads(path.read_text())
+        nodes = [Node(**n) for n in state["nodes"]]
+        return cls(data_dir=data_dir, nodes=nodes)
+
+    @classmethod
+    def plan(cls, data_dir: Path, *, nodes: int = 1, port: int | None = None) -> LocalKafka:
+        """Choose ports for a new cluster (``port`` fixes the first node's client port)."""
+        if nodes not in (1, 3):
+            raise LocalKafkaError(f"a local cluster has 1 or 3 nodes, not {nodes}")
+        planned = []
+        for i in range(nodes):
+            client = port + i if port is not None else free_port()
+            planned.append(Node(node_id=i + 1, port=client, controller_port=free_port()))
+        return cls(data_dir=data_dir.resolve(), nodes=planned)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie that is not our child still answers kill(0); /proc tells the truth.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def _reap(pid: int, *, deadline: float) -> None:
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+
+
+def _is_our_kafka(pid: int, data_dir: Path) -> bool:
+    """Only signal a pid that is still a Kafka node of this data folder (pids get reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"kafka.Kafka" in cmdline and f"-Dlianfang.data={data_dir}".encode() in cmdline
+
+
+@contextlib.contextmanager
+def running(data_dir: Path, *, nodes: int = 1) -> Iterator[LocalKafka]:
+    """Start a local cluster for the duration of a ``with`` block."""
+    cluster = LocalKafka.plan(data_dir, nodes=nodes)
+    cluster.start(timeout=float(os.environ.get("KAFKA_READY_TIMEOUT", READY_TIMEOUT_S)))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

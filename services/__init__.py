@@ -1,0 +1,1 @@
+"""Lianfang's deployables (gateway, importers, router, hub, console) and their shared kernel."""

@@ -1,0 +1,1 @@
+"""The shared kernel: crypto, envelope, registry and policy, pseudonyms, Kafka I/O, config, errors."""

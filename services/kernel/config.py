@@ -1,0 +1,29 @@
+"""Settings shared by every service: where Kafka is and where the trust domain lives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach Kafka. Environment: ``LIANFANG_BOOTSTRAP``, ``LIANFANG_CLIENT_ID``."""
+
+    model_config = SettingsConfigDict(env_prefix="LIANFANG_", frozen=True, extra="ignore")
+
+    bootstrap: str = Field(
+        default="",
+        description="Kafka bootstrap servers, host:port[,host:port]. Empty: none configured.",
+    )
+    client_id: str = Field(default="lianfang", description="Client id reported to the broker.")
+    request_timeout_ms: int = Field(default=30_000, ge=1_000)
+
+
+class HomeSettings(BaseSettings):
+    """Where the trust domain (registry, keystores) lives. Environment: ``LIANFANG_HOME``."""
+
+    model_config = SettingsConfigDict(env_prefix="LIANFANG_", frozen=True, extra="ignore")
+
+    home: Path = Field(default=Path(".lianfang"), description="Folder of the demo trust domain.")

@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml | prereqs
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	@# confluent-kafka is only a benchmark baseline: used when its wheel installs, skipped otherwise.
-	-@$(PY) -m pip install -q '.[bench]' >/dev/null 2>&1 || echo "note: confluent-kafka did not install; the benchmark leaves it out"
+	-@$(PY) -m pip install -q 'confluent-kafka>=2.4' >/dev/null 2>&1 || echo "note: confluent-kafka did not install; the benchmark leaves it out"
 	@touch $@
 
 jars: $(STAMP) ## fetch the Kafka broker jars from Maven Central (once)

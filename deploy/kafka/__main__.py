@@ -10,7 +10,7 @@ from pathlib import Path
 from deploy.kafka.local import READY_TIMEOUT_S, LocalKafka, LocalKafkaError, fetch_jars
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per command
     parser = argparse.ArgumentParser(prog="python -m deploy.kafka", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("fetch", help="fetch the broker jars from Maven Central (once)")

@@ -320,7 +320,7 @@ class LocalKafka:
         ndir = self._node_dir(node)
         out = (ndir / "logs" / "stdout.log").open("ab")
         cmd = self._java_cmd(java, jars, node, "kafka.Kafka", str(ndir / "server.properties"))
-        proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        proc = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
         out.close()

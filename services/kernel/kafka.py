@@ -1,0 +1,67 @@
+"""Thin Kafka I/O shared by every service: topic creation and producer/consumer settings.
+
+Kafka errors are translated into :class:`~services.kernel.errors.TransportError` here, at the edge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from services.kernel.errors import TransportError
+
+# Producer settings every Lianfang writer uses: nothing is acknowledged until all in-sync replicas
+# have it, and retries cannot duplicate or reorder records of one partition.
+DURABLE_PRODUCER: dict[str, Any] = {"acks": "all", "enable_idempotence": True}
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """One topic as it must exist: partitions, replication and topic-level configs."""
+
+    name: str
+    partitions: int = 1
+    replication: int = 1
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+def ensure_topics(bootstrap: str, topics: Iterable[TopicSpec], *, timeout_s: float = 30.0) -> None:
+    """Create the topics that do not exist yet and wait until every one is in the metadata."""
+    specs = list(topics)
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="lianfang-admin")
+    except KafkaError as e:
+        raise TransportError(f"cannot reach Kafka at {bootstrap}: {e}") from e
+    try:
+        for spec in specs:
+            new = NewTopic(spec.name, spec.partitions, spec.replication, topic_configs=spec.configs)
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([new])
+        _wait_for_topics(admin, [s.name for s in specs], timeout_s)
+    except KafkaError as e:
+        raise TransportError(f"creating topics on {bootstrap} failed: {e}") from e
+    finally:
+        admin.close()
+
+
+def _wait_for_topics(admin: KafkaAdminClient, names: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    missing = set(names)
+    while time.monotonic() < deadline:
+        described = admin.describe_topics(sorted(missing))
+        for topic in described:
+            partitions = topic.get("partitions") or []
+            leaders = [p.get("leader_id", p.get("leader", -1)) for p in partitions]
+            if topic.get("error_code", 0) == 0 and leaders and all(x >= 0 for x in leaders):
+                missing.discard(topic.get("name") or topic.get("topic"))
+        if not missing:
+            return
+        time.sleep(0.1)  # poll interval inside a deadline loop
+    raise TransportError(f"topics not ready within {timeout_s:.0f} s: {sorted(missing)}")

@@ -1,0 +1,48 @@
+"""Shared fixtures: a real Kafka broker for the session and unique names for each test."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.kafka.local import running
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The broker named by LIANFANG_BOOTSTRAP, else a single-node Kafka started for this session."""
+    external = os.environ.get("LIANFANG_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    data = Path(tmp_path_factory.mktemp("kafka"))
+    with running(data) as cluster:
+        yield cluster.bootstrap
+
+
+@pytest.fixture
+def unique(request: pytest.FixtureRequest) -> Unique:
+    """Topic and group names no other test (or earlier run against the same broker) uses."""
+    return Unique(request.node.name)
+
+
+class Unique:
+    def __init__(self, test_name: str) -> None:
+        slug = re.sub(r"[^a-zA-Z0-9]+", "-", test_name).strip("-")[:60]
+        self.prefix = f"t-{slug}-{uuid.uuid4().hex[:8]}"
+
+    def __call__(self, name: str) -> str:
+        return f"{self.prefix}.{name}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test carries exactly one of the unit / integration / e2e markers."""
+    for item in items:
+        kinds = {m.name for m in item.iter_markers()} & {"unit", "integration", "e2e"}
+        if len(kinds) != 1:
+            raise pytest.UsageError(f"{item.nodeid} must be marked with one of unit, integration, e2e")

@@ -1,0 +1,77 @@
+"""`make kafka-up` / `make kafka-down`: a real broker comes up, answers, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploy.kafka.local import LocalKafka, LocalKafkaError, metadata_broker_count
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _java_processes_for(data: Path) -> list[int]:
+    """Pids of live Kafka nodes started with this data folder (read from /proc, zombies excluded)."""
+    marker = f"-Dlianfang.data={data.resolve()}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmdline and b"kafka.Kafka" in cmdline and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.kafka", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_up_prints_a_loopback_bootstrap_that_answers_and_down_leaves_no_java_process(tmp_path: Path) -> None:
+    data = tmp_path / "kafka"
+    up = _cli("up", "--data", str(data))
+    try:
+        assert up.returncode == 0, up.stderr
+        bootstrap = up.stdout.strip()
+        host, port = bootstrap.split(":")
+        assert host == "127.0.0.1"
+        assert metadata_broker_count(host, int(port)) == 1
+        assert _java_processes_for(data)
+    finally:
+        down = _cli("down", "--data", str(data))
+    assert down.returncode == 0, down.stderr
+    assert _java_processes_for(data) == []
+
+
+def test_a_broker_that_misses_its_start_deadline_is_reported_and_not_left_running(tmp_path: Path) -> None:
+    cluster = LocalKafka.plan(tmp_path / "slow")
+    with pytest.raises(LocalKafkaError, match=r"did not answer a metadata request within 0 s"):
+        cluster.start(timeout=0.01)
+    assert _java_processes_for(tmp_path / "slow") == []
+
+
+def test_up_on_a_taken_port_fails_with_the_fix_and_starts_nothing(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        up = _cli("up", "--data", str(tmp_path / "k"), "--port", str(port))
+    assert up.returncode == 1
+    assert f"127.0.0.1:{port} is already taken" in up.stderr
+    assert _java_processes_for(tmp_path / "k") == []

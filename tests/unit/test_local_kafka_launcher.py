@@ -1,0 +1,120 @@
+"""The local Kafka launcher says exactly what is missing or wrong, and never trusts a partial download."""
+
+from __future__ import annotations
+
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from deploy.kafka import local
+from deploy.kafka.local import LocalKafka, LocalKafkaError
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_taken_port_is_named_with_the_fix() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(LocalKafkaError, match=rf"(?s)127\.0\.0\.1:{port} is already taken.*fix:"):
+            local.ensure_port_free(port)
+
+
+def test_missing_maven_is_reported_with_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local.shutil, "which", lambda _name: None)
+    with pytest.raises(LocalKafkaError, match=r"(?s)Maven .* not found.*apt-get install maven"):
+        local.find_maven()
+
+
+def test_missing_java_is_reported_with_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local.shutil, "which", lambda _name: None)
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    with pytest.raises(LocalKafkaError, match=r"(?s)Java 17 or newer.*fix: install it"):
+        local.find_java()
+
+
+def _fake_mvn(tmp_path: Path, script: str) -> str:
+    mvn = tmp_path / "mvn"
+    mvn.write_text("#!/bin/sh\n" + script)
+    mvn.chmod(mvn.stat().st_mode | stat.S_IEXEC)
+    return str(mvn)
+
+
+def test_a_failed_jar_download_keeps_nothing_and_says_what_maven_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local, "JARS_ROOT", tmp_path / "jars")
+    # A Maven that writes one jar, then fails as if the network dropped mid-download.
+    script = (
+        'for a in "$@"; do case "$a" in -DoutputDirectory=*) d="${a#-DoutputDirectory=}";; esac; done\n'
+        'mkdir -p "$d" && touch "$d/kafka_2.13-4.1.1.jar"\n'
+        "echo 'Could not transfer artifact org.apache.kafka:kafka-clients'; exit 1\n"
+    )
+    monkeypatch.setattr(local, "find_maven", lambda: _fake_mvn(tmp_path, script))
+    with pytest.raises(
+        LocalKafkaError, match=r"(?s)fetching the Kafka jars with Maven failed.*Could not transfer"
+    ):
+        local.fetch_jars(quiet=True)
+    assert not local.jars_dir().exists()
+    assert list((tmp_path / "jars").iterdir()) == []
+
+
+def test_a_completed_download_is_reused_without_running_maven(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local, "JARS_ROOT", tmp_path / "jars")
+    script = (
+        'for a in "$@"; do case "$a" in -DoutputDirectory=*) d="${a#-DoutputDirectory=}";; esac; done\n'
+        'mkdir -p "$d" && touch "$d/kafka_2.13-4.1.1.jar"\n'
+    )
+    monkeypatch.setattr(local, "find_maven", lambda: _fake_mvn(tmp_path, script))
+    first = local.fetch_jars(quiet=True)
+    assert (first / "COMPLETE").is_file()
+
+    def no_maven() -> str:
+        raise AssertionError("Maven must not run again once the jars are complete")
+
+    monkeypatch.setattr(local, "find_maven", no_maven)
+    assert local.fetch_jars(quiet=True) == first
+
+
+def test_a_folder_without_the_complete_marker_is_not_taken_for_the_jars(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local, "JARS_ROOT", tmp_path / "jars")
+    local.jars_dir().mkdir(parents=True)
+    (local.jars_dir() / "kafka_2.13-4.1.1.jar").touch()
+    monkeypatch.setattr(local, "find_maven", lambda: _fake_mvn(tmp_path, "echo offline; exit 1\n"))
+    with pytest.raises(LocalKafkaError, match="fetching the Kafka jars with Maven failed"):
+        local.fetch_jars(quiet=True)
+
+
+def test_three_nodes_replicate_three_times_and_need_two_in_sync_replicas(tmp_path: Path) -> None:
+    cluster = LocalKafka.plan(tmp_path, nodes=3)
+    props = cluster._properties(cluster.nodes[0])
+    assert "default.replication.factor=3" in props
+    assert "min.insync.replicas=2" in props
+    assert "controller.quorum.voters=1@127.0.0.1:" in props
+    assert "process.roles=broker,controller" in props
+
+
+def test_a_single_node_sets_internal_topics_to_one_replica_and_no_rebalance_delay(tmp_path: Path) -> None:
+    cluster = LocalKafka.plan(tmp_path, nodes=1)
+    props = cluster._properties(cluster.nodes[0])
+    for line in (
+        "offsets.topic.replication.factor=1",
+        "transaction.state.log.replication.factor=1",
+        "share.coordinator.state.topic.replication.factor=1",
+        "group.initial.rebalance.delay.ms=0",
+        "auto.create.topics.enable=false",
+    ):
+        assert line in props
+    assert all("0.0.0.0" not in line for line in props.splitlines()), "listeners must stay on loopback"
+
+
+def test_only_one_or_three_nodes_can_be_planned(tmp_path: Path) -> None:
+    with pytest.raises(LocalKafkaError, match="1 or 3 nodes"):
+        LocalKafka.plan(tmp_path, nodes=2)

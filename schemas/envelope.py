@@ -1,0 +1,123 @@
+"""The envelope: wire format of every record on ``lianfang.*`` topics (version 1).
+
+A Kafka record value is a DSSE envelope (JSON)::
+
+    {"payloadType": "application/vnd.lianfang.envelope.v1",
+     "payload": "<base64 of BODY>",
+     "signatures": [{"keyid": "<sender's Ed25519 key id>", "sig": "<base64 Ed25519 signature>"}]}
+
+The signature is Ed25519 over ``PAE(payloadType, BODY)`` with DSSE's pre-authentication encoding,
+``b"DSSEv1 " + len(type) + b" " + type + b" " + len(body) + b" " + body``. ``BODY`` is two lines of
+compact JSON joined by one newline (JSON text never holds a raw newline)::
+
+    HEADER_JSON \\n SECTIONS_JSON
+
+so the exact bytes of the clear header are recovered without re-serializing anything: a reader splits
+``BODY`` at its first newline. ``HEADER_JSON`` is :class:`EnvelopeHeader` (no personal data);
+``SECTIONS_JSON`` is :class:`Sections`: each of ``triage`` and ``details`` encrypted once with a fresh
+256-bit data key (AES-256-GCM, associated data = ``b"lianfang/v1/section\\0" + name + b"\\0" +
+SHA-256(HEADER_JSON)``), the data key wrapped for every recipient with HPKE base mode (RFC 9180,
+DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM) with ``info = b"lianfang/v1/wrap\\0" + event id
++ b"\\0" + section + b"\\0" + recipient participant + b"\\0" + recipient key id``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from schemas.common import Category, EventId, ParticipantId, Town, UniqueList, Urgency, WireModel
+
+ENVELOPE_PAYLOAD_TYPE: Final = "application/vnd.lianfang.envelope.v1"
+MAX_RECORD_BYTES: Final = 512 * 1024
+"""Records larger than this are refused before any parsing (reason ``too_large``)."""
+
+SectionName = Literal["triage", "details"]
+SECTION_NAMES: Final[tuple[SectionName, ...]] = ("triage", "details")
+
+Base64 = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]*={0,2}$", description="standard base64")]
+
+
+class Signature(WireModel):
+    """One DSSE signature: the signer's key id and the signature bytes in base64."""
+
+    keyid: str = Field(min_length=1, max_length=128)
+    sig: Base64
+
+
+class Dsse(WireModel):
+    """The outer envelope, DSSE's JSON form. Only one signature (the sender's) is accepted in v1."""
+
+    payloadType: Literal["application/vnd.lianfang.envelope.v1"]  # DSSE's field name
+    payload: Base64
+    signatures: list[Signature] = Field(min_length=1, max_length=1)
+
+
+class EnvelopeHeader(BaseModel):
+    """The clear, signed header: CloudEvents attributes plus what routing needs. No personal data.
+
+    Unknown fields are kept (``extra="allow"``): a newer sender may add a field that an older router
+    does not know; the signature covers it either way, because the bytes are verified, not this model.
+    """
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="allow", hide_input_in_errors=True)
+
+    v: Literal[1] = Field(description="envelope version")
+    specversion: Literal["1.0"] = Field(description="CloudEvents spec version")
+    id: EventId = Field(description="事件标识 / event id, a UUIDv7")
+    source: str = Field(
+        pattern=r"^urn:lianfang:[a-z][a-z_]*(\.[a-z0-9_]+)?$",
+        description="发送方 / sender, `urn:lianfang:<participant>`",
+    )
+    type: str = Field(pattern=r"^[a-z_]+\.[a-z_]+$", description="事件类型 / event type, e.g. lead.reported")
+    time: AwareDatetime = Field(description="事件时间 / when the sender signed the event (UTC)")
+    subject: str = Field(max_length=64, description="当事人假名 / subject pseudonym (the Kafka key)")
+    schema_: str = Field(
+        alias="schema", pattern=r"^[a-z_]+\.[a-z_]+/[0-9]+$", description="payload schema, `<type>/<version>`"
+    )
+    category: Category | None = Field(default=None, description="线索类别 / category of the lead")
+    minor: bool | None = Field(default=None, description="未成年人 / the victim is a minor")
+    school_related: bool | None = Field(default=None, description="涉校 / the case concerns a school")
+    town: Town | None = Field(default=None, description="镇街 / town or street of the case")
+    urgency: Urgency = Field(description="紧急程度 / urgency: immediate, urgent or routine")
+    audience: UniqueList[ParticipantId] = Field(
+        default_factory=list,
+        description="相关单位 / agencies a joint-meeting or supervision event is addressed to, by policy",
+    )
+    policy: int = Field(ge=1, description="sharing-policy version the sender sealed for")
+    registry: int = Field(ge=1, description="registry version the sender used")
+    refs: UniqueList[EventId] = Field(default_factory=list, description="ids of related events")
+
+    @property
+    def sender(self) -> str:
+        """The participant id in ``source``."""
+        return self.source.removeprefix("urn:lianfang:")
+
+
+class WrappedKey(WireModel):
+    """A section's data key sealed with HPKE to one recipient's encryption key."""
+
+    to: ParticipantId
+    kid: str = Field(min_length=1, max_length=64, description="recipient's X25519 key id")
+    enc: Base64 = Field(description="HPKE output: encapsulated key then ciphertext of the data key")
+
+
+class SealedSection(WireModel):
+    """One section encrypted once (AES-256-GCM) and its data key wrapped for each recipient."""
+
+    alg: Literal["A256GCM"] = "A256GCM"
+    nonce: Base64
+    ct: Base64
+    recipients: list[WrappedKey] = Field(min_length=1, max_length=64)
+
+
+class Sections(WireModel):
+    """The sealed sections of an event; a section the policy gives nobody is absent."""
+
+    triage: SealedSection | None = None
+    details: SealedSection | None = None
+
+
+KAFKA_HEADER_PREFIX: Final = "ce_"
+"""CloudEvents Kafka binary-mode headers mirror the clear header: ``ce_id``, ``ce_type``, ..."""

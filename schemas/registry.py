@@ -1,0 +1,127 @@
+"""The trust registry and sharing policy (version 1): who is on the bus, with which keys, may say what,
+and who receives which section of which event.
+
+A registry file is a DSSE envelope (payload type ``application/vnd.lianfang.registry.v1``) whose payload
+is :class:`RegistryDocument` as JSON, signed by at least ``roots.threshold`` of the root keys (k of n).
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+from pydantic import AwareDatetime, Field
+
+from schemas.common import Category, ParticipantId, Town, UniqueList, Urgency, WireModel
+from schemas.envelope import Base64, SectionName
+
+REGISTRY_PAYLOAD_TYPE: Final = "application/vnd.lianfang.registry.v1"
+MAX_REGISTRY_BYTES: Final = 4 * 1024 * 1024
+
+KeyStatus = Literal["active", "retired", "revoked"]
+
+
+class PublicKey(WireModel):
+    """A participant's public key with its validity window and status.
+
+    A key signs (or is sealed to) from ``valid_from`` until ``valid_until`` (open-ended when null). A
+    retired key has a ``valid_until``: what it signed before stays verifiable. A revoked key also has
+    ``revoked_at``: anything it signed from then on is refused.
+    """
+
+    kid: str = Field(min_length=1, max_length=64)
+    use: Literal["sign", "encrypt"]
+    alg: Literal["ed25519", "x25519"]
+    public: Base64 = Field(description="raw 32-byte public key, base64")
+    valid_from: AwareDatetime
+    valid_until: AwareDatetime | None = None
+    status: KeyStatus = "active"
+    revoked_at: AwareDatetime | None = None
+
+
+class Participant(WireModel):
+    """One participant of the trust domain."""
+
+    id: ParticipantId
+    name_zh: str = Field(min_length=1, max_length=64)
+    name_en: str = Field(min_length=1, max_length=128)
+    may_publish: UniqueList[str] = Field(description="event types this participant may publish")
+    keys: list[PublicKey]
+
+
+class RootKey(WireModel):
+    """A root key, held by one founding agency."""
+
+    kid: str = Field(min_length=1, max_length=64)
+    holder: ParticipantId
+    public: Base64
+
+
+class Roots(WireModel):
+    """The root keys and how many of them must sign a registry (k of n)."""
+
+    threshold: int = Field(ge=1)
+    keys: list[RootKey] = Field(min_length=1)
+
+
+class Match(WireModel):
+    """Conditions on clear-header fields; a rule matches when every present condition holds."""
+
+    type: UniqueList[str] | None = None
+    category: UniqueList[Category] | None = None
+    minor: bool | None = None
+    school_related: bool | None = None
+    town: UniqueList[Town] | None = None
+    urgency: UniqueList[Urgency] | None = None
+
+
+class Rule(WireModel):
+    """A sharing rule: when the header matches, these participants receive these sections.
+
+    Recipients are participant ids or two tokens: ``$town_mediation`` (the mediation room of the
+    header's town) and ``$audience`` (the header's ``audience`` list, for joint-meeting and supervision
+    events addressed to particular agencies).
+    """
+
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    description: str = ""
+    when: Match
+    triage: UniqueList[str] = Field(default_factory=list)
+    details: UniqueList[str] = Field(default_factory=list)
+
+
+class Policy(WireModel):
+    """The sharing policy: the union of every matching rule's recipients, per section."""
+
+    version: int = Field(ge=1)
+    rules: list[Rule]
+
+
+class SealedPseudonymKey(WireModel):
+    """The pseudonym key, sealed with HPKE to each participant's current encryption key."""
+
+    version: int = Field(ge=0)
+    sealed: list[WrappedPseudonymKey]
+
+
+class WrappedPseudonymKey(WireModel):
+    to: ParticipantId
+    kid: str
+    enc: Base64
+
+
+class RegistryDocument(WireModel):
+    """What the root keys sign."""
+
+    v: Literal[1] = 1
+    version: int = Field(ge=1, description="increases with every change")
+    issued: AwareDatetime
+    expires: AwareDatetime = Field(description="consumers refuse the registry from this time on")
+    roots: Roots
+    participants: list[Participant]
+    policy: Policy
+    pseudonym_key: SealedPseudonymKey
+
+
+SectionRecipients = dict[SectionName, frozenset[str]]
+
+SealedPseudonymKey.model_rebuild()

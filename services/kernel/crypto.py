@@ -1,0 +1,136 @@
+"""Cryptographic primitives and strict decoding, with third-party errors translated at this edge.
+
+Everything here is pure: bytes in, bytes out. The suite is fixed (no algorithm agility on the wire):
+Ed25519 signatures over DSSE's pre-authentication encoding, AES-256-GCM for sections, and HPKE base
+mode (RFC 9180: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM) to wrap data keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from services.kernel.errors import BadSignatureError, DecryptFailedError, MalformedError
+
+HPKE_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+DATA_KEY_BYTES = 32
+NONCE_BYTES = 12
+
+
+# --------------------------------------------------------------------------- strict decoding
+
+
+def b64e(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64d(text: str, *, what: str, length: int | None = None) -> bytes:
+    """Decode standard base64 strictly (no stray characters, correct padding)."""
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError) as e:
+        raise MalformedError(f"{what} is not valid base64 ({e})") from e
+    if length is not None and len(raw) != length:
+        raise MalformedError(f"{what} must be {length} bytes, got {len(raw)}")
+    return raw
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            # Two parsers could each take a different one of the duplicates: refuse instead of guessing.
+            raise MalformedError(f"duplicate JSON key {key!r}")
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise MalformedError(f"JSON constant {name} is not allowed")
+
+
+def strict_json(data: bytes, *, what: str) -> Any:
+    """Parse UTF-8 JSON, refusing duplicate keys, NaN/Infinity and invalid UTF-8."""
+    try:
+        text = data.decode("utf-8")
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+    except MalformedError:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise MalformedError(f"{what} is not valid JSON ({type(e).__name__})") from e
+
+
+def compact_json(value: Any) -> bytes:
+    """The one JSON encoding we write: compact, sorted keys, UTF-8, no raw newlines."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+def pae(payload_type: str, body: bytes) -> bytes:
+    """DSSE's pre-authentication encoding: what a signature actually covers."""
+    t = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(body), body)
+
+
+def sign(key: Ed25519PrivateKey, payload_type: str, body: bytes) -> bytes:
+    return key.sign(pae(payload_type, body))
+
+
+def verify_signature(public_raw: bytes, signature: bytes, payload_type: str, body: bytes) -> None:
+    """Verify over the exact bytes given; raises :class:`BadSignatureError`."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_raw).verify(signature, pae(payload_type, body))
+    except (InvalidSignature, ValueError) as e:
+        raise BadSignatureError("the signature does not match the signed bytes") from e
+
+
+# --------------------------------------------------------------------------- sealing
+
+
+def new_data_key() -> bytes:
+    return AESGCM.generate_key(bit_length=256)
+
+
+def aead_seal(key: bytes, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce, AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def aead_open(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+    try:
+        return AESGCM(key).decrypt(nonce, ciphertext, aad)
+    except (InvalidTag, ValueError) as e:
+        raise DecryptFailedError("a sealed section failed authentication") from e
+
+
+def hpke_wrap(recipient_public_raw: bytes, plaintext: bytes, info: bytes) -> bytes:
+    """HPKE base-mode single-shot encryption to an X25519 public key (enc || ciphertext)."""
+    public = X25519PublicKey.from_public_bytes(recipient_public_raw)
+    return HPKE_SUITE.encrypt(plaintext, public, info=info)
+
+
+def hpke_unwrap(private: X25519PrivateKey, sealed: bytes, info: bytes) -> bytes:
+    try:
+        return HPKE_SUITE.decrypt(sealed, private, info=info)
+    except (InvalidTag, ValueError) as e:
+        raise DecryptFailedError("a wrapped key could not be opened with our key") from e
+
+
+def ed25519_public_raw(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def x25519_public_raw(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)

@@ -1,0 +1,365 @@
+"""Seal, sign, verify and open envelopes: the pure core every adapter and processor calls.
+
+The wire format is documented in :mod:`schemas.envelope`. These functions take bytes, a verified
+:class:`~services.kernel.registry.Registry`, a clock reading and (to open) a keystore; they do no I/O.
+Verification checks, in order: size, envelope shape, header, registry expiry, sender, signing key
+(window, revocation), signature over the exact bytes, publish permission, sections' shape, and that
+the sealed recipients equal what the policy demands. Each failure raises an
+:class:`~services.kernel.errors.UntrustedInputError` with its stable reason code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time as _time
+import uuid
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from schemas.envelope import (
+    ENVELOPE_PAYLOAD_TYPE,
+    MAX_RECORD_BYTES,
+    SECTION_NAMES,
+    Dsse,
+    EnvelopeHeader,
+    SealedSection,
+    SectionName,
+    Sections,
+    WrappedKey,
+)
+from services.kernel import crypto, policy
+from services.kernel.errors import (
+    DecryptFailedError,
+    MalformedError,
+    NotARecipientError,
+    PolicyMismatchError,
+    ReplayError,
+    TooLargeError,
+    UntrustedInputError,
+    UsageError,
+)
+from services.kernel.keystore import Keystore, key_id
+from services.kernel.registry import Registry
+
+
+@dataclass(frozen=True, slots=True)
+class SealedRecord:
+    """What a producer sends: the record value, its Kafka key and CloudEvents headers."""
+
+    value: bytes
+    key: bytes
+    headers: list[tuple[str, bytes]]
+    header: EnvelopeHeader
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """An envelope whose signature, sender, key and policy checked out. Sections are still sealed."""
+
+    header: EnvelopeHeader
+    header_bytes: bytes
+    sections: Sections
+    value: bytes
+
+    @property
+    def sender(self) -> str:
+        return self.header.sender
+
+    def recipients(self) -> dict[SectionName, frozenset[str]]:
+        return {name: _sealed_to(getattr(self.sections, name)) for name in SECTION_NAMES}
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A verified envelope and the sections this participant could open."""
+
+    verified: Verified
+    sections: dict[SectionName, dict[str, Any]]
+
+    @property
+    def header(self) -> EnvelopeHeader:
+        return self.verified.header
+
+
+# --------------------------------------------------------------------------- ids and headers
+
+
+def new_event_id(now_ms: int | None = None) -> str:
+    """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds, then randomness; sorts by creation time."""
+    ms = int(_time.time() * 1000) if now_ms is None else now_ms
+    raw = bytearray(ms.to_bytes(6, "big") + os.urandom(10))
+    raw[6] = (raw[6] & 0x0F) | 0x70
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return str(uuid.UUID(bytes=bytes(raw)))
+
+
+def header_hash(header_bytes: bytes) -> bytes:
+    return hashlib.sha256(header_bytes).digest()
+
+
+def section_aad(name: SectionName, header_bytes: bytes) -> bytes:
+    return b"lianfang/v1/section\0" + name.encode() + b"\0" + header_hash(header_bytes)
+
+
+def wrap_info(event_id: str, name: SectionName, to: str, kid: str) -> bytes:
+    return b"\0".join([b"lianfang/v1/wrap", event_id.encode(), name.encode(), to.encode(), kid.encode()])
+
+
+def kafka_headers(header: EnvelopeHeader) -> list[tuple[str, bytes]]:
+    """CloudEvents Kafka binary-mode headers mirroring the clear header, for ordinary Kafka tools.
+
+    They are a convenience only: routing decisions are made from the signed header, never from these.
+    """
+    data = header.model_dump(mode="json", by_alias=True, exclude_none=True)
+    out = [("content-type", b"application/vnd.lianfang.envelope.v1")]
+    for name, value in data.items():
+        if name == "v" or value in ([], ""):
+            continue
+        text = (
+            ",".join(value)
+            if isinstance(value, list)
+            else str(value).lower()
+            if isinstance(value, bool)
+            else str(value)
+        )
+        out.append((f"ce_{name}", text.encode("utf-8")))
+    return out
+
+
+def _sealed_to(section: SealedSection | None) -> frozenset[str]:
+    return frozenset(w.to for w in section.recipients) if section else frozenset()
+
+
+# --------------------------------------------------------------------------- sealing
+
+
+def _choose_signing_kid(signer: Keystore, registry: Registry, at: datetime) -> str:
+    usable = []
+    for kid in signer.signing:
+        try:
+            registry.signing_key(signer.participant, kid, at=at)
+        except UntrustedInputError:  # this key cannot sign now: try the next
+            continue
+        usable.append(kid)
+    if not usable:
+        raise UsageError(
+            f"{signer.participant!r} holds no signing key the registry accepts at {at.isoformat()}"
+        )
+    return sorted(usable)[-1]
+
+
+def seal(
+    header: EnvelopeHeader,
+    content: Mapping[SectionName, Mapping[str, Any]],
+    *,
+    registry: Registry,
+    signer: Keystore,
+    signing_kid: str | None = None,
+) -> SealedRecord:
+    """Encrypt each section for the recipients the policy names, sign, and frame the record.
+
+    ``content`` maps section names to JSON-ready dicts. A section the policy gives nobody is left out
+    (data minimization); a section the policy gives someone must be present.
+    """
+    if header.sender != signer.participant:
+        raise UsageError(f"header source is {header.sender!r} but the keystore is {signer.participant!r}")
+    wanted = policy.recipients(registry.document.policy, header)
+    if not any(wanted.values()):
+        raise UsageError(f"the sharing policy names no recipient for {header.type} with these header fields")
+    header_bytes = crypto.compact_json(header.model_dump(mode="json", by_alias=True))
+    sealed: dict[str, SealedSection] = {}
+    for name in SECTION_NAMES:
+        if not wanted[name]:
+            continue
+        if name not in content:
+            raise UsageError(f"the policy shares the {name!r} section of {header.type} but none was given")
+        data_key = crypto.new_data_key()
+        nonce, ct = crypto.aead_seal(
+            data_key, crypto.compact_json(dict(content[name])), section_aad(name, header_bytes)
+        )
+        wrapped = []
+        for to in sorted(wanted[name]):
+            kid, public = registry.encryption_key(to, at=header.time)
+            enc = crypto.hpke_wrap(public, data_key, wrap_info(header.id, name, to, kid))
+            wrapped.append(WrappedKey(to=to, kid=kid, enc=crypto.b64e(enc)))
+        sealed[name] = SealedSection(nonce=crypto.b64e(nonce), ct=crypto.b64e(ct), recipients=wrapped)
+    sections_bytes = crypto.compact_json(
+        Sections.model_validate(sealed).model_dump(mode="json", exclude_none=True)
+    )
+    body = header_bytes + b"\n" + sections_bytes
+    kid = signing_kid or _choose_signing_kid(signer, registry, header.time)
+    signature = crypto.sign(signer.signing_key(kid), ENVELOPE_PAYLOAD_TYPE, body)
+    value = crypto.compact_json(
+        {
+            "payloadType": ENVELOPE_PAYLOAD_TYPE,
+            "payload": crypto.b64e(body),
+            "signatures": [{"keyid": kid, "sig": crypto.b64e(signature)}],
+        }
+    )
+    if len(value) > MAX_RECORD_BYTES:
+        raise UsageError(f"the sealed event is {len(value)} bytes; the bus takes at most {MAX_RECORD_BYTES}")
+    return SealedRecord(
+        value=value, key=header.subject.encode(), headers=kafka_headers(header), header=header
+    )
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def _parse_model(model: type[Dsse] | type[EnvelopeHeader] | type[Sections], data: bytes, what: str) -> Any:
+    crypto.strict_json(data, what=what)  # duplicate keys, NaN, bad UTF-8: before pydantic sees it
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as e:
+        fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in e.errors()[:5])
+        raise MalformedError(f"{what} does not match its schema (fields: {fields})") from e
+
+
+def parse(value: bytes) -> tuple[Dsse, bytes, bytes, bytes, EnvelopeHeader]:
+    """Size check, then the DSSE frame, the body split and the header. Nothing is trusted yet."""
+    if len(value) > MAX_RECORD_BYTES:
+        raise TooLargeError(f"record is {len(value)} bytes; the limit is {MAX_RECORD_BYTES}")
+    dsse: Dsse = _parse_model(Dsse, value, "envelope")
+    body = crypto.b64d(dsse.payload, what="envelope payload")
+    header_bytes, sep, sections_bytes = body.partition(b"\n")
+    if not sep:
+        raise MalformedError("envelope body has no header line")
+    header: EnvelopeHeader = _parse_model(EnvelopeHeader, header_bytes, "envelope header")
+    return dsse, body, header_bytes, sections_bytes, header
+
+
+def verify(value: bytes, *, registry: Registry, now: datetime) -> Verified:
+    """Check everything that can be checked without a private key; see the module docstring."""
+    dsse, body, header_bytes, sections_bytes, header = parse(value)
+    registry.check_current(now)
+    registry.participant(header.sender)
+    signature = dsse.signatures[0]
+    public = registry.signing_key(header.sender, signature.keyid, at=header.time)
+    crypto.verify_signature(
+        public, crypto.b64d(signature.sig, what="signature", length=64), dsse.payloadType, body
+    )
+    registry.check_may_publish(header.sender, header.type)
+    sections: Sections = _parse_model(Sections, sections_bytes, "envelope sections")
+    verified = Verified(header=header, header_bytes=header_bytes, sections=sections, value=value)
+    _check_policy(verified, registry)
+    return verified
+
+
+def _check_policy(verified: Verified, registry: Registry) -> None:
+    expected = policy.recipients(registry.document.policy, verified.header)
+    for name in SECTION_NAMES:
+        section: SealedSection | None = getattr(verified.sections, name)
+        sealed_to = [w.to for w in section.recipients] if section else []
+        if len(sealed_to) != len(set(sealed_to)):
+            raise MalformedError(f"the {name} section names a recipient twice")
+        actual = frozenset(sealed_to)
+        if actual != expected[name]:
+            extra = sorted(actual - expected[name])
+            missing = sorted(expected[name] - actual)
+            raise PolicyMismatchError(
+                f"{name} is sealed to recipients that differ from policy v{registry.policy_version}: "
+                f"not allowed {extra}, missing {missing}"
+            )
+        for wrapped in section.recipients if section else []:
+            if not registry.is_encryption_key(wrapped.to, wrapped.kid):
+                raise PolicyMismatchError(f"{name} is sealed to {wrapped.to!r} under an unregistered key")
+
+
+def open_sections(verified: Verified, keystore: Keystore) -> Opened:
+    """Open every section sealed to ``keystore``'s participant; raises if there is none."""
+    me = keystore.participant
+    opened: dict[SectionName, dict[str, Any]] = {}
+    for name in SECTION_NAMES:
+        section: SealedSection | None = getattr(verified.sections, name)
+        mine = [w for w in section.recipients if w.to == me] if section else []
+        if not section or not mine:
+            continue
+        wrapped = mine[0]
+        if wrapped.kid not in keystore.encryption:
+            raise DecryptFailedError(
+                f"the {name} section is sealed to key {wrapped.kid!r}, which we do not hold"
+            )
+        data_key = crypto.hpke_unwrap(
+            keystore.encryption_key(wrapped.kid),
+            crypto.b64d(wrapped.enc, what="wrapped key"),
+            wrap_info(verified.header.id, name, me, wrapped.kid),
+        )
+        plaintext = crypto.aead_open(
+            data_key,
+            crypto.b64d(section.nonce, what="nonce", length=crypto.NONCE_BYTES),
+            crypto.b64d(section.ct, what="ciphertext"),
+            section_aad(name, verified.header_bytes),
+        )
+        content = crypto.strict_json(plaintext, what=f"{name} section")
+        if not isinstance(content, dict):
+            raise MalformedError(f"the {name} section is not a JSON object")
+        opened[name] = content
+    if not opened:
+        raise NotARecipientError(f"{me!r} is not a recipient of any section of event {verified.header.id}")
+    return Opened(verified=verified, sections=opened)
+
+
+def verify_and_open(value: bytes, *, registry: Registry, now: datetime, keystore: Keystore) -> Opened:
+    """Verify, then open what is sealed to ``keystore``'s participant."""
+    return open_sections(verify(value, registry=registry, now=now), keystore)
+
+
+# --------------------------------------------------------------------------- replay
+
+
+class ReplayWindow:
+    """Refuses an event id seen before, and events whose time is outside ``now - window .. now + skew``.
+
+    ``seen`` maps event ids to their event time (POSIX seconds); pass a persistent mapping (a Faust
+    table) to survive restarts. Ids older than the window are pruned, since the time check refuses
+    them anyway.
+    """
+
+    def __init__(
+        self,
+        *,
+        window: timedelta = timedelta(days=7),
+        max_skew: timedelta = timedelta(minutes=5),
+        seen: MutableMapping[str, float] | None = None,
+    ) -> None:
+        self.window = window
+        self.max_skew = max_skew
+        self.seen: MutableMapping[str, float] = {} if seen is None else seen
+
+    def check(self, header: EnvelopeHeader, now: datetime) -> None:
+        """Raise :class:`ReplayError` for a repeat or out-of-window event, else remember it."""
+        if header.time < now - self.window:
+            raise ReplayError(f"event {header.id} is older than the {self.window} replay window")
+        if header.time > now + self.max_skew:
+            raise ReplayError(f"event {header.id} is dated more than {self.max_skew} in the future")
+        if header.id in self.seen:
+            raise ReplayError(f"event {header.id} was already accepted")
+        self.seen[header.id] = header.time.timestamp()
+
+    def prune(self, now: datetime) -> int:
+        cutoff = (now - self.window).timestamp()
+        old = [event_id for event_id, t in self.seen.items() if t < cutoff]
+        for event_id in old:
+            del self.seen[event_id]
+        return len(old)
+
+
+__all__ = [
+    "Opened",
+    "ReplayWindow",
+    "SealedRecord",
+    "Verified",
+    "kafka_headers",
+    "key_id",
+    "new_event_id",
+    "open_sections",
+    "parse",
+    "seal",
+    "verify",
+    "verify_and_open",
+]

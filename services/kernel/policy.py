@@ -1,0 +1,51 @@
+"""The sharing policy as a pure function of the clear header: who receives which section."""
+
+from __future__ import annotations
+
+from schemas.envelope import SECTION_NAMES, EnvelopeHeader, SectionName
+from schemas.registry import Match, Policy, Rule
+
+TOWN_MEDIATION = "$town_mediation"
+AUDIENCE = "$audience"
+
+
+def _matches(when: Match, header: EnvelopeHeader) -> bool:
+    checks: list[bool] = []
+    if when.type is not None:
+        checks.append(header.type in when.type)
+    if when.category is not None:
+        checks.append(header.category in when.category)
+    if when.minor is not None:
+        checks.append(header.minor is when.minor)
+    if when.school_related is not None:
+        checks.append(bool(header.school_related) is when.school_related)
+    if when.town is not None:
+        checks.append(header.town in when.town)
+    if when.urgency is not None:
+        checks.append(header.urgency in when.urgency)
+    return all(checks)
+
+
+def _expand(recipient: str, header: EnvelopeHeader) -> list[str]:
+    if recipient == TOWN_MEDIATION:
+        return [f"mediation.{header.town}"] if header.town else []
+    if recipient == AUDIENCE:
+        return list(header.audience)
+    return [recipient]
+
+
+def matching_rules(policy: Policy, header: EnvelopeHeader) -> list[Rule]:
+    return [rule for rule in policy.rules if _matches(rule.when, header)]
+
+
+def recipients(policy: Policy, header: EnvelopeHeader) -> dict[SectionName, frozenset[str]]:
+    """The participants who must receive each section: the union over every matching rule.
+
+    A section nobody receives maps to an empty set (and is left out of the envelope).
+    """
+    result: dict[SectionName, set[str]] = {name: set() for name in SECTION_NAMES}
+    for rule in matching_rules(policy, header):
+        for name in SECTION_NAMES:
+            for r in getattr(rule, name):
+                result[name].update(_expand(r, header))
+    return {name: frozenset(ids) for name, ids in result.items()}

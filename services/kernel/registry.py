@@ -1,0 +1,285 @@
+"""The trust registry: verified k-of-n from root keys, then asked who may do what with which key.
+
+Pure: :meth:`Registry.from_bytes` takes the file's bytes, the trusted roots and a clock reading. The
+registry file is a DSSE envelope whose payload is :class:`~schemas.registry.RegistryDocument`; the
+signatures cover the exact payload bytes, which are parsed only after they verified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from pydantic import ValidationError
+
+from schemas.registry import (
+    MAX_REGISTRY_BYTES,
+    REGISTRY_PAYLOAD_TYPE,
+    Participant,
+    PublicKey,
+    RegistryDocument,
+    Roots,
+    WrappedPseudonymKey,
+)
+from services.kernel import crypto
+from services.kernel.errors import (
+    BadSignatureError,
+    KeyExpiredError,
+    KeyRevokedError,
+    MalformedError,
+    NotPermittedError,
+    RegistryExpiredError,
+    TooLargeError,
+    UnknownKeyError,
+    UnknownSenderError,
+    UsageError,
+)
+from services.kernel.pseudonym import PseudonymKey
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureReport:
+    """Which root keys signed a registry, and how many more are needed (for people, not just pass/fail)."""
+
+    threshold: int
+    valid: frozenset[str]
+    invalid: frozenset[str]
+    unknown: frozenset[str]
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.threshold - len(self.valid))
+
+    @property
+    def ok(self) -> bool:
+        return self.missing == 0
+
+
+def _load_dsse(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """Split a registry file into its payload bytes and its (key id, signature) pairs."""
+    if len(data) > MAX_REGISTRY_BYTES:
+        raise TooLargeError(f"registry file is {len(data)} bytes; the limit is {MAX_REGISTRY_BYTES}")
+    raw = crypto.strict_json(data, what="registry file")
+    if not isinstance(raw, dict) or raw.get("payloadType") != REGISTRY_PAYLOAD_TYPE:
+        raise MalformedError(f"registry file is not a DSSE envelope of type {REGISTRY_PAYLOAD_TYPE}")
+    if set(raw) != {"payloadType", "payload", "signatures"} or not isinstance(raw["signatures"], list):
+        raise MalformedError("a registry file has exactly payloadType, payload and a list of signatures")
+    payload = crypto.b64d(str(raw["payload"]), what="registry payload")
+    return payload, [_signature(s) for s in raw["signatures"]]
+
+
+def _signature(raw: object) -> tuple[str, bytes]:
+    if not isinstance(raw, dict) or set(raw) != {"keyid", "sig"}:
+        raise MalformedError("a registry signature has exactly keyid and sig")
+    return str(raw["keyid"]), crypto.b64d(str(raw["sig"]), what="registry signature", length=64)
+
+
+def check_root_signatures(
+    roots: Roots, payload: bytes, signatures: Iterable[tuple[str, bytes]]
+) -> SignatureReport:
+    """Count distinct root keys whose signature over ``payload`` verifies."""
+    by_kid = {k.kid: crypto.b64d(k.public, what="root key", length=32) for k in roots.keys}
+    valid: set[str] = set()
+    invalid: set[str] = set()
+    unknown: set[str] = set()
+    for kid, sig in signatures:
+        if kid not in by_kid:
+            unknown.add(kid)
+            continue
+        try:
+            crypto.verify_signature(by_kid[kid], sig, REGISTRY_PAYLOAD_TYPE, payload)
+            valid.add(kid)
+        except BadSignatureError:
+            invalid.add(kid)
+    return SignatureReport(roots.threshold, frozenset(valid), frozenset(invalid), frozenset(unknown))
+
+
+def _parse_document(payload: bytes) -> RegistryDocument:
+    crypto.strict_json(payload, what="registry payload")  # duplicate keys, NaN
+    try:
+        return RegistryDocument.model_validate_json(payload)
+    except ValidationError as e:
+        raise MalformedError(f"registry payload does not match the schema: {e.error_count()} error(s)") from e
+
+
+class Registry:
+    """A verified registry document with the look-ups the envelope, router and SDK need."""
+
+    def __init__(
+        self, document: RegistryDocument, payload: bytes = b"", report: SignatureReport | None = None
+    ) -> None:
+        self.document = document
+        self.payload = payload
+        self.report = report
+        self._participants: dict[str, Participant] = {p.id: p for p in document.participants}
+
+    # -- construction
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, trusted_roots: Roots, now: datetime) -> Registry:
+        """Verify a registry file: k-of-n root signatures, then schema, then expiry.
+
+        When the document names roots different from ``trusted_roots`` (a root rotation), it must be
+        signed by a threshold of both the trusted roots and its own.
+        """
+        payload, signatures = _load_dsse(data)
+        report = check_root_signatures(trusted_roots, payload, signatures)
+        if not report.ok:
+            raise BadSignatureError(
+                f"the registry has {len(report.valid)} valid root signature(s) of the {report.threshold} "
+                f"needed ({report.missing} missing)"
+            )
+        document = _parse_document(payload)
+        if document.roots != trusted_roots:
+            rotated = check_root_signatures(document.roots, payload, signatures)
+            if not rotated.ok:
+                raise BadSignatureError(
+                    f"the registry rotates its root keys but has only {len(rotated.valid)} of the "
+                    f"{rotated.threshold} signatures its new roots need"
+                )
+        registry = cls(document, payload, report)
+        registry.check_current(now)
+        return registry
+
+    # -- validity
+
+    @property
+    def version(self) -> int:
+        return self.document.version
+
+    @property
+    def policy_version(self) -> int:
+        return self.document.policy.version
+
+    def check_current(self, now: datetime) -> None:
+        if now >= self.document.expires:
+            raise RegistryExpiredError(
+                f"registry version {self.version} expired at {self.document.expires.isoformat()}; "
+                "a newer one signed by the roots is needed"
+            )
+
+    # -- participants and keys
+
+    def participant(self, participant_id: str) -> Participant:
+        try:
+            return self._participants[participant_id]
+        except KeyError:
+            raise UnknownSenderError(f"{participant_id!r} is not a participant of this registry") from None
+
+    def participant_ids(self) -> list[str]:
+        return list(self._participants)
+
+    def signing_key(self, participant_id: str, kid: str, *, at: datetime) -> bytes:
+        """The raw public key ``kid`` of ``participant_id`` if it could sign at time ``at``."""
+        key = self._key(participant_id, kid, "sign")
+        _check_window(key, at, participant_id)
+        return crypto.b64d(key.public, what="public key", length=32)
+
+    def encryption_key(self, participant_id: str, *, at: datetime) -> tuple[str, bytes]:
+        """The key id and raw X25519 key to seal to for ``participant_id`` at time ``at``.
+
+        The newest key (latest ``valid_from``) that is active at ``at`` wins, so a rotation takes
+        effect as soon as the registry carries the new key.
+        """
+        usable = [
+            k
+            for k in self.participant(participant_id).keys
+            if k.use == "encrypt" and _usable(k, at) and k.status != "revoked"
+        ]
+        if not usable:
+            raise UnknownKeyError(f"{participant_id!r} has no encryption key valid at {at.isoformat()}")
+        key = max(usable, key=lambda k: k.valid_from)
+        return key.kid, crypto.b64d(key.public, what="public key", length=32)
+
+    def is_encryption_key(self, participant_id: str, kid: str) -> bool:
+        try:
+            self._key(participant_id, kid, "encrypt")
+        except (UnknownKeyError, UnknownSenderError):
+            return False
+        return True
+
+    def _key(self, participant_id: str, kid: str, use: str) -> PublicKey:
+        for key in self.participant(participant_id).keys:
+            if key.kid == kid and key.use == use:
+                return key
+        raise UnknownKeyError(f"{participant_id!r} has no {use} key {kid!r} in registry v{self.version}")
+
+    def check_may_publish(self, participant_id: str, event_type: str) -> None:
+        if event_type not in self.participant(participant_id).may_publish:
+            raise NotPermittedError(f"{participant_id!r} may not publish {event_type!r}")
+
+    # -- pseudonym key
+
+    def pseudonym_key(self, participant_id: str, keys: Mapping[str, X25519PrivateKey]) -> PseudonymKey:
+        """Open the pseudonym key sealed to ``participant_id`` with one of its private keys."""
+        sealed = self.document.pseudonym_key
+        for wrapped in sealed.sealed:
+            if wrapped.to == participant_id and wrapped.kid in keys:
+                secret = crypto.hpke_unwrap(
+                    keys[wrapped.kid],
+                    crypto.b64d(wrapped.enc, what="sealed pseudonym key"),
+                    pseudonym_key_info(sealed.version, wrapped.to, wrapped.kid),
+                )
+                return PseudonymKey(version=sealed.version, secret=secret)
+        raise UsageError(f"the pseudonym key is not sealed to any key {participant_id!r} holds")
+
+
+def _usable(key: PublicKey, at: datetime) -> bool:
+    return key.valid_from <= at and (key.valid_until is None or at < key.valid_until)
+
+
+def _check_window(key: PublicKey, at: datetime, who: str) -> None:
+    if key.status == "revoked" and (key.revoked_at is None or at >= key.revoked_at):
+        raise KeyRevokedError(f"key {key.kid!r} of {who!r} was revoked before this event was signed")
+    if not _usable(key, at):
+        raise KeyExpiredError(f"key {key.kid!r} of {who!r} was not valid at {at.isoformat()}")
+
+
+def pseudonym_key_info(version: int, to: str, kid: str) -> bytes:
+    return b"lianfang/v1/pseudonym-key\0%d\0%s\0%s" % (version, to.encode(), kid.encode())
+
+
+def seal_pseudonym_key(
+    secret: bytes, version: int, recipients: Mapping[str, tuple[str, bytes]]
+) -> list[WrappedPseudonymKey]:
+    """Seal the pseudonym secret to each participant's (kid, X25519 public key)."""
+    return [
+        WrappedPseudonymKey(
+            to=pid,
+            kid=kid,
+            enc=crypto.b64e(crypto.hpke_wrap(public, secret, pseudonym_key_info(version, pid, kid))),
+        )
+        for pid, (kid, public) in sorted(recipients.items())
+    ]
+
+
+def sign_document(document: RegistryDocument, root_keys: Mapping[str, Ed25519PrivateKey]) -> bytes:
+    """Serialize a registry document once and sign those bytes with each given root key."""
+    payload = document.model_dump_json(by_alias=True).encode("utf-8")
+    return _envelope(
+        payload, [(kid, crypto.sign(k, REGISTRY_PAYLOAD_TYPE, payload)) for kid, k in root_keys.items()]
+    )
+
+
+def add_signature(data: bytes, kid: str, root_key: Ed25519PrivateKey) -> bytes:
+    """Add one root's signature to an existing registry file (for k-of-n signing by several agencies)."""
+    payload, signatures = _load_dsse(data)
+    existing = [(k, sig) for k, sig in signatures if k != kid]
+    return _envelope(payload, [*existing, (kid, crypto.sign(root_key, REGISTRY_PAYLOAD_TYPE, payload))])
+
+
+def _envelope(payload: bytes, signatures: list[tuple[str, bytes]]) -> bytes:
+    doc = {
+        "payloadType": REGISTRY_PAYLOAD_TYPE,
+        "payload": crypto.b64e(payload),
+        "signatures": [{"keyid": kid, "sig": crypto.b64e(sig)} for kid, sig in signatures],
+    }
+    return crypto.compact_json(doc) + b"\n"
+
+
+def read_unverified(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The payload and signatures of a registry file, unverified (for `registry verify` reports)."""
+    return _load_dsse(data)

@@ -1,8 +1,9 @@
 """The trust registry and sharing policy (version 1): who is on the bus, with which keys, may say what,
 and who receives which section of which event.
 
-A registry file is a DSSE envelope (payload type ``application/vnd.lianfang.registry.v1``) whose payload
-is :class:`RegistryDocument` as JSON, signed by at least ``roots.threshold`` of the root keys (k of n).
+A registry file is a signature line (payload type ``application/vnd.lianfang.registry.v1``) followed by
+:class:`RegistryDocument` as indented JSON, signed by at least ``roots.threshold`` root keys (k of n);
+see :mod:`services.kernel.registry` for the exact layout.
 """
 
 from __future__ import annotations

@@ -1,8 +1,15 @@
 """The trust registry: verified k-of-n from root keys, then asked who may do what with which key.
 
-Pure: :meth:`Registry.from_bytes` takes the file's bytes, the trusted roots and a clock reading. The
-registry file is a DSSE envelope whose payload is :class:`~schemas.registry.RegistryDocument`; the
-signatures cover the exact payload bytes, which are parsed only after they verified.
+Pure: :meth:`Registry.from_bytes` takes the file's bytes, the trusted roots and a clock reading.
+
+A registry file is meant to be read by the people who sign it, so it is plain text in two parts::
+
+    {"payloadType":"application/vnd.lianfang.registry.v1","signatures":[{"keyid":..,"sig":..}, ..]}
+    <the signed payload: the RegistryDocument as indented JSON, to the end of the file>
+
+The first line is the signature block; everything after its newline is the payload, byte for byte.
+Each signature is Ed25519 over DSSE's ``PAE(payloadType, payload)``; the payload is parsed only after
+enough signatures verified, and never re-serialized to be checked.
 """
 
 from __future__ import annotations
@@ -62,12 +69,14 @@ def _load_dsse(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
     """Split a registry file into its payload bytes and its (key id, signature) pairs."""
     if len(data) > MAX_REGISTRY_BYTES:
         raise TooLargeError(f"registry file is {len(data)} bytes; the limit is {MAX_REGISTRY_BYTES}")
-    raw = crypto.strict_json(data, what="registry file")
+    block, sep, payload = data.partition(b"\n")
+    if not sep or not payload:
+        raise MalformedError("a registry file is a signature line followed by the signed payload")
+    raw = crypto.strict_json(block, what="registry signature line")
     if not isinstance(raw, dict) or raw.get("payloadType") != REGISTRY_PAYLOAD_TYPE:
-        raise MalformedError(f"registry file is not a DSSE envelope of type {REGISTRY_PAYLOAD_TYPE}")
-    if set(raw) != {"payloadType", "payload", "signatures"} or not isinstance(raw["signatures"], list):
-        raise MalformedError("a registry file has exactly payloadType, payload and a list of signatures")
-    payload = crypto.b64d(str(raw["payload"]), what="registry payload")
+        raise MalformedError(f"the registry's first line is not a signature block of {REGISTRY_PAYLOAD_TYPE}")
+    if set(raw) != {"payloadType", "signatures"} or not isinstance(raw["signatures"], list):
+        raise MalformedError("a registry signature block has exactly payloadType and a list of signatures")
     return payload, [_signature(s) for s in raw["signatures"]]
 
 
@@ -258,7 +267,7 @@ def seal_pseudonym_key(
 
 def sign_document(document: RegistryDocument, root_keys: Mapping[str, Ed25519PrivateKey]) -> bytes:
     """Serialize a registry document once and sign those bytes with each given root key."""
-    payload = document.model_dump_json(by_alias=True).encode("utf-8")
+    payload = document.model_dump_json(by_alias=True, indent=2).encode("utf-8") + b"\n"
     return _envelope(
         payload, [(kid, crypto.sign(k, REGISTRY_PAYLOAD_TYPE, payload)) for kid, k in root_keys.items()]
     )
@@ -272,12 +281,11 @@ def add_signature(data: bytes, kid: str, root_key: Ed25519PrivateKey) -> bytes:
 
 
 def _envelope(payload: bytes, signatures: list[tuple[str, bytes]]) -> bytes:
-    doc = {
+    block = {
         "payloadType": REGISTRY_PAYLOAD_TYPE,
-        "payload": crypto.b64e(payload),
         "signatures": [{"keyid": kid, "sig": crypto.b64e(sig)} for kid, sig in signatures],
     }
-    return crypto.compact_json(doc) + b"\n"
+    return crypto.compact_json(block) + b"\n" + payload
 
 
 def read_unverified(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:

@@ -39,6 +39,7 @@ from services.kernel.pseudonym import PseudonymKey, new_pseudonym_key
 from services.kernel.registry import Registry, seal_pseudonym_key, sign_document
 
 DEFAULT_LIFETIME = timedelta(days=90)
+DEFAULT_KDF = KdfParams()
 ROOT_PREFIX = "root."
 
 
@@ -198,7 +199,7 @@ def init_domain(
     home: Path,
     *,
     now: datetime,
-    kdf: KdfParams = KdfParams(),
+    kdf: KdfParams = DEFAULT_KDF,
     lifetime: timedelta = DEFAULT_LIFETIME,
     participant_ids: Iterable[str] | None = None,
     threshold: int = 2,

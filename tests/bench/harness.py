@@ -1,0 +1,551 @@
+"""A small benchmark harness: discover ``bench_*.py`` modules, run them against one Kafka, report.
+
+Each benchmark is a module ``tests/bench/bench_<name>.py`` exposing ``run(ctx: BenchContext) ->
+list[Result]``. The harness gives it a :class:`BenchContext` (where Kafka is, how many runs, unique
+names, topic creation) and prints the results as a table grouped by benchmark, with baselines marked;
+it also writes them, with the environment, to ``bench-results/<benchmark>-<UTC stamp>.json`` and
+``bench-results/latest.json``.
+
+Kafka comes from ``LIANFANG_BOOTSTRAP`` when it is set. Otherwise the harness starts one local broker
+(``deploy.kafka.local``) the first time a benchmark asks for ``ctx.bootstrap`` -- so benchmarks of pure
+code never pay for it -- and stops it, removing its data, when the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib
+import importlib.metadata
+import json
+import os
+import pkgutil
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType, ModuleType
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RESULTS_DIR = REPO_ROOT / "bench-results"
+BENCH_PACKAGE = "tests.bench"
+BENCH_PREFIX = "bench_"
+DEFAULT_RUNS = 5
+DEFAULT_WARMUP = 1
+QUICK_RUNS = 3
+TOPIC_READY_TIMEOUT_S = 30.0
+# Versions recorded with every result, when installed: the clients the figures depend on.
+PACKAGES = (
+    "lianfang",
+    "kafka-python",
+    "crc32c",
+    "aiokafka",
+    "confluent-kafka",
+    "faust-streaming",
+    "cryptography",
+)
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not be set up or did not see what it expected; the message says which."""
+
+
+# --------------------------------------------------------------------------- results and timing
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One row of the report: a case, a metric and the spread of that metric over the timed runs.
+
+    ``baseline`` marks rows that measure a raw client or primitive, which Lianfang's own figures are
+    compared against.
+    """
+
+    benchmark: str
+    case: str
+    metric: str
+    median: float
+    min: float
+    max: float
+    n_runs: int
+    baseline: bool = False
+    notes: str = ""
+
+    @classmethod
+    def from_values(
+        cls,
+        benchmark: str,
+        case: str,
+        metric: str,
+        values: list[float],
+        *,
+        baseline: bool = False,
+        notes: str = "",
+    ) -> Result:
+        """Summarize the per-run values of one metric (median, min, max)."""
+        if not values:
+            raise BenchError(f"{benchmark}: no values for {case} / {metric}")
+        return cls(
+            benchmark=benchmark,
+            case=case,
+            metric=metric,
+            median=statistics.median(values),
+            min=min(values),
+            max=max(values),
+            n_runs=len(values),
+            baseline=baseline,
+            notes=notes,
+        )
+
+
+def measure(
+    fn: Callable[[], float | None],
+    runs: int,
+    warmup: int,
+    *,
+    on_run: Callable[[str], None] | None = None,
+    on_done: Callable[[float], None] | None = None,
+) -> list[float]:
+    """Call ``fn`` ``warmup`` times untimed-for-the-report, then ``runs`` times; return seconds per run.
+
+    The call is timed with ``time.perf_counter``. A function that must leave its own set-up out of the
+    figure (connecting, joining a group) times itself and returns the seconds it measured; that value
+    is then used instead of the time of the whole call. ``on_run`` gets a label such as ``"run 2/5"``
+    before each call, ``on_done`` the seconds after it (progress display).
+    """
+    seconds: list[float] = []
+    plan = [f"warm-up {i}/{warmup}" for i in range(1, warmup + 1)]
+    plan += [f"run {i}/{runs}" for i in range(1, runs + 1)]
+    for n, label in enumerate(plan):
+        if on_run is not None:
+            on_run(label)
+        start = time.perf_counter()
+        returned = fn()
+        elapsed = time.perf_counter() - start if returned is None else returned
+        if on_done is not None:
+            on_done(elapsed)
+        if n >= warmup:
+            seconds.append(elapsed)
+    return seconds
+
+
+def per_second(seconds: list[float], amount: float) -> list[float]:
+    """Turn per-run durations into rates: ``amount`` (records, bytes) per second of each run."""
+    return [amount / s for s in seconds]
+
+
+# --------------------------------------------------------------------------- where Kafka is
+
+
+class KafkaSource:
+    """The Kafka every benchmark of one run uses: ``LIANFANG_BOOTSTRAP``, or one local broker.
+
+    The local broker is started lazily, on the first request, and stopped (its data removed) by
+    :meth:`close`.
+    """
+
+    def __init__(self, bootstrap: str | None) -> None:
+        self._bootstrap = bootstrap or None
+        self.origin = "LIANFANG_BOOTSTRAP" if self._bootstrap else "not used"
+        self._stack = contextlib.ExitStack()
+
+    @property
+    def used(self) -> bool:
+        return self._bootstrap is not None
+
+    def bootstrap(self) -> str:
+        if self._bootstrap is None:
+            from deploy.kafka.local import LocalKafkaError, running
+
+            data_dir = Path(tempfile.mkdtemp(prefix="lianfang-bench-kafka-"))
+            self._stack.callback(shutil.rmtree, data_dir, ignore_errors=True)
+            progress("harness: starting a local Kafka broker for this run …")
+            try:
+                cluster = self._stack.enter_context(running(data_dir))
+            except LocalKafkaError as e:
+                raise BenchError(
+                    f"could not start a local Kafka broker: {e}\n"
+                    "  or: point the benchmarks at a running one with LIANFANG_BOOTSTRAP=host:port"
+                ) from e
+            self._bootstrap = cluster.bootstrap
+            self.origin = "local broker started by the harness"
+            progress(f"harness: local Kafka broker at {self._bootstrap}")
+        return self._bootstrap
+
+    def describe(self) -> str:
+        return f"{self._bootstrap} ({self.origin})" if self._bootstrap else "not used"
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+# --------------------------------------------------------------------------- the context
+
+
+@dataclass
+class BenchContext:
+    """What a benchmark gets from the harness.
+
+    ``quick`` asks for a smoke-sized run: use :meth:`scale` to pick record counts. ``runs`` and
+    ``warmup`` are already reduced for quick runs.
+    """
+
+    benchmark: str
+    quick: bool
+    runs: int
+    warmup: int
+    kafka: KafkaSource
+    notes: list[str] = field(default_factory=list)
+    _topics: list[str] = field(default_factory=list)
+
+    @property
+    def bootstrap(self) -> str:
+        """Kafka bootstrap servers (starts the harness's local broker on first use)."""
+        return self.kafka.bootstrap()
+
+    def unique(self, name: str) -> str:
+        """A name no other run uses, legal as a Kafka topic or group: ``lianfang-bench-<bench>-<name>-<hex>``.
+
+        Dots and underscores are replaced by dashes (Kafka warns about topics that mix them).
+        """
+        bench = self.benchmark.removeprefix(BENCH_PREFIX)
+        raw = f"lianfang-bench-{bench}-{name}-{uuid.uuid4().hex[:8]}"
+        return re.sub(r"[^a-zA-Z0-9-]+", "-", raw)
+
+    def scale(self, full: int, quick: int) -> int:
+        """Pick a size: ``full`` normally, ``quick`` under ``--quick``."""
+        return quick if self.quick else full
+
+    def note(self, text: str) -> None:
+        """A remark printed under this benchmark's table and kept in the JSON (e.g. a skipped client)."""
+        self.notes.append(text)
+        progress(f"{self.benchmark}: {text}")
+
+    def progress(self, text: str) -> None:
+        progress(f"{self.benchmark}: {text}")
+
+    def measure(self, case: str, fn: Callable[[], float | None]) -> list[float]:
+        """:func:`measure` with this context's runs and warm-up, reporting progress to stderr."""
+        prefix = f"{self.benchmark}: {case}"
+
+        def on_run(label: str) -> None:
+            print(f"{prefix} {label} …", end="", file=sys.stderr, flush=True)
+
+        def on_done(seconds: float) -> None:
+            print(f" {seconds:.3f} s", file=sys.stderr, flush=True)
+
+        try:
+            return measure(fn, self.runs, self.warmup, on_run=on_run, on_done=on_done)
+        except BaseException:
+            print(file=sys.stderr, flush=True)  # end the half-written progress line
+            raise
+
+    def result(
+        self, case: str, metric: str, values: list[float], *, baseline: bool = False, notes: str = ""
+    ) -> Result:
+        """A :class:`Result` of this benchmark from per-run values."""
+        return Result.from_values(self.benchmark, case, metric, values, baseline=baseline, notes=notes)
+
+    def create_topic(
+        self,
+        name: str,
+        *,
+        partitions: int = 1,
+        replication: int = 1,
+        configs: dict[str, str] | None = None,
+        timeout_s: float = TOPIC_READY_TIMEOUT_S,
+    ) -> str:
+        """Create a topic with a unique name (the broker does not auto-create) and return its name.
+
+        Returns once every partition has a leader in the broker's metadata, polling with a deadline.
+        The topic is deleted when the benchmark ends.
+        """
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        topic = self.unique(name)
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="lianfang-bench")
+        except KafkaError as e:
+            raise BenchError(f"cannot reach Kafka at {self.bootstrap}: {e}") from e
+        try:
+            spec = {"num_partitions": partitions, "replication_factor": replication}
+            admin.create_topics({topic: {**spec, "configs": configs or {}}})
+            self._topics.append(topic)
+            _wait_for_topic(admin, topic, partitions, timeout_s)
+        except KafkaError as e:
+            raise BenchError(f"creating topic {topic} on {self.bootstrap} failed: {e}") from e
+        finally:
+            admin.close()
+        return topic
+
+    def close(self) -> None:
+        """Delete the topics this benchmark created (best effort: a shared broker stays tidy)."""
+        if not self._topics:
+            return
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="lianfang-bench")
+            try:
+                admin.delete_topics(self._topics)
+            finally:
+                admin.close()
+        except KafkaError as e:
+            progress(f"{self.benchmark}: could not delete topics {self._topics}: {e}")
+        self._topics.clear()
+
+
+def _wait_for_topic(admin: Any, topic: str, partitions: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    state = "not described yet"
+    while time.monotonic() < deadline:
+        described = {t.get("name"): t for t in admin.describe_topics([topic])}
+        info = described.get(topic)
+        if info is None:
+            state = "missing from metadata"
+        elif info.get("error_code", 0) != 0:
+            state = f"error code {info['error_code']}"
+        else:
+            parts = info.get("partitions") or []
+            led = [p for p in parts if p.get("error_code", 0) == 0 and p.get("leader_id", -1) >= 0]
+            if len(led) == partitions:
+                return
+            state = f"{len(led)} of {partitions} partitions have a leader"
+        time.sleep(0.05)  # poll interval inside a deadline loop
+    raise BenchError(f"topic {topic} not ready within {timeout_s:.0f} s ({state})")
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def discover(substring: str | None = None) -> list[tuple[str, ModuleType]]:
+    """Import the ``bench_*`` modules of this package, sorted by name, filtered by ``substring``."""
+    package = importlib.import_module(BENCH_PACKAGE)
+    names = sorted(
+        m.name
+        for m in pkgutil.iter_modules(package.__path__)
+        if m.name.startswith(BENCH_PREFIX) and (substring is None or substring in m.name)
+    )
+    found = []
+    for name in names:
+        module = importlib.import_module(f"{BENCH_PACKAGE}.{name}")
+        if not callable(getattr(module, "run", None)):
+            raise BenchError(f"{module.__file__} has no run(ctx: BenchContext) -> list[Result]")
+        found.append((name, module))
+    return found
+
+
+# --------------------------------------------------------------------------- environment and output
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment(
+    started: dt.datetime, kafka: KafkaSource, *, quick: bool, runs: int, warmup: int
+) -> dict[str, Any]:
+    versions = {}
+    for package in PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
+    return {
+        "started_utc": started.isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "kafka": kafka.describe(),
+        "git": _git_commit(),
+        "quick": quick,
+        "runs": runs,
+        "warmup": warmup,
+        "packages": versions,
+    }
+
+
+@dataclass
+class Outcome:
+    """What one benchmark module produced: rows, notes and, if it failed, the error."""
+
+    benchmark: str
+    results: list[Result]
+    notes: list[str]
+    seconds: float
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "benchmark": self.benchmark,
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+            "notes": self.notes,
+            "results": [asdict(r) for r in self.results],
+        }
+
+
+def fmt(value: float) -> str:
+    """A figure with as many digits as are worth reading."""
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 100:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def header(env: dict[str, Any]) -> str:
+    return (
+        f"Lianfang benchmarks · {env['started_utc']} · Python {env['python']} · "
+        f"Kafka {env['kafka']} · {env['cpu_count']} CPUs"
+        + (" · --quick" if env["quick"] else "")
+        + (f" · git {env['git']}" if env.get("git") else "")
+    )
+
+
+def render(env: dict[str, Any], outcomes: list[Outcome]) -> str:
+    """The report: a header line, then one table per benchmark with its notes."""
+    lines = [header(env)]
+    for outcome in outcomes:
+        lines += ["", f"{outcome.benchmark}  ({outcome.seconds:.1f} s)"]
+        rows = [
+            (
+                r.case + (" (baseline)" if r.baseline else ""),
+                r.metric,
+                fmt(r.median),
+                f"[{fmt(r.min)} – {fmt(r.max)}]",
+                str(r.n_runs),
+            )
+            for r in outcome.results
+        ]
+        if rows:
+            titles = ("case", "metric", "median", "[min – max]", "runs")
+            widths = [max(len(c) for c in col) for col in zip(titles, *rows, strict=False)]
+            aligns = ("<", "<", ">", ">", ">")
+            for row in [titles, *rows]:
+                cells = (f"{c:{a}{w}}" for c, a, w in zip(row, aligns, widths, strict=True))
+                lines.append("  " + "  ".join(cells).rstrip())
+        seen: set[tuple[str, str]] = set()
+        case_notes = []
+        for r in outcome.results:
+            if r.notes and (r.case, r.notes) not in seen:
+                seen.add((r.case, r.notes))
+                case_notes.append(f"  · {r.case}: {r.notes}")
+        lines += [f"  · {n}" for n in outcome.notes] + case_notes
+        if outcome.error:
+            lines.append(f"  FAILED: {outcome.error}")
+    return "\n".join(lines)
+
+
+def write_json(env: dict[str, Any], outcomes: list[Outcome], stamp: str) -> list[Path]:
+    """One file per benchmark with a UTC stamp, and ``latest.json`` with every benchmark of the run."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    written = []
+    for outcome in outcomes:
+        path = RESULTS_DIR / f"{outcome.benchmark}-{stamp}.json"
+        path.write_text(json.dumps({"environment": env, **outcome.as_json()}, indent=2) + "\n")
+        written.append(path)
+    latest = RESULTS_DIR / "latest.json"
+    body = {"environment": env, "benchmarks": [o.as_json() for o in outcomes]}
+    latest.write_text(json.dumps(body, indent=2) + "\n")
+    written.append(latest)
+    return written
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _run_one(name: str, module: ModuleType, ctx: BenchContext) -> Outcome:
+    start = time.perf_counter()
+    try:
+        results = list(module.run(ctx))
+        error = None
+    except Exception as e:  # one failing benchmark is reported; the others still run
+        traceback.print_exc()
+        results, error = [], f"{type(e).__name__}: {e}"
+    finally:
+        with contextlib.suppress(Exception):
+            ctx.close()
+    return Outcome(name, results, ctx.notes, time.perf_counter() - start, error)
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit so the local broker is stopped, not orphaned."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench",
+        description="Run the Lianfang benchmarks (tests/bench/bench_*.py) and report their figures.",
+    )
+    parser.add_argument("-k", metavar="SUBSTRING", help="only benchmarks whose module name contains it")
+    parser.add_argument("--quick", action="store_true", help="fewer records and runs (smoke test)")
+    parser.add_argument(
+        "--runs", type=int, help=f"timed runs per case (default {DEFAULT_RUNS}, quick {QUICK_RUNS})"
+    )
+    parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="untimed warm-up runs per case")
+    args = parser.parse_args(argv)
+    runs = args.runs or (QUICK_RUNS if args.quick else DEFAULT_RUNS)
+    if runs < 1 or args.warmup < 0:
+        parser.error("--runs must be at least 1 and --warmup at least 0")
+
+    benchmarks = discover(args.k)
+    if not benchmarks:
+        print(f"no benchmark module matches -k {args.k!r}", file=sys.stderr)
+        return 2
+    started = dt.datetime.now(dt.UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    kafka = KafkaSource(os.environ.get("LIANFANG_BOOTSTRAP"))
+    outcomes: list[Outcome] = []
+    with _sigterm_as_exit():
+        try:
+            for name, module in benchmarks:
+                ctx = BenchContext(name, args.quick, runs, args.warmup, kafka)
+                outcomes.append(_run_one(name, module, ctx))
+            env = environment(started, kafka, quick=args.quick, runs=runs, warmup=args.warmup)
+        finally:
+            kafka.close()
+    print(render(env, outcomes))
+    for path in write_json(env, outcomes, stamp):
+        progress(f"harness: wrote {path.relative_to(REPO_ROOT)}")
+    return 1 if any(o.error for o in outcomes) else 0

@@ -7,6 +7,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -46,3 +47,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         kinds = {m.name for m in item.iter_markers()} & {"unit", "integration", "e2e"}
         if len(kinds) != 1:
             raise pytest.UsageError(f"{item.nodeid} must be marked with one of unit, integration, e2e")
+
+
+# --------------------------------------------------------------------------- trust domain
+
+
+@pytest.fixture(scope="session")
+def domain(tmp_path_factory: pytest.TempPathFactory) -> DemoDomain:
+    """The default district's demo trust domain, built once (cheap KDF) with the clock at ``kit.NOW``."""
+    from tests.kit import DemoDomain
+
+    return DemoDomain.create(Path(tmp_path_factory.mktemp("domain")) / ".lianfang")
+
+
+if TYPE_CHECKING:
+    from tests.kit import DemoDomain

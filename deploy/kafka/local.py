@@ -105,9 +105,15 @@ def fetch_jars(*, quiet: bool = False) -> Path:
     JARS_ROOT.mkdir(parents=True, exist_ok=True)
     scratch = JARS_ROOT / f".partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     cmd = [
-        mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
-        f"-DoutputDirectory={scratch}", "-DincludeScope=runtime",
-    ]  # fmt: skip
+        mvn,
+        "-B",
+        "-q",
+        "-f",
+        str(POM),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={scratch}",
+        "-DincludeScope=runtime",
+    ]
     if not quiet:
         print("fetching the Kafka jars from Maven Central (once) ...", file=sys.stderr)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)

@@ -1,0 +1,109 @@
+"""Helpers shared by the tests: a fixed clock, a demo domain with cached keystores, header builders."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from schemas.envelope import EnvelopeHeader
+from services.kernel import crypto, envelope, trust
+from services.kernel.keystore import KdfParams, Keystore
+from services.kernel.pseudonym import PseudonymKey, pseudonymize
+from services.kernel.registry import Registry
+
+NOW = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
+"""The tests' clock: the demo domain is issued at NOW and expires 90 days later."""
+
+EVENT_TIMES = iter(range(1_000_000))
+
+
+@dataclass
+class DemoDomain:
+    home: Path
+    trust: trust.TrustDomain
+    registry: Registry
+    _stores: dict[str, Keystore] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, home: Path) -> DemoDomain:
+        domain = trust.init_domain(home, now=NOW, kdf=KdfParams.for_tests())
+        return cls(home=home, trust=domain, registry=domain.registry(NOW))
+
+    def keys(self, participant: str) -> Keystore:
+        if participant not in self._stores:
+            self._stores[participant] = self.trust.keystore(participant)
+        return self._stores[participant]
+
+    def pseudonym_key(self) -> PseudonymKey:
+        return self.registry.pseudonym_key("police", self.keys("police").encryption)
+
+    def subject(self, phone: str = "13800000000") -> str:
+        return pseudonymize(self.pseudonym_key(), phone=phone)
+
+
+def header(**overrides: Any) -> EnvelopeHeader:
+    """A valid clear header of a DV lead reported by police in 仁和镇 at NOW; override any field."""
+    fields: dict[str, Any] = {
+        "v": 1,
+        "specversion": "1.0",
+        "id": envelope.new_event_id(int(NOW.timestamp() * 1000)),
+        "source": "urn:lianfang:police",
+        "type": "lead.reported",
+        "time": NOW.isoformat(),
+        "subject": "p1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "schema": "lead.reported/1",
+        "category": "domestic_violence",
+        "minor": False,
+        "town": "renhe",
+        "urgency": "urgent",
+        "policy": 1,
+        "registry": 1,
+    }
+    fields.update(overrides)
+    if isinstance(fields["time"], datetime):
+        fields["time"] = fields["time"].isoformat()
+    return EnvelopeHeader.model_validate_json(json.dumps(fields))
+
+
+CONTENT = {
+    "triage": {"category": "domestic_violence", "risk_indicators": ["threats_to_kill"], "minor": False},
+    "details": {
+        "victim": {"name": "张某某", "phone": "13800000000"},
+        "narrative": "丈夫多次殴打, 邻居报警。",
+    },
+}
+
+
+def seal(
+    domain: DemoDomain, *, sender: str = "police", registry: Registry | None = None, **fields: Any
+) -> bytes:
+    """Seal CONTENT under a header built from ``fields``, signed by ``sender``."""
+    fields.setdefault("source", f"urn:lianfang:{sender}")
+    h = header(**fields)
+    return envelope.seal(h, CONTENT, registry=registry or domain.registry, signer=domain.keys(sender)).value
+
+
+def later(minutes: int) -> datetime:
+    return NOW + timedelta(minutes=minutes)
+
+
+def rewrite_body(value: bytes, edit: Any, signer: Keystore | None = None, kid: str | None = None) -> bytes:
+    """Decode an envelope, let ``edit(header_bytes, sections_dict)`` change it, and re-frame it.
+
+    Without ``signer`` the original signature is kept (an outsider's tampering); with one, the
+    edited body is signed again (an insider who holds a valid key).
+    """
+    dsse = json.loads(value)
+    body = crypto.b64d(dsse["payload"], what="payload")
+    header_bytes, _, sections_bytes = body.partition(b"\n")
+    header_bytes, sections = edit(header_bytes, json.loads(sections_bytes))
+    new_body = header_bytes + b"\n" + crypto.compact_json(sections)
+    dsse["payload"] = crypto.b64e(new_body)
+    if signer is not None:
+        use = kid or next(iter(signer.signing))
+        sig = crypto.sign(signer.signing_key(use), dsse["payloadType"], new_body)
+        dsse["signatures"] = [{"keyid": use, "sig": crypto.b64e(sig)}]
+    return crypto.compact_json(dsse)

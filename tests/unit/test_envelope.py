@@ -1,0 +1,446 @@
+"""The envelope: anyone can verify it, only the policy's recipients can read it, and every bad record
+is refused with its stable reason code. Adversarial cases are a table; each row names its attack."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas.envelope import MAX_RECORD_BYTES
+from services.kernel import crypto, district, envelope
+from services.kernel.errors import REASON_CODES, ReasonCode, UntrustedInputError
+from services.kernel.keystore import Keystore
+from services.kernel.registry import Registry
+from tests.kit import CONTENT, NOW, DemoDomain, header, later, rewrite_body, seal
+
+pytestmark = pytest.mark.unit
+
+
+def _registry_with_key(domain: DemoDomain, participant: str, **changes: object) -> Registry:
+    """The demo registry with every signing key of ``participant`` changed (status, window)."""
+    doc = domain.registry.document
+    participants = []
+    for p in doc.participants:
+        if p.id == participant:
+            keys = [k.model_copy(update=changes) if k.use == "sign" else k for k in p.keys]
+            p = p.model_copy(update={"keys": keys})
+        participants.append(p)
+    return Registry(doc.model_copy(update={"participants": participants}))
+
+
+def _registry_with_dv_details(domain: DemoDomain, drop: str = "", add: str = "") -> Registry:
+    """A registry whose DV rule drops or adds a details recipient: envelopes sealed under it break
+    the real policy."""
+    doc = domain.registry.document
+    rules = []
+    for rule in doc.policy.rules:
+        if rule.name == "domestic_violence":
+            details = [r for r in rule.details if r != drop] + ([add] if add else [])
+            rule = rule.model_copy(update={"details": details})
+        rules.append(rule)
+    return Registry(doc.model_copy(update={"policy": doc.policy.model_copy(update={"rules": rules})}))
+
+
+@dataclass
+class Case:
+    """One adversarial row: build the record, then verify (and open as ``reader``) at ``now``."""
+
+    name: str
+    reason: ReasonCode
+    build: Callable[[DemoDomain], bytes]
+    reader: str | None = "womens_federation"
+    now: datetime = NOW
+    registry: Callable[[DemoDomain], Registry] | None = None
+
+
+def _swap_sections(d: DemoDomain) -> bytes:
+    """An insider (police) pastes another event's sealed sections under a new header and re-signs."""
+    other = json.loads(seal(d, town="renhe"))
+    other_sections = crypto.b64d(other["payload"], what="p").partition(b"\n")[2]
+    return rewrite_body(
+        seal(d, town="renhe"), lambda h, _s: (h, json.loads(other_sections)), d.keys("police")
+    )
+
+
+def _swap_sections_unsigned(d: DemoDomain) -> bytes:
+    other = json.loads(seal(d))
+    other_sections = crypto.b64d(other["payload"], what="p").partition(b"\n")[2]
+    return rewrite_body(seal(d), lambda h, _s: (h, json.loads(other_sections)))
+
+
+def _move_wrapped_key(d: DemoDomain) -> bytes:
+    """An insider moves the reader's wrapped key of ``triage`` into ``details`` and re-signs."""
+
+    def edit(h: bytes, s: dict[str, dict[str, list[dict[str, str]]]]) -> tuple[bytes, object]:
+        mine = next(w for w in s["triage"]["recipients"] if w["to"] == "womens_federation")
+        s["details"]["recipients"] = [
+            mine if w["to"] == "womens_federation" else w for w in s["details"]["recipients"]
+        ]
+        return h, s
+
+    return rewrite_body(seal(d), edit, d.keys("police"))
+
+
+def _flip_ciphertext(d: DemoDomain, resign: bool) -> bytes:
+    def edit(h: bytes, s: dict[str, dict[str, str]]) -> tuple[bytes, object]:
+        ct = bytearray(base64.b64decode(s["details"]["ct"]))
+        ct[3] ^= 0x01
+        s["details"]["ct"] = base64.b64encode(bytes(ct)).decode()
+        return h, s
+
+    return rewrite_body(seal(d), edit, d.keys("police") if resign else None)
+
+
+def _tamper_header_byte(d: DemoDomain) -> bytes:
+    return rewrite_body(seal(d), lambda h, s: (h.replace(b'"urgent"', b'"routine"'), s))
+
+
+def _unregistered_key(d: DemoDomain) -> bytes:
+    police = d.keys("police")
+    rogue = Keystore("police", signing=dict(police.signing), encryption=dict(police.encryption))
+    kid = rogue.add_signing_key()
+    return envelope.seal(header(), CONTENT, registry=d.registry, signer=rogue, signing_kid=kid).value
+
+
+def _unknown_sender(d: DemoDomain) -> bytes:
+    stranger = Keystore.generate("stranger")
+    value = seal(d)  # a valid body, then re-signed under a source nobody registered
+    return rewrite_body(
+        value, lambda h, s: (h.replace(b"urn:lianfang:police", b"urn:lianfang:stranger"), s), stranger
+    )
+
+
+def _duplicate_json_key(d: DemoDomain) -> bytes:
+    value = seal(d)
+    return value.replace(b'{"payload":', b'{"payload":"AAAA","payload":', 1)
+
+
+def _truncated_base64(d: DemoDomain) -> bytes:
+    dsse = json.loads(seal(d))
+    dsse["payload"] = dsse["payload"][:-3]
+    return crypto.compact_json(dsse)
+
+
+CASES = [
+    Case("a record that is not JSON is malformed", "malformed", lambda d: b"\x00\x01 not json"),
+    Case("duplicate JSON keys in the envelope are malformed", "malformed", _duplicate_json_key),
+    Case("truncated base64 in the payload is malformed", "malformed", _truncated_base64),
+    Case(
+        "a body without a header line is malformed",
+        "malformed",
+        lambda d: crypto.compact_json(
+            {
+                "payloadType": "application/vnd.lianfang.envelope.v1",
+                "payload": crypto.b64e(b"{}"),
+                "signatures": [{"keyid": "x", "sig": crypto.b64e(bytes(64))}],
+            }
+        ),
+    ),
+    Case(
+        "a header missing its urgency is malformed",
+        "malformed",
+        lambda d: rewrite_body(
+            seal(d), lambda h, s: (h.replace(b'"urgency":"urgent",', b""), s), d.keys("police")
+        ),
+    ),
+    Case(
+        "an oversized record is refused before parsing",
+        "too_large",
+        lambda d: b"{" + b" " * MAX_RECORD_BYTES + b"}",
+    ),
+    Case("a sender not in the registry is unknown", "unknown_sender", _unknown_sender),
+    Case("a signing key the registry does not list is unknown", "unknown_key", _unregistered_key),
+    Case("a tampered header byte breaks the signature", "bad_signature", _tamper_header_byte),
+    Case(
+        "tampered ciphertext breaks the signature",
+        "bad_signature",
+        lambda d: _flip_ciphertext(d, resign=False),
+    ),
+    Case("sections swapped between two events break the signature", "bad_signature", _swap_sections_unsigned),
+    Case(
+        "ciphertext tampered by an insider who re-signs fails to decrypt",
+        "decrypt_failed",
+        lambda d: _flip_ciphertext(d, resign=True),
+    ),
+    Case("sections an insider swaps in from another event fail to decrypt", "decrypt_failed", _swap_sections),
+    Case("a wrapped key moved to another section fails to decrypt", "decrypt_failed", _move_wrapped_key),
+    Case(
+        "an event signed after its key was revoked is rejected",
+        "key_revoked",
+        lambda d: seal(d, time=later(10)),
+        registry=lambda d: _registry_with_key(d, "police", status="revoked", revoked_at=later(5)),
+        now=later(11),
+    ),
+    Case(
+        "an event signed after its key was retired is rejected",
+        "key_expired",
+        lambda d: seal(d, time=later(10)),
+        registry=lambda d: _registry_with_key(d, "police", status="retired", valid_until=later(5)),
+        now=later(11),
+    ),
+    Case(
+        "an event signed before its key became valid is rejected",
+        "key_expired",
+        lambda d: seal(d, time=later(10)),
+        registry=lambda d: _registry_with_key(d, "police", valid_from=later(20)),
+        now=later(21),
+    ),
+    Case(
+        "an expired registry refuses every event",
+        "registry_expired",
+        lambda d: seal(d),
+        now=NOW + timedelta(days=91),
+    ),
+    Case(
+        "a participant outside the policy is not a recipient",
+        "not_a_recipient",
+        lambda d: seal(d),
+        reader="education",
+    ),
+    Case(
+        "a type the sender may not publish is not permitted",
+        "not_permitted",
+        lambda d: seal(
+            d, sender="education", type="protection_order.decided", schema="protection_order.decided/1"
+        ),
+    ),
+    Case(
+        "sealing to fewer recipients than the policy demands is a policy mismatch",
+        "policy_mismatch",
+        lambda d: seal(d, registry=_registry_with_dv_details(d, drop="$town_mediation")),
+    ),
+    Case(
+        "sealing to a participant the policy does not name is a policy mismatch",
+        "policy_mismatch",
+        lambda d: seal(d, registry=_registry_with_dv_details(d, add="education")),
+        reader="education",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_an_adversarial_record_is_refused_with_its_reason_code(domain: DemoDomain, case: Case) -> None:
+    value = case.build(domain)
+    registry = case.registry(domain) if case.registry else domain.registry
+    with pytest.raises(UntrustedInputError) as raised:
+        verified = envelope.verify(value, registry=registry, now=case.now)
+        if case.reader:
+            envelope.open_sections(verified, domain.keys(case.reader))
+    assert raised.value.reason == case.reason, str(raised.value)
+    assert str(raised.value).startswith(f"[{case.reason}]")
+
+
+def test_every_reason_code_but_replay_has_an_adversarial_case() -> None:
+    covered = {c.reason for c in CASES}
+    assert set(REASON_CODES) - covered == {"replay"}  # replay has its own tests below
+
+
+def test_an_event_signed_before_its_key_was_retired_still_verifies(domain: DemoDomain) -> None:
+    registry = _registry_with_key(domain, "police", status="retired", valid_until=later(5))
+    value = seal(domain, time=later(1))
+    opened = envelope.verify_and_open(value, registry=registry, now=later(60), keystore=domain.keys("police"))
+    assert opened.sections["details"] == CONTENT["details"]
+
+
+def test_an_event_signed_before_its_key_was_revoked_still_verifies(domain: DemoDomain) -> None:
+    registry = _registry_with_key(domain, "police", status="revoked", revoked_at=later(5))
+    value = seal(domain, time=later(1))
+    envelope.verify(value, registry=registry, now=later(2))
+
+
+def test_a_domestic_violence_lead_reaches_police_womens_federation_the_town_room_and_the_hub(
+    domain: DemoDomain,
+) -> None:
+    verified = envelope.verify(seal(domain, town="renhe"), registry=domain.registry, now=NOW)
+    assert verified.recipients() == {
+        "triage": {"police", "womens_federation", "mediation.renhe", "hub"},
+        "details": {"police", "womens_federation", "mediation.renhe"},
+    }
+    hub = envelope.open_sections(verified, domain.keys("hub"))
+    assert set(hub.sections) == {"triage"}, "the hub reads triage only"
+    room = envelope.open_sections(verified, domain.keys("mediation.renhe"))
+    assert room.sections == CONTENT
+    with pytest.raises(UntrustedInputError, match="not_a_recipient"):
+        envelope.open_sections(verified, domain.keys("mediation.mapo"))
+
+
+def test_a_minor_victim_of_sexual_assault_at_school_goes_to_every_mandated_agency(domain: DemoDomain) -> None:
+    value = seal(domain, category="sexual_assault", minor=True, school_related=True, urgency="immediate")
+    verified = envelope.verify(value, registry=domain.registry, now=NOW)
+    assert verified.recipients()["details"] == {
+        "police",
+        "procuratorate",
+        "civil_affairs",
+        "womens_federation",
+        "education",
+        "health",
+    }
+    assert "hub" in verified.recipients()["triage"]
+
+
+def test_employment_discrimination_goes_to_hrss_trade_union_womens_federation_and_procuratorate(
+    domain: DemoDomain,
+) -> None:
+    value = seal(domain, sender="womens_federation", category="employment_discrimination", town=None)
+    verified = envelope.verify(value, registry=domain.registry, now=NOW)
+    assert verified.recipients()["details"] == {"hrss", "trade_union", "womens_federation", "procuratorate"}
+
+
+def test_the_clear_header_is_mirrored_into_cloudevents_kafka_headers(domain: DemoDomain) -> None:
+    h = header(refs=[envelope.new_event_id()])
+    record = envelope.seal(h, CONTENT, registry=domain.registry, signer=domain.keys("police"))
+    headers = dict(record.headers)
+    assert headers["ce_id"] == h.id.encode()
+    assert headers["ce_type"] == b"lead.reported"
+    assert headers["ce_source"] == b"urn:lianfang:police"
+    assert headers["ce_subject"] == h.subject.encode()
+    assert headers["ce_minor"] == b"false"
+    assert headers["ce_refs"] == h.refs[0].encode()
+    assert record.key == h.subject.encode()
+    assert "张某某".encode() not in b"".join(headers.values()), "no personal data in Kafka headers"
+
+
+def test_unknown_header_fields_are_kept_and_covered_by_the_signature(domain: DemoDomain) -> None:
+    h = header(x_future_field="kept")
+    value = envelope.seal(h, CONTENT, registry=domain.registry, signer=domain.keys("police")).value
+    verified = envelope.verify(value, registry=domain.registry, now=NOW)
+    assert verified.header.model_extra == {"x_future_field": "kept"}
+    assert b'"x_future_field":"kept"' in verified.header_bytes
+
+
+def test_no_personal_data_is_in_the_clear_anywhere_in_the_record(domain: DemoDomain) -> None:
+    value = seal(domain)
+    body = crypto.b64d(json.loads(value)["payload"], what="p")
+    for secret in ("张某某", "13800000000", "殴打"):
+        assert secret.encode() not in value
+        assert secret.encode() not in body
+
+
+def test_sealing_for_a_header_the_policy_gives_nobody_is_refused(domain: DemoDomain) -> None:
+    from services.kernel.errors import UsageError
+
+    with pytest.raises(UsageError, match="names no recipient"):
+        envelope.seal(
+            header(type="lead.unknown_kind", schema="lead.unknown_kind/1"),
+            CONTENT,
+            registry=domain.registry,
+            signer=domain.keys("police"),
+        )
+
+
+# --------------------------------------------------------------------------- replay window
+
+
+def test_an_event_id_seen_before_is_a_replay() -> None:
+    window = envelope.ReplayWindow()
+    h = header()
+    window.check(h, NOW)
+    with pytest.raises(UntrustedInputError, match=r"^\[replay\].*already accepted"):
+        window.check(h, NOW)
+
+
+def test_an_event_older_than_the_window_is_a_replay_even_if_never_seen() -> None:
+    window = envelope.ReplayWindow(window=timedelta(days=7))
+    with pytest.raises(UntrustedInputError, match=r"^\[replay\].*older"):
+        window.check(header(time=NOW - timedelta(days=7, seconds=1)), NOW)
+    window.check(header(time=NOW - timedelta(days=6, hours=23)), NOW)
+
+
+def test_an_event_dated_beyond_the_clock_skew_is_refused() -> None:
+    window = envelope.ReplayWindow(max_skew=timedelta(minutes=5))
+    with pytest.raises(UntrustedInputError, match=r"^\[replay\].*future"):
+        window.check(header(time=NOW + timedelta(minutes=5, seconds=1)), NOW)
+    window.check(header(time=NOW + timedelta(minutes=4)), NOW)
+
+
+def test_pruning_forgets_only_ids_outside_the_window() -> None:
+    window = envelope.ReplayWindow(window=timedelta(days=1))
+    window.check(header(time=NOW - timedelta(hours=20)), NOW)
+    window.check(header(time=NOW), NOW)
+    assert window.prune(NOW + timedelta(hours=5)) == 1
+    assert len(window.seen) == 1
+
+
+# --------------------------------------------------------------------------- property: round trips
+
+TYPES_AND_CATEGORIES = st.sampled_from(
+    [
+        ("lead.reported", "police"),
+        ("lead.acknowledged", "womens_federation"),
+        ("risk.assessed", "police"),
+        ("protection_order.requested", "womens_federation"),
+        ("protection_order.decided", "court"),
+    ]
+)
+json_text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=60)
+section_content = st.dictionaries(
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12),
+    st.one_of(
+        json_text, st.integers(-(2**53), 2**53), st.booleans(), st.none(), st.lists(json_text, max_size=3)
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    kind=TYPES_AND_CATEGORIES,
+    category=st.sampled_from(
+        [
+            "domestic_violence",
+            "sexual_assault",
+            "child_abuse",
+            "trafficking",
+            "employment_discrimination",
+            "other",
+        ]
+    ),
+    minor=st.booleans(),
+    school=st.booleans(),
+    town=st.sampled_from([t for t, _ in district.TOWNS]),
+    triage=section_content,
+    details=section_content,
+)
+def test_every_recipient_opens_what_was_sealed_and_nobody_else_can(
+    domain: DemoDomain,
+    kind: tuple[str, str],
+    category: str,
+    minor: bool,
+    school: bool,
+    town: str,
+    triage: dict[str, object],
+    details: dict[str, object],
+) -> None:
+    event_type, sender = kind
+    h = header(
+        type=event_type,
+        schema=f"{event_type}/1",
+        source=f"urn:lianfang:{sender}",
+        category=category,
+        minor=minor,
+        school_related=school,
+        town=town,
+    )
+    value = envelope.seal(
+        h, {"triage": triage, "details": details}, registry=domain.registry, signer=domain.keys(sender)
+    ).value
+    verified = envelope.verify(value, registry=domain.registry, now=NOW)
+    recipients = verified.recipients()
+    everyone = set(domain.registry.participant_ids())
+    for participant in sorted(recipients["triage"] | recipients["details"]):
+        opened = envelope.open_sections(verified, domain.keys(participant))
+        for name, content in (("triage", triage), ("details", details)):
+            if participant in recipients[name]:
+                assert opened.sections[name] == content
+            else:
+                assert name not in opened.sections
+    outsider = sorted(everyone - recipients["triage"] - recipients["details"])[0]
+    with pytest.raises(UntrustedInputError, match="not_a_recipient"):
+        envelope.open_sections(verified, domain.keys(outsider))

@@ -60,5 +60,15 @@ def domain(tmp_path_factory: pytest.TempPathFactory) -> DemoDomain:
     return DemoDomain.create(Path(tmp_path_factory.mktemp("domain")) / ".lianfang")
 
 
+@pytest.fixture(scope="session")
+def live_domain(tmp_path_factory: pytest.TempPathFactory) -> DemoDomain:
+    """A demo domain issued at the real current time, for services that run on the wall clock."""
+    from datetime import UTC, datetime
+
+    from tests.kit import DemoDomain
+
+    return DemoDomain.create(Path(tmp_path_factory.mktemp("live-domain")) / ".lianfang", now=datetime.now(UTC))
+
+
 if TYPE_CHECKING:
     from tests.kit import DemoDomain

@@ -28,9 +28,9 @@ class DemoDomain:
     _stores: dict[str, Keystore] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, home: Path) -> DemoDomain:
-        domain = trust.init_domain(home, now=NOW, kdf=KdfParams.for_tests())
-        return cls(home=home, trust=domain, registry=domain.registry(NOW))
+    def create(cls, home: Path, now: datetime = NOW) -> DemoDomain:
+        domain = trust.init_domain(home, now=now, kdf=KdfParams.for_tests())
+        return cls(home=home, trust=domain, registry=domain.registry(now))
 
     def keys(self, participant: str) -> Keystore:
         if participant not in self._stores:

@@ -128,8 +128,13 @@ class Registry:
     # -- construction
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, trusted_roots: Roots, now: datetime) -> Registry:
+    def from_bytes(
+        cls, data: bytes, *, trusted_roots: Roots, now: datetime, allow_expired: bool = False
+    ) -> Registry:
         """Verify a registry file: k-of-n root signatures, then schema, then expiry.
+
+        ``allow_expired`` loads an expired registry anyway (the router starts with it and pauses until
+        a newer one arrives); its signatures must still verify.
 
         When the document names roots different from ``trusted_roots`` (a root rotation), it must be
         signed by a threshold of both the trusted roots and its own.
@@ -150,7 +155,8 @@ class Registry:
                     f"{rotated.threshold} signatures its new roots need"
                 )
         registry = cls(document, payload, report)
-        registry.check_current(now)
+        if not allow_expired:
+            registry.check_current(now)
         return registry
 
     # -- validity

@@ -170,6 +170,11 @@ class TrustDomain:
         return data
 
 
+def write_file(path: Path, data: bytes) -> None:
+    """Replace a registry file atomically: readers see the old or the new file, never half of one."""
+    _write_atomic(path, data)
+
+
 def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -213,8 +218,9 @@ def init_domain(
     if (home / "registry.json").exists() and not force:
         raise UsageError(f"{home} already holds a trust domain; pass --force to replace it")
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    passphrase = os.environ.get("LIANFANG_PASSPHRASE") or secrets.token_urlsafe(24)
-    if "LIANFANG_PASSPHRASE" not in os.environ:
+    passphrase = os.environ.get("LIANFANG_PASSPHRASE", "")
+    if not passphrase:
+        passphrase = secrets.token_urlsafe(24)
         _write_atomic(home / "passphrase", (passphrase + "\n").encode(), mode=0o600)
     domain = TrustDomain(home=home, passphrase=passphrase)
 

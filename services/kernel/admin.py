@@ -1,0 +1,251 @@
+"""Changes to the trust registry: add a participant, add keys, rotate keys, revoke a key.
+
+Every change is a pure function from one registry document to the next version: ``version + 1``, issued
+``now``, expiring one ``lifetime`` later, and checked against the schema. Sealing the pseudonym key to
+the new encryption keys (:func:`reseal`) and signing by the roots are separate steps that need private
+keys; ``lianfang keys ...`` (:mod:`services.cli`) does them and writes the file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pydantic import ValidationError
+
+from schemas.common import PARTICIPANT_ID_PATTERN
+from schemas.registry import Participant, PublicKey, RegistryDocument, SealedPseudonymKey
+from services.kernel import crypto
+from services.kernel.errors import MalformedError, UnknownKeyError, UsageError
+from services.kernel.pseudonym import PseudonymKey
+from services.kernel.registry import Registry, seal_pseudonym_key
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """The next registry document and, for people, what changed (ids and key ids, never key material)."""
+
+    document: RegistryDocument
+    participant: str
+    summary: str
+
+
+def lifetime_of(document: RegistryDocument) -> timedelta:
+    """How long a registry was issued for; a change keeps the domain's lifetime."""
+    return document.expires - document.issued
+
+
+def check_participant_id(participant_id: str) -> str:
+    """Refuse an id the registry schema would refuse, before it names a file or a key."""
+    if re.fullmatch(PARTICIPANT_ID_PATTERN, participant_id) is None or len(participant_id) > 64:
+        raise UsageError(
+            f"{participant_id!r} is not a participant id: lower-case letters and '_', optionally "
+            "followed by '.' and a suffix of lower-case letters, digits and '_' (e.g. 'shelter', "
+            "'mediation.renhe')"
+        )
+    return participant_id
+
+
+def add_participant(
+    document: RegistryDocument,
+    *,
+    participant_id: str,
+    name_zh: str,
+    name_en: str,
+    may_publish: Sequence[str],
+    keys: Sequence[PublicKey],
+    now: datetime,
+    lifetime: timedelta,
+) -> Change:
+    """A new participant with its public keys."""
+    check_participant_id(participant_id)
+    if any(p.id == participant_id for p in document.participants):
+        raise UsageError(f"{participant_id!r} is already a participant of registry v{document.version}")
+    try:
+        participant = Participant(
+            id=participant_id,
+            name_zh=name_zh,
+            name_en=name_en,
+            may_publish=list(may_publish),
+            keys=list(keys),
+        )
+    except ValidationError as e:
+        raise UsageError(f"participant {participant_id!r} is not valid: {_first_error(e)}") from e
+    nxt = _next(document, [*document.participants, participant], now=now, lifetime=lifetime)
+    return Change(nxt, participant_id, f"added participant {participant_id}: {_kids(keys)}")
+
+
+def add_keys(
+    document: RegistryDocument,
+    participant_id: str,
+    keys: Sequence[PublicKey],
+    *,
+    now: datetime,
+    lifetime: timedelta,
+) -> Change:
+    """More public keys for an existing participant; its other keys are unchanged."""
+    participant = _participant(document, participant_id)
+    _check_new_kids(participant, keys)
+    updated = participant.model_copy(update={"keys": [*participant.keys, *keys]})
+    nxt = _next(document, _replace(document, updated), now=now, lifetime=lifetime)
+    return Change(nxt, participant_id, f"{participant_id}: added {_kids(keys)}")
+
+
+def rotate(
+    document: RegistryDocument,
+    participant_id: str,
+    keys: Sequence[PublicKey],
+    *,
+    now: datetime,
+    lifetime: timedelta,
+) -> Change:
+    """New keys for a participant; its active keys are retired (``valid_until = now``).
+
+    A retired key stays listed, so what it signed while valid still verifies.
+    """
+    participant = _participant(document, participant_id)
+    _check_new_kids(participant, keys)
+    retired = [k for k in participant.keys if k.status == "active" and _valid_at(k, now)]
+    kept = [
+        k.model_copy(update={"status": "retired", "valid_until": now}) if k in retired else k
+        for k in participant.keys
+    ]
+    updated = participant.model_copy(update={"keys": [*kept, *keys]})
+    nxt = _next(document, _replace(document, updated), now=now, lifetime=lifetime)
+    old = _kids(retired) if retired else "no active keys"
+    return Change(nxt, participant_id, f"{participant_id}: retired {old}; added {_kids(keys)}")
+
+
+def revoke(
+    document: RegistryDocument,
+    participant_id: str,
+    kid: str,
+    *,
+    at: datetime,
+    now: datetime,
+    lifetime: timedelta,
+) -> Change:
+    """Revoke key ``kid`` from ``at`` on: what it signed from then on is refused."""
+    participant = _participant(document, participant_id)
+    if at.tzinfo is None:
+        raise UsageError("a revocation time needs a time zone, e.g. 2025-03-01T09:00:00+08:00")
+    matches = [k for k in participant.keys if k.kid == kid]
+    if not matches:
+        held = ", ".join(k.kid for k in participant.keys) or "none"
+        raise UsageError(f"{participant_id!r} has no key {kid!r} (its keys: {held})")
+    (key,) = matches
+    if key.status == "revoked":
+        when = key.revoked_at.isoformat() if key.revoked_at else "an unknown time"
+        raise UsageError(f"key {kid} of {participant_id} was already revoked at {when}")
+    revoked = key.model_copy(update={"status": "revoked", "revoked_at": at})
+    updated = participant.model_copy(
+        update={"keys": [revoked if k.kid == kid else k for k in participant.keys]}
+    )
+    nxt = _next(document, _replace(document, updated), now=now, lifetime=lifetime)
+    return Change(
+        nxt,
+        participant_id,
+        f"{participant_id}: revoked {_use(key)} key {kid} from {at.isoformat(timespec='seconds')}",
+    )
+
+
+def reseal(
+    document: RegistryDocument, key: PseudonymKey, *, now: datetime
+) -> tuple[RegistryDocument, list[str]]:
+    """Seal the pseudonym key to each participant's current encryption key.
+
+    Unlike :func:`services.kernel.trust.reseal_pseudonym_key`, a participant left with no usable
+    encryption key (its only one was just revoked) is skipped rather than blocking the revocation; its
+    id is returned so the operator can issue it new keys.
+    """
+    registry = Registry(document)  # not signed yet: used only to look keys up
+    targets: dict[str, tuple[str, bytes]] = {}
+    skipped: list[str] = []
+    for participant in document.participants:
+        try:
+            targets[participant.id] = registry.encryption_key(participant.id, at=now)
+        except UnknownKeyError:
+            skipped.append(participant.id)
+    sealed = SealedPseudonymKey(
+        version=key.version, sealed=seal_pseudonym_key(key.secret, key.version, targets)
+    )
+    return document.model_copy(update={"pseudonym_key": sealed}), skipped
+
+
+def read_document(payload: bytes) -> RegistryDocument:
+    """Parse an unverified registry payload, to show a root holder what they are about to sign."""
+    crypto.strict_json(payload, what="registry payload")
+    try:
+        return RegistryDocument.model_validate_json(payload)
+    except ValidationError as e:
+        raise MalformedError(f"registry payload does not match the schema: {_first_error(e)}") from e
+
+
+# -- helpers
+
+
+def _next(
+    document: RegistryDocument, participants: list[Participant], *, now: datetime, lifetime: timedelta
+) -> RegistryDocument:
+    if lifetime <= timedelta(0):
+        raise UsageError("a registry lifetime must be positive")
+    if now < document.issued:
+        raise UsageError(
+            f"the clock reads {now.isoformat()}, before registry v{document.version} was issued "
+            f"({document.issued.isoformat()}); check the system clock"
+        )
+    candidate = document.model_copy(
+        update={
+            "version": document.version + 1,
+            "issued": now,
+            "expires": now + lifetime,
+            "participants": participants,
+        }
+    )
+    # model_copy does not validate: a JSON round trip checks the whole document against the schema.
+    try:
+        return RegistryDocument.model_validate_json(candidate.model_dump_json(by_alias=True))
+    except ValidationError as e:
+        raise UsageError(f"the changed registry would not be valid: {_first_error(e)}") from e
+
+
+def _participant(document: RegistryDocument, participant_id: str) -> Participant:
+    for participant in document.participants:
+        if participant.id == participant_id:
+            return participant
+    raise UsageError(
+        f"{participant_id!r} is not a participant of registry v{document.version}; "
+        "`lianfang keys new --as ID --name-zh ... --name-en ...` adds one"
+    )
+
+
+def _replace(document: RegistryDocument, updated: Participant) -> list[Participant]:
+    return [updated if p.id == updated.id else p for p in document.participants]
+
+
+def _check_new_kids(participant: Participant, keys: Iterable[PublicKey]) -> None:
+    held = {k.kid for k in participant.keys}
+    for key in keys:
+        if key.kid in held:
+            raise UsageError(f"{participant.id} already has a key {key.kid}")
+
+
+def _valid_at(key: PublicKey, at: datetime) -> bool:
+    return key.valid_until is None or at < key.valid_until
+
+
+def _kids(keys: Iterable[PublicKey]) -> str:
+    return ", ".join(f"{_use(k)} key {k.kid}" for k in keys)
+
+
+def _use(key: PublicKey) -> str:
+    return "signing" if key.use == "sign" else "encryption"
+
+
+def _first_error(e: ValidationError) -> str:
+    first = e.errors(include_input=False)[0]
+    where = ".".join(str(part) for part in first["loc"]) or "document"
+    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"

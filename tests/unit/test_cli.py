@@ -1,0 +1,406 @@
+"""The `lianfang` command for the trust domain: init, registry show|verify|sign, keys new|rotate|revoke."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from schemas.registry import PublicKey, Roots
+from services import cli
+from services.kernel import district, trust
+from services.kernel.errors import KeyRevokedError
+from services.kernel.keystore import Keystore
+from services.kernel.registry import Registry
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class Lianfang:
+    """Runs `lianfang --home HOME --now NOW ...` in-process and keeps everything it printed."""
+
+    home: Path
+    capsys: pytest.CaptureFixture[str]
+    transcript: list[str] = field(default_factory=list)
+
+    def __call__(self, *argv: str, now: datetime | None = NOW) -> Result:
+        clock = ["--now", now.isoformat()] if now is not None else []
+        code = cli.main(["--home", str(self.home), *clock, *argv])
+        captured = self.capsys.readouterr()
+        self.transcript += [captured.out, captured.err]
+        return Result(code, captured.out, captured.err)
+
+    def registry(self, at: datetime = NOW) -> Registry:
+        return trust.open_domain(self.home).registry(at)
+
+    def keys_of(self, participant: str, at: datetime = NOW) -> list[PublicKey]:
+        return self.registry(at).participant(participant).keys
+
+
+@pytest.fixture(autouse=True)
+def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cli.FAST_KDF_ENV, "1")
+    monkeypatch.delenv("LIANFANG_PASSPHRASE", raising=False)
+    monkeypatch.delenv("LIANFANG_HOME", raising=False)
+
+
+@pytest.fixture
+def lianfang(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Lianfang:
+    return Lianfang(home=tmp_path / "domain", capsys=capsys)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One demo trust domain made by `lianfang init` at NOW, copied for each test that needs one."""
+    home = tmp_path_factory.mktemp("pristine") / "domain"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(cli.FAST_KDF_ENV, "1")
+        env.delenv("LIANFANG_PASSPHRASE", raising=False)
+        assert cli.main(["--home", str(home), "--now", NOW.isoformat(), "init"]) == 0
+    return home
+
+
+@pytest.fixture
+def domain(lianfang: Lianfang, pristine: Path) -> Lianfang:
+    """A copy of the demo trust domain, private to this test."""
+    shutil.copytree(pristine, lianfang.home)
+    return lianfang
+
+
+def _root_kid(home: Path, holder: str) -> str:
+    roots = Roots.model_validate_json((home / "root.json").read_bytes())
+    (kid,) = [k.kid for k in roots.keys if k.holder == holder]
+    return kid
+
+
+def _keep_only_signatures_of(path: Path, kids: set[str]) -> None:
+    block, payload = path.read_bytes().split(b"\n", 1)
+    signatures = json.loads(block)
+    signatures["signatures"] = [s for s in signatures["signatures"] if s["keyid"] in kids]
+    path.write_bytes(json.dumps(signatures, separators=(",", ":"), sort_keys=True).encode() + b"\n" + payload)
+
+
+def _private_key_texts(home: Path, passphrase: str) -> Iterator[str]:
+    """Every private key of the domain as base64, base64url and hex."""
+    for path in [*(home / "keys").glob("*.key"), *(home / "roots").glob("*.key")]:
+        store = Keystore.load(path, passphrase)
+        raws = [k.private_bytes_raw() for k in store.signing.values()]
+        raws += [k.private_bytes_raw() for k in store.encryption.values()]
+        for raw in raws:
+            yield base64.b64encode(raw).decode()
+            yield base64.urlsafe_b64encode(raw).decode().rstrip("=")
+            yield raw.hex()
+
+
+# -- init and verify
+
+
+def test_a_fresh_domain_verifies_and_a_renamed_participant_breaks_its_signatures(
+    domain: Lianfang,
+) -> None:
+    result = domain("registry", "verify")
+    assert result.code == 0
+    assert result.out.startswith("OK: registry v1, signed by 2 of 3 roots (plc/")
+    assert "2 needed" in result.out
+
+    path = domain.home / "registry.json"
+    path.write_text(path.read_text(encoding="utf-8").replace("区公安局", "区公安分局"), encoding="utf-8")
+    result = domain("registry", "verify")
+    assert result.code == 1
+    assert result.err.startswith("FAILED [bad_signature]: 0 of 2 required root signatures valid")
+    assert "changed after it was signed" in result.err
+    assert "Traceback" not in result.err
+
+
+def test_init_summarizes_the_domain_without_its_secrets(lianfang: Lianfang) -> None:
+    result = lianfang("init")
+    assert result.code == 0
+    assert f"{len(district.participants())} participants" in result.out
+    assert "signed by 2 of 3 roots" in result.out
+    assert "root keys held by plc, procuratorate, womens_federation" in result.out
+    assert str(lianfang.home / "passphrase") in result.out
+    assert (NOW + trust.DEFAULT_LIFETIME).isoformat() in result.out
+    assert (lianfang.home / "passphrase").read_text().strip() not in result.out + result.err
+
+
+def test_init_refuses_to_overwrite_a_domain_without_force(domain: Lianfang) -> None:
+    before = (domain.home / "registry.json").read_bytes()
+    result = domain("init")
+    assert result.code == 2
+    assert "already holds a trust domain; pass --force" in result.err
+    assert (domain.home / "registry.json").read_bytes() == before
+
+    assert domain("init", "--force").code == 0
+    assert (domain.home / "registry.json").read_bytes() != before
+
+
+def test_one_root_signature_where_two_are_needed_fails_until_a_second_root_signs(
+    domain: Lianfang,
+) -> None:
+    path = domain.home / "registry.json"
+    _keep_only_signatures_of(path, {_root_kid(domain.home, "plc")})
+
+    result = domain("registry", "verify")
+    assert result.code == 1
+    assert result.err.startswith("FAILED [bad_signature]: 1 of 2 required root signatures valid (plc/")
+    assert "1 missing" in result.err
+    assert "not signed by procuratorate, womens_federation" in result.err
+
+    result = domain("registry", "sign", "--root", "womens_federation")
+    assert result.code == 0
+    assert "2 of 2 required root signatures valid" in result.out
+    assert "enough to verify" in result.out
+
+    result = domain("registry", "verify", str(path))
+    assert result.code == 0
+    assert f"womens_federation/{_root_kid(domain.home, 'womens_federation')}" in result.out
+
+
+def test_signing_as_someone_who_holds_no_root_key_is_a_usage_error(domain: Lianfang) -> None:
+    result = domain("registry", "sign", "--root", "police")
+    assert result.code == 2
+    assert result.err == (
+        "error: 'police' holds no root key of this trust domain "
+        "(root holders: plc, procuratorate, womens_federation)\n"
+    )
+
+
+def test_an_expired_registry_fails_with_registry_expired(lianfang: Lianfang) -> None:
+    assert lianfang("init", "--lifetime-days", "1").code == 0
+    assert lianfang("registry", "verify", now=NOW + timedelta(hours=23)).code == 0
+
+    result = lianfang("registry", "verify", now=NOW + timedelta(days=2))
+    assert result.code == 1
+    assert result.err.startswith("FAILED [registry_expired]: registry version 1 expired at")
+
+
+def test_show_and_verify_need_neither_the_passphrase_nor_private_keys(domain: Lianfang) -> None:
+    (domain.home / "passphrase").unlink()
+    for folder in ("keys", "roots"):
+        for path in (domain.home / folder).glob("*.key"):
+            path.unlink()
+
+    assert domain("registry", "verify").code == 0
+    result = domain("registry", "show")
+    assert result.code == 0
+    assert "registry v1" in result.out
+    assert "police" in result.out
+    assert "区公安局" in result.out
+    assert "policy v1" in result.out
+    assert "domestic_violence" in result.out
+
+    result = domain("registry", "show", "--json")
+    assert result.code == 0
+    assert json.loads(result.out)["version"] == 1
+
+
+# -- keys
+
+
+def test_rotating_keys_makes_version_2_where_the_old_keys_are_retired_and_still_listed(
+    domain: Lianfang,
+) -> None:
+    old = {k.kid: k for k in domain.keys_of("police")}
+    later = NOW + timedelta(days=1)
+
+    result = domain("keys", "rotate", "--as", "police", now=later)
+    assert result.code == 0
+    assert result.out.startswith("registry v2 written to")
+    for kid in old:
+        assert kid in result.out
+
+    registry = domain.registry(later)
+    assert registry.version == 2
+    assert registry.document.issued == later
+    keys = {k.kid: k for k in registry.participant("police").keys}
+    assert set(old) < set(keys)
+    for kid in old:
+        assert keys[kid].status == "retired"
+        assert keys[kid].valid_until == later
+    new = [k for k in keys.values() if k.kid not in old]
+    assert sorted(k.use for k in new) == ["encrypt", "sign"]
+    assert all(k.status == "active" and k.valid_from == later for k in new)
+
+    # What the old signing key signed while valid still verifies; the new one signs from now on.
+    (old_sign,) = [kid for kid, k in old.items() if k.use == "sign"]
+    registry.signing_key("police", old_sign, at=NOW + timedelta(hours=1))
+
+    # The pseudonym key is resealed to the new encryption key and is still the same key.
+    store = trust.open_domain(domain.home).keystore("police")
+    assert set(old) | {k.kid for k in new} == set(store.signing) | set(store.encryption)
+    (new_enc,) = [k.kid for k in new if k.use == "encrypt"]
+    (wrapped,) = [w for w in registry.document.pseudonym_key.sealed if w.to == "police"]
+    assert wrapped.kid == new_enc
+    plc = trust.open_domain(domain.home).keystore("plc")
+    assert registry.pseudonym_key("police", {new_enc: store.encryption[new_enc]}) == (
+        registry.pseudonym_key("plc", plc.encryption)
+    )
+
+    show = domain("registry", "show", now=later).out
+    (row,) = [line for line in show.splitlines() if line.strip().startswith("police ")]
+    assert row.count("1 active, 1 retired") == 2
+
+
+def test_revoking_a_key_marks_it_revoked_from_the_given_time(domain: Lianfang) -> None:
+    (kid,) = [k.kid for k in domain.keys_of("police") if k.use == "sign"]
+    at, later = NOW + timedelta(hours=2), NOW + timedelta(days=1)
+
+    result = domain("keys", "revoke", "--as", "police", "--kid", kid, "--at", at.isoformat(), now=later)
+    assert result.code == 0
+    assert result.out.startswith("registry v2 written to")
+    assert f"revoked signing key {kid}" in result.out
+
+    registry = domain.registry(later)
+    (key,) = [k for k in registry.participant("police").keys if k.kid == kid]
+    assert key.status == "revoked"
+    assert key.revoked_at == at
+    registry.signing_key("police", kid, at=at - timedelta(minutes=1))
+    with pytest.raises(KeyRevokedError):
+        registry.signing_key("police", kid, at=at)
+
+    again = domain("keys", "revoke", "--as", "police", "--kid", kid, now=later)
+    assert again.code == 2
+    assert "already revoked" in again.err
+
+
+def test_revoking_without_a_time_revokes_from_now(domain: Lianfang) -> None:
+    (kid,) = [k.kid for k in domain.keys_of("court") if k.use == "encrypt"]
+    assert domain("keys", "revoke", "--as", "court", "--kid", kid).code == 0
+    (key,) = [k for k in domain.keys_of("court") if k.kid == kid]
+    assert key.revoked_at == NOW
+
+
+def test_a_new_participant_gets_keys_and_appears_in_registry_show(domain: Lianfang) -> None:
+    result = domain(
+        "keys", "new", "--as", "shelter", "--name-zh", "区反家暴庇护所", "--name-en", "DV Shelter"
+    )
+    assert result.code == 0
+    assert "added participant shelter" in result.out
+
+    registry = domain.registry()
+    assert registry.version == 2
+    shelter = registry.participant("shelter")
+    assert shelter.name_zh == "区反家暴庇护所"
+    assert shelter.may_publish == district.may_publish("shelter")
+    store = trust.open_domain(domain.home).keystore("shelter")
+    assert {k.kid for k in shelter.keys} == set(store.signing) | set(store.encryption)
+    assert registry.pseudonym_key("shelter", store.encryption).version == 1
+
+    show = domain("registry", "show")
+    assert "shelter" in show.out
+    assert "区反家暴庇护所" in show.out
+    assert "DV Shelter" in show.out
+
+
+def test_keys_new_for_an_existing_participant_adds_one_key_pair(domain: Lianfang) -> None:
+    before = {k.kid for k in domain.keys_of("health")}
+    assert domain("keys", "new", "--as", "health").code == 0
+    keys = domain.keys_of("health")
+    assert len(keys) == len(before) + 2
+    assert all(k.status == "active" for k in keys)
+
+
+def test_a_new_participant_needs_both_names(domain: Lianfang) -> None:
+    result = domain("keys", "new", "--as", "shelter", "--name-zh", "庇护所")
+    assert result.code == 2
+    assert "--name-zh and --name-en" in result.err
+    assert domain.registry().version == 1
+
+
+def test_a_change_without_a_threshold_of_root_keystores_changes_nothing(domain: Lianfang) -> None:
+    (domain.home / "roots" / "plc.key").unlink()
+    (domain.home / "roots" / "procuratorate.key").unlink()
+    before = (domain.home / "registry.json").read_bytes()
+    store_before = (domain.home / "keys" / "police.key").read_bytes()
+
+    result = domain("keys", "rotate", "--as", "police")
+    assert result.code == 2
+    assert "needs 2 root signatures" in result.err
+    assert (domain.home / "registry.json").read_bytes() == before
+    assert (domain.home / "keys" / "police.key").read_bytes() == store_before
+
+
+def test_unknown_participants_and_bad_ids_are_usage_errors(domain: Lianfang) -> None:
+    assert domain("keys", "rotate", "--as", "nobody").code == 2
+    result = domain("keys", "new", "--as", "../etc", "--name-zh", "x", "--name-en", "x")
+    assert result.code == 2
+    assert "is not a participant id" in result.err
+    assert not (domain.home / "etc.key").exists()
+
+
+# -- secrets
+
+
+def test_no_command_prints_the_passphrase_or_any_private_key(domain: Lianfang) -> None:
+    (kid,) = [k.kid for k in domain.keys_of("police") if k.use == "sign"]
+    for argv in (
+        ("registry", "show"),
+        ("registry", "show", "--json"),
+        ("registry", "verify"),
+        ("keys", "new", "--as", "shelter", "--name-zh", "庇护所", "--name-en", "Shelter"),
+        ("keys", "new", "--as", "police"),
+        ("keys", "rotate", "--as", "police"),
+        ("keys", "revoke", "--as", "police", "--kid", kid),
+        ("registry", "sign", "--root", "womens_federation"),
+        ("registry", "verify"),
+    ):
+        assert domain(*argv).code == 0, argv
+
+    printed = "".join(domain.transcript)
+    passphrase = (domain.home / "passphrase").read_text().strip()
+    assert passphrase not in printed
+    secrets = list(_private_key_texts(domain.home, passphrase))
+    assert len(secrets) > 3 * 40
+    assert not [s for s in secrets if s in printed]
+
+    plc = trust.open_domain(domain.home).keystore("plc")
+    secret = domain.registry().pseudonym_key("plc", plc.encryption).secret
+    for text in (base64.b64encode(secret).decode(), base64.urlsafe_b64encode(secret).decode(), secret.hex()):
+        assert text.rstrip("=") not in printed
+
+
+# -- the installed entry point
+
+
+def test_the_installed_console_script_runs_the_command(domain: Lianfang, tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "lianfang"
+    assert script.exists(), f"the console script is not installed next to {sys.executable}"
+    env = {**os.environ, "LIANFANG_HOME": str(domain.home)}
+    clock = ["--now", NOW.isoformat()]
+
+    ok = subprocess.run(
+        [script, *clock, "registry", "verify"], check=False, capture_output=True, text=True, env=env
+    )
+    assert (ok.returncode, ok.stderr) == (0, "")
+    assert ok.stdout.startswith("OK: registry v1")
+
+    empty = tmp_path / "empty"
+    missing = subprocess.run(
+        [script, "--home", str(empty), "registry", "verify"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("error: no registry at")
+    assert "Traceback" not in missing.stderr

@@ -1,0 +1,249 @@
+"""Exactly-once consume → transform → produce on Kafka transactions, with per-partition state.
+
+Each assigned partition ``p`` of the source topic gets its own transactional producer (id
+``<group>.<source>.<p>``): starting it fences a zombie of the same partition and aborts what that one
+left open. A batch of ``p``'s records is handled in one transaction holding the outputs, the changes to
+``p``'s state (written to partition ``p`` of a compacted state topic) and the consumed offset, so after
+any crash the outputs, the state and the position agree. Readers of the outputs use
+``isolation_level="read_committed"``.
+
+Why not faust-streaming's ``exactly_once``: it derives the transactional id from the *destination*
+topic's partition and topic group, so it holds only when every output is co-partitioned with the input
+and subscribed by the app; the router's outputs (one inbox per participant, dead letters) are not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from services.kernel.errors import TransportError
+
+log = logging.getLogger("lianfang.eos")
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A record to write in the same transaction as the input's offset."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | None = None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class PartitionState:
+    """The state of one source partition: string keys to bytes values, mirrored in the state topic."""
+
+    partition: int
+    data: dict[str, bytes] = field(default_factory=dict)
+    pending: dict[str, bytes | None] = field(default_factory=dict)
+
+    def get(self, key: str) -> bytes | None:
+        if key in self.pending:
+            return self.pending[key]
+        return self.data.get(key)
+
+    def put(self, key: str, value: bytes | None) -> None:
+        """Set (or with ``None`` delete) a key; it is written and applied when the batch commits."""
+        self.pending[key] = value
+
+    def keys(self) -> Iterable[str]:
+        return [k for k in {*self.data, *self.pending} if self.get(k) is not None]
+
+    def _apply(self) -> None:
+        for key, value in self.pending.items():
+            if value is None:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
+        self.pending.clear()
+
+
+Handler = Callable[[Any, PartitionState], Awaitable[list[Output]]]
+"""Called for each record (an aiokafka ``ConsumerRecord``) with its partition's state."""
+
+BatchHook = Callable[[PartitionState], list[Output]]
+"""Called once per batch after the records (e.g. to prune old state); may ``put`` and return outputs."""
+
+
+class TransactionalRunner:
+    """Runs one worker of a consumer group; several workers of one group share the partitions."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        group_id: str,
+        source: str,
+        state_topic: str,
+        handler: Handler,
+        after_batch: BatchHook | None = None,
+        max_batch: int = 500,
+        paused: Callable[[], bool] | None = None,
+        client_id: str = "lianfang",
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.group_id = group_id
+        self.source = source
+        self.state_topic = state_topic
+        self.handler = handler
+        self.after_batch = after_batch
+        self.max_batch = max_batch
+        self.paused = paused
+        self.client_id = client_id
+        self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self.states: dict[TopicPartition, PartitionState] = {}
+        self.consumer: AIOKafkaConsumer | None = None
+        self.stopping = asyncio.Event()
+        # A rebalance callback may run while a batch awaits I/O: it waits for the batch to finish.
+        self._lock = asyncio.Lock()
+
+    # -- partitions come and go
+
+    def _transactional_id(self, tp: TopicPartition) -> str:
+        return f"{self.group_id}.{tp.topic}.{tp.partition}"
+
+    async def _assign(self, tps: Iterable[TopicPartition]) -> None:
+        async with self._lock:
+            await self._assign_unlocked(tps)
+
+    async def _assign_unlocked(self, tps: Iterable[TopicPartition]) -> None:
+        for tp in tps:
+            if tp in self.producers:
+                continue
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                transactional_id=self._transactional_id(tp),
+                enable_idempotence=True,
+                acks="all",
+                client_id=f"{self.client_id}-{tp.partition}",
+                linger_ms=2,
+            )
+            await producer.start()  # InitProducerId: fences the previous owner, aborts its open txn
+            self.producers[tp] = producer
+            self.states[tp] = await self._load_state(tp.partition)
+            log.info("partition %s assigned: %d state keys", tp, len(self.states[tp].data))
+
+    async def _revoke(self, tps: Iterable[TopicPartition]) -> None:
+        async with self._lock:
+            for tp in tps:
+                producer = self.producers.pop(tp, None)
+                self.states.pop(tp, None)
+                if producer is not None:
+                    await producer.stop()
+
+    async def _load_state(self, partition: int) -> PartitionState:
+        """Read partition ``partition`` of the state topic (committed records only) to its end."""
+        state = PartitionState(partition)
+        tp = TopicPartition(self.state_topic, partition)
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, isolation_level="read_committed", enable_auto_commit=False
+        )
+        await reader.start()
+        try:
+            reader.assign([tp])
+            end = (await reader.end_offsets([tp]))[tp]
+            await reader.seek_to_beginning(tp)
+            while await reader.position(tp) < end:
+                batch = await reader.getmany(tp, timeout_ms=1000)
+                for record in batch.get(tp, []):
+                    key = record.key.decode() if record.key else ""
+                    if record.value is None:
+                        state.data.pop(key, None)
+                    else:
+                        state.data[key] = record.value
+        finally:
+            await reader.stop()
+        return state
+
+    # -- the loop
+
+    async def run(self) -> None:
+        runner = self
+
+        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+                await runner._revoke(revoked)
+
+            async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+                await runner._assign(assigned)
+
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            client_id=self.client_id,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+            max_poll_records=self.max_batch,
+        )
+        await self.consumer.start()
+        self.consumer.subscribe([self.source], listener=Listener())
+        try:
+            while not self.stopping.is_set():
+                if self.paused is not None and self.paused():
+                    await self._wait_while_paused()
+                batches = await self.consumer.getmany(timeout_ms=500, max_records=self.max_batch)
+                for tp, records in batches.items():
+                    if records:
+                        await self._process(tp, records)
+        except KafkaError as e:
+            raise TransportError(f"Kafka failed under the {self.group_id} worker: {e}") from e
+        finally:
+            await self._revoke(list(self.producers))
+            await self.consumer.stop()
+
+    async def _wait_while_paused(self) -> None:
+        """Stop fetching, but keep polling (to stay in the group), while ``paused()`` holds."""
+        assert self.consumer is not None
+        assert self.paused is not None
+        while self.paused() and not self.stopping.is_set():
+            self.consumer.pause(*self.consumer.assignment())
+            fetched = await self.consumer.getmany(timeout_ms=500)
+            # A partition assigned after the pause call is not paused yet: rewind what it returned.
+            for tp, records in fetched.items():
+                if records:
+                    self.consumer.seek(tp, records[0].offset)
+        self.consumer.resume(*self.consumer.assignment())
+
+    async def _process(self, tp: TopicPartition, records: list[Any]) -> None:
+        async with self._lock:
+            producer = self.producers.get(tp)
+            state = self.states.get(tp)
+            if producer is None or state is None:
+                # Fetched before our assignment callback ran (or after a revocation): never skip
+                # records; rewind so they are fetched again once the partition is ours.
+                if self.consumer is not None and tp in self.consumer.assignment():
+                    self.consumer.seek(tp, records[0].offset)
+                    await asyncio.sleep(0.05)  # let the pending assignment callback run
+                return
+            try:
+                async with producer.transaction():
+                    for record in records:
+                        for out in await self.handler(record, state):
+                            await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
+                    if self.after_batch is not None:
+                        for out in self.after_batch(state):
+                            await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
+                    for key, value in state.pending.items():
+                        await producer.send(self.state_topic, value, key=key.encode(), partition=tp.partition)
+                    await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
+            except BaseException:
+                # The transaction was aborted: forget its state changes. The worker stops; its
+                # successor resumes from the last committed offset with the last committed state.
+                state.pending.clear()
+                raise
+            state._apply()
+
+    def stop(self) -> None:
+        self.stopping.set()

@@ -1,0 +1,257 @@
+"""The router service (``lianfang serve router``): one worker of the ``lianfang-router`` group.
+
+For each record of ``lianfang.events.v1`` it calls the pure :func:`~services.router.core.decide`: a
+verified event is copied unchanged (value, key, headers) into ``lianfang.inbox.<participant>.v1`` of
+every recipient; anything else goes to ``lianfang.deadletter.v1`` with its reason code. Deliveries,
+the replay window's state and the consumed offset commit in one Kafka transaction per source partition
+(:mod:`services.kernel.eos`), so a router killed mid-batch and restarted delivers nothing twice and
+loses nothing. Several workers of one group share the partitions.
+
+Registry updates arrive on ``lianfang.registry.v1`` and take effect without a restart. While the
+registry in force has expired, routing pauses: events wait in Kafka, nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterator, MutableMapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import start_http_server
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.kernel import topics
+from services.kernel.envelope import ReplayWindow
+from services.kernel.eos import Output, PartitionState, TransactionalRunner
+from services.kernel.errors import UntrustedInputError, UsageError
+from services.kernel.registry import Registry
+from services.kernel.trust import TrustDomain
+from services.router import core
+from services.router.metrics import RouterMetrics
+
+log = logging.getLogger("lianfang.router")
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class RouterSettings(BaseSettings):
+    """Settings of one router worker. Environment variables: ``LIANFANG_ROUTER_<NAME>``, except the
+    broker (``LIANFANG_BOOTSTRAP``) and the trust domain (``LIANFANG_HOME``)."""
+
+    model_config = SettingsConfigDict(env_prefix="LIANFANG_ROUTER_", frozen=True, extra="ignore")
+
+    bootstrap: str = Field(
+        default="", validation_alias=AliasChoices("LIANFANG_BOOTSTRAP", "bootstrap"), description="Kafka"
+    )
+    home: Path = Field(default=Path(".lianfang"), validation_alias=AliasChoices("LIANFANG_HOME", "home"))
+    group_id: str = Field(default="lianfang-router", description="consumer group and transactional-id prefix")
+    topic_prefix: str = Field(default="", description="prefix of every topic name (tests use one per run)")
+    replay_window_s: float = Field(default=7 * 24 * 3600, gt=0, description="ids are remembered this long")
+    max_skew_s: float = Field(default=300, ge=0, description="how far in the future an event may be dated")
+    max_batch: int = Field(default=500, ge=1, description="records per transaction, at most")
+    metrics_port: int = Field(default=9102, ge=0, description="/metrics on 127.0.0.1; 0 turns it off")
+
+
+class RegistryHolder:
+    """The registry in force; replaced only by a newer version that verifies against the trust anchor."""
+
+    def __init__(self, domain: TrustDomain, clock: Clock, metrics: RouterMetrics) -> None:
+        self._roots = domain.trusted_roots()
+        self._clock = clock
+        self._metrics = metrics
+        try:
+            data = domain.registry_path.read_bytes()
+        except FileNotFoundError:
+            raise UsageError(f"no registry at {domain.registry_path}; run `lianfang init` first") from None
+        # An expired registry is still loaded (its signatures must verify): routing pauses until a
+        # newer one arrives on the registry topic, instead of refusing to start.
+        self.current = Registry.from_bytes(data, trusted_roots=self._roots, now=clock(), allow_expired=True)
+        self._publish_gauges()
+
+    def offer(self, data: bytes) -> bool:
+        """Take ``data`` if it is a valid registry newer than the current one."""
+        try:
+            candidate = Registry.from_bytes(data, trusted_roots=self._roots, now=self._clock())
+        except UntrustedInputError as e:
+            self._metrics.registry_rejected.labels("router", e.reason).inc()
+            log.warning("registry update refused: %s", e)
+            return False
+        if candidate.version <= self.current.version:
+            return False
+        self.current = candidate
+        self._publish_gauges()
+        log.info("registry v%d in force (expires %s)", candidate.version, candidate.document.expires)
+        return True
+
+    def expired(self) -> bool:
+        return self._clock() >= self.current.document.expires
+
+    def _publish_gauges(self) -> None:
+        self._metrics.registry_version.labels("router").set(self.current.version)
+        self._metrics.registry_expiry.labels("router").set(self.current.document.expires.timestamp())
+
+
+class SeenIds(MutableMapping[str, float]):
+    """The replay window's memory of one partition, kept in that partition's transactional state."""
+
+    def __init__(self, state: PartitionState) -> None:
+        self.state = state
+
+    def __getitem__(self, key: str) -> float:
+        value = self.state.get(key)
+        if value is None:
+            raise KeyError(key)
+        return float(value)
+
+    def __setitem__(self, key: str, value: float) -> None:
+        self.state.put(key, repr(value).encode())
+
+    def __delitem__(self, key: str) -> None:
+        self.state.put(key, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.state.keys()))
+
+    def __len__(self) -> int:
+        return len(list(self.state.keys()))
+
+
+class Router:
+    """Decides each record and turns the decision into transactional outputs."""
+
+    PRUNE_EVERY_S = 60.0
+
+    def __init__(
+        self, settings: RouterSettings, holder: RegistryHolder, metrics: RouterMetrics, clock: Clock
+    ) -> None:
+        self.settings = settings
+        self.names = topics.TopicNames(settings.topic_prefix)
+        self.holder = holder
+        self.metrics = metrics
+        self.clock = clock
+        self.window = timedelta(seconds=settings.replay_window_s)
+        self.skew = timedelta(seconds=settings.max_skew_s)
+        self._last_prune: dict[int, float] = {}
+
+    def _replay(self, state: PartitionState) -> ReplayWindow:
+        return ReplayWindow(window=self.window, max_skew=self.skew, seen=SeenIds(state))
+
+    async def handle(self, record: Any, state: PartitionState) -> list[Output]:
+        now = self.clock()
+        try:
+            decision = core.decide(
+                record.value, record.key, registry=self.holder.current, now=now, replay=self._replay(state)
+            )
+        except UntrustedInputError as e:
+            self.metrics.deadlettered.labels(e.reason).inc()
+            headers = deadletter_headers(e, record.topic, record.partition, record.offset, now)
+            return [Output(self.names.deadletter, record.value, record.key, headers)]
+        self.metrics.routed.labels(decision.event_type).inc()
+        self.metrics.latency.observe(max(0.0, (self.clock() - decision.event_time).total_seconds()))
+        for participant in decision.recipients:
+            self.metrics.delivered.labels(participant).inc()
+        headers = list(record.headers or [])
+        return [Output(self.names.inbox(p), record.value, record.key, headers) for p in decision.recipients]
+
+    def prune(self, state: PartitionState) -> list[Output]:
+        """Now and then, forget ids older than the window (their time alone refuses them)."""
+        last = self._last_prune.get(state.partition, 0.0)
+        if time.monotonic() - last >= self.PRUNE_EVERY_S:
+            self._last_prune[state.partition] = time.monotonic()
+            removed = self._replay(state).prune(self.clock())
+            if removed:
+                log.info("partition %d: forgot %d ids older than the replay window", state.partition, removed)
+        return []
+
+    def paused(self) -> bool:
+        """Routing waits while the registry in force has expired (events stay in Kafka)."""
+        expired = self.holder.expired()
+        if expired != bool(self.metrics.paused._value.get()):
+            log.warning(
+                "registry v%d %s",
+                self.holder.current.version,
+                "has expired: routing paused until a newer one arrives"
+                if expired
+                else "in force: routing resumes",
+            )
+        self.metrics.paused.set(1 if expired else 0)
+        return expired
+
+    async def follow_registry(self) -> None:
+        """Read the whole compacted registry topic (no consumer group: every worker reads it all)."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tp = TopicPartition(self.names.registry, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            while True:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                for record in batch.get(tp, []):
+                    if record.value:
+                        self.holder.offer(record.value)
+        finally:
+            await consumer.stop()
+
+
+def deadletter_headers(
+    error: UntrustedInputError, topic: str, partition: int, offset: int, now: datetime
+) -> list[tuple[str, bytes]]:
+    """Why and where from: the reason code, the source coordinates and the time. No content."""
+    return [
+        ("lianfang_reason", error.reason.encode()),
+        ("lianfang_detail", str(error).encode("utf-8")[:1000]),
+        ("lianfang_source_topic", topic.encode()),
+        ("lianfang_source_partition", str(partition).encode()),
+        ("lianfang_source_offset", str(offset).encode()),
+        ("lianfang_deadlettered_at", now.isoformat().encode()),
+    ]
+
+
+async def serve(
+    settings: RouterSettings, *, clock: Clock = utcnow, metrics: RouterMetrics | None = None
+) -> None:
+    """Run one router worker until SIGTERM or SIGINT."""
+    if not settings.bootstrap:
+        raise UsageError("no Kafka bootstrap: set LIANFANG_BOOTSTRAP or pass --bootstrap")
+    metrics = metrics or RouterMetrics()
+    holder = RegistryHolder(TrustDomain(home=settings.home, passphrase=""), clock, metrics)
+    router = Router(settings, holder, metrics, clock)
+    runner = TransactionalRunner(
+        bootstrap=settings.bootstrap,
+        group_id=settings.group_id,
+        source=router.names.events,
+        state_topic=router.names.router_replay,
+        handler=router.handle,
+        after_batch=router.prune,
+        max_batch=settings.max_batch,
+        paused=router.paused,
+        client_id="lianfang-router",
+    )
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="127.0.0.1")
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runner.stop)
+    follower = asyncio.create_task(router.follow_registry())
+    log.info(
+        "router %s: registry v%d, reading %s", settings.group_id, holder.current.version, router.names.events
+    )
+    try:
+        await runner.run()
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower

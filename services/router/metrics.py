@@ -1,0 +1,54 @@
+"""Every metric of the router, in one place. Labels are bounded: event types, reason codes and
+participant ids come from closed sets (the catalogue, the error codes, the registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+
+class RouterMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.routed = Counter(
+            "lianfang_router_events_routed_total",
+            "Events verified and delivered, by type.",
+            ["type"],
+            registry=registry,
+        )
+        self.delivered = Counter(
+            "lianfang_router_deliveries_total",
+            "Copies written to inboxes, by participant.",
+            ["participant"],
+            registry=registry,
+        )
+        self.deadlettered = Counter(
+            "lianfang_router_deadletters_total",
+            "Records refused to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "lianfang_router_event_to_routed_seconds",
+            "From the event's signed time to its delivery.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=registry,
+        )
+        self.registry_version = Gauge(
+            "lianfang_registry_version", "Version of the registry in force.", ["service"], registry=registry
+        )
+        self.registry_expiry = Gauge(
+            "lianfang_registry_expiry_timestamp_seconds",
+            "When the registry in force expires (Unix time).",
+            ["service"],
+            registry=registry,
+        )
+        self.paused = Gauge(
+            "lianfang_router_paused",
+            "1 while routing waits for a registry that has not expired.",
+            registry=registry,
+        )
+        self.registry_rejected = Counter(
+            "lianfang_registry_updates_rejected_total",
+            "Registry updates refused, by reason.",
+            ["service", "reason"],
+            registry=registry,
+        )

@@ -1,0 +1,381 @@
+"""The router on a real broker: every event ends in exactly the inboxes the policy names, or in the
+dead-letter topic with its reason, never twice and never lost, with one worker or two, across SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
+
+from schemas.envelope import MAX_RECORD_BYTES
+from schemas.registry import RegistryDocument
+from services.kernel import envelope, policy
+from services.kernel.keystore import Keystore
+from services.kernel.registry import sign_document
+from services.kernel.topics import load_specs
+from tests.integration.buskit import Bus, Service
+from tests.kit import CONTENT, DemoDomain, header, rewrite_body
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Router(Service):
+    """A router worker process on a bus, with its /metrics on a free port."""
+
+    def __init__(self, bus: Bus, home: Path, log: Path, group: str) -> None:
+        self.port = _free_port()
+        super().__init__(
+            "services.router",
+            {
+                "LIANFANG_BOOTSTRAP": bus.bootstrap,
+                "LIANFANG_HOME": str(home),
+                "LIANFANG_ROUTER_TOPIC_PREFIX": bus.prefix,
+                "LIANFANG_ROUTER_GROUP_ID": group,
+                "LIANFANG_ROUTER_METRICS_PORT": str(self.port),
+            },
+            log,
+        )
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """The current value of one series, or None while the worker is not serving /metrics."""
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2).read().decode()
+        except OSError:
+            return None
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                series, _, value = line.rpartition(" ")
+                values[series] = float(value)
+        return values.get(f"{name}{{{want}}}" if want else name, 0.0)
+
+
+def _signed(domain: DemoDomain, doc: RegistryDocument) -> bytes:
+    keys: dict[str, Any] = {}
+    for store in domain.trust.root_keystores()[:2]:
+        keys.update(store.signing)
+    return sign_document(doc, keys)
+
+
+def _expected_inboxes(bus: Bus, sealed: envelope.SealedRecord) -> set[str]:
+    return set().union(*policy.recipients(bus.domain.registry.document.policy, sealed.header).values())
+
+
+def _delivered_exactly_once(bus: Bus, sealed: list[envelope.SealedRecord]) -> bool:
+    """True once every event sits exactly once in each inbox it belongs to and nowhere else.
+    Raises at the first duplicate or misdelivery (waiting longer cannot repair those)."""
+    got = bus.inbox_ids()
+    complete = True
+    for record in sealed:
+        expected = _expected_inboxes(bus, record)
+        for participant, counts in got.items():
+            n = counts.get(record.header.id, 0)
+            assert n <= 1, f"{record.header.id} reached {participant} {n} times"
+            assert participant in expected or n == 0, f"{record.header.id} reached {participant} wrongly"
+            if participant in expected and n == 0:
+                complete = False
+    return complete
+
+
+# --------------------------------------------------------------------------- one router for the module
+
+
+@pytest.fixture(scope="module")
+def bus(kafka_bootstrap: str, live_domain: DemoDomain) -> Bus:
+    return Bus.create(kafka_bootstrap, f"t-router-{datetime.now(UTC):%H%M%S%f}.", live_domain)
+
+
+@pytest.fixture(scope="module")
+def router(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
+    log = Path(tmp_path_factory.mktemp("router")) / "router.log"
+    worker = Router(bus, bus.domain.home, log, group=f"{bus.prefix}router")
+    bus.wait_for(lambda: worker.metric("lianfang_registry_version", service="router"), 60, "router start")
+    yield worker
+    worker.stop()
+
+
+def test_a_minor_a_dv_and_an_employment_lead_reach_exactly_the_inboxes_the_policy_names(
+    bus: Bus, router: Router
+) -> None:
+    minor = bus.seal(category="sexual_assault", minor=True, urgency="immediate", phone="13900000001")
+    dv = bus.seal(category="domestic_violence", town="mapo", phone="13900000002")
+    work = bus.seal("womens_federation", category="employment_discrimination", town=None, phone="13900000003")
+    bus.publish([minor, dv, work])
+
+    bus.wait_for(lambda: _delivered_exactly_once(bus, [minor, dv, work]), what="deliveries")
+    got = bus.inbox_ids()
+    holders = {
+        record.header.id: {p for p, counts in got.items() if counts.get(record.header.id)}
+        for record in (minor, dv, work)
+    }
+    assert holders[minor.header.id] == {
+        "police",
+        "procuratorate",
+        "civil_affairs",
+        "womens_federation",
+        "health",
+        "hub",
+    }
+    assert holders[dv.header.id] == {"police", "womens_federation", "mediation.mapo", "hub"}
+    assert holders[work.header.id] == {"hrss", "trade_union", "womens_federation", "procuratorate", "hub"}
+
+
+def test_an_inbox_copy_is_the_original_record_with_its_key_and_cloudevents_headers(
+    bus: Bus, router: Router
+) -> None:
+    sealed = bus.seal(phone="13900000009")
+    bus.publish([sealed])
+    bus.wait_for(lambda: _delivered_exactly_once(bus, [sealed]), what="delivery")
+    copies = [
+        r
+        for r in bus.read_all([bus.names.inbox("police")])[bus.names.inbox("police")]
+        if dict(r.headers).get("ce_id") == sealed.header.id.encode()
+    ]
+    assert len(copies) == 1
+    assert copies[0].value == sealed.value
+    assert copies[0].key == sealed.key
+    assert dict(copies[0].headers)["ce_type"] == b"lead.reported"
+
+
+def _reason_cases(bus: Bus) -> dict[str, tuple[bytes | None, bytes]]:
+    """One record per reason the router can see, keyed by the reason it must be dead-lettered with."""
+    d = bus.domain
+    good = bus.seal(phone="13900000010")
+    stranger = Keystore.generate("stranger")
+    rogue = Keystore("police", signing={}, encryption=dict(d.keys("police").encryption))
+    rogue_kid = rogue.add_signing_key()
+    unknown_key = envelope.seal(
+        header(id=envelope.new_event_id(), time=datetime.now(UTC), subject=good.header.subject),
+        CONTENT,
+        registry=d.registry,
+        signer=rogue,
+        signing_kid=rogue_kid,
+    )
+    not_permitted = bus.seal(
+        "education", type="protection_order.decided", schema="protection_order.decided/1", phone="13900000011"
+    )
+    mismatch = rewrite_body(
+        bus.seal(phone="13900000012").value,
+        lambda h, s: (h, {**s, "details": {**s["details"], "recipients": s["details"]["recipients"][:-1]}}),
+        d.keys("police"),
+    )
+    replayed = bus.seal(phone="13900000013")
+    return {
+        "malformed": (b"k", b"not an envelope"),
+        "too_large": (b"k", b"x" * (MAX_RECORD_BYTES + 1)),
+        "unknown_sender": (
+            good.key,
+            rewrite_body(
+                good.value,
+                lambda h, s: (h.replace(b"urn:lianfang:police", b"urn:lianfang:stranger"), s),
+                stranger,
+            ),
+        ),
+        "unknown_key": (unknown_key.key, unknown_key.value),
+        "bad_signature": (
+            good.key,
+            rewrite_body(good.value, lambda h, s: (h.replace(b'"urgent"', b'"routine"'), s)),
+        ),
+        "not_permitted": (not_permitted.key, not_permitted.value),
+        "policy_mismatch": (good.key, mismatch),
+        "replay": (replayed.key, replayed.value),
+        "replay ": (replayed.key, replayed.value),  # the second copy is the replay
+    }
+
+
+def test_each_reason_code_the_router_sees_reaches_the_deadletter_topic_with_that_code(
+    bus: Bus, router: Router
+) -> None:
+    cases = _reason_cases(bus)
+    bus.produce(cases.values())
+    ours = {value for _key, value in cases.values()}
+    expected = Counter(reason.strip() for reason in cases) - Counter({"replay": 1})  # the first copy routes
+    letters = bus.wait_for(
+        lambda: len(dl := [r for r in bus.deadletters() if r.value in ours]) >= expected.total() and dl,
+        what="dead letters",
+    )
+    reasons = Counter(dict(r.headers)["lianfang_reason"].decode() for r in letters)
+    assert reasons == expected
+    by_reason = {dict(r.headers)["lianfang_reason"].decode(): r for r in letters}
+    malformed = by_reason["malformed"]
+    assert malformed.value == b"not an envelope", "a dead letter carries the original bytes"
+    headers = dict(malformed.headers)
+    assert headers["lianfang_source_topic"] == bus.names.events.encode()
+    assert int(headers["lianfang_source_offset"]) >= 0
+    assert datetime.fromisoformat(headers["lianfang_deadlettered_at"].decode()) <= datetime.now(UTC)
+    assert router.metric("lianfang_router_deadletters_total", reason="bad_signature") >= 1
+
+
+def test_a_revocation_published_on_the_registry_topic_takes_effect_without_a_restart(
+    bus: Bus, router: Router
+) -> None:
+    d = bus.domain
+    now = datetime.now(UTC)
+    doc = d.registry.document
+    participants = []
+    for p in doc.participants:
+        if p.id == "justice":
+            p = p.model_copy(
+                update={
+                    "keys": [
+                        k.model_copy(update={"status": "revoked", "revoked_at": now})
+                        if k.use == "sign"
+                        else k
+                        for k in p.keys
+                    ]
+                }
+            )
+        if p.id == "trade_union":
+            p = p.model_copy(
+                update={
+                    "keys": [
+                        k.model_copy(update={"status": "retired", "valid_until": now})
+                        if k.use == "sign"
+                        else k
+                        for k in p.keys
+                    ]
+                }
+            )
+        participants.append(p)
+    v2 = doc.model_copy(update={"version": doc.version + 1, "participants": participants})
+    bus.produce([(b"registry", _signed(d, v2))], topic=bus.names.registry)
+    bus.wait_for(lambda: router.metric("lianfang_registry_version", service="router") == v2.version, 60, "v2")
+
+    revoked = bus.seal("justice", category="domestic_violence", phone="13900000020")
+    retired = bus.seal("trade_union", category="employment_discrimination", town=None, phone="13900000021")
+    bus.publish([revoked, retired])
+    ours = {revoked.value, retired.value}
+    letters = bus.wait_for(
+        lambda: len(dl := [r for r in bus.deadletters() if r.value in ours]) >= 2 and dl, what="dead letters"
+    )
+    assert {dict(r.headers)["lianfang_reason"] for r in letters} == {b"key_revoked", b"key_expired"}
+
+
+def test_topics_come_from_the_declarative_list_with_their_partitions_and_compaction(bus: Bus) -> None:
+    specs = {
+        s.name: s for s in load_specs(bus.domain.registry.participant_ids(), brokers=1, prefix=bus.prefix)
+    }
+    admin = KafkaAdminClient(bootstrap_servers=bus.bootstrap)
+    try:
+        described = {t["name"]: t for t in admin.describe_topics(list(specs))}
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, bus.names.registry)])
+    finally:
+        admin.close()
+    for name, spec in specs.items():
+        assert len(described[name]["partitions"]) == spec.partitions, name
+    assert len(described[bus.names.events]["partitions"]) == len(
+        described[bus.names.router_replay]["partitions"]
+    )
+    assert "compact" in json.dumps(str(configs))
+
+
+# --------------------------------------------------------------------------- routers of their own
+
+
+def test_sigkill_of_a_router_under_load_loses_and_duplicates_nothing(
+    kafka_bootstrap: str, live_domain: DemoDomain, tmp_path: Path
+) -> None:
+    bus = Bus.create(kafka_bootstrap, f"t-kill-{datetime.now(UTC):%H%M%S%f}.", live_domain)
+    sealed = [
+        bus.seal(category=("domestic_violence", "sexual_assault")[i % 2], phone=f"139{i:08d}")
+        for i in range(1500)
+    ]
+    bus.publish(sealed)
+    group = f"{bus.prefix}router"
+    first = Router(bus, live_domain.home, tmp_path / "router-1.log", group)
+    try:
+        bus.wait_for(
+            lambda: (first.metric("lianfang_router_events_routed_total", type="lead.reported") or 0) >= 300,
+            what="the first worker to be under load",
+        )
+    finally:
+        first.kill()
+    routed_before_kill = sum(sum(c.values()) for c in bus.inbox_ids().values())
+    assert routed_before_kill > 0, "the router was killed before it delivered anything"
+
+    second = Router(bus, live_domain.home, tmp_path / "router-2.log", group)
+    try:
+        bus.wait_for(lambda: _delivered_exactly_once(bus, sealed), 180, "every event delivered once")
+    finally:
+        second.stop()
+    assert bus.deadletters() == [], "a restart must not mistake its own redelivery for a replay"
+
+
+def test_two_router_workers_share_the_partitions_and_deliver_every_event_once(
+    kafka_bootstrap: str, live_domain: DemoDomain, tmp_path: Path
+) -> None:
+    bus = Bus.create(kafka_bootstrap, f"t-scale-{datetime.now(UTC):%H%M%S%f}.", live_domain)
+    group = f"{bus.prefix}router"
+    workers = [Router(bus, live_domain.home, tmp_path / f"router-{i}.log", group) for i in (1, 2)]
+    try:
+        for w in workers:
+            bus.wait_for(
+                lambda w=w: w.metric("lianfang_registry_version", service="router"), 60, "worker start"
+            )
+        sealed = [bus.seal(phone=f"137{i:08d}") for i in range(400)]
+        bus.publish(sealed)
+        bus.wait_for(lambda: _delivered_exactly_once(bus, sealed), 120, "every event delivered once")
+        shares = [w.metric("lianfang_router_events_routed_total", type="lead.reported") or 0 for w in workers]
+    finally:
+        for w in workers:
+            w.stop()
+    assert all(share > 0 for share in shares), f"both workers take work: {shares}"
+    assert sum(shares) == len(sealed)
+
+
+def test_an_expired_registry_pauses_routing_and_a_newer_one_resumes_it(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    issued = datetime.now(UTC) - timedelta(days=91)  # a 90-day registry that expired a day ago
+    domain = DemoDomain.create(tmp_path / ".lianfang", now=issued)
+    bus = Bus.create(kafka_bootstrap, f"t-pause-{datetime.now(UTC):%H%M%S%f}.", domain)
+    worker = Router(bus, domain.home, tmp_path / "router.log", f"{bus.prefix}router")
+    try:
+        bus.wait_for(lambda: worker.metric("lianfang_router_paused") == 1, 60, "the router to pause")
+        sealed = bus.seal(phone="13600000001")
+        bus.publish([sealed])
+        assert worker.metric("lianfang_router_paused") == 1
+        assert bus.deadletters() == [], "events wait while the registry has expired; none is refused"
+
+        now = datetime.now(UTC)
+        fresh = domain.registry.document.model_copy(
+            update={"version": 2, "issued": now, "expires": now + timedelta(days=30)}
+        )
+        bus.produce([(b"registry", _signed(domain, fresh))], topic=bus.names.registry)
+        bus.wait_for(lambda: _delivered_exactly_once(bus, [sealed]), 60, "routing to resume")
+        assert worker.metric("lianfang_router_paused") == 0
+    finally:
+        worker.stop()
+
+
+def test_an_expired_registry_is_refused_as_an_update(bus: Bus, router: Router) -> None:
+    d = bus.domain
+    past = datetime.now(UTC) - timedelta(days=1)
+    stale = d.registry.document.model_copy(
+        update={"version": 99, "issued": past - timedelta(days=1), "expires": past}
+    )
+    bus.produce([(b"registry", _signed(d, stale))], topic=bus.names.registry)
+    bus.wait_for(
+        lambda: router.metric(
+            "lianfang_registry_updates_rejected_total", service="router", reason="registry_expired"
+        ),
+        60,
+        "the stale registry to be refused",
+    )
+    assert router.metric("lianfang_registry_version", service="router") < 99

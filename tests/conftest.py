@@ -67,7 +67,9 @@ def live_domain(tmp_path_factory: pytest.TempPathFactory) -> DemoDomain:
 
     from tests.kit import DemoDomain
 
-    return DemoDomain.create(Path(tmp_path_factory.mktemp("live-domain")) / ".lianfang", now=datetime.now(UTC))
+    return DemoDomain.create(
+        Path(tmp_path_factory.mktemp("live-domain")) / ".lianfang", now=datetime.now(UTC)
+    )
 
 
 if TYPE_CHECKING:

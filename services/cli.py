@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from schemas.registry import MAX_REGISTRY_BYTES, PublicKey, Roots
+from services.cli_bus import add_bus_commands
 from services.kernel import admin, district, trust
 from services.kernel.config import HomeSettings
 from services.kernel.errors import (
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_init(subcommands, common)
     _add_registry(subcommands, common)
     _add_keys(subcommands, common)
+    add_bus_commands(subcommands, common, _command, _group)
     return parser
 
 

@@ -1,0 +1,287 @@
+"""The ``lianfang`` subcommands that talk to Kafka: ``topics``, ``serve``, ``deadletter`` and ``run``.
+
+Each reads the broker address from ``--bootstrap`` or ``LIANFANG_BOOTSTRAP``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from schemas.envelope import EnvelopeHeader, SectionName
+from services.kernel import envelope, topics, trust
+from services.kernel.config import HomeSettings, KafkaSettings
+from services.kernel.errors import LianfangError, UsageError
+from services.kernel.kafka import DURABLE_PRODUCER
+from services.kernel.pseudonym import pseudonymize
+from services.kernel.registry import Registry
+from services.router.app import RouterSettings
+from services.router.app import serve as serve_router
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+# What `serve all` runs: every service that exists, each in its own process.
+SERVICES: dict[str, str] = {"router": "services.router"}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def add_bus_commands(
+    subcommands: Subcommands,
+    common: argparse.ArgumentParser,
+    command: Callable[..., argparse.ArgumentParser],
+    group: Callable[..., Subcommands],
+) -> None:
+    bus = argparse.ArgumentParser(add_help=False, parents=[common])
+    bus.add_argument(
+        "--bootstrap", default=None, help="Kafka bootstrap servers (default: $LIANFANG_BOOTSTRAP)"
+    )
+    bus.add_argument("--topic-prefix", default="", help=argparse.SUPPRESS)
+
+    topics_group = group(subcommands, "topics", "create the bus's topics from deploy/topics.toml")
+    command(topics_group, "apply", _cmd_topics_apply, bus, "create every topic that does not exist yet")
+
+    serve = command(subcommands, "serve", _cmd_serve, bus, "run a service in the foreground")
+    serve.add_argument("service", choices=["all", *SERVICES], help="which service ('all': every one)")
+
+    dead = group(subcommands, "deadletter", "inspect refused records (nothing is decrypted)")
+    listing = command(dead, "list", _cmd_deadletter_list, bus, "list dead letters, newest last")
+    listing.add_argument("--limit", type=int, default=50, help="show at most the last N (default 50)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    command(
+        subcommands,
+        "run",
+        _cmd_run,
+        bus,
+        "the whole pipeline on one machine: trust domain, topics, registry, every service, demo leads",
+    )
+
+
+def _bootstrap(args: argparse.Namespace) -> str:
+    bootstrap: str = args.bootstrap or KafkaSettings().bootstrap
+    if not bootstrap:
+        raise UsageError(
+            "no Kafka bootstrap: pass --bootstrap or set LIANFANG_BOOTSTRAP (make kafka-up prints one)"
+        )
+    return bootstrap
+
+
+def _home(args: argparse.Namespace) -> Path:
+    home: Path | None = getattr(args, "home", None)
+    return home if home is not None else HomeSettings().home
+
+
+def _participants(home: Path) -> list[str]:
+    domain = trust.TrustDomain(home=home, passphrase="")
+    return domain.registry(datetime.now(UTC)).participant_ids()
+
+
+# --------------------------------------------------------------------------- topics
+
+
+def _cmd_topics_apply(args: argparse.Namespace) -> int:
+    specs = topics.apply(_bootstrap(args), _participants(_home(args)), prefix=args.topic_prefix)
+    print(f"{len(specs)} topics in place on {_bootstrap(args)} (from {topics.TOPICS_FILE.name})")
+    return 0
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    env = _service_env(args)
+    if args.service == "all":
+        return supervise(env, list(SERVICES))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.service == "router":
+        os.environ.update(env)
+        asyncio.run(serve_router(RouterSettings()))
+    return 0
+
+
+def _service_env(args: argparse.Namespace) -> dict[str, str]:
+    env = {"LIANFANG_BOOTSTRAP": _bootstrap(args), "LIANFANG_HOME": str(_home(args).resolve())}
+    if args.topic_prefix:
+        env["LIANFANG_ROUTER_TOPIC_PREFIX"] = args.topic_prefix
+    return env
+
+
+def supervise(env: dict[str, str], services: list[str]) -> int:
+    """Run each service in its own process until Ctrl-C / SIGTERM, or until one of them exits."""
+    children = {
+        name: subprocess.Popen(  # noqa: S603 - our own interpreter and module names
+            [sys.executable, "-m", SERVICES[name]], env={**os.environ, **env}, cwd=REPO
+        )
+        for name in services
+    }
+    print(f"serving {', '.join(services)} (Ctrl-C stops them)", file=sys.stderr)
+    stop = False
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    exited: dict[str, int] = {}
+    while not stop and not exited:
+        exited = {name: code for name, p in children.items() if (code := p.poll()) is not None}
+        time.sleep(0.2)  # supervision loop
+    for proc in children.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for name, proc in children.items():
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            print(f"{name} did not stop within 30 s and was killed", file=sys.stderr)
+    for name, code in exited.items():
+        print(f"{name} exited with status {code}", file=sys.stderr)
+    return 1 if any(exited.values()) else 0
+
+
+# --------------------------------------------------------------------------- dead letters
+
+
+def deadletter_rows(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Every dead letter (committed records only), oldest first, described from clear data only."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    )
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        if not tps:
+            raise UsageError(f"no topic {topic} on {bootstrap} (run `lianfang topics apply`)")
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        records = []
+        deadline = time.monotonic() + 30
+        while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+    finally:
+        consumer.close()
+    rows = [_describe(r) for r in records]
+    return sorted(rows, key=lambda row: str(row["at"]))
+
+
+def _describe(record: Any) -> dict[str, Any]:
+    headers = {k: v.decode("utf-8", "replace") for k, v in record.headers or []}
+    row: dict[str, Any] = {
+        "at": headers.get("lianfang_deadlettered_at", ""),
+        "reason": headers.get("lianfang_reason", "?"),
+        "source": "{}[{}]@{}".format(
+            headers.get("lianfang_source_topic", "?"),
+            headers.get("lianfang_source_partition", "?"),
+            headers.get("lianfang_source_offset", "?"),
+        ),
+        "bytes": len(record.value or b""),
+        "detail": headers.get("lianfang_detail", ""),
+    }
+    try:  # the clear header only, if the record has one: never the sealed sections
+        _dsse, _body, _hb, _sb, header = envelope.parse(record.value or b"")
+        row.update(event_id=header.id, type=header.type, sender=header.sender)
+    except LianfangError:
+        pass
+    return row
+
+
+def _cmd_deadletter_list(args: argparse.Namespace) -> int:
+    rows = deadletter_rows(_bootstrap(args), topics.TopicNames(args.topic_prefix).deadletter)
+    shown = rows[-args.limit :] if args.limit > 0 else rows
+    for row in shown:
+        if args.json:
+            print(json.dumps(row, ensure_ascii=False))
+        else:
+            what = f"{row.get('type', '-')} {row.get('event_id', '-')} from {row.get('sender', '-')}"
+            print(f"{row['at']}  {row['reason']:<16} {row['source']}  {what}")
+    if not args.json:
+        counts = Counter(row["reason"] for row in rows)
+        summary = ", ".join(f"{reason} {n}" for reason, n in counts.most_common()) or "none"
+        print(f"{len(rows)} dead letter(s): {summary}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """`make run`: a demo trust domain if none, the topics, the registry on its topic, then every
+    service, with a few demo leads published so the pipeline has something to route."""
+    bootstrap, home = _bootstrap(args), _home(args)
+    if not (home / "registry.json").exists():
+        domain = trust.init_domain(home, now=datetime.now(UTC))
+        print(f"created a demo trust domain in {home} (keys generated now; passphrase in {home}/passphrase)")
+    else:
+        domain = trust.open_domain(home)
+    registry = domain.registry(datetime.now(UTC))
+    names = topics.TopicNames(args.topic_prefix)
+    specs = topics.apply(bootstrap, registry.participant_ids(), prefix=args.topic_prefix)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, **DURABLE_PRODUCER)
+    producer.send(names.registry, key=b"registry", value=domain.registry_path.read_bytes())
+    for record in _demo_leads(domain, registry):
+        producer.send(names.events, key=record.key, value=record.value, headers=record.headers)
+    producer.flush()
+    producer.close()
+    print(f"Kafka        {bootstrap}  ({len(specs)} topics)")
+    print(f"registry     v{registry.version}, expires {registry.document.expires:%Y-%m-%d}")
+    print("router       metrics at http://127.0.0.1:9102/metrics")
+    print(
+        "demo         3 leads published; read them with `lianfang deadletter list` (refusals) or the inboxes"
+    )
+    return supervise(_service_env(args), list(SERVICES))
+
+
+def _demo_leads(domain: trust.TrustDomain, registry: Registry) -> list[envelope.SealedRecord]:
+    police = domain.keystore("police")
+    key = registry.pseudonym_key("police", police.encryption)
+    now = datetime.now(UTC)
+    leads = [
+        ("domestic_violence", False, "renhe", "13800000001", "丈夫多次殴打, 邻居报警。"),
+        ("sexual_assault", True, "mapo", "13800000002", "学生向班主任反映遭受侵害。"),
+        ("domestic_violence", False, "shengli", "13800000003", "前夫跟踪威胁。"),
+    ]
+    out = []
+    for category, minor, town, phone, narrative in leads:
+        subject = pseudonymize(key, phone=phone)
+        fields = {
+            "v": 1,
+            "specversion": "1.0",
+            "id": envelope.new_event_id(),
+            "source": "urn:lianfang:police",
+            "type": "lead.reported",
+            "time": now.isoformat(),
+            "subject": subject,
+            "schema": "lead.reported/1",
+            "category": category,
+            "minor": minor,
+            "town": town,
+            "urgency": "immediate" if minor else "urgent",
+            "policy": registry.policy_version,
+            "registry": registry.version,
+        }
+        header = EnvelopeHeader.model_validate_json(json.dumps(fields))
+        content: dict[SectionName, dict[str, Any]] = {
+            "triage": {"category": category, "minor": minor, "town": town},
+            "details": {"victim": {"name": "演示某某", "phone": phone}, "narrative": narrative},
+        }
+        out.append(envelope.seal(header, content, registry=registry, signer=police))
+    return out

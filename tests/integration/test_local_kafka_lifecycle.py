@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,31 @@ def test_up_on_a_taken_port_fails_with_the_fix_and_starts_nothing(tmp_path: Path
     assert up.returncode == 1
     assert f"127.0.0.1:{port} is already taken" in up.stderr
     assert _java_processes_for(tmp_path / "k") == []
+
+
+def test_three_nodes_keep_accepting_acks_all_writes_with_one_node_down(tmp_path: Path) -> None:
+    """The three-node mode the reliability tests build on: replication 3, min.insync.replicas 2."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from deploy.kafka.local import running
+    from services.kernel.kafka import DURABLE_PRODUCER, TopicSpec, ensure_topics
+
+    with running(tmp_path / "k3", nodes=3) as cluster:
+        assert len(_java_processes_for(tmp_path / "k3")) == 3
+        ensure_topics(cluster.bootstrap, [TopicSpec("durable", partitions=3, replication=3)])
+        cluster.kill_node(3)
+        producer = KafkaProducer(
+            bootstrap_servers=cluster.bootstrap, request_timeout_ms=20_000, **DURABLE_PRODUCER
+        )
+        sent = [producer.send("durable", key=str(i).encode(), value=b"lead") for i in range(50)]
+        producer.flush()
+        assert all(f.get(timeout=30).offset >= 0 for f in sent)
+        producer.close()
+        consumer = KafkaConsumer("durable", bootstrap_servers=cluster.bootstrap, auto_offset_reset="earliest")
+        got = 0
+        deadline = time.monotonic() + 60
+        while got < 50 and time.monotonic() < deadline:
+            got += sum(len(b) for b in consumer.poll(timeout_ms=500).values())
+        consumer.close()
+        assert got == 50
+    assert _java_processes_for(tmp_path / "k3") == []

@@ -1,0 +1,711 @@
+"""Routed events/s of one router worker, beside a raw aiokafka relay and the Ed25519 verify rate.
+
+The workload: ``lead.reported`` events of category ``domestic_violence`` with a town, so that the
+default district policy sends each to exactly 4 inboxes (police, womens_federation,
+``mediation.<town>``, hub); details about 1 KiB of JSON, triage about 200 B, sealed and signed by
+police at the current time, each about a different subject (pseudonyms of different phone numbers) so
+that the Kafka keys spread the events over the 12 partitions of ``lianfang.events.v1``. Every event is
+sealed once, before anything is timed, and the same records serve every case.
+
+Each Kafka case runs its worker as a child process (``python -m services.router``, or this module in
+``relay`` / ``eos-relay`` mode) on topics of its own, after all N records have been produced to its
+source topic. The worker is timed from outside, the same way for every case: the consumer group's
+committed offsets are polled (``KafkaAdminClient.list_group_offsets``) every
+``POLL_S``; the clock starts at the first observation of a committed offset (so process start-up,
+group join and the transactional producers' InitProducerId are left out) and stops when the committed
+offsets reach the end offsets of every source partition. The rate is the records committed in that
+interval divided by its length.
+
+- ``router``: one router worker on a fresh set of topics per run (``topics.apply`` under a new prefix:
+  the router keeps its replay state in a per-prefix topic). Afterwards its ``/metrics`` must show N
+  events routed, N copies delivered to each of the 4 inboxes and no dead letter, and the dead-letter
+  topic must be empty.
+- ``aiokafka relay`` (baseline): the same records read by a consumer group from a 12-partition topic
+  and written to 4 output topics of 3 partitions by one idempotent ``acks=all`` producer; after each
+  ``getmany`` batch the producer is flushed and the offsets committed. No transaction, no crypto.
+- ``EOS relay`` (baseline): :class:`services.kernel.eos.TransactionalRunner`, the router's own loop,
+  with a handler that copies each record to the same 4 topics and puts one state key per record (as
+  the replay window does), without parsing or verifying anything: what the router's exactly-once
+  Kafka path costs without the envelope.
+- ``Ed25519 verify`` (baseline): ``crypto.verify_signature`` over the signed body of one of the sealed
+  records (the public key loaded from raw bytes each time, as ``envelope.verify`` does).
+- ``verify+decide in process``: ``router.core.decide`` (envelope verify, key check, replay window in a
+  dict) over every sealed record, no Kafka: the router's per-event CPU ceiling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.kernel import crypto, envelope, policy, topics, trust
+from services.kernel.kafka import DURABLE_PRODUCER, TopicSpec, ensure_topics
+from services.kernel.keystore import KdfParams, Keystore
+from services.kernel.pseudonym import pseudonymize
+from services.kernel.registry import Registry
+from tests.bench.harness import REPO_ROOT, BenchContext, BenchError, Result, per_second
+from tests.kit import header as kit_header
+
+EVENTS_FULL = 3_000
+EVENTS_QUICK = 300
+KAFKA_RUNS_CAP = 3  # each Kafka run sets up ~45 topics and a worker process: ~15 s apiece
+VERIFY_OPS_FULL = 5_000
+VERIFY_OPS_QUICK = 1_000
+DETAILS_BYTES = 1024
+TRIAGE_BYTES = 200
+SENDER = "police"
+TOWN = "renhe"
+CATEGORY = "domestic_violence"
+EVENT_TYPE = "lead.reported"
+EXPECTED_INBOXES = ("hub", f"mediation.{TOWN}", "police", "womens_federation")
+SOURCE_PARTITIONS = 12
+OUTPUT_PARTITIONS = 3
+MAX_BATCH = 500  # the router's default max_batch, used by the relays too
+RELAY_LINGER_MS = 2  # as the transactional producers of services.kernel.eos
+POLL_S = 0.05
+START_DEADLINE_S = 90.0  # process start, group join, 12 InitProducerIds, first transaction
+DRAIN_DEADLINE_S = 180.0
+STOP_TIMEOUT_S = 30.0
+CLIENT_ID = "lianfang-bench"
+US = 1_000_000
+
+
+# --------------------------------------------------------------------------- the workload
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass
+class Workload:
+    home: Path
+    registry: Registry
+    signer: Keystore
+    records: list[Record]
+    recipients: tuple[str, ...]
+    signed_body: bytes
+    signature: bytes
+    public_raw: bytes
+    participants: list[str]
+    sealed_bytes: int  # median record value size
+    details_bytes: int
+    triage_bytes: int
+
+
+def _padded(base: dict[str, Any], field_name: str, wanted: int) -> dict[str, Any]:
+    """``base`` with ``field_name`` lengthened until its compact JSON is exactly ``wanted`` bytes."""
+    filler = "受害人陈述家中多次发生殴打并有邻居证实"
+    text = str(base[field_name])
+    i = 0
+    while wanted - len(crypto.compact_json({**base, field_name: text})) >= 3:
+        text += filler[i % len(filler)]
+        i += 1
+    text += "." * (wanted - len(crypto.compact_json({**base, field_name: text})))
+    out = {**base, field_name: text}
+    if len(crypto.compact_json(out)) != wanted:
+        raise BenchError(f"could not pad {field_name} to {wanted} bytes")
+    return out
+
+
+def _content() -> dict[str, dict[str, Any]]:
+    details = {
+        "victim": {"name": "王秀兰", "id_number": "110113198803150026", "phone": "13800138000"},
+        "suspect": {"name": "李建国", "relation": "配偶", "phone": "13900139000"},
+        "reporter": {"name": "张敏", "role": "社区网格员", "phone": "13700137000"},
+        "narrative": "受害人拨打12338热线称其丈夫酒后对其实施殴打。",
+    }
+    triage = {"risk": "high", "channel": "hotline_12338", "repeat": True, "summary": "家暴"}
+    return {
+        "triage": _padded(triage, "summary", TRIAGE_BYTES),
+        "details": _padded(details, "narrative", DETAILS_BYTES),
+    }
+
+
+def _workload(ctx: BenchContext, home: Path, events: int) -> Workload:
+    now = dt.datetime.now(dt.UTC)
+    domain = trust.init_domain(home, now=now, kdf=KdfParams.for_tests())
+    registry = domain.registry(now)
+    signer = domain.keystore(SENDER)
+    pseudonym_key = registry.pseudonym_key(SENDER, signer.encryption)
+    content = _content()
+    ctx.progress(f"sealing {events:,} events …")
+    start = time.perf_counter()
+    sealed: list[envelope.SealedRecord] = []
+    for i in range(events):
+        h = kit_header(
+            id=envelope.new_event_id(),
+            time=dt.datetime.now(dt.UTC),
+            source=f"urn:lianfang:{SENDER}",
+            type=EVENT_TYPE,
+            category=CATEGORY,
+            town=TOWN,
+            subject=pseudonymize(pseudonym_key, phone=f"139{i:08d}"),
+            policy=registry.policy_version,
+            registry=registry.version,
+        )
+        sealed.append(envelope.seal(h, content, registry=registry, signer=signer))
+    ctx.progress(f"sealed {events:,} events in {time.perf_counter() - start:.1f} s")
+    wanted = policy.recipients(registry.document.policy, sealed[0].header)
+    recipients = tuple(sorted(set().union(*wanted.values())))
+    if recipients != EXPECTED_INBOXES:
+        raise BenchError(f"the default policy sends the benchmark's lead to {recipients}, not 4 inboxes")
+    if len({s.key for s in sealed}) != events:
+        raise BenchError("two events share a subject: they would not spread over the partitions")
+
+    dsse = json.loads(sealed[0].value)
+    body = crypto.b64d(dsse["payload"], what="payload")
+    signature = crypto.b64d(dsse["signatures"][0]["sig"], what="signature")
+    ((_, public_raw),) = signer.public_signing_keys().items()
+    crypto.verify_signature(public_raw, signature, dsse["payloadType"], body)
+    sizes = sorted(len(s.value) for s in sealed)
+    return Workload(
+        home=home,
+        registry=registry,
+        signer=signer,
+        records=[Record(s.key, s.value, list(s.headers)) for s in sealed],
+        recipients=recipients,
+        signed_body=body,
+        signature=signature,
+        public_raw=public_raw,
+        participants=registry.participant_ids(),
+        sealed_bytes=sizes[len(sizes) // 2],
+        details_bytes=len(crypto.compact_json(content["details"])),
+        triage_bytes=len(crypto.compact_json(content["triage"])),
+    )
+
+
+# --------------------------------------------------------------------------- Kafka helpers
+
+
+def _admin(bootstrap: str) -> Any:
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        return KafkaAdminClient(bootstrap_servers=bootstrap, client_id=CLIENT_ID)
+    except KafkaError as e:
+        raise BenchError(f"cannot reach Kafka at {bootstrap}: {e}") from e
+
+
+def _delete_topics(bootstrap: str, names: list[str]) -> None:
+    """Best effort: a run's topics go as soon as it ends, so the broker does not pile up partitions."""
+    from kafka.errors import KafkaError
+
+    with contextlib.suppress(KafkaError, BenchError):
+        admin = _admin(bootstrap)
+        try:
+            admin.delete_topics(names)
+        finally:
+            admin.close()
+
+
+def _produce(bootstrap: str, topic: str, records: list[Record]) -> dict[int, int]:
+    """Write the records (key, value, headers) to ``topic``; return its end offset per partition."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, client_id=CLIENT_ID, max_request_size=2_000_000, **DURABLE_PRODUCER
+    )
+    try:
+        for r in records:
+            producer.send(topic, key=r.key, value=r.value, headers=r.headers)
+        producer.flush(timeout=60)
+    finally:
+        producer.close()
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id=CLIENT_ID)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(SOURCE_PARTITIONS)]
+        ends = {tp.partition: offset for tp, offset in consumer.end_offsets(tps).items()}
+    finally:
+        consumer.close()
+    if sum(ends.values()) != len(records):
+        raise BenchError(f"{topic}: produced {len(records)} records but its end offsets sum to {ends}")
+    if sum(1 for offset in ends.values() if offset) < SOURCE_PARTITIONS:
+        raise BenchError(f"{topic}: the records did not spread over all partitions: {ends}")
+    return ends
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Worker:
+    """A worker in a child process of its own session, its output in a log file."""
+
+    def __init__(self, what: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.what = what
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=REPO_ROOT,
+                env={**os.environ, **env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def tail(self, lines: int = 20) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise BenchError(f"{self.what} exited with code {self.proc.returncode}:\n{self.tail()}")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the worker so far (Linux /proc; 0 elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL to its process group if it has not exited within STOP_TIMEOUT_S."""
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """What one timed run saw: records committed between the first and last observation, and when."""
+
+    records: int
+    seconds: float
+    cpu_seconds: float
+    first_committed: int
+
+
+def _committed(admin: Any, group: str, topic: str) -> dict[int, int]:
+    from kafka.errors import KafkaError
+
+    try:
+        offsets = admin.list_group_offsets({group: None}).get(group, {})
+    except KafkaError:  # the group or its coordinator is not there yet
+        return {}
+    return {tp.partition: om.offset for tp, om in offsets.items() if tp.topic == topic and om.offset >= 0}
+
+
+def _watch(bootstrap: str, worker: Worker, group: str, topic: str, ends: dict[int, int]) -> Drain:
+    """Time a worker draining ``topic``: from the first committed offset seen to all offsets at the end."""
+    total = sum(ends.values())
+    admin = _admin(bootstrap)
+    try:
+        deadline = time.monotonic() + START_DEADLINE_S
+        first: tuple[int, float, float] | None = None
+        while True:
+            committed = _committed(admin, group, topic)
+            at = time.perf_counter()
+            done = sum(min(committed.get(p, 0), end) for p, end in ends.items())
+            if first is None and committed:
+                first = (done, at, worker.cpu_seconds())
+                deadline = time.monotonic() + DRAIN_DEADLINE_S
+            if all(committed.get(p, 0) >= end for p, end in ends.items()):
+                break
+            worker.check_alive()
+            if time.monotonic() > deadline:
+                stage = "its first commit" if first is None else f"the end ({done} of {total} committed)"
+                raise BenchError(f"{worker.what} did not reach {stage} in time:\n{worker.tail()}")
+            time.sleep(POLL_S)  # poll interval inside a deadline loop
+        cpu = worker.cpu_seconds()
+    finally:
+        admin.close()
+    assert first is not None
+    if first[0] >= total:
+        raise BenchError(f"{worker.what} committed all {total} records before the first observation")
+    return Drain(total - first[0], at - first[1], cpu - first[2], first[0])
+
+
+def _metric_values(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            values[series] = float(value)
+    return values
+
+
+# --------------------------------------------------------------------------- the Kafka cases
+
+
+@dataclass
+class KafkaCase:
+    """Per-run drains of one case, the warm-up included (the harness drops it)."""
+
+    drains: list[Drain] = field(default_factory=list)
+
+    def timed(self, warmup: int) -> list[Drain]:
+        return self.drains[warmup:]
+
+    def rates(self, warmup: int) -> list[float]:
+        return [d.records / d.seconds for d in self.timed(warmup)]
+
+    def cpu_share(self, warmup: int) -> float:
+        return statistics.median(d.cpu_seconds / d.seconds for d in self.timed(warmup))
+
+    def cpu_us_per_record(self, warmup: int) -> float:
+        return statistics.median(US * d.cpu_seconds / d.records for d in self.timed(warmup))
+
+
+def _router_run(ctx: BenchContext, work: Workload, logs: Path, case: KafkaCase) -> float:
+    bootstrap = ctx.bootstrap
+    prefix = ctx.unique("run") + "-"
+    names = topics.TopicNames(prefix)
+    specs = topics.apply(bootstrap, work.participants, prefix=prefix)
+    worker: Worker | None = None
+    try:
+        ends = _produce(bootstrap, names.events, work.records)
+        group = ctx.unique("router")
+        port = _free_port()
+        env = {
+            "LIANFANG_BOOTSTRAP": bootstrap,
+            "LIANFANG_HOME": str(work.home),
+            "LIANFANG_ROUTER_TOPIC_PREFIX": prefix,
+            "LIANFANG_ROUTER_GROUP_ID": group,
+            "LIANFANG_ROUTER_METRICS_PORT": str(port),
+        }
+        worker = Worker("the router", [sys.executable, "-m", "services.router"], env, logs / f"{group}.log")
+        drain = _watch(bootstrap, worker, group, names.events, ends)
+        _check_routed(bootstrap, worker, port, names, work)
+    finally:
+        if worker is not None:
+            worker.stop()
+        _delete_topics(bootstrap, [s.name for s in specs])
+    case.drains.append(drain)
+    return drain.seconds
+
+
+def _check_routed(
+    bootstrap: str, worker: Worker, port: int, names: topics.TopicNames, work: Workload
+) -> None:
+    """The router's counters: N routed, N copies in each of the 4 inboxes, no dead letter."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    n = len(work.records)
+    values = _metric_values(port)
+    routed = values.get(f'lianfang_router_events_routed_total{{type="{EVENT_TYPE}"}}', 0.0)
+    delivered = {
+        series.partition('participant="')[2].rstrip('"}'): value
+        for series, value in values.items()
+        if series.startswith("lianfang_router_deliveries_total{")
+    }
+    deadlettered = sum(v for s, v in values.items() if s.startswith("lianfang_router_deadletters_total{"))
+    if routed != n or delivered != dict.fromkeys(work.recipients, float(n)) or deadlettered:
+        raise BenchError(
+            f"the router routed {routed:.0f} of {n} events, delivered {delivered}, "
+            f"dead-lettered {deadlettered:.0f}:\n{worker.tail()}"
+        )
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id=CLIENT_ID)
+    try:
+        dl = [TopicPartition(names.deadletter, p) for p in range(OUTPUT_PARTITIONS)]
+        inboxes = {
+            p: [TopicPartition(names.inbox(p), i) for i in range(OUTPUT_PARTITIONS)] for p in work.recipients
+        }
+        ends = consumer.end_offsets(dl + [tp for tps in inboxes.values() for tp in tps])
+    finally:
+        consumer.close()
+    if any(ends[tp] for tp in dl):
+        raise BenchError(f"{names.deadletter} is not empty after the run")
+    short = {p: sum(ends[tp] for tp in tps) for p, tps in inboxes.items() if sum(ends[tp] for tp in tps) < n}
+    if short:
+        raise BenchError(f"inboxes with fewer than {n} offsets after the run: {short}")
+
+
+def _relay_run(ctx: BenchContext, work: Workload, logs: Path, case: KafkaCase, mode: str) -> float:
+    bootstrap = ctx.bootstrap
+    base = ctx.unique(mode)
+    source = f"{base}-in"
+    outputs = [f"{base}-out-{i}" for i in range(len(work.recipients))]
+    specs = [TopicSpec(source, SOURCE_PARTITIONS), *(TopicSpec(t, OUTPUT_PARTITIONS) for t in outputs)]
+    state = f"{base}-state"
+    if mode == "eos-relay":
+        specs.append(TopicSpec(state, SOURCE_PARTITIONS, configs={"cleanup.policy": "compact"}))
+    ensure_topics(bootstrap, specs)
+    worker: Worker | None = None
+    try:
+        ends = _produce(bootstrap, source, work.records)
+        group = f"{base}-group"
+        config = {
+            "bootstrap": bootstrap,
+            "group": group,
+            "source": source,
+            "outputs": outputs,
+            "state": state,
+        }
+        argv = [sys.executable, "-m", "tests.bench.bench_router", mode, json.dumps(config)]
+        worker = Worker(f"the {mode}", argv, {}, logs / f"{group}.log")
+        drain = _watch(bootstrap, worker, group, source, ends)
+    finally:
+        if worker is not None:
+            worker.stop()
+        _delete_topics(bootstrap, [s.name for s in specs])
+    case.drains.append(drain)
+    return drain.seconds
+
+
+# --------------------------------------------------------------------------- the relay workers
+
+
+async def _plain_relay(config: dict[str, Any]) -> None:
+    """Consume → produce to every output topic → flush → commit, batch after batch, until SIGTERM."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=config["bootstrap"],
+        client_id=CLIENT_ID,
+        linger_ms=RELAY_LINGER_MS,
+        **DURABLE_PRODUCER,
+    )
+    consumer = AIOKafkaConsumer(
+        config["source"],
+        bootstrap_servers=config["bootstrap"],
+        client_id=CLIENT_ID,
+        group_id=config["group"],
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=MAX_BATCH,
+    )
+    await producer.start()
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=500, max_records=MAX_BATCH)
+            offsets = {}
+            for tp, records in batches.items():
+                for r in records:
+                    for topic in config["outputs"]:
+                        await producer.send(topic, r.value, key=r.key, headers=list(r.headers))
+                offsets[tp] = records[-1].offset + 1
+            if offsets:
+                await producer.flush()
+                await consumer.commit(offsets)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def _eos_relay(config: dict[str, Any]) -> None:
+    """The router's TransactionalRunner with a handler that copies without looking at the record."""
+    from services.kernel.eos import Output, PartitionState, TransactionalRunner
+
+    outputs: list[str] = config["outputs"]
+
+    async def handler(record: Any, state: PartitionState) -> list[Output]:
+        event_id = dict(record.headers or []).get("ce_id", b"").decode() or f"{record.offset}"
+        state.put(event_id, repr(time.time()).encode())  # one state record per event, as the replay window
+        headers = list(record.headers or [])
+        return [Output(topic, record.value, record.key, headers) for topic in outputs]
+
+    runner = TransactionalRunner(
+        bootstrap=config["bootstrap"],
+        group_id=config["group"],
+        source=config["source"],
+        state_topic=config["state"],
+        handler=handler,
+        max_batch=MAX_BATCH,
+        client_id=CLIENT_ID,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runner.stop)
+    await runner.run()
+
+
+# --------------------------------------------------------------------------- in-process cases
+
+
+def _verify_rate(ctx: BenchContext, work: Workload) -> list[Result]:
+    ops = ctx.scale(VERIFY_OPS_FULL, VERIFY_OPS_QUICK)
+    payload_type = json.loads(work.records[0].value)["payloadType"]
+
+    def verify_all() -> None:
+        for _ in range(ops):
+            crypto.verify_signature(work.public_raw, work.signature, payload_type, work.signed_body)
+
+    seconds = ctx.measure("Ed25519 verify", verify_all)
+    notes = (
+        f"crypto.verify_signature over the PAE of a sealed record's signed body ({len(work.signed_body):,} B), "
+        "public key loaded from raw bytes each call, as envelope.verify does"
+    )
+    return [ctx.result("Ed25519 verify", "ops/s", per_second(seconds, ops), baseline=True, notes=notes)]
+
+
+def _decide_rate(ctx: BenchContext, work: Workload) -> list[Result]:
+    from services.router import core
+
+    values = [(r.value, r.key) for r in work.records]
+
+    def decide_all() -> None:
+        replay = envelope.ReplayWindow()
+        now = dt.datetime.now(dt.UTC)
+        for value, key in values:
+            core.decide(value, key, registry=work.registry, now=now, replay=replay)
+
+    case = "verify+decide in process"
+    seconds = ctx.measure(case, decide_all)
+    notes = "router.core.decide on every sealed record (envelope.verify, key check, replay window in a dict), no Kafka"
+    return [ctx.result(case, "events/s", per_second(seconds, len(values)), notes=notes)]
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def run(ctx: BenchContext) -> list[Result]:
+    events = ctx.scale(EVENTS_FULL, EVENTS_QUICK)
+    tmp = Path(tempfile.mkdtemp(prefix="lianfang-bench-router-"))
+    try:
+        work = _workload(ctx, tmp / "home", events)
+        logs = tmp / "logs"
+        logs.mkdir()
+        kafka_ctx = dataclasses.replace(ctx, runs=min(ctx.runs, KAFKA_RUNS_CAP))
+        if kafka_ctx.runs < ctx.runs:
+            ctx.note(
+                f"Kafka cases: {kafka_ctx.runs} timed runs (capped from {ctx.runs}) to keep the run short"
+            )
+        ctx.note(
+            f"{events:,} sealed lead.reported per run ({CATEGORY}, town {TOWN}: details {work.details_bytes} B, "
+            f"triage {work.triage_bytes} B of JSON); sealed record {work.sealed_bytes:,} B (median); "
+            f"{SOURCE_PARTITIONS} source partitions keyed by subject; 4 recipients: {', '.join(work.recipients)}"
+        )
+        ctx.note(
+            "every Kafka case: N records produced first (not timed), then ONE worker process started; timed "
+            f"from the first committed offset seen to all {SOURCE_PARTITIONS} source partitions committed to "
+            f"their end, polling the group's committed offsets every {POLL_S * 1000:.0f} ms; "
+            "rate = records committed in between / seconds"
+        )
+        router = KafkaCase()
+        relay = KafkaCase()
+        eos = KafkaCase()
+        results: list[Result] = []
+        kafka_ctx.measure("router", lambda: _router_run(ctx, work, logs, router))
+        kafka_ctx.measure("aiokafka relay", lambda: _relay_run(ctx, work, logs, relay, "relay"))
+        kafka_ctx.measure("EOS relay, no crypto", lambda: _relay_run(ctx, work, logs, eos, "eos-relay"))
+        w = kafka_ctx.warmup
+        results.append(
+            kafka_ctx.result(
+                "router, 1 worker",
+                "events/s",
+                router.rates(w),
+                notes=(
+                    "python -m services.router on fresh topics (topics.apply) per run; per batch and source "
+                    "partition one Kafka transaction holding the 4 inbox copies, the replay-state record and "
+                    "the offset; each event verified (Ed25519, registry, policy) and replay-checked; checked "
+                    "after each run: /metrics shows N routed, N delivered per inbox, no dead letter"
+                ),
+            )
+        )
+        results.append(
+            kafka_ctx.result(
+                "aiokafka relay, 1 worker",
+                "records/s",
+                relay.rates(w),
+                baseline=True,
+                notes=(
+                    f"AIOKafkaConsumer getmany(max_records={MAX_BATCH}) -> each record sent to 4 topics of "
+                    f"{OUTPUT_PARTITIONS} partitions by one idempotent acks=all producer "
+                    f"(linger_ms={RELAY_LINGER_MS}) -> flush -> commit, per batch; no transaction, no crypto"
+                ),
+            )
+        )
+        results.append(
+            kafka_ctx.result(
+                "EOS relay, no crypto, 1 worker",
+                "records/s",
+                eos.rates(w),
+                baseline=True,
+                notes=(
+                    "services.kernel.eos.TransactionalRunner (the router's loop: one transactional producer "
+                    "and one transaction per batch per source partition) with a handler copying each record "
+                    "to the same 4 topics and putting one state key, without parsing or verifying it"
+                ),
+            )
+        )
+        results += _verify_rate(ctx, work)
+        results += _decide_rate(ctx, work)
+        _breakdown(ctx, router, relay, eos, results, w)
+        return results
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _breakdown(
+    ctx: BenchContext, router: KafkaCase, relay: KafkaCase, eos: KafkaCase, results: list[Result], warmup: int
+) -> None:
+    by_case = {r.case: r for r in results}
+    r_router = by_case["router, 1 worker"].median
+    r_relay = by_case["aiokafka relay, 1 worker"].median
+    r_eos = by_case["EOS relay, no crypto, 1 worker"].median
+    r_verify = by_case["Ed25519 verify"].median
+    r_decide = by_case["verify+decide in process"].median
+    ctx.note(
+        f"router / aiokafka relay = {r_router / r_relay:.2f}; router / EOS relay = {r_router / r_eos:.2f}; "
+        f"EOS relay / aiokafka relay = {r_eos / r_relay:.2f}; router / Ed25519 verify = {r_router / r_verify:.2f}"
+    )
+    ctx.note(
+        f"per event (wall clock, at the medians): router {US / r_router:.0f} µs = EOS relay {US / r_eos:.0f} µs "
+        f"+ {US / r_router - US / r_eos:.0f} µs more; in process verify+decide {US / r_decide:.0f} µs, "
+        f"of which the Ed25519 verify {US / r_verify:.0f} µs; aiokafka relay {US / r_relay:.0f} µs"
+    )
+    parts = []
+    for name, case in (("router", router), ("aiokafka relay", relay), ("EOS relay", eos)):
+        parts.append(
+            f"{name} {100 * case.cpu_share(warmup):.0f} % of one CPU, {case.cpu_us_per_record(warmup):.0f} µs/record"
+        )
+    ctx.note(
+        f"worker process CPU (user+system) during the timed interval, medians ({os.cpu_count()} CPUs shared "
+        "with the broker): " + "; ".join(parts)
+    )
+
+
+# --------------------------------------------------------------------------- relay worker entry point
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m tests.bench.bench_router relay|eos-relay '<json config>'``: one relay worker."""
+    if len(argv) != 2 or argv[0] not in {"relay", "eos-relay"}:
+        print(_main.__doc__, file=sys.stderr)
+        return 2
+    config = json.loads(argv[1])
+    relay: Callable[[dict[str, Any]], Any] = _plain_relay if argv[0] == "relay" else _eos_relay
+    asyncio.run(relay(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -339,12 +339,32 @@ def verify_and_open(value: bytes, *, registry: Registry, now: datetime, keystore
 # --------------------------------------------------------------------------- replay
 
 
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What the replay window remembers of an accepted event: its time and the digest of its bytes."""
+
+    time: float
+    digest: str
+
+    def encode(self) -> bytes:
+        return f"{self.time!r} {self.digest}".encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Seen:
+        t, _, digest = raw.decode().partition(" ")
+        return cls(float(t), digest)
+
+
+class DuplicateError(ReplayError):
+    """A byte-identical copy of an accepted event: a producer's retry, not an attack. Reason ``replay``;
+    the router drops such a copy (the event was delivered once) instead of dead-lettering it."""
+
+
 class ReplayWindow:
     """Refuses an event id seen before, and events whose time is outside ``now - window .. now + skew``.
 
-    ``seen`` maps event ids to their event time (POSIX seconds); pass a persistent mapping (a Faust
-    table) to survive restarts. Ids older than the window are pruned, since the time check refuses
-    them anyway.
+    ``seen`` maps event ids to :class:`Seen`; pass a persistent mapping to survive restarts. Ids older
+    than the window may be pruned, since the time check refuses them anyway.
     """
 
     def __init__(
@@ -352,34 +372,43 @@ class ReplayWindow:
         *,
         window: timedelta = timedelta(days=7),
         max_skew: timedelta = timedelta(minutes=5),
-        seen: MutableMapping[str, float] | None = None,
+        seen: MutableMapping[str, Seen] | None = None,
     ) -> None:
         self.window = window
         self.max_skew = max_skew
-        self.seen: MutableMapping[str, float] = {} if seen is None else seen
+        self.seen: MutableMapping[str, Seen] = {} if seen is None else seen
 
-    def check(self, header: EnvelopeHeader, now: datetime) -> None:
-        """Raise :class:`ReplayError` for a repeat or out-of-window event, else remember it."""
+    def check(self, header: EnvelopeHeader, now: datetime, value: bytes = b"") -> None:
+        """Raise :class:`ReplayError` for a repeat or out-of-window event, else remember it.
+
+        A repeat whose bytes equal the accepted copy's raises the subclass :class:`DuplicateError`.
+        """
         if header.time < now - self.window:
             raise ReplayError(f"event {header.id} is older than the {self.window} replay window")
         if header.time > now + self.max_skew:
             raise ReplayError(f"event {header.id} is dated more than {self.max_skew} in the future")
-        if header.id in self.seen:
+        digest = hashlib.sha256(value).hexdigest()
+        previous = self.seen.get(header.id)
+        if previous is not None:
+            if previous.digest == digest:
+                raise DuplicateError(f"event {header.id} was already accepted; this is an identical copy")
             raise ReplayError(f"event {header.id} was already accepted")
-        self.seen[header.id] = header.time.timestamp()
+        self.seen[header.id] = Seen(header.time.timestamp(), digest)
 
     def prune(self, now: datetime) -> int:
         cutoff = (now - self.window).timestamp()
-        old = [event_id for event_id, t in self.seen.items() if t < cutoff]
+        old = [event_id for event_id, seen in self.seen.items() if seen.time < cutoff]
         for event_id in old:
             del self.seen[event_id]
         return len(old)
 
 
 __all__ = [
+    "DuplicateError",
     "Opened",
     "ReplayWindow",
     "SealedRecord",
+    "Seen",
     "Verified",
     "kafka_headers",
     "key_id",

@@ -29,7 +29,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.kernel import topics
-from services.kernel.envelope import ReplayWindow
+from services.kernel.envelope import DuplicateError, ReplayWindow, Seen
 from services.kernel.eos import Output, PartitionState, TransactionalRunner
 from services.kernel.errors import UntrustedInputError, UsageError
 from services.kernel.registry import Registry
@@ -103,20 +103,20 @@ class RegistryHolder:
         self._metrics.registry_expiry.labels("router").set(self.current.document.expires.timestamp())
 
 
-class SeenIds(MutableMapping[str, float]):
+class SeenIds(MutableMapping[str, Seen]):
     """The replay window's memory of one partition, kept in that partition's transactional state."""
 
     def __init__(self, state: PartitionState) -> None:
         self.state = state
 
-    def __getitem__(self, key: str) -> float:
+    def __getitem__(self, key: str) -> Seen:
         value = self.state.get(key)
         if value is None:
             raise KeyError(key)
-        return float(value)
+        return Seen.decode(value)
 
-    def __setitem__(self, key: str, value: float) -> None:
-        self.state.put(key, repr(value).encode())
+    def __setitem__(self, key: str, value: Seen) -> None:
+        self.state.put(key, value.encode())
 
     def __delitem__(self, key: str) -> None:
         self.state.put(key, None)
@@ -154,6 +154,9 @@ class Router:
             decision = core.decide(
                 record.value, record.key, registry=self.holder.current, now=now, replay=self._replay(state)
             )
+        except DuplicateError:
+            self.metrics.duplicates.inc()  # a producer's retry: the first copy was delivered
+            return []
         except UntrustedInputError as e:
             self.metrics.deadlettered.labels(e.reason).inc()
             headers = deadletter_headers(e, record.topic, record.partition, record.offset, now)

@@ -36,7 +36,7 @@ def decide(
     header = verified.header
     if key is None or key != header.subject.encode():
         raise MalformedError("the record's Kafka key differs from the envelope's signed subject")
-    replay.check(header, now)
+    replay.check(header, now, value)
     everyone = set().union(*verified.recipients().values())
     return Route(
         event_id=header.id,

@@ -26,6 +26,11 @@ class RouterMetrics:
             ["reason"],
             registry=registry,
         )
+        self.duplicates = Counter(
+            "lianfang_router_duplicates_total",
+            "Byte-identical copies of accepted events (producer retries), dropped after the first delivery.",
+            registry=registry,
+        )
         self.latency = Histogram(
             "lianfang_router_event_to_routed_seconds",
             "From the event's signed time to its delivery.",

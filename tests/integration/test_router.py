@@ -175,7 +175,9 @@ def _reason_cases(bus: Bus) -> dict[str, tuple[bytes | None, bytes]]:
         lambda h, s: (h, {**s, "details": {**s["details"], "recipients": s["details"]["recipients"][:-1]}}),
         d.keys("police"),
     )
-    replayed = bus.seal(phone="13900000013")
+    replayed_id = envelope.new_event_id()
+    replayed = bus.seal(phone="13900000013", id=replayed_id)
+    replay = bus.seal(phone="13900000013", id=replayed_id)  # same id, other bytes: a replay, not a retry
     return {
         "malformed": (b"k", b"not an envelope"),
         "too_large": (b"k", b"x" * (MAX_RECORD_BYTES + 1)),
@@ -195,7 +197,7 @@ def _reason_cases(bus: Bus) -> dict[str, tuple[bytes | None, bytes]]:
         "not_permitted": (not_permitted.key, not_permitted.value),
         "policy_mismatch": (good.key, mismatch),
         "replay": (replayed.key, replayed.value),
-        "replay ": (replayed.key, replayed.value),  # the second copy is the replay
+        "replay ": (replay.key, replay.value),  # the second one is the replay
     }
 
 
@@ -220,6 +222,17 @@ def test_each_reason_code_the_router_sees_reaches_the_deadletter_topic_with_that
     assert int(headers["lianfang_source_offset"]) >= 0
     assert datetime.fromisoformat(headers["lianfang_deadlettered_at"].decode()) <= datetime.now(UTC)
     assert router.metric("lianfang_router_deadletters_total", reason="bad_signature") >= 1
+
+
+def test_a_byte_identical_copy_of_an_event_is_delivered_once_and_not_dead_lettered(
+    bus: Bus, router: Router
+) -> None:
+    """A producer that retries after a lost acknowledgement sends the same bytes again."""
+    sealed = bus.seal(phone="13900000014")
+    bus.publish([sealed, sealed])
+    bus.wait_for(lambda: (router.metric("lianfang_router_duplicates_total") or 0) >= 1, what="the duplicate")
+    assert _delivered_exactly_once(bus, [sealed])
+    assert not [r for r in bus.deadletters() if r.value == sealed.value]
 
 
 def test_a_revocation_published_on_the_registry_topic_takes_effect_without_a_restart(

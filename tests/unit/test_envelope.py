@@ -346,6 +346,17 @@ def test_an_event_id_seen_before_is_a_replay() -> None:
         window.check(h, NOW)
 
 
+def test_a_byte_identical_copy_is_a_duplicate_and_other_bytes_under_the_same_id_a_replay() -> None:
+    window = envelope.ReplayWindow()
+    h = header()
+    window.check(h, NOW, b"the record")
+    with pytest.raises(envelope.DuplicateError):
+        window.check(h, NOW, b"the record")
+    with pytest.raises(UntrustedInputError, match="replay") as raised:
+        window.check(h, NOW, b"another record under the same id")
+    assert not isinstance(raised.value, envelope.DuplicateError)
+
+
 def test_an_event_older_than_the_window_is_a_replay_even_if_never_seen() -> None:
     window = envelope.ReplayWindow(window=timedelta(days=7))
     with pytest.raises(UntrustedInputError, match=r"^\[replay\].*older"):

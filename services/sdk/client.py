@@ -1,0 +1,396 @@
+"""The Python SDK: one participant's client for publishing events and reading its inbox.
+
+    client = Client.open(participant="police", home=Path(".lianfang"), bootstrap="127.0.0.1:9092")
+    lead_id = client.publish_lead({...})          # validated, pseudonymized, sealed, signed, spooled
+    client.flush(timeout=30)                      # optional: wait until Kafka has it
+    for opened in client.inbox(max_records=10):   # verified and opened; offsets committed after use
+        ...
+
+``publish`` returns once the sealed event is in the durable outbox (fsync'd); a background thread
+sends it with acks=all and idempotence, through broker outages and restarts of this process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer
+from kafka.errors import KafkaError
+from pydantic import ValidationError
+
+from schemas.envelope import EnvelopeHeader, SectionName
+from schemas.events import (
+    EventModel,
+    LeadAcknowledged,
+    LeadActionTaken,
+    LeadReported,
+    LeadResolved,
+    split_sections,
+)
+from services.kernel import envelope, topics, trust
+from services.kernel.errors import MalformedError, TransportError, UntrustedInputError, UsageError
+from services.kernel.keystore import Keystore
+from services.kernel.pseudonym import PseudonymKey, pseudonymize
+from services.kernel.registry import Registry
+from services.sdk import metrics as sdk_metrics
+from services.sdk.metrics import SdkMetrics
+from services.sdk.outbox import Drainer, Outbox, Pending
+
+log = logging.getLogger("lianfang.sdk")
+
+Clock = Callable[[], datetime]
+
+URGENT_INDICATORS = frozenset({"weapon", "strangulation", "threats_to_kill"})
+
+
+@dataclass(frozen=True, slots=True)
+class CaseContext:
+    """The clear-header facts of a case that follow-up events carry (from the lead they follow)."""
+
+    subject: str
+    category: str | None
+    minor: bool | None
+    town: str | None
+    school_related: bool | None
+    lead_id: str | None = None
+
+    @classmethod
+    def of(cls, header: EnvelopeHeader) -> CaseContext:
+        return cls(
+            subject=header.subject,
+            category=header.category,
+            minor=header.minor,
+            town=header.town,
+            school_related=header.school_related,
+            lead_id=header.id,
+        )
+
+
+def default_urgency(lead: LeadReported) -> str:
+    """immediate: a minor victim of sexual assault or abuse, or a lethal-risk indicator;
+    urgent: domestic violence or sexual assault; routine: the rest."""
+    if lead.minor and lead.category in ("sexual_assault", "child_abuse"):
+        return "immediate"
+    if URGENT_INDICATORS & set(lead.risk_indicators):
+        return "immediate"
+    if lead.category in ("domestic_violence", "sexual_assault", "trafficking", "child_abuse"):
+        return "urgent"
+    return "routine"
+
+
+def _lead_pseudonyms(key: PseudonymKey, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Fill ``victim_pseudonym`` and each identifiable suspect's pseudonym from their identifiers."""
+    out = dict(data)
+
+    def ident(person: Mapping[str, Any]) -> dict[str, Any]:
+        birth = person.get("birth_date")
+        if isinstance(birth, str):
+            birth = datetime.fromisoformat(birth).date()
+        return {
+            "id_number": person.get("id_number"),
+            "phone": person.get("phone"),
+            "name": person.get("name") if birth else None,
+            "birth_date": birth,
+        }
+
+    victim = out.get("victim")
+    if not isinstance(victim, Mapping):
+        raise UsageError("a lead needs a victim (at least a name, and an ID number, phone or birth date)")
+    out["victim_pseudonym"] = pseudonymize(key, **ident(victim))
+    suspects = []
+    for given in out.get("suspects") or []:
+        suspect = dict(given)
+        ids = ident(suspect)
+        if suspect.get("pseudonym") is None and (ids["id_number"] or ids["phone"] or ids["birth_date"]):
+            try:
+                suspect["pseudonym"] = pseudonymize(key, **ids)
+            except UsageError:
+                suspect["pseudonym"] = None  # too little to identify: the suspect stays unlinked
+        suspects.append(suspect)
+    out["suspects"] = suspects
+    out["suspect_pseudonyms"] = [s["pseudonym"] for s in suspects if s.get("pseudonym")]
+    return out
+
+
+class Client:
+    """One participant on the bus."""
+
+    def __init__(
+        self,
+        *,
+        keystore: Keystore,
+        registry: Registry,
+        bootstrap: str,
+        outbox_path: Path,
+        topic_prefix: str = "",
+        clock: Clock | None = None,
+        metrics: SdkMetrics | None = None,
+        start: bool = True,
+    ) -> None:
+        self.keys = keystore
+        self.participant = keystore.participant
+        self.registry = registry
+        self.bootstrap = bootstrap
+        self.names = topics.TopicNames(topic_prefix)
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.metrics = metrics or sdk_metrics.shared()
+        self.outbox = Outbox(outbox_path)
+        self.drainer = Drainer(self.outbox, bootstrap, on_sent=self._sent)
+        self._pseudonym_key: PseudonymKey | None = None
+        self._consumer: KafkaConsumer | None = None
+        self._update_gauges()
+        if start:
+            self.drainer.start()
+
+    @classmethod
+    def open(
+        cls, *, participant: str, home: Path, bootstrap: str, outbox_path: Path | None = None, **kwargs: Any
+    ) -> Client:
+        """A client from a trust-domain folder: the participant's keystore and the verified registry."""
+        domain = trust.open_domain(home)
+        return cls(
+            keystore=domain.keystore(participant),
+            registry=domain.registry(datetime.now(UTC)),
+            bootstrap=bootstrap,
+            outbox_path=outbox_path or home / "outbox" / f"{participant}.sqlite",
+            **kwargs,
+        )
+
+    # -- publishing
+
+    @property
+    def pseudonym_key(self) -> PseudonymKey:
+        if self._pseudonym_key is None:
+            self._pseudonym_key = self.registry.pseudonym_key(self.participant, self.keys.encryption)
+        return self._pseudonym_key
+
+    def publish_lead(
+        self, data: Mapping[str, Any], *, urgency: str | None = None, event_id: str | None = None
+    ) -> str:
+        """Validate a lead given without pseudonyms (they are computed here), then publish it."""
+        try:
+            lead = LeadReported.model_validate_json(
+                json.dumps(_lead_pseudonyms(self.pseudonym_key, data), default=str)
+            )
+        except ValidationError as e:
+            raise MalformedError(_validation_summary(e)) from e
+        context = CaseContext(
+            subject=lead.victim_pseudonym,
+            category=lead.category,
+            minor=lead.minor,
+            town=lead.town,
+            school_related=lead.school_related,
+        )
+        return self.publish(
+            lead, context=context, urgency=urgency or default_urgency(lead), event_id=event_id
+        )
+
+    def publish(
+        self,
+        event: EventModel,
+        *,
+        context: CaseContext,
+        urgency: str = "routine",
+        refs: Sequence[str] = (),
+        audience: Sequence[str] = (),
+        event_id: str | None = None,
+    ) -> str:
+        """Seal ``event`` to the recipients the policy names, sign it, and put it in the outbox.
+
+        Returns the event id once the record is on disk. ``context`` gives the clear-header facts
+        (subject pseudonym, category, minor, town) — for a follow-up, :meth:`CaseContext.of` the lead.
+        """
+        now = self.clock()
+        refs = [*refs, *([context.lead_id] if context.lead_id and context.lead_id not in refs else [])]
+        fields: dict[str, Any] = {
+            "v": 1,
+            "specversion": "1.0",
+            "id": event_id or envelope.new_event_id(),
+            "source": f"urn:lianfang:{self.participant}",
+            "type": event.EVENT_TYPE,
+            "time": now.isoformat(),
+            "subject": context.subject,
+            "schema": f"{event.EVENT_TYPE}/{getattr(event, 'schema_version', 1)}",
+            "category": context.category,
+            "minor": context.minor,
+            "school_related": context.school_related,
+            "town": context.town,
+            "urgency": urgency,
+            "audience": list(audience),
+            "policy": self.registry.policy_version,
+            "registry": self.registry.version,
+            "refs": refs,
+        }
+        try:
+            header = EnvelopeHeader.model_validate_json(json.dumps(fields))
+        except ValidationError as e:
+            raise UsageError(f"cannot build the envelope header: {_validation_summary(e)}") from e
+        self.registry.check_may_publish(self.participant, event.EVENT_TYPE)
+        triage, details = split_sections(event)
+        content: dict[SectionName, dict[str, Any]] = {"triage": triage, "details": details}
+        record = envelope.seal(header, content, registry=self.registry, signer=self.keys)
+        self.outbox.put(
+            event_id=header.id,
+            topic=self.names.events,
+            key=record.key,
+            value=record.value,
+            headers=record.headers,
+        )
+        self.metrics.accepted.labels(event.EVENT_TYPE).inc()
+        self._update_gauges()
+        return header.id
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until Kafka has acknowledged everything published so far (True) or ``timeout`` passes."""
+        done = self.drainer.wait_empty(timeout)
+        self._update_gauges()
+        return done
+
+    def _sent(self, records: list[Pending]) -> None:
+        now = time.time()
+        for r in records:
+            self.metrics.published.inc()
+            self.metrics.spool_seconds.observe(max(0.0, now - r.accepted))
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        self.metrics.outbox_depth.set(self.outbox.depth())
+        self.metrics.outbox_age.set(self.outbox.oldest_age())
+
+    # -- the inbox
+
+    def inbox(
+        self, *, max_records: int | None = None, timeout: float = 5.0, follow: bool = False
+    ) -> Iterator[envelope.Opened]:
+        """Verified and opened events addressed to this participant, oldest first.
+
+        The offset of an event is committed when the caller asks for the next one (or the iteration
+        ends), so an event whose handling raised is read again by the next reader of the group.
+        A record that fails verification is counted and skipped (the router let it through under
+        an older registry); it is never handed to the caller.
+        """
+        consumer = self._inbox_consumer()
+        seen = 0
+        idle_deadline = time.monotonic() + timeout
+        try:
+            while max_records is None or seen < max_records:
+                batch = consumer.poll(timeout_ms=500, max_records=1)
+                if not batch:
+                    if not follow and time.monotonic() > idle_deadline:
+                        return
+                    continue
+                idle_deadline = time.monotonic() + timeout
+                for records in batch.values():
+                    for record in records:
+                        try:
+                            opened = envelope.verify_and_open(
+                                record.value, registry=self.registry, now=self.clock(), keystore=self.keys
+                            )
+                        except UntrustedInputError as e:
+                            self.metrics.inbox_rejected.labels(e.reason).inc()
+                            log.warning("inbox record at offset %d refused: %s", record.offset, e.reason)
+                            consumer.commit()
+                            continue
+                        self.metrics.received.labels(opened.header.type).inc()
+                        yield opened
+                        seen += 1
+                        consumer.commit()
+        except KafkaError as e:
+            raise TransportError(f"reading the inbox of {self.participant} failed: {e}") from e
+
+    def _inbox_consumer(self) -> KafkaConsumer:
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(
+                self.names.inbox(self.participant),
+                bootstrap_servers=self.bootstrap,
+                group_id=f"{self.names.prefix}lianfang-inbox-{self.participant}",
+                client_id=f"lianfang-sdk-{self.participant}",
+                isolation_level="read_committed",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
+        return self._consumer
+
+    # -- follow-ups
+
+    def acknowledge(self, lead: envelope.Opened, *, at: datetime | None = None) -> str:
+        """受理: this agency has taken the lead on."""
+        event = LeadAcknowledged.model_validate_json(
+            json.dumps(
+                {
+                    "lead_id": lead.header.id,
+                    "agency": self.participant,
+                    "acknowledged_at": _iso(at or self.clock()),
+                }
+            )
+        )
+        return self.publish(event, context=CaseContext.of(lead.header), urgency=lead.header.urgency)
+
+    def action_taken(
+        self, lead: envelope.Opened, action: str, *, note: str | None = None, at: datetime | None = None
+    ) -> str:
+        """处置: an action on the lead (warning letter, legal aid, ...)."""
+        data: dict[str, Any] = {
+            "lead_id": lead.header.id,
+            "action": action,
+            "taken_at": _iso(at or self.clock()),
+        }
+        if note is not None:
+            data["note"] = note
+        event = LeadActionTaken.model_validate_json(json.dumps(data))
+        return self.publish(event, context=CaseContext.of(lead.header), urgency=lead.header.urgency)
+
+    def resolve(
+        self,
+        lead: envelope.Opened,
+        *,
+        outcome: str,
+        satisfaction: str,
+        feedback: str | None = None,
+        at: datetime | None = None,
+    ) -> str:
+        """办结 with the victim's satisfaction feedback (满意率)."""
+        data: dict[str, Any] = {
+            "lead_id": lead.header.id,
+            "outcome": outcome,
+            "resolved_at": _iso(at or self.clock()),
+            "satisfaction": satisfaction,
+        }
+        if feedback is not None:
+            data["feedback"] = feedback
+        event = LeadResolved.model_validate_json(json.dumps(data))
+        return self.publish(event, context=CaseContext.of(lead.header), urgency=lead.header.urgency)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.drainer.stop(timeout)
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        self.outbox.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat()
+
+
+def _validation_summary(e: ValidationError) -> str:
+    """Which fields are wrong and why, without repeating the values (they may be personal data)."""
+    parts = []
+    for err in e.errors(include_input=False)[:8]:
+        where = ".".join(str(p) for p in err["loc"]) or "(event)"
+        parts.append(f"{where}: {err['msg']}")
+    more = f" (+{e.error_count() - 8} more)" if e.error_count() > 8 else ""
+    return "; ".join(parts) + more

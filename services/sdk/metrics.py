@@ -1,0 +1,57 @@
+"""Every metric of an adapter (SDK, gateway, importer) in one place; labels are bounded sets."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+
+class SdkMetrics:
+    def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
+        self.accepted = Counter(
+            "lianfang_adapter_events_accepted_total",
+            "Events sealed and written to the outbox, by type.",
+            ["type"],
+            registry=registry,
+        )
+        self.published = Counter(
+            "lianfang_adapter_events_published_total",
+            "Outbox records Kafka acknowledged (acks=all).",
+            registry=registry,
+        )
+        self.outbox_depth = Gauge(
+            "lianfang_outbox_depth", "Records accepted but not yet acknowledged by Kafka.", registry=registry
+        )
+        self.outbox_age = Gauge(
+            "lianfang_outbox_oldest_age_seconds",
+            "Age of the oldest record still in the outbox.",
+            registry=registry,
+        )
+        self.spool_seconds = Histogram(
+            "lianfang_outbox_spool_seconds",
+            "From acceptance to Kafka's acknowledgement.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 120, 600),
+            registry=registry,
+        )
+        self.received = Counter(
+            "lianfang_inbox_events_received_total",
+            "Inbox events verified and opened, by type.",
+            ["type"],
+            registry=registry,
+        )
+        self.inbox_rejected = Counter(
+            "lianfang_inbox_rejected_total",
+            "Inbox records that failed verification, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+
+
+_shared: SdkMetrics | None = None
+
+
+def shared() -> SdkMetrics:
+    """The process's adapter metrics on the default registry (several clients share them)."""
+    global _shared  # noqa: PLW0603 - one set of series per process, created on first use
+    if _shared is None:
+        _shared = SdkMetrics()
+    return _shared

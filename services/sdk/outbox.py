@@ -1,0 +1,272 @@
+"""A durable outbox: an accepted event is on disk before anyone hears "accepted", and leaves the disk
+only after Kafka acknowledged it (acks=all).
+
+SQLite in WAL mode with ``synchronous=FULL``: a committed insert survives a crash of the process or
+the machine. Records drain in the order they were accepted. An event id is stored once: putting the
+same id again with the same bytes is a no-op (a retried request), with other bytes an error (an event
+id is never published twice with different content).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from services.kernel.errors import TransportError, UsageError
+from services.kernel.kafka import DURABLE_PRODUCER
+
+log = logging.getLogger("lianfang.outbox")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id   TEXT NOT NULL UNIQUE,
+    topic      TEXT NOT NULL,
+    key        BLOB,
+    value      BLOB NOT NULL,
+    headers    TEXT NOT NULL,
+    digest     TEXT NOT NULL,
+    accepted   REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sent (
+    event_id   TEXT PRIMARY KEY,
+    digest     TEXT NOT NULL,
+    sent_at    REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    seq: int
+    event_id: str
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    accepted: float
+
+
+class ConflictError(UsageError):
+    """The event id is already in the outbox (or was sent) with different content."""
+
+
+class Outbox:
+    """The spool file of one adapter. Thread-safe; one drainer at a time."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self.changed = threading.Condition(self._lock)
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def put(
+        self, *, event_id: str, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> bool:
+        """Store a record durably; True if new, False if the same record was already accepted."""
+        digest = hashlib.sha256(value).hexdigest()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT digest FROM outbox WHERE event_id = ?"
+                " UNION SELECT digest FROM sent WHERE event_id = ?",
+                (event_id, event_id),
+            ).fetchone()
+            if row is not None:
+                if row[0] != digest:
+                    raise ConflictError(f"event {event_id} was already accepted with different content")
+                return False
+            db.execute(
+                "INSERT INTO outbox (event_id, topic, key, value, headers, digest, accepted)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event_id, topic, key, value,
+                    json.dumps([[k, v.hex()] for k, v in headers]), digest, time.time(),
+                ),
+            )  # fmt: skip
+            self.changed.notify_all()
+        return True
+
+    def pending(self, limit: int = 500) -> list[Pending]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, event_id, topic, key, value, headers, accepted FROM outbox ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            Pending(
+                seq, eid, topic, key, value, [(k, bytes.fromhex(v)) for k, v in json.loads(hdrs)], accepted
+            )
+            for seq, eid, topic, key, value, hdrs, accepted in rows
+        ]
+
+    def mark_sent(self, records: list[Pending]) -> None:
+        """Kafka has them: move them out of the outbox (keeping id and digest to refuse a conflict)."""
+        now = time.time()
+        with self._tx() as db:
+            for r in records:
+                digest = hashlib.sha256(r.value).hexdigest()
+                db.execute("INSERT OR IGNORE INTO sent (event_id, digest, sent_at) VALUES (?, ?, ?)",
+                           (r.event_id, digest, now))  # fmt: skip
+                db.execute("DELETE FROM outbox WHERE seq = ?", (r.seq,))
+            self.changed.notify_all()
+
+    def depth(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def oldest_age(self, now: float | None = None) -> float:
+        with self._lock:
+            oldest = self._db.execute("SELECT MIN(accepted) FROM outbox").fetchone()[0]
+        return 0.0 if oldest is None else max(0.0, (now or time.time()) - float(oldest))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+ProducerFactory = Callable[[], KafkaProducer]
+
+
+class Drainer:
+    """Sends the outbox to Kafka in order, in a background thread, retrying with back-off.
+
+    A batch is sent and flushed; only the records Kafka acknowledged are removed. After a failure
+    the unacknowledged ones are sent again, so Kafka may see a record twice (same event id, same
+    bytes): the router recognizes such a copy and delivers the event once.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        bootstrap: str,
+        *,
+        on_sent: Callable[[list[Pending]], None] | None = None,
+        batch: int = 500,
+        max_backoff_s: float = 10.0,
+    ) -> None:
+        self.outbox = outbox
+        self.bootstrap = bootstrap
+        self.on_sent = on_sent
+        self.batch = batch
+        self.max_backoff_s = max_backoff_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._producer: KafkaProducer | None = None
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="lianfang-outbox", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        with self.outbox.changed:
+            self.outbox.changed.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._producer is not None:
+            with contextlib.suppress(KafkaError):
+                self._producer.close(timeout=5)
+
+    def _connect(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = KafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                client_id="lianfang-outbox",
+                linger_ms=2,
+                max_request_size=1_100_000,
+                request_timeout_ms=15_000,
+                retries=5,
+                reconnect_backoff_max_ms=2_000,
+                **DURABLE_PRODUCER,
+            )
+        return self._producer
+
+    def _run(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            records = self.outbox.pending(self.batch)
+            if not records:
+                with self.outbox.changed:
+                    self.outbox.changed.wait(timeout=1.0)
+                continue
+            try:
+                self.send(records)
+                backoff = 0.2
+                self.last_error = None
+            except TransportError as e:
+                self.last_error = str(e)
+                log.warning(
+                    "outbox: %d record(s) wait for Kafka (%s); retrying in %.1f s", len(records), e, backoff
+                )
+                self._stop.wait(backoff)
+                backoff = min(self.max_backoff_s, backoff * 2)
+
+    def send(self, records: list[Pending]) -> None:
+        """Send one batch and remove what Kafka acknowledged; raise TransportError otherwise."""
+        try:
+            producer = self._connect()
+            futures = [
+                (r, producer.send(r.topic, key=r.key, value=r.value, headers=r.headers)) for r in records
+            ]
+            producer.flush(timeout=30)
+        except KafkaError as e:
+            self._reset()
+            raise TransportError(f"Kafka at {self.bootstrap} did not take the batch: {e}") from e
+        acked = []
+        for record, future in futures:
+            if future.succeeded():
+                acked.append(record)
+            else:
+                break  # keep order: nothing after the first failure counts as done
+        if acked:
+            self.outbox.mark_sent(acked)
+            if self.on_sent:
+                self.on_sent(acked)
+        if len(acked) < len(records):
+            self._reset()
+            failed = next((f.exception for r, f in futures if not f.succeeded()), None)
+            raise TransportError(f"Kafka acknowledged {len(acked)} of {len(records)} records ({failed})")
+
+    def _reset(self) -> None:
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                self._producer.close(timeout=1)
+            self._producer = None
+
+    def wait_empty(self, timeout: float) -> bool:
+        """Block until the outbox is empty (True) or ``timeout`` passes (False)."""
+        deadline = time.monotonic() + timeout
+        with self.outbox.changed:
+            while self.outbox.depth() > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.outbox.changed.wait(timeout=min(left, 0.5))
+        return True

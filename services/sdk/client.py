@@ -103,7 +103,10 @@ def _lead_pseudonyms(key: PseudonymKey, data: Mapping[str, Any]) -> dict[str, An
     victim = out.get("victim")
     if not isinstance(victim, Mapping):
         raise UsageError("a lead needs a victim (at least a name, and an ID number, phone or birth date)")
-    out["victim_pseudonym"] = pseudonymize(key, **ident(victim))
+    try:
+        out["victim_pseudonym"] = pseudonymize(key, **ident(victim))
+    except UsageError as e:  # the identifiers came with the lead: bad input, named without its value
+        raise MalformedError(f"victim: {e}") from e
     suspects = []
     for given in out.get("suspects") or []:
         suspect = dict(given)

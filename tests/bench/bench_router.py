@@ -9,12 +9,15 @@ sealed once, before anything is timed, and the same records serve every case.
 
 Each Kafka case runs its worker as a child process (``python -m services.router``, or this module in
 ``relay`` / ``eos-relay`` mode) on topics of its own, after all N records have been produced to its
-source topic. The worker is timed from outside, the same way for every case: the consumer group's
-committed offsets are polled (``KafkaAdminClient.list_group_offsets``) every
-``POLL_S``; the clock starts at the first observation of a committed offset (so process start-up,
-group join and the transactional producers' InitProducerId are left out) and stops when the committed
-offsets reach the end offsets of every source partition. The rate is the records committed in that
-interval divided by its length.
+source topic. The worker is timed from outside, the same way for every case, polling every
+``POLL_S``: the clock starts when the first record appears in its output topics (end offsets, so
+uncommitted transactional records count) or its group's first committed offset is seen, whichever
+comes first -- process start-up, group join, the transactional producers' InitProducerId and the
+first fetch are left out -- and stops when the group's committed offsets
+(``KafkaAdminClient.list_group_offsets``) reach the end offsets of every source partition. The rate
+is the records committed in that interval (N less any already committed at the start) divided by its
+length. (Starting at the first commit instead would not do: the plain relay commits every partition
+of a ``getmany`` batch at once, so a small N is one commit.)
 
 - ``router``: one router worker on a fresh set of topics per run (``topics.apply`` under a new prefix:
   the router keeps its replay state in a per-prefix topic). Afterwards its ``/metrics`` must show N
@@ -304,7 +307,6 @@ class Drain:
     records: int
     seconds: float
     cpu_seconds: float
-    first_committed: int
 
 
 def _committed(admin: Any, group: str, topic: str) -> dict[int, int]:
@@ -317,8 +319,24 @@ def _committed(admin: Any, group: str, topic: str) -> dict[int, int]:
     return {tp.partition: om.offset for tp, om in offsets.items() if tp.topic == topic and om.offset >= 0}
 
 
-def _watch(bootstrap: str, worker: Worker, group: str, topic: str, ends: dict[int, int]) -> Drain:
-    """Time a worker draining ``topic``: from the first committed offset seen to all offsets at the end."""
+def _written(admin: Any, outputs: list[str]) -> int:
+    """Offsets written to the output topics so far (uncommitted transactional records included)."""
+    from kafka import TopicPartition
+    from kafka.admin import OffsetSpec
+
+    specs = {TopicPartition(t, p): OffsetSpec.LATEST for t in outputs for p in range(OUTPUT_PARTITIONS)}
+    return sum(o.offset for o in admin.list_partition_offsets(specs).values())
+
+
+def _watch(
+    bootstrap: str, worker: Worker, group: str, topic: str, ends: dict[int, int], outputs: list[str]
+) -> Drain:
+    """Time a worker relaying ``topic``: from its first output (or first commit) seen to all committed.
+
+    Polled every ``POLL_S``: the output topics' end offsets until one of them moves (the worker has
+    started, joined, been assigned its partitions and fetched its first batch: none of that is timed),
+    and the group's committed offsets until every partition of ``topic`` is committed to its end.
+    """
     total = sum(ends.values())
     admin = _admin(bootstrap)
     try:
@@ -326,25 +344,25 @@ def _watch(bootstrap: str, worker: Worker, group: str, topic: str, ends: dict[in
         first: tuple[int, float, float] | None = None
         while True:
             committed = _committed(admin, group, topic)
+            started = first is not None or bool(committed) or _written(admin, outputs) > 0
             at = time.perf_counter()
             done = sum(min(committed.get(p, 0), end) for p, end in ends.items())
-            if first is None and committed:
+            if first is None and started:
                 first = (done, at, worker.cpu_seconds())
                 deadline = time.monotonic() + DRAIN_DEADLINE_S
             if all(committed.get(p, 0) >= end for p, end in ends.items()):
                 break
             worker.check_alive()
             if time.monotonic() > deadline:
-                stage = "its first commit" if first is None else f"the end ({done} of {total} committed)"
+                stage = "its first output" if first is None else f"the end ({done} of {total} committed)"
                 raise BenchError(f"{worker.what} did not reach {stage} in time:\n{worker.tail()}")
             time.sleep(POLL_S)  # poll interval inside a deadline loop
         cpu = worker.cpu_seconds()
     finally:
         admin.close()
-    assert first is not None
-    if first[0] >= total:
+    if first is None or first[0] >= total:
         raise BenchError(f"{worker.what} committed all {total} records before the first observation")
-    return Drain(total - first[0], at - first[1], cpu - first[2], first[0])
+    return Drain(total - first[0], at - first[1], cpu - first[2])
 
 
 def _metric_values(port: int) -> dict[str, float]:
@@ -397,7 +415,8 @@ def _router_run(ctx: BenchContext, work: Workload, logs: Path, case: KafkaCase) 
             "LIANFANG_ROUTER_METRICS_PORT": str(port),
         }
         worker = Worker("the router", [sys.executable, "-m", "services.router"], env, logs / f"{group}.log")
-        drain = _watch(bootstrap, worker, group, names.events, ends)
+        inboxes = [names.inbox(p) for p in work.recipients]
+        drain = _watch(bootstrap, worker, group, names.events, ends, inboxes)
         _check_routed(bootstrap, worker, port, names, work)
     finally:
         if worker is not None:
@@ -466,7 +485,7 @@ def _relay_run(ctx: BenchContext, work: Workload, logs: Path, case: KafkaCase, m
         }
         argv = [sys.executable, "-m", "tests.bench.bench_router", mode, json.dumps(config)]
         worker = Worker(f"the {mode}", argv, {}, logs / f"{group}.log")
-        drain = _watch(bootstrap, worker, group, source, ends)
+        drain = _watch(bootstrap, worker, group, source, ends, outputs)
     finally:
         if worker is not None:
             worker.stop()
@@ -605,9 +624,9 @@ def run(ctx: BenchContext) -> list[Result]:
         )
         ctx.note(
             "every Kafka case: N records produced first (not timed), then ONE worker process started; timed "
-            f"from the first committed offset seen to all {SOURCE_PARTITIONS} source partitions committed to "
-            f"their end, polling the group's committed offsets every {POLL_S * 1000:.0f} ms; "
-            "rate = records committed in between / seconds"
+            "from the first output record (or commit) seen, i.e. after start-up, group join, InitProducerIds "
+            f"and the first fetch, to all {SOURCE_PARTITIONS} source partitions committed to their end, "
+            f"polling every {POLL_S * 1000:.0f} ms; rate = records committed in between / seconds"
         )
         router = KafkaCase()
         relay = KafkaCase()

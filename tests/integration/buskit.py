@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -149,3 +151,41 @@ class Service:
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RouterProcess(Service):
+    """A router worker process on a bus, with its /metrics on a free port."""
+
+    def __init__(self, bus: Bus, home: Path, log: Path, group: str) -> None:
+        self.port = _free_port()
+        super().__init__(
+            "services.router",
+            {
+                "LIANFANG_BOOTSTRAP": bus.bootstrap,
+                "LIANFANG_HOME": str(home),
+                "LIANFANG_ROUTER_TOPIC_PREFIX": bus.prefix,
+                "LIANFANG_ROUTER_GROUP_ID": group,
+                "LIANFANG_ROUTER_METRICS_PORT": str(self.port),
+            },
+            log,
+        )
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """The current value of one series, or None while the worker is not serving /metrics."""
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2).read().decode()
+        except OSError:
+            return None
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                series, _, value = line.rpartition(" ")
+                values[series] = float(value)
+        return values.get(f"{name}{{{want}}}" if want else name, 0.0)

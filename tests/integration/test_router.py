@@ -4,8 +4,6 @@ dead-letter topic with its reason, never twice and never lost, with one worker o
 from __future__ import annotations
 
 import json
-import socket
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,48 +20,11 @@ from services.kernel import envelope, policy
 from services.kernel.keystore import Keystore
 from services.kernel.registry import sign_document
 from services.kernel.topics import load_specs
-from tests.integration.buskit import Bus, Service
+from tests.integration.buskit import Bus
+from tests.integration.buskit import RouterProcess as Router
 from tests.kit import CONTENT, DemoDomain, header, rewrite_body
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Router(Service):
-    """A router worker process on a bus, with its /metrics on a free port."""
-
-    def __init__(self, bus: Bus, home: Path, log: Path, group: str) -> None:
-        self.port = _free_port()
-        super().__init__(
-            "services.router",
-            {
-                "LIANFANG_BOOTSTRAP": bus.bootstrap,
-                "LIANFANG_HOME": str(home),
-                "LIANFANG_ROUTER_TOPIC_PREFIX": bus.prefix,
-                "LIANFANG_ROUTER_GROUP_ID": group,
-                "LIANFANG_ROUTER_METRICS_PORT": str(self.port),
-            },
-            log,
-        )
-
-    def metric(self, name: str, **labels: str) -> float | None:
-        """The current value of one series, or None while the worker is not serving /metrics."""
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2).read().decode()
-        except OSError:
-            return None
-        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                series, _, value = line.rpartition(" ")
-                values[series] = float(value)
-        return values.get(f"{name}{{{want}}}" if want else name, 0.0)
 
 
 def _signed(domain: DemoDomain, doc: RegistryDocument) -> bytes:

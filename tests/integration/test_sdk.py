@@ -1,0 +1,139 @@
+"""The SDK on the real broker with the router: publish, read back on the recipients' side, follow up,
+and an event accepted while Kafka is unreachable arrives after a restart of the adapter."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.sdk.client import Client
+from tests.integration.buskit import Bus, RouterProcess
+from tests.kit import DemoDomain
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def bus(kafka_bootstrap: str, live_domain: DemoDomain) -> Bus:
+    return Bus.create(kafka_bootstrap, f"t-sdk-{datetime.now(UTC):%H%M%S%f}.", live_domain)
+
+
+@pytest.fixture(scope="module")
+def router(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
+    worker = RouterProcess(
+        bus,
+        bus.domain.home,
+        Path(tmp_path_factory.mktemp("router")) / "router.log",
+        group=f"{bus.prefix}router",
+    )
+    bus.wait_for(lambda: worker.metric("lianfang_registry_version", service="router"), 60, "router start")
+    yield worker
+    worker.stop()
+
+
+def client(bus: Bus, participant: str, tmp_path: Path, bootstrap: str | None = None) -> Client:
+    return Client(
+        keystore=bus.domain.keys(participant),
+        registry=bus.domain.registry,
+        bootstrap=bootstrap or bus.bootstrap,
+        outbox_path=tmp_path / f"{participant}.sqlite",
+        topic_prefix=bus.prefix,
+    )
+
+
+def a_lead(phone: str, **overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "category": "domestic_violence",
+        "channel": "police_call",
+        "town": "nancai",
+        "victim": {"name": "赵某某", "phone": phone, "is_minor": False, "sex": "female"},
+        "suspects": [{"name": "钱某", "phone": "13911112222", "is_minor": False, "relationship": "spouse"}],
+        "minor": False,
+        "risk_indicators": ["threats_to_kill"],
+        "narrative": "丈夫威胁要杀死她。",
+        "requests_joint_meeting": False,
+    }
+    data.update(overrides)
+    return data
+
+
+def read_until(c: Client, event_id: str, timeout: float = 60) -> Any:
+    for opened in c.inbox(timeout=timeout):
+        if opened.header.id == event_id:
+            return opened
+    raise AssertionError(f"{c.participant} never received {event_id}")
+
+
+def test_a_lead_published_with_the_sdk_is_opened_by_each_recipient_and_by_no_one_else(
+    bus: Bus, router: RouterProcess, tmp_path: Path
+) -> None:
+    with client(bus, "police", tmp_path) as police:
+        lead_id = police.publish_lead(a_lead("13822223333"))
+        assert police.flush(30)
+    bus.wait_for(lambda: sum(c.get(lead_id, 0) for c in bus.inbox_ids().values()) == 4, what="4 copies")
+    holders = {p for p, counts in bus.inbox_ids().items() if counts.get(lead_id)}
+    assert holders == {"police", "womens_federation", "mediation.nancai", "hub"}
+    with client(bus, "mediation.nancai", tmp_path) as room:
+        opened = read_until(room, lead_id)
+    assert opened.header.urgency == "immediate", "a threat to kill makes a lead immediate"
+    assert opened.sections["details"]["victim"]["name"] == "赵某某"
+    assert opened.sections["triage"]["suspect_pseudonyms"], "the suspect is linked by pseudonym"
+    with client(bus, "hub", tmp_path) as hub:
+        assert set(read_until(hub, lead_id).sections) == {"triage"}
+
+
+def test_an_event_whose_handler_failed_is_read_again_by_the_next_reader(
+    bus: Bus, router: RouterProcess, tmp_path: Path
+) -> None:
+    with client(bus, "police", tmp_path) as police:
+        lead_id = police.publish_lead(a_lead("13833334444", town="beiwu"))
+        police.flush(30)
+    with (
+        client(bus, "mediation.beiwu", tmp_path) as room,
+        pytest.raises(RuntimeError, match="handler failed"),
+    ):
+        for opened in room.inbox(timeout=60):
+            assert opened.header.id == lead_id
+            raise RuntimeError("handler failed")
+    with client(bus, "mediation.beiwu", tmp_path) as again:
+        assert next(again.inbox(timeout=60)).header.id == lead_id
+
+
+def test_a_follow_up_reaches_the_lead_s_recipients_and_refers_to_the_lead(
+    bus: Bus, router: RouterProcess, tmp_path: Path
+) -> None:
+    with client(bus, "police", tmp_path) as police, client(bus, "womens_federation", tmp_path) as wf:
+        lead_id = police.publish_lead(a_lead("13844445555", town="lisui"))
+        police.flush(30)
+        lead = read_until(wf, lead_id)
+        ack_id = wf.acknowledge(lead)
+        resolved_id = wf.resolve(lead, outcome="resolved", satisfaction="satisfied")
+        wf.flush(30)
+        ack = read_until(police, ack_id)
+        resolved = read_until(police, resolved_id)
+    assert ack.header.type == "lead.acknowledged"
+    assert ack.header.refs == [lead_id]
+    assert ack.header.subject == lead.header.subject
+    assert resolved.sections["triage"]["satisfaction"] == "satisfied"
+
+
+def test_an_event_accepted_while_kafka_is_unreachable_arrives_after_the_adapter_restarts(
+    bus: Bus, router: RouterProcess, tmp_path: Path
+) -> None:
+    with socket.socket() as s:  # a port nobody listens on: the broker is "down"
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    offline = client(bus, "police", tmp_path, bootstrap=dead)
+    lead_id = offline.publish_lead(a_lead("13855556666", town="mulin"))
+    assert offline.outbox.depth() == 1, "accepted means on disk"
+    assert offline.flush(timeout=2) is False
+    offline.close()
+
+    with client(bus, "police", tmp_path) as restarted:  # same outbox file, broker reachable
+        assert restarted.flush(60)
+    bus.wait_for(lambda: bus.inbox_ids()["mediation.mulin"].get(lead_id) == 1, what="the spooled lead")

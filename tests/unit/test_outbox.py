@@ -1,0 +1,78 @@
+"""The outbox keeps an accepted event on disk, in order, until Kafka has it, and never lets one event
+id stand for two contents."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from services.sdk.outbox import ConflictError, Outbox
+
+pytestmark = pytest.mark.unit
+
+
+def _put(box: Outbox, event_id: str, value: bytes = b"sealed") -> bool:
+    return box.put(event_id=event_id, topic="events", key=b"subject", value=value, headers=[("ce_id", b"x")])
+
+
+def test_accepted_records_wait_in_acceptance_order(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.sqlite")
+    for i in range(5):
+        _put(box, f"id-{i}")
+    assert [p.event_id for p in box.pending()] == [f"id-{i}" for i in range(5)]
+    assert box.pending()[0].headers == [("ce_id", b"x")]
+    assert box.depth() == 5
+
+
+def test_an_accepted_record_survives_closing_and_reopening_the_spool(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    box = Outbox(path)
+    _put(box, "kept")
+    box.close()
+    assert [p.event_id for p in Outbox(path).pending()] == ["kept"]
+
+
+def test_the_spool_is_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.sqlite")
+    assert box._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert box._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_the_same_event_again_with_the_same_bytes_is_accepted_once(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.sqlite")
+    assert _put(box, "once") is True
+    assert _put(box, "once") is False
+    assert box.depth() == 1
+
+
+def test_an_event_id_with_other_content_is_refused_before_and_after_it_was_sent(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.sqlite")
+    _put(box, "e1", b"first")
+    with pytest.raises(ConflictError, match="different content"):
+        _put(box, "e1", b"second")
+    box.mark_sent(box.pending())
+    assert box.depth() == 0
+    with pytest.raises(ConflictError):
+        _put(box, "e1", b"second")
+    assert _put(box, "e1", b"first") is False, "a retry of a sent event is not sent again"
+
+
+def test_sent_records_leave_the_spool_and_the_oldest_age_follows(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.sqlite")
+    _put(box, "a")
+    _put(box, "b")
+    first = box.pending()[0]
+    assert box.oldest_age(now=first.accepted + 10) == pytest.approx(10, abs=0.01)
+    box.mark_sent([first])
+    assert [p.event_id for p in box.pending()] == ["b"]
+    box.mark_sent(box.pending())
+    assert box.oldest_age() == 0.0
+
+
+def test_a_failed_write_leaves_no_half_record(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.sqlite")
+    with pytest.raises(sqlite3.Error):
+        box.put(event_id="x", topic=None, key=None, value=b"v", headers=[])  # type: ignore[arg-type]
+    assert box.depth() == 0

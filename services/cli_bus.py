@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from pydantic import ValidationError
 
 from schemas.envelope import EnvelopeHeader, SectionName
+from schemas.events import parse_event
 from services.kernel import envelope, topics, trust
 from services.kernel.config import HomeSettings, KafkaSettings
 from services.kernel.errors import LianfangError, UsageError
@@ -30,6 +32,7 @@ from services.kernel.pseudonym import pseudonymize
 from services.kernel.registry import Registry
 from services.router.app import RouterSettings
 from services.router.app import serve as serve_router
+from services.sdk.client import CaseContext, Client
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -63,6 +66,21 @@ def add_bus_commands(
     listing = command(dead, "list", _cmd_deadletter_list, bus, "list dead letters, newest last")
     listing.add_argument("--limit", type=int, default=50, help="show at most the last N (default 50)")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    publish = command(subcommands, "publish", _cmd_publish, bus, "publish an event from a JSON file")
+    publish.add_argument(
+        "--as", dest="participant", required=True, metavar="P", help="publishing participant"
+    )
+    publish.add_argument("file", type=Path, metavar="FILE", help='JSON: {"type": ..., "event": {...}, ...}')
+    publish.add_argument("--wait", type=float, default=30.0, help="seconds to wait for Kafka (default 30)")
+
+    inbox = command(subcommands, "inbox", _cmd_inbox, bus, "read this participant's inbox (verified, opened)")
+    inbox.add_argument("--as", dest="participant", required=True, metavar="P", help="reading participant")
+    inbox.add_argument("--follow", action="store_true", help="keep reading as events arrive")
+    inbox.add_argument(
+        "--details", action="store_true", help="also print the details section (personal data)"
+    )
+    inbox.add_argument("--limit", type=int, default=None, help="stop after N events")
 
     command(
         subcommands,
@@ -217,6 +235,62 @@ def _cmd_deadletter_list(args: argparse.Namespace) -> int:
         counts = Counter(row["reason"] for row in rows)
         summary = ", ".join(f"{reason} {n}" for reason, n in counts.most_common()) or "none"
         print(f"{len(rows)} dead letter(s): {summary}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- publish and inbox
+
+
+def _client(args: argparse.Namespace) -> Client:
+    home = _home(args)
+    return Client.open(
+        participant=args.participant, home=home, bootstrap=_bootstrap(args), topic_prefix=args.topic_prefix
+    )
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    """Publish ``{"type", "event", "urgency"?, "context"?}``: a lead's pseudonyms are computed here."""
+    try:
+        body = json.loads(args.file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {args.file} as JSON: {e}") from e
+    if not isinstance(body, dict) or "type" not in body or not isinstance(body.get("event"), dict):
+        raise UsageError('the file must hold {"type": "<event type>", "event": {...}}')
+    with _client(args) as client:
+        if body["type"] == "lead.reported":
+            event_id = client.publish_lead(body["event"], urgency=body.get("urgency"))
+        else:
+            if not isinstance(body.get("context"), dict):
+                raise UsageError(
+                    f'a {body["type"]} event needs "context": the case it follows (subject, ...)'
+                )
+            try:
+                event = parse_event(body["type"], json.dumps(body["event"]).encode())
+                context = CaseContext(**{k: body["context"].get(k) for k in CaseContext.__slots__})
+            except (KeyError, TypeError, ValidationError) as e:
+                raise UsageError(f"the event or its context is not valid: {e}") from e
+            event_id = client.publish(event, context=context, urgency=body.get("urgency", "routine"))
+        sent = client.flush(args.wait)
+    print(event_id)
+    if not sent:
+        print("accepted into the outbox; it will be sent when Kafka is reachable", file=sys.stderr)
+    return 0
+
+
+def _cmd_inbox(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for opened in client.inbox(follow=args.follow, max_records=args.limit):
+            h = opened.header
+            triage = opened.sections.get("triage", {})
+            print(
+                f"{h.time:%Y-%m-%d %H:%M:%S}  {h.type:<26} {h.id}  from {h.sender:<18} "
+                f"{h.urgency:<9} {h.category or '-'} {h.town or '-'}"
+            )
+            print("  triage: " + json.dumps(triage, ensure_ascii=False, sort_keys=True))
+            if args.details and "details" in opened.sections:
+                print(
+                    "  details: " + json.dumps(opened.sections["details"], ensure_ascii=False, sort_keys=True)
+                )
     return 0
 
 

@@ -27,6 +27,10 @@ from services.kernel.errors import TransportError
 
 log = logging.getLogger("lianfang.eos")
 
+# Sealed records are ~5 KB: aiokafka's default 16 KiB batch would carry three of them. A larger
+# batch cut the transactional relay's CPU per record by about 3x in the router benchmark.
+PRODUCER_BATCH_BYTES = 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class Output:
@@ -126,6 +130,7 @@ class TransactionalRunner:
                 acks="all",
                 client_id=f"{self.client_id}-{tp.partition}",
                 linger_ms=2,
+                max_batch_size=PRODUCER_BATCH_BYTES,
             )
             await producer.start()  # InitProducerId: fences the previous owner, aborts its open txn
             self.producers[tp] = producer

@@ -30,6 +30,8 @@ from services.kernel.errors import LianfangError, UsageError
 from services.kernel.kafka import DURABLE_PRODUCER
 from services.kernel.pseudonym import pseudonymize
 from services.kernel.registry import Registry
+from services.hub.app import HubSettings
+from services.hub.app import run_worker as run_hub
 from services.router.app import RouterSettings
 from services.router.app import serve as serve_router
 from services.sdk.client import CaseContext, Client
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 # What `serve all` runs: every service that exists, each in its own process.
-SERVICES: dict[str, str] = {"router": "services.router"}
+SERVICES: dict[str, str] = {"router": "services.router", "hub": "services.hub"}
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -127,9 +129,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.service == "all":
         return supervise(env, list(SERVICES))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.update(env)
     if args.service == "router":
-        os.environ.update(env)
         asyncio.run(serve_router(RouterSettings()))
+    elif args.service == "hub":
+        run_hub(HubSettings())
     return 0
 
 
@@ -137,6 +141,7 @@ def _service_env(args: argparse.Namespace) -> dict[str, str]:
     env = {"LIANFANG_BOOTSTRAP": _bootstrap(args), "LIANFANG_HOME": str(_home(args).resolve())}
     if args.topic_prefix:
         env["LIANFANG_ROUTER_TOPIC_PREFIX"] = args.topic_prefix
+        env["LIANFANG_HUB_TOPIC_PREFIX"] = args.topic_prefix
     return env
 
 
@@ -318,6 +323,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"Kafka        {bootstrap}  ({len(specs)} topics)")
     print(f"registry     v{registry.version}, expires {registry.document.expires:%Y-%m-%d}")
     print("router       metrics at http://127.0.0.1:9102/metrics")
+    print("hub          metrics at http://127.0.0.1:9103/metrics (alerts go to the coordinators' inbox)")
     print(
         "demo         3 leads published; read them with `lianfang deadletter list` (refusals) or the inboxes"
     )

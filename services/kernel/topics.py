@@ -21,6 +21,9 @@ DEADLETTER = "lianfang.deadletter.v1"
 REGISTRY = "lianfang.registry.v1"
 AUDIT = "lianfang.audit.v1"
 ROUTER_REPLAY = "lianfang.router.replay.v1"
+HUB_CLOCK = "lianfang.hub.clock.v1"
+HUB_SUSPECTS = "lianfang.hub.suspects.v1"
+HUB_SERIAL = "lianfang.hub.serial.v1"
 
 
 def inbox(participant: str) -> str:
@@ -53,6 +56,18 @@ class TopicNames:
     @property
     def router_replay(self) -> str:
         return self.prefix + ROUTER_REPLAY
+
+    @property
+    def hub_clock(self) -> str:
+        return self.prefix + HUB_CLOCK
+
+    @property
+    def hub_suspects(self) -> str:
+        return self.prefix + HUB_SUSPECTS
+
+    @property
+    def hub_serial(self) -> str:
+        return self.prefix + HUB_SERIAL
 
     def inbox(self, participant: str) -> str:
         return self.prefix + inbox(participant)

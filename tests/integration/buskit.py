@@ -153,7 +153,7 @@ class Service:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -162,8 +162,8 @@ def _free_port() -> int:
 class RouterProcess(Service):
     """A router worker process on a bus, with its /metrics on a free port."""
 
-    def __init__(self, bus: Bus, home: Path, log: Path, group: str) -> None:
-        self.port = _free_port()
+    def __init__(self, bus: Bus, home: Path, log: Path, group: str, **env: str) -> None:
+        self.port = free_port()
         super().__init__(
             "services.router",
             {
@@ -172,6 +172,7 @@ class RouterProcess(Service):
                 "LIANFANG_ROUTER_TOPIC_PREFIX": bus.prefix,
                 "LIANFANG_ROUTER_GROUP_ID": group,
                 "LIANFANG_ROUTER_METRICS_PORT": str(self.port),
+                **env,
             },
             log,
         )

@@ -1,0 +1,63 @@
+"""Every metric of the hub, in one place. Labels are bounded: event types, reason codes, deadline
+kinds, participant ids from the registry, and the hub's own partitions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+
+class HubMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.observed = Counter(
+            "lianfang_hub_events_observed_total",
+            "Inbox events the hub verified and applied, by type.",
+            ["type"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "lianfang_hub_events_rejected_total",
+            "Inbox records that failed verification, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.alerts = Counter(
+            "lianfang_hub_alerts_total",
+            "Joint-meeting alerts raised or updated, by rule.",
+            ["rule"],
+            registry=registry,
+        )
+        self.open_alerts = Gauge(
+            "lianfang_hub_open_alerts",
+            "Victims with an open joint-meeting alert, per hub partition.",
+            ["partition"],
+            registry=registry,
+        )
+        self.breaches = Counter(
+            "lianfang_hub_supervision_breaches_total",
+            "Deadlines found breached, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "lianfang_hub_event_to_alert_seconds",
+            "From the triggering event's time to the alert's publication.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=registry,
+        )
+        self.rates = Gauge(
+            "lianfang_supervision_rate",
+            "Supervision rates per agency (响应率/解决率/满意率), 0..1.",
+            ["agency", "rate", "partition"],
+            registry=registry,
+        )
+
+    def set_rates(self, rows: Mapping[str, Mapping[str, Any]], partition: int) -> None:
+        for agency, row in rows.items():
+            for rate in ("response_rate", "resolution_rate", "satisfaction_rate"):
+                if row.get(rate) is not None:
+                    self.rates.labels(agency, rate.removesuffix("_rate"), str(partition)).set(
+                        float(row[rate])
+                    )

@@ -1,0 +1,312 @@
+"""The hub on the real broker, behind the router, with a controllable clock: event times are chosen by
+the test (the domain was issued 400 days ago, the router accepts a year-old event), and supervision
+ticks carry the time the test needs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaProducer
+
+from schemas.events import RiskAnswers, RiskAssessed
+from services.kernel.kafka import DURABLE_PRODUCER
+from services.kernel.pseudonym import pseudonymize
+from services.sdk.client import CaseContext, Client
+from tests.integration.buskit import Bus, RouterProcess, Service, free_port
+from tests.kit import DemoDomain
+
+pytestmark = pytest.mark.integration
+
+ISSUED = datetime.now(UTC) - timedelta(days=400)
+NOW = datetime.now(UTC)
+QUESTIONS = list(RiskAnswers.model_fields)
+
+
+class HubProcess(Service):
+    def __init__(self, bus: Bus, log: Path, data: Path) -> None:
+        self.port = free_port()
+        self.data_dir = data
+        super().__init__(
+            "services.hub",
+            {
+                "LIANFANG_BOOTSTRAP": bus.bootstrap,
+                "LIANFANG_HOME": str(bus.domain.home),
+                "LIANFANG_HUB_TOPIC_PREFIX": bus.prefix,
+                "LIANFANG_HUB_APP_ID": f"{bus.prefix}hub",
+                "LIANFANG_HUB_DATA_DIR": str(data),
+                "LIANFANG_HUB_TICK_INTERVAL_S": "0",
+                "LIANFANG_HUB_METRICS_PORT": str(self.port),
+            },
+            log,
+        )
+
+    metric = RouterProcess.metric
+
+
+class Alerts:
+    """Everything the coordinators receive, collected as it arrives (each test looks for its own)."""
+
+    def __init__(self, bus: Bus, tmp: Path) -> None:
+        self.client = Client(
+            keystore=bus.domain.keys("coordinators"),
+            registry=bus.domain.registry,
+            bootstrap=bus.bootstrap,
+            outbox_path=tmp / "coordinators.sqlite",
+            topic_prefix=bus.prefix,
+            clock=lambda: NOW,
+        )
+        self.by_subject: dict[str, list[dict[str, Any]]] = {}
+        self.types: dict[str, list[str]] = {}
+
+    def _drain(self) -> None:
+        for opened in self.client.inbox(timeout=0.5):
+            self.types.setdefault(opened.header.subject, []).append(opened.header.type)
+            if opened.header.type == "joint_meeting.alert":
+                payload = {**opened.sections["details"], "_event_id": opened.header.id}
+                self.by_subject.setdefault(opened.header.subject, []).append(payload)
+
+    def wait_for(
+        self, subject: str, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 90
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._drain()
+            if done(self.by_subject.get(subject, [])):
+                return self.by_subject[subject]
+        raise AssertionError(
+            f"alerts for {subject[:12]}… never met the condition: {self.by_subject.get(subject)}"
+        )
+
+    def breaches_for(self, subject: str) -> list[str]:
+        self._drain()
+        return [t for t in self.types.get(subject, []) if t == "supervision.breach"]
+
+
+@pytest.fixture(scope="module")
+def hub_bus(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Bus:
+    home = Path(tmp_path_factory.mktemp("hub-domain")) / ".lianfang"
+    domain = DemoDomain.create(home, now=ISSUED, lifetime=timedelta(days=800))
+    return Bus.create(kafka_bootstrap, f"t-hub-{datetime.now(UTC):%H%M%S%f}.", domain)
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    hub_bus: Bus, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RouterProcess, HubProcess]]:
+    tmp = Path(tmp_path_factory.mktemp("hub"))
+    router = RouterProcess(
+        hub_bus,
+        hub_bus.domain.home,
+        tmp / "router.log",
+        group=f"{hub_bus.prefix}router",
+        LIANFANG_ROUTER_REPLAY_WINDOW_S=str(500 * 24 * 3600),  # the test backdates events up to a year
+    )
+    hub = HubProcess(hub_bus, tmp / "hub.log", tmp / "hub-data")
+    try:
+        hub_bus.wait_for(
+            lambda: router.metric("lianfang_registry_version", service="router"), 60, "router start"
+        )
+        hub_bus.wait_for(
+            lambda: hub.metric("lianfang_hub_events_observed_total") is not None, 90, "hub start"
+        )
+        yield router, hub
+    finally:
+        hub.stop()
+        router.stop()
+
+
+@pytest.fixture(scope="module")
+def alerts(hub_bus: Bus, pipeline: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alerts]:
+    collector = Alerts(hub_bus, Path(tmp_path_factory.mktemp("coordinators")))
+    yield collector
+    collector.client.close()
+
+
+class Agency:
+    """An agency's SDK client whose clock the test sets before each publication."""
+
+    def __init__(self, bus: Bus, participant: str, tmp: Path) -> None:
+        self.now = NOW
+        self.client = Client(
+            keystore=bus.domain.keys(participant),
+            registry=bus.domain.registry,
+            bootstrap=bus.bootstrap,
+            outbox_path=tmp / f"{participant}.sqlite",
+            topic_prefix=bus.prefix,
+            clock=lambda: self.now,
+        )
+
+    def lead(self, phone: str, at: datetime, **overrides: Any) -> str:
+        self.now = at
+        data: dict[str, Any] = {
+            "category": "domestic_violence",
+            "channel": "police_call",
+            "town": "houshayu",
+            "victim": {"name": "周某某", "phone": phone, "is_minor": False},
+            "minor": False,
+            "risk_indicators": [],
+            "narrative": "家庭纠纷。",
+            "requests_joint_meeting": False,
+        }
+        data.update(overrides)
+        event_id = self.client.publish_lead(data)
+        assert self.client.flush(30)
+        return event_id
+
+    def risk(self, subject: str, lead_id: str, score: int, at: datetime) -> str:
+        self.now = at
+        answers = {q: i < score for i, q in enumerate(QUESTIONS)}
+        event = RiskAssessed.model_validate(
+            {
+                "lead_id": lead_id,
+                "victim_pseudonym": subject,
+                "answers": RiskAnswers.model_validate(answers),
+                "score": score,
+                "assessed_by": self.client.participant,
+            }
+        )
+        context = CaseContext(subject, "domestic_violence", False, "houshayu", False, lead_id)
+        event_id = self.client.publish(event, context=context, urgency="urgent")
+        assert self.client.flush(30)
+        return event_id
+
+
+@pytest.fixture
+def agencies(hub_bus: Bus, tmp_path: Path) -> Iterator[dict[str, Agency]]:
+    made = {p: Agency(hub_bus, p, tmp_path) for p in ("police", "womens_federation", "health")}
+    yield made
+    for agency in made.values():
+        agency.client.close()
+
+
+def subject_of(bus: Bus, phone: str) -> str:
+    return pseudonymize(
+        bus.domain.registry.pseudonym_key("police", bus.domain.keys("police").encryption), phone=phone
+    )
+
+
+def reasons(payloads: list[dict[str, Any]]) -> set[str]:
+    return {r["code"] for r in payloads[-1]["reasons"]} if payloads else set()
+
+
+def test_a_risk_score_of_13_raises_nothing_and_14_raises_a_high_risk_alert(
+    hub_bus: Bus, alerts: Alerts, agencies: dict[str, Agency]
+) -> None:
+    police = agencies["police"]
+    low, high = "13700000013", "13700000014"
+    low_lead = police.lead(low, NOW - timedelta(hours=2))
+    police.risk(subject_of(hub_bus, low), low_lead, 13, NOW - timedelta(hours=1))
+    # A sentinel trigger on the same victim: the hub handles one victim's events in order, so when
+    # the sentinel's alert arrives, a high-risk alert for the score of 13 would already have come.
+    police.lead(low, NOW - timedelta(minutes=30), requests_joint_meeting=True)
+    got = alerts.wait_for(subject_of(hub_bus, low), lambda a: bool(a))
+    assert reasons(got) == {"professional_judgement"}
+
+    high_lead = police.lead(high, NOW - timedelta(hours=2))
+    police.risk(subject_of(hub_bus, high), high_lead, 14, NOW - timedelta(hours=1))
+    got = alerts.wait_for(subject_of(hub_bus, high), lambda a: bool(a))
+    assert reasons(got) == {"high_risk"}
+
+
+def test_a_third_lead_on_day_364_raises_an_escalation_alert_and_on_day_366_nothing(
+    hub_bus: Bus, alerts: Alerts, agencies: dict[str, Agency]
+) -> None:
+    police = agencies["police"]
+    start = NOW - timedelta(days=370)
+    for phone, last_day in (("13700000364", 364), ("13700000366", 366)):
+        first = police.lead(phone, start)
+        police.lead(phone, start + timedelta(days=100))
+        police.lead(phone, start + timedelta(days=last_day))
+        # The sentinel is a risk assessment, not a fourth lead: it cannot add to the escalation count.
+        police.risk(subject_of(hub_bus, phone), first, 20, start + timedelta(days=last_day, hours=1))
+    on_364 = alerts.wait_for(subject_of(hub_bus, "13700000364"), lambda a: "high_risk" in reasons(a))
+    assert reasons(on_364) == {"escalation", "high_risk"}
+    on_366 = alerts.wait_for(subject_of(hub_bus, "13700000366"), bool)
+    assert reasons(on_366) == {"high_risk"}
+
+
+def test_a_victim_who_triggers_three_rules_gets_one_alert_with_three_reasons(
+    hub_bus: Bus, alerts: Alerts, agencies: dict[str, Agency]
+) -> None:
+    phone = "13700000003"
+    subject = subject_of(hub_bus, phone)
+    lead_id = agencies["police"].lead(phone, NOW - timedelta(hours=5), requests_joint_meeting=True)
+    agencies["womens_federation"].lead(
+        phone, NOW - timedelta(hours=4), channel="hotline_12338"
+    )  # convergence
+    agencies["police"].risk(subject, lead_id, 16, NOW - timedelta(hours=3))  # high risk
+    got = alerts.wait_for(
+        subject, lambda a: reasons(a) >= {"professional_judgement", "convergence", "high_risk"}
+    )
+    assert len({a["alert_id"] for a in got}) == 1, "one open alert per victim; later triggers update it"
+
+
+def test_a_missed_acknowledgement_deadline_breaches_and_escalates_to_the_coordinators(
+    hub_bus: Bus, alerts: Alerts, agencies: dict[str, Agency]
+) -> None:
+    phone = "13700000404"
+    agencies["police"].lead(phone, NOW - timedelta(minutes=10))  # urgent DV lead: acknowledge within 4 h
+    subject = subject_of(hub_bus, phone)
+    tick(hub_bus, NOW + timedelta(hours=5))
+    hub_bus.wait_for(
+        lambda: alerts.breaches_for(subject), 90, "the acknowledgement breach at the coordinators"
+    )
+
+
+def tick(bus: Bus, at: datetime) -> None:
+    producer = KafkaProducer(bootstrap_servers=bus.bootstrap, **DURABLE_PRODUCER)
+    for partition in range(3):
+        producer.send(bus.names.hub_clock, key=b"tick", value=at.isoformat().encode(), partition=partition)
+    producer.flush()
+    producer.close()
+
+
+def test_a_suspect_who_appears_against_two_victims_raises_a_serial_alert_for_both(
+    hub_bus: Bus, alerts: Alerts, agencies: dict[str, Agency]
+) -> None:
+    suspect = {"name": "吴某", "phone": "13966660000", "is_minor": False, "relationship": "partner"}
+    agencies["police"].lead("13700000501", NOW - timedelta(days=20), suspects=[suspect])
+    agencies["womens_federation"].lead(
+        "13700000502", NOW - timedelta(days=2), suspects=[suspect], channel="hotline_12338"
+    )
+    for phone in ("13700000501", "13700000502"):
+        got = alerts.wait_for(subject_of(hub_bus, phone), lambda a: "serial_suspect" in reasons(a))
+        assert "serial_suspect" in reasons(got)
+
+
+def test_sigkill_of_the_hub_loses_no_state_and_raises_no_duplicate_alert(
+    hub_bus: Bus,
+    alerts: Alerts,
+    agencies: dict[str, Agency],
+    pipeline: tuple[RouterProcess, HubProcess],
+    tmp_path: Path,
+) -> None:
+    """Runs last in this module: it replaces the module's hub with a restarted one."""
+    phone = "13700000911"
+    subject = subject_of(hub_bus, phone)
+    lead_id = agencies["police"].lead(phone, NOW - timedelta(hours=6), requests_joint_meeting=True)
+    alerts.wait_for(subject, bool)
+    agencies["womens_federation"].lead(phone, NOW - timedelta(hours=5), channel="hotline_12338")
+    _router, hub = pipeline
+    hub.kill()
+
+    restarted = HubProcess(hub_bus, tmp_path / "hub-restarted.log", Path(hub.data_dir))
+    try:
+        agencies["police"].risk(subject, lead_id, 18, NOW - timedelta(hours=4))
+        got = alerts.wait_for(
+            subject,
+            lambda a: reasons(a) == {"professional_judgement", "convergence", "high_risk"},
+            timeout=120,
+        )
+    finally:
+        restarted.stop()
+    assert len({a["alert_id"] for a in got}) == 1, "the restarted hub updated the same alert"
+    ids = [a["_event_id"] for a in got]
+    assert len(ids) == len(set(ids)), "an alert event reached the coordinators twice"
+    contents = [(tuple(sorted(r["code"] for r in a["reasons"])), a["updated_at"]) for a in got]
+    assert len(contents) == len(set(contents)), f"the same alert update was raised twice: {contents}"

@@ -24,14 +24,14 @@ from pydantic import ValidationError
 
 from schemas.envelope import EnvelopeHeader, SectionName
 from schemas.events import parse_event
+from services.hub.app import HubSettings
+from services.hub.app import run_worker as run_hub
 from services.kernel import envelope, topics, trust
 from services.kernel.config import HomeSettings, KafkaSettings
 from services.kernel.errors import LianfangError, UsageError
 from services.kernel.kafka import DURABLE_PRODUCER
 from services.kernel.pseudonym import pseudonymize
 from services.kernel.registry import Registry
-from services.hub.app import HubSettings
-from services.hub.app import run_worker as run_hub
 from services.router.app import RouterSettings
 from services.router.app import serve as serve_router
 from services.sdk.client import CaseContext, Client

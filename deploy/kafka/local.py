@@ -300,8 +300,7 @@ class LocalKafka:
     def _format(self, java: str, jars: Path) -> None:
         cluster_id_file = self.data_dir / "cluster.id"
         if not cluster_id_file.exists():
-            raw = uuid.uuid4().bytes
-            cluster_id_file.write_text(base64.urlsafe_b64encode(raw).decode().rstrip("=") + "\n")
+            cluster_id_file.write_text(new_cluster_id() + "\n")
         cluster_id = cluster_id_file.read_text().strip()
         for node in self.nodes:
             ndir = self._node_dir(node)
@@ -310,7 +309,7 @@ class LocalKafka:
             props.write_text(self._properties(node))
             if (ndir / "data" / "meta.properties").exists():
                 continue
-            args = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)]
+            args = ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "--config", str(props)]
             if len(self.nodes) == 1:
                 args.append("--standalone")
             proc = subprocess.run(
@@ -422,6 +421,15 @@ class LocalKafka:
             client = port + i if port is not None else free_port()
             planned.append(Node(node_id=i + 1, port=client, controller_port=free_port()))
         return cls(data_dir=data_dir.resolve(), nodes=planned)
+
+
+def new_cluster_id() -> str:
+    """A Kafka cluster id (16 random bytes, URL-safe base64), never starting with "-": the storage tool's
+    argument parser would read such an id as an option (as Kafka's own ``random-uuid`` avoids)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _alive(pid: int) -> bool:

@@ -118,3 +118,10 @@ def test_a_single_node_sets_internal_topics_to_one_replica_and_no_rebalance_dela
 def test_only_one_or_three_nodes_can_be_planned(tmp_path: Path) -> None:
     with pytest.raises(LocalKafkaError, match="1 or 3 nodes"):
         LocalKafka.plan(tmp_path, nodes=2)
+
+
+def test_a_cluster_id_never_starts_with_a_dash_that_the_storage_tool_would_read_as_an_option() -> None:
+    """Regression: one id in 64 started with "-" and formatting failed with "expected one argument"."""
+    ids = [local.new_cluster_id() for _ in range(2000)]
+    assert not any(i.startswith("-") for i in ids)
+    assert all(len(i) == 22 for i in ids)

@@ -24,6 +24,8 @@ from pydantic import ValidationError
 
 from schemas.envelope import EnvelopeHeader, SectionName
 from schemas.events import parse_event
+from services.gateway.app import GatewaySettings
+from services.gateway.app import serve as serve_gateway
 from services.hub.app import HubSettings
 from services.hub.app import run_worker as run_hub
 from services.kernel import envelope, topics, trust
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 # What `serve all` runs: every service that exists, each in its own process.
-SERVICES: dict[str, str] = {"router": "services.router", "hub": "services.hub"}
+SERVICES: dict[str, str] = {"router": "services.router", "hub": "services.hub", "gateway": "services.gateway"}
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -134,6 +136,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(serve_router(RouterSettings()))
     elif args.service == "hub":
         run_hub(HubSettings())
+    elif args.service == "gateway":
+        asyncio.run(serve_gateway(GatewaySettings()))
     return 0
 
 
@@ -142,6 +146,7 @@ def _service_env(args: argparse.Namespace) -> dict[str, str]:
     if args.topic_prefix:
         env["LIANFANG_ROUTER_TOPIC_PREFIX"] = args.topic_prefix
         env["LIANFANG_HUB_TOPIC_PREFIX"] = args.topic_prefix
+        env["LIANFANG_GATEWAY_TOPIC_PREFIX"] = args.topic_prefix
     return env
 
 
@@ -324,6 +329,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"registry     v{registry.version}, expires {registry.document.expires:%Y-%m-%d}")
     print("router       metrics at http://127.0.0.1:9102/metrics")
     print("hub          metrics at http://127.0.0.1:9103/metrics (alerts go to the coordinators' inbox)")
+    print("gateway      http://127.0.0.1:8080/v1/openapi.json  (POST /v1/events, GET /v1/inbox, /metrics)")
     print(
         "demo         3 leads published; read them with `lianfang deadletter list` (refusals) or the inboxes"
     )

@@ -35,7 +35,13 @@ from schemas.events import (
     split_sections,
 )
 from services.kernel import envelope, topics, trust
-from services.kernel.errors import MalformedError, TransportError, UntrustedInputError, UsageError
+from services.kernel.errors import (
+    MalformedError,
+    RegistryExpiredError,
+    TransportError,
+    UntrustedInputError,
+    UsageError,
+)
 from services.kernel.keystore import Keystore
 from services.kernel.pseudonym import PseudonymKey, pseudonymize
 from services.kernel.registry import Registry
@@ -277,7 +283,8 @@ class Client:
         The offset of an event is committed when the caller asks for the next one (or the iteration
         ends), so an event whose handling raised is read again by the next reader of the group.
         A record that fails verification is counted and skipped (the router let it through under
-        an older registry); it is never handed to the caller.
+        an older registry); it is never handed to the caller. An expired registry stops the reading
+        with :class:`RegistryExpiredError` and commits nothing: a newer registry is needed first.
         """
         consumer = self._inbox_consumer()
         seen = 0
@@ -296,6 +303,9 @@ class Client:
                             opened = envelope.verify_and_open(
                                 record.value, registry=self.registry, now=self.clock(), keystore=self.keys
                             )
+                        except RegistryExpiredError:
+                            # Not the record's fault: stop without committing, so nothing is skipped.
+                            raise
                         except UntrustedInputError as e:
                             self.metrics.inbox_rejected.labels(e.reason).inc()
                             log.warning("inbox record at offset %d refused: %s", record.offset, e.reason)

@@ -1,0 +1,251 @@
+"""The gateway's request contract and how a request body becomes an event to publish: pure.
+
+``POST /v1/events`` takes one JSON object::
+
+    {"type": "lead.reported",            # an event type of the v1 catalogue
+     "event": {...},                     # that type's fields (schemas/json/<type>.schema.json); for a
+                                         # lead, without pseudonyms: the gateway computes them
+     "urgency": "urgent",                # optional: immediate | urgent | routine
+     "context": {...},                   # follow-ups only: the case's clear-header facts, as returned
+                                         # with each event by GET /v1/inbox
+     "refs": ["<event id>", ...]}        # optional: related events
+
+:func:`parse_submission` turns the bytes into a validated :class:`Submission` or raises a
+:class:`~services.gateway.problems.Problem` that names every wrong field by JSON Pointer, never its
+value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Final
+
+from pydantic import Field, ValidationError, field_validator
+
+from schemas.common import Category, EventId, Pseudonym, Town, UniqueList, Urgency, WireModel
+from schemas.events import EVENT_MODELS, EventModel, LeadReported, upcast
+from services.gateway.problems import FieldError, Problem, field_errors
+from services.kernel import crypto
+from services.kernel.errors import MalformedError, NotPermittedError, UsageError
+from services.kernel.pseudonym import PseudonymKey, pseudonymize
+from services.kernel.registry import Registry
+from services.sdk.client import CaseContext, default_urgency
+
+__all__ = ["COMPUTED_LEAD_FIELDS", "ContextIn", "PublishRequest", "Submission", "parse_submission"]
+
+LEAD: Final = LeadReported.EVENT_TYPE
+COMPUTED_LEAD_FIELDS: Final = ("victim_pseudonym", "suspect_pseudonyms")
+"""Fields of a lead that the gateway computes from the identifiers; a request must leave them out."""
+
+# A syntactically valid pseudonym that stands in while a lead is validated, so that a victim who
+# cannot be pseudonymized is reported once (at /event/victim) and not again as a missing field.
+_PLACEHOLDER: Final = "p0." + "A" * 43
+
+
+class ContextIn(WireModel):
+    """The clear-header facts of a case, which a follow-up event carries (from the lead it follows)."""
+
+    subject: Pseudonym = Field(description="当事人假名 / the case's subject pseudonym (the lead's `subject`)")
+    category: Category | None = None
+    minor: bool | None = None
+    town: Town | None = None
+    school_related: bool | None = None
+    lead_id: EventId | None = Field(default=None, description="the lead this event follows")
+
+
+class PublishRequest(WireModel):
+    """The body of ``POST /v1/events``."""
+
+    type: str = Field(max_length=64, description="事件类型 / event type of the v1 catalogue")
+    event: dict[str, Any] = Field(description="the event's fields, per the type's JSON Schema")
+    urgency: Urgency | None = Field(default=None, description="紧急程度; default: from the lead's facts")
+    context: ContextIn | None = Field(default=None, description="follow-ups only: the case's facts")
+    refs: UniqueList[EventId] = Field(default_factory=list, max_length=100, description="related event ids")
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if value not in EVENT_MODELS:
+            raise ValueError(f"unknown event type; the v1 catalogue has: {', '.join(sorted(EVENT_MODELS))}")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A validated request: the event model and what its clear header needs."""
+
+    event: EventModel
+    context: CaseContext
+    urgency: str
+    refs: tuple[str, ...]
+
+    @property
+    def type(self) -> str:
+        return self.event.EVENT_TYPE
+
+
+def parse_submission(
+    body: bytes, *, participant: str, registry: Registry, pseudonym_key: Callable[[], PseudonymKey]
+) -> Submission:
+    """Validate a request body for ``participant``; raise :class:`Problem` (400, 403 or 422).
+
+    Order: JSON syntax (400), the request's own fields (422), the participant's right to publish
+    the type (403), then the event's fields (422, every wrong field at once).
+    """
+    try:
+        raw = crypto.strict_json(body, what="the request body")
+    except MalformedError as e:
+        raise Problem("malformed_json", str(e).removeprefix("[malformed] ")) from e
+    if not isinstance(raw, dict):
+        raise Problem(
+            "invalid_request",
+            "the body must be a JSON object",
+            errors=[FieldError("", "expected an object with type and event", "model_type")],
+        )
+    try:
+        request = PublishRequest.model_validate_json(json.dumps(raw))
+    except ValidationError as e:
+        raise _invalid(field_errors(e)) from e
+    try:
+        registry.check_may_publish(participant, request.type)
+    except NotPermittedError as e:
+        raise Problem("not_permitted", f"{participant} may not publish {request.type}") from e
+    if request.type == LEAD:
+        return _lead(request, pseudonym_key)
+    return _follow_up(request)
+
+
+def _invalid(errors: list[FieldError]) -> Problem:
+    n = len(errors)
+    where = ", ".join(e.pointer or "(body)" for e in errors[:5]) + (", ..." if n > 5 else "")
+    return Problem("invalid_request", f"{n} field(s) are invalid: {where}", errors=errors[:100])
+
+
+def _validate(event_type: str, data: Mapping[str, Any]) -> tuple[EventModel | None, list[FieldError]]:
+    model = EVENT_MODELS[event_type]
+    try:
+        return model.model_validate_json(json.dumps(upcast(event_type, data))), []
+    except ValidationError as e:
+        return None, field_errors(e, ("event",))
+
+
+def _follow_up(request: PublishRequest) -> Submission:
+    errors: list[FieldError] = []
+    if request.context is None:
+        errors.append(
+            FieldError(
+                "/context",
+                f"{request.type} needs the context of its case (copy `context` from the inbox event)",
+                "missing",
+            )
+        )
+    event, event_errors = _validate(request.type, request.event)
+    errors += event_errors
+    if errors or event is None or request.context is None:
+        raise _invalid(errors)
+    c = request.context
+    context = CaseContext(
+        subject=c.subject,
+        category=c.category,
+        minor=c.minor,
+        town=c.town,
+        school_related=c.school_related,
+        lead_id=c.lead_id,
+    )
+    return Submission(event, context, request.urgency or "routine", tuple(request.refs))
+
+
+def _lead(request: PublishRequest, pseudonym_key: Callable[[], PseudonymKey]) -> Submission:
+    errors: list[FieldError] = []
+    if request.context is not None:
+        errors.append(
+            FieldError("/context", "a lead's context comes from its own fields; leave it out", "extra")
+        )
+    data, pseudonym_errors = _with_pseudonyms(pseudonym_key(), request.event)
+    event, event_errors = _validate(LEAD, data)
+    errors += pseudonym_errors + event_errors
+    if errors or not isinstance(event, LeadReported):
+        raise _invalid(errors)
+    context = CaseContext(
+        subject=event.victim_pseudonym,
+        category=event.category,
+        minor=event.minor,
+        town=event.town,
+        school_related=event.school_related,
+    )
+    return Submission(event, context, request.urgency or default_urgency(event), tuple(request.refs))
+
+
+def _identifiers(person: Mapping[str, Any]) -> dict[str, Any]:
+    """The identifiers of a person as pseudonymize() takes them; wrong types are left to the schema."""
+
+    def text(name: str) -> str | None:
+        value = person.get(name)
+        return value if isinstance(value, str) else None
+
+    birth: date | None = None
+    if isinstance(raw := person.get("birth_date"), str):
+        try:
+            birth = date.fromisoformat(raw)
+        except ValueError:
+            birth = None  # the schema reports it
+    return {
+        "id_number": text("id_number"),
+        "phone": text("phone"),
+        "name": text("name") if birth else None,
+        "birth_date": birth,
+    }
+
+
+def _with_pseudonyms(key: PseudonymKey, event: Mapping[str, Any]) -> tuple[dict[str, Any], list[FieldError]]:
+    """The lead's fields with the victim's and suspects' pseudonyms filled in, and what stood in the way."""
+    errors: list[FieldError] = []
+    out = dict(event)
+    for name in COMPUTED_LEAD_FIELDS:
+        if name in out:
+            errors.append(
+                FieldError(
+                    f"/event/{name}", "computed by the gateway from the identifiers; leave it out", "computed"
+                )
+            )
+    out["victim_pseudonym"] = _PLACEHOLDER
+    victim = out.get("victim")
+    if isinstance(victim, Mapping):
+        try:
+            out["victim_pseudonym"] = pseudonymize(key, **_identifiers(victim))
+        except UsageError as e:
+            errors.append(FieldError("/event/victim", str(e), "unidentifiable"))
+    suspects = out.get("suspects")
+    if isinstance(suspects, list):
+        filled: list[Any] = []
+        for i, given in enumerate(suspects):
+            if not isinstance(given, Mapping):
+                filled.append(given)
+                continue
+            suspect = dict(given)
+            if "pseudonym" in suspect:
+                errors.append(
+                    FieldError(
+                        f"/event/suspects/{i}/pseudonym",
+                        "computed by the gateway from the identifiers; leave it out",
+                        "computed",
+                    )
+                )
+            ids = _identifiers(suspect)
+            suspect["pseudonym"] = None
+            if ids["id_number"] or ids["phone"] or ids["birth_date"]:
+                try:
+                    suspect["pseudonym"] = pseudonymize(key, **ids)
+                except UsageError:
+                    suspect["pseudonym"] = None  # too little to identify: the suspect stays unlinked
+            filled.append(suspect)
+        out["suspects"] = filled
+        out["suspect_pseudonyms"] = [
+            s["pseudonym"] for s in filled if isinstance(s, dict) and s.get("pseudonym")
+        ]
+    else:
+        out["suspect_pseudonyms"] = []
+    return out, errors

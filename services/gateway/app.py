@@ -1,0 +1,577 @@
+"""The HTTP gateway (``lianfang serve gateway``): agency systems in any language publish and read their
+inbox over HTTP, authenticated by HTTP Message Signatures made with their registered Ed25519 key.
+
+- ``POST /v1/events``: validate (the same pydantic schemas as the SDK), seal, sign and write to the
+  participant's durable outbox (one SDK :class:`~services.sdk.client.Client` per served participant),
+  then answer ``202 {"event_id": ...}``. ``Idempotency-Key`` makes retries safe (:mod:`.idempotency`).
+- ``GET /v1/inbox?cursor=&limit=``: the participant's opened inbox events after a cursor (:mod:`.inbox`).
+- ``GET /v1/openapi.json``: the OpenAPI 3.1 document (:mod:`.openapi`); ``GET /metrics``: Prometheus.
+- Outbound webhooks per participant (:mod:`.webhooks`).
+
+Every refusal is RFC 9457 problem+json (:mod:`.problems`) and counted by reason. Checks run cheapest
+first and before anything is parsed: declared size (413), signature over the headers (401/403), media
+type (415), the body read up to the limit (413), its digest (401), the idempotency key (409), JSON
+(400), schema (422), the right to publish the type (403). Request bodies are never logged.
+
+The gateway holds the served participants' private keys (it seals and signs for them), so it runs on
+infrastructure those participants trust, one process per spool folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import signal
+import sqlite3
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Final, TextIO
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from services.gateway import httpsig, openapi
+from services.gateway.api import Submission, parse_submission
+from services.gateway.idempotency import IdempotencyStore, KeyedLocks
+from services.gateway.inbox import InboxReader, decode_cursor, encode_cursor
+from services.gateway.metrics import ROUTES, GatewayMetrics
+from services.gateway.problems import MEDIA_TYPE, Problem
+from services.gateway.webhooks import Backoff, WebhookSender
+from services.kernel import envelope, topics, trust
+from services.kernel.errors import (
+    KeyExpiredError,
+    KeyRevokedError,
+    RegistryExpiredError,
+    TransportError,
+    UnknownKeyError,
+    UsageError,
+)
+from services.kernel.keystore import Keystore
+from services.kernel.registry import Registry
+from services.sdk import metrics as sdk_metrics
+from services.sdk.client import Client
+from services.sdk.outbox import ConflictError
+
+log = logging.getLogger("lianfang.gateway")
+
+Clock = Callable[[], datetime]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MAX_IDEMPOTENCY_KEY: Final = 255
+METHODS: Final = frozenset({"GET", "POST", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class GatewaySettings(BaseSettings):
+    """Settings of the gateway. Environment variables: ``LIANFANG_GATEWAY_<NAME>``, except the broker
+    (``LIANFANG_BOOTSTRAP``) and the trust domain (``LIANFANG_HOME``)."""
+
+    model_config = SettingsConfigDict(env_prefix="LIANFANG_GATEWAY_", frozen=True, extra="ignore")
+
+    bootstrap: str = Field(
+        default="", validation_alias=AliasChoices("LIANFANG_BOOTSTRAP", "bootstrap"), description="Kafka"
+    )
+    home: Path = Field(
+        default=Path(".lianfang"),
+        validation_alias=AliasChoices("LIANFANG_HOME", "home"),
+        description="trust domain: registry and the served participants' keystores",
+    )
+    participants: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="comma-separated participants this gateway serves (holds the keys of); empty: every "
+        "participant whose keystore is in LIANFANG_HOME/keys (a demo domain has them all)",
+    )
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=8080, ge=0, le=65535, description="port to listen on")
+    spool_dir: Path = Field(
+        default=Path(".run/gateway"), description="outboxes and the idempotency store (one gateway each)"
+    )
+    topic_prefix: str = Field(default="", description="prefix of every topic name (tests use one per run)")
+    public_url: str = Field(
+        default="",
+        description="the base URL clients use (behind a proxy), for @target-uri; empty: from the request",
+    )
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024, description="larger bodies get 413")
+    max_skew_s: int = Field(default=httpsig.MAX_SKEW_S, ge=1, description="signature `created` window")
+    idempotency_ttl_s: float = Field(default=7 * 24 * 3600, gt=0, description="how long keys are kept")
+    inbox_max_limit: int = Field(default=500, ge=1, description="most events one inbox page returns")
+    webhooks: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="comma-separated participant=url pairs: push that inbox to the url"
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="per attempt")
+    webhook_max_backoff_s: float = Field(default=60.0, gt=0, description="cap of the retry delay")
+
+    _split_lists = field_validator("participants", "webhooks", mode="before")(_split)
+
+    @model_validator(mode="after")
+    def _webhooks_are_served(self) -> GatewaySettings:
+        for participant in self.webhook_urls:
+            if self.participants and participant not in self.participants:
+                raise ValueError(
+                    f"a webhook is configured for {participant}, which the gateway does not serve"
+                )
+        return self
+
+    @property
+    def webhook_urls(self) -> dict[str, str]:
+        out = {}
+        for pair in self.webhooks:
+            participant, sep, url = pair.partition("=")
+            if not sep or not url.startswith(("http://", "https://")):
+                raise ValueError("LIANFANG_GATEWAY_WEBHOOKS is participant=http(s)://url[,participant=url]")
+            out[participant.strip()] = url.strip()
+        return out
+
+
+def _lock_spool(spool: Path) -> TextIO:
+    """Hold an exclusive lock on the spool folder: two gateways draining one outbox would send twice."""
+    spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handle = (spool / "gateway.lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        handle.close()
+        raise UsageError(
+            f"another gateway is using {spool}; give each its own LIANFANG_GATEWAY_SPOOL_DIR"
+        ) from e
+    return handle
+
+
+class Gateway:
+    """A running gateway's state: the registry, one SDK client per served participant, the stores."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        registry: Registry,
+        keystores: Mapping[str, Keystore],
+        metrics_registry: CollectorRegistry = REGISTRY,
+        clock: Clock = utcnow,
+        drain: bool = True,
+    ) -> None:
+        if not keystores:
+            raise UsageError("the gateway serves no participant: set LIANFANG_GATEWAY_PARTICIPANTS")
+        unserved = sorted(set(settings.webhook_urls) - set(keystores))
+        if unserved:
+            raise UsageError(f"webhooks are configured for {unserved}, whom this gateway does not serve")
+        self.settings = settings
+        self.registry = registry
+        self.clock = clock
+        self.names = topics.TopicNames(settings.topic_prefix)
+        self.metrics = GatewayMetrics(metrics_registry)
+        self._spool_lock = _lock_spool(settings.spool_dir)
+        adapter = (
+            sdk_metrics.shared() if metrics_registry is REGISTRY else sdk_metrics.SdkMetrics(metrics_registry)
+        )
+        self.clients: dict[str, Client] = {}
+        for participant, keystore in keystores.items():
+            registry.participant(participant)  # refuses one the registry does not list
+            self.clients[participant] = Client(
+                keystore=keystore,
+                registry=registry,
+                bootstrap=settings.bootstrap,
+                outbox_path=settings.spool_dir / f"{participant}.outbox.sqlite",
+                topic_prefix=settings.topic_prefix,
+                clock=clock,
+                metrics=adapter,
+                start=drain,
+            )
+        # The SDK's gauges are one series per process: report the sum (depth) and the max (age).
+        adapter.outbox_depth.set_function(lambda: sum(c.outbox.depth() for c in self.clients.values()))
+        adapter.outbox_age.set_function(lambda: max(c.outbox.oldest_age() for c in self.clients.values()))
+        self.metrics.watch_outboxes(
+            {p: c.outbox.depth for p, c in self.clients.items()},
+            {p: c.outbox.oldest_age for p, c in self.clients.items()},
+        )
+        self.idempotency = IdempotencyStore(settings.spool_dir / "idempotency.sqlite")
+        self.prune()
+        self.locks = KeyedLocks()
+        self.key_owner = {
+            key.kid: p.id for p in registry.document.participants for key in p.keys if key.use == "sign"
+        }
+        self.readers = {
+            p: InboxReader(
+                bootstrap=settings.bootstrap,
+                topic=self.names.inbox(p),
+                keystore=keystores[p],
+                registry=registry,
+                clock=clock,
+                on_rejected=lambda reason: self.metrics.inbox_rejected.labels(reason).inc(),
+            )
+            for p in keystores
+        }
+        self.openapi = json.dumps(
+            openapi.document(max_body_bytes=settings.max_body_bytes, server_url=settings.public_url or None),
+            ensure_ascii=False,
+        ).encode("utf-8")
+
+    @classmethod
+    def open(
+        cls,
+        settings: GatewaySettings,
+        *,
+        metrics_registry: CollectorRegistry = REGISTRY,
+        clock: Clock = utcnow,
+    ) -> Gateway:
+        """A gateway from the trust-domain folder: the verified registry and each served keystore."""
+        domain = trust.open_domain(settings.home)
+        registry = domain.registry(clock())
+        served = settings.participants or tuple(
+            p for p in registry.participant_ids() if (settings.home / "keys" / f"{p}.key").exists()
+        )
+        keystores = {p: domain.keystore(p) for p in served}
+        return cls(
+            settings, registry=registry, keystores=keystores, metrics_registry=metrics_registry, clock=clock
+        )
+
+    def prune(self) -> int:
+        """Forget idempotency keys older than their TTL, and request signatures once they are stale."""
+        return self.idempotency.prune(
+            keys_older_than_s=self.settings.idempotency_ttl_s,
+            signatures_older_than_s=2 * self.settings.max_skew_s,
+        )
+
+    def close(self) -> None:
+        for reader in self.readers.values():
+            reader.close()
+        for client in self.clients.values():
+            client.close()
+        self.idempotency.close()
+        self._spool_lock.close()
+
+    # -- authentication
+
+    def target_uri(self, request: web.Request) -> str:
+        if self.settings.public_url:
+            return self.settings.public_url.rstrip("/") + request.raw_path
+        return f"{request.scheme}://{request.host}{request.raw_path}"
+
+    def authenticate(self, request: web.Request, *, has_body: bool) -> tuple[str, httpsig.SignatureInput]:
+        """The participant whose registered key signed this request; raises :class:`Problem`."""
+        now = self.clock()
+        message = httpsig.Message(request.method, self.target_uri(request), tuple(request.headers.items()))
+        required = ["@method", "@target-uri"]
+        if has_body:
+            required += ["content-digest", "content-type"]
+        if "Idempotency-Key" in request.headers:
+            required.append("idempotency-key")
+        try:
+            signature = httpsig.parse_signature(message, tag=httpsig.REQUEST_TAG)
+            participant = self.key_owner.get(signature.keyid)
+            if participant is None:
+                raise Problem(
+                    "unknown_key",
+                    f"keyid {signature.keyid!r} is not a signing key in registry v{self.registry.version}",
+                )
+            public = self.registry.signing_key(participant, signature.keyid, at=now)
+            httpsig.verify_signature(
+                message,
+                signature,
+                public,
+                now=now.timestamp(),
+                required=required,
+                max_skew_s=self.settings.max_skew_s,
+            )
+        except httpsig.HttpSignatureError as e:
+            raise Problem(e.problem, e.args[0]) from e
+        except KeyRevokedError as e:
+            raise Problem("key_revoked", e.args[0]) from e
+        except KeyExpiredError as e:
+            raise Problem("key_expired", e.args[0]) from e
+        except UnknownKeyError as e:
+            raise Problem("unknown_key", e.args[0]) from e
+        if participant not in self.clients:
+            raise Problem(
+                "not_served", f"this gateway does not serve {participant}; use that agency's gateway"
+            )
+        return participant, signature
+
+    # -- handlers
+
+    def _check_registry(self) -> None:
+        """An expired registry stops the gateway from sealing and from opening (the router pauses too)."""
+        try:
+            self.registry.check_current(self.clock())
+        except RegistryExpiredError as e:
+            raise Problem("registry_expired", e.args[0], headers={"Retry-After": "60"}) from e
+
+    async def post_event(self, request: web.Request) -> web.Response:
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise Problem("too_large", f"the body is {request.content_length} bytes; the limit is {limit}")
+        participant, signature = self.authenticate(request, has_body=True)
+        _check_json_media_type(request)
+        body = await _read_body(request, limit)
+        try:
+            httpsig.check_content_digest(_field(request, "Content-Digest"), body)
+        except httpsig.HttpSignatureError as e:
+            raise Problem(e.problem, e.args[0]) from e
+        key = _idempotency_key(request, signature)
+        digest = hashlib.sha256(body).hexdigest()
+        client = self.clients[participant]
+        async with self.locks.hold((participant, key)):
+            remembered = await asyncio.to_thread(self.idempotency.lookup, participant, key)
+            if remembered is not None and remembered.digest != digest:
+                raise Problem(
+                    "idempotency_conflict",
+                    "this Idempotency-Key was used with a different body; use a new key for a new event",
+                )
+            if remembered is not None and remembered.accepted:
+                self.metrics.idempotent_replays.inc()
+                return _accepted(remembered.event_id)
+            self._check_registry()
+            submission = parse_submission(
+                body,
+                participant=participant,
+                registry=self.registry,
+                pseudonym_key=lambda: client.pseudonym_key,
+            )
+            reserved = remembered.event_id if remembered is not None else None
+            event_id = await asyncio.to_thread(self._accept, client, key, digest, submission, reserved)
+        self.metrics.accepted.labels(participant, submission.type).inc()
+        return _accepted(event_id)
+
+    def _accept(
+        self, client: Client, key: str, digest: str, submission: Submission, reserved: str | None
+    ) -> str:
+        """Reserve an id for the key (durably), seal into the outbox under it, mark it accepted.
+
+        Runs in a worker thread. A crash between any two steps leaves a state the retry completes:
+        see :mod:`.idempotency`.
+        """
+        participant = client.participant
+        fresh = reserved is None
+        if reserved is None:
+            reserved = self.idempotency.reserve(participant, key, digest, envelope.new_event_id()).event_id
+        try:
+            _publish(client, submission, reserved)
+        except Problem:
+            if fresh:  # nothing reached the outbox: the key is free for a corrected request
+                self.idempotency.release(participant, key, reserved)
+            raise
+        self.idempotency.mark_accepted(participant, key)
+        return reserved
+
+    async def get_inbox(self, request: web.Request) -> web.Response:
+        participant, _signature = self.authenticate(request, has_body=False)
+        self._check_registry()
+        query = request.rel_url.query
+        cursor = query.get("cursor")
+        start = decode_cursor(cursor) if cursor else None
+        try:
+            limit = int(query.get("limit", "100"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= self.settings.inbox_max_limit:
+            raise Problem("invalid_request", f"limit is an integer from 1 to {self.settings.inbox_max_limit}")
+        try:
+            page = await asyncio.to_thread(self.readers[participant].read, start, limit=limit)
+        except TransportError as e:
+            raise Problem(
+                "unavailable", f"the inbox cannot be read now: {e}", headers={"Retry-After": "5"}
+            ) from e
+        self.metrics.inbox_served.labels(participant).inc(len(page.events))
+        body = {"events": page.events, "cursor": encode_cursor(page.cursor), "more": page.more}
+        return web.Response(
+            body=json.dumps(body, ensure_ascii=False).encode("utf-8"),
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def get_openapi(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self.openapi, content_type="application/json")
+
+    async def get_metrics(self, _request: web.Request) -> web.Response:
+        text = await asyncio.to_thread(generate_latest, self.metrics.registry)
+        return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # -- the application
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None and resource.canonical in ROUTES else "other"
+        try:
+            response = await handler(request)
+        except Problem as problem:
+            response = self._refuse(problem)
+        except web.HTTPException as e:
+            code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(e.status)
+            if code is None:
+                raise
+            allow = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else {}
+            response = self._refuse(Problem(code, e.reason, headers=allow))  # type: ignore[arg-type]
+        except Exception as e:
+            # Only the type and the frames: an exception's message could hold a submitted value.
+            log.error(
+                "unhandled %s on %s:\n%s",
+                type(e).__name__,
+                route,
+                "".join(traceback.format_tb(e.__traceback__)),
+            )
+            response = self._refuse(Problem("internal", "the gateway failed; the request was not accepted"))
+        method = request.method if request.method in METHODS else "other"
+        self.metrics.requests.labels(route, method, str(response.status)).inc()
+        self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    def _refuse(self, problem: Problem) -> web.Response:
+        self.metrics.rejections.labels(problem.code).inc()
+        headers = dict(problem.headers)
+        if problem.status == 401:
+            headers["Accept-Signature"] = (
+                f'sig1=("@method" "@target-uri" "content-digest" "content-type");alg="ed25519";'
+                f'tag="{httpsig.REQUEST_TAG}"'
+            )
+        return web.Response(
+            body=problem.body(), status=problem.status, content_type=MEDIA_TYPE, headers=headers
+        )
+
+    def application(self) -> web.Application:
+        app = web.Application(middlewares=[self.middleware], client_max_size=self.settings.max_body_bytes)
+        app.router.add_post("/v1/events", self.post_event)
+        app.router.add_get("/v1/inbox", self.get_inbox)
+        app.router.add_get("/v1/openapi.json", self.get_openapi)
+        app.router.add_get("/metrics", self.get_metrics)
+        return app
+
+    def webhook_senders(self) -> list[WebhookSender]:
+        return [
+            WebhookSender(
+                url=url,
+                bootstrap=self.settings.bootstrap,
+                topic=self.names.inbox(participant),
+                group_id=f"{self.names.prefix}lianfang-gateway-webhook-{participant}",
+                keystore=self.clients[participant].keys,
+                registry=self.registry,
+                metrics=self.metrics,
+                clock=self.clock,
+                backoff=Backoff(cap_s=self.settings.webhook_max_backoff_s),
+                timeout_s=self.settings.webhook_timeout_s,
+            )
+            for participant, url in self.settings.webhook_urls.items()
+        ]
+
+
+def _field(request: web.Request, name: str) -> str | None:
+    lines = request.headers.getall(name, [])
+    return ", ".join(v.strip() for v in lines) if lines else None
+
+
+def _check_json_media_type(request: web.Request) -> None:
+    charset = request.charset
+    if request.content_type != "application/json" or (charset is not None and charset.lower() != "utf-8"):
+        raise Problem("unsupported_media_type", "send the body as Content-Type: application/json (UTF-8)")
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The body, read up to ``limit`` bytes (a chunked body has no Content-Length to check first)."""
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise Problem("too_large", f"the body is over the limit of {limit} bytes")
+    return bytes(body)
+
+
+def _idempotency_key(request: web.Request, signature: httpsig.SignatureInput) -> str:
+    keys = request.headers.getall("Idempotency-Key", [])
+    if len(keys) > 1:
+        raise Problem("invalid_request", "send one Idempotency-Key header, not several")
+    key = keys[0] if keys else None
+    if key is None:
+        # No key: the signature itself, so a replay of the same signed request gets the first answer.
+        return "sig:" + hashlib.sha256(signature.signature).hexdigest()
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not all(" " <= c <= "~" for c in key):
+        raise Problem(
+            "invalid_request", f"Idempotency-Key is 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+        )
+    return "key:" + key
+
+
+def _publish(client: Client, submission: Submission, event_id: str) -> None:
+    """Seal into the outbox under the reserved id (runs in a worker thread)."""
+    try:
+        client.publish(
+            submission.event,
+            context=submission.context,
+            urgency=submission.urgency,
+            refs=submission.refs,
+            event_id=event_id,
+        )
+    except ConflictError:
+        pass  # the id is in the outbox already: an attempt before a crash got that far
+    except UsageError as e:
+        raise Problem("invalid_request", str(e)) from e
+    except sqlite3.Error as e:
+        raise Problem("unavailable", "the outbox cannot be written", headers={"Retry-After": "5"}) from e
+
+
+def _accepted(event_id: str) -> web.Response:
+    return web.Response(
+        status=202, body=json.dumps({"event_id": event_id}).encode(), content_type="application/json"
+    )
+
+
+async def serve(settings: GatewaySettings, *, clock: Clock = utcnow) -> None:
+    """Run the gateway until SIGTERM or SIGINT."""
+    if not settings.bootstrap:
+        raise UsageError("no Kafka bootstrap: set LIANFANG_BOOTSTRAP or pass --bootstrap")
+    gateway = Gateway.open(settings, clock=clock)
+    runner = web.AppRunner(gateway.application(), access_log=None, handle_signals=False)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        tasks = [asyncio.create_task(sender.run()) for sender in gateway.webhook_senders()]
+        tasks.append(asyncio.create_task(_prune_forever(gateway)))
+        served = sorted(gateway.clients)
+        log.info(
+            "gateway on http://%s:%d (pid %d) for %s; registry v%d; webhooks for %s",
+            settings.host, settings.port, os.getpid(),
+            ", ".join(served) if len(served) <= 8 else f"{len(served)} participants (every keystore in home)",
+            gateway.registry.version, ", ".join(sorted(settings.webhook_urls)) or "none",
+        )  # fmt: skip
+        await stop.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await runner.cleanup()
+        gateway.close()
+
+
+async def _prune_forever(gateway: Gateway) -> None:
+    while True:
+        await asyncio.sleep(600)  # housekeeping every 10 minutes, not a wait for a condition
+        removed = await asyncio.to_thread(gateway.prune)
+        if removed:
+            log.info("forgot %d remembered requests past their keeping time", removed)

@@ -1,0 +1,182 @@
+"""A participant's inbox over HTTP: pages of verified, opened events after a cursor.
+
+The cursor is opaque to clients: ``v1.`` and the unpadded base64url of ``{"<partition>": <next
+offset>, ...}`` of the participant's inbox topic. Reading is stateless on the gateway (no consumer
+group): the client keeps the cursor and asks again from it. Records are read with
+``isolation_level=read_committed`` (the router writes inboxes in transactions) and each is verified
+and opened with the participant's keystore; one that fails verification is skipped and counted,
+never returned. What is returned is the participant's own data; nothing of it is logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+
+from services.gateway.problems import Problem
+from services.kernel import envelope
+from services.kernel.errors import TransportError, UntrustedInputError
+from services.kernel.keystore import Keystore
+from services.kernel.registry import Registry
+from services.sdk.client import CaseContext
+
+CURSOR_PREFIX: Final = "v1."
+MAX_CURSOR_CHARS: Final = 4096
+MAX_PARTITION: Final = 10_000
+
+
+def encode_cursor(offsets: Mapping[int, int]) -> str:
+    raw = json.dumps({str(p): o for p, o in sorted(offsets.items())}, separators=(",", ":")).encode()
+    return CURSOR_PREFIX + base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> dict[int, int]:
+    """The partition offsets of a cursor; raises :class:`Problem` ``invalid_cursor``."""
+    bad = Problem("invalid_cursor", "the cursor is not one this gateway issued; omit it to start over")
+    if len(cursor) > MAX_CURSOR_CHARS or not cursor.startswith(CURSOR_PREFIX):
+        raise bad
+    text = cursor[len(CURSOR_PREFIX) :]
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (binascii.Error, ValueError) as e:
+        raise bad from e
+    if not isinstance(raw, dict):
+        raise bad
+    out: dict[int, int] = {}
+    for partition, offset in raw.items():
+        if not (isinstance(partition, str) and partition.isdigit() and int(partition) <= MAX_PARTITION):
+            raise bad
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise bad
+        out[int(partition)] = offset
+    return out
+
+
+def context_of(opened: envelope.Opened) -> dict[str, Any]:
+    """What a follow-up about this event sends as its ``context``."""
+    c = CaseContext.of(opened.header)
+    return {
+        "subject": c.subject,
+        "category": c.category,
+        "minor": c.minor,
+        "town": c.town,
+        "school_related": c.school_related,
+        "lead_id": c.lead_id,
+    }
+
+
+def render(opened: envelope.Opened) -> dict[str, Any]:
+    """An opened event as JSON: the clear header, the sections this participant could open, and the
+    context a follow-up needs."""
+    return {
+        "header": opened.header.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "sections": opened.sections,
+        "context": context_of(opened),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    events: list[dict[str, Any]]
+    cursor: dict[int, int]
+    more: bool
+    skipped: int
+
+
+class InboxReader:
+    """Reads one participant's inbox topic for ``GET /v1/inbox``; one request at a time (a lock)."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topic: str,
+        keystore: Keystore,
+        registry: Registry,
+        clock: Callable[[], datetime],
+        on_rejected: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.keys = keystore
+        self.registry = registry
+        self.clock = clock
+        self.on_rejected = on_rejected
+        self._lock = threading.Lock()
+        self._consumer: KafkaConsumer | None = None
+
+    def _connect(self) -> KafkaConsumer:
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                client_id=f"lianfang-gateway-inbox-{self.keys.participant}",
+                isolation_level="read_committed",
+                enable_auto_commit=False,
+                request_timeout_ms=15_000,
+            )
+        return self._consumer
+
+    def read(self, start: Mapping[int, int] | None, *, limit: int, wait_s: float = 2.0) -> Page:
+        """Up to ``limit`` events after ``start`` (None: from the beginning), and the next cursor."""
+        with self._lock:
+            try:
+                return self._read(start or {}, limit, wait_s)
+            except KafkaError as e:
+                self._reset()
+                raise TransportError(f"reading {self.topic} failed: {type(e).__name__}") from e
+
+    def _read(self, start: Mapping[int, int], limit: int, wait_s: float) -> Page:
+        consumer = self._connect()
+        partitions = consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            raise TransportError(f"the inbox topic {self.topic} does not exist (yet)")
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        begin = consumer.beginning_offsets(tps)
+        end = consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, min(max(start.get(tp.partition, 0), begin[tp]), end[tp]))
+        events: list[dict[str, Any]] = []
+        skipped = 0
+        deadline = time.monotonic() + wait_s
+        while (
+            len(events) < limit
+            and any(consumer.position(tp) < end[tp] for tp in tps)
+            and time.monotonic() < deadline
+        ):
+            batch = consumer.poll(timeout_ms=100, max_records=limit - len(events))
+            for records in batch.values():
+                for record in records:
+                    try:
+                        opened = envelope.verify_and_open(
+                            record.value, registry=self.registry, now=self.clock(), keystore=self.keys
+                        )
+                    except UntrustedInputError as e:
+                        skipped += 1
+                        self.on_rejected(e.reason)
+                        continue
+                    events.append(render(opened))
+        positions = {tp.partition: consumer.position(tp) for tp in tps}
+        more = any(positions[tp.partition] < end[tp] for tp in tps)
+        return Page(events, positions, more, skipped)
+
+    def _reset(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(KafkaError):
+                self._consumer.close()
+            self._consumer = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._reset()

@@ -1,0 +1,473 @@
+"""Adapters: the HTTP gateway under concurrent load and the SDK's publish throughput, beside raw Kafka
+producers sending values of the same size, all in one run against one broker.
+
+The workload: ``lead.reported`` leads of category ``domestic_violence`` (town ``renhe``, so 4 recipients),
+each about a different victim (distinct phone numbers), with a narrative that makes the request's JSON
+about 1 KiB. What each case times:
+
+- ``gateway``: ``python -m services.gateway`` (serving police) in one process; a load generator, this
+  module run as ``python -m tests.bench.bench_adapters load``, in another, keeping ``CONCURRENCY``
+  signed ``POST /v1/events`` in flight over loopback (aiohttp, one connection each). Each request is
+  signed when it is sent (RFC 9421, Ed25519) and needs the whole path: signature check, idempotency
+  reservation (fsync), validation, pseudonyms, seal to 4 recipients, outbox write (fsync). Timed by
+  the generator from its first request to its last 202; latency per request from send to response.
+  Between runs the gateway's outbox is left to drain to Kafka (not timed).
+- ``SDK publish_lead``: one :class:`~services.sdk.client.Client` in this process, ``publish_lead`` N
+  times (validate, pseudonymize, seal, outbox write with fsync), then ``flush`` until Kafka has acked
+  every record (acks=all). Two figures: accepted/s (the publish loop) and in-Kafka/s (loop + flush).
+- baselines: kafka-python and aiokafka producing N values of the sealed records' size (random bytes,
+  distinct 46-byte keys, 12 partitions as ``lianfang.events.v1``), acks=all with idempotence,
+  timed from the first send to the end of flush.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tests.bench.harness import REPO_ROOT, BenchContext, BenchError, Result, per_second
+
+EVENTS_FULL = 1_000
+EVENTS_QUICK = 300
+REQUESTS_FULL = 800
+REQUESTS_QUICK = 300
+HEAVY_RUNS_CAP = 3  # the SDK and gateway cases take several seconds a run: keep `make bench` short
+CONCURRENCY = 32
+PARTITIONS = 12
+SENDER = "police"
+TOWN = "renhe"
+LINGER_MS = 2  # as the outbox's producer
+START_DEADLINE_S = 60.0
+DRAIN_DEADLINE_S = 120.0
+LOAD_DEADLINE_S = 300.0
+CLIENT_ID = "lianfang-bench"
+
+
+# --------------------------------------------------------------------------- the workload
+
+
+def lead_event(i: int) -> dict[str, Any]:
+    """A lead whose request body is about 1 KiB of JSON."""
+    return {
+        "category": "domestic_violence",
+        "channel": "hotline_12338",
+        "town": TOWN,
+        "victim": {"name": "王秀兰", "phone": f"138{i:08d}", "is_minor": False, "sex": "female", "age": 36},
+        "suspects": [
+            {"name": "李建国", "phone": f"139{i:08d}", "is_minor": False, "relationship": "spouse", "age": 40}
+        ],
+        "minor": False,
+        "risk_indicators": ["escalation", "threats_to_kill"],
+        "narrative": "受害人拨打12338热线称其丈夫酒后对其实施殴打, 邻居多次听到争吵并报警, 受害人表示害怕回家。"
+        * 6,
+        "requests_joint_meeting": False,
+        "reporter_contact": "12338 热线接线员 07 号",
+    }
+
+
+def request_body(i: int) -> bytes:
+    return json.dumps({"type": "lead.reported", "event": lead_event(i)}, ensure_ascii=False).encode("utf-8")
+
+
+# --------------------------------------------------------------------------- the load generator (child)
+
+
+async def _load(
+    url: str, keystore: Any, kid: str, first: int, requests: int, concurrency: int
+) -> dict[str, Any]:
+    import aiohttp
+
+    from services.gateway.client import signed_headers
+
+    bodies = [request_body(first + i) for i in range(requests)]
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    queue = iter(bodies)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        for body in queue:
+            headers = signed_headers(keystore, kid, "POST", url, body)
+            sent = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                latencies.append(time.perf_counter() - sent)
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await session.get(url.replace("/v1/events", "/v1/openapi.json"))  # connect before the clock starts
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        seconds = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "seconds": seconds,
+        "statuses": statuses,
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "request_bytes": statistics.median(len(b) for b in bodies),
+    }
+
+
+def load_main(argv: list[str]) -> int:
+    from services.gateway.webhooks import signing_kid
+    from services.kernel import trust
+
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.bench_adapters load")
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--as", dest="participant", default=SENDER)
+    parser.add_argument("--first", type=int, default=0)
+    parser.add_argument("--requests", type=int, required=True)
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
+    args = parser.parse_args(argv)
+    domain = trust.open_domain(args.home)
+    now = datetime.now(UTC)
+    keystore = domain.keystore(args.participant)
+    kid = signing_kid(keystore, domain.registry(now), now)
+    result = asyncio.run(_load(args.url, keystore, kid, args.first, args.requests, args.concurrency))
+    print(json.dumps(result))
+    return 0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _metric(port: int, name: str, labels: str = "") -> float | None:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return None
+    series = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def _wait(condition: Callable[[], bool], deadline_s: float, what: str) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)  # poll interval inside a deadline loop
+    raise BenchError(f"timed out after {deadline_s:.0f} s waiting for {what}")
+
+
+class Setup:
+    """A demo trust domain, the events topic under a prefix of its own, and a scratch folder."""
+
+    def __init__(self, ctx: BenchContext) -> None:
+        from services.kernel import topics, trust
+        from services.kernel.kafka import TopicSpec, ensure_topics
+        from services.kernel.keystore import KdfParams
+
+        self.tmp = Path(tempfile.mkdtemp(prefix="lianfang-bench-adapters-"))
+        self.home = self.tmp / "home"
+        self.now = datetime.now(UTC)
+        self.domain = trust.init_domain(self.home, now=self.now, kdf=KdfParams.for_tests())
+        self.registry = self.domain.registry(self.now)
+        self.prefix = ctx.unique("adapters") + "."
+        self.events_topic = topics.TopicNames(self.prefix).events
+        ensure_topics(ctx.bootstrap, [TopicSpec(self.events_topic, PARTITIONS, 1)])
+        self.bootstrap = ctx.bootstrap
+
+    def client(self, name: str) -> Any:
+        from prometheus_client import CollectorRegistry
+
+        from services.sdk.client import Client
+        from services.sdk.metrics import SdkMetrics
+
+        return Client(
+            keystore=self.domain.keystore(SENDER),
+            registry=self.registry,
+            bootstrap=self.bootstrap,
+            outbox_path=self.tmp / f"{name}.sqlite",
+            topic_prefix=self.prefix,
+            metrics=SdkMetrics(CollectorRegistry()),
+        )
+
+    def sealed_size(self) -> int:
+        """The size of a sealed lead as the SDK writes it (what every case puts on Kafka)."""
+        from services.sdk.client import Client
+
+        client = Client(
+            keystore=self.domain.keystore(SENDER),
+            registry=self.registry,
+            bootstrap=self.bootstrap,
+            outbox_path=self.tmp / "probe.sqlite",
+            topic_prefix=self.prefix,
+            start=False,
+        )
+        try:
+            client.publish_lead(lead_event(0))
+            return len(client.outbox.pending()[0].value)
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=CLIENT_ID)
+            try:
+                admin.delete_topics([self.events_topic])
+            finally:
+                admin.close()
+        except KafkaError:
+            pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def _gateway(ctx: BenchContext, setup: Setup, requests: int) -> list[Result]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "LIANFANG_BOOTSTRAP": setup.bootstrap,
+        "LIANFANG_HOME": str(setup.home),
+        "LIANFANG_GATEWAY_PARTICIPANTS": SENDER,
+        "LIANFANG_GATEWAY_PORT": str(port),
+        "LIANFANG_GATEWAY_SPOOL_DIR": str(setup.tmp / "gateway-spool"),
+        "LIANFANG_GATEWAY_TOPIC_PREFIX": setup.prefix,
+    }
+    log = (setup.tmp / "gateway.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.gateway"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    depth = f'participant="{SENDER}"'
+    try:
+        _wait(
+            lambda: _metric(port, "lianfang_gateway_outbox_depth", depth) is not None,
+            START_DEADLINE_S,
+            "the gateway",
+        )
+        url = f"http://127.0.0.1:{port}/v1/events"
+        counter = [0]
+        results = []
+        for case, concurrency, n in (
+            (f"gateway, {CONCURRENCY} in flight", CONCURRENCY, requests),
+            ("gateway, 1 in flight", 1, max(50, requests // 5)),
+        ):
+            results += _gateway_case(ctx, proc, setup, url, port, case, concurrency, n, counter)
+        return results
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _gateway_case(
+    ctx: BenchContext,
+    proc: subprocess.Popen[bytes],
+    setup: Setup,
+    url: str,
+    port: int,
+    case: str,
+    concurrency: int,
+    requests: int,
+    counter: list[int],
+) -> list[Result]:
+    summaries: list[dict[str, Any]] = []
+    depth = f'participant="{SENDER}"'
+
+    def one_run() -> float:
+        if proc.poll() is not None:
+            raise BenchError(f"the gateway exited with {proc.returncode}; see {setup.tmp / 'gateway.log'}")
+        first = counter[0]
+        counter[0] += requests
+        out = subprocess.run(
+            [
+                sys.executable, "-m", "tests.bench.bench_adapters", "load", "--url", url,
+                "--home", str(setup.home), "--first", str(first), "--requests", str(requests),
+                "--concurrency", str(concurrency),
+            ],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=LOAD_DEADLINE_S, check=False,
+        )  # fmt: skip
+        if out.returncode != 0:
+            raise BenchError(f"the load generator failed:\n{out.stderr[-2000:]}")
+        summary = json.loads(out.stdout.strip().splitlines()[-1])
+        if summary["statuses"] != {"202": requests}:
+            raise BenchError(f"the gateway answered {summary['statuses']}, not {requests} x 202")
+        summaries.append(summary)
+        # Let the outbox drain to Kafka before the next run (not timed).
+        _wait(
+            lambda: _metric(port, "lianfang_gateway_outbox_depth", depth) == 0, DRAIN_DEADLINE_S, "the outbox"
+        )
+        return float(summary["seconds"])
+
+    seconds = ctx.measure(case, one_run)
+    timed = summaries[ctx.warmup :]
+    size = int(timed[0]["request_bytes"])
+    notes = (
+        f"{requests:,} signed POST /v1/events per run, {concurrency} in flight from a second process on "
+        f"loopback; request body {size:,} B; 202 = sealed to 4 recipients and fsync'd in the outbox"
+    )
+    return [
+        ctx.result(case, "requests/s", per_second(seconds, requests), notes=notes),
+        ctx.result(case, "p50 ms", [s["p50_ms"] for s in timed], notes=notes),
+        ctx.result(case, "p99 ms", [s["p99_ms"] for s in timed], notes=notes),
+    ]
+
+
+def _sdk(ctx: BenchContext, setup: Setup, events: int) -> list[Result]:
+    client = setup.client("sdk")
+    accepted: list[float] = []
+    counter = [0]
+
+    def one_run() -> float:
+        first = counter[0]
+        counter[0] += events
+        start = time.perf_counter()
+        for i in range(first, first + events):
+            client.publish_lead(lead_event(i))
+        accepted.append(time.perf_counter() - start)
+        if not client.flush(timeout=DRAIN_DEADLINE_S):
+            raise BenchError(
+                f"the outbox did not drain within {DRAIN_DEADLINE_S:.0f} s: {client.drainer.last_error}"
+            )
+        return time.perf_counter() - start
+
+    try:
+        seconds = ctx.measure("SDK publish_lead", one_run)
+    finally:
+        client.close()
+    notes = (
+        f"{events:,} publish_lead per run in one thread (validate, pseudonymize, seal to 4, outbox insert "
+        "with fsync), then flush(): the background drainer's acks=all producer"
+    )
+    return [
+        ctx.result("SDK publish_lead", "accepted/s", per_second(accepted[ctx.warmup :], events), notes=notes),
+        ctx.result("SDK publish_lead", "in Kafka/s", per_second(seconds, events), notes=notes),
+    ]
+
+
+def _raw_kafka_python(ctx: BenchContext, topic: str, events: int, size: int) -> list[Result]:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(
+        bootstrap_servers=ctx.bootstrap,
+        client_id=CLIENT_ID,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=LINGER_MS,
+    )
+    value = os.urandom(size)
+
+    def one_run() -> float:
+        start = time.perf_counter()
+        for i in range(events):
+            producer.send(topic, key=f"p1.{i:043d}".encode(), value=value)
+        producer.flush(timeout=DRAIN_DEADLINE_S)
+        return time.perf_counter() - start
+
+    try:
+        seconds = ctx.measure("kafka-python produce", one_run)
+    finally:
+        producer.close()
+    notes = f"{events:,} values of {size:,} B, distinct keys, {PARTITIONS} partitions, acks=all, idempotent, linger_ms={LINGER_MS}"
+    return [
+        ctx.result(
+            "kafka-python produce", "records/s", per_second(seconds, events), baseline=True, notes=notes
+        )
+    ]
+
+
+def _raw_aiokafka(ctx: BenchContext, topic: str, events: int, size: int) -> list[Result]:
+    from aiokafka import AIOKafkaProducer
+
+    value = os.urandom(size)
+    runner = asyncio.Runner()
+
+    async def start() -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=ctx.bootstrap,
+            client_id=CLIENT_ID,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=LINGER_MS,
+        )
+        await producer.start()
+        return producer
+
+    producer = runner.run(start())
+
+    async def send_all() -> float:
+        start = time.perf_counter()
+        for i in range(events):
+            await producer.send(topic, key=f"p1.{i:043d}".encode(), value=value)
+        await producer.flush()
+        return time.perf_counter() - start
+
+    try:
+        seconds = ctx.measure("aiokafka produce", lambda: runner.run(send_all()))
+    finally:
+        runner.run(producer.stop())
+        runner.close()
+    notes = f"{events:,} values of {size:,} B, distinct keys, {PARTITIONS} partitions, acks=all, idempotent, linger_ms={LINGER_MS}"
+    return [
+        ctx.result("aiokafka produce", "records/s", per_second(seconds, events), baseline=True, notes=notes)
+    ]
+
+
+def run(ctx: BenchContext) -> list[Result]:
+    events = ctx.scale(EVENTS_FULL, EVENTS_QUICK)
+    requests = ctx.scale(REQUESTS_FULL, REQUESTS_QUICK)
+    setup = Setup(ctx)
+    try:
+        size = setup.sealed_size()
+        ctx.note(
+            f"lead.reported, domestic_violence in {TOWN} (4 recipients); request JSON ~{len(request_body(0)):,} B; "
+            f"sealed record {size:,} B; {os.cpu_count()} CPUs shared by the broker, the gateway and the load"
+        )
+        raw_topic = ctx.create_topic("raw", partitions=PARTITIONS)
+        results = _raw_kafka_python(ctx, raw_topic, events, size)
+        results += _raw_aiokafka(ctx, raw_topic, events, size)
+        heavy = dataclasses.replace(ctx, runs=min(ctx.runs, HEAVY_RUNS_CAP))
+        if heavy.runs < ctx.runs:
+            ctx.note(
+                f"SDK and gateway cases: {heavy.runs} timed runs (capped from {ctx.runs}) to keep the run short"
+            )
+        results += _sdk(heavy, setup, events)
+        results += _gateway(heavy, setup, requests)
+        return results
+    finally:
+        setup.close()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "load":
+        sys.exit(load_main(sys.argv[2:]))
+    print("usage: python -m tests.bench -k adapters   (or: python -m tests.bench.bench_adapters load ...)")
+    sys.exit(2)

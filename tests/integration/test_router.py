@@ -4,6 +4,7 @@ dead-letter topic with its reason, never twice and never lost, with one worker o
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -353,3 +354,36 @@ def test_an_expired_registry_is_refused_as_an_update(bus: Bus, router: Router) -
         "the stale registry to be refused",
     )
     assert router.metric("lianfang_registry_version", service="router") < 99
+
+
+def test_a_router_routes_again_after_the_broker_went_down_and_came_back(
+    live_domain: DemoDomain, tmp_path: Path
+) -> None:
+    from deploy.kafka.local import running
+
+    with running(tmp_path / "kafka") as cluster:
+        bus = Bus.create(cluster.bootstrap, "t-outage.", live_domain)
+        worker = Router(bus, live_domain.home, tmp_path / "router.log", f"{bus.prefix}router")
+        try:
+            before = [bus.seal(phone=f"135{i:08d}") for i in range(50)]
+            bus.publish(before)
+            bus.wait_for(lambda: _delivered_exactly_once(bus, before), 90, "deliveries before the outage")
+            during = [bus.seal(phone=f"133{i:08d}") for i in range(300)]
+            publisher = threading.Thread(target=bus.publish, args=(during,))
+            publisher.start()  # the router is mid-stream when the broker dies
+            bus.wait_for(
+                lambda: (
+                    (worker.metric("lianfang_router_events_routed_total", type="lead.reported") or 0) > 60
+                ),
+                60,
+                "the router to be busy",
+            )
+            cluster.kill_node(1)
+            cluster.restart_node(1)
+            publisher.join(timeout=120)
+            after = [bus.seal(phone=f"134{i:08d}") for i in range(50)]
+            bus.publish(after)
+            everything = before + during + after
+            bus.wait_for(lambda: _delivered_exactly_once(bus, everything), 240, "deliveries after the outage")
+        finally:
+            worker.stop()

@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 KAFKA_DATA ?= .run/kafka
 STAMP := $(VENV)/.installed
 
-.PHONY: help run test test-unit test-integration kafka-up kafka-down lint format bench prereqs jars clean
+.PHONY: help run test test-unit test-integration kafka-up kafka-down lint format bench prereqs jars deps prometheus clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,6 +28,9 @@ $(STAMP): pyproject.toml | prereqs
 	-@$(PY) -m pip install -q 'confluent-kafka>=2.4' >/dev/null 2>&1 || echo "note: confluent-kafka did not install; the benchmark leaves it out"
 	@touch $@
 
+deps: ## install the Debian packages the tests need (prometheus, chromium, chromium-driver) when missing
+	@bash deploy/system-deps.sh
+
 jars: $(STAMP) ## fetch the Kafka broker jars from Maven Central (once)
 	@$(PY) -m deploy.kafka fetch >/dev/null
 
@@ -36,10 +39,10 @@ run: $(STAMP) jars ## start the local Kafka and run the whole pipeline (Ctrl-C s
 	@echo "Kafka: $$(cat $(KAFKA_DATA)/bootstrap)   (make kafka-down stops it)"
 	LIANFANG_BOOTSTRAP=$$(cat $(KAFKA_DATA)/bootstrap) $(VENV)/bin/lianfang run
 
-test: $(STAMP) jars ## run every test (unit, integration on a real Kafka, e2e)
+test: $(STAMP) jars deps ## run every test (unit, integration on a real Kafka, e2e)
 	$(PY) -m pytest
 
-test-unit: $(STAMP) ## run the unit tests only (no network)
+test-unit: $(STAMP) deps ## run the unit tests only (no network)
 	$(PY) -m pytest -m unit
 
 kafka-up: $(STAMP) jars ## start a local single-node Kafka (NODES=3 for three) and print its address
@@ -59,6 +62,9 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 
 bench: $(STAMP) jars ## run the benchmarks; prints figures and baselines, writes bench-results/*.json
 	$(PY) -m tests.bench
+
+prometheus: deps ## run Prometheus on 127.0.0.1:9090 with deploy/prometheus (scrapes what make run starts)
+	prometheus --config.file=deploy/prometheus/prometheus.yml --storage.tsdb.path=.run/prometheus --web.listen-address=127.0.0.1:9090
 
 clean: kafka-down ## remove the virtualenv, local Kafka data and caches (keeps fetched jars)
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

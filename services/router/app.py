@@ -9,6 +9,8 @@ loses nothing. Several workers of one group share the partitions.
 
 Registry updates arrive on ``lianfang.registry.v1`` and take effect without a restart. While the
 registry in force has expired, routing pauses: events wait in Kafka, nothing is dropped.
+
+Every ``lag_interval_s`` the worker samples its consumer lag (:class:`LagMonitor`) for ``/metrics``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import ConsumerStoppedError, KafkaError
 from prometheus_client import start_http_server
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,6 +65,9 @@ class RouterSettings(BaseSettings):
     max_skew_s: float = Field(default=300, ge=0, description="how far in the future an event may be dated")
     max_batch: int = Field(default=500, ge=1, description="records per transaction, at most")
     metrics_port: int = Field(default=9102, ge=0, description="/metrics on 127.0.0.1; 0 turns it off")
+    lag_interval_s: float = Field(
+        default=15.0, ge=0, description="how often consumer lag is sampled for /metrics; 0 turns it off"
+    )
 
 
 class RegistryHolder:
@@ -209,6 +215,52 @@ class Router:
             await consumer.stop()
 
 
+class LagMonitor:
+    """Samples the consumer lag of the partitions this worker holds into ``lianfang_consumer_lag``.
+
+    Lag is the end offset minus the worker's position. The end offsets come from one ListOffsets
+    request per sample (the read_committed consumer gets last stable offsets), so the gauge keeps
+    growing while routing is paused and nothing is fetched; positions are the consumer's own. The
+    position runs ahead of the committed offset by at most the batch in flight. A partition that
+    moves to another worker loses its series here: that worker reports it.
+    """
+
+    def __init__(self, runner: TransactionalRunner, metrics: RouterMetrics, interval_s: float) -> None:
+        self.runner = runner
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self._reported: set[int] = set()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)  # a sampling period, not a wait for a condition
+            try:
+                await self.sample()
+            except (KafkaError, ConsumerStoppedError, TimeoutError) as e:
+                # A rebalance, a slow broker or the worker stopping: the next period tries again.
+                log.debug("consumer lag not sampled: %r", e)
+
+    async def sample(self) -> None:
+        consumer = self.runner.consumer
+        if consumer is None:
+            return
+        source = self.runner.source
+        held = sorted((tp for tp in consumer.assignment() if tp.topic == source), key=lambda tp: tp.partition)
+        ends = await consumer.end_offsets(held) if held else {}
+        lags: dict[int, int] = {}
+        for tp in held:
+            if tp not in ends:
+                continue
+            position = await asyncio.wait_for(consumer.position(tp), timeout=max(self.interval_s, 1.0))
+            lags[tp.partition] = max(0, int(ends[tp]) - int(position))
+        group, topic = self.runner.group_id, self.runner.source
+        for partition in self._reported - lags.keys():
+            self.metrics.lag.remove(group, topic, str(partition))
+        for partition, lag in lags.items():
+            self.metrics.lag.labels(group, topic, str(partition)).set(lag)
+        self._reported = set(lags)
+
+
 def deadletter_headers(
     error: UntrustedInputError, topic: str, partition: int, offset: int, now: datetime
 ) -> list[tuple[str, bytes]]:
@@ -249,12 +301,16 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.stop)
     follower = asyncio.create_task(router.follow_registry())
+    tasks = [follower]
+    if settings.lag_interval_s:
+        tasks.append(asyncio.create_task(LagMonitor(runner, metrics, settings.lag_interval_s).run()))
     log.info(
         "router %s: registry v%d, reading %s", settings.group_id, holder.current.version, router.names.events
     )
     try:
         await runner.run()
     finally:
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follower
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

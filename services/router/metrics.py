@@ -1,9 +1,12 @@
 """Every metric of the router, in one place. Labels are bounded: event types, reason codes and
-participant ids come from closed sets (the catalogue, the error codes, the registry)."""
+participant ids come from closed sets (the catalogue, the error codes, the registry); consumer lag is
+labelled by the worker's group, its source topic and that topic's partitions (12 by default)."""
 
 from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from services.kernel.errors import ERROR_BY_REASON
 
 
 class RouterMetrics:
@@ -31,6 +34,10 @@ class RouterMetrics:
             "Byte-identical copies of accepted events (producer retries), dropped after the first delivery.",
             registry=registry,
         )
+        for (
+            reason
+        ) in ERROR_BY_REASON:  # every reason's series exists from the start, so rate() sees the first
+            self.deadlettered.labels(reason)
         self.latency = Histogram(
             "lianfang_router_event_to_routed_seconds",
             "From the event's signed time to its delivery.",
@@ -55,5 +62,13 @@ class RouterMetrics:
             "lianfang_registry_updates_rejected_total",
             "Registry updates refused, by reason.",
             ["service", "reason"],
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "lianfang_consumer_lag",
+            "Records of a source partition not yet consumed by the group: end offset (last stable offset, "
+            "as the worker reads committed records) minus the worker's position. Only the partitions "
+            "this worker holds.",
+            ["group", "topic", "partition"],
             registry=registry,
         )

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests need when they are missing: prometheus (promtool and the
+# server for the e2e test) and chromium + chromium-driver (the console's browser tests).
+# Services are not started by the install (policy-rc.d), since tests start their own on loopback.
+set -euo pipefail
+
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "error: missing system packages: ${missing[*]}" >&2
+  echo "  fix: sudo apt-get install ${missing[*]}  (Debian/Ubuntu), then run make again" >&2
+  exit 1
+fi
+
+echo "installing ${missing[*]} (Debian packages, once) ..." >&2
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created_policy=1
+fi
+trap '[ "$created_policy" = 1 ] && rm -f "$policy"' EXIT
+export DEBIAN_FRONTEND=noninteractive
+if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/lianfang-apt.log 2>&1; then
+  apt-get update -qq >/dev/null 2>&1 || true
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/lianfang-apt.log 2>&1 || {
+    echo "error: apt-get could not install ${missing[*]}; see /tmp/lianfang-apt.log" >&2
+    exit 1
+  }
+fi
+# Some packages start their service anyway where no init system honours policy-rc.d.
+pkill -x -u prometheus prometheus 2>/dev/null || true  # the packaged service's user only

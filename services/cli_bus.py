@@ -330,9 +330,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print("router       metrics at http://127.0.0.1:9102/metrics")
     print("hub          metrics at http://127.0.0.1:9103/metrics (alerts go to the coordinators' inbox)")
     print("gateway      http://127.0.0.1:8080/v1/openapi.json  (POST /v1/events, GET /v1/inbox, /metrics)")
-    print(
-        "prometheus   `make prometheus` → http://127.0.0.1:9090 (rules in deploy/prometheus; dashboard in deploy/grafana)"
-    )
+    print("prometheus   `make prometheus` → http://127.0.0.1:9090 (rules and dashboard in deploy/)")
     print(
         "demo         3 leads published; read them with `lianfang deadletter list` (refusals) or the inboxes"
     )

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from pydantic import ValidationError
 
-from schemas.envelope import EnvelopeHeader, SectionName
 from schemas.events import parse_event
 from services.gateway.app import GatewaySettings
 from services.gateway.app import serve as serve_gateway
@@ -32,8 +31,6 @@ from services.kernel import envelope, topics, trust
 from services.kernel.config import HomeSettings, KafkaSettings
 from services.kernel.errors import LianfangError, UsageError
 from services.kernel.kafka import DURABLE_PRODUCER
-from services.kernel.pseudonym import pseudonymize
-from services.kernel.registry import Registry
 from services.router.app import RouterSettings
 from services.router.app import serve as serve_router
 from services.sdk.client import CaseContext, Client
@@ -150,8 +147,12 @@ def _service_env(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def supervise(env: dict[str, str], services: list[str]) -> int:
-    """Run each service in its own process until Ctrl-C / SIGTERM, or until one of them exits."""
+def supervise(env: dict[str, str], services: list[str], oneshot: list[str] | None = None) -> int:
+    """Run each service in its own process until Ctrl-C / SIGTERM, or until one of them exits.
+
+    ``oneshot`` is a ``lianfang`` command run once beside them (the demo's simulator); its end,
+    whatever its status, is reported and stops nothing.
+    """
     children = {
         name: subprocess.Popen(  # noqa: S603 - our own interpreter and module names
             [sys.executable, "-m", SERVICES[name]], env={**os.environ, **env}, cwd=REPO
@@ -159,6 +160,11 @@ def supervise(env: dict[str, str], services: list[str]) -> int:
         for name in services
     }
     print(f"serving {', '.join(services)} (Ctrl-C stops them)", file=sys.stderr)
+    extra = (
+        subprocess.Popen([sys.executable, "-m", "services", *oneshot], env={**os.environ, **env}, cwd=REPO)  # noqa: S603
+        if oneshot
+        else None
+    )
     stop = False
 
     def on_signal(_signum: int, _frame: Any) -> None:
@@ -170,7 +176,12 @@ def supervise(env: dict[str, str], services: list[str]) -> int:
     exited: dict[str, int] = {}
     while not stop and not exited:
         exited = {name: code for name, p in children.items() if (code := p.poll()) is not None}
+        if extra is not None and extra.poll() is not None:
+            print(f"{oneshot[0] if oneshot else ''} finished with status {extra.returncode}", file=sys.stderr)
+            extra = None
         time.sleep(0.2)  # supervision loop
+    if extra is not None and extra.poll() is None:
+        extra.send_signal(signal.SIGTERM)
     for proc in children.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -309,7 +320,7 @@ def _cmd_inbox(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     """`make run`: a demo trust domain if none, the topics, the registry on its topic, then every
-    service, with a few demo leads published so the pipeline has something to route."""
+    service, with the simulator playing a few days of the district so the pipeline has work."""
     bootstrap, home = _bootstrap(args), _home(args)
     if not (home / "registry.json").exists():
         domain = trust.init_domain(home, now=datetime.now(UTC))
@@ -321,8 +332,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     specs = topics.apply(bootstrap, registry.participant_ids(), prefix=args.topic_prefix)
     producer = KafkaProducer(bootstrap_servers=bootstrap, **DURABLE_PRODUCER)
     producer.send(names.registry, key=b"registry", value=domain.registry_path.read_bytes())
-    for record in _demo_leads(domain, registry):
-        producer.send(names.events, key=record.key, value=record.value, headers=record.headers)
     producer.flush()
     producer.close()
     print(f"Kafka        {bootstrap}  ({len(specs)} topics)")
@@ -331,44 +340,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print("hub          metrics at http://127.0.0.1:9103/metrics (alerts go to the coordinators' inbox)")
     print("gateway      http://127.0.0.1:8080/v1/openapi.json  (POST /v1/events, GET /v1/inbox, /metrics)")
     print("prometheus   `make prometheus` → http://127.0.0.1:9090 (rules and dashboard in deploy/)")
-    print(
-        "demo         3 leads published; read them with `lianfang deadletter list` (refusals) or the inboxes"
-    )
-    return supervise(_service_env(args), list(SERVICES))
-
-
-def _demo_leads(domain: trust.TrustDomain, registry: Registry) -> list[envelope.SealedRecord]:
-    police = domain.keystore("police")
-    key = registry.pseudonym_key("police", police.encryption)
-    now = datetime.now(UTC)
-    leads = [
-        ("domestic_violence", False, "renhe", "13800000001", "丈夫多次殴打, 邻居报警。"),
-        ("sexual_assault", True, "mapo", "13800000002", "学生向班主任反映遭受侵害。"),
-        ("domestic_violence", False, "shengli", "13800000003", "前夫跟踪威胁。"),
+    print("demo         `lianfang simulate` plays 3 days of the district (leads, follow-ups, joint-meeting")
+    print("             cases); read an inbox with `lianfang inbox --as coordinators` in another terminal")
+    simulate = [
+        "simulate",
+        "--days",
+        "3",
+        "--rate",
+        "12",
+        "--bootstrap",
+        bootstrap,
+        "--home",
+        str(home.resolve()),
     ]
-    out = []
-    for category, minor, town, phone, narrative in leads:
-        subject = pseudonymize(key, phone=phone)
-        fields = {
-            "v": 1,
-            "specversion": "1.0",
-            "id": envelope.new_event_id(),
-            "source": "urn:lianfang:police",
-            "type": "lead.reported",
-            "time": now.isoformat(),
-            "subject": subject,
-            "schema": "lead.reported/1",
-            "category": category,
-            "minor": minor,
-            "town": town,
-            "urgency": "immediate" if minor else "urgent",
-            "policy": registry.policy_version,
-            "registry": registry.version,
-        }
-        header = EnvelopeHeader.model_validate_json(json.dumps(fields))
-        content: dict[SectionName, dict[str, Any]] = {
-            "triage": {"category": category, "minor": minor, "town": town},
-            "details": {"victim": {"name": "演示某某", "phone": phone}, "narrative": narrative},
-        }
-        out.append(envelope.seal(header, content, registry=registry, signer=police))
-    return out
+    return supervise(_service_env(args), list(SERVICES), oneshot=simulate)

@@ -58,7 +58,7 @@ class HubSettings(BaseSettings):
     tick_interval_s: float = Field(default=60.0, ge=0, description="wall-clock ticks; 0: only external ticks")
     report_every_s: float = Field(default=24 * 3600.0, gt=0, description="supervision.report period")
     metrics_port: int = Field(default=9103, ge=0, description="/metrics on 127.0.0.1; 0 turns it off")
-    log_level: str = "info"
+    log_level: str = Field(default="warning", description="faust worker log level")
 
 
 def partition_for(key: bytes, partitions: int) -> int:

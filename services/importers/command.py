@@ -1,0 +1,287 @@
+"""The ``lianfang import`` and ``lianfang simulate`` subcommands.
+
+``services/cli.py`` registers them with :func:`add_commands`; each handler returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from services.importers.engine import DryRun, Publisher, Summary, run_import
+from services.importers.ledger import Ledger
+from services.importers.progress import Progress
+from services.importers.reader import ENCODINGS, ExportFile
+from services.importers.spec import FormatSpec, format_names, load_format
+from services.kernel import trust
+from services.kernel.config import HomeSettings, KafkaSettings
+from services.kernel.errors import UsageError
+from services.kernel.registry import Registry
+from services.sdk.client import Client
+
+if TYPE_CHECKING:
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+EXIT_STATUS = """\
+exit status:
+  0  every row was imported, skipped as already imported, or is not a lead for this format
+  1  some rows were rejected (the others were imported; each rejection is reported with its line),
+     or the file could not be read to its end
+  2  nothing was imported: bad options, an unknown format or participant, a participant that may not
+     publish what the format produces, a file that is missing, empty, in another encoding, or whose
+     header lacks a required column
+Re-running the same command after fixing the rejected rows imports only those rows."""
+
+SIMULATE_EXIT = """\
+The simulated district plays leads from every channel and town, follow-ups, risk assessments,
+protection orders, and at least one case for each joint-meeting rule. Event envelopes carry the time
+of publishing; the simulated times are in the events (occurred_at, acknowledged_at, ...): with
+--as-fast-as-possible (the default) the simulated days end now, with --speed X they start now and run
+X times faster than the clock."""
+
+
+def add_commands(
+    subcommands: Subcommands,
+    common: argparse.ArgumentParser,
+    command: Callable[..., argparse.ArgumentParser],
+    group: Callable[..., Subcommands],
+) -> None:
+    """Register ``import`` and ``simulate``. ``group`` is unused: both are single commands."""
+    del group
+    bus = argparse.ArgumentParser(add_help=False, parents=[common])
+    bus.add_argument(
+        "--bootstrap", default=None, help="Kafka bootstrap servers (default: $LIANFANG_BOOTSTRAP)"
+    )
+    bus.add_argument("--topic-prefix", default="", help=argparse.SUPPRESS)
+
+    imp = command(
+        subcommands,
+        "import",
+        cmd_import,
+        bus,
+        "import an agency's export file (CSV or JSON Lines) as leads or protection orders",
+    )
+    imp.formatter_class = argparse.RawDescriptionHelpFormatter
+    imp.epilog = EXIT_STATUS
+    imp.add_argument("--as", dest="participant", required=True, metavar="P", help="the importing participant")
+    imp.add_argument(
+        "--format", dest="format", required=True, choices=format_names(), help="the export's format"
+    )
+    imp.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        default="auto",
+        help="the file's encoding (default auto: UTF-8 if the whole file is UTF-8, else GB18030)",
+    )
+    imp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check every row and report; publish nothing, record nothing, need no Kafka or passphrase",
+    )
+    imp.add_argument(
+        "--flush-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds to wait for Kafka to acknowledge the imported events (default 60)",
+    )
+    imp.add_argument(
+        "--progress-every",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="when stderr is not a terminal, a progress line every N rows (default 1000)",
+    )
+    imp.add_argument("file", type=Path, metavar="FILE", help="the export file")
+
+    sim = command(
+        subcommands,
+        "simulate",
+        cmd_simulate,
+        bus,
+        "play a district's days on the bus: leads, follow-ups, risk assessments, protection orders",
+    )
+    sim.formatter_class = argparse.RawDescriptionHelpFormatter
+    sim.epilog = SIMULATE_EXIT
+    sim.add_argument(
+        "--days", type=_positive_int, default=7, metavar="N", help="days to simulate (default 7)"
+    )
+    sim.add_argument("--seed", type=int, default=1, metavar="S", help="random seed (default 1)")
+    sim.add_argument(
+        "--rate",
+        type=float,
+        default=20.0,
+        metavar="LEADS_PER_DAY",
+        help="background leads per day across the district (default 20), besides the rule cases",
+    )
+    pace = sim.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--speed", type=float, default=None, metavar="X", help="play in real time sped up X times"
+    )
+    pace.add_argument(
+        "--as-fast-as-possible",
+        action="store_true",
+        help="publish without waiting (the default): the simulated days end now",
+    )
+    sim.add_argument(
+        "--dry-run", action="store_true", help="generate the days and print the summary; publish nothing"
+    )
+
+
+# --------------------------------------------------------------------------- import
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    home = _home(args)
+    now: datetime = getattr(args, "now", None) or datetime.now(UTC)
+    participant: str = args.participant
+    spec = load_format(args.format)
+    if args.progress_every < 1:
+        raise UsageError("--progress-every must be at least 1")
+    with ExportFile.open(args.file, spec, args.encoding) as export:
+        registry = trust.TrustDomain(home=home, passphrase="").registry(now)
+        _check_participant(registry, participant, spec)
+        client: Client | None = None
+        publisher: Publisher
+        if args.dry_run:
+            publisher = DryRun()
+            ledger = Ledger.open_for_dry_run(home, participant)
+        else:
+            client = Client.open(
+                participant=participant, home=home, bootstrap=_bootstrap(args), topic_prefix=args.topic_prefix
+            )
+            publisher = client
+            ledger = Ledger.open(home, participant)
+        progress = Progress(total_bytes=export.size, every=args.progress_every)
+        try:
+            summary = run_import(
+                export,
+                participant=participant,
+                publisher=publisher,
+                ledger=ledger,
+                now=now,
+                report=_stderr,
+                progress=progress,
+            )
+        finally:
+            ledger.close()
+            outbox = _finish(client, args.flush_timeout)
+    print(describe(summary, dry_run=args.dry_run))
+    if outbox:
+        print(outbox)
+    if summary.stopped:
+        _stderr(f"error: {summary.stopped}")
+    return 0 if summary.ok else 1
+
+
+def _check_participant(registry: Registry, participant: str, spec: FormatSpec) -> None:
+    if participant not in registry.participant_ids():
+        raise UsageError(f"{participant!r} is not a participant of registry v{registry.version}")
+    allowed = registry.participant(participant).may_publish
+    refused = [t for t in spec.event_types() if t not in allowed]
+    if refused:
+        raise UsageError(
+            f"{participant} may not publish {', '.join(refused)}, which the {spec.name} format produces; "
+            f"this format is imported as {' or '.join(spec.participants)}"
+        )
+    if not spec.usual_participant(participant):
+        _stderr(
+            f"note: {spec.name} exports usually come from {' or '.join(spec.participants)}, "
+            f"not {participant}; importing as {participant}"
+        )
+
+
+def _finish(client: Client | None, timeout: float) -> str:
+    """Wait for Kafka to take the imported events; say where they are if it did not in time."""
+    if client is None:
+        return ""
+    try:
+        done = client.flush(timeout)
+        depth = client.outbox.depth()
+        path = client.outbox.path
+    finally:
+        client.close()
+    if done:
+        return "outbox: every accepted event was acknowledged by Kafka"
+    return (
+        f"outbox: {depth} event(s) wait in {path} for Kafka ({client.drainer.last_error or 'no answer'}); "
+        f"they are safe on disk and are sent the next time {client.participant} publishes "
+        "(run this import again: it publishes nothing twice)"
+    )
+
+
+def describe(summary: Summary, *, dry_run: bool = False) -> str:
+    """The summary printed at the end of an import."""
+    verb = "would be imported" if dry_run else "imported"
+    events = ", ".join(f"{n} {t}" for t, n in sorted(summary.events.items())) or "no events"
+    lines = [
+        f"{summary.file}: {summary.rows} rows ({summary.format}, {summary.encoding}) as {summary.participant}"
+        + (" — dry run, nothing published" if dry_run else ""),
+        f"  {verb:<18} {summary.imported:>6}   ({events})",
+        f"  {'already imported':<18} {summary.already:>6}"
+        + (f"   ({summary.changed} changed since, not re-published)" if summary.changed else ""),
+    ]
+    if summary.recovered:
+        found = f"({summary.recovered} event(s) found in the outbox of an interrupted import)"
+        lines.append(f"  {'':<25}   {found}")
+    if summary.filtered:
+        lines.append(f"  {'not leads':<18} {summary.filtered:>6}")
+    rejected = f"  {'rejected':<18} {summary.rejected:>6}"
+    lines.append(rejected + ("   (reasons above, by line)" if summary.rejected else ""))
+    if summary.unused_columns:
+        unused = ", ".join(summary.unused_columns)
+        lines.append(f"  columns not used by the {summary.format} format: {unused}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from services.simulator.driver import simulate_command  # noqa: PLC0415 - keeps `import` light
+
+    return simulate_command(
+        home=_home(args),
+        bootstrap=None if args.dry_run else _bootstrap(args),
+        topic_prefix=args.topic_prefix,
+        days=args.days,
+        seed=args.seed,
+        rate=args.rate,
+        speed=args.speed,
+        dry_run=args.dry_run,
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _home(args: argparse.Namespace) -> Path:
+    home: Path | None = getattr(args, "home", None)
+    return home if home is not None else HomeSettings().home
+
+
+def _bootstrap(args: argparse.Namespace) -> str:
+    bootstrap: str = args.bootstrap or KafkaSettings().bootstrap
+    if not bootstrap:
+        raise UsageError(
+            "no Kafka bootstrap: pass --bootstrap or set LIANFANG_BOOTSTRAP (make kafka-up prints one)"
+        )
+    return bootstrap
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)

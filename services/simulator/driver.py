@@ -1,0 +1,233 @@
+"""Publishing a simulated district: one SDK client per sender, the steps in time order, a summary.
+
+The generator's event ids are placeholders; each published event gets a fresh UUIDv7 and references
+to it (``lead_id``, ``request_id``, ``order_id``, ``alert_id``, the context's lead) are rewritten, so
+running the same seed twice on one bus publishes new events rather than replays. The envelope's time is
+when the event is published; the simulated times are in the events' own fields.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from schemas.events import EventModel, event_model
+from services.importers.progress import Progress
+from services.importers.values import CHINA
+from services.kernel import envelope, trust
+from services.kernel.errors import UsageError
+from services.kernel.pseudonym import new_pseudonym_key
+from services.sdk.client import CaseContext, Client
+from services.simulator.generator import ID_FIELDS, RULES, Step, generate
+
+
+class Sender(Protocol):
+    """What the driver needs of :class:`services.sdk.client.Client`."""
+
+    def publish_lead(
+        self, data: Mapping[str, Any], *, urgency: str | None = None, event_id: str | None = None
+    ) -> str: ...
+
+    def publish(
+        self,
+        event: EventModel,
+        *,
+        context: CaseContext,
+        urgency: str = "routine",
+        refs: Sequence[str] = (),
+        audience: Sequence[str] = (),
+        event_id: str | None = None,
+    ) -> str: ...
+
+
+@dataclass
+class Tally:
+    """What was published: counts per event type, per sender and per rule case."""
+
+    by_type: Counter[str] = field(default_factory=Counter)
+    by_sender: Counter[str] = field(default_factory=Counter)
+    by_case: Counter[str] = field(default_factory=Counter)
+
+    def count(self, step: Step) -> None:
+        self.by_type[step.type] += 1
+        self.by_sender[step.sender] += 1
+        if step.kind == "lead":
+            self.by_case[step.case] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_type.values())
+
+
+class IdMap:
+    """Placeholder id → the fresh id it was given (made on first sight)."""
+
+    def __init__(self, new_id: Callable[[], str] = envelope.new_event_id) -> None:
+        self.new_id = new_id
+        self.ids: dict[str, str] = {}
+
+    def __call__(self, placeholder: str) -> str:
+        if placeholder not in self.ids:
+            self.ids[placeholder] = self.new_id()
+        return self.ids[placeholder]
+
+    def payload(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            name: self(value) if name in ID_FIELDS and isinstance(value, str) else value
+            for name, value in payload.items()
+        }
+
+    def context(self, context: CaseContext | None) -> CaseContext | None:
+        if context is None or context.lead_id is None:
+            return context
+        return replace(context, lead_id=self(context.lead_id))
+
+
+def publish_step(sender: Sender, step: Step, ids: IdMap) -> str:
+    """Publish one step through its sender's client, with fresh ids."""
+    event_id = ids(step.event_id)
+    payload = ids.payload(step.payload)
+    if step.kind == "lead":
+        return sender.publish_lead(payload, urgency=step.urgency, event_id=event_id)
+    context = ids.context(step.context)
+    if context is None:
+        raise UsageError(f"step {step.seq} ({step.type}) has no case context")
+    event = event_model(step.type).model_validate_json(json.dumps(payload, ensure_ascii=False))
+    return sender.publish(
+        event, context=context, urgency=step.urgency or "routine", audience=step.audience, event_id=event_id
+    )
+
+
+def play(
+    steps: Sequence[Step],
+    senders: Mapping[str, Sender],
+    *,
+    start: datetime,
+    speed: float | None = None,
+    progress: Progress | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Tally:
+    """Publish ``steps`` in order; with ``speed``, each when its simulated time comes (sped up)."""
+    ids = IdMap()
+    tally = Tally()
+    began = clock()
+    for index, step in enumerate(steps, start=1):
+        if speed is not None:
+            due = began + (step.at - start).total_seconds() / speed
+            while (left := due - clock()) > 0:
+                sleep(min(left, 1.0))
+        publish_step(senders[step.sender], step, ids)
+        tally.count(step)
+        if progress is not None:
+            progress.update(index, index, f"{step.at:%Y-%m-%d %H:%M}")
+    if progress is not None:
+        progress.finish(len(steps), len(steps))
+    return tally
+
+
+def describe(tally: Tally, *, steps: Iterable[Step] = (), dry_run: bool = False) -> str:
+    """The end-of-run summary: counts per event type, per sender, and leads per rule case."""
+    verb = "would publish" if dry_run else "published"
+    lines = [f"simulation {verb} {tally.total} events"]
+    lines.append("  by type:")
+    lines += [f"    {n:>6}  {t}" for t, n in sorted(tally.by_type.items(), key=lambda kv: (-kv[1], kv[0]))]
+    lines.append("  by sender:")
+    lines += [f"    {n:>6}  {s}" for s, n in sorted(tally.by_sender.items(), key=lambda kv: (-kv[1], kv[0]))]
+    lines.append("  leads per joint-meeting rule case (the hub should alert on each):")
+    lines += [f"    {tally.by_case.get(rule, 0):>6}  {rule}" for rule in RULES]
+    lines.append(f"    {tally.by_case.get('background', 0):>6}  background leads (some also meet a rule)")
+    listed = list(steps)
+    if listed:
+        towns = {s.payload["town"] for s in listed if s.kind == "lead"}
+        channels = {s.payload["channel"] for s in listed if s.kind == "lead"}
+        lines.append(f"  leads came from {len(channels)} channels and {len(towns)} towns")
+    return "\n".join(lines)
+
+
+def dry_tally(steps: Iterable[Step]) -> Tally:
+    tally = Tally()
+    for step in steps:
+        tally.count(step)
+    return tally
+
+
+def open_senders(names: Iterable[str], opener: Callable[[str], Client]) -> dict[str, Client]:
+    """One client per sender, opened one after the other: each keystore takes an Argon2id derivation,
+    and OpenSSL's Argon2 (in ``cryptography``) deadlocks when several threads derive at once."""
+    return {name: opener(name) for name in sorted(set(names))}
+
+
+def simulate_command(
+    *,
+    home: Path,
+    bootstrap: str | None,
+    topic_prefix: str,
+    days: int,
+    seed: int,
+    rate: float,
+    speed: float | None,
+    dry_run: bool,
+) -> int:
+    """``lianfang simulate``: generate the days and publish them (or only summarize, ``dry_run``)."""
+    if speed is not None and speed <= 0:
+        raise UsageError("--speed must be greater than 0")
+    if rate < 0:
+        raise UsageError("--rate must not be negative")
+    now = datetime.now(CHINA)
+    start = now - timedelta(days=days) if speed is None else now
+    if dry_run:
+        steps = generate(seed=seed, start=start, days=days, rate=rate, key=new_pseudonym_key(0))
+        print(describe(dry_tally(steps), steps=steps, dry_run=True))
+        return 0
+    if bootstrap is None:
+        raise UsageError("simulate needs a Kafka bootstrap (or --dry-run)")
+    domain = trust.open_domain(home)
+    registry = domain.registry(datetime.now(CHINA))
+
+    def opener(participant: str) -> Client:
+        return Client(
+            keystore=domain.keystore(participant),
+            registry=registry,
+            bootstrap=bootstrap,
+            outbox_path=home / "outbox" / f"{participant}.sqlite",
+            topic_prefix=topic_prefix,
+        )
+
+    first = opener("police")  # police report in every run; its client opens the pseudonym key
+    steps = generate(seed=seed, start=start, days=days, rate=rate, key=first.pseudonym_key)
+    print(
+        f"simulating {days} day(s) from {start:%Y-%m-%d %H:%M} (seed {seed}, {rate:g} leads/day): "
+        f"{len(steps)} events from {len({s.sender for s in steps})} senders",
+        file=sys.stderr,
+    )
+    senders = {"police": first, **open_senders({s.sender for s in steps} - {"police"}, opener)}
+    progress = Progress(total_bytes=len(steps), every=100, unit="events")
+    tally = Tally()
+    try:
+        tally = play(steps, senders, start=start, speed=speed, progress=progress)
+    finally:
+        waiting = _close(senders)
+        print(describe(tally, steps=steps))
+        if waiting:
+            print(f"  {waiting} event(s) wait in the senders' outboxes for Kafka; each goes on its next run")
+    return 0
+
+
+def _close(senders: Mapping[str, Client], timeout: float = 60.0) -> int:
+    """Flush every client (their outboxes drain in parallel), close them, and return how many
+    events still wait."""
+    deadline = time.monotonic() + timeout
+    waiting = 0
+    for client in senders.values():
+        client.flush(max(0.1, deadline - time.monotonic()))
+        waiting += client.outbox.depth()
+        client.close()
+    return waiting

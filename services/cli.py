@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from schemas.registry import MAX_REGISTRY_BYTES, PublicKey, Roots
 from services.cli_bus import add_bus_commands
+from services.console import command as console_command
 from services.importers.command import add_commands as add_import_commands
 from services.kernel import admin, district, trust
 from services.kernel.config import HomeSettings
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_keys(subcommands, common)
     add_bus_commands(subcommands, common, _command, _group)
     add_import_commands(subcommands, common, _command, _group)
+    console_command.add_commands(subcommands, common, _command, _group)
     return parser
 
 

@@ -23,6 +23,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from pydantic import ValidationError
 
 from schemas.events import parse_event
+from services.console.app import run as run_console
+from services.console.command import demo_login
+from services.console.settings import ConsoleSettings
 from services.gateway.app import GatewaySettings
 from services.gateway.app import serve as serve_gateway
 from services.hub.app import HubSettings
@@ -41,7 +44,12 @@ if TYPE_CHECKING:
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 # What `serve all` runs: every service that exists, each in its own process.
-SERVICES: dict[str, str] = {"router": "services.router", "hub": "services.hub", "gateway": "services.gateway"}
+SERVICES: dict[str, str] = {
+    "router": "services.router",
+    "hub": "services.hub",
+    "gateway": "services.gateway",
+    "console": "services.console",
+}
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -135,6 +143,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         run_hub(HubSettings())
     elif args.service == "gateway":
         asyncio.run(serve_gateway(GatewaySettings()))
+    elif args.service == "console":
+        run_console(ConsoleSettings())
     return 0
 
 
@@ -144,6 +154,7 @@ def _service_env(args: argparse.Namespace) -> dict[str, str]:
         env["LIANFANG_ROUTER_TOPIC_PREFIX"] = args.topic_prefix
         env["LIANFANG_HUB_TOPIC_PREFIX"] = args.topic_prefix
         env["LIANFANG_GATEWAY_TOPIC_PREFIX"] = args.topic_prefix
+        env["LIANFANG_CONSOLE_TOPIC_PREFIX"] = args.topic_prefix
     return env
 
 
@@ -342,15 +353,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print("prometheus   `make prometheus` → http://127.0.0.1:9090 (rules and dashboard in deploy/)")
     print("demo         `lianfang simulate` plays 3 days of the district (leads, follow-ups, joint-meeting")
     print("             cases); read an inbox with `lianfang inbox --as coordinators` in another terminal")
-    simulate = [
-        "simulate",
-        "--days",
-        "3",
-        "--rate",
-        "12",
-        "--bootstrap",
-        bootstrap,
-        "--home",
-        str(home.resolve()),
-    ]
-    return supervise(_service_env(args), list(SERVICES), oneshot=simulate)
+    login = demo_login(home)
+    print(f"console      {ConsoleSettings().url()}  sign in as {login.name} / {login.password}")
+    simulate = ["simulate", "--days", "3", "--rate", "12", "--bootstrap", bootstrap]
+    simulate += ["--home", str(home.resolve())]
+    # make run serves plain http on loopback: the console's cookies cannot require https there.
+    env = {**_service_env(args), "LIANFANG_CONSOLE_COOKIE_SECURE": "false"}
+    return supervise(env, list(SERVICES), oneshot=simulate)

@@ -1,0 +1,260 @@
+"""Coordinator accounts: a small SQLite file in the trust-domain folder, passwords hashed with Argon2id.
+
+Each account row keeps the PHC string of its password (``$argon2id$v=19$m=..,t=..,p=..$salt$hash``,
+so the cost parameters travel with the hash), the count of failed attempts since the last success and,
+after ``max_failures`` failures in a row, the time until which the account is locked. A locked account
+refuses every password, the right one too, and attempts while locked do not extend the lock (that would
+let anyone keep a coordinator out for ever). A login for an unknown name costs the same KDF as a real
+one, so timing does not tell which names exist. Nothing here logs or returns a password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import unicodedata
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Final, Literal
+
+from cryptography.exceptions import InvalidKey
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+
+from services.kernel.errors import UsageError
+from services.kernel.keystore import KdfParams
+
+__all__ = [
+    "MAX_PASSWORD",
+    "MIN_PASSWORD",
+    "AccountStore",
+    "LoginResult",
+    "accounts_path",
+    "check_name",
+    "check_password",
+    "generate_password",
+]
+
+MIN_PASSWORD: Final = 12
+MAX_PASSWORD: Final = 1024
+_NAME: Final = re.compile(r"[\w.@-]{1,64}")
+_SALT_BYTES: Final = 16
+_HASH_BYTES: Final = 32
+_PHC: Final = re.compile(r"\$argon2id\$v=19\$m=(\d+),t=(\d+),p=(\d+)\$")
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS accounts (
+    name          TEXT PRIMARY KEY,
+    phc           TEXT NOT NULL,
+    created_at    TEXT NOT NULL,
+    failures      INTEGER NOT NULL DEFAULT 0,
+    locked_until  TEXT,
+    last_login    TEXT
+);
+"""
+
+Clock = Callable[[], datetime]
+
+
+def accounts_path(home: Path) -> Path:
+    """Where a trust domain keeps its console accounts."""
+    return home / "console" / "accounts.sqlite"
+
+
+def check_name(name: str) -> str:
+    """The account name in its stored form (NFKC); letters, digits, ``_ . @ -``, at most 64."""
+    normal = unicodedata.normalize("NFKC", name).strip()
+    if not _NAME.fullmatch(normal):
+        raise UsageError("an account name is 1 to 64 letters, digits or the characters _ . @ - (no spaces)")
+    return normal
+
+
+def check_password(password: str) -> str:
+    """The password in the form that is hashed (NFC, so input methods agree); refuses weak lengths."""
+    normal = unicodedata.normalize("NFC", password)
+    if len(normal) < MIN_PASSWORD:
+        raise UsageError(f"a password has at least {MIN_PASSWORD} characters")
+    if len(normal) > MAX_PASSWORD:
+        raise UsageError(f"a password has at most {MAX_PASSWORD} characters")
+    return normal
+
+
+def generate_password() -> str:
+    """A random password of 20 URL-safe characters (120 bits)."""
+    return secrets.token_urlsafe(15)
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    """What a sign-in attempt came to. ``name`` is set only when it names an existing account."""
+
+    outcome: Literal["ok", "bad_credentials", "locked"]
+    name: str | None = None
+    locked_until: datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+
+class AccountStore:
+    """The accounts file. Thread-safe: sign-ins run in worker threads (the KDF takes a while)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        kdf: KdfParams | None = None,
+        max_failures: int = 5,
+        lockout: timedelta = timedelta(minutes=15),
+        clock: Clock | None = None,
+    ) -> None:
+        if max_failures < 1 or lockout <= timedelta(0):
+            raise UsageError("lock-out needs at least one failure and a positive duration")
+        self.path = path
+        self.kdf = kdf or KdfParams()
+        self.max_failures = max_failures
+        self.lockout = lockout
+        self.clock = clock or (lambda: datetime.now(UTC))
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():  # created private before SQLite opens it
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self._dummy: str | None = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- hashing
+
+    def _hash(self, password: str) -> str:
+        kdf = Argon2id(
+            salt=secrets.token_bytes(_SALT_BYTES),
+            length=_HASH_BYTES,
+            iterations=self.kdf.iterations,
+            lanes=self.kdf.lanes,
+            memory_cost=self.kdf.memory_cost_kib,
+        )
+        return kdf.derive_phc_encoded(password.encode("utf-8"))
+
+    @staticmethod
+    def _matches(password: str, phc: str) -> bool:
+        try:
+            Argon2id.verify_phc_encoded(password.encode("utf-8"), phc)
+        except (InvalidKey, ValueError):
+            return False
+        return True
+
+    def _weaker_than_current(self, phc: str) -> bool:
+        """True when the stored hash costs less memory or fewer passes than this store's parameters
+        (it is then re-hashed at the next sign-in; a cheaper store never downgrades a hash)."""
+        found = _PHC.match(phc)
+        if found is None:
+            return False
+        memory, iterations, _lanes = (int(x) for x in found.groups())
+        return memory < self.kdf.memory_cost_kib or iterations < self.kdf.iterations
+
+    # -- accounts
+
+    def create(self, name: str, password: str, *, replace: bool = False) -> str:
+        """Add an account (or, with ``replace``, set a new password and unlock it); returns its name."""
+        name = check_name(name)
+        phc = self._hash(check_password(password))
+        now = _iso(self.clock())
+        with self._tx() as db:
+            exists = db.execute("SELECT 1 FROM accounts WHERE name = ?", (name,)).fetchone()
+            if exists and not replace:
+                raise UsageError(f"account {name!r} exists; pass --replace to set a new password")
+            db.execute(
+                "INSERT INTO accounts (name, phc, created_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET phc = excluded.phc, failures = 0, locked_until = NULL",
+                (name, phc, now),
+            )
+        return name
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return [row[0] for row in self._db.execute("SELECT name FROM accounts ORDER BY name")]
+
+    def exists(self, name: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM accounts WHERE name = ?", (name,)).fetchone() is not None
+
+    def unlock(self, name: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE accounts SET failures = 0, locked_until = NULL WHERE name = ?", (name,))
+
+    def verify(self, name: str, password: str) -> LoginResult:
+        """Check a sign-in. Counts failures and locks the account after ``max_failures`` in a row."""
+        try:
+            name = check_name(name)
+        except UsageError:
+            name = ""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT phc, locked_until FROM accounts WHERE name = ?", (name,)
+            ).fetchone()
+        if row is None:
+            self._matches(unicodedata.normalize("NFC", password), self._dummy_phc())  # same cost
+            return LoginResult("bad_credentials")
+        phc, locked = str(row[0]), _parse(row[1])
+        now = self.clock()
+        if locked is not None and now < locked:
+            return LoginResult("locked", name, locked)
+        candidate = unicodedata.normalize("NFC", password)
+        if len(candidate) <= MAX_PASSWORD and self._matches(candidate, phc):
+            rehash = self._hash(candidate) if self._weaker_than_current(phc) else None
+            with self._tx() as db:
+                db.execute(
+                    "UPDATE accounts SET failures = 0, locked_until = NULL, last_login = ?,"
+                    " phc = COALESCE(?, phc) WHERE name = ?",
+                    (_iso(now), rehash, name),
+                )
+            return LoginResult("ok", name)
+        with self._tx() as db:
+            (failures,) = db.execute(
+                "UPDATE accounts SET failures = failures + 1, locked_until = NULL WHERE name = ?"
+                " RETURNING failures",
+                (name,),
+            ).fetchone()
+            if failures >= self.max_failures:
+                until = now + self.lockout
+                db.execute(
+                    "UPDATE accounts SET failures = 0, locked_until = ? WHERE name = ?", (_iso(until), name)
+                )
+                return LoginResult("locked", name, until)
+        return LoginResult("bad_credentials", name)
+
+    def _dummy_phc(self) -> str:
+        if self._dummy is None:
+            self._dummy = self._hash(secrets.token_urlsafe(16))
+        return self._dummy
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat()
+
+
+def _parse(value: object) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) and value else None

@@ -1,0 +1,134 @@
+"""``lianfang console adduser|unlock|users``: the console's accounts, and the demo account of
+``lianfang run``.
+
+``services/cli.py`` registers the subcommands with :func:`add_commands`. A password is read from
+``LIANFANG_CONSOLE_PASSWORD`` (for scripts and tests), else from the first line of standard input when
+it is not a terminal (or with ``--password-stdin``), else asked for twice without echo. Nothing here
+prints a password, except :func:`demo_login`'s caller, once, for the generated demo account.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from services.console.accounts import AccountStore, accounts_path, generate_password
+from services.console.app import kdf_params
+from services.kernel.config import HomeSettings
+from services.kernel.errors import UsageError
+
+if TYPE_CHECKING:
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+PASSWORD_ENV: Final = "LIANFANG_CONSOLE_PASSWORD"  # noqa: S105 - a variable's name, not a password
+DEMO_ACCOUNT: Final = "demo"
+
+
+def add_commands(
+    subcommands: Subcommands,
+    common: argparse.ArgumentParser,
+    command: Callable[..., argparse.ArgumentParser],
+    group: Callable[..., Subcommands],
+) -> None:
+    """Register the ``console`` group: ``adduser``, ``unlock`` and ``users``."""
+    console = group(subcommands, "console", "coordinator console accounts (HOME/console/accounts.sqlite)")
+    add = command(
+        console,
+        "adduser",
+        cmd_adduser,
+        common,
+        f"create a coordinator account; the password comes from ${PASSWORD_ENV}, stdin or a prompt",
+    )
+    add.add_argument("--name", required=True, metavar="N", help="account name (letters, digits, _ . @ -)")
+    add.add_argument(
+        "--replace", action="store_true", help="set a new password for an existing account and unlock it"
+    )
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first line of stdin"
+    )
+    unlock = command(console, "unlock", cmd_unlock, common, "lift the lock-out of an account")
+    unlock.add_argument("--name", required=True, metavar="N", help="account name")
+    command(console, "users", cmd_users, common, "list the accounts (names only)")
+
+
+def _store(args: argparse.Namespace) -> AccountStore:
+    home: Path | None = getattr(args, "home", None)
+    return AccountStore(accounts_path(home if home is not None else HomeSettings().home), kdf=kdf_params())
+
+
+def read_password(*, from_stdin: bool) -> str:
+    """The new password from the environment, stdin or a prompt (asked twice)."""
+    if env := os.environ.get(PASSWORD_ENV):
+        return env
+    if from_stdin or not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        if not line:
+            raise UsageError(f"no password on stdin (or set {PASSWORD_ENV})")
+        return line.rstrip("\r\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise UsageError("the two passwords differ; nothing was changed")
+    return first
+
+
+def cmd_adduser(args: argparse.Namespace) -> int:
+    password = read_password(from_stdin=args.password_stdin)
+    store = _store(args)
+    try:
+        name = store.create(args.name, password, replace=args.replace)
+    finally:
+        store.close()
+    verb = "password replaced for" if args.replace else "created"
+    print(f"console account {name!r} {verb} in {store.path}")
+    return 0
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        if not store.exists(args.name):
+            raise UsageError(f"no console account {args.name!r} in {store.path}")
+        store.unlock(args.name)
+    finally:
+        store.close()
+    print(f"console account {args.name!r} unlocked")
+    return 0
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        names = store.names()
+    finally:
+        store.close()
+    for name in names:
+        print(name)
+    if not names:
+        print(f"no console accounts in {store.path} (`lianfang console adduser --name N`)", file=sys.stderr)
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class DemoLogin:
+    """The demo coordinator's sign-in. ``password`` is new each time and shown only to whoever runs
+    the demo; the repository holds none."""
+
+    name: str
+    password: str
+
+
+def demo_login(home: Path) -> DemoLogin:
+    """Create the demo account (or give it a new password): for ``lianfang run`` to print once."""
+    store = AccountStore(accounts_path(home), kdf=kdf_params())
+    try:
+        password = generate_password()
+        store.create(DEMO_ACCOUNT, password, replace=True)
+    finally:
+        store.close()
+    return DemoLogin(DEMO_ACCOUNT, password)

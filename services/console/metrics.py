@@ -1,0 +1,51 @@
+"""Every metric of the console, in one place. Labels are bounded: sign-in outcomes, page names, event
+types of the catalogue and the console's own action names."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+
+
+class ConsoleMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.logins = Counter(
+            "lianfang_console_logins_total",
+            "Sign-in attempts, by outcome (ok, bad_credentials, locked, csrf).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.sessions = Gauge(
+            "lianfang_console_sessions", "Live sessions (signed-in coordinators).", registry=registry
+        )
+        self.views = Counter(
+            "lianfang_console_views_total",
+            "Pages of case content served (each one is in the audit log), by page.",
+            ["page"],
+            registry=registry,
+        )
+        self.actions = Counter(
+            "lianfang_console_actions_total",
+            "Events the coordinators published from the console, by action and result.",
+            ["action", "result"],
+            registry=registry,
+        )
+        self.refused = Counter(
+            "lianfang_console_requests_refused_total",
+            "Requests refused before any work, by reason (csrf, unauthenticated).",
+            ["reason"],
+            registry=registry,
+        )
+        self.applied = Counter(
+            "lianfang_console_inbox_events_total",
+            "Inbox events the console added to its view, by type.",
+            ["type"],
+            registry=registry,
+        )
+        self.live_clients = Gauge(
+            "lianfang_console_live_clients", "Open server-sent-event streams.", registry=registry
+        )
+        self.inbox_up = Gauge(
+            "lianfang_console_inbox_up",
+            "1 while the console reads its inbox without error, 0 while it retries.",
+            registry=registry,
+        )

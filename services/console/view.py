@@ -1,0 +1,443 @@
+"""What the coordinators know, as a pure core: verified, opened inbox events in; alerts, case timelines,
+breaches and supervision rates out.
+
+The console feeds :meth:`CaseView.apply` every event of the ``coordinators`` inbox (alert versions,
+meetings scheduled and concluded, supervision breaches and reports) and :meth:`CaseView.record_own`
+every event it published itself, because the policy does not deliver every such event back to the
+coordinators (a ``lead.acknowledged`` goes to the agencies of the case and the hub). Nothing here reads a
+clock, Kafka or a file; the time of "now" is an argument.
+
+An alert's status is the furthest of: the status in its latest version from the hub, a meeting scheduled
+or concluded on it (seen in the inbox), and the coordinators' own actions on it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal, get_args
+
+from pydantic import ValidationError
+
+from schemas.envelope import EnvelopeHeader, SectionName
+from schemas.events import (
+    AlertReasonCode,
+    AlertStatus,
+    EventModel,
+    JointMeetingAlert,
+    JointMeetingConcluded,
+    JointMeetingScheduled,
+    SupervisionBreach,
+    SupervisionReport,
+    parse_event,
+)
+
+__all__ = [
+    "AGES",
+    "STATUSES",
+    "AgencyRow",
+    "Alert",
+    "CaseView",
+    "Change",
+    "Entry",
+    "OwnAction",
+    "OwnKind",
+    "QueueFilter",
+    "Rates",
+    "ViewError",
+    "aggregate_rates",
+]
+
+STATUSES: Final[tuple[AlertStatus, ...]] = get_args(AlertStatus)
+_RANK: Final = {status: rank for rank, status in enumerate(STATUSES)}
+_URGENCY_RANK: Final = {"immediate": 0, "urgent": 1, "routine": 2}
+OwnKind = Literal["acknowledge", "schedule", "conclude"]
+_OWN_STATUS: Final[dict[OwnKind, AlertStatus]] = {
+    "acknowledge": "acknowledged",
+    "schedule": "scheduled",
+    "conclude": "concluded",
+}
+AGES: Final = ("1d", "7d", "30d", "older")
+StatusFilter = Literal["open", "acknowledged", "scheduled", "concluded", "active", "all"]
+
+
+class ViewError(ValueError):
+    """An inbox event whose opened content is not a valid event of its type."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One inbox event: its clear header and its validated content (both sections joined)."""
+
+    header: EnvelopeHeader
+    event: EventModel
+
+    @property
+    def event_id(self) -> str:
+        return self.header.id
+
+    @property
+    def type(self) -> str:
+        return self.header.type
+
+    @property
+    def time(self) -> datetime:
+        return self.header.time
+
+    @property
+    def subject(self) -> str:
+        return self.header.subject
+
+
+@dataclass(frozen=True, slots=True)
+class OwnAction:
+    """An event the console published: who (the account) did what to which alert, when.
+
+    Only ids and times are kept: the content of a meeting or its conclusions comes back through the
+    inbox, sealed, and is never written down in clear.
+    """
+
+    event_id: str
+    kind: OwnKind
+    alert_id: str
+    subject: str
+    at: datetime
+    user: str
+
+
+@dataclass(slots=True)
+class Alert:
+    """One alert (all versions share ``alert_id``) and what the coordinators did about it."""
+
+    alert_id: str
+    subject: str
+    versions: list[Entry] = field(default_factory=list)
+    meetings: list[Entry] = field(default_factory=list)
+    conclusions: list[Entry] = field(default_factory=list)
+    own: list[OwnAction] = field(default_factory=list)
+
+    @property
+    def latest_entry(self) -> Entry:
+        return self.versions[-1]
+
+    @property
+    def latest(self) -> JointMeetingAlert:
+        event = self.latest_entry.event
+        assert isinstance(event, JointMeetingAlert)
+        return event
+
+    @property
+    def header(self) -> EnvelopeHeader:
+        return self.latest_entry.header
+
+    @property
+    def version(self) -> int:
+        return len(self.versions)
+
+    @property
+    def meeting(self) -> JointMeetingScheduled | None:
+        if not self.meetings:
+            return None
+        event = self.meetings[-1].event
+        assert isinstance(event, JointMeetingScheduled)
+        return event
+
+    @property
+    def conclusion(self) -> JointMeetingConcluded | None:
+        if not self.conclusions:
+            return None
+        event = self.conclusions[-1].event
+        assert isinstance(event, JointMeetingConcluded)
+        return event
+
+    @property
+    def status(self) -> AlertStatus:
+        candidates: list[AlertStatus] = [self.latest.status]
+        if self.meetings:
+            candidates.append("scheduled")
+        if self.conclusions:
+            candidates.append("concluded")
+        candidates.extend(_OWN_STATUS[action.kind] for action in self.own)
+        return max(candidates, key=lambda s: _RANK[s])
+
+    @property
+    def reason_codes(self) -> list[AlertReasonCode]:
+        return [reason.code for reason in self.latest.reasons]
+
+    @property
+    def acknowledged_by(self) -> OwnAction | None:
+        return next((a for a in self.own if a.kind == "acknowledge"), None)
+
+    def sort_key(self) -> tuple[int, int, float]:
+        """Open work first, then the most urgent, then the most recently updated."""
+        return (
+            1 if self.status == "concluded" else 0,
+            _URGENCY_RANK.get(self.header.urgency, 3),
+            -self.latest.updated_at.timestamp(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What an applied event changed, for live updates: the event type and the alert it concerns."""
+
+    type: str
+    event_id: str
+    alert_id: str | None
+
+    def to_json(self) -> str:
+        return json.dumps({"type": self.type, "event_id": self.event_id, "alert_id": self.alert_id})
+
+
+@dataclass(frozen=True, slots=True)
+class QueueFilter:
+    """The queue's filters; every field empty means everything not concluded."""
+
+    status: StatusFilter = "active"
+    town: str = ""
+    rule: str = ""
+    age: str = ""
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> QueueFilter:
+        """Filters from a query string; unknown values are ignored (they match nothing special)."""
+        status = query.get("status", "active")
+        if status not in ("open", "acknowledged", "scheduled", "concluded", "active", "all"):
+            status = "active"
+        rule = query.get("rule", "")
+        age = query.get("age", "")
+        return cls(
+            status=status,  # type: ignore[arg-type]  # checked against the literal above
+            town=query.get("town", "")[:32],
+            rule=rule if rule in get_args(AlertReasonCode) else "",
+            age=age if age in AGES else "",
+        )
+
+    def query(self, **changes: str) -> dict[str, str]:
+        """The query string of these filters with ``changes``, leaving out empty values."""
+        values = {"status": self.status, "town": self.town, "rule": self.rule, "age": self.age}
+        values.update(changes)
+        return {k: v for k, v in values.items() if v and not (k == "status" and v == "active")}
+
+    def matches(self, alert: Alert, now: datetime) -> bool:
+        return (
+            self._status_matches(alert.status)
+            and (not self.town or alert.header.town == self.town)
+            and (not self.rule or self.rule in alert.reason_codes)
+            and self._age_matches(now - alert.latest.raised_at)
+        )
+
+    def _status_matches(self, status: AlertStatus) -> bool:
+        if self.status == "active":
+            return status != "concluded"
+        return self.status in ("all", status)
+
+    def _age_matches(self, age: timedelta) -> bool:
+        if not self.age:
+            return True
+        if self.age == "older":
+            return age > timedelta(days=7)
+        return age <= {"1d": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30)}[self.age]
+
+
+@dataclass(frozen=True, slots=True)
+class AgencyRow:
+    agency: str
+    received: int
+    responded_in_time: int
+    resolved: int
+    satisfied: int
+    response_rate: float
+    resolution_rate: float
+    satisfaction_rate: float
+    breaches: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """Per-agency rates over one reporting period (the hub reports once per partition and period)."""
+
+    period_start: datetime
+    period_end: datetime
+    rows: list[AgencyRow]
+
+
+def aggregate_rates(reports: Iterable[SupervisionReport], breaches: Mapping[str, int]) -> Rates | None:
+    """Sum the rows of the latest period's reports (one per hub partition) into one row per agency.
+
+    Counts add up; response and resolution rates are recomputed from them. A report does not carry how
+    many resolved leads had feedback, so the satisfaction rate is the partitions' rates weighted by
+    their resolved leads (exact when the hub runs one partition, or when feedback is equally common).
+    """
+    reports = list(reports)
+    if not reports:
+        return None
+    end = max(r.period_end for r in reports)
+    latest = [r for r in reports if r.period_end == end]
+    sums: dict[str, list[float]] = {}
+    for report in latest:
+        for row in report.rows:
+            acc = sums.setdefault(row.agency, [0, 0, 0, 0, 0.0])
+            acc[0] += row.received
+            acc[1] += row.responded_in_time
+            acc[2] += row.resolved
+            acc[3] += row.satisfied
+            acc[4] += row.satisfaction_rate * row.resolved
+    rows = []
+    for agency in sorted(sums):
+        received, in_time, resolved, satisfied, weighted = sums[agency]
+        rows.append(
+            AgencyRow(
+                agency=agency,
+                received=int(received),
+                responded_in_time=int(in_time),
+                resolved=int(resolved),
+                satisfied=int(satisfied),
+                response_rate=in_time / received if received else 0.0,
+                resolution_rate=resolved / received if received else 0.0,
+                satisfaction_rate=weighted / resolved if resolved else 0.0,
+                breaches=breaches.get(agency, 0),
+            )
+        )
+    return Rates(period_start=min(r.period_start for r in latest), period_end=end, rows=rows)
+
+
+def _content(event_type: str, sections: Mapping[SectionName, Mapping[str, Any]]) -> EventModel:
+    """The event from the sections the coordinators opened (details first, triage wins on a clash)."""
+    merged = {**sections.get("details", {}), **sections.get("triage", {})}
+    try:
+        return parse_event(event_type, json.dumps(merged).encode())
+    except (KeyError, ValidationError, TypeError, ValueError) as e:
+        raise ViewError(f"a {event_type} event does not match its schema") from e
+
+
+class CaseView:
+    """The coordinators' view of their inbox. Not thread-safe: the console guards it with a lock."""
+
+    def __init__(self) -> None:
+        self.alerts: dict[str, Alert] = {}
+        self.by_subject: dict[str, list[Entry]] = {}
+        self.breaches: list[Entry] = []
+        self.reports: list[Entry] = []
+        self.own: dict[str, OwnAction] = {}
+        self._seen: set[str] = set()
+        self._pending_meetings: dict[str, list[Entry]] = {}  # alert id -> events before the alert
+
+    # -- input
+
+    def apply(
+        self, header: EnvelopeHeader, sections: Mapping[SectionName, Mapping[str, Any]]
+    ) -> Change | None:
+        """Add one opened inbox event; None when it was already applied. Raises :class:`ViewError`."""
+        if header.id in self._seen:
+            return None
+        entry = Entry(header, _content(header.type, sections))
+        self._seen.add(header.id)
+        self.by_subject.setdefault(header.subject, []).append(entry)
+        alert_id: str | None = None
+        event = entry.event
+        if isinstance(event, JointMeetingAlert):
+            alert_id = event.alert_id
+            alert = self.alerts.get(alert_id)
+            if alert is None:
+                alert = self.alerts[alert_id] = Alert(alert_id=alert_id, subject=header.subject)
+                alert.own = [a for a in self.own.values() if a.alert_id == alert_id]
+                for pending in self._pending_meetings.pop(alert_id, []):
+                    self._attach(alert, pending)
+            alert.versions.append(entry)
+            alert.versions.sort(key=_version_order)
+        elif isinstance(event, JointMeetingScheduled | JointMeetingConcluded):
+            alert_id = event.alert_id
+            alert = self.alerts.get(alert_id)
+            if alert is None:
+                self._pending_meetings.setdefault(alert_id, []).append(entry)
+            else:
+                self._attach(alert, entry)
+        elif isinstance(event, SupervisionBreach):
+            self.breaches.append(entry)
+        elif isinstance(event, SupervisionReport):
+            self.reports.append(entry)
+        return Change(type=header.type, event_id=header.id, alert_id=alert_id)
+
+    @staticmethod
+    def _attach(alert: Alert, entry: Entry) -> None:
+        target = alert.meetings if isinstance(entry.event, JointMeetingScheduled) else alert.conclusions
+        target.append(entry)
+        target.sort(key=lambda e: e.time)
+
+    def record_own(self, action: OwnAction) -> Change | None:
+        """Add an event the console published; None when it was already recorded."""
+        if action.event_id in self.own:
+            return None
+        self.own[action.event_id] = action
+        alert = self.alerts.get(action.alert_id)
+        if alert is not None:
+            alert.own.append(action)
+        type_ = {"acknowledge": "lead.acknowledged", "schedule": "joint_meeting.scheduled"}.get(
+            action.kind, "joint_meeting.concluded"
+        )
+        return Change(type=type_, event_id=action.event_id, alert_id=action.alert_id)
+
+    # -- output
+
+    def queue(self, where: QueueFilter, now: datetime) -> list[Alert]:
+        chosen = [a for a in self.alerts.values() if a.versions and where.matches(a, now)]
+        return sorted(chosen, key=Alert.sort_key)
+
+    def alert(self, alert_id: str) -> Alert | None:
+        alert = self.alerts.get(alert_id)
+        return alert if alert is not None and alert.versions else None
+
+    def counts(self) -> dict[str, int]:
+        """How many alerts have each status (and ``active``: not concluded)."""
+        result = dict.fromkeys([*STATUSES, "active", "all"], 0)
+        for alert in self.alerts.values():
+            if not alert.versions:
+                continue
+            result[alert.status] += 1
+            result["all"] += 1
+            result["active"] += alert.status != "concluded"
+        return result
+
+    def towns(self) -> list[str]:
+        return sorted({a.header.town for a in self.alerts.values() if a.versions and a.header.town})
+
+    def timeline(self, subject: str) -> list[Entry | OwnAction]:
+        """Everything about the victim the coordinators may read, and their own actions, by time.
+
+        Own actions whose event came back through the inbox appear once (as the inbox event).
+        """
+        entries: list[Entry | OwnAction] = list(self.by_subject.get(subject, []))
+        seen = {e.event_id for e in self.by_subject.get(subject, [])}
+        entries += [a for a in self.own.values() if a.subject == subject and a.event_id not in seen]
+        return sorted(entries, key=lambda e: e.at if isinstance(e, OwnAction) else e.time)
+
+    def breach_list(self) -> list[Entry]:
+        """Breaches, the most recently detected first."""
+
+        def detected(entry: Entry) -> datetime:
+            event = entry.event
+            return event.detected_at if isinstance(event, SupervisionBreach) else entry.time
+
+        return sorted(self.breaches, key=detected, reverse=True)
+
+    def rates(self) -> Rates | None:
+        counts: dict[str, int] = {}
+        for entry in self.breaches:
+            if isinstance(entry.event, SupervisionBreach):
+                counts[entry.event.agency] = counts.get(entry.event.agency, 0) + 1
+        reports = [e.event for e in self.reports if isinstance(e.event, SupervisionReport)]
+        return aggregate_rates(reports, counts)
+
+    def alert_for_subject(self, subject: str) -> Alert | None:
+        """The newest alert about a victim (to link a breach to its case)."""
+        found = [a for a in self.alerts.values() if a.subject == subject and a.versions]
+        return max(found, key=lambda a: a.latest.raised_at, default=None)
+
+
+def _version_order(entry: Entry) -> tuple[datetime, int, datetime]:
+    event = entry.event
+    assert isinstance(event, JointMeetingAlert)
+    return (event.updated_at, len(event.reasons), entry.time)

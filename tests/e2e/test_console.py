@@ -1,0 +1,475 @@
+"""The coordinator console in real headless Chromium (Debian's ``chromium`` and ``chromium-driver``,
+driven by Selenium), in front of the whole pipeline on the real broker: router, hub and console run as
+subprocesses on a topic prefix of their own, agencies publish through the SDK, and what the console
+publishes is read back from the bus by another recipient (``plc``, with the SDK).
+
+Screenshots of the main pages go to ``test-artifacts/screenshots/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from kafka import KafkaProducer
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service as DriverService
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.wait import WebDriverWait
+
+from services.console.accounts import AccountStore, accounts_path
+from services.kernel.kafka import DURABLE_PRODUCER
+from services.kernel.keystore import KdfParams
+from services.kernel.pseudonym import pseudonymize
+from services.sdk.client import Client
+from tests.integration.buskit import REPO, Bus, RouterProcess, Service, free_port
+from tests.kit import DemoDomain
+
+pytestmark = pytest.mark.e2e
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SHOTS = REPO / "test-artifacts" / "screenshots"
+ZONE = ZoneInfo("Asia/Shanghai")
+ACCOUNT = "coordinator1"
+PASSWORD = secrets.token_urlsafe(15)  # made for this run; never in the repository
+VICTIM_PHONE = "13700007001"
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class HubProcess(Service):
+    def __init__(self, bus: Bus, log: Path, data: Path) -> None:
+        self.port = free_port()
+        super().__init__(
+            "services.hub",
+            {
+                "LIANFANG_BOOTSTRAP": bus.bootstrap,
+                "LIANFANG_HOME": str(bus.domain.home),
+                "LIANFANG_HUB_TOPIC_PREFIX": bus.prefix,
+                "LIANFANG_HUB_APP_ID": f"{bus.prefix}hub",
+                "LIANFANG_HUB_DATA_DIR": str(data),
+                "LIANFANG_HUB_TICK_INTERVAL_S": "0",  # the test sends the ticks
+                "LIANFANG_HUB_REPORT_EVERY_S": "1",  # a supervision report at the second tick
+                "LIANFANG_HUB_METRICS_PORT": str(self.port),
+            },
+            log,
+        )
+
+    metric = RouterProcess.metric
+
+
+class ConsoleProcess(Service):
+    """``python -m services.console`` on a port it picks; its address is read from what it prints."""
+
+    def __init__(self, bus: Bus, log: Path, data: Path) -> None:
+        super().__init__(
+            "services.console",
+            {
+                "LIANFANG_BOOTSTRAP": bus.bootstrap,
+                "LIANFANG_HOME": str(bus.domain.home),
+                "LIANFANG_CONSOLE_TOPIC_PREFIX": bus.prefix,
+                "LIANFANG_CONSOLE_PORT": "0",
+                "LIANFANG_CONSOLE_DATA_DIR": str(data),
+                "LIANFANG_CONSOLE_COOKIE_SECURE": "false",  # plain http on loopback
+                "LIANFANG_CONSOLE_METRICS_PORT": "0",
+                "LIANFANG_CONSOLE_PUBLISH_WAIT_S": "15",
+            },
+            log,
+        )
+
+    def address(self) -> str | None:
+        found = re.search(r"^console\s+(http://\S+)", self.log.read_text(errors="replace"), re.MULTILINE)
+        return found.group(1) if found else None
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)  # poll interval inside a deadline loop
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def bus(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Bus:
+    home = Path(tmp_path_factory.mktemp("console-domain")) / ".lianfang"
+    domain = DemoDomain.create(home, now=datetime.now(UTC) - timedelta(minutes=5))
+    return Bus.create(kafka_bootstrap, f"t-console-{datetime.now(UTC):%H%M%S%f}.", domain)
+
+
+@dataclass
+class Pipeline:
+    url: str
+    hub: HubProcess
+
+
+@pytest.fixture(scope="module")
+def pipeline(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    """Router, hub and console on the test's topics, and a console account."""
+    tmp = Path(tmp_path_factory.mktemp("console-services"))
+    store = AccountStore(accounts_path(bus.domain.home), kdf=KdfParams.for_tests())
+    store.create(ACCOUNT, PASSWORD)
+    store.close()
+    router = RouterProcess(bus, bus.domain.home, tmp / "router.log", group=f"{bus.prefix}router")
+    hub = HubProcess(bus, tmp / "hub.log", tmp / "hub-data")
+    console = ConsoleProcess(bus, tmp / "console.log", tmp / "console-data")
+    try:
+        wait_until(
+            lambda: router.metric("lianfang_registry_version", service="router"), 60, "the router to start"
+        )
+        wait_until(
+            lambda: hub.metric("lianfang_hub_events_observed_total") is not None, 90, "the hub to start"
+        )
+        url = wait_until(
+            lambda: console.alive() and console.address(), 60, "the console to print its address"
+        )
+        assert console.alive(), console.tail()
+        wait_until(lambda: _status(url + "healthz") == 200, 30, "the console to answer")
+        yield Pipeline(url.rstrip("/"), hub)
+    finally:
+        for service in (console, hub, router):
+            service.stop()
+
+
+@pytest.fixture(scope="module")
+def console_url(pipeline: Pipeline) -> str:
+    return pipeline.url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not path.exists():
+            pytest.fail(
+                f"{path} is missing: the e2e tests need `apt-get install -y chromium chromium-driver`"
+            )
+    profile = tempfile.mkdtemp(prefix="lianfang-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--window-size=1400,1000",
+        "--lang=zh-CN",
+    ):
+        options.add_argument(argument)
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not download anything
+    driver = webdriver.Chrome(service=DriverService(str(CHROMEDRIVER)), options=options)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _status(url: str, method: str = "GET", data: bytes | None = None) -> int:
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(urllib.request.Request(url, method=method, data=data), timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def shot(driver: Any, name: str) -> None:
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1400, max(900, min(int(height) + 40, 3000)))
+    driver.save_screenshot(str(SHOTS / f"{name}.png"))
+    driver.set_window_size(1400, 1000)
+
+
+def wait_for(driver: Any, condition: Callable[[Any], Any], timeout: float = 20) -> Any:
+    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
+
+
+def sign_in(driver: Any, url: str, password: str = PASSWORD) -> None:
+    driver.get(url + "/login")
+    driver.find_element(By.ID, "name").send_keys(ACCOUNT)
+    driver.find_element(By.ID, "password").send_keys(password)
+    driver.find_element(By.ID, "login-submit").click()
+
+
+def subject_of(bus: Bus, phone: str) -> str:
+    key = bus.domain.registry.pseudonym_key("police", bus.domain.keys("police").encryption)
+    return pseudonymize(key, phone=phone)
+
+
+def client(bus: Bus, participant: str, tmp: Path) -> Client:
+    return Client(
+        keystore=bus.domain.keys(participant),
+        registry=bus.domain.registry,
+        bootstrap=bus.bootstrap,
+        outbox_path=tmp / f"{participant}.sqlite",
+        topic_prefix=bus.prefix,
+    )
+
+
+def read_until(reader: Client, match: Callable[[Any], bool], timeout: float = 60) -> Any:
+    """The first event of ``reader``'s inbox that ``match``es, read through the SDK."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for opened in reader.inbox(timeout=1.0):
+            if match(opened):
+                return opened
+    raise AssertionError(f"{reader.participant} never received the expected event")
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_a_wrong_password_is_refused(browser: Any, console_url: str) -> None:
+    browser.get(console_url + "/login")
+    shot(browser, "01-login")
+    sign_in(browser, console_url, password="not-the-password-" + secrets.token_hex(4))
+    message = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#message.error"))
+    assert "用户名或密码错误" in message[0].text
+    assert browser.current_url.startswith(console_url + "/login")
+    assert not any("session" in c["name"] for c in browser.get_cookies()), "no session for a wrong password"
+    shot(browser, "02-login-refused")
+
+
+def test_without_a_session_no_case_page_is_reachable(browser: Any, console_url: str, bus: Bus) -> None:
+    browser.delete_all_cookies()
+    some_alert = "0190f3a0-0000-7000-8000-000000000000"
+    for path in ("/alerts", "/alerts?status=all", f"/alerts/{some_alert}", "/supervision"):
+        browser.get(console_url + path)
+        wait_for(browser, lambda d: "/login" in d.current_url)
+        assert browser.find_elements(By.ID, "login-form"), path
+        assert not browser.find_elements(By.ID, "alert-rows"), path
+    assert _status(console_url + "/alerts") == 303
+    assert _status(console_url + "/alerts/rows") == 401
+    assert _status(console_url + "/events") == 401
+    assert _status(console_url + f"/alerts/{some_alert}/schedule", "POST", b"meeting_at=x") == 401
+
+
+def test_an_alert_published_on_the_bus_appears_in_an_open_page_within_seconds(
+    browser: Any, console_url: str, bus: Bus, tmp_path: Path
+) -> None:
+    sign_in(browser, console_url)
+    wait_for(browser, lambda d: d.find_elements(By.ID, "alert-rows"))
+    wait_for(browser, lambda d: d.find_element(By.ID, "live").get_attribute("data-state") == "on")
+    browser.execute_script("window.lianfangMarker = 'not reloaded';")
+    subject = subject_of(bus, VICTIM_PHONE)
+    with client(bus, "police", tmp_path) as police:
+        police.publish_lead(
+            {
+                "category": "domestic_violence",
+                "channel": "police_call",
+                "town": "houshayu",
+                "victim": {"name": "测试某某", "phone": VICTIM_PHONE, "is_minor": False},
+                "minor": False,
+                "narrative": "丈夫多次殴打, 邻居报警。",
+                "requests_joint_meeting": True,
+            }
+        )
+        assert police.flush(30)
+        published = time.monotonic()
+    row = f'tr[data-subject="{subject}"]'
+    try:
+        wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, row), timeout=45)
+    except TimeoutException:
+        shot(browser, "xx-alert-never-appeared")
+        raise
+    took = time.monotonic() - published
+    assert browser.execute_script("return window.lianfangMarker") == "not reloaded", "live, not by reload"
+    assert took < 45
+    element = browser.find_element(By.CSS_SELECTOR, row)
+    assert element.get_attribute("data-status") == "open"
+    assert "专业判断" in element.text
+    assert "后沙峪镇" in element.text
+    shot(browser, "03-queue-live")
+    browser.find_element(By.ID, "lang-switch").click()
+    wait_for(browser, lambda d: "Alert queue" in d.find_element(By.TAG_NAME, "h1").text)
+    assert "Professional judgement" in browser.find_element(By.CSS_SELECTOR, row).text
+    shot(browser, "04-queue-english")
+    browser.find_element(By.ID, "lang-switch").click()
+    wait_for(browser, lambda d: "预警队列" in d.find_element(By.TAG_NAME, "h1").text)
+
+
+def test_scheduling_a_meeting_from_the_page_puts_joint_meeting_scheduled_on_the_bus(
+    browser: Any, console_url: str, bus: Bus, tmp_path: Path
+) -> None:
+    subject = subject_of(bus, VICTIM_PHONE)
+    browser.get(console_url + "/alerts")
+    browser.find_element(By.CSS_SELECTOR, f'tr[data-subject="{subject}"] a.open').click()
+    wait_for(browser, lambda d: d.find_elements(By.ID, "schedule-form"))
+    alert_id = browser.find_element(By.ID, "alert").get_attribute("data-alert-id")
+    assert "professional judgement" in browser.find_element(By.ID, "reasons").text
+    shot(browser, "05-alert")
+
+    browser.find_element(By.ID, "acknowledge").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "alert").get_attribute("data-status") == "acknowledged")
+
+    meeting_at = (datetime.now(ZONE) + timedelta(days=2)).replace(hour=9, minute=30, second=0, microsecond=0)
+    field = browser.find_element(By.ID, "meeting_at")
+    browser.execute_script("arguments[0].value = arguments[1];", field, meeting_at.strftime("%Y-%m-%dT%H:%M"))
+    browser.find_element(By.ID, "location").send_keys("区妇联三楼会议室")
+    invited = {"plc", "police", "womens_federation"}
+    for box in browser.find_elements(By.CSS_SELECTOR, 'input[name="participants"]'):
+        if box.is_selected() != (box.get_attribute("value") in invited):
+            browser.execute_script("arguments[0].click();", box)
+    browser.find_element(By.ID, "schedule").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "alert").get_attribute("data-status") == "scheduled")
+    assert "会商已安排" in browser.find_element(By.ID, "message").text
+    shot(browser, "06-alert-scheduled")
+
+    with client(bus, "plc", tmp_path) as plc:
+        opened = read_until(
+            plc,
+            lambda o: (
+                o.header.type == "joint_meeting.scheduled"
+                and o.sections["triage"].get("alert_id") == alert_id
+            ),
+        )
+    triage, details = opened.sections["triage"], opened.sections["details"]
+    assert opened.header.sender == "coordinators"
+    assert opened.header.subject == subject
+    assert datetime.fromisoformat(triage["meeting_at"]) == meeting_at
+    assert set(triage["participants"]) == invited
+    assert details["location"] == "区妇联三楼会议室"
+    with client(bus, "police", tmp_path) as police:
+        acknowledged = read_until(
+            police,
+            lambda o: o.header.type == "lead.acknowledged" and o.header.sender == "coordinators",
+        )
+    assert acknowledged.sections["triage"]["lead_id"] == alert_id, "the acknowledgement names the alert"
+    # The meeting reaches the page through the console's own inbox too.
+    browser.refresh()
+    wait_for(browser, lambda d: d.find_elements(By.ID, "meeting"))
+    assert "区妇联三楼会议室" in browser.find_element(By.ID, "meeting").text
+
+
+def test_concluding_the_meeting_publishes_its_action_items_and_closes_the_alert(
+    browser: Any, console_url: str, bus: Bus, tmp_path: Path
+) -> None:
+    subject = subject_of(bus, VICTIM_PHONE)
+    browser.get(console_url + "/alerts?status=scheduled")
+    browser.find_element(By.CSS_SELECTOR, f'tr[data-subject="{subject}"] a.open').click()
+    wait_for(browser, lambda d: d.find_elements(By.ID, "conclude-form"))
+    alert_id = browser.find_element(By.ID, "alert").get_attribute("data-alert-id")
+    browser.find_element(By.ID, "summary").send_keys("会商决定：公安机关出具告诫书，妇联跟进心理疏导。")
+    due = (datetime.now(ZONE) + timedelta(days=7)).date()
+    owners = browser.find_elements(By.CSS_SELECTOR, 'select[name="item_owner"]')
+    dues = browser.find_elements(By.CSS_SELECTOR, 'input[name="item_due"]')
+    descriptions = browser.find_elements(By.CSS_SELECTOR, 'input[name="item_description"]')
+    for index, (owner, text) in enumerate((("police", "出具告诫书"), ("womens_federation", "心理疏导"))):
+        browser.execute_script("arguments[0].value = arguments[1];", owners[index], owner)
+        browser.execute_script("arguments[0].value = arguments[1];", dues[index], due.isoformat())
+        descriptions[index].send_keys(text)
+    browser.find_element(By.ID, "conclude").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "alert").get_attribute("data-status") == "concluded")
+    shot(browser, "07-alert-concluded")
+
+    with client(bus, "plc", tmp_path) as plc:
+        opened = read_until(
+            plc,
+            lambda o: (
+                o.header.type == "joint_meeting.concluded"
+                and o.sections["triage"].get("alert_id") == alert_id
+            ),
+        )
+    triage, details = opened.sections["triage"], opened.sections["details"]
+    assert [i["owner"] for i in triage["action_item_deadlines"]] == ["police", "womens_federation"]
+    assert {datetime.fromisoformat(i["due_at"]).astimezone(ZONE).date() for i in details["action_items"]} == {
+        due
+    }
+    assert [i["description"] for i in details["action_items"]] == ["出具告诫书", "心理疏导"]
+    assert details["summary"].startswith("会商决定")
+    browser.get(console_url + "/alerts?status=concluded")
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-subject="{subject}"]'))
+
+
+def test_the_supervision_page_shows_breaches_and_each_agencys_rates(
+    browser: Any, pipeline: Pipeline, bus: Bus, tmp_path: Path
+) -> None:
+    """The women's federation acknowledges and resolves the lead in time; the town's mediation room does
+    nothing. Five hours later (past the 4 h deadline of an urgent lead) the hub finds the breach and
+    reports the rates; the page shows both."""
+    subject = subject_of(bus, VICTIM_PHONE)
+    with client(bus, "womens_federation", tmp_path) as federation:
+        lead = read_until(
+            federation, lambda o: o.header.type == "lead.reported" and o.header.subject == subject
+        )
+        federation.acknowledge(lead)
+        federation.resolve(lead, outcome="resolved", satisfaction="satisfied")
+        assert federation.flush(30)
+    wait_until(
+        lambda: (pipeline.hub.metric("lianfang_hub_events_observed_total", type="lead.resolved") or 0) >= 1,
+        60,
+        "the hub to see the resolution",
+    )
+    now = datetime.now(UTC)
+    producer = KafkaProducer(bootstrap_servers=bus.bootstrap, **DURABLE_PRODUCER)
+    for at in (now, now + timedelta(hours=5)):
+        for partition in range(3):
+            producer.send(
+                bus.names.hub_clock, key=b"tick", value=at.isoformat().encode(), partition=partition
+            )
+        producer.flush()
+        time.sleep(1.5)  # the hub reports once at least report_every_s (1 s) passed between two ticks
+    producer.close()
+
+    def loaded(driver: Any) -> bool:
+        driver.get(pipeline.url + "/supervision")
+        breached = {
+            r.get_attribute("data-agency") for r in driver.find_elements(By.CSS_SELECTOR, "#breaches tr")
+        }
+        rated = {r.get_attribute("data-agency") for r in driver.find_elements(By.CSS_SELECTOR, "#rates tr")}
+        return "mediation.houshayu" in breached and {"womens_federation", "mediation.houshayu"} <= rated
+
+    wait_for(browser, loaded, timeout=90)
+    breached = {
+        r.get_attribute("data-agency") for r in browser.find_elements(By.CSS_SELECTOR, "#breaches tr")
+    }
+    assert "womens_federation" not in breached, "it acknowledged in time"
+    cells = browser.find_element(By.CSS_SELECTOR, '#rates tr[data-agency="womens_federation"]').text.split()
+    assert cells[-4:-1] == ["100%", "100%", "100%"], cells  # response, resolution, satisfaction
+    cells = browser.find_element(By.CSS_SELECTOR, '#rates tr[data-agency="mediation.houshayu"]').text.split()
+    assert cells[-4:-1] == ["0%", "0%", "0%"], cells
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#rates-chart rect.bar-response")) == 1 + 2  # legend
+    shot(browser, "08-supervision")
+
+
+def test_signing_out_ends_the_session(browser: Any, console_url: str) -> None:
+    browser.get(console_url + "/alerts")
+    wait_for(browser, lambda d: d.find_elements(By.ID, "logout"))
+    browser.find_element(By.ID, "logout").click()
+    wait_for(browser, lambda d: "/login" in d.current_url)
+    browser.get(console_url + "/alerts")
+    wait_for(browser, lambda d: "/login" in d.current_url)
+    assert json.dumps(browser.get_cookies()).count("lianfang_session") == 0

@@ -45,8 +45,8 @@ test: $(STAMP) jars deps ## run every test (unit, integration on a real Kafka, e
 test-unit: $(STAMP) deps ## run the unit tests only (no network)
 	$(PY) -m pytest -m unit
 
-kafka-up: $(STAMP) jars ## start a local single-node Kafka (NODES=3 for three) and print its address
-	@$(PY) -m deploy.kafka up --data $(KAFKA_DATA) $(if $(NODES),--nodes $(NODES),)
+kafka-up: $(STAMP) jars ## start a local Kafka and print its address (NODES=3: three nodes; SECURE=1: TLS + SCRAM + ACLs)
+	@$(PY) -m deploy.kafka up --data $(KAFKA_DATA) $(if $(NODES),--nodes $(NODES),) $(if $(SECURE),--secure,)
 
 kafka-down: ## stop the local Kafka; leaves no Java process behind
 	@$(PYTHON) -m deploy.kafka down --data $(KAFKA_DATA)

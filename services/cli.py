@@ -35,6 +35,7 @@ from services.cli_bus import add_bus_commands
 from services.console import command as console_command
 from services.importers.command import add_commands as add_import_commands
 from services.kernel import admin, district, trust
+from services.kernel.audit_command import add_commands as add_audit_commands
 from services.kernel.config import HomeSettings
 from services.kernel.errors import (
     BadSignatureError,
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bus_commands(subcommands, common, _command, _group)
     add_import_commands(subcommands, common, _command, _group)
     console_command.add_commands(subcommands, common, _command, _group)
+    add_audit_commands(subcommands, common, _command, _group)
     return parser
 
 

@@ -28,7 +28,9 @@ class DemoDomain:
     _stores: dict[str, Keystore] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, home: Path, now: datetime = NOW, lifetime: timedelta = trust.DEFAULT_LIFETIME) -> DemoDomain:
+    def create(
+        cls, home: Path, now: datetime = NOW, lifetime: timedelta = trust.DEFAULT_LIFETIME
+    ) -> DemoDomain:
         domain = trust.init_domain(home, now=now, kdf=KdfParams.for_tests(), lifetime=lifetime)
         return cls(home=home, trust=domain, registry=domain.registry(now))
 

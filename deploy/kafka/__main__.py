@@ -1,4 +1,8 @@
-"""Command line of the local Kafka: ``python -m deploy.kafka fetch|up|down|status``."""
+"""Command line of the local Kafka: ``python -m deploy.kafka fetch|up|down|status``.
+
+``up --secure`` starts it with TLS, SASL/SCRAM-SHA-512 and the StandardAuthorizer; SCRAM users are the
+operator, the router and every participant of the default district (``--users a,b,c`` instead).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,17 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per 
             p.add_argument("--nodes", type=int, choices=(1, 3), default=1)
             port = os.environ.get("KAFKA_PORT")
             p.add_argument("--port", type=int, default=int(port) if port else None)
+            p.add_argument(
+                "--secure",
+                action="store_true",
+                help="TLS + SASL/SCRAM-SHA-512 listeners, ACLs enforced (make kafka-up SECURE=1)",
+            )
+            p.add_argument(
+                "--users",
+                default=None,
+                help="comma-separated SCRAM users besides the operator (default: router, hub and every "
+                "participant of the default district)",
+            )
     args = parser.parse_args(argv)
     try:
         if args.command == "fetch":
@@ -42,15 +57,37 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per 
             print(existing.bootstrap)
             print("(already running; `make kafka-down` stops it)", file=sys.stderr)
             return 0
-        cluster = LocalKafka.plan(data, nodes=args.nodes, port=args.port)
+        users = _users(args.users) if args.secure else []
+        cluster = LocalKafka.plan(data, nodes=args.nodes, port=args.port, secure=args.secure, users=users)
         timeout = float(os.environ.get("KAFKA_READY_TIMEOUT", READY_TIMEOUT_S))
         cluster.start(timeout=timeout)
         (data / "bootstrap").write_text(cluster.bootstrap + "\n")
         print(cluster.bootstrap)
+        if cluster.secure:
+            print(
+                f"secure: SASL_SSL with SCRAM-SHA-512; super user: operator\n"
+                f"  LIANFANG_KAFKA_SECURITY_PROTOCOL=SASL_SSL LIANFANG_KAFKA_CA_FILE={cluster.ca_file}\n"
+                f"  passwords of the {len(cluster.credentials())} SCRAM users: {cluster.credentials_file} "
+                "(mode 0600; never printed)",
+                file=sys.stderr,
+            )
         return 0
     except LocalKafkaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def _users(given: str | None) -> list[str]:
+    if given is not None:
+        return [u.strip() for u in given.split(",") if u.strip()]
+    try:
+        from services.kernel.district import participants
+    except ImportError as e:  # run before the virtualenv exists
+        raise LocalKafkaError(
+            f"cannot list the district's participants ({e}).\n"
+            "  fix: run with the project's virtualenv (make kafka-up SECURE=1), or pass --users a,b,c."
+        ) from e
+    return ["router", *(pid for pid, _zh, _en in participants())]
 
 
 if __name__ == "__main__":

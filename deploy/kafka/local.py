@@ -7,6 +7,15 @@ static controller quorum, with replication factor 3 and ``min.insync.replicas=2`
     python -m deploy.kafka fetch                   # jars into deploy/kafka/.jars (once)
     python -m deploy.kafka up --data .run/kafka    # prints 127.0.0.1:PORT
     python -m deploy.kafka down --data .run/kafka  # stops it; no Java process is left
+    python -m deploy.kafka up --secure             # TLS + SASL/SCRAM-SHA-512 + ACLs (see below)
+
+Secure mode (``LocalKafka.plan(..., secure=True)``): clients connect over ``SASL_SSL`` with
+SCRAM-SHA-512; a local CA and the broker certificate are made in ``<data>/tls`` (:mod:`deploy.kafka.tls`);
+one SCRAM credential per user (the operator and each participant) is created at format time with
+``--add-scram`` and kept in ``<data>/credentials.json`` (mode 0600). The StandardAuthorizer denies what
+no ACL allows; ``User:operator`` is the only super user. The controller listener is mutual TLS on
+loopback, where the broker's certificate maps to the operator principal (SCRAM cannot serve the
+controller listener: controllers need credentials before they have read the metadata log).
 """
 
 from __future__ import annotations
@@ -14,20 +23,25 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from deploy.kafka.tls import BROKER_CN, TlsError, TlsFiles, ensure_certificates
 
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
@@ -37,6 +51,10 @@ STATE_FILE = "cluster.json"
 HEAP = "512m"
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
+CREDENTIALS_FILE = "credentials.json"
+OPERATOR = "operator"
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+_USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 class LocalKafkaError(Exception):
@@ -175,10 +193,28 @@ def _read_exact(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
-def metadata_broker_count(host: str, port: int, timeout: float = 2.0) -> int:
+@dataclass(frozen=True)
+class ProbeAuth:
+    """How the readiness probe logs in to a secured listener: TLS with ``ca_file``, then SCRAM-SHA-512."""
+
+    username: str
+    password: str = field(repr=False)
+    ca_file: Path
+
+
+class ProbeAuthError(ConnectionError):
+    """The broker refused the probe's SASL login (wrong user or password)."""
+
+
+def metadata_broker_count(host: str, port: int, timeout: float = 2.0, auth: ProbeAuth | None = None) -> int:
     """Ask one broker for cluster metadata; return how many brokers it lists."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        raw.settimeout(timeout)
+        sock: socket.socket = raw
+        if auth is not None:
+            context = ssl.create_default_context(cafile=str(auth.ca_file))
+            sock = context.wrap_socket(raw, server_hostname=host)
+            _scram_login(sock, auth)
         sock.sendall(_metadata_request(7))
         (size,) = struct.unpack(">i", _read_exact(sock, 4))
         resp = _read_exact(sock, size)
@@ -186,6 +222,55 @@ def metadata_broker_count(host: str, port: int, timeout: float = 2.0) -> int:
     if correlation_id != 7:
         raise ConnectionError("unexpected correlation id in metadata response")
     return int(n_brokers)
+
+
+def _roundtrip(sock: socket.socket, api_key: int, version: int, correlation_id: int, body: bytes) -> bytes:
+    client_id = b"lianfang-probe"
+    message = struct.pack(">hhih", api_key, version, correlation_id, len(client_id)) + client_id + body
+    sock.sendall(struct.pack(">i", len(message)) + message)
+    (size,) = struct.unpack(">i", _read_exact(sock, 4))
+    resp = _read_exact(sock, size)
+    if struct.unpack(">i", resp[:4])[0] != correlation_id:
+        raise ConnectionError("unexpected correlation id in a SASL response")
+    return resp[4:]
+
+
+def _sasl_authenticate(sock: socket.socket, correlation_id: int, token: bytes) -> bytes:
+    # SaslAuthenticate v1: auth_bytes -> error_code, error_message, auth_bytes, session_lifetime_ms.
+    resp = _roundtrip(sock, 36, 1, correlation_id, struct.pack(">i", len(token)) + token)
+    (error_code, msg_len) = struct.unpack(">hh", resp[:4])
+    pos = 4 + max(msg_len, 0)
+    if error_code != 0:
+        message = resp[4:pos].decode(errors="replace") if msg_len > 0 else ""
+        raise ProbeAuthError(f"SASL authentication failed (error {error_code}): {message}")
+    (n,) = struct.unpack(">i", resp[pos : pos + 4])
+    return resp[pos + 4 : pos + 4 + max(n, 0)]
+
+
+def _scram_login(sock: socket.socket, auth: ProbeAuth) -> None:
+    """SCRAM-SHA-512 (RFC 5802) over Kafka's SaslHandshake v1 and SaslAuthenticate v1."""
+    mechanism = SCRAM_MECHANISM.encode()
+    resp = _roundtrip(sock, 17, 1, 1, struct.pack(">h", len(mechanism)) + mechanism)
+    if struct.unpack(">h", resp[:2])[0] != 0:
+        raise ProbeAuthError(f"the broker does not offer {SCRAM_MECHANISM}")
+    name = auth.username.replace("=", "=3D").replace(",", "=2C")
+    client_nonce = secrets.token_urlsafe(24)
+    first_bare = f"n={name},r={client_nonce}"
+    server_first = _sasl_authenticate(sock, 2, f"n,,{first_bare}".encode()).decode()
+    fields = dict(part.split("=", 1) for part in server_first.split(","))
+    nonce, salt, iterations = fields["r"], base64.b64decode(fields["s"]), int(fields["i"])
+    if not nonce.startswith(client_nonce):
+        raise ProbeAuthError("the broker's SCRAM nonce does not extend ours")
+    salted = hashlib.pbkdf2_hmac("sha512", auth.password.encode(), salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha512")
+    without_proof = f"c=biws,r={nonce}"
+    auth_message = f"{first_bare},{server_first},{without_proof}".encode()
+    signature = hmac.digest(hashlib.sha512(client_key).digest(), auth_message, "sha512")
+    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature, strict=True))).decode()
+    server_final = _sasl_authenticate(sock, 3, f"{without_proof},p={proof}".encode()).decode()
+    expected = hmac.digest(hmac.digest(salted, b"Server Key", "sha512"), auth_message, "sha512")
+    if not hmac.compare_digest(server_final, "v=" + base64.b64encode(expected).decode()):
+        raise ProbeAuthError("the broker's SCRAM signature does not verify")
 
 
 # --------------------------------------------------------------------------- the cluster
@@ -213,10 +298,102 @@ class LocalKafka:
 
     data_dir: Path
     nodes: list[Node] = field(default_factory=list)
+    secure: bool = False
+    users: tuple[str, ...] = ()
+    """SCRAM users made at format time besides the operator (secure mode only)."""
 
     @property
     def bootstrap(self) -> str:
         return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    # -- secure mode: certificates and credentials
+
+    @property
+    def tls(self) -> TlsFiles:
+        return TlsFiles(self.data_dir / "tls")
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate clients trust (secure mode)."""
+        return self.tls.ca_cert
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.data_dir / CREDENTIALS_FILE
+
+    def credentials(self) -> dict[str, str]:
+        """Every SCRAM user's password (secure mode). Secrets: never print them."""
+        try:
+            data = json.loads(self.credentials_file.read_text())
+        except (OSError, ValueError) as e:
+            raise LocalKafkaError(
+                f"no readable SCRAM credentials at {self.credentials_file} ({type(e).__name__}).\n"
+                "  fix: start the broker with `python -m deploy.kafka up --secure` first."
+            ) from e
+        return {str(k): str(v) for k, v in data.items()}
+
+    def password(self, user: str) -> str:
+        try:
+            return self.credentials()[user]
+        except KeyError:
+            raise LocalKafkaError(f"{user!r} has no SCRAM credential on this broker") from None
+
+    def client_env(self, user: str) -> dict[str, str]:
+        """The ``LIANFANG_KAFKA_*`` settings of a client logging in as ``user`` (password included)."""
+        if not self.secure:
+            return {"LIANFANG_BOOTSTRAP": self.bootstrap}
+        return {
+            "LIANFANG_BOOTSTRAP": self.bootstrap,
+            "LIANFANG_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "LIANFANG_KAFKA_SASL_MECHANISM": SCRAM_MECHANISM,
+            "LIANFANG_KAFKA_SASL_USERNAME": user,
+            "LIANFANG_KAFKA_SASL_PASSWORD": self.password(user),
+            "LIANFANG_KAFKA_CA_FILE": str(self.ca_file),
+        }
+
+    def _ensure_credentials(self) -> dict[str, str]:
+        """Load the credentials file, adding a fresh random password for each user that lacks one."""
+        existing = self.credentials() if self.credentials_file.exists() else {}
+        wanted = [OPERATOR, *self.users]
+        for user in wanted:
+            if not _USER_NAME.fullmatch(user):
+                raise LocalKafkaError(f"{user!r} cannot be a SCRAM user name (letters, digits, _ . -)")
+            existing.setdefault(user, secrets.token_urlsafe(24))
+        fd = os.open(self.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(existing, out, indent=2, sort_keys=True)
+            out.write("\n")
+        self.credentials_file.chmod(0o600)
+        return existing
+
+    def _secure_properties(self, node: Node) -> list[str]:
+        operator_password = self.password(OPERATOR)
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{OPERATOR}" password="{operator_password}";'
+        )
+        return [
+            f"listeners=SASL_SSL://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+            f"advertised.listeners=SASL_SSL://127.0.0.1:{node.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=SASL_SSL",
+            "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:SSL",
+            f"sasl.enabled.mechanisms={SCRAM_MECHANISM}",
+            f"sasl.mechanism.inter.broker.protocol={SCRAM_MECHANISM}",
+            f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={jaas}",
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={self.tls.keystore}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={self.tls.ca_cert}",
+            "ssl.endpoint.identification.algorithm=https",
+            "listener.name.controller.ssl.client.auth=required",
+            # The broker's own certificate (controller listener, mutual TLS) is the operator; any other
+            # certificate keeps its full subject as principal, which no ACL names.
+            f"ssl.principal.mapping.rules=RULE:^CN={BROKER_CN}$/{OPERATOR}/,DEFAULT",
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            f"super.users=User:{OPERATOR}",
+            "allow.everyone.if.no.acl.found=false",
+        ]
 
     # -- configuration
 
@@ -230,15 +407,22 @@ class LocalKafka:
             if n > 1
             else f"controller.quorum.bootstrap.servers=127.0.0.1:{node.controller_port}"
         )
+        listeners = (
+            self._secure_properties(node)
+            if self.secure
+            else [
+                f"listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            ]
+        )
         lines = [
             "process.roles=broker,controller",
             f"node.id={node.node_id}",
             quorum,
-            f"listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            *listeners,
             f"log.dirs={self.data_dir / f'node-{node.node_id}' / 'data'}",
             f"offsets.topic.replication.factor={rf}",
             f"transaction.state.log.replication.factor={rf}",
@@ -287,6 +471,12 @@ class LocalKafka:
             ensure_port_free(node.port)
             ensure_port_free(node.controller_port)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.secure:
+            try:
+                ensure_certificates(self.tls.folder)
+            except TlsError as e:
+                raise LocalKafkaError(str(e)) from e
+            self._ensure_credentials()
         try:
             self._format(java, jars)
             for node in self.nodes:
@@ -302,24 +492,47 @@ class LocalKafka:
         if not cluster_id_file.exists():
             cluster_id_file.write_text(new_cluster_id() + "\n")
         cluster_id = cluster_id_file.read_text().strip()
+        scram: list[str] = []
+        if self.secure:
+            for user, password in sorted(self.credentials().items()):
+                scram += ["--add-scram", f"{SCRAM_MECHANISM}=[name={user},password={password}]"]
         for node in self.nodes:
             ndir = self._node_dir(node)
             (ndir / "logs").mkdir(parents=True, exist_ok=True)
             props = ndir / "server.properties"
-            props.write_text(self._properties(node))
+            fd = os.open(props, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds a password
+            with os.fdopen(fd, "w") as out:
+                out.write(self._properties(node))
             if (ndir / "data" / "meta.properties").exists():
+                self._check_same_mode(ndir)
                 continue
             args = ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "--config", str(props)]
+            args += scram
             if len(self.nodes) == 1:
                 args.append("--standalone")
             proc = subprocess.run(
                 self._java_cmd(java, jars, node, *args), capture_output=True, text=True, check=False
             )
             if proc.returncode != 0:
+                output = proc.stdout + proc.stderr
+                for _user, password in self.credentials().items() if self.secure else ():
+                    output = output.replace(password, "***")
                 raise LocalKafkaError(
-                    f"formatting the storage of node {node.node_id} failed:\n{proc.stdout}{proc.stderr}"
+                    f"formatting the storage of node {node.node_id} failed:\n{output}"
                     f"  fix: remove {self.data_dir} if it holds an old cluster, then try again."
                 )
+            (ndir / "security").write_text("secure\n" if self.secure else "plaintext\n")
+
+    def _check_same_mode(self, ndir: Path) -> None:
+        """A storage formatted plain cannot be started secure (it has no SCRAM users), nor back."""
+        marker = ndir / "security"
+        formatted_secure = marker.exists() and marker.read_text().strip() == "secure"
+        if formatted_secure != self.secure:
+            raise LocalKafkaError(
+                f"{ndir} was formatted {'with' if formatted_secure else 'without'} security, and this start "
+                f"is {'secure' if self.secure else 'plain'}.\n"
+                f"  fix: use another --data folder, or remove {self.data_dir} (its topics are lost)."
+            )
 
     def _spawn(self, java: str, jars: Path, node: Node) -> None:
         ndir = self._node_dir(node)
@@ -334,6 +547,7 @@ class LocalKafka:
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         want = len(self.nodes)
+        auth = ProbeAuth(OPERATOR, self.password(OPERATOR), self.ca_file) if self.secure else None
         last_error = "no answer yet"
         while time.monotonic() < deadline:
             for node in self.nodes:
@@ -342,10 +556,10 @@ class LocalKafka:
                         f"Kafka node {node.node_id} exited during start-up.\n{self._log_tail(node)}"
                     )
             try:
-                if all(metadata_broker_count("127.0.0.1", n.port) >= want for n in self.nodes):
+                if all(metadata_broker_count("127.0.0.1", n.port, auth=auth) >= want for n in self.nodes):
                     return
                 last_error = "not every broker is registered yet"
-            except (OSError, ConnectionError, struct.error) as e:
+            except (OSError, ConnectionError, struct.error, KeyError, ValueError) as e:
                 last_error = str(e) or type(e).__name__
             time.sleep(0.2)  # poll interval of a deadline loop, not a wait for a guess
         raise LocalKafkaError(
@@ -399,7 +613,12 @@ class LocalKafka:
     # -- state shared between `up` and `down`
 
     def _save_state(self) -> None:
-        state = {"bootstrap": self.bootstrap, "nodes": [n.as_dict() for n in self.nodes]}
+        state = {
+            "bootstrap": self.bootstrap,
+            "nodes": [n.as_dict() for n in self.nodes],
+            "secure": self.secure,
+            "users": list(self.users),
+        }
         (self.data_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
     @classmethod
@@ -409,18 +628,34 @@ class LocalKafka:
             return None
         state = json.loads(path.read_text())
         nodes = [Node(**n) for n in state["nodes"]]
-        return cls(data_dir=data_dir, nodes=nodes)
+        secure = bool(state.get("secure", False))
+        return cls(data_dir=data_dir, nodes=nodes, secure=secure, users=tuple(state.get("users", ())))
 
     @classmethod
-    def plan(cls, data_dir: Path, *, nodes: int = 1, port: int | None = None) -> LocalKafka:
-        """Choose ports for a new cluster (``port`` fixes the first node's client port)."""
+    def plan(
+        cls,
+        data_dir: Path,
+        *,
+        nodes: int = 1,
+        port: int | None = None,
+        secure: bool = False,
+        users: Iterable[str] = (),
+    ) -> LocalKafka:
+        """Choose ports for a new cluster (``port`` fixes the first node's client port).
+
+        ``secure``: TLS + SASL/SCRAM-SHA-512 listeners, the StandardAuthorizer, ``User:operator`` as
+        the only super user, and a SCRAM credential for the operator and each of ``users``.
+        """
         if nodes not in (1, 3):
             raise LocalKafkaError(f"a local cluster has 1 or 3 nodes, not {nodes}")
+        wanted = tuple(dict.fromkeys(u for u in users if u != OPERATOR))
+        if wanted and not secure:
+            raise LocalKafkaError("SCRAM users only exist on a secure cluster (secure=True)")
         planned = []
         for i in range(nodes):
             client = port + i if port is not None else free_port()
             planned.append(Node(node_id=i + 1, port=client, controller_port=free_port()))
-        return cls(data_dir=data_dir.resolve(), nodes=planned)
+        return cls(data_dir=data_dir.resolve(), nodes=planned, secure=secure, users=wanted)
 
 
 def new_cluster_id() -> str:
@@ -465,9 +700,11 @@ def _is_our_kafka(pid: int, data_dir: Path) -> bool:
 
 
 @contextlib.contextmanager
-def running(data_dir: Path, *, nodes: int = 1) -> Iterator[LocalKafka]:
+def running(
+    data_dir: Path, *, nodes: int = 1, secure: bool = False, users: Iterable[str] = ()
+) -> Iterator[LocalKafka]:
     """Start a local cluster for the duration of a ``with`` block."""
-    cluster = LocalKafka.plan(data_dir, nodes=nodes)
+    cluster = LocalKafka.plan(data_dir, nodes=nodes, secure=secure, users=users)
     cluster.start(timeout=float(os.environ.get("KAFKA_READY_TIMEOUT", READY_TIMEOUT_S)))
     try:
         yield cluster

@@ -3,7 +3,6 @@ per-row errors that name the line and the column but never the data."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -17,7 +16,6 @@ from pydantic import ValidationError
 
 from services import cli
 from services.importers import values
-from services.importers.command import add_commands
 from services.importers.engine import DryRun, Summary, run_import
 from services.importers.errors import FileFormatError
 from services.importers.ledger import Ledger
@@ -656,15 +654,8 @@ def test_the_progress_line_goes_in_place_on_a_terminal_and_every_n_rows_in_a_log
 
 
 @pytest.fixture
-def lianfang(monkeypatch: pytest.MonkeyPatch, domain: Any) -> Callable[..., tuple[int, str, str]]:
-    """`lianfang` with the import commands registered (as services/cli.py will), on the demo domain."""
-    registered = cli.add_bus_commands
-
-    def both(subcommands: Any, common: argparse.ArgumentParser, command: Any, group: Any) -> None:
-        registered(subcommands, common, command, group)
-        add_commands(subcommands, common, command, group)
-
-    monkeypatch.setattr(cli, "add_bus_commands", both)
+def lianfang(domain: Any) -> Callable[..., tuple[int, str, str]]:
+    """`lianfang` (services/cli.py registers the import commands) on the demo domain."""
 
     def run(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
         code = cli.main(["--home", str(domain.home), "--now", NOW.isoformat(), *argv])

@@ -1,0 +1,127 @@
+"""How a client proves who it is to Kafka and checks the broker: TLS, SASL mechanism and credentials.
+
+One frozen settings object, read from the environment, turned into keyword arguments for kafka-python
+(``KafkaProducer``, ``KafkaConsumer``, ``KafkaAdminClient``) and for aiokafka (and so faust). The
+password is a :class:`~pydantic.SecretStr`: neither the repr nor any message here shows it.
+
+Environment:
+
+- ``LIANFANG_KAFKA_SECURITY_PROTOCOL``: ``PLAINTEXT`` (default), ``SSL``, ``SASL_PLAINTEXT``, ``SASL_SSL``
+- ``LIANFANG_KAFKA_SASL_MECHANISM``: ``SCRAM-SHA-512`` (default), ``SCRAM-SHA-256`` or ``PLAIN``
+- ``LIANFANG_KAFKA_SASL_USERNAME``: the principal's name (``User:<name>`` in ACLs); a participant id
+- ``LIANFANG_KAFKA_SASL_PASSWORD``: its password
+- ``LIANFANG_KAFKA_CA_FILE``: PEM file of the CA that signed the broker certificate (default: the
+  system's trust store)
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.kernel.errors import UsageError
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
+
+
+class KafkaSecuritySettings(BaseSettings):
+    """Client-side Kafka security. Environment: ``LIANFANG_KAFKA_<NAME>`` (see the module docstring)."""
+
+    model_config = SettingsConfigDict(env_prefix="LIANFANG_KAFKA_", frozen=True, extra="ignore")
+
+    security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    sasl_mechanism: SaslMechanism = Field(default="SCRAM-SHA-512", description="used with SASL_*")
+    sasl_username: str = Field(default="", description="SASL user (the Kafka principal User:<name>)")
+    sasl_password: SecretStr = Field(default=SecretStr(""), description="SASL password (never logged)")
+    ca_file: Path | None = Field(default=None, description="PEM CA bundle; default: system trust store")
+
+    @model_validator(mode="after")
+    def _complete(self) -> KafkaSecuritySettings:
+        if self.sasl and not (self.sasl_username and self.sasl_password.get_secret_value()):
+            raise ValueError(
+                f"security protocol {self.security_protocol} needs LIANFANG_KAFKA_SASL_USERNAME and "
+                "LIANFANG_KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    @property
+    def sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def principal(self) -> str | None:
+        """The principal the broker sees (``User:<name>``) when SASL is on, else ``None``."""
+        return f"User:{self.sasl_username}" if self.sasl else None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client TLS context that verifies the broker (hostname included) against ``ca_file``."""
+        if not self.tls:
+            return None
+        if self.ca_file is not None and not self.ca_file.is_file():
+            raise UsageError(f"the Kafka CA file {self.ca_file} does not exist (LIANFANG_KAFKA_CA_FILE)")
+        context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+
+def load_security() -> KafkaSecuritySettings:
+    """The settings from the environment; an incomplete set is a :class:`UsageError` naming the fix."""
+    try:
+        return KafkaSecuritySettings()
+    except ValidationError as e:
+        problems = "; ".join(str(err["msg"]) for err in e.errors())
+        raise UsageError(f"Kafka security settings are incomplete: {problems}") from e
+
+
+def kafka_python_kwargs(settings: KafkaSecuritySettings) -> dict[str, Any]:
+    """Keyword arguments for kafka-python's ``KafkaProducer``/``KafkaConsumer``/``KafkaAdminClient``."""
+    kwargs: dict[str, Any] = {"security_protocol": settings.security_protocol}
+    if settings.tls:
+        kwargs["ssl_check_hostname"] = True
+        if settings.ca_file is not None:
+            kwargs["ssl_cafile"] = str(settings.ca_file)
+    if settings.sasl:
+        kwargs["sasl_mechanism"] = settings.sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.sasl_username
+        kwargs["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    return kwargs
+
+
+def aiokafka_kwargs(settings: KafkaSecuritySettings) -> dict[str, Any]:
+    """Keyword arguments for aiokafka's ``AIOKafkaProducer``/``AIOKafkaConsumer``/admin client."""
+    kwargs: dict[str, Any] = {"security_protocol": settings.security_protocol}
+    if settings.tls:
+        kwargs["ssl_context"] = settings.ssl_context()
+    if settings.sasl:
+        kwargs["sasl_mechanism"] = settings.sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.sasl_username
+        kwargs["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    return kwargs
+
+
+def faust_credentials(settings: KafkaSecuritySettings) -> Any:
+    """The ``broker_credentials`` of a ``faust.App`` (``None`` for PLAINTEXT)."""
+    import faust  # noqa: PLC0415 - only the faust services need it
+    from faust.types.auth import SASLMechanism  # noqa: PLC0415
+
+    if settings.sasl:
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.get_secret_value(),
+            ssl_context=settings.ssl_context(),
+            mechanism=SASLMechanism(settings.sasl_mechanism),
+        )
+    if settings.tls:
+        return faust.SSLCredentials(settings.ssl_context())
+    return None

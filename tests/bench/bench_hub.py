@@ -1,0 +1,600 @@
+"""Events/s through one hub worker, and publish → alert latency at a steady offered load.
+
+Everything runs on one fresh set of topics (``topics.apply`` under a new prefix) and a demo trust
+domain issued now (fast KDF), with one router worker (``python -m services.router``) and hub workers
+(``python -m services.hub``, no wall-clock ticks) as child processes, timed from outside.
+
+- ``hub, 1 worker`` (events/s): N ``lead.reported`` (domestic violence, each about a different
+  victim, no flag that raises an alert), published by police through the SDK before any hub runs;
+  the router delivers their triage to ``inbox.hub``. Then a hub worker is started with an app id
+  (consumer group, tables) of its own, and its ``/metrics`` is polled every ``POLL_S``: the clock
+  starts when ``lianfang_hub_events_observed_total`` first shows an event (start-up, group join,
+  table recovery and the first fetch left out) and stops when it shows all N. Rate = events observed
+  in between / seconds. Each run starts a new hub on the same inbox (it reads it from the beginning,
+  into empty tables); afterwards it must show no alert and no rejected record.
+- ``publish → alert at coordinators`` (p50/p99 ms): with the router and the last hub running and
+  caught up, police publish through an SDK ``Client`` leads that each raise a joint-meeting alert
+  (``requests_joint_meeting``, a new victim per lead) at a steady offered rate; the publication time
+  of a lead is when ``publish_lead`` returns (the record is in the SDK outbox), its arrival time when
+  a coordinators ``Client.inbox()`` loop, in a thread of this process, yields the alert about its
+  victim (the alert's subject is the victim's pseudonym). The path: SDK outbox → events → router
+  (verify, policy, transaction) → ``inbox.hub`` → hub (verify, open, rules, seal, send) → events →
+  router → ``inbox.coordinators`` → SDK (verify, open).
+- ``kafka-python produce → consume`` (baseline): the floor of that path, one hop: 1 KiB values sent
+  at the same offered rate by an idempotent ``acks=all`` producer (``linger_ms=0``) to a 1-partition
+  topic, read by a consumer in a thread of this process; latency from ``send()`` returning to
+  the consumer's ``poll`` handing the record over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.kernel import topics, trust
+from services.kernel.kafka import DURABLE_PRODUCER
+from services.kernel.keystore import KdfParams
+from services.kernel.pseudonym import pseudonymize
+from services.kernel.registry import Registry
+from tests.bench.harness import REPO_ROOT, BenchContext, BenchError, Result
+
+LEADS_FULL = 2_000
+LEADS_QUICK = 300
+THROUGHPUT_RUNS_CAP = 2  # each run starts a faust worker: ~10 s of start-up apiece
+RATE_FULL = 200  # offered leads/s in the latency case (and records/s in its baseline)
+RATE_QUICK = 50
+LOAD_SECONDS_FULL = 10
+LOAD_SECONDS_QUICK = 6
+WARMUP_ALERTS = 3  # alerts raised and awaited before the latency window: the whole path is warm
+BASELINE_VALUE_BYTES = 1024
+TOWN = "renhe"
+
+POLL_S = 0.05
+START_DEADLINE_S = 120.0  # process start, group join, table recovery, first fetch
+DRAIN_DEADLINE_S = 120.0
+ALERT_DEADLINE_S = 30.0  # after the last publication, for the alerts still on their way
+STOP_TIMEOUT_S = 20.0
+CLIENT_ID = "lianfang-bench"
+MS = 1000.0
+
+
+# --------------------------------------------------------------------------- processes and metrics
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Worker:
+    """A Lianfang service in a child process of its own session, its output in a log file, /metrics on a port."""
+
+    def __init__(self, what: str, module: str, env: dict[str, str], log: Path) -> None:
+        self.what = what
+        self.log = log
+        self.port = _free_port()
+        env = {k: v.replace("{port}", str(self.port)) for k, v in env.items()}
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", module],
+                cwd=REPO_ROOT,
+                env={**os.environ, **env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def tail(self, lines: int = 20) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise BenchError(f"{self.what} exited with code {self.proc.returncode}:\n{self.tail()}")
+
+    def metrics(self) -> dict[str, float] | None:
+        """Every series of its /metrics, or None while it is not serving them."""
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2).read().decode()
+        except OSError:
+            return None
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                series, _, value = line.rpartition(" ")
+                values[series] = float(value)
+        return values
+
+    def total(self, name: str) -> float | None:
+        """The sum of every labelled series of one counter (0 before any), or None without /metrics."""
+        values = self.metrics()
+        if values is None:
+            return None
+        return sum(v for s, v in values.items() if s == name or s.startswith(name + "{"))
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far (Linux /proc; 0 elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL to its process group if it has not exited within STOP_TIMEOUT_S."""
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+
+
+def _wait_for(condition: Callable[[], Any], timeout: float, what: str, workers: list[Worker]) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        for w in workers:
+            w.check_alive()
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"--- {w.what}:\n{w.tail()}" for w in workers)
+            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
+        time.sleep(POLL_S)  # poll interval inside a deadline loop
+
+
+# --------------------------------------------------------------------------- the bus
+
+
+@dataclass
+class Bus:
+    """One run's topics (under a prefix), trust domain and working folder."""
+
+    bootstrap: str
+    prefix: str
+    home: Path
+    domain: trust.TrustDomain
+    registry: Registry
+    tmp: Path
+    workers: list[Worker] = field(default_factory=list)
+    clients: int = 0
+
+    @property
+    def names(self) -> topics.TopicNames:
+        return topics.TopicNames(self.prefix)
+
+    def client(self, participant: str, *, start: bool = True) -> Any:
+        from services.sdk.client import Client
+
+        self.clients += 1
+        return Client(
+            keystore=self.domain.keystore(participant),
+            registry=self.registry,
+            bootstrap=self.bootstrap,
+            outbox_path=self.tmp / f"{participant}-{self.clients}.sqlite",
+            topic_prefix=self.prefix,
+            start=start,
+        )
+
+    def start(self, what: str, module: str, env: dict[str, str]) -> Worker:
+        log = self.tmp / f"{what.replace(' ', '-')}.log"
+        worker = Worker(
+            what, module, {"LIANFANG_BOOTSTRAP": self.bootstrap, "LIANFANG_HOME": str(self.home), **env}, log
+        )
+        self.workers.append(worker)
+        return worker
+
+    def router(self) -> Worker:
+        return self.start(
+            "the router",
+            "services.router",
+            {
+                "LIANFANG_ROUTER_TOPIC_PREFIX": self.prefix,
+                "LIANFANG_ROUTER_GROUP_ID": f"{self.prefix}router",
+                "LIANFANG_ROUTER_METRICS_PORT": "{port}",
+            },
+        )
+
+    def hub(self, run: int) -> Worker:
+        return self.start(
+            f"hub {run}",
+            "services.hub",
+            {
+                "LIANFANG_HUB_TOPIC_PREFIX": self.prefix,
+                "LIANFANG_HUB_APP_ID": f"{self.prefix}hub-{run}",
+                "LIANFANG_HUB_DATA_DIR": str(self.tmp / f"hub-{run}"),
+                "LIANFANG_HUB_TICK_INTERVAL_S": "0",
+                "LIANFANG_HUB_METRICS_PORT": "{port}",
+            },
+        )
+
+    def delete_topics(self) -> None:
+        """Best effort: every topic under the prefix (the hubs' changelogs included)."""
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        with contextlib.suppress(KafkaError, OSError):
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=CLIENT_ID)
+            try:
+                mine = [t for t in admin.list_topics() if t.startswith(self.prefix)]
+                if mine:
+                    admin.delete_topics(mine)
+            finally:
+                admin.close()
+
+
+def _lead(phone: str, *, joint_meeting: bool) -> dict[str, Any]:
+    return {
+        "category": "domestic_violence",
+        "channel": "police_call",
+        "town": TOWN,
+        "victim": {"name": "周某某", "phone": phone, "is_minor": False},
+        "minor": False,
+        "risk_indicators": [],
+        "narrative": "家庭纠纷，邻居报警。",
+        "requests_joint_meeting": joint_meeting,
+    }
+
+
+# --------------------------------------------------------------------------- throughput
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    events: int
+    seconds: float
+    cpu_seconds: float
+
+
+def _prefill(ctx: BenchContext, bus: Bus, n: int) -> Worker:
+    """N leads published by police, then the router started: returns once it has routed them all."""
+    police = bus.client("police", start=False)  # sealed into the outbox first, sent afterwards
+    try:
+        ctx.progress(f"publishing {n:,} leads …")
+        start = time.perf_counter()
+        for i in range(n):
+            police.publish_lead(_lead(f"135{i:08d}", joint_meeting=False))
+        ctx.progress(f"sealed {n:,} leads into the SDK outbox in {time.perf_counter() - start:.1f} s")
+        police.drainer.start()
+        router = bus.router()
+        if not police.flush(120):
+            raise BenchError(f"the SDK outbox did not drain: {police.drainer.last_error}")
+    finally:
+        police.close()
+    _wait_for(
+        lambda: (router.total("lianfang_router_events_routed_total") or 0) >= n,
+        START_DEADLINE_S + DRAIN_DEADLINE_S,
+        f"the router to route {n} leads",
+        [router],
+    )
+    dead = router.total("lianfang_router_deadletters_total") or 0
+    if dead:
+        raise BenchError(f"the router dead-lettered {dead:.0f} of the {n} leads:\n{router.tail()}")
+    return router
+
+
+def _hub_run(bus: Bus, run: int, n: int, router: Worker) -> tuple[Worker, Drain]:
+    """Start hub ``run`` on the filled inbox; time it from its first observed event to all N."""
+    hub = bus.hub(run)
+    observed = "lianfang_hub_events_observed_total"
+    first: tuple[float, float, float] | None = None
+    deadline = time.monotonic() + START_DEADLINE_S
+    while True:
+        seen = hub.total(observed)
+        at = time.perf_counter()
+        if first is None and seen:
+            first = (seen, at, hub.cpu_seconds())
+            deadline = time.monotonic() + DRAIN_DEADLINE_S
+        if seen is not None and seen >= n:
+            break
+        hub.check_alive()
+        router.check_alive()
+        if time.monotonic() > deadline:
+            stage = "its first event" if first is None else f"all {n} events ({seen:.0f} observed)"
+            raise BenchError(f"{hub.what} did not reach {stage} in time:\n{hub.tail()}")
+        time.sleep(POLL_S)  # poll interval inside a deadline loop
+    cpu = hub.cpu_seconds()
+    if first is None or first[0] >= n:
+        raise BenchError(f"{hub.what} observed all {n} events before the first poll saw one")
+    alerts = hub.total("lianfang_hub_alerts_total") or 0
+    rejected = hub.total("lianfang_hub_events_rejected_total") or 0
+    if seen != n or alerts or rejected:
+        raise BenchError(
+            f"{hub.what}: {seen:.0f} observed of {n}, {alerts:.0f} alerts, {rejected:.0f} rejected"
+        )
+    return hub, Drain(int(n - first[0]), at - first[1], cpu - first[2])
+
+
+# --------------------------------------------------------------------------- latency
+
+
+def _paced(n: int, rate: float, send: Callable[[int], None]) -> tuple[list[float], float]:
+    """Call ``send(i)`` at ``rate`` per second (at once when behind); return when each call returned,
+    and the achieved rate (n over the time from the first scheduled send to the last return)."""
+    done: list[float] = []
+    t0 = time.perf_counter()
+    for i in range(n):
+        wait = t0 + i / rate - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        send(i)
+        done.append(time.perf_counter())
+    return done, n / (done[-1] - t0)
+
+
+def _percentiles(latencies_s: list[float]) -> tuple[float, float]:
+    if len(latencies_s) < 2:
+        raise BenchError(f"only {len(latencies_s)} latency samples")
+    cuts = statistics.quantiles(latencies_s, n=100, method="inclusive")
+    return cuts[49] * MS, cuts[98] * MS
+
+
+class AlertReader(threading.Thread):
+    """The coordinators' SDK inbox, read in a loop: when each victim's first alert arrived."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(name="bench-coordinators", daemon=True)
+        self.client = client
+        self.arrived: dict[str, float] = {}
+        self.halt = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.halt.is_set():
+                for opened in self.client.inbox(timeout=0.2):
+                    at = time.perf_counter()
+                    if opened.header.type == "joint_meeting.alert":
+                        self.arrived.setdefault(opened.header.subject, at)
+                    if self.halt.is_set():
+                        break
+        except BaseException as e:  # reported by the main thread
+            self.error = e
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise BenchError(f"the coordinators' inbox reader failed: {self.error!r}")
+        if not self.is_alive():
+            raise BenchError("the coordinators' inbox reader stopped")
+
+    def wait_for(self, subjects: list[str], timeout: float, workers: list[Worker]) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(s in self.arrived for s in subjects) and time.monotonic() < deadline:
+            self.check()
+            for w in workers:
+                w.check_alive()
+            time.sleep(POLL_S)  # poll interval inside a deadline loop
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    sent: int
+    received: int
+    offered: float  # achieved offered rate, per second
+    delivered: float  # received per second, from the first publication to the last arrival
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+def _hub_latency(
+    bus: Bus, reader: AlertReader, workers: list[Worker], rate: float, seconds: float
+) -> Latency:
+    police = bus.client("police")
+    try:
+        key = police.pseudonym_key
+        warm = [f"1360000{i:04d}" for i in range(WARMUP_ALERTS)]
+        for phone in warm:
+            police.publish_lead(_lead(phone, joint_meeting=True))
+        reader.wait_for([pseudonymize(key, phone=p) for p in warm], START_DEADLINE_S, workers)
+        if not all(pseudonymize(key, phone=p) in reader.arrived for p in warm):
+            tails = "\n".join(f"--- {w.what}:\n{w.tail()}" for w in workers)
+            raise BenchError(f"the warm-up alerts did not reach the coordinators\n{tails}")
+
+        n = round(rate * seconds)
+        phones = [f"137{i:08d}" for i in range(n)]
+        subjects = [pseudonymize(key, phone=p) for p in phones]
+        done, offered = _paced(n, rate, lambda i: police.publish_lead(_lead(phones[i], joint_meeting=True)))
+        reader.wait_for(subjects, ALERT_DEADLINE_S, workers)
+    finally:
+        police.close()
+    arrived = dict(reader.arrived)
+    latencies = [arrived[s] - t for s, t in zip(subjects, done, strict=True) if s in arrived]
+    p50, p99 = _percentiles(latencies)
+    span = max(arrived[s] for s in subjects if s in arrived) - (done[0] - 1 / offered)
+    return Latency(n, len(latencies), offered, len(latencies) / span, p50, p99, max(latencies) * MS)
+
+
+def _raw_latency(ctx: BenchContext, rate: float, seconds: float) -> Latency:
+    """kafka-python produce → consume round trips of 1 KiB values at ``rate``, one partition."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    topic = ctx.create_topic("roundtrip")
+    tp = TopicPartition(topic, 0)
+    consumer = KafkaConsumer(bootstrap_servers=ctx.bootstrap, client_id=CLIENT_ID, enable_auto_commit=False)
+    producer = KafkaProducer(
+        bootstrap_servers=ctx.bootstrap, client_id=CLIENT_ID, linger_ms=0, **DURABLE_PRODUCER
+    )
+    arrived: dict[int, float] = {}
+    halt = threading.Event()
+    try:
+        consumer.assign([tp])
+        consumer.seek_to_end(tp)
+        consumer.position(tp)
+
+        def consume() -> None:
+            while not halt.is_set():
+                for records in consumer.poll(timeout_ms=100).values():
+                    at = time.perf_counter()
+                    for r in records:
+                        arrived.setdefault(struct.unpack_from(">q", r.value)[0], at)
+
+        reader = threading.Thread(target=consume, name="bench-raw-consumer", daemon=True)
+        reader.start()
+        pad = b"x" * (BASELINE_VALUE_BYTES - 8)
+
+        def send(i: int) -> None:
+            producer.send(topic, struct.pack(">q", i) + pad)
+
+        _paced(WARMUP_ALERTS * 10, rate, lambda i: send(-1 - i))  # connect, first fetches
+        producer.flush(30)
+        n = round(rate * seconds)
+        done, offered = _paced(n, rate, send)
+        producer.flush(30)
+        deadline = time.monotonic() + ALERT_DEADLINE_S
+        while sum(1 for i in range(n) if i in arrived) < n and time.monotonic() < deadline:
+            time.sleep(POLL_S)  # poll interval inside a deadline loop
+        halt.set()
+        reader.join(5)
+    finally:
+        halt.set()
+        producer.close(timeout=5)
+        consumer.close()
+    latencies = [arrived[i] - t for i, t in enumerate(done) if i in arrived]
+    p50, p99 = _percentiles(latencies)
+    span = max(arrived[i] for i in range(n) if i in arrived) - (done[0] - 1 / offered)
+    return Latency(n, len(latencies), offered, len(latencies) / span, p50, p99, max(latencies) * MS)
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def run(ctx: BenchContext) -> list[Result]:
+    n = ctx.scale(LEADS_FULL, LEADS_QUICK)
+    runs = min(ctx.runs, ctx.scale(THROUGHPUT_RUNS_CAP, 1))
+    rate = float(ctx.scale(RATE_FULL, RATE_QUICK))
+    seconds = float(ctx.scale(LOAD_SECONDS_FULL, LOAD_SECONDS_QUICK))
+    bootstrap = ctx.bootstrap
+    tmp = Path(tempfile.mkdtemp(prefix="lianfang-bench-hub-"))
+    now = dt.datetime.now(dt.UTC)
+    domain = trust.init_domain(tmp / "home", now=now, kdf=KdfParams.for_tests())
+    registry = domain.registry(now)
+    bus = Bus(bootstrap, ctx.unique("run") + "-", tmp / "home", domain, registry, tmp)
+    reader: AlertReader | None = None
+    results: list[Result] = []
+    try:
+        ctx.progress(f"creating the topics under {bus.prefix} …")
+        topics.apply(bootstrap, registry.participant_ids(), prefix=bus.prefix)
+        reader = AlertReader(bus.client("coordinators"))
+        reader.start()
+        router = _prefill(ctx, bus, n)
+
+        drains: list[Drain] = []
+        hub: Worker | None = None
+        for i in range(1, runs + 1):
+            if hub is not None:
+                hub.stop()
+            ctx.progress(f"hub run {i}/{runs}: a new hub on the {n:,} leads in its inbox …")
+            hub, drain = _hub_run(bus, i, n, router)
+            drains.append(drain)
+            ctx.progress(f"hub run {i}/{runs}: {drain.events} events in {drain.seconds:.3f} s")
+        assert hub is not None
+        rates = [d.events / d.seconds for d in drains]
+        cpu = statistics.median(d.cpu_seconds / d.seconds for d in drains)
+        results.append(
+            ctx.result(
+                "hub, 1 worker",
+                "events/s",
+                rates,
+                notes=(
+                    f"{n:,} lead.reported (DV, distinct victims, no alert flag) routed to inbox.hub before "
+                    "the hub starts; a new hub (own app id, empty tables) per run, timed from the first "
+                    f"to the last observed event on its /metrics (polled every {POLL_S * MS:.0f} ms); "
+                    f"hub CPU {100 * cpu:.0f} % of one core, {1e6 * cpu / statistics.median(rates):.0f} µs/event"
+                ),
+            )
+        )
+
+        # The baseline first, while the router and the hub are caught up and idle: after the hub's
+        # latency case they may still be working off a backlog, which would slow the broker's floor.
+        ctx.progress(f"latency baseline: {rate:.0f} × 1 KiB/s for {seconds:.0f} s …")
+        raw = _raw_latency(ctx, rate, seconds)
+        ctx.progress(f"latency: {rate:.0f} alert-raising leads/s for {seconds:.0f} s …")
+        before = hub.metrics() or {}
+        hub_lat = _hub_latency(bus, reader, [router, hub], rate, seconds)
+        after = hub.metrics() or {}
+
+        case = "publish → alert at coordinators"
+        notes = (
+            f"police SDK publish_lead (requests_joint_meeting, a new victim each) at {rate:.0f}/s offered for "
+            f"{seconds:.0f} s, achieved {hub_lat.offered:.0f}/s; {hub_lat.received}/{hub_lat.sent} alerts "
+            f"received within {ALERT_DEADLINE_S:.0f} s; max {hub_lat.max_ms:.0f} ms; from publish_lead "
+            "returning to the coordinators' Client.inbox() yielding the alert; one window, after "
+            f"{WARMUP_ALERTS} warm-up alerts"
+        )
+        results.append(ctx.result(case, "p50 ms", [hub_lat.p50_ms], notes=notes))
+        results.append(ctx.result(case, "p99 ms", [hub_lat.p99_ms], notes=notes))
+        results.append(
+            ctx.result(case, "% alerts received", [100 * hub_lat.received / hub_lat.sent], notes=notes)
+        )
+        base_case = "kafka-python produce → consume, 1 KiB"
+        base_notes = (
+            f"one hop on the same broker at {rate:.0f}/s offered, achieved {raw.offered:.0f}/s; "
+            f"{raw.received}/{raw.sent} received; max {raw.max_ms:.1f} ms; acks=all idempotent producer, "
+            "linger_ms=0, 1 partition; consumer thread in this process; run just before the hub's case, "
+            "with the router and hub idle"
+        )
+        results.append(ctx.result(base_case, "p50 ms", [raw.p50_ms], baseline=True, notes=base_notes))
+        results.append(ctx.result(base_case, "p99 ms", [raw.p99_ms], baseline=True, notes=base_notes))
+
+        ctx.note(
+            f"latency / raw round trip: p50 {hub_lat.p50_ms / raw.p50_ms:.0f}×, p99 {hub_lat.p99_ms / raw.p99_ms:.0f}× "
+            "(the hub's path is 3 Kafka hops, 2 of them through the router's transactions)"
+        )
+        count = "lianfang_hub_event_to_alert_seconds_count"
+        total = "lianfang_hub_event_to_alert_seconds_sum"
+        alerts = after.get(count, 0.0) - before.get(count, 0.0)
+        if alerts:
+            mean = (after.get(total, 0.0) - before.get(total, 0.0)) / alerts * MS
+            ctx.note(
+                f"the hub's own histogram over the window: {alerts:.0f} alerts, mean {mean:.0f} ms from the "
+                "lead's time (set in publish) to the alert acknowledged on the events topic"
+            )
+        leads = 'lianfang_hub_events_observed_total{type="lead.reported"}'
+        hub_leads = after.get(leads, 0.0) - before.get(leads, 0.0)
+        ctx.note(
+            f"alerts reached the coordinators at {hub_lat.delivered:.0f}/s on average (first publication to "
+            f"last arrival); when the wait ended the hub had observed {hub_leads:.0f} of the "
+            f"{hub_lat.sent + WARMUP_ALERTS} leads of the latency case"
+        )
+        if hub_lat.received < hub_lat.sent:
+            ctx.note(
+                f"{hub_lat.sent - hub_lat.received} alerts had not arrived {ALERT_DEADLINE_S:.0f} s after the "
+                "last publication: p50/p99 are over the alerts received only (censored, so optimistic)"
+            )
+        if hub_lat.offered < 0.95 * rate:
+            ctx.note(
+                f"the offered load fell short: {hub_lat.offered:.0f} leads/s achieved of {rate:.0f}/s asked"
+            )
+        return results
+    finally:
+        if reader is not None:
+            reader.halt.set()
+            reader.join(10)
+            if not reader.is_alive():
+                reader.client.close()
+        for worker in reversed(bus.workers):
+            worker.stop()
+        bus.delete_topics()
+        shutil.rmtree(tmp, ignore_errors=True)

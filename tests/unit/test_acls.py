@@ -1,0 +1,103 @@
+"""ACLs generated from the registry: each participant reads only its own inbox; only the router writes any."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.kernel import acls, district
+from services.kernel.acls import allows, generate
+from services.kernel.topics import TopicNames, inbox
+
+pytestmark = pytest.mark.unit
+
+PARTICIPANTS = [pid for pid, _zh, _en in district.participants()]
+RULES = generate(PARTICIPANTS)
+EVERYONE = [*PARTICIPANTS, "router", "stranger"]
+
+
+def test_education_cannot_read_the_police_inbox() -> None:
+    assert not allows(RULES, "User:education", "READ", "TOPIC", inbox("police"))
+    assert not allows(RULES, "User:education", "DESCRIBE", "TOPIC", inbox("police"))
+    assert not allows(RULES, "User:education", "READ", "GROUP", "lianfang-inbox-police")
+
+
+@pytest.mark.parametrize("participant", PARTICIPANTS)
+def test_a_participant_reads_its_own_inbox_with_its_own_group_and_writes_events(participant: str) -> None:
+    me = f"User:{participant}"
+    assert allows(RULES, me, "READ", "TOPIC", inbox(participant))
+    assert allows(RULES, me, "READ", "GROUP", f"lianfang-inbox-{participant}")
+    assert allows(RULES, me, "READ", "GROUP", f"lianfang-inbox-{participant}.console")
+    assert allows(RULES, me, "WRITE", "TOPIC", "lianfang.events.v1")
+    assert not allows(RULES, me, "READ", "TOPIC", "lianfang.events.v1")
+
+
+@pytest.mark.parametrize("principal", EVERYONE)
+def test_nobody_but_the_router_writes_an_inbox(principal: str) -> None:
+    writes = [p for p in PARTICIPANTS if allows(RULES, f"User:{principal}", "WRITE", "TOPIC", inbox(p))]
+    assert writes == (PARTICIPANTS if principal == "router" else [])
+
+
+@pytest.mark.parametrize("principal", EVERYONE)
+def test_nobody_reads_an_inbox_that_is_not_their_own(principal: str) -> None:
+    reads = [p for p in PARTICIPANTS if allows(RULES, f"User:{principal}", "READ", "TOPIC", inbox(p))]
+    assert reads == ([principal] if principal in PARTICIPANTS else [])
+
+
+def test_a_participant_cannot_use_another_participants_group_even_by_prefix() -> None:
+    # "mediation.li" would be a prefix of "mediation.liqiao" and "mediation.lisui": groups end in a dot.
+    rules = generate(["mediation.li", "mediation.liqiao"])
+    assert not allows(rules, "User:mediation.li", "READ", "GROUP", "lianfang-inbox-mediation.liqiao")
+    assert not allows(rules, "User:mediation.li", "READ", "TOPIC", inbox("mediation.liqiao"))
+
+
+def test_the_router_reads_events_and_writes_dead_letters_and_its_own_transactions() -> None:
+    r = "User:router"
+    assert allows(RULES, r, "READ", "TOPIC", "lianfang.events.v1")
+    assert allows(RULES, r, "READ", "GROUP", "lianfang-router")
+    assert allows(RULES, r, "WRITE", "TOPIC", "lianfang.deadletter.v1")
+    assert allows(RULES, r, "WRITE", "TOPIC", "lianfang.router.replay.v1")
+    assert allows(RULES, r, "WRITE", "TRANSACTIONAL_ID", "lianfang-router.lianfang.events.v1.3")
+    assert not allows(RULES, r, "READ", "TOPIC", inbox("police"))
+    assert not allows(RULES, r, "WRITE", "TOPIC", "lianfang.events.v1")
+
+
+def test_the_hub_reads_its_inbox_writes_events_and_owns_its_faust_topics() -> None:
+    h = "User:hub"
+    assert allows(RULES, h, "READ", "TOPIC", inbox("hub"))
+    assert allows(RULES, h, "WRITE", "TOPIC", "lianfang.events.v1")
+    assert allows(RULES, h, "CREATE", "TOPIC", "lianfang-hub-victims-changelog")
+    assert allows(RULES, h, "READ", "GROUP", "lianfang-hub")
+    assert allows(RULES, h, "WRITE", "TOPIC", "lianfang.hub.clock.v1")
+    assert not allows(RULES, h, "READ", "TOPIC", inbox("coordinators"))
+    assert not any(r.principal != h and r.name.startswith("lianfang-hub") for r in RULES)
+
+
+def test_only_the_router_and_participants_have_rules_and_nobody_has_cluster_rights() -> None:
+    assert {r.principal for r in RULES} == {f"User:{p}" for p in [*PARTICIPANTS, "router"]}
+    assert not [r for r in RULES if r.resource == "CLUSTER"]
+    assert "User:operator" not in {r.principal for r in RULES}
+
+
+def test_a_topic_prefix_moves_every_rule_into_its_namespace() -> None:
+    names = TopicNames("t-1.")
+    rules = generate(["police", "hub"], names)
+    assert allows(rules, "User:police", "READ", "TOPIC", "t-1." + inbox("police"))
+    assert allows(rules, "User:router", "WRITE", "TOPIC", "t-1." + inbox("police"))
+    assert not allows(rules, "User:router", "WRITE", "TOPIC", inbox("police"))
+    assert allows(rules, "User:police", "READ", "GROUP", "t-1.lianfang-inbox-police")
+
+
+def test_the_router_cannot_also_be_a_participant() -> None:
+    with pytest.raises(ValueError, match="router"):
+        generate(["police", "router"])
+
+
+def test_rules_become_kafka_python_acls() -> None:
+    from kafka.admin import ACLOperation, ACLResourcePatternType, ResourceType
+
+    rule = next(r for r in RULES if r.pattern == "PREFIXED" and r.resource == "TOPIC")
+    acl = acls.to_kafka_python(rule)
+    assert acl.principal == rule.principal
+    assert acl.operation == ACLOperation[rule.operation]
+    assert acl.resource_pattern.resource_type == ResourceType.TOPIC
+    assert acl.resource_pattern.pattern_type == ACLResourcePatternType.PREFIXED

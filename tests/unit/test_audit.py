@@ -1,0 +1,241 @@
+"""The audit trail: each edit, removal or reordering is caught at the entry where it happened."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.kernel import audit, crypto
+from services.kernel.audit import AuditEntry, AuditError, AuditTrail, Checkpoint, next_entry, verify
+from services.kernel.audit_command import add_commands
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+SUBJECT = "p0." + "Q" * 43
+
+
+def chain(n: int, actor: str = "police") -> list[AuditEntry]:
+    entries: list[AuditEntry] = []
+    head = None
+    for i in range(n):
+        head = next_entry(
+            head,
+            actor=actor,
+            action="open_section",
+            at=T0 + timedelta(minutes=i),
+            subject=SUBJECT,
+            object=f"0190f2a0-0000-7000-8000-{i:012d}",
+        )
+        entries.append(head)
+    return entries
+
+
+def test_an_untouched_chain_verifies() -> None:
+    result = verify(chain(5))
+    assert result.ok, result
+    assert (result.entries, result.head_seq) == (5, 4)
+
+
+@pytest.mark.parametrize("at", [0, 3, 6])
+def test_an_edited_entry_is_caught_at_that_entry(at: int) -> None:
+    entries = chain(7)
+    entries[at] = dataclasses.replace(entries[at], action="route")
+    result = verify(entries)
+    assert not result.ok
+    assert result.bad_seq == at
+    assert "edited" in (result.problem or "")
+
+
+@pytest.mark.parametrize("at", [1, 4])
+def test_an_entry_rewritten_with_a_fresh_hash_is_caught_by_the_next_entry(at: int) -> None:
+    entries = chain(6)
+    edited = dataclasses.replace(entries[at], object="0190f2a0-0000-7000-8000-999999999999")
+    entries[at] = dataclasses.replace(edited, hash=edited.computed_hash())
+    result = verify(entries)
+    assert (result.ok, result.bad_seq) == (False, at)
+    assert "rewritten" in (result.problem or "")
+
+
+@pytest.mark.parametrize("at", [0, 2, 5])
+def test_a_removed_entry_is_caught_at_its_seq(at: int) -> None:
+    entries = chain(7)
+    del entries[at]
+    result = verify(entries)
+    assert (result.ok, result.bad_seq) == (False, at)
+    assert "missing" in (result.problem or "")
+
+
+@pytest.mark.parametrize("at", [0, 3, 5])
+def test_two_swapped_entries_are_caught_at_the_first_of_them(at: int) -> None:
+    entries = chain(7)
+    entries[at], entries[at + 1] = entries[at + 1], entries[at]
+    result = verify(entries)
+    assert (result.ok, result.bad_seq) == (False, at)
+    assert "out of order" in (result.problem or "")
+
+
+def test_an_entry_moved_to_the_end_is_caught_where_it_was_taken_from() -> None:
+    entries = chain(6)
+    entries.append(entries.pop(2))
+    assert verify(entries).bad_seq == 2
+
+
+def test_a_duplicated_entry_is_caught() -> None:
+    entries = chain(4)
+    entries.insert(2, entries[1])
+    result = verify(entries)
+    assert (result.ok, result.bad_seq) == (False, 2)
+
+
+def test_a_cut_off_tail_is_caught_by_the_signed_checkpoint() -> None:
+    key = Ed25519PrivateKey.generate()
+    entries = chain(5)
+    cp = Checkpoint.sign(entries[-1], key, "k1", at=T0 + timedelta(hours=1))
+    keys = _keys(key)
+    assert verify(entries, [cp], keys=keys).checkpoints_verified == 1
+    result = verify(entries[:3], [cp], keys=keys)
+    assert (result.ok, result.bad_seq) == (False, 3)
+    assert "missing" in (result.problem or "")
+
+
+def test_a_wholly_rewritten_chain_is_caught_by_the_signed_checkpoint() -> None:
+    key = Ed25519PrivateKey.generate()
+    entries = chain(4)
+    cp = Checkpoint.sign(entries[-1], key, "k1", at=T0 + timedelta(hours=1))
+    forged = _relink(chain(4))  # same length, other content: every link holds, every hash differs
+    assert verify(forged).ok
+    result = verify(forged, [cp], keys=_keys(key))
+    assert not result.ok
+    assert "differs from the signed checkpoint" in (result.problem or "")
+
+
+def test_a_checkpoint_signed_by_another_key_is_refused() -> None:
+    entries = chain(2)
+    cp = Checkpoint.sign(entries[-1], Ed25519PrivateKey.generate(), "k1", at=T0)
+    result = verify(entries, [cp], keys=_keys(Ed25519PrivateKey.generate()))
+    assert not result.ok
+    assert "does not verify" in (result.problem or "")
+
+
+def test_personal_data_is_refused_in_subject_and_object() -> None:
+    for bad in ("13800138000", "11010519491231002X", "王小红", "Wang Xiaohong"):
+        with pytest.raises(AuditError):
+            next_entry(None, actor="police", action="publish", at=T0, subject=bad)
+        with pytest.raises(AuditError):
+            next_entry(None, actor="police", action="publish", at=T0, object=bad)
+
+
+def test_the_trail_file_resumes_and_refuses_a_tampered_file(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    published: list[tuple[bytes, bytes]] = []
+    trail = AuditTrail("police", path=path, publish=lambda k, v: published.append((k, v)), clock=lambda: T0)
+    trail.append("publish", subject=SUBJECT)
+    trail.append("open_section", object="0190f2a0-0000-7000-8000-000000000001")
+    key = Ed25519PrivateKey.generate()
+    trail.checkpoint(key, "k1")
+    again = AuditTrail("police", path=path, clock=lambda: T0)
+    assert again.append("console_view").seq == 2
+    results = audit.verify_lines(audit.read_file(path), keys=_keys(key), require_checkpoint=True)
+    assert [r.ok for r in results] == [True]
+    assert [k for k, _ in published] == [b"police"] * 3
+    lines = path.read_bytes().splitlines()
+    body = json.loads(lines[0])
+    body["subject"] = None
+    path.write_bytes(b"\n".join([crypto.compact_json(body), *lines[1:]]) + b"\n")
+    with pytest.raises(AuditError, match="seq 0"):
+        AuditTrail("police", path=path)
+
+
+def test_audit_verify_command_names_the_first_bad_entry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b"".join(e.to_line() + b"\n" for e in chain(5)))
+    parser = _parser()
+    args = parser.parse_args(["audit", "verify", str(path), "--home", str(tmp_path / "none")])
+    assert args.func(args) == 0
+    lines = path.read_bytes().splitlines()
+    edited = json.loads(lines[3])
+    edited["action"] = "route"
+    lines[3] = crypto.compact_json(edited)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    args = parser.parse_args(["audit", "verify", str(path), "--home", str(tmp_path / "none")])
+    assert args.func(args) == 1
+    assert "first bad entry: seq 3 of police" in capsys.readouterr().err
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(audit.ACTIONS),
+            st.one_of(st.none(), st.from_regex(r"p0\.[A-Za-z0-9_-]{43}", fullmatch=True)),
+            st.one_of(st.none(), st.uuids().map(str)),
+            st.integers(min_value=0, max_value=10**9),
+        ),
+        max_size=20,
+    )
+)
+def test_any_chain_round_trips_through_its_lines_and_verifies(
+    steps: list[tuple[audit.Action, str | None, str | None, int]],
+) -> None:
+    head = None
+    entries = []
+    for action, subject, obj, seconds in steps:
+        head = next_entry(
+            head, actor="hub", action=action, at=T0 + timedelta(seconds=seconds), subject=subject, object=obj
+        )
+        entries.append(head)
+    parsed = [audit.parse_line(e.to_line()) for e in entries]
+    assert parsed == entries
+    results = audit.verify_lines([e.to_line() for e in entries])
+    assert all(r.ok for r in results)
+    assert sum(r.entries for r in results) == len(entries)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _keys(key: Ed25519PrivateKey) -> audit.KeyLookup:
+    public = crypto.ed25519_public_raw(key)
+    return lambda _actor, _kid, _at: public
+
+
+def _relink(entries: list[AuditEntry]) -> list[AuditEntry]:
+    out: list[AuditEntry] = []
+    for entry in entries:
+        head = out[-1] if out else None
+        out.append(
+            next_entry(
+                head, actor=entry.actor, action="route", at=T0 + timedelta(days=1), subject=entry.subject
+            )
+        )
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The audit commands on a bare parser, registered as services/cli.py registers its groups."""
+    parser = argparse.ArgumentParser(prog="lianfang")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", type=Path, default=argparse.SUPPRESS)
+    subcommands = parser.add_subparsers(dest="command", required=True)
+
+    def command(sub: Any, name: str, func: Any, parent: argparse.ArgumentParser, help: str) -> Any:
+        p = sub.add_parser(name, help=help, parents=[parent])
+        p.set_defaults(func=func)
+        return p
+
+    def group(sub: Any, name: str, help: str) -> Any:
+        return sub.add_parser(name, help=help).add_subparsers(dest=f"{name}_command", required=True)
+
+    add_commands(subcommands, common, command, group)
+    return parser

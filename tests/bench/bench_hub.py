@@ -59,6 +59,8 @@ LEADS_QUICK = 300
 THROUGHPUT_RUNS_CAP = 2  # each run starts a faust worker: ~10 s of start-up apiece
 RATE_FULL = 200  # offered leads/s in the latency case (and records/s in its baseline)
 RATE_QUICK = 50
+SUSTAINED_FULL = 20  # leads/s this 2-CPU machine sustains through SDK, router and hub end to end
+SUSTAINED_QUICK = 10
 LOAD_SECONDS_FULL = 10
 LOAD_SECONDS_QUICK = 6
 WARMUP_ALERTS = 3  # alerts raised and awaited before the latency window: the whole path is warm
@@ -530,24 +532,6 @@ def run(ctx: BenchContext) -> list[Result]:
         # latency case they may still be working off a backlog, which would slow the broker's floor.
         ctx.progress(f"latency baseline: {rate:.0f} × 1 KiB/s for {seconds:.0f} s …")
         raw = _raw_latency(ctx, rate, seconds)
-        ctx.progress(f"latency: {rate:.0f} alert-raising leads/s for {seconds:.0f} s …")
-        before = hub.metrics() or {}
-        hub_lat = _hub_latency(bus, reader, [router, hub], rate, seconds)
-        after = hub.metrics() or {}
-
-        case = "publish → alert at coordinators"
-        notes = (
-            f"police SDK publish_lead (requests_joint_meeting, a new victim each) at {rate:.0f}/s offered for "
-            f"{seconds:.0f} s, achieved {hub_lat.offered:.0f}/s; {hub_lat.received}/{hub_lat.sent} alerts "
-            f"received within {ALERT_DEADLINE_S:.0f} s; max {hub_lat.max_ms:.0f} ms; from publish_lead "
-            "returning to the coordinators' Client.inbox() yielding the alert; one window, after "
-            f"{WARMUP_ALERTS} warm-up alerts"
-        )
-        results.append(ctx.result(case, "p50 ms", [hub_lat.p50_ms], notes=notes))
-        results.append(ctx.result(case, "p99 ms", [hub_lat.p99_ms], notes=notes))
-        results.append(
-            ctx.result(case, "% alerts received", [100 * hub_lat.received / hub_lat.sent], notes=notes)
-        )
         base_case = "kafka-python produce → consume, 1 KiB"
         base_notes = (
             f"one hop on the same broker at {rate:.0f}/s offered, achieved {raw.offered:.0f}/s; "
@@ -558,35 +542,59 @@ def run(ctx: BenchContext) -> list[Result]:
         results.append(ctx.result(base_case, "p50 ms", [raw.p50_ms], baseline=True, notes=base_notes))
         results.append(ctx.result(base_case, "p99 ms", [raw.p99_ms], baseline=True, notes=base_notes))
 
-        ctx.note(
-            f"latency / raw round trip: p50 {hub_lat.p50_ms / raw.p50_ms:.0f}×, p99 {hub_lat.p99_ms / raw.p99_ms:.0f}× "
-            "(the hub's path is 3 Kafka hops, 2 of them through the router's transactions)"
-        )
-        count = "lianfang_hub_event_to_alert_seconds_count"
-        total = "lianfang_hub_event_to_alert_seconds_sum"
-        alerts = after.get(count, 0.0) - before.get(count, 0.0)
-        if alerts:
-            mean = (after.get(total, 0.0) - before.get(total, 0.0)) / alerts * MS
-            ctx.note(
-                f"the hub's own histogram over the window: {alerts:.0f} alerts, mean {mean:.0f} ms from the "
-                "lead's time (set in publish) to the alert acknowledged on the events topic"
+        # First a load the pipeline sustains on a small machine (the hub's own latency), then the
+        # asked-for load (which on 2 CPUs mostly measures queueing: see the notes).
+        for rate in (
+            float(ctx.scale(SUSTAINED_FULL, SUSTAINED_QUICK)),
+            float(ctx.scale(RATE_FULL, RATE_QUICK)),
+        ):
+            ctx.progress(f"latency: {rate:.0f} alert-raising leads/s for {seconds:.0f} s …")
+            before = hub.metrics() or {}
+            hub_lat = _hub_latency(bus, reader, [router, hub], rate, seconds)
+            after = hub.metrics() or {}
+
+            case = f"publish → alert at coordinators, {rate:.0f} leads/s"
+            notes = (
+                f"police SDK publish_lead (requests_joint_meeting, a new victim each) at {rate:.0f}/s offered for "
+                f"{seconds:.0f} s, achieved {hub_lat.offered:.0f}/s; {hub_lat.received}/{hub_lat.sent} alerts "
+                f"received within {ALERT_DEADLINE_S:.0f} s; max {hub_lat.max_ms:.0f} ms; from publish_lead "
+                "returning to the coordinators' Client.inbox() yielding the alert; one window, after "
+                f"{WARMUP_ALERTS} warm-up alerts"
             )
-        leads = 'lianfang_hub_events_observed_total{type="lead.reported"}'
-        hub_leads = after.get(leads, 0.0) - before.get(leads, 0.0)
-        ctx.note(
-            f"alerts reached the coordinators at {hub_lat.delivered:.0f}/s on average (first publication to "
-            f"last arrival); when the wait ended the hub had observed {hub_leads:.0f} of the "
-            f"{hub_lat.sent + WARMUP_ALERTS} leads of the latency case"
-        )
-        if hub_lat.received < hub_lat.sent:
-            ctx.note(
-                f"{hub_lat.sent - hub_lat.received} alerts had not arrived {ALERT_DEADLINE_S:.0f} s after the "
-                "last publication: p50/p99 are over the alerts received only (censored, so optimistic)"
+            results.append(ctx.result(case, "p50 ms", [hub_lat.p50_ms], notes=notes))
+            results.append(ctx.result(case, "p99 ms", [hub_lat.p99_ms], notes=notes))
+            results.append(
+                ctx.result(case, "% alerts received", [100 * hub_lat.received / hub_lat.sent], notes=notes)
             )
-        if hub_lat.offered < 0.95 * rate:
             ctx.note(
-                f"the offered load fell short: {hub_lat.offered:.0f} leads/s achieved of {rate:.0f}/s asked"
+                f"latency / raw round trip: p50 {hub_lat.p50_ms / raw.p50_ms:.0f}×, p99 {hub_lat.p99_ms / raw.p99_ms:.0f}× "
+                "(the hub's path is 3 Kafka hops, 2 of them through the router's transactions)"
             )
+            count = "lianfang_hub_event_to_alert_seconds_count"
+            total = "lianfang_hub_event_to_alert_seconds_sum"
+            alerts = after.get(count, 0.0) - before.get(count, 0.0)
+            if alerts:
+                mean = (after.get(total, 0.0) - before.get(total, 0.0)) / alerts * MS
+                ctx.note(
+                    f"the hub's own histogram over the window: {alerts:.0f} alerts, mean {mean:.0f} ms from the "
+                    "lead's time (set in publish) to the alert acknowledged on the events topic"
+                )
+            leads = 'lianfang_hub_events_observed_total{type="lead.reported"}'
+            hub_leads = after.get(leads, 0.0) - before.get(leads, 0.0)
+            ctx.note(
+                f"alerts reached the coordinators at {hub_lat.delivered:.0f}/s on average (first publication to "
+                f"last arrival); when the wait ended the hub had observed {hub_leads:.0f} of the "
+                f"{hub_lat.sent + WARMUP_ALERTS} leads of the latency case"
+            )
+            if hub_lat.received < hub_lat.sent:
+                ctx.note(
+                    f"{hub_lat.sent - hub_lat.received} alerts had not arrived {ALERT_DEADLINE_S:.0f} s after the "
+                    "last publication: p50/p99 are over the alerts received only (censored, so optimistic)"
+                )
+            if hub_lat.offered < 0.95 * rate:
+                ctx.note(
+                    f"the offered load fell short: {hub_lat.offered:.0f} leads/s achieved of {rate:.0f}/s asked"
+                )
         return results
     finally:
         if reader is not None:

@@ -22,29 +22,15 @@ from services.importers.reader import ExportFile
 from services.kernel.errors import UntrustedInputError, UsageError
 from services.kernel.pseudonym import PseudonymKey, new_pseudonym_key
 from services.sdk.client import CaseContext
+from services.sdk.client import Publisher as SdkPublisher
 from services.sdk.outbox import ConflictError
 
 
-class Publisher(Protocol):
-    """What an import needs of :class:`services.sdk.client.Client`."""
+class Publisher(SdkPublisher, Protocol):
+    """What an import needs of :class:`services.sdk.client.Client`: publishing and the pseudonym key."""
 
     @property
     def pseudonym_key(self) -> PseudonymKey: ...
-
-    def publish_lead(
-        self, data: Mapping[str, Any], *, urgency: str | None = None, event_id: str | None = None
-    ) -> str: ...
-
-    def publish(
-        self,
-        event: EventModel,
-        *,
-        context: CaseContext,
-        urgency: str = "routine",
-        refs: Sequence[str] = (),
-        audience: Sequence[str] = (),
-        event_id: str | None = None,
-    ) -> str: ...
 
 
 class DryRun:

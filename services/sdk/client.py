@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError
@@ -126,6 +126,25 @@ def _lead_pseudonyms(key: PseudonymKey, data: Mapping[str, Any]) -> dict[str, An
     out["suspects"] = suspects
     out["suspect_pseudonyms"] = [s["pseudonym"] for s in suspects if s.get("pseudonym")]
     return out
+
+
+class Publisher(Protocol):
+    """What code that only publishes needs of a :class:`Client` (importers, the simulator, fakes)."""
+
+    def publish_lead(
+        self, data: Mapping[str, Any], *, urgency: str | None = None, event_id: str | None = None
+    ) -> str: ...
+
+    def publish(
+        self,
+        event: EventModel,
+        *,
+        context: CaseContext,
+        urgency: str = "routine",
+        refs: Sequence[str] = (),
+        audience: Sequence[str] = (),
+        event_id: str | None = None,
+    ) -> str: ...
 
 
 class Client:

@@ -16,35 +16,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from schemas.events import EventModel, event_model
+from schemas.events import event_model
 from services.importers.progress import Progress
 from services.importers.values import CHINA
 from services.kernel import envelope, trust
 from services.kernel.errors import UsageError
 from services.kernel.pseudonym import new_pseudonym_key
-from services.sdk.client import CaseContext, Client
+from services.sdk.client import CaseContext, Client, Publisher
 from services.simulator.generator import ID_FIELDS, RULES, Step, generate
 
-
-class Sender(Protocol):
-    """What the driver needs of :class:`services.sdk.client.Client`."""
-
-    def publish_lead(
-        self, data: Mapping[str, Any], *, urgency: str | None = None, event_id: str | None = None
-    ) -> str: ...
-
-    def publish(
-        self,
-        event: EventModel,
-        *,
-        context: CaseContext,
-        urgency: str = "routine",
-        refs: Sequence[str] = (),
-        audience: Sequence[str] = (),
-        event_id: str | None = None,
-    ) -> str: ...
+Sender = Publisher
+"""What the driver needs of :class:`services.sdk.client.Client`."""
 
 
 @dataclass

@@ -3,7 +3,6 @@ a sample export, the recipients read them back with the SDK, and importing the f
 
 from __future__ import annotations
 
-import argparse
 import csv
 import shutil
 import uuid
@@ -15,7 +14,6 @@ import pytest
 
 from schemas.envelope import EnvelopeHeader
 from services import cli
-from services.importers.command import add_commands
 from services.kernel import envelope, policy
 from services.sdk.client import Client
 from tests.integration.buskit import Bus, RouterProcess
@@ -52,16 +50,8 @@ def home(live_domain: DemoDomain, tmp_path: Path) -> Path:
 def lianfang(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *argv: str
 ) -> tuple[int, str]:
-    """Run `lianfang` in-process with the import command registered as services/cli.py does."""
-    registered = cli.add_bus_commands
-
-    def both(subcommands: Any, common: argparse.ArgumentParser, command: Any, group: Any) -> None:
-        registered(subcommands, common, command, group)
-        add_commands(subcommands, common, command, group)
-
-    with monkeypatch.context() as m:
-        m.setattr(cli, "add_bus_commands", both)
-        code = cli.main(list(argv))
+    """Run `lianfang` in-process (services/cli.py registers the import command)."""
+    code = cli.main(list(argv))
     captured = capsys.readouterr()
     return code, captured.out + captured.err
 

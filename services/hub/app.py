@@ -18,6 +18,7 @@ router to deliver.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 from prometheus_client import start_http_server
 from pydantic import AliasChoices, Field
@@ -58,6 +61,7 @@ class HubSettings(BaseSettings):
     tick_interval_s: float = Field(default=60.0, ge=0, description="wall-clock ticks; 0: only external ticks")
     report_every_s: float = Field(default=24 * 3600.0, gt=0, description="supervision.report period")
     metrics_port: int = Field(default=9103, ge=0, description="/metrics on 127.0.0.1; 0 turns it off")
+    lag_interval_s: float = Field(default=15.0, ge=0, description="consumer-lag sampling period; 0: off")
     log_level: str = Field(default="warning", description="faust worker log level")
 
 
@@ -281,6 +285,31 @@ class HubWorker:
         self.reported[partition] = now
 
 
+async def sample_group_lag(settings: HubSettings, topic: str, metrics: HubMetrics) -> None:
+    """Every ``lag_interval_s``: end offset minus the hub group's committed offset, per inbox partition.
+
+    It reads the group's commits without joining the group, so every worker reports the whole topic.
+    """
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap, group_id=settings.app_id, enable_auto_commit=False
+    )
+    await reader.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        while True:
+            await asyncio.sleep(settings.lag_interval_s)  # a sampling period, not a wait for a condition
+            try:
+                ends = await reader.end_offsets(partitions)
+                for tp in partitions:
+                    committed = await reader.committed(tp) or 0
+                    lag = max(0, int(ends.get(tp, 0)) - int(committed))
+                    metrics.lag.labels(settings.app_id, topic, str(tp.partition)).set(lag)
+            except KafkaError as e:  # a slow or restarting broker: the next period tries again
+                log.debug("hub consumer lag not sampled: %r", e)
+    finally:
+        await reader.stop()
+
+
 REPORT_SUBJECT = "p0." + "A" * 43
 """A report is about no victim; its Kafka key is this fixed, well-formed pseudonym."""
 
@@ -346,6 +375,12 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
         @app.task  # type: ignore[untyped-decorator]
         async def serve_metrics() -> None:
             start_http_server(settings.metrics_port, addr="127.0.0.1")
+
+    if settings.lag_interval_s:
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def sample_lag() -> None:
+            await sample_group_lag(settings, hub.names.inbox("hub"), hub.metrics)
 
     return app
 

@@ -47,6 +47,13 @@ class HubMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=registry,
         )
+        self.lag = Gauge(
+            "lianfang_consumer_lag",
+            "Offsets of the hub's inbox not yet committed by its group, per partition (the router's "
+            "transaction markers count: a drained partition shows 0 or 1).",
+            ["group", "topic", "partition"],
+            registry=registry,
+        )
         self.rates = Gauge(
             "lianfang_supervision_rate",
             "Supervision rates per agency (响应率/解决率/满意率), 0..1.",

@@ -108,17 +108,19 @@ def referenced_names(expr: str) -> set[str]:
 
 
 def declared_series() -> set[str]:
-    """Every sample name the services' metrics modules declare, collected from one fresh registry."""
-    registry = CollectorRegistry()
-    RouterMetrics(registry)
-    HubMetrics(registry)
-    SdkMetrics(registry)
-    gateway = GatewayMetrics(registry)
+    """Every sample name the services' metrics modules declare, each service in a fresh registry of
+    its own (as each runs in its own process; some share a series name, such as consumer lag)."""
+    registries = [CollectorRegistry() for _ in range(4)]
+    RouterMetrics(registries[0])
+    HubMetrics(registries[1])
+    SdkMetrics(registries[2])
+    gateway = GatewayMetrics(registries[3])
     gateway.watch_outboxes({"police": lambda: 0.0}, {"police": lambda: 0.0})
     names = set()
-    for family in registry.collect():
-        for suffix in SUFFIXES.get(family.type, ("",)):
-            names.add(family.name + suffix)
+    for registry in registries:
+        for family in registry.collect():
+            for suffix in SUFFIXES.get(family.type, ("",)):
+                names.add(family.name + suffix)
     return names
 
 

@@ -17,8 +17,6 @@ from services.kernel.registry import Registry
 NOW = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 """The tests' clock: the demo domain is issued at NOW and expires 90 days later."""
 
-EVENT_TIMES = iter(range(1_000_000))
-
 
 @dataclass
 class DemoDomain:

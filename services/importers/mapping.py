@@ -34,8 +34,9 @@ from schemas.events import (
 from services.importers import values
 from services.importers.spec import FieldSpec, FormatSpec, Target
 from services.kernel.errors import UsageError
-from services.kernel.pseudonym import PseudonymKey, pseudonymize
+from services.kernel.pseudonym import PseudonymKey
 from services.sdk.client import CaseContext, default_urgency
+from services.sdk.client import person_pseudonym as subject_pseudonym
 
 Row = Mapping[str, str]
 """A row: canonical column name → cell text. A column the row does not have is absent."""
@@ -444,21 +445,6 @@ def _person_json(data: Any) -> dict[str, Any] | None:
     if isinstance(out.get("birth_date"), date):
         out["birth_date"] = out["birth_date"].isoformat()
     return out
-
-
-def subject_pseudonym(key: PseudonymKey, person: Mapping[str, Any]) -> str:
-    """The pseudonym the SDK computes for a person given as a lead's ``victim`` or suspect: from the
-    ID number, else the phone, else the name with the birth date. Raises ``UsageError`` if none."""
-    birth = person.get("birth_date")
-    if isinstance(birth, str):
-        birth = date.fromisoformat(birth)
-    return pseudonymize(
-        key,
-        id_number=person.get("id_number"),
-        phone=person.get("phone"),
-        name=person.get("name") if birth else None,
-        birth_date=birth,
-    )
 
 
 def _iso(value: Any) -> Any:

@@ -150,6 +150,7 @@ class Router:
         self.window = timedelta(seconds=settings.replay_window_s)
         self.skew = timedelta(seconds=settings.max_skew_s)
         self._last_prune: dict[int, float] = {}
+        self._paused = False
 
     def _replay(self, state: PartitionState) -> ReplayWindow:
         return ReplayWindow(window=self.window, max_skew=self.skew, seen=SeenIds(state))
@@ -187,7 +188,8 @@ class Router:
     def paused(self) -> bool:
         """Routing waits while the registry in force has expired (events stay in Kafka)."""
         expired = self.holder.expired()
-        if expired != bool(self.metrics.paused._value.get()):
+        if expired != self._paused:
+            self._paused = expired
             log.warning(
                 "registry v%d %s",
                 self.holder.current.version,

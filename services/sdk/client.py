@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -91,35 +91,38 @@ def default_urgency(lead: LeadReported) -> str:
     return "routine"
 
 
+def person_pseudonym(key: PseudonymKey, person: Mapping[str, Any]) -> str:
+    """The pseudonym of a person given as a lead's ``victim`` or a suspect: from the ID number, else the
+    phone, else the name with the birth date. Raises ``UsageError`` when none of these is usable."""
+    birth = person.get("birth_date")
+    if isinstance(birth, str):
+        birth = date.fromisoformat(birth)
+    return pseudonymize(
+        key,
+        id_number=person.get("id_number"),
+        phone=person.get("phone"),
+        name=person.get("name") if birth else None,
+        birth_date=birth,
+    )
+
+
 def _lead_pseudonyms(key: PseudonymKey, data: Mapping[str, Any]) -> dict[str, Any]:
     """Fill ``victim_pseudonym`` and each identifiable suspect's pseudonym from their identifiers."""
     out = dict(data)
-
-    def ident(person: Mapping[str, Any]) -> dict[str, Any]:
-        birth = person.get("birth_date")
-        if isinstance(birth, str):
-            birth = datetime.fromisoformat(birth).date()
-        return {
-            "id_number": person.get("id_number"),
-            "phone": person.get("phone"),
-            "name": person.get("name") if birth else None,
-            "birth_date": birth,
-        }
-
     victim = out.get("victim")
     if not isinstance(victim, Mapping):
         raise UsageError("a lead needs a victim (at least a name, and an ID number, phone or birth date)")
     try:
-        out["victim_pseudonym"] = pseudonymize(key, **ident(victim))
+        out["victim_pseudonym"] = person_pseudonym(key, victim)
     except UsageError as e:  # the identifiers came with the lead: bad input, named without its value
         raise MalformedError(f"victim: {e}") from e
     suspects = []
     for given in out.get("suspects") or []:
         suspect = dict(given)
-        ids = ident(suspect)
-        if suspect.get("pseudonym") is None and (ids["id_number"] or ids["phone"] or ids["birth_date"]):
+        identified = suspect.get("id_number") or suspect.get("phone") or suspect.get("birth_date")
+        if suspect.get("pseudonym") is None and identified:
             try:
-                suspect["pseudonym"] = pseudonymize(key, **ids)
+                suspect["pseudonym"] = person_pseudonym(key, suspect)
             except UsageError:
                 suspect["pseudonym"] = None  # too little to identify: the suspect stays unlinked
         suspects.append(suspect)

@@ -36,6 +36,7 @@ from services.console import command as console_command
 from services.importers.command import add_commands as add_import_commands
 from services.kernel import admin, district, trust
 from services.kernel.audit_command import add_commands as add_audit_commands
+from services.kernel.audit_command import record_admin_change
 from services.kernel.config import HomeSettings
 from services.kernel.errors import (
     BadSignatureError,
@@ -328,6 +329,14 @@ def _cmd_registry_sign(args: argparse.Namespace) -> int:
         )
     signed = add_signature(data, kid, key)
     trust.write_file(path, signed)
+    record_admin_change(
+        trust.open_domain(home),
+        holder,
+        "registry_change",
+        subject=None,
+        object=f"registry.v{document.version}.{kid}",
+        now=now,
+    )
     report = check_root_signatures(roots, payload, read_unverified(signed)[1])
     print(
         f"signed registry v{document.version} ({path}) as {holder}/{kid}; "
@@ -494,6 +503,15 @@ def _commit(
     )
     print(f"registry v{written.version} written to {domain.registry_path}")
     print(f"  {change.summary}")
+    holders = {k.kid: k.holder for k in domain.trusted_roots().keys}
+    record_admin_change(
+        domain,
+        holders[next(iter(signers[0].signing))],
+        "key_change",
+        subject=change.participant,
+        object=f"registry.v{written.version}",
+        now=now,
+    )
     print(f"  {_signed_by(written)}; expires {_when(written.document.expires)}")
     for pid in unsealed:
         print(

@@ -1,6 +1,9 @@
-"""The ``lianfang`` subcommands that talk to Kafka: ``topics``, ``serve``, ``deadletter`` and ``run``.
+"""The ``lianfang`` subcommands that talk to Kafka: ``topics``, ``acls``, ``serve``, ``deadletter``,
+``publish``, ``inbox`` and ``run``.
 
-Each reads the broker address from ``--bootstrap`` or ``LIANFANG_BOOTSTRAP``.
+Each reads the broker address from ``--bootstrap`` or ``LIANFANG_BOOTSTRAP``, and how to log in to it
+from ``LIANFANG_KAFKA_*`` (:mod:`services.kernel.kafka_security`), read once when the command starts;
+the services it starts read the same environment.
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ from services.gateway.app import GatewaySettings
 from services.gateway.app import serve as serve_gateway
 from services.hub.app import HubSettings
 from services.hub.app import run_worker as run_hub
-from services.kernel import envelope, topics, trust
+from services.kernel import acls, envelope, topics, trust
 from services.kernel.config import HomeSettings, KafkaSettings
 from services.kernel.errors import LianfangError, UsageError
 from services.kernel.kafka import DURABLE_PRODUCER
+from services.kernel.kafka_security import KafkaSecuritySettings, kafka_python_kwargs, load_security
+from services.kernel.registry import Registry
 from services.router.app import RouterSettings
 from services.router.app import serve as serve_router
 from services.sdk.client import CaseContext, Client
@@ -67,6 +72,18 @@ def add_bus_commands(
 
     topics_group = group(subcommands, "topics", "create the bus's topics from deploy/topics.toml")
     command(topics_group, "apply", _cmd_topics_apply, bus, "create every topic that does not exist yet")
+
+    acls_group = group(subcommands, "acls", "Kafka ACLs for the registry's participants (secured broker)")
+    acls_apply = command(
+        acls_group,
+        "apply",
+        _cmd_acls_apply,
+        bus,
+        "create the ACLs the registry implies, logged in as the operator (LIANFANG_KAFKA_*)",
+    )
+    acls_apply.add_argument(
+        "--dry-run", action="store_true", help="print the rules, one a line, and touch no broker"
+    )
 
     serve = command(subcommands, "serve", _cmd_serve, bus, "run a service in the foreground")
     serve.add_argument("service", choices=["all", *SERVICES], help="which service ('all': every one)")
@@ -114,24 +131,66 @@ def _home(args: argparse.Namespace) -> Path:
     return home if home is not None else HomeSettings().home
 
 
+def _registry(args: argparse.Namespace) -> Registry:
+    """The verified registry of HOME (no private key is opened)."""
+    now: datetime = getattr(args, "now", None) or datetime.now(UTC)
+    return trust.TrustDomain(home=_home(args), passphrase="").registry(now)
+
+
 def _participants(home: Path) -> list[str]:
     domain = trust.TrustDomain(home=home, passphrase="")
     return domain.registry(datetime.now(UTC)).participant_ids()
 
 
-# --------------------------------------------------------------------------- topics
+# --------------------------------------------------------------------------- topics and ACLs
 
 
 def _cmd_topics_apply(args: argparse.Namespace) -> int:
-    specs = topics.apply(_bootstrap(args), _participants(_home(args)), prefix=args.topic_prefix)
-    print(f"{len(specs)} topics in place on {_bootstrap(args)} (from {topics.TOPICS_FILE.name})")
+    bootstrap, security = _bootstrap(args), load_security()
+    specs = topics.apply(bootstrap, _participants(_home(args)), prefix=args.topic_prefix, security=security)
+    print(f"{len(specs)} topics in place on {bootstrap} (from {topics.TOPICS_FILE.name})")
     return 0
+
+
+def acl_line(rule: acls.AclRule) -> str:
+    """One rule as ``principal operation resource pattern name``, in aligned columns."""
+    return f"{rule.principal:<30} {rule.operation:<16} {rule.resource:<16} {rule.pattern:<8} {rule.name}"
+
+
+def _cmd_acls_apply(args: argparse.Namespace) -> int:
+    """The registry's ACLs: printed (``--dry-run``) or created on the broker as the operator."""
+    registry = _registry(args)
+    rules = acls.from_registry(registry, topics.TopicNames(args.topic_prefix))
+    principals = len({r.principal for r in rules})
+    if args.dry_run:
+        for rule in rules:
+            print(acl_line(rule))
+        print(
+            f"{len(rules)} ACL rules for {principals} principals (dry run: nothing applied)", file=sys.stderr
+        )
+        return 0
+    bootstrap, security = _bootstrap(args), load_security()
+    _require_login(security)
+    applied = acls.apply(bootstrap, rules, security)
+    print(
+        f"{applied} ACL rules for {principals} principals in place on {bootstrap} (as {security.principal})"
+    )
+    return 0
+
+
+def _require_login(security: KafkaSecuritySettings) -> None:
+    if not security.sasl:
+        raise UsageError(
+            "creating ACLs needs a super user's login: set LIANFANG_KAFKA_SECURITY_PROTOCOL=SASL_SSL, "
+            "LIANFANG_KAFKA_SASL_USERNAME=operator, LIANFANG_KAFKA_SASL_PASSWORD and LIANFANG_KAFKA_CA_FILE"
+        )
 
 
 # --------------------------------------------------------------------------- serve
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    load_security()  # an incomplete Kafka login stops here, before any service starts
     env = _service_env(args)
     if args.service == "all":
         return supervise(env, list(SERVICES))
@@ -210,10 +269,18 @@ def supervise(env: dict[str, str], services: list[str], oneshot: list[str] | Non
 # --------------------------------------------------------------------------- dead letters
 
 
-def deadletter_rows(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    """Every dead letter (committed records only), oldest first, described from clear data only."""
+def deadletter_rows(
+    bootstrap: str, topic: str, security: KafkaSecuritySettings | None = None
+) -> list[dict[str, Any]]:
+    """Every dead letter (committed records only), oldest first, described from clear data only.
+
+    ``security``: the Kafka login (``None``: the ``LIANFANG_KAFKA_*`` environment).
+    """
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        **kafka_python_kwargs(security if security is not None else load_security()),
     )
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
@@ -255,7 +322,7 @@ def _describe(record: Any) -> dict[str, Any]:
 
 
 def _cmd_deadletter_list(args: argparse.Namespace) -> int:
-    rows = deadletter_rows(_bootstrap(args), topics.TopicNames(args.topic_prefix).deadletter)
+    rows = deadletter_rows(_bootstrap(args), topics.TopicNames(args.topic_prefix).deadletter, load_security())
     shown = rows[-args.limit :] if args.limit > 0 else rows
     for row in shown:
         if args.json:
@@ -276,7 +343,11 @@ def _cmd_deadletter_list(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> Client:
     home = _home(args)
     return Client.open(
-        participant=args.participant, home=home, bootstrap=_bootstrap(args), topic_prefix=args.topic_prefix
+        participant=args.participant,
+        home=home,
+        bootstrap=_bootstrap(args),
+        topic_prefix=args.topic_prefix,
+        security=load_security(),
     )
 
 
@@ -332,7 +403,7 @@ def _cmd_inbox(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     """`make run`: a demo trust domain if none, the topics, the registry on its topic, then every
     service, with the simulator playing a few days of the district so the pipeline has work."""
-    bootstrap, home = _bootstrap(args), _home(args)
+    bootstrap, home, security = _bootstrap(args), _home(args), load_security()
     if not (home / "registry.json").exists():
         domain = trust.init_domain(home, now=datetime.now(UTC))
         print(f"created a demo trust domain in {home} (keys generated now; passphrase in {home}/passphrase)")
@@ -340,8 +411,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         domain = trust.open_domain(home)
     registry = domain.registry(datetime.now(UTC))
     names = topics.TopicNames(args.topic_prefix)
-    specs = topics.apply(bootstrap, registry.participant_ids(), prefix=args.topic_prefix)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, **DURABLE_PRODUCER)
+    specs = topics.apply(bootstrap, registry.participant_ids(), prefix=args.topic_prefix, security=security)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, **DURABLE_PRODUCER, **kafka_python_kwargs(security))
     producer.send(names.registry, key=b"registry", value=domain.registry_path.read_bytes())
     producer.flush()
     producer.close()

@@ -47,8 +47,10 @@ from services.console.sessions import CSRF_FIELD, PreSession, Session, Sessions,
 from services.console.settings import ConsoleSettings
 from services.console.store import ViewStore
 from services.console.view import Alert, CaseView, Change, OwnAction, OwnKind, QueueFilter, ViewError
-from services.kernel import envelope, trust
+from services.kernel import envelope, topics, trust
+from services.kernel.audit import KafkaSink, LocalTrail, participant_trail
 from services.kernel.errors import LianfangError, RegistryExpiredError, UsageError
+from services.kernel.kafka_security import load_security
 from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.registry import Registry
 from services.sdk.client import Client
@@ -140,8 +142,10 @@ class Console:
         clock: Clock = utcnow,
         metrics: ConsoleMetrics | None = None,
         read_inbox: bool = True,
+        trail: LocalTrail | None = None,
     ) -> None:
         self.settings = settings
+        self.trail = trail
         self.read_inbox = read_inbox
         self.registry = registry
         self.keystore = keystore
@@ -183,12 +187,15 @@ class Console:
             outbox_path=settings.data_dir / f"outbox-{settings.participant}.sqlite",
             topic_prefix=settings.topic_prefix,
         )
+        sink = KafkaSink(settings.bootstrap, topics.TopicNames(settings.topic_prefix).audit, load_security())
+        trail = participant_trail(settings.data_dir / "audit", keystore, registry, "console", ship=sink)
         return cls(
             settings,
             registry=registry,
             keystore=keystore,
             accounts=open_accounts(settings),
             audit=AuditLog(settings.audit_path),
+            trail=trail,
             store=ViewStore(settings.data_dir / f"inbox-{settings.participant}.sqlite"),
             client=client,
             metrics=metrics,
@@ -276,6 +283,8 @@ class Console:
         self._io_pool.shutdown(wait=True)
         self.store.close()
         self.audit.close()
+        if self.trail is not None:
+            self.trail.close()
         self.accounts.close()
 
     # ------------------------------------------------------------------ the application
@@ -409,10 +418,23 @@ class Console:
     def _html(body: str, status: int = 200) -> web.Response:
         return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
 
-    def _audit(self, request: web.Request, action: Action, target: str = "", detail: str = "") -> None:
+    def _audit(
+        self,
+        request: web.Request,
+        action: Action,
+        target: str = "",
+        detail: str = "",
+        *,
+        seen: tuple[str, str | None] | None = None,
+    ) -> None:
+        """Record a sign-in, view or action in the console's log; a view of case content (``seen``:
+        what was shown and the case's pseudonym) also goes to the hash-chained trail."""
         session: Session | None = request.get(SESSION)
         who = session.user if session is not None else "-"
         self.audit.record(who, action, target, detail, request.remote or "")
+        if seen is not None and self.trail is not None:
+            shown, subject = seen
+            self.trail.append("console_view", object=shown, subject=subject)
 
     async def _in(self, pool: ThreadPoolExecutor, func: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(pool, func)
@@ -496,7 +518,7 @@ class Console:
         with self.lock:
             body = pages.queue(viewer, self.view, where, self.clock())
             shown = len(self.view.queue(where, self.clock()))
-        self._audit(request, "view_queue", urlencode(where.query()), f"{shown} alerts")
+        self._audit(request, "view_queue", urlencode(where.query()), f"{shown} alerts", seen=("queue", None))
         self.metrics.views.labels("queue").inc()
         return self._html(body)
 
@@ -508,7 +530,13 @@ class Console:
             alerts = self.view.queue(where, now)
             rows = pages.queue_rows(viewer, alerts, now)
             counts = self.view.counts()
-        self._audit(request, "view_queue", urlencode(where.query()), f"{len(alerts)} alerts (live)")
+        self._audit(
+            request,
+            "view_queue",
+            urlencode(where.query()),
+            f"{len(alerts)} alerts (live)",
+            seen=("queue", None),
+        )
         self.metrics.views.labels("queue_rows").inc()
         response = self._html(rows)
         response.headers["X-Lianfang-Counts"] = json.dumps(counts)
@@ -544,7 +572,13 @@ class Console:
                 text += " " + i18n.text(lang, "done.queued")
             flash = pages.message("ok", text)
         body, alert = self._render_alert(request, flash=flash)
-        self._audit(request, "view_alert", alert.alert_id, f"subject {alert.subject}")
+        self._audit(
+            request,
+            "view_alert",
+            alert.alert_id,
+            f"subject {alert.subject}",
+            seen=(alert.alert_id, alert.subject),
+        )
         self.metrics.views.labels("alert").inc()
         return self._html(body)
 
@@ -624,7 +658,7 @@ class Console:
         with self.lock:
             body = pages.supervision(viewer, self.view)
             breaches = len(self.view.breaches)
-        self._audit(request, "view_supervision", "", f"{breaches} breaches")
+        self._audit(request, "view_supervision", "", f"{breaches} breaches", seen=("supervision", None))
         self.metrics.views.labels("supervision").inc()
         return self._html(body)
 
@@ -641,7 +675,7 @@ class Console:
         await response.prepare(request)
         queue = self.broker.subscribe()
         self.metrics.live_clients.inc()
-        self._audit(request, "live_updates")
+        self._audit(request, "live_updates", seen=("live", None))
         try:
             await response.write(b"retry: 3000\nevent: ready\ndata: {}\n\n")
             while True:

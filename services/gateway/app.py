@@ -47,7 +47,7 @@ from services.gateway.inbox import InboxReader, decode_cursor, encode_cursor
 from services.gateway.metrics import ROUTES, GatewayMetrics
 from services.gateway.problems import MEDIA_TYPE, Problem
 from services.gateway.webhooks import Backoff, WebhookSender
-from services.kernel import envelope, topics, trust
+from services.kernel import acls, envelope, topics, trust
 from services.kernel.errors import (
     KeyExpiredError,
     KeyRevokedError,
@@ -56,6 +56,7 @@ from services.kernel.errors import (
     UnknownKeyError,
     UsageError,
 )
+from services.kernel.kafka_security import KafkaSecuritySettings, load_security
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
 from services.sdk import metrics as sdk_metrics
@@ -83,7 +84,8 @@ def _split(value: object) -> object:
 
 class GatewaySettings(BaseSettings):
     """Settings of the gateway. Environment variables: ``LIANFANG_GATEWAY_<NAME>``, except the broker
-    (``LIANFANG_BOOTSTRAP``) and the trust domain (``LIANFANG_HOME``)."""
+    (``LIANFANG_BOOTSTRAP``), the trust domain (``LIANFANG_HOME``) and the Kafka login
+    (``LIANFANG_KAFKA_*``, :mod:`services.kernel.kafka_security`)."""
 
     model_config = SettingsConfigDict(env_prefix="LIANFANG_GATEWAY_", frozen=True, extra="ignore")
 
@@ -119,6 +121,9 @@ class GatewaySettings(BaseSettings):
     )
     webhook_timeout_s: float = Field(default=10.0, gt=0, description="per attempt")
     webhook_max_backoff_s: float = Field(default=60.0, gt=0, description="cap of the retry delay")
+    kafka_security: KafkaSecuritySettings = Field(
+        default_factory=load_security, description="TLS and SASL login, from LIANFANG_KAFKA_*"
+    )
 
     _split_lists = field_validator("participants", "webhooks", mode="before")(_split)
 
@@ -195,6 +200,7 @@ class Gateway:
                 clock=clock,
                 metrics=adapter,
                 start=drain,
+                security=settings.kafka_security,
             )
         # The SDK's gauges are one series per process: report the sum (depth) and the max (age).
         adapter.outbox_depth.set_function(lambda: sum(c.outbox.depth() for c in self.clients.values()))
@@ -217,6 +223,7 @@ class Gateway:
                 registry=registry,
                 clock=clock,
                 on_rejected=lambda reason: self.metrics.inbox_rejected.labels(reason).inc(),
+                security=settings.kafka_security,
             )
             for p in keystores
         }
@@ -462,13 +469,14 @@ class Gateway:
                 url=url,
                 bootstrap=self.settings.bootstrap,
                 topic=self.names.inbox(participant),
-                group_id=f"{self.names.prefix}lianfang-gateway-webhook-{participant}",
+                group_id=f"{acls.participant_group(participant, self.names)}.webhook",
                 keystore=self.clients[participant].keys,
                 registry=self.registry,
                 metrics=self.metrics,
                 clock=self.clock,
                 backoff=Backoff(cap_s=self.settings.webhook_max_backoff_s),
                 timeout_s=self.settings.webhook_timeout_s,
+                security=self.settings.kafka_security,
             )
             for participant, url in self.settings.webhook_urls.items()
         ]

@@ -27,6 +27,7 @@ from kafka.errors import KafkaError
 from services.gateway.problems import Problem
 from services.kernel import envelope
 from services.kernel.errors import TransportError, UntrustedInputError
+from services.kernel.kafka_security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
 from services.sdk.client import CaseContext
@@ -95,7 +96,10 @@ class Page:
 
 
 class InboxReader:
-    """Reads one participant's inbox topic for ``GET /v1/inbox``; one request at a time (a lock)."""
+    """Reads one participant's inbox topic for ``GET /v1/inbox``; one request at a time (a lock).
+
+    ``security``: the Kafka login (``None``: the ``LIANFANG_KAFKA_*`` environment).
+    """
 
     def __init__(
         self,
@@ -106,8 +110,10 @@ class InboxReader:
         registry: Registry,
         clock: Callable[[], datetime],
         on_rejected: Callable[[str], None] = lambda reason: None,
+        security: KafkaSecuritySettings | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.security = security if security is not None else load_security()
         self.topic = topic
         self.keys = keystore
         self.registry = registry
@@ -124,6 +130,7 @@ class InboxReader:
                 isolation_level="read_committed",
                 enable_auto_commit=False,
                 request_timeout_ms=15_000,
+                **kafka_python_kwargs(self.security),
             )
         return self._consumer
 

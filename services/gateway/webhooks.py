@@ -1,8 +1,9 @@
 """Outbound webhooks: a participant's inbox pushed to its own system, one signed POST per event.
 
 For each participant with a webhook URL, a task reads the inbox topic in the consumer group
-``lianfang-gateway-webhook-<participant>`` (read_committed), verifies and opens each event with the
-participant's keystore and POSTs it as JSON (the same object ``GET /v1/inbox`` returns per event).
+``lianfang-inbox-<participant>.webhook`` (read_committed; within the participant's ACLs), verifies and
+opens each event with the participant's keystore and POSTs it as JSON (the same object
+``GET /v1/inbox`` returns per event).
 The offset is committed only after the receiver answered 2xx; until then the same event is retried
 with exponential back-off (capped, with jitter), so events arrive in order and none is skipped.
 Delivery is at least once: a crash between the 2xx and the commit sends the event again, with the
@@ -38,6 +39,7 @@ from services.gateway.inbox import render
 from services.gateway.metrics import GatewayMetrics
 from services.kernel import envelope
 from services.kernel.errors import RegistryExpiredError, UntrustedInputError, UsageError
+from services.kernel.kafka_security import KafkaSecuritySettings, aiokafka_kwargs, load_security
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
 
@@ -71,7 +73,10 @@ def signing_kid(keystore: Keystore, registry: Registry, at: datetime) -> str:
 
 
 class WebhookSender:
-    """Pushes one participant's inbox to its webhook URL."""
+    """Pushes one participant's inbox to its webhook URL.
+
+    ``security``: the Kafka login (``None``: the ``LIANFANG_KAFKA_*`` environment).
+    """
 
     def __init__(
         self,
@@ -86,9 +91,11 @@ class WebhookSender:
         clock: Callable[[], datetime],
         backoff: Backoff = Backoff(),
         timeout_s: float = 10.0,
+        security: KafkaSecuritySettings | None = None,
     ) -> None:
         self.url = url
         self.bootstrap = bootstrap
+        self.security = security if security is not None else load_security()
         self.topic = topic
         self.group_id = group_id
         self.keys = keystore
@@ -112,6 +119,7 @@ class WebhookSender:
                 isolation_level="read_committed",
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
+                **aiokafka_kwargs(self.security),
             )
             try:
                 await consumer.start()

@@ -37,16 +37,23 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from schemas.envelope import EnvelopeHeader, SectionName
 from services.hub import rules, supervision
 from services.hub.metrics import HubMetrics
-from services.kernel import envelope, topics, trust
+from services.kernel import audit, envelope, topics, trust
 from services.kernel.errors import UntrustedInputError, UsageError
+from services.kernel.kafka_security import (
+    KafkaSecuritySettings,
+    aiokafka_kwargs,
+    faust_credentials,
+    load_security,
+)
 from services.kernel.registry import Registry
 
 log = logging.getLogger("lianfang.hub")
 
 
 class HubSettings(BaseSettings):
-    """Settings of one hub worker. Environment: ``LIANFANG_HUB_<NAME>``, plus ``LIANFANG_BOOTSTRAP`` and
-    ``LIANFANG_HOME`` (the hub's keystore and the registry; passphrase as for every keystore)."""
+    """Settings of one hub worker. Environment: ``LIANFANG_HUB_<NAME>``, plus ``LIANFANG_BOOTSTRAP``,
+    ``LIANFANG_HOME`` (the hub's keystore and the registry; passphrase as for every keystore) and the
+    Kafka login ``LIANFANG_KAFKA_*`` (:mod:`services.kernel.kafka_security`)."""
 
     model_config = SettingsConfigDict(env_prefix="LIANFANG_HUB_", frozen=True, extra="ignore")
 
@@ -63,6 +70,9 @@ class HubSettings(BaseSettings):
     metrics_port: int = Field(default=9103, ge=0, description="/metrics on 127.0.0.1; 0 turns it off")
     lag_interval_s: float = Field(default=15.0, ge=0, description="consumer-lag sampling period; 0: off")
     log_level: str = Field(default="warning", description="faust worker log level")
+    kafka_security: KafkaSecuritySettings = Field(
+        default_factory=load_security, description="TLS and SASL login, from LIANFANG_KAFKA_*"
+    )
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -81,12 +91,22 @@ class Hub:
         domain = trust.open_domain(settings.home)
         self.keys = domain.keystore("hub")
         self.registry: Registry = domain.registry(datetime.now(UTC))
+        # Each opened inbox event and each published alert or report: one chain per worker.
+        sink = audit.KafkaSink(settings.bootstrap, self.names.audit, settings.kafka_security)
+        self.trail = audit.participant_trail(
+            settings.data_dir / settings.worker_name / "audit", self.keys, self.registry, "hub", ship=sink
+        )
 
     def open(self, value: bytes) -> tuple[rules.Observation, envelope.Opened]:
         opened = envelope.verify_and_open(
             value, registry=self.registry, now=datetime.now(UTC), keystore=self.keys
         )
         recipients = set().union(*opened.verified.recipients().values())
+        self.trail.append(
+            "open_section",
+            subject=opened.header.subject,
+            object=f"{opened.header.id}/{'+'.join(sorted(opened.sections))}",
+        )
         obs = rules.Observation.from_header(
             opened.header, frozenset(recipients), opened.sections.get("triage", {})
         )
@@ -169,6 +189,7 @@ class HubWorker:
 
     async def publish(self, record: envelope.SealedRecord) -> None:
         await self.send_and_wait(self.events, record.key, record.value, record.headers)
+        self.hub.trail.append("publish", subject=record.header.subject, object=record.header.id)
 
     async def emit_alerts(self, state: rules.VictimState, emissions: list[rules.AlertEmission]) -> None:
         for alert in emissions:
@@ -291,7 +312,10 @@ async def sample_group_lag(settings: HubSettings, topic: str, metrics: HubMetric
     It reads the group's commits without joining the group, so every worker reports the whole topic.
     """
     reader = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap, group_id=settings.app_id, enable_auto_commit=False
+        bootstrap_servers=settings.bootstrap,
+        group_id=settings.app_id,
+        enable_auto_commit=False,
+        **aiokafka_kwargs(settings.kafka_security),
     )
     await reader.start()
     try:
@@ -322,6 +346,7 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",
+        broker_credentials=faust_credentials(settings.kafka_security),
         store="rocksdb://",
         datadir=str(settings.data_dir / settings.worker_name),
         topic_partitions=settings.partitions,
@@ -337,6 +362,10 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
         logging_config=None,
     )
     worker = HubWorker(app, hub)
+
+    @app.on_before_shutdown.connect
+    async def close_audit_trail(_app: Any, /, *_args: Any, signal: Any, **_kwargs: Any) -> None:
+        hub.trail.close()  # signs the head; ships what is left
 
     @app.agent(worker.inbox)
     async def observe(stream: faust.StreamT[Any]) -> AsyncIterator[None]:

@@ -10,7 +10,8 @@ The shape (issue 9):
   with its own consumer groups (``lianfang-inbox-<id>`` and the prefix ``lianfang-inbox-<id>.``),
   READ the signed registry topic and WRITE its audit entries to ``lianfang.audit.v1``;
 - the router (``User:router``) reads events and writes every inbox and the dead letters; its
-  transactional ids and replay-state topic are its own (prefix ``<group>.``);
+  transactional ids and replay-state topic are its own (prefix ``<group>.``). Its registry entry
+  carries only the key that signs its audit checkpoints, so it gets no participant rules;
 - the hub (``User:hub``, also a participant) reads its inbox and writes events, and owns the faust
   internal topics, groups and its ``lianfang.hub.*`` topics;
 - ``User:operator`` is a super user on the broker and needs no rule here.
@@ -24,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from services.kernel.errors import TransportError, UsageError
+from services.kernel.errors import TransportError
 from services.kernel.topics import TopicNames
 
 if TYPE_CHECKING:
@@ -145,11 +146,10 @@ def generate(
 ) -> list[AclRule]:
     """Every rule of a bus whose participants are ``participants``, sorted and without duplicates."""
     ids = list(dict.fromkeys(participants))
-    if router in ids:
-        raise UsageError(f"{router!r} is the router's principal and cannot also be a participant")
     rules: set[AclRule] = set()
     for pid in ids:
-        rules.update(participant_rules(pid, names))
+        if pid != router:  # the router's registry entry holds only the key of its audit checkpoints
+            rules.update(participant_rules(pid, names))
     rules.update(router_rules(names, router=router, group_id=router_group))
     if hub in ids:
         rules.update(hub_rules(names, hub=hub, app_id=hub_app_id))

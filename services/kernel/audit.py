@@ -19,6 +19,7 @@ and/or a publish callback; :func:`read_topic` and :func:`kafka_sink` are the thi
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import threading
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, get_args
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -41,6 +42,10 @@ from services.kernel.errors import (
 
 if TYPE_CHECKING:
     from services.kernel.kafka_security import KafkaSecuritySettings
+    from services.kernel.keystore import Keystore
+    from services.kernel.registry import Registry
+
+log = logging.getLogger("lianfang.audit")
 
 AUDIT_VERSION: Final = 1
 CHECKPOINT_PAYLOAD_TYPE: Final = "application/vnd.lianfang.audit-checkpoint.v1"
@@ -60,18 +65,26 @@ Action = Literal[
 ]
 ACTIONS: Final[tuple[str, ...]] = get_args(Action)
 
-_ACTOR: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
+# A chain's actor: the participant whose key signs its checkpoints, then "/" and the chain's name when
+# the participant writes several chains (one per process or per partition): ``police/sdk-1f2e3d4c``.
+_ACTOR: Final = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)?(/[a-z0-9][a-z0-9_.-]{0,63})?")
 _ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,199}")
 _HASH: Final = re.compile(r"[0-9a-f]{64}")
 # Identifiers that are personal data however they are spelled: mainland mobile and resident-ID numbers.
 _PERSONAL: Final = (re.compile(r"1\d{10}"), re.compile(r"\d{17}[\dXx]"), re.compile(r"\d{15}"))
 _ENTRY_KEYS: Final = frozenset(
-    {"v", "seq", "time", "actor", "action", "subject", "object", "prev_hash", "hash"}
+    {"v", "seq", "time", "actor", "action", "subject", "object", "to", "prev_hash", "hash"}
 )
+MAX_RECIPIENTS: Final = 64
 _CHECKPOINT_KEYS: Final = frozenset({"v", "actor", "seq", "hash", "time", "kid"})
 
 KeyLookup = Callable[[str, str, datetime], bytes]
-"""(actor, key id, time) -> raw Ed25519 public key; e.g. ``Registry.signing_key`` with ``at=``."""
+"""(participant, key id, time) -> raw Ed25519 public key; e.g. ``Registry.signing_key`` with ``at=``."""
+
+
+def principal(actor: str) -> str:
+    """The participant an actor belongs to: ``police/sdk-1f2e3d4c`` -> ``police``."""
+    return actor.split("/", 1)[0]
 
 
 class AuditError(LianfangError, ValueError):
@@ -103,6 +116,7 @@ class AuditEntry:
     action: str
     subject: str | None
     object: str | None
+    to: tuple[str, ...] | None
     prev_hash: str
     hash: str
 
@@ -116,6 +130,7 @@ class AuditEntry:
             "action": self.action,
             "subject": self.subject,
             "object": self.object,
+            "to": list(self.to) if self.to is not None else None,
             "prev_hash": self.prev_hash,
         }
 
@@ -143,8 +158,13 @@ def next_entry(
     at: datetime,
     subject: str | None = None,
     object: str | None = None,
+    to: Iterable[str] | None = None,
 ) -> AuditEntry:
-    """The entry that follows ``head`` (``None``: the chain's first) in ``actor``'s chain."""
+    """The entry that follows ``head`` (``None``: the chain's first) in ``actor``'s chain.
+
+    ``subject`` is a pseudonym, ``object`` an event, key or registry id, ``to`` the participants a
+    routing decision delivered to.
+    """
     if not _ACTOR.fullmatch(actor):
         raise AuditError(f"{actor!r} is not a participant or service id")
     if action not in ACTIONS:
@@ -153,8 +173,14 @@ def next_entry(
         raise AuditError(f"the chain of {head.actor!r} cannot take an entry of {actor!r}")
     _check_id(subject, "subject")
     _check_id(object, "object")
+    recipients = None if to is None else tuple(to)
+    if recipients is not None:
+        if len(recipients) > MAX_RECIPIENTS:
+            raise AuditError(f"an audit entry names at most {MAX_RECIPIENTS} recipients")
+        for participant in recipients:
+            _check_id(participant, "recipient")
     seq, prev = (0, GENESIS) if head is None else (head.seq + 1, head.hash)
-    partial = AuditEntry(seq, _time_text(at), actor, action, subject, object, prev, "")
+    partial = AuditEntry(seq, _time_text(at), actor, action, subject, object, recipients, prev, "")
     return AuditEntry(**{**_fields(partial), "hash": partial.computed_hash()})
 
 
@@ -193,7 +219,7 @@ class Checkpoint:
 
     def check_signature(self, keys: KeyLookup) -> None:
         """Raise :class:`BadSignatureError` (or the registry's key errors) unless the actor signed it."""
-        public = keys(self.actor, self.kid, datetime.fromisoformat(self.time))
+        public = keys(principal(self.actor), self.kid, datetime.fromisoformat(self.time))
         crypto.verify_signature(public, self.signature, CHECKPOINT_PAYLOAD_TYPE, self.body)
 
 
@@ -244,6 +270,11 @@ def parse_line(line: bytes) -> AuditEntry | Checkpoint:
     for name in ("subject", "object"):
         if raw[name] is not None and not isinstance(raw[name], str):
             raise MalformedError(f"audit entry: {name} must be a string or null")
+    to = raw["to"]
+    if to is not None and not (
+        isinstance(to, list) and len(to) <= MAX_RECIPIENTS and all(isinstance(p, str) for p in to)
+    ):
+        raise MalformedError("audit entry: to must be a list of participant ids or null")
     if not (_HASH.fullmatch(raw["prev_hash"]) and _HASH.fullmatch(raw["hash"])):
         raise MalformedError("audit entry: hashes are 64 lower-case hex digits")
     _parse_time(raw["time"], "audit entry")
@@ -254,6 +285,7 @@ def parse_line(line: bytes) -> AuditEntry | Checkpoint:
         raw["action"],
         raw["subject"],
         raw["object"],
+        tuple(to) if to is not None else None,
         raw["prev_hash"],
         raw["hash"],
     )
@@ -384,8 +416,10 @@ def verify_lines(
     """Parse audit lines (a file or the topic), split them by actor, verify each chain in order.
 
     A line that does not parse fails its chain at the seq it would have had (the actor's next).
+    Byte-identical repeats of a line (re-sent after a crash) are read once.
     """
     chains: dict[str, tuple[list[AuditEntry], list[Checkpoint]]] = {}
+    seen: dict[str, set[tuple[str, int, str, bytes]]] = {}
     order: list[str] = []
     results: list[VerifyResult] = []
     for number, line in enumerate(lines, start=1):
@@ -400,7 +434,19 @@ def verify_lines(
             continue
         if item.actor not in chains:
             chains[item.actor] = ([], [])
+            seen[item.actor] = set()
             order.append(item.actor)
+        # Shipping is at least once: a byte-identical copy of a line already read is a re-send, not an
+        # edit; it adds nothing and is skipped. A *different* entry under a seen seq still fails.
+        identity = (
+            type(item).__name__,
+            item.seq,
+            item.hash,
+            item.body if isinstance(item, Checkpoint) else b"",
+        )
+        if identity in seen[item.actor]:
+            continue
+        seen[item.actor].add(identity)
         if isinstance(item, Checkpoint):
             chains[item.actor][1].append(item)
         else:
@@ -418,11 +464,30 @@ Publish = Callable[[bytes, bytes], None]
 """(key, value) -> None: hands one record to the audit topic (see :func:`kafka_sink`)."""
 
 
+class Sink(Protocol):
+    """Where a :class:`Shipper` sends audit lines: :class:`KafkaSink`, or a fake in unit tests."""
+
+    def send(self, key: bytes, lines: Sequence[bytes]) -> None:
+        """Return once every line is acknowledged, in order; raise :class:`TransportError` if not."""
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Signer:
+    """The key that signs a chain's checkpoints: the actor's participant's active signing key."""
+
+    key: Ed25519PrivateKey = field(repr=False)
+    kid: str
+
+
 class AuditTrail:
     """Appends one actor's chain to a JSON-lines file and/or the audit topic; resumes an existing file.
 
     Appends are serialized by a lock; the file is flushed and fsync'ed after each line, so an entry that
-    :meth:`append` returned is on disk before the audited action is acknowledged.
+    :meth:`append` returned is on disk before the audited action is acknowledged. With a ``signer`` the
+    trail signs a checkpoint of its head every ``checkpoint_every_s`` seconds (checked at each append)
+    and when it closes, so a cut-off tail is caught by ``audit verify --require-checkpoint``.
     """
 
     def __init__(
@@ -432,6 +497,8 @@ class AuditTrail:
         path: Path | None = None,
         publish: Publish | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        signer: Signer | None = None,
+        checkpoint_every_s: float = 60.0,
     ) -> None:
         if path is None and publish is None:
             raise UsageError("an audit trail needs a file, a publisher, or both")
@@ -439,10 +506,15 @@ class AuditTrail:
         self.path = path
         self.publish = publish
         self.clock = clock
+        self.signer = signer
+        self.checkpoint_every_s = checkpoint_every_s
         self.head: AuditEntry | None = None
+        self._checkpointed: int | None = None
+        self._last_checkpoint = clock()
         self._lock = threading.Lock()
         if path is not None and path.exists():
             self.head = self._resume(path)
+            self._checkpointed = self.head.seq if self.head is not None else None
 
     def _resume(self, path: Path) -> AuditEntry | None:
         """The head of the chain already in ``path``, after checking the whole chain."""
@@ -461,23 +533,46 @@ class AuditTrail:
         *,
         subject: str | None = None,
         object: str | None = None,
+        to: Iterable[str] | None = None,
     ) -> AuditEntry:
         with self._lock:
             entry = next_entry(
-                self.head, actor=self.actor, action=action, at=self.clock(), subject=subject, object=object
+                self.head,
+                actor=self.actor,
+                action=action,
+                at=self.clock(),
+                subject=subject,
+                object=object,
+                to=to,
             )
             self._write(entry.to_line())
             self.head = entry
+            if self.signer is not None:
+                elapsed = (self.clock() - self._last_checkpoint).total_seconds()
+                if elapsed >= self.checkpoint_every_s:
+                    self._checkpoint(self.signer)
             return entry
 
     def checkpoint(self, key: Ed25519PrivateKey, kid: str) -> Checkpoint:
         """Sign the current head with the actor's key and append the checkpoint."""
         with self._lock:
-            if self.head is None:
-                raise UsageError("nothing to checkpoint: the chain is empty")
-            cp = Checkpoint.sign(self.head, key, kid, at=self.clock())
-            self._write(cp.to_line())
-            return cp
+            return self._checkpoint(Signer(key, kid))
+
+    def _checkpoint(self, signer: Signer) -> Checkpoint:
+        if self.head is None:
+            raise UsageError("nothing to checkpoint: the chain is empty")
+        now = self.clock()
+        cp = Checkpoint.sign(self.head, signer.key, signer.kid, at=now)
+        self._write(cp.to_line())
+        self._checkpointed = self.head.seq
+        self._last_checkpoint = now
+        return cp
+
+    def close(self) -> None:
+        """Sign a last checkpoint if the head moved since the previous one (with a ``signer``)."""
+        with self._lock:
+            if self.signer is not None and self.head is not None and self._checkpointed != self.head.seq:
+                self._checkpoint(self.signer)
 
     def _write(self, line: bytes) -> None:
         if self.path is not None:
@@ -500,34 +595,276 @@ def read_file(path: Path) -> list[bytes]:
         raise TransportError(f"cannot read the audit file {path}: {e}") from e
 
 
+def _actor_in(path: Path) -> str | None:
+    """The actor of the chain in an audit file (its first readable line), or ``None`` if it is empty."""
+    for line in read_file(path):
+        if line.strip():
+            return parse_line(line).actor
+    return None
+
+
+class LocalTrail:
+    """A process's own chain in ``folder``: a file it holds an exclusive lock on, shipped to Kafka.
+
+    The chain is named ``<participant>/<role>-<8 hex>`` when its file is created and keeps that name
+    across restarts. A file locked by another live process is left alone and the next one is used
+    (``<role>.audit.jsonl``, ``<role>-2.audit.jsonl``, ...), so two processes never fork one chain.
+    ``shipper`` copies the file's new lines to ``lianfang.audit.v1`` in the background (at least once,
+    in order), so an audited action waits for the disk, never for the broker.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        participant: str,
+        role: str,
+        *,
+        signer: Signer | None = None,
+        ship: Sink | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        checkpoint_every_s: float = 60.0,
+    ) -> None:
+        import fcntl  # noqa: PLC0415 - POSIX only, like the services
+
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for attempt in range(1, 1000):
+            name = f"{role}.audit.jsonl" if attempt == 1 else f"{role}-{attempt}.audit.jsonl"
+            path = folder / name
+            lock = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(lock)
+                continue
+            break
+        else:  # pragma: no cover - a thousand live writers in one folder
+            raise UsageError(f"every audit file in {folder} is in use")
+        self._lock_fd = lock
+        actor = _actor_in(path) if path.exists() else None
+        if actor is None:
+            actor = f"{participant}/{role}-{os.urandom(4).hex()}"
+        elif principal(actor) != participant:
+            os.close(lock)
+            raise AuditError(f"{path} holds the chain of {actor!r}, not of a {participant!r} chain")
+        self.path = path
+        self.trail = AuditTrail(
+            actor, path=path, signer=signer, clock=clock, checkpoint_every_s=checkpoint_every_s
+        )
+        self.shipper = Shipper(path, ship) if ship is not None else None
+
+    @property
+    def actor(self) -> str:
+        return self.trail.actor
+
+    def append(
+        self,
+        action: Action,
+        *,
+        subject: str | None = None,
+        object: str | None = None,
+        to: Iterable[str] | None = None,
+    ) -> AuditEntry:
+        entry = self.trail.append(action, subject=subject, object=object, to=to)
+        if self.shipper is not None:
+            self.shipper.wake()
+        return entry
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Checkpoint the head, ship what is left (within ``timeout``) and release the file."""
+        try:
+            self.trail.close()
+            if self.shipper is not None:
+                self.shipper.stop(timeout)
+        finally:
+            os.close(self._lock_fd)
+
+
+def participant_trail(
+    folder: Path,
+    keystore: Keystore,
+    registry: Registry,
+    role: str,
+    *,
+    ship: Sink | None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    checkpoint_every_s: float = 60.0,
+) -> LocalTrail:
+    """The :class:`LocalTrail` of ``keystore``'s participant in ``folder/<participant>/``, its checkpoints
+    signed with the participant's signing key that the registry accepts now."""
+    from services.kernel.envelope import choose_signing_kid  # noqa: PLC0415 - keeps the core small
+
+    kid = choose_signing_kid(keystore, registry, clock())
+    return LocalTrail(
+        folder / keystore.participant,
+        keystore.participant,
+        role,
+        signer=Signer(keystore.signing_key(kid), kid),
+        ship=ship,
+        clock=clock,
+        checkpoint_every_s=checkpoint_every_s,
+    )
+
+
+class Shipper:
+    """Copies the lines appended to an audit file onto the audit topic, in order, at least once.
+
+    A background thread sends from the byte offset recorded in ``<file>.shipped`` to the end of the
+    file, and moves the offset only after the broker acknowledged the lines. After a crash the lines
+    past the recorded offset are sent again; :func:`verify_lines` reads such identical copies once.
+    While the broker is away lines wait in the file; ``pending_bytes`` says how much.
+    """
+
+    MAX_LINES_PER_SEND = 1000
+
+    def __init__(self, path: Path, sink: Sink, *, retry_s: float = 2.0) -> None:
+        self.path = path
+        self.sink = sink
+        self.retry_s = retry_s
+        self.marker = path.with_name(path.name + ".shipped")
+        self.offset = self._read_marker()
+        self.failures = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"audit-shipper-{path.name}", daemon=True)
+        self._thread.start()
+
+    def _read_marker(self) -> int:
+        try:
+            return int(self.marker.read_text().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as e:
+            raise AuditError(f"cannot read the audit shipping mark {self.marker}: {e}") from e
+
+    @property
+    def pending_bytes(self) -> int:
+        try:
+            return max(0, self.path.stat().st_size - self.offset)
+        except FileNotFoundError:
+            return 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def ship_once(self) -> int:
+        """Send every complete line past the mark; move the mark; return how many lines were sent."""
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return 0
+        lines = data.split(b"\n")[:-1][: self.MAX_LINES_PER_SEND]  # complete lines only
+        if not lines:
+            return 0
+        self.sink.send(parse_line(lines[0]).actor.encode(), lines)
+        self.offset += sum(len(line) + 1 for line in lines)
+        tmp = self.marker.with_name(self.marker.name + ".tmp")
+        tmp.write_text(f"{self.offset}\n")
+        os.replace(tmp, self.marker)
+        return len(lines)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(timeout=1.0)  # new lines wake it; the timeout retries after failures
+            self._wake.clear()
+            self._attempt()
+
+    def _attempt(self) -> bool:
+        try:
+            while self.ship_once():
+                pass
+        except LianfangError as e:
+            self.failures += 1
+            log.warning("audit lines of %s not shipped yet (%s); retrying", self.path.name, type(e).__name__)
+            self._stop.wait(self.retry_s)  # back off before the next attempt, unless stopping
+            return False
+        return True
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop the thread, make one last attempt and close the sink; True when all was shipped."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+        try:
+            return self._attempt() and self.pending_bytes == 0
+        finally:
+            self.sink.close()
+
+
 # --------------------------------------------------------------------------- Kafka edges
+
+
+class KafkaSink:
+    """Sends audit lines to the audit topic (acks=all, idempotent), keyed by actor so one chain stays in
+    one partition, in order. The producer is made on first use, so a sink can exist while the broker is
+    away; every failure is a :class:`TransportError`."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        security: KafkaSecuritySettings | None = None,
+        *,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.security = security
+        self.timeout_s = timeout_s
+        self._producer: Any = None
+
+    def _client(self) -> Any:
+        from kafka import KafkaProducer  # noqa: PLC0415 - the pure core does not need the client
+        from kafka.errors import KafkaError  # noqa: PLC0415
+
+        from services.kernel.kafka import DURABLE_PRODUCER  # noqa: PLC0415
+        from services.kernel.kafka_security import kafka_python_kwargs  # noqa: PLC0415
+
+        if self._producer is None:
+            extra = kafka_python_kwargs(self.security) if self.security is not None else {}
+            try:
+                self._producer = KafkaProducer(
+                    bootstrap_servers=self.bootstrap,
+                    client_id="lianfang-audit",
+                    max_block_ms=int(self.timeout_s * 1000),
+                    **DURABLE_PRODUCER,
+                    **extra,
+                )
+            except KafkaError as e:
+                raise TransportError(
+                    f"cannot reach Kafka at {self.bootstrap} for the audit trail: {e}"
+                ) from e
+        return self._producer
+
+    def send(self, key: bytes, lines: Sequence[bytes]) -> None:
+        """Send ``lines`` in order and return once the broker acknowledged every one."""
+        from kafka.errors import KafkaError  # noqa: PLC0415
+
+        producer = self._client()
+        try:
+            futures = [producer.send(self.topic, key=key, value=line) for line in lines]
+            producer.flush(timeout=self.timeout_s)
+            for future in futures:
+                future.get(timeout=self.timeout_s)
+        except KafkaError as e:
+            raise TransportError(f"publishing audit entries to {self.topic} failed: {e}") from e
+
+    def __call__(self, key: bytes, value: bytes) -> None:
+        self.send(key, [value])
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+            self._producer = None
 
 
 def kafka_sink(
     bootstrap: str, topic: str, security: KafkaSecuritySettings | None = None
 ) -> tuple[Publish, Callable[[], None]]:
-    """A synchronous publisher to the audit topic (acks=all, idempotent) and its close function."""
-    from kafka import KafkaProducer  # noqa: PLC0415 - the pure core does not need the client
-    from kafka.errors import KafkaError  # noqa: PLC0415
-
-    from services.kernel.kafka import DURABLE_PRODUCER  # noqa: PLC0415
-    from services.kernel.kafka_security import kafka_python_kwargs  # noqa: PLC0415
-
-    extra = kafka_python_kwargs(security) if security is not None else {}
-    try:
-        producer = KafkaProducer(
-            bootstrap_servers=bootstrap, client_id="lianfang-audit", **DURABLE_PRODUCER, **extra
-        )
-    except KafkaError as e:
-        raise TransportError(f"cannot reach Kafka at {bootstrap} for the audit trail: {e}") from e
-
-    def publish(key: bytes, value: bytes) -> None:
-        try:
-            producer.send(topic, key=key, value=value).get(timeout=30)
-        except KafkaError as e:
-            raise TransportError(f"publishing an audit entry to {topic} failed: {e}") from e
-
-    return publish, producer.close
+    """A synchronous publisher of single lines to the audit topic and its close function."""
+    sink = KafkaSink(bootstrap, topic, security)
+    return sink, sink.close
 
 
 def read_topic(
@@ -581,11 +918,17 @@ __all__ = [
     "AuditError",
     "AuditTrail",
     "Checkpoint",
+    "KafkaSink",
+    "LocalTrail",
+    "Shipper",
+    "Signer",
     "VerifyResult",
     "entry_hash",
     "kafka_sink",
     "next_entry",
     "parse_line",
+    "participant_trail",
+    "principal",
     "read_file",
     "read_topic",
     "verify",

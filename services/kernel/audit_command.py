@@ -4,6 +4,8 @@ Reads an audit file (JSON lines) or the whole ``lianfang.audit.v1`` topic, split
 verifies each chain (:func:`services.kernel.audit.verify_lines`). Checkpoint signatures are checked with
 the signing keys of the registry in HOME when it loads. Prints one line per chain; exits 1 naming the
 first bad entry of each broken chain, 0 when every chain holds.
+
+:func:`record_admin_change` is how the key and registry commands add to the trail.
 """
 
 from __future__ import annotations
@@ -78,6 +80,39 @@ def _lines(args: argparse.Namespace) -> tuple[str, list[bytes]]:
         raise UsageError("nothing to verify: give an audit FILE, or --bootstrap (or LIANFANG_BOOTSTRAP)")
     topic = topics.TopicNames(args.topic_prefix).audit
     return topic, audit.read_topic(bootstrap, topic, load_security())
+
+
+def record_admin_change(
+    domain: TrustDomain,
+    holder: str,
+    action: audit.Action,
+    *,
+    subject: str | None,
+    object: str,
+    now: datetime,
+) -> audit.AuditEntry:
+    """Append a key or registry change, made by root holder ``holder``, to its ``admin`` chain in
+    HOME/audit and sign its head. With ``LIANFANG_BOOTSTRAP`` set the chain's unshipped lines go to the
+    audit topic; lines a broker did not take wait in the file for the next command."""
+    registry = domain.registry(now)
+    keystore = domain.keystore(holder)
+    bootstrap = KafkaSettings().bootstrap
+    sink = None
+    if bootstrap:
+        sink = audit.KafkaSink(bootstrap, topics.TopicNames().audit, load_security(), timeout_s=10)
+    trail = audit.participant_trail(
+        domain.home / "audit", keystore, registry, "admin", ship=sink, clock=lambda: now
+    )
+    try:
+        entry = trail.append(action, subject=subject, object=object)
+    finally:
+        trail.close(timeout=15)
+    shipper = trail.shipper
+    where = f"audit: {action} recorded as {trail.actor} seq {entry.seq}"
+    if shipper is not None and shipper.pending_bytes:
+        where += f" (not yet on the audit topic: {bootstrap} did not take it; the next command retries)"
+    print(where)
+    return entry
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:

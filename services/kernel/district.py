@@ -26,6 +26,7 @@ AGENCIES: Final[tuple[tuple[str, str, str], ...]] = (
     ("trade_union", "区总工会", "Federation of Trade Unions"),
     ("hub", "联席会议处理器", "Joint-meeting processors (operated for plc)"),
     ("coordinators", "联席会议办公室", "Joint-meeting office (console users)"),
+    ("router", "事件路由器", "Event router (operated for plc; signs its audit trail, reads no content)"),
 )
 
 # The 6 streets (街道) and 19 towns (镇) of the district: id, 中文名.
@@ -82,6 +83,8 @@ def participants() -> list[tuple[str, str, str]]:
 
 def may_publish(participant_id: str) -> list[str]:
     """Which event types a participant may put on the bus."""
+    if participant_id == "router":
+        return []  # it only copies signed events; its key signs the checkpoints of its audit trail
     if participant_id == "hub":
         return ["joint_meeting.alert", *SUPERVISION_TYPES]
     if participant_id == "coordinators":

@@ -165,7 +165,8 @@ class SystemEntropy:
 SYSTEM_ENTROPY = SystemEntropy()
 
 
-def _choose_signing_kid(signer: Keystore, registry: Registry, at: datetime) -> str:
+def choose_signing_kid(signer: Keystore, registry: Registry, at: datetime) -> str:
+    """The key id the participant signs with at ``at``: the newest of its keys the registry accepts."""
     usable = []
     for kid in signer.signing:
         try:
@@ -219,7 +220,7 @@ def seal(
         Sections.model_validate(sealed).model_dump(mode="json", exclude_none=True)
     )
     body = header_bytes + b"\n" + sections_bytes
-    kid = signing_kid or _choose_signing_kid(signer, registry, header.time)
+    kid = signing_kid or choose_signing_kid(signer, registry, header.time)
     signature = crypto.sign(signer.signing_key(kid), ENVELOPE_PAYLOAD_TYPE, body)
     value = crypto.compact_json(
         {

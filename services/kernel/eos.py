@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 
 from services.kernel.errors import TransportError
+from services.kernel.kafka_security import KafkaSecuritySettings, aiokafka_kwargs, load_security
 
 log = logging.getLogger("lianfang.eos")
 
@@ -93,8 +94,11 @@ class TransactionalRunner:
         max_batch: int = 500,
         paused: Callable[[], bool] | None = None,
         client_id: str = "lianfang",
+        security: KafkaSecuritySettings | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        # How every client of this worker logs in (None: the LIANFANG_KAFKA_* environment).
+        self._auth = aiokafka_kwargs(security if security is not None else load_security())
         self.group_id = group_id
         self.source = source
         self.state_topic = state_topic
@@ -131,6 +135,7 @@ class TransactionalRunner:
                 client_id=f"{self.client_id}-{tp.partition}",
                 linger_ms=2,
                 max_batch_size=PRODUCER_BATCH_BYTES,
+                **self._auth,
             )
             await producer.start()  # InitProducerId: fences the previous owner, aborts its open txn
             self.producers[tp] = producer
@@ -150,7 +155,10 @@ class TransactionalRunner:
         state = PartitionState(partition)
         tp = TopicPartition(self.state_topic, partition)
         reader = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, isolation_level="read_committed", enable_auto_commit=False
+            bootstrap_servers=self.bootstrap,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            **self._auth,
         )
         await reader.start()
         try:
@@ -191,6 +199,7 @@ class TransactionalRunner:
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
             max_poll_records=self.max_batch,
+            **self._auth,
         )
         await self.consumer.start()
         self.consumer.subscribe([self.source], listener=Listener())

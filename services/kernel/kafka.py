@@ -16,6 +16,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from services.kernel.errors import TransportError
+from services.kernel.kafka_security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 
 # Producer settings every Lianfang writer uses: nothing is acknowledged until all in-sync replicas
 # have it, and retries cannot duplicate or reorder records of one partition.
@@ -32,11 +33,22 @@ class TopicSpec:
     configs: dict[str, str] = field(default_factory=dict)
 
 
-def ensure_topics(bootstrap: str, topics: Iterable[TopicSpec], *, timeout_s: float = 30.0) -> None:
-    """Create the topics that do not exist yet and wait until every one is in the metadata."""
+def ensure_topics(
+    bootstrap: str,
+    topics: Iterable[TopicSpec],
+    *,
+    timeout_s: float = 30.0,
+    security: KafkaSecuritySettings | None = None,
+) -> None:
+    """Create the topics that do not exist yet and wait until every one is in the metadata.
+
+    ``security``: how to log in (``None``: the ``LIANFANG_KAFKA_*`` environment); creating topics
+    needs the operator on a secured broker.
+    """
     specs = list(topics)
+    auth = kafka_python_kwargs(security if security is not None else load_security())
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="lianfang-admin")
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="lianfang-admin", **auth)
     except KafkaError as e:
         raise TransportError(f"cannot reach Kafka at {bootstrap}: {e}") from e
     try:

@@ -64,30 +64,47 @@ class KafkaSecuritySettings(BaseSettings):
         """The principal the broker sees (``User:<name>``) when SASL is on, else ``None``."""
         return f"User:{self.sasl_username}" if self.sasl else None
 
+    def check_ca_file(self) -> None:
+        """With TLS on, a CA file that was named must exist: raise :class:`UsageError` naming it."""
+        if self.tls and self.ca_file is not None and not self.ca_file.is_file():
+            raise UsageError(f"the Kafka CA file {self.ca_file} does not exist (LIANFANG_KAFKA_CA_FILE)")
+
     def ssl_context(self) -> ssl.SSLContext | None:
         """A client TLS context that verifies the broker (hostname included) against ``ca_file``."""
         if not self.tls:
             return None
-        if self.ca_file is not None and not self.ca_file.is_file():
-            raise UsageError(f"the Kafka CA file {self.ca_file} does not exist (LIANFANG_KAFKA_CA_FILE)")
+        self.check_ca_file()
         context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         return context
 
 
 def load_security() -> KafkaSecuritySettings:
-    """The settings from the environment; an incomplete set is a :class:`UsageError` naming the fix."""
+    """The settings from the environment; an incomplete set is a :class:`UsageError` naming the fix.
+
+    Services call it once at startup, so that a mistake stops them before they touch Kafka: SASL
+    without a user or password, a CA file that does not exist, or credentials given while the
+    protocol would not send them (PLAINTEXT or SSL would connect without logging in).
+    """
     try:
-        return KafkaSecuritySettings()
+        settings = KafkaSecuritySettings()
     except ValidationError as e:
-        problems = "; ".join(str(err["msg"]) for err in e.errors())
+        problems = "; ".join(str(err["msg"]) for err in e.errors(include_input=False))
         raise UsageError(f"Kafka security settings are incomplete: {problems}") from e
+    settings.check_ca_file()
+    if not settings.sasl and (settings.sasl_username or settings.sasl_password.get_secret_value()):
+        raise UsageError(
+            f"LIANFANG_KAFKA_SASL_USERNAME/_PASSWORD are set but LIANFANG_KAFKA_SECURITY_PROTOCOL is "
+            f"{settings.security_protocol}, which does not log in: set it to SASL_SSL (or SASL_PLAINTEXT)"
+        )
+    return settings
 
 
 def kafka_python_kwargs(settings: KafkaSecuritySettings) -> dict[str, Any]:
     """Keyword arguments for kafka-python's ``KafkaProducer``/``KafkaConsumer``/``KafkaAdminClient``."""
     kwargs: dict[str, Any] = {"security_protocol": settings.security_protocol}
     if settings.tls:
+        settings.check_ca_file()
         kwargs["ssl_check_hostname"] = True
         if settings.ca_file is not None:
             kwargs["ssl_cafile"] = str(settings.ca_file)

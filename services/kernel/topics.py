@@ -13,6 +13,7 @@ from kafka.errors import KafkaError
 
 from services.kernel.errors import MalformedError, TransportError
 from services.kernel.kafka import TopicSpec, ensure_topics
+from services.kernel.kafka_security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 
 TOPICS_FILE = Path(__file__).resolve().parents[2] / "deploy" / "topics.toml"
 
@@ -101,9 +102,11 @@ def load_specs(
     return specs
 
 
-def broker_count(bootstrap: str) -> int:
+def broker_count(bootstrap: str, security: KafkaSecuritySettings | None = None) -> int:
+    """How many brokers the cluster has (``security``: ``None`` is the ``LIANFANG_KAFKA_*`` environment)."""
+    auth = kafka_python_kwargs(security if security is not None else load_security())
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="lianfang-topics")
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="lianfang-topics", **auth)
         try:
             return len(admin.describe_cluster()["brokers"])
         finally:
@@ -112,8 +115,19 @@ def broker_count(bootstrap: str) -> int:
         raise TransportError(f"cannot reach Kafka at {bootstrap}: {e}") from e
 
 
-def apply(bootstrap: str, participants: Iterable[str], *, prefix: str = "") -> list[TopicSpec]:
-    """Create every topic of the list that does not exist yet; returns the specs applied."""
-    specs = load_specs(participants, brokers=broker_count(bootstrap), prefix=prefix)
-    ensure_topics(bootstrap, specs)
+def apply(
+    bootstrap: str,
+    participants: Iterable[str],
+    *,
+    prefix: str = "",
+    security: KafkaSecuritySettings | None = None,
+) -> list[TopicSpec]:
+    """Create every topic of the list that does not exist yet; returns the specs applied.
+
+    ``security`` logs in (``None``: the ``LIANFANG_KAFKA_*`` environment); on a secured broker only the
+    operator may create topics.
+    """
+    security = security if security is not None else load_security()
+    specs = load_specs(participants, brokers=broker_count(bootstrap, security), prefix=prefix)
+    ensure_topics(bootstrap, specs, security=security)
     return specs

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator, MutableMapping
@@ -31,10 +32,11 @@ from prometheus_client import start_http_server
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.kernel import topics
+from services.kernel import acls, audit, envelope, topics, trust
 from services.kernel.envelope import DuplicateError, ReplayWindow, Seen
 from services.kernel.eos import Output, PartitionState, TransactionalRunner
 from services.kernel.errors import UntrustedInputError, UsageError
+from services.kernel.kafka_security import KafkaSecuritySettings, aiokafka_kwargs, load_security
 from services.kernel.registry import Registry
 from services.kernel.trust import TrustDomain
 from services.router import core
@@ -51,7 +53,8 @@ def utcnow() -> datetime:
 
 class RouterSettings(BaseSettings):
     """Settings of one router worker. Environment variables: ``LIANFANG_ROUTER_<NAME>``, except the
-    broker (``LIANFANG_BOOTSTRAP``) and the trust domain (``LIANFANG_HOME``)."""
+    broker (``LIANFANG_BOOTSTRAP``), the trust domain (``LIANFANG_HOME``) and the Kafka login
+    (``LIANFANG_KAFKA_*``, :mod:`services.kernel.kafka_security`)."""
 
     model_config = SettingsConfigDict(env_prefix="LIANFANG_ROUTER_", frozen=True, extra="ignore")
 
@@ -67,6 +70,12 @@ class RouterSettings(BaseSettings):
     metrics_port: int = Field(default=9102, ge=0, description="/metrics on 127.0.0.1; 0 turns it off")
     lag_interval_s: float = Field(
         default=15.0, ge=0, description="how often consumer lag is sampled for /metrics; 0 turns it off"
+    )
+    audit_checkpoint_s: float = Field(
+        default=60.0, gt=0, description="how often each partition's audit head is signed (when it moved)"
+    )
+    kafka_security: KafkaSecuritySettings = Field(
+        default_factory=load_security, description="TLS and SASL login, from LIANFANG_KAFKA_*"
     )
 
 
@@ -128,10 +137,83 @@ class SeenIds(MutableMapping[str, Seen]):
         self.state.put(key, None)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self.state.keys()))
+        every = self.state.keys()
+        return iter([k for k in every if not k.startswith(RouterAudit.STATE_PREFIX)])
 
     def __len__(self) -> int:
-        return len(list(self.state.keys()))
+        return len(list(iter(self)))
+
+
+class RouterAudit:
+    """The router's audit trail: one hash chain per events partition, written in the partition's
+    transaction, so an entry is on ``lianfang.audit.v1`` exactly when the delivery it records committed.
+
+    The chain's head lives in the partition's transactional state (key ``audit:head``), so it moves with
+    the partition to whichever worker takes it over. Its checkpoints are signed with the router's key.
+    """
+
+    STATE_PREFIX = "audit:"
+    HEAD = "audit:head"
+
+    def __init__(
+        self, topic: str, group_id: str, signer: audit.Signer | None, *, checkpoint_every_s: float
+    ) -> None:
+        self.topic = topic
+        self.chain = re.sub(r"[^a-z0-9_.-]", "-", group_id.lower()).strip("-.") or "router"
+        self.signer = signer
+        self.checkpoint_every_s = checkpoint_every_s
+        self._last_checkpoint: dict[int, float] = {}
+
+    def actor(self, partition: int) -> str:
+        return f"{acls.ROUTER}/{self.chain}.p{partition}"
+
+    def head(self, state: PartitionState) -> audit.AuditEntry | None:
+        line = state.get(self.HEAD)
+        if line is None:
+            return None
+        entry = audit.parse_line(line)
+        assert isinstance(entry, audit.AuditEntry)
+        return entry
+
+    def record(
+        self,
+        state: PartitionState,
+        action: audit.Action,
+        now: datetime,
+        *,
+        subject: str | None = None,
+        object: str | None = None,
+        to: tuple[str, ...] | None = None,
+    ) -> Output:
+        entry = audit.next_entry(
+            self.head(state),
+            actor=self.actor(state.partition),
+            action=action,
+            at=now,
+            subject=subject,
+            object=object,
+            to=to,
+        )
+        line = entry.to_line()
+        state.put(self.HEAD, line)
+        return Output(self.topic, line, entry.actor.encode(), [])
+
+    def checkpoint_if_due(self, state: PartitionState, now: datetime) -> list[Output]:
+        """A signed checkpoint of the partition's head every ``checkpoint_every_s`` (if it moved)."""
+        if self.signer is None:
+            return []
+        last = self._last_checkpoint.get(state.partition)
+        if last is not None and time.monotonic() - last < self.checkpoint_every_s:
+            return []
+        head = self.head(state)
+        if head is None:
+            return []
+        self._last_checkpoint[state.partition] = time.monotonic()
+        if state.get(self.STATE_PREFIX + "signed") == str(head.seq).encode():
+            return []
+        state.put(self.STATE_PREFIX + "signed", str(head.seq).encode())
+        checkpoint = audit.Checkpoint.sign(head, self.signer.key, self.signer.kid, at=now)
+        return [Output(self.topic, checkpoint.to_line(), head.actor.encode(), [])]
 
 
 class Router:
@@ -140,10 +222,18 @@ class Router:
     PRUNE_EVERY_S = 60.0
 
     def __init__(
-        self, settings: RouterSettings, holder: RegistryHolder, metrics: RouterMetrics, clock: Clock
+        self,
+        settings: RouterSettings,
+        holder: RegistryHolder,
+        metrics: RouterMetrics,
+        clock: Clock,
+        signer: audit.Signer | None = None,
     ) -> None:
         self.settings = settings
         self.names = topics.TopicNames(settings.topic_prefix)
+        self.audit = RouterAudit(
+            self.names.audit, settings.group_id, signer, checkpoint_every_s=settings.audit_checkpoint_s
+        )
         self.holder = holder
         self.metrics = metrics
         self.clock = clock
@@ -167,15 +257,29 @@ class Router:
         except UntrustedInputError as e:
             self.metrics.deadlettered.labels(e.reason).inc()
             headers = deadletter_headers(e, record.topic, record.partition, record.offset, now)
-            return [Output(self.names.deadletter, record.value, record.key, headers)]
+            where = f"{record.topic}.{record.partition}.{record.offset}"
+            return [
+                Output(self.names.deadletter, record.value, record.key, headers),
+                self.audit.record(state, "deadletter", now, object=where),
+            ]
         self.metrics.routed.labels(decision.event_type).inc()
         self.metrics.latency.observe(max(0.0, (self.clock() - decision.event_time).total_seconds()))
         for participant in decision.recipients:
             self.metrics.delivered.labels(participant).inc()
         headers = list(record.headers or [])
-        return [Output(self.names.inbox(p), record.value, record.key, headers) for p in decision.recipients]
+        copies = [Output(self.names.inbox(p), record.value, record.key, headers) for p in decision.recipients]
+        subject = record.key.decode() if record.key else None
+        entry = self.audit.record(
+            state, "route", now, subject=subject, object=decision.event_id, to=decision.recipients
+        )
+        return [*copies, entry]
 
-    def prune(self, state: PartitionState) -> list[Output]:
+    def after_batch(self, state: PartitionState) -> list[Output]:
+        """After each batch: forget old ids now and then, and sign the audit head when it is due."""
+        self.prune(state)
+        return self.audit.checkpoint_if_due(state, self.clock())
+
+    def prune(self, state: PartitionState) -> None:
         """Now and then, forget ids older than the window (their time alone refuses them)."""
         last = self._last_prune.get(state.partition, 0.0)
         if time.monotonic() - last >= self.PRUNE_EVERY_S:
@@ -183,7 +287,6 @@ class Router:
             removed = self._replay(state).prune(self.clock())
             if removed:
                 log.info("partition %d: forgot %d ids older than the replay window", state.partition, removed)
-        return []
 
     def paused(self) -> bool:
         """Routing waits while the registry in force has expired (events stay in Kafka)."""
@@ -202,7 +305,11 @@ class Router:
 
     async def follow_registry(self) -> None:
         """Read the whole compacted registry topic (no consumer group: every worker reads it all)."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap,
+            enable_auto_commit=False,
+            **aiokafka_kwargs(self.settings.kafka_security),
+        )
         await consumer.start()
         try:
             tp = TopicPartition(self.names.registry, 0)
@@ -277,6 +384,18 @@ def deadletter_headers(
     ]
 
 
+def router_signer(home: Path, registry: Registry, now: datetime) -> audit.Signer | None:
+    """The key that signs the router's audit checkpoints: ``router``'s keystore in HOME, if there."""
+    if not (home / "keys" / f"{acls.ROUTER}.key").exists():
+        log.warning(
+            "no keystore for %r in %s: the router's audit checkpoints will not be signed", acls.ROUTER, home
+        )
+        return None
+    store = trust.open_domain(home).keystore(acls.ROUTER)
+    kid = envelope.choose_signing_kid(store, registry, now)
+    return audit.Signer(store.signing_key(kid), kid)
+
+
 async def serve(
     settings: RouterSettings, *, clock: Clock = utcnow, metrics: RouterMetrics | None = None
 ) -> None:
@@ -285,17 +404,18 @@ async def serve(
         raise UsageError("no Kafka bootstrap: set LIANFANG_BOOTSTRAP or pass --bootstrap")
     metrics = metrics or RouterMetrics()
     holder = RegistryHolder(TrustDomain(home=settings.home, passphrase=""), clock, metrics)
-    router = Router(settings, holder, metrics, clock)
+    router = Router(settings, holder, metrics, clock, router_signer(settings.home, holder.current, clock()))
     runner = TransactionalRunner(
         bootstrap=settings.bootstrap,
         group_id=settings.group_id,
         source=router.names.events,
         state_topic=router.names.router_replay,
         handler=router.handle,
-        after_batch=router.prune,
+        after_batch=router.after_batch,
         max_batch=settings.max_batch,
         paused=router.paused,
         client_id="lianfang-router",
+        security=settings.kafka_security,
     )
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1")

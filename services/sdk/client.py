@@ -34,7 +34,7 @@ from schemas.events import (
     LeadResolved,
     split_sections,
 )
-from services.kernel import envelope, topics, trust
+from services.kernel import audit, envelope, topics, trust
 from services.kernel.errors import (
     MalformedError,
     RegistryExpiredError,
@@ -42,6 +42,7 @@ from services.kernel.errors import (
     UntrustedInputError,
     UsageError,
 )
+from services.kernel.kafka_security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 from services.kernel.keystore import Keystore
 from services.kernel.pseudonym import PseudonymKey, pseudonymize
 from services.kernel.registry import Registry
@@ -151,7 +152,11 @@ class Publisher(Protocol):
 
 
 class Client:
-    """One participant on the bus."""
+    """One participant on the bus.
+
+    ``security`` is how it logs in to Kafka: on a secured broker, as the participant's own principal
+    (``User:<participant>``). ``None`` reads it from the ``LIANFANG_KAFKA_*`` environment.
+    """
 
     def __init__(
         self,
@@ -164,6 +169,8 @@ class Client:
         clock: Clock | None = None,
         metrics: SdkMetrics | None = None,
         start: bool = True,
+        security: KafkaSecuritySettings | None = None,
+        audit_dir: Path | None = None,
     ) -> None:
         self.keys = keystore
         self.participant = keystore.participant
@@ -172,10 +179,17 @@ class Client:
         self.names = topics.TopicNames(topic_prefix)
         self.clock = clock or (lambda: datetime.now(UTC))
         self.metrics = metrics or sdk_metrics.shared()
+        self.security = security if security is not None else load_security()
         self.outbox = Outbox(outbox_path)
-        self.drainer = Drainer(self.outbox, bootstrap, on_sent=self._sent)
+        self.drainer = Drainer(self.outbox, bootstrap, on_sent=self._sent, security=self.security)
         self._pseudonym_key: PseudonymKey | None = None
         self._consumer: KafkaConsumer | None = None
+        # Every publish and every opened event is an entry of this client's audit chain (on disk
+        # before the call returns; shipped to the audit topic in the background once started).
+        sink = audit.KafkaSink(bootstrap, self.names.audit, self.security) if start and bootstrap else None
+        self.trail = audit.participant_trail(
+            audit_dir or outbox_path.parent / "audit", keystore, registry, "sdk", ship=sink, clock=self.clock
+        )
         self._update_gauges()
         if start:
             self.drainer.start()
@@ -274,6 +288,7 @@ class Client:
             value=record.value,
             headers=record.headers,
         )
+        self.trail.append("publish", subject=header.subject, object=header.id)
         self.metrics.accepted.labels(event.EVENT_TYPE).inc()
         self._update_gauges()
         return header.id
@@ -334,6 +349,11 @@ class Client:
                             consumer.commit()
                             continue
                         self.metrics.received.labels(opened.header.type).inc()
+                        self.trail.append(
+                            "open_section",
+                            subject=opened.header.subject,
+                            object=f"{opened.header.id}/{'+'.join(sorted(opened.sections))}",
+                        )
                         yield opened
                         seen += 1
                         consumer.commit()
@@ -350,6 +370,7 @@ class Client:
                 isolation_level="read_committed",
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
+                **kafka_python_kwargs(self.security),
             )
         return self._consumer
 
@@ -408,6 +429,7 @@ class Client:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+        self.trail.close(timeout)
         self.outbox.close()
 
     def __enter__(self) -> Client:

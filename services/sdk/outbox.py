@@ -25,6 +25,7 @@ from kafka.errors import KafkaError
 
 from services.kernel.errors import TransportError, UsageError
 from services.kernel.kafka import DURABLE_PRODUCER
+from services.kernel.kafka_security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 
 log = logging.getLogger("lianfang.outbox")
 
@@ -159,6 +160,8 @@ class Drainer:
     A batch is sent and flushed; only the records Kafka acknowledged are removed. After a failure
     the unacknowledged ones are sent again, so Kafka may see a record twice (same event id, same
     bytes): the router recognizes such a copy and delivers the event once.
+
+    ``security`` is how the producer logs in to Kafka (``None``: the ``LIANFANG_KAFKA_*`` environment).
     """
 
     def __init__(
@@ -169,9 +172,11 @@ class Drainer:
         on_sent: Callable[[list[Pending]], None] | None = None,
         batch: int = 500,
         max_backoff_s: float = 10.0,
+        security: KafkaSecuritySettings | None = None,
     ) -> None:
         self.outbox = outbox
         self.bootstrap = bootstrap
+        self.security = security if security is not None else load_security()
         self.on_sent = on_sent
         self.batch = batch
         self.max_backoff_s = max_backoff_s
@@ -205,6 +210,7 @@ class Drainer:
                 retries=5,
                 reconnect_backoff_max_ms=2_000,
                 **DURABLE_PRODUCER,
+                **kafka_python_kwargs(self.security),
             )
         return self._producer
 

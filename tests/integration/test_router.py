@@ -17,7 +17,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from schemas.envelope import MAX_RECORD_BYTES
 from schemas.registry import RegistryDocument
-from services.kernel import envelope, policy
+from services.kernel import audit, envelope, policy
 from services.kernel.keystore import Keystore
 from services.kernel.registry import sign_document
 from services.kernel.topics import load_specs
@@ -66,7 +66,9 @@ def bus(kafka_bootstrap: str, live_domain: DemoDomain) -> Bus:
 @pytest.fixture(scope="module")
 def router(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
     log = Path(tmp_path_factory.mktemp("router")) / "router.log"
-    worker = Router(bus, bus.domain.home, log, group=f"{bus.prefix}router")
+    worker = Router(
+        bus, bus.domain.home, log, group=f"{bus.prefix}router", LIANFANG_ROUTER_AUDIT_CHECKPOINT_S="0.5"
+    )
     bus.wait_for(lambda: worker.metric("lianfang_registry_version", service="router"), 60, "router start")
     yield worker
     worker.stop()
@@ -184,6 +186,38 @@ def test_each_reason_code_the_router_sees_reaches_the_deadletter_topic_with_that
     assert int(headers["lianfang_source_offset"]) >= 0
     assert datetime.fromisoformat(headers["lianfang_deadlettered_at"].decode()) <= datetime.now(UTC)
     assert router.metric("lianfang_router_deadletters_total", reason="bad_signature") >= 1
+
+
+def test_every_routing_decision_is_an_entry_of_a_signed_audit_chain_per_partition(
+    bus: Bus, router: Router
+) -> None:
+    routed = bus.seal(category="domestic_violence", town="mapo", phone="13900000015")
+    bus.publish([routed])
+    bus.produce([(b"k", b"not an envelope either")])
+    bus.wait_for(lambda: _delivered_exactly_once(bus, [routed]), what="delivery")
+
+    def entries() -> list[audit.AuditEntry]:
+        lines = [r.value for r in bus.read_all([bus.names.audit])[bus.names.audit]]
+        items = [audit.parse_line(line) for line in lines]
+        return [i for i in items if isinstance(i, audit.AuditEntry)]
+
+    mine = bus.wait_for(
+        lambda: [e for e in entries() if e.object == routed.header.id], what="the route entry"
+    )
+    (entry,) = mine
+    assert entry.action == "route"
+    assert entry.actor.startswith("router/")
+    assert audit.principal(entry.actor) == "router"
+    assert entry.subject == routed.header.subject
+    assert set(entry.to or ()) == _expected_inboxes(bus, routed)
+    assert any(e.action == "deadletter" and (e.object or "").startswith(bus.names.events) for e in entries())
+
+    registry = bus.domain.registry
+    lines = [r.value for r in bus.read_all([bus.names.audit])[bus.names.audit]]
+    results = audit.verify_lines(lines, keys=lambda who, kid, at: registry.signing_key(who, kid, at=at))
+    assert results
+    assert all(r.ok for r in results), [str(r) for r in results if not r.ok]
+    assert all(r.checkpoints_verified >= 1 for r in results if (r.actor or "").startswith("router/"))
 
 
 def test_a_byte_identical_copy_of_an_event_is_delivered_once_and_not_dead_lettered(

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.unit
 
 PARTICIPANTS = [pid for pid, _zh, _en in district.participants()]
 RULES = generate(PARTICIPANTS)
-EVERYONE = [*PARTICIPANTS, "router", "stranger"]
+EVERYONE = [*PARTICIPANTS, "stranger"]
+READERS = [p for p in PARTICIPANTS if p != "router"]
 
 
 def test_education_cannot_read_the_police_inbox() -> None:
@@ -21,7 +22,7 @@ def test_education_cannot_read_the_police_inbox() -> None:
     assert not allows(RULES, "User:education", "READ", "GROUP", "lianfang-inbox-police")
 
 
-@pytest.mark.parametrize("participant", PARTICIPANTS)
+@pytest.mark.parametrize("participant", READERS)
 def test_a_participant_reads_its_own_inbox_with_its_own_group_and_writes_events(participant: str) -> None:
     me = f"User:{participant}"
     assert allows(RULES, me, "READ", "TOPIC", inbox(participant))
@@ -40,7 +41,7 @@ def test_nobody_but_the_router_writes_an_inbox(principal: str) -> None:
 @pytest.mark.parametrize("principal", EVERYONE)
 def test_nobody_reads_an_inbox_that_is_not_their_own(principal: str) -> None:
     reads = [p for p in PARTICIPANTS if allows(RULES, f"User:{principal}", "READ", "TOPIC", inbox(p))]
-    assert reads == ([principal] if principal in PARTICIPANTS else [])
+    assert reads == ([principal] if principal in READERS else [])
 
 
 def test_a_participant_cannot_use_another_participants_group_even_by_prefix() -> None:
@@ -73,7 +74,7 @@ def test_the_hub_reads_its_inbox_writes_events_and_owns_its_faust_topics() -> No
 
 
 def test_only_the_router_and_participants_have_rules_and_nobody_has_cluster_rights() -> None:
-    assert {r.principal for r in RULES} == {f"User:{p}" for p in [*PARTICIPANTS, "router"]}
+    assert {r.principal for r in RULES} == {f"User:{p}" for p in PARTICIPANTS}
     assert not [r for r in RULES if r.resource == "CLUSTER"]
     assert "User:operator" not in {r.principal for r in RULES}
 
@@ -87,9 +88,12 @@ def test_a_topic_prefix_moves_every_rule_into_its_namespace() -> None:
     assert allows(rules, "User:police", "READ", "GROUP", "t-1.lianfang-inbox-police")
 
 
-def test_the_router_cannot_also_be_a_participant() -> None:
-    with pytest.raises(ValueError, match="router"):
-        generate(["police", "router"])
+def test_the_routers_registry_entry_gives_it_router_rules_only() -> None:
+    rules = generate(["police", "router"])
+    assert not allows(rules, "User:router", "READ", "TOPIC", inbox("router"))
+    assert not allows(rules, "User:router", "WRITE", "TOPIC", "lianfang.events.v1")
+    assert allows(rules, "User:router", "READ", "TOPIC", "lianfang.events.v1")
+    assert allows(rules, "User:router", "WRITE", "TOPIC", "lianfang.audit.v1")
 
 
 def test_rules_become_kafka_python_acls() -> None:

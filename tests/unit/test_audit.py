@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from services.kernel import audit, crypto
 from services.kernel.audit import AuditEntry, AuditError, AuditTrail, Checkpoint, next_entry, verify
 from services.kernel.audit_command import add_commands
+from services.kernel.errors import TransportError
 
 pytestmark = pytest.mark.unit
 
@@ -200,6 +202,143 @@ def test_any_chain_round_trips_through_its_lines_and_verifies(
     results = audit.verify_lines([e.to_line() for e in entries])
     assert all(r.ok for r in results)
     assert sum(r.entries for r in results) == len(entries)
+
+
+def test_a_routing_entry_names_its_recipients_and_an_edit_of_them_is_caught() -> None:
+    first = next_entry(None, actor="router/p3", action="route", at=T0, subject=SUBJECT, to=["police", "hub"])
+    assert audit.parse_line(first.to_line()) == first
+    assert json.loads(first.to_line())["to"] == ["police", "hub"]
+    edited = dataclasses.replace(first, to=("police",))
+    assert verify([edited]).bad_seq == 0
+    with pytest.raises(AuditError):
+        next_entry(None, actor="router/p3", action="route", at=T0, to=["13800138000"])
+
+
+def test_a_chain_named_after_its_writer_is_checkpointed_with_its_participants_key() -> None:
+    key = Ed25519PrivateKey.generate()
+    entries = chain(3, actor="police/sdk-0a1b2c3d")
+    cp = Checkpoint.sign(entries[-1], key, "k1", at=T0)
+    asked: list[str] = []
+
+    def lookup(participant: str, _kid: str, _at: datetime) -> bytes:
+        asked.append(participant)
+        return crypto.ed25519_public_raw(key)
+
+    assert verify(entries, [cp], keys=lookup).checkpoints_verified == 1
+    assert asked == ["police"]
+    assert audit.principal("mediation.renhe/console-1") == "mediation.renhe"
+    with pytest.raises(AuditError):
+        next_entry(None, actor="Police/x", action="publish", at=T0)
+
+
+def test_a_line_sent_twice_is_read_once_but_a_different_entry_under_a_seen_seq_is_caught() -> None:
+    entries = chain(4)
+    lines = [e.to_line() for e in entries]
+    resent = [*lines[:3], lines[1], lines[2], lines[3]]  # a crash after the broker had seq 1 and 2
+    assert [(r.ok, r.entries) for r in audit.verify_lines(resent)] == [(True, 4)]
+    other = dataclasses.replace(entries[1], action="route")
+    forged = [*lines[:3], dataclasses.replace(other, hash=other.computed_hash()).to_line(), lines[3]]
+    assert [r.ok for r in audit.verify_lines(forged)] == [False]
+
+
+def test_the_trail_signs_a_checkpoint_when_due_and_when_it_closes(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    now = [T0]
+    path = tmp_path / "audit.jsonl"
+    trail = AuditTrail(
+        "hub/hub-1", path=path, signer=audit.Signer(key, "k1"), clock=lambda: now[0], checkpoint_every_s=60
+    )
+    trail.append("publish", subject=SUBJECT)
+    now[0] = T0 + timedelta(seconds=61)
+    trail.append("publish", subject=SUBJECT)  # due: a checkpoint of seq 1 follows it
+    trail.append("publish", subject=SUBJECT)
+    trail.close()  # seq 2 is not covered yet: a last checkpoint
+    trail.close()  # nothing new: no third
+    items = [audit.parse_line(line) for line in audit.read_file(path)]
+    assert [(type(i).__name__, i.seq) for i in items] == [
+        ("AuditEntry", 0),
+        ("AuditEntry", 1),
+        ("Checkpoint", 1),
+        ("AuditEntry", 2),
+        ("Checkpoint", 2),
+    ]
+    results = audit.verify_lines(audit.read_file(path), keys=_keys(key), require_checkpoint=True)
+    assert [(r.ok, r.checkpoints_verified) for r in results] == [(True, 2)]
+
+
+def test_a_local_trail_keeps_its_name_and_a_second_writer_gets_its_own_file(tmp_path: Path) -> None:
+    first = audit.LocalTrail(tmp_path, "police", "sdk", clock=lambda: T0)
+    first.append("publish", subject=SUBJECT)
+    second = audit.LocalTrail(tmp_path, "police", "sdk", clock=lambda: T0)  # first still holds its file
+    second.append("publish", subject=SUBJECT)
+    assert first.path != second.path
+    assert first.actor != second.actor
+    assert first.actor.startswith("police/sdk-")
+    name, path = first.actor, first.path
+    first.close()
+    second.close()
+    resumed = audit.LocalTrail(tmp_path, "police", "sdk", clock=lambda: T0)
+    assert (resumed.path, resumed.actor) == (path, name)
+    assert resumed.append("open_section").seq == 1
+    resumed.close()
+    with pytest.raises(AuditError, match="not of a 'court' chain"):
+        audit.LocalTrail(tmp_path, "court", "sdk")
+
+
+def test_the_shipper_sends_each_line_once_in_order_and_resumes_after_a_failure(tmp_path: Path) -> None:
+    sent: list[bytes] = []
+    down = [True]
+
+    class Broker:
+        closed = 0
+
+        def send(self, key: bytes, lines: Any) -> None:
+            if down[0]:
+                raise TransportError("broker away")
+            assert key == b"police/sdk-00000001"
+            sent.extend(lines)
+
+        def close(self) -> None:
+            self.closed += 1
+
+    publish = Broker()
+
+    path = tmp_path / "sdk.audit.jsonl"
+    path.write_bytes(b"".join(e.to_line() + b"\n" for e in chain(3, actor="police/sdk-00000001")))
+    shipper = audit.Shipper(path, publish, retry_s=0.01)
+    shipper.wake()
+    deadline = time.monotonic() + 10
+    while shipper.failures == 0 and time.monotonic() < deadline:
+        shipper.wake()
+    assert shipper.failures >= 1
+    assert shipper.pending_bytes == path.stat().st_size  # nothing is marked shipped while it fails
+    down[0] = False
+    assert shipper.stop(timeout=5)
+    assert sent == audit.read_file(path)
+    assert publish.closed == 1
+    # A new shipper (a restart) starts from the mark: nothing is sent again.
+    again = audit.Shipper(path, publish)
+    assert again.stop(timeout=5)
+    assert len(sent) == 3
+
+
+def test_the_shipper_leaves_a_half_written_line_for_later(tmp_path: Path) -> None:
+    sent: list[bytes] = []
+    path = tmp_path / "a.audit.jsonl"
+    line = chain(1)[0].to_line()
+    path.write_bytes(line + b"\n" + line[:10])
+
+    class Collect:
+        def send(self, _key: bytes, lines: Any) -> None:
+            sent.extend(lines)
+
+        def close(self) -> None:
+            pass
+
+    shipper = audit.Shipper(path, Collect())
+    shipper.stop(timeout=5)
+    assert sent == [line]
+    assert shipper.pending_bytes == 10
 
 
 # --------------------------------------------------------------------------- helpers

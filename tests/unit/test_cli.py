@@ -17,7 +17,7 @@ import pytest
 
 from schemas.registry import PublicKey, Roots
 from services import cli
-from services.kernel import district, trust
+from services.kernel import audit, district, trust
 from services.kernel.errors import KeyRevokedError
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
@@ -216,6 +216,25 @@ def test_show_and_verify_need_neither_the_passphrase_nor_private_keys(domain: Li
 # -- keys
 
 
+def test_a_key_change_lands_in_the_root_holders_signed_audit_chain(domain: Lianfang) -> None:
+    later = NOW + timedelta(days=1)
+    assert domain("keys", "rotate", "--as", "police", now=later).code == 0
+    assert (
+        domain("keys", "revoke", "--as", "court", "--kid", domain.keys_of("court")[0].kid, now=later).code
+        == 0
+    )
+    (path,) = (domain.home / "audit" / "plc").glob("*.audit.jsonl")
+    items = [audit.parse_line(line) for line in audit.read_file(path)]
+    entries = [i for i in items if isinstance(i, audit.AuditEntry)]
+    assert [(e.action, e.subject, e.object) for e in entries] == [
+        ("key_change", "police", "registry.v2"),
+        ("key_change", "court", "registry.v3"),
+    ]
+    result = domain("audit", "verify", str(path), "--require-checkpoint", now=later)
+    assert result.code == 0, result.err
+    assert "2 signed checkpoint(s)" in result.out
+
+
 def test_rotating_keys_makes_version_2_where_the_old_keys_are_retired_and_still_listed(
     domain: Lianfang,
 ) -> None:
@@ -345,6 +364,59 @@ def test_unknown_participants_and_bad_ids_are_usage_errors(domain: Lianfang) -> 
     assert result.code == 2
     assert "is not a participant id" in result.err
     assert not (domain.home / "etc.key").exists()
+
+
+# -- Kafka ACLs
+
+
+def test_acls_apply_dry_run_prints_each_rule_of_the_registry_and_touches_no_broker(
+    domain: Lianfang, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LIANFANG_BOOTSTRAP", raising=False)
+    result = domain("acls", "apply", "--dry-run")
+    assert result.code == 0, result.err
+    rows = [line.split() for line in result.out.splitlines()]
+    assert all(len(row) == 5 for row in rows), "principal, operation, resource, pattern, name"
+    assert ["User:police", "WRITE", "TOPIC", "LITERAL", "lianfang.events.v1"] in rows
+    assert ["User:police", "READ", "TOPIC", "LITERAL", "lianfang.inbox.police.v1"] in rows
+    assert ["User:police", "READ", "GROUP", "LITERAL", "lianfang-inbox-police"] in rows
+    assert ["User:router", "WRITE", "TOPIC", "PREFIXED", "lianfang.inbox."] in rows
+    assert not [r for r in rows if r[0] == "User:education" and r[4] == "lianfang.inbox.police.v1"]
+    principals = {row[0] for row in rows}
+    assert {f"User:{p}" for p in domain.registry().participant_ids()} <= principals
+    assert (
+        result.err.strip()
+        == f"{len(rows)} ACL rules for {len(principals)} principals (dry run: nothing applied)"
+    )
+
+
+def test_acls_apply_dry_run_follows_the_topic_prefix(domain: Lianfang) -> None:
+    result = domain("acls", "apply", "--dry-run", "--topic-prefix", "t-1.")
+    names = {line.split()[4] for line in result.out.splitlines()}
+    assert "t-1.lianfang.events.v1" in names
+    assert "lianfang.events.v1" not in names
+
+
+def test_acls_apply_without_a_login_is_a_usage_error_naming_what_to_set(
+    domain: Lianfang, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LIANFANG_KAFKA_SECURITY_PROTOCOL", raising=False)
+    result = domain("acls", "apply", "--bootstrap", "127.0.0.1:9")
+    assert result.code == 2
+    assert "LIANFANG_KAFKA_SASL_USERNAME=operator" in result.err
+    assert result.out == ""
+
+
+def test_serve_with_an_incomplete_kafka_login_stops_before_any_service_starts(
+    domain: Lianfang, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIANFANG_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("LIANFANG_KAFKA_SASL_USERNAME", "router")
+    monkeypatch.delenv("LIANFANG_KAFKA_SASL_PASSWORD", raising=False)
+    for service in ("router", "all"):
+        result = domain("serve", service, "--bootstrap", "127.0.0.1:9")
+        assert result.code == 2
+        assert "LIANFANG_KAFKA_SASL_PASSWORD" in result.err
 
 
 # -- secrets

@@ -27,6 +27,7 @@ from services.console.settings import ConsoleSettings
 from services.console.store import ViewStore
 from services.hub.rules import alert_id_for
 from services.kernel import envelope
+from services.kernel.audit import AuditEntry, LocalTrail, parse_line, read_file, verify_lines
 from services.kernel.keystore import KdfParams
 from services.sdk.client import Client
 from tests.kit import NOW, DemoDomain
@@ -84,6 +85,7 @@ class Harness:
             clock=self.clock,
             metrics=ConsoleMetrics(CollectorRegistry()),
             read_inbox=False,
+            trail=LocalTrail(tmp / "trail", "coordinators", "console", clock=self.clock),
         )
         self.loop = asyncio.new_event_loop()
         self.server = TestServer(self.console.application(), host="127.0.0.1")
@@ -342,6 +344,18 @@ def test_every_view_of_case_content_is_audited(signed_in: Harness, domain: DemoD
         ("wang", "view_supervision", ""),
     ]
     assert all(r.remote == "127.0.0.1" for r in signed_in.console.audit.rows())
+    trail = signed_in.console.trail
+    assert trail is not None
+    chain = [parse_line(line) for line in read_file(trail.path)]
+    assert [(e.action, e.object) for e in chain] == [
+        ("console_view", "queue"),
+        ("console_view", alert_id),
+        ("console_view", "queue"),
+        ("console_view", "supervision"),
+    ]
+    assert isinstance(chain[1], AuditEntry)
+    assert chain[1].subject == event.header.subject
+    assert [r.ok for r in verify_lines(read_file(trail.path))] == [True]
 
 
 def test_the_audit_log_refuses_to_be_rewritten(signed_in: Harness) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from services.gateway.app import GatewaySettings
+from services.hub.app import HubSettings
 from services.kernel.errors import UsageError
 from services.kernel.kafka_security import (
     KafkaSecuritySettings,
@@ -14,6 +17,11 @@ from services.kernel.kafka_security import (
     kafka_python_kwargs,
     load_security,
 )
+from services.router.app import RouterSettings
+from services.sdk.client import Client
+
+if TYPE_CHECKING:
+    from tests.kit import DemoDomain
 
 pytestmark = pytest.mark.unit
 
@@ -75,3 +83,112 @@ def test_a_missing_ca_file_is_named() -> None:
     settings = KafkaSecuritySettings(security_protocol="SSL", ca_file=Path("/nonexistent/ca.crt"))
     with pytest.raises(UsageError, match=r"/nonexistent/ca\.crt"):
         aiokafka_kwargs(settings)
+
+
+# -- read once at startup: every service's settings carry the login, an incomplete one stops it
+
+SECURE_ENV = {
+    "LIANFANG_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    "LIANFANG_KAFKA_SASL_USERNAME": "router",
+    "LIANFANG_KAFKA_SASL_PASSWORD": SECRET,
+}
+
+
+def _clear(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SECURITY_PROTOCOL", "SASL_MECHANISM", "SASL_USERNAME", "SASL_PASSWORD", "CA_FILE"):
+        monkeypatch.delenv(f"LIANFANG_KAFKA_{name}", raising=False)
+
+
+def _service_settings() -> list[RouterSettings | HubSettings | GatewaySettings]:
+    return [RouterSettings(), HubSettings(), GatewaySettings()]
+
+
+def test_every_service_s_settings_default_to_plaintext(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear(monkeypatch)
+    for settings in _service_settings():
+        security = settings.kafka_security
+        assert kafka_python_kwargs(security) == {"security_protocol": "PLAINTEXT"}, type(settings)
+
+
+def test_every_service_s_settings_take_the_login_from_the_environment_and_never_show_the_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _clear(monkeypatch)
+    ca = tmp_path / "ca.crt"
+    ca.write_text("a CA")
+    for name, value in {**SECURE_ENV, "LIANFANG_KAFKA_CA_FILE": str(ca)}.items():
+        monkeypatch.setenv(name, value)
+    for settings in _service_settings():
+        security = settings.kafka_security
+        assert security.principal == "User:router"
+        assert security.ca_file == ca
+        assert SECRET not in repr(settings)
+        assert SECRET not in str(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"LIANFANG_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "LIANFANG_KAFKA_SASL_PASSWORD"),
+        (
+            {"LIANFANG_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "LIANFANG_KAFKA_SASL_PASSWORD": SECRET},
+            "LIANFANG_KAFKA_SASL_USERNAME",
+        ),
+        ({**SECURE_ENV, "LIANFANG_KAFKA_CA_FILE": "/nonexistent/ca.crt"}, "LIANFANG_KAFKA_CA_FILE"),
+        ({"LIANFANG_KAFKA_SASL_USERNAME": "router", "LIANFANG_KAFKA_SASL_PASSWORD": SECRET}, "PLAINTEXT"),
+        ({"LIANFANG_KAFKA_SECURITY_PROTOCOL": "KERBEROS"}, "SASL_SSL"),
+    ],
+    ids=[
+        "sasl without a password",
+        "sasl without a user",
+        "a ca file that does not exist",
+        "credentials with a protocol that would not send them",
+        "an unknown protocol",
+    ],
+)
+def test_an_incomplete_login_stops_every_service_at_startup_naming_what_to_set(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str
+) -> None:
+    _clear(monkeypatch)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for settings in (RouterSettings, HubSettings, GatewaySettings, load_security):
+        with pytest.raises(UsageError, match=named) as caught:
+            settings()
+        assert SECRET not in str(caught.value)
+
+
+def test_a_ca_file_removed_after_startup_is_named_when_a_kafka_python_client_is_made(tmp_path: Path) -> None:
+    settings = KafkaSecuritySettings(security_protocol="SSL", ca_file=tmp_path / "gone.crt")
+    with pytest.raises(UsageError, match="LIANFANG_KAFKA_CA_FILE"):
+        kafka_python_kwargs(settings)
+
+
+def test_the_sdk_client_logs_in_with_the_security_it_is_given(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, domain: DemoDomain
+) -> None:
+    _clear(monkeypatch)
+    given = KafkaSecuritySettings(
+        security_protocol="SASL_PLAINTEXT",
+        sasl_username="police",
+        sasl_password=SECRET,  # type: ignore[arg-type]
+    )
+
+    def client(name: str, security: KafkaSecuritySettings | None) -> Client:
+        return Client(
+            keystore=domain.keys("police"),
+            registry=domain.registry,
+            bootstrap="127.0.0.1:9",
+            outbox_path=tmp_path / f"{name}.sqlite",
+            start=False,
+            security=security,
+        )
+
+    explicit, from_env = client("explicit", given), client("from-env", None)
+    try:
+        assert explicit.drainer.security is given
+        assert explicit.security.principal == "User:police"
+        assert from_env.drainer.security.principal is None, "no LIANFANG_KAFKA_*: plaintext"
+    finally:
+        explicit.close()
+        from_env.close()

@@ -1,0 +1,241 @@
+"""The whole pipeline on a secured broker: every service logs in as its own principal, and the ACLs
+generated from the registry are all it is allowed.
+
+This module starts its own single-node broker with TLS, SASL/SCRAM-SHA-512 and the StandardAuthorizer
+(``deploy.kafka.local``), so default topic names, the router's group ``lianfang-router`` and the hub's
+app id ``lianfang-hub`` are the ones :mod:`services.kernel.acls` assumes. The operator creates the
+topics and the ACLs with the ``lianfang`` command; the router and the hub run as processes logged in as
+``router`` and ``hub``; agencies publish and read with the SDK logged in as themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy.kafka.local import LocalKafka, running
+from services.kernel import audit, envelope
+from services.kernel.errors import TransportError
+from services.kernel.kafka_security import KafkaSecuritySettings
+from services.sdk.client import Client
+from tests.integration.buskit import REPO, Bus, RouterProcess, Service, free_port
+from tests.kit import DemoDomain
+
+pytestmark = pytest.mark.integration
+
+READERS = ["womens_federation", "mediation.nancai", "coordinators"]
+USERS = ["router", "hub", "police", *READERS]
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    with running(Path(tmp_path_factory.mktemp("secure-pipeline-kafka")), secure=True, users=USERS) as cluster:
+        yield cluster
+
+
+def lianfang(cluster: LocalKafka, user: str, home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """The ``lianfang`` command logged in as ``user`` through the ``LIANFANG_KAFKA_*`` environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "services", "--home", str(home), *argv],
+        cwd=REPO,
+        env={**os.environ, **cluster.client_env(user)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def bus(secure: LocalKafka, live_domain: DemoDomain) -> Bus:
+    """Topics and ACLs made by the operator with ``lianfang topics apply`` and ``lianfang acls apply``."""
+    password = secure.password("operator")
+    for argv in (("topics", "apply"), ("acls", "apply")):
+        done = lianfang(secure, "operator", live_domain.home, *argv)
+        assert done.returncode == 0, done.stderr
+        assert password not in done.stdout + done.stderr
+    assert "ACL rules for" in done.stdout
+    assert "(as User:operator)" in done.stdout
+    return Bus(secure.bootstrap, "", live_domain)
+
+
+def login(cluster: LocalKafka, user: str) -> KafkaSecuritySettings:
+    return KafkaSecuritySettings(
+        security_protocol="SASL_SSL",
+        sasl_username=user,
+        sasl_password=cluster.password(user),  # type: ignore[arg-type]
+        ca_file=cluster.ca_file,
+    )
+
+
+class HubProcess(Service):
+    """The hub logged in as ``hub``, with the default app id ``lianfang-hub`` that the ACLs name."""
+
+    def __init__(self, cluster: LocalKafka, home: Path, tmp: Path) -> None:
+        self.port = free_port()
+        super().__init__(
+            "services.hub",
+            {
+                **cluster.client_env("hub"),
+                "LIANFANG_HOME": str(home),
+                "LIANFANG_HUB_DATA_DIR": str(tmp / "hub-data"),
+                "LIANFANG_HUB_TICK_INTERVAL_S": "0",
+                "LIANFANG_HUB_METRICS_PORT": str(self.port),
+                "LIANFANG_HUB_LAG_INTERVAL_S": "1",
+            },
+            tmp / "hub.log",
+        )
+
+    metric = RouterProcess.metric
+
+
+@pytest.fixture(scope="module")
+def services(
+    secure: LocalKafka, bus: Bus, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RouterProcess, HubProcess]]:
+    tmp = Path(tmp_path_factory.mktemp("secure-services"))
+    router = RouterProcess(
+        bus, bus.domain.home, tmp / "router.log", group="lianfang-router", **secure.client_env("router")
+    )
+    hub = HubProcess(secure, bus.domain.home, tmp)
+    try:
+        wait_for(lambda: router.metric("lianfang_registry_version", service="router"), 60, "router", router)
+        wait_for(lambda: hub.metric("lianfang_hub_events_observed_total") is not None, 90, "hub", hub)
+        yield router, hub
+    finally:
+        hub.stop()
+        router.stop()
+
+
+def wait_for(condition: Any, timeout: float, what: str, *watched: Service) -> Any:
+    """Poll ``condition()`` until truthy; fail early, with its log, if a watched service has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for service in watched:
+            assert service.alive(), f"{what} exited ({service.proc.returncode}):\n{service.tail()}"
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.3)  # poll interval inside a deadline loop
+    tails = "\n".join(s.tail() for s in watched)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
+
+
+def client(cluster: LocalKafka, bus: Bus, participant: str, tmp: Path) -> Client:
+    return Client(
+        keystore=bus.domain.keys(participant),
+        registry=bus.domain.registry,
+        bootstrap=bus.bootstrap,
+        outbox_path=tmp / f"{participant}.sqlite",
+        security=login(cluster, participant),
+    )
+
+
+def read_until(reader: Client, wanted: Any, timeout: float, *watched: Service) -> envelope.Opened:
+    """The first inbox event ``wanted(opened)`` accepts, read as that participant, within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for service in watched:
+            assert service.alive(), f"a service exited:\n{service.tail()}"
+        for opened in reader.inbox(timeout=1.0):
+            if wanted(opened):
+                return opened
+    tails = "\n".join(s.tail() for s in watched)
+    raise AssertionError(f"{reader.participant} never received the event\n{tails}")
+
+
+LEAD: dict[str, Any] = {
+    "category": "domestic_violence",
+    "channel": "police_call",
+    "town": "nancai",
+    "victim": {"name": "孙某某", "phone": "13766665555", "is_minor": False, "sex": "female"},
+    "minor": False,
+    "risk_indicators": [],
+    "narrative": "丈夫多次殴打, 邻居报警。",
+    "requests_joint_meeting": True,  # professional judgement: the hub raises an alert at once
+}
+
+
+def test_a_lead_published_as_police_is_routed_opened_by_its_recipients_and_alerts_the_coordinators(
+    secure: LocalKafka, bus: Bus, services: tuple[RouterProcess, HubProcess], tmp_path: Path
+) -> None:
+    router, hub = services
+    with client(secure, bus, "police", tmp_path) as police:
+        lead_id = police.publish_lead(LEAD)
+        assert police.flush(60), f"the outbox did not drain: {police.drainer.last_error}"
+
+    for participant in ("womens_federation", "mediation.nancai"):
+        with client(secure, bus, participant, tmp_path) as reader:
+            opened = read_until(reader, lambda o: o.header.id == lead_id, 90, router, hub)
+        assert opened.header.sender == "police"
+        assert opened.sections["details"]["victim"]["name"] == "孙某某", f"{participant} opens the lead"
+
+    with client(secure, bus, "coordinators", tmp_path) as coordinators:
+        alert = read_until(
+            coordinators,
+            lambda o: o.header.type == "joint_meeting.alert" and lead_id in o.header.refs,
+            120,
+            router,
+            hub,
+        )
+    assert alert.header.sender == "hub"
+    assert alert.header.subject == opened.header.subject
+    assert {r["code"] for r in alert.sections["details"]["reasons"]} == {"professional_judgement"}
+
+    dead = lianfang(secure, "operator", bus.domain.home, "deadletter", "list", "--json")
+    assert (dead.returncode, dead.stdout) == (0, ""), dead.stderr
+
+
+def test_publishing_routing_and_opening_each_land_in_a_verified_audit_chain_only_the_operator_reads(
+    secure: LocalKafka, bus: Bus, services: tuple[RouterProcess, HubProcess], tmp_path: Path
+) -> None:
+    router, hub = services
+    with client(secure, bus, "police", tmp_path) as police:
+        lead_id = police.publish_lead({**LEAD, "requests_joint_meeting": False})
+        assert police.flush(60), f"the outbox did not drain: {police.drainer.last_error}"
+    with client(secure, bus, "womens_federation", tmp_path) as reader:
+        read_until(reader, lambda o: o.header.id == lead_id, 90, router, hub)
+    # Both clients are closed: their chains were signed at the head and shipped.
+
+    def chains() -> dict[str, list[audit.AuditEntry]]:
+        by_actor: dict[str, list[audit.AuditEntry]] = {}
+        for line in audit.read_topic(bus.bootstrap, bus.names.audit, login(secure, "operator")):
+            item = audit.parse_line(line)
+            if isinstance(item, audit.AuditEntry):
+                by_actor.setdefault(item.actor, []).append(item)
+        return by_actor
+
+    def steps(found: dict[str, list[audit.AuditEntry]]) -> dict[str, audit.AuditEntry]:
+        wanted = {
+            "publish": ("police", lambda e: e.object == lead_id),
+            "route": ("router", lambda e: e.object == lead_id),
+            "open_section": ("womens_federation", lambda e: (e.object or "").startswith(lead_id + "/")),
+            "hub": ("hub", lambda e: (e.object or "").startswith(lead_id + "/")),
+        }
+        got = {}
+        for step, (who, match) in wanted.items():
+            hits = [e for actor, es in found.items() if audit.principal(actor) == who for e in es if match(e)]
+            if hits:
+                got[step] = hits[0]
+        return got if len(got) == len(wanted) else {}
+
+    got = wait_for(lambda: steps(chains()), 60, "the audit entries of the lead", router, hub)
+    assert got["publish"].action == "publish"
+    assert "womens_federation" in (got["route"].to or ())
+    assert got["open_section"].object == f"{lead_id}/details+triage"
+    assert got["hub"].action == "open_section"
+
+    verified = lianfang(secure, "operator", bus.domain.home, "audit", "verify", "--bootstrap", bus.bootstrap)
+    assert verified.returncode == 0, verified.stderr
+    police_chain = next(line for line in verified.stdout.splitlines() if line.startswith("police/sdk-"))
+    assert "0 signed checkpoint" not in police_chain, "a closed client signs its head"
+
+    with pytest.raises(TransportError):
+        audit.read_topic(bus.bootstrap, bus.names.audit, login(secure, "police"), timeout_s=15)

@@ -224,6 +224,7 @@ class Gateway:
                 clock=clock,
                 on_rejected=lambda reason: self.metrics.inbox_rejected.labels(reason).inc(),
                 security=settings.kafka_security,
+                trail=self.clients[p].trail,
             )
             for p in keystores
         }
@@ -477,6 +478,7 @@ class Gateway:
                 backoff=Backoff(cap_s=self.settings.webhook_max_backoff_s),
                 timeout_s=self.settings.webhook_timeout_s,
                 security=self.settings.kafka_security,
+                trail=self.clients[participant].trail,
             )
             for participant, url in self.settings.webhook_urls.items()
         ]

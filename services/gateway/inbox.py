@@ -26,6 +26,7 @@ from kafka.errors import KafkaError
 
 from services.gateway.problems import Problem
 from services.kernel import envelope
+from services.kernel.audit import LocalTrail, opened_object
 from services.kernel.errors import TransportError, UntrustedInputError
 from services.kernel.kafka_security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 from services.kernel.keystore import Keystore
@@ -111,8 +112,10 @@ class InboxReader:
         clock: Callable[[], datetime],
         on_rejected: Callable[[str], None] = lambda reason: None,
         security: KafkaSecuritySettings | None = None,
+        trail: LocalTrail | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.trail = trail
         self.security = security if security is not None else load_security()
         self.topic = topic
         self.keys = keystore
@@ -173,6 +176,10 @@ class InboxReader:
                         skipped += 1
                         self.on_rejected(e.reason)
                         continue
+                    if self.trail is not None:
+                        self.trail.append(
+                            "open_section", subject=opened.header.subject, object=opened_object(opened)
+                        )
                     events.append(render(opened))
         positions = {tp.partition: consumer.position(tp) for tp in tps}
         more = any(positions[tp.partition] < end[tp] for tp in tps)

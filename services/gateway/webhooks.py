@@ -38,7 +38,8 @@ from services.gateway import httpsig
 from services.gateway.inbox import render
 from services.gateway.metrics import GatewayMetrics
 from services.kernel import envelope
-from services.kernel.errors import RegistryExpiredError, UntrustedInputError, UsageError
+from services.kernel.audit import LocalTrail, opened_object
+from services.kernel.errors import RegistryExpiredError, UntrustedInputError
 from services.kernel.kafka_security import KafkaSecuritySettings, aiokafka_kwargs, load_security
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
@@ -58,18 +59,8 @@ class Backoff:
         return step / 2 + float(rand()) * step / 2
 
 
-def signing_kid(keystore: Keystore, registry: Registry, at: datetime) -> str:
-    """The newest of the participant's signing keys that the registry accepts at ``at``."""
-    usable = []
-    for kid in keystore.signing:
-        try:
-            registry.signing_key(keystore.participant, kid, at=at)
-        except UntrustedInputError:
-            continue
-        usable.append(kid)
-    if not usable:
-        raise UsageError(f"{keystore.participant} holds no signing key the registry accepts now")
-    return sorted(usable)[-1]
+signing_kid = envelope.choose_signing_kid
+"""The newest of the participant's signing keys that the registry accepts at ``at``."""
 
 
 class WebhookSender:
@@ -92,8 +83,10 @@ class WebhookSender:
         backoff: Backoff = Backoff(),
         timeout_s: float = 10.0,
         security: KafkaSecuritySettings | None = None,
+        trail: LocalTrail | None = None,
     ) -> None:
         self.url = url
+        self.trail = trail
         self.bootstrap = bootstrap
         self.security = security if security is not None else load_security()
         self.topic = topic
@@ -169,6 +162,8 @@ class WebhookSender:
                 "webhook %s: inbox record at offset %d refused: %s", self.participant, offset, e.reason
             )
             return
+        if self.trail is not None:
+            self.trail.append("open_section", subject=opened.header.subject, object=opened_object(opened))
         body = json.dumps(render(opened), ensure_ascii=False).encode("utf-8")
         event_id = opened.header.id
         attempt = 0

@@ -105,7 +105,7 @@ class Hub:
         self.trail.append(
             "open_section",
             subject=opened.header.subject,
-            object=f"{opened.header.id}/{'+'.join(sorted(opened.sections))}",
+            object=audit.opened_object(opened),
         )
         obs = rules.Observation.from_header(
             opened.header, frozenset(recipients), opened.sections.get("triage", {})

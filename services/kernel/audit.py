@@ -41,6 +41,7 @@ from services.kernel.errors import (
 )
 
 if TYPE_CHECKING:
+    from services.kernel.envelope import Opened
     from services.kernel.kafka_security import KafkaSecuritySettings
     from services.kernel.keystore import Keystore
     from services.kernel.registry import Registry
@@ -80,6 +81,11 @@ _CHECKPOINT_KEYS: Final = frozenset({"v", "actor", "seq", "hash", "time", "kid"}
 
 KeyLookup = Callable[[str, str, datetime], bytes]
 """(participant, key id, time) -> raw Ed25519 public key; e.g. ``Registry.signing_key`` with ``at=``."""
+
+
+def opened_object(opened: Opened) -> str:
+    """The ``object`` of an ``open_section`` entry: ``<event id>/<sections opened, sorted, +-joined>``."""
+    return f"{opened.header.id}/{'+'.join(sorted(opened.sections))}"
 
 
 def principal(actor: str) -> str:
@@ -327,7 +333,10 @@ Problem = tuple[int, str]
 def _place_problem(entry: AuditEntry, position: int, seqs: set[int]) -> Problem | None:
     """Entry ``position`` must have seq ``position``: else one was removed, reordered or duplicated."""
     if entry.seq < position:
-        return position, f"entry seq {entry.seq} appears again at position {position} (duplicated)"
+        return entry.seq, (
+            f"entry seq {entry.seq} appears again at position {position} with other content "
+            "(one of the two was edited, or it was inserted)"
+        )
     if entry.seq > position and position in seqs:
         return position, f"entries are out of order: seq {entry.seq} stands where seq {position} belongs"
     if entry.seq > position:
@@ -419,7 +428,7 @@ def verify_lines(
     Byte-identical repeats of a line (re-sent after a crash) are read once.
     """
     chains: dict[str, tuple[list[AuditEntry], list[Checkpoint]]] = {}
-    seen: dict[str, set[tuple[str, int, str, bytes]]] = {}
+    seen: dict[str, set[bytes]] = {}
     order: list[str] = []
     results: list[VerifyResult] = []
     for number, line in enumerate(lines, start=1):
@@ -438,12 +447,7 @@ def verify_lines(
             order.append(item.actor)
         # Shipping is at least once: a byte-identical copy of a line already read is a re-send, not an
         # edit; it adds nothing and is skipped. A *different* entry under a seen seq still fails.
-        identity = (
-            type(item).__name__,
-            item.seq,
-            item.hash,
-            item.body if isinstance(item, Checkpoint) else b"",
-        )
+        identity = line.strip()  # canonical bytes: a re-sent copy is identical, an edited one is not
         if identity in seen[item.actor]:
             continue
         seen[item.actor].add(identity)
@@ -926,6 +930,7 @@ __all__ = [
     "entry_hash",
     "kafka_sink",
     "next_entry",
+    "opened_object",
     "parse_line",
     "participant_trail",
     "principal",

@@ -352,7 +352,7 @@ class Client:
                         self.trail.append(
                             "open_section",
                             subject=opened.header.subject,
-                            object=f"{opened.header.id}/{'+'.join(sorted(opened.sections))}",
+                            object=audit.opened_object(opened),
                         )
                         yield opened
                         seen += 1

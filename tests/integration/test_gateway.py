@@ -26,7 +26,7 @@ from deploy.kafka.local import LocalKafka, running
 from services.gateway import httpsig
 from services.gateway.client import signed_headers
 from services.gateway.inbox import decode_cursor
-from services.kernel import envelope, policy
+from services.kernel import audit, envelope, policy
 from services.kernel.keystore import Keystore
 from services.sdk.client import Client
 from tests.integration.buskit import Bus, Service
@@ -87,6 +87,7 @@ class GatewayProcess(Service):
     ) -> None:
         self.port = _free_port()
         self.domain = bus.domain
+        self.spool = spool
         super().__init__(
             "services.gateway",
             {
@@ -377,6 +378,15 @@ def test_the_inbox_endpoint_pages_with_a_cursor_and_the_webhook_pushes_signed_ev
         )
         or 0
     ) >= 2
+    # Each event the inbox endpoint or the webhook opened is in the participant's audit chain.
+    for participant in ("womens_federation", "police"):
+        opened = {
+            (e.object or "").split("/")[0]
+            for path in (gateway.spool / "audit" / participant).glob("*.audit.jsonl")
+            for e in map(audit.parse_line, audit.read_file(path))
+            if isinstance(e, audit.AuditEntry) and e.action == "open_section"
+        }
+        assert set(ids) <= opened, participant
 
 
 # --------------------------------------------------------------------------- refusals on the real service

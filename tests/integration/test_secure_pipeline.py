@@ -239,3 +239,29 @@ def test_publishing_routing_and_opening_each_land_in_a_verified_audit_chain_only
 
     with pytest.raises(TransportError):
         audit.read_topic(bus.bootstrap, bus.names.audit, login(secure, "police"), timeout_s=15)
+
+
+def test_an_edited_copy_of_an_audit_entry_on_the_topic_fails_audit_verify_at_that_entry(
+    secure: LocalKafka, bus: Bus, services: tuple[RouterProcess, HubProcess], tmp_path: Path
+) -> None:
+    """Whoever can write the topic (here the operator) can add records, but not unnoticed."""
+    with client(secure, bus, "police", tmp_path) as police:
+        police.publish_lead({**LEAD, "requests_joint_meeting": False})
+        assert police.flush(60)
+        actor = police.trail.actor
+    lines = wait_for(
+        lambda: [
+            line
+            for line in audit.read_topic(bus.bootstrap, bus.names.audit, login(secure, "operator"))
+            if b'"publish"' in line and actor.encode() in line
+        ],
+        60,
+        "the publish entry on the topic",
+    )
+    forged = lines[-1].replace(b'"publish"', b'"console_view"')
+    seq = audit.parse_line(lines[-1]).seq
+    audit.KafkaSink(bus.bootstrap, bus.names.audit, login(secure, "operator"))(actor.encode(), forged)
+
+    verified = lianfang(secure, "operator", bus.domain.home, "audit", "verify", "--bootstrap", bus.bootstrap)
+    assert verified.returncode == 1
+    assert f"first bad entry: seq {seq} of {actor}" in verified.stderr

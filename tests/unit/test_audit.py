@@ -92,11 +92,19 @@ def test_an_entry_moved_to_the_end_is_caught_where_it_was_taken_from() -> None:
     assert verify(entries).bad_seq == 2
 
 
-def test_a_duplicated_entry_is_caught() -> None:
+def test_a_duplicated_entry_is_caught_at_its_seq() -> None:
     entries = chain(4)
     entries.insert(2, entries[1])
     result = verify(entries)
-    assert (result.ok, result.bad_seq) == (False, 2)
+    assert (result.ok, result.bad_seq) == (False, 1)
+
+
+def test_an_edited_copy_appended_after_the_original_is_caught_at_the_originals_seq() -> None:
+    entries = chain(4)
+    edited = dataclasses.replace(entries[2], action="console_view")
+    lines = [e.to_line() for e in entries] + [edited.to_line()]
+    results = audit.verify_lines(lines)
+    assert [(r.ok, r.bad_seq) for r in results] == [(False, 2)]
 
 
 def test_a_cut_off_tail_is_caught_by_the_signed_checkpoint() -> None:

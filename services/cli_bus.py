@@ -280,6 +280,7 @@ def deadletter_rows(
         bootstrap_servers=bootstrap,
         isolation_level="read_committed",
         enable_auto_commit=False,
+        auto_offset_reset="earliest",
         **kafka_python_kwargs(security if security is not None else load_security()),
     )
     try:

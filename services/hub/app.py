@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +40,7 @@ from services.hub import rules, supervision
 from services.hub.metrics import HubMetrics
 from services.kernel import audit, envelope, topics, trust
 from services.kernel.errors import UntrustedInputError, UsageError
+from services.kernel.kafka import cluster_id
 from services.kernel.kafka_security import (
     KafkaSecuritySettings,
     aiokafka_kwargs,
@@ -94,7 +96,7 @@ class Hub:
         # Each opened inbox event and each published alert or report: one chain per worker.
         sink = audit.KafkaSink(settings.bootstrap, self.names.audit, settings.kafka_security)
         self.trail = audit.participant_trail(
-            settings.data_dir / settings.worker_name / "audit", self.keys, self.registry, "hub", ship=sink
+            settings.data_dir / "audit", self.keys, self.registry, "hub", ship=sink
         )
 
     def open(self, value: bytes) -> tuple[rules.Observation, envelope.Opened]:
@@ -414,9 +416,28 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
     return app
 
 
+def forget_tables_of_another_cluster(settings: HubSettings, cluster: str) -> bool:
+    """The worker's RocksDB tables cache changelog topics of one Kafka cluster. Met with another (a
+    local Kafka started afresh), faust would refuse them; drop them, to be rebuilt from the changelogs.
+    Tables of a cluster not recorded are dropped too: they are only a cache. Returns whether they were
+    dropped."""
+    folder = settings.data_dir / settings.worker_name
+    marker = settings.data_dir / f"{settings.worker_name}.cluster-id"
+    known = marker.read_text().strip() if marker.exists() else "an unrecorded cluster"
+    dropped = False
+    if known != cluster and folder.exists() and any(folder.iterdir()):
+        log.warning("tables in %s are of %s, not of Kafka cluster %s: dropping them", folder, known, cluster)
+        shutil.rmtree(folder)
+        dropped = True
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(cluster + "\n")
+    return dropped
+
+
 def run_worker(settings: HubSettings) -> None:
     """Run one hub worker in the foreground until SIGTERM/SIGINT."""
-    (settings.data_dir / settings.worker_name).mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    forget_tables_of_another_cluster(settings, cluster_id(settings.bootstrap, settings.kafka_security))
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -406,7 +406,13 @@ def verify(
                 break
             verified += 1
     if problem is None and require_checkpoint and head is not None and verified == 0:
-        problem = head.seq, "no signed checkpoint verifies this chain (the registry's keys are needed)"
+        problem = (
+            head.seq,
+            (
+                "no signed checkpoint covers this chain yet (a running writer signs its head every minute; "
+                "checkpoints are checked with the registry's keys)"
+            ),
+        )
     bad_seq, text = problem if problem is not None else (None, None)
     return VerifyResult(
         actor,
@@ -473,6 +479,9 @@ class Sink(Protocol):
 
     def send(self, key: bytes, lines: Sequence[bytes]) -> None:
         """Return once every line is acknowledged, in order; raise :class:`TransportError` if not."""
+
+    def cluster(self) -> str:
+        """The id of the Kafka cluster the lines go to."""
 
     def close(self) -> None: ...
 
@@ -551,11 +560,20 @@ class AuditTrail:
             )
             self._write(entry.to_line())
             self.head = entry
-            if self.signer is not None:
-                elapsed = (self.clock() - self._last_checkpoint).total_seconds()
-                if elapsed >= self.checkpoint_every_s:
-                    self._checkpoint(self.signer)
+            self._checkpoint_if_due()
             return entry
+
+    def checkpoint_if_due(self) -> Checkpoint | None:
+        """Sign the head if ``checkpoint_every_s`` passed since the last checkpoint and it moved."""
+        with self._lock:
+            return self._checkpoint_if_due()
+
+    def _checkpoint_if_due(self) -> Checkpoint | None:
+        if self.signer is None or self.head is None or self._checkpointed == self.head.seq:
+            return None
+        if (self.clock() - self._last_checkpoint).total_seconds() < self.checkpoint_every_s:
+            return None
+        return self._checkpoint(self.signer)
 
     def checkpoint(self, key: Ed25519PrivateKey, kid: str) -> Checkpoint:
         """Sign the current head with the actor's key and append the checkpoint."""
@@ -654,7 +672,8 @@ class LocalTrail:
         self.trail = AuditTrail(
             actor, path=path, signer=signer, clock=clock, checkpoint_every_s=checkpoint_every_s
         )
-        self.shipper = Shipper(path, ship) if ship is not None else None
+        # The shipper's thread also signs the head when due, so a quiet chain's tail gets covered.
+        self.shipper = Shipper(path, ship, tick=self.trail.checkpoint_if_due) if ship is not None else None
 
     @property
     def actor(self) -> str:
@@ -715,30 +734,53 @@ class Shipper:
     A background thread sends from the byte offset recorded in ``<file>.shipped`` to the end of the
     file, and moves the offset only after the broker acknowledged the lines. After a crash the lines
     past the recorded offset are sent again; :func:`verify_lines` reads such identical copies once.
-    While the broker is away lines wait in the file; ``pending_bytes`` says how much.
+    While the broker is away lines wait in the file; ``pending_bytes`` says how much. The mark names
+    the Kafka cluster it counts for: on another cluster (a new one, or Kafka started afresh) the whole
+    chain is sent again, so every chain on a topic starts at seq 0.
     """
 
     MAX_LINES_PER_SEND = 1000
 
-    def __init__(self, path: Path, sink: Sink, *, retry_s: float = 2.0) -> None:
+    def __init__(
+        self, path: Path, sink: Sink, *, retry_s: float = 2.0, tick: Callable[[], object] | None = None
+    ) -> None:
         self.path = path
         self.sink = sink
         self.retry_s = retry_s
+        self.tick = tick
         self.marker = path.with_name(path.name + ".shipped")
-        self.offset = self._read_marker()
+        self.offset, self.cluster = self._read_marker()
+        self._checked_cluster = False
         self.failures = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"audit-shipper-{path.name}", daemon=True)
         self._thread.start()
 
-    def _read_marker(self) -> int:
+    def _read_marker(self) -> tuple[int, str | None]:
         try:
-            return int(self.marker.read_text().strip() or 0)
+            offset, _, cluster = self.marker.read_text().strip().partition(" ")
+            return int(offset or 0), cluster or None
         except FileNotFoundError:
-            return 0
+            return 0, None
         except (OSError, ValueError) as e:
             raise AuditError(f"cannot read the audit shipping mark {self.marker}: {e}") from e
+
+    def _check_cluster(self) -> None:
+        """Once per shipper: start again from the beginning if the mark counts for another cluster."""
+        if self._checked_cluster:
+            return
+        here = self.sink.cluster()
+        if self.cluster is not None and here != self.cluster and self.offset:
+            log.warning(
+                "audit chain %s: Kafka cluster %s is not %s, which had it; sending the whole chain",
+                self.path.name,
+                here,
+                self.cluster,
+            )
+            self.offset = 0
+        self.cluster = here
+        self._checked_cluster = True
 
     @property
     def pending_bytes(self) -> int:
@@ -752,6 +794,7 @@ class Shipper:
 
     def ship_once(self) -> int:
         """Send every complete line past the mark; move the mark; return how many lines were sent."""
+        self._check_cluster()
         try:
             with self.path.open("rb") as f:
                 f.seek(self.offset)
@@ -764,7 +807,7 @@ class Shipper:
         self.sink.send(parse_line(lines[0]).actor.encode(), lines)
         self.offset += sum(len(line) + 1 for line in lines)
         tmp = self.marker.with_name(self.marker.name + ".tmp")
-        tmp.write_text(f"{self.offset}\n")
+        tmp.write_text(f"{self.offset} {self.cluster or ''}".rstrip() + "\n")
         os.replace(tmp, self.marker)
         return len(lines)
 
@@ -772,6 +815,11 @@ class Shipper:
         while not self._stop.is_set():
             self._wake.wait(timeout=1.0)  # new lines wake it; the timeout retries after failures
             self._wake.clear()
+            if self.tick is not None:
+                try:
+                    self.tick()
+                except LianfangError as e:  # e.g. the disk: the next append reports it to its caller
+                    log.warning("audit checkpoint of %s not written: %s", self.path.name, type(e).__name__)
             self._attempt()
 
     def _attempt(self) -> bool:
@@ -854,6 +902,17 @@ class KafkaSink:
         except KafkaError as e:
             raise TransportError(f"publishing audit entries to {self.topic} failed: {e}") from e
 
+    def cluster(self) -> str:
+        from kafka.errors import KafkaError  # noqa: PLC0415
+
+        producer = self._client()
+        try:
+            producer.partitions_for(self.topic)  # fetches the metadata, which names the cluster
+        except KafkaError as e:
+            raise TransportError(f"no metadata for {self.topic} from {self.bootstrap}: {e}") from e
+        # kafka-python keeps the metadata it received in the producer's ClusterMetadata.
+        return str(producer._metadata.cluster_id or "")
+
     def __call__(self, key: bytes, value: bytes) -> None:
         self.send(key, [value])
 
@@ -886,7 +945,13 @@ def read_topic(
     lines: list[bytes] = []
     try:
         consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, client_id="lianfang-audit-verify", enable_auto_commit=False, **extra
+            bootstrap_servers=bootstrap,
+            client_id="lianfang-audit-verify",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # The router writes its entries in transactions: an aborted one's records are not entries.
+            isolation_level="read_committed",
+            **extra,
         )
     except KafkaError as e:
         raise TransportError(f"cannot reach Kafka at {bootstrap} to read {topic}: {e}") from e

@@ -158,13 +158,18 @@ class TransactionalRunner:
             bootstrap_servers=self.bootstrap,
             isolation_level="read_committed",
             enable_auto_commit=False,
+            auto_offset_reset="earliest",
             **self._auth,
         )
         await reader.start()
         try:
             reader.assign([tp])
+            # An explicit seek: aiokafka's seek_to_beginning can lose a race with the offset reset
+            # that assign() starts (the default, "latest"), leaving the reader at the end: the state
+            # would be read as empty, and the replay window would forget every id it had seen.
+            begin = (await reader.beginning_offsets([tp]))[tp]
             end = (await reader.end_offsets([tp]))[tp]
-            await reader.seek_to_beginning(tp)
+            reader.seek(tp, begin)
             while await reader.position(tp) < end:
                 batch = await reader.getmany(tp, timeout_ms=1000)
                 for record in batch.get(tp, []):

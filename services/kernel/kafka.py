@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -77,3 +77,23 @@ def _wait_for_topics(admin: KafkaAdminClient, names: list[str], timeout_s: float
             return
         time.sleep(0.1)  # poll interval inside a deadline loop
     raise TransportError(f"topics not ready within {timeout_s:.0f} s: {sorted(missing)}")
+
+
+def cluster_id(bootstrap: str, security: KafkaSecuritySettings | None = None) -> str:
+    """The id of the Kafka cluster at ``bootstrap`` (from a metadata response; any login may ask)."""
+    auth = kafka_python_kwargs(security if security is not None else load_security())
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="lianfang-cluster-id", **auth)
+    except KafkaError as e:
+        raise TransportError(f"cannot reach Kafka at {bootstrap}: {e}") from e
+    try:
+        consumer.topics()  # one metadata round trip
+        # kafka-python keeps the metadata it received in its client's ClusterMetadata.
+        found = consumer._client.cluster.cluster_id
+    except KafkaError as e:
+        raise TransportError(f"reading the cluster id of {bootstrap} failed: {e}") from e
+    finally:
+        consumer.close()
+    if not found:
+        raise TransportError(f"Kafka at {bootstrap} did not say its cluster id")
+    return str(found)

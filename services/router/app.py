@@ -308,13 +308,15 @@ class Router:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap,
             enable_auto_commit=False,
+            auto_offset_reset="earliest",
             **aiokafka_kwargs(self.settings.kafka_security),
         )
         await consumer.start()
         try:
             tp = TopicPartition(self.names.registry, 0)
             consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
+            # An explicit seek (aiokafka's seek_to_beginning can lose a race with assign's reset).
+            consumer.seek(tp, (await consumer.beginning_offsets([tp]))[tp])
             while True:
                 batch = await consumer.getmany(tp, timeout_ms=1000)
                 for record in batch.get(tp, []):

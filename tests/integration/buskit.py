@@ -78,7 +78,10 @@ class Bus:
         """Every committed record of these topics, up to their current end (read_committed)."""
         names = list(topic_names)
         consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap, isolation_level="read_committed", enable_auto_commit=False
+            bootstrap_servers=self.bootstrap,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
         )
         tps = [TopicPartition(t, p) for t in names for p in sorted(consumer.partitions_for_topic(t) or [])]
         consumer.assign(tps)

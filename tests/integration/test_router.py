@@ -321,9 +321,23 @@ def test_sigkill_of_a_router_under_load_loses_and_duplicates_nothing(
     second = Router(bus, live_domain.home, tmp_path / "router-2.log", group)
     try:
         bus.wait_for(lambda: _delivered_exactly_once(bus, sealed), 180, "every event delivered once")
+        assert bus.deadletters() == [], "a restart must not mistake its own redelivery for a replay"
+        # The successor took over the replay window: an id seen before the kill is still refused.
+        replay = bus.seal(phone="13900000000", id=sealed[0].header.id)
+        bus.publish([replay])
+        letters = bus.wait_for(lambda: bus.deadletters(), 90, "the replay's dead letter")
+        assert [dict(r.headers)["lianfang_reason"] for r in letters] == [b"replay"]
     finally:
         second.stop()
-    assert bus.deadletters() == [], "a restart must not mistake its own redelivery for a replay"
+    # Each partition's audit chain runs on across the kill: one route entry per event, none twice.
+    lines = [r.value for r in bus.read_all([bus.names.audit])[bus.names.audit]]
+    assert all(r.ok for r in audit.verify_lines(lines)), [str(r) for r in audit.verify_lines(lines)]
+    routes = Counter(
+        e.object
+        for e in map(audit.parse_line, lines)
+        if isinstance(e, audit.AuditEntry) and e.action == "route"
+    )
+    assert routes == Counter(s.header.id for s in sealed)
 
 
 def test_two_router_workers_share_the_partitions_and_deliver_every_event_once(

@@ -306,6 +306,9 @@ def test_the_shipper_sends_each_line_once_in_order_and_resumes_after_a_failure(t
             assert key == b"police/sdk-00000001"
             sent.extend(lines)
 
+        def cluster(self) -> str:
+            return "cluster-a"
+
         def close(self) -> None:
             self.closed += 1
 
@@ -336,20 +339,68 @@ def test_the_shipper_leaves_a_half_written_line_for_later(tmp_path: Path) -> Non
     line = chain(1)[0].to_line()
     path.write_bytes(line + b"\n" + line[:10])
 
-    class Collect:
-        def send(self, _key: bytes, lines: Any) -> None:
-            sent.extend(lines)
-
-        def close(self) -> None:
-            pass
-
-    shipper = audit.Shipper(path, Collect())
+    shipper = audit.Shipper(path, Collect(sent))
     shipper.stop(timeout=5)
     assert sent == [line]
     assert shipper.pending_bytes == 10
 
 
+def test_a_chain_shipped_to_one_cluster_is_shipped_whole_to_another(tmp_path: Path) -> None:
+    path = tmp_path / "sdk.audit.jsonl"
+    path.write_bytes(b"".join(e.to_line() + b"\n" for e in chain(3)))
+    first: list[bytes] = []
+    assert audit.Shipper(path, Collect(first, "cluster-a")).stop(timeout=5)
+    again: list[bytes] = []
+    assert audit.Shipper(path, Collect(again, "cluster-a")).stop(timeout=5)
+    fresh: list[bytes] = []
+    assert audit.Shipper(path, Collect(fresh, "cluster-b")).stop(timeout=5)
+    assert (len(first), len(again), fresh) == (3, 0, first)
+
+
+def test_a_quiet_chain_is_signed_by_the_shippers_tick_without_another_append(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    now = [T0]
+    sent: list[bytes] = []
+    trail = audit.LocalTrail(
+        tmp_path,
+        "police",
+        "sdk",
+        signer=audit.Signer(key, "k1"),
+        ship=Collect(sent),
+        clock=lambda: now[0],
+        checkpoint_every_s=60,
+    )
+    trail.append("publish", subject=SUBJECT)
+    now[0] = T0 + timedelta(seconds=61)  # a minute passes with nothing to append
+    assert trail.shipper is not None
+    deadline = time.monotonic() + 10
+    while not any(b'"checkpoint"' in line for line in sent) and time.monotonic() < deadline:
+        trail.shipper.wake()
+        time.sleep(0.05)  # poll interval inside a deadline loop
+    assert any(b'"checkpoint"' in line for line in sent)
+    trail.close()
+    results = audit.verify_lines(audit.read_file(trail.path), keys=_keys(key), require_checkpoint=True)
+    assert [(r.ok, r.checkpoints_verified) for r in results] == [(True, 1)]
+
+
 # --------------------------------------------------------------------------- helpers
+
+
+class Collect:
+    """A sink that keeps what it was sent, on a cluster of a given id."""
+
+    def __init__(self, sent: list[bytes], cluster: str = "cluster-a") -> None:
+        self.sent = sent
+        self.id = cluster
+
+    def send(self, _key: bytes, lines: Any) -> None:
+        self.sent.extend(lines)
+
+    def cluster(self) -> str:
+        return self.id
+
+    def close(self) -> None:
+        pass
 
 
 def _keys(key: Ed25519PrivateKey) -> audit.KeyLookup:

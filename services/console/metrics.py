@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
+from services.kernel import audit_metrics
+
 
 class ConsoleMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        if registry is not None:
+            audit_metrics.register(registry)  # the audit shippers of this process
         self.logins = Counter(
             "lianfang_console_logins_total",
             "Sign-in attempts, by outcome (ok, bad_credentials, locked, csrf).",

@@ -8,9 +8,13 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from services.kernel import audit_metrics
+
 
 class HubMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        if registry is not None:
+            audit_metrics.register(registry)  # the audit shippers of this process
         self.observed = Counter(
             "lianfang_hub_events_observed_total",
             "Inbox events the hub verified and applied, by type.",

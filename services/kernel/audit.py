@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, get_args
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.kernel import crypto
+from services.kernel import audit_metrics, crypto
 from services.kernel.errors import (
     LianfangError,
     MalformedError,
@@ -673,7 +673,9 @@ class LocalTrail:
             actor, path=path, signer=signer, clock=clock, checkpoint_every_s=checkpoint_every_s
         )
         # The shipper's thread also signs the head when due, so a quiet chain's tail gets covered.
-        self.shipper = Shipper(path, ship, tick=self.trail.checkpoint_if_due) if ship is not None else None
+        self.shipper = (
+            Shipper(path, ship, tick=self.trail.checkpoint_if_due, chain=actor) if ship is not None else None
+        )
 
     @property
     def actor(self) -> str:
@@ -742,9 +744,16 @@ class Shipper:
     MAX_LINES_PER_SEND = 1000
 
     def __init__(
-        self, path: Path, sink: Sink, *, retry_s: float = 2.0, tick: Callable[[], object] | None = None
+        self,
+        path: Path,
+        sink: Sink,
+        *,
+        retry_s: float = 2.0,
+        tick: Callable[[], object] | None = None,
+        chain: str = "",
     ) -> None:
         self.path = path
+        self.chain = chain or path.stem
         self.sink = sink
         self.retry_s = retry_s
         self.tick = tick
@@ -756,6 +765,7 @@ class Shipper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"audit-shipper-{path.name}", daemon=True)
         self._thread.start()
+        audit_metrics.watch(self)
 
     def _read_marker(self) -> tuple[int, str | None]:
         try:
@@ -842,6 +852,7 @@ class Shipper:
             return self._attempt() and self.pending_bytes == 0
         finally:
             self.sink.close()
+            audit_metrics.forget(self)
 
 
 # --------------------------------------------------------------------------- Kafka edges

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from services.kernel import audit_metrics
+
 
 class SdkMetrics:
     def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
+        if registry is not None:
+            audit_metrics.register(registry)  # the audit shippers of this process
         self.accepted = Counter(
             "lianfang_adapter_events_accepted_total",
             "Events sealed and written to the outbox, by type.",

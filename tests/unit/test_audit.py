@@ -383,6 +383,33 @@ def test_a_quiet_chain_is_signed_by_the_shippers_tick_without_another_append(tmp
     assert [(r.ok, r.checkpoints_verified) for r in results] == [(True, 1)]
 
 
+def test_unshipped_audit_bytes_and_failures_are_exported_per_chain(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from services.kernel import audit_metrics
+
+    class Away(Collect):
+        def send(self, _key: bytes, lines: Any) -> None:
+            raise TransportError("broker away")
+
+    registry = CollectorRegistry()
+    audit_metrics.register(registry)
+    audit_metrics.register(registry)  # a second service of the process: still one collector
+    trail = audit.LocalTrail(tmp_path, "police", "sdk", ship=Away([]), clock=lambda: T0)
+    trail.append("publish", subject=SUBJECT)
+    assert trail.shipper is not None
+    size = trail.path.stat().st_size
+    labels = {"chain": trail.actor}
+    deadline = time.monotonic() + 10
+    while not registry.get_sample_value("lianfang_audit_ship_failures_total", labels):
+        assert time.monotonic() < deadline, "no failed attempt was counted"
+        trail.shipper.wake()
+        time.sleep(0.05)  # poll interval inside a deadline loop
+    assert registry.get_sample_value("lianfang_audit_unshipped_bytes", labels) == size
+    trail.close(timeout=1)
+    assert registry.get_sample_value("lianfang_audit_unshipped_bytes", labels) is None
+
+
 # --------------------------------------------------------------------------- helpers
 
 

@@ -1,19 +1,26 @@
-"""A tamper-evident audit trail: a hash chain of entries per actor, with signed checkpoints of its head.
+"""A tamper-evident audit trail: hash chains of entries, with signed checkpoints of their heads.
 
 Each entry says who (``actor``) did what (``action``) to which ids (``subject``: a pseudonym,
-``object``: an event, key or registry id) and when — never personal data: ids are checked against a
-narrow alphabet and things that look like phone or resident-ID numbers are refused. Each entry carries
-the previous entry's hash; its own hash is SHA-256 over its canonical bytes (compact JSON, sorted keys)
-including ``prev_hash``, so editing, removing or reordering an entry breaks the chain at that entry.
-Cutting entries off the end is caught by a checkpoint: the actor's Ed25519 signature (DSSE PAE over the
-checkpoint's exact bytes) over the head's ``seq`` and ``hash``.
+``object``: an event, key or registry id; ``to``: the participants a routing decision delivered to)
+and when — never personal data: ids are checked against a narrow alphabet and things that look like
+phone or resident-ID numbers are refused. Each entry carries the previous entry's hash; its own hash is
+SHA-256 over its canonical bytes (compact JSON, sorted keys) including ``prev_hash``, so editing,
+removing or reordering an entry breaks the chain at that entry. Cutting entries off the end is caught
+by a checkpoint: an Ed25519 signature (DSSE PAE over the checkpoint's exact bytes) over the head's
+``seq`` and ``hash``, by the key of the actor's participant.
+
+An actor names one chain and one writer: a participant id, then ``/`` and the writer when the
+participant writes several chains (``police/sdk-1f2e3d4c``, ``router/lianfang-router.p7``); its
+checkpoints are signed with that participant's key (:func:`principal`).
 
 On disk and on ``lianfang.audit.v1`` an entry is one line of canonical JSON; a checkpoint is one line
-``{"checkpoint": b64(body), "sig": b64(signature)}``. The chain of one actor is written by one writer
-(:class:`AuditTrail`); the topic is keyed by actor, so one partition holds one chain in order.
+``{"checkpoint": b64(body), "sig": b64(signature)}``. The topic is keyed by actor, so one partition
+holds a chain in order.
 
-Pure core: :func:`next_entry`, :func:`parse_line`, :func:`verify`. :class:`AuditTrail` appends to a file
-and/or a publish callback; :func:`read_topic` and :func:`kafka_sink` are the thin Kafka edges.
+Pure core: :func:`next_entry`, :func:`parse_line`, :func:`verify`, :func:`verify_lines`.
+:class:`AuditTrail` appends to a file (and/or a callback); :class:`LocalTrail` is a process's own locked
+file with a :class:`Shipper` that copies new lines to the topic in the background, at least once;
+:class:`KafkaSink` and :func:`read_topic` are the thin Kafka edges.
 """
 
 from __future__ import annotations

@@ -246,17 +246,28 @@ class TransactionalRunner:
                     self.consumer.seek(tp, records[0].offset)
                     await asyncio.sleep(0.05)  # let the pending assignment callback run
                 return
+            # aiokafka, unlike the Java client, commits a transaction even when one of its sends
+            # failed (a batch the broker refused for good, e.g. InvalidTxnState after a restart): the
+            # offset would commit without that output. So every delivery is awaited before the commit,
+            # and a failed one aborts the transaction instead.
+            deliveries: list[asyncio.Future[Any]] = []
             try:
                 async with producer.transaction():
                     for record in records:
                         for out in await self.handler(record, state):
-                            await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
+                            sent = await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
+                            deliveries.append(sent)
                     if self.after_batch is not None:
                         for out in self.after_batch(state):
-                            await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
+                            sent = await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
+                            deliveries.append(sent)
                     for key, value in state.pending.items():
-                        await producer.send(self.state_topic, value, key=key.encode(), partition=tp.partition)
+                        sent = await producer.send(
+                            self.state_topic, value, key=key.encode(), partition=tp.partition
+                        )
+                        deliveries.append(sent)
                     await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
+                    await _delivered(deliveries)
             except BaseException:
                 # The transaction was aborted: forget its state changes. The worker stops; its
                 # successor resumes from the last committed offset with the last committed state.
@@ -266,3 +277,14 @@ class TransactionalRunner:
 
     def stop(self) -> None:
         self.stopping.set()
+
+
+async def _delivered(deliveries: list[asyncio.Future[Any]]) -> None:
+    """Wait for every delivery; raise the first failure (after all have settled, so none is left
+    with an exception nobody retrieved)."""
+    if not deliveries:
+        return
+    results = await asyncio.gather(*deliveries, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result

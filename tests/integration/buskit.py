@@ -26,6 +26,13 @@ from tests.kit import CONTENT, DemoDomain, header
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _acknowledged(futures: list[Any]) -> None:
+    """Raise unless Kafka acknowledged every send (kafka-python reports failures only on its futures)."""
+    failed = [f.exception for f in futures if f.failed()]
+    if failed:
+        raise AssertionError(f"{len(failed)} of {len(futures)} test records were not produced: {failed[0]!r}")
+
+
 @dataclass
 class Bus:
     """One namespace of topics on the test broker (every topic of deploy/topics.toml, prefixed)."""
@@ -58,20 +65,25 @@ class Bus:
         producer = KafkaProducer(
             bootstrap_servers=self.bootstrap, max_request_size=2_000_000, **DURABLE_PRODUCER
         )
-        for key, value in records:
-            producer.send(topic or self.names.events, key=key, value=value)
+        futures = [producer.send(topic or self.names.events, key=key, value=value) for key, value in records]
         producer.flush()
         producer.close()
+        _acknowledged(futures)
 
     def publish(self, sealed: Iterable[envelope.SealedRecord]) -> list[str]:
-        """Produce sealed events (with their CloudEvents headers); returns their ids."""
+        """Produce sealed events (with their CloudEvents headers); returns their ids once Kafka has
+        acknowledged every one (a send that failed raises: a lost test input is not a lost event)."""
         producer = KafkaProducer(bootstrap_servers=self.bootstrap, **DURABLE_PRODUCER)
         ids = []
+        futures = []
         for record in sealed:
-            producer.send(self.names.events, key=record.key, value=record.value, headers=record.headers)
+            futures.append(
+                producer.send(self.names.events, key=record.key, value=record.value, headers=record.headers)
+            )
             ids.append(record.header.id)
         producer.flush()
         producer.close()
+        _acknowledged(futures)
         return ids
 
     def read_all(self, topic_names: Iterable[str]) -> dict[str, list[Any]]:

@@ -8,10 +8,11 @@ import uuid
 from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
-from services.kernel.eos import PartitionState, TransactionalRunner
+from services.kernel.eos import Output, PartitionState, TransactionalRunner
+from services.kernel.errors import TransportError
 
 pytestmark = pytest.mark.integration
 
@@ -52,3 +53,42 @@ def test_a_worker_loads_the_whole_state_of_every_partition_it_takes_over(kafka_b
     states = asyncio.run(load_all())
     assert [len(s.data) for s in states] == [19] * PARTITIONS
     assert all(f"id-{s.partition}-0" not in s.data for s in states)
+
+
+def test_an_output_the_broker_refuses_aborts_the_batch_and_commits_no_offset(kafka_bootstrap: str) -> None:
+    """aiokafka would commit a transaction whose send failed: the input's offset without its output."""
+    suffix = uuid.uuid4().hex[:8]
+    source, state, small = f"t-eos-in-{suffix}", f"t-eos-state-{suffix}", f"t-eos-small-{suffix}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics(
+            [
+                NewTopic(source, 1, 1),
+                NewTopic(state, 1, 1),
+                NewTopic(small, 1, 1, topic_configs={"max.message.bytes": "1024"}),
+            ]
+        )
+    finally:
+        admin.close()
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    producer.send(source, key=b"k", value=b"an event").get(timeout=30)
+    producer.close()
+    group = f"t-eos-group-{suffix}"
+
+    async def too_large(_record: Any, _state: PartitionState) -> list[Output]:
+        return [Output(small, b"x" * 4096, b"k")]  # the topic takes at most 1 KiB
+
+    runner = TransactionalRunner(
+        bootstrap=kafka_bootstrap, group_id=group, source=source, state_topic=state, handler=too_large
+    )
+
+    async def run() -> None:
+        await asyncio.wait_for(runner.run(), timeout=90)
+
+    with pytest.raises(TransportError, match="Kafka failed under"):
+        asyncio.run(run())
+    reader = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        assert reader.committed(TopicPartition(source, 0)) is None, "the input's offset was committed"
+    finally:
+        reader.close()

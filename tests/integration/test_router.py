@@ -417,7 +417,15 @@ def test_a_router_routes_again_after_the_broker_went_down_and_came_back(
             bus.publish(before)
             bus.wait_for(lambda: _delivered_exactly_once(bus, before), 90, "deliveries before the outage")
             during = [bus.seal(phone=f"133{i:08d}") for i in range(300)]
-            publisher = threading.Thread(target=bus.publish, args=(during,))
+            failures: list[BaseException] = []
+
+            def publish_during() -> None:
+                try:
+                    bus.publish(during)
+                except BaseException as e:  # reported by the test thread below
+                    failures.append(e)
+
+            publisher = threading.Thread(target=publish_during)
             publisher.start()  # the router is mid-stream when the broker dies
             bus.wait_for(
                 lambda: (
@@ -428,10 +436,18 @@ def test_a_router_routes_again_after_the_broker_went_down_and_came_back(
             )
             cluster.kill_node(1)
             cluster.restart_node(1)
-            publisher.join(timeout=120)
+            publisher.join(timeout=150)
+            assert not publisher.is_alive(), "the publisher did not finish within 150 s of the restart"
+            assert not failures, f"the test's own publisher lost events in the outage: {failures[0]!r}"
             after = [bus.seal(phone=f"134{i:08d}") for i in range(50)]
             bus.publish(after)
             everything = before + during + after
-            bus.wait_for(lambda: _delivered_exactly_once(bus, everything), 240, "deliveries after the outage")
+            try:
+                bus.wait_for(
+                    lambda: _delivered_exactly_once(bus, everything), 240, "deliveries after the outage"
+                )
+            except AssertionError as e:
+                routed = worker.metric("lianfang_router_events_routed_total", type="lead.reported")
+                raise AssertionError(f"{e}; the router had routed {routed} events:\n{worker.tail()}") from e
         finally:
             worker.stop()

@@ -332,7 +332,8 @@ def _gateway_case(
     size = int(timed[0]["request_bytes"])
     notes = (
         f"{requests:,} signed POST /v1/events per run, {concurrency} in flight from a second process on "
-        f"loopback; request body {size:,} B; 202 = sealed to 4 recipients and fsync'd in the outbox"
+        f"loopback; request body {size:,} B; 202 = sealed to 4 recipients, fsync'd in the outbox and "
+        "in the audit file"
     )
     return [
         ctx.result(case, "requests/s", per_second(seconds, requests), notes=notes),
@@ -365,7 +366,7 @@ def _sdk(ctx: BenchContext, setup: Setup, events: int) -> list[Result]:
         client.close()
     notes = (
         f"{events:,} publish_lead per run in one thread (validate, pseudonymize, seal to 4, outbox insert "
-        "with fsync), then flush(): the background drainer's acks=all producer"
+        "with fsync, audit line with fsync), then flush(): the background drainer's acks=all producer"
     )
     return [
         ctx.result("SDK publish_lead", "accepted/s", per_second(accepted[ctx.warmup :], events), notes=notes),

@@ -646,8 +646,8 @@ def run(ctx: BenchContext) -> list[Result]:
                 router.rates(w),
                 notes=(
                     "python -m services.router on fresh topics (topics.apply) per run; per batch and source "
-                    "partition one Kafka transaction holding the 4 inbox copies, the replay-state record and "
-                    "the offset; each event verified (Ed25519, registry, policy) and replay-checked; checked "
+                    "partition one Kafka transaction holding the 4 inbox copies, the audit entry, the "
+                    "replay-state records and the offset; each event verified (Ed25519, registry, policy) and replay-checked; checked "
                     "after each run: /metrics shows N routed, N delivered per inbox, no dead letter"
                 ),
             )

@@ -8,6 +8,8 @@
 
 ``publish`` returns once the sealed event is in the durable outbox (fsync'd); a background thread
 sends it with acks=all and idempotence, through broker outages and restarts of this process.
+Each publish and each opened inbox event is also an entry of the client's own audit chain
+(:mod:`services.kernel.audit`), on disk before the call returns and shipped to ``lianfang.audit.v1``.
 """
 
 from __future__ import annotations

@@ -83,7 +83,15 @@ class GatewayProcess(Service):
     """``python -m services.gateway`` on a free port, serving police and the women's federation."""
 
     def __init__(
-        self, bus: Bus, spool: Path, log: Path, *, bootstrap: str | None = None, webhooks: str = ""
+        self,
+        bus: Bus,
+        spool: Path,
+        log: Path,
+        *,
+        bootstrap: str | None = None,
+        webhooks: str = "",
+        served: str = SERVED,
+        **env: str,
     ) -> None:
         self.port = _free_port()
         self.domain = bus.domain
@@ -93,11 +101,12 @@ class GatewayProcess(Service):
             {
                 "LIANFANG_BOOTSTRAP": bootstrap or bus.bootstrap,
                 "LIANFANG_HOME": str(bus.domain.home),
-                "LIANFANG_GATEWAY_PARTICIPANTS": SERVED,
+                "LIANFANG_GATEWAY_PARTICIPANTS": served,
                 "LIANFANG_GATEWAY_PORT": str(self.port),
                 "LIANFANG_GATEWAY_SPOOL_DIR": str(spool),
                 "LIANFANG_GATEWAY_TOPIC_PREFIX": bus.prefix,
                 "LIANFANG_GATEWAY_WEBHOOKS": webhooks,
+                **env,
             },
             log,
         )

@@ -5,7 +5,7 @@ This module starts its own single-node broker with TLS, SASL/SCRAM-SHA-512 and t
 (``deploy.kafka.local``), so default topic names, the router's group ``lianfang-router`` and the hub's
 app id ``lianfang-hub`` are the ones :mod:`services.kernel.acls` assumes. The operator creates the
 topics and the ACLs with the ``lianfang`` command; the router and the hub run as processes logged in as
-``router`` and ``hub``; agencies publish and read with the SDK logged in as themselves.
+``router`` and ``hub``; agencies publish and read with the SDK, or a gateway, logged in as themselves.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from services.kernel.errors import TransportError
 from services.kernel.kafka_security import KafkaSecuritySettings
 from services.sdk.client import Client
 from tests.integration.buskit import REPO, Bus, RouterProcess, Service, free_port
+from tests.integration.test_gateway import GatewayProcess, lead_body
 from tests.kit import DemoDomain
 
 pytestmark = pytest.mark.integration
@@ -241,10 +242,39 @@ def test_publishing_routing_and_opening_each_land_in_a_verified_audit_chain_only
         audit.read_topic(bus.bootstrap, bus.names.audit, login(secure, "police"), timeout_s=15)
 
 
+def test_a_gateway_logged_in_as_police_publishes_and_serves_the_police_inbox(
+    secure: LocalKafka, bus: Bus, services: tuple[RouterProcess, HubProcess], tmp_path: Path
+) -> None:
+    router, hub = services
+    gateway = GatewayProcess(
+        bus, tmp_path / "spool", tmp_path / "gateway.log", served="police", **secure.client_env("police")
+    )
+    try:
+        gateway.wait_ready(bus)
+        status, answer = gateway.post(lead_body("13766660001", town="nancai", name="吴某某"))
+        assert status == 202, answer
+        event_id = answer["event_id"]
+        with client(secure, bus, "womens_federation", tmp_path) as reader:
+            opened = read_until(reader, lambda o: o.header.id == event_id, 90, router, hub, gateway)
+        assert opened.sections["details"]["victim"]["name"] == "吴某某"
+
+        def in_police_inbox() -> bool:
+            status, page = gateway.request(
+                "GET", "/v1/inbox?limit=50", None, gateway.signed("GET", "/v1/inbox?limit=50", None)
+            )
+            assert status == 200, page
+            return event_id in {e["header"]["id"] for e in page["events"]}
+
+        wait_for(in_police_inbox, 60, "the lead in the police inbox through the gateway", gateway)
+    finally:
+        gateway.stop()
+
+
 def test_an_edited_copy_of_an_audit_entry_on_the_topic_fails_audit_verify_at_that_entry(
     secure: LocalKafka, bus: Bus, services: tuple[RouterProcess, HubProcess], tmp_path: Path
 ) -> None:
-    """Whoever can write the topic (here the operator) can add records, but not unnoticed."""
+    """Whoever can write the topic (here the operator) can add records, but not unnoticed. (Last in
+    the module: the audit topic holds a forged record from here on.)"""
     with client(secure, bus, "police", tmp_path) as police:
         police.publish_lead({**LEAD, "requests_joint_meeting": False})
         assert police.flush(60)

@@ -270,6 +270,52 @@ def test_a_gateway_logged_in_as_police_publishes_and_serves_the_police_inbox(
         gateway.stop()
 
 
+class ConsoleProcess(Service):
+    """The coordinator console logged in as ``coordinators``; /metrics on its own port."""
+
+    def __init__(self, cluster: LocalKafka, home: Path, tmp: Path) -> None:
+        self.port = free_port()
+        super().__init__(
+            "services.console",
+            {
+                **cluster.client_env("coordinators"),
+                "LIANFANG_HOME": str(home),
+                "LIANFANG_CONSOLE_DATA_DIR": str(tmp / "console-data"),
+                "LIANFANG_CONSOLE_PORT": str(free_port()),
+                "LIANFANG_CONSOLE_METRICS_PORT": str(self.port),
+            },
+            tmp / "console.log",
+        )
+
+    metric = RouterProcess.metric
+
+
+def test_the_console_logged_in_as_the_coordinators_shows_the_hubs_alert(
+    secure: LocalKafka, bus: Bus, services: tuple[RouterProcess, HubProcess], tmp_path: Path
+) -> None:
+    router, hub = services
+    console = ConsoleProcess(secure, bus.domain.home, tmp_path)
+    try:
+        wait_for(lambda: console.metric("lianfang_console_inbox_up") == 1, 90, "the console", console)
+        seen = console.metric("lianfang_console_inbox_events_total", type="joint_meeting.alert") or 0
+        with client(secure, bus, "police", tmp_path) as police:
+            police.publish_lead({**LEAD, "victim": {**LEAD["victim"], "phone": "13766660002"}})
+            assert police.flush(60)
+        wait_for(
+            lambda: (
+                (console.metric("lianfang_console_inbox_events_total", type="joint_meeting.alert") or 0)
+                > seen
+            ),
+            120,
+            "the alert in the console",
+            router,
+            hub,
+            console,
+        )
+    finally:
+        console.stop()
+
+
 def test_an_edited_copy_of_an_audit_entry_on_the_topic_fails_audit_verify_at_that_entry(
     secure: LocalKafka, bus: Bus, services: tuple[RouterProcess, HubProcess], tmp_path: Path
 ) -> None:

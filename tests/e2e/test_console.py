@@ -27,7 +27,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from kafka import KafkaProducer
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
@@ -214,7 +218,14 @@ def shot(driver: Any, name: str) -> None:
 
 
 def wait_for(driver: Any, condition: Callable[[Any], Any], timeout: float = 20) -> Any:
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
+    """Poll ``condition(driver)`` until truthy. A form post reloads the page: an element found just
+    before the reload is stale when read, and the next poll finds the new page's."""
+    return WebDriverWait(
+        driver,
+        timeout,
+        poll_frequency=0.2,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    ).until(condition)
 
 
 def sign_in(driver: Any, url: str, password: str = PASSWORD) -> None:

@@ -177,6 +177,7 @@ class Console:
         """Open the trust domain, the accounts, the audit log, the stored inbox and the SDK client."""
         if not settings.bootstrap:
             raise UsageError("no Kafka bootstrap: set LIANFANG_BOOTSTRAP")
+        security = load_security()  # an incomplete login stops here, before any key is opened
         domain = trust.open_domain(settings.home)
         registry = domain.registry(utcnow())
         keystore = domain.keystore(settings.participant)
@@ -186,8 +187,9 @@ class Console:
             bootstrap=settings.bootstrap,
             outbox_path=settings.data_dir / f"outbox-{settings.participant}.sqlite",
             topic_prefix=settings.topic_prefix,
+            security=security,
         )
-        sink = KafkaSink(settings.bootstrap, topics.TopicNames(settings.topic_prefix).audit, load_security())
+        sink = KafkaSink(settings.bootstrap, topics.TopicNames(settings.topic_prefix).audit, security)
         trail = participant_trail(settings.data_dir / "audit", keystore, registry, "console", ship=sink)
         return cls(
             settings,

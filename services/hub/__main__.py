@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+
+from pydantic import ValidationError
+
 from services.hub.app import HubSettings, run_worker
+from services.kernel.errors import LianfangError, UsageError
 
 if __name__ == "__main__":
-    run_worker(HubSettings())
+    try:
+        run_worker(HubSettings())
+    except (LianfangError, ValidationError) as e:  # a setting, the login or the trust domain: one line
+        print(f"lianfang hub: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, UsageError | ValidationError) else 1)

@@ -192,3 +192,29 @@ def test_the_sdk_client_logs_in_with_the_security_it_is_given(
     finally:
         explicit.close()
         from_env.close()
+
+
+@pytest.mark.parametrize("service", ["router", "hub", "gateway", "console"])
+def test_a_service_started_with_an_incomplete_login_says_which_variable_in_one_line(service: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LIANFANG_")},
+        "LIANFANG_BOOTSTRAP": "127.0.0.1:9",
+        "LIANFANG_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "LIANFANG_KAFKA_SASL_PASSWORD": "not-shown-anywhere",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", f"services.{service}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "LIANFANG_KAFKA_SASL_USERNAME" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "not-shown-anywhere" not in done.stdout + done.stderr

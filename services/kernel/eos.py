@@ -15,6 +15,7 @@ and subscribed by the app; the router's outputs (one inbox per participant, dead
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -82,6 +83,9 @@ BatchHook = Callable[[PartitionState], list[Output]]
 class TransactionalRunner:
     """Runs one worker of a consumer group; several workers of one group share the partitions."""
 
+    RESTART_BACKOFF_S = 1.0
+    MAX_RESTART_BACKOFF_S = 30.0
+
     def __init__(
         self,
         *,
@@ -111,6 +115,7 @@ class TransactionalRunner:
         self.states: dict[TopicPartition, PartitionState] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self.stopping = asyncio.Event()
+        self.restarts = 0
         # A rebalance callback may run while a batch awaits I/O: it waits for the batch to finish.
         self._lock = asyncio.Lock()
 
@@ -185,6 +190,23 @@ class TransactionalRunner:
     # -- the loop
 
     async def run(self) -> None:
+        """Work until :meth:`stop`. A Kafka failure (a broker gone mid-transaction, a send refused)
+        aborts the batch's transaction and starts the worker afresh after a back-off: it rejoins
+        the group, fences its old producers and reloads the state, so the batch is redone from the
+        last committed offset. ``restarts`` counts these."""
+        backoff = self.RESTART_BACKOFF_S
+        while not self.stopping.is_set():
+            try:
+                await self._run_once()
+                return
+            except TransportError as e:
+                self.restarts += 1
+                log.warning("%s worker restarts in %.0f s after: %s", self.group_id, backoff, e)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), backoff)
+                backoff = min(backoff * 2, self.MAX_RESTART_BACKOFF_S)
+
+    async def _run_once(self) -> None:
         runner = self
 
         class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -219,8 +241,12 @@ class TransactionalRunner:
         except KafkaError as e:
             raise TransportError(f"Kafka failed under the {self.group_id} worker: {e}") from e
         finally:
-            await self._revoke(list(self.producers))
-            await self.consumer.stop()
+            with contextlib.suppress(KafkaError):  # producers of a failed transaction may fail to stop
+                await self._revoke(list(self.producers))
+            self.producers.clear()
+            self.states.clear()
+            with contextlib.suppress(KafkaError):
+                await self.consumer.stop()
 
     async def _wait_while_paused(self) -> None:
         """Stop fetching, but keep polling (to stay in the group), while ``paused()`` holds."""

@@ -31,13 +31,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from schemas.registry import MAX_REGISTRY_BYTES, PublicKey, Roots
+from services.cli_args import home_of as _home
+from services.cli_args import positive_int as _positive_int
 from services.cli_bus import add_bus_commands
 from services.console import command as console_command
 from services.importers.command import add_commands as add_import_commands
 from services.kernel import admin, district, trust
 from services.kernel.audit_command import add_commands as add_audit_commands
 from services.kernel.audit_command import record_admin_change
-from services.kernel.config import HomeSettings
 from services.kernel.errors import (
     BadSignatureError,
     LianfangError,
@@ -164,16 +165,6 @@ def _iso_time(text: str) -> datetime:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -210,11 +201,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
-
-
-def _home(args: argparse.Namespace) -> Path:
-    home: Path | None = args.home
-    return home if home is not None else HomeSettings().home
 
 
 def _now(args: argparse.Namespace) -> datetime:

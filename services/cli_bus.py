@@ -26,6 +26,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from pydantic import ValidationError
 
 from schemas.events import parse_event
+from services.cli_args import bootstrap_of as _bootstrap
+from services.cli_args import home_of as _home
 from services.console.app import run as run_console
 from services.console.command import demo_login
 from services.console.settings import ConsoleSettings
@@ -34,7 +36,6 @@ from services.gateway.app import serve as serve_gateway
 from services.hub.app import HubSettings
 from services.hub.app import run_worker as run_hub
 from services.kernel import acls, envelope, topics, trust
-from services.kernel.config import HomeSettings, KafkaSettings
 from services.kernel.errors import LianfangError, UsageError
 from services.kernel.kafka import DURABLE_PRODUCER
 from services.kernel.kafka_security import KafkaSecuritySettings, kafka_python_kwargs, load_security
@@ -115,20 +116,6 @@ def add_bus_commands(
         bus,
         "the whole pipeline on one machine: trust domain, topics, registry, every service, demo leads",
     )
-
-
-def _bootstrap(args: argparse.Namespace) -> str:
-    bootstrap: str = args.bootstrap or KafkaSettings().bootstrap
-    if not bootstrap:
-        raise UsageError(
-            "no Kafka bootstrap: pass --bootstrap or set LIANFANG_BOOTSTRAP (make kafka-up prints one)"
-        )
-    return bootstrap
-
-
-def _home(args: argparse.Namespace) -> Path:
-    home: Path | None = getattr(args, "home", None)
-    return home if home is not None else HomeSettings().home
 
 
 def _registry(args: argparse.Namespace) -> Registry:

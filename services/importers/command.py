@@ -12,13 +12,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from services.cli_args import bootstrap_of as _bootstrap
+from services.cli_args import home_of as _home
+from services.cli_args import positive_int as _positive_int
 from services.importers.engine import DryRun, Publisher, Summary, run_import
 from services.importers.ledger import Ledger
 from services.importers.progress import Progress
 from services.importers.reader import ENCODINGS, ExportFile
 from services.importers.spec import FormatSpec, format_names, load_format
 from services.kernel import trust
-from services.kernel.config import HomeSettings, KafkaSettings
 from services.kernel.errors import UsageError
 from services.kernel.registry import Registry
 from services.sdk.client import Client
@@ -257,30 +259,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _home(args: argparse.Namespace) -> Path:
-    home: Path | None = getattr(args, "home", None)
-    return home if home is not None else HomeSettings().home
-
-
-def _bootstrap(args: argparse.Namespace) -> str:
-    bootstrap: str = args.bootstrap or KafkaSettings().bootstrap
-    if not bootstrap:
-        raise UsageError(
-            "no Kafka bootstrap: pass --bootstrap or set LIANFANG_BOOTSTRAP (make kafka-up prints one)"
-        )
-    return bootstrap
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _stderr(text: str) -> None:

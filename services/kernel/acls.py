@@ -10,8 +10,8 @@ The shape (issue 9):
   with its own consumer groups (``lianfang-inbox-<id>`` and the prefix ``lianfang-inbox-<id>.``),
   READ the signed registry topic and WRITE its audit entries to ``lianfang.audit.v1``;
 - the router (``User:router``) reads events and writes every inbox and the dead letters; its
-  transactional ids and replay-state topic are its own (prefix ``<group>.``). Its registry entry
-  carries only the key that signs its audit checkpoints, so it gets no participant rules;
+  transactional ids and replay-state topic are its own (prefix ``<group>.``). It is in the registry
+  for the key that signs its audit checkpoints, but no rule routes to it: it gets no participant rules;
 - the hub (``User:hub``, also a participant) reads its inbox and writes events, and owns the faust
   internal topics, groups and its ``lianfang.hub.*`` topics;
 - ``User:operator`` is a super user on the broker and needs no rule here.

@@ -500,6 +500,14 @@ class Signer:
     key: Ed25519PrivateKey = field(repr=False)
     kid: str
 
+    @classmethod
+    def of(cls, keystore: Keystore, registry: Registry, at: datetime) -> Signer:
+        """The keystore's participant's signing key that the registry accepts at ``at``."""
+        from services.kernel.envelope import choose_signing_kid  # noqa: PLC0415 - keeps the core small
+
+        kid = choose_signing_kid(keystore, registry, at)
+        return cls(keystore.signing_key(kid), kid)
+
 
 class AuditTrail:
     """Appends one actor's chain to a JSON-lines file and/or the audit topic; resumes an existing file.
@@ -544,8 +552,10 @@ class AuditTrail:
                 raise AuditError(f"{path} is not a valid audit chain, not appending to it: {result}")
             if result.actor != self.actor:
                 raise AuditError(f"{path} holds the chain of {result.actor!r}, not of {self.actor!r}")
-        entries = [e for e in map(parse_line, filter(bytes.strip, lines)) if isinstance(e, AuditEntry)]
-        return entries[-1] if entries else None
+        for line in reversed(lines):  # the chain holds: its head is the last entry line
+            if line.strip() and isinstance(item := parse_line(line), AuditEntry):
+                return item
+        return None
 
     def append(
         self,
@@ -625,11 +635,13 @@ def read_file(path: Path) -> list[bytes]:
 
 
 def _actor_in(path: Path) -> str | None:
-    """The actor of the chain in an audit file (its first readable line), or ``None`` if it is empty."""
-    for line in read_file(path):
-        if line.strip():
-            return parse_line(line).actor
-    return None
+    """The actor of the chain in an audit file (its first line), or ``None`` if it is empty."""
+    try:
+        with path.open("rb") as f:
+            first = f.readline(MAX_LINE_BYTES + 2)
+    except OSError as e:
+        raise TransportError(f"cannot read the audit file {path}: {e}") from e
+    return parse_line(first.rstrip(b"\r\n")).actor if first.strip() else None
 
 
 class LocalTrail:
@@ -723,14 +735,11 @@ def participant_trail(
 ) -> LocalTrail:
     """The :class:`LocalTrail` of ``keystore``'s participant in ``folder/<participant>/``, its checkpoints
     signed with the participant's signing key that the registry accepts now."""
-    from services.kernel.envelope import choose_signing_kid  # noqa: PLC0415 - keeps the core small
-
-    kid = choose_signing_kid(keystore, registry, clock())
     return LocalTrail(
         folder / keystore.participant,
         keystore.participant,
         role,
-        signer=Signer(keystore.signing_key(kid), kid),
+        signer=Signer.of(keystore, registry, clock()),
         ship=ship,
         clock=clock,
         checkpoint_every_s=checkpoint_every_s,

@@ -295,8 +295,8 @@ class TransactionalRunner:
                     await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
                     await _delivered(deliveries)
             except BaseException:
-                # The transaction was aborted: forget its state changes. The worker stops; its
-                # successor resumes from the last committed offset with the last committed state.
+                # The transaction was aborted: forget its state changes. The worker starts afresh
+                # (run()) from the last committed offset with the last committed state.
                 state.pending.clear()
                 raise
             state._apply()

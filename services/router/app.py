@@ -32,7 +32,7 @@ from prometheus_client import start_http_server
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.kernel import acls, audit, envelope, topics, trust
+from services.kernel import acls, audit, topics, trust
 from services.kernel.envelope import DuplicateError, ReplayWindow, Seen
 from services.kernel.eos import Output, PartitionState, TransactionalRunner
 from services.kernel.errors import UntrustedInputError, UsageError
@@ -163,6 +163,7 @@ class RouterAudit:
         self.signer = signer
         self.checkpoint_every_s = checkpoint_every_s
         self._last_checkpoint: dict[int, float] = {}
+        self._heads: dict[int, tuple[bytes, audit.AuditEntry]] = {}  # per partition, as last written
 
     def actor(self, partition: int) -> str:
         return f"{acls.ROUTER}/{self.chain}.p{partition}"
@@ -171,6 +172,9 @@ class RouterAudit:
         line = state.get(self.HEAD)
         if line is None:
             return None
+        cached = self._heads.get(state.partition)
+        if cached is not None and cached[0] is line:  # the line this worker wrote: no need to parse it
+            return cached[1]
         entry = audit.parse_line(line)
         assert isinstance(entry, audit.AuditEntry)
         return entry
@@ -196,6 +200,7 @@ class RouterAudit:
         )
         line = entry.to_line()
         state.put(self.HEAD, line)
+        self._heads[state.partition] = (line, entry)
         return Output(self.topic, line, entry.actor.encode(), [])
 
     def checkpoint_if_due(self, state: PartitionState, now: datetime) -> list[Output]:
@@ -393,9 +398,7 @@ def router_signer(home: Path, registry: Registry, now: datetime) -> audit.Signer
             "no keystore for %r in %s: the router's audit checkpoints will not be signed", acls.ROUTER, home
         )
         return None
-    store = trust.open_domain(home).keystore(acls.ROUTER)
-    kid = envelope.choose_signing_kid(store, registry, now)
-    return audit.Signer(store.signing_key(kid), kid)
+    return audit.Signer.of(trust.open_domain(home).keystore(acls.ROUTER), registry, now)
 
 
 async def serve(

@@ -81,7 +81,7 @@ def _users(given: str | None) -> list[str]:
     if given is not None:
         return [u.strip() for u in given.split(",") if u.strip()]
     try:
-        from services.kernel.district import participants
+        from services.simulator.district import participants
     except ImportError as e:  # run before the virtualenv exists
         raise LocalKafkaError(
             f"cannot list the district's participants ({e}).\n"

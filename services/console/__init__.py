@@ -1,6 +1,6 @@
 """The coordinator console (联席会议协调台): the joint-meeting office's web pages on the bus.
 
 ``lianfang serve console`` (:func:`services.console.app.run`) serves it; ``lianfang console adduser``
-(:mod:`services.console.command`) creates accounts; :func:`services.console.command.demo_login` makes
+(:mod:`services.cli.console`) creates accounts; :func:`services.cli.console.demo_login` makes
 the demo account that ``lianfang run`` prints.
 """

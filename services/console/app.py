@@ -37,6 +37,8 @@ from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 from prometheus_client import start_http_server
 
+from services import trust
+from services.bus.security import load_security
 from services.console import i18n, pages
 from services.console.accounts import AccountStore, LoginResult
 from services.console.actions import FormError, Outgoing, Problem, acknowledgement, conclusion, schedule
@@ -47,13 +49,12 @@ from services.console.sessions import CSRF_FIELD, PreSession, Session, Sessions,
 from services.console.settings import ConsoleSettings
 from services.console.store import ViewStore
 from services.console.view import Alert, CaseView, Change, OwnAction, OwnKind, QueueFilter, ViewError
-from services.kernel import envelope, topics, trust
+from services.kernel import envelope, topics
 from services.kernel.audit import KafkaSink, LocalTrail, participant_trail
 from services.kernel.errors import LianfangError, RegistryExpiredError, UsageError
-from services.kernel.kafka_security import load_security
-from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.registry import Registry
 from services.sdk.client import Client
+from services.trust.keystore import KdfParams, Keystore
 
 log = logging.getLogger("lianfang.console")
 

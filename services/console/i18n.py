@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final, Literal, get_args
 
-from services.kernel import district
+from services.simulator import district
 
 Lang = Literal["zh", "en"]
 LANGS: Final[tuple[Lang, ...]] = get_args(Lang)

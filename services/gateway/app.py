@@ -40,6 +40,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services import trust
+from services.bus.security import KafkaSecuritySettings, load_security
 from services.gateway import httpsig, openapi
 from services.gateway.api import Submission, parse_submission
 from services.gateway.idempotency import IdempotencyStore, KeyedLocks
@@ -47,7 +49,7 @@ from services.gateway.inbox import InboxReader, decode_cursor, encode_cursor
 from services.gateway.metrics import ROUTES, GatewayMetrics
 from services.gateway.problems import MEDIA_TYPE, Problem
 from services.gateway.webhooks import Backoff, WebhookSender
-from services.kernel import acls, envelope, topics, trust
+from services.kernel import acls, envelope, topics
 from services.kernel.errors import (
     KeyExpiredError,
     KeyRevokedError,
@@ -56,12 +58,11 @@ from services.kernel.errors import (
     UnknownKeyError,
     UsageError,
 )
-from services.kernel.kafka_security import KafkaSecuritySettings, load_security
-from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
 from services.sdk import metrics as sdk_metrics
 from services.sdk.client import Client
 from services.sdk.outbox import ConflictError
+from services.trust.keystore import Keystore
 
 log = logging.getLogger("lianfang.gateway")
 
@@ -85,7 +86,7 @@ def _split(value: object) -> object:
 class GatewaySettings(BaseSettings):
     """Settings of the gateway. Environment variables: ``LIANFANG_GATEWAY_<NAME>``, except the broker
     (``LIANFANG_BOOTSTRAP``), the trust domain (``LIANFANG_HOME``) and the Kafka login
-    (``LIANFANG_KAFKA_*``, :mod:`services.kernel.kafka_security`)."""
+    (``LIANFANG_KAFKA_*``, :mod:`services.bus.security`)."""
 
     model_config = SettingsConfigDict(env_prefix="LIANFANG_GATEWAY_", frozen=True, extra="ignore")
 

@@ -21,11 +21,11 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
+from services import trust
+from services.cli.settings import HomeSettings
 from services.gateway import httpsig
 from services.gateway.webhooks import signing_kid
-from services.kernel import trust
-from services.kernel.config import HomeSettings
-from services.kernel.keystore import Keystore
+from services.trust.keystore import Keystore
 
 
 def signed_headers(

@@ -24,14 +24,14 @@ from typing import Any, Final
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
+from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 from services.gateway.problems import Problem
 from services.kernel import envelope
 from services.kernel.audit import LocalTrail, opened_object
 from services.kernel.errors import TransportError, UntrustedInputError
-from services.kernel.kafka_security import KafkaSecuritySettings, kafka_python_kwargs, load_security
-from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
 from services.sdk.client import CaseContext
+from services.trust.keystore import Keystore
 
 CURSOR_PREFIX: Final = "v1."
 MAX_CURSOR_CHARS: Final = 4096

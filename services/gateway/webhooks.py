@@ -34,15 +34,15 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from services.bus.security import KafkaSecuritySettings, aiokafka_kwargs, load_security
 from services.gateway import httpsig
 from services.gateway.inbox import render
 from services.gateway.metrics import GatewayMetrics
 from services.kernel import envelope
 from services.kernel.audit import LocalTrail, opened_object
 from services.kernel.errors import RegistryExpiredError, UntrustedInputError
-from services.kernel.kafka_security import KafkaSecuritySettings, aiokafka_kwargs, load_security
-from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
+from services.trust.keystore import Keystore
 
 log = logging.getLogger("lianfang.gateway.webhooks")
 

@@ -36,17 +36,18 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.envelope import EnvelopeHeader, SectionName
-from services.hub import rules, supervision
-from services.hub.metrics import HubMetrics
-from services.kernel import audit, envelope, topics, trust
-from services.kernel.errors import UntrustedInputError, UsageError
-from services.kernel.kafka import cluster_id
-from services.kernel.kafka_security import (
+from services import trust
+from services.bus.cluster import cluster_id
+from services.bus.security import (
     KafkaSecuritySettings,
     aiokafka_kwargs,
     faust_credentials,
     load_security,
 )
+from services.hub import rules, supervision
+from services.hub.metrics import HubMetrics
+from services.kernel import audit, envelope, topics
+from services.kernel.errors import UntrustedInputError, UsageError
 from services.kernel.registry import Registry
 
 log = logging.getLogger("lianfang.hub")
@@ -55,7 +56,7 @@ log = logging.getLogger("lianfang.hub")
 class HubSettings(BaseSettings):
     """Settings of one hub worker. Environment: ``LIANFANG_HUB_<NAME>``, plus ``LIANFANG_BOOTSTRAP``,
     ``LIANFANG_HOME`` (the hub's keystore and the registry; passphrase as for every keystore) and the
-    Kafka login ``LIANFANG_KAFKA_*`` (:mod:`services.kernel.kafka_security`)."""
+    Kafka login ``LIANFANG_KAFKA_*`` (:mod:`services.bus.security`)."""
 
     model_config = SettingsConfigDict(env_prefix="LIANFANG_HUB_", frozen=True, extra="ignore")
 

@@ -14,9 +14,9 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Final
 
 from services.importers.spec import MapValue, fold
-from services.kernel import district
 from services.kernel.errors import UsageError
 from services.kernel.pseudonym import canonical_id_number, canonical_phone
+from services.simulator import district
 
 CHINA: Final = timezone(timedelta(hours=8), "CST")
 """Exports give local times without a zone: Beijing time, UTC+8 (no daylight saving since 1991)."""

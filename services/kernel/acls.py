@@ -2,7 +2,8 @@
 
 Pure: :func:`generate` takes participant ids and topic names and returns :class:`AclRule` values; the
 same rules answer "may this principal do that?" offline (:func:`allows`, as Kafka's StandardAuthorizer
-decides for ALLOW-only rules), and :func:`apply` writes them to a cluster as the operator.
+decides for ALLOW-only rules); :func:`services.bus.cluster.apply_acls` writes them to a cluster as the
+operator.
 
 The shape (issue 9):
 
@@ -23,13 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
-from services.kernel.errors import TransportError
 from services.kernel.topics import TopicNames
 
 if TYPE_CHECKING:
-    from services.kernel.kafka_security import KafkaSecuritySettings
     from services.kernel.registry import Registry
 
 ResourceKind = Literal["TOPIC", "GROUP", "TRANSACTIONAL_ID", "CLUSTER"]
@@ -116,7 +115,7 @@ def router_rules(
         *_rules(me, "TOPIC", "LITERAL", names.audit, "WRITE", "DESCRIBE"),
         *_rules(me, "GROUP", "LITERAL", group_id, "READ", "DESCRIBE"),
         *_rules(me, "GROUP", "PREFIXED", group_id + ".", "READ", "DESCRIBE"),
-        # services.kernel.eos: transactional id "<group>.<topic>.<partition>".
+        # services.bus.eos: transactional id "<group>.<topic>.<partition>".
         *_rules(me, "TRANSACTIONAL_ID", "PREFIXED", group_id + ".", "WRITE", "DESCRIBE"),
     ]
 
@@ -169,53 +168,3 @@ def allows(
     return any(
         r.principal == principal and r.operation in granting and r.matches(resource, name) for r in rules
     )
-
-
-# --------------------------------------------------------------------------- applying (I/O)
-
-
-def to_kafka_python(rule: AclRule) -> Any:
-    """The kafka-python ``ACL`` object of one rule."""
-    from kafka.admin import (  # noqa: PLC0415 - keeps the pure part free of the client library
-        ACL,
-        ACLOperation,
-        ACLPermissionType,
-        ACLResourcePatternType,
-        ResourcePattern,
-        ResourceType,
-    )
-
-    pattern = ResourcePattern(ResourceType[rule.resource], rule.name, ACLResourcePatternType[rule.pattern])
-    return ACL(rule.principal, "*", ACLOperation[rule.operation], ACLPermissionType.ALLOW, pattern)
-
-
-def apply(bootstrap: str, rules: Iterable[AclRule], security: KafkaSecuritySettings) -> int:
-    """Create ``rules`` on the cluster (existing identical rules are kept); returns how many were sent.
-
-    ``security`` must log in as a super user (the operator): only it may alter ACLs.
-    """
-    from kafka import KafkaAdminClient  # noqa: PLC0415
-    from kafka.errors import KafkaError  # noqa: PLC0415
-
-    from services.kernel.kafka_security import kafka_python_kwargs  # noqa: PLC0415
-
-    acls = [to_kafka_python(r) for r in rules]
-    try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap, client_id="lianfang-acls", **kafka_python_kwargs(security)
-        )
-    except KafkaError as e:
-        raise TransportError(f"cannot reach Kafka at {bootstrap} to apply ACLs: {e}") from e
-    try:
-        result = admin.create_acls(acls) if acls else {"failed": []}
-    except KafkaError as e:
-        raise TransportError(f"creating ACLs on {bootstrap} failed: {e}") from e
-    finally:
-        admin.close()
-    failed = result.get("failed") or []
-    if failed:
-        raise TransportError(
-            f"{len(failed)} of {len(acls)} ACLs were refused by {bootstrap}, first: {failed[0]!r}; "
-            "ACLs can only be created by a super user (the operator)"
-        )
-    return len(acls)

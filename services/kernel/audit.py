@@ -48,10 +48,10 @@ from services.kernel.errors import (
 )
 
 if TYPE_CHECKING:
+    from services.bus.security import KafkaSecuritySettings
     from services.kernel.envelope import Opened
-    from services.kernel.kafka_security import KafkaSecuritySettings
-    from services.kernel.keystore import Keystore
     from services.kernel.registry import Registry
+    from services.trust.keystore import Keystore
 
 log = logging.getLogger("lianfang.audit")
 
@@ -897,8 +897,8 @@ class KafkaSink:
         from kafka import KafkaProducer  # noqa: PLC0415 - the pure core does not need the client
         from kafka.errors import KafkaError  # noqa: PLC0415
 
-        from services.kernel.kafka import DURABLE_PRODUCER  # noqa: PLC0415
-        from services.kernel.kafka_security import kafka_python_kwargs  # noqa: PLC0415
+        from services.bus.cluster import DURABLE_PRODUCER  # noqa: PLC0415
+        from services.bus.security import kafka_python_kwargs  # noqa: PLC0415
 
         if self._producer is None:
             extra = kafka_python_kwargs(self.security) if self.security is not None else {}
@@ -966,7 +966,7 @@ def read_topic(
     from kafka import KafkaConsumer, TopicPartition  # noqa: PLC0415
     from kafka.errors import KafkaError  # noqa: PLC0415
 
-    from services.kernel.kafka_security import kafka_python_kwargs  # noqa: PLC0415
+    from services.bus.security import kafka_python_kwargs  # noqa: PLC0415
 
     extra = kafka_python_kwargs(security) if security is not None else {}
     lines: list[bytes] = []

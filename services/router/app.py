@@ -4,7 +4,7 @@ For each record of ``lianfang.events.v1`` it calls the pure :func:`~services.rou
 verified event is copied unchanged (value, key, headers) into ``lianfang.inbox.<participant>.v1`` of
 every recipient; anything else goes to ``lianfang.deadletter.v1`` with its reason code. Deliveries,
 the replay window's state and the consumed offset commit in one Kafka transaction per source partition
-(:mod:`services.kernel.eos`), so a router killed mid-batch and restarted delivers nothing twice and
+(:mod:`services.bus.eos`), so a router killed mid-batch and restarted delivers nothing twice and
 loses nothing. Several workers of one group share the partitions.
 
 Registry updates arrive on ``lianfang.registry.v1`` and take effect without a restart. While the
@@ -32,15 +32,16 @@ from prometheus_client import start_http_server
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.kernel import acls, audit, topics, trust
+from services import trust
+from services.bus.eos import Output, PartitionState, TransactionalRunner
+from services.bus.security import KafkaSecuritySettings, aiokafka_kwargs, load_security
+from services.kernel import acls, audit, topics
 from services.kernel.envelope import DuplicateError, ReplayWindow, Seen
-from services.kernel.eos import Output, PartitionState, TransactionalRunner
 from services.kernel.errors import UntrustedInputError, UsageError
-from services.kernel.kafka_security import KafkaSecuritySettings, aiokafka_kwargs, load_security
 from services.kernel.registry import Registry
-from services.kernel.trust import TrustDomain
 from services.router import core
 from services.router.metrics import RouterMetrics
+from services.trust import TrustDomain
 
 log = logging.getLogger("lianfang.router")
 
@@ -54,7 +55,7 @@ def utcnow() -> datetime:
 class RouterSettings(BaseSettings):
     """Settings of one router worker. Environment variables: ``LIANFANG_ROUTER_<NAME>``, except the
     broker (``LIANFANG_BOOTSTRAP``), the trust domain (``LIANFANG_HOME``) and the Kafka login
-    (``LIANFANG_KAFKA_*``, :mod:`services.kernel.kafka_security`)."""
+    (``LIANFANG_KAFKA_*``, :mod:`services.bus.security`)."""
 
     model_config = SettingsConfigDict(env_prefix="LIANFANG_ROUTER_", frozen=True, extra="ignore")
 

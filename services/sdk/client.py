@@ -36,7 +36,9 @@ from schemas.events import (
     LeadResolved,
     split_sections,
 )
-from services.kernel import audit, envelope, topics, trust
+from services import trust
+from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
+from services.kernel import audit, envelope, topics
 from services.kernel.errors import (
     MalformedError,
     RegistryExpiredError,
@@ -44,13 +46,12 @@ from services.kernel.errors import (
     UntrustedInputError,
     UsageError,
 )
-from services.kernel.kafka_security import KafkaSecuritySettings, kafka_python_kwargs, load_security
-from services.kernel.keystore import Keystore
 from services.kernel.pseudonym import PseudonymKey, pseudonymize
 from services.kernel.registry import Registry
 from services.sdk import metrics as sdk_metrics
 from services.sdk.metrics import SdkMetrics
 from services.sdk.outbox import Drainer, Outbox, Pending
+from services.trust.keystore import Keystore
 
 log = logging.getLogger("lianfang.sdk")
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from services.bus.cluster import DURABLE_PRODUCER
+from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 from services.kernel.errors import TransportError, UsageError
-from services.kernel.kafka import DURABLE_PRODUCER
-from services.kernel.kafka_security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 
 log = logging.getLogger("lianfang.outbox")
 

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from schemas.events import event_model
+from services import trust
 from services.importers.progress import Progress
 from services.importers.values import CHINA
-from services.kernel import envelope, trust
+from services.kernel import envelope
 from services.kernel.errors import UsageError
 from services.kernel.pseudonym import new_pseudonym_key
 from services.sdk.client import CaseContext, Client, Publisher

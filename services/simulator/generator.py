@@ -36,10 +36,10 @@ from typing import Any, Final, Literal
 
 from schemas.events import LeadReported, RiskAnswers
 from services.importers.values import CHINA
-from services.kernel import district
 from services.kernel.pseudonym import PseudonymKey
 from services.sdk.client import CaseContext, default_urgency
 from services.sdk.client import person_pseudonym as subject_pseudonym
+from services.simulator import district
 from services.simulator.people import PeopleFactory, SyntheticPerson
 
 RULES: Final = (

@@ -125,8 +125,8 @@ async def _load(
 
 
 def load_main(argv: list[str]) -> int:
+    from services import trust
     from services.gateway.webhooks import signing_kid
-    from services.kernel import trust
 
     parser = argparse.ArgumentParser(prog="python -m tests.bench.bench_adapters load")
     parser.add_argument("--url", required=True)
@@ -179,9 +179,10 @@ class Setup:
     """A demo trust domain, the events topic under a prefix of its own, and a scratch folder."""
 
     def __init__(self, ctx: BenchContext) -> None:
-        from services.kernel import topics, trust
-        from services.kernel.kafka import TopicSpec, ensure_topics
-        from services.kernel.keystore import KdfParams
+        from services import trust
+        from services.bus.cluster import TopicSpec, ensure_topics
+        from services.kernel import topics
+        from services.trust.keystore import KdfParams
 
         self.tmp = Path(tempfile.mkdtemp(prefix="lianfang-bench-adapters-"))
         self.home = self.tmp / "home"

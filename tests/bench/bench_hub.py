@@ -47,11 +47,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.kernel import topics, trust
-from services.kernel.kafka import DURABLE_PRODUCER
-from services.kernel.keystore import KdfParams
+from services import trust
+from services.bus import cluster
+from services.bus.cluster import DURABLE_PRODUCER
+from services.kernel import topics
 from services.kernel.pseudonym import pseudonymize
 from services.kernel.registry import Registry
+from services.trust.keystore import KdfParams
 from tests.bench.harness import REPO_ROOT, BenchContext, BenchError, Result
 
 LEADS_FULL = 2_000
@@ -497,7 +499,7 @@ def run(ctx: BenchContext) -> list[Result]:
     results: list[Result] = []
     try:
         ctx.progress(f"creating the topics under {bus.prefix} …")
-        topics.apply(bootstrap, registry.participant_ids(), prefix=bus.prefix)
+        cluster.apply_topics(bootstrap, registry.participant_ids(), prefix=bus.prefix)
         reader = AlertReader(bus.client("coordinators"))
         reader.start()
         router = _prefill(ctx, bus, n)

@@ -26,7 +26,7 @@ of a ``getmany`` batch at once, so a small N is one commit.)
 - ``aiokafka relay`` (baseline): the same records read by a consumer group from a 12-partition topic
   and written to 4 output topics of 3 partitions by one idempotent ``acks=all`` producer; after each
   ``getmany`` batch the producer is flushed and the offsets committed. No transaction, no crypto.
-- ``EOS relay`` (baseline): :class:`services.kernel.eos.TransactionalRunner`, the router's own loop,
+- ``EOS relay`` (baseline): :class:`services.bus.eos.TransactionalRunner`, the router's own loop,
   with a handler that copies each record to the same 4 topics and puts one state key per record (as
   the replay window does), without parsing or verifying anything: what the router's exactly-once
   Kafka path costs without the envelope.
@@ -58,12 +58,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.kernel import crypto, envelope, policy, topics, trust
-from services.kernel.eos import PRODUCER_BATCH_BYTES
-from services.kernel.kafka import DURABLE_PRODUCER, TopicSpec, ensure_topics
-from services.kernel.keystore import KdfParams, Keystore
+from services import trust
+from services.bus import cluster
+from services.bus.cluster import DURABLE_PRODUCER, TopicSpec, ensure_topics
+from services.bus.eos import PRODUCER_BATCH_BYTES
+from services.kernel import crypto, envelope, policy, topics
 from services.kernel.pseudonym import pseudonymize
 from services.kernel.registry import Registry
+from services.trust.keystore import KdfParams, Keystore
 from tests.bench.harness import REPO_ROOT, BenchContext, BenchError, Result, per_second
 from tests.kit import header as kit_header
 
@@ -82,7 +84,7 @@ EXPECTED_INBOXES = ("hub", f"mediation.{TOWN}", "police", "womens_federation")
 SOURCE_PARTITIONS = 12
 OUTPUT_PARTITIONS = 3
 MAX_BATCH = 500  # the router's default max_batch, used by the relays too
-RELAY_LINGER_MS = 2  # as the transactional producers of services.kernel.eos
+RELAY_LINGER_MS = 2  # as the transactional producers of services.bus.eos
 
 POLL_S = 0.05
 START_DEADLINE_S = 90.0  # process start, group join, 12 InitProducerIds, first transaction
@@ -403,7 +405,7 @@ def _router_run(ctx: BenchContext, work: Workload, logs: Path, case: KafkaCase) 
     bootstrap = ctx.bootstrap
     prefix = ctx.unique("run") + "-"
     names = topics.TopicNames(prefix)
-    specs = topics.apply(bootstrap, work.participants, prefix=prefix)
+    specs = cluster.apply_topics(bootstrap, work.participants, prefix=prefix)
     worker: Worker | None = None
     try:
         ends = _produce(bootstrap, names.events, work.records)
@@ -544,7 +546,7 @@ async def _plain_relay(config: dict[str, Any]) -> None:
 
 async def _eos_relay(config: dict[str, Any]) -> None:
     """The router's TransactionalRunner with a handler that copies without looking at the record."""
-    from services.kernel.eos import Output, PartitionState, TransactionalRunner
+    from services.bus.eos import Output, PartitionState, TransactionalRunner
 
     outputs: list[str] = config["outputs"]
 
@@ -672,7 +674,7 @@ def run(ctx: BenchContext) -> list[Result]:
                 eos.rates(w),
                 baseline=True,
                 notes=(
-                    "services.kernel.eos.TransactionalRunner (the router's loop: one transactional producer "
+                    "services.bus.eos.TransactionalRunner (the router's loop: one transactional producer "
                     "and one transaction per batch per source partition) with a handler copying each record "
                     "to the same 4 topics and putting one state key, without parsing or verifying it"
                 ),

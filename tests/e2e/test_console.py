@@ -36,11 +36,11 @@ from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
+from services.bus.cluster import DURABLE_PRODUCER
 from services.console.accounts import AccountStore, accounts_path
-from services.kernel.kafka import DURABLE_PRODUCER
-from services.kernel.keystore import KdfParams
 from services.kernel.pseudonym import pseudonymize
 from services.sdk.client import Client
+from services.trust.keystore import KdfParams
 from tests.integration.buskit import REPO, Bus, RouterProcess, Service, free_port
 from tests.kit import DemoDomain
 

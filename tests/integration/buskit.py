@@ -19,8 +19,9 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from services.bus import cluster
+from services.bus.cluster import DURABLE_PRODUCER
 from services.kernel import envelope, topics
-from services.kernel.kafka import DURABLE_PRODUCER
 from tests.kit import CONTENT, DemoDomain, header
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,7 +44,7 @@ class Bus:
 
     @classmethod
     def create(cls, bootstrap: str, prefix: str, domain: DemoDomain) -> Bus:
-        topics.apply(bootstrap, domain.registry.participant_ids(), prefix=prefix)
+        cluster.apply_topics(bootstrap, domain.registry.participant_ids(), prefix=prefix)
         return cls(bootstrap, prefix, domain)
 
     @property

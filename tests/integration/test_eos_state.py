@@ -11,7 +11,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
-from services.kernel.eos import Output, PartitionState, TransactionalRunner
+from services.bus.eos import Output, PartitionState, TransactionalRunner
 
 pytestmark = pytest.mark.integration
 

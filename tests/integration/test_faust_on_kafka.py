@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from services.kernel.kafka import DURABLE_PRODUCER, TopicSpec, ensure_topics
+from services.bus.cluster import DURABLE_PRODUCER, TopicSpec, ensure_topics
 from tests.conftest import Unique
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ import pytest
 from kafka import KafkaProducer
 
 from schemas.events import RiskAnswers, RiskAssessed
-from services.kernel.kafka import DURABLE_PRODUCER
+from services.bus.cluster import DURABLE_PRODUCER
 from services.kernel.pseudonym import pseudonymize
 from services.sdk.client import CaseContext, Client
 from tests.integration.buskit import Bus, RouterProcess, Service, free_port

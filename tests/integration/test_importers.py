@@ -50,7 +50,7 @@ def home(live_domain: DemoDomain, tmp_path: Path) -> Path:
 def lianfang(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *argv: str
 ) -> tuple[int, str]:
-    """Run `lianfang` in-process (services/cli.py registers the import command)."""
+    """Run `lianfang` in-process (services/cli/main.py registers the import command)."""
     code = cli.main(list(argv))
     captured = capsys.readouterr()
     return code, captured.out + captured.err

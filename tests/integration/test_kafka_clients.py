@@ -9,7 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka import KafkaConsumer, KafkaProducer
 
-from services.kernel.kafka import DURABLE_PRODUCER, TopicSpec, ensure_topics
+from services.bus.cluster import DURABLE_PRODUCER, TopicSpec, ensure_topics
 from tests.conftest import Unique
 
 pytestmark = pytest.mark.integration

@@ -83,7 +83,7 @@ def test_three_nodes_keep_accepting_acks_all_writes_with_one_node_down(tmp_path:
     from kafka import KafkaConsumer, KafkaProducer
 
     from deploy.kafka.local import running
-    from services.kernel.kafka import DURABLE_PRODUCER, TopicSpec, ensure_topics
+    from services.bus.cluster import DURABLE_PRODUCER, TopicSpec, ensure_topics
 
     with running(tmp_path / "k3", nodes=3) as cluster:
         assert len(_java_processes_for(tmp_path / "k3")) == 3

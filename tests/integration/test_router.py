@@ -17,10 +17,10 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from schemas.envelope import MAX_RECORD_BYTES
 from schemas.registry import RegistryDocument
+from services.bus.cluster import load_specs
 from services.kernel import audit, envelope, policy
-from services.kernel.keystore import Keystore
 from services.kernel.registry import sign_document
-from services.kernel.topics import load_specs
+from services.trust.keystore import Keystore
 from tests.integration.buskit import Bus
 from tests.integration.buskit import RouterProcess as Router
 from tests.kit import CONTENT, DemoDomain, header, rewrite_body

@@ -22,8 +22,9 @@ from kafka.errors import (
 )
 
 from deploy.kafka.local import LocalKafka, ProbeAuth, ProbeAuthError, metadata_broker_count, running
+from services.bus.cluster import apply_acls
+from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs
 from services.kernel import acls, audit
-from services.kernel.kafka_security import KafkaSecuritySettings, kafka_python_kwargs
 from services.kernel.topics import AUDIT, EVENTS, inbox
 
 pytestmark = pytest.mark.integration
@@ -42,7 +43,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
             admin.create_topics([NewTopic(n, 1, 1) for n in names])
         finally:
             admin.close()
-        acls.apply(cluster.bootstrap, acls.generate(PARTICIPANTS), _security(cluster, "operator"))
+        apply_acls(cluster.bootstrap, acls.generate(PARTICIPANTS), _security(cluster, "operator"))
         yield cluster
 
 

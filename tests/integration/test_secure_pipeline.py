@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from deploy.kafka.local import LocalKafka, running
+from services.bus.security import KafkaSecuritySettings
 from services.kernel import audit, envelope
 from services.kernel.errors import TransportError
-from services.kernel.kafka_security import KafkaSecuritySettings
 from services.sdk.client import Client
 from tests.integration.buskit import REPO, Bus, RouterProcess, Service, free_port
 from tests.integration.test_gateway import GatewayProcess, lead_body

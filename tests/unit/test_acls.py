@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from services.kernel import acls, district
+from services.bus import cluster
 from services.kernel.acls import allows, generate
 from services.kernel.topics import TopicNames, inbox
+from services.simulator import district
 
 pytestmark = pytest.mark.unit
 
@@ -100,7 +101,7 @@ def test_rules_become_kafka_python_acls() -> None:
     from kafka.admin import ACLOperation, ACLResourcePatternType, ResourceType
 
     rule = next(r for r in RULES if r.pattern == "PREFIXED" and r.resource == "TOPIC")
-    acl = acls.to_kafka_python(rule)
+    acl = cluster.acl_of(rule)
     assert acl.principal == rule.principal
     assert acl.operation == ACLOperation[rule.operation]
     assert acl.resource_pattern.resource_type == ResourceType.TOPIC

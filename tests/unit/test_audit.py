@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
+from services.cli.audit import add_commands
 from services.kernel import audit, crypto
 from services.kernel.audit import AuditEntry, AuditError, AuditTrail, Checkpoint, next_entry, verify
-from services.kernel.audit_command import add_commands
 from services.kernel.errors import TransportError
 
 pytestmark = pytest.mark.unit
@@ -448,7 +448,7 @@ def _relink(entries: list[AuditEntry]) -> list[AuditEntry]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    """The audit commands on a bare parser, registered as services/cli.py registers its groups."""
+    """The audit commands on a bare parser, registered as services/cli/main.py registers its groups."""
     parser = argparse.ArgumentParser(prog="lianfang")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", type=Path, default=argparse.SUPPRESS)

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from schemas.registry import PublicKey, Roots
-from services import cli
-from services.kernel import audit, district, trust
+from services import cli, trust
+from services.kernel import audit
 from services.kernel.errors import KeyRevokedError
-from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
+from services.simulator import district
+from services.trust.keystore import Keystore
 
 pytestmark = pytest.mark.unit
 

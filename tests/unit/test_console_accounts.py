@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from services.console import command
+from services.cli import console as command
 from services.console.accounts import AccountStore, accounts_path
 from services.kernel.errors import UsageError
-from services.kernel.keystore import KdfParams
+from services.trust.keystore import KdfParams
 from tests.kit import NOW
 
 pytestmark = pytest.mark.unit
@@ -161,7 +161,7 @@ def test_an_existing_account_is_not_replaced_by_accident(store: AccountStore) ->
 
 
 def run(argv: list[str], monkeypatch: pytest.MonkeyPatch, stdin: str = "") -> int:
-    """Run ``argv`` through a parser built the way services/cli.py builds its own."""
+    """Run ``argv`` through a parser built the way services/cli/main.py builds its own."""
     parser = argparse.ArgumentParser(prog="lianfang")
     parser.add_argument("--home", type=Path, default=None)
     common = argparse.ArgumentParser(add_help=False)

@@ -28,8 +28,8 @@ from services.console.store import ViewStore
 from services.hub.rules import alert_id_for
 from services.kernel import envelope
 from services.kernel.audit import AuditEntry, LocalTrail, parse_line, read_file, verify_lines
-from services.kernel.keystore import KdfParams
 from services.sdk.client import Client
+from services.trust.keystore import KdfParams
 from tests.kit import NOW, DemoDomain
 from tests.unit.test_console_view import hub_alert, opened
 

@@ -13,7 +13,7 @@ from schemas.common import Category, Urgency
 from schemas.events import AlertReasonCode, AlertStatus, DeadlineKind
 from services.console import i18n
 from services.console.markup import TEMPLATES, Markup, escape, fmt, render
-from services.kernel import district
+from services.simulator import district
 
 pytestmark = pytest.mark.unit
 

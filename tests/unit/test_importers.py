@@ -655,7 +655,7 @@ def test_the_progress_line_goes_in_place_on_a_terminal_and_every_n_rows_in_a_log
 
 @pytest.fixture
 def lianfang(domain: Any) -> Callable[..., tuple[int, str, str]]:
-    """`lianfang` (services/cli.py registers the import commands) on the demo domain."""
+    """`lianfang` (services/cli/main.py registers the import commands) on the demo domain."""
 
     def run(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
         code = cli.main(["--home", str(domain.home), "--now", NOW.isoformat(), *argv])

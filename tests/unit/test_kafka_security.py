@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from services.gateway.app import GatewaySettings
-from services.hub.app import HubSettings
-from services.kernel.errors import UsageError
-from services.kernel.kafka_security import (
+from services.bus.security import (
     KafkaSecuritySettings,
     aiokafka_kwargs,
     kafka_python_kwargs,
     load_security,
 )
+from services.gateway.app import GatewaySettings
+from services.hub.app import HubSettings
+from services.kernel.errors import UsageError
 from services.router.app import RouterSettings
 from services.sdk.client import Client
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.kernel.errors import MalformedError, TooLargeError, UsageError
-from services.kernel.keystore import MAX_KEYSTORE_BYTES, KdfParams, Keystore, key_id
+from services.trust.keystore import MAX_KEYSTORE_BYTES, KdfParams, Keystore, key_id
 
 pytestmark = pytest.mark.unit
 

@@ -7,9 +7,9 @@ from datetime import timedelta
 import pytest
 
 from schemas.registry import PublicKey
-from services.kernel import crypto, district, trust
+from services import trust
+from services.kernel import crypto
 from services.kernel.errors import UntrustedInputError
-from services.kernel.keystore import Keystore
 from services.kernel.registry import (
     Registry,
     add_signature,
@@ -17,6 +17,8 @@ from services.kernel.registry import (
     read_unverified,
     sign_document,
 )
+from services.simulator import district
+from services.trust.keystore import Keystore
 from tests.kit import NOW, DemoDomain
 
 pytestmark = pytest.mark.unit

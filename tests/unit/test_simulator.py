@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from schemas.events import EventModel, LeadReported, event_model
-from services.kernel import district
 from services.kernel.pseudonym import PseudonymKey, canonical_id_number
 from services.sdk.client import CaseContext, _lead_pseudonyms, default_urgency
+from services.simulator import district
 from services.simulator.driver import IdMap, Tally, describe, play, publish_step
 from services.simulator.generator import CHANNELS, RULES, TOWN_IDS, Step, generate
 

@@ -1,7 +1,7 @@
 """``lianfang console adduser|unlock|users``: the console's accounts, and the demo account of
 ``lianfang run``.
 
-``services/cli.py`` registers the subcommands with :func:`add_commands`. A password is read from
+``services/cli/main.py`` registers the subcommands with :func:`add_commands`. A password is read from
 ``LIANFANG_CONSOLE_PASSWORD`` (for scripts and tests), else from the first line of standard input when
 it is not a terminal (or with ``--password-stdin``), else asked for twice without echo. Nothing here
 prints a password, except :func:`demo_login`'s caller, once, for the generated demo account.
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from services.cli.settings import HomeSettings
 from services.console.accounts import AccountStore, accounts_path, generate_password
 from services.console.app import kdf_params
-from services.kernel.config import HomeSettings
 from services.kernel.errors import UsageError
 
 if TYPE_CHECKING:

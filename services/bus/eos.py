@@ -24,8 +24,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from services.bus.security import KafkaSecuritySettings, aiokafka_kwargs, load_security
 from services.kernel.errors import TransportError
-from services.kernel.kafka_security import KafkaSecuritySettings, aiokafka_kwargs, load_security
 
 log = logging.getLogger("lianfang.eos")
 

@@ -31,14 +31,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from schemas.registry import MAX_REGISTRY_BYTES, PublicKey, Roots
-from services.cli_args import home_of as _home
-from services.cli_args import positive_int as _positive_int
-from services.cli_bus import add_bus_commands
-from services.console import command as console_command
-from services.importers.command import add_commands as add_import_commands
-from services.kernel import admin, district, trust
-from services.kernel.audit_command import add_commands as add_audit_commands
-from services.kernel.audit_command import record_admin_change
+from services import trust
+from services.cli import console as console_command
+from services.cli.args import home_of as _home
+from services.cli.args import positive_int as _positive_int
+from services.cli.audit import add_commands as add_audit_commands
+from services.cli.audit import record_admin_change
+from services.cli.bus import add_bus_commands
+from services.cli.importers import add_commands as add_import_commands
+from services.cli.simulate import add_commands as add_simulate_commands
 from services.kernel.errors import (
     BadSignatureError,
     LianfangError,
@@ -46,9 +47,11 @@ from services.kernel.errors import (
     UntrustedInputError,
     UsageError,
 )
-from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.pseudonym import PseudonymKey
 from services.kernel.registry import Registry, add_signature, check_root_signatures, read_unverified
+from services.simulator import district
+from services.trust import admin
+from services.trust.keystore import KdfParams, Keystore
 
 Command = Callable[[argparse.Namespace], int]
 if TYPE_CHECKING:  # not subscriptable at run time
@@ -82,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_keys(subcommands, common)
     add_bus_commands(subcommands, common, _command, _group)
     add_import_commands(subcommands, common, _command, _group)
+    add_simulate_commands(subcommands, common, _command, _group)
     console_command.add_commands(subcommands, common, _command, _group)
     add_audit_commands(subcommands, common, _command, _group)
     return parser

@@ -1,6 +1,6 @@
-"""The ``lianfang import`` and ``lianfang simulate`` subcommands.
+"""The ``lianfang import`` subcommand.
 
-``services/cli.py`` registers them with :func:`add_commands`; each handler returns the exit status.
+``services/cli/main.py`` registers them with :func:`add_commands`; each handler returns the exit status.
 """
 
 from __future__ import annotations
@@ -12,15 +12,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services.cli_args import bootstrap_of as _bootstrap
-from services.cli_args import home_of as _home
-from services.cli_args import positive_int as _positive_int
+from services import trust
+from services.cli.args import bootstrap_of as _bootstrap
+from services.cli.args import home_of as _home
 from services.importers.engine import DryRun, Publisher, Summary, run_import
 from services.importers.ledger import Ledger
 from services.importers.progress import Progress
 from services.importers.reader import ENCODINGS, ExportFile
 from services.importers.spec import FormatSpec, format_names, load_format
-from services.kernel import trust
 from services.kernel.errors import UsageError
 from services.kernel.registry import Registry
 from services.sdk.client import Client
@@ -38,13 +37,6 @@ exit status:
      header lacks a required column
 Re-running the same command after fixing the rejected rows imports only those rows."""
 
-SIMULATE_EXIT = """\
-The simulated district plays leads from every channel and town, follow-ups, risk assessments,
-protection orders, and at least one case for each joint-meeting rule. Event envelopes carry the time
-of publishing; the simulated times are in the events (occurred_at, acknowledged_at, ...): with
---as-fast-as-possible (the default) the simulated days end now, with --speed X they start now and run
-X times faster than the clock."""
-
 
 def add_commands(
     subcommands: Subcommands,
@@ -52,7 +44,7 @@ def add_commands(
     command: Callable[..., argparse.ArgumentParser],
     group: Callable[..., Subcommands],
 ) -> None:
-    """Register ``import`` and ``simulate``. ``group`` is unused: both are single commands."""
+    """Register ``import``. ``group`` is unused: it is a single command."""
     del group
     bus = argparse.ArgumentParser(add_help=False, parents=[common])
     bus.add_argument(
@@ -99,39 +91,6 @@ def add_commands(
         help="when stderr is not a terminal, a progress line every N rows (default 1000)",
     )
     imp.add_argument("file", type=Path, metavar="FILE", help="the export file")
-
-    sim = command(
-        subcommands,
-        "simulate",
-        cmd_simulate,
-        bus,
-        "play a district's days on the bus: leads, follow-ups, risk assessments, protection orders",
-    )
-    sim.formatter_class = argparse.RawDescriptionHelpFormatter
-    sim.epilog = SIMULATE_EXIT
-    sim.add_argument(
-        "--days", type=_positive_int, default=7, metavar="N", help="days to simulate (default 7)"
-    )
-    sim.add_argument("--seed", type=int, default=1, metavar="S", help="random seed (default 1)")
-    sim.add_argument(
-        "--rate",
-        type=float,
-        default=20.0,
-        metavar="LEADS_PER_DAY",
-        help="background leads per day across the district (default 20), besides the rule cases",
-    )
-    pace = sim.add_mutually_exclusive_group()
-    pace.add_argument(
-        "--speed", type=float, default=None, metavar="X", help="play in real time sped up X times"
-    )
-    pace.add_argument(
-        "--as-fast-as-possible",
-        action="store_true",
-        help="publish without waiting (the default): the simulated days end now",
-    )
-    sim.add_argument(
-        "--dry-run", action="store_true", help="generate the days and print the summary; publish nothing"
-    )
 
 
 # --------------------------------------------------------------------------- import
@@ -238,24 +197,6 @@ def describe(summary: Summary, *, dry_run: bool = False) -> str:
         unused = ", ".join(summary.unused_columns)
         lines.append(f"  columns not used by the {summary.format} format: {unused}")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- simulate
-
-
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from services.simulator.driver import simulate_command  # noqa: PLC0415 - keeps `import` light
-
-    return simulate_command(
-        home=_home(args),
-        bootstrap=None if args.dry_run else _bootstrap(args),
-        topic_prefix=args.topic_prefix,
-        days=args.days,
-        seed=args.seed,
-        rate=args.rate,
-        speed=args.speed,
-        dry_run=args.dry_run,
-    )
 
 
 # --------------------------------------------------------------------------- helpers

@@ -2,7 +2,7 @@
 ``publish``, ``inbox`` and ``run``.
 
 Each reads the broker address from ``--bootstrap`` or ``LIANFANG_BOOTSTRAP``, and how to log in to it
-from ``LIANFANG_KAFKA_*`` (:mod:`services.kernel.kafka_security`), read once when the command starts;
+from ``LIANFANG_KAFKA_*`` (:mod:`services.bus.security`), read once when the command starts;
 the services it starts read the same environment.
 """
 
@@ -26,19 +26,21 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from pydantic import ValidationError
 
 from schemas.events import parse_event
-from services.cli_args import bootstrap_of as _bootstrap
-from services.cli_args import home_of as _home
+from services import trust
+from services.bus import cluster
+from services.bus.cluster import DURABLE_PRODUCER
+from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
+from services.cli.args import bootstrap_of as _bootstrap
+from services.cli.args import home_of as _home
+from services.cli.console import demo_login
 from services.console.app import run as run_console
-from services.console.command import demo_login
 from services.console.settings import ConsoleSettings
 from services.gateway.app import GatewaySettings
 from services.gateway.app import serve as serve_gateway
 from services.hub.app import HubSettings
 from services.hub.app import run_worker as run_hub
-from services.kernel import acls, envelope, topics, trust
+from services.kernel import acls, envelope, topics
 from services.kernel.errors import LianfangError, UsageError
-from services.kernel.kafka import DURABLE_PRODUCER
-from services.kernel.kafka_security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 from services.kernel.registry import Registry
 from services.router.app import RouterSettings
 from services.router.app import serve as serve_router
@@ -134,8 +136,10 @@ def _participants(home: Path) -> list[str]:
 
 def _cmd_topics_apply(args: argparse.Namespace) -> int:
     bootstrap, security = _bootstrap(args), load_security()
-    specs = topics.apply(bootstrap, _participants(_home(args)), prefix=args.topic_prefix, security=security)
-    print(f"{len(specs)} topics in place on {bootstrap} (from {topics.TOPICS_FILE.name})")
+    specs = cluster.apply_topics(
+        bootstrap, _participants(_home(args)), prefix=args.topic_prefix, security=security
+    )
+    print(f"{len(specs)} topics in place on {bootstrap} (from {cluster.TOPICS_FILE.name})")
     return 0
 
 
@@ -158,7 +162,7 @@ def _cmd_acls_apply(args: argparse.Namespace) -> int:
         return 0
     bootstrap, security = _bootstrap(args), load_security()
     _require_login(security)
-    applied = acls.apply(bootstrap, rules, security)
+    applied = cluster.apply_acls(bootstrap, rules, security)
     print(
         f"{applied} ACL rules for {principals} principals in place on {bootstrap} (as {security.principal})"
     )
@@ -399,7 +403,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         domain = trust.open_domain(home)
     registry = domain.registry(datetime.now(UTC))
     names = topics.TopicNames(args.topic_prefix)
-    specs = topics.apply(bootstrap, registry.participant_ids(), prefix=args.topic_prefix, security=security)
+    specs = cluster.apply_topics(
+        bootstrap, registry.participant_ids(), prefix=args.topic_prefix, security=security
+    )
     producer = KafkaProducer(bootstrap_servers=bootstrap, **DURABLE_PRODUCER, **kafka_python_kwargs(security))
     producer.send(names.registry, key=b"registry", value=domain.registry_path.read_bytes())
     producer.flush()

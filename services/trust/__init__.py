@@ -32,11 +32,12 @@ from schemas.registry import (
     Roots,
     SealedPseudonymKey,
 )
-from services.kernel import crypto, district
+from services.kernel import crypto
 from services.kernel.errors import MalformedError, UsageError
-from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.pseudonym import PseudonymKey, new_pseudonym_key
 from services.kernel.registry import Registry, seal_pseudonym_key, sign_document
+from services.simulator import district
+from services.trust.keystore import KdfParams, Keystore
 
 DEFAULT_LIFETIME = timedelta(days=90)
 DEFAULT_KDF = KdfParams()

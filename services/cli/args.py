@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from services.kernel.config import HomeSettings, KafkaSettings
+from services.cli.settings import HomeSettings, KafkaSettings
 from services.kernel.errors import UsageError
 
 

@@ -17,11 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from services.bus.security import load_security
+from services.cli.settings import HomeSettings, KafkaSettings
 from services.kernel import audit, topics
-from services.kernel.config import HomeSettings, KafkaSettings
 from services.kernel.errors import LianfangError, UsageError
-from services.kernel.kafka_security import load_security
-from services.kernel.trust import TrustDomain
+from services.trust import TrustDomain
 
 if TYPE_CHECKING:
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]

@@ -156,7 +156,7 @@ def reseal(
 ) -> tuple[RegistryDocument, list[str]]:
     """Seal the pseudonym key to each participant's current encryption key.
 
-    Unlike :func:`services.kernel.trust.reseal_pseudonym_key`, a participant left with no usable
+    Unlike :func:`services.trust.reseal_pseudonym_key`, a participant left with no usable
     encryption key (its only one was just revoked) is skipped rather than blocking the revocation; its
     id is returned so the operator can issue it new keys.
     """

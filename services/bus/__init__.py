@@ -1,0 +1,1 @@
+"""Kafka edges: client login, admin (topics, ACLs, cluster id), the exactly-once runner."""

@@ -29,6 +29,10 @@ from services.kernel.errors import TransportError
 
 log = logging.getLogger("lianfang.eos")
 
+# What a lost broker looks like from aiokafka: its own errors, a socket error, or a request that timed
+# out. Each restarts the worker; anything else is a bug and ends it.
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError, TimeoutError)
+
 # Sealed records are ~5 KB: aiokafka's default 16 KiB batch would carry three of them. A larger
 # batch cut the transactional relay's CPU per record by about 3x in the router benchmark.
 PRODUCER_BATCH_BYTES = 1024 * 1024
@@ -116,6 +120,7 @@ class TransactionalRunner:
         self.consumer: AIOKafkaConsumer | None = None
         self.stopping = asyncio.Event()
         self.restarts = 0
+        self._setup_failure: BaseException | None = None
         # A rebalance callback may run while a batch awaits I/O: it waits for the batch to finish.
         self._lock = asyncio.Lock()
 
@@ -125,8 +130,15 @@ class TransactionalRunner:
         return f"{self.group_id}.{tp.topic}.{tp.partition}"
 
     async def _assign(self, tps: Iterable[TopicPartition]) -> None:
-        async with self._lock:
-            await self._assign_unlocked(tps)
+        # aiokafka logs and swallows an exception raised here, and the partition stays assigned with
+        # no producer: the worker would hold it without ever routing it. So a failed set-up (the
+        # broker went away while the producer fenced or the state loaded) is kept and raised by the
+        # loop, which restarts the worker.
+        try:
+            async with self._lock:
+                await self._assign_unlocked(tps)
+        except _TRANSPORT_ERRORS as e:
+            self._setup_failure = e
 
     async def _assign_unlocked(self, tps: Iterable[TopicPartition]) -> None:
         for tp in tps:
@@ -142,9 +154,15 @@ class TransactionalRunner:
                 max_batch_size=PRODUCER_BATCH_BYTES,
                 **self._auth,
             )
-            await producer.start()  # InitProducerId: fences the previous owner, aborts its open txn
+            try:
+                await producer.start()  # InitProducerId: fences the previous owner, aborts its open txn
+                state = await self._load_state(tp.partition)
+            except BaseException:
+                with contextlib.suppress(*_TRANSPORT_ERRORS):
+                    await producer.stop()
+                raise
             self.producers[tp] = producer
-            self.states[tp] = await self._load_state(tp.partition)
+            self.states[tp] = state
             log.info("partition %s assigned: %d state keys", tp, len(self.states[tp].data))
 
     async def _revoke(self, tps: Iterable[TopicPartition]) -> None:
@@ -201,6 +219,7 @@ class TransactionalRunner:
                 return
             except TransportError as e:
                 self.restarts += 1
+                self._setup_failure = None
                 log.warning("%s worker restarts in %.0f s after: %s", self.group_id, backoff, e)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), backoff)
@@ -228,31 +247,42 @@ class TransactionalRunner:
             max_poll_records=self.max_batch,
             **self._auth,
         )
-        await self.consumer.start()
-        self.consumer.subscribe([self.source], listener=Listener())
         try:
+            # Inside the try: a broker that is down when the worker (re)starts is a restart after a
+            # back-off, not the end of the process.
+            await self.consumer.start()
+            self.consumer.subscribe([self.source], listener=Listener())
             while not self.stopping.is_set():
                 if self.paused is not None and self.paused():
                     await self._wait_while_paused()
                 batches = await self.consumer.getmany(timeout_ms=500, max_records=self.max_batch)
+                self._raise_setup_failure()
                 for tp, records in batches.items():
                     if records:
                         await self._process(tp, records)
-        except KafkaError as e:
-            raise TransportError(f"Kafka failed under the {self.group_id} worker: {e}") from e
+        except _TRANSPORT_ERRORS as e:
+            raise TransportError(f"Kafka failed under the {self.group_id} worker: {e!r}") from e
         finally:
-            with contextlib.suppress(KafkaError):  # producers of a failed transaction may fail to stop
+            with contextlib.suppress(*_TRANSPORT_ERRORS):  # producers of a failed txn may fail to stop
                 await self._revoke(list(self.producers))
             self.producers.clear()
             self.states.clear()
-            with contextlib.suppress(KafkaError):
+            with contextlib.suppress(*_TRANSPORT_ERRORS):
                 await self.consumer.stop()
+
+    def _raise_setup_failure(self) -> None:
+        failure = self._setup_failure
+        if failure is not None:
+            raise TransportError(
+                f"setting up a partition of the {self.group_id} worker failed: {failure!r}"
+            ) from failure
 
     async def _wait_while_paused(self) -> None:
         """Stop fetching, but keep polling (to stay in the group), while ``paused()`` holds."""
         assert self.consumer is not None
         assert self.paused is not None
         while self.paused() and not self.stopping.is_set():
+            self._raise_setup_failure()
             self.consumer.pause(*self.consumer.assignment())
             fetched = await self.consumer.getmany(timeout_ms=500)
             # A partition assigned after the pause call is not paused yet: rewind what it returned.

@@ -4,10 +4,14 @@ reads every committed state record of it, however the client library's offset re
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
@@ -102,3 +106,109 @@ def test_an_output_the_broker_refuses_aborts_the_batch_commits_no_offset_and_is_
         assert reader.committed(TopicPartition(source, 0)) is None, "the input's offset was committed"
     finally:
         reader.close()
+
+
+def _topics(bootstrap: str, *names: str) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, 1, 1) for name in names])
+    finally:
+        admin.close()
+
+
+def _copier(out: str, seen: list[bytes]) -> Any:
+    async def copy(record: Any, _state: PartitionState) -> list[Output]:
+        seen.append(record.value)
+        return [Output(out, record.value, record.key)]
+
+    return copy
+
+
+async def _run_until(runner: TransactionalRunner, done: Any, what: str, timeout_s: float = 120) -> None:
+    """Run the worker until ``done()``; fail if the worker ends first or the deadline passes."""
+    task = asyncio.create_task(runner.run())
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    try:
+        while not done():
+            if task.done():
+                task.result()  # raises what ended the worker
+                raise AssertionError(f"the worker ended before {what}")
+            assert asyncio.get_running_loop().time() < deadline, f"no {what} within {timeout_s} s"
+            await asyncio.sleep(0.1)  # poll interval inside a deadline loop
+    finally:
+        runner.stop()
+        await asyncio.wait_for(task, timeout=60)
+
+
+def test_a_worker_started_while_the_broker_is_down_waits_and_works_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    from deploy.kafka.local import running
+
+    with running(tmp_path / "kafka") as cluster:
+        suffix = uuid.uuid4().hex[:8]
+        source, state, out = f"t-eos-in-{suffix}", f"t-eos-state-{suffix}", f"t-eos-out-{suffix}"
+        _topics(cluster.bootstrap, source, state, out)
+        producer = KafkaProducer(bootstrap_servers=cluster.bootstrap, acks="all")
+        producer.send(source, key=b"k", value=b"an event").get(timeout=30)
+        producer.close()
+        seen: list[bytes] = []
+        runner = TransactionalRunner(
+            bootstrap=cluster.bootstrap,
+            group_id=f"t-eos-group-{suffix}",
+            source=source,
+            state_topic=state,
+            handler=_copier(out, seen),
+        )
+        runner.RESTART_BACKOFF_S = 0.2
+        runner.MAX_RESTART_BACKOFF_S = 1.0
+        cluster.kill_node(1)
+
+        def restart_once_the_worker_has_failed() -> None:
+            deadline = time.monotonic() + 60
+            while runner.restarts < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)  # poll interval inside a deadline loop
+            cluster.restart_node(1)
+
+        restarter = threading.Thread(target=restart_once_the_worker_has_failed)
+        restarter.start()
+        try:
+            asyncio.run(_run_until(runner, lambda: seen, "record handled after the broker came back"))
+        finally:
+            restarter.join(timeout=120)
+        assert set(seen) == {b"an event"}
+
+
+def test_a_partition_whose_set_up_failed_restarts_the_worker_instead_of_being_held_unrouted(
+    kafka_bootstrap: str,
+) -> None:
+    """aiokafka swallows an exception of the assignment callback: without a restart the worker would
+    hold the partition with no producer and never handle its records."""
+    suffix = uuid.uuid4().hex[:8]
+    source, state, out = f"t-eos-in-{suffix}", f"t-eos-state-{suffix}", f"t-eos-out-{suffix}"
+    _topics(kafka_bootstrap, source, state, out)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    producer.send(source, key=b"k", value=b"an event").get(timeout=30)
+    producer.close()
+    seen: list[bytes] = []
+    runner = TransactionalRunner(
+        bootstrap=kafka_bootstrap,
+        group_id=f"t-eos-group-{suffix}",
+        source=source,
+        state_topic=state,
+        handler=_copier(out, seen),
+    )
+    runner.RESTART_BACKOFF_S = 0.2
+    load_state = runner._load_state
+    failures = [KafkaConnectionError("the broker went away while the state loaded")]
+
+    async def failing_once(partition: int) -> PartitionState:
+        if failures:
+            raise failures.pop()
+        return await load_state(partition)
+
+    runner._load_state = failing_once  # type: ignore[method-assign]
+    asyncio.run(_run_until(runner, lambda: seen, "record handled after the failed set-up"))
+    assert not failures, "the injected failure was never raised"
+    assert runner.restarts >= 1
+    assert set(seen) == {b"an event"}

@@ -6,7 +6,7 @@ header, so windows are computed over event times and events may arrive in any or
 :mod:`services.hub.app` keeps a :class:`VictimState` per victim pseudonym (the Kafka key) and a
 :class:`SuspectState` per suspect pseudonym (through a repartition), and publishes what comes out.
 
-Choices the design leaves open, made here:
+The rules are described in ``docs/rules.md``; the choices it leaves open are made here:
 
 - **Windows are inclusive**: leads exactly ``escalation_window`` apart still count together; the repeat
   window runs from just after a concluded meeting's event time to that time plus ``repeat_window``.
@@ -21,7 +21,7 @@ Choices the design leaves open, made here:
   the state as ``concluded`` until the next episode replaces it). Status changes emit nothing (the
   coordinators' own events already tell everyone); a later update carries the current status. The
   hub's own ``joint_meeting.alert`` events are ignored.
-- **Serial suspects** are counted without a time limit (the design names none); the evidence in a
+- **Serial suspects** are counted without a time limit (``docs/rules.md`` names none); the evidence in a
   victim's alert is that victim's own leads, never another victim's.
 - **high_risk** fires on a ``risk.assessed`` score at or above ``high_risk_score``. A lead's own risk
   indicators fire it only when ``high_risk_indicators`` is set (off by default: the indicators are not
@@ -113,7 +113,7 @@ def _default_acknowledge() -> Mapping[Urgency, timedelta]:
 
 @dataclass(frozen=True, kw_only=True)
 class HubConfig:
-    """Every threshold of the joint-meeting rules and supervision; defaults from DESIGN.md.
+    """Every threshold of the joint-meeting rules and supervision; defaults from ``docs/rules.md``.
 
     Rules: ``high_risk_score`` (of 24), ``escalation_leads`` within ``escalation_window``, ``repeat_window``
     after a concluded meeting, ``convergence_agencies`` within ``convergence_window``, ``serial_victims``.

@@ -346,6 +346,70 @@ def test_an_impossible_configuration_is_refused(kwargs: dict[str, Any]) -> None:
         HubConfig(**kwargs)
 
 
+DETAILS: list[tuple[str, list[Observation], HubConfig, str]] = [
+    (
+        "a risk score",
+        [risk(2, day(0), 16)],
+        CFG,
+        "风险评分 16/24 ≥ 14 / risk score 16 of 24 >= 14",
+    ),
+    (
+        "a lead's risk indicators",
+        [lead(1, day(0), indicators=["weapon", "strangulation", "threats_to_kill"])],
+        HubConfig(high_risk_indicators=2),
+        "线索风险因素 3 项 ≥ 2 / 3 risk indicators on a lead >= 2",
+    ),
+    (
+        "escalation",
+        [lead(1, day(0)), lead(2, day(200)), lead(3, day(364))],
+        CFG,
+        "365 天内 3 条线索 / 3 leads within 365 days (threshold 3)",
+    ),
+    (
+        "convergence",
+        [lead(1, day(0)), lead(2, day(29), sender="health")],
+        CFG,
+        "30 天内 2 个机构报告 / 2 agencies reported within 30 days: health, police",
+    ),
+    (
+        "professional judgement",
+        [lead(1, day(0), pj=True)],
+        CFG,
+        "报告机构请求联席会商（专业判断）/ police asks for a joint meeting (professional judgement)",
+    ),
+    (
+        "a minor victim of sexual assault",
+        [lead(1, day(0), category="sexual_assault", minor=True)],
+        CFG,
+        "未成年受害人，线索类别 sexual_assault（立即）/ a minor victim, category sexual_assault (immediate)",
+    ),
+    (
+        "an order breach",
+        [breached(5, day(0))],
+        CFG,
+        "人身安全保护令被违反（立即）/ a personal safety protection order was breached (immediate)",
+    ),
+    (
+        "a repeat",
+        [concluded(1, day(0), alert_id_for(VICTIM, 1)), lead(2, day(10.5))],
+        CFG,
+        "会商结束后 10.5 天内再次报告 / a new lead 10.5 days after a joint meeting concluded (window 365 days)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("events", "cfg", "detail"),
+    [c[1:] for c in DETAILS],
+    ids=[f"{c[0]} is explained in both languages" for c in DETAILS],
+)
+def test_each_reason_s_detail_says_what_fired_in_chinese_and_english(
+    events: list[Observation], cfg: HubConfig, detail: str
+) -> None:
+    _, emitted = run(events, cfg=cfg)
+    assert [r["detail"] for r in emitted[-1].reasons] == [detail]
+
+
 # --- serial suspects ------------------------------------------------------------------------------
 
 
@@ -387,6 +451,14 @@ def test_a_further_victim_of_a_serial_suspect_gets_its_own_trigger_and_the_other
     assert len(more[0].victims) == 3
     state, repeated = _through_suspects([(third, eid(3), day(5)), (VICTIM, eid(4), day(6))], state)
     assert repeated == [], "a lead id seen before, or a victim known before, triggers nothing"
+
+
+def test_a_serial_suspect_s_detail_says_how_many_victims_in_chinese_and_english() -> None:
+    _, triggers = _through_suspects([(VICTIM, eid(1), day(0)), (OTHER_VICTIM, eid(2), day(3))])
+    _, emitted = observe_serial(None, triggers[0], CFG)
+    assert [r["detail"] for r in emitted[0].reasons] == [
+        "同一嫌疑人涉及 2 名受害人 / the same suspect is named against 2 victims (threshold 2)"
+    ]
 
 
 def test_suspect_state_and_serial_triggers_round_trip_through_json() -> None:

@@ -44,8 +44,12 @@ from services.bus.security import (
     faust_credentials,
     load_security,
 )
-from services.hub import rules, supervision
+from services.hub import rules, serial, supervision
+from services.hub.alerts import AlertEmission
+from services.hub.config import HubConfig
+from services.hub.ids import deterministic_id
 from services.hub.metrics import HubMetrics
+from services.hub.state import Observation, SuspectState, VictimState
 from services.kernel import audit, envelope, topics
 from services.kernel.errors import UntrustedInputError, UsageError
 from services.kernel.registry import Registry
@@ -86,7 +90,7 @@ def partition_for(key: bytes, partitions: int) -> int:
 class Hub:
     """The per-record work of the agents, free of faust where it can be."""
 
-    def __init__(self, settings: HubSettings, metrics: HubMetrics, config: rules.HubConfig) -> None:
+    def __init__(self, settings: HubSettings, metrics: HubMetrics, config: HubConfig) -> None:
         self.settings = settings
         self.metrics = metrics
         self.config = config
@@ -100,7 +104,7 @@ class Hub:
             settings.data_dir / "audit", self.keys, self.registry, "hub", ship=sink
         )
 
-    def open(self, value: bytes) -> tuple[rules.Observation, envelope.Opened]:
+    def open(self, value: bytes) -> tuple[Observation, envelope.Opened]:
         opened = envelope.verify_and_open(
             value, registry=self.registry, now=datetime.now(UTC), keystore=self.keys
         )
@@ -110,9 +114,7 @@ class Hub:
             subject=opened.header.subject,
             object=audit.opened_object(opened),
         )
-        obs = rules.Observation.from_header(
-            opened.header, frozenset(recipients), opened.sections.get("triage", {})
-        )
+        obs = Observation.from_header(opened.header, frozenset(recipients), opened.sections.get("triage", {}))
         return obs, opened
 
     def seal(
@@ -124,7 +126,7 @@ class Hub:
         urgency: str,
         audience: list[str],
         refs: list[str],
-        case: rules.VictimState | None,
+        case: VictimState | None,
         payload: dict[str, Any],
     ) -> envelope.SealedRecord:
         """Seal a hub event: triage and details both carry the payload (it holds no personal data)."""
@@ -180,9 +182,9 @@ class HubWorker:
     def _topic(self, name: str, partitions: int | None = None) -> faust.TopicT:
         return self.app.topic(name, partitions=partitions, key_serializer="raw", value_serializer="raw")
 
-    def _victim(self, key: bytes) -> rules.VictimState | None:
+    def _victim(self, key: bytes) -> VictimState | None:
         raw = self.victims.get(key)
-        return rules.VictimState.from_json(raw) if raw else None
+        return VictimState.from_json(raw) if raw else None
 
     @staticmethod
     async def send_and_wait(topic: faust.TopicT, key: bytes, value: bytes, headers: Any = None) -> None:
@@ -194,7 +196,7 @@ class HubWorker:
         await self.send_and_wait(self.events, record.key, record.value, record.headers)
         self.hub.trail.append("publish", subject=record.header.subject, object=record.header.id)
 
-    async def emit_alerts(self, state: rules.VictimState, emissions: list[rules.AlertEmission]) -> None:
+    async def emit_alerts(self, state: VictimState, emissions: list[AlertEmission]) -> None:
         for alert in emissions:
             record = self.hub.seal(
                 event_type="joint_meeting.alert",
@@ -225,7 +227,7 @@ class HubWorker:
         await self.emit_alerts(state, emissions)
         if state is not before:  # a re-processed event changes nothing
             self.victims[key] = state.to_json()
-        for suspect in rules.suspects_of(obs):
+        for suspect in serial.suspects_of(obs):
             note = {
                 "suspect": suspect,
                 "victim": obs.subject,
@@ -238,9 +240,9 @@ class HubWorker:
         note = json.loads(message.value)
         key = note["suspect"].encode()
         raw = self.suspect_table.get(key)
-        before = rules.SuspectState.from_json(raw) if raw else None
+        before = SuspectState.from_json(raw) if raw else None
         time = datetime.fromisoformat(note["time"])
-        state, triggers = rules.observe_suspect(
+        state, triggers = serial.observe_suspect(
             before, note["suspect"], note["victim"], note["lead_id"], time, self.hub.config
         )
         for trigger in triggers:
@@ -248,10 +250,10 @@ class HubWorker:
         self.suspect_table[key] = state.to_json()
 
     async def on_serial(self, message: Any) -> None:
-        trigger = rules.SerialTrigger.from_json(message.value)
+        trigger = serial.SerialTrigger.from_json(message.value)
         key = trigger.victim.encode()
         before = self._victim(key)
-        state, emissions = rules.observe_serial(before, trigger, self.hub.config)
+        state, emissions = serial.observe_serial(before, trigger, self.hub.config)
         await self.emit_alerts(state, emissions)
         if state is not before:
             self.victims[key] = state.to_json()
@@ -264,7 +266,7 @@ class HubWorker:
         for key, raw_state in list(self.victims.items()):
             if raw_state is None or partition_for(key, self.hub.settings.partitions) != partition:
                 continue
-            state, breaches = supervision.due(rules.VictimState.from_json(raw_state), now, self.hub.config)
+            state, breaches = supervision.due(VictimState.from_json(raw_state), now, self.hub.config)
             for breach in breaches:
                 record = self.hub.seal(
                     event_type="supervision.breach",
@@ -294,7 +296,7 @@ class HubWorker:
             return
         if (now - start).total_seconds() < self.hub.settings.report_every_s or not rates:
             return
-        event_id = rules.deterministic_id("report", str(partition), start.isoformat(), now.isoformat())
+        event_id = deterministic_id("report", str(partition), start.isoformat(), now.isoformat())
         record = self.hub.seal(
             event_type="supervision.report",
             event_id=event_id,
@@ -345,7 +347,7 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
     """Build the hub app for one worker."""
     if not settings.bootstrap:
         raise UsageError("no Kafka bootstrap: set LIANFANG_BOOTSTRAP")
-    hub = Hub(settings, metrics or HubMetrics(), rules.HubConfig())
+    hub = Hub(settings, metrics or HubMetrics(), HubConfig())
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",

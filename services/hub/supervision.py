@@ -1,7 +1,7 @@
 """Supervision (工作督查) as a pure core: the deadlines of every routed lead, the breaches found at a given
 time, and the rates per agency (响应率 / 解决率 / 满意率).
 
-Watches are derived from the facts a :class:`~services.hub.rules.VictimState` keeps, so a response that
+Watches are derived from the facts a :class:`~services.hub.state.VictimState` keeps, so a response that
 arrives before the lead it answers (events may arrive out of order) still counts. Choices made here:
 
 - **Who must act on a lead**: every participant the lead was sealed to except the sender, ``hub`` and
@@ -36,14 +36,10 @@ from typing import Any, Final
 
 from schemas.common import Urgency
 from schemas.events import DeadlineKind, SupervisionBreach
-from services.hub.rules import (
-    HubConfig,
-    ObservationError,
-    ResponseFact,
-    VictimState,
-    deterministic_id,
-    iso,
-)
+from services.hub.config import HubConfig
+from services.hub.errors import ObservationError
+from services.hub.ids import deterministic_id, iso
+from services.hub.state import ResponseFact, VictimState
 
 __all__ = [
     "BreachEmission",

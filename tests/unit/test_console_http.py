@@ -25,7 +25,7 @@ from services.console.audit import AuditLog
 from services.console.metrics import ConsoleMetrics
 from services.console.settings import ConsoleSettings
 from services.console.store import ViewStore
-from services.hub.rules import alert_id_for
+from services.hub.ids import alert_id_for
 from services.kernel import envelope
 from services.kernel.audit import AuditEntry, LocalTrail, parse_line, read_file, verify_lines
 from services.sdk.client import Client

@@ -15,7 +15,7 @@ from schemas.events import JointMeetingConcluded, JointMeetingScheduled, LeadAck
 from services.console import actions
 from services.console.actions import FormError
 from services.console.view import CaseView, OwnAction, QueueFilter, ViewError, aggregate_rates
-from services.hub.rules import alert_event_id, alert_id_for
+from services.hub.ids import alert_event_id, alert_id_for
 from services.kernel import envelope
 from tests.kit import NOW, DemoDomain, header
 

@@ -20,22 +20,13 @@ from hypothesis import strategies as st
 
 from schemas.common import Urgency
 from schemas.events import JointMeetingAlert
-from services.hub.rules import (
-    AlertEmission,
-    AlertState,
-    HubConfig,
-    Observation,
-    ObservationError,
-    SerialTrigger,
-    StateDecodeError,
-    SuspectState,
-    VictimState,
-    alert_id_for,
-    observe,
-    observe_serial,
-    observe_suspect,
-    suspects_of,
-)
+from services.hub.alerts import AlertEmission
+from services.hub.config import HubConfig
+from services.hub.errors import ObservationError, StateDecodeError
+from services.hub.ids import alert_id_for
+from services.hub.rules import observe
+from services.hub.serial import SerialTrigger, observe_serial, observe_suspect, suspects_of
+from services.hub.state import AlertState, Observation, SuspectState, VictimState
 from tests import kit
 
 pytestmark = pytest.mark.unit

@@ -14,7 +14,10 @@ from typing import Any
 import pytest
 
 from schemas.events import AgencyRates, SupervisionBreach, SupervisionReport
-from services.hub.rules import HubConfig, Observation, ObservationError, VictimState, observe
+from services.hub.config import HubConfig
+from services.hub.errors import ObservationError
+from services.hub.rules import observe
+from services.hub.state import Observation, VictimState
 from services.hub.supervision import (
     BreachEmission,
     agency_rates,

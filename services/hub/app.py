@@ -2,9 +2,10 @@
 
 It reads ``lianfang.inbox.hub.v1`` (the router delivers it everything the policy shares with the hub:
 the ``triage`` section only), keeps per-victim state in a RocksDB table (with a changelog) keyed by
-the subject pseudonym, and applies the pure rules of :mod:`services.hub.rules`. Alerts and breaches are
-ordinary signed events by ``hub``, sealed per the policy and published on ``lianfang.events.v1`` for the
-router to deliver.
+the subject pseudonym, and hands each record to a :class:`~services.hub.worker.RecordWorker`, which
+applies the pure rules of :mod:`services.hub.rules`: this module only wires faust's topics, tables and
+agents to it. Alerts and breaches are ordinary signed events by ``hub``, sealed per the policy and
+published on ``lianfang.events.v1`` for the router to deliver.
 
 - Serial suspects: leads are repartitioned by suspect pseudonym (``lianfang.hub.suspects.v1``); a
   suspect seen against two or more victims sends a trigger back to each victim's partition
@@ -12,14 +13,12 @@ router to deliver.
 - Supervision: a tick (a time) on ``lianfang.hub.clock.v1`` makes each partition check its deadlines.
   The hub's own timer sends wall-clock ticks; tests send ticks with the time they need.
 - No loss, no duplicate: an alert or breach is sent and acknowledged before the state that records it
-  is written. A crash in between re-emits it under the same deterministic event id; the router
-  delivers the first and refuses the second (reason ``replay``), so coordinators see it once.
+  is written (:mod:`services.hub.worker` says how).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import shutil
 from collections.abc import AsyncIterator
@@ -30,12 +29,10 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
-from kafka.partitioner.default import murmur2
 from prometheus_client import start_http_server
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.envelope import EnvelopeHeader, SectionName
 from services import trust
 from services.bus.cluster import cluster_id
 from services.bus.security import (
@@ -44,15 +41,13 @@ from services.bus.security import (
     faust_credentials,
     load_security,
 )
-from services.hub import rules, serial, supervision
-from services.hub.alerts import AlertEmission
 from services.hub.config import HubConfig
-from services.hub.ids import deterministic_id
 from services.hub.metrics import HubMetrics
-from services.hub.state import Observation, SuspectState, VictimState
-from services.kernel import audit, envelope, topics
-from services.kernel.errors import UntrustedInputError, UsageError
+from services.hub.worker import RecordWorker
+from services.kernel import audit, topics
+from services.kernel.errors import UsageError
 from services.kernel.registry import Registry
+from services.trust.keystore import Keystore
 
 log = logging.getLogger("lianfang.hub")
 
@@ -82,233 +77,66 @@ class HubSettings(BaseSettings):
     )
 
 
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives a key (murmur2, as the SDK's producers use)."""
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-class Hub:
-    """The per-record work of the agents, free of faust where it can be."""
-
-    def __init__(self, settings: HubSettings, metrics: HubMetrics, config: HubConfig) -> None:
-        self.settings = settings
-        self.metrics = metrics
-        self.config = config
-        self.names = topics.TopicNames(settings.topic_prefix)
-        domain = trust.open_domain(settings.home)
-        self.keys = domain.keystore("hub")
-        self.registry: Registry = domain.registry(datetime.now(UTC))
-        # Each opened inbox event and each published alert or report: one chain per worker.
-        sink = audit.KafkaSink(settings.bootstrap, self.names.audit, settings.kafka_security)
-        self.trail = audit.participant_trail(
-            settings.data_dir / "audit", self.keys, self.registry, "hub", ship=sink
-        )
-
-    def open(self, value: bytes) -> tuple[Observation, envelope.Opened]:
-        opened = envelope.verify_and_open(
-            value, registry=self.registry, now=datetime.now(UTC), keystore=self.keys
-        )
-        recipients = set().union(*opened.verified.recipients().values())
-        self.trail.append(
-            "open_section",
-            subject=opened.header.subject,
-            object=audit.opened_object(opened),
-        )
-        obs = Observation.from_header(opened.header, frozenset(recipients), opened.sections.get("triage", {}))
-        return obs, opened
-
-    def seal(
-        self,
-        *,
-        event_type: str,
-        event_id: str,
-        subject: str,
-        urgency: str,
-        audience: list[str],
-        refs: list[str],
-        case: VictimState | None,
-        payload: dict[str, Any],
-    ) -> envelope.SealedRecord:
-        """Seal a hub event: triage and details both carry the payload (it holds no personal data)."""
-        last = case.last_lead_facts() if case is not None else {}
-        fields = {
-            "v": 1,
-            "specversion": "1.0",
-            "id": event_id,
-            "source": "urn:lianfang:hub",
-            "type": event_type,
-            "time": datetime.now(UTC).isoformat(),
-            "subject": subject,
-            "schema": f"{event_type}/1",
-            "category": last.get("category"),
-            "minor": last.get("minor"),
-            "town": last.get("town"),
-            "urgency": urgency,
-            "audience": sorted(set(audience) - {"coordinators", "plc", "hub"}),
-            "policy": self.registry.policy_version,
-            "registry": self.registry.version,
-            "refs": refs[-20:],
-        }
-        header = EnvelopeHeader.model_validate_json(json.dumps(fields, default=str))
-        body = json.loads(json.dumps(payload, default=str))
-        content: dict[SectionName, dict[str, Any]] = {"triage": body, "details": body}
-        return envelope.seal(header, content, registry=self.registry, signer=self.keys)
-
-
 class HubWorker:
-    """The hub's topics, tables and per-message work; the faust agents only loop and call these."""
+    """The hub's faust topics and tables, wired to a :class:`~services.hub.worker.RecordWorker` that does
+    all the per-record work; the agents only loop and call it."""
 
-    def __init__(self, app: faust.App, hub: Hub) -> None:
+    def __init__(
+        self,
+        app: faust.App,
+        settings: HubSettings,
+        *,
+        config: HubConfig,
+        metrics: HubMetrics,
+        registry: Registry,
+        keys: Keystore,
+        trail: audit.LocalTrail,
+    ) -> None:
         self.app = app
-        self.hub = hub
-        self.metrics = hub.metrics
-        n = hub.settings.partitions
-        names = hub.names
+        n = settings.partitions
+        names = topics.TopicNames(settings.topic_prefix)
         self.inbox = self._topic(names.inbox("hub"), n)
         self.clock = self._topic(names.hub_clock, n)
         self.suspects = self._topic(names.hub_suspects, n)
         self.serial = self._topic(names.hub_serial, n)
         self.events = self._topic(names.events)
+        self._sends_to = {
+            names.events: self.events,
+            names.hub_suspects: self.suspects,
+            names.hub_serial: self.serial,
+        }
         # Keys and values are bytes (the app's serializers are "raw"): VictimState / SuspectState JSON.
-        app_id = hub.settings.app_id
+        app_id = settings.app_id
         self.victims = app.Table(
             f"{app_id}-victims", default=None, partitions=n, key_type=bytes, value_type=bytes
         )
         self.suspect_table = app.Table(
             f"{app_id}-suspects", default=None, partitions=n, key_type=bytes, value_type=bytes
         )
-        self.reported: dict[int, datetime] = {}  # per partition: when the current report period began
+        self.work = RecordWorker(
+            config=config,
+            names=names,
+            partitions=n,
+            report_every_s=settings.report_every_s,
+            registry=registry,
+            keys=keys,
+            trail=trail,
+            metrics=metrics,
+            victims=self.victims,
+            suspects=self.suspect_table,
+            send=self.send_and_wait,
+            clock=lambda: datetime.now(UTC),
+        )
 
     def _topic(self, name: str, partitions: int | None = None) -> faust.TopicT:
         return self.app.topic(name, partitions=partitions, key_serializer="raw", value_serializer="raw")
 
-    def _victim(self, key: bytes) -> VictimState | None:
-        raw = self.victims.get(key)
-        return VictimState.from_json(raw) if raw else None
-
-    @staticmethod
-    async def send_and_wait(topic: faust.TopicT, key: bytes, value: bytes, headers: Any = None) -> None:
+    async def send_and_wait(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None
+    ) -> None:
         """Send, then wait for Kafka's acknowledgement (before the state that records it is written)."""
-        pending = await topic.send(key=key, value=value, headers=headers)
+        pending = await self._sends_to[topic].send(key=key, value=value, headers=headers)
         await pending
-
-    async def publish(self, record: envelope.SealedRecord) -> None:
-        await self.send_and_wait(self.events, record.key, record.value, record.headers)
-        self.hub.trail.append("publish", subject=record.header.subject, object=record.header.id)
-
-    async def emit_alerts(self, state: VictimState, emissions: list[AlertEmission]) -> None:
-        for alert in emissions:
-            record = self.hub.seal(
-                event_type="joint_meeting.alert",
-                event_id=alert.event_id,
-                subject=alert.subject,
-                urgency=alert.urgency,
-                audience=list(alert.agencies_involved),
-                refs=list(alert.related_events),
-                case=state,
-                payload=alert.payload(),
-            )
-            await self.publish(record)
-            for reason in alert.reasons:
-                self.metrics.alerts.labels(reason["code"]).inc()
-            self.metrics.latency.observe(max(0.0, (datetime.now(UTC) - alert.updated_at).total_seconds()))
-
-    async def on_inbox(self, message: Any) -> None:
-        try:
-            obs, _opened = self.hub.open(message.value)
-        except UntrustedInputError as e:
-            self.metrics.rejected.labels(e.reason).inc()
-            log.warning("inbox record at offset %d refused: %s", message.offset, e.reason)
-            return
-        self.metrics.observed.labels(obs.event_type).inc()
-        key = obs.subject.encode()
-        before = self._victim(key)
-        state, emissions = rules.observe(before, obs, self.hub.config)
-        await self.emit_alerts(state, emissions)
-        if state is not before:  # a re-processed event changes nothing
-            self.victims[key] = state.to_json()
-        for suspect in serial.suspects_of(obs):
-            note = {
-                "suspect": suspect,
-                "victim": obs.subject,
-                "lead_id": obs.event_id,
-                "time": obs.time.isoformat(),
-            }
-            await self.send_and_wait(self.suspects, suspect.encode(), json.dumps(note).encode())
-
-    async def on_suspect(self, message: Any) -> None:
-        note = json.loads(message.value)
-        key = note["suspect"].encode()
-        raw = self.suspect_table.get(key)
-        before = SuspectState.from_json(raw) if raw else None
-        time = datetime.fromisoformat(note["time"])
-        state, triggers = serial.observe_suspect(
-            before, note["suspect"], note["victim"], note["lead_id"], time, self.hub.config
-        )
-        for trigger in triggers:
-            await self.send_and_wait(self.serial, trigger.victim.encode(), trigger.to_json())
-        self.suspect_table[key] = state.to_json()
-
-    async def on_serial(self, message: Any) -> None:
-        trigger = serial.SerialTrigger.from_json(message.value)
-        key = trigger.victim.encode()
-        before = self._victim(key)
-        state, emissions = serial.observe_serial(before, trigger, self.hub.config)
-        await self.emit_alerts(state, emissions)
-        if state is not before:
-            self.victims[key] = state.to_json()
-
-    async def on_tick(self, message: Any) -> None:
-        """Check this partition's deadlines at the tick's time; refresh the rates; maybe report."""
-        now = datetime.fromisoformat(message.value.decode())
-        partition = message.partition
-        states = []
-        for key, raw_state in list(self.victims.items()):
-            if raw_state is None or partition_for(key, self.hub.settings.partitions) != partition:
-                continue
-            state, breaches = supervision.due(VictimState.from_json(raw_state), now, self.hub.config)
-            for breach in breaches:
-                record = self.hub.seal(
-                    event_type="supervision.breach",
-                    event_id=breach.event_id,
-                    subject=breach.subject,
-                    urgency=breach.urgency,
-                    audience=[breach.agency],
-                    refs=[breach.lead_id],
-                    case=state,
-                    payload=breach.payload(),
-                )
-                await self.publish(record)
-                self.metrics.breaches.labels(breach.deadline_kind).inc()
-            if breaches:
-                self.victims[key] = state.to_json()
-            states.append(state)
-        rates = supervision.agency_rates(states, now, self.hub.config)
-        self.metrics.set_rates(rates, partition)
-        self.metrics.open_alerts.labels(str(partition)).set(sum(1 for s in states if s.has_open_alert()))
-        await self.maybe_report(partition, now, rates)
-
-    async def maybe_report(self, partition: int, now: datetime, rates: dict[str, Any]) -> None:
-        """A signed ``supervision.report`` per partition and period (rates of this partition's cases)."""
-        start = self.reported.get(partition)
-        if start is None:
-            self.reported[partition] = now
-            return
-        if (now - start).total_seconds() < self.hub.settings.report_every_s or not rates:
-            return
-        event_id = deterministic_id("report", str(partition), start.isoformat(), now.isoformat())
-        record = self.hub.seal(
-            event_type="supervision.report",
-            event_id=event_id,
-            subject=REPORT_SUBJECT,
-            urgency="routine",
-            audience=[],
-            refs=[],
-            case=None,
-            payload=supervision.report_payload(rates, start, now),
-        )
-        await self.publish(record)
-        self.reported[partition] = now
 
 
 async def sample_group_lag(settings: HubSettings, topic: str, metrics: HubMetrics) -> None:
@@ -339,15 +167,19 @@ async def sample_group_lag(settings: HubSettings, topic: str, metrics: HubMetric
         await reader.stop()
 
 
-REPORT_SUBJECT = "p0." + "A" * 43
-"""A report is about no victim; its Kafka key is this fixed, well-formed pseudonym."""
-
-
 def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> faust.App:
     """Build the hub app for one worker."""
     if not settings.bootstrap:
         raise UsageError("no Kafka bootstrap: set LIANFANG_BOOTSTRAP")
-    hub = Hub(settings, metrics or HubMetrics(), HubConfig())
+    metrics = metrics or HubMetrics()
+    domain = trust.open_domain(settings.home)
+    keys = domain.keystore("hub")
+    registry = domain.registry(datetime.now(UTC))
+    # Each opened inbox event and each published alert or report: one chain per worker.
+    sink = audit.KafkaSink(
+        settings.bootstrap, topics.TopicNames(settings.topic_prefix).audit, settings.kafka_security
+    )
+    trail = audit.participant_trail(settings.data_dir / "audit", keys, registry, "hub", ship=sink)
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",
@@ -366,34 +198,37 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
         value_serializer="raw",
         logging_config=None,
     )
-    worker = HubWorker(app, hub)
+    worker = HubWorker(
+        app, settings, config=HubConfig(), metrics=metrics, registry=registry, keys=keys, trail=trail
+    )
+    work = worker.work
 
     @app.on_before_shutdown.connect
     async def close_audit_trail(_app: Any, /, *_args: Any, signal: Any, **_kwargs: Any) -> None:
-        hub.trail.close()  # signs the head; ships what is left
+        trail.close()  # signs the head; ships what is left
 
     @app.agent(worker.inbox)
     async def observe(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
         async for event in stream.events():
-            await worker.on_inbox(event.message)
+            await work.on_inbox(event.message.value, event.message.offset)
             yield None
 
     @app.agent(worker.suspects)
     async def by_suspect(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
         async for event in stream.events():
-            await worker.on_suspect(event.message)
+            await work.on_suspect(event.message.value)
             yield None
 
     @app.agent(worker.serial)
     async def serial_trigger(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
         async for event in stream.events():
-            await worker.on_serial(event.message)
+            await work.on_serial(event.message.value)
             yield None
 
     @app.agent(worker.clock)
     async def tick(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
         async for event in stream.events():
-            await worker.on_tick(event.message)
+            await work.on_tick(event.message.value, event.message.partition)
             yield None
 
     if settings.tick_interval_s:
@@ -414,7 +249,7 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
 
         @app.task  # type: ignore[untyped-decorator]
         async def sample_lag() -> None:
-            await sample_group_lag(settings, hub.names.inbox("hub"), hub.metrics)
+            await sample_group_lag(settings, work.names.inbox("hub"), metrics)
 
     return app
 

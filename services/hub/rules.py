@@ -2,9 +2,9 @@
 and the alerts to publish out.
 
 Nothing here reads a clock, Kafka or a file: the time of everything is the event time from the signed
-header, so windows are computed over event times and events may arrive in any order. The faust app in
-:mod:`services.hub.app` keeps a :class:`~services.hub.state.VictimState` per victim pseudonym (the Kafka
-key) and publishes what comes out. A rule that fires raises or updates the victim's one open alert
+header, so windows are computed over event times and events may arrive in any order. The hub's worker
+(:mod:`services.hub.worker`) keeps a :class:`~services.hub.state.VictimState` per victim pseudonym (the
+Kafka key) and publishes what comes out. A rule that fires raises or updates the victim's one open alert
 (:mod:`services.hub.alerts`), explained by a text of :mod:`services.hub.messages`; serial suspects are
 counted across victims in :mod:`services.hub.serial`.
 

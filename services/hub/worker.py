@@ -1,0 +1,265 @@
+"""The hub's per-record work, free of faust: open an inbox event, apply the rules, seal and send what they
+emit, count serial suspects, check deadlines at a tick, and send the periodic report.
+
+:class:`RecordWorker` sees its tables as plain mappings (pseudonym bytes to state JSON), sends through a
+function ``send(topic, key, value, headers)`` that returns once Kafka acknowledged the record, and reads
+time from a clock; the faust app (:mod:`services.hub.app`) only wires its tables, topics and agents to
+it, and unit tests drive it with dicts and a list.
+
+- Tables: ``victims`` holds a :class:`~services.hub.state.VictimState` per victim pseudonym (the inbox's
+  Kafka key), ``suspects`` a :class:`~services.hub.state.SuspectState` per suspect pseudonym.
+- No loss, no duplicate: an alert or breach is sent and acknowledged before the state that records it
+  is written. A crash in between re-emits it under the same deterministic event id; the router
+  delivers the first and refuses the second (reason ``replay``), so coordinators see it once.
+- The clock dates what the hub seals and checks signatures; the rules and supervision use event times
+  and tick times only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import datetime
+from typing import Any
+
+from kafka.partitioner.default import murmur2
+
+from schemas.envelope import EnvelopeHeader, SectionName
+from services.hub import rules, serial, supervision
+from services.hub.alerts import AlertEmission
+from services.hub.config import HubConfig
+from services.hub.ids import deterministic_id
+from services.hub.metrics import HubMetrics
+from services.hub.state import Observation, SuspectState, VictimState
+from services.kernel import audit, envelope, topics
+from services.kernel.errors import UntrustedInputError
+from services.kernel.registry import Registry
+from services.trust.keystore import Keystore
+
+__all__ = ["REPORT_SUBJECT", "RecordWorker", "Send", "partition_for"]
+
+log = logging.getLogger("lianfang.hub")
+
+Send = Callable[[str, bytes, bytes, list[tuple[str, bytes]] | None], Awaitable[None]]
+"""``send(topic, key, value, headers)``: returns once Kafka acknowledged the record."""
+
+REPORT_SUBJECT = "p0." + "A" * 43
+"""A report is about no victim; its Kafka key is this fixed, well-formed pseudonym."""
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives a key (murmur2, as the SDK's producers use)."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class RecordWorker:
+    """Everything the hub does with one record of its inbox, suspect, serial or clock topic."""
+
+    def __init__(
+        self,
+        *,
+        config: HubConfig,
+        names: topics.TopicNames,
+        partitions: int,
+        report_every_s: float,
+        registry: Registry,
+        keys: Keystore,
+        trail: audit.LocalTrail,
+        metrics: HubMetrics,
+        victims: MutableMapping[bytes, bytes],
+        suspects: MutableMapping[bytes, bytes],
+        send: Send,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.config = config
+        self.names = names
+        self.partitions = partitions
+        self.report_every_s = report_every_s
+        self.registry = registry
+        self.keys = keys
+        self.trail = trail  # each opened inbox event and each published alert or report
+        self.metrics = metrics
+        self.victims = victims
+        self.suspects = suspects
+        self.send = send
+        self.clock = clock
+        self.reported: dict[int, datetime] = {}  # per partition: when the current report period began
+
+    # -- opening and sealing
+
+    def open(self, value: bytes) -> Observation:
+        """Verify and open an inbox record (an ``UntrustedInputError`` when it fails); audit the opening."""
+        opened = envelope.verify_and_open(value, registry=self.registry, now=self.clock(), keystore=self.keys)
+        recipients = set().union(*opened.verified.recipients().values())
+        self.trail.append(
+            "open_section",
+            subject=opened.header.subject,
+            object=audit.opened_object(opened),
+        )
+        return Observation.from_header(
+            opened.header, frozenset(recipients), opened.sections.get("triage", {})
+        )
+
+    def seal(
+        self,
+        *,
+        event_type: str,
+        event_id: str,
+        subject: str,
+        urgency: str,
+        audience: list[str],
+        refs: list[str],
+        case: VictimState | None,
+        payload: dict[str, Any],
+    ) -> envelope.SealedRecord:
+        """Seal a hub event: triage and details both carry the payload (it holds no personal data)."""
+        last = case.last_lead_facts() if case is not None else {}
+        fields = {
+            "v": 1,
+            "specversion": "1.0",
+            "id": event_id,
+            "source": "urn:lianfang:hub",
+            "type": event_type,
+            "time": self.clock().isoformat(),
+            "subject": subject,
+            "schema": f"{event_type}/1",
+            "category": last.get("category"),
+            "minor": last.get("minor"),
+            "town": last.get("town"),
+            "urgency": urgency,
+            "audience": sorted(set(audience) - {"coordinators", "plc", "hub"}),
+            "policy": self.registry.policy_version,
+            "registry": self.registry.version,
+            "refs": refs[-20:],
+        }
+        header = EnvelopeHeader.model_validate_json(json.dumps(fields, default=str))
+        body = json.loads(json.dumps(payload, default=str))
+        content: dict[SectionName, dict[str, Any]] = {"triage": body, "details": body}
+        return envelope.seal(header, content, registry=self.registry, signer=self.keys)
+
+    async def publish(self, record: envelope.SealedRecord) -> None:
+        await self.send(self.names.events, record.key, record.value, record.headers)
+        self.trail.append("publish", subject=record.header.subject, object=record.header.id)
+
+    async def emit_alerts(self, state: VictimState, emissions: list[AlertEmission]) -> None:
+        for alert in emissions:
+            record = self.seal(
+                event_type="joint_meeting.alert",
+                event_id=alert.event_id,
+                subject=alert.subject,
+                urgency=alert.urgency,
+                audience=list(alert.agencies_involved),
+                refs=list(alert.related_events),
+                case=state,
+                payload=alert.payload(),
+            )
+            await self.publish(record)
+            for reason in alert.reasons:
+                self.metrics.alerts.labels(reason["code"]).inc()
+            self.metrics.latency.observe(max(0.0, (self.clock() - alert.updated_at).total_seconds()))
+
+    # -- one record of each topic
+
+    def _victim(self, key: bytes) -> VictimState | None:
+        raw = self.victims.get(key)
+        return VictimState.from_json(raw) if raw else None
+
+    async def on_inbox(self, value: bytes, offset: int) -> None:
+        """An event routed to the hub: apply it to its victim, publish the alerts, repartition suspects."""
+        try:
+            obs = self.open(value)
+        except UntrustedInputError as e:
+            self.metrics.rejected.labels(e.reason).inc()
+            log.warning("inbox record at offset %d refused: %s", offset, e.reason)
+            return
+        self.metrics.observed.labels(obs.event_type).inc()
+        key = obs.subject.encode()
+        before = self._victim(key)
+        state, emissions = rules.observe(before, obs, self.config)
+        await self.emit_alerts(state, emissions)
+        if state is not before:  # a re-processed event changes nothing
+            self.victims[key] = state.to_json()
+        for suspect in serial.suspects_of(obs):
+            note = {
+                "suspect": suspect,
+                "victim": obs.subject,
+                "lead_id": obs.event_id,
+                "time": obs.time.isoformat(),
+            }
+            await self.send(self.names.hub_suspects, suspect.encode(), json.dumps(note).encode(), None)
+
+    async def on_suspect(self, value: bytes) -> None:
+        """A suspect named against a victim: count the suspect's victims, trigger each when serial."""
+        note = json.loads(value)
+        key = note["suspect"].encode()
+        raw = self.suspects.get(key)
+        before = SuspectState.from_json(raw) if raw else None
+        time = datetime.fromisoformat(note["time"])
+        state, triggers = serial.observe_suspect(
+            before, note["suspect"], note["victim"], note["lead_id"], time, self.config
+        )
+        for trigger in triggers:
+            await self.send(self.names.hub_serial, trigger.victim.encode(), trigger.to_json(), None)
+        self.suspects[key] = state.to_json()
+
+    async def on_serial(self, value: bytes) -> None:
+        """A serial-suspect trigger for one victim: raise or update the victim's alert."""
+        trigger = serial.SerialTrigger.from_json(value)
+        key = trigger.victim.encode()
+        before = self._victim(key)
+        state, emissions = serial.observe_serial(before, trigger, self.config)
+        await self.emit_alerts(state, emissions)
+        if state is not before:
+            self.victims[key] = state.to_json()
+
+    async def on_tick(self, value: bytes, partition: int) -> None:
+        """Check this partition's deadlines at the tick's time; refresh the rates; maybe report."""
+        now = datetime.fromisoformat(value.decode())
+        states = []
+        for key, raw_state in list(self.victims.items()):
+            if raw_state is None or partition_for(key, self.partitions) != partition:
+                continue
+            state, breaches = supervision.due(VictimState.from_json(raw_state), now, self.config)
+            for breach in breaches:
+                record = self.seal(
+                    event_type="supervision.breach",
+                    event_id=breach.event_id,
+                    subject=breach.subject,
+                    urgency=breach.urgency,
+                    audience=[breach.agency],
+                    refs=[breach.lead_id],
+                    case=state,
+                    payload=breach.payload(),
+                )
+                await self.publish(record)
+                self.metrics.breaches.labels(breach.deadline_kind).inc()
+            if breaches:
+                self.victims[key] = state.to_json()
+            states.append(state)
+        rates = supervision.agency_rates(states, now, self.config)
+        self.metrics.set_rates(rates, partition)
+        self.metrics.open_alerts.labels(str(partition)).set(sum(1 for s in states if s.has_open_alert()))
+        await self.maybe_report(partition, now, rates)
+
+    async def maybe_report(self, partition: int, now: datetime, rates: dict[str, Any]) -> None:
+        """A signed ``supervision.report`` per partition and period (rates of this partition's cases)."""
+        start = self.reported.get(partition)
+        if start is None:
+            self.reported[partition] = now
+            return
+        if (now - start).total_seconds() < self.report_every_s or not rates:
+            return
+        event_id = deterministic_id("report", str(partition), start.isoformat(), now.isoformat())
+        record = self.seal(
+            event_type="supervision.report",
+            event_id=event_id,
+            subject=REPORT_SUBJECT,
+            urgency="routine",
+            audience=[],
+            refs=[],
+            case=None,
+            payload=supervision.report_payload(rates, start, now),
+        )
+        await self.publish(record)
+        self.reported[partition] = now

@@ -30,18 +30,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 import shutil
-import signal
-import socket
 import statistics
 import struct
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +48,8 @@ from services.kernel import topics
 from services.kernel.pseudonym import pseudonymize
 from services.kernel.registry import Registry
 from services.trust.keystore import KdfParams
-from tests.bench.harness import REPO_ROOT, BenchContext, BenchError, Result
+from tests.bench.harness import BenchContext, BenchError, Result
+from tests.workers import Worker, free_port
 
 LEADS_FULL = 2_000
 LEADS_QUICK = 300
@@ -78,80 +73,7 @@ CLIENT_ID = "lianfang-bench"
 MS = 1000.0
 
 
-# --------------------------------------------------------------------------- processes and metrics
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Worker:
-    """A Lianfang service in a child process of its own session, its output in a log file, /metrics on a port."""
-
-    def __init__(self, what: str, module: str, env: dict[str, str], log: Path) -> None:
-        self.what = what
-        self.log = log
-        self.port = _free_port()
-        env = {k: v.replace("{port}", str(self.port)) for k, v in env.items()}
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", module],
-                cwd=REPO_ROOT,
-                env={**os.environ, **env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def tail(self, lines: int = 20) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise BenchError(f"{self.what} exited with code {self.proc.returncode}:\n{self.tail()}")
-
-    def metrics(self) -> dict[str, float] | None:
-        """Every series of its /metrics, or None while it is not serving them."""
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2).read().decode()
-        except OSError:
-            return None
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                series, _, value = line.rpartition(" ")
-                values[series] = float(value)
-        return values
-
-    def total(self, name: str) -> float | None:
-        """The sum of every labelled series of one counter (0 before any), or None without /metrics."""
-        values = self.metrics()
-        if values is None:
-            return None
-        return sum(v for s, v in values.items() if s == name or s.startswith(name + "{"))
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the process so far (Linux /proc; 0 elsewhere)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL to its process group if it has not exited within STOP_TIMEOUT_S."""
-        if self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
+# --------------------------------------------------------------------------- waiting on the workers
 
 
 def _wait_for(condition: Callable[[], Any], timeout: float, what: str, workers: list[Worker]) -> Any:
@@ -201,35 +123,38 @@ class Bus:
             start=start,
         )
 
-    def start(self, what: str, module: str, env: dict[str, str]) -> Worker:
+    def start(self, what: str, module: str, port: int, env: dict[str, str]) -> Worker:
         log = self.tmp / f"{what.replace(' ', '-')}.log"
-        worker = Worker(
-            what, module, {"LIANFANG_BOOTSTRAP": self.bootstrap, "LIANFANG_HOME": str(self.home), **env}, log
-        )
+        env = {"LIANFANG_BOOTSTRAP": self.bootstrap, "LIANFANG_HOME": str(self.home), **env}
+        worker = Worker(module, env, log, port=port, what=what)
         self.workers.append(worker)
         return worker
 
     def router(self) -> Worker:
+        port = free_port()
         return self.start(
             "the router",
             "services.router",
+            port,
             {
                 "LIANFANG_ROUTER_TOPIC_PREFIX": self.prefix,
                 "LIANFANG_ROUTER_GROUP_ID": f"{self.prefix}router",
-                "LIANFANG_ROUTER_METRICS_PORT": "{port}",
+                "LIANFANG_ROUTER_METRICS_PORT": str(port),
             },
         )
 
     def hub(self, run: int) -> Worker:
+        port = free_port()
         return self.start(
             f"hub {run}",
             "services.hub",
+            port,
             {
                 "LIANFANG_HUB_TOPIC_PREFIX": self.prefix,
                 "LIANFANG_HUB_APP_ID": f"{self.prefix}hub-{run}",
                 "LIANFANG_HUB_DATA_DIR": str(self.tmp / f"hub-{run}"),
                 "LIANFANG_HUB_TICK_INTERVAL_S": "0",
-                "LIANFANG_HUB_METRICS_PORT": "{port}",
+                "LIANFANG_HUB_METRICS_PORT": str(port),
             },
         )
 
@@ -508,7 +433,7 @@ def run(ctx: BenchContext) -> list[Result]:
         hub: Worker | None = None
         for i in range(1, runs + 1):
             if hub is not None:
-                hub.stop()
+                hub.stop(STOP_TIMEOUT_S)
             ctx.progress(f"hub run {i}/{runs}: a new hub on the {n:,} leads in its inbox …")
             hub, drain = _hub_run(bus, i, n, router)
             drains.append(drain)
@@ -605,6 +530,6 @@ def run(ctx: BenchContext) -> list[Result]:
             if not reader.is_alive():
                 reader.client.close()
         for worker in reversed(bus.workers):
-            worker.stop()
+            worker.stop(STOP_TIMEOUT_S)
         bus.delete_topics()
         shutil.rmtree(tmp, ignore_errors=True)

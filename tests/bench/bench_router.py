@@ -46,13 +46,10 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,8 +63,9 @@ from services.kernel import crypto, envelope, policy, topics
 from services.kernel.pseudonym import pseudonymize
 from services.kernel.registry import Registry
 from services.trust.keystore import KdfParams, Keystore
-from tests.bench.harness import REPO_ROOT, BenchContext, BenchError, Result, per_second
+from tests.bench.harness import BenchContext, BenchError, Result, per_second
 from tests.kit import header as kit_header
+from tests.workers import Worker, free_port
 
 EVENTS_FULL = 3_000
 EVENTS_QUICK = 300
@@ -253,57 +251,6 @@ def _produce(bootstrap: str, topic: str, records: list[Record]) -> dict[int, int
     return ends
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Worker:
-    """A worker in a child process of its own session, its output in a log file."""
-
-    def __init__(self, what: str, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.what = what
-        self.log = log
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=REPO_ROOT,
-                env={**os.environ, **env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def tail(self, lines: int = 20) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise BenchError(f"{self.what} exited with code {self.proc.returncode}:\n{self.tail()}")
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the worker so far (Linux /proc; 0 elsewhere)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL to its process group if it has not exited within STOP_TIMEOUT_S."""
-        if self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
-
-
 @dataclass(frozen=True, slots=True)
 class Drain:
     """What one timed run saw: records committed between the first and last observation, and when."""
@@ -369,16 +316,6 @@ def _watch(
     return Drain(total - first[0], at - first[1], cpu - first[2])
 
 
-def _metric_values(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            series, _, value = line.rpartition(" ")
-            values[series] = float(value)
-    return values
-
-
 # --------------------------------------------------------------------------- the Kafka cases
 
 
@@ -410,7 +347,7 @@ def _router_run(ctx: BenchContext, work: Workload, logs: Path, case: KafkaCase) 
     try:
         ends = _produce(bootstrap, names.events, work.records)
         group = ctx.unique("router")
-        port = _free_port()
+        port = free_port()
         env = {
             "LIANFANG_BOOTSTRAP": bootstrap,
             "LIANFANG_HOME": str(work.home),
@@ -418,26 +355,26 @@ def _router_run(ctx: BenchContext, work: Workload, logs: Path, case: KafkaCase) 
             "LIANFANG_ROUTER_GROUP_ID": group,
             "LIANFANG_ROUTER_METRICS_PORT": str(port),
         }
-        worker = Worker("the router", [sys.executable, "-m", "services.router"], env, logs / f"{group}.log")
+        worker = Worker("services.router", env, logs / f"{group}.log", port=port, what="the router")
         inboxes = [names.inbox(p) for p in work.recipients]
         drain = _watch(bootstrap, worker, group, names.events, ends, inboxes)
-        _check_routed(bootstrap, worker, port, names, work)
+        _check_routed(bootstrap, worker, names, work)
     finally:
         if worker is not None:
-            worker.stop()
+            worker.stop(STOP_TIMEOUT_S)
         _delete_topics(bootstrap, [s.name for s in specs])
     case.drains.append(drain)
     return drain.seconds
 
 
-def _check_routed(
-    bootstrap: str, worker: Worker, port: int, names: topics.TopicNames, work: Workload
-) -> None:
+def _check_routed(bootstrap: str, worker: Worker, names: topics.TopicNames, work: Workload) -> None:
     """The router's counters: N routed, N copies in each of the 4 inboxes, no dead letter."""
     from kafka import KafkaConsumer, TopicPartition
 
     n = len(work.records)
-    values = _metric_values(port)
+    values = worker.metrics(timeout=5)
+    if values is None:
+        raise BenchError(f"the router does not serve /metrics on port {worker.port}:\n{worker.tail()}")
     routed = values.get(f'lianfang_router_events_routed_total{{type="{EVENT_TYPE}"}}', 0.0)
     delivered = {
         series.partition('participant="')[2].rstrip('"}'): value
@@ -487,12 +424,17 @@ def _relay_run(ctx: BenchContext, work: Workload, logs: Path, case: KafkaCase, m
             "outputs": outputs,
             "state": state,
         }
-        argv = [sys.executable, "-m", "tests.bench.bench_router", mode, json.dumps(config)]
-        worker = Worker(f"the {mode}", argv, {}, logs / f"{group}.log")
+        worker = Worker(
+            "tests.bench.bench_router",
+            {},
+            logs / f"{group}.log",
+            args=[mode, json.dumps(config)],
+            what=f"the {mode}",
+        )
         drain = _watch(bootstrap, worker, group, source, ends, outputs)
     finally:
         if worker is not None:
-            worker.stop()
+            worker.stop(STOP_TIMEOUT_S)
         _delete_topics(bootstrap, [s.name for s in specs])
     case.drains.append(drain)
     return drain.seconds

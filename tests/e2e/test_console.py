@@ -41,8 +41,9 @@ from services.console.accounts import AccountStore, accounts_path
 from services.kernel.pseudonym import pseudonymize
 from services.sdk.client import Client
 from services.trust.keystore import KdfParams
-from tests.integration.buskit import REPO, Bus, RouterProcess, Service, free_port
+from tests.integration.buskit import Bus, RouterProcess
 from tests.kit import DemoDomain
+from tests.workers import REPO, Worker, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -59,9 +60,9 @@ VICTIM_PHONE = "13700007001"
 # --------------------------------------------------------------------------- processes
 
 
-class HubProcess(Service):
+class HubProcess(Worker):
     def __init__(self, bus: Bus, log: Path, data: Path) -> None:
-        self.port = free_port()
+        port = free_port()
         super().__init__(
             "services.hub",
             {
@@ -72,15 +73,14 @@ class HubProcess(Service):
                 "LIANFANG_HUB_DATA_DIR": str(data),
                 "LIANFANG_HUB_TICK_INTERVAL_S": "0",  # the test sends the ticks
                 "LIANFANG_HUB_REPORT_EVERY_S": "1",  # a supervision report at the second tick
-                "LIANFANG_HUB_METRICS_PORT": str(self.port),
+                "LIANFANG_HUB_METRICS_PORT": str(port),
             },
             log,
+            port=port,
         )
 
-    metric = RouterProcess.metric
 
-
-class ConsoleProcess(Service):
+class ConsoleProcess(Worker):
     """``python -m services.console`` on a port it picks; its address is read from what it prints."""
 
     def __init__(self, bus: Bus, log: Path, data: Path) -> None:

@@ -29,8 +29,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from services.sdk.client import Client
 from services.sdk.metrics import SdkMetrics
-from tests.integration.buskit import Bus, RouterProcess, Service, free_port
+from tests.integration.buskit import Bus, RouterProcess
 from tests.kit import DemoDomain
+from tests.workers import Worker, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -39,11 +40,11 @@ RULES = REPO / "deploy" / "prometheus" / "rules"
 DAY = 86400.0
 
 
-class HubProcess(Service):
+class HubProcess(Worker):
     """A hub worker with its /metrics on a free port and a supervision tick every second."""
 
     def __init__(self, bus: Bus, log: Path, data: Path) -> None:
-        self.port = free_port()
+        port = free_port()
         super().__init__(
             "services.hub",
             {
@@ -53,12 +54,11 @@ class HubProcess(Service):
                 "LIANFANG_HUB_APP_ID": f"{bus.prefix}hub",
                 "LIANFANG_HUB_DATA_DIR": str(data),
                 "LIANFANG_HUB_TICK_INTERVAL_S": "1",
-                "LIANFANG_HUB_METRICS_PORT": str(self.port),
+                "LIANFANG_HUB_METRICS_PORT": str(port),
             },
             log,
+            port=port,
         )
-
-    metric = RouterProcess.metric
 
 
 class Prometheus:

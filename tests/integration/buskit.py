@@ -1,15 +1,9 @@
 """Helpers for tests that run Lianfang services on the real broker: topics, publishing sealed events,
-reading inboxes back, and service processes."""
+reading inboxes back, and a router process (its process handling is :class:`tests.workers.Worker`)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,8 +17,7 @@ from services.bus import cluster
 from services.bus.cluster import DURABLE_PRODUCER
 from services.kernel import envelope, topics
 from tests.kit import CONTENT, DemoDomain, header
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.workers import Worker, free_port
 
 
 def _acknowledged(futures: list[Any]) -> None:
@@ -132,54 +125,11 @@ class Bus:
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-class Service:
-    """A Lianfang service in a child process, its output in a log file."""
-
-    def __init__(self, module: str, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", module],
-                cwd=REPO,
-                env={**os.environ, **env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no clean shutdown, no final commit."""
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self, timeout: float = 60) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RouterProcess(Service):
+class RouterProcess(Worker):
     """A router worker process on a bus, with its /metrics on a free port."""
 
     def __init__(self, bus: Bus, home: Path, log: Path, group: str, **env: str) -> None:
-        self.port = free_port()
+        port = free_port()
         super().__init__(
             "services.router",
             {
@@ -187,22 +137,10 @@ class RouterProcess(Service):
                 "LIANFANG_HOME": str(home),
                 "LIANFANG_ROUTER_TOPIC_PREFIX": bus.prefix,
                 "LIANFANG_ROUTER_GROUP_ID": group,
-                "LIANFANG_ROUTER_METRICS_PORT": str(self.port),
+                "LIANFANG_ROUTER_METRICS_PORT": str(port),
                 **env,
             },
             log,
+            port=port,
+            what="the router",
         )
-
-    def metric(self, name: str, **labels: str) -> float | None:
-        """The current value of one series, or None while the worker is not serving /metrics."""
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2).read().decode()
-        except OSError:
-            return None
-        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                series, _, value = line.rpartition(" ")
-                values[series] = float(value)
-        return values.get(f"{name}{{{want}}}" if want else name, 0.0)

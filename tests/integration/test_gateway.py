@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -29,38 +28,18 @@ from services.gateway.inbox import decode_cursor
 from services.kernel import audit, envelope, policy
 from services.sdk.client import Client
 from services.trust.keystore import Keystore
-from tests.integration.buskit import Bus, Service
+from tests.integration.buskit import Bus
 from tests.kit import DemoDomain
+from tests.workers import Worker, free_port
 
 pytestmark = pytest.mark.integration
 
 SERVED = "police,womens_federation"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _metric(port: int, name: str, **labels: str) -> float | None:
-    """One series from a service's /metrics, or None while it does not answer."""
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return None
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            series, _, value = line.rpartition(" ")
-            if series == (f"{name}{{{want}}}" if want else name):
-                return float(value)
-    return 0.0
-
-
-class RouterProcess(Service):
+class RouterProcess(Worker):
     def __init__(self, bus: Bus, log: Path) -> None:
-        self.port = _free_port()
+        port = free_port()
         super().__init__(
             "services.router",
             {
@@ -68,18 +47,17 @@ class RouterProcess(Service):
                 "LIANFANG_HOME": str(bus.domain.home),
                 "LIANFANG_ROUTER_TOPIC_PREFIX": bus.prefix,
                 "LIANFANG_ROUTER_GROUP_ID": f"{bus.prefix}router",
-                "LIANFANG_ROUTER_METRICS_PORT": str(self.port),
+                "LIANFANG_ROUTER_METRICS_PORT": str(port),
             },
             log,
+            port=port,
         )
 
     def wait_ready(self, bus: Bus) -> None:
-        bus.wait_for(
-            lambda: _metric(self.port, "lianfang_registry_version", service="router"), 60, "router start"
-        )
+        bus.wait_for(lambda: self.metric("lianfang_registry_version", service="router"), 60, "router start")
 
 
-class GatewayProcess(Service):
+class GatewayProcess(Worker):
     """``python -m services.gateway`` on a free port, serving police and the women's federation."""
 
     def __init__(
@@ -93,7 +71,7 @@ class GatewayProcess(Service):
         served: str = SERVED,
         **env: str,
     ) -> None:
-        self.port = _free_port()
+        port = free_port()
         self.domain = bus.domain
         self.spool = spool
         super().__init__(
@@ -102,13 +80,14 @@ class GatewayProcess(Service):
                 "LIANFANG_BOOTSTRAP": bootstrap or bus.bootstrap,
                 "LIANFANG_HOME": str(bus.domain.home),
                 "LIANFANG_GATEWAY_PARTICIPANTS": served,
-                "LIANFANG_GATEWAY_PORT": str(self.port),
+                "LIANFANG_GATEWAY_PORT": str(port),
                 "LIANFANG_GATEWAY_SPOOL_DIR": str(spool),
                 "LIANFANG_GATEWAY_TOPIC_PREFIX": bus.prefix,
                 "LIANFANG_GATEWAY_WEBHOOKS": webhooks,
                 **env,
             },
             log,
+            port=port,
         )
 
     @property
@@ -119,14 +98,11 @@ class GatewayProcess(Service):
         bus.wait_for(
             lambda: (
                 self.alive()
-                and _metric(self.port, "lianfang_gateway_outbox_depth", participant="police") is not None
+                and self.metric("lianfang_gateway_outbox_depth", participant="police") is not None
             ),
             60,
             f"gateway start:\n{self.tail()}",
         )
-
-    def metric(self, name: str, **labels: str) -> float | None:
-        return _metric(self.port, name, **labels)
 
     def signed(
         self,
@@ -220,7 +196,7 @@ class Receiver:
         self.attempts = 0
         self.accepted: list[tuple[dict[str, str], dict[str, Any]]] = []
         self.bad_signatures = 0
-        self.port = _free_port()
+        self.port = free_port()
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -482,7 +458,7 @@ def test_an_event_that_never_left_the_outbox_before_a_sigkill_is_sent_by_the_res
 ) -> None:
     """The first gateway cannot reach Kafka at all, so the 202 is certainly only on its disk."""
     spool = tmp_path / "spool"
-    dead = f"127.0.0.1:{_free_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     first = GatewayProcess(bus, spool, tmp_path / "gateway-1.log", bootstrap=dead)
     first.wait_ready(bus)
     try:

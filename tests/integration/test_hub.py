@@ -18,8 +18,9 @@ from schemas.events import RiskAnswers, RiskAssessed
 from services.bus.cluster import DURABLE_PRODUCER
 from services.kernel.pseudonym import pseudonymize
 from services.sdk.client import CaseContext, Client
-from tests.integration.buskit import Bus, RouterProcess, Service, free_port
+from tests.integration.buskit import Bus, RouterProcess
 from tests.kit import DemoDomain
+from tests.workers import Worker, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -28,9 +29,9 @@ NOW = datetime.now(UTC)
 QUESTIONS = list(RiskAnswers.model_fields)
 
 
-class HubProcess(Service):
+class HubProcess(Worker):
     def __init__(self, bus: Bus, log: Path, data: Path) -> None:
-        self.port = free_port()
+        port = free_port()
         self.data_dir = data
         super().__init__(
             "services.hub",
@@ -41,13 +42,12 @@ class HubProcess(Service):
                 "LIANFANG_HUB_APP_ID": f"{bus.prefix}hub",
                 "LIANFANG_HUB_DATA_DIR": str(data),
                 "LIANFANG_HUB_TICK_INTERVAL_S": "0",
-                "LIANFANG_HUB_METRICS_PORT": str(self.port),
+                "LIANFANG_HUB_METRICS_PORT": str(port),
                 "LIANFANG_HUB_LAG_INTERVAL_S": "1",
             },
             log,
+            port=port,
         )
-
-    metric = RouterProcess.metric
 
 
 class Alerts:

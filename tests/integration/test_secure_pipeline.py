@@ -25,9 +25,10 @@ from services.bus.security import KafkaSecuritySettings
 from services.kernel import audit, envelope
 from services.kernel.errors import TransportError
 from services.sdk.client import Client
-from tests.integration.buskit import REPO, Bus, RouterProcess, Service, free_port
+from tests.integration.buskit import Bus, RouterProcess
 from tests.integration.test_gateway import GatewayProcess, lead_body
 from tests.kit import DemoDomain
+from tests.workers import REPO, Worker, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -76,11 +77,11 @@ def login(cluster: LocalKafka, user: str) -> KafkaSecuritySettings:
     )
 
 
-class HubProcess(Service):
+class HubProcess(Worker):
     """The hub logged in as ``hub``, with the default app id ``lianfang-hub`` that the ACLs name."""
 
     def __init__(self, cluster: LocalKafka, home: Path, tmp: Path) -> None:
-        self.port = free_port()
+        port = free_port()
         super().__init__(
             "services.hub",
             {
@@ -88,13 +89,12 @@ class HubProcess(Service):
                 "LIANFANG_HOME": str(home),
                 "LIANFANG_HUB_DATA_DIR": str(tmp / "hub-data"),
                 "LIANFANG_HUB_TICK_INTERVAL_S": "0",
-                "LIANFANG_HUB_METRICS_PORT": str(self.port),
+                "LIANFANG_HUB_METRICS_PORT": str(port),
                 "LIANFANG_HUB_LAG_INTERVAL_S": "1",
             },
             tmp / "hub.log",
+            port=port,
         )
-
-    metric = RouterProcess.metric
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def services(
         router.stop()
 
 
-def wait_for(condition: Any, timeout: float, what: str, *watched: Service) -> Any:
+def wait_for(condition: Any, timeout: float, what: str, *watched: Worker) -> Any:
     """Poll ``condition()`` until truthy; fail early, with its log, if a watched service has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -139,7 +139,7 @@ def client(cluster: LocalKafka, bus: Bus, participant: str, tmp: Path) -> Client
     )
 
 
-def read_until(reader: Client, wanted: Any, timeout: float, *watched: Service) -> envelope.Opened:
+def read_until(reader: Client, wanted: Any, timeout: float, *watched: Worker) -> envelope.Opened:
     """The first inbox event ``wanted(opened)`` accepts, read as that participant, within ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -270,11 +270,11 @@ def test_a_gateway_logged_in_as_police_publishes_and_serves_the_police_inbox(
         gateway.stop()
 
 
-class ConsoleProcess(Service):
+class ConsoleProcess(Worker):
     """The coordinator console logged in as ``coordinators``; /metrics on its own port."""
 
     def __init__(self, cluster: LocalKafka, home: Path, tmp: Path) -> None:
-        self.port = free_port()
+        port = free_port()
         super().__init__(
             "services.console",
             {
@@ -282,12 +282,11 @@ class ConsoleProcess(Service):
                 "LIANFANG_HOME": str(home),
                 "LIANFANG_CONSOLE_DATA_DIR": str(tmp / "console-data"),
                 "LIANFANG_CONSOLE_PORT": str(free_port()),
-                "LIANFANG_CONSOLE_METRICS_PORT": str(self.port),
+                "LIANFANG_CONSOLE_METRICS_PORT": str(port),
             },
             tmp / "console.log",
+            port=port,
         )
-
-    metric = RouterProcess.metric
 
 
 def test_the_console_logged_in_as_the_coordinators_shows_the_hubs_alert(

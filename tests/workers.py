@@ -1,0 +1,141 @@
+"""A Lianfang service (or any Python module) in a child process, for tests and benchmarks.
+
+Integration and end-to-end tests run the router, the hub, the gateway and the console as their own
+processes, as an operator would; the benchmarks time them from outside. Each such process is started,
+watched through its ``/metrics`` and stopped the same way, here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+"""The repository's root: the working directory of every worker, so ``python -m services.…`` works."""
+
+
+class WorkerExitedError(RuntimeError):
+    """A worker that should be running has exited; the message holds the end of its log."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int, timeout: float = 2) -> dict[str, float] | None:
+    """Every series of the Prometheus text on ``port``'s /metrics, or None while nothing serves it."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout).read().decode()
+    except OSError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            values[series] = float(value)
+    return values
+
+
+class Worker:
+    """``python -m <module> [args]`` in a child process of its own session, its output in a log file.
+
+    ``env`` is added to this process's environment. ``port`` is where the worker serves /metrics, if
+    it does (the caller picks it with :func:`free_port` and passes it in ``env`` under the service's
+    own variable). ``what`` names the worker in error messages.
+    """
+
+    def __init__(
+        self,
+        module: str,
+        env: Mapping[str, str],
+        log: Path,
+        *,
+        args: Sequence[str] = (),
+        port: int | None = None,
+        what: str | None = None,
+    ) -> None:
+        self.what = what or module
+        self.log = log
+        self.port = port
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", module, *args],
+                cwd=REPO,
+                env={**os.environ, **env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    # ------------------------------------------------------------------ the process
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        """Raise :class:`WorkerExitedError`, with the end of the log, if the worker has exited."""
+        if not self.alive():
+            raise WorkerExitedError(f"{self.what} exited with code {self.proc.returncode}:\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the worker's log."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the worker so far (Linux /proc; 0 elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def kill(self, timeout: float = 30) -> None:
+        """SIGKILL to its process group: no clean shutdown, no final commit."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, then :meth:`kill` if it has not exited within ``timeout``; its exit code."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    # ------------------------------------------------------------------ its /metrics
+
+    def metrics(self, timeout: float = 2) -> dict[str, float] | None:
+        """Every series of its /metrics, or None while it is not serving them."""
+        if self.port is None:
+            raise ValueError(f"{self.what} was started without a metrics port")
+        return scrape(self.port, timeout)
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """The current value of one series (0 before it appears), or None without /metrics."""
+        values = self.metrics()
+        if values is None:
+            return None
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        return values.get(f"{name}{{{want}}}" if want else name, 0.0)
+
+    def total(self, name: str) -> float | None:
+        """The sum of every labelled series of one counter (0 before any), or None without /metrics."""
+        values = self.metrics()
+        if values is None:
+            return None
+        return sum(v for s, v in values.items() if s == name or s.startswith(name + "{"))

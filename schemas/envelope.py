@@ -19,6 +19,9 @@ so the exact bytes of the clear header are recovered without re-serializing anyt
 SHA-256(HEADER_JSON)``), the data key wrapped for every recipient with HPKE base mode (RFC 9180,
 DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM) with ``info = b"lianfang/v1/wrap\\0" + event id
 + b"\\0" + section + b"\\0" + recipient participant + b"\\0" + recipient key id``.
+
+``docs/envelope.md`` explains the format and the order of checks; where the two disagree, this
+docstring is normative.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Each row is one sign-in, sign-out, view of case content (the queue, an alert and its timeline, the
 supervision page, a live-update subscription) or action (acknowledge, schedule, conclude). Rows name
 accounts, alert ids, event ids and subject pseudonyms, never personal data or passwords. Triggers make
-the table refuse UPDATE and DELETE, so the application cannot rewrite history; a later issue adds the
-hash-chained audit topic (``lianfang.audit.v1``), which also protects against whoever holds the file.
+the table refuse UPDATE and DELETE, so the application cannot rewrite history. Each view of case content
+is also an entry of the console's hash chain on ``lianfang.audit.v1`` (``docs/decisions.md``), which
+also protects against whoever holds the file.
 """
 
 from __future__ import annotations

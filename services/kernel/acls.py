@@ -5,7 +5,7 @@ same rules answer "may this principal do that?" offline (:func:`allows`, as Kafk
 decides for ALLOW-only rules); :func:`services.bus.cluster.apply_acls` writes them to a cluster as the
 operator.
 
-The shape (issue 9):
+The shape (``docs/topics.md`` lists it beside every topic):
 
 - each participant ``User:<id>`` may WRITE ``lianfang.events.v1``, READ only ``lianfang.inbox.<id>.v1``
   with its own consumer groups (``lianfang-inbox-<id>`` and the prefix ``lianfang-inbox-<id>.``),

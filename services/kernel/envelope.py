@@ -3,9 +3,10 @@
 The wire format is documented in :mod:`schemas.envelope`. These functions take bytes, a verified
 :class:`~services.kernel.registry.Registry`, a clock reading and (to open) a keystore; they do no I/O.
 Verification checks, in order: size, envelope shape, header, registry expiry, sender, signing key
-(window, revocation), signature over the exact bytes, publish permission, sections' shape, and that
-the sealed recipients equal what the policy demands. Each failure raises an
-:class:`~services.kernel.errors.UntrustedInputError` with its stable reason code.
+(known, not revoked, within its validity window), signature over the exact bytes, publish permission,
+sections' shape, and that the sealed recipients equal what the policy demands. Each failure raises an
+:class:`~services.kernel.errors.UntrustedInputError` with its stable reason code. ``docs/envelope.md``
+lists the checks with their reason codes; where the two disagree, this docstring is normative.
 """
 
 from __future__ import annotations

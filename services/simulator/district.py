@@ -1,6 +1,6 @@
 """The default district: its participants, what each may publish, and its sharing policy (as data).
 
-The district is the one ``docs/rules.md`` describes (顺义区, 25 towns and streets). A real deployment
+The district is modelled on 顺义区 and its 25 towns and streets. A real deployment
 edits the registry, not this module; ``lianfang init`` uses it to build a demo trust domain.
 """
 

@@ -228,6 +228,22 @@ def wait_for(driver: Any, condition: Callable[[Any], Any], timeout: float = 20) 
     ).until(condition)
 
 
+def click(driver: Any, css: str) -> None:
+    """Click the element ``css`` selects. The queue's rows are replaced by every live update: a row
+    found just before one is stale when clicked, and the next try finds the new row."""
+    wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, css).click() is None)
+
+
+def row_of(driver: Any, css: str) -> tuple[str | None, str]:
+    """The ``data-status`` and text of the element ``css`` selects, read in one go (again after a live
+    update replaced it)."""
+    return wait_for(driver, lambda d: _status_and_text(d.find_element(By.CSS_SELECTOR, css)))
+
+
+def _status_and_text(element: Any) -> tuple[str | None, str]:
+    return element.get_attribute("data-status"), element.text
+
+
 def sign_in(driver: Any, url: str, password: str = PASSWORD) -> None:
     driver.get(url + "/login")
     driver.find_element(By.ID, "name").send_keys(ACCOUNT)
@@ -319,14 +335,14 @@ def test_an_alert_published_on_the_bus_appears_in_an_open_page_within_seconds(
     took = time.monotonic() - published
     assert browser.execute_script("return window.lianfangMarker") == "not reloaded", "live, not by reload"
     assert took < 45
-    element = browser.find_element(By.CSS_SELECTOR, row)
-    assert element.get_attribute("data-status") == "open"
-    assert "专业判断" in element.text
-    assert "后沙峪镇" in element.text
+    status, text = row_of(browser, row)
+    assert status == "open"
+    assert "专业判断" in text
+    assert "后沙峪镇" in text
     shot(browser, "03-queue-live")
     browser.find_element(By.ID, "lang-switch").click()
     wait_for(browser, lambda d: "Alert queue" in d.find_element(By.TAG_NAME, "h1").text)
-    assert "Professional judgement" in browser.find_element(By.CSS_SELECTOR, row).text
+    assert "Professional judgement" in row_of(browser, row)[1]
     shot(browser, "04-queue-english")
     browser.find_element(By.ID, "lang-switch").click()
     wait_for(browser, lambda d: "预警队列" in d.find_element(By.TAG_NAME, "h1").text)
@@ -337,7 +353,7 @@ def test_scheduling_a_meeting_from_the_page_puts_joint_meeting_scheduled_on_the_
 ) -> None:
     subject = subject_of(bus, VICTIM_PHONE)
     browser.get(console_url + "/alerts")
-    browser.find_element(By.CSS_SELECTOR, f'tr[data-subject="{subject}"] a.open').click()
+    click(browser, f'tr[data-subject="{subject}"] a.open')
     wait_for(browser, lambda d: d.find_elements(By.ID, "schedule-form"))
     alert_id = browser.find_element(By.ID, "alert").get_attribute("data-alert-id")
     assert "professional judgement" in browser.find_element(By.ID, "reasons").text
@@ -390,7 +406,7 @@ def test_concluding_the_meeting_publishes_its_action_items_and_closes_the_alert(
 ) -> None:
     subject = subject_of(bus, VICTIM_PHONE)
     browser.get(console_url + "/alerts?status=scheduled")
-    browser.find_element(By.CSS_SELECTOR, f'tr[data-subject="{subject}"] a.open').click()
+    click(browser, f'tr[data-subject="{subject}"] a.open')
     wait_for(browser, lambda d: d.find_elements(By.ID, "conclude-form"))
     alert_id = browser.find_element(By.ID, "alert").get_attribute("data-alert-id")
     browser.find_element(By.ID, "summary").send_keys("会商决定：公安机关出具告诫书，妇联跟进心理疏导。")

@@ -31,6 +31,7 @@ from selenium.common.exceptions import (
     NoSuchElementException,
     StaleElementReferenceException,
     TimeoutException,
+    WebDriverException,
 )
 from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
@@ -217,15 +218,30 @@ def shot(driver: Any, name: str) -> None:
     driver.set_window_size(1400, 1000)
 
 
+# What chromedriver answers when an element found on the old page is read while the new one loads:
+# not a StaleElementReferenceException but an "unknown error" from the DevTools protocol.
+NODE_DETACHED = "does not belong to the document"
+
+
 def wait_for(driver: Any, condition: Callable[[Any], Any], timeout: float = 20) -> Any:
     """Poll ``condition(driver)`` until truthy. A form post reloads the page: an element found just
-    before the reload is stale when read, and the next poll finds the new page's."""
+    before the reload is stale (or, mid-navigation, detached) when read, and the next poll finds the
+    new page's."""
+
+    def attempt(d: Any) -> Any:
+        try:
+            return condition(d)
+        except WebDriverException as e:
+            if NODE_DETACHED in (e.msg or ""):
+                return False
+            raise
+
     return WebDriverWait(
         driver,
         timeout,
         poll_frequency=0.2,
         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
-    ).until(condition)
+    ).until(attempt)
 
 
 def click(driver: Any, css: str) -> None:
@@ -288,6 +304,19 @@ def test_a_wrong_password_is_refused(browser: Any, console_url: str) -> None:
     assert browser.current_url.startswith(console_url + "/login")
     assert not any("session" in c["name"] for c in browser.get_cookies()), "no session for a wrong password"
     shot(browser, "02-login-refused")
+
+
+def test_an_element_polled_while_its_page_reloads_is_read_from_the_new_page(
+    browser: Any, console_url: str
+) -> None:
+    """Every wait in these tests reads elements while a form post may be reloading the page."""
+    browser.get(console_url + "/login")
+    for round_ in range(25):
+        browser.execute_script(
+            f"window.setTimeout(function () {{ window.location.reload(); }}, {round_ % 5});"
+        )
+        found = wait_for(browser, lambda d: d.find_element(By.ID, "login-form").get_attribute("id"))
+        assert found == "login-form"
 
 
 def test_without_a_session_no_case_page_is_reachable(browser: Any, console_url: str, bus: Bus) -> None:

@@ -1,7 +1,7 @@
 """``lianfang audit verify [FILE | --bootstrap B]``: check the audit hash chains and their signed heads.
 
 Reads an audit file (JSON lines) or the whole ``lianfang.audit.v1`` topic, splits it by actor, and
-verifies each chain (:func:`services.kernel.audit.verify_lines`). Checkpoint signatures are checked with
+verifies each chain (:func:`services.audit.chain.verify_lines`). Checkpoint signatures are checked with
 the signing keys of the registry in HOME when it loads. Prints one line per chain; exits 1 naming the
 first bad entry of each broken chain, 0 when every chain holds.
 
@@ -17,9 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from services.audit.chain import Action, AuditEntry, KeyLookup, verify_lines
+from services.audit.kafka import KafkaSink, read_topic
+from services.audit.trail import participant_trail, read_file
 from services.bus.security import load_security
 from services.cli.settings import HomeSettings, KafkaSettings
-from services.kernel import audit, topics
+from services.kernel import topics
 from services.kernel.errors import LianfangError, UsageError
 from services.trust import TrustDomain
 
@@ -55,7 +58,7 @@ def add_commands(
     )
 
 
-def _keys(args: argparse.Namespace) -> audit.KeyLookup | None:
+def _keys(args: argparse.Namespace) -> KeyLookup | None:
     home: Path = getattr(args, "home", None) or HomeSettings().home
     now: datetime = getattr(args, "now", None) or datetime.now(UTC)
     try:
@@ -74,23 +77,23 @@ def _lines(args: argparse.Namespace) -> tuple[str, list[bytes]]:
     if args.file is not None:
         if args.bootstrap:
             raise UsageError("give an audit FILE or --bootstrap, not both")
-        return str(args.file), audit.read_file(args.file)
+        return str(args.file), read_file(args.file)
     bootstrap: str = args.bootstrap or KafkaSettings().bootstrap
     if not bootstrap:
         raise UsageError("nothing to verify: give an audit FILE, or --bootstrap (or LIANFANG_BOOTSTRAP)")
     topic = topics.TopicNames(args.topic_prefix).audit
-    return topic, audit.read_topic(bootstrap, topic, load_security())
+    return topic, read_topic(bootstrap, topic, load_security())
 
 
 def record_admin_change(
     domain: TrustDomain,
     holder: str,
-    action: audit.Action,
+    action: Action,
     *,
     subject: str | None,
     object: str,
     now: datetime,
-) -> audit.AuditEntry:
+) -> AuditEntry:
     """Append a key or registry change, made by root holder ``holder``, to its ``admin`` chain in
     HOME/audit and sign its head. With ``LIANFANG_BOOTSTRAP`` set the chain's unshipped lines go to the
     audit topic; lines a broker did not take wait in the file for the next command."""
@@ -99,8 +102,8 @@ def record_admin_change(
     bootstrap = KafkaSettings().bootstrap
     sink = None
     if bootstrap:
-        sink = audit.KafkaSink(bootstrap, topics.TopicNames().audit, load_security(), timeout_s=10)
-    trail = audit.participant_trail(
+        sink = KafkaSink(bootstrap, topics.TopicNames().audit, load_security(), timeout_s=10)
+    trail = participant_trail(
         domain.home / "audit", keystore, registry, "admin", ship=sink, clock=lambda: now
     )
     try:
@@ -117,7 +120,7 @@ def record_admin_change(
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     source, lines = _lines(args)
-    results = audit.verify_lines(lines, keys=_keys(args), require_checkpoint=args.require_checkpoint)
+    results = verify_lines(lines, keys=_keys(args), require_checkpoint=args.require_checkpoint)
     if not results:
         print(f"{source}: no audit entries")
         return 0

@@ -38,6 +38,8 @@ from multidict import MultiDict, MultiDictProxy
 from prometheus_client import start_http_server
 
 from services import trust
+from services.audit.kafka import KafkaSink
+from services.audit.trail import LocalTrail, participant_trail
 from services.bus.security import load_security
 from services.console import i18n, pages
 from services.console.accounts import AccountStore, LoginResult
@@ -50,7 +52,6 @@ from services.console.settings import ConsoleSettings
 from services.console.store import ViewStore
 from services.console.view import Alert, CaseView, Change, OwnAction, OwnKind, QueueFilter, ViewError
 from services.kernel import envelope, topics
-from services.kernel.audit import KafkaSink, LocalTrail, participant_trail
 from services.kernel.errors import LianfangError, RegistryExpiredError, UsageError
 from services.kernel.registry import Registry
 from services.sdk.client import Client

@@ -24,10 +24,11 @@ from typing import Any, Final
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
+from services.audit.chain import opened_object
+from services.audit.trail import LocalTrail
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 from services.gateway.problems import Problem
 from services.kernel import envelope
-from services.kernel.audit import LocalTrail, opened_object
 from services.kernel.errors import TransportError, UntrustedInputError
 from services.kernel.registry import Registry
 from services.sdk.client import CaseContext

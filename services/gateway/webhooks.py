@@ -34,12 +34,13 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from services.audit.chain import opened_object
+from services.audit.trail import LocalTrail
 from services.bus.security import KafkaSecuritySettings, aiokafka_kwargs, load_security
 from services.gateway import httpsig
 from services.gateway.inbox import render
 from services.gateway.metrics import GatewayMetrics
 from services.kernel import envelope
-from services.kernel.audit import LocalTrail, opened_object
 from services.kernel.errors import RegistryExpiredError, UntrustedInputError
 from services.kernel.registry import Registry
 from services.trust.keystore import Keystore

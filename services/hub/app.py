@@ -34,6 +34,8 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services import trust
+from services.audit.kafka import KafkaSink
+from services.audit.trail import LocalTrail, participant_trail
 from services.bus.cluster import cluster_id
 from services.bus.security import (
     KafkaSecuritySettings,
@@ -44,7 +46,7 @@ from services.bus.security import (
 from services.hub.config import HubConfig
 from services.hub.metrics import HubMetrics
 from services.hub.worker import RecordWorker
-from services.kernel import audit, topics
+from services.kernel import topics
 from services.kernel.errors import UsageError
 from services.kernel.registry import Registry
 from services.trust.keystore import Keystore
@@ -90,7 +92,7 @@ class HubWorker:
         metrics: HubMetrics,
         registry: Registry,
         keys: Keystore,
-        trail: audit.LocalTrail,
+        trail: LocalTrail,
     ) -> None:
         self.app = app
         n = settings.partitions
@@ -176,10 +178,10 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
     keys = domain.keystore("hub")
     registry = domain.registry(datetime.now(UTC))
     # Each opened inbox event and each published alert or report: one chain per worker.
-    sink = audit.KafkaSink(
+    sink = KafkaSink(
         settings.bootstrap, topics.TopicNames(settings.topic_prefix).audit, settings.kafka_security
     )
-    trail = audit.participant_trail(settings.data_dir / "audit", keys, registry, "hub", ship=sink)
+    trail = participant_trail(settings.data_dir / "audit", keys, registry, "hub", ship=sink)
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",

@@ -8,7 +8,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from services.kernel import audit_metrics
+from services.audit import metrics as audit_metrics
 
 
 class HubMetrics:

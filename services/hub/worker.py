@@ -26,13 +26,15 @@ from typing import Any
 from kafka.partitioner.default import murmur2
 
 from schemas.envelope import EnvelopeHeader, SectionName
+from services.audit.chain import opened_object
+from services.audit.trail import LocalTrail
 from services.hub import rules, serial, supervision
 from services.hub.alerts import AlertEmission
 from services.hub.config import HubConfig
 from services.hub.ids import deterministic_id
 from services.hub.metrics import HubMetrics
 from services.hub.state import Observation, SuspectState, VictimState
-from services.kernel import audit, envelope, topics
+from services.kernel import envelope, topics
 from services.kernel.errors import UntrustedInputError
 from services.kernel.registry import Registry
 from services.trust.keystore import Keystore
@@ -65,7 +67,7 @@ class RecordWorker:
         report_every_s: float,
         registry: Registry,
         keys: Keystore,
-        trail: audit.LocalTrail,
+        trail: LocalTrail,
         metrics: HubMetrics,
         victims: MutableMapping[bytes, bytes],
         suspects: MutableMapping[bytes, bytes],
@@ -95,7 +97,7 @@ class RecordWorker:
         self.trail.append(
             "open_section",
             subject=opened.header.subject,
-            object=audit.opened_object(opened),
+            object=opened_object(opened),
         )
         return Observation.from_header(
             opened.header, frozenset(recipients), opened.sections.get("triage", {})

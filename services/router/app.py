@@ -33,9 +33,11 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services import trust
+from services.audit.chain import Action, AuditEntry, Checkpoint, next_entry, parse_line
+from services.audit.trail import Signer
 from services.bus.eos import Output, PartitionState, TransactionalRunner
 from services.bus.security import KafkaSecuritySettings, aiokafka_kwargs, load_security
-from services.kernel import acls, audit, topics
+from services.kernel import acls, topics
 from services.kernel.envelope import DuplicateError, ReplayWindow, Seen
 from services.kernel.errors import UntrustedInputError, UsageError
 from services.kernel.registry import Registry
@@ -157,40 +159,40 @@ class RouterAudit:
     HEAD = "audit:head"
 
     def __init__(
-        self, topic: str, group_id: str, signer: audit.Signer | None, *, checkpoint_every_s: float
+        self, topic: str, group_id: str, signer: Signer | None, *, checkpoint_every_s: float
     ) -> None:
         self.topic = topic
         self.chain = re.sub(r"[^a-z0-9_.-]", "-", group_id.lower()).strip("-.") or "router"
         self.signer = signer
         self.checkpoint_every_s = checkpoint_every_s
         self._last_checkpoint: dict[int, float] = {}
-        self._heads: dict[int, tuple[bytes, audit.AuditEntry]] = {}  # per partition, as last written
+        self._heads: dict[int, tuple[bytes, AuditEntry]] = {}  # per partition, as last written
 
     def actor(self, partition: int) -> str:
         return f"{acls.ROUTER}/{self.chain}.p{partition}"
 
-    def head(self, state: PartitionState) -> audit.AuditEntry | None:
+    def head(self, state: PartitionState) -> AuditEntry | None:
         line = state.get(self.HEAD)
         if line is None:
             return None
         cached = self._heads.get(state.partition)
         if cached is not None and cached[0] is line:  # the line this worker wrote: no need to parse it
             return cached[1]
-        entry = audit.parse_line(line)
-        assert isinstance(entry, audit.AuditEntry)
+        entry = parse_line(line)
+        assert isinstance(entry, AuditEntry)
         return entry
 
     def record(
         self,
         state: PartitionState,
-        action: audit.Action,
+        action: Action,
         now: datetime,
         *,
         subject: str | None = None,
         object: str | None = None,
         to: tuple[str, ...] | None = None,
     ) -> Output:
-        entry = audit.next_entry(
+        entry = next_entry(
             self.head(state),
             actor=self.actor(state.partition),
             action=action,
@@ -218,7 +220,7 @@ class RouterAudit:
         if state.get(self.STATE_PREFIX + "signed") == str(head.seq).encode():
             return []
         state.put(self.STATE_PREFIX + "signed", str(head.seq).encode())
-        checkpoint = audit.Checkpoint.sign(head, self.signer.key, self.signer.kid, at=now)
+        checkpoint = Checkpoint.sign(head, self.signer.key, self.signer.kid, at=now)
         return [Output(self.topic, checkpoint.to_line(), head.actor.encode(), [])]
 
 
@@ -233,7 +235,7 @@ class Router:
         holder: RegistryHolder,
         metrics: RouterMetrics,
         clock: Clock,
-        signer: audit.Signer | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.settings = settings
         self.names = topics.TopicNames(settings.topic_prefix)
@@ -392,14 +394,14 @@ def deadletter_headers(
     ]
 
 
-def router_signer(home: Path, registry: Registry, now: datetime) -> audit.Signer | None:
+def router_signer(home: Path, registry: Registry, now: datetime) -> Signer | None:
     """The key that signs the router's audit checkpoints: ``router``'s keystore in HOME, if there."""
     if not (home / "keys" / f"{acls.ROUTER}.key").exists():
         log.warning(
             "no keystore for %r in %s: the router's audit checkpoints will not be signed", acls.ROUTER, home
         )
         return None
-    return audit.Signer.of(trust.open_domain(home).keystore(acls.ROUTER), registry, now)
+    return Signer.of(trust.open_domain(home).keystore(acls.ROUTER), registry, now)
 
 
 async def serve(

@@ -9,7 +9,7 @@
 ``publish`` returns once the sealed event is in the durable outbox (fsync'd); a background thread
 sends it with acks=all and idempotence, through broker outages and restarts of this process.
 Each publish and each opened inbox event is also an entry of the client's own audit chain
-(:mod:`services.kernel.audit`), on disk before the call returns and shipped to ``lianfang.audit.v1``.
+(:mod:`services.audit.trail`), on disk before the call returns and shipped to ``lianfang.audit.v1``.
 """
 
 from __future__ import annotations
@@ -37,8 +37,11 @@ from schemas.events import (
     split_sections,
 )
 from services import trust
+from services.audit.chain import opened_object
+from services.audit.kafka import KafkaSink
+from services.audit.trail import participant_trail
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
-from services.kernel import audit, envelope, topics
+from services.kernel import envelope, topics
 from services.kernel.errors import (
     MalformedError,
     RegistryExpiredError,
@@ -189,8 +192,8 @@ class Client:
         self._consumer: KafkaConsumer | None = None
         # Every publish and every opened event is an entry of this client's audit chain (on disk
         # before the call returns; shipped to the audit topic in the background once started).
-        sink = audit.KafkaSink(bootstrap, self.names.audit, self.security) if start and bootstrap else None
-        self.trail = audit.participant_trail(
+        sink = KafkaSink(bootstrap, self.names.audit, self.security) if start and bootstrap else None
+        self.trail = participant_trail(
             audit_dir or outbox_path.parent / "audit", keystore, registry, "sdk", ship=sink, clock=self.clock
         )
         self._update_gauges()
@@ -355,7 +358,7 @@ class Client:
                         self.trail.append(
                             "open_section",
                             subject=opened.header.subject,
-                            object=audit.opened_object(opened),
+                            object=opened_object(opened),
                         )
                         yield opened
                         seen += 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from services.kernel import audit_metrics
+from services.audit import metrics as audit_metrics
 
 
 class SdkMetrics:

@@ -22,10 +22,12 @@ import pytest
 from aiohttp import web
 
 from deploy.kafka.local import LocalKafka, running
+from services.audit.chain import AuditEntry, parse_line
+from services.audit.trail import read_file
 from services.gateway import httpsig
 from services.gateway.client import signed_headers
 from services.gateway.inbox import decode_cursor
-from services.kernel import audit, envelope, policy
+from services.kernel import envelope, policy
 from services.sdk.client import Client
 from services.trust.keystore import Keystore
 from tests.integration.buskit import Bus
@@ -368,8 +370,8 @@ def test_the_inbox_endpoint_pages_with_a_cursor_and_the_webhook_pushes_signed_ev
         opened = {
             (e.object or "").split("/")[0]
             for path in (gateway.spool / "audit" / participant).glob("*.audit.jsonl")
-            for e in map(audit.parse_line, audit.read_file(path))
-            if isinstance(e, audit.AuditEntry) and e.action == "open_section"
+            for e in map(parse_line, read_file(path))
+            if isinstance(e, AuditEntry) and e.action == "open_section"
         }
         assert set(ids) <= opened, participant
 

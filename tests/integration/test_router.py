@@ -17,8 +17,9 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from schemas.envelope import MAX_RECORD_BYTES
 from schemas.registry import RegistryDocument
+from services.audit.chain import AuditEntry, parse_line, principal, verify_lines
 from services.bus.cluster import load_specs
-from services.kernel import audit, envelope, policy
+from services.kernel import envelope, policy
 from services.kernel.registry import sign_document
 from services.trust.keystore import Keystore
 from tests.integration.buskit import Bus
@@ -196,10 +197,10 @@ def test_every_routing_decision_is_an_entry_of_a_signed_audit_chain_per_partitio
     bus.produce([(b"k", b"not an envelope either")])
     bus.wait_for(lambda: _delivered_exactly_once(bus, [routed]), what="delivery")
 
-    def entries() -> list[audit.AuditEntry]:
+    def entries() -> list[AuditEntry]:
         lines = [r.value for r in bus.read_all([bus.names.audit])[bus.names.audit]]
-        items = [audit.parse_line(line) for line in lines]
-        return [i for i in items if isinstance(i, audit.AuditEntry)]
+        items = [parse_line(line) for line in lines]
+        return [i for i in items if isinstance(i, AuditEntry)]
 
     mine = bus.wait_for(
         lambda: [e for e in entries() if e.object == routed.header.id], what="the route entry"
@@ -207,14 +208,14 @@ def test_every_routing_decision_is_an_entry_of_a_signed_audit_chain_per_partitio
     (entry,) = mine
     assert entry.action == "route"
     assert entry.actor.startswith("router/")
-    assert audit.principal(entry.actor) == "router"
+    assert principal(entry.actor) == "router"
     assert entry.subject == routed.header.subject
     assert set(entry.to or ()) == _expected_inboxes(bus, routed)
     assert any(e.action == "deadletter" and (e.object or "").startswith(bus.names.events) for e in entries())
 
     registry = bus.domain.registry
     lines = [r.value for r in bus.read_all([bus.names.audit])[bus.names.audit]]
-    results = audit.verify_lines(lines, keys=lambda who, kid, at: registry.signing_key(who, kid, at=at))
+    results = verify_lines(lines, keys=lambda who, kid, at: registry.signing_key(who, kid, at=at))
     assert results
     assert all(r.ok for r in results), [str(r) for r in results if not r.ok]
     assert all(r.checkpoints_verified >= 1 for r in results if (r.actor or "").startswith("router/"))
@@ -331,11 +332,9 @@ def test_sigkill_of_a_router_under_load_loses_and_duplicates_nothing(
         second.stop()
     # Each partition's audit chain runs on across the kill: one route entry per event, none twice.
     lines = [r.value for r in bus.read_all([bus.names.audit])[bus.names.audit]]
-    assert all(r.ok for r in audit.verify_lines(lines)), [str(r) for r in audit.verify_lines(lines)]
+    assert all(r.ok for r in verify_lines(lines)), [str(r) for r in verify_lines(lines)]
     routes = Counter(
-        e.object
-        for e in map(audit.parse_line, lines)
-        if isinstance(e, audit.AuditEntry) and e.action == "route"
+        e.object for e in map(parse_line, lines) if isinstance(e, AuditEntry) and e.action == "route"
     )
     assert routes == Counter(s.header.id for s in sealed)
 

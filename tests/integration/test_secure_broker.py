@@ -22,9 +22,12 @@ from kafka.errors import (
 )
 
 from deploy.kafka.local import LocalKafka, ProbeAuth, ProbeAuthError, metadata_broker_count, running
+from services.audit.chain import verify_lines
+from services.audit.kafka import kafka_sink, read_topic
+from services.audit.trail import AuditTrail
 from services.bus.cluster import apply_acls
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs
-from services.kernel import acls, audit
+from services.kernel import acls
 from services.kernel.topics import AUDIT, EVENTS, inbox
 
 pytestmark = pytest.mark.integration
@@ -191,16 +194,16 @@ def test_a_participant_cannot_create_topics(secure: LocalKafka) -> None:
 
 
 def test_an_audit_chain_on_the_secure_topic_verifies_and_an_edit_is_caught(secure: LocalKafka) -> None:
-    publish, close = audit.kafka_sink(secure.bootstrap, AUDIT, _security(secure, "police"))
+    publish, close = kafka_sink(secure.bootstrap, AUDIT, _security(secure, "police"))
     try:
-        trail = audit.AuditTrail("police", publish=publish)
+        trail = AuditTrail("police", publish=publish)
         for i in range(3):
             trail.append("open_section", object=f"0190f2a0-0000-7000-8000-{i:012d}")
     finally:
         close()
-    lines = audit.read_topic(secure.bootstrap, AUDIT, _security(secure, "operator"))
-    assert [r.ok for r in audit.verify_lines(lines)] == [True]
+    lines = read_topic(secure.bootstrap, AUDIT, _security(secure, "operator"))
+    assert [r.ok for r in verify_lines(lines)] == [True]
     edited = [*lines]
     edited[1] = edited[1].replace(b'"open_section"', b'"console_view"')
-    results = audit.verify_lines(edited)
+    results = verify_lines(edited)
     assert [(r.ok, r.bad_seq) for r in results] == [(False, 1)]

@@ -21,8 +21,10 @@ from typing import Any
 import pytest
 
 from deploy.kafka.local import LocalKafka, running
+from services.audit.chain import AuditEntry, parse_line, principal
+from services.audit.kafka import KafkaSink, read_topic
 from services.bus.security import KafkaSecuritySettings
-from services.kernel import audit, envelope
+from services.kernel import envelope
 from services.kernel.errors import TransportError
 from services.sdk.client import Client
 from tests.integration.buskit import Bus, RouterProcess
@@ -205,15 +207,15 @@ def test_publishing_routing_and_opening_each_land_in_a_verified_audit_chain_only
         read_until(reader, lambda o: o.header.id == lead_id, 90, router, hub)
     # Both clients are closed: their chains were signed at the head and shipped.
 
-    def chains() -> dict[str, list[audit.AuditEntry]]:
-        by_actor: dict[str, list[audit.AuditEntry]] = {}
-        for line in audit.read_topic(bus.bootstrap, bus.names.audit, login(secure, "operator")):
-            item = audit.parse_line(line)
-            if isinstance(item, audit.AuditEntry):
+    def chains() -> dict[str, list[AuditEntry]]:
+        by_actor: dict[str, list[AuditEntry]] = {}
+        for line in read_topic(bus.bootstrap, bus.names.audit, login(secure, "operator")):
+            item = parse_line(line)
+            if isinstance(item, AuditEntry):
                 by_actor.setdefault(item.actor, []).append(item)
         return by_actor
 
-    def steps(found: dict[str, list[audit.AuditEntry]]) -> dict[str, audit.AuditEntry]:
+    def steps(found: dict[str, list[AuditEntry]]) -> dict[str, AuditEntry]:
         wanted = {
             "publish": ("police", lambda e: e.object == lead_id),
             "route": ("router", lambda e: e.object == lead_id),
@@ -222,7 +224,7 @@ def test_publishing_routing_and_opening_each_land_in_a_verified_audit_chain_only
         }
         got = {}
         for step, (who, match) in wanted.items():
-            hits = [e for actor, es in found.items() if audit.principal(actor) == who for e in es if match(e)]
+            hits = [e for actor, es in found.items() if principal(actor) == who for e in es if match(e)]
             if hits:
                 got[step] = hits[0]
         return got if len(got) == len(wanted) else {}
@@ -239,7 +241,7 @@ def test_publishing_routing_and_opening_each_land_in_a_verified_audit_chain_only
     assert "0 signed checkpoint" not in police_chain, "a closed client signs its head"
 
     with pytest.raises(TransportError):
-        audit.read_topic(bus.bootstrap, bus.names.audit, login(secure, "police"), timeout_s=15)
+        read_topic(bus.bootstrap, bus.names.audit, login(secure, "police"), timeout_s=15)
 
 
 def test_a_gateway_logged_in_as_police_publishes_and_serves_the_police_inbox(
@@ -327,15 +329,15 @@ def test_an_edited_copy_of_an_audit_entry_on_the_topic_fails_audit_verify_at_tha
     lines = wait_for(
         lambda: [
             line
-            for line in audit.read_topic(bus.bootstrap, bus.names.audit, login(secure, "operator"))
+            for line in read_topic(bus.bootstrap, bus.names.audit, login(secure, "operator"))
             if b'"publish"' in line and actor.encode() in line
         ],
         60,
         "the publish entry on the topic",
     )
     forged = lines[-1].replace(b'"publish"', b'"console_view"')
-    seq = audit.parse_line(lines[-1]).seq
-    audit.KafkaSink(bus.bootstrap, bus.names.audit, login(secure, "operator"))(actor.encode(), forged)
+    seq = parse_line(lines[-1]).seq
+    KafkaSink(bus.bootstrap, bus.names.audit, login(secure, "operator"))(actor.encode(), forged)
 
     verified = lianfang(secure, "operator", bus.domain.home, "audit", "verify", "--bootstrap", bus.bootstrap)
     assert verified.returncode == 1

@@ -15,9 +15,23 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
+from services.audit.chain import (
+    ACTIONS,
+    Action,
+    AuditEntry,
+    AuditError,
+    Checkpoint,
+    KeyLookup,
+    next_entry,
+    parse_line,
+    principal,
+    verify,
+    verify_lines,
+)
+from services.audit.shipping import Shipper
+from services.audit.trail import AuditTrail, LocalTrail, Signer, read_file
 from services.cli.audit import add_commands
-from services.kernel import audit, crypto
-from services.kernel.audit import AuditEntry, AuditError, AuditTrail, Checkpoint, next_entry, verify
+from services.kernel import crypto
 from services.kernel.errors import TransportError
 
 pytestmark = pytest.mark.unit
@@ -103,7 +117,7 @@ def test_an_edited_copy_appended_after_the_original_is_caught_at_the_originals_s
     entries = chain(4)
     edited = dataclasses.replace(entries[2], action="console_view")
     lines = [e.to_line() for e in entries] + [edited.to_line()]
-    results = audit.verify_lines(lines)
+    results = verify_lines(lines)
     assert [(r.ok, r.bad_seq) for r in results] == [(False, 2)]
 
 
@@ -155,7 +169,7 @@ def test_the_trail_file_resumes_and_refuses_a_tampered_file(tmp_path: Path) -> N
     trail.checkpoint(key, "k1")
     again = AuditTrail("police", path=path, clock=lambda: T0)
     assert again.append("console_view").seq == 2
-    results = audit.verify_lines(audit.read_file(path), keys=_keys(key), require_checkpoint=True)
+    results = verify_lines(read_file(path), keys=_keys(key), require_checkpoint=True)
     assert [r.ok for r in results] == [True]
     assert [k for k, _ in published] == [b"police"] * 3
     lines = path.read_bytes().splitlines()
@@ -187,7 +201,7 @@ def test_audit_verify_command_names_the_first_bad_entry(
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(audit.ACTIONS),
+            st.sampled_from(ACTIONS),
             st.one_of(st.none(), st.from_regex(r"p0\.[A-Za-z0-9_-]{43}", fullmatch=True)),
             st.one_of(st.none(), st.uuids().map(str)),
             st.integers(min_value=0, max_value=10**9),
@@ -196,7 +210,7 @@ def test_audit_verify_command_names_the_first_bad_entry(
     )
 )
 def test_any_chain_round_trips_through_its_lines_and_verifies(
-    steps: list[tuple[audit.Action, str | None, str | None, int]],
+    steps: list[tuple[Action, str | None, str | None, int]],
 ) -> None:
     head = None
     entries = []
@@ -205,16 +219,16 @@ def test_any_chain_round_trips_through_its_lines_and_verifies(
             head, actor="hub", action=action, at=T0 + timedelta(seconds=seconds), subject=subject, object=obj
         )
         entries.append(head)
-    parsed = [audit.parse_line(e.to_line()) for e in entries]
+    parsed = [parse_line(e.to_line()) for e in entries]
     assert parsed == entries
-    results = audit.verify_lines([e.to_line() for e in entries])
+    results = verify_lines([e.to_line() for e in entries])
     assert all(r.ok for r in results)
     assert sum(r.entries for r in results) == len(entries)
 
 
 def test_a_routing_entry_names_its_recipients_and_an_edit_of_them_is_caught() -> None:
     first = next_entry(None, actor="router/p3", action="route", at=T0, subject=SUBJECT, to=["police", "hub"])
-    assert audit.parse_line(first.to_line()) == first
+    assert parse_line(first.to_line()) == first
     assert json.loads(first.to_line())["to"] == ["police", "hub"]
     edited = dataclasses.replace(first, to=("police",))
     assert verify([edited]).bad_seq == 0
@@ -234,7 +248,7 @@ def test_a_chain_named_after_its_writer_is_checkpointed_with_its_participants_ke
 
     assert verify(entries, [cp], keys=lookup).checkpoints_verified == 1
     assert asked == ["police"]
-    assert audit.principal("mediation.renhe/console-1") == "mediation.renhe"
+    assert principal("mediation.renhe/console-1") == "mediation.renhe"
     with pytest.raises(AuditError):
         next_entry(None, actor="Police/x", action="publish", at=T0)
 
@@ -243,10 +257,10 @@ def test_a_line_sent_twice_is_read_once_but_a_different_entry_under_a_seen_seq_i
     entries = chain(4)
     lines = [e.to_line() for e in entries]
     resent = [*lines[:3], lines[1], lines[2], lines[3]]  # a crash after the broker had seq 1 and 2
-    assert [(r.ok, r.entries) for r in audit.verify_lines(resent)] == [(True, 4)]
+    assert [(r.ok, r.entries) for r in verify_lines(resent)] == [(True, 4)]
     other = dataclasses.replace(entries[1], action="route")
     forged = [*lines[:3], dataclasses.replace(other, hash=other.computed_hash()).to_line(), lines[3]]
-    assert [r.ok for r in audit.verify_lines(forged)] == [False]
+    assert [r.ok for r in verify_lines(forged)] == [False]
 
 
 def test_the_trail_signs_a_checkpoint_when_due_and_when_it_closes(tmp_path: Path) -> None:
@@ -254,7 +268,7 @@ def test_the_trail_signs_a_checkpoint_when_due_and_when_it_closes(tmp_path: Path
     now = [T0]
     path = tmp_path / "audit.jsonl"
     trail = AuditTrail(
-        "hub/hub-1", path=path, signer=audit.Signer(key, "k1"), clock=lambda: now[0], checkpoint_every_s=60
+        "hub/hub-1", path=path, signer=Signer(key, "k1"), clock=lambda: now[0], checkpoint_every_s=60
     )
     trail.append("publish", subject=SUBJECT)
     now[0] = T0 + timedelta(seconds=61)
@@ -262,7 +276,7 @@ def test_the_trail_signs_a_checkpoint_when_due_and_when_it_closes(tmp_path: Path
     trail.append("publish", subject=SUBJECT)
     trail.close()  # seq 2 is not covered yet: a last checkpoint
     trail.close()  # nothing new: no third
-    items = [audit.parse_line(line) for line in audit.read_file(path)]
+    items = [parse_line(line) for line in read_file(path)]
     assert [(type(i).__name__, i.seq) for i in items] == [
         ("AuditEntry", 0),
         ("AuditEntry", 1),
@@ -270,14 +284,14 @@ def test_the_trail_signs_a_checkpoint_when_due_and_when_it_closes(tmp_path: Path
         ("AuditEntry", 2),
         ("Checkpoint", 2),
     ]
-    results = audit.verify_lines(audit.read_file(path), keys=_keys(key), require_checkpoint=True)
+    results = verify_lines(read_file(path), keys=_keys(key), require_checkpoint=True)
     assert [(r.ok, r.checkpoints_verified) for r in results] == [(True, 2)]
 
 
 def test_a_local_trail_keeps_its_name_and_a_second_writer_gets_its_own_file(tmp_path: Path) -> None:
-    first = audit.LocalTrail(tmp_path, "police", "sdk", clock=lambda: T0)
+    first = LocalTrail(tmp_path, "police", "sdk", clock=lambda: T0)
     first.append("publish", subject=SUBJECT)
-    second = audit.LocalTrail(tmp_path, "police", "sdk", clock=lambda: T0)  # first still holds its file
+    second = LocalTrail(tmp_path, "police", "sdk", clock=lambda: T0)  # first still holds its file
     second.append("publish", subject=SUBJECT)
     assert first.path != second.path
     assert first.actor != second.actor
@@ -285,12 +299,12 @@ def test_a_local_trail_keeps_its_name_and_a_second_writer_gets_its_own_file(tmp_
     name, path = first.actor, first.path
     first.close()
     second.close()
-    resumed = audit.LocalTrail(tmp_path, "police", "sdk", clock=lambda: T0)
+    resumed = LocalTrail(tmp_path, "police", "sdk", clock=lambda: T0)
     assert (resumed.path, resumed.actor) == (path, name)
     assert resumed.append("open_section").seq == 1
     resumed.close()
     with pytest.raises(AuditError, match="not of a 'court' chain"):
-        audit.LocalTrail(tmp_path, "court", "sdk")
+        LocalTrail(tmp_path, "court", "sdk")
 
 
 def test_the_shipper_sends_each_line_once_in_order_and_resumes_after_a_failure(tmp_path: Path) -> None:
@@ -316,7 +330,7 @@ def test_the_shipper_sends_each_line_once_in_order_and_resumes_after_a_failure(t
 
     path = tmp_path / "sdk.audit.jsonl"
     path.write_bytes(b"".join(e.to_line() + b"\n" for e in chain(3, actor="police/sdk-00000001")))
-    shipper = audit.Shipper(path, publish, retry_s=0.01)
+    shipper = Shipper(path, publish, retry_s=0.01)
     shipper.wake()
     deadline = time.monotonic() + 10
     while shipper.failures == 0 and time.monotonic() < deadline:
@@ -325,10 +339,10 @@ def test_the_shipper_sends_each_line_once_in_order_and_resumes_after_a_failure(t
     assert shipper.pending_bytes == path.stat().st_size  # nothing is marked shipped while it fails
     down[0] = False
     assert shipper.stop(timeout=5)
-    assert sent == audit.read_file(path)
+    assert sent == read_file(path)
     assert publish.closed == 1
     # A new shipper (a restart) starts from the mark: nothing is sent again.
-    again = audit.Shipper(path, publish)
+    again = Shipper(path, publish)
     assert again.stop(timeout=5)
     assert len(sent) == 3
 
@@ -339,7 +353,7 @@ def test_the_shipper_leaves_a_half_written_line_for_later(tmp_path: Path) -> Non
     line = chain(1)[0].to_line()
     path.write_bytes(line + b"\n" + line[:10])
 
-    shipper = audit.Shipper(path, Collect(sent))
+    shipper = Shipper(path, Collect(sent))
     shipper.stop(timeout=5)
     assert sent == [line]
     assert shipper.pending_bytes == 10
@@ -349,11 +363,11 @@ def test_a_chain_shipped_to_one_cluster_is_shipped_whole_to_another(tmp_path: Pa
     path = tmp_path / "sdk.audit.jsonl"
     path.write_bytes(b"".join(e.to_line() + b"\n" for e in chain(3)))
     first: list[bytes] = []
-    assert audit.Shipper(path, Collect(first, "cluster-a")).stop(timeout=5)
+    assert Shipper(path, Collect(first, "cluster-a")).stop(timeout=5)
     again: list[bytes] = []
-    assert audit.Shipper(path, Collect(again, "cluster-a")).stop(timeout=5)
+    assert Shipper(path, Collect(again, "cluster-a")).stop(timeout=5)
     fresh: list[bytes] = []
-    assert audit.Shipper(path, Collect(fresh, "cluster-b")).stop(timeout=5)
+    assert Shipper(path, Collect(fresh, "cluster-b")).stop(timeout=5)
     assert (len(first), len(again), fresh) == (3, 0, first)
 
 
@@ -361,11 +375,11 @@ def test_a_quiet_chain_is_signed_by_the_shippers_tick_without_another_append(tmp
     key = Ed25519PrivateKey.generate()
     now = [T0]
     sent: list[bytes] = []
-    trail = audit.LocalTrail(
+    trail = LocalTrail(
         tmp_path,
         "police",
         "sdk",
-        signer=audit.Signer(key, "k1"),
+        signer=Signer(key, "k1"),
         ship=Collect(sent),
         clock=lambda: now[0],
         checkpoint_every_s=60,
@@ -379,14 +393,14 @@ def test_a_quiet_chain_is_signed_by_the_shippers_tick_without_another_append(tmp
         time.sleep(0.05)  # poll interval inside a deadline loop
     assert any(b'"checkpoint"' in line for line in sent)
     trail.close()
-    results = audit.verify_lines(audit.read_file(trail.path), keys=_keys(key), require_checkpoint=True)
+    results = verify_lines(read_file(trail.path), keys=_keys(key), require_checkpoint=True)
     assert [(r.ok, r.checkpoints_verified) for r in results] == [(True, 1)]
 
 
 def test_unshipped_audit_bytes_and_failures_are_exported_per_chain(tmp_path: Path) -> None:
     from prometheus_client import CollectorRegistry
 
-    from services.kernel import audit_metrics
+    from services.audit import metrics as audit_metrics
 
     class Away(Collect):
         def send(self, _key: bytes, lines: Any) -> None:
@@ -395,7 +409,7 @@ def test_unshipped_audit_bytes_and_failures_are_exported_per_chain(tmp_path: Pat
     registry = CollectorRegistry()
     audit_metrics.register(registry)
     audit_metrics.register(registry)  # a second service of the process: still one collector
-    trail = audit.LocalTrail(tmp_path, "police", "sdk", ship=Away([]), clock=lambda: T0)
+    trail = LocalTrail(tmp_path, "police", "sdk", ship=Away([]), clock=lambda: T0)
     trail.append("publish", subject=SUBJECT)
     assert trail.shipper is not None
     size = trail.path.stat().st_size
@@ -430,7 +444,7 @@ class Collect:
         pass
 
 
-def _keys(key: Ed25519PrivateKey) -> audit.KeyLookup:
+def _keys(key: Ed25519PrivateKey) -> KeyLookup:
     public = crypto.ed25519_public_raw(key)
     return lambda _actor, _kid, _at: public
 

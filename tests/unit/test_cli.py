@@ -17,7 +17,8 @@ import pytest
 
 from schemas.registry import PublicKey, Roots
 from services import cli, trust
-from services.kernel import audit
+from services.audit.chain import AuditEntry, parse_line
+from services.audit.trail import read_file
 from services.kernel.errors import KeyRevokedError
 from services.kernel.registry import Registry
 from services.simulator import district
@@ -225,8 +226,8 @@ def test_a_key_change_lands_in_the_root_holders_signed_audit_chain(domain: Lianf
         == 0
     )
     (path,) = (domain.home / "audit" / "plc").glob("*.audit.jsonl")
-    items = [audit.parse_line(line) for line in audit.read_file(path)]
-    entries = [i for i in items if isinstance(i, audit.AuditEntry)]
+    items = [parse_line(line) for line in read_file(path)]
+    entries = [i for i in items if isinstance(i, AuditEntry)]
     assert [(e.action, e.subject, e.object) for e in entries] == [
         ("key_change", "police", "registry.v2"),
         ("key_change", "court", "registry.v3"),

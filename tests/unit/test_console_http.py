@@ -19,6 +19,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
+from services.audit.chain import AuditEntry, parse_line, verify_lines
+from services.audit.trail import LocalTrail, read_file
 from services.console.accounts import AccountStore
 from services.console.app import Console, safe_next
 from services.console.audit import AuditLog
@@ -27,7 +29,6 @@ from services.console.settings import ConsoleSettings
 from services.console.store import ViewStore
 from services.hub.ids import alert_id_for
 from services.kernel import envelope
-from services.kernel.audit import AuditEntry, LocalTrail, parse_line, read_file, verify_lines
 from services.sdk.client import Client
 from services.trust.keystore import KdfParams
 from tests.kit import NOW, DemoDomain

@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from services.audit.trail import participant_trail
 from services.hub.config import HubConfig
 from services.hub.ids import alert_id_for
 from services.hub.metrics import HubMetrics
 from services.hub.state import VictimState
 from services.hub.worker import REPORT_SUBJECT, RecordWorker, partition_for
-from services.kernel import audit, envelope, topics
+from services.kernel import envelope, topics
 from tests import kit
 from tests.kit import DemoDomain
 from tests.unit.test_hub_rules import eid, pseudonym
@@ -86,9 +87,7 @@ class Harness:
 @pytest.fixture
 def hub(domain: DemoDomain, tmp_path: Path) -> Iterator[Harness]:
     keys = domain.keys("hub")
-    trail = audit.participant_trail(
-        tmp_path / "audit", keys, domain.registry, "hub", ship=None, clock=lambda: T
-    )
+    trail = participant_trail(tmp_path / "audit", keys, domain.registry, "hub", ship=None, clock=lambda: T)
     victims: dict[bytes, bytes] = {}
     suspects: dict[bytes, bytes] = {}
     sent: list[Sent] = []

@@ -1,6 +1,6 @@
 """The audit shippers' series, for the metrics module of every service that writes an audit file.
 
-One collector per registry reports each live :class:`~services.kernel.audit.Shipper` of the process:
+One collector per registry reports each live :class:`~services.audit.shipping.Shipper` of the process:
 ``lianfang_audit_unshipped_bytes{chain}`` (lines on disk the audit topic does not have yet) and
 ``lianfang_audit_ship_failures_total{chain}``. The label is the chain's name (a participant and a
 writer), a bounded set per process. The router writes its entries in its transactions and has none.
@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from services.kernel.audit import Shipper
+    from services.audit.shipping import Shipper
 
 _LIVE: Final[weakref.WeakSet[Shipper]] = weakref.WeakSet()
 _REGISTERED: Final[weakref.WeakSet[CollectorRegistry]] = weakref.WeakSet()

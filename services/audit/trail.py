@@ -1,0 +1,293 @@
+"""Writing audit chains: :class:`AuditTrail` appends one actor's chain to a file and/or a publisher,
+:class:`Signer` is the key that signs its checkpoints, and :class:`LocalTrail` is a process's own
+locked file with a :class:`~services.audit.shipping.Shipper` that copies new lines to the topic.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from services.audit.chain import (
+    MAX_LINE_BYTES,
+    Action,
+    AuditEntry,
+    AuditError,
+    Checkpoint,
+    next_entry,
+    parse_line,
+    principal,
+    verify_lines,
+)
+from services.audit.shipping import Shipper, Sink
+from services.kernel.envelope import choose_signing_kid
+from services.kernel.errors import TransportError, UsageError
+
+if TYPE_CHECKING:
+    from services.kernel.registry import Registry
+    from services.trust.keystore import Keystore
+
+
+Publish = Callable[[bytes, bytes], None]
+"""(key, value) -> None: hands one record to the audit topic (see
+:func:`~services.audit.kafka.kafka_sink`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Signer:
+    """The key that signs a chain's checkpoints: the actor's participant's active signing key."""
+
+    key: Ed25519PrivateKey = field(repr=False)
+    kid: str
+
+    @classmethod
+    def of(cls, keystore: Keystore, registry: Registry, at: datetime) -> Signer:
+        """The keystore's participant's signing key that the registry accepts at ``at``."""
+        kid = choose_signing_kid(keystore, registry, at)
+        return cls(keystore.signing_key(kid), kid)
+
+
+class AuditTrail:
+    """Appends one actor's chain to a JSON-lines file and/or the audit topic; resumes an existing file.
+
+    Appends are serialized by a lock; the file is flushed and fsync'ed after each line, so an entry that
+    :meth:`append` returned is on disk before the audited action is acknowledged. With a ``signer`` the
+    trail signs a checkpoint of its head every ``checkpoint_every_s`` seconds (checked at each append)
+    and when it closes, so a cut-off tail is caught by ``audit verify --require-checkpoint``.
+    """
+
+    def __init__(
+        self,
+        actor: str,
+        *,
+        path: Path | None = None,
+        publish: Publish | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        signer: Signer | None = None,
+        checkpoint_every_s: float = 60.0,
+    ) -> None:
+        if path is None and publish is None:
+            raise UsageError("an audit trail needs a file, a publisher, or both")
+        self.actor = actor
+        self.path = path
+        self.publish = publish
+        self.clock = clock
+        self.signer = signer
+        self.checkpoint_every_s = checkpoint_every_s
+        self.head: AuditEntry | None = None
+        self._checkpointed: int | None = None
+        self._last_checkpoint = clock()
+        self._lock = threading.Lock()
+        if path is not None and path.exists():
+            self.head = self._resume(path)
+            self._checkpointed = self.head.seq if self.head is not None else None
+
+    def _resume(self, path: Path) -> AuditEntry | None:
+        """The head of the chain already in ``path``, after checking the whole chain."""
+        lines = read_file(path)
+        for result in verify_lines(lines):
+            if not result.ok:
+                raise AuditError(f"{path} is not a valid audit chain, not appending to it: {result}")
+            if result.actor != self.actor:
+                raise AuditError(f"{path} holds the chain of {result.actor!r}, not of {self.actor!r}")
+        for line in reversed(lines):  # the chain holds: its head is the last entry line
+            if line.strip() and isinstance(item := parse_line(line), AuditEntry):
+                return item
+        return None
+
+    def append(
+        self,
+        action: Action,
+        *,
+        subject: str | None = None,
+        object: str | None = None,
+        to: Iterable[str] | None = None,
+    ) -> AuditEntry:
+        with self._lock:
+            entry = next_entry(
+                self.head,
+                actor=self.actor,
+                action=action,
+                at=self.clock(),
+                subject=subject,
+                object=object,
+                to=to,
+            )
+            self._write(entry.to_line())
+            self.head = entry
+            self._checkpoint_if_due()
+            return entry
+
+    def checkpoint_if_due(self) -> Checkpoint | None:
+        """Sign the head if ``checkpoint_every_s`` passed since the last checkpoint and it moved."""
+        with self._lock:
+            return self._checkpoint_if_due()
+
+    def _checkpoint_if_due(self) -> Checkpoint | None:
+        if self.signer is None or self.head is None or self._checkpointed == self.head.seq:
+            return None
+        if (self.clock() - self._last_checkpoint).total_seconds() < self.checkpoint_every_s:
+            return None
+        return self._checkpoint(self.signer)
+
+    def checkpoint(self, key: Ed25519PrivateKey, kid: str) -> Checkpoint:
+        """Sign the current head with the actor's key and append the checkpoint."""
+        with self._lock:
+            return self._checkpoint(Signer(key, kid))
+
+    def _checkpoint(self, signer: Signer) -> Checkpoint:
+        if self.head is None:
+            raise UsageError("nothing to checkpoint: the chain is empty")
+        now = self.clock()
+        cp = Checkpoint.sign(self.head, signer.key, signer.kid, at=now)
+        self._write(cp.to_line())
+        self._checkpointed = self.head.seq
+        self._last_checkpoint = now
+        return cp
+
+    def close(self) -> None:
+        """Sign a last checkpoint if the head moved since the previous one (with a ``signer``)."""
+        with self._lock:
+            if self.signer is not None and self.head is not None and self._checkpointed != self.head.seq:
+                self._checkpoint(self.signer)
+
+    def _write(self, line: bytes) -> None:
+        if self.path is not None:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line + b"\n")
+                os.fsync(fd)
+            except OSError as e:
+                raise TransportError(f"cannot append to the audit file {self.path}: {e}") from e
+            finally:
+                os.close(fd)
+        if self.publish is not None:
+            self.publish(self.actor.encode(), line)
+
+
+def read_file(path: Path) -> list[bytes]:
+    try:
+        return path.read_bytes().splitlines()
+    except OSError as e:
+        raise TransportError(f"cannot read the audit file {path}: {e}") from e
+
+
+def _actor_in(path: Path) -> str | None:
+    """The actor of the chain in an audit file (its first line), or ``None`` if it is empty."""
+    try:
+        with path.open("rb") as f:
+            first = f.readline(MAX_LINE_BYTES + 2)
+    except OSError as e:
+        raise TransportError(f"cannot read the audit file {path}: {e}") from e
+    return parse_line(first.rstrip(b"\r\n")).actor if first.strip() else None
+
+
+class LocalTrail:
+    """A process's own chain in ``folder``: a file it holds an exclusive lock on, shipped to Kafka.
+
+    The chain is named ``<participant>/<role>-<8 hex>`` when its file is created and keeps that name
+    across restarts. A file locked by another live process is left alone and the next one is used
+    (``<role>.audit.jsonl``, ``<role>-2.audit.jsonl``, ...), so two processes never fork one chain.
+    ``shipper`` copies the file's new lines to ``lianfang.audit.v1`` in the background (at least once,
+    in order), so an audited action waits for the disk, never for the broker.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        participant: str,
+        role: str,
+        *,
+        signer: Signer | None = None,
+        ship: Sink | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        checkpoint_every_s: float = 60.0,
+    ) -> None:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for attempt in range(1, 1000):
+            name = f"{role}.audit.jsonl" if attempt == 1 else f"{role}-{attempt}.audit.jsonl"
+            path = folder / name
+            lock = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(lock)
+                continue
+            break
+        else:  # pragma: no cover - a thousand live writers in one folder
+            raise UsageError(f"every audit file in {folder} is in use")
+        self._lock_fd = lock
+        actor = _actor_in(path) if path.exists() else None
+        if actor is None:
+            actor = f"{participant}/{role}-{os.urandom(4).hex()}"
+        elif principal(actor) != participant:
+            os.close(lock)
+            raise AuditError(f"{path} holds the chain of {actor!r}, not of a {participant!r} chain")
+        self.path = path
+        self.trail = AuditTrail(
+            actor, path=path, signer=signer, clock=clock, checkpoint_every_s=checkpoint_every_s
+        )
+        # The shipper's thread also signs the head when due, so a quiet chain's tail gets covered.
+        self.shipper = (
+            Shipper(path, ship, tick=self.trail.checkpoint_if_due, chain=actor) if ship is not None else None
+        )
+
+    @property
+    def actor(self) -> str:
+        return self.trail.actor
+
+    def append(
+        self,
+        action: Action,
+        *,
+        subject: str | None = None,
+        object: str | None = None,
+        to: Iterable[str] | None = None,
+    ) -> AuditEntry:
+        entry = self.trail.append(action, subject=subject, object=object, to=to)
+        if self.shipper is not None:
+            self.shipper.wake()
+        return entry
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Checkpoint the head, ship what is left (within ``timeout``) and release the file."""
+        try:
+            self.trail.close()
+            if self.shipper is not None:
+                self.shipper.stop(timeout)
+        finally:
+            os.close(self._lock_fd)
+
+
+def participant_trail(
+    folder: Path,
+    keystore: Keystore,
+    registry: Registry,
+    role: str,
+    *,
+    ship: Sink | None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    checkpoint_every_s: float = 60.0,
+) -> LocalTrail:
+    """The :class:`LocalTrail` of ``keystore``'s participant in ``folder/<participant>/``, its checkpoints
+    signed with the participant's signing key that the registry accepts now."""
+    return LocalTrail(
+        folder / keystore.participant,
+        keystore.participant,
+        role,
+        signer=Signer.of(keystore, registry, clock()),
+        ship=ship,
+        clock=clock,
+        checkpoint_every_s=checkpoint_every_s,
+    )
+
+
+__all__ = ["AuditTrail", "LocalTrail", "Publish", "Signer", "participant_trail", "read_file"]

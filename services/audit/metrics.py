@@ -1,38 +1,52 @@
-"""The audit shippers' series, for the metrics module of every service that writes an audit file.
+"""The audit shippers' series, held by the metrics object of each service that writes an audit file.
 
-One collector per registry reports each live :class:`~services.audit.shipping.Shipper` of the process:
+An :class:`AuditMetrics` collector reports the shippers registered with it:
 ``lianfang_audit_unshipped_bytes{chain}`` (lines on disk the audit topic does not have yet) and
 ``lianfang_audit_ship_failures_total{chain}``. The label is the chain's name (a participant and a
 writer), a bounded set per process. The router writes its entries in its transactions and has none.
+
+A registry takes one collector of these names: a service whose process already has one on its
+registry (the console and the SDK client it runs) registers its shippers with that one.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from services.audit.shipping import Shipper
 
-_LIVE: Final[weakref.WeakSet[Shipper]] = weakref.WeakSet()
-_REGISTERED: Final[weakref.WeakSet[CollectorRegistry]] = weakref.WeakSet()
+class Reported(Protocol):
+    """What the collector reads of a shipper (:class:`~services.audit.shipping.Shipper`)."""
 
+    @property
+    def chain(self) -> str: ...
 
-def watch(shipper: Shipper) -> None:
-    """Report ``shipper`` until :func:`forget` (or until it is garbage)."""
-    _LIVE.add(shipper)
+    @property
+    def pending_bytes(self) -> int: ...
 
-
-def forget(shipper: Shipper) -> None:
-    _LIVE.discard(shipper)
+    @property
+    def failures(self) -> int: ...
 
 
-class ShippingCollector(Collector):
+class AuditMetrics(Collector):
+    """Reports each shipper from :meth:`watch` until :meth:`forget` (or until it is garbage)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self._shippers: weakref.WeakSet[Reported] = weakref.WeakSet()
+        if registry is not None:
+            registry.register(self)
+
+    def watch(self, shipper: Reported) -> None:
+        self._shippers.add(shipper)
+
+    def forget(self, shipper: Reported) -> None:
+        self._shippers.discard(shipper)
+
     def collect(self) -> Iterator[Metric]:
         unshipped = GaugeMetricFamily(
             "lianfang_audit_unshipped_bytes",
@@ -44,16 +58,11 @@ class ShippingCollector(Collector):
             "Attempts to ship audit entries to the audit topic that failed (they are retried).",
             labels=["chain"],
         )
-        for shipper in list(_LIVE):
+        for shipper in list(self._shippers):
             unshipped.add_metric([shipper.chain], shipper.pending_bytes)
             failures.add_metric([shipper.chain], shipper.failures)
         yield unshipped
         yield failures
 
 
-def register(registry: CollectorRegistry) -> None:
-    """Add the audit series to ``registry`` (once per registry; services sharing one call it freely)."""
-    if registry in _REGISTERED:
-        return
-    registry.register(ShippingCollector())
-    _REGISTERED.add(registry)
+__all__ = ["AuditMetrics", "Reported"]

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from services.audit import metrics
 from services.audit.chain import AuditError, parse_line
+from services.audit.metrics import AuditMetrics
 from services.kernel.errors import LianfangError
 
 log = logging.getLogger("lianfang.audit")
@@ -40,7 +40,8 @@ class Shipper:
     past the recorded offset are sent again; :func:`~services.audit.chain.verify_lines` reads such
     identical copies once. While the broker is away lines wait in the file; ``pending_bytes`` says how
     much. The mark names the Kafka cluster it counts for: on another cluster (a new one, or Kafka
-    started afresh) the whole chain is sent again, so every chain on a topic starts at seq 0.
+    started afresh) the whole chain is sent again, so every chain on a topic starts at seq 0. With
+    ``metrics`` it is reported there from its start until :meth:`stop`.
     """
 
     MAX_LINES_PER_SEND = 1000
@@ -53,12 +54,14 @@ class Shipper:
         retry_s: float = 2.0,
         tick: Callable[[], object] | None = None,
         chain: str = "",
+        metrics: AuditMetrics | None = None,
     ) -> None:
         self.path = path
         self.chain = chain or path.stem
         self.sink = sink
         self.retry_s = retry_s
         self.tick = tick
+        self.metrics = metrics
         self.marker = path.with_name(path.name + ".shipped")
         self.offset, self.cluster = self._read_marker()
         self._checked_cluster = False
@@ -67,7 +70,8 @@ class Shipper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"audit-shipper-{path.name}", daemon=True)
         self._thread.start()
-        metrics.watch(self)
+        if metrics is not None:
+            metrics.watch(self)
 
     def _read_marker(self) -> tuple[int, str | None]:
         try:
@@ -154,7 +158,8 @@ class Shipper:
             return self._attempt() and self.pending_bytes == 0
         finally:
             self.sink.close()
-            metrics.forget(self)
+            if self.metrics is not None:
+                self.metrics.forget(self)
 
 
 __all__ = ["Shipper", "Sink"]

@@ -27,6 +27,7 @@ from services.audit.chain import (
     principal,
     verify_lines,
 )
+from services.audit.metrics import AuditMetrics
 from services.audit.shipping import Shipper, Sink
 from services.kernel.envelope import choose_signing_kid
 from services.kernel.errors import TransportError, UsageError
@@ -197,7 +198,8 @@ class LocalTrail:
     across restarts. A file locked by another live process is left alone and the next one is used
     (``<role>.audit.jsonl``, ``<role>-2.audit.jsonl``, ...), so two processes never fork one chain.
     ``shipper`` copies the file's new lines to ``lianfang.audit.v1`` in the background (at least once,
-    in order), so an audited action waits for the disk, never for the broker.
+    in order), so an audited action waits for the disk, never for the broker; it is reported to
+    ``metrics``, the collector of the service that owns the trail.
     """
 
     def __init__(
@@ -210,6 +212,7 @@ class LocalTrail:
         ship: Sink | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         checkpoint_every_s: float = 60.0,
+        metrics: AuditMetrics | None = None,
     ) -> None:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         for attempt in range(1, 1000):
@@ -237,7 +240,9 @@ class LocalTrail:
         )
         # The shipper's thread also signs the head when due, so a quiet chain's tail gets covered.
         self.shipper = (
-            Shipper(path, ship, tick=self.trail.checkpoint_if_due, chain=actor) if ship is not None else None
+            Shipper(path, ship, tick=self.trail.checkpoint_if_due, chain=actor, metrics=metrics)
+            if ship is not None
+            else None
         )
 
     @property
@@ -276,6 +281,7 @@ def participant_trail(
     ship: Sink | None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     checkpoint_every_s: float = 60.0,
+    metrics: AuditMetrics | None = None,
 ) -> LocalTrail:
     """The :class:`LocalTrail` of ``keystore``'s participant in ``folder/<participant>/``, its checkpoints
     signed with the participant's signing key that the registry accepts now."""
@@ -287,6 +293,7 @@ def participant_trail(
         ship=ship,
         clock=clock,
         checkpoint_every_s=checkpoint_every_s,
+        metrics=metrics,
     )
 
 

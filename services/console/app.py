@@ -192,7 +192,15 @@ class Console:
             security=security,
         )
         sink = KafkaSink(settings.bootstrap, topics.TopicNames(settings.topic_prefix).audit, security)
-        trail = participant_trail(settings.data_dir / "audit", keystore, registry, "console", ship=sink)
+        # A registry takes one collector of the audit series: the client's reports this chain too.
+        trail = participant_trail(
+            settings.data_dir / "audit",
+            keystore,
+            registry,
+            "console",
+            ship=sink,
+            metrics=client.metrics.audit,
+        )
         return cls(
             settings,
             registry=registry,

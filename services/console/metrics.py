@@ -1,17 +1,17 @@
 """Every metric of the console, in one place. Labels are bounded: sign-in outcomes, page names, event
-types of the catalogue and the console's own action names."""
+types of the catalogue and the console's own action names.
+
+The console's audit chain is reported with its SDK client's (``SdkMetrics.audit``): both run in one
+process on one registry, which takes one collector of the audit series.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
-from services.audit import metrics as audit_metrics
-
 
 class ConsoleMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        if registry is not None:
-            audit_metrics.register(registry)  # the audit shippers of this process
         self.logins = Counter(
             "lianfang_console_logins_total",
             "Sign-in attempts, by outcome (ok, bad_credentials, locked, csrf).",

@@ -181,7 +181,9 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
     sink = KafkaSink(
         settings.bootstrap, topics.TopicNames(settings.topic_prefix).audit, settings.kafka_security
     )
-    trail = participant_trail(settings.data_dir / "audit", keys, registry, "hub", ship=sink)
+    trail = participant_trail(
+        settings.data_dir / "audit", keys, registry, "hub", ship=sink, metrics=metrics.audit
+    )
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",

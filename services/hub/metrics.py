@@ -8,13 +8,12 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from services.audit import metrics as audit_metrics
+from services.audit.metrics import AuditMetrics
 
 
 class HubMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        if registry is not None:
-            audit_metrics.register(registry)  # the audit shippers of this process
+        self.audit = AuditMetrics(registry)  # this service's audit shippers register here
         self.observed = Counter(
             "lianfang_hub_events_observed_total",
             "Inbox events the hub verified and applied, by type.",

@@ -194,7 +194,13 @@ class Client:
         # before the call returns; shipped to the audit topic in the background once started).
         sink = KafkaSink(bootstrap, self.names.audit, self.security) if start and bootstrap else None
         self.trail = participant_trail(
-            audit_dir or outbox_path.parent / "audit", keystore, registry, "sdk", ship=sink, clock=self.clock
+            audit_dir or outbox_path.parent / "audit",
+            keystore,
+            registry,
+            "sdk",
+            ship=sink,
+            clock=self.clock,
+            metrics=self.metrics.audit,
         )
         self._update_gauges()
         if start:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from services.audit import metrics as audit_metrics
+from services.audit.metrics import AuditMetrics
 
 
 class SdkMetrics:
     def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
-        if registry is not None:
-            audit_metrics.register(registry)  # the audit shippers of this process
+        self.audit = AuditMetrics(registry)  # this service's audit shippers register here
         self.accepted = Counter(
             "lianfang_adapter_events_accepted_total",
             "Events sealed and written to the outbox, by type.",

@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from services.audit.chain import (
     ACTIONS,
@@ -28,6 +29,7 @@ from services.audit.chain import (
     verify,
     verify_lines,
 )
+from services.audit.metrics import AuditMetrics
 from services.audit.shipping import Shipper
 from services.audit.trail import AuditTrail, LocalTrail, Signer, read_file
 from services.cli.audit import add_commands
@@ -398,18 +400,13 @@ def test_a_quiet_chain_is_signed_by_the_shippers_tick_without_another_append(tmp
 
 
 def test_unshipped_audit_bytes_and_failures_are_exported_per_chain(tmp_path: Path) -> None:
-    from prometheus_client import CollectorRegistry
-
-    from services.audit import metrics as audit_metrics
-
     class Away(Collect):
         def send(self, _key: bytes, lines: Any) -> None:
             raise TransportError("broker away")
 
     registry = CollectorRegistry()
-    audit_metrics.register(registry)
-    audit_metrics.register(registry)  # a second service of the process: still one collector
-    trail = LocalTrail(tmp_path, "police", "sdk", ship=Away([]), clock=lambda: T0)
+    metrics = AuditMetrics(registry)
+    trail = LocalTrail(tmp_path, "police", "sdk", ship=Away([]), clock=lambda: T0, metrics=metrics)
     trail.append("publish", subject=SUBJECT)
     assert trail.shipper is not None
     size = trail.path.stat().st_size
@@ -422,6 +419,29 @@ def test_unshipped_audit_bytes_and_failures_are_exported_per_chain(tmp_path: Pat
     assert registry.get_sample_value("lianfang_audit_unshipped_bytes", labels) == size
     trail.close(timeout=1)
     assert registry.get_sample_value("lianfang_audit_unshipped_bytes", labels) is None
+
+
+def test_two_writers_of_one_process_are_reported_by_the_one_collector_of_its_registry(
+    tmp_path: Path,
+) -> None:
+    registry = CollectorRegistry()
+    metrics = AuditMetrics(registry)  # e.g. the console and its SDK client: one registry, one collector
+    console = LocalTrail(tmp_path, "police", "console", ship=Collect([]), clock=lambda: T0, metrics=metrics)
+    sdk = LocalTrail(tmp_path, "police", "sdk", ship=Collect([]), clock=lambda: T0, metrics=metrics)
+
+    def reported() -> list[str]:
+        return sorted(
+            sample.labels["chain"]
+            for family in registry.collect()
+            for sample in family.samples
+            if sample.name == "lianfang_audit_unshipped_bytes"
+        )
+
+    assert reported() == sorted([console.actor, sdk.actor])
+    console.close(timeout=5)
+    assert reported() == [sdk.actor]
+    sdk.close(timeout=5)
+    assert reported() == []
 
 
 # --------------------------------------------------------------------------- helpers

@@ -11,9 +11,9 @@ from typing import Any
 from schemas.envelope import EnvelopeHeader
 from services import trust
 from services.kernel import crypto, envelope
+from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.pseudonym import PseudonymKey, pseudonymize
 from services.kernel.registry import Registry
-from services.trust.keystore import KdfParams, Keystore
 
 NOW = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 """The tests' clock: the demo domain is issued at NOW and expires 90 days later."""

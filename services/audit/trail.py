@@ -33,8 +33,8 @@ from services.kernel.envelope import choose_signing_kid
 from services.kernel.errors import TransportError, UsageError
 
 if TYPE_CHECKING:
+    from services.kernel.keystore import Keystore
     from services.kernel.registry import Registry
-    from services.trust.keystore import Keystore
 
 
 Publish = Callable[[bytes, bytes], None]

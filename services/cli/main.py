@@ -47,11 +47,11 @@ from services.kernel.errors import (
     UntrustedInputError,
     UsageError,
 )
+from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.pseudonym import PseudonymKey
 from services.kernel.registry import Registry, add_signature, check_root_signatures, read_unverified
 from services.simulator import district
 from services.trust import admin
-from services.trust.keystore import KdfParams, Keystore
 
 Command = Callable[[argparse.Namespace], int]
 if TYPE_CHECKING:  # not subscriptable at run time

@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from services.kernel.errors import UsageError
-from services.trust.keystore import KdfParams
+from services.kernel.keystore import KdfParams
 
 __all__ = [
     "MAX_PASSWORD",

@@ -53,9 +53,9 @@ from services.console.store import ViewStore
 from services.console.view import Alert, CaseView, Change, OwnAction, OwnKind, QueueFilter, ViewError
 from services.kernel import envelope, topics
 from services.kernel.errors import LianfangError, RegistryExpiredError, UsageError
+from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.registry import Registry
 from services.sdk.client import Client
-from services.trust.keystore import KdfParams, Keystore
 
 log = logging.getLogger("lianfang.console")
 

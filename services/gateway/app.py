@@ -58,11 +58,11 @@ from services.kernel.errors import (
     UnknownKeyError,
     UsageError,
 )
+from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
 from services.sdk import metrics as sdk_metrics
 from services.sdk.client import Client
 from services.sdk.outbox import ConflictError
-from services.trust.keystore import Keystore
 
 log = logging.getLogger("lianfang.gateway")
 

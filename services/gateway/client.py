@@ -25,7 +25,7 @@ from services import trust
 from services.cli.settings import HomeSettings
 from services.gateway import httpsig
 from services.gateway.webhooks import signing_kid
-from services.trust.keystore import Keystore
+from services.kernel.keystore import Keystore
 
 
 def signed_headers(

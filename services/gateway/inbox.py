@@ -30,9 +30,9 @@ from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, lo
 from services.gateway.problems import Problem
 from services.kernel import envelope
 from services.kernel.errors import TransportError, UntrustedInputError
+from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
 from services.sdk.client import CaseContext
-from services.trust.keystore import Keystore
 
 CURSOR_PREFIX: Final = "v1."
 MAX_CURSOR_CHARS: Final = 4096

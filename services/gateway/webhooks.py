@@ -42,8 +42,8 @@ from services.gateway.inbox import render
 from services.gateway.metrics import GatewayMetrics
 from services.kernel import envelope
 from services.kernel.errors import RegistryExpiredError, UntrustedInputError
+from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
-from services.trust.keystore import Keystore
 
 log = logging.getLogger("lianfang.gateway.webhooks")
 

@@ -48,8 +48,8 @@ from services.hub.metrics import HubMetrics
 from services.hub.worker import RecordWorker
 from services.kernel import topics
 from services.kernel.errors import UsageError
+from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
-from services.trust.keystore import Keystore
 
 log = logging.getLogger("lianfang.hub")
 

@@ -36,8 +36,8 @@ from services.hub.metrics import HubMetrics
 from services.hub.state import Observation, SuspectState, VictimState
 from services.kernel import envelope, topics
 from services.kernel.errors import UntrustedInputError
+from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
-from services.trust.keystore import Keystore
 
 __all__ = ["REPORT_SUBJECT", "RecordWorker", "Send", "partition_for"]
 

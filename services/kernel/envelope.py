@@ -44,8 +44,8 @@ from services.kernel.errors import (
     UntrustedInputError,
     UsageError,
 )
+from services.kernel.keystore import Keystore, key_id
 from services.kernel.registry import Registry
-from services.trust.keystore import Keystore, key_id
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,12 +49,12 @@ from services.kernel.errors import (
     UntrustedInputError,
     UsageError,
 )
+from services.kernel.keystore import Keystore
 from services.kernel.pseudonym import PseudonymKey, pseudonymize
 from services.kernel.registry import Registry
 from services.sdk import metrics as sdk_metrics
 from services.sdk.metrics import SdkMetrics
 from services.sdk.outbox import Drainer, Outbox, Pending
-from services.trust.keystore import Keystore
 
 log = logging.getLogger("lianfang.sdk")
 

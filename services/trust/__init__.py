@@ -34,13 +34,14 @@ from schemas.registry import (
 )
 from services.kernel import crypto
 from services.kernel.errors import MalformedError, UsageError
+from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.pseudonym import PseudonymKey, new_pseudonym_key
 from services.kernel.registry import Registry, seal_pseudonym_key, sign_document
 from services.simulator import district
-from services.trust.keystore import KdfParams, Keystore
+from services.trust.files import DEFAULT_KDF as DEFAULT_KDF
+from services.trust.files import load_keystore, save_keystore
 
 DEFAULT_LIFETIME = timedelta(days=90)
-DEFAULT_KDF = KdfParams()
 ROOT_PREFIX = "root."
 
 
@@ -140,7 +141,7 @@ class TrustDomain:
         path = self.home / "keys" / f"{participant}.key"
         if not path.exists():
             raise UsageError(f"no keystore for {participant!r} in {self.home / 'keys'}")
-        return Keystore.load(path, self.passphrase)
+        return load_keystore(path, self.passphrase)
 
     def root_keystores(self, holders: Iterable[str] | None = None) -> list[Keystore]:
         folder = self.home / "roots"
@@ -148,7 +149,7 @@ class TrustDomain:
         stores = []
         for path in sorted(folder.glob("*.key")):
             if wanted is None or path.stem in wanted:
-                stores.append(Keystore.load(path, self.passphrase))
+                stores.append(load_keystore(path, self.passphrase))
         if wanted is not None and len(stores) != len(wanted):
             raise UsageError(
                 f"root keystores missing for {sorted(wanted - {s.participant[5:] for s in stores})}"
@@ -159,7 +160,7 @@ class TrustDomain:
         folder = self.home / ("roots" if store.participant.startswith(ROOT_PREFIX) else "keys")
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         name = store.participant.removeprefix(ROOT_PREFIX)
-        store.save(folder / f"{name}.key", self.passphrase, kdf=kdf)
+        save_keystore(store, folder / f"{name}.key", self.passphrase, kdf=kdf)
 
     def write_registry(self, doc: RegistryDocument, signers: Iterable[Keystore]) -> bytes:
         keys = {}

@@ -182,7 +182,7 @@ class Setup:
         from services import trust
         from services.bus.cluster import TopicSpec, ensure_topics
         from services.kernel import topics
-        from services.trust.keystore import KdfParams
+        from services.kernel.keystore import KdfParams
 
         self.tmp = Path(tempfile.mkdtemp(prefix="lianfang-bench-adapters-"))
         self.home = self.tmp / "home"

@@ -38,8 +38,8 @@ from schemas.envelope import ENVELOPE_PAYLOAD_TYPE, SECTION_NAMES, EnvelopeHeade
 from schemas.registry import Match, Policy, Rule
 from services import trust
 from services.kernel import crypto, envelope, policy
+from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.registry import Registry
-from services.trust.keystore import KdfParams, Keystore
 from tests.bench.harness import BenchContext, BenchError, Result, per_second
 
 EVENTS_FULL = 800  # 2,000 would take ~2 min on 2 CPUs: seal at N=8 alone is ~3.4 ms an event

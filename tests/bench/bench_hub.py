@@ -45,9 +45,9 @@ from services import trust
 from services.bus import cluster
 from services.bus.cluster import DURABLE_PRODUCER
 from services.kernel import topics
+from services.kernel.keystore import KdfParams
 from services.kernel.pseudonym import pseudonymize
 from services.kernel.registry import Registry
-from services.trust.keystore import KdfParams
 from tests.bench.harness import BenchContext, BenchError, Result
 from tests.workers import Worker, free_port
 

@@ -60,9 +60,9 @@ from services.bus import cluster
 from services.bus.cluster import DURABLE_PRODUCER, TopicSpec, ensure_topics
 from services.bus.eos import PRODUCER_BATCH_BYTES
 from services.kernel import crypto, envelope, policy, topics
+from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.pseudonym import pseudonymize
 from services.kernel.registry import Registry
-from services.trust.keystore import KdfParams, Keystore
 from tests.bench.harness import BenchContext, BenchError, Result, per_second
 from tests.kit import header as kit_header
 from tests.workers import Worker, free_port

@@ -39,9 +39,9 @@ from selenium.webdriver.support.wait import WebDriverWait
 
 from services.bus.cluster import DURABLE_PRODUCER
 from services.console.accounts import AccountStore, accounts_path
+from services.kernel.keystore import KdfParams
 from services.kernel.pseudonym import pseudonymize
 from services.sdk.client import Client
-from services.trust.keystore import KdfParams
 from tests.integration.buskit import Bus, RouterProcess
 from tests.kit import DemoDomain
 from tests.workers import REPO, Worker, free_port

@@ -28,8 +28,8 @@ from services.gateway import httpsig
 from services.gateway.client import signed_headers
 from services.gateway.inbox import decode_cursor
 from services.kernel import envelope, policy
+from services.kernel.keystore import Keystore
 from services.sdk.client import Client
-from services.trust.keystore import Keystore
 from tests.integration.buskit import Bus
 from tests.kit import DemoDomain
 from tests.workers import Worker, free_port

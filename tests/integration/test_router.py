@@ -20,8 +20,8 @@ from schemas.registry import RegistryDocument
 from services.audit.chain import AuditEntry, parse_line, principal, verify_lines
 from services.bus.cluster import load_specs
 from services.kernel import envelope, policy
+from services.kernel.keystore import Keystore
 from services.kernel.registry import sign_document
-from services.trust.keystore import Keystore
 from tests.integration.buskit import Bus
 from tests.integration.buskit import RouterProcess as Router
 from tests.kit import CONTENT, DemoDomain, header, rewrite_body

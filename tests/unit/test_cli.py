@@ -22,7 +22,7 @@ from services.audit.trail import read_file
 from services.kernel.errors import KeyRevokedError
 from services.kernel.registry import Registry
 from services.simulator import district
-from services.trust.keystore import Keystore
+from services.trust.files import load_keystore
 
 pytestmark = pytest.mark.unit
 
@@ -104,7 +104,7 @@ def _keep_only_signatures_of(path: Path, kids: set[str]) -> None:
 def _private_key_texts(home: Path, passphrase: str) -> Iterator[str]:
     """Every private key of the domain as base64, base64url and hex."""
     for path in [*(home / "keys").glob("*.key"), *(home / "roots").glob("*.key")]:
-        store = Keystore.load(path, passphrase)
+        store = load_keystore(path, passphrase)
         raws = [k.private_bytes_raw() for k in store.signing.values()]
         raws += [k.private_bytes_raw() for k in store.encryption.values()]
         for raw in raws:

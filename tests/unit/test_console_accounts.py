@@ -17,7 +17,7 @@ import pytest
 from services.cli import console as command
 from services.console.accounts import AccountStore, accounts_path
 from services.kernel.errors import UsageError
-from services.trust.keystore import KdfParams
+from services.kernel.keystore import KdfParams
 from tests.kit import NOW
 
 pytestmark = pytest.mark.unit

@@ -29,8 +29,8 @@ from services.console.settings import ConsoleSettings
 from services.console.store import ViewStore
 from services.hub.ids import alert_id_for
 from services.kernel import envelope
+from services.kernel.keystore import KdfParams
 from services.sdk.client import Client
-from services.trust.keystore import KdfParams
 from tests.kit import NOW, DemoDomain
 from tests.unit.test_console_view import hub_alert, opened
 

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from schemas.envelope import MAX_RECORD_BYTES
 from services.kernel import crypto, envelope
 from services.kernel.errors import REASON_CODES, ReasonCode, UntrustedInputError
+from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
 from services.simulator import district
-from services.trust.keystore import Keystore
 from tests.kit import CONTENT, NOW, DemoDomain, header, later, rewrite_body, seal
 
 pytestmark = pytest.mark.unit

@@ -24,8 +24,8 @@ from services.gateway.client import signed_headers
 from services.gateway.idempotency import IdempotencyStore
 from services.kernel import envelope
 from services.kernel.errors import UsageError
+from services.kernel.keystore import Keystore, key_id
 from services.kernel.pseudonym import pseudonymize
-from services.trust.keystore import Keystore, key_id
 from tests.kit import NOW, DemoDomain
 
 pytestmark = pytest.mark.unit

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from services.gateway import httpsig
 from services.gateway.httpsig import HttpSignatureError, Message
-from services.trust.keystore import key_id
+from services.kernel.keystore import key_id
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.kernel.errors import MalformedError, TooLargeError, UsageError
-from services.trust.keystore import MAX_KEYSTORE_BYTES, KdfParams, Keystore, key_id
+from services.kernel.keystore import MAX_KEYSTORE_BYTES, KdfParams, Keystore, key_id
+from services.trust.files import load_keystore, save_keystore
 
 pytestmark = pytest.mark.unit
 
@@ -59,8 +60,8 @@ def test_a_generated_keystore_files_each_key_under_its_key_id(store: Keystore) -
 
 def test_saving_and_loading_keeps_every_key(store: Keystore, tmp_path: Path) -> None:
     path = tmp_path / "police.keystore"
-    store.save(path, PASSPHRASE, kdf=FAST)
-    loaded = Keystore.load(path, PASSPHRASE)
+    save_keystore(store, path, PASSPHRASE, kdf=FAST)
+    loaded = load_keystore(path, PASSPHRASE)
     assert loaded.participant == "police"
     assert private_material(loaded) == private_material(store)
     assert loaded.public_signing_keys() == store.public_signing_keys()
@@ -139,7 +140,7 @@ def test_editing_the_header_is_refused(store: Keystore, edit: dict[str, object])
 
 def test_the_saved_file_is_readable_by_its_owner_only(store: Keystore, tmp_path: Path) -> None:
     path = tmp_path / "police.keystore"
-    store.save(path, PASSPHRASE, kdf=FAST)
+    save_keystore(store, path, PASSPHRASE, kdf=FAST)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["police.keystore"]  # no temporary file left behind
 
@@ -150,9 +151,9 @@ def test_saving_over_an_existing_file_replaces_it_and_keeps_it_private(
     path = tmp_path / "police.keystore"
     path.write_text("old")
     path.chmod(0o644)
-    store.save(path, PASSPHRASE, kdf=FAST)
+    save_keystore(store, path, PASSPHRASE, kdf=FAST)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert Keystore.load(path, PASSPHRASE).public_signing_keys() == store.public_signing_keys()
+    assert load_keystore(path, PASSPHRASE).public_signing_keys() == store.public_signing_keys()
 
 
 def test_the_repr_names_the_participant_and_key_ids_and_no_key_material(store: Keystore) -> None:
@@ -203,11 +204,11 @@ def test_a_participant_id_that_is_not_lower_case_is_refused() -> None:
 
 def test_a_truncated_file_is_malformed(store: Keystore, tmp_path: Path) -> None:
     path = tmp_path / "police.keystore"
-    store.save(path, PASSPHRASE, kdf=FAST)
+    save_keystore(store, path, PASSPHRASE, kdf=FAST)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(MalformedError):
-        Keystore.load(path, PASSPHRASE)
+        load_keystore(path, PASSPHRASE)
 
 
 @pytest.mark.parametrize(
@@ -277,7 +278,7 @@ def test_an_oversized_file_is_refused_before_parsing() -> None:
 
 def test_a_missing_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no keystore"):
-        Keystore.load(tmp_path / "absent.keystore", PASSPHRASE)
+        load_keystore(tmp_path / "absent.keystore", PASSPHRASE)
 
 
 @pytest.mark.parametrize(

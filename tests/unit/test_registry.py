@@ -10,6 +10,7 @@ from schemas.registry import PublicKey
 from services import trust
 from services.kernel import crypto
 from services.kernel.errors import UntrustedInputError
+from services.kernel.keystore import Keystore
 from services.kernel.registry import (
     Registry,
     add_signature,
@@ -18,7 +19,6 @@ from services.kernel.registry import (
     sign_document,
 )
 from services.simulator import district
-from services.trust.keystore import Keystore
 from tests.kit import NOW, DemoDomain
 
 pytestmark = pytest.mark.unit

@@ -9,11 +9,11 @@ import pytest
 from schemas.registry import PublicKey, RegistryDocument
 from services import trust
 from services.kernel.errors import UsageError
+from services.kernel.keystore import Keystore
 from services.kernel.pseudonym import PseudonymKey, new_pseudonym_key
 from services.kernel.registry import Registry
 from services.simulator import district
 from services.trust import admin
-from services.trust.keystore import Keystore
 
 pytestmark = pytest.mark.unit
 

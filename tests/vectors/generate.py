@@ -29,9 +29,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from schemas.envelope import EnvelopeHeader
 from schemas.registry import Participant, PublicKey, RegistryDocument, RootKey, Roots, SealedPseudonymKey
 from services.kernel import crypto, envelope
+from services.kernel.keystore import Keystore, key_id
 from services.kernel.registry import Registry
 from services.simulator import district
-from services.trust.keystore import Keystore, key_id
 
 VECTORS = Path(__file__).with_name("envelope-v1.json")
 TIME = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)

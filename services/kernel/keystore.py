@@ -10,23 +10,20 @@ A keystore holds Ed25519 signing keys and X25519 encryption keys, each under its
 The ciphertext is AES-256-GCM of a JSON document of the raw private keys, under a key that Argon2id
 derives from the passphrase; the header (``v``, ``participant``, ``kdf``) is the associated data, so a
 file whose participant or KDF parameters were edited does not decrypt. Neither the repr nor any message
-shows key bytes, and nothing here logs.
+shows key bytes, and nothing here logs. Pure: :mod:`services.trust.files` reads and writes the files.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import json
 import os
 import re
-import tempfile
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
@@ -35,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-from services.kernel.errors import MalformedError, TooLargeError, TransportError, UsageError
+from services.kernel.errors import MalformedError, TooLargeError, UsageError
 
 __all__ = [
     "KEYSTORE_VERSION",
@@ -270,40 +267,6 @@ class Keystore:
         except UsageError as e:
             raise MalformedError(f"the keystore is inconsistent: {e}") from None
 
-    def save(self, path: str | os.PathLike[str], passphrase: str, *, kdf: KdfParams = KdfParams()) -> None:
-        """Encrypt and write atomically: a 0600 temporary file in the same folder, fsync, rename."""
-        data = self.to_bytes(passphrase, kdf=kdf)
-        target = Path(path)
-        try:
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        except OSError as e:
-            raise TransportError(f"cannot write the keystore in {target.parent}: {e.strerror}") from e
-        try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), 0o600)
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise TransportError(f"cannot write the keystore {target}: {e.strerror}") from e
-        _fsync_directory(target.parent)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str], passphrase: str) -> Keystore:
-        """Read and decrypt a keystore file written by :meth:`save`."""
-        target = Path(path)
-        try:
-            with target.open("rb") as f:
-                data = f.read(MAX_KEYSTORE_BYTES + 1)
-        except FileNotFoundError:
-            raise UsageError(f"there is no keystore at {target}") from None
-        except OSError as e:
-            raise TransportError(f"cannot read the keystore {target}: {e.strerror}") from e
-        return cls.from_bytes(data, passphrase)
-
 
 def _header(participant: str, kdf: KdfParams, salt: bytes) -> dict[str, Any]:
     """The authenticated header fields; its canonical JSON is the AES-GCM associated data."""
@@ -386,17 +349,3 @@ def _unb64(value: object, what: str) -> bytes:
     if _b64(raw) != value:
         raise MalformedError(f"the keystore's {what} is not canonical base64")
     return raw
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Make the rename itself durable. Best effort: some platforms cannot open a directory.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

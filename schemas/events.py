@@ -37,6 +37,8 @@ from schemas.common import (
     Urgency,
     WireModel,
 )
+from services.kernel import jsonx
+from services.kernel.errors import MalformedError
 
 __all__ = [
     "EVENT_MODELS",
@@ -846,27 +848,11 @@ def _error(
     return CoreValidationError.from_exception_data(model.__name__, [detail], hide_input=True)
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Two values for one key are read differently by different JSON parsers; signed data must have one.
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError("a JSON object repeats a key")
-        obj[key] = value
-    return obj
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _load_json(model: type[WireModel], raw: bytes) -> Any:
     try:
-        return json.loads(
-            raw.decode("utf-8"), object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant
-        )
-    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise _error(model, "json_invalid", f"invalid JSON: {e}") from e
+        return jsonx.strict_json(raw, what="the event")
+    except MalformedError as e:
+        raise _error(model, "json_invalid", f"invalid JSON: {e.args[0]}") from e
 
 
 def _validate(model: type[_M], data: Any) -> _M:

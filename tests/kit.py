@@ -10,7 +10,7 @@ from typing import Any
 
 from schemas.envelope import EnvelopeHeader
 from services import trust
-from services.kernel import crypto, envelope
+from services.kernel import crypto, envelope, jsonx
 from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.pseudonym import PseudonymKey, pseudonymize
 from services.kernel.registry import Registry
@@ -101,10 +101,10 @@ def rewrite_body(value: bytes, edit: Any, signer: Keystore | None = None, kid: s
     body = crypto.b64d(dsse["payload"], what="payload")
     header_bytes, _, sections_bytes = body.partition(b"\n")
     header_bytes, sections = edit(header_bytes, json.loads(sections_bytes))
-    new_body = header_bytes + b"\n" + crypto.compact_json(sections)
+    new_body = header_bytes + b"\n" + jsonx.compact_json(sections)
     dsse["payload"] = crypto.b64e(new_body)
     if signer is not None:
         use = kid or next(iter(signer.signing))
         sig = crypto.sign(signer.signing_key(use), dsse["payloadType"], new_body)
         dsse["signatures"] = [{"keyid": use, "sig": crypto.b64e(sig)}]
-    return crypto.compact_json(dsse)
+    return jsonx.compact_json(dsse)

@@ -28,7 +28,7 @@ from pydantic import Field, ValidationError, field_validator
 from schemas.common import Category, EventId, Pseudonym, Town, UniqueList, Urgency, WireModel
 from schemas.events import EVENT_MODELS, EventModel, LeadReported, upcast
 from services.gateway.problems import FieldError, Problem, field_errors
-from services.kernel import crypto
+from services.kernel import jsonx
 from services.kernel.errors import MalformedError, NotPermittedError, UsageError
 from services.kernel.pseudonym import PseudonymKey, pseudonymize
 from services.kernel.registry import Registry
@@ -96,7 +96,7 @@ def parse_submission(
     the type (403), then the event's fields (422, every wrong field at once).
     """
     try:
-        raw = crypto.strict_json(body, what="the request body")
+        raw = jsonx.strict_json(body, what="the request body")
     except MalformedError as e:
         raise Problem("malformed_json", str(e).removeprefix("[malformed] ")) from e
     if not isinstance(raw, dict):

@@ -33,7 +33,7 @@ from schemas.envelope import (
     Sections,
     WrappedKey,
 )
-from services.kernel import crypto, policy
+from services.kernel import crypto, jsonx, policy
 from services.kernel.errors import (
     DecryptFailedError,
     MalformedError,
@@ -201,7 +201,7 @@ def seal(
     wanted = policy.recipients(registry.document.policy, header)
     if not any(wanted.values()):
         raise UsageError(f"the sharing policy names no recipient for {header.type} with these header fields")
-    header_bytes = crypto.compact_json(header.model_dump(mode="json", by_alias=True))
+    header_bytes = jsonx.compact_json(header.model_dump(mode="json", by_alias=True))
     sealed: dict[str, SealedSection] = {}
     for name in SECTION_NAMES:
         if not wanted[name]:
@@ -209,7 +209,7 @@ def seal(
         if name not in content:
             raise UsageError(f"the policy shares the {name!r} section of {header.type} but none was given")
         data_key, nonce = entropy.data_key(), entropy.nonce()
-        plaintext = crypto.compact_json(dict(content[name]))
+        plaintext = jsonx.compact_json(dict(content[name]))
         ct = crypto.aead_encrypt(data_key, nonce, plaintext, section_aad(name, header_bytes))
         wrapped = []
         for to in sorted(wanted[name]):
@@ -217,13 +217,13 @@ def seal(
             enc = entropy.hpke_wrap(public, data_key, wrap_info(header.id, name, to, kid))
             wrapped.append(WrappedKey(to=to, kid=kid, enc=crypto.b64e(enc)))
         sealed[name] = SealedSection(nonce=crypto.b64e(nonce), ct=crypto.b64e(ct), recipients=wrapped)
-    sections_bytes = crypto.compact_json(
+    sections_bytes = jsonx.compact_json(
         Sections.model_validate(sealed).model_dump(mode="json", exclude_none=True)
     )
     body = header_bytes + b"\n" + sections_bytes
     kid = signing_kid or choose_signing_kid(signer, registry, header.time)
     signature = crypto.sign(signer.signing_key(kid), ENVELOPE_PAYLOAD_TYPE, body)
-    value = crypto.compact_json(
+    value = jsonx.compact_json(
         {
             "payloadType": ENVELOPE_PAYLOAD_TYPE,
             "payload": crypto.b64e(body),
@@ -241,7 +241,7 @@ def seal(
 
 
 def _parse_model(model: type[Dsse] | type[EnvelopeHeader] | type[Sections], data: bytes, what: str) -> Any:
-    crypto.strict_json(data, what=what)  # duplicate keys, NaN, bad UTF-8: before pydantic sees it
+    jsonx.strict_json(data, what=what)  # duplicate keys, NaN, bad UTF-8: before pydantic sees it
     try:
         return model.model_validate_json(data)
     except ValidationError as e:
@@ -324,7 +324,7 @@ def open_sections(verified: Verified, keystore: Keystore) -> Opened:
             crypto.b64d(section.ct, what="ciphertext"),
             section_aad(name, verified.header_bytes),
         )
-        content = crypto.strict_json(plaintext, what=f"{name} section")
+        content = jsonx.strict_json(plaintext, what=f"{name} section")
         if not isinstance(content, dict):
             raise MalformedError(f"the {name} section is not a JSON object")
         opened[name] = content

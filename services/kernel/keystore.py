@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
+from services.kernel import jsonx
 from services.kernel.errors import MalformedError, TooLargeError, UsageError
 
 __all__ = [
@@ -198,14 +199,14 @@ class Keystore:
         salt = os.urandom(_SALT_LENGTH)
         nonce = os.urandom(_NONCE_LENGTH)
         header = _header(self.participant, kdf, salt)
-        payload = _canonical_json(
+        payload = jsonx.compact_json(
             {
                 "signing": {kid: _b64(sk.private_bytes_raw()) for kid, sk in self.signing.items()},
                 "encryption": {kid: _b64(ek.private_bytes_raw()) for kid, ek in self.encryption.items()},
             }
         )
         aead = AESGCM(_derive(passphrase, kdf, salt))
-        ciphertext = aead.encrypt(nonce, payload, _canonical_json(header))
+        ciphertext = aead.encrypt(nonce, payload, jsonx.compact_json(header))
         document = {**header, "nonce": _b64(nonce), "ciphertext": _b64(ciphertext)}
         return json.dumps(document, indent=2).encode("ascii") + b"\n"
 
@@ -238,7 +239,7 @@ class Keystore:
 
         aead = AESGCM(_derive(passphrase, kdf, salt))
         try:
-            payload = aead.decrypt(nonce, ciphertext, _canonical_json(_header(participant, kdf, salt)))
+            payload = aead.decrypt(nonce, ciphertext, jsonx.compact_json(_header(participant, kdf, salt)))
         except InvalidTag as e:
             raise UsageError(
                 f"wrong passphrase for the keystore of {participant}, or the file was altered"
@@ -313,25 +314,11 @@ def _derive(passphrase: str, kdf: KdfParams, salt: bytes) -> bytes:
     return argon.derive(secret)
 
 
-def _canonical_json(value: object) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-
-
 def _parse_object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data, object_pairs_hook=_no_duplicates)
-    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise MalformedError(f"{what} is not valid JSON") from None
+    value = jsonx.strict_json(data, what=what)
     if not isinstance(value, dict):
         raise MalformedError(f"{what} is not a JSON object")
     return value
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise MalformedError("a JSON object repeats a field")
-    return result
 
 
 def _b64(raw: bytes) -> str:

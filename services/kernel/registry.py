@@ -31,7 +31,7 @@ from schemas.registry import (
     Roots,
     WrappedPseudonymKey,
 )
-from services.kernel import crypto
+from services.kernel import crypto, jsonx
 from services.kernel.errors import (
     BadSignatureError,
     KeyExpiredError,
@@ -72,7 +72,7 @@ def _load_dsse(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
     block, sep, payload = data.partition(b"\n")
     if not sep or not payload:
         raise MalformedError("a registry file is a signature line followed by the signed payload")
-    raw = crypto.strict_json(block, what="registry signature line")
+    raw = jsonx.strict_json(block, what="registry signature line")
     if not isinstance(raw, dict) or raw.get("payloadType") != REGISTRY_PAYLOAD_TYPE:
         raise MalformedError(f"the registry's first line is not a signature block of {REGISTRY_PAYLOAD_TYPE}")
     if set(raw) != {"payloadType", "signatures"} or not isinstance(raw["signatures"], list):
@@ -107,7 +107,7 @@ def check_root_signatures(
 
 
 def _parse_document(payload: bytes) -> RegistryDocument:
-    crypto.strict_json(payload, what="registry payload")  # duplicate keys, NaN
+    jsonx.strict_json(payload, what="registry payload")  # duplicate keys, NaN
     try:
         return RegistryDocument.model_validate_json(payload)
     except ValidationError as e:
@@ -291,7 +291,7 @@ def _envelope(payload: bytes, signatures: list[tuple[str, bytes]]) -> bytes:
         "payloadType": REGISTRY_PAYLOAD_TYPE,
         "signatures": [{"keyid": kid, "sig": crypto.b64e(sig)} for kid, sig in signatures],
     }
-    return crypto.compact_json(block) + b"\n" + payload
+    return jsonx.compact_json(block) + b"\n" + payload
 
 
 def read_unverified(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:

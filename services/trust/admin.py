@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from schemas.common import PARTICIPANT_ID_PATTERN
 from schemas.registry import Participant, PublicKey, RegistryDocument, SealedPseudonymKey
-from services.kernel import crypto
+from services.kernel import jsonx
 from services.kernel.errors import MalformedError, UnknownKeyError, UsageError
 from services.kernel.pseudonym import PseudonymKey
 from services.kernel.registry import Registry, seal_pseudonym_key
@@ -176,7 +176,7 @@ def reseal(
 
 def read_document(payload: bytes) -> RegistryDocument:
     """Parse an unverified registry payload, to show a root holder what they are about to sign."""
-    crypto.strict_json(payload, what="registry payload")
+    jsonx.strict_json(payload, what="registry payload")
     try:
         return RegistryDocument.model_validate_json(payload)
     except ValidationError as e:

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from schemas.envelope import ENVELOPE_PAYLOAD_TYPE, SECTION_NAMES, EnvelopeHeader, SectionName
 from schemas.registry import Match, Policy, Rule
 from services import trust
-from services.kernel import crypto, envelope, policy
+from services.kernel import crypto, envelope, jsonx, policy
 from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.registry import Registry
 from tests.bench.harness import BenchContext, BenchError, Result, per_second
@@ -114,7 +114,7 @@ def _details() -> dict[str, Any]:
     }
 
     def build(narrative: str) -> bytes:
-        return crypto.compact_json({**base, "narrative": narrative})
+        return jsonx.compact_json({**base, "narrative": narrative})
 
     return {**base, "narrative": _pad(base["narrative"], DETAILS_BYTES, build)}
 
@@ -124,7 +124,7 @@ def _triage() -> dict[str, Any]:
     base: dict[str, Any] = {"risk": "high", "channel": "hotline_12338", "repeat": True, "summary": "家暴"}
 
     def build(summary: str) -> bytes:
-        return crypto.compact_json({**base, "summary": summary})
+        return jsonx.compact_json({**base, "summary": summary})
 
     return {**base, "summary": _pad(base["summary"], TRIAGE_BYTES, build)}
 
@@ -271,8 +271,8 @@ def _bench_envelopes(ctx: BenchContext, d: Domain, events: int) -> tuple[list[Re
             verify_results.append(ctx.result(case, "events/s", per_second(seconds, events)))
             per_event_us["verify"] = US / verify_results[-1].median
 
-    detail_len = len(crypto.compact_json(content["details"]))
-    triage_len = len(crypto.compact_json(content["triage"]))
+    detail_len = len(jsonx.compact_json(content["details"]))
+    triage_len = len(jsonx.compact_json(content["triage"]))
     ctx.note(
         f"{events:,} events per run, {ctx.warmup} warm-up + {ctx.runs} timed runs; a lead.reported with "
         f"details {detail_len:,} B and triage {triage_len} B of compact JSON, both sealed; headers (each a "

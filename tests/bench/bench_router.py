@@ -59,7 +59,7 @@ from services import trust
 from services.bus import cluster
 from services.bus.cluster import DURABLE_PRODUCER, TopicSpec, ensure_topics
 from services.bus.eos import PRODUCER_BATCH_BYTES
-from services.kernel import crypto, envelope, policy, topics
+from services.kernel import crypto, envelope, jsonx, policy, topics
 from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.pseudonym import pseudonymize
 from services.kernel.registry import Registry
@@ -123,12 +123,12 @@ def _padded(base: dict[str, Any], field_name: str, wanted: int) -> dict[str, Any
     filler = "受害人陈述家中多次发生殴打并有邻居证实"
     text = str(base[field_name])
     i = 0
-    while wanted - len(crypto.compact_json({**base, field_name: text})) >= 3:
+    while wanted - len(jsonx.compact_json({**base, field_name: text})) >= 3:
         text += filler[i % len(filler)]
         i += 1
-    text += "." * (wanted - len(crypto.compact_json({**base, field_name: text})))
+    text += "." * (wanted - len(jsonx.compact_json({**base, field_name: text})))
     out = {**base, field_name: text}
-    if len(crypto.compact_json(out)) != wanted:
+    if len(jsonx.compact_json(out)) != wanted:
         raise BenchError(f"could not pad {field_name} to {wanted} bytes")
     return out
 
@@ -195,8 +195,8 @@ def _workload(ctx: BenchContext, home: Path, events: int) -> Workload:
         public_raw=public_raw,
         participants=registry.participant_ids(),
         sealed_bytes=sizes[len(sizes) // 2],
-        details_bytes=len(crypto.compact_json(content["details"])),
-        triage_bytes=len(crypto.compact_json(content["triage"])),
+        details_bytes=len(jsonx.compact_json(content["details"])),
+        triage_bytes=len(jsonx.compact_json(content["triage"])),
     )
 
 

@@ -33,7 +33,7 @@ from services.audit.metrics import AuditMetrics
 from services.audit.shipping import Shipper
 from services.audit.trail import AuditTrail, LocalTrail, Signer, read_file
 from services.cli.audit import add_commands
-from services.kernel import crypto
+from services.kernel import crypto, jsonx
 from services.kernel.errors import TransportError
 
 pytestmark = pytest.mark.unit
@@ -177,7 +177,7 @@ def test_the_trail_file_resumes_and_refuses_a_tampered_file(tmp_path: Path) -> N
     lines = path.read_bytes().splitlines()
     body = json.loads(lines[0])
     body["subject"] = None
-    path.write_bytes(b"\n".join([crypto.compact_json(body), *lines[1:]]) + b"\n")
+    path.write_bytes(b"\n".join([jsonx.compact_json(body), *lines[1:]]) + b"\n")
     with pytest.raises(AuditError, match="seq 0"):
         AuditTrail("police", path=path)
 
@@ -193,7 +193,7 @@ def test_audit_verify_command_names_the_first_bad_entry(
     lines = path.read_bytes().splitlines()
     edited = json.loads(lines[3])
     edited["action"] = "route"
-    lines[3] = crypto.compact_json(edited)
+    lines[3] = jsonx.compact_json(edited)
     path.write_bytes(b"\n".join(lines) + b"\n")
     args = parser.parse_args(["audit", "verify", str(path), "--home", str(tmp_path / "none")])
     assert args.func(args) == 1

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.envelope import MAX_RECORD_BYTES
-from services.kernel import crypto, envelope
+from services.kernel import crypto, envelope, jsonx
 from services.kernel.errors import REASON_CODES, ReasonCode, UntrustedInputError
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
@@ -126,7 +126,7 @@ def _duplicate_json_key(d: DemoDomain) -> bytes:
 def _truncated_base64(d: DemoDomain) -> bytes:
     dsse = json.loads(seal(d))
     dsse["payload"] = dsse["payload"][:-3]
-    return crypto.compact_json(dsse)
+    return jsonx.compact_json(dsse)
 
 
 CASES = [
@@ -136,7 +136,7 @@ CASES = [
     Case(
         "a body without a header line is malformed",
         "malformed",
-        lambda d: crypto.compact_json(
+        lambda d: jsonx.compact_json(
             {
                 "payloadType": "application/vnd.lianfang.envelope.v1",
                 "payload": crypto.b64e(b"{}"),

@@ -8,7 +8,7 @@ import pytest
 
 from schemas.registry import PublicKey
 from services import trust
-from services.kernel import crypto
+from services.kernel import crypto, jsonx
 from services.kernel.errors import UntrustedInputError
 from services.kernel.keystore import Keystore
 from services.kernel.registry import (
@@ -58,7 +58,7 @@ def test_the_same_root_signing_twice_counts_once(domain: DemoDomain) -> None:
     plc = next(s for s in _roots(domain) if s.participant == "root.plc")
     ((kid, _key),) = plc.signing.items()
     payload, signatures = read_unverified(once)
-    twice = crypto.compact_json(
+    twice = jsonx.compact_json(
         {
             "payloadType": "application/vnd.lianfang.registry.v1",
             "signatures": [{"keyid": kid, "sig": crypto.b64e(sig)} for kid, sig in signatures * 2],

@@ -87,6 +87,16 @@ def seal(
     return envelope.seal(h, CONTENT, registry=registry or domain.registry, signer=domain.keys(sender)).value
 
 
+class SetClock:
+    """A clock that stands still at ``now`` until a test moves it (``clock.now += ...``)."""
+
+    def __init__(self, now: datetime = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
 def later(minutes: int) -> datetime:
     return NOW + timedelta(minutes=minutes)
 

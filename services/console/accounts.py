@@ -17,7 +17,7 @@ import secrets
 import sqlite3
 import threading
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import Final, Literal
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
+from services.kernel.clock import Clock, utcnow
 from services.kernel.errors import UsageError
 from services.kernel.keystore import KdfParams
 
@@ -57,8 +58,6 @@ CREATE TABLE IF NOT EXISTS accounts (
     last_login    TEXT
 );
 """
-
-Clock = Callable[[], datetime]
 
 
 def accounts_path(home: Path) -> Path:
@@ -120,7 +119,7 @@ class AccountStore:
         self.kdf = kdf or KdfParams()
         self.max_failures = max_failures
         self.lockout = lockout
-        self.clock = clock or (lambda: datetime.now(UTC))
+        self.clock = clock or utcnow
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not path.exists():  # created private before SQLite opens it
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))

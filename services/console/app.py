@@ -28,7 +28,7 @@ import signal
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Final, TypeVar
 from urllib.parse import urlencode, urlsplit
@@ -52,6 +52,7 @@ from services.console.settings import ConsoleSettings
 from services.console.store import ViewStore
 from services.console.view import Alert, CaseView, Change, OwnAction, OwnKind, QueueFilter, ViewError
 from services.kernel import envelope, topics
+from services.kernel.clock import Clock, utcnow
 from services.kernel.errors import LianfangError, RegistryExpiredError, UsageError
 from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.registry import Registry
@@ -76,16 +77,11 @@ _ACTION_AUDIT: Final[dict[OwnKind, Action]] = {
     "conclude": "conclude",
 }
 
-Clock = Callable[[], datetime]
 _T = TypeVar("_T")
 
 SESSION: Final = web.RequestKey[Session | None]("session")
 COOKIE: Final = web.RequestKey[str | None]("cookie")
 LANG: Final = web.RequestKey[i18n.Lang]("lang")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def safe_next(value: str | None) -> str:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, Literal, get_args
+
+from services.kernel.clock import Clock, utcnow
 
 __all__ = ["ACTIONS", "Action", "AuditLog", "AuditRow", "audit_path"]
 
@@ -72,9 +73,9 @@ class AuditRow:
 class AuditLog:
     """Append-only; every record is committed (synchronous=FULL) before the page is sent."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(self, path: Path, *, clock: Clock | None = None) -> None:
         self.path = path
-        self.clock = clock or (lambda: datetime.now(UTC))
+        self.clock = clock or utcnow
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not path.exists():
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))

@@ -16,17 +16,16 @@ import hashlib
 import hmac
 import secrets
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Final
+
+from services.kernel.clock import Clock, utcnow
 
 __all__ = ["CSRF_FIELD", "PreSession", "Session", "Sessions", "same_token"]
 
 CSRF_FIELD: Final = "_csrf"
 """The form field (and ``X-CSRF-Token`` header) that carries the token."""
-
-Clock = Callable[[], datetime]
 
 
 def _digest(token: str) -> str:
@@ -62,7 +61,7 @@ class Sessions:
             raise ValueError("session lifetimes must be positive")
         self.idle = idle
         self.maximum = maximum
-        self.clock = clock or (lambda: datetime.now(UTC))
+        self.clock = clock or utcnow
         self._by_digest: dict[str, Session] = {}
         self._lock = threading.Lock()
 

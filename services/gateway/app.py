@@ -31,7 +31,6 @@ import sqlite3
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Final, TextIO
 
@@ -50,6 +49,7 @@ from services.gateway.metrics import ROUTES, GatewayMetrics
 from services.gateway.problems import MEDIA_TYPE, Problem
 from services.gateway.webhooks import Backoff, WebhookSender
 from services.kernel import acls, envelope, topics
+from services.kernel.clock import Clock, utcnow
 from services.kernel.errors import (
     KeyExpiredError,
     KeyRevokedError,
@@ -66,15 +66,10 @@ from services.sdk.outbox import ConflictError
 
 log = logging.getLogger("lianfang.gateway")
 
-Clock = Callable[[], datetime]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_IDEMPOTENCY_KEY: Final = 255
 METHODS: Final = frozenset({"GET", "POST", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _split(value: object) -> object:

@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Final
 
 from kafka import KafkaConsumer, TopicPartition
@@ -29,6 +28,7 @@ from services.audit.trail import LocalTrail
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 from services.gateway.problems import Problem
 from services.kernel import envelope
+from services.kernel.clock import Clock
 from services.kernel.errors import TransportError, UntrustedInputError
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
@@ -110,7 +110,7 @@ class InboxReader:
         topic: str,
         keystore: Keystore,
         registry: Registry,
-        clock: Callable[[], datetime],
+        clock: Clock,
         on_rejected: Callable[[str], None] = lambda reason: None,
         security: KafkaSecuritySettings | None = None,
         trail: LocalTrail | None = None,

@@ -28,7 +28,6 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -41,6 +40,7 @@ from services.gateway import httpsig
 from services.gateway.inbox import render
 from services.gateway.metrics import GatewayMetrics
 from services.kernel import envelope
+from services.kernel.clock import Clock
 from services.kernel.errors import RegistryExpiredError, UntrustedInputError
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
@@ -80,7 +80,7 @@ class WebhookSender:
         keystore: Keystore,
         registry: Registry,
         metrics: GatewayMetrics,
-        clock: Callable[[], datetime],
+        clock: Clock,
         backoff: Backoff = Backoff(),
         timeout_s: float = 10.0,
         security: KafkaSecuritySettings | None = None,

@@ -21,8 +21,8 @@ import logging
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator, MutableMapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator, MutableMapping
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from services.audit.trail import Signer
 from services.bus.eos import Output, PartitionState, TransactionalRunner
 from services.bus.security import KafkaSecuritySettings, aiokafka_kwargs, load_security
 from services.kernel import acls, topics
+from services.kernel.clock import Clock, utcnow
 from services.kernel.envelope import DuplicateError, ReplayWindow, Seen
 from services.kernel.errors import UntrustedInputError, UsageError
 from services.kernel.registry import Registry
@@ -46,12 +47,6 @@ from services.router.metrics import RouterMetrics
 from services.trust import TrustDomain
 
 log = logging.getLogger("lianfang.router")
-
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class RouterSettings(BaseSettings):

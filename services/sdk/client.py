@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -42,6 +42,7 @@ from services.audit.kafka import KafkaSink
 from services.audit.trail import participant_trail
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 from services.kernel import envelope, topics
+from services.kernel.clock import Clock, utcnow
 from services.kernel.errors import (
     MalformedError,
     RegistryExpiredError,
@@ -58,7 +59,6 @@ from services.sdk.outbox import Drainer, Outbox, Pending
 
 log = logging.getLogger("lianfang.sdk")
 
-Clock = Callable[[], datetime]
 
 URGENT_INDICATORS = frozenset({"weapon", "strangulation", "threats_to_kill"})
 
@@ -183,7 +183,7 @@ class Client:
         self.registry = registry
         self.bootstrap = bootstrap
         self.names = topics.TopicNames(topic_prefix)
-        self.clock = clock or (lambda: datetime.now(UTC))
+        self.clock = clock or utcnow
         self.metrics = metrics or sdk_metrics.shared()
         self.security = security if security is not None else load_security()
         self.outbox = Outbox(outbox_path)

@@ -8,7 +8,7 @@ import io
 import sqlite3
 import stat
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,28 +18,20 @@ from services.cli import console as command
 from services.console.accounts import AccountStore, accounts_path
 from services.kernel.errors import UsageError
 from services.kernel.keystore import KdfParams
-from tests.kit import NOW
+from tests.kit import NOW, SetClock
 
 pytestmark = pytest.mark.unit
 
 PASSWORD = "correct horse battery staple"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
+@pytest.fixture
+def clock() -> SetClock:
+    return SetClock()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> AccountStore:
+def store(tmp_path: Path, clock: SetClock) -> AccountStore:
     accounts = AccountStore(
         tmp_path / "accounts.sqlite",
         kdf=KdfParams.for_tests(),
@@ -86,7 +78,7 @@ def test_an_unknown_name_is_refused_like_a_wrong_password_and_not_named(store: A
 
 
 def test_three_failures_in_a_row_lock_the_account_even_against_the_right_password(
-    store: AccountStore, clock: Clock
+    store: AccountStore, clock: SetClock
 ) -> None:
     assert store.verify("wang.li", "wrong-1-password").outcome == "bad_credentials"
     assert store.verify("wang.li", "wrong-2-password").outcome == "bad_credentials"
@@ -97,7 +89,7 @@ def test_three_failures_in_a_row_lock_the_account_even_against_the_right_passwor
     assert store.verify("wang.li", PASSWORD).outcome == "locked"
 
 
-def test_attempts_while_locked_do_not_extend_the_lock(store: AccountStore, clock: Clock) -> None:
+def test_attempts_while_locked_do_not_extend_the_lock(store: AccountStore, clock: SetClock) -> None:
     for n in range(3):
         store.verify("wang.li", f"wrong-{n}-password")
     for minute in range(1, 15):

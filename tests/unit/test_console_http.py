@@ -9,7 +9,7 @@ import asyncio
 import json
 import re
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -31,20 +31,12 @@ from services.hub.ids import alert_id_for
 from services.kernel import envelope
 from services.kernel.keystore import KdfParams
 from services.sdk.client import Client
-from tests.kit import NOW, DemoDomain
+from tests.kit import NOW, DemoDomain, SetClock
 from tests.unit.test_console_view import hub_alert, opened
 
 pytestmark = pytest.mark.unit
 
 PASSWORD = "correct horse battery staple"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 class Harness:
@@ -53,7 +45,7 @@ class Harness:
     def __init__(self, domain: DemoDomain, tmp: Path, **settings: Any) -> None:
         self.domain = domain
         self.tmp = tmp
-        self.clock = Clock()
+        self.clock = SetClock()
         self.settings = ConsoleSettings(
             bootstrap="127.0.0.1:9",
             home=domain.home,

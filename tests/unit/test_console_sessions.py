@@ -3,30 +3,22 @@ for the sign-in form bound to a pre-session cookie)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
 from services.console.sessions import PreSession, Sessions, same_token
-from tests.kit import NOW
+from tests.kit import SetClock
 
 pytestmark = pytest.mark.unit
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-def sessions(clock: Clock) -> Sessions:
+def sessions(clock: SetClock) -> Sessions:
     return Sessions(idle=timedelta(minutes=30), maximum=timedelta(hours=12), clock=clock)
 
 
 def test_a_session_has_its_own_random_cookie_and_csrf_token() -> None:
-    table = sessions(Clock())
+    table = sessions(SetClock())
     token_a, a = table.create("wang")
     token_b, b = table.create("wang")
     assert len({token_a, token_b, a.csrf, b.csrf}) == 4
@@ -38,13 +30,13 @@ def test_a_session_has_its_own_random_cookie_and_csrf_token() -> None:
 
 
 def test_the_table_keeps_digests_not_cookies() -> None:
-    table = sessions(Clock())
+    table = sessions(SetClock())
     token, _ = table.create("wang")
     assert token not in repr(table.__dict__)
 
 
 def test_a_session_ends_after_30_idle_minutes_and_activity_keeps_it() -> None:
-    clock = Clock()
+    clock = SetClock()
     table = sessions(clock)
     token, _ = table.create("wang")
     clock.now += timedelta(minutes=29)
@@ -57,7 +49,7 @@ def test_a_session_ends_after_30_idle_minutes_and_activity_keeps_it() -> None:
 
 
 def test_background_requests_do_not_keep_a_session_alive() -> None:
-    clock = Clock()
+    clock = SetClock()
     table = sessions(clock)
     token, _ = table.create("wang")
     for _ in range(5):
@@ -67,7 +59,7 @@ def test_background_requests_do_not_keep_a_session_alive() -> None:
 
 
 def test_a_session_ends_after_12_hours_whatever_the_activity() -> None:
-    clock = Clock()
+    clock = SetClock()
     table = sessions(clock)
     token, _ = table.create("wang")
     for _ in range(12 * 4 - 1):
@@ -78,7 +70,7 @@ def test_a_session_ends_after_12_hours_whatever_the_activity() -> None:
 
 
 def test_signing_out_drops_the_session() -> None:
-    table = sessions(Clock())
+    table = sessions(SetClock())
     token, _ = table.create("wang")
     other, _ = table.create("li")
     table.drop(token)

@@ -10,14 +10,10 @@ one, so timing does not tell which names exist. Nothing here logs or returns a p
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import secrets
-import sqlite3
 import threading
 import unicodedata
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +25,7 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from services.kernel.clock import Clock, utcnow
 from services.kernel.errors import UsageError
 from services.kernel.keystore import KdfParams
+from services.store import sqlite
 
 __all__ = [
     "MAX_PASSWORD",
@@ -120,30 +117,13 @@ class AccountStore:
         self.max_failures = max_failures
         self.lockout = lockout
         self.clock = clock or utcnow
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not path.exists():  # created private before SQLite opens it
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = sqlite.connect(path, schema=SCHEMA, private=True)
         self._dummy: str | None = None
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     # -- hashing
 
@@ -181,7 +161,7 @@ class AccountStore:
         name = check_name(name)
         phc = self._hash(check_password(password))
         now = _iso(self.clock())
-        with self._tx() as db:
+        with sqlite.transaction(self._db, self._lock) as db:
             exists = db.execute("SELECT 1 FROM accounts WHERE name = ?", (name,)).fetchone()
             if exists and not replace:
                 raise UsageError(f"account {name!r} exists; pass --replace to set a new password")
@@ -201,7 +181,7 @@ class AccountStore:
             return self._db.execute("SELECT 1 FROM accounts WHERE name = ?", (name,)).fetchone() is not None
 
     def unlock(self, name: str) -> None:
-        with self._tx() as db:
+        with sqlite.transaction(self._db, self._lock) as db:
             db.execute("UPDATE accounts SET failures = 0, locked_until = NULL WHERE name = ?", (name,))
 
     def verify(self, name: str, password: str) -> LoginResult:
@@ -224,14 +204,14 @@ class AccountStore:
         candidate = unicodedata.normalize("NFC", password)
         if len(candidate) <= MAX_PASSWORD and self._matches(candidate, phc):
             rehash = self._hash(candidate) if self._weaker_than_current(phc) else None
-            with self._tx() as db:
+            with sqlite.transaction(self._db, self._lock) as db:
                 db.execute(
                     "UPDATE accounts SET failures = 0, locked_until = NULL, last_login = ?,"
                     " phc = COALESCE(?, phc) WHERE name = ?",
                     (_iso(now), rehash, name),
                 )
             return LoginResult("ok", name)
-        with self._tx() as db:
+        with sqlite.transaction(self._db, self._lock) as db:
             (failures,) = db.execute(
                 "UPDATE accounts SET failures = failures + 1, locked_until = NULL WHERE name = ?"
                 " RETURNING failures",

@@ -10,8 +10,6 @@ also protects against whoever holds the file.
 
 from __future__ import annotations
 
-import os
-import sqlite3
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Final, Literal, get_args
 
 from services.kernel.clock import Clock, utcnow
+from services.store import sqlite
 
 __all__ = ["ACTIONS", "Action", "AuditLog", "AuditRow", "audit_path"]
 
@@ -76,14 +75,8 @@ class AuditLog:
     def __init__(self, path: Path, *, clock: Clock | None = None) -> None:
         self.path = path
         self.clock = clock or utcnow
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = sqlite.connect(path, schema=SCHEMA, private=True)
 
     def record(self, who: str, action: Action, target: str = "", detail: str = "", remote: str = "") -> None:
         if action not in ACTIONS:

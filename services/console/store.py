@@ -9,8 +9,6 @@ clear: the file holds what the bus holds. Writes are idempotent by event id.
 
 from __future__ import annotations
 
-import os
-import sqlite3
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,6 +16,7 @@ from pathlib import Path
 from typing import Final, get_args
 
 from services.console.view import OwnAction, OwnKind
+from services.store import sqlite
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS records (
@@ -40,15 +39,9 @@ class ViewStore:
     """One SQLite file in the console's data folder. Thread-safe."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = sqlite.connect(path, schema=SCHEMA, private=True)
 
     def add_record(self, event_id: str, value: bytes) -> bool:
         """Keep an inbox record; False when one with this id is already kept."""

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass
 from pathlib import Path
+
+from services.store import sqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -46,12 +47,8 @@ class IdempotencyStore:
     """Thread-safe; one gateway process per file (the gateway holds a lock on its spool folder)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = sqlite.connect(path, schema=SCHEMA)
 
     def lookup(self, participant: str, key: str) -> Remembered | None:
         with self._lock:

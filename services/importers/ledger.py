@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Final
 
 from services.kernel.errors import TransportError
+from services.store import sqlite
 
 SECRET_BYTES: Final = 32
 COMMIT_EVERY: Final = 200
@@ -89,16 +90,7 @@ class Ledger:
         try:
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._db = sqlite3.connect(":memory:" if path is None else path, isolation_level=None)
-            if copy_of is not None:
-                source = sqlite3.connect(f"{copy_of.resolve().as_uri()}?mode=ro", uri=True)
-                try:
-                    source.backup(self._db)
-                finally:
-                    source.close()
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
+            self._db = sqlite.connect(path, schema=SCHEMA, copy_of=copy_of)
             self._secret = self._load_secret()
         except sqlite3.Error as e:
             raise TransportError(f"cannot open the import ledger {path or copy_of}: {e}") from e

@@ -13,10 +13,9 @@ import contextlib
 import hashlib
 import json
 import logging
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from kafka.errors import KafkaError
 from services.bus.cluster import DURABLE_PRODUCER
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 from services.kernel.errors import TransportError, UsageError
+from services.store import sqlite
 
 log = logging.getLogger("lianfang.outbox")
 
@@ -67,32 +67,17 @@ class Outbox:
     """The spool file of one adapter. Thread-safe; one drainer at a time."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = sqlite.connect(path, schema=SCHEMA)
         self.changed = threading.Condition(self._lock)
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     def put(
         self, *, event_id: str, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
     ) -> bool:
         """Store a record durably; True if new, False if the same record was already accepted."""
         digest = hashlib.sha256(value).hexdigest()
-        with self._tx() as db:
+        with sqlite.transaction(self._db, self._lock) as db:
             row = db.execute(
                 "SELECT digest FROM outbox WHERE event_id = ?"
                 " UNION SELECT digest FROM sent WHERE event_id = ?",
@@ -129,7 +114,7 @@ class Outbox:
     def mark_sent(self, records: list[Pending]) -> None:
         """Kafka has them: move them out of the outbox (keeping id and digest to refuse a conflict)."""
         now = time.time()
-        with self._tx() as db:
+        with sqlite.transaction(self._db, self._lock) as db:
             for r in records:
                 digest = hashlib.sha256(r.value).hexdigest()
                 db.execute("INSERT OR IGNORE INTO sent (event_id, digest, sent_at) VALUES (?, ?, ?)",

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.kernel.errors import UsageError
+from services.kernel.errors import UsageError, validation_summary
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
@@ -89,8 +89,9 @@ def load_security() -> KafkaSecuritySettings:
     try:
         settings = KafkaSecuritySettings()
     except ValidationError as e:
-        problems = "; ".join(str(err["msg"]) for err in e.errors(include_input=False))
-        raise UsageError(f"Kafka security settings are incomplete: {problems}") from e
+        raise UsageError(
+            f"Kafka security settings are incomplete: {validation_summary(e, limit=None)}"
+        ) from e
     settings.check_ca_file()
     if not settings.sasl and (settings.sasl_username or settings.sasl_password.get_secret_value()):
         raise UsageError(

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from schemas.common import Category, Channel
 from schemas.events import ActionKind, Relationship, RiskIndicator, Sex
-from services.kernel.errors import UsageError
+from services.kernel.errors import UsageError, validation_summary
 
 FORMATS_DIR: Final = Path(__file__).resolve().parent / "formats"
 COMMON_FILE: Final = FORMATS_DIR / "common.toml"
@@ -282,10 +282,7 @@ def load_format(name: str) -> FormatSpec:
     try:
         spec = FormatSpec.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}" for err in e.errors()
-        )
-        raise UsageError(f"{path}: {problems}") from e
+        raise UsageError(f"{path}: {validation_summary(e, limit=None, whole='(file)')}") from e
     if spec.name != name:
         raise UsageError(f"{path}: `name` is {spec.name!r} but the file is named {name!r}")
     return spec

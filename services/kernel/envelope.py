@@ -43,6 +43,7 @@ from services.kernel.errors import (
     TooLargeError,
     UntrustedInputError,
     UsageError,
+    validation_summary,
 )
 from services.kernel.keystore import Keystore, key_id
 from services.kernel.registry import Registry
@@ -245,8 +246,8 @@ def _parse_model(model: type[Dsse] | type[EnvelopeHeader] | type[Sections], data
     try:
         return model.model_validate_json(data)
     except ValidationError as e:
-        fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in e.errors()[:5])
-        raise MalformedError(f"{what} does not match its schema (fields: {fields})") from e
+        summary = validation_summary(e, limit=5)
+        raise MalformedError(f"{what} does not match its schema ({summary})") from e
 
 
 def parse(value: bytes) -> tuple[Dsse, bytes, bytes, bytes, EnvelopeHeader]:

@@ -5,11 +5,15 @@
   metrics.
 - :class:`TransportError`: Kafka or the file system failed us; retrying may help.
 - :class:`UsageError`: the caller (our own code or an operator) asked for something impossible.
+
+:func:`validation_summary` turns pydantic's ``ValidationError`` into the one line these errors carry.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar, Literal, get_args
+
+from pydantic import ValidationError
 
 ReasonCode = Literal[
     "malformed",
@@ -123,3 +127,19 @@ ERROR_BY_REASON: dict[ReasonCode, type[UntrustedInputError]] = {
         ReplayError,
     )
 }
+
+
+def validation_summary(error: ValidationError, *, limit: int | None = 8, whole: str | None = None) -> str:
+    """``where: why; where: why (+N more)`` for the first ``limit`` errors (all when ``None``).
+
+    ``where`` is the dotted field path, or ``whole`` for an error about the whole value (left out when
+    ``whole`` is ``None``). The values themselves are never repeated: they may be personal data.
+    """
+    errors = error.errors(include_input=False, include_url=False)
+    shown = errors if limit is None else errors[:limit]
+    parts = []
+    for err in shown:
+        where = ".".join(str(p) for p in err["loc"]) or whole
+        parts.append(f"{where}: {err['msg']}" if where else str(err["msg"]))
+    more = f" (+{len(errors) - len(shown)} more)" if len(errors) > len(shown) else ""
+    return "; ".join(parts) + more

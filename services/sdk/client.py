@@ -49,6 +49,7 @@ from services.kernel.errors import (
     TransportError,
     UntrustedInputError,
     UsageError,
+    validation_summary,
 )
 from services.kernel.keystore import Keystore
 from services.kernel.pseudonym import PseudonymKey, pseudonymize
@@ -237,7 +238,7 @@ class Client:
                 json.dumps(_lead_pseudonyms(self.pseudonym_key, data), default=str)
             )
         except ValidationError as e:
-            raise MalformedError(_validation_summary(e)) from e
+            raise MalformedError(validation_summary(e, whole="(event)")) from e
         context = CaseContext(
             subject=lead.victim_pseudonym,
             category=lead.category,
@@ -288,7 +289,9 @@ class Client:
         try:
             header = EnvelopeHeader.model_validate_json(json.dumps(fields))
         except ValidationError as e:
-            raise UsageError(f"cannot build the envelope header: {_validation_summary(e)}") from e
+            raise UsageError(
+                f"cannot build the envelope header: {validation_summary(e, whole='(event)')}"
+            ) from e
         self.registry.check_may_publish(self.participant, event.EVENT_TYPE)
         triage, details = split_sections(event)
         content: dict[SectionName, dict[str, Any]] = {"triage": triage, "details": details}
@@ -453,13 +456,3 @@ class Client:
 
 def _iso(t: datetime) -> str:
     return t.isoformat()
-
-
-def _validation_summary(e: ValidationError) -> str:
-    """Which fields are wrong and why, without repeating the values (they may be personal data)."""
-    parts = []
-    for err in e.errors(include_input=False)[:8]:
-        where = ".".join(str(p) for p in err["loc"]) or "(event)"
-        parts.append(f"{where}: {err['msg']}")
-    more = f" (+{e.error_count() - 8} more)" if e.error_count() > 8 else ""
-    return "; ".join(parts) + more

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from schemas.common import PARTICIPANT_ID_PATTERN
 from schemas.registry import Participant, PublicKey, RegistryDocument, SealedPseudonymKey
 from services.kernel import jsonx
-from services.kernel.errors import MalformedError, UnknownKeyError, UsageError
+from services.kernel.errors import MalformedError, UnknownKeyError, UsageError, validation_summary
 from services.kernel.pseudonym import PseudonymKey
 from services.kernel.registry import Registry, seal_pseudonym_key
 
@@ -72,7 +72,9 @@ def add_participant(
             keys=list(keys),
         )
     except ValidationError as e:
-        raise UsageError(f"participant {participant_id!r} is not valid: {_first_error(e)}") from e
+        raise UsageError(
+            f"participant {participant_id!r} is not valid: {validation_summary(e, limit=1, whole='document')}"
+        ) from e
     nxt = _next(document, [*document.participants, participant], now=now, lifetime=lifetime)
     return Change(nxt, participant_id, f"added participant {participant_id}: {_kids(keys)}")
 
@@ -180,7 +182,9 @@ def read_document(payload: bytes) -> RegistryDocument:
     try:
         return RegistryDocument.model_validate_json(payload)
     except ValidationError as e:
-        raise MalformedError(f"registry payload does not match the schema: {_first_error(e)}") from e
+        raise MalformedError(
+            f"registry payload does not match the schema: {validation_summary(e, limit=1, whole='document')}"
+        ) from e
 
 
 # -- helpers
@@ -208,7 +212,9 @@ def _next(
     try:
         return RegistryDocument.model_validate_json(candidate.model_dump_json(by_alias=True))
     except ValidationError as e:
-        raise UsageError(f"the changed registry would not be valid: {_first_error(e)}") from e
+        raise UsageError(
+            f"the changed registry would not be valid: {validation_summary(e, limit=1, whole='document')}"
+        ) from e
 
 
 def _participant(document: RegistryDocument, participant_id: str) -> Participant:
@@ -242,10 +248,3 @@ def _kids(keys: Iterable[PublicKey]) -> str:
 
 def _use(key: PublicKey) -> str:
     return "signing" if key.use == "sign" else "encryption"
-
-
-def _first_error(e: ValidationError) -> str:
-    first = e.errors(include_input=False)[0]
-    where = ".".join(str(part) for part in first["loc"]) or "document"
-    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-    return f"{where}: {first['msg']}{more}"

@@ -9,8 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.events import LeadReported
+from services.kernel.errors import validation_summary
 from services.kernel.pseudonym import PseudonymKey, pseudonymize
-from services.sdk.client import _lead_pseudonyms, _validation_summary, default_urgency
+from services.sdk.client import _lead_pseudonyms, default_urgency
 
 pytestmark = pytest.mark.unit
 
@@ -82,7 +83,7 @@ def test_default_urgency_follows_the_duty_to_act(overrides: dict[str, Any], urge
 def test_a_validation_error_names_the_field_but_not_the_value() -> None:
     with pytest.raises(ValidationError) as raised:
         _model(lead(victim={"name": "张某某", "phone": "13800000000", "is_minor": False, "age": 987}))
-    text = _validation_summary(raised.value)
+    text = validation_summary(raised.value, whole="(event)")
     assert "victim.age" in text
     assert "987" not in text
 

@@ -40,6 +40,7 @@ from services.cli.audit import record_admin_change
 from services.cli.bus import add_bus_commands
 from services.cli.importers import add_commands as add_import_commands
 from services.cli.simulate import add_commands as add_simulate_commands
+from services.kernel import ids
 from services.kernel.errors import (
     BadSignatureError,
     LianfangError,
@@ -483,7 +484,7 @@ def _commit(
     before the registry, so the registry never lists a key that no keystore holds.
     """
     loaded = {change.participant: changed_store} if changed_store is not None else {}
-    pseudonym_key = _open_pseudonym_key(domain, registry, loaded, prefer=(change.participant, "plc"))
+    pseudonym_key = _open_pseudonym_key(domain, registry, loaded, prefer=(change.participant, ids.PLC))
     document, unsealed = admin.reseal(change.document, pseudonym_key, now=now)
     signers = _root_signers(domain)
     if changed_store is not None:

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from schemas.events import EventModel, JointMeetingConcluded, JointMeetingScheduled, LeadAcknowledged
 from services.console.view import Alert, OwnKind
+from services.kernel import ids
 from services.sdk.client import CaseContext
 
 __all__ = [
@@ -40,9 +41,9 @@ __all__ = [
     "schedule",
 ]
 
-NOT_INVITED: Final = frozenset({"hub", "coordinators"})
+NOT_INVITED: Final = frozenset({ids.HUB, ids.COORDINATORS})
 """Machine participants and the office itself: never asked to attend or to own an action item."""
-_POLICY_ADDS: Final = frozenset({"hub", "coordinators", "plc"})  # the joint_meeting rule names them
+_POLICY_ADDS: Final = frozenset({ids.HUB, ids.COORDINATORS, ids.PLC})  # the joint_meeting rule names them
 _MAX_ITEMS: Final = 100
 _MAX_LOCATION: Final = 200
 _MAX_SUMMARY: Final = 20_000

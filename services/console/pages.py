@@ -26,6 +26,7 @@ from services.console.actions import NOT_INVITED, Problem
 from services.console.markup import Markup, fmt, join, render
 from services.console.sessions import CSRF_FIELD
 from services.console.view import AGES, Alert, CaseView, Entry, OwnAction, QueueFilter, Rates
+from services.kernel import ids
 
 REASONS: Final[tuple[AlertReasonCode, ...]] = get_args(AlertReasonCode)
 _TABS: Final = ("open", "acknowledged", "scheduled", "concluded", "active", "all")
@@ -373,7 +374,9 @@ def _timeline(viewer: Viewer, entries: Sequence[Entry | OwnAction]) -> Markup:
                 if entry.kind == "acknowledge"
                 else f"{viewer.t('action.' + entry.kind)} — {viewer.t('tl.pending')}"
             )
-            rows.append((entry.at, entry.event_id, "lead.acknowledged", text, viewer.agency("coordinators")))
+            rows.append(
+                (entry.at, entry.event_id, "lead.acknowledged", text, viewer.agency(ids.COORDINATORS))
+            )
             continue
         if isinstance(entry.event, JointMeetingAlert):
             versions[entry.event.alert_id] = versions.get(entry.event.alert_id, 0) + 1
@@ -430,7 +433,7 @@ def _actions(viewer: Viewer, alert: Alert, now: datetime, forms: ActionForms) ->
         given = sent.get(name)
         return given[0] if given else default
 
-    invited = set(sent.get("participants", [])) if sent else set(alert.latest.agencies_involved) | {"plc"}
+    invited = set(sent.get("participants", [])) if sent else set(alert.latest.agencies_involved) | {ids.PLC}
     if alert.meeting is not None and not sent:
         invited = set(alert.meeting.participants)
     choices = [p for p in forms.participants if p not in NOT_INVITED]

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.console.accounts import accounts_path
 from services.console.audit import audit_path
+from services.kernel import ids
 
 
 class ConsoleSettings(BaseSettings):
@@ -29,7 +30,7 @@ class ConsoleSettings(BaseSettings):
         description="trust domain: the coordinators' keystore, the registry, accounts and audit log",
     )
     topic_prefix: str = Field(default="", description="prefix of every topic name (tests use one per run)")
-    participant: str = Field(default="coordinators", description="whose inbox the console reads")
+    participant: str = Field(default=ids.COORDINATORS, description="whose inbox the console reads")
     host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int = Field(default=8088, ge=0, le=65535, description="port to listen on; 0 picks a free one")
     data_dir: Path = Field(

@@ -46,7 +46,7 @@ from services.bus.security import (
 from services.hub.config import HubConfig
 from services.hub.metrics import HubMetrics
 from services.hub.worker import RecordWorker
-from services.kernel import topics
+from services.kernel import ids, topics
 from services.kernel.errors import UsageError
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
@@ -97,7 +97,7 @@ class HubWorker:
         self.app = app
         n = settings.partitions
         names = topics.TopicNames(settings.topic_prefix)
-        self.inbox = self._topic(names.inbox("hub"), n)
+        self.inbox = self._topic(names.inbox(ids.HUB), n)
         self.clock = self._topic(names.hub_clock, n)
         self.suspects = self._topic(names.hub_suspects, n)
         self.serial = self._topic(names.hub_serial, n)
@@ -175,14 +175,14 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
         raise UsageError("no Kafka bootstrap: set LIANFANG_BOOTSTRAP")
     metrics = metrics or HubMetrics()
     domain = trust.open_domain(settings.home)
-    keys = domain.keystore("hub")
+    keys = domain.keystore(ids.HUB)
     registry = domain.registry(datetime.now(UTC))
     # Each opened inbox event and each published alert or report: one chain per worker.
     sink = KafkaSink(
         settings.bootstrap, topics.TopicNames(settings.topic_prefix).audit, settings.kafka_security
     )
     trail = participant_trail(
-        settings.data_dir / "audit", keys, registry, "hub", ship=sink, metrics=metrics.audit
+        settings.data_dir / "audit", keys, registry, ids.HUB, ship=sink, metrics=metrics.audit
     )
     app = faust.App(
         settings.app_id,
@@ -253,7 +253,7 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
 
         @app.task  # type: ignore[untyped-decorator]
         async def sample_lag() -> None:
-            await sample_group_lag(settings, work.names.inbox("hub"), metrics)
+            await sample_group_lag(settings, work.names.inbox(ids.HUB), metrics)
 
     return app
 

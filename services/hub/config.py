@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import get_args
 
 from schemas.common import Urgency
+from services.kernel import ids
 
 __all__ = ["HubConfig"]
 
@@ -49,10 +50,10 @@ class HubConfig:
     order_decision_urgent: timedelta = timedelta(hours=24)
     breach_grace: timedelta = timedelta(0)
 
-    hub: str = "hub"
-    coordinators: str = "coordinators"
-    court: str = "court"
-    not_acting: frozenset[str] = frozenset({"hub", "coordinators"})
+    hub: str = ids.HUB
+    coordinators: str = ids.COORDINATORS
+    court: str = ids.COURT
+    not_acting: frozenset[str] = frozenset({ids.HUB, ids.COORDINATORS})
     max_lateness: timedelta = timedelta(days=7)
     max_events: int = 2_000
     max_suspect_victims: int = 100

@@ -34,7 +34,7 @@ from services.hub.config import HubConfig
 from services.hub.ids import deterministic_id
 from services.hub.metrics import HubMetrics
 from services.hub.state import Observation, SuspectState, VictimState
-from services.kernel import envelope, topics
+from services.kernel import envelope, ids, topics
 from services.kernel.errors import UntrustedInputError
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
@@ -130,7 +130,7 @@ class RecordWorker:
             "minor": last.get("minor"),
             "town": last.get("town"),
             "urgency": urgency,
-            "audience": sorted(set(audience) - {"coordinators", "plc", "hub"}),
+            "audience": sorted(set(audience) - {ids.COORDINATORS, ids.PLC, ids.HUB}),
             "policy": self.registry.policy_version,
             "registry": self.registry.version,
             "refs": refs[-20:],

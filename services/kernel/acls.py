@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
+from services.kernel import ids
 from services.kernel.topics import TopicNames
 
 if TYPE_CHECKING:
@@ -37,8 +38,6 @@ Operation = Literal[
     "READ", "WRITE", "CREATE", "DELETE", "ALTER", "DESCRIBE", "DESCRIBE_CONFIGS", "ALTER_CONFIGS"
 ]
 
-ROUTER: Final = "router"
-HUB: Final = "hub"
 ROUTER_GROUP: Final = "lianfang-router"
 HUB_APP_ID: Final = "lianfang-hub"
 CLUSTER_NAME: Final = "kafka-cluster"
@@ -102,7 +101,7 @@ def participant_rules(participant: str, names: TopicNames = DEFAULT_NAMES) -> li
 
 
 def router_rules(
-    names: TopicNames = DEFAULT_NAMES, *, router: str = ROUTER, group_id: str = ROUTER_GROUP
+    names: TopicNames = DEFAULT_NAMES, *, router: str = ids.ROUTER, group_id: str = ROUTER_GROUP
 ) -> list[AclRule]:
     """Read events and the registry, write every inbox and the dead letters, own its EOS state."""
     me = user(router)
@@ -121,7 +120,7 @@ def router_rules(
 
 
 def hub_rules(
-    names: TopicNames = DEFAULT_NAMES, *, hub: str = HUB, app_id: str = HUB_APP_ID
+    names: TopicNames = DEFAULT_NAMES, *, hub: str = ids.HUB, app_id: str = HUB_APP_ID
 ) -> list[AclRule]:
     """Beyond its participant rules: its own topics and faust's internal topics and groups."""
     me = user(hub)
@@ -138,9 +137,9 @@ def generate(
     participants: Iterable[str],
     names: TopicNames = DEFAULT_NAMES,
     *,
-    router: str = ROUTER,
+    router: str = ids.ROUTER,
     router_group: str = ROUTER_GROUP,
-    hub: str = HUB,
+    hub: str = ids.HUB,
     hub_app_id: str = HUB_APP_ID,
 ) -> list[AclRule]:
     """Every rule of a bus whose participants are ``participants``, sorted and without duplicates."""

@@ -37,7 +37,7 @@ from services.audit.chain import Action, AuditEntry, Checkpoint, next_entry, par
 from services.audit.trail import Signer
 from services.bus.eos import Output, PartitionState, TransactionalRunner
 from services.bus.security import KafkaSecuritySettings, aiokafka_kwargs, load_security
-from services.kernel import acls, topics
+from services.kernel import ids, topics
 from services.kernel.clock import Clock, utcnow
 from services.kernel.envelope import DuplicateError, ReplayWindow, Seen
 from services.kernel.errors import UntrustedInputError, UsageError
@@ -157,14 +157,14 @@ class RouterAudit:
         self, topic: str, group_id: str, signer: Signer | None, *, checkpoint_every_s: float
     ) -> None:
         self.topic = topic
-        self.chain = re.sub(r"[^a-z0-9_.-]", "-", group_id.lower()).strip("-.") or "router"
+        self.chain = re.sub(r"[^a-z0-9_.-]", "-", group_id.lower()).strip("-.") or ids.ROUTER
         self.signer = signer
         self.checkpoint_every_s = checkpoint_every_s
         self._last_checkpoint: dict[int, float] = {}
         self._heads: dict[int, tuple[bytes, AuditEntry]] = {}  # per partition, as last written
 
     def actor(self, partition: int) -> str:
-        return f"{acls.ROUTER}/{self.chain}.p{partition}"
+        return f"{ids.ROUTER}/{self.chain}.p{partition}"
 
     def head(self, state: PartitionState) -> AuditEntry | None:
         line = state.get(self.HEAD)
@@ -391,12 +391,12 @@ def deadletter_headers(
 
 def router_signer(home: Path, registry: Registry, now: datetime) -> Signer | None:
     """The key that signs the router's audit checkpoints: ``router``'s keystore in HOME, if there."""
-    if not (home / "keys" / f"{acls.ROUTER}.key").exists():
+    if not (home / "keys" / f"{ids.ROUTER}.key").exists():
         log.warning(
-            "no keystore for %r in %s: the router's audit checkpoints will not be signed", acls.ROUTER, home
+            "no keystore for %r in %s: the router's audit checkpoints will not be signed", ids.ROUTER, home
         )
         return None
-    return Signer.of(trust.open_domain(home).keystore(acls.ROUTER), registry, now)
+    return Signer.of(trust.open_domain(home).keystore(ids.ROUTER), registry, now)
 
 
 async def serve(

@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Final
 
 from schemas.registry import Match, Policy, Rule
+from services.kernel import ids
 
 # id, 中文名, English name
 AGENCIES: Final[tuple[tuple[str, str, str], ...]] = (
-    ("plc", "区委政法委", "Political-Legal Affairs Commission"),
+    (ids.PLC, "区委政法委", "Political-Legal Affairs Commission"),
     ("police", "区公安局", "Public Security Bureau"),
     ("procuratorate", "区检察院", "People's Procuratorate"),
-    ("court", "区法院", "People's Court"),
+    (ids.COURT, "区法院", "People's Court"),
     ("womens_federation", "区妇联", "Women's Federation (12338 hotline)"),
     ("justice", "区司法局", "Justice Bureau"),
     ("health", "区卫健委", "Health Commission"),
@@ -24,9 +25,9 @@ AGENCIES: Final[tuple[tuple[str, str, str], ...]] = (
     ("civil_affairs", "区民政局", "Civil Affairs Bureau"),
     ("social_work", "区委社会工委", "Social Work Committee"),
     ("trade_union", "区总工会", "Federation of Trade Unions"),
-    ("hub", "联席会议处理器", "Joint-meeting processors (operated for plc)"),
-    ("coordinators", "联席会议办公室", "Joint-meeting office (console users)"),
-    ("router", "事件路由器", "Event router (operated for plc; signs its audit trail, reads no content)"),
+    (ids.HUB, "联席会议处理器", "Joint-meeting processors (operated for plc)"),
+    (ids.COORDINATORS, "联席会议办公室", "Joint-meeting office (console users)"),
+    (ids.ROUTER, "事件路由器", "Event router (operated for plc; signs its audit trail, reads no content)"),
 )
 
 # The 6 streets (街道) and 19 towns (镇) of the district: id, 中文名.
@@ -70,7 +71,7 @@ MEETING_TYPES: Final = ("joint_meeting.alert", "joint_meeting.scheduled", "joint
 SUPERVISION_TYPES: Final = ("supervision.breach", "supervision.report")
 
 # The founding agencies that hold the root keys (2 of 3 sign a registry).
-ROOT_HOLDERS: Final = ("plc", "procuratorate", "womens_federation")
+ROOT_HOLDERS: Final = (ids.PLC, "procuratorate", "womens_federation")
 
 
 def participants() -> list[tuple[str, str, str]]:
@@ -83,14 +84,14 @@ def participants() -> list[tuple[str, str, str]]:
 
 def may_publish(participant_id: str) -> list[str]:
     """Which event types a participant may put on the bus."""
-    if participant_id == "router":
+    if participant_id == ids.ROUTER:
         return []  # it only copies signed events; its key signs the checkpoints of its audit trail
-    if participant_id == "hub":
+    if participant_id == ids.HUB:
         return ["joint_meeting.alert", *SUPERVISION_TYPES]
-    if participant_id == "coordinators":
+    if participant_id == ids.COORDINATORS:
         return ["joint_meeting.scheduled", "joint_meeting.concluded", "lead.acknowledged"]
     types = [*LEAD_TYPES, "protection_order.requested", "protection_order.breached"]
-    if participant_id == "court":
+    if participant_id == ids.COURT:
         types.append("protection_order.decided")
     return types
 
@@ -101,7 +102,7 @@ def _lead(name: str, description: str, when: Match, readers: list[str], hub: boo
         name=name,
         description=description,
         when=when,
-        triage=[*readers, "hub"] if hub else readers,
+        triage=[*readers, ids.HUB] if hub else readers,
         details=readers,
     )
 
@@ -181,21 +182,21 @@ def default_policy(version: int = 1) -> Policy:
                 "protection_orders",
                 "人身安全保护令: court, police (enforcement), women's federation, and the hub (breaches).",
                 Match(type=list(ORDER_TYPES)),
-                ["court", "police", "womens_federation"],
+                [ids.COURT, "police", "womens_federation"],
             ),
             Rule(
                 name="joint_meeting",
                 description="联席会议: the office, the convening commission and the agencies involved.",
                 when=Match(type=list(MEETING_TYPES)),
-                triage=["coordinators", "plc", "hub", "$audience"],
-                details=["coordinators", "plc", "$audience"],
+                triage=[ids.COORDINATORS, ids.PLC, ids.HUB, "$audience"],
+                details=[ids.COORDINATORS, ids.PLC, "$audience"],
             ),
             Rule(
                 name="supervision",
                 description="工作督查: breaches to the office, the commission and the agency concerned.",
                 when=Match(type=list(SUPERVISION_TYPES)),
-                triage=["coordinators", "plc", "$audience"],
-                details=["coordinators", "plc", "$audience"],
+                triage=[ids.COORDINATORS, ids.PLC, "$audience"],
+                details=[ids.COORDINATORS, ids.PLC, "$audience"],
             ),
         ],
     )

@@ -36,6 +36,7 @@ from typing import Any, Final, Literal
 
 from schemas.events import LeadReported, RiskAnswers
 from services.importers.values import CHINA
+from services.kernel import ids
 from services.kernel.pseudonym import PseudonymKey
 from services.sdk.client import CaseContext, default_urgency
 from services.sdk.client import person_pseudonym as subject_pseudonym
@@ -478,7 +479,7 @@ class District:
         request = self.event(
             lead,
             requested,
-            "court",
+            ids.COURT,
             "protection_order.requested",
             {
                 "lead_id": lead.event_id,
@@ -504,7 +505,7 @@ class District:
             decision_payload["terms"] = ["禁止被申请人实施家庭暴力", "禁止被申请人骚扰、跟踪、接触申请人"]
         context = replace(lead.context, lead_id=request.event_id)
         decision = self.event(
-            lead, decided, "court", "protection_order.decided", decision_payload, case=case, context=context
+            lead, decided, ids.COURT, "protection_order.decided", decision_payload, case=case, context=context
         )
         if decision is None or not breach:
             return
@@ -694,7 +695,7 @@ class District:
         self.event(
             first,
             scheduled,
-            "coordinators",
+            ids.COORDINATORS,
             "joint_meeting.scheduled",
             {
                 "alert_id": alert_id,
@@ -721,7 +722,7 @@ class District:
         self.event(
             first,
             held + timedelta(hours=2),
-            "coordinators",
+            ids.COORDINATORS,
             "joint_meeting.concluded",
             {
                 "alert_id": alert_id,

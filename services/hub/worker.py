@@ -25,7 +25,7 @@ from typing import Any
 
 from kafka.partitioner.default import murmur2
 
-from schemas.envelope import EnvelopeHeader, SectionName
+from schemas.envelope import SectionName
 from services.audit.chain import opened_object
 from services.audit.trail import LocalTrail
 from services.hub import rules, serial, supervision
@@ -117,25 +117,21 @@ class RecordWorker:
     ) -> envelope.SealedRecord:
         """Seal a hub event: triage and details both carry the payload (it holds no personal data)."""
         last = case.last_lead_facts() if case is not None else {}
-        fields = {
-            "v": 1,
-            "specversion": "1.0",
-            "id": event_id,
-            "source": "urn:lianfang:hub",
-            "type": event_type,
-            "time": self.clock().isoformat(),
-            "subject": subject,
-            "schema": f"{event_type}/1",
-            "category": last.get("category"),
-            "minor": last.get("minor"),
-            "town": last.get("town"),
-            "urgency": urgency,
-            "audience": sorted(set(audience) - {ids.COORDINATORS, ids.PLC, ids.HUB}),
-            "policy": self.registry.policy_version,
-            "registry": self.registry.version,
-            "refs": refs[-20:],
-        }
-        header = EnvelopeHeader.model_validate_json(json.dumps(fields, default=str))
+        header = envelope.build_header(
+            event_id=event_id,
+            sender=ids.HUB,
+            event_type=event_type,
+            schema_version=1,
+            at=self.clock(),
+            subject=subject,
+            category=last.get("category"),
+            minor=last.get("minor"),
+            town=last.get("town"),
+            urgency=urgency,
+            audience=sorted(set(audience) - {ids.COORDINATORS, ids.PLC, ids.HUB}),
+            refs=refs[-20:],
+            registry=self.registry,
+        )
         body = json.loads(json.dumps(payload, default=str))
         content: dict[SectionName, dict[str, Any]] = {"triage": body, "details": body}
         return envelope.seal(header, content, registry=self.registry, signer=self.keys)

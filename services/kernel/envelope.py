@@ -12,10 +12,11 @@ lists the checks with their reason codes; where the two disagree, this docstring
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time as _time
 import uuid
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -165,6 +166,50 @@ class SystemEntropy:
 
 
 SYSTEM_ENTROPY = SystemEntropy()
+
+
+def build_header(
+    *,
+    event_id: str,
+    sender: str,
+    event_type: str,
+    schema_version: int,
+    at: datetime,
+    subject: str,
+    category: str | None,
+    minor: bool | None,
+    school_related: bool | None = None,
+    town: str | None,
+    urgency: str,
+    audience: Sequence[str],
+    refs: Sequence[str],
+    registry: Registry,
+) -> EnvelopeHeader:
+    """The clear header of a new event from ``sender``, under the policy and registry versions of
+    ``registry``. Validated as JSON, as a reader will; :class:`UsageError` names what is wrong."""
+    fields: dict[str, Any] = {
+        "v": 1,
+        "specversion": "1.0",
+        "id": event_id,
+        "source": f"urn:lianfang:{sender}",
+        "type": event_type,
+        "time": at.isoformat(),
+        "subject": subject,
+        "schema": f"{event_type}/{schema_version}",
+        "category": category,
+        "minor": minor,
+        "school_related": school_related,
+        "town": town,
+        "urgency": urgency,
+        "audience": list(audience),
+        "policy": registry.policy_version,
+        "registry": registry.version,
+        "refs": list(refs),
+    }
+    try:
+        return EnvelopeHeader.model_validate_json(json.dumps(fields))
+    except ValidationError as e:
+        raise UsageError(f"cannot build the envelope header: {validation_summary(e, whole='(event)')}") from e
 
 
 def choose_signing_kid(signer: Keystore, registry: Registry, at: datetime) -> str:

@@ -267,31 +267,22 @@ class Client:
         """
         now = self.clock()
         refs = [*refs, *([context.lead_id] if context.lead_id and context.lead_id not in refs else [])]
-        fields: dict[str, Any] = {
-            "v": 1,
-            "specversion": "1.0",
-            "id": event_id or envelope.new_event_id(),
-            "source": f"urn:lianfang:{self.participant}",
-            "type": event.EVENT_TYPE,
-            "time": now.isoformat(),
-            "subject": context.subject,
-            "schema": f"{event.EVENT_TYPE}/{getattr(event, 'schema_version', 1)}",
-            "category": context.category,
-            "minor": context.minor,
-            "school_related": context.school_related,
-            "town": context.town,
-            "urgency": urgency,
-            "audience": list(audience),
-            "policy": self.registry.policy_version,
-            "registry": self.registry.version,
-            "refs": refs,
-        }
-        try:
-            header = EnvelopeHeader.model_validate_json(json.dumps(fields))
-        except ValidationError as e:
-            raise UsageError(
-                f"cannot build the envelope header: {validation_summary(e, whole='(event)')}"
-            ) from e
+        header = envelope.build_header(
+            event_id=event_id or envelope.new_event_id(),
+            sender=self.participant,
+            event_type=event.EVENT_TYPE,
+            schema_version=getattr(event, "schema_version", 1),
+            at=now,
+            subject=context.subject,
+            category=context.category,
+            minor=context.minor,
+            school_related=context.school_related,
+            town=context.town,
+            urgency=urgency,
+            audience=audience,
+            refs=refs,
+            registry=self.registry,
+        )
         self.registry.check_may_publish(self.participant, event.EVENT_TYPE)
         triage, details = split_sections(event)
         content: dict[SectionName, dict[str, Any]] = {"triage": triage, "details": details}

@@ -8,14 +8,15 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.envelope import MAX_RECORD_BYTES
+from schemas.envelope import MAX_RECORD_BYTES, EnvelopeHeader
 from services.kernel import crypto, envelope, jsonx
-from services.kernel.errors import REASON_CODES, ReasonCode, UntrustedInputError
+from services.kernel.errors import REASON_CODES, ReasonCode, UntrustedInputError, UsageError
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
 from services.simulator import district
@@ -456,3 +457,39 @@ def test_every_recipient_opens_what_was_sealed_and_nobody_else_can(
     outsider = sorted(everyone - recipients["triage"] - recipients["details"])[0]
     with pytest.raises(UntrustedInputError, match="not_a_recipient"):
         envelope.open_sections(verified, domain.keys(outsider))
+
+
+def _built_header(domain: DemoDomain, **overrides: object) -> EnvelopeHeader:
+    fields: dict[str, Any] = {
+        "event_id": envelope.new_event_id(int(NOW.timestamp() * 1000)),
+        "sender": "police",
+        "event_type": "lead.reported",
+        "schema_version": 1,
+        "at": NOW,
+        "subject": "p1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "category": "domestic_violence",
+        "minor": False,
+        "town": "renhe",
+        "urgency": "urgent",
+        "audience": [],
+        "refs": [],
+        "registry": domain.registry,
+        **overrides,
+    }
+    return envelope.build_header(**fields)
+
+
+def test_a_built_header_is_the_header_a_reader_parses(domain: DemoDomain) -> None:
+    built = _built_header(domain)
+    assert built.sender == "police"
+    assert built.schema_ == "lead.reported/1"
+    assert built.school_related is None
+    assert built.policy == domain.registry.policy_version
+    assert built.registry == domain.registry.version
+    raw = jsonx.compact_json(built.model_dump(mode="json", by_alias=True))
+    assert EnvelopeHeader.model_validate_json(raw) == built
+
+
+def test_a_header_with_an_invalid_field_is_a_usage_error_naming_the_field(domain: DemoDomain) -> None:
+    with pytest.raises(UsageError, match=r"cannot build the envelope header: urgency: "):
+        _built_header(domain, urgency="whenever")

@@ -28,13 +28,14 @@ from pydantic import ValidationError
 from schemas.events import EventModel, JointMeetingConcluded, JointMeetingScheduled, LeadAcknowledged
 from services.console.view import Alert, OwnKind
 from services.kernel import ids
+from services.kernel.errors import UsageError
 from services.sdk.client import CaseContext
 
 __all__ = [
     "NOT_INVITED",
     "FormError",
+    "FormProblem",
     "Outgoing",
-    "Problem",
     "acknowledgement",
     "conclusion",
     "parse_local",
@@ -51,7 +52,7 @@ _MAX_DESCRIPTION: Final = 2_000
 
 
 @dataclass(frozen=True, slots=True)
-class Problem:
+class FormProblem:
     key: str
     n: int | None = None
 
@@ -59,10 +60,10 @@ class Problem:
         return {} if self.n is None else {"n": self.n}
 
 
-class FormError(ValueError):
+class FormError(UsageError):
     """The form cannot become an event; ``problems`` say why, in message keys."""
 
-    def __init__(self, problems: Sequence[Problem]) -> None:
+    def __init__(self, problems: Sequence[FormProblem]) -> None:
         super().__init__(", ".join(p.key for p in problems))
         self.problems = list(problems)
 
@@ -103,19 +104,19 @@ def _build(model: type[EventModel], fields: dict[str, Any]) -> EventModel:
     try:
         return model.model_validate_json(json.dumps(fields, default=str))
     except ValidationError as e:  # the form checks above should have caught it; say so plainly
-        raise FormError([Problem("err.publish")]) from e
+        raise FormError([FormProblem("err.publish")]) from e
 
 
 def _open(alert: Alert) -> None:
     if alert.status == "concluded":
-        raise FormError([Problem("err.concluded")])
+        raise FormError([FormProblem("err.concluded")])
 
 
 def acknowledgement(alert: Alert, *, participant: str, now: datetime) -> Outgoing:
     """签收: the office has taken the alert on."""
     _open(alert)
     if alert.header.category is None:
-        raise FormError([Problem("err.no_route")])
+        raise FormError([FormProblem("err.no_route")])
     event = _build(
         LeadAcknowledged,
         {"lead_id": alert.alert_id, "agency": participant, "acknowledged_at": now.isoformat()},
@@ -123,10 +124,10 @@ def acknowledgement(alert: Alert, *, participant: str, now: datetime) -> Outgoin
     return Outgoing("acknowledge", event, _context(alert), alert.header.urgency, ())
 
 
-def _agencies(chosen: Sequence[str], allowed: Collection[str], problems: list[Problem]) -> list[str]:
+def _agencies(chosen: Sequence[str], allowed: Collection[str], problems: list[FormProblem]) -> list[str]:
     picked = list(dict.fromkeys(a.strip() for a in chosen if a.strip()))
     if any(a not in allowed or a in NOT_INVITED for a in picked):
-        problems.append(Problem("err.unknown_participant"))
+        problems.append(FormProblem("err.unknown_participant"))
         return []
     return picked
 
@@ -134,16 +135,16 @@ def _agencies(chosen: Sequence[str], allowed: Collection[str], problems: list[Pr
 def schedule(alert: Alert, form: MultiMapping[str], *, zone: tzinfo, allowed: Collection[str]) -> Outgoing:
     """安排会商 from the fields ``meeting_at``, ``location`` and ``participants`` (repeated)."""
     _open(alert)
-    problems: list[Problem] = []
+    problems: list[FormProblem] = []
     meeting_at = parse_local(form.get("meeting_at", ""), zone)
     if meeting_at is None:
-        problems.append(Problem("err.meeting_at"))
+        problems.append(FormProblem("err.meeting_at"))
     participants = _agencies(form.getall("participants", []), allowed, problems)
     if not participants and not problems:
-        problems.append(Problem("err.participants"))
+        problems.append(FormProblem("err.participants"))
     location = form.get("location", "").strip()
     if len(location) > _MAX_LOCATION:
-        problems.append(Problem("err.location"))
+        problems.append(FormProblem("err.location"))
     if problems or meeting_at is None:
         raise FormError(problems)
     fields: dict[str, Any] = {
@@ -164,14 +165,14 @@ def conclusion(
     """会商结论 from ``concluded_at`` (default now), ``summary`` and the repeated item fields
     ``item_owner``, ``item_due`` and ``item_description`` (rows left wholly empty are skipped)."""
     _open(alert)
-    problems: list[Problem] = []
+    problems: list[FormProblem] = []
     raw_at = form.get("concluded_at", "").strip()
     concluded_at = parse_local(raw_at, zone) if raw_at else now
     if concluded_at is None:
-        problems.append(Problem("err.concluded_at"))
+        problems.append(FormProblem("err.concluded_at"))
     summary = form.get("summary", "").strip()
     if not summary or len(summary) > _MAX_SUMMARY:
-        problems.append(Problem("err.summary"))
+        problems.append(FormProblem("err.summary"))
     owners, dues, descriptions = (
         form.getall(name, []) for name in ("item_owner", "item_due", "item_description")
     )
@@ -192,14 +193,14 @@ def conclusion(
             or not description
             or len(description) > _MAX_DESCRIPTION
         ):
-            problems.append(Problem("err.item", n))
+            problems.append(FormProblem("err.item", n))
             items.append({})
             continue
         if concluded_at is not None and due_at < concluded_at:
-            problems.append(Problem("err.item_due", n))
+            problems.append(FormProblem("err.item_due", n))
         items.append({"owner": owner, "due_at": due_at.isoformat(), "description": description})
     if len(items) > _MAX_ITEMS:
-        problems.append(Problem("err.items"))
+        problems.append(FormProblem("err.items"))
     if problems or concluded_at is None:
         raise FormError(problems)
     event = _build(

@@ -43,7 +43,7 @@ from services.audit.trail import LocalTrail, participant_trail
 from services.bus.security import load_security
 from services.console import i18n, pages
 from services.console.accounts import AccountStore, LoginResult
-from services.console.actions import FormError, Outgoing, Problem, acknowledgement, conclusion, schedule
+from services.console.actions import FormError, FormProblem, Outgoing, acknowledgement, conclusion, schedule
 from services.console.audit import Action, AuditLog
 from services.console.markup import Markup
 from services.console.metrics import ConsoleMetrics
@@ -220,7 +220,7 @@ class Console:
                 with self.lock:
                     self.view.apply(opened.header, opened.sections)
                 restored += 1
-            except (LianfangError, ViewError) as e:
+            except LianfangError as e:  # ViewError is one too
                 refused += 1
                 log.warning("a stored inbox record no longer opens: %s", type(e).__name__)
         with self.lock:
@@ -617,7 +617,7 @@ class Console:
         except LianfangError as e:
             self.metrics.actions.labels(kind, "failed").inc()
             log.warning("publishing %s for alert %s failed: %s", kind, alert.alert_id, type(e).__name__)
-            flash = pages.problems(self._viewer(request), [Problem("err.publish")])
+            flash = pages.problems(self._viewer(request), [FormProblem("err.publish")])
             body, _ = self._render_alert(request, flash=flash, form=form)
             return self._html(body, 503)
         session = request[SESSION]

@@ -22,7 +22,7 @@ from schemas.events import (
     SupervisionBreach,
 )
 from services.console import i18n
-from services.console.actions import NOT_INVITED, Problem
+from services.console.actions import NOT_INVITED, FormProblem
 from services.console.markup import Markup, fmt, join, render
 from services.console.sessions import CSRF_FIELD
 from services.console.view import AGES, Alert, CaseView, Entry, OwnAction, QueueFilter, Rates
@@ -134,7 +134,7 @@ def message(kind: str, text: str) -> Markup:
     return fmt('<p class="message {kind}" role="status" id="message">{text}</p>', kind=kind, text=text)
 
 
-def problems(viewer: Viewer, found: Sequence[Problem]) -> Markup:
+def problems(viewer: Viewer, found: Sequence[FormProblem]) -> Markup:
     items = join(fmt("<li>{p}</li>", p=viewer.t(p.key, **p.values())) for p in found)
     return fmt(
         '<div class="message error" role="alert" id="form-errors"><p>{head}</p><ul>{items}</ul></div>',

@@ -33,6 +33,7 @@ from schemas.events import (
     SupervisionReport,
     parse_event,
 )
+from services.kernel.errors import MalformedError
 
 __all__ = [
     "AGES",
@@ -63,7 +64,7 @@ AGES: Final = ("1d", "7d", "30d", "older")
 StatusFilter = Literal["open", "acknowledged", "scheduled", "concluded", "active", "all"]
 
 
-class ViewError(ValueError):
+class ViewError(MalformedError):
     """An inbox event whose opened content is not a valid event of its type."""
 
 

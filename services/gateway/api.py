@@ -11,7 +11,7 @@
      "refs": ["<event id>", ...]}        # optional: related events
 
 :func:`parse_submission` turns the bytes into a validated :class:`Submission` or raises a
-:class:`~services.gateway.problems.Problem` that names every wrong field by JSON Pointer, never its
+:class:`~services.gateway.problems.ProblemError` that names every wrong field by JSON Pointer, never its
 value.
 """
 
@@ -27,7 +27,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from schemas.common import Category, EventId, Pseudonym, Town, UniqueList, Urgency, WireModel
 from schemas.events import EVENT_MODELS, EventModel, LeadReported, upcast
-from services.gateway.problems import FieldError, Problem, field_errors
+from services.gateway.problems import FieldError, ProblemError, field_errors
 from services.kernel import jsonx
 from services.kernel.errors import MalformedError, NotPermittedError, UsageError
 from services.kernel.pseudonym import PseudonymKey, pseudonymize
@@ -90,7 +90,7 @@ class Submission:
 def parse_submission(
     body: bytes, *, participant: str, registry: Registry, pseudonym_key: Callable[[], PseudonymKey]
 ) -> Submission:
-    """Validate a request body for ``participant``; raise :class:`Problem` (400, 403 or 422).
+    """Validate a request body for ``participant``; raise :class:`ProblemError` (400, 403 or 422).
 
     Order: JSON syntax (400), the request's own fields (422), the participant's right to publish
     the type (403), then the event's fields (422, every wrong field at once).
@@ -98,9 +98,9 @@ def parse_submission(
     try:
         raw = jsonx.strict_json(body, what="the request body")
     except MalformedError as e:
-        raise Problem("malformed_json", str(e).removeprefix("[malformed] ")) from e
+        raise ProblemError("malformed_json", str(e).removeprefix("[malformed] ")) from e
     if not isinstance(raw, dict):
-        raise Problem(
+        raise ProblemError(
             "invalid_request",
             "the body must be a JSON object",
             errors=[FieldError("", "expected an object with type and event", "model_type")],
@@ -112,16 +112,16 @@ def parse_submission(
     try:
         registry.check_may_publish(participant, request.type)
     except NotPermittedError as e:
-        raise Problem("not_permitted", f"{participant} may not publish {request.type}") from e
+        raise ProblemError("not_permitted", f"{participant} may not publish {request.type}") from e
     if request.type == LEAD:
         return _lead(request, pseudonym_key)
     return _follow_up(request)
 
 
-def _invalid(errors: list[FieldError]) -> Problem:
+def _invalid(errors: list[FieldError]) -> ProblemError:
     n = len(errors)
     where = ", ".join(e.pointer or "(body)" for e in errors[:5]) + (", ..." if n > 5 else "")
-    return Problem("invalid_request", f"{n} field(s) are invalid: {where}", errors=errors[:100])
+    return ProblemError("invalid_request", f"{n} field(s) are invalid: {where}", errors=errors[:100])
 
 
 def _validate(event_type: str, data: Mapping[str, Any]) -> tuple[EventModel | None, list[FieldError]]:

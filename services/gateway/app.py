@@ -46,7 +46,7 @@ from services.gateway.api import Submission, parse_submission
 from services.gateway.idempotency import IdempotencyStore, KeyedLocks
 from services.gateway.inbox import InboxReader, decode_cursor, encode_cursor
 from services.gateway.metrics import ROUTES, GatewayMetrics
-from services.gateway.problems import MEDIA_TYPE, Problem
+from services.gateway.problems import MEDIA_TYPE, ProblemError
 from services.gateway.webhooks import Backoff, WebhookSender
 from services.kernel import acls, envelope, topics
 from services.kernel.clock import Clock, utcnow
@@ -271,7 +271,7 @@ class Gateway:
         return f"{request.scheme}://{request.host}{request.raw_path}"
 
     def authenticate(self, request: web.Request, *, has_body: bool) -> tuple[str, httpsig.SignatureInput]:
-        """The participant whose registered key signed this request; raises :class:`Problem`."""
+        """The participant whose registered key signed this request; raises :class:`ProblemError`."""
         now = self.clock()
         message = httpsig.Message(request.method, self.target_uri(request), tuple(request.headers.items()))
         required = ["@method", "@target-uri"]
@@ -283,7 +283,7 @@ class Gateway:
             signature = httpsig.parse_signature(message, tag=httpsig.REQUEST_TAG)
             participant = self.key_owner.get(signature.keyid)
             if participant is None:
-                raise Problem(
+                raise ProblemError(
                     "unknown_key",
                     f"keyid {signature.keyid!r} is not a signing key in registry v{self.registry.version}",
                 )
@@ -297,15 +297,15 @@ class Gateway:
                 max_skew_s=self.settings.max_skew_s,
             )
         except httpsig.HttpSignatureError as e:
-            raise Problem(e.problem, e.args[0]) from e
+            raise ProblemError(e.problem, e.args[0]) from e
         except KeyRevokedError as e:
-            raise Problem("key_revoked", e.args[0]) from e
+            raise ProblemError("key_revoked", e.args[0]) from e
         except KeyExpiredError as e:
-            raise Problem("key_expired", e.args[0]) from e
+            raise ProblemError("key_expired", e.args[0]) from e
         except UnknownKeyError as e:
-            raise Problem("unknown_key", e.args[0]) from e
+            raise ProblemError("unknown_key", e.args[0]) from e
         if participant not in self.clients:
-            raise Problem(
+            raise ProblemError(
                 "not_served", f"this gateway does not serve {participant}; use that agency's gateway"
             )
         return participant, signature
@@ -317,26 +317,28 @@ class Gateway:
         try:
             self.registry.check_current(self.clock())
         except RegistryExpiredError as e:
-            raise Problem("registry_expired", e.args[0], headers={"Retry-After": "60"}) from e
+            raise ProblemError("registry_expired", e.args[0], headers={"Retry-After": "60"}) from e
 
     async def post_event(self, request: web.Request) -> web.Response:
         limit = self.settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
-            raise Problem("too_large", f"the body is {request.content_length} bytes; the limit is {limit}")
+            raise ProblemError(
+                "too_large", f"the body is {request.content_length} bytes; the limit is {limit}"
+            )
         participant, signature = self.authenticate(request, has_body=True)
         _check_json_media_type(request)
         body = await _read_body(request, limit)
         try:
             httpsig.check_content_digest(_field(request, "Content-Digest"), body)
         except httpsig.HttpSignatureError as e:
-            raise Problem(e.problem, e.args[0]) from e
+            raise ProblemError(e.problem, e.args[0]) from e
         key = _idempotency_key(request, signature)
         digest = hashlib.sha256(body).hexdigest()
         client = self.clients[participant]
         async with self.locks.hold((participant, key)):
             remembered = await asyncio.to_thread(self.idempotency.lookup, participant, key)
             if remembered is not None and remembered.digest != digest:
-                raise Problem(
+                raise ProblemError(
                     "idempotency_conflict",
                     "this Idempotency-Key was used with a different body; use a new key for a new event",
                 )
@@ -369,7 +371,7 @@ class Gateway:
             reserved = self.idempotency.reserve(participant, key, digest, envelope.new_event_id()).event_id
         try:
             _publish(client, submission, reserved)
-        except Problem:
+        except ProblemError:
             if fresh:  # nothing reached the outbox: the key is free for a corrected request
                 self.idempotency.release(participant, key, reserved)
             raise
@@ -387,11 +389,13 @@ class Gateway:
         except ValueError:
             limit = 0
         if not 1 <= limit <= self.settings.inbox_max_limit:
-            raise Problem("invalid_request", f"limit is an integer from 1 to {self.settings.inbox_max_limit}")
+            raise ProblemError(
+                "invalid_request", f"limit is an integer from 1 to {self.settings.inbox_max_limit}"
+            )
         try:
             page = await asyncio.to_thread(self.readers[participant].read, start, limit=limit)
         except TransportError as e:
-            raise Problem(
+            raise ProblemError(
                 "unavailable", f"the inbox cannot be read now: {e}", headers={"Retry-After": "5"}
             ) from e
         self.metrics.inbox_served.labels(participant).inc(len(page.events))
@@ -418,14 +422,14 @@ class Gateway:
         route = resource.canonical if resource is not None and resource.canonical in ROUTES else "other"
         try:
             response = await handler(request)
-        except Problem as problem:
+        except ProblemError as problem:
             response = self._refuse(problem)
         except web.HTTPException as e:
             code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(e.status)
             if code is None:
                 raise
             allow = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else {}
-            response = self._refuse(Problem(code, e.reason, headers=allow))  # type: ignore[arg-type]
+            response = self._refuse(ProblemError(code, e.reason, headers=allow))  # type: ignore[arg-type]
         except Exception as e:
             # Only the type and the frames: an exception's message could hold a submitted value.
             log.error(
@@ -434,13 +438,15 @@ class Gateway:
                 route,
                 "".join(traceback.format_tb(e.__traceback__)),
             )
-            response = self._refuse(Problem("internal", "the gateway failed; the request was not accepted"))
+            response = self._refuse(
+                ProblemError("internal", "the gateway failed; the request was not accepted")
+            )
         method = request.method if request.method in METHODS else "other"
         self.metrics.requests.labels(route, method, str(response.status)).inc()
         self.metrics.latency.labels(route).observe(time.perf_counter() - started)
         return response
 
-    def _refuse(self, problem: Problem) -> web.Response:
+    def _refuse(self, problem: ProblemError) -> web.Response:
         self.metrics.rejections.labels(problem.code).inc()
         headers = dict(problem.headers)
         if problem.status == 401:
@@ -488,7 +494,9 @@ def _field(request: web.Request, name: str) -> str | None:
 def _check_json_media_type(request: web.Request) -> None:
     charset = request.charset
     if request.content_type != "application/json" or (charset is not None and charset.lower() != "utf-8"):
-        raise Problem("unsupported_media_type", "send the body as Content-Type: application/json (UTF-8)")
+        raise ProblemError(
+            "unsupported_media_type", "send the body as Content-Type: application/json (UTF-8)"
+        )
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -497,20 +505,20 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     async for chunk in request.content.iter_chunked(64 * 1024):
         body += chunk
         if len(body) > limit:
-            raise Problem("too_large", f"the body is over the limit of {limit} bytes")
+            raise ProblemError("too_large", f"the body is over the limit of {limit} bytes")
     return bytes(body)
 
 
 def _idempotency_key(request: web.Request, signature: httpsig.SignatureInput) -> str:
     keys = request.headers.getall("Idempotency-Key", [])
     if len(keys) > 1:
-        raise Problem("invalid_request", "send one Idempotency-Key header, not several")
+        raise ProblemError("invalid_request", "send one Idempotency-Key header, not several")
     key = keys[0] if keys else None
     if key is None:
         # No key: the signature itself, so a replay of the same signed request gets the first answer.
         return "sig:" + hashlib.sha256(signature.signature).hexdigest()
     if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not all(" " <= c <= "~" for c in key):
-        raise Problem(
+        raise ProblemError(
             "invalid_request", f"Idempotency-Key is 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
         )
     return "key:" + key
@@ -529,9 +537,9 @@ def _publish(client: Client, submission: Submission, event_id: str) -> None:
     except ConflictError:
         pass  # the id is in the outbox already: an attempt before a crash got that far
     except UsageError as e:
-        raise Problem("invalid_request", str(e)) from e
+        raise ProblemError("invalid_request", str(e)) from e
     except sqlite3.Error as e:
-        raise Problem("unavailable", "the outbox cannot be written", headers={"Retry-After": "5"}) from e
+        raise ProblemError("unavailable", "the outbox cannot be written", headers={"Retry-After": "5"}) from e
 
 
 def _accepted(event_id: str) -> web.Response:

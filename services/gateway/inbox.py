@@ -26,7 +26,7 @@ from kafka.errors import KafkaError
 from services.audit.chain import opened_object
 from services.audit.trail import LocalTrail
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
-from services.gateway.problems import Problem
+from services.gateway.problems import ProblemError
 from services.kernel import envelope
 from services.kernel.clock import Clock
 from services.kernel.errors import TransportError, UntrustedInputError
@@ -45,8 +45,8 @@ def encode_cursor(offsets: Mapping[int, int]) -> str:
 
 
 def decode_cursor(cursor: str) -> dict[int, int]:
-    """The partition offsets of a cursor; raises :class:`Problem` ``invalid_cursor``."""
-    bad = Problem("invalid_cursor", "the cursor is not one this gateway issued; omit it to start over")
+    """The partition offsets of a cursor; raises :class:`ProblemError` ``invalid_cursor``."""
+    bad = ProblemError("invalid_cursor", "the cursor is not one this gateway issued; omit it to start over")
     if len(cursor) > MAX_CURSOR_CHARS or not cursor.startswith(CURSOR_PREFIX):
         raise bad
     text = cursor[len(CURSOR_PREFIX) :]

@@ -136,7 +136,7 @@ def _problems(*statuses: int) -> dict[str, Any]:
         listing = "; ".join(f"`{_type(c)}`: {PROBLEMS[c][1]}" for c in codes)
         out[str(status)] = {
             "description": listing,
-            "content": {PROBLEM_JSON: {"schema": _ref("Problem")}},
+            "content": {PROBLEM_JSON: {"schema": _ref("ProblemError")}},
         }
     return out
 
@@ -246,7 +246,7 @@ def document(*, max_body_bytes: int, server_url: str | None = None) -> dict[str,
         },
         "required": ["events", "cursor", "more"],
     }
-    schemas["Problem"] = _problem_schema()
+    schemas["ProblemError"] = _problem_schema()
 
     doc: dict[str, Any] = {
         "openapi": "3.1.0",

@@ -1,4 +1,4 @@
-"""Problem details (RFC 9457) of the gateway: one closed catalogue of problem types, built without I/O.
+"""ProblemError details (RFC 9457) of the gateway: one closed catalogue of problem types, built without I/O.
 
 Every refusal is ``application/problem+json`` with ``type``, ``title``, ``status`` and ``detail``; a
 validation problem adds ``errors``, one entry per field: a JSON Pointer (RFC 6901) into the request
@@ -16,20 +16,22 @@ from typing import Any, Final, Literal, get_args
 
 from pydantic import ValidationError
 
+from services.kernel.errors import LianfangError
+
 __all__ = [
     "MEDIA_TYPE",
     "PROBLEMS",
     "TYPE_BASE",
     "FieldError",
-    "Problem",
     "ProblemCode",
+    "ProblemError",
     "field_errors",
     "json_pointer",
 ]
 
 MEDIA_TYPE: Final = "application/problem+json"
 TYPE_BASE: Final = "https://lianfang.example/problems/"
-"""Problem type URIs are identifiers (the host is a reserved example name and is never fetched);
+"""ProblemError type URIs are identifiers (the host is a reserved example name and is never fetched);
 the OpenAPI document lists every type with its meaning."""
 
 ProblemCode = Literal[
@@ -100,7 +102,7 @@ class FieldError:
         return {"pointer": self.pointer, "detail": self.detail, "code": self.code}
 
 
-class Problem(Exception):
+class ProblemError(LianfangError):
     """A refusal: raise it in a handler; the application renders it with :meth:`body`."""
 
     def __init__(

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from schemas.events import EventModel
 from services.importers.errors import FileFormatError
 from services.importers.ledger import Ledger
-from services.importers.mapping import Filtered, Mapper, Problem, Publication, Rejected
+from services.importers.mapping import Filtered, Mapper, Publication, Rejected, RowProblem
 from services.importers.progress import Progress
 from services.importers.reader import ExportFile
 from services.kernel.errors import UntrustedInputError, UsageError
@@ -135,7 +135,7 @@ class _Run:
     summary: Summary
     say: Report
 
-    def reject(self, number: int, problems: Sequence[Problem | str]) -> None:
+    def reject(self, number: int, problems: Sequence[RowProblem | str]) -> None:
         self.summary.rejected += 1
         self.say(f"line {number}: " + "; ".join(str(p) for p in problems))
 

@@ -49,7 +49,7 @@ _PEOPLE: Final = ("victim", "suspect", "applicant", "respondent")
 
 
 @dataclass(frozen=True, slots=True)
-class Problem:
+class RowProblem:
     """Why a row (or one cell of it) cannot be imported. ``where`` is a column or a field."""
 
     where: str
@@ -79,7 +79,7 @@ class Filtered:
 
 @dataclass(slots=True)
 class Rejected:
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[RowProblem] = field(default_factory=list)
 
 
 RowResult = list[Publication] | Filtered | Rejected
@@ -131,7 +131,7 @@ class Mapper:
             if self.spec.produces == "protection_order":
                 return self._orders(record, event_ids)
             return self._leads(record, event_ids)
-        except _RowProblems as e:
+        except _RowProblemsError as e:
             return Rejected(e.problems)
 
     def read(self, row: Row) -> tuple[dict[str, Any], Filtered | Rejected | None]:
@@ -142,7 +142,7 @@ class Mapper:
             try:
                 value = self._cell(f, row)
             except values.CellError as e:
-                rejected.problems.append(Problem(f.label, e.reason))
+                rejected.problems.append(RowProblem(f.label, e.reason))
                 continue
             if f.to == "include":
                 if value is False:
@@ -221,7 +221,7 @@ class Mapper:
                 return value
         return self.now
 
-    def _derive_minor(self, person: str, data: dict[str, Any], when: date) -> Problem | None:
+    def _derive_minor(self, person: str, data: dict[str, Any], when: date) -> RowProblem | None:
         birth: date | None = data.get("birth_date")
         if birth is None and data.get("id_number"):
             birth = values.birth_date_of(data["id_number"])
@@ -229,13 +229,13 @@ class Mapper:
         stated: int | None = data.get("age")
         if exact is not None and stated is not None and stated != exact:
             if abs(stated - exact) > _NOMINAL_AGE_SLACK:
-                return Problem(
+                return RowProblem(
                     self._column(f"{person}.age"), "disagrees with the birth date by more than two years"
                 )
             data["age"] = exact
         if "is_minor" in data:  # given in a column (defaults come later)
             if exact is not None and data["is_minor"] != (exact < 18):
-                return Problem(
+                return RowProblem(
                     self._column(f"{person}.is_minor"),
                     "disagrees with the birth date (the age at the time of the incident)",
                 )
@@ -259,7 +259,7 @@ class Mapper:
     def _leads(self, record: dict[str, Any], event_ids: EventIds) -> list[Publication]:
         victim = _person_json(record.get("victim"))
         if victim is None:
-            raise _RowProblems([Problem("", "names no victim")])
+            raise _RowProblemsError([RowProblem("", "names no victim")])
         suspect = _person_json(record.get("suspect"))
         occurred: datetime | None = record.get("occurred_at")
         lead: dict[str, Any] = {
@@ -292,7 +292,7 @@ class Mapper:
         taken_at: datetime | None = record.get("actions_at") or occurred
         for action in [kind for kind, done in record.get("actions", {}).items() if done]:
             if taken_at is None:
-                raise _RowProblems([Problem(self._column("actions_at"), "is empty")])
+                raise _RowProblemsError([RowProblem(self._column("actions_at"), "is empty")])
             emit = f"action.{action}"
             event = self._validate(
                 LeadActionTaken,
@@ -312,7 +312,7 @@ class Mapper:
         try:
             victim_pseudonym = subject_pseudonym(self.key, victim)
         except UsageError:
-            raise _RowProblems([Problem("", self._no_identifier("victim"))]) from None
+            raise _RowProblemsError([RowProblem("", self._no_identifier("victim"))]) from None
         suspects = []
         for given in lead.get("suspects", []):
             suspect = dict(given)
@@ -346,11 +346,11 @@ class Mapper:
     def _orders(self, record: dict[str, Any], event_ids: EventIds) -> list[Publication]:
         applicant = _person_json(record.get("applicant"))
         if applicant is None:
-            raise _RowProblems([Problem("", "names no applicant")])
+            raise _RowProblemsError([RowProblem("", "names no applicant")])
         try:
             victim = subject_pseudonym(self.key, applicant)
         except UsageError:
-            raise _RowProblems([Problem("", self._no_identifier("applicant"))]) from None
+            raise _RowProblemsError([RowProblem("", self._no_identifier("applicant"))]) from None
         try:
             respondent: str | None = subject_pseudonym(self.key, _person_json(record.get("respondent")) or {})
         except UsageError:
@@ -382,7 +382,9 @@ class Mapper:
             return out
         if decided is None or granted is None:
             missing = self._column("decided_at" if decided is None else "granted")
-            raise _RowProblems([Problem(missing, "is empty, but the row has the other half of a ruling")])
+            raise _RowProblemsError(
+                [RowProblem(missing, "is empty, but the row has the other half of a ruling")]
+            )
         decision = self._validate(
             ProtectionOrderDecided,
             {
@@ -420,12 +422,12 @@ class Mapper:
                 if not path:  # a rule across fields: name the columns of the fields it mentions
                     named = [f"{label} = {to}" for to, label in self._labels.items() if to in reason.split()]
                     reason += f" ({', '.join(named)})" if named else ""
-                problems.append(Problem(self._label(path) if path else "", reason))
-            raise _RowProblems(problems) from e
+                problems.append(RowProblem(self._label(path) if path else "", reason))
+            raise _RowProblemsError(problems) from e
 
 
-class _RowProblems(Exception):
-    def __init__(self, problems: list[Problem]) -> None:
+class _RowProblemsError(UsageError):
+    def __init__(self, problems: list[RowProblem]) -> None:
         super().__init__("; ".join(str(p) for p in problems))
         self.problems = problems
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any, Final, Literal
 
 from services.importers.errors import FileFormatError
-from services.importers.mapping import Problem
+from services.importers.mapping import RowProblem
 from services.importers.spec import FormatSpec, fold
 
 Encoding = Literal["auto", "utf-8", "gb18030"]
@@ -33,7 +33,7 @@ class Line:
 
     number: int
     cells: dict[str, str] | None
-    problem: Problem | None = None
+    problem: RowProblem | None = None
 
 
 def detect_encoding(path: Path) -> Literal["utf-8", "gb18030"]:
@@ -160,7 +160,7 @@ class ExportFile:
             if not any(c.strip() for c in cells):
                 continue
             if len(cells) > width and any(c.strip() for c in cells[width:]):
-                yield Line(number, None, Problem("", f"has {len(cells)} cells but the header has {width}"))
+                yield Line(number, None, RowProblem("", f"has {len(cells)} cells but the header has {width}"))
                 continue
             row = {column: cells[i] if i < len(cells) else "" for i, column in self._columns.items()}
             yield Line(number, row)
@@ -175,13 +175,13 @@ class ExportFile:
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as e:
-                yield Line(number, None, Problem("", f"is not valid JSON ({e.msg})"))
+                yield Line(number, None, RowProblem("", f"is not valid JSON ({e.msg})"))
                 continue
             if not isinstance(data, dict):
-                yield Line(number, None, Problem("", "is not a JSON object"))
+                yield Line(number, None, RowProblem("", "is not a JSON object"))
                 continue
             row: dict[str, str] = {}
-            problem: Problem | None = None
+            problem: RowProblem | None = None
             for name, value in data.items():
                 column = self._aliases.get(fold(name))
                 if column is None:
@@ -190,7 +190,7 @@ class ExportFile:
                     continue
                 cell = _json_cell(value)
                 if cell is None:
-                    problem = Problem(column, "is not a single value (text, number or true/false)")
+                    problem = RowProblem(column, "is not a single value (text, number or true/false)")
                     break
                 row[column] = cell
             yield Line(number, None, problem) if problem else Line(number, row)

@@ -25,7 +25,7 @@ FUTURE_SLACK: Final = timedelta(days=1)
 _AGE: Final = re.compile(r"([0-9]{1,3})(?:岁|周岁)?")
 
 
-class CellError(ValueError):
+class CellError(UsageError):
     """A cell that cannot be read; ``reason`` completes the sentence "<column> ..."."""
 
     def __init__(self, reason: str) -> None:

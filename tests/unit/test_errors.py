@@ -1,11 +1,17 @@
-"""The one-line summary of a pydantic ValidationError that our errors carry."""
+"""Our errors: every exception class is a LianfangError, and the one-line summary of a ValidationError."""
 
 from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
 
 import pytest
 from pydantic import BaseModel, ValidationError, model_validator
 
-from services.kernel.errors import validation_summary
+import schemas
+import services
+from services.kernel.errors import LianfangError, validation_summary
 
 pytestmark = pytest.mark.unit
 
@@ -50,3 +56,21 @@ def test_an_error_about_the_whole_value_is_named_as_asked_or_left_unnamed() -> N
     error = _error({"a": 1, "b": 1, "c": 3, "inner": {"age": 1}})
     assert validation_summary(error, whole="(event)") == "(event): Value error, c must be a + b"
     assert validation_summary(error) == "Value error, c must be a + b"
+
+
+def test_every_exception_class_of_the_project_is_a_lianfang_error() -> None:
+    outside = []
+    for package in (services, schemas):
+        for module_info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+            if module_info.name.endswith("__main__"):
+                continue  # running one starts a service
+            module = importlib.import_module(module_info.name)
+            for name, value in vars(module).items():
+                if (
+                    inspect.isclass(value)
+                    and issubclass(value, BaseException)
+                    and value.__module__ == module.__name__
+                    and not issubclass(value, LianfangError)
+                ):
+                    outside.append(f"{module.__name__}.{name}")
+    assert outside == []

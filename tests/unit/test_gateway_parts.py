@@ -21,7 +21,7 @@ from services.gateway.api import ContextIn, PublishRequest, parse_submission
 from services.gateway.app import GatewaySettings
 from services.gateway.idempotency import IdempotencyStore
 from services.gateway.inbox import decode_cursor, encode_cursor
-from services.gateway.problems import PROBLEMS, Problem, field_errors, json_pointer
+from services.gateway.problems import PROBLEMS, ProblemError, field_errors, json_pointer
 from services.gateway.webhooks import Backoff, signing_kid
 from services.kernel.pseudonym import pseudonymize
 from tests.kit import NOW, DemoDomain
@@ -59,7 +59,9 @@ def parse(domain: DemoDomain, request: dict[str, Any], participant: str = "educa
 
 
 def test_a_problem_renders_as_rfc_9457_with_only_the_standard_members_and_errors() -> None:
-    problem = Problem("invalid_request", "2 field(s) are invalid", errors=field_errors(_error(), ("event",)))
+    problem = ProblemError(
+        "invalid_request", "2 field(s) are invalid", errors=field_errors(_error(), ("event",))
+    )
     body = json.loads(problem.body())
     assert set(body) == {"type", "title", "status", "detail", "errors"}
     assert body["type"] == "https://lianfang.example/problems/invalid-request"
@@ -81,7 +83,7 @@ def _error() -> ValidationError:
 
 
 def test_a_problem_without_field_errors_has_no_errors_member() -> None:
-    assert "errors" not in json.loads(Problem("too_large", "over").body())
+    assert "errors" not in json.loads(ProblemError("too_large", "over").body())
 
 
 def test_every_problem_code_has_a_client_or_server_error_status() -> None:
@@ -135,14 +137,14 @@ def test_all_invalid_fields_are_reported_at_once(domain: DemoDomain) -> None:
     event = lead(
         channel="fax", minor="yes", victim={"name": "", "id_number": "110113201001010010", "is_minor": True}
     )
-    with pytest.raises(Problem) as e:
+    with pytest.raises(ProblemError) as e:
         parse(domain, {"type": "lead.reported", "event": event})
     pointers = {err.pointer for err in e.value.errors}
     assert {"/event/channel", "/event/minor", "/event/victim/name"} <= pointers
 
 
 def test_an_id_number_with_a_wrong_check_digit_is_named_without_its_value(domain: DemoDomain) -> None:
-    with pytest.raises(Problem) as e:
+    with pytest.raises(ProblemError) as e:
         parse(
             domain,
             {
@@ -155,7 +157,7 @@ def test_an_id_number_with_a_wrong_check_digit_is_named_without_its_value(domain
 
 
 def test_the_right_to_publish_is_checked_before_the_event(domain: DemoDomain) -> None:
-    with pytest.raises(Problem) as e:
+    with pytest.raises(ProblemError) as e:
         parse(
             domain,
             {"type": "joint_meeting.alert", "event": {}, "context": {"subject": "p1." + "A" * 43}},
@@ -206,7 +208,7 @@ def test_a_cursor_round_trips(offsets: dict[int, int]) -> None:
     ],
 )
 def test_a_cursor_the_gateway_did_not_issue_is_refused(cursor: str) -> None:
-    with pytest.raises(Problem) as e:
+    with pytest.raises(ProblemError) as e:
         decode_cursor(cursor)
     assert e.value.code == "invalid_cursor"
 

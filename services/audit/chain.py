@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.kernel import crypto
+from services.kernel import crypto, jsonx
 from services.kernel.errors import LianfangError, MalformedError, TooLargeError, UsageError
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ class AuditEntry:
         return entry_hash(self.body())
 
     def to_line(self) -> bytes:
-        return crypto.compact_json({**self.body(), "hash": self.hash})
+        return jsonx.compact_json({**self.body(), "hash": self.hash})
 
     @property
     def at(self) -> datetime:
@@ -145,7 +145,7 @@ class AuditEntry:
 
 def entry_hash(body: dict[str, Any]) -> str:
     """SHA-256 (hex) over the canonical bytes of an entry's body, ``prev_hash`` included."""
-    return hashlib.sha256(crypto.compact_json(body)).hexdigest()
+    return hashlib.sha256(jsonx.compact_json(body)).hexdigest()
 
 
 def next_entry(
@@ -200,7 +200,7 @@ class Checkpoint:
 
     @classmethod
     def sign(cls, head: AuditEntry, key: Ed25519PrivateKey, kid: str, *, at: datetime) -> Checkpoint:
-        body = crypto.compact_json(
+        body = jsonx.compact_json(
             {
                 "v": AUDIT_VERSION,
                 "actor": head.actor,
@@ -213,7 +213,7 @@ class Checkpoint:
         return _parse_checkpoint_body(body, crypto.sign(key, CHECKPOINT_PAYLOAD_TYPE, body))
 
     def to_line(self) -> bytes:
-        return crypto.compact_json({"checkpoint": crypto.b64e(self.body), "sig": crypto.b64e(self.signature)})
+        return jsonx.compact_json({"checkpoint": crypto.b64e(self.body), "sig": crypto.b64e(self.signature)})
 
     def check_signature(self, keys: KeyLookup) -> None:
         """Raise :class:`BadSignatureError` (or the registry's key errors) unless the actor signed it."""
@@ -222,7 +222,7 @@ class Checkpoint:
 
 
 def _parse_checkpoint_body(body: bytes, signature: bytes) -> Checkpoint:
-    raw = crypto.strict_json(body, what="audit checkpoint")
+    raw = jsonx.strict_json(body, what="audit checkpoint")
     if not isinstance(raw, dict) or set(raw) != _CHECKPOINT_KEYS or raw["v"] != AUDIT_VERSION:
         raise MalformedError(f"an audit checkpoint has exactly {sorted(_CHECKPOINT_KEYS)} and v=1")
     actor, seq, head, time, kid = raw["actor"], raw["seq"], raw["hash"], raw["time"], raw["kid"]
@@ -251,7 +251,7 @@ def parse_line(line: bytes) -> AuditEntry | Checkpoint:
     """One line of an audit file or one record of the audit topic (size-capped, strict JSON)."""
     if len(line) > MAX_LINE_BYTES:
         raise TooLargeError(f"an audit line is {len(line)} bytes; the limit is {MAX_LINE_BYTES}")
-    raw = crypto.strict_json(line, what="audit line")
+    raw = jsonx.strict_json(line, what="audit line")
     if isinstance(raw, dict) and set(raw) == {"checkpoint", "sig"}:
         body = crypto.b64d(str(raw["checkpoint"]), what="audit checkpoint")
         return _parse_checkpoint_body(
@@ -318,11 +318,11 @@ class VerifyResult:
         return f"{who}: BAD at entry seq {self.bad_seq}: {self.problem}"
 
 
-Problem = tuple[int, str]
+BadEntry = tuple[int, str]
 """(the seq of the first bad entry, what is wrong with it)."""
 
 
-def _place_problem(entry: AuditEntry, position: int, seqs: set[int]) -> Problem | None:
+def _place_problem(entry: AuditEntry, position: int, seqs: set[int]) -> BadEntry | None:
     """Entry ``position`` must have seq ``position``: else one was removed, reordered or duplicated."""
     if entry.seq < position:
         return entry.seq, (
@@ -336,7 +336,7 @@ def _place_problem(entry: AuditEntry, position: int, seqs: set[int]) -> Problem 
     return None
 
 
-def _link_problem(entries: Sequence[AuditEntry], actor: str | None) -> Problem | None:
+def _link_problem(entries: Sequence[AuditEntry], actor: str | None) -> BadEntry | None:
     """The first entry out of place, edited, or not linked to its predecessor."""
     seqs = {e.seq for e in entries}
     prev_hash = GENESIS
@@ -359,7 +359,7 @@ def _link_problem(entries: Sequence[AuditEntry], actor: str | None) -> Problem |
 
 def _checkpoint_problem(
     entries: Sequence[AuditEntry], cp: Checkpoint, actor: str | None, keys: KeyLookup
-) -> Problem | None:
+) -> BadEntry | None:
     if cp.actor != actor:
         return cp.seq, f"a checkpoint of {cp.actor!r} is mixed into {actor!r}'s chain"
     try:

@@ -17,16 +17,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from services.kernel import jsonx
 from services.kernel.errors import BadSignatureError, DecryptFailedError, MalformedError
 
 HPKE_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 DATA_KEY_BYTES = 32
 NONCE_BYTES = 12
-
-# The audit trail still reaches the JSON helpers through this module until its split lands.
-compact_json = jsonx.compact_json
-strict_json = jsonx.strict_json
 
 
 # --------------------------------------------------------------------------- strict decoding

@@ -10,7 +10,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +29,7 @@ from services.audit.chain import (
 )
 from services.audit.metrics import AuditMetrics
 from services.audit.shipping import Shipper, Sink
+from services.kernel.clock import Clock, utcnow
 from services.kernel.envelope import choose_signing_kid
 from services.kernel.errors import TransportError, UsageError
 
@@ -71,7 +72,7 @@ class AuditTrail:
         *,
         path: Path | None = None,
         publish: Publish | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock = utcnow,
         signer: Signer | None = None,
         checkpoint_every_s: float = 60.0,
     ) -> None:
@@ -210,7 +211,7 @@ class LocalTrail:
         *,
         signer: Signer | None = None,
         ship: Sink | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock = utcnow,
         checkpoint_every_s: float = 60.0,
         metrics: AuditMetrics | None = None,
     ) -> None:
@@ -279,7 +280,7 @@ def participant_trail(
     role: str,
     *,
     ship: Sink | None,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    clock: Clock = utcnow,
     checkpoint_every_s: float = 60.0,
     metrics: AuditMetrics | None = None,
 ) -> LocalTrail:

@@ -22,7 +22,6 @@ import asyncio
 import logging
 import shutil
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from services.hub.config import HubConfig
 from services.hub.metrics import HubMetrics
 from services.hub.worker import RecordWorker
 from services.kernel import ids, topics
+from services.kernel.clock import utcnow
 from services.kernel.errors import UsageError
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
@@ -127,7 +127,7 @@ class HubWorker:
             victims=self.victims,
             suspects=self.suspect_table,
             send=self.send_and_wait,
-            clock=lambda: datetime.now(UTC),
+            clock=utcnow,
         )
 
     def _topic(self, name: str, partitions: int | None = None) -> faust.TopicT:
@@ -176,7 +176,7 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
     metrics = metrics or HubMetrics()
     domain = trust.open_domain(settings.home)
     keys = domain.keystore(ids.HUB)
-    registry = domain.registry(datetime.now(UTC))
+    registry = domain.registry(utcnow())
     # Each opened inbox event and each published alert or report: one chain per worker.
     sink = KafkaSink(
         settings.bootstrap, topics.TopicNames(settings.topic_prefix).audit, settings.kafka_security
@@ -239,7 +239,7 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
 
         @app.timer(interval=settings.tick_interval_s)  # type: ignore[untyped-decorator]
         async def wall_clock() -> None:
-            now = datetime.now(UTC).isoformat().encode()
+            now = utcnow().isoformat().encode()
             for partition in range(settings.partitions):
                 await worker.clock.send(key=b"tick", value=now, partition=partition)
 

@@ -35,6 +35,7 @@ from services.hub.ids import deterministic_id
 from services.hub.metrics import HubMetrics
 from services.hub.state import Observation, SuspectState, VictimState
 from services.kernel import envelope, ids, topics
+from services.kernel.clock import Clock
 from services.kernel.errors import UntrustedInputError
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
@@ -72,7 +73,7 @@ class RecordWorker:
         victims: MutableMapping[bytes, bytes],
         suspects: MutableMapping[bytes, bytes],
         send: Send,
-        clock: Callable[[], datetime],
+        clock: Clock,
     ) -> None:
         self.config = config
         self.names = names

@@ -28,13 +28,26 @@ from __future__ import annotations
 
 from typing import Annotated, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, Field, model_validator
 
-from schemas.common import Category, EventId, ParticipantId, Town, UniqueList, Urgency, WireModel
+from schemas.common import (
+    Category,
+    EventId,
+    ParticipantId,
+    Pseudonym,
+    Town,
+    UniqueList,
+    Urgency,
+    WireModel,
+)
 
 ENVELOPE_PAYLOAD_TYPE: Final = "application/vnd.lianfang.envelope.v1"
 MAX_RECORD_BYTES: Final = 512 * 1024
 """Records larger than this are refused before any parsing (reason ``too_large``)."""
+MAX_HEADER_LIST: Final = 128
+"""At most this many ``audience`` and ``refs`` items in a clear header."""
+MAX_VERSION: Final = 2**31 - 1
+"""The largest policy or registry version a clear header may name."""
 
 SectionName = Literal["triage", "details"]
 SECTION_NAMES: Final[tuple[SectionName, ...]] = ("triage", "details")
@@ -57,27 +70,34 @@ class Dsse(WireModel):
     signatures: list[Signature] = Field(min_length=1, max_length=1)
 
 
-class EnvelopeHeader(BaseModel):
+class EnvelopeHeader(WireModel):
     """The clear, signed header: CloudEvents attributes plus what routing needs. No personal data.
 
-    Unknown fields are kept (``extra="allow"``): a newer sender may add a field that an older router
-    does not know; the signature covers it either way, because the bytes are verified, not this model.
+    It is a closed set: every field is a closed vocabulary or a bounded format, the subject is a
+    pseudonym, and an unknown field is an error (reason ``malformed``). Any participant can sign a
+    header, and the router copies what it reads here into Kafka headers and audit entries, so nothing
+    in it may be free text that could carry a name or an ID number. A new field is a new envelope
+    version.
     """
-
-    model_config = ConfigDict(strict=True, frozen=True, extra="allow", hide_input_in_errors=True)
 
     v: Literal[1] = Field(description="envelope version")
     specversion: Literal["1.0"] = Field(description="CloudEvents spec version")
     id: EventId = Field(description="事件标识 / event id, a UUIDv7")
     source: str = Field(
         pattern=r"^urn:lianfang:[a-z][a-z_]*(\.[a-z0-9_]+)?$",
+        max_length=len("urn:lianfang:") + 64,
         description="发送方 / sender, `urn:lianfang:<participant>`",
     )
-    type: str = Field(pattern=r"^[a-z_]+\.[a-z_]+$", description="事件类型 / event type, e.g. lead.reported")
+    type: str = Field(
+        pattern=r"^[a-z_]+\.[a-z_]+$", max_length=64, description="事件类型 / event type, e.g. lead.reported"
+    )
     time: AwareDatetime = Field(description="事件时间 / when the sender signed the event (UTC)")
-    subject: str = Field(max_length=64, description="当事人假名 / subject pseudonym (the Kafka key)")
+    subject: Pseudonym = Field(description="当事人假名 / subject pseudonym (the Kafka key)")
     schema_: str = Field(
-        alias="schema", pattern=r"^[a-z_]+\.[a-z_]+/[0-9]+$", description="payload schema, `<type>/<version>`"
+        alias="schema",
+        pattern=r"^[a-z_]+\.[a-z_]+/[0-9]{1,9}$",
+        max_length=74,
+        description="payload schema, `<type>/<version>`",
     )
     category: Category | None = Field(default=None, description="线索类别 / category of the lead")
     minor: bool | None = Field(default=None, description="未成年人 / the victim is a minor")
@@ -86,11 +106,20 @@ class EnvelopeHeader(BaseModel):
     urgency: Urgency = Field(description="紧急程度 / urgency: immediate, urgent or routine")
     audience: UniqueList[ParticipantId] = Field(
         default_factory=list,
+        max_length=MAX_HEADER_LIST,
         description="相关单位 / agencies a joint-meeting or supervision event is addressed to, by policy",
     )
-    policy: int = Field(ge=1, description="sharing-policy version the sender sealed for")
-    registry: int = Field(ge=1, description="registry version the sender used")
-    refs: UniqueList[EventId] = Field(default_factory=list, description="ids of related events")
+    policy: int = Field(ge=1, le=MAX_VERSION, description="sharing-policy version the sender sealed for")
+    registry: int = Field(ge=1, le=MAX_VERSION, description="registry version the sender used")
+    refs: UniqueList[EventId] = Field(
+        default_factory=list, max_length=MAX_HEADER_LIST, description="ids of related events"
+    )
+
+    @model_validator(mode="after")
+    def _schema_names_the_type(self) -> EnvelopeHeader:
+        if self.schema_.rpartition("/")[0] != self.type:
+            raise ValueError("schema must be `<type>/<version>` of the header's own type")
+        return self
 
     @property
     def sender(self) -> str:

@@ -2,8 +2,9 @@
 
 The wire format is documented in :mod:`schemas.envelope`. These functions take bytes, a verified
 :class:`~services.kernel.registry.Registry`, a clock reading and (to open) a keystore; they do no I/O.
-Verification checks, in order: size, envelope shape, header, registry expiry, sender, signing key
-(known, not revoked, within its validity window), signature over the exact bytes, publish permission,
+Verification checks, in order: size, envelope shape, header (a closed set of bounded fields whose
+subject is a pseudonym: anything else is ``malformed``), registry expiry, sender, signing key (known,
+not revoked, within its validity window), signature over the exact bytes, publish permission,
 sections' shape, and that the sealed recipients equal what the policy demands. Each failure raises an
 :class:`~services.kernel.errors.UntrustedInputError` with its stable reason code. ``docs/envelope.md``
 lists the checks with their reason codes; where the two disagree, this docstring is normative.
@@ -117,6 +118,8 @@ def kafka_headers(header: EnvelopeHeader) -> list[tuple[str, bytes]]:
     """CloudEvents Kafka binary-mode headers mirroring the clear header, for ordinary Kafka tools.
 
     They are a convenience only: routing decisions are made from the signed header, never from these.
+    The router writes these, derived from the verified header, on every inbox copy; it never passes on
+    the headers a producer wrote, which nobody signed.
     """
     data = header.model_dump(mode="json", by_alias=True, exclude_none=True)
     out = [("content-type", b"application/vnd.lianfang.envelope.v1")]

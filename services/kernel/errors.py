@@ -133,13 +133,15 @@ def validation_summary(error: ValidationError, *, limit: int | None = 8, whole: 
     """``where: why; where: why (+N more)`` for the first ``limit`` errors (all when ``None``).
 
     ``where`` is the dotted field path, or ``whole`` for an error about the whole value (left out when
-    ``whole`` is ``None``). The values themselves are never repeated: they may be personal data.
+    ``whole`` is ``None``). The values themselves are never repeated: they may be personal data. Nor is
+    an unknown field's name, which the sender chose as freely as a value.
     """
     errors = error.errors(include_input=False, include_url=False)
     shown = errors if limit is None else errors[:limit]
     parts = []
     for err in shown:
-        where = ".".join(str(p) for p in err["loc"]) or whole
+        loc = err["loc"][:-1] if err["type"] == "extra_forbidden" else err["loc"]
+        where = ".".join(str(p) for p in loc) or whole
         parts.append(f"{where}: {err['msg']}" if where else str(err["msg"]))
     more = f" (+{len(errors) - len(shown)} more)" if len(errors) > len(shown) else ""
     return "; ".join(parts) + more

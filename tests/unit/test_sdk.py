@@ -1,17 +1,20 @@
-"""The SDK's pure parts: pseudonyms computed from identities, default urgency, error texts."""
+"""The SDK's pure parts: pseudonyms computed from identities, default urgency, error texts, and the
+clear header it refuses to build."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from schemas.events import LeadReported
-from services.kernel.errors import validation_summary
+from services.kernel.errors import UsageError, validation_summary
 from services.kernel.pseudonym import PseudonymKey, pseudonymize
-from services.sdk.client import _lead_pseudonyms, default_urgency
+from services.sdk.client import CaseContext, Client, _lead_pseudonyms, default_urgency
+from tests.kit import NOW, DemoDomain
 
 pytestmark = pytest.mark.unit
 
@@ -97,3 +100,27 @@ def test_a_victim_id_number_with_a_wrong_check_digit_is_bad_input_named_without_
         )
     assert "victim" in str(raised.value)
     assert "110113199001011230" not in str(raised.value)
+
+
+@pytest.mark.parametrize("subject", ["张三", "a b", "13800000000", "p1." + "A" * 42])
+def test_the_sdk_refuses_to_publish_under_a_subject_that_is_not_a_pseudonym(
+    domain: DemoDomain, tmp_path: Path, subject: str
+) -> None:
+    client = Client(
+        keystore=domain.keys("police"),
+        registry=domain.registry,
+        bootstrap="127.0.0.1:9",  # never contacted: the drainer is not started
+        outbox_path=tmp_path / "outbox.sqlite",
+        clock=lambda: NOW,
+        start=False,
+    )
+    try:
+        context = CaseContext(
+            subject=subject, category="domestic_violence", minor=False, town="renhe", school_related=None
+        )
+        with pytest.raises(UsageError, match="subject") as raised:
+            client.publish(_model(lead()), context=context)
+        assert subject not in str(raised.value), "the refusal does not repeat the subject"
+        assert client.outbox.depth() == 0
+    finally:
+        client.close()

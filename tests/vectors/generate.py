@@ -203,7 +203,7 @@ def _header(case: dict[str, Any], index: int) -> EnvelopeHeader:
         "id": f"01a1b2c3-d4e5-7f00-8000-00000000000{index}",
         "source": f"urn:lianfang:{case['sender']}",
         "time": TIME.isoformat(),
-        "subject": "p1.Vector-subject-pseudonym-for-tests-onlyAA",
+        "subject": "p1.Vector-subject-pseudonym-for-tests-onlyAAAA",
         "schema": f"{case['header']['type']}/1",
         "policy": 1,
         "registry": 1,

@@ -23,8 +23,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime
 from typing import Any
 
-from kafka.partitioner.default import murmur2
-
 from schemas.envelope import SectionName
 from services.audit.chain import opened_object
 from services.audit.trail import LocalTrail
@@ -40,7 +38,7 @@ from services.kernel.errors import UntrustedInputError
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
 
-__all__ = ["REPORT_SUBJECT", "RecordWorker", "Send", "partition_for"]
+__all__ = ["REPORT_SUBJECT", "RecordWorker", "Send"]
 
 log = logging.getLogger("lianfang.hub")
 
@@ -49,11 +47,6 @@ Send = Callable[[str, bytes, bytes, list[tuple[str, bytes]] | None], Awaitable[N
 
 REPORT_SUBJECT = "p0." + "A" * 43
 """A report is about no victim; its Kafka key is this fixed, well-formed pseudonym."""
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives a key (murmur2, as the SDK's producers use)."""
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class RecordWorker:
@@ -217,7 +210,7 @@ class RecordWorker:
         now = datetime.fromisoformat(value.decode())
         states = []
         for key, raw_state in list(self.victims.items()):
-            if raw_state is None or partition_for(key, self.partitions) != partition:
+            if raw_state is None or topics.partition_for(key, self.partitions) != partition:
                 continue
             state, breaches = supervision.due(VictimState.from_json(raw_state), now, self.config)
             for breach in breaches:

@@ -1,9 +1,11 @@
-"""The bus's topic names, under an optional prefix. Pure: the topic list itself and its creation live in
-:mod:`services.bus.cluster`."""
+"""The bus's topic names, under an optional prefix, and the partition a key lands on. Pure: the topic
+list itself and its creation live in :mod:`services.bus.cluster`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from kafka.partitioner.default import murmur2
 
 EVENTS = "lianfang.events.v1"
 DEADLETTER = "lianfang.deadletter.v1"
@@ -60,3 +62,10 @@ class TopicNames:
 
     def inbox(self, participant: str) -> str:
         return self.prefix + inbox(participant)
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives a key: murmur2 of the key, as the Java client,
+    aiokafka and kafka-python compute it, and so as every producer of the bus (which key each record
+    by its subject pseudonym and never choose a partition) writes it."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions

@@ -20,7 +20,7 @@ from services.hub.config import HubConfig
 from services.hub.ids import alert_id_for
 from services.hub.metrics import HubMetrics
 from services.hub.state import VictimState
-from services.hub.worker import REPORT_SUBJECT, RecordWorker, partition_for
+from services.hub.worker import REPORT_SUBJECT, RecordWorker
 from services.kernel import envelope, topics
 from tests import kit
 from tests.kit import DemoDomain
@@ -238,7 +238,7 @@ def test_a_tick_past_a_deadline_reports_each_breach_once_and_only_on_the_victim_
     hub: Harness,
 ) -> None:
     hub.inbox(lead(hub.domain, 1, T))
-    mine = partition_for(VICTIM.encode(), PARTITIONS)
+    mine = topics.partition_for(VICTIM.encode(), PARTITIONS)
     other = (mine + 1) % PARTITIONS
     late = (T + timedelta(hours=5)).isoformat().encode()  # an urgent lead is acknowledged within 4 hours
     asyncio.run(hub.worker.on_tick(late, other))
@@ -258,7 +258,7 @@ def test_a_partition_s_first_tick_starts_its_report_period_and_a_tick_one_period
     hub: Harness,
 ) -> None:
     hub.inbox(lead(hub.domain, 1, T))
-    mine = partition_for(VICTIM.encode(), PARTITIONS)
+    mine = topics.partition_for(VICTIM.encode(), PARTITIONS)
     asyncio.run(hub.worker.on_tick(T.isoformat().encode(), mine))
     assert hub.to(NAMES.events) == []
     asyncio.run(hub.worker.on_tick((T + timedelta(hours=1)).isoformat().encode(), mine))

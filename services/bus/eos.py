@@ -331,6 +331,14 @@ class TransactionalRunner:
                 raise
             state._apply()
 
+    def source_partitions(self) -> int:
+        """How many partitions the source topic has, from the consumer's metadata (a record was just
+        fetched from it, so the metadata is there; if not, Kafka failed us)."""
+        partitions = self.consumer.partitions_for_topic(self.source) if self.consumer is not None else None
+        if not partitions:
+            raise TransportError(f"no metadata for {self.source}: its partitions are unknown")
+        return len(partitions)
+
     def stop(self) -> None:
         self.stopping.set()
 

@@ -2,7 +2,8 @@
 
 - :class:`UntrustedInputError`: the bytes we were given are bad (a record from the bus, a registry
   file, a request body). Each carries a stable :data:`ReasonCode` used by the dead-letter topic and
-  metrics.
+  metrics. Two codes are the router's own: ``misplaced`` (:class:`MisplacedError`) and ``internal``,
+  which has no exception class: it dead-letters a record whose handling met a bug, not a bad input.
 - :class:`TransportError`: Kafka or the file system failed us; retrying may help.
 - :class:`UsageError`: the caller (our own code or an operator) asked for something impossible.
 
@@ -29,6 +30,8 @@ ReasonCode = Literal[
     "not_permitted",
     "policy_mismatch",
     "replay",
+    "misplaced",
+    "internal",
 ]
 REASON_CODES: tuple[ReasonCode, ...] = get_args(ReasonCode)
 
@@ -101,6 +104,13 @@ class ReplayError(UntrustedInputError):
     reason = "replay"
 
 
+class MisplacedError(UntrustedInputError):
+    """A record on a partition other than the one its key maps to: the replay window is kept per
+    partition, so a copy written to another partition would otherwise be delivered again."""
+
+    reason = "misplaced"
+
+
 class TransportError(LianfangError, RuntimeError):
     """Kafka, the network or the disk failed; the input may be fine and a retry may succeed."""
 
@@ -125,6 +135,7 @@ ERROR_BY_REASON: dict[ReasonCode, type[UntrustedInputError]] = {
         NotPermittedError,
         PolicyMismatchError,
         ReplayError,
+        MisplacedError,
     )
 }
 

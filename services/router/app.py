@@ -1,8 +1,10 @@
 """The router service (``lianfang serve router``): one worker of the ``lianfang-router`` group.
 
 For each record of ``lianfang.events.v1`` it calls the pure :func:`~services.router.core.decide`: a
-verified event is copied unchanged (value, key, headers) into ``lianfang.inbox.<participant>.v1`` of
-every recipient; anything else goes to ``lianfang.deadletter.v1`` with its reason code. Deliveries,
+verified event is copied (value and key unchanged, CloudEvents headers derived from the verified
+header, never the producer's) into ``lianfang.inbox.<participant>.v1`` of every recipient; anything
+else goes to ``lianfang.deadletter.v1`` with its reason code, a bug met on one record included
+(``internal``): no record stops the router, only a Kafka failure restarts the worker. Deliveries,
 the replay window's state and the consumed offset commit in one Kafka transaction per source partition
 (:mod:`services.bus.eos`), so a router killed mid-batch and restarted delivers nothing twice and
 loses nothing. Several workers of one group share the partitions.
@@ -21,7 +23,7 @@ import logging
 import re
 import signal
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ from services.bus.security import KafkaSecuritySettings, aiokafka_kwargs, load_s
 from services.kernel import ids, topics
 from services.kernel.clock import Clock, utcnow
 from services.kernel.envelope import DuplicateError, ReplayWindow, Seen
-from services.kernel.errors import UntrustedInputError, UsageError
+from services.kernel.errors import ReasonCode, TransportError, UntrustedInputError, UsageError
 from services.kernel.registry import Registry
 from services.router import core
 from services.router.metrics import RouterMetrics
@@ -244,38 +246,77 @@ class Router:
         self.skew = timedelta(seconds=settings.max_skew_s)
         self._last_prune: dict[int, float] = {}
         self._paused = False
+        # How many partitions the events topic has; serve() reads it from the runner's consumer.
+        self.partitions: Callable[[], int] = _no_partition_count
 
     def _replay(self, state: PartitionState) -> ReplayWindow:
         return ReplayWindow(window=self.window, max_skew=self.skew, seen=SeenIds(state))
 
     async def handle(self, record: Any, state: PartitionState) -> list[Output]:
+        """Route one record, or dead-letter it with a reason code. No record stops the router: a bug
+        met while handling one (in the decision or the audit step) dead-letters it as ``internal``,
+        forgetting what its handling had written to the partition's state. Only a Kafka failure
+        propagates, to restart the worker (:class:`~services.bus.eos.TransactionalRunner`)."""
         now = self.clock()
+        partitions = self.partitions()  # outside the try: a failure here is Kafka's, not the record's
+        before = dict(state.pending)  # to forget what a refused record's handling wrote to the state
         try:
-            decision = core.decide(
-                record.value, record.key, registry=self.holder.current, now=now, replay=self._replay(state)
-            )
+            return self._route(record, state, now, partitions)
         except DuplicateError:
             self.metrics.duplicates.inc()  # a producer's retry: the first copy was delivered
             return []
+        except (TransportError, KafkaError):
+            raise
         except UntrustedInputError as e:
-            self.metrics.deadlettered.labels(e.reason).inc()
-            headers = deadletter_headers(e, record.topic, record.partition, record.offset, now)
-            where = f"{record.topic}.{record.partition}.{record.offset}"
-            return [
-                Output(self.names.deadletter, record.value, record.key, headers),
-                self.audit.record(state, "deadletter", now, object=where),
-            ]
+            state.pending = before
+            return self._deadletter(record, state, now, e.reason, str(e))
+        except Exception as e:
+            state.pending = before  # the replay window must not remember an event it did not deliver
+            log.exception("a bug while routing %s: dead-lettered as internal", _where(record))
+            return self._deadletter(
+                record, state, now, "internal", f"[internal] {type(e).__name__} while routing this record"
+            )
+
+    def _route(self, record: Any, state: PartitionState, now: datetime, partitions: int) -> list[Output]:
+        decision = core.decide(
+            record.value,
+            record.key,
+            partition=record.partition,
+            partitions=partitions,
+            registry=self.holder.current,
+            now=now,
+            replay=self._replay(state),
+        )
+        entry = self.audit.record(
+            state, "route", now, subject=decision.subject, object=decision.event_id, to=decision.recipients
+        )
         self.metrics.routed.labels(decision.event_type).inc()
         self.metrics.latency.observe(max(0.0, (self.clock() - decision.event_time).total_seconds()))
         for participant in decision.recipients:
             self.metrics.delivered.labels(participant).inc()
-        headers = list(record.headers or [])
+        headers = list(decision.headers)
         copies = [Output(self.names.inbox(p), record.value, record.key, headers) for p in decision.recipients]
-        subject = record.key.decode() if record.key else None
-        entry = self.audit.record(
-            state, "route", now, subject=subject, object=decision.event_id, to=decision.recipients
-        )
         return [*copies, entry]
+
+    def _deadletter(
+        self, record: Any, state: PartitionState, now: datetime, reason: ReasonCode, detail: str
+    ) -> list[Output]:
+        self.metrics.deadlettered.labels(reason).inc()
+        headers = deadletter_headers(
+            reason, detail, topic=record.topic, partition=record.partition, offset=record.offset, now=now
+        )
+        letter = Output(self.names.deadletter, record.value, record.key, headers)
+        before = dict(state.pending)
+        try:
+            return [letter, self.audit.record(state, "deadletter", now, object=_where(record))]
+        except (TransportError, KafkaError):
+            raise
+        except Exception:
+            # A bug in the audit step must not stop the router either: the record is still
+            # dead-lettered (and counted), and the log says its audit entry is missing.
+            state.pending = before
+            log.exception("a bug while auditing the dead letter of %s: it has no audit entry", _where(record))
+            return [letter]
 
     def after_batch(self, state: PartitionState) -> list[Output]:
         """After each batch: forget old ids now and then, and sign the audit head when it is due."""
@@ -375,13 +416,22 @@ class LagMonitor:
         self._reported = set(lags)
 
 
+def _where(record: Any) -> str:
+    """A record's coordinates as the audit trail and the log name them: ``topic.partition.offset``."""
+    return f"{record.topic}.{record.partition}.{record.offset}"
+
+
+def _no_partition_count() -> int:
+    raise UsageError("the router's partition count is not wired: serve() sets Router.partitions")
+
+
 def deadletter_headers(
-    error: UntrustedInputError, topic: str, partition: int, offset: int, now: datetime
+    reason: ReasonCode, detail: str, *, topic: str, partition: int, offset: int, now: datetime
 ) -> list[tuple[str, bytes]]:
     """Why and where from: the reason code, the source coordinates and the time. No content."""
     return [
-        ("lianfang_reason", error.reason.encode()),
-        ("lianfang_detail", str(error).encode("utf-8")[:1000]),
+        ("lianfang_reason", reason.encode()),
+        ("lianfang_detail", detail.encode("utf-8")[:1000]),
         ("lianfang_source_topic", topic.encode()),
         ("lianfang_source_partition", str(partition).encode()),
         ("lianfang_source_offset", str(offset).encode()),
@@ -420,6 +470,7 @@ async def serve(
         client_id="lianfang-router",
         security=settings.kafka_security,
     )
+    router.partitions = runner.source_partitions
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1")
     loop = asyncio.get_running_loop()

@@ -1,47 +1,74 @@
-"""The router's decision as a pure function: bytes, registry, clock and replay window in; the inboxes
-to deliver to, or the reason to dead-letter, out. The router never holds a private key: it decides
-from the signed clear header alone."""
+"""The router's decision as a pure function: bytes, where they were read, registry, clock and replay
+window in; the inboxes to deliver to, or the reason to dead-letter, out. The router never holds a
+private key: it decides from the signed clear header alone.
+
+Checks, in order: the envelope verifies (:func:`services.kernel.envelope.verify`); the record's Kafka
+key is the signed subject; the record sits on the partition that key maps to; its id is new to the
+partition's replay window.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 
-from services.kernel import envelope
+from services.kernel import envelope, topics
 from services.kernel.envelope import ReplayWindow
-from services.kernel.errors import MalformedError
+from services.kernel.errors import MalformedError, MisplacedError
 from services.kernel.registry import Registry
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Deliver this event to these participants' inboxes (sorted, each once)."""
+    """Deliver this event to these participants' inboxes (sorted, each once), with these Kafka headers."""
 
     event_id: str
     event_type: str
     sender: str
+    subject: str
     recipients: tuple[str, ...]
     event_time: datetime
+    headers: tuple[tuple[str, bytes], ...]
+    """CloudEvents headers derived from the verified header; the producer's own headers are unsigned
+    and never passed on."""
 
 
 def decide(
-    value: bytes, key: bytes | None, *, registry: Registry, now: datetime, replay: ReplayWindow
+    value: bytes,
+    key: bytes | None,
+    *,
+    partition: int,
+    partitions: int,
+    registry: Registry,
+    now: datetime,
+    replay: ReplayWindow,
 ) -> Route:
-    """Verify the envelope and name its inboxes; raises an ``UntrustedInputError`` to dead-letter it.
+    """Verify the record read from ``partition`` of a topic of ``partitions`` and name its inboxes;
+    raises an ``UntrustedInputError`` to dead-letter it.
 
-    The Kafka key is not signed, so it must equal the signed subject: otherwise a replayed copy with
-    another key would land on another partition and escape the replay window kept per partition.
+    The Kafka key and the partition are not signed, and the replay window is kept per partition: so
+    the key must equal the signed subject and the partition must be the one Kafka's default
+    partitioner gives that key, as every producer writes it. Otherwise a copy written under another
+    key or to another partition would escape the window that saw the original.
     """
     verified = envelope.verify(value, registry=registry, now=now)
     header = verified.header
     if key is None or key != header.subject.encode():
         raise MalformedError("the record's Kafka key differs from the envelope's signed subject")
+    expected = topics.partition_for(key, partitions)
+    if partition != expected:
+        raise MisplacedError(
+            f"the record is on partition {partition}, but its key maps to partition {expected} "
+            f"of {partitions}: only a producer that chose the partition itself writes it there"
+        )
     replay.check(header, now, value)
     everyone = set().union(*verified.recipients().values())
     return Route(
         event_id=header.id,
         event_type=header.type,
         sender=header.sender,
+        subject=header.subject,
         recipients=tuple(sorted(everyone)),
         event_time=header.time,
+        headers=tuple(envelope.kafka_headers(header)),
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from services.kernel.errors import ERROR_BY_REASON
+from services.kernel.errors import REASON_CODES
 
 
 class RouterMetrics:
@@ -34,9 +34,7 @@ class RouterMetrics:
             "Byte-identical copies of accepted events (producer retries), dropped after the first delivery.",
             registry=registry,
         )
-        for (
-            reason
-        ) in ERROR_BY_REASON:  # every reason's series exists from the start, so rate() sees the first
+        for reason in REASON_CODES:  # every reason's series exists from the start, so rate() sees the first
             self.deadlettered.labels(reason)
         self.latency = Histogram(
             "lianfang_router_event_to_routed_seconds",

@@ -32,8 +32,8 @@ of a ``getmany`` batch at once, so a small N is one commit.)
   Kafka path costs without the envelope.
 - ``Ed25519 verify`` (baseline): ``crypto.verify_signature`` over the signed body of one of the sealed
   records (the public key loaded from raw bytes each time, as ``envelope.verify`` does).
-- ``verify+decide in process``: ``router.core.decide`` (envelope verify, key check, replay window in a
-  dict) over every sealed record, no Kafka: the router's per-event CPU ceiling.
+- ``verify+decide in process``: ``router.core.decide`` (envelope verify, key and partition checks,
+  replay window in a dict) over every sealed record, no Kafka: the router's per-event CPU ceiling.
 """
 
 from __future__ import annotations
@@ -535,17 +535,28 @@ def _verify_rate(ctx: BenchContext, work: Workload) -> list[Result]:
 def _decide_rate(ctx: BenchContext, work: Workload) -> list[Result]:
     from services.router import core
 
-    values = [(r.value, r.key) for r in work.records]
+    values = [(r.value, r.key, topics.partition_for(r.key, SOURCE_PARTITIONS)) for r in work.records]
 
     def decide_all() -> None:
         replay = envelope.ReplayWindow()
         now = dt.datetime.now(dt.UTC)
-        for value, key in values:
-            core.decide(value, key, registry=work.registry, now=now, replay=replay)
+        for value, key, partition in values:
+            core.decide(
+                value,
+                key,
+                partition=partition,
+                partitions=SOURCE_PARTITIONS,
+                registry=work.registry,
+                now=now,
+                replay=replay,
+            )
 
     case = "verify+decide in process"
     seconds = ctx.measure(case, decide_all)
-    notes = "router.core.decide on every sealed record (envelope.verify, key check, replay window in a dict), no Kafka"
+    notes = (
+        "router.core.decide on every sealed record (envelope.verify, key and partition checks, "
+        "replay window in a dict), no Kafka"
+    )
     return [ctx.result(case, "events/s", per_second(seconds, len(values)), notes=notes)]
 
 

@@ -1,0 +1,257 @@
+"""The router's per-record handling without Kafka: a hostile participant's record is dead-lettered with
+its reason code and never stops the router; what reaches an inbox carries only headers the router
+derived from the verified envelope. Each adversarial row names its attack."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaConnectionError
+from prometheus_client import CollectorRegistry
+
+from services.bus.eos import Output, PartitionState
+from services.kernel import envelope, jsonx, topics
+from services.kernel.errors import REASON_CODES, ReasonCode, TransportError
+from services.router import app, core
+from services.router.metrics import RouterMetrics
+from tests.kit import NOW, DemoDomain, header, rewrite_body
+
+pytestmark = pytest.mark.unit
+
+PARTITIONS = 12
+EVENTS = "lianfang.events.v1"
+
+
+@dataclass
+class Record:
+    """What the router reads from aiokafka: the fields of a ``ConsumerRecord`` it uses."""
+
+    value: bytes
+    key: bytes | None
+    partition: int
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    topic: str = EVENTS
+    offset: int = 7
+
+
+def _sealed(d: DemoDomain, phone: str = "13800000000", **fields: Any) -> envelope.SealedRecord:
+    fields.setdefault("subject", d.subject(phone))
+    return envelope.seal(header(**fields), _content(), registry=d.registry, signer=d.keys("police"))
+
+
+def _content() -> dict[str, dict[str, Any]]:
+    return {"triage": {"category": "domestic_violence"}, "details": {"narrative": "..."}}
+
+
+def _placed(value: bytes, key: bytes, **extra: Any) -> Record:
+    """A record where the producers' default partitioner puts it."""
+    return Record(value, key, topics.partition_for(key, PARTITIONS), **extra)
+
+
+def _resigned(d: DemoDomain, **changes: object) -> Record:
+    """A police insider edits the clear header and signs again; the key stays the original subject."""
+    sealed = _sealed(d, phone="13800000001")
+
+    def edit(h: bytes, s: object) -> tuple[bytes, object]:
+        return jsonx.compact_json({**json.loads(h), **changes}), s
+
+    return _placed(rewrite_body(sealed.value, edit, d.keys("police")), sealed.key)
+
+
+def _keyed_by_subject(d: DemoDomain, subject: str) -> Record:
+    """As above, with the Kafka key set to the forged subject, as a producer would key it."""
+    record = _resigned(d, subject=subject)
+    return _placed(record.value, subject.encode())
+
+
+def _misplaced(d: DemoDomain) -> Record:
+    sealed = _sealed(d, phone="13800000002")
+    right = topics.partition_for(sealed.key, PARTITIONS)
+    return Record(sealed.value, sealed.key, (right + 1) % PARTITIONS)
+
+
+@dataclass
+class Case:
+    name: str
+    reason: ReasonCode
+    build: Callable[[DemoDomain], Record]
+
+
+CASES = [
+    Case(
+        "a subject in Chinese characters is dead-lettered as malformed",
+        "malformed",
+        lambda d: _keyed_by_subject(d, "张三"),
+    ),
+    Case(
+        "a subject with a space is dead-lettered as malformed",
+        "malformed",
+        lambda d: _keyed_by_subject(d, "a b"),
+    ),
+    Case(
+        "an unknown clear-header field is dead-lettered as malformed",
+        "malformed",
+        lambda d: _resigned(d, victim_phone="13800000000"),
+    ),
+    Case(
+        "a copy of a valid event on another partition is dead-lettered as misplaced", "misplaced", _misplaced
+    ),
+    Case(
+        "a valid event under another Kafka key is dead-lettered as malformed",
+        "malformed",
+        lambda d: _placed(_sealed(d, phone="13800000003").value, b"another key"),
+    ),
+]
+
+
+@dataclass
+class Harness:
+    router: app.Router
+    metrics: RouterMetrics
+    states: dict[int, PartitionState] = field(default_factory=dict)
+
+    def state(self, partition: int) -> PartitionState:
+        return self.states.setdefault(partition, PartitionState(partition))
+
+    def handle(self, record: Record) -> list[Output]:
+        return asyncio.run(self.router.handle(record, self.state(record.partition)))
+
+    def deadlettered(self, reason: str) -> float:
+        return self.metrics.deadlettered.labels(reason)._value.get()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def harness(domain: DemoDomain) -> Harness:
+    metrics = RouterMetrics(CollectorRegistry())
+    holder = app.RegistryHolder(domain.trust, lambda: NOW, metrics)
+    router = app.Router(app.RouterSettings(home=domain.home), holder, metrics, lambda: NOW)
+    router.partitions = lambda: PARTITIONS
+    return Harness(router, metrics)
+
+
+def _reason(outputs: list[Output]) -> str:
+    (letter,) = [o for o in outputs if o.topic == EVENTS.replace("events", "deadletter")]
+    return dict(letter.headers)["lianfang_reason"].decode()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_a_hostile_record_is_dead_lettered_with_its_reason_and_counted(
+    domain: DemoDomain, harness: Harness, case: Case
+) -> None:
+    record = case.build(domain)
+    outputs = harness.handle(record)
+    assert _reason(outputs) == case.reason
+    assert not [o for o in outputs if ".inbox." in o.topic]
+    assert harness.deadlettered(case.reason) == 1
+    letter = next(o for o in outputs if "deadletter" in o.topic)
+    assert letter.value == record.value, "a dead letter carries the original bytes"
+
+
+def test_every_reason_code_is_counted_from_the_start() -> None:
+    metrics = RouterMetrics(CollectorRegistry())
+    for reason in REASON_CODES:
+        assert metrics.deadlettered.labels(reason)._value.get() == 0
+    assert {"misplaced", "internal"} <= set(REASON_CODES)
+
+
+def test_producer_kafka_headers_never_reach_an_inbox(domain: DemoDomain, harness: Harness) -> None:
+    sealed = _sealed(domain, phone="13800000004")
+    planted = [("ce_victim_name", "张某某".encode()), ("id_number", b"110101199003071234"), *sealed.headers]
+    outputs = harness.handle(_placed(sealed.value, sealed.key, headers=planted))
+    copies = [o for o in outputs if ".inbox." in o.topic]
+    assert copies
+    for copy in copies:
+        assert copy.headers == envelope.kafka_headers(sealed.header)
+        assert copy.value == sealed.value
+        assert copy.key == sealed.key
+
+
+def test_the_router_routes_the_next_record_after_a_bug_in_the_decision(
+    domain: DemoDomain, harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = core.decide
+    bad = _sealed(domain, phone="13800000005")
+
+    def buggy(value: bytes, key: bytes | None, **kwargs: Any) -> core.Route:
+        if value == bad.value:
+            raise KeyError("a bug")
+        return real(value, key, **kwargs)
+
+    monkeypatch.setattr(core, "decide", buggy)
+    assert _reason(harness.handle(_placed(bad.value, bad.key))) == "internal"
+    assert harness.deadlettered("internal") == 1
+    good = _sealed(domain, phone="13800000006")
+    assert [o for o in harness.handle(_placed(good.value, good.key)) if ".inbox." in o.topic]
+
+
+def test_a_failing_audit_step_dead_letters_the_record_and_forgets_its_id(
+    domain: DemoDomain, harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = harness.router.audit.record
+
+    def failing(state: PartitionState, action: Any, now: Any, **kwargs: Any) -> Output:
+        if action == "route":
+            raise ValueError("the audit step failed")
+        return real(state, action, now, **kwargs)
+
+    monkeypatch.setattr(harness.router.audit, "record", failing)
+    sealed = _sealed(domain, phone="13800000007")
+    outputs = harness.handle(_placed(sealed.value, sealed.key))
+    assert _reason(outputs) == "internal"
+    assert [o.topic for o in outputs if "audit" in o.topic], "the dead letter has its audit entry"
+    record = _placed(sealed.value, sealed.key)
+    seen = app.SeenIds(harness.state(record.partition))
+    assert sealed.header.id not in seen, "an undelivered event is not remembered"
+    monkeypatch.setattr(harness.router.audit, "record", real)
+    assert [o for o in harness.handle(_placed(sealed.value, sealed.key)) if ".inbox." in o.topic]
+
+
+def test_a_record_is_dead_lettered_even_when_its_audit_entry_cannot_be_made(
+    domain: DemoDomain, harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(*args: Any, **kwargs: Any) -> Output:
+        raise ValueError("the audit step failed")
+
+    monkeypatch.setattr(harness.router.audit, "record", failing)
+    outputs = harness.handle(Record(b"not an envelope", b"k", 0))
+    assert [o.topic for o in outputs] == ["lianfang.deadletter.v1"]
+    assert _reason(outputs) == "malformed"
+
+
+@pytest.mark.parametrize("error", [KafkaConnectionError(), TransportError("the broker went away")])
+def test_a_kafka_failure_is_not_dead_lettered_but_restarts_the_worker(
+    domain: DemoDomain, harness: Harness, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    def failing(*args: Any, **kwargs: Any) -> core.Route:
+        raise error
+
+    monkeypatch.setattr(core, "decide", failing)
+    sealed = _sealed(domain, phone="13800000008")
+    with pytest.raises(type(error)):
+        harness.handle(_placed(sealed.value, sealed.key))
+    assert harness.deadlettered("internal") == 0
+
+
+def test_a_copy_on_another_partition_is_refused_although_that_partition_never_saw_the_event(
+    domain: DemoDomain, harness: Harness
+) -> None:
+    sealed = _sealed(domain, phone="13800000009")
+    original = _placed(sealed.value, sealed.key)
+    assert [o for o in harness.handle(original) if ".inbox." in o.topic]
+    other = (original.partition + 1) % PARTITIONS  # its replay window never saw the event
+    assert _reason(harness.handle(Record(sealed.value, sealed.key, other))) == "misplaced"
+    assert sealed.header.id not in app.SeenIds(harness.state(other))
+
+
+@pytest.mark.parametrize(
+    ("key", "partition"),
+    [(b"", 681), (b"a", 524), (b"ab", 434), (b"abc", 107), (b"123456789", 566), (b"\x00 ", 742)],
+)
+def test_the_partition_of_a_key_is_the_one_kafkas_java_producer_gives_it(key: bytes, partition: int) -> None:
+    # Partitions of 1000 that Kafka's Java DefaultPartitioner gives these keys (murmur2).
+    assert topics.partition_for(key, 1000) == partition

@@ -55,11 +55,20 @@ class Bus:
         h = header(**fields)
         return envelope.seal(h, CONTENT, registry=self.domain.registry, signer=self.domain.keys(sender))
 
-    def produce(self, records: Iterable[tuple[bytes | None, bytes]], topic: str | None = None) -> None:
+    def produce(
+        self,
+        records: Iterable[tuple[bytes | None, bytes]],
+        topic: str | None = None,
+        partition: int | None = None,
+    ) -> None:
+        """Produce raw records; ``partition`` overrides the default partitioner, as a hostile producer may."""
         producer = KafkaProducer(
             bootstrap_servers=self.bootstrap, max_request_size=2_000_000, **DURABLE_PRODUCER
         )
-        futures = [producer.send(topic or self.names.events, key=key, value=value) for key, value in records]
+        futures = [
+            producer.send(topic or self.names.events, key=key, value=value, partition=partition)
+            for key, value in records
+        ]
         producer.flush()
         producer.close()
         _acknowledged(futures)
@@ -79,6 +88,13 @@ class Bus:
         producer.close()
         _acknowledged(futures)
         return ids
+
+    def partitions(self, topic: str) -> int:
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
+        try:
+            return len(consumer.partitions_for_topic(topic) or ())
+        finally:
+            consumer.close()
 
     def read_all(self, topic_names: Iterable[str]) -> dict[str, list[Any]]:
         """Every committed record of these topics, up to their current end (read_committed)."""

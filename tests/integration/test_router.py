@@ -3,6 +3,7 @@ dead-letter topic with its reason, never twice and never lost, with one worker o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections import Counter
@@ -19,7 +20,7 @@ from schemas.envelope import MAX_RECORD_BYTES
 from schemas.registry import RegistryDocument
 from services.audit.chain import AuditEntry, parse_line, principal, verify_lines
 from services.bus.cluster import load_specs
-from services.kernel import envelope, policy
+from services.kernel import envelope, jsonx, policy, topics
 from services.kernel.keystore import Keystore
 from services.kernel.registry import sign_document
 from tests.integration.buskit import Bus
@@ -166,13 +167,42 @@ def _reason_cases(bus: Bus) -> dict[str, tuple[bytes | None, bytes]]:
     }
 
 
+def _other_partition(bus: Bus, key: bytes) -> int:
+    """A partition of the events topic other than the one the producers' partitioner gives ``key``."""
+    n = bus.partitions(bus.names.events)
+    return (topics.partition_for(key, n) + 1) % n
+
+
+def _resigned(bus: Bus, phone: str, **changes: object) -> tuple[bytes, bytes]:
+    """A police insider edits a valid event's clear header and signs it again; keyed by its subject,
+    as a producer keys it. Returns (key, value)."""
+    sealed = bus.seal(phone=phone)
+
+    def edit(h: bytes, s: object) -> tuple[bytes, object]:
+        return jsonx.compact_json({**json.loads(h), **changes}), s
+
+    value = rewrite_body(sealed.value, edit, bus.domain.keys("police"))
+    return str(changes.get("subject", sealed.header.subject)).encode(), value
+
+
+def _letters(bus: Bus, values: set[bytes]) -> list[Any]:
+    """The dead letters of these values, once there is one for each."""
+    return bus.wait_for(
+        lambda: len(dl := [r for r in bus.deadletters() if r.value in values]) >= len(values) and dl,
+        what="dead letters",
+    )
+
+
 def test_each_reason_code_the_router_sees_reaches_the_deadletter_topic_with_that_code(
     bus: Bus, router: Router
 ) -> None:
     cases = _reason_cases(bus)
     bus.produce(cases.values())
-    ours = {value for _key, value in cases.values()}
+    misplaced = bus.seal(phone="13900000016")
+    bus.produce([(misplaced.key, misplaced.value)], partition=_other_partition(bus, misplaced.key))
+    ours = {value for _key, value in cases.values()} | {misplaced.value}
     expected = Counter(reason.strip() for reason in cases) - Counter({"replay": 1})  # the first copy routes
+    expected["misplaced"] = 1
     letters = bus.wait_for(
         lambda: len(dl := [r for r in bus.deadletters() if r.value in ours]) >= expected.total() and dl,
         what="dead letters",
@@ -187,6 +217,57 @@ def test_each_reason_code_the_router_sees_reaches_the_deadletter_topic_with_that
     assert int(headers["lianfang_source_offset"]) >= 0
     assert datetime.fromisoformat(headers["lianfang_deadlettered_at"].decode()) <= datetime.now(UTC)
     assert router.metric("lianfang_router_deadletters_total", reason="bad_signature") >= 1
+
+
+def test_an_event_whose_subject_is_not_a_pseudonym_is_dead_lettered_and_the_router_keeps_routing_the_leads_after_it(
+    bus: Bus, router: Router
+) -> None:
+    hostile = [_resigned(bus, "13900000030", subject="张三"), _resigned(bus, "13900000031", subject="a b")]
+    n = bus.partitions(bus.names.events)
+    target = topics.partition_for(hostile[0][0], n)
+    phones = (f"1390001{i:04d}" for i in range(10_000))
+    same_partition = (p for p in phones if topics.partition_for(bus.domain.subject(p).encode(), n) == target)
+    leads = [bus.seal(phone=next(same_partition)) for _ in range(3)]  # behind the hostile one
+    bus.produce(hostile)
+    bus.publish(leads)
+
+    bus.wait_for(lambda: _delivered_exactly_once(bus, leads), what="the leads after the hostile events")
+    letters = _letters(bus, {value for _key, value in hostile})
+    assert {dict(r.headers)["lianfang_reason"] for r in letters} == {b"malformed"}
+    assert router.alive(), router.tail()
+
+
+def test_producer_kafka_headers_never_reach_an_inbox(bus: Bus, router: Router) -> None:
+    sealed = bus.seal(phone="13900000050")
+    planted = [("victim_name", "张某某".encode()), ("ce_id_number", b"110101199003071234")]
+    bus.publish([dataclasses.replace(sealed, headers=[*sealed.headers, *planted])])
+    bus.wait_for(lambda: _delivered_exactly_once(bus, [sealed]), what="delivery")
+    inboxes = [bus.names.inbox(p) for p in sorted(_expected_inboxes(bus, sealed))]
+    copies = [r for records in bus.read_all(inboxes).values() for r in records if r.value == sealed.value]
+    assert len(copies) == len(inboxes)
+    for copy in copies:
+        assert list(copy.headers) == envelope.kafka_headers(sealed.header)
+
+
+def test_a_copy_of_an_event_on_another_partition_is_refused_as_misplaced(bus: Bus, router: Router) -> None:
+    sealed = bus.seal(phone="13900000060")
+    bus.publish([sealed])
+    bus.wait_for(lambda: _delivered_exactly_once(bus, [sealed]), what="the original's delivery")
+    bus.produce([(sealed.key, sealed.value)], partition=_other_partition(bus, sealed.key))
+    letters = _letters(bus, {sealed.value})
+    assert [dict(r.headers)["lianfang_reason"] for r in letters] == [b"misplaced"]
+    assert _delivered_exactly_once(bus, [sealed]), "the copy reached no inbox"
+    assert (router.metric("lianfang_router_deadletters_total", reason="misplaced") or 0) >= 1
+
+
+def test_an_unknown_clear_header_field_is_dead_lettered(bus: Bus, router: Router) -> None:
+    key, value = _resigned(bus, "13900000070", victim_phone="13800000000")
+    bus.produce([(key, value)])
+    letters = _letters(bus, {value})
+    assert [dict(r.headers)["lianfang_reason"] for r in letters] == [b"malformed"]
+    assert b"13800000000" not in b"".join(v for r in letters for _k, v in r.headers)
+    inboxes = [bus.names.inbox(p) for p in bus.domain.registry.participant_ids()]
+    assert not [r for records in bus.read_all(inboxes).values() for r in records if r.value == value]
 
 
 def test_every_routing_decision_is_an_entry_of_a_signed_audit_chain_per_partition(

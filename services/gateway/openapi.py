@@ -15,7 +15,7 @@ from typing import Any, Final
 from schemas.events import EVENT_MODELS
 from schemas.export import SCHEMA_DIR
 from services.gateway import httpsig
-from services.gateway.api import COMPUTED_LEAD_FIELDS
+from services.gateway.api import COMPUTED_LEAD_FIELDS, ContextIn
 from services.gateway.problems import PROBLEMS, TYPE_BASE
 
 LEAD_SUBMISSION: Final = "lead.reported.submission"
@@ -203,20 +203,10 @@ def document(*, max_body_bytes: int, server_url: str | None = None) -> dict[str,
         "type": "string",
         "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
     }
-    schemas["Context"] = {
-        "type": "object",
+    # The gateway's own model, so the document states each pattern and choice the gateway enforces.
+    schemas["Context"] = ContextIn.model_json_schema() | {
         "description": "The clear-header facts of the case a follow-up belongs to: copy `context` from the "
         "inbox event it follows.",
-        "properties": {
-            "subject": {"type": "string", "description": "the case's subject pseudonym"},
-            "category": {"type": ["string", "null"]},
-            "minor": {"type": ["boolean", "null"]},
-            "town": {"type": ["string", "null"]},
-            "school_related": {"type": ["boolean", "null"]},
-            "lead_id": {"anyOf": [_ref("EventId"), {"type": "null"}]},
-        },
-        "required": ["subject"],
-        "additionalProperties": False,
     }
     schemas["Accepted"] = {
         "type": "object",

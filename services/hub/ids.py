@@ -63,4 +63,7 @@ def as_time(value: object) -> datetime | None:
         return None
     if t.tzinfo is None or t.utcoffset() is None:
         return None
-    return t.astimezone(UTC)
+    try:
+        return t.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+23:59 is a valid instant with no UTC datetime
+        return None

@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +18,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as fixed_seed
 from hypothesis import strategies as st
 
+from schemas.events import EVENT_MODELS
+from services.hub.ids import alert_id_for
+from services.hub.rules import observe
+from services.hub.state import Observation, VictimState
 from services.importers.errors import FileFormatError
 from services.importers.reader import ENCODINGS
 from services.importers.spec import format_names, load_format
 from services.kernel.errors import MalformedError
 from tests.fuzz.run import fuzz
 from tests.fuzz.targets import TARGETS, Target, build, run_one
+from tests.unit.test_hub_rules import CFG, VICTIM, day, lead, run
 
 pytestmark = pytest.mark.unit
 
@@ -163,3 +170,49 @@ def test_the_contract_lets_the_projects_own_errors_through_and_nothing_else() ->
     run_one(raising(FileFormatError("empty")), b"")
     with pytest.raises(KeyError):
         run_one(raising(KeyError("x")), b"")
+
+
+# The hub opens what a registered sender sealed: a triage section that passed its event's schema on the
+# sender's side, or not (another SDK, another version). Its rules must take any of it.
+_OFFSETS = st.sampled_from([timezone(timedelta(hours=h, minutes=59)) for h in (-24, -1, 0, 23)] + [UTC])
+instants = st.one_of(
+    st.datetimes(timezones=_OFFSETS),
+    # the edges of what Python holds, where a far offset moves the instant outside it in UTC
+    st.datetimes(max_value=datetime(1, 1, 2), timezones=_OFFSETS),
+    st.datetimes(min_value=datetime(9999, 12, 30), timezones=_OFFSETS),
+).map(datetime.isoformat)
+deadlines = st.lists(st.fixed_dictionaries({"owner": st.text(max_size=8), "due_at": instants}), max_size=3)
+triage_values = st.one_of(instants, json_values, deadlines)
+
+
+@st.composite
+def observations(draw: st.DrawFn) -> Observation:
+    event_type = draw(st.sampled_from(sorted(EVENT_MODELS)))
+    fields = sorted(EVENT_MODELS[event_type].TRIAGE_FIELDS)
+    triage = {name: draw(triage_values) for name in draw(st.lists(st.sampled_from(fields), unique=True))}
+    if draw(st.integers(0, 3)):  # most name the victim's open alert
+        triage["alert_id"] = alert_id_for(VICTIM, 1)
+    return Observation(
+        event_id=str(uuid.UUID(int=draw(st.integers(0, 2**128 - 1)))),
+        event_type=event_type,
+        sender=draw(st.sampled_from(["police", "coordinators", "court", "hub"])),
+        time=day(draw(st.floats(0.01, 30))),
+        subject=VICTIM,
+        urgency=draw(st.sampled_from(["immediate", "urgent", "routine"])),
+        recipients=frozenset({"hub", "coordinators"}),
+        refs=(),
+        triage=triage,
+    )
+
+
+@fixed_seed(SEED)
+@settings(BRIEF, max_examples=600)
+@given(events=st.lists(observations(), min_size=1, max_size=4))
+def test_any_triage_of_any_event_type_with_any_times_never_stops_the_hubs_rules(
+    events: list[Observation],
+) -> None:
+    state, _ = run([lead(1, day(0), pj=True)])
+    for obs in events:
+        state, _ = observe(state, obs, CFG)
+        assert state is not None
+        VictimState.from_json(state.to_json())

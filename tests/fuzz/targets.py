@@ -34,11 +34,13 @@ from services.importers.spec import format_names, load_format
 from services.kernel import crypto, envelope, jsonx
 from services.kernel.envelope import ReplayWindow
 from services.kernel.errors import REASON_CODES, LianfangError, UntrustedInputError
+from services.kernel.topics import partition_for
 from services.router.core import decide
 from tests.kit import CONTENT, NOW, DemoDomain, header
 
 OneInput = Callable[[bytes], None]
 _SUBJECT = header().subject.encode()
+PARTITIONS = 12  # as deploy/topics.toml gives the events topic
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,15 @@ class _Envelopes:
     domain: DemoDomain
 
     def raw(self, data: bytes) -> None:
-        decide(data, _SUBJECT, registry=self.domain.registry, now=NOW, replay=ReplayWindow())
+        decide(
+            data,
+            _SUBJECT,
+            partition=partition_for(_SUBJECT, PARTITIONS),
+            partitions=PARTITIONS,
+            registry=self.domain.registry,
+            now=NOW,
+            replay=ReplayWindow(),
+        )
 
     def signed(self, body: bytes) -> None:
         sender = _claimed_sender(body, self.domain.registry.participant_ids())
@@ -93,7 +103,16 @@ class _Envelopes:
             }
         )
         key = _claimed(body, "subject").encode("utf-8", "surrogatepass")
-        route = decide(value, key, registry=self.domain.registry, now=NOW, replay=ReplayWindow())
+        # On the partition its key maps to, so that every later check sees the fuzzed body.
+        route = decide(
+            value,
+            key,
+            partition=partition_for(key, PARTITIONS),
+            partitions=PARTITIONS,
+            registry=self.domain.registry,
+            now=NOW,
+            replay=ReplayWindow(),
+        )
         verified = envelope.verify(value, registry=self.domain.registry, now=NOW)
         for participant in route.recipients:
             if participant in self.domain.registry.participant_ids():

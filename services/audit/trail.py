@@ -1,6 +1,7 @@
-"""Writing audit chains: :class:`AuditTrail` appends one actor's chain to a file and/or a publisher,
-:class:`Signer` is the key that signs its checkpoints, and :class:`LocalTrail` is a process's own
-locked file with a :class:`~services.audit.shipping.Shipper` that copies new lines to the topic.
+"""Writing audit chains: :class:`AuditTrail` appends one actor's chain, each entry signed with the
+participant's :class:`~services.audit.chain.Signer`, to a file and/or a publisher, and
+:class:`LocalTrail` is a process's own locked file with a
+:class:`~services.audit.shipping.Shipper` that copies new lines to the topic.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ import fcntl
 import os
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,7 @@ from services.audit.chain import (
     AuditEntry,
     AuditError,
     Checkpoint,
+    Signer,
     next_entry,
     parse_line,
     principal,
@@ -30,7 +30,6 @@ from services.audit.chain import (
 from services.audit.metrics import AuditMetrics
 from services.audit.shipping import Shipper, Sink
 from services.kernel.clock import Clock, utcnow
-from services.kernel.envelope import choose_signing_kid
 from services.kernel.errors import TransportError, UsageError
 
 if TYPE_CHECKING:
@@ -43,27 +42,15 @@ Publish = Callable[[bytes, bytes], None]
 :func:`~services.audit.kafka.kafka_sink`)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Signer:
-    """The key that signs a chain's checkpoints: the actor's participant's active signing key."""
-
-    key: Ed25519PrivateKey = field(repr=False)
-    kid: str
-
-    @classmethod
-    def of(cls, keystore: Keystore, registry: Registry, at: datetime) -> Signer:
-        """The keystore's participant's signing key that the registry accepts at ``at``."""
-        kid = choose_signing_kid(keystore, registry, at)
-        return cls(keystore.signing_key(kid), kid)
-
-
 class AuditTrail:
     """Appends one actor's chain to a JSON-lines file and/or the audit topic; resumes an existing file.
 
     Appends are serialized by a lock; the file is flushed and fsync'ed after each line, so an entry that
     :meth:`append` returned is on disk before the audited action is acknowledged. With a ``signer`` the
-    trail signs a checkpoint of its head every ``checkpoint_every_s`` seconds (checked at each append)
-    and when it closes, so a cut-off tail is caught by ``audit verify --require-checkpoint``.
+    trail signs every entry, and a checkpoint of its head every ``checkpoint_every_s`` seconds (checked
+    at each append) and when it closes, so ``audit verify`` catches a tail cut short of a checkpoint
+    and reports the entries after the last one as unproven. Without one its entries are unsigned,
+    which ``audit verify`` sets aside unless a checkpoint vouches for them.
     """
 
     def __init__(
@@ -95,7 +82,11 @@ class AuditTrail:
     def _resume(self, path: Path) -> AuditEntry | None:
         """The head of the chain already in ``path``, after checking the whole chain."""
         lines = read_file(path)
-        for result in verify_lines(lines):
+        report = verify_lines(lines)  # the links only: this process wrote the file, with its own key
+        if report.unreadable:
+            first = report.unreadable[0]
+            raise AuditError(f"{path} is not a valid audit chain, not appending to it: {first}")
+        for result in report.chains:
             if not result.ok:
                 raise AuditError(f"{path} is not a valid audit chain, not appending to it: {result}")
             if result.actor != self.actor:
@@ -122,6 +113,7 @@ class AuditTrail:
                 subject=subject,
                 object=object,
                 to=to,
+                signer=self.signer,
             )
             self._write(entry.to_line())
             self.head = entry
@@ -284,8 +276,8 @@ def participant_trail(
     checkpoint_every_s: float = 60.0,
     metrics: AuditMetrics | None = None,
 ) -> LocalTrail:
-    """The :class:`LocalTrail` of ``keystore``'s participant in ``folder/<participant>/``, its checkpoints
-    signed with the participant's signing key that the registry accepts now."""
+    """The :class:`LocalTrail` of ``keystore``'s participant in ``folder/<participant>/``, its entries and
+    checkpoints signed with the participant's signing key that the registry accepts now."""
     return LocalTrail(
         folder / keystore.participant,
         keystore.participant,
@@ -298,4 +290,4 @@ def participant_trail(
     )
 
 
-__all__ = ["AuditTrail", "LocalTrail", "Publish", "Signer", "participant_trail", "read_file"]
+__all__ = ["AuditTrail", "LocalTrail", "Publish", "participant_trail", "read_file"]

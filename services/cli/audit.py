@@ -1,9 +1,12 @@
 """``lianfang audit verify [FILE | --bootstrap B]``: check the audit hash chains and their signed heads.
 
 Reads an audit file (JSON lines) or the whole ``lianfang.audit.v1`` topic, splits it by actor, and
-verifies each chain (:func:`services.audit.chain.verify_lines`). Checkpoint signatures are checked with
-the signing keys of the registry in HOME when it loads. Prints one line per chain; exits 1 naming the
-first bad entry of each broken chain, 0 when every chain holds.
+verifies each chain (:func:`services.audit.chain.verify_lines`) with the signing keys of the registry
+in HOME. Prints one line per chain and one per line set aside, and exits with the worst state found
+(:data:`EXIT_CODES`): 0 ok, 3 a chain is broken, 4 forged, unsigned or unreadable lines were set aside
+(every genuine chain holds), 5 unproven (``--require-checkpoint`` and a tail no signed checkpoint
+covers, or no registry to check signatures with). 1 and 2 are the CLI's own: the trail could not be
+read, or the command was misused.
 
 :func:`record_admin_change` is how the key and registry commands add to the trail.
 """
@@ -15,9 +18,9 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
-from services.audit.chain import Action, AuditEntry, KeyLookup, verify_lines
+from services.audit.chain import Action, AuditEntry, AuditReport, KeyLookup, Status, verify_lines
 from services.audit.kafka import KafkaSink, read_topic
 from services.audit.trail import participant_trail, read_file
 from services.bus.security import load_security
@@ -28,6 +31,9 @@ from services.trust import TrustDomain
 
 if TYPE_CHECKING:
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+EXIT_CODES: Final[dict[Status, int]] = {"ok": 0, "broken": 3, "forged": 4, "unproven": 5}
+"""``lianfang audit verify``'s exit status for each :data:`~services.audit.chain.Status` of a trail."""
 
 
 def add_commands(
@@ -54,7 +60,8 @@ def add_commands(
     verify.add_argument(
         "--require-checkpoint",
         action="store_true",
-        help="fail a chain that no signed checkpoint verifies (catches a cut-off tail)",
+        help="fail (exit 5) when a chain ends in entries no signed checkpoint covers: a tail cut off "
+        "after them could not be detected",
     )
 
 
@@ -64,7 +71,10 @@ def _keys(args: argparse.Namespace) -> KeyLookup | None:
     try:
         registry = TrustDomain(home=home, passphrase="").registry(now)
     except LianfangError as e:
-        print(f"note: checkpoints not checked, no usable registry in {home} ({e})", file=sys.stderr)
+        print(
+            f"note: no signature checked, no usable registry in {home} ({e}); only the links are",
+            file=sys.stderr,
+        )
         return None
 
     def lookup(actor: str, kid: str, at: datetime) -> bytes:
@@ -120,19 +130,38 @@ def record_admin_change(
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     source, lines = _lines(args)
-    results = verify_lines(lines, keys=_keys(args), require_checkpoint=args.require_checkpoint)
-    if not results:
+    report = verify_lines(lines, keys=_keys(args), require_checkpoint=args.require_checkpoint)
+    if not report.chains and not report.unreadable:
         print(f"{source}: no audit entries")
         return 0
-    for result in results:
+    for result in report.chains:
         print(result, file=sys.stdout if result.ok else sys.stderr)
-    bad = [r for r in results if not r.ok]
-    if bad:
-        first = bad[0]
-        print(
-            f"error: the audit trail in {source} is broken; first bad entry: seq {first.bad_seq} "
-            f"of {first.actor or 'an unknown actor'}",
-            file=sys.stderr,
+    for line in report.set_aside:
+        print(line, file=sys.stderr)
+    for message in _summary(report, source):
+        print(message, file=sys.stderr)
+    return EXIT_CODES[report.status]
+
+
+def _summary(report: AuditReport, source: str) -> list[str]:
+    """What is wrong with the trail as a whole, worst first; nothing when it is ok."""
+    messages = []
+    broken = [r for r in report.chains if not r.ok]
+    if broken:
+        messages.append(
+            f"error: the audit trail in {source} is broken; first bad entry: seq {broken[0].bad_seq} "
+            f"of {broken[0].actor or 'an unknown actor'}"
         )
-        return 1
-    return 0
+    if report.set_aside:
+        messages.append(
+            f"error: {len(report.set_aside)} line(s) in {source} were set aside as forged, unsigned or "
+            "unreadable (listed above); they take no part in any chain"
+        )
+    if any(not r.signatures_checked for r in report.chains):
+        messages.append("error: unproven: without a registry no entry's signature could be checked")
+    elif report.require_checkpoint and (tails := [r for r in report.chains if r.unproven]):
+        messages.append(
+            f"error: unproven: {len(tails)} chain(s) end in entries no signed checkpoint covers, so "
+            "entries cut off after them could not be detected (--require-checkpoint)"
+        )
+    return messages

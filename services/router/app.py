@@ -35,8 +35,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services import trust
-from services.audit.chain import Action, AuditEntry, Checkpoint, next_entry, parse_line
-from services.audit.trail import Signer
+from services.audit.chain import Action, AuditEntry, Checkpoint, Signer, next_entry, parse_line
 from services.bus.eos import Output, PartitionState, TransactionalRunner
 from services.bus.security import KafkaSecuritySettings, aiokafka_kwargs, load_security
 from services.kernel import ids, topics
@@ -149,7 +148,9 @@ class RouterAudit:
     transaction, so an entry is on ``lianfang.audit.v1`` exactly when the delivery it records committed.
 
     The chain's head lives in the partition's transactional state (key ``audit:head``), so it moves with
-    the partition to whichever worker takes it over. Its checkpoints are signed with the router's key.
+    the partition to whichever worker takes it over. Its entries and checkpoints are signed with the
+    router's key, so an entry another participant appends under the router's name is set aside as
+    forged by ``audit verify`` instead of breaking the chain.
     """
 
     STATE_PREFIX = "audit:"
@@ -197,6 +198,7 @@ class RouterAudit:
             subject=subject,
             object=object,
             to=to,
+            signer=self.signer,
         )
         line = entry.to_line()
         state.put(self.HEAD, line)
@@ -440,10 +442,10 @@ def deadletter_headers(
 
 
 def router_signer(home: Path, registry: Registry, now: datetime) -> Signer | None:
-    """The key that signs the router's audit checkpoints: ``router``'s keystore in HOME, if there."""
+    """The key that signs the router's audit entries and checkpoints: ``router``'s keystore in HOME."""
     if not (home / "keys" / f"{ids.ROUTER}.key").exists():
         log.warning(
-            "no keystore for %r in %s: the router's audit checkpoints will not be signed", ids.ROUTER, home
+            "no keystore for %r in %s: the router's audit entries will not be signed", ids.ROUTER, home
         )
         return None
     return Signer.of(trust.open_domain(home).keystore(ids.ROUTER), registry, now)

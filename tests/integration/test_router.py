@@ -296,7 +296,7 @@ def test_every_routing_decision_is_an_entry_of_a_signed_audit_chain_per_partitio
 
     registry = bus.domain.registry
     lines = [r.value for r in bus.read_all([bus.names.audit])[bus.names.audit]]
-    results = verify_lines(lines, keys=lambda who, kid, at: registry.signing_key(who, kid, at=at))
+    results = verify_lines(lines, keys=lambda who, kid, at: registry.signing_key(who, kid, at=at)).chains
     assert results
     assert all(r.ok for r in results), [str(r) for r in results if not r.ok]
     assert all(r.checkpoints_verified >= 1 for r in results if (r.actor or "").startswith("router/"))
@@ -413,7 +413,7 @@ def test_sigkill_of_a_router_under_load_loses_and_duplicates_nothing(
         second.stop()
     # Each partition's audit chain runs on across the kill: one route entry per event, none twice.
     lines = [r.value for r in bus.read_all([bus.names.audit])[bus.names.audit]]
-    assert all(r.ok for r in verify_lines(lines)), [str(r) for r in verify_lines(lines)]
+    assert all(r.ok for r in verify_lines(lines).chains), [str(r) for r in verify_lines(lines).chains]
     routes = Counter(
         e.object for e in map(parse_line, lines) if isinstance(e, AuditEntry) and e.action == "route"
     )

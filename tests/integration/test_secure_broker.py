@@ -202,8 +202,8 @@ def test_an_audit_chain_on_the_secure_topic_verifies_and_an_edit_is_caught(secur
     finally:
         close()
     lines = read_topic(secure.bootstrap, AUDIT, _security(secure, "operator"))
-    assert [r.ok for r in verify_lines(lines)] == [True]
+    assert [r.ok for r in verify_lines(lines).chains] == [True]
     edited = [*lines]
     edited[1] = edited[1].replace(b'"open_section"', b'"console_view"')
-    results = verify_lines(edited)
+    results = verify_lines(edited).chains
     assert [(r.ok, r.bad_seq) for r in results] == [(False, 1)]

@@ -24,6 +24,7 @@ from deploy.kafka.local import LocalKafka, running
 from services.audit.chain import AuditEntry, parse_line, principal
 from services.audit.kafka import KafkaSink, read_topic
 from services.bus.security import KafkaSecuritySettings
+from services.cli.audit import EXIT_CODES
 from services.kernel import envelope
 from services.kernel.errors import TransportError
 from services.sdk.client import Client
@@ -317,11 +318,12 @@ def test_the_console_logged_in_as_the_coordinators_shows_the_hubs_alert(
         console.stop()
 
 
-def test_an_edited_copy_of_an_audit_entry_on_the_topic_fails_audit_verify_at_that_entry(
+def test_an_edited_copy_of_an_audit_entry_on_the_topic_is_reported_forged_and_its_chain_still_verifies(
     secure: LocalKafka, bus: Bus, services: tuple[RouterProcess, HubProcess], tmp_path: Path
 ) -> None:
-    """Whoever can write the topic (here the operator) can add records, but not unnoticed. (Last in
-    the module: the audit topic holds a forged record from here on.)"""
+    """Whoever can write the topic (here the operator) can add records, but not unnoticed, and not to
+    the genuine chain: the edited copy no longer matches the hash its writer signed. (Last in the
+    module: the audit topic holds a forged record from here on.)"""
     with client(secure, bus, "police", tmp_path) as police:
         police.publish_lead({**LEAD, "requests_joint_meeting": False})
         assert police.flush(60)
@@ -340,5 +342,6 @@ def test_an_edited_copy_of_an_audit_entry_on_the_topic_fails_audit_verify_at_tha
     KafkaSink(bus.bootstrap, bus.names.audit, login(secure, "operator"))(actor.encode(), forged)
 
     verified = lianfang(secure, "operator", bus.domain.home, "audit", "verify", "--bootstrap", bus.bootstrap)
-    assert verified.returncode == 1
-    assert f"first bad entry: seq {seq} of {actor}" in verified.stderr
+    assert verified.returncode == EXIT_CODES["forged"], verified.stderr
+    assert f"FORGED entry seq {seq} claiming {actor}" in verified.stderr
+    assert f"{actor}: ok," in verified.stdout

@@ -18,7 +18,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from schemas.envelope import MAX_RECORD_BYTES
 from schemas.registry import RegistryDocument
-from services.audit.chain import AuditEntry, parse_line, principal, verify_lines
+from services.audit.chain import AuditEntry, Signer, next_entry, parse_line, principal, verify_lines
 from services.bus.cluster import load_specs
 from services.kernel import envelope, jsonx, policy, topics
 from services.kernel.keystore import Keystore
@@ -300,6 +300,41 @@ def test_every_routing_decision_is_an_entry_of_a_signed_audit_chain_per_partitio
     assert results
     assert all(r.ok for r in results), [str(r) for r in results if not r.ok]
     assert all(r.checkpoints_verified >= 1 for r in results if (r.actor or "").startswith("router/"))
+
+
+def test_an_entry_police_forges_under_the_routers_actor_is_reported_forged_and_the_routers_chain_verifies(
+    bus: Bus, router: Router
+) -> None:
+    """Every participant may append to the audit topic: police appends an entry, signed with its own
+    valid key, to a router chain (the actor is predictable), and a line that does not parse."""
+    routed = bus.seal(phone="13900000016")
+    bus.publish([routed])
+    registry = bus.domain.registry
+
+    def genuine() -> list[AuditEntry]:
+        lines = [r.value for r in bus.read_all([bus.names.audit])[bus.names.audit]]
+        return [
+            e for e in map(parse_line, lines) if isinstance(e, AuditEntry) and e.object == routed.header.id
+        ]
+
+    (head,) = bus.wait_for(genuine, what="the route entry")
+    police = Signer.of(bus.domain.keys("police"), registry, datetime.now(UTC))
+    forged = next_entry(
+        head, actor=head.actor, action="route", at=datetime.now(UTC), object=head.object, signer=police
+    )
+    bus.produce([(head.actor.encode(), forged.to_line()), (head.actor.encode(), b'{"seq":')], bus.names.audit)
+
+    lines = [r.value for r in bus.read_all([bus.names.audit])[bus.names.audit]]
+    report = verify_lines(lines, keys=lambda who, kid, at: registry.signing_key(who, kid, at=at))
+    assert report.status == "forged", [str(s) for s in report.set_aside]
+    assert [(s.kind, s.actor, s.position) for s in report.set_aside] == [
+        ("forged", head.actor, lines.index(forged.to_line()) + 1),
+        ("unreadable", None, lines.index(b'{"seq":') + 1),
+    ]
+    (chain,) = [c for c in report.chains if c.actor == head.actor]
+    assert chain.ok, str(chain)
+    assert (chain.head_seq or 0) >= head.seq
+    assert all(c.ok for c in report.chains), [str(c) for c in report.chains if not c.ok]
 
 
 def test_a_byte_identical_copy_of_an_event_is_delivered_once_and_not_dead_lettered(

@@ -29,12 +29,27 @@ from schemas.common import Category, EventId, Pseudonym, Town, UniqueList, Urgen
 from schemas.events import EVENT_MODELS, EventModel, LeadReported, upcast
 from services.gateway.problems import FieldError, ProblemError, field_errors
 from services.kernel import jsonx
-from services.kernel.errors import MalformedError, NotPermittedError, UsageError
+from services.kernel.errors import (
+    LianfangError,
+    MalformedError,
+    NotPermittedError,
+    RegistryExpiredError,
+    UntrustedInputError,
+    UsageError,
+)
+from services.kernel.policy import town_mediation
 from services.kernel.pseudonym import PseudonymKey, pseudonymize
 from services.kernel.registry import Registry
 from services.sdk.client import CaseContext, default_urgency
 
-__all__ = ["COMPUTED_LEAD_FIELDS", "ContextIn", "PublishRequest", "Submission", "parse_submission"]
+__all__ = [
+    "COMPUTED_LEAD_FIELDS",
+    "ContextIn",
+    "PublishRequest",
+    "Submission",
+    "parse_submission",
+    "sealing_problem",
+]
 
 LEAD: Final = LeadReported.EVENT_TYPE
 COMPUTED_LEAD_FIELDS: Final = ("victim_pseudonym", "suspect_pseudonyms")
@@ -116,6 +131,45 @@ def parse_submission(
     if request.type == LEAD:
         return _lead(request, pseudonym_key)
     return _follow_up(request)
+
+
+def sealing_problem(submission: Submission, error: LianfangError, registry: Registry) -> ProblemError:
+    """The answer to a valid request whose event cannot be sealed: a 4xx naming the field to blame
+    where one can be named, never a 500.
+
+    Sealing looks up every recipient the sharing policy derives from the clear header; a fact the
+    caller chose can name a participant the registry does not know (a town whose mediation committee
+    is not registered). The error's message may quote that value, so it is never passed on.
+    """
+    if isinstance(error, NotPermittedError):
+        return ProblemError("not_permitted", f"the participant may not publish {submission.type}")
+    if isinstance(error, RegistryExpiredError):
+        return ProblemError(
+            "registry_expired", "the trust registry has expired", headers={"Retry-After": "60"}
+        )
+    errors = _blame(submission, registry)
+    if errors:
+        return _invalid(errors)
+    if isinstance(error, UntrustedInputError):
+        detail = (
+            f"the event cannot be sealed for the recipients the sharing policy names ({error.reason}); "
+            "check the case's facts (category, minor, town) against the registry"
+        )
+        return ProblemError("invalid_request", detail)
+    return ProblemError("invalid_request", str(error))
+
+
+def _blame(submission: Submission, registry: Registry) -> list[FieldError]:
+    """The fields whose values name a recipient the registry does not know."""
+    town = submission.context.town
+    if town is None or town_mediation(town) in registry.participant_ids():
+        return []
+    pointer = "/event/town" if submission.type == LEAD else "/context/town"
+    detail = (
+        "no mediation committee of this town is a participant of the registry, so the sharing policy "
+        "cannot seal the event for it; use a town the registry knows"
+    )
+    return [FieldError(pointer, detail, "unknown_town")]
 
 
 def _invalid(errors: list[FieldError]) -> ProblemError:

@@ -42,7 +42,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from services import trust
 from services.bus.security import KafkaSecuritySettings, load_security
 from services.gateway import httpsig, openapi
-from services.gateway.api import Submission, parse_submission
+from services.gateway.api import Submission, parse_submission, sealing_problem
 from services.gateway.idempotency import IdempotencyStore, KeyedLocks
 from services.gateway.inbox import InboxReader, decode_cursor, encode_cursor
 from services.gateway.metrics import ROUTES, GatewayMetrics
@@ -56,6 +56,7 @@ from services.kernel.errors import (
     RegistryExpiredError,
     TransportError,
     UnknownKeyError,
+    UntrustedInputError,
     UsageError,
 )
 from services.kernel.keystore import Keystore
@@ -536,8 +537,8 @@ def _publish(client: Client, submission: Submission, event_id: str) -> None:
         )
     except ConflictError:
         pass  # the id is in the outbox already: an attempt before a crash got that far
-    except UsageError as e:
-        raise ProblemError("invalid_request", str(e)) from e
+    except (UntrustedInputError, UsageError) as e:  # the caller's facts: a 4xx, never a 500
+        raise sealing_problem(submission, e, client.registry) from e
     except sqlite3.Error as e:
         raise ProblemError("unavailable", "the outbox cannot be written", headers={"Retry-After": "5"}) from e
 

@@ -26,9 +26,14 @@ def _matches(when: Match, header: EnvelopeHeader) -> bool:
     return all(checks)
 
 
+def town_mediation(town: str) -> str:
+    """The participant id of a town's mediation committee, which ``$town_mediation`` names."""
+    return f"mediation.{town}"
+
+
 def _expand(recipient: str, header: EnvelopeHeader) -> list[str]:
     if recipient == TOWN_MEDIATION:
-        return [f"mediation.{header.town}"] if header.town else []
+        return [town_mediation(header.town)] if header.town else []
     if recipient == AUDIENCE:
         return list(header.audience)
     return [recipient]

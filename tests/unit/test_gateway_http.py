@@ -23,7 +23,13 @@ from services.gateway.app import Gateway, GatewaySettings
 from services.gateway.client import signed_headers
 from services.gateway.idempotency import IdempotencyStore
 from services.kernel import envelope
-from services.kernel.errors import UsageError
+from services.kernel.errors import (
+    DecryptFailedError,
+    NotPermittedError,
+    RegistryExpiredError,
+    UnknownKeyError,
+    UsageError,
+)
 from services.kernel.keystore import Keystore, key_id
 from services.kernel.pseudonym import pseudonymize
 from tests.kit import NOW, DemoDomain
@@ -272,6 +278,61 @@ def test_a_request_that_breaks_the_contract_is_422_at_that_field(
     status, answer = gw.post(json.dumps(request_body, ensure_ascii=False).encode())
     _problem(status, answer, 422, "invalid-request")
     assert pointer in {e["pointer"] for e in answer["errors"]}, answer["errors"]
+
+
+def test_a_lead_from_a_town_the_registry_does_not_know_is_422_at_the_town_and_never_repeats_it(
+    gw: Harness,
+) -> None:
+    status, answer = gw.post(body_of(lead(town="atlantis")))
+    _problem(status, answer, 422, "invalid-request")
+    assert [(e["pointer"], e["code"]) for e in answer["errors"]] == [("/event/town", "unknown_town")]
+    assert "atlantis" not in json.dumps(answer, ensure_ascii=False)
+    assert gw.depth() == 0
+    assert gw.metric("lianfang_gateway_rejections_total", reason="invalid_request") == 1
+    assert gw.metric("lianfang_gateway_rejections_total", reason="internal") == 0
+
+
+def test_a_follow_up_whose_context_names_an_unknown_town_is_422_at_the_context_s_town(
+    gw: Harness, domain: DemoDomain
+) -> None:
+    context = {"subject": pseudonymize(domain.pseudonym_key(), phone=MARKER_PHONE), "town": "atlantis"}
+    context |= {"category": "domestic_violence", "minor": False}
+    ack = {"lead_id": envelope.new_event_id(), "agency": "police", "acknowledged_at": NOW.isoformat()}
+    body = json.dumps({"type": "lead.acknowledged", "event": ack, "context": context}).encode()
+    status, answer = gw.post(body)
+    _problem(status, answer, 422, "invalid-request")
+    assert [e["pointer"] for e in answer["errors"]] == ["/context/town"]
+
+
+@pytest.mark.parametrize(
+    ("error", "expected_status", "kind"),
+    [
+        (UnknownKeyError("'mediation.renhe' has no encryption key valid now"), 422, "invalid-request"),
+        (DecryptFailedError("a check that sealing met"), 422, "invalid-request"),
+        (UsageError("the sharing policy names no recipient"), 422, "invalid-request"),
+        (NotPermittedError("'police' may not publish it"), 403, "not-permitted"),
+        (RegistryExpiredError("the registry expired"), 503, "registry-expired"),
+    ],
+    ids=[
+        "a recipient without a key",
+        "any other untrusted input",
+        "a usage error",
+        "a permission withdrawn meanwhile",
+        "a registry that expired meanwhile",
+    ],
+)
+def test_any_error_raised_while_sealing_a_caller_s_event_is_a_problem_and_never_a_500(
+    gw: Harness, monkeypatch: pytest.MonkeyPatch, error: Exception, expected_status: int, kind: str
+) -> None:
+    def fail(*_args: Any, **_kwargs: Any) -> str:
+        raise error
+
+    monkeypatch.setattr(gw.gateway.clients["police"], "publish", fail)
+    status, answer = gw.post(body_of())
+    _problem(status, answer, expected_status, kind)
+    assert gw.metric("lianfang_gateway_rejections_total", reason="internal") == 0
+    status, answer = gw.post(body_of())  # the key was released: the retry meets the same check
+    assert status == expected_status, answer
 
 
 def test_a_body_that_is_not_an_object_is_422(gw: Harness) -> None:

@@ -40,6 +40,7 @@ from services.bus.eos import Output, PartitionState, TransactionalRunner
 from services.bus.security import KafkaSecuritySettings, aiokafka_kwargs, load_security
 from services.kernel import ids, topics
 from services.kernel.clock import Clock, utcnow
+from services.kernel.deadletter import deadletter_headers
 from services.kernel.envelope import DuplicateError, ReplayWindow, Seen
 from services.kernel.errors import ReasonCode, TransportError, UntrustedInputError, UsageError
 from services.kernel.registry import Registry
@@ -425,20 +426,6 @@ def _where(record: Any) -> str:
 
 def _no_partition_count() -> int:
     raise UsageError("the router's partition count is not wired: serve() sets Router.partitions")
-
-
-def deadletter_headers(
-    reason: ReasonCode, detail: str, *, topic: str, partition: int, offset: int, now: datetime
-) -> list[tuple[str, bytes]]:
-    """Why and where from: the reason code, the source coordinates and the time. No content."""
-    return [
-        ("lianfang_reason", reason.encode()),
-        ("lianfang_detail", detail.encode("utf-8")[:1000]),
-        ("lianfang_source_topic", topic.encode()),
-        ("lianfang_source_partition", str(partition).encode()),
-        ("lianfang_source_offset", str(offset).encode()),
-        ("lianfang_deadlettered_at", now.isoformat().encode()),
-    ]
 
 
 def router_signer(home: Path, registry: Registry, now: datetime) -> Signer | None:

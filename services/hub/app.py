@@ -106,6 +106,7 @@ class HubWorker:
             names.events: self.events,
             names.hub_suspects: self.suspects,
             names.hub_serial: self.serial,
+            names.deadletter: self._topic(names.deadletter),
         }
         # Keys and values are bytes (the app's serializers are "raw"): VictimState / SuspectState JSON.
         app_id = settings.app_id
@@ -214,25 +215,29 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
     @app.agent(worker.inbox)
     async def observe(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
         async for event in stream.events():
-            await work.on_inbox(event.message.value, event.message.offset)
+            m = event.message
+            await work.on_inbox(m.value, key=m.key, partition=m.partition, offset=m.offset)
             yield None
 
     @app.agent(worker.suspects)
     async def by_suspect(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
         async for event in stream.events():
-            await work.on_suspect(event.message.value)
+            m = event.message
+            await work.on_suspect(m.value, partition=m.partition, offset=m.offset)
             yield None
 
     @app.agent(worker.serial)
     async def serial_trigger(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
         async for event in stream.events():
-            await work.on_serial(event.message.value)
+            m = event.message
+            await work.on_serial(m.value, partition=m.partition, offset=m.offset)
             yield None
 
     @app.agent(worker.clock)
     async def tick(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
         async for event in stream.events():
-            await work.on_tick(event.message.value, event.message.partition)
+            m = event.message
+            await work.on_tick(m.value, m.partition, m.offset)
             yield None
 
     if settings.tick_interval_s:

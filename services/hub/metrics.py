@@ -1,5 +1,5 @@
-"""Every metric of the hub, in one place. Labels are bounded: event types, reason codes, deadline
-kinds, participant ids from the registry, and the hub's own partitions."""
+"""Every metric of the hub, in one place. Labels are bounded: event types, reason codes, the hub's four
+source topics, deadline kinds, participant ids from the registry, and the hub's own partitions."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ class HubMetrics:
         )
         self.rejected = Counter(
             "lianfang_hub_events_rejected_total",
-            "Inbox records that failed verification, by reason.",
-            ["reason"],
+            "Records the hub refused and went past, by source (inbox, suspects, serial, clock) and reason "
+            "(a reason code; internal: a bug or unreadable stored state). Inbox records are dead-lettered.",
+            ["source", "reason"],
             registry=registry,
         )
         self.alerts = Counter(

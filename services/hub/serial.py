@@ -23,7 +23,7 @@ from services.hub.ids import as_time, aware, iso
 from services.hub.messages import text
 from services.hub.state import Observation, SuspectState, SuspectVictim, VictimState, as_str, as_strs
 
-__all__ = ["SerialTrigger", "observe_serial", "observe_suspect", "suspects_of"]
+__all__ = ["SerialTrigger", "SuspectNote", "observe_serial", "observe_suspect", "suspects_of"]
 
 _MAX_LEADS_PER_SUSPECT_VICTIM: Final = 50
 
@@ -37,6 +37,44 @@ def suspects_of(obs: Observation) -> tuple[str, ...]:
         respondent = as_str(obs.triage.get("respondent_pseudonym"))
         return (respondent,) if respondent else ()
     return ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuspectNote:
+    """``lead_id`` names ``suspect`` against ``victim`` at ``time``: one record of the suspects topic,
+    keyed by the suspect, for :func:`observe_suspect` on the suspect's partition."""
+
+    suspect: str
+    victim: str
+    lead_id: str
+    time: datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "time", aware(self.time, "SuspectNote.time"))
+
+    def to_json(self) -> bytes:
+        data = {
+            "suspect": self.suspect,
+            "victim": self.victim,
+            "lead_id": self.lead_id,
+            "time": iso(self.time),
+        }
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> SuspectNote:
+        """Read :meth:`to_json`'s bytes; :class:`StateDecodeError` when they are not a note."""
+        try:
+            data = json.loads(raw)
+            time = as_time(data["time"])
+            if time is None:
+                raise ValueError("time is not an aware ISO 8601 time")
+            fields = {name: data[name] for name in ("suspect", "victim", "lead_id")}
+            if not all(isinstance(v, str) for v in fields.values()):
+                raise TypeError("suspect, victim and lead_id are strings")
+            return cls(**fields, time=time)
+        except (ValueError, KeyError, TypeError) as e:
+            raise StateDecodeError(f"suspect note is unreadable: {type(e).__name__}") from e
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,7 +124,7 @@ class SerialTrigger:
                 lead_ids=tuple(str(i) for i in data["lead_ids"]),
             )
         except (ValueError, KeyError, TypeError) as e:
-            raise StateDecodeError(f"serial trigger is unreadable: {e}") from e
+            raise StateDecodeError(f"serial trigger is unreadable: {type(e).__name__}") from e
 
 
 def observe_suspect(  # noqa: PLR0917 - the app calls it positionally, one argument per fact

@@ -13,15 +13,24 @@ it, and unit tests drive it with dicts and a list.
   delivers the first and refuses the second (reason ``replay``), so coordinators see it once.
 - The clock dates what the hub seals and checks signatures; the rules and supervision use event times
   and tick times only.
+- No record stops the hub: a record that fails its checks (reason code of
+  :mod:`services.kernel.errors`), unreadable stored state, or a bug met while handling one record
+  (``internal``) is counted in ``lianfang_hub_events_rejected_total`` by source and reason, and an
+  inbox record goes to the dead-letter topic with the router's headers
+  (:mod:`services.kernel.deadletter`); the worker goes on with the next. Only a failed send (a
+  :class:`~services.kernel.errors.TransportError`) or a Kafka error propagates, to restart the worker.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import traceback
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, TypeVar
+
+from aiokafka.errors import KafkaError
 
 from schemas.envelope import SectionName
 from services.audit.chain import opened_object
@@ -29,16 +38,17 @@ from services.audit.trail import LocalTrail
 from services.hub import rules, serial, supervision
 from services.hub.alerts import AlertEmission
 from services.hub.config import HubConfig
-from services.hub.ids import deterministic_id
+from services.hub.ids import as_time, deterministic_id
 from services.hub.metrics import HubMetrics
 from services.hub.state import Observation, SuspectState, VictimState
 from services.kernel import envelope, ids, topics
 from services.kernel.clock import Clock
-from services.kernel.errors import UntrustedInputError
+from services.kernel.deadletter import deadletter_headers
+from services.kernel.errors import MalformedError, ReasonCode, TransportError, UntrustedInputError
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
 
-__all__ = ["REPORT_SUBJECT", "RecordWorker", "Send"]
+__all__ = ["REPORT_SUBJECT", "RecordWorker", "Send", "Source"]
 
 log = logging.getLogger("lianfang.hub")
 
@@ -47,6 +57,14 @@ Send = Callable[[str, bytes, bytes, list[tuple[str, bytes]] | None], Awaitable[N
 
 REPORT_SUBJECT = "p0." + "A" * 43
 """A report is about no victim; its Kafka key is this fixed, well-formed pseudonym."""
+
+Source = Literal["inbox", "suspects", "serial", "clock"]
+"""The topic a record came from, as the rejection metric labels it."""
+
+Refusal = tuple[ReasonCode, str]
+"""Why a record was refused: its reason code and a line for people (never content)."""
+
+_T = TypeVar("_T")
 
 
 class RecordWorker:
@@ -130,8 +148,17 @@ class RecordWorker:
         content: dict[SectionName, dict[str, Any]] = {"triage": body, "details": body}
         return envelope.seal(header, content, registry=self.registry, signer=self.keys)
 
+    async def _send(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None
+    ) -> None:
+        """Send; any failure is Kafka's (a :class:`TransportError`), never the record's."""
+        try:
+            await self.send(topic, key, value, headers)
+        except Exception as e:
+            raise TransportError(f"{topic} did not take a record: {type(e).__name__}: {e}") from e
+
     async def publish(self, record: envelope.SealedRecord) -> None:
-        await self.send(self.names.events, record.key, record.value, record.headers)
+        await self._send(self.names.events, record.key, record.value, record.headers)
         self.trail.append("publish", subject=record.header.subject, object=record.header.id)
 
     async def emit_alerts(self, state: VictimState, emissions: list[AlertEmission]) -> None:
@@ -157,14 +184,60 @@ class RecordWorker:
         raw = self.victims.get(key)
         return VictimState.from_json(raw) if raw else None
 
-    async def on_inbox(self, value: bytes, offset: int) -> None:
-        """An event routed to the hub: apply it to its victim, publish the alerts, repartition suspects."""
+    async def _handle(
+        self, parse: Callable[[], _T], apply: Callable[[_T], Awaitable[None]]
+    ) -> Refusal | None:
+        """Parse a record, then apply it; why it was refused, or ``None``. A failed check while parsing
+        is the record's reason; anything else but Kafka's failures is a bug met on it (``internal``),
+        including stored state that is unreadable."""
         try:
-            obs = self.open(value)
+            item = parse()
         except UntrustedInputError as e:
-            self.metrics.rejected.labels(e.reason).inc()
-            log.warning("inbox record at offset %d refused: %s", offset, e.reason)
+            return e.reason, str(e)
+        except Exception as e:
+            return self._bug(e)
+        return await self._guard(lambda: apply(item))
+
+    async def _guard(self, work: Callable[[], Awaitable[None]]) -> Refusal | None:
+        """Run ``work``; ``internal`` when it meets anything but Kafka's failures, which propagate."""
+        try:
+            await work()
+        except (TransportError, KafkaError):
+            raise
+        except Exception as e:
+            return self._bug(e)
+        return None
+
+    @staticmethod
+    def _bug(error: Exception) -> Refusal:
+        # Only the type and the frames: an exception's message could quote what the record holds.
+        frames = "".join(traceback.format_tb(error.__traceback__))
+        log.error("a bug (%s) while handling a record: refused as internal\n%s", type(error).__name__, frames)
+        return "internal", f"[internal] {type(error).__name__} while the hub handled this record"
+
+    def _count(self, source: Source, refusal: Refusal, partition: int, offset: int) -> None:
+        self.metrics.rejected.labels(source, refusal[0]).inc()
+        log.warning("%s record %d@%d refused: %s", source, offset, partition, refusal[0])
+
+    async def on_inbox(self, value: bytes, *, key: bytes | None, partition: int, offset: int) -> None:
+        """An event routed to the hub: apply it to its victim, publish the alerts, repartition suspects.
+        A record refused goes to the dead-letter topic with its reason and where it was read."""
+        refusal = await self._handle(lambda: self.open(value), self._apply)
+        if refusal is None:
             return
+        self._count("inbox", refusal, partition, offset)
+        reason, detail = refusal
+        headers = deadletter_headers(
+            reason,
+            detail,
+            topic=self.names.inbox(ids.HUB),
+            partition=partition,
+            offset=offset,
+            now=self.clock(),
+        )
+        await self._send(self.names.deadletter, key or b"", value, headers)
+
+    async def _apply(self, obs: Observation) -> None:
         self.metrics.observed.labels(obs.event_type).inc()
         key = obs.subject.encode()
         before = self._victim(key)
@@ -173,31 +246,35 @@ class RecordWorker:
         if state is not before:  # a re-processed event changes nothing
             self.victims[key] = state.to_json()
         for suspect in serial.suspects_of(obs):
-            note = {
-                "suspect": suspect,
-                "victim": obs.subject,
-                "lead_id": obs.event_id,
-                "time": obs.time.isoformat(),
-            }
-            await self.send(self.names.hub_suspects, suspect.encode(), json.dumps(note).encode(), None)
+            note = serial.SuspectNote(
+                suspect=suspect, victim=obs.subject, lead_id=obs.event_id, time=obs.time
+            )
+            await self._send(self.names.hub_suspects, suspect.encode(), note.to_json(), None)
 
-    async def on_suspect(self, value: bytes) -> None:
+    async def on_suspect(self, value: bytes, *, partition: int = 0, offset: int = 0) -> None:
         """A suspect named against a victim: count the suspect's victims, trigger each when serial."""
-        note = json.loads(value)
-        key = note["suspect"].encode()
+        refusal = await self._handle(lambda: serial.SuspectNote.from_json(value), self._apply_suspect)
+        if refusal is not None:
+            self._count("suspects", refusal, partition, offset)
+
+    async def _apply_suspect(self, note: serial.SuspectNote) -> None:
+        key = note.suspect.encode()
         raw = self.suspects.get(key)
         before = SuspectState.from_json(raw) if raw else None
-        time = datetime.fromisoformat(note["time"])
         state, triggers = serial.observe_suspect(
-            before, note["suspect"], note["victim"], note["lead_id"], time, self.config
+            before, note.suspect, note.victim, note.lead_id, note.time, self.config
         )
         for trigger in triggers:
-            await self.send(self.names.hub_serial, trigger.victim.encode(), trigger.to_json(), None)
+            await self._send(self.names.hub_serial, trigger.victim.encode(), trigger.to_json(), None)
         self.suspects[key] = state.to_json()
 
-    async def on_serial(self, value: bytes) -> None:
+    async def on_serial(self, value: bytes, *, partition: int = 0, offset: int = 0) -> None:
         """A serial-suspect trigger for one victim: raise or update the victim's alert."""
-        trigger = serial.SerialTrigger.from_json(value)
+        refusal = await self._handle(lambda: serial.SerialTrigger.from_json(value), self._apply_serial)
+        if refusal is not None:
+            self._count("serial", refusal, partition, offset)
+
+    async def _apply_serial(self, trigger: serial.SerialTrigger) -> None:
         key = trigger.victim.encode()
         before = self._victim(key)
         state, emissions = serial.observe_serial(before, trigger, self.config)
@@ -205,34 +282,51 @@ class RecordWorker:
         if state is not before:
             self.victims[key] = state.to_json()
 
-    async def on_tick(self, value: bytes, partition: int) -> None:
-        """Check this partition's deadlines at the tick's time; refresh the rates; maybe report."""
-        now = datetime.fromisoformat(value.decode())
+    async def on_tick(self, value: bytes, partition: int, offset: int = 0) -> None:
+        """Check this partition's deadlines at the tick's time; refresh the rates; maybe report. A
+        victim whose deadlines cannot be checked is counted (``internal``); the others still are."""
+        refusal = await self._handle(
+            lambda: _tick_time(value), lambda now: self._tick(now, partition, offset)
+        )
+        if refusal is not None:
+            self._count("clock", refusal, partition, offset)
+
+    async def _tick(self, now: datetime, partition: int, offset: int) -> None:
         states = []
         for key, raw_state in list(self.victims.items()):
             if raw_state is None or topics.partition_for(key, self.partitions) != partition:
                 continue
-            state, breaches = supervision.due(VictimState.from_json(raw_state), now, self.config)
-            for breach in breaches:
-                record = self.seal(
-                    event_type="supervision.breach",
-                    event_id=breach.event_id,
-                    subject=breach.subject,
-                    urgency=breach.urgency,
-                    audience=[breach.agency],
-                    refs=[breach.lead_id],
-                    case=state,
-                    payload=breach.payload(),
-                )
-                await self.publish(record)
-                self.metrics.breaches.labels(breach.deadline_kind).inc()
-            if breaches:
-                self.victims[key] = state.to_json()
-            states.append(state)
+
+            async def check(key: bytes = key, raw: bytes = raw_state) -> None:
+                states.append(await self._due(key, VictimState.from_json(raw), now))
+
+            refusal = await self._guard(check)
+            if refusal is not None:
+                self._count("clock", refusal, partition, offset)
         rates = supervision.agency_rates(states, now, self.config)
         self.metrics.set_rates(rates, partition)
         self.metrics.open_alerts.labels(str(partition)).set(sum(1 for s in states if s.has_open_alert()))
         await self.maybe_report(partition, now, rates)
+
+    async def _due(self, key: bytes, state: VictimState, now: datetime) -> VictimState:
+        """Publish the victim's breached deadlines; returns the state that records them."""
+        state, breaches = supervision.due(state, now, self.config)
+        for breach in breaches:
+            record = self.seal(
+                event_type="supervision.breach",
+                event_id=breach.event_id,
+                subject=breach.subject,
+                urgency=breach.urgency,
+                audience=[breach.agency],
+                refs=[breach.lead_id],
+                case=state,
+                payload=breach.payload(),
+            )
+            await self.publish(record)
+            self.metrics.breaches.labels(breach.deadline_kind).inc()
+        if breaches:
+            self.victims[key] = state.to_json()
+        return state
 
     async def maybe_report(self, partition: int, now: datetime, rates: dict[str, Any]) -> None:
         """A signed ``supervision.report`` per partition and period (rates of this partition's cases)."""
@@ -255,3 +349,14 @@ class RecordWorker:
         )
         await self.publish(record)
         self.reported[partition] = now
+
+
+def _tick_time(value: bytes) -> datetime:
+    """A tick's value: an aware ISO 8601 time."""
+    try:
+        at = as_time(value.decode())
+    except UnicodeDecodeError as e:
+        raise MalformedError("a tick is an ISO 8601 time in UTF-8") from e
+    if at is None:
+        raise MalformedError("a tick is an aware ISO 8601 time")
+    return at

@@ -70,6 +70,7 @@ def test_the_hub_reads_its_inbox_writes_events_and_owns_its_faust_topics() -> No
     assert allows(RULES, h, "CREATE", "TOPIC", "lianfang-hub-victims-changelog")
     assert allows(RULES, h, "READ", "GROUP", "lianfang-hub")
     assert allows(RULES, h, "WRITE", "TOPIC", "lianfang.hub.clock.v1")
+    assert allows(RULES, h, "WRITE", "TOPIC", "lianfang.deadletter.v1")
     assert not allows(RULES, h, "READ", "TOPIC", inbox("coordinators"))
     assert not any(r.principal != h and r.name.startswith("lianfang-hub") for r in RULES)
 

@@ -16,12 +16,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.audit.trail import participant_trail
+from services.hub import rules, serial
 from services.hub.config import HubConfig
 from services.hub.ids import alert_id_for
 from services.hub.metrics import HubMetrics
-from services.hub.state import VictimState
+from services.hub.state import Observation, VictimState
 from services.hub.worker import REPORT_SUBJECT, RecordWorker
 from services.kernel import envelope, topics
+from services.kernel.errors import TransportError
 from tests import kit
 from tests.kit import DemoDomain
 from tests.unit.test_hub_rules import eid, pseudonym
@@ -57,7 +59,7 @@ class Harness:
 
     def inbox(self, *values: bytes) -> None:
         for offset, value in enumerate(values):
-            asyncio.run(self.worker.on_inbox(value, offset))
+            asyncio.run(self.worker.on_inbox(value, key=VICTIM.encode(), partition=1, offset=offset))
 
     def to(self, topic: str) -> list[Sent]:
         return [s for s in self.sent if s.topic == topic]
@@ -191,11 +193,11 @@ def test_an_event_delivered_twice_sends_nothing_the_second_time_and_leaves_the_s
     assert hub.victims[VICTIM.encode()] == stored
 
 
-def test_a_record_that_fails_verification_is_counted_and_changes_nothing(hub: Harness) -> None:
+def test_a_record_that_fails_verification_is_counted_dead_lettered_and_changes_nothing(hub: Harness) -> None:
     hub.inbox(b"not an envelope")
-    assert hub.sent == []
+    assert [s.topic for s in hub.sent] == [NAMES.deadletter]
     assert hub.victims == {}
-    assert hub.count("lianfang_hub_events_rejected_total", reason="malformed") == 1
+    assert hub.count("lianfang_hub_events_rejected_total", source="inbox", reason="malformed") == 1
 
 
 def test_a_send_that_fails_leaves_the_state_unwritten_so_the_event_is_applied_again(hub: Harness) -> None:
@@ -265,3 +267,151 @@ def test_a_partition_s_first_tick_starts_its_report_period_and_a_tick_one_period
     reports = [o for o in hub.published() if o.header.type == "supervision.report"]
     assert len(reports) == 1
     assert reports[0].header.subject == REPORT_SUBJECT
+
+
+# --------------------------------------------------------------------------- no record stops the hub
+
+
+def headers_of(sent: Sent) -> dict[str, str]:
+    return {k: v.decode() for k, v in sent.headers or []}
+
+
+def test_a_refused_inbox_record_is_dead_lettered_with_the_router_s_headers_and_no_content(
+    hub: Harness,
+) -> None:
+    hub.inbox(b"x", b'{"payloadType": "not ours"}')
+    letters = hub.to(NAMES.deadletter)
+    assert [letter.value for letter in letters] == [b"x", b'{"payloadType": "not ours"}']
+    assert [letter.key for letter in letters] == [VICTIM.encode()] * 2
+    first = headers_of(letters[0])
+    assert set(first) == {
+        "lianfang_reason",
+        "lianfang_detail",
+        "lianfang_source_topic",
+        "lianfang_source_partition",
+        "lianfang_source_offset",
+        "lianfang_deadlettered_at",
+    }
+    assert first["lianfang_reason"] == "malformed"
+    assert first["lianfang_source_topic"] == NAMES.inbox("hub")
+    assert (first["lianfang_source_partition"], first["lianfang_source_offset"]) == ("1", "0")
+    assert headers_of(letters[1])["lianfang_source_offset"] == "1"
+    assert "not ours" not in json.dumps([headers_of(letter) for letter in letters])
+    assert hub.count("lianfang_hub_events_rejected_total", source="inbox", reason="malformed") == 2
+
+
+def test_a_victim_whose_stored_state_is_unreadable_is_dead_lettered_as_internal_and_others_go_on(
+    hub: Harness,
+) -> None:
+    hub.victims[VICTIM.encode()] = b'{"not": "a victim state"}'
+    hub.inbox(lead(hub.domain, 1, T, requests_joint_meeting=True))
+    [letter] = hub.to(NAMES.deadletter)
+    assert headers_of(letter)["lianfang_reason"] == "internal"
+    assert hub.count("lianfang_hub_events_rejected_total", source="inbox", reason="internal") == 1
+    hub.inbox(lead(hub.domain, 2, T, subject=OTHER_VICTIM, requests_joint_meeting=True))
+    assert [a.header.subject for a in hub.alerts()] == [OTHER_VICTIM]
+
+
+def test_a_bug_in_the_rules_for_one_record_is_dead_lettered_as_internal_and_the_next_is_applied(
+    hub: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    observe = rules.observe
+
+    def buggy(state: VictimState | None, obs: Observation, cfg: HubConfig) -> Any:
+        if obs.subject == VICTIM:
+            raise IndexError("a bug met on this victim's record")
+        return observe(state, obs, cfg)
+
+    monkeypatch.setattr(rules, "observe", buggy)
+    hub.inbox(
+        lead(hub.domain, 1, T, requests_joint_meeting=True),
+        lead(hub.domain, 2, T, subject=OTHER_VICTIM, requests_joint_meeting=True),
+    )
+    [letter] = hub.to(NAMES.deadletter)
+    assert headers_of(letter)["lianfang_reason"] == "internal"
+    assert "IndexError" in headers_of(letter)["lianfang_detail"]
+    assert [a.header.subject for a in hub.alerts()] == [OTHER_VICTIM]
+
+
+def test_a_dead_letter_kafka_does_not_take_stops_the_worker_to_be_restarted(hub: Harness) -> None:
+    async def refuse(topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None) -> None:
+        raise ConnectionError("the broker is gone")
+
+    hub.worker.send = refuse
+    with pytest.raises(TransportError, match="broker is gone"):
+        hub.inbox(b"not an envelope")
+
+
+def note(**fields: Any) -> bytes:
+    good = {"suspect": SUSPECT, "victim": VICTIM, "lead_id": eid(1), "time": T.isoformat()}
+    return json.dumps({**good, **fields}).encode()
+
+
+INTERNAL_RECORD_CASES = {
+    "bytes that are not JSON on the suspects topic are malformed": ("suspects", b"\xff{", "malformed"),
+    "a suspect note that is a list is malformed": ("suspects", b"[1, 2]", "malformed"),
+    "a suspect note without its victim is malformed": ("suspects", b'{"suspect": "s"}', "malformed"),
+    "a suspect note with a naive time is malformed": (
+        "suspects",
+        note(time="2026-01-01T00:00:00"),
+        "malformed",
+    ),
+    "a suspect note whose victim is a number is malformed": ("suspects", note(victim=7), "malformed"),
+    "bytes that are not JSON on the serial topic are malformed": ("serial", b"garbage", "malformed"),
+    "a serial trigger without its victims is malformed": ("serial", b'{"victim": "v"}', "malformed"),
+    "a tick that is not a time is malformed": ("clock", b"soon", "malformed"),
+    "a tick that is not UTF-8 is malformed": ("clock", b"\xff\xfe", "malformed"),
+    "a naive tick is malformed": ("clock", b"2026-01-01T00:00:00", "malformed"),
+}
+
+
+def feed(hub: Harness, source: str, value: bytes) -> None:
+    if source == "suspects":
+        asyncio.run(hub.worker.on_suspect(value, partition=0, offset=7))
+    elif source == "serial":
+        asyncio.run(hub.worker.on_serial(value, partition=0, offset=7))
+    else:
+        asyncio.run(hub.worker.on_tick(value, 0, 7))
+
+
+@pytest.mark.parametrize(
+    ("source", "value", "reason"), list(INTERNAL_RECORD_CASES.values()), ids=list(INTERNAL_RECORD_CASES)
+)
+def test_a_bad_record_on_the_hub_s_own_topics_is_counted_and_the_worker_goes_on(
+    hub: Harness, source: str, value: bytes, reason: str
+) -> None:
+    feed(hub, source, value)
+    assert hub.sent == []
+    assert hub.suspects == {}
+    assert hub.count("lianfang_hub_events_rejected_total", source=source, reason=reason) == 1
+    asyncio.run(hub.worker.on_suspect(note()))  # the next good record is applied
+    assert SUSPECT.encode() in hub.suspects
+
+
+def test_unreadable_stored_state_behind_a_suspect_or_serial_record_is_counted_as_internal(
+    hub: Harness,
+) -> None:
+    hub.suspects[SUSPECT.encode()] = b"[]"
+    asyncio.run(hub.worker.on_suspect(note()))
+    assert hub.count("lianfang_hub_events_rejected_total", source="suspects", reason="internal") == 1
+    hub.victims[VICTIM.encode()] = b"{"
+    trigger = serial.SerialTrigger(victim=VICTIM, suspect=SUSPECT, victims=(VICTIM,), time=T, lead_ids=())
+    asyncio.run(hub.worker.on_serial(trigger.to_json()))
+    assert hub.count("lianfang_hub_events_rejected_total", source="serial", reason="internal") == 1
+    assert hub.sent == []
+
+
+def test_a_tick_checks_every_other_victim_when_one_victim_s_state_is_unreadable(hub: Harness) -> None:
+    hub.inbox(lead(hub.domain, 1, T))
+    mine = topics.partition_for(VICTIM.encode(), PARTITIONS)
+    broken = next(
+        key
+        for i in range(100)
+        if topics.partition_for(key := pseudonym(f"broken {i}").encode(), PARTITIONS) == mine
+    )
+    hub.victims = {broken: b"not json", **hub.victims}  # the broken one is met first
+    hub.worker.victims = hub.victims
+    asyncio.run(hub.worker.on_tick((T + timedelta(hours=5)).isoformat().encode(), mine))
+    types = {o.header.type for o in hub.published()}
+    assert types == {"supervision.breach"}
+    assert hub.count("lianfang_hub_events_rejected_total", source="clock", reason="internal") == 1

@@ -60,13 +60,17 @@ class Bus:
         records: Iterable[tuple[bytes | None, bytes]],
         topic: str | None = None,
         partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        """Produce raw records; ``partition`` overrides the default partitioner, as a hostile producer may."""
+        """Produce raw records; ``partition`` overrides the default partitioner, as a hostile producer may,
+        and ``headers`` are Kafka headers it plants on each."""
         producer = KafkaProducer(
             bootstrap_servers=self.bootstrap, max_request_size=2_000_000, **DURABLE_PRODUCER
         )
         futures = [
-            producer.send(topic or self.names.events, key=key, value=value, partition=partition)
+            producer.send(
+                topic or self.names.events, key=key, value=value, partition=partition, headers=headers
+            )
             for key, value in records
         ]
         producer.flush()

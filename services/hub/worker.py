@@ -194,6 +194,8 @@ class RecordWorker:
             item = parse()
         except UntrustedInputError as e:
             return e.reason, str(e)
+        except (TransportError, KafkaError):
+            raise
         except Exception as e:
             return self._bug(e)
         return await self._guard(lambda: apply(item))
@@ -238,7 +240,6 @@ class RecordWorker:
         await self._send(self.names.deadletter, key or b"", value, headers)
 
     async def _apply(self, obs: Observation) -> None:
-        self.metrics.observed.labels(obs.event_type).inc()
         key = obs.subject.encode()
         before = self._victim(key)
         state, emissions = rules.observe(before, obs, self.config)
@@ -250,6 +251,7 @@ class RecordWorker:
                 suspect=suspect, victim=obs.subject, lead_id=obs.event_id, time=obs.time
             )
             await self._send(self.names.hub_suspects, suspect.encode(), note.to_json(), None)
+        self.metrics.observed.labels(obs.event_type).inc()
 
     async def on_suspect(self, value: bytes, *, partition: int = 0, offset: int = 0) -> None:
         """A suspect named against a victim: count the suspect's victims, trigger each when serial."""

@@ -330,7 +330,21 @@ def test_a_bug_in_the_rules_for_one_record_is_dead_lettered_as_internal_and_the_
     [letter] = hub.to(NAMES.deadletter)
     assert headers_of(letter)["lianfang_reason"] == "internal"
     assert "IndexError" in headers_of(letter)["lianfang_detail"]
+    assert "a bug met" not in headers_of(letter)["lianfang_detail"]
     assert [a.header.subject for a in hub.alerts()] == [OTHER_VICTIM]
+    assert hub.count("lianfang_hub_events_observed_total", type="lead.reported") == 1
+
+
+def test_an_audit_trail_that_fails_while_opening_a_record_stops_the_worker_to_be_restarted(
+    hub: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(*_args: Any, **_kwargs: Any) -> None:
+        raise TransportError("the audit file cannot be written")
+
+    monkeypatch.setattr(hub.worker.trail, "append", disk_full)
+    with pytest.raises(TransportError, match="audit file"):
+        hub.inbox(lead(hub.domain, 1, T))
+    assert hub.sent == []
 
 
 def test_a_dead_letter_kafka_does_not_take_stops_the_worker_to_be_restarted(hub: Harness) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -118,3 +119,17 @@ def rewrite_body(value: bytes, edit: Any, signer: Keystore | None = None, kid: s
         sig = crypto.sign(signer.signing_key(use), dsse["payloadType"], new_body)
         dsse["signatures"] = [{"keyid": use, "sig": crypto.b64e(sig)}]
     return jsonx.compact_json(dsse)
+
+
+class RandomKeyFor(envelope.SystemEntropy):
+    """Sealing entropy of a hostile or broken sender: the data key wrapped for ``victim`` is random, so
+    the envelope verifies (the router routes it) but ``victim`` cannot decrypt its sections."""
+
+    def __init__(self, victim: str) -> None:
+        self.victim = victim.encode()
+
+    def hpke_wrap(self, recipient_public_raw: bytes, plaintext: bytes, info: bytes) -> bytes:
+        to = info.split(b"\0")[3]  # envelope.wrap_info: label, event id, section, recipient, kid
+        if to == self.victim:
+            plaintext = os.urandom(len(plaintext))
+        return super().hpke_wrap(recipient_public_raw, plaintext, info)

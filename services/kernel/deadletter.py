@@ -1,6 +1,8 @@
 """The headers of a dead letter, the one shape every writer of ``lianfang.deadletter.v1`` uses: why
 (a reason code and a line for people) and where from (source topic, partition and offset), and when.
-Never content: the detail is the error's own line, which names fields and checks, never values."""
+An inbox reader's problem record (``services.bus.deadletter``) adds the event id and sender of the
+verified header, if it verified, and the reader. Never content: the detail is the error's own line,
+which names fields and checks, never values."""
 
 from __future__ import annotations
 
@@ -14,10 +16,21 @@ MAX_DETAIL_BYTES = 1000
 
 
 def deadletter_headers(
-    reason: ReasonCode, detail: str, *, topic: str, partition: int, offset: int, now: datetime
+    reason: ReasonCode,
+    detail: str,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    now: datetime,
+    event_id: str | None = None,
+    sender: str | None = None,
+    reader: str | None = None,
 ) -> list[tuple[str, bytes]]:
-    """Why and where from: the reason code, the source coordinates and the time. No content."""
-    return [
+    """Why and where from: the reason code, the source coordinates and the time; for a reader's problem
+    record also the verified event id and sender (when known) and the reader
+    (``<participant>/<reader>``). No content."""
+    headers = [
         ("lianfang_reason", reason.encode()),
         ("lianfang_detail", detail.encode("utf-8")[:MAX_DETAIL_BYTES]),
         ("lianfang_source_topic", topic.encode()),
@@ -25,3 +38,7 @@ def deadletter_headers(
         ("lianfang_source_offset", str(offset).encode()),
         ("lianfang_deadlettered_at", now.isoformat().encode()),
     ]
+    for name, value in (("event_id", event_id), ("sender", sender), ("reader", reader)):
+        if value is not None:
+            headers.append((f"lianfang_{name}", value.encode()))
+    return headers

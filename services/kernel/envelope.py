@@ -41,6 +41,8 @@ from services.kernel.errors import (
     MalformedError,
     NotARecipientError,
     PolicyMismatchError,
+    ReasonCode,
+    RegistryExpiredError,
     ReplayError,
     TooLargeError,
     UntrustedInputError,
@@ -387,6 +389,37 @@ def verify_and_open(value: bytes, *, registry: Registry, now: datetime, keystore
     return open_sections(verify(value, registry=registry, now=now), keystore)
 
 
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """An inbox record its recipient cannot open: the reason code, a line for people that holds no
+    content, and the header if the signature verified (then its id and sender can be named)."""
+
+    reason: ReasonCode
+    detail: str
+    header: EnvelopeHeader | None
+
+
+def open_or_unreadable(
+    value: bytes, *, registry: Registry, now: datetime, keystore: Keystore
+) -> Opened | Unreadable:
+    """:func:`verify_and_open` as a result for inbox readers: a record that fails is an
+    :class:`Unreadable` to report, not an exception. An expired registry is not the record's fault:
+    :class:`RegistryExpiredError` still propagates, so the reader stops rather than skip the record."""
+    verified: Verified | None = None
+    try:
+        verified = verify(value, registry=registry, now=now)
+        return open_sections(verified, keystore)
+    except RegistryExpiredError:
+        raise
+    except UntrustedInputError as e:
+        if verified is None:
+            return Unreadable(e.reason, str(e), None)
+        # Past the signature the message could only speak of the sealed sections: name the reason alone.
+        return Unreadable(
+            e.reason, f"[{e.reason}] {keystore.participant!r} cannot open this event", verified.header
+        )
+
+
 # --------------------------------------------------------------------------- replay
 
 
@@ -460,10 +493,12 @@ __all__ = [
     "ReplayWindow",
     "SealedRecord",
     "Seen",
+    "Unreadable",
     "Verified",
     "kafka_headers",
     "key_id",
     "new_event_id",
+    "open_or_unreadable",
     "open_sections",
     "parse",
     "seal",

@@ -9,7 +9,8 @@ The shape (``docs/topics.md`` lists it beside every topic):
 
 - each participant ``User:<id>`` may WRITE ``lianfang.events.v1``, READ only ``lianfang.inbox.<id>.v1``
   with its own consumer groups (``lianfang-inbox-<id>`` and the prefix ``lianfang-inbox-<id>.``),
-  READ the signed registry topic and WRITE its audit entries to ``lianfang.audit.v1``;
+  READ the signed registry topic, WRITE its audit entries to ``lianfang.audit.v1`` and WRITE
+  ``lianfang.deadletter.v1`` (its inbox readers' problem records about events they cannot open);
 - the router (``User:router``) reads events and writes every inbox and the dead letters; its
   transactional ids and replay-state topic are its own (prefix ``<group>.``). It is in the registry
   for the key that signs its audit checkpoints, but no rule routes to it: it gets no participant rules;
@@ -71,7 +72,8 @@ def user(name: str) -> str:
 
 
 def participant_group(participant: str, names: TopicNames = DEFAULT_NAMES) -> str:
-    """The consumer group the SDK uses for a participant's inbox (``services.sdk.client``)."""
+    """The consumer group of a participant's inbox readers (``services.sdk.client``); each reader of
+    one participant (console, ``lianfang inbox``, webhooks, an agency's application) adds ``.<reader>``."""
     return f"{names.prefix}lianfang-inbox-{participant}"
 
 
@@ -87,7 +89,8 @@ def _rules(
 
 
 def participant_rules(participant: str, names: TopicNames = DEFAULT_NAMES) -> list[AclRule]:
-    """Write events, read only its own inbox (own groups) and the registry."""
+    """Write events, read only its own inbox (own groups) and the registry; write audit entries and
+    problem records (the dead-letter topic)."""
     me = user(participant)
     group = participant_group(participant, names)
     return [
@@ -95,6 +98,7 @@ def participant_rules(participant: str, names: TopicNames = DEFAULT_NAMES) -> li
         *_rules(me, "TOPIC", "LITERAL", names.inbox(participant), "READ", "DESCRIBE"),
         *_rules(me, "TOPIC", "LITERAL", names.registry, "READ", "DESCRIBE"),
         *_rules(me, "TOPIC", "LITERAL", names.audit, "WRITE", "DESCRIBE"),
+        *_rules(me, "TOPIC", "LITERAL", names.deadletter, "WRITE", "DESCRIBE"),
         *_rules(me, "GROUP", "LITERAL", group, "READ", "DESCRIBE"),
         *_rules(me, "GROUP", "PREFIXED", group + ".", "READ", "DESCRIBE"),
     ]

@@ -33,6 +33,19 @@ def test_a_participant_reads_its_own_inbox_with_its_own_group_and_writes_events(
     assert not allows(RULES, me, "READ", "TOPIC", "lianfang.events.v1")
 
 
+@pytest.mark.parametrize("participant", READERS)
+def test_a_participant_may_report_an_unreadable_event_but_not_read_the_dead_letters(participant: str) -> None:
+    me = f"User:{participant}"
+    assert allows(RULES, me, "WRITE", "TOPIC", "lianfang.deadletter.v1")
+    assert not allows(RULES, me, "READ", "TOPIC", "lianfang.deadletter.v1")
+
+
+@pytest.mark.parametrize("reader", ["console", "cli", "webhook", "my-app"])
+def test_every_inbox_reader_s_own_group_is_within_the_participant_s_prefix(reader: str) -> None:
+    assert allows(RULES, "User:coordinators", "READ", "GROUP", f"lianfang-inbox-coordinators.{reader}")
+    assert not allows(RULES, "User:police", "READ", "GROUP", f"lianfang-inbox-coordinators.{reader}")
+
+
 @pytest.mark.parametrize("principal", EVERYONE)
 def test_nobody_but_the_router_writes_an_inbox(principal: str) -> None:
     writes = [p for p in PARTICIPANTS if allows(RULES, f"User:{principal}", "WRITE", "TOPIC", inbox(p))]

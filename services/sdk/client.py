@@ -14,6 +14,7 @@ Each publish and each opened inbox event is also an entry of the client's own au
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -23,7 +24,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
@@ -40,14 +41,13 @@ from services import trust
 from services.audit.chain import opened_object
 from services.audit.kafka import KafkaSink
 from services.audit.trail import participant_trail
+from services.bus.deadletter import ProblemWriter
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
-from services.kernel import envelope, topics
+from services.kernel import acls, envelope, topics
 from services.kernel.clock import Clock, utcnow
 from services.kernel.errors import (
     MalformedError,
-    RegistryExpiredError,
     TransportError,
-    UntrustedInputError,
     UsageError,
     validation_summary,
 )
@@ -57,6 +57,7 @@ from services.kernel.registry import Registry
 from services.sdk import metrics as sdk_metrics
 from services.sdk.metrics import SdkMetrics
 from services.sdk.outbox import Drainer, Outbox, Pending
+from services.store.handed import HandedOut
 
 log = logging.getLogger("lianfang.sdk")
 
@@ -163,6 +164,12 @@ class Client:
 
     ``security`` is how it logs in to Kafka: on a secured broker, as the participant's own principal
     (``User:<participant>``). ``None`` reads it from the ``LIANFANG_KAFKA_*`` environment.
+
+    ``reader`` names this client's inbox reader when one participant reads its inbox from several
+    programs (the console, ``lianfang inbox``, an agency's own application): each reader has its own
+    consumer group ``lianfang-inbox-<participant>.<reader>`` (``None``: ``lianfang-inbox-<participant>``)
+    and its own record of the event ids it handed out (``handed_path``; default beside the outbox), so
+    no reader takes another's records.
     """
 
     def __init__(
@@ -178,8 +185,18 @@ class Client:
         start: bool = True,
         security: KafkaSecuritySettings | None = None,
         audit_dir: Path | None = None,
+        reader: str | None = None,
+        handed_path: Path | None = None,
     ) -> None:
+        if reader is not None and not reader.replace("-", "").replace("_", "").isalnum():
+            raise UsageError(f"a reader name is letters, digits, '-' and '_', not {reader!r}")
         self.keys = keystore
+        self.reader = reader
+        self.handed_path = handed_path or outbox_path.with_name(
+            f"{outbox_path.stem}.inbox-{reader or 'sdk'}.handed.sqlite"
+        )
+        self._handed: HandedOut | None = None
+        self._problems: ProblemWriter | None = None
         self.participant = keystore.participant
         self.registry = registry
         self.bootstrap = bootstrap
@@ -321,15 +338,21 @@ class Client:
     def inbox(
         self, *, max_records: int | None = None, timeout: float = 5.0, follow: bool = False
     ) -> Iterator[envelope.Opened]:
-        """Verified and opened events addressed to this participant, oldest first.
+        """Verified and opened events addressed to this participant, oldest first, each event id once.
 
-        The offset of an event is committed when the caller asks for the next one (or the iteration
-        ends), so an event whose handling raised is read again by the next reader of the group.
-        A record that fails verification is counted and skipped (the router let it through under
-        an older registry); it is never handed to the caller. An expired registry stops the reading
-        with :class:`RegistryExpiredError` and commits nothing: a newer registry is needed first.
+        The id of an event is remembered (on disk) as it is handed out, and the offset is committed
+        when the caller asks for the next one (or the iteration ends). A copy of an event already
+        handed out (Kafka's re-delivery after a crash before the commit, or a second copy in the
+        inbox) is skipped and counted. Stopping the iteration early (``break``, or an exception in
+        the caller's loop) takes the last hand-out back: the event is read again next time.
+        A record this participant cannot open (bad signature, unknown key, a section it cannot
+        decrypt) is never handed to the caller: it is counted by reason, logged without content, and
+        reported by a problem record on the dead-letter topic, written before its offset is committed;
+        then reading goes on. An expired registry stops the reading with
+        :class:`RegistryExpiredError` and commits nothing: a newer registry is needed first.
         """
         consumer = self._inbox_consumer()
+        handed = self._handed_out()
         seen = 0
         idle_deadline = time.monotonic() + timeout
         try:
@@ -342,36 +365,84 @@ class Client:
                 idle_deadline = time.monotonic() + timeout
                 for records in batch.values():
                     for record in records:
-                        try:
-                            opened = envelope.verify_and_open(
-                                record.value, registry=self.registry, now=self.clock(), keystore=self.keys
-                            )
-                        except RegistryExpiredError:
-                            # Not the record's fault: stop without committing, so nothing is skipped.
-                            raise
-                        except UntrustedInputError as e:
-                            self.metrics.inbox_rejected.labels(e.reason).inc()
-                            log.warning("inbox record at offset %d refused: %s", record.offset, e.reason)
+                        # An expired registry raises here: not the record's fault, nothing is committed.
+                        result = envelope.open_or_unreadable(
+                            record.value, registry=self.registry, now=self.clock(), keystore=self.keys
+                        )
+                        if isinstance(result, envelope.Unreadable):
+                            self._report_unreadable(consumer, result, record)
                             consumer.commit()
                             continue
-                        self.metrics.received.labels(opened.header.type).inc()
+                        event_id = result.header.id
+                        if not handed.remember(event_id, record.partition, record.offset):
+                            self.metrics.duplicates_skipped.inc()
+                            log.info("inbox event %s at offset %d was handed out before: skipped",
+                                     event_id, record.offset)  # fmt: skip
+                            consumer.commit()
+                            continue
+                        self.metrics.received.labels(result.header.type).inc()
                         self.trail.append(
                             "open_section",
-                            subject=opened.header.subject,
-                            object=opened_object(opened),
+                            subject=result.header.subject,
+                            object=opened_object(result),
                         )
-                        yield opened
+                        try:
+                            yield result
+                        except GeneratorExit:
+                            # The caller stopped before asking for the next: not committed, read again.
+                            handed.forget(event_id)
+                            _rewind(consumer, record)
+                            raise
                         seen += 1
                         consumer.commit()
         except KafkaError as e:
             raise TransportError(f"reading the inbox of {self.participant} failed: {e}") from e
+
+    def _report_unreadable(self, consumer: KafkaConsumer, problem: envelope.Unreadable, record: Any) -> None:
+        """Count, log (no content) and write the problem record; if it cannot be written, rewind so
+        that the record is met again, and raise :class:`TransportError`."""
+        handed = self._handed_out()
+        if handed.reported(record.partition, record.offset):  # re-delivered after its problem record
+            return
+        self.metrics.inbox_rejected.labels(problem.reason).inc()
+        log.warning(
+            "inbox %s: the record at %s[%d]@%d cannot be opened (%s; event %s from %s); "
+            "reported on the dead-letter topic",
+            self.participant, record.topic, record.partition, record.offset, problem.reason,
+            problem.header.id if problem.header else "-", problem.header.sender if problem.header else "-",
+        )  # fmt: skip
+        if self._problems is None:
+            self._problems = ProblemWriter(
+                bootstrap=self.bootstrap,
+                topic=self.names.deadletter,
+                reader=f"{self.participant}/{self.reader or 'sdk'}",
+                security=self.security,
+                clock=self.clock,
+            )
+        try:
+            self._problems.write(problem, record)
+        except TransportError:
+            _rewind(consumer, record)
+            raise
+        handed.remember_reported(record.partition, record.offset)
+
+    def _handed_out(self) -> HandedOut:
+        if self._handed is None:
+            self._handed = HandedOut(self.handed_path)
+        return self._handed
+
+    @property
+    def inbox_group(self) -> str:
+        """This reader's consumer group, within the ``lianfang-inbox-<participant>`` ACL prefix."""
+        group = acls.participant_group(self.participant, self.names)
+        return group if self.reader is None else f"{group}.{self.reader}"
 
     def _inbox_consumer(self) -> KafkaConsumer:
         if self._consumer is None:
             self._consumer = KafkaConsumer(
                 self.names.inbox(self.participant),
                 bootstrap_servers=self.bootstrap,
-                group_id=f"{self.names.prefix}lianfang-inbox-{self.participant}",
+                group_id=self.inbox_group,
                 client_id=f"lianfang-sdk-{self.participant}",
                 isolation_level="read_committed",
                 enable_auto_commit=False,
@@ -435,6 +506,12 @@ class Client:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+        if self._problems is not None:
+            self._problems.close()
+            self._problems = None
+        if self._handed is not None:
+            self._handed.close()
+            self._handed = None
         self.trail.close(timeout)
         self.outbox.close()
 
@@ -447,3 +524,10 @@ class Client:
 
 def _iso(t: datetime) -> str:
     return t.isoformat()
+
+
+def _rewind(consumer: KafkaConsumer, record: Any) -> None:
+    """Put the consumer back on ``record`` so that the next read meets it again (its offset was not
+    committed; without this the consumer's own position would pass it by)."""
+    with contextlib.suppress(KafkaError, AssertionError):  # a closed consumer: the next one re-reads
+        consumer.seek(TopicPartition(record.topic, record.partition), record.offset)

@@ -43,8 +43,14 @@ class SdkMetrics:
         )
         self.inbox_rejected = Counter(
             "lianfang_inbox_rejected_total",
-            "Inbox records that failed verification, by reason.",
+            "Inbox records this participant could not open, by reason; each is reported by a problem "
+            "record on the dead-letter topic.",
             ["reason"],
+            registry=registry,
+        )
+        self.duplicates_skipped = Counter(
+            "lianfang_inbox_duplicates_skipped_total",
+            "Inbox records skipped because their event id was already handed out by this reader.",
             registry=registry,
         )
 

@@ -1,0 +1,338 @@
+"""What every inbox reader shares: the ids it handed out, the result for a record it cannot open, the
+problem record it writes about one, and the SDK's reading loop over a stand-in consumer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import TopicPartition
+from prometheus_client import CollectorRegistry
+
+from services.bus.deadletter import problem_headers
+from services.kernel import envelope
+from services.sdk.client import Client
+from services.sdk.metrics import SdkMetrics
+from services.store.handed import KEEP, HandedOut
+from tests.kit import CONTENT, NOW, DemoDomain, RandomKeyFor, header, rewrite_body, seal
+
+pytestmark = pytest.mark.unit
+
+# --------------------------------------------------------------------------- the handed-out ids
+
+
+class Ticks:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_event_id_handed_out_once_is_refused_a_second_time_and_keeps_its_first_place() -> None:
+    handed = HandedOut(None)
+    assert handed.remember("e1", 0, 10)
+    assert not handed.remember("e1", 2, 99)
+    assert handed.first("e1") == (0, 10)
+    assert handed.first("e2") is None
+
+
+def test_handed_out_ids_survive_a_restart_of_the_reader(tmp_path: Path) -> None:
+    path = tmp_path / "r" / "handed.sqlite"
+    first = HandedOut(path)
+    first.remember("e1", 1, 5)
+    first.close()
+    again = HandedOut(path)
+    assert not again.remember("e1", 1, 5)
+    again.close()
+
+
+def test_ids_older_than_the_router_s_replay_window_are_forgotten() -> None:
+    ticks = Ticks()
+    handed = HandedOut(None, now=ticks)
+    handed.remember("old", 0, 1)
+    ticks.now += KEEP.total_seconds() - 1
+    handed.remember("recent", 0, 2)
+    ticks.now += 2
+    assert handed.prune() == 1
+    assert handed.first("old") is None
+    assert handed.first("recent") == (0, 2)
+
+
+def test_a_hand_out_taken_back_can_be_handed_out_again() -> None:
+    handed = HandedOut(None)
+    handed.remember("e1", 0, 1)
+    handed.forget("e1")
+    assert handed.remember("e1", 0, 1)
+
+
+def test_a_reported_record_is_remembered_apart_from_event_ids() -> None:
+    handed = HandedOut(None)
+    assert not handed.reported(1, 7)
+    handed.remember_reported(1, 7)
+    assert handed.reported(1, 7)
+    assert not handed.reported(7, 1)
+    assert handed.remember("1", 1, 7), "a problem record never shadows an event id"
+
+
+def test_taking_back_a_hand_out_after_the_store_is_closed_is_harmless() -> None:
+    handed = HandedOut(None)
+    handed.close()
+    handed.forget("e1")
+
+
+# --------------------------------------------------------------------------- unreadable records
+
+
+def test_an_event_sealed_with_a_random_key_for_police_is_unreadable_to_police_with_its_header(
+    domain: DemoDomain,
+) -> None:
+    h = header(source="urn:lianfang:womens_federation")
+    sealed = envelope.seal(
+        h,
+        CONTENT,
+        registry=domain.registry,
+        signer=domain.keys("womens_federation"),
+        entropy=RandomKeyFor("police"),
+    )
+    verified = envelope.verify(sealed.value, registry=domain.registry, now=NOW)
+    assert "police" in verified.recipients()["details"], "police is a mandatory recipient"
+    result = envelope.open_or_unreadable(
+        sealed.value, registry=domain.registry, now=NOW, keystore=domain.keys("police")
+    )
+    assert isinstance(result, envelope.Unreadable)
+    assert result.reason == "decrypt_failed"
+    assert result.header is not None
+    assert result.header.id == h.id
+    assert result.header.sender == "womens_federation"
+    other = next(p for p in verified.recipients()["details"] if p != "police")
+    opened = envelope.open_or_unreadable(
+        sealed.value, registry=domain.registry, now=NOW, keystore=domain.keys(other)
+    )
+    assert isinstance(opened, envelope.Opened), "the other recipients still open it"
+
+
+def test_an_event_whose_signature_fails_is_unreadable_and_names_no_header(domain: DemoDomain) -> None:
+    value = rewrite_body(seal(domain), lambda hb, s: (hb.replace(b"renhe", b"nancai"), s))
+    result = envelope.open_or_unreadable(
+        value, registry=domain.registry, now=NOW, keystore=domain.keys("police")
+    )
+    assert isinstance(result, envelope.Unreadable)
+    assert result.reason == "bad_signature"
+    assert result.header is None
+
+
+@dataclass
+class At:
+    topic: str = "lianfang.inbox.police.v1"
+    partition: int = 2
+    offset: int = 41
+    value: bytes = b""
+    key: bytes | None = None
+
+
+def test_a_problem_record_names_reason_source_event_sender_and_reader_and_holds_no_content(
+    domain: DemoDomain,
+) -> None:
+    h = header(source="urn:lianfang:womens_federation")
+    sealed = envelope.seal(
+        h,
+        CONTENT,
+        registry=domain.registry,
+        signer=domain.keys("womens_federation"),
+        entropy=RandomKeyFor("police"),
+    )
+    problem = envelope.open_or_unreadable(
+        sealed.value, registry=domain.registry, now=NOW, keystore=domain.keys("police")
+    )
+    assert isinstance(problem, envelope.Unreadable)
+    headers = dict(problem_headers(problem, reader="police/sdk", topic="t", partition=2, offset=41, now=NOW))
+    assert headers["lianfang_reason"] == b"decrypt_failed"
+    assert (headers["lianfang_source_topic"], headers["lianfang_source_partition"]) == (b"t", b"2")
+    assert headers["lianfang_source_offset"] == b"41"
+    assert headers["lianfang_event_id"] == h.id.encode()
+    assert headers["lianfang_sender"] == b"womens_federation"
+    assert headers["lianfang_reader"] == b"police/sdk"
+    everything = b" ".join(headers.values()).decode()
+    for secret in ("张某某", "13800000000", "殴打", "threats_to_kill"):
+        assert secret not in everything
+
+
+# --------------------------------------------------------------------------- the SDK's loop
+
+
+@dataclass
+class Record:
+    value: bytes
+    offset: int
+    topic: str = "lianfang.inbox.police.v1"
+    partition: int = 0
+    key: bytes | None = None
+
+
+@dataclass
+class StandIn:
+    """A consumer and a problem writer that log what they are asked, in order."""
+
+    records: list[Record]
+    log: list[str] = field(default_factory=list)
+    position: int = 0
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
+        if self.position >= len(self.records):
+            return {}
+        record = self.records[self.position]
+        self.position += 1
+        return {TopicPartition(record.topic, record.partition): [record]}
+
+    def commit(self) -> None:
+        self.log.append(f"commit {self.records[self.position - 1].offset}")
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.log.append(f"seek {offset}")
+        self.position = next(i for i, r in enumerate(self.records) if r.offset == offset)
+
+    def close(self) -> None:
+        pass
+
+    def write(self, problem: envelope.Unreadable, record: Any) -> None:
+        self.log.append(f"problem {problem.reason} {record.offset}")
+
+
+@pytest.fixture
+def police(domain: DemoDomain, tmp_path: Path) -> Iterator[tuple[Client, SdkMetrics]]:
+    metrics = SdkMetrics(CollectorRegistry())
+    client = Client(
+        keystore=domain.keys("police"),
+        registry=domain.registry,
+        bootstrap="127.0.0.1:9",  # never contacted: the consumer and the writer are stand-ins
+        outbox_path=tmp_path / "police.sqlite",
+        clock=lambda: NOW,
+        start=False,
+        metrics=metrics,
+    )
+    yield client, metrics
+    client.close()
+
+
+def _attach(client: Client, records: list[Record]) -> StandIn:
+    stand_in = StandIn(records)
+    client._consumer = stand_in  # type: ignore[assignment]
+    client._problems = stand_in  # type: ignore[assignment]
+    return stand_in
+
+
+def test_the_sdk_hands_an_event_delivered_twice_out_once(
+    domain: DemoDomain, police: tuple[Client, SdkMetrics]
+) -> None:
+    client, metrics = police
+    value = seal(domain)
+    stand_in = _attach(client, [Record(value, 0), Record(value, 1), Record(seal(domain), 2)])
+    got = [o.header.id for o in client.inbox(timeout=0)]
+    assert len(got) == 2
+    assert len(set(got)) == 2
+    assert metrics.duplicates_skipped._value.get() == 1
+    assert stand_in.log == ["commit 0", "commit 1", "commit 2"]
+
+
+def test_the_sdk_skips_an_event_re_delivered_after_a_crash_before_its_commit(
+    domain: DemoDomain, police: tuple[Client, SdkMetrics]
+) -> None:
+    client, _ = police
+    value = seal(domain)
+    _attach(client, [Record(value, 0)])
+    reading = client.inbox(timeout=0)
+    assert next(reading).header.id  # handed out; the process "dies" before the next call
+    _attach(client, [Record(value, 0)])  # Kafka re-delivers the uncommitted record
+    assert list(client.inbox(timeout=0)) == []
+
+
+def test_an_event_whose_handler_stopped_the_iteration_is_handed_out_again(
+    domain: DemoDomain, police: tuple[Client, SdkMetrics]
+) -> None:
+    client, _ = police
+    value = seal(domain)
+    stand_in = _attach(client, [Record(value, 0)])
+    for _opened in client.inbox(timeout=0):
+        break
+    assert stand_in.log == ["seek 0"], "not committed, and the consumer is put back on it"
+    assert [o.header.id for o in client.inbox(timeout=0)] == [envelope.parse(value)[4].id]
+
+
+def test_an_event_police_cannot_open_is_reported_before_its_commit_and_reading_goes_on(
+    domain: DemoDomain, police: tuple[Client, SdkMetrics]
+) -> None:
+    client, metrics = police
+    h = header(source="urn:lianfang:womens_federation")
+    bad = envelope.seal(
+        h,
+        CONTENT,
+        registry=domain.registry,
+        signer=domain.keys("womens_federation"),
+        entropy=RandomKeyFor("police"),
+    ).value
+    good = seal(domain)
+    stand_in = _attach(client, [Record(bad, 0), Record(good, 1)])
+    got = list(client.inbox(timeout=0))
+    assert [o.header.id for o in got] == [envelope.parse(good)[4].id]
+    assert stand_in.log == ["problem decrypt_failed 0", "commit 0", "commit 1"]
+    assert metrics.inbox_rejected.labels("decrypt_failed")._value.get() == 1
+
+
+def test_a_problem_record_that_was_written_is_not_written_again_when_the_record_comes_back(
+    domain: DemoDomain, police: tuple[Client, SdkMetrics]
+) -> None:
+    client, metrics = police
+    bad = rewrite_body(seal(domain), lambda hb, s: (hb.replace(b"renhe", b"nancai"), s))
+    _attach(client, [Record(bad, 0)])
+    list(client.inbox(timeout=0))
+    stand_in = _attach(client, [Record(bad, 0)])
+    list(client.inbox(timeout=0))
+    assert stand_in.log == ["commit 0"]
+    assert metrics.inbox_rejected.labels("bad_signature")._value.get() == 1
+
+
+def test_each_reader_of_one_participant_has_its_own_group_and_its_own_handed_out_ids(
+    domain: DemoDomain, tmp_path: Path
+) -> None:
+    def reader(name: str | None) -> Client:
+        return Client(
+            keystore=domain.keys("coordinators"),
+            registry=domain.registry,
+            bootstrap="127.0.0.1:9",
+            outbox_path=tmp_path / "coordinators.sqlite",
+            start=False,
+            reader=name,
+        )
+
+    clients = [reader(None), reader("console"), reader("cli")]
+    try:
+        assert [c.inbox_group for c in clients] == [
+            "lianfang-inbox-coordinators",
+            "lianfang-inbox-coordinators.console",
+            "lianfang-inbox-coordinators.cli",
+        ]
+        assert len({c.handed_path for c in clients}) == 3
+    finally:
+        for c in clients:
+            c.close()
+
+
+@pytest.mark.parametrize("name", ["", "a.b", "x y", "../up"])
+def test_a_reader_name_that_could_leave_the_participant_s_groups_is_refused(
+    domain: DemoDomain, tmp_path: Path, name: str
+) -> None:
+    from services.kernel.errors import UsageError
+
+    with pytest.raises(UsageError, match="reader name"):
+        Client(
+            keystore=domain.keys("police"),
+            registry=domain.registry,
+            bootstrap="127.0.0.1:9",
+            outbox_path=tmp_path / "police.sqlite",
+            start=False,
+            reader=name,
+        )

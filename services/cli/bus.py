@@ -110,6 +110,13 @@ def add_bus_commands(
         "--details", action="store_true", help="also print the details section (personal data)"
     )
     inbox.add_argument("--limit", type=int, default=None, help="stop after N events")
+    inbox.add_argument(
+        "--group",
+        default="cli",
+        metavar="NAME",
+        help="this reader's name: it reads in the group lianfang-inbox-<P>.<NAME> (default cli), apart "
+        "from the console, webhooks and other readers, which each still get every event",
+    )
 
     command(
         subcommands,
@@ -305,6 +312,12 @@ def _describe(record: Any) -> dict[str, Any]:
         "bytes": len(record.value or b""),
         "detail": headers.get("lianfang_detail", ""),
     }
+    if "lianfang_reader" in headers:  # an inbox reader's problem record: headers only, no value
+        row.update(reader=headers["lianfang_reader"])
+        row.update(
+            {k: headers[f"lianfang_{k}"] for k in ("event_id", "sender") if f"lianfang_{k}" in headers}
+        )
+        return row
     try:  # the clear header only, if the record has one: never the sealed sections
         _dsse, _body, _hb, _sb, header = envelope.parse(record.value or b"")
         row.update(event_id=header.id, type=header.type, sender=header.sender)
@@ -321,6 +334,8 @@ def _cmd_deadletter_list(args: argparse.Namespace) -> int:
             print(json.dumps(row, ensure_ascii=False))
         else:
             what = f"{row.get('type', '-')} {row.get('event_id', '-')} from {row.get('sender', '-')}"
+            if "reader" in row:
+                what += f", unreadable to {row['reader']}"
             print(f"{row['at']}  {row['reason']:<16} {row['source']}  {what}")
     if not args.json:
         counts = Counter(row["reason"] for row in rows)
@@ -332,7 +347,7 @@ def _cmd_deadletter_list(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- publish and inbox
 
 
-def _client(args: argparse.Namespace) -> Client:
+def _client(args: argparse.Namespace, *, reader: str | None = None) -> Client:
     home = _home(args)
     return Client.open(
         participant=args.participant,
@@ -340,6 +355,7 @@ def _client(args: argparse.Namespace) -> Client:
         bootstrap=_bootstrap(args),
         topic_prefix=args.topic_prefix,
         security=load_security(),
+        reader=reader,
     )
 
 
@@ -373,7 +389,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
 
 def _cmd_inbox(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with _client(args, reader=args.group) as client:
         for opened in client.inbox(follow=args.follow, max_records=args.limit):
             h = opened.header
             triage = opened.sections.get("triage", {})
@@ -418,6 +434,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print("prometheus   `make prometheus` → http://127.0.0.1:9090 (rules and dashboard in deploy/)")
     print("demo         `lianfang simulate` plays 3 days of the district (leads, follow-ups, joint-meeting")
     print("             cases); read an inbox with `lianfang inbox --as coordinators` in another terminal")
+    print("             (its own consumer group: the console still gets every alert)")
     login = demo_login(home)
     print(f"console      {ConsoleSettings().url()}  sign in as {login.name} / {login.password}")
     simulate = ["simulate", "--days", "3", "--rate", "12", "--bootstrap", bootstrap]

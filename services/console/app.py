@@ -186,6 +186,7 @@ class Console:
             outbox_path=settings.data_dir / f"outbox-{settings.participant}.sqlite",
             topic_prefix=settings.topic_prefix,
             security=security,
+            reader="console",  # its own group: `lianfang inbox --as coordinators` takes nothing from it
         )
         sink = KafkaSink(settings.bootstrap, topics.TopicNames(settings.topic_prefix).audit, security)
         # A registry takes one collector of the audit series: the client's reports this chain too.

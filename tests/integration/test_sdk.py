@@ -1,9 +1,14 @@
 """The SDK on the real broker with the router: publish, read back on the recipients' side, follow up,
-and an event accepted while Kafka is unreachable arrives after a restart of the adapter."""
+an event accepted while Kafka is unreachable arrives after a restart of the adapter; every event is
+handed out once, an event a recipient cannot open is reported on the dead-letter topic, and each
+reader of one inbox (the console, ``lianfang inbox``) reads in its own group."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,9 +16,11 @@ from typing import Any
 
 import pytest
 
+from services.cli.bus import deadletter_rows
+from services.kernel import envelope
 from services.sdk.client import Client
 from tests.integration.buskit import Bus, RouterProcess
-from tests.kit import DemoDomain
+from tests.kit import CONTENT, DemoDomain, RandomKeyFor, header
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +43,16 @@ def router(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Route
     worker.stop()
 
 
-def client(bus: Bus, participant: str, tmp_path: Path, bootstrap: str | None = None) -> Client:
+def client(
+    bus: Bus, participant: str, tmp_path: Path, bootstrap: str | None = None, reader: str | None = None
+) -> Client:
     return Client(
         keystore=bus.domain.keys(participant),
         registry=bus.domain.registry,
         bootstrap=bootstrap or bus.bootstrap,
         outbox_path=tmp_path / f"{participant}.sqlite",
         topic_prefix=bus.prefix,
+        reader=reader,
     )
 
 
@@ -137,3 +147,98 @@ def test_an_event_accepted_while_kafka_is_unreachable_arrives_after_the_adapter_
     with client(bus, "police", tmp_path) as restarted:  # same outbox file, broker reachable
         assert restarted.flush(60)
     bus.wait_for(lambda: bus.inbox_ids()["mediation.mulin"].get(lead_id) == 1, what="the spooled lead")
+
+
+# --------------------------------------------------------------------------- each event once, and visibly
+
+
+def read_through(c: Client, last_id: str, timeout: float = 60) -> list[str]:
+    """The ids ``c`` hands out, in order, up to and including ``last_id``."""
+    got = []
+    for opened in c.inbox(timeout=timeout):
+        got.append(opened.header.id)
+        if opened.header.id == last_id:
+            return got
+    raise AssertionError(f"{c.participant} never received {last_id}; got {got}")
+
+
+def test_an_event_delivered_twice_to_the_inbox_is_handed_out_once_by_the_sdk(
+    bus: Bus, router: RouterProcess, tmp_path: Path
+) -> None:
+    twice = bus.seal("womens_federation", phone="13866660001")
+    after = bus.seal("womens_federation", phone="13866660002")
+    # A second copy in the inbox, as a crash of a reader before its commit or a slipped duplicate makes.
+    bus.produce([(twice.key, twice.value), (twice.key, twice.value), (after.key, after.value)],
+                topic=bus.names.inbox("police"))  # fmt: skip
+    with client(bus, "police", tmp_path, reader="twice") as police:
+        got = read_through(police, after.header.id)
+        skipped = police.metrics.duplicates_skipped._value.get()
+    assert got.count(twice.header.id) == 1
+    assert skipped >= 1
+    with client(bus, "police", tmp_path, reader="twice") as restarted:  # same group, same ids file
+        assert twice.header.id not in [o.header.id for o in restarted.inbox(timeout=5)]
+
+
+def test_an_event_sealed_with_a_random_key_for_police_reaches_the_dead_letter_topic_as_unreadable_and_the_next_lead_is_still_read(
+    bus: Bus, router: RouterProcess, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    h = header(source="urn:lianfang:womens_federation", id=envelope.new_event_id(), time=now,
+               subject=bus.domain.subject("13866660003"))  # fmt: skip
+    unreadable = envelope.seal(
+        h, CONTENT, registry=bus.domain.registry, signer=bus.domain.keys("womens_federation"),
+        entropy=RandomKeyFor("police"),
+    )  # fmt: skip
+    next_lead = bus.seal("womens_federation", phone="13866660004")
+    bus.publish([unreadable, next_lead])
+    with client(bus, "police", tmp_path, reader="random-key") as police:
+        got = read_through(police, next_lead.header.id)
+        refused = police.metrics.inbox_rejected.labels("decrypt_failed")._value.get()
+    assert unreadable.header.id not in got, "the router routed it; police could not open it"
+    assert refused >= 1
+
+    def problem() -> dict[str, bytes] | None:
+        for record in bus.deadletters():
+            headers = dict(record.headers)
+            if headers.get("lianfang_event_id") == h.id.encode():
+                assert record.value == b"", "a problem record holds no content"
+                return headers
+        return None
+
+    headers = bus.wait_for(problem, 30, "the problem record")
+    assert headers["lianfang_reason"] == b"decrypt_failed"
+    assert headers["lianfang_sender"] == b"womens_federation"
+    assert headers["lianfang_reader"] == b"police/random-key"
+    assert headers["lianfang_source_topic"] == bus.names.inbox("police").encode()
+    row = next(r for r in deadletter_rows(bus.bootstrap, bus.names.deadletter) if r.get("event_id") == h.id)
+    assert (row["reason"], row["sender"], row["reader"]) == (
+        "decrypt_failed",
+        "womens_federation",
+        "police/random-key",
+    )
+
+
+def test_the_console_and_lianfang_inbox_read_the_coordinators_inbox_at_once_and_each_gets_every_alert(
+    bus: Bus, router: RouterProcess, tmp_path: Path
+) -> None:
+    alerts = [
+        bus.seal("hub", phone=f"1386666010{i}", type="joint_meeting.alert", schema="joint_meeting.alert/1")
+        for i in range(4)
+    ]
+    ids = bus.publish(alerts)
+    cli = subprocess.Popen(  # `lianfang inbox --as coordinators`, as the make run banner suggests
+        [sys.executable, "-m", "services", "inbox", "--as", "coordinators", "--limit", "4",
+         "--home", str(bus.domain.home), "--bootstrap", bus.bootstrap, "--topic-prefix", bus.prefix],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ},
+    )  # fmt: skip
+    try:
+        with client(bus, "coordinators", tmp_path, reader="console") as console:  # the console's reader
+            seen = [o.header.id for o in console.inbox(timeout=30, max_records=4)]
+        out, err = cli.communicate(timeout=120)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert sorted(seen) == sorted(ids), "the console got every alert"
+    assert cli.returncode == 0, err
+    assert all(event_id in out for event_id in ids), f"lianfang inbox got every alert:\n{out}\n{err}"

@@ -40,6 +40,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services import trust
+from services.bus.deadletter import ProblemWriter
 from services.bus.security import KafkaSecuritySettings, load_security
 from services.gateway import httpsig, openapi
 from services.gateway.api import Submission, parse_submission, sealing_problem
@@ -64,6 +65,7 @@ from services.kernel.registry import Registry
 from services.sdk import metrics as sdk_metrics
 from services.sdk.client import Client
 from services.sdk.outbox import ConflictError
+from services.store.handed import HandedOut
 
 log = logging.getLogger("lianfang.gateway")
 
@@ -219,7 +221,10 @@ class Gateway:
                 keystore=keystores[p],
                 registry=registry,
                 clock=clock,
+                handed=HandedOut(settings.spool_dir / f"{p}.inbox.handed.sqlite"),
+                problems=self._problem_writer(p, "gateway-inbox"),
                 on_rejected=lambda reason: self.metrics.inbox_rejected.labels(reason).inc(),
+                on_duplicate=lambda: self.metrics.duplicates_skipped.labels("inbox").inc(),
                 security=settings.kafka_security,
                 trail=self.clients[p].trail,
             )
@@ -247,6 +252,16 @@ class Gateway:
         keystores = {p: domain.keystore(p) for p in served}
         return cls(
             settings, registry=registry, keystores=keystores, metrics_registry=metrics_registry, clock=clock
+        )
+
+    def _problem_writer(self, participant: str, reader: str) -> ProblemWriter:
+        """Where one of a participant's readers reports inbox records it cannot open."""
+        return ProblemWriter(
+            bootstrap=self.settings.bootstrap,
+            topic=self.names.deadletter,
+            reader=f"{participant}/{reader}",
+            security=self.settings.kafka_security,
+            clock=self.clock,
         )
 
     def prune(self) -> int:
@@ -480,6 +495,8 @@ class Gateway:
                 clock=self.clock,
                 backoff=Backoff(cap_s=self.settings.webhook_max_backoff_s),
                 timeout_s=self.settings.webhook_timeout_s,
+                handed=HandedOut(self.settings.spool_dir / f"{participant}.webhook.handed.sqlite"),
+                problems=self._problem_writer(participant, "webhook"),
                 security=self.settings.kafka_security,
                 trail=self.clients[participant].trail,
             )

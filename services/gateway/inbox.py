@@ -4,8 +4,15 @@ The cursor is opaque to clients: ``v1.`` and the unpadded base64url of ``{"<part
 offset>, ...}`` of the participant's inbox topic. Reading is stateless on the gateway (no consumer
 group): the client keeps the cursor and asks again from it. Records are read with
 ``isolation_level=read_committed`` (the router writes inboxes in transactions) and each is verified
-and opened with the participant's keystore; one that fails verification is skipped and counted,
-never returned. What is returned is the participant's own data; nothing of it is logged.
+and opened with the participant's keystore. One the participant cannot open is never returned: it is
+counted, logged without content and reported by a problem record on the dead-letter topic before the
+cursor passes it (once per record, however often a cursor is replayed).
+
+Each event id is handed out once: the gateway remembers where (partition, offset) it first returned
+each id. A copy of that id at another offset is skipped and counted; the same record asked for again
+from an older cursor is returned again, because a cursor is the client's own commit (a client that
+crashed before saving its next cursor must get the page again). What is returned is the participant's
+own data; nothing of it is logged.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -25,14 +33,18 @@ from kafka.errors import KafkaError
 
 from services.audit.chain import opened_object
 from services.audit.trail import LocalTrail
+from services.bus.deadletter import ProblemWriter
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 from services.gateway.problems import ProblemError
 from services.kernel import envelope
 from services.kernel.clock import Clock
-from services.kernel.errors import TransportError, UntrustedInputError
+from services.kernel.errors import RegistryExpiredError, TransportError
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
 from services.sdk.client import CaseContext
+from services.store.handed import HandedOut
+
+log = logging.getLogger("lianfang.gateway.inbox")
 
 CURSOR_PREFIX: Final = "v1."
 MAX_CURSOR_CHARS: Final = 4096
@@ -100,7 +112,8 @@ class Page:
 class InboxReader:
     """Reads one participant's inbox topic for ``GET /v1/inbox``; one request at a time (a lock).
 
-    ``security``: the Kafka login (``None``: the ``LIANFANG_KAFKA_*`` environment).
+    ``security``: the Kafka login (``None``: the ``LIANFANG_KAFKA_*`` environment). ``handed``: the
+    ids it handed out; ``problems``: where it reports records it cannot open (``None``: nowhere, tests).
     """
 
     def __init__(
@@ -111,10 +124,16 @@ class InboxReader:
         keystore: Keystore,
         registry: Registry,
         clock: Clock,
+        handed: HandedOut,
+        problems: ProblemWriter | None,
         on_rejected: Callable[[str], None] = lambda reason: None,
+        on_duplicate: Callable[[], None] = lambda: None,
         security: KafkaSecuritySettings | None = None,
         trail: LocalTrail | None = None,
     ) -> None:
+        self.handed = handed
+        self.problems = problems
+        self.on_duplicate = on_duplicate
         self.bootstrap = bootstrap
         self.trail = trail
         self.security = security if security is not None else load_security()
@@ -146,6 +165,8 @@ class InboxReader:
             except KafkaError as e:
                 self._reset()
                 raise TransportError(f"reading {self.topic} failed: {type(e).__name__}") from e
+            except RegistryExpiredError as e:  # not the records' fault: nothing is passed over
+                raise TransportError("the registry has expired; the inbox waits for a newer one") from e
 
     def _read(self, start: Mapping[int, int], limit: int, wait_s: float) -> Page:
         consumer = self._connect()
@@ -169,14 +190,21 @@ class InboxReader:
             batch = consumer.poll(timeout_ms=100, max_records=limit - len(events))
             for records in batch.values():
                 for record in records:
-                    try:
-                        opened = envelope.verify_and_open(
-                            record.value, registry=self.registry, now=self.clock(), keystore=self.keys
-                        )
-                    except UntrustedInputError as e:
+                    opened = envelope.open_or_unreadable(
+                        record.value, registry=self.registry, now=self.clock(), keystore=self.keys
+                    )
+                    if isinstance(opened, envelope.Unreadable):
                         skipped += 1
-                        self.on_rejected(e.reason)
+                        self._report(opened, record)
                         continue
+                    where = (record.partition, record.offset)
+                    first = self.handed.first(opened.header.id)
+                    if first is not None and first != where:
+                        skipped += 1
+                        self.on_duplicate()
+                        continue
+                    if first is None:
+                        self.handed.remember(opened.header.id, *where)
                     if self.trail is not None:
                         self.trail.append(
                             "open_section", subject=opened.header.subject, object=opened_object(opened)
@@ -185,6 +213,22 @@ class InboxReader:
         positions = {tp.partition: consumer.position(tp) for tp in tps}
         more = any(positions[tp.partition] < end[tp] for tp in tps)
         return Page(events, positions, more, skipped)
+
+    def _report(self, problem: envelope.Unreadable, record: Any) -> None:
+        """Count, log without content, and write the problem record once per record; a failed write
+        raises :class:`TransportError` (503), so no cursor passes the record unreported."""
+        if self.handed.reported(record.partition, record.offset):
+            return
+        self.on_rejected(problem.reason)
+        log.warning(
+            "inbox %s: the record at %s[%d]@%d cannot be opened (%s; event %s from %s); "
+            "reported on the dead-letter topic",
+            self.keys.participant, record.topic, record.partition, record.offset, problem.reason,
+            problem.header.id if problem.header else "-", problem.header.sender if problem.header else "-",
+        )  # fmt: skip
+        if self.problems is not None:
+            self.problems.write(problem, record)
+        self.handed.remember_reported(record.partition, record.offset)
 
     def _reset(self) -> None:
         if self._consumer is not None:
@@ -195,3 +239,6 @@ class InboxReader:
     def close(self) -> None:
         with self._lock:
             self._reset()
+            if self.problems is not None:
+                self.problems.close()
+            self.handed.close()

@@ -57,8 +57,16 @@ class GatewayMetrics:
         )
         self.inbox_rejected = Counter(
             "lianfang_gateway_inbox_rejected_total",
-            "Inbox records skipped because they failed verification, by reason code.",
+            "Inbox records a served participant cannot open (inbox and webhooks), by reason code; each "
+            "is reported by a problem record on the dead-letter topic.",
             ["reason"],
+            registry=registry,
+        )
+        self.duplicates_skipped = Counter(
+            "lianfang_gateway_inbox_duplicates_skipped_total",
+            "Inbox records skipped because their event id was already handed out, by reader "
+            "(inbox: GET /v1/inbox, webhook).",
+            ["reader"],
             registry=registry,
         )
         self.webhook_delivered = Counter(

@@ -291,7 +291,9 @@ def document(*, max_body_bytes: int, server_url: str | None = None) -> dict[str,
                     ],
                     "responses": {
                         "200": {
-                            "description": "events after the cursor, oldest first within a partition",
+                            "description": "events after the cursor, oldest first within a partition; "
+                            "each event id once (a second copy is left out); an event you cannot open "
+                            "is left out and reported on the dead-letter topic",
                             "content": {"application/json": {"schema": _ref("InboxPage")}},
                         },
                         **_problems(400, 401, 403, 422, 503),

@@ -6,8 +6,12 @@ opens each event with the participant's keystore and POSTs it as JSON (the same 
 ``GET /v1/inbox`` returns per event).
 The offset is committed only after the receiver answered 2xx; until then the same event is retried
 with exponential back-off (capped, with jitter), so events arrive in order and none is skipped.
-Delivery is at least once: a crash between the 2xx and the commit sends the event again, with the
-same ``Idempotency-Key`` (the event id), which receivers use to ignore the copy.
+After the 2xx the event id is remembered on disk (:class:`~services.store.handed.HandedOut`) before
+the commit, so neither a crash before the commit nor a second copy of the event in the inbox sends it
+again (such copies are skipped and counted). Only a crash between the POST and the 2xx sends it
+again, with the same ``Idempotency-Key`` (the event id), which receivers use to ignore the copy.
+An event the participant cannot open is never POSTed: it is counted, logged without content and
+reported by a problem record on the dead-letter topic before its offset is committed.
 
 **How a webhook is signed.** With RFC 9421, exactly as agencies sign their requests to the gateway
 (see :mod:`services.gateway.httpsig`), but with ``tag="lianfang-webhook"``, covering
@@ -28,6 +32,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -35,15 +40,17 @@ from aiokafka.errors import KafkaError
 
 from services.audit.chain import opened_object
 from services.audit.trail import LocalTrail
+from services.bus.deadletter import ProblemWriter
 from services.bus.security import KafkaSecuritySettings, aiokafka_kwargs, load_security
 from services.gateway import httpsig
 from services.gateway.inbox import render
 from services.gateway.metrics import GatewayMetrics
 from services.kernel import envelope
 from services.kernel.clock import Clock
-from services.kernel.errors import RegistryExpiredError, UntrustedInputError
+from services.kernel.errors import RegistryExpiredError, TransportError
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
+from services.store.handed import HandedOut
 
 log = logging.getLogger("lianfang.gateway.webhooks")
 
@@ -83,10 +90,14 @@ class WebhookSender:
         clock: Clock,
         backoff: Backoff = Backoff(),
         timeout_s: float = 10.0,
+        handed: HandedOut,
+        problems: ProblemWriter | None,
         security: KafkaSecuritySettings | None = None,
         trail: LocalTrail | None = None,
     ) -> None:
         self.url = url
+        self.handed = handed
+        self.problems = problems
         self.trail = trail
         self.bootstrap = bootstrap
         self.security = security if security is not None else load_security()
@@ -121,7 +132,7 @@ class WebhookSender:
                 timeout = aiohttp.ClientTimeout(total=self.timeout_s)
                 async with aiohttp.ClientSession(timeout=timeout) as session:
                     await self._consume(consumer, session)
-            except KafkaError as e:
+            except (KafkaError, TransportError) as e:  # Kafka, or a problem record it did not take
                 delay = self.backoff.delay(attempt)
                 attempt += 1
                 log.warning(
@@ -137,7 +148,7 @@ class WebhookSender:
             batch = await consumer.getmany(timeout_ms=1000, max_records=100)
             for tp, records in batch.items():
                 for record in records:
-                    await self._deliver_one(session, record.value, record.offset)
+                    await self._deliver_one(session, record)
                     await self._commit(consumer, tp, record.offset + 1)
 
     async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
@@ -151,17 +162,22 @@ class WebhookSender:
                 type(e).__name__,
             )
 
-    async def _deliver_one(self, session: aiohttp.ClientSession, value: bytes, offset: int) -> None:
-        await self._wait_for_current_registry()
-        try:
-            opened = envelope.verify_and_open(
-                value, registry=self.registry, now=self.clock(), keystore=self.keys
-            )
-        except UntrustedInputError as e:
-            self.metrics.inbox_rejected.labels(e.reason).inc()
-            log.warning(
-                "webhook %s: inbox record at offset %d refused: %s", self.participant, offset, e.reason
-            )
+    async def _deliver_one(self, session: aiohttp.ClientSession, record: Any) -> None:
+        while True:
+            await self._wait_for_current_registry()
+            try:
+                opened = envelope.open_or_unreadable(
+                    record.value, registry=self.registry, now=self.clock(), keystore=self.keys
+                )
+                break
+            except RegistryExpiredError:  # it expired since the wait: wait again, skip nothing
+                continue
+        if isinstance(opened, envelope.Unreadable):
+            await asyncio.to_thread(self._report, opened, record)
+            return
+        if self.handed.first(opened.header.id) is not None:
+            self.metrics.duplicates_skipped.labels("webhook").inc()
+            log.info("webhook %s: event %s was delivered before: skipped", self.participant, opened.header.id)
             return
         if self.trail is not None:
             self.trail.append("open_section", subject=opened.header.subject, object=opened_object(opened))
@@ -171,6 +187,7 @@ class WebhookSender:
         while True:
             outcome = await self._post(session, body, event_id)
             if outcome is None:
+                await asyncio.to_thread(self.handed.remember, event_id, record.partition, record.offset)
                 self.metrics.webhook_delivered.labels(self.participant).inc()
                 self.metrics.webhook_backoff.labels(self.participant).set(0)
                 self.delivered += 1
@@ -184,6 +201,22 @@ class WebhookSender:
                 self.participant, event_id, outcome, attempt, delay,
             )  # fmt: skip
             await asyncio.sleep(delay)  # back-off between attempts
+
+    def _report(self, problem: envelope.Unreadable, record: Any) -> None:
+        """Count, log without content and write the problem record (once per record); a failed write
+        raises :class:`TransportError`: nothing is committed and the consumer starts again."""
+        if self.handed.reported(record.partition, record.offset):
+            return
+        self.metrics.inbox_rejected.labels(problem.reason).inc()
+        log.warning(
+            "webhook %s: the record at %s[%d]@%d cannot be opened (%s; event %s from %s); "
+            "reported on the dead-letter topic",
+            self.participant, record.topic, record.partition, record.offset, problem.reason,
+            problem.header.id if problem.header else "-", problem.header.sender if problem.header else "-",
+        )  # fmt: skip
+        if self.problems is not None:
+            self.problems.write(problem, record)
+        self.handed.remember_reported(record.partition, record.offset)
 
     async def _wait_for_current_registry(self) -> None:
         """An expired registry would fail every record: wait (as the router does) rather than skip them."""

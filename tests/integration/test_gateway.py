@@ -1,7 +1,8 @@
 """The HTTP gateway on a real broker, with the router: a signed lead reaches exactly the policy's
 recipients, who read it with the SDK; each bad request gets its status and problem body; an event
-accepted just before a SIGKILL arrives after the restart; and a broker outage in the middle of a few
-hundred requests loses nothing and duplicates nothing. Gateway and router run as child processes."""
+accepted just before a SIGKILL arrives after the restart; a broker outage in the middle of a few
+hundred requests loses nothing and duplicates nothing; the inbox endpoint and the webhook hand a copied
+event out once and report one the participant cannot open. Gateway and router run as child processes."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from services.kernel import envelope, policy
 from services.kernel.keystore import Keystore
 from services.sdk.client import Client
 from tests.integration.buskit import Bus
-from tests.kit import DemoDomain
+from tests.kit import CONTENT, DemoDomain, RandomKeyFor
+from tests.kit import header as clear_header
 from tests.workers import Worker, free_port
 
 pytestmark = pytest.mark.integration
@@ -374,6 +376,62 @@ def test_the_inbox_endpoint_pages_with_a_cursor_and_the_webhook_pushes_signed_ev
             if isinstance(e, AuditEntry) and e.action == "open_section"
         }
         assert set(ids) <= opened, participant
+
+
+def test_the_inbox_endpoint_and_the_webhook_hand_a_copied_event_out_once_and_report_an_unreadable_one(
+    bus: Bus, gateway: GatewayProcess, receiver: Receiver
+) -> None:
+    twice = bus.seal("womens_federation", phone="13700000301")
+    h = clear_header(source="urn:lianfang:womens_federation", id=envelope.new_event_id(), time=datetime.now(UTC),
+               subject=bus.domain.subject("13700000302"))  # fmt: skip
+    unreadable = envelope.seal(
+        h, CONTENT, registry=bus.domain.registry, signer=bus.domain.keys("womens_federation"),
+        entropy=RandomKeyFor("police"),
+    )  # fmt: skip
+    after = bus.seal("womens_federation", phone="13700000303")
+    records = [(r.key, r.value) for r in (unreadable, twice, twice, after)]
+    bus.produce(records, topic=bus.names.inbox("police"))  # the second copy is a duplicate in the inbox
+
+    def read_pages(cursor: str | None = None) -> list[str]:
+        seen: list[str] = []
+        for _ in range(100):
+            path = "/v1/inbox?limit=50" + (f"&cursor={cursor}" if cursor else "")
+            status, page = gateway.request("GET", path, None, gateway.signed("GET", path, None))
+            assert status == 200, page
+            seen += [e["header"]["id"] for e in page["events"]]
+            cursor = page["cursor"]
+            if after.header.id in seen and not page["more"]:
+                return seen
+        raise AssertionError(f"police's inbox never showed {after.header.id}")
+
+    seen = read_pages()
+    assert seen.count(twice.header.id) == 1
+    assert h.id not in seen
+    assert read_pages().count(twice.header.id) == 1, "a cursor replayed from the start returns it again, once"
+
+    accepted = bus.wait_for(
+        lambda: [b["header"]["id"] for _h, b in receiver.accepted] if any(
+            b["header"]["id"] == after.header.id for _h, b in receiver.accepted) else None,
+        90, "the webhook's delivery of the last event",
+    )  # fmt: skip
+    assert accepted.count(twice.header.id) == 1
+    assert h.id not in accepted
+
+    def problems() -> set[bytes] | None:
+        readers = {
+            dict(r.headers).get("lianfang_reader", b"")
+            for r in bus.deadletters()
+            if dict(r.headers).get("lianfang_event_id") == h.id.encode()
+        }
+        return readers if {b"police/gateway-inbox", b"police/webhook"} <= readers else None
+
+    assert bus.wait_for(problems, 30, "a problem record from each reader") == {
+        b"police/gateway-inbox",
+        b"police/webhook",
+    }, "once per reader, though the inbox endpoint met the record twice"
+    for reader in ("inbox", "webhook"):
+        assert (gateway.metric("lianfang_gateway_inbox_duplicates_skipped_total", reader=reader) or 0) >= 1
+    assert (gateway.metric("lianfang_gateway_inbox_rejected_total", reason="decrypt_failed") or 0) == 2
 
 
 # --------------------------------------------------------------------------- refusals on the real service

@@ -1,8 +1,10 @@
 """What every inbox reader shares: the ids it handed out, the result for a record it cannot open, the
-problem record it writes about one, and the SDK's reading loop over a stand-in consumer."""
+problem record it writes about one; the SDK's reading loop over a stand-in consumer, and the gateway's
+webhook over a stand-in receiver."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +15,8 @@ from kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from services.bus.deadletter import problem_headers
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.webhooks import WebhookSender
 from services.kernel import envelope
 from services.sdk.client import Client
 from services.sdk.metrics import SdkMetrics
@@ -336,3 +340,65 @@ def test_a_reader_name_that_could_leave_the_participant_s_groups_is_refused(
             start=False,
             reader=name,
         )
+
+
+# --------------------------------------------------------------------------- the gateway's webhook
+
+
+def _webhook(domain: DemoDomain, stand_in: StandIn) -> tuple[WebhookSender, list[str]]:
+    sender = WebhookSender(
+        url="http://127.0.0.1:9/hook",  # never contacted: _post is a stand-in
+        bootstrap="127.0.0.1:9",
+        topic="lianfang.inbox.police.v1",
+        group_id="lianfang-inbox-police.webhook",
+        keystore=domain.keys("police"),
+        registry=domain.registry,
+        metrics=GatewayMetrics(CollectorRegistry()),
+        clock=lambda: NOW,
+        handed=HandedOut(None),
+        problems=stand_in,  # type: ignore[arg-type]
+    )
+    posted: list[str] = []
+
+    async def post(_session: Any, _body: bytes, event_id: str) -> str | None:
+        posted.append(event_id)
+        return None
+
+    sender._post = post  # type: ignore[method-assign]
+    return sender, posted
+
+
+def _deliver(sender: WebhookSender, records: list[Record]) -> None:
+    async def run() -> None:
+        for record in records:
+            await sender._deliver_one(None, record)  # type: ignore[arg-type]
+
+    asyncio.run(run())
+
+
+def test_the_webhook_posts_an_event_delivered_twice_once(domain: DemoDomain) -> None:
+    stand_in = StandIn([])
+    sender, posted = _webhook(domain, stand_in)
+    value = seal(domain)
+    _deliver(sender, [Record(value, 0), Record(value, 1)])
+    assert posted == [envelope.parse(value)[4].id]
+    assert sender.metrics.duplicates_skipped.labels("webhook")._value.get() == 1
+
+
+def test_the_webhook_reports_an_event_police_cannot_open_once_and_posts_nothing_of_it(
+    domain: DemoDomain,
+) -> None:
+    stand_in = StandIn([])
+    sender, posted = _webhook(domain, stand_in)
+    h = header(source="urn:lianfang:womens_federation")
+    bad = envelope.seal(
+        h,
+        CONTENT,
+        registry=domain.registry,
+        signer=domain.keys("womens_federation"),
+        entropy=RandomKeyFor("police"),
+    ).value
+    _deliver(sender, [Record(bad, 0), Record(bad, 0)])  # the second time: after a restart before the commit
+    assert posted == []
+    assert stand_in.log == ["problem decrypt_failed 0"]
+    assert sender.metrics.inbox_rejected.labels("decrypt_failed")._value.get() == 1

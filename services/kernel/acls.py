@@ -126,13 +126,12 @@ def router_rules(
 def hub_rules(
     names: TopicNames = DEFAULT_NAMES, *, hub: str = ids.HUB, app_id: str = HUB_APP_ID
 ) -> list[AclRule]:
-    """Beyond its participant rules: its own topics, the dead letters (inbox records it cannot handle),
-    and faust's internal topics and groups."""
+    """Beyond its participant rules (which let it write the dead letters of the inbox records it cannot
+    handle, as every participant's readers write theirs): its own topics and faust's internal ones."""
     me = user(hub)
     internal: list[Operation] = ["READ", "WRITE", "CREATE", "DESCRIBE", "DESCRIBE_CONFIGS"]
     return [
         *_rules(me, "TOPIC", "PREFIXED", names.prefix + "lianfang.hub.", "READ", "WRITE", "DESCRIBE"),
-        *_rules(me, "TOPIC", "LITERAL", names.deadletter, "WRITE", "DESCRIBE"),  # inbox records it refuses
         *_rules(me, "TOPIC", "PREFIXED", app_id, *internal),
         *_rules(me, "GROUP", "PREFIXED", app_id, "READ", "DESCRIBE"),
         *_rules(me, "TRANSACTIONAL_ID", "PREFIXED", app_id, "WRITE", "DESCRIBE"),

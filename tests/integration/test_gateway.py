@@ -383,12 +383,12 @@ def test_the_inbox_endpoint_and_the_webhook_hand_a_copied_event_out_once_and_rep
 ) -> None:
     twice = bus.seal("womens_federation", phone="13700000301")
     h = clear_header(source="urn:lianfang:womens_federation", id=envelope.new_event_id(), time=datetime.now(UTC),
-               subject=bus.domain.subject("13700000302"))  # fmt: skip
+               subject=bus.domain.subject("13700000301"))  # fmt: skip
     unreadable = envelope.seal(
         h, CONTENT, registry=bus.domain.registry, signer=bus.domain.keys("womens_federation"),
         entropy=RandomKeyFor("police"),
     )  # fmt: skip
-    after = bus.seal("womens_federation", phone="13700000303")
+    after = bus.seal("womens_federation", phone="13700000301")  # twice's subject: after it in its partition
     records = [(r.key, r.value) for r in (unreadable, twice, twice, after)]
     bus.produce(records, topic=bus.names.inbox("police"))  # the second copy is a duplicate in the inbox
 

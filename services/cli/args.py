@@ -34,3 +34,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def bus_parent(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of a command that talks to the bus: ``--bootstrap`` and the tests' hidden
+    ``--topic-prefix``, on top of ``common``."""
+    bus = argparse.ArgumentParser(add_help=False, parents=[common])
+    bus.add_argument(
+        "--bootstrap", default=None, help="Kafka bootstrap servers (default: $LIANFANG_BOOTSTRAP)"
+    )
+    bus.add_argument("--topic-prefix", default="", help=argparse.SUPPRESS)
+    return bus

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from services import trust
 from services.cli.args import bootstrap_of as _bootstrap
+from services.cli.args import bus_parent
 from services.cli.args import home_of as _home
 from services.importers.engine import DryRun, Publisher, Summary, run_import
 from services.importers.ledger import Ledger
@@ -46,11 +47,7 @@ def add_commands(
 ) -> None:
     """Register ``import``. ``group`` is unused: it is a single command."""
     del group
-    bus = argparse.ArgumentParser(add_help=False, parents=[common])
-    bus.add_argument(
-        "--bootstrap", default=None, help="Kafka bootstrap servers (default: $LIANFANG_BOOTSTRAP)"
-    )
-    bus.add_argument("--topic-prefix", default="", help=argparse.SUPPRESS)
+    bus = bus_parent(common)
 
     imp = command(
         subcommands,

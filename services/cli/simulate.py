@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from services.cli.args import bootstrap_of as _bootstrap
+from services.cli.args import bus_parent
 from services.cli.args import home_of as _home
 from services.cli.args import positive_int as _positive_int
 from services.simulator.driver import simulate_command
@@ -33,10 +34,7 @@ def add_commands(
 ) -> None:
     """Register ``simulate``. ``group`` is unused: it is a single command."""
     del group
-    bus = argparse.ArgumentParser(add_help=False, parents=[common])
-    bus.add_argument(
-        "--bootstrap", default=None, help="Kafka bootstrap servers (default: $LIANFANG_BOOTSTRAP)"
-    )
+    bus = bus_parent(common)
     sim = command(
         subcommands,
         "simulate",

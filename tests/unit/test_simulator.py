@@ -329,3 +329,12 @@ def test_the_summary_counts_per_type_per_sender_and_per_rule(week: list[Step]) -
     for rule in RULES:
         assert rule in text
     assert "7 channels and 25 towns" in text
+
+
+def test_lianfang_simulate_dry_run_parses_its_options_and_prints_the_summary(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from services import cli
+
+    assert cli.main(["simulate", "--dry-run", "--days", "1", "--seed", "3"]) == 0
+    assert capsys.readouterr().out.strip(), "the dry run printed no summary"

@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_core import ValidationError as CoreValidationError
 
+from schemas import strict_json
 from schemas.common import (
     Category,
     Channel,
@@ -37,8 +38,6 @@ from schemas.common import (
     Urgency,
     WireModel,
 )
-from services.kernel import jsonx
-from services.kernel.errors import MalformedError
 
 __all__ = [
     "EVENT_MODELS",
@@ -850,9 +849,9 @@ def _error(
 
 def _load_json(model: type[WireModel], raw: bytes) -> Any:
     try:
-        return jsonx.strict_json(raw, what="the event")
-    except MalformedError as e:
-        raise _error(model, "json_invalid", f"invalid JSON: {e.args[0]}") from e
+        return strict_json.loads(raw)
+    except ValueError as e:
+        raise _error(model, "json_invalid", f"invalid JSON: {e}") from e
 
 
 def _validate(model: type[_M], data: Any) -> _M:

@@ -1,8 +1,7 @@
 """The one strict JSON parser and the one canonical JSON encoding.
 
-- :func:`strict_json` reads bytes from outside (records, registry files, keystores, request bodies):
-  UTF-8 only, no duplicate keys (two parsers could each take a different one of the duplicates), no
-  ``NaN`` or infinities (JSON has no such numbers and they slip past range checks). Anything else is a
+- :func:`strict_json` reads bytes from outside (records, registry files, keystores, request bodies)
+  by the rules of :mod:`schemas.strict_json` (which the contracts use too); a refusal is a
   :class:`~services.kernel.errors.MalformedError`.
 - :func:`compact_json` writes the bytes that are signed, hashed or authenticated: compact, sorted
   keys, UTF-8. Known-answer vectors pin it (``tests/vectors``); changing it breaks every signature.
@@ -15,34 +14,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from schemas import strict_json as strict_json_rules
 from services.kernel.errors import MalformedError
 
 __all__ = ["compact_json", "strict_json"]
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            # Two parsers could each take a different one of the duplicates: refuse instead of guessing.
-            raise MalformedError(f"a JSON object repeats the key {key!r} (duplicate keys are ambiguous)")
-        result[key] = value
-    return result
-
-
-def _no_constants(name: str) -> Any:
-    raise MalformedError(f"JSON constant {name} is not allowed")
-
-
 def strict_json(data: bytes, *, what: str) -> Any:
-    """Parse UTF-8 JSON, refusing duplicate keys, NaN/Infinity and invalid UTF-8."""
+    """Parse UTF-8 JSON by the rules of :mod:`schemas.strict_json` (no duplicate keys, no NaN or
+    infinities); a refusal is a :class:`MalformedError` naming ``what`` and the rule, never the input."""
     try:
-        text = data.decode("utf-8")
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
-    except MalformedError:
-        raise
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise MalformedError(f"{what} is not valid JSON ({type(e).__name__})") from e
+        return strict_json_rules.loads(data)
+    except ValueError as e:
+        raise MalformedError(f"{what} is not valid JSON: {e}") from e
 
 
 def compact_json(value: Any) -> bytes:

@@ -35,3 +35,21 @@ def test_strict_json_reads_what_compact_json_writes() -> None:
 def test_compact_json_is_compact_sorted_utf8_without_newlines() -> None:
     encoded = jsonx.compact_json({"b": 1, "a": "联\n"})
     assert encoded == '{"a":"联\\n","b":1}'.encode()
+
+
+def test_a_refusal_names_the_rule_and_never_repeats_the_senders_key_or_value() -> None:
+    """A sender chooses its keys; refusals reach logs and dead-letter headers."""
+    with pytest.raises(MalformedError) as refused:
+        jsonx.strict_json('{"张三 110101199003077777": 1, "张三 110101199003077777": 2}'.encode(), what="x")
+    assert "repeats a key" in str(refused.value)
+    assert "张三" not in str(refused.value)
+    assert "110101199003077777" not in str(refused.value)
+
+
+def test_the_event_contracts_parse_by_the_same_rules_without_importing_the_services() -> None:
+    import subprocess
+    import sys
+
+    probe = "import schemas.events, sys; print(sorted(m for m in sys.modules if m.startswith('services')))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

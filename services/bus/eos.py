@@ -55,6 +55,9 @@ class PartitionState:
     partition: int
     data: dict[str, bytes] = field(default_factory=dict)
     pending: dict[str, bytes | None] = field(default_factory=dict)
+    # What each put of the batch replaced in ``pending`` (key, had it, its old value), so one record's
+    # changes can be undone without copying the whole batch's changes per record.
+    _undo: list[tuple[str, bool, bytes | None]] = field(default_factory=list)
 
     def get(self, key: str) -> bytes | None:
         if key in self.pending:
@@ -63,7 +66,20 @@ class PartitionState:
 
     def put(self, key: str, value: bytes | None) -> None:
         """Set (or with ``None`` delete) a key; it is written and applied when the batch commits."""
+        self._undo.append((key, key in self.pending, self.pending.get(key)))
         self.pending[key] = value
+
+    def savepoint(self) -> int:
+        """A mark to :meth:`rollback` to: forgets the puts made after it (e.g. of a refused record)."""
+        return len(self._undo)
+
+    def rollback(self, savepoint: int) -> None:
+        while len(self._undo) > savepoint:
+            key, had, old = self._undo.pop()
+            if had:
+                self.pending[key] = old
+            else:
+                self.pending.pop(key, None)
 
     def keys(self) -> Iterable[str]:
         return [k for k in {*self.data, *self.pending} if self.get(k) is not None]
@@ -74,7 +90,11 @@ class PartitionState:
                 self.data.pop(key, None)
             else:
                 self.data[key] = value
+        self._discard()
+
+    def _discard(self) -> None:
         self.pending.clear()
+        self._undo.clear()
 
 
 Handler = Callable[[Any, PartitionState], Awaitable[list[Output]]]
@@ -327,7 +347,7 @@ class TransactionalRunner:
             except BaseException:
                 # The transaction was aborted: forget its state changes. The worker starts afresh
                 # (run()) from the last committed offset with the last committed state.
-                state.pending.clear()
+                state._discard()
                 raise
             state._apply()
 

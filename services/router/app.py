@@ -262,7 +262,7 @@ class Router:
         propagates, to restart the worker (:class:`~services.bus.eos.TransactionalRunner`)."""
         now = self.clock()
         partitions = self.partitions()  # outside the try: a failure here is Kafka's, not the record's
-        before = dict(state.pending)  # to forget what a refused record's handling wrote to the state
+        before = state.savepoint()  # to forget what a refused record's handling wrote to the state
         try:
             return self._route(record, state, now, partitions)
         except DuplicateError:
@@ -271,10 +271,10 @@ class Router:
         except (TransportError, KafkaError):
             raise
         except UntrustedInputError as e:
-            state.pending = before
+            state.rollback(before)
             return self._deadletter(record, state, now, e.reason, str(e))
         except Exception as e:
-            state.pending = before  # the replay window must not remember an event it did not deliver
+            state.rollback(before)  # the replay window must not remember an event it did not deliver
             log.exception("a bug while routing %s: dead-lettered as internal", _where(record))
             return self._deadletter(
                 record, state, now, "internal", f"[internal] {type(e).__name__} while routing this record"
@@ -309,7 +309,7 @@ class Router:
             reason, detail, topic=record.topic, partition=record.partition, offset=record.offset, now=now
         )
         letter = Output(self.names.deadletter, record.value, record.key, headers)
-        before = dict(state.pending)
+        before = state.savepoint()
         try:
             return [letter, self.audit.record(state, "deadletter", now, object=_where(record))]
         except (TransportError, KafkaError):
@@ -317,7 +317,7 @@ class Router:
         except Exception:
             # A bug in the audit step must not stop the router either: the record is still
             # dead-lettered (and counted), and the log says its audit entry is missing.
-            state.pending = before
+            state.rollback(before)
             log.exception("a bug while auditing the dead letter of %s: it has no audit entry", _where(record))
             return [letter]
 

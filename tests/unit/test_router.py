@@ -255,3 +255,16 @@ def test_a_copy_on_another_partition_is_refused_although_that_partition_never_sa
 def test_the_partition_of_a_key_is_the_one_kafkas_java_producer_gives_it(key: bytes, partition: int) -> None:
     # Partitions of 1000 that Kafka's Java DefaultPartitioner gives these keys (murmur2).
     assert topics.partition_for(key, 1000) == partition
+
+
+def test_a_rollback_forgets_exactly_the_puts_after_its_savepoint() -> None:
+    state = PartitionState(0, data={"kept": b"1"})
+    state.put("a", b"first")
+    mark = state.savepoint()
+    state.put("a", b"second")
+    state.put("b", b"new")
+    state.put("kept", None)
+    state.rollback(mark)
+    assert state.pending == {"a": b"first"}
+    assert state.get("kept") == b"1"
+    assert state.get("b") is None

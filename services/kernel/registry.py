@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -38,10 +39,12 @@ from services.kernel.errors import (
     KeyRevokedError,
     MalformedError,
     NotPermittedError,
+    ReasonCode,
     RegistryExpiredError,
     TooLargeError,
     UnknownKeyError,
     UnknownSenderError,
+    UntrustedInputError,
     UsageError,
 )
 from services.kernel.pseudonym import PseudonymKey
@@ -251,6 +254,49 @@ def _check_window(key: PublicKey, at: datetime, who: str) -> None:
         raise KeyRevokedError(f"key {key.kid!r} of {who!r} was revoked before this event was signed")
     if not _usable(key, at):
         raise KeyExpiredError(f"key {key.kid!r} of {who!r} was not valid at {at.isoformat()}")
+
+
+UpdateReason = Literal["newer", "older", "same_version"] | ReasonCode
+"""Why an offered registry was taken (``newer``) or not: an older or the same version (nothing to
+do), or the reason code of the check it failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateDecision:
+    """What a process does with a registry offered to it: take ``registry``, or keep its own."""
+
+    reason: UpdateReason
+    detail: str
+    registry: Registry | None = None
+
+    @property
+    def taken(self) -> bool:
+        return self.registry is not None
+
+    @property
+    def untrusted(self) -> bool:
+        """The offer failed a check (it is counted and alerted on); older or equal versions are not
+        faults: a compacted topic read from its start holds the versions before the newest."""
+        return self.reason not in ("newer", "older", "same_version")
+
+
+def judge_update(current: Registry, data: bytes, *, trusted_roots: Roots, now: datetime) -> UpdateDecision:
+    """Take ``data`` only if it verifies against ``trusted_roots``, is newer than ``current`` and has
+    not expired. The signatures and schema are checked first; the version before the expiry, so an
+    old expired version still on the topic is ``older``, not a refusal."""
+    try:
+        candidate = Registry.from_bytes(data, trusted_roots=trusted_roots, now=now, allow_expired=True)
+    except UntrustedInputError as e:
+        return UpdateDecision(e.reason, str(e))
+    if candidate.version < current.version:
+        return UpdateDecision("older", f"v{candidate.version} is older than v{current.version} in force")
+    if candidate.version == current.version:
+        return UpdateDecision("same_version", f"v{candidate.version} is already in force")
+    try:
+        candidate.check_current(now)
+    except RegistryExpiredError as e:
+        return UpdateDecision(e.reason, str(e))
+    return UpdateDecision("newer", f"v{candidate.version} replaces v{current.version}", candidate)
 
 
 def pseudonym_key_info(version: int, to: str, kid: str) -> bytes:

@@ -9,8 +9,9 @@ the replay window's state and the consumed offset commit in one Kafka transactio
 (:mod:`services.bus.eos`), so a router killed mid-batch and restarted delivers nothing twice and
 loses nothing. Several workers of one group share the partitions.
 
-Registry updates arrive on ``lianfang.registry.v1`` and take effect without a restart. While the
-registry in force has expired, routing pauses: events wait in Kafka, nothing is dropped.
+Registry updates arrive on ``lianfang.registry.v1`` (:mod:`services.bus.registry_follower`) and take
+effect without a restart. While the registry in force has expired, routing pauses: events wait in
+Kafka, nothing is dropped.
 
 Every ``lag_interval_s`` the worker samples its consumer lag (:class:`LagMonitor`) for ``/metrics``.
 """
@@ -28,7 +29,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 from prometheus_client import start_http_server
 from pydantic import AliasChoices, Field
@@ -37,7 +37,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services import trust
 from services.audit.chain import Action, AuditEntry, Checkpoint, Signer, next_entry, parse_line
 from services.bus.eos import Output, PartitionState, TransactionalRunner
-from services.bus.security import KafkaSecuritySettings, aiokafka_kwargs, load_security
+from services.bus.registry_follower import RegistryInForce, follow
+from services.bus.security import KafkaSecuritySettings, load_security
 from services.kernel import ids, topics
 from services.kernel.clock import Clock, utcnow
 from services.kernel.deadletter import deadletter_headers
@@ -77,45 +78,6 @@ class RouterSettings(BaseSettings):
     kafka_security: KafkaSecuritySettings = Field(
         default_factory=load_security, description="TLS and SASL login, from LIANFANG_KAFKA_*"
     )
-
-
-class RegistryHolder:
-    """The registry in force; replaced only by a newer version that verifies against the trust anchor."""
-
-    def __init__(self, domain: TrustDomain, clock: Clock, metrics: RouterMetrics) -> None:
-        self._roots = domain.trusted_roots()
-        self._clock = clock
-        self._metrics = metrics
-        try:
-            data = domain.registry_path.read_bytes()
-        except FileNotFoundError:
-            raise UsageError(f"no registry at {domain.registry_path}; run `lianfang init` first") from None
-        # An expired registry is still loaded (its signatures must verify): routing pauses until a
-        # newer one arrives on the registry topic, instead of refusing to start.
-        self.current = Registry.from_bytes(data, trusted_roots=self._roots, now=clock(), allow_expired=True)
-        self._publish_gauges()
-
-    def offer(self, data: bytes) -> bool:
-        """Take ``data`` if it is a valid registry newer than the current one."""
-        try:
-            candidate = Registry.from_bytes(data, trusted_roots=self._roots, now=self._clock())
-        except UntrustedInputError as e:
-            self._metrics.registry_rejected.labels("router", e.reason).inc()
-            log.warning("registry update refused: %s", e)
-            return False
-        if candidate.version <= self.current.version:
-            return False
-        self.current = candidate
-        self._publish_gauges()
-        log.info("registry v%d in force (expires %s)", candidate.version, candidate.document.expires)
-        return True
-
-    def expired(self) -> bool:
-        return self._clock() >= self.current.document.expires
-
-    def _publish_gauges(self) -> None:
-        self._metrics.registry_version.labels("router").set(self.current.version)
-        self._metrics.registry_expiry.labels("router").set(self.current.document.expires.timestamp())
 
 
 class SeenIds(MutableMapping[str, Seen]):
@@ -232,7 +194,7 @@ class Router:
     def __init__(
         self,
         settings: RouterSettings,
-        holder: RegistryHolder,
+        holder: RegistryInForce,
         metrics: RouterMetrics,
         clock: Clock,
         signer: Signer | None = None,
@@ -350,28 +312,6 @@ class Router:
         self.metrics.paused.set(1 if expired else 0)
         return expired
 
-    async def follow_registry(self) -> None:
-        """Read the whole compacted registry topic (no consumer group: every worker reads it all)."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **aiokafka_kwargs(self.settings.kafka_security),
-        )
-        await consumer.start()
-        try:
-            tp = TopicPartition(self.names.registry, 0)
-            consumer.assign([tp])
-            # An explicit seek (aiokafka's seek_to_beginning can lose a race with assign's reset).
-            consumer.seek(tp, (await consumer.beginning_offsets([tp]))[tp])
-            while True:
-                batch = await consumer.getmany(tp, timeout_ms=1000)
-                for record in batch.get(tp, []):
-                    if record.value:
-                        self.holder.offer(record.value)
-        finally:
-            await consumer.stop()
-
 
 class LagMonitor:
     """Samples the consumer lag of the partitions this worker holds into ``lianfang_consumer_lag``.
@@ -445,7 +385,15 @@ async def serve(
     if not settings.bootstrap:
         raise UsageError("no Kafka bootstrap: set LIANFANG_BOOTSTRAP or pass --bootstrap")
     metrics = metrics or RouterMetrics()
-    holder = RegistryHolder(TrustDomain(home=settings.home, passphrase=""), clock, metrics)
+    # An expired registry is still loaded (its signatures must verify): routing pauses until a newer
+    # one arrives on the registry topic, instead of refusing to start.
+    holder = RegistryInForce.from_domain(
+        TrustDomain(home=settings.home, passphrase=""),
+        service="router",
+        metrics=metrics.registry_in_force,
+        clock=clock,
+        allow_expired=True,
+    )
     router = Router(settings, holder, metrics, clock, router_signer(settings.home, holder.current, clock()))
     runner = TransactionalRunner(
         bootstrap=settings.bootstrap,
@@ -465,8 +413,14 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.stop)
-    follower = asyncio.create_task(router.follow_registry())
-    tasks = [follower]
+    follower = await asyncio.to_thread(
+        follow,
+        holder,
+        bootstrap=settings.bootstrap,
+        topic=router.names.registry,
+        security=settings.kafka_security,
+    )
+    tasks: list[asyncio.Task[None]] = []
     if settings.lag_interval_s:
         tasks.append(asyncio.create_task(LagMonitor(runner, metrics, settings.lag_interval_s).run()))
     log.info(
@@ -479,3 +433,4 @@ async def serve(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await asyncio.to_thread(follower.stop)

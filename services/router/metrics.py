@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from services.bus.registry_follower import RegistryMetrics
 from services.kernel.errors import REASON_CODES
 
 
@@ -42,24 +43,9 @@ class RouterMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=registry,
         )
-        self.registry_version = Gauge(
-            "lianfang_registry_version", "Version of the registry in force.", ["service"], registry=registry
-        )
-        self.registry_expiry = Gauge(
-            "lianfang_registry_expiry_timestamp_seconds",
-            "When the registry in force expires (Unix time).",
-            ["service"],
-            registry=registry,
-        )
         self.paused = Gauge(
             "lianfang_router_paused",
             "1 while routing waits for a registry that has not expired.",
-            registry=registry,
-        )
-        self.registry_rejected = Counter(
-            "lianfang_registry_updates_rejected_total",
-            "Registry updates refused, by reason.",
-            ["service", "reason"],
             registry=registry,
         )
         self.lag = Gauge(
@@ -70,3 +56,5 @@ class RouterMetrics:
             ["group", "topic", "partition"],
             registry=registry,
         )
+        # The registry in force (version, issue and expiry times) and the updates refused.
+        self.registry_in_force = RegistryMetrics.of(registry)

@@ -15,6 +15,7 @@ from aiokafka.errors import KafkaConnectionError
 from prometheus_client import CollectorRegistry
 
 from services.bus.eos import Output, PartitionState
+from services.bus.registry_follower import RegistryInForce
 from services.kernel import envelope, jsonx, topics
 from services.kernel.errors import REASON_CODES, ReasonCode, TransportError
 from services.router import app, core
@@ -128,7 +129,13 @@ class Harness:
 @pytest.fixture
 def harness(domain: DemoDomain) -> Harness:
     metrics = RouterMetrics(CollectorRegistry())
-    holder = app.RegistryHolder(domain.trust, lambda: NOW, metrics)
+    holder = RegistryInForce.from_domain(
+        domain.trust,
+        service="router",
+        metrics=metrics.registry_in_force,
+        clock=lambda: NOW,
+        allow_expired=True,
+    )
     router = app.Router(app.RouterSettings(home=domain.home), holder, metrics, lambda: NOW)
     router.partitions = lambda: PARTITIONS
     return Harness(router, metrics)

@@ -31,8 +31,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from schemas.registry import Roots
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs
+from services.kernel import envelope
 from services.kernel.clock import Clock, utcnow
-from services.kernel.errors import ReasonCode, UntrustedInputError, UsageError
+from services.kernel.errors import ReasonCode, UsageError
+from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry, UpdateDecision, judge_update
 from services.trust import TrustDomain
 
@@ -179,13 +181,25 @@ def in_force(registry: Registry | RegistryInForce) -> RegistryInForce:
     return registry if isinstance(registry, RegistryInForce) else RegistryInForce(registry)
 
 
-NewerRegistry = Callable[[UntrustedInputError], bool]
+NewerRegistry = Callable[[ReasonCode], bool]
 """:meth:`RegistryFollower.newer_registry_for` of a process's follower, for the readers it serves."""
 
 
-def no_newer_registry(_error: UntrustedInputError) -> bool:
+def no_newer_registry(_reason: ReasonCode) -> bool:
     """For readers without a follower: no newer registry ever comes."""
     return False
+
+
+def open_or_unreadable(
+    value: bytes, *, in_force: RegistryInForce, newer_registry: NewerRegistry, now: Clock, keystore: Keystore
+) -> envelope.Opened | envelope.Unreadable:
+    """:func:`~services.kernel.envelope.open_or_unreadable` with the registry in force, and once more
+    after catching up with the registry topic when a newer registry may lift the refusal (a key
+    rotated a moment ago, which the router already knew of). Every inbox reader opens through this."""
+    result = envelope.open_or_unreadable(value, registry=in_force.current, now=now(), keystore=keystore)
+    if isinstance(result, envelope.Unreadable) and newer_registry(result.reason):
+        result = envelope.open_or_unreadable(value, registry=in_force.current, now=now(), keystore=keystore)
+    return result
 
 
 class RegistryConsumer(Protocol):
@@ -270,10 +284,10 @@ class RegistryFollower:
                 lambda: self._reached >= ticket or self._stop.is_set(), timeout
             ) and (self._reached >= ticket)
 
-    def newer_registry_for(self, error: UntrustedInputError, timeout: float = 5.0) -> bool:
+    def newer_registry_for(self, reason: ReasonCode, timeout: float = 5.0) -> bool:
         """For a refusal a newer registry may lift: catch up, and say whether a newer one came into
         force (then the caller checks the record again, once)."""
-        if error.reason not in NEWER_REGISTRY_MAY_LIFT:
+        if reason not in NEWER_REGISTRY_MAY_LIFT:
             return False
         before = self.in_force.current
         self.catch_up(timeout)

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,12 +41,15 @@ from services import trust
 from services.audit.chain import opened_object
 from services.audit.kafka import KafkaSink
 from services.audit.trail import participant_trail
+from services.bus import registry_follower
 from services.bus.deadletter import ProblemWriter
+from services.bus.registry_follower import RegistryInForce
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 from services.kernel import acls, envelope, topics
 from services.kernel.clock import Clock, utcnow
 from services.kernel.errors import (
     MalformedError,
+    ReasonCode,
     TransportError,
     UsageError,
     validation_summary,
@@ -176,7 +179,7 @@ class Client:
         self,
         *,
         keystore: Keystore,
-        registry: Registry,
+        registry: Registry | RegistryInForce,
         bootstrap: str,
         outbox_path: Path,
         topic_prefix: str = "",
@@ -187,6 +190,7 @@ class Client:
         audit_dir: Path | None = None,
         reader: str | None = None,
         handed_path: Path | None = None,
+        follow: bool = False,
     ) -> None:
         if reader is not None and not reader.replace("-", "").replace("_", "").isalnum():
             raise UsageError(f"a reader name is letters, digits, '-' and '_', not {reader!r}")
@@ -198,7 +202,7 @@ class Client:
         self._handed: HandedOut | None = None
         self._problems: ProblemWriter | None = None
         self.participant = keystore.participant
-        self.registry = registry
+        self.in_force = registry_follower.in_force(registry)
         self.bootstrap = bootstrap
         self.names = topics.TopicNames(topic_prefix)
         self.clock = clock or utcnow
@@ -214,7 +218,7 @@ class Client:
         self.trail = participant_trail(
             audit_dir or outbox_path.parent / "audit",
             keystore,
-            registry,
+            self.in_force.current,
             "sdk",
             ship=sink,
             clock=self.clock,
@@ -223,28 +227,54 @@ class Client:
         self._update_gauges()
         if start:
             self.drainer.start()
+        # ``follow``: this client keeps its registry current itself, in a thread of its own (a
+        # long-lived client must see new keys and revocations; see services.bus.registry_follower).
+        # A registry in force shared with others (the gateway's) is followed by its owner.
+        self.follower = (
+            registry_follower.follow(
+                self.in_force,
+                bootstrap=bootstrap,
+                topic=self.names.registry,
+                security=self.security,
+                catch_up_s=3.0,  # short: publishing into the outbox must not wait long for Kafka
+            )
+            if follow and start and bootstrap
+            else None
+        )
 
     @classmethod
     def open(
         cls, *, participant: str, home: Path, bootstrap: str, outbox_path: Path | None = None, **kwargs: Any
     ) -> Client:
-        """A client from a trust-domain folder: the participant's keystore and the verified registry."""
+        """A client from a trust-domain folder: the participant's keystore and the verified registry,
+        kept current from the registry topic while the client is open (unless ``start=False``)."""
         domain = trust.open_domain(home)
+        metrics: SdkMetrics = kwargs.pop("metrics", None) or sdk_metrics.shared()
+        in_force = RegistryInForce.from_domain(domain, service="sdk", metrics=metrics.registry_in_force)
         return cls(
             keystore=domain.keystore(participant),
-            registry=domain.registry(datetime.now(UTC)),
+            registry=in_force,
             bootstrap=bootstrap,
             outbox_path=outbox_path or home / "outbox" / f"{participant}.sqlite",
+            metrics=metrics,
+            follow=True,
             **kwargs,
         )
+
+    @property
+    def registry(self) -> Registry:
+        """The registry in force now."""
+        return self.in_force.current
 
     # -- publishing
 
     @property
     def pseudonym_key(self) -> PseudonymKey:
-        if self._pseudonym_key is None:
-            self._pseudonym_key = self.registry.pseudonym_key(self.participant, self.keys.encryption)
-        return self._pseudonym_key
+        registry = self.registry
+        key = self._pseudonym_key
+        if key is None or key.version != registry.document.pseudonym_key.version:
+            key = self._pseudonym_key = registry.pseudonym_key(self.participant, self.keys.encryption)
+        return key
 
     def publish_lead(
         self, data: Mapping[str, Any], *, urgency: str | None = None, event_id: str | None = None
@@ -283,6 +313,7 @@ class Client:
         (subject pseudonym, category, minor, town) — for a follow-up, :meth:`CaseContext.of` the lead.
         """
         now = self.clock()
+        registry = self.registry  # one registry for the header, the checks and the sealing
         refs = [*refs, *([context.lead_id] if context.lead_id and context.lead_id not in refs else [])]
         header = envelope.build_header(
             event_id=event_id or envelope.new_event_id(),
@@ -298,12 +329,12 @@ class Client:
             urgency=urgency,
             audience=audience,
             refs=refs,
-            registry=self.registry,
+            registry=registry,
         )
-        self.registry.check_may_publish(self.participant, event.EVENT_TYPE)
+        registry.check_may_publish(self.participant, event.EVENT_TYPE)
         triage, details = split_sections(event)
         content: dict[SectionName, dict[str, Any]] = {"triage": triage, "details": details}
-        record = envelope.seal(header, content, registry=self.registry, signer=self.keys)
+        record = envelope.seal(header, content, registry=registry, signer=self.keys)
         self.outbox.put(
             event_id=header.id,
             topic=self.names.events,
@@ -366,8 +397,12 @@ class Client:
                 for records in batch.values():
                     for record in records:
                         # An expired registry raises here: not the record's fault, nothing is committed.
-                        result = envelope.open_or_unreadable(
-                            record.value, registry=self.registry, now=self.clock(), keystore=self.keys
+                        result = registry_follower.open_or_unreadable(
+                            record.value,
+                            in_force=self.in_force,
+                            newer_registry=self._newer_registry,
+                            now=self.clock,
+                            keystore=self.keys,
                         )
                         if isinstance(result, envelope.Unreadable):
                             self._report_unreadable(consumer, result, record)
@@ -437,6 +472,9 @@ class Client:
         group = acls.participant_group(self.participant, self.names)
         return group if self.reader is None else f"{group}.{self.reader}"
 
+    def _newer_registry(self, reason: ReasonCode) -> bool:
+        return self.follower is not None and self.follower.newer_registry_for(reason)
+
     def _inbox_consumer(self) -> KafkaConsumer:
         if self._consumer is None:
             self._consumer = KafkaConsumer(
@@ -502,6 +540,9 @@ class Client:
         return self.publish(event, context=CaseContext.of(lead.header), urgency=lead.header.urgency)
 
     def close(self, timeout: float = 10.0) -> None:
+        if self.follower is not None:
+            self.follower.stop(timeout)
+            self.follower = None
         self.drainer.stop(timeout)
         if self._consumer is not None:
             self._consumer.close()

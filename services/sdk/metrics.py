@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from services.audit.metrics import AuditMetrics
+from services.bus.registry_follower import RegistryMetrics
 
 
 class SdkMetrics:
@@ -53,6 +54,10 @@ class SdkMetrics:
             "Inbox records skipped because their event id was already handed out by this reader.",
             registry=registry,
         )
+
+        # The registry in force (version, issue and expiry times) and the updates refused, of the
+        # clients that follow the registry topic themselves (Client.open).
+        self.registry_in_force = RegistryMetrics.of(registry)
 
 
 _shared: SdkMetrics | None = None

@@ -13,9 +13,14 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from schemas.registry import RegistryDocument
+from services import trust
 from services.bus import cluster
 from services.bus.cluster import DURABLE_PRODUCER
 from services.kernel import envelope, topics
+from services.kernel.keystore import Keystore
+from services.kernel.registry import Registry, sign_document
+from services.trust import admin
 from tests.kit import CONTENT, DemoDomain, header
 from tests.workers import Worker, free_port
 
@@ -143,6 +148,45 @@ class Bus:
                 return value
             time.sleep(0.3)  # poll interval inside a deadline loop
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass(frozen=True)
+class RegistryChange:
+    """A newer registry as the root holders publish it: its file's bytes, and verified."""
+
+    data: bytes
+    registry: Registry
+
+    @classmethod
+    def sign(cls, domain: DemoDomain, document: RegistryDocument) -> RegistryChange:
+        keys: dict[str, Any] = {}
+        for store in domain.trust.root_keystores()[:2]:  # the demo domain's threshold
+            keys.update(store.signing)
+        data = sign_document(document, keys)
+        registry = Registry.from_bytes(data, trusted_roots=domain.trust.trusted_roots(), now=document.issued)
+        return cls(data, registry)
+
+    @classmethod
+    def rotation(cls, domain: DemoDomain, participant: str) -> tuple[RegistryChange, Keystore]:
+        """As `lianfang keys rotate`: new keys for ``participant`` (its old ones retired now), in a
+        copy of its keystore; the domain's files stay as they are."""
+        now = datetime.now(UTC)
+        document = domain.registry.document
+        store = domain.trust.keystore(participant)  # a copy, not the domain's cached keystore
+        kids = {store.add_signing_key(), store.add_encryption_key()}
+        keys = [k for k in trust.public_keys(store, valid_from=now) if k.kid in kids]
+        change = admin.rotate(document, participant, keys, now=now, lifetime=admin.lifetime_of(document))
+        return cls.sign(domain, change.document), store
+
+    @classmethod
+    def revocation(cls, domain: DemoDomain, participant: str, kid: str) -> RegistryChange:
+        """As `lianfang keys revoke`: key ``kid`` of ``participant`` revoked from now on."""
+        now = datetime.now(UTC)
+        document = domain.registry.document
+        change = admin.revoke(
+            document, participant, kid, at=now, now=now, lifetime=admin.lifetime_of(document)
+        )
+        return cls.sign(domain, change.document)
 
 
 class RouterProcess(Worker):

@@ -19,7 +19,7 @@ import pytest
 from services.cli.bus import deadletter_rows
 from services.kernel import envelope
 from services.sdk.client import Client
-from tests.integration.buskit import Bus, RouterProcess
+from tests.integration.buskit import Bus, RegistryChange, RouterProcess
 from tests.kit import CONTENT, DemoDomain, RandomKeyFor, header
 
 pytestmark = pytest.mark.integration
@@ -243,3 +243,38 @@ def test_the_console_and_lianfang_inbox_read_the_coordinators_inbox_at_once_and_
     assert sorted(seen) == sorted(ids), "the console got every alert"
     assert cli.returncode == 0, err
     assert all(event_id in out for event_id in ids), f"lianfang inbox got every alert:\n{out}\n{err}"
+
+
+def test_an_sdk_client_opened_before_a_rotation_reads_the_lead_signed_with_the_new_key(
+    bus: Bus, router: RouterProcess, tmp_path: Path
+) -> None:
+    with Client.open(
+        participant="womens_federation",
+        home=bus.domain.home,
+        bootstrap=bus.bootstrap,
+        outbox_path=tmp_path / "wf-long-lived.sqlite",
+        topic_prefix=bus.prefix,
+    ) as reader:
+        before = reader.registry.version
+        for _opened in reader.inbox(timeout=1):  # reading already, with the registry of before
+            pass
+        rotated, health = RegistryChange.rotation(bus.domain, "health")
+        bus.produce([(b"registry", rotated.data)], topic=bus.names.registry)
+        version = rotated.registry.version
+        bus.wait_for(
+            lambda: router.metric("lianfang_registry_version", service="router") == version,
+            30,
+            "the router's v2",
+        )
+        with Client(
+            keystore=health,
+            registry=rotated.registry,
+            bootstrap=bus.bootstrap,
+            outbox_path=tmp_path / "health-rotated.sqlite",
+            topic_prefix=bus.prefix,
+        ) as sender:
+            lead_id = sender.publish_lead(a_lead("13866667777", town="nancai"))
+            assert sender.flush(30)
+        lead = read_until(reader, lead_id)
+        assert lead.header.sender == "health"
+        assert reader.registry.version == version > before

@@ -12,6 +12,8 @@ published on ``lianfang.events.v1`` for the router to deliver.
   (``lianfang.hub.serial.v1``).
 - Supervision: a tick (a time) on ``lianfang.hub.clock.v1`` makes each partition check its deadlines.
   The hub's own timer sends wall-clock ticks; tests send ticks with the time they need.
+- The registry in force follows ``lianfang.registry.v1`` (:mod:`services.bus.registry_follower`): a
+  rotated key or a new member is known within seconds, without a restart.
 - No loss, no duplicate: an alert or breach is sent and acknowledged before the state that records it
   is written (:mod:`services.hub.worker` says how).
 """
@@ -36,6 +38,7 @@ from services import trust
 from services.audit.kafka import KafkaSink
 from services.audit.trail import LocalTrail, participant_trail
 from services.bus.cluster import cluster_id
+from services.bus.registry_follower import NewerRegistry, RegistryFollower, RegistryInForce
 from services.bus.security import (
     KafkaSecuritySettings,
     aiokafka_kwargs,
@@ -90,9 +93,10 @@ class HubWorker:
         *,
         config: HubConfig,
         metrics: HubMetrics,
-        registry: Registry,
+        registry: Registry | RegistryInForce,
         keys: Keystore,
         trail: LocalTrail,
+        newer_registry: NewerRegistry,
     ) -> None:
         self.app = app
         n = settings.partitions
@@ -129,6 +133,7 @@ class HubWorker:
             suspects=self.suspect_table,
             send=self.send_and_wait,
             clock=utcnow,
+            newer_registry=newer_registry,
         )
 
     def _topic(self, name: str, partitions: int | None = None) -> faust.TopicT:
@@ -177,13 +182,15 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
     metrics = metrics or HubMetrics()
     domain = trust.open_domain(settings.home)
     keys = domain.keystore(ids.HUB)
-    registry = domain.registry(utcnow())
-    # Each opened inbox event and each published alert or report: one chain per worker.
-    sink = KafkaSink(
-        settings.bootstrap, topics.TopicNames(settings.topic_prefix).audit, settings.kafka_security
+    registry = RegistryInForce.from_domain(domain, service=ids.HUB, metrics=metrics.registry_in_force)
+    names = topics.TopicNames(settings.topic_prefix)
+    follower = RegistryFollower(
+        registry, bootstrap=settings.bootstrap, topic=names.registry, security=settings.kafka_security
     )
+    # Each opened inbox event and each published alert or report: one chain per worker.
+    sink = KafkaSink(settings.bootstrap, names.audit, settings.kafka_security)
     trail = participant_trail(
-        settings.data_dir / "audit", keys, registry, ids.HUB, ship=sink, metrics=metrics.audit
+        settings.data_dir / "audit", keys, registry.current, ids.HUB, ship=sink, metrics=metrics.audit
     )
     app = faust.App(
         settings.app_id,
@@ -204,13 +211,27 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
         logging_config=None,
     )
     worker = HubWorker(
-        app, settings, config=HubConfig(), metrics=metrics, registry=registry, keys=keys, trail=trail
+        app,
+        settings,
+        config=HubConfig(),
+        metrics=metrics,
+        registry=registry,
+        keys=keys,
+        trail=trail,
+        newer_registry=follower.newer_registry_for,
     )
     work = worker.work
 
     @app.on_before_shutdown.connect
     async def close_audit_trail(_app: Any, /, *_args: Any, signal: Any, **_kwargs: Any) -> None:
         trail.close()  # signs the head; ships what is left
+        await asyncio.to_thread(follower.stop)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def follow_registry() -> None:
+        """Follow the registry topic from the worker's start; read it to its end first (a few s)."""
+        follower.start()
+        await asyncio.to_thread(follower.catch_up, 10.0)
 
     @app.agent(worker.inbox)
     async def observe(stream: faust.StreamT[Any]) -> AsyncIterator[None]:

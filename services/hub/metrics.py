@@ -9,6 +9,7 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from services.audit.metrics import AuditMetrics
+from services.bus.registry_follower import RegistryMetrics
 
 
 class HubMetrics:
@@ -64,6 +65,9 @@ class HubMetrics:
             ["agency", "rate", "partition"],
             registry=registry,
         )
+
+        # The registry in force (version, issue and expiry times) and the updates refused.
+        self.registry_in_force = RegistryMetrics.of(registry)
 
     def set_rates(self, rows: Mapping[str, Mapping[str, Any]], partition: int) -> None:
         for agency, row in rows.items():

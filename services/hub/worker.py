@@ -11,6 +11,9 @@ it, and unit tests drive it with dicts and a list.
 - No loss, no duplicate: an alert or breach is sent and acknowledged before the state that records it
   is written. A crash in between re-emits it under the same deterministic event id; the router
   delivers the first and refuses the second (reason ``replay``), so coordinators see it once.
+- The registry in force may change while it runs (:mod:`services.bus.registry_follower`): a record
+  refused for a reason a newer registry may lift (a rotated key, a new member) is opened again once
+  after ``newer_registry`` caught up with the registry topic.
 - The clock dates what the hub seals and checks signatures; the rules and supervision use event times
   and tick times only.
 - No record stops the hub: a record that fails its checks (reason code of
@@ -23,6 +26,7 @@ it, and unit tests drive it with dicts and a list.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import traceback
@@ -35,6 +39,7 @@ from aiokafka.errors import KafkaError
 from schemas.envelope import SectionName
 from services.audit.chain import opened_object
 from services.audit.trail import LocalTrail
+from services.bus.registry_follower import NewerRegistry, RegistryInForce, in_force, no_newer_registry
 from services.hub import rules, serial, supervision
 from services.hub.alerts import AlertEmission
 from services.hub.config import HubConfig
@@ -44,7 +49,13 @@ from services.hub.state import Observation, SuspectState, VictimState
 from services.kernel import envelope, ids, topics
 from services.kernel.clock import Clock
 from services.kernel.deadletter import deadletter_headers
-from services.kernel.errors import MalformedError, ReasonCode, TransportError, UntrustedInputError
+from services.kernel.errors import (
+    ERROR_BY_REASON,
+    MalformedError,
+    ReasonCode,
+    TransportError,
+    UntrustedInputError,
+)
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
 
@@ -77,7 +88,7 @@ class RecordWorker:
         names: topics.TopicNames,
         partitions: int,
         report_every_s: float,
-        registry: Registry,
+        registry: Registry | RegistryInForce,
         keys: Keystore,
         trail: LocalTrail,
         metrics: HubMetrics,
@@ -85,12 +96,14 @@ class RecordWorker:
         suspects: MutableMapping[bytes, bytes],
         send: Send,
         clock: Clock,
+        newer_registry: NewerRegistry = no_newer_registry,
     ) -> None:
         self.config = config
         self.names = names
         self.partitions = partitions
         self.report_every_s = report_every_s
-        self.registry = registry
+        self.in_force = in_force(registry)
+        self.newer_registry = newer_registry
         self.keys = keys
         self.trail = trail  # each opened inbox event and each published alert or report
         self.metrics = metrics
@@ -101,6 +114,11 @@ class RecordWorker:
         self.reported: dict[int, datetime] = {}  # per partition: when the current report period began
 
     # -- opening and sealing
+
+    @property
+    def registry(self) -> Registry:
+        """The registry in force now."""
+        return self.in_force.current
 
     def open(self, value: bytes) -> Observation:
         """Verify and open an inbox record (an ``UntrustedInputError`` when it fails); audit the opening."""
@@ -129,6 +147,7 @@ class RecordWorker:
     ) -> envelope.SealedRecord:
         """Seal a hub event: triage and details both carry the payload (it holds no personal data)."""
         last = case.last_lead_facts() if case is not None else {}
+        registry = self.registry  # one registry for the header and the sealing
         header = envelope.build_header(
             event_id=event_id,
             sender=ids.HUB,
@@ -142,11 +161,11 @@ class RecordWorker:
             urgency=urgency,
             audience=sorted(set(audience) - {ids.COORDINATORS, ids.PLC, ids.HUB}),
             refs=refs[-20:],
-            registry=self.registry,
+            registry=registry,
         )
         body = json.loads(json.dumps(payload, default=str))
         content: dict[SectionName, dict[str, Any]] = {"triage": body, "details": body}
-        return envelope.seal(header, content, registry=self.registry, signer=self.keys)
+        return envelope.seal(header, content, registry=registry, signer=self.keys)
 
     async def _send(
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None
@@ -225,6 +244,8 @@ class RecordWorker:
         """An event routed to the hub: apply it to its victim, publish the alerts, repartition suspects.
         A record refused goes to the dead-letter topic with its reason and where it was read."""
         refusal = await self._handle(lambda: self.open(value), self._apply)
+        if refusal is not None and await self._newer_registry_lifts(refusal):
+            refusal = await self._handle(lambda: self.open(value), self._apply)
         if refusal is None:
             return
         self._count("inbox", refusal, partition, offset)
@@ -238,6 +259,13 @@ class RecordWorker:
             now=self.clock(),
         )
         await self._send(self.names.deadletter, key or b"", value, headers)
+
+    async def _newer_registry_lifts(self, refusal: Refusal) -> bool:
+        """Whether a newer registry came into force that may lift this refusal (a key or member the
+        router already knew of): then the record is checked again, once. Catching up blocks: it runs
+        in a thread."""
+        error = ERROR_BY_REASON.get(refusal[0])
+        return error is not None and await asyncio.to_thread(self.newer_registry, error(refusal[1]))
 
     async def _apply(self, obs: Observation) -> None:
         key = obs.subject.encode()

@@ -18,7 +18,7 @@ from schemas.events import RiskAnswers, RiskAssessed
 from services.bus.cluster import DURABLE_PRODUCER
 from services.kernel.pseudonym import pseudonymize
 from services.sdk.client import CaseContext, Client
-from tests.integration.buskit import Bus, RouterProcess
+from tests.integration.buskit import Bus, RegistryChange, RouterProcess
 from tests.kit import DemoDomain
 from tests.workers import Worker, free_port
 
@@ -294,6 +294,52 @@ def test_a_suspect_who_appears_against_two_victims_raises_a_serial_alert_for_bot
     for phone in ("13700000501", "13700000502"):
         got = alerts.wait_for(subject_of(hub_bus, phone), lambda a: "serial_suspect" in reasons(a))
         assert "serial_suspect" in reasons(got)
+
+
+def test_a_key_rotated_while_the_hub_runs_the_hub_opens_the_next_lead_signed_with_the_new_key_without_a_restart(
+    hub_bus: Bus, pipeline: tuple[RouterProcess, HubProcess], tmp_path: Path
+) -> None:
+    router, hub = pipeline
+    started = hub.metric("lianfang_registry_version", service="hub")
+    rotated, health = RegistryChange.rotation(hub_bus.domain, "health")
+    hub_bus.produce([(b"registry", rotated.data)], topic=hub_bus.names.registry)
+    version = rotated.registry.version
+    hub_bus.wait_for(
+        lambda: router.metric("lianfang_registry_version", service="router") == version, 30, "the router's v2"
+    )
+    observed = hub.metric("lianfang_hub_events_observed_total", type="lead.reported") or 0
+    refused = hub.metric("lianfang_hub_events_rejected_total", source="inbox", reason="unknown_key") or 0
+    with Client(
+        keystore=health,
+        registry=rotated.registry,
+        bootstrap=hub_bus.bootstrap,
+        outbox_path=tmp_path / "health-rotated.sqlite",
+        topic_prefix=hub_bus.prefix,
+    ) as client:
+        client.publish_lead(
+            {
+                "category": "domestic_violence",
+                "channel": "hospital",
+                "town": "houshayu",
+                "victim": {"name": "郑某某", "phone": "13700000601", "is_minor": False},
+                "minor": False,
+                "risk_indicators": [],
+                "narrative": "急诊发现多处外伤。",
+                "requests_joint_meeting": False,
+            }
+        )
+        assert client.flush(30)
+    hub_bus.wait_for(
+        lambda: (hub.metric("lianfang_hub_events_observed_total", type="lead.reported") or 0) > observed,
+        60,
+        f"the hub to open the lead signed with the new key:\n{hub.tail()}",
+    )
+    assert (
+        hub.metric("lianfang_hub_events_rejected_total", source="inbox", reason="unknown_key") or 0
+    ) == refused
+    assert started == version - 1
+    assert hub.metric("lianfang_registry_version", service="hub") == version
+    assert hub.alive(), "no restart"
 
 
 def test_sigkill_of_the_hub_loses_no_state_and_raises_no_duplicate_alert(

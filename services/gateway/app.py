@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -41,6 +42,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services import trust
 from services.bus.deadletter import ProblemWriter
+from services.bus.registry_follower import (
+    RegistryFollower,
+    RegistryInForce,
+    RegistryMetrics,
+    follow,
+    in_force,
+)
 from services.bus.security import KafkaSecuritySettings, load_security
 from services.gateway import httpsig, openapi
 from services.gateway.api import Submission, parse_submission, sealing_problem
@@ -54,6 +62,7 @@ from services.kernel.clock import Clock, utcnow
 from services.kernel.errors import (
     KeyExpiredError,
     KeyRevokedError,
+    ReasonCode,
     RegistryExpiredError,
     TransportError,
     UnknownKeyError,
@@ -167,7 +176,7 @@ class Gateway:
         self,
         settings: GatewaySettings,
         *,
-        registry: Registry,
+        registry: Registry | RegistryInForce,
         keystores: Mapping[str, Keystore],
         metrics_registry: CollectorRegistry = REGISTRY,
         clock: Clock = utcnow,
@@ -179,10 +188,15 @@ class Gateway:
         if unserved:
             raise UsageError(f"webhooks are configured for {unserved}, whom this gateway does not serve")
         self.settings = settings
-        self.registry = registry
+        # One registry in force for the gateway and every client it runs; :meth:`follow` keeps it
+        # current from the registry topic.
+        self.in_force = in_force(registry)
+        self.follower: RegistryFollower | None = None
+        self._key_owner: tuple[Registry, dict[str, str]] | None = None
         self.clock = clock
         self.names = topics.TopicNames(settings.topic_prefix)
         self.metrics = GatewayMetrics(metrics_registry)
+        registry = self.in_force.current
         self._spool_lock = _lock_spool(settings.spool_dir)
         adapter = (
             sdk_metrics.shared() if metrics_registry is REGISTRY else sdk_metrics.SdkMetrics(metrics_registry)
@@ -192,7 +206,7 @@ class Gateway:
             registry.participant(participant)  # refuses one the registry does not list
             self.clients[participant] = Client(
                 keystore=keystore,
-                registry=registry,
+                registry=self.in_force,
                 bootstrap=settings.bootstrap,
                 outbox_path=settings.spool_dir / f"{participant}.outbox.sqlite",
                 topic_prefix=settings.topic_prefix,
@@ -211,15 +225,12 @@ class Gateway:
         self.idempotency = IdempotencyStore(settings.spool_dir / "idempotency.sqlite")
         self.prune()
         self.locks = KeyedLocks()
-        self.key_owner = {
-            key.kid: p.id for p in registry.document.participants for key in p.keys if key.use == "sign"
-        }
         self.readers = {
             p: InboxReader(
                 bootstrap=settings.bootstrap,
                 topic=self.names.inbox(p),
                 keystore=keystores[p],
-                registry=registry,
+                registry=self.in_force,
                 clock=clock,
                 handed=HandedOut(settings.spool_dir / f"{p}.inbox.handed.sqlite"),
                 problems=self._problem_writer(p, "gateway-inbox"),
@@ -227,6 +238,7 @@ class Gateway:
                 on_duplicate=lambda: self.metrics.duplicates_skipped.labels("inbox").inc(),
                 security=settings.kafka_security,
                 trail=self.clients[p].trail,
+                newer_registry=self.newer_registry,
             )
             for p in keystores
         }
@@ -245,9 +257,14 @@ class Gateway:
     ) -> Gateway:
         """A gateway from the trust-domain folder: the verified registry and each served keystore."""
         domain = trust.open_domain(settings.home)
-        registry = domain.registry(clock())
+        registry = RegistryInForce.from_domain(
+            domain,
+            service="gateway",
+            metrics=RegistryMetrics.of(metrics_registry),  # GatewayMetrics.registry_in_force
+            clock=clock,
+        )
         served = settings.participants or tuple(
-            p for p in registry.participant_ids() if (settings.home / "keys" / f"{p}.key").exists()
+            p for p in registry.current.participant_ids() if (settings.home / "keys" / f"{p}.key").exists()
         )
         keystores = {p: domain.keystore(p) for p in served}
         return cls(
@@ -264,6 +281,35 @@ class Gateway:
             clock=self.clock,
         )
 
+    @property
+    def registry(self) -> Registry:
+        """The registry in force now."""
+        return self.in_force.current
+
+    def key_owner(self, registry: Registry, kid: str) -> str | None:
+        """The participant whose signing key ``kid`` is, in ``registry`` (the one in force)."""
+        if self._key_owner is None or self._key_owner[0] is not registry:
+            owners = {k.kid: p.id for p in registry.document.participants for k in p.keys if k.use == "sign"}
+            self._key_owner = (registry, owners)
+        return self._key_owner[1].get(kid)
+
+    def follow(self) -> None:
+        """Keep the registry in force current from the registry topic (blocks until caught up with
+        it, at most a few seconds)."""
+        if self.follower is None and self.in_force.follows:
+            self.follower = follow(
+                self.in_force,
+                bootstrap=self.settings.bootstrap,
+                topic=self.names.registry,
+                security=self.settings.kafka_security,
+            )
+
+    def newer_registry(self, reason: ReasonCode) -> bool:
+        """Whether a newer registry came into force that may lift a refusal for ``reason`` (see the
+        follower)."""
+        follower = self.follower
+        return follower is not None and follower.newer_registry_for(reason)
+
     def prune(self) -> int:
         """Forget idempotency keys older than their TTL, and request signatures once they are stale."""
         return self.idempotency.prune(
@@ -272,6 +318,9 @@ class Gateway:
         )
 
     def close(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
+            self.follower = None
         for reader in self.readers.values():
             reader.close()
         for client in self.clients.values():
@@ -286,9 +335,13 @@ class Gateway:
             return self.settings.public_url.rstrip("/") + request.raw_path
         return f"{request.scheme}://{request.host}{request.raw_path}"
 
-    def authenticate(self, request: web.Request, *, has_body: bool) -> tuple[str, httpsig.SignatureInput]:
-        """The participant whose registered key signed this request; raises :class:`ProblemError`."""
+    def authenticate(
+        self, request: web.Request, *, has_body: bool, registry: Registry | None = None
+    ) -> tuple[str, httpsig.SignatureInput]:
+        """The participant whose registered key signed this request, in ``registry`` (default: the one
+        in force); raises :class:`ProblemError`."""
         now = self.clock()
+        registry = registry or self.registry
         message = httpsig.Message(request.method, self.target_uri(request), tuple(request.headers.items()))
         required = ["@method", "@target-uri"]
         if has_body:
@@ -297,13 +350,13 @@ class Gateway:
             required.append("idempotency-key")
         try:
             signature = httpsig.parse_signature(message, tag=httpsig.REQUEST_TAG)
-            participant = self.key_owner.get(signature.keyid)
+            participant = self.key_owner(registry, signature.keyid)
             if participant is None:
                 raise ProblemError(
                     "unknown_key",
-                    f"keyid {signature.keyid!r} is not a signing key in registry v{self.registry.version}",
+                    f"keyid {signature.keyid!r} is not a signing key in registry v{registry.version}",
                 )
-            public = self.registry.signing_key(participant, signature.keyid, at=now)
+            public = registry.signing_key(participant, signature.keyid, at=now)
             httpsig.verify_signature(
                 message,
                 signature,
@@ -328,10 +381,10 @@ class Gateway:
 
     # -- handlers
 
-    def _check_registry(self) -> None:
+    def _check_registry(self, registry: Registry | None = None) -> None:
         """An expired registry stops the gateway from sealing and from opening (the router pauses too)."""
         try:
-            self.registry.check_current(self.clock())
+            (registry or self.registry).check_current(self.clock())
         except RegistryExpiredError as e:
             raise ProblemError("registry_expired", e.args[0], headers={"Retry-After": "60"}) from e
 
@@ -341,7 +394,10 @@ class Gateway:
             raise ProblemError(
                 "too_large", f"the body is {request.content_length} bytes; the limit is {limit}"
             )
-        participant, signature = self.authenticate(request, has_body=True)
+        # One registry for the whole request: the key that signed it is checked, and the event sealed,
+        # under the same one, even when a newer registry comes into force meanwhile.
+        registry = self.registry
+        participant, signature = self.authenticate(request, has_body=True, registry=registry)
         _check_json_media_type(request)
         body = await _read_body(request, limit)
         try:
@@ -361,20 +417,29 @@ class Gateway:
             if remembered is not None and remembered.accepted:
                 self.metrics.idempotent_replays.inc()
                 return _accepted(remembered.event_id)
-            self._check_registry()
+            self._check_registry(registry)
             submission = parse_submission(
                 body,
                 participant=participant,
-                registry=self.registry,
+                registry=registry,
                 pseudonym_key=lambda: client.pseudonym_key,
             )
             reserved = remembered.event_id if remembered is not None else None
-            event_id = await asyncio.to_thread(self._accept, client, key, digest, submission, reserved)
+            event_id = await asyncio.to_thread(
+                functools.partial(self._accept, registry=registry), client, key, digest, submission, reserved
+            )
         self.metrics.accepted.labels(participant, submission.type).inc()
         return _accepted(event_id)
 
     def _accept(
-        self, client: Client, key: str, digest: str, submission: Submission, reserved: str | None
+        self,
+        client: Client,
+        key: str,
+        digest: str,
+        submission: Submission,
+        reserved: str | None,
+        *,
+        registry: Registry,
     ) -> str:
         """Reserve an id for the key (durably), seal into the outbox under it, mark it accepted.
 
@@ -386,7 +451,7 @@ class Gateway:
         if reserved is None:
             reserved = self.idempotency.reserve(participant, key, digest, envelope.new_event_id()).event_id
         try:
-            _publish(client, submission, reserved)
+            _publish(client, submission, reserved, registry)
         except ProblemError:
             if fresh:  # nothing reached the outbox: the key is free for a corrected request
                 self.idempotency.release(participant, key, reserved)
@@ -490,7 +555,7 @@ class Gateway:
                 topic=self.names.inbox(participant),
                 group_id=f"{acls.participant_group(participant, self.names)}.webhook",
                 keystore=self.clients[participant].keys,
-                registry=self.registry,
+                registry=self.in_force,
                 metrics=self.metrics,
                 clock=self.clock,
                 backoff=Backoff(cap_s=self.settings.webhook_max_backoff_s),
@@ -499,6 +564,7 @@ class Gateway:
                 problems=self._problem_writer(participant, "webhook"),
                 security=self.settings.kafka_security,
                 trail=self.clients[participant].trail,
+                newer_registry=self.newer_registry,
             )
             for participant, url in self.settings.webhook_urls.items()
         ]
@@ -542,7 +608,7 @@ def _idempotency_key(request: web.Request, signature: httpsig.SignatureInput) ->
     return "key:" + key
 
 
-def _publish(client: Client, submission: Submission, event_id: str) -> None:
+def _publish(client: Client, submission: Submission, event_id: str, registry: Registry) -> None:
     """Seal into the outbox under the reserved id (runs in a worker thread)."""
     try:
         client.publish(
@@ -551,6 +617,7 @@ def _publish(client: Client, submission: Submission, event_id: str) -> None:
             urgency=submission.urgency,
             refs=submission.refs,
             event_id=event_id,
+            registry=registry,
         )
     except ConflictError:
         pass  # the id is in the outbox already: an attempt before a crash got that far
@@ -571,6 +638,7 @@ async def serve(settings: GatewaySettings, *, clock: Clock = utcnow) -> None:
     if not settings.bootstrap:
         raise UsageError("no Kafka bootstrap: set LIANFANG_BOOTSTRAP or pass --bootstrap")
     gateway = Gateway.open(settings, clock=clock)
+    await asyncio.to_thread(gateway.follow)
     runner = web.AppRunner(gateway.application(), access_log=None, handle_signals=False)
     tasks: list[asyncio.Task[None]] = []
     try:

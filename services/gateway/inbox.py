@@ -33,7 +33,9 @@ from kafka.errors import KafkaError
 
 from services.audit.chain import opened_object
 from services.audit.trail import LocalTrail
+from services.bus import registry_follower
 from services.bus.deadletter import ProblemWriter
+from services.bus.registry_follower import NewerRegistry, RegistryInForce, in_force, no_newer_registry
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 from services.gateway.problems import ProblemError
 from services.kernel import envelope
@@ -122,7 +124,7 @@ class InboxReader:
         bootstrap: str,
         topic: str,
         keystore: Keystore,
-        registry: Registry,
+        registry: Registry | RegistryInForce,
         clock: Clock,
         handed: HandedOut,
         problems: ProblemWriter | None,
@@ -130,6 +132,7 @@ class InboxReader:
         on_duplicate: Callable[[], None] = lambda: None,
         security: KafkaSecuritySettings | None = None,
         trail: LocalTrail | None = None,
+        newer_registry: NewerRegistry = no_newer_registry,
     ) -> None:
         self.handed = handed
         self.problems = problems
@@ -139,11 +142,16 @@ class InboxReader:
         self.security = security if security is not None else load_security()
         self.topic = topic
         self.keys = keystore
-        self.registry = registry
+        self.in_force = in_force(registry)
+        self.newer_registry = newer_registry
         self.clock = clock
         self.on_rejected = on_rejected
         self._lock = threading.Lock()
         self._consumer: KafkaConsumer | None = None
+
+    @property
+    def registry(self) -> Registry:
+        return self.in_force.current
 
     def _connect(self) -> KafkaConsumer:
         if self._consumer is None:
@@ -190,8 +198,12 @@ class InboxReader:
             batch = consumer.poll(timeout_ms=100, max_records=limit - len(events))
             for records in batch.values():
                 for record in records:
-                    opened = envelope.open_or_unreadable(
-                        record.value, registry=self.registry, now=self.clock(), keystore=self.keys
+                    opened = registry_follower.open_or_unreadable(
+                        record.value,
+                        in_force=self.in_force,
+                        newer_registry=self.newer_registry,
+                        now=self.clock,
+                        keystore=self.keys,
                     )
                     if isinstance(opened, envelope.Unreadable):
                         skipped += 1

@@ -13,6 +13,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from services.bus.registry_follower import RegistryMetrics
+
 ROUTES = ("/v1/events", "/v1/inbox", "/v1/openapi.json", "/metrics", "other")
 
 
@@ -87,6 +89,8 @@ class GatewayMetrics:
             ["participant"],
             registry=registry,
         )
+        # The registry in force (version, issue and expiry times) and the updates refused.
+        self.registry_in_force = RegistryMetrics.of(registry)
 
     def watch_outboxes(
         self, depth: Mapping[str, Callable[[], float]], age: Mapping[str, Callable[[], float]]

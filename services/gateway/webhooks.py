@@ -40,7 +40,9 @@ from aiokafka.errors import KafkaError
 
 from services.audit.chain import opened_object
 from services.audit.trail import LocalTrail
+from services.bus import registry_follower
 from services.bus.deadletter import ProblemWriter
+from services.bus.registry_follower import NewerRegistry, RegistryInForce, in_force, no_newer_registry
 from services.bus.security import KafkaSecuritySettings, aiokafka_kwargs, load_security
 from services.gateway import httpsig
 from services.gateway.inbox import render
@@ -85,7 +87,7 @@ class WebhookSender:
         topic: str,
         group_id: str,
         keystore: Keystore,
-        registry: Registry,
+        registry: Registry | RegistryInForce,
         metrics: GatewayMetrics,
         clock: Clock,
         backoff: Backoff = Backoff(),
@@ -94,6 +96,7 @@ class WebhookSender:
         problems: ProblemWriter | None,
         security: KafkaSecuritySettings | None = None,
         trail: LocalTrail | None = None,
+        newer_registry: NewerRegistry = no_newer_registry,
     ) -> None:
         self.url = url
         self.handed = handed
@@ -105,12 +108,17 @@ class WebhookSender:
         self.group_id = group_id
         self.keys = keystore
         self.participant = keystore.participant
-        self.registry = registry
+        self.in_force = in_force(registry)
+        self.newer_registry = newer_registry
         self.metrics = metrics
         self.clock = clock
         self.backoff = backoff
         self.timeout_s = timeout_s
         self.delivered = 0
+
+    @property
+    def registry(self) -> Registry:
+        return self.in_force.current
 
     async def run(self) -> None:
         """Deliver until cancelled. Kafka being away is waited out with the same back-off."""
@@ -166,8 +174,14 @@ class WebhookSender:
         while True:
             await self._wait_for_current_registry()
             try:
-                opened = envelope.open_or_unreadable(
-                    record.value, registry=self.registry, now=self.clock(), keystore=self.keys
+                # Catching up with the registry topic blocks: in a thread.
+                opened = await asyncio.to_thread(
+                    registry_follower.open_or_unreadable,
+                    record.value,
+                    in_force=self.in_force,
+                    newer_registry=self.newer_registry,
+                    now=self.clock,
+                    keystore=self.keys,
                 )
                 break
             except RegistryExpiredError:  # it expired since the wait: wait again, skip nothing

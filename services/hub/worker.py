@@ -50,7 +50,6 @@ from services.kernel import envelope, ids, topics
 from services.kernel.clock import Clock
 from services.kernel.deadletter import deadletter_headers
 from services.kernel.errors import (
-    ERROR_BY_REASON,
     MalformedError,
     ReasonCode,
     TransportError,
@@ -264,8 +263,7 @@ class RecordWorker:
         """Whether a newer registry came into force that may lift this refusal (a key or member the
         router already knew of): then the record is checked again, once. Catching up blocks: it runs
         in a thread."""
-        error = ERROR_BY_REASON.get(refusal[0])
-        return error is not None and await asyncio.to_thread(self.newer_registry, error(refusal[1]))
+        return await asyncio.to_thread(self.newer_registry, refusal[0])
 
     async def _apply(self, obs: Observation) -> None:
         key = obs.subject.encode()

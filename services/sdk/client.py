@@ -306,6 +306,7 @@ class Client:
         refs: Sequence[str] = (),
         audience: Sequence[str] = (),
         event_id: str | None = None,
+        registry: Registry | None = None,
     ) -> str:
         """Seal ``event`` to the recipients the policy names, sign it, and put it in the outbox.
 
@@ -313,7 +314,9 @@ class Client:
         (subject pseudonym, category, minor, town) — for a follow-up, :meth:`CaseContext.of` the lead.
         """
         now = self.clock()
-        registry = self.registry  # one registry for the header, the checks and the sealing
+        # One registry for the header, the checks and the sealing: the one in force, or the one the
+        # caller checked its request against (the gateway).
+        registry = registry or self.registry
         refs = [*refs, *([context.lead_id] if context.lead_id and context.lead_id not in refs else [])]
         header = envelope.build_header(
             event_id=event_id or envelope.new_event_id(),

@@ -31,7 +31,7 @@ from services.gateway.inbox import decode_cursor
 from services.kernel import envelope, policy
 from services.kernel.keystore import Keystore
 from services.sdk.client import Client
-from tests.integration.buskit import Bus
+from tests.integration.buskit import Bus, RegistryChange
 from tests.kit import CONTENT, DemoDomain, RandomKeyFor
 from tests.kit import header as clear_header
 from tests.workers import Worker, free_port
@@ -479,6 +479,30 @@ def test_each_bad_request_gets_its_status_and_problem_body(bus: Bus, gateway: Ga
     bus.wait_for(lambda: _delivered_exactly_once(bus, {first[1]["event_id"]}), 90, "the idempotent lead")
     assert bus.inbox_ids()["police"][first[1]["event_id"]] == 1
     assert (gateway.metric("lianfang_gateway_rejections_total", reason="too_large") or 0) >= 1
+
+
+def test_a_revocation_published_while_the_gateway_runs_refuses_a_request_signed_with_the_revoked_key_within_seconds(
+    kafka_bootstrap: str, live_domain: DemoDomain, tmp_path: Path
+) -> None:
+    own = Bus.create(kafka_bootstrap, f"t-gw-revoke-{datetime.now(UTC):%H%M%S%f}.", live_domain)
+    gateway = GatewayProcess(own, tmp_path / "spool", tmp_path / "gateway.log", served="police")
+    try:
+        gateway.wait_ready(own)
+        assert gateway.post(lead_body("13700000301"))[0] == 202, "police's key is good before"
+        (kid,) = live_domain.keys("police").signing
+        revoked = RegistryChange.revocation(live_domain, "police", kid)
+        own.produce([(b"registry", revoked.data)], topic=own.names.registry)
+        published = time.monotonic()
+        status, answer = own.wait_for(
+            lambda: (r := gateway.post(lead_body("13700000302")))[0] != 202 and r, 10, "the revocation"
+        )
+        took = time.monotonic() - published
+        assert (status, answer["type"]) == (401, "https://lianfang.example/problems/key-revoked"), answer
+        assert took < 10
+        assert gateway.metric("lianfang_registry_version", service="gateway") == revoked.registry.version
+        assert gateway.alive(), "no restart"
+    finally:
+        gateway.stop()
 
 
 # --------------------------------------------------------------------------- crashes and outages

@@ -40,6 +40,7 @@ from prometheus_client import start_http_server
 from services import trust
 from services.audit.kafka import KafkaSink
 from services.audit.trail import LocalTrail, participant_trail
+from services.bus.registry_follower import RegistryInForce, in_force
 from services.bus.security import load_security
 from services.console import i18n, pages
 from services.console.accounts import AccountStore, LoginResult
@@ -131,7 +132,7 @@ class Console:
         self,
         settings: ConsoleSettings,
         *,
-        registry: Registry,
+        registry: Registry | RegistryInForce,
         keystore: Keystore,
         accounts: AccountStore,
         audit: AuditLog,
@@ -145,7 +146,7 @@ class Console:
         self.settings = settings
         self.trail = trail
         self.read_inbox = read_inbox
-        self.registry = registry
+        self.in_force = in_force(registry)
         self.keystore = keystore
         self.accounts = accounts
         self.audit = audit
@@ -159,14 +160,25 @@ class Console:
         self.view = CaseView()
         self.lock = threading.Lock()
         self.broker = Broker()
-        self.names = {p.id: (p.name_zh, p.name_en) for p in registry.document.participants}
-        self.participants = [p for p in registry.participant_ids() if p != settings.participant]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
         self._kdf_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="console-kdf")
         self._io_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="console-publish")
         self.restore()
+
+    @property
+    def registry(self) -> Registry:
+        """The registry in force now (the client follows the registry topic)."""
+        return self.in_force.current
+
+    @property
+    def names(self) -> dict[str, tuple[str, str]]:
+        return {p.id: (p.name_zh, p.name_en) for p in self.registry.document.participants}
+
+    @property
+    def participants(self) -> list[str]:
+        return [p for p in self.registry.participant_ids() if p != self.settings.participant]
 
     # ------------------------------------------------------------------ building
 
@@ -177,11 +189,13 @@ class Console:
             raise UsageError("no Kafka bootstrap: set LIANFANG_BOOTSTRAP")
         security = load_security()  # an incomplete login stops here, before any key is opened
         domain = trust.open_domain(settings.home)
-        registry = domain.registry(utcnow())
+        metrics = metrics or ConsoleMetrics()
+        registry = RegistryInForce.from_domain(domain, service="console", metrics=metrics.registry_in_force)
         keystore = domain.keystore(settings.participant)
         client = Client(
             keystore=keystore,
             registry=registry,
+            follow=True,  # the client keeps the console's registry current
             bootstrap=settings.bootstrap,
             outbox_path=settings.data_dir / f"outbox-{settings.participant}.sqlite",
             topic_prefix=settings.topic_prefix,
@@ -193,7 +207,7 @@ class Console:
         trail = participant_trail(
             settings.data_dir / "audit",
             keystore,
-            registry,
+            registry.current,
             "console",
             ship=sink,
             metrics=client.metrics.audit,
@@ -266,7 +280,7 @@ class Console:
                 backoff = 1.0
             except RegistryExpiredError:
                 self.metrics.inbox_up.set(0)
-                log.error("the registry has expired: restart the console once a newer registry is in place")
+                log.error("the registry has expired: reading waits for a newer one on the registry topic")
                 self._stop.wait(60)
             except Exception as e:  # the reader keeps going; the error type is logged
                 self.metrics.inbox_up.set(0)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
+from services.bus.registry_follower import RegistryMetrics
+
 
 class ConsoleMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
@@ -53,3 +55,5 @@ class ConsoleMetrics:
             "1 while the console reads its inbox without error, 0 while it retries.",
             registry=registry,
         )
+        # The registry in force (version, issue and expiry times) and the updates refused.
+        self.registry_in_force = RegistryMetrics.of(registry)

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from services.console.metrics import ConsoleMetrics
 from services.gateway.metrics import GatewayMetrics
 from services.hub.metrics import HubMetrics
 from services.router.metrics import RouterMetrics
@@ -110,17 +111,26 @@ def referenced_names(expr: str) -> set[str]:
 def declared_series() -> set[str]:
     """Every sample name the services' metrics modules declare, each service in a fresh registry of
     its own (as each runs in its own process; some share a series name, such as consumer lag)."""
-    registries = [CollectorRegistry() for _ in range(4)]
-    RouterMetrics(registries[0])
-    HubMetrics(registries[1])
-    SdkMetrics(registries[2])
-    gateway = GatewayMetrics(registries[3])
+    return set().union(*(names_of(registry) for registry in service_registries().values()))
+
+
+def service_registries() -> dict[str, CollectorRegistry]:
+    """Each service's metrics module, declared in a fresh registry of its own."""
+    registries = {name: CollectorRegistry() for name in ("router", "hub", "sdk", "gateway", "console")}
+    RouterMetrics(registries["router"])
+    HubMetrics(registries["hub"])
+    SdkMetrics(registries["sdk"])
+    gateway = GatewayMetrics(registries["gateway"])
     gateway.watch_outboxes({"police": lambda: 0.0}, {"police": lambda: 0.0})
+    ConsoleMetrics(registries["console"])
+    return registries
+
+
+def names_of(registry: CollectorRegistry) -> set[str]:
     names = set()
-    for registry in registries:
-        for family in registry.collect():
-            for suffix in SUFFIXES.get(family.type, ("",)):
-                names.add(family.name + suffix)
+    for family in registry.collect():
+        for suffix in SUFFIXES.get(family.type, ("",)):
+            names.add(family.name + suffix)
     return names
 
 
@@ -190,6 +200,27 @@ def test_every_series_the_rules_and_dashboards_read_is_declared_by_a_service() -
         for where, names in reads.items()
     }
     assert not {k: v for k, v in unknown.items() if v}, "names no service declares and no rule records"
+
+
+REGISTRY_SERIES = {
+    "lianfang_registry_version",
+    "lianfang_registry_expiry_timestamp_seconds",
+    "lianfang_registry_issued_timestamp_seconds",
+    "lianfang_registry_updates_rejected_total",
+}
+
+
+@pytest.mark.parametrize("service", ["router", "hub", "sdk", "gateway", "console"])
+def test_every_service_that_follows_the_registry_declares_the_registry_series(service: str) -> None:
+    assert names_of(service_registries()[service]) >= REGISTRY_SERIES
+
+
+def test_the_registry_alerts_read_every_service_s_series_by_job_and_service() -> None:
+    registry_alerts = [e for e in exprs(RULE_FILES[1]) if "lianfang_registry_expiry_timestamp_seconds" in e]
+    assert len(registry_alerts) == 2
+    for expr in registry_alerts:
+        assert "by (job, service)" in expr, expr
+        assert "{" not in expr, f"the expression selects some services only: {expr}"
 
 
 def test_names_are_prefixed_and_labels_are_bounded() -> None:

@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from services import trust
 from services.audit.trail import participant_trail
+from services.bus.registry_follower import RegistryInForce
 from services.hub import rules, serial
 from services.hub.config import HubConfig
 from services.hub.ids import alert_id_for
@@ -24,6 +26,8 @@ from services.hub.state import Observation, VictimState
 from services.hub.worker import REPORT_SUBJECT, RecordWorker
 from services.kernel import envelope, topics
 from services.kernel.errors import TransportError
+from services.kernel.registry import Registry, sign_document
+from services.trust import admin
 from tests import kit
 from tests.kit import DemoDomain
 from tests.unit.test_hub_rules import eid, pseudonym
@@ -429,3 +433,32 @@ def test_a_tick_checks_every_other_victim_when_one_victim_s_state_is_unreadable(
     types = {o.header.type for o in hub.published()}
     assert types == {"supervision.breach"}
     assert hub.count("lianfang_hub_events_rejected_total", source="clock", reason="internal") == 1
+
+
+def test_a_lead_signed_with_a_key_only_a_newer_registry_lists_is_opened_once_that_registry_is_in_force(
+    hub: Harness, domain: DemoDomain
+) -> None:
+    health = domain.trust.keystore("health")  # a copy: the session's domain keeps its keys
+    kids = {health.add_signing_key(), health.add_encryption_key()}
+    keys = [k for k in trust.public_keys(health, valid_from=kit.NOW) if k.kid in kids]
+    document = domain.registry.document
+    rotated = admin.rotate(document, "health", keys, now=kit.NOW, lifetime=admin.lifetime_of(document))
+    roots: dict[str, Any] = {}
+    for store in domain.trust.root_keystores()[:2]:
+        roots.update(store.signing)
+    data = sign_document(rotated.document, roots)
+    newer = Registry.from_bytes(data, trusted_roots=domain.trust.trusted_roots(), now=T)
+    lead = kit.header(id=eid(900), source="urn:lianfang:health", time=T, subject=VICTIM)
+    content = {"triage": {"category": "domestic_violence", "risk_indicators": []}, "details": {"n": "测试。"}}
+    value = envelope.seal(lead, content, registry=newer, signer=health).value
+
+    hub.inbox(value)  # no newer registry to be had: refused
+    assert hub.count("lianfang_hub_events_rejected_total", source="inbox", reason="unknown_key") == 1
+
+    held = RegistryInForce(domain.registry, trusted_roots=domain.trust.trusted_roots(), clock=lambda: T)
+    hub.worker.in_force = held
+    hub.worker.newer_registry = lambda _error: held.offer(data).taken  # the topic had it meanwhile
+    hub.inbox(value)
+    assert hub.count("lianfang_hub_events_rejected_total", source="inbox", reason="unknown_key") == 1
+    assert hub.count("lianfang_hub_events_observed_total", type="lead.reported") == 1
+    assert hub.worker.registry.version == newer.version

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -70,6 +71,7 @@ class Outbox:
         self.path = path
         self._lock = threading.RLock()
         self._db = sqlite.connect(path, schema=SCHEMA)
+        self._commits = sqlite.GroupCommit(self._db, self._lock)
         self.changed = threading.Condition(self._lock)
 
     def put(
@@ -77,7 +79,8 @@ class Outbox:
     ) -> bool:
         """Store a record durably; True if new, False if the same record was already accepted."""
         digest = hashlib.sha256(value).hexdigest()
-        with sqlite.transaction(self._db, self._lock) as db:
+
+        def insert(db: sqlite3.Connection) -> bool:
             row = db.execute(
                 "SELECT digest FROM outbox WHERE event_id = ?"
                 " UNION SELECT digest FROM sent WHERE event_id = ?",
@@ -96,7 +99,15 @@ class Outbox:
                 ),
             )  # fmt: skip
             self.changed.notify_all()
-        return True
+            return True
+
+        # Concurrent puts share one commit (one fsync); each returns once its own row is on disk.
+        return self._commits.run(insert)
+
+    @property
+    def commits(self) -> int:
+        """Transactions that committed puts (several concurrent puts share one)."""
+        return self._commits.commits
 
     def pending(self, limit: int = 500) -> list[Pending]:
         with self._lock:

@@ -1,0 +1,83 @@
+"""Group fsync of an append-only file (the audit trail's)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from services.store import fsync
+from services.store.fsync import AppendFile
+
+pytestmark = pytest.mark.unit
+
+
+def _until(condition: Callable[[], bool], what: str, deadline_s: float = 10.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {deadline_s} s")
+        time.sleep(0.005)  # polling a condition other threads change, with a deadline
+
+
+def test_lines_written_while_an_fsync_is_in_flight_share_the_next_fsync_and_each_is_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fsync = os.fsync
+    in_flight, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def slow_first_fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            in_flight.set()
+            release.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(fsync.os, "fsync", slow_first_fsync)
+    file = AppendFile(tmp_path / "a.jsonl")
+    first = threading.Thread(target=file.append, args=(b"line 0\n",))
+    first.start()
+    _until(in_flight.is_set, "the first fsync")
+    others = [threading.Thread(target=file.write, args=(f"line {i}\n".encode(),)) for i in range(1, 8)]
+    for t in others:
+        t.start()
+    for t in others:
+        t.join(10)
+    waiters = [
+        threading.Thread(target=file.wait_durable, args=(8,)) for _ in range(3)
+    ]  # 8: the last line's ticket
+    for t in waiters:
+        t.start()
+    release.set()
+    for t in [first, *waiters]:
+        t.join(10)
+    assert file.syncs == 2, "one fsync for the first line, one for the seven written during it"
+    lines = (tmp_path / "a.jsonl").read_bytes().splitlines()
+    assert sorted(lines) == sorted(f"line {i}".encode() for i in range(8))
+    file.close()
+
+
+def test_a_failed_fsync_reaches_its_waiter_and_the_next_append_syncs_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fsync = os.fsync
+    failures = [OSError(5, "Input/output error")]
+
+    def failing_once(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real_fsync(fd)
+
+    monkeypatch.setattr(fsync.os, "fsync", failing_once)
+    file = AppendFile(tmp_path / "b.jsonl")
+    with pytest.raises(OSError, match="Input/output error"):
+        file.append(b"first\n")
+    file.append(b"second\n")
+    assert file.syncs == 1
+    assert (tmp_path / "b.jsonl").read_bytes() == b"first\nsecond\n"
+    file.close()

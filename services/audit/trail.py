@@ -31,6 +31,7 @@ from services.audit.metrics import AuditMetrics
 from services.audit.shipping import Shipper, Sink
 from services.kernel.clock import Clock, utcnow
 from services.kernel.errors import TransportError, UsageError
+from services.store.fsync import AppendFile
 
 if TYPE_CHECKING:
     from services.kernel.keystore import Keystore
@@ -45,8 +46,9 @@ Publish = Callable[[bytes, bytes], None]
 class AuditTrail:
     """Appends one actor's chain to a JSON-lines file and/or the audit topic; resumes an existing file.
 
-    Appends are serialized by a lock; the file is flushed and fsync'ed after each line, so an entry that
-    :meth:`append` returned is on disk before the audited action is acknowledged. With a ``signer`` the
+    Appends are serialized by a lock; an entry that :meth:`append` returned is on disk (fsync'ed) before
+    the audited action is acknowledged. Concurrent appends share one fsync (group commit, see
+    :class:`~services.store.fsync.AppendFile`), which they wait for outside the lock. With a ``signer`` the
     trail signs every entry, and a checkpoint of its head every ``checkpoint_every_s`` seconds (checked
     at each append) and when it closes, so ``audit verify`` catches a tail cut short of a checkpoint
     and reports the entries after the last one as unproven. Without one its entries are unsigned,
@@ -75,6 +77,8 @@ class AuditTrail:
         self._checkpointed: int | None = None
         self._last_checkpoint = clock()
         self._lock = threading.Lock()
+        self._file: AppendFile | None = None  # opened at the first write
+        self._ticket = 0  # of the last line written to the file
         if path is not None and path.exists():
             self.head = self._resume(path)
             self._checkpointed = self.head.seq if self.head is not None else None
@@ -118,12 +122,17 @@ class AuditTrail:
             self._write(entry.to_line())
             self.head = entry
             self._checkpoint_if_due()
-            return entry
+            ticket = self._ticket
+        self._wait_durable(ticket)
+        return entry
 
     def checkpoint_if_due(self) -> Checkpoint | None:
         """Sign the head if ``checkpoint_every_s`` passed since the last checkpoint and it moved."""
         with self._lock:
-            return self._checkpoint_if_due()
+            checkpoint = self._checkpoint_if_due()
+            ticket = self._ticket
+        self._wait_durable(ticket)
+        return checkpoint
 
     def _checkpoint_if_due(self) -> Checkpoint | None:
         if self.signer is None or self.head is None or self._checkpointed == self.head.seq:
@@ -135,7 +144,10 @@ class AuditTrail:
     def checkpoint(self, key: Ed25519PrivateKey, kid: str) -> Checkpoint:
         """Sign the current head with the actor's key and append the checkpoint."""
         with self._lock:
-            return self._checkpoint(Signer(key, kid))
+            checkpoint = self._checkpoint(Signer(key, kid))
+            ticket = self._ticket
+        self._wait_durable(ticket)
+        return checkpoint
 
     def _checkpoint(self, signer: Signer) -> Checkpoint:
         if self.head is None:
@@ -152,19 +164,34 @@ class AuditTrail:
         with self._lock:
             if self.signer is not None and self.head is not None and self._checkpointed != self.head.seq:
                 self._checkpoint(self.signer)
+            self._wait_durable(self._ticket)
+            if self._file is not None:  # a later write (a late checkpoint tick) opens it again
+                self._file.close()
+                self._file = None
 
     def _write(self, line: bytes) -> None:
+        """Append ``line`` to the file (durable once :meth:`_wait_durable` of ``self._ticket`` returns)
+        and hand it to ``publish``; called under the lock, so lines keep the chain's order."""
         if self.path is not None:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, line + b"\n")
-                os.fsync(fd)
+                if self._file is None:
+                    self._file = AppendFile(self.path)
+                self._ticket = self._file.write(line + b"\n")
             except OSError as e:
                 raise TransportError(f"cannot append to the audit file {self.path}: {e}") from e
-            finally:
-                os.close(fd)
+            if self.publish is not None:  # the topic never gets a line the file could still lose
+                self._wait_durable(self._ticket)
         if self.publish is not None:
             self.publish(self.actor.encode(), line)
+
+    def _wait_durable(self, ticket: int) -> None:
+        file = self._file
+        if file is None or ticket == 0:
+            return
+        try:
+            file.wait_durable(ticket)
+        except OSError as e:
+            raise TransportError(f"cannot sync the audit file {self.path}: {e}") from e
 
 
 def read_file(path: Path) -> list[bytes]:

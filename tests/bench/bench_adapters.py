@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -48,6 +49,7 @@ REQUESTS_FULL = 800
 REQUESTS_QUICK = 300
 HEAVY_RUNS_CAP = 3  # the SDK and gateway cases take several seconds a run: keep `make bench` short
 CONCURRENCY = 32
+THREADS = 8  # SDK callers in one process
 PARTITIONS = 12
 SENDER = "police"
 TOWN = "renhe"
@@ -310,12 +312,27 @@ def _gateway_case(
         counter[0] += requests
         out = subprocess.run(
             [
-                sys.executable, "-m", "tests.bench.bench_adapters", "load", "--url", url,
-                "--home", str(setup.home), "--first", str(first), "--requests", str(requests),
-                "--concurrency", str(concurrency),
+                sys.executable,
+                "-m",
+                "tests.bench.bench_adapters",
+                "load",
+                "--url",
+                url,
+                "--home",
+                str(setup.home),
+                "--first",
+                str(first),
+                "--requests",
+                str(requests),
+                "--concurrency",
+                str(concurrency),
             ],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=LOAD_DEADLINE_S, check=False,
-        )  # fmt: skip
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=LOAD_DEADLINE_S,
+            check=False,
+        )
         if out.returncode != 0:
             raise BenchError(f"the load generator failed:\n{out.stderr[-2000:]}")
         summary = json.loads(out.stdout.strip().splitlines()[-1])
@@ -372,6 +389,93 @@ def _sdk(ctx: BenchContext, setup: Setup, events: int) -> list[Result]:
     return [
         ctx.result("SDK publish_lead", "accepted/s", per_second(accepted[ctx.warmup :], events), notes=notes),
         ctx.result("SDK publish_lead", "in Kafka/s", per_second(seconds, events), notes=notes),
+    ]
+
+
+def _sdk_threads(ctx: BenchContext, setup: Setup, events: int) -> list[Result]:
+    """``THREADS`` threads share one client: concurrent outbox and audit writes share their fsyncs."""
+    client = setup.client("sdk-threads")
+    counter = [0]
+
+    def one_run() -> float:
+        first = counter[0]
+        counter[0] += events
+        per_thread = events // THREADS
+
+        def publish(start_at: int) -> None:
+            for i in range(start_at, start_at + per_thread):
+                client.publish_lead(lead_event(i))
+
+        threads = [threading.Thread(target=publish, args=(first + t * per_thread,)) for t in range(THREADS)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return time.perf_counter() - start
+
+    try:
+        commits_before = client.outbox.commits
+        seconds = ctx.measure(f"SDK publish_lead x{THREADS}", one_run)
+        runs = ctx.runs + ctx.warmup
+        per_commit = runs * (events // THREADS) * THREADS / max(1, client.outbox.commits - commits_before)
+        if not client.flush(timeout=DRAIN_DEADLINE_S):
+            raise BenchError(f"the outbox did not drain within {DRAIN_DEADLINE_S:.0f} s")
+    finally:
+        client.close()
+    notes = (
+        f"{events:,} publish_lead per run from {THREADS} threads on one client (each call returns once its "
+        f"outbox row and audit line are fsync'd; concurrent calls share commits: {per_commit:.1f} leads "
+        "per outbox commit); not including the drain to Kafka"
+    )
+    return [
+        ctx.result(
+            f"SDK publish_lead x{THREADS}",
+            "accepted/s",
+            per_second(seconds, (events // THREADS) * THREADS),
+            notes=notes,
+        )
+    ]
+
+
+def _raw_sqlite(ctx: BenchContext, setup: Setup, events: int, size: int) -> list[Result]:
+    """The durability baseline: ``THREADS`` threads inserting rows of the sealed size into one SQLite file
+    (WAL, synchronous=FULL), one transaction and so one fsync per row."""
+    from services.store import sqlite
+
+    db = sqlite.connect(setup.tmp / "raw.sqlite", schema="CREATE TABLE IF NOT EXISTS r (v BLOB);")
+    lock = threading.Lock()
+    value = os.urandom(size)
+
+    def one_run() -> float:
+        def insert() -> None:
+            for _ in range(events // THREADS):
+                with sqlite.transaction(db, lock) as tx:
+                    tx.execute("INSERT INTO r VALUES (?)", (value,))
+
+        threads = [threading.Thread(target=insert) for _ in range(THREADS)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return time.perf_counter() - start
+
+    try:
+        seconds = ctx.measure("raw SQLite insert", one_run)
+    finally:
+        db.close()
+    notes = (
+        f"{THREADS} threads, rows of {size:,} B, WAL + synchronous=FULL, one transaction (one fsync) per row"
+    )
+    return [
+        ctx.result(
+            "raw SQLite insert",
+            "rows/s",
+            per_second(seconds, (events // THREADS) * THREADS),
+            baseline=True,
+            notes=notes,
+        )
     ]
 
 
@@ -462,6 +566,8 @@ def run(ctx: BenchContext) -> list[Result]:
                 f"SDK and gateway cases: {heavy.runs} timed runs (capped from {ctx.runs}) to keep the run short"
             )
         results += _sdk(heavy, setup, events)
+        results += _raw_sqlite(heavy, setup, events, size)
+        results += _sdk_threads(heavy, setup, events)
         results += _gateway(heavy, setup, requests)
         return results
     finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Hashable
@@ -49,6 +50,8 @@ class IdempotencyStore:
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
         self._db = sqlite.connect(path, schema=SCHEMA)
+        # Writes of concurrent requests share one commit (one fsync); each returns once its own is on disk.
+        self._commits = sqlite.GroupCommit(self._db, self._lock)
 
     def lookup(self, participant: str, key: str) -> Remembered | None:
         with self._lock:
@@ -60,29 +63,38 @@ class IdempotencyStore:
 
     def reserve(self, participant: str, key: str, digest: str, event_id: str) -> Remembered:
         """Remember the id for this key (durably) unless the key is taken; return what is remembered."""
-        with self._lock:
-            self._db.execute(
+        now = time.time()
+
+        def insert(db: sqlite3.Connection) -> tuple[str, str, int]:
+            db.execute(
                 "INSERT OR IGNORE INTO requests (participant, key, digest, event_id, accepted, created)"
                 " VALUES (?, ?, ?, ?, 0, ?)",
-                (participant, key, digest, event_id, time.time()),
+                (participant, key, digest, event_id, now),
             )
-        remembered = self.lookup(participant, key)
-        assert remembered is not None
-        return remembered
+            row: tuple[str, str, int] = db.execute(
+                "SELECT digest, event_id, accepted FROM requests WHERE participant = ? AND key = ?",
+                (participant, key),
+            ).fetchone()
+            return row
+
+        remembered = self._commits.run(insert)
+        return Remembered(remembered[0], remembered[1], bool(remembered[2]))
 
     def release(self, participant: str, key: str, event_id: str) -> None:
         """Forget a reservation whose event never reached the outbox (its request was refused)."""
-        with self._lock:
-            self._db.execute(
+        self._commits.run(
+            lambda db: db.execute(
                 "DELETE FROM requests WHERE participant = ? AND key = ? AND event_id = ? AND accepted = 0",
                 (participant, key, event_id),
             )
+        )
 
     def mark_accepted(self, participant: str, key: str) -> None:
-        with self._lock:
-            self._db.execute(
+        self._commits.run(
+            lambda db: db.execute(
                 "UPDATE requests SET accepted = 1 WHERE participant = ? AND key = ?", (participant, key)
             )
+        )
 
     def prune(
         self, *, keys_older_than_s: float, signatures_older_than_s: float, now: float | None = None

@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 KAFKA_DATA ?= .run/kafka
 STAMP := $(VENV)/.installed
 
-.PHONY: help run test test-unit test-integration fuzz kafka-up kafka-down lint format bench prereqs jars deps prometheus clean
+.PHONY: help run test test-unit test-integration fuzz kafka-up kafka-down lint format bench prereqs jars deps runtime-deps prometheus clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,13 +28,16 @@ $(STAMP): pyproject.toml | prereqs
 	-@$(PY) -m pip install -q 'confluent-kafka>=2.4' >/dev/null 2>&1 || echo "note: confluent-kafka did not install; the benchmark leaves it out"
 	@touch $@
 
-deps: ## install the Debian packages the tests need (prometheus, chromium, chromium-driver) when missing
+deps: ## install the Debian packages the tests need (libsodium, prometheus, chromium, chromium-driver) when missing
 	@bash deploy/system-deps.sh
+
+runtime-deps: ## install the Debian packages the services need (libsodium) when missing
+	@bash deploy/system-deps.sh runtime
 
 jars: $(STAMP) ## fetch the Kafka broker jars from Maven Central (once)
 	@$(PY) -m deploy.kafka fetch >/dev/null
 
-run: $(STAMP) jars ## start the local Kafka and run the whole pipeline (Ctrl-C stops the services)
+run: $(STAMP) jars runtime-deps ## start the local Kafka and run the whole pipeline (Ctrl-C stops the services)
 	@$(PY) -m deploy.kafka up --data $(KAFKA_DATA) >/dev/null
 	@echo "Kafka: $$(cat $(KAFKA_DATA)/bootstrap)   (make kafka-down stops it)"
 	LIANFANG_BOOTSTRAP=$$(cat $(KAFKA_DATA)/bootstrap) $(VENV)/bin/lianfang run
@@ -54,7 +57,7 @@ kafka-up: $(STAMP) jars ## start a local Kafka and print its address (NODES=3: t
 kafka-down: ## stop the local Kafka; leaves no Java process behind
 	@$(PYTHON) -m deploy.kafka down --data $(KAFKA_DATA)
 
-lint: $(STAMP) ## ruff (lint and format check) and mypy strict
+lint: $(STAMP) runtime-deps ## ruff (lint and format check) and mypy strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests need when they are missing: prometheus (promtool and the
-# server for the e2e test) and chromium + chromium-driver (the console's browser tests).
+# Installs the Debian packages Lianfang needs when they are missing: libsodium (the ristretto255 group of
+# the oblivious pseudonyms, loaded by pysodium at run time) and, unless called with "runtime", what the
+# tests need: prometheus (promtool and the server for the e2e test) and chromium + chromium-driver (the
+# console's browser tests).
 # Services are not started by the install (policy-rc.d), since tests start their own on loopback.
 set -euo pipefail
 
 missing=()
+# pysodium finds the library through ldconfig's cache, so the runtime package (no -dev) is enough.
+{ command -v ldconfig >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q 'libsodium\.so'; } || missing+=(libsodium23)
+if [ "${1:-}" != runtime ]; then
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 fc-list 2>/dev/null | grep -qiE "wqy|noto sans cjk" || missing+=(fonts-wqy-zenhei)  # Chinese glyphs in screenshots
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then

@@ -184,6 +184,11 @@ class Person(WireModel):
         max_length=32,
         description="证件号码 / identity document number (居民身份证号码 or other), as given",
     )
+    id_number_unverified: bool = Field(
+        default=False,
+        description="证件号码校验位不符，待核实 / the resident ID number's check digit is wrong: it was "
+        "accepted as given (a report is never refused for a typing error) and should be checked",
+    )
     phone: str | None = Field(
         default=None,
         pattern=r"^[0-9+() -]{3,32}$",

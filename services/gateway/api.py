@@ -38,7 +38,7 @@ from services.kernel.errors import (
     UsageError,
 )
 from services.kernel.policy import town_mediation
-from services.kernel.pseudonym import PseudonymKey, pseudonymize
+from services.kernel.pseudonym import PseudonymKey, flag_unverified_id, pseudonymize
 from services.kernel.registry import Registry
 from services.sdk.client import CaseContext, default_urgency
 
@@ -268,6 +268,7 @@ def _with_pseudonyms(key: PseudonymKey, event: Mapping[str, Any]) -> tuple[dict[
     out["victim_pseudonym"] = _PLACEHOLDER
     victim = out.get("victim")
     if isinstance(victim, Mapping):
+        out["victim"] = victim = flag_unverified_id(victim)
         try:
             out["victim_pseudonym"] = pseudonymize(key, **_identifiers(victim))
         except UsageError as e:
@@ -279,7 +280,7 @@ def _with_pseudonyms(key: PseudonymKey, event: Mapping[str, Any]) -> tuple[dict[
             if not isinstance(given, Mapping):
                 filled.append(given)
                 continue
-            suspect = dict(given)
+            suspect = flag_unverified_id(given)
             if "pseudonym" in suspect:
                 errors.append(
                     FieldError(

@@ -34,7 +34,7 @@ from schemas.events import (
 from services.importers import values
 from services.importers.spec import FieldSpec, FormatSpec, Target
 from services.kernel.errors import UsageError
-from services.kernel.pseudonym import PseudonymKey
+from services.kernel.pseudonym import PseudonymKey, flag_unverified_id
 from services.sdk.client import CaseContext, default_urgency
 from services.sdk.client import person_pseudonym as subject_pseudonym
 
@@ -308,14 +308,14 @@ class Mapper:
 
     def lead_model(self, lead: Mapping[str, Any]) -> LeadReported:
         """Validate a lead as the SDK will: with the pseudonyms computed from its identifiers."""
-        victim: Mapping[str, Any] = lead["victim"]
+        victim: Mapping[str, Any] = flag_unverified_id(lead["victim"])
         try:
             victim_pseudonym = subject_pseudonym(self.key, victim)
         except UsageError:
             raise _RowProblemsError([RowProblem("", self._no_identifier("victim"))]) from None
         suspects = []
         for given in lead.get("suspects", []):
-            suspect = dict(given)
+            suspect = flag_unverified_id(given)
             try:
                 suspect["pseudonym"] = subject_pseudonym(self.key, suspect)
             except UsageError:
@@ -323,6 +323,7 @@ class Mapper:
             suspects.append(suspect)
         data = {
             **lead,
+            "victim": victim,
             "victim_pseudonym": victim_pseudonym,
             "suspects": suspects,
             "suspect_pseudonyms": [s["pseudonym"] for s in suspects if s["pseudonym"]],

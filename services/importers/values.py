@@ -86,8 +86,6 @@ def id_number(raw: str) -> str:
         return canonical_id_number(raw).removeprefix("cnid:")
     except UsageError as e:
         message = str(e)
-        if "check digit" in message:
-            raise CellError("has a wrong check digit") from None
         if "15 digits" in message:
             raise CellError(
                 "is a 15-digit first-generation ID number; give the 18-character number"

@@ -22,9 +22,10 @@ import hmac
 import os
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Final
+from typing import Any, Final
 
 from services.kernel.errors import UsageError
 
@@ -36,7 +37,9 @@ __all__ = [
     "canonical_id_number",
     "canonical_name_birth",
     "canonical_phone",
+    "flag_unverified_id",
     "id_check_digit",
+    "id_number_check_digit_ok",
     "new_pseudonym_key",
     "normalize_subject",
     "pseudonym",
@@ -81,8 +84,9 @@ def canonical_id_number(raw: str) -> str:
     """``cnid:`` and the 18-character resident ID number (居民身份证号码), checked and upper-cased.
 
     Full-width characters are folded (NFKC) and whitespace is removed anywhere, so ``１１０１…ｘ`` and
-    ``110101 19900307 123X`` are accepted. The birth date must be a real date from 1900 on and the check
-    digit must match; 15-digit first-generation numbers are refused.
+    ``110101 19900307 123X`` are accepted. The birth date must be a real date from 1900 on; 15-digit
+    first-generation numbers are refused. A wrong check digit is accepted (see
+    :func:`id_number_check_digit_ok`).
     """
     number = "".join(unicodedata.normalize("NFKC", raw).split()).upper()
     if len(number) == 15 and number.isascii() and number.isdigit():
@@ -102,9 +106,19 @@ def canonical_id_number(raw: str) -> str:
         raise UsageError(
             "the resident ID number's birth date (characters 7-14) is not a real date from 1900 on"
         )
-    if id_check_digit(number[:17]) != number[17]:
-        raise UsageError("the resident ID number's check digit is wrong; check the number for a typing error")
+    # A wrong check digit is not refused: a mandatory report must not bounce because a clerk mistyped one
+    # digit. The caller flags it (id_number_check_digit_ok) so that someone checks the number.
     return _CNID + number
+
+
+def id_number_check_digit_ok(canonical: str) -> bool:
+    """Whether a ``cnid:`` identifier's check digit matches its first 17 digits (GB 11643-1999).
+
+    False means the number was probably mistyped: it is still pseudonymized as given, and the event says
+    the number is unverified, since the same person typed correctly gets another pseudonym.
+    """
+    number = canonical.removeprefix(_CNID)
+    return _ID_SHAPE.fullmatch(number) is not None and id_check_digit(number[:17]) == number[17]
 
 
 def canonical_phone(raw: str) -> str:
@@ -147,6 +161,24 @@ def _as_date(value: object) -> date:
     if not isinstance(value, date):
         raise UsageError("a birth date must be a datetime.date")
     return value
+
+
+def flag_unverified_id(person: Mapping[str, Any]) -> dict[str, Any]:
+    """``person`` with ``id_number_unverified`` set when its resident ID number's check digit is wrong.
+
+    Such a number is accepted as given (a mandatory report never bounces for one mistyped digit); the
+    flag tells the recipients to check it, since the person's correct number has another pseudonym.
+    """
+    out = dict(person)
+    raw = out.get("id_number")
+    if isinstance(raw, str) and raw.strip():
+        try:
+            canonical = normalize_subject(id_number=raw)
+        except UsageError:
+            return out  # not a resident ID number at all: pseudonymizing it reports that
+        if not id_number_check_digit_ok(canonical):
+            out["id_number_unverified"] = True
+    return out
 
 
 def normalize_subject(

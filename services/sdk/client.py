@@ -55,7 +55,7 @@ from services.kernel.errors import (
     validation_summary,
 )
 from services.kernel.keystore import Keystore
-from services.kernel.pseudonym import PseudonymKey, pseudonymize
+from services.kernel.pseudonym import PseudonymKey, flag_unverified_id, pseudonymize
 from services.kernel.registry import Registry
 from services.sdk import metrics as sdk_metrics
 from services.sdk.metrics import SdkMetrics
@@ -119,18 +119,20 @@ def person_pseudonym(key: PseudonymKey, person: Mapping[str, Any]) -> str:
 
 
 def _lead_pseudonyms(key: PseudonymKey, data: Mapping[str, Any]) -> dict[str, Any]:
-    """Fill ``victim_pseudonym`` and each identifiable suspect's pseudonym from their identifiers."""
+    """Fill ``victim_pseudonym`` and each identifiable suspect's pseudonym from their identifiers, and
+    flag ID numbers whose check digit is wrong (:func:`flag_unverified_id`)."""
     out = dict(data)
     victim = out.get("victim")
     if not isinstance(victim, Mapping):
         raise UsageError("a lead needs a victim (at least a name, and an ID number, phone or birth date)")
+    out["victim"] = victim = flag_unverified_id(victim)
     try:
         out["victim_pseudonym"] = person_pseudonym(key, victim)
     except UsageError as e:  # the identifiers came with the lead: bad input, named without its value
         raise MalformedError(f"victim: {e}") from e
     suspects = []
     for given in out.get("suspects") or []:
-        suspect = dict(given)
+        suspect = flag_unverified_id(given)
         identified = suspect.get("id_number") or suspect.get("phone") or suspect.get("birth_date")
         if suspect.get("pseudonym") is None and identified:
             try:

@@ -163,8 +163,8 @@ def test_an_export_with_bad_rows_publishes_the_good_ones_and_exits_1(
         "--bootstrap", bus.bootstrap, "--topic-prefix", bus.prefix, str(SAMPLES / "police_with_errors.csv"),
     )  # fmt: skip
     assert code == 1
-    assert "rejected                5" in output
-    assert "line 6: 嫌疑人身份证号 has a wrong check digit" in output
+    assert "rejected                4" in output
+    assert "line 6:" not in output  # a suspect's ID number with a wrong check digit: imported, flagged
     headers = _published(bus)
     assert sorted(h.type for h in headers) == ["lead.action_taken"] * 2 + ["lead.reported"] * 3
     bus.wait_for(lambda: _delivered_once(bus, headers), 120, "the good rows in their recipients' inboxes")

@@ -91,15 +91,12 @@ def test_a_validation_error_names_the_field_but_not_the_value() -> None:
     assert "987" not in text
 
 
-def test_a_victim_id_number_with_a_wrong_check_digit_is_bad_input_named_without_the_number() -> None:
-    from services.kernel.errors import MalformedError
-
-    with pytest.raises(MalformedError) as raised:
-        _lead_pseudonyms(
-            KEY, lead(victim={"name": "张某某", "id_number": "110113199001011230", "is_minor": False})
-        )
-    assert "victim" in str(raised.value)
-    assert "110113199001011230" not in str(raised.value)
+def test_a_victim_id_number_with_a_wrong_check_digit_is_accepted_and_flagged_unverified() -> None:
+    filled = _lead_pseudonyms(
+        KEY, lead(victim={"name": "张某某", "id_number": "110113199001011230", "is_minor": False})
+    )
+    assert filled["victim"]["id_number_unverified"] is True
+    assert filled["victim_pseudonym"] == pseudonymize(KEY, id_number="110113199001011230")
 
 
 @pytest.mark.parametrize("subject", ["张三", "a b", "13800000000", "p1." + "A" * 42])

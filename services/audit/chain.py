@@ -85,6 +85,7 @@ Action = Literal[
     "key_change",
     "registry_change",
     "acl_change",
+    "pseudonymize",
 ]
 ACTIONS: Final[tuple[str, ...]] = get_args(Action)
 

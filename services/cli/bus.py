@@ -42,6 +42,8 @@ from services.hub.app import run_worker as run_hub
 from services.kernel import acls, envelope, topics
 from services.kernel.errors import LianfangError, UsageError
 from services.kernel.registry import Registry
+from services.pseudonymizer.app import PseudonymizerSettings
+from services.pseudonymizer.app import serve as serve_pseudonymizer
 from services.router.app import RouterSettings
 from services.router.app import serve as serve_router
 from services.sdk.client import CaseContext, Client
@@ -57,6 +59,7 @@ SERVICES: dict[str, str] = {
     "hub": "services.hub",
     "gateway": "services.gateway",
     "console": "services.console",
+    "pseudonymizer": "services.pseudonymizer",
 }
 REPO = Path(__file__).resolve().parents[1]
 
@@ -202,6 +205,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(serve_gateway(GatewaySettings()))
     elif args.service == "console":
         run_console(ConsoleSettings())
+    elif args.service == "pseudonymizer":
+        asyncio.run(serve_pseudonymizer(PseudonymizerSettings()))
     return 0
 
 
@@ -212,6 +217,7 @@ def _service_env(args: argparse.Namespace) -> dict[str, str]:
         env["LIANFANG_HUB_TOPIC_PREFIX"] = args.topic_prefix
         env["LIANFANG_GATEWAY_TOPIC_PREFIX"] = args.topic_prefix
         env["LIANFANG_CONSOLE_TOPIC_PREFIX"] = args.topic_prefix
+        env["LIANFANG_PSEUDONYMIZER_TOPIC_PREFIX"] = args.topic_prefix
     return env
 
 
@@ -431,6 +437,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print("router       metrics at http://127.0.0.1:9102/metrics")
     print("hub          metrics at http://127.0.0.1:9103/metrics (alerts go to the coordinators' inbox)")
     print("gateway      http://127.0.0.1:8080/v1/openapi.json  (POST /v1/events, GET /v1/inbox, /metrics)")
+    print("pseudonymizer http://127.0.0.1:8090  (POST /v1/evaluate: signed, rate-limited, audited; /metrics)")
     print("prometheus   `make prometheus` → http://127.0.0.1:9090 (rules and dashboard in deploy/)")
     print("demo         `lianfang simulate` plays 3 days of the district (leads, follow-ups, joint-meeting")
     print("             cases); read an inbox with `lianfang inbox --as coordinators` in another terminal")

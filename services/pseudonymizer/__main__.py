@@ -1,0 +1,20 @@
+"""``python -m services.pseudonymizer``: the pseudonymization service, configured from the environment."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from services.kernel.errors import LianfangError, UsageError
+from services.pseudonymizer.app import PseudonymizerSettings, serve
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(PseudonymizerSettings()))
+    except (LianfangError, ValidationError) as e:  # a setting, the login or the trust domain: one line
+        print(f"lianfang pseudonymizer: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, UsageError | ValidationError) else 1)

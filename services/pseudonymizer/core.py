@@ -1,0 +1,143 @@
+"""The pseudonymizer's pure core: the wire format of an evaluation, the key file, and per-participant rates.
+
+A request is ``{"elements": ["<base64 of a 32-byte blinded element>", ...]}`` (1 to
+:data:`~services.kernel.oprf.MAX_BATCH`); the answer is ``{"suite", "mode", "version", "public",
+"evaluated": [...], "proof"}`` with one evaluated element per blinded one, in order, and one VOPRF proof
+for the batch. Nothing here sees an identifier: blinded elements are uniformly random to whoever lacks the
+blinds. No clock, network or files; the service (:mod:`services.pseudonymizer.app`) does the I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from services.kernel import crypto, jsonx, oprf
+from services.kernel.errors import MalformedError, TooLargeError, UsageError
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MODE",
+    "EvaluateRequest",
+    "PseudonymizerKey",
+    "RateLimiter",
+    "answer",
+    "parse_answer",
+]
+
+MODE: Final[oprf.Mode] = "voprf"
+MAX_BODY_BYTES: Final = 64 * 1024
+"""A full batch (1024 elements of 44 base64 characters) and its framing fit well within this."""
+
+
+@dataclass(frozen=True, slots=True)
+class PseudonymizerKey:
+    """One version of the pseudonymization key: the OPRF key pair and its version (the ``p<version>.``
+    prefix of the pseudonyms it gives). Its repr hides the secret."""
+
+    version: int
+    key: oprf.ServerKey
+
+    @classmethod
+    def from_json(cls, data: bytes) -> PseudonymizerKey:
+        """``{"version": N, "seed": "<base64 of 32 bytes>"}``: the key pair derived from the seed."""
+        doc = jsonx.strict_json(data, what="pseudonymizer key file")
+        if (
+            not isinstance(doc, dict)
+            or set(doc) != {"version", "seed"}
+            or not isinstance(doc["version"], int)
+        ):
+            raise UsageError('the pseudonymizer key file holds {"version": <int>, "seed": "<base64>"}')
+        seed = crypto.b64d(doc["seed"], what="pseudonymizer key seed", length=oprf.SCALAR_LENGTH)
+        return cls(version=doc["version"], key=oprf.derive_key_pair(seed, b"lianfang-pseudonymizer", MODE))
+
+    @staticmethod
+    def new_json(version: int, seed: bytes) -> bytes:
+        return jsonx.compact_json({"version": version, "seed": crypto.b64e(seed)})
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluateRequest:
+    elements: tuple[bytes, ...]
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> EvaluateRequest:
+        if len(body) > MAX_BODY_BYTES:
+            raise TooLargeError(f"the body is over {MAX_BODY_BYTES} bytes")
+        doc = jsonx.strict_json(body, what="evaluation request")
+        if not isinstance(doc, dict) or set(doc) != {"elements"} or not isinstance(doc["elements"], list):
+            raise MalformedError('the body is {"elements": ["<base64 blinded element>", ...]}')
+        items = doc["elements"]
+        if not 1 <= len(items) <= oprf.MAX_BATCH:
+            raise MalformedError(f"a request carries 1 to {oprf.MAX_BATCH} elements")
+        if not all(isinstance(item, str) for item in items):
+            raise MalformedError("each element is a base64 string")
+        elements = tuple(
+            oprf.deserialize_element(crypto.b64d(item, what="blinded element", length=oprf.ELEMENT_LENGTH))
+            for item in items
+        )
+        return cls(elements)
+
+
+def answer(
+    key: PseudonymizerKey, request: EvaluateRequest, entropy: oprf.Entropy | None = None
+) -> dict[str, Any]:
+    """The service's answer to ``request``: the evaluated elements and one proof for the batch."""
+    evaluation = (
+        oprf.blind_evaluate(key.key, request.elements, MODE)
+        if entropy is None
+        else oprf.blind_evaluate(key.key, request.elements, MODE, entropy)
+    )
+    assert evaluation.proof is not None
+    return {
+        "suite": oprf.IDENTIFIER.decode(),
+        "mode": MODE,
+        "version": key.version,
+        "public": crypto.b64e(key.key.public),
+        "evaluated": [crypto.b64e(e) for e in evaluation.elements],
+        "proof": crypto.b64e(evaluation.proof),
+    }
+
+
+def parse_answer(body: bytes, *, expected: int) -> tuple[int, bytes, oprf.Evaluation]:
+    """``(version, public key, evaluation)`` of an answer, for the client; the proof is checked by
+    :func:`services.kernel.oprf.finalize` against the public key the client trusts."""
+    doc = jsonx.strict_json(body, what="pseudonymizer answer")
+    try:
+        if doc["suite"] != oprf.IDENTIFIER.decode() or doc["mode"] != MODE:
+            raise MalformedError("the pseudonymizer answered with another suite or mode")
+        version, evaluated = doc["version"], doc["evaluated"]
+        if not isinstance(version, int) or not isinstance(evaluated, list) or len(evaluated) != expected:
+            raise MalformedError("the pseudonymizer's answer does not match the request")
+        public = crypto.b64d(doc["public"], what="public key", length=oprf.ELEMENT_LENGTH)
+        elements = tuple(
+            crypto.b64d(e, what="evaluated element", length=oprf.ELEMENT_LENGTH) for e in evaluated
+        )
+        proof = crypto.b64d(doc["proof"], what="proof", length=2 * oprf.SCALAR_LENGTH)
+    except (KeyError, TypeError) as e:
+        raise MalformedError("the pseudonymizer's answer is not of the expected shape") from e
+    return version, public, oprf.Evaluation(elements=elements, proof=proof)
+
+
+@dataclass
+class RateLimiter:
+    """A token bucket per participant: ``rate`` evaluations a second on average, bursts of ``burst``.
+
+    :meth:`take` returns 0 when the evaluations may go ahead (and takes them), else the seconds after
+    which they would.
+    """
+
+    rate: float
+    burst: int
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def take(self, participant: str, count: int, now: float) -> float:
+        if count > self.burst:
+            raise MalformedError(f"a request may carry at most {self.burst} elements here (the burst limit)")
+        tokens, then = self._buckets.get(participant, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + max(0.0, now - then) * self.rate)
+        if tokens >= count:
+            self._buckets[participant] = (tokens - count, now)
+            return 0.0
+        self._buckets[participant] = (tokens, now)
+        return (count - tokens) / self.rate

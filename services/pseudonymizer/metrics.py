@@ -1,0 +1,35 @@
+"""Every metric of the pseudonymizer. Labels are bounded: participants come from the registry, reasons
+from the service's closed set of problem codes."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+
+class PseudonymizerMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.registry = registry
+        self.evaluations = Counter(
+            "lianfang_pseudonymizer_evaluations_total",
+            "Blinded elements evaluated, by the participant that asked.",
+            ["participant"],
+            registry=registry,
+        )
+        self.requests = Counter(
+            "lianfang_pseudonymizer_requests_total",
+            "Evaluation requests answered, by status code.",
+            ["status"],
+            registry=registry,
+        )
+        self.rejections = Counter(
+            "lianfang_pseudonymizer_rejections_total",
+            "Requests refused, by problem code (rate_limited, signature_invalid, malformed, ...).",
+            ["reason"],
+            registry=registry,
+        )
+        self.batch = Histogram(
+            "lianfang_pseudonymizer_batch_size",
+            "Elements per evaluation request.",
+            buckets=(1, 2, 5, 10, 50, 100, 500, 1024),
+            registry=registry,
+        )

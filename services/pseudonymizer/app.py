@@ -41,6 +41,7 @@ from services.kernel.clock import Clock, utcnow
 from services.kernel.errors import (
     KeyExpiredError,
     KeyRevokedError,
+    LianfangError,
     UnknownKeyError,
     UntrustedInputError,
     UsageError,
@@ -83,7 +84,10 @@ class PseudonymizerSettings(BaseSettings):
     )
 
 
-class Refusal(Exception):
+class RefusalError(LianfangError):
+    """A request the service refuses: its HTTP status, problem code (the rejection metric's label), and a
+    detail that never repeats what was sent."""
+
     def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail, self.headers = status, code, detail, headers or {}
@@ -136,7 +140,9 @@ class Pseudonymizer:
                 None,
             )
             if owner is None:
-                raise Refusal(401, "unknown_key", "the key id is not a signing key of the registry in force")
+                raise RefusalError(
+                    401, "unknown_key", "the key id is not a signing key of the registry in force"
+                )
             public = registry.signing_key(owner, signature.keyid, at=now)
             httpsig.verify_signature(
                 message,
@@ -147,9 +153,9 @@ class Pseudonymizer:
                 max_skew_s=self.settings.max_skew_s,
             )
         except httpsig.HttpSignatureError as e:
-            raise Refusal(401, e.problem, e.args[0]) from e
+            raise RefusalError(401, e.problem, e.args[0]) from e
         except (KeyRevokedError, KeyExpiredError, UnknownKeyError) as e:
-            raise Refusal(401, e.reason, e.args[0]) from e
+            raise RefusalError(401, e.reason, e.args[0]) from e
         return owner
 
     async def post_evaluate(self, request: web.Request) -> web.Response:
@@ -160,11 +166,11 @@ class Pseudonymizer:
             parsed = core.EvaluateRequest.from_bytes(body)
             wait = self.limiter.take(participant, len(parsed.elements), time.monotonic())
         except httpsig.HttpSignatureError as e:
-            raise Refusal(401, e.problem, e.args[0]) from e
+            raise RefusalError(401, e.problem, e.args[0]) from e
         except UntrustedInputError as e:
-            raise Refusal(413 if e.reason == "too_large" else 400, e.reason, e.args[0]) from e
+            raise RefusalError(413 if e.reason == "too_large" else 400, e.reason, e.args[0]) from e
         if wait > 0:
-            raise Refusal(
+            raise RefusalError(
                 429,
                 "rate_limited",
                 f"{participant} asked for more evaluations than its rate allows "
@@ -203,7 +209,7 @@ class Pseudonymizer:
     ) -> web.StreamResponse:
         try:
             response = await handler(request)
-        except Refusal as e:
+        except RefusalError as e:
             self.metrics.rejections.labels(e.code).inc()
             body = {
                 "type": f"https://lianfang.example/problems/{e.code}",

@@ -166,5 +166,5 @@ def test_an_export_with_bad_rows_publishes_the_good_ones_and_exits_1(
     assert "rejected                4" in output
     assert "line 6:" not in output  # a suspect's ID number with a wrong check digit: imported, flagged
     headers = _published(bus)
-    assert sorted(h.type for h in headers) == ["lead.action_taken"] * 2 + ["lead.reported"] * 3
+    assert sorted(h.type for h in headers) == ["lead.action_taken"] * 3 + ["lead.reported"] * 4
     bus.wait_for(lambda: _delivered_once(bus, headers), 120, "the good rows in their recipients' inboxes")

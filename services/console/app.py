@@ -43,7 +43,7 @@ from services.audit.trail import LocalTrail, participant_trail
 from services.bus.registry_follower import RegistryInForce, in_force
 from services.bus.security import load_security
 from services.console import i18n, pages
-from services.console.accounts import AccountStore, LoginResult
+from services.console.accounts import PASSWORD_KDF, AccountStore, LoginResult
 from services.console.actions import FormError, FormProblem, Outgoing, acknowledgement, conclusion, schedule
 from services.console.audit import Action, AuditLog
 from services.console.markup import Markup
@@ -747,8 +747,8 @@ async def _form(request: web.Request) -> MultiDictProxy[str]:
 
 
 def kdf_params() -> KdfParams:
-    """Argon2id parameters for new hashes: the keystores' defaults, or cheap ones in test runs."""
-    return KdfParams.for_tests() if os.environ.get(FAST_KDF_ENV) == "1" else KdfParams()
+    """Argon2id parameters for new password hashes: :data:`PASSWORD_KDF`, or cheap ones in test runs."""
+    return KdfParams.for_tests() if os.environ.get(FAST_KDF_ENV) == "1" else PASSWORD_KDF
 
 
 def open_accounts(settings: ConsoleSettings) -> AccountStore:

@@ -2,19 +2,26 @@
 
 Everything here is pure: bytes in, bytes out. The suite is fixed (no algorithm agility on the wire):
 Ed25519 signatures over DSSE's pre-authentication encoding, AES-256-GCM for sections, and HPKE base
-mode (RFC 9180: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM) to wrap data keys.
+mode (RFC 9180: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM) to wrap data keys. Argon2id
+(keystores, console passwords) runs only through :func:`argon2id`, :func:`argon2id_phc` and
+:func:`argon2id_verify_phc`, which keep OpenSSL's Argon2 lanes from deadlocking (see there).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import re
+import threading
+from typing import Final
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidKey, InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from services.kernel.errors import BadSignatureError, DecryptFailedError, MalformedError
@@ -101,3 +108,50 @@ def ed25519_public_raw(key: Ed25519PrivateKey) -> bytes:
 
 def x25519_public_raw(key: X25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+# --------------------------------------------------------------------------- Argon2id
+
+# Why one lock: with OpenSSL 3.2+ (cryptography 50 links OpenSSL 4), a derivation with more than one lane
+# runs its lanes on threads of OpenSSL's process-wide thread pool. Two such derivations at once never
+# return: both threads wait in ``ossl_crypto_thread_start`` on the pool's one condition variable, each
+# holding threads the other waits for (seen with gdb; reproduced with lanes 2 and 4, never with lanes 1,
+# which runs on the caller's thread). So multi-lane derivations run one at a time in a process, and
+# single-lane ones, which the console's passwords use, run in parallel.
+_MULTI_LANE: Final = threading.Lock()
+_PHC_LANES: Final = re.compile(r"\$argon2id\$v=19\$m=\d+,t=\d+,p=(\d+)\$")
+
+
+def _lane_guard(lanes: int) -> contextlib.AbstractContextManager[object]:
+    return _MULTI_LANE if lanes != 1 else contextlib.nullcontext()
+
+
+def argon2id(
+    secret: bytes, *, salt: bytes, length: int, iterations: int, lanes: int, memory_kib: int
+) -> bytes:
+    """The raw Argon2id key of ``secret`` (RFC 9106)."""
+    kdf = Argon2id(salt=salt, length=length, iterations=iterations, lanes=lanes, memory_cost=memory_kib)
+    with _lane_guard(lanes):
+        return kdf.derive(secret)
+
+
+def argon2id_phc(
+    secret: bytes, *, salt: bytes, length: int, iterations: int, lanes: int, memory_kib: int
+) -> str:
+    """The PHC string of ``secret``'s Argon2id hash (``$argon2id$v=19$m=..,t=..,p=..$salt$hash``)."""
+    kdf = Argon2id(salt=salt, length=length, iterations=iterations, lanes=lanes, memory_cost=memory_kib)
+    with _lane_guard(lanes):
+        return kdf.derive_phc_encoded(secret)
+
+
+def argon2id_verify_phc(secret: bytes, phc: str) -> bool:
+    """Whether ``secret`` matches a PHC string; a malformed string matches nothing. The hash's own
+    parameters decide the cost, so a string that does not say its lanes is treated as multi-lane."""
+    found = _PHC_LANES.match(phc)
+    lanes = int(found.group(1)) if found is not None else 0
+    try:
+        with _lane_guard(lanes):
+            Argon2id.verify_phc_encoded(secret, phc)
+    except (InvalidKey, ValueError):
+        return False
+    return True

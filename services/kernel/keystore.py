@@ -30,9 +30,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-from services.kernel import jsonx
+from services.kernel import crypto, jsonx
 from services.kernel.errors import MalformedError, TooLargeError, UsageError
 
 __all__ = [
@@ -304,14 +303,14 @@ def _parse_kdf(value: object) -> tuple[KdfParams, bytes]:
 def _derive(passphrase: str, kdf: KdfParams, salt: bytes) -> bytes:
     # NFKC so that a passphrase typed with a full-width (Chinese IME) keyboard layout still opens the file.
     secret = unicodedata.normalize("NFKC", passphrase).encode("utf-8")
-    argon = Argon2id(
+    return crypto.argon2id(
+        secret,
         salt=salt,
         length=_KEY_LENGTH,
         iterations=kdf.iterations,
         lanes=kdf.lanes,
-        memory_cost=kdf.memory_cost_kib,
+        memory_kib=kdf.memory_cost_kib,
     )
-    return argon.derive(secret)
 
 
 def _parse_object(data: bytes, what: str) -> dict[str, Any]:

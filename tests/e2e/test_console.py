@@ -8,20 +8,24 @@ Screenshots of the main pages go to ``test-artifacts/screenshots/`` (git-ignored
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
 import re
 import secrets
 import shutil
+import sqlite3
 import tempfile
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -38,7 +42,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
 from services.bus.cluster import DURABLE_PRODUCER
-from services.console.accounts import AccountStore, accounts_path
+from services.console.accounts import PASSWORD_KDF, AccountStore, accounts_path
 from services.kernel.keystore import KdfParams
 from services.kernel.pseudonym import pseudonymize
 from services.sdk.client import Client
@@ -56,6 +60,8 @@ ZONE = ZoneInfo("Asia/Shanghai")
 ACCOUNT = "coordinator1"
 PASSWORD = secrets.token_urlsafe(15)  # made for this run; never in the repository
 VICTIM_PHONE = "13700007001"
+
+_R = TypeVar("_R")
 
 
 # --------------------------------------------------------------------------- processes
@@ -529,3 +535,82 @@ def test_signing_out_ends_the_session(browser: Any, console_url: str) -> None:
     browser.get(console_url + "/alerts")
     wait_for(browser, lambda d: "/login" in d.current_url)
     assert json.dumps(browser.get_cookies()).count("lianfang_session") == 0
+
+
+# --------------------------------------------------------------------------- sign-in under concurrency
+
+
+def http_sign_in(url: str, name: str, password: str) -> tuple[int, bool]:
+    """Sign in over plain HTTP as a browser would (the form's CSRF token, its pre-session cookie):
+    the status of the POST and whether it set a session cookie."""
+    jar = http.cookiejar.CookieJar()
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), NoRedirect)
+    with opener.open(url + "/login", timeout=30) as response:
+        found = re.search(r'name="_csrf" value="([^"]+)"', response.read().decode())
+    assert found, "the sign-in form carries a CSRF token"
+    form = urllib.parse.urlencode({"_csrf": found.group(1), "name": name, "password": password}).encode()
+    try:
+        with opener.open(urllib.request.Request(url + "/login", data=form), timeout=60) as response:
+            status = int(response.status)
+    except urllib.error.HTTPError as e:
+        status = int(e.code)
+    return status, any("session" in cookie.name for cookie in jar)
+
+
+def in_parallel(calls: list[Callable[[], _R]], deadline: float = 60) -> list[_R]:
+    """Run the calls in threads released together; fail when any is still running at the deadline."""
+    results: dict[int, _R] = {}
+    start = threading.Barrier(len(calls))
+
+    def run(index: int) -> None:
+        start.wait()
+        results[index] = calls[index]()
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(deadline)
+    assert not any(t.is_alive() for t in threads), f"requests still unanswered after {deadline:.0f} s"
+    assert len(results) == len(calls), "a request failed"
+    return [results[i] for i in range(len(calls))]
+
+
+def test_sign_ins_at_once_with_production_kdf_parameters_all_get_a_session(
+    console_url: str, bus: Bus
+) -> None:
+    """The console runs the production Argon2id (it is not told to use the test preset). One account
+    was made before one lane was the default: 64 MiB, 3 passes, 4 lanes, the parameters that deadlocked
+    two sign-ins at once; it moves to one lane at its first sign-in."""
+    store = AccountStore(accounts_path(bus.domain.home), kdf=KdfParams())
+    store.create("four.lanes", PASSWORD)
+    store.close()
+    store = AccountStore(accounts_path(bus.domain.home), kdf=PASSWORD_KDF)
+    store.create("one.lane", PASSWORD)
+    names = ["four.lanes", "one.lane"] * 3
+    results = in_parallel([lambda n=n: http_sign_in(console_url, n, PASSWORD) for n in names])
+    assert results == [(303, True)] * len(names)
+    db = sqlite3.connect(store.path)
+    try:
+        (phc,) = db.execute("SELECT phc FROM accounts WHERE name = 'four.lanes'").fetchone()
+    finally:
+        db.close()
+    store.close()
+    assert str(phc).startswith("$argon2id$v=19$m=65536,t=3,p=1$")
+
+
+def test_a_burst_of_parallel_wrong_passwords_leaves_the_account_locked_against_the_right_one(
+    console_url: str, bus: Bus
+) -> None:
+    store = AccountStore(accounts_path(bus.domain.home), kdf=PASSWORD_KDF)
+    store.create("burst", PASSWORD)
+    store.close()
+    guesses = [f"wrong-password-{n:02d}" for n in range(12)]
+    results = in_parallel([lambda g=g: http_sign_in(console_url, "burst", g) for g in guesses])
+    assert results == [(401, False)] * len(guesses)
+    assert http_sign_in(console_url, "burst", PASSWORD) == (401, False), "five failures lock the account"

@@ -6,6 +6,9 @@ after ``max_failures`` failures in a row, the time until which the account is lo
 refuses every password, the right one too, and attempts while locked do not extend the lock (that would
 let anyone keep a coordinator out for ever). Nothing here logs or returns a password.
 
+Each account has one role (:mod:`services.console.roles`). Accounts made before roles existed were all
+coordinators' and become ``coordinator`` when the file is first opened by this version.
+
 Sign-ins run in parallel, so the lock-out is kept in transactions around the KDF, never across it: an
 attempt is counted as a failure *before* its password is checked, and one that finds the count spent
 locks the account without checking anything. However many attempts run at once, at most
@@ -32,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final, Literal
 
+from services.console.roles import Role, check_role, role_or_none
 from services.kernel import crypto
 from services.kernel.clock import Clock, utcnow
 from services.kernel.errors import UsageError
@@ -42,6 +46,7 @@ __all__ = [
     "MAX_PASSWORD",
     "MIN_PASSWORD",
     "PASSWORD_KDF",
+    "Account",
     "AccountStore",
     "LoginResult",
     "accounts_path",
@@ -70,7 +75,8 @@ CREATE TABLE IF NOT EXISTS accounts (
     created_at    TEXT NOT NULL,
     failures      INTEGER NOT NULL DEFAULT 0,
     locked_until  TEXT,
-    last_login    TEXT
+    last_login    TEXT,
+    role          TEXT NOT NULL DEFAULT 'coordinator'
 );
 """
 
@@ -116,6 +122,16 @@ class LoginResult:
         return self.outcome == "ok"
 
 
+@dataclass(frozen=True, slots=True)
+class Account:
+    """What an administrator sees of an account: never its hash."""
+
+    name: str
+    role: Role | None  # None: a role this version does not know, which grants nothing
+    locked_until: datetime | None
+    last_login: datetime | None
+
+
 class AccountStore:
     """The accounts file. Thread-safe: sign-ins run in worker threads (the KDF takes a while)."""
 
@@ -138,6 +154,10 @@ class AccountStore:
         self._lock = threading.Lock()
         self._db = sqlite.connect(path, schema=SCHEMA, private=True)
         self._dummy: str | None = None
+        with sqlite.transaction(self._db, self._lock) as db:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(accounts)")}
+            if "role" not in columns:  # a file from before roles: its accounts were coordinators
+                db.execute("ALTER TABLE accounts ADD COLUMN role TEXT NOT NULL DEFAULT 'coordinator'")
 
     def close(self) -> None:
         with self._lock:
@@ -173,9 +193,13 @@ class AccountStore:
 
     # -- accounts
 
-    def create(self, name: str, password: str, *, replace: bool = False) -> str:
-        """Add an account (or, with ``replace``, set a new password and unlock it); returns its name."""
+    def create(self, name: str, password: str, *, role: Role | None = None, replace: bool = False) -> str:
+        """Add an account with ``role`` (``coordinator`` when not given: what every account was before
+        roles; ``lianfang console adduser`` always asks for one), or, with ``replace``, set a new
+        password (and the role, when given) and unlock it; returns its name."""
         name = check_name(name)
+        if role is not None:
+            role = check_role(role)
         phc = self._hash(check_password(password))
         now = _iso(self.clock())
         with sqlite.transaction(self._db, self._lock) as db:
@@ -183,11 +207,44 @@ class AccountStore:
             if exists and not replace:
                 raise UsageError(f"account {name!r} exists; pass --replace to set a new password")
             db.execute(
-                "INSERT INTO accounts (name, phc, created_at) VALUES (?, ?, ?)"
-                " ON CONFLICT(name) DO UPDATE SET phc = excluded.phc, failures = 0, locked_until = NULL",
-                (name, phc, now),
+                "INSERT INTO accounts (name, phc, created_at, role) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET phc = excluded.phc, failures = 0, locked_until = NULL,"
+                " role = COALESCE(?, role)",
+                (name, phc, now, role or "coordinator", role),
             )
         return name
+
+    def set_role(self, name: str, role: Role) -> None:
+        """Give an account another role; it applies to its next request (sessions are not kept)."""
+        role = check_role(role)
+        with sqlite.transaction(self._db, self._lock) as db:
+            if db.execute("UPDATE accounts SET role = ? WHERE name = ?", (role, name)).rowcount != 1:
+                raise UsageError(f"no console account {name!r} in {self.path}")
+
+    def role_of(self, name: str) -> Role | None:
+        """The account's role, or None when there is no such account (any more)."""
+        with self._lock:
+            row = self._db.execute("SELECT role FROM accounts WHERE name = ?", (name,)).fetchone()
+        return role_or_none(str(row[0])) if row is not None else None
+
+    def accounts(self) -> list[Account]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name, role, locked_until, last_login FROM accounts ORDER BY name"
+            ).fetchall()
+        now = self.clock()
+        found = []
+        for name, role, locked, last in rows:
+            until = _parse(locked)
+            found.append(
+                Account(
+                    name=str(name),
+                    role=role_or_none(str(role)),
+                    locked_until=until if until is not None and now < until else None,
+                    last_login=_parse(last),
+                )
+            )
+        return found
 
     def names(self) -> list[str]:
         with self._lock:

@@ -42,7 +42,7 @@ from services.audit.kafka import KafkaSink
 from services.audit.trail import LocalTrail, participant_trail
 from services.bus.registry_follower import RegistryInForce, in_force
 from services.bus.security import load_security
-from services.console import i18n, pages
+from services.console import admin, i18n, pages, roles
 from services.console.accounts import PASSWORD_KDF, AccountStore, LoginResult
 from services.console.actions import FormError, FormProblem, Outgoing, acknowledgement, conclusion, schedule
 from services.console.audit import Action, AuditLog
@@ -83,6 +83,7 @@ _T = TypeVar("_T")
 SESSION: Final = web.RequestKey[Session | None]("session")
 COOKIE: Final = web.RequestKey[str | None]("cookie")
 LANG: Final = web.RequestKey[i18n.Lang]("lang")
+ROLE: Final = web.RequestKey[roles.Role | None]("role")
 
 
 def safe_next(value: str | None) -> str:
@@ -330,6 +331,7 @@ class Console:
                 web.get("/alerts/{alert_id}", self.alert),
                 web.post("/alerts/{alert_id}/{action}", self.act),
                 web.get("/supervision", self.supervision),
+                web.get("/accounts", self.accounts_page),
                 web.get("/events", self.events),
                 web.static("/static", STATIC, append_version=False),
             ]
@@ -380,7 +382,14 @@ class Console:
         token = request.cookies.get(self._session_cookie)
         background = request.path in _BACKGROUND
         session = self.sessions.get(token, touch=not background)
+        # The role is read at every request, so a change (`lianfang console role`) applies at once; an
+        # account that is gone, or has a role this version does not know, has no session.
+        role = self.accounts.role_of(session.user) if session is not None else None
+        if session is not None and role is None:
+            self.sessions.drop(token)
+            session = None
         request[SESSION] = session
+        request[ROLE] = role
         request[COOKIE] = token if session is not None else None
         if session is None and not _public(request.path):
             self.metrics.refused.labels("unauthenticated").inc()
@@ -390,6 +399,10 @@ class Console:
                     query["m"] = "expired"
                 raise web.HTTPSeeOther("/login?" + urlencode(query))
             raise web.HTTPUnauthorized(text="sign in first\n")
+        if session is not None and role is not None and not _public(request.path):
+            needs = roles.needed(request.method, request.path)
+            if not roles.allows(role, needs):
+                return self._forbidden(request, role, needs)
         if request.method == "POST" and not await self._csrf_ok(request, session):
             self.metrics.refused.labels("csrf").inc()
             if request.path == "/login":
@@ -409,6 +422,14 @@ class Console:
         if request.path == "/login":
             return self.pre.check(request.cookies.get(self._pre_cookie), given)
         return session is not None and same_token(session.csrf, given)
+
+    def _forbidden(self, request: web.Request, role: roles.Role, needs: roles.Permission) -> web.Response:
+        """403 for what the account's role does not grant: counted, in the audit log, and said."""
+        self.metrics.refused.labels("forbidden").inc()
+        self._audit(request, "forbidden", f"{request.method} {request.path}", f"{role} lacks {needs}")
+        lang = request[LANG]
+        text = i18n.text(lang, "error.forbidden", role=i18n.text(lang, f"role.{role}"))
+        return self._html(pages.error(self._viewer(request), text), 403)
 
     async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
         headers = response.headers
@@ -435,6 +456,7 @@ class Console:
             csrf=session.csrf if session is not None else "",
             names=self.names,
             path=request.path_qs if request.method == "GET" else _page_of(request.path),
+            role=request.get(ROLE),
         )
 
     @staticmethod
@@ -465,7 +487,8 @@ class Console:
     # ------------------------------------------------------------------ public pages
 
     async def root(self, request: web.Request) -> web.StreamResponse:
-        raise web.HTTPSeeOther("/alerts")
+        role = request[ROLE]
+        raise web.HTTPSeeOther(roles.home(role) if role is not None else "/alerts")
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         return web.Response(text="ok\n")
@@ -521,7 +544,11 @@ class Console:
         token, session = self.sessions.create(result.name)
         request[SESSION] = session
         self._audit(request, "login")
-        response = web.HTTPSeeOther(safe_next(_first(form, "next")))
+        target = safe_next(_first(form, "next"))
+        role = self.accounts.role_of(result.name)
+        if role is not None and not roles.allows(role, roles.needed("GET", urlsplit(target).path)):
+            target = roles.home(role)  # e.g. an administrator sent from the queue
+        response = web.HTTPSeeOther(target)
         self._set_cookie(response, self._session_cookie, token)
         self._clear_cookie(response, self._pre_cookie)
         raise response
@@ -675,6 +702,13 @@ class Console:
         )
         wait = self.settings.publish_wait_s
         return event_id, self.client.flush(wait) if wait > 0 else False
+
+    async def accounts_page(self, request: web.Request) -> web.StreamResponse:
+        """The administrators' page: accounts, roles and lock-outs; no case content."""
+        listed = await self._in(self._io_pool, self.accounts.accounts)
+        self._audit(request, "view_accounts", "", f"{len(listed)} accounts")
+        self.metrics.views.labels("accounts").inc()
+        return self._html(admin.accounts_page(self._viewer(request), listed))
 
     async def supervision(self, request: web.Request) -> web.StreamResponse:
         viewer = self._viewer(request)

@@ -33,6 +33,9 @@ Action = Literal[
     "acknowledge",
     "schedule",
     "conclude",
+    "forbidden",
+    "view_accounts",
+    "view_record",
 ]
 ACTIONS: Final[tuple[Action, ...]] = get_args(Action)
 

@@ -224,6 +224,28 @@ MESSAGES: Final[dict[str, tuple[str, str]]] = {
     "ago.minutes": ("{n} 分钟前", "{n} min ago"),
     "ago.hours": ("{n} 小时前", "{n} h ago"),
     "ago.days": ("{n} 天前", "{n} days ago"),
+    # roles and accounts
+    "role.coordinator": ("协调员", "coordinator"),
+    "role.supervisor": ("督查", "supervisor"),
+    "role.administrator": ("账户管理员", "administrator"),
+    "error.forbidden": (
+        "您的账户角色（{role}）无权查看此页面或执行此操作；如确需此权限，请联系账户管理员。",
+        "Your account's role ({role}) may not see this page or do this; ask an administrator if you need to.",
+    ),
+    "alert.read_only": (
+        "督查角色只能查阅，不能处置预警。",
+        "The supervisor role reads alerts; it cannot act on them.",
+    ),
+    "nav.accounts": ("账户", "Accounts"),
+    "accounts.title": ("控制台账户", "Console accounts"),
+    "accounts.note": (
+        "账户由 lianfang console adduser / role / unlock 命令创建、变更角色和解锁。",
+        "Accounts are created, given roles and unlocked with lianfang console adduser / role / unlock.",
+    ),
+    "accounts.name": ("用户名", "Name"),
+    "accounts.role": ("角色", "Role"),
+    "accounts.locked": ("锁定至", "Locked until"),
+    "accounts.last_login": ("上次登录", "Last sign-in"),
 }
 
 TOWN_NAMES: Final[dict[str, tuple[str, str]]] = {town: (zh, town.capitalize()) for town, zh in district.TOWNS}

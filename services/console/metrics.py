@@ -37,7 +37,7 @@ class ConsoleMetrics:
         )
         self.refused = Counter(
             "lianfang_console_requests_refused_total",
-            "Requests refused before any work, by reason (csrf, unauthenticated).",
+            "Requests refused before any work, by reason (csrf, unauthenticated, forbidden by the role).",
             ["reason"],
             registry=registry,
         )

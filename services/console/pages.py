@@ -24,6 +24,7 @@ from schemas.events import (
 from services.console import i18n
 from services.console.actions import NOT_INVITED, FormProblem
 from services.console.markup import Markup, fmt, join, render
+from services.console.roles import Permission, Role, allows
 from services.console.sessions import CSRF_FIELD
 from services.console.view import AGES, Alert, CaseView, Entry, OwnAction, QueueFilter, Rates
 from services.kernel import ids
@@ -44,6 +45,11 @@ class Viewer:
     csrf: str
     names: Mapping[str, tuple[str, str]]  # participant id -> (中文名, English name)
     path: str = "/alerts"
+    role: Role | None = None
+
+    def may(self, permission: Permission) -> bool:
+        """Whether the account's role grants ``permission`` (what a page offers follows it)."""
+        return self.role is not None and allows(self.role, permission)
 
     def t(self, key: str, /, **values: object) -> str:
         return i18n.text(self.lang, key, **values)
@@ -78,12 +84,12 @@ class Viewer:
 
 def page(viewer: Viewer, *, name: str, title: str, body: Markup) -> Markup:
     if viewer.user is not None:
-        nav = join(
-            [
-                _nav_link(viewer, "/alerts", "nav.alerts"),
-                _nav_link(viewer, "/supervision", "nav.supervision"),
-            ]
-        )
+        links: list[tuple[str, str, Permission]] = [
+            ("/alerts", "nav.alerts", "read_cases"),
+            ("/supervision", "nav.supervision", "read_cases"),
+            ("/accounts", "nav.accounts", "manage_accounts"),
+        ]
+        nav = join(_nav_link(viewer, href, key) for href, key, needs in links if viewer.may(needs))
         account = fmt(
             '<span class="who">{who}</span>'
             '<form method="post" action="/logout" class="inline">'
@@ -316,7 +322,11 @@ def alert_page(viewer: Viewer, view: CaseView, alert: Alert, now: datetime, form
             "timeline": _timeline(viewer, view.timeline(alert.subject)),
             "related_title": viewer.t("alert.related", n=len(latest.related_events)),
             "related": related,
-            "actions": _actions(viewer, alert, now, forms),
+            "actions": (
+                _actions(viewer, alert, now, forms)
+                if viewer.may("act")
+                else message("info", viewer.t("alert.read_only"))
+            ),
         },
     )
     return page(viewer, name="alert", title=viewer.t("alert.title"), body=body)

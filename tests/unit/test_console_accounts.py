@@ -179,7 +179,8 @@ def test_adduser_reads_the_password_from_the_environment_and_never_prints_it(
 ) -> None:
     monkeypatch.setenv("LIANFANG_INSECURE_FAST_KDF", "1")
     monkeypatch.setenv(command.PASSWORD_ENV, PASSWORD)
-    assert run(["--home", str(tmp_path), "console", "adduser", "--name", "wang"], monkeypatch) == 0
+    argv = ["--home", str(tmp_path), "console", "adduser", "--name", "wang", "--role", "coordinator"]
+    assert run(argv, monkeypatch) == 0
     out = capsys.readouterr()
     assert "wang" in out.out
     assert PASSWORD not in out.out + out.err
@@ -189,7 +190,8 @@ def test_adduser_reads_the_password_from_the_environment_and_never_prints_it(
 def test_adduser_reads_the_password_from_stdin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIANFANG_INSECURE_FAST_KDF", "1")
     monkeypatch.delenv(command.PASSWORD_ENV, raising=False)
-    argv = ["console", "adduser", "--home", str(tmp_path), "--name", "li", "--password-stdin"]
+    argv = ["console", "adduser", "--home", str(tmp_path), "--name", "li", "--role", "supervisor"]
+    argv.append("--password-stdin")
     assert run(argv, monkeypatch, stdin=PASSWORD + "\n") == 0
     assert AccountStore(accounts_path(tmp_path), kdf=KdfParams.for_tests()).verify("li", PASSWORD).ok
     with pytest.raises(UsageError, match="--replace"):
@@ -209,7 +211,7 @@ def test_users_lists_names_and_unlock_lifts_a_lock(
     assert store.verify("wang", PASSWORD).ok
     capsys.readouterr()
     assert run(["--home", str(tmp_path), "console", "users"], monkeypatch) == 0
-    assert capsys.readouterr().out.split() == ["wang"]
+    assert capsys.readouterr().out.split() == ["wang", "coordinator"]
     with pytest.raises(UsageError):
         run(["--home", str(tmp_path), "console", "unlock", "--name", "nobody"], monkeypatch)
 
@@ -226,3 +228,61 @@ def test_the_demo_login_is_a_new_generated_password_each_time(
     store = AccountStore(accounts_path(tmp_path), kdf=KdfParams.for_tests())
     assert store.verify("demo", second.password).ok
     assert not store.verify("demo", first.password).ok
+
+
+def test_adduser_refuses_a_new_account_without_a_role_and_names_the_roles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIANFANG_INSECURE_FAST_KDF", "1")
+    monkeypatch.setenv(command.PASSWORD_ENV, PASSWORD)
+    with pytest.raises(UsageError, match="coordinator, supervisor, administrator"):
+        run(["--home", str(tmp_path), "console", "adduser", "--name", "wang"], monkeypatch)
+    assert not AccountStore(accounts_path(tmp_path), kdf=KdfParams.for_tests()).exists("wang")
+
+
+def test_each_role_is_stored_and_the_role_command_changes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LIANFANG_INSECURE_FAST_KDF", "1")
+    monkeypatch.setenv(command.PASSWORD_ENV, PASSWORD)
+    for name, role in (("zhao", "coordinator"), ("qian", "supervisor"), ("sun", "administrator")):
+        run(["--home", str(tmp_path), "console", "adduser", "--name", name, "--role", role], monkeypatch)
+    store = AccountStore(accounts_path(tmp_path), kdf=KdfParams.for_tests())
+    assert [(a.name, a.role) for a in store.accounts()] == [
+        ("qian", "supervisor"),
+        ("sun", "administrator"),
+        ("zhao", "coordinator"),
+    ]
+    assert (
+        run(
+            ["--home", str(tmp_path), "console", "role", "--name", "qian", "--role", "coordinator"],
+            monkeypatch,
+        )
+        == 0
+    )
+    assert store.role_of("qian") == "coordinator"
+    argv = ["--home", str(tmp_path), "console", "adduser", "--name", "sun", "--replace"]
+    assert run(argv, monkeypatch) == 0
+    assert store.role_of("sun") == "administrator", "a new password keeps the role"
+    with pytest.raises(UsageError, match="no console account"):
+        run(
+            ["--home", str(tmp_path), "console", "role", "--name", "nobody", "--role", "supervisor"],
+            monkeypatch,
+        )
+    with pytest.raises(SystemExit):  # argparse names the choices
+        run(["--home", str(tmp_path), "console", "role", "--name", "sun", "--role", "root"], monkeypatch)
+
+
+def test_accounts_made_before_roles_existed_become_coordinators(tmp_path: Path) -> None:
+    path = tmp_path / "accounts.sqlite"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE accounts (name TEXT PRIMARY KEY, phc TEXT NOT NULL, created_at TEXT NOT NULL,"
+        " failures INTEGER NOT NULL DEFAULT 0, locked_until TEXT, last_login TEXT)"
+    )
+    db.execute("INSERT INTO accounts (name, phc, created_at) VALUES ('old', '$argon2id$x', '2024-01-01')")
+    db.commit()
+    db.close()
+    store = AccountStore(path, kdf=KdfParams.for_tests())
+    assert store.role_of("old") == "coordinator"
+    assert store.role_of("nobody") is None

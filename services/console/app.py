@@ -42,7 +42,7 @@ from services.audit.kafka import KafkaSink
 from services.audit.trail import LocalTrail, participant_trail
 from services.bus.registry_follower import RegistryInForce, in_force
 from services.bus.security import load_security
-from services.console import admin, i18n, pages, roles
+from services.console import admin, i18n, pages, record, roles
 from services.console.accounts import PASSWORD_KDF, AccountStore, LoginResult
 from services.console.actions import FormError, FormProblem, Outgoing, acknowledgement, conclusion, schedule
 from services.console.audit import Action, AuditLog
@@ -329,6 +329,7 @@ class Console:
                 web.get("/alerts", self.queue),
                 web.get("/alerts/rows", self.queue_rows),
                 web.get("/alerts/{alert_id}", self.alert),
+                web.get("/alerts/{alert_id}/record", self.meeting_record),
                 web.post("/alerts/{alert_id}/{action}", self.act),
                 web.get("/supervision", self.supervision),
                 web.get("/accounts", self.accounts_page),
@@ -630,6 +631,26 @@ class Console:
             seen=(alert.alert_id, alert.subject),
         )
         self.metrics.views.labels("alert").inc()
+        return self._html(body)
+
+    async def meeting_record(self, request: web.Request) -> web.StreamResponse:
+        """The printable joint-meeting record (会商纪要) of a concluded alert."""
+        viewer = self._viewer(request)
+        with self.lock:
+            alert = self._alert_or_404(request)
+            body = record.record_page(viewer, alert, self.clock())
+        if body is None:
+            raise web.HTTPNotFound(
+                text=pages.error(viewer, i18n.text(request[LANG], "record.not_yet")), content_type="text/html"
+            )
+        self._audit(
+            request,
+            "view_record",
+            alert.alert_id,
+            f"subject {alert.subject}",
+            seen=(alert.alert_id, alert.subject),
+        )
+        self.metrics.views.labels("record").inc()
         return self._html(body)
 
     async def act(self, request: web.Request) -> web.StreamResponse:

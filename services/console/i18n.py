@@ -246,6 +246,27 @@ MESSAGES: Final[dict[str, tuple[str, str]]] = {
     "accounts.role": ("角色", "Role"),
     "accounts.locked": ("锁定至", "Locked until"),
     "accounts.last_login": ("上次登录", "Last sign-in"),
+    # the joint-meeting record
+    "record.title": ("联席会议会商纪要", "Joint-meeting record"),
+    "record.link": ("打印会商纪要", "Printable meeting record"),
+    "record.back": ("返回预警详情", "Back to the alert"),
+    "record.print": ("打印", "Print"),
+    "record.case": ("案件", "Case"),
+    "record.meeting": ("会商", "Meeting"),
+    "record.attendees": ("参会机构", "Attending agencies"),
+    "record.items": ("任务清单", "Action items"),
+    "record.no_items": ("本次会商未布置任务。", "The meeting agreed no action items."),
+    "record.concluded_at": ("会商结束", "Concluded"),
+    "record.concluded_by": ("会商于 {when} 结束，由 {who} 记录。", "Concluded {when}, recorded by {who}."),
+    "record.printed": ("{who} 于 {when} 打印。", "Printed {when} by {who}."),
+    "record.notice": (
+        "本纪要含个人信息，仅限联席会议成员单位依职责使用，不得外传。",
+        "This record holds personal data: for the member agencies' duties only; do not pass it on.",
+    ),
+    "record.not_yet": (
+        "该预警的会商结论尚未到达，纪要在会商结束后生成。",
+        "This alert's conclusions have not arrived yet; the record exists once the meeting is concluded.",
+    ),
 }
 
 TOWN_NAMES: Final[dict[str, tuple[str, str]]] = {town: (zh, town.capitalize()) for town, zh in district.TOWNS}

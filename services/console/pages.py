@@ -318,7 +318,7 @@ def alert_page(viewer: Viewer, view: CaseView, alert: Alert, now: datetime, form
             "reasons": reasons,
             "agencies": agencies,
             "meeting": _meeting(viewer, alert.meeting),
-            "conclusion": _conclusion(viewer, alert.conclusion),
+            "conclusion": join([_conclusion(viewer, alert.conclusion), _record_link(viewer, alert)]),
             "timeline": _timeline(viewer, view.timeline(alert.subject)),
             "related_title": viewer.t("alert.related", n=len(latest.related_events)),
             "related": related,
@@ -371,6 +371,17 @@ def _conclusion(viewer: Viewer, done: JointMeetingConcluded | None) -> Markup:
         due=viewer.t("form.due"),
         what=viewer.t("form.description"),
         items=items,
+    )
+
+
+def _record_link(viewer: Viewer, alert: Alert) -> Markup:
+    """To the printable joint-meeting record (:mod:`services.console.record`), once concluded."""
+    if alert.conclusion is None:
+        return EMPTY
+    return fmt(
+        '<p><a id="record-link" href="/alerts/{id}/record">{label}</a></p>',
+        id=alert.alert_id,
+        label=viewer.t("record.link"),
     )
 
 

@@ -8,6 +8,7 @@ Screenshots of the main pages go to ``test-artifacts/screenshots/`` (git-ignored
 
 from __future__ import annotations
 
+import base64
 import http.cookiejar
 import json
 import os
@@ -614,3 +615,127 @@ def test_a_burst_of_parallel_wrong_passwords_leaves_the_account_locked_against_t
     results = in_parallel([lambda g=g: http_sign_in(console_url, "burst", g) for g in guesses])
     assert results == [(401, False)] * len(guesses)
     assert http_sign_in(console_url, "burst", PASSWORD) == (401, False), "five failures lock the account"
+
+
+# --------------------------------------------------------------------------- roles and the meeting record
+
+SUPERVISOR, ADMINISTRATOR = "supervisor1", "admin1"
+SECOND_PHONE = "13700007002"
+
+
+def sign_in_as(driver: Any, url: str, account: str) -> None:
+    driver.delete_all_cookies()
+    driver.get(url + "/login")
+    wait_for(driver, lambda d: d.find_element(By.ID, "name")).send_keys(account)
+    driver.find_element(By.ID, "password").send_keys(PASSWORD)
+    driver.find_element(By.ID, "login-submit").click()
+    wait_for(driver, lambda d: d.find_elements(By.ID, "logout"))
+
+
+def test_the_meeting_record_of_a_concluded_alert_prints_with_attendees_and_action_items(
+    browser: Any, console_url: str, bus: Bus
+) -> None:
+    subject = subject_of(bus, VICTIM_PHONE)
+    sign_in_as(browser, console_url, ACCOUNT)
+    browser.get(console_url + "/alerts?status=concluded")
+    click(browser, f'tr[data-subject="{subject}"] a.open')
+    # The conclusion's content comes back through the console's own inbox.
+    wait_for(browser, lambda d: d.refresh() or d.find_elements(By.ID, "record-link"), timeout=45)
+    click(browser, "#record-link")
+    wait_for(browser, lambda d: d.find_elements(By.ID, "record"))
+    assert "联席会议会商纪要" in browser.find_element(By.TAG_NAME, "h1").text
+    attendees = {
+        li.get_attribute("data-agency") for li in browser.find_elements(By.CSS_SELECTOR, "#attendees li")
+    }
+    assert {"plc", "police", "womens_federation", "coordinators"} <= attendees
+    assert "专业判断" in browser.find_element(By.ID, "record-reasons").text
+    items = browser.find_elements(By.CSS_SELECTOR, "#action-items tbody tr")
+    assert [row.get_attribute("data-owner") for row in items] == ["police", "womens_federation"]
+    due = (datetime.now(ZONE) + timedelta(days=7)).date().isoformat()
+    assert all(due in row.text for row in items)
+    assert "出具告诫书" in items[0].text
+    assert browser.find_element(By.ID, "record-summary").text.startswith("会商决定")
+    assert browser.find_element(By.ID, "print").is_displayed()
+    shot(browser, "09-meeting-record")
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+    try:
+        assert not browser.find_element(By.CSS_SELECTOR, "header.topbar").is_displayed()
+        assert not browser.find_element(By.ID, "print").is_displayed()
+        assert browser.find_element(By.ID, "action-items").is_displayed()
+    finally:
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
+    pdf = base64.b64decode(browser.execute_cdp_cmd("Page.printToPDF", {"preferCSSPageSize": True})["data"])
+    assert pdf.startswith(b"%PDF")
+    (SHOTS / "09-meeting-record.pdf").write_bytes(pdf)
+
+
+def test_a_supervisor_sees_an_alert_without_action_controls_and_a_forged_post_is_refused(
+    browser: Any, console_url: str, bus: Bus, tmp_path: Path
+) -> None:
+    store = AccountStore(accounts_path(bus.domain.home), kdf=KdfParams.for_tests())
+    store.create(SUPERVISOR, PASSWORD, role="supervisor")
+    store.close()
+    subject = subject_of(bus, SECOND_PHONE)
+    with client(bus, "police", tmp_path) as police:
+        police.publish_lead(
+            {
+                "category": "domestic_violence",
+                "channel": "police_call",
+                "town": "houshayu",
+                "victim": {"name": "测试某乙", "phone": SECOND_PHONE, "is_minor": False},
+                "minor": False,
+                "narrative": "多次被殴打。",
+                "requests_joint_meeting": True,
+            }
+        )
+        assert police.flush(30)
+    sign_in_as(browser, console_url, SUPERVISOR)
+    browser.get(console_url + "/alerts")
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-subject="{subject}"]'), timeout=90)
+    click(browser, f'tr[data-subject="{subject}"] a.open')
+    wait_for(browser, lambda d: d.find_elements(By.ID, "reasons"))
+    alert_id = browser.find_element(By.ID, "alert").get_attribute("data-alert-id")
+    assert browser.find_element(By.ID, "alert").get_attribute("data-status") == "open"
+    for control in ("acknowledge", "schedule-form", "conclude-form"):
+        assert not browser.find_elements(By.ID, control), control
+    assert "督查角色只能查阅" in browser.find_element(By.ID, "actions").text
+    shot(browser, "10-alert-supervisor")
+    token = browser.find_element(By.CSS_SELECTOR, 'input[name="_csrf"]').get_attribute("value")
+    status = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(arguments[0], {method: 'POST', credentials: 'same-origin',"
+        " body: new URLSearchParams({_csrf: arguments[1]})}).then(r => done(r.status));",
+        f"/alerts/{alert_id}/acknowledge",
+        token,
+    )
+    assert status == 403
+    browser.refresh()
+    wait_for(browser, lambda d: d.find_element(By.ID, "alert").get_attribute("data-status") == "open")
+    browser.get(console_url + "/supervision")
+    wait_for(browser, lambda d: d.find_elements(By.ID, "rates"))
+
+
+def test_an_administrator_manages_accounts_and_cannot_see_cases(
+    browser: Any, console_url: str, bus: Bus
+) -> None:
+    store = AccountStore(accounts_path(bus.domain.home), kdf=KdfParams.for_tests())
+    store.create(ADMINISTRATOR, PASSWORD, role="administrator")
+    store.close()
+    sign_in_as(browser, console_url, ADMINISTRATOR)
+    wait_for(browser, lambda d: d.find_elements(By.ID, "accounts"))
+    assert browser.current_url.endswith("/accounts")
+    roles = {
+        row.get_attribute("data-account"): row.get_attribute("data-role")
+        for row in browser.find_elements(By.CSS_SELECTOR, "#accounts tbody tr")
+    }
+    assert roles[ACCOUNT] == "coordinator"
+    assert roles[ADMINISTRATOR] == "administrator"
+    assert not browser.find_elements(By.CSS_SELECTOR, 'nav a[href="/alerts"]')
+    shot(browser, "11-accounts")
+    subject = subject_of(bus, VICTIM_PHONE)
+    for path in ("/alerts", "/alerts?status=all", "/supervision"):
+        browser.get(console_url + path)
+        wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "section.error"))
+        assert "无权" in browser.find_element(By.CSS_SELECTOR, "section.error").text
+        assert not browser.find_elements(By.ID, "alert-rows"), path
+        assert subject not in browser.page_source

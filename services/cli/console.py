@@ -135,7 +135,8 @@ def cmd_users(args: argparse.Namespace) -> int:
     for account in accounts:
         print(f"{account.name}\t{account.role or 'unknown role'}")
     if not accounts:
-        print(f"no console accounts in {store.path} (`lianfang console adduser --name N`)", file=sys.stderr)
+        hint = "`lianfang console adduser --name N --role R`"
+        print(f"no console accounts in {store.path} ({hint})", file=sys.stderr)
     return 0
 
 

@@ -831,7 +831,7 @@ async def serve(settings: ConsoleSettings, *, console: Console | None = None) ->
             break
     print(f"console      {settings.url(port)}  (coordinator console)", flush=True)
     if not console.accounts.names():
-        log.warning("no console accounts yet: `lianfang console adduser --name N` creates one")
+        log.warning("no console accounts yet: `lianfang console adduser --name N --role R` creates one")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,6 +124,7 @@ class TransactionalRunner:
         paused: Callable[[], bool] | None = None,
         client_id: str = "lianfang",
         security: KafkaSecuritySettings | None = None,
+        on_restart: Callable[[], None] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         # How every client of this worker logs in (None: the LIANFANG_KAFKA_* environment).
@@ -140,6 +142,10 @@ class TransactionalRunner:
         self.consumer: AIOKafkaConsumer | None = None
         self.stopping = asyncio.Event()
         self.restarts = 0
+        self.on_restart = on_restart
+        # Wall-clock time the loop last came back from Kafka (a poll answered, a batch committed): a
+        # worker restarting over and over, or stuck in a transaction, stops moving it (a stall).
+        self.progressed_at = time.time()
         self._setup_failure: BaseException | None = None
         # A rebalance callback may run while a batch awaits I/O: it waits for the batch to finish.
         self._lock = asyncio.Lock()
@@ -239,6 +245,8 @@ class TransactionalRunner:
                 return
             except TransportError as e:
                 self.restarts += 1
+                if self.on_restart is not None:
+                    self.on_restart()
                 self._setup_failure = None
                 log.warning("%s worker restarts in %.0f s after: %s", self.group_id, backoff, e)
                 with contextlib.suppress(TimeoutError):
@@ -280,6 +288,7 @@ class TransactionalRunner:
                 for tp, records in batches.items():
                     if records:
                         await self._process(tp, records)
+                self.progressed_at = time.time()
         except _TRANSPORT_ERRORS as e:
             raise TransportError(f"Kafka failed under the {self.group_id} worker: {e!r}") from e
         finally:
@@ -305,6 +314,7 @@ class TransactionalRunner:
             self._raise_setup_failure()
             self.consumer.pause(*self.consumer.assignment())
             fetched = await self.consumer.getmany(timeout_ms=500)
+            self.progressed_at = time.time()
             # A partition assigned after the pause call is not paused yet: rewind what it returned.
             for tp, records in fetched.items():
                 if records:

@@ -406,7 +406,9 @@ async def serve(
         paused=router.paused,
         client_id="lianfang-router",
         security=settings.kafka_security,
+        on_restart=metrics.worker_restarts.inc,
     )
+    metrics.worker_progress.set_function(lambda: runner.progressed_at)
     router.partitions = runner.source_partitions
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1")

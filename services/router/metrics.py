@@ -56,5 +56,17 @@ class RouterMetrics:
             ["group", "topic", "partition"],
             registry=registry,
         )
+        self.worker_restarts = Counter(
+            "lianfang_router_worker_restarts_total",
+            "Times the worker started afresh after a Kafka failure (a broker lost mid-transaction, a send "
+            "refused): it rejoined the group, fenced its producers and redid the batch.",
+            registry=registry,
+        )
+        self.worker_progress = Gauge(
+            "lianfang_router_worker_progress_timestamp_seconds",
+            "Unix time the worker's loop last came back from Kafka with its batch committed (or nothing to "
+            "do). It stops moving while the worker restarts over and over or hangs in a transaction.",
+            registry=registry,
+        )
         # The registry in force (version, issue and expiry times) and the updates refused.
         self.registry_in_force = RegistryMetrics.of(registry)

@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -282,13 +282,19 @@ class Node:
     port: int
     controller_port: int
     pid: int | None = None
+    host: str = "127.0.0.1"
+    """The address it listens on and advertises."""
+    netns: str | None = None
+    """The Linux network namespace it runs in (``ip netns exec``), or None for this one."""
 
-    def as_dict(self) -> dict[str, int | None]:
+    def as_dict(self) -> dict[str, int | str | None]:
         return {
             "node_id": self.node_id,
             "port": self.port,
             "controller_port": self.controller_port,
             "pid": self.pid,
+            "host": self.host,
+            "netns": self.netns,
         }
 
 
@@ -304,7 +310,7 @@ class LocalKafka:
 
     @property
     def bootstrap(self) -> str:
-        return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        return ",".join(f"{n.host}:{n.port}" for n in self.nodes)
 
     # -- secure mode: certificates and credentials
 
@@ -401,18 +407,18 @@ class LocalKafka:
         n = len(self.nodes)
         rf = 3 if n >= 3 else 1
         isr = 2 if n >= 3 else 1
-        voters = ",".join(f"{m.node_id}@127.0.0.1:{m.controller_port}" for m in self.nodes)
+        voters = ",".join(f"{m.node_id}@{m.host}:{m.controller_port}" for m in self.nodes)
         quorum = (
             f"controller.quorum.voters={voters}"
             if n > 1
-            else f"controller.quorum.bootstrap.servers=127.0.0.1:{node.controller_port}"
+            else f"controller.quorum.bootstrap.servers={node.host}:{node.controller_port}"
         )
         listeners = (
             self._secure_properties(node)
             if self.secure
             else [
-                f"listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
+                f"listeners=PLAINTEXT://{node.host}:{node.port},CONTROLLER://{node.host}:{node.controller_port}",
+                f"advertised.listeners=PLAINTEXT://{node.host}:{node.port}",
                 "controller.listener.names=CONTROLLER",
                 "inter.broker.listener.name=PLAINTEXT",
                 "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -468,8 +474,9 @@ class LocalKafka:
         java = find_java()
         jars = fetch_jars()
         for node in self.nodes:
-            ensure_port_free(node.port)
-            ensure_port_free(node.controller_port)
+            if node.netns is None:  # a namespace of its own has every port free
+                ensure_port_free(node.port)
+                ensure_port_free(node.controller_port)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.secure:
             try:
@@ -538,6 +545,8 @@ class LocalKafka:
         ndir = self._node_dir(node)
         out = (ndir / "logs" / "stdout.log").open("ab")
         cmd = self._java_cmd(java, jars, node, "kafka.Kafka", str(ndir / "server.properties"))
+        if node.netns is not None:  # ip execs the command after entering the namespace: same pid
+            cmd = ["ip", "netns", "exec", node.netns, *cmd]
         proc = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
@@ -556,7 +565,7 @@ class LocalKafka:
                         f"Kafka node {node.node_id} exited during start-up.\n{self._log_tail(node)}"
                     )
             try:
-                if all(metadata_broker_count("127.0.0.1", n.port, auth=auth) >= want for n in self.nodes):
+                if all(metadata_broker_count(n.host, n.port, auth=auth) >= want for n in self.nodes):
                     return
                 last_error = "not every broker is registered yet"
             except (OSError, ConnectionError, struct.error, KeyError, ValueError) as e:
@@ -604,6 +613,19 @@ class LocalKafka:
             node.pid = None
             self._save_state()
 
+    def quorum_leader(self) -> int | None:
+        """The node id of the active controller (the KRaft quorum's leader) as the nodes last wrote it
+        to disk (``quorum-state``; the newest epoch wins), or None before any election."""
+        best: tuple[int, int] | None = None
+        for node in self.nodes:
+            path = self._node_dir(node) / "data" / "__cluster_metadata-0" / "quorum-state"
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                state = json.loads(path.read_text())
+                epoch, leader = int(state["leaderEpoch"]), int(state["leaderId"])
+                if leader >= 0 and (best is None or epoch > best[0]):
+                    best = (epoch, leader)
+        return best[1] if best is not None else None
+
     def restart_node(self, node_id: int, *, timeout: float = READY_TIMEOUT_S) -> None:
         node = next(n for n in self.nodes if n.node_id == node_id)
         self._spawn(find_java(), fetch_jars(), node)
@@ -640,17 +662,29 @@ class LocalKafka:
         port: int | None = None,
         secure: bool = False,
         users: Iterable[str] = (),
+        hosts: Sequence[tuple[str, str]] = (),
     ) -> LocalKafka:
         """Choose ports for a new cluster (``port`` fixes the first node's client port).
 
         ``secure``: TLS + SASL/SCRAM-SHA-512 listeners, the StandardAuthorizer, ``User:operator`` as
         the only super user, and a SCRAM credential for the operator and each of ``users``.
+
+        ``hosts``: one (address, network namespace) per node: each node runs in its namespace and
+        listens on its address, ports 9092 (clients) and 9093 (controllers) (plaintext only).
         """
         if nodes not in (1, 3):
             raise LocalKafkaError(f"a local cluster has 1 or 3 nodes, not {nodes}")
         wanted = tuple(dict.fromkeys(u for u in users if u != OPERATOR))
         if wanted and not secure:
             raise LocalKafkaError("SCRAM users only exist on a secure cluster (secure=True)")
+        if hosts:
+            if len(hosts) != nodes or secure:
+                raise LocalKafkaError(f"{nodes} nodes need {nodes} hosts, and hosts are plaintext only")
+            planned = [
+                Node(node_id=i + 1, port=9092, controller_port=9093, host=address, netns=netns)
+                for i, (address, netns) in enumerate(hosts)
+            ]
+            return cls(data_dir=data_dir.resolve(), nodes=planned)
         planned = []
         for i in range(nodes):
             client = port + i if port is not None else free_port()

@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 KAFKA_DATA ?= .run/kafka
 STAMP := $(VENV)/.installed
 
-.PHONY: help run test test-unit test-integration fuzz kafka-up kafka-down lint format bench prereqs jars deps runtime-deps prometheus clean
+.PHONY: help run test test-unit test-integration faults soak fuzz kafka-up kafka-down lint format bench prereqs jars deps runtime-deps prometheus clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,6 +47,9 @@ test: $(STAMP) jars deps ## run every test (unit, integration on a real Kafka, e
 
 test-unit: $(STAMP) deps ## run the unit tests only (no network)
 	$(PY) -m pytest -m unit
+
+faults: $(STAMP) jars ## (root) every fault case on a three-node cluster, each host in a network namespace; prints recovery times
+	LIANFANG_FAULTS=all $(PY) -m pytest -s -p no:cacheprovider tests/faults
 
 fuzz: $(STAMP) jars ## fuzz every target for 1,000,000 inputs (INPUTS=, SEED=); crashing inputs go to .run/fuzz
 	$(PY) -m tests.fuzz --inputs $(or $(INPUTS),1000000) --seed $(or $(SEED),1) --artifacts .run/fuzz

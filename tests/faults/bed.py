@@ -1,0 +1,392 @@
+"""The whole pipeline on a three-node cluster, each node and each service a host of its own
+(:mod:`tests.faults.netns`), under a steady load of leads, with what the fault tests and the soak need:
+faults to inject, a tally of what reached the inboxes, and the checks.
+
+Hosts: ``kafka-1..3`` (replication 3, ``min.insync.replicas=2``), ``router-1`` and ``router-2`` (two
+workers of one group), ``hub``, ``gateway`` and ``agency`` (:mod:`tests.faults.agency`: police through
+the SDK, the women's federation through the gateway).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+
+from deploy.kafka.local import LocalKafka
+from services.kernel import envelope, policy
+from tests.faults.netns import Host, Lab
+from tests.integration.buskit import Bus
+from tests.kit import DemoDomain
+from tests.workers import REPO, Worker, scrape
+
+KAFKA_HOSTS = ("kafka-1", "kafka-2", "kafka-3")
+ROUTERS = ("router-1", "router-2")
+HOSTS = (*KAFKA_HOSTS, *ROUTERS, "hub", "gateway", "agency")
+METRICS_PORT = 9100
+GATEWAY_PORT = 8080
+
+
+class NsWorker(Worker):
+    """A :class:`~tests.workers.Worker` inside a host; its /metrics are read from inside the host."""
+
+    def __init__(self, host: Host, module: str, env: Mapping[str, str], log: Path, args: list[str]) -> None:
+        self.host = host
+        self.what = f"{module} on {host.name}"
+        self.log = log
+        self.port = METRICS_PORT
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                host.command([sys.executable, "-m", module, *args]),
+                cwd=REPO,
+                env={**os.environ, **env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def metrics(self, timeout: float = 2) -> dict[str, float] | None:
+        return self.host.call(lambda: scrape(METRICS_PORT, timeout))
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the process now (0 once it is gone)."""
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+
+@dataclass
+class Tally:
+    """What reached the inboxes, read as it arrives (read_committed): copies of each event id per
+    participant, the recipients each event should have, and the alerts per subject."""
+
+    bootstrap: str
+    bus: Bus
+    copies: dict[str, Counter[str]] = field(default_factory=dict)  # event id -> participant -> copies
+    expected: dict[str, frozenset[str]] = field(default_factory=dict)  # event id -> its recipients
+    subject_of: dict[str, str] = field(default_factory=dict)  # lead id -> subject
+    alerts: dict[str, Counter[str]] = field(default_factory=dict)  # subject -> alert id -> copies
+    first_seen: dict[str, float] = field(default_factory=dict)  # event id -> when a copy was read
+    consumer: Any = None
+
+    def start(self) -> None:
+        participants = self.bus.domain.registry.participant_ids()
+        self._topics = {self.bus.names.inbox(p): p for p in participants}
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        tps = [
+            TopicPartition(t, p)
+            for t in self._topics
+            for p in sorted(self.consumer.partitions_for_topic(t) or [])
+        ]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
+
+    def poll(self, timeout_ms: int = 500) -> None:
+        for tp, records in self.consumer.poll(timeout_ms=timeout_ms, max_records=5000).items():
+            participant = self._topics[tp.topic]
+            for r in records:
+                headers = {k: v.decode() for k, v in r.headers or []}
+                event_id, kind = headers.get("ce_id", "?"), headers.get("ce_type", "?")
+                self.copies.setdefault(event_id, Counter())[participant] += 1
+                self.first_seen.setdefault(event_id, time.monotonic())
+                if kind == "lead.reported" and event_id not in self.expected:
+                    header = envelope.parse(r.value)[4]
+                    wanted = policy.recipients(self.bus.domain.registry.document.policy, header)
+                    self.expected[event_id] = frozenset().union(*wanted.values())
+                    self.subject_of[event_id] = header.subject
+                if kind == "joint_meeting.alert" and participant == "coordinators":
+                    self.alerts.setdefault(headers.get("ce_subject", "?"), Counter())[event_id] += 1
+
+    def delivered(self, event_id: str) -> bool:
+        """Whether every recipient of the lead has it."""
+        wanted = self.expected.get(event_id)
+        got = self.copies.get(event_id, Counter())
+        return wanted is not None and all(got[p] >= 1 for p in wanted)
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
+
+
+@dataclass(frozen=True)
+class Check:
+    """The guarantees over every lead accepted so far."""
+
+    accepted: int
+    delivered: int
+    lost: list[str]
+    duplicated: list[str]  # event ids with a second copy in any inbox, or reaching a non-recipient
+    alerts: int
+    missing_alerts: list[str]  # subjects of accepted leads without an alert
+    duplicate_alerts: list[str]  # subjects with more than one alert, or an alert copied twice
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.duplicated or self.missing_alerts or self.duplicate_alerts)
+
+    def __str__(self) -> str:
+        return (
+            f"accepted {self.accepted}, delivered {self.delivered}, lost {len(self.lost)}, "
+            f"duplicated {len(self.duplicated)}, alerts {self.alerts}, missing alerts "
+            f"{len(self.missing_alerts)}, duplicate alerts {len(self.duplicate_alerts)}"
+        )
+
+
+class Bed:
+    """The lab, the cluster and the services; start with :meth:`up`, end with :meth:`down`."""
+
+    def __init__(self, tmp: Path, domain: DemoDomain, *, rate: float = 4.0, seed: int = 1) -> None:
+        self.tmp = tmp
+        self.domain = domain
+        self.rate = rate
+        self.seed = seed
+        self.lab = Lab(HOSTS)
+        self.kafka: LocalKafka | None = None
+        self.workers: dict[str, NsWorker] = {}
+        self.restarts: Counter[str] = Counter()
+        self.prefix = f"t-faults-{datetime.now(UTC):%H%M%S%f}."
+        self.accepted_file = tmp / "accepted.jsonl"
+
+    # ------------------------------------------------------------------ life
+
+    def up(self) -> None:
+        self.lab.__enter__()
+        try:
+            hosts = [(self.lab[h].address, self.lab[h].netns) for h in KAFKA_HOSTS]
+            self.kafka = LocalKafka.plan(self.tmp / "kafka", nodes=3, hosts=hosts)
+            self.kafka.start(timeout=float(os.environ.get("KAFKA_READY_TIMEOUT", "180")))
+            self.bus = Bus.create(self.kafka.bootstrap, self.prefix, self.domain)
+            self.tally = Tally(self.kafka.bootstrap, self.bus)
+            self.tally.start()
+            for name in (*ROUTERS, "hub", "gateway"):
+                self.start(name)
+            self.wait_for(lambda: all(self._ready(n) for n in (*ROUTERS, "hub", "gateway")), 240, "services")
+            self.start("agency")
+        except BaseException:
+            self.down()
+            raise
+
+    def down(self) -> None:
+        for name in list(self.workers):
+            self.workers.pop(name).kill()
+        if getattr(self, "tally", None) is not None:
+            self.tally.close()
+        if self.kafka is not None:
+            for node in self.kafka.nodes:  # no controlled shutdown: the lab goes next
+                self.kafka.kill_node(node.node_id)
+            self.kafka.stop(timeout=5)
+        self.lab.close()
+
+    def _env(self) -> dict[str, str]:
+        assert self.kafka is not None
+        return {"LIANFANG_BOOTSTRAP": self.kafka.bootstrap, "LIANFANG_HOME": str(self.domain.home)}
+
+    def start(self, name: str) -> NsWorker:
+        """Start (or start again) the service of host ``name``, with the same data as before."""
+        host = self.lab[name]
+        env = self._env()
+        log = self.tmp / f"{name}.log"
+        args: list[str] = []
+        if name in ROUTERS:
+            module = "services.router"
+            env |= {
+                "LIANFANG_ROUTER_TOPIC_PREFIX": self.prefix,
+                "LIANFANG_ROUTER_GROUP_ID": f"{self.prefix}router",
+                "LIANFANG_ROUTER_METRICS_PORT": str(METRICS_PORT),
+                "LIANFANG_ROUTER_LAG_INTERVAL_S": "1",
+            }
+        elif name == "hub":
+            module = "services.hub"
+            env |= {
+                "LIANFANG_HUB_TOPIC_PREFIX": self.prefix,
+                "LIANFANG_HUB_APP_ID": f"{self.prefix}hub",
+                "LIANFANG_HUB_DATA_DIR": str(self.tmp / "hub-data"),
+                "LIANFANG_HUB_TICK_INTERVAL_S": "0",
+                "LIANFANG_HUB_METRICS_PORT": str(METRICS_PORT),
+            }
+        elif name == "gateway":
+            module = "services.gateway"
+            env |= {
+                "LIANFANG_GATEWAY_PARTICIPANTS": "womens_federation",
+                "LIANFANG_GATEWAY_HOST": host.address,
+                "LIANFANG_GATEWAY_PORT": str(GATEWAY_PORT),
+                "LIANFANG_GATEWAY_SPOOL_DIR": str(self.tmp / "spool"),
+                "LIANFANG_GATEWAY_TOPIC_PREFIX": self.prefix,
+            }
+        elif name == "agency":
+            module = "tests.faults.agency"
+            assert self.kafka is not None
+            args = [
+                "--home", str(self.domain.home),
+                "--bootstrap", self.kafka.bootstrap,
+                "--prefix", self.prefix,
+                "--gateway", f"http://{self.lab['gateway'].address}:{GATEWAY_PORT}",
+                "--out", str(self.accepted_file),
+                "--outbox", str(self.tmp / "police.sqlite"),
+                "--rate", str(self.rate),
+                "--seed", str(self.seed),
+            ]  # fmt: skip
+        else:
+            raise ValueError(f"no service on {name}")
+        worker = NsWorker(host, module, env, log, args)
+        self.workers[name] = worker
+        return worker
+
+    def _ready(self, name: str) -> bool:
+        worker = self.workers[name]
+        worker.check_alive()
+        if name == "gateway":
+            return worker.host.call(lambda: _answers(worker.host.address, GATEWAY_PORT))
+        values = worker.metrics()
+        if values is None:
+            return False
+        if name == "hub":
+            return any(k.startswith("lianfang_hub_events_observed_total") for k in values) or bool(values)
+        return values.get('lianfang_registry_version{service="router"}', 0) > 0
+
+    # ------------------------------------------------------------------ faults
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the service of a host (no clean shutdown, no final commit)."""
+        self.workers[name].kill()
+
+    def restart(self, name: str) -> None:
+        self.start(name)
+        self.restarts[name] += 1
+
+    def kill_broker(self, node_id: int) -> None:
+        assert self.kafka is not None
+        self.kafka.kill_node(node_id)
+
+    def restart_broker(self, node_id: int) -> None:
+        assert self.kafka is not None
+        self.kafka.restart_node(node_id, timeout=180)
+
+    def active_controller(self) -> int:
+        assert self.kafka is not None
+        leader = self.kafka.quorum_leader()
+        assert leader is not None, "no KRaft leader has been elected"
+        return leader
+
+    # ------------------------------------------------------------------ load and checks
+
+    def accepted(self) -> list[dict[str, Any]]:
+        if not self.accepted_file.exists():
+            return []
+        lines = self.accepted_file.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith('{"id"')]
+
+    def stop_load(self) -> dict[str, Any]:
+        """SIGTERM the agency: it stops offering, drains its outbox and writes its counts."""
+        agency = self.workers.pop("agency")
+        agency.proc.send_signal(signal.SIGTERM)
+        agency.proc.wait(timeout=360)
+        last = self.accepted_file.read_text().splitlines()[-1]
+        counts: dict[str, Any] = json.loads(last)
+        assert "offered" in counts, f"the agency did not finish:\n{agency.tail()}"
+        return counts
+
+    def wait_for(self, condition: Callable[[], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = condition()
+            if value:
+                return value
+            time.sleep(0.3)  # poll interval inside a deadline loop
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def recover(self, since: float, timeout: float = 300) -> float:
+        """Wait until every lead accepted before ``since`` (monotonic: when the fault ended) has
+        reached all its inboxes; the seconds that took, from ``since``."""
+        cutoff = time.time() - (time.monotonic() - since)
+        ids = [a["id"] for a in self.accepted() if a["t"] <= cutoff]
+
+        def caught_up() -> bool:
+            self.tally.poll(200)
+            return all(self.tally.delivered(i) for i in ids)
+
+        self.wait_for(caught_up, timeout, f"the {len(ids)} leads accepted before the fault ended")
+        return time.monotonic() - since
+
+    def check(self, timeout: float = 300) -> Check:
+        """Wait (up to ``timeout``) for every accepted lead and its alert, then check the guarantees."""
+        ids = [a["id"] for a in self.accepted()]
+
+        def settled() -> bool:
+            self.tally.poll(200)
+            if not all(self.tally.delivered(i) for i in ids):
+                return False
+            subjects = {self.tally.subject_of[i] for i in ids}
+            return subjects <= set(self.tally.alerts)
+
+        with contextlib.suppress(AssertionError):
+            self.wait_for(settled, timeout, "every accepted lead and its alert")
+        self.tally.poll(1000)  # a late second copy would show now
+        t = self.tally
+        lost = [i for i in ids if not t.delivered(i)]
+        duplicated = [
+            i
+            for i, copies in t.copies.items()
+            if any(n > 1 for n in copies.values()) or (i in t.expected and set(copies) - t.expected[i])
+        ]
+        subjects = {t.subject_of[i] for i in ids if i in t.subject_of}
+        missing = sorted(s for s in subjects if s not in t.alerts)
+        duplicate_alerts = sorted(
+            s for s, alerts in t.alerts.items() if len(alerts) > 1 or any(n > 1 for n in alerts.values())
+        )
+        return Check(
+            accepted=len(ids),
+            delivered=len(ids) - len(lost),
+            lost=lost,
+            duplicated=duplicated,
+            alerts=sum(len(a) for a in t.alerts.values()),
+            missing_alerts=missing,
+            duplicate_alerts=duplicate_alerts,
+        )
+
+    def latencies(self) -> list[float]:
+        """Seconds from acceptance to the first inbox copy read, per delivered lead (an upper bound:
+        the tally reads as it polls)."""
+        wall_to_mono = time.monotonic() - time.time()
+        return [
+            self.tally.first_seen[a["id"]] - (a["t"] + wall_to_mono)
+            for a in self.accepted()
+            if a["id"] in self.tally.first_seen
+        ]
+
+
+def _answers(address: str, port: int) -> bool:
+    import socket
+
+    with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=1):
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def bed(tmp: Path, domain: DemoDomain, **kw: Any) -> Iterator[Bed]:
+    b = Bed(tmp, domain, **kw)
+    b.up()
+    try:
+        yield b
+    finally:
+        b.down()

@@ -5,8 +5,9 @@ twice in any inbox, one alert per victim, delivered once. Each case prints its t
 the end of the fault (the restart, the healed link) until every lead accepted before then was in all
 its inboxes.
 
-The cases share one pipeline, in order. ``make test`` runs the quick ones (``QUICK`` in
-``tests/faults/conftest.py``); ``make faults`` (``LIANFANG_FAULTS=all``) runs every one.
+The cases share one pipeline, in order. ``make faults`` (``LIANFANG_FAULTS=all``) runs them;
+``make test`` runs the lab's own test here and a three-minute soak (``test_soak.py``) that injects
+these faults at random (``tests/faults/conftest.py``).
 """
 
 from __future__ import annotations

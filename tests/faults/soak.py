@@ -1,0 +1,177 @@
+"""The soak: the whole pipeline for a while, with faults of the catalogue injected at random (a fixed
+seed), then the figures.
+
+    python -m tests.faults.soak --minutes 30 --seed 1     # make soak SOAK_MINUTES=30 SEED=1 (root)
+
+It prints the leads offered, accepted, delivered, duplicated and lost, the alerts, the p99 latency
+from acceptance to the first inbox copy, each service's resident memory at the start and the end, the
+restarts (of processes, and of the router's runners as their /metrics count them), and every fault
+with its time to recover. The exit status is 0 only when nothing was lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tests.faults.bed import KAFKA_HOSTS, ROUTERS, Bed, Check
+from tests.kit import DemoDomain
+
+SERVICES = (*ROUTERS, "hub", "gateway")
+
+
+def _kill_broker(bed: Bed, rng: random.Random, hold: float) -> str:
+    node = rng.randint(1, 3)
+    bed.kill_broker(node)
+    time.sleep(hold)  # the fault lasts this long
+    bed.restart_broker(node)
+    return f"SIGKILL of broker {node}, restart after {hold:.0f} s"
+
+
+def _kill_controller(bed: Bed, rng: random.Random, hold: float) -> str:
+    node = bed.active_controller()
+    bed.kill_broker(node)
+    time.sleep(hold)  # the fault lasts this long
+    bed.restart_broker(node)
+    return f"SIGKILL of the active controller (node {node}), restart after {hold:.0f} s"
+
+
+def _partition(hosts: tuple[str, ...]) -> Callable[[Bed, random.Random, float], str]:
+    def fault(bed: Bed, rng: random.Random, hold: float) -> str:
+        host = rng.choice(hosts)
+        bed.lab.cut(host)
+        time.sleep(hold)  # the fault lasts this long
+        bed.lab.heal(host)
+        return f"partition isolating {host} for {hold:.0f} s"
+
+    return fault
+
+
+def _lossy_agency(bed: Bed, rng: random.Random, hold: float) -> str:
+    bed.lab.impair("agency", rate_kbit=256, loss_percent=10)
+    time.sleep(hold)  # the fault lasts this long
+    bed.lab.restore("agency")
+    return f"agency link at 256 kbit/s, 10 % loss, for {hold:.0f} s"
+
+
+def _kill_service(bed: Bed, rng: random.Random, hold: float) -> str:
+    service = rng.choice(SERVICES)
+    bed.kill(service)
+    bed.restart(service)
+    return f"SIGKILL of {service}, restarted"
+
+
+CATALOGUE: tuple[Callable[[Bed, random.Random, float], str], ...] = (
+    _kill_broker,
+    _kill_controller,
+    _partition(KAFKA_HOSTS),
+    _partition(ROUTERS),
+    _lossy_agency,
+    _kill_service,
+    _kill_service,
+)
+
+
+@dataclass
+class SoakResult:
+    offered: int
+    check: Check
+    p99_s: float
+    faults: list[tuple[str, float]] = field(default_factory=list)
+    rss_start: dict[str, int] = field(default_factory=dict)
+    rss_end: dict[str, int] = field(default_factory=dict)
+    process_restarts: dict[str, int] = field(default_factory=dict)
+    runner_restarts: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.check.lost or self.check.duplicated or self.check.duplicate_alerts)
+
+    def lines(self) -> list[str]:
+        c = self.check
+        out = [
+            f"offered {self.offered}  accepted {c.accepted}  delivered {c.delivered}  "
+            f"duplicated {len(c.duplicated)}  lost {len(c.lost)}",
+            f"alerts {c.alerts}  missing alerts {len(c.missing_alerts)}  duplicate alerts {len(c.duplicate_alerts)}",
+            f"p99 latency (accepted -> first inbox copy) {self.p99_s:.2f} s",
+        ]
+        for name in self.rss_start:
+            restarted = (
+                f" (restarted {self.process_restarts.get(name, 0)} times)"
+                if self.process_restarts.get(name)
+                else ""
+            )
+            out.append(
+                f"RSS {name:<8} start {self.rss_start[name] / 2**20:7.1f} MiB  end {self.rss_end.get(name, 0) / 2**20:7.1f} MiB{restarted}"
+            )
+        for name, n in self.runner_restarts.items():
+            out.append(f"runner restarts {name}: {n:.0f} (since its last process start)")
+        for fault, recovered in self.faults:
+            out.append(f"fault: {fault}: recovered in {recovered:.1f} s")
+        return out
+
+
+def soak(
+    tmp: Path, *, minutes: float, seed: int, rate: float = 4.0, log: Callable[[str], None] = print
+) -> SoakResult:
+    rng = random.Random(seed)
+    domain = DemoDomain.create(tmp / ".lianfang", now=datetime.now(UTC))
+    bed = Bed(tmp, domain, rate=rate, seed=seed)
+    bed.up()
+    try:
+        rss_start = {name: bed.workers[name].rss_bytes() for name in SERVICES}
+        faults: list[tuple[str, float]] = []
+        deadline = time.monotonic() + minutes * 60
+        while time.monotonic() < deadline:
+            time.sleep(rng.uniform(10, 30))  # steady load between faults
+            if time.monotonic() >= deadline:
+                break
+            fault = rng.choice(CATALOGUE)
+            what = fault(bed, rng, rng.uniform(5, 20))
+            recovered = bed.recover(time.monotonic())
+            faults.append((what, recovered))
+            log(f"fault: {what}: recovered in {recovered:.1f} s")
+        runner_restarts = {
+            name: bed.workers[name].total("lianfang_router_worker_restarts_total") or 0.0 for name in ROUTERS
+        }
+        rss_end = {name: bed.workers[name].rss_bytes() for name in SERVICES}
+        counts = bed.stop_load()
+        check = bed.check()
+        latencies = sorted(bed.latencies())
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else float("nan")
+        return SoakResult(
+            offered=int(counts["offered"]),
+            check=check,
+            p99_s=p99,
+            faults=faults,
+            rss_start=rss_start,
+            rss_end=rss_end,
+            process_restarts=dict(bed.restarts),
+            runner_restarts=runner_restarts,
+        )
+    finally:
+        bed.down()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.faults.soak", description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=4.0, help="leads a second")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="lianfang-soak-") as tmp:
+        result = soak(Path(tmp), minutes=args.minutes, seed=args.seed, rate=args.rate)
+    for line in result.lines():
+        print(line)
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

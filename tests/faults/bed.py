@@ -314,6 +314,13 @@ class Bed:
             time.sleep(0.3)  # poll interval inside a deadline loop
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
+    def idle(self, seconds: float) -> None:
+        """Let the load run for ``seconds``, reading the inboxes meanwhile (so latencies are measured
+        when copies arrive, not when a check next reads them)."""
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            self.tally.poll(int(min(500, max(1, (until - time.monotonic()) * 1000))))
+
     def recover(self, since: float, timeout: float = 300) -> float:
         """Wait until every lead accepted before ``since`` (monotonic: when the fault ended) has
         reached all its inboxes; the seconds that took, from ``since``."""
@@ -364,8 +371,8 @@ class Bed:
         )
 
     def latencies(self) -> list[float]:
-        """Seconds from acceptance to the first inbox copy read, per delivered lead (an upper bound:
-        the tally reads as it polls)."""
+        """Seconds from acceptance to the first inbox copy read, per delivered lead (an upper bound: the
+        tally reads while the bed idles or waits, not while a fault is being injected)."""
         wall_to_mono = time.monotonic() - time.time()
         return [
             self.tally.first_seen[a["id"]] - (a["t"] + wall_to_mono)

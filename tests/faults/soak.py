@@ -130,7 +130,7 @@ def soak(
         faults: list[tuple[str, float]] = []
         deadline = time.monotonic() + minutes * 60
         while time.monotonic() < deadline:
-            time.sleep(rng.uniform(10, 30))  # steady load between faults
+            bed.idle(rng.uniform(10, 30))  # steady load between faults
             if time.monotonic() >= deadline:
                 break
             fault = rng.choice(CATALOGUE)

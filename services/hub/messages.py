@@ -8,11 +8,14 @@ risk score). Texts hold no personal data: only counts, thresholds, categories an
 
 from __future__ import annotations
 
+import re
+import string
 from collections.abc import Mapping
+from functools import cache
 from types import MappingProxyType
 from typing import Final, Literal
 
-__all__ = ["MESSAGES", "MessageName", "text"]
+__all__ = ["MESSAGES", "MessageName", "parse", "text"]
 
 MessageName = Literal[
     "high_risk.score",
@@ -61,3 +64,30 @@ MESSAGES: Final[Mapping[MessageName, str]] = MappingProxyType(
 def text(name: MessageName, **values: object) -> str:
     """The text ``name`` with its fields filled in from ``values`` (a missing field raises ``KeyError``)."""
     return MESSAGES[name].format(**values)
+
+
+@cache
+def _pattern(name: MessageName) -> re.Pattern[str]:
+    """The text ``name`` as a regular expression: each field a named group, a repeated field the same."""
+    parts: list[str] = []
+    seen: set[str] = set()
+    for literal, field, _spec, _conversion in string.Formatter().parse(MESSAGES[name]):
+        parts.append(re.escape(literal))
+        if field is None:
+            continue
+        parts.append(f"(?P={field})" if field in seen else f"(?P<{field}>.+?)")
+        seen.add(field)
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def parse(detail: str) -> tuple[MessageName, dict[str, str]] | None:
+    """Which text ``detail`` is and the values filled into it (as text), or None for any other text.
+
+    The inverse of :func:`text`, for readers that explain a reason in one language of their own (the
+    console) from the hub's bilingual detail; a detail written by an older table parses to None.
+    """
+    for name in MESSAGES:
+        found = _pattern(name).fullmatch(detail)
+        if found is not None:
+            return name, found.groupdict()
+    return None

@@ -8,7 +8,7 @@ from typing import get_args
 import pytest
 
 from schemas.events import AlertReasonCode
-from services.hub.messages import MESSAGES, MessageName, text
+from services.hub.messages import MESSAGES, MessageName, parse, text
 
 pytestmark = pytest.mark.unit
 
@@ -39,3 +39,31 @@ def test_a_text_is_filled_in_by_name_and_a_missing_value_is_an_error() -> None:
     )
     with pytest.raises(KeyError):
         text("high_risk.score", score=16)
+
+
+SAMPLES: dict[MessageName, dict[str, object]] = {
+    "high_risk.score": {"score": 16, "threshold": 14},
+    "high_risk.indicators": {"count": 5, "threshold": 4},
+    "escalation": {"days": "365", "count": 3, "threshold": 3},
+    "professional_judgement": {"sender": "police"},
+    "repeat": {"days": "2.71125e-05", "window": "365"},
+    "convergence": {"days": "30", "count": 2, "agencies": "police, womens_federation"},
+    "minor_sexual_abuse": {"category": "child_abuse"},
+    "order_breach": {},
+    "serial_suspect": {"count": 2, "threshold": 2},
+}
+
+
+def test_every_name_has_a_sample_to_read_back() -> None:
+    assert set(SAMPLES) == set(MESSAGES)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_a_filled_in_text_reads_back_as_its_name_and_values(name: MessageName) -> None:
+    values = SAMPLES[name]
+    assert parse(text(name, **values)) == (name, {k: str(v) for k, v in values.items()})
+
+
+def test_a_text_of_no_table_entry_reads_back_as_nothing() -> None:
+    assert parse("风险评分很高 / a very high score") is None
+    assert parse("") is None

@@ -21,6 +21,7 @@ from typing import Any, Final, Literal, get_args
 
 from pydantic import ValidationError
 
+from schemas.common import Category
 from schemas.envelope import EnvelopeHeader, SectionName
 from schemas.events import (
     AlertReasonCode,
@@ -33,10 +34,14 @@ from schemas.events import (
     SupervisionReport,
     parse_event,
 )
+from services.console import deadlines, i18n
+from services.hub.config import HubConfig
 from services.kernel.errors import MalformedError
 
 __all__ = [
     "AGES",
+    "PAGE_SIZE",
+    "SORTS",
     "STATUSES",
     "AgencyRow",
     "Alert",
@@ -60,8 +65,17 @@ _OWN_STATUS: Final[dict[OwnKind, AlertStatus]] = {
     "schedule": "scheduled",
     "conclude": "concluded",
 }
+_OWN_TYPE: Final[dict[OwnKind, str]] = {
+    "acknowledge": "lead.acknowledged",
+    "schedule": "joint_meeting.scheduled",
+    "conclude": "joint_meeting.concluded",
+}
 AGES: Final = ("1d", "7d", "30d", "older")
 StatusFilter = Literal["open", "acknowledged", "scheduled", "concluded", "active", "all"]
+Sort = Literal["priority", "deadline", "raised", "updated", "town"]
+SORTS: Final[tuple[Sort, ...]] = get_args(Sort)
+PAGE_SIZE: Final = 25
+_MAX_PAGE: Final = 10_000
 
 
 class ViewError(MalformedError):
@@ -171,12 +185,18 @@ class Alert:
     def acknowledged_by(self) -> OwnAction | None:
         return next((a for a in self.own if a.kind == "acknowledge"), None)
 
+    @property
+    def updated_at(self) -> datetime:
+        """When anything last happened to the alert: a version, a meeting, a conclusion, an own action."""
+        moments = [self.latest.updated_at, *(e.time for e in (*self.meetings, *self.conclusions))]
+        return max([*moments, *(a.at for a in self.own)])
+
     def sort_key(self) -> tuple[int, int, float]:
         """Open work first, then the most urgent, then the most recently updated."""
         return (
             1 if self.status == "concluded" else 0,
             _URGENCY_RANK.get(self.header.urgency, 3),
-            -self.latest.updated_at.timestamp(),
+            -self.updated_at.timestamp(),
         )
 
 
@@ -194,12 +214,23 @@ class Change:
 
 @dataclass(frozen=True, slots=True)
 class QueueFilter:
-    """The queue's filters; every field empty means everything not concluded."""
+    """The queue's filters, search, order and page; every field empty means everything not concluded,
+    most pressing first, first page.
+
+    ``q`` searches the pseudonym, the town, the category, the reasons and the status, by code and by
+    their words in either language; ``overdue`` keeps the alerts with a deadline past (see
+    :mod:`services.console.deadlines`).
+    """
 
     status: StatusFilter = "active"
     town: str = ""
     rule: str = ""
     age: str = ""
+    category: str = ""
+    overdue: bool = False
+    q: str = ""
+    sort: Sort = "priority"
+    page: int = 1
 
     @classmethod
     def from_query(cls, query: Mapping[str, str]) -> QueueFilter:
@@ -209,26 +240,67 @@ class QueueFilter:
             status = "active"
         rule = query.get("rule", "")
         age = query.get("age", "")
+        category = query.get("category", "")
+        sort = query.get("sort", "priority")
+        page = query.get("page", "1")
         return cls(
             status=status,  # type: ignore[arg-type]  # checked against the literal above
             town=query.get("town", "")[:32],
             rule=rule if rule in get_args(AlertReasonCode) else "",
             age=age if age in AGES else "",
+            category=category if category in get_args(Category) else "",
+            overdue=query.get("overdue", "") == "1",
+            q=" ".join(query.get("q", "").split())[:64],
+            sort=sort if sort in SORTS else "priority",
+            page=min(int(page), _MAX_PAGE) if page.isdigit() and int(page) > 0 else 1,
         )
 
     def query(self, **changes: str) -> dict[str, str]:
-        """The query string of these filters with ``changes``, leaving out empty values."""
-        values = {"status": self.status, "town": self.town, "rule": self.rule, "age": self.age}
-        values.update(changes)
-        return {k: v for k, v in values.items() if v and not (k == "status" and v == "active")}
+        """The query string of these filters with ``changes``, leaving out empty and default values.
 
-    def matches(self, alert: Alert, now: datetime) -> bool:
+        Any change but of the page itself goes back to the first page.
+        """
+        values = {
+            "status": self.status,
+            "town": self.town,
+            "rule": self.rule,
+            "age": self.age,
+            "category": self.category,
+            "overdue": "1" if self.overdue else "",
+            "q": self.q,
+            "sort": self.sort,
+            "page": str(self.page) if "page" not in changes and not changes else "",
+        }
+        values.update(changes)
+        defaults = {"status": "active", "sort": "priority", "page": "1"}
+        return {k: v for k, v in values.items() if v and defaults.get(k) != v}
+
+    def matches(self, alert: Alert, now: datetime, *, overdue: bool = False) -> bool:
+        """Whether the alert passes every filter; ``overdue`` says whether a deadline of it is past."""
         return (
             self._status_matches(alert.status)
             and (not self.town or alert.header.town == self.town)
             and (not self.rule or self.rule in alert.reason_codes)
+            and (not self.category or alert.header.category == self.category)
+            and (not self.overdue or overdue)
             and self._age_matches(now - alert.latest.raised_at)
+            and (not self.q or self._found(alert))
         )
+
+    def _found(self, alert: Alert) -> bool:
+        """Every word of ``q`` is in the alert's pseudonym, town, category, reasons or status."""
+        header = alert.header
+        words: list[str] = [alert.subject, alert.alert_id, alert.status]
+        for lang in i18n.LANGS:
+            words += [
+                i18n.town(lang, header.town),
+                i18n.label(lang, "category", header.category),
+                i18n.label(lang, "status", alert.status),
+                *(i18n.label(lang, "reason", code) for code in alert.reason_codes),
+            ]
+        words += [header.town or "", header.category or "", *alert.reason_codes]
+        haystack = "\n".join(words).casefold()
+        return all(term in haystack for term in self.q.casefold().split())
 
     def _status_matches(self, status: AlertStatus) -> bool:
         if self.status == "active":
@@ -315,9 +387,13 @@ def _content(event_type: str, sections: Mapping[SectionName, Mapping[str, Any]])
 
 
 class CaseView:
-    """The coordinators' view of their inbox. Not thread-safe: the console guards it with a lock."""
+    """The coordinators' view of their inbox. Not thread-safe: the console guards it with a lock.
 
-    def __init__(self) -> None:
+    ``config`` is the hub's, for the deadlines of each alert (:mod:`services.console.deadlines`).
+    """
+
+    def __init__(self, config: HubConfig | None = None) -> None:
+        self.config = config or HubConfig()
         self.alerts: dict[str, Alert] = {}
         self.by_subject: dict[str, list[Entry]] = {}
         self.breaches: list[Entry] = []
@@ -376,16 +452,38 @@ class CaseView:
         alert = self.alerts.get(action.alert_id)
         if alert is not None:
             alert.own.append(action)
-        type_ = {"acknowledge": "lead.acknowledged", "schedule": "joint_meeting.scheduled"}.get(
-            action.kind, "joint_meeting.concluded"
-        )
-        return Change(type=type_, event_id=action.event_id, alert_id=action.alert_id)
+        return Change(type=_OWN_TYPE[action.kind], event_id=action.event_id, alert_id=action.alert_id)
 
     # -- output
 
+    def deadlines(self, alert: Alert) -> list[deadlines.Deadline]:
+        """The alert's deadlines, from the hub's configuration and the breaches it reported."""
+        return deadlines.for_alert(alert, self.breaches, self.config)
+
     def queue(self, where: QueueFilter, now: datetime) -> list[Alert]:
-        chosen = [a for a in self.alerts.values() if a.versions and where.matches(a, now)]
-        return sorted(chosen, key=Alert.sort_key)
+        """Every alert that passes ``where``, in its order (all pages)."""
+        chosen = []
+        due: dict[str, datetime] = {}
+        for alert in self.alerts.values():
+            if not alert.versions:
+                continue
+            found = self.deadlines(alert)
+            if where.matches(alert, now, overdue=deadlines.overdue(found, now)):
+                chosen.append(alert)
+                pressing = deadlines.pressing(found, now)
+                if pressing is not None:
+                    due[alert.alert_id] = pressing.due_at
+        chosen.sort(key=Alert.sort_key)  # the tie-break of every other order
+        if where.sort == "deadline":
+            far = datetime.max.replace(tzinfo=now.tzinfo)
+            chosen.sort(key=lambda a: due.get(a.alert_id, far))
+        elif where.sort == "raised":
+            chosen.sort(key=lambda a: a.latest.raised_at, reverse=True)
+        elif where.sort == "updated":
+            chosen.sort(key=lambda a: a.updated_at, reverse=True)
+        elif where.sort == "town":
+            chosen.sort(key=lambda a: a.header.town or "\uffff")
+        return chosen
 
     def alert(self, alert_id: str) -> Alert | None:
         alert = self.alerts.get(alert_id)
@@ -406,14 +504,28 @@ class CaseView:
         return sorted({a.header.town for a in self.alerts.values() if a.versions and a.header.town})
 
     def timeline(self, subject: str) -> list[Entry | OwnAction]:
-        """Everything about the victim the coordinators may read, and their own actions, by time.
+        """Everything about the victim the coordinators may read, and their own actions, in event order.
 
-        Own actions whose event came back through the inbox appear once (as the inbox event).
+        Own actions whose event came back through the inbox appear once (as the inbox event). Entries go
+        by time, but what belongs to an alert never before the alert's first version (clocks of the hub
+        and the console differ), and at one time an alert before anything else (the sort is stable:
+        otherwise inbox events before own actions).
         """
         entries: list[Entry | OwnAction] = list(self.by_subject.get(subject, []))
         seen = {e.event_id for e in self.by_subject.get(subject, [])}
         entries += [a for a in self.own.values() if a.subject == subject and a.event_id not in seen]
-        return sorted(entries, key=lambda e: e.at if isinstance(e, OwnAction) else e.time)
+        return sorted(entries, key=self._timeline_key)
+
+    def _timeline_key(self, entry: Entry | OwnAction) -> tuple[datetime, int]:
+        if isinstance(entry, OwnAction):
+            at, alert_id, type_ = entry.at, entry.alert_id, _OWN_TYPE[entry.kind]
+        else:
+            at, type_ = entry.time, entry.type
+            alert_id = str(getattr(entry.event, "alert_id", ""))
+        alert = self.alerts.get(alert_id)
+        if alert is not None and alert.versions and type_ != "joint_meeting.alert":
+            at = max(at, alert.versions[0].time)
+        return (at, 0 if type_ == "joint_meeting.alert" else 1)
 
     def breach_list(self) -> list[Entry]:
         """Breaches, the most recently detected first."""

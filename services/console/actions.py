@@ -42,8 +42,9 @@ __all__ = [
     "schedule",
 ]
 
-NOT_INVITED: Final = frozenset({ids.HUB, ids.COORDINATORS})
-"""Machine participants and the office itself: never asked to attend or to own an action item."""
+NOT_INVITED: Final = frozenset({ids.ROUTER, ids.HUB, ids.COORDINATORS})
+"""Machine participants and the office itself: never asked to attend or to own an action item (only
+agencies are)."""
 _POLICY_ADDS: Final = frozenset({ids.HUB, ids.COORDINATORS, ids.PLC})  # the joint_meeting rule names them
 _MAX_ITEMS: Final = 100
 _MAX_LOCATION: Final = 200
@@ -55,9 +56,13 @@ _MAX_DESCRIPTION: Final = 2_000
 class FormProblem:
     key: str
     n: int | None = None
+    when: str | None = None  # a local time the message names
 
     def values(self) -> dict[str, object]:
-        return {} if self.n is None else {"n": self.n}
+        found: dict[str, object] = {} if self.n is None else {"n": self.n}
+        if self.when is not None:
+            found["when"] = self.when
+        return found
 
 
 class FormError(UsageError):
@@ -168,8 +173,12 @@ def conclusion(
     problems: list[FormProblem] = []
     raw_at = form.get("concluded_at", "").strip()
     concluded_at = parse_local(raw_at, zone) if raw_at else now
+    meeting = alert.meeting
     if concluded_at is None:
         problems.append(FormProblem("err.concluded_at"))
+    elif meeting is not None and concluded_at < meeting.meeting_at:
+        local = meeting.meeting_at.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+        problems.append(FormProblem("err.before_meeting", when=local))
     summary = form.get("summary", "").strip()
     if not summary or len(summary) > _MAX_SUMMARY:
         problems.append(FormProblem("err.summary"))
@@ -213,7 +222,6 @@ def conclusion(
             "summary": summary,
         },
     )
-    meeting = alert.meeting
     addressed = {i["owner"] for i in items} | set(alert.latest.agencies_involved)
     addressed |= set(meeting.participants) if meeting is not None else set()
     audience = tuple(sorted(a for a in addressed - _POLICY_ADDS if a in allowed))

@@ -578,8 +578,8 @@ class Console:
         viewer = self._viewer(request)
         now = self.clock()
         with self.lock:
-            alerts = self.view.queue(where, now)
-            rows = pages.queue_rows(viewer, alerts, now)
+            alerts, _ = pages.page_of(self.view.queue(where, now), where)
+            rows = pages.queue_rows(viewer, self.view, alerts, now)
             counts = self.view.counts()
         self._audit(
             request,

@@ -14,6 +14,7 @@ from typing import Final, get_args
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
+from schemas.common import Category
 from schemas.events import (
     AlertReasonCode,
     JointMeetingAlert,
@@ -21,15 +22,27 @@ from schemas.events import (
     JointMeetingScheduled,
     SupervisionBreach,
 )
-from services.console import i18n
+from services.console import deadlines, i18n, wording
 from services.console.actions import NOT_INVITED, FormProblem
+from services.console.deadlines import Deadline
 from services.console.markup import Markup, fmt, join, render
 from services.console.roles import Permission, Role, allows
 from services.console.sessions import CSRF_FIELD
-from services.console.view import AGES, Alert, CaseView, Entry, OwnAction, QueueFilter, Rates
+from services.console.view import (
+    AGES,
+    PAGE_SIZE,
+    SORTS,
+    Alert,
+    CaseView,
+    Entry,
+    OwnAction,
+    QueueFilter,
+    Rates,
+)
 from services.kernel import ids
 
 REASONS: Final[tuple[AlertReasonCode, ...]] = get_args(AlertReasonCode)
+CATEGORIES: Final[tuple[Category, ...]] = get_args(Category)
 _TABS: Final = ("open", "acknowledged", "scheduled", "concluded", "active", "all")
 _ITEM_ROWS: Final = 3
 EMPTY: Final = Markup("")
@@ -67,6 +80,13 @@ class Viewer:
 
     def when(self, moment: datetime | None) -> str:
         return "—" if moment is None else moment.astimezone(self.zone).strftime("%Y-%m-%d %H:%M")
+
+    @property
+    def zone_name(self) -> str:
+        """The time zone in the page's words (北京时间 for Asia/Shanghai)."""
+        if str(self.zone) == "Asia/Shanghai":
+            return self.t("tz.shanghai")
+        return str(self.zone)
 
     def ago(self, moment: datetime, now: datetime) -> str:
         seconds = max(0, int((now - moment).total_seconds()))
@@ -183,6 +203,20 @@ def queue(viewer: Viewer, view: CaseView, where: QueueFilter, now: datetime) -> 
     town_options = _options(viewer, [(town, i18n.town(viewer.lang, town)) for town in towns], where.town)
     rule_options = _options(viewer, [(r, i18n.label(viewer.lang, "reason", r)) for r in REASONS], where.rule)
     age_options = _options(viewer, [(a, viewer.t(f"age.{a}")) for a in AGES], where.age)
+    category_options = _options(
+        viewer, [(c, i18n.label(viewer.lang, "category", c)) for c in CATEGORIES], where.category
+    )
+    sort_options = join(
+        fmt(
+            '<option value="{value}"{sel}>{label}</option>',
+            value=value,
+            sel=Markup(" selected") if value == where.sort else "",
+            label=viewer.t(f"sort.{value}"),
+        )
+        for value in SORTS
+    )
+    alerts = view.queue(where, now)
+    shown, pages = page_of(alerts, where)
     body = render(
         "queue.html",
         viewer.lang,
@@ -192,8 +226,13 @@ def queue(viewer: Viewer, view: CaseView, where: QueueFilter, now: datetime) -> 
             "town_options": town_options,
             "rule_options": rule_options,
             "age_options": age_options,
+            "category_options": category_options,
+            "sort_options": sort_options,
+            "q": where.q,
+            "overdue_checked": Markup(" checked") if where.overdue else "",
             "rows_url": "/alerts/rows?" + urlencode(where.query()),
-            "rows": queue_rows(viewer, view.queue(where, now), now),
+            "rows": queue_rows(viewer, view, shown, now),
+            "pager": _pager(viewer, where, pages, len(alerts)),
         },
     )
     return page(viewer, name="queue", title=viewer.t("queue.title"), body=body)
@@ -212,10 +251,72 @@ def _options(viewer: Viewer, choices: Sequence[tuple[str, str]], selected: str) 
     )
 
 
-def queue_rows(viewer: Viewer, alerts: Sequence[Alert], now: datetime) -> Markup:
+def page_of(alerts: Sequence[Alert], where: QueueFilter) -> tuple[Sequence[Alert], int]:
+    """The alerts of the filter's page (the last one when it asks for a page beyond) and how many pages."""
+    pages = max(1, -(-len(alerts) // PAGE_SIZE))
+    page = min(where.page, pages)
+    return alerts[(page - 1) * PAGE_SIZE : page * PAGE_SIZE], pages
+
+
+def _pager(viewer: Viewer, where: QueueFilter, pages: int, total: int) -> Markup:
+    page = min(where.page, pages)
+
+    def link(target: int, key: str, rel: str) -> Markup:
+        if target < 1 or target > pages:
+            return fmt('<span class="disabled" aria-disabled="true">{label}</span>', label=viewer.t(key))
+        return fmt(
+            '<a href="/alerts?{query}" rel="{rel}" id="page-{rel}">{label}</a>',
+            query=urlencode(where.query(page=str(target))),
+            rel=rel,
+            label=viewer.t(key),
+        )
+
+    return fmt(
+        '<nav class="pager" aria-label="{label}">{prev}'
+        '<span id="page-status" aria-current="page">{status}</span>{next}</nav>',
+        label=viewer.t("pager.label"),
+        prev=link(page - 1, "pager.prev", "prev"),
+        status=viewer.t("pager.status", page=page, pages=pages, n=total),
+        next=link(page + 1, "pager.next", "next"),
+    )
+
+
+def due_mark(viewer: Viewer, deadline: Deadline | None, now: datetime, *, label: str = "") -> Markup:
+    """A deadline's countdown or lateness, coloured by its state (``due-overdue``, ``due-soon``, ...)."""
+    if deadline is None:
+        return fmt('<span class="due due-none">{text}</span>', text=viewer.t("due.none"))
+    state = deadline.state(now)
+    span = wording.duration(viewer.lang, deadline.left(now))
+    text = {
+        "pending": viewer.t("due.left", span=span),
+        "soon": viewer.t("due.left", span=span),
+        "overdue": viewer.t("due.overdue", span=span),
+        "met": viewer.t("due.met"),
+        "met_late": viewer.t("due.met_late"),
+        "passed": viewer.t("due.passed"),
+    }[state]
+    return fmt(
+        '<span class="due due-{state}" data-state="{state}" data-kind="{kind}" title="{title}">'
+        '{label}<time datetime="{iso}">{text}</time></span>',
+        state=state,
+        kind=deadline.kind,
+        title=viewer.t("due.at", at=viewer.when(deadline.due_at)),
+        label=fmt('<span class="due-kind">{k}</span> ', k=label) if label else "",
+        iso=deadline.due_at.isoformat(),
+        text=text,
+    )
+
+
+def _deadline_label(viewer: Viewer, deadline: Deadline) -> str:
+    if deadline.kind == "action_item":
+        return viewer.t("due.item", owner=viewer.agency(deadline.owner or ""))
+    return i18n.label(viewer.lang, "deadline", deadline.kind)
+
+
+def queue_rows(viewer: Viewer, view: CaseView, alerts: Sequence[Alert], now: datetime) -> Markup:
     """The queue's table body (also served alone, for live updates)."""
     if not alerts:
-        return fmt('<tr class="empty"><td colspan="9">{text}</td></tr>', text=viewer.t("queue.empty"))
+        return fmt('<tr class="empty"><td colspan="10">{text}</td></tr>', text=viewer.t("queue.empty"))
     rows = []
     for alert in alerts:
         latest, header = alert.latest, alert.header
@@ -226,17 +327,28 @@ def queue_rows(viewer: Viewer, alerts: Sequence[Alert], now: datetime) -> Markup
         agencies = viewer.sep.join(viewer.agency(a) for a in latest.agencies_involved[:6])
         if len(latest.agencies_involved) > 6:
             agencies += " …"
+        found = view.deadlines(alert)
+        pressing = deadlines.pressing(found, now)
+        overdue = deadlines.overdue(found, now)
         rows.append(
             fmt(
                 '<tr data-alert-id="{id}" data-subject="{subject}" data-status="{status}" '
-                'class="row-{status}">'
+                'data-overdue="{overdue}" class="row-{status}{overdue_class}">'
                 "<td>{status_badge}</td><td>{urgency}</td>"
-                '<td><a class="open" href="/alerts/{id}" title="{open}"><code>{short}</code></a></td>'
-                "<td>{town}</td><td>{category}{minor}</td><td>{reasons}</td><td>{agencies}</td>"
-                '<td title="{raised}">{raised_ago}</td><td title="{updated}">{updated_ago}</td></tr>',
+                '<td class="deadline">{due}</td>'
+                '<td><a class="open" href="/alerts/{id}" aria-label="{open}: {subject}">'
+                "<code>{short}</code></a></td>"
+                '<td class="town">{town}</td><td>{category}{minor}</td><td>{reasons}</td><td>{agencies}</td>'
+                '<td class="when" title="{raised}">{raised_ago}</td>'
+                '<td class="when" title="{updated}">{updated_ago}</td></tr>',
                 id=alert.alert_id,
                 subject=alert.subject,
                 status=alert.status,
+                overdue="1" if overdue else "0",
+                overdue_class=" overdue" if overdue else "",
+                due=due_mark(
+                    viewer, pressing, now, label=_deadline_label(viewer, pressing) if pressing else ""
+                ),
                 status_badge=_badge("status", alert.status, viewer.t(f"status.{alert.status}")),
                 urgency=_badge("urgency", header.urgency, i18n.label(viewer.lang, "urgency", header.urgency)),
                 open=viewer.t("queue.open_alert"),
@@ -250,8 +362,8 @@ def queue_rows(viewer: Viewer, alerts: Sequence[Alert], now: datetime) -> Markup
                 agencies=agencies,
                 raised=viewer.when(latest.raised_at),
                 raised_ago=viewer.ago(latest.raised_at, now),
-                updated=viewer.when(latest.updated_at),
-                updated_ago=viewer.ago(latest.updated_at, now),
+                updated=viewer.when(alert.updated_at),
+                updated_ago=viewer.ago(alert.updated_at, now),
             )
         )
     return join(rows)
@@ -285,7 +397,7 @@ def alert_page(viewer: Viewer, view: CaseView, alert: Alert, now: datetime, form
             ("alert.minor", "", viewer.t("yes") if header.minor else viewer.t("no")),
             ("alert.version", "", str(alert.version)),
             ("alert.raised", "", viewer.when(latest.raised_at)),
-            ("alert.updated", "", viewer.when(latest.updated_at)),
+            ("alert.updated", ' id="updated"', viewer.when(alert.updated_at)),
         )
     )
     reasons = join(
@@ -293,9 +405,18 @@ def alert_page(viewer: Viewer, view: CaseView, alert: Alert, now: datetime, form
             '<li data-code="{code}">{badge}<span class="detail">{detail}</span></li>',
             code=reason.code,
             badge=_badge("reason", reason.code, i18n.label(viewer.lang, "reason", reason.code)),
-            detail=reason.detail,
+            detail=wording.explain(viewer.lang, reason.detail, viewer.agency),
         )
         for reason in latest.reasons
+    )
+    due_items = join(
+        fmt(
+            '<li data-kind="{kind}" data-state="{state}">{mark}</li>',
+            kind=d.kind,
+            state=d.state(now),
+            mark=due_mark(viewer, d, now, label=_deadline_label(viewer, d)),
+        )
+        for d in view.deadlines(alert)
     )
     agencies = join(
         fmt('<li data-agency="{id}">{name}</li>', id=a, name=viewer.agency(a))
@@ -317,6 +438,7 @@ def alert_page(viewer: Viewer, view: CaseView, alert: Alert, now: datetime, form
             "facts": facts,
             "reasons": reasons,
             "agencies": agencies,
+            "deadlines": due_items,
             "meeting": _meeting(viewer, alert.meeting),
             "conclusion": join([_conclusion(viewer, alert.conclusion), _record_link(viewer, alert)]),
             "timeline": _timeline(viewer, view.timeline(alert.subject)),
@@ -488,11 +610,12 @@ def _actions(viewer: Viewer, alert: Alert, now: datetime, forms: ActionForms) ->
             loc=value("location"),
             who=viewer.t("form.participants"),
             boxes=boxes,
-            tz=viewer.t("form.timezone", tz=str(viewer.zone)),
+            tz=viewer.t("form.timezone", tz=viewer.zone_name),
             label=viewer.t("action.schedule"),
         )
     )
     owners = [p for p in forms.participants if p not in NOT_INVITED]
+    meeting_at = alert.meeting.meeting_at if alert.meeting is not None else now
     item_rows = join(
         _item_row(viewer, owners, index, sent) for index in range(max(_ITEM_ROWS, _sent_rows(sent)))
     )
@@ -501,7 +624,7 @@ def _actions(viewer: Viewer, alert: Alert, now: datetime, forms: ActionForms) ->
             '<form method="post" action="{base}/conclude" id="conclude-form" class="stack">{hidden}'
             "<h3>{title}</h3>"
             '<label>{at_label}<input type="datetime-local" name="concluded_at" id="concluded_at" '
-            'value="{at}"></label>'
+            'value="{at}"{min}></label><p class="muted">{tz}</p>'
             '<label>{summary_label}<textarea name="summary" id="summary" rows="5" maxlength="20000" '
             "required>{summary}</textarea></label>"
             '<fieldset class="items"><legend>{items}</legend><div id="items">{rows}</div>'
@@ -511,7 +634,9 @@ def _actions(viewer: Viewer, alert: Alert, now: datetime, forms: ActionForms) ->
             hidden=hidden,
             title=viewer.t("action.conclude"),
             at_label=viewer.t("form.concluded_at"),
-            at=value("concluded_at", _local_input(viewer, now)),
+            at=value("concluded_at", _local_input(viewer, max(now, meeting_at))),
+            min=fmt(' min="{m}"', m=_local_input(viewer, meeting_at)) if alert.meeting is not None else "",
+            tz=viewer.t("form.timezone", tz=viewer.zone_name),
             summary_label=viewer.t("form.summary"),
             summary=value("summary"),
             items=viewer.t("form.items"),

@@ -1,4 +1,4 @@
-// The coordinator console's only script: live updates (server-sent events), filters, form rows.
+// The coordinator console's only script: live updates (server-sent events), countdowns, form rows.
 // No inline scripts anywhere: the Content-Security-Policy allows this file only.
 (function () {
   "use strict";
@@ -79,13 +79,12 @@
     live(function () {
       if (pending === null) pending = window.setTimeout(refresh, 250);
     });
-
-    var filters = document.getElementById("filters");
-    if (filters) {
-      filters.querySelectorAll("select").forEach(function (select) {
-        select.addEventListener("change", function () { filters.submit(); });
-      });
-    }
+    // Countdowns are written by the server: ask for the rows again every minute so they stay true.
+    window.setInterval(function () {
+      if (pending === null) pending = window.setTimeout(refresh, 0);
+    }, 60000);
+    // Filters apply with their button (or Enter), not on every change: choosing with the keyboard
+    // must not leave the page under the user's hands.
   }
 
   function alertPage() {

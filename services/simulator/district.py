@@ -77,7 +77,8 @@ ROOT_HOLDERS: Final = (ids.PLC, "procuratorate", "womens_federation")
 def participants() -> list[tuple[str, str, str]]:
     """Every participant of the default district: the agencies and one mediation room per town."""
     rooms = [
-        (f"mediation.{town}", f"{name}婚姻家庭纠纷调解室", f"Mediation room, {town}") for town, name in TOWNS
+        (f"mediation.{town}", f"{name}婚姻家庭纠纷调解室", f"{town.capitalize()} Mediation Room")
+        for town, name in TOWNS
     ]
     return [*AGENCIES, *rooms]
 

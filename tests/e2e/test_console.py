@@ -3,12 +3,14 @@ driven by Selenium), in front of the whole pipeline on the real broker: router, 
 subprocesses on a topic prefix of their own, agencies publish through the SDK, and what the console
 publishes is read back from the bus by another recipient (``plc``, with the SDK).
 
-Screenshots of the main pages go to ``test-artifacts/screenshots/`` (git-ignored).
+Screenshots of the main pages, each at 1400 px and at a phone's 390 px, go to
+``test-artifacts/screenshots/`` (git-ignored): ``<name>-1400.png`` and ``<name>-390.png``.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.cookiejar
 import json
 import os
@@ -40,6 +42,7 @@ from selenium.common.exceptions import (
 )
 from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.wait import WebDriverWait
 
 from services.bus.cluster import DURABLE_PRODUCER
@@ -61,6 +64,10 @@ ZONE = ZoneInfo("Asia/Shanghai")
 ACCOUNT = "coordinator1"
 PASSWORD = secrets.token_urlsafe(15)  # made for this run; never in the repository
 VICTIM_PHONE = "13700007001"
+MINOR_PHONE = "13700007002"
+LATE = timedelta(hours=2)  # how long ago the minor's lead happened: past the 1 h to acknowledge
+CJK = re.compile(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
+PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
 
 _R = TypeVar("_R")
 
@@ -125,7 +132,8 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
 @pytest.fixture(scope="module")
 def bus(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Bus:
     home = Path(tmp_path_factory.mktemp("console-domain")) / ".lianfang"
-    domain = DemoDomain.create(home, now=datetime.now(UTC) - timedelta(minutes=5))
+    # Keys valid from before LATE, so an agency can report what happened that long ago.
+    domain = DemoDomain.create(home, now=datetime.now(UTC) - LATE - timedelta(minutes=5))
     return Bus.create(kafka_bootstrap, f"t-console-{datetime.now(UTC):%H%M%S%f}.", domain)
 
 
@@ -219,10 +227,27 @@ def _status(url: str, method: str = "GET", data: bytes | None = None) -> int:
 
 
 def shot(driver: Any, name: str) -> None:
+    """The page as it is, at 1400 px and at a phone's 390 px (``<name>-1400.png``, ``<name>-390.png``)."""
     height = driver.execute_script("return document.documentElement.scrollHeight")
     driver.set_window_size(1400, max(900, min(int(height) + 40, 3000)))
-    driver.save_screenshot(str(SHOTS / f"{name}.png"))
+    driver.save_screenshot(str(SHOTS / f"{name}-1400.png"))
     driver.set_window_size(1400, 1000)
+    with phone(driver):
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride", {**PHONE, "height": max(844, min(int(height) + 40, 4000))}
+        )
+        driver.save_screenshot(str(SHOTS / f"{name}-390.png"))
+
+
+@contextlib.contextmanager
+def phone(driver: Any) -> Iterator[None]:
+    """The browser as a phone 390 px wide (device emulation), then back to the desktop window."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", PHONE)
+    try:
+        yield
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 # What chromedriver answers when an element found on the old page is read while the new one loads:
@@ -279,13 +304,15 @@ def subject_of(bus: Bus, phone: str) -> str:
     return pseudonymize(key, phone=phone)
 
 
-def client(bus: Bus, participant: str, tmp: Path) -> Client:
+def client(bus: Bus, participant: str, tmp: Path, behind: timedelta = timedelta(0)) -> Client:
+    """An agency's SDK client; ``behind`` dates what it publishes that long ago."""
     return Client(
         keystore=bus.domain.keys(participant),
         registry=bus.domain.registry,
         bootstrap=bus.bootstrap,
         outbox_path=tmp / f"{participant}.sqlite",
         topic_prefix=bus.prefix,
+        clock=lambda: datetime.now(UTC) - behind,
     )
 
 
@@ -392,7 +419,7 @@ def test_scheduling_a_meeting_from_the_page_puts_joint_meeting_scheduled_on_the_
     click(browser, f'tr[data-subject="{subject}"] a.open')
     wait_for(browser, lambda d: d.find_elements(By.ID, "schedule-form"))
     alert_id = browser.find_element(By.ID, "alert").get_attribute("data-alert-id")
-    assert "professional judgement" in browser.find_element(By.ID, "reasons").text
+    assert "区公安局依专业判断请求召开联席会商" in browser.find_element(By.ID, "reasons").text
     shot(browser, "05-alert")
 
     browser.find_element(By.ID, "acknowledge").click()
@@ -437,6 +464,37 @@ def test_scheduling_a_meeting_from_the_page_puts_joint_meeting_scheduled_on_the_
     assert "区妇联三楼会议室" in browser.find_element(By.ID, "meeting").text
 
 
+def test_a_conclusion_dated_before_its_meeting_is_refused_and_the_alert_stays_open(
+    browser: Any, console_url: str, bus: Bus
+) -> None:
+    subject = subject_of(bus, VICTIM_PHONE)
+    browser.get(console_url + "/alerts?status=scheduled")
+    click(browser, f'tr[data-subject="{subject}"] a.open')
+    field = wait_for(browser, lambda d: d.find_element(By.ID, "concluded_at"))
+    meeting = datetime.fromisoformat(field.get_attribute("min"))
+    before = (meeting - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    browser.execute_script("arguments[0].value = arguments[1];", field, before)
+    assert browser.execute_script("return arguments[0].validity.rangeUnderflow;", field), "the browser warns"
+    browser.find_element(By.ID, "summary").send_keys("会商纪要")
+    browser.execute_script("document.getElementById('conclude-form').submit();")  # past the browser's check
+    errors = wait_for(browser, lambda d: d.find_element(By.ID, "form-errors").text)
+    assert "结束时间不能早于会商时间" in errors
+    assert meeting.strftime("%Y-%m-%d %H:%M") in errors, "the meeting's time in Asia/Shanghai"
+    assert browser.find_element(By.ID, "alert").get_attribute("data-status") == "scheduled"
+    participants = {
+        b.get_attribute("value") for b in browser.find_elements(By.CSS_SELECTOR, 'input[name="participants"]')
+    }
+    owners = {
+        o.get_attribute("value")
+        for o in browser.find_elements(By.CSS_SELECTOR, 'select[name="item_owner"] option')
+    }
+    assert "police" in participants
+    assert "police" in owners
+    assert not ({"router", "hub", "coordinators"} & (participants | owners)), "only agencies"
+    assert "北京时间" in browser.find_element(By.ID, "conclude-form").text
+    shot(browser, "07a-conclusion-refused")
+
+
 def test_concluding_the_meeting_publishes_its_action_items_and_closes_the_alert(
     browser: Any, console_url: str, bus: Bus, tmp_path: Path
 ) -> None:
@@ -445,6 +503,11 @@ def test_concluding_the_meeting_publishes_its_action_items_and_closes_the_alert(
     click(browser, f'tr[data-subject="{subject}"] a.open')
     wait_for(browser, lambda d: d.find_elements(By.ID, "conclude-form"))
     alert_id = browser.find_element(By.ID, "alert").get_attribute("data-alert-id")
+    meeting_at = browser.find_element(By.ID, "concluded_at").get_attribute("min")
+    assert meeting_at, "the conclusion's time may not be set before the meeting's"
+    browser.execute_script(
+        "arguments[0].value = arguments[1];", browser.find_element(By.ID, "concluded_at"), meeting_at
+    )
     browser.find_element(By.ID, "summary").send_keys("会商决定：公安机关出具告诫书，妇联跟进心理疏导。")
     due = (datetime.now(ZONE) + timedelta(days=7)).date()
     owners = browser.find_elements(By.CSS_SELECTOR, 'select[name="item_owner"]')
@@ -526,6 +589,157 @@ def test_the_supervision_page_shows_breaches_and_each_agencys_rates(
     assert cells[-4:-1] == ["0%", "0%", "0%"], cells
     assert len(browser.find_elements(By.CSS_SELECTOR, "#rates-chart rect.bar-response")) == 1 + 2  # legend
     shot(browser, "08-supervision")
+
+
+def test_an_overdue_alert_shows_its_deadlines_in_the_queue_and_on_its_page_in_either_language(
+    browser: Any, console_url: str, bus: Bus, tmp_path: Path
+) -> None:
+    """A minor's child-abuse lead reported two hours after it happened: the alert is immediate, to be
+    acknowledged within 1 h of being raised, so it is an hour overdue when it arrives."""
+    subject = subject_of(bus, MINOR_PHONE)
+    with client(bus, "police", tmp_path, behind=LATE) as police:
+        police.publish_lead(
+            {
+                "category": "child_abuse",
+                "channel": "police_call",
+                "town": "dasungezhuang",
+                "victim": {"name": "测试某某", "phone": MINOR_PHONE, "is_minor": True},
+                "minor": True,
+                "narrative": "邻居反映孩子长期被打。",
+                "requests_joint_meeting": False,
+            }
+        )
+        assert police.flush(30)
+    row = f'tr[data-subject="{subject}"]'
+    browser.get(console_url + "/alerts?sort=deadline")
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, row), timeout=45)
+    assert (
+        wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, row).get_attribute("data-overdue")) == "1"
+    )
+    mark = wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, f"{row} .due").text)
+    assert re.fullmatch(r"签收 已超期 (\d+ 小时( \d+ 分钟)?|\d+ 分钟)", mark), mark
+    assert wait_for(
+        browser, lambda d: d.find_element(By.CSS_SELECTOR, f"{row} .due").get_attribute("data-state")
+    ) == ("overdue")
+    first = wait_for(
+        browser, lambda d: d.find_element(By.CSS_SELECTOR, "#alert-rows tr").get_attribute("data-subject")
+    )
+    assert first == subject, "the nearest (most overdue) deadline first"
+    colour = browser.execute_script(
+        "return getComputedStyle(document.querySelector(arguments[0])).backgroundColor;", f"{row} .due"
+    )
+    assert colour == "rgb(198, 40, 40)", "overdue is red"
+    shot(browser, "09-queue-overdue")
+
+    # Search, filter and page find it; a search that names something else does not.
+    for query in (
+        f"q={subject[:12]}",
+        "q=大孙各庄",
+        "q=虐待儿童",
+        "q=child_abuse",
+        "overdue=1",
+        "category=child_abuse",
+    ):
+        browser.get(console_url + "/alerts?" + query)
+        wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, row))
+    browser.get(console_url + "/alerts?q=" + "不存在的镇")
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#alert-rows tr.empty"))
+    assert "第 1/1 页" in browser.find_element(By.ID, "page-status").text
+
+    browser.get(console_url + "/alerts")
+    click(browser, f"{row} a.open")
+    wait_for(browser, lambda d: d.find_elements(By.ID, "deadlines"))
+    acknowledge = browser.find_element(By.CSS_SELECTOR, '#deadlines li[data-kind="acknowledge"]')
+    assert acknowledge.get_attribute("data-state") == "overdue"
+    assert "已超期" in acknowledge.text
+    schedule = browser.find_element(By.CSS_SELECTOR, '#deadlines li[data-kind="schedule"]')
+    assert schedule.get_attribute("data-state") == "pending"
+    assert re.search(r"剩余 2[0-2] 小时", schedule.text), schedule.text
+    reasons = browser.find_element(By.ID, "reasons").text
+    assert "受害人为未成年人，线索类别为虐待儿童" in reasons
+    assert not re.search(r"[A-Za-z_]{3,}", reasons), reasons
+    shot(browser, "10-alert-overdue")
+
+    updated = browser.find_element(By.ID, "updated").text
+    browser.find_element(By.ID, "acknowledge").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "alert").get_attribute("data-status") == "acknowledged")
+    assert browser.find_element(By.ID, "updated").text != updated, "the action updates the time shown"
+    acknowledge = browser.find_element(By.CSS_SELECTOR, '#deadlines li[data-kind="acknowledge"]')
+    assert acknowledge.get_attribute("data-state") == "met_late"
+
+    browser.find_element(By.ID, "lang-switch").click()
+    wait_for(browser, lambda d: d.find_element(By.TAG_NAME, "html").get_attribute("lang") == "en")
+    main = browser.find_element(By.ID, "main").text
+    assert not CJK.search(main), CJK.findall(main)
+    assert "A minor victim, category Child abuse" in browser.find_element(By.ID, "reasons").text
+    assert "China Standard Time" in main
+    shot(browser, "11-alert-english")
+    browser.find_element(By.ID, "lang-switch").click()
+    wait_for(browser, lambda d: d.find_element(By.TAG_NAME, "html").get_attribute("lang") == "zh-CN")
+
+
+def test_at_phone_width_nothing_overflows_and_no_town_or_time_breaks_mid_word(
+    browser: Any, console_url: str
+) -> None:
+    fits = "return document.documentElement.scrollWidth <= window.innerWidth;"
+    one_line = (
+        "return Array.from(document.querySelectorAll(arguments[0])).filter(function (cell) {"
+        "  var range = document.createRange(); range.selectNodeContents(cell);"
+        "  var tops = new Set(Array.from(range.getClientRects()).map(function (r) { return Math.round(r.top); }));"
+        "  return tops.size > 1; }).map(function (cell) { return cell.textContent; });"
+    )
+    with phone(browser):
+        browser.get(console_url + "/alerts?status=all")
+        wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#alert-rows tr[data-alert-id]"))
+        assert browser.execute_script("return window.innerWidth;") == 390
+        assert browser.execute_script(fits), "the page does not scroll sideways; the table scrolls in its box"
+        header = browser.execute_script(
+            "return Array.from(document.querySelectorAll('.topbar a, .topbar button')).every(function (e) {"
+            " var r = e.getBoundingClientRect(); return r.left >= 0 && r.right <= window.innerWidth; });"
+        )
+        assert header, "every link of the header is within the screen"
+        assert (
+            browser.execute_script(one_line, "#alert-rows td.town, #alert-rows td.when, #alert-rows .due")
+            == []
+        )
+        click(browser, "#alert-rows tr[data-alert-id] a.open")
+        wait_for(browser, lambda d: d.find_elements(By.ID, "deadlines"))
+        assert browser.execute_script(fits)
+
+
+def test_the_queue_and_an_alert_are_reached_with_the_keyboard_and_every_field_has_a_label(
+    browser: Any, console_url: str
+) -> None:
+    browser.get(console_url + "/alerts")
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#alert-rows a.open"))
+    body = browser.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.TAB)
+    active = browser.switch_to.active_element
+    assert "skip" in (active.get_attribute("class") or ""), "the first stop skips to the content"
+    active.send_keys(Keys.ENTER)
+    for _ in range(60):
+        browser.switch_to.active_element.send_keys(Keys.TAB)
+        active = browser.switch_to.active_element
+        if "open" in (active.get_attribute("class") or "").split():
+            break
+    else:
+        raise AssertionError("no alert link is reached with the Tab key")
+    assert active.get_attribute("aria-label"), "the link says what it opens"
+    active.send_keys(Keys.ENTER)
+    wait_for(browser, lambda d: d.find_elements(By.ID, "alert"))
+    unlabelled = browser.execute_script(
+        "return Array.from(document.querySelectorAll('input:not([type=hidden]), select, textarea'))"
+        ".filter(function (f) { return !f.labels.length && !f.getAttribute('aria-label'); })"
+        ".map(function (f) { return f.name || f.id; });"
+    )
+    assert unlabelled == []
+    browser.get(console_url + "/alerts")
+    unlabelled = browser.execute_script(
+        "return Array.from(document.querySelectorAll('input:not([type=hidden]), select, textarea'))"
+        ".filter(function (f) { return !f.labels.length && !f.getAttribute('aria-label'); })"
+        ".map(function (f) { return f.name || f.id; });"
+    )
+    assert unlabelled == []
 
 
 def test_signing_out_ends_the_session(browser: Any, console_url: str) -> None:

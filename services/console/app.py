@@ -578,9 +578,11 @@ class Console:
         viewer = self._viewer(request)
         now = self.clock()
         with self.lock:
-            alerts, _ = pages.page_of(self.view.queue(where, now), where)
+            every = self.view.queue(where, now)
+            alerts, page_count = pages.page_of(every, where)
             rows = pages.queue_rows(viewer, self.view, alerts, now)
             counts = self.view.counts()
+            page_status = pages.page_status(viewer, where, page_count, len(every))
         self._audit(
             request,
             "view_queue",
@@ -591,6 +593,7 @@ class Console:
         self.metrics.views.labels("queue_rows").inc()
         response = self._html(rows)
         response.headers["X-Lianfang-Counts"] = json.dumps(counts)
+        response.headers["X-Lianfang-Page"] = json.dumps(page_status)  # JSON keeps the header ASCII
         return response
 
     def _alert_or_404(self, request: web.Request) -> Alert:

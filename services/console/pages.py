@@ -258,6 +258,11 @@ def page_of(alerts: Sequence[Alert], where: QueueFilter) -> tuple[Sequence[Alert
     return alerts[(page - 1) * PAGE_SIZE : page * PAGE_SIZE], pages
 
 
+def page_status(viewer: Viewer, where: QueueFilter, pages: int, total: int) -> str:
+    """Which page of how many, and how many alerts in all (also sent with live updates)."""
+    return viewer.t("pager.status", page=min(where.page, pages), pages=pages, n=total)
+
+
 def _pager(viewer: Viewer, where: QueueFilter, pages: int, total: int) -> Markup:
     page = min(where.page, pages)
 
@@ -276,7 +281,7 @@ def _pager(viewer: Viewer, where: QueueFilter, pages: int, total: int) -> Markup
         '<span id="page-status" aria-current="page">{status}</span>{next}</nav>',
         label=viewer.t("pager.label"),
         prev=link(page - 1, "pager.prev", "prev"),
-        status=viewer.t("pager.status", page=page, pages=pages, n=total),
+        status=page_status(viewer, where, pages, total),
         next=link(page + 1, "pager.next", "next"),
     )
 

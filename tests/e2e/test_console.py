@@ -621,6 +621,7 @@ def test_an_overdue_alert_shows_its_deadlines_in_the_queue_and_on_its_page_in_ei
     assert wait_for(
         browser, lambda d: d.find_element(By.CSS_SELECTOR, f"{row} .due").get_attribute("data-state")
     ) == ("overdue")
+    wait_for(browser, lambda d: "共 1 条" in d.find_element(By.ID, "page-status").text)  # live, too
     first = wait_for(
         browser, lambda d: d.find_element(By.CSS_SELECTOR, "#alert-rows tr").get_attribute("data-subject")
     )

@@ -55,7 +55,8 @@
           if (response.status === 401) { window.location.reload(); return null; }
           if (!response.ok) return null;
           var counts = response.headers.get("X-Lianfang-Counts");
-          return response.text().then(function (html) { return { html: html, counts: counts }; });
+          var page = response.headers.get("X-Lianfang-Page");
+          return response.text().then(function (html) { return { html: html, counts: counts, page: page }; });
         })
         .then(function (result) {
           if (!result) return;
@@ -64,6 +65,8 @@
             var id = row.getAttribute("data-alert-id");
             if (before[id] !== row.getAttribute("data-status")) row.classList.add("fresh");
           });
+          var status = document.getElementById("page-status");
+          if (result.page && status) status.textContent = JSON.parse(result.page);
           if (result.counts) {
             var counts = JSON.parse(result.counts);
             document.querySelectorAll(".tab[data-status]").forEach(function (tab) {

@@ -835,7 +835,7 @@ def test_a_burst_of_parallel_wrong_passwords_leaves_the_account_locked_against_t
 # --------------------------------------------------------------------------- roles and the meeting record
 
 SUPERVISOR, ADMINISTRATOR = "supervisor1", "admin1"
-SECOND_PHONE = "13700007002"
+SECOND_PHONE = "13700007003"  # a victim no other test acts on
 
 
 def sign_in_as(driver: Any, url: str, account: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, Field, model_validator
 
 from schemas.common import Category, ParticipantId, Town, UniqueList, Urgency, WireModel
 from schemas.envelope import Base64, SectionName
@@ -58,10 +58,27 @@ class RootKey(WireModel):
 
 
 class Roots(WireModel):
-    """The root keys and how many of them must sign a registry (k of n)."""
+    """The root keys and how many of them must sign a registry (k of n).
+
+    Thresholds count distinct public keys, so one key listed under two key ids would meet a
+    threshold of 2 alone: a root set that lists a key (or a key id) twice, or whose threshold its
+    keys cannot meet, is refused wherever it is built or read.
+    """
 
     threshold: int = Field(ge=1)
     keys: list[RootKey] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct_keys_meet_the_threshold(self) -> Roots:
+        kids = [k.kid for k in self.keys]
+        publics = [k.public for k in self.keys]
+        if len(set(kids)) != len(kids):
+            raise ValueError("a root key id is listed twice")
+        if len(set(publics)) != len(publics):
+            raise ValueError("one root public key is listed twice: thresholds count distinct keys")
+        if self.threshold > len(publics):
+            raise ValueError(f"a threshold of {self.threshold} cannot be met by {len(publics)} root keys")
+        return self
 
 
 class Match(WireModel):

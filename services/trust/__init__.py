@@ -33,7 +33,7 @@ from schemas.registry import (
     SealedPseudonymKey,
 )
 from services.kernel import crypto
-from services.kernel.errors import MalformedError, UsageError
+from services.kernel.errors import MalformedError, UsageError, validation_summary
 from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.pseudonym import PseudonymKey, new_pseudonym_key
 from services.kernel.registry import Registry, seal_pseudonym_key, sign_document
@@ -67,7 +67,10 @@ def roots_of(root_stores: Iterable[Keystore], threshold: int) -> Roots:
         )
     if not 1 <= threshold <= len(keys):
         raise UsageError(f"a threshold of {threshold} cannot be met by {len(keys)} root keys")
-    return Roots(threshold=threshold, keys=keys)
+    try:
+        return Roots(threshold=threshold, keys=keys)
+    except ValidationError as e:
+        raise UsageError(f"these root keys cannot form a root set: {validation_summary(e, limit=1)}") from e
 
 
 def build_document(

@@ -24,6 +24,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Final, Protocol
 
 from kafka import KafkaConsumer, TopicPartition
@@ -33,10 +34,11 @@ from schemas.registry import Roots
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs
 from services.kernel import envelope
 from services.kernel.clock import Clock, utcnow
-from services.kernel.errors import ReasonCode, UsageError
+from services.kernel.errors import LianfangError, ReasonCode, UsageError
 from services.kernel.keystore import Keystore
-from services.kernel.registry import Registry, UpdateDecision, judge_update
+from services.kernel.registry import Registry, UpdateDecision, judge_start, judge_update
 from services.trust import TrustDomain
+from services.trust.trusted import TrustedRecord, record_name
 
 log = logging.getLogger("lianfang.registry")
 
@@ -90,7 +92,12 @@ class RegistryMetrics:
 
 class RegistryInForce:
     """The registry a process uses now; replaced only by a newer one that verifies against the
-    trusted roots. Without ``trusted_roots`` it is fixed (it takes no update)."""
+    trusted roots. Without ``trusted_roots`` it is fixed (it takes no update).
+
+    The trusted roots advance with the registry in force: once a registry that rotates the roots is
+    taken (signed by a threshold of the old roots and of its own), the next one must be signed by the
+    new roots. With a ``record``, every registry taken is also written to the process's record of the
+    highest registry it trusted, so a restart does not go below it (:mod:`services.trust.trusted`)."""
 
     def __init__(
         self,
@@ -100,12 +107,14 @@ class RegistryInForce:
         clock: Clock = utcnow,
         metrics: RegistryMetrics | None = None,
         service: str = "sdk",
+        record: TrustedRecord | None = None,
     ) -> None:
         self._current = registry
         self._roots = trusted_roots
         self._clock = clock
         self._metrics = metrics
         self.service = service
+        self._record = record
         self._lock = threading.Lock()
         self._publish_gauges()
 
@@ -118,18 +127,43 @@ class RegistryInForce:
         metrics: RegistryMetrics | None,
         clock: Clock = utcnow,
         allow_expired: bool = False,
+        registry_topic: str | None = None,
+        participant: str | None = None,
     ) -> RegistryInForce:
         """The registry of HOME, verified against HOME's trust anchor, which also judges updates.
 
         ``allow_expired`` starts with an expired registry anyway (its signatures must verify): the
-        router pauses until a newer one arrives instead of refusing to start."""
+        router pauses until a newer one arrives instead of refusing to start.
+
+        With ``registry_topic`` (the topic the process follows), the process keeps a record of the
+        highest registry it trusted in HOME/trusted/ (named after ``service``, ``participant`` and the
+        topic) and starts from it rather than from an older, or unchained, HOME/registry.json."""
         roots = domain.trusted_roots()
         try:
             data = domain.registry_path.read_bytes()
         except FileNotFoundError:
             raise UsageError(f"no registry at {domain.registry_path}; run `lianfang init` first") from None
-        registry = Registry.from_bytes(data, trusted_roots=roots, now=clock(), allow_expired=allow_expired)
-        return cls(registry, trusted_roots=roots, clock=clock, metrics=metrics, service=service)
+        record: TrustedRecord | None = None
+        now = clock()
+        if registry_topic is None:
+            registry = Registry.from_bytes(data, trusted_roots=roots, now=now, allow_expired=allow_expired)
+        else:
+            record = TrustedRecord(domain.home, record_name(service, registry_topic, participant))
+            registry = _start_registry(
+                domain, data, roots, record, service=service, now=now, allow_expired=allow_expired
+            )
+        # The registry's own roots judge what comes next: they are the anchor's, or a rotation of them.
+        in_force = cls(
+            registry,
+            trusted_roots=registry.document.roots,
+            clock=clock,
+            metrics=metrics,
+            service=service,
+            record=record,
+        )
+        if record is not None:
+            record.save(registry, now)
+        return in_force
 
     @property
     def current(self) -> Registry:
@@ -148,6 +182,8 @@ class RegistryInForce:
             decision = judge_update(self._current, data, trusted_roots=self._roots, now=self._clock())
             if decision.registry is not None:
                 self._current = decision.registry
+                self._roots = decision.registry.document.roots  # a rotation's new roots judge from now on
+                self._keep_record(decision.registry)
         if decision.registry is not None:
             self._publish_gauges()
             log.info(
@@ -164,6 +200,22 @@ class RegistryInForce:
             log.debug("%s: registry update not needed: %s", self.service, decision.detail)
         return decision
 
+    @property
+    def trusted_roots(self) -> Roots | None:
+        """The roots the next registry must be signed by (those of the registry in force)."""
+        return self._roots
+
+    def _keep_record(self, registry: Registry) -> None:
+        if self._record is None:
+            return
+        try:
+            self._record.save(registry, self._clock())
+        except (OSError, LianfangError) as e:  # keep serving; the floor after a restart stays lower
+            log.error(
+                "%s: registry v%d in force but not recorded in %s (%s): a restart would start below it",
+                self.service, registry.version, self._record.path, e,
+            )  # fmt: skip
+
     def expired(self) -> bool:
         return self._clock() >= self._current.document.expires
 
@@ -174,6 +226,32 @@ class RegistryInForce:
         self._metrics.version.labels(self.service).set(document.version)
         self._metrics.expiry.labels(self.service).set(document.expires.timestamp())
         self._metrics.issued.labels(self.service).set(document.issued.timestamp())
+
+
+def _start_registry(
+    domain: TrustDomain,
+    data: bytes,
+    anchor: Roots,
+    record: TrustedRecord,
+    *,
+    service: str,
+    now: datetime,
+    allow_expired: bool,
+) -> Registry:
+    """The registry to start with: HOME's, unless the record of the highest one trusted is newer (or
+    HOME's is not chained to it); then HOME's is refused and said so, naming the fix."""
+    start = judge_start(data, record.load(now), anchor=anchor, now=now)
+    if start.refused is not None:
+        log.warning(
+            "%s: %s refused (%s): starting from registry v%d recorded in %s. To silence this, copy a "
+            "registry at least as new, signed by its roots, into %s (the newest one on the registry "
+            "topic, or from the root holders)",
+            service, domain.registry_path, start.refused.detail, start.registry.version, record.path,
+            domain.registry_path,
+        )  # fmt: skip
+    if not allow_expired:
+        start.registry.check_current(now)
+    return start.registry
 
 
 def in_force(registry: Registry | RegistryInForce) -> RegistryInForce:

@@ -191,7 +191,12 @@ class Console:
         security = load_security()  # an incomplete login stops here, before any key is opened
         domain = trust.open_domain(settings.home)
         metrics = metrics or ConsoleMetrics()
-        registry = RegistryInForce.from_domain(domain, service="console", metrics=metrics.registry_in_force)
+        registry = RegistryInForce.from_domain(
+            domain,
+            service="console",
+            metrics=metrics.registry_in_force,
+            registry_topic=topics.TopicNames(settings.topic_prefix).registry,
+        )
         keystore = domain.keystore(settings.participant)
         client = Client(
             keystore=keystore,

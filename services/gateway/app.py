@@ -262,6 +262,7 @@ class Gateway:
             service="gateway",
             metrics=RegistryMetrics.of(metrics_registry),  # GatewayMetrics.registry_in_force
             clock=clock,
+            registry_topic=topics.TopicNames(settings.topic_prefix).registry,
         )
         served = settings.participants or tuple(
             p for p in registry.current.participant_ids() if (settings.home / "keys" / f"{p}.key").exists()

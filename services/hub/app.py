@@ -182,8 +182,10 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
     metrics = metrics or HubMetrics()
     domain = trust.open_domain(settings.home)
     keys = domain.keystore(ids.HUB)
-    registry = RegistryInForce.from_domain(domain, service=ids.HUB, metrics=metrics.registry_in_force)
     names = topics.TopicNames(settings.topic_prefix)
+    registry = RegistryInForce.from_domain(
+        domain, service=ids.HUB, metrics=metrics.registry_in_force, registry_topic=names.registry
+    )
     follower = RegistryFollower(
         registry, bootstrap=settings.bootstrap, topic=names.registry, security=settings.kafka_security
     )

@@ -46,6 +46,7 @@ from services.kernel.errors import (
     UnknownSenderError,
     UntrustedInputError,
     UsageError,
+    validation_summary,
 )
 from services.kernel.pseudonym import PseudonymKey
 
@@ -92,20 +93,27 @@ def _signature(raw: object) -> tuple[str, bytes]:
 def check_root_signatures(
     roots: Roots, payload: bytes, signatures: Iterable[tuple[str, bytes]]
 ) -> SignatureReport:
-    """Count distinct root keys whose signature over ``payload`` verifies."""
+    """Count distinct root keys whose signature over ``payload`` verifies.
+
+    Distinct by public key, not key id: :class:`Roots` refuses a key listed twice, and this count
+    would not let one key meet a threshold of 2 even if such a root set slipped through."""
     by_kid = {k.kid: crypto.b64d(k.public, what="root key", length=32) for k in roots.keys}
     valid: set[str] = set()
     invalid: set[str] = set()
     unknown: set[str] = set()
+    counted: set[bytes] = set()
     for kid, sig in signatures:
         if kid not in by_kid:
             unknown.add(kid)
             continue
         try:
             crypto.verify_signature(by_kid[kid], sig, REGISTRY_PAYLOAD_TYPE, payload)
-            valid.add(kid)
         except BadSignatureError:
             invalid.add(kid)
+            continue
+        if by_kid[kid] not in counted:
+            counted.add(by_kid[kid])
+            valid.add(kid)
     return SignatureReport(roots.threshold, frozenset(valid), frozenset(invalid), frozenset(unknown))
 
 
@@ -121,11 +129,17 @@ class Registry:
     """A verified registry document with the look-ups the envelope, router and SDK need."""
 
     def __init__(
-        self, document: RegistryDocument, payload: bytes = b"", report: SignatureReport | None = None
+        self,
+        document: RegistryDocument,
+        payload: bytes = b"",
+        report: SignatureReport | None = None,
+        data: bytes = b"",
     ) -> None:
         self.document = document
         self.payload = payload
         self.report = report
+        self.data = data
+        """The whole file (signature line and payload) it was verified from; empty when built here."""
         self._participants: dict[str, Participant] = {p.id: p for p in document.participants}
 
     # -- construction
@@ -157,7 +171,7 @@ class Registry:
                     f"the registry rotates its root keys but has only {len(rotated.valid)} of the "
                     f"{rotated.threshold} signatures its new roots need"
                 )
-        registry = cls(document, payload, report)
+        registry = cls(document, payload, report, data)
         if not allow_expired:
             registry.check_current(now)
         return registry
@@ -299,6 +313,62 @@ def judge_update(current: Registry, data: bytes, *, trusted_roots: Roots, now: d
     return UpdateDecision("newer", f"v{candidate.version} replaces v{current.version}", candidate)
 
 
+def self_signed(data: bytes, *, now: datetime) -> Registry:
+    """A registry verified against the roots it names itself (expired or not).
+
+    Only for a process's own record of the highest registry it trusted: that registry was judged
+    against the chain of roots when it was taken; re-reading it checks only that the record is whole.
+    """
+    payload, _ = _load_dsse(data)
+    roots = _parse_document(payload).roots
+    return Registry.from_bytes(data, trusted_roots=roots, now=now, allow_expired=True)
+
+
+@dataclass(frozen=True, slots=True)
+class StartDecision:
+    """The registry a process starts with, and why the one in its home folder was not it (if not)."""
+
+    registry: Registry
+    refused: UpdateDecision | None = None
+
+
+def judge_start(home: bytes, trusted: Registry | None, *, anchor: Roots, now: datetime) -> StartDecision:
+    """Choose the registry a process starts with, never going below the highest one it trusted.
+
+    Without a record of one (``trusted`` is ``None``, a first start) the home folder's registry must
+    verify against the trust anchor (raises if not, expired or not). With one, the home folder's
+    registry is judged as an update of it (:func:`judge_update`: chained to its roots, newer, not
+    expired); when it is not taken, the process keeps ``trusted`` and ``refused`` says why: an older
+    registry, another one of the same version, or one the trusted roots did not sign.
+    """
+    if trusted is None:
+        return StartDecision(Registry.from_bytes(home, trusted_roots=anchor, now=now, allow_expired=True))
+    payload, version = _unverified_version(home)
+    if payload == trusted.payload:
+        return StartDecision(trusted)
+    if version is not None and version < trusted.version:  # said plainly, whoever signed it
+        return StartDecision(
+            trusted, UpdateDecision("older", f"v{version} is older than v{trusted.version} already trusted")
+        )
+    decision = judge_update(trusted, home, trusted_roots=trusted.document.roots, now=now)
+    if decision.registry is not None:
+        return StartDecision(decision.registry)
+    if decision.reason == "same_version":
+        decision = UpdateDecision(
+            "same_version", f"it is another registry with the version v{trusted.version} already trusted"
+        )
+    return StartDecision(trusted, decision)
+
+
+def _unverified_version(data: bytes) -> tuple[bytes | None, int | None]:
+    """The payload and version of a registry file, unverified (only to word a refusal)."""
+    try:
+        payload = _load_dsse(data)[0]
+        return payload, _parse_document(payload).version
+    except UntrustedInputError:
+        return None, None
+
+
 def pseudonym_key_info(version: int, to: str, kid: str) -> bytes:
     return b"lianfang/v1/pseudonym-key\0%d\0%s\0%s" % (version, to.encode(), kid.encode())
 
@@ -318,11 +388,24 @@ def seal_pseudonym_key(
 
 
 def sign_document(document: RegistryDocument, root_keys: Mapping[str, Ed25519PrivateKey]) -> bytes:
-    """Serialize a registry document once and sign those bytes with each given root key."""
+    """Serialize a registry document once and sign those bytes with each given root key.
+
+    A root set that lists a key twice or whose threshold its keys cannot meet is refused here, before
+    anyone signs it (a document built with ``model_copy`` skipped the schema's own check)."""
+    check_roots(document.roots)
     payload = document.model_dump_json(by_alias=True, indent=2).encode("utf-8") + b"\n"
     return _envelope(
         payload, [(kid, crypto.sign(k, REGISTRY_PAYLOAD_TYPE, payload)) for kid, k in root_keys.items()]
     )
+
+
+def check_roots(roots: Roots) -> Roots:
+    """``roots`` validated again (distinct key ids and keys, a threshold they can meet); a
+    :class:`UsageError` saying which rule it breaks if not."""
+    try:
+        return Roots.model_validate_json(roots.model_dump_json())
+    except ValidationError as e:
+        raise UsageError(f"this root set cannot be signed: {validation_summary(e, limit=1)}") from e
 
 
 def add_signature(data: bytes, kid: str, root_key: Ed25519PrivateKey) -> bytes:

@@ -393,6 +393,7 @@ async def serve(
         metrics=metrics.registry_in_force,
         clock=clock,
         allow_expired=True,
+        registry_topic=topics.TopicNames(settings.topic_prefix).registry,
     )
     router = Router(settings, holder, metrics, clock, router_signer(settings.home, holder.current, clock()))
     runner = TransactionalRunner(

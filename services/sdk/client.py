@@ -252,7 +252,13 @@ class Client:
         kept current from the registry topic while the client is open (unless ``start=False``)."""
         domain = trust.open_domain(home)
         metrics: SdkMetrics = kwargs.pop("metrics", None) or sdk_metrics.shared()
-        in_force = RegistryInForce.from_domain(domain, service="sdk", metrics=metrics.registry_in_force)
+        in_force = RegistryInForce.from_domain(
+            domain,
+            service="sdk",
+            metrics=metrics.registry_in_force,
+            registry_topic=topics.TopicNames(kwargs.get("topic_prefix", "")).registry,
+            participant=participant,
+        )
         return cls(
             keystore=domain.keystore(participant),
             registry=in_force,

@@ -38,6 +38,7 @@ from schemas.envelope import (
 from services.kernel import crypto, jsonx, policy
 from services.kernel.errors import (
     DecryptFailedError,
+    EncryptionKeyRevokedError,
     MalformedError,
     NotARecipientError,
     PolicyMismatchError,
@@ -264,7 +265,7 @@ def seal(
         ct = crypto.aead_encrypt(data_key, nonce, plaintext, section_aad(name, header_bytes))
         wrapped = []
         for to in sorted(wanted[name]):
-            kid, public = registry.encryption_key(to, at=header.time)
+            kid, public = registry.sealing_key(to, at=header.time)
             enc = entropy.hpke_wrap(public, data_key, wrap_info(header.id, name, to, kid))
             wrapped.append(WrappedKey(to=to, kid=kid, enc=crypto.b64e(enc)))
         sealed[name] = SealedSection(nonce=crypto.b64e(nonce), ct=crypto.b64e(ct), recipients=wrapped)
@@ -348,6 +349,20 @@ def _check_policy(verified: Verified, registry: Registry) -> None:
         for wrapped in section.recipients if section else []:
             if not registry.is_encryption_key(wrapped.to, wrapped.kid):
                 raise PolicyMismatchError(f"{name} is sealed to {wrapped.to!r} under an unregistered key")
+
+
+def check_recipient_keys(verified: Verified, registry: Registry, now: datetime) -> None:
+    """No section's data key may be wrapped for an encryption key revoked by ``now``: the router
+    does not deliver such wraps (``encryption_key_revoked``). Readers do not apply it: what was
+    delivered before a revocation stays readable by its recipient."""
+    for name in SECTION_NAMES:
+        section: SealedSection | None = getattr(verified.sections, name)
+        for wrapped in section.recipients if section else []:
+            if registry.encryption_key_revoked(wrapped.to, wrapped.kid, at=now):
+                raise EncryptionKeyRevokedError(
+                    f"{name} is sealed to {wrapped.to!r} under encryption key {wrapped.kid}, revoked in "
+                    f"registry v{registry.version}"
+                )
 
 
 def open_sections(verified: Verified, keystore: Keystore) -> Opened:

@@ -29,6 +29,7 @@ ReasonCode = Literal[
     "decrypt_failed",
     "not_permitted",
     "policy_mismatch",
+    "encryption_key_revoked",
     "replay",
     "misplaced",
     "internal",
@@ -100,6 +101,13 @@ class PolicyMismatchError(UntrustedInputError):
     reason = "policy_mismatch"
 
 
+class EncryptionKeyRevokedError(UntrustedInputError):
+    """A section's data key is wrapped for an encryption key its recipient's registry entry revoked:
+    the router does not deliver it (that key may be in other hands now)."""
+
+    reason = "encryption_key_revoked"
+
+
 class ReplayError(UntrustedInputError):
     reason = "replay"
 
@@ -134,6 +142,7 @@ ERROR_BY_REASON: dict[ReasonCode, type[UntrustedInputError]] = {
         DecryptFailedError,
         NotPermittedError,
         PolicyMismatchError,
+        EncryptionKeyRevokedError,
         ReplayError,
         MisplacedError,
     )

@@ -226,6 +226,34 @@ class Registry:
         key = max(usable, key=lambda k: k.valid_from)
         return key.kid, crypto.b64d(key.public, what="public key", length=32)
 
+    def sealing_key(self, participant_id: str, *, at: datetime) -> tuple[str, bytes]:
+        """:meth:`encryption_key` for a writer: a participant whose encryption keys are all revoked or
+        out of their window is the writer's problem to raise (a :class:`UsageError` saying so), and a
+        revoked key is never chosen."""
+        try:
+            kid, public = self.encryption_key(participant_id, at=at)
+        except UnknownKeyError:
+            revoked = sorted(
+                k.kid
+                for k in self.participant(participant_id).keys
+                if k.use == "encrypt" and k.status == "revoked"
+            )
+            held = f"its encryption keys {', '.join(revoked)} are revoked" if revoked else "it has none valid"
+            raise UsageError(
+                f"cannot seal to {participant_id!r}: {held} in registry v{self.version}; it needs new keys "
+                f"(`lianfang keys new --as {participant_id}`) before anything can be sealed to it"
+            ) from None
+        if self.encryption_key_revoked(participant_id, kid, at=at):  # encryption_key never picks one
+            raise UsageError(f"encryption key {kid} of {participant_id!r} is revoked")
+        return kid, public
+
+    def encryption_key_revoked(self, participant_id: str, kid: str, *, at: datetime) -> bool:
+        """Whether ``kid`` is an encryption key of ``participant_id`` revoked at time ``at``."""
+        for key in self.participant(participant_id).keys:
+            if key.kid == kid and key.use == "encrypt" and key.status == "revoked":
+                return key.revoked_at is None or at >= key.revoked_at
+        return False
+
     def is_encryption_key(self, participant_id: str, kid: str) -> bool:
         try:
             self._key(participant_id, kid, "encrypt")

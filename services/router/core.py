@@ -2,9 +2,10 @@
 window in; the inboxes to deliver to, or the reason to dead-letter, out. The router never holds a
 private key: it decides from the signed clear header alone.
 
-Checks, in order: the envelope verifies (:func:`services.kernel.envelope.verify`); the record's Kafka
-key is the signed subject; the record sits on the partition that key maps to; its id is new to the
-partition's replay window.
+Checks, in order: the envelope verifies (:func:`services.kernel.envelope.verify`); no section is
+wrapped for an encryption key revoked by now (:func:`services.kernel.envelope.check_recipient_keys`);
+the record's Kafka key is the signed subject; the record sits on the partition that key maps to; its
+id is new to the partition's replay window.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def decide(
     key or to another partition would escape the window that saw the original.
     """
     verified = envelope.verify(value, registry=registry, now=now)
+    envelope.check_recipient_keys(verified, registry, now)
     header = verified.header
     if key is None or key != header.subject.encode():
         raise MalformedError("the record's Kafka key differs from the envelope's signed subject")

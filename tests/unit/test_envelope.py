@@ -280,8 +280,9 @@ def test_an_adversarial_record_is_refused_with_its_reason_code(domain: DemoDomai
 
 def test_every_reason_code_of_the_envelope_has_an_adversarial_case() -> None:
     covered = {c.reason for c in CASES}
-    # replay has its own tests below; misplaced and internal are the router's (tests/unit/test_router.py)
-    assert set(REASON_CODES) - covered == {"replay", "misplaced", "internal"}
+    # replay has its own tests below; misplaced and internal are the router's (tests/unit/test_router.py),
+    # encryption_key_revoked too (tests/unit/test_revoked_encryption_keys.py)
+    assert set(REASON_CODES) - covered == {"replay", "misplaced", "internal", "encryption_key_revoked"}
 
 
 def test_an_event_signed_before_its_key_was_retired_still_verifies(domain: DemoDomain) -> None:

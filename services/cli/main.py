@@ -50,7 +50,13 @@ from services.kernel.errors import (
 )
 from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.pseudonym import PseudonymKey
-from services.kernel.registry import Registry, add_signature, check_root_signatures, read_unverified
+from services.kernel.registry import (
+    Registry,
+    add_signature,
+    check_root_signatures,
+    read_unverified,
+    sign_document,
+)
 from services.simulator import district
 from services.trust import admin
 
@@ -136,6 +142,24 @@ def _add_registry(subcommands: Subcommands, common: argparse.ArgumentParser) -> 
         "--root", required=True, metavar="HOLDER", help="root holder (keystore HOME/roots/HOLDER.key)"
     )
     sign.add_argument("file", nargs="?", type=Path, metavar="FILE", help=file_help)
+    rotate = _command(
+        registry,
+        "rotate-roots",
+        _cmd_registry_rotate_roots,
+        common,
+        "new root keys for these holders, k of n: the next registry, signed by the old and the new roots",
+    )
+    rotate.add_argument(
+        "--holder",
+        dest="holders",
+        action="append",
+        required=True,
+        metavar="HOLDER",
+        help="a holder of the new root set, with a key generated now (repeat: every holder of the set)",
+    )
+    rotate.add_argument(
+        "--threshold", type=_positive_int, required=True, metavar="K", help="root signatures a registry needs"
+    )
 
 
 def _add_keys(subcommands: Subcommands, common: argparse.ArgumentParser) -> None:
@@ -343,6 +367,52 @@ def _cmd_registry_sign(args: argparse.Namespace) -> int:
             f"warning: this registry expired at {_when(document.expires)}; it will not verify",
             file=sys.stderr,
         )
+    return 0
+
+
+def _cmd_registry_rotate_roots(args: argparse.Namespace) -> int:
+    """The root ceremony of a domain whose root keystores are all in HOME/roots (the demo's): the
+    next registry names the new root set and is signed by a threshold of the old roots and by every
+    new root; then the new keys replace the old ones in HOME/roots (the old ones move to
+    HOME/roots/retired/) and HOME/root.json names the new set."""
+    home, now = _home(args), _now(args)
+    holders: list[str] = [admin.check_participant_id(h) for h in args.holders]
+    if len(set(holders)) != len(holders):
+        raise UsageError(f"a holder is named twice in {', '.join(holders)}: each holds one root key")
+    domain = trust.open_domain(home)
+    registry = domain.registry(now)
+    old_signers = _root_signers(domain)
+    new_stores = []
+    for holder in holders:
+        store = Keystore(trust.ROOT_PREFIX + holder)
+        store.add_signing_key()
+        new_stores.append(store)
+    roots = trust.roots_of(new_stores, args.threshold)
+    change = admin.rotate_roots(
+        registry.document, roots, now=now, lifetime=admin.lifetime_of(registry.document)
+    )
+    keys = {kid: key for store in [*old_signers, *new_stores] for kid, key in store.signing.items()}
+    data = sign_document(change.document, keys)
+    written = Registry.from_bytes(data, trusted_roots=domain.trusted_roots(), now=now)  # old and new
+    retired = home / "roots" / "retired"
+    retired.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for old in domain.root_keystores():
+        ((kid, _),) = old.signing.items()
+        name = old.participant.removeprefix(trust.ROOT_PREFIX)
+        (home / "roots" / f"{name}.key").rename(retired / f"{name}.{kid}.key")
+    for store in new_stores:
+        domain.save_keystore(store, _kdf())
+    trust.write_file(domain.registry_path, data)
+    trust.write_file(domain.anchor_path, roots.model_dump_json(indent=2).encode() + b"\n")
+    print(f"registry v{written.version} written to {domain.registry_path}")
+    print(f"  {change.summary}")
+    holder = old_signers[0].participant.removeprefix(trust.ROOT_PREFIX)
+    record_admin_change(
+        domain, holder, "registry_change", subject=None, object=f"registry.v{written.version}.roots", now=now
+    )
+    print(f"  signed by {len(old_signers)} old roots and {len(new_stores)} new ones")
+    print(f"  {domain.anchor_path} names the new roots; the old root keystores are in {retired}")
+    print("  publish it on the registry topic: each process takes it only if it trusted the version before")
     return 0
 
 

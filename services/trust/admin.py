@@ -16,11 +16,11 @@ from datetime import datetime, timedelta
 from pydantic import ValidationError
 
 from schemas.common import PARTICIPANT_ID_PATTERN
-from schemas.registry import Participant, PublicKey, RegistryDocument, SealedPseudonymKey
+from schemas.registry import Participant, PublicKey, RegistryDocument, Roots, SealedPseudonymKey
 from services.kernel import jsonx
 from services.kernel.errors import MalformedError, UnknownKeyError, UsageError, validation_summary
 from services.kernel.pseudonym import PseudonymKey
-from services.kernel.registry import Registry, seal_pseudonym_key
+from services.kernel.registry import Registry, check_roots, seal_pseudonym_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +151,19 @@ def revoke(
         participant_id,
         f"{participant_id}: revoked {_use(key)} key {kid} from {at.isoformat(timespec='seconds')}",
     )
+
+
+def rotate_roots(document: RegistryDocument, roots: Roots, *, now: datetime, lifetime: timedelta) -> Change:
+    """A new root set (k of n). The result must be signed by a threshold of the old roots and of the
+    new ones (:meth:`services.kernel.registry.Registry.from_bytes`); a root set listing a key twice or
+    whose threshold its keys cannot meet is refused here."""
+    check_roots(roots)
+    if roots == document.roots:
+        raise UsageError("the new root set is the one in force: nothing to rotate")
+    nxt = _next(document, list(document.participants), now=now, lifetime=lifetime)
+    nxt = nxt.model_copy(update={"roots": roots})
+    holders = ", ".join(f"{k.holder}/{k.kid}" for k in roots.keys)
+    return Change(nxt, "roots", f"roots: {roots.threshold} of {len(roots.keys)} ({holders})")
 
 
 def reseal(

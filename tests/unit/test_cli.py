@@ -478,3 +478,37 @@ def test_the_installed_console_script_runs_the_command(domain: Lianfang, tmp_pat
     assert missing.returncode == 2
     assert missing.stderr.startswith("error: no registry at")
     assert "Traceback" not in missing.stderr
+
+
+# --------------------------------------------------------------------------- root ceremony
+
+
+def test_rotate_roots_signs_the_next_registry_by_the_old_and_new_roots_and_the_anchor_follows(
+    domain: Lianfang,
+) -> None:
+    before = domain.registry()
+    old_anchor = Roots.model_validate_json((domain.home / "root.json").read_bytes())
+    result = domain(
+        "registry", "rotate-roots", "--holder", "court", "--holder", "procuratorate", "--holder", "plc",
+        "--threshold", "2",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    data = (domain.home / "registry.json").read_bytes()
+    rotated = Registry.from_bytes(data, trusted_roots=old_anchor, now=NOW)  # chained to the old roots
+    assert rotated.version == before.version + 1
+    assert [k.holder for k in rotated.document.roots.keys] == ["court", "procuratorate", "plc"]
+    assert Roots.model_validate_json((domain.home / "root.json").read_bytes()) == rotated.document.roots
+    (old_plc,) = [k.kid for k in old_anchor.keys if k.holder == "plc"]
+    assert _root_kid(domain.home, "plc") != old_plc, "plc holds a new root key"
+    assert (domain.home / "roots" / "retired" / f"plc.{old_plc}.key").exists()
+    assert domain("keys", "rotate", "--as", "police").code == 0, "the new roots sign the next change"
+    assert domain("registry", "verify").code == 0
+
+
+def test_rotate_roots_refuses_an_impossible_threshold_and_a_holder_named_twice(domain: Lianfang) -> None:
+    before = (domain.home / "registry.json").read_bytes()
+    impossible = domain("registry", "rotate-roots", "--holder", "court", "--threshold", "2")
+    assert (impossible.code, "cannot be met by 1 root keys" in impossible.err) == (2, True)
+    twice = domain("registry", "rotate-roots", "--holder", "court", "--holder", "court", "--threshold", "1")
+    assert (twice.code, "named twice" in twice.err) == (2, True)
+    assert (domain.home / "registry.json").read_bytes() == before

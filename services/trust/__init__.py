@@ -6,6 +6,8 @@ Layout of a domain folder (``.lianfang/`` by default)::
     registry.json      the registry, signed by k of n root keys
     keys/<id>.key      each participant's keystore (passphrase-encrypted private keys)
     roots/<holder>.key each root holder's keystore (a demo domain keeps them all in one place)
+    roots/retired/     root keystores replaced by `lianfang registry rotate-roots`
+    trusted/<name>.json each process's record of the newest registry it trusted (trusted.py)
     passphrase         the demo passphrase (only in a demo domain; real deployments set
                        LIANFANG_PASSPHRASE and keep keystores on each agency's own machine)
 

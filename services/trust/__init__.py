@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -225,6 +226,8 @@ def init_domain(
     if (home / "registry.json").exists() and not force:
         raise UsageError(f"{home} already holds a trust domain; pass --force to replace it")
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # A new domain is a new trust anchor: the processes' records of the old one's registries go.
+    shutil.rmtree(home / "trusted", ignore_errors=True)
     passphrase = os.environ.get("LIANFANG_PASSPHRASE", "")
     if not passphrase:
         passphrase = secrets.token_urlsafe(24)

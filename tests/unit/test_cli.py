@@ -512,3 +512,11 @@ def test_rotate_roots_refuses_an_impossible_threshold_and_a_holder_named_twice(d
     twice = domain("registry", "rotate-roots", "--holder", "court", "--holder", "court", "--threshold", "1")
     assert (twice.code, "named twice" in twice.err) == (2, True)
     assert (domain.home / "registry.json").read_bytes() == before
+
+
+def test_init_force_forgets_the_records_of_the_replaced_domains_registries(domain: Lianfang) -> None:
+    record = domain.home / "trusted" / "router@lianfang.registry.v1.json"
+    record.parent.mkdir()
+    record.write_bytes((domain.home / "registry.json").read_bytes())
+    assert domain("init", "--force").code == 0
+    assert not record.exists()

@@ -4,7 +4,8 @@ The wire format is documented in :mod:`schemas.envelope`. These functions take b
 :class:`~services.kernel.registry.Registry`, a clock reading and (to open) a keystore; they do no I/O.
 Verification checks, in order: size, envelope shape, header (a closed set of bounded fields whose
 subject is a pseudonym: anything else is ``malformed``), registry expiry, sender, signing key (known,
-not revoked, within its validity window), signature over the exact bytes, publish permission,
+not revoked, within its validity window at the time it is judged at: when the event reached the bus if
+the caller knows it, else the signed ``time``), signature over the exact bytes, publish permission,
 sections' shape, and that the sealed recipients equal what the policy demands. Each failure raises an
 :class:`~services.kernel.errors.UntrustedInputError` with its stable reason code. ``docs/envelope.md``
 lists the checks with their reason codes; where the two disagree, this docstring is normative.
@@ -45,6 +46,7 @@ from services.kernel.errors import (
     ReasonCode,
     RegistryExpiredError,
     ReplayError,
+    TimeSkewError,
     TooLargeError,
     UntrustedInputError,
     UsageError,
@@ -138,6 +140,45 @@ def kafka_headers(header: EnvelopeHeader) -> list[tuple[str, bytes]]:
         )
         out.append((f"ce_{name}", text.encode("utf-8")))
     return out
+
+
+ACCEPTED_AT_HEADER = "lianfang_accepted_at"
+"""The Kafka header the router puts on every inbox copy: when the event reached the bus (the broker's
+append time on the events topic, ISO 8601), the time the router judged the sender's key at. Only the
+router writes inboxes (``services/kernel/acls.py``), so inbox readers judge the key at the same time and
+keep a lead whose key was revoked after the router accepted it."""
+
+
+def accepted_header(at: datetime) -> tuple[str, bytes]:
+    """The :data:`ACCEPTED_AT_HEADER` of an inbox copy accepted at ``at``."""
+    return ACCEPTED_AT_HEADER, at.isoformat(timespec="milliseconds").encode()
+
+
+def accepted_at(headers: Sequence[tuple[str, bytes | None]] | None) -> datetime | None:
+    """The time the router accepted an inbox record (:data:`ACCEPTED_AT_HEADER`), or ``None`` when the
+    record has no such header or it is not an aware ISO 8601 time (a copy routed before the router
+    wrote it): the reader then judges the key at the signed ``time``, as before."""
+    for name, raw in headers or ():
+        if name != ACCEPTED_AT_HEADER or raw is None:
+            continue
+        try:
+            at = datetime.fromisoformat(raw.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return at if at.tzinfo is not None else None
+    return None
+
+
+def check_time_skew(header: EnvelopeHeader, appended_at: datetime, max_skew: timedelta) -> None:
+    """Refuse (``time_skew``) an event whose signed ``time`` lies more than ``max_skew`` either side of
+    ``appended_at``, when it reached the bus. Keys are judged at ``appended_at``, which no sender
+    controls; this check keeps the signed time honest too, so the replay window and the readers, which
+    see the signed time, cannot be steered by back- or forward-dating."""
+    if abs(header.time - appended_at) > max_skew:
+        raise TimeSkewError(
+            f"event {header.id} is signed at {header.time.isoformat()}, more than {max_skew} from when it "
+            f"reached the bus ({appended_at.isoformat()}): the sender's clock is off or it dated the event"
+        )
 
 
 def _sealed_to(section: SealedSection | None) -> frozenset[str]:
@@ -314,13 +355,21 @@ def parse(value: bytes) -> tuple[Dsse, bytes, bytes, bytes, EnvelopeHeader]:
     return dsse, body, header_bytes, sections_bytes, header
 
 
-def verify(value: bytes, *, registry: Registry, now: datetime) -> Verified:
-    """Check everything that can be checked without a private key; see the module docstring."""
+def verify(value: bytes, *, registry: Registry, now: datetime, keys_at: datetime | None = None) -> Verified:
+    """Check everything that can be checked without a private key; see the module docstring.
+
+    ``now`` judges the registry's expiry; ``keys_at`` the signing key's revocation and validity: the
+    router passes when the event reached the bus (the broker's append time), inbox readers the time the
+    router accepted it (:func:`accepted_at`). Without it the key is judged at the signed ``time``,
+    which the sender chose.
+    """
     dsse, body, header_bytes, sections_bytes, header = parse(value)
     registry.check_current(now)
     registry.participant(header.sender)
     signature = dsse.signatures[0]
-    public = registry.signing_key(header.sender, signature.keyid, at=header.time)
+    public = registry.signing_key(
+        header.sender, signature.keyid, at=header.time if keys_at is None else keys_at
+    )
     crypto.verify_signature(
         public, crypto.b64d(signature.sig, what="signature", length=64), dsse.payloadType, body
     )
@@ -399,9 +448,12 @@ def open_sections(verified: Verified, keystore: Keystore) -> Opened:
     return Opened(verified=verified, sections=opened)
 
 
-def verify_and_open(value: bytes, *, registry: Registry, now: datetime, keystore: Keystore) -> Opened:
-    """Verify, then open what is sealed to ``keystore``'s participant."""
-    return open_sections(verify(value, registry=registry, now=now), keystore)
+def verify_and_open(
+    value: bytes, *, registry: Registry, now: datetime, keystore: Keystore, keys_at: datetime | None = None
+) -> Opened:
+    """Verify (the key judged at ``keys_at``, see :func:`verify`), then open what is sealed to
+    ``keystore``'s participant."""
+    return open_sections(verify(value, registry=registry, now=now, keys_at=keys_at), keystore)
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,14 +467,19 @@ class Unreadable:
 
 
 def open_or_unreadable(
-    value: bytes, *, registry: Registry, now: datetime, keystore: Keystore
+    value: bytes,
+    *,
+    registry: Registry,
+    now: datetime,
+    keystore: Keystore,
+    keys_at: datetime | None = None,
 ) -> Opened | Unreadable:
     """:func:`verify_and_open` as a result for inbox readers: a record that fails is an
     :class:`Unreadable` to report, not an exception. An expired registry is not the record's fault:
     :class:`RegistryExpiredError` still propagates, so the reader stops rather than skip the record."""
     verified: Verified | None = None
     try:
-        verified = verify(value, registry=registry, now=now)
+        verified = verify(value, registry=registry, now=now, keys_at=keys_at)
         return open_sections(verified, keystore)
     except RegistryExpiredError:
         raise
@@ -503,6 +560,7 @@ class ReplayWindow:
 
 
 __all__ = [
+    "ACCEPTED_AT_HEADER",
     "DuplicateError",
     "Opened",
     "ReplayWindow",
@@ -510,6 +568,9 @@ __all__ = [
     "Seen",
     "Unreadable",
     "Verified",
+    "accepted_at",
+    "accepted_header",
+    "check_time_skew",
     "kafka_headers",
     "key_id",
     "new_event_id",

@@ -2,8 +2,9 @@
 
 - :class:`UntrustedInputError`: the bytes we were given are bad (a record from the bus, a registry
   file, a request body). Each carries a stable :data:`ReasonCode` used by the dead-letter topic and
-  metrics. Two codes are the router's own: ``misplaced`` (:class:`MisplacedError`) and ``internal``,
-  which has no exception class: it dead-letters a record whose handling met a bug, not a bad input.
+  metrics. Three codes are the router's own: ``misplaced`` (:class:`MisplacedError`), ``time_skew``
+  (:class:`TimeSkewError`) and ``internal``, which has no exception class: it dead-letters a record
+  whose handling met a bug, not a bad input.
 - :class:`TransportError`: Kafka or the file system failed us; retrying may help.
 - :class:`UsageError`: the caller (our own code or an operator) asked for something impossible.
 
@@ -32,6 +33,7 @@ ReasonCode = Literal[
     "encryption_key_revoked",
     "replay",
     "misplaced",
+    "time_skew",
     "internal",
 ]
 REASON_CODES: tuple[ReasonCode, ...] = get_args(ReasonCode)
@@ -119,6 +121,14 @@ class MisplacedError(UntrustedInputError):
     reason = "misplaced"
 
 
+class TimeSkewError(UntrustedInputError):
+    """An event whose signed ``time`` lies further than the allowed skew from when it reached the bus
+    (the broker's append time): the sender's clock is wrong, or it back- or forward-dates the event to
+    move where its key is judged."""
+
+    reason = "time_skew"
+
+
 class TransportError(LianfangError, RuntimeError):
     """Kafka, the network or the disk failed; the input may be fine and a retry may succeed."""
 
@@ -145,6 +155,7 @@ ERROR_BY_REASON: dict[ReasonCode, type[UntrustedInputError]] = {
         EncryptionKeyRevokedError,
         ReplayError,
         MisplacedError,
+        TimeSkewError,
     )
 }
 

@@ -25,7 +25,7 @@ import re
 import signal
 import time
 from collections.abc import Callable, Iterator, MutableMapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,9 @@ from services.trust import TrustDomain
 
 log = logging.getLogger("lianfang.router")
 
+LOG_APPEND_TIME = 1
+"""A Kafka record's ``timestamp_type`` when the broker stamped it (0 is the producer's ``CreateTime``)."""
+
 
 class RouterSettings(BaseSettings):
     """Settings of one router worker. Environment variables: ``LIANFANG_ROUTER_<NAME>``, except the
@@ -67,6 +70,11 @@ class RouterSettings(BaseSettings):
     topic_prefix: str = Field(default="", description="prefix of every topic name (tests use one per run)")
     replay_window_s: float = Field(default=7 * 24 * 3600, gt=0, description="ids are remembered this long")
     max_skew_s: float = Field(default=300, ge=0, description="how far in the future an event may be dated")
+    time_skew_s: float = Field(
+        default=300,
+        ge=0,
+        description="how far the signed time may lie from the broker's append time, either way (time_skew)",
+    )
     max_batch: int = Field(default=500, ge=1, description="records per transaction, at most")
     metrics_port: int = Field(default=9102, ge=0, description="/metrics on 127.0.0.1; 0 turns it off")
     lag_interval_s: float = Field(
@@ -209,6 +217,8 @@ class Router:
         self.clock = clock
         self.window = timedelta(seconds=settings.replay_window_s)
         self.skew = timedelta(seconds=settings.max_skew_s)
+        self.time_skew = timedelta(seconds=settings.time_skew_s)
+        self._warned_create_time = False
         self._last_prune: dict[int, float] = {}
         self._paused = False
         # How many partitions the events topic has; serve() reads it from the runner's consumer.
@@ -251,6 +261,8 @@ class Router:
             registry=self.holder.current,
             now=now,
             replay=self._replay(state),
+            appended_at=self.appended_at(record),
+            max_skew=self.time_skew,
         )
         entry = self.audit.record(
             state, "route", now, subject=decision.subject, object=decision.event_id, to=decision.recipients
@@ -262,6 +274,21 @@ class Router:
         headers = list(decision.headers)
         copies = [Output(self.names.inbox(p), record.value, record.key, headers) for p in decision.recipients]
         return [*copies, entry]
+
+    def appended_at(self, record: Any) -> datetime | None:
+        """When the broker took ``record``: its timestamp if the events topic stamps ``LogAppendTime``,
+        else ``None`` (a ``CreateTime`` stamp is the producer's to choose; the key is then judged at
+        the router's clock, see :func:`services.router.core.decide`)."""
+        if getattr(record, "timestamp_type", None) == LOG_APPEND_TIME:
+            return datetime.fromtimestamp(record.timestamp / 1000, tz=UTC)
+        if not self._warned_create_time:
+            self._warned_create_time = True
+            log.warning(
+                "%s does not stamp LogAppendTime: keys are judged at the router's clock; set "
+                "message.timestamp.type=LogAppendTime on it (deploy/topics.toml)",
+                record.topic,
+            )
+        return None
 
     def _deadletter(
         self, record: Any, state: PartitionState, now: datetime, reason: ReasonCode, detail: str

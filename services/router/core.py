@@ -2,16 +2,19 @@
 window in; the inboxes to deliver to, or the reason to dead-letter, out. The router never holds a
 private key: it decides from the signed clear header alone.
 
-Checks, in order: the envelope verifies (:func:`services.kernel.envelope.verify`); no section is
-wrapped for an encryption key revoked by now (:func:`services.kernel.envelope.check_recipient_keys`);
-the record's Kafka key is the signed subject; the record sits on the partition that key maps to; its
-id is new to the partition's replay window.
+Checks, in order: the envelope verifies (:func:`services.kernel.envelope.verify`), its signing key
+judged at when the record reached the bus (``appended_at``, the broker's append time: a sender cannot
+choose it, so a key revoked or retired at R gets nothing delivered that reached the bus after R, however
+the event is dated); no section is wrapped for an encryption key revoked by now
+(:func:`services.kernel.envelope.check_recipient_keys`); the record's Kafka key is the signed subject;
+the record sits on the partition that key maps to; the signed ``time`` lies within ``max_skew`` of
+``appended_at``; its id is new to the partition's replay window.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from services.kernel import envelope, topics
 from services.kernel.envelope import ReplayWindow
@@ -30,7 +33,8 @@ class Route:
     recipients: tuple[str, ...]
     event_time: datetime
     headers: tuple[tuple[str, bytes], ...]
-    """CloudEvents headers derived from the verified header; the producer's own headers are unsigned
+    """CloudEvents headers derived from the verified header, and the time the event was accepted at
+    (:data:`~services.kernel.envelope.ACCEPTED_AT_HEADER`); the producer's own headers are unsigned
     and never passed on."""
 
 
@@ -43,6 +47,8 @@ def decide(
     registry: Registry,
     now: datetime,
     replay: ReplayWindow,
+    appended_at: datetime | None = None,
+    max_skew: timedelta = timedelta(minutes=5),
 ) -> Route:
     """Verify the record read from ``partition`` of a topic of ``partitions`` and name its inboxes;
     raises an ``UntrustedInputError`` to dead-letter it.
@@ -51,8 +57,14 @@ def decide(
     the key must equal the signed subject and the partition must be the one Kafka's default
     partitioner gives that key, as every producer writes it. Otherwise a copy written under another
     key or to another partition would escape the window that saw the original.
+
+    ``appended_at`` is when the record reached the bus: the broker's ``LogAppendTime``. The service
+    passes ``None`` for a record without one (an events topic still on ``CreateTime``, which the
+    producer sets): the key is then judged at ``now``, which no sender controls either, and the skew
+    is not checked (a backlog read late would otherwise be refused whole).
     """
-    verified = envelope.verify(value, registry=registry, now=now)
+    accepted = now if appended_at is None else appended_at
+    verified = envelope.verify(value, registry=registry, now=now, keys_at=accepted)
     envelope.check_recipient_keys(verified, registry, now)
     header = verified.header
     if key is None or key != header.subject.encode():
@@ -63,6 +75,8 @@ def decide(
             f"the record is on partition {partition}, but its key maps to partition {expected} "
             f"of {partitions}: only a producer that chose the partition itself writes it there"
         )
+    if appended_at is not None:
+        envelope.check_time_skew(header, appended_at, max_skew)
     replay.check(header, now, value)
     everyone = set().union(*verified.recipients().values())
     return Route(
@@ -72,5 +86,5 @@ def decide(
         subject=header.subject,
         recipients=tuple(sorted(everyone)),
         event_time=header.time,
-        headers=tuple(envelope.kafka_headers(header)),
+        headers=(*envelope.kafka_headers(header), envelope.accepted_header(accepted)),
     )

@@ -280,9 +280,80 @@ def test_an_adversarial_record_is_refused_with_its_reason_code(domain: DemoDomai
 
 def test_every_reason_code_of_the_envelope_has_an_adversarial_case() -> None:
     covered = {c.reason for c in CASES}
-    # replay has its own tests below; misplaced and internal are the router's (tests/unit/test_router.py),
-    # encryption_key_revoked too (tests/unit/test_revoked_encryption_keys.py)
-    assert set(REASON_CODES) - covered == {"replay", "misplaced", "internal", "encryption_key_revoked"}
+    # replay and time_skew have their own tests below; misplaced and internal are the router's
+    # (tests/unit/test_router.py), encryption_key_revoked too (tests/unit/test_revoked_encryption_keys.py)
+    assert set(REASON_CODES) - covered == {
+        "replay", "time_skew", "misplaced", "internal", "encryption_key_revoked"
+    }
+
+
+def test_an_event_dated_before_a_revocation_is_rejected_when_judged_at_a_later_bus_time(
+    domain: DemoDomain,
+) -> None:
+    registry = _registry_with_key(domain, "police", status="revoked", revoked_at=later(5))
+    value = seal(domain, time=later(4))
+    envelope.verify(value, registry=registry, now=later(6))  # judged at the signed time: passes
+    with pytest.raises(UntrustedInputError) as raised:
+        envelope.verify(value, registry=registry, now=later(6), keys_at=later(6))
+    assert raised.value.reason == "key_revoked"
+
+
+def test_an_event_dated_before_its_key_was_retired_is_rejected_when_judged_at_a_later_bus_time(
+    domain: DemoDomain,
+) -> None:
+    registry = _registry_with_key(domain, "police", status="retired", valid_until=later(5))
+    value = seal(domain, time=later(4))
+    with pytest.raises(UntrustedInputError) as raised:
+        envelope.verify(value, registry=registry, now=later(6), keys_at=later(6))
+    assert raised.value.reason == "key_expired"
+
+
+def test_a_lead_accepted_before_its_key_was_revoked_still_opens_for_its_reader(domain: DemoDomain) -> None:
+    registry = _registry_with_key(domain, "police", status="revoked", revoked_at=later(5))
+    value = seal(domain, time=later(6))  # the sender's clock ran a minute fast; the bus took it at 4
+    opened = envelope.open_or_unreadable(
+        value, registry=registry, now=later(60), keystore=domain.keys("womens_federation"), keys_at=later(4)
+    )
+    assert isinstance(opened, envelope.Opened)
+
+
+@pytest.mark.parametrize(
+    ("signed", "appended", "refused"),
+    [
+        (later(0), later(0), False),
+        (later(0), later(5), False),
+        (later(5), later(0), False),
+        (later(0), later(5) + timedelta(seconds=1), True),
+        (later(6), later(0), True),
+        (later(0) - timedelta(days=3), later(0), True),
+    ],
+    ids=[
+        "signed when it reached the bus",
+        "signed the whole skew before",
+        "signed the whole skew after",
+        "signed just over the skew before",
+        "signed more than the skew after",
+        "dated three days back",
+    ],
+)
+def test_a_signed_time_further_than_the_skew_from_the_bus_time_is_refused_as_time_skew(
+    signed: datetime, appended: datetime, refused: bool
+) -> None:
+    h = header(time=signed)
+    if not refused:
+        envelope.check_time_skew(h, appended, timedelta(minutes=5))
+        return
+    with pytest.raises(UntrustedInputError) as raised:
+        envelope.check_time_skew(h, appended, timedelta(minutes=5))
+    assert raised.value.reason == "time_skew"
+
+
+def test_the_accepted_time_header_round_trips_and_a_bad_one_is_ignored() -> None:
+    at = later(3)
+    assert envelope.accepted_at([("ce_id", b"x"), envelope.accepted_header(at)]) == at
+    assert envelope.accepted_at([(envelope.ACCEPTED_AT_HEADER, b"yesterday")]) is None
+    assert envelope.accepted_at([(envelope.ACCEPTED_AT_HEADER, b"2026-01-05T09:00:00")]) is None
+    assert envelope.accepted_at(None) is None
 
 
 def test_an_event_signed_before_its_key_was_retired_still_verifies(domain: DemoDomain) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,7 +18,8 @@ from prometheus_client import CollectorRegistry
 from services.bus.eos import Output, PartitionState
 from services.bus.registry_follower import RegistryInForce
 from services.kernel import envelope, jsonx, topics
-from services.kernel.errors import REASON_CODES, ReasonCode, TransportError
+from services.kernel.errors import REASON_CODES, ReasonCode, TransportError, UntrustedInputError
+from services.kernel.registry import Registry
 from services.router import app, core
 from services.router.metrics import RouterMetrics
 from tests.kit import NOW, DemoDomain, header, rewrite_body
@@ -38,6 +40,8 @@ class Record:
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     topic: str = EVENTS
     offset: int = 7
+    timestamp: int = int(NOW.timestamp() * 1000)  # when the broker took it (ms)
+    timestamp_type: int = app.LOG_APPEND_TIME
 
 
 def _sealed(d: DemoDomain, phone: str = "13800000000", **fields: Any) -> envelope.SealedRecord:
@@ -107,7 +111,24 @@ CASES = [
         "malformed",
         lambda d: _placed(_sealed(d, phone="13800000003").value, b"another key"),
     ),
+    Case(
+        "an event dated a day before it reached the bus is dead-lettered as time_skew",
+        "time_skew",
+        lambda d: _placed_at(_sealed(d, phone="13800000013"), NOW + timedelta(days=1)),
+    ),
+    Case(
+        "an event dated ten minutes after it reached the bus is dead-lettered as time_skew",
+        "time_skew",
+        lambda d: _placed_at(_sealed(d, phone="13800000014", time=NOW + timedelta(minutes=10)), NOW),
+    ),
 ]
+
+
+def _placed_at(sealed: envelope.SealedRecord, appended: datetime) -> Record:
+    """A sealed event the broker took at ``appended`` (LogAppendTime)."""
+    record = _placed(sealed.value, sealed.key)
+    record.timestamp = int(appended.timestamp() * 1000)
+    return record
 
 
 @dataclass
@@ -173,7 +194,7 @@ def test_producer_kafka_headers_never_reach_an_inbox(domain: DemoDomain, harness
     copies = [o for o in outputs if ".inbox." in o.topic]
     assert copies
     for copy in copies:
-        assert copy.headers == envelope.kafka_headers(sealed.header)
+        assert copy.headers == [*envelope.kafka_headers(sealed.header), envelope.accepted_header(NOW)]
         assert copy.value == sealed.value
         assert copy.key == sealed.key
 
@@ -275,3 +296,75 @@ def test_a_rollback_forgets_exactly_the_puts_after_its_savepoint() -> None:
     assert state.pending == {"a": b"first"}
     assert state.get("kept") == b"1"
     assert state.get("b") is None
+
+
+LATER = NOW + timedelta(hours=1)  # the demo keys are valid from NOW
+
+
+def _revoked_police(d: DemoDomain, **changes: object) -> Registry:
+    """The demo registry with police's signing keys changed (revoked or retired at some time)."""
+    doc = d.registry.document
+    participants = [
+        p.model_copy(
+            update={"keys": [k.model_copy(update=changes) if k.use == "sign" else k for k in p.keys]}
+        )
+        if p.id == "police"
+        else p
+        for p in doc.participants
+    ]
+    return Registry(doc.model_copy(update={"participants": participants}))
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"status": "revoked", "revoked_at": LATER}, "key_revoked"),
+        ({"status": "retired", "valid_until": LATER}, "key_expired"),
+    ],
+    ids=["revoked", "retired"],
+)
+def test_an_event_dated_a_second_before_its_key_was_revoked_or_retired_is_refused_when_it_reached_the_bus_after(
+    domain: DemoDomain, changes: dict[str, object], reason: str
+) -> None:
+    sealed = _sealed(domain, phone="13800000015", time=LATER - timedelta(seconds=1))
+    with pytest.raises(UntrustedInputError) as raised:
+        core.decide(
+            sealed.value,
+            sealed.key,
+            partition=topics.partition_for(sealed.key, PARTITIONS),
+            partitions=PARTITIONS,
+            registry=_revoked_police(domain, **changes),
+            now=LATER + timedelta(seconds=2),
+            replay=envelope.ReplayWindow(),
+            appended_at=LATER + timedelta(seconds=1),
+        )
+    assert raised.value.reason == reason
+
+
+def test_an_event_that_reached_the_bus_before_its_key_was_revoked_is_routed_with_that_time(
+    domain: DemoDomain,
+) -> None:
+    sealed = _sealed(domain, phone="13800000016", time=LATER - timedelta(seconds=2))
+    route = core.decide(
+        sealed.value,
+        sealed.key,
+        partition=topics.partition_for(sealed.key, PARTITIONS),
+        partitions=PARTITIONS,
+        registry=_revoked_police(domain, status="revoked", revoked_at=LATER),
+        now=LATER + timedelta(hours=1),  # routed an hour later, after the revocation
+        replay=envelope.ReplayWindow(),
+        appended_at=LATER - timedelta(seconds=1),
+    )
+    assert envelope.accepted_at(list(route.headers)) == LATER - timedelta(seconds=1)
+
+
+def test_a_record_the_broker_did_not_stamp_is_judged_at_the_router_s_clock(
+    domain: DemoDomain, harness: Harness
+) -> None:
+    sealed = _sealed(domain, phone="13800000017")
+    record = _placed(sealed.value, sealed.key)
+    record.timestamp_type = 0  # CreateTime: the producer's to choose
+    record.timestamp = 0
+    copies = [o for o in harness.handle(record) if ".inbox." in o.topic]
+    assert copies
+    assert envelope.accepted_at(copies[0].headers) == NOW

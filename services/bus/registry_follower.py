@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Final, Protocol
 
@@ -269,14 +269,31 @@ def no_newer_registry(_reason: ReasonCode) -> bool:
 
 
 def open_or_unreadable(
-    value: bytes, *, in_force: RegistryInForce, newer_registry: NewerRegistry, now: Clock, keystore: Keystore
+    value: bytes,
+    *,
+    in_force: RegistryInForce,
+    newer_registry: NewerRegistry,
+    now: Clock,
+    keystore: Keystore,
+    headers: Sequence[tuple[str, bytes | None]] | None = None,
 ) -> envelope.Opened | envelope.Unreadable:
     """:func:`~services.kernel.envelope.open_or_unreadable` with the registry in force, and once more
     after catching up with the registry topic when a newer registry may lift the refusal (a key
-    rotated a moment ago, which the router already knew of). Every inbox reader opens through this."""
-    result = envelope.open_or_unreadable(value, registry=in_force.current, now=now(), keystore=keystore)
+    rotated a moment ago, which the router already knew of). Every inbox reader opens through this.
+
+    ``headers`` are the inbox record's Kafka headers: the signing key is judged at the time the router
+    accepted the event (:func:`~services.kernel.envelope.accepted_at`), so a lead whose key was revoked
+    after the router delivered it still opens."""
+    keys_at = envelope.accepted_at(headers)
+
+    def attempt() -> envelope.Opened | envelope.Unreadable:
+        return envelope.open_or_unreadable(
+            value, registry=in_force.current, now=now(), keystore=keystore, keys_at=keys_at
+        )
+
+    result = attempt()
     if isinstance(result, envelope.Unreadable) and newer_registry(result.reason):
-        result = envelope.open_or_unreadable(value, registry=in_force.current, now=now(), keystore=keystore)
+        result = attempt()
     return result
 
 

@@ -204,6 +204,7 @@ class InboxReader:
                         newer_registry=self.newer_registry,
                         now=self.clock,
                         keystore=self.keys,
+                        headers=record.headers,
                     )
                     if isinstance(opened, envelope.Unreadable):
                         skipped += 1

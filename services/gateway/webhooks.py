@@ -182,6 +182,7 @@ class WebhookSender:
                     newer_registry=self.newer_registry,
                     now=self.clock,
                     keystore=self.keys,
+                    headers=record.headers,
                 )
                 break
             except RegistryExpiredError:  # it expired since the wait: wait again, skip nothing

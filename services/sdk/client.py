@@ -414,6 +414,7 @@ class Client:
                             newer_registry=self._newer_registry,
                             now=self.clock,
                             keystore=self.keys,
+                            headers=record.headers,
                         )
                         if isinstance(result, envelope.Unreadable):
                             self._report_unreadable(consumer, result, record)

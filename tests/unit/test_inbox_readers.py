@@ -175,6 +175,7 @@ class Record:
     topic: str = "lianfang.inbox.police.v1"
     partition: int = 0
     key: bytes | None = None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 @dataclass

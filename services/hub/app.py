@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +239,9 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
     async def observe(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
         async for event in stream.events():
             m = event.message
-            await work.on_inbox(m.value, key=m.key, partition=m.partition, offset=m.offset)
+            await work.on_inbox(
+                m.value, key=m.key, partition=m.partition, offset=m.offset, headers=_header_pairs(m.headers)
+            )
             yield None
 
     @app.agent(worker.suspects)
@@ -311,3 +313,11 @@ def run_worker(settings: HubSettings) -> None:
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level, redirect_stdouts=False)
     worker.execute_from_commandline()
+
+
+def _header_pairs(headers: Any) -> list[tuple[str, bytes | None]]:
+    """A faust message's Kafka headers as (name, value) pairs, whether faust gives a list or a mapping."""
+    if headers is None:
+        return []
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return [(str(name), value) for name, value in items]

@@ -28,6 +28,16 @@ class HubMetrics:
             ["source", "reason"],
             registry=registry,
         )
+        self.ignored = Counter(
+            "lianfang_hub_events_ignored_total",
+            "Inbox events the hub verified and left its state as it was, by why: not_a_rule_event (its "
+            "own alerts, supervision events), seen (applied already), before_horizon (happened before "
+            "the victim's retained window).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in ("not_a_rule_event", "seen", "before_horizon"):
+            self.ignored.labels(reason)
         self.alerts = Counter(
             "lianfang_hub_alerts_total",
             "Joint-meeting alerts raised or updated, by rule.",

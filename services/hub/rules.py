@@ -1,8 +1,9 @@
 """The joint-meeting rules (联席会议会商规则) as a pure core: one verified event in, the victim's new state
 and the alerts to publish out.
 
-Nothing here reads a clock, Kafka or a file: the time of everything is the event time from the signed
-header, so windows are computed over event times and events may arrive in any order. The hub's worker
+Nothing here reads a clock, Kafka or a file: the time of everything is the event time (when it
+happened: ``occurred_at``, else the signed header's time), so windows are computed over event times and
+events may arrive in any order. The hub's worker
 (:mod:`services.hub.worker`) keeps a :class:`~services.hub.state.VictimState` per victim pseudonym (the
 Kafka key) and publishes what comes out. A rule that fires raises or updates the victim's one open alert
 (:mod:`services.hub.alerts`), explained by a text of :mod:`services.hub.messages`; serial suspects are
@@ -16,8 +17,13 @@ The rules are described in ``docs/rules.md``; the choices it leaves open are mad
   alert (its ``alert_id`` or the id of any of its events) marks it ``acknowledged``;
   ``joint_meeting.scheduled`` marks it ``scheduled``; ``joint_meeting.concluded`` closes it (it stays in
   the state as ``concluded`` until the next episode replaces it). Status changes emit nothing (the
-  coordinators' own events already tell everyone); a later update carries the current status. The
-  hub's own ``joint_meeting.alert`` events are ignored.
+  coordinators' own events already tell everyone); a later update carries the current status.
+- **Event time** is when what an event reports happened: its ``occurred_at`` where it carries one (a
+  lead), else its signed ``time`` (:class:`~services.hub.state.Observation`). Supervision deadlines
+  start at a lead's signed time, when it was reported.
+- **Ignored types change nothing**: an event no rule reads (the hub's own ``joint_meeting.alert``,
+  coming back through its inbox, and ``supervision.*``) neither moves the victim's latest event time
+  nor is remembered, so the hub's wall-clock stamp never prunes a history being replayed.
 - **high_risk** fires on a ``risk.assessed`` score at or above ``high_risk_score``. A lead's own risk
   indicators fire it only when ``high_risk_indicators`` is set (off by default: the indicators are not
   the 24-question checklist the threshold is defined on).
@@ -32,7 +38,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from services.hub.alerts import AlertEmission, Firing, open_alert, raise_or_update
 from services.hub.config import HubConfig
@@ -54,7 +60,7 @@ from services.hub.state import (
     as_strs,
 )
 
-__all__ = ["observe"]
+__all__ = ["Ignored", "ignored", "observe"]
 
 
 def _days(span: timedelta) -> str:
@@ -145,6 +151,7 @@ def _on_lead(state: VictimState, obs: Observation, cfg: HubConfig) -> list[Firin
         pj=triage.get("requests_joint_meeting") is True,
         acting=sorted(obs.recipients - cfg.not_acting - {obs.sender}),
         score=max(scores) if scores else None,
+        reported=obs.signed_at if obs.signed_at != obs.time else None,
     )
     _insert(state.leads, lead)
     _touch(state, [lead.by, *lead.acting], lead.t, cfg)
@@ -335,10 +342,6 @@ def _on_concluded(state: VictimState, obs: Observation, cfg: HubConfig) -> list[
     return [repeat] if repeat is not None else []
 
 
-def _ignore(state: VictimState, obs: Observation, cfg: HubConfig) -> list[Firing]:
-    return []
-
-
 _Handler = Callable[[VictimState, Observation, HubConfig], list[Firing]]
 
 _HANDLERS: Final[dict[str, _Handler]] = {
@@ -353,6 +356,24 @@ _HANDLERS: Final[dict[str, _Handler]] = {
     "joint_meeting.scheduled": _on_scheduled,
     "joint_meeting.concluded": _on_concluded,
 }
+
+
+Ignored = Literal["not_a_rule_event", "seen", "before_horizon"]
+"""Why :func:`observe` leaves a state as it was: the rules read no event of this type (the hub's own
+alerts among them), the event was applied already, or it happened at or before the pruned horizon."""
+
+
+def ignored(state: VictimState | None, obs: Observation) -> Ignored | None:
+    """Why ``obs`` changes nothing in ``state``, or ``None`` when it is applied."""
+    if obs.event_type not in _HANDLERS:
+        return "not_a_rule_event"
+    if state is None:
+        return None
+    if obs.event_id in state.seen:
+        return "seen"
+    if state.floor is not None and obs.time <= state.floor:
+        return "before_horizon"
+    return None
 
 
 def _prune(state: VictimState, cfg: HubConfig) -> None:
@@ -384,19 +405,20 @@ def observe(
 ) -> tuple[VictimState, list[AlertEmission]]:
     """Apply one event to the victim's state; returns the new state and the alerts to publish.
 
-    The input state is not modified. An event already applied, or older than the retained horizon,
-    returns the state unchanged and nothing to publish.
+    The input state is not modified. An event of a type no rule reads, already applied, or older than
+    the retained horizon (:func:`ignored` says which) returns the state unchanged and nothing to
+    publish.
     """
     if state is None:
         state = VictimState.new(obs.subject)
     elif state.subject != obs.subject:
         raise ObservationError("the observation's subject is not this state's victim")
-    if obs.event_id in state.seen or (state.floor is not None and obs.time <= state.floor):
+    if ignored(state, obs) is not None:
         return state, []
     new = state.fork()
     new.seen[obs.event_id] = obs.time
     new.latest = obs.time if new.latest is None else max(new.latest, obs.time)
-    firings = _HANDLERS.get(obs.event_type, _ignore)(new, obs, cfg)
+    firings = _HANDLERS[obs.event_type](new, obs, cfg)
     emissions = raise_or_update(new, firings)
     _prune(new, cfg)
     return new, emissions

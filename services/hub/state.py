@@ -18,7 +18,7 @@ from schemas.common import Urgency
 from schemas.envelope import EnvelopeHeader
 from schemas.events import AlertReasonCode, AlertStatus
 from services.hub.errors import StateDecodeError
-from services.hub.ids import aware
+from services.hub.ids import as_time, aware
 
 __all__ = [
     "ActionItemFact",
@@ -55,8 +55,11 @@ def as_strs(value: object) -> list[str]:
 class Observation:
     """What the hub learns from one verified event addressed to it: the clear header and the triage.
 
-    ``time`` is the signed header's event time (normalized to UTC); it drives every window.
-    ``recipients`` are all the participants the event was sealed to: the agencies that must act.
+    ``time`` is when what the event reports happened (normalized to UTC): the triage's ``occurred_at``
+    where the event carries one, else the signed header's ``time``; it drives every window, so an
+    import of old records lands where its incidents happened. ``signed_at`` is the signed ``time``
+    (when the event was reported): supervision deadlines start there. ``recipients`` are all the
+    participants the event was sealed to: the agencies that must act.
     """
 
     event_id: str
@@ -71,9 +74,12 @@ class Observation:
     recipients: frozenset[str] = frozenset()
     refs: tuple[str, ...] = ()
     triage: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    signed_at: datetime | None = None  # None: the same as ``time``
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "time", aware(self.time, "Observation.time"))
+        signed = self.time if self.signed_at is None else aware(self.signed_at, "Observation.signed_at")
+        object.__setattr__(self, "signed_at", signed)
         object.__setattr__(self, "recipients", frozenset(self.recipients))
         object.__setattr__(self, "refs", tuple(self.refs))
         object.__setattr__(self, "triage", MappingProxyType(dict(self.triage)))
@@ -83,11 +89,13 @@ class Observation:
         cls, header: EnvelopeHeader, recipients: Iterable[str], triage: Mapping[str, Any] | None = None
     ) -> Observation:
         """The observation of a verified envelope: its header, everyone it was sealed to, its triage."""
+        triage = triage or {}
         return cls(
             event_id=header.id,
             event_type=header.type,
             sender=header.sender,
-            time=header.time,
+            time=as_time(triage.get("occurred_at")) or header.time,
+            signed_at=header.time,
             subject=header.subject,
             urgency=header.urgency,
             category=header.category,
@@ -95,7 +103,7 @@ class Observation:
             town=header.town,
             recipients=frozenset(recipients),
             refs=tuple(header.refs),
-            triage=triage or {},
+            triage=triage,
         )
 
     def mentions(self, *triage_fields: str) -> list[str]:
@@ -127,6 +135,13 @@ class LeadFact(_Fact):
     pj: bool = False  # requests_joint_meeting
     acting: list[str] = Field(default_factory=list)
     score: int | None = None  # the highest risk.assessed score for this lead, when known
+    reported: AwareDatetime | None = None  # the signed time, when it differs from ``t`` (occurred_at)
+
+    @property
+    def reported_at(self) -> datetime:
+        """When the lead was reported (signed): its supervision deadlines start here, not at ``t``,
+        which is when the incident happened and may lie years back for an imported record."""
+        return self.t if self.reported is None else self.reported
 
 
 class RiskFact(_Fact):

@@ -147,8 +147,8 @@ def watches(state: VictimState, cfg: HubConfig) -> list[Watch]:
                         lead_id=lead.id,
                         agency=agency,
                         kind=kind,
-                        started_at=lead.t,
-                        due_at=lead.t + span,
+                        started_at=lead.reported_at,
+                        due_at=lead.reported_at + span,
                         urgency=lead.urgency,
                         met_at=_first(responses, _ANSWERS[kind]),
                     )
@@ -279,9 +279,10 @@ def agency_rates(
     for state in states:
         answers = _answers_by(state)
         for lead in state.leads:
-            if lead.t >= now or (since is not None and lead.t < since):
+            reported = lead.reported_at
+            if reported >= now or (since is not None and reported < since):
                 continue
-            deadline = lead.t + cfg.acknowledge[lead.urgency]
+            deadline = reported + cfg.acknowledge[lead.urgency]
             for agency in lead.acting:
                 responses = [r for r in answers.get((lead.id, agency), []) if r.t <= now]
                 row = counts[agency]

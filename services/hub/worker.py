@@ -30,7 +30,7 @@ import asyncio
 import json
 import logging
 import traceback
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
@@ -119,9 +119,12 @@ class RecordWorker:
         """The registry in force now."""
         return self.in_force.current
 
-    def open(self, value: bytes) -> Observation:
-        """Verify and open an inbox record (an ``UntrustedInputError`` when it fails); audit the opening."""
-        opened = envelope.verify_and_open(value, registry=self.registry, now=self.clock(), keystore=self.keys)
+    def open(self, value: bytes, keys_at: datetime | None = None) -> Observation:
+        """Verify and open an inbox record (an ``UntrustedInputError`` when it fails); audit the opening.
+        ``keys_at``: when the router accepted it (its header), the time the sender's key is judged at."""
+        opened = envelope.verify_and_open(
+            value, registry=self.registry, now=self.clock(), keystore=self.keys, keys_at=keys_at
+        )
         recipients = set().union(*opened.verified.recipients().values())
         self.trail.append(
             "open_section",
@@ -239,12 +242,22 @@ class RecordWorker:
         self.metrics.rejected.labels(source, refusal[0]).inc()
         log.warning("%s record %d@%d refused: %s", source, offset, partition, refusal[0])
 
-    async def on_inbox(self, value: bytes, *, key: bytes | None, partition: int, offset: int) -> None:
+    async def on_inbox(
+        self,
+        value: bytes,
+        *,
+        key: bytes | None,
+        partition: int,
+        offset: int,
+        headers: Sequence[tuple[str, bytes | None]] | None = None,
+    ) -> None:
         """An event routed to the hub: apply it to its victim, publish the alerts, repartition suspects.
-        A record refused goes to the dead-letter topic with its reason and where it was read."""
-        refusal = await self._handle(lambda: self.open(value), self._apply)
+        A record refused goes to the dead-letter topic with its reason and where it was read.
+        ``headers``: the record's Kafka headers, which say when the router accepted it."""
+        keys_at = envelope.accepted_at(headers)
+        refusal = await self._handle(lambda: self.open(value, keys_at), self._apply)
         if refusal is not None and await self._newer_registry_lifts(refusal):
-            refusal = await self._handle(lambda: self.open(value), self._apply)
+            refusal = await self._handle(lambda: self.open(value, keys_at), self._apply)
         if refusal is None:
             return
         self._count("inbox", refusal, partition, offset)
@@ -268,6 +281,11 @@ class RecordWorker:
     async def _apply(self, obs: Observation) -> None:
         key = obs.subject.encode()
         before = self._victim(key)
+        why = rules.ignored(before, obs)
+        if why is not None:
+            self.metrics.ignored.labels(why).inc()
+            if why == "before_horizon":
+                log.info("event %s happened before its victim's retained window: ignored", obs.event_id)
         state, emissions = rules.observe(before, obs, self.config)
         await self.emit_alerts(state, emissions)
         if state is not before:  # a re-processed event changes nothing

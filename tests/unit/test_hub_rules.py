@@ -24,7 +24,7 @@ from services.hub.alerts import AlertEmission
 from services.hub.config import HubConfig
 from services.hub.errors import ObservationError, StateDecodeError
 from services.hub.ids import alert_id_for
-from services.hub.rules import observe
+from services.hub.rules import ignored, observe
 from services.hub.serial import SerialTrigger, observe_serial, observe_suspect, suspects_of
 from services.hub.state import AlertState, Observation, SuspectState, VictimState
 from tests import kit
@@ -741,10 +741,58 @@ def test_an_observation_is_built_from_a_verified_header_and_its_triage() -> None
     assert state.last_lead_facts() == {"category": "sexual_assault", "minor": True, "town": "renhe"}
 
 
-def test_the_hub_s_own_alerts_and_unknown_types_are_recorded_and_ignored() -> None:
+def test_the_hub_s_own_alerts_and_unknown_types_change_nothing_in_the_victim_s_state() -> None:
+    before, _ = run([lead(1, day(0))])
     own = event(9, "joint_meeting.alert", day(0), sender="hub", triage={"alert_id": eid(1)})
     report = event(10, "supervision.report", day(0), sender="hub")
-    state, emitted = run([own, report])
+    state, emitted = run([own, report], before)
     assert emitted == []
+    assert state is before
+    assert ignored(before, own) == "not_a_rule_event"
+
+
+def test_a_hub_alert_stamped_years_after_the_victim_s_leads_does_not_move_the_window_or_prune_them() -> None:
+    old = [lead(1, day(-3 * 365)), lead(2, day(-3 * 365 + 10))]
+    state, _ = run(old)
+    alert = event(9, "joint_meeting.alert", day(0), sender="hub", triage={"alert_id": eid(1)})
+    state, _ = run([alert], state)
     assert state is not None
-    assert set(state.seen) == {eid(9), eid(10)}
+    assert state.latest == day(-3 * 365 + 10)
+    state, emitted = run([lead(3, day(-3 * 365 + 20))], state)
+    assert [r["code"] for r in emitted[-1].reasons] == ["escalation"]
+
+
+def test_a_lead_s_windows_use_its_occurred_at_and_its_deadlines_start_when_it_was_reported() -> None:
+    reported = day(0)
+    leads = []
+    for n, days_ago in ((1, 1200), (2, 1190), (3, 1180)):
+        occurred = reported - timedelta(days=days_ago)
+        base = lead(n, reported)
+        leads.append(
+            Observation.from_header(
+                kit.header(
+                    id=base.event_id,
+                    time=reported,
+                    subject=VICTIM,
+                    category="domestic_violence",
+                    minor=False,
+                ),
+                base.recipients,
+                {**base.triage, "occurred_at": occurred.isoformat()},
+            )
+        )
+    assert leads[0].time == reported - timedelta(days=1200)
+    assert leads[0].signed_at == reported
+    state, emitted = run(leads)
+    assert state is not None
+    assert "escalation" in {r["code"] for e in emitted for r in e.reasons}
+    assert state.leads[0].t == reported - timedelta(days=1200)
+    assert state.leads[0].reported_at == reported
+
+
+def test_an_event_from_before_the_retained_window_is_ignored_and_says_so() -> None:
+    state, _ = run([lead(1, day(0))])
+    too_old = lead(2, day(-2 * 365))
+    assert ignored(state, too_old) == "before_horizon"
+    assert ignored(state, lead(1, day(0))) == "seen"
+    assert ignored(state, lead(3, day(1))) is None

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from pydantic import ValidationError
 
-from schemas.events import parse_event
+from schemas.events import EVENT_MODELS, parse_event
 from services import trust
 from services.bus import cluster
 from services.bus.cluster import DURABLE_PRODUCER
@@ -105,6 +105,13 @@ def add_bus_commands(
     )
     publish.add_argument("file", type=Path, metavar="FILE", help='JSON: {"type": ..., "event": {...}, ...}')
     publish.add_argument("--wait", type=float, default=30.0, help="seconds to wait for Kafka (default 30)")
+    publish.add_argument(
+        "--occurred-at",
+        type=_aware_time,
+        metavar="TIME",
+        help="when the incident happened, ISO 8601 with an offset (the event's occurred_at; the envelope "
+        "is still signed now)",
+    )
 
     inbox = command(subcommands, "inbox", _cmd_inbox, bus, "read this participant's inbox (verified, opened)")
     inbox.add_argument("--as", dest="participant", required=True, metavar="P", help="reading participant")
@@ -373,6 +380,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read {args.file} as JSON: {e}") from e
     if not isinstance(body, dict) or "type" not in body or not isinstance(body.get("event"), dict):
         raise UsageError('the file must hold {"type": "<event type>", "event": {...}}')
+    if args.occurred_at is not None:
+        body["event"] = with_occurred_at(str(body["type"]), body["event"], args.occurred_at)
     with _client(args) as client:
         if body["type"] == "lead.reported":
             event_id = client.publish_lead(body["event"], urgency=body.get("urgency"))
@@ -392,6 +401,28 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     if not sent:
         print("accepted into the outbox; it will be sent when Kafka is reachable", file=sys.stderr)
     return 0
+
+
+def _aware_time(text: str) -> datetime:
+    """An ISO 8601 time with its UTC offset (argparse type)."""
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from e
+    if at.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset (add +08:00 or Z)")
+    return at
+
+
+def with_occurred_at(event_type: str, event: dict[str, Any], at: datetime) -> dict[str, Any]:
+    """``event`` with ``occurred_at`` set to ``at``, for a type that carries when its incident happened.
+    The envelope's ``time`` stays when it is signed: the router refuses one far from the broker's time."""
+    model = EVENT_MODELS.get(event_type)
+    if model is None:
+        raise UsageError(f"{event_type!r} is not an event type of the catalogue")
+    if "occurred_at" not in model.model_fields:
+        raise UsageError(f"a {event_type} event has no occurred_at: --occurred-at does not apply to it")
+    return {**event, "occurred_at": at.isoformat()}
 
 
 def _cmd_inbox(args: argparse.Namespace) -> int:

@@ -1,9 +1,11 @@
-"""The hub on the real broker, behind the router, with a controllable clock: event times are chosen by
-the test (the domain was issued 400 days ago, the router accepts a year-old event), and supervision
-ticks carry the time the test needs."""
+"""The hub on the real broker, behind the router: events are signed now (the router refuses a signed
+time far from the broker's), the incident times the hub's windows run on are chosen by the test as each
+lead's ``occurred_at`` (the domain was issued 400 days ago), and supervision ticks carry the time the
+test needs."""
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -16,6 +18,7 @@ from kafka import KafkaProducer
 
 from schemas.events import RiskAnswers, RiskAssessed
 from services.bus.cluster import DURABLE_PRODUCER
+from services.cli import main as cli_main
 from services.kernel.pseudonym import pseudonymize
 from services.sdk.client import CaseContext, Client
 from tests.integration.buskit import Bus, RegistryChange, RouterProcess
@@ -106,7 +109,6 @@ def pipeline(
         hub_bus.domain.home,
         tmp / "router.log",
         group=f"{hub_bus.prefix}router",
-        LIANFANG_ROUTER_REPLAY_WINDOW_S=str(500 * 24 * 3600),  # the test backdates events up to a year
     )
     hub = HubProcess(hub_bus, tmp / "hub.log", tmp / "hub-data")
     try:
@@ -130,25 +132,23 @@ def alerts(hub_bus: Bus, pipeline: Any, tmp_path_factory: pytest.TempPathFactory
 
 
 class Agency:
-    """An agency's SDK client whose clock the test sets before each publication."""
+    """An agency's SDK client: it signs now and dates each lead's incident (``occurred_at``)."""
 
     def __init__(self, bus: Bus, participant: str, tmp: Path) -> None:
-        self.now = NOW
         self.client = Client(
             keystore=bus.domain.keys(participant),
             registry=bus.domain.registry,
             bootstrap=bus.bootstrap,
             outbox_path=tmp / f"{participant}.sqlite",
             topic_prefix=bus.prefix,
-            clock=lambda: self.now,
         )
 
     def lead(self, phone: str, at: datetime, **overrides: Any) -> str:
-        self.now = at
         data: dict[str, Any] = {
             "category": "domestic_violence",
             "channel": "police_call",
             "town": "houshayu",
+            "occurred_at": at.isoformat(),
             "victim": {"name": "周某某", "phone": phone, "is_minor": False},
             "minor": False,
             "risk_indicators": [],
@@ -160,8 +160,8 @@ class Agency:
         assert self.client.flush(30)
         return event_id
 
-    def risk(self, subject: str, lead_id: str, score: int, at: datetime) -> str:
-        self.now = at
+    def risk(self, subject: str, lead_id: str, score: int) -> str:
+        """A risk assessment, now (it carries no incident time)."""
         answers = {q: i < score for i, q in enumerate(QUESTIONS)}
         event = RiskAssessed.model_validate(
             {
@@ -202,7 +202,7 @@ def test_a_risk_score_of_13_raises_nothing_and_14_raises_a_high_risk_alert(
     police = agencies["police"]
     low, high = "13700000013", "13700000014"
     low_lead = police.lead(low, NOW - timedelta(hours=2))
-    police.risk(subject_of(hub_bus, low), low_lead, 13, NOW - timedelta(hours=1))
+    police.risk(subject_of(hub_bus, low), low_lead, 13)
     # A sentinel trigger on the same victim: the hub handles one victim's events in order, so when
     # the sentinel's alert arrives, a high-risk alert for the score of 13 would already have come.
     police.lead(low, NOW - timedelta(minutes=30), requests_joint_meeting=True)
@@ -210,7 +210,7 @@ def test_a_risk_score_of_13_raises_nothing_and_14_raises_a_high_risk_alert(
     assert reasons(got) == {"professional_judgement"}
 
     high_lead = police.lead(high, NOW - timedelta(hours=2))
-    police.risk(subject_of(hub_bus, high), high_lead, 14, NOW - timedelta(hours=1))
+    police.risk(subject_of(hub_bus, high), high_lead, 14)
     got = alerts.wait_for(subject_of(hub_bus, high), lambda a: bool(a))
     assert reasons(got) == {"high_risk"}
 
@@ -225,7 +225,7 @@ def test_a_third_lead_on_day_364_raises_an_escalation_alert_and_on_day_366_nothi
         police.lead(phone, start + timedelta(days=100))
         police.lead(phone, start + timedelta(days=last_day))
         # The sentinel is a risk assessment, not a fourth lead: it cannot add to the escalation count.
-        police.risk(subject_of(hub_bus, phone), first, 20, start + timedelta(days=last_day, hours=1))
+        police.risk(subject_of(hub_bus, phone), first, 20)
     on_364 = alerts.wait_for(subject_of(hub_bus, "13700000364"), lambda a: "high_risk" in reasons(a))
     assert reasons(on_364) == {"escalation", "high_risk"}
     on_366 = alerts.wait_for(subject_of(hub_bus, "13700000366"), bool)
@@ -241,7 +241,7 @@ def test_a_victim_who_triggers_three_rules_gets_one_alert_with_three_reasons(
     agencies["womens_federation"].lead(
         phone, NOW - timedelta(hours=4), channel="hotline_12338"
     )  # convergence
-    agencies["police"].risk(subject, lead_id, 16, NOW - timedelta(hours=3))  # high risk
+    agencies["police"].risk(subject, lead_id, 16)  # high risk
     got = alerts.wait_for(
         subject, lambda a: reasons(a) >= {"professional_judgement", "convergence", "high_risk"}
     )
@@ -342,6 +342,62 @@ def test_a_key_rotated_while_the_hub_runs_the_hub_opens_the_next_lead_signed_wit
     assert hub.alive(), "no restart"
 
 
+def test_an_import_of_leads_that_happened_three_years_ago_routes_and_raises_an_escalation_alert(
+    hub_bus: Bus, alerts: Alerts, agencies: dict[str, Agency]
+) -> None:
+    phone = "13700000701"
+    long_ago = NOW - timedelta(days=3 * 365)
+    for days in (0, 40, 80):  # three leads within twelve months, three years back, all signed now
+        agencies["police"].lead(phone, long_ago + timedelta(days=days))
+    got = alerts.wait_for(subject_of(hub_bus, phone), lambda a: "escalation" in reasons(a))
+    assert reasons(got) == {"escalation"}
+    assert datetime.fromisoformat(got[-1]["raised_at"]) == long_ago + timedelta(days=80)
+
+
+def test_the_hub_s_own_alert_coming_back_through_its_inbox_does_not_move_the_victim_s_window(
+    hub_bus: Bus, alerts: Alerts, agencies: dict[str, Agency]
+) -> None:
+    phone = "13700000702"
+    subject = subject_of(hub_bus, phone)
+    long_ago = NOW - timedelta(days=3 * 365)
+    agencies["police"].lead(phone, long_ago, requests_joint_meeting=True)
+    agencies["police"].lead(phone, long_ago + timedelta(days=10))
+    # The alert is stamped now. Once the coordinators have it, the router has also committed its copy
+    # to the hub's inbox, on the partition of this victim, ahead of the next lead.
+    alerts.wait_for(subject, lambda a: reasons(a) == {"professional_judgement"})
+    agencies["police"].lead(phone, long_ago + timedelta(days=20))
+    got = alerts.wait_for(subject, lambda a: "escalation" in reasons(a))
+    assert reasons(got) == {"professional_judgement", "escalation"}
+
+
+def test_lianfang_publish_occurred_at_dates_the_incident_the_hub_s_windows_see(
+    hub_bus: Bus, alerts: Alerts, tmp_path: Path
+) -> None:
+    phone = "13700000703"
+    occurred = (NOW - timedelta(days=2 * 365)).replace(microsecond=0)
+    lead = {
+        "type": "lead.reported",
+        "event": {
+            "category": "domestic_violence",
+            "channel": "police_call",
+            "town": "houshayu",
+            "victim": {"name": "冯某某", "phone": phone, "is_minor": False},
+            "minor": False,
+            "risk_indicators": [],
+            "narrative": "旧案补录。",
+            "requests_joint_meeting": True,
+        },
+    }
+    path = tmp_path / "lead.json"
+    path.write_text(json.dumps(lead, ensure_ascii=False), encoding="utf-8")
+    argv = ["publish", "--as", "police", str(path), "--occurred-at", occurred.isoformat()]
+    argv += ["--home", str(hub_bus.domain.home), "--bootstrap", hub_bus.bootstrap]
+    assert cli_main([*argv, "--topic-prefix", hub_bus.prefix]) == 0
+    got = alerts.wait_for(subject_of(hub_bus, phone), bool)
+    assert reasons(got) == {"professional_judgement"}
+    assert datetime.fromisoformat(got[-1]["raised_at"]) == occurred
+
+
 def test_sigkill_of_the_hub_loses_no_state_and_raises_no_duplicate_alert(
     hub_bus: Bus,
     alerts: Alerts,
@@ -360,7 +416,7 @@ def test_sigkill_of_the_hub_loses_no_state_and_raises_no_duplicate_alert(
 
     restarted = HubProcess(hub_bus, tmp_path / "hub-restarted.log", Path(hub.data_dir))
     try:
-        agencies["police"].risk(subject, lead_id, 18, NOW - timedelta(hours=4))
+        agencies["police"].risk(subject, lead_id, 18)
         got = alerts.wait_for(
             subject,
             lambda a: reasons(a) == {"professional_judgement", "convergence", "high_risk"},

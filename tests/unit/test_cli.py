@@ -520,3 +520,25 @@ def test_init_force_forgets_the_records_of_the_replaced_domains_registries(domai
     record.write_bytes((domain.home / "registry.json").read_bytes())
     assert domain("init", "--force").code == 0
     assert not record.exists()
+
+
+def test_publish_occurred_at_sets_a_lead_s_incident_time_and_is_refused_for_a_type_without_one() -> None:
+    from services.cli.bus import with_occurred_at
+    from services.kernel.errors import UsageError
+
+    at = datetime(2021, 3, 4, 21, 30, tzinfo=UTC)
+    assert with_occurred_at("lead.reported", {"category": "domestic_violence"}, at) == {
+        "category": "domestic_violence",
+        "occurred_at": at.isoformat(),
+    }
+    with pytest.raises(UsageError, match="no occurred_at"):
+        with_occurred_at("risk.assessed", {}, at)
+    with pytest.raises(UsageError, match="not an event type"):
+        with_occurred_at("lead.invented", {}, at)
+
+
+def test_publish_occurred_at_without_a_utc_offset_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["publish", "--as", "police", "lead.json", "--occurred-at", "2021-03-04T21:30:00"]) != 0
+    assert "no UTC offset" in capsys.readouterr().err

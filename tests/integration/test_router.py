@@ -246,7 +246,12 @@ def test_producer_kafka_headers_never_reach_an_inbox(bus: Bus, router: Router) -
     copies = [r for records in bus.read_all(inboxes).values() for r in records if r.value == sealed.value]
     assert len(copies) == len(inboxes)
     for copy in copies:
-        assert list(copy.headers) == envelope.kafka_headers(sealed.header)
+        *mirrored, accepted = list(copy.headers)
+        assert mirrored == envelope.kafka_headers(sealed.header)
+        assert accepted[0] == envelope.ACCEPTED_AT_HEADER  # the broker's append time, the router's word
+        accepted_at = envelope.accepted_at([accepted])
+        assert accepted_at is not None
+        assert abs(accepted_at - sealed.header.time) < timedelta(minutes=5)
 
 
 def test_a_copy_of_an_event_on_another_partition_is_refused_as_misplaced(bus: Bus, router: Router) -> None:

@@ -283,7 +283,11 @@ def test_every_reason_code_of_the_envelope_has_an_adversarial_case() -> None:
     # replay and time_skew have their own tests below; misplaced and internal are the router's
     # (tests/unit/test_router.py), encryption_key_revoked too (tests/unit/test_revoked_encryption_keys.py)
     assert set(REASON_CODES) - covered == {
-        "replay", "time_skew", "misplaced", "internal", "encryption_key_revoked"
+        "replay",
+        "time_skew",
+        "misplaced",
+        "internal",
+        "encryption_key_revoked",
     }
 
 

@@ -81,6 +81,22 @@ class Roots(WireModel):
         return self
 
 
+class DelegatedRole(WireModel):
+    """An online role the roots delegate to (TUF's timestamp role): its keys and how many must sign.
+
+    The roots sign it as part of the registry, so a new registry version rotates its keys."""
+
+    threshold: int = Field(ge=1)
+    keys: list[RoleKey] = Field(min_length=1)
+
+
+class RoleKey(WireModel):
+    """A key of a delegated role: Ed25519, held by the service that performs the role."""
+
+    kid: str = Field(min_length=1, max_length=64)
+    public: Base64 = Field(description="raw 32-byte Ed25519 public key, base64")
+
+
 class Match(WireModel):
     """Conditions on clear-header fields; a rule matches when every present condition holds."""
 
@@ -138,8 +154,14 @@ class RegistryDocument(WireModel):
     participants: list[Participant]
     policy: Policy
     pseudonym_key: SealedPseudonymKey
+    timestamp: DelegatedRole | None = Field(
+        default=None,
+        description="the online key(s) that sign freshness statements (services.kernel.freshness); "
+        "without it no process can be fresh",
+    )
 
 
 SectionRecipients = dict[SectionName, frozenset[str]]
 
 SealedPseudonymKey.model_rebuild()
+DelegatedRole.model_rebuild()

@@ -30,6 +30,7 @@ from typing import Any, Final, Protocol
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from schemas.freshness import TIMESTAMP_RECORD_KEY
 from schemas.registry import Roots
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs
 from services.kernel import envelope
@@ -323,6 +324,7 @@ class RegistryFollower:
         min_backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
         consumer: Callable[[], RegistryConsumer] | None = None,
+        on_statement: Callable[[bytes], object] | None = None,
     ) -> None:
         if not in_force.follows:
             raise UsageError("a registry follower needs a registry in force with trusted roots")
@@ -331,6 +333,8 @@ class RegistryFollower:
         self.min_backoff_s = min_backoff_s
         self.max_backoff_s = max_backoff_s
         self._consumer = consumer or (lambda: self._kafka_consumer(bootstrap, security))
+        # Timestamp statements share the topic under their own key (services.bus.freshness).
+        self.on_statement = on_statement
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._progress = threading.Condition()
@@ -427,7 +431,10 @@ class RegistryFollower:
             records = consumer.poll(timeout_ms=self.POLL_MS).get(tp, [])
             self._polled = True
             for record in records:
-                if record.value:
+                if record.key == TIMESTAMP_RECORD_KEY:
+                    if self.on_statement is not None and record.value:
+                        self.on_statement(record.value)
+                elif record.value:
                     self.in_force.offer(record.value)
             if target is not None and consumer.position(tp) >= target[1]:
                 with self._progress:
@@ -443,10 +450,14 @@ def follow(
     topic: str,
     security: KafkaSecuritySettings,
     catch_up_s: float = 10.0,
+    on_statement: Callable[[bytes], object] | None = None,
 ) -> RegistryFollower:
     """Start following and wait (up to ``catch_up_s``) until the topic's records have been offered, so
-    a process starts with the newest registry; Kafka unreachable: it starts with the one it has."""
-    follower = RegistryFollower(in_force, bootstrap=bootstrap, topic=topic, security=security).start()
+    a process starts with the newest registry; Kafka unreachable: it starts with the one it has.
+    ``on_statement`` takes the timestamp statements read on the topic."""
+    follower = RegistryFollower(
+        in_force, bootstrap=bootstrap, topic=topic, security=security, on_statement=on_statement
+    ).start()
     if catch_up_s and not follower.catch_up(catch_up_s):
         log.warning(
             "%s: %s not read within %.0f s: registry v%d in force until it is",

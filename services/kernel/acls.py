@@ -16,6 +16,9 @@ The shape (``docs/topics.md`` lists it beside every topic):
   for the key that signs its audit checkpoints, but no rule routes to it: it gets no participant rules;
 - the hub (``User:hub``, also a participant) reads its inbox and writes events, and owns the faust
   internal topics, groups and its ``lianfang.hub.*`` topics;
+- the timestamp service (``User:timestamp``) reads the registry topic and writes its freshness
+  statements there (key ``timestamp``); a record it writes under the ``registry`` key would still
+  have to verify against the roots;
 - ``User:operator`` is a super user on the broker and needs no rule here.
 
 Nobody but the router may write an inbox; nobody may read another participant's inbox.
@@ -41,6 +44,7 @@ Operation = Literal[
 
 ROUTER_GROUP: Final = "lianfang-router"
 HUB_APP_ID: Final = "lianfang-hub"
+TIMESTAMP_PRINCIPAL: Final = "timestamp"
 CLUSTER_NAME: Final = "kafka-cluster"
 DEFAULT_NAMES: Final = TopicNames()
 
@@ -138,6 +142,13 @@ def hub_rules(
     ]
 
 
+def timestamp_rules(
+    names: TopicNames = DEFAULT_NAMES, *, principal: str = TIMESTAMP_PRINCIPAL
+) -> list[AclRule]:
+    """Read the registry topic (to name the newest registry) and write statements to it."""
+    return _rules(user(principal), "TOPIC", "LITERAL", names.registry, "READ", "WRITE", "DESCRIBE")
+
+
 def generate(
     participants: Iterable[str],
     names: TopicNames = DEFAULT_NAMES,
@@ -156,6 +167,7 @@ def generate(
     rules.update(router_rules(names, router=router, group_id=router_group))
     if hub in ids:
         rules.update(hub_rules(names, hub=hub, app_id=hub_app_id))
+    rules.update(timestamp_rules(names))
     return sorted(rules)
 
 

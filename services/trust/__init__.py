@@ -3,6 +3,7 @@
 Layout of a domain folder (``.lianfang/`` by default)::
 
     root.json          the trust anchor: root public keys and threshold (distributed out of band)
+    timestamp.key      the timestamp role's online key (signs freshness statements; mode 0600)
     registry.json      the registry, signed by k of n root keys
     keys/<id>.key      each participant's keystore (passphrase-encrypted private keys)
     roots/<holder>.key each root holder's keystore (a demo domain keeps them all in one place)
@@ -27,10 +28,12 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from schemas.registry import (
+    DelegatedRole,
     Participant,
     Policy,
     PublicKey,
     RegistryDocument,
+    RoleKey,
     RootKey,
     Roots,
     SealedPseudonymKey,
@@ -46,6 +49,8 @@ from services.trust.files import load_keystore, save_keystore
 
 DEFAULT_LIFETIME = timedelta(days=90)
 ROOT_PREFIX = "root."
+TIMESTAMP_STORE = "timestamp"
+"""The keystore name (and file stem in HOME) of the timestamp role's online key."""
 
 
 def public_keys(store: Keystore, *, valid_from: datetime) -> list[PublicKey]:
@@ -76,6 +81,16 @@ def roots_of(root_stores: Iterable[Keystore], threshold: int) -> Roots:
         raise UsageError(f"these root keys cannot form a root set: {validation_summary(e, limit=1)}") from e
 
 
+def timestamp_role(stores: Iterable[Keystore], threshold: int = 1) -> DelegatedRole:
+    """The timestamp role delegated to the signing keys of ``stores`` (k of them must sign)."""
+    keys = [
+        RoleKey(kid=kid, public=crypto.b64e(raw))
+        for store in stores
+        for kid, raw in store.public_signing_keys().items()
+    ]
+    return DelegatedRole(threshold=threshold, keys=keys)
+
+
 def build_document(
     *,
     version: int,
@@ -85,6 +100,7 @@ def build_document(
     participants: Mapping[str, tuple[str, str, list[str], list[PublicKey]]],
     policy: Policy,
     pseudonym_key: PseudonymKey,
+    timestamp: DelegatedRole | None = None,
 ) -> RegistryDocument:
     """A registry document; ``participants`` maps id to (中文名, English name, may publish, keys)."""
     entries = [
@@ -99,6 +115,7 @@ def build_document(
         participants=entries,
         policy=policy,
         pseudonym_key=SealedPseudonymKey(version=pseudonym_key.version, sealed=[]),
+        timestamp=timestamp,
     )
     return reseal_pseudonym_key(doc, pseudonym_key, now)
 
@@ -148,6 +165,19 @@ class TrustDomain:
         if not path.exists():
             raise UsageError(f"no keystore for {participant!r} in {self.home / 'keys'}")
         return load_keystore(path, self.passphrase)
+
+    @property
+    def timestamp_key_path(self) -> Path:
+        return self.home / f"{TIMESTAMP_STORE}.key"
+
+    def timestamp_keystore(self) -> Keystore:
+        """The timestamp role's online key (only the timestamp service opens it)."""
+        if not self.timestamp_key_path.exists():
+            raise UsageError(
+                f"no timestamp key at {self.timestamp_key_path}; the timestamp service signs with it "
+                "(`lianfang init` creates one)"
+            )
+        return load_keystore(self.timestamp_key_path, self.passphrase)
 
     def root_keystores(self, holders: Iterable[str] | None = None) -> list[Keystore]:
         folder = self.home / "roots"
@@ -242,6 +272,9 @@ def init_domain(
         domain.save_keystore(store, kdf)
     roots = roots_of(root_stores, threshold)
     _write_atomic(domain.anchor_path, roots.model_dump_json(indent=2).encode() + b"\n")
+    stamper = Keystore(TIMESTAMP_STORE)
+    stamper.add_signing_key()
+    save_keystore(stamper, domain.timestamp_key_path, passphrase, kdf=kdf)
 
     wanted = set(participant_ids) if participant_ids is not None else None
     entries: dict[str, tuple[str, str, list[str], list[PublicKey]]] = {}
@@ -259,6 +292,7 @@ def init_domain(
         participants=entries,
         policy=district.default_policy(),
         pseudonym_key=new_pseudonym_key(1),
+        timestamp=timestamp_role([stamper]),
     )
     domain.write_registry(doc, root_stores[: sign_with or threshold])
     return domain

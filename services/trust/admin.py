@@ -16,7 +16,14 @@ from datetime import datetime, timedelta
 from pydantic import ValidationError
 
 from schemas.common import PARTICIPANT_ID_PATTERN
-from schemas.registry import Participant, PublicKey, RegistryDocument, Roots, SealedPseudonymKey
+from schemas.registry import (
+    DelegatedRole,
+    Participant,
+    PublicKey,
+    RegistryDocument,
+    Roots,
+    SealedPseudonymKey,
+)
 from services.kernel import jsonx
 from services.kernel.errors import MalformedError, UnknownKeyError, UsageError, validation_summary
 from services.kernel.pseudonym import PseudonymKey
@@ -164,6 +171,17 @@ def rotate_roots(document: RegistryDocument, roots: Roots, *, now: datetime, lif
     nxt = nxt.model_copy(update={"roots": roots})
     holders = ", ".join(f"{k.holder}/{k.kid}" for k in roots.keys)
     return Change(nxt, "roots", f"roots: {roots.threshold} of {len(roots.keys)} ({holders})")
+
+
+def delegate_timestamp(
+    document: RegistryDocument, role: DelegatedRole, *, now: datetime, lifetime: timedelta
+) -> Change:
+    """The timestamp role delegated to other keys (a rotation: list the new key beside the old one
+    first, then drop the old one in a later version; see the README)."""
+    nxt = _next(document, list(document.participants), now=now, lifetime=lifetime)
+    nxt = nxt.model_copy(update={"timestamp": role})
+    kids = ", ".join(k.kid for k in role.keys)
+    return Change(nxt, "timestamp", f"timestamp role: {role.threshold} of [{kids}]")
 
 
 def reseal(

@@ -88,10 +88,19 @@ def test_the_hub_reads_its_inbox_writes_events_and_owns_its_faust_topics() -> No
     assert not any(r.principal != h and r.name.startswith("lianfang-hub") for r in RULES)
 
 
-def test_only_the_router_and_participants_have_rules_and_nobody_has_cluster_rights() -> None:
-    assert {r.principal for r in RULES} == {f"User:{p}" for p in PARTICIPANTS}
+def test_only_the_router_participants_and_the_timestamp_service_have_rules_and_nobody_has_cluster_rights() -> (
+    None
+):
+    assert {r.principal for r in RULES} == {f"User:{p}" for p in PARTICIPANTS} | {"User:timestamp"}
     assert not [r for r in RULES if r.resource == "CLUSTER"]
     assert "User:operator" not in {r.principal for r in RULES}
+
+
+def test_only_the_timestamp_service_and_the_operator_may_write_the_registry_topic() -> None:
+    writers = {r.principal for r in RULES if r.operation == "WRITE" and r.name == "lianfang.registry.v1"}
+    assert writers == {"User:timestamp"}
+    assert allows(RULES, "User:timestamp", "READ", "TOPIC", "lianfang.registry.v1")
+    assert not allows(RULES, "User:timestamp", "WRITE", "TOPIC", "lianfang.events.v1")
 
 
 def test_a_topic_prefix_moves_every_rule_into_its_namespace() -> None:

@@ -152,6 +152,7 @@ def test_a_registry_in_force_without_trusted_roots_takes_no_update(domain: DemoD
 @dataclass
 class Record:
     value: bytes | None
+    key: bytes | None = b"registry"
 
 
 class FakeConsumer:

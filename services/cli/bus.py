@@ -47,6 +47,8 @@ from services.pseudonymizer.app import serve as serve_pseudonymizer
 from services.router.app import RouterSettings
 from services.router.app import serve as serve_router
 from services.sdk.client import CaseContext, Client
+from services.timestamp.app import TimestampSettings
+from services.timestamp.app import serve as serve_timestamp
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
 
 # What `serve all` runs: every service that exists, each in its own process.
 SERVICES: dict[str, str] = {
+    "timestamp": "services.timestamp",  # first: the others pause until its first statement
     "router": "services.router",
     "hub": "services.hub",
     "gateway": "services.gateway",
@@ -214,6 +217,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         run_console(ConsoleSettings())
     elif args.service == "pseudonymizer":
         asyncio.run(serve_pseudonymizer(PseudonymizerSettings()))
+    elif args.service == "timestamp":
+        serve_timestamp(TimestampSettings())
     return 0
 
 
@@ -225,6 +230,7 @@ def _service_env(args: argparse.Namespace) -> dict[str, str]:
         env["LIANFANG_GATEWAY_TOPIC_PREFIX"] = args.topic_prefix
         env["LIANFANG_CONSOLE_TOPIC_PREFIX"] = args.topic_prefix
         env["LIANFANG_PSEUDONYMIZER_TOPIC_PREFIX"] = args.topic_prefix
+        env["LIANFANG_TIMESTAMP_TOPIC_PREFIX"] = args.topic_prefix
     return env
 
 
@@ -465,6 +471,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     producer.close()
     print(f"Kafka        {bootstrap}  ({len(specs)} topics)")
     print(f"registry     v{registry.version}, expires {registry.document.expires:%Y-%m-%d}")
+    print("timestamp    a freshness statement every minute, valid 10 minutes (metrics :9105)")
     print("router       metrics at http://127.0.0.1:9102/metrics")
     print("hub          metrics at http://127.0.0.1:9103/metrics (alerts go to the coordinators' inbox)")
     print("gateway      http://127.0.0.1:8080/v1/openapi.json  (POST /v1/events, GET /v1/inbox, /metrics)")

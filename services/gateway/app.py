@@ -42,6 +42,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services import trust
 from services.bus.deadletter import ProblemWriter
+from services.bus.freshness import FreshnessInForce, FreshnessMetrics
 from services.bus.registry_follower import (
     RegistryFollower,
     RegistryInForce,
@@ -81,6 +82,8 @@ log = logging.getLogger("lianfang.gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_IDEMPOTENCY_KEY: Final = 255
+STALE_RETRY_AFTER_S: Final = 30
+"""Retry-After of a 503 for want of a fresh timestamp statement: half the renewal period."""
 METHODS: Final = frozenset({"GET", "POST", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -129,6 +132,11 @@ class GatewaySettings(BaseSettings):
     )
     webhook_timeout_s: float = Field(default=10.0, gt=0, description="per attempt")
     webhook_max_backoff_s: float = Field(default=60.0, gt=0, description="cap of the retry delay")
+    require_freshness: bool = Field(
+        default=True,
+        description="answer 503 without a fresh timestamp statement; false (logged as a warning) only "
+        "where no timestamp service runs",
+    )
     kafka_security: KafkaSecuritySettings = Field(
         default_factory=load_security, description="TLS and SASL login, from LIANFANG_KAFKA_*"
     )
@@ -181,6 +189,7 @@ class Gateway:
         metrics_registry: CollectorRegistry = REGISTRY,
         clock: Clock = utcnow,
         drain: bool = True,
+        freshness: FreshnessInForce | None = None,
     ) -> None:
         if not keystores:
             raise UsageError("the gateway serves no participant: set LIANFANG_GATEWAY_PARTICIPANTS")
@@ -191,6 +200,9 @@ class Gateway:
         # One registry in force for the gateway and every client it runs; :meth:`follow` keeps it
         # current from the registry topic.
         self.in_force = in_force(registry)
+        # None: freshness is not checked (a gateway embedded over a fixed registry); Gateway.open
+        # always checks it, unless LIANFANG_GATEWAY_REQUIRE_FRESHNESS=false.
+        self.freshness = freshness
         self.follower: RegistryFollower | None = None
         self._key_owner: tuple[Registry, dict[str, str]] | None = None
         self.clock = clock
@@ -268,8 +280,19 @@ class Gateway:
             p for p in registry.current.participant_ids() if (settings.home / "keys" / f"{p}.key").exists()
         )
         keystores = {p: domain.keystore(p) for p in served}
+        freshness = FreshnessInForce(
+            registry,
+            required=settings.require_freshness,
+            clock=clock,
+            metrics=FreshnessMetrics.of(metrics_registry),  # GatewayMetrics.freshness
+        )
         return cls(
-            settings, registry=registry, keystores=keystores, metrics_registry=metrics_registry, clock=clock
+            settings,
+            registry=registry,
+            keystores=keystores,
+            metrics_registry=metrics_registry,
+            clock=clock,
+            freshness=freshness,
         )
 
     def _problem_writer(self, participant: str, reader: str) -> ProblemWriter:
@@ -303,6 +326,7 @@ class Gateway:
                 bootstrap=self.settings.bootstrap,
                 topic=self.names.registry,
                 security=self.settings.kafka_security,
+                on_statement=None if self.freshness is None else self.freshness.offer,
             )
 
     def newer_registry(self, reason: ReasonCode) -> bool:
@@ -383,11 +407,19 @@ class Gateway:
     # -- handlers
 
     def _check_registry(self, registry: Registry | None = None) -> None:
-        """An expired registry stops the gateway from sealing and from opening (the router pauses too)."""
+        """An expired registry, or one not known to be fresh, stops the gateway from sealing and from
+        opening (the router pauses too)."""
         try:
             (registry or self.registry).check_current(self.clock())
         except RegistryExpiredError as e:
             raise ProblemError("registry_expired", e.args[0], headers={"Retry-After": "60"}) from e
+        if self.freshness is not None and not self.freshness.ok():
+            status = self.freshness.status()
+            raise ProblemError(
+                "registry_stale",
+                f"{status.detail}; a new timestamp statement is signed every minute",
+                headers={"Retry-After": str(STALE_RETRY_AFTER_S)},
+            )
 
     async def post_event(self, request: web.Request) -> web.Response:
         limit = self.settings.max_body_bytes

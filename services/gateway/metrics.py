@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from services.bus.freshness import FreshnessMetrics
 from services.bus.registry_follower import RegistryMetrics
 
 ROUTES = ("/v1/events", "/v1/inbox", "/v1/openapi.json", "/metrics", "other")
@@ -91,6 +92,8 @@ class GatewayMetrics:
         )
         # The registry in force (version, issue and expiry times) and the updates refused.
         self.registry_in_force = RegistryMetrics.of(registry)
+        # The newest timestamp statement held (the same series Gateway.open's holder reports on).
+        self.freshness = FreshnessMetrics.of(registry)
 
     def watch_outboxes(
         self, depth: Mapping[str, Callable[[], float]], age: Mapping[str, Callable[[], float]]

@@ -56,6 +56,7 @@ ProblemCode = Literal[
     "too_large",
     "unsupported_media_type",
     "registry_expired",
+    "registry_stale",
     "unavailable",
     "internal",
 ]
@@ -83,6 +84,10 @@ PROBLEMS: Final[dict[ProblemCode, tuple[int, str]]] = {
     "too_large": (413, "The body is too large"),
     "unsupported_media_type": (415, "The body must be application/json"),
     "registry_expired": (503, "The trust registry has expired"),
+    "registry_stale": (
+        503,
+        "The trust registry is not known to be the newest (no fresh timestamp statement)",
+    ),
     "unavailable": (503, "The gateway cannot accept events right now"),
     "internal": (500, "Internal error"),
 }

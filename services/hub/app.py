@@ -14,6 +14,9 @@ published on ``lianfang.events.v1`` for the router to deliver.
   The hub's own timer sends wall-clock ticks; tests send ticks with the time they need.
 - The registry in force follows ``lianfang.registry.v1`` (:mod:`services.bus.registry_follower`): a
   rotated key or a new member is known within seconds, without a restart.
+- Freshness: every agent waits before its next record while the worker holds no fresh timestamp
+  statement (:mod:`services.bus.freshness`); nothing is acknowledged meanwhile, so nothing is
+  committed past it, and work resumes when a fresh statement arrives.
 - No loss, no duplicate: an alert or breach is sent and acknowledged before the state that records it
   is written (:mod:`services.hub.worker` says how).
 """
@@ -38,6 +41,7 @@ from services import trust
 from services.audit.kafka import KafkaSink
 from services.audit.trail import LocalTrail, participant_trail
 from services.bus.cluster import cluster_id
+from services.bus.freshness import FreshnessInForce
 from services.bus.registry_follower import NewerRegistry, RegistryFollower, RegistryInForce
 from services.bus.security import (
     KafkaSecuritySettings,
@@ -77,6 +81,11 @@ class HubSettings(BaseSettings):
     metrics_port: int = Field(default=9103, ge=0, description="/metrics on 127.0.0.1; 0 turns it off")
     lag_interval_s: float = Field(default=15.0, ge=0, description="consumer-lag sampling period; 0: off")
     log_level: str = Field(default="warning", description="faust worker log level")
+    require_freshness: bool = Field(
+        default=True,
+        description="wait without a fresh timestamp statement; false (logged as a warning) only where "
+        "no timestamp service runs",
+    )
     kafka_security: KafkaSecuritySettings = Field(
         default_factory=load_security, description="TLS and SASL login, from LIANFANG_KAFKA_*"
     )
@@ -175,6 +184,29 @@ async def sample_group_lag(settings: HubSettings, topic: str, metrics: HubMetric
         await reader.stop()
 
 
+async def when_fresh(events: AsyncIterator[Any], freshness: FreshnessInForce) -> AsyncIterator[Any]:
+    """Each event, once the worker is fresh: while it is not, the agent holds the event unacknowledged,
+    so faust commits nothing past it and a restart reads it again."""
+    async for event in events:
+        await freshness.wait_until_ok()
+        yield event
+
+
+def _follow_registry(
+    settings: HubSettings, registry: RegistryInForce, metrics: HubMetrics, names: topics.TopicNames
+) -> tuple[RegistryFollower, FreshnessInForce]:
+    """The registry topic's follower (not started) and the freshness it keeps from its statements."""
+    freshness = FreshnessInForce(registry, required=settings.require_freshness, metrics=metrics.freshness)
+    follower = RegistryFollower(
+        registry,
+        bootstrap=settings.bootstrap,
+        topic=names.registry,
+        security=settings.kafka_security,
+        on_statement=freshness.offer,
+    )
+    return follower, freshness
+
+
 def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> faust.App:
     """Build the hub app for one worker."""
     if not settings.bootstrap:
@@ -186,9 +218,7 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
     registry = RegistryInForce.from_domain(
         domain, service=ids.HUB, metrics=metrics.registry_in_force, registry_topic=names.registry
     )
-    follower = RegistryFollower(
-        registry, bootstrap=settings.bootstrap, topic=names.registry, security=settings.kafka_security
-    )
+    follower, freshness = _follow_registry(settings, registry, metrics, names)
     # Each opened inbox event and each published alert or report: one chain per worker.
     sink = KafkaSink(settings.bootstrap, names.audit, settings.kafka_security)
     trail = participant_trail(
@@ -237,7 +267,7 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
 
     @app.agent(worker.inbox)
     async def observe(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-        async for event in stream.events():
+        async for event in when_fresh(stream.events(), freshness):
             m = event.message
             await work.on_inbox(
                 m.value, key=m.key, partition=m.partition, offset=m.offset, headers=_header_pairs(m.headers)
@@ -246,21 +276,21 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
 
     @app.agent(worker.suspects)
     async def by_suspect(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-        async for event in stream.events():
+        async for event in when_fresh(stream.events(), freshness):
             m = event.message
             await work.on_suspect(m.value, partition=m.partition, offset=m.offset)
             yield None
 
     @app.agent(worker.serial)
     async def serial_trigger(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-        async for event in stream.events():
+        async for event in when_fresh(stream.events(), freshness):
             m = event.message
             await work.on_serial(m.value, partition=m.partition, offset=m.offset)
             yield None
 
     @app.agent(worker.clock)
     async def tick(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-        async for event in stream.events():
+        async for event in when_fresh(stream.events(), freshness):
             m = event.message
             await work.on_tick(m.value, m.partition, m.offset)
             yield None

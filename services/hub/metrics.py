@@ -9,6 +9,7 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from services.audit.metrics import AuditMetrics
+from services.bus.freshness import FreshnessMetrics
 from services.bus.registry_follower import RegistryMetrics
 
 
@@ -78,6 +79,8 @@ class HubMetrics:
 
         # The registry in force (version, issue and expiry times) and the updates refused.
         self.registry_in_force = RegistryMetrics.of(registry)
+        # The newest timestamp statement held; agents wait while it is not fresh.
+        self.freshness = FreshnessMetrics.of(registry)
 
     def set_rates(self, rows: Mapping[str, Mapping[str, Any]], partition: int) -> None:
         for agency, row in rows.items():

@@ -10,8 +10,9 @@ the replay window's state and the consumed offset commit in one Kafka transactio
 loses nothing. Several workers of one group share the partitions.
 
 Registry updates arrive on ``lianfang.registry.v1`` (:mod:`services.bus.registry_follower`) and take
-effect without a restart. While the registry in force has expired, routing pauses: events wait in
-Kafka, nothing is dropped.
+effect without a restart. While the registry in force has expired, or the worker holds no fresh
+timestamp statement for it (:mod:`services.bus.freshness`), routing pauses: events wait in Kafka,
+nothing is committed or dropped, and routing resumes when a fresh statement arrives.
 
 Every ``lag_interval_s`` the worker samples its consumer lag (:class:`LagMonitor`) for ``/metrics``.
 """
@@ -37,6 +38,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services import trust
 from services.audit.chain import Action, AuditEntry, Checkpoint, Signer, next_entry, parse_line
 from services.bus.eos import Output, PartitionState, TransactionalRunner
+from services.bus.freshness import FreshnessInForce
 from services.bus.registry_follower import RegistryInForce, follow
 from services.bus.security import KafkaSecuritySettings, load_security
 from services.kernel import ids, topics
@@ -79,6 +81,11 @@ class RouterSettings(BaseSettings):
     metrics_port: int = Field(default=9102, ge=0, description="/metrics on 127.0.0.1; 0 turns it off")
     lag_interval_s: float = Field(
         default=15.0, ge=0, description="how often consumer lag is sampled for /metrics; 0 turns it off"
+    )
+    require_freshness: bool = Field(
+        default=True,
+        description="pause without a fresh timestamp statement; false (logged as a warning) only where "
+        "no timestamp service runs",
     )
     audit_checkpoint_s: float = Field(
         default=60.0, gt=0, description="how often each partition's audit head is signed (when it moved)"
@@ -206,8 +213,12 @@ class Router:
         metrics: RouterMetrics,
         clock: Clock,
         signer: Signer | None = None,
+        *,
+        freshness: FreshnessInForce | None = None,
     ) -> None:
         self.settings = settings
+        # None: freshness is not checked (unit tests of the routing itself).
+        self.freshness = freshness
         self.names = topics.TopicNames(settings.topic_prefix)
         self.audit = RouterAudit(
             self.names.audit, settings.group_id, signer, checkpoint_every_s=settings.audit_checkpoint_s
@@ -325,7 +336,9 @@ class Router:
                 log.info("partition %d: forgot %d ids older than the replay window", state.partition, removed)
 
     def paused(self) -> bool:
-        """Routing waits while the registry in force has expired (events stay in Kafka)."""
+        """Routing waits while the registry in force has expired, or is not known to be fresh (events
+        stay in Kafka); the freshness holder logs why."""
+        stale = self.freshness is not None and not self.freshness.ok()
         expired = self.holder.expired()
         if expired != self._paused:
             self._paused = expired
@@ -336,8 +349,8 @@ class Router:
                 if expired
                 else "in force: routing resumes",
             )
-        self.metrics.paused.set(1 if expired else 0)
-        return expired
+        self.metrics.paused.set(1 if expired or stale else 0)
+        return expired or stale
 
 
 class LagMonitor:
@@ -422,7 +435,17 @@ async def serve(
         allow_expired=True,
         registry_topic=topics.TopicNames(settings.topic_prefix).registry,
     )
-    router = Router(settings, holder, metrics, clock, router_signer(settings.home, holder.current, clock()))
+    freshness = FreshnessInForce(
+        holder, required=settings.require_freshness, clock=clock, metrics=metrics.freshness
+    )
+    router = Router(
+        settings,
+        holder,
+        metrics,
+        clock,
+        router_signer(settings.home, holder.current, clock()),
+        freshness=freshness,
+    )
     runner = TransactionalRunner(
         bootstrap=settings.bootstrap,
         group_id=settings.group_id,
@@ -449,6 +472,7 @@ async def serve(
         bootstrap=settings.bootstrap,
         topic=router.names.registry,
         security=settings.kafka_security,
+        on_statement=freshness.offer,
     )
     tasks: list[asyncio.Task[None]] = []
     if settings.lag_interval_s:

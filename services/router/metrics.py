@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from services.bus.freshness import FreshnessMetrics
 from services.bus.registry_follower import RegistryMetrics
 from services.kernel.errors import REASON_CODES
 
@@ -45,7 +46,7 @@ class RouterMetrics:
         )
         self.paused = Gauge(
             "lianfang_router_paused",
-            "1 while routing waits for a registry that has not expired.",
+            "1 while routing waits: the registry in force has expired, or no fresh timestamp statement.",
             registry=registry,
         )
         self.lag = Gauge(
@@ -70,3 +71,5 @@ class RouterMetrics:
         )
         # The registry in force (version, issue and expiry times) and the updates refused.
         self.registry_in_force = RegistryMetrics.of(registry)
+        # The newest timestamp statement held: whether it is fresh, its expiry, statements refused.
+        self.freshness = FreshnessMetrics.of(registry)

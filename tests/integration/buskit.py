@@ -7,22 +7,27 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from schemas.freshness import TIMESTAMP_RECORD_KEY
 from schemas.registry import RegistryDocument
 from services import trust
 from services.bus import cluster
 from services.bus.cluster import DURABLE_PRODUCER
-from services.kernel import envelope, topics
+from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs
+from services.kernel import envelope, freshness, topics
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry, sign_document
 from services.trust import admin
 from tests.kit import CONTENT, DemoDomain, header
 from tests.workers import Worker, free_port
+
+TEST_STATEMENT_LIFETIME = timedelta(hours=2)
+"""How long the statement a test bus starts with is valid: longer than any test using it."""
 
 
 def _acknowledged(futures: list[Any]) -> None:
@@ -41,13 +46,46 @@ class Bus:
     domain: DemoDomain
 
     @classmethod
-    def create(cls, bootstrap: str, prefix: str, domain: DemoDomain) -> Bus:
+    def create(cls, bootstrap: str, prefix: str, domain: DemoDomain, *, stamp: bool = True) -> Bus:
+        """The topics, and (unless ``stamp`` is False) a timestamp statement valid for the whole test,
+        so services that require freshness run as they would beside a timestamp service."""
         cluster.apply_topics(bootstrap, domain.registry.participant_ids(), prefix=prefix)
-        return cls(bootstrap, prefix, domain)
+        bus = cls(bootstrap, prefix, domain)
+        if stamp:
+            bus.stamp()
+        return bus
 
     @property
     def names(self) -> topics.TopicNames:
         return topics.TopicNames(self.prefix)
+
+    def stamp(
+        self,
+        *,
+        registry: Registry | None = None,
+        valid_for: timedelta = TEST_STATEMENT_LIFETIME,
+        issued: datetime | None = None,
+        keys: dict[str, Any] | None = None,
+        security: KafkaSecuritySettings | None = None,
+    ) -> bytes:
+        """Publish a timestamp statement naming ``registry`` (default: the domain's), as the timestamp
+        service does, signed with the domain's timestamp key (or ``keys``); returns its bytes."""
+        data = freshness.sign_statement(
+            registry or self.domain.registry,
+            keys if keys is not None else dict(self.domain.trust.timestamp_keystore().signing),
+            now=issued or datetime.now(UTC),
+            valid_for=valid_for,
+        )
+        producer = KafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            **DURABLE_PRODUCER,
+            **kafka_python_kwargs(security or KafkaSecuritySettings()),
+        )
+        future = producer.send(self.names.registry, key=TIMESTAMP_RECORD_KEY, value=data)
+        producer.flush()
+        producer.close()
+        _acknowledged([future])
+        return data
 
     def seal(
         self, sender: str = "police", *, phone: str = "13800000000", **fields: Any

@@ -68,7 +68,9 @@ def bus(secure: LocalKafka, live_domain: DemoDomain) -> Bus:
         assert password not in done.stdout + done.stderr
     assert "ACL rules for" in done.stdout
     assert "(as User:operator)" in done.stdout
-    return Bus(secure.bootstrap, "", live_domain)
+    bus = Bus(secure.bootstrap, "", live_domain)
+    bus.stamp(security=login(secure, "operator"))  # as a timestamp service would
+    return bus
 
 
 def login(cluster: LocalKafka, user: str) -> KafkaSecuritySettings:

@@ -1,0 +1,19 @@
+"""``python -m services.timestamp``: the timestamp service, configured from the environment."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from services.kernel.errors import LianfangError, UsageError
+from services.timestamp.app import TimestampSettings, serve
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        serve(TimestampSettings())
+    except (LianfangError, ValidationError) as e:  # a setting, the login or the trust domain: one line
+        print(f"lianfang timestamp: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, UsageError | ValidationError) else 1)

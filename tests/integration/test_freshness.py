@@ -1,0 +1,165 @@
+"""The short freeze window on a real broker: without a fresh timestamp statement the router pauses
+(losing nothing) and the gateway answers 503; a statement by an undelegated key is refused and
+counted; a statement naming a registry the process never received tells it that it is behind."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.kernel import envelope
+from services.kernel.keystore import Keystore
+from tests.integration.buskit import Bus, RegistryChange, RouterProcess
+from tests.integration.test_gateway import GatewayProcess, lead_body
+from tests.kit import DemoDomain
+
+pytestmark = pytest.mark.integration
+
+
+def _bus(kafka_bootstrap: str, domain: DemoDomain, name: str) -> Bus:
+    """A bus with no statement on it yet (as if no timestamp service ran)."""
+    return Bus.create(kafka_bootstrap, f"t-{name}-{datetime.now(UTC):%H%M%S%f}.", domain, stamp=False)
+
+
+@pytest.fixture
+def router_on(tmp_path: Path) -> Iterator[Any]:
+    started: list[RouterProcess] = []
+
+    def start(bus: Bus, *, fresh: bool = False) -> RouterProcess:
+        worker = RouterProcess(bus, bus.domain.home, tmp_path / "router.log", f"{bus.prefix}router")
+        started.append(worker)
+        bus.wait_for(
+            lambda: worker.metric("lianfang_freshness_fresh", service="router") == (1 if fresh else 0),
+            60,
+            "the router to start",
+        )
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def _delivered_once(bus: Bus, sealed: list[envelope.SealedRecord]) -> bool:
+    """Every event in the police inbox exactly once (each is a lead police reported)."""
+    counts = bus.inbox_ids()["police"]
+    assert all(counts[s.header.id] <= 1 for s in sealed), "an event reached police twice"
+    return all(counts[s.header.id] == 1 for s in sealed)
+
+
+def _undelegated_key() -> dict[str, Any]:
+    store = Keystore("timestamp")
+    kid = store.add_signing_key()
+    return {kid: store.signing[kid]}
+
+
+def test_a_router_without_a_fresh_statement_pauses_and_routes_every_waiting_event_once_one_arrives(
+    kafka_bootstrap: str, live_domain: DemoDomain, router_on: Any
+) -> None:
+    bus = _bus(kafka_bootstrap, live_domain, "fresh-missing")
+    worker = router_on(bus)
+    assert worker.metric("lianfang_freshness_fresh", service="router") == 0
+    waiting = [bus.seal(phone=f"1360000010{i}") for i in range(3)]
+    bus.publish(waiting)
+
+    # An expired statement leaves it paused: events wait, none is refused or delivered.
+    bus.stamp(issued=datetime.now(UTC) - timedelta(minutes=20), valid_for=timedelta(minutes=10))
+    bus.wait_for(
+        lambda: worker.metric("lianfang_freshness_expiry_timestamp_seconds", service="router"),
+        60,
+        "the expired statement to be read",
+    )
+    assert worker.metric("lianfang_router_paused") == 1
+    assert bus.inbox_ids()["police"] == {}
+    assert bus.deadletters() == []
+    assert "not known to be fresh (stale)" in worker.tail(400)
+
+    bus.stamp()
+    bus.wait_for(lambda: _delivered_once(bus, waiting), 60, "routing to resume with every waiting event")
+    assert worker.metric("lianfang_router_paused") == 0
+    assert worker.metric("lianfang_freshness_fresh", service="router") == 1
+    assert bus.deadletters() == []
+
+
+def test_a_statement_signed_by_a_key_the_registry_does_not_delegate_is_refused_and_counted(
+    kafka_bootstrap: str, live_domain: DemoDomain, router_on: Any
+) -> None:
+    bus = _bus(kafka_bootstrap, live_domain, "fresh-forged")
+    worker = router_on(bus)
+    sealed = bus.seal(phone="13600000110")
+    bus.publish([sealed])
+    bus.stamp(keys=_undelegated_key())
+    bus.wait_for(
+        lambda: worker.metric(
+            "lianfang_freshness_statements_rejected_total", service="router", reason="unknown_key"
+        ),
+        60,
+        "the forged statement to be refused",
+    )
+    assert worker.metric("lianfang_router_paused") == 1
+    assert bus.inbox_ids()["police"] == {}
+    assert "freshness statement refused" in worker.tail(400)
+
+
+def test_a_statement_naming_a_registry_the_router_never_received_pauses_it_until_that_registry_arrives(
+    kafka_bootstrap: str, live_domain: DemoDomain, router_on: Any
+) -> None:
+    bus = _bus(kafka_bootstrap, live_domain, "fresh-behind")
+    bus.stamp()
+    worker = router_on(bus, fresh=True)
+    (kid,) = live_domain.keys("hrss").signing
+    withheld = RegistryChange.revocation(live_domain, "hrss", kid)  # v2, not published yet
+    bus.stamp(registry=withheld.registry)
+    bus.wait_for(
+        lambda: worker.metric("lianfang_router_paused") == 1, 60, "the router to notice it is behind"
+    )
+    assert "(behind)" in worker.tail(400)
+    sealed = bus.seal(phone="13600000120")
+    bus.publish([sealed])
+    assert bus.inbox_ids()["police"] == {}
+
+    bus.produce([(b"registry", withheld.data)], topic=bus.names.registry)
+    bus.wait_for(lambda: _delivered_once(bus, [sealed]), 60, "routing to resume under the registry named")
+    assert worker.metric("lianfang_registry_version", service="router") == withheld.registry.version
+
+
+def _post(gateway: GatewayProcess, body: bytes) -> tuple[int, dict[str, str], Any]:
+    headers = gateway.signed("POST", "/v1/events", body)
+    request = urllib.request.Request(gateway.base + "/v1/events", data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), json.loads(e.read())
+
+
+def test_a_gateway_without_a_fresh_statement_answers_503_with_retry_after_and_accepts_once_one_arrives(
+    kafka_bootstrap: str, live_domain: DemoDomain, tmp_path: Path
+) -> None:
+    bus = _bus(kafka_bootstrap, live_domain, "fresh-gw")
+    gateway = GatewayProcess(bus, tmp_path / "spool", tmp_path / "gateway.log")
+    try:
+        gateway.wait_ready(bus)
+        status, headers, problem = _post(gateway, lead_body("13600000130"))
+        assert status == 503, problem
+        assert headers["Retry-After"] == "30"
+        assert headers["Content-Type"].startswith("application/problem+json")
+        assert problem["type"].endswith("/registry-stale")
+        assert "no freshness statement" in problem["detail"]
+        assert gateway.metric("lianfang_freshness_fresh", service="gateway") == 0
+
+        bus.stamp()
+        bus.wait_for(
+            lambda: gateway.metric("lianfang_freshness_fresh", service="gateway") == 1, 60, "a fresh gateway"
+        )
+        status, _headers, answer = _post(gateway, lead_body("13600000131"))
+        assert status == 202, answer
+    finally:
+        gateway.stop()

@@ -1,7 +1,12 @@
 """Command line of the local Kafka: ``python -m deploy.kafka fetch|up|down|status``.
 
 ``up --secure`` starts it with TLS, SASL/SCRAM-SHA-512 and the StandardAuthorizer; SCRAM users are the
-operator, the router and every participant of the default district (``--users a,b,c`` instead).
+operator, the router and every participant of the default district (``--users a,b,c`` instead). Without ``--secure`` anyone on this machine can read and write every topic,
+and ``up`` says so.
+
+Each layout has its own folder unless ``--data`` names one: ``.run/kafka-1node-secure``,
+``.run/kafka-3node-plain``, ... ; ``down`` and ``status`` without ``--data`` act on every cluster under
+``.run/``.
 """
 
 from __future__ import annotations
@@ -11,16 +16,36 @@ import os
 import sys
 from pathlib import Path
 
-from deploy.kafka.local import READY_TIMEOUT_S, LocalKafka, LocalKafkaError, fetch_jars
+from deploy.kafka.local import (
+    READY_TIMEOUT_S,
+    RUN_DIR,
+    STATE_FILE,
+    Layout,
+    LocalKafka,
+    LocalKafkaError,
+    default_data_dir,
+    fetch_jars,
+)
+
+PLAINTEXT_WARNING = (
+    "warning: this Kafka runs in PLAINTEXT: no TLS, no login, no ACLs; anyone on this machine can read "
+    "and write every topic. Without PLAINTEXT=1 (make) or with --secure it is secured."
+)
 
 
-def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per command
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.kafka", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("fetch", help="fetch the broker jars from Maven Central (once)")
     for name, text in (("up", "start a local cluster"), ("down", "stop it"), ("status", "show it")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--data", type=Path, default=Path(".run/kafka"), help="data folder")
+        p.add_argument(
+            "--data",
+            type=Path,
+            default=None,
+            help="data folder (default: .run/kafka-<N>node-<secure|plain>; for down and status: every "
+            "cluster under .run/)",
+        )
         if name == "up":
             p.add_argument("--nodes", type=int, choices=(1, 3), default=1)
             port = os.environ.get("KAFKA_PORT")
@@ -41,21 +66,20 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per 
         if args.command == "fetch":
             print(fetch_jars())
             return 0
-        data = args.data.resolve()
+        if args.command in ("status", "down"):
+            return _status_or_down(args.command, args.data)
+        wanted = Layout(args.nodes, args.secure)
+        data = (args.data or default_data_dir(args.nodes, secure=args.secure)).resolve()
         existing = LocalKafka.load(data)
-        if args.command == "status":
-            print(existing.bootstrap if existing else "not running")
-            return 0 if existing else 1
-        if args.command == "down":
-            if existing is None:
-                print(f"no local Kafka is running from {data}", file=sys.stderr)
-                return 0
-            existing.stop()
-            print(f"stopped the local Kafka at {existing.bootstrap}", file=sys.stderr)
-            return 0
         if existing is not None:
+            if existing.layout != wanted:
+                raise LocalKafkaError(
+                    f"a {existing.layout.describe()} Kafka is running from {data}, not the "
+                    f"{wanted.describe()} one asked for; fix: `make kafka-down` first, or use its own "
+                    f"folder ({default_data_dir(args.nodes, secure=args.secure)})"
+                )
             print(existing.bootstrap)
-            print("(already running; `make kafka-down` stops it)", file=sys.stderr)
+            print(f"(already running from {data}; `make kafka-down` stops it)", file=sys.stderr)
             return 0
         users = _users(args.users) if args.secure else []
         cluster = LocalKafka.plan(data, nodes=args.nodes, port=args.port, secure=args.secure, users=users)
@@ -63,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per 
         cluster.start(timeout=timeout)
         (data / "bootstrap").write_text(cluster.bootstrap + "\n")
         print(cluster.bootstrap)
+        if not cluster.secure:
+            print(PLAINTEXT_WARNING, file=sys.stderr)
         if cluster.secure:
             print(
                 f"secure: SASL_SSL with SCRAM-SHA-512; super user: operator\n"
@@ -75,6 +101,32 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per 
     except LocalKafkaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def _status_or_down(command: str, data: Path | None) -> int:
+    folders = (
+        [data.resolve()]
+        if data is not None
+        else sorted(p.parent.resolve() for p in RUN_DIR.glob(f"kafka*/{STATE_FILE}"))
+    )
+    running = [(folder, cluster) for folder in folders if (cluster := LocalKafka.load(folder)) is not None]
+    if command == "status":
+        for folder, cluster in running:
+            print(
+                cluster.bootstrap
+                if data is not None
+                else f"{cluster.bootstrap}  {cluster.layout.describe()}  {folder}"
+            )
+        if not running:
+            print("not running")
+        return 0 if running else 1
+    if not running:
+        where = folders[0] if data is not None else RUN_DIR / "kafka-*"
+        print(f"no local Kafka is running from {where}", file=sys.stderr)
+    for folder, cluster in running:
+        cluster.stop()
+        print(f"stopped the local Kafka at {cluster.bootstrap} ({folder})", file=sys.stderr)
+    return 0
 
 
 def _users(given: str | None) -> list[str]:

@@ -4,10 +4,14 @@ Standard library only, so it runs before the project's virtualenv exists. One no
 broker and controller (KRaft, ``--standalone``); three nodes are three such processes forming a
 static controller quorum, with replication factor 3 and ``min.insync.replicas=2``.
 
-    python -m deploy.kafka fetch                   # jars into deploy/kafka/.jars (once)
-    python -m deploy.kafka up --data .run/kafka    # prints 127.0.0.1:PORT
-    python -m deploy.kafka down --data .run/kafka  # stops it; no Java process is left
-    python -m deploy.kafka up --secure             # TLS + SASL/SCRAM-SHA-512 + ACLs (see below)
+    python -m deploy.kafka fetch          # jars into deploy/kafka/.jars (once)
+    python -m deploy.kafka up --secure    # TLS + SASL/SCRAM-SHA-512 + ACLs (see below); prints 127.0.0.1:PORT
+    python -m deploy.kafka down           # stops every local cluster under .run/; no Java process is left
+
+Layouts never share a folder: by default a cluster lives in ``.run/kafka-<N>node-<secure|plain>``
+(:func:`default_data_dir`), and a folder formatted for one layout (node count, security) refuses to
+start as another with one line naming the fix (:func:`check_layout`): KRaft data of a single node
+cannot join a three-node quorum, and a plain cluster has no SCRAM users.
 
 Secure mode (``LocalKafka.plan(..., secure=True)``): clients connect over ``SASL_SSL`` with
 SCRAM-SHA-512; a local CA and the broker certificate are made in ``<data>/tls`` (:mod:`deploy.kafka.tls`);
@@ -48,6 +52,8 @@ POM = HERE / "pom.xml"
 LOG4J_CONFIG = HERE / "log4j2.properties"
 JARS_ROOT = HERE / ".jars"
 STATE_FILE = "cluster.json"
+LAYOUT_FILE = "layout.json"
+RUN_DIR = Path(".run")
 HEAP = "512m"
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
@@ -59,6 +65,58 @@ _USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 class LocalKafkaError(Exception):
     """Anything that keeps the local broker from starting or stopping; the message says the fix."""
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """What a data folder was formatted for: how many nodes, and whether TLS + SCRAM + ACLs are on."""
+
+    nodes: int
+    secure: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.nodes}node-{'secure' if self.secure else 'plain'}"
+
+    def describe(self) -> str:
+        size = "single-node" if self.nodes == 1 else f"{self.nodes}-node"
+        return f"{size} {'secured' if self.secure else 'plaintext'}"
+
+
+def default_data_dir(nodes: int = 1, *, secure: bool) -> Path:
+    """The folder a layout uses unless told otherwise: ``.run/kafka-1node-secure`` and so on."""
+    return RUN_DIR / f"kafka-{Layout(nodes, secure).name}"
+
+
+def formatted_layout(data_dir: Path) -> Layout | None:
+    """The layout ``data_dir`` holds, or ``None`` if nothing was formatted there yet.
+
+    Folders formatted before the layout file existed are read from their nodes' storage.
+    """
+    recorded = data_dir / LAYOUT_FILE
+    if recorded.is_file():
+        state = json.loads(recorded.read_text())
+        return Layout(int(state["nodes"]), bool(state["secure"]))
+    formatted = sorted(p.parents[1] for p in data_dir.glob("node-*/data/meta.properties"))
+    if not formatted:
+        return None
+    markers = [(d / "security").read_text().strip() for d in formatted if (d / "security").exists()]
+    return Layout(len(formatted), bool(markers) and all(m == "secure" for m in markers))
+
+
+def check_layout(data_dir: Path, wanted: Layout) -> None:
+    """Refuse, in one line that names the fix, to start ``wanted`` on data of another layout."""
+    found = formatted_layout(data_dir)
+    if found is None or found == wanted:
+        return
+    raise LocalKafkaError(
+        f"{data_dir} holds a {found.describe()} cluster, not the {wanted.describe()} one asked for; "
+        f"fix: start it from its own folder ({default_data_dir(wanted.nodes, secure=wanted.secure)}, "
+        f"the default for this layout: KAFKA_DATA / --data) or remove {data_dir} (its topics are lost)"
+    )
 
 
 # --------------------------------------------------------------------------- prerequisites
@@ -449,6 +507,10 @@ class LocalKafka:
     def _node_dir(self, node: Node) -> Path:
         return self.data_dir / f"node-{node.node_id}"
 
+    @property
+    def layout(self) -> Layout:
+        return Layout(len(self.nodes), self.secure)
+
     def _java_cmd(self, java: str, jars: Path, node: Node, *main: str) -> list[str]:
         heap = [f"-Xms{HEAP}", f"-Xmx{HEAP}"] if main[0] == "kafka.Kafka" else ["-Xmx256m"]
         return [
@@ -471,6 +533,7 @@ class LocalKafka:
 
         On any failure the nodes already started are stopped before the error is raised.
         """
+        check_layout(self.data_dir, self.layout)
         java = find_java()
         jars = fetch_jars()
         for node in self.nodes:
@@ -529,6 +592,8 @@ class LocalKafka:
                     f"  fix: remove {self.data_dir} if it holds an old cluster, then try again."
                 )
             (ndir / "security").write_text("secure\n" if self.secure else "plaintext\n")
+        layout = {"nodes": self.layout.nodes, "secure": self.layout.secure}
+        (self.data_dir / LAYOUT_FILE).write_text(json.dumps(layout) + "\n")
 
     def _check_same_mode(self, ndir: Path) -> None:
         """A storage formatted plain cannot be started secure (it has no SCRAM users), nor back."""

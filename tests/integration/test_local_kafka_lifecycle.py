@@ -104,3 +104,28 @@ def test_three_nodes_keep_accepting_acks_all_writes_with_one_node_down(tmp_path:
         consumer.close()
         assert got == 50
     assert _java_processes_for(tmp_path / "k3") == []
+
+
+def test_three_nodes_on_single_node_data_stop_with_one_line_and_leave_the_data_usable(tmp_path: Path) -> None:
+    """Regression: `make kafka-up NODES=3` after a single-node `make run` formatted two more nodes beside
+    the single node's metadata log, died with UnexpectedAppendOffsetException, and the folder no longer
+    started as a single node either."""
+    data = tmp_path / "kafka"
+    up = _cli("up", "--data", str(data))
+    assert up.returncode == 0, up.stderr
+    assert _cli("down", "--data", str(data)).returncode == 0
+    three = _cli("up", "--data", str(data), "--nodes", "3")
+    assert three.returncode == 1
+    assert three.stderr.count("\n") == 1, three.stderr
+    assert (
+        "holds a single-node plaintext cluster, not the 3-node plaintext one asked for; fix:" in three.stderr
+    )
+    assert _java_processes_for(data) == []
+    assert not (data / "node-2").exists()
+    again = _cli("up", "--data", str(data))
+    try:
+        assert again.returncode == 0, again.stderr
+        host, port = again.stdout.strip().split(":")
+        assert metadata_broker_count(host, int(port)) == 1
+    finally:
+        _cli("down", "--data", str(data))

@@ -125,3 +125,62 @@ def test_a_cluster_id_never_starts_with_a_dash_that_the_storage_tool_would_read_
     ids = [local.new_cluster_id() for _ in range(2000)]
     assert not any(i.startswith("-") for i in ids)
     assert all(len(i) == 22 for i in ids)
+
+
+def _formatted(folder: Path, nodes: int, marker: str | None) -> None:
+    """A data folder as the storage tool leaves it, without the layout file (as before it existed)."""
+    for node_id in range(1, nodes + 1):
+        (folder / f"node-{node_id}" / "data").mkdir(parents=True)
+        (folder / f"node-{node_id}" / "data" / "meta.properties").write_text("version=1\n")
+        if marker is not None:
+            (folder / f"node-{node_id}" / "security").write_text(marker + "\n")
+
+
+def test_each_layout_has_a_data_folder_of_its_own_by_default() -> None:
+    folders = {local.default_data_dir(n, secure=s) for n in (1, 3) for s in (True, False)}
+    assert len(folders) == 4
+    assert local.default_data_dir(1, secure=True) == Path(".run/kafka-1node-secure")
+    assert local.default_data_dir(3, secure=False) == Path(".run/kafka-3node-plain")
+
+
+@pytest.mark.parametrize(
+    ("formatted", "marker", "wanted", "found_text"),
+    [
+        (1, "plaintext", local.Layout(3, secure=False), "single-node plaintext"),
+        (3, "secure", local.Layout(1, secure=True), "3-node secured"),
+        (1, "secure", local.Layout(1, secure=False), "single-node secured"),
+        (1, "plaintext", local.Layout(1, secure=True), "single-node plaintext"),
+        (1, None, local.Layout(1, secure=True), "single-node plaintext"),
+    ],
+    ids=[
+        "single-node data asked for three nodes",
+        "three-node data asked for one node",
+        "secured data asked to start plain",
+        "plain data asked to start secured",
+        "a folder from before the security marker counts as plain",
+    ],
+)
+def test_data_of_another_layout_stops_the_start_with_one_line_naming_the_fix(
+    tmp_path: Path, formatted: int, marker: str | None, wanted: local.Layout, found_text: str
+) -> None:
+    _formatted(tmp_path, formatted, marker)
+    with pytest.raises(LocalKafkaError) as raised:
+        local.check_layout(tmp_path, wanted)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert f"holds a {found_text} cluster, not the {wanted.describe()} one" in message
+    assert (
+        f"fix: start it from its own folder ({local.default_data_dir(wanted.nodes, secure=wanted.secure)}"
+        in message
+    )
+
+
+def test_data_of_the_same_layout_or_no_data_starts(tmp_path: Path) -> None:
+    local.check_layout(tmp_path / "empty", local.Layout(3, secure=True))
+    _formatted(tmp_path / "three", 3, "secure")
+    local.check_layout(tmp_path / "three", local.Layout(3, secure=True))
+
+
+def test_the_recorded_layout_is_what_a_folder_holds(tmp_path: Path) -> None:
+    (tmp_path / local.LAYOUT_FILE).write_text('{"nodes": 3, "secure": true}\n')
+    assert local.formatted_layout(tmp_path) == local.Layout(3, secure=True)

@@ -5,7 +5,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-KAFKA_DATA ?= .run/kafka
+# Secure by default: TLS + SCRAM-SHA-512 + ACLs. PLAINTEXT=1 opts out (and says what that means).
+# Each layout keeps its own data: .run/kafka-1node-secure, .run/kafka-3node-plain, ...
+NODES ?= 1
+KAFKA_DATA ?= .run/kafka-$(NODES)node-$(if $(PLAINTEXT),plain,secure)
+KAFKA_UP = $(PY) -m deploy.kafka up --data $(KAFKA_DATA) --nodes $(NODES) $(if $(PLAINTEXT),,--secure)
 STAMP := $(VENV)/.installed
 
 .PHONY: help run test test-unit test-integration faults soak fuzz kafka-up kafka-down lint format bench prereqs jars deps runtime-deps prometheus clean
@@ -37,10 +41,9 @@ runtime-deps: ## install the Debian packages the services need (libsodium) when 
 jars: $(STAMP) ## fetch the Kafka broker jars from Maven Central (once)
 	@$(PY) -m deploy.kafka fetch >/dev/null
 
-run: $(STAMP) jars runtime-deps ## start the local Kafka and run the whole pipeline (Ctrl-C stops the services)
-	@$(PY) -m deploy.kafka up --data $(KAFKA_DATA) >/dev/null
-	@echo "Kafka: $$(cat $(KAFKA_DATA)/bootstrap)   (make kafka-down stops it)"
-	LIANFANG_BOOTSTRAP=$$(cat $(KAFKA_DATA)/bootstrap) $(VENV)/bin/lianfang run
+run: $(STAMP) jars runtime-deps ## start the local secured Kafka and run the whole pipeline (Ctrl-C stops it; PLAINTEXT=1, NODES=3)
+	@$(KAFKA_UP) >/dev/null
+	@$(VENV)/bin/lianfang run --local-kafka $(KAFKA_DATA)
 
 test: $(STAMP) jars deps ## run every test (unit, integration on a real Kafka, e2e)
 	$(PY) -m pytest
@@ -57,11 +60,11 @@ soak: $(STAMP) jars ## (root) the pipeline under load with random faults (SOAK_M
 fuzz: $(STAMP) jars ## fuzz every target for 1,000,000 inputs (INPUTS=, SEED=); crashing inputs go to .run/fuzz
 	$(PY) -m tests.fuzz --inputs $(or $(INPUTS),1000000) --seed $(or $(SEED),1) --artifacts .run/fuzz
 
-kafka-up: $(STAMP) jars ## start a local Kafka and print its address (NODES=3: three nodes; SECURE=1: TLS + SCRAM + ACLs)
-	@$(PY) -m deploy.kafka up --data $(KAFKA_DATA) $(if $(NODES),--nodes $(NODES),) $(if $(SECURE),--secure,)
+kafka-up: $(STAMP) jars ## start a local Kafka (TLS + SCRAM + ACLs) and print its address (NODES=3; PLAINTEXT=1)
+	@$(KAFKA_UP)
 
-kafka-down: ## stop the local Kafka; leaves no Java process behind
-	@$(PYTHON) -m deploy.kafka down --data $(KAFKA_DATA)
+kafka-down: ## stop every local Kafka under .run/ (or KAFKA_DATA's); leaves no Java process behind
+	@$(PYTHON) -m deploy.kafka down $(if $(filter-out file,$(origin KAFKA_DATA)),--data $(KAFKA_DATA),)
 
 lint: $(STAMP) runtime-deps ## ruff (lint and format check) and mypy strict
 	$(VENV)/bin/ruff check .

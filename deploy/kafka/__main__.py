@@ -1,7 +1,8 @@
 """Command line of the local Kafka: ``python -m deploy.kafka fetch|up|down|status``.
 
 ``up --secure`` starts it with TLS, SASL/SCRAM-SHA-512 and the StandardAuthorizer; SCRAM users are the
-operator, the router and every participant of the default district (``--users a,b,c`` instead). Without ``--secure`` anyone on this machine can read and write every topic,
+operator, the router, every participant of the default district and the demo's shared principals
+(``--users a,b,c`` instead). Without ``--secure`` anyone on this machine can read and write every topic,
 and ``up`` says so.
 
 Each layout has its own folder unless ``--data`` names one: ``.run/kafka-1node-secure``,
@@ -133,13 +134,14 @@ def _users(given: str | None) -> list[str]:
     if given is not None:
         return [u.strip() for u in given.split(",") if u.strip()]
     try:
+        from services.kernel.principals import SHARED
         from services.simulator.district import participants
     except ImportError as e:  # run before the virtualenv exists
         raise LocalKafkaError(
             f"cannot list the district's participants ({e}).\n"
             "  fix: run with the project's virtualenv (make kafka-up SECURE=1), or pass --users a,b,c."
         ) from e
-    return ["router", *(pid for pid, _zh, _en in participants())]
+    return ["router", "timestamp", *(pid for pid, _zh, _en in participants()), *SHARED]
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from services.cli import local_kafka
 from services.cli.settings import HomeSettings, KafkaSettings
 from services.kernel.errors import UsageError
 
@@ -44,4 +45,5 @@ def bus_parent(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--bootstrap", default=None, help="Kafka bootstrap servers (default: $LIANFANG_BOOTSTRAP)"
     )
     bus.add_argument("--topic-prefix", default="", help=argparse.SUPPRESS)
+    local_kafka.add_option(bus)
     return bus

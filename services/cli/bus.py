@@ -13,9 +13,11 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -30,6 +32,7 @@ from services import trust
 from services.bus import cluster
 from services.bus.cluster import DURABLE_PRODUCER
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
+from services.cli import local_kafka
 from services.cli.args import bootstrap_of as _bootstrap
 from services.cli.args import home_of as _home
 from services.cli.console import demo_login
@@ -39,7 +42,7 @@ from services.gateway.app import GatewaySettings
 from services.gateway.app import serve as serve_gateway
 from services.hub.app import HubSettings
 from services.hub.app import run_worker as run_hub
-from services.kernel import acls, envelope, topics
+from services.kernel import acls, envelope, ids, principals, topics
 from services.kernel.errors import LianfangError, UsageError
 from services.kernel.registry import Registry
 from services.pseudonymizer.app import PseudonymizerSettings
@@ -51,7 +54,7 @@ from services.timestamp.app import TimestampSettings
 from services.timestamp.app import serve as serve_timestamp
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -78,6 +81,7 @@ def add_bus_commands(
         "--bootstrap", default=None, help="Kafka bootstrap servers (default: $LIANFANG_BOOTSTRAP)"
     )
     bus.add_argument("--topic-prefix", default="", help=argparse.SUPPRESS)
+    local_kafka.add_option(bus)
 
     topics_group = group(subcommands, "topics", "create the bus's topics from deploy/topics.toml")
     command(topics_group, "apply", _cmd_topics_apply, bus, "create every topic that does not exist yet")
@@ -92,6 +96,14 @@ def add_bus_commands(
     )
     acls_apply.add_argument(
         "--dry-run", action="store_true", help="print the rules, one a line, and touch no broker"
+    )
+    acls_apply.add_argument(
+        "--shared",
+        action="append",
+        default=[],
+        metavar="PRINCIPAL=P1,P2",
+        help="a principal that acts for several participants (a gateway serving them): it gets exactly "
+        "the union of their rules; repeat for more",
     )
 
     serve = command(subcommands, "serve", _cmd_serve, bus, "run a service in the foreground")
@@ -171,22 +183,37 @@ def acl_line(rule: acls.AclRule) -> str:
 def _cmd_acls_apply(args: argparse.Namespace) -> int:
     """The registry's ACLs: printed (``--dry-run``) or created on the broker as the operator."""
     registry = _registry(args)
-    rules = acls.from_registry(registry, topics.TopicNames(args.topic_prefix))
-    principals = len({r.principal for r in rules})
+    rules = _acl_rules(registry, shared_principals(args.shared), args.topic_prefix)
+    count = len({r.principal for r in rules})
     if args.dry_run:
         for rule in rules:
             print(acl_line(rule))
-        print(
-            f"{len(rules)} ACL rules for {principals} principals (dry run: nothing applied)", file=sys.stderr
-        )
+        print(f"{len(rules)} ACL rules for {count} principals (dry run: nothing applied)", file=sys.stderr)
         return 0
     bootstrap, security = _bootstrap(args), load_security()
     _require_login(security)
     applied = cluster.apply_acls(bootstrap, rules, security)
-    print(
-        f"{applied} ACL rules for {principals} principals in place on {bootstrap} (as {security.principal})"
-    )
+    print(f"{applied} ACL rules for {count} principals in place on {bootstrap} (as {security.principal})")
     return 0
+
+
+def shared_principals(given: list[str]) -> dict[str, list[str]]:
+    """``--shared gateway=police,court`` → ``{"gateway": ["police", "court"]}``."""
+    shared: dict[str, list[str]] = {}
+    for item in given:
+        name, sep, served = item.partition("=")
+        participants = [p.strip() for p in served.split(",") if p.strip()]
+        if not sep or not name or not participants:
+            raise UsageError(f"--shared {item!r}: write PRINCIPAL=P1,P2 (the participants it acts for)")
+        shared.setdefault(name, []).extend(participants)
+    return shared
+
+
+def _acl_rules(registry: Registry, shared: dict[str, list[str]], prefix: str) -> list[acls.AclRule]:
+    try:
+        return principals.deployment_rules(registry.participant_ids(), shared, topics.TopicNames(prefix))
+    except ValueError as e:
+        raise UsageError(str(e)) from e
 
 
 def _require_login(security: KafkaSecuritySettings) -> None:
@@ -204,7 +231,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     load_security()  # an incomplete Kafka login stops here, before any service starts
     env = _service_env(args)
     if args.service == "all":
-        return supervise(env, list(SERVICES))
+        local: local_kafka.LocalCluster | None = args.local_cluster
+        envs = {name: _login_env(local, name) for name in SERVICES} if local else {}
+        return supervise(env, list(SERVICES), envs=envs)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.update(env)
     if args.service == "router":
@@ -222,6 +251,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _login_env(local: local_kafka.LocalCluster, service: str) -> dict[str, str]:
+    return local.env(local_kafka.principal_for("serve", service=service))
+
+
 def _service_env(args: argparse.Namespace) -> dict[str, str]:
     env = {"LIANFANG_BOOTSTRAP": _bootstrap(args), "LIANFANG_HOME": str(_home(args).resolve())}
     if args.topic_prefix:
@@ -234,24 +267,33 @@ def _service_env(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def supervise(env: dict[str, str], services: list[str], oneshot: list[str] | None = None) -> int:
+def supervise(
+    env: dict[str, str],
+    services: list[str],
+    oneshot: list[str] | None = None,
+    *,
+    envs: Mapping[str, Mapping[str, str]] | None = None,
+) -> int:
     """Run each service in its own process until Ctrl-C / SIGTERM, or until one of them exits.
 
     ``oneshot`` is a ``lianfang`` command run once beside them (the demo's simulator); its end,
-    whatever its status, is reported and stops nothing.
+    whatever its status, is reported and stops nothing. ``envs`` adds to ``env`` per process (by
+    service name, or ``oneshot``'s command name): each logs in as its own principal. Every line a
+    process writes is printed with its name in front and without terminal escape codes
+    (:mod:`services.cli.service_process` sets up the services' logging).
     """
-    children = {
-        name: subprocess.Popen(  # noqa: S603 - our own interpreter and module names
-            [sys.executable, "-m", SERVICES[name]], env={**os.environ, **env}, cwd=REPO
-        )
-        for name in services
-    }
+    envs = envs or {}
+    base = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    width = max(len(name) for name in [*services, *(oneshot[:1] if oneshot else [])])
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    for name in services:
+        cmd = [sys.executable, "-m", "services.cli.service_process", SERVICES[name]]
+        children[name] = _start(cmd, {**base, **envs.get(name, {})}, name, width)
     print(f"serving {', '.join(services)} (Ctrl-C stops them)", file=sys.stderr)
-    extra = (
-        subprocess.Popen([sys.executable, "-m", "services", *oneshot], env={**os.environ, **env}, cwd=REPO)  # noqa: S603
-        if oneshot
-        else None
-    )
+    extra = None
+    if oneshot:
+        cmd = [sys.executable, "-m", "services", *oneshot]
+        extra = _start(cmd, {**base, **envs.get(oneshot[0], {})}, oneshot[0], width)
     stop = False
 
     def on_signal(_signum: int, _frame: Any) -> None:
@@ -281,6 +323,31 @@ def supervise(env: dict[str, str], services: list[str], oneshot: list[str] | Non
     for name, code in exited.items():
         print(f"{name} exited with status {code}", file=sys.stderr)
     return 1 if any(exited.values()) else 0
+
+
+_ESCAPES = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]|[\x00-\x08\x0b-\x1f\x7f]")
+"""ANSI escape sequences (colours, cursor moves: faust's spinner) and other control characters."""
+
+
+def clean_line(raw: bytes) -> str:
+    """One line of a child's output as plain text: no escape codes, no carriage returns."""
+    return _ESCAPES.sub(b"", raw.rstrip(b"\r\n")).decode("utf-8", "replace")
+
+
+def _start(cmd: list[str], env: dict[str, str], name: str, width: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module names
+        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
+    threading.Thread(target=_relay, args=(proc, f"{name:<{width}} | "), daemon=True).start()
+    return proc
+
+
+def _relay(proc: subprocess.Popen[bytes], prefix: str) -> None:
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        line = clean_line(raw)
+        if line.strip():
+            print(prefix + line, flush=True)
 
 
 # --------------------------------------------------------------------------- dead letters
@@ -451,10 +518,27 @@ def _cmd_inbox(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- run
 
 
+DEMO_GATEWAY_SERVES: tuple[str, ...] = ("police", "womens_federation")
+"""The participants the demo's gateway serves (the README's HTTP examples): it opens only their keystores
+and logs in as ``gateway``, a principal allowed exactly their rules. A deployment runs one gateway per
+agency, on the agency's machine, logged in as the agency's own id (``docs/operations.md``)."""
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    """`make run`: a demo trust domain if none, the topics, the registry on its topic, then every
-    service, with the simulator playing a few days of the district so the pipeline has work."""
+    """`make run`: a demo trust domain if none, the topics, the ACLs, the registry on its topic, then
+    every service, with the simulator playing a few days of the district so the pipeline has work.
+
+    With ``--local-kafka`` (what ``make run`` passes) the topics, ACLs and registry are written as the
+    operator and every process logs in as its own principal; on a plain cluster it says what that means.
+    """
+    local: local_kafka.LocalCluster | None = args.local_cluster
     bootstrap, home, security = _bootstrap(args), _home(args), load_security()
+    if security.security_protocol == "PLAINTEXT":
+        print(
+            "warning: Kafka in PLAINTEXT: no TLS, no login, no ACLs; every process here could read every "
+            "inbox's ciphertext and write any topic (make run without PLAINTEXT=1 is secured)",
+            file=sys.stderr,
+        )
     if not (home / "registry.json").exists():
         domain = trust.init_domain(home, now=datetime.now(UTC))
         print(f"created a demo trust domain in {home} (keys generated now; passphrase in {home}/passphrase)")
@@ -462,28 +546,86 @@ def _cmd_run(args: argparse.Namespace) -> int:
         domain = trust.open_domain(home)
     registry = domain.registry(datetime.now(UTC))
     names = topics.TopicNames(args.topic_prefix)
-    specs = cluster.apply_topics(
-        bootstrap, registry.participant_ids(), prefix=args.topic_prefix, security=security
-    )
+    participant_ids = registry.participant_ids()
+    specs = cluster.apply_topics(bootstrap, participant_ids, prefix=args.topic_prefix, security=security)
+    secured = local is not None and local.secure
+    shared = {
+        principals.GATEWAY: list(DEMO_GATEWAY_SERVES),
+        principals.SIMULATOR: [p for p in participant_ids if p != ids.ROUTER],
+    }
+    rules = _acl_rules(registry, shared, args.topic_prefix) if secured else []
+    if rules:
+        cluster.apply_acls(bootstrap, rules, security)
     producer = KafkaProducer(bootstrap_servers=bootstrap, **DURABLE_PRODUCER, **kafka_python_kwargs(security))
     producer.send(names.registry, key=b"registry", value=domain.registry_path.read_bytes())
     producer.flush()
     producer.close()
-    print(f"Kafka        {bootstrap}  ({len(specs)} topics)")
-    print(f"registry     v{registry.version}, expires {registry.document.expires:%Y-%m-%d}")
-    print("timestamp    a freshness statement every minute, valid 10 minutes (metrics :9105)")
-    print("router       metrics at http://127.0.0.1:9102/metrics")
-    print("hub          metrics at http://127.0.0.1:9103/metrics (alerts go to the coordinators' inbox)")
-    print("gateway      http://127.0.0.1:8080/v1/openapi.json  (POST /v1/events, GET /v1/inbox, /metrics)")
-    print("pseudonymizer http://127.0.0.1:8090  (POST /v1/evaluate: signed, rate-limited, audited; /metrics)")
-    print("prometheus   `make prometheus` → http://127.0.0.1:9090 (rules and dashboard in deploy/)")
-    print("demo         `lianfang simulate` plays 3 days of the district (leads, follow-ups, joint-meeting")
-    print("             cases); read an inbox with `lianfang inbox --as coordinators` in another terminal")
-    print("             (its own consumer group: the console still gets every alert)")
     login = demo_login(home)
-    print(f"console      {ConsoleSettings().url()}  sign in as {login.name} / {login.password}")
+    env = {
+        **_service_env(args),
+        "LIANFANG_GATEWAY_PARTICIPANTS": ",".join(DEMO_GATEWAY_SERVES),
+        # make run serves plain http on loopback: the console's cookies cannot require https there.
+        "LIANFANG_CONSOLE_COOKIE_SECURE": "false",
+    }
+    envs: dict[str, dict[str, str]] = {}
+    if local is not None:
+        envs = {name: _login_env(local, name) for name in SERVICES}
+        envs["simulate"] = local.env(principals.SIMULATOR)
+    print(run_banner(local, bootstrap, len(specs), registry, rules, home=args.home, console=login))
     simulate = ["simulate", "--days", "3", "--rate", "12", "--bootstrap", bootstrap]
     simulate += ["--home", str(home.resolve())]
-    # make run serves plain http on loopback: the console's cookies cannot require https there.
-    env = {**_service_env(args), "LIANFANG_CONSOLE_COOKIE_SECURE": "false"}
-    return supervise(env, list(SERVICES), oneshot=simulate)
+    return supervise(env, list(SERVICES), oneshot=simulate, envs=envs)
+
+
+def run_banner(
+    local: local_kafka.LocalCluster | None,
+    bootstrap: str,
+    topic_count: int,
+    registry: Registry,
+    rules: list[acls.AclRule],
+    *,
+    home: Path | None,
+    console: Any,
+) -> str:
+    """What ``lianfang run`` prints before the services start: where everything is, and commands that
+    work when pasted as printed (from the folder ``make run`` was started in)."""
+    if local is not None and local.secure:
+        kafka = (
+            f"{bootstrap}, TLS + SCRAM-SHA-512, {len(rules)} ACL rules; every service logs in as its own "
+            "principal (timestamp, router, hub, coordinators, gateway, plc for the pseudonymizer, simulator)"
+        )
+    elif local is not None:
+        kafka = f"{bootstrap}, PLAINTEXT (no TLS, no login, no ACLs)"
+    else:
+        kafka = f"{bootstrap}, as {load_security().principal or 'nobody (PLAINTEXT)'}"
+    cli = ".venv/bin/lianfang"
+    where = f" --local-kafka {_shown(local.folder)}" if local is not None else f" --bootstrap {bootstrap}"
+    if home is not None:
+        where += f" --home {home}"
+    lines = [
+        f"Kafka        {kafka}",
+        f"topics       {topic_count}; registry v{registry.version}, "
+        f"expires {registry.document.expires:%Y-%m-%d}",
+        "timestamp    a freshness statement every minute, valid 10 minutes (metrics :9105)",
+        "router       metrics at http://127.0.0.1:9102/metrics",
+        "hub          metrics at http://127.0.0.1:9103/metrics (alerts go to the coordinators' inbox)",
+        f"gateway      http://127.0.0.1:8080/v1/openapi.json for {', '.join(DEMO_GATEWAY_SERVES)} "
+        "(POST /v1/events, GET /v1/inbox, /metrics)",
+        "pseudonymizer http://127.0.0.1:8090  (POST /v1/evaluate: signed, rate-limited, audited; /metrics)",
+        f"console      {ConsoleSettings().url()}  sign in as {console.name} / {console.password}",
+        "prometheus   make prometheus  → http://127.0.0.1:9090 (rules and dashboard in deploy/)",
+        "demo         the simulator now plays 3 days of the district; in another terminal:",
+        f"               {cli} inbox{where} --as coordinators     (its own consumer group)",
+        f"               {cli} simulate{where} --days 1          (one more day)",
+        f"               {cli} deadletter list{where}",
+        "logs         each line below starts with the process that wrote it; Ctrl-C stops them all",
+    ]
+    return "\n".join(lines)
+
+
+def _shown(folder: Path) -> str:
+    """A folder as a path relative to the working directory when it lies below it."""
+    try:
+        return str(folder.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(folder)

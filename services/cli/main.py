@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from schemas.registry import MAX_REGISTRY_BYTES, PublicKey, Roots
 from services import trust
 from services.cli import console as console_command
+from services.cli import local_kafka
 from services.cli.args import home_of as _home
 from services.cli.args import positive_int as _positive_int
 from services.cli.audit import add_commands as add_audit_commands
@@ -210,6 +211,7 @@ def _run(args: argparse.Namespace) -> int:
     """Run a subcommand; an expected error becomes one line on stderr and an exit status."""
     func: Command = args.func
     try:
+        args.local_cluster = local_kafka.login(args)
         return func(args)
     except UsageError as e:
         _error(str(e))

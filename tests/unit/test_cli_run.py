@@ -1,0 +1,108 @@
+"""What `make run` prints: commands that work when pasted, and service lines without escape codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from services.cli import bus, service_process
+from services.cli.local_kafka import LocalCluster
+from services.cli.main import build_parser
+
+pytestmark = pytest.mark.unit
+
+
+def _registry() -> SimpleNamespace:
+    return SimpleNamespace(version=3, document=SimpleNamespace(expires=datetime(2027, 1, 1, tzinfo=UTC)))
+
+
+@pytest.fixture
+def local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalCluster:
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / ".run" / "kafka-1node-secure"
+    folder.mkdir(parents=True)
+    (folder / "cluster.json").write_text(json.dumps({"secure": True}))
+    (folder / "bootstrap").write_text("127.0.0.1:9999\n")
+    (folder / "credentials.json").write_text(json.dumps({"operator": "x"}))
+    return LocalCluster.open(folder)
+
+
+def _commands(banner: str) -> Iterator[list[str]]:
+    for line in banner.splitlines():
+        if ".venv/bin/lianfang " in line:
+            text = line[line.index(".venv/bin/lianfang ") :].split("  (")[0]
+            yield shlex.split(text)
+
+
+def test_every_command_the_banner_prints_parses_as_printed_and_names_the_local_cluster(
+    local: LocalCluster,
+) -> None:
+    banner = bus.run_banner(
+        local,
+        local.bootstrap,
+        48,
+        _registry(),
+        [],
+        home=None,
+        console=SimpleNamespace(name="demo", password="pw"),
+    )
+    commands = list(_commands(banner))
+    assert len(commands) == 3
+    for argv in commands:
+        assert argv[0] == ".venv/bin/lianfang"
+        args = build_parser().parse_args(argv[1:])
+        assert args.local_kafka == Path(".run/kafka-1node-secure")
+    assert "TLS + SCRAM-SHA-512" in banner
+
+
+def test_a_plain_cluster_is_named_plaintext_in_the_banner(local: LocalCluster) -> None:
+    plain = LocalCluster(folder=local.folder, bootstrap=local.bootstrap, secure=False)
+    banner = bus.run_banner(
+        plain,
+        plain.bootstrap,
+        48,
+        _registry(),
+        [],
+        home=None,
+        console=SimpleNamespace(name="demo", password="pw"),
+    )
+    assert "PLAINTEXT (no TLS, no login, no ACLs)" in banner
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        (b"\x1b[?25lconsole      http://127.0.0.1:8088/\n", "console      http://127.0.0.1:8088/"),
+        (b"\x1b[32mINFO\x1b[0m started\r\n", "INFO started"),
+        (b"\x08\x08\x08 OK ^\x1b[?25h\n", " OK ^"),
+        ("联防 lead\n".encode(), "联防 lead"),
+    ],
+    ids=["a cursor code", "colours and a carriage return", "backspaces of a spinner", "Chinese text"],
+)
+def test_a_service_line_is_printed_without_escape_codes(raw: bytes, clean: str) -> None:
+    assert bus.clean_line(raw) == clean
+
+
+def test_a_service_logs_its_own_info_lines_but_only_warnings_of_the_kafka_clients() -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    root.handlers.clear()
+    try:
+        with warnings.catch_warnings():
+            service_process.configure_logging()
+        assert logging.getLogger("lianfang.router").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("aiokafka.conn").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("kafka.cluster").isEnabledFor(logging.INFO)
+        assert logging.getLogger("aiokafka.producer.sender").isEnabledFor(logging.WARNING)
+    finally:
+        root.handlers[:], root.level = saved
+        for name in service_process.QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)

@@ -346,7 +346,8 @@ def _relay(proc: subprocess.Popen[bytes], prefix: str) -> None:
     assert proc.stdout is not None
     for raw in proc.stdout:
         line = clean_line(raw)
-        if line.strip():
+        # faust's start-up spinner ends in "OK ^" even when it cannot spin (no terminal): not news.
+        if line.strip() and line.strip() != "OK ^":
             print(prefix + line, flush=True)
 
 
@@ -606,12 +607,15 @@ def run_banner(
         f"Kafka        {kafka}",
         f"topics       {topic_count}; registry v{registry.version}, "
         f"expires {registry.document.expires:%Y-%m-%d}",
-        "timestamp    a freshness statement every minute, valid 10 minutes (metrics :9105)",
-        "router       metrics at http://127.0.0.1:9102/metrics",
-        "hub          metrics at http://127.0.0.1:9103/metrics (alerts go to the coordinators' inbox)",
-        f"gateway      http://127.0.0.1:8080/v1/openapi.json for {', '.join(DEMO_GATEWAY_SERVES)} "
-        "(POST /v1/events, GET /v1/inbox, /metrics)",
-        "pseudonymizer http://127.0.0.1:8090  (POST /v1/evaluate: signed, rate-limited, audited; /metrics)",
+        "timestamp    a freshness statement every minute, valid 10 minutes "
+        f"(metrics :{_port('TIMESTAMP_METRICS', 9105)})",
+        f"router       metrics at http://127.0.0.1:{_port('ROUTER_METRICS', 9102)}/metrics",
+        f"hub          metrics at http://127.0.0.1:{_port('HUB_METRICS', 9103)}/metrics "
+        "(alerts go to the coordinators' inbox)",
+        f"gateway      http://127.0.0.1:{_port('GATEWAY', 8080)}/v1/openapi.json for "
+        f"{', '.join(DEMO_GATEWAY_SERVES)} (POST /v1/events, GET /v1/inbox, /metrics)",
+        f"pseudonymizer http://127.0.0.1:{_port('PSEUDONYMIZER', 8090)}  (POST /v1/evaluate: signed, "
+        "rate-limited, audited; /metrics)",
         f"console      {ConsoleSettings().url()}  sign in as {console.name} / {console.password}",
         "prometheus   make prometheus  → http://127.0.0.1:9090 (rules and dashboard in deploy/)",
         "demo         the simulator now plays 3 days of the district; in another terminal:",
@@ -621,6 +625,11 @@ def run_banner(
         "logs         each line below starts with the process that wrote it; Ctrl-C stops them all",
     ]
     return "\n".join(lines)
+
+
+def _port(service: str, default: int) -> str:
+    """The port a service was told to use (``LIANFANG_<SERVICE>_PORT``), else its default."""
+    return os.environ.get(f"LIANFANG_{service}_PORT") or str(default)
 
 
 def _shown(folder: Path) -> str:

@@ -15,8 +15,14 @@ import runpy
 import sys
 import warnings
 
-QUIET_LOGGERS = {"kafka": logging.WARNING, "aiokafka": logging.WARNING, "kafka.net.selector": logging.ERROR}
-"""kafka-python's selector warns about every slow event-loop task on a busy machine: not actionable."""
+QUIET_LOGGERS = {
+    "kafka": logging.WARNING,
+    "aiokafka": logging.WARNING,
+    "kafka.net.selector": logging.ERROR,
+    "kafka.coordinator.consumer": logging.ERROR,
+}
+"""kafka-python's selector warns about every slow event-loop task on a busy machine, and its consumer
+that a reader without a group (the registry follower) does not commit: neither is actionable."""
 
 
 def configure_logging() -> None:

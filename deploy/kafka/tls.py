@@ -78,8 +78,12 @@ def _new_key(openssl: str, path: Path) -> None:
     _run(openssl, "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(path))
 
 
-def ensure_certificates(folder: Path) -> TlsFiles:
-    """Make the CA and broker certificate in ``folder`` unless a complete set is already there."""
+def ensure_certificates(folder: Path, hosts: tuple[str, ...] = ("localhost",)) -> TlsFiles:
+    """Make the CA and broker certificate in ``folder`` unless a complete set is already there.
+
+    ``hosts``: the DNS names the brokers answer on (the compose file's ``kafka-1`` … ``kafka-3``); the
+    certificate also names ``127.0.0.1``.
+    """
     files = TlsFiles(folder)
     if files.complete():
         return files
@@ -119,7 +123,7 @@ def ensure_certificates(folder: Path) -> TlsFiles:
                 "basicConstraints=critical,CA:FALSE\n"
                 "keyUsage=critical,digitalSignature,keyEncipherment\n"
                 "extendedKeyUsage=serverAuth,clientAuth\n"
-                "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                "subjectAltName=IP:127.0.0.1," + ",".join(f"DNS:{h}" for h in hosts) + "\n"
             )
             _run(
                 openssl,
@@ -155,3 +159,15 @@ def ensure_certificates(folder: Path) -> TlsFiles:
     files.ca_cert.chmod(0o644)
     files.broker_cert.chmod(0o644)
     return files
+
+
+if __name__ == "__main__":  # python -m deploy.kafka.tls FOLDER HOST[,HOST...]
+    import sys
+
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m deploy.kafka.tls FOLDER HOST[,HOST...]  (e.g. kafka-1,kafka-2,kafka-3)")
+    try:
+        made = ensure_certificates(Path(sys.argv[1]), tuple(h for h in sys.argv[2].split(",") if h))
+    except TlsError as e:
+        sys.exit(f"error: {e}")
+    print(f"CA {made.ca_cert}; broker keystore {made.keystore} (mode 0600)")

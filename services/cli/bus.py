@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from schemas.events import EVENT_MODELS, parse_event
 from services import trust
-from services.bus import cluster
+from services.bus import cluster, strimzi
 from services.bus.cluster import DURABLE_PRODUCER
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 from services.cli import local_kafka
@@ -104,6 +104,33 @@ def add_bus_commands(
         metavar="PRINCIPAL=P1,P2",
         help="a principal that acts for several participants (a gateway serving them): it gets exactly "
         "the union of their rules; repeat for more",
+    )
+
+    k8s = group(subcommands, "k8s", "the bus's topics and ACLs as Strimzi resources (deploy/k8s)")
+    k8s_topics = command(
+        k8s, "topics", _cmd_k8s_topics, bus, "print a KafkaTopic per topic of deploy/topics.toml"
+    )
+    k8s_users = command(
+        k8s,
+        "users",
+        _cmd_k8s_users,
+        bus,
+        "print a KafkaUser per principal, with the ACLs the registry implies",
+    )
+    for parser in (k8s_topics, k8s_users):
+        parser.add_argument(
+            "--cluster", default="lianfang", help="the Kafka resource's name (default lianfang)"
+        )
+        parser.add_argument("--namespace", default=None, help="metadata.namespace (default: none)")
+    k8s_topics.add_argument(
+        "--brokers", type=int, default=3, help="brokers of the cluster: sets the replication (default 3)"
+    )
+    k8s_users.add_argument(
+        "--shared",
+        action="append",
+        default=[],
+        metavar="PRINCIPAL=P1,P2",
+        help="a principal that acts for several participants, as for `acls apply`",
     )
 
     serve = command(subcommands, "serve", _cmd_serve, bus, "run a service in the foreground")
@@ -214,6 +241,31 @@ def _acl_rules(registry: Registry, shared: dict[str, list[str]], prefix: str) ->
         return principals.deployment_rules(registry.participant_ids(), shared, topics.TopicNames(prefix))
     except ValueError as e:
         raise UsageError(str(e)) from e
+
+
+def _cmd_k8s_topics(args: argparse.Namespace) -> int:
+    specs = cluster.load_specs(
+        _registry(args).participant_ids(), brokers=args.brokers, prefix=args.topic_prefix
+    )
+    _print_documents(strimzi.kafka_topics(specs, cluster=args.cluster, namespace=args.namespace))
+    return 0
+
+
+def _cmd_k8s_users(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    rules = _acl_rules(registry, shared_principals(args.shared), args.topic_prefix)
+    users = strimzi.kafka_users(
+        rules, cluster=args.cluster, namespace=args.namespace, principals=[principals.OPERATOR]
+    )
+    _print_documents(users)
+    return 0
+
+
+def _print_documents(documents: list[dict[str, Any]]) -> None:
+    """A YAML stream of the documents, each written in JSON (which YAML reads as it is)."""
+    for document in documents:
+        print("---")
+        print(json.dumps(document, indent=2, ensure_ascii=False))
 
 
 def _require_login(security: KafkaSecuritySettings) -> None:

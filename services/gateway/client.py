@@ -60,7 +60,8 @@ def signed_headers(
 
 
 def curl_command(method: str, url: str, headers: dict[str, str], body_file: str | None) -> str:
-    parts = ["curl", "-sS", "-X", method, url]
+    # --fail-with-body: a 4xx or 5xx still prints the problem document, and the script exits non-zero.
+    parts = ["curl", "-sS", "--fail-with-body", "-X", method, url]
     for name, value in headers.items():
         parts += ["-H", f"{name}: {value}"]
     if body_file is not None:

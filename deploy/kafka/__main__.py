@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument(
                 "--secure",
                 action="store_true",
-                help="TLS + SASL/SCRAM-SHA-512 listeners, ACLs enforced (make kafka-up SECURE=1)",
+                help="TLS + SASL/SCRAM-SHA-512 listeners, ACLs enforced (make kafka-up without PLAINTEXT=1)",
             )
             p.add_argument(
                 "--users",
@@ -139,7 +139,7 @@ def _users(given: str | None) -> list[str]:
     except ImportError as e:  # run before the virtualenv exists
         raise LocalKafkaError(
             f"cannot list the district's participants ({e}).\n"
-            "  fix: run with the project's virtualenv (make kafka-up SECURE=1), or pass --users a,b,c."
+            "  fix: run with the project's virtualenv (make kafka-up), or pass --users a,b,c."
         ) from e
     return ["router", "timestamp", *(pid for pid, _zh, _en in participants()), *SHARED]
 

@@ -80,6 +80,7 @@ def test_a_shared_principal_that_would_widen_someone_s_rights_is_refused(
         ("serve", {"service": "hub"}, "hub"),
         ("serve", {"service": "console"}, "coordinators"),
         ("serve", {"service": "gateway"}, "gateway"),
+        ("serve", {"service": "pseudonymizer"}, "plc"),
         ("topics", {}, "operator"),
         ("acls", {}, "operator"),
         ("deadletter", {}, "operator"),

@@ -19,7 +19,7 @@ from services import trust
 from services.kernel import policy
 from services.kernel.errors import UsageError
 from services.kernel.keystore import Keystore
-from services.kernel.registry import sign_document
+from services.kernel.registry import Registry, sign_document
 from services.sdk.client import Client
 from tests.integration.buskit import Bus, RouterProcess
 from tests.kit import DemoDomain
@@ -147,6 +147,10 @@ def test_after_a_restart_a_router_refuses_a_registry_older_than_the_newest_it_tr
     finally:
         admin.close()
     bus.produce([(b"registry", v2)], topic=bus.names.registry)
+    # The deletion took the timestamp statement too; the timestamp service's next one names v3.
+    bus.stamp(
+        registry=Registry.from_bytes(v3, trusted_roots=d.registry.document.roots, now=datetime.now(UTC))
+    )
 
     restarted = _start_router(bus, tmp_path / "router-2.log")
     try:

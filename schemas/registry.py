@@ -143,6 +143,22 @@ class WrappedPseudonymKey(WireModel):
     enc: Base64
 
 
+class PseudonymizerRole(WireModel):
+    """The oblivious pseudonymization service the roots name (RFC 9497 VOPRF, ristretto255-SHA512).
+
+    Only the service holds the secret half of ``public``; every client verifies each answer's proof
+    against this key, never against one the service offers, so the service cannot give one agency other
+    pseudonyms than the rest. ``version`` is the ``p<version>.`` of the pseudonyms it gives; ``url`` is
+    where it is served (an operator may point a client elsewhere; the key still comes from here).
+    """
+
+    suite: Literal["ristretto255-SHA512"] = "ristretto255-SHA512"
+    mode: Literal["voprf"] = "voprf"
+    version: int = Field(ge=0, le=999_999_999)
+    public: Base64 = Field(description="the VOPRF public key: a 32-byte ristretto255 element, base64")
+    url: str = Field(min_length=1, max_length=512, pattern=r"^https?://[^\s]+$")
+
+
 class RegistryDocument(WireModel):
     """What the root keys sign."""
 
@@ -153,12 +169,29 @@ class RegistryDocument(WireModel):
     roots: Roots
     participants: list[Participant]
     policy: Policy
-    pseudonym_key: SealedPseudonymKey
+    pseudonym_key: SealedPseudonymKey | None = Field(
+        default=None,
+        description="the pseudonym key sealed to every participant: only in domains that name no "
+        "pseudonymizer (older ones); any keystore then computes pseudonyms offline",
+    )
+    pseudonymizer: PseudonymizerRole | None = Field(
+        default=None,
+        description="the oblivious pseudonymization service: nobody computes a pseudonym without it",
+    )
     timestamp: DelegatedRole | None = Field(
         default=None,
         description="the online key(s) that sign freshness statements (services.kernel.freshness); "
         "without it no process can be fresh",
     )
+
+    @model_validator(mode="after")
+    def _one_way_to_pseudonymize(self) -> RegistryDocument:
+        if (self.pseudonym_key is None) == (self.pseudonymizer is None):
+            raise ValueError(
+                "a registry either names a pseudonymizer or carries a sealed pseudonym key, exactly one "
+                "(a sealed key beside a pseudonymizer would let every keystore compute pseudonyms offline)"
+            )
+        return self
 
 
 SectionRecipients = dict[SectionName, frozenset[str]]

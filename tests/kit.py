@@ -13,8 +13,9 @@ from schemas.envelope import EnvelopeHeader
 from services import trust
 from services.kernel import crypto, envelope, jsonx
 from services.kernel.keystore import KdfParams, Keystore
-from services.kernel.pseudonym import PseudonymKey, pseudonymize
+from services.kernel.pseudonym import Pseudonymizer, PseudonymKey, normalize_subject
 from services.kernel.registry import Registry
+from services.pseudonymizer.core import PseudonymizerKey
 
 NOW = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 """The tests' clock: the demo domain is issued at NOW and expires 90 days later."""
@@ -29,9 +30,18 @@ class DemoDomain:
 
     @classmethod
     def create(
-        cls, home: Path, now: datetime = NOW, lifetime: timedelta = trust.DEFAULT_LIFETIME
+        cls,
+        home: Path,
+        now: datetime = NOW,
+        lifetime: timedelta = trust.DEFAULT_LIFETIME,
+        *,
+        pseudonymizer_url: str | None = None,
     ) -> DemoDomain:
-        domain = trust.init_domain(home, now=now, kdf=KdfParams.for_tests(), lifetime=lifetime)
+        """A demo domain; with ``pseudonymizer_url`` its registry names a pseudonymizer there (and holds
+        no pseudonym secret), else it seals a pseudonym key to every participant (an older domain)."""
+        domain = trust.init_domain(
+            home, now=now, kdf=KdfParams.for_tests(), lifetime=lifetime, pseudonymizer_url=pseudonymizer_url
+        )
         return cls(home=home, trust=domain, registry=domain.registry(now))
 
     def keys(self, participant: str) -> Keystore:
@@ -42,8 +52,17 @@ class DemoDomain:
     def pseudonym_key(self) -> PseudonymKey:
         return self.registry.pseudonym_key("police", self.keys("police").encryption)
 
+    def pseudonymizer_key(self) -> PseudonymizerKey:
+        """The pseudonymizer's own key (only its operator holds it: the tests play that part)."""
+        return PseudonymizerKey.from_json((self.home / trust.PSEUDONYMIZER_KEY).read_bytes())
+
+    def pseudonymizer(self) -> Pseudonymizer:
+        """What gives this domain's pseudonyms, computed here without asking anyone: the sealed key, or
+        the pseudonymizer's key as its operator holds it."""
+        return self.pseudonym_key() if self.registry.pseudonymizer is None else self.pseudonymizer_key()
+
     def subject(self, phone: str = "13800000000") -> str:
-        return pseudonymize(self.pseudonym_key(), phone=phone)
+        return self.pseudonymizer().pseudonyms([normalize_subject(phone=phone)])[0]
 
 
 def header(**overrides: Any) -> EnvelopeHeader:

@@ -128,6 +128,19 @@ def _add_init(subcommands: Subcommands, common: argparse.ArgumentParser) -> None
         metavar="N",
         help=f"days until the registry expires (default {trust.DEFAULT_LIFETIME.days})",
     )
+    init.add_argument(
+        "--pseudonymizer-url",
+        default=trust.DEFAULT_PSEUDONYMIZER_URL,
+        metavar="URL",
+        help="where the registry says the pseudonymizer is served; its key is generated into "
+        f"HOME/{trust.PSEUDONYMIZER_KEY} (default {trust.DEFAULT_PSEUDONYMIZER_URL})",
+    )
+    init.add_argument(
+        "--sealed-pseudonym-key",
+        action="store_true",
+        help="an older kind of domain: no pseudonymizer, a pseudonym key sealed to every participant "
+        "(any keystore can then compute pseudonyms offline)",
+    )
 
 
 def _add_registry(subcommands: Subcommands, common: argparse.ArgumentParser) -> None:
@@ -254,7 +267,12 @@ def _cmd_init(args: argparse.Namespace) -> int:
     if os.environ.get(FAST_KDF_ENV) == "1":
         print(f"warning: {FAST_KDF_ENV}=1: keystores use cheap test KDF parameters", file=sys.stderr)
     domain = trust.init_domain(
-        home, now=now, kdf=_kdf(), lifetime=timedelta(days=args.lifetime_days), force=args.force
+        home,
+        now=now,
+        kdf=_kdf(),
+        lifetime=timedelta(days=args.lifetime_days),
+        force=args.force,
+        pseudonymizer_url=None if args.sealed_pseudonym_key else args.pseudonymizer_url,
     )
     registry = domain.registry(now)
     document = registry.document
@@ -262,6 +280,16 @@ def _cmd_init(args: argparse.Namespace) -> int:
     print(f"  registry v{document.version} {_signed_by(registry)}; {_root_holders(document.roots)}")
     print(f"  {len(document.participants)} participants, policy v{document.policy.version}")
     print(f"  expires {_when(document.expires)} ({_relative(document.expires, now)})")
+    if document.pseudonymizer is not None:
+        print(
+            f"  pseudonymizer at {document.pseudonymizer.url}; its key: {home / trust.PSEUDONYMIZER_KEY} "
+            "(mode 0600: keep it on the pseudonymizer's machine only)"
+        )
+    else:
+        print(
+            "  warning: a sealed pseudonym key: every participant can compute pseudonyms offline",
+            file=sys.stderr,
+        )
     if "LIANFANG_PASSPHRASE" in os.environ:
         print("  keystores are encrypted with the passphrase in LIANFANG_PASSPHRASE")
     else:
@@ -280,16 +308,20 @@ def _cmd_registry_show(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(registry.payload.decode("utf-8"))
         return 0
-    sealed = {w.to for w in document.pseudonym_key.sealed}
     print(f"registry v{document.version} ({path})")
     print(f"  issued    {_when(document.issued)}")
     print(f"  expires   {_when(document.expires)} ({_relative(document.expires, now)})")
     print(f"  roots     {_signed_by(registry)}; {_root_holders(document.roots)}")
     print(f"  payload   sha256 {hashlib.sha256(registry.payload).hexdigest()}")
-    print(
-        f"  pseudonym key v{document.pseudonym_key.version}, sealed to {len(sealed)} of "
-        f"{len(document.participants)} participants"
-    )
+    if document.pseudonymizer is not None:
+        role = document.pseudonymizer
+        print(f"  pseudonymizer v{role.version} at {role.url} ({role.mode} {role.suite}, key {role.public})")
+    elif document.pseudonym_key is not None:
+        sealed = {w.to for w in document.pseudonym_key.sealed}
+        print(
+            f"  pseudonym key v{document.pseudonym_key.version}, sealed to {len(sealed)} of "
+            f"{len(document.participants)} participants"
+        )
     print()
     rows = [("id", "中文名", "English", "signing keys", "encryption keys")]
     rows += [
@@ -556,8 +588,10 @@ def _commit(
     before the registry, so the registry never lists a key that no keystore holds.
     """
     loaded = {change.participant: changed_store} if changed_store is not None else {}
-    pseudonym_key = _open_pseudonym_key(domain, registry, loaded, prefer=(change.participant, ids.PLC))
-    document, unsealed = admin.reseal(change.document, pseudonym_key, now=now)
+    document, unsealed = change.document, list[str]()
+    if registry.document.pseudonym_key is not None:  # an older domain: the sealed key follows new keys
+        pseudonym_key = _open_pseudonym_key(domain, registry, loaded, prefer=(change.participant, ids.PLC))
+        document, unsealed = admin.reseal(change.document, pseudonym_key, now=now)
     signers = _root_signers(domain)
     if changed_store is not None:
         domain.save_keystore(changed_store, _kdf())
@@ -593,7 +627,8 @@ def _open_pseudonym_key(
     prefer: Iterable[str],
 ) -> PseudonymKey:
     """Open the current pseudonym key with the first keystore (preferred ones first) it is sealed to."""
-    sealed_to = {w.to for w in registry.document.pseudonym_key.sealed}
+    sealed_key = registry.document.pseudonym_key
+    sealed_to = {w.to for w in sealed_key.sealed} if sealed_key is not None else set()
     tried: set[str] = set()
     for pid in [*prefer, *registry.participant_ids()]:
         if pid in tried or pid not in sealed_to:

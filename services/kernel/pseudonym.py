@@ -11,6 +11,12 @@ candidates, far fewer for a known district and age. Phone numbers and names with
 better. The pseudonym key is therefore a secret, versioned and distributed sealed to participants by the
 trust registry; it must never be published, logged or put in a header.
 
+Oblivious pseudonyms (a domain whose registry names a pseudonymizer): the adapter blinds
+:func:`oprf_input` of the canonical identifier, the pseudonymizer evaluates it with a key only it holds
+(RFC 9497 VOPRF, :mod:`services.kernel.oprf`), and :func:`oblivious_pseudonym` turns the verified output
+into the same ``p<version>.`` format. Nobody can compute one offline, so a pseudonym in a Kafka key or
+header gives a dictionary attack nothing to run against. Both ways meet in :class:`Pseudonymizer`.
+
 Nothing here echoes an identifier in an error message: identifiers are personal data.
 """
 
@@ -22,10 +28,10 @@ import hmac
 import os
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from services.kernel.errors import UsageError
 
@@ -34,6 +40,7 @@ __all__ = [
     "PSEUDONYM_PATTERN",
     "PSEUDONYM_SECRET_LENGTH",
     "PseudonymKey",
+    "Pseudonymizer",
     "canonical_id_number",
     "canonical_name_birth",
     "canonical_phone",
@@ -42,6 +49,8 @@ __all__ = [
     "id_number_check_digit_ok",
     "new_pseudonym_key",
     "normalize_subject",
+    "oblivious_pseudonym",
+    "oprf_input",
     "pseudonym",
     "pseudonymize",
 ]
@@ -53,6 +62,8 @@ PSEUDONYM_PATTERN: Final = r"^p[0-9]+\.[A-Za-z0-9_-]{43}$"
 """What :func:`pseudonym` returns: ``p<key version>.`` and 43 unpadded base64url characters."""
 
 _DOMAIN: Final = b"lianfang-subject-v1\x00"
+_OPRF_DOMAIN: Final = b"lianfang-subject-oprf-v1\x00"
+_OUTPUT_DOMAIN: Final = b"lianfang-pseudonym-oprf-v1\x00"
 _CNID: Final = "cnid:"
 _PHONE: Final = "phone:"
 _NAMEBIRTH: Final = "namebirth:"
@@ -211,6 +222,22 @@ def normalize_subject(
     )
 
 
+class Pseudonymizer(Protocol):
+    """What computes pseudonyms: the sealed key of an older domain (:class:`PseudonymKey`), or the
+    client of the oblivious pseudonymizer (``services.pseudonymizer.client``)."""
+
+    def pseudonyms(self, canonicals: Sequence[str]) -> list[str]:
+        """The pseudonym of each canonical identifier (from :func:`normalize_subject`), in order."""
+        ...
+
+
+def _check_canonical(canonical: str) -> None:
+    if not canonical.startswith(_KINDS):
+        raise UsageError(
+            "pseudonyms are computed from canonical identifiers; pass them through normalize_subject() first"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class PseudonymKey:
     """One version of the district's pseudonym key: 32 secret bytes. Its repr hides the secret."""
@@ -230,6 +257,9 @@ class PseudonymKey:
 
     __str__ = __repr__
 
+    def pseudonyms(self, canonicals: Sequence[str]) -> list[str]:
+        return [pseudonym(self, canonical) for canonical in canonicals]
+
 
 def new_pseudonym_key(version: int) -> PseudonymKey:
     """A fresh random pseudonym key (os.urandom) with the given version."""
@@ -242,10 +272,7 @@ def pseudonym(key: PseudonymKey, canonical: str) -> str:
     ``canonical`` must come from :func:`normalize_subject` (or a ``canonical_*`` function); raw input is
     refused, since hashing it would give a person as many pseudonyms as ways to type them.
     """
-    if not canonical.startswith(_KINDS):
-        raise UsageError(
-            "pseudonym() takes a canonical identifier; pass it through normalize_subject() first"
-        )
+    _check_canonical(canonical)
     mac = hmac.new(key.secret, _DOMAIN + canonical.encode("utf-8"), hashlib.sha256).digest()
     return f"p{key.version}." + base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
 
@@ -261,3 +288,28 @@ def pseudonymize(
     """Normalize the identifiers as :func:`normalize_subject` does, then return their pseudonym."""
     canonical = normalize_subject(id_number=id_number, phone=phone, name=name, birth_date=birth_date)
     return pseudonym(key, canonical)
+
+
+def oprf_input(canonical: str) -> bytes:
+    """The OPRF input of a canonical identifier: what an adapter blinds (domain-separated from the
+    keyed HMAC's input, so the two kinds of pseudonym never share a value)."""
+    _check_canonical(canonical)
+    return _OPRF_DOMAIN + canonical.encode("utf-8")
+
+
+def oblivious_pseudonym(version: int, output: bytes) -> str:
+    """``p<version>.`` and the unpadded base64url SHA-256 of a verified OPRF output (64 bytes).
+
+    The output already needs the pseudonymizer's key; hashing it (domain-separated) fits it to the
+    pseudonym's one format (:data:`PSEUDONYM_PATTERN`), so the subject stays checkable as before.
+    """
+    if (
+        not isinstance(version, int)
+        or isinstance(version, bool)
+        or not 0 <= version <= MAX_PSEUDONYM_KEY_VERSION
+    ):
+        raise UsageError(f"a pseudonymizer key version is an integer from 0 to {MAX_PSEUDONYM_KEY_VERSION}")
+    if len(output) != 64:
+        raise UsageError("an OPRF output is 64 bytes")
+    digest = hashlib.sha256(_OUTPUT_DOMAIN + output).digest()
+    return f"p{version}." + base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")

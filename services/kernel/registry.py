@@ -27,12 +27,13 @@ from schemas.registry import (
     MAX_REGISTRY_BYTES,
     REGISTRY_PAYLOAD_TYPE,
     Participant,
+    PseudonymizerRole,
     PublicKey,
     RegistryDocument,
     Roots,
     WrappedPseudonymKey,
 )
-from services.kernel import crypto, jsonx
+from services.kernel import crypto, jsonx, oprf
 from services.kernel.errors import (
     BadSignatureError,
     KeyExpiredError,
@@ -271,11 +272,32 @@ class Registry:
         if event_type not in self.participant(participant_id).may_publish:
             raise NotPermittedError(f"{participant_id!r} may not publish {event_type!r}")
 
-    # -- pseudonym key
+    # -- pseudonyms
+
+    @property
+    def pseudonymizer(self) -> PseudonymizerRole | None:
+        """The oblivious pseudonymizer the roots name (its key and address), or None in an older domain
+        that still seals a pseudonym key to every participant."""
+        return self.document.pseudonymizer
+
+    def pseudonymizer_public(self) -> bytes:
+        """The pseudonymizer's VOPRF public key: a valid ristretto255 element (else ``MalformedError``)."""
+        role = self.document.pseudonymizer
+        if role is None:
+            raise UsageError(f"registry v{self.version} names no pseudonymizer")
+        return oprf.deserialize_element(
+            crypto.b64d(role.public, what="pseudonymizer public key", length=oprf.ELEMENT_LENGTH)
+        )
 
     def pseudonym_key(self, participant_id: str, keys: Mapping[str, X25519PrivateKey]) -> PseudonymKey:
-        """Open the pseudonym key sealed to ``participant_id`` with one of its private keys."""
+        """Open the pseudonym key sealed to ``participant_id`` with one of its private keys (only in a
+        domain that names no pseudonymizer)."""
         sealed = self.document.pseudonym_key
+        if sealed is None:
+            raise UsageError(
+                f"registry v{self.version} seals no pseudonym key: pseudonyms come from its "
+                "pseudonymizer (services.pseudonymizer.client)"
+            )
         for wrapped in sealed.sealed:
             if wrapped.to == participant_id and wrapped.kid in keys:
                 secret = crypto.hpke_unwrap(

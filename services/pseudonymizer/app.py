@@ -7,8 +7,10 @@ signing key from the registry in force; ``GET /v1/key`` gives the public key and
 then the evaluation, an audit entry (``pseudonymize``: who asked, how many; never an element) and the
 answer. Every refusal is problem+json with a code, counted by code.
 
-The key is read from ``<home>/pseudonymizer/key.json`` (created on first start; mode 0600) and never
-leaves this process: no participant, the router included, can compute a pseudonym without asking here.
+The key is read from ``<home>/pseudonymizer/key.json`` (mode 0600, written by ``lianfang init``) and
+never leaves this process: no participant, the router included, can compute a pseudonym without asking
+here. The service refuses to start with a key the registry does not name (clients verify every answer
+against the registry's key), and answers 503 ``key_not_named`` while a newer registry names another.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from services.pseudonymizer.metrics import PseudonymizerMetrics
 log = logging.getLogger("lianfang.pseudonymizer")
 
 PROBLEM_TYPE: Final = "application/problem+json"
-KEY_FILE: Final = Path("pseudonymizer") / "key.json"
+KEY_FILE: Final = trust.PSEUDONYMIZER_KEY
 
 
 class PseudonymizerSettings(BaseSettings):
@@ -93,17 +95,30 @@ class RefusalError(LianfangError):
         self.status, self.code, self.detail, self.headers = status, code, detail, headers or {}
 
 
-def load_or_create_key(home: Path) -> core.PseudonymizerKey:
-    """The key in ``home/pseudonymizer/key.json``, created (random seed, version 1) when there is none."""
+def load_key(home: Path, registry: Registry) -> core.PseudonymizerKey:
+    """The key in ``home/pseudonymizer/key.json``, which must be the one ``registry`` names.
+
+    A registry that names no pseudonymizer (a domain from before it) gets a key created on first start,
+    as before, with a warning: no client of such a domain asks this service.
+    """
     path = home / KEY_FILE
+    if registry.pseudonymizer is None:
+        log.warning(
+            "registry v%d names no pseudonymizer: clients of this domain still use its sealed pseudonym "
+            "key and will not ask this service",
+            registry.version,
+        )
+        if not path.exists():
+            return trust.create_pseudonymizer_key(home)
+        return core.PseudonymizerKey.from_json(path.read_bytes())
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(core.PseudonymizerKey.new_json(1, oprf.generate_key_pair().secret))
-            f.flush()
-            os.fsync(f.fileno())
-    return core.PseudonymizerKey.from_json(path.read_bytes())
+        raise UsageError(
+            f"no pseudonymizer key at {path}: `lianfang init` writes it beside the registry that names "
+            "its public key; copy it there (mode 0600) from where the domain was created"
+        )
+    key = core.PseudonymizerKey.from_json(path.read_bytes())
+    key.check_named_by(registry.pseudonymizer)
+    return key
 
 
 class Pseudonymizer:
@@ -158,8 +173,26 @@ class Pseudonymizer:
             raise RefusalError(401, e.reason, e.args[0]) from e
         return owner
 
+    def check_key_named(self) -> None:
+        """Answer 503 while the registry in force names another key: every client would refuse the
+        answer, and the operator must install the key the roots named."""
+        role = self.in_force.current.pseudonymizer
+        if role is None:
+            return  # an older domain: nobody verifies against a registry key
+        try:
+            self.key.check_named_by(role)
+        except UsageError as e:
+            log.error("%s", e)
+            raise RefusalError(
+                503,
+                "key_not_named",
+                "the registry in force names another pseudonymizer key than this service holds",
+                {"Retry-After": "60"},
+            ) from e
+
     async def post_evaluate(self, request: web.Request) -> web.Response:
         participant = self.authenticate(request)
+        self.check_key_named()
         body = await request.content.read(core.MAX_BODY_BYTES + 1)
         try:
             httpsig.check_content_digest(request.headers.get("Content-Digest"), body)
@@ -251,7 +284,7 @@ async def serve(settings: PseudonymizerSettings, *, clock: Clock = utcnow) -> No
         settings.spool_dir / "audit", keystore, in_force.current, "pseudonymizer", ship=sink, clock=clock
     )
     service = Pseudonymizer(
-        settings, key=load_or_create_key(settings.home), registry=in_force, trail=trail, clock=clock
+        settings, key=load_key(settings.home, in_force.current), registry=in_force, trail=trail, clock=clock
     )
     follower = (
         follow(in_force, bootstrap=settings.bootstrap, topic=names.registry, security=settings.kafka_security)

@@ -9,11 +9,14 @@ blinds. No clock, network or files; the service (:mod:`services.pseudonymizer.ap
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from schemas.registry import PseudonymizerRole
 from services.kernel import crypto, jsonx, oprf
 from services.kernel.errors import MalformedError, TooLargeError, UsageError
+from services.kernel.pseudonym import oblivious_pseudonym, oprf_input
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -54,6 +57,33 @@ class PseudonymizerKey:
     @staticmethod
     def new_json(version: int, seed: bytes) -> bytes:
         return jsonx.compact_json({"version": version, "seed": crypto.b64e(seed)})
+
+    def role(self, url: str) -> PseudonymizerRole:
+        """What the registry says of this key: its version, public half and where it is served."""
+        return PseudonymizerRole(version=self.version, public=crypto.b64e(self.key.public), url=url)
+
+    def check_named_by(self, role: PseudonymizerRole | None) -> None:
+        """Raise ``UsageError`` unless ``role`` (the registry's) names this very key: clients verify every
+        answer against the registry's key, so a service with another would only give refused answers."""
+        if role is None:
+            raise UsageError("the registry in force names no pseudonymizer")
+        if role.version != self.version or role.public != crypto.b64e(self.key.public):
+            raise UsageError(
+                f"the pseudonymizer's key (v{self.version}, public {crypto.b64e(self.key.public)}) is not "
+                f"the one the registry names (v{role.version}, public {role.public}): start it with the key "
+                "file `lianfang init` wrote, or have the roots sign a registry naming this key"
+            )
+
+    def pseudonyms(self, canonicals: Sequence[str]) -> list[str]:
+        """The pseudonyms the service gives, computed directly by the key's holder (the service's tests,
+        and test domains that hold the key file)."""
+        return [
+            oblivious_pseudonym(self.version, oprf.evaluate(self.key, oprf_input(c), MODE))
+            for c in canonicals
+        ]
+
+    def __repr__(self) -> str:
+        return f"PseudonymizerKey(version={self.version}, key={self.key!r})"
 
 
 @dataclass(frozen=True, slots=True)

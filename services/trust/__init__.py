@@ -4,6 +4,8 @@ Layout of a domain folder (``.lianfang/`` by default)::
 
     root.json          the trust anchor: root public keys and threshold (distributed out of band)
     timestamp.key      the timestamp role's online key (signs freshness statements; mode 0600)
+    pseudonymizer/key.json the pseudonymizer's VOPRF key (mode 0600; only the pseudonymizer's
+                       machine keeps it; the registry names its public half)
     registry.json      the registry, signed by k of n root keys
     keys/<id>.key      each participant's keystore (passphrase-encrypted private keys)
     roots/<holder>.key each root holder's keystore (a demo domain keeps them all in one place)
@@ -31,6 +33,7 @@ from schemas.registry import (
     DelegatedRole,
     Participant,
     Policy,
+    PseudonymizerRole,
     PublicKey,
     RegistryDocument,
     RoleKey,
@@ -38,17 +41,20 @@ from schemas.registry import (
     Roots,
     SealedPseudonymKey,
 )
-from services.kernel import crypto
+from services.kernel import crypto, oprf
 from services.kernel.errors import MalformedError, UsageError, validation_summary
 from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.pseudonym import PseudonymKey, new_pseudonym_key
 from services.kernel.registry import Registry, seal_pseudonym_key, sign_document
+from services.pseudonymizer.core import PseudonymizerKey
 from services.simulator import district
 from services.trust.files import DEFAULT_KDF as DEFAULT_KDF
 from services.trust.files import load_keystore, save_keystore
 
 DEFAULT_LIFETIME = timedelta(days=90)
 ROOT_PREFIX = "root."
+PSEUDONYMIZER_KEY = Path("pseudonymizer") / "key.json"
+DEFAULT_PSEUDONYMIZER_URL = "http://127.0.0.1:8090"
 TIMESTAMP_STORE = "timestamp"
 """The keystore name (and file stem in HOME) of the timestamp role's online key."""
 
@@ -99,10 +105,14 @@ def build_document(
     roots: Roots,
     participants: Mapping[str, tuple[str, str, list[str], list[PublicKey]]],
     policy: Policy,
-    pseudonym_key: PseudonymKey,
+    pseudonym_key: PseudonymKey | None = None,
+    pseudonymizer: PseudonymizerRole | None = None,
     timestamp: DelegatedRole | None = None,
 ) -> RegistryDocument:
-    """A registry document; ``participants`` maps id to (中文名, English name, may publish, keys)."""
+    """A registry document; ``participants`` maps id to (中文名, English name, may publish, keys).
+
+    It names ``pseudonymizer``, or else seals ``pseudonym_key`` to every participant (older domains).
+    """
     entries = [
         Participant(id=pid, name_zh=zh, name_en=en, may_publish=pub, keys=keys)
         for pid, (zh, en, pub, keys) in participants.items()
@@ -114,10 +124,13 @@ def build_document(
         roots=roots,
         participants=entries,
         policy=policy,
-        pseudonym_key=SealedPseudonymKey(version=pseudonym_key.version, sealed=[]),
+        pseudonym_key=None
+        if pseudonym_key is None
+        else SealedPseudonymKey(version=pseudonym_key.version, sealed=[]),
+        pseudonymizer=pseudonymizer,
         timestamp=timestamp,
     )
-    return reseal_pseudonym_key(doc, pseudonym_key, now)
+    return doc if pseudonym_key is None else reseal_pseudonym_key(doc, pseudonym_key, now)
 
 
 def reseal_pseudonym_key(doc: RegistryDocument, key: PseudonymKey, now: datetime) -> RegistryDocument:
@@ -238,6 +251,19 @@ def open_domain(home: Path) -> TrustDomain:
     return TrustDomain(home=home, passphrase=passphrase_for(home))
 
 
+def create_pseudonymizer_key(home: Path, version: int = 1) -> PseudonymizerKey:
+    """A new random pseudonymizer key in ``home/pseudonymizer/key.json`` (mode 0600, never replaced)."""
+    path = home / PSEUDONYMIZER_KEY
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data = PseudonymizerKey.new_json(version, oprf.generate_key_pair().secret)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return PseudonymizerKey.from_json(data)
+
+
 def init_domain(
     home: Path,
     *,
@@ -248,16 +274,21 @@ def init_domain(
     threshold: int = 2,
     sign_with: int | None = None,
     force: bool = False,
+    pseudonymizer_url: str | None = DEFAULT_PSEUDONYMIZER_URL,
 ) -> TrustDomain:
     """Create a demo trust domain: 3 root keys (2 of 3), keys for every participant, a signed registry.
 
-    The registry is signed by ``sign_with`` roots (default: the threshold), to show k-of-n at work.
+    The registry is signed by ``sign_with`` roots (default: the threshold), to show k-of-n at work. It
+    names the pseudonymizer served at ``pseudonymizer_url``, whose key is generated into
+    ``HOME/pseudonymizer/key.json``; ``None`` makes an older kind of domain instead, whose registry
+    seals a pseudonym key to every participant.
     """
     if (home / "registry.json").exists() and not force:
         raise UsageError(f"{home} already holds a trust domain; pass --force to replace it")
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     # A new domain is a new trust anchor: the processes' records of the old one's registries go.
     shutil.rmtree(home / "trusted", ignore_errors=True)
+    (home / PSEUDONYMIZER_KEY).unlink(missing_ok=True)
     passphrase = os.environ.get("LIANFANG_PASSPHRASE", "")
     if not passphrase:
         passphrase = secrets.token_urlsafe(24)
@@ -291,7 +322,10 @@ def init_domain(
         roots=roots,
         participants=entries,
         policy=district.default_policy(),
-        pseudonym_key=new_pseudonym_key(1),
+        pseudonym_key=new_pseudonym_key(1) if pseudonymizer_url is None else None,
+        pseudonymizer=(
+            None if pseudonymizer_url is None else create_pseudonymizer_key(home).role(pseudonymizer_url)
+        ),
         timestamp=timestamp_role([stamper]),
     )
     domain.write_registry(doc, root_stores[: sign_with or threshold])

@@ -21,6 +21,7 @@ from services.audit.chain import AuditEntry, parse_line
 from services.audit.trail import read_file
 from services.kernel.errors import KeyRevokedError
 from services.kernel.registry import Registry
+from services.pseudonymizer.core import PseudonymizerKey
 from services.simulator import district
 from services.trust.files import load_keystore
 
@@ -265,16 +266,12 @@ def test_rotating_keys_makes_version_2_where_the_old_keys_are_retired_and_still_
     (old_sign,) = [kid for kid, k in old.items() if k.use == "sign"]
     registry.signing_key("police", old_sign, at=NOW + timedelta(hours=1))
 
-    # The pseudonym key is resealed to the new encryption key and is still the same key.
+    # The new registry names the same pseudonymizer and, like the first, seals no pseudonym secret.
     store = trust.open_domain(domain.home).keystore("police")
     assert set(old) | {k.kid for k in new} == set(store.signing) | set(store.encryption)
-    (new_enc,) = [k.kid for k in new if k.use == "encrypt"]
-    (wrapped,) = [w for w in registry.document.pseudonym_key.sealed if w.to == "police"]
-    assert wrapped.kid == new_enc
-    plc = trust.open_domain(domain.home).keystore("plc")
-    assert registry.pseudonym_key("police", {new_enc: store.encryption[new_enc]}) == (
-        registry.pseudonym_key("plc", plc.encryption)
-    )
+    assert registry.document.pseudonym_key is None
+    operated = PseudonymizerKey.from_json(domain.home.joinpath(trust.PSEUDONYMIZER_KEY).read_bytes())
+    assert registry.pseudonymizer == operated.role(trust.DEFAULT_PSEUDONYMIZER_URL)
 
     show = domain("registry", "show", now=later).out
     (row,) = [line for line in show.splitlines() if line.strip().startswith("police ")]
@@ -324,7 +321,7 @@ def test_a_new_participant_gets_keys_and_appears_in_registry_show(domain: Lianfa
     assert shelter.may_publish == district.may_publish("shelter")
     store = trust.open_domain(domain.home).keystore("shelter")
     assert {k.kid for k in shelter.keys} == set(store.signing) | set(store.encryption)
-    assert registry.pseudonym_key("shelter", store.encryption).version == 1
+    assert registry.document.pseudonym_key is None  # nothing to seal to the newcomer
 
     show = domain("registry", "show")
     assert "shelter" in show.out
@@ -446,8 +443,8 @@ def test_no_command_prints_the_passphrase_or_any_private_key(domain: Lianfang) -
     assert len(secrets) > 3 * 40
     assert not [s for s in secrets if s in printed]
 
-    plc = trust.open_domain(domain.home).keystore("plc")
-    secret = domain.registry().pseudonym_key("plc", plc.encryption).secret
+    secret = domain.home.joinpath(trust.PSEUDONYMIZER_KEY).read_bytes()  # the pseudonymizer's seed
+    secret = base64.b64decode(json.loads(secret)["seed"])
     for text in (base64.b64encode(secret).decode(), base64.urlsafe_b64encode(secret).decode(), secret.hex()):
         assert text.rstrip("=") not in printed
 

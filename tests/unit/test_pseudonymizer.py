@@ -18,7 +18,7 @@ from services.audit.trail import participant_trail
 from services.gateway.client import signed_headers
 from services.kernel import crypto, ids, oprf
 from services.pseudonymizer import core
-from services.pseudonymizer.app import Pseudonymizer, PseudonymizerSettings, load_or_create_key
+from services.pseudonymizer.app import Pseudonymizer, PseudonymizerSettings, load_key
 from tests.kit import NOW, DemoDomain
 
 pytestmark = pytest.mark.unit
@@ -28,7 +28,7 @@ class Harness:
     def __init__(self, domain: DemoDomain, tmp: Path, **settings: Any) -> None:
         self.domain = domain
         self.loop = asyncio.new_event_loop()
-        self.key = load_or_create_key(tmp / "home")
+        self.key = load_key(tmp / "home", domain.registry)
         self.audit_dir = tmp / "audit"
         self.trail = participant_trail(self.audit_dir, domain.keys(ids.PLC), domain.registry, "pseudonymizer",
                                        ship=None, clock=lambda: NOW)  # fmt: skip

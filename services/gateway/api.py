@@ -17,6 +17,7 @@ value.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from services.kernel.errors import (
     UsageError,
 )
 from services.kernel.policy import town_mediation
-from services.kernel.pseudonym import PseudonymKey, flag_unverified_id, pseudonymize
+from services.kernel.pseudonym import Pseudonymizer, flag_unverified_id, normalize_subject
 from services.kernel.registry import Registry
 from services.sdk.client import CaseContext, default_urgency
 
@@ -103,9 +104,12 @@ class Submission:
 
 
 def parse_submission(
-    body: bytes, *, participant: str, registry: Registry, pseudonym_key: Callable[[], PseudonymKey]
+    body: bytes, *, participant: str, registry: Registry, pseudonymizer: Callable[[], Pseudonymizer]
 ) -> Submission:
     """Validate a request body for ``participant``; raise :class:`ProblemError` (400, 403 or 422).
+
+    A lead's pseudonyms come from ``pseudonymizer()``; while the pseudonymizer cannot answer, its
+    :class:`~services.kernel.errors.TransportError` passes through (the gateway answers 503).
 
     Order: JSON syntax (400), the request's own fields (422), the participant's right to publish
     the type (403), then the event's fields (422, every wrong field at once).
@@ -129,7 +133,7 @@ def parse_submission(
     except NotPermittedError as e:
         raise ProblemError("not_permitted", f"{participant} may not publish {request.type}") from e
     if request.type == LEAD:
-        return _lead(request, pseudonym_key)
+        return _lead(request, pseudonymizer)
     return _follow_up(request)
 
 
@@ -212,13 +216,13 @@ def _follow_up(request: PublishRequest) -> Submission:
     return Submission(event, context, request.urgency or "routine", tuple(request.refs))
 
 
-def _lead(request: PublishRequest, pseudonym_key: Callable[[], PseudonymKey]) -> Submission:
+def _lead(request: PublishRequest, pseudonymizer: Callable[[], Pseudonymizer]) -> Submission:
     errors: list[FieldError] = []
     if request.context is not None:
         errors.append(
             FieldError("/context", "a lead's context comes from its own fields; leave it out", "extra")
         )
-    data, pseudonym_errors = _with_pseudonyms(pseudonym_key(), request.event)
+    data, pseudonym_errors = _with_pseudonyms(pseudonymizer, request.event)
     event, event_errors = _validate(LEAD, data)
     errors += pseudonym_errors + event_errors
     if errors or not isinstance(event, LeadReported):
@@ -234,7 +238,7 @@ def _lead(request: PublishRequest, pseudonym_key: Callable[[], PseudonymKey]) ->
 
 
 def _identifiers(person: Mapping[str, Any]) -> dict[str, Any]:
-    """The identifiers of a person as pseudonymize() takes them; wrong types are left to the schema."""
+    """The identifiers of a person as normalize_subject() takes them; wrong types are left to the schema."""
 
     def text(name: str) -> str | None:
         value = person.get(name)
@@ -254,9 +258,17 @@ def _identifiers(person: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _with_pseudonyms(key: PseudonymKey, event: Mapping[str, Any]) -> tuple[dict[str, Any], list[FieldError]]:
-    """The lead's fields with the victim's and suspects' pseudonyms filled in, and what stood in the way."""
+_Wanted = list[tuple[dict[str, Any], str, str]]
+"""Pseudonyms to ask for: (the object to fill, its field, the canonical identifier)."""
+
+
+def _with_pseudonyms(
+    pseudonymizer: Callable[[], Pseudonymizer], event: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[FieldError]]:
+    """The lead's fields with the victim's and suspects' pseudonyms filled in (one batch, asked only
+    when every identifier is usable), and what stood in the way."""
     errors: list[FieldError] = []
+    wanted: _Wanted = []
     out = dict(event)
     for name in COMPUTED_LEAD_FIELDS:
         if name in out:
@@ -270,37 +282,37 @@ def _with_pseudonyms(key: PseudonymKey, event: Mapping[str, Any]) -> tuple[dict[
     if isinstance(victim, Mapping):
         out["victim"] = victim = flag_unverified_id(victim)
         try:
-            out["victim_pseudonym"] = pseudonymize(key, **_identifiers(victim))
+            wanted.append((out, "victim_pseudonym", normalize_subject(**_identifiers(victim))))
         except UsageError as e:
             errors.append(FieldError("/event/victim", str(e), "unidentifiable"))
     suspects = out.get("suspects")
     if isinstance(suspects, list):
-        filled: list[Any] = []
-        for i, given in enumerate(suspects):
-            if not isinstance(given, Mapping):
-                filled.append(given)
-                continue
-            suspect = flag_unverified_id(given)
-            if "pseudonym" in suspect:
-                errors.append(
-                    FieldError(
-                        f"/event/suspects/{i}/pseudonym",
-                        "computed by the gateway from the identifiers; leave it out",
-                        "computed",
-                    )
-                )
-            ids = _identifiers(suspect)
-            suspect["pseudonym"] = None
-            if ids["id_number"] or ids["phone"] or ids["birth_date"]:
-                try:
-                    suspect["pseudonym"] = pseudonymize(key, **ids)
-                except UsageError:
-                    suspect["pseudonym"] = None  # too little to identify: the suspect stays unlinked
-            filled.append(suspect)
-        out["suspects"] = filled
-        out["suspect_pseudonyms"] = [
-            s["pseudonym"] for s in filled if isinstance(s, dict) and s.get("pseudonym")
-        ]
-    else:
-        out["suspect_pseudonyms"] = []
+        out["suspects"] = [_suspect(i, given, errors, wanted) for i, given in enumerate(suspects)]
+    if wanted and not errors:
+        pseudonyms = pseudonymizer().pseudonyms([canonical for _, _, canonical in wanted])
+        for (where, name, _), pseudonym in zip(wanted, pseudonyms, strict=True):
+            where[name] = pseudonym
+    filled = out["suspects"] if isinstance(suspects, list) else []
+    out["suspect_pseudonyms"] = [s["pseudonym"] for s in filled if isinstance(s, dict) and s.get("pseudonym")]
     return out, errors
+
+
+def _suspect(i: int, given: Any, errors: list[FieldError], wanted: _Wanted) -> Any:
+    """A suspect with its pseudonym to be asked for (when it is identifiable), and what stood in the way."""
+    if not isinstance(given, Mapping):
+        return given
+    suspect = flag_unverified_id(given)
+    if "pseudonym" in suspect:
+        errors.append(
+            FieldError(
+                f"/event/suspects/{i}/pseudonym",
+                "computed by the gateway from the identifiers; leave it out",
+                "computed",
+            )
+        )
+    ids = _identifiers(suspect)
+    suspect["pseudonym"] = None
+    if ids["id_number"] or ids["phone"] or ids["birth_date"]:
+        with contextlib.suppress(UsageError):  # too little to identify: the suspect stays unlinked
+            wanted.append((suspect, "pseudonym", normalize_subject(**ids)))
+    return suspect

@@ -61,8 +61,10 @@ from services.gateway.webhooks import Backoff, WebhookSender
 from services.kernel import acls, envelope, topics
 from services.kernel.clock import Clock, utcnow
 from services.kernel.errors import (
+    BadSignatureError,
     KeyExpiredError,
     KeyRevokedError,
+    MalformedError,
     ReasonCode,
     RegistryExpiredError,
     TransportError,
@@ -72,6 +74,7 @@ from services.kernel.errors import (
 )
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
+from services.pseudonymizer.client import PseudonymizerUnavailableError
 from services.sdk import metrics as sdk_metrics
 from services.sdk.client import Client
 from services.sdk.outbox import ConflictError
@@ -451,18 +454,34 @@ class Gateway:
                 self.metrics.idempotent_replays.inc()
                 return _accepted(remembered.event_id)
             self._check_registry(registry)
-            submission = parse_submission(
-                body,
-                participant=participant,
-                registry=registry,
-                pseudonym_key=lambda: client.pseudonym_key,
-            )
+            submission = await asyncio.to_thread(self._parse, client, participant, body, registry)
             reserved = remembered.event_id if remembered is not None else None
             event_id = await asyncio.to_thread(
                 functools.partial(self._accept, registry=registry), client, key, digest, submission, reserved
             )
         self.metrics.accepted.labels(participant, submission.type).inc()
         return _accepted(event_id)
+
+    def _parse(self, client: Client, participant: str, body: bytes, registry: Registry) -> Submission:
+        """Validate the request, asking the pseudonymizer for a lead's pseudonyms: an answer that cannot
+        be had (down, rate-limited) or trusted (a proof that does not verify against the registry's key)
+        is a 503 with Retry-After, and nothing is accepted; the caller retries with its Idempotency-Key."""
+        try:
+            return parse_submission(
+                body, participant=participant, registry=registry, pseudonymizer=lambda: client.pseudonymizer
+            )
+        except PseudonymizerUnavailableError as e:
+            raise ProblemError(
+                "pseudonymizer_unavailable",
+                f"the pseudonymizer did not answer ({e.code}); nothing was accepted",
+                headers={"Retry-After": str(e.retry_after)},
+            ) from e
+        except (BadSignatureError, MalformedError) as e:  # the pseudonymizer's answer, not the request
+            raise ProblemError(
+                "pseudonymizer_unavailable",
+                "the pseudonymizer's answer did not verify against the registry's key; nothing was accepted",
+                headers={"Retry-After": str(STALE_RETRY_AFTER_S)},
+            ) from e
 
     def _accept(
         self,

@@ -57,6 +57,7 @@ ProblemCode = Literal[
     "unsupported_media_type",
     "registry_expired",
     "registry_stale",
+    "pseudonymizer_unavailable",
     "unavailable",
     "internal",
 ]
@@ -87,6 +88,10 @@ PROBLEMS: Final[dict[ProblemCode, tuple[int, str]]] = {
     "registry_stale": (
         503,
         "The trust registry is not known to be the newest (no fresh timestamp statement)",
+    ),
+    "pseudonymizer_unavailable": (
+        503,
+        "The pseudonymizer gave no answer the gateway can trust; nothing was accepted, retry later",
     ),
     "unavailable": (503, "The gateway cannot accept events right now"),
     "internal": (500, "Internal error"),

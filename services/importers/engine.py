@@ -19,18 +19,18 @@ from services.importers.ledger import Ledger
 from services.importers.mapping import Filtered, Mapper, Publication, Rejected, RowProblem
 from services.importers.progress import Progress
 from services.importers.reader import ExportFile
-from services.kernel.errors import UntrustedInputError, UsageError
-from services.kernel.pseudonym import PseudonymKey, new_pseudonym_key
+from services.kernel.errors import TransportError, UntrustedInputError, UsageError
+from services.kernel.pseudonym import Pseudonymizer, new_pseudonym_key
 from services.sdk.client import CaseContext
 from services.sdk.client import Publisher as SdkPublisher
 from services.sdk.outbox import ConflictError
 
 
 class Publisher(SdkPublisher, Protocol):
-    """What an import needs of :class:`services.sdk.client.Client`: publishing and the pseudonym key."""
+    """What an import needs of :class:`services.sdk.client.Client`: publishing and its pseudonymizer."""
 
     @property
-    def pseudonym_key(self) -> PseudonymKey: ...
+    def pseudonymizer(self) -> Pseudonymizer: ...
 
 
 class DryRun:
@@ -41,7 +41,7 @@ class DryRun:
         self._key = new_pseudonym_key(0)
 
     @property
-    def pseudonym_key(self) -> PseudonymKey:
+    def pseudonymizer(self) -> Pseudonymizer:
         return self._key
 
     def publish_lead(
@@ -101,7 +101,7 @@ def run_import(
 ) -> Summary:
     """Import every row of ``export``; ``report`` receives one line per rejected or changed row."""
     spec = export.spec
-    mapper = Mapper(spec, participant=participant, pseudonym_key=publisher.pseudonym_key, now=now)
+    mapper = Mapper(spec, participant=participant, pseudonymizer=publisher.pseudonymizer, now=now)
     summary = Summary(export.path.name, spec.name, export.encoding, participant)
     run = _Run(mapper, publisher, ledger, summary, progress.message if progress is not None else report)
     try:
@@ -115,6 +115,10 @@ def run_import(
                 progress.update(summary.rows, export.position, _detail(summary))
     except FileFormatError as e:
         summary.stopped = str(e)
+    except TransportError as e:
+        # The pseudonymizer (or the disk) failed us: the rows before are in the ledger, this row and the
+        # rest are not, so running the same import again takes up exactly where this one stopped.
+        summary.stopped = f"{e}; run the import again later: rows already imported are skipped"
     finally:
         ledger.commit()
         if progress is not None:

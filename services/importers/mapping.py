@@ -1,8 +1,9 @@
 """From one row of an export to the events it stands for, following a format's declarative mapping.
 
-Pure: a row (column → cell text), the participant, a pseudonym key and a clock in; either the events
-to publish (validated against the catalogue), "not a lead" (the format's ``include`` field is false), or
-the row's problems, each naming a column and what is wrong with it but never the cell's content.
+Pure but for the pseudonymizer it is given (which may ask a service): a row (column → cell text), the
+participant, a pseudonymizer and a clock in; either the events to publish (validated against the
+catalogue), "not a lead" (the format's ``include`` field is false), or the row's problems, each naming
+a column and what is wrong with it but never the cell's content.
 
 Derived values, in order: cells → whether each person the row names is a minor (from 是否未成年, else
 the birth date in the ID number or 出生日期 at the time of the incident, else 年龄) → the format's
@@ -34,7 +35,7 @@ from schemas.events import (
 from services.importers import values
 from services.importers.spec import FieldSpec, FormatSpec, Target
 from services.kernel.errors import UsageError
-from services.kernel.pseudonym import PseudonymKey, flag_unverified_id
+from services.kernel.pseudonym import Pseudonymizer, flag_unverified_id
 from services.sdk.client import CaseContext, default_urgency
 from services.sdk.client import person_pseudonym as subject_pseudonym
 
@@ -96,11 +97,11 @@ class Mapper:
     """Applies one format's mapping for one participant."""
 
     def __init__(
-        self, spec: FormatSpec, *, participant: str, pseudonym_key: PseudonymKey, now: datetime
+        self, spec: FormatSpec, *, participant: str, pseudonymizer: Pseudonymizer, now: datetime
     ) -> None:
         self.spec = spec
         self.participant = participant
-        self.key = pseudonym_key
+        self.key = pseudonymizer
         self.now = now
         self._labels: dict[str, str] = {}
         for f in spec.fields:

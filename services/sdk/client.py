@@ -55,8 +55,9 @@ from services.kernel.errors import (
     validation_summary,
 )
 from services.kernel.keystore import Keystore
-from services.kernel.pseudonym import PseudonymKey, flag_unverified_id, pseudonymize
+from services.kernel.pseudonym import Pseudonymizer, PseudonymKey, flag_unverified_id, normalize_subject
 from services.kernel.registry import Registry
+from services.pseudonymizer.client import ObliviousPseudonymizer
 from services.sdk import metrics as sdk_metrics
 from services.sdk.metrics import SdkMetrics
 from services.sdk.outbox import Drainer, Outbox, Pending
@@ -103,14 +104,13 @@ def default_urgency(lead: LeadReported) -> str:
     return "routine"
 
 
-def person_pseudonym(key: PseudonymKey, person: Mapping[str, Any]) -> str:
-    """The pseudonym of a person given as a lead's ``victim`` or a suspect: from the ID number, else the
-    phone, else the name with the birth date. Raises ``UsageError`` when none of these is usable."""
+def person_canonical(person: Mapping[str, Any]) -> str:
+    """The canonical identifier of a person given as a lead's ``victim`` or a suspect: the ID number,
+    else the phone, else the name with the birth date. Raises ``UsageError`` when none is usable."""
     birth = person.get("birth_date")
     if isinstance(birth, str):
         birth = date.fromisoformat(birth)
-    return pseudonymize(
-        key,
+    return normalize_subject(
         id_number=person.get("id_number"),
         phone=person.get("phone"),
         name=person.get("name") if birth else None,
@@ -118,28 +118,39 @@ def person_pseudonym(key: PseudonymKey, person: Mapping[str, Any]) -> str:
     )
 
 
-def _lead_pseudonyms(key: PseudonymKey, data: Mapping[str, Any]) -> dict[str, Any]:
-    """Fill ``victim_pseudonym`` and each identifiable suspect's pseudonym from their identifiers, and
-    flag ID numbers whose check digit is wrong (:func:`flag_unverified_id`)."""
+def person_pseudonym(pseudonymizer: Pseudonymizer, person: Mapping[str, Any]) -> str:
+    """The pseudonym of a person (see :func:`person_canonical`)."""
+    return pseudonymizer.pseudonyms([person_canonical(person)])[0]
+
+
+def _lead_pseudonyms(pseudonymizer: Pseudonymizer, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Fill ``victim_pseudonym`` and each identifiable suspect's pseudonym from their identifiers (one
+    batch), and flag ID numbers whose check digit is wrong (:func:`flag_unverified_id`)."""
     out = dict(data)
     victim = out.get("victim")
     if not isinstance(victim, Mapping):
         raise UsageError("a lead needs a victim (at least a name, and an ID number, phone or birth date)")
     out["victim"] = victim = flag_unverified_id(victim)
     try:
-        out["victim_pseudonym"] = person_pseudonym(key, victim)
+        canonicals = [person_canonical(victim)]
     except UsageError as e:  # the identifiers came with the lead: bad input, named without its value
         raise MalformedError(f"victim: {e}") from e
-    suspects = []
+    suspects: list[dict[str, Any]] = []
+    identified: list[dict[str, Any]] = []
     for given in out.get("suspects") or []:
         suspect = flag_unverified_id(given)
-        identified = suspect.get("id_number") or suspect.get("phone") or suspect.get("birth_date")
-        if suspect.get("pseudonym") is None and identified:
+        identifiable = suspect.get("id_number") or suspect.get("phone") or suspect.get("birth_date")
+        if suspect.get("pseudonym") is None and identifiable:
             try:
-                suspect["pseudonym"] = person_pseudonym(key, suspect)
+                canonicals.append(person_canonical(suspect))
+                identified.append(suspect)
             except UsageError:
                 suspect["pseudonym"] = None  # too little to identify: the suspect stays unlinked
         suspects.append(suspect)
+    pseudonyms = pseudonymizer.pseudonyms(canonicals)
+    out["victim_pseudonym"] = pseudonyms[0]
+    for suspect, pseudonym in zip(identified, pseudonyms[1:], strict=True):
+        suspect["pseudonym"] = pseudonym
     out["suspects"] = suspects
     out["suspect_pseudonyms"] = [s["pseudonym"] for s in suspects if s.get("pseudonym")]
     return out
@@ -193,6 +204,7 @@ class Client:
         reader: str | None = None,
         handed_path: Path | None = None,
         follow: bool = False,
+        pseudonymizer: Pseudonymizer | None = None,
     ) -> None:
         if reader is not None and not reader.replace("-", "").replace("_", "").isalnum():
             raise UsageError(f"a reader name is letters, digits, '-' and '_', not {reader!r}")
@@ -213,6 +225,8 @@ class Client:
         self.outbox = Outbox(outbox_path)
         self.drainer = Drainer(self.outbox, bootstrap, on_sent=self._sent, security=self.security)
         self._pseudonym_key: PseudonymKey | None = None
+        self._pseudonymizer = pseudonymizer
+        self._oblivious: ObliviousPseudonymizer | None = None
         self._consumer: KafkaConsumer | None = None
         # Every publish and every opened event is an entry of this client's audit chain (on disk
         # before the call returns; shipped to the audit topic in the background once started).
@@ -277,21 +291,42 @@ class Client:
     # -- publishing
 
     @property
-    def pseudonym_key(self) -> PseudonymKey:
+    def pseudonymizer(self) -> Pseudonymizer:
+        """What computes this client's pseudonyms: the one given, else the oblivious pseudonymizer the
+        registry in force names, else (an older domain) the pseudonym key the registry seals to us."""
+        if self._pseudonymizer is not None:
+            return self._pseudonymizer
         registry = self.registry
+        if registry.pseudonymizer is not None:
+            if self._oblivious is None:
+                self._oblivious = ObliviousPseudonymizer(
+                    keystore=self.keys, registry=lambda: self.registry, clock=self.clock
+                )
+            return self._oblivious
+        return self.pseudonym_key
+
+    @property
+    def pseudonym_key(self) -> PseudonymKey:
+        """The sealed pseudonym key of an older domain (``UsageError`` where a pseudonymizer is named)."""
+        registry = self.registry
+        sealed = registry.document.pseudonym_key
         key = self._pseudonym_key
-        if key is None or key.version != registry.document.pseudonym_key.version:
+        if key is None or sealed is None or key.version != sealed.version:
             key = self._pseudonym_key = registry.pseudonym_key(self.participant, self.keys.encryption)
         return key
 
     def publish_lead(
         self, data: Mapping[str, Any], *, urgency: str | None = None, event_id: str | None = None
     ) -> str:
-        """Validate a lead given without pseudonyms (they are computed here), then publish it."""
+        """Validate a lead given without pseudonyms (they are computed here), then publish it.
+
+        Where the registry names a pseudonymizer, this asks it; while it cannot answer, this raises
+        :class:`~services.pseudonymizer.client.PseudonymizerUnavailableError` (retry after its
+        ``retry_after``) and nothing is sealed or spooled.
+        """
+        with_pseudonyms = _lead_pseudonyms(self.pseudonymizer, data)
         try:
-            lead = LeadReported.model_validate_json(
-                json.dumps(_lead_pseudonyms(self.pseudonym_key, data), default=str)
-            )
+            lead = LeadReported.model_validate_json(json.dumps(with_pseudonyms, default=str))
         except ValidationError as e:
             raise MalformedError(validation_summary(e, whole="(event)")) from e
         context = CaseContext(

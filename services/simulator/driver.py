@@ -25,6 +25,7 @@ from services.importers.values import CHINA
 from services.kernel import envelope
 from services.kernel.errors import UsageError
 from services.kernel.pseudonym import new_pseudonym_key
+from services.pseudonymizer.client import PseudonymizerUnavailableError
 from services.sdk.client import CaseContext, Client, Publisher
 from services.simulator.generator import ID_FIELDS, RULES, Step, generate
 
@@ -186,8 +187,10 @@ def simulate_command(
             topic_prefix=topic_prefix,
         )
 
-    first = opener("police")  # police report in every run; its client opens the pseudonym key
-    steps = generate(seed=seed, start=start, days=days, rate=rate, key=first.pseudonym_key)
+    first = opener("police")  # police report in every run; its client asks for the pseudonyms
+    steps = _generate_when_pseudonymizer_answers(
+        lambda: generate(seed=seed, start=start, days=days, rate=rate, key=first.pseudonymizer)
+    )
     print(
         f"simulating {days} day(s) from {start:%Y-%m-%d %H:%M} (seed {seed}, {rate:g} leads/day): "
         f"{len(steps)} events from {len({s.sender for s in steps})} senders",
@@ -204,6 +207,22 @@ def simulate_command(
         if waiting:
             print(f"  {waiting} event(s) wait in the senders' outboxes for Kafka; each goes on its next run")
     return 0
+
+
+def _generate_when_pseudonymizer_answers(
+    run: Callable[[], list[Step]], deadline_s: float = 90.0
+) -> list[Step]:
+    """``run()``, again while the pseudonymizer does not answer yet (``make run`` starts it beside the
+    simulator), until ``deadline_s`` has passed."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return run()
+        except PseudonymizerUnavailableError as e:
+            if time.monotonic() > deadline:
+                raise
+            print(f"waiting for the pseudonymizer ({e.code})", file=sys.stderr)
+            time.sleep(min(2.0, e.retry_after))  # a retry within a deadline, as the error asks
 
 
 def _close(senders: Mapping[str, Client], timeout: float = 60.0) -> int:

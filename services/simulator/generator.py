@@ -3,7 +3,8 @@
 A :class:`Step` is what one agency says at one simulated moment: its sender, the event type, the
 payload (JSON-ready; a lead without pseudonyms, as an agency system hands it to the SDK), and for
 events other than leads the :class:`CaseContext` of the case they belong to. Nothing here reads the
-clock, the network or the disk: the same seed, start, days, rate and pseudonym key give the same steps.
+clock or the disk (only the pseudonymizer it is given may ask a service): the same seed, start, days,
+rate and pseudonymizer key give the same steps.
 
 What a run contains:
 
@@ -37,7 +38,7 @@ from typing import Any, Final, Literal
 from schemas.events import LeadReported, RiskAnswers
 from services.importers.values import CHINA
 from services.kernel import ids
-from services.kernel.pseudonym import PseudonymKey
+from services.kernel.pseudonym import Pseudonymizer
 from services.sdk.client import CaseContext, default_urgency
 from services.sdk.client import person_pseudonym as subject_pseudonym
 from services.simulator import district
@@ -233,7 +234,7 @@ class District:
     start: datetime
     days: int
     rate: float
-    key: PseudonymKey
+    key: Pseudonymizer
     rng: random.Random = field(init=False)
     people: PeopleFactory = field(init=False)
     steps: list[Step] = field(default_factory=list)
@@ -796,7 +797,7 @@ class District:
             self.follow_ups(lead, case="serial_suspect")
 
 
-def generate(*, seed: int, start: datetime, days: int, rate: float, key: PseudonymKey) -> list[Step]:
+def generate(*, seed: int, start: datetime, days: int, rate: float, key: Pseudonymizer) -> list[Step]:
     """The steps of ``days`` simulated days from ``start``, in time order (a pure function)."""
     sim = District(seed=seed, start=start, days=days, rate=rate, key=key)
     sim.background()

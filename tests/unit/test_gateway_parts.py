@@ -51,7 +51,7 @@ def lead(**overrides: Any) -> dict[str, Any]:
 def parse(domain: DemoDomain, request: dict[str, Any], participant: str = "education") -> Any:
     body = json.dumps(request, ensure_ascii=False).encode()
     return parse_submission(
-        body, participant=participant, registry=domain.registry, pseudonym_key=domain.pseudonym_key
+        body, participant=participant, registry=domain.registry, pseudonymizer=domain.pseudonym_key
     )
 
 

@@ -56,7 +56,7 @@ def mapped(
     with ExportFile.open(SAMPLES / file, spec) as export:
         row = next(r for r in export.lines() if r.number == line)
     assert row.cells is not None, row.problem
-    mapper = Mapper(spec, participant=participant or AS[fmt], pseudonym_key=KEY, now=NOW)
+    mapper = Mapper(spec, participant=participant or AS[fmt], pseudonymizer=KEY, now=NOW)
     return mapper.map_row(row.cells, _ids)
 
 

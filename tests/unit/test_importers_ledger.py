@@ -23,7 +23,7 @@ from services.importers.ledger import Ledger, ledger_path
 from services.importers.reader import ExportFile
 from services.importers.spec import load_format
 from services.kernel import envelope
-from services.kernel.pseudonym import PseudonymKey
+from services.kernel.pseudonym import Pseudonymizer
 from services.sdk.client import CaseContext, Client
 from tests.kit import NOW, DemoDomain
 from tests.samples import generate as samples
@@ -144,8 +144,8 @@ class Crashing:
         self.left = after
 
     @property
-    def pseudonym_key(self) -> PseudonymKey:
-        return self.client.pseudonym_key
+    def pseudonymizer(self) -> Pseudonymizer:
+        return self.client.pseudonymizer
 
     def publish_lead(
         self, data: Mapping[str, Any], *, urgency: str | None = None, event_id: str | None = None

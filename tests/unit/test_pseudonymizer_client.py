@@ -1,0 +1,236 @@
+"""The adapters' pseudonymizer client against the service on loopback (no Kafka): its pseudonyms are the
+ones the key's holder computes, an answer made with another key is refused, a rate-limited or absent
+service is a retryable error that leaves nothing half-written, and an oblivious domain's registry holds
+no pseudonym secret at all."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
+from schemas.registry import RegistryDocument
+from services import trust
+from services.kernel import crypto, ids, oprf
+from services.kernel.errors import BadSignatureError, UsageError
+from services.kernel.pseudonym import PSEUDONYM_PATTERN, normalize_subject
+from services.pseudonymizer import core
+from services.pseudonymizer.app import Pseudonymizer, PseudonymizerSettings, load_key
+from services.pseudonymizer.client import ClientMetrics, ObliviousPseudonymizer, PseudonymizerUnavailableError
+from services.sdk.client import Client
+from tests.kit import NOW, DemoDomain
+
+pytestmark = pytest.mark.unit
+
+PHONE = normalize_subject(phone="+86 138 0013 8000")
+SAME_PHONE = normalize_subject(phone="138-0013-8000")
+ID_NUMBER = normalize_subject(id_number="11010519491231002X")
+
+
+@pytest.fixture(scope="module")
+def oblivious(tmp_path_factory: pytest.TempPathFactory) -> DemoDomain:
+    """A domain whose registry names a pseudonymizer (the address is overridden per test)."""
+    home = Path(tmp_path_factory.mktemp("oblivious")) / ".lianfang"
+    return DemoDomain.create(home, pseudonymizer_url="http://127.0.0.1:9")
+
+
+class Served:
+    """An aiohttp application on loopback, its event loop in a thread (the client under test blocks)."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = TestServer(app, host="127.0.0.1")
+        asyncio.run_coroutine_threadsafe(self.server.start_server(), self.loop).result(30)
+        self.url = str(self.server.make_url("")).rstrip("/")
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.loop.close()
+
+
+def serve(app: web.Application) -> Served:
+    return Served(app)
+
+
+def the_service(domain: DemoDomain, **settings: Any) -> Served:
+    service = Pseudonymizer(
+        PseudonymizerSettings(**settings),
+        key=load_key(domain.home, domain.registry),
+        registry=domain.registry,
+        trail=None,
+        clock=lambda: NOW,
+    )
+    return serve(service.application())
+
+
+def client_of(domain: DemoDomain, url: str, participant: str = "police") -> ObliviousPseudonymizer:
+    return ObliviousPseudonymizer(
+        keystore=domain.keys(participant),
+        registry=lambda: domain.registry,
+        url=url,
+        clock=lambda: NOW,
+        metrics=ClientMetrics(CollectorRegistry()),
+    )
+
+
+@pytest.fixture
+def service(oblivious: DemoDomain) -> Iterator[Served]:
+    served = the_service(oblivious, rate_per_s=1.0, burst=8)
+    yield served
+    served.close()
+
+
+def test_the_clients_pseudonyms_are_the_ones_the_keys_holder_computes_in_the_one_format(
+    oblivious: DemoDomain, service: Served
+) -> None:
+    got = client_of(oblivious, service.url).pseudonyms([PHONE, ID_NUMBER])
+    assert got == oblivious.pseudonymizer_key().pseudonyms([PHONE, ID_NUMBER])
+    assert all(re.fullmatch(PSEUDONYM_PATTERN, p) and p.startswith("p1.") for p in got)
+
+
+def test_two_agencies_typing_one_phone_differently_get_one_pseudonym(
+    oblivious: DemoDomain, service: Served
+) -> None:
+    (police,) = client_of(oblivious, service.url, "police").pseudonyms([PHONE])
+    (health,) = client_of(oblivious, service.url, "health").pseudonyms([SAME_PHONE])
+    assert police == health
+
+
+def test_a_batch_is_one_request_and_a_repeated_identifier_is_not_evaluated_twice(
+    oblivious: DemoDomain, service: Served
+) -> None:
+    client = client_of(oblivious, service.url)
+    first = client.pseudonyms([PHONE, ID_NUMBER, PHONE])
+    assert first[0] == first[2]
+    assert client.pseudonyms([ID_NUMBER]) == [first[1]]
+    assert client.metrics.requests.labels("ok")._value.get() == 1
+    assert client.metrics.elements._value.get() == 2
+
+
+def tampered(domain: DemoDomain, edit: str) -> web.Application:
+    """A pseudonymizer that answers with another key (``other_key``) or an altered element, while
+    claiming the registry's key and version."""
+    registry_key = domain.pseudonymizer_key()
+    other = core.PseudonymizerKey(version=registry_key.version, key=oprf.generate_key_pair())
+
+    async def evaluate(request: web.Request) -> web.Response:
+        parsed = core.EvaluateRequest.from_bytes(await request.read())
+        answer = core.answer(other if edit == "other_key" else registry_key, parsed)
+        answer["public"] = crypto.b64e(registry_key.key.public)
+        if edit == "altered_element":
+            answer["evaluated"][0] = crypto.b64e(oprf.hash_to_group(b"another", core.MODE))
+        if edit == "other_version":
+            answer["version"] = registry_key.version + 1
+        return web.json_response(answer)
+
+    app = web.Application()
+    app.router.add_post("/v1/evaluate", evaluate)
+    return app
+
+
+@pytest.mark.parametrize("edit", ["other_key", "altered_element", "other_version"])
+def test_an_answer_not_made_with_the_registrys_key_is_refused_and_counted(
+    oblivious: DemoDomain, edit: str
+) -> None:
+    served = serve(tampered(oblivious, edit))
+    try:
+        client = client_of(oblivious, served.url)
+        with pytest.raises(BadSignatureError):
+            client.pseudonyms([PHONE])
+        assert client.metrics.requests.labels("bad_proof")._value.get() == 1
+        assert client.metrics.requests.labels("ok")._value.get() == 0
+    finally:
+        served.close()
+
+
+def test_a_rate_limited_client_gets_a_retryable_error_with_the_services_retry_after(
+    oblivious: DemoDomain, service: Served
+) -> None:
+    client = client_of(oblivious, service.url)
+    many = [normalize_subject(phone=f"1390000{i:04d}") for i in range(8)]
+    client.pseudonyms(many)  # the whole burst
+    with pytest.raises(PseudonymizerUnavailableError) as caught:
+        client.pseudonyms([PHONE])
+    assert (caught.value.code, caught.value.retry_after) == ("rate_limited", 1)
+    assert client.metrics.requests.labels("rate_limited")._value.get() == 1
+
+
+def test_an_unreachable_pseudonymizer_fails_the_publish_and_nothing_is_spooled(
+    oblivious: DemoDomain, tmp_path: Path
+) -> None:
+    police = Client(
+        keystore=oblivious.keys("police"),
+        registry=oblivious.registry,
+        bootstrap="",
+        outbox_path=tmp_path / "police.sqlite",
+        clock=lambda: NOW,
+        start=False,
+    )
+    lead = {
+        "category": "domestic_violence",
+        "channel": "police_call",
+        "town": "renhe",
+        "victim": {"name": "张某某", "phone": "13800000000", "is_minor": False},
+        "minor": False,
+        "risk_indicators": [],
+        "narrative": "……",
+        "requests_joint_meeting": False,
+    }
+    try:
+        assert isinstance(police.pseudonymizer, ObliviousPseudonymizer)
+        with pytest.raises(PseudonymizerUnavailableError) as caught:
+            police.publish_lead(lead)
+        assert caught.value.code == "unreachable"
+        assert caught.value.retry_after > 0
+        assert police.outbox.depth() == 0
+    finally:
+        police.close()
+
+
+def test_an_oblivious_domains_registry_holds_no_pseudonym_secret_for_any_keystore(
+    oblivious: DemoDomain,
+) -> None:
+    document = json.loads(oblivious.registry.payload)
+    assert "pseudonym_key" not in document or document["pseudonym_key"] is None
+    assert set(document["pseudonymizer"]) == {"suite", "mode", "version", "public", "url"}
+    for participant in (ids.PLC, "police", ids.ROUTER):
+        with pytest.raises(UsageError, match="seals no pseudonym key"):
+            oblivious.registry.pseudonym_key(participant, oblivious.keys(participant).encryption)
+    key_file = oblivious.home / trust.PSEUDONYMIZER_KEY
+    assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_registry_names_a_pseudonymizer_or_seals_a_key_never_both_and_never_neither(
+    oblivious: DemoDomain, domain: DemoDomain
+) -> None:
+    both = oblivious.registry.document.model_dump(mode="json")
+    both["pseudonym_key"] = domain.registry.document.model_dump(mode="json")["pseudonym_key"]
+    neither = {**both, "pseudonym_key": None, "pseudonymizer": None}
+    for doc in (both, neither):
+        with pytest.raises(ValidationError, match="exactly one"):
+            RegistryDocument.model_validate_json(json.dumps(doc))
+
+
+def test_the_service_refuses_to_start_with_a_key_the_registry_does_not_name(
+    oblivious: DemoDomain, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    trust.create_pseudonymizer_key(home)
+    with pytest.raises(UsageError, match="not the one the registry names"):
+        load_key(home, oblivious.registry)
+    with pytest.raises(UsageError, match="no pseudonymizer key"):
+        load_key(tmp_path / "empty", oblivious.registry)

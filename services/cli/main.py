@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from schemas.registry import MAX_REGISTRY_BYTES, PublicKey, Roots
+from schemas.registry import MAX_REGISTRY_BYTES, PublicKey, RegistryDocument, Roots
 from services import trust
 from services.cli import console as console_command
 from services.cli import local_kafka
@@ -46,6 +46,7 @@ from services.kernel.errors import (
     BadSignatureError,
     LianfangError,
     TransportError,
+    UnknownKeyError,
     UntrustedInputError,
     UsageError,
 )
@@ -574,6 +575,18 @@ def _require_participant(registry: Registry, pid: str) -> None:
         )
 
 
+def _without_encryption_key(document: RegistryDocument, now: datetime) -> list[str]:
+    """The participants nothing can be sealed to at ``now`` (their only encryption key was revoked)."""
+    registry = Registry(document)  # not signed yet: used only to look keys up
+    missing = []
+    for participant in document.participants:
+        try:
+            registry.encryption_key(participant.id, at=now)
+        except UnknownKeyError:
+            missing.append(participant.id)
+    return missing
+
+
 def _commit(
     domain: trust.TrustDomain,
     registry: Registry,
@@ -588,10 +601,11 @@ def _commit(
     before the registry, so the registry never lists a key that no keystore holds.
     """
     loaded = {change.participant: changed_store} if changed_store is not None else {}
-    document, unsealed = change.document, list[str]()
     if registry.document.pseudonym_key is not None:  # an older domain: the sealed key follows new keys
         pseudonym_key = _open_pseudonym_key(domain, registry, loaded, prefer=(change.participant, ids.PLC))
         document, unsealed = admin.reseal(change.document, pseudonym_key, now=now)
+    else:
+        document, unsealed = change.document, _without_encryption_key(change.document, now)
     signers = _root_signers(domain)
     if changed_store is not None:
         domain.save_keystore(changed_store, _kdf())
@@ -612,8 +626,8 @@ def _commit(
     print(f"  {_signed_by(written)}; expires {_when(written.document.expires)}")
     for pid in unsealed:
         print(
-            f"warning: {pid} has no usable encryption key: nothing can be sealed to it, nor the pseudonym "
-            f"key; `lianfang keys new --as {pid}` issues new keys",
+            f"warning: {pid} has no usable encryption key: nothing can be sealed to it; "
+            f"`lianfang keys new --as {pid}` issues new keys",
             file=sys.stderr,
         )
     return 0

@@ -278,6 +278,17 @@ def test_rotating_keys_makes_version_2_where_the_old_keys_are_retired_and_still_
     assert row.count("1 active, 1 retired") == 2
 
 
+def test_revoking_the_only_encryption_key_warns_that_nothing_can_be_sealed_to_its_owner(
+    domain: Lianfang,
+) -> None:
+    (kid,) = [k.kid for k in domain.keys_of("police") if k.use == "encrypt"]
+    later = NOW + timedelta(days=1)
+    result = domain("keys", "revoke", "--as", "police", "--kid", kid, "--at", NOW.isoformat(), now=later)
+    assert result.code == 0
+    assert "warning: police has no usable encryption key: nothing can be sealed to it" in result.err
+    assert domain.registry(later).document.pseudonym_key is None
+
+
 def test_revoking_a_key_marks_it_revoked_from_the_given_time(domain: Lianfang) -> None:
     (kid,) = [k.kid for k in domain.keys_of("police") if k.use == "sign"]
     at, later = NOW + timedelta(hours=2), NOW + timedelta(days=1)

@@ -16,7 +16,7 @@ loaded, never per event). The default policy's counts for some typical leads are
 
 Baselines, measured in the same run with the calls the envelope makes: Ed25519 sign and verify over a
 2.5 KiB message (about a sealed record), HPKE base-mode seal and open of a 32-byte data key
-(``crypto.HPKE_SUITE``, X25519), and AES-256-GCM encryption of 1 KiB.
+(``crypto.HPKE_SUITE``, X25519), one X25519 Diffie-Hellman, and AES-256-GCM encryption of 1 KiB.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from schemas.envelope import ENVELOPE_PAYLOAD_TYPE, SECTION_NAMES, EnvelopeHeader, SectionName
@@ -336,6 +337,15 @@ def _bench_primitives(ctx: BenchContext, d: Domain, ops: int) -> tuple[list[Resu
 
     rate("hpke_seal", "HPKE seal", hpke_seal_all, ops, "32-byte data key to an X25519 key")
     rate("hpke_open", "HPKE open", hpke_open_all, ops, "32-byte data key with an X25519 key")
+
+    # One X25519 Diffie-Hellman: the floor of any per-recipient key agreement done per event.
+    other = X25519PrivateKey.generate()
+
+    def dh_all() -> None:
+        for _ in range(ops):
+            other.exchange(public)
+
+    rate("dh", "X25519 DH", dh_all, ops, "one exchange with a loaded public key")
 
     # AES-256-GCM of 1 KiB, a fresh nonce each time, as crypto.aead_seal does.
     aes_ops = ops * AES_OPS_FACTOR

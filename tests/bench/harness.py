@@ -4,7 +4,8 @@ Each benchmark is a module ``tests/bench/bench_<name>.py`` exposing ``run(ctx: B
 list[Result]``. The harness gives it a :class:`BenchContext` (where Kafka is, how many runs, unique
 names, topic creation) and prints the results as a table grouped by benchmark, with baselines marked;
 it also writes them, with the environment, to ``bench-results/<benchmark>-<UTC stamp>.json`` and
-``bench-results/latest.json``.
+``bench-results/latest.json``. The report ends with one table of the performance targets
+(:mod:`tests.bench.targets`), which ``latest.json`` holds under ``targets``.
 
 Kafka comes from ``LIANFANG_BOOTSTRAP`` when it is set. Otherwise the harness starts one local broker
 (``deploy.kafka.local``) the first time a benchmark asks for ``ctx.bootstrap`` -- so benchmarks of pure
@@ -37,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
+
+from tests.bench import targets
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / "bench-results"
@@ -476,7 +479,8 @@ def write_json(env: dict[str, Any], outcomes: list[Outcome], stamp: str) -> list
         path.write_text(json.dumps({"environment": env, **outcome.as_json()}, indent=2) + "\n")
         written.append(path)
     latest = RESULTS_DIR / "latest.json"
-    body = {"environment": env, "benchmarks": [o.as_json() for o in outcomes]}
+    benchmarks = [o.as_json() for o in outcomes]
+    body = {"environment": env, "benchmarks": benchmarks, "targets": targets.evaluate(benchmarks)}
     latest.write_text(json.dumps(body, indent=2) + "\n")
     written.append(latest)
     return written
@@ -546,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             kafka.close()
     print(render(env, outcomes))
+    print(targets.render(targets.evaluate(o.as_json() for o in outcomes)))
     for path in write_json(env, outcomes, stamp):
         progress(f"harness: wrote {path.relative_to(REPO_ROOT)}")
     return 1 if any(o.error for o in outcomes) else 0

@@ -1,0 +1,215 @@
+"""The performance targets, one row per criterion, judged from the figures of one benchmark run.
+
+``make bench`` ends with this table, and ``bench-results/latest.json`` holds it under ``targets``: a
+list of objects with exactly ``name``, ``figure``, ``baseline``, ``target`` and ``met``. A row's name
+starts with the number of its item (1 group commit ... 7 memory) and says the unit; ``figure`` is the
+measured median (``None`` when this run did not measure it: another ``-k``, a failed benchmark, or no
+benchmark measures it yet), ``baseline`` the figure it is compared with in the same run (``None`` when
+there is none), ``target`` the bound as text (``">= 3000"``), and ``met`` whether the figure is within
+it (never true without a figure). Nothing is carried over from an earlier run.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Figures = Mapping[tuple[str, str, str], float]
+"""Medians of one run by (benchmark, case, metric)."""
+
+Bound = Literal[">=", "<="]
+_COMPARE: dict[Bound, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le}
+TARGET_FIELDS = ("name", "figure", "baseline", "target", "met")
+
+ENVELOPE = "bench_envelope"
+ROUTER = "bench_router"
+HUB = "bench_hub"
+ADAPTERS = "bench_adapters"
+US = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One criterion: how to get its figure and baseline from a run's medians, and its bound."""
+
+    name: str
+    bound: Bound
+    limit: float
+    figure: Callable[[Figures], float | None]
+    baseline: Callable[[Figures], float | None] = lambda _: None
+
+    def row(self, figures: Figures) -> dict[str, Any]:
+        figure = self.figure(figures)
+        met = figure is not None and _COMPARE[self.bound](figure, self.limit)
+        return {
+            "name": self.name,
+            "figure": None if figure is None else round(figure, 3),
+            "baseline": _rounded(self.baseline(figures)),
+            "target": f"{self.bound} {self.limit:g}",
+            "met": met,
+        }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _get(benchmark: str, case: str, metric: str) -> Callable[[Figures], float | None]:
+    return lambda f: f.get((benchmark, case, metric))
+
+
+def _not_measured(_: Figures) -> float | None:
+    return None
+
+
+def _ratio(
+    top: Callable[[Figures], float | None], bottom: Callable[[Figures], float | None]
+) -> Callable[[Figures], float | None]:
+    def ratio(f: Figures) -> float | None:
+        a, b = top(f), bottom(f)
+        return None if a is None or not b else a / b
+
+    return ratio
+
+
+def _us_per_extra_recipient(f: Figures) -> float | None:
+    """The slope of seal+sign time from 1 to 8 recipients per section, in µs per recipient."""
+    one = f.get((ENVELOPE, "seal+sign (1 recipient)", "events/s"))
+    eight = f.get((ENVELOPE, "seal+sign (8 recipients)", "events/s"))
+    if not one or not eight:
+        return None
+    return (US / eight - US / one) / 7
+
+
+def _us_per(benchmark: str, case: str, metric: str, times: float = 1) -> Callable[[Figures], float | None]:
+    def us(f: Figures) -> float | None:
+        rate = f.get((benchmark, case, metric))
+        return None if not rate else times * US / rate
+
+    return us
+
+
+TARGETS: tuple[Target, ...] = (
+    Target(
+        "1 group commit: SDK publish_lead from 8 threads (leads/s; baseline raw SQLite, one fsync a row)",
+        ">=",
+        3000,
+        _get(ADAPTERS, "SDK publish_lead x8", "accepted/s"),
+        _get(ADAPTERS, "raw SQLite insert", "rows/s"),
+    ),
+    Target("1 group commit: importers (rows/s; not benchmarked yet)", ">=", 1500, _not_measured),
+    Target(
+        "2 sealing: seal+sign, 4 recipients (events/s; baseline Ed25519 sign ops/s)",
+        ">=",
+        3000,
+        _get(ENVELOPE, "seal+sign (4 recipients)", "events/s"),
+        _get(ENVELOPE, "Ed25519 sign", "ops/s"),
+    ),
+    Target(
+        "2 sealing: cost of each extra recipient (µs; baseline one X25519 DH µs)",
+        "<=",
+        30,
+        _us_per_extra_recipient,
+        _us_per(ENVELOPE, "X25519 DH", "ops/s"),
+    ),
+    Target(
+        "2 sealing: verify+open, 4 recipients (events/s; baseline Ed25519 verify ops/s)",
+        ">=",
+        5000,
+        _get(ENVELOPE, "verify+open (4 recipients)", "events/s"),
+        _get(ENVELOPE, "Ed25519 verify", "ops/s"),
+    ),
+    Target(
+        "3 router: router / aiokafka relay, 1 worker (ratio; baseline relay records/s)",
+        ">=",
+        0.70,
+        _ratio(
+            _get(ROUTER, "router, 1 worker", "events/s"),
+            _get(ROUTER, "aiokafka relay, 1 worker", "records/s"),
+        ),
+        _get(ROUTER, "aiokafka relay, 1 worker", "records/s"),
+    ),
+    Target(
+        "3 router: 2 workers / 1 worker on 3 partitions (ratio; not benchmarked yet)",
+        ">=",
+        1.7,
+        _not_measured,
+    ),
+    Target(
+        "4 hub: events/s of 1 worker (baseline decode-only faust agent: not benchmarked yet)",
+        ">=",
+        1500,
+        _get(HUB, "hub, 1 worker", "events/s"),
+    ),
+    Target(
+        "5 gateway: requests/s at 32 in flight",
+        ">=",
+        1500,
+        _get(ADAPTERS, "gateway, 32 in flight", "requests/s"),
+    ),
+    Target("5 gateway: p99 ms at 32 in flight", "<=", 100, _get(ADAPTERS, "gateway, 32 in flight", "p99 ms")),
+    Target(
+        "6 end to end: publish→alert p99 ms at 200 leads/s for 60 s (the hub benchmark loads 10 s: "
+        "not measured yet)",
+        "<=",
+        250,
+        _not_measured,
+    ),
+    Target(
+        "7 memory: largest service RSS after 1,000,000 events (MB; not benchmarked yet)",
+        "<=",
+        150,
+        _not_measured,
+    ),
+    Target("7 memory: router replay state (B per id; not benchmarked yet)", "<=", 40, _not_measured),
+)
+
+
+def figures_of(benchmarks: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], float]:
+    """The medians of a run's benchmarks (their JSON form: ``benchmark`` and ``results``)."""
+    return {
+        (b["benchmark"], r["case"], r["metric"]): float(r["median"])
+        for b in benchmarks
+        for r in b.get("results", ())
+    }
+
+
+def evaluate(benchmarks: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per target, judged from the figures of ``benchmarks`` alone."""
+    figures = figures_of(benchmarks)
+    return [t.row(figures) for t in TARGETS]
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "not measured"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+    return str(value)
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    """The summary table printed last by ``make bench``."""
+    titles = ("target", "figure", "baseline", "bound", "met")
+    cells = [
+        (
+            r["name"],
+            _cell(r["figure"]),
+            "—" if r["baseline"] is None else _cell(r["baseline"]),
+            r["target"],
+            _cell(r["met"]),
+        )
+        for r in rows
+    ]
+    widths = [max(len(c) for c in col) for col in zip(titles, *cells, strict=True)]
+    aligns = ("<", ">", ">", "<", "<")
+    lines = ["", "Performance targets, judged from this run alone (bench-results/latest.json: targets)"]
+    for row in [titles, *cells]:
+        lines.append(
+            "  " + "  ".join(f"{c:{a}{w}}" for c, a, w in zip(row, aligns, widths, strict=True)).rstrip()
+        )
+    return "\n".join(lines)

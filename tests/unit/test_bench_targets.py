@@ -1,0 +1,74 @@
+"""The benchmark's summary of performance targets: a row per criterion with exactly the agreed fields,
+judged from the figures of one run, and honest about what that run did not measure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.bench import targets
+
+pytestmark = pytest.mark.unit
+
+
+def _run(*rows: tuple[str, str, str, float]) -> list[dict[str, Any]]:
+    benchmarks: dict[str, list[dict[str, Any]]] = {}
+    for benchmark, case, metric, median in rows:
+        benchmarks.setdefault(benchmark, []).append({"case": case, "metric": metric, "median": median})
+    return [{"benchmark": b, "results": r} for b, r in benchmarks.items()]
+
+
+def _row(rows: list[dict[str, Any]], starts: str) -> dict[str, Any]:
+    (found,) = [r for r in rows if r["name"].startswith(starts)]
+    return found
+
+
+def test_every_row_has_exactly_the_agreed_fields_and_every_item_has_a_row() -> None:
+    rows = targets.evaluate([])
+    assert all(tuple(r) == targets.TARGET_FIELDS for r in rows)
+    assert {r["name"].split(" ")[0] for r in rows} == {str(i) for i in range(1, 8)}
+
+
+def test_a_run_that_measured_nothing_reports_no_figure_and_no_target_met() -> None:
+    rows = targets.evaluate([])
+    assert all(r["figure"] is None and r["met"] is False for r in rows)
+
+
+def test_a_figure_within_its_bound_is_met_and_one_outside_is_not() -> None:
+    fast = targets.evaluate(_run(("bench_envelope", "seal+sign (4 recipients)", "events/s", 3100.0)))
+    slow = targets.evaluate(_run(("bench_envelope", "seal+sign (4 recipients)", "events/s", 2900.0)))
+    assert _row(fast, "2 sealing: seal+sign")["met"] is True
+    assert _row(slow, "2 sealing: seal+sign")["met"] is False
+    assert _row(slow, "2 sealing: seal+sign")["figure"] == 2900.0
+
+
+def test_the_router_row_is_the_ratio_to_the_relay_measured_in_the_same_run() -> None:
+    rows = targets.evaluate(
+        _run(
+            ("bench_router", "router, 1 worker", "events/s", 758.0),
+            ("bench_router", "aiokafka relay, 1 worker", "records/s", 1658.0),
+        )
+    )
+    row = _row(rows, "3 router: router / aiokafka relay")
+    assert row["figure"] == round(758 / 1658, 3)
+    assert row["baseline"] == 1658.0
+    assert row["met"] is False
+
+
+def test_the_cost_per_extra_recipient_is_the_slope_from_one_to_eight_recipients() -> None:
+    rows = targets.evaluate(
+        _run(
+            ("bench_envelope", "seal+sign (1 recipient)", "events/s", 5000.0),  # 200 µs
+            ("bench_envelope", "seal+sign (8 recipients)", "events/s", 2500.0),  # 400 µs
+        )
+    )
+    row = _row(rows, "2 sealing: cost of each extra recipient")
+    assert row["figure"] == round(200 / 7, 3)
+    assert row["met"] is True
+
+
+def test_the_summary_table_says_not_measured_rather_than_a_number() -> None:
+    text = targets.render(targets.evaluate([]))
+    assert "not measured" in text
+    assert text.count("\n  ") == len(targets.TARGETS) + 1  # titles, then one line a target

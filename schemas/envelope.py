@@ -1,8 +1,8 @@
-"""The envelope: wire format of every record on ``lianfang.*`` topics (version 1).
+"""The envelope: wire format of every record on ``lianfang.*`` topics (versions 1 and 2).
 
 A Kafka record value is a DSSE envelope (JSON)::
 
-    {"payloadType": "application/vnd.lianfang.envelope.v1",
+    {"payloadType": "application/vnd.lianfang.envelope.v<N>",
      "payload": "<base64 of BODY>",
      "signatures": [{"keyid": "<sender's Ed25519 key id>", "sig": "<base64 Ed25519 signature>"}]}
 
@@ -19,6 +19,20 @@ so the exact bytes of the clear header are recovered without re-serializing anyt
 SHA-256(HEADER_JSON)``), the data key wrapped for every recipient with HPKE base mode (RFC 9180,
 DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM) with ``info = b"lianfang/v1/wrap\\0" + event id
 + b"\\0" + section + b"\\0" + recipient participant + b"\\0" + recipient key id``.
+
+Version 2 (payload type ``...envelope.v2``, header ``v`` 2) keeps the frame, the header and the
+sections' encryption (associated data ``b"lianfang/v2/section\\0" + name + b"\\0" +
+SHA-256(HEADER_JSON)``) and replaces the per-section HPKE wraps by :class:`SectionsV2`: one stanza per
+recipient carrying the data keys of every section it reads. The sender holds an ephemeral X25519 key
+for an epoch (a few minutes) and names its public half ``epk``; with recipient key ``pk``::
+
+    pair  = HKDF-Extract(salt=b"lianfang/v2/pair", ikm=X25519(esk, pk) || epk || pk)
+    wkey  = HKDF-Expand(pair, b"lianfang/v2/wrap\\0" + salt + SHA-256(HEADER_JSON) + b"\\0" + to
+                        + b"\\0" + kid + b"\\0" + sections joined by b"+", 32)
+    wrap  = AES-256-GCM(wkey, nonce=12 zero bytes, data keys of those sections in SECTION_NAMES order,
+                        associated data empty)
+
+``salt`` is 16 fresh random bytes per event, so every wrap key is used once.
 
 ``docs/envelope.md`` explains the format and the order of checks; where the two disagree, this
 docstring is normative.
@@ -42,6 +56,10 @@ from schemas.common import (
 )
 
 ENVELOPE_PAYLOAD_TYPE: Final = "application/vnd.lianfang.envelope.v1"
+ENVELOPE_PAYLOAD_TYPE_V2: Final = "application/vnd.lianfang.envelope.v2"
+EnvelopeVersion = Literal[1, 2]
+PAYLOAD_TYPES: Final[dict[int, str]] = {1: ENVELOPE_PAYLOAD_TYPE, 2: ENVELOPE_PAYLOAD_TYPE_V2}
+"""The DSSE payload type of each envelope version; the header's ``v`` must agree with it."""
 MAX_RECORD_BYTES: Final = 512 * 1024
 """Records larger than this are refused before any parsing (reason ``too_large``)."""
 MAX_HEADER_LIST: Final = 128
@@ -63,9 +81,11 @@ class Signature(WireModel):
 
 
 class Dsse(WireModel):
-    """The outer envelope, DSSE's JSON form. Only one signature (the sender's) is accepted in v1."""
+    """The outer envelope, DSSE's JSON form. Only one signature (the sender's) is accepted."""
 
-    payloadType: Literal["application/vnd.lianfang.envelope.v1"]  # DSSE's field name
+    payloadType: Literal[  # DSSE's field name
+        "application/vnd.lianfang.envelope.v1", "application/vnd.lianfang.envelope.v2"
+    ]
     payload: Base64
     signatures: list[Signature] = Field(min_length=1, max_length=1)
 
@@ -80,7 +100,7 @@ class EnvelopeHeader(WireModel):
     version.
     """
 
-    v: Literal[1] = Field(description="envelope version")
+    v: EnvelopeVersion = Field(description="envelope version (the DSSE payload type's)")
     specversion: Literal["1.0"] = Field(description="CloudEvents spec version")
     id: EventId = Field(description="事件标识 / event id, a UUIDv7")
     source: str = Field(
@@ -153,3 +173,36 @@ class Sections(WireModel):
 
 KAFKA_HEADER_PREFIX: Final = "ce_"
 """CloudEvents Kafka binary-mode headers mirror the clear header: ``ce_id``, ``ce_type``, ..."""
+
+
+# --------------------------------------------------------------------------- version 2
+
+MAX_RECIPIENTS: Final = 128
+"""At most this many recipient stanzas in a v2 envelope."""
+
+
+class EncryptedSection(WireModel):
+    """A v2 section: encrypted once (AES-256-GCM); its data key travels in the recipients' stanzas."""
+
+    alg: Literal["A256GCM"] = "A256GCM"
+    nonce: Base64
+    ct: Base64
+
+
+class RecipientStanza(WireModel):
+    """The data keys of the sections one recipient reads, wrapped under a key agreed with its ``kid``."""
+
+    to: ParticipantId
+    kid: str = Field(min_length=1, max_length=64, description="recipient's X25519 key id")
+    sections: UniqueList[SectionName] = Field(min_length=1, max_length=len(SECTION_NAMES))
+    wrap: Base64 = Field(description="AES-256-GCM of the sections' data keys, in SECTION_NAMES order")
+
+
+class SectionsV2(WireModel):
+    """The sealed sections of a v2 event and one stanza per recipient; a section nobody reads is absent."""
+
+    epk: Base64 = Field(description="the sender's ephemeral X25519 public key of the epoch")
+    salt: Base64 = Field(description="16 fresh random bytes of this event")
+    recipients: list[RecipientStanza] = Field(min_length=1, max_length=MAX_RECIPIENTS)
+    triage: EncryptedSection | None = None
+    details: EncryptedSection | None = None

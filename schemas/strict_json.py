@@ -16,11 +16,9 @@ __all__ = ["loads"]
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError("a JSON object repeats a key (duplicate keys are ambiguous)")
-        result[key] = value
+    result = dict(pairs)  # built in C; fewer keys than pairs means a key came twice
+    if len(result) != len(pairs):
+        raise ValueError("a JSON object repeats a key (duplicate keys are ambiguous)")
     return result
 
 

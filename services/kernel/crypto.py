@@ -1,8 +1,9 @@
 """Cryptographic primitives and strict base64, with third-party errors translated at this edge.
 
 Everything here is pure: bytes in, bytes out. The suite is fixed (no algorithm agility on the wire):
-Ed25519 signatures over DSSE's pre-authentication encoding, AES-256-GCM for sections, and HPKE base
-mode (RFC 9180: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM) to wrap data keys. Argon2id
+Ed25519 signatures over DSSE's pre-authentication encoding, AES-256-GCM for sections, and to wrap data
+keys HPKE base mode (RFC 9180: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM) in envelope v1,
+X25519 with HKDF-SHA256 (RFC 5869) and AES-256-GCM in envelope v2 (``docs/envelope.md``). Argon2id
 (keystores, console passwords) runs only through :func:`argon2id`, :func:`argon2id_phc` and
 :func:`argon2id_verify_phc`, which keep OpenSSL's Argon2 lanes from deadlocking (see there).
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
+import hmac
 import re
 import threading
 from typing import Final
@@ -100,6 +103,25 @@ def hpke_unwrap(private: X25519PrivateKey, sealed: bytes, info: bytes) -> bytes:
         return HPKE_SUITE.decrypt(sealed, private, info=info)
     except (InvalidTag, ValueError) as e:
         raise DecryptFailedError("a wrapped key could not be opened with our key") from e
+
+
+def x25519_agree(private: X25519PrivateKey, peer_public_raw: bytes) -> bytes:
+    """X25519 Diffie-Hellman; a peer key of small order (an all-zero secret) is a
+    :class:`DecryptFailedError`, as is a peer key that is not 32 bytes."""
+    try:
+        return private.exchange(X25519PublicKey.from_public_bytes(peer_public_raw))
+    except ValueError as e:
+        raise DecryptFailedError("no shared secret with this key (not a valid X25519 public key)") from e
+
+
+def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
+    """HKDF-SHA256's extract step (RFC 5869): a 32-byte pseudorandom key."""
+    return hmac.digest(salt, ikm, hashlib.sha256)
+
+
+def hkdf_expand32(prk: bytes, info: bytes) -> bytes:
+    """HKDF-SHA256's expand step for one 32-byte output (RFC 5869: T(1) = HMAC(PRK, info || 0x01))."""
+    return hmac.digest(prk, info + b"\x01", hashlib.sha256)
 
 
 def ed25519_public_raw(key: Ed25519PrivateKey) -> bytes:

@@ -9,6 +9,10 @@ the caller knows it, else the signed ``time``), signature over the exact bytes, 
 sections' shape, and that the sealed recipients equal what the policy demands. Each failure raises an
 :class:`~services.kernel.errors.UntrustedInputError` with its stable reason code. ``docs/envelope.md``
 lists the checks with their reason codes; where the two disagree, this docstring is normative.
+
+Two envelope versions are read (:mod:`schemas.envelope`); :func:`seal` writes the version its header
+names, and :func:`build_header` names 2. Each JSON part of a record (the DSSE frame, the header line,
+the sections line, each opened section) is parsed once, strictly, and that one parse is validated.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time as _time
 import uuid
 from collections.abc import Mapping, MutableMapping, Sequence
@@ -23,18 +28,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from pydantic import ValidationError
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from pydantic import AwareDatetime, ConfigDict, TypeAdapter, ValidationError
 
 from schemas.envelope import (
-    ENVELOPE_PAYLOAD_TYPE,
     MAX_RECORD_BYTES,
+    PAYLOAD_TYPES,
     SECTION_NAMES,
     Dsse,
     EnvelopeHeader,
+    EnvelopeVersion,
     SealedSection,
     SectionName,
     Sections,
-    WrappedKey,
+    SectionsV2,
 )
 from services.kernel import crypto, jsonx, policy
 from services.kernel.errors import (
@@ -72,15 +79,34 @@ class Verified:
 
     header: EnvelopeHeader
     header_bytes: bytes
-    sections: Sections
+    sections: Sections | SectionsV2
     value: bytes
 
     @property
     def sender(self) -> str:
         return self.header.sender
 
+    @property
+    def version(self) -> EnvelopeVersion:
+        return self.header.v
+
+    def wraps(self) -> list[tuple[SectionName, str, str]]:
+        """(section, recipient, recipient's key id) for every data key sealed in this envelope."""
+        sections = self.sections
+        if isinstance(sections, SectionsV2):
+            return [(name, s.to, s.kid) for s in sections.recipients for name in s.sections]
+        return [
+            (name, w.to, w.kid)
+            for name in SECTION_NAMES
+            if (section := getattr(sections, name)) is not None
+            for w in section.recipients
+        ]
+
     def recipients(self) -> dict[SectionName, frozenset[str]]:
-        return {name: _sealed_to(getattr(self.sections, name)) for name in SECTION_NAMES}
+        sealed_to: dict[SectionName, set[str]] = {name: set() for name in SECTION_NAMES}
+        for name, to, _ in self.wraps():
+            sealed_to[name].add(to)
+        return {name: frozenset(to) for name, to in sealed_to.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +137,32 @@ def header_hash(header_bytes: bytes) -> bytes:
     return hashlib.sha256(header_bytes).digest()
 
 
-def section_aad(name: SectionName, header_bytes: bytes) -> bytes:
-    return b"lianfang/v1/section\0" + name.encode() + b"\0" + header_hash(header_bytes)
+def section_aad(name: SectionName, header_bytes: bytes, version: EnvelopeVersion = 1) -> bytes:
+    return b"lianfang/v%d/section\0" % version + name.encode() + b"\0" + header_hash(header_bytes)
 
 
 def wrap_info(event_id: str, name: SectionName, to: str, kid: str) -> bytes:
     return b"\0".join([b"lianfang/v1/wrap", event_id.encode(), name.encode(), to.encode(), kid.encode()])
+
+
+PAIR_SALT = b"lianfang/v2/pair"
+WRAP_NONCE = bytes(crypto.NONCE_BYTES)
+"""v2 wraps use each wrap key once (the event's salt is fresh), so a fixed nonce is safe."""
+SALT_BYTES = 16
+EPOCH = timedelta(minutes=10)
+"""How long a sealing process keeps one ephemeral X25519 key (v2) before it makes the next."""
+MAX_CACHED_PAIRS = 4096
+"""Pair keys a sender keeps per epoch, and a reader per keystore (the oldest is dropped first)."""
+
+
+def pair_key(shared: bytes, epk: bytes, recipient_public: bytes) -> bytes:
+    """v2: the key a sender's epoch key and a recipient's key agree on (HKDF-Extract)."""
+    return crypto.hkdf_extract(PAIR_SALT, shared + epk + recipient_public)
+
+
+def wrap_info_v2(salt: bytes, hh: bytes, to: str, kid: str, names: Sequence[SectionName]) -> bytes:
+    """v2: what a wrap key is derived for: this event (salt, header hash), recipient, key and sections."""
+    return b"\0".join([b"lianfang/v2/wrap", salt + hh, to.encode(), kid.encode(), "+".join(names).encode()])
 
 
 def kafka_headers(header: EnvelopeHeader) -> list[tuple[str, bytes]]:
@@ -127,7 +173,7 @@ def kafka_headers(header: EnvelopeHeader) -> list[tuple[str, bytes]]:
     the headers a producer wrote, which nobody signed.
     """
     data = header.model_dump(mode="json", by_alias=True, exclude_none=True)
-    out = [("content-type", b"application/vnd.lianfang.envelope.v1")]
+    out = [("content-type", PAYLOAD_TYPES[header.v].encode())]
     for name, value in data.items():
         if name == "v" or value in ([], ""):
             continue
@@ -181,11 +227,29 @@ def check_time_skew(header: EnvelopeHeader, appended_at: datetime, max_skew: tim
         )
 
 
-def _sealed_to(section: SealedSection | None) -> frozenset[str]:
-    return frozenset(w.to for w in section.recipients) if section else frozenset()
-
-
 # --------------------------------------------------------------------------- sealing
+
+
+class EpochKey:
+    """v2: a sender's ephemeral X25519 key for one epoch and the pair keys it agreed with recipients'
+    keys. One Diffie-Hellman per recipient key and epoch instead of one HPKE seal per recipient and
+    section of every event; dropped when the epoch ends (see ``docs/decisions.md`` for what that means
+    for forward secrecy)."""
+
+    def __init__(self, private: X25519PrivateKey, started: float = 0.0) -> None:
+        self.private = private
+        self.public_raw = crypto.x25519_public_raw(private)
+        self.started = started
+        self._pairs: dict[bytes, bytes] = {}
+
+    def pair(self, recipient_public_raw: bytes) -> bytes:
+        prk = self._pairs.get(recipient_public_raw)
+        if prk is None:
+            shared = crypto.x25519_agree(self.private, recipient_public_raw)
+            prk = pair_key(shared, self.public_raw, recipient_public_raw)
+            if len(self._pairs) < MAX_CACHED_PAIRS:
+                self._pairs[recipient_public_raw] = prk
+        return prk
 
 
 class Entropy(Protocol):
@@ -198,9 +262,18 @@ class Entropy(Protocol):
 
     def hpke_wrap(self, recipient_public_raw: bytes, plaintext: bytes, info: bytes) -> bytes: ...
 
+    def salt(self) -> bytes: ...
+
+    def epoch_key(self) -> EpochKey: ...
+
 
 class SystemEntropy:
-    """The operating system's randomness (fresh data keys, nonces and HPKE ephemeral keys)."""
+    """The operating system's randomness (fresh data keys, nonces, salts and ephemeral keys); v2's
+    ephemeral key is replaced every :data:`EPOCH` of this process's monotonic clock."""
+
+    _epoch_s: float = EPOCH.total_seconds()
+    _current: EpochKey | None = None
+    _lock = threading.Lock()
 
     def data_key(self) -> bytes:
         return crypto.new_data_key()
@@ -210,6 +283,20 @@ class SystemEntropy:
 
     def hpke_wrap(self, recipient_public_raw: bytes, plaintext: bytes, info: bytes) -> bytes:
         return crypto.hpke_wrap(recipient_public_raw, plaintext, info)
+
+    def salt(self) -> bytes:
+        return os.urandom(SALT_BYTES)
+
+    def epoch_key(self) -> EpochKey:
+        now = _time.monotonic()
+        current = self._current
+        if current is None or now - current.started >= self._epoch_s:
+            with self._lock:
+                current = self._current
+                if current is None or now - current.started >= self._epoch_s:
+                    current = EpochKey(X25519PrivateKey.generate(), now)
+                    self._current = current
+        return current
 
 
 SYSTEM_ENTROPY = SystemEntropy()
@@ -231,11 +318,13 @@ def build_header(
     audience: Sequence[str],
     refs: Sequence[str],
     registry: Registry,
+    version: EnvelopeVersion = 2,
 ) -> EnvelopeHeader:
     """The clear header of a new event from ``sender``, under the policy and registry versions of
-    ``registry``. Validated as JSON, as a reader will; :class:`UsageError` names what is wrong."""
+    ``registry``, for envelope ``version``. Validated as JSON, as a reader will; :class:`UsageError`
+    names what is wrong."""
     fields: dict[str, Any] = {
-        "v": 1,
+        "v": version,
         "specversion": "1.0",
         "id": event_id,
         "source": f"urn:lianfang:{sender}",
@@ -284,7 +373,8 @@ def seal(
     signing_kid: str | None = None,
     entropy: Entropy = SYSTEM_ENTROPY,
 ) -> SealedRecord:
-    """Encrypt each section for the recipients the policy names, sign, and frame the record.
+    """Encrypt each section for the recipients the policy names, sign, and frame the record, in the
+    envelope version the header names.
 
     ``content`` maps section names to JSON-ready dicts. A section the policy gives nobody is left out
     (data minimization); a section the policy gives someone must be present.
@@ -294,31 +384,22 @@ def seal(
     wanted = policy.recipients(registry.document.policy, header)
     if not any(wanted.values()):
         raise UsageError(f"the sharing policy names no recipient for {header.type} with these header fields")
-    header_bytes = jsonx.compact_json(header.model_dump(mode="json", by_alias=True))
-    sealed: dict[str, SealedSection] = {}
     for name in SECTION_NAMES:
-        if not wanted[name]:
-            continue
-        if name not in content:
+        if wanted[name] and name not in content:
             raise UsageError(f"the policy shares the {name!r} section of {header.type} but none was given")
-        data_key, nonce = entropy.data_key(), entropy.nonce()
-        plaintext = jsonx.compact_json(dict(content[name]))
-        ct = crypto.aead_encrypt(data_key, nonce, plaintext, section_aad(name, header_bytes))
-        wrapped = []
-        for to in sorted(wanted[name]):
-            kid, public = registry.sealing_key(to, at=header.time)
-            enc = entropy.hpke_wrap(public, data_key, wrap_info(header.id, name, to, kid))
-            wrapped.append(WrappedKey(to=to, kid=kid, enc=crypto.b64e(enc)))
-        sealed[name] = SealedSection(nonce=crypto.b64e(nonce), ct=crypto.b64e(ct), recipients=wrapped)
-    sections_bytes = jsonx.compact_json(
-        Sections.model_validate(sealed).model_dump(mode="json", exclude_none=True)
+    header_json = header.model_dump(mode="json", by_alias=True)
+    header_bytes = jsonx.compact_json(header_json)
+    seal_sections = _seal_v2 if header.v == 2 else _seal_v1
+    sections_bytes = seal_sections(
+        header, header_bytes, content=content, wanted=wanted, registry=registry, entropy=entropy
     )
     body = header_bytes + b"\n" + sections_bytes
     kid = signing_kid or choose_signing_kid(signer, registry, header.time)
-    signature = crypto.sign(signer.signing_key(kid), ENVELOPE_PAYLOAD_TYPE, body)
+    payload_type = PAYLOAD_TYPES[header.v]
+    signature = crypto.sign(signer.signing_key(kid), payload_type, body)
     value = jsonx.compact_json(
         {
-            "payloadType": ENVELOPE_PAYLOAD_TYPE,
+            "payloadType": payload_type,
             "payload": crypto.b64e(body),
             "signatures": [{"keyid": kid, "sig": crypto.b64e(signature)}],
         }
@@ -330,13 +411,98 @@ def seal(
     )
 
 
+_Wanted = Mapping[SectionName, frozenset[str]]
+
+
+def _seal_v1(
+    header: EnvelopeHeader,
+    header_bytes: bytes,
+    *,
+    content: Mapping[SectionName, Mapping[str, Any]],
+    wanted: _Wanted,
+    registry: Registry,
+    entropy: Entropy,
+) -> bytes:
+    """v1 sections: each data key wrapped with HPKE for every recipient of its section."""
+    sealed: dict[str, Any] = {}
+    for name in SECTION_NAMES:
+        if not wanted[name]:
+            continue
+        data_key, nonce = entropy.data_key(), entropy.nonce()
+        plaintext = jsonx.compact_json(dict(content[name]))
+        ct = crypto.aead_encrypt(data_key, nonce, plaintext, section_aad(name, header_bytes))
+        wrapped = []
+        for to in sorted(wanted[name]):
+            kid, public = registry.sealing_key(to, at=header.time)
+            enc = entropy.hpke_wrap(public, data_key, wrap_info(header.id, name, to, kid))
+            wrapped.append({"to": to, "kid": kid, "enc": crypto.b64e(enc)})
+        sealed[name] = {
+            "alg": "A256GCM",
+            "nonce": crypto.b64e(nonce),
+            "ct": crypto.b64e(ct),
+            "recipients": wrapped,
+        }
+    return jsonx.compact_json(sealed)
+
+
+def _seal_v2(
+    header: EnvelopeHeader,
+    header_bytes: bytes,
+    *,
+    content: Mapping[SectionName, Mapping[str, Any]],
+    wanted: _Wanted,
+    registry: Registry,
+    entropy: Entropy,
+) -> bytes:
+    """v2 sections: each recipient gets one stanza holding the data keys of the sections it reads,
+    wrapped under a key derived from its pair key with the epoch's ephemeral key."""
+    sealed: dict[str, Any] = {}
+    data_keys: dict[SectionName, bytes] = {}
+    readers: dict[str, list[SectionName]] = {}
+    for name in SECTION_NAMES:
+        if not wanted[name]:
+            continue
+        data_key, nonce = entropy.data_key(), entropy.nonce()
+        plaintext = jsonx.compact_json(dict(content[name]))
+        ct = crypto.aead_encrypt(data_key, nonce, plaintext, section_aad(name, header_bytes, 2))
+        data_keys[name] = data_key
+        sealed[name] = {"alg": "A256GCM", "nonce": crypto.b64e(nonce), "ct": crypto.b64e(ct)}
+        for to in wanted[name]:
+            readers.setdefault(to, []).append(name)
+    epoch, salt, hh = entropy.epoch_key(), entropy.salt(), header_hash(header_bytes)
+    stanzas = []
+    for to in sorted(readers):
+        names = readers[to]
+        kid, public = registry.sealing_key(to, at=header.time)
+        wrap_key = crypto.hkdf_expand32(epoch.pair(public), wrap_info_v2(salt, hh, to, kid, names))
+        keys = b"".join(data_keys[name] for name in names)
+        wrap = crypto.aead_encrypt(wrap_key, WRAP_NONCE, keys, b"")
+        stanzas.append({"to": to, "kid": kid, "sections": names, "wrap": crypto.b64e(wrap)})
+    sealed.update(epk=crypto.b64e(epoch.public_raw), salt=crypto.b64e(salt), recipients=stanzas)
+    return jsonx.compact_json(sealed)
+
+
 # --------------------------------------------------------------------------- verification
 
 
-def _parse_model(model: type[Dsse] | type[EnvelopeHeader] | type[Sections], data: bytes, what: str) -> Any:
-    jsonx.strict_json(data, what=what)  # duplicate keys, NaN, bad UTF-8: before pydantic sees it
+_TIME = TypeAdapter(AwareDatetime, config=ConfigDict(strict=True, hide_input_in_errors=True))
+
+
+def _parse_model(
+    model: type[Dsse] | type[EnvelopeHeader] | type[Sections] | type[SectionsV2], data: bytes, what: str
+) -> Any:
+    """One strict parse (duplicate keys, NaN, bad UTF-8 refused), then the model validates its result.
+
+    The wire models are strict, and validating parsed JSON in Python mode accepts exactly what their
+    JSON mode does, but for a date and time: JSON carries it as text, which Python mode in strict would
+    refuse, so a textual ``time`` is read as JSON mode reads it (``tests/unit/test_envelope.py`` pins
+    the equivalence).
+    """
+    data_obj = jsonx.strict_json(data, what=what)
     try:
-        return model.model_validate_json(data)
+        if model is EnvelopeHeader and isinstance(data_obj, dict) and isinstance(data_obj.get("time"), str):
+            data_obj["time"] = _TIME.validate_strings(data_obj["time"])
+        return model.model_validate(data_obj)
     except ValidationError as e:
         summary = validation_summary(e, limit=5)
         raise MalformedError(f"{what} does not match its schema ({summary})") from e
@@ -352,6 +518,8 @@ def parse(value: bytes) -> tuple[Dsse, bytes, bytes, bytes, EnvelopeHeader]:
     if not sep:
         raise MalformedError("envelope body has no header line")
     header: EnvelopeHeader = _parse_model(EnvelopeHeader, header_bytes, "envelope header")
+    if PAYLOAD_TYPES[header.v] != dsse.payloadType:
+        raise MalformedError(f"the header says envelope v{header.v} but the payload type is another version")
     return dsse, body, header_bytes, sections_bytes, header
 
 
@@ -374,17 +542,45 @@ def verify(value: bytes, *, registry: Registry, now: datetime, keys_at: datetime
         public, crypto.b64d(signature.sig, what="signature", length=64), dsse.payloadType, body
     )
     registry.check_may_publish(header.sender, header.type)
-    sections: Sections = _parse_model(Sections, sections_bytes, "envelope sections")
+    sections: Sections | SectionsV2
+    if header.v == 2:
+        sections_v2: SectionsV2 = _parse_model(SectionsV2, sections_bytes, "envelope sections")
+        _check_stanzas(sections_v2)
+        sections = sections_v2
+    else:
+        sections = _parse_model(Sections, sections_bytes, "envelope sections")
     verified = Verified(header=header, header_bytes=header_bytes, sections=sections, value=value)
     _check_policy(verified, registry)
     return verified
 
 
+def _check_stanzas(sections: SectionsV2) -> None:
+    """v2's shape beyond the schema: key sizes, one stanza per recipient naming present sections in
+    order, and no section that nobody can read."""
+    crypto.b64d(sections.epk, what="ephemeral key", length=32)
+    crypto.b64d(sections.salt, what="salt", length=SALT_BYTES)
+    read: set[str] = set()
+    seen: set[str] = set()
+    for stanza in sections.recipients:
+        if stanza.to in seen:
+            raise MalformedError("the envelope names a recipient twice")
+        seen.add(stanza.to)
+        if list(stanza.sections) != [name for name in SECTION_NAMES if name in stanza.sections]:
+            raise MalformedError("a recipient's sections are not in their order")
+        for name in stanza.sections:
+            if getattr(sections, name) is None:
+                raise MalformedError(f"a recipient is given the key of the {name} section, which is absent")
+        read.update(stanza.sections)
+    for name in SECTION_NAMES:
+        if getattr(sections, name) is not None and name not in read:
+            raise MalformedError(f"the {name} section is sealed to nobody")
+
+
 def _check_policy(verified: Verified, registry: Registry) -> None:
     expected = policy.recipients(registry.document.policy, verified.header)
+    wraps = verified.wraps()
     for name in SECTION_NAMES:
-        section: SealedSection | None = getattr(verified.sections, name)
-        sealed_to = [w.to for w in section.recipients] if section else []
+        sealed_to = [to for section, to, _ in wraps if section == name]
         if len(sealed_to) != len(set(sealed_to)):
             raise MalformedError(f"the {name} section names a recipient twice")
         actual = frozenset(sealed_to)
@@ -395,27 +591,27 @@ def _check_policy(verified: Verified, registry: Registry) -> None:
                 f"{name} is sealed to recipients that differ from policy v{registry.policy_version}: "
                 f"not allowed {extra}, missing {missing}"
             )
-        for wrapped in section.recipients if section else []:
-            if not registry.is_encryption_key(wrapped.to, wrapped.kid):
-                raise PolicyMismatchError(f"{name} is sealed to {wrapped.to!r} under an unregistered key")
+    for name, to, kid in wraps:
+        if not registry.is_encryption_key(to, kid):
+            raise PolicyMismatchError(f"{name} is sealed to {to!r} under an unregistered key")
 
 
 def check_recipient_keys(verified: Verified, registry: Registry, now: datetime) -> None:
     """No section's data key may be wrapped for an encryption key revoked by ``now``: the router
     does not deliver such wraps (``encryption_key_revoked``). Readers do not apply it: what was
     delivered before a revocation stays readable by its recipient."""
-    for name in SECTION_NAMES:
-        section: SealedSection | None = getattr(verified.sections, name)
-        for wrapped in section.recipients if section else []:
-            if registry.encryption_key_revoked(wrapped.to, wrapped.kid, at=now):
-                raise EncryptionKeyRevokedError(
-                    f"{name} is sealed to {wrapped.to!r} under encryption key {wrapped.kid}, revoked in "
-                    f"registry v{registry.version}"
-                )
+    for name, to, kid in verified.wraps():
+        if registry.encryption_key_revoked(to, kid, at=now):
+            raise EncryptionKeyRevokedError(
+                f"{name} is sealed to {to!r} under encryption key {kid}, revoked in registry "
+                f"v{registry.version}"
+            )
 
 
 def open_sections(verified: Verified, keystore: Keystore) -> Opened:
     """Open every section sealed to ``keystore``'s participant; raises if there is none."""
+    if isinstance(verified.sections, SectionsV2):
+        return _open_v2(verified, verified.sections, keystore)
     me = keystore.participant
     opened: dict[SectionName, dict[str, Any]] = {}
     for name in SECTION_NAMES:
@@ -439,12 +635,65 @@ def open_sections(verified: Verified, keystore: Keystore) -> Opened:
             crypto.b64d(section.ct, what="ciphertext"),
             section_aad(name, verified.header_bytes),
         )
-        content = jsonx.strict_json(plaintext, what=f"{name} section")
-        if not isinstance(content, dict):
-            raise MalformedError(f"the {name} section is not a JSON object")
-        opened[name] = content
+        opened[name] = _section_content(name, plaintext)
     if not opened:
         raise NotARecipientError(f"{me!r} is not a recipient of any section of event {verified.header.id}")
+    return Opened(verified=verified, sections=opened)
+
+
+def _section_content(name: SectionName, plaintext: bytes) -> dict[str, Any]:
+    content = jsonx.strict_json(plaintext, what=f"{name} section")
+    if not isinstance(content, dict):
+        raise MalformedError(f"the {name} section is not a JSON object")
+    return content
+
+
+_READER_PAIRS_LOCK = threading.Lock()
+
+
+def _reader_pair(keystore: Keystore, kid: str, epk: bytes) -> bytes:
+    """The pair key of ``keystore``'s key ``kid`` with a sender's epoch key, remembered per keystore."""
+    cache = keystore.pair_keys
+    prk = cache.get((kid, epk))
+    if prk is None:
+        private = keystore.encryption_key(kid)
+        shared = crypto.x25519_agree(private, epk)
+        prk = pair_key(shared, epk, crypto.x25519_public_raw(private))
+        with _READER_PAIRS_LOCK:
+            while len(cache) >= MAX_CACHED_PAIRS:
+                del cache[next(iter(cache))]
+            cache[(kid, epk)] = prk
+    return prk
+
+
+def _open_v2(verified: Verified, sections: SectionsV2, keystore: Keystore) -> Opened:
+    me = keystore.participant
+    mine = [s for s in sections.recipients if s.to == me]
+    if not mine:
+        raise NotARecipientError(f"{me!r} is not a recipient of any section of event {verified.header.id}")
+    stanza = mine[0]
+    if stanza.kid not in keystore.encryption:
+        raise DecryptFailedError(f"the event is sealed to key {stanza.kid!r}, which we do not hold")
+    epk = crypto.b64d(sections.epk, what="ephemeral key", length=32)
+    salt = crypto.b64d(sections.salt, what="salt", length=SALT_BYTES)
+    info = wrap_info_v2(salt, header_hash(verified.header_bytes), me, stanza.kid, stanza.sections)
+    wrap_key = crypto.hkdf_expand32(_reader_pair(keystore, stanza.kid, epk), info)
+    try:
+        keys = crypto.aead_open(wrap_key, WRAP_NONCE, crypto.b64d(stanza.wrap, what="wrapped keys"), b"")
+    except DecryptFailedError as e:
+        raise DecryptFailedError("the wrapped keys could not be opened with our key") from e
+    if len(keys) != crypto.DATA_KEY_BYTES * len(stanza.sections):
+        raise DecryptFailedError("the wrapped keys are not one data key per section")
+    opened: dict[SectionName, dict[str, Any]] = {}
+    for i, name in enumerate(stanza.sections):
+        section = getattr(sections, name)
+        plaintext = crypto.aead_open(
+            keys[i * crypto.DATA_KEY_BYTES : (i + 1) * crypto.DATA_KEY_BYTES],
+            crypto.b64d(section.nonce, what="nonce", length=crypto.NONCE_BYTES),
+            crypto.b64d(section.ct, what="ciphertext"),
+            section_aad(name, verified.header_bytes, 2),
+        )
+        opened[name] = _section_content(name, plaintext)
     return Opened(verified=verified, sections=opened)
 
 
@@ -561,7 +810,9 @@ class ReplayWindow:
 
 __all__ = [
     "ACCEPTED_AT_HEADER",
+    "EPOCH",
     "DuplicateError",
+    "EpochKey",
     "Opened",
     "ReplayWindow",
     "SealedRecord",

@@ -109,6 +109,9 @@ class Keystore:
     participant: str
     signing: dict[str, Ed25519PrivateKey]
     encryption: dict[str, X25519PrivateKey]
+    pair_keys: dict[tuple[str, bytes], bytes]
+    """Keys agreed between our encryption keys and senders' epoch keys (envelope v2), kept in memory
+    only, bounded by :func:`services.kernel.envelope.open_sections`."""
 
     def __init__(
         self,
@@ -124,6 +127,7 @@ class Keystore:
         self.participant = participant
         self.signing = dict(signing or {})
         self.encryption = dict(encryption or {})
+        self.pair_keys = {}
         for kid, sk in self.signing.items():
             if key_id(sk.public_key().public_bytes_raw()) != kid:
                 raise UsageError(f"signing key filed under {kid!r} has a different key id")

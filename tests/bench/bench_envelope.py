@@ -1,11 +1,13 @@
 """Seal+sign and verify+open throughput of a 1 KiB lead for 1, 4 and 8 recipients, beside the raw primitives.
 
 The envelope cases go through :mod:`services.kernel.envelope` exactly as a producer and a consumer do:
-``seal`` (both sections sealed, each data key wrapped with HPKE for every recipient, then Ed25519 over
-the body) and ``verify`` followed by ``open_sections`` as one recipient. "N recipients" means that each
-of the two sections (triage, about 200 B of JSON; details, 1 KiB of JSON narrative and identity text
-with Chinese characters) is wrapped for exactly N participants, so a seal costs 2N HPKE seals and an
-open 2 HPKE opens (one per section), whatever N is.
+``seal`` (both sections sealed, their data keys wrapped for every recipient, then Ed25519 over the body)
+and ``verify`` followed by ``open_sections`` as one recipient. "N recipients" means that each of the two
+sections (triage, about 200 B of JSON; details, 1 KiB of JSON narrative and identity text with Chinese
+characters) is sealed to exactly N participants. Envelope v2 (the cases without a version) gives each
+recipient one stanza wrapping both data keys under a key derived from a pair key cached per epoch;
+the "v1" cases, for comparison, wrap each data key with HPKE per recipient, 2N HPKE seals a seal and 2
+HPKE opens an open. Under the cases at N=4 a note names the top costs of one profiled run.
 
 The default district policy cannot give that: every lead rule sends the triage section to the hub as
 well as to the readers of the details, so triage always has one recipient more than details. The
@@ -22,8 +24,10 @@ Baselines, measured in the same run with the calls the envelope makes: Ed25519 s
 from __future__ import annotations
 
 import base64
+import cProfile
 import datetime as dt
 import os
+import pstats
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -49,6 +53,8 @@ PRIMITIVE_OPS_FULL = 1_000
 PRIMITIVE_OPS_QUICK = 200
 AES_OPS_FACTOR = 10  # AES-GCM of 1 KiB takes microseconds: more of them per run for a readable timing
 RECIPIENT_COUNTS = (1, 4, 8)
+V1_RECIPIENT_COUNTS = (4,)  # envelope v1, still read and still sealed by old senders: the comparison
+CURRENT_VERSION = 2
 VERIFY_ONLY_AT = 4
 DETAILS_BYTES = 1024
 TRIAGE_BYTES = 200
@@ -149,10 +155,10 @@ def _subject() -> str:
     return "p1." + base64.urlsafe_b64encode(os.urandom(32)).decode("ascii").rstrip("=")
 
 
-def _header(registry: Registry, at: dt.datetime, **fields: Any) -> EnvelopeHeader:
+def _header(registry: Registry, at: dt.datetime, version: int = 2, **fields: Any) -> EnvelopeHeader:
     return EnvelopeHeader.model_validate(
         {
-            "v": 1,
+            "v": version,
             "specversion": "1.0",
             "id": envelope.new_event_id(int(at.timestamp() * 1000)),
             "source": f"urn:lianfang:{SENDER}",
@@ -220,9 +226,12 @@ def _bench_envelopes(ctx: BenchContext, d: Domain, events: int) -> tuple[list[Re
     seal_results: list[Result] = []
     open_results: list[Result] = []
     verify_results: list[Result] = []
-    for n in RECIPIENT_COUNTS:
+    plan = [(2, n) for n in RECIPIENT_COUNTS] + [(1, n) for n in V1_RECIPIENT_COUNTS]
+    for version, n in plan:
+        v = "" if version == CURRENT_VERSION else f"v{version} "
         headers = [
-            _header(d.registry, d.sealed_at, category=CATEGORY_FOR[n], town=TOWN) for _ in range(events)
+            _header(d.registry, d.sealed_at, version, category=CATEGORY_FOR[n], town=TOWN)
+            for _ in range(events)
         ]
         wanted = policy.recipients(d.registry.document.policy, headers[0])
         if any(len(wanted[name]) != n for name in SECTION_NAMES):
@@ -235,10 +244,10 @@ def _bench_envelopes(ctx: BenchContext, d: Domain, events: int) -> tuple[list[Re
             for header in headers:
                 records.append(envelope.seal(header, content, registry=d.registry, signer=d.sender).value)
 
-        case = f"seal+sign ({n} recipient{'s' if n > 1 else ''})"
+        case = f"{v}seal+sign ({n} recipient{'s' if n > 1 else ''})"
         seconds = ctx.measure(case, seal_all)
         seal_results.append(ctx.result(case, "events/s", per_second(seconds, events)))
-        per_event_us[f"seal{n}"] = US / seal_results[-1].median
+        per_event_us[f"{v}seal{n}"] = US / seal_results[-1].median
 
         # Check once, untimed, that what was sealed verifies, names N per section and opens back.
         opened = envelope.verify_and_open(
@@ -249,19 +258,27 @@ def _bench_envelopes(ctx: BenchContext, d: Domain, events: int) -> tuple[list[Re
         if opened.sections != content:
             raise BenchError(f"{case}: the opened sections differ from what was sealed")
         lengths = sorted(len(r) for r in records)
-        sizes.append(f"{n}: {lengths[len(lengths) // 2]:,} B")
+        sizes.append(f"{v}{n}: {lengths[len(lengths) // 2]:,} B")
 
         def verify_open_all(records: list[bytes] = records) -> None:
             for value in records:
                 verified = envelope.verify(value, registry=d.registry, now=d.verified_at)
                 envelope.open_sections(verified, d.reader)
 
-        case = f"verify+open ({n} recipient{'s' if n > 1 else ''})"
+        case = f"{v}verify+open ({n} recipient{'s' if n > 1 else ''})"
         seconds = ctx.measure(case, verify_open_all)
         open_results.append(ctx.result(case, "events/s", per_second(seconds, events)))
-        per_event_us[f"open{n}"] = US / open_results[-1].median
-
+        per_event_us[f"{v}open{n}"] = US / open_results[-1].median
         if n == VERIFY_ONLY_AT:
+            ctx.note(
+                f"top costs, {v or f'v{version} '}seal+sign ({n} recipients): " + _top_costs(seal_all, events)
+            )
+            ctx.note(
+                f"top costs, {v or f'v{version} '}verify+open ({n} recipients): "
+                + _top_costs(verify_open_all, events)
+            )
+
+        if n == VERIFY_ONLY_AT and version == CURRENT_VERSION:
 
             def verify_all(records: list[bytes] = records) -> None:
                 for value in records:
@@ -278,10 +295,33 @@ def _bench_envelopes(ctx: BenchContext, d: Domain, events: int) -> tuple[list[Re
         f"{events:,} events per run, {ctx.warmup} warm-up + {ctx.runs} timed runs; a lead.reported with "
         f"details {detail_len:,} B and triage {triage_len} B of compact JSON, both sealed; headers (each a "
         f"new UUIDv7) built before the timing; verify+open = envelope.verify then open_sections as "
-        f"{READER}, over the records of the last seal run"
+        f"{READER}, over the records of the last seal run. Cases without a version are envelope "
+        f"v{CURRENT_VERSION} (what build_header writes): its sender's epoch key and the reader's pair key "
+        "are agreed once and then cached, as in a running service; 'v1' cases seal and read v1"
     )
     ctx.note("sealed record size (median) by recipients per section: " + ", ".join(sizes))
     return [*seal_results, *open_results, *verify_results], per_event_us
+
+
+def _top_costs(fn: Callable[[], None], events: int, top: int = 6) -> str:
+    """One profiled run of ``fn``: the functions with the most time of their own, in µs per event."""
+    profile = cProfile.Profile()
+    profile.enable()
+    fn()
+    profile.disable()
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    rows = sorted(((tt, f) for f, (_, _, tt, _, _) in stats.items()), reverse=True)[:top]
+    total = sum(tt for _, (_, _, tt, _, _) in stats.items())
+
+    def label(f: tuple[str, int, str]) -> str:
+        path, _, name = f
+        return name if path == "~" else f"{Path(path).stem}.{name}"
+
+    parts = [f"{label(f)} {US * tt / events:.0f} µs" for tt, f in rows]
+    return (
+        ", ".join(parts) + f" (of {US * total / events:.0f} µs an event under cProfile, which slows Python "
+        "calls more than native ones)"
+    )
 
 
 # --------------------------------------------------------------------------- baselines
@@ -372,41 +412,40 @@ def _breakdown(ctx: BenchContext, ev: dict[str, float], prim: dict[str, float]) 
     hpke_s, hpke_o = prim["hpke_seal"], prim["hpke_open"]
     ctx.note(
         f"per operation: Ed25519 sign {prim['sign']:.0f} µs, verify {prim['verify']:.0f} µs; HPKE seal "
-        f"{hpke_s:.0f} µs, open {hpke_o:.0f} µs; AES-GCM 1 KiB {prim['aes']:.1f} µs. One HPKE seal costs "
-        f"{hpke_s / prim['sign']:.1f}x an Ed25519 sign; one HPKE open {hpke_o / prim['verify']:.1f}x an "
-        "Ed25519 verify"
+        f"{hpke_s:.0f} µs, open {hpke_o:.0f} µs; X25519 DH {prim['dh']:.0f} µs; AES-GCM 1 KiB "
+        f"{prim['aes']:.1f} µs"
     )
     parts = []
     for n in RECIPIENT_COUNTS:
         total = ev[f"seal{n}"]
-        wraps = 2 * n * hpke_s
-        other = total - wraps - prim["sign"] - 2 * prim["aes"]
-        parts.append(
-            f"N={n}: {total:.0f} µs; {2 * n} HPKE seals {share(wraps, total)}, sign "
-            f"{share(prim['sign'], total)}, rest {share(other, total)}"
-        )
+        other = total - prim["sign"] - 2 * prim["aes"]
+        parts.append(f"N={n}: {total:.0f} µs; sign {share(prim['sign'], total)}, rest {share(other, total)}")
     ctx.note(
-        "seal+sign per event, with the primitives at their baseline rates (the rest: JSON, pydantic, "
-        "base64, registry key look-ups): " + "; ".join(parts)
+        "v2 seal+sign per event, with the primitives at their baseline rates (the rest: per recipient an "
+        "HKDF-Expand and an AES-GCM wrap of the data keys, then JSON, base64, registry look-ups): "
+        + "; ".join(parts)
     )
     first, last = RECIPIENT_COUNTS[0], RECIPIENT_COUNTS[-1]
     step = (ev[f"seal{last}"] - ev[f"seal{first}"]) / (last - first)
     ctx.note(
-        f"each recipient more adds {step:.0f} µs to a seal: 2 HPKE seals ({2 * hpke_s:.0f} µs at the "
-        "baseline rate) plus, per section, a registry key look-up, an X25519 key load and a WrappedKey"
+        f"v2: each recipient more adds {step:.0f} µs to a seal (one stanza: HKDF-Expand, AES-GCM of the "
+        f"data keys, a registry key look-up); v1 paid 2 HPKE seals ({2 * hpke_s:.0f} µs at the baseline "
+        f"rate) and more. v2's Diffie-Hellman ({prim['dh']:.0f} µs) is paid once per recipient key and "
+        "epoch (10 minutes), not per event"
     )
-    parts = []
-    for n in RECIPIENT_COUNTS:
-        total = ev[f"open{n}"]
-        crypto_us = prim["verify"] + 2 * hpke_o
-        parts.append(f"N={n}: {total:.0f} µs, Ed25519 verify + 2 HPKE opens {share(crypto_us, total)}")
+    for v in ("", "v1 "):
+        n = VERIFY_ONLY_AT
+        seal, opened = ev[f"{v}seal{n}"], ev[f"{v}open{n}"]
+        ctx.note(
+            f"{v or 'v2 '}at N={n}: seal+sign {seal:.0f} µs, verify+open {opened:.0f} µs, of which the "
+            f"Ed25519 verify {share(prim['verify'], opened)}"
+            + (f" and 2 HPKE opens {share(2 * hpke_o, opened)}" if v else "")
+        )
     ctx.note(
-        "verify+open per event (an open is 2 HPKE opens whatever N; N only lengthens the record and "
-        "the policy check): "
-        + "; ".join(parts)
-        + f". verify alone at N={VERIFY_ONLY_AT}: {ev['verify']:.0f} µs, the Ed25519 verify "
+        f"verify alone (v2, N={VERIFY_ONLY_AT}): {ev['verify']:.0f} µs, the Ed25519 verify "
         + share(prim["verify"], ev["verify"])
-        + " of it (the rest: strict JSON and pydantic parsing, base64, registry and policy checks)"
+        + " of it (the rest: one strict JSON parse and one model validation per part, base64, registry "
+        "and policy checks)"
     )
 
 

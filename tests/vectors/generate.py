@@ -1,12 +1,14 @@
-"""Known-answer vectors for the v1 envelope, from deterministic test keys.
+"""Known-answer vectors for the v1 and v2 envelopes, from deterministic test keys.
 
-    python -m tests.vectors.generate          # rewrite tests/vectors/envelope-v1.json
-    python -m tests.vectors.generate --check  # exit 1 if the committed file differs
+    python -m tests.vectors.generate          # rewrite tests/vectors/envelope-v1.json and -v2.json
+    python -m tests.vectors.generate --check  # exit 1 if a committed file differs
 
 Sealing is made deterministic by an :class:`~services.kernel.envelope.Entropy` whose data keys,
-nonces and HPKE ephemeral keys come from fixed seeds. Its HPKE is written out here from RFC 9180
-(DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM, base mode); the vectors test then opens every
-vector with the production path (``cryptography``'s HPKE), so the two must agree on the RFC.
+nonces, HPKE ephemeral keys (v1), salts and epoch key (v2) come from fixed seeds. Its HPKE is written
+out here from RFC 9180 (DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM, base mode); the vectors
+test then opens every vector with the production path (``cryptography``'s HPKE), so the two must agree
+on the RFC. v2's key agreement is the production code's own (X25519 and HKDF-SHA256 from RFC 7748 and
+RFC 5869, as ``schemas/envelope.py`` specifies); its vectors pin the bytes.
 The keys here are test keys, derived from public seeds: never use them for anything real.
 """
 
@@ -34,6 +36,7 @@ from services.kernel.registry import Registry
 from services.simulator import district
 
 VECTORS = Path(__file__).with_name("envelope-v1.json")
+VECTORS_BY_VERSION = {1: VECTORS, 2: Path(__file__).with_name("envelope-v2.json")}
 TIME = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 
 
@@ -128,9 +131,12 @@ def hpke_seal_deterministic(
 class SeededEntropy:
     """Deterministic stand-in for the system's randomness; every draw is recorded for the vector."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, version: int = 1) -> None:
         self.label = label
         self.draws: dict[str, list[str]] = {"data_keys": [], "nonces": [], "ephemeral_seeds": []}
+        if version == 2:
+            self.draws = {"data_keys": [], "nonces": [], "salts": [], "epoch_seeds": []}
+        self._epoch: envelope.EpochKey | None = None
 
     def _next(self, kind: str, length: int) -> bytes:
         value = _seed(f"{self.label}/{kind}/{len(self.draws[kind])}")[:length]
@@ -146,6 +152,16 @@ class SeededEntropy:
     def hpke_wrap(self, recipient_public_raw: bytes, plaintext: bytes, info: bytes) -> bytes:
         ephemeral = X25519PrivateKey.from_private_bytes(self._next("ephemeral_seeds", 32))
         return hpke_seal_deterministic(ephemeral, recipient_public_raw, plaintext, info)
+
+    def salt(self) -> bytes:
+        return self._next("salts", envelope.SALT_BYTES)
+
+    def epoch_key(self) -> envelope.EpochKey:
+        if self._epoch is None:
+            self._epoch = envelope.EpochKey(
+                X25519PrivateKey.from_private_bytes(self._next("epoch_seeds", 32))
+            )
+        return self._epoch
 
 
 # --------------------------------------------------------------------------- the vectors
@@ -196,9 +212,9 @@ CASES: list[dict[str, Any]] = [
 ]
 
 
-def _header(case: dict[str, Any], index: int) -> EnvelopeHeader:
+def _header(case: dict[str, Any], index: int, version: int) -> EnvelopeHeader:
     fields = {
-        "v": 1,
+        "v": version,
         "specversion": "1.0",
         "id": f"01a1b2c3-d4e5-7f00-8000-00000000000{index}",
         "source": f"urn:lianfang:{case['sender']}",
@@ -212,12 +228,13 @@ def _header(case: dict[str, Any], index: int) -> EnvelopeHeader:
     return EnvelopeHeader.model_validate_json(json.dumps(fields))
 
 
-def build_vectors() -> dict[str, Any]:
+def build_vectors(version: int = 1) -> dict[str, Any]:
     registry = test_registry(PARTICIPANTS)
     out: list[dict[str, Any]] = []
     for index, case in enumerate(CASES):
-        entropy = SeededEntropy(case["name"])
-        h = _header(case, index)
+        # v1's labels are the case names alone, so its committed bytes stay as they were.
+        entropy = SeededEntropy(case["name"] if version == 1 else f"v{version}/{case['name']}", version)
+        h = _header(case, index, version)
         record = envelope.seal(
             h, case["content"], registry=registry, signer=test_keystore(case["sender"]), entropy=entropy
         )
@@ -239,7 +256,8 @@ def build_vectors() -> dict[str, Any]:
             }
         )
     return {
-        "about": "Lianfang envelope v1 known-answer vectors; regenerate with `python -m tests.vectors.generate`.",
+        "about": f"Lianfang envelope v{version} known-answer vectors; regenerate with "
+        + "`python -m tests.vectors.generate`.",
         "keys": "test keys: seed = SHA-256('lianfang-test-vector/' + participant + '/sign' or '/encrypt')",
         "time": TIME.isoformat(),
         "participants": PARTICIPANTS,
@@ -247,8 +265,8 @@ def build_vectors() -> dict[str, Any]:
     }
 
 
-def render() -> str:
-    return json.dumps(build_vectors(), indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+def render(version: int = 1) -> str:
+    return json.dumps(build_vectors(version), indent=2, ensure_ascii=False, sort_keys=True) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,16 +275,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--check", action="store_true", help="compare with the committed file instead")
     args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        if VECTORS.read_text(encoding="utf-8") != text:
-            print(f"{VECTORS} is stale: run `python -m tests.vectors.generate`", file=sys.stderr)
-            return 1
-        print(f"{VECTORS} is current")
-        return 0
-    VECTORS.write_text(text, encoding="utf-8")
-    print(f"wrote {VECTORS}")
-    return 0
+    stale = 0
+    for version, path in VECTORS_BY_VERSION.items():
+        text = render(version)
+        if not args.check:
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path}")
+        elif not path.exists() or path.read_text(encoding="utf-8") != text:
+            print(f"{path} is stale: run `python -m tests.vectors.generate`", file=sys.stderr)
+            stale = 1
+        else:
+            print(f"{path} is current")
+    return stale
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from schemas.envelope import ENVELOPE_PAYLOAD_TYPE
+from schemas.envelope import ENVELOPE_PAYLOAD_TYPE, PAYLOAD_TYPES
 from services.importers.engine import DryRun, run_import
 from services.importers.ledger import Ledger
 from services.importers.reader import ENCODINGS, ExportFile
@@ -94,10 +94,12 @@ class _Envelopes:
         sender = _claimed_sender(body, self.domain.registry.participant_ids())
         keys = self.domain.keys(sender)
         kid = sorted(keys.signing)[-1]
-        signature = crypto.sign(keys.signing_key(kid), ENVELOPE_PAYLOAD_TYPE, body)
+        # The payload type of the version the header claims, so v2 bodies reach v2's checks too.
+        payload_type = PAYLOAD_TYPES[2] if _claimed_version(body) == 2 else ENVELOPE_PAYLOAD_TYPE
+        signature = crypto.sign(keys.signing_key(kid), payload_type, body)
         value = jsonx.compact_json(
             {
-                "payloadType": ENVELOPE_PAYLOAD_TYPE,
+                "payloadType": payload_type,
                 "payload": crypto.b64e(body),
                 "signatures": [{"keyid": kid, "sig": crypto.b64e(signature)}],
             }
@@ -133,6 +135,14 @@ def _claimed(body: bytes, field: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _claimed_version(body: bytes) -> object:
+    try:
+        data = json.loads(body.partition(b"\n")[0])
+    except ValueError:
+        return None
+    return data.get("v") if isinstance(data, dict) else None
+
+
 def _claimed_sender(body: bytes, participants: list[str]) -> str:
     """The participant the header names as its source when it is registered, else police: the signer
     a sender who holds a valid key would use, so the fuzzed header reaches the checks after the
@@ -142,7 +152,8 @@ def _claimed_sender(body: bytes, participants: list[str]) -> str:
 
 
 def _envelope_seeds(domain: DemoDomain) -> tuple[bytes, ...]:
-    """Bodies of valid envelopes: a lead, a minor's, a routine one, one dated a few minutes ahead."""
+    """Bodies of valid envelopes, v1 and v2: a lead, a minor's, a routine one, one dated a few minutes
+    ahead."""
     bodies = []
     cases: list[dict[str, Any]] = [
         {},
@@ -150,7 +161,7 @@ def _envelope_seeds(domain: DemoDomain) -> tuple[bytes, ...]:
         {"urgency": "routine"},
         {"time": (NOW + timedelta(minutes=3)).isoformat()},
     ]
-    for fields in cases:
+    for fields in [*cases, *({**c, "v": 2} for c in cases)]:
         h = header(**fields)
         value = envelope.seal(h, CONTENT, registry=domain.registry, signer=domain.keys("police")).value
         bodies.append(crypto.b64d(json.loads(value)["payload"], what="payload"))

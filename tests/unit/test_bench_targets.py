@@ -68,6 +68,18 @@ def test_the_cost_per_extra_recipient_is_the_slope_from_one_to_eight_recipients(
     assert row["met"] is True
 
 
+def test_a_negative_cost_per_recipient_is_noise_and_not_a_target_met() -> None:
+    rows = targets.evaluate(
+        _run(
+            ("bench_envelope", "seal+sign (1 recipient)", "events/s", 1000.0),
+            ("bench_envelope", "seal+sign (8 recipients)", "events/s", 2000.0),
+        )
+    )
+    row = _row(rows, "2 sealing: cost of each extra recipient")
+    assert row["figure"] < 0
+    assert row["met"] is False
+
+
 def test_the_summary_table_says_not_measured_rather_than_a_number() -> None:
     text = targets.render(targets.evaluate([]))
     assert "not measured" in text

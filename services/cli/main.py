@@ -34,11 +34,12 @@ from schemas.registry import MAX_REGISTRY_BYTES, PublicKey, RegistryDocument, Ro
 from services import trust
 from services.cli import console as console_command
 from services.cli import local_kafka
+from services.cli.args import bus_parent
 from services.cli.args import home_of as _home
 from services.cli.args import positive_int as _positive_int
 from services.cli.audit import add_commands as add_audit_commands
 from services.cli.audit import record_admin_change
-from services.cli.bus import add_bus_commands
+from services.cli.bus import add_bus_commands, cmd_registry_publish
 from services.cli.importers import add_commands as add_import_commands
 from services.cli.simulate import add_commands as add_simulate_commands
 from services.kernel import ids
@@ -157,6 +158,14 @@ def _add_registry(subcommands: Subcommands, common: argparse.ArgumentParser) -> 
         "--root", required=True, metavar="HOLDER", help="root holder (keystore HOME/roots/HOLDER.key)"
     )
     sign.add_argument("file", nargs="?", type=Path, metavar="FILE", help=file_help)
+    publish = _command(
+        registry,
+        "publish",
+        cmd_registry_publish,
+        bus_parent(common),
+        "put the registry on the registry topic: every process takes it within seconds",
+    )
+    publish.add_argument("file", nargs="?", type=Path, metavar="FILE", help=file_help)
     rotate = _command(
         registry,
         "rotate-roots",

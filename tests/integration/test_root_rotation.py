@@ -4,6 +4,8 @@ registry it trusted; a wrap for a revoked encryption key is never sealed, nor de
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -202,3 +204,37 @@ def test_a_wrap_for_a_revoked_encryption_key_is_dead_lettered_and_the_sdk_refuse
     )
     assert dict(letter.headers)["lianfang_reason"] == b"encryption_key_revoked"
     assert sealed.header.id not in bus.inbox_ids().get("womens_federation", {})
+
+
+def test_a_key_rotated_with_lianfang_keys_and_put_on_the_bus_with_registry_publish_reaches_a_running_router(
+    bus: Bus, router: RouterProcess
+) -> None:
+    def lianfang(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "services", *argv, "--home", str(bus.domain.home)],
+            capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+
+    before = _version(router)
+    rotated = lianfang("keys", "rotate", "--as", "health")
+    assert rotated.returncode == 0, rotated.stderr
+    published = lianfang("registry", "publish", "--bootstrap", bus.bootstrap, "--topic-prefix", bus.prefix)
+    assert published.returncode == 0, published.stderr
+    assert f"registry v{int(before or 0) + 1} published" in published.stdout
+    bus.wait_for(lambda: _version(router) == (before or 0) + 1, 30, "the router on the published version")
+
+
+def test_registry_publish_refuses_a_registry_its_roots_did_not_sign(bus: Bus, tmp_path: Path) -> None:
+    forged = tmp_path / "forged.json"
+    data = (bus.domain.home / "registry.json").read_bytes()
+    assert b'"version": 1,' in data
+    forged.write_bytes(data.replace(b'"version": 1,', b'"version": 9,', 1))  # the signed bytes changed
+    result = subprocess.run(
+        [sys.executable, "-m", "services", "registry", "publish", str(forged), "--home", str(bus.domain.home),
+         "--bootstrap", bus.bootstrap, "--topic-prefix", bus.prefix],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "bad_signature" in result.stderr or "signature" in result.stderr
+    on_topic = bus.read_all([bus.names.registry])[bus.names.registry]
+    assert forged.read_bytes() not in [r.value for r in on_topic], "nothing reached the topic"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.protocol.metadata import MetadataRequest
 
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 from services.kernel import acls
@@ -44,44 +45,103 @@ def ensure_topics(
     *,
     timeout_s: float = 30.0,
     security: KafkaSecuritySettings | None = None,
-) -> None:
-    """Create the topics that do not exist yet and wait until every one is in the metadata.
+) -> dict[str, int]:
+    """Create the topics that do not exist yet and wait until every broker lists every one; returns how
+    many partitions each has (a topic that existed keeps its own count: the caller compares).
 
     ``security``: how to log in (``None``: the ``LIANFANG_KAFKA_*`` environment); creating topics
-    needs the operator on a secured broker.
+    needs the operator on a secured broker, or a principal allowed to create these names.
     """
     specs = list(topics)
+    with _admin(bootstrap, security) as admin:
+        try:
+            for spec in specs:
+                new = NewTopic(spec.name, spec.partitions, spec.replication, topic_configs=spec.configs)
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    admin.create_topics([new])
+            return _wait_for_topics(admin, [s.name for s in specs], timeout_s)
+        except KafkaError as e:
+            raise TransportError(f"creating topics on {bootstrap} failed: {e}") from e
+
+
+def wait_for_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    *,
+    timeout_s: float = 30.0,
+    security: KafkaSecuritySettings | None = None,
+) -> dict[str, int]:
+    """Wait until every broker lists every topic of ``names`` with a leader for each partition (a
+    :class:`TransportError` naming the missing ones after ``timeout_s``); returns how many partitions
+    each has. Creates nothing: for a service that needs topics the operator creates."""
+    with _admin(bootstrap, security) as admin:
+        try:
+            return _wait_for_topics(admin, list(names), timeout_s)
+        except KafkaError as e:
+            raise TransportError(f"describing topics on {bootstrap} failed: {e}") from e
+
+
+@contextlib.contextmanager
+def _admin(bootstrap: str, security: KafkaSecuritySettings | None) -> Iterator[KafkaAdminClient]:
     auth = kafka_python_kwargs(security if security is not None else load_security())
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="lianfang-admin", **auth)
     except KafkaError as e:
         raise TransportError(f"cannot reach Kafka at {bootstrap}: {e}") from e
     try:
-        for spec in specs:
-            new = NewTopic(spec.name, spec.partitions, spec.replication, topic_configs=spec.configs)
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics([new])
-        _wait_for_topics(admin, [s.name for s in specs], timeout_s)
-    except KafkaError as e:
-        raise TransportError(f"creating topics on {bootstrap} failed: {e}") from e
+        yield admin
     finally:
         admin.close()
 
 
-def _wait_for_topics(admin: KafkaAdminClient, names: list[str], timeout_s: float) -> None:
+def _wait_for_topics(admin: KafkaAdminClient, names: list[str], timeout_s: float) -> dict[str, int]:
+    # Every broker is asked, not one: a broker applies a new topic to the metadata it serves a moment
+    # after the controller created it, and a client may ask any broker. Tens of milliseconds on an idle
+    # machine, longer under load: a client asking in between is told the topic does not exist.
     deadline = time.monotonic() + timeout_s
     missing = set(names)
+    found: dict[str, int] = {}
     while time.monotonic() < deadline:
-        described = admin.describe_topics(sorted(missing))
-        for topic in described:
-            partitions = topic.get("partitions") or []
-            leaders = [p.get("leader_id", p.get("leader", -1)) for p in partitions]
-            if topic.get("error_code", 0) == 0 and leaders and all(x >= 0 for x in leaders):
-                missing.discard(topic.get("name") or topic.get("topic"))
+        listed = [_ready_partitions(topics) for topics in _metadata_of_every_broker(admin, sorted(missing))]
+        for name in list(missing):
+            counts = {broker.get(name) for broker in listed}
+            if listed and None not in counts and len(counts) == 1:
+                found[name] = counts.pop() or 0
+                missing.discard(name)
         if not missing:
-            return
+            return found
         time.sleep(0.1)  # poll interval inside a deadline loop
     raise TransportError(f"topics not ready within {timeout_s:.0f} s: {sorted(missing)}")
+
+
+def _ready_partitions(topics: list[dict[str, Any]]) -> dict[str, int]:
+    """Of one broker's metadata: each topic that it lists with a leader for every partition, and how
+    many partitions it has."""
+    ready = {}
+    for topic in topics:
+        partitions = topic.get("partitions") or []
+        leaders = [p.get("leader_id", p.get("leader", -1)) for p in partitions]
+        if topic.get("error_code", 0) == 0 and leaders and all(x >= 0 for x in leaders):
+            ready[str(topic.get("name") or topic.get("topic"))] = len(partitions)
+    return ready
+
+
+def _metadata_of_every_broker(admin: KafkaAdminClient, names: list[str]) -> list[list[dict[str, Any]]]:
+    """The topics of ``names`` as each broker of the cluster lists them. kafka-python's public
+    ``describe_topics`` asks one broker of its choosing; its connection manager can ask each."""
+    manager = admin._manager
+    wanted = [MetadataRequest.MetadataRequestTopic(name=n) for n in names]
+
+    async def ask_each() -> list[list[dict[str, Any]]]:
+        answers = []
+        for broker in manager.cluster.brokers():
+            request = MetadataRequest(topics=wanted, allow_auto_topic_creation=False)
+            response = await manager.send(request, node_id=broker.node_id)
+            answers.append(response.to_dict()["topics"])
+        return answers
+
+    admin.describe_cluster()  # the broker list, current
+    return list(manager.run(ask_each))
 
 
 def cluster_id(bootstrap: str, security: KafkaSecuritySettings | None = None) -> str:

@@ -51,6 +51,7 @@ from services.bus.security import (
 )
 from services.hub.config import HubConfig
 from services.hub.metrics import HubMetrics
+from services.hub.prepare import prepare_topics
 from services.hub.worker import RecordWorker
 from services.kernel import ids, topics
 from services.kernel.clock import utcnow
@@ -76,6 +77,9 @@ class HubSettings(BaseSettings):
     worker_name: str = Field(default="hub-1")
     partitions: int = Field(default=3, ge=1, description="partitions of the hub's inbox (and its tables)")
     replication: int = Field(default=1, ge=1, description="replication of the hub's changelog topics")
+    topics_timeout_s: float = Field(
+        default=60.0, gt=0, description="how long to wait at start for the hub's topics to be listed"
+    )
     tick_interval_s: float = Field(default=60.0, ge=0, description="wall-clock ticks; 0: only external ticks")
     report_every_s: float = Field(default=24 * 3600.0, gt=0, description="supervision.report period")
     metrics_port: int = Field(default=9103, ge=0, description="/metrics on 127.0.0.1; 0 turns it off")
@@ -232,6 +236,7 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
         datadir=str(settings.data_dir / settings.worker_name),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication,
+        topic_disable_leader=True,  # no leader-only timers: no leader topic to create while starting
         web_enabled=False,
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
@@ -341,6 +346,15 @@ def run_worker(settings: HubSettings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     forget_tables_of_another_cluster(settings, cluster_id(settings.bootstrap, settings.kafka_security))
     app = create_app(settings)
+    prepare_topics(
+        settings.bootstrap,
+        names=topics.TopicNames(settings.topic_prefix),
+        changelogs=[table.changelog_topic for table in app.tables.values()],
+        partitions=settings.partitions,
+        replication=settings.replication,
+        security=settings.kafka_security,
+        timeout_s=settings.topics_timeout_s,
+    )
     worker = faust.Worker(app, loglevel=settings.log_level, redirect_stdouts=False)
     worker.execute_from_commandline()
 

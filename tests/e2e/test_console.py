@@ -538,6 +538,12 @@ def test_concluding_the_meeting_publishes_its_action_items_and_closes_the_alert(
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-subject="{subject}"]'))
 
 
+def ticked(hub: HubProcess, partitions: range) -> bool:
+    """Whether the hub has handled a tick on each of ``partitions`` (it sets their open-alerts gauge)."""
+    series = hub.metrics() or {}
+    return all(f'lianfang_hub_open_alerts{{partition="{p}"}}' in series for p in partitions)
+
+
 def test_the_supervision_page_shows_breaches_and_each_agencys_rates(
     browser: Any, pipeline: Pipeline, bus: Bus, tmp_path: Path
 ) -> None:
@@ -557,15 +563,21 @@ def test_the_supervision_page_shows_breaches_and_each_agencys_rates(
         60,
         "the hub to see the resolution",
     )
-    now = datetime.now(UTC)
     producer = KafkaProducer(bootstrap_servers=bus.bootstrap, **DURABLE_PRODUCER)
-    for at in (now, now + timedelta(hours=5)):
+
+    def tick(at: datetime) -> None:
         for partition in range(3):
             producer.send(
                 bus.names.hub_clock, key=b"tick", value=at.isoformat().encode(), partition=partition
             )
         producer.flush()
-        time.sleep(1.5)  # the hub reports once at least report_every_s (1 s) passed between two ticks
+
+    # The first tick opens each partition's report period; the second, 5 h of tick time later (past
+    # report_every_s), finds the breach and reports.
+    now = datetime.now(UTC)
+    tick(now)
+    wait_until(lambda: ticked(pipeline.hub, range(3)), 60, "the hub to take the first tick")
+    tick(now + timedelta(hours=5))
     producer.close()
 
     def loaded(driver: Any) -> bool:

@@ -19,6 +19,9 @@ published on ``lianfang.events.v1`` for the router to deliver.
   committed past it, and work resumes when a fresh statement arrives.
 - No loss, no duplicate: an alert or breach is sent and acknowledged before the state that records it
   is written (:mod:`services.hub.worker` says how).
+- Topics: before faust starts, the worker creates its tables' changelog topics and waits until every
+  broker lists them and the topics it reads, all with its partitions (:mod:`services.hub.prepare`
+  says why).
 """
 
 from __future__ import annotations

@@ -128,7 +128,8 @@ def _ready_partitions(topics: list[dict[str, Any]]) -> dict[str, int]:
 
 def _metadata_of_every_broker(admin: KafkaAdminClient, names: list[str]) -> list[list[dict[str, Any]]]:
     """The topics of ``names`` as each broker of the cluster lists them. kafka-python's public
-    ``describe_topics`` asks one broker of its choosing; its connection manager can ask each."""
+    ``describe_topics`` asks one broker of its choosing; its connection manager, which knows every
+    broker from the client's metadata, can ask each."""
     manager = admin._manager
     wanted = [MetadataRequest.MetadataRequestTopic(name=n) for n in names]
 
@@ -140,7 +141,6 @@ def _metadata_of_every_broker(admin: KafkaAdminClient, names: list[str]) -> list
             answers.append(response.to_dict()["topics"])
         return answers
 
-    admin.describe_cluster()  # the broker list, current
     return list(manager.run(ask_each))
 
 

@@ -721,16 +721,40 @@ _Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class AgencyRates(WireModel):
-    """一个机构的接诉即办指标 / One agency's counts and rates (响应率 / 解决率 / 满意率) for a period."""
+    """一个机构的接诉即办指标 / One agency's counts and rates (响应率 / 解决率 / 满意率) for a period.
+
+    A lead still inside a deadline is pending: it counts in ``received`` but in no rate's denominator
+    (``response_due``, ``resolution_due``). A rate is ``null`` while nothing is due for it. The three
+    ``*_due`` / ``with_feedback`` counts are absent from reports of hubs before them.
+    """
 
     agency: ParticipantId = Field(description="机构 / agency")
     received: int = Field(ge=0, description="收到线索数 / leads routed to the agency")
     responded_in_time: int = Field(ge=0, description="及时响应数 / leads acknowledged in time")
     resolved: int = Field(ge=0, description="办结数 / leads resolved")
     satisfied: int = Field(ge=0, description="满意数 / resolved leads whose victim was (basically) satisfied")
-    response_rate: _Rate = Field(description="响应率 / response rate, 0-1")
-    resolution_rate: _Rate = Field(description="解决率 / resolution rate, 0-1")
-    satisfaction_rate: _Rate = Field(description="满意率 / satisfaction rate, 0-1")
+    response_due: int | None = Field(
+        default=None,
+        ge=0,
+        description="应响应数 / leads answered or past their acknowledgement deadline (the rest are pending)",
+    )
+    resolution_due: int | None = Field(
+        default=None,
+        ge=0,
+        description="应办结数 / leads resolved or past their resolution deadline (the rest are pending)",
+    )
+    with_feedback: int | None = Field(
+        default=None, ge=0, description="有回访评价数 / resolved leads whose victim gave feedback"
+    )
+    response_rate: _Rate | None = Field(
+        description="响应率 / response rate, 0-1: responded_in_time / response_due; null while none is due"
+    )
+    resolution_rate: _Rate | None = Field(
+        description="解决率 / resolution rate, 0-1: resolved / resolution_due; null while none is due"
+    )
+    satisfaction_rate: _Rate | None = Field(
+        description="满意率 / satisfaction rate, 0-1: satisfied / with_feedback; null without feedback"
+    )
 
     @model_validator(mode="after")
     def _counts_are_consistent(self) -> Self:
@@ -738,6 +762,14 @@ class AgencyRates(WireModel):
             raise ValueError("responded_in_time and resolved cannot exceed received")
         if self.satisfied > self.resolved:
             raise ValueError("satisfied cannot exceed resolved")
+        bounds = (
+            (self.responded_in_time, self.response_due, self.received, "response_due"),
+            (self.resolved, self.resolution_due, self.received, "resolution_due"),
+            (self.satisfied, self.with_feedback, self.resolved, "with_feedback"),
+        )
+        for low, count, high, name in bounds:
+            if count is not None and not low <= count <= high:
+                raise ValueError(f"{name} must lie between the count it divides and the count it is part of")
         return self
 
 

@@ -741,8 +741,9 @@ class Console:
 
     async def supervision(self, request: web.Request) -> web.StreamResponse:
         viewer = self._viewer(request)
+        agency = request.query.get("agency") or None  # checked against the agencies reported on
         with self.lock:
-            body = pages.supervision(viewer, self.view)
+            body = pages.supervision(viewer, self.view, self.clock(), agency)
             breaches = len(self.view.breaches)
         self._audit(request, "view_supervision", "", f"{breaches} breaches", seen=("supervision", None))
         self.metrics.views.labels("supervision").inc()

@@ -233,7 +233,7 @@ MESSAGES: Final[dict[str, tuple[str, str]]] = {
     "tl.pending": ("已发送，等待总线投递", "sent, awaiting delivery"),
     # supervision
     "sup.title": ("工作督查", "Supervision"),
-    "sup.breaches": ("超期督办（{n}）", "Deadline breaches ({n})"),
+    "sup.breaches": ("超期督办单（{n}）", "Overdue list: deadline breaches ({n})"),
     "sup.no_breaches": ("暂无超期。", "No breach."),
     "sup.rates": ("各机构接诉即办指标", "Response, resolution and satisfaction per agency"),
     "sup.period": ("统计期：{start} 至 {end}", "Period: {start} to {end}"),
@@ -245,6 +245,20 @@ MESSAGES: Final[dict[str, tuple[str, str]]] = {
     "sup.resolution": ("解决率", "Resolution rate"),
     "sup.satisfaction": ("满意率", "Satisfaction rate"),
     "sup.breach_count": ("超期次数", "Breaches"),
+    "sup.pending": ("期限内待办", "Pending"),
+    "sup.pending_note": (
+        "比率只计已到期的线索：仍在期限内的线索为待办，不计为未响应。点击机构名称查看其趋势与督办单。",
+        "Rates count only leads that are due: a lead still inside its deadline is pending, not a failure. "
+        "Select an agency for its trend and overdue list.",
+    ),
+    "sup.upcoming": (
+        "即将到期的预警（{n} 项即将超期）",
+        "Alerts with deadlines coming next ({n} about to breach)",
+    ),
+    "sup.no_upcoming": ("没有未到期的预警期限。", "No alert has a deadline still to come."),
+    "sup.trend": ("指标趋势：{scope}", "Trend: {scope}"),
+    "sup.district": ("全区", "the whole district"),
+    "sup.all_agencies": ("全部机构", "all agencies"),
     "col.detected": ("发现时间", "Detected"),
     "col.due": ("期限", "Due"),
     "col.kind": ("期限类别", "Deadline"),

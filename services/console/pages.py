@@ -32,6 +32,7 @@ from services.console.view import (
     AGES,
     PAGE_SIZE,
     SORTS,
+    AgencyRow,
     Alert,
     CaseView,
     Entry,
@@ -700,58 +701,229 @@ def _local_input(viewer: Viewer, moment: datetime) -> str:
 # --------------------------------------------------------------------------- supervision
 
 
-def supervision(viewer: Viewer, view: CaseView) -> Markup:
+def supervision(viewer: Viewer, view: CaseView, now: datetime, agency: str | None = None) -> Markup:
+    """Who is late and how agencies are doing: the alerts whose deadlines come next, each agency's rates
+    now and over time, and the overdue list (督办单), each breach linking to its alert. ``agency`` (one
+    the hub reported on) narrows the trend and the overdue list to it."""
     rates = view.rates()
-    breaches = view.breach_list()
+    if agency is not None and (rates is None or rates.row(agency) is None):
+        agency = None
+    breaches = [
+        e
+        for e in view.breach_list()
+        if agency is None or (isinstance(e.event, SupervisionBreach) and e.event.agency == agency)
+    ]
+    coming = upcoming(view, now)
+    scope = viewer.agency(agency) if agency else viewer.t("sup.district")
     body = render(
         "supervision.html",
         viewer.lang,
         {
-            "rates": _rates(viewer, rates),
+            "upcoming_title": viewer.t("sup.upcoming", n=sum(1 for _, d in coming if d.state(now) == "soon")),
+            "upcoming": _upcoming(viewer, coming, now),
+            "rates": _rates(viewer, rates, agency),
+            "trend_title": viewer.t("sup.trend", scope=scope),
+            "trend": trend_chart(viewer, view.trend(), agency),
             "breaches_title": viewer.t("sup.breaches", n=len(breaches)),
+            "breaches_scope": fmt(
+                '<p class="muted" id="breaches-scope">{scope} · <a href="/supervision">{all}</a></p>',
+                scope=scope,
+                all=viewer.t("sup.all_agencies"),
+            )
+            if agency
+            else "",
             "breaches": _breaches(viewer, view, breaches),
         },
     )
     return page(viewer, name="supervision", title=viewer.t("sup.title"), body=body)
 
 
-def _percent(rate: float) -> str:
-    return f"{rate * 100:.0f}%"
+UPCOMING: Final = 10
+"""How many alerts the supervision page lists under the deadlines coming next."""
 
 
-def _rates(viewer: Viewer, rates: Rates | None) -> Markup:
+def upcoming(view: CaseView, now: datetime) -> list[tuple[Alert, Deadline]]:
+    """Active alerts whose next deadline is not yet over, the soonest first (at most ``UPCOMING``)."""
+    found = []
+    for alert in view.alerts.values():
+        if not alert.versions or alert.status == "concluded":
+            continue
+        pressing = deadlines.pressing(view.deadlines(alert), now)
+        if pressing is not None and pressing.state(now) in ("soon", "pending"):
+            found.append((alert, pressing))
+    found.sort(key=lambda pair: (pair[1].due_at, pair[0].alert_id))
+    return found[:UPCOMING]
+
+
+def _upcoming(viewer: Viewer, coming: Sequence[tuple[Alert, Deadline]], now: datetime) -> Markup:
+    if not coming:
+        return message("info", viewer.t("sup.no_upcoming"))
+    rows = [
+        fmt(
+            '<tr data-alert-id="{id}"><td class="deadline">{due}</td>'
+            '<td><a class="open" href="/alerts/{id}"><code>{short}</code></a></td>'
+            "<td>{urgency}</td><td>{town}</td><td>{agencies}</td></tr>",
+            id=alert.alert_id,
+            due=due_mark(viewer, deadline, now, label=_deadline_label(viewer, deadline)),
+            short=_short(alert.subject),
+            urgency=i18n.label(viewer.lang, "urgency", alert.header.urgency),
+            town=i18n.town(viewer.lang, alert.header.town),
+            agencies=viewer.sep.join(viewer.agency(a) for a in alert.latest.agencies_involved[:4]),
+        )
+        for alert, deadline in coming
+    ]
+    return fmt(
+        '<table class="grid upcoming" id="upcoming"><thead><tr><th>{deadline}</th><th>{case}</th>'
+        "<th>{urgency}</th><th>{town}</th><th>{agencies}</th></tr></thead><tbody>{rows}</tbody></table>",
+        deadline=viewer.t("col.deadline"),
+        case=viewer.t("col.case"),
+        urgency=viewer.t("col.urgency"),
+        town=viewer.t("col.town"),
+        agencies=viewer.t("col.agencies"),
+        rows=join(rows),
+    )
+
+
+def _percent(rate: float | None) -> str:
+    return "—" if rate is None else f"{rate * 100:.0f}%"
+
+
+def _rates(viewer: Viewer, rates: Rates | None, selected: str | None = None) -> Markup:
     if rates is None or not rates.rows:
         return message("info", viewer.t("sup.no_report"))
     period = viewer.t("sup.period", start=viewer.when(rates.period_start), end=viewer.when(rates.period_end))
     table = join(
         fmt(
-            '<tr data-agency="{id}"><td>{name}</td><td class="num">{received}</td>'
+            '<tr data-agency="{id}"{current}><td><a href="/supervision?agency={id}#trend">{name}</a></td>'
+            '<td class="num">{received}</td><td class="num">{pending}</td>'
             '<td class="num">{response}</td><td class="num">{resolution}</td>'
             '<td class="num">{satisfaction}</td><td class="num">{breaches}</td></tr>',
             id=row.agency,
+            current=Markup(' aria-current="true" class="current"') if row.agency == selected else "",
             name=viewer.agency(row.agency),
             received=row.received,
+            pending=row.pending,
             response=_percent(row.response_rate),
             resolution=_percent(row.resolution_rate),
             satisfaction=_percent(row.satisfaction_rate),
             breaches=row.breaches,
         )
-        for row in rates.rows
+        for row in sorted(rates.rows, key=_lateness)
     )
     return fmt(
-        '<p class="muted" id="period">{period}</p>{chart}'
-        '<table class="grid rates" id="rates"><thead><tr><th>{agency}</th><th>{received}</th>'
-        "<th>{response}</th><th>{resolution}</th><th>{satisfaction}</th><th>{breaches}</th></tr></thead>"
-        "<tbody>{rows}</tbody></table>",
+        '<p class="muted" id="period">{period}</p><p class="muted">{pending_note}</p>{chart}'
+        '<div class="scroll"><table class="grid rates" id="rates"><thead><tr><th>{agency}</th>'
+        "<th>{received}</th><th>{pending}</th><th>{response}</th><th>{resolution}</th><th>{satisfaction}</th>"
+        "<th>{breaches}</th></tr></thead><tbody>{rows}</tbody></table></div>",
         period=period,
+        pending_note=viewer.t("sup.pending_note"),
         chart=rates_chart(viewer, rates),
         agency=viewer.t("sup.agency"),
         received=viewer.t("sup.received"),
+        pending=viewer.t("sup.pending"),
         response=viewer.t("sup.response"),
         resolution=viewer.t("sup.resolution"),
         satisfaction=viewer.t("sup.satisfaction"),
         breaches=viewer.t("sup.breach_count"),
         rows=table,
+    )
+
+
+def _lateness(row: AgencyRow) -> tuple[int, float, str]:
+    """The latest agencies first: most breaches, then the lowest response rate."""
+    return (-row.breaches, 2.0 if row.response_rate is None else row.response_rate, row.agency)
+
+
+def trend_chart(viewer: Viewer, points: Sequence[Rates], agency: str | None = None) -> Markup:
+    """The three rates at each report, oldest left (inline SVG): of one agency, or the whole district.
+    A rate with nothing due at a report leaves a gap in its line."""
+    series: list[tuple[datetime, AgencyRow]] = []
+    for point in points:
+        row = point.row(agency) if agency else point.district()
+        if row is not None:
+            series.append((point.period_end, row))
+    if not series:
+        return message("info", viewer.t("sup.no_report"))
+    left, top, plot_w, plot_h = 44, 30, 640, 180
+    width, height = left + plot_w + 20, top + plot_h + 34
+    first, last = series[0][0], series[-1][0]
+    span = max((last - first).total_seconds(), 1.0)
+
+    def x(at: datetime) -> float:
+        return left + plot_w * ((at - first).total_seconds() / span if len(series) > 1 else 0.5)
+
+    def y(rate: float) -> float:
+        return top + plot_h * (1 - rate)
+
+    parts: list[Markup] = []
+    for tick in (0, 50, 100):
+        parts.append(
+            fmt(
+                '<line class="axis" x1="{x1}" y1="{y}" x2="{x2}" y2="{y}"></line>'
+                '<text class="value" x="{tx}" y="{ty}" text-anchor="end">{tick}%</text>',
+                x1=left,
+                x2=left + plot_w,
+                y=f"{y(tick / 100):.1f}",
+                tx=left - 6,
+                ty=f"{y(tick / 100) + 4:.1f}",
+                tick=tick,
+            )
+        )
+    for at, anchor in ((first, "start"), (last, "end")):
+        parts.append(
+            fmt(
+                '<text class="value" x="{x}" y="{y}" text-anchor="{anchor}">{when}</text>',
+                x=f"{x(at):.1f}",
+                y=height - 8,
+                anchor=anchor if len(series) > 1 else "middle",
+                when=viewer.when(at),
+            )
+        )
+    for i, key in enumerate(("response", "resolution", "satisfaction")):
+        parts.append(
+            fmt(
+                '<rect class="bar-{key}" x="{x}" y="6" width="12" height="12"></rect>'
+                '<text class="legend" x="{tx}" y="16">{label}</text>',
+                key=key,
+                x=left + i * 140,
+                tx=left + i * 140 + 18,
+                label=viewer.t(f"sup.{key}"),
+            )
+        )
+        runs: list[list[tuple[float, float]]] = [[]]
+        for at, row in series:
+            rate = getattr(row, f"{key}_rate")
+            if rate is None:
+                runs.append([])
+                continue
+            runs[-1].append((x(at), y(rate)))
+            parts.append(
+                fmt(
+                    '<circle class="dot-{key}" cx="{cx}" cy="{cy}" r="3"><title>{title}</title></circle>',
+                    key=key,
+                    cx=f"{x(at):.1f}",
+                    cy=f"{y(rate):.1f}",
+                    title=f"{viewer.when(at)} {viewer.t('sup.' + key)} {_percent(rate)}",
+                )
+            )
+        for run in runs:
+            if len(run) > 1:
+                parts.append(
+                    fmt(
+                        '<polyline class="line-{key}" points="{points}"></polyline>',
+                        key=key,
+                        points=" ".join(f"{px:.1f},{py:.1f}" for px, py in run),
+                    )
+                )
+    return fmt(
+        '<figure class="chart"><svg id="trend-chart" xmlns="http://www.w3.org/2000/svg" role="img" '
+        'viewBox="0 0 {w} {h}" width="{w}" height="{h}" data-points="{n}" aria-labelledby="trend-title">'
+        '<title id="trend-title">{title}</title>{parts}</svg></figure>',
+        w=width,
+        h=height,
+        n=len(series),
+        title=viewer.t("sup.trend", scope=viewer.agency(agency) if agency else viewer.t("sup.district")),
+        parts=join(parts),
     )
 
 
@@ -799,7 +971,8 @@ def rates_chart(viewer: Viewer, rates: Rates) -> Markup:
             )
         )
         for j, (key, attr) in enumerate(series):
-            rate = float(getattr(row, attr))
+            value = getattr(row, attr)
+            rate = 0.0 if value is None else float(value)
             by = y + j * bar_h
             parts.append(
                 fmt(
@@ -811,10 +984,10 @@ def rates_chart(viewer: Viewer, rates: Rates) -> Markup:
                     y=by,
                     w=f"{bar_w * rate:.1f}",
                     h=bar_h - 2,
-                    title=f"{viewer.agency(row.agency)} {viewer.t('sup.' + key)} {_percent(rate)}",
+                    title=f"{viewer.agency(row.agency)} {viewer.t('sup.' + key)} {_percent(value)}",
                     tx=f"{label_w + bar_w * rate + 4:.1f}",
                     ty=by + bar_h - 3,
-                    pct=_percent(rate),
+                    pct=_percent(value),
                 )
             )
     return fmt(

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from schemas.common import Category
 from schemas.envelope import EnvelopeHeader, SectionName
 from schemas.events import (
+    AgencyRates,
     AlertReasonCode,
     AlertStatus,
     EventModel,
@@ -317,64 +318,117 @@ class QueueFilter:
 
 @dataclass(frozen=True, slots=True)
 class AgencyRow:
+    """One agency's counts and rates; a rate is ``None`` while nothing is due for it (all pending)."""
+
     agency: str
     received: int
     responded_in_time: int
     resolved: int
     satisfied: int
-    response_rate: float
-    resolution_rate: float
-    satisfaction_rate: float
+    response_rate: float | None
+    resolution_rate: float | None
+    satisfaction_rate: float | None
     breaches: int = 0
+    pending: int = 0  # leads still inside their acknowledgement deadline
+    counts: Mapping[str, float] = field(default_factory=dict, compare=False)  # the sums behind the rates
 
 
 @dataclass(frozen=True, slots=True)
 class Rates:
-    """Per-agency rates over one reporting period (the hub reports once per partition and period)."""
+    """Per-agency rates as the hub reported them at ``period_end`` (one report per partition)."""
 
     period_start: datetime
     period_end: datetime
     rows: list[AgencyRow]
 
+    def row(self, agency: str) -> AgencyRow | None:
+        return next((r for r in self.rows if r.agency == agency), None)
+
+    def district(self) -> AgencyRow:
+        """Every agency's counts summed into one row (the district's rates)."""
+        return _row("", [r.counts for r in self.rows])
+
+
+_COUNTS: Final = (
+    "received",
+    "response_due",
+    "responded_in_time",
+    "resolution_due",
+    "resolved",
+    "with_feedback",
+    "satisfied",
+)
+
+
+def _counts(row: AgencyRates) -> dict[str, float]:
+    """A reported row's counts. A report from a hub before pending leads were told apart has no
+    ``*_due`` counts: every lead received counted as due; its feedback count is estimated from its rate."""
+    feedback = (
+        row.with_feedback
+        if row.with_feedback is not None
+        else (row.satisfied / row.satisfaction_rate if row.satisfaction_rate else 0.0)
+    )
+    return {
+        "received": row.received,
+        "response_due": row.received if row.response_due is None else row.response_due,
+        "responded_in_time": row.responded_in_time,
+        "resolution_due": row.received if row.resolution_due is None else row.resolution_due,
+        "resolved": row.resolved,
+        "with_feedback": feedback,
+        "satisfied": row.satisfied,
+    }
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return part / whole if whole else None
+
+
+def _row(agency: str, parts: Iterable[Mapping[str, float]], breaches: int = 0) -> AgencyRow:
+    total = dict.fromkeys(_COUNTS, 0.0)
+    for part in parts:
+        for name in _COUNTS:
+            total[name] += part.get(name, 0.0)
+    return AgencyRow(
+        agency=agency,
+        received=int(total["received"]),
+        responded_in_time=int(total["responded_in_time"]),
+        resolved=int(total["resolved"]),
+        satisfied=int(total["satisfied"]),
+        response_rate=_ratio(total["responded_in_time"], total["response_due"]),
+        resolution_rate=_ratio(total["resolved"], total["resolution_due"]),
+        satisfaction_rate=_ratio(total["satisfied"], total["with_feedback"]),
+        breaches=breaches,
+        pending=int(total["received"] - total["response_due"]),
+        counts=total,
+    )
+
 
 def aggregate_rates(reports: Iterable[SupervisionReport], breaches: Mapping[str, int]) -> Rates | None:
     """Sum the rows of the latest period's reports (one per hub partition) into one row per agency.
 
-    Counts add up; response and resolution rates are recomputed from them. A report does not carry how
-    many resolved leads had feedback, so the satisfaction rate is the partitions' rates weighted by
-    their resolved leads (exact when the hub runs one partition, or when feedback is equally common).
+    Counts add up and the rates are recomputed from them, over the leads due only: a lead still inside
+    its deadline is pending, in no rate (as the hub and its Prometheus gauges count it).
     """
-    reports = list(reports)
-    if not reports:
-        return None
-    end = max(r.period_end for r in reports)
-    latest = [r for r in reports if r.period_end == end]
-    sums: dict[str, list[float]] = {}
-    for report in latest:
-        for row in report.rows:
-            acc = sums.setdefault(row.agency, [0, 0, 0, 0, 0.0])
-            acc[0] += row.received
-            acc[1] += row.responded_in_time
-            acc[2] += row.resolved
-            acc[3] += row.satisfied
-            acc[4] += row.satisfaction_rate * row.resolved
-    rows = []
-    for agency in sorted(sums):
-        received, in_time, resolved, satisfied, weighted = sums[agency]
-        rows.append(
-            AgencyRow(
-                agency=agency,
-                received=int(received),
-                responded_in_time=int(in_time),
-                resolved=int(resolved),
-                satisfied=int(satisfied),
-                response_rate=in_time / received if received else 0.0,
-                resolution_rate=resolved / received if received else 0.0,
-                satisfaction_rate=weighted / resolved if resolved else 0.0,
-                breaches=breaches.get(agency, 0),
-            )
-        )
-    return Rates(period_start=min(r.period_start for r in latest), period_end=end, rows=rows)
+    points = trend(reports, breaches)
+    return points[-1] if points else None
+
+
+def trend(reports: Iterable[SupervisionReport], breaches: Mapping[str, int] | None = None) -> list[Rates]:
+    """The rates at each time the hub reported, oldest first: the reports of one ``period_end`` (one per
+    hub partition) summed per agency. ``breaches`` (per agency) go into the rows of every point."""
+    by_end: dict[datetime, list[SupervisionReport]] = {}
+    for report in reports:
+        by_end.setdefault(report.period_end, []).append(report)
+    points = []
+    for end in sorted(by_end):
+        parts: dict[str, list[dict[str, float]]] = {}
+        for report in by_end[end]:
+            for row in report.rows:
+                parts.setdefault(row.agency, []).append(_counts(row))
+        rows = [_row(a, parts[a], (breaches or {}).get(a, 0)) for a in sorted(parts)]
+        start = min(r.period_start for r in by_end[end])
+        points.append(Rates(period_start=start, period_end=end, rows=rows))
+    return points
 
 
 def _content(event_type: str, sections: Mapping[SectionName, Mapping[str, Any]]) -> EventModel:
@@ -537,12 +591,22 @@ class CaseView:
         return sorted(self.breaches, key=detected, reverse=True)
 
     def rates(self) -> Rates | None:
+        """The newest rates the hub reported, with the breaches per agency so far."""
+        return aggregate_rates(self._reports(), self.breaches_by_agency())
+
+    def trend(self) -> list[Rates]:
+        """The rates at each time the hub reported, oldest first (the trend chart)."""
+        return trend(self._reports())
+
+    def _reports(self) -> list[SupervisionReport]:
+        return [e.event for e in self.reports if isinstance(e.event, SupervisionReport)]
+
+    def breaches_by_agency(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for entry in self.breaches:
             if isinstance(entry.event, SupervisionBreach):
                 counts[entry.event.agency] = counts.get(entry.event.agency, 0) + 1
-        reports = [e.event for e in self.reports if isinstance(e.event, SupervisionReport)]
-        return aggregate_rates(reports, counts)
+        return counts
 
     def alert_for_subject(self, subject: str) -> Alert | None:
         """The newest alert about a victim (to link a breach to its case)."""

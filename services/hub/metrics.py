@@ -3,6 +3,7 @@ source topics, deadline kinds, participant ids from the registry, and the hub's 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -72,8 +73,17 @@ class HubMetrics:
         )
         self.rates = Gauge(
             "lianfang_supervision_rate",
-            "Supervision rates per agency (响应率/解决率/满意率), 0..1.",
+            "Supervision rates per agency (响应率/解决率/满意率), 0..1, over the leads due: a lead "
+            "inside its deadline is pending and counts in no rate; no series while none is due.",
             ["agency", "rate", "partition"],
+            registry=registry,
+        )
+        self.leads = Gauge(
+            "lianfang_supervision_leads",
+            "Leads routed to each agency per supervision count: received, response_due (answered or past "
+            "the acknowledgement deadline), responded_in_time, resolution_due, resolved, with_feedback, "
+            "satisfied. Sum over partitions and divide for the district's rates.",
+            ["agency", "count", "partition"],
             registry=registry,
         )
 
@@ -83,9 +93,27 @@ class HubMetrics:
         self.freshness = FreshnessMetrics.of(registry)
 
     def set_rates(self, rows: Mapping[str, Mapping[str, Any]], partition: int) -> None:
+        """Export one partition's rows of :func:`services.hub.supervision.agency_rates`; a rate with
+        nothing due has no series (one set before is removed)."""
         for agency, row in rows.items():
-            for rate in ("response_rate", "resolution_rate", "satisfaction_rate"):
-                if row.get(rate) is not None:
-                    self.rates.labels(agency, rate.removesuffix("_rate"), str(partition)).set(
-                        float(row[rate])
-                    )
+            for rate in RATES:
+                labels = (agency, rate.removesuffix("_rate"), str(partition))
+                if row.get(rate) is None:
+                    with contextlib.suppress(KeyError):
+                        self.rates.remove(*labels)
+                else:
+                    self.rates.labels(*labels).set(float(row[rate]))
+            for count in COUNTS:
+                self.leads.labels(agency, count, str(partition)).set(int(row.get(count) or 0))
+
+
+RATES = ("response_rate", "resolution_rate", "satisfaction_rate")
+COUNTS = (
+    "received",
+    "response_due",
+    "responded_in_time",
+    "resolution_due",
+    "resolved",
+    "with_feedback",
+    "satisfied",
+)

@@ -259,57 +259,67 @@ def next_due(state: VictimState, cfg: HubConfig) -> datetime | None:
 def agency_rates(
     states: Iterable[VictimState], now: datetime, cfg: HubConfig, *, since: datetime | None = None
 ) -> dict[str, dict[str, Any]]:
-    """Counts and rates per agency over the leads routed to it with event time in ``[since, now)``.
+    """Counts and rates per agency over the leads routed to it with a reported time in ``[since, now)``.
+
+    Each lead is, for each rate, **met**, **failed** or **pending** at ``now``; a pending lead is in no
+    rate's denominator, so a lead still inside its deadline never lowers a rate:
 
     - ``received``: leads routed to the agency (it was among those that must act);
-    - ``responded_in_time``: of those, answered (acknowledged, acted on or resolved) by the agency at or
-      before the acknowledgement deadline and by ``now``;
-    - ``resolved``: of those, resolved by the agency by ``now`` (in time or not);
-    - ``satisfied``: of the resolved, those whose latest ``lead.resolved`` says ``satisfied`` or
-      ``basically_satisfied``;
-    - 响应率 ``response_rate`` = responded_in_time / received; 解决率 ``resolution_rate`` = resolved /
-      received; 满意率 ``satisfaction_rate`` = satisfied / resolved with feedback (satisfied,
-      basically_satisfied or dissatisfied; ``not_reached`` is no feedback), 0 when there is none.
+    - ``response_due``: of those, answered by the agency by ``now`` or past the acknowledgement deadline;
+      ``responded_in_time``: answered (acknowledged, acted on or resolved) at or before that deadline;
+    - ``resolution_due``: resolved by ``now`` or past the resolution deadline; ``resolved``: resolved by
+      ``now`` (in time or not);
+    - ``satisfied`` / ``with_feedback``: of the resolved, those whose latest ``lead.resolved`` says
+      ``satisfied`` or ``basically_satisfied`` / gave any feedback (``not_reached`` is none);
+    - 响应率 ``response_rate`` = responded_in_time / response_due; 解决率 ``resolution_rate`` = resolved /
+      resolution_due; 满意率 ``satisfaction_rate`` = satisfied / with_feedback; each ``None`` while its
+      denominator is 0 (nothing is due yet: no rate, rather than a rate of 0).
 
-    A lead still inside its deadline counts as received and not yet answered. Rows are keyed and sorted
-    by agency, only for agencies that received a lead; each row is a :class:`AgencyRates` dict.
+    Rows are keyed and sorted by agency, only for agencies that received a lead; each row is a
+    :class:`~schemas.events.AgencyRates` dict.
     """
     now = _aware(now)
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+    fields = ("received", "response_due", "responded_in_time", "resolution_due", "resolved")
+    counts: dict[str, dict[str, int]] = defaultdict(
+        lambda: dict.fromkeys((*fields, "satisfied", "with_feedback"), 0)
+    )
     for state in states:
         answers = _answers_by(state)
         for lead in state.leads:
             reported = lead.reported_at
             if reported >= now or (since is not None and reported < since):
                 continue
-            deadline = reported + cfg.acknowledge[lead.urgency]
+            ack_due = reported + cfg.acknowledge[lead.urgency]
+            resolve_due = reported + cfg.resolution
             for agency in lead.acting:
                 responses = [r for r in answers.get((lead.id, agency), []) if r.t <= now]
                 row = counts[agency]
-                row[0] += 1
+                row["received"] += 1
                 answered = _first(responses, _ANSWERS["acknowledge"])
-                if answered is not None and answered <= deadline:
-                    row[1] += 1
+                row["response_due"] += answered is not None or now > ack_due
+                row["responded_in_time"] += answered is not None and answered <= ack_due
                 resolutions = [r for r in responses if r.kind == "resolved"]
+                row["resolution_due"] += bool(resolutions) or now > resolve_due
                 if resolutions:
-                    row[2] += 1
+                    row["resolved"] += 1
                     latest = max(resolutions, key=lambda r: (r.t, r.id)).satisfaction
-                    row[3] += latest in _SATISFIED
-                    row[4] += latest in _WITH_FEEDBACK
-    rows: dict[str, dict[str, Any]] = {}
-    for agency in sorted(counts):
-        received, in_time, resolved, satisfied, feedback = counts[agency]
-        rows[agency] = {
-            "agency": agency,
-            "received": received,
-            "responded_in_time": in_time,
-            "resolved": resolved,
-            "satisfied": satisfied,
-            "response_rate": in_time / received,
-            "resolution_rate": resolved / received,
-            "satisfaction_rate": satisfied / feedback if feedback else 0.0,
-        }
-    return rows
+                    row["satisfied"] += latest in _SATISFIED
+                    row["with_feedback"] += latest in _WITH_FEEDBACK
+    return {agency: _rates_row(agency, counts[agency]) for agency in sorted(counts)}
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def _rates_row(agency: str, count: Mapping[str, int]) -> dict[str, Any]:
+    return {
+        "agency": agency,
+        **count,
+        "response_rate": _ratio(count["responded_in_time"], count["response_due"]),
+        "resolution_rate": _ratio(count["resolved"], count["resolution_due"]),
+        "satisfaction_rate": _ratio(count["satisfied"], count["with_feedback"]),
+    }
 
 
 def report_payload(

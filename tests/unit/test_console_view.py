@@ -14,7 +14,7 @@ from multidict import MultiDict, MultiDictProxy
 from schemas.events import JointMeetingConcluded, JointMeetingScheduled, LeadAcknowledged, SupervisionReport
 from services.console import actions
 from services.console.actions import FormError
-from services.console.view import CaseView, OwnAction, QueueFilter, ViewError, aggregate_rates
+from services.console.view import CaseView, OwnAction, QueueFilter, ViewError, aggregate_rates, trend
 from services.hub.ids import alert_event_id, alert_id_for
 from services.kernel import envelope
 from tests.kit import NOW, DemoDomain, header
@@ -290,6 +290,57 @@ def test_rates_sum_the_partitions_of_the_latest_period() -> None:
     assert police.satisfaction_rate == pytest.approx(0.75)  # weighted by resolved leads
     assert police.breaches == 2
     assert aggregate_rates([], {}) is None
+
+
+def counted(agency: str, received: int, due: int, in_time: int, *, end: datetime = NOW) -> SupervisionReport:
+    """A report of a hub that tells pending leads apart: ``due`` of ``received`` are past their
+    acknowledgement deadline or answered; nothing is resolved yet (15 days not over)."""
+    row = {
+        "agency": agency,
+        "received": received,
+        "response_due": due,
+        "responded_in_time": in_time,
+        "resolution_due": 0,
+        "resolved": 0,
+        "with_feedback": 0,
+        "satisfied": 0,
+        "response_rate": in_time / due if due else None,
+        "resolution_rate": None,
+        "satisfaction_rate": None,
+    }
+    return SupervisionReport.model_validate_json(
+        SupervisionReport(period_start=end - timedelta(hours=1), period_end=end, rows=[row]).model_dump_json()
+    )
+
+
+def test_rates_count_only_the_leads_that_are_due_and_pending_leads_lower_no_rate() -> None:
+    rates = aggregate_rates([counted("police", 10, 4, 3), counted("police", 5, 0, 0)], {})
+    assert rates is not None
+    police = rates.rows[0]
+    assert (police.received, police.pending) == (15, 11)
+    assert police.response_rate == pytest.approx(0.75)
+    assert (police.resolution_rate, police.satisfaction_rate) == (None, None)
+    waiting = aggregate_rates([counted("court", 3, 0, 0)], {})
+    assert waiting is not None
+    assert waiting.rows[0].response_rate is None
+
+
+def test_the_trend_has_one_point_per_report_time_oldest_first_and_a_district_row_over_every_agency() -> None:
+    hour = timedelta(hours=1)
+    reports = [
+        counted("police", 4, 2, 1, end=NOW),
+        counted("police", 2, 2, 2, end=NOW - hour),
+        counted("court", 2, 2, 2, end=NOW),
+    ]
+    points = trend(reports)
+    assert [p.period_end for p in points] == [NOW - hour, NOW]
+    assert [r.agency for r in points[-1].rows] == ["court", "police"]
+    police = points[-1].row("police")
+    assert police is not None
+    assert police.response_rate == pytest.approx(0.5)
+    district = points[-1].district()
+    assert (district.received, district.response_rate) == (6, pytest.approx(0.75))
+    assert points[0].row("court") is None
 
 
 # --------------------------------------------------------------------------- forms become events

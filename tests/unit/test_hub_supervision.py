@@ -306,22 +306,28 @@ def test_rates_on_a_small_known_set() -> None:
     assert rows["womens_federation"] == {
         "agency": "womens_federation",
         "received": 3,
+        "response_due": 3,
         "responded_in_time": 2,
+        "resolution_due": 2,  # lead 21 is not resolved and its 15 days are not over: pending
         "resolved": 2,
         "satisfied": 1,
+        "with_feedback": 2,
         "response_rate": 2 / 3,
-        "resolution_rate": 2 / 3,
+        "resolution_rate": 1.0,
         "satisfaction_rate": 1 / 2,
     }
     assert rows["mediation.renhe"] == {
         "agency": "mediation.renhe",
         "received": 3,
+        "response_due": 3,
         "responded_in_time": 0,  # one late acknowledgement, one late resolution, one silence
+        "resolution_due": 1,
         "resolved": 1,
         "satisfied": 0,
+        "with_feedback": 0,  # not_reached is no feedback
         "response_rate": 0.0,
-        "resolution_rate": 1 / 3,
-        "satisfaction_rate": 0.0,
+        "resolution_rate": 1.0,
+        "satisfaction_rate": None,
     }
     for row in rows.values():
         AgencyRates.model_validate_json(json.dumps(row))
@@ -330,6 +336,46 @@ def test_rates_on_a_small_known_set() -> None:
     assert since["womens_federation"]["received"] == 2
     before_answers = agency_rates([first], at(hours=0.5), CFG)
     assert before_answers["womens_federation"]["responded_in_time"] == 0
+
+
+def test_a_lead_inside_its_acknowledgement_deadline_is_pending_not_failed() -> None:
+    state = build([lead(1, T0, urgency="urgent")])  # due at 4 h; nobody has answered yet
+    inside = agency_rates([state], at(hours=3), CFG)["womens_federation"]
+    assert (inside["received"], inside["response_due"], inside["responded_in_time"]) == (1, 0, 0)
+    assert inside["response_rate"] is None
+    at_the_deadline = agency_rates([state], at(hours=4), CFG)["womens_federation"]
+    assert at_the_deadline["response_rate"] is None  # met in time may still come at the deadline itself
+    past = agency_rates([state], at(hours=4) + SECOND, CFG)["womens_federation"]
+    assert (past["response_due"], past["response_rate"]) == (1, 0.0)
+
+
+def test_an_answer_inside_the_deadline_counts_at_once_and_a_silent_lead_only_once_it_is_late() -> None:
+    state = build(
+        [
+            lead(1, T0, urgency="urgent"),
+            answer(2, "acknowledged", at(hours=1)),
+            lead(3, at(hours=2), urgency="urgent"),  # not answered by anyone
+        ]
+    )
+    early = agency_rates([state], at(hours=3), CFG)["womens_federation"]
+    assert (early["received"], early["response_due"], early["response_rate"]) == (2, 1, 1.0)
+    late = agency_rates([state], at(hours=7), CFG)["womens_federation"]
+    assert (late["response_due"], late["response_rate"]) == (2, 0.5)
+
+
+def test_a_lead_is_pending_for_resolution_until_its_fifteen_days_are_over() -> None:
+    state = build([lead(1, T0), answer(2, "acknowledged", at(hours=1))])
+    within = agency_rates([state], at(days=15), CFG)["womens_federation"]
+    assert (within["resolution_due"], within["resolution_rate"]) == (0, None)
+    over = agency_rates([state], at(days=15) + SECOND, CFG)["womens_federation"]
+    assert (over["resolution_due"], over["resolved"], over["resolution_rate"]) == (1, 0, 0.0)
+
+
+def test_satisfaction_counts_only_resolutions_with_feedback() -> None:
+    state = build([lead(1, T0), resolved(2, at(hours=2), "not_reached")])
+    row = agency_rates([state], at(days=1), CFG)["womens_federation"]
+    assert (row["resolved"], row["with_feedback"], row["satisfaction_rate"]) == (1, 0, None)
+    assert row["resolution_rate"] == 1.0
 
 
 def test_the_supervision_report_payload_is_a_valid_event() -> None:

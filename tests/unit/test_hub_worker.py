@@ -260,6 +260,27 @@ def test_a_tick_past_a_deadline_reports_each_breach_once_and_only_on_the_victim_
     assert len(hub.sent) == sent
 
 
+def test_a_lead_inside_its_deadline_exports_no_response_rate_and_a_rate_of_0_once_it_is_late(
+    hub: Harness,
+) -> None:
+    hub.inbox(lead(hub.domain, 1, T))  # urgent: acknowledged within 4 hours, by nobody here
+    mine = topics.partition_for(VICTIM.encode(), PARTITIONS)
+    agency = hub.state().leads[0].acting[0]
+    labels = {"agency": agency, "partition": str(mine)}
+
+    def sample(name: str, **more: str) -> float | None:
+        return hub.registry.get_sample_value(name, {**labels, **more})
+
+    asyncio.run(hub.worker.on_tick((T + timedelta(hours=3)).isoformat().encode(), mine))
+    assert sample("lianfang_supervision_rate", rate="response") is None
+    assert sample("lianfang_supervision_leads", count="received") == 1
+    assert sample("lianfang_supervision_leads", count="response_due") == 0
+    asyncio.run(hub.worker.on_tick((T + timedelta(hours=5)).isoformat().encode(), mine))
+    assert sample("lianfang_supervision_rate", rate="response") == 0.0
+    assert sample("lianfang_supervision_leads", count="response_due") == 1
+    assert sample("lianfang_supervision_rate", rate="resolution") is None  # 15 days are not over
+
+
 def test_a_partition_s_first_tick_starts_its_report_period_and_a_tick_one_period_later_reports(
     hub: Harness,
 ) -> None:

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
@@ -171,12 +171,20 @@ def add_bus_commands(
         "from the console, webhooks and other readers, which each still get every event",
     )
 
-    command(
+    run = command(
         subcommands,
         "run",
         _cmd_run,
         bus,
         "the whole pipeline on one machine: trust domain, topics, registry, every service, demo leads",
+    )
+    run.add_argument(
+        "--time-scale",
+        type=float,
+        default=DEMO_TIME_SCALE,
+        metavar="X",
+        help=f"the demo district's clock runs X times faster (default {DEMO_TIME_SCALE:g}: an hour a "
+        "10 s); 1 publishes three days at once, as fast as possible, on real deadlines",
     )
 
 
@@ -622,6 +630,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "inbox's ciphertext and write any topic (make run without PLAINTEXT=1 is secured)",
             file=sys.stderr,
         )
+    simulate, demo_env = demo_simulation(args.time_scale, bootstrap, home)
     if not (home / "registry.json").exists():
         domain = trust.init_domain(home, now=datetime.now(UTC))
         print(f"created a demo trust domain in {home} (keys generated now; passphrase in {home}/passphrase)")
@@ -649,14 +658,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "LIANFANG_GATEWAY_PARTICIPANTS": ",".join(DEMO_GATEWAY_SERVES),
         # make run serves plain http on loopback: the console's cookies cannot require https there.
         "LIANFANG_CONSOLE_COOKIE_SECURE": "false",
+        **demo_env,
     }
     envs: dict[str, dict[str, str]] = {}
     if local is not None:
         envs = {name: _login_env(local, name) for name in SERVICES}
         envs["simulate"] = local.env(principals.SIMULATOR)
-    print(run_banner(local, bootstrap, len(specs), registry, rules, home=args.home, console=login))
-    simulate = ["simulate", "--days", "3", "--rate", "12", "--bootstrap", bootstrap]
-    simulate += ["--home", str(home.resolve())]
+    print(
+        run_banner(
+            local,
+            bootstrap,
+            len(specs),
+            registry,
+            rules,
+            home=args.home,
+            console=login,
+            scale=args.time_scale,
+        )
+    )
     return supervise(env, list(SERVICES), oneshot=simulate, envs=envs)
 
 
@@ -669,6 +688,7 @@ def run_banner(
     *,
     home: Path | None,
     console: Any,
+    scale: float = 1.0,
 ) -> str:
     """What ``lianfang run`` prints before the services start: where everything is, and commands that
     work when pasted as printed (from the folder ``make run`` was started in)."""
@@ -700,7 +720,7 @@ def run_banner(
         "rate-limited, audited; /metrics)",
         f"console      {ConsoleSettings().url()}  sign in as {console.name} / {console.password}",
         "prometheus   make prometheus  → http://127.0.0.1:9090 (rules and dashboard in deploy/)",
-        "demo         the simulator now plays 3 days of the district; in another terminal:",
+        demo_line(scale),
         f"               {cli} inbox{where} --as coordinators     (its own consumer group)",
         f"               {cli} simulate{where} --days 1          (one more day)",
         f"               {cli} deadletter list{where}",
@@ -720,3 +740,45 @@ def _shown(folder: Path) -> str:
         return str(folder.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(folder)
+
+
+def demo_line(scale: float) -> str:
+    """The banner's line on what the simulator plays at the demo's time ``scale``."""
+    if scale == 1:
+        return "demo         the simulator now plays 3 days of the district; in another terminal:"
+    return (
+        f"demo         the district's clock runs {scale:g}x (an hour every {3600 / scale:g} s): a week as it "
+        "happens, with its deadlines and breaches (the console's 工作督查 page); in another terminal:"
+    )
+
+
+DEMO_TIME_SCALE: Final = 360.0
+"""``make run``'s district clock: 360 times the wall clock, so an hour passes in 10 s, an urgent lead's
+4-hour acknowledgement is due in 40 s, a day in 4 minutes; a week is played in 28 minutes."""
+
+SIMULATOR_STATE: Final = Path(".run/simulator/state.json")
+
+
+def demo_simulation(scale: float, bootstrap: str, home: Path) -> tuple[list[str], dict[str, str]]:
+    """``make run``'s simulator command and the services' environment for the demo's time scale.
+
+    At a scale above 1 the simulator plays a week at that speed (each event when its simulated time
+    comes, signed now, its times mapped onto the wall clock) and the hub and console divide their
+    deadlines by it; the hub ticks every 5 s and reports every minute, so the supervision page has
+    rates and a trend within a minute or two. Each run takes the next seed (``SIMULATOR_STATE``): a
+    second ``make run`` continues the district with new people. A variable already set wins.
+    """
+    if not scale > 0:
+        raise UsageError(f"--time-scale must be greater than 0, not {scale:g}")
+    simulate = ["simulate", "--rate", "12", "--bootstrap", bootstrap, "--home", str(home.resolve())]
+    simulate += ["--state", str(SIMULATOR_STATE.resolve())]
+    if scale == 1:
+        return [*simulate, "--days", "3"], {}
+    env = {
+        "LIANFANG_HUB_TIME_SCALE": f"{scale:g}",
+        "LIANFANG_CONSOLE_TIME_SCALE": f"{scale:g}",
+        "LIANFANG_HUB_TICK_INTERVAL_S": "5",
+        "LIANFANG_HUB_REPORT_EVERY_S": "60",
+    }
+    env = {name: os.environ.get(name, value) for name, value in env.items()}
+    return [*simulate, "--days", "7", "--speed", f"{scale:g}"], env

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from services.cli.args import bootstrap_of as _bootstrap
@@ -22,8 +23,10 @@ SIMULATE_EXIT = """\
 The simulated district plays leads from every channel and town, follow-ups, risk assessments,
 protection orders, and at least one case for each joint-meeting rule. Event envelopes carry the time
 of publishing; the simulated times are in the events (occurred_at, acknowledged_at, ...): with
---as-fast-as-possible (the default) the simulated days end now, with --speed X they start now and run
-X times faster than the clock."""
+--as-fast-as-possible (the default) the simulated days end now; with --speed X they start now and run
+X times faster than the clock, each event published when its simulated time comes and every time in it
+mapped onto the wall clock (run the hub and console with LIANFANG_*_TIME_SCALE=X to match: make run
+plays at 360)."""
 
 
 def add_commands(
@@ -47,7 +50,17 @@ def add_commands(
     sim.add_argument(
         "--days", type=_positive_int, default=7, metavar="N", help="days to simulate (default 7)"
     )
-    sim.add_argument("--seed", type=int, default=1, metavar="S", help="random seed (default 1)")
+    sim.add_argument(
+        "--seed", type=int, default=None, metavar="S", help="random seed (default 1, or the next of --state)"
+    )
+    sim.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="remember the seed between runs: without --seed each run takes the next one, so it plays "
+        "new people (make run keeps it in .run/simulator/state.json)",
+    )
     sim.add_argument(
         "--rate",
         type=float,
@@ -79,4 +92,5 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         rate=args.rate,
         speed=args.speed,
         dry_run=args.dry_run,
+        state=args.state,
     )

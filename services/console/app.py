@@ -52,6 +52,7 @@ from services.console.sessions import CSRF_FIELD, PreSession, Session, Sessions,
 from services.console.settings import ConsoleSettings
 from services.console.store import ViewStore
 from services.console.view import Alert, CaseView, Change, OwnAction, OwnKind, QueueFilter, ViewError
+from services.hub.config import HubConfig
 from services.kernel import envelope, topics
 from services.kernel.clock import Clock, utcnow
 from services.kernel.errors import LianfangError, RegistryExpiredError, UsageError
@@ -158,7 +159,7 @@ class Console:
         self.sessions = Sessions(idle=settings.session_idle, maximum=settings.session_max, clock=clock)
         self.metrics.sessions.set_function(self.sessions.count)
         self.pre = PreSession()
-        self.view = CaseView()
+        self.view = CaseView(HubConfig().at_time_scale(settings.time_scale))
         self.lock = threading.Lock()
         self.broker = Broker()
         self._loop: asyncio.AbstractEventLoop | None = None

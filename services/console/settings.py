@@ -49,6 +49,11 @@ class ConsoleSettings(BaseSettings):
     publish_wait_s: float = Field(
         default=5.0, ge=0, description="how long an action waits for Kafka before saying it was queued"
     )
+    time_scale: float = Field(
+        default=1.0,
+        gt=0,
+        description="as the hub's LIANFANG_HUB_TIME_SCALE: the alerts' deadlines are the hub's divided by it",
+    )
     metrics_port: int = Field(default=9104, ge=0, description="/metrics on 127.0.0.1; 0 turns it off")
     log_level: str = Field(default="info", description="debug, info, warning or error")
 

@@ -85,6 +85,12 @@ class HubSettings(BaseSettings):
     )
     tick_interval_s: float = Field(default=60.0, ge=0, description="wall-clock ticks; 0: only external ticks")
     report_every_s: float = Field(default=24 * 3600.0, gt=0, description="supervision.report period")
+    time_scale: float = Field(
+        default=1.0,
+        gt=0,
+        description="the district's clock runs this many times faster (the demo): supervision deadlines "
+        "are divided by it (HubConfig.at_time_scale); 1 in production",
+    )
     metrics_port: int = Field(default=9103, ge=0, description="/metrics on 127.0.0.1; 0 turns it off")
     lag_interval_s: float = Field(default=15.0, ge=0, description="consumer-lag sampling period; 0: off")
     log_level: str = Field(default="warning", description="faust worker log level")
@@ -253,7 +259,7 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
     worker = HubWorker(
         app,
         settings,
-        config=HubConfig(),
+        config=HubConfig().at_time_scale(settings.time_scale),
         metrics=metrics,
         registry=registry,
         keys=keys,

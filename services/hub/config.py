@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from types import MappingProxyType
 from typing import get_args
@@ -90,6 +90,25 @@ class HubConfig:
                 raise ValueError(f"HubConfig.{name} must be positive")
         if self.breach_grace < timedelta(0) or self.max_lateness < timedelta(0):
             raise ValueError("HubConfig.breach_grace and max_lateness must not be negative")
+
+    def at_time_scale(self, scale: float) -> HubConfig:
+        """This configuration for a district whose clock runs ``scale`` times faster than the wall clock
+        (the demo): every supervision deadline divided by ``scale``, so a 4-hour acknowledgement is due
+        in 40 s at 360. Rule windows stay as they are: they are months long, a demo plays days, so every
+        demo case falls inside them either way, and shortening them would shorten what the hub keeps.
+        ``breach_grace`` and ``max_lateness`` are wall-clock allowances and stay too."""
+        if not scale > 0:
+            raise ValueError(f"a time scale must be greater than 0, not {scale}")
+        if scale == 1:
+            return self
+        return replace(
+            self,
+            acknowledge=MappingProxyType({k: v / scale for k, v in self.acknowledge.items()}),
+            first_action=self.first_action / scale,
+            resolution=self.resolution / scale,
+            order_decision=self.order_decision / scale,
+            order_decision_urgent=self.order_decision_urgent / scale,
+        )
 
     @property
     def retention(self) -> timedelta:

@@ -3,7 +3,15 @@
 The generator's event ids are placeholders; each published event gets a fresh UUIDv7 and references
 to it (``lead_id``, ``request_id``, ``order_id``, ``alert_id``, the context's lead) are rewritten, so
 running the same seed twice on one bus publishes new events rather than replays. The envelope's time is
-when the event is published; the simulated times are in the events' own fields.
+when the event is published (signed now, as the router requires); the simulated times are in the
+events' own fields (``occurred_at``, ``acknowledged_at``, ``due_at``, ...).
+
+Played at a ``speed`` (the demo), each step is published when its simulated time comes, sped up, and
+every time in its payload is mapped onto the wall clock the same way (:func:`retime`): the district's
+clock runs ``speed`` times faster and its times are the wall clock's, so an incident's ``occurred_at``
+is just before its lead is published and an action item is due ``7 days / speed`` after its meeting.
+The hub, run at the same time scale (``LIANFANG_HUB_TIME_SCALE``), then sees deadlines pass and
+breaches happen as the district would, ``speed`` times faster.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from schemas.events import event_model
 from services import trust
@@ -28,6 +36,7 @@ from services.kernel.pseudonym import new_pseudonym_key
 from services.pseudonymizer.client import PseudonymizerUnavailableError
 from services.sdk.client import CaseContext, Client, Publisher
 from services.simulator.generator import ID_FIELDS, RULES, Step, generate
+from services.simulator.runs import FIRST_SEED, take_seed
 
 Sender = Publisher
 """What the driver needs of :class:`services.sdk.client.Client`."""
@@ -76,10 +85,47 @@ class IdMap:
         return replace(context, lead_id=self(context.lead_id))
 
 
-def publish_step(sender: Sender, step: Step, ids: IdMap) -> str:
-    """Publish one step through its sender's client, with fresh ids."""
+TIME_FIELDS: Final = frozenset(
+    {
+        "occurred_at",
+        "acknowledged_at",
+        "taken_at",
+        "resolved_at",
+        "requested_at",
+        "decided_at",
+        "valid_until",
+        "breached_at",
+        "meeting_at",
+        "concluded_at",
+        "due_at",
+    }
+)
+"""Payload fields, at any depth, that hold a simulated time (the generator writes them as ISO 8601)."""
+
+
+def retime(value: Any, to_wall: Callable[[datetime], datetime]) -> Any:
+    """``value`` with every simulated time of :data:`TIME_FIELDS` mapped by ``to_wall``, at any depth."""
+    if isinstance(value, Mapping):
+        return {
+            name: to_wall(datetime.fromisoformat(item)).isoformat()
+            if name in TIME_FIELDS and isinstance(item, str)
+            else retime(item, to_wall)
+            for name, item in value.items()
+        }
+    if isinstance(value, list):
+        return [retime(item, to_wall) for item in value]
+    return value
+
+
+def publish_step(
+    sender: Sender, step: Step, ids: IdMap, to_wall: Callable[[datetime], datetime] | None = None
+) -> str:
+    """Publish one step through its sender's client, with fresh ids (and its times on the wall clock,
+    with ``to_wall``)."""
     event_id = ids(step.event_id)
     payload = ids.payload(step.payload)
+    if to_wall is not None:
+        payload = retime(payload, to_wall)
     if step.kind == "lead":
         return sender.publish_lead(payload, urgency=step.urgency, event_id=event_id)
     context = ids.context(step.context)
@@ -100,17 +146,27 @@ def play(
     progress: Progress | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    wall: Callable[[], datetime] = lambda: datetime.now(CHINA),
 ) -> Tally:
-    """Publish ``steps`` in order; with ``speed``, each when its simulated time comes (sped up)."""
+    """Publish ``steps`` in order; with ``speed``, each when its simulated time comes (sped up), its
+    payload's times mapped onto the wall clock (``start`` is now, then each simulated second is
+    ``1 / speed`` of a second)."""
     ids = IdMap()
     tally = Tally()
     began = clock()
+    to_wall: Callable[[datetime], datetime] | None = None
+    if speed is not None:
+        origin, pace = wall(), speed
+
+        def to_wall(at: datetime) -> datetime:
+            return origin + (at - start) / pace
+
     for index, step in enumerate(steps, start=1):
         if speed is not None:
             due = began + (step.at - start).total_seconds() / speed
             while (left := due - clock()) > 0:
                 sleep(min(left, 1.0))
-        publish_step(senders[step.sender], step, ids)
+        publish_step(senders[step.sender], step, ids, to_wall)
         tally.count(step)
         if progress is not None:
             progress.update(index, index, f"{step.at:%Y-%m-%d %H:%M}")
@@ -157,18 +213,22 @@ def simulate_command(
     bootstrap: str | None,
     topic_prefix: str,
     days: int,
-    seed: int,
+    seed: int | None,
     rate: float,
     speed: float | None,
     dry_run: bool,
+    state: Path | None = None,
 ) -> int:
-    """``lianfang simulate``: generate the days and publish them (or only summarize, ``dry_run``)."""
+    """``lianfang simulate``: generate the days and publish them (or only summarize, ``dry_run``).
+    Without a ``seed``, the seed is the next of ``state`` (:mod:`services.simulator.runs`), else 1."""
     if speed is not None and speed <= 0:
         raise UsageError("--speed must be greater than 0")
     if rate < 0:
         raise UsageError("--rate must not be negative")
     now = datetime.now(CHINA)
     start = now - timedelta(days=days) if speed is None else now
+    if seed is None:
+        seed = take_seed(state) if state is not None and not dry_run else FIRST_SEED
     if dry_run:
         steps = generate(seed=seed, start=start, days=days, rate=rate, key=new_pseudonym_key(0))
         print(describe(dry_tally(steps), steps=steps, dry_run=True))

@@ -550,3 +550,24 @@ def test_publish_occurred_at_without_a_utc_offset_is_a_usage_error(
 ) -> None:
     assert cli.main(["publish", "--as", "police", "lead.json", "--occurred-at", "2021-03-04T21:30:00"]) != 0
     assert "no UTC offset" in capsys.readouterr().err
+
+
+def test_make_run_s_demo_plays_a_week_at_its_time_scale_and_gives_the_hub_and_console_the_same_scale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.cli.bus import DEMO_TIME_SCALE, SIMULATOR_STATE, demo_simulation
+
+    for name in ("LIANFANG_HUB_TIME_SCALE", "LIANFANG_CONSOLE_TIME_SCALE", "LIANFANG_HUB_REPORT_EVERY_S"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LIANFANG_HUB_TICK_INTERVAL_S", "2")
+    simulate, env = demo_simulation(DEMO_TIME_SCALE, "127.0.0.1:9092", tmp_path)
+    assert simulate[simulate.index("--speed") + 1] == "360"
+    assert simulate[simulate.index("--days") + 1] == "7"
+    assert simulate[simulate.index("--state") + 1] == str(SIMULATOR_STATE.resolve())
+    assert "--seed" not in simulate, "a fixed seed would replay the same people every run"
+    assert env["LIANFANG_HUB_TIME_SCALE"] == env["LIANFANG_CONSOLE_TIME_SCALE"] == "360"
+    assert env["LIANFANG_HUB_REPORT_EVERY_S"] == "60"
+    assert env["LIANFANG_HUB_TICK_INTERVAL_S"] == "2", "a variable already set wins"
+    real, no_env = demo_simulation(1, "127.0.0.1:9092", tmp_path)
+    assert "--speed" not in real
+    assert no_env == {}

@@ -390,3 +390,21 @@ def test_the_supervision_report_payload_is_a_valid_event() -> None:
     assert report_payload(rows.values(), T0, at(days=7)) == payload
     empty = SupervisionReport.model_validate_json(json.dumps(report_payload({}, T0, at(days=7))))
     assert empty.rows == []
+
+
+# --- the demo's time scale -------------------------------------------------------------------------
+
+
+def test_at_a_time_scale_of_360_an_urgent_acknowledgement_is_due_in_40_seconds_and_breaches_after() -> None:
+    fast = CFG.at_time_scale(360)
+    state = build([lead(1, T0, urgency="urgent")], fast)
+    assert kinds(due(state, T0 + timedelta(seconds=40), fast)[1]) == []
+    assert kinds(due(state, T0 + timedelta(seconds=41), fast)[1]) == ["acknowledge"]
+    assert (fast.first_action, fast.resolution) == (timedelta(minutes=4), timedelta(hours=1))
+    assert fast.escalation_window == CFG.escalation_window  # rule windows are not scaled
+    assert CFG.at_time_scale(1) is CFG
+
+
+def test_a_time_scale_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="greater than 0"):
+        CFG.at_time_scale(0)

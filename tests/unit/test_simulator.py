@@ -11,16 +11,19 @@ import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from schemas.events import EventModel, LeadReported, event_model
+from services.kernel.errors import UsageError
 from services.kernel.pseudonym import PseudonymKey, canonical_id_number
 from services.sdk.client import CaseContext, _lead_pseudonyms, default_urgency
 from services.simulator import district
 from services.simulator.driver import IdMap, Tally, describe, play, publish_step
 from services.simulator.generator import CHANNELS, RULES, TOWN_IDS, Step, generate
+from services.simulator.runs import take_seed
 
 pytestmark = pytest.mark.unit
 
@@ -306,6 +309,59 @@ def test_paced_playback_waits_for_each_steps_simulated_time_sped_up() -> None:
     last = (steps[-1].at - START).total_seconds() / 3600.0
     assert now[0] == pytest.approx(last, abs=1e-6)
     assert all(n <= 1.0 for n in naps)
+
+
+def test_paced_playback_maps_every_simulated_time_of_a_payload_onto_the_wall_clock_sped_up() -> None:
+    steps = [s for s in steps_of(days=14, rate=2) if s.case == "repeat"]
+    origin = datetime(2027, 1, 1, 9, 0, tzinfo=UTC)
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    log: list[tuple[str, str, str, dict[str, Any], CaseContext | None]] = []
+    senders = {name: Recorder(name, log) for name in {s.sender for s in steps}}
+    play(steps, senders, start=START, speed=360.0, clock=lambda: now[0], sleep=sleep, wall=lambda: origin)
+
+    def wall(simulated: str) -> datetime:
+        return origin + (datetime.fromisoformat(simulated) - START) / 360
+
+    lead_step = next(s for s in steps if s.kind == "lead")
+    lead_payload = next(entry[3] for entry in log if entry[1] == "lead.reported")
+    assert datetime.fromisoformat(lead_payload["occurred_at"]) == wall(lead_step.payload["occurred_at"])
+    concluded_step = next(s for s in steps if s.type == "joint_meeting.concluded")
+    concluded = next(entry[3] for entry in log if entry[1] == "joint_meeting.concluded")
+    due_dates = [datetime.fromisoformat(i["due_at"]) for i in concluded["action_items"]]
+    assert due_dates == [wall(i["due_at"]) for i in concluded_step.payload["action_items"]]
+    assert due_dates[0] - datetime.fromisoformat(concluded["concluded_at"]) < timedelta(hours=1)
+
+
+def victims_and_ids(seed: int) -> tuple[set[str], set[str]]:
+    """The victim pseudonyms and the event ids one run of ``seed`` publishes."""
+    steps = generate(seed=seed, start=START, days=2, rate=10, key=KEY)
+    log: list[tuple[str, str, str, dict[str, Any], CaseContext | None]] = []
+    play(steps, {name: Recorder(name, log) for name in {s.sender for s in steps}}, start=START)
+    victims = {lead_of(s).victim_pseudonym for s in steps if s.kind == "lead"}
+    return victims, {entry[2] for entry in log}
+
+
+def test_two_runs_with_one_state_file_play_other_people_under_other_event_ids(tmp_path: Path) -> None:
+    state = tmp_path / "simulator" / "state.json"
+    first, second = take_seed(state), take_seed(state)
+    assert (first, second) == (1, 2)
+    victims_1, ids_1 = victims_and_ids(first)
+    victims_2, ids_2 = victims_and_ids(second)
+    assert victims_1
+    assert victims_2
+    assert not victims_1 & victims_2, "the second run replayed people of the first"
+    assert not ids_1 & ids_2
+
+
+def test_a_state_file_that_is_not_the_simulator_s_is_refused_with_the_fix(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    state.write_text("{}")
+    with pytest.raises(UsageError, match="remove it"):
+        take_seed(state)
 
 
 def test_publish_step_refuses_an_event_without_a_case_context() -> None:

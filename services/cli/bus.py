@@ -183,7 +183,7 @@ def add_bus_commands(
         type=float,
         default=DEMO_TIME_SCALE,
         metavar="X",
-        help=f"the demo district's clock runs X times faster (default {DEMO_TIME_SCALE:g}: an hour a "
+        help=f"the demo district's clock runs X times faster (default {DEMO_TIME_SCALE:g}: an hour every "
         "10 s); 1 publishes three days at once, as fast as possible, on real deadlines",
     )
 

@@ -544,12 +544,35 @@ def ticked(hub: HubProcess, partitions: range) -> bool:
     return all(f'lianfang_hub_open_alerts{{partition="{p}"}}' in series for p in partitions)
 
 
-def test_the_supervision_page_shows_breaches_and_each_agencys_rates(
+UPCOMING_PHONE = "13700007003"
+
+
+def tick(bus: Bus, *moments: datetime) -> None:
+    """The hub's clock: each moment on every partition, in order."""
+    producer = KafkaProducer(bootstrap_servers=bus.bootstrap, **DURABLE_PRODUCER)
+    try:
+        for at in moments:
+            for partition in range(3):
+                producer.send(
+                    bus.names.hub_clock, key=b"tick", value=at.isoformat().encode(), partition=partition
+                )
+        producer.flush()
+    finally:
+        producer.close()
+
+
+def agencies_in(driver: Any, css: str) -> set[str | None]:
+    return {r.get_attribute("data-agency") for r in driver.find_elements(By.CSS_SELECTOR, css)}
+
+
+def test_the_supervision_page_shows_who_is_late_each_agencys_rates_and_trend_and_opens_an_overdue_alert(
     browser: Any, pipeline: Pipeline, bus: Bus, tmp_path: Path
 ) -> None:
     """The women's federation acknowledges and resolves the lead in time; the town's mediation room does
-    nothing. Five hours later (past the 4 h deadline of an urgent lead) the hub finds the breach and
-    reports the rates; the page shows both."""
+    nothing. Ticks at now, now + 5 h (past the 4 h deadline of an urgent lead) and now + 6 h: the hub
+    finds the breach and reports the rates twice. The page shows the rates (a lead whose 15 days are not
+    over is pending, not unresolved), a trend of two points, the overdue list whose case link opens the
+    alert, and a new alert among those whose deadlines come next."""
     subject = subject_of(bus, VICTIM_PHONE)
     with client(bus, "womens_federation", tmp_path) as federation:
         lead = read_until(
@@ -563,42 +586,73 @@ def test_the_supervision_page_shows_breaches_and_each_agencys_rates(
         60,
         "the hub to see the resolution",
     )
-    producer = KafkaProducer(bootstrap_servers=bus.bootstrap, **DURABLE_PRODUCER)
-
-    def tick(at: datetime) -> None:
-        for partition in range(3):
-            producer.send(
-                bus.names.hub_clock, key=b"tick", value=at.isoformat().encode(), partition=partition
-            )
-        producer.flush()
-
-    # The first tick opens each partition's report period; the second, 5 h of tick time later (past
-    # report_every_s), finds the breach and reports.
+    # The first tick opens each partition's report period; the next ones, hours of tick time later
+    # (past report_every_s), find the breach and report twice (two points of the trend).
     now = datetime.now(UTC)
-    tick(now)
+    tick(bus, now)
     wait_until(lambda: ticked(pipeline.hub, range(3)), 60, "the hub to take the first tick")
-    tick(now + timedelta(hours=5))
-    producer.close()
+    tick(bus, now + timedelta(hours=5), now + timedelta(hours=6))
 
     def loaded(driver: Any) -> bool:
         driver.get(pipeline.url + "/supervision")
-        breached = {
-            r.get_attribute("data-agency") for r in driver.find_elements(By.CSS_SELECTOR, "#breaches tr")
-        }
-        rated = {r.get_attribute("data-agency") for r in driver.find_elements(By.CSS_SELECTOR, "#rates tr")}
-        return "mediation.houshayu" in breached and {"womens_federation", "mediation.houshayu"} <= rated
+        chart = driver.find_elements(By.ID, "trend-chart")
+        return (
+            "mediation.houshayu" in agencies_in(driver, "#breaches tr")
+            and {"womens_federation", "mediation.houshayu"} <= agencies_in(driver, "#rates tr")
+            and bool(chart)
+            and int(chart[0].get_attribute("data-points") or 0) >= 2
+        )
 
     wait_for(browser, loaded, timeout=90)
-    breached = {
-        r.get_attribute("data-agency") for r in browser.find_elements(By.CSS_SELECTOR, "#breaches tr")
+    late = {
+        r.get_attribute("data-agency")
+        for r in browser.find_elements(By.CSS_SELECTOR, "#breaches tr[data-agency]")
+        if lead.header.id in r.text
     }
-    assert "womens_federation" not in breached, "it acknowledged in time"
+    assert late == {"mediation.houshayu"}, "the women's federation acknowledged in time"
     cells = browser.find_element(By.CSS_SELECTOR, '#rates tr[data-agency="womens_federation"]').text.split()
     assert cells[-4:-1] == ["100%", "100%", "100%"], cells  # response, resolution, satisfaction
     cells = browser.find_element(By.CSS_SELECTOR, '#rates tr[data-agency="mediation.houshayu"]').text.split()
-    assert cells[-4:-1] == ["0%", "0%", "0%"], cells
+    assert cells[-4:-1] == ["0%", "—", "—"], cells  # late to answer; resolution not yet due; no feedback
     assert len(browser.find_elements(By.CSS_SELECTOR, "#rates-chart rect.bar-response")) == 1 + 2  # legend
+    assert browser.find_elements(By.CSS_SELECTOR, "#trend-chart polyline.line-response")
+
+    with client(bus, "police", tmp_path) as police:  # an alert whose deadlines are still to come
+        police.publish_lead(
+            {
+                "category": "domestic_violence",
+                "channel": "police_call",
+                "town": "renhe",
+                "victim": {"name": "测试某乙", "phone": UPCOMING_PHONE, "is_minor": False},
+                "minor": False,
+                "narrative": "当事人请求联合会商。",
+                "requests_joint_meeting": True,
+            }
+        )
+        assert police.flush(30)
+    coming = subject_of(bus, UPCOMING_PHONE)[:14]
+
+    def listed(driver: Any) -> str | None:
+        driver.get(pipeline.url + "/supervision")
+        rows = driver.find_elements(By.CSS_SELECTOR, "#upcoming tr[data-alert-id]")
+        found = [r for r in rows if coming in r.text]
+        return found[0].find_element(By.CSS_SELECTOR, ".due").get_attribute("data-state") if found else None
+
+    assert wait_for(browser, listed, timeout=60) in ("pending", "soon")
     shot(browser, "08-supervision")
+
+    click(browser, '#rates tr[data-agency="mediation.houshayu"] a')
+    wait_for(browser, lambda d: d.find_elements(By.ID, "breaches-scope"))
+    assert agencies_in(browser, "#breaches tr[data-agency]") == {"mediation.houshayu"}
+    current = browser.find_element(By.CSS_SELECTOR, '#rates tr[aria-current="true"]')
+    assert current.get_attribute("data-agency") == "mediation.houshayu"
+    shot(browser, "08b-supervision-agency")
+
+    case = browser.find_element(By.CSS_SELECTOR, '#breaches tr[data-agency="mediation.houshayu"] a')
+    alert_path = urllib.parse.urlsplit(case.get_attribute("href")).path
+    case.click()
+    wait_for(browser, lambda d: urllib.parse.urlsplit(d.current_url).path == alert_path)
+    assert wait_for(browser, lambda d: d.find_element(By.ID, "victim").text) == subject
 
 
 def test_an_overdue_alert_shows_its_deadlines_in_the_queue_and_on_its_page_in_either_language(

@@ -773,8 +773,9 @@ def _upcoming(viewer: Viewer, coming: Sequence[tuple[Alert, Deadline]], now: dat
         for alert, deadline in coming
     ]
     return fmt(
-        '<table class="grid upcoming" id="upcoming"><thead><tr><th>{deadline}</th><th>{case}</th>'
-        "<th>{urgency}</th><th>{town}</th><th>{agencies}</th></tr></thead><tbody>{rows}</tbody></table>",
+        '<div class="scroll"><table class="grid upcoming" id="upcoming"><thead><tr><th>{deadline}</th>'
+        "<th>{case}</th><th>{urgency}</th><th>{town}</th><th>{agencies}</th></tr></thead>"
+        "<tbody>{rows}</tbody></table></div>",
         deadline=viewer.t("col.deadline"),
         case=viewer.t("col.case"),
         urgency=viewer.t("col.urgency"),

@@ -655,11 +655,23 @@ def test_the_supervision_page_shows_who_is_late_each_agencys_rates_and_trend_and
     assert wait_for(browser, lambda d: d.find_element(By.ID, "victim").text) == subject
 
 
+def queued(driver: Any) -> int:
+    """How many alerts the queue on the page lists in all (its page status: 第 p/n 页，共 N 条)."""
+    status = driver.find_element(By.ID, "page-status").text
+    found = re.search(r"共 (\d+) 条", status)
+    assert found, status
+    return int(found.group(1))
+
+
 def test_an_overdue_alert_shows_its_deadlines_in_the_queue_and_on_its_page_in_either_language(
     browser: Any, console_url: str, bus: Bus, tmp_path: Path
 ) -> None:
     """A minor's child-abuse lead reported two hours after it happened: the alert is immediate, to be
     acknowledged within 1 h of being raised, so it is an hour overdue when it arrives."""
+    sign_in_as(browser, console_url, ACCOUNT)  # its own session: it runs alone too
+    browser.get(console_url + "/alerts")
+    wait_for(browser, lambda d: d.find_elements(By.ID, "page-status"))
+    before = queued(browser)  # the alerts earlier tests left active (the supervision test's upcoming one)
     subject = subject_of(bus, MINOR_PHONE)
     with client(bus, "police", tmp_path) as police:  # signed now: the router refuses a backdated time
         police.publish_lead(
@@ -686,7 +698,7 @@ def test_an_overdue_alert_shows_its_deadlines_in_the_queue_and_on_its_page_in_ei
     assert wait_for(
         browser, lambda d: d.find_element(By.CSS_SELECTOR, f"{row} .due").get_attribute("data-state")
     ) == ("overdue")
-    wait_for(browser, lambda d: "共 1 条" in d.find_element(By.ID, "page-status").text)  # live, too
+    wait_for(browser, lambda d: queued(d) == before + 1)  # the count is live too: one alert more
     first = wait_for(
         browser, lambda d: d.find_element(By.CSS_SELECTOR, "#alert-rows tr").get_attribute("data-subject")
     )

@@ -35,11 +35,11 @@ from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
-from prometheus_client import start_http_server
 
 from services import trust
 from services.audit.kafka import KafkaSink
 from services.audit.trail import LocalTrail, participant_trail
+from services.bus import metrics_endpoint
 from services.bus.registry_follower import RegistryInForce, in_force
 from services.bus.security import load_security
 from services.console import admin, i18n, pages, record, roles
@@ -828,8 +828,7 @@ def open_accounts(settings: ConsoleSettings) -> AccountStore:
 async def serve(settings: ConsoleSettings, *, console: Console | None = None) -> None:
     """Serve until SIGTERM/SIGINT; prints the address people open once it listens."""
     console = console or Console.from_settings(settings)
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
+    metrics_endpoint.start(settings)
     runner = web.AppRunner(console.application(), access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.bus import metrics_endpoint
 from services.console.accounts import accounts_path
 from services.console.audit import audit_path
 from services.kernel import ids
@@ -54,7 +55,8 @@ class ConsoleSettings(BaseSettings):
         gt=0,
         description="as the hub's LIANFANG_HUB_TIME_SCALE: the alerts' deadlines are the hub's divided by it",
     )
-    metrics_port: int = Field(default=9104, ge=0, description="/metrics on 127.0.0.1; 0 turns it off")
+    metrics_port: int = Field(default=9104, ge=0, description="port of /metrics; 0 turns it off")
+    metrics_address: str = Field(default=metrics_endpoint.LOOPBACK, description=metrics_endpoint.ADDRESS_HELP)
     log_level: str = Field(default="info", description="debug, info, warning or error")
 
     @field_validator("timezone")

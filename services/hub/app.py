@@ -36,13 +36,13 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
-from prometheus_client import start_http_server
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services import trust
 from services.audit.kafka import KafkaSink
 from services.audit.trail import LocalTrail, participant_trail
+from services.bus import metrics_endpoint
 from services.bus.cluster import cluster_id
 from services.bus.freshness import FreshnessInForce
 from services.bus.registry_follower import NewerRegistry, RegistryFollower, RegistryInForce
@@ -91,7 +91,8 @@ class HubSettings(BaseSettings):
         description="the district's clock runs this many times faster (the demo): supervision deadlines "
         "are divided by it (HubConfig.at_time_scale); 1 in production",
     )
-    metrics_port: int = Field(default=9103, ge=0, description="/metrics on 127.0.0.1; 0 turns it off")
+    metrics_port: int = Field(default=9103, ge=0, description="port of /metrics; 0 turns it off")
+    metrics_address: str = Field(default=metrics_endpoint.LOOPBACK, description=metrics_endpoint.ADDRESS_HELP)
     lag_interval_s: float = Field(default=15.0, ge=0, description="consumer-lag sampling period; 0: off")
     log_level: str = Field(default="warning", description="faust worker log level")
     require_freshness: bool = Field(
@@ -321,7 +322,7 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
 
         @app.task  # type: ignore[untyped-decorator]
         async def serve_metrics() -> None:
-            start_http_server(settings.metrics_port, addr="127.0.0.1")
+            metrics_endpoint.start(settings)
 
     if settings.lag_interval_s:
 

@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka.errors import ConsumerStoppedError, KafkaError
-from prometheus_client import start_http_server
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services import trust
 from services.audit.chain import Action, AuditEntry, Checkpoint, Signer, next_entry, parse_line
+from services.bus import metrics_endpoint
 from services.bus.eos import Output, PartitionState, TransactionalRunner
 from services.bus.freshness import FreshnessInForce
 from services.bus.registry_follower import RegistryInForce, follow
@@ -78,7 +78,8 @@ class RouterSettings(BaseSettings):
         description="how far the signed time may lie from the broker's append time, either way (time_skew)",
     )
     max_batch: int = Field(default=500, ge=1, description="records per transaction, at most")
-    metrics_port: int = Field(default=9102, ge=0, description="/metrics on 127.0.0.1; 0 turns it off")
+    metrics_port: int = Field(default=9102, ge=0, description="port of /metrics; 0 turns it off")
+    metrics_address: str = Field(default=metrics_endpoint.LOOPBACK, description=metrics_endpoint.ADDRESS_HELP)
     lag_interval_s: float = Field(
         default=15.0, ge=0, description="how often consumer lag is sampled for /metrics; 0 turns it off"
     )
@@ -461,8 +462,7 @@ async def serve(
     )
     metrics.worker_progress.set_function(lambda: runner.progressed_at)
     router.partitions = runner.source_partitions
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
+    metrics_endpoint.start(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.stop)

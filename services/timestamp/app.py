@@ -22,12 +22,12 @@ from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
-from prometheus_client import start_http_server
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.freshness import TIMESTAMP_RECORD_KEY
 from services import trust
+from services.bus import metrics_endpoint
 from services.bus.cluster import DURABLE_PRODUCER
 from services.bus.registry_follower import RegistryInForce, follow
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
@@ -55,7 +55,8 @@ class TimestampSettings(BaseSettings):
     valid_for_s: float = Field(
         default=600.0, gt=0, description="each statement's lifetime: the freeze window"
     )
-    metrics_port: int = Field(default=9105, ge=0, description="/metrics on 127.0.0.1; 0 turns it off")
+    metrics_port: int = Field(default=9105, ge=0, description="port of /metrics; 0 turns it off")
+    metrics_address: str = Field(default=metrics_endpoint.LOOPBACK, description=metrics_endpoint.ADDRESS_HELP)
     kafka_security: KafkaSecuritySettings = Field(
         default_factory=load_security, description="TLS and SASL login, from LIANFANG_KAFKA_*"
     )
@@ -144,8 +145,7 @@ def serve(settings: TimestampSettings, *, metrics: TimestampMetrics | None = Non
         **kafka_python_kwargs(settings.kafka_security),
     )
     stamper = Stamper(settings, in_force, keystore, producer, metrics=metrics)
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
+    metrics_endpoint.start(settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signum, _frame: stop.set())

@@ -245,3 +245,19 @@ def test_the_dashboard_panels_do_not_overlap() -> None:
                 for y in range(g["y"], g["y"] + g["h"]):
                     assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
                     cells[(x, y)] = panel["title"]
+
+
+def runbook_entries() -> set[str]:
+    """The alerts the operator's guide has a runbook row for: ``| `Name` | ... |`` below its heading."""
+    text = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    runbook = text.split("## Runbook", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\|\s*`(Lianfang[A-Za-z]+)`\s*\|", runbook, flags=re.MULTILINE))
+
+
+def test_every_alerting_rule_has_a_runbook_entry_in_the_operators_guide() -> None:
+    alerts = set(names_after("alert", RULE_FILES))
+    entries = runbook_entries()
+    assert alerts <= entries, (
+        f"alerts without a runbook entry in docs/operations.md: {sorted(alerts - entries)}"
+    )
+    assert entries <= alerts, f"runbook entries for alerts that do not exist: {sorted(entries - alerts)}"

@@ -360,11 +360,13 @@ def test_the_hub_observes_leads_raises_an_alert_and_reports_rates_per_agency(pip
         "a joint-meeting alert for the reporter's request",
     )
     p.eventually("job:lianfang_hub_open_alerts:sum", lambda r: total(r) >= 1, "an open joint-meeting alert")
-    # The reporter (police) is not among those that must act; the women's federation is.
-    rates = p.eventually(
-        'agency_rate:lianfang_supervision_rate:avg{agency="womens_federation"}',
-        lambda r: len(r) == 3,
-        "the women's federation's response, resolution and satisfaction rates",
+    # The reporter (police) is not among those that must act; the women's federation is. Its lead is
+    # inside its deadline: received and pending, so it counts in no rate yet (pending is not failed).
+    counts = p.eventually(
+        'sum by (count) (lianfang_supervision_leads{job="lianfang-hub",agency="womens_federation"})',
+        lambda r: any(s.labels["count"] == "received" and s.value >= 1 for s in r),
+        "the women's federation's supervision counts",
     )
-    assert {s.labels["rate"] for s in rates} == {"response", "resolution", "satisfaction"}
-    assert all(0 <= v <= 1 for v in values(rates)), rates
+    by_count = {s.labels["count"]: s.value for s in counts}
+    assert by_count.get("response_due", 0) == 0, by_count
+    assert p.prometheus.query('agency_rate:lianfang_supervision_rate:ratio{agency="womens_federation"}') == []

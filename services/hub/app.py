@@ -36,6 +36,7 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
+from prometheus_client import Gauge
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -198,11 +199,21 @@ async def sample_group_lag(settings: HubSettings, topic: str, metrics: HubMetric
         await reader.stop()
 
 
-async def when_fresh(events: AsyncIterator[Any], freshness: FreshnessInForce) -> AsyncIterator[Any]:
+async def when_fresh(
+    events: AsyncIterator[Any], freshness: FreshnessInForce, waiting: Gauge | None = None
+) -> AsyncIterator[Any]:
     """Each event, once the worker is fresh: while it is not, the agent holds the event unacknowledged,
-    so faust commits nothing past it and a restart reads it again."""
+    so faust commits nothing past it and a restart reads it again. ``waiting`` (the source's series of
+    ``lianfang_hub_waiting_for_freshness``) counts the event while it is held."""
     async for event in events:
-        await freshness.wait_until_ok()
+        if not freshness.ok():  # the freshness log says why, once per change of state
+            if waiting is not None:
+                waiting.inc()
+            try:
+                await freshness.wait_until_ok()
+            finally:
+                if waiting is not None:
+                    waiting.dec()
         yield event
 
 
@@ -282,7 +293,7 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
 
     @app.agent(worker.inbox)
     async def observe(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-        async for event in when_fresh(stream.events(), freshness):
+        async for event in when_fresh(stream.events(), freshness, metrics.waiting.labels("inbox")):
             m = event.message
             await work.on_inbox(
                 m.value, key=m.key, partition=m.partition, offset=m.offset, headers=_header_pairs(m.headers)
@@ -291,21 +302,21 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
 
     @app.agent(worker.suspects)
     async def by_suspect(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-        async for event in when_fresh(stream.events(), freshness):
+        async for event in when_fresh(stream.events(), freshness, metrics.waiting.labels("suspects")):
             m = event.message
             await work.on_suspect(m.value, partition=m.partition, offset=m.offset)
             yield None
 
     @app.agent(worker.serial)
     async def serial_trigger(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-        async for event in when_fresh(stream.events(), freshness):
+        async for event in when_fresh(stream.events(), freshness, metrics.waiting.labels("serial")):
             m = event.message
             await work.on_serial(m.value, partition=m.partition, offset=m.offset)
             yield None
 
     @app.agent(worker.clock)
     async def tick(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-        async for event in when_fresh(stream.events(), freshness):
+        async for event in when_fresh(stream.events(), freshness, metrics.waiting.labels("clock")):
             m = event.message
             await work.on_tick(m.value, m.partition, m.offset)
             yield None

@@ -64,6 +64,15 @@ class HubMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=registry,
         )
+        self.waiting = Gauge(
+            "lianfang_hub_waiting_for_freshness",
+            "Records the hub holds unacknowledged, by source topic (inbox, suspects, serial, clock), "
+            "because it has no fresh timestamp statement: nothing is committed past them meanwhile.",
+            ["source"],
+            registry=registry,
+        )
+        for source in ("inbox", "suspects", "serial", "clock"):
+            self.waiting.labels(source)
         self.lag = Gauge(
             "lianfang_consumer_lag",
             "Offsets of the hub's inbox not yet committed by its group, per partition (the router's "

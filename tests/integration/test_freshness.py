@@ -1,23 +1,27 @@
 """The short freeze window on a real broker: without a fresh timestamp statement the router pauses
 (losing nothing) and the gateway answers 503; a statement by an undelegated key is refused and
-counted; a statement naming a registry the process never received tells it that it is behind."""
+counted; a statement naming a registry the process never received tells it that it is behind; the hub
+holds its inbox records (nothing committed) and handles each once a statement arrives."""
 
 from __future__ import annotations
 
 import json
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from services.kernel import envelope
 from services.kernel.keystore import Keystore
 from tests.integration.buskit import Bus, RegistryChange, RouterProcess
 from tests.integration.test_gateway import GatewayProcess, lead_body
+from tests.integration.test_hub import Agency, Alerts, HubProcess, reasons, subject_of
 from tests.kit import DemoDomain
 
 pytestmark = pytest.mark.integration
@@ -165,3 +169,98 @@ def test_a_gateway_without_a_fresh_statement_answers_503_with_retry_after_and_ac
         assert status == 202, answer
     finally:
         gateway.stop()
+
+
+def _hub_commits(bus: Bus, group: str) -> dict[int, int]:
+    """The offsets the hub's group has committed on its inbox, per partition (read without joining)."""
+    topic = bus.names.inbox("hub")
+    reader = KafkaConsumer(bootstrap_servers=bus.bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        partitions = sorted(reader.partitions_for_topic(topic) or ())
+        committed = {p: reader.committed(TopicPartition(topic, p)) for p in partitions}
+        return {p: offset for p, offset in committed.items() if offset is not None}
+    finally:
+        reader.close()
+
+
+def _hub_committed_past_every_record(bus: Bus) -> bool:
+    inbox = bus.names.inbox("hub")
+    committed = _hub_commits(bus, f"{bus.prefix}hub")
+    return all(r.offset < committed.get(r.partition, 0) for r in bus.read_all([inbox])[inbox])
+
+
+def test_a_hub_without_a_fresh_statement_holds_its_inbox_records_and_raises_the_alert_once_one_arrives(
+    kafka_bootstrap: str, live_domain: DemoDomain, tmp_path: Path
+) -> None:
+    bus = _bus(kafka_bootstrap, live_domain, "fresh-hub")
+    # The router is told not to wait, so the lead reaches the hub's inbox while the hub has no statement.
+    router = RouterProcess(
+        bus,
+        live_domain.home,
+        tmp_path / "router.log",
+        f"{bus.prefix}router",
+        LIANFANG_ROUTER_REQUIRE_FRESHNESS="false",
+    )
+    hubs = [HubProcess(bus, tmp_path / "hub.log", tmp_path / "hub-data")]
+    alerts = Alerts(bus, tmp_path, clock=lambda: datetime.now(UTC))
+    police = Agency(bus, "police", tmp_path)
+    phone = "13600000140"
+    subject = subject_of(bus, phone)
+
+    def holds_the_lead(hub: HubProcess) -> None:
+        """The hub holds the lead: no alert, nothing committed or dead-lettered, the log says why."""
+        bus.wait_for(
+            lambda: hub.metric("lianfang_hub_waiting_for_freshness", source="inbox") == 1,
+            120,
+            f"the hub to hold the lead:\n{hub.tail()}",
+        )
+        assert hub.metric("lianfang_freshness_fresh", service="hub") == 0
+        assert hub.total("lianfang_hub_events_observed_total") == 0
+        assert hub.total("lianfang_hub_alerts_total") == 0
+        assert alerts.breaches_for(subject) == []
+        assert alerts.by_subject.get(subject) is None
+        assert _hub_commits(bus, f"{bus.prefix}hub") == {}
+        assert bus.deadletters() == []
+        assert "hub: registry v1 is not known to be fresh" in hub.tail(400)
+        assert "waiting for a fresh timestamp statement" in hub.tail(400)
+
+    try:
+        bus.wait_for(lambda: hubs[0].metric("lianfang_freshness_required", service="hub") == 1, 120, "a hub")
+        lead_id = police.lead(phone, datetime.now(UTC) - timedelta(hours=1), requests_joint_meeting=True)
+        bus.wait_for(lambda: bus.inbox_ids()["hub"][lead_id] == 1, 120, "the lead in the hub's inbox")
+        holds_the_lead(hubs[0])
+        assert "not known to be fresh (missing)" in hubs[0].tail(400)
+
+        # An expired statement changes nothing; nor does a crash: the restarted hub meets the lead again.
+        bus.stamp(issued=datetime.now(UTC) - timedelta(minutes=20), valid_for=timedelta(minutes=10))
+        bus.wait_for(
+            lambda: hubs[0].metric("lianfang_freshness_expiry_timestamp_seconds", service="hub"),
+            120,
+            "the expired statement to be read",
+        )
+        holds_the_lead(hubs[0])
+        hubs[0].kill()
+        hubs.append(HubProcess(bus, tmp_path / "hub-restarted.log", tmp_path / "hub-data"))
+        holds_the_lead(hubs[1])
+        assert "not known to be fresh (stale)" in hubs[1].tail(400)
+
+        hub = hubs[1]
+        bus.stamp()
+        got = alerts.wait_for(subject, bool, timeout=120)
+        assert reasons(got) == {"professional_judgement"}
+        # The hub commits past the lead (and past its own alert coming back through its inbox) ...
+        bus.wait_for(lambda: _hub_committed_past_every_record(bus), 120, "the hub to commit its inbox")
+        assert hub.metric("lianfang_hub_waiting_for_freshness", source="inbox") == 0
+        assert hub.metric("lianfang_freshness_fresh", service="hub") == 1
+        # ... having raised the alert exactly once: no record lost, none handled twice.
+        assert hub.metric("lianfang_hub_events_observed_total", type="lead.reported") == 1
+        assert hub.total("lianfang_hub_alerts_total") == 1
+        assert bus.inbox_ids()["coordinators"] == Counter({got[0]["_event_id"]: 1})
+        assert len(alerts.wait_for(subject, bool)) == 1
+        assert bus.deadletters() == []
+    finally:
+        police.client.close()
+        alerts.client.close()
+        for hub in hubs:
+            hub.stop()
+        router.stop()

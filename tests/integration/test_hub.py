@@ -56,14 +56,14 @@ class HubProcess(Worker):
 class Alerts:
     """Everything the coordinators receive, collected as it arrives (each test looks for its own)."""
 
-    def __init__(self, bus: Bus, tmp: Path) -> None:
+    def __init__(self, bus: Bus, tmp: Path, *, clock: Callable[[], datetime] = lambda: NOW) -> None:
         self.client = Client(
             keystore=bus.domain.keys("coordinators"),
             registry=bus.domain.registry,
             bootstrap=bus.bootstrap,
             outbox_path=tmp / "coordinators.sqlite",
             topic_prefix=bus.prefix,
-            clock=lambda: NOW,
+            clock=clock,
         )
         self.by_subject: dict[str, list[dict[str, Any]]] = {}
         self.types: dict[str, list[str]] = {}

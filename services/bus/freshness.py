@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import weakref
 from datetime import datetime
 from typing import Final
@@ -160,6 +161,17 @@ class FreshnessInForce:
     @property
     def fresh_until(self) -> datetime | None:
         return self.status().fresh_until
+
+    def wait_ok(self, timeout: float) -> bool:
+        """Block (a thread, not the event loop) until :meth:`ok` holds or ``timeout`` s have passed;
+        whether it holds."""
+        deadline = time.monotonic() + timeout
+        while not self.ok():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(self.POLL_S, remaining))  # re-read: a statement also goes stale by time alone
+        return True
 
     async def wait_until_ok(self) -> None:
         """Return once :meth:`ok` holds (checked every half second)."""

@@ -55,7 +55,7 @@ from services.console.view import Alert, CaseView, Change, OwnAction, OwnKind, Q
 from services.hub.config import HubConfig
 from services.kernel import envelope, topics
 from services.kernel.clock import Clock, utcnow
-from services.kernel.errors import LianfangError, RegistryExpiredError, UsageError
+from services.kernel.errors import LianfangError, RegistryExpiredError, RegistryStaleError, UsageError
 from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.registry import Registry
 from services.sdk.client import Client
@@ -208,6 +208,7 @@ class Console:
             topic_prefix=settings.topic_prefix,
             security=security,
             reader="console",  # its own group: `lianfang inbox --as coordinators` takes nothing from it
+            require_freshness=settings.require_freshness,
         )
         sink = KafkaSink(settings.bootstrap, topics.TopicNames(settings.topic_prefix).audit, security)
         # A registry takes one collector of the audit series: the client's reports this chain too.
@@ -285,6 +286,9 @@ class Console:
                         break
                 self.metrics.inbox_up.set(1)
                 backoff = 1.0
+            except RegistryStaleError:  # the client logged why (once) and counts itself waiting
+                self.metrics.inbox_up.set(0)
+                self._stop.wait(1.0)
             except RegistryExpiredError:
                 self.metrics.inbox_up.set(0)
                 log.error("the registry has expired: reading waits for a newer one on the registry topic")

@@ -58,6 +58,11 @@ class ConsoleSettings(BaseSettings):
     metrics_port: int = Field(default=9104, ge=0, description="port of /metrics; 0 turns it off")
     metrics_address: str = Field(default=metrics_endpoint.LOOPBACK, description=metrics_endpoint.ADDRESS_HELP)
     log_level: str = Field(default="info", description="debug, info, warning or error")
+    require_freshness: bool = Field(
+        default=True,
+        description="read the inbox only with a fresh timestamp statement; false (logged as a warning) "
+        "only where no timestamp service runs",
+    )
 
     @field_validator("timezone")
     @classmethod

@@ -133,6 +133,17 @@ class TransportError(LianfangError, RuntimeError):
     """Kafka, the network or the disk failed; the input may be fine and a retry may succeed."""
 
 
+class RegistryStaleError(TransportError):
+    """The registry in force is not known to be fresh (no unexpired timestamp statement names it), so
+    nothing was read; retry after ``retry_after`` s, once a fresh statement has arrived. ``state`` says
+    why: missing, stale, behind, untrusted, conflict, no_role (:mod:`services.kernel.freshness`)."""
+
+    def __init__(self, message: str, *, state: str, retry_after: int = 30) -> None:
+        super().__init__(message)
+        self.state = state
+        self.retry_after = retry_after
+
+
 class UsageError(LianfangError, ValueError):
     """The caller asked for something that cannot be done (wrong passphrase, missing key, bad option)."""
 

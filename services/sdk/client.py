@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from services.audit.kafka import KafkaSink
 from services.audit.trail import participant_trail
 from services.bus import registry_follower
 from services.bus.deadletter import ProblemWriter
+from services.bus.freshness import FreshnessInForce
 from services.bus.registry_follower import RegistryInForce
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 from services.kernel import acls, envelope, topics
@@ -50,6 +52,7 @@ from services.kernel.clock import Clock, utcnow
 from services.kernel.errors import (
     MalformedError,
     ReasonCode,
+    RegistryStaleError,
     TransportError,
     UsageError,
     validation_summary,
@@ -205,6 +208,7 @@ class Client:
         handed_path: Path | None = None,
         follow: bool = False,
         pseudonymizer: Pseudonymizer | None = None,
+        require_freshness: bool = True,
     ) -> None:
         if reader is not None and not reader.replace("-", "").replace("_", "").isalnum():
             raise UsageError(f"a reader name is letters, digits, '-' and '_', not {reader!r}")
@@ -228,6 +232,7 @@ class Client:
         self._pseudonymizer = pseudonymizer
         self._oblivious: ObliviousPseudonymizer | None = None
         self._consumer: KafkaConsumer | None = None
+        self._told_not_fresh = False
         # Every publish and every opened event is an entry of this client's audit chain (on disk
         # before the call returns; shipped to the audit topic in the background once started).
         sink = KafkaSink(bootstrap, self.names.audit, self.security) if start and bootstrap else None
@@ -246,6 +251,14 @@ class Client:
         # ``follow``: this client keeps its registry current itself, in a thread of its own (a
         # long-lived client must see new keys and revocations; see services.bus.registry_follower).
         # A registry in force shared with others (the gateway's) is followed by its owner.
+        # Such a client also keeps the timestamp statements it reads there: its inbox reader reads
+        # only while one says the registry is fresh (``require_freshness``; see :meth:`inbox`).
+        following = follow and start and bool(bootstrap)
+        self.freshness = (
+            FreshnessInForce(self.in_force, required=require_freshness, metrics=self.metrics.freshness)
+            if following
+            else None
+        )
         self.follower = (
             registry_follower.follow(
                 self.in_force,
@@ -253,8 +266,9 @@ class Client:
                 topic=self.names.registry,
                 security=self.security,
                 catch_up_s=3.0,  # short: publishing into the outbox must not wait long for Kafka
+                on_statement=self.freshness.offer if self.freshness is not None else None,
             )
-            if follow and start and bootstrap
+            if following
             else None
         )
 
@@ -263,7 +277,12 @@ class Client:
         cls, *, participant: str, home: Path, bootstrap: str, outbox_path: Path | None = None, **kwargs: Any
     ) -> Client:
         """A client from a trust-domain folder: the participant's keystore and the verified registry,
-        kept current from the registry topic while the client is open (unless ``start=False``)."""
+        kept current from the registry topic while the client is open (unless ``start=False``).
+        Its inbox reader requires a fresh timestamp statement unless ``require_freshness=False`` (or
+        ``LIANFANG_SDK_REQUIRE_FRESHNESS=false``, only where no timestamp service runs)."""
+        kwargs.setdefault(
+            "require_freshness", os.environ.get("LIANFANG_SDK_REQUIRE_FRESHNESS", "true").lower() != "false"
+        )
         domain = trust.open_domain(home)
         metrics: SdkMetrics = kwargs.pop("metrics", None) or sdk_metrics.shared()
         in_force = RegistryInForce.from_domain(
@@ -427,6 +446,13 @@ class Client:
         reported by a problem record on the dead-letter topic, written before its offset is committed;
         then reading goes on. An expired registry stops the reading with
         :class:`RegistryExpiredError` and commits nothing: a newer registry is needed first.
+
+        A client that follows the registry topic (:meth:`open`) reads nothing while it holds no fresh
+        timestamp statement for its registry (a withheld revocation would go unnoticed): it waits,
+        fetching and committing nothing, logs why and counts itself in
+        ``lianfang_inbox_waiting_for_freshness``. With ``follow`` it waits until a statement arrives;
+        otherwise for at most ``timeout`` s, then raises :class:`RegistryStaleError` (a
+        ``TransportError``: retry later; every record is still in the inbox).
         """
         consumer = self._inbox_consumer()
         handed = self._handed_out()
@@ -434,6 +460,8 @@ class Client:
         idle_deadline = time.monotonic() + timeout
         try:
             while max_records is None or seen < max_records:
+                if not self._fresh_to_read(None if follow else idle_deadline):
+                    idle_deadline = time.monotonic() + timeout  # the caller's timeout, from freshness on
                 batch = consumer.poll(timeout_ms=500, max_records=1)
                 if not batch:
                     if not follow and time.monotonic() > idle_deadline:
@@ -479,6 +507,40 @@ class Client:
                         consumer.commit()
         except KafkaError as e:
             raise TransportError(f"reading the inbox of {self.participant} failed: {e}") from e
+
+    def _fresh_to_read(self, until: float | None) -> bool:
+        """Whether the inbox may be read at once (True), or only after a wait for a fresh timestamp
+        statement (False); raise :class:`RegistryStaleError` if none came by ``until`` (monotonic;
+        ``None``: wait for as long as it takes)."""
+        freshness = self.freshness
+        if freshness is None or freshness.ok():
+            return True
+        status = freshness.status()
+        if not self._told_not_fresh:  # once per wait, however often the caller retries
+            self._told_not_fresh = True
+            log.warning(
+                "inbox %s: not read while registry v%d is not known to be fresh (%s); waiting for a "
+                "fresh timestamp statement on %s",
+                self.participant, self.registry.version, status.state, self.names.registry,
+            )  # fmt: skip
+        self.metrics.inbox_waiting.inc()
+        try:
+            if until is None:
+                while not freshness.wait_ok(60.0):
+                    pass
+            elif not freshness.wait_ok(max(0.0, until - time.monotonic())):
+                status = freshness.status()
+                raise RegistryStaleError(
+                    f"the inbox of {self.participant} was not read: registry v{self.registry.version} is "
+                    f"not known to be fresh ({status.state}: {status.detail}); retry once a fresh "
+                    f"timestamp statement is on {self.names.registry}",
+                    state=status.state,
+                )
+        finally:
+            self.metrics.inbox_waiting.dec()
+        self._told_not_fresh = False
+        log.info("inbox %s: registry v%d is fresh: reading", self.participant, self.registry.version)
+        return False
 
     def _report_unreadable(self, consumer: KafkaConsumer, problem: envelope.Unreadable, record: Any) -> None:
         """Count, log (no content) and write the problem record; if it cannot be written, rewind so

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from services.audit.metrics import AuditMetrics
+from services.bus.freshness import FreshnessMetrics
 from services.bus.registry_follower import RegistryMetrics
 
 
@@ -55,9 +56,17 @@ class SdkMetrics:
             registry=registry,
         )
 
+        self.inbox_waiting = Gauge(
+            "lianfang_inbox_waiting_for_freshness",
+            "Inbox readers of this process that wait, reading nothing, because they hold no fresh "
+            "timestamp statement for their registry (clients that follow the registry topic).",
+            registry=registry,
+        )
+
         # The registry in force (version, issue and expiry times) and the updates refused, of the
-        # clients that follow the registry topic themselves (Client.open).
+        # clients that follow the registry topic themselves (Client.open), and their freshness.
         self.registry_in_force = RegistryMetrics.of(registry)
+        self.freshness = FreshnessMetrics.of(registry)
 
 
 _shared: SdkMetrics | None = None

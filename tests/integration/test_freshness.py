@@ -1,11 +1,14 @@
 """The short freeze window on a real broker: without a fresh timestamp statement the router pauses
 (losing nothing) and the gateway answers 503; a statement by an undelegated key is refused and
 counted; a statement naming a registry the process never received tells it that it is behind; the hub
-holds its inbox records (nothing committed) and handles each once a statement arrives."""
+holds its inbox records (nothing committed) and handles each once a statement arrives; an SDK client
+following the registry reads nothing from its inbox until one does."""
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -16,9 +19,14 @@ from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry
 
+from services.cli import main as cli_main
 from services.kernel import envelope
+from services.kernel.errors import RegistryStaleError, TransportError
 from services.kernel.keystore import Keystore
+from services.sdk.client import Client
+from services.sdk.metrics import SdkMetrics
 from tests.integration.buskit import Bus, RegistryChange, RouterProcess
 from tests.integration.test_gateway import GatewayProcess, lead_body
 from tests.integration.test_hub import Agency, Alerts, HubProcess, reasons, subject_of
@@ -171,9 +179,10 @@ def test_a_gateway_without_a_fresh_statement_answers_503_with_retry_after_and_ac
         gateway.stop()
 
 
-def _hub_commits(bus: Bus, group: str) -> dict[int, int]:
-    """The offsets the hub's group has committed on its inbox, per partition (read without joining)."""
-    topic = bus.names.inbox("hub")
+def _inbox_commits(bus: Bus, group: str, participant: str) -> dict[int, int]:
+    """The offsets ``group`` has committed on the inbox of ``participant``, per partition (read
+    without joining the group)."""
+    topic = bus.names.inbox(participant)
     reader = KafkaConsumer(bootstrap_servers=bus.bootstrap, group_id=group, enable_auto_commit=False)
     try:
         partitions = sorted(reader.partitions_for_topic(topic) or ())
@@ -185,7 +194,7 @@ def _hub_commits(bus: Bus, group: str) -> dict[int, int]:
 
 def _hub_committed_past_every_record(bus: Bus) -> bool:
     inbox = bus.names.inbox("hub")
-    committed = _hub_commits(bus, f"{bus.prefix}hub")
+    committed = _inbox_commits(bus, f"{bus.prefix}hub", "hub")
     return all(r.offset < committed.get(r.partition, 0) for r in bus.read_all([inbox])[inbox])
 
 
@@ -219,7 +228,7 @@ def test_a_hub_without_a_fresh_statement_holds_its_inbox_records_and_raises_the_
         assert hub.total("lianfang_hub_alerts_total") == 0
         assert alerts.breaches_for(subject) == []
         assert alerts.by_subject.get(subject) is None
-        assert _hub_commits(bus, f"{bus.prefix}hub") == {}
+        assert _inbox_commits(bus, f"{bus.prefix}hub", "hub") == {}
         assert bus.deadletters() == []
         assert "hub: registry v1 is not known to be fresh" in hub.tail(400)
         assert "waiting for a fresh timestamp statement" in hub.tail(400)
@@ -264,3 +273,74 @@ def test_a_hub_without_a_fresh_statement_holds_its_inbox_records_and_raises_the_
         for hub in hubs:
             hub.stop()
         router.stop()
+
+
+def test_an_inbox_reader_following_the_registry_reads_nothing_without_a_fresh_statement_and_every_event_once_one_arrives(
+    kafka_bootstrap: str,
+    live_domain: DemoDomain,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bus = _bus(kafka_bootstrap, live_domain, "fresh-sdk")
+    sealed = bus.seal(phone="13600000150")
+    bus.produce([(sealed.key, sealed.value)], topic=bus.names.inbox("police"), headers=sealed.headers)
+    series = CollectorRegistry()
+    metrics = SdkMetrics(series)
+
+    def value(name: str, **labels: str) -> float | None:
+        return series.get_sample_value(name, labels)
+
+    client = Client.open(
+        participant="police",
+        home=live_domain.home,
+        bootstrap=bus.bootstrap,
+        outbox_path=tmp_path / "police.sqlite",
+        topic_prefix=bus.prefix,
+        metrics=metrics,
+    )
+    try:
+        # A bounded read gives up after its timeout with a retryable error naming freshness.
+        caplog.set_level(logging.INFO, logger="lianfang")
+        with pytest.raises(RegistryStaleError) as raised:
+            list(client.inbox(timeout=2))
+        assert isinstance(raised.value, TransportError)
+        assert raised.value.state == "missing"
+        assert "not known to be fresh (missing" in str(raised.value)
+        assert "inbox police: not read while registry v1 is not known to be fresh (missing)" in caplog.text
+        assert "13600000150" not in caplog.text
+        assert sealed.header.subject not in caplog.text
+        assert value("lianfang_inbox_waiting_for_freshness") == 0
+        assert value("lianfang_freshness_fresh", service="sdk") == 0
+        assert value("lianfang_inbox_events_received_total", type=sealed.header.type) is None
+        assert _inbox_commits(bus, client.inbox_group, "police") == {}
+
+        # `lianfang inbox` says so and exits non-zero, its own group committing nothing either.
+        argv = ["inbox", "--as", "police", "--home", str(live_domain.home), "--bootstrap", bus.bootstrap]
+        assert cli_main([*argv, "--topic-prefix", bus.prefix]) == 1
+        assert "is not known to be fresh (missing" in capsys.readouterr().err
+
+        # A following read waits, counted, and hands the event out once a fresh statement arrives.
+        got: list[str] = []
+        failed: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                got.extend(o.header.id for o in client.inbox(follow=True, max_records=1))
+            except BaseException as e:  # reported to the test below
+                failed.append(e)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        bus.wait_for(lambda: value("lianfang_inbox_waiting_for_freshness") == 1, 30, "the reader to wait")
+        assert got == []
+        bus.stamp()
+        bus.wait_for(lambda: not reader.is_alive(), 60, "the reader to read the event")
+        assert failed == []
+        assert got == [sealed.header.id]
+        assert value("lianfang_inbox_waiting_for_freshness") == 0
+        assert value("lianfang_freshness_fresh", service="sdk") == 1
+        assert "inbox police: registry v1 is fresh: reading" in caplog.text
+        assert sum(_inbox_commits(bus, client.inbox_group, "police").values()) == 1
+    finally:
+        client.close()

@@ -499,7 +499,14 @@ def test_a_revocation_published_while_the_gateway_runs_refuses_a_request_signed_
         took = time.monotonic() - published
         assert (status, answer["type"]) == (401, "https://lianfang.example/problems/key-revoked"), answer
         assert took < 10
-        assert gateway.metric("lianfang_registry_version", service="gateway") == revoked.registry.version
+        # The gauge is set just after the new registry is in force: poll it, do not race it.
+        own.wait_for(
+            lambda: (
+                gateway.metric("lianfang_registry_version", service="gateway") == revoked.registry.version
+            ),
+            10,
+            "the gateway's registry version gauge",
+        )
         assert gateway.alive(), "no restart"
     finally:
         gateway.stop()

@@ -246,3 +246,11 @@ class RouterProcess(Worker):
             port=port,
             what="the router",
         )
+
+    @classmethod
+    def started(cls, bus: Bus, log: Path, **env: str) -> RouterProcess:
+        """A router on ``bus`` (HOME: the bus's domain, group ``<prefix>router``), returned once its
+        /metrics reports the version of the registry it read at start."""
+        worker = cls(bus, bus.domain.home, log, group=f"{bus.prefix}router", **env)
+        bus.wait_for(lambda: worker.metric("lianfang_registry_version", service="router"), 60, "router start")
+        return worker

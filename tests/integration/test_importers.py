@@ -33,8 +33,7 @@ def bus(kafka_bootstrap: str, live_domain: DemoDomain) -> Bus:
 
 @pytest.fixture
 def router(bus: Bus, tmp_path: Path) -> Iterator[RouterProcess]:
-    worker = RouterProcess(bus, bus.domain.home, tmp_path / "router.log", f"{bus.prefix}router")
-    bus.wait_for(lambda: worker.metric("lianfang_registry_version", service="router"), 60, "router start")
+    worker = RouterProcess.started(bus, tmp_path / "router.log")
     yield worker
     worker.stop()
 

@@ -49,15 +49,9 @@ def bus(kafka_bootstrap: str, tmp_path: Path) -> Bus:
 
 @pytest.fixture
 def router(bus: Bus, tmp_path: Path) -> Iterator[RouterProcess]:
-    worker = _start_router(bus, tmp_path / "router.log")
+    worker = RouterProcess.started(bus, tmp_path / "router.log")
     yield worker
     worker.stop()
-
-
-def _start_router(bus: Bus, log: Path) -> RouterProcess:
-    worker = RouterProcess(bus, bus.domain.home, log, group=f"{bus.prefix}router")
-    bus.wait_for(lambda: worker.metric("lianfang_registry_version", service="router"), 60, "router start")
-    return worker
 
 
 def _keys(*stores: Keystore) -> dict[str, Any]:
@@ -131,7 +125,7 @@ def test_after_a_restart_a_router_refuses_a_registry_older_than_the_newest_it_tr
     signers = _keys(*d.trust.root_keystores()[:2])
     v2 = sign_document(_next(d, 2), signers)
     v3 = sign_document(_next(d, 3), signers)
-    worker = _start_router(bus, tmp_path / "router-1.log")
+    worker = RouterProcess.started(bus, tmp_path / "router-1.log")
     try:
         bus.produce([(b"registry", v2), (b"registry", v3)], topic=bus.names.registry)
         bus.wait_for(lambda: _version(worker) == 3, 60, "v3 in force")
@@ -154,7 +148,7 @@ def test_after_a_restart_a_router_refuses_a_registry_older_than_the_newest_it_tr
         registry=Registry.from_bytes(v3, trusted_roots=d.registry.document.roots, now=datetime.now(UTC))
     )
 
-    restarted = _start_router(bus, tmp_path / "router-2.log")
+    restarted = RouterProcess.started(bus, tmp_path / "router-2.log")
     try:
         assert _version(restarted) == 3, "it starts from the newest registry it trusted, not HOME's v1"
         sealed = bus.seal(phone="13700000001")

@@ -68,10 +68,7 @@ def bus(kafka_bootstrap: str, live_domain: DemoDomain) -> Bus:
 @pytest.fixture(scope="module")
 def router(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
     log = Path(tmp_path_factory.mktemp("router")) / "router.log"
-    worker = Router(
-        bus, bus.domain.home, log, group=f"{bus.prefix}router", LIANFANG_ROUTER_AUDIT_CHECKPOINT_S="0.5"
-    )
-    bus.wait_for(lambda: worker.metric("lianfang_registry_version", service="router"), 60, "router start")
+    worker = Router.started(bus, log, LIANFANG_ROUTER_AUDIT_CHECKPOINT_S="0.5")
     yield worker
     worker.stop()
 

@@ -29,8 +29,7 @@ def bus(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Bus:
 @pytest.fixture(scope="module")
 def router(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
     log = Path(tmp_path_factory.mktemp("router-time")) / "router.log"
-    worker = Router(bus, bus.domain.home, log, group=f"{bus.prefix}router")
-    bus.wait_for(lambda: worker.metric("lianfang_registry_version", service="router"), 60, "router start")
+    worker = Router.started(bus, log)
     yield worker
     worker.stop()
 

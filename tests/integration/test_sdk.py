@@ -32,13 +32,7 @@ def bus(kafka_bootstrap: str, live_domain: DemoDomain) -> Bus:
 
 @pytest.fixture(scope="module")
 def router(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
-    worker = RouterProcess(
-        bus,
-        bus.domain.home,
-        Path(tmp_path_factory.mktemp("router")) / "router.log",
-        group=f"{bus.prefix}router",
-    )
-    bus.wait_for(lambda: worker.metric("lianfang_registry_version", service="router"), 60, "router start")
+    worker = RouterProcess.started(bus, Path(tmp_path_factory.mktemp("router")) / "router.log")
     yield worker
     worker.stop()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -152,3 +154,12 @@ class RandomKeyFor(envelope.SystemEntropy):
         if to == self.victim:
             plaintext = os.urandom(len(plaintext))
         return super().hpke_wrap(recipient_public_raw, plaintext, info)
+
+
+def until(condition: Callable[[], bool], what: str, deadline_s: float = 10.0) -> None:
+    """Poll ``condition`` (another thread changes what it reads) until it holds; fail after the deadline."""
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {deadline_s} s")
+        time.sleep(0.005)  # the poll interval inside the deadline

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import os
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from services.store import fsync
 from services.store.fsync import AppendFile
+from tests.kit import until
 
 pytestmark = pytest.mark.unit
-
-
-def _until(condition: Callable[[], bool], what: str, deadline_s: float = 10.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {deadline_s} s")
-        time.sleep(0.005)  # polling a condition other threads change, with a deadline
 
 
 def test_lines_written_while_an_fsync_is_in_flight_share_the_next_fsync_and_each_is_whole(
@@ -42,7 +33,7 @@ def test_lines_written_while_an_fsync_is_in_flight_share_the_next_fsync_and_each
     file = AppendFile(tmp_path / "a.jsonl")
     first = threading.Thread(target=file.append, args=(b"line 0\n",))
     first.start()
-    _until(in_flight.is_set, "the first fsync")
+    until(in_flight.is_set, "the first fsync")
     others = [threading.Thread(target=file.write, args=(f"line {i}\n".encode(),)) for i in range(1, 8)]
     for t in others:
         t.start()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import sqlite3
 import stat
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from services.store import sqlite
+from tests.kit import until
 
 pytestmark = pytest.mark.unit
 
@@ -65,14 +65,6 @@ def test_an_in_memory_store_starts_as_a_copy_and_leaves_the_file_alone(tmp_path:
 # --------------------------------------------------------------------------- group commit
 
 
-def _until(condition: Callable[[], bool], what: str, deadline_s: float = 10.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {deadline_s} s")
-        time.sleep(0.005)  # polling a condition other threads change, with a deadline
-
-
 def _group_of_waiting_calls(
     tmp_path: Path, works: list[Callable[[sqlite3.Connection], object]]
 ) -> tuple[sqlite.GroupCommit, sqlite3.Connection, list[object]]:
@@ -97,11 +89,11 @@ def _group_of_waiting_calls(
 
     leader = threading.Thread(target=commits.run, args=(first,))
     leader.start()
-    _until(started.is_set, "the first call leading a commit")
+    until(started.is_set, "the first call leading a commit")
     others = [threading.Thread(target=call, args=(i,)) for i in range(len(works))]
     for t in others:
         t.start()
-    _until(lambda: commits.queued == len(works), "every call queued behind the first commit")
+    until(lambda: commits.queued == len(works), "every call queued behind the first commit")
     release.set()
     for t in [leader, *others]:
         t.join(10)

@@ -40,9 +40,15 @@ docstring is normative.
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import AwareDatetime, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from schemas.common import (
     Category,
@@ -64,6 +70,8 @@ MAX_RECORD_BYTES: Final = 512 * 1024
 """Records larger than this are refused before any parsing (reason ``too_large``)."""
 MAX_HEADER_LIST: Final = 128
 """At most this many ``audience`` and ``refs`` items in a clear header."""
+MAX_LINKS: Final = 4
+"""At most this many ``links`` in a clear header: the subject's other pseudonyms (its other identifiers)."""
 MAX_VERSION: Final = 2**31 - 1
 """The largest policy or registry version a clear header may name."""
 
@@ -97,7 +105,8 @@ class EnvelopeHeader(WireModel):
     pseudonym, and an unknown field is an error (reason ``malformed``). Any participant can sign a
     header, and the router copies what it reads here into Kafka headers and audit entries, so nothing
     in it may be free text that could carry a name or an ID number. A new field is a new envelope
-    version.
+    version, or (``links``) one that is absent when empty, so that every header without it keeps its
+    bytes and older readers still read it.
     """
 
     v: EnvelopeVersion = Field(description="envelope version (the DSSE payload type's)")
@@ -134,12 +143,34 @@ class EnvelopeHeader(WireModel):
     refs: UniqueList[EventId] = Field(
         default_factory=list, max_length=MAX_HEADER_LIST, description="ids of related events"
     )
+    links: UniqueList[Pseudonym] = Field(
+        default_factory=list,
+        max_length=MAX_LINKS,
+        description="关联假名 / pseudonyms of the subject's other identifiers (a lead's victim: phone, "
+        "passport, name with birth date), so that its leads keyed by another identifier are linked; "
+        "absent when empty",
+    )
 
     @model_validator(mode="after")
     def _schema_names_the_type(self) -> EnvelopeHeader:
         if self.schema_.rpartition("/")[0] != self.type:
             raise ValueError("schema must be `<type>/<version>` of the header's own type")
         return self
+
+    @model_validator(mode="after")
+    def _links_are_not_the_subject(self) -> EnvelopeHeader:
+        if self.subject in self.links:
+            raise ValueError("links must not repeat the subject")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_empty_links(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A header without links is written without the field, byte for byte as before it existed,
+        # so readers that predate it read every event that links nothing.
+        data: dict[str, Any] = handler(self)
+        if not data.get("links"):
+            data.pop("links", None)
+        return data
 
     @property
     def sender(self) -> str:

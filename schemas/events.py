@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Mapping
 from datetime import date
 from functools import cache
-from typing import Annotated, Any, ClassVar, Final, Literal, Self, TypeVar, overload
+from typing import Annotated, Any, ClassVar, Final, Literal, Self, TypeVar, get_args, overload
 
 from pydantic import (
     AfterValidator,
@@ -52,6 +52,7 @@ __all__ = [
     "AlertStatus",
     "DeadlineKind",
     "EventModel",
+    "IdentifierFlag",
     "JointMeetingAlert",
     "JointMeetingConcluded",
     "JointMeetingScheduled",
@@ -170,6 +171,18 @@ RiskIndicator = Literal[
 ]
 
 
+IdentifierFlag = Literal[
+    "id_number_unverified",  # 证件号码校验位不符：疑似录入错误
+    "id_number_invalid",  # 证件号码不是有效的居民身份证号码（格式或出生日期）
+    "travel_document_invalid",  # 护照或通行证号码格式不符
+    "phone_invalid",  # 电话号码不是有效的手机或固话号码
+    "no_valid_identifier",  # 无任何有效标识：假名取自原样录入的号码，或仅属本线索
+]
+"""What recipients should check about a person's identifiers: one that stayed invalid after
+normalization was not used to link the person (the subject fell back to the next valid one), and the
+lead was delivered all the same (``services/kernel/pseudonym.py``, ``identify``)."""
+
+
 class Person(WireModel):
     """一个人：当事人或嫌疑人 / A person, victim or suspect; personal data, so only in ``details``."""
 
@@ -187,12 +200,27 @@ class Person(WireModel):
     id_number_unverified: bool = Field(
         default=False,
         description="证件号码校验位不符，待核实 / the resident ID number's check digit is wrong: it was "
-        "accepted as given (a report is never refused for a typing error) and should be checked",
+        "kept as given (a report is never refused for a typing error), not used to link the person, "
+        "and should be checked",
+    )
+    travel_document: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=32,
+        description="护照或通行证号码 / passport or travel permit number (港澳/台湾通行证, 回乡证), as given",
+    )
+    identifier_flags: UniqueList[IdentifierFlag] = Field(
+        default_factory=list,
+        max_length=len(get_args(IdentifierFlag)),
+        description="标识待核实 / what to check about the identifiers: those flagged were kept as given "
+        "but not used to link the person",
     )
     phone: str | None = Field(
         default=None,
-        pattern=r"^[0-9+() -]{3,32}$",
-        description="联系电话 / phone number: digits, optionally with +, spaces, dashes, parentheses",
+        min_length=1,
+        max_length=32,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="联系电话 / phone number, as given (normalized only to compute pseudonyms)",
     )
     birth_date: date | None = Field(default=None, description="出生日期 / date of birth")
     sex: Sex | None = Field(default=None, description="性别 / sex")

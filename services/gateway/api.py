@@ -17,11 +17,9 @@ value.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import date
 from typing import Any, Final
 
 from pydantic import Field, ValidationError, field_validator
@@ -30,18 +28,19 @@ from schemas.common import Category, EventId, Pseudonym, Town, UniqueList, Urgen
 from schemas.events import EVENT_MODELS, EventModel, LeadReported, upcast
 from services.gateway.problems import FieldError, ProblemError, field_errors
 from services.kernel import jsonx
+from services.kernel.envelope import new_event_id
 from services.kernel.errors import (
     LianfangError,
     MalformedError,
     NotPermittedError,
     RegistryExpiredError,
     UntrustedInputError,
-    UsageError,
 )
 from services.kernel.policy import town_mediation
-from services.kernel.pseudonym import Pseudonymizer, flag_unverified_id, normalize_subject
+from services.kernel.pseudonym import Pseudonymizer
 from services.kernel.registry import Registry
-from services.sdk.client import CaseContext, default_urgency
+from services.sdk.client import CaseContext, default_urgency, lead_identities
+from services.sdk.metrics import SdkMetrics
 
 __all__ = [
     "COMPUTED_LEAD_FIELDS",
@@ -104,11 +103,17 @@ class Submission:
 
 
 def parse_submission(
-    body: bytes, *, participant: str, registry: Registry, pseudonymizer: Callable[[], Pseudonymizer]
+    body: bytes,
+    *,
+    participant: str,
+    registry: Registry,
+    pseudonymizer: Callable[[], Pseudonymizer],
+    metrics: SdkMetrics | None = None,
 ) -> Submission:
     """Validate a request body for ``participant``; raise :class:`ProblemError` (400, 403 or 422).
 
-    A lead's pseudonyms come from ``pseudonymizer()``; while the pseudonymizer cannot answer, its
+    A lead's pseudonyms come from ``pseudonymizer()`` (its invalid identifiers are counted in
+    ``metrics``); while the pseudonymizer cannot answer, its
     :class:`~services.kernel.errors.TransportError` passes through (the gateway answers 503).
 
     Order: JSON syntax (400), the request's own fields (422), the participant's right to publish
@@ -133,7 +138,7 @@ def parse_submission(
     except NotPermittedError as e:
         raise ProblemError("not_permitted", f"{participant} may not publish {request.type}") from e
     if request.type == LEAD:
-        return _lead(request, pseudonymizer)
+        return _lead(request, pseudonymizer, metrics)
     return _follow_up(request)
 
 
@@ -216,13 +221,15 @@ def _follow_up(request: PublishRequest) -> Submission:
     return Submission(event, context, request.urgency or "routine", tuple(request.refs))
 
 
-def _lead(request: PublishRequest, pseudonymizer: Callable[[], Pseudonymizer]) -> Submission:
+def _lead(
+    request: PublishRequest, pseudonymizer: Callable[[], Pseudonymizer], metrics: SdkMetrics | None
+) -> Submission:
     errors: list[FieldError] = []
     if request.context is not None:
         errors.append(
             FieldError("/context", "a lead's context comes from its own fields; leave it out", "extra")
         )
-    data, pseudonym_errors = _with_pseudonyms(pseudonymizer, request.event)
+    data, links, pseudonym_errors = _with_pseudonyms(pseudonymizer, request.event, metrics)
     event, event_errors = _validate(LEAD, data)
     errors += pseudonym_errors + event_errors
     if errors or not isinstance(event, LeadReported):
@@ -233,42 +240,18 @@ def _lead(request: PublishRequest, pseudonymizer: Callable[[], Pseudonymizer]) -
         minor=event.minor,
         town=event.town,
         school_related=event.school_related,
+        links=links,
     )
     return Submission(event, context, request.urgency or default_urgency(event), tuple(request.refs))
 
 
-def _identifiers(person: Mapping[str, Any]) -> dict[str, Any]:
-    """The identifiers of a person as normalize_subject() takes them; wrong types are left to the schema."""
-
-    def text(name: str) -> str | None:
-        value = person.get(name)
-        return value if isinstance(value, str) else None
-
-    birth: date | None = None
-    if isinstance(raw := person.get("birth_date"), str):
-        try:
-            birth = date.fromisoformat(raw)
-        except ValueError:
-            birth = None  # the schema reports it
-    return {
-        "id_number": text("id_number"),
-        "phone": text("phone"),
-        "name": text("name") if birth else None,
-        "birth_date": birth,
-    }
-
-
-_Wanted = list[tuple[dict[str, Any], str, str]]
-"""Pseudonyms to ask for: (the object to fill, its field, the canonical identifier)."""
-
-
 def _with_pseudonyms(
-    pseudonymizer: Callable[[], Pseudonymizer], event: Mapping[str, Any]
-) -> tuple[dict[str, Any], list[FieldError]]:
-    """The lead's fields with the victim's and suspects' pseudonyms filled in (one batch, asked only
-    when every identifier is usable), and what stood in the way."""
+    pseudonymizer: Callable[[], Pseudonymizer], event: Mapping[str, Any], metrics: SdkMetrics | None
+) -> tuple[dict[str, Any], tuple[str, ...], list[FieldError]]:
+    """The lead's fields with its identifiers flagged and the victim's and suspects' pseudonyms filled
+    in (one batch, as the SDK does: :func:`~services.sdk.client.lead_identities`), the victim's links,
+    and what stood in the way. No identifier stands in the way: an invalid one is flagged."""
     errors: list[FieldError] = []
-    wanted: _Wanted = []
     out = dict(event)
     for name in COMPUTED_LEAD_FIELDS:
         if name in out:
@@ -277,42 +260,26 @@ def _with_pseudonyms(
                     f"/event/{name}", "computed by the gateway from the identifiers; leave it out", "computed"
                 )
             )
-    out["victim_pseudonym"] = _PLACEHOLDER
-    victim = out.get("victim")
-    if isinstance(victim, Mapping):
-        out["victim"] = victim = flag_unverified_id(victim)
-        try:
-            wanted.append((out, "victim_pseudonym", normalize_subject(**_identifiers(victim))))
-        except UsageError as e:
-            errors.append(FieldError("/event/victim", str(e), "unidentifiable"))
     suspects = out.get("suspects")
     if isinstance(suspects, list):
-        out["suspects"] = [_suspect(i, given, errors, wanted) for i, given in enumerate(suspects)]
-    if wanted and not errors:
-        pseudonyms = pseudonymizer().pseudonyms([canonical for _, _, canonical in wanted])
-        for (where, name, _), pseudonym in zip(wanted, pseudonyms, strict=True):
-            where[name] = pseudonym
-    filled = out["suspects"] if isinstance(suspects, list) else []
-    out["suspect_pseudonyms"] = [s["pseudonym"] for s in filled if isinstance(s, dict) and s.get("pseudonym")]
-    return out, errors
+        out["suspects"] = [_without_pseudonym(i, given, errors) for i, given in enumerate(suspects)]
+    if errors or not isinstance(out.get("victim"), Mapping) or not isinstance(out.get("suspects", []), list):
+        out["victim_pseudonym"] = _PLACEHOLDER  # the schema reports what is wrong with the rest
+        out["suspect_pseudonyms"] = []
+        return out, (), errors
+    identities = lead_identities(pseudonymizer(), out, token=new_event_id(), metrics=metrics)
+    return identities.data, identities.links, errors
 
 
-def _suspect(i: int, given: Any, errors: list[FieldError], wanted: _Wanted) -> Any:
-    """A suspect with its pseudonym to be asked for (when it is identifiable), and what stood in the way."""
-    if not isinstance(given, Mapping):
+def _without_pseudonym(i: int, given: Any, errors: list[FieldError]) -> Any:
+    """A suspect without a pseudonym of the caller's (the gateway computes it), and why not."""
+    if not isinstance(given, Mapping) or "pseudonym" not in given:
         return given
-    suspect = flag_unverified_id(given)
-    if "pseudonym" in suspect:
-        errors.append(
-            FieldError(
-                f"/event/suspects/{i}/pseudonym",
-                "computed by the gateway from the identifiers; leave it out",
-                "computed",
-            )
+    errors.append(
+        FieldError(
+            f"/event/suspects/{i}/pseudonym",
+            "computed by the gateway from the identifiers; leave it out",
+            "computed",
         )
-    ids = _identifiers(suspect)
-    suspect["pseudonym"] = None
-    if ids["id_number"] or ids["phone"] or ids["birth_date"]:
-        with contextlib.suppress(UsageError):  # too little to identify: the suspect stays unlinked
-            wanted.append((suspect, "pseudonym", normalize_subject(**ids)))
-    return suspect
+    )
+    return {name: value for name, value in given.items() if name != "pseudonym"}

@@ -468,7 +468,11 @@ class Gateway:
         is a 503 with Retry-After, and nothing is accepted; the caller retries with its Idempotency-Key."""
         try:
             return parse_submission(
-                body, participant=participant, registry=registry, pseudonymizer=lambda: client.pseudonymizer
+                body,
+                participant=participant,
+                registry=registry,
+                pseudonymizer=lambda: client.pseudonymizer,
+                metrics=client.metrics,
             )
         except PseudonymizerUnavailableError as e:
             raise ProblemError(

@@ -35,8 +35,8 @@ from schemas.events import (
 from services.importers import values
 from services.importers.spec import FieldSpec, FormatSpec, Target
 from services.kernel.errors import UsageError
-from services.kernel.pseudonym import Pseudonymizer, flag_unverified_id
-from services.sdk.client import CaseContext, default_urgency
+from services.kernel.pseudonym import Pseudonymizer
+from services.sdk.client import CaseContext, default_urgency, lead_identities
 from services.sdk.client import person_pseudonym as subject_pseudonym
 
 Row = Mapping[str, str]
@@ -278,8 +278,8 @@ class Mapper:
             "reporter_contact": record.get("reporter_contact"),
         }
         lead = {name: value for name, value in lead.items() if value is not None}
-        model = self.lead_model(lead)
         lead_id = event_ids("lead")
+        model = self.lead_model(lead, event_id=lead_id)
         urgency = default_urgency(model)
         out = [Publication("lead", LeadReported.EVENT_TYPE, lead_id, urgency, lead=lead)]
         context = CaseContext(
@@ -307,28 +307,10 @@ class Mapper:
             )
         return out
 
-    def lead_model(self, lead: Mapping[str, Any]) -> LeadReported:
-        """Validate a lead as the SDK will: with the pseudonyms computed from its identifiers."""
-        victim: Mapping[str, Any] = flag_unverified_id(lead["victim"])
-        try:
-            victim_pseudonym = subject_pseudonym(self.key, victim)
-        except UsageError:
-            raise _RowProblemsError([RowProblem("", self._no_identifier("victim"))]) from None
-        suspects = []
-        for given in lead.get("suspects", []):
-            suspect = flag_unverified_id(given)
-            try:
-                suspect["pseudonym"] = subject_pseudonym(self.key, suspect)
-            except UsageError:
-                suspect["pseudonym"] = None  # too little to identify: unlinked, as the SDK does
-            suspects.append(suspect)
-        data = {
-            **lead,
-            "victim": victim,
-            "victim_pseudonym": victim_pseudonym,
-            "suspects": suspects,
-            "suspect_pseudonyms": [s["pseudonym"] for s in suspects if s["pseudonym"]],
-        }
+    def lead_model(self, lead: Mapping[str, Any], *, event_id: str) -> LeadReported:
+        """Validate a lead as the SDK will publish it as ``event_id``: its identifiers flagged and its
+        pseudonyms computed (a victim without a valid identifier is kept under one of its own)."""
+        data = lead_identities(self.key, lead, token=event_id).data
         return self._validate(LeadReported, data, {"suspects": "suspect"})
 
     def _no_identifier(self, person: str) -> str:

@@ -81,28 +81,22 @@ def day(raw: str, formats: Sequence[str], *, now: datetime) -> date:
 
 
 def id_number(raw: str) -> str:
-    """The 18-character resident ID number, upper-cased, after the kernel's checks."""
+    """The 18-character resident ID number, upper-cased (a 15-digit first-generation number converted),
+    when the kernel's checks pass or only the check digit is wrong; else the cell as given. A number
+    typed wrong never refuses a row: the SDK flags it and links the person by the other identifiers."""
     try:
         return canonical_id_number(raw).removeprefix("cnid:")
-    except UsageError as e:
-        message = str(e)
-        if "15 digits" in message:
-            raise CellError(
-                "is a 15-digit first-generation ID number; give the 18-character number"
-            ) from None
-        if "birth date" in message:
-            raise CellError("has a birth date (characters 7-14) that is not a real date") from None
-        raise CellError("is not a resident ID number (17 digits and a digit or X)") from None
+    except UsageError:
+        return raw.strip()
 
 
 def phone(raw: str) -> str:
-    """The digits of a mainland mobile or a landline with its area code."""
+    """The digits of a mainland mobile or a landline with its area code; else the cell as given (the
+    SDK flags it, as :func:`id_number` says)."""
     try:
         return canonical_phone(raw).removeprefix("phone:")
     except UsageError:
-        raise CellError(
-            "is not a phone number (an 11-digit mobile, or a landline with its area code such as 010-)"
-        ) from None
+        return raw.strip()
 
 
 def _town_names() -> dict[str, str]:

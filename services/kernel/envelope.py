@@ -319,6 +319,7 @@ def build_header(
     refs: Sequence[str],
     registry: Registry,
     version: EnvelopeVersion = 2,
+    links: Sequence[str] = (),
 ) -> EnvelopeHeader:
     """The clear header of a new event from ``sender``, under the policy and registry versions of
     ``registry``, for envelope ``version``. Validated as JSON, as a reader will; :class:`UsageError`
@@ -342,6 +343,8 @@ def build_header(
         "registry": registry.version,
         "refs": list(refs),
     }
+    if links:  # absent rather than empty: a header without links keeps the bytes it always had
+        fields["links"] = list(links)
     try:
         return EnvelopeHeader.model_validate_json(json.dumps(fields))
     except ValidationError as e:

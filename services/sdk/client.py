@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -58,7 +58,13 @@ from services.kernel.errors import (
     validation_summary,
 )
 from services.kernel.keystore import Keystore
-from services.kernel.pseudonym import Pseudonymizer, PseudonymKey, flag_unverified_id, normalize_subject
+from services.kernel.pseudonym import (
+    Pseudonymizer,
+    PseudonymKey,
+    canonical_unlinked,
+    flag_identifiers,
+    identify_person,
+)
 from services.kernel.registry import Registry
 from services.pseudonymizer.client import ObliviousPseudonymizer
 from services.sdk import metrics as sdk_metrics
@@ -82,6 +88,7 @@ class CaseContext:
     town: str | None
     school_related: bool | None
     lead_id: str | None = None
+    links: tuple[str, ...] = ()  # a lead's other pseudonyms of its victim (only a lead carries them)
 
     @classmethod
     def of(cls, header: EnvelopeHeader) -> CaseContext:
@@ -108,17 +115,15 @@ def default_urgency(lead: LeadReported) -> str:
 
 
 def person_canonical(person: Mapping[str, Any]) -> str:
-    """The canonical identifier of a person given as a lead's ``victim`` or a suspect: the ID number,
-    else the phone, else the name with the birth date. Raises ``UsageError`` when none is usable."""
-    birth = person.get("birth_date")
-    if isinstance(birth, str):
-        birth = date.fromisoformat(birth)
-    return normalize_subject(
-        id_number=person.get("id_number"),
-        phone=person.get("phone"),
-        name=person.get("name") if birth else None,
-        birth_date=birth,
-    )
+    """The canonical identifier of a person given as a lead's ``victim`` or a suspect: its strongest
+    valid identifier (:func:`~services.kernel.pseudonym.identify`), else an invalid one kept as given.
+    Raises ``UsageError`` when there is neither."""
+    subject = identify_person(person).subject
+    if subject is None:
+        raise UsageError(
+            "no valid identifier: give a resident ID number, a phone number, or name and birth date"
+        )
+    return subject
 
 
 def person_pseudonym(pseudonymizer: Pseudonymizer, person: Mapping[str, Any]) -> str:
@@ -126,37 +131,66 @@ def person_pseudonym(pseudonymizer: Pseudonymizer, person: Mapping[str, Any]) ->
     return pseudonymizer.pseudonyms([person_canonical(person)])[0]
 
 
-def _lead_pseudonyms(pseudonymizer: Pseudonymizer, data: Mapping[str, Any]) -> dict[str, Any]:
-    """Fill ``victim_pseudonym`` and each identifiable suspect's pseudonym from their identifiers (one
-    batch), and flag ID numbers whose check digit is wrong (:func:`flag_unverified_id`)."""
+@dataclass(frozen=True, slots=True)
+class LeadIdentities:
+    """A lead with its identifiers flagged and its pseudonyms filled in, and ``links``: the pseudonyms of
+    the victim's other valid identifiers, for the clear header (the hub links the person's leads)."""
+
+    data: dict[str, Any]
+    links: tuple[str, ...]
+
+
+def lead_identities(
+    pseudonymizer: Pseudonymizer,
+    data: Mapping[str, Any],
+    *,
+    token: str,
+    metrics: SdkMetrics | None = None,
+) -> LeadIdentities:
+    """Flag each person's identifiers, then compute in one batch the victim's pseudonym and links and
+    each identifiable suspect's pseudonym (a suspect pseudonym already given is kept).
+
+    No identifier refuses the lead: an invalid one is flagged (``identifier_flags``) and counted in
+    ``metrics`` by kind and reason, and the subject falls back to the next valid one; a victim with
+    none at all gets a pseudonym of its own (:func:`canonical_unlinked` of ``token``, the event id).
+    """
     out = dict(data)
     victim = out.get("victim")
     if not isinstance(victim, Mapping):
         raise UsageError("a lead needs a victim (at least a name, and an ID number, phone or birth date)")
-    out["victim"] = victim = flag_unverified_id(victim)
-    try:
-        canonicals = [person_canonical(victim)]
-    except UsageError as e:  # the identifiers came with the lead: bad input, named without its value
-        raise MalformedError(f"victim: {e}") from e
+    identified = identify_person(victim)
+    out["victim"] = flag_identifiers(victim, identified)
+    canonicals = [identified.subject or canonical_unlinked(token), *identified.links]
+    problems = list(identified.problems)
     suspects: list[dict[str, Any]] = []
-    identified: list[dict[str, Any]] = []
+    identifiable: list[dict[str, Any]] = []
     for given in out.get("suspects") or []:
-        suspect = flag_unverified_id(given)
-        identifiable = suspect.get("id_number") or suspect.get("phone") or suspect.get("birth_date")
-        if suspect.get("pseudonym") is None and identifiable:
-            try:
-                canonicals.append(person_canonical(suspect))
-                identified.append(suspect)
-            except UsageError:
-                suspect["pseudonym"] = None  # too little to identify: the suspect stays unlinked
+        if not isinstance(given, Mapping):
+            suspects.append(given)  # the schema reports it
+            continue
+        of_suspect = identify_person(given)
+        suspect = flag_identifiers(given, of_suspect)
+        problems += [p for p in of_suspect.problems if p[0] != "subject"]  # a suspect may be unnamed
+        if suspect.get("pseudonym") is None and of_suspect.subject is not None:
+            canonicals.append(of_suspect.subject)
+            identifiable.append(suspect)
+        elif suspect.get("pseudonym") is None:
+            suspect["pseudonym"] = None  # too little to identify: the suspect stays unlinked
         suspects.append(suspect)
+    if metrics is not None:
+        for kind, reason in problems:
+            metrics.identifier_problems.labels(kind, reason).inc()
     pseudonyms = pseudonymizer.pseudonyms(canonicals)
+    n_links = len(identified.links)
     out["victim_pseudonym"] = pseudonyms[0]
-    for suspect, pseudonym in zip(identified, pseudonyms[1:], strict=True):
+    for suspect, pseudonym in zip(identifiable, pseudonyms[1 + n_links :], strict=True):
         suspect["pseudonym"] = pseudonym
     out["suspects"] = suspects
-    out["suspect_pseudonyms"] = [s["pseudonym"] for s in suspects if s.get("pseudonym")]
-    return out
+    out["suspect_pseudonyms"] = [
+        s["pseudonym"] for s in suspects if isinstance(s, Mapping) and s.get("pseudonym")
+    ]
+    links = tuple(dict.fromkeys(p for p in pseudonyms[1 : 1 + n_links] if p != pseudonyms[0]))
+    return LeadIdentities(out, links)
 
 
 class Publisher(Protocol):
@@ -343,9 +377,10 @@ class Client:
         :class:`~services.pseudonymizer.client.PseudonymizerUnavailableError` (retry after its
         ``retry_after``) and nothing is sealed or spooled.
         """
-        with_pseudonyms = _lead_pseudonyms(self.pseudonymizer, data)
+        event_id = event_id or envelope.new_event_id()
+        identities = lead_identities(self.pseudonymizer, data, token=event_id, metrics=self.metrics)
         try:
-            lead = LeadReported.model_validate_json(json.dumps(with_pseudonyms, default=str))
+            lead = LeadReported.model_validate_json(json.dumps(identities.data, default=str))
         except ValidationError as e:
             raise MalformedError(validation_summary(e, whole="(event)")) from e
         context = CaseContext(
@@ -354,6 +389,7 @@ class Client:
             minor=lead.minor,
             town=lead.town,
             school_related=lead.school_related,
+            links=identities.links,
         )
         return self.publish(
             lead, context=context, urgency=urgency or default_urgency(lead), event_id=event_id
@@ -394,6 +430,7 @@ class Client:
             urgency=urgency,
             audience=audience,
             refs=refs,
+            links=context.links,
             registry=registry,
         )
         registry.check_may_publish(self.participant, event.EVENT_TYPE)

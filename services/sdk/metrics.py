@@ -23,6 +23,14 @@ class SdkMetrics:
             "Outbox records Kafka acknowledged (acks=all).",
             registry=registry,
         )
+        self.identifier_problems = Counter(
+            "lianfang_adapter_identifier_problems_total",
+            "Identifiers of a person that stayed invalid after normalization, by kind (id_number, "
+            "travel_document, phone; subject: the person had no valid identifier at all) and reason "
+            "(shape, birth_date, check_digit, none_valid): the lead was kept and flagged, never a value.",
+            ["kind", "reason"],
+            registry=registry,
+        )
         self.outbox_depth = Gauge(
             "lianfang_outbox_depth", "Records accepted but not yet acknowledged by Kafka.", registry=registry
         )

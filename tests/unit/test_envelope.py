@@ -631,3 +631,40 @@ def test_a_built_header_is_the_header_a_reader_parses(domain: DemoDomain) -> Non
 def test_a_header_with_an_invalid_field_is_a_usage_error_naming_the_field(domain: DemoDomain) -> None:
     with pytest.raises(UsageError, match=r"cannot build the envelope header: urgency: "):
         _built_header(domain, urgency="whenever")
+
+
+LINK = "p1." + "B" * 42 + "A"
+
+
+def test_links_travel_in_the_clear_header_and_its_kafka_headers(domain: DemoDomain) -> None:
+    other = "p1." + "C" * 42 + "A"
+    built = _built_header(domain, links=[LINK, other])
+    assert built.links == [LINK, other]
+    record = envelope.seal(built, CONTENT, registry=domain.registry, signer=domain.keys("police"))
+    assert dict(record.headers)["ce_links"] == f"{LINK},{other}".encode()
+    opened = envelope.verify(record.value, registry=domain.registry, now=NOW)
+    assert opened.header.links == [LINK, other]
+
+
+def test_a_header_without_links_is_written_without_the_field() -> None:
+    assert b"links" not in jsonx.compact_json(header().model_dump(mode="json", by_alias=True))
+
+
+@pytest.mark.parametrize(
+    "links",
+    [
+        pytest.param(["p1." + "D" * 42 + "A"] * 2, id="a link twice"),
+        pytest.param([f"p1.{c * 42}A" for c in "DEFGH"], id="five links"),
+        pytest.param(["13800000000"], id="a phone number as a link"),
+        pytest.param(["p1." + "B" * 43], id="a second spelling of a pseudonym"),
+    ],
+)
+def test_links_that_are_not_a_short_set_of_pseudonyms_are_refused(links: list[str]) -> None:
+    with pytest.raises(ValidationError):
+        header(links=links)
+
+
+def test_a_link_to_the_subject_itself_is_refused() -> None:
+    subject = header().subject
+    with pytest.raises(ValidationError, match="links must not repeat the subject"):
+        header(links=[subject])

@@ -72,7 +72,7 @@ def test_a_problem_renders_as_rfc_9457_with_only_the_standard_members_and_errors
 
 
 def _error() -> ValidationError:
-    data = lead(victim={"name": "SECRET", "phone": "SECRET-PHONE", "is_minor": True}, narrative=7)
+    data = lead(victim={"name": "SECRET", "phone": "SECRET-PHONE-" * 3, "is_minor": True}, narrative=7)
     data["victim_pseudonym"] = "p1." + "A" * 43
     data["suspects"], data["suspect_pseudonyms"] = [], []
     try:

@@ -17,9 +17,13 @@ from services.kernel.pseudonym import (
     PSEUDONYM_PATTERN,
     PseudonymKey,
     canonical_phone,
-    flag_unverified_id,
+    canonical_travel_document,
+    canonical_unlinked,
+    flag_identifiers,
     id_check_digit,
     id_number_check_digit_ok,
+    identify,
+    identify_person,
     new_pseudonym_key,
     normalize_subject,
     pseudonym,
@@ -79,30 +83,81 @@ def test_full_width_digits_and_surrounding_whitespace_normalize() -> None:
 
 
 @pytest.mark.parametrize(
-    ("number", "message"),
+    ("number", "reason"),
     [
-        pytest.param(
-            with_check_digit("11010119900230123"), "birth date", id="the 30th of February is rejected"
-        ),
-        pytest.param(with_check_digit("11010118991231123"), "birth date", id="a birth year before 1900"),
-        pytest.param(ID_ENDING_X[:17], "17 digits", id="seventeen characters are rejected"),
-        pytest.param("110101850512007", "15 digits", id="a first-generation number is refused"),
-        pytest.param("11010119850512O07X", "17 digits", id="a letter O for a zero is rejected"),
+        pytest.param(with_check_digit("11010119900230123"), "birth_date", id="the 30th of February"),
+        pytest.param(with_check_digit("11010118991231123"), "birth_date", id="a birth year before 1900"),
+        pytest.param(ID_ENDING_X[:17], "shape", id="seventeen characters"),
+        pytest.param("11010119850512O07X", "shape", id="a letter O for a zero"),
+        pytest.param(ID_ENDING_X[:17] + "3", "check_digit", id="a wrong check digit"),
     ],
 )
-def test_an_invalid_id_number_is_rejected_without_echoing_it(number: str, message: str) -> None:
-    with pytest.raises(UsageError, match=message) as caught:
-        normalize_subject(id_number=number, phone="13800000000")
-    text = str(caught.value)
-    assert number not in text
-    assert number[:14] not in text
-    assert caught.value.__cause__ is None
-    assert caught.value.__context__ is None or number not in str(caught.value.__context__)
+def test_an_invalid_id_number_is_flagged_and_the_subject_falls_back_to_the_phone(
+    number: str, reason: str
+) -> None:
+    identified = identify(id_number=number, phone="13800000000")
+    assert identified.subject == "phone:13800000000"
+    assert identified.links == ()
+    flag = "id_number_unverified" if reason == "check_digit" else "id_number_invalid"
+    assert identified.flags == (flag,)
+    assert identified.problems == (("id_number", reason),)
+    assert normalize_subject(id_number=number, phone="13800000000") == "phone:13800000000"
+    assert number not in repr(identified.problems) + repr(identified.flags)
+
+
+def test_a_normalize_subject_with_only_an_invalid_identifier_is_refused_without_echoing_it() -> None:
+    number = with_check_digit("11010119900230123")
+    with pytest.raises(UsageError, match="invalid") as caught:
+        normalize_subject(id_number=number)
+    assert number not in str(caught.value)
+    assert number[:14] not in str(caught.value)
 
 
 @pytest.mark.parametrize(
     "raw",
-    ["+86 138 0000 0000", "138-0000-0000", "8613800000000", "008613800000000", "(+86) 138 0000 0000"],
+    [
+        pytest.param("110101850512007", id="fifteen digits"),
+        pytest.param("１１０１０１８５０５１２００７", id="fifteen full-width digits"),
+        pytest.param("110101 850512 007", id="fifteen digits with spaces"),
+    ],
+)
+def test_a_first_generation_number_becomes_its_eighteen_character_form(raw: str) -> None:
+    # 110101-850512-007: born 1985-05-12; "19" goes into the year and the check digit is computed.
+    assert normalize_subject(id_number=raw) == "cnid:" + ID_ENDING_X
+    assert identify(id_number=raw).flags == ()
+
+
+def test_a_first_generation_number_with_an_impossible_birth_date_is_flagged() -> None:
+    assert identify(id_number="110101850230007", phone="13800000000").flags == ("id_number_invalid",)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "110101-19850512-007X",
+        "110101.19850512.007x",
+        "110101/19850512/007X",
+        "１１０１０１－１９８５０５１２－００７ｘ",
+        "(110101) 19850512 007 X",
+    ],
+)
+def test_separators_inside_an_id_number_are_removed(raw: str) -> None:
+    assert normalize_subject(id_number=raw) == "cnid:" + ID_ENDING_X
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "+86 138 0000 0000",
+        "138-0000-0000",
+        "8613800000000",
+        "008613800000000",
+        "(+86) 138 0000 0000",
+        "0086-138-0000-0000",
+        "１３８　００００　００００",
+        "+86 138.0000.0000",
+        "138–0000–0000",
+    ],
 )
 def test_every_way_of_writing_a_mobile_gives_one_pseudonym(raw: str) -> None:
     assert normalize_subject(phone=raw) == "phone:13800000000"
@@ -115,6 +170,8 @@ def test_every_way_of_writing_a_mobile_gives_one_pseudonym(raw: str) -> None:
         ("010-12345678", "phone:01012345678"),
         ("(0755) 1234567", "phone:07551234567"),
         ("０７５５－１２３４５６７８", "phone:075512345678"),
+        ("+86 10 1234 5678", "phone:01012345678"),
+        ("0086 (755) 1234-5678", "phone:075512345678"),
     ],
 )
 def test_a_landline_keeps_its_area_code_and_loses_its_punctuation(raw: str, canonical: str) -> None:
@@ -124,10 +181,14 @@ def test_a_landline_keeps_its_area_code_and_loses_its_punctuation(raw: str, cano
 @pytest.mark.parametrize(
     "raw", ["12800000000", "1380000000", "+1 415 555 0100", "400-123-4567", "138 0000 0000 转 12"]
 )
-def test_a_phone_that_is_neither_mobile_nor_landline_is_rejected_without_echoing_it(raw: str) -> None:
+def test_a_phone_that_is_neither_mobile_nor_landline_is_flagged_and_not_echoed(raw: str) -> None:
     with pytest.raises(UsageError, match="phone number") as caught:
-        normalize_subject(phone=raw, name="张三", birth_date=date(1990, 3, 7))
+        canonical_phone(raw)
     assert raw not in str(caught.value)
+    identified = identify(phone=raw, name="张三", birth_date=date(1990, 3, 7))
+    assert identified.subject == "namebirth:张三|1990-03-07"
+    assert identified.flags == ("phone_invalid",)
+    assert identified.problems == (("phone", "shape"),)
 
 
 def test_the_id_number_takes_precedence_over_phone_and_name() -> None:
@@ -243,19 +304,19 @@ def test_normalizing_a_valid_id_is_idempotent_and_its_pseudonym_has_the_publishe
 @given(
     number=synthetic_ids, position=st.integers(min_value=0, max_value=17), digit=st.sampled_from("0123456789")
 )
-def test_changing_one_digit_of_a_valid_id_is_refused_or_flagged_unverified(
+def test_changing_one_digit_of_a_valid_id_is_never_taken_for_the_person_and_always_flagged(
     number: str, position: int, digit: str
 ) -> None:
     altered = number[:position] + digit + number[position + 1 :]
     assume(altered != number)
-    # MOD 11-2 catches every single-character substitution; some also break the birth date, which is
-    # refused. The rest are accepted as given and flagged, so a report never bounces for one typo.
-    try:
-        canonical = normalize_subject(id_number=altered)
-    except UsageError:
-        return
-    assert not id_number_check_digit_ok(canonical)
-    assert flag_unverified_id({"name": "甲", "id_number": altered})["id_number_unverified"] is True
+    # MOD 11-2 catches every single-character substitution; some also break the birth date. Either way
+    # the number is not used to link, the lead keeps its phone as subject, and recipients are told.
+    identified = identify(id_number=altered, phone="13800000000")
+    assert identified.subject == "phone:13800000000"
+    assert identified.flags[0] in {"id_number_unverified", "id_number_invalid"}
+    flagged = flag_identifiers({"name": "甲", "id_number": altered}, identified)
+    assert flagged["id_number"] == altered  # kept as given
+    assert flagged["identifier_flags"] == list(identified.flags)
 
 
 @pytest.mark.parametrize(
@@ -265,13 +326,103 @@ def test_changing_one_digit_of_a_valid_id_is_refused_or_flagged_unverified(
         pytest.param(ID_ENDING_DIGIT[:-1] + "X", id="X where a digit belongs"),
     ],
 )
-def test_an_id_number_with_a_wrong_check_digit_is_accepted_and_flagged_unverified(number: str) -> None:
-    assert normalize_subject(id_number=number) == "cnid:" + number
+def test_an_id_number_with_a_wrong_check_digit_is_kept_as_given_and_flagged_unverified(number: str) -> None:
     assert not id_number_check_digit_ok("cnid:" + number)
-    flagged = flag_unverified_id({"name": "甲", "id_number": number})
-    assert flagged == {"name": "甲", "id_number": number, "id_number_unverified": True}
+    identified = identify_person({"name": "甲", "id_number": number})
+    assert identified.subject == "asgiven:id_number:" + number
+    assert identified.flags == ("id_number_unverified", "no_valid_identifier")
+    flagged = flag_identifiers({"name": "甲", "id_number": number}, identified)
+    assert flagged == {
+        "name": "甲",
+        "id_number": number,
+        "id_number_unverified": True,
+        "identifier_flags": ["id_number_unverified", "no_valid_identifier"],
+    }
 
 
 def test_a_correct_id_number_is_not_flagged() -> None:
     assert id_number_check_digit_ok("cnid:" + ID_ENDING_X)
-    assert "id_number_unverified" not in flag_unverified_id({"name": "甲", "id_number": ID_ENDING_X})
+    identified = identify_person({"name": "甲", "id_number": ID_ENDING_X})
+    assert flag_identifiers({"name": "甲", "id_number": ID_ENDING_X}, identified) == {
+        "name": "甲",
+        "id_number": ID_ENDING_X,
+    }
+
+
+def test_every_valid_identifier_of_a_person_is_a_link_beside_the_strongest() -> None:
+    identified = identify_person(
+        {
+            "name": "张三",
+            "id_number": ID_ENDING_X.lower(),
+            "travel_document": "e 1234 5678",
+            "phone": "+86 138-0000-0000",
+            "birth_date": "1985-05-12",
+        }
+    )
+    assert identified.subject == "cnid:" + ID_ENDING_X
+    assert identified.links == ("doc:E12345678", "phone:13800000000", "namebirth:张三|1985-05-12")
+    assert identified.canonicals == (identified.subject, *identified.links)
+    assert identified.flags == ()
+
+
+def test_a_mistyped_id_number_links_by_the_phone_that_the_correct_one_links() -> None:
+    right = identify(id_number=ID_ENDING_X, phone="13800000000")
+    wrong = identify(id_number=ID_ENDING_X[:16] + "8X", phone="138 0000 0000")
+    assert right.links == ("phone:13800000000",)
+    assert wrong.subject == "phone:13800000000"
+    assert wrong.flags == ("id_number_unverified",)
+
+
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [
+        pytest.param({"travel_document": "E12345678"}, "doc:E12345678", id="a passport"),
+        pytest.param({"travel_document": "ｃ１２３４５６７８"}, "doc:C12345678", id="a full-width permit"),
+        pytest.param({"travel_document": "CA 123-4567"}, "doc:CA1234567", id="a permit with separators"),
+        pytest.param({"id_number": "H12345678"}, "doc:H12345678", id="a home-return permit as id_number"),
+    ],
+)
+def test_passports_and_travel_permits_identify_a_person(given: dict[str, str], canonical: str) -> None:
+    identified = identify_person({"name": "甲", **given})
+    assert identified.subject == canonical
+    assert identified.flags == ()
+
+
+def test_a_travel_document_of_the_wrong_shape_is_flagged() -> None:
+    identified = identify(travel_document="E1", phone="13800000000")
+    assert identified.subject == "phone:13800000000"
+    assert identified.flags == ("travel_document_invalid",)
+    with pytest.raises(UsageError, match="passport"):
+        canonical_travel_document("护照")
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        pytest.param({"name": "王某"}, id="a name alone"),
+        pytest.param({"name": "王某", "phone": "0"}, id="a phone too short to keep"),
+        pytest.param({"name": "王某", "id_number": "000000000000000000"}, id="a placeholder ID number"),
+        pytest.param({"name": "王某", "phone": "123123123123"}, id="a placeholder phone"),
+    ],
+)
+def test_a_person_with_nothing_specific_gets_no_subject_and_is_flagged(given: dict[str, str]) -> None:
+    identified = identify_person(given)
+    assert identified.subject is None
+    assert identified.links == ()
+    assert "no_valid_identifier" in identified.flags
+    assert identified.problems[-1] == ("subject", "none_valid")
+
+
+def test_an_unlinked_subject_is_made_of_the_event_id() -> None:
+    assert canonical_unlinked("0190a0a0-0000-7000-8000-000000000000") == (
+        "unlinked:0190a0a0-0000-7000-8000-000000000000"
+    )
+    assert pseudonym(FIXED_KEY, canonical_unlinked("a")) != pseudonym(FIXED_KEY, canonical_unlinked("b"))
+    with pytest.raises(UsageError):
+        canonical_unlinked("")
+
+
+def test_the_same_identifier_twice_is_one_identifier() -> None:
+    identified = identify(id_number="H12345678", travel_document="h 1234 5678")
+    assert identified.identifiers == (identified.identifiers[0],)
+    assert identified.links == ()

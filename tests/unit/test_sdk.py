@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from schemas.events import LeadReported
 from services.kernel.errors import UsageError, validation_summary
 from services.kernel.pseudonym import PseudonymKey, pseudonymize
-from services.sdk.client import CaseContext, Client, _lead_pseudonyms, default_urgency
+from services.sdk.client import CaseContext, Client, default_urgency, lead_identities
+from services.sdk.metrics import SdkMetrics
 from tests.kit import NOW, DemoDomain
 
 pytestmark = pytest.mark.unit
@@ -38,6 +40,13 @@ def lead(**overrides: Any) -> dict[str, Any]:
     }
     data.update(overrides)
     return data
+
+
+TOKEN = "0190a0a0-0000-7000-8000-000000000000"
+
+
+def _lead_pseudonyms(key: PseudonymKey, data: dict[str, Any]) -> dict[str, Any]:
+    return lead_identities(key, data, token=TOKEN).data
 
 
 def _model(data: dict[str, Any]) -> LeadReported:
@@ -91,12 +100,46 @@ def test_a_validation_error_names_the_field_but_not_the_value() -> None:
     assert "987" not in text
 
 
-def test_a_victim_id_number_with_a_wrong_check_digit_is_accepted_and_flagged_unverified() -> None:
-    filled = _lead_pseudonyms(
-        KEY, lead(victim={"name": "张某某", "id_number": "110113199001011230", "is_minor": False})
-    )
+def test_a_victim_id_number_with_a_wrong_check_digit_is_kept_flagged_and_keyed_by_the_phone() -> None:
+    metrics = SdkMetrics(CollectorRegistry())
+    victim = {"name": "张某某", "id_number": "110113199001011230", "phone": "13800000000", "is_minor": False}
+    identities = lead_identities(KEY, lead(victim=victim), token=TOKEN, metrics=metrics)
+    filled = identities.data
+    assert filled["victim"]["id_number"] == "110113199001011230"
     assert filled["victim"]["id_number_unverified"] is True
-    assert filled["victim_pseudonym"] == pseudonymize(KEY, id_number="110113199001011230")
+    assert filled["victim"]["identifier_flags"] == ["id_number_unverified"]
+    assert filled["victim_pseudonym"] == pseudonymize(KEY, phone="13800000000")
+    assert identities.links == ()
+    assert metrics.identifier_problems.labels("id_number", "check_digit")._value.get() == 1
+    LeadReported.model_validate_json(json.dumps(filled, default=str))
+
+
+def test_the_victims_other_valid_identifiers_become_links_computed_in_the_same_batch() -> None:
+    asked: list[list[str]] = []
+
+    class Counting:
+        def pseudonyms(self, canonicals: Any) -> list[str]:
+            asked.append(list(canonicals))
+            return KEY.pseudonyms(canonicals)
+
+    victim = {"name": "张某某", "id_number": "11010119850512007X", "phone": "13800000000", "is_minor": False}
+    identities = lead_identities(Counting(), lead(victim=victim), token=TOKEN)
+    assert identities.data["victim_pseudonym"] == pseudonymize(KEY, id_number="11010119850512007X")
+    assert identities.links == (pseudonymize(KEY, phone="13800000000"),)
+    assert len(asked) == 1  # the victim's subject and link and the suspect's pseudonym: one call
+    assert asked[0] == ["cnid:11010119850512007X", "phone:13800000000", "phone:13900000000"]
+
+
+def test_a_victim_whose_only_identifier_is_invalid_is_kept_under_a_pseudonym_of_its_own() -> None:
+    metrics = SdkMetrics(CollectorRegistry())
+    victim = {"name": "张某某", "phone": "12", "is_minor": False}
+    identities = lead_identities(KEY, lead(victim=victim), token=TOKEN, metrics=metrics)
+    model = LeadReported.model_validate_json(json.dumps(identities.data, default=str))
+    assert model.victim_pseudonym == KEY.pseudonyms(["unlinked:" + TOKEN])[0]
+    assert model.victim.identifier_flags == ["phone_invalid", "no_valid_identifier"]
+    assert model.victim.phone == "12"
+    assert metrics.identifier_problems.labels("phone", "shape")._value.get() == 1
+    assert metrics.identifier_problems.labels("subject", "none_valid")._value.get() == 1
 
 
 @pytest.mark.parametrize("subject", ["张三", "a b", "13800000000", "p1." + "A" * 42])

@@ -19,7 +19,7 @@ import pytest
 from schemas.events import EventModel, LeadReported, event_model
 from services.kernel.errors import UsageError
 from services.kernel.pseudonym import PseudonymKey, canonical_id_number
-from services.sdk.client import CaseContext, _lead_pseudonyms, default_urgency
+from services.sdk.client import CaseContext, default_urgency, lead_identities
 from services.simulator import district
 from services.simulator.driver import IdMap, Tally, describe, play, publish_step
 from services.simulator.generator import CHANNELS, RULES, TOWN_IDS, Step, generate
@@ -38,7 +38,7 @@ def steps_of(days: int = 7, rate: float = 20, seed: int = 1) -> list[Step]:
 
 def lead_of(step: Step) -> LeadReported:
     """The lead as the SDK builds it from the payload: pseudonyms computed, then validated."""
-    data = _lead_pseudonyms(KEY, step.payload)
+    data = lead_identities(KEY, step.payload, token="simulated").data
     return LeadReported.model_validate_json(json.dumps(data, default=str))
 
 

@@ -10,6 +10,9 @@ published on ``lianfang.events.v1`` for the router to deliver.
 - Serial suspects: leads are repartitioned by suspect pseudonym (``lianfang.hub.suspects.v1``); a
   suspect seen against two or more victims sends a trigger back to each victim's partition
   (``lianfang.hub.serial.v1``).
+- Linked subjects: a lead's ``links`` (the victim's other identifiers) go to the linked pseudonym's
+  partition, which forwards its leads to the canonical subject's state (``lianfang.hub.links.v1``,
+  :mod:`services.hub.links`).
 - Supervision: a tick (a time) on ``lianfang.hub.clock.v1`` makes each partition check its deadlines.
   The hub's own timer sends wall-clock ticks; tests send ticks with the time they need.
 - The registry in force follows ``lianfang.registry.v1`` (:mod:`services.bus.registry_follower`): a
@@ -129,11 +132,13 @@ class HubWorker:
         self.clock = self._topic(names.hub_clock, n)
         self.suspects = self._topic(names.hub_suspects, n)
         self.serial = self._topic(names.hub_serial, n)
+        self.links = self._topic(names.hub_links, n)
         self.events = self._topic(names.events)
         self._sends_to = {
             names.events: self.events,
             names.hub_suspects: self.suspects,
             names.hub_serial: self.serial,
+            names.hub_links: self.links,
             names.deadletter: self._topic(names.deadletter),
         }
         # Keys and values are bytes (the app's serializers are "raw"): VictimState / SuspectState JSON.
@@ -143,6 +148,9 @@ class HubWorker:
         )
         self.suspect_table = app.Table(
             f"{app_id}-suspects", default=None, partitions=n, key_type=bytes, value_type=bytes
+        )
+        self.link_table = app.Table(
+            f"{app_id}-links", default=None, partitions=n, key_type=bytes, value_type=bytes
         )
         self.work = RecordWorker(
             config=config,
@@ -155,6 +163,7 @@ class HubWorker:
             metrics=metrics,
             victims=self.victims,
             suspects=self.suspect_table,
+            links=self.link_table,
             send=self.send_and_wait,
             clock=utcnow,
             newer_registry=newer_registry,
@@ -230,6 +239,17 @@ def _follow_registry(
         on_statement=freshness.offer,
     )
     return follower, freshness
+
+
+def _link_agent(app: faust.App, worker: HubWorker, freshness: FreshnessInForce, metrics: HubMetrics) -> None:
+    """The agent of the links topic (:mod:`services.hub.links`)."""
+
+    @app.agent(worker.links)
+    async def linked(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
+        async for event in when_fresh(stream.events(), freshness, metrics.waiting.labels("links")):
+            m = event.message
+            await worker.work.on_link(m.value, partition=m.partition, offset=m.offset)
+            yield None
 
 
 def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> faust.App:
@@ -313,6 +333,8 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
             m = event.message
             await work.on_serial(m.value, partition=m.partition, offset=m.offset)
             yield None
+
+    _link_agent(app, worker, freshness, metrics)
 
     @app.agent(worker.clock)
     async def tick(stream: faust.StreamT[Any]) -> AsyncIterator[None]:

@@ -31,6 +31,9 @@ class HubConfig:
     action items are due at their own ``due_at``. ``breach_grace`` waits that long past a deadline for
     responses still in flight. ``max_lateness`` is how late an event may arrive and still be correlated
     (the router refuses events older than 7 days).
+    Linked subjects (:mod:`services.hub.links`): a subject takes the events of at most ``max_linked``
+    other pseudonyms; a pseudonym moves to another canonical subject at most ``max_link_moves`` times
+    and then brings along its ``max_forwarded`` latest leads and risk assessments.
     """
 
     high_risk_score: int = 14
@@ -57,6 +60,9 @@ class HubConfig:
     max_lateness: timedelta = timedelta(days=7)
     max_events: int = 2_000
     max_suspect_victims: int = 100
+    max_linked: int = 16
+    max_link_moves: int = 16
+    max_forwarded: int = 50
 
     def __post_init__(self) -> None:
         counts = {
@@ -66,6 +72,9 @@ class HubConfig:
             "serial_victims": self.serial_victims,
             "max_events": self.max_events,
             "max_suspect_victims": self.max_suspect_victims,
+            "max_linked": self.max_linked,
+            "max_link_moves": self.max_link_moves,
+            "max_forwarded": self.max_forwarded,
         }
         if self.high_risk_indicators is not None:
             counts["high_risk_indicators"] = self.high_risk_indicators

@@ -1,4 +1,4 @@
-"""Every metric of the hub, in one place. Labels are bounded: event types, reason codes, the hub's four
+"""Every metric of the hub, in one place. Labels are bounded: event types, reason codes, the hub's five
 source topics, deadline kinds, participant ids from the registry, and the hub's own partitions."""
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ class HubMetrics:
         )
         self.rejected = Counter(
             "lianfang_hub_events_rejected_total",
-            "Records the hub refused and went past, by source (inbox, suspects, serial, clock) and reason "
-            "(a reason code; internal: a bug or unreadable stored state). Inbox records are dead-lettered.",
+            "Records the hub refused and went past, by source (inbox, suspects, serial, links, clock) and "
+            "reason (a reason code; internal: a bug or unreadable stored state). Inbox records are "
+            "dead-lettered.",
             ["source", "reason"],
             registry=registry,
         )
@@ -66,13 +67,29 @@ class HubMetrics:
         )
         self.waiting = Gauge(
             "lianfang_hub_waiting_for_freshness",
-            "Records the hub holds unacknowledged, by source topic (inbox, suspects, serial, clock), "
+            "Records the hub holds unacknowledged, by source topic (inbox, suspects, serial, links, clock), "
             "because it has no fresh timestamp statement: nothing is committed past them meanwhile.",
             ["source"],
             registry=registry,
         )
-        for source in ("inbox", "suspects", "serial", "clock"):
+        for source in ("inbox", "suspects", "serial", "links", "clock"):
             self.waiting.labels(source)
+        self.linked = Counter(
+            "lianfang_hub_linked_events_total",
+            "Leads and risk assessments keyed by one pseudonym and applied to the state of another that "
+            "a lead linked it to (another identifier of the same person).",
+            registry=registry,
+        )
+        self.links_refused = Counter(
+            "lianfang_hub_links_refused_total",
+            "Links the hub did not follow, by reason: too_many_linked (a subject already takes the events "
+            "of max_linked pseudonyms), too_many_moves (a pseudonym was linked elsewhere max_link_moves "
+            "times), too_many_hops. The events stay applied where they were keyed.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in ("too_many_linked", "too_many_moves", "too_many_hops"):
+            self.links_refused.labels(reason)
         self.lag = Gauge(
             "lianfang_consumer_lag",
             "Offsets of the hub's inbox not yet committed by its group, per partition (the router's "

@@ -30,7 +30,7 @@ __all__ = ["changelog_spec", "prepare_topics", "source_topics"]
 def source_topics(names: topics.TopicNames) -> list[str]:
     """The topics the hub's agents read and its tables are written from: each must have the hub's
     partitions (``lianfang topics apply`` creates them)."""
-    return [names.inbox(ids.HUB), names.hub_clock, names.hub_suspects, names.hub_serial]
+    return [names.inbox(ids.HUB), names.hub_clock, names.hub_suspects, names.hub_serial, names.hub_links]
 
 
 def changelog_spec(changelog: TopicT, replication: int) -> TopicSpec:

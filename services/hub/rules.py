@@ -27,6 +27,11 @@ The rules are described in ``docs/rules.md``; the choices it leaves open are mad
 - **high_risk** fires on a ``risk.assessed`` score at or above ``high_risk_score``. A lead's own risk
   indicators fire it only when ``high_risk_indicators`` is set (off by default: the indicators are not
   the 24-question checklist the threshold is defined on).
+- **Linked subjects**: an event keyed by a pseudonym linked to this victim (another identifier of the
+  same person, :mod:`services.hub.links`) is applied here too, its facts marked ``via`` that pseudonym:
+  the rules count it (several agencies, escalation, high risk), supervision does not (its own subject
+  watches its deadlines), and a rule whose events all came via one linked subject is left to that
+  subject's own state, which fires it.
 - **Idempotent**: an event id already applied changes nothing. Ids are kept as long as the facts: both
   are dropped once older than :attr:`~services.hub.config.HubConfig.retention` before the latest event
   time (or beyond ``max_events``), and events at or before that horizon (``floor``) are ignored, so a
@@ -152,6 +157,7 @@ def _on_lead(state: VictimState, obs: Observation, cfg: HubConfig) -> list[Firin
         acting=sorted(obs.recipients - cfg.not_acting - {obs.sender}),
         score=max(scores) if scores else None,
         reported=obs.signed_at if obs.signed_at != obs.time else None,
+        via=obs.origin,
     )
     _insert(state.leads, lead)
     _touch(state, [lead.by, *lead.acting], lead.t, cfg)
@@ -231,7 +237,8 @@ def _on_risk(state: VictimState, obs: Observation, cfg: HubConfig) -> list[Firin
     if not isinstance(score, int) or isinstance(score, bool):
         return []
     lead_id = as_str(obs.triage.get("lead_id"))
-    _insert(state.risks, RiskFact(id=obs.event_id, t=obs.time, by=obs.sender, lead=lead_id, score=score))
+    risk = RiskFact(id=obs.event_id, t=obs.time, by=obs.sender, lead=lead_id, score=score, via=obs.origin)
+    _insert(state.risks, risk)
     _touch(state, [obs.sender], obs.time, cfg)
     for index, lead in enumerate(state.leads):
         if lead.id == lead_id and (lead.score is None or lead.score < score):
@@ -376,6 +383,16 @@ def ignored(state: VictimState | None, obs: Observation) -> Ignored | None:
     return None
 
 
+def _left_to_its_subject(state: VictimState, firing: Firing) -> bool:
+    """Whether every event behind ``firing`` came from one linked subject: that subject's own state holds
+    them all (each event is applied where it was keyed, :mod:`services.hub.links`) and fires the rule
+    itself, so the linked state would only raise a second alert about the same events."""
+    via: dict[str, str | None] = {lead.id: lead.via for lead in state.leads}
+    via.update({risk.id: risk.via for risk in state.risks})
+    origins = {via.get(event_id) for event_id in firing.events}
+    return len(origins) == 1 and None not in origins
+
+
 def _prune(state: VictimState, cfg: HubConfig) -> None:
     """Drop facts and ids at or before the horizon, so the state stays bounded."""
     floor = state.floor
@@ -419,6 +436,8 @@ def observe(
     new.seen[obs.event_id] = obs.time
     new.latest = obs.time if new.latest is None else max(new.latest, obs.time)
     firings = _HANDLERS[obs.event_type](new, obs, cfg)
+    if obs.origin is not None:
+        firings = [f for f in firings if not _left_to_its_subject(new, f)]
     emissions = raise_or_update(new, firings)
     _prune(new, cfg)
     return new, emissions

@@ -24,6 +24,7 @@ __all__ = [
     "ActionItemFact",
     "AlertState",
     "LeadFact",
+    "LinkState",
     "MeetingFact",
     "Observation",
     "OrderFact",
@@ -75,6 +76,8 @@ class Observation:
     refs: tuple[str, ...] = ()
     triage: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     signed_at: datetime | None = None  # None: the same as ``time``
+    links: tuple[str, ...] = ()  # the header's other pseudonyms of the subject (a lead's)
+    origin: str | None = None  # the subject the event named, when it joined a linked subject's state
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "time", aware(self.time, "Observation.time"))
@@ -82,6 +85,7 @@ class Observation:
         object.__setattr__(self, "signed_at", signed)
         object.__setattr__(self, "recipients", frozenset(self.recipients))
         object.__setattr__(self, "refs", tuple(self.refs))
+        object.__setattr__(self, "links", tuple(self.links))
         object.__setattr__(self, "triage", MappingProxyType(dict(self.triage)))
 
     @classmethod
@@ -104,6 +108,7 @@ class Observation:
             recipients=frozenset(recipients),
             refs=tuple(header.refs),
             triage=triage,
+            links=tuple(header.links),
         )
 
     def mentions(self, *triage_fields: str) -> list[str]:
@@ -136,6 +141,7 @@ class LeadFact(_Fact):
     acting: list[str] = Field(default_factory=list)
     score: int | None = None  # the highest risk.assessed score for this lead, when known
     reported: AwareDatetime | None = None  # the signed time, when it differs from ``t`` (occurred_at)
+    via: str | None = None  # the linked subject it is about (services.hub.links); None: this one
 
     @property
     def reported_at(self) -> datetime:
@@ -152,6 +158,7 @@ class RiskFact(_Fact):
     by: str
     lead: str | None = None
     score: int
+    via: str | None = None  # as LeadFact.via
 
 
 class OrderFact(_Fact):
@@ -316,3 +323,27 @@ class SuspectState(_Record):
             return cls.model_validate_json(raw)
         except ValidationError as e:
             raise StateDecodeError(f"stored suspect state is unreadable: {e.error_count()} errors") from e
+
+
+class LinkState(_Record):
+    """What the hub keeps about one pseudonym as a link (:mod:`services.hub.links`): the subject whose
+    state takes its events (``into``, a pseudonym that sorts before it; ``None``: its own), how often
+    that changed, and the pseudonyms whose events it takes (``linked``, at most ``max_linked``)."""
+
+    v: Literal[1] = 1
+    pseudonym: str
+    into: str | None = None
+    moves: int = 0
+    linked: list[str] = Field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        """Compact JSON; equal states give equal bytes."""
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> LinkState:
+        """Read :meth:`to_json`'s bytes; :class:`StateDecodeError` when they are not a state."""
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as e:
+            raise StateDecodeError(f"stored link state is unreadable: {e.error_count()} errors") from e

@@ -133,6 +133,8 @@ def watches(state: VictimState, cfg: HubConfig) -> list[Watch]:
     found: list[Watch] = []
     answers = _answers_by(state)
     for lead in state.leads:
+        if lead.via is not None:
+            continue  # a linked subject's lead: its own subject watches it (services.hub.links)
         starts: dict[DeadlineKind, timedelta] = {
             "acknowledge": cfg.acknowledge[lead.urgency],
             "first_action": cfg.first_action,
@@ -287,8 +289,8 @@ def agency_rates(
         answers = _answers_by(state)
         for lead in state.leads:
             reported = lead.reported_at
-            if reported >= now or (since is not None and reported < since):
-                continue
+            if lead.via is not None or reported >= now or (since is not None and reported < since):
+                continue  # a linked subject's lead is counted where it was keyed
             ack_due = reported + cfg.acknowledge[lead.urgency]
             resolve_due = reported + cfg.resolution
             for agency in lead.acting:

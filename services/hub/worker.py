@@ -7,7 +7,8 @@ time from a clock; the faust app (:mod:`services.hub.app`) only wires its tables
 it, and unit tests drive it with dicts and a list.
 
 - Tables: ``victims`` holds a :class:`~services.hub.state.VictimState` per victim pseudonym (the inbox's
-  Kafka key), ``suspects`` a :class:`~services.hub.state.SuspectState` per suspect pseudonym.
+  Kafka key), ``suspects`` a :class:`~services.hub.state.SuspectState` per suspect pseudonym, ``links``
+  a :class:`~services.hub.state.LinkState` per pseudonym a lead linked (:mod:`services.hub.links`).
 - No loss, no duplicate: an alert or breach is sent and acknowledged before the state that records it
   is written. A crash in between re-emits it under the same deterministic event id; the router
   delivers the first and refuses the second (reason ``replay``), so coordinators see it once.
@@ -40,12 +41,12 @@ from schemas.envelope import SectionName
 from services.audit.chain import opened_object
 from services.audit.trail import LocalTrail
 from services.bus.registry_follower import NewerRegistry, RegistryInForce, in_force, no_newer_registry
-from services.hub import rules, serial, supervision
+from services.hub import links, rules, serial, supervision
 from services.hub.alerts import AlertEmission
 from services.hub.config import HubConfig
 from services.hub.ids import as_time, deterministic_id
 from services.hub.metrics import HubMetrics
-from services.hub.state import Observation, SuspectState, VictimState
+from services.hub.state import LinkState, Observation, SuspectState, VictimState
 from services.kernel import envelope, ids, topics
 from services.kernel.clock import Clock
 from services.kernel.deadletter import deadletter_headers
@@ -68,7 +69,7 @@ Send = Callable[[str, bytes, bytes, list[tuple[str, bytes]] | None], Awaitable[N
 REPORT_SUBJECT = "p0." + "A" * 43
 """A report is about no victim; its Kafka key is this fixed, well-formed pseudonym."""
 
-Source = Literal["inbox", "suspects", "serial", "clock"]
+Source = Literal["inbox", "suspects", "serial", "links", "clock"]
 """The topic a record came from, as the rejection metric labels it."""
 
 Refusal = tuple[ReasonCode, str]
@@ -96,6 +97,7 @@ class RecordWorker:
         send: Send,
         clock: Clock,
         newer_registry: NewerRegistry = no_newer_registry,
+        links: MutableMapping[bytes, bytes] | None = None,
     ) -> None:
         self.config = config
         self.names = names
@@ -108,6 +110,7 @@ class RecordWorker:
         self.metrics = metrics
         self.victims = victims
         self.suspects = suspects
+        self.links: MutableMapping[bytes, bytes] = links if links is not None else {}
         self.send = send
         self.clock = clock
         self.reported: dict[int, datetime] = {}  # per partition: when the current report period began
@@ -205,6 +208,10 @@ class RecordWorker:
         raw = self.victims.get(key)
         return VictimState.from_json(raw) if raw else None
 
+    def _link(self, key: bytes) -> LinkState | None:
+        raw = self.links.get(key)
+        return LinkState.from_json(raw) if raw else None
+
     async def _handle(
         self, parse: Callable[[], _T], apply: Callable[[_T], Awaitable[None]]
     ) -> Refusal | None:
@@ -295,7 +302,56 @@ class RecordWorker:
                 suspect=suspect, victim=obs.subject, lead_id=obs.event_id, time=obs.time
             )
             await self._send(self.names.hub_suspects, suspect.encode(), note.to_json(), None)
+        for link in links.notes_for(obs):
+            await self._send_link(link)
+        forwarded = links.forward(self._link(key), obs)
+        if forwarded is not None:
+            await self._send_link(forwarded)
         self.metrics.observed.labels(obs.event_type).inc()
+
+    async def _send_link(self, record: links.LinkNote | links.Forwarded) -> None:
+        key = record.alias if isinstance(record, links.LinkNote) else record.to
+        await self._send(self.names.hub_links, key.encode(), record.to_json(), None)
+
+    async def on_link(self, value: bytes, *, partition: int = 0, offset: int = 0) -> None:
+        """A record of the links topic: a pseudonym that belongs with another, or an event forwarded to
+        the state of the subject it is linked into (:mod:`services.hub.links`)."""
+        refusal = await self._handle(lambda: links.read(value), self._apply_link)
+        if refusal is not None:
+            self._count("links", refusal, partition, offset)
+
+    async def _apply_link(self, record: links.LinkNote | links.Forwarded) -> None:
+        state: LinkState | None
+        if isinstance(record, links.LinkNote):
+            key = record.alias.encode()
+            before = self._link(key)
+            state, sends, refused = links.observe_note(before, self._victim(key), record, self.config)
+            for send in sends:
+                await self._send_link(send)
+        else:
+            key = record.to.encode()
+            before = self._link(key)
+            routed, out, refused = links.route_forwarded(before, record, self.config)
+            if isinstance(out, links.Forwarded):
+                await self._send_link(out)
+            elif isinstance(out, Observation):
+                await self._apply_linked(out)
+            state = routed if routed is not None else before
+        if refused is not None:
+            self.metrics.links_refused.labels(refused).inc()
+            log.info("a link was not followed: %s", refused)
+        if state is not None and state is not before:
+            self.links[key] = state.to_json()
+
+    async def _apply_linked(self, obs: Observation) -> None:
+        """An event keyed by a linked pseudonym, applied to this subject's state as well."""
+        key = obs.subject.encode()
+        before = self._victim(key)
+        state, emissions = rules.observe(before, obs, self.config)
+        await self.emit_alerts(state, emissions)
+        if state is not before:
+            self.victims[key] = state.to_json()
+            self.metrics.linked.inc()
 
     async def on_suspect(self, value: bytes, *, partition: int = 0, offset: int = 0) -> None:
         """A suspect named against a victim: count the suspect's victims, trigger each when serial."""

@@ -15,6 +15,7 @@ ROUTER_REPLAY = "lianfang.router.replay.v1"
 HUB_CLOCK = "lianfang.hub.clock.v1"
 HUB_SUSPECTS = "lianfang.hub.suspects.v1"
 HUB_SERIAL = "lianfang.hub.serial.v1"
+HUB_LINKS = "lianfang.hub.links.v1"
 
 
 def inbox(participant: str) -> str:
@@ -59,6 +60,10 @@ class TopicNames:
     @property
     def hub_serial(self) -> str:
         return self.prefix + HUB_SERIAL
+
+    @property
+    def hub_links(self) -> str:
+        return self.prefix + HUB_LINKS
 
     def inbox(self, participant: str) -> str:
         return self.prefix + inbox(participant)

@@ -151,13 +151,13 @@ def hotline_with_errors(people: People) -> str:
     good = hotline_rows(people, 4, start=901)
     bad = hotline_rows(people, 8, start=951)
     bad[0][5] = wrong_check_digit(people.id_number(35, female=True))  # line 6: 身份证号 check digit
-    bad[1][6] = "1380000"  # line 7: 联系电话 too short
+    bad[1][6] = "1380000"  # line 7: 联系电话 too short: imported as given, flagged
     bad[2][8] = "家务纠纷"  # line 8: 问题类别 not in the map
     bad[3][1] = "2026/13/45 25:00"  # line 9: 来电时间 not a date
     bad[4][2] = ""  # line 10: 来电人姓名 empty
     bad[5][4], bad[5][9] = 15, "否"  # line 11: 年龄 15 (from the ID: adult) - disagrees
     bad[6][7] = "朝阳区"  # line 12: 所在镇街 not in the district
-    bad[7][5], bad[7][6] = "", ""  # line 13: no identifier at all
+    bad[7][5], bad[7][6] = "", ""  # line 13: no identifier at all: imported, under a pseudonym of its own
     return "\ufeff" + csv_text(HOTLINE_HEADER, good + bad)
 
 
@@ -235,7 +235,7 @@ def police(people: People) -> str:
 def police_with_errors(people: People) -> str:
     good = police_rows(people, 3, start=901)
     bad = police_rows(people, 5, start=951)
-    bad[0][8] = "11011319900230123X"  # line 5: 受害人身份证号 birth date 1990-02-30
+    bad[0][8] = "11011319900230123X"  # line 5: 受害人身份证号 birth date 1990-02-30: imported, flagged
     bad[1][15] = wrong_check_digit(bad[1][15] or people.id_number(40, female=False))  # line 6: suspect ID
     bad[2][11] = "噪音扰民"  # line 7: 警情类别 not in the map
     bad[3][10] = ""  # line 8: 发案地点所属镇街 empty
@@ -375,7 +375,7 @@ def school(people: People) -> str:
 
 def school_with_errors(people: People) -> str:
     rows = school_rows(people, 6)
-    rows[2][8] = "110113201301011"  # line 4: 学生身份证号 15 digits
+    rows[2][8] = "110113201301011"  # line 4: 学生身份证号 15 digits: converted to 18
     rows[3][11] = "早恋"  # line 5: 线索类别 not in the map
     rows[4][12] = ""  # line 6: 发现情况 empty
     rows[5][6] = 30  # line 7: 年龄 30 but the birth date says a child
@@ -498,7 +498,7 @@ def mediation(people: People) -> bytes:
 def mediation_with_errors(people: People) -> bytes:
     rows = mediation_rows(people, 5, start=901)
     rows[0][12] = "不清楚"  # line 2: 是否涉及家暴 not yes/no
-    rows[2][6], rows[2][7] = "", "12345"  # line 4: 电话 not a phone
+    rows[2][6], rows[2][7] = "", "12345"  # line 4: 电话 not a phone: imported as given, flagged
     return csv_text(MEDIATION_HEADER, rows).encode("gb18030")
 
 

@@ -278,8 +278,9 @@ class Identified:
 
     ``identifiers``: the valid ones, strongest first, without repeats. ``subject``: the canonical
     identifier the person's pseudonym is computed from: the strongest valid one; when none is valid,
-    the first invalid one as given (``asgiven:<kind>:<cleaned>``, when it has at least 8 letters and
-    digits, 5 of them different, so that the same typo links but a placeholder does not), else
+    the first invalid one as given (``asgiven:<kind>:<cleaned>``, when it is made of at least 8 ASCII
+    letters and digits, 5 of them different, so that the same typo links but neither a placeholder nor
+    free text does), else
     ``None`` (the caller uses :func:`canonical_unlinked`). ``links``: the other valid identifiers (at
     most :data:`MAX_LINKS`), whose pseudonyms travel beside the subject so that the hub links the
     person's leads. ``flags``: what recipients should check, a closed vocabulary
@@ -333,8 +334,10 @@ def identify(
         flags.add("id_number_unverified" if reason == "check_digit" else _FLAG_OF[kind])
         # Kept as given only when specific enough that the same typo again means the same person: a
         # placeholder (00000000, 123123123) would merge strangers.
-        signs = [c for c in cleaned if c.isalnum()]
-        if len(signs) >= _MIN_AS_GIVEN and len(set(signs)) >= _MIN_DISTINCT_AS_GIVEN:
+        # Only a number is kept, never free text (不详, 无法联系).
+        signs = cleaned.removeprefix("+")
+        number_like = signs.isascii() and signs.isalnum()
+        if number_like and len(signs) >= _MIN_AS_GIVEN and len(set(signs)) >= _MIN_DISTINCT_AS_GIVEN:
             as_given.append(f"{_AS_GIVEN}{kind}:{cleaned}")
 
     documents = [d for d in (_given(travel_document),) if d is not None]

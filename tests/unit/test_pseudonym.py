@@ -7,13 +7,16 @@ import hashlib
 import hmac
 import re
 from datetime import date
+from typing import get_args
 
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from schemas.events import IdentifierFlag
 from services.kernel.errors import UsageError
 from services.kernel.pseudonym import (
+    MAX_LINKS,
     PSEUDONYM_PATTERN,
     PseudonymKey,
     canonical_phone,
@@ -403,6 +406,7 @@ def test_a_travel_document_of_the_wrong_shape_is_flagged() -> None:
         pytest.param({"name": "王某", "phone": "0"}, id="a phone too short to keep"),
         pytest.param({"name": "王某", "id_number": "000000000000000000"}, id="a placeholder ID number"),
         pytest.param({"name": "王某", "phone": "123123123123"}, id="a placeholder phone"),
+        pytest.param({"name": "王某", "phone": "本人拒绝提供电话号码"}, id="free text for a phone"),
     ],
 )
 def test_a_person_with_nothing_specific_gets_no_subject_and_is_flagged(given: dict[str, str]) -> None:
@@ -426,3 +430,31 @@ def test_the_same_identifier_twice_is_one_identifier() -> None:
     identified = identify(id_number="H12345678", travel_document="h 1234 5678")
     assert identified.identifiers == (identified.identifiers[0],)
     assert identified.links == ()
+
+
+@given(
+    id_number=st.none() | st.text(max_size=40),
+    phone=st.none() | st.text(max_size=40),
+    travel_document=st.none() | st.text(max_size=40),
+    name=st.none() | st.text(max_size=20),
+    birth_date=st.none() | st.dates(min_value=date(1900, 1, 1), max_value=date(2030, 12, 31)),
+)
+def test_whatever_a_person_typed_identify_answers_without_raising(
+    id_number: str | None,
+    phone: str | None,
+    travel_document: str | None,
+    name: str | None,
+    birth_date: date | None,
+) -> None:
+    identified = identify(
+        id_number=id_number, phone=phone, travel_document=travel_document, name=name, birth_date=birth_date
+    )
+    assert set(identified.flags) <= set(get_args(IdentifierFlag))
+    assert len(identified.links) <= MAX_LINKS
+    assert identified.subject not in identified.links
+    assert len(set(identified.canonicals)) == len(identified.canonicals)
+    for canonical in identified.canonicals:
+        pseudonym(FIXED_KEY, canonical)  # every one is a canonical identifier
+    assert (identified.subject is None) == (
+        "no_valid_identifier" in identified.flags and not identified.canonicals
+    )

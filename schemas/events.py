@@ -18,8 +18,10 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     create_model,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -183,6 +185,9 @@ normalization was not used to link the person (the subject fell back to the next
 lead was delivered all the same (``services/kernel/pseudonym.py``, ``identify``)."""
 
 
+_OMITTED_WHEN_EMPTY: Final = ("travel_document", "identifier_flags")
+
+
 class Person(WireModel):
     """一个人：当事人或嫌疑人 / A person, victim or suspect; personal data, so only in ``details``."""
 
@@ -232,6 +237,16 @@ class Person(WireModel):
         if self.age is not None and self.is_minor != (self.age < 18):
             raise ValueError("is_minor must agree with age: a person under 18 is a minor (未成年人)")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_unused_newer_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Written only when used, so that readers which predate them still read every person without
+        # a travel document or a flag (the wire models refuse unknown fields).
+        data: dict[str, Any] = handler(self)
+        for name in _OMITTED_WHEN_EMPTY:
+            if name in data and not data[name]:
+                del data[name]
+        return data
 
 
 class Suspect(Person):

@@ -732,3 +732,16 @@ def test_the_export_check_names_missing_stale_and_unexpected_files(
     assert export.main(["--dir", str(tmp_path)]) == 0
     assert not (tmp_path / "lead.deleted.schema.json").exists()
     assert export.stale_files(tmp_path) == []
+
+
+def test_a_person_is_written_without_the_newer_identifier_fields_until_they_are_used() -> None:
+    # Readers that predate travel_document and identifier_flags refuse unknown fields: a person who
+    # uses neither must serialize as before, so those readers still read every such lead.
+    victim = SAMPLES["lead.reported"]["victim"]
+    _, details = split_sections(parse_event("lead.reported", raw("lead.reported")))
+    assert "travel_document" not in details["victim"]
+    assert "identifier_flags" not in details["victim"]
+    flagged = {**victim, "identifier_flags": ["phone_invalid"], "travel_document": "E12345678"}
+    _, details = split_sections(parse_event("lead.reported", raw("lead.reported", victim=flagged)))
+    assert details["victim"]["identifier_flags"] == ["phone_invalid"]
+    assert details["victim"]["travel_document"] == "E12345678"

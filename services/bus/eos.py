@@ -7,6 +7,11 @@ left open. A batch of ``p``'s records is handled in one transaction holding the 
 any crash the outputs, the state and the position agree. Readers of the outputs use
 ``isolation_level="read_committed"``.
 
+Stopping (:meth:`TransactionalRunner.stop`, on SIGTERM) lets the batch in flight commit for a few
+seconds, then cancels it, and every close that talks to Kafka (the abort, each producer, the consumer)
+waits a bounded time: a worker whose broker is gone must still exit. What is left open on the broker
+is aborted by the next owner's producer (it fences this one), so giving up on a close loses nothing.
+
 Why not faust-streaming's ``exactly_once``: it derives the transactional id from the *destination*
 topic's partition and topic group, so it holds only when every output is co-partitioned with the input
 and subscribed by the app; the router's outputs (one inbox per participant, dead letters) are not.
@@ -37,6 +42,14 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError, Timeo
 # Sealed records are ~5 KB: aiokafka's default 16 KiB batch would carry three of them. A larger
 # batch cut the transactional relay's CPU per record by about 3x in the router benchmark.
 PRODUCER_BATCH_BYTES = 1024 * 1024
+
+STOP_GRACE_S = 5.0
+"""After :meth:`TransactionalRunner.stop`, how long the batch in flight may take to commit before it
+is cancelled (a healthy broker commits in milliseconds; a lost one never answers)."""
+
+CLOSE_TIMEOUT_S = 5.0
+"""How long one close that needs Kafka (a transaction's abort, a producer's or the consumer's stop) may
+take before it is given up: aiokafka retries these for as long as no broker answers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,11 +206,13 @@ class TransactionalRunner:
 
     async def _revoke(self, tps: Iterable[TopicPartition]) -> None:
         async with self._lock:
+            stopping = []
             for tp in tps:
                 producer = self.producers.pop(tp, None)
                 self.states.pop(tp, None)
                 if producer is not None:
-                    await producer.stop()
+                    stopping.append(_bounded(producer.stop(), f"stopping the producer of {tp}"))
+            await asyncio.gather(*stopping)
 
     async def _load_state(self, partition: int) -> PartitionState:
         """Read partition ``partition`` of the state topic (committed records only) to its end."""
@@ -241,9 +256,12 @@ class TransactionalRunner:
         backoff = self.RESTART_BACKOFF_S
         while not self.stopping.is_set():
             try:
-                await self._run_once()
+                await self._until_stopped(self._run_once())
                 return
             except TransportError as e:
+                if self.stopping.is_set():
+                    log.info("%s worker stopped; its last batch was not committed: %s", self.group_id, e)
+                    return
                 self.restarts += 1
                 if self.on_restart is not None:
                     self.on_restart()
@@ -252,6 +270,32 @@ class TransactionalRunner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), backoff)
                 backoff = min(backoff * 2, self.MAX_RESTART_BACKOFF_S)
+
+    async def _until_stopped(self, work: Awaitable[None]) -> None:
+        """Run ``work`` until it ends; once :meth:`stop` is called, give it :data:`STOP_GRACE_S` to end
+        by itself (the loop checks ``stopping`` between batches), then cancel it: a batch waiting on a
+        broker that is gone would wait for ever. Its clean-up is bounded (:func:`_bounded`)."""
+        task = asyncio.ensure_future(work)
+        stopped = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                done, _ = await asyncio.wait([task], timeout=STOP_GRACE_S)
+                if not done:
+                    log.warning(
+                        "%s worker: the batch in flight did not commit within %.0f s of the stop "
+                        "(no broker answers?): cancelling it",
+                        self.group_id, STOP_GRACE_S,
+                    )  # fmt: skip
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                    return
+            await task
+        finally:
+            stopped.cancel()
+            if not task.done():  # this coroutine itself was cancelled
+                task.cancel()
 
     async def _run_once(self) -> None:
         runner = self
@@ -296,8 +340,7 @@ class TransactionalRunner:
                 await self._revoke(list(self.producers))
             self.producers.clear()
             self.states.clear()
-            with contextlib.suppress(*_TRANSPORT_ERRORS):
-                await self.consumer.stop()
+            await _bounded(self.consumer.stop(), "stopping the consumer")
 
     def _raise_setup_failure(self) -> None:
         failure = self._setup_failure
@@ -337,27 +380,35 @@ class TransactionalRunner:
             # offset would commit without that output. So every delivery is awaited before the commit,
             # and a failed one aborts the transaction instead.
             deliveries: list[asyncio.Future[Any]] = []
+            committing = False
+            await producer.begin_transaction()
             try:
-                async with producer.transaction():
-                    for record in records:
-                        for out in await self.handler(record, state):
-                            sent = await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
-                            deliveries.append(sent)
-                    if self.after_batch is not None:
-                        for out in self.after_batch(state):
-                            sent = await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
-                            deliveries.append(sent)
-                    for key, value in state.pending.items():
-                        sent = await producer.send(
-                            self.state_topic, value, key=key.encode(), partition=tp.partition
-                        )
+                for record in records:
+                    for out in await self.handler(record, state):
+                        sent = await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
                         deliveries.append(sent)
-                    await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
-                    await _delivered(deliveries)
+                if self.after_batch is not None:
+                    for out in self.after_batch(state):
+                        sent = await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
+                        deliveries.append(sent)
+                for key, value in state.pending.items():
+                    sent = await producer.send(
+                        self.state_topic, value, key=key.encode(), partition=tp.partition
+                    )
+                    deliveries.append(sent)
+                await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
+                await _delivered(deliveries)
+                committing = True
+                await producer.commit_transaction()
             except BaseException:
-                # The transaction was aborted: forget its state changes. The worker starts afresh
-                # (run()) from the last committed offset with the last committed state.
+                # Not committed: forget the batch's state changes. The worker starts afresh (run())
+                # from the last committed offset with the last committed state. A commit that failed
+                # is not aborted (as aiokafka's transaction context does); an abort that cannot reach
+                # a broker is given up: the next owner of the partition fences it and aborts it.
                 state._discard()
+                # (A producer in a fatal state cannot abort: aiokafka's own context checks the same.)
+                if not committing and not producer._txn_manager.is_fatal_error():
+                    await _bounded(producer.abort_transaction(), f"aborting the transaction of {tp}")
                 raise
             state._apply()
 
@@ -371,6 +422,23 @@ class TransactionalRunner:
 
     def stop(self) -> None:
         self.stopping.set()
+
+
+async def _bounded(closing: Awaitable[Any], what: str) -> None:
+    """Await a close that needs Kafka for at most :data:`CLOSE_TIMEOUT_S`; give it up (logged) after."""
+    try:
+        await asyncio.wait_for(closing, CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("%s took over %.0f s (no broker answers?): given up", what, CLOSE_TIMEOUT_S)
+    except _TRANSPORT_ERRORS as e:
+        log.debug("%s failed: %r", what, e)
+    except asyncio.CancelledError:
+        # aiokafka's consumer awaits the fetch tasks it cancels on stop and lets their CancelledError
+        # out when one was sleeping after a failed fetch. Only a cancellation of this task goes on.
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+        log.debug("%s: a task it waited for was cancelled", what)
 
 
 async def _delivered(deliveries: list[asyncio.Future[Any]]) -> None:

@@ -464,8 +464,14 @@ async def serve(
     router.partitions = runner.source_partitions
     metrics_endpoint.start(settings)
     loop = asyncio.get_running_loop()
+    stopped_by: list[str] = []
+
+    def stop(sig: signal.Signals) -> None:
+        stopped_by.append(sig.name)
+        runner.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runner.stop)
+        loop.add_signal_handler(sig, stop, sig)
     follower = await asyncio.to_thread(
         follow,
         holder,
@@ -488,3 +494,4 @@ async def serve(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await asyncio.to_thread(follower.stop)
+    log.info("router %s: stopped on %s", settings.group_id, stopped_by[0] if stopped_by else "request")

@@ -22,6 +22,9 @@ published on ``lianfang.events.v1`` for the router to deliver.
   committed past it, and work resumes when a fresh statement arrives.
 - No loss, no duplicate: an alert or breach is sent and acknowledged before the state that records it
   is written (:mod:`services.hub.worker` says how).
+- Health: an agent that crashes (only Kafka's failures propagate from the worker) is counted in
+  ``lianfang_hub_agent_restarts_total`` before faust starts it afresh; one stuck on a record stops
+  ``lianfang_hub_worker_progress_timestamp_seconds`` (:mod:`services.hub.progress`).
 - Topics: before faust starts, the worker creates its tables' changelog topics and waits until every
   broker lists them and the topics it reads, all with its partitions (:mod:`services.hub.prepare`
   says why).
@@ -32,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,7 @@ from services.bus.security import (
 from services.hub.config import HubConfig
 from services.hub.metrics import HubMetrics
 from services.hub.prepare import prepare_topics
+from services.hub.progress import AgentProgress
 from services.hub.worker import RecordWorker
 from services.kernel import ids, topics
 from services.kernel.clock import utcnow
@@ -208,6 +212,32 @@ async def sample_group_lag(settings: HubSettings, topic: str, metrics: HubMetric
         await reader.stop()
 
 
+async def agent_loop(
+    agent: str,
+    events: AsyncIterator[Any],
+    handle: Callable[[Any], Awaitable[None]],
+    *,
+    freshness: FreshnessInForce,
+    metrics: HubMetrics,
+    progress: AgentProgress,
+) -> AsyncIterator[None]:
+    """The body of each agent: every event, once fresh (:func:`when_fresh`), to ``handle``, with its
+    health on /metrics. A crash (only Kafka's failures propagate from the worker) is counted in
+    ``lianfang_hub_agent_restarts_total`` and logged, and goes on to faust, which starts the agent
+    afresh; the agent stays stuck in :class:`~services.hub.progress.AgentProgress` until it has
+    finished a record."""
+    try:
+        async for event in when_fresh(events, freshness, metrics.waiting.labels(agent)):
+            progress.taken(agent)
+            await handle(event.message)
+            progress.done(agent)
+            yield None
+    except Exception as e:
+        metrics.agent_restarts.labels(agent).inc()
+        log.warning("hub agent %s crashed, faust starts it afresh: %s: %s", agent, type(e).__name__, e)
+        raise
+
+
 async def when_fresh(
     events: AsyncIterator[Any], freshness: FreshnessInForce, waiting: Gauge | None = None
 ) -> AsyncIterator[Any]:
@@ -241,14 +271,54 @@ def _follow_registry(
     return follower, freshness
 
 
-def _link_agent(app: faust.App, worker: HubWorker, freshness: FreshnessInForce, metrics: HubMetrics) -> None:
-    """The agent of the links topic (:mod:`services.hub.links`)."""
+AgentLoop = Callable[[str, "faust.StreamT[Any]", Callable[[Any], Awaitable[None]]], AsyncIterator[None]]
+"""An agent's body: its name, its stream and the handler of each message (:func:`agent_loop`)."""
+
+
+def _agents(app: faust.App, worker: HubWorker, loop: AgentLoop) -> None:
+    """One agent per topic the hub reads, each handing its records to the worker's per-record work."""
+    work = worker.work
+
+    async def on_inbox(m: Any) -> None:
+        await work.on_inbox(
+            m.value, key=m.key, partition=m.partition, offset=m.offset, headers=_header_pairs(m.headers)
+        )
+
+    async def on_suspect(m: Any) -> None:
+        await work.on_suspect(m.value, partition=m.partition, offset=m.offset)
+
+    async def on_serial(m: Any) -> None:
+        await work.on_serial(m.value, partition=m.partition, offset=m.offset)
+
+    async def on_link(m: Any) -> None:  # services.hub.links
+        await work.on_link(m.value, partition=m.partition, offset=m.offset)
+
+    async def on_tick(m: Any) -> None:
+        await work.on_tick(m.value, m.partition, m.offset)
+
+    @app.agent(worker.inbox)
+    async def observe(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
+        async for _ in loop("inbox", stream, on_inbox):
+            yield None
+
+    @app.agent(worker.suspects)
+    async def by_suspect(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
+        async for _ in loop("suspects", stream, on_suspect):
+            yield None
+
+    @app.agent(worker.serial)
+    async def serial_trigger(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
+        async for _ in loop("serial", stream, on_serial):
+            yield None
 
     @app.agent(worker.links)
     async def linked(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-        async for event in when_fresh(stream.events(), freshness, metrics.waiting.labels("links")):
-            m = event.message
-            await worker.work.on_link(m.value, partition=m.partition, offset=m.offset)
+        async for _ in loop("links", stream, on_link):
+            yield None
+
+    @app.agent(worker.clock)
+    async def tick(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
+        async for _ in loop("clock", stream, on_tick):
             yield None
 
 
@@ -311,37 +381,17 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
         follower.start()
         await asyncio.to_thread(follower.catch_up, 10.0)
 
-    @app.agent(worker.inbox)
-    async def observe(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-        async for event in when_fresh(stream.events(), freshness, metrics.waiting.labels("inbox")):
-            m = event.message
-            await work.on_inbox(
-                m.value, key=m.key, partition=m.partition, offset=m.offset, headers=_header_pairs(m.headers)
-            )
-            yield None
+    progress = AgentProgress()
+    metrics.worker_progress.set_function(progress.at)
 
-    @app.agent(worker.suspects)
-    async def by_suspect(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-        async for event in when_fresh(stream.events(), freshness, metrics.waiting.labels("suspects")):
-            m = event.message
-            await work.on_suspect(m.value, partition=m.partition, offset=m.offset)
-            yield None
+    def loop(
+        agent: str, stream: faust.StreamT[Any], handle: Callable[[Any], Awaitable[None]]
+    ) -> AsyncIterator[None]:
+        return agent_loop(
+            agent, stream.events(), handle, freshness=freshness, metrics=metrics, progress=progress
+        )
 
-    @app.agent(worker.serial)
-    async def serial_trigger(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-        async for event in when_fresh(stream.events(), freshness, metrics.waiting.labels("serial")):
-            m = event.message
-            await work.on_serial(m.value, partition=m.partition, offset=m.offset)
-            yield None
-
-    _link_agent(app, worker, freshness, metrics)
-
-    @app.agent(worker.clock)
-    async def tick(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-        async for event in when_fresh(stream.events(), freshness, metrics.waiting.labels("clock")):
-            m = event.message
-            await work.on_tick(m.value, m.partition, m.offset)
-            yield None
+    _agents(app, worker, loop)
 
     if settings.tick_interval_s:
 

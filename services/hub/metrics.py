@@ -72,7 +72,7 @@ class HubMetrics:
             ["source"],
             registry=registry,
         )
-        for source in ("inbox", "suspects", "serial", "links", "clock"):
+        for source in AGENTS:
             self.waiting.labels(source)
         self.linked = Counter(
             "lianfang_hub_linked_events_total",
@@ -90,6 +90,21 @@ class HubMetrics:
         )
         for reason in ("too_many_linked", "too_many_moves", "too_many_hops"):
             self.links_refused.labels(reason)
+        self.agent_restarts = Counter(
+            "lianfang_hub_agent_restarts_total",
+            "Times an agent (inbox, suspects, serial, links, clock) crashed on a Kafka failure (a send no "
+            "broker took) and faust started it afresh: the record is read again, nothing is lost.",
+            ["agent"],
+            registry=registry,
+        )
+        for agent in AGENTS:
+            self.agent_restarts.labels(agent)
+        self.worker_progress = Gauge(
+            "lianfang_hub_worker_progress_timestamp_seconds",
+            "Unix time up to which every agent had finished the record it took (now while none holds "
+            "one). It stops moving while an agent hangs on a record or crashes on it again and again.",
+            registry=registry,
+        )
         self.lag = Gauge(
             "lianfang_consumer_lag",
             "Offsets of the hub's inbox not yet committed by its group, per partition (the router's "
@@ -132,6 +147,9 @@ class HubMetrics:
             for count in COUNTS:
                 self.leads.labels(agency, count, str(partition)).set(int(row.get(count) or 0))
 
+
+AGENTS = ("inbox", "suspects", "serial", "links", "clock")
+"""The hub's agents, each named after the topic it reads."""
 
 RATES = ("response_rate", "resolution_rate", "satisfaction_rate")
 COUNTS = (

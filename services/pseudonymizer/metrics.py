@@ -3,7 +3,7 @@ from the service's closed set of problem codes."""
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, ProcessCollector
 
 
 class PseudonymizerMetrics:
@@ -33,3 +33,7 @@ class PseudonymizerMetrics:
             buckets=(1, 2, 5, 10, 50, 100, 500, 1024),
             registry=registry,
         )
+        if registry is not REGISTRY:  # the default registry has them already
+            # process_start_time_seconds and the rest, as every other service's /metrics: a process
+            # started again and again fires LianfangServiceRestarting.
+            ProcessCollector(registry=registry)

@@ -36,6 +36,11 @@ KAFKA_HOSTS = ("kafka-1", "kafka-2", "kafka-3")
 ROUTERS = ("router-1", "router-2")
 HOSTS = (*KAFKA_HOSTS, *ROUTERS, "hub", "gateway", "agency")
 METRICS_PORT = 9100
+RESTART_COUNTERS = {
+    **dict.fromkeys(ROUTERS, "lianfang_router_worker_restarts_total"),
+    "hub": "lianfang_hub_agent_restarts_total",
+}
+"""The counter of each service's restarts inside its process (the router's runner, the hub's agents)."""
 GATEWAY_PORT = 8080
 
 
@@ -163,6 +168,7 @@ class Bed:
         self.kafka: LocalKafka | None = None
         self.workers: dict[str, NsWorker] = {}
         self.restarts: Counter[str] = Counter()
+        self._restarts_before: Counter[str] = Counter()  # in-process restarts of earlier processes
         self.prefix = f"t-faults-{datetime.now(UTC):%H%M%S%f}."
         self.accepted_file = tmp / "accepted.jsonl"
 
@@ -267,7 +273,20 @@ class Bed:
 
     def kill(self, name: str) -> None:
         """SIGKILL the service of a host (no clean shutdown, no final commit)."""
+        self._restarts_before[name] += self._restarts_inside(name)
         self.workers[name].kill()
+
+    def _restarts_inside(self, name: str) -> float:
+        counter = RESTART_COUNTERS.get(name)
+        worker = self.workers.get(name)
+        if counter is None or worker is None or not worker.alive():
+            return 0.0
+        return worker.total(counter) or 0.0
+
+    def restarts_inside(self, name: str) -> float:
+        """How often the service of ``name`` restarted inside its processes (its runner or agents, per
+        :data:`RESTART_COUNTERS`), summed over every process the bed started for it."""
+        return self._restarts_before[name] + self._restarts_inside(name)
 
     def restart(self, name: str) -> None:
         self.start(name)

@@ -5,8 +5,9 @@ seed), then the figures.
 
 It prints the leads offered, accepted, delivered, duplicated and lost, the alerts, the p99 latency
 from acceptance to the first inbox copy, each service's resident memory at the start and the end, the
-restarts (of processes, and of the router's runners as their /metrics count them), and every fault
-with its time to recover. The exit status is 0 only when nothing was lost or duplicated.
+restarts of each service (its process, killed by the soak; inside it: the router's runners and the
+hub's agents as their /metrics count them, ``lianfang_router_worker_restarts_total`` and
+``lianfang_hub_agent_restarts_total``), and every fault with its time to recover. The exit status is 0 only when nothing was lost or duplicated.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tests.faults.bed import KAFKA_HOSTS, ROUTERS, Bed, Check
+from tests.faults.bed import KAFKA_HOSTS, RESTART_COUNTERS, ROUTERS, Bed, Check
 from tests.kit import DemoDomain
 
 SERVICES = (*ROUTERS, "hub", "gateway")
@@ -88,7 +89,7 @@ class SoakResult:
     rss_start: dict[str, int] = field(default_factory=dict)
     rss_end: dict[str, int] = field(default_factory=dict)
     process_restarts: dict[str, int] = field(default_factory=dict)
-    runner_restarts: dict[str, float] = field(default_factory=dict)
+    inside_restarts: dict[str, float] = field(default_factory=dict)  # runner or agent restarts
 
     @property
     def ok(self) -> bool:
@@ -103,16 +104,17 @@ class SoakResult:
             f"p99 latency (accepted -> first inbox copy) {self.p99_s:.2f} s",
         ]
         for name in self.rss_start:
-            restarted = (
-                f" (restarted {self.process_restarts.get(name, 0)} times)"
-                if self.process_restarts.get(name)
-                else ""
-            )
             out.append(
-                f"RSS {name:<8} start {self.rss_start[name] / 2**20:7.1f} MiB  end {self.rss_end.get(name, 0) / 2**20:7.1f} MiB{restarted}"
+                f"RSS {name:<8} start {self.rss_start[name] / 2**20:7.1f} MiB  "
+                f"end {self.rss_end.get(name, 0) / 2**20:7.1f} MiB"
             )
-        for name, n in self.runner_restarts.items():
-            out.append(f"runner restarts {name}: {n:.0f} (since its last process start)")
+        for name in self.rss_start:
+            inside = RESTART_COUNTERS.get(name)
+            line = f"restarts {name:<8} process {self.process_restarts.get(name, 0)}"
+            if inside is not None:
+                what = "runner" if "router" in inside else "agents"
+                line += f"  {what} {self.inside_restarts.get(name, 0):.0f} ({inside})"
+            out.append(line)
         for fault, recovered in self.faults:
             out.append(f"fault: {fault}: recovered in {recovered:.1f} s")
         return out
@@ -138,9 +140,7 @@ def soak(
             recovered = bed.recover(time.monotonic())
             faults.append((what, recovered))
             log(f"fault: {what}: recovered in {recovered:.1f} s")
-        runner_restarts = {
-            name: bed.workers[name].total("lianfang_router_worker_restarts_total") or 0.0 for name in ROUTERS
-        }
+        inside_restarts = {name: bed.restarts_inside(name) for name in RESTART_COUNTERS}
         rss_end = {name: bed.workers[name].rss_bytes() for name in SERVICES}
         counts = bed.stop_load()
         check = bed.check()
@@ -154,7 +154,7 @@ def soak(
             rss_start=rss_start,
             rss_end=rss_end,
             process_restarts=dict(bed.restarts),
-            runner_restarts=runner_restarts,
+            inside_restarts=inside_restarts,
         )
     finally:
         bed.down()

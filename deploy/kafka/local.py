@@ -678,6 +678,21 @@ class LocalKafka:
             node.pid = None
             self._save_state()
 
+    def node_data_dir(self, node_id: int) -> Path:
+        """The log directory of one node (``log.dirs``: its partitions and the metadata log)."""
+        node = next(n for n in self.nodes if n.node_id == node_id)
+        return self._node_dir(node) / "data"
+
+    def node_alive(self, node_id: int) -> bool:
+        """Whether the node's process runs (it may have halted by itself, e.g. on a failed log dir)."""
+        node = next(n for n in self.nodes if n.node_id == node_id)
+        return node.pid is not None and _alive(node.pid)
+
+    def node_log(self, node_id: int) -> Path:
+        """The node's own log (stdout and stderr of the broker)."""
+        node = next(n for n in self.nodes if n.node_id == node_id)
+        return self._node_dir(node) / "logs" / "stdout.log"
+
     def quorum_leader(self) -> int | None:
         """The node id of the active controller (the KRaft quorum's leader) as the nodes last wrote it
         to disk (``quorum-state``; the newest epoch wins), or None before any election."""

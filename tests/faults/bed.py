@@ -10,8 +10,10 @@ the SDK, the women's federation through the gateway).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -300,6 +302,83 @@ class Bed:
         assert self.kafka is not None
         self.kafka.restart_node(node_id, timeout=180)
 
+    def move_broker_to_tmpfs(self, node_id: int, *, headroom: int = 64 * 2**20) -> Path:
+        """Put a broker's log directory on a tmpfs of its own, ``headroom`` bytes larger than what it
+        holds: SIGKILL the node, copy its directory onto the tmpfs mounted in its place, restart it.
+        Returns the mount point; :meth:`move_broker_to_disk` undoes it."""
+        assert self.kafka is not None
+        data = self.kafka.node_data_dir(node_id)
+        self.kafka.kill_node(node_id)
+        disk = data.with_name("data.disk")
+        data.rename(disk)
+        data.mkdir()
+        # The blocks it holds, not its files' sizes: Kafka's index files are sparse, 10 MiB each.
+        used = int(_run(["du", "-s", "--block-size=1", str(disk)]).split()[0])
+        options = f"size={used + headroom},mode=0755"
+        _run(["mount", "-t", "tmpfs", "-o", options, "lianfang-full-disk", str(data)])
+        try:
+            _run(["cp", "-a", "--sparse=always", f"{disk}/.", str(data)])
+        except BaseException:
+            _run(["umount", str(data)], check=False)
+            data.rmdir()
+            disk.rename(data)
+            raise
+        shutil.rmtree(disk)
+        self.kafka.restart_node(node_id, timeout=180)
+        return data
+
+    def fill_broker_disk(self, node_id: int, *, leave: int = 256 * 1024) -> str:
+        """Fill the tmpfs of a broker moved there (:meth:`move_broker_to_tmpfs`) with a file, to
+        within ``leave`` bytes, for the load to fill the rest; wait until Kafka takes the log directory
+        offline, then (up to a minute) for the broker to stop, as it does when its only directory
+        failed. Says what happened, with the times."""
+        assert self.kafka is not None
+        kafka = self.kafka
+        log = kafka.node_log(node_id)
+        seen = log.stat().st_size
+        _fill(kafka.node_data_dir(node_id) / FILLER, leave=leave)
+        filled = time.monotonic()
+
+        def offline() -> bool:
+            with log.open("rb") as f:
+                f.seek(seen)
+                said = b"offline" in f.read().lower()
+            return said or not kafka.node_alive(node_id)
+
+        self.wait_for(offline, 180, f"broker {node_id} to take its full log directory offline")
+        went_offline = time.monotonic() - filled
+        with contextlib.suppress(AssertionError):  # it may also stay up without its directory
+            self.wait_for(lambda: not kafka.node_alive(node_id), 60, f"broker {node_id} to stop")
+        stopped = (
+            f"stopped by itself {time.monotonic() - filled:.1f} s after"
+            if not kafka.node_alive(node_id)
+            else "still running a minute after"
+        )
+        return f"log directory offline {went_offline:.1f} s after the tmpfs was filled, the broker {stopped}"
+
+    def free_broker_disk(self, node_id: int) -> None:
+        """Undo :meth:`fill_broker_disk`: stop the broker if it still runs, remove the file, restart it."""
+        assert self.kafka is not None
+        self.kafka.kill_node(node_id)
+        (self.kafka.node_data_dir(node_id) / FILLER).unlink(missing_ok=True)
+        self.kafka.restart_node(node_id, timeout=180)
+
+    def move_broker_to_disk(self, node_id: int) -> None:
+        """Undo :meth:`move_broker_to_tmpfs`: SIGKILL the node, copy its directory back to the disk,
+        unmount the tmpfs, restart the node."""
+        assert self.kafka is not None
+        data = self.kafka.node_data_dir(node_id)
+        self.kafka.kill_node(node_id)
+        back = data.with_name("data.back")
+        shutil.rmtree(back, ignore_errors=True)
+        back.mkdir()
+        _run(["cp", "-a", "--sparse=always", f"{data}/.", str(back)])
+        if _run(["umount", str(data)], check=False) is None:
+            _run(["umount", "-l", str(data)])  # something still holds it: detach it now, freed when let go
+        data.rmdir()
+        back.rename(data)
+        self.kafka.restart_node(node_id, timeout=180)
+
     def active_controller(self) -> int:
         assert self.kafka is not None
         leader = self.kafka.quorum_leader()
@@ -398,6 +477,35 @@ class Bed:
             for a in self.accepted()
             if a["id"] in self.tally.first_seen
         ]
+
+
+FILLER = "lianfang-filler"
+"""The file that fills a broker's tmpfs (:meth:`Bed.fill_broker_disk`)."""
+
+
+def _fill(path: Path, *, leave: int) -> None:
+    """Write ``path`` until its file system is full, then give back ``leave`` bytes (the broker writes
+    meanwhile: how much is free is only known once nothing is)."""
+    chunk = b"\0" * 2**20
+    with path.open("wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(chunk)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+        size = f.tell()
+    os.truncate(path, max(0, size - leave))
+
+
+def _run(argv: list[str], *, check: bool = True) -> str | None:
+    """Run a command; its stdout, or (``check=False``) None when it failed."""
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+    if proc.returncode != 0:
+        if check:
+            raise RuntimeError(f"`{' '.join(argv)}` failed ({proc.returncode}): {proc.stderr.strip()}")
+        return None
+    return proc.stdout
 
 
 def _answers(address: str, port: int) -> bool:

@@ -158,6 +158,29 @@ def test_a_slow_and_lossy_link_between_the_agency_and_the_cluster_loses_and_dupl
     )
 
 
+def test_a_full_disk_on_one_broker_then_space_freed_and_a_restart_loses_and_duplicates_no_lead(
+    pipeline: Bed,
+) -> None:
+    """Broker 3's log directory on a small tmpfs (mounted here, unmounted after), filled by a file
+    to within a few hundred KiB, so that the load fills the rest: Kafka takes the directory offline,
+    and as it is the broker's only one, the broker stops. The other two keep every partition writable
+    (min.insync.replicas=2). Then the file is removed and the broker restarted."""
+    node = 3
+    pipeline.move_broker_to_tmpfs(node)
+    try:
+        _load(LOAD_S / 2)
+        what = pipeline.fill_broker_disk(node)
+        _load(LOAD_S)  # two brokers carry the load meanwhile
+        pipeline.free_broker_disk(node)
+        _report(
+            pipeline,
+            f"full disk on broker {node} ({what}), space freed, restart",
+            pipeline.recover(time.monotonic()),
+        )
+    finally:
+        pipeline.move_broker_to_disk(node)
+
+
 @pytest.mark.parametrize("service", ["router-1", "hub", "gateway"])
 def test_sigkill_of_a_service_at_random_points_repeatedly_loses_and_duplicates_no_lead(
     pipeline: Bed, service: str

@@ -62,6 +62,19 @@ def _lossy_agency(bed: Bed, rng: random.Random, hold: float) -> str:
     return f"agency link at 256 kbit/s, 10 % loss, for {hold:.0f} s"
 
 
+def _full_disk(bed: Bed, rng: random.Random, hold: float) -> str:
+    node = rng.randint(1, 3)
+    bed.move_broker_to_tmpfs(node)
+    try:
+        bed.idle(5)  # the load goes on to the moved broker
+        what = bed.fill_broker_disk(node)
+        time.sleep(hold)  # the fault lasts this long
+        bed.free_broker_disk(node)
+    finally:
+        bed.move_broker_to_disk(node)
+    return f"full disk on broker {node} ({what}), space freed after {hold:.0f} s, restart"
+
+
 def _kill_service(bed: Bed, rng: random.Random, hold: float) -> str:
     service = rng.choice(SERVICES)
     bed.kill(service)
@@ -75,6 +88,7 @@ CATALOGUE: tuple[Callable[[Bed, random.Random, float], str], ...] = (
     _partition(KAFKA_HOSTS),
     _partition(ROUTERS),
     _lossy_agency,
+    _full_disk,
     _kill_service,
     _kill_service,
 )

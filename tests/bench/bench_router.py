@@ -34,6 +34,10 @@ of a ``getmany`` batch at once, so a small N is one commit.)
   records (the public key loaded from raw bytes each time, as ``envelope.verify`` does).
 - ``verify+decide in process``: ``router.core.decide`` (envelope verify, key and partition checks,
   replay window in a dict) over every sealed record, no Kafka: the router's per-event CPU ceiling.
+
+The router's topics get a timestamp statement valid for the run, as the timestamp service would
+publish, since a router works only while it holds a fresh one. After the timed cases, one more router
+run (in no figure) goes under cProfile, and a note names the top own-time costs of the router process.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -55,11 +60,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from schemas.freshness import TIMESTAMP_RECORD_KEY
 from services import trust
 from services.bus import cluster
 from services.bus.cluster import DURABLE_PRODUCER, TopicSpec, ensure_topics
 from services.bus.eos import PRODUCER_BATCH_BYTES
-from services.kernel import crypto, envelope, jsonx, policy, topics
+from services.kernel import crypto, envelope, freshness, jsonx, policy, topics
 from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.pseudonym import pseudonymize
 from services.kernel.registry import Registry
@@ -89,6 +95,7 @@ START_DEADLINE_S = 90.0  # process start, group join, 12 InitProducerIds, first 
 DRAIN_DEADLINE_S = 180.0
 STOP_TIMEOUT_S = 30.0
 CLIENT_ID = "lianfang-bench"
+STATEMENT_LIFETIME = dt.timedelta(hours=2)  # longer than any run
 US = 1_000_000
 
 
@@ -105,6 +112,7 @@ class Record:
 @dataclass
 class Workload:
     home: Path
+    domain: trust.TrustDomain
     registry: Registry
     signer: Keystore
     records: list[Record]
@@ -149,7 +157,9 @@ def _content() -> dict[str, dict[str, Any]]:
 
 def _workload(ctx: BenchContext, home: Path, events: int) -> Workload:
     now = dt.datetime.now(dt.UTC)
-    domain = trust.init_domain(home, now=now, kdf=KdfParams.for_tests())
+    # A domain that seals a pseudonym key (no pseudonymizer to run): the subjects only need to be
+    # pseudonym-shaped and distinct, and the router never computes one.
+    domain = trust.init_domain(home, now=now, kdf=KdfParams.for_tests(), pseudonymizer_url=None)
     registry = domain.registry(now)
     signer = domain.keystore(SENDER)
     pseudonym_key = registry.pseudonym_key(SENDER, signer.encryption)
@@ -186,6 +196,7 @@ def _workload(ctx: BenchContext, home: Path, events: int) -> Workload:
     sizes = sorted(len(s.value) for s in sealed)
     return Workload(
         home=home,
+        domain=domain,
         registry=registry,
         signer=signer,
         records=[Record(s.key, s.value, list(s.headers)) for s in sealed],
@@ -338,13 +349,35 @@ class KafkaCase:
         return statistics.median(US * d.cpu_seconds / d.records for d in self.timed(warmup))
 
 
-def _router_run(ctx: BenchContext, work: Workload, logs: Path, case: KafkaCase) -> float:
+def _stamp(bootstrap: str, names: topics.TopicNames, work: Workload) -> None:
+    """A timestamp statement for the registry, as the timestamp service publishes: the router works
+    only while it holds a fresh one (the check stays on in the benchmark)."""
+    from kafka import KafkaProducer
+
+    statement = freshness.sign_statement(
+        work.registry,
+        dict(work.domain.timestamp_keystore().signing),
+        now=dt.datetime.now(dt.UTC),
+        valid_for=STATEMENT_LIFETIME,
+    )
+    producer = KafkaProducer(bootstrap_servers=bootstrap, client_id=CLIENT_ID, **DURABLE_PRODUCER)
+    try:
+        producer.send(names.registry, key=TIMESTAMP_RECORD_KEY, value=statement).get(timeout=30)
+    finally:
+        producer.close()
+
+
+def _router_run(
+    ctx: BenchContext, work: Workload, logs: Path, case: KafkaCase, *, profile: Path | None = None
+) -> float:
+    """One timed router run; with ``profile``, the worker runs under cProfile, which writes there."""
     bootstrap = ctx.bootstrap
     prefix = ctx.unique("run") + "-"
     names = topics.TopicNames(prefix)
     specs = cluster.apply_topics(bootstrap, work.participants, prefix=prefix)
     worker: Worker | None = None
     try:
+        _stamp(bootstrap, names, work)
         ends = _produce(bootstrap, names.events, work.records)
         group = ctx.unique("router")
         port = free_port()
@@ -355,7 +388,12 @@ def _router_run(ctx: BenchContext, work: Workload, logs: Path, case: KafkaCase) 
             "LIANFANG_ROUTER_GROUP_ID": group,
             "LIANFANG_ROUTER_METRICS_PORT": str(port),
         }
-        worker = Worker("services.router", env, logs / f"{group}.log", port=port, what="the router")
+        log = logs / f"{group}.log"
+        if profile is None:
+            worker = Worker("services.router", env, log, port=port, what="the router")
+        else:
+            args = ["profiled-router", str(profile)]
+            worker = Worker(__name__, env, log, args=args, port=port, what="the router under cProfile")
         inboxes = [names.inbox(p) for p in work.recipients]
         drain = _watch(bootstrap, worker, group, names.events, ends, inboxes)
         _check_routed(bootstrap, worker, names, work)
@@ -636,6 +674,7 @@ def run(ctx: BenchContext) -> list[Result]:
         results += _verify_rate(ctx, work)
         results += _decide_rate(ctx, work)
         _breakdown(ctx, router, relay, eos, results, w, work.sealed_bytes)
+        _profile(ctx, work, logs)
         return results
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -681,11 +720,79 @@ def _breakdown(
     )
 
 
+# --------------------------------------------------------------------------- the profile
+
+PROFILE_TOP = 10
+IDLE = re.compile(r"<method '(poll|select)' of 'select\.epoll' objects>")
+BUILTIN = re.compile(
+    r"<(?:method '(?P<method>\w+)' of '(?:[\w.]+\.)?(?P<owner>\w+)' objects|built-in method (?P<fn>[\w.]+))>"
+)
+
+
+def _function(file: str, line: int, name: str) -> str:
+    """A profiled function's short name: ``module:function``, ``Owner.method`` for C methods."""
+    if line:
+        return f"{Path(file).stem}:{name}"
+    m = BUILTIN.fullmatch(name)
+    if m is None:
+        return name
+    return f"{m['owner']}.{m['method']}" if m["method"] else str(m["fn"])
+
+
+def _profile(ctx: BenchContext, work: Workload, logs: Path) -> None:
+    """One more router run (not in any figure) under cProfile; a note names its top costs.
+
+    Costs are own time (``tottime``) per function, as a share of the worker's profiled time less its
+    time waiting in epoll (idle), and in µs per routed event.
+    """
+    import pstats
+
+    out = logs / "router.prof"
+    ctx.progress("router under cProfile (one untimed run) …")
+    _router_run(ctx, work, logs, KafkaCase(), profile=out)
+    stats: Any = pstats.Stats(str(out))
+    rows = [
+        (tt, _function(file, line, name), bool(IDLE.fullmatch(name)))
+        for (file, line, name), (_, _, tt, _, _) in stats.stats.items()
+    ]
+    idle = sum(tt for tt, _, waiting in rows if waiting)
+    busy = sum(tt for tt, _, _ in rows) - idle
+    top = sorted((tt, name) for tt, name, waiting in rows if not waiting)[::-1][:PROFILE_TOP]
+    n = len(work.records)
+    ctx.note(
+        f"profile of the router process (cProfile, after imports, one extra run of {n:,} events; "
+        f"{busy:.2f} s busy, {idle:.2f} s idle in epoll), top own-time costs: "
+        + "; ".join(f"{name} {100 * tt / busy:.0f} % ({US * tt / n:.0f} µs/event)" for tt, name in top)
+    )
+
+
 # --------------------------------------------------------------------------- relay worker entry point
 
 
+def _profiled_router(out: str) -> None:
+    """One router worker (configured from the environment, as ``python -m services.router``) under
+    cProfile, enabled after the imports; the profile is written to ``out`` when it stops."""
+    import cProfile
+    import logging
+
+    from services.router.app import RouterSettings, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        asyncio.run(serve(RouterSettings()))
+    finally:
+        profiler.disable()
+        profiler.dump_stats(out)
+
+
 def _main(argv: list[str]) -> int:
-    """``python -m tests.bench.bench_router relay|eos-relay '<json config>'``: one relay worker."""
+    """``python -m tests.bench.bench_router relay|eos-relay '<json config>'``: one relay worker;
+    ``python -m tests.bench.bench_router profiled-router <file>``: one router worker under cProfile."""
+    if len(argv) == 2 and argv[0] == "profiled-router":
+        _profiled_router(argv[1])
+        return 0
     if len(argv) != 2 or argv[0] not in {"relay", "eos-relay"}:
         print(_main.__doc__, file=sys.stderr)
         return 2

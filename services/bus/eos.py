@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 
 from services.bus.security import KafkaSecuritySettings, aiokafka_kwargs, load_security
+from services.kernel import topics
 from services.kernel.errors import TransportError
 
 log = logging.getLogger("lianfang.eos")
@@ -191,6 +192,7 @@ class TransactionalRunner:
                 client_id=f"{self.client_id}-{tp.partition}",
                 linger_ms=2,
                 max_batch_size=PRODUCER_BATCH_BYTES,
+                partitioner=topics.partitioner,
                 **self._auth,
             )
             try:
@@ -329,9 +331,7 @@ class TransactionalRunner:
                     await self._wait_while_paused()
                 batches = await self.consumer.getmany(timeout_ms=500, max_records=self.max_batch)
                 self._raise_setup_failure()
-                for tp, records in batches.items():
-                    if records:
-                        await self._process(tp, records)
+                await self._process_all({tp: records for tp, records in batches.items() if records})
                 self.progressed_at = time.time()
         except _TRANSPORT_ERRORS as e:
             raise TransportError(f"Kafka failed under the {self.group_id} worker: {e!r}") from e
@@ -364,53 +364,76 @@ class TransactionalRunner:
                     self.consumer.seek(tp, records[0].offset)
         self.consumer.resume(*self.consumer.assignment())
 
-    async def _process(self, tp: TopicPartition, records: list[Any]) -> None:
+    async def _process_all(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        """Each partition's batch in its own transaction, the partitions' transactions side by side.
+
+        A transaction is mostly waiting: for the broker to append, to take the offsets, to write its
+        markers. The partitions share nothing (each has its producer, its state and its offset), so
+        running their transactions together overlaps those waits instead of adding them up; each still
+        commits or aborts whole. All of them settle before a failure is raised, so none is left running
+        while the worker restarts.
+        """
+        if not batches:
+            return
+        rewind = False
         async with self._lock:
-            producer = self.producers.get(tp)
-            state = self.states.get(tp)
-            if producer is None or state is None:
-                # Fetched before our assignment callback ran (or after a revocation): never skip
-                # records; rewind so they are fetched again once the partition is ours.
-                if self.consumer is not None and tp in self.consumer.assignment():
-                    self.consumer.seek(tp, records[0].offset)
-                    await asyncio.sleep(0.05)  # let the pending assignment callback run
-                return
-            # aiokafka, unlike the Java client, commits a transaction even when one of its sends
-            # failed (a batch the broker refused for good, e.g. InvalidTxnState after a restart): the
-            # offset would commit without that output. So every delivery is awaited before the commit,
-            # and a failed one aborts the transaction instead.
-            deliveries: list[asyncio.Future[Any]] = []
-            committing = False
-            await producer.begin_transaction()
-            try:
-                for record in records:
-                    for out in await self.handler(record, state):
-                        sent = await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
-                        deliveries.append(sent)
-                if self.after_batch is not None:
-                    for out in self.after_batch(state):
-                        sent = await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
-                        deliveries.append(sent)
-                for key, value in state.pending.items():
-                    sent = await producer.send(
-                        self.state_topic, value, key=key.encode(), partition=tp.partition
-                    )
+            results = await asyncio.gather(
+                *(self._process(tp, records) for tp, records in batches.items()), return_exceptions=True
+            )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            rewind = rewind or result is False
+        if rewind:
+            await asyncio.sleep(0.05)  # let the pending assignment callback run
+
+    async def _process(self, tp: TopicPartition, records: list[Any]) -> bool:
+        """One partition's batch in one transaction; ``False`` if the partition is not ready (not set
+        up yet, or revoked): its records are rewound, never skipped. Called with the lock held."""
+        producer = self.producers.get(tp)
+        state = self.states.get(tp)
+        if producer is None or state is None:
+            # Fetched before our assignment callback ran (or after a revocation): never skip
+            # records; rewind so they are fetched again once the partition is ours.
+            if self.consumer is not None and tp in self.consumer.assignment():
+                self.consumer.seek(tp, records[0].offset)
+                return False
+            return True
+        # aiokafka, unlike the Java client, commits a transaction even when one of its sends
+        # failed (a batch the broker refused for good, e.g. InvalidTxnState after a restart): the
+        # offset would commit without that output. So every delivery is awaited before the commit,
+        # and a failed one aborts the transaction instead.
+        deliveries: list[asyncio.Future[Any]] = []
+        committing = False
+        await producer.begin_transaction()
+        try:
+            for record in records:
+                for out in await self.handler(record, state):
+                    sent = await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
                     deliveries.append(sent)
-                await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
-                await _delivered(deliveries)
-                committing = True
-                await producer.commit_transaction()
-            except BaseException:
-                # Not committed: forget the batch's state changes. The worker starts afresh (run())
-                # from the last committed offset with the last committed state. A commit that failed
-                # is not aborted (as aiokafka's transaction context does); an abort that cannot reach
-                # a broker is given up: the next owner of the partition fences it and aborts it.
-                state._discard()
-                # (A producer in a fatal state cannot abort: aiokafka's own context checks the same.)
-                if not committing and not producer._txn_manager.is_fatal_error():
-                    await _bounded(producer.abort_transaction(), f"aborting the transaction of {tp}")
-                raise
-            state._apply()
+            if self.after_batch is not None:
+                for out in self.after_batch(state):
+                    sent = await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
+                    deliveries.append(sent)
+            for key, value in state.pending.items():
+                sent = await producer.send(self.state_topic, value, key=key.encode(), partition=tp.partition)
+                deliveries.append(sent)
+            await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
+            await _delivered(deliveries)
+            committing = True
+            await producer.commit_transaction()
+        except BaseException:
+            # Not committed: forget the batch's state changes. The worker starts afresh (run())
+            # from the last committed offset with the last committed state. A commit that failed
+            # is not aborted (as aiokafka's transaction context does); an abort that cannot reach
+            # a broker is given up: the next owner of the partition fences it and aborts it.
+            state._discard()
+            # (A producer in a fatal state cannot abort: aiokafka's own context checks the same.)
+            if not committing and not producer._txn_manager.is_fatal_error():
+                await _bounded(producer.abort_transaction(), f"aborting the transaction of {tp}")
+            raise
+        state._apply()
+        return True
 
     def source_partitions(self) -> int:
         """How many partitions the source topic has, from the consumer's metadata (a record was just

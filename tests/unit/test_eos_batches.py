@@ -1,0 +1,133 @@
+"""How the exactly-once runner handles one poll's batches, without Kafka: each partition's batch is one
+transaction of its own producer, the partitions' transactions run side by side, and a failure in one
+is raised only after every other has settled (committed or aborted, its state applied or forgotten).
+Also: the producers' partitioner puts a keyed record where Kafka's default partitioner does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.bus.eos import Output, PartitionState, TransactionalRunner
+from services.bus.security import KafkaSecuritySettings
+from services.kernel import topics
+
+pytestmark = pytest.mark.unit
+
+SOURCE = "events"
+
+
+class FakeProducer:
+    """A transactional producer that logs what happens; ``fail`` makes its first send fail."""
+
+    def __init__(self, name: str, log: list[str], *, fail: bool = False) -> None:
+        self.name = name
+        self.log = log
+        self.fail = fail
+        self.sent: list[tuple[str, bytes | None]] = []
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        self.log.append(f"{self.name} begin")
+        try:
+            yield
+        except BaseException:
+            self.log.append(f"{self.name} abort")
+            raise
+        await asyncio.sleep(0.01)  # the commit's round trip
+        self.log.append(f"{self.name} commit")
+
+    async def send(self, topic: str, value: bytes | None, **_: Any) -> asyncio.Future[None]:
+        await asyncio.sleep(0)  # a send may yield, as aiokafka's does
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.fail:
+            future.set_exception(OSError("the broker refused the batch"))
+        else:
+            self.sent.append((topic, value))
+            future.set_result(None)
+        return future
+
+    async def send_offsets_to_transaction(self, offsets: dict[Any, int], group: str) -> None:
+        self.log.append(f"{self.name} offsets")
+
+
+async def _copy(record: Any, state: PartitionState) -> list[Output]:
+    state.put(f"seen:{record.offset}", b"1")
+    return [Output("out", record.value)]
+
+
+def _runner(producers: dict[int, FakeProducer]) -> tuple[TransactionalRunner, dict[int, TopicPartition]]:
+    runner = TransactionalRunner(
+        bootstrap="198.18.0.1:9",
+        group_id="g",
+        source=SOURCE,
+        state_topic="state",
+        handler=_copy,
+        security=KafkaSecuritySettings(),
+    )
+    tps = {p: TopicPartition(SOURCE, p) for p in producers}
+    for p, producer in producers.items():
+        runner.producers[tps[p]] = producer  # type: ignore[assignment]
+        runner.states[tps[p]] = PartitionState(p)
+    return runner, tps
+
+
+def _records(partition: int, n: int) -> list[Any]:
+    return [SimpleNamespace(partition=partition, offset=i, value=b"v%d" % i, key=None) for i in range(n)]
+
+
+def test_the_transactions_of_a_polls_partitions_run_side_by_side_each_committing_whole() -> None:
+    log: list[str] = []
+    producers = {0: FakeProducer("p0", log), 1: FakeProducer("p1", log)}
+    runner, tps = _runner(producers)
+    asyncio.run(runner._process_all({tps[0]: _records(0, 3), tps[1]: _records(1, 2)}))
+    assert log.index("p1 begin") < log.index("p0 commit"), log
+    assert [v for _, v in producers[0].sent if _ == "out"] == [b"v0", b"v1", b"v2"]
+    assert runner.states[tps[0]].get("seen:2") == b"1"
+    assert runner.states[tps[1]].get("seen:1") == b"1"
+    assert not runner.states[tps[0]].pending
+
+
+def test_a_failed_partition_is_raised_after_the_others_settled_and_forgets_only_its_own_state() -> None:
+    log: list[str] = []
+    producers = {0: FakeProducer("p0", log, fail=True), 1: FakeProducer("p1", log)}
+    runner, tps = _runner(producers)
+    with pytest.raises(OSError, match="refused"):
+        asyncio.run(runner._process_all({tps[0]: _records(0, 2), tps[1]: _records(1, 2)}))
+    assert "p0 abort" in log
+    assert "p1 commit" in log
+    assert runner.states[tps[0]].get("seen:0") is None, "the aborted batch's state is forgotten"
+    assert runner.states[tps[1]].get("seen:0") == b"1", "the committed batch's state is kept"
+
+
+def test_a_partition_not_set_up_yet_is_rewound_and_not_skipped() -> None:
+    log: list[str] = []
+    runner, tps = _runner({0: FakeProducer("p0", log)})
+    late = TopicPartition(SOURCE, 5)
+    seeks: list[tuple[TopicPartition, int]] = []
+    runner.consumer = SimpleNamespace(  # type: ignore[assignment]
+        assignment=lambda: {tps[0], late}, seek=lambda tp, offset: seeks.append((tp, offset))
+    )
+    records = _records(5, 3)
+    records = [SimpleNamespace(**{**vars(r), "offset": r.offset + 40}) for r in records]
+    asyncio.run(runner._process_all({tps[0]: _records(0, 1), late: records}))
+    assert seeks == [(late, 40)]
+    assert "p0 commit" in log
+
+
+@given(key=st.binary(min_size=1, max_size=64), partitions=st.integers(min_value=1, max_value=64))
+def test_the_producers_partitioner_puts_a_keyed_record_where_kafkas_default_partitioner_does(
+    key: bytes, partitions: int
+) -> None:
+    everyone = list(range(partitions))
+    assert topics.partitioner(key, everyone, everyone) == DefaultPartitioner()(key, everyone, everyone)
+    assert topics.partitioner(key, everyone, everyone) == topics.partition_for(key, partitions)

@@ -17,7 +17,8 @@ a key of its actor's participant, named by ``kid`` inside the hashed body. Verif
 2. its signature verifies with key ``kid`` of the actor's participant in the registry at the entry's
    time, else it is *forged*: set aside with its position, and it does not take part in the chain it
    claims (so nobody can frame a writer by appending under its name); an entry without a signature
-   (the format before entries were signed, ``v`` 1) is *unsigned* and set aside unless a signed entry
+   (``v`` 1: the format before entries were signed, and the router's entries, which the checkpoint
+   ending their transaction vouches for) is *unsigned* and set aside unless a signed entry
    or checkpoint of its chain commits to its hash;
 3. the genuine entries of each actor form one unbroken chain from seq 0: an edited, removed, reordered
    or duplicated entry makes it *broken at seq N*;
@@ -67,7 +68,8 @@ if TYPE_CHECKING:
     from services.kernel.registry import Registry
 
 AUDIT_VERSION: Final = 1
-"""The version of a checkpoint, and of an entry written before entries were signed (read, never written)."""
+"""The version of a checkpoint, and of an unsigned entry: one written before entries were signed, or by
+the router, whose transaction ends with a signed checkpoint that vouches for it."""
 SIGNED_VERSION: Final = 2
 """The version of a signed entry: ``kid`` inside the hashed body, ``sig`` beside it."""
 CHECKPOINT_PAYLOAD_TYPE: Final = "application/vnd.lianfang.audit-checkpoint.v1"
@@ -154,7 +156,8 @@ def _time_text(at: datetime) -> str:
 class AuditEntry:
     """One link of an actor's chain. Build with :func:`next_entry`; read with :func:`parse_line`.
 
-    ``kid`` and ``sig`` are ``None`` in an entry written before entries were signed (``v`` 1).
+    ``kid`` and ``sig`` are ``None`` in an unsigned entry (``v`` 1): one written before entries were
+    signed, or one of the router's, vouched for by the checkpoint of its transaction.
     """
 
     seq: int
@@ -608,9 +611,9 @@ def _sort_out(
             aside.append(SetAside(position, "forged", reason, actor, f"checkpoint of seq {cp.seq}"))
             continue
         verified.append(cp)
-    # An unsigned entry (written before entries were signed) counts only where something signed commits
-    # to its hash: the next entry's prev_hash, or a checkpoint. Walking down from the top seq reaches
-    # every entry of such a chain's signed-for prefix.
+    # An unsigned entry (written before entries were signed, or the router's) counts only where
+    # something signed commits to its hash: the next entry's prev_hash, or a checkpoint. Walking down
+    # from the top seq reaches every entry of such a chain's signed-for prefix.
     vouched = {entry.prev_hash for _, entry in genuine} | {cp.hash for cp in verified}
     for positions, entry in sorted(unsigned, key=lambda item: -item[1].seq):
         if entry.hash in vouched and entry.computed_hash() == entry.hash:

@@ -88,9 +88,6 @@ class RouterSettings(BaseSettings):
         description="pause without a fresh timestamp statement; false (logged as a warning) only where "
         "no timestamp service runs",
     )
-    audit_checkpoint_s: float = Field(
-        default=60.0, gt=0, description="how often each partition's audit head is signed (when it moved)"
-    )
     kafka_security: KafkaSecuritySettings = Field(
         default_factory=load_security, description="TLS and SASL login, from LIANFANG_KAFKA_*"
     )
@@ -127,22 +124,23 @@ class RouterAudit:
     transaction, so an entry is on ``lianfang.audit.v1`` exactly when the delivery it records committed.
 
     The chain's head lives in the partition's transactional state (key ``audit:head``), so it moves with
-    the partition to whichever worker takes it over. Its entries and checkpoints are signed with the
-    router's key, so an entry another participant appends under the router's name is set aside as
-    forged by ``audit verify`` instead of breaking the chain.
+    the partition to whichever worker takes it over. Each transaction's entries are hashed into the
+    chain as they are made and end with a checkpoint of the head signed with the router's key
+    (:meth:`seal`), written in the same transaction: through the chain's hashes that one signature
+    vouches for every entry of the batch, so no committed entry is ever unattributable, and an entry
+    another participant appends under the router's name is set aside by ``audit verify`` (nothing signed
+    commits to it) instead of breaking the chain. One signature a batch instead of one an entry: see
+    ``docs/decisions.md``.
     """
 
     STATE_PREFIX = "audit:"
     HEAD = "audit:head"
+    SIGNED = "audit:signed"
 
-    def __init__(
-        self, topic: str, group_id: str, signer: Signer | None, *, checkpoint_every_s: float
-    ) -> None:
+    def __init__(self, topic: str, group_id: str, signer: Signer | None) -> None:
         self.topic = topic
         self.chain = re.sub(r"[^a-z0-9_.-]", "-", group_id.lower()).strip("-.") or ids.ROUTER
         self.signer = signer
-        self.checkpoint_every_s = checkpoint_every_s
-        self._last_checkpoint: dict[int, float] = {}
         self._heads: dict[int, tuple[bytes, AuditEntry]] = {}  # per partition, as last written
 
     def actor(self, partition: int) -> str:
@@ -177,27 +175,21 @@ class RouterAudit:
             subject=subject,
             object=object,
             to=to,
-            signer=self.signer,
         )
         line = entry.to_line()
         state.put(self.HEAD, line)
         self._heads[state.partition] = (line, entry)
         return Output(self.topic, line, entry.actor.encode(), [])
 
-    def checkpoint_if_due(self, state: PartitionState, now: datetime) -> list[Output]:
-        """A signed checkpoint of the partition's head every ``checkpoint_every_s`` (if it moved)."""
+    def seal(self, state: PartitionState, now: datetime) -> list[Output]:
+        """A signed checkpoint of the partition's head, if the batch moved it, for the batch's
+        transaction: the batch's entries count once it commits with them."""
         if self.signer is None:
             return []
-        last = self._last_checkpoint.get(state.partition)
-        if last is not None and time.monotonic() - last < self.checkpoint_every_s:
-            return []
         head = self.head(state)
-        if head is None:
+        if head is None or state.get(self.SIGNED) == str(head.seq).encode():
             return []
-        self._last_checkpoint[state.partition] = time.monotonic()
-        if state.get(self.STATE_PREFIX + "signed") == str(head.seq).encode():
-            return []
-        state.put(self.STATE_PREFIX + "signed", str(head.seq).encode())
+        state.put(self.SIGNED, str(head.seq).encode())
         checkpoint = Checkpoint.sign(head, self.signer.key, self.signer.kid, at=now)
         return [Output(self.topic, checkpoint.to_line(), head.actor.encode(), [])]
 
@@ -221,9 +213,7 @@ class Router:
         # None: freshness is not checked (unit tests of the routing itself).
         self.freshness = freshness
         self.names = topics.TopicNames(settings.topic_prefix)
-        self.audit = RouterAudit(
-            self.names.audit, settings.group_id, signer, checkpoint_every_s=settings.audit_checkpoint_s
-        )
+        self.audit = RouterAudit(self.names.audit, settings.group_id, signer)
         self.holder = holder
         self.metrics = metrics
         self.clock = clock
@@ -323,9 +313,19 @@ class Router:
             return [letter]
 
     def after_batch(self, state: PartitionState) -> list[Output]:
-        """After each batch: forget old ids now and then, and sign the audit head when it is due."""
+        """After each batch: forget old ids now and then, and sign the batch's audit entries (a
+        checkpoint of the head). A bug in the signing step does not stop the router: it is logged, and
+        the batch's entries stay unproven until a later batch's checkpoint covers them."""
         self.prune(state)
-        return self.audit.checkpoint_if_due(state, self.clock())
+        before = state.savepoint()
+        try:
+            return self.audit.seal(state, self.clock())
+        except (TransportError, KafkaError):
+            raise
+        except Exception:
+            state.rollback(before)
+            log.exception("a bug while signing partition %d's audit head: no checkpoint", state.partition)
+            return []
 
     def prune(self, state: PartitionState) -> None:
         """Now and then, forget ids older than the window (their time alone refuses them)."""

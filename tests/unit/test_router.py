@@ -15,6 +15,7 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 from prometheus_client import CollectorRegistry
 
+from services.audit.chain import next_entry, verify_lines
 from services.bus.eos import Output, PartitionState
 from services.bus.registry_follower import RegistryInForce
 from services.kernel import envelope, jsonx, topics
@@ -368,3 +369,40 @@ def test_a_record_the_broker_did_not_stamp_is_judged_at_the_router_s_clock(
     copies = [o for o in harness.handle(record) if ".inbox." in o.topic]
     assert copies
     assert envelope.accepted_at(copies[0].headers) == NOW
+
+
+def test_a_batchs_audit_entries_are_proven_by_the_one_checkpoint_its_transaction_signs(
+    domain: DemoDomain, harness: Harness
+) -> None:
+    router = harness.router
+    router.audit.signer = app.router_signer(domain.home, domain.registry, NOW)
+    assert router.audit.signer is not None
+    lines: list[bytes] = []
+
+    def batch(phones: list[str]) -> None:
+        for phone in phones:
+            sealed = _sealed(domain, phone=phone)
+            record = Record(sealed.value, sealed.key, 0)  # one partition: one chain (misplaced or not)
+            lines.extend(o.value or b"" for o in harness.handle(record) if o.topic == router.names.audit)
+        state = harness.state(0)
+        sealed_lines = [o.value or b"" for o in router.after_batch(state)]
+        assert len(sealed_lines) == 1, "one signature for the batch: a checkpoint of its head"
+        lines.extend(sealed_lines)
+        state._apply()
+
+    batch(["13800000101", "13800000102", "13800000103"])
+    head = router.audit.head(harness.state(0))
+    assert head is not None
+    hostile = next_entry(head, actor=head.actor, action="route", at=NOW, object="made-up").to_line()
+    lines.append(hostile)  # another participant appends under the router's chain, unsigned
+    batch(["13800000104", "13800000105"])
+    assert router.after_batch(harness.state(0)) == [], "no new entry, no new checkpoint"
+
+    def keys(participant: str, kid: str, at: datetime) -> bytes:
+        return domain.registry.signing_key(participant, kid, at=at)
+
+    report = verify_lines(lines, keys=keys, require_checkpoint=True)
+    (chain,) = report.chains
+    assert chain.ok, str(chain)
+    assert (chain.entries, chain.unproven, chain.checkpoints_verified) == (5, 0, 2), str(chain)
+    assert [(s.position, s.kind) for s in report.set_aside] == [(5, "unsigned")]

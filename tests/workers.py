@@ -46,6 +46,27 @@ def scrape(port: int, timeout: float = 2) -> dict[str, float] | None:
     return values
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of process ``pid`` now (``VmRSS``; Linux /proc, None elsewhere)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
 class Worker:
     """``python -m <module> [args]`` in a child process of its own session, its output in a log file.
 
@@ -94,11 +115,11 @@ class Worker:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the worker so far (Linux /proc; 0 elsewhere)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
+
+    def rss_bytes(self) -> int | None:
+        """The worker's resident memory now (Linux /proc; None elsewhere or once it has exited)."""
+        return rss_bytes(self.proc.pid)
 
     def kill(self, timeout: float = 30) -> None:
         """SIGKILL to its process group: no clean shutdown, no final commit."""

@@ -86,6 +86,7 @@ CATEGORY = "domestic_violence"
 EVENT_TYPE = "lead.reported"
 EXPECTED_INBOXES = ("hub", f"mediation.{TOWN}", "police", "womens_federation")
 SOURCE_PARTITIONS = 12
+SCALE_PARTITIONS = 3  # the scaling cases: 1 and 2 router workers on an events topic of 3 partitions
 OUTPUT_PARTITIONS = 3
 MAX_BATCH = 500  # the router's default max_batch, used by the relays too
 RELAY_LINGER_MS = 2  # as the transactional producers of services.bus.eos
@@ -96,6 +97,7 @@ DRAIN_DEADLINE_S = 180.0
 STOP_TIMEOUT_S = 30.0
 CLIENT_ID = "lianfang-bench"
 STATEMENT_LIFETIME = dt.timedelta(hours=2)  # longer than any run
+TIME_SKEW_S = 2 * 3600  # records sealed before the first run are still routed in the last one
 US = 1_000_000
 
 
@@ -236,8 +238,11 @@ def _delete_topics(bootstrap: str, names: list[str]) -> None:
             admin.close()
 
 
-def _produce(bootstrap: str, topic: str, records: list[Record]) -> dict[int, int]:
-    """Write the records (key, value, headers) to ``topic``; return its end offset per partition."""
+def _produce(
+    bootstrap: str, topic: str, records: list[Record], partitions: int = SOURCE_PARTITIONS
+) -> dict[int, int]:
+    """Write the records (key, value, headers) to ``topic`` of ``partitions``; return its end offset
+    per partition."""
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     producer = KafkaProducer(
@@ -251,13 +256,13 @@ def _produce(bootstrap: str, topic: str, records: list[Record]) -> dict[int, int
         producer.close()
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id=CLIENT_ID)
     try:
-        tps = [TopicPartition(topic, p) for p in range(SOURCE_PARTITIONS)]
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
         ends = {tp.partition: offset for tp, offset in consumer.end_offsets(tps).items()}
     finally:
         consumer.close()
     if sum(ends.values()) != len(records):
         raise BenchError(f"{topic}: produced {len(records)} records but its end offsets sum to {ends}")
-    if sum(1 for offset in ends.values() if offset) < SOURCE_PARTITIONS:
+    if sum(1 for offset in ends.values() if offset) < partitions:
         raise BenchError(f"{topic}: the records did not spread over all partitions: {ends}")
     return ends
 
@@ -269,6 +274,7 @@ class Drain:
     records: int
     seconds: float
     cpu_seconds: float
+    broker_cpu_seconds: float | None = None
 
 
 def _committed(admin: Any, group: str, topic: str) -> dict[int, int]:
@@ -291,40 +297,55 @@ def _written(admin: Any, outputs: list[str]) -> int:
 
 
 def _watch(
-    bootstrap: str, worker: Worker, group: str, topic: str, ends: dict[int, int], outputs: list[str]
+    bootstrap: str,
+    worker: Worker | list[Worker],
+    group: str,
+    topic: str,
+    ends: dict[int, int],
+    outputs: list[str],
+    broker_cpu: Callable[[], float | None] = lambda: None,
 ) -> Drain:
-    """Time a worker relaying ``topic``: from its first output (or first commit) seen to all committed.
+    """Time workers relaying ``topic``: from their first output (or first commit) seen to all committed.
 
     Polled every ``POLL_S``: the output topics' end offsets until one of them moves (the worker has
     started, joined, been assigned its partitions and fetched its first batch: none of that is timed),
-    and the group's committed offsets until every partition of ``topic`` is committed to its end.
+    and the group's committed offsets until every partition of ``topic`` is committed to its end. CPU
+    is the workers' together, and the broker's when ``broker_cpu`` can read it.
     """
+    workers = worker if isinstance(worker, list) else [worker]
     total = sum(ends.values())
+
+    def cpu() -> float:
+        return sum(w.cpu_seconds() for w in workers)
+
     admin = _admin(bootstrap)
     try:
         deadline = time.monotonic() + START_DEADLINE_S
-        first: tuple[int, float, float] | None = None
+        first: tuple[int, float, float, float | None] | None = None
         while True:
             committed = _committed(admin, group, topic)
             started = first is not None or bool(committed) or _written(admin, outputs) > 0
             at = time.perf_counter()
             done = sum(min(committed.get(p, 0), end) for p, end in ends.items())
             if first is None and started:
-                first = (done, at, worker.cpu_seconds())
+                first = (done, at, cpu(), broker_cpu())
                 deadline = time.monotonic() + DRAIN_DEADLINE_S
             if all(committed.get(p, 0) >= end for p, end in ends.items()):
                 break
-            worker.check_alive()
+            for w in workers:
+                w.check_alive()
             if time.monotonic() > deadline:
                 stage = "its first output" if first is None else f"the end ({done} of {total} committed)"
-                raise BenchError(f"{worker.what} did not reach {stage} in time:\n{worker.tail()}")
+                tails = "\n".join(w.tail() for w in workers)
+                raise BenchError(f"{workers[0].what} did not reach {stage} in time:\n{tails}")
             time.sleep(POLL_S)  # poll interval inside a deadline loop
-        cpu = worker.cpu_seconds()
+        used, broker_used = cpu(), broker_cpu()
     finally:
         admin.close()
     if first is None or first[0] >= total:
-        raise BenchError(f"{worker.what} committed all {total} records before the first observation")
-    return Drain(total - first[0], at - first[1], cpu - first[2])
+        raise BenchError(f"{workers[0].what} committed all {total} records before the first observation")
+    broker = None if broker_used is None or first[3] is None else broker_used - first[3]
+    return Drain(total - first[0], at - first[1], used - first[2], broker)
 
 
 # --------------------------------------------------------------------------- the Kafka cases
@@ -367,6 +388,20 @@ def _stamp(bootstrap: str, names: topics.TopicNames, work: Workload) -> None:
         producer.close()
 
 
+def _router_env(bootstrap: str, work: Workload, prefix: str, group: str, port: int) -> dict[str, str]:
+    """A router worker's environment. The records were sealed once, before the first run, and reach
+    the bus minutes later in the last runs: the signed time may lie up to ``TIME_SKEW_S`` from the
+    broker's append time here (the check still runs), instead of 5 minutes."""
+    return {
+        "LIANFANG_BOOTSTRAP": bootstrap,
+        "LIANFANG_HOME": str(work.home),
+        "LIANFANG_ROUTER_TOPIC_PREFIX": prefix,
+        "LIANFANG_ROUTER_GROUP_ID": group,
+        "LIANFANG_ROUTER_METRICS_PORT": str(port),
+        "LIANFANG_ROUTER_TIME_SKEW_S": str(TIME_SKEW_S),
+    }
+
+
 def _router_run(
     ctx: BenchContext, work: Workload, logs: Path, case: KafkaCase, *, profile: Path | None = None
 ) -> float:
@@ -381,13 +416,7 @@ def _router_run(
         ends = _produce(bootstrap, names.events, work.records)
         group = ctx.unique("router")
         port = free_port()
-        env = {
-            "LIANFANG_BOOTSTRAP": bootstrap,
-            "LIANFANG_HOME": str(work.home),
-            "LIANFANG_ROUTER_TOPIC_PREFIX": prefix,
-            "LIANFANG_ROUTER_GROUP_ID": group,
-            "LIANFANG_ROUTER_METRICS_PORT": str(port),
-        }
+        env = _router_env(bootstrap, work, prefix, group, port)
         log = logs / f"{group}.log"
         if profile is None:
             worker = Worker("services.router", env, log, port=port, what="the router")
@@ -405,14 +434,21 @@ def _router_run(
     return drain.seconds
 
 
-def _check_routed(bootstrap: str, worker: Worker, names: topics.TopicNames, work: Workload) -> None:
-    """The router's counters: N routed, N copies in each of the 4 inboxes, no dead letter."""
+def _check_routed(
+    bootstrap: str, worker: Worker | list[Worker], names: topics.TopicNames, work: Workload
+) -> None:
+    """The routers' counters, summed: N routed, N copies in each of the 4 inboxes, no dead letter."""
     from kafka import KafkaConsumer, TopicPartition
 
     n = len(work.records)
-    values = worker.metrics(timeout=5)
-    if values is None:
-        raise BenchError(f"the router does not serve /metrics on port {worker.port}:\n{worker.tail()}")
+    workers = worker if isinstance(worker, list) else [worker]
+    values: dict[str, float] = {}
+    for w in workers:
+        got = w.metrics(timeout=5)
+        if got is None:
+            raise BenchError(f"the router does not serve /metrics on port {w.port}:\n{w.tail()}")
+        for series, value in got.items():
+            values[series] = values.get(series, 0.0) + value
     routed = values.get(f'lianfang_router_events_routed_total{{type="{EVENT_TYPE}"}}', 0.0)
     delivered = {
         series.partition('participant="')[2].rstrip('"}'): value
@@ -423,7 +459,7 @@ def _check_routed(bootstrap: str, worker: Worker, names: topics.TopicNames, work
     if routed != n or delivered != dict.fromkeys(work.recipients, float(n)) or deadlettered:
         raise BenchError(
             f"the router routed {routed:.0f} of {n} events, delivered {delivered}, "
-            f"dead-lettered {deadlettered:.0f}:\n{worker.tail()}"
+            f"dead-lettered {deadlettered:.0f}:\n{workers[0].tail()}"
         )
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id=CLIENT_ID)
     try:
@@ -439,6 +475,68 @@ def _check_routed(bootstrap: str, worker: Worker, names: topics.TopicNames, work
     short = {p: sum(ends[tp] for tp in tps) for p, tps in inboxes.items() if sum(ends[tp] for tp in tps) < n}
     if short:
         raise BenchError(f"inboxes with fewer than {n} offsets after the run: {short}")
+
+
+def _group_ready(bootstrap: str, group: str, members: int, workers: list[Worker]) -> None:
+    """Wait until ``group`` is stable with ``members`` members, each holding a partition."""
+    from kafka.errors import KafkaError
+
+    admin = _admin(bootstrap)
+    deadline = time.monotonic() + START_DEADLINE_S
+    state: object = "not described yet"
+    try:
+        while time.monotonic() < deadline:
+            for w in workers:
+                w.check_alive()
+            try:
+                info = admin.describe_groups([group]).get(group) or {}
+            except KafkaError as e:
+                info, state = {}, repr(e)
+            if info:
+                state = info.get("group_state", info.get("state"))
+                joined = info.get("members") or []
+                if state == "Stable" and len(joined) == members:
+                    return
+            time.sleep(POLL_S)  # poll interval inside a deadline loop
+    finally:
+        admin.close()
+    raise BenchError(f"group {group} not stable with {members} members in time ({state})")
+
+
+def _scale_run(ctx: BenchContext, work: Workload, logs: Path, case: KafkaCase, workers: int) -> float:
+    """``workers`` router processes of one group on an events topic of ``SCALE_PARTITIONS``: started
+    and joined first, then the N records are produced, and the group is timed as one worker is."""
+    bootstrap = ctx.bootstrap
+    prefix = ctx.unique(f"scale{workers}") + "-"
+    names = topics.TopicNames(prefix)
+    narrow = {names.events, names.router_replay}  # the replay topic matches the events topic
+    specs = [
+        dataclasses.replace(spec, partitions=SCALE_PARTITIONS) if spec.name in narrow else spec
+        for spec in cluster.load_specs(
+            work.participants, brokers=cluster.broker_count(bootstrap), prefix=prefix
+        )
+    ]
+    ensure_topics(bootstrap, specs)
+    procs: list[Worker] = []
+    try:
+        _stamp(bootstrap, names, work)
+        group = ctx.unique("router")
+        for i in range(workers):
+            port = free_port()
+            env = _router_env(bootstrap, work, prefix, group, port)
+            what = f"router worker {i + 1} of {workers}"
+            procs.append(Worker("services.router", env, logs / f"{group}-{i}.log", port=port, what=what))
+        _group_ready(bootstrap, group, workers, procs)
+        ends = _produce(bootstrap, names.events, work.records, SCALE_PARTITIONS)
+        inboxes = [names.inbox(p) for p in work.recipients]
+        drain = _watch(bootstrap, procs, group, names.events, ends, inboxes, ctx.kafka.broker_cpu_seconds)
+        _check_routed(bootstrap, procs, names, work)
+    finally:
+        for w in procs:
+            w.stop(STOP_TIMEOUT_S)
+        _delete_topics(bootstrap, [s.name for s in specs])
+    case.drains.append(drain)
+    return drain.seconds
 
 
 def _relay_run(ctx: BenchContext, work: Workload, logs: Path, case: KafkaCase, mode: str) -> float:
@@ -671,6 +769,7 @@ def run(ctx: BenchContext) -> list[Result]:
                 ),
             )
         )
+        results += _scaling(ctx, kafka_ctx, work, logs)
         results += _verify_rate(ctx, work)
         results += _decide_rate(ctx, work)
         _breakdown(ctx, router, relay, eos, results, w, work.sealed_bytes)
@@ -678,6 +777,44 @@ def run(ctx: BenchContext) -> list[Result]:
         return results
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _scaling(ctx: BenchContext, kafka_ctx: BenchContext, work: Workload, logs: Path) -> list[Result]:
+    """1 and 2 router workers of one group on an events topic of ``SCALE_PARTITIONS`` partitions."""
+    cases = {n: KafkaCase() for n in (1, 2)}
+    for n, case in cases.items():
+        label = f"router, {n} worker{'s' if n > 1 else ''}, {SCALE_PARTITIONS} partitions"
+        kafka_ctx.measure(label, lambda n=n, case=case: _scale_run(ctx, work, logs, case, n))  # type: ignore[misc]
+    w = kafka_ctx.warmup
+    results = [
+        kafka_ctx.result(
+            f"router, {n} worker{'s' if n > 1 else ''}, {SCALE_PARTITIONS} partitions",
+            "events/s",
+            case.rates(w),
+            notes=(
+                f"{n} python -m services.router of one group on an events topic (and replay topic) of "
+                f"{SCALE_PARTITIONS} partitions; the workers start and join (group stable, {n} members) "
+                "before the N records are produced; timed as the 1-worker case"
+            ),
+        )
+        for n, case in cases.items()
+    ]
+    parts = []
+    for n, case in cases.items():
+        timed = case.timed(w)
+        broker = [d.broker_cpu_seconds / d.seconds for d in timed if d.broker_cpu_seconds is not None]
+        share = f"{100 * case.cpu_share(w):.0f} % of one CPU"
+        parts.append(
+            f"{n} worker{'s' if n > 1 else ''}: workers {share}"
+            + (f", broker {100 * statistics.median(broker):.0f} %" if broker else ", broker not measured")
+        )
+    one, two = (statistics.median(c.rates(w)) for c in cases.values())
+    ctx.note(
+        f"scaling on {SCALE_PARTITIONS} partitions: 2 workers / 1 worker = {two / one:.2f}; CPU during the "
+        f"timed interval (medians; {os.cpu_count()} CPUs for workers, broker and everything else on the "
+        "machine): " + "; ".join(parts)
+    )
+    return results
 
 
 def _breakdown(

@@ -40,6 +40,7 @@ from types import FrameType, ModuleType
 from typing import Any
 
 from tests.bench import targets
+from tests.workers import cpu_seconds
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / "bench-results"
@@ -163,6 +164,7 @@ class KafkaSource:
         self._bootstrap = bootstrap or None
         self.origin = "LIANFANG_BOOTSTRAP" if self._bootstrap else "not used"
         self._stack = contextlib.ExitStack()
+        self._broker_pids: list[int] = []
 
     @property
     def used(self) -> bool:
@@ -183,9 +185,16 @@ class KafkaSource:
                     "  or: point the benchmarks at a running one with LIANFANG_BOOTSTRAP=host:port"
                 ) from e
             self._bootstrap = cluster.bootstrap
+            self._broker_pids = [node.pid for node in cluster.nodes if node.pid is not None]
             self.origin = "local broker started by the harness"
             progress(f"harness: local Kafka broker at {self._bootstrap}")
         return self._bootstrap
+
+    def broker_cpu_seconds(self) -> float | None:
+        """User + system CPU of the broker so far, if the harness started it (else ``None``)."""
+        if not self._broker_pids:
+            return None
+        return sum(cpu_seconds(pid) for pid in self._broker_pids)
 
     def describe(self) -> str:
         return f"{self._bootstrap} ({self.origin})" if self._bootstrap else "not used"

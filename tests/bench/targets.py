@@ -136,10 +136,14 @@ TARGETS: tuple[Target, ...] = (
         _get(ROUTER, "aiokafka relay, 1 worker", "records/s"),
     ),
     Target(
-        "3 router: 2 workers / 1 worker on 3 partitions (ratio; not benchmarked yet)",
+        "3 router: 2 workers / 1 worker on 3 partitions (ratio; baseline 1 worker events/s)",
         ">=",
         1.7,
-        _not_measured,
+        _ratio(
+            _get(ROUTER, "router, 2 workers, 3 partitions", "events/s"),
+            _get(ROUTER, "router, 1 worker, 3 partitions", "events/s"),
+        ),
+        _get(ROUTER, "router, 1 worker, 3 partitions", "events/s"),
     ),
     Target(
         "4 hub: events/s of 1 worker (baseline decode-only faust agent: not benchmarked yet)",

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +68,8 @@ class PartitionState:
     """The state of one source partition: string keys to bytes values, mirrored in the state topic."""
 
     partition: int
-    data: dict[str, bytes] = field(default_factory=dict)
+    data: MutableMapping[str, bytes] = field(default_factory=dict)
+    """What is committed; a service may pass a compact mapping (the router's :mod:`services.router.seen`)."""
     pending: dict[str, bytes | None] = field(default_factory=dict)
     # What each put of the batch replaced in ``pending`` (key, had it, its old value), so one record's
     # changes can be undone without copying the whole batch's changes per record.
@@ -134,6 +135,7 @@ class TransactionalRunner:
         state_topic: str,
         handler: Handler,
         after_batch: BatchHook | None = None,
+        store: Callable[[], MutableMapping[str, bytes]] = dict,
         max_batch: int = 500,
         paused: Callable[[], bool] | None = None,
         client_id: str = "lianfang",
@@ -148,6 +150,7 @@ class TransactionalRunner:
         self.state_topic = state_topic
         self.handler = handler
         self.after_batch = after_batch
+        self.store = store  # makes each partition's committed state
         self.max_batch = max_batch
         self.paused = paused
         self.client_id = client_id
@@ -218,7 +221,7 @@ class TransactionalRunner:
 
     async def _load_state(self, partition: int) -> PartitionState:
         """Read partition ``partition`` of the state topic (committed records only) to its end."""
-        state = PartitionState(partition)
+        state = PartitionState(partition, self.store())
         tp = TopicPartition(self.state_topic, partition)
         reader = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,

@@ -747,9 +747,16 @@ def open_or_unreadable(
 # --------------------------------------------------------------------------- replay
 
 
+DIGEST_HEX = 16
+"""How much of the SHA-256 of an accepted record the replay window keeps (hex digits: 64 bits). It only
+tells a byte-identical copy of the record (a producer's retry) from another record under the same id (a
+replay); both are refused. ``services/router/seen.py`` says what the truncation costs."""
+
+
 @dataclass(frozen=True, slots=True)
 class Seen:
-    """What the replay window remembers of an accepted event: its time and the digest of its bytes."""
+    """What the replay window remembers of an accepted event: its time and the start of the digest of
+    its bytes (:data:`DIGEST_HEX`; a full digest remembered before is read as its start)."""
 
     time: float
     digest: str
@@ -760,7 +767,7 @@ class Seen:
     @classmethod
     def decode(cls, raw: bytes) -> Seen:
         t, _, digest = raw.decode().partition(" ")
-        return cls(float(t), digest)
+        return cls(float(t), digest[:DIGEST_HEX])
 
 
 class DuplicateError(ReplayError):
@@ -795,7 +802,7 @@ class ReplayWindow:
             raise ReplayError(f"event {header.id} is older than the {self.window} replay window")
         if header.time > now + self.max_skew:
             raise ReplayError(f"event {header.id} is dated more than {self.max_skew} in the future")
-        digest = hashlib.sha256(value).hexdigest()
+        digest = hashlib.sha256(value).hexdigest()[:DIGEST_HEX]
         previous = self.seen.get(header.id)
         if previous is not None:
             if previous.digest == digest:
@@ -805,7 +812,13 @@ class ReplayWindow:
 
     def prune(self, now: datetime) -> int:
         cutoff = (now - self.window).timestamp()
-        old = [event_id for event_id, seen in self.seen.items() if seen.time < cutoff]
+        # A mapping that can list its old ids itself (the router's compact state) saves decoding all.
+        older_than = getattr(self.seen, "older_than", None)
+        old: list[str] = (
+            older_than(cutoff)
+            if older_than is not None
+            else [event_id for event_id, seen in self.seen.items() if seen.time < cutoff]
+        )
         for event_id in old:
             del self.seen[event_id]
         return len(old)
@@ -813,6 +826,7 @@ class ReplayWindow:
 
 __all__ = [
     "ACCEPTED_AT_HEADER",
+    "DIGEST_HEX",
     "EPOCH",
     "DuplicateError",
     "EpochKey",

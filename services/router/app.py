@@ -49,6 +49,7 @@ from services.kernel.errors import ReasonCode, TransportError, UntrustedInputErr
 from services.kernel.registry import Registry
 from services.router import core
 from services.router.metrics import RouterMetrics
+from services.router.seen import SeenStore
 from services.trust import TrustDomain
 
 log = logging.getLogger("lianfang.router")
@@ -117,6 +118,19 @@ class SeenIds(MutableMapping[str, Seen]):
 
     def __len__(self) -> int:
         return len(list(iter(self)))
+
+    def older_than(self, cutoff: float) -> list[str]:
+        """The remembered ids whose time is before ``cutoff`` (seconds), the batch's changes included:
+        from the compact store in one pass, instead of decoding every id (:meth:`ReplayWindow.prune`)."""
+        data, pending = self.state.data, self.state.pending
+        if not isinstance(data, SeenStore):
+            return [k for k, seen in self.items() if seen.time < cutoff]
+        old = [k for k in data.older_than(cutoff) if k not in pending]
+        return old + [
+            k
+            for k, v in pending.items()
+            if v is not None and not k.startswith(RouterAudit.STATE_PREFIX) and Seen.decode(v).time < cutoff
+        ]
 
 
 class RouterAudit:
@@ -454,6 +468,7 @@ async def serve(
         state_topic=router.names.router_replay,
         handler=router.handle,
         after_batch=router.after_batch,
+        store=SeenStore,
         max_batch=settings.max_batch,
         paused=router.paused,
         client_id="lianfang-router",

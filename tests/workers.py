@@ -55,14 +55,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_bytes(pid: int) -> int | None:
-    """Resident memory of process ``pid`` now (``VmRSS``; Linux /proc, None elsewhere)."""
+def rss_bytes(pid: int, *, peak: bool = False) -> int | None:
+    """Resident memory of process ``pid`` now (``VmRSS``), or its peak so far (``VmHWM``); Linux /proc,
+    None elsewhere."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
+    field = "VmHWM:" if peak else "VmRSS:"
     for line in status.splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field):
             return int(line.split()[1]) * 1024
     return None
 
@@ -117,9 +119,10 @@ class Worker:
         """User + system CPU time of the worker so far (Linux /proc; 0 elsewhere)."""
         return cpu_seconds(self.proc.pid)
 
-    def rss_bytes(self) -> int | None:
-        """The worker's resident memory now (Linux /proc; None elsewhere or once it has exited)."""
-        return rss_bytes(self.proc.pid)
+    def rss_bytes(self, *, peak: bool = False) -> int | None:
+        """The worker's resident memory now, or its peak so far (Linux /proc; None elsewhere or once it
+        has exited)."""
+        return rss_bytes(self.proc.pid, peak=peak)
 
     def kill(self, timeout: float = 30) -> None:
         """SIGKILL to its process group: no clean shutdown, no final commit."""

@@ -46,6 +46,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -55,6 +56,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +88,14 @@ CATEGORY = "domestic_violence"
 EVENT_TYPE = "lead.reported"
 EXPECTED_INBOXES = ("hub", f"mediation.{TOWN}", "police", "womens_federation")
 SOURCE_PARTITIONS = 12
+MEMORY_EVENTS_ENV = "LIANFANG_BENCH_MEMORY_EVENTS"
+MEMORY_EVENTS_FULL = 10_000  # sealing them takes most of the memory case's time
+MEMORY_EVENTS_QUICK = 2_000
+MEMORY_SAMPLE_EVERY = 200  # events produced between two looks at how many the router has routed
+MEMORY_MIN_RATE = 50  # events/s: the memory run's deadline allows for a router this slow
+REPLAY_IDS_FULL = 200_000
+REPLAY_IDS_QUICK = 20_000
+MB = 1024 * 1024
 SCALE_PARTITIONS = 3  # the scaling cases: 1 and 2 router workers on an events topic of 3 partitions
 OUTPUT_PARTITIONS = 3
 MAX_BATCH = 500  # the router's default max_batch, used by the relays too
@@ -157,6 +167,24 @@ def _content() -> dict[str, dict[str, Any]]:
     }
 
 
+def _seal(
+    i: int, registry: Registry, signer: Keystore, pseudonym_key: Any, content: dict[str, dict[str, Any]]
+) -> envelope.SealedRecord:
+    """The ``i``-th lead of the workload: signed now, about the subject with phone number ``i``."""
+    h = kit_header(
+        id=envelope.new_event_id(),
+        time=dt.datetime.now(dt.UTC),
+        source=f"urn:lianfang:{SENDER}",
+        type=EVENT_TYPE,
+        category=CATEGORY,
+        town=TOWN,
+        subject=pseudonymize(pseudonym_key, phone=f"139{i:08d}"),
+        policy=registry.policy_version,
+        registry=registry.version,
+    )
+    return envelope.seal(h, content, registry=registry, signer=signer)
+
+
 def _workload(ctx: BenchContext, home: Path, events: int) -> Workload:
     now = dt.datetime.now(dt.UTC)
     # A domain that seals a pseudonym key (no pseudonymizer to run): the subjects only need to be
@@ -168,20 +196,7 @@ def _workload(ctx: BenchContext, home: Path, events: int) -> Workload:
     content = _content()
     ctx.progress(f"sealing {events:,} events …")
     start = time.perf_counter()
-    sealed: list[envelope.SealedRecord] = []
-    for i in range(events):
-        h = kit_header(
-            id=envelope.new_event_id(),
-            time=dt.datetime.now(dt.UTC),
-            source=f"urn:lianfang:{SENDER}",
-            type=EVENT_TYPE,
-            category=CATEGORY,
-            town=TOWN,
-            subject=pseudonymize(pseudonym_key, phone=f"139{i:08d}"),
-            policy=registry.policy_version,
-            registry=registry.version,
-        )
-        sealed.append(envelope.seal(h, content, registry=registry, signer=signer))
+    sealed = [_seal(i, registry, signer, pseudonym_key, content) for i in range(events)]
     ctx.progress(f"sealed {events:,} events in {time.perf_counter() - start:.1f} s")
     wanted = policy.recipients(registry.document.policy, sealed[0].header)
     recipients = tuple(sorted(set().union(*wanted.values())))
@@ -774,6 +789,8 @@ def run(ctx: BenchContext) -> list[Result]:
         results += _decide_rate(ctx, work)
         _breakdown(ctx, router, relay, eos, results, w, work.sealed_bytes)
         _profile(ctx, work, logs)
+        results += _replay_state(ctx)
+        results += _memory(ctx, work, logs)
         return results
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -815,6 +832,153 @@ def _scaling(ctx: BenchContext, kafka_ctx: BenchContext, work: Workload, logs: P
         "machine): " + "; ".join(parts)
     )
     return results
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _replay_state(ctx: BenchContext) -> list[Result]:
+    """Bytes per remembered id of the router's replay state, measured on the structure itself with
+    tracemalloc, beside the dict of strings it replaced (each id a str from the parse, each value the
+    encoded ``Seen`` with a full digest)."""
+    from services.router.seen import SeenStore
+
+    n = ctx.scale(REPLAY_IDS_FULL, REPLAY_IDS_QUICK)
+    ids = [envelope.new_event_id() for _ in range(n)]
+    at = time.time()
+    digest = hashlib.sha256(b"record").hexdigest()
+
+    def compact() -> object:
+        store = SeenStore()
+        value = envelope.Seen(at, digest[: envelope.DIGEST_HEX]).encode()
+        for event_id in ids:
+            store[event_id] = value
+        return store
+
+    def plain() -> object:
+        return {event_id.encode().decode(): envelope.Seen(at, digest).encode() for event_id in ids}
+
+    ctx.progress(f"replay state: {n:,} ids, compact and as a dict …")
+    results = []
+    for case, fill, baseline in (
+        ("replay state, compact (router)", compact, False),
+        ("replay state as a dict of strings", plain, True),
+    ):
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            kept = fill()
+            used = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        del kept
+        results.append(
+            ctx.result(
+                case,
+                "B per id",
+                [used / n],
+                baseline=baseline,
+                notes=f"{n:,} UUIDv7 ids remembered, memory allocated by the structure (tracemalloc) / ids",
+            )
+        )
+    return results
+
+
+def _memory_events(ctx: BenchContext) -> int:
+    raw = os.environ.get(MEMORY_EVENTS_ENV)
+    if raw is None:
+        return ctx.scale(MEMORY_EVENTS_FULL, MEMORY_EVENTS_QUICK)
+    try:
+        return int(raw.replace("_", "").replace(",", ""))
+    except ValueError as e:
+        raise BenchError(f"{MEMORY_EVENTS_ENV}={raw!r} is not a number of events") from e
+
+
+def _memory(ctx: BenchContext, work: Workload, logs: Path) -> list[Result]:
+    """The router's resident memory after routing N distinct events (N: ``LIANFANG_BENCH_MEMORY_EVENTS``),
+    sealed while they are produced; beside its resident memory once it has started and joined."""
+    from kafka import KafkaProducer
+
+    n = _memory_events(ctx)
+    bootstrap = ctx.bootstrap
+    prefix = ctx.unique("memory") + "-"
+    names = topics.TopicNames(prefix)
+    specs = cluster.apply_topics(bootstrap, work.participants, prefix=prefix)
+    pseudonym_key = work.registry.pseudonym_key(SENDER, work.signer.encryption)
+    content = _content()
+    worker: Worker | None = None
+    try:
+        _stamp(bootstrap, names, work)
+        group, port = ctx.unique("router"), free_port()
+        env = _router_env(bootstrap, work, prefix, group, port)
+        worker = Worker("services.router", env, logs / f"{group}.log", port=port, what="the router")
+        _group_ready(bootstrap, group, 1, [worker])
+        start = worker.rss_bytes()
+        ctx.progress(f"memory: sealing and producing {n:,} events to one router …")
+        producer = KafkaProducer(
+            bootstrap_servers=bootstrap, client_id=CLIENT_ID, max_request_size=2_000_000, **DURABLE_PRODUCER
+        )
+        half: tuple[float, int | None] | None = None  # (routed, RSS) once half the events are routed
+
+        def sample(routed: float) -> None:
+            nonlocal half
+            if half is None and routed >= n / 2:
+                half = (routed, worker.rss_bytes() if worker is not None else None)
+
+        try:
+            for i in range(n):
+                r = _seal(i, work.registry, work.signer, pseudonym_key, content)
+                producer.send(names.events, key=r.key, value=r.value, headers=r.headers)
+                if i % MEMORY_SAMPLE_EVERY == 0:  # the router routes while the rest is sealed
+                    sample(worker.total("lianfang_router_events_routed_total") or 0)
+            producer.flush(timeout=120)
+        finally:
+            producer.close()
+        deadline = time.monotonic() + DRAIN_DEADLINE_S + n / MEMORY_MIN_RATE
+        while (routed := worker.total("lianfang_router_events_routed_total") or 0) < n:
+            worker.check_alive()
+            sample(routed)
+            if time.monotonic() > deadline:
+                raise BenchError(f"the router did not route {n:,} events in time:\n{worker.tail()}")
+            time.sleep(10 * POLL_S)  # poll interval inside a deadline loop
+        end, peak = worker.rss_bytes(), worker.rss_bytes(peak=True)
+        dead = worker.total("lianfang_router_deadletters_total") or 0
+    finally:
+        if worker is not None:
+            worker.stop(STOP_TIMEOUT_S)
+        _delete_topics(bootstrap, [s.name for s in specs])
+    if start is None or end is None or peak is None:
+        ctx.note("memory: no /proc on this system: the router's RSS is not measured")
+        return []
+    if dead:
+        raise BenchError(f"the memory run dead-lettered {dead:.0f} of {n:,} events")
+    slope = ""
+    if half is not None and half[1] is not None and n - half[0] >= n / 4:
+        growth = (end - half[1]) / (n - half[0])
+        slope = (
+            f"; over the second half it grew {growth:.0f} B an event, which would give "
+            f"{(end + growth * (1_000_000 - n)) / MB:.0f} MB at 1,000,000 events (an extrapolation, not a "
+            f"measurement: set {MEMORY_EVENTS_ENV}=1000000 to measure it)"
+        )
+    ctx.note(
+        f"memory: router RSS {start / MB:.1f} MB started and joined, {end / MB:.1f} MB after routing {n:,} "
+        f"events (peak {peak / MB:.1f} MB){slope}"
+    )
+    return [
+        ctx.result(
+            "router RSS, started",
+            "MB",
+            [start / MB],
+            baseline=True,
+            notes="VmRSS of python -m services.router once started and joined (12 partitions assigned)",
+        ),
+        ctx.result(
+            "router RSS after the memory run",
+            "MB",
+            [end / MB],
+            notes=f"VmRSS after routing {n:,} distinct events ({MEMORY_EVENTS_ENV}), 4 inboxes each",
+        ),
+    ]
 
 
 def _breakdown(

@@ -166,12 +166,21 @@ TARGETS: tuple[Target, ...] = (
         _not_measured,
     ),
     Target(
-        "7 memory: largest service RSS after 1,000,000 events (MB; not benchmarked yet)",
+        "7 memory: router RSS after the memory run's events (MB; LIANFANG_BENCH_MEMORY_EVENTS, default "
+        "10,000, the target's 1,000,000; baseline RSS started; other services not benchmarked yet)",
         "<=",
         150,
-        _not_measured,
+        _get(ROUTER, "router RSS after the memory run", "MB"),
+        _get(ROUTER, "router RSS, started", "MB"),
     ),
-    Target("7 memory: router replay state (B per id; not benchmarked yet)", "<=", 40, _not_measured),
+    Target(
+        "7 memory: router replay state (B per id; baseline the dict of strings it replaced)",
+        "<=",
+        40,
+        _get(ROUTER, "replay state, compact (router)", "B per id"),
+        _get(ROUTER, "replay state as a dict of strings", "B per id"),
+        minimum=0.0,
+    ),
 )
 
 

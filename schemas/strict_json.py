@@ -26,6 +26,10 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"JSON constant {name} is not allowed")  # one of NaN, Infinity, -Infinity
 
 
+# One decoder for every call: json.loads would build a new one each time it is given hooks.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+
+
 def loads(data: bytes) -> Any:
     """Parse UTF-8 JSON by the rules above; raises ``ValueError`` naming the rule broken."""
     try:
@@ -33,7 +37,9 @@ def loads(data: bytes) -> Any:
     except UnicodeDecodeError:
         raise ValueError("the bytes are not UTF-8") from None
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+        if text.startswith("\ufeff"):  # as json.loads refuses it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return _DECODER.decode(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"not JSON ({e.msg} at position {e.pos})") from None
     except RecursionError:

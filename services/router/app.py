@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka.errors import ConsumerStoppedError, KafkaError
+from prometheus_client import Counter
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -235,6 +236,7 @@ class Router:
         self.skew = timedelta(seconds=settings.max_skew_s)
         self.time_skew = timedelta(seconds=settings.time_skew_s)
         self._warned_create_time = False
+        self._series: dict[tuple[Counter, str], Counter] = {}
         self._last_prune: dict[int, float] = {}
         self._paused = False
         # How many partitions the events topic has; serve() reads it from the runner's consumer.
@@ -283,13 +285,20 @@ class Router:
         entry = self.audit.record(
             state, "route", now, subject=decision.subject, object=decision.event_id, to=decision.recipients
         )
-        self.metrics.routed.labels(decision.event_type).inc()
+        self._counter(self.metrics.routed, decision.event_type).inc()
         self.metrics.latency.observe(max(0.0, (self.clock() - decision.event_time).total_seconds()))
         for participant in decision.recipients:
-            self.metrics.delivered.labels(participant).inc()
+            self._counter(self.metrics.delivered, participant).inc()
         headers = list(decision.headers)
         copies = [Output(self.names.inbox(p), record.value, record.key, headers) for p in decision.recipients]
         return [*copies, entry]
+
+    def _counter(self, counter: Counter, label: str) -> Counter:
+        """``counter.labels(label)``, remembered: looking a series up costs more than counting in it."""
+        series = self._series.get((counter, label))
+        if series is None:
+            series = self._series[counter, label] = counter.labels(label)
+        return series
 
     def appended_at(self, record: Any) -> datetime | None:
         """When the broker took ``record``: its timestamp if the events topic stamps ``LogAppendTime``,

@@ -6,8 +6,6 @@ Also: the producers' partitioner puts a keyed record where Kafka's default parti
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -35,16 +33,19 @@ class FakeProducer:
         self.fail = fail
         self.sent: list[tuple[str, bytes | None]] = []
 
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[None]:
+    async def begin_transaction(self) -> None:
         self.log.append(f"{self.name} begin")
-        try:
-            yield
-        except BaseException:
-            self.log.append(f"{self.name} abort")
-            raise
+
+    async def commit_transaction(self) -> None:
         await asyncio.sleep(0.01)  # the commit's round trip
         self.log.append(f"{self.name} commit")
+
+    async def abort_transaction(self) -> None:
+        self.log.append(f"{self.name} abort")
+
+    @property
+    def _txn_manager(self) -> Any:
+        return SimpleNamespace(is_fatal_error=lambda: False)
 
     async def send(self, topic: str, value: bytes | None, **_: Any) -> asyncio.Future[None]:
         await asyncio.sleep(0)  # a send may yield, as aiokafka's does

@@ -47,13 +47,23 @@ CACHE_SIZE: Final = 4096
 class PseudonymizerUnavailableError(TransportError):
     """The pseudonymizer gave no usable answer; nothing was computed. Retry after ``retry_after`` s.
 
-    ``code`` is the service's problem code (``rate_limited``, ``key_not_named``, …) or ``unreachable``.
+    ``code`` is the service's problem code (``rate_limited``, ``key_not_named``, …) or ``unreachable``;
+    ``status`` its HTTP status (``None``: no answer at all).
     """
 
-    def __init__(self, message: str, *, code: str, retry_after: int = DEFAULT_RETRY_AFTER_S) -> None:
+    def __init__(
+        self, message: str, *, code: str, retry_after: int = DEFAULT_RETRY_AFTER_S, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.retry_after = retry_after
+        self.status = status
+
+    @property
+    def transient(self) -> bool:
+        """Whether the service is away or busy (no answer, 5xx, 429) rather than refusing this caller
+        (401, 403: our key is unknown or revoked there), which waiting would not cure."""
+        return self.status is None or self.status == 429 or self.status >= 500
 
 
 class ClientMetrics:
@@ -216,6 +226,7 @@ class ObliviousPseudonymizer:
             f"the pseudonymizer answered {e.code} {code}; nothing was published, retry in {retry_after} s",
             code=code,
             retry_after=retry_after,
+            status=e.code,
         )
 
 

@@ -8,6 +8,9 @@
 
 ``publish`` returns once the sealed event is in the durable outbox (fsync'd); a background thread
 sends it with acks=all and idempotence, through broker outages and restarts of this process.
+``publish_lead`` also goes on through an outage of the pseudonymizer: the lead waits in the outbox,
+encrypted to this participant's own key, and the background thread pseudonymizes, seals and sends it
+once the service answers (:mod:`services.sdk.deferred`).
 Each publish and each opened inbox event is also an entry of the client's own audit chain
 (:mod:`services.audit.trail`), on disk before the call returns and shipped to ``lianfang.audit.v1``.
 """
@@ -50,6 +53,7 @@ from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, lo
 from services.kernel import acls, envelope, topics
 from services.kernel.clock import Clock, utcnow
 from services.kernel.errors import (
+    LianfangError,
     MalformedError,
     ReasonCode,
     RegistryStaleError,
@@ -66,10 +70,11 @@ from services.kernel.pseudonym import (
     identify_person,
 )
 from services.kernel.registry import Registry
-from services.pseudonymizer.client import ObliviousPseudonymizer
+from services.pseudonymizer.client import ObliviousPseudonymizer, PseudonymizerUnavailableError
+from services.sdk import deferred
 from services.sdk import metrics as sdk_metrics
 from services.sdk.metrics import SdkMetrics
-from services.sdk.outbox import Drainer, Outbox, Pending
+from services.sdk.outbox import Deferred, Drainer, Outbox, Pending, Resolved
 from services.store.handed import HandedOut
 
 log = logging.getLogger("lianfang.sdk")
@@ -261,7 +266,10 @@ class Client:
         self.metrics = metrics or sdk_metrics.shared()
         self.security = security if security is not None else load_security()
         self.outbox = Outbox(outbox_path)
-        self.drainer = Drainer(self.outbox, bootstrap, on_sent=self._sent, security=self.security)
+        self.drainer = Drainer(
+            self.outbox, bootstrap, on_sent=self._sent, security=self.security, resolve=self._resolve_waiting
+        )
+        self._told_waiting = False
         self._pseudonym_key: PseudonymKey | None = None
         self._pseudonymizer = pseudonymizer
         self._oblivious: ObliviousPseudonymizer | None = None
@@ -373,12 +381,38 @@ class Client:
     ) -> str:
         """Validate a lead given without pseudonyms (they are computed here), then publish it.
 
-        Where the registry names a pseudonymizer, this asks it; while it cannot answer, this raises
-        :class:`~services.pseudonymizer.client.PseudonymizerUnavailableError` (retry after its
-        ``retry_after``) and nothing is sealed or spooled.
+        Where the registry names a pseudonymizer, this asks it. While the service is away or busy (no
+        answer, 5xx, 429), or while earlier leads still wait for it, the lead is accepted all the same:
+        it is validated with stand-in pseudonyms and waits in the outbox, encrypted to this participant's
+        own key, until the background thread can pseudonymize, seal and send it (:meth:`defer_lead`).
+        A refusal of this caller (401, 403) or an answer that does not verify still raises.
         """
         event_id = event_id or envelope.new_event_id()
-        identities = lead_identities(self.pseudonymizer, data, token=event_id, metrics=self.metrics)
+        if not self.outbox.waiting():
+            try:
+                lead, context = self._lead(data, self.pseudonymizer, token=event_id, metrics=self.metrics)
+            except PseudonymizerUnavailableError as e:
+                if not e.transient:
+                    raise
+                self._starts_waiting(e.code)
+            else:
+                return self.publish(
+                    lead, context=context, urgency=urgency or default_urgency(lead), event_id=event_id
+                )
+        return self.defer_lead(data, urgency=urgency, event_id=event_id)
+
+    def _lead(
+        self,
+        data: Mapping[str, Any],
+        pseudonymizer: Pseudonymizer,
+        *,
+        token: str,
+        metrics: SdkMetrics | None = None,
+    ) -> tuple[LeadReported, CaseContext]:
+        """The lead with its pseudonyms from ``pseudonymizer``, validated, and its case context
+        (``token``: the event id, for a victim without any identifier; ``metrics`` counts identifier
+        problems, once a lead)."""
+        identities = lead_identities(pseudonymizer, data, token=token, metrics=metrics)
         try:
             lead = LeadReported.model_validate_json(json.dumps(identities.data, default=str))
         except ValidationError as e:
@@ -391,8 +425,125 @@ class Client:
             school_related=lead.school_related,
             links=identities.links,
         )
-        return self.publish(
-            lead, context=context, urgency=urgency or default_urgency(lead), event_id=event_id
+        return lead, context
+
+    def defer_lead(
+        self,
+        data: Mapping[str, Any],
+        *,
+        urgency: str | None = None,
+        event_id: str | None = None,
+        refs: Sequence[str] = (),
+        registry: Registry | None = None,
+    ) -> str:
+        """Accept a lead whose pseudonyms cannot be had now; return its event id once it is on disk.
+
+        Everything but the pseudonyms is checked first, as :meth:`publish_lead` would (the fields, the
+        right to publish, the recipients' keys: a trial seal under stand-in pseudonyms, thrown away).
+        The lead is then stored encrypted to this participant's own key and later pseudonymized,
+        sealed and signed under the registry in force *then*, in the order leads were accepted.
+        """
+        registry = registry or self.registry
+        role = registry.pseudonymizer
+        if role is None:
+            raise UsageError(f"registry v{registry.version} names no pseudonymizer: nothing to wait for")
+        event_id = event_id or envelope.new_event_id()
+        pending = deferred.PendingLead.of(data, urgency=urgency, refs=refs)
+        lead, context = self._lead(
+            pending.data, deferred.StandIn(role.version), token=event_id, metrics=self.metrics
+        )
+        self._seal(lead, context=context, urgency=pending.urgency or default_urgency(lead), refs=refs,
+                   event_id=event_id, registry=registry)  # fmt: skip
+        kid, public = deferred.own_key(self.keys, registry, self.clock())
+        sealed = deferred.seal_pending(
+            pending, participant=self.participant, event_id=event_id, kid=kid, public=public
+        )
+        self.outbox.put_deferred(event_id=event_id, kid=kid, sealed=sealed)
+        self.metrics.deferred.inc()
+        self._update_gauges()
+        return event_id
+
+    def _starts_waiting(self, code: str) -> None:
+        if not self._told_waiting:
+            self._told_waiting = True
+            log.warning(
+                "%s: the pseudonymizer does not answer (%s): leads are accepted and wait in the outbox, "
+                "encrypted, until it does",
+                self.participant, code,
+            )  # fmt: skip
+
+    def _resolve_waiting(self, rows: list[Deferred]) -> int:
+        """Pseudonymize (one request for the whole batch), seal and sign waiting leads, and swap them
+        for their sealed records; how many. A lead that cannot be opened, validated or sealed stays
+        waiting, counted and logged by event id; while the service is away this raises."""
+        self._update_gauges()
+        registry = self.registry
+        role = registry.pseudonymizer
+        if role is None:
+            self._waiting_failed(len(rows), "refused", f"registry v{registry.version} names no pseudonymizer")
+            return 0
+        opened: list[tuple[Deferred, deferred.PendingLead]] = []
+        recorder = deferred.Recording(role.version)
+        for row in rows:
+            try:
+                pending = deferred.open_pending(
+                    row.sealed, keystore=self.keys, event_id=row.event_id, kid=row.kid
+                )
+                self._lead(pending.data, recorder, token=row.event_id)
+            except LianfangError as e:
+                self._waiting_failed(1, "invalid", f"lead {row.event_id}: {_why(e)}")
+                continue
+            opened.append((row, pending))
+        if not opened:
+            return 0
+        asked = list(recorder.asked)
+        try:
+            known = deferred.Prefetched(dict(zip(asked, self.pseudonymizer.pseudonyms(asked), strict=True)))
+        except PseudonymizerUnavailableError as e:
+            self.metrics.waiting_failures.labels("unavailable" if e.transient else "refused").inc()
+            raise
+        except LianfangError as e:
+            self._waiting_failed(len(opened), "refused", f"the pseudonymizer's answer: {_why(e)}")
+            return 0
+        done: list[tuple[Resolved, EnvelopeHeader, str]] = []
+        for row, pending in opened:
+            try:
+                lead, context = self._lead(pending.data, known, token=row.event_id)
+                header, record = self._seal(
+                    lead,
+                    context=context,
+                    urgency=pending.urgency or default_urgency(lead),
+                    refs=pending.refs,
+                    event_id=row.event_id,
+                    registry=registry,
+                )
+            except LianfangError as e:
+                self._waiting_failed(1, "refused", f"lead {row.event_id}: {_why(e)}")
+                continue
+            resolved = Resolved(row, self.names.events, record.key, record.value, record.headers)
+            done.append((resolved, header, lead.EVENT_TYPE))
+        if not done:
+            return 0
+        self.outbox.resolve([r for r, _, _ in done])
+        for _, header, event_type in done:
+            self.trail.append("publish", subject=header.subject, object=header.id)
+            self.metrics.accepted.labels(event_type).inc()
+        left = self.outbox.waiting()
+        self._update_gauges()
+        log.info(
+            "%s: %d lead(s) that waited for pseudonyms are sealed and queued for Kafka; %d still wait",
+            self.participant, len(done), left,
+        )  # fmt: skip
+        if not left:
+            self._told_waiting = False
+        return len(done)
+
+    def _waiting_failed(self, count: int, reason: str, detail: str) -> None:
+        """A waiting lead that cannot be sent yet for a reason waiting alone will not cure: it stays in
+        the outbox (nothing accepted is dropped), counted and logged without content."""
+        self.metrics.waiting_failures.labels(reason).inc(count)
+        log.error(
+            "%s: %d waiting lead(s) stay in the outbox (%s); %s", self.participant, count, reason, detail
         )
 
     def publish(
@@ -411,6 +562,34 @@ class Client:
         Returns the event id once the record is on disk. ``context`` gives the clear-header facts
         (subject pseudonym, category, minor, town) — for a follow-up, :meth:`CaseContext.of` the lead.
         """
+        header, record = self._seal(
+            event, context=context, urgency=urgency, refs=refs, audience=audience, event_id=event_id,
+            registry=registry,
+        )  # fmt: skip
+        self.outbox.put(
+            event_id=header.id,
+            topic=self.names.events,
+            key=record.key,
+            value=record.value,
+            headers=record.headers,
+        )
+        self.trail.append("publish", subject=header.subject, object=header.id)
+        self.metrics.accepted.labels(event.EVENT_TYPE).inc()
+        self._update_gauges()
+        return header.id
+
+    def _seal(
+        self,
+        event: EventModel,
+        *,
+        context: CaseContext,
+        urgency: str,
+        refs: Sequence[str] = (),
+        audience: Sequence[str] = (),
+        event_id: str | None = None,
+        registry: Registry | None = None,
+    ) -> tuple[EnvelopeHeader, envelope.SealedRecord]:
+        """The header and the sealed, signed record of ``event`` (nothing stored)."""
         now = self.clock()
         # One registry for the header, the checks and the sealing: the one in force, or the one the
         # caller checked its request against (the gateway).
@@ -436,21 +615,13 @@ class Client:
         registry.check_may_publish(self.participant, event.EVENT_TYPE)
         triage, details = split_sections(event)
         content: dict[SectionName, dict[str, Any]] = {"triage": triage, "details": details}
-        record = envelope.seal(header, content, registry=registry, signer=self.keys)
-        self.outbox.put(
-            event_id=header.id,
-            topic=self.names.events,
-            key=record.key,
-            value=record.value,
-            headers=record.headers,
-        )
-        self.trail.append("publish", subject=header.subject, object=header.id)
-        self.metrics.accepted.labels(event.EVENT_TYPE).inc()
-        self._update_gauges()
-        return header.id
+        return header, envelope.seal(header, content, registry=registry, signer=self.keys)
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until Kafka has acknowledged everything published so far (True) or ``timeout`` passes."""
+        """Wait until Kafka has acknowledged everything published so far (True) or ``timeout`` passes.
+
+        Leads waiting for their pseudonyms count: during an outage of the pseudonymizer this returns
+        False after ``timeout`` (they stay in the outbox and are sent once it answers)."""
         done = self.drainer.wait_empty(timeout)
         self._update_gauges()
         return done
@@ -465,6 +636,8 @@ class Client:
     def _update_gauges(self) -> None:
         self.metrics.outbox_depth.set(self.outbox.depth())
         self.metrics.outbox_age.set(self.outbox.oldest_age())
+        self.metrics.waiting.set(self.outbox.waiting())
+        self.metrics.waiting_age.set(self.outbox.waiting_oldest_age())
 
     # -- the inbox
 
@@ -707,6 +880,12 @@ class Client:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _why(e: LianfangError) -> str:
+    """What went wrong, for a log line: a reason code or the error's kind, never its message (a message
+    about a lead's fields may quote what the caller gave)."""
+    return str(getattr(e, "reason", type(e).__name__))
 
 
 def _iso(t: datetime) -> str:

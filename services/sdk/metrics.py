@@ -39,6 +39,32 @@ class SdkMetrics:
             "Age of the oldest record still in the outbox.",
             registry=registry,
         )
+        self.deferred = Counter(
+            "lianfang_outbox_leads_deferred_total",
+            "Leads accepted while the pseudonymizer could not answer (or while earlier ones still waited): "
+            "stored encrypted, to be pseudonymized, sealed and sent once it answers.",
+            registry=registry,
+        )
+        self.waiting = Gauge(
+            "lianfang_outbox_waiting_for_pseudonyms",
+            "Leads accepted that wait in the outbox for the pseudonymizer (counted in the outbox depth too).",
+            registry=registry,
+        )
+        self.waiting_age = Gauge(
+            "lianfang_outbox_waiting_for_pseudonyms_oldest_age_seconds",
+            "Age of the oldest lead waiting for the pseudonymizer (updated at each attempt, at least "
+            "every drainer back-off).",
+            registry=registry,
+        )
+        self.waiting_failures = Counter(
+            "lianfang_outbox_waiting_failures_total",
+            "Attempts to pseudonymize and seal waiting leads that failed, by reason: unavailable (the "
+            "service is away or busy: retried), refused (the service refused us, or sealing or the "
+            "right to publish failed under the registry in force), invalid (a lead no longer opens or "
+            "validates). The leads stay in the outbox.",
+            ["reason"],
+            registry=registry,
+        )
         self.spool_seconds = Histogram(
             "lianfang_outbox_spool_seconds",
             "From acceptance to Kafka's acknowledgement.",

@@ -5,6 +5,13 @@ SQLite in WAL mode with ``synchronous=FULL``: a committed insert survives a cras
 the machine. Records drain in the order they were accepted. An event id is stored once: putting the
 same id again with the same bytes is a no-op (a retried request), with other bytes an error (an event
 id is never published twice with different content).
+
+A lead accepted while the pseudonymizer cannot answer waits in the ``deferred`` table, its content
+encrypted by the caller (:mod:`services.sdk.deferred`: this module never sees it in clear). The drainer
+hands such rows, oldest first, to a ``resolve`` function that pseudonymizes, seals and signs them;
+:meth:`Outbox.resolve` then swaps each for its sealed record in one transaction, so a crash before that
+commit leaves the row waiting (it is sealed again, under the same event id) and a crash after it leaves
+exactly one sealed record to send: each lead reaches Kafka under one event id with one content.
 """
 
 from __future__ import annotations
@@ -46,6 +53,13 @@ CREATE TABLE IF NOT EXISTS sent (
     digest     TEXT NOT NULL,
     sent_at    REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS deferred (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id   TEXT NOT NULL UNIQUE,
+    kid        TEXT NOT NULL,
+    sealed     BLOB NOT NULL,
+    accepted   REAL NOT NULL
+);
 """
 
 
@@ -58,6 +72,29 @@ class Pending:
     value: bytes
     headers: list[tuple[str, bytes]]
     accepted: float
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A lead that waits for its pseudonyms: ``sealed`` is its content encrypted to the participant's
+    own key ``kid`` (opaque here)."""
+
+    seq: int
+    event_id: str
+    kid: str
+    sealed: bytes
+    accepted: float
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A waiting lead, now sealed and signed: the record that replaces it."""
+
+    deferred: Deferred
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
 
 
 class ConflictError(UsageError):
@@ -81,6 +118,7 @@ class Outbox:
         digest = hashlib.sha256(value).hexdigest()
 
         def insert(db: sqlite3.Connection) -> bool:
+            _refuse_waiting(db, event_id)
             row = db.execute(
                 "SELECT digest FROM outbox WHERE event_id = ?"
                 " UNION SELECT digest FROM sent WHERE event_id = ?",
@@ -90,19 +128,61 @@ class Outbox:
                 if row[0] != digest:
                     raise ConflictError(f"event {event_id} was already accepted with different content")
                 return False
-            db.execute(
-                "INSERT INTO outbox (event_id, topic, key, value, headers, digest, accepted)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event_id, topic, key, value,
-                    json.dumps([[k, v.hex()] for k, v in headers]), digest, time.time(),
-                ),
-            )  # fmt: skip
+            _insert(db, event_id, topic, key, value, headers, time.time())
             self.changed.notify_all()
             return True
 
         # Concurrent puts share one commit (one fsync); each returns once its own row is on disk.
         return self._commits.run(insert)
+
+    def put_deferred(self, *, event_id: str, kid: str, sealed: bytes) -> None:
+        """Store a lead that waits for its pseudonyms, durably. Its content is encrypted with fresh
+        randomness, so it cannot be compared: an event id accepted before, in any form, is a
+        :class:`ConflictError` (an interrupted import's re-run counts it as recovered)."""
+
+        def insert(db: sqlite3.Connection) -> None:
+            _refuse_waiting(db, event_id)
+            row = db.execute(
+                "SELECT 1 FROM outbox WHERE event_id = ? UNION SELECT 1 FROM sent WHERE event_id = ?",
+                (event_id, event_id),
+            ).fetchone()
+            if row is not None:
+                raise ConflictError(f"event {event_id} was already accepted with different content")
+            db.execute(
+                "INSERT INTO deferred (event_id, kid, sealed, accepted) VALUES (?, ?, ?, ?)",
+                (event_id, kid, sealed, time.time()),
+            )
+            self.changed.notify_all()
+
+        self._commits.run(insert)
+
+    def deferred(self, limit: int = 100) -> list[Deferred]:
+        """The leads waiting for their pseudonyms, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, event_id, kid, sealed, accepted FROM deferred ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+        return [Deferred(*row) for row in rows]
+
+    def resolve(self, done: list[Resolved]) -> None:
+        """Replace waiting leads by their sealed records, in one transaction and in the given order
+        (each keeps its acceptance time); a row already gone (another drainer) is left alone."""
+        with sqlite.transaction(self._db, self._lock) as db:
+            for r in done:
+                gone = db.execute("DELETE FROM deferred WHERE seq = ?", (r.deferred.seq,)).rowcount == 0
+                if not gone:
+                    _insert(db, r.deferred.event_id, r.topic, r.key, r.value, r.headers, r.deferred.accepted)
+            self.changed.notify_all()
+
+    def waiting(self) -> int:
+        """How many leads wait for their pseudonyms."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM deferred").fetchone()[0])
+
+    def waiting_oldest_age(self, now: float | None = None) -> float:
+        with self._lock:
+            oldest = self._db.execute("SELECT MIN(accepted) FROM deferred").fetchone()[0]
+        return 0.0 if oldest is None else max(0.0, (now or time.time()) - float(oldest))
 
     @property
     def commits(self) -> int:
@@ -134,12 +214,20 @@ class Outbox:
             self.changed.notify_all()
 
     def depth(self) -> int:
+        """Records accepted and not yet acknowledged by Kafka, the leads waiting for pseudonyms included."""
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            return int(
+                self._db.execute(
+                    "SELECT (SELECT COUNT(*) FROM outbox) + (SELECT COUNT(*) FROM deferred)"
+                ).fetchone()[0]
+            )
 
     def oldest_age(self, now: float | None = None) -> float:
         with self._lock:
-            oldest = self._db.execute("SELECT MIN(accepted) FROM outbox").fetchone()[0]
+            oldest = self._db.execute(
+                "SELECT MIN(accepted) FROM"
+                " (SELECT accepted FROM outbox UNION ALL SELECT accepted FROM deferred)"
+            ).fetchone()[0]
         return 0.0 if oldest is None else max(0.0, (now or time.time()) - float(oldest))
 
     def close(self) -> None:
@@ -147,7 +235,34 @@ class Outbox:
             self._db.close()
 
 
+def _refuse_waiting(db: sqlite3.Connection, event_id: str) -> None:
+    if db.execute("SELECT 1 FROM deferred WHERE event_id = ?", (event_id,)).fetchone() is not None:
+        raise ConflictError(f"event {event_id} was already accepted and waits for its pseudonyms")
+
+
+def _insert(  # noqa: PLR0917 - the outbox row's columns, in order
+    db: sqlite3.Connection,
+    event_id: str,
+    topic: str,
+    key: bytes | None,
+    value: bytes,
+    headers: list[tuple[str, bytes]],
+    accepted: float,
+) -> None:
+    db.execute(
+        "INSERT INTO outbox (event_id, topic, key, value, headers, digest, accepted)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            event_id, topic, key, value, json.dumps([[k, v.hex()] for k, v in headers]),
+            hashlib.sha256(value).hexdigest(), accepted,
+        ),
+    )  # fmt: skip
+
+
 ProducerFactory = Callable[[], KafkaProducer]
+Resolve = Callable[[list[Deferred]], int]
+"""Pseudonymize, seal and sign waiting leads and :meth:`Outbox.resolve` them; return how many. Raises
+:class:`TransportError` (with an optional ``retry_after``) while the pseudonymizer cannot answer."""
 
 
 class Drainer:
@@ -156,6 +271,11 @@ class Drainer:
     A batch is sent and flushed; only the records Kafka acknowledged are removed. After a failure
     the unacknowledged ones are sent again, so Kafka may see a record twice (same event id, same
     bytes): the router recognizes such a copy and delivers the event once.
+
+    Leads waiting for their pseudonyms are handed to ``resolve``, up to ``resolve_batch`` at a time and
+    oldest first, before each send. While it fails (the pseudonymizer is down) it is tried again after a
+    back-off of its own, doubling from 0.2 s to ``max_backoff_s`` (longer when the service's Retry-After
+    says so, never beyond ``max_backoff_s``), and the records that need no pseudonym keep flowing.
 
     ``security`` is how the producer logs in to Kafka (``None``: the ``LIANFANG_KAFKA_*`` environment).
     """
@@ -169,8 +289,14 @@ class Drainer:
         batch: int = 500,
         max_backoff_s: float = 10.0,
         security: KafkaSecuritySettings | None = None,
+        resolve: Resolve | None = None,
+        resolve_batch: int = 100,
     ) -> None:
         self.outbox = outbox
+        self.resolve = resolve
+        self.resolve_batch = resolve_batch
+        self._resolve_at = 0.0  # monotonic time of the next attempt
+        self._resolve_backoff = 0.2
         self.bootstrap = bootstrap
         self.security = security if security is not None else load_security()
         self.on_sent = on_sent
@@ -213,10 +339,15 @@ class Drainer:
     def _run(self) -> None:
         backoff = 0.2
         while not self._stop.is_set():
+            resolved = self.resolve_waiting()
             records = self.outbox.pending(self.batch)
             if not records:
-                with self.outbox.changed:
-                    self.outbox.changed.wait(timeout=1.0)
+                if not resolved:
+                    wait = 1.0
+                    if self.resolve is not None and self.outbox.waiting():
+                        wait = min(wait, max(0.0, self._resolve_at - time.monotonic()))
+                    with self.outbox.changed:
+                        self.outbox.changed.wait(timeout=wait)
                 continue
             try:
                 self.send(records)
@@ -229,6 +360,39 @@ class Drainer:
                 )
                 self._stop.wait(backoff)
                 backoff = min(self.max_backoff_s, backoff * 2)
+
+    def resolve_waiting(self, *, now: float | None = None) -> int:
+        """Hand the oldest waiting leads to ``resolve`` if their back-off has passed; how many it sealed.
+
+        A failure (or a batch of which none could be sealed) backs off; the error is counted by the
+        ``resolve`` function, which knows what it was, and never stops the drainer."""
+        if self.resolve is None:
+            return 0
+        at = time.monotonic() if now is None else now
+        if at < self._resolve_at:
+            return 0
+        waiting = self.outbox.deferred(self.resolve_batch)
+        if not waiting:
+            return 0
+        retry_after = 0.0
+        try:
+            done = self.resolve(waiting)
+        except TransportError as e:
+            done = 0
+            retry_after = float(getattr(e, "retry_after", 0) or 0)
+            if getattr(e, "code", None) == "unreachable":
+                retry_after = 0.0  # its Retry-After is a guess for callers, not the service's word
+        except Exception:  # a bug in sealing must not stop the drainer; the leads stay on disk
+            log.exception("outbox: sealing %d waiting lead(s) failed; they stay in the outbox", len(waiting))
+            done = 0
+        if done:
+            self._resolve_backoff = 0.2
+            self._resolve_at = 0.0
+            return done
+        delay = min(self.max_backoff_s, max(self._resolve_backoff, retry_after))
+        self._resolve_at = at + delay
+        self._resolve_backoff = min(self.max_backoff_s, self._resolve_backoff * 2)
+        return 0
 
     def send(self, records: list[Pending]) -> None:
         """Send one batch and remove what Kafka acknowledged; raise TransportError otherwise."""

@@ -169,7 +169,7 @@ def test_a_rate_limited_client_gets_a_retryable_error_with_the_services_retry_af
     assert client.metrics.requests.labels("rate_limited")._value.get() == 1
 
 
-def test_an_unreachable_pseudonymizer_fails_the_publish_and_nothing_is_spooled(
+def test_an_unreachable_pseudonymizer_is_unavailable_and_the_publish_waits_with_nothing_sealed(
     oblivious: DemoDomain, tmp_path: Path
 ) -> None:
     police = Client(
@@ -193,10 +193,13 @@ def test_an_unreachable_pseudonymizer_fails_the_publish_and_nothing_is_spooled(
     try:
         assert isinstance(police.pseudonymizer, ObliviousPseudonymizer)
         with pytest.raises(PseudonymizerUnavailableError) as caught:
-            police.publish_lead(lead)
+            police.pseudonymizer.pseudonyms([PHONE])
         assert caught.value.code == "unreachable"
         assert caught.value.retry_after > 0
-        assert police.outbox.depth() == 0
+        assert caught.value.transient
+        police.publish_lead(lead)
+        assert police.outbox.waiting() == 1
+        assert police.outbox.pending() == []
     finally:
         police.close()
 

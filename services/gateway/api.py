@@ -17,6 +17,7 @@ value.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -96,6 +97,9 @@ class Submission:
     context: CaseContext
     urgency: str
     refs: tuple[str, ...]
+    waiting: dict[str, Any] | None = None
+    """A lead validated with stand-in pseudonyms: its fields as submitted, to be published by
+    :meth:`~services.sdk.client.Client.defer_lead` once the pseudonymizer answers."""
 
     @property
     def type(self) -> str:
@@ -109,12 +113,15 @@ def parse_submission(
     registry: Registry,
     pseudonymizer: Callable[[], Pseudonymizer],
     metrics: SdkMetrics | None = None,
+    stand_in: Pseudonymizer | None = None,
 ) -> Submission:
     """Validate a request body for ``participant``; raise :class:`ProblemError` (400, 403 or 422).
 
     A lead's pseudonyms come from ``pseudonymizer()`` (its invalid identifiers are counted in
     ``metrics``); while the pseudonymizer cannot answer, its
-    :class:`~services.kernel.errors.TransportError` passes through (the gateway answers 503).
+    :class:`~services.kernel.errors.TransportError` passes through. With ``stand_in`` a lead is
+    validated with its pseudonyms instead and the submission carries it as ``waiting`` (the gateway
+    accepts it to wait in the outbox for the pseudonymizer).
 
     Order: JSON syntax (400), the request's own fields (422), the participant's right to publish
     the type (403), then the event's fields (422, every wrong field at once).
@@ -138,6 +145,9 @@ def parse_submission(
     except NotPermittedError as e:
         raise ProblemError("not_permitted", f"{participant} may not publish {request.type}") from e
     if request.type == LEAD:
+        if stand_in is not None:
+            waiting = _lead(request, lambda: stand_in, metrics)
+            return dataclasses.replace(waiting, waiting=dict(request.event))
         return _lead(request, pseudonymizer, metrics)
     return _follow_up(request)
 

@@ -77,6 +77,7 @@ from services.kernel.registry import Registry
 from services.pseudonymizer.client import PseudonymizerUnavailableError
 from services.sdk import metrics as sdk_metrics
 from services.sdk.client import Client
+from services.sdk.deferred import StandIn
 from services.sdk.outbox import ConflictError
 from services.store.handed import HandedOut
 
@@ -233,6 +234,10 @@ class Gateway:
         # The SDK's gauges are one series per process: report the sum (depth) and the max (age).
         adapter.outbox_depth.set_function(lambda: sum(c.outbox.depth() for c in self.clients.values()))
         adapter.outbox_age.set_function(lambda: max(c.outbox.oldest_age() for c in self.clients.values()))
+        adapter.waiting.set_function(lambda: sum(c.outbox.waiting() for c in self.clients.values()))
+        adapter.waiting_age.set_function(
+            lambda: max(c.outbox.waiting_oldest_age() for c in self.clients.values())
+        )
         self.metrics.watch_outboxes(
             {p: c.outbox.depth for p, c in self.clients.items()},
             {p: c.outbox.oldest_age for p, c in self.clients.items()},
@@ -463,9 +468,13 @@ class Gateway:
         return _accepted(event_id)
 
     def _parse(self, client: Client, participant: str, body: bytes, registry: Registry) -> Submission:
-        """Validate the request, asking the pseudonymizer for a lead's pseudonyms: an answer that cannot
-        be had (down, rate-limited) or trusted (a proof that does not verify against the registry's key)
-        is a 503 with Retry-After, and nothing is accepted; the caller retries with its Idempotency-Key."""
+        """Validate the request, asking the pseudonymizer for a lead's pseudonyms. While it is away or
+        busy (no answer, 5xx, 429), or while earlier leads of this participant still wait for it, a lead
+        is validated with stand-in pseudonyms and accepted to wait in the outbox (202). A refusal of the
+        gateway's key, or an answer that does not verify against the registry's key, is a 503 with
+        Retry-After, and nothing is accepted; the caller retries with its Idempotency-Key."""
+        role = registry.pseudonymizer
+        stand_in = StandIn(role.version) if role is not None else None
         try:
             return parse_submission(
                 body,
@@ -473,8 +482,17 @@ class Gateway:
                 registry=registry,
                 pseudonymizer=lambda: client.pseudonymizer,
                 metrics=client.metrics,
+                stand_in=stand_in if client.outbox.waiting() else None,
             )
         except PseudonymizerUnavailableError as e:
+            if e.transient and stand_in is not None:
+                return parse_submission(
+                    body,
+                    participant=participant,
+                    registry=registry,
+                    pseudonymizer=lambda: client.pseudonymizer,
+                    stand_in=stand_in,
+                )
             raise ProblemError(
                 "pseudonymizer_unavailable",
                 f"the pseudonymizer did not answer ({e.code}); nothing was accepted",
@@ -665,8 +683,18 @@ def _idempotency_key(request: web.Request, signature: httpsig.SignatureInput) ->
 
 
 def _publish(client: Client, submission: Submission, event_id: str, registry: Registry) -> None:
-    """Seal into the outbox under the reserved id (runs in a worker thread)."""
+    """Seal into the outbox under the reserved id, or store a lead to wait for the pseudonymizer there
+    (runs in a worker thread)."""
     try:
+        if submission.waiting is not None:
+            client.defer_lead(
+                submission.waiting,
+                urgency=submission.urgency,
+                refs=submission.refs,
+                event_id=event_id,
+                registry=registry,
+            )
+            return
         client.publish(
             submission.event,
             context=submission.context,

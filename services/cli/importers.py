@@ -160,13 +160,17 @@ def _finish(client: Client | None, timeout: float) -> str:
     try:
         done = client.flush(timeout)
         depth = client.outbox.depth()
+        waiting = client.leads_waiting()
         path = client.outbox.path
     finally:
         client.close()
     if done:
         return "outbox: every accepted event was acknowledged by Kafka"
+    why = client.drainer.last_error or "no answer"
+    if waiting:
+        why = f"{waiting} of them leads waiting for the pseudonymizer, encrypted; {why}"
     return (
-        f"outbox: {depth} event(s) wait in {path} for Kafka ({client.drainer.last_error or 'no answer'}); "
+        f"outbox: {depth} event(s) wait in {path} for Kafka ({why}); "
         f"they are safe on disk and are sent the next time {client.participant} publishes "
         "(run this import again: it publishes nothing twice)"
     )

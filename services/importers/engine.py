@@ -3,34 +3,52 @@
 Valid rows are published while bad ones are reported with their line and reasons; a row seen before
 (in this file or an earlier import) is skipped. See :mod:`services.importers.ledger` for why a crash at
 any point publishes no row twice.
+
+Pseudonyms are asked for in batches: the rows are read :data:`BATCH_ROWS` at a time, mapped once with a
+pseudonymizer that only notes the identifiers they need, and every one of those is evaluated in one call
+(the oblivious client splits it into requests of at most the service's batch limit); the rows are then
+mapped again from that answer and published. While the pseudonymizer is away or busy, leads are still
+published (the SDK keeps them waiting in its outbox, encrypted); a row that also carries a follow-up
+event or a protection order, whose pseudonyms would be needed now, stops the import there, and running
+it again later takes up exactly the rows not yet imported.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from schemas.events import EventModel
 from services.importers.errors import FileFormatError
 from services.importers.ledger import Ledger
 from services.importers.mapping import Filtered, Mapper, Publication, Rejected, RowProblem
 from services.importers.progress import Progress
-from services.importers.reader import ExportFile
-from services.kernel.errors import TransportError, UntrustedInputError, UsageError
+from services.importers.reader import ExportFile, Line
+from services.kernel.errors import LianfangError, TransportError, UntrustedInputError, UsageError
 from services.kernel.pseudonym import Pseudonymizer, new_pseudonym_key
+from services.pseudonymizer.client import PseudonymizerUnavailableError
 from services.sdk.client import CaseContext
 from services.sdk.client import Publisher as SdkPublisher
+from services.sdk.deferred import Prefetched, Recording, StandIn
 from services.sdk.outbox import ConflictError
+
+BATCH_ROWS: Final = 256
+"""Rows whose identifiers are evaluated in one call: a few identifiers a row stay within one request of
+:data:`~services.kernel.oprf.MAX_BATCH` elements."""
 
 
 class Publisher(SdkPublisher, Protocol):
-    """What an import needs of :class:`services.sdk.client.Client`: publishing and its pseudonymizer."""
+    """What an import needs of :class:`services.sdk.client.Client`: publishing, its pseudonymizer, and
+    how many leads wait in its outbox for the pseudonymizer."""
 
     @property
     def pseudonymizer(self) -> Pseudonymizer: ...
+
+    def leads_waiting(self) -> int: ...
 
 
 class DryRun:
@@ -43,6 +61,9 @@ class DryRun:
     @property
     def pseudonymizer(self) -> Pseudonymizer:
         return self._key
+
+    def leads_waiting(self) -> int:
+        return 0
 
     def publish_lead(
         self, data: Mapping[str, Any], *, urgency: str | None = None, event_id: str | None = None
@@ -105,14 +126,16 @@ def run_import(
     summary = Summary(export.path.name, spec.name, export.encoding, participant)
     run = _Run(mapper, publisher, ledger, summary, progress.message if progress is not None else report)
     try:
-        for line in export.lines():
-            summary.rows += 1
-            if line.cells is None:
-                run.reject(line.number, [line.problem] if line.problem else [])
-            else:
-                run.row(line.number, line.cells)
-            if progress is not None:
-                progress.update(summary.rows, export.position, _detail(summary))
+        for chunk in _chunks(export.lines(), BATCH_ROWS):
+            run.prefetch([line.cells for line in chunk if line.cells is not None])
+            for line in chunk:
+                summary.rows += 1
+                if line.cells is None:
+                    run.reject(line.number, [line.problem] if line.problem else [])
+                else:
+                    run.row(line.number, line.cells)
+                if progress is not None:
+                    progress.update(summary.rows, export.position, _detail(summary))
     except FileFormatError as e:
         summary.stopped = str(e)
     except TransportError as e:
@@ -127,6 +150,24 @@ def run_import(
     return summary
 
 
+def _chunks(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:
+    """The lines in lists of ``size``; a file that cannot be read further ends with the lines read
+    before it, then its :class:`FileFormatError`."""
+    chunk: list[Line] = []
+    try:
+        for line in lines:
+            chunk.append(line)
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+    except FileFormatError:
+        if chunk:
+            yield chunk
+        raise
+    if chunk:
+        yield chunk
+
+
 def _detail(summary: Summary) -> str:
     return f"imported {summary.imported}  skipped {summary.already}  rejected {summary.rejected}"
 
@@ -138,6 +179,29 @@ class _Run:
     ledger: Ledger
     summary: Summary
     say: Report
+    current: Mapper | None = None  # the mapper of this batch of rows, its pseudonyms evaluated
+    outage: PseudonymizerUnavailableError | None = None  # the pseudonymizer did not answer this batch
+
+    def prefetch(self, rows: Sequence[Mapping[str, str]]) -> None:
+        """Evaluate every identifier these rows need in one call; while the service is away or busy,
+        map them with stand-in pseudonyms (leads then wait in the outbox; see :meth:`row`)."""
+        recorder = Recording(0)
+        probe = self.mapper.using(recorder)
+        for cells in rows:
+            with contextlib.suppress(LianfangError):  # the row's problems are reported when it is mapped
+                probe.map_row(cells, _any_event_id)
+        asked = list(recorder.asked)
+        self.outage = None
+        pseudonymizer = self.publisher.pseudonymizer
+        try:
+            known = dict(zip(asked, pseudonymizer.pseudonyms(asked), strict=True)) if asked else {}
+        except PseudonymizerUnavailableError as e:
+            if not e.transient:
+                raise
+            self.outage = e
+            self.current = self.mapper.using(StandIn(0))
+            return
+        self.current = self.mapper.using(Prefetched(known, fallback=pseudonymizer))
 
     def reject(self, number: int, problems: Sequence[RowProblem | str]) -> None:
         self.summary.rejected += 1
@@ -153,13 +217,14 @@ class _Run:
             keys[emit] = self.ledger.key(fmt, emit, identity)
             return self.ledger.event_id(keys[emit])
 
-        result = self.mapper.map_row(cells, event_ids)
+        result = (self.current or self.mapper).map_row(cells, event_ids)
         if isinstance(result, Filtered):
             self.summary.filtered += 1
             return
         if isinstance(result, Rejected):
             self.reject(number, result.problems)
             return
+        self._check_can_publish(result)
         published = 0
         earlier = None
         for publication in result:
@@ -202,6 +267,35 @@ class _Run:
                 f"line {number}: was imported before (line {earlier.line} of {earlier.file}) and has "
                 "changed since; the change is not published (report it as a follow-up event instead)"
             )
+
+    def _check_can_publish(self, publications: Sequence[Publication]) -> None:
+        """Raise :class:`TransportError` (the import stops before this row) when a follow-up event of the
+        row needs a pseudonym now: during an outage its pseudonyms are stand-ins, and while leads wait in
+        the outbox the row's own lead would wait too and its follow-up would overtake it."""
+        follow_ups = [p for p in publications if p.event is not None]
+        if not follow_ups:
+            return
+        if self.outage is not None:
+            raise PseudonymizerUnavailableError(
+                f"the pseudonymizer did not answer ({self.outage.code}); leads before this row wait in "
+                "the outbox, and this row's events need pseudonyms now",
+                code=self.outage.code,
+                retry_after=self.outage.retry_after,
+                status=self.outage.status,
+            )
+        waiting = self.publisher.leads_waiting()
+        if waiting and any(p.lead is not None for p in publications):
+            raise TransportError(
+                f"{waiting} lead(s) wait in the outbox for the pseudonymizer; this row's follow-up events "
+                "would overtake its lead"
+            )
+
+
+def _any_event_id(_emit: str) -> str:
+    return _PROBE_EVENT_ID
+
+
+_PROBE_EVENT_ID: Final = "00000000-0000-8000-8000-000000000000"
 
 
 def _publish(publisher: Publisher, publication: Publication) -> bool:

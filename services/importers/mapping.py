@@ -107,6 +107,11 @@ class Mapper:
         for f in spec.fields:
             self._labels.setdefault(f.to, f.label)
 
+    def using(self, pseudonymizer: Pseudonymizer) -> Mapper:
+        """This mapping with another pseudonymizer (an import evaluates a batch of rows' identifiers
+        at once, then maps each row from the answer)."""
+        return Mapper(self.spec, participant=self.participant, pseudonymizer=pseudonymizer, now=self.now)
+
     # -- identity for the ledger
 
     def identity(self, row: Row) -> tuple[str, str]:

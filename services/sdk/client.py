@@ -401,6 +401,10 @@ class Client:
                 )
         return self.defer_lead(data, urgency=urgency, event_id=event_id)
 
+    def leads_waiting(self) -> int:
+        """How many leads wait in the outbox for the pseudonymizer."""
+        return self.outbox.waiting()
+
     def _lead(
         self,
         data: Mapping[str, Any],

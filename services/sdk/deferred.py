@@ -25,7 +25,7 @@ from typing import Any, Final
 from services.kernel import crypto, jsonx
 from services.kernel.errors import LianfangError, MalformedError, UsageError
 from services.kernel.keystore import Keystore
-from services.kernel.pseudonym import PSEUDONYM_SECRET_LENGTH, PseudonymKey
+from services.kernel.pseudonym import PSEUDONYM_SECRET_LENGTH, Pseudonymizer, PseudonymKey
 from services.kernel.registry import Registry
 
 __all__ = [
@@ -134,13 +134,17 @@ class Recording(StandIn):
 
 
 class Prefetched:
-    """Pseudonyms asked for before, in one batch; an identifier not among them is a bug of the caller."""
+    """Pseudonyms asked for before, in one batch. An identifier not among them is asked of ``fallback``
+    (none: a bug of the caller, :class:`UsageError`)."""
 
-    def __init__(self, known: Mapping[str, str]) -> None:
+    def __init__(self, known: Mapping[str, str], *, fallback: Pseudonymizer | None = None) -> None:
         self.known = dict(known)
+        self.fallback = fallback
 
     def pseudonyms(self, canonicals: Sequence[str]) -> list[str]:
-        try:
-            return [self.known[c] for c in canonicals]
-        except KeyError:
-            raise UsageError("an identifier was not among those evaluated for this batch") from None
+        missing = [c for c in dict.fromkeys(canonicals) if c not in self.known]
+        if missing:
+            if self.fallback is None:
+                raise UsageError("an identifier was not among those evaluated for this batch")
+            self.known.update(zip(missing, self.fallback.pseudonyms(missing), strict=True))
+        return [self.known[c] for c in canonicals]

@@ -147,6 +147,9 @@ class Crashing:
     def pseudonymizer(self) -> Pseudonymizer:
         return self.client.pseudonymizer
 
+    def leads_waiting(self) -> int:
+        return self.client.leads_waiting()
+
     def publish_lead(
         self, data: Mapping[str, Any], *, urgency: str | None = None, event_id: str | None = None
     ) -> str:

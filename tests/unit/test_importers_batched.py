@@ -1,0 +1,121 @@
+"""Imports and the pseudonymizer (served on loopback, no Kafka): a batch of rows' identifiers is one
+request, not one a row; while the service is away an import of leads goes on (they wait in the outbox,
+encrypted) and one whose rows carry follow-up events stops before the first such row, sealing nothing
+with a stand-in pseudonym."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.importers.ledger import Ledger
+from services.pseudonymizer.client import ClientMetrics, ObliviousPseudonymizer
+from services.sdk.client import Client
+from services.sdk.metrics import SdkMetrics
+from tests.kit import NOW, DemoDomain
+from tests.unit.test_importers_ledger import HOTLINE, SAMPLES, do_import
+from tests.unit.test_pseudonymizer_client import Served, the_service
+
+pytestmark = pytest.mark.unit
+
+AWAY = "http://127.0.0.1:9"  # nothing listens on the discard port
+
+
+@pytest.fixture(scope="module")
+def oblivious(tmp_path_factory: pytest.TempPathFactory) -> DemoDomain:
+    return DemoDomain.create(
+        Path(tmp_path_factory.mktemp("batched")) / ".lianfang", pseudonymizer_url="http://127.0.0.1:9"
+    )
+
+
+@pytest.fixture(scope="module")
+def service(oblivious: DemoDomain) -> Iterator[Served]:
+    served = the_service(oblivious, rate_per_s=10_000.0)
+    yield served
+    served.close()
+
+
+@pytest.fixture
+def client_at(oblivious: DemoDomain, tmp_path: Path) -> Iterator[Callable[[str, str], Client]]:
+    clients: list[Client] = []
+
+    def make(participant: str, url: str) -> Client:
+        asker = ObliviousPseudonymizer(
+            keystore=oblivious.keys(participant),
+            registry=lambda: oblivious.registry,
+            url=url,
+            clock=lambda: NOW,
+            metrics=ClientMetrics(CollectorRegistry()),
+        )
+        client = Client(
+            keystore=oblivious.keys(participant),
+            registry=oblivious.registry,
+            bootstrap="",
+            outbox_path=tmp_path / "outbox" / f"{participant}.sqlite",
+            clock=lambda: NOW,
+            start=False,
+            pseudonymizer=asker,
+            metrics=SdkMetrics(CollectorRegistry()),
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def requests(client: Client, outcome: str) -> float:
+    asker = client.pseudonymizer
+    assert isinstance(asker, ObliviousPseudonymizer)
+    return float(asker.metrics.requests.labels(outcome)._value.get())
+
+
+def test_an_import_asks_for_a_batch_of_rows_pseudonyms_in_one_request(
+    service: Served, client_at: Callable[[str, str], Client], tmp_path: Path
+) -> None:
+    client = client_at("womens_federation", service.url)
+    summary, reports = do_import(HOTLINE, "hotline_12338", "womens_federation", tmp_path, client)
+    assert reports == []
+    assert summary.imported == 20
+    assert requests(client, "ok") == 1, "twenty rows, one request"
+    records = client.outbox.pending(100)
+    assert len(records) == 20
+    assert all(r.key is not None and r.key.startswith(b"p1.") for r in records)
+
+
+def test_while_the_service_is_away_an_import_of_leads_goes_on_and_they_wait_encrypted(
+    client_at: Callable[[str, str], Client], tmp_path: Path
+) -> None:
+    client = client_at("womens_federation", AWAY)
+    summary, reports = do_import(HOTLINE, "hotline_12338", "womens_federation", tmp_path, client)
+    assert (reports, summary.stopped) == ([], None)
+    assert summary.imported == 20
+    assert client.leads_waiting() == 20
+    assert client.outbox.pending() == [], "nothing is sealed before its pseudonyms are known"
+    ledger = Ledger.open(tmp_path, "womens_federation")
+    try:
+        assert ledger.count() == 20
+    finally:
+        ledger.close()
+
+
+def test_while_the_service_is_away_an_import_stops_before_a_row_with_follow_up_events(
+    client_at: Callable[[str, str], Client], tmp_path: Path
+) -> None:
+    lines = (SAMPLES / "police.csv").read_text(encoding="utf-8-sig").splitlines(keepends=True)
+    path = tmp_path / "police.csv"
+    path.write_text("".join([lines[0], lines[3], lines[4], lines[5], lines[1]]), encoding="utf-8")
+    assert [line.rstrip().split(",")[18] for line in (lines[3], lines[4], lines[5], lines[1])] == [
+        "否", "否", "否", "是",
+    ], "three rows without a warning letter, then one with"  # fmt: skip
+    client = client_at("police", AWAY)
+    summary, _reports = do_import(path, "police", "police", tmp_path, client)
+    assert summary.stopped is not None
+    assert "pseudonymizer did not answer" in summary.stopped
+    assert summary.imported == 3
+    assert client.leads_waiting() == 3
+    assert client.outbox.pending() == [], "no event was sealed with a stand-in pseudonym"

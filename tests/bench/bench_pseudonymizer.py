@@ -433,7 +433,11 @@ def _service(ctx: BenchContext, setup: Setup, requests: int, open_s: float) -> l
 
     def pinned(label: str) -> str:
         busy = max(cpu[label][ctx.warmup :] or cpu[label], default=0.0)
-        return f"one CPU; the service was busy {busy:.2f} CPU s a second (the rest is waiting, on disk)"
+        load = os.getloadavg()[0]
+        return (
+            f"one CPU; the service was busy {busy:.2f} CPU s a second (the rest: waiting for that CPU or "
+            f"for its audit fsync; load average {load:.1f})"
+        )
 
     return [
         ctx.result(

@@ -253,7 +253,9 @@ def document(*, max_body_bytes: int, server_url: str | None = None) -> dict[str,
                     "summary": "Publish an event (sealed, signed and spooled by the gateway)",
                     "description": "Validated against the event's schema; for a lead the gateway computes "
                     "the pseudonyms. 202 means the sealed event is on the gateway's disk (fsync'd) and "
-                    "will reach Kafka through broker outages and gateway restarts. Body limit: "
+                    "will reach Kafka through broker outages and gateway restarts; a lead accepted while "
+                    "the pseudonymizer does not answer waits there encrypted and is sealed and sent once "
+                    "it does. Body limit: "
                     f"{max_body_bytes} bytes.",
                     "parameters": _header_parameters(body=True),
                     "requestBody": {

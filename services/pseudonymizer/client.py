@@ -8,9 +8,10 @@ that answered with another key (to split or merge one agency's cases) is refused
 :class:`~services.kernel.errors.BadSignatureError`. The service sees only blinded elements.
 
 When the service cannot answer (down, overloaded, rate-limited, refusing our signature), nothing is
-computed and :class:`PseudonymizerUnavailableError` (a :class:`TransportError`) says when to retry: the
-caller's publish fails visibly before anything is sealed or spooled, and the caller retries it (the
-gateway answers 503 with Retry-After; an import stops and a re-run takes up the rows not yet imported).
+computed and :class:`PseudonymizerUnavailableError` (a :class:`TransportError`) says when to retry and
+whether waiting can help (``transient``: no answer, 5xx, 429). The SDK then keeps a lead waiting in its
+outbox, encrypted, and sends it once the service answers (:mod:`services.sdk.deferred`); a refusal of
+the caller fails the publish.
 
 A small in-memory cache keeps the newest answers, so one lead's identifiers are not evaluated twice
 (an importer validates a row, then the SDK publishes it). Nothing is logged but counts and codes.

@@ -273,9 +273,10 @@ class Drainer:
     bytes): the router recognizes such a copy and delivers the event once.
 
     Leads waiting for their pseudonyms are handed to ``resolve``, up to ``resolve_batch`` at a time and
-    oldest first, before each send. While it fails (the pseudonymizer is down) it is tried again after a
-    back-off of its own, doubling from 0.2 s to ``max_backoff_s`` (longer when the service's Retry-After
-    says so, never beyond ``max_backoff_s``), and the records that need no pseudonym keep flowing.
+    oldest first, by a second thread; what it seals joins the records this one sends. While it fails (the
+    pseudonymizer is down) it is tried again after a back-off of its own, doubling from 0.2 s to
+    ``max_backoff_s`` (longer when the service's Retry-After says so, never beyond ``max_backoff_s``),
+    and the records that need no pseudonym keep flowing.
 
     ``security`` is how the producer logs in to Kafka (``None``: the ``LIANFANG_KAFKA_*`` environment).
     """
@@ -304,12 +305,20 @@ class Drainer:
         self.max_backoff_s = max_backoff_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._resolver: threading.Thread | None = None
         self._producer: KafkaProducer | None = None
         self.last_error: str | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="lianfang-outbox", daemon=True)
         self._thread.start()
+        if self.resolve is not None:
+            # A thread of its own: a service that does not answer (up to the client's timeout) must not
+            # hold back the records that need no pseudonym.
+            self._resolver = threading.Thread(
+                target=self._run_resolver, name="lianfang-outbox-pseudonyms", daemon=True
+            )
+            self._resolver.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
@@ -317,6 +326,8 @@ class Drainer:
             self.outbox.changed.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._resolver is not None:
+            self._resolver.join(timeout)
         if self._producer is not None:
             with contextlib.suppress(KafkaError):
                 self._producer.close(timeout=5)
@@ -339,15 +350,10 @@ class Drainer:
     def _run(self) -> None:
         backoff = 0.2
         while not self._stop.is_set():
-            resolved = self.resolve_waiting()
             records = self.outbox.pending(self.batch)
             if not records:
-                if not resolved:
-                    wait = 1.0
-                    if self.resolve is not None and self.outbox.waiting():
-                        wait = min(wait, max(0.0, self._resolve_at - time.monotonic()))
-                    with self.outbox.changed:
-                        self.outbox.changed.wait(timeout=wait)
+                with self.outbox.changed:
+                    self.outbox.changed.wait(timeout=1.0)
                 continue
             try:
                 self.send(records)
@@ -360,6 +366,14 @@ class Drainer:
                 )
                 self._stop.wait(backoff)
                 backoff = min(self.max_backoff_s, backoff * 2)
+
+    def _run_resolver(self) -> None:
+        while not self._stop.is_set():
+            if self.resolve_waiting():
+                continue
+            wait = max(0.05, min(1.0, self._resolve_at - time.monotonic()))
+            with self.outbox.changed:
+                self.outbox.changed.wait(timeout=wait)
 
     def resolve_waiting(self, *, now: float | None = None) -> int:
         """Hand the oldest waiting leads to ``resolve`` if their back-off has passed; how many it sealed.

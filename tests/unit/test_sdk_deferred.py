@@ -5,6 +5,7 @@ the order they were accepted; a refusal of the caller, or a lead that is wrong i
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from services.sdk import deferred
 from services.sdk.client import Client
 from services.sdk.metrics import SdkMetrics
 from services.sdk.outbox import Deferred, Drainer, Outbox
-from tests.kit import NOW, DemoDomain
+from tests.kit import NOW, DemoDomain, until
 
 pytestmark = pytest.mark.unit
 
@@ -276,3 +277,36 @@ def test_a_registry_without_a_pseudonymizer_has_nothing_to_wait_for(
             client.defer_lead(a_lead())
     finally:
         client.close()
+
+
+class Recorded(Drainer):
+    """A drainer whose Kafka is a list."""
+
+    sent: list[str]
+
+    def send(self, records: list[Any]) -> None:
+        self.sent.extend(r.event_id for r in records)
+        self.outbox.mark_sent(records)
+
+
+def test_a_pseudonymizer_that_does_not_answer_holds_back_no_record_that_needs_none(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite")
+    box.put_deferred(event_id="waiting", kid="k", sealed=b"x")
+    hanging, release = threading.Event(), threading.Event()
+
+    def resolve(_rows: list[Deferred]) -> int:
+        hanging.set()
+        release.wait(30)  # the service takes its time to not answer
+        return 0
+
+    drainer = Recorded(box, "", resolve=resolve)
+    drainer.sent = []
+    drainer.start()
+    try:
+        until(hanging.is_set, "the drainer asks the pseudonymizer")
+        box.put(event_id="follow-up", topic="events", key=b"s", value=b"sealed", headers=[])
+        until(lambda: drainer.sent == ["follow-up"], "the follow-up sent while the service hangs")
+    finally:
+        release.set()
+        drainer.stop(10)
+        box.close()

@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from services.bus.registry_follower import RegistryInForce
 from services.kernel import envelope
 from services.kernel.errors import DecryptFailedError, MalformedError, TransportError, UsageError
 from services.kernel.pseudonym import normalize_subject
+from services.kernel.registry import sign_document
 from services.pseudonymizer.client import PseudonymizerUnavailableError
 from services.sdk import deferred
 from services.sdk.client import Client
@@ -310,3 +312,37 @@ def test_a_pseudonymizer_that_does_not_answer_holds_back_no_record_that_needs_no
         release.set()
         drainer.stop(10)
         box.close()
+
+
+def test_a_lead_that_waited_across_a_registry_change_is_sealed_under_the_registry_in_force_when_sent(
+    oblivious: DemoDomain, service: Service, tmp_path: Path
+) -> None:
+    keys: dict[str, Any] = {}
+    for store in oblivious.trust.root_keystores()[:2]:
+        keys.update(store.signing)
+    document = oblivious.registry.document
+    held = RegistryInForce(
+        oblivious.registry, trusted_roots=oblivious.trust.trusted_roots(), clock=lambda: NOW
+    )
+    client = Client(
+        keystore=oblivious.keys("police"),
+        registry=held,
+        bootstrap="",
+        outbox_path=tmp_path / "police.sqlite",
+        clock=lambda: NOW,
+        start=False,
+        pseudonymizer=service,
+        metrics=SdkMetrics(CollectorRegistry()),
+    )
+    try:
+        service.down = away()
+        event_id = client.publish_lead(a_lead())
+        newer = document.model_copy(update={"version": document.version + 1})
+        assert held.offer(sign_document(newer, keys)).taken
+        service.down = None
+        assert client.drainer.resolve_waiting() == 1
+        (record,) = client.outbox.pending()
+        header = envelope.parse(record.value)[4]
+        assert (header.id, header.registry) == (event_id, document.version + 1)
+    finally:
+        client.close()

@@ -100,6 +100,8 @@ class Submission:
     waiting: dict[str, Any] | None = None
     """A lead validated with stand-in pseudonyms: its fields as submitted, to be published by
     :meth:`~services.sdk.client.Client.defer_lead` once the pseudonymizer answers."""
+    why: str = "earlier leads wait"
+    """Why a lead waits (the pseudonymizer's problem code), for the log line."""
 
     @property
     def type(self) -> str:

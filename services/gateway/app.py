@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import hashlib
@@ -482,17 +483,18 @@ class Gateway:
                 registry=registry,
                 pseudonymizer=lambda: client.pseudonymizer,
                 metrics=client.metrics,
-                stand_in=stand_in if client.outbox.waiting() else None,
+                stand_in=stand_in if client.leads_waiting() else None,
             )
         except PseudonymizerUnavailableError as e:
             if e.transient and stand_in is not None:
-                return parse_submission(
+                submission = parse_submission(
                     body,
                     participant=participant,
                     registry=registry,
                     pseudonymizer=lambda: client.pseudonymizer,
                     stand_in=stand_in,
                 )
+                return dataclasses.replace(submission, why=e.code)
             raise ProblemError(
                 "pseudonymizer_unavailable",
                 f"the pseudonymizer did not answer ({e.code}); nothing was accepted",
@@ -693,6 +695,7 @@ def _publish(client: Client, submission: Submission, event_id: str, registry: Re
                 refs=submission.refs,
                 event_id=event_id,
                 registry=registry,
+                why=submission.why,
             )
             return
         client.publish(

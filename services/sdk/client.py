@@ -394,11 +394,10 @@ class Client:
             except PseudonymizerUnavailableError as e:
                 if not e.transient:
                     raise
-                self._starts_waiting(e.code)
-            else:
-                return self.publish(
-                    lead, context=context, urgency=urgency or default_urgency(lead), event_id=event_id
-                )
+                return self.defer_lead(data, urgency=urgency, event_id=event_id, why=e.code)
+            return self.publish(
+                lead, context=context, urgency=urgency or default_urgency(lead), event_id=event_id
+            )
         return self.defer_lead(data, urgency=urgency, event_id=event_id)
 
     def leads_waiting(self) -> int:
@@ -439,8 +438,11 @@ class Client:
         event_id: str | None = None,
         refs: Sequence[str] = (),
         registry: Registry | None = None,
+        why: str = "earlier leads wait",
     ) -> str:
         """Accept a lead whose pseudonyms cannot be had now; return its event id once it is on disk.
+        ``why`` (the service's problem code, or ``unreachable``) goes into the log line said when leads
+        start waiting.
 
         Everything but the pseudonyms is checked first, as :meth:`publish_lead` would (the fields, the
         right to publish, the recipients' keys: a trial seal under stand-in pseudonyms, thrown away).
@@ -463,6 +465,7 @@ class Client:
             pending, participant=self.participant, event_id=event_id, kid=kid, public=public
         )
         self.outbox.put_deferred(event_id=event_id, kid=kid, sealed=sealed)
+        self._starts_waiting(why)
         self.metrics.deferred.inc()
         self._update_gauges()
         return event_id
@@ -471,8 +474,8 @@ class Client:
         if not self._told_waiting:
             self._told_waiting = True
             log.warning(
-                "%s: the pseudonymizer does not answer (%s): leads are accepted and wait in the outbox, "
-                "encrypted, until it does",
+                "%s: leads are accepted and wait in the outbox, encrypted, until the pseudonymizer answers "
+                "(%s)",
                 self.participant, code,
             )  # fmt: skip
 

@@ -24,6 +24,7 @@ from services.gateway.inbox import decode_cursor, encode_cursor
 from services.gateway.problems import PROBLEMS, ProblemError, field_errors, json_pointer
 from services.gateway.webhooks import Backoff, signing_kid
 from services.kernel.pseudonym import pseudonymize
+from services.sdk.deferred import StandIn
 from tests.kit import NOW, DemoDomain
 
 pytestmark = pytest.mark.unit
@@ -112,6 +113,28 @@ def test_a_lead_gets_the_pseudonyms_the_sdk_would_compute(domain: DemoDomain) ->
     assert sub.context.subject == sub.event.victim_pseudonym
     assert sub.context.school_related is True
     assert sub.urgency == "immediate", "a minor victim of sexual assault is immediate by default"
+
+
+def test_a_lead_to_wait_for_the_pseudonymizer_is_validated_with_stand_ins_and_kept_as_submitted(
+    domain: DemoDomain,
+) -> None:
+    def unreachable() -> Any:
+        raise AssertionError("a lead that waits does not ask the pseudonymizer")
+
+    body = json.dumps({"type": "lead.reported", "event": lead()}, ensure_ascii=False).encode()
+    sub = parse_submission(
+        body, participant="education", registry=domain.registry, pseudonymizer=unreachable,
+        stand_in=StandIn(1),
+    )  # fmt: skip
+    assert sub.waiting == lead()
+    assert sub.urgency == "immediate"
+    wrong = json.dumps({"type": "lead.reported", "event": lead(channel="fax")}).encode()
+    with pytest.raises(ProblemError) as e:
+        parse_submission(
+            wrong, participant="education", registry=domain.registry, pseudonymizer=unreachable,
+            stand_in=StandIn(1),
+        )  # fmt: skip
+    assert {err.pointer for err in e.value.errors} == {"/event/channel"}
 
 
 def test_an_explicit_urgency_and_refs_are_kept(domain: DemoDomain) -> None:

@@ -7,10 +7,10 @@ any point publishes no row twice.
 Pseudonyms are asked for in batches: the rows are read :data:`BATCH_ROWS` at a time, mapped once with a
 pseudonymizer that only notes the identifiers they need, and every one of those is evaluated in one call
 (the oblivious client splits it into requests of at most the service's batch limit); the rows are then
-mapped again from that answer and published. While the pseudonymizer is away or busy, leads are still
-published (the SDK keeps them waiting in its outbox, encrypted); a row that also carries a follow-up
-event or a protection order, whose pseudonyms would be needed now, stops the import there, and running
-it again later takes up exactly the rows not yet imported.
+mapped again from that answer and published. While the pseudonymizer is away or busy, the rows are mapped
+with stand-in pseudonyms and every event still goes to the SDK, which keeps it waiting in its outbox,
+encrypted, with the identifiers each stand-in stands for, until the service answers; while leads wait
+there, a row's other events wait behind them, so that no follow-up overtakes its lead.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from services.kernel.pseudonym import Pseudonymizer, new_pseudonym_key
 from services.pseudonymizer.client import PseudonymizerUnavailableError
 from services.sdk.client import CaseContext
 from services.sdk.client import Publisher as SdkPublisher
-from services.sdk.deferred import Prefetched, Recording, StandIn
+from services.sdk.deferred import Prefetched, Recording
 from services.sdk.outbox import ConflictError
 
 BATCH_ROWS: Final = 256
@@ -50,6 +50,17 @@ class Publisher(SdkPublisher, Protocol):
 
     def leads_waiting(self) -> int: ...
 
+    def defer_event(
+        self,
+        event: EventModel,
+        *,
+        context: CaseContext,
+        urgency: str = "routine",
+        refs: Sequence[str] = (),
+        event_id: str | None = None,
+        persons: Mapping[str, str] | None = None,
+    ) -> str: ...
+
 
 class DryRun:
     """A publisher that publishes nothing: rows are mapped and validated (with a throwaway
@@ -64,6 +75,18 @@ class DryRun:
 
     def leads_waiting(self) -> int:
         return 0
+
+    def defer_event(
+        self,
+        event: EventModel,
+        *,
+        context: CaseContext,
+        urgency: str = "routine",
+        refs: Sequence[str] = (),
+        event_id: str | None = None,
+        persons: Mapping[str, str] | None = None,
+    ) -> str:
+        return event_id or ""
 
     def publish_lead(
         self, data: Mapping[str, Any], *, urgency: str | None = None, event_id: str | None = None
@@ -180,7 +203,7 @@ class _Run:
     summary: Summary
     say: Report
     current: Mapper | None = None  # the mapper of this batch of rows, its pseudonyms evaluated
-    outage: PseudonymizerUnavailableError | None = None  # the pseudonymizer did not answer this batch
+    stand_ins: Recording | None = None  # the pseudonymizer did not answer this batch: what stood in
 
     def prefetch(self, rows: Sequence[Mapping[str, str]]) -> None:
         """Evaluate every identifier these rows need in one call; while the service is away or busy,
@@ -191,15 +214,15 @@ class _Run:
             with contextlib.suppress(LianfangError):  # the row's problems are reported when it is mapped
                 probe.map_row(cells, _any_event_id)
         asked = list(recorder.asked)
-        self.outage = None
+        self.stand_ins = None
         pseudonymizer = self.publisher.pseudonymizer
         try:
             known = dict(zip(asked, pseudonymizer.pseudonyms(asked), strict=True)) if asked else {}
         except PseudonymizerUnavailableError as e:
             if not e.transient:
                 raise
-            self.outage = e
-            self.current = self.mapper.using(StandIn(0))
+            self.stand_ins = Recording(0)
+            self.current = self.mapper.using(self.stand_ins)
             return
         self.current = self.mapper.using(Prefetched(known, fallback=pseudonymizer))
 
@@ -224,7 +247,9 @@ class _Run:
         if isinstance(result, Rejected):
             self.reject(number, result.problems)
             return
-        self._check_can_publish(result)
+        # Behind waiting leads (or with stand-in pseudonyms) a row's other events wait too.
+        wait = self.stand_ins is not None or self.publisher.leads_waiting() > 0
+        persons = self.stand_ins.persons if self.stand_ins is not None else {}
         published = 0
         earlier = None
         for publication in result:
@@ -234,7 +259,7 @@ class _Run:
                 earlier = earlier or (entry if entry.content != content_digest else None)
                 continue
             try:
-                recovered = _publish(self.publisher, publication)
+                recovered = _publish(self.publisher, publication, wait=wait, persons=persons)
             except UntrustedInputError as e:  # the SDK refused what the mapping accepted
                 self.reject(number, [str(e.args[0]) if e.args else e.reason])
                 return
@@ -268,28 +293,6 @@ class _Run:
                 "changed since; the change is not published (report it as a follow-up event instead)"
             )
 
-    def _check_can_publish(self, publications: Sequence[Publication]) -> None:
-        """Raise :class:`TransportError` (the import stops before this row) when a follow-up event of the
-        row needs a pseudonym now: during an outage its pseudonyms are stand-ins, and while leads wait in
-        the outbox the row's own lead would wait too and its follow-up would overtake it."""
-        follow_ups = [p for p in publications if p.event is not None]
-        if not follow_ups:
-            return
-        if self.outage is not None:
-            raise PseudonymizerUnavailableError(
-                f"the pseudonymizer did not answer ({self.outage.code}); leads before this row wait in "
-                "the outbox, and this row's events need pseudonyms now",
-                code=self.outage.code,
-                retry_after=self.outage.retry_after,
-                status=self.outage.status,
-            )
-        waiting = self.publisher.leads_waiting()
-        if waiting and any(p.lead is not None for p in publications):
-            raise TransportError(
-                f"{waiting} lead(s) wait in the outbox for the pseudonymizer; this row's follow-up events "
-                "would overtake its lead"
-            )
-
 
 def _any_event_id(_emit: str) -> str:
     return _PROBE_EVENT_ID
@@ -298,12 +301,26 @@ def _any_event_id(_emit: str) -> str:
 _PROBE_EVENT_ID: Final = "00000000-0000-8000-8000-000000000000"
 
 
-def _publish(publisher: Publisher, publication: Publication) -> bool:
-    """Publish; True when the outbox already had this event id (an interrupted earlier import)."""
+def _publish(
+    publisher: Publisher, publication: Publication, *, wait: bool, persons: Mapping[str, str]
+) -> bool:
+    """Publish, or (``wait``) have the event wait in the outbox behind the leads there, its stand-in
+    pseudonyms to be replaced (``persons``); True when the outbox already had this event id (an
+    interrupted earlier import)."""
     try:
-        if publication.lead is not None:
+        if publication.lead is not None:  # a lead waits by itself when it has to
             publisher.publish_lead(
                 publication.lead, urgency=publication.urgency, event_id=publication.event_id
+            )
+        elif wait:
+            assert publication.event is not None
+            assert publication.context is not None
+            publisher.defer_event(
+                publication.event,
+                context=publication.context,
+                urgency=publication.urgency,
+                event_id=publication.event_id,
+                persons=persons,
             )
         else:
             assert publication.event is not None

@@ -18,6 +18,7 @@ Each publish and each opened inbox event is also an entry of the client's own au
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from pydantic import ValidationError
 
 from schemas.envelope import EnvelopeHeader, SectionName
 from schemas.events import (
+    EVENT_MODELS,
     EventModel,
     LeadAcknowledged,
     LeadActionTaken,
@@ -460,6 +462,44 @@ class Client:
         )
         self._seal(lead, context=context, urgency=pending.urgency or default_urgency(lead), refs=refs,
                    event_id=event_id, registry=registry)  # fmt: skip
+        return self._put_waiting(pending, event_id=event_id, registry=registry, why=why)
+
+    def defer_event(
+        self,
+        event: EventModel,
+        *,
+        context: CaseContext,
+        urgency: str = "routine",
+        refs: Sequence[str] = (),
+        event_id: str | None = None,
+        persons: Mapping[str, str] | None = None,
+        registry: Registry | None = None,
+    ) -> str:
+        """Accept an event to wait in the outbox behind the leads that wait there (an import's follow-up
+        of a waiting lead, or a protection order during an outage); return its event id once on disk.
+
+        ``persons`` maps each stand-in pseudonym in the event or its context (from a
+        :class:`~services.sdk.deferred.Recording`) to its person's canonical identifier: each is
+        replaced by the real pseudonym when the event is sealed. The event is checked as
+        :meth:`publish` would (a trial seal, thrown away) and stored encrypted as a waiting lead is.
+        """
+        registry = registry or self.registry
+        event_id = event_id or envelope.new_event_id()
+        self._seal(event, context=context, urgency=urgency, refs=refs, event_id=event_id, registry=registry)
+        event_json = json.loads(event.model_dump_json())
+        context_json = dataclasses.asdict(context)
+        used = json.dumps([event_json, context_json])
+        pending = deferred.PendingEvent(
+            type=event.EVENT_TYPE,
+            event=event_json,
+            context=context_json,
+            urgency=urgency,
+            refs=tuple(refs),
+            persons={s: c for s, c in (persons or {}).items() if s in used},
+        )
+        return self._put_waiting(pending, event_id=event_id, registry=registry, why="behind waiting leads")
+
+    def _put_waiting(self, pending: deferred.Pending, *, event_id: str, registry: Registry, why: str) -> str:
         kid, public = deferred.own_key(self.keys, registry, self.clock())
         sealed = deferred.seal_pending(
             pending, participant=self.participant, event_id=event_id, kid=kid, public=public
@@ -489,18 +529,8 @@ class Client:
         if role is None:
             self._waiting_failed(len(rows), "refused", f"registry v{registry.version} names no pseudonymizer")
             return 0
-        opened: list[tuple[Deferred, deferred.PendingLead]] = []
         recorder = deferred.Recording(role.version)
-        for row in rows:
-            try:
-                pending = deferred.open_pending(
-                    row.sealed, keystore=self.keys, event_id=row.event_id, kid=row.kid
-                )
-                self._lead(pending.data, recorder, token=row.event_id)
-            except LianfangError as e:
-                self._waiting_failed(1, "invalid", f"lead {row.event_id}: {_why(e)}")
-                continue
-            opened.append((row, pending))
+        opened = self._open_waiting(rows, recorder)
         if not opened:
             return 0
         asked = list(recorder.asked)
@@ -515,20 +545,16 @@ class Client:
         done: list[tuple[Resolved, EnvelopeHeader, str]] = []
         for row, pending in opened:
             try:
-                lead, context = self._lead(pending.data, known, token=row.event_id)
+                event, context, urgency = self._waited(pending, known, token=row.event_id)
                 header, record = self._seal(
-                    lead,
-                    context=context,
-                    urgency=pending.urgency or default_urgency(lead),
-                    refs=pending.refs,
-                    event_id=row.event_id,
+                    event, context=context, urgency=urgency, refs=pending.refs, event_id=row.event_id,
                     registry=registry,
-                )
+                )  # fmt: skip
             except LianfangError as e:
-                self._waiting_failed(1, "refused", f"lead {row.event_id}: {_why(e)}")
+                self._waiting_failed(1, "refused", f"event {row.event_id}: {_why(e)}")
                 continue
             resolved = Resolved(row, self.names.events, record.key, record.value, record.headers)
-            done.append((resolved, header, lead.EVENT_TYPE))
+            done.append((resolved, header, event.EVENT_TYPE))
         if not done:
             return 0
         self.outbox.resolve([r for r, _, _ in done])
@@ -538,12 +564,51 @@ class Client:
         left = self.outbox.waiting()
         self._update_gauges()
         log.info(
-            "%s: %d lead(s) that waited for pseudonyms are sealed and queued for Kafka; %d still wait",
+            "%s: %d event(s) that waited for pseudonyms are sealed and queued for Kafka; %d still wait",
             self.participant, len(done), left,
         )  # fmt: skip
         if not left:
             self._told_waiting = False
         return len(done)
+
+    def _open_waiting(
+        self, rows: list[Deferred], recorder: deferred.Recording
+    ) -> list[tuple[Deferred, deferred.Pending]]:
+        """The rows that open and validate, with what waited in each; ``recorder`` notes the
+        identifiers they need."""
+        opened: list[tuple[Deferred, deferred.Pending]] = []
+        for row in rows:
+            try:
+                pending = deferred.open_pending(
+                    row.sealed, keystore=self.keys, event_id=row.event_id, kid=row.kid
+                )
+                if isinstance(pending, deferred.PendingLead):
+                    self._lead(pending.data, recorder, token=row.event_id)
+                else:
+                    recorder.pseudonyms(list(pending.persons.values()))
+            except LianfangError as e:
+                self._waiting_failed(1, "invalid", f"event {row.event_id}: {_why(e)}")
+                continue
+            opened.append((row, pending))
+        return opened
+
+    def _waited(
+        self, pending: deferred.Pending, known: deferred.Prefetched, *, token: str
+    ) -> tuple[EventModel, CaseContext, str]:
+        """What waited, with its pseudonyms: the event, its case context and its urgency."""
+        if isinstance(pending, deferred.PendingLead):
+            lead, context = self._lead(pending.data, known, token=token)
+            return lead, context, pending.urgency or default_urgency(lead)
+        model = EVENT_MODELS.get(pending.type)
+        if model is None:
+            raise MalformedError(f"no event type {pending.type!r} in the catalogue")
+        event_json, context_json = pending.filled(known.known)
+        try:
+            event = model.model_validate_json(json.dumps(event_json))
+            context = CaseContext(**{**context_json, "links": tuple(context_json.get("links") or ())})
+        except (ValidationError, TypeError) as e:
+            raise MalformedError(f"the waiting {pending.type} no longer validates") from e
+        return event, context, pending.urgency
 
     def _waiting_failed(self, count: int, reason: str, detail: str) -> None:
         """A waiting lead that cannot be sent yet for a reason waiting alone will not cure: it stays in

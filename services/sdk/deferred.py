@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
@@ -29,12 +29,15 @@ from services.kernel.pseudonym import PSEUDONYM_SECRET_LENGTH, Pseudonymizer, Ps
 from services.kernel.registry import Registry
 
 __all__ = [
+    "Pending",
+    "PendingEvent",
     "PendingLead",
     "Prefetched",
     "Recording",
     "StandIn",
     "open_pending",
     "own_key",
+    "pending_from_bytes",
     "seal_pending",
 ]
 
@@ -60,21 +63,84 @@ class PendingLead:
         return cls(plain, urgency, tuple(refs))
 
     def to_bytes(self) -> bytes:
-        return jsonx.compact_json({"lead": self.data, "urgency": self.urgency, "refs": list(self.refs)})
+        return jsonx.compact_json(
+            {"kind": "lead", "lead": self.data, "urgency": self.urgency, "refs": list(self.refs)}
+        )
 
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> PendingLead:
-        doc = jsonx.strict_json(raw, what="waiting lead")
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    """Any other event that waits behind a lead or for its pseudonyms (an import's follow-ups and
+    protection orders): the event and its case context as JSON, where each pseudonym not known yet is a
+    stand-in, and ``persons``, each stand-in's canonical identifier, to be replaced by its pseudonym."""
+
+    type: str
+    event: dict[str, Any]
+    context: dict[str, Any]
+    urgency: str
+    refs: tuple[str, ...] = ()
+    persons: dict[str, str] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        return jsonx.compact_json(
+            {
+                "kind": "event", "type": self.type, "event": self.event, "context": self.context,
+                "urgency": self.urgency, "refs": list(self.refs), "persons": self.persons,
+            }
+        )  # fmt: skip
+
+    def filled(self, pseudonyms: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The event and the context with each stand-in replaced by the pseudonym of its person
+        (``pseudonyms``: canonical identifier -> pseudonym)."""
+        real = {stand_in: pseudonyms[canonical] for stand_in, canonical in self.persons.items()}
+        return _replaced(self.event, real), _replaced(self.context, real)
+
+
+Pending = PendingLead | PendingEvent
+
+
+def _replaced(value: Any, mapping: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        return mapping.get(value, value)
+    if isinstance(value, list):
+        return [_replaced(v, mapping) for v in value]
+    if isinstance(value, dict):
+        return {k: _replaced(v, mapping) for k, v in value.items()}
+    return value
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def pending_from_bytes(raw: bytes) -> Pending:
+    doc = jsonx.strict_json(raw, what="waiting event")
+    if not isinstance(doc, dict):
+        raise MalformedError("a waiting event is a JSON object")
+    kind = doc.get("kind")
+    if (
+        kind == "lead"
+        and set(doc) == {"kind", "lead", "urgency", "refs"}
+        and isinstance(doc["lead"], dict)
+        and (doc["urgency"] is None or isinstance(doc["urgency"], str))
+        and _strings(doc["refs"])
+    ):
+        return PendingLead(doc["lead"], doc["urgency"], tuple(doc["refs"]))
+    if kind == "event" and set(doc) == {"kind", "type", "event", "context", "urgency", "refs", "persons"}:
+        persons = doc["persons"]
         if (
-            not isinstance(doc, dict)
-            or set(doc) != {"lead", "urgency", "refs"}
-            or not isinstance(doc["lead"], dict)
-            or not (doc["urgency"] is None or isinstance(doc["urgency"], str))
-            or not isinstance(doc["refs"], list)
-            or not all(isinstance(r, str) for r in doc["refs"])
+            isinstance(doc["type"], str)
+            and isinstance(doc["event"], dict)
+            and isinstance(doc["context"], dict)
+            and isinstance(doc["urgency"], str)
+            and _strings(doc["refs"])
+            and isinstance(persons, dict)
+            and all(isinstance(v, str) for v in persons.values())
         ):
-            raise MalformedError("a waiting lead is {lead, urgency, refs}")
-        return cls(doc["lead"], doc["urgency"], tuple(doc["refs"]))
+            return PendingEvent(
+                doc["type"], doc["event"], doc["context"], doc["urgency"], tuple(doc["refs"]), persons
+            )
+    raise MalformedError("a waiting event is a lead or an event of the expected shape")
 
 
 def own_key(keystore: Keystore, registry: Registry, at: datetime) -> tuple[str, bytes]:
@@ -96,18 +162,18 @@ def _info(participant: str, event_id: str, kid: str) -> bytes:
     return _INFO + b"\x00".join(s.encode() for s in (participant, event_id, kid))
 
 
-def seal_pending(lead: PendingLead, *, participant: str, event_id: str, kid: str, public: bytes) -> bytes:
-    """The lead encrypted at rest to ``public`` (HPKE base mode), bound to who, which event and which key."""
-    return crypto.hpke_wrap(public, lead.to_bytes(), _info(participant, event_id, kid))
+def seal_pending(pending: Pending, *, participant: str, event_id: str, kid: str, public: bytes) -> bytes:
+    """What waits, encrypted at rest to ``public`` (HPKE base mode), bound to who, which event, which key."""
+    return crypto.hpke_wrap(public, pending.to_bytes(), _info(participant, event_id, kid))
 
 
-def open_pending(sealed: bytes, *, keystore: Keystore, event_id: str, kid: str) -> PendingLead:
+def open_pending(sealed: bytes, *, keystore: Keystore, event_id: str, kid: str) -> Pending:
     """The waiting lead, opened with the participant's private key ``kid``; raises
     :class:`~services.kernel.errors.DecryptFailedError` when it was not sealed for this row and key."""
     if len(sealed) > MAX_SEALED_BYTES:
         raise MalformedError("a waiting lead is larger than any lead could be")
     raw = crypto.hpke_unwrap(keystore.encryption_key(kid), sealed, _info(keystore.participant, event_id, kid))
-    return PendingLead.from_bytes(raw)
+    return pending_from_bytes(raw)
 
 
 class StandIn:
@@ -122,15 +188,19 @@ class StandIn:
 
 
 class Recording(StandIn):
-    """A stand-in that notes every canonical identifier it was asked for, in order, once each."""
+    """A stand-in that notes every canonical identifier it was asked for, in order, once each, and
+    which stand-in it gave each (``persons``: stand-in -> canonical identifier)."""
 
     def __init__(self, version: int) -> None:
         super().__init__(version)
         self.asked: dict[str, None] = {}
+        self.persons: dict[str, str] = {}
 
     def pseudonyms(self, canonicals: Sequence[str]) -> list[str]:
         self.asked.update(dict.fromkeys(canonicals))
-        return super().pseudonyms(canonicals)
+        given = super().pseudonyms(canonicals)
+        self.persons.update(zip(given, canonicals, strict=True))
+        return given
 
 
 class Prefetched:

@@ -1,17 +1,20 @@
 """Imports and the pseudonymizer (served on loopback, no Kafka): a batch of rows' identifiers is one
-request, not one a row; while the service is away an import of leads goes on (they wait in the outbox,
-encrypted) and one whose rows carry follow-up events stops before the first such row, sealing nothing
-with a stand-in pseudonym."""
+request, not one a row; while the service is away an import goes on (its events wait in the outbox,
+encrypted), and once the service answers every event is sealed with its real pseudonyms, each follow-up
+behind its lead, nothing with a stand-in."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from services.importers.ledger import Ledger
+from services.kernel import envelope
 from services.pseudonymizer.client import ClientMetrics, ObliviousPseudonymizer
 from services.sdk.client import Client
 from services.sdk.metrics import SdkMetrics
@@ -103,19 +106,59 @@ def test_while_the_service_is_away_an_import_of_leads_goes_on_and_they_wait_encr
         ledger.close()
 
 
-def test_while_the_service_is_away_an_import_stops_before_a_row_with_follow_up_events(
-    client_at: Callable[[str, str], Client], tmp_path: Path
+def sealed_content(domain: DemoDomain, client: Client) -> list[tuple[Any, str]]:
+    """Each record in the outbox: its verified header, and its sections as one of its recipients reads them."""
+    out = []
+    for record in client.outbox.pending(10_000):
+        verified = envelope.verify(record.value, registry=domain.registry, now=NOW)
+        reader = sorted(set().union(*verified.recipients().values()))[0]
+        opened = envelope.open_sections(verified, domain.keys(reader))
+        out.append((verified.header, json.dumps(opened.sections, ensure_ascii=False)))
+    return out
+
+
+def test_while_the_service_is_away_follow_ups_wait_behind_their_leads_and_get_the_real_pseudonyms(
+    oblivious: DemoDomain, service: Served, client_at: Callable[[str, str], Client], tmp_path: Path
 ) -> None:
     lines = (SAMPLES / "police.csv").read_text(encoding="utf-8-sig").splitlines(keepends=True)
     path = tmp_path / "police.csv"
-    path.write_text("".join([lines[0], lines[3], lines[4], lines[5], lines[1]]), encoding="utf-8")
-    assert [line.rstrip().split(",")[18] for line in (lines[3], lines[4], lines[5], lines[1])] == [
-        "否", "否", "否", "是",
-    ], "three rows without a warning letter, then one with"  # fmt: skip
+    path.write_text("".join([lines[0], lines[3], lines[1], lines[4]]), encoding="utf-8")
+    assert [line.rstrip().split(",")[18] for line in (lines[3], lines[1], lines[4])] == ["否", "是", "否"]
     client = client_at("police", AWAY)
-    summary, _reports = do_import(path, "police", "police", tmp_path, client)
-    assert summary.stopped is not None
-    assert "pseudonymizer did not answer" in summary.stopped
-    assert summary.imported == 3
-    assert client.leads_waiting() == 3
-    assert client.outbox.pending() == [], "no event was sealed with a stand-in pseudonym"
+    summary, reports = do_import(path, "police", "police", tmp_path, client)
+    assert (reports, summary.stopped, summary.imported) == ([], None, 3)
+    assert client.leads_waiting() == 4, "three leads and one warning letter wait"
+    assert client.outbox.pending() == [], "nothing is sealed with a stand-in pseudonym"
+
+    asker = client.pseudonymizer
+    assert isinstance(asker, ObliviousPseudonymizer)
+    asker.url = service.url
+    assert client.drainer.resolve_waiting() == 4
+    assert requests(client, "ok") == 1
+    records = sealed_content(oblivious, client)
+    kinds = [(h.type, h.subject) for h, _ in records]
+    assert [k for k, _ in kinds] == ["lead.reported", "lead.reported", "lead.action_taken", "lead.reported"]
+    lead, action = records[1][0], records[2][0]
+    assert action.subject == lead.subject, "the warning letter follows its lead, under its real pseudonym"
+    assert lead.id in action.refs
+    assert all(h.subject.startswith("p1.") for h, _ in records)
+    assert all("p0." not in text for _, text in records), "no stand-in reached a sealed section"
+
+
+def test_while_the_service_is_away_protection_orders_wait_and_carry_the_real_pseudonyms(
+    oblivious: DemoDomain, service: Served, client_at: Callable[[str, str], Client], tmp_path: Path
+) -> None:
+    client = client_at("court", AWAY)
+    summary, reports = do_import(SAMPLES / "court.csv", "court", "court", tmp_path, client)
+    assert (reports, summary.stopped) == ([], None)
+    assert client.leads_waiting() == sum(summary.events.values()) > 0
+    asker = client.pseudonymizer
+    assert isinstance(asker, ObliviousPseudonymizer)
+    asker.url = service.url
+    while client.drainer.resolve_waiting():
+        pass
+    records = sealed_content(oblivious, client)
+    assert len(records) == sum(summary.events.values())
+    assert all(h.subject.startswith("p1.") for h, _ in records)
+    assert all("p0." not in text for _, text in records)
+    assert all(h.subject in text for h, text in records if h.type == "protection_order.requested")

@@ -150,6 +150,9 @@ class Crashing:
     def leads_waiting(self) -> int:
         return self.client.leads_waiting()
 
+    def defer_event(self, event: EventModel, **kwargs: Any) -> str:
+        raise AssertionError("a hotline import publishes leads only")
+
     def publish_lead(
         self, data: Mapping[str, Any], *, urgency: str | None = None, event_id: str | None = None
     ) -> str:

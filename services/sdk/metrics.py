@@ -47,7 +47,8 @@ class SdkMetrics:
         )
         self.waiting = Gauge(
             "lianfang_outbox_waiting_for_pseudonyms",
-            "Leads accepted that wait in the outbox for the pseudonymizer (counted in the outbox depth too).",
+            "Leads accepted that wait in the outbox for the pseudonymizer, and an import's events waiting "
+            "behind them (counted in the outbox depth too).",
             registry=registry,
         )
         self.waiting_age = Gauge(

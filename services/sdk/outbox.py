@@ -156,11 +156,13 @@ class Outbox:
 
         self._commits.run(insert)
 
-    def deferred(self, limit: int = 100) -> list[Deferred]:
-        """The leads waiting for their pseudonyms, oldest first."""
+    def deferred(self, limit: int = 100, *, after: int = 0) -> list[Deferred]:
+        """The leads waiting for their pseudonyms, oldest first (those accepted after row ``after``)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, event_id, kid, sealed, accepted FROM deferred ORDER BY seq LIMIT ?", (limit,)
+                "SELECT seq, event_id, kid, sealed, accepted FROM deferred"
+                " WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
             ).fetchall()
         return [Deferred(*row) for row in rows]
 
@@ -298,6 +300,7 @@ class Drainer:
         self.resolve_batch = resolve_batch
         self._resolve_at = 0.0  # monotonic time of the next attempt
         self._resolve_backoff = 0.2
+        self._resolve_after = 0  # look at the leads accepted after this row (past ones that stay)
         self.bootstrap = bootstrap
         self.security = security if security is not None else load_security()
         self.on_sent = on_sent
@@ -385,12 +388,15 @@ class Drainer:
         at = time.monotonic() if now is None else now
         if at < self._resolve_at:
             return 0
-        waiting = self.outbox.deferred(self.resolve_batch)
+        waiting = self.outbox.deferred(self.resolve_batch, after=self._resolve_after)
         if not waiting:
+            self._resolve_after = 0  # past the end: from the oldest again next time
             return 0
         retry_after = 0.0
+        answered = False  # the pseudonymizer answered: what is left stays for another reason
         try:
             done = self.resolve(waiting)
+            answered = True
         except TransportError as e:
             done = 0
             retry_after = float(getattr(e, "retry_after", 0) or 0)
@@ -399,6 +405,11 @@ class Drainer:
         except Exception:  # a bug in sealing must not stop the drainer; the leads stay on disk
             log.exception("outbox: sealing %d waiting lead(s) failed; they stay in the outbox", len(waiting))
             done = 0
+        # Leads that cannot be sent for a reason of their own stay where they are; a full batch of them
+        # must not hold back the leads behind it, so the next attempt looks past it (from the oldest
+        # again after the end). While the service is away the next attempt starts where this one did.
+        stuck = answered and done < len(waiting) == self.resolve_batch
+        self._resolve_after = waiting[-1].seq if stuck else 0
         if done:
             self._resolve_backoff = 0.2
             self._resolve_at = 0.0

@@ -22,7 +22,7 @@ from services.pseudonymizer.client import PseudonymizerUnavailableError
 from services.sdk import deferred
 from services.sdk.client import Client
 from services.sdk.metrics import SdkMetrics
-from services.sdk.outbox import Deferred, Drainer, Outbox
+from services.sdk.outbox import Deferred, Drainer, Outbox, Resolved
 from tests.kit import NOW, DemoDomain, until
 
 pytestmark = pytest.mark.unit
@@ -348,3 +348,40 @@ def test_a_lead_that_waited_across_a_registry_change_is_sealed_under_the_registr
         assert (header.id, header.registry) == (event_id, document.version + 1)
     finally:
         client.close()
+
+
+def test_a_full_batch_of_leads_that_cannot_be_sent_holds_back_none_behind_it(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite")
+    for event_id in ("stuck-1", "stuck-2", "ok-3"):
+        box.put_deferred(event_id=event_id, kid="k", sealed=b"x")
+    seen: list[list[str]] = []
+
+    def resolve(rows: list[Deferred]) -> int:
+        seen.append([r.event_id for r in rows])
+        ok = [r for r in rows if r.event_id.startswith("ok")]
+        box.resolve([Resolved(r, "events", b"s", b"v", []) for r in ok])
+        return len(ok)
+
+    drainer = Drainer(box, "", resolve=resolve, resolve_batch=2)
+    for now in (0.0, 1.0, 2.0):
+        drainer.resolve_waiting(now=now)
+    assert seen == [["stuck-1", "stuck-2"], ["ok-3"], ["stuck-1", "stuck-2"]]
+    assert [p.event_id for p in box.pending()] == ["ok-3"]
+    box.close()
+
+
+def test_while_the_service_is_away_the_next_attempt_starts_from_the_oldest_lead(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite")
+    for event_id in ("first", "second", "third"):
+        box.put_deferred(event_id=event_id, kid="k", sealed=b"x")
+    seen: list[list[str]] = []
+
+    def resolve(rows: list[Deferred]) -> int:
+        seen.append([r.event_id for r in rows])
+        raise away()
+
+    drainer = Drainer(box, "", resolve=resolve, resolve_batch=2)
+    drainer.resolve_waiting(now=0.0)
+    drainer.resolve_waiting(now=100.0)
+    assert seen == [["first", "second"], ["first", "second"]]
+    box.close()

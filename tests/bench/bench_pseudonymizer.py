@@ -11,9 +11,10 @@ entry (fsync'd) for every request as in production. The callers run in this proc
   lead (as the gateway and ``publish_lead`` do), and one request for ``BATCH_LEADS`` leads (as an import
   and the outbox's drainer do): blind, sign the request, the service's work, verify the proof, unblind.
   Every identifier is new (no cache hit).
-- ``import``: a 12338 hotline export of ``ROWS`` generated rows. Baseline: the reader alone (decode,
-  split, map columns). Then ``run_import`` with an SDK client (drainer not started: up to the fsync'd
-  outbox write) whose pseudonyms come from the service, in batches of
+- ``import``: a 12338 hotline export of ``ROWS`` generated rows. Baselines: the reader alone (decode,
+  split, map columns), and the whole import with the keyed HMAC (no service: what an import costs
+  besides the pseudonyms). Then ``run_import`` with an SDK client (drainer not started: up to the
+  fsync'd outbox write) whose pseudonyms come from the service, in batches of
   :data:`~services.importers.engine.BATCH_ROWS` rows, and with one request a row (batch of 1).
 - ``service``: closed loop, ``CONCURRENCY`` requests in flight, pre-signed bodies of 1 and of 256
   blinded elements: evaluations/s of the one core. Open loop: single-element requests sent on a fixed
@@ -218,6 +219,7 @@ def _import(ctx: BenchContext, setup: Setup, rows: int) -> list[Result]:
     from services.importers.ledger import Ledger
     from services.importers.reader import ExportFile
     from services.importers.spec import load_format
+    from services.kernel.pseudonym import new_pseudonym_key
     from services.sdk.client import Client
     from services.sdk.metrics import SdkMetrics
     from tests.samples import generate
@@ -242,7 +244,7 @@ def _import(ctx: BenchContext, setup: Setup, rows: int) -> list[Result]:
                 pass
         return time.perf_counter() - start
 
-    def import_run(batch_rows: int) -> float:
+    def import_run(batch_rows: int, *, keyed: bool = False) -> float:
         path, n = export(), next(runs)
         home = setup.tmp / f"import-{n}"
         client = Client(
@@ -251,7 +253,7 @@ def _import(ctx: BenchContext, setup: Setup, rows: int) -> list[Result]:
             bootstrap="",
             outbox_path=home / "outbox.sqlite",
             start=False,
-            pseudonymizer=setup.asker(),
+            pseudonymizer=new_pseudonym_key(1) if keyed else setup.asker(),
             metrics=SdkMetrics(CollectorRegistry()),
         )
         ledger = Ledger.open(home, "womens_federation")
@@ -287,6 +289,13 @@ def _import(ctx: BenchContext, setup: Setup, rows: int) -> list[Result]:
                 per_second(ctx.measure("reader", reader_run), rows),
                 baseline=True,
                 notes="decode, split, map columns",
+            ),
+            ctx.result(
+                "import, keyed HMAC (older domains)",
+                "rows/s",
+                per_second(ctx.measure("import keyed", lambda: import_run(batched, keyed=True)), rows),
+                baseline=True,
+                notes=notes + "; no service: what the import costs besides the pseudonyms",
             ),
             ctx.result(
                 f"import, pseudonyms in batches of {batched} rows",

@@ -696,6 +696,7 @@ def _publish(client: Client, submission: Submission, event_id: str, registry: Re
                 event_id=event_id,
                 registry=registry,
                 why=submission.why,
+                counted=True,  # parse_submission counted its identifier problems
             )
             return
         client.publish(

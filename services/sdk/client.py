@@ -396,7 +396,7 @@ class Client:
             except PseudonymizerUnavailableError as e:
                 if not e.transient:
                     raise
-                return self.defer_lead(data, urgency=urgency, event_id=event_id, why=e.code)
+                return self.defer_lead(data, urgency=urgency, event_id=event_id, why=e.code, counted=True)
             return self.publish(
                 lead, context=context, urgency=urgency or default_urgency(lead), event_id=event_id
             )
@@ -441,10 +441,11 @@ class Client:
         refs: Sequence[str] = (),
         registry: Registry | None = None,
         why: str = "earlier leads wait",
+        counted: bool = False,
     ) -> str:
         """Accept a lead whose pseudonyms cannot be had now; return its event id once it is on disk.
         ``why`` (the service's problem code, or ``unreachable``) goes into the log line said when leads
-        start waiting.
+        start waiting; ``counted``: the lead's identifier problems were counted already (a first try).
 
         Everything but the pseudonyms is checked first, as :meth:`publish_lead` would (the fields, the
         right to publish, the recipients' keys: a trial seal under stand-in pseudonyms, thrown away).
@@ -458,7 +459,10 @@ class Client:
         event_id = event_id or envelope.new_event_id()
         pending = deferred.PendingLead.of(data, urgency=urgency, refs=refs)
         lead, context = self._lead(
-            pending.data, deferred.StandIn(role.version), token=event_id, metrics=self.metrics
+            pending.data,
+            deferred.StandIn(role.version),
+            token=event_id,
+            metrics=None if counted else self.metrics,
         )
         self._seal(lead, context=context, urgency=pending.urgency or default_urgency(lead), refs=refs,
                    event_id=event_id, registry=registry)  # fmt: skip

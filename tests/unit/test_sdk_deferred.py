@@ -385,3 +385,21 @@ def test_while_the_service_is_away_the_next_attempt_starts_from_the_oldest_lead(
     drainer.resolve_waiting(now=100.0)
     assert seen == [["first", "second"], ["first", "second"]]
     box.close()
+
+
+def test_a_waiting_lead_gets_its_victims_links_from_the_real_pseudonyms(
+    oblivious: DemoDomain, police: Client, service: Service
+) -> None:
+    service.down = away()
+    victim = {"name": NAME, "phone": PHONE, "id_number": "11010519491231002X", "is_minor": False}
+    police.publish_lead(a_lead(victim=victim))
+    service.down = None
+    assert police.drainer.resolve_waiting() == 1
+    (record,) = police.outbox.pending()
+    header = envelope.parse(record.value)[4]
+    key = oblivious.pseudonymizer_key()
+    by_id, by_phone = key.pseudonyms(
+        [normalize_subject(id_number="11010519491231002X"), normalize_subject(phone=PHONE)]
+    )
+    assert header.subject == by_id
+    assert list(header.links) == [by_phone]

@@ -8,9 +8,9 @@ see :mod:`services.kernel.registry` for the exact layout.
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
-from pydantic import AwareDatetime, Field, model_validator
+from pydantic import AwareDatetime, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from schemas.common import Category, ParticipantId, Town, UniqueList, Urgency, WireModel
 from schemas.envelope import Base64, SectionName
@@ -157,6 +157,42 @@ class PseudonymizerRole(WireModel):
     version: int = Field(ge=0, le=999_999_999)
     public: Base64 = Field(description="the VOPRF public key: a 32-byte ristretto255 element, base64")
     url: str = Field(min_length=1, max_length=512, pattern=r"^https?://[^\s]+$")
+    previous: PreviousPseudonymizerKey | None = Field(
+        default=None,
+        description="during a key transition, the key before this one: clients also ask for the pseudonym "
+        "under it, for the header's links",
+    )
+    transition_until: AwareDatetime | None = Field(
+        default=None,
+        description="during a transition (a previous key here, or a sealed pseudonym key beside this "
+        "role), the earliest time the roots may end it: the hub's longest look-back after it began",
+    )
+
+    @model_serializer(mode="wrap")
+    def _only_a_transition_adds_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Outside a transition the role is written as before these fields existed, so a registry that
+        # rotates nothing stays readable by processes that do not know them yet.
+        data: dict[str, Any] = handler(self)
+        for name in ("previous", "transition_until"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+    @model_validator(mode="after")
+    def _versions_grow(self) -> PseudonymizerRole:
+        if self.previous is not None:
+            if self.previous.version >= self.version:
+                raise ValueError("the previous pseudonymizer key's version must be below the current one")
+            if self.previous.public == self.public:
+                raise ValueError("the previous pseudonymizer key is the current one")
+        return self
+
+
+class PreviousPseudonymizerKey(WireModel):
+    """The pseudonymizer's key of the epoch before, named only while the transition lasts."""
+
+    version: int = Field(ge=0, le=999_999_999)
+    public: Base64 = Field(description="its VOPRF public key: a 32-byte ristretto255 element, base64")
 
 
 class RegistryDocument(WireModel):
@@ -186,15 +222,38 @@ class RegistryDocument(WireModel):
 
     @model_validator(mode="after")
     def _one_way_to_pseudonymize(self) -> RegistryDocument:
-        if (self.pseudonym_key is None) == (self.pseudonymizer is None):
+        role, sealed = self.pseudonymizer, self.pseudonym_key
+        if role is None and sealed is None:
             raise ValueError(
                 "a registry either names a pseudonymizer or carries a sealed pseudonym key, exactly one "
-                "(a sealed key beside a pseudonymizer would let every keystore compute pseudonyms offline)"
+                "(except while a domain moves from the sealed key to the pseudonymizer)"
+            )
+        if role is None:
+            return self
+        # A sealed key beside a pseudonymizer lets every keystore compute the old pseudonyms offline: it
+        # is allowed only as the previous epoch of a transition to the pseudonymizer, which has an end.
+        migrating = sealed is not None
+        if migrating and role.previous is not None:
+            raise ValueError(
+                "one transition at a time: a previous pseudonymizer key or a sealed key, not both"
+            )
+        if migrating and sealed is not None and sealed.version >= role.version:
+            raise ValueError("the pseudonymizer's version must be above the sealed pseudonym key's")
+        if (migrating or role.previous is not None) != (role.transition_until is not None):
+            raise ValueError(
+                "a pseudonymizer has a transition_until exactly while a transition is underway (a previous "
+                "key, or a sealed pseudonym key beside it)"
             )
         return self
+
+    @property
+    def in_transition(self) -> bool:
+        """Whether pseudonyms are being linked across a key change (see PseudonymizerRole)."""
+        return self.pseudonymizer is not None and self.pseudonymizer.transition_until is not None
 
 
 SectionRecipients = dict[SectionName, frozenset[str]]
 
 SealedPseudonymKey.model_rebuild()
+PseudonymizerRole.model_rebuild()
 DelegatedRole.model_rebuild()

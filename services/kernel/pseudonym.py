@@ -47,6 +47,7 @@ __all__ = [
     "MAX_PSEUDONYM_KEY_VERSION",
     "PSEUDONYM_PATTERN",
     "PSEUDONYM_SECRET_LENGTH",
+    "EpochPseudonyms",
     "IdProblem",
     "Identified",
     "Identifier",
@@ -69,6 +70,7 @@ __all__ = [
     "oblivious_pseudonym",
     "oprf_input",
     "pseudonym",
+    "pseudonym_epochs",
     "pseudonymize",
 ]
 
@@ -441,6 +443,27 @@ class Pseudonymizer(Protocol):
     def pseudonyms(self, canonicals: Sequence[str]) -> list[str]:
         """The pseudonym of each canonical identifier (from :func:`normalize_subject`), in order."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class EpochPseudonyms:
+    """One identifier's pseudonym under the current key and, during a key transition, under the previous
+    one (the pseudonymizer's previous key, or the sealed HMAC key of a domain moving to the
+    pseudonymizer); ``previous`` is None outside a transition. A lead's subject is ``current``; its
+    ``previous`` goes into the header's ``links`` so the hub carries the person's state over."""
+
+    current: str
+    previous: str | None = None
+
+
+def pseudonym_epochs(pseudonymizer: Pseudonymizer, canonicals: Sequence[str]) -> list[EpochPseudonyms]:
+    """Each identifier's :class:`EpochPseudonyms` from any pseudonymizer: one that knows epochs says
+    both; any other (a sealed key with no transition, a test's key holder) has no previous epoch."""
+    epochs = getattr(pseudonymizer, "epochs", None)
+    if callable(epochs):
+        found: list[EpochPseudonyms] = epochs(canonicals)
+        return found
+    return [EpochPseudonyms(p) for p in pseudonymizer.pseudonyms(canonicals)]
 
 
 def _check_canonical(canonical: str) -> None:

@@ -289,9 +289,19 @@ class Registry:
             crypto.b64d(role.public, what="pseudonymizer public key", length=oprf.ELEMENT_LENGTH)
         )
 
+    def pseudonymizer_previous_public(self) -> bytes | None:
+        """During a key transition, the pseudonymizer's previous VOPRF public key (a valid element);
+        otherwise None."""
+        role = self.document.pseudonymizer
+        if role is None or role.previous is None:
+            return None
+        return oprf.deserialize_element(
+            crypto.b64d(role.previous.public, what="previous pseudonymizer key", length=oprf.ELEMENT_LENGTH)
+        )
+
     def pseudonym_key(self, participant_id: str, keys: Mapping[str, X25519PrivateKey]) -> PseudonymKey:
-        """Open the pseudonym key sealed to ``participant_id`` with one of its private keys (only in a
-        domain that names no pseudonymizer)."""
+        """Open the pseudonym key sealed to ``participant_id`` with one of its private keys (in a domain
+        that names no pseudonymizer, or one moving from the sealed key to a pseudonymizer)."""
         sealed = self.document.pseudonym_key
         if sealed is None:
             raise UsageError(

@@ -7,23 +7,28 @@ signing key from the registry in force; ``GET /v1/key`` gives the public key and
 then the evaluation, an audit entry (``pseudonymize``: who asked, how many; never an element) and the
 answer. Every refusal is problem+json with a code, counted by code.
 
-The key is read from ``<home>/pseudonymizer/key.json`` (mode 0600, written by ``lianfang init``) and
-never leaves this process: no participant, the router included, can compute a pseudonym without asking
-here. The service refuses to start with a key the registry does not name (clients verify every answer
-against the registry's key), and answers 503 ``key_not_named`` while a newer registry names another.
+The keys are read from ``<home>/pseudonymizer/`` (mode 0600: ``key.json`` written by ``lianfang init``,
+``key.v<N>.json`` by ``lianfang pseudonymizer rotate``) and never leave this process: no participant, the
+router included, can compute a pseudonym without asking here. The service refuses to start without the
+keys the registry names (clients verify every answer against the registry's keys), and answers 503
+``key_not_named`` for a version the registry in force does not name or it does not hold. During a key
+transition it serves the current and the previous key, one batch under both when asked; once the registry
+in force no longer names a key, the key's file is overwritten, flushed and unlinked and the key dropped
+(:mod:`services.pseudonymizer.keys`), which is logged and audited by version.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import secrets
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -50,6 +55,7 @@ from services.kernel.errors import (
 )
 from services.kernel.registry import Registry
 from services.pseudonymizer import core
+from services.pseudonymizer.keys import KeyFolder, destroy_file
 from services.pseudonymizer.metrics import PseudonymizerMetrics
 
 log = logging.getLogger("lianfang.pseudonymizer")
@@ -96,29 +102,51 @@ class RefusalError(LianfangError):
 
 
 def load_key(home: Path, registry: Registry) -> core.PseudonymizerKey:
-    """The key in ``home/pseudonymizer/key.json``, which must be the one ``registry`` names.
+    """The current key of :func:`load_keys`."""
+    keys = load_keys(home, registry)
+    role = registry.pseudonymizer
+    return keys[role.version] if role is not None else keys[max(keys)]
+
+
+def load_keys(home: Path, registry: Registry) -> dict[int, core.PseudonymizerKey]:
+    """The keys in ``home/pseudonymizer/`` that ``registry`` names (the current one and, during a
+    transition, the previous one), each checked against the registry's public key.
 
     A registry that names no pseudonymizer (a domain from before it) gets a key created on first start,
     as before, with a warning: no client of such a domain asks this service.
     """
     path = home / KEY_FILE
-    if registry.pseudonymizer is None:
+    role = registry.pseudonymizer
+    if role is None:
         log.warning(
             "registry v%d names no pseudonymizer: clients of this domain still use its sealed pseudonym "
             "key and will not ask this service",
             registry.version,
         )
         if not path.exists():
-            return trust.create_pseudonymizer_key(home)
-        return core.PseudonymizerKey.from_json(path.read_bytes())
-    if not path.exists():
+            key = trust.create_pseudonymizer_key(home)
+            return {key.version: key}
+        key = core.PseudonymizerKey.from_json(path.read_bytes())
+        return {key.version: key}
+    found = {version: key for version, (_, key) in KeyFolder(path.parent).read().items()}
+    if not found:
         raise UsageError(
             f"no pseudonymizer key at {path}: `lianfang init` writes it beside the registry that names "
             "its public key; copy it there (mode 0600) from where the domain was created"
         )
-    key = core.PseudonymizerKey.from_json(path.read_bytes())
-    key.check_named_by(registry.pseudonymizer)
-    return key
+    keys: dict[int, core.PseudonymizerKey] = {}
+    for version in core.named_versions(role):
+        named = found.get(version)
+        if named is None:
+            held = ", ".join(f"v{v}" for v in sorted(found))
+            raise UsageError(
+                f"registry v{registry.version} names pseudonymizer key v{version}, which {path.parent} "
+                f"does not hold (it holds {held}): copy the key file (mode 0600) from where the key was "
+                "created (`lianfang pseudonymizer rotate` writes key.v<N>.json)"
+            )
+        named.check_named_by_version(role, version)
+        keys[version] = named
+    return keys
 
 
 class Pseudonymizer:
@@ -126,19 +154,87 @@ class Pseudonymizer:
         self,
         settings: PseudonymizerSettings,
         *,
-        key: core.PseudonymizerKey,
+        key: core.PseudonymizerKey | Mapping[int, core.PseudonymizerKey],
         registry: Registry | RegistryInForce,
         trail: LocalTrail | None,
         metrics_registry: CollectorRegistry | None = None,
         clock: Clock = utcnow,
+        key_folder: Path | None = None,
     ) -> None:
+        """``key``: the key, or the keys by version, the registry names; ``key_folder`` (the service's
+        ``HOME/pseudonymizer``) is where keys newly named are read from and retired ones destroyed."""
         self.settings = settings
-        self.key = key
+        self.keys = {key.version: key} if isinstance(key, core.PseudonymizerKey) else dict(key)
+        self.key_folder = KeyFolder(key_folder) if key_folder is not None else None
         self.in_force = registry if isinstance(registry, RegistryInForce) else RegistryInForce(registry)
         self.trail = trail
         self.metrics = PseudonymizerMetrics(metrics_registry or CollectorRegistry())
         self.clock = clock
         self.limiter = core.RateLimiter(rate=settings.rate_per_s, burst=settings.burst)
+        self._reconciled: int | None = None
+        self.reconcile()
+
+    @property
+    def key(self) -> core.PseudonymizerKey:
+        """The current key: the one the registry in force names, else the newest held."""
+        role = self.in_force.current.pseudonymizer
+        if role is not None and role.version in self.keys:
+            return self.keys[role.version]
+        return self.keys[max(self.keys)]
+
+    def reconcile(self) -> None:
+        """Bring the keys held in line with the registry in force, once per registry version: read the
+        keys it newly names from the folder, and destroy those below every version it names."""
+        registry = self.in_force.current
+        if registry.version == self._reconciled:
+            return
+        self._reconciled = registry.version
+        role = registry.pseudonymizer
+        if role is None:
+            return
+        on_disk = self.key_folder.read() if self.key_folder is not None else {}
+        for version in core.named_versions(role):
+            if version not in self.keys and version in on_disk:
+                key = on_disk[version][1]
+                try:
+                    key.check_named_by_version(role, version)
+                except UsageError as e:
+                    log.error("%s", e)
+                    continue
+                self.keys[version] = key
+                log.info("pseudonymizer key v%d loaded: registry v%d names it", version, registry.version)
+        for version in core.retired_versions({*self.keys, *on_disk}, role):
+            self.destroy(version, registry.version)
+        self.metrics.key_version.labels("current").set(role.version if role.version in self.keys else 0)
+        previous = role.previous.version if role.previous is not None else None
+        self.metrics.key_version.labels("previous").set(
+            previous if previous is not None and previous in self.keys else 0
+        )
+
+    def destroy(self, version: int, registry_version: int) -> None:
+        """Destroy key ``version``: its files overwritten, flushed and unlinked, the key dropped from
+        memory. Logged and audited by version only."""
+        self.keys.pop(version, None)
+        outcome = "destroyed"
+        for path in self.key_folder.paths_of(version) if self.key_folder is not None else []:
+            try:
+                destroy_file(path)
+            except OSError as e:
+                outcome = "file_kept"
+                log.error(
+                    "pseudonymizer key v%d is out of use but its file %s could not be destroyed (%s): "
+                    "remove it by hand (a read-only mount: remove it from where it is mounted from)",
+                    version, path, e.strerror or e,
+                )  # fmt: skip
+        self.metrics.keys_destroyed.labels(outcome).inc()
+        log.warning(
+            "pseudonymizer key v%d destroyed (%s): registry v%d no longer names it; evaluations under it "
+            "are refused from now on",
+            version, "file overwritten and unlinked" if outcome == "destroyed" else "dropped from memory",
+            registry_version,
+        )  # fmt: skip
+        if self.trail is not None:
+            self.trail.append("key_change", object=f"pseudonymizer-key.v{version}.destroyed")
 
     def authenticate(self, request: web.Request) -> str:
         registry = self.in_force.current
@@ -172,26 +268,38 @@ class Pseudonymizer:
             raise RefusalError(401, e.reason, e.args[0]) from e
         return owner
 
-    def check_key_named(self) -> None:
-        """Answer 503 while the registry in force names another key: every client would refuse the
-        answer, and the operator must install the key the roots named."""
-        role = self.in_force.current.pseudonymizer
-        if role is None:
-            return  # an older domain: nobody verifies against a registry key
-        try:
-            self.key.check_named_by(role)
-        except UsageError as e:
-            log.error("%s", e)
-            raise RefusalError(
-                503,
-                "key_not_named",
-                "the registry in force names another pseudonymizer key than this service holds",
-                {"Retry-After": "60"},
-            ) from e
+    def keys_for(
+        self, request: core.EvaluateRequest
+    ) -> tuple[core.PseudonymizerKey, core.PseudonymizerKey | None]:
+        """The keys to evaluate ``request`` under: the version it asks for (default: the current one)
+        and the previous one if asked. A version the registry in force does not name, or this service
+        does not hold, is 503 ``key_not_named``: a client whose registry differs (a rotation under way,
+        a key file not yet installed) retries; every answer under another key would be refused."""
+        registry = self.in_force.current
+        role = registry.pseudonymizer
+        if role is None:  # an older domain: nobody verifies against a registry key
+            if request.version is not None and request.version != self.key.version:
+                raise _not_named(f"the service holds key v{self.key.version}")
+            return self.key, None
+        named = core.named_versions(role)
+        wanted = request.version if request.version is not None else role.version
+        key = self.keys.get(wanted)
+        if wanted not in named or key is None:
+            log.error(
+                "asked for pseudonymizer key v%d; registry v%d names %s and this service holds %s",
+                wanted, registry.version, _versions(named), _versions(self.keys),
+            )  # fmt: skip
+            raise _not_named("the registry in force does not name that key, or this service lacks it")
+        if request.previous is None:
+            return key, None
+        previous = self.keys.get(request.previous)
+        if role.previous is None or request.previous != role.previous.version or previous is None:
+            raise _not_named("the registry in force names no such previous key, or it was destroyed")
+        return key, previous
 
     async def post_evaluate(self, request: web.Request) -> web.Response:
         participant = self.authenticate(request)
-        self.check_key_named()
+        self.reconcile()
         body = await request.content.read(core.MAX_BODY_BYTES + 1)
         try:
             httpsig.check_content_digest(request.headers.get("Content-Digest"), body)
@@ -209,7 +317,8 @@ class Pseudonymizer:
                 f"({self.settings.rate_per_s:g}/s, bursts of {self.settings.burst}); retry later",
                 {"Retry-After": str(max(1, int(wait + 0.999)))},
             )
-        answer = await asyncio.to_thread(core.answer, self.key, parsed)
+        key, previous = self.keys_for(parsed)
+        answer = await asyncio.to_thread(functools.partial(core.answer, key, parsed, previous=previous))
         if self.trail is not None:
             # No lock of our own: the trail serializes appends and lets concurrent ones share one fsync
             # (group commit); holding a lock across the fsync would make every request wait for the last.
@@ -224,14 +333,18 @@ class Pseudonymizer:
         return web.json_response(answer)
 
     async def get_key(self, _request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "suite": oprf.IDENTIFIER.decode(),
-                "mode": core.MODE,
-                "version": self.key.version,
-                "public": oprf_public_b64(self.key),
-            }
-        )
+        self.reconcile()
+        doc: dict[str, object] = {
+            "suite": oprf.IDENTIFIER.decode(),
+            "mode": core.MODE,
+            "version": self.key.version,
+            "public": oprf_public_b64(self.key),
+        }
+        role = self.in_force.current.pseudonymizer
+        if role is not None and role.previous is not None and role.previous.version in self.keys:
+            previous = self.keys[role.previous.version]
+            doc["previous"] = {"version": previous.version, "public": oprf_public_b64(previous)}
+        return web.json_response(doc)
 
     async def get_metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry), content_type="text/plain")
@@ -270,6 +383,26 @@ def oprf_public_b64(key: core.PseudonymizerKey) -> str:
     return crypto.b64e(key.key.public)
 
 
+def _not_named(detail: str) -> RefusalError:
+    return RefusalError(503, "key_not_named", detail, {"Retry-After": "5"})
+
+
+def _versions(versions: Iterable[int]) -> str:
+    return ", ".join(f"v{v}" for v in sorted(versions)) or "none"
+
+
+async def _reconcile_every_second(service: Pseudonymizer) -> None:
+    """Keys newly named are loaded, and retired ones destroyed, within a second of a registry taking
+    effect, whether or not anyone asks meanwhile."""
+    while True:
+        await asyncio.sleep(1.0)  # the period of the check, not a wait for something
+        try:
+            service.reconcile()
+        except (OSError, LianfangError) as e:  # keep serving what it holds; the next check retries
+            service._reconciled = None
+            log.error("could not bring the pseudonymizer's keys in line with the registry: %s", e)
+
+
 async def serve(settings: PseudonymizerSettings, *, clock: Clock = utcnow) -> None:
     """Run the pseudonymizer until SIGTERM or SIGINT."""
     domain = trust.open_domain(settings.home)
@@ -284,7 +417,12 @@ async def serve(settings: PseudonymizerSettings, *, clock: Clock = utcnow) -> No
         settings.spool_dir / "audit", keystore, in_force.current, "pseudonymizer", ship=sink, clock=clock
     )
     service = Pseudonymizer(
-        settings, key=load_key(settings.home, in_force.current), registry=in_force, trail=trail, clock=clock
+        settings,
+        key=load_keys(settings.home, in_force.current),
+        registry=in_force,
+        trail=trail,
+        clock=clock,
+        key_folder=settings.home / KEY_FILE.parent,
     )
     follower = (
         follow(in_force, bootstrap=settings.bootstrap, topic=names.registry, security=settings.kafka_security)
@@ -295,15 +433,19 @@ async def serve(settings: PseudonymizerSettings, *, clock: Clock = utcnow) -> No
     try:
         await runner.setup()
         await web.TCPSite(runner, settings.host, settings.port, reuse_address=True).start()
+        keeper = asyncio.create_task(_reconcile_every_second(service))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         log.info(
-            "pseudonymizer on http://%s:%d (pid %d), key v%d, %g evaluations/s per participant",
-            settings.host, settings.port, os.getpid(), service.key.version, settings.rate_per_s,
+            "pseudonymizer on http://%s:%d (pid %d), keys %s (v%d current), %g evaluations/s per "
+            "participant",
+            settings.host, settings.port, os.getpid(), _versions(service.keys), service.key.version,
+            settings.rate_per_s,
         )  # fmt: skip
         await stop.wait()
+        keeper.cancel()
     finally:
         await runner.cleanup()
         if follower is not None:

@@ -13,8 +13,16 @@ whether waiting can help (``transient``: no answer, 5xx, 429). The SDK then keep
 outbox, encrypted, and sends it once the service answers (:mod:`services.sdk.deferred`); a refusal of
 the caller fails the publish.
 
+During a key transition (the registry names a previous key, or still seals the HMAC key of a domain
+moving to the pseudonymizer) :meth:`ObliviousPseudonymizer.epochs` gives each identifier's pseudonym under
+the current key and under the previous one: one request evaluated under both keys, each evaluation's proof
+checked against the registry's key of its version (or, for the sealed key, the HMAC computed here). The
+SDK puts the previous one in the header's ``links``.
+
 A small in-memory cache keeps the newest answers, so one lead's identifiers are not evaluated twice
-(an importer validates a row, then the SDK publishes it). Nothing is logged but counts and codes.
+(an importer validates a row, then the SDK publishes it); it is emptied whenever the registry in force
+names other keys, and the sealed key is dropped once the registry no longer carries it. Nothing is logged
+but counts and codes.
 """
 
 from __future__ import annotations
@@ -33,7 +41,13 @@ from services.kernel import crypto, envelope, jsonx, oprf
 from services.kernel.clock import Clock, utcnow
 from services.kernel.errors import BadSignatureError, MalformedError, TransportError, UsageError
 from services.kernel.keystore import Keystore
-from services.kernel.pseudonym import oblivious_pseudonym, oprf_input
+from services.kernel.pseudonym import (
+    EpochPseudonyms,
+    PseudonymKey,
+    oblivious_pseudonym,
+    oprf_input,
+    pseudonym,
+)
 from services.kernel.registry import Registry
 from services.pseudonymizer import core
 
@@ -120,53 +134,111 @@ class ObliviousPseudonymizer:
         self.clock = clock
         self.metrics = metrics or shared_metrics()
         self.entropy = entropy
-        self._cache: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._cache: OrderedDict[str, EpochPseudonyms] = OrderedDict()
+        self._epoch: tuple[str, str | None, int | None] | None = None
+        self._sealed: PseudonymKey | None = None
 
     def pseudonyms(self, canonicals: Sequence[str]) -> list[str]:
+        """The pseudonym of each canonical identifier under the current key, in order."""
+        return [e.current for e in self.epochs(canonicals)]
+
+    def epochs(self, canonicals: Sequence[str]) -> list[EpochPseudonyms]:
+        """Each canonical identifier's pseudonym under the current key and, during a key transition,
+        under the previous one (the subject, and what goes into ``links``), in order."""
         registry = self.registry()
         role = registry.pseudonymizer
         if role is None:
             raise UsageError(f"registry v{registry.version} names no pseudonymizer")
-        public = registry.pseudonymizer_public()
-        found: dict[str, str] = {}
+        sealed = self._sealed_key(registry)
+        epoch = (
+            role.public,
+            role.previous.public if role.previous else None,
+            sealed.version if sealed else None,
+        )
+        if epoch != self._epoch:  # other keys: nothing cached under the old ones is kept
+            self._cache.clear()
+            self._epoch = epoch
+        found: dict[str, EpochPseudonyms] = {}
         missing: list[str] = []
         for canonical in dict.fromkeys(canonicals):
-            cached = self._cache.get((role.public, canonical))
+            cached = self._cache.get(canonical)
             if cached is None:
                 missing.append(canonical)
             else:
                 found[canonical] = cached
         for start in range(0, len(missing), oprf.MAX_BATCH):
             chunk = missing[start : start + oprf.MAX_BATCH]
-            for canonical, pseudonym in zip(chunk, self._evaluate(registry, public, chunk), strict=True):
-                found[canonical] = pseudonym
-                self._remember((role.public, canonical), pseudonym)
+            for canonical, evaluated in zip(chunk, self._evaluate(registry, chunk), strict=True):
+                pair = (
+                    evaluated
+                    if sealed is None
+                    else EpochPseudonyms(evaluated.current, pseudonym(sealed, canonical))
+                )
+                found[canonical] = pair
+                self._remember(canonical, pair)
         return [found[c] for c in canonicals]
 
-    def _remember(self, key: tuple[str, str], pseudonym: str) -> None:
-        self._cache[key] = pseudonym
-        self._cache.move_to_end(key)
+    def _sealed_key(self, registry: Registry) -> PseudonymKey | None:
+        """The sealed HMAC key while the registry carries it beside the pseudonymizer (a domain moving
+        over); dropped from memory as soon as a registry in force no longer does."""
+        sealed = registry.document.pseudonym_key
+        if sealed is None:
+            self._sealed = None
+            return None
+        if self._sealed is None or self._sealed.version != sealed.version:
+            try:
+                self._sealed = registry.pseudonym_key(self.keys.participant, self.keys.encryption)
+            except UsageError:
+                log.warning(
+                    "registry v%d seals the previous pseudonym key to none of %s's keys: leads carry no "
+                    "link to the sealed-key pseudonym",
+                    registry.version, self.keys.participant,
+                )  # fmt: skip
+                return None
+        return self._sealed
+
+    def _remember(self, canonical: str, pair: EpochPseudonyms) -> None:
+        self._cache[canonical] = pair
+        self._cache.move_to_end(canonical)
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
 
-    def _evaluate(self, registry: Registry, public: bytes, canonicals: Sequence[str]) -> list[str]:
+    def _evaluate(self, registry: Registry, canonicals: Sequence[str]) -> list[EpochPseudonyms]:
         role = registry.pseudonymizer
         assert role is not None
+        public = registry.pseudonymizer_public()
+        previous_public = registry.pseudonymizer_previous_public()
         inputs = [oprf_input(c) for c in canonicals]
         blinded = [
             oprf.blind(i, core.MODE) if self.entropy is None else oprf.blind(i, core.MODE, self.entropy)
             for i in inputs
         ]
-        body = jsonx.compact_json({"elements": [crypto.b64e(b.element) for b in blinded]})
-        answer = self._post(registry, body)
+        request: dict[str, object] = {
+            "elements": [crypto.b64e(b.element) for b in blinded],
+            "version": role.version,
+        }
+        if role.previous is not None:
+            request["previous"] = role.previous.version
+        answer = self._post(registry, jsonx.compact_json(request))
         try:
-            version, _offered, evaluation = core.parse_answer(answer, expected=len(inputs))
-            if version != role.version:
+            evaluations = core.parse_answers(answer, expected=len(inputs))
+            wanted = [(role.version, public)]
+            if role.previous is not None and previous_public is not None:
+                wanted.append((role.previous.version, previous_public))
+            if [v for v, _, _ in evaluations] != [v for v, _ in wanted]:
                 raise BadSignatureError(
-                    f"the pseudonymizer answered with key v{version}; the registry names v{role.version}"
+                    f"the pseudonymizer answered with key(s) {[v for v, _, _ in evaluations]}; the registry "
+                    f"names {[v for v, _ in wanted]}"
                 )
-            # The proof is checked against the registry's key; the key the service offers is ignored.
-            outputs = oprf.finalize(inputs, blinded, evaluation, core.MODE, public=public)
+            # Each proof is checked against the registry's key of its version; keys the service offers
+            # are ignored.
+            outputs = [
+                [
+                    oblivious_pseudonym(version, output)
+                    for output in oprf.finalize(inputs, blinded, evaluation, core.MODE, public=trusted)
+                ]
+                for (version, trusted), (_, _offered, evaluation) in zip(wanted, evaluations, strict=True)
+            ]
         except BadSignatureError:
             self.metrics.requests.labels("bad_proof").inc()
             log.error(
@@ -179,7 +251,8 @@ class ObliviousPseudonymizer:
             raise
         self.metrics.requests.labels("ok").inc()
         self.metrics.elements.inc(len(inputs))
-        return [oblivious_pseudonym(role.version, output) for output in outputs]
+        previous = outputs[1] if len(outputs) > 1 else [None] * len(inputs)
+        return [EpochPseudonyms(c, p) for c, p in zip(outputs[0], previous, strict=True)]
 
     def _post(self, registry: Registry, body: bytes) -> bytes:
         role = registry.pseudonymizer

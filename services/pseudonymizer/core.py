@@ -1,22 +1,25 @@
 """The pseudonymizer's pure core: the wire format of an evaluation, the key file, and per-participant rates.
 
 A request is ``{"elements": ["<base64 of a 32-byte blinded element>", ...]}`` (1 to
-:data:`~services.kernel.oprf.MAX_BATCH`); the answer is ``{"suite", "mode", "version", "public",
-"evaluated": [...], "proof"}`` with one evaluated element per blinded one, in order, and one VOPRF proof
-for the batch. Nothing here sees an identifier: blinded elements are uniformly random to whoever lacks the
-blinds. No clock, network or files; the service (:mod:`services.pseudonymizer.app`) does the I/O.
+:data:`~services.kernel.oprf.MAX_BATCH`), optionally with ``"version"`` (the key the client's registry
+names) and, during a key transition, ``"previous"`` (the previous key's version); the answer is
+``{"suite", "mode", "version", "public", "evaluated": [...], "proof"}`` with one evaluated element per
+blinded one, in order, and one VOPRF proof for the batch, and, when asked, ``"previous": {"version",
+"public", "evaluated", "proof"}``: the same batch under the previous key with its own proof. Nothing here
+sees an identifier: blinded elements are uniformly random to whoever lacks the blinds. No clock, network or
+files; the service (:mod:`services.pseudonymizer.app`) does the I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from schemas.registry import PseudonymizerRole
 from services.kernel import crypto, jsonx, oprf
 from services.kernel.errors import MalformedError, TooLargeError, UsageError
-from services.kernel.pseudonym import oblivious_pseudonym, oprf_input
+from services.kernel.pseudonym import MAX_PSEUDONYM_KEY_VERSION, oblivious_pseudonym, oprf_input
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -25,7 +28,11 @@ __all__ = [
     "PseudonymizerKey",
     "RateLimiter",
     "answer",
+    "key_file_name",
+    "named_versions",
     "parse_answer",
+    "parse_answers",
+    "retired_versions",
 ]
 
 MODE: Final[oprf.Mode] = "voprf"
@@ -63,15 +70,26 @@ class PseudonymizerKey:
         return PseudonymizerRole(version=self.version, public=crypto.b64e(self.key.public), url=url)
 
     def check_named_by(self, role: PseudonymizerRole | None) -> None:
-        """Raise ``UsageError`` unless ``role`` (the registry's) names this very key: clients verify every
-        answer against the registry's key, so a service with another would only give refused answers."""
+        """Raise ``UsageError`` unless ``role`` (the registry's) names this very key as its current one:
+        clients verify every answer against the registry's key, so a service with another would only give
+        refused answers."""
         if role is None:
             raise UsageError("the registry in force names no pseudonymizer")
-        if role.version != self.version or role.public != crypto.b64e(self.key.public):
+        self.check_named_by_version(role, role.version)
+
+    def check_named_by_version(self, role: PseudonymizerRole, version: int) -> None:
+        """Raise ``UsageError`` unless this is the key ``role`` names under ``version`` (its current or,
+        during a transition, its previous key)."""
+        named = {role.version: role.public}
+        if role.previous is not None:
+            named[role.previous.version] = role.previous.public
+        public = crypto.b64e(self.key.public)
+        if self.version != version or named.get(version) != public:
             raise UsageError(
-                f"the pseudonymizer's key (v{self.version}, public {crypto.b64e(self.key.public)}) is not "
-                f"the one the registry names (v{role.version}, public {role.public}): start it with the key "
-                "file `lianfang init` wrote, or have the roots sign a registry naming this key"
+                f"the pseudonymizer's key (v{self.version}, public {public}) is not the one the registry "
+                f"names (v{version}, public {named.get(version)}): start it with the key file `lianfang "
+                "init` or `lianfang pseudonymizer rotate` wrote, or have the roots sign a registry naming "
+                "this key"
             )
 
     def pseudonyms(self, canonicals: Sequence[str]) -> list[str]:
@@ -86,17 +104,52 @@ class PseudonymizerKey:
         return f"PseudonymizerKey(version={self.version}, key={self.key!r})"
 
 
+def key_file_name(version: int) -> str:
+    """The file a rotation writes the key of ``version`` to, in ``HOME/pseudonymizer/`` (``lianfang
+    init`` writes the first key to ``key.json``; the version inside a file is what counts)."""
+    return f"key.v{version}.json"
+
+
+def named_versions(role: PseudonymizerRole) -> tuple[int, ...]:
+    """The key versions a registry's pseudonymizer role names: the current one, then the previous one
+    while a transition lasts."""
+    return (role.version,) if role.previous is None else (role.version, role.previous.version)
+
+
+def retired_versions(held: Iterable[int], role: PseudonymizerRole) -> list[int]:
+    """The held key versions the roots have retired: below every version the registry names. A key
+    above them (a rotation prepared but not yet published) is not retired."""
+    floor = min(named_versions(role))
+    return sorted(v for v in held if v < floor)
+
+
 @dataclass(frozen=True, slots=True)
 class EvaluateRequest:
+    """A batch of blinded elements and, optionally, the key versions to evaluate it under (the current
+    one the client's registry names and, during a transition, the previous one)."""
+
     elements: tuple[bytes, ...]
+    version: int | None = None
+    previous: int | None = None
 
     @classmethod
     def from_bytes(cls, body: bytes) -> EvaluateRequest:
         if len(body) > MAX_BODY_BYTES:
             raise TooLargeError(f"the body is over {MAX_BODY_BYTES} bytes")
         doc = jsonx.strict_json(body, what="evaluation request")
-        if not isinstance(doc, dict) or set(doc) != {"elements"} or not isinstance(doc["elements"], list):
-            raise MalformedError('the body is {"elements": ["<base64 blinded element>", ...]}')
+        if (
+            not isinstance(doc, dict)
+            or "elements" not in doc
+            or not set(doc) <= {"elements", "version", "previous"}
+            or not isinstance(doc["elements"], list)
+        ):
+            raise MalformedError(
+                'the body is {"elements": ["<base64 blinded element>", ...]}, optionally with "version" '
+                'and "previous"'
+            )
+        version, previous = (_version_field(doc, name) for name in ("version", "previous"))
+        if previous is not None and (version is None or previous >= version):
+            raise MalformedError('"previous" goes with "version" and is below it')
         items = doc["elements"]
         if not 1 <= len(items) <= oprf.MAX_BATCH:
             raise MalformedError(f"a request carries 1 to {oprf.MAX_BATCH} elements")
@@ -106,17 +159,41 @@ class EvaluateRequest:
             oprf.deserialize_element(crypto.b64d(item, what="blinded element", length=oprf.ELEMENT_LENGTH))
             for item in items
         )
-        return cls(elements)
+        return cls(elements, version, previous)
+
+
+def _version_field(doc: dict[str, Any], name: str) -> int | None:
+    value = doc.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_PSEUDONYM_KEY_VERSION:
+        raise MalformedError(f'"{name}" is a key version, an integer from 0 to {MAX_PSEUDONYM_KEY_VERSION}')
+    return value
 
 
 def answer(
-    key: PseudonymizerKey, request: EvaluateRequest, entropy: oprf.Entropy | None = None
+    key: PseudonymizerKey,
+    request: EvaluateRequest,
+    entropy: oprf.Entropy | None = None,
+    *,
+    previous: PseudonymizerKey | None = None,
 ) -> dict[str, Any]:
-    """The service's answer to ``request``: the evaluated elements and one proof for the batch."""
+    """The service's answer to ``request``: the evaluated elements and one proof for the batch, and with
+    ``previous`` the same batch under the previous key, with a proof of its own."""
+    doc = _evaluation(key, request.elements, entropy)
+    if previous is not None:
+        evaluated = _evaluation(previous, request.elements, entropy)
+        doc["previous"] = {k: evaluated[k] for k in ("version", "public", "evaluated", "proof")}
+    return doc
+
+
+def _evaluation(
+    key: PseudonymizerKey, elements: tuple[bytes, ...], entropy: oprf.Entropy | None
+) -> dict[str, Any]:
     evaluation = (
-        oprf.blind_evaluate(key.key, request.elements, MODE)
+        oprf.blind_evaluate(key.key, elements, MODE)
         if entropy is None
-        else oprf.blind_evaluate(key.key, request.elements, MODE, entropy)
+        else oprf.blind_evaluate(key.key, elements, MODE, entropy)
     )
     assert evaluation.proof is not None
     return {
@@ -132,10 +209,28 @@ def answer(
 def parse_answer(body: bytes, *, expected: int) -> tuple[int, bytes, oprf.Evaluation]:
     """``(version, public key, evaluation)`` of an answer, for the client; the proof is checked by
     :func:`services.kernel.oprf.finalize` against the public key the client trusts."""
+    return parse_answers(body, expected=expected)[0]
+
+
+def parse_answers(body: bytes, *, expected: int) -> list[tuple[int, bytes, oprf.Evaluation]]:
+    """Each evaluation of an answer as :func:`parse_answer` gives it: the current key's, then (when the
+    request asked for it) the previous key's."""
     doc = jsonx.strict_json(body, what="pseudonymizer answer")
     try:
         if doc["suite"] != oprf.IDENTIFIER.decode() or doc["mode"] != MODE:
             raise MalformedError("the pseudonymizer answered with another suite or mode")
+        found = [_parse_evaluation(doc, expected)]
+        if doc.get("previous") is not None:
+            if not isinstance(doc["previous"], dict):
+                raise MalformedError("the pseudonymizer's previous evaluation is not an object")
+            found.append(_parse_evaluation(doc["previous"], expected))
+    except (KeyError, TypeError) as e:
+        raise MalformedError("the pseudonymizer's answer is not of the expected shape") from e
+    return found
+
+
+def _parse_evaluation(doc: dict[str, Any], expected: int) -> tuple[int, bytes, oprf.Evaluation]:
+    try:
         version, evaluated = doc["version"], doc["evaluated"]
         if not isinstance(version, int) or not isinstance(evaluated, list) or len(evaluated) != expected:
             raise MalformedError("the pseudonymizer's answer does not match the request")

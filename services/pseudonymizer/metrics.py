@@ -3,7 +3,7 @@ from the service's closed set of problem codes."""
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 
 class PseudonymizerMetrics:
@@ -31,6 +31,21 @@ class PseudonymizerMetrics:
             "lianfang_pseudonymizer_batch_size",
             "Elements per evaluation request.",
             buckets=(1, 2, 5, 10, 50, 100, 500, 1024),
+            registry=registry,
+        )
+        self.key_version = Gauge(
+            "lianfang_pseudonymizer_key_version",
+            "The key version the service serves, by role (current; previous during a key transition, "
+            "else 0).",
+            ["role"],
+            registry=registry,
+        )
+        self.keys_destroyed = Counter(
+            "lianfang_pseudonymizer_keys_destroyed_total",
+            "Retired keys destroyed once the registry in force no longer names them, by outcome "
+            "(destroyed: file overwritten and unlinked; file_kept: dropped from memory, the file could "
+            "not be removed).",
+            ["outcome"],
             registry=registry,
         )
         if registry is not REGISTRY:  # the default registry has them already

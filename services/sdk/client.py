@@ -360,6 +360,8 @@ class Client:
         if self._pseudonymizer is not None:
             return self._pseudonymizer
         registry = self.registry
+        if registry.document.pseudonym_key is None:
+            self._pseudonym_key = None  # a domain that moved to the pseudonymizer: the old key goes
         if registry.pseudonymizer is not None:
             if self._oblivious is None:
                 self._oblivious = ObliviousPseudonymizer(

@@ -42,6 +42,7 @@ from services.cli.audit import record_admin_change
 from services.cli.bus import add_bus_commands, cmd_registry_publish
 from services.cli.importers import add_commands as add_import_commands
 from services.cli.simulate import add_commands as add_simulate_commands
+from services.hub.config import HubConfig
 from services.kernel import ids
 from services.kernel.errors import (
     BadSignatureError,
@@ -60,8 +61,11 @@ from services.kernel.registry import (
     read_unverified,
     sign_document,
 )
+from services.pseudonymizer.core import PseudonymizerKey, key_file_name, retired_versions
+from services.pseudonymizer.keys import KeyFolder, destroy_file
 from services.simulator import district
 from services.trust import admin
+from services.trust.trusted import FOLDER, TrustedRecord
 
 Command = Callable[[argparse.Namespace], int]
 if TYPE_CHECKING:  # not subscriptable at run time
@@ -93,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_init(subcommands, common)
     _add_registry(subcommands, common)
     _add_keys(subcommands, common)
+    _add_pseudonymizer(subcommands, common)
     add_bus_commands(subcommands, common, _command, _group)
     add_import_commands(subcommands, common, _command, _group)
     add_simulate_commands(subcommands, common, _command, _group)
@@ -205,6 +210,53 @@ def _add_keys(subcommands: Subcommands, common: argparse.ArgumentParser) -> None
     revoke.add_argument("--kid", required=True, help="key id to revoke")
     revoke.add_argument(
         "--at", type=_iso_time, metavar="ISO8601", help="revoked from this time (default: now)"
+    )
+
+
+def _add_pseudonymizer(subcommands: Subcommands, common: argparse.ArgumentParser) -> None:
+    group = _group(
+        subcommands, "pseudonymizer", "rotate the pseudonymizer's key, or move a sealed-key domain to it"
+    )
+    days = HubConfig().retention.days + 1
+    window = argparse.ArgumentParser(add_help=False, parents=[common])
+    window.add_argument(
+        "--transition-days",
+        type=_positive_int,
+        default=days,
+        metavar="N",
+        help="days the previous key (or sealed key) stays for linking, at least the hub's longest "
+        f"look-back (default {days})",
+    )
+    _command(
+        group,
+        "rotate",
+        _cmd_pseudonymizer_rotate,
+        window,
+        f"the next key in HOME/{trust.PSEUDONYMIZER_KEY.parent}/key.v<N>.json and a registry naming it, "
+        "with the current key as the previous one for the transition",
+    )
+    migrate = _command(
+        group,
+        "migrate",
+        _cmd_pseudonymizer_migrate,
+        window,
+        "a domain that seals a pseudonym key names a pseudonymizer; the sealed key stays for the transition",
+    )
+    migrate.add_argument(
+        "--url",
+        default=trust.DEFAULT_PSEUDONYMIZER_URL,
+        metavar="URL",
+        help=f"where the pseudonymizer is served (default {trust.DEFAULT_PSEUDONYMIZER_URL})",
+    )
+    end = _command(
+        group,
+        "end-transition",
+        _cmd_pseudonymizer_end_transition,
+        common,
+        "drop the previous key (the service then destroys it) or the sealed pseudonym key",
+    )
+    end.add_argument(
+        "--force", action="store_true", help="end it before the time the registry gives (loses links)"
     )
 
 
@@ -326,6 +378,12 @@ def _cmd_registry_show(args: argparse.Namespace) -> int:
     if document.pseudonymizer is not None:
         role = document.pseudonymizer
         print(f"  pseudonymizer v{role.version} at {role.url} ({role.mode} {role.suite}, key {role.public})")
+        if role.previous is not None:
+            print(f"    previous key v{role.previous.version} ({role.previous.public}), for linking")
+        if document.pseudonym_key is not None:
+            print(f"    sealed pseudonym key v{document.pseudonym_key.version} kept as the previous epoch")
+        if role.transition_until is not None:
+            print(f"    key transition: may end from {_when(role.transition_until)}")
     elif document.pseudonym_key is not None:
         sealed = {w.to for w in document.pseudonym_key.sealed}
         print(
@@ -576,6 +634,105 @@ def _cmd_keys_revoke(args: argparse.Namespace) -> int:
     return _commit(domain, registry, change, now, changed_store=None)
 
 
+# --------------------------------------------------------------------------- pseudonymizer
+
+
+def _cmd_pseudonymizer_rotate(args: argparse.Namespace) -> int:
+    """The key file first, then the registry, so the registry never names a key no file holds; a key
+    file of the next version left by an earlier attempt is used again."""
+    home, now = _home(args), _now(args)
+    domain = trust.open_domain(home)
+    registry = domain.registry(now)
+    role = registry.pseudonymizer
+    if role is None:
+        raise UsageError(
+            f"registry v{registry.version} names no pseudonymizer: `lianfang pseudonymizer migrate` first"
+        )
+    version = role.version + 1
+    name = key_file_name(version)
+    path = home / trust.PSEUDONYMIZER_KEY.parent / name
+    if role.transition_until is not None:
+        raise UsageError(
+            f"a key transition is under way until {_when(role.transition_until)}: "
+            "`lianfang pseudonymizer end-transition` first"
+        )
+    key = (
+        PseudonymizerKey.from_json(path.read_bytes())
+        if path.exists()
+        else trust.create_pseudonymizer_key(home, version, name=name)
+    )
+    if key.version != version:
+        raise UsageError(f"{path} holds key v{key.version}, not v{version}: move it away and try again")
+    change = admin.rotate_pseudonymizer(
+        registry.document,
+        version=version,
+        public=key.role(role.url).public,
+        transition_until=now + timedelta(days=args.transition_days),
+        now=now,
+        lifetime=admin.lifetime_of(registry.document),
+    )
+    _commit(domain, registry, change, now, changed_store=None)
+    print(f"  the new key is {path} (mode 0600): copy it to the pseudonymizer's machine, then publish")
+    return 0
+
+
+def _cmd_pseudonymizer_migrate(args: argparse.Namespace) -> int:
+    home, now = _home(args), _now(args)
+    domain = trust.open_domain(home)
+    registry = domain.registry(now)
+    sealed = registry.document.pseudonym_key
+    if sealed is None or registry.pseudonymizer is not None:
+        raise UsageError(f"registry v{registry.version} already names a pseudonymizer: nothing to migrate")
+    version = sealed.version + 1
+    name = key_file_name(version)
+    path = home / trust.PSEUDONYMIZER_KEY.parent / name
+    key = (
+        PseudonymizerKey.from_json(path.read_bytes())
+        if path.exists()
+        else trust.create_pseudonymizer_key(home, version, name=name)
+    )
+    change = admin.migrate_to_pseudonymizer(
+        registry.document,
+        key.role(args.url),
+        transition_until=now + timedelta(days=args.transition_days),
+        now=now,
+        lifetime=admin.lifetime_of(registry.document),
+    )
+    _commit(domain, registry, change, now, changed_store=None)
+    print(f"  the pseudonymizer's key is {path} (mode 0600): copy it to its machine, start it, then publish")
+    return 0
+
+
+def _cmd_pseudonymizer_end_transition(args: argparse.Namespace) -> int:
+    """End the transition; in HOME, also destroy the retired key files (the service destroys its own
+    copy when it takes the registry) and raise the records in HOME/trusted, which hold older registries
+    (with a sealed key, after a migration), to the new one."""
+    home, now = _home(args), _now(args)
+    domain = trust.open_domain(home)
+    registry = domain.registry(now)
+    change = admin.end_pseudonymizer_transition(
+        registry.document, now=now, lifetime=admin.lifetime_of(registry.document), force=args.force
+    )
+    _commit(domain, registry, change, now, changed_store=None)
+    written = domain.registry(now)
+    role = written.pseudonymizer
+    assert role is not None
+    folder = KeyFolder(home / trust.PSEUDONYMIZER_KEY.parent)
+    for version in retired_versions(folder.read(), role):
+        for path in folder.paths_of(version):
+            destroy_file(path)
+            print(f"  destroyed pseudonymizer key v{version} ({path}: overwritten, unlinked)")
+    raised = [
+        path.name
+        for path in sorted((home / FOLDER).glob("*.json"))
+        if TrustedRecord(home, path.stem).save(written, now)
+    ]
+    if raised:
+        print(f"  {len(raised)} record(s) in {home / FOLDER} now hold registry v{written.version}")
+    print("  publish it: each process drops the old key when it takes it")
+    return 0
+
+
 def _require_participant(registry: Registry, pid: str) -> None:
     if pid not in registry.participant_ids():
         raise UsageError(
@@ -610,7 +767,7 @@ def _commit(
     before the registry, so the registry never lists a key that no keystore holds.
     """
     loaded = {change.participant: changed_store} if changed_store is not None else {}
-    if registry.document.pseudonym_key is not None:  # an older domain: the sealed key follows new keys
+    if change.document.pseudonym_key is not None:  # an older domain: the sealed key follows new keys
         pseudonym_key = _open_pseudonym_key(domain, registry, loaded, prefer=(change.participant, ids.PLC))
         document, unsealed = admin.reseal(change.document, pseudonym_key, now=now)
     else:

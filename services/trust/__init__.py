@@ -5,7 +5,8 @@ Layout of a domain folder (``.lianfang/`` by default)::
     root.json          the trust anchor: root public keys and threshold (distributed out of band)
     timestamp.key      the timestamp role's online key (signs freshness statements; mode 0600)
     pseudonymizer/key.json the pseudonymizer's VOPRF key (mode 0600; only the pseudonymizer's
-                       machine keeps it; the registry names its public half)
+                       machine keeps it; the registry names its public half); key.v<N>.json:
+                       the keys `lianfang pseudonymizer rotate` made
     registry.json      the registry, signed by k of n root keys
     keys/<id>.key      each participant's keystore (passphrase-encrypted private keys)
     roots/<holder>.key each root holder's keystore (a demo domain keeps them all in one place)
@@ -251,9 +252,10 @@ def open_domain(home: Path) -> TrustDomain:
     return TrustDomain(home=home, passphrase=passphrase_for(home))
 
 
-def create_pseudonymizer_key(home: Path, version: int = 1) -> PseudonymizerKey:
-    """A new random pseudonymizer key in ``home/pseudonymizer/key.json`` (mode 0600, never replaced)."""
-    path = home / PSEUDONYMIZER_KEY
+def create_pseudonymizer_key(home: Path, version: int = 1, *, name: str | None = None) -> PseudonymizerKey:
+    """A new random pseudonymizer key in ``home/pseudonymizer/key.json``, or the file ``name`` of that
+    folder (a rotation's ``key.v<N>.json``); mode 0600, never replaced."""
+    path = home / PSEUDONYMIZER_KEY if name is None else home / PSEUDONYMIZER_KEY.parent / name
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     data = PseudonymizerKey.new_json(version, oprf.generate_key_pair().secret)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

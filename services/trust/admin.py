@@ -1,4 +1,5 @@
-"""Changes to the trust registry: add a participant, add keys, rotate keys, revoke a key.
+"""Changes to the trust registry: add a participant, add keys, rotate keys, revoke a key, and the
+pseudonymizer's key epochs (rotate its key, move a sealed-key domain to it, end the transition).
 
 Every change is a pure function from one registry document to the next version: ``version + 1``, issued
 ``now``, expiring one ``lifetime`` later, and checked against the schema. Sealing the pseudonym key to
@@ -19,6 +20,8 @@ from schemas.common import PARTICIPANT_ID_PATTERN
 from schemas.registry import (
     DelegatedRole,
     Participant,
+    PreviousPseudonymizerKey,
+    PseudonymizerRole,
     PublicKey,
     RegistryDocument,
     Roots,
@@ -184,6 +187,123 @@ def delegate_timestamp(
     return Change(nxt, "timestamp", f"timestamp role: {role.threshold} of [{kids}]")
 
 
+def rotate_pseudonymizer(
+    document: RegistryDocument,
+    *,
+    version: int,
+    public: str,
+    transition_until: datetime,
+    now: datetime,
+    lifetime: timedelta,
+) -> Change:
+    """The pseudonymizer's next key (``version``, ``public``) and, until the roots end the transition
+    (:func:`end_pseudonymizer_transition`, not before ``transition_until``), the current one as previous."""
+    role = document.pseudonymizer
+    if role is None:
+        raise UsageError(
+            f"registry v{document.version} names no pseudonymizer: move the domain to one first "
+            "(`lianfang pseudonymizer migrate`)"
+        )
+    _check_no_transition(document)
+    if version <= role.version:
+        raise UsageError(
+            f"the next pseudonymizer key's version must be above v{role.version}, not v{version}"
+        )
+    _check_until(transition_until, now)
+    nxt = role.model_copy(
+        update={
+            "version": version,
+            "public": public,
+            "previous": PreviousPseudonymizerKey(version=role.version, public=role.public),
+            "transition_until": transition_until,
+        }
+    )
+    changed = _next(document, list(document.participants), now=now, lifetime=lifetime, pseudonymizer=nxt)
+    return Change(
+        changed,
+        "pseudonymizer",
+        f"pseudonymizer key v{version}; v{role.version} kept as the previous key until the transition "
+        f"ends (not before {transition_until.isoformat(timespec='seconds')})",
+    )
+
+
+def migrate_to_pseudonymizer(
+    document: RegistryDocument,
+    role: PseudonymizerRole,
+    *,
+    transition_until: datetime,
+    now: datetime,
+    lifetime: timedelta,
+) -> Change:
+    """A domain that seals a pseudonym key names the pseudonymizer ``role``; the sealed key stays, as the
+    previous epoch, until the roots end the transition (not before ``transition_until``)."""
+    sealed = document.pseudonym_key
+    if document.pseudonymizer is not None or sealed is None:
+        raise UsageError(f"registry v{document.version} already names a pseudonymizer: nothing to migrate")
+    if role.version <= sealed.version:
+        raise UsageError(
+            f"the pseudonymizer's version must be above the sealed key's (v{sealed.version}), so that old "
+            "and new pseudonyms cannot collide"
+        )
+    _check_until(transition_until, now)
+    nxt = role.model_copy(update={"previous": None, "transition_until": transition_until})
+    changed = _next(document, list(document.participants), now=now, lifetime=lifetime, pseudonymizer=nxt)
+    return Change(
+        changed,
+        "pseudonymizer",
+        f"pseudonymizer v{role.version} at {role.url}; the sealed pseudonym key v{sealed.version} kept as "
+        "the previous epoch until the transition ends (not before "
+        f"{transition_until.isoformat(timespec='seconds')})",
+    )
+
+
+def end_pseudonymizer_transition(
+    document: RegistryDocument, *, now: datetime, lifetime: timedelta, force: bool = False
+) -> Change:
+    """The registry without the previous key (or the sealed key): clients stop linking, the service
+    destroys the previous key. Refused before ``transition_until`` unless ``force``: ending early leaves
+    people seen before and after it unlinked while the hub still looks back at them."""
+    role = document.pseudonymizer
+    if role is None or role.transition_until is None:
+        raise UsageError(f"registry v{document.version} has no pseudonymizer key transition under way")
+    if now < role.transition_until and not force:
+        raise UsageError(
+            f"the transition lasts until {role.transition_until.isoformat(timespec='seconds')} (the hub's "
+            "longest look-back after it began): ending it now leaves a person seen before and after it "
+            "unlinked while the hub's rules still look back at them; pass --force to end it anyway"
+        )
+    if role.previous is not None:
+        what = f"previous pseudonymizer key v{role.previous.version} dropped: the service destroys it"
+    else:
+        assert document.pseudonym_key is not None
+        what = f"sealed pseudonym key v{document.pseudonym_key.version} removed from the registry"
+    nxt = role.model_copy(update={"previous": None, "transition_until": None})
+    changed = _next(
+        document,
+        list(document.participants),
+        now=now,
+        lifetime=lifetime,
+        pseudonymizer=nxt,
+        pseudonym_key=None,
+    )
+    return Change(changed, "pseudonymizer", f"key transition ended: {what}")
+
+
+def _check_no_transition(document: RegistryDocument) -> None:
+    role = document.pseudonymizer
+    if role is not None and role.transition_until is not None:
+        raise UsageError(
+            f"a pseudonymizer key transition is under way until "
+            f"{role.transition_until.isoformat(timespec='seconds')}: end it first "
+            "(`lianfang pseudonymizer end-transition`)"
+        )
+
+
+def _check_until(transition_until: datetime, now: datetime) -> None:
+    if transition_until.tzinfo is None or transition_until <= now:
+        raise UsageError("a transition ends after it begins, at a time with a time zone")
+
+
 def reseal(
     document: RegistryDocument, key: PseudonymKey, *, now: datetime
 ) -> tuple[RegistryDocument, list[str]]:
@@ -222,7 +342,12 @@ def read_document(payload: bytes) -> RegistryDocument:
 
 
 def _next(
-    document: RegistryDocument, participants: list[Participant], *, now: datetime, lifetime: timedelta
+    document: RegistryDocument,
+    participants: list[Participant],
+    *,
+    now: datetime,
+    lifetime: timedelta,
+    **changes: object,
 ) -> RegistryDocument:
     if lifetime <= timedelta(0):
         raise UsageError("a registry lifetime must be positive")
@@ -237,6 +362,7 @@ def _next(
             "issued": now,
             "expires": now + lifetime,
             "participants": participants,
+            **changes,
         }
     )
     # model_copy does not validate: a JSON round trip checks the whole document against the schema.

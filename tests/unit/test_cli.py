@@ -1,4 +1,5 @@
-"""The `lianfang` command for the trust domain: init, registry show|verify|sign, keys new|rotate|revoke."""
+"""The `lianfang` command for the trust domain: init, registry show|verify|sign, keys new|rotate|revoke,
+pseudonymizer rotate|migrate|end-transition."""
 
 from __future__ import annotations
 
@@ -571,3 +572,80 @@ def test_make_run_s_demo_plays_a_week_at_its_time_scale_and_gives_the_hub_and_co
     real, no_env = demo_simulation(1, "127.0.0.1:9092", tmp_path)
     assert "--speed" not in real
     assert no_env == {}
+
+
+# -- pseudonymizer key epochs
+
+
+def test_rotating_the_pseudonymizer_key_keeps_the_old_one_as_previous_until_the_transition_ends(
+    domain: Lianfang,
+) -> None:
+    result = domain("pseudonymizer", "rotate")
+    assert result.code == 0, result.err
+    role = domain.registry().pseudonymizer
+    assert role is not None
+    assert role.previous is not None
+    assert (role.version, role.previous.version) == (2, 1)
+    assert role.transition_until == NOW + timedelta(days=373)  # the hub's retention, and a day
+    new_file = domain.home / "pseudonymizer" / "key.v2.json"
+    assert new_file.stat().st_mode & 0o777 == 0o600
+    new_key = PseudonymizerKey.from_json(new_file.read_bytes())
+    assert new_key.role(role.url).public == role.public
+    assert "previous key v1" in domain("registry", "show").out
+
+    assert "under way" in domain("pseudonymizer", "rotate").err
+    early = domain("pseudonymizer", "end-transition", now=NOW + timedelta(days=30))
+    assert early.code == 2
+    assert "--force" in early.err
+    assert (domain.home / trust.PSEUDONYMIZER_KEY).exists()
+
+    forced = NOW + timedelta(days=30)
+    result = domain("pseudonymizer", "end-transition", "--force", now=forced)
+    assert result.code == 0, result.err
+    role = domain.registry(forced).pseudonymizer
+    assert role is not None
+    assert (role.version, role.previous, role.transition_until) == (2, None, None)
+    assert not (domain.home / trust.PSEUDONYMIZER_KEY).exists()  # the old key, destroyed
+    assert new_file.exists()
+
+    # A shorter transition ends without --force once its time has come.
+    assert domain("pseudonymizer", "rotate", "--transition-days", "5", now=forced).code == 0
+    result = domain("pseudonymizer", "end-transition", now=forced + timedelta(days=5))
+    assert result.code == 0, result.err
+    assert not new_file.exists()
+    assert (domain.home / "pseudonymizer" / "key.v3.json").exists()
+    seed = json.loads((domain.home / "pseudonymizer" / "key.v3.json").read_bytes())["seed"]
+    assert not any(seed in text for text in domain.transcript)
+
+
+def test_a_sealed_key_domain_migrates_and_at_the_end_the_sealed_key_is_gone_from_registry_and_records(
+    lianfang: Lianfang,
+) -> None:
+    assert lianfang("init", "--sealed-pseudonym-key").code == 0
+    result = lianfang("pseudonymizer", "migrate", "--url", "http://127.0.0.1:9")
+    assert result.code == 0, result.err
+    migrating = lianfang.registry()
+    assert migrating.pseudonymizer is not None
+    assert migrating.document.pseudonym_key is not None
+    assert (migrating.pseudonymizer.version, migrating.document.pseudonym_key.version) == (2, 1)
+    domain = trust.open_domain(lianfang.home)
+    old_key = migrating.pseudonym_key("police", domain.keystore("police").encryption)
+
+    # Keys change during the transition: the sealed key still follows them.
+    assert lianfang("keys", "rotate", "--as", "police").code == 0
+    rotated = lianfang.registry()
+    assert rotated.pseudonym_key("police", domain.keystore("police").encryption) == old_key
+
+    record = lianfang.home / "trusted" / "sdk.police@lianfang.registry.v1.json"
+    record.parent.mkdir(mode=0o700)
+    record.write_bytes(rotated.data)
+    result = lianfang("pseudonymizer", "end-transition", "--force")
+    assert result.code == 0, result.err
+    after = lianfang.registry()
+    assert after.document.pseudonym_key is None
+    assert after.pseudonymizer is not None
+    assert after.pseudonymizer.transition_until is None
+    for text in (lianfang.home / "registry.json").read_bytes(), record.read_bytes():
+        assert b'"sealed"' not in text
+    assert "1 record(s)" in result.out
+    assert "already names a pseudonymizer" in lianfang("pseudonymizer", "migrate").err

@@ -1,0 +1,113 @@
+"""A pseudonymizer key rotation with the real service following the real registry topic: during the
+transition clients get the new pseudonym and the one the old key gave, both verified; once the roots end
+the transition the service destroys the old key file and refuses old-epoch evaluations, and clients get
+only the new pseudonym."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from schemas.registry import RegistryDocument
+from services import trust
+from services.kernel import crypto
+from services.kernel.pseudonym import EpochPseudonyms, normalize_subject
+from services.kernel.registry import Registry
+from services.pseudonymizer import core
+from services.pseudonymizer.client import ObliviousPseudonymizer, PseudonymizerUnavailableError
+from services.trust import admin
+from tests.integration.buskit import Bus, RegistryChange
+from tests.kit import DemoDomain
+from tests.workers import Worker, free_port
+
+pytestmark = pytest.mark.integration
+
+PORT = free_port()
+PEOPLE = [normalize_subject(phone="13700005678"), normalize_subject(id_number="11010519491231002X")]
+
+
+@pytest.fixture(scope="module")
+def bus(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Bus:
+    home = Path(tmp_path_factory.mktemp("epochs")) / ".lianfang"
+    domain = DemoDomain.create(home, now=datetime.now(UTC), pseudonymizer_url=f"http://127.0.0.1:{PORT}")
+    return Bus.create(kafka_bootstrap, f"t-epochs-{datetime.now(UTC):%H%M%S%f}.", domain)
+
+
+@pytest.fixture(scope="module")
+def pseudonymizer(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    folder = Path(tmp_path_factory.mktemp("pseudonymizer"))
+    worker = Worker(
+        "services.pseudonymizer",
+        {
+            "LIANFANG_BOOTSTRAP": bus.bootstrap,
+            "LIANFANG_HOME": str(bus.domain.home),
+            "LIANFANG_PSEUDONYMIZER_PORT": str(PORT),
+            "LIANFANG_PSEUDONYMIZER_TOPIC_PREFIX": bus.prefix,
+            "LIANFANG_PSEUDONYMIZER_SPOOL_DIR": str(folder / "spool"),
+        },
+        folder / "pseudonymizer.log",
+        port=PORT,
+        what="the pseudonymizer",
+    )
+    bus.wait_for(lambda: worker.metrics() is not None, 60, "the pseudonymizer to serve")
+    yield worker
+    worker.stop()
+
+
+def client(bus: Bus, registry: Registry) -> ObliviousPseudonymizer:
+    return ObliviousPseudonymizer(keystore=bus.domain.keys("court"), registry=lambda: registry)
+
+
+def publish(bus: Bus, document: RegistryDocument) -> Registry:
+    change = RegistryChange.sign(bus.domain, document)
+    bus.produce([(b"registry", change.data)], topic=bus.names.registry)
+    return change.registry
+
+
+def test_a_rotation_links_old_and_new_pseudonyms_for_its_transition_then_destroys_the_old_key(
+    bus: Bus, pseudonymizer: Worker
+) -> None:
+    before = client(bus, bus.domain.registry).pseudonyms(PEOPLE)
+    assert all(p.startswith("p1.") for p in before)
+
+    # The roots rotate: the next key beside the old one, a registry naming both, on the topic.
+    new_key = trust.create_pseudonymizer_key(bus.domain.home, 2, name=core.key_file_name(2))
+    rotation = admin.rotate_pseudonymizer(
+        bus.domain.registry.document,
+        version=2,
+        public=crypto.b64e(new_key.key.public),
+        transition_until=datetime.now(UTC) + timedelta(days=373),
+        now=datetime.now(UTC),
+        lifetime=timedelta(days=90),
+    )
+    transition = publish(bus, rotation.document)
+    bus.wait_for(
+        lambda: pseudonymizer.metric("lianfang_pseudonymizer_key_version", role="previous") == 1,
+        60,
+        "the pseudonymizer to serve the previous key beside the new one",
+    )
+    during = client(bus, transition).epochs(PEOPLE)
+    assert [e.previous for e in during] == before
+    assert [e.current for e in during] == new_key.pseudonyms(PEOPLE)
+    assert all(e.current.startswith("p2.") for e in during)
+
+    # The roots end the transition: the service destroys the old key and refuses to evaluate under it.
+    old_file = bus.domain.home / trust.PSEUDONYMIZER_KEY
+    assert old_file.exists()
+    end = admin.end_pseudonymizer_transition(
+        transition.document, now=datetime.now(UTC), lifetime=timedelta(days=90), force=True
+    )
+    after = publish(bus, end.document)
+    bus.wait_for(lambda: not old_file.exists(), 60, "the old key file to be destroyed")
+    assert pseudonymizer.metric("lianfang_pseudonymizer_keys_destroyed_total", outcome="destroyed") == 1
+    assert pseudonymizer.metric("lianfang_pseudonymizer_key_version", role="previous") == 0
+    assert "pseudonymizer key v1 destroyed" in pseudonymizer.tail(200)
+    assert client(bus, after).epochs(PEOPLE) == [EpochPseudonyms(e.current, None) for e in during]
+    for behind in (transition, bus.domain.registry):
+        with pytest.raises(PseudonymizerUnavailableError) as caught:
+            client(bus, behind).epochs(PEOPLE)
+        assert caught.value.code == "key_not_named"
+    assert (bus.domain.home / "pseudonymizer" / core.key_file_name(2)).exists()

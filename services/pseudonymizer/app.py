@@ -183,14 +183,15 @@ class Pseudonymizer:
         return self.keys[max(self.keys)]
 
     def reconcile(self) -> None:
-        """Bring the keys held in line with the registry in force, once per registry version: read the
-        keys it newly names from the folder, and destroy those below every version it names."""
+        """Bring the keys held in line with the registry in force, once per registry version (until it
+        succeeds): read the keys it newly names from the folder, and destroy those below every version
+        it names."""
         registry = self.in_force.current
         if registry.version == self._reconciled:
             return
-        self._reconciled = registry.version
         role = registry.pseudonymizer
         if role is None:
+            self._reconciled = registry.version
             return
         on_disk = self.key_folder.read() if self.key_folder is not None else {}
         for version in core.named_versions(role):
@@ -210,6 +211,15 @@ class Pseudonymizer:
         self.metrics.key_version.labels("previous").set(
             previous if previous is not None and previous in self.keys else 0
         )
+        self._reconciled = registry.version
+
+    def try_reconcile(self) -> None:
+        """:meth:`reconcile`, logging a failure (a folder it cannot read) instead of raising: the service
+        goes on with the keys it holds and tries again at the next request or second."""
+        try:
+            self.reconcile()
+        except (OSError, LianfangError) as e:
+            log.error("could not bring the pseudonymizer's keys in line with the registry: %s", e)
 
     def destroy(self, version: int, registry_version: int) -> None:
         """Destroy key ``version``: its files overwritten, flushed and unlinked, the key dropped from
@@ -299,7 +309,7 @@ class Pseudonymizer:
 
     async def post_evaluate(self, request: web.Request) -> web.Response:
         participant = self.authenticate(request)
-        self.reconcile()
+        self.try_reconcile()
         body = await request.content.read(core.MAX_BODY_BYTES + 1)
         try:
             httpsig.check_content_digest(request.headers.get("Content-Digest"), body)
@@ -333,7 +343,7 @@ class Pseudonymizer:
         return web.json_response(answer)
 
     async def get_key(self, _request: web.Request) -> web.Response:
-        self.reconcile()
+        self.try_reconcile()
         doc: dict[str, object] = {
             "suite": oprf.IDENTIFIER.decode(),
             "mode": core.MODE,
@@ -396,11 +406,7 @@ async def _reconcile_every_second(service: Pseudonymizer) -> None:
     effect, whether or not anyone asks meanwhile."""
     while True:
         await asyncio.sleep(1.0)  # the period of the check, not a wait for something
-        try:
-            service.reconcile()
-        except (OSError, LianfangError) as e:  # keep serving what it holds; the next check retries
-            service._reconciled = None
-            log.error("could not bring the pseudonymizer's keys in line with the registry: %s", e)
+        service.try_reconcile()
 
 
 async def serve(settings: PseudonymizerSettings, *, clock: Clock = utcnow) -> None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from schemas.envelope import EnvelopeHeader
 from services import trust
@@ -163,3 +168,21 @@ def until(condition: Callable[[], bool], what: str, deadline_s: float = 10.0) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {deadline_s} s")
         time.sleep(0.005)  # the poll interval inside the deadline
+
+
+class Served:
+    """An aiohttp application on loopback, its event loop in a thread (the client under test blocks)."""
+
+    def __init__(self, app: web.Application, port: int | None = None) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = TestServer(app, host="127.0.0.1", port=port)
+        asyncio.run_coroutine_threadsafe(self.server.start_server(), self.loop).result(30)
+        self.url = str(self.server.make_url("")).rstrip("/")
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.loop.close()

@@ -31,7 +31,6 @@ from services.kernel.errors import (
     UsageError,
 )
 from services.kernel.keystore import Keystore, key_id
-from services.kernel.pseudonym import pseudonymize
 from tests.kit import NOW, DemoDomain
 
 pytestmark = pytest.mark.unit
@@ -159,12 +158,10 @@ def test_a_signed_lead_is_accepted_with_202_and_sealed_in_the_participants_outbo
     assert verified.header.sender == "police"
     assert verified.header.type == "lead.reported"
     assert verified.header.urgency == "urgent"
-    assert verified.header.subject == pseudonymize(domain.pseudonym_key(), phone=MARKER_PHONE)
+    assert verified.header.subject == domain.subject(MARKER_PHONE)
     opened = envelope.open_sections(verified, domain.keys("womens_federation"))
     assert opened.sections["details"]["victim"]["name"] == MARKER_NAME
-    assert opened.sections["triage"]["suspect_pseudonyms"] == [
-        pseudonymize(domain.pseudonym_key(), phone="13900000000")
-    ]
+    assert opened.sections["triage"]["suspect_pseudonyms"] == [domain.subject("13900000000")]
     assert (
         gw.metric("lianfang_gateway_events_accepted_total", participant="police", type="lead.reported") == 1
     )
@@ -173,7 +170,7 @@ def test_a_signed_lead_is_accepted_with_202_and_sealed_in_the_participants_outbo
 def test_a_follow_up_with_the_context_of_its_lead_is_accepted(gw: Harness, domain: DemoDomain) -> None:
     _, first = gw.post(body_of())
     context = {
-        "subject": pseudonymize(domain.pseudonym_key(), phone=MARKER_PHONE),
+        "subject": domain.subject(MARKER_PHONE),
         "category": "domestic_violence",
         "minor": False,
         "town": "renhe",
@@ -306,7 +303,7 @@ def test_a_lead_from_a_town_the_registry_does_not_know_is_422_at_the_town_and_ne
 def test_a_follow_up_whose_context_names_an_unknown_town_is_422_at_the_context_s_town(
     gw: Harness, domain: DemoDomain
 ) -> None:
-    context = {"subject": pseudonymize(domain.pseudonym_key(), phone=MARKER_PHONE), "town": "atlantis"}
+    context = {"subject": domain.subject(MARKER_PHONE), "town": "atlantis"}
     context |= {"category": "domestic_violence", "minor": False}
     ack = {"lead_id": envelope.new_event_id(), "agency": "police", "acknowledged_at": NOW.isoformat()}
     body = json.dumps({"type": "lead.acknowledged", "event": ack, "context": context}).encode()
@@ -545,7 +542,7 @@ def test_a_key_whose_request_was_refused_after_validation_is_free_for_the_correc
     _, first = gw.post(body_of())
     ack = {"lead_id": first["event_id"], "agency": "police", "acknowledged_at": NOW.isoformat()}
     context = {
-        "subject": pseudonymize(domain.pseudonym_key(), phone=MARKER_PHONE),
+        "subject": domain.subject(MARKER_PHONE),
         "lead_id": first["event_id"],
     }
     unroutable = json.dumps({"type": "lead.acknowledged", "event": ack, "context": context}).encode()

@@ -23,7 +23,7 @@ from services.gateway.idempotency import IdempotencyStore
 from services.gateway.inbox import decode_cursor, encode_cursor
 from services.gateway.problems import PROBLEMS, ProblemError, field_errors, json_pointer
 from services.gateway.webhooks import Backoff, signing_kid
-from services.kernel.pseudonym import pseudonymize
+from services.kernel.pseudonym import normalize_subject
 from services.sdk.deferred import StandIn
 from tests.kit import NOW, DemoDomain
 
@@ -52,7 +52,7 @@ def lead(**overrides: Any) -> dict[str, Any]:
 def parse(domain: DemoDomain, request: dict[str, Any], participant: str = "education") -> Any:
     body = json.dumps(request, ensure_ascii=False).encode()
     return parse_submission(
-        body, participant=participant, registry=domain.registry, pseudonymizer=domain.pseudonym_key
+        body, participant=participant, registry=domain.registry, pseudonymizer=domain.pseudonymizer
     )
 
 
@@ -104,10 +104,12 @@ def test_json_pointers_escape_slash_and_tilde(path: tuple[Any, ...], pointer: st
 
 def test_a_lead_gets_the_pseudonyms_the_sdk_would_compute(domain: DemoDomain) -> None:
     sub = parse(domain, {"type": "lead.reported", "event": lead()})
-    key = domain.pseudonym_key()
+    key = domain.pseudonymizer()
     assert isinstance(sub.event, LeadReported)
-    assert sub.event.victim_pseudonym == pseudonymize(key, id_number="110113201001010010")
-    assert sub.event.suspects[0].pseudonym == pseudonymize(key, phone="13911112222")
+    assert (
+        sub.event.victim_pseudonym == key.pseudonyms([normalize_subject(id_number="110113201001010010")])[0]
+    )
+    assert sub.event.suspects[0].pseudonym == key.pseudonyms([normalize_subject(phone="13911112222")])[0]
     assert sub.event.suspects[1].pseudonym is None
     assert sub.event.suspect_pseudonyms == [sub.event.suspects[0].pseudonym]
     assert sub.context.subject == sub.event.victim_pseudonym

@@ -28,7 +28,7 @@ class Harness:
     def __init__(self, domain: DemoDomain, tmp: Path, **settings: Any) -> None:
         self.domain = domain
         self.loop = asyncio.new_event_loop()
-        self.key = load_key(tmp / "home", domain.registry)
+        self.key = load_key(domain.home, domain.registry)
         self.audit_dir = tmp / "audit"
         self.trail = participant_trail(self.audit_dir, domain.keys(ids.PLC), domain.registry, "pseudonymizer",
                                        ship=None, clock=lambda: NOW)  # fmt: skip

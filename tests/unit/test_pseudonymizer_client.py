@@ -5,17 +5,14 @@ no pseudonym secret at all."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
@@ -28,7 +25,7 @@ from services.pseudonymizer import core
 from services.pseudonymizer.app import Pseudonymizer, PseudonymizerSettings, load_key
 from services.pseudonymizer.client import ClientMetrics, ObliviousPseudonymizer, PseudonymizerUnavailableError
 from services.sdk.client import Client
-from tests.kit import NOW, DemoDomain
+from tests.kit import NOW, DemoDomain, Served
 
 pytestmark = pytest.mark.unit
 
@@ -42,24 +39,6 @@ def oblivious(tmp_path_factory: pytest.TempPathFactory) -> DemoDomain:
     """A domain whose registry names a pseudonymizer (the address is overridden per test)."""
     home = Path(tmp_path_factory.mktemp("oblivious")) / ".lianfang"
     return DemoDomain.create(home, pseudonymizer_url="http://127.0.0.1:9")
-
-
-class Served:
-    """An aiohttp application on loopback, its event loop in a thread (the client under test blocks)."""
-
-    def __init__(self, app: web.Application) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server = TestServer(app, host="127.0.0.1")
-        asyncio.run_coroutine_threadsafe(self.server.start_server(), self.loop).result(30)
-        self.url = str(self.server.make_url("")).rstrip("/")
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
-        self.loop.close()
 
 
 def serve(app: web.Application) -> Served:
@@ -218,10 +197,10 @@ def test_an_oblivious_domains_registry_holds_no_pseudonym_secret_for_any_keystor
 
 
 def test_a_registry_names_a_pseudonymizer_or_seals_a_key_never_neither_and_both_only_in_a_transition(
-    oblivious: DemoDomain, domain: DemoDomain
+    oblivious: DemoDomain, sealed_domain: DemoDomain
 ) -> None:
     both = oblivious.registry.document.model_dump(mode="json")
-    both["pseudonym_key"] = domain.registry.document.model_dump(mode="json")["pseudonym_key"]
+    both["pseudonym_key"] = sealed_domain.registry.document.model_dump(mode="json")["pseudonym_key"]
     both["pseudonymizer"]["version"] = 2  # above the sealed key's
     neither = {**both, "pseudonym_key": None, "pseudonymizer": None}
     with pytest.raises(ValidationError, match="exactly one"):

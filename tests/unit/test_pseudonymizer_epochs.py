@@ -30,8 +30,7 @@ from services.pseudonymizer import core
 from services.pseudonymizer.app import Pseudonymizer, PseudonymizerSettings, load_keys
 from services.pseudonymizer.client import ClientMetrics, ObliviousPseudonymizer, PseudonymizerUnavailableError
 from services.trust import admin
-from tests.kit import NOW, DemoDomain
-from tests.unit.test_pseudonymizer_client import Served
+from tests.kit import NOW, DemoDomain, Served
 
 pytestmark = pytest.mark.unit
 

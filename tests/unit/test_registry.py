@@ -114,9 +114,9 @@ def test_a_registry_that_rotates_its_roots_needs_the_new_roots_to_sign_too(domai
     assert _verify(domain, both).version == 2
 
 
-def test_every_participant_opens_the_same_pseudonym_key(domain: DemoDomain) -> None:
+def test_every_participant_opens_the_same_pseudonym_key(sealed_domain: DemoDomain) -> None:
     keys = {
-        domain.registry.pseudonym_key(p, domain.keys(p).encryption)
+        sealed_domain.registry.pseudonym_key(p, sealed_domain.keys(p).encryption)
         for p in ("police", "hub", "mediation.mapo")
     }
     assert len(keys) == 1

@@ -1,7 +1,8 @@
-"""A pseudonymizer key rotation with the real service following the real registry topic: during the
+"""Pseudonymizer key epochs with the real service following the real registry topic. A rotation: during the
 transition clients get the new pseudonym and the one the old key gave, both verified; once the roots end
 the transition the service destroys the old key file and refuses old-epoch evaluations, and clients get
-only the new pseudonym."""
+only the new pseudonym. A sealed-key domain moving over: the HMAC pseudonym is the previous one, and once
+the registry drops the sealed key the client holds it no more."""
 
 from __future__ import annotations
 
@@ -111,3 +112,68 @@ def test_a_rotation_links_old_and_new_pseudonyms_for_its_transition_then_destroy
             client(bus, behind).epochs(PEOPLE)
         assert caught.value.code == "key_not_named"
     assert (bus.domain.home / "pseudonymizer" / core.key_file_name(2)).exists()
+
+
+SEALED_PORT = free_port()
+
+
+@pytest.fixture(scope="module")
+def sealed_bus(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Bus:
+    home = Path(tmp_path_factory.mktemp("sealed")) / ".lianfang"
+    domain = DemoDomain.create(home, now=datetime.now(UTC))  # an older domain: a sealed HMAC key
+    return Bus.create(kafka_bootstrap, f"t-migrate-{datetime.now(UTC):%H%M%S%f}.", domain)
+
+
+def test_a_sealed_key_domain_moves_to_the_pseudonymizer_linking_hmac_pseudonyms_then_drops_the_key(
+    sealed_bus: Bus, tmp_path: Path
+) -> None:
+    bus = sealed_bus
+    hmac_key = bus.domain.pseudonym_key()
+    worker = Worker(
+        "services.pseudonymizer",
+        {
+            "LIANFANG_BOOTSTRAP": bus.bootstrap,
+            "LIANFANG_HOME": str(bus.domain.home),
+            "LIANFANG_PSEUDONYMIZER_PORT": str(SEALED_PORT),
+            "LIANFANG_PSEUDONYMIZER_TOPIC_PREFIX": bus.prefix,
+            "LIANFANG_PSEUDONYMIZER_SPOOL_DIR": str(tmp_path / "spool"),
+        },
+        tmp_path / "pseudonymizer.log",
+        port=SEALED_PORT,
+        what="the pseudonymizer",
+    )
+    try:
+        bus.wait_for(lambda: worker.metrics() is not None, 60, "the pseudonymizer to serve")
+        # 1. The roots name the pseudonymizer, one version above the sealed key, which stays.
+        key = trust.create_pseudonymizer_key(bus.domain.home, 2, name=core.key_file_name(2))
+        migration = admin.migrate_to_pseudonymizer(
+            bus.domain.registry.document,
+            key.role(f"http://127.0.0.1:{SEALED_PORT}"),
+            transition_until=datetime.now(UTC) + timedelta(days=373),
+            now=datetime.now(UTC),
+            lifetime=timedelta(days=90),
+        )
+        migrating = publish(bus, migration.document)
+        bus.wait_for(
+            lambda: worker.metric("lianfang_pseudonymizer_key_version", role="current") == 2,
+            60,
+            "the pseudonymizer to serve the key the registry names",
+        )
+        during = client(bus, migrating).epochs(PEOPLE)
+        assert [e.current for e in during] == key.pseudonyms(PEOPLE)
+        assert [e.previous for e in during] == hmac_key.pseudonyms(PEOPLE)
+
+        # 2. The roots end the transition: no sealed key in the registry, nor in the client's memory.
+        end = admin.end_pseudonymizer_transition(
+            migrating.document, now=datetime.now(UTC), lifetime=timedelta(days=90), force=True
+        )
+        after = publish(bus, end.document)
+        assert after.document.pseudonym_key is None
+        asker = client(bus, migrating)
+        asker.epochs(PEOPLE[:1])
+        assert asker._sealed == hmac_key
+        asker.registry = lambda: after
+        assert asker.epochs(PEOPLE) == [EpochPseudonyms(e.current, None) for e in during]
+        assert asker._sealed is None
+    finally:
+        worker.stop()

@@ -186,3 +186,22 @@ class Served:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
         self.loop.close()
+
+
+def serve_pseudonymizer(domain: DemoDomain, port: int, clock: Callable[[], datetime] = lambda: NOW) -> Served:
+    """The pseudonymizer of an oblivious demo domain on 127.0.0.1:``port`` (where its registry says it
+    is), without a rate limit for the tests' callers, whose signatures may be dated at ``NOW`` whatever
+    the day; stop it with ``close()``."""
+    from prometheus_client import CollectorRegistry
+
+    from services.pseudonymizer.app import Pseudonymizer, PseudonymizerSettings, load_keys
+
+    service = Pseudonymizer(
+        PseudonymizerSettings(rate_per_s=1e9, max_skew_s=10**9),
+        key=load_keys(domain.home, domain.registry),
+        registry=domain.registry,
+        trail=None,
+        clock=clock,
+        metrics_registry=CollectorRegistry(),
+    )
+    return Served(service.application(), port=port)

@@ -19,7 +19,6 @@ from kafka import KafkaProducer
 from schemas.events import RiskAnswers, RiskAssessed
 from services.bus.cluster import DURABLE_PRODUCER
 from services.cli import main as cli_main
-from services.kernel.pseudonym import pseudonymize
 from services.sdk.client import CaseContext, Client
 from tests.integration.buskit import Bus, RegistryChange, RouterProcess
 from tests.kit import DemoDomain
@@ -187,9 +186,7 @@ def agencies(hub_bus: Bus, tmp_path: Path) -> Iterator[dict[str, Agency]]:
 
 
 def subject_of(bus: Bus, phone: str) -> str:
-    return pseudonymize(
-        bus.domain.registry.pseudonym_key("police", bus.domain.keys("police").encryption), phone=phone
-    )
+    return bus.domain.subject(phone)
 
 
 def reasons(payloads: list[dict[str, Any]]) -> set[str]:

@@ -15,25 +15,13 @@ import pytest
 def domain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoDomain]:
     """The default district's demo trust domain, built once (cheap KDF) with the clock at ``kit.NOW``;
     its registry names the pseudonymizer this fixture serves for the session."""
-    from prometheus_client import CollectorRegistry
-
-    from services.pseudonymizer.app import Pseudonymizer, PseudonymizerSettings, load_keys
-    from tests.kit import NOW, DemoDomain, Served
+    from tests.kit import DemoDomain, serve_pseudonymizer
     from tests.workers import free_port
 
     port = free_port()
     home = Path(tmp_path_factory.mktemp("domain")) / ".lianfang"
     demo = DemoDomain.create(home, pseudonymizer_url=f"http://127.0.0.1:{port}")
-    service = Pseudonymizer(
-        # Unlimited for the tests' callers, whose signatures are dated at kit.NOW whatever the day.
-        PseudonymizerSettings(rate_per_s=1e9, max_skew_s=10**9),
-        key=load_keys(home, demo.registry),
-        registry=demo.registry,
-        trail=None,
-        clock=lambda: NOW,
-        metrics_registry=CollectorRegistry(),
-    )
-    served = Served(service.application(), port=port)
+    served = serve_pseudonymizer(demo, port)
     yield demo
     served.close()
 

@@ -33,7 +33,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
-from schemas.envelope import EnvelopeHeader, SectionName
+from schemas.envelope import MAX_LINKS, EnvelopeHeader, SectionName
 from schemas.events import (
     EVENT_MODELS,
     EventModel,
@@ -70,6 +70,7 @@ from services.kernel.pseudonym import (
     canonical_unlinked,
     flag_identifiers,
     identify_person,
+    pseudonym_epochs,
 )
 from services.kernel.registry import Registry
 from services.pseudonymizer.client import ObliviousPseudonymizer, PseudonymizerUnavailableError
@@ -141,7 +142,8 @@ def person_pseudonym(pseudonymizer: Pseudonymizer, person: Mapping[str, Any]) ->
 @dataclass(frozen=True, slots=True)
 class LeadIdentities:
     """A lead with its identifiers flagged and its pseudonyms filled in, and ``links``: the pseudonyms of
-    the victim's other valid identifiers, for the clear header (the hub links the person's leads)."""
+    the victim's other valid identifiers and, during a pseudonymizer key transition, the victim's
+    previous-epoch pseudonyms, for the clear header (the hub links the person's leads)."""
 
     data: dict[str, Any]
     links: tuple[str, ...]
@@ -187,7 +189,8 @@ def lead_identities(
     if metrics is not None:
         for kind, reason in problems:
             metrics.identifier_problems.labels(kind, reason).inc()
-    pseudonyms = pseudonymizer.pseudonyms(canonicals)
+    epochs = pseudonym_epochs(pseudonymizer, canonicals)
+    pseudonyms = [e.current for e in epochs]
     n_links = len(identified.links)
     out["victim_pseudonym"] = pseudonyms[0]
     for suspect, pseudonym in zip(identifiable, pseudonyms[1 + n_links :], strict=True):
@@ -196,8 +199,12 @@ def lead_identities(
     out["suspect_pseudonyms"] = [
         s["pseudonym"] for s in suspects if isinstance(s, Mapping) and s.get("pseudonym")
     ]
-    links = tuple(dict.fromkeys(p for p in pseudonyms[1 : 1 + n_links] if p != pseudonyms[0]))
-    return LeadIdentities(out, links)
+    # During a pseudonymizer key transition the victim's previous-epoch pseudonyms link too (decisions,
+    # "Pseudonymizer key epochs"), the subject's own first: it carries the person's state over.
+    victim = epochs[: 1 + n_links]
+    candidates = [victim[0].previous, *pseudonyms[1 : 1 + n_links], *(e.previous for e in victim[1:])]
+    links = tuple(dict.fromkeys(p for p in candidates if p is not None and p != pseudonyms[0]))
+    return LeadIdentities(out, links[:MAX_LINKS])
 
 
 class Publisher(Protocol):

@@ -5,10 +5,12 @@ moving to the pseudonymizer (the HMAC pseudonym as the previous one, then gone e
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +31,7 @@ from services.kernel.registry import Registry, sign_document
 from services.pseudonymizer import core
 from services.pseudonymizer.app import Pseudonymizer, PseudonymizerSettings, load_keys
 from services.pseudonymizer.client import ClientMetrics, ObliviousPseudonymizer, PseudonymizerUnavailableError
+from services.sdk.client import lead_identities
 from services.trust import admin
 from tests.kit import NOW, DemoDomain, Served
 
@@ -511,3 +514,41 @@ def test_ending_a_transition_before_its_time_is_refused_without_force(oblivious:
             registry.document, version=3, public=OTHER_PUBLIC, transition_until=UNTIL + timedelta(days=1),
             now=NOW + timedelta(minutes=5), lifetime=timedelta(days=90),
         )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- what a lead's header links
+
+
+class InTransition:
+    """A pseudonymizer during a key transition: each identifier's pseudonym under v2 and under v1."""
+
+    @staticmethod
+    def of(version: int, canonical: str) -> str:
+        digest = hashlib.sha256(f"{version}:{canonical}".encode()).digest()
+        return f"p{version}." + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    def pseudonyms(self, canonicals: Sequence[str]) -> list[str]:
+        return [e.current for e in self.epochs(canonicals)]
+
+    def epochs(self, canonicals: Sequence[str]) -> list[EpochPseudonyms]:
+        return [EpochPseudonyms(self.of(2, c), self.of(1, c)) for c in canonicals]
+
+
+def test_during_a_transition_a_leads_links_carry_the_victims_previous_pseudonyms_the_subjects_first() -> None:
+    lead = {
+        "category": "domestic_violence",
+        "channel": "police_call",
+        "town": "renhe",
+        "victim": {"name": "张某某", "id_number": "11010519491231002X", "phone": "13800138000"},
+        "minor": False,
+        "risk_indicators": [],
+        "narrative": "……",
+        "requests_joint_meeting": False,
+    }
+    identities = lead_identities(InTransition(), lead, token="t")
+    of = InTransition.of
+    assert identities.data["victim_pseudonym"] == of(2, ID_NUMBER)
+    assert identities.links == (of(1, ID_NUMBER), of(2, PHONE), of(1, PHONE))
+    # Outside a transition (a pseudonymizer with no previous epoch) the links are the other identifiers'.
+    key = core.PseudonymizerKey(2, oprf.generate_key_pair())
+    assert lead_identities(key, lead, token="t").links == tuple(key.pseudonyms([PHONE]))

@@ -1,5 +1,6 @@
 """Pseudonymizer key epochs with the real service following the real registry topic. A rotation: during the
-transition clients get the new pseudonym and the one the old key gave, both verified; once the roots end
+transition clients get the new pseudonym and the one the old key gave, both verified, and a lead the SDK
+publishes reaches the hub keyed by the new one and linking the old one; once the roots end
 the transition the service destroys the old key file and refuses old-epoch evaluations, and clients get
 only the new pseudonym. A sealed-key domain moving over: the HMAC pseudonym is the previous one, and once
 the registry drops the sealed key the client holds it no more."""
@@ -12,15 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from schemas.envelope import EnvelopeHeader
 from schemas.registry import RegistryDocument
 from services import trust
-from services.kernel import crypto
+from services.kernel import crypto, envelope, ids
 from services.kernel.pseudonym import EpochPseudonyms, normalize_subject
 from services.kernel.registry import Registry
 from services.pseudonymizer import core
 from services.pseudonymizer.client import ObliviousPseudonymizer, PseudonymizerUnavailableError
+from services.sdk.client import Client
 from services.trust import admin
-from tests.integration.buskit import Bus, RegistryChange
+from tests.integration.buskit import Bus, RegistryChange, RouterProcess
 from tests.kit import DemoDomain
 from tests.workers import Worker, free_port
 
@@ -58,6 +61,50 @@ def pseudonymizer(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     worker.stop()
 
 
+@pytest.fixture(scope="module")
+def router(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
+    worker = RouterProcess.started(bus, Path(tmp_path_factory.mktemp("router")) / "router.log")
+    yield worker
+    worker.stop()
+
+
+def published_during(bus: Bus, registry: Registry, router: RouterProcess, tmp_path: Path) -> EnvelopeHeader:
+    """A lead the SDK publishes under ``registry``, as the hub's inbox receives it: its clear header."""
+    bus.wait_for(
+        lambda: router.metric("lianfang_registry_version", service="router") == registry.version,
+        60,
+        f"the router's registry v{registry.version}",
+    )
+    with Client(
+        keystore=bus.domain.keys("police"),
+        registry=registry,
+        bootstrap=bus.bootstrap,
+        outbox_path=tmp_path / "police.sqlite",
+        topic_prefix=bus.prefix,
+    ) as police:
+        event_id = police.publish_lead(
+            {
+                "category": "domestic_violence",
+                "channel": "police_call",
+                "town": "renhe",
+                "victim": {"name": "孙某某", "phone": "137-0000-5678", "is_minor": False, "sex": "female"},
+                "minor": False,
+                "risk_indicators": ["threats_to_kill"],
+                "narrative": "……",
+                "requests_joint_meeting": False,
+            }
+        )
+        assert police.flush(60)
+    inbox = bus.names.inbox(ids.HUB)
+
+    def delivered() -> bytes | None:
+        records = bus.read_all([inbox])[inbox]
+        return next((r.value for r in records if dict(r.headers)["ce_id"].decode() == event_id), None)
+
+    value = bus.wait_for(delivered, 90, "the lead in the hub's inbox")
+    return envelope.verify(value, registry=registry, now=datetime.now(UTC)).header
+
+
 def client(bus: Bus, registry: Registry) -> ObliviousPseudonymizer:
     return ObliviousPseudonymizer(keystore=bus.domain.keys("court"), registry=lambda: registry)
 
@@ -69,7 +116,7 @@ def publish(bus: Bus, document: RegistryDocument) -> Registry:
 
 
 def test_a_rotation_links_old_and_new_pseudonyms_for_its_transition_then_destroys_the_old_key(
-    bus: Bus, pseudonymizer: Worker
+    bus: Bus, pseudonymizer: Worker, router: RouterProcess, tmp_path: Path
 ) -> None:
     before = client(bus, bus.domain.registry).pseudonyms(PEOPLE)
     assert all(p.startswith("p1.") for p in before)
@@ -94,6 +141,9 @@ def test_a_rotation_links_old_and_new_pseudonyms_for_its_transition_then_destroy
     assert [e.previous for e in during] == before
     assert [e.current for e in during] == new_key.pseudonyms(PEOPLE)
     assert all(e.current.startswith("p2.") for e in during)
+    # A lead the SDK publishes meanwhile is keyed by the new pseudonym and links the old one.
+    header = published_during(bus, transition, router, tmp_path)
+    assert (header.subject, header.links) == (during[0].current, [during[0].previous])
 
     # The roots end the transition: the service destroys the old key and refuses to evaluate under it.
     old_file = bus.domain.home / trust.PSEUDONYMIZER_KEY

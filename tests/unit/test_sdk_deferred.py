@@ -265,11 +265,11 @@ def test_the_drainer_backs_off_from_a_failing_pseudonymizer_within_its_ceiling(t
 
 
 def test_a_registry_without_a_pseudonymizer_has_nothing_to_wait_for(
-    domain: DemoDomain, tmp_path: Path
+    sealed_domain: DemoDomain, tmp_path: Path
 ) -> None:
     client = Client(
-        keystore=domain.keys("police"),
-        registry=domain.registry,
+        keystore=sealed_domain.keys("police"),
+        registry=sealed_domain.registry,
         bootstrap="",
         outbox_path=tmp_path / "p.sqlite",
         clock=lambda: NOW,

@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 MODE: Final[oprf.Mode] = "voprf"
+KEY_INFO: Final = b"lianfang-pseudonymizer"
+"""The public ``info`` a key's seed is derived with (RFC 9497 §3.2.1 DeriveKeyPair)."""
 MAX_BODY_BYTES: Final = 64 * 1024
 """A full batch (1024 elements of 44 base64 characters) and its framing fit well within this."""
 
@@ -59,7 +61,7 @@ class PseudonymizerKey:
         ):
             raise UsageError('the pseudonymizer key file holds {"version": <int>, "seed": "<base64>"}')
         seed = crypto.b64d(doc["seed"], what="pseudonymizer key seed", length=oprf.SCALAR_LENGTH)
-        return cls(version=doc["version"], key=oprf.derive_key_pair(seed, b"lianfang-pseudonymizer", MODE))
+        return cls(version=doc["version"], key=oprf.derive_key_pair(seed, KEY_INFO, MODE))
 
     @staticmethod
     def new_json(version: int, seed: bytes) -> bytes:

@@ -4,6 +4,9 @@ and the service's rate limit reaches an adapter as 429 with Retry-After."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,10 +14,12 @@ from typing import Any
 
 import pytest
 
-from services.kernel import ids
-from services.kernel.errors import UsageError
-from services.kernel.pseudonym import PseudonymKey, normalize_subject
+from services import trust
+from services.kernel import ids, oprf
+from services.kernel.errors import MalformedError, UsageError
+from services.kernel.pseudonym import PseudonymKey, normalize_subject, oblivious_pseudonym, oprf_input
 from services.pseudonymizer.client import ObliviousPseudonymizer, PseudonymizerUnavailableError
+from services.pseudonymizer.core import KEY_INFO, MODE
 from services.sdk.client import Client
 from tests.integration.buskit import Bus, RouterProcess
 from tests.kit import DemoDomain
@@ -114,12 +119,89 @@ def test_two_agencies_reports_about_one_person_meet_under_one_pseudonym_no_keyst
     for participant in bus.domain.registry.participant_ids():
         with pytest.raises(UsageError):
             bus.domain.registry.pseudonym_key(participant, bus.domain.keys(participant).encryption)
-    # Nor does any secret in a keystore turn the identifier into this pseudonym offline.
-    canonical = normalize_subject(phone="13700001234")
-    for participant in (ids.ROUTER, "police", "health"):
+    # Nor does any secret in a keystore, or any clear field on the bus, turn the identifier into this
+    # pseudonym offline (the next test tries every construction an insider could).
+    assert subject not in offline_attempts(bus, normalize_subject(phone="13700001234"), subject)
+
+
+def _every_clear_value(bus: Bus) -> set[bytes]:
+    """Every Kafka key and header value of every record on the events topic and every inbox."""
+    participants = bus.domain.registry.participant_ids()
+    topics = [bus.names.events, *(bus.names.inbox(p) for p in participants)]
+    values: set[bytes] = set()
+    for records in bus.read_all(topics).values():
+        for record in records:
+            if record.key:
+                values.add(bytes(record.key))
+            values.update(bytes(v) for _, v in record.headers if v)
+    return values
+
+
+def _candidate_secrets(bus: Bus) -> set[bytes]:
+    """What an insider holding every participant's keystore and a copy of the bus could use as a key:
+    every private key (signing and encryption, the router's included), every 32-byte clear value, and
+    the SHA-256 of every clear value."""
+    secrets: set[bytes] = set()
+    for participant in bus.domain.registry.participant_ids():
         store = bus.domain.keys(participant)
-        for secret in [k.private_bytes_raw() for k in store.encryption.values()]:
-            assert PseudonymKey(version=1, secret=secret).pseudonyms([canonical]) != [subject]
+        secrets.update(k.private_bytes_raw() for k in store.signing.values())
+        secrets.update(k.private_bytes_raw() for k in store.encryption.values())
+    for value in _every_clear_value(bus):
+        secrets.add(hashlib.sha256(value).digest())
+        if len(value) == 32:
+            secrets.add(value)
+    return secrets
+
+
+def _constructions(secret: bytes, canonical: str, version: int) -> Iterator[str]:
+    """Each way a secret could give a pseudonym: the old keyed HMAC, the OPRF with the secret as the
+    key's seed (as the service's key file holds it) or as its scalar."""
+    yield PseudonymKey(version=version, secret=secret).pseudonyms([canonical])[0]
+    data = oprf_input(canonical)
+    yield oblivious_pseudonym(
+        version, oprf.evaluate(oprf.derive_key_pair(secret, KEY_INFO, MODE), data, MODE)
+    )
+    try:
+        scalar_key = oprf.ServerKey.from_secret(secret)
+    except (MalformedError, UsageError):
+        return  # not a canonical non-zero scalar
+    yield oblivious_pseudonym(version, oprf.evaluate(scalar_key, data, MODE))
+
+
+def offline_attempts(bus: Bus, canonical: str, subject: str) -> set[str]:
+    """Every pseudonym an insider computes for ``canonical`` without asking the service, under the
+    subject's key version and with no key at all (a plain hash of the OPRF input)."""
+    version = int(subject[1 : subject.index(".")])
+    found = {oblivious_pseudonym(version, hashlib.sha512(oprf_input(canonical)).digest())}
+    for secret in _candidate_secrets(bus):
+        found.update(_constructions(secret, canonical, version))
+    return found
+
+
+def test_every_keystore_and_every_clear_field_on_the_bus_together_cannot_produce_a_pseudonym(
+    bus: Bus, pseudonymizer: Worker, router: RouterProcess, tmp_path: Path
+) -> None:
+    police = client(bus, "police", tmp_path)
+    try:
+        event_id = police.publish_lead(a_lead("police_call", "13700005678"))
+        assert police.flush(60)
+    finally:
+        police.close()
+
+    def delivered() -> bytes | None:
+        records = bus.read_all([bus.names.inbox(ids.HUB)])[bus.names.inbox(ids.HUB)]
+        keys = {dict(r.headers)["ce_id"].decode(): r.key for r in records}
+        return keys.get(event_id)
+
+    subject = bus.wait_for(delivered, 90, "the lead in the hub's inbox").decode()
+    canonical = normalize_subject(phone="13700005678")
+    attempts = offline_attempts(bus, canonical, subject)
+    assert len(attempts) > 2 * len(bus.domain.registry.participant_ids())  # the attack did run
+    assert subject not in attempts
+    # The same constructions with the one secret only the service holds (its key file's seed) do give
+    # the subject: the attempts above would have found it had the bus or a keystore carried that seed.
+    seed = base64.b64decode(json.loads((bus.domain.home / trust.PSEUDONYMIZER_KEY).read_bytes())["seed"])
+    assert subject in set(_constructions(seed, canonical, int(subject[1 : subject.index(".")])))
 
 
 def test_an_adapter_over_the_services_rate_gets_429_with_retry_after_from_the_real_service(

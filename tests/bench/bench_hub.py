@@ -41,10 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from schemas.freshness import TIMESTAMP_RECORD_KEY
 from services import trust
 from services.bus import cluster
 from services.bus.cluster import DURABLE_PRODUCER
-from services.kernel import topics
+from services.kernel import freshness, topics
 from services.kernel.keystore import KdfParams
 from services.kernel.pseudonym import pseudonymize
 from services.kernel.registry import Registry
@@ -70,6 +71,7 @@ DRAIN_DEADLINE_S = 120.0
 ALERT_DEADLINE_S = 30.0  # after the last publication, for the alerts still on their way
 STOP_TIMEOUT_S = 20.0
 CLIENT_ID = "lianfang-bench"
+STATEMENT_LIFETIME = dt.timedelta(hours=2)  # longer than any run
 MS = 1000.0
 
 
@@ -157,6 +159,23 @@ class Bus:
                 "LIANFANG_HUB_METRICS_PORT": str(port),
             },
         )
+
+    def stamp(self) -> None:
+        """A timestamp statement valid for the whole run, as the timestamp service would publish: the
+        router and the hub wait for a fresh one."""
+        from kafka import KafkaProducer
+
+        data = freshness.sign_statement(
+            self.registry,
+            dict(self.domain.timestamp_keystore().signing),
+            now=dt.datetime.now(dt.UTC),
+            valid_for=STATEMENT_LIFETIME,
+        )
+        producer = KafkaProducer(bootstrap_servers=self.bootstrap, client_id=CLIENT_ID, **DURABLE_PRODUCER)
+        try:
+            producer.send(self.names.registry, key=TIMESTAMP_RECORD_KEY, value=data).get(timeout=30)
+        finally:
+            producer.close(timeout=5)
 
     def delete_topics(self) -> None:
         """Best effort: every topic under the prefix (the hubs' changelogs included)."""
@@ -417,7 +436,9 @@ def run(ctx: BenchContext) -> list[Result]:
     bootstrap = ctx.bootstrap
     tmp = Path(tempfile.mkdtemp(prefix="lianfang-bench-hub-"))
     now = dt.datetime.now(dt.UTC)
-    domain = trust.init_domain(tmp / "home", now=now, kdf=KdfParams.for_tests())
+    # An older kind of domain (a pseudonym key sealed to each participant): the SDK derives pseudonyms
+    # itself, so no pseudonymizer service is needed (its round trip precedes publish_lead's return).
+    domain = trust.init_domain(tmp / "home", now=now, kdf=KdfParams.for_tests(), pseudonymizer_url=None)
     registry = domain.registry(now)
     bus = Bus(bootstrap, ctx.unique("run") + "-", tmp / "home", domain, registry, tmp)
     reader: AlertReader | None = None
@@ -425,6 +446,7 @@ def run(ctx: BenchContext) -> list[Result]:
     try:
         ctx.progress(f"creating the topics under {bus.prefix} …")
         cluster.apply_topics(bootstrap, registry.participant_ids(), prefix=bus.prefix)
+        bus.stamp()
         reader = AlertReader(bus.client("coordinators"))
         reader.start()
         router = _prefill(ctx, bus, n)

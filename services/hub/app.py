@@ -322,6 +322,28 @@ def _agents(app: faust.App, worker: HubWorker, loop: AgentLoop) -> None:
             yield None
 
 
+def faust_options(settings: HubSettings) -> dict[str, Any]:
+    """The faust app's settings but its id and store: also those of the hub benchmark's baseline
+    agent, which must read the inbox as the hub does."""
+    return {
+        "broker": f"kafka://{settings.bootstrap}",
+        "broker_credentials": faust_credentials(settings.kafka_security),
+        "datadir": str(settings.data_dir / settings.worker_name),
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": settings.replication,
+        "topic_disable_leader": True,  # no leader-only timers: no leader topic to create while starting
+        "web_enabled": False,
+        "broker_session_timeout": 10.0,
+        "broker_heartbeat_interval": 1.0,
+        "broker_commit_interval": 1.0,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_acks": -1,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "logging_config": None,
+    }
+
+
 def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> faust.App:
     """Build the hub app for one worker."""
     if not settings.bootstrap:
@@ -339,25 +361,7 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
     trail = participant_trail(
         settings.data_dir / "audit", keys, registry.current, ids.HUB, ship=sink, metrics=metrics.audit
     )
-    app = faust.App(
-        settings.app_id,
-        broker=f"kafka://{settings.bootstrap}",
-        broker_credentials=faust_credentials(settings.kafka_security),
-        store="rocksdb://",
-        datadir=str(settings.data_dir / settings.worker_name),
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication,
-        topic_disable_leader=True,  # no leader-only timers: no leader topic to create while starting
-        web_enabled=False,
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=1.0,
-        broker_commit_interval=1.0,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        key_serializer="raw",
-        value_serializer="raw",
-        logging_config=None,
-    )
+    app = faust.App(settings.app_id, store="rocksdb://", **faust_options(settings))
     worker = HubWorker(
         app,
         settings,

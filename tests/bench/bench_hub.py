@@ -55,6 +55,7 @@ from tests.workers import Worker, free_port
 LEADS_FULL = 2_000
 LEADS_QUICK = 300
 THROUGHPUT_RUNS_CAP = 2  # each run starts a faust worker: ~10 s of start-up apiece
+PROFILE_TOP = 8  # functions named in the notes, by own time, from one more hub run under cProfile
 RATE_FULL = 200  # offered leads/s in the latency case (and records/s in its baseline)
 RATE_QUICK = 50
 SUSTAINED_FULL = 20  # leads/s this 2-CPU machine sustains through SDK, router and hub end to end
@@ -125,10 +126,12 @@ class Bus:
             start=start,
         )
 
-    def start(self, what: str, module: str, port: int, env: dict[str, str]) -> Worker:
+    def start(
+        self, what: str, module: str, port: int, env: dict[str, str], args: list[str] | None = None
+    ) -> Worker:
         log = self.tmp / f"{what.replace(' ', '-')}.log"
         env = {"LIANFANG_BOOTSTRAP": self.bootstrap, "LIANFANG_HOME": str(self.home), **env}
-        worker = Worker(module, env, log, port=port, what=what)
+        worker = Worker(module, env, log, args=args or (), port=port, what=what)
         self.workers.append(worker)
         return worker
 
@@ -145,11 +148,16 @@ class Bus:
             },
         )
 
-    def hub(self, run: int) -> Worker:
+    def hub(self, run: int, *, module: str = "services.hub", profile: Path | None = None) -> Worker:
+        """Hub worker ``run`` (its own app id, consumer group and tables); ``module`` another program
+        configured the same way (the decode-only baseline); ``profile`` runs it under cProfile, which
+        writes its statistics there when it stops."""
         port = free_port()
+        what = f"hub {run}" if module == "services.hub" else f"{module} {run}"
+        args = ["-o", str(profile), "-m", module] if profile is not None else []
         return self.start(
-            f"hub {run}",
-            "services.hub",
+            what,
+            "cProfile" if profile is not None else module,
             port,
             {
                 "LIANFANG_HUB_TOPIC_PREFIX": self.prefix,
@@ -158,6 +166,7 @@ class Bus:
                 "LIANFANG_HUB_TICK_INTERVAL_S": "0",
                 "LIANFANG_HUB_METRICS_PORT": str(port),
             },
+            args,
         )
 
     def stamp(self) -> None:
@@ -242,36 +251,74 @@ def _prefill(ctx: BenchContext, bus: Bus, n: int) -> Worker:
     return router
 
 
-def _hub_run(bus: Bus, run: int, n: int, router: Worker) -> tuple[Worker, Drain]:
-    """Start hub ``run`` on the filled inbox; time it from its first observed event to all N."""
-    hub = bus.hub(run)
-    observed = "lianfang_hub_events_observed_total"
+def _drain(worker: Worker, counter: str, n: int, router: Worker) -> Drain:
+    """Time ``worker``, just started on the filled inbox, from its first counted record to all N."""
     first: tuple[float, float, float] | None = None
     deadline = time.monotonic() + START_DEADLINE_S
     while True:
-        seen = hub.total(observed)
+        seen = worker.total(counter)
         at = time.perf_counter()
         if first is None and seen:
-            first = (seen, at, hub.cpu_seconds())
+            first = (seen, at, worker.cpu_seconds())
             deadline = time.monotonic() + DRAIN_DEADLINE_S
         if seen is not None and seen >= n:
             break
-        hub.check_alive()
+        worker.check_alive()
         router.check_alive()
         if time.monotonic() > deadline:
-            stage = "its first event" if first is None else f"all {n} events ({seen:.0f} observed)"
-            raise BenchError(f"{hub.what} did not reach {stage} in time:\n{hub.tail()}")
+            stage = "its first record" if first is None else f"all {n} records ({seen:.0f} counted)"
+            raise BenchError(f"{worker.what} did not reach {stage} in time:\n{worker.tail()}")
         time.sleep(POLL_S)  # poll interval inside a deadline loop
-    cpu = hub.cpu_seconds()
+    cpu = worker.cpu_seconds()
     if first is None or first[0] >= n:
-        raise BenchError(f"{hub.what} observed all {n} events before the first poll saw one")
+        raise BenchError(f"{worker.what} counted all {n} records before the first poll saw one")
+    if seen != n:
+        raise BenchError(f"{worker.what}: {seen:.0f} counted of {n}")
+    return Drain(int(n - first[0]), at - first[1], cpu - first[2])
+
+
+def _hub_run(bus: Bus, run: int, n: int, router: Worker, profile: Path | None = None) -> tuple[Worker, Drain]:
+    """Start hub ``run`` on the filled inbox; time it from its first observed event to all N."""
+    hub = bus.hub(run, profile=profile)
+    drain = _drain(hub, "lianfang_hub_events_observed_total", n, router)
     alerts = hub.total("lianfang_hub_alerts_total") or 0
     rejected = hub.total("lianfang_hub_events_rejected_total") or 0
-    if seen != n or alerts or rejected:
-        raise BenchError(
-            f"{hub.what}: {seen:.0f} observed of {n}, {alerts:.0f} alerts, {rejected:.0f} rejected"
-        )
-    return hub, Drain(int(n - first[0]), at - first[1], cpu - first[2])
+    if alerts or rejected:
+        raise BenchError(f"{hub.what}: {alerts:.0f} alerts, {rejected:.0f} rejected")
+    return hub, drain
+
+
+def _decode_run(bus: Bus, run: int, n: int, router: Worker) -> Drain:
+    """The baseline: a decode-only faust agent (:mod:`tests.bench.faust_decode`) on the same inbox."""
+    decoder = bus.hub(run, module="tests.bench.faust_decode")
+    try:
+        drain = _drain(decoder, "lianfang_bench_decoded_total", n, router)
+        malformed = decoder.metric("lianfang_bench_decoded_total", result="malformed") or 0
+        if malformed:
+            raise BenchError(f"{decoder.what}: {malformed:.0f} of {n} records did not parse")
+        return drain
+    finally:
+        decoder.stop(STOP_TIMEOUT_S)
+
+
+IDLE = ("poll' of 'select.epoll", "select' of 'select", "method 'acquire' of '_thread")
+"""Functions where the process waits for something rather than works (left out of the top costs)."""
+
+
+def top_costs(stats_file: Path, count: int = PROFILE_TOP) -> list[tuple[str, float]]:
+    """The functions of a cProfile file with the most own time (waiting left out), as a share of
+    all own time but the waiting."""
+    import pstats
+
+    stats: dict[Any, Any] = pstats.Stats(str(stats_file)).stats  # type: ignore[attr-defined]
+    own: dict[str, float] = {}
+    for (path, line, name), (_cc, _nc, tottime, _ct, _callers) in stats.items():
+        label = name if path == "~" else f"{Path(path).name}:{line}({name})"
+        if not any(idle in label for idle in IDLE):
+            own[label] = own.get(label, 0.0) + tottime
+    total = sum(own.values()) or 1.0
+    ranked = sorted(own.items(), key=lambda kv: kv[1], reverse=True)[:count]
+    return [(label, seconds / total) for label, seconds in ranked]
 
 
 # --------------------------------------------------------------------------- latency
@@ -452,17 +499,37 @@ def run(ctx: BenchContext) -> list[Result]:
         router = _prefill(ctx, bus, n)
 
         drains: list[Drain] = []
+        decodes: list[Drain] = []
         hub: Worker | None = None
         for i in range(1, runs + 1):
             if hub is not None:
                 hub.stop(STOP_TIMEOUT_S)
-            ctx.progress(f"hub run {i}/{runs}: a new hub on the {n:,} leads in its inbox …")
+            ctx.progress(f"run {i}/{runs}: a decode-only faust agent on the {n:,} leads in the hub's inbox …")
+            decodes.append(_decode_run(bus, 100 + i, n, router))
+            ctx.progress(f"run {i}/{runs}: decoded {decodes[-1].events} in {decodes[-1].seconds:.3f} s")
+            ctx.progress(f"run {i}/{runs}: a new hub on the {n:,} leads in its inbox …")
             hub, drain = _hub_run(bus, i, n, router)
             drains.append(drain)
-            ctx.progress(f"hub run {i}/{runs}: {drain.events} events in {drain.seconds:.3f} s")
+            ctx.progress(f"run {i}/{runs}: {drain.events} events in {drain.seconds:.3f} s")
         assert hub is not None
         rates = [d.events / d.seconds for d in drains]
         cpu = statistics.median(d.cpu_seconds / d.seconds for d in drains)
+        decode_rates = [d.events / d.seconds for d in decodes]
+        decode_cpu = statistics.median(d.cpu_seconds / d.seconds for d in decodes)
+        results.append(
+            ctx.result(
+                "faust decode-only agent, 1 worker",
+                "records/s",
+                decode_rates,
+                baseline=True,
+                notes=(
+                    "tests/bench/faust_decode.py: the hub's faust options on the same inbox, per record only "
+                    "the envelope frame and clear header parsed (no signature, opening, table or send); "
+                    f"timed as the hub; run before each hub run; CPU {100 * decode_cpu:.0f} % of one core, "
+                    f"{1e6 * decode_cpu / statistics.median(decode_rates):.0f} µs/record"
+                ),
+            )
+        )
         results.append(
             ctx.result(
                 "hub, 1 worker",
@@ -476,6 +543,21 @@ def run(ctx: BenchContext) -> list[Result]:
                 ),
             )
         )
+        hub.stop(STOP_TIMEOUT_S)
+        ctx.progress("one more hub run under cProfile, for the top costs …")
+        stats_file = tmp / "hub.pstats"
+        profiled, drain = _hub_run(bus, runs + 1, n, router, profile=stats_file)
+        profiled.stop(STOP_TIMEOUT_S)
+        if stats_file.exists():
+            costs = ", ".join(f"{label} {100 * share:.0f} %" for label, share in top_costs(stats_file))
+            ctx.note(
+                f"hub top costs (cProfile of one more run, {drain.events / drain.seconds:.0f} events/s under "
+                f"the profiler; own time, start-up included, waiting left out): {costs}"
+            )
+        else:
+            ctx.note(f"the profiled hub wrote no statistics:\n{profiled.tail()}")
+        hub = bus.hub(runs + 2)  # the hub of the latency cases: caught up once it has drained the inbox
+        _drain(hub, "lianfang_hub_events_observed_total", n, router)
 
         # The baseline first, while the router and the hub are caught up and idle: after the hub's
         # latency case they may still be working off a backlog, which would slow the broker's floor.

@@ -36,7 +36,8 @@ class Shipper:
     """Copies the lines appended to an audit file onto the audit topic, in order, at least once.
 
     A background thread sends from the byte offset recorded in ``<file>.shipped`` to the end of the
-    file, and moves the offset only after the broker acknowledged the lines. After a crash the lines
+    file (or of what ``durable`` says is on disk: the topic never gets a line the file could still
+    lose), and moves the offset only after the broker acknowledged the lines. After a crash the lines
     past the recorded offset are sent again; :func:`~services.audit.chain.verify_lines` reads such
     identical copies once. While the broker is away lines wait in the file; ``pending_bytes`` says how
     much. The mark names the Kafka cluster it counts for: on another cluster (a new one, or Kafka
@@ -55,8 +56,10 @@ class Shipper:
         tick: Callable[[], object] | None = None,
         chain: str = "",
         metrics: AuditMetrics | None = None,
+        durable: Callable[[], int | None] | None = None,
     ) -> None:
         self.path = path
+        self.durable = durable  # bytes of the file on disk (None: all): nothing past them is sent
         self.chain = chain or path.stem
         self.sink = sink
         self.retry_s = retry_s
@@ -114,7 +117,8 @@ class Shipper:
         try:
             with self.path.open("rb") as f:
                 f.seek(self.offset)
-                data = f.read()
+                limit = self.durable() if self.durable is not None else None
+                data = f.read() if limit is None else f.read(max(0, limit - self.offset))
         except FileNotFoundError:
             return 0
         lines = data.split(b"\n")[:-1][: self.MAX_LINES_PER_SEND]  # complete lines only

@@ -107,7 +107,10 @@ class AuditTrail:
         subject: str | None = None,
         object: str | None = None,
         to: Iterable[str] | None = None,
+        durable: bool = True,
     ) -> AuditEntry:
+        """Append an entry; it is on disk when this returns, or with ``durable=False`` once :meth:`sync`
+        returned, which the caller must call before it acknowledges the audited action."""
         with self._lock:
             entry = next_entry(
                 self.head,
@@ -123,8 +126,21 @@ class AuditTrail:
             self.head = entry
             self._checkpoint_if_due()
             ticket = self._ticket
-        self._wait_durable(ticket)
+        if durable:
+            self._wait_durable(ticket)
         return entry
+
+    def sync(self) -> None:
+        """Return once every line appended so far is on disk (one fsync for all of them, if any)."""
+        with self._lock:
+            ticket = self._ticket
+        self._wait_durable(ticket)
+
+    def durable_size(self) -> int | None:
+        """Bytes of the file known to be on disk, or ``None`` when this trail has written none (then
+        the whole file is what an earlier process made durable)."""
+        file = self._file
+        return None if file is None else file.durable_size
 
     def checkpoint_if_due(self) -> Checkpoint | None:
         """Sign the head if ``checkpoint_every_s`` passed since the last checkpoint and it moved."""
@@ -260,7 +276,14 @@ class LocalTrail:
         )
         # The shipper's thread also signs the head when due, so a quiet chain's tail gets covered.
         self.shipper = (
-            Shipper(path, ship, tick=self.trail.checkpoint_if_due, chain=actor, metrics=metrics)
+            Shipper(
+                path,
+                ship,
+                tick=self.trail.checkpoint_if_due,
+                chain=actor,
+                metrics=metrics,
+                durable=self.trail.durable_size,
+            )
             if ship is not None
             else None
         )
@@ -276,11 +299,20 @@ class LocalTrail:
         subject: str | None = None,
         object: str | None = None,
         to: Iterable[str] | None = None,
+        durable: bool = True,
     ) -> AuditEntry:
-        entry = self.trail.append(action, subject=subject, object=object, to=to)
-        if self.shipper is not None:
+        """:meth:`AuditTrail.append`; with ``durable=False`` the caller calls :meth:`sync` before it
+        acknowledges the audited action, and the shipper sends the entry only after that."""
+        entry = self.trail.append(action, subject=subject, object=object, to=to, durable=durable)
+        if durable and self.shipper is not None:
             self.shipper.wake()
         return entry
+
+    def sync(self) -> None:
+        """Every entry appended so far on disk (one fsync), then handed to the shipper."""
+        self.trail.sync()
+        if self.shipper is not None:
+            self.shipper.wake()
 
     def close(self, timeout: float = 10.0) -> None:
         """Checkpoint the head, ship what is left (within ``timeout``) and release the file."""

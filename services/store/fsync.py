@@ -23,9 +23,14 @@ class AppendFile:
     def __init__(self, path: Path, mode: int = 0o600) -> None:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+        os.fsync(self._fd)  # what an earlier process left may still be in the page cache only
         self._cond = threading.Condition()
         self._written = 0  # lines written (tickets handed out)
         self._durable = 0  # lines covered by a finished fsync
+        self._size = os.fstat(self._fd).st_size  # bytes in the file, with what this object wrote
+        self.durable_size = self._size
+        """Bytes at the start of the file that a finished fsync covers: readers that must not see a
+        line the file could still lose (the audit shipper) read no further."""
         self._syncing = False
         self.syncs = 0  # fsyncs run (for tests and benchmarks: lines per fsync)
 
@@ -35,6 +40,7 @@ class AppendFile:
         with self._cond:
             os.write(self._fd, line)
             self._written += 1
+            self._size += len(line)
             return self._written
 
     def wait_durable(self, ticket: int) -> None:
@@ -46,7 +52,7 @@ class AppendFile:
                     self._cond.wait()
                     continue
                 self._syncing = True
-                target = self._written
+                target, target_size = self._written, self._size
                 self._cond.release()
                 try:
                     os.fsync(self._fd)
@@ -56,6 +62,7 @@ class AppendFile:
                     self._cond.notify_all()
                 self.syncs += 1
                 self._durable = max(self._durable, target)
+                self.durable_size = max(self.durable_size, target_size)
 
     def append(self, line: bytes) -> None:
         """:meth:`write` then :meth:`wait_durable`: the line is on disk when this returns."""

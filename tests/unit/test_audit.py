@@ -372,6 +372,21 @@ def test_the_shipper_leaves_a_half_written_line_for_later(tmp_path: Path) -> Non
     assert shipper.pending_bytes == 10
 
 
+def test_the_shipper_sends_no_entry_the_file_could_still_lose_and_sends_it_once_synced(
+    tmp_path: Path,
+) -> None:
+    sent: list[bytes] = []
+    trail = LocalTrail(tmp_path, "hub", "hub", ship=Collect(sent))
+    assert trail.shipper is not None
+    trail.append("open_section", subject="p0." + "B" * 43, object="e1", durable=False)
+    trail.shipper.ship_once()
+    assert sent == [], "written but not yet on disk: not shipped"
+    trail.sync()
+    trail.shipper.ship_once()
+    assert sent == read_file(trail.path)
+    trail.close()
+
+
 def test_a_chain_shipped_to_one_cluster_is_shipped_whole_to_another(tmp_path: Path) -> None:
     path = tmp_path / "sdk.audit.jsonl"
     path.write_bytes(b"".join(e.to_line() + b"\n" for e in chain(3)))

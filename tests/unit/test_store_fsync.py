@@ -29,8 +29,8 @@ def test_lines_written_while_an_fsync_is_in_flight_share_the_next_fsync_and_each
             release.wait(10)
         real_fsync(fd)
 
+    file = AppendFile(tmp_path / "a.jsonl")  # opening syncs what an earlier process left: not counted
     monkeypatch.setattr(fsync.os, "fsync", slow_first_fsync)
-    file = AppendFile(tmp_path / "a.jsonl")
     first = threading.Thread(target=file.append, args=(b"line 0\n",))
     first.start()
     until(in_flight.is_set, "the first fsync")
@@ -64,11 +64,23 @@ def test_a_failed_fsync_reaches_its_waiter_and_the_next_append_syncs_again(
             raise failures.pop()
         real_fsync(fd)
 
-    monkeypatch.setattr(fsync.os, "fsync", failing_once)
     file = AppendFile(tmp_path / "b.jsonl")
+    monkeypatch.setattr(fsync.os, "fsync", failing_once)
     with pytest.raises(OSError, match="Input/output error"):
         file.append(b"first\n")
     file.append(b"second\n")
     assert file.syncs == 1
     assert (tmp_path / "b.jsonl").read_bytes() == b"first\nsecond\n"
+    file.close()
+
+
+def test_only_bytes_a_finished_fsync_covers_count_as_durable(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b"left by an earlier process\n")
+    file = AppendFile(path)
+    assert file.durable_size == 27, "what the file held when opened is synced then"
+    ticket = file.write(b"new line\n")
+    assert file.durable_size == 27, "written, not yet synced"
+    file.wait_durable(ticket)
+    assert file.durable_size == 36
     file.close()

@@ -35,13 +35,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
+from faust.streams import _current_event
 from prometheus_client import Gauge
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,7 +65,7 @@ from services.hub.config import HubConfig
 from services.hub.metrics import HubMetrics
 from services.hub.prepare import prepare_topics
 from services.hub.progress import AgentProgress
-from services.hub.worker import RecordWorker
+from services.hub.worker import InboxRecord, RecordWorker
 from services.kernel import ids, topics
 from services.kernel.clock import utcnow
 from services.kernel.errors import UsageError
@@ -102,6 +104,14 @@ class HubSettings(BaseSettings):
     metrics_port: int = Field(default=9103, ge=0, description="port of /metrics; 0 turns it off")
     metrics_address: str = Field(default=metrics_endpoint.LOOPBACK, description=metrics_endpoint.ADDRESS_HELP)
     lag_interval_s: float = Field(default=15.0, ge=0, description="consumer-lag sampling period; 0: off")
+    batch_max: int = Field(
+        default=200, ge=1, description="most inbox records handled together: one audit fsync a batch"
+    )
+    batch_within_s: float = Field(
+        default=0.005,
+        gt=0,
+        description="how long a batch waits for more records before it is handled (added latency)",
+    )
     log_level: str = Field(default="warning", description="faust worker log level")
     require_freshness: bool = Field(
         default=True,
@@ -111,6 +121,41 @@ class HubSettings(BaseSettings):
     kafka_security: KafkaSecuritySettings = Field(
         default_factory=load_security, description="TLS and SASL login, from LIANFANG_KAFKA_*"
     )
+
+
+class BatchWrites(MutableMapping[bytes, bytes]):
+    """The victims table as the worker writes it at the end of an inbox batch, after the records'
+    stream iteration: faust files a write under the partition of the event being handled, so each
+    write runs as the batch's event of the key's partition (the victim's inbox partition). Outside a
+    batch (the other agents, in their event's iteration) writes go straight to the table."""
+
+    def __init__(self, table: MutableMapping[bytes, bytes], partitions: int) -> None:
+        self.table = table
+        self.partitions = partitions
+        self.events: dict[int, Any] = {}  # the batch in hand's last event of each partition
+
+    def __getitem__(self, key: bytes) -> bytes:
+        return self.table[key]
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        event = self.events.get(topics.partition_for(key, self.partitions))
+        if event is None:
+            self.table[key] = value
+            return
+        token = _current_event.set(weakref.ref(event))
+        try:
+            self.table[key] = value
+        finally:
+            _current_event.reset(token)
+
+    def __delitem__(self, key: bytes) -> None:
+        del self.table[key]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.table)
+
+    def __len__(self) -> int:
+        return len(self.table)
 
 
 class HubWorker:
@@ -147,8 +192,15 @@ class HubWorker:
         }
         # Keys and values are bytes (the app's serializers are "raw"): VictimState / SuspectState JSON.
         app_id = settings.app_id
+        # A batch writes its states after its records' stream iteration: the changelog partition is
+        # the producer's partitioner's for the key, which is the partition of the victim's inbox records.
         self.victims = app.Table(
-            f"{app_id}-victims", default=None, partitions=n, key_type=bytes, value_type=bytes
+            f"{app_id}-victims",
+            default=None,
+            partitions=n,
+            key_type=bytes,
+            value_type=bytes,
+            use_partitioner=True,
         )
         self.suspect_table = app.Table(
             f"{app_id}-suspects", default=None, partitions=n, key_type=bytes, value_type=bytes
@@ -156,6 +208,7 @@ class HubWorker:
         self.link_table = app.Table(
             f"{app_id}-links", default=None, partitions=n, key_type=bytes, value_type=bytes
         )
+        self.victim_writes = BatchWrites(self.victims, n)
         self.work = RecordWorker(
             config=config,
             names=names,
@@ -165,13 +218,25 @@ class HubWorker:
             keys=keys,
             trail=trail,
             metrics=metrics,
-            victims=self.victims,
+            victims=self.victim_writes,
             suspects=self.suspect_table,
             links=self.link_table,
             send=self.send_and_wait,
             clock=utcnow,
             newer_registry=newer_registry,
         )
+
+    async def on_inbox_batch(self, stream: faust.StreamT[Any], events: list[Any]) -> None:
+        """A batch of inbox events to the worker, then acknowledged by hand (their audit entries on
+        disk, their states written); a batch that fails is never acknowledged, so a restart reads it
+        again."""
+        self.victim_writes.events = {event.message.partition: event for event in events}
+        try:
+            await self.work.on_inbox_batch([_inbox_record(event.message) for event in events])
+        finally:
+            self.victim_writes.events = {}
+        for event in events:
+            await stream.ack(event)
 
     def _topic(self, name: str, partitions: int | None = None) -> faust.TopicT:
         return self.app.topic(name, partitions=partitions, key_serializer="raw", value_serializer="raw")
@@ -220,6 +285,8 @@ async def agent_loop(
     freshness: FreshnessInForce,
     metrics: HubMetrics,
     progress: AgentProgress,
+    size: Callable[[Any], int] = lambda _: 1,
+    unwrap: Callable[[Any], Any] = lambda event: event.message,
 ) -> AsyncIterator[None]:
     """The body of each agent: every event, once fresh (:func:`when_fresh`), to ``handle``, with its
     health on /metrics. A crash (only Kafka's failures propagate from the worker) is counted in
@@ -227,9 +294,9 @@ async def agent_loop(
     afresh; the agent stays stuck in :class:`~services.hub.progress.AgentProgress` until it has
     finished a record."""
     try:
-        async for event in when_fresh(events, freshness, metrics.waiting.labels(agent)):
+        async for event in when_fresh(events, freshness, metrics.waiting.labels(agent), size=size):
             progress.taken(agent)
-            await handle(event.message)
+            await handle(unwrap(event))
             progress.done(agent)
             yield None
     except Exception as e:
@@ -239,20 +306,26 @@ async def agent_loop(
 
 
 async def when_fresh(
-    events: AsyncIterator[Any], freshness: FreshnessInForce, waiting: Gauge | None = None
+    events: AsyncIterator[Any],
+    freshness: FreshnessInForce,
+    waiting: Gauge | None = None,
+    *,
+    size: Callable[[Any], int] = lambda _: 1,
 ) -> AsyncIterator[Any]:
-    """Each event, once the worker is fresh: while it is not, the agent holds the event unacknowledged,
-    so faust commits nothing past it and a restart reads it again. ``waiting`` (the source's series of
-    ``lianfang_hub_waiting_for_freshness``) counts the event while it is held."""
+    """Each event (or batch of events), once the worker is fresh: while it is not, the agent holds it
+    unacknowledged, so faust commits nothing past it and a restart reads it again. ``waiting`` (the
+    source's series of ``lianfang_hub_waiting_for_freshness``) counts the records held (``size`` of
+    each item: 1 for an event)."""
     async for event in events:
         if not freshness.ok():  # the freshness log says why, once per change of state
+            held = size(event)
             if waiting is not None:
-                waiting.inc()
+                waiting.inc(held)
             try:
                 await freshness.wait_until_ok()
             finally:
                 if waiting is not None:
-                    waiting.dec()
+                    waiting.dec(held)
         yield event
 
 
@@ -275,14 +348,13 @@ AgentLoop = Callable[[str, "faust.StreamT[Any]", Callable[[Any], Awaitable[None]
 """An agent's body: its name, its stream and the handler of each message (:func:`agent_loop`)."""
 
 
-def _agents(app: faust.App, worker: HubWorker, loop: AgentLoop) -> None:
+BatchLoop = Callable[[str, "faust.StreamT[Any]"], AsyncIterator[None]]
+"""The inbox agent's body: its stream in batches to :meth:`HubWorker.on_inbox_batch`."""
+
+
+def _agents(app: faust.App, worker: HubWorker, loop: AgentLoop, batch_loop: BatchLoop) -> None:
     """One agent per topic the hub reads, each handing its records to the worker's per-record work."""
     work = worker.work
-
-    async def on_inbox(m: Any) -> None:
-        await work.on_inbox(
-            m.value, key=m.key, partition=m.partition, offset=m.offset, headers=_header_pairs(m.headers)
-        )
 
     async def on_suspect(m: Any) -> None:
         await work.on_suspect(m.value, partition=m.partition, offset=m.offset)
@@ -298,7 +370,7 @@ def _agents(app: faust.App, worker: HubWorker, loop: AgentLoop) -> None:
 
     @app.agent(worker.inbox)
     async def observe(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-        async for _ in loop("inbox", stream, on_inbox):
+        async for _ in batch_loop("inbox", stream):
             yield None
 
     @app.agent(worker.suspects)
@@ -395,7 +467,23 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
             agent, stream.events(), handle, freshness=freshness, metrics=metrics, progress=progress
         )
 
-    _agents(app, worker, loop)
+    def batch_loop(agent: str, stream: faust.StreamT[Any]) -> AsyncIterator[None]:
+        # Acknowledged by hand once handled (HubWorker.on_inbox_batch), never when a batch fails.
+        batches = cast(faust.Stream[Any], stream).noack_take(
+            settings.batch_max, within=settings.batch_within_s
+        )
+        return agent_loop(
+            agent,
+            batches,
+            lambda events: worker.on_inbox_batch(stream, events),
+            freshness=freshness,
+            metrics=metrics,
+            progress=progress,
+            size=len,
+            unwrap=lambda events: events,
+        )
+
+    _agents(app, worker, loop, batch_loop)
 
     if settings.tick_interval_s:
 
@@ -454,6 +542,11 @@ def run_worker(settings: HubSettings) -> None:
     )
     worker = faust.Worker(app, loglevel=settings.log_level, redirect_stdouts=False)
     worker.execute_from_commandline()
+
+
+def _inbox_record(message: Any) -> InboxRecord:
+    m = message
+    return InboxRecord(m.value, m.key, m.partition, m.offset, _header_pairs(m.headers))
 
 
 def _header_pairs(headers: Any) -> list[tuple[str, bytes | None]]:

@@ -12,6 +12,14 @@ it, and unit tests drive it with dicts and a list.
 - No loss, no duplicate: an alert or breach is sent and acknowledged before the state that records it
   is written. A crash in between re-emits it under the same deterministic event id; the router
   delivers the first and refuses the second (reason ``replay``), so coordinators see it once.
+- Inbox records come in batches (:meth:`RecordWorker.on_inbox_batch`, one record is a batch of one):
+  each record is opened, its rules applied and what they emit sent and acknowledged in turn, while the
+  states they make are held; at the end of the batch one fsync puts every audit entry of the batch
+  (each opening, each publication) on disk, and only then are the held states written to the table
+  and the records acknowledged. So an entry is on disk before the state or the offset that follows
+  from it, as with an fsync per entry, for one fsync a batch. One lock keeps the agents' handlers from
+  interleaving: a tick or serial trigger never sees, nor overwrites, a victim's state while a batch
+  holds a newer one.
 - The registry in force may change while it runs (:mod:`services.bus.registry_follower`): a record
   refused for a reason a newer registry may lift (a rotated key, a new member) is opened again once
   after ``newer_registry`` caught up with the registry topic.
@@ -31,7 +39,9 @@ import asyncio
 import json
 import logging
 import traceback
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
@@ -59,7 +69,7 @@ from services.kernel.errors import (
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
 
-__all__ = ["REPORT_SUBJECT", "RecordWorker", "Send", "Source"]
+__all__ = ["REPORT_SUBJECT", "InboxRecord", "RecordWorker", "Send", "Source"]
 
 log = logging.getLogger("lianfang.hub")
 
@@ -76,6 +86,18 @@ Refusal = tuple[ReasonCode, str]
 """Why a record was refused: its reason code and a line for people (never content)."""
 
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRecord:
+    """One record of the hub's inbox: its value, key, where it was read, and its Kafka headers (which
+    say when the router accepted it)."""
+
+    value: bytes
+    key: bytes | None
+    partition: int
+    offset: int
+    headers: Sequence[tuple[str, bytes | None]] | None = None
 
 
 class RecordWorker:
@@ -114,6 +136,9 @@ class RecordWorker:
         self.send = send
         self.clock = clock
         self.reported: dict[int, datetime] = {}  # per partition: when the current report period began
+        # States of the batch in hand, by table and key, not yet written: (self.victims, key) and so on.
+        self._held: dict[tuple[int, bytes], tuple[MutableMapping[bytes, bytes], bytes]] = {}
+        self._one_at_a_time = asyncio.Lock()  # a batch, a suspect, a trigger or a tick: never two
 
     # -- opening and sealing
 
@@ -133,6 +158,7 @@ class RecordWorker:
             "open_section",
             subject=opened.header.subject,
             object=opened_object(opened),
+            durable=False,  # on disk at the end of the batch, before its states and offsets
         )
         return Observation.from_header(
             opened.header, frozenset(recipients), opened.sections.get("triage", {})
@@ -183,7 +209,7 @@ class RecordWorker:
 
     async def publish(self, record: envelope.SealedRecord) -> None:
         await self._send(self.names.events, record.key, record.value, record.headers)
-        self.trail.append("publish", subject=record.header.subject, object=record.header.id)
+        self.trail.append("publish", subject=record.header.subject, object=record.header.id, durable=False)
 
     async def emit_alerts(self, state: VictimState, emissions: list[AlertEmission]) -> None:
         for alert in emissions:
@@ -204,13 +230,37 @@ class RecordWorker:
 
     # -- one record of each topic
 
+    def _read(self, table: MutableMapping[bytes, bytes], key: bytes) -> bytes | None:
+        """A table's value for ``key``: the one the batch in hand holds, else the table's."""
+        held = self._held.get((id(table), key))
+        return held[1] if held is not None else table.get(key)
+
     def _victim(self, key: bytes) -> VictimState | None:
-        raw = self.victims.get(key)
+        raw = self._read(self.victims, key)
         return VictimState.from_json(raw) if raw else None
 
     def _link(self, key: bytes) -> LinkState | None:
-        raw = self.links.get(key)
+        raw = self._read(self.links, key)
         return LinkState.from_json(raw) if raw else None
+
+    def _hold(self, key: bytes, state: VictimState | LinkState) -> None:
+        """A victim's (or a link's) new state, written to its table when the batch in hand is settled."""
+        table = self.links if isinstance(state, LinkState) else self.victims
+        self._held[(id(table), key)] = (table, state.to_json())
+
+    @asynccontextmanager
+    async def _batch(self) -> AsyncIterator[None]:
+        """One handler's work at a time; at its end every audit entry it made is put on disk (one fsync,
+        in a thread), then the states it held are written. When it fails (Kafka), nothing it held is
+        written: its records are not acknowledged and will be handled again."""
+        async with self._one_at_a_time:
+            try:
+                yield
+                await asyncio.to_thread(self.trail.sync)
+                for (_, key), (table, raw) in self._held.items():
+                    table[key] = raw
+            finally:
+                self._held.clear()
 
     async def _handle(
         self, parse: Callable[[], _T], apply: Callable[[_T], Awaitable[None]]
@@ -258,10 +308,21 @@ class RecordWorker:
         offset: int,
         headers: Sequence[tuple[str, bytes | None]] | None = None,
     ) -> None:
-        """An event routed to the hub: apply it to its victim, publish the alerts, repartition suspects.
-        A record refused goes to the dead-letter topic with its reason and where it was read.
-        ``headers``: the record's Kafka headers, which say when the router accepted it."""
-        keys_at = envelope.accepted_at(headers)
+        """One inbox record: :meth:`on_inbox_batch` of one."""
+        await self.on_inbox_batch([InboxRecord(value, key, partition, offset, headers)])
+
+    async def on_inbox_batch(self, records: Sequence[InboxRecord]) -> None:
+        """Events routed to the hub, in order: apply each to its victim, publish the alerts, repartition
+        suspects; then settle the batch (its audit entries on disk, then its states written). A record
+        refused goes to the dead-letter topic with its reason and where it was read. The caller
+        acknowledges the records once this returns, never when it raises."""
+        async with self._batch():
+            for record in records:
+                await self._inbox_record(record)
+
+    async def _inbox_record(self, record: InboxRecord) -> None:
+        value, key, partition, offset = record.value, record.key, record.partition, record.offset
+        keys_at = envelope.accepted_at(record.headers)
         refusal = await self._handle(lambda: self.open(value, keys_at), self._apply)
         if refusal is not None and await self._newer_registry_lifts(refusal):
             refusal = await self._handle(lambda: self.open(value, keys_at), self._apply)
@@ -296,7 +357,7 @@ class RecordWorker:
         state, emissions = rules.observe(before, obs, self.config)
         await self.emit_alerts(state, emissions)
         if state is not before:  # a re-processed event changes nothing
-            self.victims[key] = state.to_json()
+            self._hold(key, state)
         for suspect in serial.suspects_of(obs):
             note = serial.SuspectNote(
                 suspect=suspect, victim=obs.subject, lead_id=obs.event_id, time=obs.time
@@ -316,7 +377,8 @@ class RecordWorker:
     async def on_link(self, value: bytes, *, partition: int = 0, offset: int = 0) -> None:
         """A record of the links topic: a pseudonym that belongs with another, or an event forwarded to
         the state of the subject it is linked into (:mod:`services.hub.links`)."""
-        refusal = await self._handle(lambda: links.read(value), self._apply_link)
+        async with self._batch():
+            refusal = await self._handle(lambda: links.read(value), self._apply_link)
         if refusal is not None:
             self._count("links", refusal, partition, offset)
 
@@ -341,7 +403,7 @@ class RecordWorker:
             self.metrics.links_refused.labels(refused).inc()
             log.info("a link was not followed: %s", refused)
         if state is not None and state is not before:
-            self.links[key] = state.to_json()
+            self._hold(key, state)
 
     async def _apply_linked(self, obs: Observation) -> None:
         """An event keyed by a linked pseudonym, applied to this subject's state as well."""
@@ -350,12 +412,13 @@ class RecordWorker:
         state, emissions = rules.observe(before, obs, self.config)
         await self.emit_alerts(state, emissions)
         if state is not before:
-            self.victims[key] = state.to_json()
+            self._hold(key, state)
             self.metrics.linked.inc()
 
     async def on_suspect(self, value: bytes, *, partition: int = 0, offset: int = 0) -> None:
         """A suspect named against a victim: count the suspect's victims, trigger each when serial."""
-        refusal = await self._handle(lambda: serial.SuspectNote.from_json(value), self._apply_suspect)
+        async with self._batch():
+            refusal = await self._handle(lambda: serial.SuspectNote.from_json(value), self._apply_suspect)
         if refusal is not None:
             self._count("suspects", refusal, partition, offset)
 
@@ -372,7 +435,8 @@ class RecordWorker:
 
     async def on_serial(self, value: bytes, *, partition: int = 0, offset: int = 0) -> None:
         """A serial-suspect trigger for one victim: raise or update the victim's alert."""
-        refusal = await self._handle(lambda: serial.SerialTrigger.from_json(value), self._apply_serial)
+        async with self._batch():
+            refusal = await self._handle(lambda: serial.SerialTrigger.from_json(value), self._apply_serial)
         if refusal is not None:
             self._count("serial", refusal, partition, offset)
 
@@ -382,14 +446,15 @@ class RecordWorker:
         state, emissions = serial.observe_serial(before, trigger, self.config)
         await self.emit_alerts(state, emissions)
         if state is not before:
-            self.victims[key] = state.to_json()
+            self._hold(key, state)
 
     async def on_tick(self, value: bytes, partition: int, offset: int = 0) -> None:
         """Check this partition's deadlines at the tick's time; refresh the rates; maybe report. A
         victim whose deadlines cannot be checked is counted (``internal``); the others still are."""
-        refusal = await self._handle(
-            lambda: _tick_time(value), lambda now: self._tick(now, partition, offset)
-        )
+        async with self._batch():
+            refusal = await self._handle(
+                lambda: _tick_time(value), lambda now: self._tick(now, partition, offset)
+            )
         if refusal is not None:
             self._count("clock", refusal, partition, offset)
 
@@ -427,7 +492,7 @@ class RecordWorker:
             await self.publish(record)
             self.metrics.breaches.labels(breach.deadline_kind).inc()
         if breaches:
-            self.victims[key] = state.to_json()
+            self._hold(key, state)
         return state
 
     async def maybe_report(self, partition: int, now: datetime, rates: dict[str, Any]) -> None:

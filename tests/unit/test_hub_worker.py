@@ -23,7 +23,7 @@ from services.hub.config import HubConfig
 from services.hub.ids import alert_id_for
 from services.hub.metrics import HubMetrics
 from services.hub.state import Observation, VictimState
-from services.hub.worker import REPORT_SUBJECT, RecordWorker
+from services.hub.worker import REPORT_SUBJECT, InboxRecord, RecordWorker
 from services.kernel import envelope, topics
 from services.kernel.errors import TransportError
 from services.kernel.registry import Registry, sign_document
@@ -216,6 +216,50 @@ def test_a_send_that_fails_leaves_the_state_unwritten_so_the_event_is_applied_ag
     hub.worker.send = send
     hub.inbox(event)
     assert [reason_codes(a) for a in hub.alerts()] == [["professional_judgement"]]
+
+
+def test_a_batch_puts_its_audit_entries_on_disk_in_one_fsync_before_it_writes_its_states(
+    hub: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trail = hub.worker.trail.trail
+    seen_at_sync: list[tuple[int, int]] = []
+    sync = trail.sync
+
+    def recording_sync() -> None:
+        seen_at_sync.append((len(hub.victims), len(hub.sent)))
+        sync()
+
+    monkeypatch.setattr(trail, "sync", recording_sync)
+    records = [
+        InboxRecord(lead(hub.domain, 1, T, requests_joint_meeting=True), VICTIM.encode(), 1, 0),
+        InboxRecord(lead(hub.domain, 2, T, subject=OTHER_VICTIM), OTHER_VICTIM.encode(), 1, 1),
+        InboxRecord(risk(hub.domain, 3, T + timedelta(minutes=5), 16, eid(1)), VICTIM.encode(), 1, 2),
+    ]
+    syncs = trail._file.syncs if trail._file is not None else 0
+    asyncio.run(hub.worker.on_inbox_batch(records))
+    assert seen_at_sync == [(0, 2)], "one sync, after both alerts were sent and before any state"
+    assert trail._file is not None
+    assert trail._file.syncs == syncs + 1
+    assert trail.path is not None
+    assert trail.durable_size() == trail.path.stat().st_size
+    alert = hub.state().alert
+    assert alert is not None
+    assert alert.version == 2, "the second record of the batch saw the first one's state"
+    assert set(hub.victims) == {VICTIM.encode(), OTHER_VICTIM.encode()}
+
+
+def test_a_batch_whose_send_fails_writes_none_of_its_states(hub: Harness) -> None:
+    async def refuse(topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None) -> None:
+        raise RuntimeError("the broker did not acknowledge")
+
+    records = [
+        InboxRecord(lead(hub.domain, 1, T, subject=OTHER_VICTIM), OTHER_VICTIM.encode(), 1, 0),
+        InboxRecord(lead(hub.domain, 2, T, requests_joint_meeting=True), VICTIM.encode(), 1, 1),
+    ]
+    hub.worker.send = refuse
+    with pytest.raises(TransportError, match="acknowledge"):
+        asyncio.run(hub.worker.on_inbox_batch(records))
+    assert hub.victims == {}, "the first record's state is not written: the batch is handled again"
 
 
 def test_a_suspect_named_against_two_victims_flags_both_through_the_suspect_and_serial_topics(

@@ -53,5 +53,6 @@ def create_app(settings: HubSettings) -> faust.App:
 
 if __name__ == "__main__":
     settings = HubSettings()
+    (settings.data_dir / settings.worker_name).mkdir(parents=True, exist_ok=True)
     worker = faust.Worker(create_app(settings), loglevel=settings.log_level, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
+import os
 import shutil
 import statistics
 import struct
@@ -45,7 +47,7 @@ from schemas.freshness import TIMESTAMP_RECORD_KEY
 from services import trust
 from services.bus import cluster
 from services.bus.cluster import DURABLE_PRODUCER
-from services.kernel import freshness, topics
+from services.kernel import envelope, freshness, topics
 from services.kernel.keystore import KdfParams
 from services.kernel.pseudonym import pseudonymize
 from services.kernel.registry import Registry
@@ -58,10 +60,10 @@ THROUGHPUT_RUNS_CAP = 2  # each run starts a faust worker: ~10 s of start-up api
 PROFILE_TOP = 8  # functions named in the notes, by own time, from one more hub run under cProfile
 RATE_FULL = 200  # offered leads/s in the latency case (and records/s in its baseline)
 RATE_QUICK = 50
-SUSTAINED_FULL = 20  # leads/s this 2-CPU machine sustains through SDK, router and hub end to end
-SUSTAINED_QUICK = 10
 LOAD_SECONDS_FULL = 10
 LOAD_SECONDS_QUICK = 6
+E2E_SECONDS_ENV = "LIANFANG_BENCH_E2E_SECONDS"  # the end-to-end load's length (60 for the target)
+PUBLISHERS = 8  # threads offering the end-to-end load
 WARMUP_ALERTS = 3  # alerts raised and awaited before the latency window: the whole path is warm
 BASELINE_VALUE_BYTES = 1024
 TOWN = "renhe"
@@ -338,6 +340,45 @@ def _paced(n: int, rate: float, send: Callable[[int], None]) -> tuple[list[float
     return done, n / (done[-1] - t0)
 
 
+def _offered(
+    n: int, rate: float, threads: int, send: Callable[[int], None]
+) -> tuple[list[float], float, float]:
+    """Open loop: call ``send(i)`` at ``t0 + i / rate`` from ``threads`` threads (thread j sends every
+    j-th), whatever the calls before it took (a thread that falls behind sends at once); return when
+    each call returned (wall clock, to line up with Kafka's timestamps), the achieved rate (n over
+    the time from the first scheduled send to the last return) and how far the last send started
+    behind its schedule (s)."""
+    done = [0.0] * n
+    behind = [0.0] * threads
+    errors: list[BaseException] = []
+    t0 = time.perf_counter() + 0.05
+
+    def sender(j: int) -> None:
+        try:
+            for i in range(j, n, threads):
+                wait = t0 + i / rate - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)  # the schedule of an open-loop load, not a wait for a condition
+                else:
+                    behind[j] = -wait
+                send(i)
+                done[i] = time.time()
+        except BaseException as e:  # reported by the caller
+            errors.append(e)
+
+    workers = [
+        threading.Thread(target=sender, args=(j,), name=f"bench-publisher-{j}") for j in range(threads)
+    ]
+    wall0 = time.time() + (t0 - time.perf_counter())
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    if errors:
+        raise BenchError(f"a publisher failed: {errors[0]!r}") from errors[0]
+    return done, n / (max(done) - wall0), max(behind)
+
+
 def _percentiles(latencies_s: list[float]) -> tuple[float, float]:
     if len(latencies_s) < 2:
         raise BenchError(f"only {len(latencies_s)} latency samples")
@@ -346,7 +387,7 @@ def _percentiles(latencies_s: list[float]) -> tuple[float, float]:
 
 
 class AlertReader(threading.Thread):
-    """The coordinators' SDK inbox, read in a loop: when each victim's first alert arrived."""
+    """The coordinators' SDK inbox, read in a loop: when (wall clock) each victim's first alert arrived."""
 
     def __init__(self, client: Any) -> None:
         super().__init__(name="bench-coordinators", daemon=True)
@@ -359,7 +400,7 @@ class AlertReader(threading.Thread):
         try:
             while not self.halt.is_set():
                 for opened in self.client.inbox(timeout=0.2):
-                    at = time.perf_counter()
+                    at = time.time()
                     if opened.header.type == "joint_meeting.alert":
                         self.arrived.setdefault(opened.header.subject, at)
                     if self.halt.is_set():
@@ -382,6 +423,115 @@ class AlertReader(threading.Thread):
             time.sleep(POLL_S)  # poll interval inside a deadline loop
 
 
+def _header(headers: Any, name: str) -> bytes | None:
+    return next((v for k, v in headers or () if k == name), None)
+
+
+def _iso(raw: bytes | None) -> float | None:
+    return None if raw is None else dt.datetime.fromisoformat(raw.decode()).timestamp()
+
+
+@dataclass
+class Stamps:
+    """The timestamps one lead and its alert already carry on their way, wall clock in seconds."""
+
+    lead_appended: float | None = None  # the lead's events record, LogAppendTime (router's header)
+    lead_routed: float | None = None  # its inbox.hub copy's timestamp: the router's send
+    alert_time: float | None = None  # the alert's signed time: when the hub sealed it
+    alert_appended: float | None = None  # the alert's events record, LogAppendTime
+    alert_routed: float | None = None  # its inbox.coordinators copy's timestamp: the router's send
+
+
+class HopReader(threading.Thread):
+    """Plain consumers (read_committed) of the hub's and the coordinators' inboxes from their ends:
+    per victim, the :class:`Stamps` of its first lead and first alert, from the Kafka timestamps and
+    the headers the router derives from the verified header (nothing is opened)."""
+
+    def __init__(self, bootstrap: str, names: topics.TopicNames) -> None:
+        super().__init__(name="bench-hops", daemon=True)
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.hub_topic, self.coordinators_topic = names.inbox("hub"), names.inbox("coordinators")
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            client_id=CLIENT_ID,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        )
+        parts = [
+            TopicPartition(topic, p)
+            for topic in (self.hub_topic, self.coordinators_topic)
+            for p in sorted(self.consumer.partitions_for_topic(topic) or ())
+        ]
+        self.consumer.assign(parts)
+        self.consumer.seek_to_end(*parts)
+        for tp in parts:
+            self.consumer.position(tp)
+        self.stamps: dict[str, Stamps] = {}
+        self.halt = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.halt.is_set():
+                for records in self.consumer.poll(timeout_ms=100).values():
+                    for r in records:
+                        self._take(r)
+        except BaseException as e:  # reported by the main thread
+            self.error = e
+        finally:
+            self.consumer.close()
+
+    def _take(self, r: Any) -> None:
+        subject = (_header(r.headers, "ce_subject") or b"").decode()
+        kind = _header(r.headers, "ce_type")
+        stamps = self.stamps.setdefault(subject, Stamps())
+        accepted = _iso(_header(r.headers, envelope.ACCEPTED_AT_HEADER))
+        if r.topic == self.hub_topic and kind == b"lead.reported" and stamps.lead_routed is None:
+            stamps.lead_appended, stamps.lead_routed = accepted, r.timestamp / MS
+        elif (
+            r.topic == self.coordinators_topic
+            and kind == b"joint_meeting.alert"
+            and stamps.alert_routed is None
+        ):
+            stamps.alert_time = _iso(_header(r.headers, "ce_time"))
+            stamps.alert_appended, stamps.alert_routed = accepted, r.timestamp / MS
+
+
+HOPS = (
+    (
+        "outbox → events",
+        "publish_lead returned (the lead in the SDK outbox) → the lead appended to events: outbox wait and produce",
+    ),
+    ("route", "→ the router's send of its inbox.hub copy: consume, verify, policy"),
+    (
+        "hub",
+        "→ the alert's signed time: the router's commit, the hub's fetch and batch wait, verify, open, rules",
+    ),
+    ("alert → events", "→ the alert appended to events: the hub's produce"),
+    ("alert route", "→ the router's send of its inbox.coordinators copy"),
+    ("read", "→ the coordinators' SDK inbox yields it: the router's commit, fetch, verify, open"),
+)
+
+
+def _hops(published: float, stamps: Stamps | None, arrived: float) -> list[float] | None:
+    if stamps is None:
+        return None
+    points = [
+        published,
+        stamps.lead_appended,
+        stamps.lead_routed,
+        stamps.alert_time,
+        stamps.alert_appended,
+        stamps.alert_routed,
+        arrived,
+    ]
+    if any(p is None for p in points):
+        return None
+    at = [p for p in points if p is not None]
+    return [b - a for a, b in itertools.pairwise(at)]
+
+
 @dataclass(frozen=True, slots=True)
 class Latency:
     sent: int
@@ -391,12 +541,16 @@ class Latency:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    behind_s: float = 0.0  # how far the last publication started behind its schedule
+    hops: tuple[tuple[str, float, float], ...] = ()  # (hop, p50 ms, p99 ms)
+    hops_measured: int = 0
 
 
 def _hub_latency(
-    bus: Bus, reader: AlertReader, workers: list[Worker], rate: float, seconds: float
+    bus: Bus, reader: AlertReader, workers: list[Worker], rate: float, seconds: float, threads: int
 ) -> Latency:
     police = bus.client("police")
+    hops: HopReader | None = None
     try:
         key = police.pseudonym_key
         warm = [f"1360000{i:04d}" for i in range(WARMUP_ALERTS)]
@@ -406,19 +560,48 @@ def _hub_latency(
         if not all(pseudonymize(key, phone=p) in reader.arrived for p in warm):
             tails = "\n".join(f"--- {w.what}:\n{w.tail()}" for w in workers)
             raise BenchError(f"the warm-up alerts did not reach the coordinators\n{tails}")
+        hops = HopReader(bus.bootstrap, bus.names)
+        hops.start()
 
         n = round(rate * seconds)
         phones = [f"137{i:08d}" for i in range(n)]
         subjects = [pseudonymize(key, phone=p) for p in phones]
-        done, offered = _paced(n, rate, lambda i: police.publish_lead(_lead(phones[i], joint_meeting=True)))
+        done, offered, behind = _offered(
+            n, rate, threads, lambda i: police.publish_lead(_lead(phones[i], joint_meeting=True))
+        )
         reader.wait_for(subjects, ALERT_DEADLINE_S, workers)
+        time.sleep(2 * POLL_S)  # the plain consumers read the same records: a moment to catch up
     finally:
+        if hops is not None:
+            hops.halt.set()
+            hops.join(10)
         police.close()
     arrived = dict(reader.arrived)
     latencies = [arrived[s] - t for s, t in zip(subjects, done, strict=True) if s in arrived]
     p50, p99 = _percentiles(latencies)
-    span = max(arrived[s] for s in subjects if s in arrived) - (done[0] - 1 / offered)
-    return Latency(n, len(latencies), offered, len(latencies) / span, p50, p99, max(latencies) * MS)
+    span = max(arrived[s] for s in subjects if s in arrived) - (min(done) - 1 / offered)
+    per_hop = [
+        h
+        for s, t in zip(subjects, done, strict=True)
+        if s in arrived and (h := _hops(t, hops.stamps.get(s) if hops else None, arrived[s])) is not None
+    ]
+    hop_cuts: list[tuple[str, float, float]] = []
+    if len(per_hop) >= 2:
+        for i, (name, _) in enumerate(HOPS):
+            hop_p50, hop_p99 = _percentiles([h[i] for h in per_hop])
+            hop_cuts.append((name, hop_p50, hop_p99))
+    return Latency(
+        n,
+        len(latencies),
+        offered,
+        len(latencies) / span,
+        p50,
+        p99,
+        max(latencies) * MS,
+        behind,
+        tuple(hop_cuts),
+        len(per_hop),
+    )
 
 
 def _raw_latency(ctx: BenchContext, rate: float, seconds: float) -> Latency:
@@ -472,6 +655,79 @@ def _raw_latency(ctx: BenchContext, rate: float, seconds: float) -> Latency:
     return Latency(n, len(latencies), offered, len(latencies) / span, p50, p99, max(latencies) * MS)
 
 
+def _end_to_end(
+    ctx: BenchContext,
+    bus: Bus,
+    reader: AlertReader,
+    workers: list[Worker],
+    rate: float,
+    seconds: float,
+    raw: Latency,
+) -> list[Result]:
+    """The publish → alert case, with its per-hop breakdown; ``workers``: the router, then the hub."""
+    hub = workers[-1]
+    results: list[Result] = []
+    ctx.progress(
+        f"end to end: {rate:.0f} alert-raising leads/s for {seconds:.0f} s from {PUBLISHERS} threads …"
+    )
+    before = hub.metrics() or {}
+    hub_lat = _hub_latency(bus, reader, workers, rate, seconds, PUBLISHERS)
+    after = hub.metrics() or {}
+
+    case = f"publish → alert at coordinators, {rate:.0f} leads/s"
+    notes = (
+        f"police SDK publish_lead (requests_joint_meeting, a new victim each), open loop from {PUBLISHERS} "
+        f"threads sharing one Client, {rate:.0f}/s offered for {seconds:.0f} s ({E2E_SECONDS_ENV}), achieved "
+        f"{hub_lat.offered:.0f}/s, the last send {hub_lat.behind_s * MS:.0f} ms behind schedule; "
+        f"{hub_lat.received}/{hub_lat.sent} alerts received within {ALERT_DEADLINE_S:.0f} s; max "
+        f"{hub_lat.max_ms:.0f} ms; from publish_lead returning to the coordinators' Client.inbox() yielding "
+        f"the alert; one window, after {WARMUP_ALERTS} warm-up alerts"
+    )
+    results.append(ctx.result(case, "p50 ms", [hub_lat.p50_ms], notes=notes))
+    results.append(ctx.result(case, "p99 ms", [hub_lat.p99_ms], notes=notes))
+    results.append(
+        ctx.result(case, "% alerts received", [100 * hub_lat.received / hub_lat.sent], notes=notes)
+    )
+    hop_notes = (
+        f"per hop, over the {hub_lat.hops_measured} alerts whose every timestamp was seen (plain "
+        "read_committed consumers of inbox.hub and inbox.coordinators): "
+        + "; ".join(f"{name}: {what}" for name, what in HOPS)
+    )
+    for name, hop_p50, hop_p99 in hub_lat.hops:
+        results.append(ctx.result(f"hop: {name}", "p50 ms", [hop_p50], notes=hop_notes))
+        results.append(ctx.result(f"hop: {name}", "p99 ms", [hop_p99], notes=hop_notes))
+    if hub_lat.hops:
+        ctx.note(
+            "publish → alert per hop, p50/p99 ms: "
+            + ", ".join(f"{name} {p50:.0f}/{p99:.0f}" for name, p50, p99 in hub_lat.hops)
+        )
+    ctx.note(
+        f"latency / raw round trip: p50 {hub_lat.p50_ms / raw.p50_ms:.0f}×, p99 {hub_lat.p99_ms / raw.p99_ms:.0f}× "
+        "(the hub's path is 3 Kafka hops, 2 of them through the router's transactions)"
+    )
+    count = "lianfang_hub_event_to_alert_seconds_count"
+    total = "lianfang_hub_event_to_alert_seconds_sum"
+    alerts = after.get(count, 0.0) - before.get(count, 0.0)
+    if alerts:
+        mean = (after.get(total, 0.0) - before.get(total, 0.0)) / alerts * MS
+        ctx.note(
+            f"the hub's own histogram over the window: {alerts:.0f} alerts, mean {mean:.0f} ms from the "
+            "lead's time (set in publish) to the alert acknowledged on the events topic"
+        )
+    ctx.note(
+        f"alerts reached the coordinators at {hub_lat.delivered:.0f}/s on average (first publication to "
+        "last arrival)"
+    )
+    if hub_lat.received < hub_lat.sent:
+        ctx.note(
+            f"{hub_lat.sent - hub_lat.received} alerts had not arrived {ALERT_DEADLINE_S:.0f} s after the "
+            "last publication: p50/p99 are over the alerts received only (censored, so optimistic)"
+        )
+    if hub_lat.offered < 0.95 * rate:
+        ctx.note(f"the offered load fell short: {hub_lat.offered:.0f} leads/s achieved of {rate:.0f}/s asked")
+    return results
+
+
 # --------------------------------------------------------------------------- the benchmark
 
 
@@ -479,7 +735,7 @@ def run(ctx: BenchContext) -> list[Result]:
     n = ctx.scale(LEADS_FULL, LEADS_QUICK)
     runs = min(ctx.runs, ctx.scale(THROUGHPUT_RUNS_CAP, 1))
     rate = float(ctx.scale(RATE_FULL, RATE_QUICK))
-    seconds = float(ctx.scale(LOAD_SECONDS_FULL, LOAD_SECONDS_QUICK))
+    seconds = float(os.environ.get(E2E_SECONDS_ENV) or ctx.scale(LOAD_SECONDS_FULL, LOAD_SECONDS_QUICK))
     bootstrap = ctx.bootstrap
     tmp = Path(tempfile.mkdtemp(prefix="lianfang-bench-hub-"))
     now = dt.datetime.now(dt.UTC)
@@ -573,59 +829,7 @@ def run(ctx: BenchContext) -> list[Result]:
         results.append(ctx.result(base_case, "p50 ms", [raw.p50_ms], baseline=True, notes=base_notes))
         results.append(ctx.result(base_case, "p99 ms", [raw.p99_ms], baseline=True, notes=base_notes))
 
-        # First a load the pipeline sustains on a small machine (the hub's own latency), then the
-        # asked-for load (which on 2 CPUs mostly measures queueing: see the notes).
-        for rate in (
-            float(ctx.scale(SUSTAINED_FULL, SUSTAINED_QUICK)),
-            float(ctx.scale(RATE_FULL, RATE_QUICK)),
-        ):
-            ctx.progress(f"latency: {rate:.0f} alert-raising leads/s for {seconds:.0f} s …")
-            before = hub.metrics() or {}
-            hub_lat = _hub_latency(bus, reader, [router, hub], rate, seconds)
-            after = hub.metrics() or {}
-
-            case = f"publish → alert at coordinators, {rate:.0f} leads/s"
-            notes = (
-                f"police SDK publish_lead (requests_joint_meeting, a new victim each) at {rate:.0f}/s offered for "
-                f"{seconds:.0f} s, achieved {hub_lat.offered:.0f}/s; {hub_lat.received}/{hub_lat.sent} alerts "
-                f"received within {ALERT_DEADLINE_S:.0f} s; max {hub_lat.max_ms:.0f} ms; from publish_lead "
-                "returning to the coordinators' Client.inbox() yielding the alert; one window, after "
-                f"{WARMUP_ALERTS} warm-up alerts"
-            )
-            results.append(ctx.result(case, "p50 ms", [hub_lat.p50_ms], notes=notes))
-            results.append(ctx.result(case, "p99 ms", [hub_lat.p99_ms], notes=notes))
-            results.append(
-                ctx.result(case, "% alerts received", [100 * hub_lat.received / hub_lat.sent], notes=notes)
-            )
-            ctx.note(
-                f"latency / raw round trip: p50 {hub_lat.p50_ms / raw.p50_ms:.0f}×, p99 {hub_lat.p99_ms / raw.p99_ms:.0f}× "
-                "(the hub's path is 3 Kafka hops, 2 of them through the router's transactions)"
-            )
-            count = "lianfang_hub_event_to_alert_seconds_count"
-            total = "lianfang_hub_event_to_alert_seconds_sum"
-            alerts = after.get(count, 0.0) - before.get(count, 0.0)
-            if alerts:
-                mean = (after.get(total, 0.0) - before.get(total, 0.0)) / alerts * MS
-                ctx.note(
-                    f"the hub's own histogram over the window: {alerts:.0f} alerts, mean {mean:.0f} ms from the "
-                    "lead's time (set in publish) to the alert acknowledged on the events topic"
-                )
-            leads = 'lianfang_hub_events_observed_total{type="lead.reported"}'
-            hub_leads = after.get(leads, 0.0) - before.get(leads, 0.0)
-            ctx.note(
-                f"alerts reached the coordinators at {hub_lat.delivered:.0f}/s on average (first publication to "
-                f"last arrival); when the wait ended the hub had observed {hub_leads:.0f} of the "
-                f"{hub_lat.sent + WARMUP_ALERTS} leads of the latency case"
-            )
-            if hub_lat.received < hub_lat.sent:
-                ctx.note(
-                    f"{hub_lat.sent - hub_lat.received} alerts had not arrived {ALERT_DEADLINE_S:.0f} s after the "
-                    "last publication: p50/p99 are over the alerts received only (censored, so optimistic)"
-                )
-            if hub_lat.offered < 0.95 * rate:
-                ctx.note(
-                    f"the offered load fell short: {hub_lat.offered:.0f} leads/s achieved of {rate:.0f}/s asked"
-                )
+        results += _end_to_end(ctx, bus, reader, [router, hub], rate, seconds, raw)
         return results
     finally:
         if reader is not None:

@@ -84,3 +84,28 @@ def test_the_summary_table_says_not_measured_rather_than_a_number() -> None:
     text = targets.render(targets.evaluate([]))
     assert "not measured" in text
     assert text.count("\n  ") == len(targets.TARGETS) + 1  # titles, then one line a target
+
+
+def test_the_hub_row_shows_the_decode_only_agent_of_the_same_run_as_its_baseline() -> None:
+    rows = targets.evaluate(
+        _run(
+            ("bench_hub", "hub, 1 worker", "events/s", 1600.0),
+            ("bench_hub", "faust decode-only agent, 1 worker", "records/s", 4200.0),
+        )
+    )
+    row = _row(rows, "4 hub")
+    assert (row["figure"], row["baseline"], row["met"]) == (1600.0, 4200.0, True)
+
+
+def test_the_end_to_end_rows_are_the_p99_at_200_leads_a_second_and_the_share_of_alerts_received() -> None:
+    case = "publish → alert at coordinators, 200 leads/s"
+    rows = targets.evaluate(
+        _run(
+            ("bench_hub", case, "p99 ms", 180.0),
+            ("bench_hub", case, "% alerts received", 99.5),
+            ("bench_hub", "kafka-python produce → consume, 1 KiB", "p99 ms", 9.0),
+        )
+    )
+    latency = _row(rows, "6 end to end: publish→alert p99")
+    assert (latency["figure"], latency["baseline"], latency["met"]) == (180.0, 9.0, True)
+    assert _row(rows, "6 end to end: alerts received")["met"] is False, "one alert missing fails it"

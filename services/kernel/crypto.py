@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import hmac
 import re
@@ -65,10 +66,16 @@ def sign(key: Ed25519PrivateKey, payload_type: str, body: bytes) -> bytes:
     return key.sign(pae(payload_type, body))
 
 
+@functools.lru_cache(maxsize=1024)
+def _public_key(public_raw: bytes) -> Ed25519PublicKey:
+    """A registered key parsed once, not once a record (a registry holds a few hundred keys)."""
+    return Ed25519PublicKey.from_public_bytes(public_raw)
+
+
 def verify_signature(public_raw: bytes, signature: bytes, payload_type: str, body: bytes) -> None:
     """Verify over the exact bytes given; raises :class:`BadSignatureError`."""
     try:
-        Ed25519PublicKey.from_public_bytes(public_raw).verify(signature, pae(payload_type, body))
+        _public_key(public_raw).verify(signature, pae(payload_type, body))
     except (InvalidSignature, ValueError) as e:
         raise BadSignatureError("the signature does not match the signed bytes") from e
 

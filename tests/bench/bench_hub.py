@@ -59,6 +59,7 @@ LEADS_FULL = 2_000
 LEADS_QUICK = 300
 THROUGHPUT_RUNS_CAP = 2  # each run starts a faust worker: ~10 s of start-up apiece
 PROFILE_TOP = 8  # functions named in the notes, by own time, from one more hub run under cProfile
+PROFILE_PASSES = 30  # deeper calls than this under the record work are not attributed to it
 RATE_FULL = 200  # offered leads/s in the latency case (and records/s in its baseline)
 RATE_QUICK = 50
 LOAD_SECONDS_FULL = 10
@@ -314,8 +315,10 @@ RECORD_WORK = ("on_inbox", "on_inbox_batch")
 
 def top_costs(stats_file: Path, count: int = PROFILE_TOP) -> tuple[float, list[tuple[str, float]]]:
     """From a cProfile file of a hub: the share of the process's own time (waiting left out) spent
-    under the record work, and the functions reached from it with the most own time, as shares of
-    the record work's time. A function also called elsewhere (JSON, say) counts whole: approximate."""
+    under the record work, and the functions with the most own time under it, as shares of the record
+    work's time. A function called both under it and elsewhere (JSON, say) counts in the proportion
+    of its time its callers under the record work account for: an estimate, as cProfile keeps one
+    level of callers."""
     import pstats
 
     stats: dict[Any, Any] = pstats.Stats(str(stats_file)).stats  # type: ignore[attr-defined]
@@ -328,23 +331,20 @@ def top_costs(stats_file: Path, count: int = PROFILE_TOP) -> tuple[float, list[t
         builtin = re.fullmatch(r"<built-in method ([\w.]+)>", name)
         return f"{method[2]}.{method[1]}" if method else builtin[1] if builtin else name
 
-    callees: dict[Any, set[Any]] = {}
-    for func, (_cc, _nc, _tt, _ct, callers) in stats.items():
-        for caller in callers:
-            callees.setdefault(caller, set()).add(func)
-    roots = [f for f in stats if f[0].endswith("worker.py") and f[2] in RECORD_WORK]
-    reached, todo = set(roots), list(roots)
-    while todo:
-        for callee in callees.get(todo.pop(), ()):
-            if callee not in reached:
-                reached.add(callee)
-                todo.append(callee)
+    roots = {f for f in stats if f[0].endswith("worker.py") and f[2] in RECORD_WORK}
+    under = dict.fromkeys(roots, 1.0)  # per function: the share of its time spent under the roots
+    for _ in range(PROFILE_PASSES):  # shares flow down one level of callers a pass
+        for func, (_cc, _nc, _tt, cumtime, callers) in stats.items():
+            if func not in roots and cumtime > 0:
+                from_under = sum(under.get(c, 0.0) * edge[3] for c, edge in callers.items())
+                under[func] = min(1.0, from_under / cumtime)
     working = {f: v[2] for f, v in stats.items() if not any(idle in label(f) for idle in IDLE)}
     record_work = max((stats[f][3] for f in roots), default=0.0)
     share = record_work / (sum(working.values()) or 1.0)
     own: dict[str, float] = {}
-    for func in reached & working.keys():
-        own[label(func)] = own.get(label(func), 0.0) + working[func]
+    for func, tottime in working.items():
+        if under.get(func):
+            own[label(func)] = own.get(label(func), 0.0) + tottime * under[func]
     ranked = sorted(own.items(), key=lambda kv: kv[1], reverse=True)[:count]
     return share, [(name, seconds / (record_work or 1.0)) for name, seconds in ranked]
 

@@ -250,3 +250,27 @@ def test_a_refused_link_is_counted_and_the_lead_stays_where_it_was_keyed(hub: Ha
     assert len(hub.state(canonical).leads) == 2  # its own and the first linked one
     for n, other in enumerate(others[:2], start=1):
         assert [lead.id for lead in hub.state(other).leads] == [eid(n)]
+
+
+def test_a_forwarded_lead_s_alert_is_audited_on_disk_before_the_linked_states_are_written(
+    hub: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    id_number, phone = pseudonym("cnid of the audited"), pseudonym("phone of the audited")
+    deliver(hub, sealed_lead(hub.domain, 1, "police", id_number, [phone]), id_number)
+    deliver(hub, sealed_lead(hub.domain, 2, "health", phone, []), phone)
+    trail = hub.worker.trail.trail
+    at_sync: list[tuple[int, bytes | None]] = []
+    sync = trail.sync
+    canonical = min(id_number, phone).encode()
+
+    def recording_sync() -> None:
+        at_sync.append((len(hub.alerts()), hub.victims.get(canonical)))
+        sync()
+
+    monkeypatch.setattr(trail, "sync", recording_sync)
+    before = hub.victims.get(canonical)
+    pump(hub)
+    assert len(hub.alerts()) == 1
+    alert_sync = next(i for i, (alerts, _) in enumerate(at_sync) if alerts == 1)
+    assert at_sync[alert_sync][1] == before, "the alert was sent; its state not yet written"
+    assert hub.victims[canonical] != before

@@ -17,9 +17,9 @@ it, and unit tests drive it with dicts and a list.
   states they make are held; at the end of the batch one fsync puts every audit entry of the batch
   (each opening, each publication) on disk, and only then are the held states written to the table
   and the records acknowledged. So an entry is on disk before the state or the offset that follows
-  from it, as with an fsync per entry, for one fsync a batch. One lock keeps the agents' handlers from
-  interleaving: a tick or serial trigger never sees, nor overwrites, a victim's state while a batch
-  holds a newer one.
+  from it, as with an fsync per entry, for one fsync a batch. A record of the hub's own topics
+  (suspect, serial trigger, link, tick) settles the same way, alone. One lock keeps the agents'
+  handlers from interleaving: none sees, nor overwrites, a state while a batch holds a newer one.
 - The registry in force may change while it runs (:mod:`services.bus.registry_follower`): a record
   refused for a reason a newer registry may lift (a rotated key, a new member) is opened again once
   after ``newer_registry`` caught up with the registry topic.

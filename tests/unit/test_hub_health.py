@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.hub.app import agent_loop
+from services.hub.app import HubSettings, agent_loop, rocksdb_options
 from services.hub.metrics import HubMetrics
 from services.hub.progress import AgentProgress
 from services.kernel.errors import TransportError
@@ -111,3 +111,19 @@ def test_the_progress_gauge_reads_the_agents_progress_when_scraped() -> None:
     assert registry.get_sample_value("lianfang_hub_worker_progress_timestamp_seconds") == 1000.0
     progress.done("serial")
     assert registry.get_sample_value("lianfang_hub_worker_progress_timestamp_seconds") == 1600.0
+
+
+def test_each_hub_table_partition_gets_bounded_rocksdb_memory_in_a_dict_of_its_own() -> None:
+    settings = HubSettings(rocksdb_write_buffer_mb=2, rocksdb_block_cache_mb=4)
+    first, second = rocksdb_options(settings), rocksdb_options(settings)
+    mib = 1024 * 1024
+    assert first == {
+        "write_buffer_size": 2 * mib,
+        "max_write_buffer_number": 2,
+        "block_cache_size": 4 * mib,
+        "block_cache_compressed_size": 4 * mib,
+    }
+    first.pop("write_buffer_size")  # faust's store pops from the dict it is given
+    assert second["write_buffer_size"] == 2 * mib
+    # The bound of one table partition, far below faust's defaults (3 x 64 MiB + 2 GiB).
+    assert 2 * second["write_buffer_size"] + second["block_cache_size"] <= 16 * mib

@@ -460,7 +460,15 @@ class Gateway:
                 self.metrics.idempotent_replays.inc()
                 return _accepted(remembered.event_id)
             self._check_registry(registry)
-            submission = await asyncio.to_thread(self._parse, client, participant, body, registry)
+            try:
+                submission = await asyncio.to_thread(self._parse, client, participant, body, registry)
+            except UsageError:
+                # A registry that came into force during the request (a revocation of the caller's
+                # key, say) makes the pseudonymizer client unable to sign for the caller: the caller's
+                # problem, told as such (401 key_revoked), not the gateway's (500).
+                if self.registry is not registry:
+                    self.authenticate(request, has_body=True)
+                raise
             reserved = remembered.event_id if remembered is not None else None
             event_id = await asyncio.to_thread(
                 functools.partial(self._accept, registry=registry), client, key, digest, submission, reserved

@@ -254,3 +254,28 @@ class RouterProcess(Worker):
         worker = cls(bus, bus.domain.home, log, group=f"{bus.prefix}router", **env)
         bus.wait_for(lambda: worker.metric("lianfang_registry_version", service="router"), 60, "router start")
         return worker
+
+
+class PseudonymizerProcess(Worker):
+    """The pseudonymizer service on a bus (HOME: the bus's domain), serving on ``port`` (the one the
+    domain's registry names), its audit spool in ``folder``."""
+
+    @classmethod
+    def started(cls, bus: Bus, folder: Path, port: int, **env: str) -> PseudonymizerProcess:
+        """The service, returned once it serves /metrics."""
+        worker = cls(
+            "services.pseudonymizer",
+            {
+                "LIANFANG_BOOTSTRAP": bus.bootstrap,
+                "LIANFANG_HOME": str(bus.domain.home),
+                "LIANFANG_PSEUDONYMIZER_PORT": str(port),
+                "LIANFANG_PSEUDONYMIZER_TOPIC_PREFIX": bus.prefix,
+                "LIANFANG_PSEUDONYMIZER_SPOOL_DIR": str(folder / "spool"),
+                **env,
+            },
+            folder / "pseudonymizer.log",
+            port=port,
+            what="the pseudonymizer",
+        )
+        bus.wait_for(lambda: worker.metrics() is not None, 60, "the pseudonymizer to serve")
+        return worker

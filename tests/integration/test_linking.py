@@ -14,7 +14,7 @@ import pytest
 
 from services.kernel.pseudonym import normalize_subject
 from services.sdk.client import Client
-from tests.integration.buskit import Bus, RouterProcess
+from tests.integration.buskit import Bus, PseudonymizerProcess, RouterProcess
 from tests.integration.test_hub import Alerts, HubProcess
 from tests.kit import DemoDomain
 from tests.workers import Worker, free_port
@@ -37,23 +37,10 @@ def bus(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Bus:
 @pytest.fixture(scope="module")
 def services(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Worker, HubProcess]]:
     folder = Path(tmp_path_factory.mktemp("linking-services"))
-    pseudonymizer = Worker(
-        "services.pseudonymizer",
-        {
-            "LIANFANG_BOOTSTRAP": bus.bootstrap,
-            "LIANFANG_HOME": str(bus.domain.home),
-            "LIANFANG_PSEUDONYMIZER_PORT": str(PORT),
-            "LIANFANG_PSEUDONYMIZER_TOPIC_PREFIX": bus.prefix,
-            "LIANFANG_PSEUDONYMIZER_SPOOL_DIR": str(folder / "spool"),
-        },
-        folder / "pseudonymizer.log",
-        port=PORT,
-        what="the pseudonymizer",
-    )
+    pseudonymizer = PseudonymizerProcess.started(bus, folder, PORT)
     router: RouterProcess | None = None
     hub: HubProcess | None = None
     try:
-        bus.wait_for(lambda: pseudonymizer.metrics() is not None, 60, "the pseudonymizer to serve")
         router = RouterProcess.started(bus, folder / "router.log")
         hub = HubProcess(bus, folder / "hub.log", folder / "hub-data")
         bus.wait_for(lambda: hub.metric("lianfang_hub_events_observed_total") is not None, 90, "hub start")

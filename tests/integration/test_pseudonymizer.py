@@ -21,7 +21,7 @@ from services.kernel.pseudonym import PseudonymKey, normalize_subject, oblivious
 from services.pseudonymizer.client import ObliviousPseudonymizer, PseudonymizerUnavailableError
 from services.pseudonymizer.core import KEY_INFO, MODE
 from services.sdk.client import Client
-from tests.integration.buskit import Bus, RouterProcess
+from tests.integration.buskit import Bus, PseudonymizerProcess, RouterProcess
 from tests.kit import DemoDomain
 from tests.workers import Worker, free_port
 
@@ -40,22 +40,9 @@ def bus(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Bus:
 @pytest.fixture(scope="module")
 def pseudonymizer(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     folder = Path(tmp_path_factory.mktemp("pseudonymizer"))
-    worker = Worker(
-        "services.pseudonymizer",
-        {
-            "LIANFANG_BOOTSTRAP": bus.bootstrap,
-            "LIANFANG_HOME": str(bus.domain.home),
-            "LIANFANG_PSEUDONYMIZER_PORT": str(PORT),
-            "LIANFANG_PSEUDONYMIZER_TOPIC_PREFIX": bus.prefix,
-            "LIANFANG_PSEUDONYMIZER_SPOOL_DIR": str(folder / "spool"),
-            "LIANFANG_PSEUDONYMIZER_RATE_PER_S": "0.5",
-            "LIANFANG_PSEUDONYMIZER_BURST": "16",
-        },
-        folder / "pseudonymizer.log",
-        port=PORT,
-        what="the pseudonymizer",
+    worker = PseudonymizerProcess.started(
+        bus, folder, PORT, LIANFANG_PSEUDONYMIZER_RATE_PER_S="0.5", LIANFANG_PSEUDONYMIZER_BURST="16"
     )
-    bus.wait_for(lambda: worker.metrics() is not None, 60, "the pseudonymizer to serve")
     yield worker
     worker.stop()
 

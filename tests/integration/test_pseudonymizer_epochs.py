@@ -23,7 +23,7 @@ from services.pseudonymizer import core
 from services.pseudonymizer.client import ObliviousPseudonymizer, PseudonymizerUnavailableError
 from services.sdk.client import Client
 from services.trust import admin
-from tests.integration.buskit import Bus, RegistryChange, RouterProcess
+from tests.integration.buskit import Bus, PseudonymizerProcess, RegistryChange, RouterProcess
 from tests.kit import DemoDomain
 from tests.workers import Worker, free_port
 
@@ -42,21 +42,7 @@ def bus(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Bus:
 
 @pytest.fixture(scope="module")
 def pseudonymizer(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    folder = Path(tmp_path_factory.mktemp("pseudonymizer"))
-    worker = Worker(
-        "services.pseudonymizer",
-        {
-            "LIANFANG_BOOTSTRAP": bus.bootstrap,
-            "LIANFANG_HOME": str(bus.domain.home),
-            "LIANFANG_PSEUDONYMIZER_PORT": str(PORT),
-            "LIANFANG_PSEUDONYMIZER_TOPIC_PREFIX": bus.prefix,
-            "LIANFANG_PSEUDONYMIZER_SPOOL_DIR": str(folder / "spool"),
-        },
-        folder / "pseudonymizer.log",
-        port=PORT,
-        what="the pseudonymizer",
-    )
-    bus.wait_for(lambda: worker.metrics() is not None, 60, "the pseudonymizer to serve")
+    worker = PseudonymizerProcess.started(bus, Path(tmp_path_factory.mktemp("pseudonymizer")), PORT)
     yield worker
     worker.stop()
 

@@ -18,7 +18,7 @@ from services.kernel import envelope, ids, policy
 from services.kernel.pseudonym import normalize_subject
 from services.sdk.client import Client
 from services.sdk.metrics import SdkMetrics
-from tests.integration.buskit import Bus, RouterProcess
+from tests.integration.buskit import Bus, PseudonymizerProcess, RouterProcess
 from tests.integration.test_gateway import GatewayProcess
 from tests.kit import DemoDomain, until
 from tests.workers import Worker, free_port
@@ -45,21 +45,7 @@ def router(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Route
 
 
 def start_pseudonymizer(bus: Bus, folder: Path) -> Worker:
-    worker = Worker(
-        "services.pseudonymizer",
-        {
-            "LIANFANG_BOOTSTRAP": bus.bootstrap,
-            "LIANFANG_HOME": str(bus.domain.home),
-            "LIANFANG_PSEUDONYMIZER_PORT": str(PORT),
-            "LIANFANG_PSEUDONYMIZER_TOPIC_PREFIX": bus.prefix,
-            "LIANFANG_PSEUDONYMIZER_SPOOL_DIR": str(folder / "spool"),
-        },
-        folder / "pseudonymizer.log",
-        port=PORT,
-        what="the pseudonymizer",
-    )
-    bus.wait_for(lambda: worker.metrics() is not None, 60, "the pseudonymizer to serve")
-    return worker
+    return PseudonymizerProcess.started(bus, folder, PORT)
 
 
 def a_lead(phone: str, narrative: str) -> dict[str, Any]:

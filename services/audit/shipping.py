@@ -71,6 +71,7 @@ class Shipper:
         self.failures = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._shipping = threading.Lock()  # the thread and a caller of ship_once() take turns
         self._thread = threading.Thread(target=self._run, name=f"audit-shipper-{path.name}", daemon=True)
         self._thread.start()
         if metrics is not None:
@@ -112,7 +113,14 @@ class Shipper:
         self._wake.set()
 
     def ship_once(self) -> int:
-        """Send every complete line past the mark; move the mark; return how many lines were sent."""
+        """Send every complete line past the mark; move the mark; return how many lines were sent.
+
+        Safe to call beside the shipping thread: one of them ships at a time, so no line is sent twice
+        and the mark's temporary file is never replaced from under the other."""
+        with self._shipping:
+            return self._ship_once()
+
+    def _ship_once(self) -> int:
         self._check_cluster()
         try:
             with self.path.open("rb") as f:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -385,6 +386,40 @@ def test_the_shipper_sends_no_entry_the_file_could_still_lose_and_sends_it_once_
     trail.shipper.ship_once()
     assert sent == read_file(trail.path)
     trail.close()
+
+
+def test_callers_and_the_shipping_thread_shipping_at_once_send_every_line_exactly_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sdk.audit.jsonl"
+    lines = [e.to_line() for e in chain(400)]
+    path.write_bytes(b"")
+    sent: list[bytes] = []
+    shipper = Shipper(path, Collect(sent), retry_s=0.001)
+    failures: list[BaseException] = []
+
+    def ship_until_all_sent() -> None:
+        deadline = time.monotonic() + 30
+        while len(sent) < len(lines) and time.monotonic() < deadline:
+            try:
+                shipper.ship_once()
+            except BaseException as e:  # the race: a mark replaced from under another caller
+                failures.append(e)
+                return
+
+    callers = [threading.Thread(target=ship_until_all_sent) for _ in range(4)]
+    for thread in callers:
+        thread.start()
+    with path.open("ab") as f:
+        for line in lines:  # appended while everyone ships
+            f.write(line + b"\n")
+            f.flush()
+            shipper.wake()
+    for thread in callers:
+        thread.join()
+    assert shipper.stop(timeout=5)
+    assert failures == []
+    assert sent == lines
 
 
 def test_a_chain_shipped_to_one_cluster_is_shipped_whole_to_another(tmp_path: Path) -> None:

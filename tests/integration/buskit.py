@@ -143,6 +143,23 @@ class Bus:
         finally:
             consumer.close()
 
+    def group_members(self, group: str) -> int:
+        """How many members consumer group ``group`` has once it is stable (0 while it rebalances, or
+        before anyone joined)."""
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        try:
+            info = admin.describe_groups([group]).get(group) or {}
+        except KafkaError:  # no coordinator for the group yet: nobody has joined
+            return 0
+        finally:
+            admin.close()
+        if info.get("group_state", info.get("state")) != "Stable":
+            return 0
+        return len(info.get("members") or [])
+
     def read_all(self, topic_names: Iterable[str]) -> dict[str, list[Any]]:
         """Every committed record of these topics, up to their current end (read_committed)."""
         names = list(topic_names)

@@ -475,6 +475,9 @@ def test_two_router_workers_share_the_partitions_and_deliver_every_event_once(
             bus.wait_for(
                 lambda w=w: w.metric("lianfang_registry_version", service="router"), 60, "worker start"
             )
+        # Both in the group before any record exists: a worker that joins late finds the other has
+        # routed everything (the test is about sharing, not about the race of joining).
+        bus.wait_for(lambda: bus.group_members(group) == 2, 90, "both workers in the group")
         sealed = [bus.seal(phone=f"137{i:08d}") for i in range(400)]
         bus.publish(sealed)
         bus.wait_for(lambda: _delivered_exactly_once(bus, sealed), 120, "every event delivered once")

@@ -52,6 +52,9 @@ CLOSE_TIMEOUT_S = 5.0
 """How long one close that needs Kafka (a transaction's abort, a producer's or the consumer's stop) may
 take before it is given up: aiokafka retries these for as long as no broker answers."""
 
+REBALANCE_TIMEOUT_MS = 120_000
+"""How long a worker may take to set up its partitions' producers and states in a rebalance."""
+
 
 @dataclass(frozen=True, slots=True)
 class Output:
@@ -321,6 +324,10 @@ class TransactionalRunner:
             auto_offset_reset="earliest",
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
+            # Setting up an assignment starts one transactional producer a partition (about 0.7 s each
+            # on a busy machine): 12 partitions outlasted a rebalance timeout equal to the session's,
+            # and the group dropped the worker and rebalanced again (seen in `make run`).
+            rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
             max_poll_records=self.max_batch,
             **self._auth,
         )

@@ -219,31 +219,22 @@ class HubWorker:
         app_id = settings.app_id
         # A batch writes its states after its records' stream iteration: the changelog partition is
         # the producer's partitioner's for the key, which is the partition of the victim's inbox records.
-        self.victims = app.Table(
-            f"{app_id}-victims",
-            default=None,
-            partitions=n,
-            key_type=bytes,
-            value_type=bytes,
-            use_partitioner=True,
-            options=rocksdb_options(settings),
-        )
-        self.suspect_table = app.Table(
-            f"{app_id}-suspects",
-            default=None,
-            partitions=n,
-            key_type=bytes,
-            value_type=bytes,
-            options=rocksdb_options(settings),
-        )
-        self.link_table = app.Table(
-            f"{app_id}-links",
-            default=None,
-            partitions=n,
-            key_type=bytes,
-            value_type=bytes,
-            options=rocksdb_options(settings),
-        )
+        options = rocksdb_options(settings)
+
+        def table(name: str, *, use_partitioner: bool = False) -> Any:
+            return app.Table(
+                f"{app_id}-{name}",
+                default=None,
+                partitions=n,
+                key_type=bytes,
+                value_type=bytes,
+                options=dict(options),  # faust's store pops keys from the dict it is given
+                use_partitioner=use_partitioner,
+            )
+
+        self.victims = table("victims", use_partitioner=True)
+        self.suspect_table = table("suspects")
+        self.link_table = table("links")
         self.victim_writes = BatchWrites(self.victims, n)
         self.work = RecordWorker(
             config=config,

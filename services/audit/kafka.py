@@ -11,7 +11,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from services.audit.trail import Publish
-from services.bus.cluster import DURABLE_PRODUCER
+from services.bus.cluster import BACKGROUND_BOOTSTRAP_TIMEOUT_MS, DURABLE_PRODUCER
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs
 from services.kernel.errors import TransportError
 
@@ -43,6 +43,7 @@ class KafkaSink:
                     bootstrap_servers=self.bootstrap,
                     client_id="lianfang-audit",
                     max_block_ms=int(self.timeout_s * 1000),
+                    bootstrap_timeout_ms=BACKGROUND_BOOTSTRAP_TIMEOUT_MS,
                     **DURABLE_PRODUCER,
                     **extra,
                 )

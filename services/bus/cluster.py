@@ -28,6 +28,12 @@ from services.kernel.errors import MalformedError, TransportError
 # have it, and retries cannot duplicate or reorder records of one partition.
 DURABLE_PRODUCER: dict[str, Any] = {"acks": "all", "enable_idempotence": True}
 
+BACKGROUND_BOOTSTRAP_TIMEOUT_MS = 5_000
+"""How long a background sender's producer (outbox drainer, audit shipper, dead-letter writer) waits
+for a first broker when it is created; kafka-python's default is 30 s. The senders retry anyway, so a
+short wait costs nothing during an outage and lets them stop within seconds when asked (a client's
+close, a service's SIGTERM) instead of sitting out a half-minute connection attempt."""
+
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:

@@ -18,7 +18,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from schemas.envelope import EnvelopeHeader
-from services.bus.cluster import DURABLE_PRODUCER
+from services.bus.cluster import BACKGROUND_BOOTSTRAP_TIMEOUT_MS, DURABLE_PRODUCER
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 from services.kernel.clock import Clock, utcnow
 from services.kernel.deadletter import deadletter_headers
@@ -87,7 +87,10 @@ class ProblemWriter:
         try:
             if self._producer is None:
                 self._producer = KafkaProducer(
-                    bootstrap_servers=self.bootstrap, **DURABLE_PRODUCER, **kafka_python_kwargs(self.security)
+                    bootstrap_servers=self.bootstrap,
+                    bootstrap_timeout_ms=BACKGROUND_BOOTSTRAP_TIMEOUT_MS,
+                    **DURABLE_PRODUCER,
+                    **kafka_python_kwargs(self.security),
                 )
             self._producer.send(self.topic, key=key, value=b"", headers=headers).get(timeout=SEND_TIMEOUT_S)
         except KafkaError as e:

@@ -30,7 +30,7 @@ from pathlib import Path
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from services.bus.cluster import DURABLE_PRODUCER
+from services.bus.cluster import BACKGROUND_BOOTSTRAP_TIMEOUT_MS, DURABLE_PRODUCER
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
 from services.kernel.errors import TransportError, UsageError
 from services.store import sqlite
@@ -345,6 +345,7 @@ class Drainer:
                 request_timeout_ms=15_000,
                 retries=5,
                 reconnect_backoff_max_ms=2_000,
+                bootstrap_timeout_ms=BACKGROUND_BOOTSTRAP_TIMEOUT_MS,
                 **DURABLE_PRODUCER,
                 **kafka_python_kwargs(self.security),
             )

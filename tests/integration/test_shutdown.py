@@ -1,68 +1,160 @@
-"""A router stops when told to, broker or no broker: SIGTERM ends the process within a bound, with
-status 0 and a log line saying it stopped, also when its broker died under a batch in flight (no
-producer, consumer or transaction may hold the shutdown hostage to a broker that is gone)."""
+"""Every long-running service stops when told to, broker or no broker: with their broker killed under
+them, a router with a batch in flight, an idle router, the gateway, the hub and the pseudonymizer each
+exit on SIGTERM within a bound, with status 0 (no producer, consumer, transaction or registry follower
+may hold the shutdown hostage to a broker that is gone). One broker serves them all: it is started
+once, and killed once."""
 
 from __future__ import annotations
 
 import signal
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from deploy.kafka.local import running
-from tests.integration.buskit import Bus
+from tests.integration.buskit import Bus, PseudonymizerProcess
 from tests.integration.buskit import RouterProcess as Router
 from tests.kit import DemoDomain
+from tests.workers import Worker, free_port
 
 pytestmark = pytest.mark.integration
 
 STOP_BOUND_S = 30.0
-"""How long a router may take to exit after SIGTERM without a broker: its Kafka clients' close
-timeouts (:data:`services.bus.eos.CLOSE_TIMEOUT_S`) with room for a loaded machine."""
+"""How long a service may take to exit after SIGTERM without a broker: the router's Kafka clients' close
+timeouts (:data:`services.bus.eos.CLOSE_TIMEOUT_S`), the hub's stop deadline
+(:data:`services.hub.app.STOP_DEADLINE_S`), with room for a loaded machine."""
+
+IN_FLIGHT_EVENTS, IN_FLIGHT_ROUTED = 2000, 50
+"""The busy router's backlog, and how much of it it has routed when the broker dies."""
+
+IDLE_EVENTS = 20
 
 
-def _exits_within(worker: Router, bound: float) -> tuple[int | None, float]:
-    """SIGTERM the worker and poll until it exits or ``bound`` passes: its status (None if it still
-    runs) and the seconds it took."""
+def _serving(worker: Worker, metric: str, **labels: str) -> bool:
+    """Whether ``worker`` serves ``metric`` on /metrics yet (raising, with its log, if it has exited)."""
+    worker.check_alive()
+    return worker.metric(metric, **labels) is not None
+
+
+def _gateway(bus: Bus, folder: Path) -> Worker:
+    port = free_port()
+    worker = Worker(
+        "services.gateway",
+        {
+            "LIANFANG_BOOTSTRAP": bus.bootstrap,
+            "LIANFANG_HOME": str(bus.domain.home),
+            "LIANFANG_GATEWAY_PARTICIPANTS": "police,womens_federation,health",
+            "LIANFANG_GATEWAY_PORT": str(port),
+            "LIANFANG_GATEWAY_SPOOL_DIR": str(folder / "gateway-spool"),
+            "LIANFANG_GATEWAY_TOPIC_PREFIX": bus.prefix,
+        },
+        folder / "gateway.log",
+        port=port,
+        what="the gateway",
+    )
+    bus.wait_for(
+        lambda: _serving(worker, "lianfang_gateway_outbox_depth", participant="police"),
+        60,
+        "the gateway to serve",
+    )
+    return worker
+
+
+def _hub(bus: Bus, folder: Path) -> Worker:
+    port = free_port()
+    worker = Worker(
+        "services.hub",
+        {
+            "LIANFANG_BOOTSTRAP": bus.bootstrap,
+            "LIANFANG_HOME": str(bus.domain.home),
+            "LIANFANG_HUB_TOPIC_PREFIX": bus.prefix,
+            "LIANFANG_HUB_APP_ID": f"{bus.prefix}hub",
+            "LIANFANG_HUB_DATA_DIR": str(folder / "hub-data"),
+            "LIANFANG_HUB_METRICS_PORT": str(port),
+        },
+        folder / "hub.log",
+        port=port,
+        what="the hub",
+    )
+    bus.wait_for(
+        lambda: _serving(worker, "lianfang_hub_events_observed_total"),
+        90,
+        "the hub to serve",
+    )
+    return worker
+
+
+def _routed(bus: Bus, log: Path, events: int) -> Router:
+    """A router on ``bus``, returned once it has routed ``events`` leads."""
+    router = Router.started(bus, log)
+    bus.wait_for(
+        lambda: (router.metric("lianfang_router_events_routed_total", type="lead.reported") or 0) >= events,
+        60,
+        f"a router to have routed {events} events",
+    )
+    return router
+
+
+def _exit_statuses(workers: dict[str, Worker], bound: float) -> dict[str, tuple[int | None, float]]:
+    """SIGTERM every worker at once and poll until each has exited or ``bound`` passes: per worker its
+    status (None if it still runs) and the seconds it took."""
     started = time.monotonic()
-    worker.proc.send_signal(signal.SIGTERM)
+    for worker in workers.values():
+        worker.proc.send_signal(signal.SIGTERM)
+    took: dict[str, tuple[int | None, float]] = {}
     deadline = started + bound
-    while time.monotonic() < deadline:
-        if worker.proc.poll() is not None:
-            return worker.proc.returncode, time.monotonic() - started
+    while len(took) < len(workers) and time.monotonic() < deadline:
+        for name, worker in workers.items():
+            if name not in took and worker.proc.poll() is not None:
+                took[name] = (worker.proc.returncode, time.monotonic() - started)
         time.sleep(0.1)  # poll interval inside the deadline
-    return None, time.monotonic() - started
+    for name in workers.keys() - took.keys():
+        took[name] = (None, time.monotonic() - started)
+    return took
 
 
-@pytest.mark.parametrize(
-    ("when", "events", "routed"),
-    [("mid_batch", 2000, 50), ("idle", 20, 20)],
-    ids=["with a batch in flight", "idle"],
-)
-def test_a_router_whose_broker_died_exits_on_sigterm_within_the_bound_with_status_0(
-    live_domain: DemoDomain, tmp_path: Path, when: str, events: int, routed: int
+def test_every_service_whose_broker_died_exits_on_sigterm_within_the_bound_with_status_0(
+    tmp_path: Path,
 ) -> None:
+    port = free_port()
+    domain = DemoDomain.create(
+        tmp_path / ".lianfang", now=datetime.now(UTC), pseudonymizer_url=f"http://127.0.0.1:{port}"
+    )
     with running(tmp_path / "kafka") as cluster:
-        bus = Bus.create(cluster.bootstrap, f"t-stop-{when}.", live_domain)
-        bus.publish([bus.seal(phone=f"132{i:08d}") for i in range(events)])
-        worker = Router.started(bus, tmp_path / "router.log")
+        busy = Bus.create(cluster.bootstrap, "t-stop-busy.", domain)
+        idle = Bus.create(cluster.bootstrap, "t-stop-idle.", domain)
+        busy.publish([busy.seal(phone=f"132{i:08d}") for i in range(IN_FLIGHT_EVENTS)])
+        idle.publish([idle.seal(phone=f"133{i:08d}") for i in range(IDLE_EVENTS)])
+        workers: dict[str, Worker] = {}
         try:
-            bus.wait_for(
-                lambda: (
-                    (worker.metric("lianfang_router_events_routed_total", type="lead.reported") or 0)
-                    >= routed
-                ),
-                60,
-                f"the router to have routed {routed} events",
-            )
+            workers["pseudonymizer"] = PseudonymizerProcess.started(busy, tmp_path, port)
+            workers["gateway"] = _gateway(busy, tmp_path)
+            workers["hub"] = _hub(busy, tmp_path)
+            workers["idle router"] = _routed(idle, tmp_path / "router-idle.log", IDLE_EVENTS)
+            busy_router = _routed(busy, tmp_path / "router-busy.log", IN_FLIGHT_ROUTED)
+            workers["router with a batch in flight"] = busy_router
             cluster.kill_node(1)
-            status, took = _exits_within(worker, STOP_BOUND_S)
-            assert status is not None, (
-                f"the router still ran {took:.0f} s after SIGTERM without a broker:\n{worker.tail()}"
+            routed = busy_router.metric("lianfang_router_events_routed_total", type="lead.reported") or 0
+            assert routed < IN_FLIGHT_EVENTS, (
+                f"the busy router had routed all {IN_FLIGHT_EVENTS} events before the broker died: "
+                "no batch was in flight (raise IN_FLIGHT_EVENTS)"
             )
-            print(f"\n[router stop] {when}: exited {status} in {took:.1f} s after SIGTERM without a broker")
-            assert status == 0, f"the router exited {status}:\n{worker.tail()}"
-            assert "stopped on SIGTERM" in worker.log.read_text(), worker.tail()
+            took = _exit_statuses(workers, STOP_BOUND_S)
+            for name, (status, seconds) in took.items():
+                print(f"\n[stop] {name}: exited {status} in {seconds:.1f} s after SIGTERM without a broker")
+            still = [name for name, (status, _) in took.items() if status is None]
+            assert not still, "\n".join(
+                f"the {name} still ran {STOP_BOUND_S:.0f} s after SIGTERM without a broker:\n{workers[name].tail()}"
+                for name in still
+            )
+            failed = {name: status for name, (status, _) in took.items() if status != 0}
+            assert not failed, "\n".join(
+                f"the {name} exited {status}:\n{workers[name].tail()}" for name, status in failed.items()
+            )
+            for name in ("router with a batch in flight", "idle router"):
+                assert "stopped on SIGTERM" in workers[name].log.read_text(), workers[name].tail()
         finally:
-            worker.kill()  # only if it still runs: the test has failed then
+            for worker in workers.values():
+                worker.kill()  # only if it still runs: the test has failed then

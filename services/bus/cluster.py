@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import time
 import tomllib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer
-from kafka.admin import NewTopic
+from kafka import errors as kafka_errors
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.protocol.metadata import MetadataRequest
 
@@ -61,13 +61,31 @@ def ensure_topics(
     specs = list(topics)
     with _admin(bootstrap, security) as admin:
         try:
-            for spec in specs:
-                new = NewTopic(spec.name, spec.partitions, spec.replication, topic_configs=spec.configs)
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    admin.create_topics([new])
+            if specs:  # one request for all: the controller creates them together (one each: ~40 ms each)
+                answer = admin.create_topics(
+                    {
+                        s.name: {
+                            "num_partitions": s.partitions,
+                            "replication_factor": s.replication,
+                            "configs": s.configs,
+                        }
+                        for s in specs
+                    },
+                    raise_errors=False,
+                )
+                raise_unless_created_or_existing(answer)
             return _wait_for_topics(admin, [s.name for s in specs], timeout_s)
         except KafkaError as e:
             raise TransportError(f"creating topics on {bootstrap} failed: {e}") from e
+
+
+def raise_unless_created_or_existing(answer: Mapping[str, Any]) -> None:
+    """Raise the first error a create-topics answer names, other than "already exists"."""
+    for topic in answer.get("topics", []):
+        code = topic.get("error_code", 0)
+        if code not in (0, TopicAlreadyExistsError.errno):
+            error = kafka_errors.for_code(code)
+            raise error(f"{topic.get('name')}: {topic.get('error_message') or error.__name__}")
 
 
 def wait_for_topics(

@@ -15,7 +15,8 @@ entry (fsync'd) for every request as in production. The callers run in this proc
   split, map columns), and the whole import with the keyed HMAC (no service: what an import costs
   besides the pseudonyms). Then ``run_import`` with an SDK client (drainer not started: up to the
   fsync'd outbox write) whose pseudonyms come from the service, in batches of
-  :data:`~services.importers.engine.BATCH_ROWS` rows, and with one request a row (batch of 1).
+  :data:`~services.importers.engine.BATCH_ROWS` rows (the importers' row of the targets table, as
+  ``lianfang import`` runs it up to the durable outbox), and with one request a row (batch of 1).
 - ``service``: closed loop, ``CONCURRENCY`` requests in flight, pre-signed bodies of 1 and of 256
   blinded elements: evaluations/s of the one core. Open loop: single-element requests sent on a fixed
   schedule of ``RATE`` a second whatever the answers (no coordinated omission: latency runs from each
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench.harness import REPO_ROOT, BenchContext, BenchError, Result, per_second
+from tests.bench.targets import IMPORT_CASE
 
 LEADS_FULL, LEADS_QUICK = 300, 100
 BATCH_LEADS = 256
@@ -298,10 +300,10 @@ def _import(ctx: BenchContext, setup: Setup, rows: int) -> list[Result]:
                 notes=notes + "; no service: what the import costs besides the pseudonyms",
             ),
             ctx.result(
-                f"import, pseudonyms in batches of {batched} rows",
+                IMPORT_CASE,
                 "rows/s",
                 per_second(ctx.measure("import batched", lambda: import_run(batched)), rows),
-                notes=notes,
+                notes=f"{notes}; {batched} rows a batch; the targets' importers row",
             ),
             ctx.result(
                 "import, one request a row",

@@ -109,3 +109,15 @@ def test_the_end_to_end_rows_are_the_p99_at_200_leads_a_second_and_the_share_of_
     latency = _row(rows, "6 end to end: publish→alert p99")
     assert (latency["figure"], latency["baseline"], latency["met"]) == (180.0, 9.0, True)
     assert _row(rows, "6 end to end: alerts received")["met"] is False, "one alert missing fails it"
+
+
+def test_the_importers_row_is_the_batched_import_beside_the_reader_alone_of_the_same_run() -> None:
+    rows = targets.evaluate(
+        _run(
+            ("bench_pseudonymizer", targets.IMPORT_CASE, "rows/s", 1600.0),
+            ("bench_pseudonymizer", "reader alone", "rows/s", 150_000.0),
+            ("bench_pseudonymizer", "import, one request a row", "rows/s", 9000.0),
+        )
+    )
+    row = _row(rows, "1 group commit: importers")
+    assert (row["figure"], row["baseline"], row["met"]) == (1600.0, 150_000.0, True)

@@ -77,7 +77,7 @@ from services.pseudonymizer.client import ObliviousPseudonymizer, PseudonymizerU
 from services.sdk import deferred
 from services.sdk import metrics as sdk_metrics
 from services.sdk.metrics import SdkMetrics
-from services.sdk.outbox import Deferred, Drainer, Outbox, Pending, Resolved
+from services.sdk.outbox import Deferred, Drainer, Outbox, Pending, Record, Resolved
 from services.store.handed import HandedOut
 
 log = logging.getLogger("lianfang.sdk")
@@ -205,6 +205,16 @@ def lead_identities(
     candidates = [victim[0].previous, *pseudonyms[1 : 1 + n_links], *(e.previous for e in victim[1:])]
     links = tuple(dict.fromkeys(p for p in candidates if p is not None and p != pseudonyms[0]))
     return LeadIdentities(out, links[:MAX_LINKS])
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """An event sealed and signed by :meth:`Client.seal_lead` or :meth:`Client.seal_event`, not yet
+    stored: the outbox record, and what its audit entry and metrics name."""
+
+    record: Record
+    subject: str
+    event_type: str
 
 
 class Publisher(Protocol):
@@ -630,6 +640,43 @@ class Client:
         log.error(
             "%s: %d waiting lead(s) stay in the outbox (%s); %s", self.participant, count, reason, detail
         )
+
+    # -- publishing a batch: seal each event now, store them all with one commit
+
+    def seal_lead(self, data: Mapping[str, Any], *, urgency: str | None = None, event_id: str) -> Sealed:
+        """What :meth:`publish_lead` would store, sealed and signed, nothing stored (see :meth:`put_sealed`).
+        Raises :class:`PseudonymizerUnavailableError` where :meth:`publish_lead` would let the lead wait;
+        while leads wait (:meth:`leads_waiting`) it must not be used: the caller publishes such a lead
+        with :meth:`publish_lead` instead, so that it waits behind them."""
+        lead, context = self._lead(data, self.pseudonymizer, token=event_id, metrics=self.metrics)
+        urgency = urgency or default_urgency(lead)
+        return self.seal_event(lead, context=context, urgency=urgency, event_id=event_id)
+
+    def seal_event(
+        self, event: EventModel, *, context: CaseContext, urgency: str = "routine", event_id: str
+    ) -> Sealed:
+        """What :meth:`publish` would store, sealed and signed, nothing stored (see :meth:`put_sealed`)."""
+        header, record = self._seal(event, context=context, urgency=urgency, event_id=event_id)
+        return Sealed(
+            Record(event_id=header.id, topic=self.names.events, key=record.key, value=record.value,
+                   headers=record.headers),
+            subject=header.subject,
+            event_type=event.EVENT_TYPE,
+        )  # fmt: skip
+
+    def put_sealed(self, batch: Sequence[Sealed]) -> list[bool]:
+        """Store sealed events in the outbox with one commit and their audit entries with one fsync; return
+        once all are on disk, for each True (accepted, as by :meth:`publish`) or False (its event id was
+        accepted before with other content, where :meth:`publish` raises :class:`ConflictError`)."""
+        outcomes = self.outbox.put_many([s.record for s in batch])
+        for sealed, outcome in zip(batch, outcomes, strict=True):
+            if outcome != "conflict":
+                self.trail.append("publish", subject=sealed.subject, object=sealed.record.event_id,
+                                  durable=False)  # fmt: skip
+                self.metrics.accepted.labels(sealed.event_type).inc()
+        self.trail.sync()
+        self._update_gauges()
+        return [outcome != "conflict" for outcome in outcomes]
 
     def publish(
         self,

@@ -23,9 +23,10 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -63,6 +64,21 @@ CREATE TABLE IF NOT EXISTS deferred (
 CREATE INDEX IF NOT EXISTS outbox_accepted ON outbox (accepted);
 CREATE INDEX IF NOT EXISTS deferred_accepted ON deferred (accepted);
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A sealed record to store: what :meth:`Outbox.put` takes, for :meth:`Outbox.put_many`."""
+
+    event_id: str
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+Put = Literal["new", "same", "conflict"]
+"""What :meth:`Outbox.put_many` did with a record."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,25 +133,50 @@ class Outbox:
         self, *, event_id: str, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
     ) -> bool:
         """Store a record durably; True if new, False if the same record was already accepted."""
-        digest = hashlib.sha256(value).hexdigest()
+        record = Record(event_id=event_id, topic=topic, key=key, value=value, headers=headers)
 
         def insert(db: sqlite3.Connection) -> bool:
-            _refuse_waiting(db, event_id)
-            row = db.execute(
-                "SELECT digest FROM outbox WHERE event_id = ?"
-                " UNION SELECT digest FROM sent WHERE event_id = ?",
-                (event_id, event_id),
-            ).fetchone()
-            if row is not None:
-                if row[0] != digest:
-                    raise ConflictError(f"event {event_id} was already accepted with different content")
-                return False
-            _insert(db, event_id, topic, key, value, headers, time.time())
+            new = self._insert_new(db, record)
             self.changed.notify_all()
-            return True
+            return new
 
         # Concurrent puts share one commit (one fsync); each returns once its own row is on disk.
         return self._commits.run(insert)
+
+    def put_many(self, records: Sequence[Record]) -> list[Put]:
+        """Store records durably in one transaction (one fsync), in the given order; for each, whether it
+        is ``new``, the ``same`` record accepted before, or a ``conflict`` (the id was accepted before with
+        other content: nothing stored for it, as :meth:`put` would raise :class:`ConflictError`)."""
+
+        def insert(db: sqlite3.Connection) -> list[Put]:
+            outcomes: list[Put] = []
+            for record in records:
+                try:
+                    outcomes.append("new" if self._insert_new(db, record) else "same")
+                except ConflictError:  # raised before anything of this record was written
+                    outcomes.append("conflict")
+            self.changed.notify_all()
+            return outcomes
+
+        return self._commits.run(insert) if records else []
+
+    @staticmethod
+    def _insert_new(db: sqlite3.Connection, record: Record) -> bool:
+        """Insert ``record`` unless its id is known: False for the same bytes, :class:`ConflictError`
+        (nothing written) for other ones."""
+        event_id = record.event_id
+        digest = hashlib.sha256(record.value).hexdigest()
+        _refuse_waiting(db, event_id)
+        row = db.execute(
+            "SELECT digest FROM outbox WHERE event_id = ? UNION SELECT digest FROM sent WHERE event_id = ?",
+            (event_id, event_id),
+        ).fetchone()
+        if row is not None:
+            if row[0] != digest:
+                raise ConflictError(f"event {event_id} was already accepted with different content")
+            return False
+        _insert(db, event_id, record.topic, record.key, record.value, record.headers, time.time())
+        return True
 
     def put_deferred(self, *, event_id: str, kid: str, sealed: bytes) -> None:
         """Store a lead that waits for its pseudonyms, durably. Its content is encrypted with fresh

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.sdk.outbox import ConflictError, Outbox
+from services.sdk.outbox import ConflictError, Outbox, Record
 
 pytestmark = pytest.mark.unit
 
@@ -76,3 +76,21 @@ def test_a_failed_write_leaves_no_half_record(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.Error):
         box.put(event_id="x", topic=None, key=None, value=b"v", headers=[])  # type: ignore[arg-type]
     assert box.depth() == 0
+
+
+def _record(event_id: str, value: bytes = b"sealed") -> Record:
+    return Record(event_id=event_id, topic="events", key=b"subject", value=value, headers=[("ce_id", b"x")])
+
+
+def test_a_batch_is_stored_with_one_commit_and_says_which_records_were_new_the_same_or_a_conflict(
+    tmp_path: Path,
+) -> None:
+    box = Outbox(tmp_path / "outbox.sqlite")
+    _put(box, "before", b"first")
+    commits = box.commits
+    outcomes = box.put_many([_record("a"), _record("before", b"first"), _record("before", b"other"),
+                             _record("b")])  # fmt: skip
+    assert outcomes == ["new", "same", "conflict", "new"]
+    assert box.commits == commits + 1
+    assert [p.event_id for p in box.pending()] == ["before", "a", "b"]
+    assert box.pending()[0].value == b"first", "a conflict changes nothing"

@@ -7,7 +7,9 @@ any point publishes no row twice.
 Pseudonyms are asked for in batches: the rows are read :data:`BATCH_ROWS` at a time, mapped once with a
 pseudonymizer that only notes the identifiers they need, and every one of those is evaluated in one call
 (the oblivious client splits it into requests of at most the service's batch limit); the rows are then
-mapped again from that answer and published. While the pseudonymizer is away or busy, the rows are mapped
+mapped again from that answer, their events sealed and signed, and the batch stored with one commit of the
+SDK's outbox and one fsync of its audit file; only then are its rows entered in the ledger (one commit)
+and counted as imported. While the pseudonymizer is away or busy, the rows are mapped
 with stand-in pseudonyms and every event still goes to the SDK, which keeps it waiting in its outbox,
 encrypted, with the identifiers each stand-in stands for, until the service answers; while leads wait
 there, a row's other events wait behind them, so that no follow-up overtakes its lead.
@@ -20,18 +22,18 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 from schemas.events import EventModel
 from services.importers.errors import FileFormatError
-from services.importers.ledger import Ledger
+from services.importers.ledger import Entry, Ledger
 from services.importers.mapping import Filtered, Mapper, Publication, Rejected, RowProblem
 from services.importers.progress import Progress
 from services.importers.reader import ExportFile, Line
 from services.kernel.errors import LianfangError, TransportError, UntrustedInputError, UsageError
 from services.kernel.pseudonym import Pseudonymizer, new_pseudonym_key
 from services.pseudonymizer.client import PseudonymizerUnavailableError
-from services.sdk.client import CaseContext
+from services.sdk.client import CaseContext, Sealed
 from services.sdk.client import Publisher as SdkPublisher
 from services.sdk.deferred import Prefetched, Recording
 from services.sdk.outbox import ConflictError
@@ -147,7 +149,8 @@ def run_import(
     spec = export.spec
     mapper = Mapper(spec, participant=participant, pseudonymizer=publisher.pseudonymizer, now=now)
     summary = Summary(export.path.name, spec.name, export.encoding, participant)
-    run = _Run(mapper, publisher, ledger, summary, progress.message if progress is not None else report)
+    say = progress.message if progress is not None else report
+    run = _Run(mapper, publisher, ledger, summary, say, batch=_batching(publisher))
     try:
         for chunk in _chunks(export.lines(), BATCH_ROWS):
             run.prefetch([line.cells for line in chunk if line.cells is not None])
@@ -159,6 +162,7 @@ def run_import(
                     run.row(line.number, line.cells)
                 if progress is not None:
                     progress.update(summary.rows, export.position, _detail(summary))
+            run.flush()  # the batch's events with one commit, then its ledger entries with one
     except FileFormatError as e:
         summary.stopped = str(e)
     except TransportError as e:
@@ -195,6 +199,41 @@ def _detail(summary: Summary) -> str:
     return f"imported {summary.imported}  skipped {summary.already}  rejected {summary.rejected}"
 
 
+class BatchPublisher(Protocol):
+    """A publisher that seals events ahead and stores a batch of them with one commit (the SDK
+    :class:`~services.sdk.client.Client`); an import through any other publishes event by event."""
+
+    def seal_lead(self, data: Mapping[str, Any], *, urgency: str | None = None, event_id: str) -> Sealed: ...
+
+    def seal_event(
+        self, event: EventModel, *, context: CaseContext, urgency: str = "routine", event_id: str
+    ) -> Sealed: ...
+
+    def put_sealed(self, batch: Sequence[Sealed]) -> list[bool]: ...
+
+
+def _batching(publisher: Publisher) -> BatchPublisher | None:
+    seal_lead, seal_event, put_sealed = (
+        getattr(publisher, name, None) for name in ("seal_lead", "seal_event", "put_sealed")
+    )
+    if callable(seal_lead) and callable(seal_event) and callable(put_sealed):
+        return cast(BatchPublisher, publisher)
+    return None
+
+
+@dataclass
+class _Row:
+    """A mapped row's events as they are published: some may be sealed and wait for their batch's
+    commit (``staged``); the row is counted once none waits."""
+
+    number: int
+    content: str
+    earlier: Entry | None = None  # imported before, with other content
+    published: int = 0
+    rejected: bool = False
+    staged: list[tuple[str, Publication, Sealed]] = field(default_factory=list)  # (ledger key, ...)
+
+
 @dataclass
 class _Run:
     mapper: Mapper
@@ -204,6 +243,9 @@ class _Run:
     say: Report
     current: Mapper | None = None  # the mapper of this batch of rows, its pseudonyms evaluated
     stand_ins: Recording | None = None  # the pseudonymizer did not answer this batch: what stood in
+    batch: BatchPublisher | None = None  # seals ahead; None: every event is published on its own
+    waiting_rows: list[_Row] = field(default_factory=list)  # rows with events sealed, not yet stored
+    staged_keys: dict[str, Entry] = field(default_factory=dict)  # their ledger entries-to-be
 
     def prefetch(self, rows: Sequence[Mapping[str, str]]) -> None:
         """Evaluate every identifier these rows need in one call; while the service is away or busy,
@@ -250,47 +292,114 @@ class _Run:
         # Behind waiting leads (or with stand-in pseudonyms) a row's other events wait too.
         wait = self.stand_ins is not None or self.publisher.leads_waiting() > 0
         persons = self.stand_ins.persons if self.stand_ins is not None else {}
-        published = 0
-        earlier = None
+        row = _Row(number, content_digest)
         for publication in result:
             key = keys[publication.emit]
-            entry = self.ledger.get(key)
+            entry = self.ledger.get(key) or self.staged_keys.get(key)
             if entry is not None:
-                earlier = earlier or (entry if entry.content != content_digest else None)
+                row.earlier = row.earlier or (entry if entry.content != content_digest else None)
                 continue
             try:
-                recovered = _publish(self.publisher, publication, wait=wait, persons=persons)
+                sealed = None if wait else self._seal(publication)
+                if sealed is None:
+                    wait = True  # the lead waits: its follow-ups wait behind it
+                    self.flush(row)  # what was sealed before goes first: no event overtakes another
+                    recovered = _publish(self.publisher, publication, wait=wait, persons=persons)
             except UntrustedInputError as e:  # the SDK refused what the mapping accepted
                 self.reject(number, [str(e.args[0]) if e.args else e.reason])
-                return
+                row.rejected = True
+                break
             except UsageError as e:
                 self.reject(number, [str(e)])
-                return
-            self.ledger.add(
-                key=key,
-                event_id=publication.event_id,
-                content=content_digest,
-                fmt=fmt,
-                emit=publication.emit,
-                event_type=publication.event_type,
-                file=self.summary.file,
-                line=number,
-                recovered=recovered,
-            )
-            if recovered:
-                self.summary.recovered += 1
+                row.rejected = True
+                break
+            if sealed is None:
+                self._record(row, key, publication, recovered=recovered)
             else:
-                published += 1
-                self.summary.events[publication.event_type] += 1
-        if published:
+                row.staged.append((key, publication, sealed))
+                self.staged_keys[key] = Entry(key, publication.event_id, content_digest,
+                                              self.summary.file, number, recovered=False)  # fmt: skip
+        if row.staged:
+            self.waiting_rows.append(row)  # counted once its events are on disk
+        else:
+            self._count(row)
+
+    def _seal(self, publication: Publication) -> Sealed | None:
+        """The sealed event, to be stored with its batch; ``None`` when it is to be published on its own
+        (no batching publisher, or a lead whose pseudonyms cannot be had now: it waits in the outbox)."""
+        if self.batch is None:
+            return None
+        if publication.lead is not None:
+            try:
+                return self.batch.seal_lead(
+                    publication.lead, urgency=publication.urgency, event_id=publication.event_id
+                )
+            except PseudonymizerUnavailableError as e:
+                if not e.transient:
+                    raise
+                return None
+        assert publication.event is not None
+        assert publication.context is not None
+        return self.batch.seal_event(
+            publication.event,
+            context=publication.context,
+            urgency=publication.urgency,
+            event_id=publication.event_id,
+        )
+
+    def flush(self, current: _Row | None = None) -> None:
+        """Store every sealed event (and ``current``'s) with one commit, then record them in the ledger
+        and commit it: a row is counted, and entered in the ledger, only once its events are on disk.
+        Raises what storing raised; then nothing of the batch is counted or entered."""
+        rows = [*self.waiting_rows, *([current] if current is not None and current.staged else [])]
+        self.waiting_rows = []
+        self.staged_keys.clear()
+        if not rows:
+            return
+        assert self.batch is not None
+        accepted = iter(self.batch.put_sealed([sealed for row in rows for _, _, sealed in row.staged]))
+        for row in rows:
+            for key, publication, _ in row.staged:
+                self._record(row, key, publication, recovered=not next(accepted))
+            row.staged = []
+            if row is not current:
+                self._count(row)
+        self.ledger.commit()
+
+    def _record(self, row: _Row, key: str, publication: Publication, *, recovered: bool) -> None:
+        """Enter a stored event in the ledger (``recovered``: the outbox had its id from an interrupted
+        earlier import)."""
+        self.ledger.add(
+            key=key,
+            event_id=publication.event_id,
+            content=row.content,
+            fmt=self.mapper.spec.name,
+            emit=publication.emit,
+            event_type=publication.event_type,
+            file=self.summary.file,
+            line=row.number,
+            recovered=recovered,
+        )
+        if recovered:
+            self.summary.recovered += 1
+        else:
+            row.published += 1
+            self.summary.events[publication.event_type] += 1
+
+    def _count(self, row: _Row) -> None:
+        """Count a row whose events are all stored (or were before)."""
+        if row.rejected:
+            return
+        if row.published:
             self.summary.imported += 1
             return
         self.summary.already += 1
-        if earlier is not None:
+        if row.earlier is not None:
             self.summary.changed += 1
             self.say(
-                f"line {number}: was imported before (line {earlier.line} of {earlier.file}) and has "
-                "changed since; the change is not published (report it as a follow-up event instead)"
+                f"line {row.number}: was imported before (line {row.earlier.line} of {row.earlier.file}) "
+                "and has changed since; the change is not published (report it as a follow-up event "
+                "instead)"
             )
 
 

@@ -18,6 +18,10 @@ row is imported. That is what makes the write order crash-safe:
 3. record the row in the ledger (committed in batches; a crash loses at most the last batch, which
    step 2 recognizes on the next run).
 
+An import does steps 2 and 3 a batch of rows at a time (:mod:`services.importers.engine`): every event
+of the batch is sealed, the outbox stores them all with one commit, and only then are they recorded
+here and this ledger committed; a crash in between is the case of step 2.
+
 What is left: the ledger and the outbox are two files, not one transaction, and the recognition in
 step 2 needs the outbox's memory of sent ids (its ``sent`` table, kept indefinitely). If the ledger
 file is lost, its secret goes with it and rows get new ids: they are published again. If the outbox

@@ -23,8 +23,10 @@ from services.importers.ledger import Ledger, ledger_path
 from services.importers.reader import ExportFile
 from services.importers.spec import load_format
 from services.kernel import envelope
+from services.kernel.errors import TransportError
 from services.kernel.pseudonym import Pseudonymizer
 from services.sdk.client import CaseContext, Client
+from services.sdk.outbox import Record
 from tests.kit import NOW, DemoDomain
 from tests.samples import generate as samples
 
@@ -134,6 +136,57 @@ def test_a_row_repeated_in_a_file_is_imported_once(
         path, "hotline_12338", "womens_federation", home, client_for("womens_federation")
     )
     assert (summary.imported, summary.already, reports) == (2, 1, [])
+
+
+def test_an_import_stores_each_batch_of_rows_with_one_outbox_commit_and_one_audit_fsync(
+    client_for: Callable[[str], Client], home: Path
+) -> None:
+    client = client_for("womens_federation")
+    summary, _ = do_import(HOTLINE, "hotline_12338", "womens_federation", home, client)
+    assert summary.imported == 20
+    assert client.outbox.commits == 1, "the file's twenty rows are one batch"
+    audit_file = client.trail.trail._file  # opened by the import's first entry
+    assert audit_file is not None
+    assert audit_file.syncs == 1
+
+
+def test_a_batch_the_outbox_failed_to_store_is_neither_counted_nor_entered_in_the_ledger(
+    client_for: Callable[[str], Client], home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = client_for("womens_federation")
+
+    def disk_full(_records: object) -> list[str]:
+        raise TransportError("the disk is full")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(client.outbox, "put_many", disk_full)
+        summary, _ = do_import(HOTLINE, "hotline_12338", "womens_federation", home, client)
+    assert summary.stopped is not None
+    assert (summary.imported, sum(summary.events.values())) == (0, 0)
+    assert Ledger.open(home, "womens_federation").count() == 0
+    again, _ = do_import(HOTLINE, "hotline_12338", "womens_federation", home, client)
+    assert (again.imported, again.already, again.recovered) == (20, 0, 0)
+
+
+def test_an_import_killed_after_its_batch_reached_the_outbox_publishes_no_row_twice(
+    client_for: Callable[[str], Client], home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = client_for("womens_federation")
+    stored = client.outbox.put_many
+
+    def stored_then_killed(records: Sequence[Record]) -> list[str]:
+        stored(records)
+        raise KeyboardInterrupt  # the process dies once the outbox committed, before the ledger did
+
+    with monkeypatch.context() as patched:
+        patched.setattr(client.outbox, "put_many", stored_then_killed)
+        with pytest.raises(KeyboardInterrupt):
+            do_import(HOTLINE, "hotline_12338", "womens_federation", home, client)
+    assert client.outbox.depth() == 20
+    assert Ledger.open(home, "womens_federation").count() == 0
+    summary, reports = do_import(HOTLINE, "hotline_12338", "womens_federation", home, client)
+    assert (summary.recovered, summary.imported, summary.already, reports) == (20, 0, 20, [])
+    assert client.outbox.depth() == 20
 
 
 class Crashing:

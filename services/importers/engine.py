@@ -6,7 +6,8 @@ any point publishes no row twice.
 
 Pseudonyms are asked for in batches: the rows are read :data:`BATCH_ROWS` at a time, mapped once with a
 pseudonymizer that only notes the identifiers they need, and every one of those is evaluated in one call
-(the oblivious client splits it into requests of at most the service's batch limit); the rows are then
+(the oblivious client splits it into requests of at most the service's batch limit, in a thread of its
+own: the next batch is read and its pseudonyms asked for while this one is imported); the rows are then
 mapped again from that answer, their events sealed and signed, and the batch stored with one commit of the
 SDK's outbox and one fsync of its audit file; only then are its rows entered in the ledger (one commit)
 and counted as imported. While the pseudonymizer is away or busy, the rows are mapped
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Protocol, cast
@@ -151,9 +153,15 @@ def run_import(
     summary = Summary(export.path.name, spec.name, export.encoding, participant)
     say = progress.message if progress is not None else report
     run = _Run(mapper, publisher, ledger, summary, say, batch=_batching(publisher))
+    asking = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lianfang-import-pseudonyms")
     try:
-        for chunk in _chunks(export.lines(), BATCH_ROWS):
-            run.prefetch([line.cells for line in chunk if line.cells is not None])
+        answer: Future[dict[str, str]] | None = None
+        for chunk, after in _with_next(_chunks(export.lines(), BATCH_ROWS)):
+            answer = answer or run.ask(asking, chunk)
+            # The next batch's pseudonyms are asked for (and the service's proofs checked, in that
+            # thread) while this batch is mapped, sealed and stored.
+            following = run.ask(asking, after) if after is not None else None
+            run.use(answer)
             for line in chunk:
                 summary.rows += 1
                 if line.cells is None:
@@ -163,6 +171,7 @@ def run_import(
                 if progress is not None:
                     progress.update(summary.rows, export.position, _detail(summary))
             run.flush()  # the batch's events with one commit, then its ledger entries with one
+            answer = following
     except FileFormatError as e:
         summary.stopped = str(e)
     except TransportError as e:
@@ -170,6 +179,7 @@ def run_import(
         # rest are not, so running the same import again takes up exactly where this one stopped.
         summary.stopped = f"{e}; run the import again later: rows already imported are skipped"
     finally:
+        asking.shutdown(wait=True, cancel_futures=True)
         ledger.commit()
         if progress is not None:
             progress.finish(summary.rows, export.position, _detail(summary))
@@ -193,6 +203,30 @@ def _chunks(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:
         raise
     if chunk:
         yield chunk
+
+
+def _with_next(chunks: Iterator[list[Line]]) -> Iterator[tuple[list[Line], list[Line] | None]]:
+    """Each chunk with the one after it, read ahead (``None`` after the last); a file that cannot be
+    read further raises its :class:`FileFormatError` only after every chunk read before it."""
+    error: FileFormatError | None = None
+
+    def following() -> list[Line] | None:
+        nonlocal error
+        try:
+            return next(chunks)
+        except StopIteration:
+            return None
+        except FileFormatError as e:
+            error = e
+            return None
+
+    current = following()
+    while current is not None:
+        after = following()
+        yield current, after
+        current = after
+    if error is not None:
+        raise error
 
 
 def _detail(summary: Summary) -> str:
@@ -247,19 +281,24 @@ class _Run:
     waiting_rows: list[_Row] = field(default_factory=list)  # rows with events sealed, not yet stored
     staged_keys: dict[str, Entry] = field(default_factory=dict)  # their ledger entries-to-be
 
-    def prefetch(self, rows: Sequence[Mapping[str, str]]) -> None:
-        """Evaluate every identifier these rows need in one call; while the service is away or busy,
-        map them with stand-in pseudonyms (leads then wait in the outbox; see :meth:`row`)."""
+    def ask(self, asking: Executor, lines: Sequence[Line]) -> Future[dict[str, str]]:
+        """Ask (in ``asking``) for every identifier these rows need, in one call: the rows are mapped
+        here with a pseudonymizer that only notes them."""
         recorder = Recording(0)
         probe = self.mapper.using(recorder)
-        for cells in rows:
-            with contextlib.suppress(LianfangError):  # the row's problems are reported when it is mapped
-                probe.map_row(cells, _any_event_id)
-        asked = list(recorder.asked)
+        for line in lines:
+            if line.cells is not None:
+                with contextlib.suppress(LianfangError):  # the row's problems are reported when mapped
+                    probe.map_row(line.cells, _any_event_id)
+        return asking.submit(_evaluate, self.publisher.pseudonymizer, list(recorder.asked))
+
+    def use(self, answer: Future[dict[str, str]]) -> None:
+        """Map the next rows with the pseudonyms of ``answer``; while the service is away or busy, with
+        stand-in pseudonyms (leads then wait in the outbox; see :meth:`row`)."""
         self.stand_ins = None
         pseudonymizer = self.publisher.pseudonymizer
         try:
-            known = dict(zip(asked, pseudonymizer.pseudonyms(asked), strict=True)) if asked else {}
+            known = answer.result()
         except PseudonymizerUnavailableError as e:
             if not e.transient:
                 raise
@@ -401,6 +440,10 @@ class _Run:
                 "and has changed since; the change is not published (report it as a follow-up event "
                 "instead)"
             )
+
+
+def _evaluate(pseudonymizer: Pseudonymizer, asked: list[str]) -> dict[str, str]:
+    return dict(zip(asked, pseudonymizer.pseudonyms(asked), strict=True)) if asked else {}
 
 
 def _any_event_id(_emit: str) -> str:

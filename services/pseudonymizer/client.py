@@ -28,6 +28,7 @@ but counts and codes.
 from __future__ import annotations
 
 import logging
+import threading
 import urllib.error
 import urllib.request
 from collections import OrderedDict
@@ -137,6 +138,7 @@ class ObliviousPseudonymizer:
         self._cache: OrderedDict[str, EpochPseudonyms] = OrderedDict()
         self._epoch: tuple[str, str | None, int | None] | None = None
         self._sealed: PseudonymKey | None = None
+        self._lock = threading.Lock()  # an import asks for the next batch while it seals this one
 
     def pseudonyms(self, canonicals: Sequence[str]) -> list[str]:
         """The pseudonym of each canonical identifier under the current key, in order."""
@@ -149,23 +151,24 @@ class ObliviousPseudonymizer:
         role = registry.pseudonymizer
         if role is None:
             raise UsageError(f"registry v{registry.version} names no pseudonymizer")
-        sealed = self._sealed_key(registry)
-        epoch = (
-            role.public,
-            role.previous.public if role.previous else None,
-            sealed.version if sealed else None,
-        )
-        if epoch != self._epoch:  # other keys: nothing cached under the old ones is kept
-            self._cache.clear()
-            self._epoch = epoch
         found: dict[str, EpochPseudonyms] = {}
         missing: list[str] = []
-        for canonical in dict.fromkeys(canonicals):
-            cached = self._cache.get(canonical)
-            if cached is None:
-                missing.append(canonical)
-            else:
-                found[canonical] = cached
+        with self._lock:  # the cache only: requests of two threads run at once
+            sealed = self._sealed_key(registry)
+            epoch = (
+                role.public,
+                role.previous.public if role.previous else None,
+                sealed.version if sealed else None,
+            )
+            if epoch != self._epoch:  # other keys: nothing cached under the old ones is kept
+                self._cache.clear()
+                self._epoch = epoch
+            for canonical in dict.fromkeys(canonicals):
+                cached = self._cache.get(canonical)
+                if cached is None:
+                    missing.append(canonical)
+                else:
+                    found[canonical] = cached
         for start in range(0, len(missing), oprf.MAX_BATCH):
             chunk = missing[start : start + oprf.MAX_BATCH]
             for canonical, evaluated in zip(chunk, self._evaluate(registry, chunk), strict=True):
@@ -175,7 +178,7 @@ class ObliviousPseudonymizer:
                     else EpochPseudonyms(evaluated.current, pseudonym(sealed, canonical))
                 )
                 found[canonical] = pair
-                self._remember(canonical, pair)
+                self._remember(canonical, pair, epoch)
         return [found[c] for c in canonicals]
 
     def _sealed_key(self, registry: Registry) -> PseudonymKey | None:
@@ -197,11 +200,14 @@ class ObliviousPseudonymizer:
                 return None
         return self._sealed
 
-    def _remember(self, canonical: str, pair: EpochPseudonyms) -> None:
-        self._cache[canonical] = pair
-        self._cache.move_to_end(canonical)
-        while len(self._cache) > CACHE_SIZE:
-            self._cache.popitem(last=False)
+    def _remember(self, canonical: str, pair: EpochPseudonyms, epoch: object) -> None:
+        with self._lock:
+            if epoch != self._epoch:  # another thread met other keys meanwhile: not theirs to keep
+                return
+            self._cache[canonical] = pair
+            self._cache.move_to_end(canonical)
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
 
     def _evaluate(self, registry: Registry, canonicals: Sequence[str]) -> list[EpochPseudonyms]:
         role = registry.pseudonymizer

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import sqlite3
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -18,14 +19,16 @@ from typing import Any
 import pytest
 
 from schemas.events import EventModel
+from services.importers import engine
 from services.importers.engine import DryRun, Publisher, Summary, run_import
+from services.importers.errors import FileFormatError
 from services.importers.ledger import Ledger, ledger_path
-from services.importers.reader import ExportFile
+from services.importers.reader import ExportFile, Line
 from services.importers.spec import load_format
 from services.kernel import envelope
 from services.kernel.errors import TransportError
 from services.kernel.pseudonym import Pseudonymizer
-from services.sdk.client import CaseContext, Client
+from services.sdk.client import CaseContext, Client, Sealed
 from services.sdk.outbox import Record
 from tests.kit import NOW, DemoDomain
 from tests.samples import generate as samples
@@ -187,6 +190,54 @@ def test_an_import_killed_after_its_batch_reached_the_outbox_publishes_no_row_tw
     summary, reports = do_import(HOTLINE, "hotline_12338", "womens_federation", home, client)
     assert (summary.recovered, summary.imported, summary.already, reports) == (20, 0, 20, [])
     assert client.outbox.depth() == 20
+
+
+def test_the_next_batch_s_pseudonyms_are_asked_for_while_this_batch_is_stored(
+    client_for: Callable[[str], Client], home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = client_for("womens_federation")
+    real = client.pseudonymizer
+    asked = 0
+    second_asked = threading.Event()
+
+    class Counting:
+        def pseudonyms(self, canonicals: Sequence[str]) -> list[str]:
+            nonlocal asked
+            if threading.current_thread().name.startswith("lianfang-import-pseudonyms"):  # a batch's
+                asked += 1
+                if asked == 2:
+                    second_asked.set()
+            return real.pseudonyms(canonicals)
+
+    client._pseudonymizer = Counting()
+    store = client.put_sealed
+    overlapped: list[bool] = []
+
+    def put_sealed(batch: Sequence[Sealed]) -> list[bool]:
+        if not overlapped:  # the first batch: is the second one's request on its way?
+            overlapped.append(second_asked.wait(timeout=5.0))
+        return store(batch)
+
+    monkeypatch.setattr(client, "put_sealed", put_sealed)
+    monkeypatch.setattr(engine, "BATCH_ROWS", 8)
+    summary, _ = do_import(HOTLINE, "hotline_12338", "womens_federation", home, client)
+    assert summary.imported == 20
+    assert overlapped == [True]
+    assert asked == 3, "twenty rows are three batches of at most eight"
+
+
+def test_each_chunk_comes_with_the_next_and_a_read_error_after_every_chunk_read_before_it() -> None:
+    def chunks() -> Iterator[list[Line]]:
+        yield [Line(1, {"a": "1"})]
+        yield [Line(2, {"a": "2"})]
+        raise FileFormatError("line 3: not UTF-8")
+
+    seen = []
+    with pytest.raises(FileFormatError, match="line 3"):
+        for chunk, after in engine._with_next(chunks()):
+            seen.append((chunk[0].number, after[0].number if after else None))
+    assert seen == [(1, 2), (2, None)]
+    assert [(c[0].number, a) for c, a in engine._with_next(iter([[Line(1, {})]]))] == [(1, None)]
 
 
 class Crashing:

@@ -9,6 +9,7 @@ clear: the file holds what the bus holds. Writes are idempotent by event id.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -42,14 +43,25 @@ class ViewStore:
         self.path = path
         self._lock = threading.Lock()
         self._db = sqlite.connect(path, schema=SCHEMA, private=True)
+        # The inbox reader and the coordinators' requests write at once: concurrent writes share one
+        # commit (one fsync); each call still returns only once its own row is on disk.
+        self._commits = sqlite.GroupCommit(self._db, self._lock)
+
+    @property
+    def commits(self) -> int:
+        """Transactions that committed writes (several concurrent writes share one)."""
+        return self._commits.commits
 
     def add_record(self, event_id: str, value: bytes) -> bool:
         """Keep an inbox record; False when one with this id is already kept."""
-        with self._lock:
-            cursor = self._db.execute(
+
+        def insert(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
                 "INSERT OR IGNORE INTO records (event_id, value) VALUES (?, ?)", (event_id, value)
             )
             return cursor.rowcount == 1
+
+        return self._commits.run(insert)
 
     def records(self) -> Iterator[bytes]:
         """Every kept record, in the order it arrived."""
@@ -59,19 +71,23 @@ class ViewStore:
             yield bytes(value)
 
     def add_own(self, action: OwnAction) -> None:
-        with self._lock:
-            self._db.execute(
+        row = (
+            action.event_id,
+            action.kind,
+            action.alert_id,
+            action.subject,
+            action.at.astimezone(UTC).isoformat(),
+            action.user,
+        )
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT OR IGNORE INTO own_actions (event_id, kind, alert_id, subject, at, user)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    action.event_id,
-                    action.kind,
-                    action.alert_id,
-                    action.subject,
-                    action.at.astimezone(UTC).isoformat(),
-                    action.user,
-                ),
+                row,
             )
+
+        self._commits.run(insert)
 
     def own_actions(self) -> list[OwnAction]:
         with self._lock:

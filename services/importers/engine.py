@@ -277,6 +277,7 @@ class _Run:
     say: Report
     current: Mapper | None = None  # the mapper of this batch of rows, its pseudonyms evaluated
     stand_ins: Recording | None = None  # the pseudonymizer did not answer this batch: what stood in
+    leads_wait: bool = False  # leads wait in the outbox (asked once a batch, then set when one may)
     batch: BatchPublisher | None = None  # seals ahead; None: every event is published on its own
     waiting_rows: list[_Row] = field(default_factory=list)  # rows with events sealed, not yet stored
     staged_keys: dict[str, Entry] = field(default_factory=dict)  # their ledger entries-to-be
@@ -296,6 +297,7 @@ class _Run:
         """Map the next rows with the pseudonyms of ``answer``; while the service is away or busy, with
         stand-in pseudonyms (leads then wait in the outbox; see :meth:`row`)."""
         self.stand_ins = None
+        self.leads_wait = self.publisher.leads_waiting() > 0
         pseudonymizer = self.publisher.pseudonymizer
         try:
             known = answer.result()
@@ -329,7 +331,8 @@ class _Run:
             self.reject(number, result.problems)
             return
         # Behind waiting leads (or with stand-in pseudonyms) a row's other events wait too.
-        wait = self.stand_ins is not None or self.publisher.leads_waiting() > 0
+        waiting = self.leads_wait if self.batch is not None else self.publisher.leads_waiting() > 0
+        wait = self.stand_ins is not None or waiting
         persons = self.stand_ins.persons if self.stand_ins is not None else {}
         row = _Row(number, content_digest)
         for publication in result:
@@ -341,7 +344,10 @@ class _Run:
             try:
                 sealed = None if wait else self._seal(publication)
                 if sealed is None:
-                    wait = True  # the lead waits: its follow-ups wait behind it
+                    if self.batch is not None:
+                        # It may wait in the outbox: the row's and the batch's next events wait too (only
+                        # this import adds waiting leads; the drainer's sealing them is not awaited).
+                        wait = self.leads_wait = True
                     self.flush(row)  # what was sealed before goes first: no event overtakes another
                     recovered = _publish(self.publisher, publication, wait=wait, persons=persons)
             except UntrustedInputError as e:  # the SDK refused what the mapping accepted

@@ -6,7 +6,8 @@ behind its lead, nothing with a stand-in."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,12 @@ from prometheus_client import CollectorRegistry
 
 from services.importers.ledger import Ledger
 from services.kernel import envelope
-from services.pseudonymizer.client import ClientMetrics, ObliviousPseudonymizer
+from services.kernel.pseudonym import EpochPseudonyms
+from services.pseudonymizer.client import (
+    ClientMetrics,
+    ObliviousPseudonymizer,
+    PseudonymizerUnavailableError,
+)
 from services.sdk.client import Client
 from services.sdk.metrics import SdkMetrics
 from tests.kit import NOW, DemoDomain
@@ -104,6 +110,34 @@ def test_while_the_service_is_away_an_import_of_leads_goes_on_and_they_wait_encr
         assert ledger.count() == 20
     finally:
         ledger.close()
+
+
+def test_once_a_lead_of_a_batch_must_wait_for_the_service_the_rows_after_it_wait_too(
+    client_at: Callable[[str, str], Client], service: Served, tmp_path: Path
+) -> None:
+    client = client_at("womens_federation", service.url)
+    asker = client.pseudonymizer
+    sealing = 0
+
+    class GoneAfterFourLeads:
+        """Answers the batch's request, then fails for the fifth lead only (sealed, then published)."""
+
+        def pseudonyms(self, canonicals: Sequence[str]) -> list[str]:
+            return asker.pseudonyms(canonicals)
+
+        def epochs(self, canonicals: Sequence[str]) -> list[EpochPseudonyms]:
+            nonlocal sealing
+            if threading.current_thread() is threading.main_thread():
+                sealing += 1
+                if sealing in {5, 6}:
+                    raise PseudonymizerUnavailableError("no answer", code="unreachable")
+            return asker.epochs(canonicals)  # type: ignore[attr-defined, no-any-return]
+
+    client._pseudonymizer = GoneAfterFourLeads()
+    summary, reports = do_import(HOTLINE, "hotline_12338", "womens_federation", tmp_path, client)
+    assert (reports, summary.stopped, summary.imported) == ([], None, 20)
+    assert len(client.outbox.pending()) == 4
+    assert client.leads_waiting() == 16, "no lead after the first waiting one is sealed ahead of it"
 
 
 def sealed_content(domain: DemoDomain, client: Client) -> list[tuple[Any, str]]:

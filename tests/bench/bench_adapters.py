@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench.harness import REPO_ROOT, BenchContext, BenchError, Result, per_second
+from tests.bench.sampler import Sampler
 
 EVENTS_FULL = 1_000
 EVENTS_QUICK = 300
@@ -60,6 +61,10 @@ START_DEADLINE_S = 60.0
 DRAIN_DEADLINE_S = 120.0
 LOAD_DEADLINE_S = 300.0
 CLIENT_ID = "lianfang-bench"
+SAMPLE = os.environ.get("LIANFANG_BENCH_SAMPLE", "") not in ("", "0")
+"""Sample the stacks of the gateway's and the SDK publishers' threads (:mod:`tests.bench.sampler`) and
+note the top costs; the sampler takes the GIL every 2 ms, so the figures of such a run are not quoted."""
+SAMPLED_TOP = 12
 
 
 # --------------------------------------------------------------------------- the workload
@@ -303,6 +308,16 @@ def _no_lead_deferred(deferred: float | None, where: str) -> None:
         raise BenchError(f"{where}: {deferred:.0f} lead(s) were deferred; the pseudonymizer did not answer")
 
 
+def _sampled_note(ctx: BenchContext, what: str, report: dict[str, Any]) -> None:
+    def top(rows: list[tuple[str, float]]) -> str:
+        return ", ".join(f"{name} {100 * share:.0f}%" for name, share in rows[:SAMPLED_TOP])
+
+    ctx.note(
+        f"sampled {what} ({report['samples']:,} samples, wall clock): own: {top(report['own'])}; "
+        f"inclusive: {top(report['inclusive'])}"
+    )
+
+
 def _gateway(ctx: BenchContext, setup: Setup, requests: int) -> list[Result]:
     port = _free_port()
     env = {
@@ -318,8 +333,10 @@ def _gateway(ctx: BenchContext, setup: Setup, requests: int) -> list[Result]:
         "LIANFANG_GATEWAY_REQUIRE_FRESHNESS": "false",
     }
     log = (setup.tmp / "gateway.log").open("wb")
+    sampled = setup.tmp / "gateway.sampled.json"
+    sampler = ["-m", "tests.bench.sampler", str(sampled), "services/gateway/"] if SAMPLE else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.gateway"],
+        [sys.executable, *sampler, "-m", "services.gateway"],
         cwd=REPO_ROOT,
         env=env,
         stdout=log,
@@ -349,6 +366,10 @@ def _gateway(ctx: BenchContext, setup: Setup, requests: int) -> list[Result]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+        if SAMPLE and sampled.exists():
+            _sampled_note(
+                ctx, "gateway process, its request threads and event loop", json.loads(sampled.read_text())
+            )
 
 
 def _gateway_case(
@@ -479,7 +500,11 @@ def _sdk_threads(ctx: BenchContext, setup: Setup, events: int) -> list[Result]:
 
     try:
         commits_before = client.outbox.commits
+        sampler = Sampler(("services/sdk/client.py:publish_lead",)).start() if SAMPLE else None
         seconds = ctx.measure(f"SDK publish_lead x{THREADS}", one_run)
+        if sampler is not None:
+            sampler.stop()
+            _sampled_note(ctx, f"SDK publish_lead x{THREADS}, the publishers' threads", sampler.report())
         runs = ctx.runs + ctx.warmup
         per_commit = runs * (events // THREADS) * THREADS / max(1, client.outbox.commits - commits_before)
         if not client.flush(timeout=DRAIN_DEADLINE_S):

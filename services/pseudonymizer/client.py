@@ -51,6 +51,7 @@ from services.kernel.pseudonym import (
 )
 from services.kernel.registry import Registry
 from services.pseudonymizer import core
+from services.pseudonymizer.coalesce import Coalescer
 
 log = logging.getLogger("lianfang.pseudonymizer.client")
 
@@ -138,7 +139,11 @@ class ObliviousPseudonymizer:
         self._cache: OrderedDict[str, EpochPseudonyms] = OrderedDict()
         self._epoch: tuple[str, str | None, int | None] | None = None
         self._sealed: PseudonymKey | None = None
-        self._lock = threading.Lock()  # an import asks for the next batch while it seals this one
+        self._lock = threading.Lock()  # the cache: an import's threads and an SDK's publishers share it
+        # Threads asking at once (an SDK client's publishers, the gateway's requests) share one request.
+        self._requests: Coalescer[Registry, EpochPseudonyms] = Coalescer(
+            self._evaluate_all, limit=oprf.MAX_BATCH
+        )
 
     def pseudonyms(self, canonicals: Sequence[str]) -> list[str]:
         """The pseudonym of each canonical identifier under the current key, in order."""
@@ -153,7 +158,7 @@ class ObliviousPseudonymizer:
             raise UsageError(f"registry v{registry.version} names no pseudonymizer")
         found: dict[str, EpochPseudonyms] = {}
         missing: list[str] = []
-        with self._lock:  # the cache only: requests of two threads run at once
+        with self._lock:  # the cache only: the request is shared with the callers asking meanwhile
             sealed = self._sealed_key(registry)
             epoch = (
                 role.public,
@@ -169,17 +174,19 @@ class ObliviousPseudonymizer:
                     missing.append(canonical)
                 else:
                     found[canonical] = cached
-        for start in range(0, len(missing), oprf.MAX_BATCH):
-            chunk = missing[start : start + oprf.MAX_BATCH]
-            for canonical, evaluated in zip(chunk, self._evaluate(registry, chunk), strict=True):
-                pair = (
-                    evaluated
-                    if sealed is None
-                    else EpochPseudonyms(evaluated.current, pseudonym(sealed, canonical))
-                )
-                found[canonical] = pair
-                self._remember(canonical, pair, epoch)
+        evaluated = self._requests.run(registry, missing)
+        for canonical, answer in zip(missing, evaluated, strict=True):
+            pair = answer if sealed is None else EpochPseudonyms(answer.current, pseudonym(sealed, canonical))
+            found[canonical] = pair
+            self._remember(canonical, pair, epoch)
         return [found[c] for c in canonicals]
+
+    def _evaluate_all(self, registry: Registry, canonicals: list[str]) -> list[EpochPseudonyms]:
+        """Every identifier evaluated, in requests of at most :data:`~services.kernel.oprf.MAX_BATCH`."""
+        out: list[EpochPseudonyms] = []
+        for start in range(0, len(canonicals), oprf.MAX_BATCH):
+            out += self._evaluate(registry, canonicals[start : start + oprf.MAX_BATCH])
+        return out
 
     def _sealed_key(self, registry: Registry) -> PseudonymKey | None:
         """The sealed HMAC key while the registry carries it beside the pseudonymizer (a domain moving

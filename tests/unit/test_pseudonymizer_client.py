@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -218,3 +219,45 @@ def test_the_service_refuses_to_start_with_a_key_the_registry_does_not_name(
         load_key(home, oblivious.registry)
     with pytest.raises(UsageError, match="no pseudonymizer key"):
         load_key(tmp_path / "empty", oblivious.registry)
+
+
+def _at_once(client: ObliviousPseudonymizer, asks: list[list[str]]) -> list[object]:
+    """Each ask from a thread of its own, all released together; each one's answers or exception."""
+    barrier = threading.Barrier(len(asks))
+    outcomes: list[object] = [None] * len(asks)
+
+    def ask(i: int) -> None:
+        barrier.wait(10)
+        try:
+            outcomes[i] = client.pseudonyms(asks[i])
+        except Exception as e:
+            outcomes[i] = e
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(asks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return outcomes
+
+
+def test_callers_asking_at_once_from_threads_each_get_the_pseudonyms_of_their_own_identifiers(
+    oblivious: DemoDomain,
+) -> None:
+    served = the_service(oblivious, rate_per_s=1_000_000.0, burst=oprf.MAX_BATCH)
+    try:
+        client = client_of(oblivious, served.url)
+        asks = [[normalize_subject(phone=f"1370000{i:04d}"), PHONE] for i in range(8)]
+        outcomes = _at_once(client, asks)
+        holder = oblivious.pseudonymizer_key()
+        assert outcomes == [holder.pseudonyms(ask) for ask in asks]
+    finally:
+        served.close()
+
+
+def test_callers_asking_at_once_of_an_unreachable_pseudonymizer_each_hear_that_it_is_unavailable(
+    oblivious: DemoDomain,
+) -> None:
+    client = client_of(oblivious, "http://127.0.0.1:9")
+    outcomes = _at_once(client, [[normalize_subject(phone=f"1360000{i:04d}")] for i in range(4)])
+    assert all(isinstance(o, PseudonymizerUnavailableError) and o.code == "unreachable" for o in outcomes)

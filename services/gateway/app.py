@@ -239,6 +239,7 @@ class Gateway:
                 metrics=adapter,
                 start=drain,
                 security=settings.kafka_security,
+                outbox_gauges=False,  # computed below when scraped, summed over the clients
             )
         # The SDK's gauges are one series per process: report the sum (depth) and the max (age).
         adapter.outbox_depth.set_function(lambda: sum(c.outbox.depth() for c in self.clients.values()))

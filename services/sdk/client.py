@@ -247,6 +247,9 @@ class Client:
     consumer group ``lianfang-inbox-<participant>.<reader>`` (``None``: ``lianfang-inbox-<participant>``)
     and its own record of the event ids it handed out (``handed_path``; default beside the outbox), so
     no reader takes another's records.
+
+    ``outbox_gauges=False`` leaves the outbox's gauges to whoever owns ``metrics`` (the gateway computes
+    them, summed over its clients, when they are scraped): a publish then does not query the outbox.
     """
 
     def __init__(
@@ -267,6 +270,7 @@ class Client:
         follow: bool = False,
         pseudonymizer: Pseudonymizer | None = None,
         require_freshness: bool = True,
+        outbox_gauges: bool = True,
     ) -> None:
         if reader is not None and not reader.replace("-", "").replace("_", "").isalnum():
             raise UsageError(f"a reader name is letters, digits, '-' and '_', not {reader!r}")
@@ -289,6 +293,10 @@ class Client:
             self.outbox, bootstrap, on_sent=self._sent, security=self.security, resolve=self._resolve_waiting
         )
         self._told_waiting = False
+        # False: whoever owns ``metrics`` computes the outbox gauges when they are scraped (the gateway
+        # sums its clients'), so a publish need not query the outbox for them (four queries, each
+        # waiting for the outbox's lock, which a commit in flight holds through its fsync).
+        self._outbox_gauges = outbox_gauges
         self._pseudonym_key: PseudonymKey | None = None
         self._pseudonymizer = pseudonymizer
         self._oblivious: ObliviousPseudonymizer | None = None
@@ -766,6 +774,8 @@ class Client:
         self._update_gauges()
 
     def _update_gauges(self) -> None:
+        if not self._outbox_gauges:
+            return
         self.metrics.outbox_depth.set(self.outbox.depth())
         self.metrics.outbox_age.set(self.outbox.oldest_age())
         self.metrics.waiting.set(self.outbox.waiting())

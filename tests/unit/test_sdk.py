@@ -164,3 +164,26 @@ def test_the_sdk_refuses_to_publish_under_a_subject_that_is_not_a_pseudonym(
         assert client.outbox.depth() == 0
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("own", [True, False])
+def test_a_publish_sets_the_outbox_gauges_unless_the_metrics_owner_computes_them_when_scraped(
+    domain: DemoDomain, tmp_path: Path, own: bool
+) -> None:
+    metrics = SdkMetrics(CollectorRegistry())
+    client = Client(
+        keystore=domain.keys("police"),
+        registry=domain.registry,
+        bootstrap="127.0.0.1:9",  # never contacted: the drainer is not started
+        outbox_path=tmp_path / "outbox.sqlite",
+        clock=lambda: NOW,
+        start=False,
+        metrics=metrics,
+        outbox_gauges=own,
+    )
+    try:
+        client.publish_lead(lead())
+        assert client.outbox.depth() == 1
+        assert metrics.outbox_depth._value.get() == (1 if own else 0)
+    finally:
+        client.close()

@@ -128,6 +128,11 @@ class Outbox:
         self._db = sqlite.connect(path, schema=SCHEMA)
         self._commits = sqlite.GroupCommit(self._db, self._lock)
         self.changed = threading.Condition(self._lock)
+        # The counts a publish and the gauges ask for read a connection of their own: in WAL mode it
+        # sees every committed row without waiting for the writer's lock, which a commit in flight
+        # holds through its fsync.
+        self._reads = sqlite.connect(path, schema=SCHEMA)
+        self._reads_lock = threading.Lock()
 
     def put(
         self, *, event_id: str, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
@@ -221,12 +226,12 @@ class Outbox:
 
     def waiting(self) -> int:
         """How many leads wait for their pseudonyms."""
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM deferred").fetchone()[0])
+        with self._reads_lock:
+            return int(self._reads.execute("SELECT COUNT(*) FROM deferred").fetchone()[0])
 
     def waiting_oldest_age(self, now: float | None = None) -> float:
-        with self._lock:
-            oldest = self._db.execute("SELECT MIN(accepted) FROM deferred").fetchone()[0]
+        with self._reads_lock:
+            oldest = self._reads.execute("SELECT MIN(accepted) FROM deferred").fetchone()[0]
         return 0.0 if oldest is None else max(0.0, (now or time.time()) - float(oldest))
 
     @property
@@ -260,17 +265,17 @@ class Outbox:
 
     def depth(self) -> int:
         """Records accepted and not yet acknowledged by Kafka, the leads waiting for pseudonyms included."""
-        with self._lock:
+        with self._reads_lock:
             return int(
-                self._db.execute(
+                self._reads.execute(
                     "SELECT (SELECT COUNT(*) FROM outbox) + (SELECT COUNT(*) FROM deferred)"
                 ).fetchone()[0]
             )
 
     def oldest_age(self, now: float | None = None) -> float:
-        with self._lock:
+        with self._reads_lock:
             # Each table's MIN is one index lookup; the SDK reads this gauge after every publish.
-            oldest = self._db.execute(
+            oldest = self._reads.execute(
                 "SELECT MIN(m) FROM (SELECT MIN(accepted) AS m FROM outbox"
                 " UNION ALL SELECT MIN(accepted) FROM deferred)"
             ).fetchone()[0]
@@ -279,6 +284,8 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        with self._reads_lock:
+            self._reads.close()
 
 
 def _refuse_waiting(db: sqlite3.Connection, event_id: str) -> None:

@@ -4,11 +4,13 @@ id stand for two contents."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
 from services.sdk.outbox import ConflictError, Outbox, Record
+from tests.kit import until
 
 pytestmark = pytest.mark.unit
 
@@ -94,3 +96,32 @@ def test_a_batch_is_stored_with_one_commit_and_says_which_records_were_new_the_s
     assert box.commits == commits + 1
     assert [p.event_id for p in box.pending()] == ["before", "a", "b"]
     assert box.pending()[0].value == b"first", "a conflict changes nothing"
+
+
+def test_the_counts_a_publish_asks_for_do_not_wait_for_a_commit_in_flight(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.sqlite")
+    _put(box, "committed")
+    box.put_deferred(event_id="waits", kid="k", sealed=b"opaque")
+    in_flight, release, counted = threading.Event(), threading.Event(), threading.Event()
+    counts: list[int] = []
+
+    def commit_in_flight() -> None:  # holds the writer's lock as a commit does through its fsync
+        with box._lock:
+            in_flight.set()
+            release.wait(10)
+
+    def count() -> None:
+        counts.extend([box.depth(), box.waiting()])
+        counted.set()
+
+    holder = threading.Thread(target=commit_in_flight)
+    holder.start()
+    in_flight.wait(10)
+    threading.Thread(target=count).start()
+    try:
+        until(counted.is_set, "the counts read while a commit holds the writer's lock", deadline_s=5)
+        assert counts == [2, 1], "every committed row counted"
+    finally:
+        release.set()
+        holder.join(10)
+        box.close()

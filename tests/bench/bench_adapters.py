@@ -334,9 +334,9 @@ def _gateway(ctx: BenchContext, setup: Setup, requests: int) -> list[Result]:
     }
     log = (setup.tmp / "gateway.log").open("wb")
     sampled = setup.tmp / "gateway.sampled.json"
-    sampler = ["-m", "tests.bench.sampler", str(sampled), "services/gateway/"] if SAMPLE else []
+    sampler = ["-m", "tests.bench.sampler", str(sampled), "services/gateway/"] if SAMPLE else ["-m"]
     proc = subprocess.Popen(
-        [sys.executable, *sampler, "-m", "services.gateway"],
+        [sys.executable, *sampler, "services.gateway"],
         cwd=REPO_ROOT,
         env=env,
         stdout=log,

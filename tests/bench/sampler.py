@@ -8,8 +8,8 @@ matters when a frame of its stack is in one of the ``focus`` files (the request 
 it is the main thread (an event loop's own work and its idle ``select``); background threads (the outbox's drainer, the
 audit shipper) are left out.
 
-``python -m tests.bench.sampler OUT FOCUS MODULE [ARGS...]`` (``FOCUS``: comma-separated) runs ``MODULE`` as ``python -m`` would, sampled,
-and writes the top functions to ``OUT`` (JSON) when it exits or gets SIGTERM.
+``python -m tests.bench.sampler OUT FOCUS MODULE [ARGS...]`` (``FOCUS``: comma-separated) runs ``MODULE`` as ``python -m`` would, sampled, and writes the top functions to ``OUT`` (JSON) every second and
+when it exits.
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ class Sampler:
         self._thread.start()
         return self
 
+    @property
+    def stopped(self) -> threading.Event:
+        return self._stop
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
@@ -87,9 +91,18 @@ def main(argv: list[str]) -> None:
     out, focus, module, *args = argv
     sampler = Sampler(tuple(focus.split(",")), main=True).start()
 
+    def save() -> None:
+        Path(out).write_text(json.dumps(sampler.report(), indent=1))
+
+    def save_every_second() -> None:  # a process killed before it exits still leaves its samples
+        while not sampler.stopped.wait(1.0):
+            save()
+
     def write() -> None:
         sampler.stop()
-        Path(out).write_text(json.dumps(sampler.report(), indent=1))
+        save()
+
+    threading.Thread(target=save_every_second, name="bench-sampler-save", daemon=True).start()
 
     def on_term(_signum: int, _frame: Any) -> None:
         raise SystemExit(0)

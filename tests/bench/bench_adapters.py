@@ -314,7 +314,7 @@ def _sampled_note(ctx: BenchContext, what: str, report: dict[str, Any]) -> None:
 
     ctx.note(
         f"sampled {what} ({report['samples']:,} samples, wall clock): own: {top(report['own'])}; "
-        f"inclusive: {top(report['inclusive'])}"
+        f"inclusive, Lianfang's own: {top([r for r in report['inclusive'] if r[0].startswith('services/')])}"
     )
 
 

@@ -77,7 +77,7 @@ class Sampler:
                 self.own[names[0]] += 1
                 self.inclusive.update(set(names))
 
-    def report(self, top: int = 25) -> dict[str, Any]:
+    def report(self, top: int = 80) -> dict[str, Any]:
         """The ``top`` functions by own and by inclusive samples, as shares of all samples."""
         n = max(1, self.samples)
         return {

@@ -52,10 +52,15 @@ class IdempotencyStore:
         self._db = sqlite.connect(path, schema=SCHEMA)
         # Writes of concurrent requests share one commit (one fsync); each returns once its own is on disk.
         self._commits = sqlite.GroupCommit(self._db, self._lock)
+        # Lookups read a connection of their own: in WAL mode it sees every committed reservation
+        # without waiting for the writer's lock, which a commit in flight holds through its fsync.
+        # (A request holds its key's lock from lookup to answer, and its writes are committed before.)
+        self._reads = sqlite.connect(path, schema=SCHEMA)
+        self._reads_lock = threading.Lock()
 
     def lookup(self, participant: str, key: str) -> Remembered | None:
-        with self._lock:
-            row = self._db.execute(
+        with self._reads_lock:
+            row = self._reads.execute(
                 "SELECT digest, event_id, accepted FROM requests WHERE participant = ? AND key = ?",
                 (participant, key),
             ).fetchone()
@@ -114,6 +119,8 @@ class IdempotencyStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        with self._reads_lock:
+            self._reads.close()
 
 
 class KeyedLocks:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -25,7 +26,7 @@ from services.gateway.problems import PROBLEMS, ProblemError, field_errors, json
 from services.gateway.webhooks import Backoff, signing_kid
 from services.kernel.pseudonym import normalize_subject
 from services.sdk.deferred import StandIn
-from tests.kit import NOW, DemoDomain
+from tests.kit import NOW, DemoDomain, until
 
 pytestmark = pytest.mark.unit
 
@@ -293,3 +294,31 @@ def test_a_reservation_keeps_the_first_id_and_pruning_forgets_signatures_first(t
     assert store.prune(keys_older_than_s=3600, signatures_older_than_s=600, now=later) == 1
     assert store.lookup("police", "sig:b") is None
     assert store.lookup("police", "key:a") is not None
+
+
+def test_a_lookup_sees_committed_reservations_without_waiting_for_a_commit_in_flight(tmp_path: Path) -> None:
+    store = IdempotencyStore(tmp_path / "idem.sqlite")
+    store.reserve("police", "key:a", "d1", "id-1")
+    in_flight, release, looked = threading.Event(), threading.Event(), threading.Event()
+    found: list[object] = []
+
+    def commit_in_flight() -> None:  # holds the writer's lock as a commit does through its fsync
+        with store._lock:
+            in_flight.set()
+            release.wait(10)
+
+    def lookup() -> None:
+        found.append(store.lookup("police", "key:a"))
+        looked.set()
+
+    holder = threading.Thread(target=commit_in_flight)
+    holder.start()
+    in_flight.wait(10)
+    threading.Thread(target=lookup).start()
+    try:
+        until(looked.is_set, "a lookup while a commit holds the writer's lock", deadline_s=5)
+        assert [getattr(r, "event_id", None) for r in found] == ["id-1"]
+    finally:
+        release.set()
+        holder.join(10)
+        store.close()

@@ -94,6 +94,39 @@ CATALOGUE: tuple[Callable[[Bed, random.Random, float], str], ...] = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class MemorySample:
+    """One service's resident memory at a moment of the soak: minutes since the start, its process id
+    (a SIGKILLed service comes back as a new process, whose memory starts again), and the bytes."""
+
+    minute: float
+    pid: int
+    rss: int
+
+
+def memory_series(samples: list[MemorySample], every_min: float = 5.0) -> str:
+    """The samples at each ``every_min`` mark (the first sample at or after it) and the last, as
+    ``minute:MiB``; a process restarted since the mark before is marked ``(new process)``, a sample
+    taken while the service was down (0 bytes) is left out. Flat memory reads as a flat row for each
+    process."""
+    kept = [s for s in samples if s.rss > 0]
+    if not kept:
+        return "no sample"
+    picked: list[MemorySample] = []
+    mark = 0.0
+    for sample in kept:
+        if sample.minute >= mark:
+            picked.append(sample)
+            mark = (sample.minute // every_min + 1) * every_min
+    if picked[-1] is not kept[-1]:
+        picked.append(kept[-1])
+    parts = []
+    for before, sample in zip([None, *picked], picked, strict=False):
+        new = before is not None and before.pid != sample.pid
+        parts.append(f"{sample.minute:.0f}:{sample.rss / 2**20:.0f}{' (new process)' if new else ''}")
+    return "  ".join(parts)
+
+
 @dataclass
 class SoakResult:
     offered: int
@@ -102,6 +135,7 @@ class SoakResult:
     faults: list[tuple[str, float]] = field(default_factory=list)
     rss_start: dict[str, int] = field(default_factory=dict)
     rss_end: dict[str, int] = field(default_factory=dict)
+    memory: dict[str, list[MemorySample]] = field(default_factory=dict)
     process_restarts: dict[str, int] = field(default_factory=dict)
     inside_restarts: dict[str, float] = field(default_factory=dict)  # runner or agent restarts
 
@@ -118,10 +152,13 @@ class SoakResult:
             f"p99 latency (accepted -> first inbox copy) {self.p99_s:.2f} s",
         ]
         for name in self.rss_start:
+            end = self.rss_end.get(name, 0)
             out.append(
                 f"RSS {name:<8} start {self.rss_start[name] / 2**20:7.1f} MiB  "
-                f"end {self.rss_end.get(name, 0) / 2**20:7.1f} MiB"
+                + (f"end {end / 2**20:7.1f} MiB" if end else "end: not running at that moment")
             )
+        for name, samples in self.memory.items():
+            out.append(f"RSS {name:<8} over time (MiB): {memory_series(samples)}")
         for name in self.rss_start:
             inside = RESTART_COUNTERS.get(name)
             line = f"restarts {name:<8} process {self.process_restarts.get(name, 0)}"
@@ -143,9 +180,19 @@ def soak(
     bed.up()
     try:
         rss_start = {name: bed.workers[name].rss_bytes() for name in SERVICES}
+        began = time.monotonic()
+        memory: dict[str, list[MemorySample]] = {name: [] for name in SERVICES}
+
+        def sample_memory() -> None:
+            minute = (time.monotonic() - began) / 60
+            for name in SERVICES:
+                worker = bed.workers[name]
+                memory[name].append(MemorySample(minute, worker.proc.pid, worker.rss_bytes()))
+
         faults: list[tuple[str, float]] = []
         deadline = time.monotonic() + minutes * 60
         while time.monotonic() < deadline:
+            sample_memory()
             bed.idle(rng.uniform(10, 30))  # steady load between faults
             if time.monotonic() >= deadline:
                 break
@@ -155,6 +202,7 @@ def soak(
             faults.append((what, recovered))
             log(f"fault: {what}: recovered in {recovered:.1f} s")
         inside_restarts = {name: bed.restarts_inside(name) for name in RESTART_COUNTERS}
+        sample_memory()
         rss_end = {name: bed.workers[name].rss_bytes() for name in SERVICES}
         counts = bed.stop_load()
         check = bed.check()
@@ -167,6 +215,7 @@ def soak(
             faults=faults,
             rss_start=rss_start,
             rss_end=rss_end,
+            memory=memory,
             process_restarts=dict(bed.restarts),
             inside_restarts=inside_restarts,
         )

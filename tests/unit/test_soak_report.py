@@ -1,0 +1,30 @@
+"""The soak's memory line: each service's resident memory over time, process by process."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.faults.soak import MemorySample, memory_series
+
+pytestmark = pytest.mark.unit
+
+MIB = 2**20
+
+
+def test_the_series_shows_one_sample_per_five_minutes_and_the_last() -> None:
+    samples = [MemorySample(m, 7, int((100 + m) * MIB)) for m in (0, 0.5, 2, 5.2, 7, 10.1, 12)]
+    assert memory_series(samples) == "0:100  5:105  10:110  12:112"
+
+
+def test_a_restarted_service_is_marked_as_a_new_process_and_a_sample_while_it_was_down_is_left_out() -> None:
+    samples = [
+        MemorySample(0, 7, 100 * MIB),
+        MemorySample(4, 7, 0),
+        MemorySample(5, 8, 90 * MIB),
+        MemorySample(10, 8, 95 * MIB),
+    ]
+    assert memory_series(samples) == "0:100  5:90 (new process)  10:95"
+
+
+def test_a_service_never_sampled_running_says_so() -> None:
+    assert memory_series([MemorySample(0, 7, 0)]) == "no sample"

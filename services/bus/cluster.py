@@ -265,8 +265,11 @@ def acl_of(rule: acls.AclRule) -> Any:
     return ACL(rule.principal, "*", ACLOperation[rule.operation], ACLPermissionType.ALLOW, pattern)
 
 
-def apply_acls(bootstrap: str, rules: Iterable[acls.AclRule], security: KafkaSecuritySettings) -> int:
-    """Create ``rules`` on the cluster (existing identical rules are kept); returns how many were sent.
+def apply_acls(
+    bootstrap: str, rules: Iterable[acls.AclRule], security: KafkaSecuritySettings, *, timeout_s: float = 30.0
+) -> int:
+    """Create ``rules`` on the cluster (existing identical rules are kept) and wait until the broker
+    lists them all; returns how many were sent.
 
     ``security`` must log in as a super user (the operator): only it may alter ACLs.
     """
@@ -279,14 +282,62 @@ def apply_acls(bootstrap: str, rules: Iterable[acls.AclRule], security: KafkaSec
         raise TransportError(f"cannot reach Kafka at {bootstrap} to apply ACLs: {e}") from e
     try:
         result = admin.create_acls(acls) if acls else {"failed": []}
+        failed = result.get("failed") or []
+        if failed:
+            raise TransportError(
+                f"{len(failed)} of {len(acls)} ACLs were refused by {bootstrap}, first: {failed[0]!r}; "
+                "ACLs can only be created by a super user (the operator)"
+            )
+        _wait_for_acls(admin, acls, timeout_s)
     except KafkaError as e:
         raise TransportError(f"creating ACLs on {bootstrap} failed: {e}") from e
     finally:
         admin.close()
-    failed = result.get("failed") or []
-    if failed:
-        raise TransportError(
-            f"{len(failed)} of {len(acls)} ACLs were refused by {bootstrap}, first: {failed[0]!r}; "
-            "ACLs can only be created by a super user (the operator)"
-        )
     return len(acls)
+
+
+def _acl_key(acl: Any) -> tuple[str, ...]:
+    pattern = acl.resource_pattern
+    return (
+        acl.principal,
+        acl.host,
+        acl.operation.name,
+        acl.permission_type.name,
+        pattern.resource_type.name,
+        pattern.pattern_type.name,
+        pattern.resource_name,
+    )
+
+
+def _wait_for_acls(admin: KafkaAdminClient, acls: list[Any], timeout_s: float) -> None:
+    # A broker answers CreateAcls once the controller has committed them, and applies them to its own
+    # authorizer a moment later, as it replays the metadata log (longer while it is busy creating
+    # topics): a service started right after `acls apply` could be refused in between.
+    from kafka.admin import (  # noqa: PLC0415 - only the operator's command needs these
+        ACLFilter,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        ResourcePatternFilter,
+        ResourceType,
+    )
+
+    everything = ACLFilter(
+        principal=None,
+        host="*",
+        operation=ACLOperation.ANY,
+        permission_type=ACLPermissionType.ANY,
+        resource_pattern=ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY),
+    )
+    want = {_acl_key(a) for a in acls}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found, _error = admin.describe_acls(everything)
+        missing = want - {_acl_key(a) for a in found}
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            raise TransportError(
+                f"{len(missing)} of {len(want)} ACLs created were still not in force after {timeout_s:.0f} s"
+            )
+        time.sleep(0.2)  # poll interval of a deadline loop

@@ -309,10 +309,8 @@ def _acl_key(acl: Any) -> tuple[str, ...]:
     )
 
 
-def _wait_for_acls(admin: KafkaAdminClient, acls: list[Any], timeout_s: float) -> None:
-    # A broker answers CreateAcls once the controller has committed them, and applies them to its own
-    # authorizer a moment later, as it replays the metadata log (longer while it is busy creating
-    # topics): a service started right after `acls apply` could be refused in between.
+def acls_in_force(admin: KafkaAdminClient) -> list[Any]:
+    """Every ACL the broker ``admin`` asks applies now (kafka-python ``ACL`` objects)."""
     from kafka.admin import (  # noqa: PLC0415 - only the operator's command needs these
         ACLFilter,
         ACLOperation,
@@ -329,11 +327,20 @@ def _wait_for_acls(admin: KafkaAdminClient, acls: list[Any], timeout_s: float) -
         permission_type=ACLPermissionType.ANY,
         resource_pattern=ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY),
     )
+    found, error = admin.describe_acls(everything)
+    if error is not None and getattr(error, "errno", 0) != 0:
+        raise TransportError(f"listing the ACLs failed: {error}")
+    return list(found)
+
+
+def _wait_for_acls(admin: KafkaAdminClient, acls: list[Any], timeout_s: float) -> None:
+    # A broker answers CreateAcls once the controller has committed them, and applies them to its own
+    # authorizer a moment later, as it replays the metadata log (longer while it is busy creating
+    # topics): a service started right after `acls apply` could be refused in between.
     want = {_acl_key(a) for a in acls}
     deadline = time.monotonic() + timeout_s
     while True:
-        found, _error = admin.describe_acls(everything)
-        missing = want - {_acl_key(a) for a in found}
+        missing = want - {_acl_key(a) for a in acls_in_force(admin)}
         if not missing:
             return
         if time.monotonic() >= deadline:

@@ -38,52 +38,43 @@ def _serving(worker: Worker, metric: str, **labels: str) -> bool:
     return worker.metric(metric, **labels) is not None
 
 
-def _gateway(bus: Bus, folder: Path) -> Worker:
+def _started(bus: Bus, folder: Path, service: str, env: dict[str, str], probe: str, **labels: str) -> Worker:
+    """``python -m services.<service>`` on ``bus`` with /metrics on a free port (``env`` may name it as
+    ``{port}``), returned once it serves ``probe``."""
     port = free_port()
     worker = Worker(
-        "services.gateway",
+        f"services.{service}",
         {
             "LIANFANG_BOOTSTRAP": bus.bootstrap,
             "LIANFANG_HOME": str(bus.domain.home),
-            "LIANFANG_GATEWAY_PARTICIPANTS": "police,womens_federation,health",
-            "LIANFANG_GATEWAY_PORT": str(port),
-            "LIANFANG_GATEWAY_SPOOL_DIR": str(folder / "gateway-spool"),
-            "LIANFANG_GATEWAY_TOPIC_PREFIX": bus.prefix,
+            **{name: value.format(port=port) for name, value in env.items()},
         },
-        folder / "gateway.log",
+        folder / f"{service}.log",
         port=port,
-        what="the gateway",
+        what=f"the {service}",
     )
-    bus.wait_for(
-        lambda: _serving(worker, "lianfang_gateway_outbox_depth", participant="police"),
-        60,
-        "the gateway to serve",
-    )
+    bus.wait_for(lambda: _serving(worker, probe, **labels), 90, f"the {service} to serve")
     return worker
+
+
+def _gateway(bus: Bus, folder: Path) -> Worker:
+    env = {
+        "LIANFANG_GATEWAY_PARTICIPANTS": "police,womens_federation,health",
+        "LIANFANG_GATEWAY_PORT": "{port}",
+        "LIANFANG_GATEWAY_SPOOL_DIR": str(folder / "gateway-spool"),
+        "LIANFANG_GATEWAY_TOPIC_PREFIX": bus.prefix,
+    }
+    return _started(bus, folder, "gateway", env, "lianfang_gateway_outbox_depth", participant="police")
 
 
 def _hub(bus: Bus, folder: Path) -> Worker:
-    port = free_port()
-    worker = Worker(
-        "services.hub",
-        {
-            "LIANFANG_BOOTSTRAP": bus.bootstrap,
-            "LIANFANG_HOME": str(bus.domain.home),
-            "LIANFANG_HUB_TOPIC_PREFIX": bus.prefix,
-            "LIANFANG_HUB_APP_ID": f"{bus.prefix}hub",
-            "LIANFANG_HUB_DATA_DIR": str(folder / "hub-data"),
-            "LIANFANG_HUB_METRICS_PORT": str(port),
-        },
-        folder / "hub.log",
-        port=port,
-        what="the hub",
-    )
-    bus.wait_for(
-        lambda: _serving(worker, "lianfang_hub_events_observed_total"),
-        90,
-        "the hub to serve",
-    )
-    return worker
+    env = {
+        "LIANFANG_HUB_TOPIC_PREFIX": bus.prefix,
+        "LIANFANG_HUB_APP_ID": f"{bus.prefix}hub",
+        "LIANFANG_HUB_DATA_DIR": str(folder / "hub-data"),
+        "LIANFANG_HUB_METRICS_PORT": "{port}",
+    }
+    return _started(bus, folder, "hub", env, "lianfang_hub_events_observed_total")
 
 
 def _routed(bus: Bus, log: Path, events: int) -> Router:

@@ -142,18 +142,24 @@ def test_a_victim_whose_only_identifier_is_invalid_is_kept_under_a_pseudonym_of_
     assert metrics.identifier_problems.labels("subject", "none_valid")._value.get() == 1
 
 
+def _offline_client(domain: DemoDomain, tmp_path: Path, **options: Any) -> Client:
+    """Police's client whose drainer is not started: its broker is never contacted."""
+    return Client(
+        keystore=domain.keys("police"),
+        registry=domain.registry,
+        bootstrap="127.0.0.1:9",
+        outbox_path=tmp_path / "outbox.sqlite",
+        clock=lambda: NOW,
+        start=False,
+        **options,
+    )
+
+
 @pytest.mark.parametrize("subject", ["张三", "a b", "13800000000", "p1." + "A" * 42])
 def test_the_sdk_refuses_to_publish_under_a_subject_that_is_not_a_pseudonym(
     domain: DemoDomain, tmp_path: Path, subject: str
 ) -> None:
-    client = Client(
-        keystore=domain.keys("police"),
-        registry=domain.registry,
-        bootstrap="127.0.0.1:9",  # never contacted: the drainer is not started
-        outbox_path=tmp_path / "outbox.sqlite",
-        clock=lambda: NOW,
-        start=False,
-    )
+    client = _offline_client(domain, tmp_path)
     try:
         context = CaseContext(
             subject=subject, category="domestic_violence", minor=False, town="renhe", school_related=None
@@ -171,16 +177,7 @@ def test_a_publish_sets_the_outbox_gauges_unless_the_metrics_owner_computes_them
     domain: DemoDomain, tmp_path: Path, own: bool
 ) -> None:
     metrics = SdkMetrics(CollectorRegistry())
-    client = Client(
-        keystore=domain.keys("police"),
-        registry=domain.registry,
-        bootstrap="127.0.0.1:9",  # never contacted: the drainer is not started
-        outbox_path=tmp_path / "outbox.sqlite",
-        clock=lambda: NOW,
-        start=False,
-        metrics=metrics,
-        outbox_gauges=own,
-    )
+    client = _offline_client(domain, tmp_path, metrics=metrics, outbox_gauges=own)
     try:
         client.publish_lead(lead())
         assert client.outbox.depth() == 1

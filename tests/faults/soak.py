@@ -127,6 +127,28 @@ def memory_series(samples: list[MemorySample], every_min: float = 5.0) -> str:
     return "  ".join(parts)
 
 
+def longest_process_growth(samples: list[MemorySample]) -> str:
+    """How the memory of the service's longest-lived process moved over the first and the second half
+    of its life, in MiB: a process whose memory levels off grows less in its second half than in its
+    first; one that leaks grows as much (or more). Samples taken while the service was down are left out."""
+    lives: dict[int, list[MemorySample]] = {}
+    for sample in samples:
+        if sample.rss > 0:
+            lives.setdefault(sample.pid, []).append(sample)
+    if not lives:
+        return "no sample"
+    life = max(lives.values(), key=lambda kept: kept[-1].minute - kept[0].minute)
+    first, last = life[0], life[-1]
+    if len(life) < 3 or last.minute - first.minute <= 0:
+        return f"longest process sampled {len(life)} time(s): too short to tell"
+    middle = min(life, key=lambda s: abs(s.minute - (first.minute + last.minute) / 2))
+    return (
+        f"longest process {first.minute:.0f}-{last.minute:.0f} min: "
+        f"{(middle.rss - first.rss) / 2**20:+.1f} MiB in its first half, "
+        f"{(last.rss - middle.rss) / 2**20:+.1f} MiB in its second"
+    )
+
+
 @dataclass
 class SoakResult:
     offered: int
@@ -159,6 +181,7 @@ class SoakResult:
             )
         for name, samples in self.memory.items():
             out.append(f"RSS {name:<8} over time (MiB): {memory_series(samples)}")
+            out.append(f"RSS {name:<8} {longest_process_growth(samples)}")
         for name in self.rss_start:
             inside = RESTART_COUNTERS.get(name)
             line = f"restarts {name:<8} process {self.process_restarts.get(name, 0)}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.soak import MemorySample, memory_series
+from tests.faults.soak import MemorySample, longest_process_growth, memory_series
 
 pytestmark = pytest.mark.unit
 
@@ -28,3 +28,24 @@ def test_a_restarted_service_is_marked_as_a_new_process_and_a_sample_while_it_wa
 
 def test_a_service_never_sampled_running_says_so() -> None:
     assert memory_series([MemorySample(0, 7, 0)]) == "no sample"
+
+
+def test_the_growth_line_compares_the_halves_of_the_longest_lived_process() -> None:
+    samples = [
+        MemorySample(0, 7, 100 * MIB),
+        MemorySample(5, 7, 104 * MIB),
+        MemorySample(6, 8, 0),
+        MemorySample(7, 8, 120 * MIB),
+        MemorySample(17, 8, 130 * MIB),
+        MemorySample(27, 8, 131 * MIB),
+    ]
+    assert longest_process_growth(samples) == (
+        "longest process 7-27 min: +10.0 MiB in its first half, +1.0 MiB in its second"
+    )
+
+
+def test_the_growth_line_says_when_no_process_lived_long_enough_to_tell() -> None:
+    assert longest_process_growth([MemorySample(0, 7, 100 * MIB), MemorySample(5, 7, 101 * MIB)]) == (
+        "longest process sampled 2 time(s): too short to tell"
+    )
+    assert longest_process_growth([MemorySample(0, 7, 0)]) == "no sample"

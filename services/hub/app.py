@@ -22,9 +22,11 @@ published on ``lianfang.events.v1`` for the router to deliver.
   committed past it, and work resumes when a fresh statement arrives.
 - No loss, no duplicate: an alert or breach is sent and acknowledged before the state that records it
   is written (:mod:`services.hub.worker` says how).
-- Health: an agent that crashes (only Kafka's failures propagate from the worker) is counted in
-  ``lianfang_hub_agent_restarts_total`` before faust starts it afresh; one stuck on a record stops
-  ``lianfang_hub_worker_progress_timestamp_seconds`` (:mod:`services.hub.progress`).
+- A failed batch: an agent whose batch (or record) fails (only Kafka's failures propagate from the
+  worker) handles the same one again in place, after a pause that doubles up to 30 s, until Kafka takes
+  it (:func:`until_handled`); never faust's restart of the agent, which would leave it unapplied.
+- Health: each such failure is counted in ``lianfang_hub_agent_restarts_total``; an agent stuck on a
+  record stops ``lianfang_hub_worker_progress_timestamp_seconds`` (:mod:`services.hub.progress`).
 - Topics: before faust starts, the worker creates its tables' changelog topics and waits until every
   broker lists them and the topics it reads, all with its partitions (:mod:`services.hub.prepare`
   says why).
@@ -33,6 +35,7 @@ published on ``lianfang.events.v1`` for the router to deliver.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
@@ -70,7 +73,7 @@ from services.hub.progress import AgentProgress
 from services.hub.worker import InboxRecord, RecordWorker
 from services.kernel import ids, topics
 from services.kernel.clock import utcnow
-from services.kernel.errors import UsageError
+from services.kernel.errors import TransportError, UsageError
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
 
@@ -257,8 +260,8 @@ class HubWorker:
 
     async def on_inbox_batch(self, stream: faust.StreamT[Any], events: list[Any]) -> None:
         """A batch of inbox events to the worker, then acknowledged by hand (their audit entries on
-        disk, their states written); a batch that fails is never acknowledged, so a restart reads it
-        again."""
+        disk, their states written); a batch that fails is not acknowledged, and is handled again
+        (:func:`until_handled`)."""
         self.victim_writes.events = {event.message.partition: event for event in events}
         try:
             await self.work.on_inbox_batch([_inbox_record(event.message) for event in events])
@@ -306,6 +309,20 @@ async def sample_group_lag(settings: HubSettings, topic: str, metrics: HubMetric
         await reader.stop()
 
 
+RETRY_FIRST_S = 0.5
+"""The pause before an agent handles again the batch (or record) it failed on; it doubles each time."""
+RETRY_MAX_S = 30.0
+"""The longest pause between two attempts at the same batch, however long Kafka stays away."""
+
+
+def retry_pauses(first: float = RETRY_FIRST_S, most: float = RETRY_MAX_S) -> Iterator[float]:
+    """The pauses before each new attempt at one batch: ``first``, doubling, at most ``most``."""
+    pause = first
+    while True:
+        yield pause
+        pause = min(pause * 2, most)
+
+
 async def agent_loop(
     agent: str,
     events: AsyncIterator[Any],
@@ -316,22 +333,67 @@ async def agent_loop(
     progress: AgentProgress,
     size: Callable[[Any], int] = lambda _: 1,
     unwrap: Callable[[Any], Any] = lambda event: event.message,
+    pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> AsyncIterator[None]:
-    """The body of each agent: every event, once fresh (:func:`when_fresh`), to ``handle``, with its
-    health on /metrics. A crash (only Kafka's failures propagate from the worker) is counted in
-    ``lianfang_hub_agent_restarts_total`` and logged, and goes on to faust, which starts the agent
-    afresh; the agent stays stuck in :class:`~services.hub.progress.AgentProgress` until it has
-    finished a record."""
-    try:
-        async for event in when_fresh(events, freshness, metrics.waiting.labels(agent), size=size):
-            progress.taken(agent)
-            await handle(unwrap(event))
-            progress.done(agent)
-            yield None
-    except Exception as e:
-        metrics.agent_restarts.labels(agent).inc()
-        log.warning("hub agent %s crashed, faust starts it afresh: %s: %s", agent, type(e).__name__, e)
-        raise
+    """The body of each agent: every event (or batch), once fresh (:func:`when_fresh`), to ``handle``,
+    with its health on /metrics. One that fails is handled again in place (:func:`until_handled`)
+    until it succeeds; the agent takes nothing else meanwhile and stays stuck in
+    :class:`~services.hub.progress.AgentProgress`."""
+    async for event in when_fresh(events, freshness, metrics.waiting.labels(agent), size=size):
+        progress.taken(agent)
+        item = unwrap(event)
+        await until_handled(
+            agent, functools.partial(handle, item), freshness=freshness, metrics=metrics, pause=pause
+        )
+        progress.done(agent)
+        yield None
+
+
+async def until_handled(
+    agent: str,
+    attempt: Callable[[], Awaitable[None]],
+    *,
+    freshness: FreshnessInForce,
+    metrics: HubMetrics,
+    pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Run ``attempt`` (one batch, or one record, to the worker) until it succeeds: each failure (only
+    Kafka's, or the disk's, propagate from the worker) is counted in
+    ``lianfang_hub_agent_restarts_total`` and logged, and the same batch is handled again after a pause
+    (:func:`retry_pauses`), once the worker is fresh.
+
+    Why in place, not by letting faust restart the agent: faust starts a new agent on the same stream,
+    after the events the failed one took, and nobody handles or acknowledges those again. Their
+    records stay unapplied until the process restarts; faust's commits stop before them, or pass over
+    them for good when they are one record of a partition or the partition had no commit yet (its
+    ``Consumer._new_offset``); a rebalance or a stop waits for their acknowledgement for ever. (A
+    record agent's event may even be acknowledged unapplied, when the failed iterator is closed.)
+    Handling the batch again is safe: a failed attempt wrote no state
+    (:class:`~services.hub.worker.RecordWorker` holds it until the batch is settled), so the next one
+    reads what the first read and sends the same alerts under the same deterministic ids (the router
+    refuses any second copy as a replay), as a restarted process would."""
+    pauses = retry_pauses()
+    while True:
+        try:
+            await attempt()
+            return
+        except Exception as e:
+            metrics.agent_restarts.labels(agent).inc()
+            wait = next(pauses)
+            log.warning(
+                "hub agent %s failed (%s): handling what it took again in %.1f s", agent, _why(e), wait
+            )
+        await pause(wait)
+        if not freshness.ok():
+            await freshness.wait_until_ok()
+
+
+def _why(error: Exception) -> str:
+    """A failure for the log: Kafka's and the disk's say what went wrong; anything else only its type
+    (its message could quote what a record holds)."""
+    if isinstance(error, TransportError | KafkaError | OSError):
+        return f"{type(error).__name__}: {error}"
+    return f"{type(error).__name__}, a bug"
 
 
 async def when_fresh(
@@ -497,7 +559,8 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
         )
 
     def batch_loop(agent: str, stream: faust.StreamT[Any]) -> AsyncIterator[None]:
-        # Acknowledged by hand once handled (HubWorker.on_inbox_batch), never when a batch fails.
+        # Acknowledged by hand once handled (HubWorker.on_inbox_batch); a batch that fails is handled
+        # again in place (until_handled), never dropped.
         batches = cast(faust.Stream[Any], stream).noack_take(
             settings.batch_max, within=settings.batch_within_s
         )

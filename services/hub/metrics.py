@@ -92,8 +92,9 @@ class HubMetrics:
             self.links_refused.labels(reason)
         self.agent_restarts = Counter(
             "lianfang_hub_agent_restarts_total",
-            "Times an agent (inbox, suspects, serial, links, clock) crashed on a Kafka failure (a send no "
-            "broker took) and faust started it afresh: the record is read again, nothing is lost.",
+            "Times an agent (inbox, suspects, serial, links, clock) failed on the batch or record it took "
+            "(a Kafka failure: a send no broker took) and handled it again in place after a pause: nothing "
+            "is skipped, lost or alerted twice, but nothing after it moves meanwhile.",
             ["agent"],
             registry=registry,
         )
@@ -102,7 +103,7 @@ class HubMetrics:
         self.worker_progress = Gauge(
             "lianfang_hub_worker_progress_timestamp_seconds",
             "Unix time up to which every agent had finished the record it took (now while none holds "
-            "one). It stops moving while an agent hangs on a record or crashes on it again and again.",
+            "one). It stops moving while an agent hangs on a record or fails on it again and again.",
             registry=registry,
         )
         self.lag = Gauge(

@@ -2,8 +2,8 @@
 bookkeeping, no faust and no Kafka.
 
 An agent is *stuck* from the moment it takes a record until it has finished one: a record it hangs on
-(a send no broker acknowledges) or crashes on again and again keeps it stuck, however often faust
-restarts it. An agent waiting for records, or holding one while the worker is not fresh (that pause
+(a send no broker acknowledges) or fails on again and again keeps it stuck, however often it
+handles it again. An agent waiting for records, or holding one while the worker is not fresh (that pause
 has its own alert), is not stuck. The progress time is now while no agent is stuck, else the moment
 the longest-stuck agent took its record.
 """
@@ -20,7 +20,7 @@ class AgentProgress:
         self._stuck_since: dict[str, float] = {}
 
     def taken(self, agent: str) -> None:
-        """``agent`` took a record to work on (a crash before :meth:`done` leaves it stuck)."""
+        """``agent`` took a record to work on (a failure before :meth:`done` leaves it stuck)."""
         self._stuck_since.setdefault(agent, self._clock())
 
     def done(self, agent: str) -> None:

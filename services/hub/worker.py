@@ -30,7 +30,9 @@ it, and unit tests drive it with dicts and a list.
   (``internal``) is counted in ``lianfang_hub_events_rejected_total`` by source and reason, and an
   inbox record goes to the dead-letter topic with the router's headers
   (:mod:`services.kernel.deadletter`); the worker goes on with the next. Only a failed send (a
-  :class:`~services.kernel.errors.TransportError`) or a Kafka error propagates, to restart the worker.
+  :class:`~services.kernel.errors.TransportError`) or a Kafka error propagates: the agent then hands
+  the same batch in again (:func:`services.hub.app.until_handled`), which nothing it did can make
+  apply twice.
 """
 
 from __future__ import annotations
@@ -252,7 +254,8 @@ class RecordWorker:
     async def _batch(self) -> AsyncIterator[None]:
         """One handler's work at a time; at its end every audit entry it made is put on disk (one fsync,
         in a thread), then the states it held are written. When it fails (Kafka), nothing it held is
-        written: its records are not acknowledged and will be handled again."""
+        written: its records are not acknowledged, and handled again they read the states this
+        attempt read."""
         async with self._one_at_a_time:
             try:
                 yield

@@ -1,10 +1,12 @@
-"""What the hub tells /metrics about its own health, without Kafka or faust: each agent crash is counted
-in ``lianfang_hub_agent_restarts_total`` and goes on to faust, and the progress time stops while an
-agent hangs on a record or crashes on it, and follows the clock while the agents wait for records."""
+"""What the hub tells /metrics about its own health, without Kafka or faust: an agent that fails on what
+it took (Kafka) handles it again in place, each failure counted in ``lianfang_hub_agent_restarts_total``,
+and the progress time stops while an agent hangs on a record or fails on it, and follows the clock while
+the agents wait for records."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.hub.app import HubSettings, agent_loop, rocksdb_options
+from services.hub.app import HubSettings, agent_loop, retry_pauses, rocksdb_options
 from services.hub.metrics import HubMetrics
 from services.hub.progress import AgentProgress
 from services.kernel.errors import TransportError
@@ -66,17 +68,27 @@ def test_an_agent_holding_a_record_stops_the_progress_time_until_it_finishes_one
     assert progress.at() == 1500.0
 
 
-def test_an_agent_that_crashes_on_kafka_is_counted_stays_stuck_and_the_crash_goes_on_to_faust() -> None:
+def test_an_agent_that_fails_on_kafka_handles_the_same_record_again_counted_and_stuck_until_it_succeeds() -> (
+    None
+):
     registry = CollectorRegistry()
     metrics = HubMetrics(registry)
     clock = Clock()
     progress = AgentProgress(clock)
     handled: list[int] = []
+    failures = {2: 3}  # record 2 fails three times, as long as Kafka refuses its alert
+    pauses: list[float] = []
+    stuck_while_paused: list[list[str]] = []
 
     async def handle(message: Any) -> None:
-        if message.offset == 2:
+        if failures.get(message.offset, 0) > 0:
+            failures[message.offset] -= 1
             raise TransportError("lianfang.events.v1 did not take a record")
         handled.append(message.offset)
+
+    async def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        stuck_while_paused.append(progress.stuck())
 
     async def run() -> None:
         loop = agent_loop(
@@ -85,19 +97,106 @@ def test_an_agent_that_crashes_on_kafka_is_counted_stays_stuck_and_the_crash_goe
             handle,
             freshness=Fresh(),
             metrics=metrics,
-            progress=progress,  # type: ignore[arg-type]
+            progress=progress,
+            pause=pause,
         )
         async for _ in loop:
             pass
 
-    with pytest.raises(TransportError):
-        asyncio.run(run())
-    assert handled == [0, 1]
-    assert registry.get_sample_value("lianfang_hub_agent_restarts_total", {"agent": "inbox"}) == 1
+    asyncio.run(run())
+    assert handled == [0, 1, 2, 3, 4], "nothing skipped, in order"
+    assert pauses == [0.5, 1.0, 2.0]
+    assert stuck_while_paused == [["inbox"]] * 3
+    assert registry.get_sample_value("lianfang_hub_agent_restarts_total", {"agent": "inbox"}) == 3
     assert registry.get_sample_value("lianfang_hub_agent_restarts_total", {"agent": "clock"}) == 0
-    clock.now = 2000.0
-    assert progress.stuck() == ["inbox"]
-    assert progress.at() == 1000.0, "a crashed agent is stuck until it finishes a record"
+    assert progress.stuck() == []
+
+
+def test_the_pauses_between_attempts_at_one_batch_double_up_to_thirty_seconds() -> None:
+    assert list(itertools.islice(retry_pauses(), 9)) == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+
+
+def test_an_agent_stopped_while_it_pauses_before_another_attempt_stops() -> None:
+    metrics = HubMetrics(CollectorRegistry())
+    progress = AgentProgress(Clock())
+
+    async def handle(message: Any) -> None:
+        raise TransportError("lianfang.events.v1 did not take a record")
+
+    async def stop_it() -> None:
+        paused = asyncio.Event()
+
+        async def pause(seconds: float) -> None:
+            paused.set()
+            await asyncio.Event().wait()  # Kafka stays away
+
+        async def run() -> None:
+            loop = agent_loop(
+                "clock",
+                _events(1),
+                handle,
+                freshness=Fresh(),
+                metrics=metrics,
+                progress=progress,
+                pause=pause,
+            )
+            async for _ in loop:
+                pass
+
+        task = asyncio.create_task(run())
+        await paused.wait()
+        task.cancel()  # faust stops its agents so, on SIGTERM
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(asyncio.wait_for(stop_it(), 5))
+
+
+class Stale:
+    """A worker that holds no fresh statement until it is given one."""
+
+    def __init__(self) -> None:
+        self.fresh = asyncio.Event()
+
+    def ok(self) -> bool:
+        return self.fresh.is_set()
+
+    async def wait_until_ok(self) -> None:
+        await self.fresh.wait()
+
+
+def test_a_failed_batch_is_handled_again_only_once_the_worker_is_fresh() -> None:
+    metrics = HubMetrics(CollectorRegistry())
+    progress = AgentProgress(Clock())
+    attempts: list[bool] = []
+
+    async def run() -> None:
+        freshness = Stale()
+        freshness.fresh.set()
+
+        async def handle(message: Any) -> None:
+            attempts.append(freshness.ok())
+            if len(attempts) == 1:
+                freshness.fresh.clear()  # the statement expired during the failed attempt
+                raise TransportError("lianfang.events.v1 did not take a record")
+
+        async def pause(seconds: float) -> None:
+            asyncio.get_running_loop().call_later(0.01, freshness.fresh.set)
+
+        loop = agent_loop(
+            "inbox",
+            _events(1),
+            handle,
+            freshness=freshness,
+            metrics=metrics,
+            progress=progress,
+            pause=pause,
+        )
+        async for _ in loop:
+            pass
+
+    asyncio.run(asyncio.wait_for(run(), 5))
+    assert attempts == [True, True]
 
 
 def test_the_progress_gauge_reads_the_agents_progress_when_scraped() -> None:

@@ -88,15 +88,22 @@ class Bus:
         return data
 
     def seal(
-        self, sender: str = "police", *, phone: str = "13800000000", **fields: Any
+        self,
+        sender: str = "police",
+        *,
+        phone: str = "13800000000",
+        content: dict[str, dict[str, Any]] | None = None,
+        **fields: Any,
     ) -> envelope.SealedRecord:
-        """A sealed event at the current time about the subject with ``phone``."""
+        """A sealed event at the current time about the subject with ``phone`` (``content``: its
+        sections, :data:`tests.kit.CONTENT` unless given)."""
         fields.setdefault("source", f"urn:lianfang:{sender}")
         fields.setdefault("time", datetime.now(UTC))
         fields.setdefault("id", envelope.new_event_id())
         fields.setdefault("subject", self.domain.subject(phone))
         h = header(**fields)
-        return envelope.seal(h, CONTENT, registry=self.domain.registry, signer=self.domain.keys(sender))
+        sections = CONTENT if content is None else content
+        return envelope.seal(h, sections, registry=self.domain.registry, signer=self.domain.keys(sender))
 
     def produce(
         self,
@@ -120,15 +127,18 @@ class Bus:
         producer.close()
         _acknowledged(futures)
 
-    def publish(self, sealed: Iterable[envelope.SealedRecord]) -> list[str]:
-        """Produce sealed events (with their CloudEvents headers); returns their ids once Kafka has
-        acknowledged every one (a send that failed raises: a lost test input is not a lost event)."""
+    def publish(self, sealed: Iterable[envelope.SealedRecord], topic: str | None = None) -> list[str]:
+        """Produce sealed events (with their CloudEvents headers) to the events topic, or to ``topic``
+        (an inbox, as if routed); returns their ids once Kafka has acknowledged every one (a send that
+        failed raises: a lost test input is not a lost event)."""
         producer = KafkaProducer(bootstrap_servers=self.bootstrap, **DURABLE_PRODUCER)
         ids = []
         futures = []
         for record in sealed:
             futures.append(
-                producer.send(self.names.events, key=record.key, value=record.value, headers=record.headers)
+                producer.send(
+                    topic or self.names.events, key=record.key, value=record.value, headers=record.headers
+                )
             )
             ids.append(record.header.id)
         producer.flush()

@@ -8,17 +8,22 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.errors import MessageSizeTooLargeError
 
 from schemas.events import RiskAnswers, RiskAssessed
 from services.bus.cluster import DURABLE_PRODUCER
 from services.cli import main as cli_main
+from services.kernel import ids
 from services.sdk.client import CaseContext, Client
 from tests.integration.buskit import Bus, RegistryChange, RouterProcess
 from tests.kit import DemoDomain
@@ -270,6 +275,93 @@ def test_the_hub_reports_its_consumer_lag_per_inbox_partition_and_it_drains(
     # The router writes the inbox in transactions: the last offset of a partition may be a commit
     # marker that no consumer commits past, so a drained partition shows a lag of 0 or 1.
     hub_bus.wait_for(lambda: len(v := lags()) == 3 and all(x <= 1 for x in v), 60, "3 drained lag series")
+
+
+@contextmanager
+def events_topic_refusing_every_record(bus: Bus) -> Iterator[None]:
+    """A real fault under the hub's sends: the events topic takes no record (``max.message.bytes`` of
+    1, so the broker answers MESSAGE_TOO_LARGE to every produce, at once), then its own settings
+    again. The legacy AlterConfigs call replaces a topic's whole set, so the set is read first."""
+    admin = KafkaAdminClient(bootstrap_servers=bus.bootstrap)
+    try:
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, bus.names.events)])
+        settings = {
+            key: str(data["value"] if isinstance(data, dict) else data)
+            for by_name in described.values()
+            for key, data in by_name[bus.names.events].items()
+        }
+        assert settings.get("max.message.bytes") == "1048576", settings
+        refusing = ConfigResource(
+            ConfigResourceType.TOPIC, bus.names.events, {**settings, "max.message.bytes": "1"}
+        )
+        admin.alter_configs([refusing])
+        try:
+            bus.wait_for(lambda: _refuses_records(bus, bus.names.events), 30, "the events topic refusing")
+            yield
+        finally:
+            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, bus.names.events, settings)])
+    finally:
+        admin.close()
+
+
+def _refuses_records(bus: Bus, topic: str) -> bool:
+    """Whether the broker refuses a record on ``topic`` now (one that it took would be dead-lettered by
+    the router as malformed)."""
+    producer = KafkaProducer(bootstrap_servers=bus.bootstrap, **DURABLE_PRODUCER)
+    try:
+        producer.send(topic, key=b"probe", value=b"probe").get(timeout=10)
+    except MessageSizeTooLargeError:
+        return True
+    finally:
+        producer.close()
+    return False
+
+
+JOINT_MEETING = {
+    "triage": {"category": "domestic_violence", "requests_joint_meeting": True, "minor": False},
+    "details": {"victim": {"name": "郑某某", "phone": "-"}, "narrative": "请求召开联席会议。"},
+}
+"""A lead's sections that raise a joint-meeting alert on their own (professional judgement)."""
+
+
+def test_a_batch_whose_alerts_kafka_refuses_is_handled_again_until_kafka_takes_them_and_each_alert_arrives_once(
+    hub_bus: Bus, alerts: Alerts, pipeline: tuple[RouterProcess, HubProcess]
+) -> None:
+    _router, hub = pipeline
+    phones = [f"137000008{i:02d}" for i in range(4)]
+    subjects = {subject_of(hub_bus, phone) for phone in phones}
+    failed_before = hub.metric("lianfang_hub_agent_restarts_total", agent="inbox") or 0.0
+    with events_topic_refusing_every_record(hub_bus):
+        # Leads as the router delivers them, straight into the hub's inbox: no lead could be published
+        # on the events topic while it refuses every record.
+        leads = [hub_bus.seal(phone=phone, content=JOINT_MEETING) for phone in phones]
+        hub_bus.publish(leads, topic=hub_bus.names.inbox(ids.HUB))
+        hub_bus.wait_for(
+            lambda: (
+                (hub.metric("lianfang_hub_agent_restarts_total", agent="inbox") or 0) >= failed_before + 3
+            ),
+            40,
+            "the inbox batch failing three times",
+        )
+    for subject in subjects:
+        alerts.wait_for(subject, bool, timeout=40)
+    # Every agent done with what it took (its progress time is now): no batch is being handled again.
+    hub_bus.wait_for(
+        lambda: (hub.metric("lianfang_hub_worker_progress_timestamp_seconds") or 0) > time.time() - 2,
+        20,
+        "the hub idle",
+    )
+    delivered = hub_bus.inbox_ids()["coordinators"]
+    mine = {s: a for s, a in alerts.by_subject.items() if s in subjects}
+    assert {s: len(a) for s, a in mine.items()} == dict.fromkeys(subjects, 1), "one alert a victim"
+    assert all(delivered[a[0]["_event_id"]] == 1 for a in mine.values()), "each delivered once"
+    sent = Counter(
+        dict(r.headers).get("ce_id", b"?").decode()
+        for r in hub_bus.read_all([hub_bus.names.events])[hub_bus.names.events]
+        if dict(r.headers).get("ce_subject", b"").decode() in subjects
+    )
+    assert sorted(sent.values()) == [1] * len(subjects), f"the hub sent each alert once: {sent}"
+    assert hub.alive(), "the hub recovered in its process"
 
 
 def tick(bus: Bus, at: datetime) -> None:

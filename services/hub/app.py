@@ -23,8 +23,9 @@ published on ``lianfang.events.v1`` for the router to deliver.
 - No loss, no duplicate: an alert or breach is sent and acknowledged before the state that records it
   is written (:mod:`services.hub.worker` says how).
 - A failed batch: an agent whose batch (or record) fails (only Kafka's failures propagate from the
-  worker) handles the same one again in place, after a pause that doubles up to 30 s, until Kafka takes
-  it (:func:`until_handled`); never faust's restart of the agent, which would leave it unapplied.
+  worker) handles the same one again in place, after a pause that doubles from 1 s to 30 s, until
+  Kafka takes it (:func:`until_handled`); never faust's restart of the agent, which would leave it
+  unapplied.
 - Health: each such failure is counted in ``lianfang_hub_agent_restarts_total``; an agent stuck on a
   record stops ``lianfang_hub_worker_progress_timestamp_seconds`` (:mod:`services.hub.progress`).
 - Topics: before faust starts, the worker creates its tables' changelog topics and waits until every
@@ -309,8 +310,10 @@ async def sample_group_lag(settings: HubSettings, topic: str, metrics: HubMetric
         await reader.stop()
 
 
-RETRY_FIRST_S = 0.5
-"""The pause before an agent handles again the batch (or record) it failed on; it doubles each time."""
+RETRY_FIRST_S = 1.0
+"""The pause before an agent handles again the batch (or record) it failed on; it doubles each time,
+as the router's runner's back-off does (:class:`services.bus.eos.TransactionalRunner`), so that their restart
+counters and alerts read alike."""
 RETRY_MAX_S = 30.0
 """The longest pause between two attempts at the same batch, however long Kafka stays away."""
 

@@ -105,15 +105,15 @@ def test_an_agent_that_fails_on_kafka_handles_the_same_record_again_counted_and_
 
     asyncio.run(run())
     assert handled == [0, 1, 2, 3, 4], "nothing skipped, in order"
-    assert pauses == [0.5, 1.0, 2.0]
+    assert pauses == [1.0, 2.0, 4.0]
     assert stuck_while_paused == [["inbox"]] * 3
     assert registry.get_sample_value("lianfang_hub_agent_restarts_total", {"agent": "inbox"}) == 3
     assert registry.get_sample_value("lianfang_hub_agent_restarts_total", {"agent": "clock"}) == 0
     assert progress.stuck() == []
 
 
-def test_the_pauses_between_attempts_at_one_batch_double_up_to_thirty_seconds() -> None:
-    assert list(itertools.islice(retry_pauses(), 9)) == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+def test_the_pauses_between_attempts_at_one_batch_double_from_one_second_up_to_thirty() -> None:
+    assert list(itertools.islice(retry_pauses(), 8)) == [1, 2, 4, 8, 16, 30, 30, 30]
 
 
 def test_an_agent_stopped_while_it_pauses_before_another_attempt_stops() -> None:

@@ -50,9 +50,9 @@ from services.console.accounts import PASSWORD_KDF, AccountStore, accounts_path
 from services.kernel.keystore import KdfParams
 from services.kernel.pseudonym import pseudonymize
 from services.sdk.client import Client
-from tests.integration.buskit import Bus, RouterProcess
+from tests.integration.buskit import Bus, HubProcess, RouterProcess
 from tests.kit import DemoDomain
-from tests.workers import REPO, Worker, free_port
+from tests.workers import REPO, Worker
 
 pytestmark = pytest.mark.e2e
 
@@ -73,26 +73,6 @@ _R = TypeVar("_R")
 
 
 # --------------------------------------------------------------------------- processes
-
-
-class HubProcess(Worker):
-    def __init__(self, bus: Bus, log: Path, data: Path) -> None:
-        port = free_port()
-        super().__init__(
-            "services.hub",
-            {
-                "LIANFANG_BOOTSTRAP": bus.bootstrap,
-                "LIANFANG_HOME": str(bus.domain.home),
-                "LIANFANG_HUB_TOPIC_PREFIX": bus.prefix,
-                "LIANFANG_HUB_APP_ID": f"{bus.prefix}hub",
-                "LIANFANG_HUB_DATA_DIR": str(data),
-                "LIANFANG_HUB_TICK_INTERVAL_S": "0",  # the test sends the ticks
-                "LIANFANG_HUB_REPORT_EVERY_S": "1",  # a supervision report at the second tick
-                "LIANFANG_HUB_METRICS_PORT": str(port),
-            },
-            log,
-            port=port,
-        )
 
 
 class ConsoleProcess(Worker):
@@ -150,7 +130,8 @@ def pipeline(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pip
     store.create(ACCOUNT, PASSWORD)
     store.close()
     router = RouterProcess(bus, bus.domain.home, tmp / "router.log", group=f"{bus.prefix}router")
-    hub = HubProcess(bus, tmp / "hub.log", tmp / "hub-data")
+    # A supervision report at the second tick the test sends.
+    hub = HubProcess(bus, tmp / "hub.log", tmp / "hub-data", LIANFANG_HUB_REPORT_EVERY_S="1")
     console = ConsoleProcess(bus, tmp / "console.log", tmp / "console-data")
     try:
         wait_until(

@@ -33,9 +33,8 @@ from services.kernel import envelope, jsonx, policy, topics
 from services.kernel.errors import DecryptFailedError
 from services.kernel.pseudonym import id_check_digit
 from services.sdk.client import Client
-from tests.integration.buskit import Bus, RouterProcess
+from tests.integration.buskit import Bus, HubProcess, RouterProcess
 from tests.integration.test_gateway import GatewayProcess
-from tests.integration.test_hub import HubProcess
 from tests.kit import DemoDomain, header, rewrite_body
 
 pytestmark = pytest.mark.e2e

@@ -29,36 +29,15 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from services.sdk.client import Client
 from services.sdk.metrics import SdkMetrics
-from tests.integration.buskit import Bus, RouterProcess
+from tests.integration.buskit import Bus, HubProcess, RouterProcess
 from tests.kit import DemoDomain
-from tests.workers import Worker, free_port
+from tests.workers import free_port
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "rules"
 DAY = 86400.0
-
-
-class HubProcess(Worker):
-    """A hub worker with its /metrics on a free port and a supervision tick every second."""
-
-    def __init__(self, bus: Bus, log: Path, data: Path) -> None:
-        port = free_port()
-        super().__init__(
-            "services.hub",
-            {
-                "LIANFANG_BOOTSTRAP": bus.bootstrap,
-                "LIANFANG_HOME": str(bus.domain.home),
-                "LIANFANG_HUB_TOPIC_PREFIX": bus.prefix,
-                "LIANFANG_HUB_APP_ID": f"{bus.prefix}hub",
-                "LIANFANG_HUB_DATA_DIR": str(data),
-                "LIANFANG_HUB_TICK_INTERVAL_S": "1",
-                "LIANFANG_HUB_METRICS_PORT": str(port),
-            },
-            log,
-            port=port,
-        )
 
 
 class Prometheus:
@@ -209,7 +188,7 @@ def pipeline(
             bus, live_domain.home, tmp / "router.log", group, LIANFANG_ROUTER_LAG_INTERVAL_S="1"
         )
         stack.callback(router.stop)
-        hub = HubProcess(bus, tmp / "hub.log", tmp / "hub-data")
+        hub = HubProcess(bus, tmp / "hub.log", tmp / "hub-data", LIANFANG_HUB_TICK_INTERVAL_S="1")
         stack.callback(hub.stop)
         # The agency's SDK exposes its series from this process, as an agency system embedding it would.
         adapter_registry = CollectorRegistry()

@@ -1,5 +1,6 @@
 """Helpers for tests that run Lianfang services on the real broker: topics, publishing sealed events,
-reading inboxes back, and a router process (its process handling is :class:`tests.workers.Worker`)."""
+reading inboxes back, and router, hub and pseudonymizer processes (their process handling is
+:class:`tests.workers.Worker`)."""
 
 from __future__ import annotations
 
@@ -281,6 +282,33 @@ class RouterProcess(Worker):
         worker = cls(bus, bus.domain.home, log, group=f"{bus.prefix}router", **env)
         bus.wait_for(lambda: worker.metric("lianfang_registry_version", service="router"), 60, "router start")
         return worker
+
+
+class HubProcess(Worker):
+    """A hub worker process on a bus (HOME: the bus's domain): app id ``<prefix>hub``, its tables in
+    ``data``, /metrics on a free port, consumer lag sampled every second and no wall-clock ticks (a test
+    sends the ticks it needs); ``env`` adds or overrides its settings."""
+
+    def __init__(self, bus: Bus, log: Path, data: Path, **env: str) -> None:
+        port = free_port()
+        self.data_dir = data
+        super().__init__(
+            "services.hub",
+            {
+                "LIANFANG_BOOTSTRAP": bus.bootstrap,
+                "LIANFANG_HOME": str(bus.domain.home),
+                "LIANFANG_HUB_TOPIC_PREFIX": bus.prefix,
+                "LIANFANG_HUB_APP_ID": f"{bus.prefix}hub",
+                "LIANFANG_HUB_DATA_DIR": str(data),
+                "LIANFANG_HUB_TICK_INTERVAL_S": "0",
+                "LIANFANG_HUB_METRICS_PORT": str(port),
+                "LIANFANG_HUB_LAG_INTERVAL_S": "1",
+                **env,
+            },
+            log,
+            port=port,
+            what="the hub",
+        )
 
 
 class PseudonymizerProcess(Worker):

@@ -27,9 +27,9 @@ from services.kernel.errors import RegistryStaleError, TransportError
 from services.kernel.keystore import Keystore
 from services.sdk.client import Client
 from services.sdk.metrics import SdkMetrics
-from tests.integration.buskit import Bus, RegistryChange, RouterProcess
+from tests.integration.buskit import Bus, HubProcess, RegistryChange, RouterProcess
 from tests.integration.test_gateway import GatewayProcess, lead_body
-from tests.integration.test_hub import Agency, Alerts, HubProcess, reasons, subject_of
+from tests.integration.test_hub import Agency, Alerts, reasons, subject_of
 from tests.kit import DemoDomain
 
 pytestmark = pytest.mark.integration

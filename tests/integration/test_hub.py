@@ -25,36 +25,14 @@ from services.bus.cluster import DURABLE_PRODUCER
 from services.cli import main as cli_main
 from services.kernel import ids
 from services.sdk.client import CaseContext, Client
-from tests.integration.buskit import Bus, RegistryChange, RouterProcess
+from tests.integration.buskit import Bus, HubProcess, RegistryChange, RouterProcess
 from tests.kit import DemoDomain
-from tests.workers import Worker, free_port
 
 pytestmark = pytest.mark.integration
 
 ISSUED = datetime.now(UTC) - timedelta(days=400)
 NOW = datetime.now(UTC)
 QUESTIONS = list(RiskAnswers.model_fields)
-
-
-class HubProcess(Worker):
-    def __init__(self, bus: Bus, log: Path, data: Path) -> None:
-        port = free_port()
-        self.data_dir = data
-        super().__init__(
-            "services.hub",
-            {
-                "LIANFANG_BOOTSTRAP": bus.bootstrap,
-                "LIANFANG_HOME": str(bus.domain.home),
-                "LIANFANG_HUB_TOPIC_PREFIX": bus.prefix,
-                "LIANFANG_HUB_APP_ID": f"{bus.prefix}hub",
-                "LIANFANG_HUB_DATA_DIR": str(data),
-                "LIANFANG_HUB_TICK_INTERVAL_S": "0",
-                "LIANFANG_HUB_METRICS_PORT": str(port),
-                "LIANFANG_HUB_LAG_INTERVAL_S": "1",
-            },
-            log,
-            port=port,
-        )
 
 
 class Alerts:

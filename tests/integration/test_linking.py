@@ -14,8 +14,8 @@ import pytest
 
 from services.kernel.pseudonym import normalize_subject
 from services.sdk.client import Client
-from tests.integration.buskit import Bus, PseudonymizerProcess, RouterProcess
-from tests.integration.test_hub import Alerts, HubProcess
+from tests.integration.buskit import Bus, HubProcess, PseudonymizerProcess, RouterProcess
+from tests.integration.test_hub import Alerts
 from tests.kit import DemoDomain
 from tests.workers import Worker, free_port
 

@@ -28,7 +28,7 @@ from services.cli.audit import EXIT_CODES
 from services.kernel import envelope
 from services.kernel.errors import TransportError
 from services.sdk.client import Client
-from tests.integration.buskit import Bus, RouterProcess
+from tests.integration.buskit import Bus, HubProcess, RouterProcess
 from tests.integration.test_gateway import GatewayProcess, lead_body
 from tests.kit import DemoDomain
 from tests.workers import REPO, Worker, free_port
@@ -82,26 +82,6 @@ def login(cluster: LocalKafka, user: str) -> KafkaSecuritySettings:
     )
 
 
-class HubProcess(Worker):
-    """The hub logged in as ``hub``, with the default app id ``lianfang-hub`` that the ACLs name."""
-
-    def __init__(self, cluster: LocalKafka, home: Path, tmp: Path) -> None:
-        port = free_port()
-        super().__init__(
-            "services.hub",
-            {
-                **cluster.client_env("hub"),
-                "LIANFANG_HOME": str(home),
-                "LIANFANG_HUB_DATA_DIR": str(tmp / "hub-data"),
-                "LIANFANG_HUB_TICK_INTERVAL_S": "0",
-                "LIANFANG_HUB_METRICS_PORT": str(port),
-                "LIANFANG_HUB_LAG_INTERVAL_S": "1",
-            },
-            tmp / "hub.log",
-            port=port,
-        )
-
-
 @pytest.fixture(scope="module")
 def services(
     secure: LocalKafka, bus: Bus, tmp_path_factory: pytest.TempPathFactory
@@ -110,7 +90,10 @@ def services(
     router = RouterProcess(
         bus, bus.domain.home, tmp / "router.log", group="lianfang-router", **secure.client_env("router")
     )
-    hub = HubProcess(secure, bus.domain.home, tmp)
+    # Logged in as ``hub``, with the default app id ``lianfang-hub`` that the ACLs name.
+    hub = HubProcess(
+        bus, tmp / "hub.log", tmp / "hub-data", LIANFANG_HUB_APP_ID="lianfang-hub", **secure.client_env("hub")
+    )
     try:
         wait_for(lambda: router.metric("lianfang_registry_version", service="router"), 60, "router", router)
         wait_for(lambda: hub.metric("lianfang_hub_events_observed_total") is not None, 90, "hub", hub)

@@ -335,7 +335,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     elif args.service == "console":
         run_console(ConsoleSettings())
     elif args.service == "pseudonymizer":
-        asyncio.run(serve_pseudonymizer(PseudonymizerSettings()))
+        asyncio.run(serve_pseudonymizer(PseudonymizerSettings.from_env()))
     elif args.service == "timestamp":
         serve_timestamp(TimestampSettings())
     return 0

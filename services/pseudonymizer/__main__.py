@@ -14,7 +14,7 @@ from services.pseudonymizer.app import PseudonymizerSettings, serve
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve(PseudonymizerSettings()))
+        asyncio.run(serve(PseudonymizerSettings.from_env()))
     except (LianfangError, ValidationError) as e:  # a setting, the login or the trust domain: one line
         print(f"lianfang pseudonymizer: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, UsageError | ValidationError) else 1)

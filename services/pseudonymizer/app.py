@@ -30,12 +30,12 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Final
+from typing import Annotated, Final
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services import trust
 from services.audit.kafka import KafkaSink
@@ -52,6 +52,7 @@ from services.kernel.errors import (
     UnknownKeyError,
     UntrustedInputError,
     UsageError,
+    validation_summary,
 )
 from services.kernel.registry import Registry
 from services.pseudonymizer import core
@@ -82,6 +83,12 @@ class PseudonymizerSettings(BaseSettings):
         default=ids.PLC, description="the participant that operates the service and signs its audit trail"
     )
     rate_per_s: float = Field(default=20.0, gt=0, description="evaluations a second per participant")
+    rates: Annotated[Mapping[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description="comma-separated participant=evaluations_per_second: a rate of its own, in place of "
+        "rate_per_s, for each participant named (an importer, for the time of an import); the burst is "
+        "the same for all",
+    )
     burst: int = Field(default=oprf.MAX_BATCH, ge=1, le=oprf.MAX_BATCH, description="bucket size")
     spool_dir: Path = Field(default=Path(".run/pseudonymizer"), description="its audit file")
     topic_prefix: str = Field(default="", description="prefix of every topic name (tests use one per run)")
@@ -90,6 +97,19 @@ class PseudonymizerSettings(BaseSettings):
     kafka_security: KafkaSecuritySettings = Field(
         default_factory=load_security, description="TLS and SASL login, from LIANFANG_KAFKA_*"
     )
+
+    @field_validator("rates", mode="before")
+    @classmethod
+    def _parse_rates(cls, value: object) -> object:
+        return core.parse_rates(value) if isinstance(value, str) else value
+
+    @classmethod
+    def from_env(cls) -> PseudonymizerSettings:
+        """The settings from the environment; a bad one is a ``UsageError`` that names it."""
+        try:
+            return cls()
+        except ValidationError as e:
+            raise UsageError(f"the pseudonymizer's settings: {validation_summary(e)}") from e
 
 
 class RefusalError(LianfangError):
@@ -170,9 +190,14 @@ class Pseudonymizer:
         self.trail = trail
         self.metrics = PseudonymizerMetrics(metrics_registry or CollectorRegistry())
         self.clock = clock
-        self.limiter = core.RateLimiter(rate=settings.rate_per_s, burst=settings.burst)
+        self.limiter = core.RateLimiter(rate=settings.rate_per_s, burst=settings.burst, rates=settings.rates)
+        self.metrics.default_rate.set(settings.rate_per_s)
+        for participant, rate in settings.rates.items():
+            self.metrics.rate.labels(participant).set(rate)
+        self._unmatched: list[str] | None = None
         self._reconciled: int | None = None
         self.reconcile()
+        self.check_rates()
 
     @property
     def key(self) -> core.PseudonymizerKey:
@@ -215,11 +240,29 @@ class Pseudonymizer:
 
     def try_reconcile(self) -> None:
         """:meth:`reconcile`, logging a failure (a folder it cannot read) instead of raising: the service
-        goes on with the keys it holds and tries again at the next request or second."""
+        goes on with the keys it holds and tries again at the next request or second; then
+        :meth:`check_rates`."""
         try:
             self.reconcile()
         except (OSError, LianfangError) as e:
             log.error("could not bring the pseudonymizer's keys in line with the registry: %s", e)
+        self.check_rates()
+
+    def check_rates(self) -> None:
+        """Warn, once each time the set changes, of rates given to names the registry in force does not
+        name (a typo, or a participant added or removed since): such a rate is kept, unused, and applies
+        as soon as a registry names the participant. Their number is a gauge."""
+        unmatched = core.unmatched_rates(self.settings.rates, self.in_force.current.participant_ids())
+        if unmatched == self._unmatched:
+            return
+        self._unmatched = unmatched
+        self.metrics.rates_unmatched.set(len(unmatched))
+        if unmatched:
+            log.warning(
+                "LIANFANG_PSEUDONYMIZER_RATES gives a rate to %s, which registry v%d does not name: "
+                "unused until a registry names it (check the spelling against `lianfang registry show`)",
+                ", ".join(unmatched), self.in_force.current.version,
+            )  # fmt: skip
 
     def destroy(self, version: int, registry_version: int) -> None:
         """Destroy key ``version``: its files overwritten, flushed and unlinked, the key dropped from
@@ -324,7 +367,7 @@ class Pseudonymizer:
                 429,
                 "rate_limited",
                 f"{participant} asked for more evaluations than its rate allows "
-                f"({self.settings.rate_per_s:g}/s, bursts of {self.settings.burst}); retry later",
+                f"({self.limiter.rate_of(participant):g}/s, bursts of {self.settings.burst}); retry later",
                 {"Retry-After": str(max(1, int(wait + 0.999)))},
             )
         key, previous = self.keys_for(parsed)
@@ -446,10 +489,17 @@ async def serve(settings: PseudonymizerSettings, *, clock: Clock = utcnow) -> No
             loop.add_signal_handler(sig, stop.set)
         log.info(
             "pseudonymizer on http://%s:%d (pid %d), keys %s (v%d current), %g evaluations/s per "
-            "participant",
+            "participant, bursts of %d",
             settings.host, settings.port, os.getpid(), _versions(service.keys), service.key.version,
-            settings.rate_per_s,
+            settings.rate_per_s, settings.burst,
         )  # fmt: skip
+        for participant, rate in sorted(settings.rates.items()):
+            log.warning(
+                "%s has a rate of its own: %g evaluations/s (default %g); a dictionary of %s guesses "
+                "takes it %s (LIANFANG_PSEUDONYMIZER_RATES; take it back when its import is done)",
+                participant, rate, settings.rate_per_s, f"{core.DICTIONARY_GUESSES:,}",
+                core.duration_text(core.DICTIONARY_GUESSES / rate),
+            )  # fmt: skip
         await stop.wait()
         keeper.cancel()
     finally:

@@ -12,27 +12,34 @@ files; the service (:mod:`services.pseudonymizer.app`) does the I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from schemas.common import PARTICIPANT_ID_PATTERN
 from schemas.registry import PseudonymizerRole
 from services.kernel import crypto, jsonx, oprf
 from services.kernel.errors import MalformedError, TooLargeError, UsageError
 from services.kernel.pseudonym import MAX_PSEUDONYM_KEY_VERSION, oblivious_pseudonym, oprf_input
 
 __all__ = [
+    "DICTIONARY_GUESSES",
     "MAX_BODY_BYTES",
     "MODE",
     "EvaluateRequest",
     "PseudonymizerKey",
     "RateLimiter",
     "answer",
+    "duration_text",
     "key_file_name",
     "named_versions",
     "parse_answer",
     "parse_answers",
+    "parse_rates",
     "retired_versions",
+    "unmatched_rates",
 ]
 
 MODE: Final[oprf.Mode] = "voprf"
@@ -246,9 +253,63 @@ def _parse_evaluation(doc: dict[str, Any], expected: int) -> tuple[int, bytes, o
     return version, public, oprf.Evaluation(elements=elements, proof=proof)
 
 
+DICTIONARY_GUESSES: Final = 365_000
+"""The guesses a dictionary of the ID numbers of one region and birth year takes: 365 birth dates times
+1,000 sequence numbers (the check digit follows from the rest). The cost of a rate, in the logs and docs."""
+
+
+def duration_text(seconds: float) -> str:
+    """``seconds`` for a person: ``45 s``, ``15 min``, ``5.1 hours``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} hours"
+
+
+RATES_FORM: Final = "participant=evaluations_per_second[,participant=evaluations_per_second...]"
+
+
+def parse_rates(text: str) -> dict[str, float]:
+    """The rates the operator gives named participants (``LIANFANG_PSEUDONYMIZER_RATES``), e.g.
+    ``womens_federation=400,police=100``: participant ids as the registry spells them, each with a
+    positive, finite number of evaluations a second. Raises ``UsageError`` naming the first bad entry.
+
+    Whether each name is a participant is not checked here: the registry in force changes at run time
+    (:func:`unmatched_rates`)."""
+    rates: dict[str, float] = {}
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        name, sep, value = (part.strip() for part in entry.partition("="))
+        if not sep or re.fullmatch(PARTICIPANT_ID_PATTERN, name) is None:
+            raise UsageError(f"LIANFANG_PSEUDONYMIZER_RATES: {entry!r} is not {RATES_FORM}")
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = math.nan
+        if not math.isfinite(rate) or rate <= 0:
+            raise UsageError(
+                f"LIANFANG_PSEUDONYMIZER_RATES: {entry!r}: the rate is a number of evaluations a second "
+                "above 0"
+            )
+        if name in rates:
+            raise UsageError(f"LIANFANG_PSEUDONYMIZER_RATES: {name} is given a rate twice")
+        rates[name] = rate
+    return rates
+
+
+def unmatched_rates(rates: Iterable[str], participants: Iterable[str]) -> list[str]:
+    """The participants given a rate of their own that ``participants`` (the registry in force) does
+    not name, sorted: their rate waits, unused, until a registry names them."""
+    known = set(participants)
+    return sorted(name for name in rates if name not in known)
+
+
 @dataclass
 class RateLimiter:
-    """A token bucket per participant: ``rate`` evaluations a second on average, bursts of ``burst``.
+    """A token bucket per participant: ``rate`` evaluations a second on average (``rates``: a rate of
+    its own for a participant the operator named), bursts of ``burst``.
 
     :meth:`take` returns 0 when the evaluations may go ahead (and takes them), else the seconds after
     which they would.
@@ -256,15 +317,21 @@ class RateLimiter:
 
     rate: float
     burst: int
+    rates: Mapping[str, float] = field(default_factory=dict)
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def rate_of(self, participant: str) -> float:
+        """The participant's rate: its own if the operator gave it one, else the default."""
+        return self.rates.get(participant, self.rate)
 
     def take(self, participant: str, count: int, now: float) -> float:
         if count > self.burst:
             raise MalformedError(f"a request may carry at most {self.burst} elements here (the burst limit)")
+        rate = self.rate_of(participant)
         tokens, then = self._buckets.get(participant, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + max(0.0, now - then) * self.rate)
+        tokens = min(float(self.burst), tokens + max(0.0, now - then) * rate)
         if tokens >= count:
             self._buckets[participant] = (tokens - count, now)
             return 0.0
         self._buckets[participant] = (tokens, now)
-        return (count - tokens) / self.rate
+        return (count - tokens) / rate

@@ -1,5 +1,6 @@
-"""Every metric of the pseudonymizer. Labels are bounded: participants come from the registry, reasons
-from the service's closed set of problem codes."""
+"""Every metric of the pseudonymizer. Labels are bounded: participants come from the registry (or, for
+the rates of their own, from the operator's LIANFANG_PSEUDONYMIZER_RATES), reasons from the service's
+closed set of problem codes."""
 
 from __future__ import annotations
 
@@ -38,6 +39,24 @@ class PseudonymizerMetrics:
             "The key version the service serves, by role (current; previous during a key transition, "
             "else 0).",
             ["role"],
+            registry=registry,
+        )
+        self.default_rate = Gauge(
+            "lianfang_pseudonymizer_default_rate_per_second",
+            "Evaluations a second a participant may ask for on average (LIANFANG_PSEUDONYMIZER_RATE_PER_S).",
+            registry=registry,
+        )
+        self.rate = Gauge(
+            "lianfang_pseudonymizer_rate_per_second",
+            "The rate of its own the operator gave a participant (LIANFANG_PSEUDONYMIZER_RATES), in "
+            "evaluations a second, in place of the default.",
+            ["participant"],
+            registry=registry,
+        )
+        self.rates_unmatched = Gauge(
+            "lianfang_pseudonymizer_rates_unmatched",
+            "Participants given a rate of their own that the registry in force does not name (unused "
+            "until one does).",
             registry=registry,
         )
         self.keys_destroyed = Counter(

@@ -1,6 +1,7 @@
 """Oblivious pseudonyms on the real broker with the real pseudonymizer and router processes: two agencies'
 reports about one person meet under one pseudonym that no keystore of the domain could have computed,
-and the service's rate limit reaches an adapter as 429 with Retry-After."""
+and the service's rate limit reaches an adapter as 429 with Retry-After, except for a participant the
+operator gave a rate of its own."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from tests.workers import Worker, free_port
 pytestmark = pytest.mark.integration
 
 PORT = free_port()
+GRANTED = "womens_federation"
+"""The participant with a rate of its own (an import of the hotline's records); no other test asks as it."""
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,12 @@ def bus(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Bus:
 def pseudonymizer(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     folder = Path(tmp_path_factory.mktemp("pseudonymizer"))
     worker = PseudonymizerProcess.started(
-        bus, folder, PORT, LIANFANG_PSEUDONYMIZER_RATE_PER_S="0.5", LIANFANG_PSEUDONYMIZER_BURST="16"
+        bus,
+        folder,
+        PORT,
+        LIANFANG_PSEUDONYMIZER_RATE_PER_S="0.5",
+        LIANFANG_PSEUDONYMIZER_BURST="16",
+        LIANFANG_PSEUDONYMIZER_RATES=f"{GRANTED}=100000",
     )
     yield worker
     worker.stop()
@@ -201,3 +209,26 @@ def test_an_adapter_over_the_services_rate_gets_429_with_retry_after_from_the_re
     assert caught.value.code == "rate_limited"
     assert caught.value.retry_after >= 1
     assert pseudonymizer.metric("lianfang_pseudonymizer_rejections_total", reason="rate_limited") == 1
+
+
+def test_a_participant_given_a_rate_of_its_own_is_served_past_the_default_while_another_gets_429(
+    bus: Bus, pseudonymizer: Worker
+) -> None:
+    def asker(participant: str) -> ObliviousPseudonymizer:
+        return ObliviousPseudonymizer(
+            keystore=bus.domain.keys(participant), registry=lambda: bus.domain.registry
+        )
+
+    granted, other = asker(GRANTED), asker("education")
+    # Five bursts in a row: 80 evaluations, which at the default of 0.5 a second would take 128 s more.
+    for burst in range(5):
+        granted.pseudonyms([normalize_subject(phone=f"135000{burst}{i:04d}") for i in range(16)])
+    other.pseudonyms([normalize_subject(phone=f"1340000{i:04d}") for i in range(16)])
+    with pytest.raises(PseudonymizerUnavailableError) as caught:
+        other.pseudonyms([normalize_subject(phone="13400009999")])
+    assert (caught.value.code, caught.value.status) == ("rate_limited", 429)
+    assert caught.value.retry_after >= 1
+    assert pseudonymizer.metric("lianfang_pseudonymizer_evaluations_total", participant=GRANTED) == 80
+    assert pseudonymizer.metric("lianfang_pseudonymizer_rate_per_second", participant=GRANTED) == 100_000
+    assert pseudonymizer.metric("lianfang_pseudonymizer_default_rate_per_second") == 0.5
+    assert pseudonymizer.metric("lianfang_pseudonymizer_rates_unmatched") == 0

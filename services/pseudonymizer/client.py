@@ -11,7 +11,9 @@ When the service cannot answer (down, overloaded, rate-limited, refusing our sig
 computed and :class:`PseudonymizerUnavailableError` (a :class:`TransportError`) says when to retry and
 whether waiting can help (``transient``: no answer, 5xx, 429). The SDK then keeps a lead waiting in its
 outbox, encrypted, and sends it once the service answers (:mod:`services.sdk.deferred`); a refusal of
-the caller fails the publish.
+the caller fails the publish. After a 429 the client asks nothing more until the service's Retry-After
+has passed: every caller meanwhile (an SDK's publishers, the outbox's sender, an import reading ahead)
+gets the same error at once, without a request that would only be refused again.
 
 During a key transition (the registry names a previous key, or still seals the HMAC key of a domain
 moving to the pseudonymizer) :meth:`ObliviousPseudonymizer.epochs` gives each identifier's pseudonym under
@@ -28,7 +30,9 @@ but counts and codes.
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections import OrderedDict
@@ -128,6 +132,7 @@ class ObliviousPseudonymizer:
         clock: Clock = utcnow,
         metrics: ClientMetrics | None = None,
         entropy: oprf.Entropy | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.keys = keystore
         self.registry = registry
@@ -136,6 +141,8 @@ class ObliviousPseudonymizer:
         self.clock = clock
         self.metrics = metrics or shared_metrics()
         self.entropy = entropy
+        self.monotonic = monotonic
+        self._quiet_until = 0.0  # after a 429: no request before this (monotonic) time
         self._cache: OrderedDict[str, EpochPseudonyms] = OrderedDict()
         self._epoch: tuple[str, str | None, int | None] | None = None
         self._sealed: PseudonymKey | None = None
@@ -144,6 +151,10 @@ class ObliviousPseudonymizer:
         self._requests: Coalescer[Registry, EpochPseudonyms] = Coalescer(
             self._evaluate_all, limit=oprf.MAX_BATCH
         )
+
+    def rate_limited_for(self) -> float:
+        """Seconds left of the service's last 429 Retry-After (0: this client asks again)."""
+        return max(0.0, self._quiet_until - self.monotonic())
 
     def pseudonyms(self, canonicals: Sequence[str]) -> list[str]:
         """The pseudonym of each canonical identifier under the current key, in order."""
@@ -273,6 +284,16 @@ class ObliviousPseudonymizer:
         url = (self.url or role.url).rstrip("/") + "/v1/evaluate"
         if not url.startswith(("http://", "https://")):
             raise UsageError("the pseudonymizer's address must be an http(s) URL")
+        quiet = self.rate_limited_for()
+        if quiet > 0:  # the service said when to come back; asking sooner would only be refused again
+            retry_after = max(1, math.ceil(quiet))
+            raise PseudonymizerUnavailableError(
+                f"the pseudonymizer rate-limits {self.keys.participant}; nothing was published, retry in "
+                f"{retry_after} s",
+                code="rate_limited",
+                retry_after=retry_after,
+                status=429,
+            )
         now = self.clock()
         kid = envelope.choose_signing_kid(self.keys, registry, now)
         headers = {"Content-Type": "application/json"}
@@ -309,6 +330,8 @@ class ObliviousPseudonymizer:
             return UsageError(f"the pseudonymizer refused the request as {code} ({e.code})")
         retry_after = _retry_after(e.headers.get("Retry-After"))
         self.metrics.requests.labels("rate_limited" if e.code == 429 else "unavailable").inc()
+        if e.code == 429:
+            self._quiet_until = self.monotonic() + retry_after
         return PseudonymizerUnavailableError(
             f"the pseudonymizer answered {e.code} {code}; nothing was published, retry in {retry_after} s",
             code=code,

@@ -5,6 +5,7 @@ no pseudonym secret at all."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -147,6 +148,37 @@ def test_a_rate_limited_client_gets_a_retryable_error_with_the_services_retry_af
         client.pseudonyms([PHONE])
     assert (caught.value.code, caught.value.retry_after) == ("rate_limited", 1)
     assert client.metrics.requests.labels("rate_limited")._value.get() == 1
+
+
+def test_after_a_429_the_client_asks_nothing_before_the_services_retry_after_then_asks_again(
+    oblivious: DemoDomain, service: Served
+) -> None:
+    now = [0.0]
+    client = ObliviousPseudonymizer(
+        keystore=oblivious.keys("police"),
+        registry=lambda: oblivious.registry,
+        url=service.url,
+        clock=lambda: NOW,
+        metrics=ClientMetrics(CollectorRegistry()),
+        monotonic=lambda: now[0],
+    )
+    client.pseudonyms([normalize_subject(phone=f"1390001{i:04d}") for i in range(8)])  # the whole burst
+    with pytest.raises(PseudonymizerUnavailableError):
+        client.pseudonyms([PHONE])
+    asked = client.metrics.requests.labels("rate_limited")._value.get()
+    assert asked == 1
+    now[0] = 0.5
+    with pytest.raises(PseudonymizerUnavailableError) as caught:
+        client.pseudonyms([PHONE])
+    assert (caught.value.code, caught.value.status, caught.value.retry_after) == ("rate_limited", 429, 1)
+    assert caught.value.transient
+    assert client.metrics.requests.labels("rate_limited")._value.get() == 1  # answered here, not asked
+    assert client.rate_limited_for() == pytest.approx(0.5)
+    now[0] = 1.0
+    with contextlib.suppress(PseudonymizerUnavailableError):  # the service decides; it was asked
+        client.pseudonyms([PHONE])
+    made = sum(client.metrics.requests.labels(o)._value.get() for o in ("ok", "rate_limited"))
+    assert made == 3
 
 
 def test_an_unreachable_pseudonymizer_is_unavailable_and_the_publish_waits_with_nothing_sealed(

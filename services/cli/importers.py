@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from services import trust
 from services.cli.args import bootstrap_of as _bootstrap
@@ -153,14 +154,16 @@ def _check_participant(registry: Registry, participant: str, spec: FormatSpec) -
         )
 
 
-def _finish(client: Client | None, timeout: float) -> str:
-    """Wait for Kafka to take the imported events; say where they are if it did not in time."""
+def _finish(client: Client | None, timeout: float, say: Callable[[str], None] | None = None) -> str:
+    """Wait for Kafka to take the imported events, saying every :data:`STATUS_EVERY_S` what is left and
+    why (leads rate-limited by the pseudonymizer, Kafka away); say where they are if it did not in time."""
     if client is None:
         return ""
     try:
-        done = client.flush(timeout)
+        done = _drain(client, timeout, say or _stderr)
         depth = client.outbox.depth()
         waiting = client.leads_waiting()
+        status = client.waiting_status()
         path = client.outbox.path
     finally:
         client.close()
@@ -168,12 +171,40 @@ def _finish(client: Client | None, timeout: float) -> str:
         return "outbox: every accepted event was acknowledged by Kafka"
     why = client.drainer.last_error or "no answer"
     if waiting:
-        why = f"{waiting} of them leads waiting for the pseudonymizer, encrypted; {why}"
+        why = f"{status}, encrypted; {why}"
+    advice = (
+        "; the pseudonymizer rate-limits this participant: wait longer (--flush-timeout), or ask its "
+        "operator for a rate of its own for this import (LIANFANG_PSEUDONYMIZER_RATES, see "
+        "docs/operations.md)"
+        if "rate_limited" in status
+        else ""
+    )
     return (
         f"outbox: {depth} event(s) wait in {path} for Kafka ({why}); "
         f"they are safe on disk and are sent the next time {client.participant} publishes "
-        "(run this import again: it publishes nothing twice)"
+        f"(run this import again: it publishes nothing twice){advice}"
     )
+
+
+STATUS_EVERY_S: Final = 10.0
+"""How often an import waiting for its outbox to drain says what is left."""
+
+
+def _drain(client: Client, timeout: float, say: Callable[[str], None]) -> bool:
+    """:meth:`Client.flush` for up to ``timeout`` seconds, with a line every :data:`STATUS_EVERY_S`:
+    how many events are left and why they wait (an import of many rows at a rate-limited participant
+    would otherwise sit silent for as long as it takes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if client.flush(max(0.0, min(left, STATUS_EVERY_S))):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        status = (
+            client.waiting_status() or f"waiting for Kafka ({client.drainer.last_error or 'no answer yet'})"
+        )
+        say(f"outbox: {client.outbox.depth():,} event(s) to send; {status}")
 
 
 def describe(summary: Summary, *, dry_run: bool = False) -> str:

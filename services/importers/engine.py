@@ -13,7 +13,10 @@ SDK's outbox and one fsync of its audit file; only then are its rows entered in 
 and counted as imported. While the pseudonymizer is away or busy, the rows are mapped
 with stand-in pseudonyms and every event still goes to the SDK, which keeps it waiting in its outbox,
 encrypted, with the identifiers each stand-in stands for, until the service answers; while leads wait
-there, a row's other events wait behind them, so that no follow-up overtakes its lead.
+there, a row's other events wait behind them, so that no follow-up overtakes its lead, and the import asks
+nothing of the service: the outbox's sender asks for the waiting leads' pseudonyms, oldest first, and a
+request for rows that wait anyway would spend the participant's rate twice. The progress line says how
+many leads wait and why (``rate_limited``, and when the next request goes).
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ class Publisher(SdkPublisher, Protocol):
 
     def leads_waiting(self) -> int: ...
 
+    def waiting_status(self) -> str:
+        """Why leads wait, for the progress line (empty when none does)."""
+        ...
+
     def defer_event(
         self,
         event: EventModel,
@@ -79,6 +86,9 @@ class DryRun:
 
     def leads_waiting(self) -> int:
         return 0
+
+    def waiting_status(self) -> str:
+        return ""
 
     def defer_event(
         self,
@@ -169,8 +179,9 @@ def run_import(
                 else:
                     run.row(line.number, line.cells)
                 if progress is not None:
-                    progress.update(summary.rows, export.position, _detail(summary))
+                    progress.update(summary.rows, export.position, _detail(summary, run.waiting))
             run.flush()  # the batch's events with one commit, then its ledger entries with one
+            run.waiting = publisher.waiting_status()
             answer = following
     except FileFormatError as e:
         summary.stopped = str(e)
@@ -182,7 +193,7 @@ def run_import(
         asking.shutdown(wait=True, cancel_futures=True)
         ledger.commit()
         if progress is not None:
-            progress.finish(summary.rows, export.position, _detail(summary))
+            progress.finish(summary.rows, export.position, _detail(summary, run.waiting))
     summary.unused_columns = list(export.unused_columns)
     return summary
 
@@ -229,8 +240,9 @@ def _with_next(chunks: Iterator[list[Line]]) -> Iterator[tuple[list[Line], list[
         raise error
 
 
-def _detail(summary: Summary) -> str:
-    return f"imported {summary.imported}  skipped {summary.already}  rejected {summary.rejected}"
+def _detail(summary: Summary, waiting: str = "") -> str:
+    text = f"imported {summary.imported}  skipped {summary.already}  rejected {summary.rejected}"
+    return f"{text}  {waiting}" if waiting else text
 
 
 class BatchPublisher(Protocol):
@@ -281,10 +293,18 @@ class _Run:
     batch: BatchPublisher | None = None  # seals ahead; None: every event is published on its own
     waiting_rows: list[_Row] = field(default_factory=list)  # rows with events sealed, not yet stored
     staged_keys: dict[str, Entry] = field(default_factory=dict)  # their ledger entries-to-be
+    waiting: str = ""  # why leads wait in the outbox, for the progress line (once a batch)
 
     def ask(self, asking: Executor, lines: Sequence[Line]) -> Future[dict[str, str]]:
         """Ask (in ``asking``) for every identifier these rows need, in one call: the rows are mapped
-        here with a pseudonymizer that only notes them."""
+        here with a pseudonymizer that only notes them. While leads wait in the outbox nothing is
+        asked: these rows wait behind them with stand-ins, and the outbox's sender asks for them."""
+        if self.publisher.leads_waiting():
+            behind: Future[dict[str, str]] = Future()
+            behind.set_exception(
+                PseudonymizerUnavailableError("leads wait in the outbox", code="behind_waiting_leads")
+            )
+            return behind
         recorder = Recording(0)
         probe = self.mapper.using(recorder)
         for line in lines:

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -293,6 +294,7 @@ class Client:
             self.outbox, bootstrap, on_sent=self._sent, security=self.security, resolve=self._resolve_waiting
         )
         self._told_waiting = False
+        self._waiting_code: str | None = None  # the pseudonymizer's last refusal while leads wait
         # False: whoever owns ``metrics`` computes the outbox gauges when they are scraped (the gateway
         # sums its clients'), so a publish need not query the outbox for them (four queries, each
         # waiting for the outbox's lock, which a commit in flight holds through its fsync).
@@ -423,6 +425,7 @@ class Client:
             except PseudonymizerUnavailableError as e:
                 if not e.transient:
                     raise
+                self._waiting_code = e.code
                 return self.defer_lead(data, urgency=urgency, event_id=event_id, why=e.code, counted=True)
             return self.publish(
                 lead, context=context, urgency=urgency or default_urgency(lead), event_id=event_id
@@ -432,6 +435,20 @@ class Client:
     def leads_waiting(self) -> int:
         """How many leads wait in the outbox for the pseudonymizer."""
         return self.outbox.waiting()
+
+    def waiting_status(self) -> str:
+        """Why leads wait, for a person (an import's progress line): empty when none does, else how many,
+        the pseudonymizer's last refusal (``rate_limited``, ``unreachable``, ...) and, while it
+        rate-limits this participant, when this client asks it next."""
+        waiting = self.outbox.waiting()
+        if not waiting:
+            return ""
+        why = [self._waiting_code] if self._waiting_code else []
+        asker = self._pseudonymizer or self._oblivious
+        quiet = asker.rate_limited_for() if isinstance(asker, ObliviousPseudonymizer) else 0.0
+        if quiet > 0:
+            why.append(f"next request in {math.ceil(quiet)} s")
+        return f"{waiting:,} lead(s) wait for the pseudonymizer" + (f" ({', '.join(why)})" if why else "")
 
     def _lead(
         self,
@@ -569,6 +586,7 @@ class Client:
             known = deferred.Prefetched(dict(zip(asked, self.pseudonymizer.pseudonyms(asked), strict=True)))
         except PseudonymizerUnavailableError as e:
             self.metrics.waiting_failures.labels("unavailable" if e.transient else "refused").inc()
+            self._waiting_code = e.code
             raise
         except LianfangError as e:
             self._waiting_failed(len(opened), "refused", f"the pseudonymizer's answer: {_why(e)}")
@@ -600,6 +618,7 @@ class Client:
         )  # fmt: skip
         if not left:
             self._told_waiting = False
+            self._waiting_code = None
         return len(done)
 
     def _open_waiting(

@@ -5,7 +5,9 @@ behind its lead, nothing with a stand-in."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -14,9 +16,15 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from services.cli import importers as importers_cli
+from services.importers import engine
+from services.importers.engine import run_import
 from services.importers.ledger import Ledger
+from services.importers.progress import Progress
+from services.importers.reader import ExportFile
+from services.importers.spec import load_format
 from services.kernel import envelope
-from services.kernel.pseudonym import EpochPseudonyms
+from services.kernel.pseudonym import EpochPseudonyms, normalize_subject
 from services.pseudonymizer.client import (
     ClientMetrics,
     ObliviousPseudonymizer,
@@ -47,28 +55,33 @@ def service(oblivious: DemoDomain) -> Iterator[Served]:
     served.close()
 
 
+def a_client(domain: DemoDomain, participant: str, url: str, folder: Path) -> Client:
+    """A client without Kafka (its sender not started) asking the pseudonymizer at ``url``."""
+    asker = ObliviousPseudonymizer(
+        keystore=domain.keys(participant),
+        registry=lambda: domain.registry,
+        url=url,
+        clock=lambda: NOW,
+        metrics=ClientMetrics(CollectorRegistry()),
+    )
+    return Client(
+        keystore=domain.keys(participant),
+        registry=domain.registry,
+        bootstrap="",
+        outbox_path=folder / "outbox" / f"{participant}.sqlite",
+        clock=lambda: NOW,
+        start=False,
+        pseudonymizer=asker,
+        metrics=SdkMetrics(CollectorRegistry()),
+    )
+
+
 @pytest.fixture
 def client_at(oblivious: DemoDomain, tmp_path: Path) -> Iterator[Callable[[str, str], Client]]:
     clients: list[Client] = []
 
     def make(participant: str, url: str) -> Client:
-        asker = ObliviousPseudonymizer(
-            keystore=oblivious.keys(participant),
-            registry=lambda: oblivious.registry,
-            url=url,
-            clock=lambda: NOW,
-            metrics=ClientMetrics(CollectorRegistry()),
-        )
-        client = Client(
-            keystore=oblivious.keys(participant),
-            registry=oblivious.registry,
-            bootstrap="",
-            outbox_path=tmp_path / "outbox" / f"{participant}.sqlite",
-            clock=lambda: NOW,
-            start=False,
-            pseudonymizer=asker,
-            metrics=SdkMetrics(CollectorRegistry()),
-        )
+        client = a_client(oblivious, participant, url, tmp_path)
         clients.append(client)
         return client
 
@@ -196,3 +209,50 @@ def test_while_the_service_is_away_protection_orders_wait_and_carry_the_real_pse
     assert all(h.subject.startswith("p1.") for h, _ in records)
     assert all("p0." not in text for _, text in records)
     assert all(h.subject in text for h, text in records if h.type == "protection_order.requested")
+
+
+def test_a_rate_limited_import_says_so_on_its_progress_line_and_asks_nothing_more_while_its_leads_wait(
+    oblivious: DemoDomain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "BATCH_ROWS", 4)  # 20 rows: 5 batches
+    served = the_service(oblivious, rate_per_s=1.0, burst=64)  # buckets of its own
+    client = a_client(oblivious, "womens_federation", served.url, tmp_path)  # _finish closes it
+    try:
+        asker = client.pseudonymizer
+        assert isinstance(asker, ObliviousPseudonymizer)
+        asker.pseudonyms([normalize_subject(phone=f"1370000{i:04d}") for i in range(64)])  # the whole burst
+        asked: list[int] = []
+        ask = asker.pseudonyms
+        monkeypatch.setattr(
+            asker, "pseudonyms", lambda canonicals: asked.append(len(canonicals)) or ask(canonicals)
+        )
+        shown = io.StringIO()
+        ledger = Ledger.open(tmp_path, "womens_federation")
+        try:
+            with ExportFile.open(HOTLINE, load_format("hotline_12338")) as export:
+                progress = Progress(total_bytes=export.size, stream=shown, every=1, tty=False)
+                summary = run_import(export, participant="womens_federation", publisher=client,
+                                     ledger=ledger, now=NOW, report=shown.write, progress=progress)  # fmt: skip
+        finally:
+            ledger.close()
+        assert (summary.imported, client.leads_waiting()) == (20, 20)
+        # The first batch asked and was refused, and so was its first lead (told by the client, within
+        # the Retry-After); the four batches after it waited behind the leads, unasked.
+        assert len(asked) == 2
+        assert requests(client, "rate_limited") == 1
+        assert re.search(
+            r"\d+ lead\(s\) wait for the pseudonymizer \(rate_limited, next request in \d+ s\)",
+            shown.getvalue(),
+        )
+        said: list[str] = []
+        monkeypatch.setattr(importers_cli, "STATUS_EVERY_S", 0.05)
+        outcome = importers_cli._finish(client, 0.3, said.append)
+        assert said, "a line while the outbox drains"
+        assert all(
+            re.fullmatch(r"outbox: 20 event\(s\) to send; 20 lead\(s\) wait for the pseudonymizer "
+                         r"\(rate_limited, next request in \d+ s\)", line)
+            for line in said
+        )  # fmt: skip
+        assert "LIANFANG_PSEUDONYMIZER_RATES" in outcome
+    finally:
+        served.close()

@@ -254,6 +254,9 @@ class Crashing:
     def leads_waiting(self) -> int:
         return self.client.leads_waiting()
 
+    def waiting_status(self) -> str:
+        return self.client.waiting_status()
+
     def defer_event(self, event: EventModel, **kwargs: Any) -> str:
         raise AssertionError("a hotline import publishes leads only")
 

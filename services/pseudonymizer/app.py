@@ -109,7 +109,8 @@ class PseudonymizerSettings(BaseSettings):
         try:
             return cls()
         except ValidationError as e:
-            raise UsageError(f"the pseudonymizer's settings: {validation_summary(e)}") from e
+            summary = validation_summary(e).replace("Value error, ", "")
+            raise UsageError(f"the pseudonymizer's settings: {summary}") from e
 
 
 class RefusalError(LianfangError):

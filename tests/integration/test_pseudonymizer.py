@@ -232,3 +232,5 @@ def test_a_participant_given_a_rate_of_its_own_is_served_past_the_default_while_
     assert pseudonymizer.metric("lianfang_pseudonymizer_rate_per_second", participant=GRANTED) == 100_000
     assert pseudonymizer.metric("lianfang_pseudonymizer_default_rate_per_second") == 0.5
     assert pseudonymizer.metric("lianfang_pseudonymizer_rates_unmatched") == 0
+    said = f"{GRANTED} has a rate of its own: 100000 evaluations/s (default 0.5)"
+    bus.wait_for(lambda: said in pseudonymizer.log.read_text(), 10, "the rate in the start log")

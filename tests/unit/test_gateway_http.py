@@ -31,7 +31,9 @@ from services.kernel.errors import (
     UsageError,
 )
 from services.kernel.keystore import Keystore, key_id
-from tests.kit import NOW, DemoDomain
+from services.pseudonymizer.app import Pseudonymizer, PseudonymizerSettings, load_keys
+from services.pseudonymizer.client import ObliviousPseudonymizer
+from tests.kit import NOW, DemoDomain, Served
 
 pytestmark = pytest.mark.unit
 
@@ -165,6 +167,36 @@ def test_a_signed_lead_is_accepted_with_202_and_sealed_in_the_participants_outbo
     assert (
         gw.metric("lianfang_gateway_events_accepted_total", participant="police", type="lead.reported") == 1
     )
+
+
+def test_a_lead_while_the_pseudonymizer_rate_limits_the_participant_is_accepted_and_nothing_asks_before_retry_after(
+    gw: Harness, domain: DemoDomain
+) -> None:
+    service = Pseudonymizer(
+        PseudonymizerSettings(rate_per_s=0.01, burst=8, max_skew_s=10**9),
+        key=load_keys(domain.home, domain.registry),
+        registry=domain.registry,
+        trail=None,
+        clock=lambda: NOW,
+        metrics_registry=CollectorRegistry(),
+    )
+    served = Served(service.application())
+    try:
+        police = gw.gateway.clients["police"]
+        asker = police.pseudonymizer
+        assert isinstance(asker, ObliviousPseudonymizer)
+        asker.url = served.url
+        asker.pseudonyms([f"phone:1360000{i:04d}" for i in range(8)])  # the whole burst
+        bodies = [body_of(lead(narrative=f"第{i}次报警。")) for i in range(3)]
+        assert [gw.post(body)[0] for body in bodies] == [202, 202, 202]
+        assert police.leads_waiting() == 3
+        assert police.drainer.resolve_waiting() == 0  # the outbox's sender, within the Retry-After
+        # One request was answered 429; the leads after it and the sender asked nothing (Retry-After:
+        # minutes at this rate).
+        assert service.metrics.requests.labels("429")._value.get() == 1
+        assert "rate_limited, next request in" in police.waiting_status()
+    finally:
+        served.close()
 
 
 def test_a_follow_up_with_the_context_of_its_lead_is_accepted(gw: Harness, domain: DemoDomain) -> None:

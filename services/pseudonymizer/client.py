@@ -230,6 +230,16 @@ class ObliviousPseudonymizer:
     def _evaluate(self, registry: Registry, canonicals: Sequence[str]) -> list[EpochPseudonyms]:
         role = registry.pseudonymizer
         assert role is not None
+        quiet = self.rate_limited_for()
+        if quiet > 0:  # the service said when to come back; asking sooner would only be refused again
+            retry_after = max(1, math.ceil(quiet))
+            raise PseudonymizerUnavailableError(
+                f"the pseudonymizer rate-limits {self.keys.participant}; nothing was published, retry in "
+                f"{retry_after} s",
+                code="rate_limited",
+                retry_after=retry_after,
+                status=429,
+            )
         public = registry.pseudonymizer_public()
         previous_public = registry.pseudonymizer_previous_public()
         inputs = [oprf_input(c) for c in canonicals]
@@ -284,16 +294,6 @@ class ObliviousPseudonymizer:
         url = (self.url or role.url).rstrip("/") + "/v1/evaluate"
         if not url.startswith(("http://", "https://")):
             raise UsageError("the pseudonymizer's address must be an http(s) URL")
-        quiet = self.rate_limited_for()
-        if quiet > 0:  # the service said when to come back; asking sooner would only be refused again
-            retry_after = max(1, math.ceil(quiet))
-            raise PseudonymizerUnavailableError(
-                f"the pseudonymizer rate-limits {self.keys.participant}; nothing was published, retry in "
-                f"{retry_after} s",
-                code="rate_limited",
-                retry_after=retry_after,
-                status=429,
-            )
         now = self.clock()
         kid = envelope.choose_signing_kid(self.keys, registry, now)
         headers = {"Content-Type": "application/json"}

@@ -4,6 +4,7 @@ reading inboxes back, and router, hub and pseudonymizer processes (their process
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -19,6 +20,7 @@ from schemas.registry import RegistryDocument
 from services import trust
 from services.bus import cluster
 from services.bus.cluster import DURABLE_PRODUCER
+from services.bus.eos import TransactionalRunner
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs
 from services.kernel import envelope, freshness, topics
 from services.kernel.keystore import Keystore
@@ -36,6 +38,23 @@ def _acknowledged(futures: list[Any]) -> None:
     failed = [f.exception for f in futures if f.failed()]
     if failed:
         raise AssertionError(f"{len(failed)} of {len(futures)} test records were not produced: {failed[0]!r}")
+
+
+async def run_worker_until(runner: TransactionalRunner, done: Any, what: str, timeout_s: float = 120) -> None:
+    """Run an exactly-once worker until ``done()``, then stop it; fail if the worker ends first or the
+    deadline passes."""
+    task = asyncio.create_task(runner.run())
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    try:
+        while not done():
+            if task.done():
+                task.result()  # raises what ended the worker
+                raise AssertionError(f"the worker ended before {what}")
+            assert asyncio.get_running_loop().time() < deadline, f"no {what} within {timeout_s} s"
+            await asyncio.sleep(0.1)  # poll interval inside a deadline loop
+    finally:
+        runner.stop()
+        await asyncio.wait_for(task, timeout=60)
 
 
 @dataclass

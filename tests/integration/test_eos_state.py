@@ -16,6 +16,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
 from services.bus.eos import Output, PartitionState, TransactionalRunner
+from tests.integration.buskit import run_worker_until
 
 pytestmark = pytest.mark.integration
 
@@ -124,22 +125,6 @@ def _copier(out: str, seen: list[bytes]) -> Any:
     return copy
 
 
-async def _run_until(runner: TransactionalRunner, done: Any, what: str, timeout_s: float = 120) -> None:
-    """Run the worker until ``done()``; fail if the worker ends first or the deadline passes."""
-    task = asyncio.create_task(runner.run())
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    try:
-        while not done():
-            if task.done():
-                task.result()  # raises what ended the worker
-                raise AssertionError(f"the worker ended before {what}")
-            assert asyncio.get_running_loop().time() < deadline, f"no {what} within {timeout_s} s"
-            await asyncio.sleep(0.1)  # poll interval inside a deadline loop
-    finally:
-        runner.stop()
-        await asyncio.wait_for(task, timeout=60)
-
-
 def test_a_worker_started_while_the_broker_is_down_waits_and_works_once_it_is_back(
     tmp_path: Path,
 ) -> None:
@@ -173,7 +158,7 @@ def test_a_worker_started_while_the_broker_is_down_waits_and_works_once_it_is_ba
         restarter = threading.Thread(target=restart_once_the_worker_has_failed)
         restarter.start()
         try:
-            asyncio.run(_run_until(runner, lambda: seen, "record handled after the broker came back"))
+            asyncio.run(run_worker_until(runner, lambda: seen, "record handled after the broker came back"))
         finally:
             restarter.join(timeout=120)
         assert set(seen) == {b"an event"}
@@ -208,7 +193,7 @@ def test_a_partition_whose_set_up_failed_restarts_the_worker_instead_of_being_he
         return await load_state(partition)
 
     runner._load_state = failing_once  # type: ignore[method-assign]
-    asyncio.run(_run_until(runner, lambda: seen, "record handled after the failed set-up"))
+    asyncio.run(run_worker_until(runner, lambda: seen, "record handled after the failed set-up"))
     assert not failures, "the injected failure was never raised"
     assert runner.restarts >= 1
     assert set(seen) == {b"an event"}

@@ -428,8 +428,14 @@ class TransactionalRunner:
             for key, value in state.pending.items():
                 sent = await producer.send(self.state_topic, value, key=key.encode(), partition=tp.partition)
                 deliveries.append(sent)
-            await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
+            # The offsets join the transaction only once every output is delivered. A Kafka broker
+            # checks each transactional write (a produce, an offset commit) with the transaction
+            # coordinator first, and of two checks of one producer waiting at once it drops the
+            # older one: offsets sent beside the batch's produce requests had those refused with
+            # NOT_ENOUGH_REPLICAS (or the offsets with a coordinator error) and retried after 100 ms.
+            # docs/decisions.md, "Kafka transactions per source partition", has the evidence.
             await _delivered(deliveries)
+            await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
             committing = True
             await producer.commit_transaction()
         except BaseException:

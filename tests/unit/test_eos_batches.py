@@ -25,12 +25,14 @@ SOURCE = "events"
 
 
 class FakeProducer:
-    """A transactional producer that logs what happens; ``fail`` makes its first send fail."""
+    """A transactional producer that logs what happens; ``fail`` makes its first send fail;
+    ``delivery_s`` is how long a sent record waits for the broker's acknowledgement (logged)."""
 
-    def __init__(self, name: str, log: list[str], *, fail: bool = False) -> None:
+    def __init__(self, name: str, log: list[str], *, fail: bool = False, delivery_s: float = 0.0) -> None:
         self.name = name
         self.log = log
         self.fail = fail
+        self.delivery_s = delivery_s
         self.sent: list[tuple[str, bytes | None]] = []
 
     async def begin_transaction(self) -> None:
@@ -52,10 +54,17 @@ class FakeProducer:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.fail:
             future.set_exception(OSError("the broker refused the batch"))
+        elif self.delivery_s:
+            self.sent.append((topic, value))
+            asyncio.get_running_loop().call_later(self.delivery_s, self._deliver, future)
         else:
             self.sent.append((topic, value))
             future.set_result(None)
         return future
+
+    def _deliver(self, future: asyncio.Future[None]) -> None:
+        self.log.append(f"{self.name} delivered")
+        future.set_result(None)
 
     async def send_offsets_to_transaction(self, offsets: dict[Any, int], group: str) -> None:
         self.log.append(f"{self.name} offsets")
@@ -108,6 +117,18 @@ def test_a_failed_partition_is_raised_after_the_others_settled_and_forgets_only_
     assert "p1 commit" in log
     assert runner.states[tps[0]].get("seen:0") is None, "the aborted batch's state is forgotten"
     assert runner.states[tps[1]].get("seen:0") == b"1", "the committed batch's state is kept"
+
+
+def test_a_batchs_offsets_join_its_transaction_only_after_every_output_was_delivered() -> None:
+    """A broker checks each transactional write with the transaction coordinator and, of two checks of
+    one producer waiting at once, refuses the older: offsets sent while the batch's produce request
+    waits for its check got that request refused (NOT_ENOUGH_REPLICAS) and retried."""
+    log: list[str] = []
+    runner, tps = _runner({0: FakeProducer("p0", log, delivery_s=0.01)})
+    asyncio.run(runner._process_all({tps[0]: _records(0, 3)}))
+    assert log.count("p0 delivered") == 6, log  # three outputs and three state records
+    assert log.index("p0 offsets") > max(i for i, line in enumerate(log) if line == "p0 delivered"), log
+    assert log[-1] == "p0 commit", log
 
 
 def test_a_partition_not_set_up_yet_is_rewound_and_not_skipped() -> None:

@@ -71,7 +71,16 @@ from services.kernel import crypto, envelope, freshness, jsonx, policy, topics
 from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.pseudonym import pseudonymize
 from services.kernel.registry import Registry
-from tests.bench.harness import BenchContext, BenchError, Result, per_second
+from tests.bench.harness import (
+    MEMORY_EVENTS_ENV,
+    BenchContext,
+    BenchError,
+    Result,
+    RssTrack,
+    memory_events,
+    per_second,
+    wait_for_group,
+)
 from tests.kit import header as kit_header
 from tests.workers import Worker, free_port
 
@@ -88,14 +97,12 @@ CATEGORY = "domestic_violence"
 EVENT_TYPE = "lead.reported"
 EXPECTED_INBOXES = ("hub", f"mediation.{TOWN}", "police", "womens_federation")
 SOURCE_PARTITIONS = 12
-MEMORY_EVENTS_ENV = "LIANFANG_BENCH_MEMORY_EVENTS"
 MEMORY_EVENTS_FULL = 10_000  # sealing them takes most of the memory case's time
 MEMORY_EVENTS_QUICK = 2_000
 MEMORY_SAMPLE_EVERY = 200  # events produced between two looks at how many the router has routed
 MEMORY_MIN_RATE = 50  # events/s: the memory run's deadline allows for a router this slow
 REPLAY_IDS_FULL = 200_000
 REPLAY_IDS_QUICK = 20_000
-MB = 1024 * 1024
 SCALE_PARTITIONS = 3  # the scaling cases: 1 and 2 router workers on an events topic of 3 partitions
 OUTPUT_PARTITIONS = 3
 MAX_BATCH = 500  # the router's default max_batch, used by the relays too
@@ -492,32 +499,6 @@ def _check_routed(
         raise BenchError(f"inboxes with fewer than {n} offsets after the run: {short}")
 
 
-def _group_ready(bootstrap: str, group: str, members: int, workers: list[Worker]) -> None:
-    """Wait until ``group`` is stable with ``members`` members, each holding a partition."""
-    from kafka.errors import KafkaError
-
-    admin = _admin(bootstrap)
-    deadline = time.monotonic() + START_DEADLINE_S
-    state: object = "not described yet"
-    try:
-        while time.monotonic() < deadline:
-            for w in workers:
-                w.check_alive()
-            try:
-                info = admin.describe_groups([group]).get(group) or {}
-            except KafkaError as e:
-                info, state = {}, repr(e)
-            if info:
-                state = info.get("group_state", info.get("state"))
-                joined = info.get("members") or []
-                if state == "Stable" and len(joined) == members:
-                    return
-            time.sleep(POLL_S)  # poll interval inside a deadline loop
-    finally:
-        admin.close()
-    raise BenchError(f"group {group} not stable with {members} members in time ({state})")
-
-
 def _scale_run(ctx: BenchContext, work: Workload, logs: Path, case: KafkaCase, workers: int) -> float:
     """``workers`` router processes of one group on an events topic of ``SCALE_PARTITIONS``: started
     and joined first, then the N records are produced, and the group is timed as one worker is."""
@@ -541,7 +522,7 @@ def _scale_run(ctx: BenchContext, work: Workload, logs: Path, case: KafkaCase, w
             env = _router_env(bootstrap, work, prefix, group, port)
             what = f"router worker {i + 1} of {workers}"
             procs.append(Worker("services.router", env, logs / f"{group}-{i}.log", port=port, what=what))
-        _group_ready(bootstrap, group, workers, procs)
+        wait_for_group(bootstrap, group, workers, procs, START_DEADLINE_S)
         ends = _produce(bootstrap, names.events, work.records, SCALE_PARTITIONS)
         inboxes = [names.inbox(p) for p in work.recipients]
         drain = _watch(bootstrap, procs, group, names.events, ends, inboxes, ctx.kafka.broker_cpu_seconds)
@@ -884,14 +865,17 @@ def _replay_state(ctx: BenchContext) -> list[Result]:
     return results
 
 
-def _memory_events(ctx: BenchContext) -> int:
-    raw = os.environ.get(MEMORY_EVENTS_ENV)
-    if raw is None:
-        return ctx.scale(MEMORY_EVENTS_FULL, MEMORY_EVENTS_QUICK)
+def memory(ctx: BenchContext) -> list[Result]:
+    """The memory case alone (``python -m tests.bench --memory -k router``): a workload of a few events
+    for the registry and keys, then :func:`_memory`."""
+    tmp = Path(tempfile.mkdtemp(prefix="lianfang-bench-router-"))
     try:
-        return int(raw.replace("_", "").replace(",", ""))
-    except ValueError as e:
-        raise BenchError(f"{MEMORY_EVENTS_ENV}={raw!r} is not a number of events") from e
+        work = _workload(ctx, tmp / "home", 1)
+        logs = tmp / "logs"
+        logs.mkdir()
+        return _memory(ctx, work, logs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _memory(ctx: BenchContext, work: Workload, logs: Path) -> list[Result]:
@@ -899,7 +883,7 @@ def _memory(ctx: BenchContext, work: Workload, logs: Path) -> list[Result]:
     sealed while they are produced; beside its resident memory once it has started and joined."""
     from kafka import KafkaProducer
 
-    n = _memory_events(ctx)
+    n = memory_events(ctx, MEMORY_EVENTS_FULL, MEMORY_EVENTS_QUICK)
     bootstrap = ctx.bootstrap
     prefix = ctx.unique("memory") + "-"
     names = topics.TopicNames(prefix)
@@ -912,73 +896,42 @@ def _memory(ctx: BenchContext, work: Workload, logs: Path) -> list[Result]:
         group, port = ctx.unique("router"), free_port()
         env = _router_env(bootstrap, work, prefix, group, port)
         worker = Worker("services.router", env, logs / f"{group}.log", port=port, what="the router")
-        _group_ready(bootstrap, group, 1, [worker])
-        start = worker.rss_bytes()
+        track = RssTrack("router", n, worker.rss_bytes)
+        wait_for_group(bootstrap, group, 1, [worker], START_DEADLINE_S)
+        track.started()
         ctx.progress(f"memory: sealing and producing {n:,} events to one router …")
         producer = KafkaProducer(
             bootstrap_servers=bootstrap, client_id=CLIENT_ID, max_request_size=2_000_000, **DURABLE_PRODUCER
         )
-        half: tuple[float, int | None] | None = None  # (routed, RSS) once half the events are routed
-
-        def sample(routed: float) -> None:
-            nonlocal half
-            if half is None and routed >= n / 2:
-                half = (routed, worker.rss_bytes() if worker is not None else None)
-
         try:
             for i in range(n):
                 r = _seal(i, work.registry, work.signer, pseudonym_key, content)
                 producer.send(names.events, key=r.key, value=r.value, headers=r.headers)
                 if i % MEMORY_SAMPLE_EVERY == 0:  # the router routes while the rest is sealed
-                    sample(worker.total("lianfang_router_events_routed_total") or 0)
+                    track.look(worker.total("lianfang_router_events_routed_total") or 0)
             producer.flush(timeout=120)
         finally:
             producer.close()
         deadline = time.monotonic() + DRAIN_DEADLINE_S + n / MEMORY_MIN_RATE
         while (routed := worker.total("lianfang_router_events_routed_total") or 0) < n:
             worker.check_alive()
-            sample(routed)
+            track.look(routed)
             if time.monotonic() > deadline:
                 raise BenchError(f"the router did not route {n:,} events in time:\n{worker.tail()}")
             time.sleep(10 * POLL_S)  # poll interval inside a deadline loop
-        end, peak = worker.rss_bytes(), worker.rss_bytes(peak=True)
+        track.finished()
         dead = worker.total("lianfang_router_deadletters_total") or 0
     finally:
         if worker is not None:
             worker.stop(STOP_TIMEOUT_S)
         _delete_topics(bootstrap, [s.name for s in specs])
-    if start is None or end is None or peak is None:
-        ctx.note("memory: no /proc on this system: the router's RSS is not measured")
-        return []
     if dead:
         raise BenchError(f"the memory run dead-lettered {dead:.0f} of {n:,} events")
-    slope = ""
-    if half is not None and half[1] is not None and n - half[0] >= n / 4:
-        growth = (end - half[1]) / (n - half[0])
-        slope = (
-            f"; over the second half it grew {growth:.0f} B an event, which would give "
-            f"{(end + growth * (1_000_000 - n)) / MB:.0f} MB at 1,000,000 events (an extrapolation, not a "
-            f"measurement: set {MEMORY_EVENTS_ENV}=1000000 to measure it)"
-        )
-    ctx.note(
-        f"memory: router RSS {start / MB:.1f} MB started and joined, {end / MB:.1f} MB after routing {n:,} "
-        f"events (peak {peak / MB:.1f} MB){slope}"
+    return track.results(
+        ctx,
+        started="once started and joined (VmRSS of python -m services.router, 12 partitions assigned)",
+        after=f"after routing {n:,} distinct events ({MEMORY_EVENTS_ENV}), 4 inboxes each",
     )
-    return [
-        ctx.result(
-            "router RSS, started",
-            "MB",
-            [start / MB],
-            baseline=True,
-            notes="VmRSS of python -m services.router once started and joined (12 partitions assigned)",
-        ),
-        ctx.result(
-            "router RSS after the memory run",
-            "MB",
-            [end / MB],
-            notes=f"VmRSS after routing {n:,} distinct events ({MEMORY_EVENTS_ENV}), 4 inboxes each",
-        ),
-    ]
 
 
 def _breakdown(

@@ -1,7 +1,9 @@
 """A small benchmark harness: discover ``bench_*.py`` modules, run them against one Kafka, report.
 
 Each benchmark is a module ``tests/bench/bench_<name>.py`` exposing ``run(ctx: BenchContext) ->
-list[Result]``. The harness gives it a :class:`BenchContext` (where Kafka is, how many runs, unique
+list[Result]``. One that measures a service's resident memory also exposes ``memory(ctx: BenchContext)
+-> list[Result]``, its memory case alone, which ``--memory`` runs instead of ``run`` (modules without
+one are left out); ``run`` includes it. The harness gives it a :class:`BenchContext` (where Kafka is, how many runs, unique
 names, topic creation) and prints the results as a table grouped by benchmark, with baselines marked;
 it also writes them, with the environment, to ``bench-results/<benchmark>-<UTC stamp>.json`` and
 ``bench-results/latest.json``. The report ends with one table of the performance targets
@@ -33,14 +35,14 @@ import tempfile
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
 from tests.bench import targets
-from tests.workers import cpu_seconds
+from tests.workers import Worker, cpu_seconds
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / "bench-results"
@@ -60,6 +62,10 @@ PACKAGES = (
     "faust-streaming",
     "cryptography",
 )
+MEMORY_EVENTS_ENV = "LIANFANG_BENCH_MEMORY_EVENTS"
+"""How many events a memory case puts through its service (each module has its own default)."""
+MEMORY_TARGET_EVENTS = 1_000_000  # what the memory target is stated for; runs extrapolate to it
+MB = 1024 * 1024
 
 
 class BenchError(RuntimeError):
@@ -219,6 +225,8 @@ class BenchContext:
     runs: int
     warmup: int
     kafka: KafkaSource
+    memory_only: bool = False
+    """``--memory``: the harness calls the module's ``memory`` instead of its ``run``."""
     notes: list[str] = field(default_factory=list)
     _topics: list[str] = field(default_factory=list)
 
@@ -341,11 +349,126 @@ def _wait_for_topic(admin: Any, topic: str, partitions: int, timeout_s: float) -
     raise BenchError(f"topic {topic} not ready within {timeout_s:.0f} s ({state})")
 
 
+# --------------------------------------------------------------------------- memory
+
+
+def memory_events(ctx: BenchContext, full: int, quick: int) -> int:
+    """The memory case's number of events: ``LIANFANG_BENCH_MEMORY_EVENTS``, else ``full`` (``quick``
+    under ``--quick``)."""
+    raw = os.environ.get(MEMORY_EVENTS_ENV)
+    if raw is None:
+        return ctx.scale(full, quick)
+    try:
+        n = int(raw.replace("_", "").replace(",", ""))
+    except ValueError as e:
+        raise BenchError(f"{MEMORY_EVENTS_ENV}={raw!r} is not a number of events") from e
+    if n < 2:
+        raise BenchError(f"{MEMORY_EVENTS_ENV}={raw!r}: a memory run needs at least 2 events")
+    return n
+
+
+def growth_per_event(events: int, half: tuple[float, int], end: int) -> float | None:
+    """Bytes of RSS an event over the second half of a memory run: ``half`` is (events done, RSS) at the
+    first look past half of ``events``, ``end`` the RSS after all of them. None when that look came so
+    late that under a quarter of the run was left to measure the growth over."""
+    done, rss = half
+    if events - done < events / 4:
+        return None
+    return (end - rss) / (events - done)
+
+
+@dataclass
+class RssTrack:
+    """A service's resident memory over a memory run of ``events`` events: once started (:meth:`started`),
+    at the first look past half of the events (:meth:`look`, called with the events done so far as often
+    as the run checks its progress) and once all are done (:meth:`finished`, before the process stops).
+    ``rss`` reads the process's RSS, or its peak with ``peak=True`` (``tests.workers.Worker.rss_bytes``)."""
+
+    service: str
+    events: int
+    rss: Callable[..., int | None]
+    start: int | None = None
+    half: tuple[float, int] | None = None
+    end: int | None = None
+    peak: int | None = None
+
+    def started(self) -> None:
+        self.start = self.rss()
+
+    def look(self, done: float) -> None:
+        if self.half is None and done >= self.events / 2 and (rss := self.rss()) is not None:
+            self.half = (done, rss)
+
+    def finished(self) -> None:
+        self.end, self.peak = self.rss(), self.rss(peak=True)
+
+    def results(self, ctx: BenchContext, *, started: str, after: str) -> list[Result]:
+        """The figures ``<service> RSS, started`` (the baseline) and ``<service> RSS after the memory run``
+        (MB), and a note with the peak and the growth over the second half with a straight line from it
+        to :data:`MEMORY_TARGET_EVENTS`; ``started`` and ``after`` say what each figure is. Nothing
+        without /proc."""
+        start, end, peak = self.start, self.end, self.peak
+        if start is None or end is None or peak is None:
+            ctx.note(f"memory: no /proc on this system: the {self.service}'s RSS is not measured")
+            return []
+        n = self.events
+        growth = None if self.half is None else growth_per_event(n, self.half, end)
+        slope = ""
+        if growth is not None:
+            at_target = (end + growth * (MEMORY_TARGET_EVENTS - n)) / MB
+            slope = (
+                f"; over the second half it grew {growth:.0f} B an event, which would give {at_target:.0f} MB "
+                f"at {MEMORY_TARGET_EVENTS:,} events (an extrapolation, not a measurement: set "
+                f"{MEMORY_EVENTS_ENV}={MEMORY_TARGET_EVENTS} to measure it)"
+            )
+        ctx.note(
+            f"memory: {self.service} RSS {start / MB:.1f} MB {started}, {end / MB:.1f} MB {after} "
+            f"(peak {peak / MB:.1f} MB){slope}"
+        )
+        return [
+            ctx.result(f"{self.service} RSS, started", "MB", [start / MB], baseline=True, notes=started),
+            ctx.result(f"{self.service} RSS after the memory run", "MB", [end / MB], notes=after),
+        ]
+
+
+def wait_for_group(
+    bootstrap: str, group: str, members: int, workers: Sequence[Worker], timeout_s: float
+) -> None:
+    """Wait until consumer group ``group`` is stable with ``members`` members (its workers started and
+    joined), raising if one of ``workers`` exits meanwhile or ``timeout_s`` passes."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="lianfang-bench")
+    except KafkaError as e:
+        raise BenchError(f"cannot reach Kafka at {bootstrap}: {e}") from e
+    deadline = time.monotonic() + timeout_s
+    state: object = "not described yet"
+    try:
+        while time.monotonic() < deadline:
+            for w in workers:
+                w.check_alive()
+            try:
+                info = admin.describe_groups([group]).get(group) or {}
+            except KafkaError as e:
+                info, state = {}, repr(e)
+            if info:
+                state = info.get("group_state", info.get("state"))
+                if state == "Stable" and len(info.get("members") or []) == members:
+                    return
+            time.sleep(0.05)  # poll interval inside a deadline loop
+    finally:
+        admin.close()
+    raise BenchError(f"group {group} not stable with {members} members in time ({state})")
+
+
 # --------------------------------------------------------------------------- discovery
 
 
-def discover(substring: str | None = None) -> list[tuple[str, ModuleType]]:
-    """Import the ``bench_*`` modules of this package, sorted by name, filtered by ``substring``."""
+def discover(substring: str | None = None, *, memory: bool = False) -> list[tuple[str, ModuleType]]:
+    """Import the ``bench_*`` modules of this package, sorted by name, filtered by ``substring``; with
+    ``memory``, only those that have a memory case (a ``memory`` function)."""
     package = importlib.import_module(BENCH_PACKAGE)
     names = sorted(
         m.name
@@ -357,6 +480,8 @@ def discover(substring: str | None = None) -> list[tuple[str, ModuleType]]:
         module = importlib.import_module(f"{BENCH_PACKAGE}.{name}")
         if not callable(getattr(module, "run", None)):
             raise BenchError(f"{module.__file__} has no run(ctx: BenchContext) -> list[Result]")
+        if memory and not callable(getattr(module, "memory", None)):
+            continue
         found.append((name, module))
     return found
 
@@ -501,7 +626,7 @@ def write_json(env: dict[str, Any], outcomes: list[Outcome], stamp: str) -> list
 def _run_one(name: str, module: ModuleType, ctx: BenchContext) -> Outcome:
     start = time.perf_counter()
     try:
-        results = list(module.run(ctx))
+        results = list(module.memory(ctx) if ctx.memory_only else module.run(ctx))
         error = None
     except Exception as e:  # one failing benchmark is reported; the others still run
         traceback.print_exc()
@@ -537,14 +662,20 @@ def main(argv: list[str] | None = None) -> int:
         "--runs", type=int, help=f"timed runs per case (default {DEFAULT_RUNS}, quick {QUICK_RUNS})"
     )
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="untimed warm-up runs per case")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help=f"only the memory cases (the services' RSS after {MEMORY_EVENTS_ENV} events)",
+    )
     args = parser.parse_args(argv)
     runs = args.runs or (QUICK_RUNS if args.quick else DEFAULT_RUNS)
     if runs < 1 or args.warmup < 0:
         parser.error("--runs must be at least 1 and --warmup at least 0")
 
-    benchmarks = discover(args.k)
+    benchmarks = discover(args.k, memory=args.memory)
     if not benchmarks:
-        print(f"no benchmark module matches -k {args.k!r}", file=sys.stderr)
+        what = "benchmark module with a memory case" if args.memory else "benchmark module"
+        print(f"no {what} matches -k {args.k!r}", file=sys.stderr)
         return 2
     started = dt.datetime.now(dt.UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
@@ -553,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
     with _sigterm_as_exit():
         try:
             for name, module in benchmarks:
-                ctx = BenchContext(name, args.quick, runs, args.warmup, kafka)
+                ctx = BenchContext(name, args.quick, runs, args.warmup, kafka, memory_only=args.memory)
                 outcomes.append(_run_one(name, module, ctx))
             env = environment(started, kafka, quick=args.quick, runs=runs, warmup=args.warmup)
         finally:

@@ -20,6 +20,12 @@ domain issued now (fast KDF), with one router worker (``python -m services.route
   victim (the alert's subject is the victim's pseudonym). The path: SDK outbox → events → router
   (verify, policy, transaction) → ``inbox.hub`` → hub (verify, open, rules, seal, send) → events →
   router → ``inbox.coordinators`` → SDK (verify, open).
+- ``hub RSS after the memory run`` (MB; its baseline ``hub RSS, started``): the inbox of the
+  throughput case is filled with a hub already running: hub 0 is started and joined on the empty inbox
+  (its RSS then), the N leads are published, then the router is started and hub 0 drains the leads as
+  they are routed; its RSS once it has observed all N, with the growth over the second half
+  (:class:`~tests.bench.harness.RssTrack`). ``python -m tests.bench --memory -k hub`` runs this alone
+  with ``LIANFANG_BENCH_MEMORY_EVENTS`` leads (10,000 by default).
 - ``kafka-python produce → consume`` (baseline): the floor of that path, one hop: 1 KiB values sent
   at the same offered rate by an idempotent ``acks=all`` producer (``linger_ms=0``) to a 1-partition
   topic, read by a consumer in a thread of this process; latency from ``send()`` returning to
@@ -39,7 +45,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +58,15 @@ from services.kernel import envelope, freshness, topics
 from services.kernel.keystore import KdfParams
 from services.kernel.pseudonym import pseudonymize
 from services.kernel.registry import Registry
-from tests.bench.harness import RESULTS_DIR, BenchContext, BenchError, Result
+from tests.bench.harness import (
+    RESULTS_DIR,
+    BenchContext,
+    BenchError,
+    Result,
+    RssTrack,
+    memory_events,
+    wait_for_group,
+)
 from tests.workers import Worker, free_port
 
 LEADS_FULL = 2_000
@@ -64,6 +78,10 @@ RATE_FULL = 200  # offered leads/s in the latency case (and records/s in its bas
 RATE_QUICK = 50
 LOAD_SECONDS_FULL = 10
 LOAD_SECONDS_QUICK = 6
+PUBLISH_BATCH = 256  # leads sealed, then stored with one SDK outbox commit
+MEMORY_LEADS_FULL = 10_000  # the memory case alone (--memory); make bench measures the LEADS_FULL run
+MEMORY_LEADS_QUICK = 2_000
+MEMORY_MIN_RATE = 50  # leads/s: the memory run's deadlines allow for a pipeline this slow
 E2E_SECONDS_ENV = "LIANFANG_BENCH_E2E_SECONDS"  # the end-to-end load's length (60 for the target)
 PUBLISHERS = 8  # threads offering the end-to-end load
 WARMUP_ALERTS = 3  # alerts raised and awaited before the latency window: the whole path is warm
@@ -228,31 +246,70 @@ class Drain:
     cpu_seconds: float
 
 
-def _prefill(ctx: BenchContext, bus: Bus, n: int) -> Worker:
-    """N leads published by police, then the router started: returns once it has routed them all."""
-    police = bus.client("police", start=False)  # sealed into the outbox first, sent afterwards
+def _publish(ctx: BenchContext, bus: Bus, n: int) -> None:
+    """N leads (distinct victims, no alert flag) sealed by police a batch at a time and stored with one
+    outbox commit a batch (as ``lianfang import`` does), drained to the events topic meanwhile; returns
+    once Kafka has them all."""
+    police = bus.client("police")
     try:
         ctx.progress(f"publishing {n:,} leads …")
         start = time.perf_counter()
-        for i in range(n):
-            police.publish_lead(_lead(f"135{i:08d}", joint_meeting=False))
+        for first in range(0, n, PUBLISH_BATCH):
+            batch = [
+                police.seal_lead(_lead(f"135{i:08d}", joint_meeting=False), event_id=envelope.new_event_id())
+                for i in range(first, min(n, first + PUBLISH_BATCH))
+            ]
+            if not all(police.put_sealed(batch)):
+                raise BenchError("the SDK outbox refused a lead as a conflict")
         ctx.progress(f"sealed {n:,} leads into the SDK outbox in {time.perf_counter() - start:.1f} s")
-        police.drainer.start()
-        router = bus.router()
-        if not police.flush(120):
+        if not police.flush(DRAIN_DEADLINE_S + n / MEMORY_MIN_RATE):
             raise BenchError(f"the SDK outbox did not drain: {police.drainer.last_error}")
     finally:
         police.close()
-    _wait_for(
-        lambda: (router.total("lianfang_router_events_routed_total") or 0) >= n,
-        START_DEADLINE_S + DRAIN_DEADLINE_S,
-        f"the router to route {n} leads",
-        [router],
-    )
+
+
+def _prefill(ctx: BenchContext, bus: Bus, n: int) -> tuple[Worker, list[Result]]:
+    """The hub's inbox filled with N routed leads, and the hub's memory case on the way: hub 0 started
+    and joined on the empty inbox (its RSS then), N leads published by police, then the router
+    started, which the hub follows. Returns the router once it has routed them all and hub 0 (stopped
+    then) has observed them, and hub 0's RSS figures."""
+    hub = bus.hub(0)
+    track = RssTrack("hub", n, hub.rss_bytes)
+    wait_for_group(bus.bootstrap, f"{bus.prefix}hub-0", 1, [hub], START_DEADLINE_S)
+    track.started()
+    _publish(ctx, bus, n)
+    router = bus.router()
+    ctx.progress(f"memory: hub 0 drains the {n:,} leads as the router routes them …")
+    deadline = time.monotonic() + START_DEADLINE_S + DRAIN_DEADLINE_S + n / MEMORY_MIN_RATE
+    while (observed := hub.total("lianfang_hub_events_observed_total") or 0) < n:
+        track.look(observed)
+        for worker in (hub, router):
+            worker.check_alive()
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"hub 0 observed {observed:.0f} of {n:,} leads in time:\n{hub.tail()}\n--- router:\n{router.tail()}"
+            )
+        time.sleep(10 * POLL_S)  # poll interval inside a deadline loop
+    track.finished()
+    alerts = hub.total("lianfang_hub_alerts_total") or 0
+    rejected = hub.total("lianfang_hub_events_rejected_total") or 0
+    hub.stop(STOP_TIMEOUT_S)
+    if alerts or rejected or observed != n:
+        raise BenchError(
+            f"hub 0: {observed:.0f} observed of {n:,}, {alerts:.0f} alerts, {rejected:.0f} rejected"
+        )
+    routed = router.total("lianfang_router_events_routed_total") or 0
     dead = router.total("lianfang_router_deadletters_total") or 0
-    if dead:
-        raise BenchError(f"the router dead-lettered {dead:.0f} of the {n} leads:\n{router.tail()}")
-    return router
+    if dead or routed != n:
+        raise BenchError(f"the router routed {routed:.0f} and dead-lettered {dead:.0f} of the {n} leads")
+    return router, track.results(
+        ctx,
+        started="once started and joined (VmRSS of python -m services.hub, its inbox still empty)",
+        after=(
+            f"after observing {n:,} routed leads (distinct victims: a victims-table entry each; no alert), "
+            "drained as the router routed them"
+        ),
+    )
 
 
 def _drain(worker: Worker, counter: str, n: int, router: Worker) -> Drain:
@@ -758,11 +815,10 @@ def _end_to_end(
 # --------------------------------------------------------------------------- the benchmark
 
 
-def run(ctx: BenchContext) -> list[Result]:
-    n = ctx.scale(LEADS_FULL, LEADS_QUICK)
-    runs = min(ctx.runs, ctx.scale(THROUGHPUT_RUNS_CAP, 1))
-    rate = float(ctx.scale(RATE_FULL, RATE_QUICK))
-    seconds = float(os.environ.get(E2E_SECONDS_ENV) or ctx.scale(LOAD_SECONDS_FULL, LOAD_SECONDS_QUICK))
+@contextlib.contextmanager
+def _bus(ctx: BenchContext) -> Iterator[Bus]:
+    """A fresh bus: a demo trust domain, the topics under a new prefix and a timestamp statement; its
+    workers stopped, its topics deleted and its folder removed at the end."""
     bootstrap = ctx.bootstrap
     tmp = Path(tempfile.mkdtemp(prefix="lianfang-bench-hub-"))
     now = dt.datetime.now(dt.UTC)
@@ -771,15 +827,43 @@ def run(ctx: BenchContext) -> list[Result]:
     domain = trust.init_domain(tmp / "home", now=now, kdf=KdfParams.for_tests(), pseudonymizer_url=None)
     registry = domain.registry(now)
     bus = Bus(bootstrap, ctx.unique("run") + "-", tmp / "home", domain, registry, tmp)
-    reader: AlertReader | None = None
-    results: list[Result] = []
     try:
         ctx.progress(f"creating the topics under {bus.prefix} …")
         cluster.apply_topics(bootstrap, registry.participant_ids(), prefix=bus.prefix)
         bus.stamp()
+        yield bus
+    finally:
+        for worker in reversed(bus.workers):
+            worker.stop(STOP_TIMEOUT_S)
+        bus.delete_topics()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def memory(ctx: BenchContext) -> list[Result]:
+    """The memory case alone (``python -m tests.bench --memory -k hub``): :func:`_prefill` with
+    ``LIANFANG_BENCH_MEMORY_EVENTS`` leads (10,000 by default)."""
+    n = memory_events(ctx, MEMORY_LEADS_FULL, MEMORY_LEADS_QUICK)
+    with _bus(ctx) as bus:
+        _, results = _prefill(ctx, bus, n)
+        return results
+
+
+def run(ctx: BenchContext) -> list[Result]:
+    n = ctx.scale(LEADS_FULL, LEADS_QUICK)
+    runs = min(ctx.runs, ctx.scale(THROUGHPUT_RUNS_CAP, 1))
+    rate = float(ctx.scale(RATE_FULL, RATE_QUICK))
+    seconds = float(os.environ.get(E2E_SECONDS_ENV) or ctx.scale(LOAD_SECONDS_FULL, LOAD_SECONDS_QUICK))
+    with _bus(ctx) as bus:
+        return _run(ctx, bus, n, runs, rate, seconds)
+
+
+def _run(ctx: BenchContext, bus: Bus, n: int, runs: int, rate: float, seconds: float) -> list[Result]:
+    reader: AlertReader | None = None
+    results: list[Result] = []
+    try:
         reader = AlertReader(bus.client("coordinators"))
         reader.start()
-        router = _prefill(ctx, bus, n)
+        router, memory_results = _prefill(ctx, bus, n)
 
         drains: list[Drain] = []
         decodes: list[Drain] = []
@@ -828,7 +912,7 @@ def run(ctx: BenchContext) -> list[Result]:
         )
         hub.stop(STOP_TIMEOUT_S)
         ctx.progress("one more hub run under cProfile, for the top costs …")
-        stats_file = tmp / "hub.pstats"
+        stats_file = bus.tmp / "hub.pstats"
         profiled, drain = _hub_run(bus, runs + 1, n, router, profile=stats_file)
         profiled.stop(STOP_TIMEOUT_S)
         if stats_file.exists():
@@ -862,14 +946,10 @@ def run(ctx: BenchContext) -> list[Result]:
         results.append(ctx.result(base_case, "p99 ms", [raw.p99_ms], baseline=True, notes=base_notes))
 
         results += _end_to_end(ctx, bus, reader, [router, hub], rate, seconds, raw)
-        return results
+        return results + memory_results
     finally:
         if reader is not None:
             reader.halt.set()
             reader.join(10)
             if not reader.is_alive():
                 reader.client.close()
-        for worker in reversed(bus.workers):
-            worker.stop(STOP_TIMEOUT_S)
-        bus.delete_topics()
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -15,6 +15,11 @@ about 1 KiB. What each case times:
 - ``SDK publish_lead``: one :class:`~services.sdk.client.Client` in this process, ``publish_lead`` N
   times (validate, pseudonymize, seal, outbox write with fsync), then ``flush`` until Kafka has acked
   every record (acks=all). Two figures: accepted/s (the publish loop) and in-Kafka/s (loop + flush).
+- ``gateway RSS after the memory run`` (MB; its baseline ``gateway RSS, started``): the gateway's RSS
+  once serving and after the last request of the gateway cases, with the growth over the second half
+  (:class:`~tests.bench.harness.RssTrack`). ``python -m tests.bench --memory -k adapters`` runs a
+  gateway alone through ``LIANFANG_BENCH_MEMORY_EVENTS`` requests (10,000 by default) at 32 in flight,
+  in ``MEMORY_LOOKS`` runs of the load generator, its RSS read after each once its outbox drained.
 - the pseudonymizer the registry names runs in a process of its own (its per-participant rate limit
   lifted); a case fails rather than report a figure if any lead was deferred for want of its answer.
 - baselines: kafka-python and aiokafka producing N values of the sealed records' size (random bytes,
@@ -43,8 +48,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.bench.harness import REPO_ROOT, BenchContext, BenchError, Result, per_second
+from tests.bench.harness import (
+    MEMORY_EVENTS_ENV,
+    REPO_ROOT,
+    BenchContext,
+    BenchError,
+    Result,
+    RssTrack,
+    memory_events,
+    per_second,
+)
 from tests.bench.sampler import Sampler
+from tests.workers import rss_bytes
 
 EVENTS_FULL = 1_000
 EVENTS_QUICK = 300
@@ -60,6 +75,10 @@ LINGER_MS = 2  # as the outbox's producer
 START_DEADLINE_S = 60.0
 DRAIN_DEADLINE_S = 120.0
 LOAD_DEADLINE_S = 300.0
+MEMORY_REQUESTS_FULL = 10_000  # the memory case alone (--memory); make bench measures the gateway cases
+MEMORY_REQUESTS_QUICK = 2_000
+MEMORY_LOOKS = 10  # load generator runs in the memory case, the gateway's RSS read after each
+MEMORY_MIN_RATE = 20  # requests/s: a load generator run's deadline allows for a gateway this slow
 CLIENT_ID = "lianfang-bench"
 SAMPLE = os.environ.get("LIANFANG_BENCH_SAMPLE", "") not in ("", "0")
 """Sample the stacks of the gateway's and the SDK publishers' threads (:mod:`tests.bench.sampler`) and
@@ -318,79 +337,58 @@ def _sampled_note(ctx: BenchContext, what: str, report: dict[str, Any]) -> None:
     )
 
 
-def _gateway(ctx: BenchContext, setup: Setup, requests: int) -> list[Result]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "LIANFANG_BOOTSTRAP": setup.bootstrap,
-        "LIANFANG_HOME": str(setup.home),
-        "LIANFANG_GATEWAY_PARTICIPANTS": SENDER,
-        "LIANFANG_GATEWAY_PORT": str(port),
-        "LIANFANG_GATEWAY_SPOOL_DIR": str(setup.tmp / "gateway-spool"),
-        "LIANFANG_GATEWAY_TOPIC_PREFIX": setup.prefix,
-        # No timestamp service runs here: without this every request is a 503 registry_stale (the
-        # check itself is an in-memory comparison; it costs the request nothing measurable).
-        "LIANFANG_GATEWAY_REQUIRE_FRESHNESS": "false",
-    }
-    log = (setup.tmp / "gateway.log").open("wb")
-    sampled = setup.tmp / "gateway.sampled.json"
-    sampler = ["-m", "tests.bench.sampler", str(sampled), "services/gateway/"] if SAMPLE else ["-m"]
-    proc = subprocess.Popen(
-        [sys.executable, *sampler, "services.gateway"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    depth = f'participant="{SENDER}"'
-    try:
-        _wait(
-            lambda: _metric(port, "lianfang_gateway_outbox_depth", depth) is not None,
-            START_DEADLINE_S,
-            "the gateway",
-        )
-        url = f"http://127.0.0.1:{port}/v1/events"
-        counter = [0]
-        results = []
-        for case, concurrency, n in (
-            (f"gateway, {CONCURRENCY} in flight", CONCURRENCY, requests),
-            ("gateway, 1 in flight", 1, max(50, requests // 5)),
-        ):
-            results += _gateway_case(ctx, proc, setup, url, port, case, concurrency, n, counter)
-        _no_lead_deferred(_metric(port, "lianfang_outbox_leads_deferred_total"), "the gateway")
-        return results
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        if SAMPLE and sampled.exists():
-            _sampled_note(
-                ctx, "gateway process, its request threads and event loop", json.loads(sampled.read_text())
+class Gateway:
+    """``python -m services.gateway`` serving police on ``setup``'s domain and events topic (under the
+    stack sampler with ``LIANFANG_BENCH_SAMPLE=1``), and the load generator's runs against it."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1/events"
+        self.sent = 0  # requests sent so far: the next run's first lead number
+        env = {
+            **os.environ,
+            "LIANFANG_BOOTSTRAP": setup.bootstrap,
+            "LIANFANG_HOME": str(setup.home),
+            "LIANFANG_GATEWAY_PARTICIPANTS": SENDER,
+            "LIANFANG_GATEWAY_PORT": str(self.port),
+            "LIANFANG_GATEWAY_SPOOL_DIR": str(setup.tmp / "gateway-spool"),
+            "LIANFANG_GATEWAY_TOPIC_PREFIX": setup.prefix,
+            # No timestamp service runs here: without this every request is a 503 registry_stale (the
+            # check itself is an in-memory comparison; it costs the request nothing measurable).
+            "LIANFANG_GATEWAY_REQUIRE_FRESHNESS": "false",
+        }
+        self.sampled = setup.tmp / "gateway.sampled.json"
+        sampler = ["-m", "tests.bench.sampler", str(self.sampled), "services/gateway/"] if SAMPLE else ["-m"]
+        with (setup.tmp / "gateway.log").open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, *sampler, "services.gateway"],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
+        try:
+            _wait(lambda: self.depth() is not None, START_DEADLINE_S, "the gateway")
+        except BaseException:
+            self.stop()
+            raise
 
+    def depth(self) -> float | None:
+        return _metric(self.port, "lianfang_gateway_outbox_depth", f'participant="{SENDER}"')
 
-def _gateway_case(
-    ctx: BenchContext,
-    proc: subprocess.Popen[bytes],
-    setup: Setup,
-    url: str,
-    port: int,
-    case: str,
-    concurrency: int,
-    requests: int,
-    counter: list[int],
-) -> list[Result]:
-    summaries: list[dict[str, Any]] = []
-    depth = f'participant="{SENDER}"'
+    def rss_bytes(self, *, peak: bool = False) -> int | None:
+        return rss_bytes(self.proc.pid, peak=peak)
 
-    def one_run() -> float:
-        if proc.poll() is not None:
-            raise BenchError(f"the gateway exited with {proc.returncode}; see {setup.tmp / 'gateway.log'}")
-        first = counter[0]
-        counter[0] += requests
+    def load(self, requests: int, concurrency: int) -> dict[str, Any]:
+        """One run of the load generator: ``requests`` leads not sent before, all answered 202 (or a
+        :class:`BenchError`); then the outbox left to drain to Kafka (not timed). Its summary."""
+        if self.proc.poll() is not None:
+            raise BenchError(
+                f"the gateway exited with {self.proc.returncode}; see {self.setup.tmp / 'gateway.log'}"
+            )
+        first = self.sent
+        self.sent += requests
         out = subprocess.run(
             [
                 sys.executable,
@@ -398,9 +396,9 @@ def _gateway_case(
                 "tests.bench.bench_adapters",
                 "load",
                 "--url",
-                url,
+                self.url,
                 "--home",
-                str(setup.home),
+                str(self.setup.home),
                 "--first",
                 str(first),
                 "--requests",
@@ -411,22 +409,68 @@ def _gateway_case(
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
-            timeout=LOAD_DEADLINE_S,
+            timeout=LOAD_DEADLINE_S + requests / MEMORY_MIN_RATE,
             check=False,
         )
         if out.returncode != 0:
             raise BenchError(f"the load generator failed:\n{out.stderr[-2000:]}")
-        summary = json.loads(out.stdout.strip().splitlines()[-1])
+        summary: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
         if summary["statuses"] != {"202": requests}:
             raise BenchError(
                 f"the gateway answered {summary['statuses']}, not {requests} x 202: {summary['problems']}"
             )
-        summaries.append(summary)
-        # Let the outbox drain to Kafka before the next run (not timed).
-        _wait(
-            lambda: _metric(port, "lianfang_gateway_outbox_depth", depth) == 0, DRAIN_DEADLINE_S, "the outbox"
-        )
-        return float(summary["seconds"])
+        _wait(lambda: self.depth() == 0, DRAIN_DEADLINE_S, "the outbox")
+        return summary
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _gateway(ctx: BenchContext, setup: Setup, requests: int) -> list[Result]:
+    """The gateway at 32 and at 1 request in flight, and its RSS from start to the last of those
+    requests (the memory figures of ``make bench``)."""
+    cases = (
+        (f"gateway, {CONCURRENCY} in flight", CONCURRENCY, requests),
+        ("gateway, 1 in flight", 1, max(50, requests // 5)),
+    )
+    gateway = Gateway(setup)
+    total = (ctx.warmup + ctx.runs) * sum(n for _, _, n in cases)
+    track = RssTrack("gateway", total, gateway.rss_bytes)
+    track.started()
+    try:
+        results = []
+        for case, concurrency, n in cases:
+            results += _gateway_case(ctx, gateway, track, case, concurrency, n)
+        track.finished()
+        _no_lead_deferred(_metric(gateway.port, "lianfang_outbox_leads_deferred_total"), "the gateway")
+    finally:
+        gateway.stop()
+        if SAMPLE and gateway.sampled.exists():
+            _sampled_note(
+                ctx,
+                "gateway process, its request threads and event loop",
+                json.loads(gateway.sampled.read_text()),
+            )
+    return results + track.results(
+        ctx,
+        started="once started and serving (VmRSS of python -m services.gateway)",
+        after=f"after accepting the {total:,} signed requests of the gateway cases (distinct victims)",
+    )
+
+
+def _gateway_case(
+    ctx: BenchContext, gateway: Gateway, track: RssTrack, case: str, concurrency: int, requests: int
+) -> list[Result]:
+    summaries: list[dict[str, Any]] = []
+
+    def one_run() -> float:
+        summaries.append(gateway.load(requests, concurrency))
+        track.look(gateway.sent)
+        return float(summaries[-1]["seconds"])
 
     seconds = ctx.measure(case, one_run)
     timed = summaries[ctx.warmup :]
@@ -441,6 +485,32 @@ def _gateway_case(
         ctx.result(case, "p50 ms", [s["p50_ms"] for s in timed], notes=notes),
         ctx.result(case, "p99 ms", [s["p99_ms"] for s in timed], notes=notes),
     ]
+
+
+def _gateway_memory(ctx: BenchContext, setup: Setup, requests: int) -> list[Result]:
+    """A gateway's RSS from start to ``requests`` accepted signed requests, sent 32 in flight in
+    ``MEMORY_LOOKS`` runs of the load generator, the RSS read after each (once the outbox drained)."""
+    gateway = Gateway(setup)
+    track = RssTrack("gateway", requests, gateway.rss_bytes)
+    track.started()
+    try:
+        chunk = -(-requests // MEMORY_LOOKS)
+        while gateway.sent < requests:
+            gateway.load(min(chunk, requests - gateway.sent), CONCURRENCY)
+            track.look(gateway.sent)
+            ctx.progress(f"memory: {gateway.sent:,} of {requests:,} requests accepted")
+        track.finished()
+        _no_lead_deferred(_metric(gateway.port, "lianfang_outbox_leads_deferred_total"), "the gateway")
+    finally:
+        gateway.stop()
+    return track.results(
+        ctx,
+        started="once started and serving (VmRSS of python -m services.gateway)",
+        after=(
+            f"after accepting {requests:,} signed requests ({MEMORY_EVENTS_ENV}; distinct victims, "
+            f"{CONCURRENCY} in flight), its outbox drained to Kafka"
+        ),
+    )
 
 
 def _sdk(ctx: BenchContext, setup: Setup, events: int) -> list[Result]:
@@ -634,6 +704,16 @@ def _raw_aiokafka(ctx: BenchContext, topic: str, events: int, size: int) -> list
     return [
         ctx.result("aiokafka produce", "records/s", per_second(seconds, events), baseline=True, notes=notes)
     ]
+
+
+def memory(ctx: BenchContext) -> list[Result]:
+    """The memory case alone (``python -m tests.bench --memory -k adapters``): a gateway's RSS after
+    ``LIANFANG_BENCH_MEMORY_EVENTS`` accepted requests (10,000 by default)."""
+    setup = Setup(ctx)
+    try:
+        return _gateway_memory(ctx, setup, memory_events(ctx, MEMORY_REQUESTS_FULL, MEMORY_REQUESTS_QUICK))
+    finally:
+        setup.close()
 
 
 def run(ctx: BenchContext) -> list[Result]:

@@ -183,11 +183,27 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         "7 memory: router RSS after the memory run's events (MB; LIANFANG_BENCH_MEMORY_EVENTS, default "
-        "10,000, the target's 1,000,000; baseline RSS started; other services not benchmarked yet)",
+        "10,000, the target's 1,000,000; baseline RSS started)",
         "<=",
         150,
         _get(ROUTER, "router RSS after the memory run", "MB"),
         _get(ROUTER, "router RSS, started", "MB"),
+    ),
+    Target(
+        "7 memory: hub RSS after the memory run's leads drained (MB; make bench: the throughput case's "
+        "leads; --memory: LIANFANG_BENCH_MEMORY_EVENTS, default 10,000; baseline RSS started)",
+        "<=",
+        150,
+        _get(HUB, "hub RSS after the memory run", "MB"),
+        _get(HUB, "hub RSS, started", "MB"),
+    ),
+    Target(
+        "7 memory: gateway RSS after the memory run's requests accepted (MB; make bench: the gateway "
+        "cases' requests; --memory: LIANFANG_BENCH_MEMORY_EVENTS, default 10,000; baseline RSS started)",
+        "<=",
+        150,
+        _get(ADAPTERS, "gateway RSS after the memory run", "MB"),
+        _get(ADAPTERS, "gateway RSS, started", "MB"),
     ),
     Target(
         "7 memory: router replay state (B per id; baseline the dict of strings it replaced)",

@@ -121,3 +121,22 @@ def test_the_importers_row_is_the_batched_import_beside_the_reader_alone_of_the_
     )
     row = _row(rows, "1 group commit: importers")
     assert (row["figure"], row["baseline"], row["met"]) == (1600.0, 150_000.0, True)
+
+
+@pytest.mark.parametrize(
+    ("benchmark", "service"),
+    [("bench_router", "router"), ("bench_hub", "hub"), ("bench_adapters", "gateway")],
+)
+def test_each_services_memory_row_is_its_rss_after_the_memory_run_beside_its_rss_started(
+    benchmark: str, service: str
+) -> None:
+    over = targets.evaluate(
+        _run(
+            (benchmark, f"{service} RSS after the memory run", "MB", 151.0),
+            (benchmark, f"{service} RSS, started", "MB", 96.0),
+        )
+    )
+    under = targets.evaluate(_run((benchmark, f"{service} RSS after the memory run", "MB", 149.0)))
+    row = _row(over, f"7 memory: {service} RSS")
+    assert (row["figure"], row["baseline"], row["met"]) == (151.0, 96.0, False)
+    assert _row(under, f"7 memory: {service} RSS")["met"] is True

@@ -119,13 +119,13 @@ class HubSettings(BaseSettings):
         description="how long a batch waits for more records before it is handled (added latency)",
     )
     rocksdb_write_buffer_mb: int = Field(
-        default=2,
+        default=1,
         ge=1,
         description="RocksDB memtable size of each table partition (two are kept; faust's default is 64 MiB, "
-        "three kept)",
+        "three kept); rocksdb_memory_bound says what the stores take together",
     )
     rocksdb_block_cache_mb: int = Field(
-        default=4,
+        default=1,
         ge=1,
         description="RocksDB block cache of each table partition (faust's default is 2 GiB each)",
     )
@@ -140,6 +140,10 @@ class HubSettings(BaseSettings):
     )
 
 
+TABLES = ("victims", "suspects", "links")
+"""The hub's tables (each a RocksDB store per partition): victims' and suspects' states, and links."""
+
+
 def rocksdb_options(settings: HubSettings) -> dict[str, int]:
     """The RocksDB options of each hub table: bounded memory per table partition (two memtables and a
     block cache), so a worker's RSS stays flat as its tables grow. faust's defaults (three 64 MiB
@@ -152,6 +156,18 @@ def rocksdb_options(settings: HubSettings) -> dict[str, int]:
         "block_cache_size": settings.rocksdb_block_cache_mb * mib,
         "block_cache_compressed_size": settings.rocksdb_block_cache_mb * mib,
     }
+
+
+def rocksdb_memory_bound(settings: HubSettings) -> int:
+    """The most memory a worker's RocksDB stores hold in their memtables and block caches, in bytes: a
+    store per partition of each of :data:`TABLES`, each with the memtables and caches of
+    :func:`rocksdb_options` (the compressed block cache counted, though rocksdict, the driver faust uses
+    here, keeps none). What grows with the state beyond it is RocksDB's index and filter blocks, a few
+    bytes a key."""
+    options = rocksdb_options(settings)
+    memtables = options["write_buffer_size"] * options["max_write_buffer_number"]
+    per_store = memtables + options["block_cache_size"] + options["block_cache_compressed_size"]
+    return len(TABLES) * settings.partitions * per_store
 
 
 class BatchWrites(MutableMapping[bytes, bytes]):
@@ -238,9 +254,10 @@ class HubWorker:
                 use_partitioner=use_partitioner,
             )
 
-        self.victims = table("victims", use_partitioner=True)
-        self.suspect_table = table("suspects")
-        self.link_table = table("links")
+        victims, suspects, links = TABLES
+        self.victims = table(victims, use_partitioner=True)
+        self.suspect_table = table(suspects)
+        self.link_table = table(links)
         self.victim_writes = BatchWrites(self.victims, n)
         self.work = RecordWorker(
             config=config,

@@ -21,6 +21,7 @@ import contextlib
 import datetime as dt
 import importlib
 import importlib.metadata
+import itertools
 import json
 import os
 import pkgutil
@@ -377,18 +378,25 @@ def growth_per_event(events: int, half: tuple[float, int], end: int) -> float | 
     return (end - rss) / (events - done)
 
 
+MEMORY_LOOKS_AT = (0.25, 0.5, 0.75)
+"""Where a memory run reads the RSS on the way (shares of its events): the growth between these looks
+says whether it slows down (caches and buffers filling to their bounds) or goes on."""
+
+
 @dataclass
 class RssTrack:
     """A service's resident memory over a memory run of ``events`` events: once started (:meth:`started`),
-    at the first look past half of the events (:meth:`look`, called with the events done so far as often
-    as the run checks its progress) and once all are done (:meth:`finished`, before the process stops).
-    ``rss`` reads the process's RSS, or its peak with ``peak=True`` (``tests.workers.Worker.rss_bytes``)."""
+    at the first look past each of :data:`MEMORY_LOOKS_AT` (:meth:`look`, called with the events done so
+    far as often as the run checks its progress) and once all are done (:meth:`finished`, before the
+    process stops). ``rss`` reads the process's RSS, or its peak with ``peak=True``
+    (``tests.workers.Worker.rss_bytes``)."""
 
     service: str
     events: int
     rss: Callable[..., int | None]
     start: int | None = None
-    half: tuple[float, int] | None = None
+    looks: dict[float, tuple[float, int]] = field(default_factory=dict)
+    """(events done, RSS) at the first look past each share of :data:`MEMORY_LOOKS_AT`."""
     end: int | None = None
     peak: int | None = None
 
@@ -396,27 +404,47 @@ class RssTrack:
         self.start = self.rss()
 
     def look(self, done: float) -> None:
-        if self.half is None and done >= self.events / 2 and (rss := self.rss()) is not None:
-            self.half = (done, rss)
+        due = [at for at in MEMORY_LOOKS_AT if at not in self.looks and done >= at * self.events]
+        if due and (rss := self.rss()) is not None:
+            for at in due:
+                self.looks[at] = (done, rss)
 
     def finished(self) -> None:
         self.end, self.peak = self.rss(), self.rss(peak=True)
 
+    def growth(self) -> list[tuple[float, float, float]]:
+        """Bytes of RSS an event between successive looks and from the last to the end, each with the
+        shares of the run it was measured over; empty before :meth:`finished`."""
+        if self.end is None:
+            return []
+        points = [self.looks[at] for at in MEMORY_LOOKS_AT if at in self.looks] + [(self.events, self.end)]
+        return [
+            ((b - a) / (m - n), n / self.events, m / self.events)
+            for (n, a), (m, b) in itertools.pairwise(points)
+            if m > n
+        ]
+
     def results(self, ctx: BenchContext, *, started: str, after: str) -> list[Result]:
         """The figures ``<service> RSS, started`` (the baseline) and ``<service> RSS after the memory run``
-        (MB), and a note with the peak and the growth over the second half with a straight line from it
-        to :data:`MEMORY_TARGET_EVENTS`; ``started`` and ``after`` say what each figure is. Nothing
-        without /proc."""
+        (MB), and a note with the peak, the growth between the looks and a straight line from the
+        growth over the second half to :data:`MEMORY_TARGET_EVENTS`; ``started`` and ``after`` say what
+        each figure is. Nothing without /proc."""
         start, end, peak = self.start, self.end, self.peak
         if start is None or end is None or peak is None:
             ctx.note(f"memory: no /proc on this system: the {self.service}'s RSS is not measured")
             return []
         n = self.events
-        growth = None if self.half is None else growth_per_event(n, self.half, end)
+        half = self.looks.get(0.5)
+        growth = None if half is None else growth_per_event(n, half, end)
+        steps = self.growth()
         slope = ""
+        if steps:
+            slope += "; growth in B an event over " + ", ".join(
+                f"{100 * a:.0f}-{100 * b:.0f} % of the events {per_event:.0f}" for per_event, a, b in steps
+            )
         if growth is not None:
             at_target = (end + growth * (MEMORY_TARGET_EVENTS - n)) / MB
-            slope = (
+            slope += (
                 f"; over the second half it grew {growth:.0f} B an event, which would give {at_target:.0f} MB "
                 f"at {MEMORY_TARGET_EVENTS:,} events (an extrapolation, not a measurement: set "
                 f"{MEMORY_EVENTS_ENV}={MEMORY_TARGET_EVENTS} to measure it)"

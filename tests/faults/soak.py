@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from tests.faults.bed import KAFKA_HOSTS, RESTART_COUNTERS, ROUTERS, Bed, Check
 from tests.kit import DemoDomain
+from tests.workers import REPO
 
 SERVICES = (*ROUTERS, "hub", "gateway")
 
@@ -130,11 +132,15 @@ def memory_series(samples: list[MemorySample], every_min: float = 5.0) -> str:
 def longest_process_growth(samples: list[MemorySample]) -> str:
     """How the memory of the service's longest-lived process moved over the first and the second half
     of its life, in MiB: a process whose memory levels off grows less in its second half than in its
-    first; one that leaks grows as much (or more). Samples taken while the service was down are left out."""
+    first; one that leaks grows as much (or more). Samples taken while the service was down are left out,
+    and so is a restarted process's first sample (it may have been taken while the process started)."""
     lives: dict[int, list[MemorySample]] = {}
     for sample in samples:
         if sample.rss > 0:
             lives.setdefault(sample.pid, []).append(sample)
+    for pid, life in list(lives.items())[1:]:  # a restarted process's first sample may catch it starting
+        lives[pid] = life[1:]
+    lives = {pid: life for pid, life in lives.items() if life}
     if not lives:
         return "no sample"
     life = max(lives.values(), key=lambda kept: kept[-1].minute - kept[0].minute)
@@ -149,6 +155,16 @@ def longest_process_growth(samples: list[MemorySample]) -> str:
     )
 
 
+@dataclass(frozen=True)
+class SelfExit:
+    """A service whose process ended though the soak did not kill it: a crash. The soak starts it again
+    (as a supervisor would) and fails."""
+
+    service: str
+    minute: float
+    code: int | None
+
+
 @dataclass
 class SoakResult:
     offered: int
@@ -160,10 +176,11 @@ class SoakResult:
     memory: dict[str, list[MemorySample]] = field(default_factory=dict)
     process_restarts: dict[str, int] = field(default_factory=dict)
     inside_restarts: dict[str, float] = field(default_factory=dict)  # runner or agent restarts
+    exits: list[SelfExit] = field(default_factory=list)  # services that ended without being told
 
     @property
     def ok(self) -> bool:
-        return not (self.check.lost or self.check.duplicated or self.check.duplicate_alerts)
+        return not (self.check.lost or self.check.duplicated or self.check.duplicate_alerts or self.exits)
 
     def lines(self) -> list[str]:
         c = self.check
@@ -189,6 +206,12 @@ class SoakResult:
                 what = "runner" if "router" in inside else "agents"
                 line += f"  {what} {self.inside_restarts.get(name, 0):.0f} ({inside})"
             out.append(line)
+        for name in self.rss_start:
+            mine = [e for e in self.exits if e.service == name]
+            out.append(
+                f"exits by itself {name:<8} {len(mine)}"
+                + "".join(f"  (minute {e.minute:.0f}, code {e.code})" for e in mine)
+            )
         for fault, recovered in self.faults:
             out.append(f"fault: {fault}: recovered in {recovered:.1f} s")
         return out
@@ -212,9 +235,26 @@ def soak(
                 worker = bed.workers[name]
                 memory[name].append(MemorySample(minute, worker.proc.pid, worker.rss_bytes()))
 
+        exits: list[SelfExit] = []
+
+        def restart_the_crashed() -> None:
+            """Any service that ended by itself: logged with the end of its log, counted, started again."""
+            for name in SERVICES:
+                worker = bed.workers[name]
+                if worker.alive():
+                    continue
+                minute = (time.monotonic() - began) / 60
+                exits.append(SelfExit(name, minute, worker.proc.returncode))
+                log(
+                    f"{name} exited by itself (code {worker.proc.returncode}) at minute {minute:.0f}; its log ends:"
+                )
+                log(worker.tail(30))
+                bed.restart(name)
+
         faults: list[tuple[str, float]] = []
         deadline = time.monotonic() + minutes * 60
         while time.monotonic() < deadline:
+            restart_the_crashed()
             sample_memory()
             bed.idle(rng.uniform(10, 30))  # steady load between faults
             if time.monotonic() >= deadline:
@@ -224,6 +264,8 @@ def soak(
             recovered = bed.recover(time.monotonic())
             faults.append((what, recovered))
             log(f"fault: {what}: recovered in {recovered:.1f} s")
+            restart_the_crashed()
+        restart_the_crashed()
         inside_restarts = {name: bed.restarts_inside(name) for name in RESTART_COUNTERS}
         sample_memory()
         rss_end = {name: bed.workers[name].rss_bytes() for name in SERVICES}
@@ -241,9 +283,18 @@ def soak(
             memory=memory,
             process_restarts=dict(bed.restarts),
             inside_restarts=inside_restarts,
+            exits=exits,
         )
     finally:
         bed.down()
+
+
+def keep_logs(tmp: Path, to: Path) -> None:
+    """Copy every ``*.log`` under the run's directory to ``to`` (its relative path kept)."""
+    for path in tmp.rglob("*.log"):
+        target = to / path.relative_to(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,8 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rate", type=float, default=4.0, help="leads a second")
     args = parser.parse_args(argv)
+    logs = REPO / ".run" / "soak" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     with tempfile.TemporaryDirectory(prefix="lianfang-soak-") as tmp:
-        result = soak(Path(tmp), minutes=args.minutes, seed=args.seed, rate=args.rate)
+        try:
+            result = soak(Path(tmp), minutes=args.minutes, seed=args.seed, rate=args.rate)
+        finally:  # the services' and brokers' logs outlive the run's data
+            keep_logs(Path(tmp), logs)
+        print(f"logs: {logs}")
     for line in result.lines():
         print(line)
     return 0 if result.ok else 1

@@ -25,3 +25,4 @@ def test_three_minutes_of_random_faults_lose_and_duplicate_no_lead_and_raise_eve
     assert not result.check.duplicated, f"leads in an inbox twice: {result.check.duplicated[:5]}"
     assert not result.check.duplicate_alerts, f"duplicate alerts: {result.check.duplicate_alerts[:5]}"
     assert not result.check.missing_alerts, f"victims without an alert: {result.check.missing_alerts[:5]}"
+    assert not result.exits, f"services that ended by themselves (their logs above): {result.exits}"

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import ConsumerStoppedError, IllegalOperation, KafkaError
 
 from services.bus.security import KafkaSecuritySettings, aiokafka_kwargs, load_security
 from services.kernel import topics
@@ -37,8 +37,21 @@ from services.kernel.errors import TransportError
 log = logging.getLogger("lianfang.eos")
 
 # What a lost broker looks like from aiokafka: its own errors, a socket error, or a request that timed
-# out. Each restarts the worker; anything else is a bug and ends it.
+# out. Each restarts the worker; anything else (but the client's own state errors below) is a bug and
+# ends it.
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError, TimeoutError)
+
+# What aiokafka raises, besides its KafkaErrors, when a fault has moved its state under a call: a
+# producer whose sender died (fenced by the partition's next owner, or told something it does not
+# retry) refuses a send with IllegalOperation, and its transaction state machine asserts each
+# transition. Raised from inside aiokafka, these are the client's failure, not a bug of ours.
+_CLIENT_STATE_ERRORS: tuple[type[BaseException], ...] = (
+    IllegalOperation,
+    ConsumerStoppedError,
+    AssertionError,
+    KeyError,
+    asyncio.InvalidStateError,
+)
 
 # Sealed records are ~5 KB: aiokafka's default 16 KiB batch would carry three of them. A larger
 # batch cut the transactional relay's CPU per record by about 3x in the router benchmark.
@@ -183,7 +196,7 @@ class TransactionalRunner:
         try:
             async with self._lock:
                 await self._assign_unlocked(tps)
-        except _TRANSPORT_ERRORS as e:
+        except Exception as e:  # a bug too: raised by the loop, not held unrouted
             self._setup_failure = e
 
     async def _assign_unlocked(self, tps: Iterable[TopicPartition]) -> None:
@@ -343,7 +356,11 @@ class TransactionalRunner:
                 self._raise_setup_failure()
                 await self._process_all({tp: records for tp, records in batches.items() if records})
                 self.progressed_at = time.time()
-        except _TRANSPORT_ERRORS as e:
+        except Exception as e:
+            if not is_client_failure(e):
+                raise  # a bug: it ends the worker
+            if not isinstance(e, _TRANSPORT_ERRORS):
+                log.error("%s worker: the Kafka client failed from within", self.group_id, exc_info=e)
             raise TransportError(f"Kafka failed under the {self.group_id} worker: {e!r}") from e
         finally:
             with contextlib.suppress(*_TRANSPORT_ERRORS):  # producers of a failed txn may fail to stop
@@ -355,6 +372,8 @@ class TransactionalRunner:
     def _raise_setup_failure(self) -> None:
         failure = self._setup_failure
         if failure is not None:
+            if not is_client_failure(failure):
+                raise failure
             raise TransportError(
                 f"setting up a partition of the {self.group_id} worker failed: {failure!r}"
             ) from failure
@@ -438,14 +457,20 @@ class TransactionalRunner:
             await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
             committing = True
             await producer.commit_transaction()
-        except BaseException:
+        except BaseException as e:
             # Not committed: forget the batch's state changes. The worker starts afresh (run())
             # from the last committed offset with the last committed state. A commit that failed
             # is not aborted (as aiokafka's transaction context does); an abort that cannot reach
             # a broker is given up: the next owner of the partition fences it and aborts it.
             state._discard()
-            # (A producer in a fatal state cannot abort: aiokafka's own context checks the same.)
-            if not committing and not producer._txn_manager.is_fatal_error():
+            if producer._txn_manager.is_fatal_error():
+                # The producer's sender died (fenced by the partition's next owner after the group
+                # dropped this worker, or told something aiokafka does not retry): it cannot abort,
+                # and it refuses the batch's next send with IllegalOperation, not a KafkaError.
+                cause = _fatal_cause(producer)
+                if isinstance(e, Exception) and not isinstance(e, _TRANSPORT_ERRORS) and cause is not None:
+                    raise TransportError(f"the producer of {tp} failed: {cause!r}") from e
+            elif not committing:
                 await _bounded(producer.abort_transaction(), f"aborting the transaction of {tp}")
             raise
         state._apply()
@@ -463,13 +488,41 @@ class TransactionalRunner:
         self.stopping.set()
 
 
+def is_client_failure(e: BaseException) -> bool:
+    """Whether ``e`` is the Kafka client's failure, which a restart mends, rather than a bug of ours:
+    a transport error, or one of :data:`_CLIENT_STATE_ERRORS` raised from inside aiokafka."""
+    if isinstance(e, _TRANSPORT_ERRORS):
+        return True
+    if not isinstance(e, _CLIENT_STATE_ERRORS):
+        return False
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "")
+    return isinstance(module, str) and (module == "aiokafka" or module.startswith("aiokafka."))
+
+
+def _fatal_cause(producer: AIOKafkaProducer) -> BaseException | None:
+    """Why a producer in aiokafka's fatal state failed (what its sender died of), if it says."""
+    waiter = producer._txn_manager.wait_for_transaction_end()
+    if waiter is None or not waiter.done() or waiter.cancelled():
+        return None
+    cause: BaseException | None = waiter.exception()  # retrieved: not logged as never retrieved
+    return cause
+
+
 async def _bounded(closing: Awaitable[Any], what: str) -> None:
-    """Await a close that needs Kafka for at most :data:`CLOSE_TIMEOUT_S`; give it up (logged) after."""
+    """Await a close that needs Kafka for at most :data:`CLOSE_TIMEOUT_S`; give it up (logged) after,
+    or when the client fails (:func:`is_client_failure`)."""
     try:
         await asyncio.wait_for(closing, CLOSE_TIMEOUT_S)
     except TimeoutError:
         log.warning("%s took over %.0f s (no broker answers?): given up", what, CLOSE_TIMEOUT_S)
-    except _TRANSPORT_ERRORS as e:
+    except Exception as e:
+        if not is_client_failure(e):
+            raise
         log.debug("%s failed: %r", what, e)
     except asyncio.CancelledError:
         # aiokafka's consumer awaits the fetch tasks it cancels on stop and lets their CancelledError

@@ -463,6 +463,7 @@ class TransactionalRunner:
             # is not aborted (as aiokafka's transaction context does); an abort that cannot reach
             # a broker is given up: the next owner of the partition fences it and aborts it.
             state._discard()
+            _forget(deliveries)
             if producer._txn_manager.is_fatal_error():
                 # The producer's sender died (fenced by the partition's next owner after the group
                 # dropped this worker, or told something aiokafka does not retry): it cannot abort,
@@ -531,6 +532,21 @@ async def _bounded(closing: Awaitable[Any], what: str) -> None:
         if current is not None and current.cancelling():
             raise
         log.debug("%s: a task it waited for was cancelled", what)
+
+
+def _forget(deliveries: list[asyncio.Future[Any]]) -> None:
+    """Take the failures of a batch given up as seen: asyncio logs every failed future nobody looked
+    at as an error (with a fenced producer, one a record of the batch)."""
+    for delivery in deliveries:
+        if delivery.done():
+            _seen(delivery)
+        else:
+            delivery.add_done_callback(_seen)
+
+
+def _seen(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def _delivered(deliveries: list[asyncio.Future[Any]]) -> None:

@@ -182,19 +182,23 @@ class TransactionalRunner:
         self._setup_failure: BaseException | None = None
         # A rebalance callback may run while a batch awaits I/O: it waits for the batch to finish.
         self._lock = asyncio.Lock()
+        # The consumer whose rebalance callbacks may change the partitions (None between two).
+        self._live: AIOKafkaConsumer | None = None
 
     # -- partitions come and go
 
     def _transactional_id(self, tp: TopicPartition) -> str:
         return f"{self.group_id}.{tp.topic}.{tp.partition}"
 
-    async def _assign(self, tps: Iterable[TopicPartition]) -> None:
+    async def _assign(self, tps: Iterable[TopicPartition], consumer: AIOKafkaConsumer) -> None:
         # aiokafka logs and swallows an exception raised here, and the partition stays assigned with
         # no producer: the worker would hold it without ever routing it. So a failed set-up (the
         # broker went away while the producer fenced or the state loaded) is kept and raised by the
         # loop, which restarts the worker.
         try:
             async with self._lock:
+                if consumer is not self._live:  # stopping: its partitions are no longer its own
+                    return
                 await self._assign_unlocked(tps)
         except Exception as e:  # a bug too: raised by the loop, not held unrouted
             self._setup_failure = e
@@ -225,8 +229,14 @@ class TransactionalRunner:
             self.states[tp] = state
             log.info("partition %s assigned: %d state keys", tp, len(self.states[tp].data))
 
-    async def _revoke(self, tps: Iterable[TopicPartition]) -> None:
+    async def _revoke(self, tps: Iterable[TopicPartition] | None, consumer: AIOKafkaConsumer | None) -> None:
+        """Stop the producers of ``tps`` (None: of every partition) and forget their states; ``consumer``
+        is the one whose callback asks (None: the loop, ending a worker's run)."""
         async with self._lock:
+            if consumer is not None and consumer is not self._live:
+                return
+            if tps is None:
+                tps = list(self.producers)
             stopping = []
             for tp in tps:
                 producer = self.producers.pop(tp, None)
@@ -323,12 +333,12 @@ class TransactionalRunner:
 
         class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-                await runner._revoke(revoked)
+                await runner._revoke(revoked, consumer)
 
             async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-                await runner._assign(assigned)
+                await runner._assign(assigned, consumer)
 
-        self.consumer = AIOKafkaConsumer(
+        self.consumer = consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.group_id,
             client_id=self.client_id,
@@ -344,6 +354,7 @@ class TransactionalRunner:
             max_poll_records=self.max_batch,
             **self._auth,
         )
+        self._live = consumer
         try:
             # Inside the try: a broker that is down when the worker (re)starts is a restart after a
             # back-off, not the end of the process.
@@ -363,8 +374,13 @@ class TransactionalRunner:
                 log.error("%s worker: the Kafka client failed from within", self.group_id, exc_info=e)
             raise TransportError(f"Kafka failed under the {self.group_id} worker: {e!r}") from e
         finally:
+            # From here on a rebalance callback of this consumer (one waiting for the batch's lock,
+            # or one its stop lets finish) changes nothing: it used to set up producers and states
+            # after they were cleared, which the next run took for its own (skipping their set-up)
+            # though the partitions' next owner had fenced them in between.
+            self._live = None
             with contextlib.suppress(*_TRANSPORT_ERRORS):  # producers of a failed txn may fail to stop
-                await self._revoke(list(self.producers))
+                await self._revoke(None, None)
             self.producers.clear()
             self.states.clear()
             await _bounded(self.consumer.stop(), "stopping the consumer")

@@ -284,8 +284,9 @@ class TransactionalRunner:
         aborts the batch's transaction and starts the worker afresh after a back-off: it rejoins
         the group, fences its old producers and reloads the state, so the batch is redone from the
         last committed offset. ``restarts`` counts these."""
-        backoff = self.RESTART_BACKOFF_S
+        backoff: float | None = None
         while not self.stopping.is_set():
+            progressed = self.progressed_at
             try:
                 await self._until_stopped(self._run_once())
                 return
@@ -297,10 +298,15 @@ class TransactionalRunner:
                 if self.on_restart is not None:
                     self.on_restart()
                 self._setup_failure = None
+                backoff = restart_backoff(
+                    backoff,
+                    worked=self.progressed_at != progressed,
+                    first=self.RESTART_BACKOFF_S,
+                    most=self.MAX_RESTART_BACKOFF_S,
+                )
                 log.warning("%s worker restarts in %.0f s after: %s", self.group_id, backoff, e)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), backoff)
-                backoff = min(backoff * 2, self.MAX_RESTART_BACKOFF_S)
 
     async def _until_stopped(self, work: Awaitable[None]) -> None:
         """Run ``work`` until it ends; once :meth:`stop` is called, give it :data:`STOP_GRACE_S` to end
@@ -503,6 +509,16 @@ class TransactionalRunner:
 
     def stop(self) -> None:
         self.stopping.set()
+
+
+def restart_backoff(previous: float | None, *, worked: bool, first: float, most: float) -> float:
+    """The pause before a worker's next restart: ``first`` for a first failure, or one after a run that
+    worked (it came back from Kafka at least once: a new fault, not the same one again); else twice
+    the previous pause, at most ``most``. A worker that kept the longest pause from its first faults
+    would wait ``most`` after every later broker restart, however far apart."""
+    if previous is None or worked:
+        return first
+    return min(previous * 2, most)
 
 
 def is_client_failure(e: BaseException) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.bus.eos import PartitionState, TransactionalRunner
+from services.bus.eos import PartitionState, TransactionalRunner, restart_backoff
 from services.bus.security import KafkaSecuritySettings
 from services.kernel.errors import TransportError
 from services.router.metrics import RouterMetrics
@@ -66,3 +66,12 @@ def test_the_progress_time_stays_put_while_the_worker_only_restarts() -> None:
     runner._run_once = fail_twice  # type: ignore[method-assign]
     asyncio.run(runner.run())
     assert registry.get_sample_value("lianfang_router_worker_progress_timestamp_seconds") == 1000.0
+
+
+def test_the_restart_pause_doubles_while_a_fault_lasts_and_starts_again_after_a_run_that_worked() -> None:
+    pauses = []
+    pause = None
+    for worked in (False, False, False, False, False, False, True, False):
+        pause = restart_backoff(pause, worked=worked, first=1.0, most=30.0)
+        pauses.append(pause)
+    assert pauses == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 1.0, 2.0]

@@ -18,6 +18,8 @@ from aiohttp.test_utils import TestServer
 
 from schemas.envelope import EnvelopeHeader
 from services import trust
+from services.bus.eos import Handler, TransactionalRunner
+from services.bus.security import KafkaSecuritySettings
 from services.kernel import crypto, envelope, jsonx
 from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.pseudonym import Pseudonymizer, PseudonymKey, normalize_subject
@@ -205,3 +207,19 @@ def serve_pseudonymizer(domain: DemoDomain, port: int, clock: Callable[[], datet
         metrics_registry=CollectorRegistry(),
     )
     return Served(service.application(), port=port)
+
+
+def offline_runner(
+    handler: Handler, *, source: str = "events", on_restart: Callable[[], None] | None = None
+) -> TransactionalRunner:
+    """An exactly-once runner for unit tests: a bootstrap in a range reserved for testing that no
+    broker answers, no login; the test gives it fake Kafka clients or replaces its loop."""
+    return TransactionalRunner(
+        bootstrap="198.18.0.1:9",
+        group_id="g",
+        source=source,
+        state_topic="state",
+        handler=handler,
+        security=KafkaSecuritySettings(),
+        on_restart=on_restart,
+    )

@@ -16,8 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.bus.eos import Output, PartitionState, TransactionalRunner
-from services.bus.security import KafkaSecuritySettings
 from services.kernel import topics
+from tests.kit import offline_runner
 
 pytestmark = pytest.mark.unit
 
@@ -76,14 +76,7 @@ async def _copy(record: Any, state: PartitionState) -> list[Output]:
 
 
 def _runner(producers: dict[int, FakeProducer]) -> tuple[TransactionalRunner, dict[int, TopicPartition]]:
-    runner = TransactionalRunner(
-        bootstrap="198.18.0.1:9",
-        group_id="g",
-        source=SOURCE,
-        state_topic="state",
-        handler=_copy,
-        security=KafkaSecuritySettings(),
-    )
+    runner = offline_runner(_copy, source=SOURCE)
     tps = {p: TopicPartition(SOURCE, p) for p in producers}
     for p, producer in producers.items():
         runner.producers[tps[p]] = producer  # type: ignore[assignment]

@@ -16,8 +16,8 @@ from aiokafka.producer.transaction_manager import TransactionManager
 
 from services.bus import eos
 from services.bus.eos import Output, PartitionState, TransactionalRunner, is_client_failure
-from services.bus.security import KafkaSecuritySettings
 from services.kernel.errors import TransportError
+from tests.kit import offline_runner
 
 pytestmark = pytest.mark.unit
 
@@ -112,14 +112,7 @@ async def _copy(record: Any, state: PartitionState) -> list[Output]:
 
 
 def _runner() -> TransactionalRunner:
-    runner = TransactionalRunner(
-        bootstrap="198.18.0.1:9",
-        group_id="g",
-        source="events",
-        state_topic="state",
-        handler=_copy,
-        security=KafkaSecuritySettings(),
-    )
+    runner = offline_runner(_copy)
     runner.RESTART_BACKOFF_S = 0.0
     return runner
 

@@ -14,9 +14,9 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from services.bus import eos
-from services.bus.eos import Output, PartitionState, TransactionalRunner
-from services.bus.security import KafkaSecuritySettings
+from services.bus.eos import Output, PartitionState
 from services.kernel.errors import TransportError
+from tests.kit import offline_runner
 
 pytestmark = pytest.mark.unit
 
@@ -102,14 +102,7 @@ def test_an_assignment_of_a_consumer_being_stopped_sets_up_no_producer_for_the_n
             runner.consumer.rebalance({FIRST, LATE})  # the group rebalances while the batch is in flight
         return [Output("out", b"v")]
 
-    runner = TransactionalRunner(
-        bootstrap="198.18.0.1:9",
-        group_id="g",
-        source="events",
-        state_topic="state",
-        handler=handle,
-        security=KafkaSecuritySettings(),
-    )
+    runner = offline_runner(handle)
 
     async def empty_state(partition: int) -> PartitionState:
         return PartitionState(partition)

@@ -11,9 +11,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.bus.eos import PartitionState, TransactionalRunner, restart_backoff
-from services.bus.security import KafkaSecuritySettings
 from services.kernel.errors import TransportError
 from services.router.metrics import RouterMetrics
+from tests.kit import offline_runner
 
 pytestmark = pytest.mark.unit
 
@@ -23,15 +23,7 @@ async def _nothing(_record: Any, _state: PartitionState) -> list[Any]:
 
 
 def _runner(metrics: RouterMetrics) -> TransactionalRunner:
-    runner = TransactionalRunner(
-        bootstrap="198.18.0.1:9",
-        group_id="g",
-        source="s",
-        state_topic="st",
-        handler=_nothing,
-        security=KafkaSecuritySettings(),
-        on_restart=metrics.worker_restarts.inc,
-    )
+    runner = offline_runner(_nothing, source="s", on_restart=metrics.worker_restarts.inc)
     runner.RESTART_BACKOFF_S = 0.0
     return runner
 

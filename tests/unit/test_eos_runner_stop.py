@@ -12,7 +12,7 @@ import pytest
 
 from services.bus import eos
 from services.bus.eos import PartitionState, TransactionalRunner
-from services.bus.security import KafkaSecuritySettings
+from tests.kit import offline_runner
 
 pytestmark = pytest.mark.unit
 
@@ -22,14 +22,7 @@ async def _nothing(_record: Any, _state: PartitionState) -> list[Any]:
 
 
 def _runner() -> TransactionalRunner:
-    return TransactionalRunner(
-        bootstrap="198.18.0.1:9",
-        group_id="g",
-        source="s",
-        state_topic="st",
-        handler=_nothing,
-        security=KafkaSecuritySettings(),
-    )
+    return offline_runner(_nothing, source="s")
 
 
 def test_a_stop_cancels_a_batch_that_waits_on_a_lost_broker_after_the_grace_period(

@@ -65,8 +65,14 @@ CLOSE_TIMEOUT_S = 5.0
 """How long one close that needs Kafka (a transaction's abort, a producer's or the consumer's stop) may
 take before it is given up: aiokafka retries these for as long as no broker answers."""
 
+SESSION_TIMEOUT_MS = 10_000
+"""How long the group waits for a worker's heartbeat before it drops the worker and rebalances: the time
+a dead worker's partitions wait for another. The heartbeats are a task on the worker's loop (one every
+second): any stretch the loop is held for (:mod:`services.bus.looplag` measures it) counts against it.
+A partitions' set-up does not: the loop does it after the assignment, heartbeats going on."""
+
 REBALANCE_TIMEOUT_MS = 120_000
-"""How long a worker may take to set up its partitions' producers and states in a rebalance."""
+"""How long a worker may take to rejoin its group in a rebalance (finish its batch, stop its producers)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +185,9 @@ class TransactionalRunner:
         # Wall-clock time the loop last came back from Kafka (a poll answered, a batch committed): a
         # worker restarting over and over, or stuck in a transaction, stops moving it (a stall).
         self.progressed_at = time.time()
-        self._setup_failure: BaseException | None = None
+        # Partitions the group assigned whose producers and states are not set up yet (the loop sets
+        # them up: see _assign).
+        self._unready: set[TopicPartition] = set()
         # A rebalance callback may run while a batch awaits I/O: it waits for the batch to finish.
         self._lock = asyncio.Lock()
         # The consumer whose rebalance callbacks may change the partitions (None between two).
@@ -190,44 +198,95 @@ class TransactionalRunner:
     def _transactional_id(self, tp: TopicPartition) -> str:
         return f"{self.group_id}.{tp.topic}.{tp.partition}"
 
-    async def _assign(self, tps: Iterable[TopicPartition], consumer: AIOKafkaConsumer) -> None:
-        # aiokafka logs and swallows an exception raised here, and the partition stays assigned with
-        # no producer: the worker would hold it without ever routing it. So a failed set-up (the
-        # broker went away while the producer fenced or the state loaded) is kept and raised by the
-        # loop, which restarts the worker.
-        try:
-            async with self._lock:
-                if consumer is not self._live:  # stopping: its partitions are no longer its own
-                    return
-                await self._assign_unlocked(tps)
-        except Exception as e:  # a bug too: raised by the loop, not held unrouted
-            self._setup_failure = e
+    def _assign(self, tps: Iterable[TopicPartition], consumer: AIOKafkaConsumer) -> None:
+        """Note the partitions the group assigned; the loop sets them up (:meth:`_set_up_assigned`).
 
-    async def _assign_unlocked(self, tps: Iterable[TopicPartition]) -> None:
-        for tp in tps:
-            if tp in self.producers:
-                continue
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap,
-                transactional_id=self._transactional_id(tp),
-                enable_idempotence=True,
-                acks="all",
-                client_id=f"{self.client_id}-{tp.partition}",
-                linger_ms=2,
-                max_batch_size=PRODUCER_BATCH_BYTES,
-                partitioner=topics.partitioner,
-                **self._auth,
-            )
-            try:
-                await producer.start()  # InitProducerId: fences the previous owner, aborts its open txn
-                state = await self._load_state(tp.partition)
-            except BaseException:
-                with contextlib.suppress(*_TRANSPORT_ERRORS):
-                    await producer.stop()
-                raise
-            self.producers[tp] = producer
-            self.states[tp] = state
-            log.info("partition %s assigned: %d state keys", tp, len(self.states[tp].data))
+        Not here: aiokafka sends no heartbeat from the JoinGroup until this callback returns (it stops
+        its heartbeat task for the rejoin and starts it again after the callback), so a set-up longer
+        than the session timeout (one transactional producer and one state read a partition, seconds
+        each on a loaded machine) had the group drop the worker as soon as it had joined, and every
+        rejoin set them up again: a worker could flap for as long as the load lasted. The rebalance
+        timeout does not help: it bounds the join, not the time after it. docs/faults.md has the
+        figures. (aiokafka also logs and swallows an exception raised here: the partition would
+        stay assigned with no producer.)"""
+        if consumer is not self._live:  # stopping: its partitions are no longer its own
+            return
+        self._unready.update(tp for tp in tps if tp not in self.producers)
+
+    async def _set_up_assigned(self) -> dict[TopicPartition, int | None]:
+        """Set up every assigned partition that is not yet: start its transactional producer (which
+        fences the partition's previous owner and aborts what it left open), load its state, and
+        read its committed offset after the fence (a previous owner that the group dropped may have
+        committed a transaction since aiokafka first read it). Returns the partitions set up, each
+        with its committed offset (None: nothing committed yet): :meth:`_start_from` moves there.
+
+        The partitions are set up side by side: each is mostly waiting for the broker. Meanwhile
+        the consumer's heartbeats go on, and a revocation waits (for the lock). A failure (the broker
+        went away) is raised to the loop, which restarts the worker; the partitions set up before it
+        are stopped with the others at the end of the run."""
+        if not self._unready:
+            return {}
+        assert self.consumer is not None
+        consumer = self.consumer
+        async with self._lock:
+            assigned = consumer.assignment()
+            self._unready &= assigned
+            tps = sorted(self._unready, key=lambda tp: (tp.topic, tp.partition))
+            if not tps:
+                return {}
+            started = time.monotonic()
+            results = await asyncio.gather(*(self._set_up(tp) for tp in tps), return_exceptions=True)
+            failure: BaseException | None = None
+            for tp, result in zip(tps, results, strict=True):
+                if isinstance(result, BaseException):
+                    failure = failure or result
+                    continue
+                producer, state = result
+                self.producers[tp] = producer
+                self.states[tp] = state
+                self._unready.discard(tp)
+                log.info("partition %s assigned: %d state keys", tp, len(state.data))
+            if failure is not None:
+                raise failure
+            committed = {tp: await consumer.committed(tp) for tp in tps}
+            log.info("%d partitions set up in %.1f s", len(tps), time.monotonic() - started)
+            return committed
+
+    def _start_from(
+        self, committed: dict[TopicPartition, int | None], fetched: dict[TopicPartition, list[Any]]
+    ) -> dict[TopicPartition, list[Any]]:
+        """Move the consumer to the committed offset of each partition just set up, and return the
+        batch without what was fetched of them before (from a position read before the fence). With
+        nothing committed, the partition goes back to the first record fetched of it: never skipped."""
+        assert self.consumer is not None
+        for tp, offset in committed.items():
+            records = fetched.get(tp)
+            start = offset if offset is not None else records[0].offset if records else None
+            if start is not None:
+                self.consumer.seek(tp, start)
+        return {tp: records for tp, records in fetched.items() if records and tp not in committed}
+
+    async def _set_up(self, tp: TopicPartition) -> tuple[AIOKafkaProducer, PartitionState]:
+        """Start ``tp``'s transactional producer and load its state."""
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            transactional_id=self._transactional_id(tp),
+            enable_idempotence=True,
+            acks="all",
+            client_id=f"{self.client_id}-{tp.partition}",
+            linger_ms=2,
+            max_batch_size=PRODUCER_BATCH_BYTES,
+            partitioner=topics.partitioner,
+            **self._auth,
+        )
+        try:
+            await producer.start()  # InitProducerId: fences the previous owner, aborts its open txn
+            state = await self._load_state(tp.partition)
+        except BaseException:
+            with contextlib.suppress(*_TRANSPORT_ERRORS):
+                await producer.stop()
+            raise
+        return producer, state
 
     async def _revoke(self, tps: Iterable[TopicPartition] | None, consumer: AIOKafkaConsumer | None) -> None:
         """Stop the producers of ``tps`` (None: of every partition) and forget their states; ``consumer``
@@ -237,6 +296,9 @@ class TransactionalRunner:
                 return
             if tps is None:
                 tps = list(self.producers)
+                self._unready.clear()
+            tps = list(tps)
+            self._unready.difference_update(tps)
             stopping = []
             for tp in tps:
                 producer = self.producers.pop(tp, None)
@@ -297,7 +359,6 @@ class TransactionalRunner:
                 self.restarts += 1
                 if self.on_restart is not None:
                     self.on_restart()
-                self._setup_failure = None
                 backoff = restart_backoff(
                     backoff,
                     worked=self.progressed_at != progressed,
@@ -342,7 +403,7 @@ class TransactionalRunner:
                 await runner._revoke(revoked, consumer)
 
             async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-                await runner._assign(assigned, consumer)
+                runner._assign(assigned, consumer)
 
         self.consumer = consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
@@ -351,11 +412,10 @@ class TransactionalRunner:
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="earliest",
-            session_timeout_ms=10_000,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=1_000,
-            # Setting up an assignment starts one transactional producer a partition (about 0.7 s each
-            # on a busy machine): 12 partitions outlasted a rebalance timeout equal to the session's,
-            # and the group dropped the worker and rebalanced again (seen in `make run`).
+            # How long the group waits for the members to rejoin: one whose batch in flight, or whose
+            # revocation (stopping producers), takes a while is not dropped for it.
             rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
             max_poll_records=self.max_batch,
             **self._auth,
@@ -370,8 +430,8 @@ class TransactionalRunner:
                 if self.paused is not None and self.paused():
                     await self._wait_while_paused()
                 batches = await self.consumer.getmany(timeout_ms=500, max_records=self.max_batch)
-                self._raise_setup_failure()
-                await self._process_all({tp: records for tp, records in batches.items() if records})
+                committed = await self._set_up_assigned()
+                await self._process_all(self._start_from(committed, batches))
                 self.progressed_at = time.time()
         except Exception as e:
             if not is_client_failure(e):
@@ -391,21 +451,12 @@ class TransactionalRunner:
             self.states.clear()
             await _bounded(self.consumer.stop(), "stopping the consumer")
 
-    def _raise_setup_failure(self) -> None:
-        failure = self._setup_failure
-        if failure is not None:
-            if not is_client_failure(failure):
-                raise failure
-            raise TransportError(
-                f"setting up a partition of the {self.group_id} worker failed: {failure!r}"
-            ) from failure
-
     async def _wait_while_paused(self) -> None:
         """Stop fetching, but keep polling (to stay in the group), while ``paused()`` holds."""
         assert self.consumer is not None
         assert self.paused is not None
         while self.paused() and not self.stopping.is_set():
-            self._raise_setup_failure()
+            self._start_from(await self._set_up_assigned(), {})  # fence the previous owners meanwhile
             self.consumer.pause(*self.consumer.assignment())
             fetched = await self.consumer.getmany(timeout_ms=500)
             self.progressed_at = time.time()

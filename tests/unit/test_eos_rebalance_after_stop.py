@@ -77,6 +77,12 @@ class FakeConsumer:
     def assignment(self) -> set[TopicPartition]:
         return {FIRST}
 
+    async def committed(self, _tp: TopicPartition) -> int | None:
+        return None  # nothing committed yet
+
+    def seek(self, _tp: TopicPartition, _offset: int) -> None:
+        pass  # every poll returns the same record anyway
+
     async def stop(self) -> None:
         if self.rebalance_on_stop:
             await self.listener.on_partitions_assigned({FIRST, LATE})

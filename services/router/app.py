@@ -15,6 +15,8 @@ timestamp statement for it (:mod:`services.bus.freshness`), routing pauses: even
 nothing is committed or dropped, and routing resumes when a fresh statement arrives.
 
 Every ``lag_interval_s`` the worker samples its consumer lag (:class:`LagMonitor`) for ``/metrics``.
+It also measures how late its event loop runs (:mod:`services.bus.looplag`): the Kafka consumer's
+heartbeats wait as long.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services import trust
 from services.audit.chain import Action, AuditEntry, Checkpoint, Signer, next_entry, parse_line
-from services.bus import metrics_endpoint
+from services.bus import looplag, metrics_endpoint
 from services.bus.eos import Output, PartitionState, TransactionalRunner
 from services.bus.freshness import FreshnessInForce
 from services.bus.registry_follower import RegistryInForce, follow
@@ -504,7 +506,7 @@ async def serve(
         security=settings.kafka_security,
         on_statement=freshness.offer,
     )
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[None]] = [asyncio.create_task(looplag.watch(metrics.loop_lag.observe))]
     if settings.lag_interval_s:
         tasks.append(asyncio.create_task(LagMonitor(runner, metrics, settings.lag_interval_s).run()))
     log.info(

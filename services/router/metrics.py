@@ -69,6 +69,14 @@ class RouterMetrics:
             "do). It stops moving while the worker restarts over and over or hangs in a transaction.",
             registry=registry,
         )
+        self.loop_lag = Histogram(
+            "lianfang_router_loop_lag_seconds",
+            "How much later than asked the worker's event loop ran a task (measured every 0.25 s). The "
+            "Kafka consumer's heartbeats wait as long: a lag over the session timeout (10 s) gets the "
+            "worker dropped from its group.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
         # The registry in force (version, issue and expiry times) and the updates refused.
         self.registry_in_force = RegistryMetrics.of(registry)
         # The newest timestamp statement held: whether it is fresh, its expiry, statements refused.

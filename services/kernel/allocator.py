@@ -1,0 +1,173 @@
+"""The C allocator of a long-running service: how many malloc arenas it may use, and when freed memory
+goes back to the operating system.
+
+glibc's malloc keeps memory a process has freed, to reuse it: after a peak (a batch of records in
+flight, 64 request threads each with its own arena, a hub's tables restored from their changelogs) the
+resident memory stays at the peak's level, and with up to 8 arenas a core each thread's peak is kept
+apart. Each long-running service calls :func:`configure` once, first thing, before it starts threads:
+
+1. ``mallopt(M_ARENA_MAX, arena_max)`` caps the arenas, so the threads share a few heaps;
+2. ``malloc_trim(0)`` every ``trim_interval_s`` (a daemon thread) hands the free pages of every arena
+   back to the OS; a service may also call :meth:`Allocator.trim` after a known peak (the hub does,
+   when its tables' recovery is complete).
+
+Where the C library is not glibc (musl, macOS) nothing is done, and a debug line says so once. The
+decision (:func:`plan`) is pure; :class:`Glibc` is the thin edge over ``ctypes``.
+
+Environment (:class:`MallocSettings`):
+
+- ``LIANFANG_MALLOC_ARENA_MAX``: most malloc arenas (default 2; 0 leaves glibc's own, 8 a core)
+- ``LIANFANG_MALLOC_TRIM_INTERVAL_S``: seconds between two ``malloc_trim(0)`` (default 30; 0: never,
+  not even after a peak)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import platform
+import threading
+from dataclasses import dataclass
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Allocator", "Glibc", "MallocInfo", "MallocSettings", "Plan", "configure", "plan"]
+
+log = logging.getLogger("lianfang.allocator")
+
+M_ARENA_MAX = -8
+"""``mallopt``'s parameter for the most arenas (glibc's ``malloc.h``)."""
+
+
+class MallocSettings(BaseSettings):
+    """The C allocator's settings, the same for every service. Environment: ``LIANFANG_MALLOC_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="LIANFANG_MALLOC_", frozen=True, extra="ignore")
+
+    arena_max: int = Field(
+        default=2, ge=0, description="most glibc malloc arenas the process's threads share; 0: glibc's own"
+    )
+    trim_interval_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="seconds between two malloc_trim(0), freed memory back to the OS; 0: never",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """What :func:`configure` does: ``arena_max`` for ``mallopt`` (``None``: leave it), a trim every
+    ``trim_interval_s`` (``None``: never); ``skipped`` says why nothing is done, if it is not."""
+
+    arena_max: int | None = None
+    trim_interval_s: float | None = None
+    skipped: str | None = None
+
+
+def plan(settings: MallocSettings, *, libc: str) -> Plan:
+    """The calls to make for ``settings`` with the C library ``libc`` (``platform.libc_ver()``'s name:
+    ``"glibc"``, or ``""`` where Python cannot tell, as on musl and macOS)."""
+    if libc != "glibc":
+        return Plan(
+            skipped=f"the C library is {libc or 'not glibc'}: malloc arenas and trimming left as they are"
+        )
+    return Plan(
+        arena_max=settings.arena_max or None,
+        trim_interval_s=settings.trim_interval_s or None,
+    )
+
+
+@dataclass(frozen=True)
+class MallocInfo:
+    """glibc's ``mallinfo2``, the fields we read: bytes malloc holds in use and holds free, and the
+    bytes a trim could hand back at the top of the main heap."""
+
+    in_use: int
+    free: int
+    releasable: int
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks")
+    ] + [("fordblks", ctypes.c_size_t), ("keepcost", ctypes.c_size_t)]
+
+
+class Glibc:
+    """glibc's allocator calls, through ``ctypes`` on the process's own C library."""
+
+    def __init__(self) -> None:
+        self._lib = ctypes.CDLL(None)
+        self._lib.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        self._lib.mallopt.restype = ctypes.c_int
+        self._lib.malloc_trim.argtypes = [ctypes.c_size_t]
+        self._lib.malloc_trim.restype = ctypes.c_int
+
+    def set_arena_max(self, n: int) -> bool:
+        """``mallopt(M_ARENA_MAX, n)``; whether glibc took it."""
+        return bool(self._lib.mallopt(M_ARENA_MAX, n))
+
+    def trim(self) -> bool:
+        """``malloc_trim(0)``: the free pages of every arena back to the OS; whether any were."""
+        return bool(self._lib.malloc_trim(0))
+
+    def info(self) -> MallocInfo | None:
+        """``mallinfo2()`` (glibc 2.33 and later; ``None`` before)."""
+        call = getattr(self._lib, "mallinfo2", None)
+        if call is None:
+            return None
+        call.restype = _Mallinfo2
+        m = call()
+        return MallocInfo(in_use=m.uordblks + m.hblkhd, free=m.fordblks, releasable=m.keepcost)
+
+
+class Allocator:
+    """The allocator as :func:`configure` set it up: :meth:`trim` after a known peak."""
+
+    def __init__(self, glibc: Glibc | None, chosen: Plan) -> None:
+        self.glibc = glibc
+        self.plan = chosen
+        self.trims = 0
+        self._stop = threading.Event()
+
+    def trim(self) -> None:
+        """Hand the memory malloc keeps free back to the OS now (nothing where glibc is absent or
+        trimming is off)."""
+        if self.glibc is not None and self.plan.trim_interval_s is not None:
+            self.glibc.trim()
+            self.trims += 1
+
+    def start_trimming(self) -> None:
+        """A daemon thread that trims every ``trim_interval_s`` (none when it is off)."""
+        interval = self.plan.trim_interval_s
+        if self.glibc is None or interval is None:
+            return
+
+        def every_interval() -> None:
+            while not self._stop.wait(interval):
+                self.trim()
+
+        threading.Thread(target=every_interval, name="lianfang-malloc-trim", daemon=True).start()
+
+    def stop_trimming(self) -> None:
+        self._stop.set()
+
+
+def configure(settings: MallocSettings | None = None) -> Allocator:
+    """Set the process's allocator up from ``settings`` (the environment's when ``None``): cap its arenas
+    and start the periodic trim. Call once, at start, before the service starts threads: an arena cap
+    does not merge the arenas threads already have."""
+    settings = settings or MallocSettings()
+    libc, _ = platform.libc_ver()
+    chosen = plan(settings, libc=libc)
+    if chosen.skipped:
+        log.debug("%s", chosen.skipped)
+        return Allocator(None, chosen)
+    glibc = Glibc()
+    if chosen.arena_max is not None and not glibc.set_arena_max(chosen.arena_max):
+        log.warning("glibc refused M_ARENA_MAX=%d: malloc arenas left as they are", chosen.arena_max)
+    allocator = Allocator(glibc, chosen)
+    allocator.start_trimming()
+    return allocator

@@ -1,0 +1,174 @@
+"""The C allocator's set-up (services.kernel.allocator): which calls the settings and the platform ask
+for, and, in a real process on this machine's glibc (the services' Linux), that the arena cap and the
+trim take effect."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from pydantic import ValidationError
+
+from services.kernel.allocator import MallocSettings, Plan, configure, plan
+from tests.workers import REPO
+
+pytestmark = pytest.mark.unit
+
+PLANS = {
+    "the defaults cap the arenas at 2 and trim every 30 s": (
+        MallocSettings(),
+        "glibc",
+        Plan(arena_max=2, trim_interval_s=30.0),
+    ),
+    "an arena cap of 0 leaves glibc's own": (
+        MallocSettings(arena_max=0, trim_interval_s=5),
+        "glibc",
+        Plan(arena_max=None, trim_interval_s=5.0),
+    ),
+    "a trim interval of 0 turns trimming off": (
+        MallocSettings(arena_max=4, trim_interval_s=0),
+        "glibc",
+        Plan(arena_max=4, trim_interval_s=None),
+    ),
+    "without glibc (musl, macOS) nothing is done": (
+        MallocSettings(),
+        "",
+        Plan(skipped="the C library is not glibc: malloc arenas and trimming left as they are"),
+    ),
+}
+
+
+@pytest.mark.parametrize(("settings", "libc", "expected"), PLANS.values(), ids=PLANS.keys())
+def test_the_plan_follows_the_settings_and_the_c_library(
+    settings: MallocSettings, libc: str, expected: Plan
+) -> None:
+    assert plan(settings, libc=libc) == expected
+
+
+def test_the_settings_are_read_from_the_environment_and_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIANFANG_MALLOC_ARENA_MAX", "3")
+    monkeypatch.setenv("LIANFANG_MALLOC_TRIM_INTERVAL_S", "12.5")
+    settings = MallocSettings()
+    assert (settings.arena_max, settings.trim_interval_s) == (3, 12.5)
+    with pytest.raises(ValidationError):
+        settings.arena_max = 1  # type: ignore[misc]
+
+
+def test_negative_settings_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        MallocSettings(arena_max=-1)
+    with pytest.raises(ValidationError):
+        MallocSettings(trim_interval_s=-1)
+
+
+def test_without_glibc_configure_does_nothing_and_its_trim_is_a_no_op(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))
+    memory = configure(MallocSettings(trim_interval_s=0.01))
+    memory.trim()
+    assert memory.glibc is None
+    assert memory.trims == 0
+
+
+# Run in a fresh interpreter: an arena cap binds only arenas not yet made, and each test needs its own.
+ARENAS = textwrap.dedent(
+    """
+    import ctypes, threading
+    from services.kernel import allocator
+
+    allocator.configure()
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    started = threading.Barrier(12)
+    done = threading.Event()
+
+    def thread():
+        libc.malloc(4096)  # this thread's first malloc: glibc gives it an arena
+        started.wait()
+        done.wait()
+
+    threads = [threading.Thread(target=thread) for _ in range(11)]
+    for t in threads:
+        t.start()
+    started.wait()
+    libc.malloc_stats()  # one "Arena N:" block a malloc arena, on stderr
+    done.set()
+    """
+)
+
+
+def _arenas(env: dict[str, str]) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", ARENAS],
+        cwd=REPO,
+        env={**os.environ, "LIANFANG_MALLOC_TRIM_INTERVAL_S": "0", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return len(re.findall(r"^Arena \d+:", done.stderr, re.MULTILINE))
+
+
+def test_a_process_configured_with_an_arena_cap_of_2_has_at_most_2_arenas_among_11_threads() -> None:
+    assert _arenas({"LIANFANG_MALLOC_ARENA_MAX": "2"}) == 2
+    assert _arenas({"LIANFANG_MALLOC_ARENA_MAX": "0"}) > 2  # glibc's own: an arena a thread, up to 8 a core
+
+
+TRIM = textwrap.dedent(
+    """
+    import ctypes, os, sys, time
+    from services.kernel import allocator
+
+    def rss():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+    memory = allocator.configure()
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = [libc.malloc(1024) for _ in range(40_000)]
+    for p in blocks:
+        ctypes.memset(p, 1, 1024)  # touched: resident
+    for i, p in enumerate(blocks):
+        if i % 64 != 63:  # every 64th kept: the freed 40 MB stay inside the heap, not at its top
+            libc.free(p)
+    freed = rss()
+    deadline = time.monotonic() + float(sys.argv[1])
+    while rss() > freed - 20 * 2**20 and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the process's own RSS until the trim thread has run, or the deadline
+    print(freed - rss(), memory.trims)
+    """
+)
+
+
+def _trimmed(env: dict[str, str], wait_s: float) -> tuple[int, int]:
+    done = subprocess.run(
+        [sys.executable, "-c", TRIM, str(wait_s)],
+        cwd=REPO,
+        env={**os.environ, "LIANFANG_MALLOC_ARENA_MAX": "0", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    released, trims = done.stdout.split()
+    return int(released), int(trims)
+
+
+def test_a_process_configured_to_trim_hands_the_memory_it_freed_back_to_the_os() -> None:
+    released, trims = _trimmed({"LIANFANG_MALLOC_TRIM_INTERVAL_S": "0.2"}, wait_s=30)
+    assert trims >= 1
+    assert released > 20 * 2**20
+    released, trims = _trimmed({"LIANFANG_MALLOC_TRIM_INTERVAL_S": "0"}, wait_s=1)
+    assert trims == 0
+    assert released < 20 * 2**20

@@ -6,10 +6,12 @@ import sys
 
 from services.console.app import run
 from services.console.settings import ConsoleSettings
+from services.kernel import allocator
 from services.kernel.errors import LianfangError, UsageError
 
 if __name__ == "__main__":
     try:
+        allocator.configure()
         run(ConsoleSettings())
     except LianfangError as e:  # a missing trust domain or broker address: one line, not a traceback
         print(f"error: {e}", file=sys.stderr)

@@ -9,6 +9,7 @@ import sys
 from pydantic import ValidationError
 
 from services.gateway.app import GatewaySettings, serve
+from services.kernel import allocator
 from services.kernel.errors import UsageError
 
 if __name__ == "__main__":
@@ -16,6 +17,7 @@ if __name__ == "__main__":
     for chatty in ("kafka", "aiokafka"):  # their INFO lines are per connection; warnings still show
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
+        allocator.configure()  # before the request threads start
         asyncio.run(serve(GatewaySettings()))
     except (UsageError, ValidationError) as e:  # a setting or the trust domain is wrong: say what
         print(f"lianfang gateway: {e}", file=sys.stderr)

@@ -73,6 +73,7 @@ from services.hub.prepare import prepare_topics
 from services.hub.progress import AgentProgress
 from services.hub.worker import InboxRecord, RecordWorker
 from services.kernel import ids, topics
+from services.kernel.allocator import Allocator
 from services.kernel.clock import utcnow
 from services.kernel.errors import TransportError, UsageError
 from services.kernel.keystore import Keystore
@@ -638,11 +639,19 @@ def forget_tables_of_another_cluster(settings: HubSettings, cluster: str) -> boo
     return dropped
 
 
-def run_worker(settings: HubSettings) -> None:
-    """Run one hub worker in the foreground until SIGTERM/SIGINT."""
+def run_worker(settings: HubSettings, *, memory: Allocator | None = None) -> None:
+    """Run one hub worker in the foreground until SIGTERM/SIGINT. ``memory``, the process's allocator
+    (:func:`services.kernel.allocator.configure`), is trimmed each time a rebalance's table recovery is
+    complete: restoring the tables from their changelogs is the hub's largest peak."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     forget_tables_of_another_cluster(settings, cluster_id(settings.bootstrap, settings.kafka_security))
     app = create_app(settings)
+    if memory is not None:
+
+        @app.on_rebalance_complete.connect
+        async def trim_after_recovery(_app: Any, /, *_args: Any, **_kwargs: Any) -> None:
+            memory.trim()
+
     prepare_topics(
         settings.bootstrap,
         names=topics.TopicNames(settings.topic_prefix),

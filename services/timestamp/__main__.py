@@ -7,12 +7,14 @@ import sys
 
 from pydantic import ValidationError
 
+from services.kernel import allocator
 from services.kernel.errors import LianfangError, UsageError
 from services.timestamp.app import TimestampSettings, serve
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        allocator.configure()
         serve(TimestampSettings())
     except (LianfangError, ValidationError) as e:  # a setting, the login or the trust domain: one line
         print(f"lianfang timestamp: {e}", file=sys.stderr)

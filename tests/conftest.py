@@ -10,8 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from deploy.kafka.local import running
+
+# Property tests check what an example does, never how fast: Hypothesis's default 200 ms deadline per
+# example (and its "too slow" health check) failed a signing property on a loaded 2-CPU machine.
+settings.register_profile("lianfang", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("lianfang")
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,7 @@ from services.hub.state import ResponseFact, VictimState
 
 __all__ = [
     "BreachEmission",
+    "RatesTally",
     "Watch",
     "agency_rates",
     "due",
@@ -278,14 +279,31 @@ def agency_rates(
       denominator is 0 (nothing is due yet: no rate, rather than a rate of 0).
 
     Rows are keyed and sorted by agency, only for agencies that received a lead; each row is a
-    :class:`~schemas.events.AgencyRates` dict.
+    :class:`~schemas.events.AgencyRates` dict. :class:`RatesTally` counts the same one state at a time.
     """
-    now = _aware(now)
-    fields = ("received", "response_due", "responded_in_time", "resolution_due", "resolved")
-    counts: dict[str, dict[str, int]] = defaultdict(
-        lambda: dict.fromkeys((*fields, "satisfied", "with_feedback"), 0)
-    )
+    tally = RatesTally(now, cfg, since=since)
     for state in states:
+        tally.add(state)
+    return tally.rows()
+
+
+class RatesTally:
+    """:func:`agency_rates` counted one victim's state at a time, so a caller going through a whole
+    partition's victims (the hub's tick) holds one state, not all of them."""
+
+    _FIELDS: Final = ("received", "response_due", "responded_in_time", "resolution_due", "resolved")
+
+    def __init__(self, now: datetime, cfg: HubConfig, *, since: datetime | None = None) -> None:
+        self.now = _aware(now)
+        self.cfg = cfg
+        self.since = since
+        self.counts: dict[str, dict[str, int]] = defaultdict(
+            lambda: dict.fromkeys((*self._FIELDS, "satisfied", "with_feedback"), 0)
+        )
+
+    def add(self, state: VictimState) -> None:
+        """Count the leads of ``state`` (see :func:`agency_rates`)."""
+        now, cfg, since = self.now, self.cfg, self.since
         answers = _answers_by(state)
         for lead in state.leads:
             reported = lead.reported_at
@@ -295,7 +313,7 @@ def agency_rates(
             resolve_due = reported + cfg.resolution
             for agency in lead.acting:
                 responses = [r for r in answers.get((lead.id, agency), []) if r.t <= now]
-                row = counts[agency]
+                row = self.counts[agency]
                 row["received"] += 1
                 answered = _first(responses, _ANSWERS["acknowledge"])
                 row["response_due"] += answered is not None or now > ack_due
@@ -307,7 +325,10 @@ def agency_rates(
                     latest = max(resolutions, key=lambda r: (r.t, r.id)).satisfaction
                     row["satisfied"] += latest in _SATISFIED
                     row["with_feedback"] += latest in _WITH_FEEDBACK
-    return {agency: _rates_row(agency, counts[agency]) for agency in sorted(counts)}
+
+    def rows(self) -> dict[str, dict[str, Any]]:
+        """The rows of the states counted so far, as :func:`agency_rates` returns them."""
+        return {agency: _rates_row(agency, self.counts[agency]) for agency in sorted(self.counts)}
 
 
 def _ratio(part: int, whole: int) -> float | None:

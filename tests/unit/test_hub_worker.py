@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tracemalloc
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -527,3 +528,34 @@ def test_a_lead_signed_with_a_key_only_a_newer_registry_lists_is_opened_once_tha
     assert hub.count("lianfang_hub_events_rejected_total", source="inbox", reason="unknown_key") == 1
     assert hub.count("lianfang_hub_events_observed_total", type="lead.reported") == 1
     assert hub.worker.registry.version == newer.version
+
+
+def test_a_tick_holds_one_victim_s_state_at_a_time_so_its_memory_peak_does_not_grow_with_the_victims(
+    hub: Harness,
+) -> None:
+    hub.inbox(lead(hub.domain, 1, T))
+    state = hub.victims[VICTIM.encode()]
+    mine = topics.partition_for(VICTIM.encode(), PARTITIONS)
+    tick = (T + timedelta(hours=3)).isoformat().encode()  # inside every deadline: nothing to send
+
+    def peak_of_a_tick(victims: int) -> int:
+        for i in range(len(hub.victims), victims):
+            hub.victims[f"victim {i}".encode()] = state
+        tracemalloc.start()
+        try:
+            asyncio.run(hub.worker.on_tick(tick, mine))
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    few, many = peak_of_a_tick(1_000), peak_of_a_tick(5_000)
+    counted = hub.count(
+        "lianfang_supervision_leads",
+        agency=hub.state().leads[0].acting[0],
+        partition=str(mine),
+        count="received",
+    )
+    assert counted == sum(1 for key in hub.victims if topics.partition_for(key, PARTITIONS) == mine)
+    # Listing the partition's keys still grows with them (about 100 bytes a victim of the partition);
+    # holding every state grew 1.4 KB a victim, four times the peak of 1,000 at 5,000.
+    assert many < 1.5 * few, f"a tick's peak went from {few} bytes at 1,000 victims to {many} at 5,000"

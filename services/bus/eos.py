@@ -163,8 +163,10 @@ class TransactionalRunner:
         client_id: str = "lianfang",
         security: KafkaSecuritySettings | None = None,
         on_restart: Callable[[], None] | None = None,
+        session_timeout_ms: int = SESSION_TIMEOUT_MS,
     ) -> None:
         self.bootstrap = bootstrap
+        self.session_timeout_ms = session_timeout_ms  # at least the broker's group.min.session.timeout.ms
         # How every client of this worker logs in (None: the LIANFANG_KAFKA_* environment).
         self._auth = aiokafka_kwargs(security if security is not None else load_security())
         self.group_id = group_id
@@ -412,7 +414,7 @@ class TransactionalRunner:
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="earliest",
-            session_timeout_ms=SESSION_TIMEOUT_MS,
+            session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=1_000,
             # How long the group waits for the members to rejoin: one whose batch in flight, or whose
             # revocation (stopping producers), takes a while is not dropped for it.

@@ -27,12 +27,13 @@ import ctypes
 import logging
 import platform
 import threading
+import time
 from dataclasses import dataclass
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Allocator", "Glibc", "MallocInfo", "MallocSettings", "Plan", "configure", "plan"]
+__all__ = ["Allocator", "Glibc", "MallocSettings", "Plan", "configure", "plan"]
 
 log = logging.getLogger("lianfang.allocator")
 
@@ -78,23 +79,6 @@ def plan(settings: MallocSettings, *, libc: str) -> Plan:
     )
 
 
-@dataclass(frozen=True)
-class MallocInfo:
-    """glibc's ``mallinfo2``, the fields we read: bytes malloc holds in use and holds free, and the
-    bytes a trim could hand back at the top of the main heap."""
-
-    in_use: int
-    free: int
-    releasable: int
-
-
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks")
-    ] + [("fordblks", ctypes.c_size_t), ("keepcost", ctypes.c_size_t)]
-
-
 class Glibc:
     """glibc's allocator calls, through ``ctypes`` on the process's own C library."""
 
@@ -113,15 +97,6 @@ class Glibc:
         """``malloc_trim(0)``: the free pages of every arena back to the OS; whether any were."""
         return bool(self._lib.malloc_trim(0))
 
-    def info(self) -> MallocInfo | None:
-        """``mallinfo2()`` (glibc 2.33 and later; ``None`` before)."""
-        call = getattr(self._lib, "mallinfo2", None)
-        if call is None:
-            return None
-        call.restype = _Mallinfo2
-        m = call()
-        return MallocInfo(in_use=m.uordblks + m.hblkhd, free=m.fordblks, releasable=m.keepcost)
-
 
 class Allocator:
     """The allocator as :func:`configure` set it up: :meth:`trim` after a known peak."""
@@ -130,7 +105,6 @@ class Allocator:
         self.glibc = glibc
         self.plan = chosen
         self.trims = 0
-        self._stop = threading.Event()
 
     def trim(self) -> None:
         """Hand the memory malloc keeps free back to the OS now (nothing where glibc is absent or
@@ -146,13 +120,11 @@ class Allocator:
             return
 
         def every_interval() -> None:
-            while not self._stop.wait(interval):
+            while True:
+                time.sleep(interval)
                 self.trim()
 
         threading.Thread(target=every_interval, name="lianfang-malloc-trim", daemon=True).start()
-
-    def stop_trimming(self) -> None:
-        self._stop.set()
 
 
 def configure(settings: MallocSettings | None = None) -> Allocator:

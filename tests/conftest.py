@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,11 +13,26 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from deploy.kafka.local import running
+from tests.workers import unstopped
 
 # Property tests check what an example does, never how fast: Hypothesis's default 200 ms deadline per
 # example (and its "too slow" health check) failed a signing property on a loaded 2-CPU machine.
 settings.register_profile("lianfang", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("lianfang")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failing test's report ends with the last lines of each service it had running (their logs
+    hold no personal data): a failure in CI, where the logs are gone afterwards, can still be read."""
+    report = yield
+    if report.failed:
+        for worker in unstopped():
+            state = "running" if worker.alive() else f"exited with code {worker.proc.returncode}"
+            report.sections.append((f"{worker.what} ({state}), the end of {worker.log}", worker.tail(60)))
+    return report
 
 
 @pytest.fixture(scope="session")

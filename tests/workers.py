@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +69,15 @@ def rss_bytes(pid: int, *, peak: bool = False) -> int | None:
     return None
 
 
+_STARTED: list[Worker] = []
+"""Workers started and not yet stopped, oldest first: a failing test's report shows their logs' ends."""
+
+
+def unstopped() -> Iterator[Worker]:
+    """Every worker started and not stopped since, whether still running or exited by itself or killed."""
+    yield from list(_STARTED)
+
+
 class Worker:
     """``python -m <module> [args]`` in a child process of its own session, its output in a log file.
 
@@ -99,6 +108,7 @@ class Worker:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        _STARTED.append(self)
 
     # ------------------------------------------------------------------ the process
 
@@ -133,6 +143,8 @@ class Worker:
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM, then :meth:`kill` if it has not exited within ``timeout``; its exit code."""
+        with contextlib.suppress(ValueError):
+            _STARTED.remove(self)
         if self.alive():
             self.proc.send_signal(signal.SIGTERM)
             try:

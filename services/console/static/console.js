@@ -12,9 +12,14 @@
     indicator.textContent = indicator.getAttribute("data-" + state) || indicator.textContent;
   }
 
-  function live(onChange) {
+  // onReady runs each time the stream (re)connects: a change the server made between rendering the
+  // page (or losing the stream) and subscribing was announced to no one, so the page asks again.
+  function live(onChange, onReady) {
     var source = new EventSource("/events");
-    source.addEventListener("ready", function () { setLive("on"); });
+    source.addEventListener("ready", function () {
+      setLive("on");
+      if (onReady) onReady();
+    });
     source.addEventListener("change", function (e) {
       var data = {};
       try { data = JSON.parse(e.data); } catch (err) { data = {}; }
@@ -79,9 +84,10 @@
         .catch(function () { setLive("off"); });
     }
 
-    live(function () {
+    function soon() {
       if (pending === null) pending = window.setTimeout(refresh, 250);
-    });
+    }
+    live(soon, soon);
     // Countdowns are written by the server: ask for the rows again every minute so they stay true.
     window.setInterval(function () {
       if (pending === null) pending = window.setTimeout(refresh, 0);

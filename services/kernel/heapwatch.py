@@ -1,0 +1,320 @@
+"""Which lines of Python code hold more memory as a long-running service runs: an opt-in diagnostic.
+
+A service's resident memory can grow for reasons its own state does not explain (buffers of a client
+library, caches, fragments kept by the allocator). With ``LIANFANG_TRACEMALLOC_EVERY_S`` set, each
+service started through :func:`start` (right after :func:`services.kernel.allocator.configure`) runs
+``tracemalloc`` and a daemon thread that, every ``every_s`` seconds:
+
+1. takes a snapshot and groups its blocks by allocation site (a line, or ``frames`` lines of the
+   call stack), leaving out the blocks of ``tracemalloc`` itself, of ``importlib`` and of this module;
+2. keeps the first such grouping, taken ``every_s`` after start so that start-up is left out, as the
+   baseline (only the sites' totals, not the snapshot: a snapshot costs about a tuple a live block);
+3. from the second on, logs one report at WARNING (:func:`report`): the memory traced and the
+   process's RSS now and their change since the baseline, what tracemalloc itself uses, the 15 sites
+   grown most since the baseline and the 5 largest now.
+
+A report holds only file names, line numbers, sizes and counts, never an object's contents: the logs
+must never hold personal data or keys. Paths are cut to what follows ``site-packages/``, the
+repository or the standard library.
+
+Off by default, and then nothing is started and nothing costs anything. Tracing costs every
+allocation of a Python object time and memory (``docs/operations.md`` has the figures): it is for a
+soak or a probe, not for production.
+
+Environment (:class:`HeapwatchSettings`):
+
+- ``LIANFANG_TRACEMALLOC_EVERY_S``: seconds between two snapshots (default 0: off)
+- ``LIANFANG_TRACEMALLOC_FRAMES``: frames of the call stack a site is told by (default 1, its line)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+import sysconfig
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.kernel.errors import UsageError
+
+__all__ = [
+    "EXCLUDED",
+    "HeapwatchSettings",
+    "Site",
+    "Tally",
+    "Watch",
+    "growth",
+    "largest",
+    "report",
+    "rss_bytes",
+    "short_path",
+    "start",
+    "tally",
+]
+
+log = logging.getLogger("lianfang.heapwatch")
+
+GROWN = 15
+"""How many sites a report lists by growth since the baseline."""
+LARGEST = 5
+"""How many sites a report lists by size now."""
+MAX_FRAMES = 100
+
+EXCLUDED = re.compile(
+    "|".join(
+        fnmatch.translate(p) for p in (tracemalloc.__file__, "<frozen importlib.*>", "<unknown>", __file__)
+    )
+)
+"""The files whose blocks a report leaves out: its own tools and the imports. Compiled once, here: a
+pattern compiled while the watch runs would show as growth of ``re``'s cache."""
+
+ROOTS = (
+    str(Path(__file__).resolve().parents[2]),  # the repository
+    sysconfig.get_paths()["stdlib"],
+)
+"""Folders cut from the front of a path (after ``site-packages/``, which is cut wherever it is)."""
+
+Site = tuple[tuple[str, int], ...]
+"""An allocation site: ``(file, line)`` frames, the most recent first, the paths shortened."""
+Tally = dict[Site, tuple[int, int]]
+"""Bytes and blocks allocated at each site and alive when the snapshot was taken."""
+
+
+class HeapwatchSettings(BaseSettings):
+    """The heap watch's settings, the same for every service. Environment: ``LIANFANG_TRACEMALLOC_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="LIANFANG_TRACEMALLOC_", frozen=True, extra="ignore")
+
+    every_s: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="seconds between two snapshots, each after the first reported; 0: off, nothing traced",
+    )
+    frames: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_FRAMES,
+        description="frames of the call stack kept for each block: 1, its line; more cost more memory",
+    )
+
+    @classmethod
+    def from_env(cls) -> HeapwatchSettings:
+        """The settings from the environment; a bad one is a ``UsageError`` that names its variable."""
+        try:
+            return cls()
+        except ValidationError as e:
+            problems = "; ".join(
+                f"LIANFANG_TRACEMALLOC_{'.'.join(map(str, err['loc'])).upper()}: {err['msg']}"
+                for err in e.errors(include_input=False, include_url=False)
+            )
+            raise UsageError(f"the heap watch's settings: {problems}") from e
+
+
+# --------------------------------------------------------------------------- pure core
+
+
+class FrameLike(Protocol):
+    @property
+    def filename(self) -> str: ...
+    @property
+    def lineno(self) -> int: ...
+
+
+class StatisticLike(Protocol):
+    """What :func:`tally` reads of a ``tracemalloc.Statistic``: its frames, oldest first, and totals."""
+
+    @property
+    def traceback(self) -> Sequence[FrameLike]: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def count(self) -> int: ...
+
+
+def short_path(path: str, roots: Sequence[str] = ROOTS) -> str:
+    """``path`` after its last ``site-packages/``, else relative to the first of ``roots`` it lies in,
+    else as it is (``<string>``, a frozen module)."""
+    _, found, after = path.rpartition("site-packages/")
+    if found:
+        return after
+    for root in roots:
+        prefix = root.rstrip("/") + "/"
+        if path.startswith(prefix):
+            return path[len(prefix) :]
+    return path
+
+
+def tally(
+    stats: Iterable[StatisticLike],
+    *,
+    roots: Sequence[str] = ROOTS,
+    excluded: re.Pattern[str] = EXCLUDED,
+) -> Tally:
+    """Each site's bytes and blocks, from a snapshot's statistics. A block whose most recent frame is in
+    a file ``excluded`` matches is left out; sites whose shortened paths coincide are summed."""
+    sites: Tally = {}
+    for stat in stats:
+        frames = list(stat.traceback)
+        if frames and excluded.match(frames[-1].filename):
+            continue
+        site = tuple((short_path(f.filename, roots), f.lineno) for f in reversed(frames))
+        size, count = sites.get(site, (0, 0))
+        sites[site] = (size + stat.size, count + stat.count)
+    return sites
+
+
+def growth(first: Tally, now: Tally, n: int = GROWN) -> list[tuple[Site, int, int]]:
+    """The ``n`` sites whose bytes grew most from ``first`` to ``now``, with the growth in bytes and in
+    blocks; only sites that grew."""
+    grown = [
+        (site, size - first.get(site, (0, 0))[0], count - first.get(site, (0, 0))[1])
+        for site, (size, count) in now.items()
+    ]
+    grown = [g for g in grown if g[1] > 0]
+    grown.sort(key=lambda g: (-g[1], g[0]))
+    return grown[:n]
+
+
+def largest(now: Tally, n: int = LARGEST) -> list[tuple[Site, int, int]]:
+    """The ``n`` sites holding the most bytes now, with their bytes and blocks."""
+    ranked = sorted(now.items(), key=lambda item: (-item[1][0], item[0]))
+    return [(site, size, count) for site, (size, count) in ranked[:n]]
+
+
+def _site(site: Site) -> str:
+    return " < ".join(f"{path}:{line}" for path, line in site) or "?"
+
+
+def _mib(n: int | None) -> str:
+    return "?" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def _change(now: int | None, then: int | None) -> str:
+    return "" if now is None or then is None else f" ({(now - then) / 2**20:+.1f})"
+
+
+def report(
+    *,
+    at_s: float,
+    first_at_s: float,
+    traced: tuple[int, int],
+    rss: tuple[int | None, int | None],
+    overhead: int,
+    first: Tally,
+    now: Tally,
+) -> str:
+    """The report of a snapshot taken ``at_s`` seconds after start against the baseline ``first`` taken
+    at ``first_at_s``: a header line with the bytes traced and the RSS, each ``(then, now)`` (``None``
+    where the OS does not tell the RSS), and tracemalloc's own; then a line a site
+    (``file:line +KiB (+blocks)``, its callers after ``<`` when more than one frame is kept)."""
+    lines = [
+        f"heap at {at_s:.0f} s, change since {first_at_s:.0f} s in brackets: "
+        f"traced {_mib(traced[1])}{_change(traced[1], traced[0])}, "
+        f"RSS {_mib(rss[1])}{_change(rss[1], rss[0])}, tracemalloc's own {_mib(overhead)}",
+        f"  grown most ({GROWN}):",
+    ]
+    grown = growth(first, now)
+    lines += [f"    {_site(s)} {size / 1024:+.1f} KiB ({count:+d})" for s, size, count in grown]
+    if not grown:
+        lines.append("    nothing")
+    lines.append(f"  largest now ({LARGEST}):")
+    lines += [f"    {_site(s)} {size / 1024:.1f} KiB ({count})" for s, size, count in largest(now)]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the edge
+
+
+def rss_bytes() -> int | None:
+    """The process's resident memory now (``VmRSS``), or ``None`` without ``/proc`` (macOS)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class Watch:
+    """The running watch: its thread logs a report every ``every_s`` after the baseline."""
+
+    def __init__(self, settings: HeapwatchSettings, *, owns_tracing: bool) -> None:
+        self.every_s = settings.every_s
+        self.key = "lineno" if settings.frames == 1 else "traceback"
+        self.owns_tracing = owns_tracing
+        self.reports = 0
+        self.baseline = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lianfang-heapwatch", daemon=True)
+
+    def start_thread(self) -> None:
+        self._thread.start()
+
+    def _reading(self) -> tuple[Tally, int, int | None]:
+        sites = tally(tracemalloc.take_snapshot().statistics(self.key))
+        return sites, tracemalloc.get_traced_memory()[0], rss_bytes()
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        if self._stop.wait(self.every_s):
+            return
+        first, traced_first, rss_first = self._reading()
+        first_at = time.monotonic() - started
+        self.baseline.set()
+        while not self._stop.wait(self.every_s):
+            try:
+                now, traced, rss = self._reading()
+                text = report(
+                    at_s=time.monotonic() - started,
+                    first_at_s=first_at,
+                    traced=(traced_first, traced),
+                    rss=(rss_first, rss),
+                    overhead=tracemalloc.get_tracemalloc_memory(),
+                    first=first,
+                    now=now,
+                )
+            except Exception:  # a diagnostic never ends the service; the trace is our code's, no data
+                log.exception("heap report failed")
+                continue
+            log.warning("%s", text)
+            self.reports += 1
+
+    def stop(self) -> None:
+        """End the thread, and the tracing if it started it (tests; a service keeps it to its end)."""
+        self._stop.set()
+        self._thread.join()
+        if self.owns_tracing:
+            tracemalloc.stop()
+
+
+def start(settings: HeapwatchSettings | None = None) -> Watch | None:
+    """Start tracing and the reporting thread when ``every_s`` is positive (the environment's settings
+    when ``None``; a bad one raises :class:`UsageError`); ``None``, and nothing done, when it is off.
+    Call once, first thing after the allocator: blocks allocated before tracing starts are not seen."""
+    settings = settings or HeapwatchSettings.from_env()
+    if not settings.every_s:
+        return None
+    already = tracemalloc.is_tracing()
+    if already:  # PYTHONTRACEMALLOC, or python -X tracemalloc: its frames stay
+        log.warning("tracemalloc was already on, with %d frames", tracemalloc.get_traceback_limit())
+    else:
+        tracemalloc.start(settings.frames)
+    watch = Watch(settings, owns_tracing=not already)
+    watch.start_thread()
+    log.warning(
+        "tracemalloc on: heap reports every %g s from %g s on; it slows the service: not for production",
+        settings.every_s,
+        2 * settings.every_s,
+    )
+    return watch

@@ -1,0 +1,245 @@
+"""The heap watch (services.kernel.heapwatch): its settings, the report it makes of a snapshot's
+statistics, and, really started in this process, a report that names the line that allocated."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import tracemalloc
+from dataclasses import dataclass
+
+import pytest
+from pydantic import ValidationError
+
+from services.kernel import heapwatch
+from services.kernel.errors import UsageError
+from services.kernel.heapwatch import HeapwatchSettings, Tally, report, short_path, tally
+
+pytestmark = pytest.mark.unit
+
+REPO_ROOT = "/srv/lianfang"
+STDLIB = "/usr/lib/python3.11"
+ROOTS = (REPO_ROOT, STDLIB)
+
+
+@dataclass(frozen=True)
+class Frame:
+    filename: str
+    lineno: int
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """What tracemalloc's ``Statistic`` has: frames oldest first, bytes and blocks."""
+
+    traceback: tuple[Frame, ...]
+    size: int
+    count: int
+
+
+def stat(size: int, count: int, *frames: tuple[str, int]) -> Statistic:
+    """A statistic of ``frames`` given most recent first, as a report prints them."""
+    return Statistic(tuple(Frame(f, n) for f, n in reversed(frames)), size, count)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_the_watch_is_off_by_default_and_starting_it_then_does_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LIANFANG_TRACEMALLOC_EVERY_S", raising=False)
+    monkeypatch.delenv("LIANFANG_TRACEMALLOC_FRAMES", raising=False)
+    assert HeapwatchSettings.from_env() == HeapwatchSettings(every_s=0, frames=1)
+    was_tracing = tracemalloc.is_tracing()
+    assert heapwatch.start() is None
+    assert tracemalloc.is_tracing() == was_tracing
+
+
+def test_the_settings_are_read_from_the_environment_and_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIANFANG_TRACEMALLOC_EVERY_S", "60")
+    monkeypatch.setenv("LIANFANG_TRACEMALLOC_FRAMES", "3")
+    settings = HeapwatchSettings.from_env()
+    assert (settings.every_s, settings.frames) == (60.0, 3)
+    with pytest.raises(ValidationError):
+        settings.every_s = 1  # type: ignore[misc]
+
+
+BAD = {
+    "a negative interval": ("LIANFANG_TRACEMALLOC_EVERY_S", "-5"),
+    "an interval that is not a number": ("LIANFANG_TRACEMALLOC_EVERY_S", "often"),
+    "an infinite interval": ("LIANFANG_TRACEMALLOC_EVERY_S", "inf"),
+    "no frames": ("LIANFANG_TRACEMALLOC_FRAMES", "0"),
+    "a fractional number of frames": ("LIANFANG_TRACEMALLOC_FRAMES", "1.5"),
+}
+
+
+@pytest.mark.parametrize(("variable", "value"), BAD.values(), ids=BAD.keys())
+def test_a_bad_setting_is_a_usage_error_naming_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(UsageError, match=f"^the heap watch's settings: {variable}: "):
+        heapwatch.start()
+    assert not tracemalloc.is_tracing()
+
+
+# --------------------------------------------------------------------------- the pure core
+
+PATHS = {
+    "a library's file is cut after site-packages": (
+        "/opt/venv/lib/python3.11/site-packages/aiokafka/consumer/fetcher.py",
+        "aiokafka/consumer/fetcher.py",
+    ),
+    "the repository's file is cut after its root": (
+        f"{REPO_ROOT}/services/router/app.py",
+        "services/router/app.py",
+    ),
+    "the standard library's file is cut after its folder": (
+        f"{STDLIB}/asyncio/events.py",
+        "asyncio/events.py",
+    ),
+    "a file elsewhere is kept whole": ("/tmp/probe.py", "/tmp/probe.py"),
+    "code without a file is kept as it is": ("<string>", "<string>"),
+}
+
+
+@pytest.mark.parametrize(("path", "short"), PATHS.values(), ids=PATHS.keys())
+def test_paths_are_shortened(path: str, short: str) -> None:
+    assert short_path(path, ROOTS) == short
+
+
+def test_the_blocks_of_tracemalloc_importlib_and_the_watch_itself_are_left_out() -> None:
+    sites = tally(
+        [
+            stat(100, 1, (tracemalloc.__file__, 558)),
+            stat(200, 2, ("<frozen importlib._bootstrap_external>", 729)),
+            stat(300, 3, ("<frozen importlib._bootstrap>", 241)),
+            stat(400, 4, (heapwatch.__file__, 10)),
+            stat(500, 5, (f"{REPO_ROOT}/services/hub/app.py", 7)),
+        ],
+        roots=ROOTS,
+    )
+    assert sites == {(("services/hub/app.py", 7),): (500, 5)}
+
+
+def test_a_site_of_several_frames_lists_the_most_recent_first_and_is_left_out_only_by_that_frame() -> None:
+    sites = tally(
+        [
+            stat(
+                64, 1, (f"{REPO_ROOT}/services/kernel/jsonx.py", 30), ("<frozen importlib._bootstrap>", 241)
+            ),
+            stat(
+                32, 1, ("<frozen importlib._bootstrap>", 241), (f"{REPO_ROOT}/services/kernel/jsonx.py", 30)
+            ),
+        ],
+        roots=ROOTS,
+    )
+    assert sites == {(("services/kernel/jsonx.py", 30), ("<frozen importlib._bootstrap>", 241)): (64, 1)}
+
+
+def test_sites_whose_shortened_paths_coincide_are_summed() -> None:
+    sites = tally(
+        [
+            stat(10, 1, ("/a/site-packages/faust/app.py", 3)),
+            stat(20, 2, ("/b/site-packages/faust/app.py", 3)),
+        ],
+        roots=ROOTS,
+    )
+    assert sites == {(("faust/app.py", 3),): (30, 3)}
+
+
+def site(path: str, line: int) -> tuple[tuple[str, int], ...]:
+    return ((path, line),)
+
+
+FIRST: Tally = {
+    site("services/router/app.py", 10): (10 * 1024, 10),
+    site("aiokafka/fetcher.py", 20): (500 * 1024, 50),
+    site("faust/streams.py", 30): (40 * 1024, 4),
+}
+NOW: Tally = {
+    site("services/router/app.py", 10): (12 * 1024, 9),  # grew in bytes though it has a block fewer
+    site("aiokafka/fetcher.py", 20): (600 * 1024, 60),
+    site("faust/streams.py", 30): (20 * 1024, 2),  # shrank: not growth
+    site("services/router/seen.py", 40): (3 * 1024, 30),  # new since the baseline
+}
+
+
+def test_the_report_lists_the_sites_grown_most_then_the_largest_with_the_totals_and_their_change() -> None:
+    text = report(
+        at_s=900.4,
+        first_at_s=60.2,
+        traced=(30 * 2**20, 33 * 2**20 + 2**19),
+        rss=(80 * 2**20, 86 * 2**20),
+        overhead=7 * 2**20,
+        first=FIRST,
+        now=NOW,
+    )
+    assert text.splitlines() == [
+        "heap at 900 s, change since 60 s in brackets: traced 33.5 MiB (+3.5), RSS 86.0 MiB (+6.0), "
+        "tracemalloc's own 7.0 MiB",
+        "  grown most (15):",
+        "    aiokafka/fetcher.py:20 +100.0 KiB (+10)",
+        "    services/router/seen.py:40 +3.0 KiB (+30)",
+        "    services/router/app.py:10 +2.0 KiB (-1)",
+        "  largest now (5):",
+        "    aiokafka/fetcher.py:20 600.0 KiB (60)",
+        "    faust/streams.py:30 20.0 KiB (2)",
+        "    services/router/app.py:10 12.0 KiB (9)",
+        "    services/router/seen.py:40 3.0 KiB (30)",
+    ]
+
+
+def test_the_report_keeps_to_15_sites_grown_and_5_largest_and_says_when_nothing_grew() -> None:
+    many: Tally = {site(f"m{i}.py", i): (i * 1024, i) for i in range(1, 31)}
+    lines = report(
+        at_s=2, first_at_s=1, traced=(1, 1), rss=(1, 1), overhead=0, first={}, now=many
+    ).splitlines()
+    assert lines[2] == "    m30.py:30 +30.0 KiB (+30)"
+    assert lines.index("  largest now (5):") == 2 + 15
+    assert len(lines) == 2 + 15 + 1 + 5
+    lines = report(
+        at_s=2, first_at_s=1, traced=(1, 1), rss=(1, 1), overhead=0, first=many, now=many
+    ).splitlines()
+    assert lines[1:3] == ["  grown most (15):", "    nothing"]
+
+
+def test_a_site_of_several_frames_is_printed_most_recent_first_and_an_unknown_rss_as_a_question_mark() -> (
+    None
+):
+    now: Tally = {(("services/kernel/jsonx.py", 30), ("services/router/app.py", 99)): (2048, 2)}
+    lines = report(
+        at_s=2, first_at_s=1, traced=(0, 2048), rss=(None, None), overhead=0, first={}, now=now
+    ).splitlines()
+    assert "RSS ?," in lines[0]
+    assert lines[2] == "    services/kernel/jsonx.py:30 < services/router/app.py:99 +2.0 KiB (+2)"
+
+
+# --------------------------------------------------------------------------- really started
+
+
+def test_a_started_watch_reports_the_line_that_allocated_after_its_baseline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert not tracemalloc.is_tracing()
+    caplog.set_level(logging.WARNING, logger="lianfang.heapwatch")
+    watch = heapwatch.start(HeapwatchSettings(every_s=0.2))
+    assert watch is not None
+    try:
+        assert watch.baseline.wait(60)
+        line = sys._getframe().f_lineno + 1
+        kept = [bytearray(1024) for _ in range(4000)]  # about 4 MiB, alive until the end
+        where = f"tests/unit/test_heapwatch.py:{line} +"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the first report after the baseline names the line
+            if any(where in r.getMessage() for r in caplog.records):
+                break
+            time.sleep(0.05)
+        reports = [r.getMessage() for r in caplog.records if r.getMessage().startswith("heap at ")]
+        assert any(where in text for text in reports), reports[-1:] or "no report"
+        assert len(kept) == 4000
+    finally:
+        watch.stop()
+    assert not tracemalloc.is_tracing()

@@ -43,7 +43,7 @@ from services.gateway.app import GatewaySettings
 from services.gateway.app import serve as serve_gateway
 from services.hub.app import HubSettings
 from services.hub.app import run_worker as run_hub
-from services.kernel import acls, allocator, envelope, ids, principals, topics
+from services.kernel import acls, allocator, envelope, heapwatch, ids, principals, topics
 from services.kernel.errors import LianfangError, TransportError, UsageError
 from services.kernel.registry import Registry
 from services.pseudonymizer.app import PseudonymizerSettings
@@ -327,6 +327,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.update(env)
     memory = allocator.configure()  # as each service's __main__ does: before its threads start
+    heapwatch.start()  # off unless LIANFANG_TRACEMALLOC_EVERY_S is set
     if args.service == "router":
         asyncio.run(serve_router(RouterSettings()))
     elif args.service == "hub":

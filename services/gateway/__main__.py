@@ -9,7 +9,7 @@ import sys
 from pydantic import ValidationError
 
 from services.gateway.app import GatewaySettings, serve
-from services.kernel import allocator
+from services.kernel import allocator, heapwatch
 from services.kernel.errors import UsageError
 
 if __name__ == "__main__":
@@ -18,6 +18,7 @@ if __name__ == "__main__":
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         allocator.configure()  # before the request threads start
+        heapwatch.start()  # off unless LIANFANG_TRACEMALLOC_EVERY_S is set
         asyncio.run(serve(GatewaySettings()))
     except (UsageError, ValidationError) as e:  # a setting or the trust domain is wrong: say what
         print(f"lianfang gateway: {e}", file=sys.stderr)

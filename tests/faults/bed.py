@@ -161,11 +161,21 @@ class Check:
 class Bed:
     """The lab, the cluster and the services; start with :meth:`up`, end with :meth:`down`."""
 
-    def __init__(self, tmp: Path, domain: DemoDomain, *, rate: float = 4.0, seed: int = 1) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        domain: DemoDomain,
+        *,
+        rate: float = 4.0,
+        seed: int = 1,
+        service_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.tmp = tmp
         self.domain = domain
         self.rate = rate
         self.seed = seed
+        self.service_env = dict(service_env or {})
+        """Added to the environment of every service the bed starts (not the agency's): diagnostics."""
         self.lab = Lab(HOSTS)
         self.kafka: LocalKafka | None = None
         self.workers: dict[str, NsWorker] = {}
@@ -255,6 +265,8 @@ class Bed:
             ]  # fmt: skip
         else:
             raise ValueError(f"no service on {name}")
+        if name != "agency":
+            env |= self.service_env
         worker = NsWorker(host, module, env, log, args)
         self.workers[name] = worker
         return worker

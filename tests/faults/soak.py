@@ -8,6 +8,11 @@ from acceptance to the first inbox copy, each service's resident memory at the s
 restarts of each service (its process, killed by the soak; inside it: the router's runners and the
 hub's agents as their /metrics count them, ``lianfang_router_worker_restarts_total`` and
 ``lianfang_hub_agent_restarts_total``), and every fault with its time to recover. The exit status is 0 only when nothing was lost or duplicated.
+
+``--trace-memory SECONDS`` sets ``LIANFANG_TRACEMALLOC_EVERY_S`` for every service it starts
+(:mod:`services.kernel.heapwatch`): each logs, every SECONDS, the Python allocation sites grown most
+since its first snapshot; the reports are in the services' logs, kept in ``.run/soak/<time>/``.
+Tracing slows the services, so such a run's latencies and recoveries are not comparable to others.
 """
 
 from __future__ import annotations
@@ -217,12 +222,24 @@ class SoakResult:
         return out
 
 
+def service_env(*, trace_memory_s: float = 0) -> dict[str, str]:
+    """What the soak adds to each service's environment: the heap watch every ``trace_memory_s``
+    seconds (none when 0)."""
+    return {"LIANFANG_TRACEMALLOC_EVERY_S": f"{trace_memory_s:g}"} if trace_memory_s else {}
+
+
 def soak(
-    tmp: Path, *, minutes: float, seed: int, rate: float = 4.0, log: Callable[[str], None] = print
+    tmp: Path,
+    *,
+    minutes: float,
+    seed: int,
+    rate: float = 4.0,
+    trace_memory_s: float = 0,
+    log: Callable[[str], None] = print,
 ) -> SoakResult:
     rng = random.Random(seed)
     domain = DemoDomain.create(tmp / ".lianfang", now=datetime.now(UTC))
-    bed = Bed(tmp, domain, rate=rate, seed=seed)
+    bed = Bed(tmp, domain, rate=rate, seed=seed, service_env=service_env(trace_memory_s=trace_memory_s))
     bed.up()
     try:
         rss_start = {name: bed.workers[name].rss_bytes() for name in SERVICES}
@@ -297,16 +314,41 @@ def keep_logs(tmp: Path, to: Path) -> None:
         shutil.copyfile(path, target)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds (0: off)")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.faults.soak", description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rate", type=float, default=4.0, help="leads a second")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--trace-memory",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="each service logs its Python allocation sites grown most, every SECONDS (tracemalloc; slows "
+        "them); 0, the default: off",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logs = REPO / ".run" / "soak" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     with tempfile.TemporaryDirectory(prefix="lianfang-soak-") as tmp:
         try:
-            result = soak(Path(tmp), minutes=args.minutes, seed=args.seed, rate=args.rate)
+            result = soak(
+                Path(tmp),
+                minutes=args.minutes,
+                seed=args.seed,
+                rate=args.rate,
+                trace_memory_s=args.trace_memory,
+            )
         finally:  # the services' and brokers' logs outlive the run's data
             keep_logs(Path(tmp), logs)
         print(f"logs: {logs}")

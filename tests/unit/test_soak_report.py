@@ -1,10 +1,11 @@
-"""The soak's memory line: each service's resident memory over time, process by process."""
+"""The soak's memory line: each service's resident memory over time, process by process; and its
+option that has each service report its Python allocation sites."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.faults.soak import MemorySample, longest_process_growth, memory_series
+from tests.faults.soak import MemorySample, longest_process_growth, memory_series, parse_args, service_env
 
 pytestmark = pytest.mark.unit
 
@@ -50,3 +51,20 @@ def test_the_growth_line_says_when_no_process_lived_long_enough_to_tell() -> Non
         "longest process sampled 2 time(s): too short to tell"
     )
     assert longest_process_growth([MemorySample(0, 7, 0)]) == "no sample"
+
+
+def test_trace_memory_sets_the_heap_watchs_interval_in_each_services_environment_and_is_off_by_default() -> (
+    None
+):
+    args = parse_args(["--trace-memory", "60"])
+    assert service_env(trace_memory_s=args.trace_memory) == {"LIANFANG_TRACEMALLOC_EVERY_S": "60"}
+    assert service_env(trace_memory_s=parse_args(["--trace-memory", "2.5"]).trace_memory) == {
+        "LIANFANG_TRACEMALLOC_EVERY_S": "2.5"
+    }
+    assert service_env(trace_memory_s=parse_args([]).trace_memory) == {}
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "often"])
+def test_trace_memory_refuses_what_is_not_a_number_of_seconds(value: str) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--trace-memory", value])

@@ -209,17 +209,20 @@ def report(
     traced: tuple[int, int],
     rss: tuple[int | None, int | None],
     overhead: int,
+    took_s: float,
     first: Tally,
     now: Tally,
 ) -> str:
     """The report of a snapshot taken ``at_s`` seconds after start against the baseline ``first`` taken
     at ``first_at_s``: a header line with the bytes traced and the RSS, each ``(then, now)`` (``None``
-    where the OS does not tell the RSS), and tracemalloc's own; then a line a site
+    where the OS does not tell the RSS), tracemalloc's own and the seconds the snapshot took (the
+    service's threads wait for it); then a line a site
     (``file:line +KiB (+blocks)``, its callers after ``<`` when more than one frame is kept)."""
     lines = [
         f"heap at {at_s:.0f} s, change since {first_at_s:.0f} s in brackets: "
         f"traced {_mib(traced[1])}{_change(traced[1], traced[0])}, "
-        f"RSS {_mib(rss[1])}{_change(rss[1], rss[0])}, tracemalloc's own {_mib(overhead)}",
+        f"RSS {_mib(rss[1])}{_change(rss[1], rss[0])}, tracemalloc's own {_mib(overhead)}, "
+        f"snapshot {took_s:.2f} s",
         f"  grown most ({GROWN}):",
     ]
     grown = growth(first, now)
@@ -274,13 +277,16 @@ class Watch:
         self.baseline.set()
         while not self._stop.wait(self.every_s):
             try:
+                began = time.monotonic()
                 now, traced, rss = self._reading()
+                took = time.monotonic() - began
                 text = report(
                     at_s=time.monotonic() - started,
                     first_at_s=first_at,
                     traced=(traced_first, traced),
                     rss=(rss_first, rss),
                     overhead=tracemalloc.get_tracemalloc_memory(),
+                    took_s=took,
                     first=first,
                     now=now,
                 )

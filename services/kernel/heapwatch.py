@@ -17,6 +17,10 @@ A report holds only file names, line numbers, sizes and counts, never an object'
 must never hold personal data or keys. Paths are cut to what follows ``site-packages/``, the
 repository or the standard library.
 
+Only what goes through Python's allocator is traced: memory a C library takes from malloc itself
+(RocksDB, OpenSSL) is not, so an RSS that grows beside a flat traced total points there, or at memory
+the allocators keep (:mod:`services.kernel.allocator`).
+
 Off by default, and then nothing is started and nothing costs anything. Tracing costs every
 allocation of a Python object time and memory (``docs/operations.md`` has the figures): it is for a
 soak or a probe, not for production.

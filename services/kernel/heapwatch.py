@@ -8,8 +8,8 @@ service started through :func:`start` (right after :func:`services.kernel.alloca
 1. takes a snapshot and groups its blocks by allocation site (a line, or ``frames`` lines of the
    call stack), leaving out the blocks of ``tracemalloc`` itself, of ``importlib`` and of this module;
 2. keeps the first such grouping, taken ``every_s`` after start so that start-up is left out, as the
-   baseline (only the sites' totals, not the snapshot: a snapshot costs about a tuple a live block);
-3. from the second on, logs one report at WARNING (:func:`report`): the memory traced and the
+   baseline (only the sites' totals, about 200 B a site, not the snapshot: a tuple a live block);
+3. from the second on, logs one report at WARNING (:func:`report`): the memory of the sites and the
    process's RSS now and their change since the baseline, what tracemalloc itself uses, the 15 sites
    grown most since the baseline and the 5 largest now.
 
@@ -166,11 +166,15 @@ def tally(
     """Each site's bytes and blocks, from a snapshot's statistics. A block whose most recent frame is in
     a file ``excluded`` matches is left out; sites whose shortened paths coincide are summed."""
     sites: Tally = {}
+    paths: dict[str, str] = {}  # one string a file, shared by its sites: a baseline is kept for hours
     for stat in stats:
         frames = list(stat.traceback)
         if frames and excluded.match(frames[-1].filename):
             continue
-        site = tuple((short_path(f.filename, roots), f.lineno) for f in reversed(frames))
+        site = tuple(
+            (paths.get(f.filename) or paths.setdefault(f.filename, short_path(f.filename, roots)), f.lineno)
+            for f in reversed(frames)
+        )
         size, count = sites.get(site, (0, 0))
         sites[site] = (size + stat.size, count + stat.count)
     return sites
@@ -202,6 +206,10 @@ def _mib(n: int | None) -> str:
     return "?" if n is None else f"{n / 2**20:.1f} MiB"
 
 
+def _bytes(sites: Tally) -> int:
+    return sum(size for size, _ in sites.values())
+
+
 def _change(now: int | None, then: int | None) -> str:
     return "" if now is None or then is None else f" ({(now - then) / 2**20:+.1f})"
 
@@ -210,7 +218,7 @@ def report(
     *,
     at_s: float,
     first_at_s: float,
-    traced: tuple[int, int],
+    traced: int,
     rss: tuple[int | None, int | None],
     overhead: int,
     took_s: float,
@@ -218,15 +226,17 @@ def report(
     now: Tally,
 ) -> str:
     """The report of a snapshot taken ``at_s`` seconds after start against the baseline ``first`` taken
-    at ``first_at_s``: a header line with the bytes traced and the RSS, each ``(then, now)`` (``None``
-    where the OS does not tell the RSS), tracemalloc's own and the seconds the snapshot took (the
-    service's threads wait for it); then a line a site
-    (``file:line +KiB (+blocks)``, its callers after ``<`` when more than one frame is kept)."""
+    at ``first_at_s``. A header line: the bytes of the sites and the RSS ``(then, now)`` (``None`` where
+    the OS does not tell it), each with its change; what the sites leave out of the ``traced`` total
+    (imports, tracemalloc, this watch and its baseline); tracemalloc's own tables; and the seconds the
+    snapshot took (the service's threads wait for it). Then a line a site (``file:line +KiB
+    (+blocks)``, its callers after ``<`` when more than one frame is kept)."""
+    counted, counted_first = _bytes(now), _bytes(first)
     lines = [
         f"heap at {at_s:.0f} s, change since {first_at_s:.0f} s in brackets: "
-        f"traced {_mib(traced[1])}{_change(traced[1], traced[0])}, "
-        f"RSS {_mib(rss[1])}{_change(rss[1], rss[0])}, tracemalloc's own {_mib(overhead)}, "
-        f"snapshot {took_s:.2f} s",
+        f"traced {_mib(counted)}{_change(counted, counted_first)}, "
+        f"RSS {_mib(rss[1])}{_change(rss[1], rss[0])}; "
+        f"left out {_mib(traced - counted)}, tracemalloc's own {_mib(overhead)}, snapshot {took_s:.2f} s",
         f"  grown most ({GROWN}):",
     ]
     grown = growth(first, now)
@@ -276,7 +286,7 @@ class Watch:
         started = time.monotonic()
         if self._stop.wait(self.every_s):
             return
-        first, traced_first, rss_first = self._reading()
+        first, _, rss_first = self._reading()
         first_at = time.monotonic() - started
         self.baseline.set()
         while not self._stop.wait(self.every_s):
@@ -287,7 +297,7 @@ class Watch:
                 text = report(
                     at_s=time.monotonic() - started,
                     first_at_s=first_at,
-                    traced=(traced_first, traced),
+                    traced=traced,
                     rss=(rss_first, rss),
                     overhead=tracemalloc.get_tracemalloc_memory(),
                     took_s=took,

@@ -1,9 +1,12 @@
 """The heap watch (services.kernel.heapwatch): its settings, the report it makes of a snapshot's
-statistics, and, really started in this process, a report that names the line that allocated."""
+statistics; really started in this process, a report that names the line that allocated; and each
+service's entry point starting it."""
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -15,6 +18,7 @@ from pydantic import ValidationError
 from services.kernel import heapwatch
 from services.kernel.errors import UsageError
 from services.kernel.heapwatch import HeapwatchSettings, Tally, report, short_path, tally
+from tests.workers import REPO
 
 pytestmark = pytest.mark.unit
 
@@ -244,3 +248,31 @@ def test_a_started_watch_reports_the_line_that_allocated_after_its_baseline(
     finally:
         watch.stop()
     assert not tracemalloc.is_tracing()
+
+
+# --------------------------------------------------------------------------- wired into every service
+
+ENTRY_POINTS = {
+    "the router": ["-m", "services.router"],
+    "the hub": ["-m", "services.hub"],
+    "the gateway": ["-m", "services.gateway"],
+    "the console": ["-m", "services.console"],
+    "the pseudonymizer": ["-m", "services.pseudonymizer"],
+    "the timestamp service": ["-m", "services.timestamp"],
+    "lianfang serve": ["-m", "services", "serve", "router", "--bootstrap", "127.0.0.1:1"],
+}
+
+
+@pytest.mark.parametrize("argv", ENTRY_POINTS.values(), ids=ENTRY_POINTS.keys())
+def test_each_service_starts_the_watch_first_and_stops_on_a_bad_setting_naming_it(argv: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, *argv],
+        cwd=REPO,
+        env={**os.environ, "LIANFANG_TRACEMALLOC_EVERY_S": "-1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "the heap watch's settings: LIANFANG_TRACEMALLOC_EVERY_S: " in done.stderr

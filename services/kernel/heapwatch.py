@@ -10,8 +10,8 @@ service started through :func:`start` (right after :func:`services.kernel.alloca
 2. keeps the first such grouping, taken ``every_s`` after start so that start-up is left out, as the
    baseline (only the sites' totals, about 200 B a site, not the snapshot: a tuple a live block);
 3. from the second on, logs one report at WARNING (:func:`report`): the memory of the sites and the
-   process's RSS now and their change since the baseline, what tracemalloc itself uses, the 15 sites
-   grown most since the baseline and the 5 largest now.
+   process's RSS now and their change since the baseline, what was left out, what tracemalloc itself
+   uses, how long the snapshot took, the 15 sites grown most since the baseline and the 5 largest now.
 
 A report holds only file names, line numbers, sizes and counts, never an object's contents: the logs
 must never hold personal data or keys. Paths are cut to what follows ``site-packages/``, the

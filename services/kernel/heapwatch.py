@@ -279,14 +279,18 @@ class Watch:
         self._thread.start()
 
     def _reading(self) -> tuple[Tally, int, int | None]:
+        """The sites now, the bytes traced and the RSS, read before the snapshot: the sites' tally, a
+        few MiB while it lives, is the watch's, not the service's."""
+        rss = rss_bytes()
         sites = tally(tracemalloc.take_snapshot().statistics(self.key))
-        return sites, tracemalloc.get_traced_memory()[0], rss_bytes()
+        return sites, tracemalloc.get_traced_memory()[0], rss
 
     def _run(self) -> None:
         started = time.monotonic()
         if self._stop.wait(self.every_s):
             return
-        first, _, rss_first = self._reading()
+        first, _, _ = self._reading()
+        rss_first = rss_bytes()  # with the baseline, which the watch keeps from now on
         first_at = time.monotonic() - started
         self.baseline.set()
         while not self._stop.wait(self.every_s):

@@ -229,8 +229,8 @@ def report(
     at ``first_at_s``. A header line: the bytes of the sites and the RSS ``(then, now)`` (``None`` where
     the OS does not tell it), each with its change; what the sites leave out of the ``traced`` total
     (imports, tracemalloc, this watch and its baseline); tracemalloc's own tables; and the seconds the
-    snapshot took (the service's threads wait for it). Then a line a site (``file:line +KiB
-    (+blocks)``, its callers after ``<`` when more than one frame is kept)."""
+    snapshot took (it holds the GIL, so the service waits for part of it). Then a line a site
+    (``file:line +KiB (+blocks)``, its callers after ``<`` when more than one frame is kept)."""
     counted, counted_first = _bytes(now), _bytes(first)
     lines = [
         f"heap at {at_s:.0f} s, change since {first_at_s:.0f} s in brackets: "

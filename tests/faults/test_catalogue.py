@@ -6,7 +6,7 @@ the end of the fault (the restart, the healed link) until every lead accepted be
 its inboxes.
 
 The cases share one pipeline, in order. ``make faults`` (``LIANFANG_FAULTS=all``) runs them;
-``make test`` runs the lab's own test here and a two-minute soak (``test_soak.py``) that injects
+``make test`` runs the lab's own test here and a three-minute soak (``test_soak.py``) that injects
 these faults at random (``tests/faults/conftest.py``).
 """
 

@@ -1,4 +1,4 @@
-"""The soak's short version (``make soak`` is the long one): two minutes of load with faults of the
+"""The soak's short version (``make soak`` is the long one): three minutes of load with faults of the
 catalogue at random, seed 1, and nothing lost or duplicated, every victim alerted once."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from tests.faults.soak import soak
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
 
-def test_two_minutes_of_random_faults_lose_and_duplicate_no_lead_and_raise_every_alert_once(
+def test_three_minutes_of_random_faults_lose_and_duplicate_no_lead_and_raise_every_alert_once(
     tmp_path: Path,
 ) -> None:
     result = soak(
-        tmp_path, minutes=float(os.environ.get("SOAK_MINUTES", "2")), seed=int(os.environ.get("SEED", "1"))
+        tmp_path, minutes=float(os.environ.get("SOAK_MINUTES", "3")), seed=int(os.environ.get("SEED", "1"))
     )
     print("\n" + "\n".join(f"[soak] {line}" for line in result.lines()))
     assert result.faults, "no fault was injected"

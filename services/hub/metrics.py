@@ -1,5 +1,6 @@
 """Every metric of the hub, in one place. Labels are bounded: event types, reason codes, the hub's five
-source topics, deadline kinds, participant ids from the registry, and the hub's own partitions."""
+source topics, deadline kinds, participant ids from the registry, the hub's own partitions, and the
+three kinds of RocksDB memory."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from services.audit.metrics import AuditMetrics
 from services.bus.freshness import FreshnessMetrics
 from services.bus.registry_follower import RegistryMetrics
+from services.hub.rocksdb_memory import PROPERTIES, StoresMemory
 
 
 class HubMetrics:
@@ -128,6 +130,28 @@ class HubMetrics:
             ["agency", "count", "partition"],
             registry=registry,
         )
+        self.rocksdb_memory = Gauge(
+            "lianfang_hub_rocksdb_memory_bytes",
+            "Memory of the worker's open RocksDB stores (one a partition of each table), summed, by kind: "
+            "memtables (written, not yet flushed; at most two write buffers a store), block_cache (blocks "
+            "read back; at most the cache's capacity a store), table_readers (index and filter blocks, "
+            "outside the cache: a few bytes a key, unbounded). Sampled every rocksdb_memory_interval_s.",
+            ["kind"],
+            registry=registry,
+        )
+        self.rocksdb_stores = Gauge(
+            "lianfang_hub_rocksdb_stores_open",
+            "RocksDB stores the worker holds open (a partition of a table, active or standby), whose "
+            "memory lianfang_hub_rocksdb_memory_bytes sums.",
+            registry=registry,
+        )
+        self.rocksdb_memory_bound = Gauge(
+            "lianfang_hub_rocksdb_memory_bound_bytes",
+            "The most the memtables and block caches of the worker's RocksDB stores take together, with a "
+            "store open for every partition of every table (rocksdb_memory_bound): compare with the "
+            "memtables and block_cache of lianfang_hub_rocksdb_memory_bytes.",
+            registry=registry,
+        )
 
         # The registry in force (version, issue and expiry times) and the updates refused.
         self.registry_in_force = RegistryMetrics.of(registry)
@@ -147,6 +171,13 @@ class HubMetrics:
                     self.rates.labels(*labels).set(float(row[rate]))
             for count in COUNTS:
                 self.leads.labels(agency, count, str(partition)).set(int(row.get(count) or 0))
+
+    def set_rocksdb_memory(self, memory: StoresMemory) -> None:
+        """Export a sample of :func:`services.hub.rocksdb_memory.memory_of`: every kind, and the stores
+        it read (those that raised count in neither)."""
+        for kind in PROPERTIES:
+            self.rocksdb_memory.labels(kind).set(memory.by_kind[kind])
+        self.rocksdb_stores.set(memory.read)
 
 
 AGENTS = ("inbox", "suspects", "serial", "links", "clock")

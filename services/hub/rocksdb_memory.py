@@ -1,0 +1,66 @@
+"""What the hub's RocksDB stores hold in memory, as RocksDB counts it, for
+``lianfang_hub_rocksdb_memory_bytes``: pure, over any object that reads RocksDB's integer properties (a
+rocksdict ``Rdict``; a fake in the unit tests).
+
+Each store (one partition of one table) reports, by kind:
+
+- ``memtables``: what was written and not yet flushed to a file, with the memtables being flushed or
+  kept pinned (``rocksdb.size-all-mem-tables``). It grows in blocks of an eighth of the write buffer
+  and falls at each flush: at most two write buffers a store (:func:`services.hub.app.rocksdb_options`).
+- ``block_cache``: blocks of the files read back (``rocksdb.block-cache-usage``), up to the cache's
+  capacity. Each store has a cache of its own (faust makes one a store), so the sum counts none twice.
+- ``table_readers``: the index and filter blocks of the store's files, held outside the block cache
+  (``rocksdb.estimate-table-readers-mem``): a few bytes a key, with no bound but the keys.
+
+Nothing read here is personal data: three byte counts a store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Kind = Literal["memtables", "block_cache", "table_readers"]
+
+PROPERTIES: Mapping[Kind, str] = {
+    "memtables": "rocksdb.size-all-mem-tables",
+    "block_cache": "rocksdb.block-cache-usage",
+    "table_readers": "rocksdb.estimate-table-readers-mem",
+}
+"""Each kind's RocksDB property, in bytes."""
+
+
+class Store(Protocol):
+    """A RocksDB database that reads its own integer properties, as ``rocksdict.Rdict`` does."""
+
+    def property_int_value(self, name: str) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class StoresMemory:
+    """The memory of a worker's stores, summed by kind; ``read`` stores counted, ``unread`` ones that
+    raised (closed meanwhile: a store faust let go of in a rebalance) and counted nothing."""
+
+    by_kind: Mapping[Kind, int]
+    read: int
+    unread: int
+
+
+def memory_of(stores: Iterable[Store]) -> StoresMemory:
+    """Sum each kind over ``stores``. A store counts all its kinds or none: one that raises on any of
+    them counts as unread (rocksdict raises its ``DbClosedError`` for a closed database, a bare
+    ``Exception`` for RocksDB's own errors, so any ``Exception``). A property RocksDB does not report
+    (``None``) counts 0."""
+    totals: dict[Kind, int] = dict.fromkeys(PROPERTIES, 0)
+    read = unread = 0
+    for store in stores:
+        try:
+            values = {kind: store.property_int_value(name) or 0 for kind, name in PROPERTIES.items()}
+        except Exception:
+            unread += 1
+            continue
+        read += 1
+        for kind, value in values.items():
+            totals[kind] += value
+    return StoresMemory(totals, read, unread)

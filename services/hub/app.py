@@ -28,6 +28,8 @@ published on ``lianfang.events.v1`` for the router to deliver.
   unapplied.
 - Health: each such failure is counted in ``lianfang_hub_agent_restarts_total``; an agent stuck on a
   record stops ``lianfang_hub_worker_progress_timestamp_seconds`` (:mod:`services.hub.progress`).
+- Memory: every ``rocksdb_memory_interval_s`` the worker reads what its RocksDB stores hold
+  (:mod:`services.hub.rocksdb_memory`) into ``lianfang_hub_rocksdb_memory_bytes``, beside their bound.
 - Topics: before faust starts, the worker creates its tables' changelog topics and waits until every
   broker lists them and the topics it reads, all with its partitions (:mod:`services.hub.prepare`
   says why).
@@ -71,6 +73,7 @@ from services.hub.config import HubConfig
 from services.hub.metrics import HubMetrics
 from services.hub.prepare import prepare_topics
 from services.hub.progress import AgentProgress
+from services.hub.rocksdb_memory import memory_of
 from services.hub.worker import InboxRecord, RecordWorker
 from services.kernel import ids, topics
 from services.kernel.allocator import Allocator
@@ -129,6 +132,12 @@ class HubSettings(BaseSettings):
         default=1,
         ge=1,
         description="RocksDB block cache of each table partition (faust's default is 2 GiB each)",
+    )
+    rocksdb_memory_interval_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="how often the memory of the worker's RocksDB stores is read for /metrics "
+        "(lianfang_hub_rocksdb_memory_bytes); 0: never",
     )
     log_level: str = Field(default="warning", description="faust worker log level")
     require_freshness: bool = Field(
@@ -288,6 +297,16 @@ class HubWorker:
             self.victim_writes.events = {}
         for event in events:
             await stream.ack(event)
+
+    def open_stores(self) -> list[Any]:
+        """The RocksDB databases (rocksdict ``Rdict``) the worker holds open, of every table. faust's
+        store keeps one a partition, active or standby, in ``_dbs``, its only record of them: opened
+        when assigned, popped (and let go, not closed) when revoked, cleared when the worker stops.
+        Listed on the event loop, between two of faust's steps, so none is a store a rebalance has
+        revoked; one closed some other way raises when read, and counts nothing
+        (:func:`services.hub.rocksdb_memory.memory_of`)."""
+        tables = (self.victims, self.suspect_table, self.link_table)
+        return [db for table in tables for db in list(getattr(table.data, "_dbs", {}).values())]
 
     def _topic(self, name: str, partitions: int | None = None) -> faust.TopicT:
         return self.app.topic(name, partitions=partitions, key_serializer="raw", value_serializer="raw")
@@ -605,6 +624,17 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
             now = utcnow().isoformat().encode()
             for partition in range(settings.partitions):
                 await worker.clock.send(key=b"tick", value=now, partition=partition)
+
+    metrics.rocksdb_memory_bound.set(rocksdb_memory_bound(settings))
+    if settings.rocksdb_memory_interval_s:
+
+        @app.timer(interval=settings.rocksdb_memory_interval_s)  # type: ignore[untyped-decorator]
+        async def sample_rocksdb_memory() -> None:
+            # A few property reads a store, microseconds each: on the loop, where no rebalance runs.
+            memory = memory_of(worker.open_stores())
+            if memory.unread:
+                log.debug("%d RocksDB stores closed while read: their memory not counted", memory.unread)
+            metrics.set_rocksdb_memory(memory)
 
     if settings.metrics_port:
 

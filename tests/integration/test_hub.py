@@ -23,6 +23,7 @@ from kafka.errors import MessageSizeTooLargeError
 from schemas.events import RiskAnswers, RiskAssessed
 from services.bus.cluster import DURABLE_PRODUCER
 from services.cli import main as cli_main
+from services.hub.rocksdb_memory import PROPERTIES
 from services.kernel import ids
 from services.sdk.client import CaseContext, Client
 from tests.integration.buskit import Bus, HubProcess, RegistryChange, RouterProcess
@@ -253,6 +254,40 @@ def test_the_hub_reports_its_consumer_lag_per_inbox_partition_and_it_drains(
     # The router writes the inbox in transactions: the last offset of a partition may be a commit
     # marker that no consumer commits past, so a drained partition shows a lag of 0 or 1.
     hub_bus.wait_for(lambda: len(v := lags()) == 3 and all(x <= 1 for x in v), 60, "3 drained lag series")
+
+
+def test_the_hub_reports_the_memory_of_its_nine_rocksdb_stores_within_their_bound(
+    hub_bus: Bus, agencies: dict[str, Agency], pipeline: tuple[RouterProcess, HubProcess]
+) -> None:
+    _router, hub = pipeline
+    observed = hub.metric("lianfang_hub_events_observed_total", type="lead.reported") or 0
+    for hours in (3, 2, 1):  # one victim: three writes of her state (each over 700 bytes) in one store
+        agencies["police"].lead("13700000900", NOW - timedelta(hours=hours))
+    hub_bus.wait_for(
+        lambda: (hub.metric("lianfang_hub_events_observed_total", type="lead.reported") or 0) >= observed + 3,
+        60,
+        "the hub to apply 3 leads",
+    )
+
+    last: dict[str, float | None] = {}
+
+    def sampled() -> dict[str, float | None] | None:
+        last.update(
+            {kind: hub.metric("lianfang_hub_rocksdb_memory_bytes", kind=kind) for kind in PROPERTIES},
+            stores=hub.metric("lianfang_hub_rocksdb_stores_open"),
+        )
+        # One worker holds every partition of the 3 tables: 9 stores. A memtable takes 2 KiB (its arena's
+        # first block) until what was written to it passes that, as the victim's three states do; no
+        # memtable is flushed here (1 MiB), so none falls back.
+        return dict(last) if last["stores"] == 9 and (last["memtables"] or 0) > 9 * 2048 else None
+
+    try:
+        memory = hub_bus.wait_for(sampled, 30, "9 RocksDB stores with written memtables on /metrics")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last read: {last}") from None
+    bound = hub.metric("lianfang_hub_rocksdb_memory_bound_bytes")
+    assert bound == 3 * 3 * 4 * 1024 * 1024  # rocksdb_memory_bound of the default settings
+    assert 0 < (memory["memtables"] or 0) + (memory["block_cache"] or 0) <= bound
 
 
 @contextmanager

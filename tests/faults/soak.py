@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,18 +104,29 @@ CATALOGUE: tuple[Callable[[Bed, random.Random, float], str], ...] = (
 @dataclass(frozen=True, slots=True)
 class MemorySample:
     """One service's resident memory at a moment of the soak: minutes since the start, its process id
-    (a SIGKILLed service comes back as a new process, whose memory starts again), and the bytes."""
+    (a SIGKILLed service comes back as a new process, whose memory starts again), and the bytes; for the
+    hub, what its RocksDB stores held then (:func:`rocksdb_bytes`), to tell how much of it they are."""
 
     minute: float
     pid: int
     rss: int
+    rocksdb: int | None = None
+
+
+def rocksdb_bytes(metrics: Mapping[str, float] | None) -> int | None:
+    """The hub's ``lianfang_hub_rocksdb_memory_bytes`` summed over its kinds, from a scrape of its
+    /metrics; None without a scrape or before the hub's first sample of its stores."""
+    if metrics is None:
+        return None
+    kinds = [v for series, v in metrics.items() if series.startswith("lianfang_hub_rocksdb_memory_bytes{")]
+    return int(sum(kinds)) if kinds else None
 
 
 def memory_series(samples: list[MemorySample], every_min: float = 5.0) -> str:
     """The samples at each ``every_min`` mark (the first sample at or after it) and the last, as
     ``minute:MiB``; a process restarted since the mark before is marked ``(new process)``, a sample
-    taken while the service was down (0 bytes) is left out. Flat memory reads as a flat row for each
-    process."""
+    taken while the service was down (0 bytes) is left out, and the RocksDB stores' share, where read,
+    follows in MiB (``RocksDB 5.6``). Flat memory reads as a flat row for each process."""
     kept = [s for s in samples if s.rss > 0]
     if not kept:
         return "no sample"
@@ -130,7 +141,10 @@ def memory_series(samples: list[MemorySample], every_min: float = 5.0) -> str:
     parts = []
     for before, sample in zip([None, *picked], picked, strict=False):
         new = before is not None and before.pid != sample.pid
-        parts.append(f"{sample.minute:.0f}:{sample.rss / 2**20:.0f}{' (new process)' if new else ''}")
+        part = f"{sample.minute:.0f}:{sample.rss / 2**20:.0f}{' (new process)' if new else ''}"
+        if sample.rocksdb is not None:
+            part += f" (RocksDB {sample.rocksdb / 2**20:.1f})"
+        parts.append(part)
     return "  ".join(parts)
 
 
@@ -250,7 +264,8 @@ def soak(
             minute = (time.monotonic() - began) / 60
             for name in SERVICES:
                 worker = bed.workers[name]
-                memory[name].append(MemorySample(minute, worker.proc.pid, worker.rss_bytes()))
+                rocksdb = rocksdb_bytes(worker.metrics()) if name == "hub" else None
+                memory[name].append(MemorySample(minute, worker.proc.pid, worker.rss_bytes(), rocksdb))
 
         exits: list[SelfExit] = []
 

@@ -1,11 +1,18 @@
-"""The soak's memory line: each service's resident memory over time, process by process; and its
-option that has each service report its Python allocation sites."""
+"""The soak's memory line: each service's resident memory over time, process by process, and the hub's
+RocksDB stores' share of it; and its option that has each service report its Python allocation sites."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.faults.soak import MemorySample, longest_process_growth, memory_series, parse_args, service_env
+from tests.faults.soak import (
+    MemorySample,
+    longest_process_growth,
+    memory_series,
+    parse_args,
+    rocksdb_bytes,
+    service_env,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -68,3 +75,25 @@ def test_trace_memory_sets_the_heap_watchs_interval_in_each_services_environment
 def test_trace_memory_refuses_what_is_not_a_number_of_seconds(value: str) -> None:
     with pytest.raises(SystemExit):
         parse_args(["--trace-memory", value])
+
+
+def test_the_hub_s_series_shows_what_its_rocksdb_stores_held_beside_each_sample() -> None:
+    samples = [
+        MemorySample(0, 7, 99 * MIB, rocksdb=MIB // 10),
+        MemorySample(5, 7, 102 * MIB, rocksdb=None),  # not read: the hub did not answer
+        MemorySample(10, 8, 119 * MIB, rocksdb=int(5.6 * MIB)),
+    ]
+    assert memory_series(samples) == "0:99 (RocksDB 0.1)  5:102  10:119 (new process) (RocksDB 5.6)"
+
+
+def test_the_rocksdb_share_sums_every_kind_of_the_hub_s_gauge_and_is_unknown_without_it() -> None:
+    scraped = {
+        'lianfang_hub_rocksdb_memory_bytes{kind="memtables"}': 2_642_000.0,
+        'lianfang_hub_rocksdb_memory_bytes{kind="block_cache"}': 3_135_000.0,
+        'lianfang_hub_rocksdb_memory_bytes{kind="table_readers"}': 42_000.0,
+        "lianfang_hub_rocksdb_memory_bound_bytes": 37_748_736.0,
+        "lianfang_hub_rocksdb_stores_open": 9.0,
+    }
+    assert rocksdb_bytes(scraped) == 5_819_000
+    assert rocksdb_bytes({"lianfang_hub_rocksdb_memory_bound_bytes": 37_748_736.0}) is None  # not sampled yet
+    assert rocksdb_bytes(None) is None  # /metrics did not answer

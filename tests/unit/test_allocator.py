@@ -144,8 +144,10 @@ TRIM = textwrap.dedent(
             libc.free(p)
     freed = rss()
     deadline = time.monotonic() + float(sys.argv[1])
-    while rss() > freed - 20 * 2**20 and time.monotonic() < deadline:
-        time.sleep(0.05)  # polling the process's own RSS until the trim thread has run, or the deadline
+    # Polling until the trim thread has returned from a trim that gave the memory back (its count goes
+    # up after the trim: the RSS alone may drop first), or the deadline.
+    while (rss() > freed - 20 * 2**20 or memory.trims == 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
     print(freed - rss(), memory.trims)
     """
 )

@@ -33,7 +33,8 @@ from services.kernel.topics import AUDIT, EVENTS, inbox
 pytestmark = pytest.mark.integration
 
 PARTICIPANTS = ["police", "education", "hub"]
-QUICK = {"request_timeout_ms": 8000, "bootstrap_timeout_ms": 6000, "reconnect_backoff_max_ms": 500}
+QUICK = {"request_timeout_ms": 8000, "bootstrap_timeout_ms": 2000, "reconnect_backoff_max_ms": 500}
+"""A refused client gives up after 2 s of bootstrap attempts (each refused): the refusal tests wait that long."""
 
 
 @pytest.fixture(scope="module")

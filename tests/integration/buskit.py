@@ -337,7 +337,14 @@ class PseudonymizerProcess(Worker):
     @classmethod
     def started(cls, bus: Bus, folder: Path, port: int, **env: str) -> PseudonymizerProcess:
         """The service, returned once it serves /metrics."""
-        worker = cls(
+        worker = cls.spawned(bus, folder, port, **env)
+        bus.wait_for(lambda: worker.metrics() is not None, 60, "the pseudonymizer to serve")
+        return worker
+
+    @classmethod
+    def spawned(cls, bus: Bus, folder: Path, port: int, **env: str) -> PseudonymizerProcess:
+        """The service, just started."""
+        return cls(
             "services.pseudonymizer",
             {
                 "LIANFANG_BOOTSTRAP": bus.bootstrap,
@@ -351,5 +358,3 @@ class PseudonymizerProcess(Worker):
             port=port,
             what="the pseudonymizer",
         )
-        bus.wait_for(lambda: worker.metrics() is not None, 60, "the pseudonymizer to serve")
-        return worker

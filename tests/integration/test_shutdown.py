@@ -38,11 +38,11 @@ def _serving(worker: Worker, metric: str, **labels: str) -> bool:
     return worker.metric(metric, **labels) is not None
 
 
-def _started(bus: Bus, folder: Path, service: str, env: dict[str, str], probe: str, **labels: str) -> Worker:
+def _spawned(bus: Bus, folder: Path, service: str, env: dict[str, str]) -> Worker:
     """``python -m services.<service>`` on ``bus`` with /metrics on a free port (``env`` may name it as
-    ``{port}``), returned once it serves ``probe``."""
+    ``{port}``), just started."""
     port = free_port()
-    worker = Worker(
+    return Worker(
         f"services.{service}",
         {
             "LIANFANG_BOOTSTRAP": bus.bootstrap,
@@ -53,8 +53,6 @@ def _started(bus: Bus, folder: Path, service: str, env: dict[str, str], probe: s
         port=port,
         what=f"the {service}",
     )
-    bus.wait_for(lambda: _serving(worker, probe, **labels), 90, f"the {service} to serve")
-    return worker
 
 
 def _gateway(bus: Bus, folder: Path) -> Worker:
@@ -64,7 +62,7 @@ def _gateway(bus: Bus, folder: Path) -> Worker:
         "LIANFANG_GATEWAY_SPOOL_DIR": str(folder / "gateway-spool"),
         "LIANFANG_GATEWAY_TOPIC_PREFIX": bus.prefix,
     }
-    return _started(bus, folder, "gateway", env, "lianfang_gateway_outbox_depth", participant="police")
+    return _spawned(bus, folder, "gateway", env)
 
 
 def _hub(bus: Bus, folder: Path) -> Worker:
@@ -74,18 +72,13 @@ def _hub(bus: Bus, folder: Path) -> Worker:
         "LIANFANG_HUB_DATA_DIR": str(folder / "hub-data"),
         "LIANFANG_HUB_METRICS_PORT": "{port}",
     }
-    return _started(bus, folder, "hub", env, "lianfang_hub_events_observed_total")
+    return _spawned(bus, folder, "hub", env)
 
 
-def _routed(bus: Bus, log: Path, events: int) -> Router:
-    """A router on ``bus``, returned once it has routed ``events`` leads."""
-    router = Router.started(bus, log)
-    bus.wait_for(
-        lambda: (router.metric("lianfang_router_events_routed_total", type="lead.reported") or 0) >= events,
-        60,
-        f"a router to have routed {events} events",
-    )
-    return router
+def _routed(bus: Bus, router: Router, events: int) -> bool:
+    """Whether ``router`` has routed ``events`` leads (raising, with its log, if it has exited)."""
+    router.check_alive()
+    return (router.metric("lianfang_router_events_routed_total", type="lead.reported") or 0) >= events
 
 
 def _exit_statuses(workers: dict[str, Worker], bound: float) -> dict[str, tuple[int | None, float]]:
@@ -120,12 +113,30 @@ def test_every_service_whose_broker_died_exits_on_sigterm_within_the_bound_with_
         idle.publish([idle.seal(phone=f"133{i:08d}") for i in range(IDLE_EVENTS)])
         workers: dict[str, Worker] = {}
         try:
-            workers["pseudonymizer"] = PseudonymizerProcess.started(busy, tmp_path, port)
+            # All but the busy router start at once (their start-ups overlap); the busy router last,
+            # so that its batch is still in flight when the broker dies.
+            workers["pseudonymizer"] = PseudonymizerProcess.spawned(busy, tmp_path, port)
             workers["gateway"] = _gateway(busy, tmp_path)
             workers["hub"] = _hub(busy, tmp_path)
-            workers["idle router"] = _routed(idle, tmp_path / "router-idle.log", IDLE_EVENTS)
-            busy_router = _routed(busy, tmp_path / "router-busy.log", IN_FLIGHT_ROUTED)
+            idle_router = Router(idle, domain.home, tmp_path / "router-idle.log", f"{idle.prefix}router")
+            workers["idle router"] = idle_router
+            ready = {
+                "pseudonymizer": lambda: _serving(workers["pseudonymizer"], "process_start_time_seconds"),
+                "gateway": lambda: _serving(
+                    workers["gateway"], "lianfang_gateway_outbox_depth", participant="police"
+                ),
+                "hub": lambda: _serving(workers["hub"], "lianfang_hub_events_observed_total"),
+                "idle router": lambda: _routed(idle, idle_router, IDLE_EVENTS),
+            }
+            for name, check in ready.items():
+                busy.wait_for(check, 90, f"the {name} to serve")
+            busy_router = Router(busy, domain.home, tmp_path / "router-busy.log", f"{busy.prefix}router")
             workers["router with a batch in flight"] = busy_router
+            busy.wait_for(
+                lambda: _routed(busy, busy_router, IN_FLIGHT_ROUTED),
+                90,
+                f"the busy router to have routed {IN_FLIGHT_ROUTED} events",
+            )
             cluster.kill_node(1)
             routed = busy_router.metric("lianfang_router_events_routed_total", type="lead.reported") or 0
             assert routed < IN_FLIGHT_EVENTS, (

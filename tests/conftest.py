@@ -43,7 +43,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield external
         return
     data = Path(tmp_path_factory.mktemp("kafka"))
-    with running(data) as cluster:
+    with running(data, discard=True) as cluster:
         yield cluster.bootstrap
 
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalKafka, KafkaSecuritySettings]]:
-    with running(Path(tmp_path_factory.mktemp("k8s-kafka")), secure=True) as kafka:
+    with running(Path(tmp_path_factory.mktemp("k8s-kafka")), secure=True, discard=True) as kafka:
         operator = KafkaSecuritySettings(
             security_protocol="SASL_SSL",
             sasl_username="operator",

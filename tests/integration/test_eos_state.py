@@ -130,7 +130,7 @@ def test_a_worker_started_while_the_broker_is_down_waits_and_works_once_it_is_ba
 ) -> None:
     from deploy.kafka.local import running
 
-    with running(tmp_path / "kafka") as cluster:
+    with running(tmp_path / "kafka", discard=True) as cluster:
         suffix = uuid.uuid4().hex[:8]
         source, state, out = f"t-eos-in-{suffix}", f"t-eos-state-{suffix}", f"t-eos-out-{suffix}"
         _topics(cluster.bootstrap, source, state, out)

@@ -585,7 +585,7 @@ def test_a_broker_outage_during_a_few_hundred_requests_loses_and_duplicates_noth
     The router starts once the broker is back: it is not what this test is about (the outbox may
     have sent some records twice around the outage; the router delivers each event once)."""
     total, kill_after = 300, 60
-    with running(tmp_path / "kafka") as cluster:
+    with running(tmp_path / "kafka", discard=True) as cluster:
         bus = Bus.create(cluster.bootstrap, f"t-gw-outage-{datetime.now(UTC):%H%M%S%f}.", live_domain)
         gateway = GatewayProcess(bus, tmp_path / "spool", tmp_path / "gateway.log")
         router: RouterProcess | None = None

@@ -85,7 +85,7 @@ def test_three_nodes_keep_accepting_acks_all_writes_with_one_node_down(tmp_path:
     from deploy.kafka.local import running
     from services.bus.cluster import DURABLE_PRODUCER, TopicSpec, ensure_topics
 
-    with running(tmp_path / "k3", nodes=3) as cluster:
+    with running(tmp_path / "k3", nodes=3, discard=True) as cluster:
         assert len(_java_processes_for(tmp_path / "k3")) == 3
         ensure_topics(cluster.bootstrap, [TopicSpec("durable", partitions=3, replication=3)])
         cluster.kill_node(3)

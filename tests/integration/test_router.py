@@ -536,7 +536,7 @@ def test_a_router_routes_again_after_the_broker_went_down_and_came_back(
 ) -> None:
     from deploy.kafka.local import running
 
-    with running(tmp_path / "kafka") as cluster:
+    with running(tmp_path / "kafka", discard=True) as cluster:
         bus = Bus.create(cluster.bootstrap, "t-outage.", live_domain)
         worker = Router(bus, live_domain.home, tmp_path / "router.log", f"{bus.prefix}router")
         try:

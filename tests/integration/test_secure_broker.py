@@ -40,7 +40,7 @@ QUICK = {"request_timeout_ms": 8000, "bootstrap_timeout_ms": 2000, "reconnect_ba
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     data = Path(tmp_path_factory.mktemp("secure-kafka"))
-    with running(data, secure=True, users=[*PARTICIPANTS, "router"]) as cluster:
+    with running(data, secure=True, users=[*PARTICIPANTS, "router"], discard=True) as cluster:
         admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap, **_kwargs(cluster, "operator"))
         try:
             names = [EVENTS, AUDIT, *(inbox(p) for p in PARTICIPANTS)]

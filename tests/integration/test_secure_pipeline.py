@@ -41,7 +41,9 @@ USERS = ["router", "hub", "police", *READERS]
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
-    with running(Path(tmp_path_factory.mktemp("secure-pipeline-kafka")), secure=True, users=USERS) as cluster:
+    with running(
+        Path(tmp_path_factory.mktemp("secure-pipeline-kafka")), secure=True, users=USERS, discard=True
+    ) as cluster:
         yield cluster
 
 

@@ -106,7 +106,7 @@ def test_every_service_whose_broker_died_exits_on_sigterm_within_the_bound_with_
     domain = DemoDomain.create(
         tmp_path / ".lianfang", now=datetime.now(UTC), pseudonymizer_url=f"http://127.0.0.1:{port}"
     )
-    with running(tmp_path / "kafka") as cluster:
+    with running(tmp_path / "kafka", discard=True) as cluster:
         busy = Bus.create(cluster.bootstrap, "t-stop-busy.", domain)
         idle = Bus.create(cluster.bootstrap, "t-stop-idle.", domain)
         busy.publish([busy.seal(phone=f"132{i:08d}") for i in range(IN_FLIGHT_EVENTS)])

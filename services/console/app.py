@@ -19,6 +19,7 @@ office, reading the ``coordinators`` inbox with the coordinators' keys.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -102,23 +103,41 @@ def safe_next(value: str | None) -> str:
 
 
 class Broker:
-    """Fans changes out to the open server-sent-event streams (on the event loop's thread)."""
+    """Fans changes out to the open server-sent-event streams (on the event loop's thread), each with
+    its number in order (1, 2, ...). The last :data:`RESUME_DEPTH` are kept, so a page that subscribes
+    after it was rendered, or reconnects after losing its stream, is sent the changes it missed
+    (:meth:`missed`): a page carries the number of the last change before it was rendered."""
 
-    def __init__(self) -> None:
-        self._queues: set[asyncio.Queue[Change | None]] = set()
+    def __init__(self, depth: int = 1000) -> None:
+        self._queues: set[asyncio.Queue[tuple[int, Change] | None]] = set()
+        self._recent: collections.deque[tuple[int, Change]] = collections.deque(maxlen=depth)
+        self.last = 0
+        """The number of the latest change (0: none yet)."""
 
-    def subscribe(self) -> asyncio.Queue[Change | None]:
-        queue: asyncio.Queue[Change | None] = asyncio.Queue(maxsize=100)
+    def subscribe(self) -> asyncio.Queue[tuple[int, Change] | None]:
+        queue: asyncio.Queue[tuple[int, Change] | None] = asyncio.Queue(maxsize=100)
         self._queues.add(queue)
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[Change | None]) -> None:
+    def unsubscribe(self, queue: asyncio.Queue[tuple[int, Change] | None]) -> None:
         self._queues.discard(queue)
 
     def publish(self, change: Change) -> None:
+        self.last += 1
+        self._recent.append((self.last, change))
         for queue in list(self._queues):
             with contextlib.suppress(asyncio.QueueFull):  # a stalled page refetches on its next event
-                queue.put_nowait(change)
+                queue.put_nowait((self.last, change))
+
+    def missed(self, since: int) -> list[tuple[int, Change]] | None:
+        """The changes after number ``since``, oldest first; None when they are no longer all kept (or
+        ``since`` is not a number this broker gave: a console restarted since), so the page must ask
+        for everything again."""
+        if since == self.last:
+            return []
+        if since > self.last or since < 0 or not self._recent or self._recent[0][0] > since + 1:
+            return None
+        return [(n, change) for n, change in self._recent if n > since]
 
     def close(self) -> None:
         for queue in list(self._queues):
@@ -468,6 +487,7 @@ class Console:
             names=self.names,
             path=request.path_qs if request.method == "GET" else _page_of(request.path),
             role=request.get(ROLE),
+            seen_change=self.broker.last,
         )
 
     @staticmethod
@@ -755,8 +775,12 @@ class Console:
         return self._html(body)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        """Server-sent events: ``change`` for each change of the view, ``expired`` when the session ends."""
+        """Server-sent events: ``change`` for each change of the view (its ``id`` its number), ``expired``
+        when the session ends. A stream that names the last change its page has seen (``Last-Event-ID``
+        when the browser reconnects, else ``?since=`` from the page) is first sent the changes after it,
+        or ``resync`` when they are no longer all kept."""
         token = request[COOKIE]
+        since = _change_number(request.headers.get("Last-Event-ID") or request.query.get("since"))
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -765,31 +789,54 @@ class Console:
             }
         )
         await response.prepare(request)
-        queue = self.broker.subscribe()
+        queue = self.broker.subscribe()  # before reading what was missed: nothing falls in between
         self.metrics.live_clients.inc()
         self._audit(request, "live_updates", seen=("live", None))
         try:
             await response.write(b"retry: 3000\nevent: ready\ndata: {}\n\n")
+            sent = self.broker.last if since is None else since
+            if since is not None:
+                missed = self.broker.missed(since)
+                if missed is None:
+                    sent = self.broker.last
+                    await response.write(f"id: {sent}\nevent: resync\ndata: {{}}\n\n".encode())
+                for number, change in missed or ():
+                    await response.write(_change_event(number, change))
+                    sent = number
             while True:
                 try:
-                    change = await asyncio.wait_for(queue.get(), timeout=_KEEPALIVE_S)
+                    item = await asyncio.wait_for(queue.get(), timeout=_KEEPALIVE_S)
                 except TimeoutError:
-                    change = None
                     if self.sessions.get(token, touch=False) is not None:
                         await response.write(b": keep-alive\n\n")
                         continue
+                    item = None
                 if self.sessions.get(token, touch=False) is None:
                     await response.write(b"event: expired\ndata: {}\n\n")
                     break
-                if change is None:  # the console is stopping
+                if item is None:  # the console is stopping
                     break
-                await response.write(f"event: change\ndata: {change.to_json()}\n\n".encode())
+                number, change = item
+                if number > sent:  # not already sent as missed
+                    await response.write(_change_event(number, change))
+                    sent = number
         except (ConnectionResetError, RuntimeError):
             pass  # the page went away
         finally:
             self.broker.unsubscribe(queue)
             self.metrics.live_clients.dec()
         return response
+
+
+def _change_number(value: str | None) -> int | None:
+    """A change number a page sent back (``Last-Event-ID`` or ``since``); None if absent or not one."""
+    if value is None or not value.isascii() or not value.isdigit() or len(value) > 18:
+        return None
+    return int(value)
+
+
+def _change_event(number: int, change: Change) -> bytes:
+    return f"id: {number}\nevent: change\ndata: {change.to_json()}\n\n".encode()
 
 
 def _page_of(path: str) -> str:

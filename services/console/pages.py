@@ -60,6 +60,7 @@ class Viewer:
     names: Mapping[str, tuple[str, str]]  # participant id -> (中文名, English name)
     path: str = "/alerts"
     role: Role | None = None
+    seen_change: int = 0  # the console's last change when the page was made: its live stream resumes there
 
     def may(self, permission: Permission) -> bool:
         """Whether the account's role grants ``permission`` (what a page offers follows it)."""
@@ -140,6 +141,7 @@ def page(viewer: Viewer, *, name: str, title: str, body: Markup) -> Markup:
             "html_lang": i18n.HTML_LANG[viewer.lang],
             "title": title,
             "page": name,
+            "seen_change": str(viewer.seen_change),
             "nav": nav,
             "lang_switch": lang_switch,
             "account": account,

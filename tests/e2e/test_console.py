@@ -1093,3 +1093,39 @@ def test_an_alert_that_arrives_before_the_page_has_subscribed_to_changes_appears
     took = time.monotonic() - loaded
     assert took < 60, f"the row came after {took:.0f} s: by the minute's refresh, not the stream"
     assert browser.execute_script("return window.lianfangMarker") == "not reloaded", "live, not by reload"
+
+
+def test_a_change_to_an_alert_made_while_its_page_had_no_stream_is_announced_once_the_stream_connects(
+    browser: Any, console_url: str, bus: Bus
+) -> None:
+    """The alert page of the previous test's alert, its change stream held; in another tab the alert
+    is acknowledged. When the stream connects, the page is told its alert changed."""
+    sign_in_as(browser, console_url, ACCOUNT)
+    subject = subject_of(bus, GAP_PHONE)
+    browser.get(console_url + "/alerts")
+    alert_id = wait_for(
+        browser,
+        lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-subject="{subject}"]').get_attribute(
+            "data-alert-id"
+        ),
+    )
+    held = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": HELD_STREAM})
+    try:
+        browser.get(f"{console_url}/alerts/{alert_id}")
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", held)
+    wait_for(browser, lambda d: d.find_element(By.ID, "alert").get_attribute("data-status") == "open")
+    page = browser.current_window_handle
+    browser.switch_to.new_window("tab")
+    try:
+        browser.get(f"{console_url}/alerts/{alert_id}")
+        browser.find_element(By.ID, "acknowledge").click()
+        wait_for(
+            browser, lambda d: d.find_element(By.ID, "alert").get_attribute("data-status") == "acknowledged"
+        )
+    finally:
+        browser.close()
+        browser.switch_to.window(page)
+    assert not browser.find_element(By.ID, "changed").is_displayed(), "nothing told the page yet"
+    browser.execute_script("window.lianfangOpenStream = true;")
+    wait_for(browser, lambda d: d.find_element(By.ID, "changed").is_displayed())

@@ -571,3 +571,83 @@ def test_the_supervision_page_shows_breaches_and_the_rates_of_the_latest_report(
     assert re.search(r'<tr data-agency="police">.*?75%.*?50%.*?50%', html)
     assert 'data-agency="womens_federation"' in html
     assert f'href="/alerts/{alert_id_for(subject, 1)}"' in html, "a breach links to the victim's alert"
+
+
+def _stream(harness: Harness, path: str, until: str, **kw: Any) -> list[str]:
+    """The lines of the live stream at ``path`` up to the first that starts with ``until``."""
+
+    async def listen() -> list[str]:
+        lines: list[str] = []
+        async with harness.http.get(harness.base + path, **kw) as response:
+            async for raw in response.content:
+                lines.append(raw.decode().strip())
+                if lines[-1].startswith(until):
+                    return lines
+        return lines
+
+    return harness.loop.run_until_complete(asyncio.wait_for(listen(), 10))
+
+
+def _seen_change(html: str) -> int:
+    found = re.search(r'data-seen-change="(\d+)"', html)
+    assert found, "every page carries the last change it was made with"
+    return int(found.group(1))
+
+
+def test_a_stream_opened_after_its_page_was_made_is_first_sent_the_changes_it_missed(
+    signed_in: Harness, domain: DemoDomain
+) -> None:
+    _, _, html = signed_in.get("/alerts")
+    seen = _seen_change(html)
+    event = hub_alert(domain)
+    signed_in.feed(event)  # reaches the console after the page was made, before its stream opens
+    lines = _stream(signed_in, f"/events?since={seen}", 'data: {"type"')
+    at = lines.index(f"id: {seen + 1}")
+    assert lines.index("event: ready") < at
+    assert lines[at + 1 : at + 3] == ["event: change", lines[-1]]
+    assert json.loads(lines[-1].removeprefix("data: "))["alert_id"] == alert_id_of(event)
+    _, _, html = signed_in.get("/alerts")
+    assert _seen_change(html) == seen + 1
+
+
+def test_a_reconnecting_stream_resumes_after_the_last_change_it_received(
+    signed_in: Harness, domain: DemoDomain
+) -> None:
+    first, second = hub_alert(domain), hub_alert(domain, phone="13800000002")
+    signed_in.feed(first)
+    signed_in.feed(second)
+    _, _, html = signed_in.get("/alerts")
+    last = _seen_change(html)
+    # The browser sends the id it received last; it wins over the page's own number.
+    lines = _stream(signed_in, "/events?since=0", 'data: {"type"', headers={"Last-Event-ID": str(last - 1)})
+    assert f"id: {last}" in lines
+    assert f"id: {last - 1}" not in lines
+    assert json.loads(lines[-1].removeprefix("data: "))["alert_id"] == alert_id_of(second)
+
+
+@pytest.mark.parametrize("since", ["999", "-1", "x"], ids=["a number it never gave", "negative", "not one"])
+def test_a_stream_that_names_a_change_the_console_does_not_know_is_told_to_resync_or_starts_now(
+    signed_in: Harness, since: str
+) -> None:
+    if since == "999":  # e.g. the console restarted since the page was made: the page asks again
+        assert _stream(signed_in, f"/events?since={since}", "event: resync")[-1] == "event: resync"
+    else:  # no number at all: the stream starts with what comes next, as before
+        lines = _stream(signed_in, f"/events?since={since}", "event: ready")
+        assert lines[-1] == "event: ready"
+
+
+def test_the_broker_hands_out_what_a_page_missed_while_it_keeps_it() -> None:
+    from services.console.app import Broker
+    from services.console.view import Change
+
+    broker = Broker(depth=3)
+    assert broker.missed(0) == []
+    changes = [Change("joint_meeting.alert", f"e{i}", f"a{i}") for i in range(1, 6)]
+    for change in changes:
+        broker.publish(change)
+    assert broker.last == 5
+    assert broker.missed(5) == []
+    assert broker.missed(3) == [(4, changes[3]), (5, changes[4])]
+    assert broker.missed(2) == [(3, changes[2]), (4, changes[3]), (5, changes[4])]
+    assert broker.missed(1) is None, "change 2 is no longer kept"
+    assert broker.missed(6) is None, "a number it never gave"

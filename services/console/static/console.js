@@ -12,19 +12,19 @@
     indicator.textContent = indicator.getAttribute("data-" + state) || indicator.textContent;
   }
 
-  // onReady runs each time the stream (re)connects: a change the server made between rendering the
-  // page (or losing the stream) and subscribing was announced to no one, so the page asks again.
-  function live(onChange, onReady) {
-    var source = new EventSource("/events");
-    source.addEventListener("ready", function () {
-      setLive("on");
-      if (onReady) onReady();
-    });
+  // The stream starts after the last change the page was made with (data-seen-change), and the browser
+  // resumes it after the last one received (Last-Event-ID) when it reconnects: the console first sends
+  // what the page missed meanwhile, or "resync" when it no longer keeps it all (onChange(null)).
+  function live(onChange) {
+    var seen = document.body.getAttribute("data-seen-change") || "0";
+    var source = new EventSource("/events?since=" + encodeURIComponent(seen));
+    source.addEventListener("ready", function () { setLive("on"); });
     source.addEventListener("change", function (e) {
       var data = {};
       try { data = JSON.parse(e.data); } catch (err) { data = {}; }
       onChange(data);
     });
+    source.addEventListener("resync", function () { onChange(null); });
     source.addEventListener("expired", function () {
       source.close();
       window.location.assign("/login?m=expired&next=" +
@@ -84,10 +84,9 @@
         .catch(function () { setLive("off"); });
     }
 
-    function soon() {
+    live(function () {
       if (pending === null) pending = window.setTimeout(refresh, 250);
-    }
-    live(soon, soon);
+    });
     // Countdowns are written by the server: ask for the rows again every minute so they stay true.
     window.setInterval(function () {
       if (pending === null) pending = window.setTimeout(refresh, 0);
@@ -101,7 +100,7 @@
     if (!section) return;
     var alertId = section.getAttribute("data-alert-id");
     live(function (change) {
-      if (change.alert_id === alertId) {
+      if (change === null || change.alert_id === alertId) {  // null: what changed is unknown
         var notice = document.getElementById("changed");
         if (notice) notice.hidden = false;
       }

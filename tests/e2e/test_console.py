@@ -295,6 +295,34 @@ def client(bus: Bus, participant: str, tmp: Path) -> Client:
     )
 
 
+def police_request_a_joint_meeting(bus: Bus, tmp: Path, phone: str, town: str, narrative: str) -> None:
+    """The police report a domestic-violence lead asking for a joint meeting (an alert at once), flushed."""
+    with client(bus, "police", tmp) as police:
+        police.publish_lead(
+            {
+                "category": "domestic_violence",
+                "channel": "police_call",
+                "town": town,
+                "victim": {"name": "测试某某", "phone": phone, "is_minor": False},
+                "minor": False,
+                "narrative": narrative,
+                "requests_joint_meeting": True,
+            }
+        )
+        assert police.flush(30)
+
+
+@contextlib.contextmanager
+def stream_held(driver: Any) -> Iterator[None]:
+    """The pages loaded inside the block connect their change stream only once the test sets
+    ``window.lianfangOpenStream`` (:data:`HELD_STREAM`), as over a slow connection."""
+    held = driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": HELD_STREAM})
+    try:
+        yield
+    finally:
+        driver.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", held)
+
+
 def read_until(reader: Client, match: Callable[[Any], bool], timeout: float = 60) -> Any:
     """The first event of ``reader``'s inbox that ``match``es, read through the SDK."""
     deadline = time.monotonic() + timeout
@@ -354,20 +382,8 @@ def test_an_alert_published_on_the_bus_appears_in_an_open_page_within_seconds(
     wait_for(browser, lambda d: d.find_element(By.ID, "live").get_attribute("data-state") == "on")
     browser.execute_script("window.lianfangMarker = 'not reloaded';")
     subject = subject_of(bus, VICTIM_PHONE)
-    with client(bus, "police", tmp_path) as police:
-        police.publish_lead(
-            {
-                "category": "domestic_violence",
-                "channel": "police_call",
-                "town": "houshayu",
-                "victim": {"name": "测试某某", "phone": VICTIM_PHONE, "is_minor": False},
-                "minor": False,
-                "narrative": "丈夫多次殴打, 邻居报警。",
-                "requests_joint_meeting": True,
-            }
-        )
-        assert police.flush(30)
-        published = time.monotonic()
+    police_request_a_joint_meeting(bus, tmp_path, VICTIM_PHONE, "houshayu", "丈夫多次殴打, 邻居报警。")
+    published = time.monotonic()
     row = f'tr[data-subject="{subject}"]'
     try:
         wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, row), timeout=45)
@@ -1062,28 +1078,13 @@ def test_an_alert_that_arrives_before_the_page_has_subscribed_to_changes_appears
     the console serves the alert; once the stream connects the row must appear, well before the
     page's once-a-minute refresh would bring it."""
     sign_in_as(browser, console_url, ACCOUNT)  # its own session: it runs alone too
-    held = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": HELD_STREAM})
-    try:
+    with stream_held(browser):
         browser.get(console_url + "/alerts")
         loaded = time.monotonic()
-    finally:
-        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", held)
     wait_for(browser, lambda d: d.find_elements(By.ID, "alert-rows"))
     browser.execute_script("window.lianfangMarker = 'not reloaded';")
     subject = subject_of(bus, GAP_PHONE)
-    with client(bus, "police", tmp_path) as police:
-        police.publish_lead(
-            {
-                "category": "domestic_violence",
-                "channel": "police_call",
-                "town": "renhe",
-                "victim": {"name": "测试某丙", "phone": GAP_PHONE, "is_minor": False},
-                "minor": False,
-                "narrative": "当事人请求联合会商。",
-                "requests_joint_meeting": True,
-            }
-        )
-        assert police.flush(30)
+    police_request_a_joint_meeting(bus, tmp_path, GAP_PHONE, "renhe", "当事人请求联合会商。")
     wait_for(browser, lambda d: subject in served_rows(d), timeout=45)
     row = f'tr[data-subject="{subject}"]'
     assert not browser.find_elements(By.CSS_SELECTOR, row), "nothing told the page yet"
@@ -1109,11 +1110,8 @@ def test_a_change_to_an_alert_made_while_its_page_had_no_stream_is_announced_onc
             "data-alert-id"
         ),
     )
-    held = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": HELD_STREAM})
-    try:
+    with stream_held(browser):
         browser.get(f"{console_url}/alerts/{alert_id}")
-    finally:
-        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", held)
     wait_for(browser, lambda d: d.find_element(By.ID, "alert").get_attribute("data-status") == "open")
     page = browser.current_window_handle
     browser.switch_to.new_window("tab")

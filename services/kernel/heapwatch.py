@@ -40,7 +40,7 @@ import sysconfig
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -58,6 +58,7 @@ __all__ = [
     "growth",
     "largest",
     "report",
+    "resident_by_kind",
     "rss_bytes",
     "short_path",
     "start",
@@ -198,6 +199,38 @@ def largest(now: Tally, n: int = LARGEST) -> list[tuple[Site, int, int]]:
     return [(site, size, count) for site, (size, count) in ranked[:n]]
 
 
+MAPPING_KINDS = ("brk heap", "anon 1 MiB", "anon other", "files", "other")
+"""How :func:`resident_by_kind` splits resident memory: glibc's main heap (``[heap]``, grown with brk);
+anonymous mappings of exactly 1 MiB (pymalloc's arenas, in CPython 3.10 and later); other anonymous
+mappings (glibc's other arenas, its mmapped large blocks, thread stacks, C libraries' own mmaps); file
+mappings (the program's and its libraries' code and data, mapped files); the rest (``[stack]``, ...)."""
+
+_MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$")
+
+
+def resident_by_kind(smaps: str) -> dict[str, int]:
+    """The resident bytes of each of :data:`MAPPING_KINDS`, from the text of ``/proc/<pid>/smaps``."""
+    kinds = dict.fromkeys(MAPPING_KINDS, 0)
+    kind, size_kib = "other", 0
+    for line in smaps.splitlines():
+        mapping = _MAPPING.match(line)
+        if mapping:
+            name, size_kib = mapping.group(1), 0
+            if name == "[heap]":
+                kind = "brk heap"
+            elif name.startswith("/"):
+                kind = "files"
+            else:
+                kind = "anon" if not name else "other"
+        elif line.startswith("Size:"):
+            size_kib = int(line.split()[1])
+        elif line.startswith("Rss:"):
+            if kind == "anon":
+                kind = "anon 1 MiB" if size_kib == 1024 else "anon other"
+            kinds[kind] += int(line.split()[1]) * 1024
+    return kinds
+
+
 def _site(site: Site) -> str:
     return " < ".join(f"{path}:{line}" for path, line in site) or "?"
 
@@ -224,21 +257,31 @@ def report(
     took_s: float,
     first: Tally,
     now: Tally,
+    mappings: tuple[Mapping[str, int], Mapping[str, int]] | None = None,
 ) -> str:
     """The report of a snapshot taken ``at_s`` seconds after start against the baseline ``first`` taken
     at ``first_at_s``. A header line: the bytes of the sites and the RSS ``(then, now)`` (``None`` where
     the OS does not tell it), each with its change; what the sites leave out of the ``traced`` total
     (imports, tracemalloc, this watch and its baseline); tracemalloc's own tables; and the seconds the
-    snapshot took (it holds the GIL, so the service waits for part of it). Then a line a site
-    (``file:line +KiB (+blocks)``, its callers after ``<`` when more than one frame is kept)."""
+    snapshot took (it holds the GIL, so the service waits for part of it). Then the resident memory of
+    each kind of mapping (``mappings``: then and now, :func:`resident_by_kind`) with its change, which
+    tells growth outside Python's objects apart: kept by an allocator, or taken by a C library. Then a
+    line a site (``file:line +KiB (+blocks)``, its callers after ``<`` when more than one frame is kept)."""
     counted, counted_first = _bytes(now), _bytes(first)
     lines = [
         f"heap at {at_s:.0f} s, change since {first_at_s:.0f} s in brackets: "
         f"traced {_mib(counted)}{_change(counted, counted_first)}, "
         f"RSS {_mib(rss[1])}{_change(rss[1], rss[0])}; "
         f"left out {_mib(traced - counted)}, tracemalloc's own {_mib(overhead)}, snapshot {took_s:.2f} s",
-        f"  grown most ({GROWN}):",
     ]
+    if mappings is not None:
+        then, now_kinds = mappings
+        kinds = [
+            f"{kind} {_mib(now_kinds.get(kind, 0))}{_change(now_kinds.get(kind, 0), then.get(kind, 0))}"
+            for kind in MAPPING_KINDS
+        ]
+        lines.append("  resident by mapping: " + ", ".join(kinds))
+    lines.append(f"  grown most ({GROWN}):")
     grown = growth(first, now)
     lines += [f"    {_site(s)} {size / 1024:+.1f} KiB ({count:+d})" for s, size, count in grown]
     if not grown:
@@ -261,6 +304,15 @@ def rss_bytes() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def resident_mappings() -> dict[str, int] | None:
+    """:func:`resident_by_kind` of this process, or ``None`` without ``/proc/self/smaps``."""
+    try:
+        with open("/proc/self/smaps") as smaps:
+            return resident_by_kind(smaps.read())
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class Watch:
@@ -291,11 +343,13 @@ class Watch:
             return
         first, _, _ = self._reading()
         rss_first = rss_bytes()  # with the baseline, which the watch keeps from now on
+        mappings_first = resident_mappings()
         first_at = time.monotonic() - started
         self.baseline.set()
         while not self._stop.wait(self.every_s):
             try:
                 began = time.monotonic()
+                mappings = resident_mappings()  # before the snapshot, as the RSS
                 now, traced, rss = self._reading()
                 took = time.monotonic() - began
                 text = report(
@@ -307,6 +361,9 @@ class Watch:
                     took_s=took,
                     first=first,
                     now=now,
+                    mappings=None
+                    if mappings_first is None or mappings is None
+                    else (mappings_first, mappings),
                 )
             except Exception:  # a diagnostic never ends the service; the trace is our code's, no data
                 log.exception("heap report failed")

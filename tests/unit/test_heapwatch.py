@@ -197,6 +197,66 @@ def test_the_report_lists_the_sites_grown_most_then_the_largest_with_the_totals_
     ]
 
 
+SMAPS = """\
+55d0c0000000-55d0c0400000 rw-p 00000000 00:00 0                          [heap]
+Size:               4096 kB
+Rss:                3000 kB
+7f0000000000-7f0000100000 rw-p 00000000 00:00 0
+Size:               1024 kB
+Rss:                1020 kB
+7f0000100000-7f0000200000 rw-p 00000000 00:00 0
+Size:               1024 kB
+Rss:                 512 kB
+7f0000200000-7f0004200000 rw-p 00000000 00:00 0
+Size:              65536 kB
+Rss:                2048 kB
+7f1000000000-7f1000300000 r-xp 00000000 08:01 1234                       /usr/lib/x86_64-linux-gnu/libcrypto.so.3
+Size:               3072 kB
+Rss:                1500 kB
+7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0                          [stack]
+Size:                132 kB
+Rss:                  40 kB
+"""
+
+
+def test_resident_memory_is_split_into_brk_heap_pymalloc_sized_anonymous_other_anonymous_and_files() -> None:
+    assert heapwatch.resident_by_kind(SMAPS) == {
+        "brk heap": 3000 * 1024,
+        "anon 1 MiB": (1020 + 512) * 1024,
+        "anon other": 2048 * 1024,
+        "files": 1500 * 1024,
+        "other": 40 * 1024,
+    }
+
+
+def test_this_process_s_mappings_add_up_to_about_its_rss() -> None:
+    kinds = heapwatch.resident_mappings()
+    rss = heapwatch.rss_bytes()
+    assert kinds is not None
+    assert rss is not None
+    assert abs(sum(kinds.values()) - rss) < 0.05 * rss, (kinds, rss)
+
+
+def test_the_report_shows_each_kind_of_mapping_with_its_change() -> None:
+    then = dict.fromkeys(heapwatch.MAPPING_KINDS, 2**20)
+    now = {**then, "anon other": 4 * 2**20}
+    text = report(
+        at_s=900,
+        first_at_s=60,
+        traced=0,
+        rss=(80 * 2**20, 83 * 2**20),
+        overhead=0,
+        took_s=0.1,
+        first=FIRST,
+        now=NOW,
+        mappings=(then, now),
+    )
+    assert text.splitlines()[1] == (
+        "  resident by mapping: brk heap 1.0 MiB (+0.0), anon 1 MiB 1.0 MiB (+0.0), "
+        "anon other 4.0 MiB (+3.0), files 1.0 MiB (+0.0), other 1.0 MiB (+0.0)"
+    )
+
+
 def test_the_report_keeps_to_15_sites_grown_and_5_largest_and_says_when_nothing_grew() -> None:
     many: Tally = {site(f"m{i}.py", i): (i * 1024, i) for i in range(1, 31)}
     lines = report(

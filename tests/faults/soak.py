@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -122,6 +123,21 @@ def rocksdb_bytes(metrics: Mapping[str, float] | None) -> int | None:
     return int(sum(kinds)) if kinds else None
 
 
+def hub_inbox_lag(metrics: Mapping[str, float] | None) -> dict[int, float] | None:
+    """The hub group's lag on its inbox (end minus committed offset) per partition, from a scrape of the
+    hub's /metrics (``lianfang_consumer_lag``, sampled every ``lag_interval_s``); None without a scrape
+    or a sample. A hub that keeps up commits within a few offsets of the end."""
+    if metrics is None:
+        return None
+    lag = {}
+    for series, value in metrics.items():
+        if series.startswith("lianfang_consumer_lag{") and ".inbox." in series:
+            found = re.search(r'partition="(\d+)"', series)
+            if found:
+                lag[int(found.group(1))] = value
+    return dict(sorted(lag.items())) or None
+
+
 def memory_series(samples: list[MemorySample], every_min: float = 5.0) -> str:
     """The samples at each ``every_min`` mark (the first sample at or after it) and the last, as
     ``minute:MiB``; a process restarted since the mark before is marked ``(new process)``, a sample
@@ -196,6 +212,7 @@ class SoakResult:
     process_restarts: dict[str, int] = field(default_factory=dict)
     inside_restarts: dict[str, float] = field(default_factory=dict)  # runner or agent restarts
     exits: list[SelfExit] = field(default_factory=list)  # services that ended without being told
+    hub_lag: dict[int, float] | None = None  # the hub's inbox lag per partition once the load is drained
 
     @property
     def ok(self) -> bool:
@@ -231,6 +248,14 @@ class SoakResult:
                 f"exits by itself {name:<8} {len(mine)}"
                 + "".join(f"  (minute {e.minute:.0f}, code {e.code})" for e in mine)
             )
+        out.append(
+            "hub inbox lag at the end (end - committed offset): "
+            + (
+                ", ".join(f"partition {p} {lag:.0f}" for p, lag in self.hub_lag.items())
+                if self.hub_lag
+                else "not read"
+            )
+        )
         for fault, recovered in self.faults:
             out.append(f"fault: {fault}: recovered in {recovered:.1f} s")
         return out
@@ -303,6 +328,7 @@ def soak(
         rss_end = {name: bed.workers[name].rss_bytes() for name in SERVICES}
         counts = bed.stop_load()
         check = bed.check()
+        hub_lag = hub_inbox_lag(bed.workers["hub"].metrics())
         latencies = sorted(bed.latencies())
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else float("nan")
         return SoakResult(
@@ -316,6 +342,7 @@ def soak(
             process_restarts=dict(bed.restarts),
             inside_restarts=inside_restarts,
             exits=exits,
+            hub_lag=hub_lag,
         )
     finally:
         bed.down()

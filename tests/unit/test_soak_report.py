@@ -7,6 +7,7 @@ import pytest
 
 from tests.faults.soak import (
     MemorySample,
+    hub_inbox_lag,
     longest_process_growth,
     memory_series,
     parse_args,
@@ -97,3 +98,15 @@ def test_the_rocksdb_share_sums_every_kind_of_the_hub_s_gauge_and_is_unknown_wit
     assert rocksdb_bytes(scraped) == 5_819_000
     assert rocksdb_bytes({"lianfang_hub_rocksdb_memory_bound_bytes": 37_748_736.0}) is None  # not sampled yet
     assert rocksdb_bytes(None) is None  # /metrics did not answer
+
+
+def test_the_hub_s_inbox_lag_is_read_per_partition_from_its_lag_gauge_and_only_for_its_inbox() -> None:
+    scraped = {
+        'lianfang_consumer_lag{group="t.hub",partition="1",topic="t.lianfang.inbox.hub.v1"}': 972.0,
+        'lianfang_consumer_lag{group="t.hub",partition="0",topic="t.lianfang.inbox.hub.v1"}': 1044.0,
+        'lianfang_consumer_lag{group="t.hub",partition="0",topic="t.lianfang.clock.v1"}': 7.0,
+        "lianfang_hub_rocksdb_stores_open": 9.0,
+    }
+    assert hub_inbox_lag(scraped) == {0: 1044.0, 1: 972.0}
+    assert hub_inbox_lag({"lianfang_hub_rocksdb_stores_open": 9.0}) is None  # not sampled yet
+    assert hub_inbox_lag(None) is None

@@ -43,6 +43,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
 from pathlib import Path
@@ -69,6 +70,7 @@ from services.bus.security import (
     faust_credentials,
     load_security,
 )
+from services.hub.commitwatch import CommitWatch
 from services.hub.config import HubConfig
 from services.hub.metrics import HubMetrics
 from services.hub.prepare import prepare_topics
@@ -319,11 +321,20 @@ class HubWorker:
         await pending
 
 
-async def sample_group_lag(settings: HubSettings, topic: str, metrics: HubMetrics) -> None:
+async def sample_group_lag(
+    settings: HubSettings,
+    topic: str,
+    metrics: HubMetrics,
+    describe: Callable[[int], str] | None = None,
+) -> None:
     """Every ``lag_interval_s``: end offset minus the hub group's committed offset, per inbox partition.
 
     It reads the group's commits without joining the group, so every worker reports the whole topic.
+    A partition whose committed offset stops moving while records arrive after it
+    (:class:`~services.hub.commitwatch.CommitWatch`) is logged once, with ``describe(partition)``: what
+    this worker's faust holds for it, where it holds the partition.
     """
+    watch = CommitWatch()
     reader = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap,
         group_id=settings.app_id,
@@ -339,12 +350,57 @@ async def sample_group_lag(settings: HubSettings, topic: str, metrics: HubMetric
                 ends = await reader.end_offsets(partitions)
                 for tp in partitions:
                     committed = await reader.committed(tp) or 0
-                    lag = max(0, int(ends.get(tp, 0)) - int(committed))
+                    end = int(ends.get(tp, 0))
+                    lag = max(0, end - int(committed))
                     metrics.lag.labels(settings.app_id, topic, str(tp.partition)).set(lag)
+                    now = time.monotonic()
+                    if watch.observe(tp.partition, int(committed), end, now):
+                        log.warning(
+                            "hub: inbox partition %d not committed past offset %d for %.0f s while records "
+                            "arrived after it (end %d); faust here: %s",
+                            tp.partition,
+                            committed,
+                            watch.stalled_for(tp.partition, now),
+                            end,
+                            _described(describe, tp.partition),
+                        )
             except KafkaError as e:  # a slow or restarting broker: the next period tries again
                 log.debug("hub consumer lag not sampled: %r", e)
     finally:
         await reader.stop()
+
+
+def _described(describe: Callable[[int], str] | None, partition: int) -> str:
+    """``describe(partition)``, or why not: a diagnostic never stops the lag sampler."""
+    if describe is None:
+        return "not asked"
+    try:
+        return describe(partition)
+    except Exception as e:  # faust's private bookkeeping changed shape: say so, go on
+        return f"unreadable ({type(e).__name__})"
+
+
+def faust_commit_view(app: faust.App, topic: str, partition: int) -> str:
+    """What this worker's faust consumer holds for one partition's commits: the offset it last
+    committed, the offset it last read, how many acknowledged offsets wait and the first of them, and
+    the first gaps it recorded (offsets it will count as done). Offsets only. Reads faust's private
+    bookkeeping (``_committed_offset``, ``_read_offset``, ``_acked``, ``_gap``; faust-streaming 0.15),
+    so a name it no longer has reads as missing."""
+    consumer = app.consumer
+    tp = faust.types.TP(topic, partition)
+
+    def held(name: str) -> Any:
+        table = getattr(consumer, name, None)
+        return table.get(tp) if isinstance(table, Mapping) else "missing"
+
+    acked = held("_acked")
+    gaps = held("_gap")
+    first_acked = sorted(acked)[:5] if isinstance(acked, list) else acked
+    first_gaps = sorted((iv.begin, iv.end) for iv in gaps)[:3] if gaps not in (None, "missing") else gaps
+    return (
+        f"committed {held('_committed_offset')}, read {held('_read_offset')}, "
+        f"{len(acked) if isinstance(acked, list) else 0} acknowledged from {first_acked}, gaps {first_gaps}"
+    )
 
 
 RETRY_FIRST_S = 1.0
@@ -646,7 +702,10 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
 
         @app.task  # type: ignore[untyped-decorator]
         async def sample_lag() -> None:
-            await sample_group_lag(settings, work.names.inbox(ids.HUB), metrics)
+            inbox = work.names.inbox(ids.HUB)
+            await sample_group_lag(
+                settings, inbox, metrics, describe=functools.partial(faust_commit_view, app, inbox)
+            )
 
     return app
 

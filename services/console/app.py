@@ -104,7 +104,7 @@ def safe_next(value: str | None) -> str:
 
 class Broker:
     """Fans changes out to the open server-sent-event streams (on the event loop's thread), each with
-    its number in order (1, 2, ...). The last :data:`RESUME_DEPTH` are kept, so a page that subscribes
+    its number in order (1, 2, ...). The last ``depth`` are kept, so a page that subscribes
     after it was rendered, or reconnects after losing its stream, is sent the changes it missed
     (:meth:`missed`): a page carries the number of the last change before it was rendered."""
 
@@ -790,11 +790,12 @@ class Console:
         )
         await response.prepare(request)
         queue = self.broker.subscribe()  # before reading what was missed: nothing falls in between
+        subscribed_at = self.broker.last  # with no ``since``: what is queued from now on is new
         self.metrics.live_clients.inc()
         self._audit(request, "live_updates", seen=("live", None))
         try:
             await response.write(b"retry: 3000\nevent: ready\ndata: {}\n\n")
-            sent = self.broker.last if since is None else since
+            sent = subscribed_at if since is None else since
             if since is not None:
                 missed = self.broker.missed(since)
                 if missed is None:

@@ -396,7 +396,9 @@ def faust_commit_view(app: faust.App, topic: str, partition: int) -> str:
     acked = held("_acked")
     gaps = held("_gap")
     first_acked = sorted(acked)[:5] if isinstance(acked, list) else acked
-    first_gaps = sorted((iv.begin, iv.end) for iv in gaps)[:3] if gaps not in (None, "missing") else gaps
+    first_gaps = (
+        gaps if gaps is None or isinstance(gaps, str) else sorted((iv.begin, iv.end) for iv in gaps)[:3]
+    )
     return (
         f"committed {held('_committed_offset')}, read {held('_read_offset')}, "
         f"{len(acked) if isinstance(acked, list) else 0} acknowledged from {first_acked}, gaps {first_gaps}"

@@ -72,6 +72,7 @@ from services.bus.security import (
 )
 from services.hub.commitwatch import CommitWatch
 from services.hub.config import HubConfig
+from services.hub.consumer import HubApp
 from services.hub.metrics import HubMetrics
 from services.hub.prepare import prepare_topics
 from services.hub.progress import AgentProgress
@@ -622,7 +623,7 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
     trail = participant_trail(
         settings.data_dir / "audit", keys, registry.current, ids.HUB, ship=sink, metrics=metrics.audit
     )
-    app = faust.App(settings.app_id, store="rocksdb://", **faust_options(settings))
+    app = HubApp(settings.app_id, store="rocksdb://", **faust_options(settings))
     worker = HubWorker(
         app,
         settings,

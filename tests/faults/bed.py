@@ -240,6 +240,7 @@ class Bed:
                 "LIANFANG_HUB_DATA_DIR": str(self.tmp / "hub-data"),
                 "LIANFANG_HUB_TICK_INTERVAL_S": "0",
                 "LIANFANG_HUB_METRICS_PORT": str(METRICS_PORT),
+                "LIANFANG_HUB_LAG_INTERVAL_S": "1",
             }
         elif name == "gateway":
             module = "services.gateway"

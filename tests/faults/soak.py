@@ -138,6 +138,30 @@ def hub_inbox_lag(metrics: Mapping[str, float] | None) -> dict[int, float] | Non
     return dict(sorted(lag.items())) or None
 
 
+HUB_LAG_DRAINED = 1
+"""A drained inbox partition's lag: the router writes the inbox in transactions, so its last offset
+may be a commit marker that no consumer commits past."""
+
+
+def hub_drained(lag: Mapping[int, float] | None) -> bool:
+    """Whether the hub committed every inbox partition to its end (None: never read, so not shown)."""
+    return bool(lag) and all(v <= HUB_LAG_DRAINED for v in (lag or {}).values())
+
+
+def settled_hub_lag(
+    read: Callable[[], dict[int, float] | None], timeout: float = 60
+) -> dict[int, float] | None:
+    """The hub's inbox lag once it is drained, or the last one read after ``timeout`` seconds: after
+    the load stops, the hub's own alerts still come back through its inbox, and its group commits
+    every second."""
+    deadline = time.monotonic() + timeout
+    lag = read()
+    while not hub_drained(lag) and time.monotonic() < deadline:
+        time.sleep(0.5)  # poll interval inside a deadline loop
+        lag = read()
+    return lag
+
+
 def memory_series(samples: list[MemorySample], every_min: float = 5.0) -> str:
     """The samples at each ``every_min`` mark (the first sample at or after it) and the last, as
     ``minute:MiB``; a process restarted since the mark before is marked ``(new process)``, a sample
@@ -216,7 +240,8 @@ class SoakResult:
 
     @property
     def ok(self) -> bool:
-        return not (self.check.lost or self.check.duplicated or self.check.duplicate_alerts or self.exits)
+        c = self.check
+        return not (c.lost or c.duplicated or c.duplicate_alerts or self.exits) and hub_drained(self.hub_lag)
 
     def lines(self) -> list[str]:
         c = self.check
@@ -252,6 +277,7 @@ class SoakResult:
             "hub inbox lag at the end (end - committed offset): "
             + (
                 ", ".join(f"partition {p} {lag:.0f}" for p, lag in self.hub_lag.items())
+                + ("  (drained)" if hub_drained(self.hub_lag) else "  (NOT drained: commits fell behind)")
                 if self.hub_lag
                 else "not read"
             )
@@ -328,7 +354,7 @@ def soak(
         rss_end = {name: bed.workers[name].rss_bytes() for name in SERVICES}
         counts = bed.stop_load()
         check = bed.check()
-        hub_lag = hub_inbox_lag(bed.workers["hub"].metrics())
+        hub_lag = settled_hub_lag(lambda: hub_inbox_lag(bed.workers["hub"].metrics()))
         latencies = sorted(bed.latencies())
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else float("nan")
         return SoakResult(

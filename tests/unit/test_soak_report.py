@@ -7,6 +7,7 @@ import pytest
 
 from tests.faults.soak import (
     MemorySample,
+    hub_drained,
     hub_inbox_lag,
     longest_process_growth,
     memory_series,
@@ -110,3 +111,10 @@ def test_the_hub_s_inbox_lag_is_read_per_partition_from_its_lag_gauge_and_only_f
     assert hub_inbox_lag(scraped) == {0: 1044.0, 1: 972.0}
     assert hub_inbox_lag({"lianfang_hub_rocksdb_stores_open": 9.0}) is None  # not sampled yet
     assert hub_inbox_lag(None) is None
+
+
+def test_the_hub_counts_as_drained_only_with_every_partition_read_within_one_offset_of_its_end() -> None:
+    assert hub_drained({0: 0.0, 1: 1.0, 2: 0.0})  # a transaction's marker may be last
+    assert not hub_drained({0: 0.0, 1: 2.0, 2: 0.0})
+    assert not hub_drained({0: 1044.0, 1: 972.0})
+    assert not hub_drained(None)  # never read: not shown drained

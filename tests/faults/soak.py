@@ -300,6 +300,7 @@ def soak(
     seed: int,
     rate: float = 4.0,
     trace_memory_s: float = 0,
+    faults_on: bool = True,
     log: Callable[[str], None] = print,
 ) -> SoakResult:
     rng = random.Random(seed)
@@ -340,8 +341,8 @@ def soak(
             restart_the_crashed()
             sample_memory()
             bed.idle(rng.uniform(10, 30))  # steady load between faults
-            if time.monotonic() >= deadline:
-                break
+            if time.monotonic() >= deadline or not faults_on:
+                continue
             fault = rng.choice(CATALOGUE)
             what = fault(bed, rng, rng.uniform(5, 20))
             recovered = bed.recover(time.monotonic())
@@ -402,6 +403,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="each service logs its Python allocation sites grown most, every SECONDS (tracemalloc; slows "
         "them); 0, the default: off",
     )
+    parser.add_argument(
+        "--no-faults",
+        action="store_true",
+        help="the steady load alone, no fault injected: the baseline to read a soak's memory against",
+    )
     return parser.parse_args(argv)
 
 
@@ -416,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 rate=args.rate,
                 trace_memory_s=args.trace_memory,
+                faults_on=not args.no_faults,
             )
         finally:  # the services' and brokers' logs outlive the run's data
             keep_logs(Path(tmp), logs)

@@ -73,6 +73,11 @@ def test_trace_memory_sets_the_heap_watchs_interval_in_each_services_environment
     assert service_env(trace_memory_s=parse_args([]).trace_memory) == {}
 
 
+def test_no_faults_runs_the_load_alone_and_faults_are_on_by_default() -> None:
+    assert parse_args(["--no-faults"]).no_faults
+    assert not parse_args([]).no_faults
+
+
 @pytest.mark.parametrize("value", ["-1", "nan", "inf", "often"])
 def test_trace_memory_refuses_what_is_not_a_number_of_seconds(value: str) -> None:
     with pytest.raises(SystemExit):

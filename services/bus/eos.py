@@ -30,6 +30,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, IllegalOperation, KafkaError
 
+from services.bus import offsetfetch
 from services.bus.security import KafkaSecuritySettings, aiokafka_kwargs, load_security
 from services.kernel import topics
 from services.kernel.errors import TransportError
@@ -407,6 +408,7 @@ class TransactionalRunner:
             async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
                 runner._assign(assigned, consumer)
 
+        offsetfetch.install()  # committed offsets as the group's coordinator holds them
         self.consumer = consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.group_id,

@@ -40,7 +40,7 @@ from aiokafka.errors import KafkaError
 
 from services.audit.chain import opened_object
 from services.audit.trail import LocalTrail
-from services.bus import registry_follower
+from services.bus import offsetfetch, registry_follower
 from services.bus.deadletter import ProblemWriter
 from services.bus.registry_follower import NewerRegistry, RegistryInForce, in_force, no_newer_registry
 from services.bus.security import KafkaSecuritySettings, aiokafka_kwargs, load_security
@@ -123,6 +123,7 @@ class WebhookSender:
     async def run(self) -> None:
         """Deliver until cancelled. Kafka being away is waited out with the same back-off."""
         attempt = 0
+        offsetfetch.install()  # committed offsets as the group's coordinator holds them
         while True:
             consumer = AIOKafkaConsumer(
                 self.topic,

@@ -60,7 +60,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services import trust
 from services.audit.kafka import KafkaSink
 from services.audit.trail import LocalTrail, participant_trail
-from services.bus import metrics_endpoint
+from services.bus import metrics_endpoint, offsetfetch
 from services.bus.cluster import cluster_id
 from services.bus.freshness import FreshnessInForce
 from services.bus.registry_follower import NewerRegistry, RegistryFollower, RegistryInForce
@@ -611,6 +611,7 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
     if not settings.bootstrap:
         raise UsageError("no Kafka bootstrap: set LIANFANG_BOOTSTRAP")
     metrics = metrics or HubMetrics()
+    offsetfetch.install()  # faust's consumer and the lag sampler read what the group's coordinator holds
     domain = trust.open_domain(settings.home)
     keys = domain.keystore(ids.HUB)
     names = topics.TopicNames(settings.topic_prefix)

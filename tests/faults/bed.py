@@ -88,6 +88,7 @@ class Tally:
     subject_of: dict[str, str] = field(default_factory=dict)  # lead id -> subject
     alerts: dict[str, Counter[str]] = field(default_factory=dict)  # subject -> alert id -> copies
     first_seen: dict[str, float] = field(default_factory=dict)  # event id -> when a copy was read
+    last_record: dict[TopicPartition, int] = field(default_factory=dict)  # the offset of its last record read
     consumer: Any = None
 
     def start(self) -> None:
@@ -110,6 +111,8 @@ class Tally:
     def poll(self, timeout_ms: int = 500) -> None:
         for tp, records in self.consumer.poll(timeout_ms=timeout_ms, max_records=5000).items():
             participant = self._topics[tp.topic]
+            if records:
+                self.last_record[tp] = max(self.last_record.get(tp, -1), records[-1].offset)
             for r in records:
                 headers = {k: v.decode() for k, v in r.headers or []}
                 event_id, kind = headers.get("ce_id", "?"), headers.get("ce_type", "?")
@@ -128,6 +131,16 @@ class Tally:
         wanted = self.expected.get(event_id)
         got = self.copies.get(event_id, Counter())
         return wanted is not None and all(got[p] >= 1 for p in wanted)
+
+    def tail(self, participant: str) -> dict[int, int]:
+        """Per partition of ``participant``'s inbox, the offsets after its last record read (commit
+        markers, aborted transactions' records and markers): no consumer commits past them before a
+        record follows. Read after catching up with the inbox."""
+        self.poll(200)
+        topic = self.bus.names.inbox(participant)
+        tps = [tp for tp in self.consumer.assignment() if tp.topic == topic]
+        ends = self.consumer.end_offsets(tps)  # read_committed: the last stable offsets
+        return {tp.partition: ends[tp] - (self.last_record.get(tp, -1) + 1) for tp in sorted(tps)}
 
     def close(self) -> None:
         if self.consumer is not None:

@@ -138,28 +138,31 @@ def hub_inbox_lag(metrics: Mapping[str, float] | None) -> dict[int, float] | Non
     return dict(sorted(lag.items())) or None
 
 
-HUB_LAG_DRAINED = 1
-"""A drained inbox partition's lag: the router writes the inbox in transactions, so its last offset
-may be a commit marker that no consumer commits past."""
-
-
-def hub_drained(lag: Mapping[int, float] | None) -> bool:
-    """Whether the hub committed every inbox partition to its end (None: never read, so not shown)."""
-    return bool(lag) and all(v <= HUB_LAG_DRAINED for v in (lag or {}).values())
+def hub_drained(lag: Mapping[int, float] | None, tail: Mapping[int, int] | None = None) -> bool:
+    """Whether the hub committed every inbox partition past its last record (None: never read, so not
+    shown). ``tail``: per partition, the offsets after its last record, which no consumer commits past
+    until a record follows: the router writes the inbox in transactions, so a partition ends in a
+    commit marker, or in a transaction aborted when a router worker was killed or fenced (its records
+    and its marker). Without it, one offset (a marker)."""
+    if not lag:
+        return False
+    return all(v <= max(1, (tail or {}).get(p, 1)) for p, v in lag.items())
 
 
 def settled_hub_lag(
-    read: Callable[[], dict[int, float] | None], timeout: float = 60
-) -> dict[int, float] | None:
-    """The hub's inbox lag once it is drained, or the last one read after ``timeout`` seconds: after
-    the load stops, the hub's own alerts still come back through its inbox, and its group commits
-    every second."""
+    read_lag: Callable[[], dict[int, float] | None],
+    read_tail: Callable[[], dict[int, int]],
+    timeout: float = 60,
+) -> tuple[dict[int, float] | None, dict[int, int]]:
+    """The hub's inbox lag and its partitions' tails once it is drained, or the last ones read after
+    ``timeout`` seconds: after the load stops, the hub's own alerts still come back through its inbox,
+    and its group commits every second."""
     deadline = time.monotonic() + timeout
-    lag = read()
-    while not hub_drained(lag) and time.monotonic() < deadline:
+    lag, tail = read_lag(), read_tail()
+    while not hub_drained(lag, tail) and time.monotonic() < deadline:
         time.sleep(0.5)  # poll interval inside a deadline loop
-        lag = read()
-    return lag
+        lag, tail = read_lag(), read_tail()
+    return lag, tail
 
 
 def memory_series(samples: list[MemorySample], every_min: float = 5.0) -> str:
@@ -237,11 +240,14 @@ class SoakResult:
     inside_restarts: dict[str, float] = field(default_factory=dict)  # runner or agent restarts
     exits: list[SelfExit] = field(default_factory=list)  # services that ended without being told
     hub_lag: dict[int, float] | None = None  # the hub's inbox lag per partition once the load is drained
+    hub_tail: dict[int, int] | None = None  # per partition, the offsets after its last record
 
     @property
     def ok(self) -> bool:
         c = self.check
-        return not (c.lost or c.duplicated or c.duplicate_alerts or self.exits) and hub_drained(self.hub_lag)
+        return not (c.lost or c.duplicated or c.duplicate_alerts or self.exits) and hub_drained(
+            self.hub_lag, self.hub_tail
+        )
 
     def lines(self) -> list[str]:
         c = self.check
@@ -276,8 +282,15 @@ class SoakResult:
         out.append(
             "hub inbox lag at the end (end - committed offset): "
             + (
-                ", ".join(f"partition {p} {lag:.0f}" for p, lag in self.hub_lag.items())
-                + ("  (drained)" if hub_drained(self.hub_lag) else "  (NOT drained: commits fell behind)")
+                ", ".join(
+                    f"partition {p} {lag:.0f}" + (f" (tail {self.hub_tail[p]})" if self.hub_tail else "")
+                    for p, lag in self.hub_lag.items()
+                )
+                + (
+                    "  (drained)"
+                    if hub_drained(self.hub_lag, self.hub_tail)
+                    else "  (NOT drained: commits fell behind)"
+                )
                 if self.hub_lag
                 else "not read"
             )
@@ -355,7 +368,9 @@ def soak(
         rss_end = {name: bed.workers[name].rss_bytes() for name in SERVICES}
         counts = bed.stop_load()
         check = bed.check()
-        hub_lag = settled_hub_lag(lambda: hub_inbox_lag(bed.workers["hub"].metrics()))
+        hub_lag, hub_tail = settled_hub_lag(
+            lambda: hub_inbox_lag(bed.workers["hub"].metrics()), lambda: bed.tally.tail("hub")
+        )
         latencies = sorted(bed.latencies())
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else float("nan")
         return SoakResult(
@@ -370,6 +385,7 @@ def soak(
             inside_restarts=inside_restarts,
             exits=exits,
             hub_lag=hub_lag,
+            hub_tail=hub_tail,
         )
     finally:
         bed.down()

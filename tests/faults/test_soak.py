@@ -26,4 +26,6 @@ def test_three_minutes_of_random_faults_lose_and_duplicate_no_lead_and_raise_eve
     assert not result.check.duplicate_alerts, f"duplicate alerts: {result.check.duplicate_alerts[:5]}"
     assert not result.check.missing_alerts, f"victims without an alert: {result.check.missing_alerts[:5]}"
     assert not result.exits, f"services that ended by themselves (their logs above): {result.exits}"
-    assert hub_drained(result.hub_lag), f"the hub's commits fell behind its inbox: lag {result.hub_lag}"
+    assert hub_drained(result.hub_lag, result.hub_tail), (
+        f"the hub's commits fell behind its inbox: lag {result.hub_lag}, tail {result.hub_tail}"
+    )

@@ -134,7 +134,7 @@ class Tally:
 
     def tail(self, participant: str) -> dict[int, int]:
         """Per partition of ``participant``'s inbox, the offsets after its last record read (commit
-        markers, aborted transactions' records and markers): no consumer commits past them before a
+        markers of interleaved transactions, aborted transactions' records and markers): no consumer commits past them before a
         record follows. Read after catching up with the inbox."""
         self.poll(200)
         topic = self.bus.names.inbox(participant)

@@ -141,9 +141,10 @@ def hub_inbox_lag(metrics: Mapping[str, float] | None) -> dict[int, float] | Non
 def hub_drained(lag: Mapping[int, float] | None, tail: Mapping[int, int] | None = None) -> bool:
     """Whether the hub committed every inbox partition past its last record (None: never read, so not
     shown). ``tail``: per partition, the offsets after its last record, which no consumer commits past
-    until a record follows: the router writes the inbox in transactions, so a partition ends in a
-    commit marker, or in a transaction aborted when a router worker was killed or fenced (its records
-    and its marker). Without it, one offset (a marker)."""
+    until a record follows: the router writes the inbox in transactions, one producer per source
+    partition, so a partition ends in one commit marker or several (transactions that interleave
+    end with their markers after the last record), or in a transaction aborted when a router worker
+    was killed or fenced (its records and its marker). Without it, one offset (a marker)."""
     if not lag:
         return False
     return all(v <= max(1, (tail or {}).get(p, 1)) for p, v in lag.items())

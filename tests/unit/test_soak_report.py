@@ -121,7 +121,7 @@ def test_the_hub_s_inbox_lag_is_read_per_partition_from_its_lag_gauge_and_only_f
 def test_the_hub_counts_as_drained_only_with_every_partition_committed_past_its_last_record() -> None:
     assert hub_drained({0: 0.0, 1: 1.0, 2: 0.0})  # without tails: a transaction's marker may be last
     assert not hub_drained({0: 0.0, 1: 2.0, 2: 0.0})
-    # partition 2 ends in an aborted transaction of one record: its record and two markers follow the last
+    # partition 2 ends in the commit markers of three interleaved transactions, after its last record
     assert hub_drained({0: 1.0, 1: 1.0, 2: 3.0}, {0: 1, 1: 1, 2: 3})
     assert not hub_drained({0: 1.0, 1: 1.0, 2: 4.0}, {0: 1, 1: 1, 2: 3})
     assert not hub_drained({0: 1044.0, 1: 972.0}, {0: 1, 1: 1})

@@ -51,10 +51,10 @@ test: $(STAMP) jars deps ## run every test (unit, integration on a real Kafka, e
 test-unit: $(STAMP) deps ## run the unit tests only (no network)
 	$(PY) -m pytest -m unit
 
-faults: $(STAMP) jars ## (root) every fault case on a three-node cluster, each host in a network namespace; prints recovery times
+faults: $(STAMP) jars deps ## (root) every fault case on a three-node cluster, each host in a network namespace; prints recovery times
 	LIANFANG_FAULTS=all $(PY) -m pytest -s -p no:cacheprovider tests/faults
 
-soak: $(STAMP) jars ## (root) the pipeline under load with random faults (SOAK_MINUTES=30, SEED=1, TRACE_MEMORY=0 s, FAULTS=0 for none); prints the figures
+soak: $(STAMP) jars deps ## (root) the pipeline under load with random faults (SOAK_MINUTES=30, SEED=1, TRACE_MEMORY=0 s, FAULTS=0 for none); prints the figures
 	$(PY) -m tests.faults.soak --minutes $(or $(SOAK_MINUTES),30) --seed $(or $(SEED),1) --trace-memory $(or $(TRACE_MEMORY),0) $(if $(filter 0,$(FAULTS)),--no-faults)
 
 fuzz: $(STAMP) jars ## fuzz every target for 1,000,000 inputs (INPUTS=, SEED=); crashing inputs go to .run/fuzz

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Lianfang needs when they are missing: libsodium (the ristretto255 group of
 # the oblivious pseudonyms, loaded by pysodium at run time) and, unless called with "runtime", what the
-# tests need: prometheus (promtool and the server for the e2e test) and chromium + chromium-driver (the
-# console's browser tests).
+# tests need: prometheus (promtool and the server for the e2e test), chromium + chromium-driver (the
+# console's browser tests) and, for the fault tests and the soak, iproute2 (ip, tc) and nftables (nft:
+# the lossy link).
 # Services are not started by the install (policy-rc.d), since tests start their own on loopback.
 set -euo pipefail
 
@@ -14,6 +15,8 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 fc-list 2>/dev/null | grep -qiE "wqy|noto sans cjk" || missing+=(fonts-wqy-zenhei)  # Chinese glyphs in screenshots
+{ command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1; } || missing+=(iproute2)  # hosts in network namespaces
+command -v nft >/dev/null 2>&1 || missing+=(nftables)  # the fault catalogue's lossy link
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 

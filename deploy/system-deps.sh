@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Lianfang needs when they are missing: libsodium (the ristretto255 group of
-# the oblivious pseudonyms, loaded by pysodium at run time) and, unless called with "runtime", what the
-# tests need: prometheus (promtool and the server for the e2e test), chromium + chromium-driver (the
-# console's browser tests) and, for the fault tests and the soak, iproute2 (ip, tc) and nftables (nft:
-# the lossy link).
+# the oblivious pseudonyms, loaded by pysodium at run time), jemalloc (the allocator the launchers preload
+# into the services) and, unless called with "runtime", what the tests need: prometheus (promtool and
+# the server for the e2e test), chromium + chromium-driver (the console's browser tests) and, for the
+# fault tests and the soak, iproute2 (ip, tc) and nftables (nft: the lossy link).
 # Services are not started by the install (policy-rc.d), since tests start their own on loopback.
 set -euo pipefail
 
 missing=()
 # pysodium finds the library through ldconfig's cache, so the runtime package (no -dev) is enough.
 { command -v ldconfig >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q 'libsodium\.so'; } || missing+=(libsodium23)
+# jemalloc: the allocator the launchers preload into the services (services/kernel/allocator.py).
+{ command -v ldconfig >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q 'libjemalloc\.so\.2'; } || missing+=(libjemalloc2)
 if [ "${1:-}" != runtime ]; then
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)

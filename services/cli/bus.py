@@ -376,6 +376,7 @@ def supervise(
     """
     envs = envs or {}
     base = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    base |= allocator.preload_env(env=base)  # jemalloc where the system has it
     width = max(len(name) for name in [*services, *(oneshot[:1] if oneshot else [])])
     children: dict[str, subprocess.Popen[bytes]] = {}
     for name in services:

@@ -14,26 +14,51 @@ apart. Each long-running service calls :func:`configure` once, first thing, befo
 Where the C library is not glibc (musl, macOS) nothing is done, and a debug line says so once. The
 decision (:func:`plan`) is pure; :class:`Glibc` is the thin edge over ``ctypes``.
 
+**jemalloc, preloaded.** glibc's heaps fragment over hours of Kafka batches, reconnections and
+rebalances: under the soak's faults a router's resident memory still rose 6 MiB in its second quarter
+of an hour with the cap and the trims. jemalloc (Debian's ``libjemalloc2``) returns freed memory by
+itself, after ``dirty_decay_ms`` (10 s by default), and under the same soak the routers rose 0.2 and
+1.1 MiB (docs/faults.md, Run J). An allocator must be in the process before it starts, so the
+launchers add :func:`preload_env` to each service's environment: ``lianfang serve`` / ``run``
+(:func:`services.cli.bus.supervise`), the soak's hosts, and the image (``LD_PRELOAD`` in its
+Containerfile). A process running on jemalloc needs no arena cap and no trims: :func:`configure` sees
+it (jemalloc's ``mallctl`` is there) and leaves glibc alone.
+
 Environment (:class:`MallocSettings`):
 
 - ``LIANFANG_MALLOC_ARENA_MAX``: most malloc arenas (default 2; 0 leaves glibc's own, 8 a core)
 - ``LIANFANG_MALLOC_TRIM_INTERVAL_S``: seconds between two ``malloc_trim(0)`` (default 30; 0: never,
   not even after a peak)
+- ``LIANFANG_MALLOC_PRELOAD``: the allocator the launchers preload into a service: ``auto`` (default:
+  jemalloc where the system has it, glibc's own where not), ``none``, or a library's path or soname
 """
 
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import logging
+import os
 import platform
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Allocator", "Glibc", "MallocSettings", "Plan", "configure", "plan"]
+__all__ = [
+    "JEMALLOC",
+    "Allocator",
+    "Glibc",
+    "MallocSettings",
+    "Plan",
+    "configure",
+    "plan",
+    "preload_env",
+    "preloaded",
+]
 
 log = logging.getLogger("lianfang.allocator")
 
@@ -54,6 +79,12 @@ class MallocSettings(BaseSettings):
         ge=0,
         description="seconds between two malloc_trim(0), freed memory back to the OS; 0: never",
     )
+    preload: str = Field(
+        default="auto",
+        min_length=1,
+        description="the malloc library the launchers preload into each service: auto (jemalloc where "
+        "the system has it), none (glibc's own), or a library's path or soname",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,9 +97,16 @@ class Plan:
     skipped: str | None = None
 
 
-def plan(settings: MallocSettings, *, libc: str) -> Plan:
+JEMALLOC = "jemalloc"
+"""The library name :func:`preload_env` looks up for ``auto`` (``libjemalloc.so.2`` on Debian)."""
+
+
+def plan(settings: MallocSettings, *, libc: str, jemalloc: bool = False) -> Plan:
     """The calls to make for ``settings`` with the C library ``libc`` (``platform.libc_ver()``'s name:
-    ``"glibc"``, or ``""`` where Python cannot tell, as on musl and macOS)."""
+    ``"glibc"``, or ``""`` where Python cannot tell, as on musl and macOS); ``jemalloc``: whether the
+    process runs on a preloaded jemalloc, which leaves glibc's malloc unused."""
+    if jemalloc:
+        return Plan(skipped="jemalloc is the process's allocator (preloaded): glibc's malloc left alone")
     if libc != "glibc":
         return Plan(
             skipped=f"the C library is {libc or 'not glibc'}: malloc arenas and trimming left as they are"
@@ -77,6 +115,47 @@ def plan(settings: MallocSettings, *, libc: str) -> Plan:
         arena_max=settings.arena_max or None,
         trim_interval_s=settings.trim_interval_s or None,
     )
+
+
+def preload_library(settings: MallocSettings, *, found: str | None) -> str | None:
+    """The library to preload for ``settings`` (``None``: glibc's own malloc); ``found`` is what the
+    system has for :data:`JEMALLOC` (``None`` where it has none), used for ``auto``."""
+    choice = settings.preload.strip()
+    if choice == "none":
+        return None
+    if choice == "auto":
+        return found
+    return choice
+
+
+def with_preload(env: Mapping[str, str], library: str | None) -> dict[str, str]:
+    """What to add to ``env`` so that a process started with it loads ``library`` first: an
+    ``LD_PRELOAD`` that keeps what ``env`` preloads already, or nothing."""
+    if library is None:
+        return {}
+    present = env.get("LD_PRELOAD", "").replace(":", " ").split()
+    if library in present:
+        return {}
+    return {"LD_PRELOAD": " ".join([library, *present])}
+
+
+def preload_env(
+    settings: MallocSettings | None = None, env: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The variables a launcher adds to a service's environment (``env``: the one it starts from, the
+    launcher's own when ``None``) to run it on the allocator ``settings`` choose. Empty where glibc's
+    own malloc is chosen, or ``auto`` finds no jemalloc (a debug line says so)."""
+    settings = settings or MallocSettings()
+    found = ctypes.util.find_library(JEMALLOC) if settings.preload.strip() == "auto" else None
+    library = preload_library(settings, found=found)
+    if library is None and settings.preload.strip() == "auto":
+        log.debug("no jemalloc on this system (Debian: libjemalloc2): services run on glibc's malloc")
+    return with_preload(os.environ if env is None else env, library)
+
+
+def preloaded() -> bool:
+    """Whether this process runs on a preloaded jemalloc (its ``mallctl`` is among the symbols)."""
+    return hasattr(ctypes.CDLL(None), "mallctl")
 
 
 class Glibc:
@@ -133,7 +212,7 @@ def configure(settings: MallocSettings | None = None) -> Allocator:
     does not merge the arenas threads already have."""
     settings = settings or MallocSettings()
     libc, _ = platform.libc_ver()
-    chosen = plan(settings, libc=libc)
+    chosen = plan(settings, libc=libc, jemalloc=preloaded())
     if chosen.skipped:
         log.debug("%s", chosen.skipped)
         return Allocator(None, chosen)

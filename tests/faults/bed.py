@@ -28,7 +28,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from deploy.kafka.local import LocalKafka
-from services.kernel import envelope, policy
+from services.kernel import allocator, envelope, policy
 from tests.faults.netns import Host, Lab
 from tests.integration.buskit import Bus
 from tests.kit import DemoDomain
@@ -54,11 +54,13 @@ class NsWorker(Worker):
         self.what = f"{module} on {host.name}"
         self.log = log
         self.port = METRICS_PORT
+        started = {**os.environ, **env}
+        started |= allocator.preload_env(env=started)  # as `lianfang serve` starts them: jemalloc if here
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
                 host.command([sys.executable, "-m", module, *args]),
                 cwd=REPO,
-                env={**os.environ, **env},
+                env=started,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -21,6 +21,7 @@ import argparse
 import random
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -192,11 +193,30 @@ def memory_series(samples: list[MemorySample], every_min: float = 5.0) -> str:
     return "  ".join(parts)
 
 
+FLAT_MIB = 2.0
+"""The most a process's memory may grow over the second half of its life (MiB, outside the hub's RocksDB
+stores, whose memtables and caches fill up to the bound their options set) for the soak to call it
+flat: a process that leaks keeps growing as it did in its first half; one whose memory levels off does
+not. A process must have lived :data:`FLAT_MIN_MINUTES` for a verdict."""
+
+FLAT_MIN_MINUTES = 10.0
+
+
+def _level(life: list[MemorySample], minute: float, of: Callable[[MemorySample], int]) -> float:
+    """The memory of a process around ``minute``: the median of its samples nearest to it (3 where it
+    has 9 or more, fewer where it has fewer), so one sample caught at a peak does not decide the row."""
+    width = max(1, min(3, len(life) // 3))
+    nearest = sorted(life, key=lambda s: abs(s.minute - minute))[:width]
+    return statistics.median(of(s) for s in nearest)
+
+
 def longest_process_growth(samples: list[MemorySample]) -> str:
     """How the memory of the service's longest-lived process moved over the first and the second half
-    of its life, in MiB: a process whose memory levels off grows less in its second half than in its
-    first; one that leaks grows as much (or more). Samples taken while the service was down are left out,
-    and so is a restarted process's first sample (it may have been taken while the process started)."""
+    of its life, in MiB, and whether it is flat (:data:`FLAT_MIB`): a process whose memory levels off
+    grows less in its second half than in its first; one that leaks grows as much (or more). For the
+    hub, the growth outside its RocksDB stores follows, and decides. Samples taken while the service was
+    down are left out, and so is a restarted process's first sample (it may have been taken while the
+    process started)."""
     lives: dict[int, list[MemorySample]] = {}
     for sample in samples:
         if sample.rss > 0:
@@ -210,12 +230,23 @@ def longest_process_growth(samples: list[MemorySample]) -> str:
     first, last = life[0], life[-1]
     if len(life) < 3 or last.minute - first.minute <= 0:
         return f"longest process sampled {len(life)} time(s): too short to tell"
-    middle = min(life, key=lambda s: abs(s.minute - (first.minute + last.minute) / 2))
-    return (
+    middle = (first.minute + last.minute) / 2
+
+    def halves(of: Callable[[MemorySample], int]) -> tuple[float, float]:
+        start, mid, end = (_level(life, m, of) for m in (first.minute, middle, last.minute))
+        return (mid - start) / 2**20, (end - mid) / 2**20
+
+    grown = halves(lambda s: s.rss)
+    line = (
         f"longest process {first.minute:.0f}-{last.minute:.0f} min: "
-        f"{(middle.rss - first.rss) / 2**20:+.1f} MiB in its first half, "
-        f"{(last.rss - middle.rss) / 2**20:+.1f} MiB in its second"
+        f"{grown[0]:+.1f} MiB in its first half, {grown[1]:+.1f} MiB in its second"
     )
+    if all(s.rocksdb is not None for s in life):
+        grown = halves(lambda s: s.rss - (s.rocksdb or 0))
+        line += f"; outside RocksDB {grown[0]:+.1f}, {grown[1]:+.1f}"
+    if last.minute - first.minute < FLAT_MIN_MINUTES:
+        return line + f" (under {FLAT_MIN_MINUTES:.0f} min: flat or not, too short to tell)"
+    return line + (f": flat (at most {FLAT_MIB:+.1f})" if grown[1] <= FLAT_MIB else ": NOT flat")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import textwrap
 import pytest
 from pydantic import ValidationError
 
-from services.kernel.allocator import MallocSettings, Plan, configure, plan
+from services.kernel import allocator
+from services.kernel.allocator import MallocSettings, Plan, configure, plan, preload_library, with_preload
 from tests.workers import REPO
 
 pytestmark = pytest.mark.unit
@@ -48,6 +49,65 @@ def test_the_plan_follows_the_settings_and_the_c_library(
     settings: MallocSettings, libc: str, expected: Plan
 ) -> None:
     assert plan(settings, libc=libc) == expected
+
+
+def test_a_process_on_a_preloaded_jemalloc_leaves_glibc_s_malloc_alone() -> None:
+    assert plan(MallocSettings(), libc="glibc", jemalloc=True) == Plan(
+        skipped="jemalloc is the process's allocator (preloaded): glibc's malloc left alone"
+    )
+
+
+PRELOADS = {
+    "auto takes the jemalloc the system has": ("auto", "libjemalloc.so.2", "libjemalloc.so.2"),
+    "auto without a jemalloc keeps glibc's malloc": ("auto", None, None),
+    "none keeps glibc's malloc though jemalloc is there": ("none", "libjemalloc.so.2", None),
+    "a path is taken as it is": ("/opt/lib/libtcmalloc.so", "libjemalloc.so.2", "/opt/lib/libtcmalloc.so"),
+}
+
+
+@pytest.mark.parametrize(("choice", "found", "expected"), PRELOADS.values(), ids=PRELOADS.keys())
+def test_the_library_to_preload_follows_the_setting_and_what_the_system_has(
+    choice: str, found: str | None, expected: str | None
+) -> None:
+    assert preload_library(MallocSettings(preload=choice), found=found) == expected
+
+
+def test_the_preload_goes_first_keeps_what_was_preloaded_and_is_not_added_twice() -> None:
+    assert with_preload({}, "libjemalloc.so.2") == {"LD_PRELOAD": "libjemalloc.so.2"}
+    assert with_preload({"LD_PRELOAD": "/a.so:/b.so"}, "libjemalloc.so.2") == {
+        "LD_PRELOAD": "libjemalloc.so.2 /a.so /b.so"
+    }
+    assert with_preload({"LD_PRELOAD": "/a.so libjemalloc.so.2"}, "libjemalloc.so.2") == {}
+    assert with_preload({"LD_PRELOAD": "/a.so"}, None) == {}
+
+
+ON_WHICH = (
+    "from services.kernel import allocator; print(allocator.preloaded(), allocator.configure().glibc is None)"
+)
+
+
+def _allocator_of_a_service_started_with(env: dict[str, str]) -> str:
+    clean = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    done = subprocess.run(
+        [sys.executable, "-c", ON_WHICH],
+        cwd=REPO,
+        env={**clean, "LIANFANG_MALLOC_TRIM_INTERVAL_S": "0", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_a_service_started_with_the_launchers_preload_runs_on_jemalloc_and_one_without_on_glibc() -> None:
+    # jemalloc is a runtime package (deploy/system-deps.sh installs libjemalloc2 for make run and make test)
+    added = allocator.preload_env(MallocSettings(), env={})
+    assert added, "no jemalloc found on this machine: deploy/system-deps.sh installs libjemalloc2"
+    assert _allocator_of_a_service_started_with(added) == "True True"
+    assert _allocator_of_a_service_started_with(
+        allocator.preload_env(MallocSettings(preload="none"), env={})
+    ) == ("False False")
 
 
 def test_the_settings_are_read_from_the_environment_and_frozen(monkeypatch: pytest.MonkeyPatch) -> None:

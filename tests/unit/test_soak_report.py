@@ -51,7 +51,37 @@ def test_the_growth_line_compares_the_halves_of_the_longest_lived_process() -> N
         MemorySample(27, 8, 131 * MIB),
     ]
     assert longest_process_growth(samples) == (
-        "longest process 7-27 min: +10.0 MiB in its first half, +1.0 MiB in its second"
+        "longest process 7-27 min: +10.0 MiB in its first half, +1.0 MiB in its second: flat (at most +2.0)"
+    )
+
+
+def test_a_process_that_grows_as_much_in_its_second_half_as_in_its_first_is_not_flat() -> None:
+    samples = [MemorySample(m, 7, int((100 + 0.5 * m) * MIB)) for m in range(0, 31, 1)]
+    assert longest_process_growth(samples) == (
+        "longest process 0-30 min: +7.0 MiB in its first half, +7.0 MiB in its second: NOT flat"
+    )
+
+
+def test_one_sample_caught_at_a_peak_does_not_decide_the_growth() -> None:
+    samples = [MemorySample(m, 7, 100 * MIB) for m in range(0, 31, 1)]
+    samples[-1] = MemorySample(30, 7, 110 * MIB)  # a batch in flight at the last sample
+    assert longest_process_growth(samples).endswith("+0.0 MiB in its second: flat (at most +2.0)")
+
+
+def test_the_hubs_growth_outside_its_rocksdb_stores_decides_whether_it_is_flat() -> None:
+    # RocksDB's memtables fill up to their bound (+10 MiB); the rest of the hub stays level.
+    samples = [MemorySample(m, 7, int((100 + m / 3) * MIB), int(m / 3 * MIB)) for m in range(0, 31, 1)]
+    assert longest_process_growth(samples) == (
+        "longest process 0-30 min: +4.7 MiB in its first half, +4.7 MiB in its second; "
+        "outside RocksDB +0.0, +0.0: flat (at most +2.0)"
+    )
+
+
+def test_a_process_that_lived_under_ten_minutes_gets_no_verdict() -> None:
+    samples = [MemorySample(m, 7, 100 * MIB) for m in range(0, 4)]
+    assert longest_process_growth(samples) == (
+        "longest process 0-3 min: +0.0 MiB in its first half, +0.0 MiB in its second "
+        "(under 10 min: flat or not, too short to tell)"
     )
 
 

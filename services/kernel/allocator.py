@@ -19,10 +19,11 @@ rebalances: under the soak's faults a router's resident memory still rose 6 MiB 
 of an hour with the cap and the trims. jemalloc (Debian's ``libjemalloc2``) returns freed memory by
 itself, after ``dirty_decay_ms`` (10 s by default), and under the same soak the routers rose 0.2 and
 1.1 MiB (docs/faults.md, Run J). An allocator must be in the process before it starts, so the
-launchers add :func:`preload_env` to each service's environment: ``lianfang serve`` / ``run``
-(:func:`services.cli.bus.supervise`), the soak's hosts, and the image (``LD_PRELOAD`` in its
-Containerfile). A process running on jemalloc needs no arena cap and no trims: :func:`configure` sees
-it (jemalloc's ``mallctl`` is there) and leaves glibc alone.
+launchers add :func:`preload_env` to each service's environment: ``lianfang run`` and ``lianfang serve
+all`` (:func:`services.cli.bus.supervise`), the soak's hosts, and the image (``LD_PRELOAD`` in its
+Containerfile, so ``lianfang serve router`` in a pod too). A process running on jemalloc needs no
+arena cap and no trims: :func:`configure` sees it (jemalloc's ``mallctl`` is there) and leaves glibc
+alone.
 
 Environment (:class:`MallocSettings`):
 

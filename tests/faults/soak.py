@@ -232,17 +232,18 @@ def longest_process_growth(samples: list[MemorySample]) -> str:
         return f"longest process sampled {len(life)} time(s): too short to tell"
     middle = (first.minute + last.minute) / 2
 
-    def halves(of: Callable[[MemorySample], int]) -> tuple[float, float]:
-        start, mid, end = (_level(life, m, of) for m in (first.minute, middle, last.minute))
+    def halves(kept: list[MemorySample], of: Callable[[MemorySample], int]) -> tuple[float, float]:
+        start, mid, end = (_level(kept, m, of) for m in (first.minute, middle, last.minute))
         return (mid - start) / 2**20, (end - mid) / 2**20
 
-    grown = halves(lambda s: s.rss)
+    grown = halves(life, lambda s: s.rss)
     line = (
         f"longest process {first.minute:.0f}-{last.minute:.0f} min: "
         f"{grown[0]:+.1f} MiB in its first half, {grown[1]:+.1f} MiB in its second"
     )
-    if all(s.rocksdb is not None for s in life):
-        grown = halves(lambda s: s.rss - (s.rocksdb or 0))
+    read = [s for s in life if s.rocksdb is not None]  # the hub's, once it has read its stores
+    if len(read) >= 3:
+        grown = halves(read, lambda s: s.rss - (s.rocksdb or 0))
         line += f"; outside RocksDB {grown[0]:+.1f}, {grown[1]:+.1f}"
     if last.minute - first.minute < FLAT_MIN_MINUTES:
         return line + f" (under {FLAT_MIN_MINUTES:.0f} min: flat or not, too short to tell)"

@@ -71,6 +71,7 @@ def test_one_sample_caught_at_a_peak_does_not_decide_the_growth() -> None:
 def test_the_hubs_growth_outside_its_rocksdb_stores_decides_whether_it_is_flat() -> None:
     # RocksDB's memtables fill up to their bound (+10 MiB); the rest of the hub stays level.
     samples = [MemorySample(m, 7, int((100 + m / 3) * MIB), int(m / 3 * MIB)) for m in range(0, 31, 1)]
+    samples[0] = MemorySample(0, 7, 100 * MIB)  # before the hub's first reading of its stores
     assert longest_process_growth(samples) == (
         "longest process 0-30 min: +4.7 MiB in its first half, +4.7 MiB in its second; "
         "outside RocksDB +0.0, +0.0: flat (at most +2.0)"

@@ -56,6 +56,7 @@ __all__ = [
     "MallocSettings",
     "Plan",
     "configure",
+    "jemalloc_stats",
     "plan",
     "preload_env",
     "preloaded",
@@ -157,6 +158,40 @@ def preload_env(
 def preloaded() -> bool:
     """Whether this process runs on a preloaded jemalloc (its ``mallctl`` is among the symbols)."""
     return hasattr(ctypes.CDLL(None), "mallctl")
+
+
+JEMALLOC_STATS = ("allocated", "active", "resident", "retained")
+"""jemalloc's counters :func:`jemalloc_stats` reads (``stats.<name>``): the bytes the program holds in
+live allocations; in the pages those use; mapped and resident (its metadata and dirty pages too); kept
+mapped but not resident. Allocated flat with resident growing: memory the allocator keeps; allocated
+growing: memory some code holds (Python's objects, which tracemalloc sees, or a C library's)."""
+
+
+def jemalloc_stats() -> dict[str, int] | None:
+    """jemalloc's :data:`JEMALLOC_STATS` now, in bytes, or ``None`` where the process is not on jemalloc
+    (or its build keeps no statistics)."""
+    lib = ctypes.CDLL(None)
+    if not hasattr(lib, "mallctl"):
+        return None
+    mallctl = lib.mallctl
+    mallctl.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_size_t),
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+    ]
+    mallctl.restype = ctypes.c_int
+    epoch = ctypes.c_uint64(1)  # writing the epoch refreshes the counters jemalloc caches
+    if mallctl(b"epoch", None, None, ctypes.byref(epoch), ctypes.sizeof(epoch)) != 0:
+        return None
+    stats: dict[str, int] = {}
+    for name in JEMALLOC_STATS:
+        value, size = ctypes.c_size_t(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_size_t))
+        if mallctl(f"stats.{name}".encode(), ctypes.byref(value), ctypes.byref(size), None, 0) != 0:
+            return None
+        stats[name] = value.value
+    return stats
 
 
 class Glibc:

@@ -47,6 +47,7 @@ from typing import Protocol
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.kernel.allocator import JEMALLOC_STATS, jemalloc_stats
 from services.kernel.errors import UsageError
 
 __all__ = [
@@ -258,6 +259,7 @@ def report(
     first: Tally,
     now: Tally,
     mappings: tuple[Mapping[str, int], Mapping[str, int]] | None = None,
+    jemalloc: tuple[Mapping[str, int], Mapping[str, int]] | None = None,
 ) -> str:
     """The report of a snapshot taken ``at_s`` seconds after start against the baseline ``first`` taken
     at ``first_at_s``. A header line: the bytes of the sites and the RSS ``(then, now)`` (``None`` where
@@ -265,8 +267,10 @@ def report(
     (imports, tracemalloc, this watch and its baseline); tracemalloc's own tables; and the seconds the
     snapshot took (it holds the GIL, so the service waits for part of it). Then the resident memory of
     each kind of mapping (``mappings``: then and now, :func:`resident_by_kind`) with its change, which
-    tells growth outside Python's objects apart: kept by an allocator, or taken by a C library. Then a
-    line a site (``file:line +KiB (+blocks)``, its callers after ``<`` when more than one frame is kept)."""
+    tells growth outside Python's objects apart: kept by an allocator, or taken by a C library. On
+    jemalloc, its counters then and now (``jemalloc``: :func:`~services.kernel.allocator.jemalloc_stats`):
+    what the program holds against what the allocator keeps resident. Then a line a site
+    (``file:line +KiB (+blocks)``, its callers after ``<`` when more than one frame is kept)."""
     counted, counted_first = _bytes(now), _bytes(first)
     lines = [
         f"heap at {at_s:.0f} s, change since {first_at_s:.0f} s in brackets: "
@@ -281,6 +285,13 @@ def report(
             for kind in MAPPING_KINDS
         ]
         lines.append("  resident by mapping: " + ", ".join(kinds))
+    if jemalloc is not None:
+        then, now_stats = jemalloc
+        stats = [
+            f"{name} {_mib(now_stats.get(name, 0))}{_change(now_stats.get(name, 0), then.get(name, 0))}"
+            for name in JEMALLOC_STATS
+        ]
+        lines.append("  jemalloc: " + ", ".join(stats))
     lines.append(f"  grown most ({GROWN}):")
     grown = growth(first, now)
     lines += [f"    {_site(s)} {size / 1024:+.1f} KiB ({count:+d})" for s, size, count in grown]
@@ -344,12 +355,14 @@ class Watch:
         first, _, _ = self._reading()
         rss_first = rss_bytes()  # with the baseline, which the watch keeps from now on
         mappings_first = resident_mappings()
+        jemalloc_first = jemalloc_stats()
         first_at = time.monotonic() - started
         self.baseline.set()
         while not self._stop.wait(self.every_s):
             try:
                 began = time.monotonic()
                 mappings = resident_mappings()  # before the snapshot, as the RSS
+                jemalloc = jemalloc_stats()
                 now, traced, rss = self._reading()
                 took = time.monotonic() - began
                 text = report(
@@ -364,6 +377,9 @@ class Watch:
                     mappings=None
                     if mappings_first is None or mappings is None
                     else (mappings_first, mappings),
+                    jemalloc=None
+                    if jemalloc_first is None or jemalloc is None
+                    else (jemalloc_first, jemalloc),
                 )
             except Exception:  # a diagnostic never ends the service; the trace is our code's, no data
                 log.exception("heap report failed")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 from pydantic import ValidationError
 
-from services.kernel import heapwatch
+from services.kernel import allocator, heapwatch
 from services.kernel.errors import UsageError
 from services.kernel.heapwatch import HeapwatchSettings, Tally, report, short_path, tally
 from tests.workers import REPO
@@ -255,6 +255,50 @@ def test_the_report_shows_each_kind_of_mapping_with_its_change() -> None:
         "  resident by mapping: brk heap 1.0 MiB (+0.0), anon 1 MiB 1.0 MiB (+0.0), "
         "anon other 4.0 MiB (+3.0), files 1.0 MiB (+0.0), other 1.0 MiB (+0.0)"
     )
+
+
+def test_on_jemalloc_the_report_shows_what_the_program_holds_beside_what_the_allocator_keeps() -> None:
+    then = {"allocated": 30 * 2**20, "active": 32 * 2**20, "resident": 40 * 2**20, "retained": 0}
+    now = {**then, "resident": 46 * 2**20, "retained": 2**20}
+    text = report(
+        at_s=900,
+        first_at_s=60,
+        traced=0,
+        rss=(80 * 2**20, 86 * 2**20),
+        overhead=0,
+        took_s=0.1,
+        first=FIRST,
+        now=NOW,
+        jemalloc=(then, now),
+    )
+    assert text.splitlines()[1] == (
+        "  jemalloc: allocated 30.0 MiB (+0.0), active 32.0 MiB (+0.0), resident 46.0 MiB (+6.0), "
+        "retained 1.0 MiB (+1.0)"
+    )
+
+
+def test_jemalloc_s_counters_are_read_in_a_process_on_it_and_none_in_one_on_glibc() -> None:
+    probe = (
+        "from services.kernel import allocator\n"
+        "before = allocator.jemalloc_stats()\n"
+        "block = bytearray(64 * 2**20)\n"
+        "after = allocator.jemalloc_stats()\n"
+        "print('none' if before is None else after['allocated'] - before['allocated'] >= 64 * 2**20)\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    on_jemalloc = allocator.preload_env(allocator.MallocSettings(), env={})
+    assert on_jemalloc, "no jemalloc found on this machine: deploy/system-deps.sh installs libjemalloc2"
+    for env, expected in ((on_jemalloc, "True"), ({}, "none")):
+        done = subprocess.run(
+            [sys.executable, "-c", probe],
+            cwd=REPO,
+            env={**clean, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert done.stdout.strip() == expected
 
 
 def test_the_report_keeps_to_15_sites_grown_and_5_largest_and_says_when_nothing_grew() -> None:

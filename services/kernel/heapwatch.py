@@ -248,6 +248,13 @@ def _change(now: int | None, then: int | None) -> str:
     return "" if now is None or then is None else f" ({(now - then) / 2**20:+.1f})"
 
 
+def _each(names: Sequence[str], then: Mapping[str, int], now: Mapping[str, int]) -> str:
+    """``name MiB (+change)`` for each of ``names``, from their bytes ``then`` and ``now``."""
+    return ", ".join(
+        f"{name} {_mib(now.get(name, 0))}{_change(now.get(name, 0), then.get(name, 0))}" for name in names
+    )
+
+
 def report(
     *,
     at_s: float,
@@ -279,19 +286,9 @@ def report(
         f"left out {_mib(traced - counted)}, tracemalloc's own {_mib(overhead)}, snapshot {took_s:.2f} s",
     ]
     if mappings is not None:
-        then, now_kinds = mappings
-        kinds = [
-            f"{kind} {_mib(now_kinds.get(kind, 0))}{_change(now_kinds.get(kind, 0), then.get(kind, 0))}"
-            for kind in MAPPING_KINDS
-        ]
-        lines.append("  resident by mapping: " + ", ".join(kinds))
+        lines.append("  resident by mapping: " + _each(MAPPING_KINDS, *mappings))
     if jemalloc is not None:
-        then, now_stats = jemalloc
-        stats = [
-            f"{name} {_mib(now_stats.get(name, 0))}{_change(now_stats.get(name, 0), then.get(name, 0))}"
-            for name in JEMALLOC_STATS
-        ]
-        lines.append("  jemalloc: " + ", ".join(stats))
+        lines.append("  jemalloc: " + _each(JEMALLOC_STATS, *jemalloc))
     lines.append(f"  grown most ({GROWN}):")
     grown = growth(first, now)
     lines += [f"    {_site(s)} {size / 1024:+.1f} KiB ({count:+d})" for s, size, count in grown]

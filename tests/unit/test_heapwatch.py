@@ -237,9 +237,11 @@ def test_this_process_s_mappings_add_up_to_about_its_rss() -> None:
     assert abs(sum(kinds.values()) - rss) < 0.05 * rss, (kinds, rss)
 
 
-def test_the_report_shows_each_kind_of_mapping_with_its_change() -> None:
-    then = dict.fromkeys(heapwatch.MAPPING_KINDS, 2**20)
-    now = {**then, "anon other": 4 * 2**20}
+ThenNow = tuple[dict[str, int], dict[str, int]]
+
+
+def _second_line(*, mappings: ThenNow | None = None, jemalloc: ThenNow | None = None) -> str:
+    """The line after the header of a report of :data:`FIRST` and :data:`NOW` with these counters."""
     text = report(
         at_s=900,
         first_at_s=60,
@@ -249,9 +251,16 @@ def test_the_report_shows_each_kind_of_mapping_with_its_change() -> None:
         took_s=0.1,
         first=FIRST,
         now=NOW,
-        mappings=(then, now),
+        mappings=mappings,
+        jemalloc=jemalloc,
     )
-    assert text.splitlines()[1] == (
+    return text.splitlines()[1]
+
+
+def test_the_report_shows_each_kind_of_mapping_with_its_change() -> None:
+    then = dict.fromkeys(heapwatch.MAPPING_KINDS, 2**20)
+    now = {**then, "anon other": 4 * 2**20}
+    assert _second_line(mappings=(then, now)) == (
         "  resident by mapping: brk heap 1.0 MiB (+0.0), anon 1 MiB 1.0 MiB (+0.0), "
         "anon other 4.0 MiB (+3.0), files 1.0 MiB (+0.0), other 1.0 MiB (+0.0)"
     )
@@ -260,18 +269,7 @@ def test_the_report_shows_each_kind_of_mapping_with_its_change() -> None:
 def test_on_jemalloc_the_report_shows_what_the_program_holds_beside_what_the_allocator_keeps() -> None:
     then = {"allocated": 30 * 2**20, "active": 32 * 2**20, "resident": 40 * 2**20, "retained": 0}
     now = {**then, "resident": 46 * 2**20, "retained": 2**20}
-    text = report(
-        at_s=900,
-        first_at_s=60,
-        traced=0,
-        rss=(80 * 2**20, 86 * 2**20),
-        overhead=0,
-        took_s=0.1,
-        first=FIRST,
-        now=NOW,
-        jemalloc=(then, now),
-    )
-    assert text.splitlines()[1] == (
+    assert _second_line(jemalloc=(then, now)) == (
         "  jemalloc: allocated 30.0 MiB (+0.0), active 32.0 MiB (+0.0), resident 46.0 MiB (+6.0), "
         "retained 1.0 MiB (+1.0)"
     )

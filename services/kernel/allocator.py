@@ -17,13 +17,13 @@ decision (:func:`plan`) is pure; :class:`Glibc` is the thin edge over ``ctypes``
 **jemalloc, preloaded.** glibc's heaps fragment over hours of Kafka batches, reconnections and
 rebalances: under the soak's faults a router's resident memory still rose 6 MiB in its second quarter
 of an hour with the cap and the trims. jemalloc (Debian's ``libjemalloc2``) returns freed memory by
-itself, after ``dirty_decay_ms`` (10 s by default); under the same soak every process grew half as
-much or less (docs/faults.md, runs J and K), though not nothing. An allocator must be in the process
-before it starts, so the launchers add :func:`preload_env` to each service's environment: ``lianfang
-run`` and ``lianfang serve all`` (:func:`services.cli.bus.supervise`), the soak's hosts, and the image
-(``LD_PRELOAD`` in its Containerfile, so ``lianfang serve router`` in a pod too). A process running on
-jemalloc needs no arena cap and no trims: :func:`configure` sees it (jemalloc's ``mallctl`` is there)
-and leaves glibc alone.
+itself, after ``dirty_decay_ms`` (10 s by default); under the same soak the services grew half as
+much or less, one router in one run two thirds as much (docs/faults.md, runs J and K), never nothing.
+An allocator must be in the process before it starts, so the launchers add :func:`preload_env` to each
+service's environment: ``lianfang run`` and ``lianfang serve all`` (:func:`services.cli.bus.supervise`),
+the soak's hosts, and the image (``LD_PRELOAD`` in its Containerfile, so ``lianfang serve router`` in a
+pod too). A process running on jemalloc needs no arena cap and no trims: :func:`configure` sees it
+(jemalloc's ``mallctl`` is there) and leaves glibc alone.
 
 Environment (:class:`MallocSettings`):
 

@@ -55,7 +55,7 @@ class NsWorker(Worker):
         self.log = log
         self.port = METRICS_PORT
         started = {**os.environ, **env}
-        started |= allocator.preload_env(env=started)  # as `lianfang serve` starts them: jemalloc if here
+        started |= allocator.preload_env(env=started)  # as `lianfang run` starts them: jemalloc if here
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
                 host.command([sys.executable, "-m", module, *args]),

@@ -45,6 +45,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,10 +54,10 @@ __all__ = [
     "JEMALLOC",
     "Allocator",
     "Glibc",
+    "Jemalloc",
     "MallocSettings",
     "Plan",
     "configure",
-    "jemalloc_stats",
     "plan",
     "preload_env",
     "preloaded",
@@ -148,50 +149,57 @@ def preload_env(
     launcher's own when ``None``) to run it on the allocator ``settings`` choose. Empty where glibc's
     own malloc is chosen, or ``auto`` finds no jemalloc (a debug line says so)."""
     settings = settings or MallocSettings()
-    found = ctypes.util.find_library(JEMALLOC) if settings.preload.strip() == "auto" else None
-    library = preload_library(settings, found=found)
-    if library is None and settings.preload.strip() == "auto":
+    auto = settings.preload.strip() == "auto"
+    library = preload_library(settings, found=ctypes.util.find_library(JEMALLOC) if auto else None)
+    if library is None and auto:
         log.debug("no jemalloc on this system (Debian: libjemalloc2): services run on glibc's malloc")
     return with_preload(os.environ if env is None else env, library)
 
 
-def preloaded() -> bool:
-    """Whether this process runs on a preloaded jemalloc (its ``mallctl`` is among the symbols)."""
-    return hasattr(ctypes.CDLL(None), "mallctl")
-
-
 JEMALLOC_STATS = ("allocated", "active", "resident", "retained")
-"""jemalloc's counters :func:`jemalloc_stats` reads (``stats.<name>``): the bytes the program holds in
+"""jemalloc's counters :meth:`Jemalloc.stats` reads (``stats.<name>``): the bytes the program holds in
 live allocations; in the pages those use; mapped and resident (its metadata and dirty pages too); kept
 mapped but not resident. Allocated flat with resident growing: memory the allocator keeps; allocated
 growing: memory some code holds (Python's objects, which tracemalloc sees, or a C library's)."""
 
 
-def jemalloc_stats() -> dict[str, int] | None:
-    """jemalloc's :data:`JEMALLOC_STATS` now, in bytes, or ``None`` where the process is not on jemalloc
-    (or its build keeps no statistics)."""
-    lib = ctypes.CDLL(None)
-    if not hasattr(lib, "mallctl"):
-        return None
-    mallctl = lib.mallctl
-    mallctl.argtypes = [
-        ctypes.c_char_p,
-        ctypes.c_void_p,
-        ctypes.POINTER(ctypes.c_size_t),
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-    ]
-    mallctl.restype = ctypes.c_int
-    epoch = ctypes.c_uint64(1)  # writing the epoch refreshes the counters jemalloc caches
-    if mallctl(b"epoch", None, None, ctypes.byref(epoch), ctypes.sizeof(epoch)) != 0:
-        return None
-    stats: dict[str, int] = {}
-    for name in JEMALLOC_STATS:
-        value, size = ctypes.c_size_t(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_size_t))
-        if mallctl(f"stats.{name}".encode(), ctypes.byref(value), ctypes.byref(size), None, 0) != 0:
+class Jemalloc:
+    """A preloaded jemalloc's control call (``mallctl``), through ``ctypes`` on the process's symbols;
+    :meth:`load` gives ``None`` where the process runs on another allocator."""
+
+    def __init__(self, mallctl: Any) -> None:
+        self._mallctl = mallctl
+        self._mallctl.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_size_t),
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+        ]
+        self._mallctl.restype = ctypes.c_int
+
+    @classmethod
+    def load(cls) -> Jemalloc | None:
+        mallctl = getattr(ctypes.CDLL(None), "mallctl", None)
+        return None if mallctl is None else cls(mallctl)
+
+    def stats(self) -> dict[str, int] | None:
+        """:data:`JEMALLOC_STATS` now, in bytes; ``None`` where its build keeps no statistics."""
+        epoch = ctypes.c_uint64(1)  # writing the epoch refreshes the counters jemalloc caches
+        if self._mallctl(b"epoch", None, None, ctypes.byref(epoch), ctypes.sizeof(epoch)) != 0:
             return None
-        stats[name] = value.value
-    return stats
+        stats: dict[str, int] = {}
+        for name in JEMALLOC_STATS:
+            value, size = ctypes.c_size_t(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_size_t))
+            if self._mallctl(f"stats.{name}".encode(), ctypes.byref(value), ctypes.byref(size), None, 0) != 0:
+                return None
+            stats[name] = value.value
+        return stats
+
+
+def preloaded() -> bool:
+    """Whether this process runs on a preloaded jemalloc."""
+    return Jemalloc.load() is not None
 
 
 class Glibc:

@@ -47,7 +47,7 @@ from typing import Protocol
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.kernel.allocator import JEMALLOC_STATS, jemalloc_stats
+from services.kernel.allocator import JEMALLOC_STATS, Jemalloc
 from services.kernel.errors import UsageError
 
 __all__ = [
@@ -275,7 +275,7 @@ def report(
     snapshot took (it holds the GIL, so the service waits for part of it). Then the resident memory of
     each kind of mapping (``mappings``: then and now, :func:`resident_by_kind`) with its change, which
     tells growth outside Python's objects apart: kept by an allocator, or taken by a C library. On
-    jemalloc, its counters then and now (``jemalloc``: :func:`~services.kernel.allocator.jemalloc_stats`):
+    jemalloc, its counters then and now (``jemalloc``: :meth:`~services.kernel.allocator.Jemalloc.stats`):
     what the program holds against what the allocator keeps resident. Then a line a site
     (``file:line +KiB (+blocks)``, its callers after ``<`` when more than one frame is kept)."""
     counted, counted_first = _bytes(now), _bytes(first)
@@ -352,14 +352,15 @@ class Watch:
         first, _, _ = self._reading()
         rss_first = rss_bytes()  # with the baseline, which the watch keeps from now on
         mappings_first = resident_mappings()
-        jemalloc_first = jemalloc_stats()
+        on_jemalloc = Jemalloc.load()
+        jemalloc_first = None if on_jemalloc is None else on_jemalloc.stats()
         first_at = time.monotonic() - started
         self.baseline.set()
         while not self._stop.wait(self.every_s):
             try:
                 began = time.monotonic()
                 mappings = resident_mappings()  # before the snapshot, as the RSS
-                jemalloc = jemalloc_stats()
+                jemalloc = None if on_jemalloc is None else on_jemalloc.stats()
                 now, traced, rss = self._reading()
                 took = time.monotonic() - began
                 text = report(

@@ -278,10 +278,11 @@ def test_on_jemalloc_the_report_shows_what_the_program_holds_beside_what_the_all
 def test_jemalloc_s_counters_are_read_in_a_process_on_it_and_none_in_one_on_glibc() -> None:
     probe = (
         "from services.kernel import allocator\n"
-        "before = allocator.jemalloc_stats()\n"
+        "on = allocator.Jemalloc.load()\n"
+        "before = None if on is None else on.stats()\n"
         "block = bytearray(64 * 2**20)\n"
-        "after = allocator.jemalloc_stats()\n"
-        "print('none' if before is None else after['allocated'] - before['allocated'] >= 64 * 2**20)\n"
+        "after = None if on is None else on.stats()\n"
+        "print('none' if before is None or after is None else after['allocated'] - before['allocated'] >= 64 * 2**20)\n"
     )
     clean = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     on_jemalloc = allocator.preload_env(allocator.MallocSettings(), env={})

@@ -11,6 +11,11 @@ NODES ?= 1
 KAFKA_DATA ?= .run/kafka-$(NODES)node-$(if $(PLAINTEXT),plain,secure)
 KAFKA_UP = $(PY) -m deploy.kafka up --data $(KAFKA_DATA) --nodes $(NODES) $(if $(PLAINTEXT),,--secure)
 STAMP := $(VENV)/.installed
+# Test processes (pytest-xdist): each takes whole test files, with a broker of its own for the files
+# that use the session's. The suite mostly waits on Kafka, so 2 halve its time even on 2 CPUs; 0 runs
+# it in this one process.
+TEST_WORKERS ?= 2
+PYTEST_PAR = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 .PHONY: help run test test-unit test-integration faults soak fuzz kafka-up kafka-down lint format bench prereqs jars deps runtime-deps prometheus clean
 
@@ -45,11 +50,11 @@ run: $(STAMP) jars runtime-deps ## start the local secured Kafka and run the who
 	@$(KAFKA_UP) >/dev/null
 	@$(VENV)/bin/lianfang run --local-kafka $(KAFKA_DATA)
 
-test: $(STAMP) jars deps ## run every test (unit, integration on a real Kafka, e2e)
-	$(PY) -m pytest
+test: $(STAMP) jars deps ## run every test (unit, integration on a real Kafka, e2e) on TEST_WORKERS=2 processes
+	$(PY) -m pytest $(PYTEST_PAR)
 
 test-unit: $(STAMP) deps ## run the unit tests only (no network)
-	$(PY) -m pytest -m unit
+	$(PY) -m pytest $(PYTEST_PAR) -m unit
 
 faults: $(STAMP) jars deps ## (root) every fault case on a three-node cluster, each host in a network namespace; prints recovery times
 	LIANFANG_FAULTS=all $(PY) -m pytest -s -p no:cacheprovider tests/faults

@@ -2,7 +2,9 @@
 
 Integration and end-to-end tests run the router, the hub, the gateway and the console as their own
 processes, as an operator would; the benchmarks time them from outside. Each such process is started,
-watched through its ``/metrics`` and stopped the same way, here.
+watched through its ``/metrics`` and stopped the same way, here, on the allocator the launchers give
+the services (jemalloc where the system has it, ``LIANFANG_MALLOC_PRELOAD``): tests and benchmarks see
+the memory production does.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import sys
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+
+from services.kernel import allocator
 
 REPO = Path(__file__).resolve().parents[1]
 """The repository's root: the working directory of every worker, so ``python -m services.…`` works."""
@@ -99,11 +103,13 @@ class Worker:
         self.what = what or module
         self.log = log
         self.port = port
+        started = {**os.environ, **env}
+        started |= allocator.preload_env(env=started)  # as `lianfang run` starts them
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", module, *args],
                 cwd=REPO,
-                env={**os.environ, **env},
+                env=started,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

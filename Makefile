@@ -16,6 +16,9 @@ STAMP := $(VENV)/.installed
 # it in this one process.
 TEST_WORKERS ?= 2
 PYTEST_PAR = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+# No column positions in tracebacks: CPython 3.11 can fail a parse that a finalizer's traceback interrupts
+# (tests/conftest.py says how).
+PYTEST = PYTHONNODEBUGRANGES=1 $(PY) -m pytest
 
 .PHONY: help run test test-unit test-integration faults soak fuzz kafka-up kafka-down lint format bench prereqs jars deps runtime-deps prometheus clean
 
@@ -51,13 +54,13 @@ run: $(STAMP) jars runtime-deps ## start the local secured Kafka and run the who
 	@$(VENV)/bin/lianfang run --local-kafka $(KAFKA_DATA)
 
 test: $(STAMP) jars deps ## run every test (unit, integration on a real Kafka, e2e) on TEST_WORKERS=2 processes
-	$(PY) -m pytest $(PYTEST_PAR)
+	$(PYTEST) $(PYTEST_PAR)
 
 test-unit: $(STAMP) deps ## run the unit tests only (no network)
-	$(PY) -m pytest $(PYTEST_PAR) -m unit
+	$(PYTEST) $(PYTEST_PAR) -m unit
 
 faults: $(STAMP) jars deps ## (root) every fault case on a three-node cluster, each host in a network namespace; prints recovery times
-	LIANFANG_FAULTS=all $(PY) -m pytest -s -p no:cacheprovider tests/faults
+	LIANFANG_FAULTS=all $(PYTEST) -s -p no:cacheprovider tests/faults
 
 soak: $(STAMP) jars deps ## (root) the pipeline under load with random faults (SOAK_MINUTES=30, SEED=1, TRACE_MEMORY=0 s, FAULTS=0 for none); prints the figures
 	$(PY) -m tests.faults.soak --minutes $(or $(SOAK_MINUTES),30) --seed $(or $(SEED),1) --trace-memory $(or $(TRACE_MEMORY),0) $(if $(filter 0,$(FAULTS)),--no-faults)

@@ -15,6 +15,15 @@ from hypothesis import HealthCheck, settings
 from deploy.kafka.local import running
 from tests.workers import unstopped
 
+# CPython 3.11 shares one AST state per interpreter: an ast.parse that the garbage collector interrupts
+# to run a finalizer that formats a traceback (asyncio's "Future exception was never retrieved", say),
+# whose carets parse the failing line, fails with "SystemError: AST constructor recursion depth
+# mismatch". pytest parses a module when a test first imports one it rewrites (a plugin's submodule
+# imported lazily: a full run failed so in the gateway fuzz test). Without column positions a traceback
+# draws no carets and parses nothing. The Makefile starts pytest so; xdist's workers and the services
+# the tests start inherit it from here (tests/unit/test_suite_runtime.py checks it).
+os.environ.setdefault("PYTHONNODEBUGRANGES", "1")
+
 # Property tests check what an example does, never how fast: Hypothesis's default 200 ms deadline per
 # example (and its "too slow" health check) failed a signing property on a loaded 2-CPU machine.
 settings.register_profile("lianfang", deadline=None, suppress_health_check=[HealthCheck.too_slow])

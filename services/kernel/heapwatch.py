@@ -203,7 +203,9 @@ def largest(now: Tally, n: int = LARGEST) -> list[tuple[Site, int, int]]:
 MAPPING_KINDS = ("brk heap", "anon 1 MiB", "anon other", "files", "other")
 """How :func:`resident_by_kind` splits resident memory: glibc's main heap (``[heap]``, grown with brk);
 anonymous mappings of exactly 1 MiB (pymalloc's arenas, in CPython 3.10 and later); other anonymous
-mappings (glibc's other arenas, its mmapped large blocks, thread stacks, C libraries' own mmaps); file
+mappings (glibc's other arenas, its mmapped large blocks, thread stacks, C libraries' own mmaps, and
+pymalloc's arenas too where the kernel merged neighbours into one mapping: a soak's router had 14 MiB
+of single arenas and some 20 MiB more in 2 to 4 MiB mappings, all resident); file
 mappings (the program's and its libraries' code and data, mapped files); the rest (``[stack]``, ...)."""
 
 _MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$")
@@ -230,6 +232,13 @@ def resident_by_kind(smaps: str) -> dict[str, int]:
                 kind = "anon 1 MiB" if size_kib == 1024 else "anon other"
             kinds[kind] += int(line.split()[1]) * 1024
     return kinds
+
+
+def outside_jemalloc(mappings: Mapping[str, int], jemalloc: Mapping[str, int]) -> int:
+    """The resident anonymous bytes that jemalloc does not account for: pymalloc's arenas (which
+    Python maps itself), thread stacks and C libraries' own mmaps. jemalloc's ``resident`` is an upper
+    bound of its own, so this is a lower bound."""
+    return mappings.get("anon 1 MiB", 0) + mappings.get("anon other", 0) - jemalloc.get("resident", 0)
 
 
 def _site(site: Site) -> str:
@@ -288,7 +297,11 @@ def report(
     if mappings is not None:
         lines.append("  resident by mapping: " + _each(MAPPING_KINDS, *mappings))
     if jemalloc is not None:
-        lines.append("  jemalloc: " + _each(JEMALLOC_STATS, *jemalloc))
+        line = "  jemalloc: " + _each(JEMALLOC_STATS, *jemalloc)
+        if mappings is not None:  # pymalloc's arenas are most of it: Python's objects, not malloc's
+            before, after = (outside_jemalloc(m, j) for m, j in zip(mappings, jemalloc, strict=True))
+            line += f"; anonymous outside jemalloc {_mib(after)}{_change(after, before)}"
+        lines.append(line)
     lines.append(f"  grown most ({GROWN}):")
     grown = growth(first, now)
     lines += [f"    {_site(s)} {size / 1024:+.1f} KiB ({count:+d})" for s, size, count in grown]

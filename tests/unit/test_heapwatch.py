@@ -275,6 +275,30 @@ def test_on_jemalloc_the_report_shows_what_the_program_holds_beside_what_the_all
     )
 
 
+def test_on_jemalloc_the_report_tells_the_anonymous_memory_outside_it_with_its_change() -> None:
+    mappings_then = {
+        **dict.fromkeys(heapwatch.MAPPING_KINDS, 0),
+        "anon 1 MiB": 10 * 2**20,
+        "anon other": 50 * 2**20,
+    }
+    mappings_now = {**mappings_then, "anon other": 58 * 2**20}
+    jemalloc_then = {"allocated": 30 * 2**20, "active": 32 * 2**20, "resident": 40 * 2**20, "retained": 0}
+    jemalloc_now = {**jemalloc_then, "resident": 41 * 2**20}
+    text = heapwatch.report(
+        at_s=120,
+        first_at_s=60,
+        traced=0,
+        rss=(None, None),
+        overhead=0,
+        took_s=0,
+        first={},
+        now={},
+        mappings=(mappings_then, mappings_now),
+        jemalloc=(jemalloc_then, jemalloc_now),
+    )
+    assert text.splitlines()[2].endswith("; anonymous outside jemalloc 27.0 MiB (+7.0)")
+
+
 def test_jemalloc_s_counters_are_read_in_a_process_on_it_and_none_in_one_on_glibc() -> None:
     probe = (
         "from services.kernel import allocator\n"

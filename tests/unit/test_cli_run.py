@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -106,3 +108,28 @@ def test_a_service_logs_its_own_info_lines_but_only_warnings_of_the_kafka_client
         root.handlers[:], root.level = saved
         for name in service_process.QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+@pytest.mark.parametrize(
+    ("choice", "preloaded"),
+    [
+        ("/opt/malloc/libjemalloc.so.2", "/opt/malloc/libjemalloc.so.2 libearlier.so"),
+        ("none", "libearlier.so"),
+    ],
+)
+def test_every_service_lianfang_run_starts_gets_the_allocator_the_settings_choose_in_front_of_what_was_preloaded(
+    choice: str, preloaded: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIANFANG_MALLOC_PRELOAD", choice)
+    monkeypatch.setenv("LD_PRELOAD", "libearlier.so")
+    environments: dict[str, dict[str, str]] = {}
+
+    def start(cmd: list[str], env: dict[str, str], name: str, width: int) -> subprocess.Popen[bytes]:
+        environments[name] = env
+        return subprocess.Popen([sys.executable, "-c", "pass"])  # exits at once: supervise returns
+
+    monkeypatch.setattr(bus, "_start", start)
+    assert bus.supervise({}, list(bus.SERVICES)) == 0
+    assert {name: env["LD_PRELOAD"] for name, env in environments.items()} == dict.fromkeys(
+        bus.SERVICES, preloaded
+    )

@@ -275,7 +275,7 @@ def test_the_hub_reports_its_consumer_lag_per_inbox_partition_and_it_drains(
     _router, hub = pipeline
     # The router writes the inbox in transactions, one producer per events partition: a partition may
     # end in several commit markers (transactions that interleave), which no consumer commits past, so
-    # drained is a lag of at most those (a run failed on "lag <= 1", as the soak once did).
+    # drained is a lag of at most those (a run timed out on "lag <= 1", the check the soak dropped).
     seen: dict[str, dict[int, Any]] = {}
 
     def drained() -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import signal
 import subprocess
 import sys
 import warnings
@@ -129,7 +130,12 @@ def test_every_service_lianfang_run_starts_gets_the_allocator_the_settings_choos
         return subprocess.Popen([sys.executable, "-c", "pass"])  # exits at once: supervise returns
 
     monkeypatch.setattr(bus, "_start", start)
-    assert bus.supervise({}, list(bus.SERVICES)) == 0
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert bus.supervise({}, list(bus.SERVICES)) == 0
+    finally:  # supervise takes SIGTERM and SIGINT for itself: give them back to pytest
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     assert {name: env["LD_PRELOAD"] for name, env in environments.items()} == dict.fromkeys(
         bus.SERVICES, preloaded
     )

@@ -20,7 +20,7 @@ PYTEST_PAR = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfil
 # (tests/conftest.py says how).
 PYTEST = PYTHONNODEBUGRANGES=1 $(PY) -m pytest
 
-.PHONY: help run test test-unit test-integration faults soak fuzz kafka-up kafka-down lint format bench prereqs jars deps runtime-deps prometheus clean
+.PHONY: help run test test-unit faults soak fuzz kafka-up kafka-down lint format bench prereqs jars deps runtime-deps prometheus clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import platform
@@ -61,6 +62,7 @@ __all__ = [
     "plan",
     "preload_env",
     "preloaded",
+    "system_jemalloc",
 ]
 
 log = logging.getLogger("lianfang.allocator")
@@ -142,6 +144,13 @@ def with_preload(env: Mapping[str, str], library: str | None) -> dict[str, str]:
     return {"LD_PRELOAD": " ".join([library, *present])}
 
 
+@functools.cache
+def system_jemalloc() -> str | None:
+    """The system's jemalloc (its soname, ``libjemalloc.so.2`` on Debian), or ``None``; looked up once
+    a process (``find_library`` runs ``ldconfig -p``: some milliseconds)."""
+    return ctypes.util.find_library(JEMALLOC)
+
+
 def preload_env(
     settings: MallocSettings | None = None, env: Mapping[str, str] | None = None
 ) -> dict[str, str]:
@@ -150,7 +159,7 @@ def preload_env(
     own malloc is chosen, or ``auto`` finds no jemalloc (a debug line says so)."""
     settings = settings or MallocSettings()
     auto = settings.preload.strip() == "auto"
-    library = preload_library(settings, found=ctypes.util.find_library(JEMALLOC) if auto else None)
+    library = preload_library(settings, found=system_jemalloc() if auto else None)
     if library is None and auto:
         log.debug("no jemalloc on this system (Debian: libjemalloc2): services run on glibc's malloc")
     return with_preload(os.environ if env is None else env, library)

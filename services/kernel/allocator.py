@@ -25,6 +25,15 @@ the soak's hosts, and the image (``LD_PRELOAD`` in its Containerfile, so ``lianf
 pod too). A process running on jemalloc needs no arena cap and no trims: :func:`configure` sees it
 (jemalloc's ``mallctl`` is there) and leaves glibc alone.
 
+**Python's small objects too.** Python keeps its objects of up to 512 bytes in arenas of its own
+(pymalloc, 1 MiB each, mapped by Python itself, not by ``malloc``) and gives an arena back only when
+every object in it is gone: after a rebalance or a batch in flight a few long-lived objects keep whole
+arenas. With jemalloc preloaded, the routers' and the gateway's growth under the soak's faults was all
+there (docs/faults.md, run L). So with the preload comes ``PYTHONMALLOC=malloc`` (unless the
+environment sets ``PYTHONMALLOC`` itself): Python's objects live in jemalloc, which hands free pages
+back one at a time; the routers and the gateway were then flat (run M), at no CPU cost the benchmarks
+could tell from noise.
+
 Environment (:class:`MallocSettings`):
 
 - ``LIANFANG_MALLOC_ARENA_MAX``: most malloc arenas (default 2; 0 leaves glibc's own, 8 a core)
@@ -133,15 +142,24 @@ def preload_library(settings: MallocSettings, *, found: str | None) -> str | Non
     return choice
 
 
+PYTHON_ON_MALLOC = "malloc"
+"""The ``PYTHONMALLOC`` a preloaded allocator comes with: Python's small objects in ``malloc`` (so in
+jemalloc), not in pymalloc's own 1 MiB arenas, which go back to the OS only when wholly empty."""
+
+
 def with_preload(env: Mapping[str, str], library: str | None) -> dict[str, str]:
-    """What to add to ``env`` so that a process started with it loads ``library`` first: an
-    ``LD_PRELOAD`` that keeps what ``env`` preloads already, or nothing."""
+    """What to add to ``env`` so that a process started with it loads ``library`` first and keeps
+    Python's small objects in it: an ``LD_PRELOAD`` that keeps what ``env`` preloads already, and
+    ``PYTHONMALLOC=malloc`` unless ``env`` chose a ``PYTHONMALLOC`` of its own; nothing for ``None``."""
     if library is None:
         return {}
+    added: dict[str, str] = {}
     present = env.get("LD_PRELOAD", "").replace(":", " ").split()
-    if library in present:
-        return {}
-    return {"LD_PRELOAD": " ".join([library, *present])}
+    if library not in present:
+        added["LD_PRELOAD"] = " ".join([library, *present])
+    if "PYTHONMALLOC" not in env:
+        added["PYTHONMALLOC"] = PYTHON_ON_MALLOC
+    return added
 
 
 @functools.cache

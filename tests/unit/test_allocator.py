@@ -73,21 +73,35 @@ def test_the_library_to_preload_follows_the_setting_and_what_the_system_has(
 
 
 def test_the_preload_goes_first_keeps_what_was_preloaded_and_is_not_added_twice() -> None:
-    assert with_preload({}, "libjemalloc.so.2") == {"LD_PRELOAD": "libjemalloc.so.2"}
+    on_malloc = {"PYTHONMALLOC": "malloc"}
+    assert with_preload({}, "libjemalloc.so.2") == {"LD_PRELOAD": "libjemalloc.so.2", **on_malloc}
     assert with_preload({"LD_PRELOAD": "/a.so:/b.so"}, "libjemalloc.so.2") == {
-        "LD_PRELOAD": "libjemalloc.so.2 /a.so /b.so"
+        "LD_PRELOAD": "libjemalloc.so.2 /a.so /b.so",
+        **on_malloc,
     }
-    assert with_preload({"LD_PRELOAD": "/a.so libjemalloc.so.2"}, "libjemalloc.so.2") == {}
+    assert with_preload({"LD_PRELOAD": "/a.so libjemalloc.so.2"}, "libjemalloc.so.2") == on_malloc
     assert with_preload({"LD_PRELOAD": "/a.so"}, None) == {}
 
 
+def test_a_preload_puts_pythons_small_objects_in_it_unless_the_environment_chose_otherwise() -> None:
+    assert with_preload({}, "libjemalloc.so.2")["PYTHONMALLOC"] == "malloc"
+    assert with_preload({"PYTHONMALLOC": "pymalloc"}, "libjemalloc.so.2") == {
+        "LD_PRELOAD": "libjemalloc.so.2"
+    }
+    assert "PYTHONMALLOC" not in with_preload({}, None)
+
+
 ON_WHICH = (
-    "from services.kernel import allocator; print(allocator.preloaded(), allocator.configure().glibc is None)"
+    "import sys; from services.kernel import allocator; "
+    "print(allocator.preloaded(), allocator.configure().glibc is None); sys._debugmallocstats()"
 )
+PYMALLOC_STATS = "Small block threshold"
+"""The first line of ``sys._debugmallocstats()`` under pymalloc; without it Python prints only its free lists."""
 
 
 def _allocator_of_a_service_started_with(env: dict[str, str]) -> str:
-    clean = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    """``"<on jemalloc> <glibc left alone> <small objects in pymalloc>"`` for a process started with ``env``."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "PYTHONMALLOC")}
     done = subprocess.run(
         [sys.executable, "-c", ON_WHICH],
         cwd=REPO,
@@ -97,17 +111,17 @@ def _allocator_of_a_service_started_with(env: dict[str, str]) -> str:
         timeout=60,
         check=True,
     )
-    return done.stdout.strip()
+    return f"{done.stdout.strip()} {PYMALLOC_STATS in done.stderr}"
 
 
 def test_a_service_started_with_the_launchers_preload_runs_on_jemalloc_and_one_without_on_glibc() -> None:
     # jemalloc is a runtime package (deploy/system-deps.sh installs libjemalloc2 for make run and make test)
     added = allocator.preload_env(MallocSettings(), env={})
     assert added, "no jemalloc found on this machine: deploy/system-deps.sh installs libjemalloc2"
-    assert _allocator_of_a_service_started_with(added) == "True True"
+    assert _allocator_of_a_service_started_with(added) == "True True False"
     assert _allocator_of_a_service_started_with(
         allocator.preload_env(MallocSettings(preload="none"), env={})
-    ) == ("False False")
+    ) == ("False False True")
 
 
 def test_the_settings_are_read_from_the_environment_and_frozen(monkeypatch: pytest.MonkeyPatch) -> None:

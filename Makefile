@@ -13,7 +13,7 @@ KAFKA_UP = $(PY) -m deploy.kafka up --data $(KAFKA_DATA) --nodes $(NODES) $(if $
 STAMP := $(VENV)/.installed
 # Test processes (pytest-xdist): each takes whole test files, with a broker of its own for the files
 # that use the session's. The suite mostly waits on Kafka, so 2 take a third off its time even on 2 CPUs
-# (17 minutes to 12 here); 0 runs it in this one process.
+# (17 minutes to 12-14½ here); 0 runs it in this one process.
 TEST_WORKERS ?= 2
 PYTEST_PAR = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 # No column positions in tracebacks: CPython 3.11 can fail a parse that a finalizer's traceback interrupts

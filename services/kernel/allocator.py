@@ -31,8 +31,8 @@ every object in it is gone: after a rebalance or a batch in flight a few long-li
 arenas. With jemalloc preloaded, the routers' and the gateway's growth under the soak's faults was all
 there (docs/faults.md, run L). So with the preload comes ``PYTHONMALLOC=malloc`` (unless the
 environment sets ``PYTHONMALLOC`` itself): Python's objects live in jemalloc, which hands free pages
-back one at a time; the routers and the gateway were then flat (run M), at no CPU cost the benchmarks
-could tell from noise.
+back one at a time; the routers and the gateway were then flat (run M), for some 5 % more CPU by the
+medians, within this machine's noise (docs/operations.md).
 
 Environment (:class:`MallocSettings`):
 

@@ -114,7 +114,9 @@ def _allocator_of_a_service_started_with(env: dict[str, str]) -> str:
     return f"{done.stdout.strip()} {PYMALLOC_STATS in done.stderr}"
 
 
-def test_a_service_started_with_the_launchers_preload_runs_on_jemalloc_and_one_without_on_glibc() -> None:
+def test_a_service_started_with_the_launchers_preload_runs_on_jemalloc_without_pymalloc_and_one_without_on_both() -> (
+    None
+):
     # jemalloc is a runtime package (deploy/system-deps.sh installs libjemalloc2 for make run and make test)
     added = allocator.preload_env(MallocSettings(), env={})
     assert added, "no jemalloc found on this machine: deploy/system-deps.sh installs libjemalloc2"

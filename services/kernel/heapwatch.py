@@ -235,9 +235,10 @@ def resident_by_kind(smaps: str) -> dict[str, int]:
 
 
 def outside_jemalloc(mappings: Mapping[str, int], jemalloc: Mapping[str, int]) -> int:
-    """The resident anonymous bytes that jemalloc does not account for: pymalloc's arenas (which
-    Python maps itself), thread stacks and C libraries' own mmaps. jemalloc's ``resident`` is an upper
-    bound of its own, so this is a lower bound."""
+    """The resident anonymous bytes that jemalloc does not account for: thread stacks, C libraries' own
+    mmaps, and pymalloc's arenas where Python keeps its small objects itself (not under
+    ``PYTHONMALLOC=malloc``, as the launchers start services on jemalloc). jemalloc's ``resident`` is
+    an upper bound of its own, so this is a lower bound."""
     return mappings.get("anon 1 MiB", 0) + mappings.get("anon other", 0) - jemalloc.get("resident", 0)
 
 
@@ -298,7 +299,7 @@ def report(
         lines.append("  resident by mapping: " + _each(MAPPING_KINDS, *mappings))
     if jemalloc is not None:
         line = "  jemalloc: " + _each(JEMALLOC_STATS, *jemalloc)
-        if mappings is not None:  # pymalloc's arenas are most of it: Python's objects, not malloc's
+        if mappings is not None:  # where Python runs on pymalloc, its arenas are most of it
             before, after = (outside_jemalloc(m, j) for m, j in zip(mappings, jemalloc, strict=True))
             line += f"; anonymous outside jemalloc {_mib(after)}{_change(after, before)}"
         lines.append(line)

@@ -32,11 +32,18 @@ class WireModel(BaseModel):
     """Base of every wire model: strict (no coercion), immutable, and unknown fields are an error.
 
     ``NaN`` and infinities are refused (JSON has no such numbers and they slip past range checks), and a
-    validation error's text does not repeat the input, which may be personal data.
+    validation error's text does not repeat the input, which may be personal data. JSON parsed into
+    one leaves only its keys in pydantic-core's string cache (one for the whole process): the values,
+    ids, pseudonyms and times seen once, would only fill it.
     """
 
     model_config = ConfigDict(
-        strict=True, frozen=True, extra="forbid", allow_inf_nan=False, hide_input_in_errors=True
+        strict=True,
+        frozen=True,
+        extra="forbid",
+        allow_inf_nan=False,
+        hide_input_in_errors=True,
+        cache_strings="keys",
     )
 
 

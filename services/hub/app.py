@@ -72,7 +72,7 @@ from services.bus.security import (
 )
 from services.hub.commitwatch import CommitWatch
 from services.hub.config import HubConfig
-from services.hub.consumer import HubApp
+from services.hub.consumer import GapSafeConsumer, HubApp
 from services.hub.metrics import HubMetrics
 from services.hub.prepare import prepare_topics
 from services.hub.progress import AgentProgress
@@ -327,13 +327,16 @@ async def sample_group_lag(
     topic: str,
     metrics: HubMetrics,
     describe: Callable[[int], str] | None = None,
+    read_again: Callable[[int], Awaitable[bool]] | None = None,
 ) -> None:
     """Every ``lag_interval_s``: end offset minus the hub group's committed offset, per inbox partition.
 
     It reads the group's commits without joining the group, so every worker reports the whole topic.
     A partition whose committed offset stops moving while records arrive after it
     (:class:`~services.hub.commitwatch.CommitWatch`) is logged once, with ``describe(partition)``: what
-    this worker's faust holds for it, where it holds the partition.
+    this worker's faust holds for it, where it holds the partition. Then ``read_again(partition)``:
+    where this worker holds it with records at its head never acknowledged, the worker reads its inbox
+    again from the committed offsets (counted), and the partition is watched afresh.
     """
     watch = CommitWatch()
     reader = AIOKafkaConsumer(
@@ -365,6 +368,14 @@ async def sample_group_lag(
                             end,
                             _described(describe, tp.partition),
                         )
+                        if await _read_again(read_again, tp.partition):
+                            metrics.inbox_read_again.inc()
+                            watch.again(tp.partition, end, now)
+                            log.warning(
+                                "hub: inbox read again from the committed offsets: partition %d's records "
+                                "at its head had been handed on and never acknowledged",
+                                tp.partition,
+                            )
             except KafkaError as e:  # a slow or restarting broker: the next period tries again
                 log.debug("hub consumer lag not sampled: %r", e)
     finally:
@@ -379,6 +390,29 @@ def _described(describe: Callable[[int], str] | None, partition: int) -> str:
         return describe(partition)
     except Exception as e:  # faust's private bookkeeping changed shape: say so, go on
         return f"unreadable ({type(e).__name__})"
+
+
+async def _read_again(read_again: Callable[[int], Awaitable[bool]] | None, partition: int) -> bool:
+    """``read_again(partition)``; False where there is none or it failed (logged): the lag sampler goes on."""
+    if read_again is None:
+        return False
+    try:
+        return await read_again(partition)
+    except Exception:  # faust's private bookkeeping changed shape, or a seek failed: say so, go on
+        log.exception("hub: inbox partition %d not read again", partition)
+        return False
+
+
+async def read_again_if_unacknowledged(app: faust.App, topic: str, partition: int) -> bool:
+    """Read the inbox again from the committed offsets if this worker holds ``partition`` with records
+    at its head handed on and never acknowledged (:meth:`GapSafeConsumer.unacknowledged_head`); whether
+    it did."""
+    consumer = app.consumer
+    if not isinstance(consumer, GapSafeConsumer):
+        return False
+    if not consumer.unacknowledged_head(faust.types.TP(topic, partition)):
+        return False
+    return await consumer.read_again_from_committed()
 
 
 def faust_commit_view(app: faust.App, topic: str, partition: int) -> str:
@@ -708,7 +742,11 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
         async def sample_lag() -> None:
             inbox = work.names.inbox(ids.HUB)
             await sample_group_lag(
-                settings, inbox, metrics, describe=functools.partial(faust_commit_view, app, inbox)
+                settings,
+                inbox,
+                metrics,
+                describe=functools.partial(faust_commit_view, app, inbox),
+                read_again=functools.partial(read_again_if_unacknowledged, app, inbox),
             )
 
     return app

@@ -42,6 +42,13 @@ class CommitWatch:
             return True
         return False
 
+    def again(self, partition: int, end: int, now: float) -> None:
+        """Watch ``partition`` afresh from ``now`` (its end then ``end``), its committed offset where
+        it is: after the hub read it again, a stall that goes on is reported again."""
+        since = self._since.get(partition)
+        if since is not None:
+            self._since[partition] = _Since(since.committed, end, now)
+
     def stalled_for(self, partition: int, now: float) -> float:
         """How long ``partition``'s committed offset has stayed where it is (0 before any sample)."""
         since = self._since.get(partition)

@@ -102,6 +102,13 @@ class HubMetrics:
         )
         for agent in AGENTS:
             self.agent_restarts.labels(agent)
+        self.inbox_read_again = Counter(
+            "lianfang_hub_inbox_read_again_total",
+            "Times the hub read its inbox again from the group's committed offsets because a partition's "
+            "commits had stalled on records handed to it and never acknowledged (faust would commit "
+            "nothing more of it); what it had applied is applied again as after a restart: no change.",
+            registry=registry,
+        )
         self.worker_progress = Gauge(
             "lianfang_hub_worker_progress_timestamp_seconds",
             "Unix time up to which every agent had finished the record it took (now while none holds "

@@ -25,11 +25,13 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from services.kernel import topics
 from tests.faults.bed import KAFKA_HOSTS, RESTART_COUNTERS, ROUTERS, Bed, Check
 from tests.kit import DemoDomain
 from tests.workers import REPO
@@ -167,6 +169,16 @@ def settled_hub_lag(
     return lag, tail
 
 
+def missing_by_partition(subjects: list[str], hub_tail: Mapping[int, int] | None) -> str:
+    """How many of the victims without an alert each partition of the hub's inbox holds (their leads
+    are keyed by the victim's pseudonym), to tell one partition the hub stopped applying from leads
+    missed everywhere; empty when none is missing or the partitions are not known."""
+    if not subjects or not hub_tail:
+        return ""
+    held = Counter(topics.partition_for(subject.encode(), len(hub_tail)) for subject in subjects)
+    return " (by hub inbox partition: " + ", ".join(f"{p}: {n}" for p, n in sorted(held.items())) + ")"
+
+
 def memory_series(samples: list[MemorySample], every_min: float = 5.0) -> str:
     """The samples at each ``every_min`` mark (the first sample at or after it) and the last, as
     ``minute:MiB``; a process restarted since the mark before is marked ``(new process)``, a sample
@@ -278,16 +290,17 @@ class SoakResult:
     @property
     def ok(self) -> bool:
         c = self.check
-        return not (c.lost or c.duplicated or c.duplicate_alerts or self.exits) and hub_drained(
-            self.hub_lag, self.hub_tail
-        )
+        return not (
+            c.lost or c.duplicated or c.missing_alerts or c.duplicate_alerts or self.exits
+        ) and hub_drained(self.hub_lag, self.hub_tail)
 
     def lines(self) -> list[str]:
         c = self.check
         out = [
             f"offered {self.offered}  accepted {c.accepted}  delivered {c.delivered}  "
             f"duplicated {len(c.duplicated)}  lost {len(c.lost)}",
-            f"alerts {c.alerts}  missing alerts {len(c.missing_alerts)}  duplicate alerts {len(c.duplicate_alerts)}",
+            f"alerts {c.alerts}  missing alerts {len(c.missing_alerts)}{missing_by_partition(c.missing_alerts, self.hub_tail)}"
+            f"  duplicate alerts {len(c.duplicate_alerts)}",
             f"p99 latency (accepted -> first inbox copy) {self.p99_s:.2f} s",
         ]
         for name in self.rss_start:

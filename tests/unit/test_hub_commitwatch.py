@@ -29,6 +29,15 @@ def test_a_committed_offset_that_stays_put_while_records_arrive_is_reported_once
     assert watch.observe(0, committed=640, end=760, now=191), "and a new stall is reported"
 
 
+def test_a_partition_watched_afresh_after_it_was_read_again_is_reported_again_if_it_stays_put() -> None:
+    watch = CommitWatch(stall_after_s=60, min_new=10)
+    watch.observe(0, committed=500, end=520, now=0)
+    assert watch.observe(0, committed=500, end=600, now=61)
+    watch.again(0, end=600, now=61)  # the hub read its inbox again
+    assert not watch.observe(0, committed=500, end=700, now=120), "not yet a minute since"
+    assert watch.observe(0, committed=500, end=700, now=122)
+
+
 def test_an_idle_partition_is_not_stalled_however_long_its_offset_stays() -> None:
     watch = CommitWatch(stall_after_s=60, min_new=10)
     watch.observe(1, committed=96, end=100, now=0)  # the last batch and markers, nothing new since

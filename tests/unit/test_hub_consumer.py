@@ -5,7 +5,9 @@ started; its fetch loop's calls are made here as the loop makes them."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
+from typing import Any
 
 import faust
 import pytest
@@ -89,3 +91,108 @@ def test_a_record_read_but_not_yet_acknowledged_is_not_committed_through_the_gap
 
     assert commit_round(consumer) == 103
     assert commit_round(consumer) is None
+
+
+def record(offset: int) -> SimpleNamespace:
+    """What aiokafka's fetcher gives faust for one record of the hub's inbox."""
+    return SimpleNamespace(
+        topic=TP.topic,
+        partition=TP.partition,
+        offset=offset,
+        timestamp=None,
+        timestamp_type=0,
+        headers=[],
+        key=b"k",
+        value=b"v",
+        checksum=None,
+        serialized_key_size=1,
+        serialized_value_size=1,
+    )
+
+
+async def stalled_then_read_again(
+    read_again: bool, settle_s: float = 5
+) -> tuple[list[int], list[int | None]]:
+    """faust's own fetch loop (``_drain_messages``) over one inbox partition committed at 100, holding
+    records 100-109 and fetched five at a time from the consumer's position. Records 101-103 are handed
+    on and, the first time only, never acknowledged (as the soak's stalled partition showed); every
+    other record is acknowledged when handed on. Once all ten are handed on: a commit round, then
+    :meth:`GapSafeConsumer.read_again_from_committed` if asked, then commit rounds until the ten are
+    committed or ``settle_s`` have passed. Returns the offsets handed on and the rounds' commits."""
+    consumer: Any = consumer_of(HubApp)  # in the running loop: mode's events belong to it
+    position = {"at": 100}
+    consumer._committed_offset[TP] = 100
+    consumer._read_offset[TP] = 100  # as faust's seek to the committed offset leaves it
+    never_acknowledged = {101, 102, 103}
+    handed: list[int] = []
+    commits: list[int | None] = []
+    fetcher = SimpleNamespace(_stopped=asyncio.Event())
+
+    async def fetch(active_partitions: Any, wait_s: float) -> dict[Any, list[SimpleNamespace]]:
+        batch = [o for o in range(position["at"], 110)][:5]
+        if batch:
+            position["at"] = batch[-1] + 1
+        else:
+            await asyncio.sleep(0.01)  # the broker's fetch wait, shortened
+        return {TP: [record(o) for o in batch]} if batch else {}
+
+    async def seek_to_committed() -> dict[Any, int]:
+        position["at"] = consumer._committed_offset[TP]
+        return {TP: position["at"]}
+
+    async def hand_on(message: Any) -> None:
+        handed.append(message.offset)
+        if message.offset in never_acknowledged:
+            never_acknowledged.discard(message.offset)
+        else:
+            consumer.ack(message)
+
+    async def until(condition: Callable[[], bool], seconds: float = 5) -> None:
+        deadline = asyncio.get_running_loop().time() + seconds
+        while not condition():
+            if asyncio.get_running_loop().time() >= deadline:
+                return
+            await asyncio.sleep(0.01)  # poll interval inside a deadline loop
+
+    consumer._getmany = lambda active_partitions, timeout: fetch(active_partitions, timeout)
+    consumer._get_active_partitions = lambda: {TP}
+    consumer.seek_to_committed = seek_to_committed
+    consumer.highwater = lambda tp: 110
+    consumer.callback = hand_on
+    consumer.flow_active = True
+    consumer.app.topics.acks_enabled_for = lambda topic: True
+    loop = asyncio.create_task(consumer._drain_messages(fetcher))
+    await until(lambda: len(handed) >= 10)
+    commits.append(commit_round(consumer))
+    assert consumer.unacknowledged_head(TP)
+    if read_again:
+        assert await consumer.read_again_from_committed(wait_s=5)
+    await until(lambda: commit_round(consumer) == 110 or consumer._committed_offset[TP] == 110, settle_s)
+    commits.append(consumer._committed_offset[TP])
+    fetcher._stopped.set()
+    await asyncio.wait_for(loop, 5)
+    return handed, commits
+
+
+def test_a_partition_whose_head_was_never_acknowledged_commits_again_once_read_again() -> None:
+    handed, commits = asyncio.run(stalled_then_read_again(read_again=True))
+
+    assert handed[:10] == list(range(100, 110))
+    assert set(range(101, 110)) <= set(handed[10:])  # read again from the commit at 101
+    assert commits == [101, 110]
+
+
+def test_without_reading_again_such_a_partition_commits_nothing_more() -> None:
+    handed, commits = asyncio.run(stalled_then_read_again(read_again=False, settle_s=1))
+
+    assert handed == list(range(100, 110))
+    assert commits == [101, 101]
+
+
+def test_a_partition_acknowledged_in_order_has_no_unacknowledged_head() -> None:
+    consumer: Any = consumer_of(HubApp)
+    asyncio.run(read_and_acknowledge(consumer, list(router_transactions(100, 5)), committed=100))
+
+    assert not consumer.unacknowledged_head(TP)
+    commit_round(consumer)
+    assert not consumer.unacknowledged_head(TP)

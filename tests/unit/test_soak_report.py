@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import pytest
 
+from services.kernel.topics import partition_for
+from tests.faults.bed import Check
 from tests.faults.soak import (
     MemorySample,
+    SoakResult,
     hub_drained,
     hub_inbox_lag,
     longest_process_growth,
     memory_series,
+    missing_by_partition,
     parse_args,
     rocksdb_bytes,
     service_env,
@@ -157,3 +161,25 @@ def test_the_hub_counts_as_drained_only_with_every_partition_committed_past_its_
     assert not hub_drained({0: 1.0, 1: 1.0, 2: 4.0}, {0: 1, 1: 1, 2: 3})
     assert not hub_drained({0: 1044.0, 1: 972.0}, {0: 1, 1: 1})
     assert not hub_drained(None)  # never read: not shown drained
+
+
+def test_victims_without_an_alert_are_counted_by_the_hub_inbox_partition_their_leads_are_keyed_to() -> None:
+    subjects = [f"p1.victim{i}" for i in range(30)]
+    by = {p: sum(1 for s in subjects if partition_for(s.encode(), 3) == p) for p in range(3)}
+    line = missing_by_partition(subjects, {0: 1, 1: 1, 2: 1})
+    assert line == " (by hub inbox partition: " + ", ".join(f"{p}: {n}" for p, n in by.items() if n) + ")"
+    assert missing_by_partition([], {0: 1}) == ""
+    assert missing_by_partition(subjects, None) == ""
+
+
+def test_a_soak_with_a_victim_left_without_an_alert_is_not_ok() -> None:
+    def result(missing: list[str]) -> SoakResult:
+        check = Check(
+            accepted=2, delivered=2, lost=[], duplicated=[], alerts=2 - len(missing),
+            missing_alerts=missing, duplicate_alerts=[],
+        )  # fmt: skip
+        return SoakResult(offered=2, check=check, p99_s=1.0, hub_lag={0: 0}, hub_tail={0: 0})
+
+    assert result([]).ok
+    assert not result(["p1.victim"]).ok
+    assert "missing alerts 1 (by hub inbox partition: " in result(["p1.victim"]).lines()[1]

@@ -20,8 +20,8 @@ transport builds it.
 It can also read its partitions again from their committed offsets while it runs. faust commits
 nothing more of a partition whose acknowledged offsets start past the offset after its last commit:
 records were handed on and never acknowledged. A soak at 20 leads a second with broker faults left a
-restarted hub's inbox partition so for 20 minutes, three records at its head never acknowledged and
-never read again, their victims never alerted (``docs/faults.md``; the cause inside faust not found).
+restarted hub's inbox partition so for 20 minutes, records at its head never acknowledged nor read
+again, their victims never alerted (``docs/faults.md``; the cause inside faust not found).
 :meth:`GapSafeConsumer.unacknowledged_head` tells such a partition, and
 :meth:`GapSafeConsumer.read_again_from_committed` does what faust does after a rebalance: the fetch
 loop stopped, every partition sought back to its committed offset, the loop resumed. What was applied
@@ -63,11 +63,16 @@ class GapSafeConsumer(faust_aiokafka.Consumer):
 
     async def read_again_from_committed(self, wait_s: float = READ_AGAIN_TIMEOUT_S) -> bool:
         """Seek every partition back to its committed offset with the fetch loop stopped, as faust
-        does after a rebalance; False, and nothing done, while a rebalance has the flow stopped or
-        starts meanwhile (its own seek reads again from the committed offsets), or when the fetch loop
-        did not stop within ``wait_s``."""
-        generation = self.app.consumer_generation_id
-        if not self.flow_active:
+        does after a rebalance; False, and nothing done, while a rebalance runs or when one starts
+        meanwhile (its own seek reads again from the committed offsets, and its recovery lets the fetch
+        loop go on), or when the fetch loop did not stop within ``wait_s``."""
+        app = self.app
+        rebalances = app.rebalancing_count
+
+        def undisturbed() -> bool:
+            return not app.rebalancing and app.rebalancing_count == rebalances
+
+        if not self.flow_active or not undisturbed():
             return False
         self._parked.clear()
         self.stop_flow()
@@ -76,12 +81,12 @@ class GapSafeConsumer(faust_aiokafka.Consumer):
                 await asyncio.wait_for(self._parked.wait(), wait_s)
             except TimeoutError:
                 return False
-            if self.app.consumer_generation_id != generation:
+            if not undisturbed():
                 return False
             await self.perform_seek()
             return True
         finally:
-            if self.app.consumer_generation_id == generation:
+            if undisturbed():
                 self.resume_flow()
 
     async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:

@@ -196,3 +196,13 @@ def test_a_partition_acknowledged_in_order_has_no_unacknowledged_head() -> None:
     assert not consumer.unacknowledged_head(TP)
     commit_round(consumer)
     assert not consumer.unacknowledged_head(TP)
+
+
+def test_reading_again_leaves_a_rebalance_s_stopped_flow_alone() -> None:
+    async def during_a_rebalance() -> tuple[bool, bool]:
+        consumer: Any = consumer_of(HubApp)
+        consumer.app.rebalancing = True  # faust stopped the flow; its recovery seeks and resumes it
+        consumer.stop_flow()
+        return await consumer.read_again_from_committed(wait_s=0.1), consumer.flow_active
+
+    assert asyncio.run(during_a_rebalance()) == (False, False)

@@ -330,10 +330,13 @@ class Bed:
         assert self.kafka is not None
         self.kafka.restart_node(node_id, timeout=180)
 
-    def move_broker_to_tmpfs(self, node_id: int, *, headroom: int = 64 * 2**20) -> Path:
+    def move_broker_to_tmpfs(self, node_id: int, *, headroom: int = 256 * 2**20) -> Path:
         """Put a broker's log directory on a tmpfs of its own, ``headroom`` bytes larger than what it
         holds: SIGKILL the node, copy its directory onto the tmpfs mounted in its place, restart it.
-        Returns the mount point; :meth:`move_broker_to_disk` undoes it."""
+        Returns the mount point; :meth:`move_broker_to_disk` undoes it. Freeing the filled tmpfs
+        (:meth:`free_broker_disk`) gives the broker back about ``headroom`` less what it took while it
+        ran on it, and its restart must fit what the others wrote meanwhile: 64 MiB did not, at 20
+        leads a second (a soak's broker died of a full disk while catching up)."""
         assert self.kafka is not None
         data = self.kafka.node_data_dir(node_id)
         self.kafka.kill_node(node_id)

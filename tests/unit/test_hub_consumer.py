@@ -1,6 +1,8 @@
 """The hub's faust consumer counts as a gap only the offsets no record was delivered for, so one commit
-round commits every transaction acknowledged so far. Pure: faust's consumer object is built but never
-started; its fetch loop's calls are made here as the loop makes them."""
+round commits every transaction acknowledged so far; and it reads its partitions again from their
+committed offsets when records at a partition's head were handed on and never acknowledged. Pure:
+faust's consumer object is built but never started, with no broker; its fetch loop's calls are made
+here as the loop makes them, or its own fetch loop runs over records given in place of aiokafka's."""
 
 from __future__ import annotations
 
@@ -129,7 +131,7 @@ async def stalled_then_read_again(
     fetcher = SimpleNamespace(_stopped=asyncio.Event())
 
     async def fetch(active_partitions: Any, wait_s: float) -> dict[Any, list[SimpleNamespace]]:
-        batch = [o for o in range(position["at"], 110)][:5]
+        batch = list(range(position["at"], 110))[:5]
         if batch:
             position["at"] = batch[-1] + 1
         else:

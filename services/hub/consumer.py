@@ -26,15 +26,27 @@ again, their victims never alerted (``docs/faults.md``; the cause inside faust n
 :meth:`GapSafeConsumer.read_again_from_committed` does what faust does after a rebalance: the fetch
 loop stopped, every partition sought back to its committed offset, the loop resumed. What was applied
 already is applied again as a restart would (the hub's state drops events it has seen).
+
+And it never commits past a record it handed on that was not acknowledged. faust's test for a
+partition's head (``_new_offset``) is one off: it holds back a commit only when the first acknowledged
+offset is *two or more* past the committed one, because its fetch loop leaves the committed offset
+itself out of the gaps. So one record at the committed offset handed on and never acknowledged, with
+the records after it acknowledged, was committed past and never applied: no error, no stall, a lead
+lost. :class:`GapSafeConsumer` notes each offset it hands on and forgets it when its record is
+acknowledged (or when the partition is sought or revoked: the records from the committed offset on
+are read again); a commit that would pass the lowest such offset waits. The partition then stalls
+instead, which the hub's commit watch sees and reads again from (above).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types.tuples import ack_lock
 
 READ_AGAIN_TIMEOUT_S = 30.0
 """How long :meth:`GapSafeConsumer.read_again_from_committed` waits for the fetch loop to hand on the
@@ -43,8 +55,78 @@ record it holds and stop (a record waits while its agent's buffer is full)."""
 
 class GapSafeConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._handed_on: dict[Any, set[int]] = {}  # per partition: offsets handed on, not acknowledged
         super().__init__(*args, **kwargs)
         self._parked = asyncio.Event()  # the fetch loop waits for the flow to resume
+
+    @property
+    def callback(self) -> Callable[[Any], Awaitable[None]]:
+        """What the fetch loop hands each record to (faust's conductor), with the record's offset
+        noted first as handed on (for partitions of topics whose records are acknowledged)."""
+        return self._hand_on
+
+    @callback.setter
+    def callback(self, deliver: Callable[[Any], Awaitable[None]]) -> None:
+        acks_enabled_for = None
+
+        async def hand_on(message: Any) -> None:
+            nonlocal acks_enabled_for
+            if acks_enabled_for is None:
+                acks_enabled_for = self.app.topics.acks_enabled_for
+            if acks_enabled_for(message.topic):
+                with ack_lock:
+                    self._handed_on.setdefault(message.tp, set()).add(message.offset)
+            await deliver(message)
+
+        self._hand_on = hand_on
+
+    def ack(self, message: Any) -> bool:
+        with ack_lock:
+            done: bool = super().ack(message)
+            if (handed := self._handed_on.get(message.tp)) is not None:
+                handed.discard(message.offset)
+            return done
+
+    async def perform_seek(self) -> None:
+        """faust's seek to the committed offsets: every record from them on is read again, so none of
+        those handed on before is waited for."""
+        with ack_lock:
+            self._handed_on.clear()
+        await super().perform_seek()
+
+    async def on_partitions_revoked(self, revoked: set[Any]) -> None:
+        with ack_lock:
+            for tp in revoked:
+                self._handed_on.pop(tp, None)
+        await super().on_partitions_revoked(revoked)
+
+    def _first_unacknowledged(self, tp: Any) -> int | None:
+        """The lowest offset of ``tp`` handed on and not acknowledged, at or past its committed offset."""
+        committed = self._committed_offset.get(tp)
+        with ack_lock:
+            handed = self._handed_on.get(tp)
+            if not handed:
+                return None
+            if committed is not None:
+                handed.difference_update([o for o in handed if o < committed])
+            return min(handed) if handed else None
+
+    def _first_done(self, tp: Any) -> int | None:
+        """The lowest offset of ``tp`` acknowledged or in a gap: where faust's next commit starts."""
+        firsts = [min(acked)] if (acked := self._acked.get(tp)) else []
+        if gaps := self._gap.get(tp):
+            firsts.append(min(gap.begin for gap in gaps))
+        return min(firsts) if firsts else None
+
+    def _new_offset(self, tp: Any) -> int | None:
+        """faust's next commit of ``tp``, unless it would pass a record handed on and not
+        acknowledged: then none (the records after it stay acknowledged, committed with it)."""
+        first_done = self._first_done(tp)
+        waiting = self._first_unacknowledged(tp)
+        if first_done is not None and waiting is not None and waiting < first_done:
+            return None
+        new: int | None = super()._new_offset(tp)
+        return new
 
     async def _wait_next_records(self, timeout: float) -> Any:  # noqa: ASYNC109 (faust's signature)
         if not self.flow_active:
@@ -52,14 +134,16 @@ class GapSafeConsumer(faust_aiokafka.Consumer):
         return await super()._wait_next_records(timeout)
 
     def unacknowledged_head(self, tp: Any) -> bool:
-        """Whether faust holds acknowledged offsets (or gaps) of ``tp`` that start past the offset
-        after its last commit: it commits nothing more of ``tp`` until the records before them are
-        acknowledged (faust's own test, in ``_new_offset``)."""
+        """Whether faust holds acknowledged offsets (or gaps) of ``tp`` past records not acknowledged:
+        they start past the offset after its last commit (faust's own test, in ``_new_offset``), or
+        past a record handed on and not acknowledged (this class's). No more of ``tp`` is committed
+        until the records before them are acknowledged."""
         committed = self._committed_offset.get(tp)
-        firsts = [min(acked)] if (acked := self._acked.get(tp)) else []
-        if gaps := self._gap.get(tp):
-            firsts.append(min(gap.begin for gap in gaps))
-        return committed is not None and bool(firsts) and min(firsts) - committed > 1
+        first_done = self._first_done(tp)
+        if committed is None or first_done is None:
+            return False
+        waiting = self._first_unacknowledged(tp)
+        return first_done - committed > 1 or (waiting is not None and waiting < first_done)
 
     async def read_again_from_committed(self, wait_s: float = READ_AGAIN_TIMEOUT_S) -> bool:
         """Seek every partition back to its committed offset with the fetch loop stopped, as faust

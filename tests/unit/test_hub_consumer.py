@@ -113,19 +113,19 @@ def record(offset: int) -> SimpleNamespace:
 
 
 async def stalled_then_read_again(
-    read_again: bool, settle_s: float = 5
+    read_again: bool, settle_s: float = 5, never_acknowledged: frozenset[int] = frozenset({101, 102, 103})
 ) -> tuple[list[int], list[int | None]]:
     """faust's own fetch loop (``_drain_messages``) over one inbox partition committed at 100, holding
-    records 100-109 and fetched five at a time from the consumer's position. Records 101-103 are handed
-    on and, the first time only, never acknowledged (as the soak's stalled partition showed); every
-    other record is acknowledged when handed on. Once all ten are handed on: a commit round, then
+    records 100-109 and fetched five at a time from the consumer's position. The records
+    ``never_acknowledged`` (101-103, as the soak's stalled partition showed) are handed on and, the
+    first time only, never acknowledged; every other record is acknowledged when handed on. Once all ten are handed on: a commit round, then
     :meth:`GapSafeConsumer.read_again_from_committed` if asked, then commit rounds until the ten are
     committed or ``settle_s`` have passed. Returns the offsets handed on and the rounds' commits."""
     consumer: Any = consumer_of(HubApp)  # in the running loop: mode's events belong to it
     position = {"at": 100}
     consumer._committed_offset[TP] = 100
     consumer._read_offset[TP] = 100  # as faust's seek to the committed offset leaves it
-    never_acknowledged = {101, 102, 103}
+    dropped = set(never_acknowledged)
     handed: list[int] = []
     commits: list[int | None] = []
     fetcher = SimpleNamespace(_stopped=asyncio.Event())
@@ -144,8 +144,8 @@ async def stalled_then_read_again(
 
     async def hand_on(message: Any) -> None:
         handed.append(message.offset)
-        if message.offset in never_acknowledged:
-            never_acknowledged.discard(message.offset)
+        if message.offset in dropped:
+            dropped.discard(message.offset)
         else:
             consumer.ack(message)
 
@@ -189,6 +189,48 @@ def test_without_reading_again_such_a_partition_commits_nothing_more() -> None:
 
     assert handed == list(range(100, 110))
     assert commits == [101, 101]
+
+
+def test_a_single_record_handed_on_and_never_acknowledged_is_not_committed_past() -> None:
+    """faust alone commits 110 here: its head test lets one missing record at the committed offset
+    through, and the lead in it is never applied."""
+    handed, commits = asyncio.run(
+        stalled_then_read_again(read_again=False, settle_s=1, never_acknowledged=frozenset({101}))
+    )
+
+    assert handed == list(range(100, 110))
+    assert commits == [101, 101]
+
+
+def test_a_single_record_never_acknowledged_is_applied_once_read_again() -> None:
+    handed, commits = asyncio.run(
+        stalled_then_read_again(read_again=True, never_acknowledged=frozenset({101}))
+    )
+
+    assert 101 in handed[10:]
+    assert commits == [101, 110]
+
+
+def test_records_acknowledged_out_of_order_are_committed_once_the_first_is_acknowledged() -> None:
+    consumer: Any = consumer_of(HubApp)
+    consumer.app.topics.acks_enabled_for = lambda topic: True
+    consumer._committed_offset[TP] = 100
+    messages = {o: consumer._to_message(TP, record(o)) for o in range(100, 104)}
+
+    async def delivered(message: Any) -> None:
+        return None
+
+    consumer.callback = delivered
+    for message in messages.values():
+        asyncio.run(consumer.callback(message))
+    for o in (101, 102, 103):
+        consumer.ack(messages[o])
+
+    assert commit_round(consumer) is None
+    assert consumer.unacknowledged_head(TP)
+    consumer.ack(messages[100])
+    assert commit_round(consumer) == 104
+    assert not consumer.unacknowledged_head(TP)
 
 
 def test_a_partition_acknowledged_in_order_has_no_unacknowledged_head() -> None:

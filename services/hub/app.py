@@ -131,10 +131,17 @@ class HubSettings(BaseSettings):
         description="RocksDB memtable size of each table partition (two are kept; faust's default is 64 MiB, "
         "three kept); rocksdb_memory_bound says what the stores take together",
     )
-    rocksdb_block_cache_mb: int = Field(
-        default=1,
+    rocksdb_block_cache_mb: float = Field(
+        default=0.25,
+        gt=0,
+        description="RocksDB block cache of each table partition, in MiB (faust's default is 2 GiB each)",
+    )
+    table_key_index: int = Field(
+        default=1_000,
         ge=1,
-        description="RocksDB block cache of each table partition (faust's default is 2 GiB each)",
+        description="keys each table remembers the partition of (faust's table_key_index_size, 10,000 by "
+        "default: some 130 B a key, up to 4 MB for the three tables, filled over a worker's first hours); "
+        "a key not remembered is looked up in each partition's store through its bloom filter",
     )
     rocksdb_memory_interval_s: float = Field(
         default=5.0,
@@ -166,8 +173,8 @@ def rocksdb_options(settings: HubSettings) -> dict[str, int]:
     return {
         "write_buffer_size": settings.rocksdb_write_buffer_mb * mib,
         "max_write_buffer_number": 2,
-        "block_cache_size": settings.rocksdb_block_cache_mb * mib,
-        "block_cache_compressed_size": settings.rocksdb_block_cache_mb * mib,
+        "block_cache_size": int(settings.rocksdb_block_cache_mb * mib),
+        "block_cache_compressed_size": int(settings.rocksdb_block_cache_mb * mib),
     }
 
 
@@ -634,6 +641,7 @@ def faust_options(settings: HubSettings) -> dict[str, Any]:
         "broker_commit_interval": 1.0,
         "consumer_auto_offset_reset": "earliest",
         "producer_acks": -1,
+        "table_key_index_size": settings.table_key_index,
         "key_serializer": "raw",
         "value_serializer": "raw",
         "logging_config": None,

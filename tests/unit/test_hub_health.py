@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.hub.app import HubSettings, agent_loop, retry_pauses, rocksdb_memory_bound, rocksdb_options
+from services.hub.app import (
+    HubSettings,
+    agent_loop,
+    faust_options,
+    retry_pauses,
+    rocksdb_memory_bound,
+    rocksdb_options,
+)
 from services.hub.metrics import HubMetrics
 from services.hub.progress import AgentProgress
 from services.kernel.errors import TransportError
@@ -228,12 +235,22 @@ def test_each_hub_table_partition_gets_bounded_rocksdb_memory_in_a_dict_of_its_o
     assert 2 * second["write_buffer_size"] + second["block_cache_size"] <= 16 * mib
 
 
-def test_the_hubs_rocksdb_stores_together_hold_at_most_36_mib_with_the_default_settings() -> None:
+def test_each_hub_table_remembers_the_partition_of_a_thousand_keys_not_faust_s_ten_thousand() -> None:
+    import faust
+
+    app = faust.App("t-hub", store="memory://", **faust_options(HubSettings(bootstrap="127.0.0.1:9")))
+    assert app.conf.table_key_index_size == 1_000
+    wider = HubSettings(bootstrap="127.0.0.1:9", table_key_index=5_000)
+    assert faust.App("t-hub", **faust_options(wider)).conf.table_key_index_size == 5_000
+
+
+def test_the_hubs_rocksdb_stores_together_hold_at_most_22_and_a_half_mib_with_the_default_settings() -> None:
     mib = 1024 * 1024
     defaults = HubSettings()
-    # 3 tables x 3 partitions, each two 1 MiB memtables, a 1 MiB block cache and a 1 MiB compressed one:
-    # with the worker's ~100 MiB at start, room under 150 MiB for the working size the process reaches.
-    assert rocksdb_memory_bound(defaults) == 3 * 3 * 4 * mib
+    # 3 tables x 3 partitions, each two 1 MiB memtables, a 256 KiB block cache and a 256 KiB compressed
+    # one: with the worker's ~100 MiB at start, room under 150 MiB for the working size it reaches.
+    assert rocksdb_memory_bound(defaults) == 3 * 3 * (2 * mib + 2 * 256 * 1024)
+    assert rocksdb_options(defaults)["block_cache_size"] == 256 * 1024
     # The bound follows the settings: every store of every partition counts.
     wider = HubSettings(partitions=6, rocksdb_write_buffer_mb=2, rocksdb_block_cache_mb=4)
     assert rocksdb_memory_bound(wider) == 3 * 6 * (2 * 2 + 4 + 4) * mib

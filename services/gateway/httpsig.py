@@ -54,9 +54,9 @@ from dataclasses import dataclass
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from services.kernel import crypto
 from services.kernel.errors import BadSignatureError
 
 __all__ = [
@@ -586,10 +586,6 @@ def verify_signature(
     if signature.expires is not None and now > signature.expires:
         raise HttpSignatureError("signature_stale", "the signature has expired")
     base = signature_base(message, signature.components, signature.params)
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature.signature, base)
-    except (InvalidSignature, ValueError) as e:
-        raise HttpSignatureError(
-            "signature_invalid", "the signature does not verify over the signature base"
-        ) from e
+    if not crypto.ed25519_verifies(public_key, signature.signature, base):
+        raise HttpSignatureError("signature_invalid", "the signature does not verify over the signature base")
     return base

@@ -1,7 +1,8 @@
 """Cryptographic primitives and strict base64, with third-party errors translated at this edge.
 
 Everything here is pure: bytes in, bytes out. The suite is fixed (no algorithm agility on the wire):
-Ed25519 signatures over DSSE's pre-authentication encoding, AES-256-GCM for sections, and to wrap data
+Ed25519 signatures over DSSE's pre-authentication encoding (made with OpenSSL, checked with libsodium:
+:func:`ed25519_verifies`), AES-256-GCM for sections, and to wrap data
 keys HPKE base mode (RFC 9180: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM) in envelope v1,
 X25519 with HKDF-SHA256 (RFC 5869) and AES-256-GCM in envelope v2 (``docs/envelope.md``). Argon2id
 (keystores, console passwords) runs only through :func:`argon2id`, :func:`argon2id_phc` and
@@ -13,16 +14,16 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import functools
 import hashlib
 import hmac
 import re
 import threading
 from typing import Final
 
-from cryptography.exceptions import InvalidKey, InvalidSignature, InvalidTag
+import pysodium
+from cryptography.exceptions import InvalidKey, InvalidTag
 from cryptography.hazmat.primitives import hpke
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
@@ -66,18 +67,35 @@ def sign(key: Ed25519PrivateKey, payload_type: str, body: bytes) -> bytes:
     return key.sign(pae(payload_type, body))
 
 
-@functools.lru_cache(maxsize=1024)
-def _public_key(public_raw: bytes) -> Ed25519PublicKey:
-    """A registered key parsed once, not once a record (a registry holds a few hundred keys)."""
-    return Ed25519PublicKey.from_public_bytes(public_raw)
+ED25519_PUBLIC_BYTES: Final = 32
+ED25519_SIGNATURE_BYTES: Final = 64
+
+
+def ed25519_verifies(public_raw: bytes, signature: bytes, message: bytes) -> bool:
+    """Whether ``signature`` is an Ed25519 signature of ``message`` by the raw public key ``public_raw``.
+
+    Every Ed25519 signature Lianfang checks is checked here, with libsodium's
+    ``crypto_sign_verify_detached`` (through ``pysodium``, which the pseudonyms' ristretto255 already
+    needs): it takes half the time of OpenSSL's (about 75 against 145 µs over a 2.5 KiB record, on
+    the benchmark machine), and it is the stricter of the two. Besides what both refuse (an ``S`` not
+    below the group order, a key that is not a point), it refuses public keys and ``R`` values of
+    small order, and keys not canonically encoded: under OpenSSL the identity point as a key, with
+    ``R`` the identity and ``S`` zero, verifies over any message at all (a test pins it). So whatever
+    libsodium accepts OpenSSL accepts too, and a signer's library (OpenSSL here) is never refused.
+    """
+    if len(public_raw) != ED25519_PUBLIC_BYTES or len(signature) != ED25519_SIGNATURE_BYTES:
+        return False
+    try:
+        pysodium.crypto_sign_verify_detached(signature, message, public_raw)
+    except ValueError:
+        return False
+    return True
 
 
 def verify_signature(public_raw: bytes, signature: bytes, payload_type: str, body: bytes) -> None:
     """Verify over the exact bytes given; raises :class:`BadSignatureError`."""
-    try:
-        _public_key(public_raw).verify(signature, pae(payload_type, body))
-    except (InvalidSignature, ValueError) as e:
-        raise BadSignatureError("the signature does not match the signed bytes") from e
+    if not ed25519_verifies(public_raw, signature, pae(payload_type, body)):
+        raise BadSignatureError("the signature does not match the signed bytes")
 
 
 # --------------------------------------------------------------------------- sealing

@@ -140,7 +140,7 @@ class HubSettings(BaseSettings):
         default=1_000,
         ge=1,
         description="keys each table remembers the partition of (faust's table_key_index_size, 10,000 by "
-        "default: some 130 B a key, up to 4 MB for the three tables, filled over a worker's first hours); "
+        "default: some 150 B a key, up to 4.5 MB for the three tables, filled over a worker's first hours); "
         "a key not remembered is looked up in each partition's store through its bloom filter",
     )
     rocksdb_memory_interval_s: float = Field(

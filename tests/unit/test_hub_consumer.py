@@ -118,9 +118,10 @@ async def stalled_then_read_again(
     """faust's own fetch loop (``_drain_messages``) over one inbox partition committed at 100, holding
     records 100-109 and fetched five at a time from the consumer's position. The records
     ``never_acknowledged`` (101-103, as the soak's stalled partition showed) are handed on and, the
-    first time only, never acknowledged; every other record is acknowledged when handed on. Once all ten are handed on: a commit round, then
-    :meth:`GapSafeConsumer.read_again_from_committed` if asked, then commit rounds until the ten are
-    committed or ``settle_s`` have passed. Returns the offsets handed on and the rounds' commits."""
+    first time only, never acknowledged; every other record is acknowledged when handed on. Once all
+    ten are handed on: a commit round, then :meth:`GapSafeConsumer.read_again_from_committed` if asked,
+    then commit rounds until the ten are committed or ``settle_s`` have passed. Returns the offsets
+    handed on and the rounds' commits."""
     consumer: Any = consumer_of(HubApp)  # in the running loop: mode's events belong to it
     position = {"at": 100}
     consumer._committed_offset[TP] = 100

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
+import faust
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -236,8 +237,6 @@ def test_each_hub_table_partition_gets_bounded_rocksdb_memory_in_a_dict_of_its_o
 
 
 def test_each_hub_table_remembers_the_partition_of_a_thousand_keys_not_faust_s_ten_thousand() -> None:
-    import faust
-
     app = faust.App("t-hub", store="memory://", **faust_options(HubSettings(bootstrap="127.0.0.1:9")))
     assert app.conf.table_key_index_size == 1_000
     wider = HubSettings(bootstrap="127.0.0.1:9", table_key_index=5_000)

@@ -67,13 +67,8 @@ class GapSafeConsumer(faust_aiokafka.Consumer):
 
     @callback.setter
     def callback(self, deliver: Callable[[Any], Awaitable[None]]) -> None:
-        acks_enabled_for = None
-
         async def hand_on(message: Any) -> None:
-            nonlocal acks_enabled_for
-            if acks_enabled_for is None:
-                acks_enabled_for = self.app.topics.acks_enabled_for
-            if acks_enabled_for(message.topic):
+            if self.app.topics.acks_enabled_for(message.topic):
                 with ack_lock:
                     self._handed_on.setdefault(message.tp, set()).add(message.offset)
             await deliver(message)
@@ -101,7 +96,8 @@ class GapSafeConsumer(faust_aiokafka.Consumer):
         await super().on_partitions_revoked(revoked)
 
     def _first_unacknowledged(self, tp: Any) -> int | None:
-        """The lowest offset of ``tp`` handed on and not acknowledged, at or past its committed offset."""
+        """The lowest offset of ``tp`` handed on and not acknowledged, at or past its committed offset;
+        offsets below it are forgotten here (a safety net: the commit never passes one, so none should be)."""
         committed = self._committed_offset.get(tp)
         with ack_lock:
             handed = self._handed_on.get(tp)

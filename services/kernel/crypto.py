@@ -76,13 +76,14 @@ def ed25519_verifies(public_raw: bytes, signature: bytes, message: bytes) -> boo
 
     Every Ed25519 signature Lianfang checks is checked here, with libsodium's
     ``crypto_sign_verify_detached`` (through ``pysodium``, which the pseudonyms' ristretto255 already
-    needs): it takes half the time of OpenSSL's (about 75 against 145 µs over a 2.5 KiB record, on
-    the benchmark machine), and it is the stricter of the two. Besides what both refuse (an ``S`` not
-    below the group order, a key that is not a point), it refuses public keys and ``R`` values of
-    small order, and keys not canonically encoded: under OpenSSL the identity point as a key, with
-    ``R`` the identity and ``S`` zero, verifies over any message at all (a test pins it). Both check
-    the same cofactorless equation and compare ``R`` byte for byte, so libsodium's extra refusals are
-    all it changes: what an honest signer makes (OpenSSL signs here) verifies under either.
+    needs): it takes half the time of OpenSSL's (65 against 128 µs over a 2.5 KiB record in
+    ``tests.bench -k envelope`` on the idle benchmark machine), and it is the stricter of the two.
+    Besides what both refuse (an ``S`` not below the group order, a key that is not a point), it
+    refuses public keys and ``R`` values of small order, and keys not canonically encoded: under
+    OpenSSL the identity point as a key, with ``R`` the identity and ``S`` zero, verifies over any
+    message at all (a test pins it). Both check the same cofactorless equation and compare ``R`` byte
+    for byte, so libsodium's extra refusals are all it changes: what an honest signer makes (OpenSSL
+    signs here) verifies under either.
     """
     if len(public_raw) != ED25519_PUBLIC_BYTES or len(signature) != ED25519_SIGNATURE_BYTES:
         return False

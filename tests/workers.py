@@ -36,10 +36,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def scrape(port: int, timeout: float = 2) -> dict[str, float] | None:
-    """Every series of the Prometheus text on ``port``'s /metrics, or None while nothing serves it."""
+def scrape(port: int, timeout: float = 2, address: str = "127.0.0.1") -> dict[str, float] | None:
+    """Every series of the Prometheus text on ``address:port``'s /metrics, or None while nothing serves
+    it."""
     try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout).read().decode()
+        text = urllib.request.urlopen(f"http://{address}:{port}/metrics", timeout=timeout).read().decode()
     except OSError:
         return None
     values = {}

@@ -34,6 +34,10 @@ environment sets ``PYTHONMALLOC`` itself): Python's objects live in jemalloc, wh
 back one at a time; the routers and the gateway were then flat (run M), for some 5 % more CPU by the
 medians, within this machine's noise (docs/operations.md).
 
+**Its counters on /metrics.** On jemalloc, :func:`configure` exports ``lianfang_malloc_bytes{counter}``
+(:class:`JemallocCollector`): live allocations, resident pages, dirty and muzzy pages kept, read at each
+scrape; beside the RSS they tell which of the three a growth is (the soak prints them a service).
+
 Environment (:class:`MallocSettings`):
 
 - ``LIANFANG_MALLOC_ARENA_MAX``: most malloc arenas (default 2; 0 leaves glibc's own, 8 a core)
@@ -53,10 +57,12 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -65,9 +71,11 @@ __all__ = [
     "Allocator",
     "Glibc",
     "Jemalloc",
+    "JemallocCollector",
     "MallocSettings",
     "Plan",
     "configure",
+    "export_counters",
     "plan",
     "preload_env",
     "preloaded",
@@ -183,11 +191,20 @@ def preload_env(
     return with_preload(os.environ if env is None else env, library)
 
 
-JEMALLOC_STATS = ("allocated", "active", "resident", "retained")
-"""jemalloc's counters :meth:`Jemalloc.stats` reads (``stats.<name>``): the bytes the program holds in
-live allocations; in the pages those use; mapped and resident (its metadata and dirty pages too); kept
-mapped but not resident. Allocated flat with resident growing: memory the allocator keeps; allocated
-growing: memory some code holds (Python's objects, which tracemalloc sees, or a C library's)."""
+JEMALLOC_STATS = ("allocated", "active", "metadata", "resident", "retained", "dirty", "muzzy")
+"""jemalloc's counters :meth:`Jemalloc.stats` reads, in bytes: ``allocated``, what the program holds in
+live allocations; ``active``, the pages those use; ``metadata``, jemalloc's own bookkeeping;
+``resident``, what it has mapped and resident (all of the above, and its dirty pages); ``retained``,
+what it keeps mapped but not resident; ``dirty`` and ``muzzy``, the freed pages its arenas keep before
+they decay back to the OS (``dirty_decay_ms``, 10 s by default; ``muzzy_decay_ms``, 0). Allocated flat
+with resident growing: memory the allocator keeps; allocated growing: memory some code holds (Python's
+objects, which tracemalloc sees, or a C library's)."""
+
+ALL_ARENAS = 4096
+"""``MALLCTL_ARENAS_ALL``: the index under ``stats.arenas.`` that sums every arena."""
+
+_PAGES = {"dirty": f"stats.arenas.{ALL_ARENAS}.pdirty", "muzzy": f"stats.arenas.{ALL_ARENAS}.pmuzzy"}
+"""The counters jemalloc keeps in pages (times ``arenas.page``), by name in :data:`JEMALLOC_STATS`."""
 
 
 class Jemalloc:
@@ -210,18 +227,63 @@ class Jemalloc:
         mallctl = getattr(ctypes.CDLL(None), "mallctl", None)
         return None if mallctl is None else cls(mallctl)
 
+    def _read(self, name: str) -> int | None:
+        value, size = ctypes.c_size_t(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_size_t))
+        if self._mallctl(name.encode(), ctypes.byref(value), ctypes.byref(size), None, 0) != 0:
+            return None
+        return value.value
+
     def stats(self) -> dict[str, int] | None:
         """:data:`JEMALLOC_STATS` now, in bytes; ``None`` where its build keeps no statistics."""
         epoch = ctypes.c_uint64(1)  # writing the epoch refreshes the counters jemalloc caches
         if self._mallctl(b"epoch", None, None, ctypes.byref(epoch), ctypes.sizeof(epoch)) != 0:
             return None
+        page = self._read("arenas.page")
         stats: dict[str, int] = {}
         for name in JEMALLOC_STATS:
-            value, size = ctypes.c_size_t(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_size_t))
-            if self._mallctl(f"stats.{name}".encode(), ctypes.byref(value), ctypes.byref(size), None, 0) != 0:
+            value = self._read(_PAGES.get(name, f"stats.{name}"))
+            if value is None or page is None:
                 return None
-            stats[name] = value.value
+            stats[name] = value * page if name in _PAGES else value
         return stats
+
+
+MALLOC_BYTES = "lianfang_malloc_bytes"
+"""The gauge :class:`JemallocCollector` exports, a series a counter of :data:`JEMALLOC_STATS`."""
+
+
+class JemallocCollector:
+    """``lianfang_malloc_bytes{counter}`` on the service's /metrics: jemalloc's counters, read at each
+    scrape (a few ``mallctl`` calls). Beside ``process_resident_memory_bytes`` they tell a growth
+    apart: live allocations (``allocated``), pages the allocator keeps (``resident`` minus
+    ``allocated``), or memory outside it (the RSS minus ``resident``: thread stacks, libraries' own
+    mappings). Nothing personal: byte counts."""
+
+    def __init__(self, jemalloc: Jemalloc) -> None:
+        self._jemalloc = jemalloc
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            MALLOC_BYTES,
+            "jemalloc's counters, in bytes: allocated (live allocations), active (their pages), metadata, "
+            "resident (mapped and resident, dirty pages included), retained (mapped, not resident), dirty "
+            "and muzzy (freed pages kept until they decay)",
+            labels=["counter"],
+        )
+        for name, value in (self._jemalloc.stats() or {}).items():
+            family.add_metric([name], value)
+        yield family
+
+
+@functools.cache
+def export_counters(registry: CollectorRegistry = REGISTRY) -> bool:
+    """Register :class:`JemallocCollector` on ``registry`` once, where the process runs on jemalloc;
+    whether it did."""
+    jemalloc = Jemalloc.load()
+    if jemalloc is None or jemalloc.stats() is None:
+        return False
+    registry.register(JemallocCollector(jemalloc))
+    return True
 
 
 def preloaded() -> bool:
@@ -278,12 +340,14 @@ class Allocator:
 
 
 def configure(settings: MallocSettings | None = None) -> Allocator:
-    """Set the process's allocator up from ``settings`` (the environment's when ``None``): cap its arenas
-    and start the periodic trim. Call once, at start, before the service starts threads: an arena cap
+    """Set the process's allocator up from ``settings`` (the environment's when ``None``): on jemalloc,
+    export its counters on /metrics (:class:`JemallocCollector`); on glibc, cap its arenas and start the
+    periodic trim. Call once, at start, before the service starts threads: an arena cap
     does not merge the arenas threads already have."""
     settings = settings or MallocSettings()
     libc, _ = platform.libc_ver()
     chosen = plan(settings, libc=libc, jemalloc=preloaded())
+    export_counters()
     if chosen.skipped:
         log.debug("%s", chosen.skipped)
         return Allocator(None, chosen)

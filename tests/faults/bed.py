@@ -47,13 +47,23 @@ GATEWAY_PORT = 8080
 
 
 class NsWorker(Worker):
-    """A :class:`~tests.workers.Worker` inside a host; its /metrics are read from inside the host."""
+    """A :class:`~tests.workers.Worker` inside a host; its /metrics are read from inside the host, on
+    ``metrics_at`` (address, port: the loopback's :data:`METRICS_PORT` unless given)."""
 
-    def __init__(self, host: Host, module: str, env: Mapping[str, str], log: Path, args: list[str]) -> None:
+    def __init__(
+        self,
+        host: Host,
+        module: str,
+        env: Mapping[str, str],
+        log: Path,
+        args: list[str],
+        metrics_at: tuple[str, int] = ("127.0.0.1", METRICS_PORT),
+    ) -> None:
         self.host = host
         self.what = f"{module} on {host.name}"
         self.log = log
-        self.port = METRICS_PORT
+        self.metrics_at = metrics_at
+        self.port = metrics_at[1]
         started = {**os.environ, **env}
         started |= allocator.preload_env(env=started)  # as `lianfang run` starts them: jemalloc if here
         with log.open("ab") as out:
@@ -67,7 +77,8 @@ class NsWorker(Worker):
             )
 
     def metrics(self, timeout: float = 2) -> dict[str, float] | None:
-        return self.host.call(lambda: scrape(METRICS_PORT, timeout))
+        address, port = self.metrics_at
+        return self.host.call(lambda: scrape(port, timeout, address))
 
     def rss_bytes(self) -> int:
         """Resident memory of the process now (0 once it is gone)."""
@@ -283,7 +294,8 @@ class Bed:
             raise ValueError(f"no service on {name}")
         if name != "agency":
             env |= self.service_env
-        worker = NsWorker(host, module, env, log, args)
+        metrics_at = (host.address, GATEWAY_PORT) if name == "gateway" else ("127.0.0.1", METRICS_PORT)
+        worker = NsWorker(host, module, env, log, args, metrics_at)
         self.workers[name] = worker
         return worker
 

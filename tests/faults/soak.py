@@ -109,12 +109,14 @@ CATALOGUE: tuple[Callable[[Bed, random.Random, float], str], ...] = (
 class MemorySample:
     """One service's resident memory at a moment of the soak: minutes since the start, its process id
     (a SIGKILLed service comes back as a new process, whose memory starts again), and the bytes; for the
-    hub, what its RocksDB stores held then (:func:`rocksdb_bytes`), to tell how much of it they are."""
+    hub, what its RocksDB stores held then (:func:`rocksdb_bytes`), to tell how much of it they are; and
+    jemalloc's counters (:func:`malloc_counters`), to tell live allocations from pages kept."""
 
     minute: float
     pid: int
     rss: int
     rocksdb: int | None = None
+    malloc: Mapping[str, int] | None = None  # jemalloc's counters (malloc_counters), where it runs on it
 
 
 def rocksdb_bytes(metrics: Mapping[str, float] | None) -> int | None:
@@ -124,6 +126,23 @@ def rocksdb_bytes(metrics: Mapping[str, float] | None) -> int | None:
         return None
     kinds = [v for series, v in metrics.items() if series.startswith("lianfang_hub_rocksdb_memory_bytes{")]
     return int(sum(kinds)) if kinds else None
+
+
+MALLOC_SERIES = 'lianfang_malloc_bytes{counter="'
+
+
+def malloc_counters(metrics: Mapping[str, float] | None) -> dict[str, int] | None:
+    """A service's jemalloc counters by name (``lianfang_malloc_bytes{counter}``,
+    :class:`services.kernel.allocator.JemallocCollector`) from a scrape of its /metrics; None without a
+    scrape or where the service does not run on jemalloc."""
+    if metrics is None:
+        return None
+    found = {
+        series[len(MALLOC_SERIES) : -len('"}')]: int(value)
+        for series, value in metrics.items()
+        if series.startswith(MALLOC_SERIES)
+    }
+    return found or None
 
 
 def hub_inbox_lag(metrics: Mapping[str, float] | None) -> dict[int, float] | None:
@@ -257,9 +276,37 @@ def longest_process_growth(samples: list[MemorySample]) -> str:
     if len(read) >= 3:
         grown = halves(read, lambda s: s.rss - (s.rocksdb or 0))
         line += f"; outside RocksDB {grown[0]:+.1f}, {grown[1]:+.1f}"
+    on_jemalloc = [s for s in (read if len(read) >= 3 else life) if s.malloc and "resident" in s.malloc]
+    if len(on_jemalloc) >= 3:
+        line += f" ({_where_it_grew(on_jemalloc, halves)})"
     if last.minute - first.minute < FLAT_MIN_MINUTES:
         return line + f" (under {FLAT_MIN_MINUTES:.0f} min: flat or not, too short to tell)"
     return line + (f": flat (at most {FLAT_MIB:+.1f})" if grown[1] <= FLAT_MIB else ": NOT flat")
+
+
+def _where_it_grew(
+    life: list[MemorySample],
+    halves: Callable[[list[MemorySample], Callable[[MemorySample], int]], tuple[float, float]],
+) -> str:
+    """The growth just measured (the RSS, outside RocksDB where the samples read it), split three ways by
+    jemalloc's counters, each ``first half, second half`` in MiB: live allocations (``allocated``, less
+    RocksDB's count of its own), pages jemalloc keeps beyond them (``resident - allocated``: dirty pages,
+    slabs part-used, its metadata) and memory outside jemalloc (the RSS less ``resident``: thread stacks,
+    libraries' own mappings). The three add up to the growth."""
+
+    def counter(sample: MemorySample, name: str) -> int:
+        return (sample.malloc or {}).get(name, 0)
+
+    parts = {
+        "live allocations": lambda s: counter(s, "allocated") - (s.rocksdb or 0),
+        "kept by jemalloc": lambda s: counter(s, "resident") - counter(s, "allocated"),
+        "outside jemalloc": lambda s: s.rss - counter(s, "resident"),
+    }
+    return ", ".join(
+        f"{name} {grown[0]:+.1f}, {grown[1]:+.1f}"
+        for name, of in parts.items()
+        for grown in [halves(life, of)]
+    )
 
 
 @dataclass(frozen=True)
@@ -375,8 +422,13 @@ def soak(
             minute = (time.monotonic() - began) / 60
             for name in SERVICES:
                 worker = bed.workers[name]
-                rocksdb = rocksdb_bytes(worker.metrics()) if name == "hub" else None
-                memory[name].append(MemorySample(minute, worker.proc.pid, worker.rss_bytes(), rocksdb))
+                scraped = worker.metrics()
+                rocksdb = rocksdb_bytes(scraped) if name == "hub" else None
+                memory[name].append(
+                    MemorySample(
+                        minute, worker.proc.pid, worker.rss_bytes(), rocksdb, malloc_counters(scraped)
+                    )
+                )
 
         exits: list[SelfExit] = []
 

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -252,3 +253,62 @@ def test_a_process_configured_to_trim_hands_the_memory_it_freed_back_to_the_os()
     released, trims = _trimmed({"LIANFANG_MALLOC_TRIM_INTERVAL_S": "0"}, wait_s=1)
     assert trims == 0
     assert released < 20 * 2**20
+
+
+EXPORTED = (
+    "import prometheus_client\n"
+    "from services.kernel import allocator\n"
+    "allocator.configure()\n"
+    "allocator.configure()  # once a process, however often it is called\n"
+    "block = bytearray(32 * 2**20)\n"
+    "families = [m for m in prometheus_client.REGISTRY.collect() if m.name == 'lianfang_malloc_bytes']\n"
+    "values = {s.labels['counter']: s.value for m in families for s in m.samples}\n"
+    "print(len(families), sorted(values), values.get('allocated', 0) >= 32 * 2**20,\n"
+    "      values.get('resident', 0) >= values.get('allocated', 1))\n"
+)
+
+
+def _exported_by_a_process_started_with(env: dict[str, str]) -> str:
+    clean = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "PYTHONMALLOC")}
+    done = subprocess.run(
+        [sys.executable, "-c", EXPORTED],
+        cwd=REPO,
+        env={**clean, "LIANFANG_MALLOC_TRIM_INTERVAL_S": "0", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_a_service_on_jemalloc_exports_its_counters_once_and_one_on_glibc_exports_none() -> None:
+    added = allocator.preload_env(MallocSettings(), env={})
+    assert added, "no jemalloc found on this machine: deploy/system-deps.sh installs libjemalloc2"
+    counters = sorted(allocator.JEMALLOC_STATS)
+    assert _exported_by_a_process_started_with(added) == f"1 {counters} True True"
+    assert _exported_by_a_process_started_with({}) == "0 [] False False"
+
+
+class _Mallctl:
+    """A stand-in for jemalloc's ``mallctl``: the values by name it writes into the caller's size_t."""
+
+    def __init__(self, values: dict[bytes, int]) -> None:
+        self.values = values
+
+    def __call__(self, name: bytes, old: Any, _size: Any, _new: Any, _newlen: int) -> int:
+        if name == b"epoch":
+            return 0
+        if name not in self.values:
+            return 2  # ENOENT, as jemalloc answers a name it does not have
+        old._obj.value = self.values[name]  # old: ctypes.byref of the caller's c_size_t
+        return 0
+
+
+def test_jemalloc_s_page_counters_are_given_in_bytes_and_a_build_without_statistics_gives_none() -> None:
+    values = {f"stats.{name}".encode(): 1000 + i for i, name in enumerate(allocator.JEMALLOC_STATS)}
+    values |= {b"arenas.page": 4096, b"stats.arenas.4096.pdirty": 3, b"stats.arenas.4096.pmuzzy": 2}
+    stats = allocator.Jemalloc(_Mallctl(values)).stats()
+    assert stats is not None
+    assert (stats["allocated"], stats["dirty"], stats["muzzy"]) == (1000, 3 * 4096, 2 * 4096)
+    assert allocator.Jemalloc(_Mallctl({b"arenas.page": 4096})).stats() is None

@@ -267,11 +267,12 @@ def test_the_report_shows_each_kind_of_mapping_with_its_change() -> None:
 
 
 def test_on_jemalloc_the_report_shows_what_the_program_holds_beside_what_the_allocator_keeps() -> None:
-    then = {"allocated": 30 * 2**20, "active": 32 * 2**20, "resident": 40 * 2**20, "retained": 0}
-    now = {**then, "resident": 46 * 2**20, "retained": 2**20}
+    then = {"allocated": 30 * 2**20, "active": 32 * 2**20, "metadata": 2**20, "resident": 40 * 2**20}
+    then |= {"retained": 0, "dirty": 2**20, "muzzy": 0}
+    now = {**then, "resident": 46 * 2**20, "retained": 2**20, "dirty": 7 * 2**20}
     assert _second_line(jemalloc=(then, now)) == (
-        "  jemalloc: allocated 30.0 MiB (+0.0), active 32.0 MiB (+0.0), resident 46.0 MiB (+6.0), "
-        "retained 1.0 MiB (+1.0)"
+        "  jemalloc: allocated 30.0 MiB (+0.0), active 32.0 MiB (+0.0), metadata 1.0 MiB (+0.0), "
+        "resident 46.0 MiB (+6.0), retained 1.0 MiB (+1.0), dirty 7.0 MiB (+6.0), muzzy 0.0 MiB (+0.0)"
     )
 
 

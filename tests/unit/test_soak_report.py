@@ -13,6 +13,7 @@ from tests.faults.soak import (
     hub_drained,
     hub_inbox_lag,
     longest_process_growth,
+    malloc_counters,
     memory_series,
     missing_by_partition,
     parse_args,
@@ -80,6 +81,34 @@ def test_the_hubs_growth_outside_its_rocksdb_stores_decides_whether_it_is_flat()
         "longest process 0-30 min: +4.7 MiB in its first half, +4.7 MiB in its second; "
         "outside RocksDB +0.0, +0.0: flat (at most +2.0)"
     )
+
+
+def test_on_jemalloc_the_growth_is_split_into_live_allocations_pages_kept_and_memory_outside_it() -> None:
+    # RocksDB fills (+1/3 MiB a minute); jemalloc keeps 0.1 MiB more a minute; the rest stays level.
+    # (Each end is the median of its 3 nearest samples: minutes 1, 15 and 29, so 14 minutes a half.)
+    def hub_at(minute: int) -> MemorySample:
+        rocksdb = minute / 3 * MIB
+        allocated = 60 * MIB + rocksdb
+        resident = allocated + (10 + 0.1 * minute) * MIB
+        counters = {"allocated": int(allocated), "resident": int(resident)}
+        return MemorySample(minute, 7, int(resident + 20 * MIB), int(rocksdb), counters)
+
+    assert longest_process_growth([hub_at(m) for m in range(0, 31)]) == (
+        "longest process 0-30 min: +6.1 MiB in its first half, +6.1 MiB in its second; "
+        "outside RocksDB +1.4, +1.4 (live allocations +0.0, +0.0, kept by jemalloc +1.4, +1.4, "
+        "outside jemalloc +0.0, +0.0): flat (at most +2.0)"
+    )
+
+
+def test_jemalloc_s_counters_are_read_from_a_scrape_and_absent_where_the_service_is_not_on_it() -> None:
+    scraped = {
+        'lianfang_malloc_bytes{counter="allocated"}': 5.0,
+        'lianfang_malloc_bytes{counter="dirty"}': 4096.0,
+        "process_resident_memory_bytes": 9.0,
+    }
+    assert malloc_counters(scraped) == {"allocated": 5, "dirty": 4096}
+    assert malloc_counters({"process_resident_memory_bytes": 9.0}) is None
+    assert malloc_counters(None) is None
 
 
 def test_a_process_that_lived_under_ten_minutes_gets_no_verdict() -> None:

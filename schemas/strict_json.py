@@ -9,38 +9,54 @@ chose those, and messages reach logs and dead-letter headers. Services call
 
 from __future__ import annotations
 
-import json
+import re
 from typing import Any
+
+import jiter
 
 __all__ = ["loads"]
 
+_RULES = (
+    ("duplicate key", "a JSON object repeats a key (duplicate keys are ambiguous)"),
+    ("recursion limit", "JSON nested deeper than the parser follows"),
+    ("number out of range", "a JSON number is out of range"),
+)
+"""jiter's refusals that break one of the rules above, by a phrase of its message, with the rule's words."""
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)  # built in C; fewer keys than pairs means a key came twice
-    if len(result) != len(pairs):
-        raise ValueError("a JSON object repeats a key (duplicate keys are ambiguous)")
-    return result
+_PLAIN = re.compile(r"[A-Za-z0-9 ,()\\-]+")
+"""The words of a jiter message that may be repeated: letters, digits and punctuation, no quotes."""
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"JSON constant {name} is not allowed")  # one of NaN, Infinity, -Infinity
-
-
-# One decoder for every call: json.loads would build a new one each time it is given hooks.
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+def _reason(message: str, data: bytes) -> str:
+    """The rule ``data`` broke, in words that repeat nothing of it (jiter's duplicate-key message quotes the
+    key: the sender chose it). NaN and the infinities are told apart by reading again with them allowed,
+    which costs only a refused input."""
+    what, _, where = message.partition(" at line ")
+    for phrase, rule in _RULES:
+        if phrase in what:
+            return rule
+    try:
+        jiter.from_json(data, allow_inf_nan=True, cache_mode=False)
+    except ValueError:
+        pass
+    else:
+        return "JSON constants NaN and Infinity are not allowed"
+    position = f" at line {where}" if re.fullmatch(r"\d+ column \d+", where) else ""
+    return f"not JSON ({what if _PLAIN.fullmatch(what) else 'unreadable'}{position})"
 
 
 def loads(data: bytes) -> Any:
-    """Parse UTF-8 JSON by the rules above; raises ``ValueError`` naming the rule broken."""
+    """Parse UTF-8 JSON by the rules above; raises ``ValueError`` naming the rule broken.
+
+    One pass of jiter, the parser inside pydantic-core, with duplicate keys caught where it meets them
+    and its string cache off (a sender's strings, personal data among them, are not kept after the
+    parse). It refuses what Python's ``json`` took beyond the rules too: a lone surrogate escape
+    (``"\\ud800"``, which no UTF-8 text holds), a byte order mark, nesting deeper than about 200 levels."""
     try:
-        text = data.decode("utf-8")
+        data.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError("the bytes are not UTF-8") from None
     try:
-        if text.startswith("\ufeff"):  # as json.loads refuses it
-            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
-        return _DECODER.decode(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"not JSON ({e.msg} at position {e.pos})") from None
-    except RecursionError:
-        raise ValueError("JSON nested deeper than the parser follows") from None
+        return jiter.from_json(data, allow_inf_nan=False, catch_duplicate_keys=True, cache_mode=False)
+    except ValueError as e:
+        raise ValueError(_reason(str(e), data)) from None

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.kernel import jsonx
 from services.kernel.errors import MalformedError
 
 pytestmark = pytest.mark.unit
+
+
+def _mutated(data: bytes) -> st.SearchStrategy[bytes]:
+    """``data`` with one byte replaced, dropped or doubled: JSON that is almost right."""
+    if not data:
+        return st.just(data)
+    return st.tuples(
+        st.integers(0, len(data) - 1), st.sampled_from(b'{}[]",:\\ 0e-.nNuIt'), st.integers(0, 2)
+    ).map(lambda t: data[: t[0]] + (bytes([t[1]]), b"", data[t[0] : t[0] + 1] * 2)[t[2]] + data[t[0] + 1 :])
+
 
 REFUSED = {
     "NaN is refused": b'{"score": NaN}',
@@ -18,6 +33,12 @@ REFUSED = {
     "bytes that are not UTF-8 are refused": b'{"a": "\xff"}',
     "text that is not JSON is refused": b"{",
     "nesting deeper than the parser can follow is refused": b"[" * 100_000,
+    "nesting 300 levels deep is refused (jiter follows about 200)": b"[" * 300 + b"]" * 300,
+    "a lone surrogate escape is refused": b'{"a": "\\ud800"}',
+    "a byte order mark is refused": b"\xef\xbb\xbf{}",
+    "an integer of more than 4,300 digits is refused": b"[" + b"7" * 4301 + b"]",
+    "a trailing comma is refused": b'{"a": 1,}',
+    "text after the value is refused": b'{"a": 1} {}',
 }
 
 
@@ -25,6 +46,36 @@ REFUSED = {
 def test_strict_json_refuses(data: bytes) -> None:
     with pytest.raises(MalformedError, match=r"^\[malformed\] "):
         jsonx.strict_json(data, what="the test input")
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES)
+def test_strict_json_reads_every_value_as_pythons_json_reads_it(value: Any) -> None:
+    for data in (jsonx.compact_json(value), json.dumps(value, indent=1).encode()):
+        assert jsonx.strict_json(data, what="a value") == json.loads(data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.binary(max_size=40), JSON_VALUES.map(jsonx.compact_json).flatmap(_mutated)))
+def test_what_strict_json_reads_python_s_json_reads_alike_so_it_is_never_laxer(data: bytes) -> None:
+    try:
+        value = jsonx.strict_json(data, what="fuzz")
+    except MalformedError:
+        return
+    assert json.loads(data) == value
 
 
 def test_strict_json_reads_what_compact_json_writes() -> None:

@@ -60,18 +60,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_bytes(pid: int, *, peak: bool = False) -> int | None:
-    """Resident memory of process ``pid`` now (``VmRSS``), or its peak so far (``VmHWM``); Linux /proc,
-    None elsewhere."""
+def status_bytes(pid: int, field: str) -> int | None:
+    """One memory field of process ``pid``'s /proc status in bytes (``VmRSS``, ``VmHWM``, ``RssFile``:
+    its file-backed resident pages, libraries' code among them); Linux /proc, None elsewhere or once
+    the process is gone."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    field = "VmHWM:" if peak else "VmRSS:"
     for line in status.splitlines():
-        if line.startswith(field):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return None
+
+
+def rss_bytes(pid: int, *, peak: bool = False) -> int | None:
+    """Resident memory of process ``pid`` now (``VmRSS``), or its peak so far (``VmHWM``); Linux /proc,
+    None elsewhere."""
+    return status_bytes(pid, "VmHWM" if peak else "VmRSS")
 
 
 _STARTED: list[Worker] = []

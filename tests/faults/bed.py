@@ -32,7 +32,7 @@ from services.kernel import allocator, envelope, policy
 from tests.faults.netns import Host, Lab
 from tests.integration.buskit import Bus
 from tests.kit import DemoDomain
-from tests.workers import REPO, Worker, scrape
+from tests.workers import REPO, Worker, scrape, status_bytes
 
 KAFKA_HOSTS = ("kafka-1", "kafka-2", "kafka-3")
 ROUTERS = ("router-1", "router-2")
@@ -82,11 +82,12 @@ class NsWorker(Worker):
 
     def rss_bytes(self) -> int:
         """Resident memory of the process now (0 once it is gone)."""
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
+        return status_bytes(self.proc.pid, "VmRSS") or 0
+
+    def file_bytes(self) -> int | None:
+        """Of it, the file-backed pages (``RssFile``: the interpreter's and libraries' code and data
+        read from their files); None once it is gone."""
+        return status_bytes(self.proc.pid, "RssFile")
 
 
 @dataclass

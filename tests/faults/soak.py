@@ -110,13 +110,15 @@ class MemorySample:
     """One service's resident memory at a moment of the soak: minutes since the start, its process id
     (a SIGKILLed service comes back as a new process, whose memory starts again), and the bytes; for the
     hub, what its RocksDB stores held then (:func:`rocksdb_bytes`), to tell how much of it they are; and
-    jemalloc's counters (:func:`malloc_counters`), to tell live allocations from pages kept."""
+    jemalloc's counters (:func:`malloc_counters`), to tell live allocations from pages kept; and the
+    file-backed share of the RSS (code of the interpreter and its libraries, paged in as it first runs)."""
 
     minute: float
     pid: int
     rss: int
     rocksdb: int | None = None
     malloc: Mapping[str, int] | None = None  # jemalloc's counters (malloc_counters), where it runs on it
+    file: int | None = None  # of the RSS, the file-backed pages (RssFile: code and data read from files)
 
 
 def rocksdb_bytes(metrics: Mapping[str, float] | None) -> int | None:
@@ -288,20 +290,26 @@ def _where_it_grew(
     life: list[MemorySample],
     halves: Callable[[list[MemorySample], Callable[[MemorySample], int]], tuple[float, float]],
 ) -> str:
-    """The growth just measured (the RSS, outside RocksDB where the samples read it), split three ways by
-    jemalloc's counters, each ``first half, second half`` in MiB: live allocations (``allocated``, less
-    RocksDB's count of its own), pages jemalloc keeps beyond them (``resident - allocated``: dirty pages,
-    slabs part-used, its metadata) and memory outside jemalloc (the RSS less ``resident``: thread stacks,
-    libraries' own mappings). The three add up to the growth."""
+    """The growth just measured (the RSS, outside RocksDB where the samples read it), split by jemalloc's
+    counters and the kernel's, each ``first half, second half`` in MiB: live allocations
+    (``allocated``, less RocksDB's count of its own), pages jemalloc keeps beyond them (``resident -
+    allocated``: dirty pages, slabs part-used, its metadata), file-backed pages (``RssFile``: code and
+    data paged in from the interpreter's and libraries' files as they first run; the kernel may drop
+    them, and they are bounded by the files' size) and the rest (the RSS less both: thread stacks,
+    libraries' own mappings). The parts add up to the growth."""
 
     def counter(sample: MemorySample, name: str) -> int:
         return (sample.malloc or {}).get(name, 0)
 
-    parts = {
+    parts: dict[str, Callable[[MemorySample], int]] = {
         "live allocations": lambda s: counter(s, "allocated") - (s.rocksdb or 0),
         "kept by jemalloc": lambda s: counter(s, "resident") - counter(s, "allocated"),
-        "outside jemalloc": lambda s: s.rss - counter(s, "resident"),
     }
+    if all(s.file is not None for s in life):
+        parts["file-backed"] = lambda s: s.file or 0
+        parts["the rest"] = lambda s: s.rss - counter(s, "resident") - (s.file or 0)
+    else:
+        parts["outside jemalloc"] = lambda s: s.rss - counter(s, "resident")
     return ", ".join(
         f"{name} {grown[0]:+.1f}, {grown[1]:+.1f}"
         for name, of in parts.items()
@@ -426,7 +434,12 @@ def soak(
                 rocksdb = rocksdb_bytes(scraped) if name == "hub" else None
                 memory[name].append(
                     MemorySample(
-                        minute, worker.proc.pid, worker.rss_bytes(), rocksdb, malloc_counters(scraped)
+                        minute,
+                        worker.proc.pid,
+                        worker.rss_bytes(),
+                        rocksdb,
+                        malloc_counters(scraped),
+                        worker.file_bytes(),
                     )
                 )
 

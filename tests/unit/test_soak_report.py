@@ -100,6 +100,20 @@ def test_on_jemalloc_the_growth_is_split_into_live_allocations_pages_kept_and_me
     )
 
 
+def test_with_the_file_backed_pages_read_their_growth_is_told_apart_from_the_rest() -> None:
+    # Library code paged in as it first runs: +0.1 MiB a minute of file-backed pages, nothing else.
+    def at(minute: int) -> MemorySample:
+        counters = {"allocated": 60 * MIB, "resident": 70 * MIB}
+        file = int((30 + 0.1 * minute) * MIB)
+        return MemorySample(minute, 7, 75 * MIB + file, None, counters, file)
+
+    assert longest_process_growth([at(m) for m in range(0, 31)]) == (
+        "longest process 0-30 min: +1.4 MiB in its first half, +1.4 MiB in its second "
+        "(live allocations +0.0, +0.0, kept by jemalloc +0.0, +0.0, file-backed +1.4, +1.4, "
+        "the rest +0.0, +0.0): flat (at most +2.0)"
+    )
+
+
 def test_jemalloc_s_counters_are_read_from_a_scrape_and_absent_where_the_service_is_not_on_it() -> None:
     scraped = {
         'lianfang_malloc_bytes{counter="allocated"}': 5.0,

@@ -100,11 +100,11 @@ PYMALLOC_STATS = "Small block threshold"
 """The first line of ``sys._debugmallocstats()`` under pymalloc; without it Python prints only its free lists."""
 
 
-def _allocator_of_a_service_started_with(env: dict[str, str]) -> str:
-    """``"<on jemalloc> <glibc left alone> <small objects in pymalloc>"`` for a process started with ``env``."""
+def _run_with(env: dict[str, str], program: str) -> subprocess.CompletedProcess[str]:
+    """``program`` in a new Python started with ``env`` (and no preload or ``PYTHONMALLOC`` of ours)."""
     clean = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "PYTHONMALLOC")}
-    done = subprocess.run(
-        [sys.executable, "-c", ON_WHICH],
+    return subprocess.run(
+        [sys.executable, "-c", program],
         cwd=REPO,
         env={**clean, "LIANFANG_MALLOC_TRIM_INTERVAL_S": "0", **env},
         capture_output=True,
@@ -112,6 +112,11 @@ def _allocator_of_a_service_started_with(env: dict[str, str]) -> str:
         timeout=60,
         check=True,
     )
+
+
+def _allocator_of_a_service_started_with(env: dict[str, str]) -> str:
+    """``"<on jemalloc> <glibc left alone> <small objects in pymalloc>"`` for a process started with ``env``."""
+    done = _run_with(env, ON_WHICH)
     return f"{done.stdout.strip()} {PYMALLOC_STATS in done.stderr}"
 
 
@@ -269,17 +274,7 @@ EXPORTED = (
 
 
 def _exported_by_a_process_started_with(env: dict[str, str]) -> str:
-    clean = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "PYTHONMALLOC")}
-    done = subprocess.run(
-        [sys.executable, "-c", EXPORTED],
-        cwd=REPO,
-        env={**clean, "LIANFANG_MALLOC_TRIM_INTERVAL_S": "0", **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return done.stdout.strip()
+    return _run_with(env, EXPORTED).stdout.strip()
 
 
 def test_a_service_on_jemalloc_exports_its_counters_once_and_one_on_glibc_exports_none() -> None:

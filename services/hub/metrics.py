@@ -146,6 +146,13 @@ class HubMetrics:
             ["kind"],
             registry=registry,
         )
+        self.rocksdb_pinned = Gauge(
+            "lianfang_hub_rocksdb_block_cache_pinned_bytes",
+            "Of the block_cache of lianfang_hub_rocksdb_memory_bytes, the blocks in use (a read in flight "
+            "or an open iterator holds them), which a cache cannot evict: only they take a cache past its "
+            "capacity. Sampled with it.",
+            registry=registry,
+        )
         self.rocksdb_stores = Gauge(
             "lianfang_hub_rocksdb_stores_open",
             "RocksDB stores the worker holds open (a partition of a table, active or standby), whose "
@@ -184,6 +191,7 @@ class HubMetrics:
         it read (those that raised count in neither)."""
         for kind in PROPERTIES:
             self.rocksdb_memory.labels(kind).set(memory.by_kind[kind])
+        self.rocksdb_pinned.set(memory.pinned)
         self.rocksdb_stores.set(memory.read)
 
 

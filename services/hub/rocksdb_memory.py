@@ -30,6 +30,11 @@ PROPERTIES: Mapping[Kind, str] = {
 }
 """Each kind's RocksDB property, in bytes."""
 
+PINNED = "rocksdb.block-cache-pinned-usage"
+"""Of ``block_cache``, the blocks in use (a read in flight or an open iterator holds them), which the
+cache cannot evict: only they can take a cache past its capacity. Counted apart, not as a kind: it is
+part of ``block_cache`` already."""
+
 
 class Store(Protocol):
     """A RocksDB database that reads its own integer properties, as ``rocksdict.Rdict`` does."""
@@ -45,6 +50,7 @@ class StoresMemory:
     by_kind: Mapping[Kind, int]
     read: int
     unread: int
+    pinned: int = 0  # of by_kind["block_cache"], the blocks in use (PINNED)
 
 
 def memory_of(stores: Iterable[Store]) -> StoresMemory:
@@ -53,14 +59,16 @@ def memory_of(stores: Iterable[Store]) -> StoresMemory:
     ``Exception`` for RocksDB's own errors, so any ``Exception``). A property RocksDB does not report
     (``None``) counts 0."""
     totals: dict[Kind, int] = dict.fromkeys(PROPERTIES, 0)
-    read = unread = 0
+    read = unread = pinned = 0
     for store in stores:
         try:
             values = {kind: store.property_int_value(name) or 0 for kind, name in PROPERTIES.items()}
+            in_use = store.property_int_value(PINNED) or 0
         except Exception:
             unread += 1
             continue
         read += 1
+        pinned += in_use
         for kind, value in values.items():
             totals[kind] += value
-    return StoresMemory(totals, read, unread)
+    return StoresMemory(totals, read, unread, pinned)

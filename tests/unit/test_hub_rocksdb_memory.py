@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from services.hub.app import HubSettings, rocksdb_options
 from services.hub.metrics import HubMetrics
-from services.hub.rocksdb_memory import PROPERTIES, StoresMemory, memory_of
+from services.hub.rocksdb_memory import PINNED, PROPERTIES, StoresMemory, memory_of
 
 pytestmark = pytest.mark.unit
 
@@ -48,6 +48,12 @@ def test_each_kind_is_summed_over_every_open_store() -> None:
     assert memory == StoresMemory(
         {"memtables": 135_169, "block_cache": 1_045_704, "table_readers": 62_222}, read=3, unread=0
     )
+
+
+def test_the_blocks_in_use_are_summed_apart_from_the_kinds_they_are_part_of() -> None:
+    pinned = FakeStore({**store(1, 500, 3).values, PINNED: 400})
+    memory = memory_of([pinned, store(1, 100, 3)])
+    assert (memory.by_kind["block_cache"], memory.pinned) == (600, 400)
 
 
 def test_no_open_store_sums_to_zero_of_each_kind() -> None:
@@ -92,6 +98,12 @@ def test_a_store_with_the_hub_s_options_reports_each_kind_and_its_memtables_grow
         assert written.by_kind["block_cache"] > 0  # the cache's own entry, before any block is read
         db.flush()  # a file on disk: its index and filter blocks are held by its table reader
         assert memory_of([db]).by_kind["table_readers"] > 0
+        idle = memory_of([db]).pinned  # the cache's own entry
+        it = db.iter()  # an open iterator holds the block it stands on
+        it.seek_to_first()
+        assert memory_of([db]).pinned > idle
+        del it
+        assert memory_of([db]).pinned == idle
     finally:
         db.close()
     assert memory_of([db]) == StoresMemory(dict.fromkeys(PROPERTIES, 0), read=0, unread=1)
@@ -101,8 +113,11 @@ def test_a_sample_is_exported_by_kind_with_the_stores_it_read() -> None:
     registry = CollectorRegistry()
     metrics = HubMetrics(registry)
     metrics.set_rocksdb_memory(
-        StoresMemory({"memtables": 300, "block_cache": 200, "table_readers": 100}, read=9, unread=1)
+        StoresMemory(
+            {"memtables": 300, "block_cache": 200, "table_readers": 100}, read=9, unread=1, pinned=50
+        )
     )
     for kind, value in (("memtables", 300), ("block_cache", 200), ("table_readers", 100)):
         assert registry.get_sample_value("lianfang_hub_rocksdb_memory_bytes", {"kind": kind}) == value
+    assert registry.get_sample_value("lianfang_hub_rocksdb_block_cache_pinned_bytes") == 50
     assert registry.get_sample_value("lianfang_hub_rocksdb_stores_open") == 9

@@ -70,6 +70,7 @@ from services.bus.security import (
     faust_credentials,
     load_security,
 )
+from services.hub import store as hub_store
 from services.hub.commitwatch import CommitWatch
 from services.hub.config import HubConfig
 from services.hub.consumer import GapSafeConsumer, HubApp
@@ -666,7 +667,7 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
     trail = participant_trail(
         settings.data_dir / "audit", keys, registry.current, ids.HUB, ship=sink, metrics=metrics.audit
     )
-    app = HubApp(settings.app_id, store="rocksdb://", **faust_options(settings))
+    app = HubApp(settings.app_id, store=hub_store.register(), **faust_options(settings))
     worker = HubWorker(
         app,
         settings,

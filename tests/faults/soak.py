@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from services.kernel import topics
+from services.kernel import allocator, topics
 from tests.faults.bed import KAFKA_HOSTS, RESTART_COUNTERS, ROUTERS, Bed, Check
 from tests.kit import DemoDomain
 from tests.workers import REPO
@@ -130,7 +130,7 @@ def rocksdb_bytes(metrics: Mapping[str, float] | None) -> int | None:
     return int(sum(kinds)) if kinds else None
 
 
-MALLOC_SERIES = 'lianfang_malloc_bytes{counter="'
+MALLOC_SERIES = f'{allocator.MALLOC_BYTES}{{counter="'
 
 
 def malloc_counters(metrics: Mapping[str, float] | None) -> dict[str, int] | None:

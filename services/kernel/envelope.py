@@ -43,7 +43,7 @@ from schemas.envelope import (
     Sections,
     SectionsV2,
 )
-from services.kernel import crypto, jsonx, policy
+from services.kernel import crypto, jsonx
 from services.kernel.errors import (
     DecryptFailedError,
     EncryptionKeyRevokedError,
@@ -384,7 +384,7 @@ def seal(
     """
     if header.sender != signer.participant:
         raise UsageError(f"header source is {header.sender!r} but the keystore is {signer.participant!r}")
-    wanted = policy.recipients(registry.document.policy, header)
+    wanted = registry.recipients(header)
     if not any(wanted.values()):
         raise UsageError(f"the sharing policy names no recipient for {header.type} with these header fields")
     for name in SECTION_NAMES:
@@ -580,7 +580,7 @@ def _check_stanzas(sections: SectionsV2) -> None:
 
 
 def _check_policy(verified: Verified, registry: Registry) -> None:
-    expected = policy.recipients(registry.document.policy, verified.header)
+    expected = registry.recipients(verified.header)
     wraps = verified.wraps()
     for name in SECTION_NAMES:
         sealed_to = [to for section, to, _ in wraps if section == name]

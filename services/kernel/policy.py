@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 from schemas.envelope import SECTION_NAMES, EnvelopeHeader, SectionName
 from schemas.registry import Match, Policy, Rule
 
@@ -54,3 +57,47 @@ def recipients(policy: Policy, header: EnvelopeHeader) -> dict[SectionName, froz
             for r in getattr(rule, name):
                 result[name].update(_expand(r, header))
     return {name: frozenset(ids) for name, ids in result.items()}
+
+
+RoutingFields = tuple[str, str | None, bool | None, bool, str | None, str | None, tuple[str, ...]]
+"""The clear-header fields the policy reads: type, category, minor, school_related, town, urgency and
+audience (``school_related`` absent counts as false, as :func:`_matches` reads it)."""
+
+
+def routing_fields(header: EnvelopeHeader) -> RoutingFields:
+    return (
+        header.type,
+        header.category,
+        header.minor,
+        bool(header.school_related),
+        header.town,
+        header.urgency,
+        tuple(header.audience),
+    )
+
+
+class Recipients:
+    """:func:`recipients` of one policy, remembered per :func:`routing_fields`: every event verified,
+    sealed or routed asks it, and a district's events share a few hundred combinations of those fields.
+
+    At most ``limit`` answers are kept; past it the memory starts again (a sender choosing a fresh
+    audience each event costs only the computing it saves others). The answers are read-only.
+    """
+
+    def __init__(self, policy: Policy, limit: int = 4096) -> None:
+        self.policy = policy
+        self.limit = limit
+        self._answers: dict[RoutingFields, Mapping[SectionName, frozenset[str]]] = {}
+
+    def __call__(self, header: EnvelopeHeader) -> Mapping[SectionName, frozenset[str]]:
+        fields = routing_fields(header)
+        answer = self._answers.get(fields)
+        if answer is None:
+            answer = MappingProxyType(recipients(self.policy, header))
+            if len(self._answers) >= self.limit:
+                self._answers.clear()  # one call, safe beside other threads' look-ups
+            self._answers[fields] = answer
+        return answer
+
+    def __len__(self) -> int:
+        return len(self._answers)

@@ -33,7 +33,7 @@ from schemas.registry import (
     Roots,
     WrappedPseudonymKey,
 )
-from services.kernel import crypto, jsonx, oprf
+from services.kernel import crypto, jsonx, oprf, policy
 from services.kernel.errors import (
     BadSignatureError,
     KeyExpiredError,
@@ -142,6 +142,12 @@ class Registry:
         self.data = data
         """The whole file (signature line and payload) it was verified from; empty when built here."""
         self._participants: dict[str, Participant] = {p.id: p for p in document.participants}
+        self._keys: dict[tuple[str, str, str], PublicKey] = {}
+        for participant in document.participants:
+            for key in participant.keys:
+                self._keys.setdefault((participant.id, key.kid, key.use), key)
+        self.recipients = policy.Recipients(document.policy)
+        """Who must receive each section of an event with a given header, by the policy in force."""
 
     # -- construction
 
@@ -256,17 +262,14 @@ class Registry:
         return False
 
     def is_encryption_key(self, participant_id: str, kid: str) -> bool:
-        try:
-            self._key(participant_id, kid, "encrypt")
-        except (UnknownKeyError, UnknownSenderError):
-            return False
-        return True
+        return (participant_id, kid, "encrypt") in self._keys
 
     def _key(self, participant_id: str, kid: str, use: str) -> PublicKey:
-        for key in self.participant(participant_id).keys:
-            if key.kid == kid and key.use == use:
-                return key
-        raise UnknownKeyError(f"{participant_id!r} has no {use} key {kid!r} in registry v{self.version}")
+        key = self._keys.get((participant_id, kid, use))
+        if key is None:
+            self.participant(participant_id)  # an unknown participant is told as such
+            raise UnknownKeyError(f"{participant_id!r} has no {use} key {kid!r} in registry v{self.version}")
+        return key
 
     def check_may_publish(self, participant_id: str, event_type: str) -> None:
         if event_type not in self.participant(participant_id).may_publish:

@@ -123,7 +123,10 @@ SchemaVersion = BeforeValidator(_integer_not_boolean)
 
 def _unique(items: list[_T]) -> list[_T]:
     # Items are strings or frozen models, hence hashable. The message names the position, not the value,
-    # so that it never echoes personal data.
+    # so that it never echoes personal data. The set alone says whether there is a repeat; the walk
+    # finds where.
+    if len(set(items)) == len(items):
+        return items
     seen: set[_T] = set()
     for index, item in enumerate(items):
         if item in seen:

@@ -53,10 +53,10 @@ def loads(data: bytes) -> Any:
     parse). It refuses what Python's ``json`` took beyond the rules too: a lone surrogate escape
     (``"\\ud800"``, which no UTF-8 text holds), a byte order mark, nesting deeper than about 200 levels."""
     try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError("the bytes are not UTF-8") from None
-    try:
         return jiter.from_json(data, allow_inf_nan=False, catch_duplicate_keys=True, cache_mode=False)
     except ValueError as e:
+        try:  # jiter refuses bytes that are not UTF-8 itself; said here in our words, on refusal only
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("the bytes are not UTF-8") from None
         raise ValueError(_reason(str(e), data)) from None

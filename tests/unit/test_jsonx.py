@@ -78,6 +78,21 @@ def test_what_strict_json_reads_python_s_json_reads_alike_so_it_is_never_laxer(d
     assert json.loads(data) == value
 
 
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES.map(jsonx.compact_json), st.data())
+def test_json_with_bytes_that_are_not_utf8_anywhere_is_refused_as_not_utf8(
+    data: bytes, draw: st.DataObject
+) -> None:
+    at = draw.draw(st.integers(0, len(data)))
+    broken = (
+        data[:at]
+        + draw.draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xc0\xaf", b"\x80"]))
+        + data[at:]
+    )
+    with pytest.raises(MalformedError, match="the bytes are not UTF-8"):
+        jsonx.strict_json(broken, what="x")
+
+
 def test_strict_json_reads_what_compact_json_writes() -> None:
     value = {"b": [1, 2.5, None, True], "a": "联防 ✓", "c": {"z": -1, "y": ""}}
     assert jsonx.strict_json(jsonx.compact_json(value), what="a round trip") == value

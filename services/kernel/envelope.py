@@ -516,7 +516,7 @@ def parse(value: bytes) -> tuple[Dsse, bytes, bytes, bytes, EnvelopeHeader]:
     if len(value) > MAX_RECORD_BYTES:
         raise TooLargeError(f"record is {len(value)} bytes; the limit is {MAX_RECORD_BYTES}")
     dsse: Dsse = _parse_model(Dsse, value, "envelope")
-    body = crypto.b64d(dsse.payload, what="envelope payload")
+    body = dsse.payload
     header_bytes, sep, sections_bytes = body.partition(b"\n")
     if not sep:
         raise MalformedError("envelope body has no header line")

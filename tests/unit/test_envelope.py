@@ -140,8 +140,12 @@ def _resigned_header(**changes: object) -> Callable[[DemoDomain], bytes]:
 
 
 def _truncated_base64(d: DemoDomain) -> bytes:
+    return _payload_text(d, lambda payload: payload[:-3])
+
+
+def _payload_text(d: DemoDomain, edit: Callable[[str], object]) -> bytes:
     dsse = json.loads(seal(d))
-    dsse["payload"] = dsse["payload"][:-3]
+    dsse["payload"] = edit(dsse["payload"])
     return jsonx.compact_json(dsse)
 
 
@@ -149,6 +153,21 @@ CASES = [
     Case("a record that is not JSON is malformed", "malformed", lambda d: b"\x00\x01 not json"),
     Case("duplicate JSON keys in the envelope are malformed", "malformed", _duplicate_json_key),
     Case("truncated base64 in the payload is malformed", "malformed", _truncated_base64),
+    Case(
+        "a payload in the URL-safe base64 alphabet is malformed",
+        "malformed",
+        lambda d: _payload_text(d, lambda p: p.replace("+", "-").replace("/", "_") + "-_"),
+    ),
+    Case(
+        "padding inside the payload's base64 is malformed",
+        "malformed",
+        lambda d: _payload_text(d, "AAA=AAAA".__add__),
+    ),
+    Case(
+        "a payload that is a number, not base64 text, is malformed",
+        "malformed",
+        lambda d: _payload_text(d, len),
+    ),
     Case(
         "a body without a header line is malformed",
         "malformed",

@@ -227,10 +227,17 @@ def memory_series(samples: list[MemorySample], every_min: float = 5.0) -> str:
 
 
 FLAT_MIB = 2.0
-"""The most a process's memory may grow over the second half of its life (MiB, outside the hub's RocksDB
-stores, whose memtables and caches fill up to the bound their options set) for the soak to call it
-flat: a process that leaks keeps growing as it did in its first half; one whose memory levels off does
-not. A process must have lived :data:`FLAT_MIN_MINUTES` for a verdict."""
+"""The most a process's memory in use may grow over the second half of its life (MiB) for the soak to
+call it flat: a process that leaks keeps growing as it did in its first half; one whose memory levels off
+does not. A process must have lived :data:`FLAT_MIN_MINUTES` for a verdict.
+
+In use is the RSS less what is bounded by something other than the work done: the hub's RocksDB stores
+(memtables and caches fill up to the bound their options set), and, on jemalloc, the pages it keeps
+beyond its live allocations (freed pages it returns after its decay time, slabs part-used: bounded by
+the process's peak of live memory) and the pages read in from files (bounded by the files). Those
+swing by several MiB from one sample to the next (run W's router-2: live allocations -0.7 MiB over its
+second half, jemalloc's kept pages +4.9), which the RSS alone would read as a leak. The RSS growth is
+printed beside it."""
 
 FLAT_MIN_MINUTES = 10.0
 
@@ -278,12 +285,26 @@ def longest_process_growth(samples: list[MemorySample]) -> str:
     if len(read) >= 3:
         grown = halves(read, lambda s: s.rss - (s.rocksdb or 0))
         line += f"; outside RocksDB {grown[0]:+.1f}, {grown[1]:+.1f}"
-    on_jemalloc = [s for s in (read if len(read) >= 3 else life) if s.malloc and "resident" in s.malloc]
+    on_jemalloc = [
+        s
+        for s in (read if len(read) >= 3 else life)
+        if s.malloc and {"allocated", "resident"} <= s.malloc.keys()
+    ]
     if len(on_jemalloc) >= 3:
         line += f" ({_where_it_grew(on_jemalloc, halves)})"
+        grown = halves(on_jemalloc, _in_use)
+        line += f"; in use {grown[0]:+.1f}, {grown[1]:+.1f}"
     if last.minute - first.minute < FLAT_MIN_MINUTES:
         return line + f" (under {FLAT_MIN_MINUTES:.0f} min: flat or not, too short to tell)"
     return line + (f": flat (at most {FLAT_MIB:+.1f})" if grown[1] <= FLAT_MIB else ": NOT flat")
+
+
+def _in_use(sample: MemorySample) -> int:
+    """The RSS less the hub's RocksDB stores, the pages jemalloc keeps beyond its live allocations and
+    the file-backed pages where read (:data:`FLAT_MIB`); for a sample with jemalloc's counters."""
+    malloc = sample.malloc or {}
+    kept = malloc.get("resident", 0) - malloc.get("allocated", 0)
+    return sample.rss - (sample.rocksdb or 0) - kept - (sample.file or 0)
 
 
 def _where_it_grew(

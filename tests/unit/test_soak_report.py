@@ -96,7 +96,7 @@ def test_on_jemalloc_the_growth_is_split_into_live_allocations_pages_kept_and_me
     assert longest_process_growth([hub_at(m) for m in range(0, 31)]) == (
         "longest process 0-30 min: +6.1 MiB in its first half, +6.1 MiB in its second; "
         "outside RocksDB +1.4, +1.4 (live allocations +0.0, +0.0, kept by jemalloc +1.4, +1.4, "
-        "outside jemalloc +0.0, +0.0): flat (at most +2.0)"
+        "outside jemalloc +0.0, +0.0); in use +0.0, +0.0: flat (at most +2.0)"
     )
 
 
@@ -110,8 +110,38 @@ def test_with_the_file_backed_pages_read_their_growth_is_told_apart_from_the_res
     assert longest_process_growth([at(m) for m in range(0, 31)]) == (
         "longest process 0-30 min: +1.4 MiB in its first half, +1.4 MiB in its second "
         "(live allocations +0.0, +0.0, kept by jemalloc +0.0, +0.0, file-backed +1.4, +1.4, "
-        "the rest +0.0, +0.0): flat (at most +2.0)"
+        "the rest +0.0, +0.0); in use +0.0, +0.0: flat (at most +2.0)"
     )
+
+
+def _on_jemalloc(minute: int, *, live_mib: float, kept_mib: float, rest_mib: float = 20) -> MemorySample:
+    allocated = int((60 + live_mib) * MIB)
+    resident = allocated + int((10 + kept_mib) * MIB)
+    counters = {"allocated": allocated, "resident": resident, "dirty": int(kept_mib * MIB)}
+    return MemorySample(minute, 7, resident + int(rest_mib * MIB), None, counters, 30 * MIB)
+
+
+def test_pages_jemalloc_keeps_after_a_burst_do_not_make_a_process_whose_live_memory_is_level_not_flat() -> (
+    None
+):
+    # Run W's router-2: live allocations level, freed pages kept by jemalloc +0.4 MiB a minute.
+    samples = [_on_jemalloc(m, live_mib=0, kept_mib=0.4 * m) for m in range(0, 31)]
+    line = longest_process_growth(samples)
+    assert line.startswith("longest process 0-30 min: +5.6 MiB in its first half, +5.6 MiB in its second ")
+    assert line.endswith("; in use +0.0, +0.0: flat (at most +2.0)")
+
+
+def test_live_allocations_that_keep_growing_are_not_flat_though_jemalloc_returns_pages_as_they_grow() -> None:
+    # +0.3 MiB of live allocations a minute, pages kept shrinking as fast: the RSS stays level.
+    samples = [_on_jemalloc(m, live_mib=0.3 * m, kept_mib=9 - 0.3 * m) for m in range(0, 31)]
+    line = longest_process_growth(samples)
+    assert line.startswith("longest process 0-30 min: +0.0 MiB in its first half, +0.0 MiB in its second ")
+    assert line.endswith("; in use +4.2, +4.2: NOT flat")
+
+
+def test_memory_that_grows_outside_jemalloc_is_in_use() -> None:
+    samples = [_on_jemalloc(m, live_mib=0, kept_mib=0, rest_mib=20 + 0.2 * m) for m in range(0, 31)]
+    assert longest_process_growth(samples).endswith("; in use +2.8, +2.8: NOT flat")
 
 
 def test_jemalloc_s_counters_are_read_from_a_scrape_and_absent_where_the_service_is_not_on_it() -> None:

@@ -77,8 +77,8 @@ def routing_fields(header: EnvelopeHeader) -> RoutingFields:
 
 
 class Recipients:
-    """:func:`recipients` of one policy, remembered per :func:`routing_fields`: every event verified,
-    sealed or routed asks it, and a district's events share a few hundred combinations of those fields.
+    """:func:`recipients` of one policy, remembered per :func:`routing_fields`: every event verified or
+    sealed asks it, and the answer depends on those seven fields alone, which events of one kind share.
 
     At most ``limit`` answers are kept; past it the memory starts again (a sender choosing a fresh
     audience each event costs only the computing it saves others). The answers are read-only.

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -239,6 +240,8 @@ class Bed:
             for node in self.kafka.nodes:  # no controlled shutdown: the lab goes next
                 self.kafka.kill_node(node.node_id)
             self.kafka.stop(timeout=5)
+        for mount in _mounts_under(self.tmp):  # a full-disk fault cut short: its tmpfs is still there
+            _run(["umount", "-l", str(mount)], check=False)
         self.lab.close()
 
     def _env(self) -> dict[str, str]:
@@ -550,6 +553,19 @@ def _run(argv: list[str], *, check: bool = True) -> str | None:
             raise RuntimeError(f"`{' '.join(argv)}` failed ({proc.returncode}): {proc.stderr.strip()}")
         return None
     return proc.stdout
+
+
+def _mounts_under(directory: Path) -> list[Path]:
+    """The mount points at or below ``directory`` (``/proc/self/mounts``; octal escapes as the kernel
+    writes them: a space is ``\\040``)."""
+    root = directory.resolve()
+    points = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        point = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[1]))
+        if point == root or root in point.parents:
+            points.append(point)
+    return sorted(points, key=lambda p: len(p.parts), reverse=True)  # the deepest first
 
 
 def _answers(address: str, port: int) -> bool:

@@ -21,6 +21,7 @@ import argparse
 import random
 import re
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -559,8 +560,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _stop_on_signal(signum: int, _frame: object) -> None:
+    """SIGTERM or SIGINT: end the run through its ``finally`` blocks, which take the bed down (processes,
+    namespaces, links, a broker's tmpfs) and keep the logs; a second signal waits for that."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print(f"soak: stopped by {signal.Signals(signum).name}; taking the bed down", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Also SIGINT: a soak started in the background (`... &`) inherits SIGINT ignored.
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGINT, _stop_on_signal)
     logs = REPO / ".run" / "soak" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     with tempfile.TemporaryDirectory(prefix="lianfang-soak-") as tmp:
         try:

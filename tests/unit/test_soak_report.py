@@ -3,10 +3,16 @@ RocksDB stores' share of it; and its option that has each service report its Pyt
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from services.kernel.topics import partition_for
-from tests.faults.bed import Check
+from tests.faults.bed import Check, _mounts_under
 from tests.faults.soak import (
     MemorySample,
     SoakResult,
@@ -20,6 +26,7 @@ from tests.faults.soak import (
     rocksdb_bytes,
     service_env,
 )
+from tests.workers import REPO
 
 pytestmark = pytest.mark.unit
 
@@ -256,3 +263,55 @@ def test_a_soak_with_a_victim_left_without_an_alert_is_not_ok() -> None:
     assert result([]).ok
     assert not result(["p1.victim"]).ok
     assert "missing alerts 1 (by hub inbox partition: " in result(["p1.victim"]).lines()[1]
+
+
+_STAND_IN = """
+import sys, time
+from pathlib import Path
+import tests.faults.soak as soak
+
+def stand_in(tmp, **kw):
+    try:
+        Path(sys.argv[1], "started").touch()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.05)  # a soak's loop, waiting for the signal
+    finally:
+        Path(sys.argv[1], "taken down").touch()  # where the soak takes its bed down
+
+soak.soak = stand_in
+sys.exit(soak.main(["--minutes", "1"]))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_ends_the_soak_through_the_teardown_of_its_bed_even_started_in_the_background(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    def like_a_background_job() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `cmd &` gives a job
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STAND_IN, str(tmp_path)],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=like_a_background_job,  # noqa: PLW1509 - the child runs no threads yet
+    )
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "started").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # poll interval inside a deadline loop
+    assert (tmp_path / "started").exists(), proc.communicate()[1]
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert (tmp_path / "taken down").exists()
+    assert proc.returncode == 128 + signum
+    assert f"stopped by {signum.name}; taking the bed down" in err
+
+
+def test_the_bed_finds_the_mounts_left_under_its_directory_deepest_first() -> None:
+    """What its teardown unmounts: a full-disk fault cut short leaves a broker's tmpfs mounted."""
+    found = _mounts_under(Path("/proc"))
+    assert found[-1] == Path("/proc")
+    assert all(Path("/proc") in point.parents for point in found[:-1])
+    assert _mounts_under(REPO / "docs") == []

@@ -11,8 +11,6 @@ X25519 with HKDF-SHA256 (RFC 5869) and AES-256-GCM in envelope v2 (``docs/envelo
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import hashlib
 import hmac
@@ -29,6 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from schemas.common import b64decode_strict, b64encode
 from services.kernel.errors import BadSignatureError, DecryptFailedError, MalformedError
 
 HPKE_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
@@ -40,17 +39,16 @@ NONCE_BYTES = 12
 
 
 def b64e(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return b64encode(data)
 
 
 def b64d(text: str, *, what: str, length: int | None = None) -> bytes:
-    """Decode standard base64 strictly (no stray characters, correct padding): one C call,
-    ``a2b_base64``'s strict mode, which refuses exactly what ``b64decode(validate=True)`` does, without
-    its Python wrapper and regular expression."""
+    """Decode standard base64 strictly (:func:`schemas.common.b64decode_strict`: the alphabet only,
+    padding where it belongs); a refusal is a :class:`MalformedError` naming ``what``, never the text."""
     try:
-        raw = binascii.a2b_base64(text, strict_mode=True)
-    except (binascii.Error, ValueError) as e:  # ValueError: text that is not ASCII
-        raise MalformedError(f"{what} is not valid base64 ({e})") from e
+        raw = b64decode_strict(text)
+    except ValueError as e:
+        raise MalformedError(f"{what} is {e}") from e
     if length is not None and len(raw) != length:
         raise MalformedError(f"{what} must be {length} bytes, got {len(raw)}")
     return raw

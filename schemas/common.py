@@ -34,9 +34,10 @@ _T = TypeVar("_T")
 
 def b64decode_strict(text: str) -> bytes:
     """Standard base64 decoded strictly: the RFC 4648 alphabet, padding where it belongs, nothing else
-    (no whitespace, no URL-safe characters); what ``base64.b64decode(..., validate=True)`` accepts, in
-    libbase64's SIMD code (``tests/unit/test_b64d.py`` holds the two to the same answers). Raises
-    ``ValueError`` naming the rule, never the text."""
+    (no whitespace, no URL-safe characters), in libbase64's SIMD code: what
+    ``base64.b64decode(..., validate=True)`` accepts, alike, less padding after a full quantum
+    (``AAAA=``), which no encoder writes (``tests/unit/test_b64d.py``). Raises ``ValueError`` naming the
+    rule, never the text."""
     try:
         return pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):  # ValueError: text that is not ASCII

@@ -97,7 +97,7 @@ DecodedBase64 = Annotated[
     Field(json_schema_extra={"type": "string", "pattern": BASE64_PATTERN}, description="standard base64"),
 ]
 """Standard base64 on the wire, its bytes once read: what :data:`Base64` accepts less what does not
-decode (bad padding, padding inside the text)."""
+decode strictly (bad padding, padding inside the text or after a full quantum)."""
 
 
 class Signature(WireModel):

@@ -153,6 +153,13 @@ class HubMetrics:
             "capacity. Sampled with it.",
             registry=registry,
         )
+        self.rocksdb_level0_files = Gauge(
+            "lianfang_hub_rocksdb_level0_files",
+            "Files the worker's RocksDB stores flushed to level 0 and have not compacted yet, summed. Each "
+            "holds a few hundred KiB that lianfang_hub_rocksdb_memory_bytes does not count, given back at "
+            "compaction. Sampled with it.",
+            registry=registry,
+        )
         self.rocksdb_stores = Gauge(
             "lianfang_hub_rocksdb_stores_open",
             "RocksDB stores the worker holds open (a partition of a table, active or standby), whose "
@@ -192,6 +199,7 @@ class HubMetrics:
         for kind in PROPERTIES:
             self.rocksdb_memory.labels(kind).set(memory.by_kind[kind])
         self.rocksdb_pinned.set(memory.pinned)
+        self.rocksdb_level0_files.set(memory.level0_files)
         self.rocksdb_stores.set(memory.read)
 
 

@@ -120,6 +120,7 @@ class MemorySample:
     rocksdb: int | None = None
     malloc: Mapping[str, int] | None = None  # jemalloc's counters (malloc_counters), where it runs on it
     file: int | None = None  # of the RSS, the file-backed pages (RssFile: code and data read from files)
+    level0: int | None = None  # the hub's RocksDB files awaiting compaction (level0_files)
 
 
 def rocksdb_bytes(metrics: Mapping[str, float] | None) -> int | None:
@@ -129,6 +130,14 @@ def rocksdb_bytes(metrics: Mapping[str, float] | None) -> int | None:
         return None
     kinds = [v for series, v in metrics.items() if series.startswith("lianfang_hub_rocksdb_memory_bytes{")]
     return int(sum(kinds)) if kinds else None
+
+
+def level0_files(metrics: Mapping[str, float] | None) -> int | None:
+    """The hub's ``lianfang_hub_rocksdb_level0_files`` from a scrape of its /metrics: its stores' files
+    awaiting compaction, each holding memory its byte gauge does not count; None where not read."""
+    if metrics is None or "lianfang_hub_rocksdb_level0_files" not in metrics:
+        return None
+    return int(metrics["lianfang_hub_rocksdb_level0_files"])
 
 
 MALLOC_SERIES = f'{allocator.MALLOC_BYTES}{{counter="'
@@ -222,7 +231,8 @@ def memory_series(samples: list[MemorySample], every_min: float = 5.0) -> str:
         new = before is not None and before.pid != sample.pid
         part = f"{sample.minute:.0f}:{sample.rss / 2**20:.0f}{' (new process)' if new else ''}"
         if sample.rocksdb is not None:
-            part += f" (RocksDB {sample.rocksdb / 2**20:.1f})"
+            files = f", {sample.level0} level-0 files" if sample.level0 is not None else ""
+            part += f" (RocksDB {sample.rocksdb / 2**20:.1f}{files})"
         parts.append(part)
     return "  ".join(parts)
 
@@ -462,6 +472,7 @@ def soak(
                         rocksdb,
                         malloc_counters(scraped),
                         worker.file_bytes(),
+                        level0_files(scraped) if name == "hub" else None,
                     )
                 )
 

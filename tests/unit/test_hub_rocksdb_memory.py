@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from services.hub.app import HubSettings, rocksdb_options
 from services.hub.metrics import HubMetrics
-from services.hub.rocksdb_memory import PINNED, PROPERTIES, StoresMemory, memory_of
+from services.hub.rocksdb_memory import LEVEL0, PINNED, PROPERTIES, StoresMemory, memory_of
 
 pytestmark = pytest.mark.unit
 
@@ -48,6 +48,13 @@ def test_each_kind_is_summed_over_every_open_store() -> None:
     assert memory == StoresMemory(
         {"memtables": 135_169, "block_cache": 1_045_704, "table_readers": 62_222}, read=3, unread=0
     )
+
+
+def test_the_files_awaiting_compaction_are_summed_beside_the_bytes() -> None:
+    memory = memory_of(
+        [FakeStore({**store(1, 2, 3).values, LEVEL0: 4}), FakeStore({**store(1, 2, 3).values, LEVEL0: 3})]
+    )
+    assert (memory.level0_files, memory.by_kind["memtables"]) == (7, 2)
 
 
 def test_the_blocks_in_use_are_summed_apart_from_the_kinds_they_are_part_of() -> None:
@@ -98,6 +105,7 @@ def test_a_store_with_the_hub_s_options_reports_each_kind_and_its_memtables_grow
         assert written.by_kind["block_cache"] > 0  # the cache's own entry, before any block is read
         db.flush()  # a file on disk: its index and filter blocks are held by its table reader
         assert memory_of([db]).by_kind["table_readers"] > 0
+        assert memory_of([db]).level0_files == written.level0_files + 1  # flushed to level 0, not compacted
         idle = memory_of([db]).pinned  # the cache's own entry
         it = db.iter()  # an open iterator holds the block it stands on
         it.seek_to_first()
@@ -114,10 +122,15 @@ def test_a_sample_is_exported_by_kind_with_the_stores_it_read() -> None:
     metrics = HubMetrics(registry)
     metrics.set_rocksdb_memory(
         StoresMemory(
-            {"memtables": 300, "block_cache": 200, "table_readers": 100}, read=9, unread=1, pinned=50
+            {"memtables": 300, "block_cache": 200, "table_readers": 100},
+            read=9,
+            unread=1,
+            pinned=50,
+            level0_files=6,
         )
     )
     for kind, value in (("memtables", 300), ("block_cache", 200), ("table_readers", 100)):
         assert registry.get_sample_value("lianfang_hub_rocksdb_memory_bytes", {"kind": kind}) == value
     assert registry.get_sample_value("lianfang_hub_rocksdb_block_cache_pinned_bytes") == 50
     assert registry.get_sample_value("lianfang_hub_rocksdb_stores_open") == 9
+    assert registry.get_sample_value("lianfang_hub_rocksdb_level0_files") == 6

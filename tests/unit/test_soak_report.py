@@ -18,6 +18,7 @@ from tests.faults.soak import (
     SoakResult,
     hub_drained,
     hub_inbox_lag,
+    level0_files,
     longest_process_growth,
     malloc_counters,
     memory_series,
@@ -206,6 +207,17 @@ def test_the_hub_s_series_shows_what_its_rocksdb_stores_held_beside_each_sample(
         MemorySample(10, 8, 119 * MIB, rocksdb=int(5.6 * MIB)),
     ]
     assert memory_series(samples) == "0:99 (RocksDB 0.1)  5:102  10:119 (new process) (RocksDB 5.6)"
+
+
+def test_the_hub_s_series_shows_its_rocksdb_files_awaiting_compaction_where_read() -> None:
+    samples = [
+        MemorySample(
+            0, 7, 99 * MIB, rocksdb=MIB, level0=level0_files({"lianfang_hub_rocksdb_level0_files": 9.0})
+        ),
+        MemorySample(5, 7, 102 * MIB, rocksdb=2 * MIB, level0=level0_files({})),  # an older hub
+    ]
+    assert memory_series(samples) == "0:99 (RocksDB 1.0, 9 level-0 files)  5:102 (RocksDB 2.0)"
+    assert level0_files(None) is None
 
 
 def test_the_rocksdb_share_sums_every_kind_of_the_hub_s_gauge_and_is_unknown_without_it() -> None:

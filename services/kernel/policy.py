@@ -80,8 +80,10 @@ class Recipients:
     """:func:`recipients` of one policy, remembered per :func:`routing_fields`: every event verified or
     sealed asks it, and the answer depends on those seven fields alone, which events of one kind share.
 
-    At most ``limit`` answers are kept; past it the memory starts again (a sender choosing a fresh
-    audience each event costs only the computing it saves others). The answers are read-only.
+    At most ``limit`` answers are kept; past it the memory starts again. A header with an audience
+    (joint meetings, supervision: few events) is answered without being remembered: its audience is up
+    to 128 ids the sender chose, so remembering it would let one sender fill the memory with megabytes
+    of its own lists. The answers are read-only.
     """
 
     def __init__(self, policy: Policy, limit: int = 4096) -> None:
@@ -90,6 +92,8 @@ class Recipients:
         self._answers: dict[RoutingFields, Mapping[SectionName, frozenset[str]]] = {}
 
     def __call__(self, header: EnvelopeHeader) -> Mapping[SectionName, frozenset[str]]:
+        if header.audience:
+            return MappingProxyType(recipients(self.policy, header))
         fields = routing_fields(header)
         answer = self._answers.get(fields)
         if answer is None:

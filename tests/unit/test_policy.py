@@ -87,12 +87,21 @@ def test_a_header_asked_again_is_answered_from_memory(registry: Registry) -> Non
 
 def test_the_memory_holds_at_most_its_limit_of_answers(registry: Registry) -> None:
     remembered = policy.Recipients(registry.document.policy, limit=4)
-    audiences = [[p] for p in registry.participant_ids()[:10]]
-    for audience in audiences:
-        remembered(header(type="joint_meeting.alert", audience=audience))
+    towns = [f"town_{i}" for i in range(10)]
+    for town in towns:
+        remembered(header(town=town))
         assert len(remembered) <= 4
-    last = header(type="joint_meeting.alert", audience=audiences[-1])
+    last = header(town=towns[-1])
     assert dict(remembered(last)) == policy.recipients(registry.document.policy, last)
+
+
+def test_a_header_with_an_audience_the_sender_chose_is_answered_but_not_remembered(
+    registry: Registry,
+) -> None:
+    remembered = policy.Recipients(registry.document.policy)
+    h = header(type="joint_meeting.alert", audience=["court", "health"])
+    assert dict(remembered(h)) == policy.recipients(registry.document.policy, h)
+    assert len(remembered) == 0
 
 
 def test_a_remembered_answer_cannot_be_changed_by_whoever_asked(registry: Registry) -> None:

@@ -156,8 +156,8 @@ class HubMetrics:
         self.rocksdb_level0_files = Gauge(
             "lianfang_hub_rocksdb_level0_files",
             "Files the worker's RocksDB stores flushed to level 0 and have not compacted yet, summed. Each "
-            "holds a few hundred KiB that lianfang_hub_rocksdb_memory_bytes does not count, given back at "
-            "compaction. Sampled with it.",
+            "held a few hundred KiB that lianfang_hub_rocksdb_memory_bytes does not count, given back at "
+            "compaction, in one store measured alone. Sampled with it.",
             registry=registry,
         )
         self.rocksdb_stores = Gauge(

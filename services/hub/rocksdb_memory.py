@@ -37,10 +37,10 @@ part of ``block_cache`` already."""
 
 
 LEVEL0 = "rocksdb.num-files-at-level0"
-"""Files flushed to level 0 and not yet compacted. RocksDB keeps a few hundred KiB a such file that
-none of the properties above counts, and gives it back when it compacts them (one store alone, on
-jemalloc: 55.0 MiB of live allocations beyond the kinds with 0 - 2 such files, 60.3 with 14, 55.2
-after compaction; docs/faults.md, run Y). Counted apart, beside the bytes."""
+"""Files flushed to level 0 and not yet compacted. In one measurement RocksDB kept a few hundred KiB
+for each such file that none of the properties above counts, and gave it back at compaction (one store
+alone, on jemalloc: 55.0 MiB of live allocations beyond the kinds with 0 - 2 such files, 60.3 with 14,
+55.2 after compaction; docs/faults.md, run Y). Counted apart, beside the bytes."""
 
 
 class Store(Protocol):

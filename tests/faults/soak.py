@@ -13,11 +13,17 @@ hub's agents as their /metrics count them, ``lianfang_router_worker_restarts_tot
 (:mod:`services.kernel.heapwatch`): each logs, every SECONDS, the Python allocation sites grown most
 since its first snapshot; the reports are in the services' logs, kept in ``.run/soak/<time>/``.
 Tracing slows the services, so such a run's latencies and recoveries are not comparable to others.
+
+Every memory sample the report is read from is kept beside the logs, one JSON object a line
+(``.run/soak/<time>/memory.jsonl``: :func:`samples_jsonl`), to read a service's memory against its other
+figures after the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import random
 import re
 import shutil
@@ -535,6 +541,14 @@ def soak(
         bed.down()
 
 
+def samples_jsonl(memory: Mapping[str, list[MemorySample]]) -> str:
+    """Every memory sample of a run, one JSON object a line, each with its service's name and the fields
+    of :class:`MemorySample` (bytes, minutes; null where not read), in the order they were taken."""
+    rows = [{"service": name, **dataclasses.asdict(s)} for name, samples in memory.items() for s in samples]
+    rows.sort(key=lambda row: row["minute"])
+    return "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+
+
 def keep_logs(tmp: Path, to: Path) -> None:
     """Copy every ``*.log`` under the run's directory to ``to`` (its relative path kept)."""
     for path in tmp.rglob("*.log"):
@@ -599,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:  # the services' and brokers' logs outlive the run's data
             keep_logs(Path(tmp), logs)
         print(f"logs: {logs}")
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / "memory.jsonl").write_text(samples_jsonl(result.memory))
     for line in result.lines():
         print(line)
     return 0 if result.ok else 1

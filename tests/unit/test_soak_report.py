@@ -3,6 +3,7 @@ RocksDB stores' share of it; and its option that has each service report its Pyt
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from tests.faults.soak import (
     missing_by_partition,
     parse_args,
     rocksdb_bytes,
+    samples_jsonl,
     service_env,
 )
 from tests.workers import REPO
@@ -32,6 +34,33 @@ from tests.workers import REPO
 pytestmark = pytest.mark.unit
 
 MIB = 2**20
+
+
+def test_the_samples_file_holds_every_sample_of_every_service_in_the_order_taken() -> None:
+    hub = [
+        MemorySample(0.5, 9, 80 * MIB, 3 * MIB, {"allocated": 50 * MIB, "resident": 60 * MIB}, 20 * MIB, 4),
+        MemorySample(1.5, 9, 81 * MIB, 3 * MIB, None, None, 7),
+    ]
+    router = [MemorySample(0.4, 7, 70 * MIB), MemorySample(1.4, 8, 71 * MIB)]
+    rows = [json.loads(line) for line in samples_jsonl({"router-1": router, "hub": hub}).splitlines()]
+    assert [(r["service"], r["minute"], r["pid"]) for r in rows] == [
+        ("router-1", 0.4, 7),
+        ("hub", 0.5, 9),
+        ("router-1", 1.4, 8),
+        ("hub", 1.5, 9),
+    ]
+    assert rows[1] == {
+        "service": "hub",
+        "minute": 0.5,
+        "pid": 9,
+        "rss": 80 * MIB,
+        "rocksdb": 3 * MIB,
+        "malloc": {"allocated": 50 * MIB, "resident": 60 * MIB},
+        "file": 20 * MIB,
+        "level0": 4,
+    }
+    assert rows[0]["rocksdb"] is None
+    assert rows[0]["level0"] is None
 
 
 def test_the_series_shows_one_sample_per_five_minutes_and_the_last() -> None:

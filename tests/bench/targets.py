@@ -7,13 +7,20 @@ measured median (``None`` when this run did not measure it: another ``-k``, a fa
 benchmark measures it yet), ``baseline`` the figure it is compared with in the same run (``None`` when
 there is none), ``target`` the bound as text (``">= 3000"``), and ``met`` whether the figure is within
 it (never true without a figure). Nothing is carried over from an earlier run.
+
+``python -m tests.bench.targets [PATH]`` prints the table of a finished run (``bench-results/latest.json``
+by default) as Markdown, as the README's performance section shows it.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import operator
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 Figures = Mapping[tuple[str, str, str], float]
@@ -241,19 +248,16 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+def _cells(row: Mapping[str, Any]) -> tuple[str, str, str, str, str]:
+    """A row's cells as the tables show them: target, figure, baseline, bound, met."""
+    baseline = "—" if row["baseline"] is None else _cell(row["baseline"])
+    return row["name"], _cell(row["figure"]), baseline, row["target"], _cell(row["met"])
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     """The summary table printed last by ``make bench``."""
     titles = ("target", "figure", "baseline", "bound", "met")
-    cells = [
-        (
-            r["name"],
-            _cell(r["figure"]),
-            "—" if r["baseline"] is None else _cell(r["baseline"]),
-            r["target"],
-            _cell(r["met"]),
-        )
-        for r in rows
-    ]
+    cells = [_cells(r) for r in rows]
     widths = [max(len(c) for c in col) for col in zip(titles, *cells, strict=True)]
     aligns = ("<", ">", ">", "<", "<")
     lines = ["", "Performance targets, judged from this run alone (bench-results/latest.json: targets)"]
@@ -262,3 +266,30 @@ def render(rows: list[dict[str, Any]]) -> str:
             "  " + "  ".join(f"{c:{a}{w}}" for c, a, w in zip(row, aligns, widths, strict=True)).rstrip()
         )
     return "\n".join(lines)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The same table as :func:`render`, in Markdown (the README's performance section)."""
+    lines = ["| target | figure | baseline | bound | met |", "|---|--:|--:|---|---|"]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.targets", description=markdown.__doc__)
+    parser.add_argument("path", nargs="?", type=Path, default=Path("bench-results/latest.json"))
+    args = parser.parse_args(argv)
+    try:
+        rows = json.loads(args.path.read_text())["targets"]
+    except FileNotFoundError:
+        print(f"error: {args.path} not found. fix: run make bench first", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, TypeError):
+        print(f"error: {args.path} holds no targets table (not a make bench result)", file=sys.stderr)
+        return 2
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

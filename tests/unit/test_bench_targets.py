@@ -3,6 +3,8 @@ judged from the figures of one run, and honest about what that run did not measu
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -140,3 +142,24 @@ def test_each_services_memory_row_is_its_rss_after_the_memory_run_beside_its_rss
     row = _row(over, f"7 memory: {service} RSS")
     assert (row["figure"], row["baseline"], row["met"]) == (151.0, 96.0, False)
     assert _row(under, f"7 memory: {service} RSS")["met"] is True
+
+
+def test_the_markdown_table_has_a_row_per_target_and_says_not_measured_rather_than_a_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = targets.evaluate(_run(("bench_envelope", "seal+sign (4 recipients)", "events/s", 3100.0)))
+    path = tmp_path / "latest.json"
+    path.write_text(json.dumps({"environment": {}, "benchmarks": [], "targets": rows}))
+    assert targets.main([str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 + len(targets.TARGETS)
+    (sealing,) = [line for line in lines if line.startswith("| 2 sealing: seal+sign")]
+    assert sealing.endswith(" | 3,100 | — | >= 3000 | yes |")
+    assert all("not measured" in line for line in lines[2:] if "seal+sign" not in line)
+
+
+def test_the_markdown_table_of_a_missing_result_says_to_run_the_benchmark_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert targets.main([str(tmp_path / "latest.json")]) == 2
+    assert "run make bench first" in capsys.readouterr().err

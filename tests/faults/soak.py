@@ -4,10 +4,11 @@ seed), then the figures.
     python -m tests.faults.soak --minutes 30 --seed 1     # make soak SOAK_MINUTES=30 SEED=1 (root)
 
 It prints the leads offered, accepted, delivered, duplicated and lost, the alerts, the p99 latency
-from acceptance to the first inbox copy, each service's resident memory at the start and the end, the
-restarts of each service (its process, killed by the soak; inside it: the router's runners and the
-hub's agents as their /metrics count them, ``lianfang_router_worker_restarts_total`` and
-``lianfang_hub_agent_restarts_total``), and every fault with its time to recover. The exit status is 0 only when nothing was lost or duplicated.
+from acceptance to the first inbox copy, each service's resident memory at the start and the end (and
+at rest, once the load stopped and the hub drained), the restarts of each service (its process, killed
+by the soak; inside it: the router's runners and the hub's agents as their /metrics count them,
+``lianfang_router_worker_restarts_total`` and ``lianfang_hub_agent_restarts_total``), and every fault
+with its time to recover. The exit status is 0 only when nothing was lost or duplicated.
 
 ``--trace-memory SECONDS`` sets ``LIANFANG_TRACEMALLOC_EVERY_S`` for every service it starts
 (:mod:`services.kernel.heapwatch`): each logs, every SECONDS, the Python allocation sites grown most
@@ -324,6 +325,44 @@ def _in_use(sample: MemorySample) -> int:
     return sample.rss - (sample.rocksdb or 0) - kept - (sample.file or 0)
 
 
+def at_rest_line(samples: list[MemorySample], rest: MemorySample) -> str:
+    """A process's memory once the load stopped and the hub drained (``rest``), against its own samples
+    under load: at its start and at the last one. What only holds work in flight (records fetched,
+    events buffered, batches pending) is given back at rest; what leaks is not. In use
+    (:func:`_in_use`) where jemalloc's counters were read, else the RSS (outside RocksDB for the hub);
+    in MiB. A process restarted since its last sample under load has nothing to compare with."""
+    if rest.rss == 0:
+        return "not running at that moment"
+    life = [s for s in samples if s.pid == rest.pid and s.rss > 0]
+    if life and next(s.pid for s in samples if s.rss > 0) != rest.pid:
+        life = life[1:]  # a restarted process's first sample may catch it starting
+    if not life:
+        return f"RSS {rest.rss / 2**20:.1f} MiB, a process started since the last sample under load"
+    jemalloc = all(s.malloc and {"allocated", "resident"} <= s.malloc.keys() for s in [*life, rest])
+    what = "in use" if jemalloc else "RSS" if rest.rocksdb is None else "outside RocksDB"
+    of = _in_use if jemalloc else _outside_rocksdb
+    start, last = (_level(life, m, of) for m in (life[0].minute, life[-1].minute))
+    line = (
+        f"{what} {of(rest) / 2**20:.1f} MiB at minute {rest.minute:.0f}: "
+        f"{(of(rest) - start) / 2**20:+.1f} since its start (minute {life[0].minute:.0f}), "
+        f"{(of(rest) - last) / 2**20:+.1f} since its last samples under load"
+    )
+    if jemalloc:
+        live = _level(life, life[0].minute, _live)
+        line += f" (live allocations {(_live(rest) - live) / 2**20:+.1f} since its start)"
+    return line
+
+
+def _outside_rocksdb(sample: MemorySample) -> int:
+    """The RSS less the hub's RocksDB stores where read."""
+    return sample.rss - (sample.rocksdb or 0)
+
+
+def _live(sample: MemorySample) -> int:
+    """jemalloc's live allocations less the hub's RocksDB stores' count of their own."""
+    return (sample.malloc or {}).get("allocated", 0) - (sample.rocksdb or 0)
+
+
 def _where_it_grew(
     life: list[MemorySample],
     halves: Callable[[list[MemorySample], Callable[[MemorySample], int]], tuple[float, float]],
@@ -340,7 +379,7 @@ def _where_it_grew(
         return (sample.malloc or {}).get(name, 0)
 
     parts: dict[str, Callable[[MemorySample], int]] = {
-        "live allocations": lambda s: counter(s, "allocated") - (s.rocksdb or 0),
+        "live allocations": _live,
         "kept by jemalloc": lambda s: counter(s, "resident") - counter(s, "allocated"),
     }
     if all(s.file is not None for s in life):
@@ -379,6 +418,9 @@ class SoakResult:
     exits: list[SelfExit] = field(default_factory=list)  # services that ended without being told
     hub_lag: dict[int, float] | None = None  # the hub's inbox lag per partition once the load is drained
     hub_tail: dict[int, int] | None = None  # per partition, the offsets after its last record
+    at_rest: dict[str, MemorySample] = field(
+        default_factory=dict
+    )  # once the load stopped and the hub drained
 
     @property
     def ok(self) -> bool:
@@ -405,6 +447,8 @@ class SoakResult:
         for name, samples in self.memory.items():
             out.append(f"RSS {name:<8} over time (MiB): {memory_series(samples)}")
             out.append(f"RSS {name:<8} {longest_process_growth(samples)}")
+            if name in self.at_rest:
+                out.append(f"RSS {name:<8} at rest: {at_rest_line(samples, self.at_rest[name])}")
         for name in self.rss_start:
             inside = RESTART_COUNTERS.get(name)
             line = f"restarts {name:<8} process {self.process_restarts.get(name, 0)}"
@@ -464,23 +508,26 @@ def soak(
         began = time.monotonic()
         memory: dict[str, list[MemorySample]] = {name: [] for name in SERVICES}
 
-        def sample_memory() -> None:
+        def take_samples() -> dict[str, MemorySample]:
             minute = (time.monotonic() - began) / 60
+            taken = {}
             for name in SERVICES:
                 worker = bed.workers[name]
                 scraped = worker.metrics()
-                rocksdb = rocksdb_bytes(scraped) if name == "hub" else None
-                memory[name].append(
-                    MemorySample(
-                        minute,
-                        worker.proc.pid,
-                        worker.rss_bytes(),
-                        rocksdb,
-                        malloc_counters(scraped),
-                        worker.file_bytes(),
-                        level0_files(scraped) if name == "hub" else None,
-                    )
+                taken[name] = MemorySample(
+                    minute,
+                    worker.proc.pid,
+                    worker.rss_bytes(),
+                    rocksdb_bytes(scraped) if name == "hub" else None,
+                    malloc_counters(scraped),
+                    worker.file_bytes(),
+                    level0_files(scraped) if name == "hub" else None,
                 )
+            return taken
+
+        def sample_memory() -> None:
+            for name, sample in take_samples().items():
+                memory[name].append(sample)
 
         exits: list[SelfExit] = []
 
@@ -521,6 +568,7 @@ def soak(
         hub_lag, hub_tail = settled_hub_lag(
             lambda: hub_inbox_lag(bed.workers["hub"].metrics()), lambda: bed.tally.tail("hub")
         )
+        at_rest = take_samples()  # no load, the hub drained: what each process holds without work in flight
         latencies = sorted(bed.latencies())
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else float("nan")
         return SoakResult(
@@ -536,15 +584,26 @@ def soak(
             exits=exits,
             hub_lag=hub_lag,
             hub_tail=hub_tail,
+            at_rest=at_rest,
         )
     finally:
         bed.down()
 
 
-def samples_jsonl(memory: Mapping[str, list[MemorySample]]) -> str:
-    """Every memory sample of a run, one JSON object a line, each with its service's name and the fields
-    of :class:`MemorySample` (bytes, minutes; null where not read), in the order they were taken."""
-    rows = [{"service": name, **dataclasses.asdict(s)} for name, samples in memory.items() for s in samples]
+def samples_jsonl(
+    memory: Mapping[str, list[MemorySample]], at_rest: Mapping[str, MemorySample] | None = None
+) -> str:
+    """Every memory sample of a run, one JSON object a line, each with its service's name, whether it
+    was taken at rest (the load stopped, the hub drained) and the fields of :class:`MemorySample`
+    (bytes, minutes; null where not read), in the order they were taken."""
+    rows = [
+        {"service": name, "at_rest": False, **dataclasses.asdict(s)}
+        for name, samples in memory.items()
+        for s in samples
+    ]
+    rows += [
+        {"service": name, "at_rest": True, **dataclasses.asdict(s)} for name, s in (at_rest or {}).items()
+    ]
     rows.sort(key=lambda row: row["minute"])
     return "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
 
@@ -614,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
             keep_logs(Path(tmp), logs)
         print(f"logs: {logs}")
     logs.mkdir(parents=True, exist_ok=True)
-    (logs / "memory.jsonl").write_text(samples_jsonl(result.memory))
+    (logs / "memory.jsonl").write_text(samples_jsonl(result.memory, result.at_rest))
     for line in result.lines():
         print(line)
     return 0 if result.ok else 1

@@ -17,6 +17,7 @@ from tests.faults.bed import Check, _mounts_under
 from tests.faults.soak import (
     MemorySample,
     SoakResult,
+    at_rest_line,
     hub_drained,
     hub_inbox_lag,
     level0_files,
@@ -36,21 +37,24 @@ pytestmark = pytest.mark.unit
 MIB = 2**20
 
 
-def test_the_samples_file_holds_every_sample_of_every_service_in_the_order_taken() -> None:
+def test_the_samples_file_holds_every_sample_of_every_service_in_the_order_taken_and_those_at_rest() -> None:
     hub = [
         MemorySample(0.5, 9, 80 * MIB, 3 * MIB, {"allocated": 50 * MIB, "resident": 60 * MIB}, 20 * MIB, 4),
         MemorySample(1.5, 9, 81 * MIB, 3 * MIB, None, None, 7),
     ]
     router = [MemorySample(0.4, 7, 70 * MIB), MemorySample(1.4, 8, 71 * MIB)]
-    rows = [json.loads(line) for line in samples_jsonl({"router-1": router, "hub": hub}).splitlines()]
-    assert [(r["service"], r["minute"], r["pid"]) for r in rows] == [
-        ("router-1", 0.4, 7),
-        ("hub", 0.5, 9),
-        ("router-1", 1.4, 8),
-        ("hub", 1.5, 9),
+    rest = {"hub": MemorySample(2.5, 9, 79 * MIB)}
+    rows = [json.loads(line) for line in samples_jsonl({"router-1": router, "hub": hub}, rest).splitlines()]
+    assert [(r["service"], r["minute"], r["pid"], r["at_rest"]) for r in rows] == [
+        ("router-1", 0.4, 7, False),
+        ("hub", 0.5, 9, False),
+        ("router-1", 1.4, 8, False),
+        ("hub", 1.5, 9, False),
+        ("hub", 2.5, 9, True),
     ]
     assert rows[1] == {
         "service": "hub",
+        "at_rest": False,
         "minute": 0.5,
         "pid": 9,
         "rss": 80 * MIB,
@@ -179,6 +183,46 @@ def test_live_allocations_that_keep_growing_are_not_flat_though_jemalloc_returns
 def test_memory_that_grows_outside_jemalloc_is_in_use() -> None:
     samples = [_on_jemalloc(m, live_mib=0, kept_mib=0, rest_mib=20 + 0.2 * m) for m in range(0, 31)]
     assert longest_process_growth(samples).endswith("; in use +2.8, +2.8: NOT flat")
+
+
+def test_memory_that_only_held_work_in_flight_is_given_back_at_rest() -> None:
+    # Live allocations +0.1 MiB a minute under load, back to where the process started once drained.
+    samples = [_on_jemalloc(m, live_mib=0.1 * m, kept_mib=0) for m in range(0, 31)]
+    rest = _on_jemalloc(31, live_mib=0.2, kept_mib=3)
+    assert at_rest_line(samples, rest) == (
+        "in use 50.2 MiB at minute 31: +0.1 since its start (minute 0), -2.7 since its last samples under "
+        "load (live allocations +0.1 since its start)"
+    )
+
+
+def test_memory_that_leaked_is_still_held_at_rest() -> None:
+    samples = [_on_jemalloc(m, live_mib=0.1 * m, kept_mib=0) for m in range(0, 31)]
+    rest = _on_jemalloc(31, live_mib=3.1, kept_mib=0)
+    assert at_rest_line(samples, rest).endswith(
+        "+3.0 since its start (minute 0), +0.2 since its last samples under load (live allocations +3.0 "
+        "since its start)"
+    )
+
+
+def test_at_rest_a_restarted_process_is_read_from_its_second_sample_and_a_new_one_is_not_compared() -> None:
+    first = [MemorySample(m, 7, 100 * MIB) for m in range(0, 5)]
+    restarted = [MemorySample(5, 8, 20 * MIB)] + [MemorySample(m, 8, 110 * MIB) for m in range(6, 31)]
+    rest = MemorySample(31, 8, 111 * MIB)
+    assert at_rest_line(first + restarted, rest) == (
+        "RSS 111.0 MiB at minute 31: +1.0 since its start (minute 6), +1.0 since its last samples under load"
+    )
+    assert at_rest_line(first + restarted, MemorySample(31, 9, 90 * MIB)) == (
+        "RSS 90.0 MiB, a process started since the last sample under load"
+    )
+    assert at_rest_line(first, MemorySample(31, 7, 0)) == "not running at that moment"
+
+
+def test_the_hub_at_rest_without_jemalloc_is_read_outside_its_rocksdb_stores() -> None:
+    samples = [MemorySample(m, 7, 100 * MIB, 2 * MIB) for m in range(0, 31)]
+    rest = MemorySample(31, 7, 104 * MIB, 5 * MIB)
+    assert at_rest_line(samples, rest).startswith(
+        "outside RocksDB 99.0 MiB at minute 31: +1.0 since its start"
+    )
 
 
 def test_jemalloc_s_counters_are_read_from_a_scrape_and_absent_where_the_service_is_not_on_it() -> None:
@@ -356,3 +400,24 @@ def test_the_bed_finds_the_mounts_left_under_its_directory_deepest_first() -> No
     assert found[-1] == Path("/proc")
     assert all(Path("/proc") in point.parents for point in found[:-1])
     assert _mounts_under(REPO / "docs") == []
+
+
+def test_the_report_reads_each_service_at_rest_after_its_memory_under_load() -> None:
+    check = Check(
+        accepted=1, delivered=1, lost=[], duplicated=[], alerts=1, missing_alerts=[], duplicate_alerts=[]
+    )
+    under_load = [MemorySample(m, 7, 100 * MIB) for m in range(0, 31)]
+    result = SoakResult(
+        offered=1,
+        check=check,
+        p99_s=1.0,
+        memory={"hub": under_load, "gateway": under_load},
+        at_rest={"hub": MemorySample(32, 7, 99 * MIB)},
+    )
+    lines = result.lines()
+    hub = lines.index(next(line for line in lines if line.startswith("RSS hub      longest process")))
+    assert lines[hub + 1] == (
+        "RSS hub      at rest: RSS 99.0 MiB at minute 32: -1.0 since its start (minute 0), -1.0 since its "
+        "last samples under load"
+    )
+    assert not any(line.startswith("RSS gateway  at rest") for line in lines)

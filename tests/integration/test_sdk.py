@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from services.cli.bus import deadletter_rows
 from services.kernel import envelope
@@ -39,7 +40,12 @@ def router(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Route
 
 
 def client(
-    bus: Bus, participant: str, tmp_path: Path, bootstrap: str | None = None, reader: str | None = None
+    bus: Bus,
+    participant: str,
+    tmp_path: Path,
+    bootstrap: str | None = None,
+    reader: str | None = None,
+    **kwargs: Any,
 ) -> Client:
     return Client(
         keystore=bus.domain.keys(participant),
@@ -48,6 +54,7 @@ def client(
         outbox_path=tmp_path / f"{participant}.sqlite",
         topic_prefix=bus.prefix,
         reader=reader,
+        **kwargs,
     )
 
 
@@ -72,6 +79,70 @@ def read_until(c: Client, event_id: str, timeout: float = 60) -> Any:
         if opened.header.id == event_id:
             return opened
     raise AssertionError(f"{c.participant} never received {event_id}")
+
+
+# ----------------------------------------------- offsets committed together (first: police's inbox empty)
+
+
+def committed(bus: Bus, group: str, participant: str) -> dict[int, int]:
+    """The offsets ``group`` has committed on ``participant``'s inbox, per partition (read without
+    joining the group)."""
+    topic = bus.names.inbox(participant)
+    reader = KafkaConsumer(bootstrap_servers=bus.bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        partitions = sorted(reader.partitions_for_topic(topic) or ())
+        found = {p: reader.committed(TopicPartition(topic, p)) for p in partitions}
+        return {p: offset for p, offset in found.items() if offset is not None}
+    finally:
+        reader.close()
+
+
+def end_offset(bus: Bus, participant: str, partition: int) -> int:
+    tp = TopicPartition(bus.names.inbox(participant), partition)
+    reader = KafkaConsumer(bootstrap_servers=bus.bootstrap)
+    try:
+        return int(reader.end_offsets([tp])[tp])
+    finally:
+        reader.close()
+
+
+def test_the_offsets_of_events_handed_out_are_committed_together_when_the_reading_ends_not_after_each(
+    bus: Bus, tmp_path: Path
+) -> None:
+    # These run before any other test of the module writes to police's inbox: one partition holds all.
+    sealed = [bus.seal("womens_federation", phone="13866660401") for _ in range(5)]
+    bus.produce([(r.key, r.value) for r in sealed], topic=bus.names.inbox("police"), partition=0)
+    with client(bus, "police", tmp_path, reader="together", inbox_commit_every_s=3600) as police:
+        reading = police.inbox(timeout=3)
+        got = [next(reading).header.id for _ in range(4)]  # asked past three of them
+        assert committed(bus, police.inbox_group, "police") == {}, "committed before the reading ended"
+        got += [opened.header.id for opened in reading]
+        assert committed(bus, police.inbox_group, "police") == {0: end_offset(bus, "police", 0)}
+    assert got == [r.header.id for r in sealed]
+
+
+def test_events_handed_out_by_a_reader_that_died_before_committing_are_not_handed_out_again(
+    bus: Bus, tmp_path: Path
+) -> None:
+    sealed = [bus.seal("womens_federation", phone="13866660402") for _ in range(4)]
+    bus.produce([(r.key, r.value) for r in sealed], topic=bus.names.inbox("police"), partition=0)
+    ids = [r.header.id for r in sealed]
+    first = client(bus, "police", tmp_path, reader="died", inbox_commit_every_s=3600)
+    reading = first.inbox(timeout=3)
+    try:
+        while next(reading).header.id != ids[1]:  # asked past the events before ids[1], then "dies":
+            pass
+        assert first._consumer is not None
+        first._consumer.close(autocommit=False)  # nothing it handed out is committed
+        assert committed(bus, first.inbox_group, "police") == {}
+        with client(bus, "police", tmp_path, reader="died") as again:  # same group, same record of ids
+            skipped = again.metrics.duplicates_skipped._value.get()
+            got = [opened.header.id for opened in again.inbox(timeout=3)]
+            assert again.metrics.duplicates_skipped._value.get() - skipped >= 2  # ids[0], ids[1], and earlier
+    finally:
+        reading.close()
+        first.close()
+    assert got == ids[2:]
 
 
 def test_a_lead_published_with_the_sdk_is_opened_by_each_recipient_and_by_no_one_else(

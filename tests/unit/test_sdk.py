@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from schemas.events import LeadReported
 from services.kernel.errors import UsageError, validation_summary
 from services.kernel.pseudonym import PseudonymKey, pseudonymize
-from services.sdk.client import CaseContext, Client, default_urgency, lead_identities
+from services.sdk.client import CaseContext, Client, OffsetsToCommit, default_urgency, lead_identities
 from services.sdk.metrics import SdkMetrics
 from tests.kit import NOW, DemoDomain
 
@@ -184,3 +184,18 @@ def test_a_publish_sets_the_outbox_gauges_unless_the_metrics_owner_computes_them
         assert metrics.outbox_depth._value.get() == (1 if own else 0)
     finally:
         client.close()
+
+
+def test_the_offsets_to_commit_are_the_next_past_the_last_record_done_of_each_partition_once_due() -> None:
+    now = [100.0]
+    done = OffsetsToCommit(1.0, now=lambda: now[0])
+    assert not done.due()
+    done.past("inbox", 0, 7)
+    done.past("inbox", 0, 8)
+    done.past("inbox", 2, 3)
+    assert not done.due()
+    now[0] = 101.0
+    assert done.due()
+    assert {tp.partition: o.offset for tp, o in done.take().items()} == {0: 9, 2: 4}
+    assert done.take() == {}
+    assert not done.due()

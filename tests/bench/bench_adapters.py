@@ -20,6 +20,12 @@ about 1 KiB. What each case times:
   (:class:`~tests.bench.harness.RssTrack`). ``python -m tests.bench --memory -k adapters`` runs a
   gateway alone through ``LIANFANG_BENCH_MEMORY_EVENTS`` requests (10,000 by default) at 32 in flight,
   in ``MEMORY_LOOKS`` runs of the load generator, its RSS read after each once its outbox drained.
+- ``SDK inbox, one reader``: one :class:`~services.sdk.client.Client` of a recipient
+  (``READER``) reading ``events`` sealed leads from its inbox (3 partitions) with ``inbox()``: verify,
+  open, the handed-out id remembered (fsync), the audit line (fsync), offsets committed together;
+  timed from the first event handed out to the last, a new reader group each run. Baselines on the
+  same records: a kafka-python consumer polling one record at a time as the reader does, committing
+  after each record (what the reader did before), and committing once at the end.
 - the pseudonymizer the registry names runs in a process of its own (its per-participant rate limit
   lifted); a case fails rather than report a figure if any lead was deferred for want of its answer.
 - baselines: kafka-python and aiokafka producing N values of the sealed records' size (random bytes,
@@ -70,6 +76,8 @@ CONCURRENCY = 32
 THREADS = 8  # SDK callers in one process
 PARTITIONS = 12
 SENDER = "police"
+READER = "womens_federation"  # a recipient of the leads (town renhe)
+INBOX_PARTITIONS = 3
 TOWN = "renhe"
 LINGER_MS = 2  # as the outbox's producer
 START_DEADLINE_S = 60.0
@@ -638,6 +646,130 @@ def _raw_sqlite(ctx: BenchContext, setup: Setup, events: int, size: int) -> list
     ]
 
 
+def _inbox_topic(ctx: BenchContext, setup: Setup, events: int) -> str:
+    """``READER``'s inbox under the setup's prefix, holding ``events`` sealed leads addressed to it (the
+    router's copies, produced straight into it)."""
+    from kafka import KafkaProducer
+
+    from services.bus.cluster import TopicSpec, ensure_topics
+    from services.kernel import topics
+    from services.sdk.client import Client
+
+    topic = topics.TopicNames(setup.prefix).inbox(READER)
+    ensure_topics(ctx.bootstrap, [TopicSpec(topic, INBOX_PARTITIONS, 1)])
+    sender = Client(
+        keystore=setup.domain.keystore(SENDER),
+        registry=setup.registry,
+        bootstrap=setup.bootstrap,
+        outbox_path=setup.tmp / "inbox-sender.sqlite",
+        topic_prefix=setup.prefix,
+        start=False,  # the sealed records stay in its outbox, to be produced into the inbox
+    )
+    try:
+        for i in range(events):
+            sender.publish_lead(lead_event(1_000_000 + i))
+        sealed = sender.outbox.pending(limit=events)
+    finally:
+        sender.close()
+    producer = KafkaProducer(bootstrap_servers=ctx.bootstrap, client_id=CLIENT_ID, acks="all")
+    try:
+        for record in sealed:
+            producer.send(topic, key=record.key, value=record.value)
+        producer.flush(timeout=DRAIN_DEADLINE_S)
+    finally:
+        producer.close()
+    return topic
+
+
+def _sdk_inbox(ctx: BenchContext, setup: Setup, events: int) -> list[Result]:
+    from prometheus_client import CollectorRegistry
+
+    from services.sdk.client import Client
+    from services.sdk.metrics import SdkMetrics
+
+    _inbox_topic(ctx, setup, events)
+    counter = [0]
+
+    def one_run() -> float:
+        counter[0] += 1
+        reader = Client(
+            keystore=setup.domain.keystore(READER),
+            registry=setup.registry,
+            bootstrap=setup.bootstrap,
+            outbox_path=setup.tmp / f"reader-{counter[0]}.sqlite",
+            topic_prefix=setup.prefix,
+            metrics=SdkMetrics(CollectorRegistry()),
+            reader=f"bench{counter[0]}",
+            start=False,
+        )
+        try:
+            reading = reader.inbox(max_records=events, timeout=30)
+            next(reading)  # group joined, first fetch done
+            start = time.perf_counter()
+            read = 1 + sum(1 for _ in reading)
+            took = time.perf_counter() - start
+        finally:
+            reader.close()
+        if read != events:
+            raise BenchError(f"SDK inbox: read {read} of {events} events")
+        return took * events / (events - 1)  # the time for all at the rate of the last events - 1
+
+    seconds = ctx.measure("SDK inbox, one reader", one_run)
+    notes = (
+        f"{events:,} sealed leads in {READER}'s inbox ({INBOX_PARTITIONS} partitions); Client.inbox(): verify, "
+        "open, handed-out id (fsync), audit line (fsync), offsets committed together; a new group each run"
+    )
+    return [ctx.result("SDK inbox, one reader", "events/s", per_second(seconds, events), notes=notes)]
+
+
+def _raw_consume(ctx: BenchContext, setup: Setup, events: int, *, commit_each: bool) -> list[Result]:
+    from kafka import KafkaConsumer
+
+    from services.kernel import topics
+
+    topic = topics.TopicNames(setup.prefix).inbox(READER)
+    case = "kafka-python consume, commit after each" if commit_each else "kafka-python consume"
+
+    def one_run() -> float:
+        consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=ctx.bootstrap,
+            client_id=CLIENT_ID,
+            group_id=ctx.unique("inbox-raw"),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+        )
+        try:
+            read, start = 0, 0.0
+            deadline = time.monotonic() + DRAIN_DEADLINE_S
+            while read < events and time.monotonic() < deadline:
+                batch = consumer.poll(timeout_ms=500, max_records=1)  # as the reader polls
+                for records in batch.values():
+                    for _ in records:
+                        read += 1
+                        if read == 1:
+                            start = time.perf_counter()
+                        if commit_each:
+                            consumer.commit()
+            took = time.perf_counter() - start
+            if not commit_each:
+                consumer.commit()
+        finally:
+            consumer.close()
+        if read != events:
+            raise BenchError(f"{case}: read {read} of {events} records")
+        return took * events / (events - 1)
+
+    seconds = ctx.measure(case, one_run)
+    notes = (
+        "poll one record, commit() after it (what the SDK reader did before)"
+        if commit_each
+        else "poll one record at a time as the reader does, one commit at the end"
+    ) + "; the same records, a new group each run, timed from the first record"
+    return [ctx.result(case, "records/s", per_second(seconds, events), baseline=True, notes=notes)]
+
+
 def _raw_kafka_python(ctx: BenchContext, topic: str, events: int, size: int) -> list[Result]:
     from kafka import KafkaProducer
 
@@ -737,6 +869,9 @@ def run(ctx: BenchContext) -> list[Result]:
         results += _sdk(heavy, setup, events)
         results += _raw_sqlite(heavy, setup, events, size)
         results += _sdk_threads(heavy, setup, events)
+        results += _sdk_inbox(heavy, setup, events)
+        results += _raw_consume(heavy, setup, events, commit_each=True)
+        results += _raw_consume(heavy, setup, events, commit_each=False)
         results += _gateway(heavy, setup, requests)
         return results
     finally:

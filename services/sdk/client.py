@@ -858,7 +858,8 @@ class Client:
         decrypt) is never handed to the caller: it is counted by reason, logged without content, and
         reported by a problem record on the dead-letter topic, written before its offset is committed;
         then reading goes on. An expired registry stops the reading with
-        :class:`RegistryExpiredError` and commits nothing: a newer registry is needed first.
+        :class:`RegistryExpiredError` and commits nothing past the record it met: a newer registry is
+        needed first.
 
         A client that follows the registry topic (:meth:`open`) reads nothing while it holds no fresh
         timestamp statement for its registry (a withheld revocation would go unnoticed): it waits,

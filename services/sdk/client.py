@@ -947,7 +947,7 @@ class Client:
         except (KafkaError, AssertionError, RuntimeError) as e:  # the last two: a consumer closed meanwhile
             if not best_effort:
                 raise
-            log.info(
+            log.warning(
                 "inbox %s: offsets of %d partition(s) not committed (%s); their events are read again "
                 "next time and skipped as handed out",
                 self.participant, len(offsets), e,

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from kafka import TopicPartition
+from kafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
 from services.bus.deadletter import problem_headers
@@ -193,8 +194,14 @@ class StandIn:
         self.position += 1
         return {TopicPartition(record.topic, record.partition): [record]}
 
-    def commit(self) -> None:
-        self.log.append(f"commit {self.records[self.position - 1].offset}")
+    fail_commits: bool = False
+
+    def commit(self, offsets: dict[TopicPartition, Any], timeout_ms: int | None = None) -> None:
+        if self.fail_commits:
+            raise KafkaTimeoutError("the group coordinator did not answer")
+        self.log.append(
+            "commit " + " ".join(f"{tp.partition}@{o.offset}" for tp, o in sorted(offsets.items()))
+        )
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.log.append(f"seek {offset}")
@@ -240,7 +247,7 @@ def test_the_sdk_hands_an_event_delivered_twice_out_once(
     assert len(got) == 2
     assert len(set(got)) == 2
     assert metrics.duplicates_skipped._value.get() == 1
-    assert stand_in.log == ["commit 0", "commit 1", "commit 2"]
+    assert stand_in.log == ["commit 0@3"], "one commit past the three, once the inbox had no more"
 
 
 def test_the_sdk_skips_an_event_re_delivered_after_a_crash_before_its_commit(
@@ -253,6 +260,30 @@ def test_the_sdk_skips_an_event_re_delivered_after_a_crash_before_its_commit(
     assert next(reading).header.id  # handed out; the process "dies" before the next call
     _attach(client, [Record(value, 0)])  # Kafka re-delivers the uncommitted record
     assert list(client.inbox(timeout=0)) == []
+
+
+def test_the_sdk_commits_once_the_interval_has_passed_and_at_the_end_of_the_reading(
+    domain: DemoDomain, police: tuple[Client, SdkMetrics]
+) -> None:
+    client, _ = police
+    client.inbox_commit_every_s = 0  # every event is due at once
+    stand_in = _attach(client, [Record(seal(domain), 0), Record(seal(domain), 1, partition=2)])
+    assert len(list(client.inbox(timeout=0, max_records=2))) == 2
+    assert stand_in.log == ["commit 0@1", "commit 2@2"]
+
+
+def test_a_last_commit_that_fails_is_logged_and_the_events_handed_out_stay_handed_out(
+    domain: DemoDomain, police: tuple[Client, SdkMetrics], caplog: pytest.LogCaptureFixture
+) -> None:
+    client, metrics = police
+    value = seal(domain)
+    stand_in = _attach(client, [Record(value, 0)])
+    stand_in.fail_commits = True
+    assert len(list(client.inbox(timeout=0, max_records=1))) == 1
+    assert "not committed" in caplog.text
+    _attach(client, [Record(value, 0)])  # Kafka re-delivers what was not committed
+    assert list(client.inbox(timeout=0)) == []
+    assert metrics.duplicates_skipped._value.get() == 1
 
 
 def test_an_event_whose_handler_stopped_the_iteration_is_handed_out_again(
@@ -283,7 +314,7 @@ def test_an_event_police_cannot_open_is_reported_before_its_commit_and_reading_g
     stand_in = _attach(client, [Record(bad, 0), Record(good, 1)])
     got = list(client.inbox(timeout=0))
     assert [o.header.id for o in got] == [envelope.parse(good)[4].id]
-    assert stand_in.log == ["problem decrypt_failed 0", "commit 0", "commit 1"]
+    assert stand_in.log == ["problem decrypt_failed 0", "commit 0@2"]
     assert metrics.inbox_rejected.labels("decrypt_failed")._value.get() == 1
 
 
@@ -296,7 +327,7 @@ def test_a_problem_record_that_was_written_is_not_written_again_when_the_record_
     list(client.inbox(timeout=0))
     stand_in = _attach(client, [Record(bad, 0)])
     list(client.inbox(timeout=0))
-    assert stand_in.log == ["commit 0"]
+    assert stand_in.log == ["commit 0@1"]
     assert metrics.inbox_rejected.labels("bad_signature")._value.get() == 1
 
 

@@ -287,18 +287,22 @@ class Setup:
             metrics=SdkMetrics(CollectorRegistry()),
         )
 
-    def sealed_size(self) -> int:
-        """The size of a sealed lead as the SDK writes it (what every case puts on Kafka)."""
+    def holding_client(self, name: str) -> Any:
+        """A client of ``SENDER`` that is not started: what it publishes stays sealed in its outbox."""
         from services.sdk.client import Client
 
-        client = Client(
+        return Client(
             keystore=self.domain.keystore(SENDER),
             registry=self.registry,
             bootstrap=self.bootstrap,
-            outbox_path=self.tmp / "probe.sqlite",
+            outbox_path=self.tmp / f"{name}.sqlite",
             topic_prefix=self.prefix,
             start=False,
         )
+
+    def sealed_size(self) -> int:
+        """The size of a sealed lead as the SDK writes it (what every case puts on Kafka)."""
+        client = self.holding_client("probe")
         try:
             client.publish_lead(lead_event(0))
             return len(client.outbox.pending()[0].value)
@@ -653,18 +657,10 @@ def _inbox_topic(ctx: BenchContext, setup: Setup, events: int) -> str:
 
     from services.bus.cluster import TopicSpec, ensure_topics
     from services.kernel import topics
-    from services.sdk.client import Client
 
     topic = topics.TopicNames(setup.prefix).inbox(READER)
     ensure_topics(ctx.bootstrap, [TopicSpec(topic, INBOX_PARTITIONS, 1)])
-    sender = Client(
-        keystore=setup.domain.keystore(SENDER),
-        registry=setup.registry,
-        bootstrap=setup.bootstrap,
-        outbox_path=setup.tmp / "inbox-sender.sqlite",
-        topic_prefix=setup.prefix,
-        start=False,  # the sealed records stay in its outbox, to be produced into the inbox
-    )
+    sender = setup.holding_client("inbox-sender")  # its sealed records are produced into the inbox
     try:
         for i in range(events):
             sender.publish_lead(lead_event(1_000_000 + i))

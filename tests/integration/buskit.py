@@ -213,6 +213,18 @@ class Bus:
         consumer.close()
         return out
 
+    def inbox_commits(self, group: str, participant: str) -> dict[int, int]:
+        """The offsets ``group`` has committed on the inbox of ``participant``, per partition (read
+        without joining the group)."""
+        topic = self.names.inbox(participant)
+        reader = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False)
+        try:
+            partitions = sorted(reader.partitions_for_topic(topic) or ())
+            committed = {p: reader.committed(TopicPartition(topic, p)) for p in partitions}
+            return {p: offset for p, offset in committed.items() if offset is not None}
+        finally:
+            reader.close()
+
     def inbox_ids(self) -> dict[str, Counter[str]]:
         """For every participant, how many times each event id reached its inbox."""
         inboxes = {self.names.inbox(p): p for p in self.domain.registry.participant_ids()}

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from services.cli import main as cli_main
@@ -179,22 +178,9 @@ def test_a_gateway_without_a_fresh_statement_answers_503_with_retry_after_and_ac
         gateway.stop()
 
 
-def _inbox_commits(bus: Bus, group: str, participant: str) -> dict[int, int]:
-    """The offsets ``group`` has committed on the inbox of ``participant``, per partition (read
-    without joining the group)."""
-    topic = bus.names.inbox(participant)
-    reader = KafkaConsumer(bootstrap_servers=bus.bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        partitions = sorted(reader.partitions_for_topic(topic) or ())
-        committed = {p: reader.committed(TopicPartition(topic, p)) for p in partitions}
-        return {p: offset for p, offset in committed.items() if offset is not None}
-    finally:
-        reader.close()
-
-
 def _hub_committed_past_every_record(bus: Bus) -> bool:
     inbox = bus.names.inbox("hub")
-    committed = _inbox_commits(bus, f"{bus.prefix}hub", "hub")
+    committed = bus.inbox_commits(f"{bus.prefix}hub", "hub")
     return all(r.offset < committed.get(r.partition, 0) for r in bus.read_all([inbox])[inbox])
 
 
@@ -228,7 +214,7 @@ def test_a_hub_without_a_fresh_statement_holds_its_inbox_records_and_raises_the_
         assert hub.total("lianfang_hub_alerts_total") == 0
         assert alerts.breaches_for(subject) == []
         assert alerts.by_subject.get(subject) is None
-        assert _inbox_commits(bus, f"{bus.prefix}hub", "hub") == {}
+        assert bus.inbox_commits(f"{bus.prefix}hub", "hub") == {}
         assert bus.deadletters() == []
         assert "hub: registry v1 is not known to be fresh" in hub.tail(400)
         assert "waiting for a fresh timestamp statement" in hub.tail(400)
@@ -313,7 +299,7 @@ def test_an_inbox_reader_following_the_registry_reads_nothing_without_a_fresh_st
         assert value("lianfang_inbox_waiting_for_freshness") == 0
         assert value("lianfang_freshness_fresh", service="sdk") == 0
         assert value("lianfang_inbox_events_received_total", type=sealed.header.type) is None
-        assert _inbox_commits(bus, client.inbox_group, "police") == {}
+        assert bus.inbox_commits(client.inbox_group, "police") == {}
 
         # `lianfang inbox` says so and exits non-zero, its own group committing nothing either.
         argv = ["inbox", "--as", "police", "--home", str(live_domain.home), "--bootstrap", bus.bootstrap]
@@ -341,6 +327,6 @@ def test_an_inbox_reader_following_the_registry_reads_nothing_without_a_fresh_st
         assert value("lianfang_inbox_waiting_for_freshness") == 0
         assert value("lianfang_freshness_fresh", service="sdk") == 1
         assert "inbox police: registry v1 is fresh: reading" in caplog.text
-        assert sum(_inbox_commits(bus, client.inbox_group, "police").values()) == 1
+        assert sum(bus.inbox_commits(client.inbox_group, "police").values()) == 1
     finally:
         client.close()

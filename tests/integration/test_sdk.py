@@ -84,19 +84,6 @@ def read_until(c: Client, event_id: str, timeout: float = 60) -> Any:
 # ----------------------------------------------- offsets committed together (first: police's inbox empty)
 
 
-def committed(bus: Bus, group: str, participant: str) -> dict[int, int]:
-    """The offsets ``group`` has committed on ``participant``'s inbox, per partition (read without
-    joining the group)."""
-    topic = bus.names.inbox(participant)
-    reader = KafkaConsumer(bootstrap_servers=bus.bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        partitions = sorted(reader.partitions_for_topic(topic) or ())
-        found = {p: reader.committed(TopicPartition(topic, p)) for p in partitions}
-        return {p: offset for p, offset in found.items() if offset is not None}
-    finally:
-        reader.close()
-
-
 def end_offset(bus: Bus, participant: str, partition: int) -> int:
     tp = TopicPartition(bus.names.inbox(participant), partition)
     reader = KafkaConsumer(bootstrap_servers=bus.bootstrap)
@@ -115,9 +102,9 @@ def test_the_offsets_of_events_handed_out_are_committed_together_when_the_readin
     with client(bus, "police", tmp_path, reader="together", inbox_commit_every_s=3600) as police:
         reading = police.inbox(timeout=3)
         got = [next(reading).header.id for _ in range(4)]  # asked past three of them
-        assert committed(bus, police.inbox_group, "police") == {}, "committed before the reading ended"
+        assert bus.inbox_commits(police.inbox_group, "police") == {}, "committed before the reading ended"
         got += [opened.header.id for opened in reading]
-        assert committed(bus, police.inbox_group, "police") == {0: end_offset(bus, "police", 0)}
+        assert bus.inbox_commits(police.inbox_group, "police") == {0: end_offset(bus, "police", 0)}
     assert got == [r.header.id for r in sealed]
 
 
@@ -134,7 +121,7 @@ def test_events_handed_out_by_a_reader_that_died_before_committing_are_not_hande
             pass
         assert first._consumer is not None
         first._consumer.close(autocommit=False)  # nothing it handed out is committed
-        assert committed(bus, first.inbox_group, "police") == {}
+        assert bus.inbox_commits(first.inbox_group, "police") == {}
         with client(bus, "police", tmp_path, reader="died") as again:  # same group, same record of ids
             skipped = again.metrics.duplicates_skipped._value.get()
             got = [opened.header.id for opened in again.inbox(timeout=3)]

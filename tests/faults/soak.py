@@ -418,9 +418,8 @@ class SoakResult:
     exits: list[SelfExit] = field(default_factory=list)  # services that ended without being told
     hub_lag: dict[int, float] | None = None  # the hub's inbox lag per partition once the load is drained
     hub_tail: dict[int, int] | None = None  # per partition, the offsets after its last record
-    at_rest: dict[str, MemorySample] = field(
-        default_factory=dict
-    )  # once the load stopped and the hub drained
+    # each service once the load stopped and the hub drained (at_rest_line)
+    at_rest: dict[str, MemorySample] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -236,6 +236,7 @@ class Setup:
         self.prefix = ctx.unique("adapters") + "."
         self.events_topic = topics.TopicNames(self.prefix).events
         ensure_topics(ctx.bootstrap, [TopicSpec(self.events_topic, PARTITIONS, 1)])
+        self.topics = [self.events_topic]  # deleted by close()
         self.bootstrap = ctx.bootstrap
 
     def _start_pseudonymizer(self) -> subprocess.Popen[bytes]:
@@ -316,7 +317,7 @@ class Setup:
         try:
             admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=CLIENT_ID)
             try:
-                admin.delete_topics([self.events_topic])
+                admin.delete_topics(self.topics)
             finally:
                 admin.close()
         except KafkaError:
@@ -660,6 +661,7 @@ def _inbox_topic(ctx: BenchContext, setup: Setup, events: int) -> str:
 
     topic = topics.TopicNames(setup.prefix).inbox(READER)
     ensure_topics(ctx.bootstrap, [TopicSpec(topic, INBOX_PARTITIONS, 1)])
+    setup.topics.append(topic)
     sender = setup.holding_client("inbox-sender")  # its sealed records are produced into the inbox
     try:
         for i in range(events):

@@ -273,33 +273,27 @@ class Setup:
         _wait(serving, START_DEADLINE_S, "the pseudonymizer")
         return proc
 
-    def client(self, name: str) -> Any:
+    def client(self, name: str, participant: str = SENDER, **options: Any) -> Any:
+        """A client of ``participant`` with an outbox of its own and metrics of its own; ``options``
+        as :class:`~services.sdk.client.Client` takes them."""
         from prometheus_client import CollectorRegistry
 
         from services.sdk.client import Client
         from services.sdk.metrics import SdkMetrics
 
         return Client(
-            keystore=self.domain.keystore(SENDER),
+            keystore=self.domain.keystore(participant),
             registry=self.registry,
             bootstrap=self.bootstrap,
             outbox_path=self.tmp / f"{name}.sqlite",
             topic_prefix=self.prefix,
             metrics=SdkMetrics(CollectorRegistry()),
+            **options,
         )
 
     def holding_client(self, name: str) -> Any:
         """A client of ``SENDER`` that is not started: what it publishes stays sealed in its outbox."""
-        from services.sdk.client import Client
-
-        return Client(
-            keystore=self.domain.keystore(SENDER),
-            registry=self.registry,
-            bootstrap=self.bootstrap,
-            outbox_path=self.tmp / f"{name}.sqlite",
-            topic_prefix=self.prefix,
-            start=False,
-        )
+        return self.client(name, start=False)
 
     def sealed_size(self) -> int:
         """The size of a sealed lead as the SDK writes it (what every case puts on Kafka)."""
@@ -680,26 +674,12 @@ def _inbox_topic(ctx: BenchContext, setup: Setup, events: int) -> str:
 
 
 def _sdk_inbox(ctx: BenchContext, setup: Setup, events: int) -> list[Result]:
-    from prometheus_client import CollectorRegistry
-
-    from services.sdk.client import Client
-    from services.sdk.metrics import SdkMetrics
-
     _inbox_topic(ctx, setup, events)
     counter = [0]
 
     def one_run() -> float:
         counter[0] += 1
-        reader = Client(
-            keystore=setup.domain.keystore(READER),
-            registry=setup.registry,
-            bootstrap=setup.bootstrap,
-            outbox_path=setup.tmp / f"reader-{counter[0]}.sqlite",
-            topic_prefix=setup.prefix,
-            metrics=SdkMetrics(CollectorRegistry()),
-            reader=f"bench{counter[0]}",
-            start=False,
-        )
+        reader = setup.client(f"reader-{counter[0]}", READER, reader=f"bench{counter[0]}", start=False)
         try:
             reading = reader.inbox(max_records=events, timeout=30)
             next(reading)  # group joined, first fetch done

@@ -292,7 +292,7 @@ class HubWorker:
             victims=self.victim_writes,
             suspects=self.suspect_table,
             links=self.link_table,
-            send=self.send_and_wait,
+            send=self.send,
             clock=utcnow,
             newer_registry=newer_registry,
         )
@@ -322,12 +322,13 @@ class HubWorker:
     def _topic(self, name: str, partitions: int | None = None) -> faust.TopicT:
         return self.app.topic(name, partitions=partitions, key_serializer="raw", value_serializer="raw")
 
-    async def send_and_wait(
+    async def send(
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None
-    ) -> None:
-        """Send, then wait for Kafka's acknowledgement (before the state that records it is written)."""
-        pending = await self._sends_to[topic].send(key=key, value=value, headers=headers)
-        await pending
+    ) -> Awaitable[object]:
+        """Hand a record to the producer; returns Kafka's acknowledgement, which the worker awaits before
+        it writes the state that records the record."""
+        pending: Awaitable[object] = await self._sends_to[topic].send(key=key, value=value, headers=headers)
+        return pending
 
 
 async def sample_group_lag(

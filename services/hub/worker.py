@@ -13,11 +13,13 @@ it, and unit tests drive it with dicts and a list.
   is written. A crash in between re-emits it under the same deterministic event id; the router
   delivers the first and refuses the second (reason ``replay``), so coordinators see it once.
 - Inbox records come in batches (:meth:`RecordWorker.on_inbox_batch`, one record is a batch of one):
-  each record is opened, its rules applied and what they emit sent and acknowledged in turn, while the
-  states they make are held; at the end of the batch one fsync puts every audit entry of the batch
-  (each opening, each publication) on disk, and only then are the held states written to the table
-  and the records acknowledged. So an entry is on disk before the state or the offset that follows
-  from it, as with an fsync per entry, for one fsync a batch. A record of the hub's own topics
+  each record is opened, its rules applied and what they emit sent, while the states they make are
+  held; at the end of the batch Kafka's acknowledgement of every record sent is awaited (all were sent
+  before the first is awaited: one round trip a batch, not one a record), one fsync puts every audit
+  entry of the batch (each opening, each acknowledged publication) on disk, and only then are the held
+  states written to the table and the records acknowledged. So a record is acknowledged by Kafka, and
+  an entry is on disk, before the state or the offset that follows from it, as with a wait and an
+  fsync per record, for one of each a batch. A record of the hub's own topics
   (suspect, serial trigger, link, tick) settles the same way, alone. One lock keeps the agents'
   handlers from interleaving: none sees, nor overwrites, a state while a batch holds a newer one.
 - The registry in force may change while it runs (:mod:`services.bus.registry_follower`): a record
@@ -45,6 +47,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, 
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any, Literal, TypeVar
 
 from aiokafka.errors import KafkaError
@@ -75,8 +78,10 @@ __all__ = ["REPORT_SUBJECT", "InboxRecord", "RecordWorker", "Send", "Source"]
 
 log = logging.getLogger("lianfang.hub")
 
-Send = Callable[[str, bytes, bytes, list[tuple[str, bytes]] | None], Awaitable[None]]
-"""``send(topic, key, value, headers)``: returns once Kafka acknowledged the record."""
+Send = Callable[[str, bytes, bytes, list[tuple[str, bytes]] | None], Awaitable[Awaitable[object]]]
+"""``send(topic, key, value, headers)``: hands the record to the producer and returns its acknowledgement
+to await (Kafka's, or its failure). The worker sends every record of a batch before it waits for the
+first acknowledgement, and waits for them all before it settles the batch."""
 
 REPORT_SUBJECT = "p0." + "A" * 43
 """A report is about no victim; its Kafka key is this fixed, well-formed pseudonym."""
@@ -140,6 +145,8 @@ class RecordWorker:
         self.reported: dict[int, datetime] = {}  # per partition: when the current report period began
         # States of the batch in hand, by table and key, not yet written: (self.victims, key) and so on.
         self._held: dict[tuple[int, bytes], tuple[MutableMapping[bytes, bytes], bytes]] = {}
+        # Records the batch in hand sent, in order: topic, Kafka's acknowledgement, what follows it.
+        self._unacked: list[tuple[str, asyncio.Future[object], Callable[[], None] | None]] = []
         self._one_at_a_time = asyncio.Lock()  # a batch, a suspect, a trigger or a tick: never two
 
     # -- opening and sealing
@@ -201,17 +208,58 @@ class RecordWorker:
         return envelope.seal(header, content, registry=registry, signer=self.keys)
 
     async def _send(
-        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]] | None,
+        *,
+        acked: Callable[[], None] | None = None,
     ) -> None:
-        """Send; any failure is Kafka's (a :class:`TransportError`), never the record's."""
+        """Send; ``acked`` runs once Kafka acknowledged it (:meth:`_acknowledged`, at the end of the
+        batch). Any failure is Kafka's (a :class:`TransportError`), never the record's."""
         try:
-            await self.send(topic, key, value, headers)
+            ack = await self.send(topic, key, value, headers)
         except Exception as e:
-            raise TransportError(f"{topic} did not take a record: {type(e).__name__}: {e}") from e
+            raise _not_taken(topic, e) from e
+        self._unacked.append((topic, asyncio.ensure_future(ack), acked))
 
-    async def publish(self, record: envelope.SealedRecord) -> None:
-        await self._send(self.names.events, record.key, record.value, record.headers)
-        self.trail.append("publish", subject=record.header.subject, object=record.header.id, durable=False)
+    async def _acknowledged(self) -> None:
+        """Wait for Kafka's acknowledgement of every record the batch in hand sent, then run what follows
+        each acknowledged one, in the order sent. One that failed is a :class:`TransportError` (the first
+        such), raised once every acknowledgement is in."""
+        unacked, self._unacked = self._unacked, []
+        outcomes = await asyncio.gather(*(ack for _, ack, _ in unacked), return_exceptions=True)
+        failed: tuple[str, BaseException] | None = None
+        for (topic, _, acked), outcome in zip(unacked, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failed = failed or (topic, outcome)
+            elif acked is not None:
+                acked()
+        if failed is not None:
+            raise _not_taken(*failed) from failed[1]
+
+    def _forget_unacked(self) -> None:
+        """A batch that failed: its records' acknowledgements are let go (a failure among them is
+        retrieved when it comes, not left for asyncio to report); the batch is handled again."""
+        for _, ack, _ in self._unacked:
+            ack.add_done_callback(_retrieve)
+        self._unacked = []
+
+    async def publish(
+        self, record: envelope.SealedRecord, *, acked: Callable[[], None] | None = None
+    ) -> None:
+        """Send a sealed hub event to the events topic; once Kafka acknowledged it, its audit entry is
+        written (on disk with the batch's), then ``acked`` runs."""
+
+        def published() -> None:
+            self.trail.append(
+                "publish", subject=record.header.subject, object=record.header.id, durable=False
+            )
+            if acked is not None:
+                acked()
+
+        await self._send(self.names.events, record.key, record.value, record.headers, acked=published)
 
     async def emit_alerts(self, state: VictimState, emissions: list[AlertEmission]) -> None:
         for alert in emissions:
@@ -225,10 +273,12 @@ class RecordWorker:
                 case=state,
                 payload=alert.payload(),
             )
-            await self.publish(record)
-            for reason in alert.reasons:
-                self.metrics.alerts.labels(reason["code"]).inc()
-            self.metrics.latency.observe(max(0.0, (self.clock() - alert.updated_at).total_seconds()))
+            await self.publish(record, acked=partial(self._alert_acked, alert))
+
+    def _alert_acked(self, alert: AlertEmission) -> None:
+        for reason in alert.reasons:
+            self.metrics.alerts.labels(reason["code"]).inc()
+        self.metrics.latency.observe(max(0.0, (self.clock() - alert.updated_at).total_seconds()))
 
     # -- one record of each topic
 
@@ -245,25 +295,35 @@ class RecordWorker:
         raw = self._read(self.links, key)
         return LinkState.from_json(raw) if raw else None
 
-    def _hold(self, key: bytes, state: VictimState | LinkState) -> None:
-        """A victim's (or a link's) new state, written to its table when the batch in hand is settled."""
-        table = self.links if isinstance(state, LinkState) else self.victims
+    def _hold(self, key: bytes, state: VictimState | LinkState | SuspectState) -> None:
+        """A victim's (a link's, a suspect's) new state, written to its table when the batch in hand is
+        settled."""
+        table = (
+            self.links
+            if isinstance(state, LinkState)
+            else self.suspects
+            if isinstance(state, SuspectState)
+            else self.victims
+        )
         self._held[(id(table), key)] = (table, state.to_json())
 
     @asynccontextmanager
     async def _batch(self) -> AsyncIterator[None]:
-        """One handler's work at a time; at its end every audit entry it made is put on disk (one fsync,
-        in a thread), then the states it held are written. When it fails (Kafka), nothing it held is
-        written: its records are not acknowledged, and handled again they read the states this
-        attempt read."""
+        """One handler's work at a time; at its end Kafka's acknowledgement of every record it sent is
+        awaited (they were all sent first, so one round trip covers them), every audit entry it made is
+        put on disk (one fsync, in a thread), then the states it held are written. When it fails
+        (Kafka), nothing it held is written: its records are not acknowledged, and handled again they
+        read the states this attempt read."""
         async with self._one_at_a_time:
             try:
                 yield
+                await self._acknowledged()
                 await asyncio.to_thread(self.trail.sync)
                 for (_, key), (table, raw) in self._held.items():
                     table[key] = raw
             finally:
                 self._held.clear()
+                self._forget_unacked()
 
     async def _handle(
         self, parse: Callable[[], _T], apply: Callable[[_T], Awaitable[None]]
@@ -427,14 +487,14 @@ class RecordWorker:
 
     async def _apply_suspect(self, note: serial.SuspectNote) -> None:
         key = note.suspect.encode()
-        raw = self.suspects.get(key)
+        raw = self._read(self.suspects, key)
         before = SuspectState.from_json(raw) if raw else None
         state, triggers = serial.observe_suspect(
             before, note.suspect, note.victim, note.lead_id, note.time, self.config
         )
         for trigger in triggers:
             await self._send(self.names.hub_serial, trigger.victim.encode(), trigger.to_json(), None)
-        self.suspects[key] = state.to_json()
+        self._hold(key, state)
 
     async def on_serial(self, value: bytes, *, partition: int = 0, offset: int = 0) -> None:
         """A serial-suspect trigger for one victim: raise or update the victim's alert."""
@@ -530,6 +590,15 @@ class RecordWorker:
         )
         await self.publish(record)
         self.reported[partition] = now
+
+
+def _not_taken(topic: str, error: BaseException) -> TransportError:
+    return TransportError(f"{topic} did not take a record: {type(error).__name__}: {error}")
+
+
+def _retrieve(ack: asyncio.Future[object]) -> None:
+    if not ack.cancelled():
+        ack.exception()
 
 
 def _tick_time(value: bytes) -> datetime:

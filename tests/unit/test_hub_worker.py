@@ -91,6 +91,39 @@ class Harness:
         return VictimState.from_json(self.victims[victim.encode()])
 
 
+def acknowledged() -> asyncio.Future[object]:
+    """Kafka's acknowledgement, already in."""
+    ack: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    ack.set_result(None)
+    return ack
+
+
+@dataclass
+class HeldAcks:
+    """A send whose acknowledgements wait until the test resolves them: ``acks`` in the order sent."""
+
+    sent: list[Sent]
+    acks: list[asyncio.Future[object]] = field(default_factory=list)
+
+    async def send(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None
+    ) -> asyncio.Future[object]:
+        self.sent.append(Sent(topic, key, value, headers))
+        self.acks.append(asyncio.get_running_loop().create_future())
+        return self.acks[-1]
+
+
+async def until_sent(held: HeldAcks, task: asyncio.Task[None], n: int) -> None:
+    """Let the worker's task run until it has sent ``n`` records and waits (a bounded number of turns
+    of the event loop, no clock)."""
+    for _ in range(1000):
+        if len(held.acks) >= n or task.done():
+            break
+        await asyncio.sleep(0)
+    for _ in range(10):  # and a few more turns: it must now be waiting for an acknowledgement
+        await asyncio.sleep(0)
+
+
 @pytest.fixture
 def hub(domain: DemoDomain, tmp_path: Path) -> Iterator[Harness]:
     keys = domain.keys("hub")
@@ -99,8 +132,11 @@ def hub(domain: DemoDomain, tmp_path: Path) -> Iterator[Harness]:
     suspects: dict[bytes, bytes] = {}
     sent: list[Sent] = []
 
-    async def send(topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None) -> None:
+    async def send(
+        topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None
+    ) -> asyncio.Future[object]:
         sent.append(Sent(topic, key, value, headers))
+        return acknowledged()
 
     registry = CollectorRegistry()
     worker = RecordWorker(
@@ -261,6 +297,85 @@ def test_a_batch_whose_send_fails_writes_none_of_its_states(hub: Harness) -> Non
     with pytest.raises(TransportError, match="acknowledge"):
         asyncio.run(hub.worker.on_inbox_batch(records))
     assert hub.victims == {}, "the first record's state is not written: the batch is handled again"
+
+
+def test_a_batch_sends_every_record_before_it_waits_for_an_acknowledgement_and_writes_states_after_all(
+    hub: Harness,
+) -> None:
+    held = HeldAcks(hub.sent)
+    hub.worker.send = held.send
+    victims = [pseudonym(f"acked victim {i}") for i in range(3)]
+    records = [
+        InboxRecord(lead(hub.domain, i + 1, T, subject=v, requests_joint_meeting=True), v.encode(), 1, i)
+        for i, v in enumerate(victims)
+    ]
+
+    async def scenario() -> None:
+        task = asyncio.create_task(hub.worker.on_inbox_batch(records))
+        await until_sent(held, task, len(records))
+        assert not task.done(), "the batch waits for Kafka's acknowledgements"
+        assert [s.topic for s in hub.sent] == [NAMES.events] * 3, "all three alerts sent before any ack"
+        assert hub.victims == {}, "no state before its alert is acknowledged"
+        assert hub.count("lianfang_hub_alerts_total", rule="professional_judgement") is None
+        for ack in held.acks[:2]:
+            ack.set_result(None)
+        await until_sent(held, task, len(records))
+        assert not task.done(), "two of three acknowledged: the batch still waits"
+        assert hub.victims == {}, "two of three acknowledged: still nothing written"
+        held.acks[2].set_result(None)
+        await task
+
+    asyncio.run(scenario())
+    assert set(hub.victims) == {v.encode() for v in victims}
+    assert hub.count("lianfang_hub_alerts_total", rule="professional_judgement") == 3
+
+
+def test_a_batch_whose_acknowledgement_fails_after_its_sends_writes_none_of_its_states(hub: Harness) -> None:
+    held = HeldAcks(hub.sent)
+    hub.worker.send = held.send
+    records = [
+        InboxRecord(lead(hub.domain, 1, T, requests_joint_meeting=True), VICTIM.encode(), 1, 0),
+        InboxRecord(
+            lead(hub.domain, 2, T, subject=OTHER_VICTIM, requests_joint_meeting=True),
+            OTHER_VICTIM.encode(),
+            1,
+            1,
+        ),
+    ]
+
+    async def scenario() -> None:
+        task = asyncio.create_task(hub.worker.on_inbox_batch(records))
+        await until_sent(held, task, len(records))
+        held.acks[0].set_exception(ConnectionError("the broker is gone"))
+        held.acks[1].set_result(None)
+        with pytest.raises(TransportError, match="broker is gone"):
+            await task
+
+    asyncio.run(scenario())
+    assert hub.victims == {}, "neither state is written: the batch is handled again"
+    assert hub.count("lianfang_hub_alerts_total", rule="professional_judgement") == 1, (
+        "the acknowledged alert is counted, the other not"
+    )
+
+
+def test_a_suspect_s_state_is_written_only_once_its_serial_triggers_are_acknowledged(hub: Harness) -> None:
+    hub.inbox(
+        lead(hub.domain, 1, T, suspect_pseudonyms=[SUSPECT]),
+        lead(hub.domain, 2, T + timedelta(minutes=1), subject=OTHER_VICTIM, suspect_pseudonyms=[SUSPECT]),
+    )
+    first, second = hub.to(NAMES.hub_suspects)
+    asyncio.run(hub.worker.on_suspect(first.value))
+    one_victim = hub.suspects[SUSPECT.encode()]
+
+    async def refuse(topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None) -> Any:
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        future.set_exception(ConnectionError("the broker is gone"))
+        return future
+
+    hub.worker.send = refuse
+    with pytest.raises(TransportError, match="broker is gone"):
+        asyncio.run(hub.worker.on_suspect(second.value))
+    assert hub.suspects[SUSPECT.encode()] == one_victim, "the second victim is not counted yet"
 
 
 def test_a_suspect_named_against_two_victims_flags_both_through_the_suspect_and_serial_topics(

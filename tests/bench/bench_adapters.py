@@ -234,9 +234,14 @@ class Setup:
         self.registry = self.domain.registry(self.now)
         self.pseudonymizer = self._start_pseudonymizer()
         self.prefix = ctx.unique("adapters") + "."
-        self.events_topic = topics.TopicNames(self.prefix).events
-        ensure_topics(ctx.bootstrap, [TopicSpec(self.events_topic, PARTITIONS, 1)])
-        self.topics = [self.events_topic]  # deleted by close()
+        names = topics.TopicNames(self.prefix)
+        self.events_topic = names.events
+        # The clients ship their audit chains to the audit topic in the background: it exists, so they
+        # do not retry (and warn) for the whole case.
+        ensure_topics(
+            ctx.bootstrap, [TopicSpec(self.events_topic, PARTITIONS, 1), TopicSpec(names.audit, 1, 1)]
+        )
+        self.topics = [self.events_topic, names.audit]  # deleted by close()
         self.bootstrap = ctx.bootstrap
 
     def _start_pseudonymizer(self) -> subprocess.Popen[bytes]:

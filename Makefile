@@ -62,8 +62,8 @@ test-unit: $(STAMP) deps ## run the unit tests only (no network)
 faults: $(STAMP) jars deps ## (root) every fault case on a three-node cluster, each host in a network namespace; prints recovery times
 	LIANFANG_FAULTS=all $(PYTEST) -s -p no:cacheprovider tests/faults
 
-soak: $(STAMP) jars deps ## (root) the pipeline under load with random faults (SOAK_MINUTES=30, SEED=1, TRACE_MEMORY=0 s, FAULTS=0 for none); prints the figures
-	$(PY) -m tests.faults.soak --minutes $(or $(SOAK_MINUTES),30) --seed $(or $(SEED),1) --trace-memory $(or $(TRACE_MEMORY),0) $(if $(filter 0,$(FAULTS)),--no-faults)
+soak: $(STAMP) jars deps ## (root) the pipeline under load with random faults (SOAK_MINUTES=30, SEED=1, RATE=4 leads/s, TRACE_MEMORY=0 s, FAULTS=0 for none); prints the figures
+	$(PY) -m tests.faults.soak --minutes $(or $(SOAK_MINUTES),30) --seed $(or $(SEED),1) --rate $(or $(RATE),4) --trace-memory $(or $(TRACE_MEMORY),0) $(if $(filter 0,$(FAULTS)),--no-faults)
 
 fuzz: $(STAMP) jars ## fuzz every target for 1,000,000 inputs (INPUTS=, SEED=); crashing inputs go to .run/fuzz
 	$(PY) -m tests.fuzz --inputs $(or $(INPUTS),1000000) --seed $(or $(SEED),1) --artifacts .run/fuzz

@@ -16,8 +16,9 @@ domain issued now (fast KDF), with one router worker (``python -m services.route
   caught up, police publish through an SDK ``Client`` leads that each raise a joint-meeting alert
   (``requests_joint_meeting``, a new victim per lead) at a steady offered rate; the publication time
   of a lead is when ``publish_lead`` returns (the record is in the SDK outbox), its arrival time when
-  a coordinators ``Client.inbox()`` loop, in a thread of this process, yields the alert about its
-  victim (the alert's subject is the victim's pseudonym). The path: SDK outbox → events → router
+  a coordinators ``Client.inbox()`` loop, in a process of its own as the coordinators' program would
+  be (:mod:`tests.bench.alert_reader`), yields the alert about its victim (the alert's subject is the
+  victim's pseudonym). The path: SDK outbox → events → router
   (verify, policy, transaction) → ``inbox.hub`` → hub (verify, open, rules, seal, send) → events →
   router → ``inbox.coordinators`` → SDK (verify, open).
 - ``hub RSS after the memory run`` (MB; its baseline ``hub RSS, started``): the inbox of the
@@ -83,6 +84,7 @@ MEMORY_LEADS_FULL = 10_000  # the memory case alone (--memory); make bench measu
 MEMORY_LEADS_QUICK = 2_000
 MEMORY_MIN_RATE = 50  # leads/s: the memory run's deadlines allow for a pipeline this slow
 E2E_SECONDS_ENV = "LIANFANG_BENCH_E2E_SECONDS"  # the end-to-end load's length (60 for the target)
+E2E_RATE_ENV = "LIANFANG_BENCH_E2E_RATE"  # its offered leads/s (the target's row reads the 200/s case)
 PUBLISHERS = 8  # threads offering the end-to-end load
 WARMUP_ALERTS = 3  # alerts raised and awaited before the latency window: the whole path is warm
 BASELINE_VALUE_BYTES = 1024
@@ -469,33 +471,39 @@ def _percentiles(latencies_s: list[float]) -> tuple[float, float]:
     return cuts[49] * MS, cuts[98] * MS
 
 
-class AlertReader(threading.Thread):
-    """The coordinators' SDK inbox, read in a loop: when (wall clock) each victim's first alert arrived."""
+class AlertReader:
+    """The coordinators' SDK inbox, read in a process of its own (:mod:`tests.bench.alert_reader`), as
+    the coordinators' program would: when (wall clock) each victim's first alert was handed out."""
 
-    def __init__(self, client: Any) -> None:
-        super().__init__(name="bench-coordinators", daemon=True)
-        self.client = client
-        self.arrived: dict[str, float] = {}
-        self.halt = threading.Event()
-        self.error: BaseException | None = None
+    def __init__(self, bus: Bus) -> None:
+        bus.clients += 1
+        self.out = bus.tmp / "alerts-arrived.txt"
+        self.out.touch()
+        self.worker = bus.start(
+            "the coordinators' inbox reader",
+            "tests.bench.alert_reader",
+            free_port(),  # unused: the reader serves no /metrics
+            {},
+            [str(self.out), bus.prefix, str(bus.tmp / f"coordinators-{bus.clients}.sqlite")],
+        )
+        self._arrived: dict[str, float] = {}
+        self._read = 0  # bytes of ``out`` parsed so far
 
-    def run(self) -> None:
-        try:
-            while not self.halt.is_set():
-                for opened in self.client.inbox(timeout=0.2):
-                    at = time.time()
-                    if opened.header.type == "joint_meeting.alert":
-                        self.arrived.setdefault(opened.header.subject, at)
-                    if self.halt.is_set():
-                        break
-        except BaseException as e:  # reported by the main thread
-            self.error = e
+    @property
+    def arrived(self) -> dict[str, float]:
+        """Each victim's first alert's arrival so far (the lines the reader wrote whole)."""
+        with self.out.open("rb") as f:
+            f.seek(self._read)
+            chunk = f.read()
+        whole = chunk[: chunk.rfind(b"\n") + 1]
+        self._read += len(whole)
+        for line in whole.decode().splitlines():
+            subject, at = line.split()
+            self._arrived.setdefault(subject, float(at))
+        return self._arrived
 
     def check(self) -> None:
-        if self.error is not None:
-            raise BenchError(f"the coordinators' inbox reader failed: {self.error!r}")
-        if not self.is_alive():
-            raise BenchError("the coordinators' inbox reader stopped")
+        self.worker.check_alive()
 
     def wait_for(self, subjects: list[str], timeout: float, workers: list[Worker]) -> None:
         deadline = time.monotonic() + timeout
@@ -504,6 +512,9 @@ class AlertReader(threading.Thread):
             for w in workers:
                 w.check_alive()
             time.sleep(POLL_S)  # poll interval inside a deadline loop
+
+    def stop(self) -> None:
+        self.worker.stop(STOP_TIMEOUT_S)
 
 
 def _header(headers: Any, name: str) -> bytes | None:
@@ -764,7 +775,7 @@ def _end_to_end(
         f"{hub_lat.offered:.0f}/s, the last send {hub_lat.behind_s * MS:.0f} ms behind schedule; "
         f"{hub_lat.received}/{hub_lat.sent} alerts received within {ALERT_DEADLINE_S:.0f} s; max "
         f"{hub_lat.max_ms:.0f} ms; from publish_lead returning to the coordinators' Client.inbox() yielding "
-        f"the alert; one window, after {WARMUP_ALERTS} warm-up alerts"
+        f"the alert (in a process of its own); one window, after {WARMUP_ALERTS} warm-up alerts"
     )
     results.append(ctx.result(case, "p50 ms", [hub_lat.p50_ms], notes=notes))
     results.append(ctx.result(case, "p99 ms", [hub_lat.p99_ms], notes=notes))
@@ -851,7 +862,7 @@ def memory(ctx: BenchContext) -> list[Result]:
 def run(ctx: BenchContext) -> list[Result]:
     n = ctx.scale(LEADS_FULL, LEADS_QUICK)
     runs = min(ctx.runs, ctx.scale(THROUGHPUT_RUNS_CAP, 1))
-    rate = float(ctx.scale(RATE_FULL, RATE_QUICK))
+    rate = float(os.environ.get(E2E_RATE_ENV) or ctx.scale(RATE_FULL, RATE_QUICK))
     seconds = float(os.environ.get(E2E_SECONDS_ENV) or ctx.scale(LOAD_SECONDS_FULL, LOAD_SECONDS_QUICK))
     with _bus(ctx) as bus:
         return _run(ctx, bus, n, runs, rate, seconds)
@@ -861,8 +872,7 @@ def _run(ctx: BenchContext, bus: Bus, n: int, runs: int, rate: float, seconds: f
     reader: AlertReader | None = None
     results: list[Result] = []
     try:
-        reader = AlertReader(bus.client("coordinators"))
-        reader.start()
+        reader = AlertReader(bus)
         router, memory_results = _prefill(ctx, bus, n)
 
         drains: list[Drain] = []
@@ -949,7 +959,4 @@ def _run(ctx: BenchContext, bus: Bus, n: int, runs: int, rate: float, seconds: f
         return results + memory_results
     finally:
         if reader is not None:
-            reader.halt.set()
-            reader.join(10)
-            if not reader.is_alive():
-                reader.client.close()
+            reader.stop()

@@ -36,6 +36,9 @@ lost. :class:`GapSafeConsumer` notes each offset it hands on and forgets it when
 acknowledged (or when the partition is sought or revoked: the records from the committed offset on
 are read again); a commit that would pass the lowest such offset waits. The partition then stalls
 instead, which the hub's commit watch sees and reads again from (above).
+
+Its fetches wait at the broker at most :data:`FETCH_MAX_WAIT_MS`, not faust's fixed 1.5 s
+(:class:`FetchSoonThread`).
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ record it holds and stop (a record waits while its agent's buffer is full)."""
 
 
 class GapSafeConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return FetchSoonThread(self, loop=self.loop, beacon=self.beacon)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._handed_on: dict[Any, set[int]] = {}  # per partition: offsets handed on, not acknowledged
         super().__init__(*args, **kwargs)
@@ -173,6 +179,26 @@ class GapSafeConsumer(faust_aiokafka.Consumer):
         """Called as ``_add_gap(tp, read + 1, next_record)``; faust counts ``offset_to`` in the gap,
         so pass the offset before the record: only offsets without a record become a gap."""
         await super()._add_gap(tp, offset_from, offset_to - 1)
+
+
+FETCH_MAX_WAIT_MS = 100
+"""How long a fetch of the hub's consumer may wait at the broker for records to arrive. faust hard-codes
+1,500 ms, and aiokafka keeps one fetch in flight per broker: a partition whose records were just handed
+on is fetched again only once the fetch for the others (an idle suspects, serial, links or clock
+partition) has come back, so routed leads waited about 1.2 s in the hub (p50 of the hub's hop at 100
+alert-raising leads a second; 186 ms with this: ``docs/performance.md``). An idle hub then sends ten
+fetches a second to each broker."""
+
+
+class FetchSoonThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust's consumer thread, its worker's aiokafka consumer waiting at most :data:`FETCH_MAX_WAIT_MS`
+    a fetch."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # faust passes no setting through; aiokafka reads this when ``start()`` builds its fetcher.
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
 
 
 class GapSafeTransport(faust_aiokafka.Transport):

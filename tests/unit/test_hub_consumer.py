@@ -14,7 +14,7 @@ from typing import Any
 import faust
 import pytest
 
-from services.hub.consumer import GapSafeConsumer, HubApp
+from services.hub.consumer import FETCH_MAX_WAIT_MS, GapSafeConsumer, HubApp
 
 pytestmark = pytest.mark.unit
 
@@ -57,6 +57,21 @@ def commit_round(consumer: object) -> int | None:
 
 def test_the_hub_app_builds_its_consumer_from_the_gap_safe_class() -> None:
     assert type(consumer_of(HubApp)) is GapSafeConsumer
+
+
+def test_the_hub_s_kafka_consumer_waits_at_most_100_ms_a_fetch_where_faust_s_waits_1500() -> None:
+    async def fetch_wait(app_class: type[faust.App]) -> int:
+        consumer: Any = consumer_of(app_class)
+        thread = consumer._new_consumer_thread()
+        kafka = thread._create_worker_consumer(consumer.transport)
+        try:
+            return int(kafka._fetch_max_wait_ms)
+        finally:
+            await kafka._client.close()
+
+    assert FETCH_MAX_WAIT_MS == 100
+    assert asyncio.run(fetch_wait(HubApp)) == 100
+    assert asyncio.run(fetch_wait(faust.App)) == 1500, "faust's own: when it changes, look again"
 
 
 def test_one_commit_round_commits_a_backlog_of_fifty_transactions_to_its_end() -> None:

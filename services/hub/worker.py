@@ -563,8 +563,7 @@ class RecordWorker:
                 case=state,
                 payload=breach.payload(),
             )
-            await self.publish(record)
-            self.metrics.breaches.labels(breach.deadline_kind).inc()
+            await self.publish(record, acked=self.metrics.breaches.labels(breach.deadline_kind).inc)
         if breaches:
             self._hold(key, state)
         return state
@@ -588,8 +587,11 @@ class RecordWorker:
             case=None,
             payload=supervision.report_payload(rates, start, now),
         )
-        await self.publish(record)
-        self.reported[partition] = now
+
+        def period_reported() -> None:  # once Kafka has the report: a batch that fails reports again
+            self.reported[partition] = now
+
+        await self.publish(record, acked=period_reported)
 
 
 def _not_taken(topic: str, error: BaseException) -> TransportError:

@@ -454,6 +454,30 @@ def test_a_partition_s_first_tick_starts_its_report_period_and_a_tick_one_period
     assert reports[0].header.subject == REPORT_SUBJECT
 
 
+def test_a_report_kafka_did_not_acknowledge_is_sent_again_when_its_tick_is_handled_again(
+    hub: Harness,
+) -> None:
+    hub.inbox(lead(hub.domain, 1, T))
+    mine = topics.partition_for(VICTIM.encode(), PARTITIONS)
+    asyncio.run(hub.worker.on_tick(T.isoformat().encode(), mine))
+    later = (T + timedelta(hours=1)).isoformat().encode()
+
+    async def refuse(topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None) -> Any:
+        hub.sent.append(Sent(topic, key, value, headers))
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        future.set_exception(ConnectionError("the broker is gone"))
+        return future
+
+    send, hub.worker.send = hub.worker.send, refuse
+    with pytest.raises(TransportError, match="broker is gone"):
+        asyncio.run(hub.worker.on_tick(later, mine))
+    hub.worker.send = send
+    asyncio.run(hub.worker.on_tick(later, mine))
+    reports = [o for o in hub.published() if o.header.type == "supervision.report"]
+    assert len(reports) == 2, "the same report again, the first never acknowledged"
+    assert reports[0].header.id == reports[1].header.id
+
+
 # --------------------------------------------------------------------------- no record stops the hub
 
 

@@ -37,8 +37,13 @@ acknowledged (or when the partition is sought or revoked: the records from the c
 are read again); a commit that would pass the lowest such offset waits. The partition then stalls
 instead, which the hub's commit watch sees and reads again from (above).
 
-Its fetches wait at the broker at most :data:`FETCH_MAX_WAIT_MS`, not faust's fixed 1.5 s
-(:class:`FetchSoonThread`).
+Its aiokafka consumer (:class:`HubConsumerThread`) reads committed records only, and its fetches wait
+at the broker at most :data:`FETCH_MAX_WAIT_MS`, not faust's fixed 1.5 s. faust reads
+``read_committed`` only under ``processing_guarantee="exactly_once"``, which the hub does not use; it
+read the router's transactions into the hub's inbox before they were committed, and the records of
+transactions the router then aborted (a worker killed mid-transaction, a send that failed). Read
+committed, an aborted transaction's records are offsets no record is delivered for: gaps, as its
+commit marker already was.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ record it holds and stop (a record waits while its agent's buffer is full)."""
 
 class GapSafeConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return FetchSoonThread(self, loop=self.loop, beacon=self.beacon)
+        return HubConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._handed_on: dict[Any, set[int]] = {}  # per partition: offsets handed on, not acknowledged
@@ -190,13 +195,14 @@ alert-raising leads a second; 186 ms with this: ``docs/performance.md``). An idl
 fetches a second to each broker."""
 
 
-class FetchSoonThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """faust's consumer thread, its worker's aiokafka consumer waiting at most :data:`FETCH_MAX_WAIT_MS`
-    a fetch."""
+class HubConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust's consumer thread, its worker's aiokafka consumer reading committed records only and
+    waiting at most :data:`FETCH_MAX_WAIT_MS` a fetch."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        # faust passes no setting through; aiokafka reads this when ``start()`` builds its fetcher.
+        # faust passes neither setting through; aiokafka reads both when ``start()`` builds its fetcher.
+        consumer._isolation_level = "read_committed"
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         return consumer
 

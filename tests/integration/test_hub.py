@@ -316,6 +316,39 @@ def test_a_burst_of_300_inbox_transactions_is_committed_to_its_end_in_seconds_no
     )
 
 
+def test_a_record_of_an_inbox_transaction_the_router_aborted_never_reaches_the_hub(
+    hub_bus: Bus, pipeline: tuple[RouterProcess, HubProcess]
+) -> None:
+    """An aborted record, then a committed one, on one inbox partition: the hub refuses (dead-letters)
+    the committed one and never reads the other. Read uncommitted, as faust reads without exactly-once,
+    it refused both."""
+    _router, hub = pipeline
+
+    def refused() -> float:
+        return hub.metric("lianfang_hub_events_rejected_total", source="inbox", reason="malformed") or 0
+
+    before = refused()
+    producer = KafkaProducer(
+        bootstrap_servers=hub_bus.bootstrap, transactional_id=f"{hub_bus.prefix}aborted", acks="all"
+    )
+    try:
+        producer.init_transactions()
+        producer.begin_transaction()
+        producer.send(hub_bus.names.inbox(ids.HUB), b"not an event, aborted", partition=1)
+        producer.flush()
+        producer.abort_transaction()
+        producer.begin_transaction()
+        producer.send(hub_bus.names.inbox(ids.HUB), b"not an event, committed", partition=1)
+        producer.commit_transaction()
+    finally:
+        producer.close()
+    hub_bus.wait_for(lambda: refused() >= before + 1, 60, "the hub refusing the committed record")
+    hub_bus.wait_for(
+        lambda: inbox_lags(hub_bus, hub).get(1, 99) <= 1, 30, "the partition committed past both"
+    )
+    assert refused() == before + 1
+
+
 def test_the_hub_reports_the_memory_of_its_nine_rocksdb_stores_within_their_bound(
     hub_bus: Bus, agencies: dict[str, Agency], pipeline: tuple[RouterProcess, HubProcess]
 ) -> None:

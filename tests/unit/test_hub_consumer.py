@@ -59,19 +59,29 @@ def test_the_hub_app_builds_its_consumer_from_the_gap_safe_class() -> None:
     assert type(consumer_of(HubApp)) is GapSafeConsumer
 
 
-def test_the_hub_s_kafka_consumer_waits_at_most_100_ms_a_fetch_where_faust_s_waits_1500() -> None:
-    async def fetch_wait(app_class: type[faust.App]) -> int:
-        consumer: Any = consumer_of(app_class)
-        thread = consumer._new_consumer_thread()
-        kafka = thread._create_worker_consumer(consumer.transport)
-        try:
-            return int(kafka._fetch_max_wait_ms)
-        finally:
-            await kafka._client.close()
+async def kafka_consumer_settings(app_class: type[faust.App]) -> tuple[str, int]:
+    """The isolation level and fetch wait of the aiokafka consumer the app's worker would start."""
+    consumer: Any = consumer_of(app_class)
+    kafka = consumer._new_consumer_thread()._create_worker_consumer(consumer.transport)
+    try:
+        return str(kafka._isolation_level), int(kafka._fetch_max_wait_ms)
+    finally:
+        await kafka._client.close()
 
+
+def test_the_hub_s_kafka_consumer_waits_at_most_100_ms_a_fetch_where_faust_s_waits_1500() -> None:
     assert FETCH_MAX_WAIT_MS == 100
-    assert asyncio.run(fetch_wait(HubApp)) == 100
-    assert asyncio.run(fetch_wait(faust.App)) == 1500, "faust's own: when it changes, look again"
+    assert asyncio.run(kafka_consumer_settings(HubApp))[1] == 100
+    assert asyncio.run(kafka_consumer_settings(faust.App))[1] == 1500, (
+        "faust's own: if it changes, look again"
+    )
+
+
+def test_the_hub_s_kafka_consumer_reads_committed_records_only_where_faust_s_reads_uncommitted() -> None:
+    assert asyncio.run(kafka_consumer_settings(HubApp))[0] == "read_committed"
+    assert asyncio.run(kafka_consumer_settings(faust.App))[0] == "read_uncommitted", (
+        "faust's own without exactly_once: if it changes, look again"
+    )
 
 
 def test_one_commit_round_commits_a_backlog_of_fifty_transactions_to_its_end() -> None:

@@ -441,25 +441,33 @@ def test_a_lead_inside_its_deadline_exports_no_response_rate_and_a_rate_of_0_onc
     assert sample("lianfang_supervision_rate", rate="resolution") is None  # 15 days are not over
 
 
-def test_a_partition_s_first_tick_starts_its_report_period_and_a_tick_one_period_later_reports(
-    hub: Harness,
-) -> None:
+def report_period_started(hub: Harness) -> int:
+    """A lead about the victim, then its partition's first tick (the partition's report period starts
+    at T); returns the partition."""
     hub.inbox(lead(hub.domain, 1, T))
     mine = topics.partition_for(VICTIM.encode(), PARTITIONS)
     asyncio.run(hub.worker.on_tick(T.isoformat().encode(), mine))
+    return mine
+
+
+def reports(hub: Harness) -> list[envelope.Opened]:
+    return [o for o in hub.published() if o.header.type == "supervision.report"]
+
+
+def test_a_partition_s_first_tick_starts_its_report_period_and_a_tick_one_period_later_reports(
+    hub: Harness,
+) -> None:
+    mine = report_period_started(hub)
     assert hub.to(NAMES.events) == []
     asyncio.run(hub.worker.on_tick((T + timedelta(hours=1)).isoformat().encode(), mine))
-    reports = [o for o in hub.published() if o.header.type == "supervision.report"]
-    assert len(reports) == 1
-    assert reports[0].header.subject == REPORT_SUBJECT
+    [report] = reports(hub)
+    assert report.header.subject == REPORT_SUBJECT
 
 
 def test_a_report_kafka_did_not_acknowledge_is_sent_again_when_its_tick_is_handled_again(
     hub: Harness,
 ) -> None:
-    hub.inbox(lead(hub.domain, 1, T))
-    mine = topics.partition_for(VICTIM.encode(), PARTITIONS)
-    asyncio.run(hub.worker.on_tick(T.isoformat().encode(), mine))
+    mine = report_period_started(hub)
     later = (T + timedelta(hours=1)).isoformat().encode()
 
     async def refuse(topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None) -> Any:
@@ -473,9 +481,8 @@ def test_a_report_kafka_did_not_acknowledge_is_sent_again_when_its_tick_is_handl
         asyncio.run(hub.worker.on_tick(later, mine))
     hub.worker.send = send
     asyncio.run(hub.worker.on_tick(later, mine))
-    reports = [o for o in hub.published() if o.header.type == "supervision.report"]
-    assert len(reports) == 2, "the same report again, the first never acknowledged"
-    assert reports[0].header.id == reports[1].header.id
+    first, again = reports(hub)
+    assert first.header.id == again.header.id, "the same report again, the first never acknowledged"
 
 
 # --------------------------------------------------------------------------- no record stops the hub

@@ -191,7 +191,7 @@ FETCH_MAX_WAIT_MS = 100
 1,500 ms, and aiokafka keeps one fetch in flight per broker: a partition whose records were just handed
 on is fetched again only once the fetch for the others (an idle suspects, serial, links or clock
 partition) has come back, so routed leads waited about 1.2 s in the hub (p50 of the hub's hop at 100
-alert-raising leads a second; 186 ms with this: ``docs/performance.md``). An idle hub then sends ten
+alert-raising leads a second; 97 ms with this: ``docs/performance.md``). An idle hub then sends ten
 fetches a second to each broker."""
 
 

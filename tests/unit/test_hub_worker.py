@@ -98,6 +98,13 @@ def acknowledged() -> asyncio.Future[object]:
     return ack
 
 
+def not_acknowledged() -> asyncio.Future[object]:
+    """Kafka's acknowledgement, failed: the broker went away."""
+    ack: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    ack.set_exception(ConnectionError("the broker is gone"))
+    return ack
+
+
 @dataclass
 class HeldAcks:
     """A send whose acknowledgements wait until the test resolves them: ``acks`` in the order sent."""
@@ -368,9 +375,7 @@ def test_a_suspect_s_state_is_written_only_once_its_serial_triggers_are_acknowle
     one_victim = hub.suspects[SUSPECT.encode()]
 
     async def refuse(topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None) -> Any:
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        future.set_exception(ConnectionError("the broker is gone"))
-        return future
+        return not_acknowledged()
 
     hub.worker.send = refuse
     with pytest.raises(TransportError, match="broker is gone"):
@@ -472,9 +477,7 @@ def test_a_report_kafka_did_not_acknowledge_is_sent_again_when_its_tick_is_handl
 
     async def refuse(topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None) -> Any:
         hub.sent.append(Sent(topic, key, value, headers))
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        future.set_exception(ConnectionError("the broker is gone"))
-        return future
+        return not_acknowledged()
 
     send, hub.worker.send = hub.worker.send, refuse
     with pytest.raises(TransportError, match="broker is gone"):

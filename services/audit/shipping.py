@@ -43,9 +43,14 @@ class Shipper:
     much. The mark names the Kafka cluster it counts for: on another cluster (a new one, or Kafka
     started afresh) the whole chain is sent again, so every chain on a topic starts at seq 0. With
     ``metrics`` it is reported there from its start until :meth:`stop`.
+
+    Woken by new lines, the thread first lingers ``linger_s`` so that the lines of a busy writer go in
+    one send (one broker round trip and one mark a linger, not one a line: a gateway accepting 200
+    requests a second sent 200 times a second and spent about a millisecond of CPU a request on it).
     """
 
     MAX_LINES_PER_SEND = 1000
+    LINGER_S = 0.1
 
     def __init__(
         self,
@@ -57,8 +62,10 @@ class Shipper:
         chain: str = "",
         metrics: AuditMetrics | None = None,
         durable: Callable[[], int | None] | None = None,
+        linger_s: float = LINGER_S,
     ) -> None:
         self.path = path
+        self.linger_s = linger_s
         self.durable = durable  # bytes of the file on disk (None: all): nothing past them is sent
         self.chain = chain or path.stem
         self.sink = sink
@@ -141,18 +148,21 @@ class Shipper:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(timeout=1.0)  # new lines wake it; the timeout retries after failures
+            if self._wake.wait(timeout=1.0):  # new lines wake it; the timeout retries after failures
+                self._stop.wait(self.linger_s)  # gather the lines appended meanwhile (not when stopping)
             self._wake.clear()
             if self.tick is not None:
                 try:
                     self.tick()
                 except LianfangError as e:  # e.g. the disk: the next append reports it to its caller
                     log.warning("audit checkpoint of %s not written: %s", self.path.name, type(e).__name__)
-            self._attempt()
+            self._attempt(drain=False)
 
-    def _attempt(self) -> bool:
+    def _attempt(self, *, drain: bool = True) -> bool:
+        """Ship what is there: every line (``drain``), or only until a send is not full (the thread:
+        a line appended during a send waits for the next linger instead of a send of its own)."""
         try:
-            while self.ship_once():
+            while (sent := self.ship_once()) and (drain or sent == self.MAX_LINES_PER_SEND):
                 pass
         except LianfangError as e:
             self.failures += 1

@@ -422,6 +422,37 @@ def test_callers_and_the_shipping_thread_shipping_at_once_send_every_line_exactl
     assert sent == lines
 
 
+def test_the_lines_a_busy_writer_appends_within_a_linger_go_to_the_broker_in_one_send(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "gateway.audit.jsonl"
+    path.write_bytes(b"")
+    lines = [e.to_line() for e in chain(20)]
+    sends: list[int] = []
+
+    class Count(Collect):
+        def send(self, key: bytes, batch: Any) -> None:
+            sends.append(len(batch))
+            super().send(key, batch)
+
+    sent: list[bytes] = []
+    shipper = Shipper(path, Count(sent), linger_s=1.0)
+    with path.open("ab") as f:
+        for line in lines:
+            f.write(line + b"\n")
+            f.flush()
+            shipper.wake()
+            time.sleep(0.01)  # a writer appending a line every 10 ms (its pace, not a wait for a condition)
+    deadline = time.monotonic() + 10
+    while len(sent) < len(lines) and time.monotonic() < deadline:
+        shipper.wake()
+    assert sent == lines
+    # Without the linger each line goes in a send of its own (20); a slow scheduler may split the
+    # writer's 200 ms across two lingers.
+    assert len(sends) <= 2, sends
+    assert shipper.stop(timeout=5)
+
+
 def test_a_chain_shipped_to_one_cluster_is_shipped_whole_to_another(tmp_path: Path) -> None:
     path = tmp_path / "sdk.audit.jsonl"
     path.write_bytes(b"".join(e.to_line() + b"\n" for e in chain(3)))

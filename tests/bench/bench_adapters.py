@@ -349,6 +349,93 @@ def _sampled_note(ctx: BenchContext, what: str, report: dict[str, Any]) -> None:
     )
 
 
+def _load_run(url: str, home: Path, first: int, requests: int, concurrency: int) -> dict[str, Any]:
+    """One run of the load generator against ``url``: every request answered 202, or a
+    :class:`BenchError`. Its summary (seconds, p50_ms, p99_ms, ...)."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.bench.bench_adapters",
+            "load",
+            "--url",
+            url,
+            "--home",
+            str(home),
+            "--first",
+            str(first),
+            "--requests",
+            str(requests),
+            "--concurrency",
+            str(concurrency),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=LOAD_DEADLINE_S + requests / MEMORY_MIN_RATE,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise BenchError(f"the load generator failed:\n{out.stderr[-2000:]}")
+    summary: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    if summary["statuses"] != {"202": requests}:
+        raise BenchError(f"{url} answered {summary['statuses']}, not {requests} x 202: {summary['problems']}")
+    return summary
+
+
+class SignatureOnly:
+    """The gateway's baseline, :mod:`tests.bench.gateway_baseline`: an aiohttp handler that only checks
+    the request's signature and digest, in a process of its own, driven by the same load generator."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1/events"
+        self.sent = 0
+        with (setup.tmp / "gateway-baseline.log").open("wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.bench.gateway_baseline",
+                    "--home",
+                    str(setup.home),
+                    "--port",
+                    str(self.port),
+                ],
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+        def serving() -> bool:
+            if self.proc.poll() is not None:
+                raise BenchError(f"the baseline server exited: see {setup.tmp / 'gateway-baseline.log'}")
+            try:
+                with urllib.request.urlopen(self.url.replace("/v1/events", "/v1/openapi.json"), timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        try:
+            _wait(serving, START_DEADLINE_S, "the baseline server")
+        except BaseException:
+            self.stop()
+            raise
+
+    def load(self, requests: int, concurrency: int) -> dict[str, Any]:
+        first = self.sent
+        self.sent += requests
+        return _load_run(self.url, self.setup.home, first, requests, concurrency)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
 class Gateway:
     """``python -m services.gateway`` serving police on ``setup``'s domain and events topic (under the
     stack sampler with ``LIANFANG_BENCH_SAMPLE=1``), and the load generator's runs against it."""
@@ -401,36 +488,7 @@ class Gateway:
             )
         first = self.sent
         self.sent += requests
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tests.bench.bench_adapters",
-                "load",
-                "--url",
-                self.url,
-                "--home",
-                str(self.setup.home),
-                "--first",
-                str(first),
-                "--requests",
-                str(requests),
-                "--concurrency",
-                str(concurrency),
-            ],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=LOAD_DEADLINE_S + requests / MEMORY_MIN_RATE,
-            check=False,
-        )
-        if out.returncode != 0:
-            raise BenchError(f"the load generator failed:\n{out.stderr[-2000:]}")
-        summary: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-        if summary["statuses"] != {"202": requests}:
-            raise BenchError(
-                f"the gateway answered {summary['statuses']}, not {requests} x 202: {summary['problems']}"
-            )
+        summary = _load_run(self.url, self.setup.home, first, requests, concurrency)
         _wait(lambda: self.depth() == 0, DRAIN_DEADLINE_S, "the outbox")
         return summary
 
@@ -442,9 +500,41 @@ class Gateway:
             self.proc.kill()
 
 
+SIGNATURE_ONLY = f"aiohttp signature check only, {CONCURRENCY} in flight"
+
+
+def _signature_only(ctx: BenchContext, setup: Setup, requests: int) -> list[Result]:
+    """The gateway's baseline: the same load generator and requests against a handler that only
+    checks the signature (:class:`SignatureOnly`)."""
+    server = SignatureOnly(setup)
+    summaries: list[dict[str, Any]] = []
+
+    def one_run() -> float:
+        summaries.append(server.load(requests, CONCURRENCY))
+        return float(summaries[-1]["seconds"])
+
+    try:
+        seconds = ctx.measure(SIGNATURE_ONLY, one_run)
+    finally:
+        server.stop()
+    timed = summaries[ctx.warmup :]
+    notes = (
+        f"the gateway cases' load generator and requests ({requests:,} a run, {CONCURRENCY} in flight); the "
+        "handler parses Signature-Input, verifies the Ed25519 signature over the covered components and "
+        "checks Content-Digest, then answers 202 (tests/bench/gateway_baseline.py): no pseudonyms, "
+        "sealing, fsyncs or Kafka. Its figure is also the ceiling the load generator allows on this machine"
+    )
+    return [
+        ctx.result(SIGNATURE_ONLY, "requests/s", per_second(seconds, requests), baseline=True, notes=notes),
+        ctx.result(SIGNATURE_ONLY, "p50 ms", [s["p50_ms"] for s in timed], baseline=True, notes=notes),
+        ctx.result(SIGNATURE_ONLY, "p99 ms", [s["p99_ms"] for s in timed], baseline=True, notes=notes),
+    ]
+
+
 def _gateway(ctx: BenchContext, setup: Setup, requests: int) -> list[Result]:
-    """The gateway at 32 and at 1 request in flight, and its RSS from start to the last of those
-    requests (the memory figures of ``make bench``)."""
+    """Its baseline (:func:`_signature_only`), then the gateway at 32 and at 1 request in flight, and
+    its RSS from start to the last of those requests (the memory figures of ``make bench``)."""
+    baseline = _signature_only(ctx, setup, requests)
     cases = (
         (f"gateway, {CONCURRENCY} in flight", CONCURRENCY, requests),
         ("gateway, 1 in flight", 1, max(50, requests // 5)),
@@ -467,10 +557,14 @@ def _gateway(ctx: BenchContext, setup: Setup, requests: int) -> list[Result]:
                 "gateway process, its request threads and event loop",
                 json.loads(gateway.sampled.read_text()),
             )
-    return results + track.results(
-        ctx,
-        started="once started and serving (VmRSS of python -m services.gateway)",
-        after=f"after accepting the {total:,} signed requests of the gateway cases (distinct victims)",
+    return (
+        baseline
+        + results
+        + track.results(
+            ctx,
+            started="once started and serving (VmRSS of python -m services.gateway)",
+            after=f"after accepting the {total:,} signed requests of the gateway cases (distinct victims)",
+        )
     )
 
 

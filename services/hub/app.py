@@ -820,6 +820,14 @@ class _HubWorker(faust.Worker):
 
     _deadline: threading.Timer | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # faust's terminal spinner turns once per log record, for which faust sets the root logger to
+        # DEBUG (its handlers keep their level): every debug line of aiokafka, kafka-python and faust
+        # then became a record and was filtered out, about 7 % of the hub's CPU under load. A service
+        # has no terminal to spin on; the root logger keeps the level asked for.
+        self.spinner = None
+
     def _arm_deadline(self, name: str) -> None:
         if self._deadline is None:
             log.info("stopping on %s (at most %.0f s)", name, STOP_DEADLINE_S)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from services.hub.app import (
     HubSettings,
+    _HubWorker,
     agent_loop,
     faust_options,
     retry_pauses,
@@ -253,3 +255,28 @@ def test_the_hubs_rocksdb_stores_together_hold_at_most_22_and_a_half_mib_with_th
     # The bound follows the settings: every store of every partition counts.
     wider = HubSettings(partitions=6, rocksdb_write_buffer_mb=2, rocksdb_block_cache_mb=4)
     assert rocksdb_memory_bound(wider) == 3 * 6 * (2 * 2 + 4 + 4) * mib
+
+
+def _root_logger_after_setup(worker_class: type[faust.Worker]) -> tuple[int, bool]:
+    """The root logger's level once ``worker_class`` set up logging at level warning, and whether a
+    debug line of aiokafka would then become a log record; the process's logging is put back."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    app = faust.App("t-hub-logging", broker="kafka://127.0.0.1:9", store="memory://", web_enabled=False)
+    worker = worker_class(app, loglevel="warning", redirect_stdouts=False, loop=asyncio.new_event_loop())
+    try:
+        worker._setup_logging()
+        return root.level, logging.getLogger("aiokafka").isEnabledFor(logging.DEBUG)
+    finally:
+        worker.loop.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def test_the_hub_s_worker_leaves_the_root_logger_at_warning_so_a_library_s_debug_line_makes_no_record() -> (
+    None
+):
+    assert _root_logger_after_setup(_HubWorker) == (logging.WARNING, False)
+    assert _root_logger_after_setup(faust.Worker) == (logging.DEBUG, True), (
+        "faust's own, for its spinner: if it changes, look again"
+    )

@@ -536,13 +536,14 @@ class Stamps:
     alert_routed: float | None = None  # its inbox.coordinators copy's timestamp: the router's send
 
 
-class HopReader(threading.Thread):
-    """Plain consumers (read_committed) of the hub's and the coordinators' inboxes from their ends:
-    per victim, the :class:`Stamps` of its first lead and first alert, from the Kafka timestamps and
-    the headers the router derives from the verified header (nothing is opened)."""
+class HopReader:
+    """Plain consumers (read_committed) of the hub's and the coordinators' inboxes from their ends when
+    made: per victim, the :class:`Stamps` of its first lead and first alert, from the Kafka timestamps
+    and the headers the router derives from the verified header (nothing is opened). It reads only in
+    :meth:`read_to_end`, after the load: the records keep their timestamps, and its CPU does not
+    compete with the pipeline's while the latency is measured."""
 
     def __init__(self, bootstrap: str, names: topics.TopicNames) -> None:
-        super().__init__(name="bench-hops", daemon=True)
         from kafka import KafkaConsumer, TopicPartition
 
         self.hub_topic, self.coordinators_topic = names.inbox("hub"), names.inbox("coordinators")
@@ -552,29 +553,32 @@ class HopReader(threading.Thread):
             enable_auto_commit=False,
             isolation_level="read_committed",
         )
-        parts = [
+        self.parts = [
             TopicPartition(topic, p)
             for topic in (self.hub_topic, self.coordinators_topic)
             for p in sorted(self.consumer.partitions_for_topic(topic) or ())
         ]
-        self.consumer.assign(parts)
-        self.consumer.seek_to_end(*parts)
-        for tp in parts:
+        self.consumer.assign(self.parts)
+        self.consumer.seek_to_end(*self.parts)
+        for tp in self.parts:
             self.consumer.position(tp)
         self.stamps: dict[str, Stamps] = {}
-        self.halt = threading.Event()
-        self.error: BaseException | None = None
 
-    def run(self) -> None:
-        try:
-            while not self.halt.is_set():
-                for records in self.consumer.poll(timeout_ms=100).values():
-                    for r in records:
-                        self._take(r)
-        except BaseException as e:  # reported by the main thread
-            self.error = e
-        finally:
-            self.consumer.close()
+    def read_to_end(self, deadline_s: float) -> None:
+        """Read every record appended since this reader was made, up to the inboxes' ends now."""
+        ends = self.consumer.end_offsets(self.parts)
+        deadline = time.monotonic() + deadline_s
+        while any(self.consumer.position(tp) < ends[tp] for tp in self.parts):
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"the per-hop reader did not reach the inboxes' ends within {deadline_s:.0f} s"
+                )
+            for records in self.consumer.poll(timeout_ms=100).values():
+                for r in records:
+                    self._take(r)
+
+    def close(self) -> None:
+        self.consumer.close()
 
     def _take(self, r: Any) -> None:
         subject = (_header(r.headers, "ce_subject") or b"").decode()
@@ -655,7 +659,6 @@ def _hub_latency(
             tails = "\n".join(f"--- {w.what}:\n{w.tail()}" for w in workers)
             raise BenchError(f"the warm-up alerts did not reach the coordinators\n{tails}")
         hops = HopReader(bus.bootstrap, bus.names)
-        hops.start()
 
         n = round(rate * seconds)
         phones = [f"137{i:08d}" for i in range(n)]
@@ -664,11 +667,10 @@ def _hub_latency(
             n, rate, threads, lambda i: police.publish_lead(_lead(phones[i], joint_meeting=True))
         )
         reader.wait_for(subjects, ALERT_DEADLINE_S, workers)
-        time.sleep(2 * POLL_S)  # the plain consumers read the same records: a moment to catch up
+        hops.read_to_end(DRAIN_DEADLINE_S)
     finally:
         if hops is not None:
-            hops.halt.set()
-            hops.join(10)
+            hops.close()
         police.close()
     arrived = dict(reader.arrived)
     latencies = [arrived[s] - t for s, t in zip(subjects, done, strict=True) if s in arrived]

@@ -1109,6 +1109,8 @@ class Client:
             self._handed = None
         self.trail.close(timeout)
         self.outbox.close()
+        if self._oblivious is not None:
+            self._oblivious.close()
 
     def __enter__(self) -> Client:
         return self

@@ -47,7 +47,11 @@ def serve(app: web.Application) -> Served:
     return Served(app)
 
 
-def the_service(domain: DemoDomain, **settings: Any) -> Served:
+def the_service(
+    domain: DemoDomain, *, port: int | None = None, peers: list[Any] | None = None, **settings: Any
+) -> Served:
+    """The service on loopback (on ``port``, if given); with ``peers`` it notes the client address
+    (host, port) of the connection each answer goes out on."""
     service = Pseudonymizer(
         PseudonymizerSettings(**settings),
         key=load_key(domain.home, domain.registry),
@@ -55,7 +59,14 @@ def the_service(domain: DemoDomain, **settings: Any) -> Served:
         trail=None,
         clock=lambda: NOW,
     )
-    return serve(service.application())
+    app = service.application()
+    if peers is not None:
+
+        async def note_peer(request: web.Request, _response: web.StreamResponse) -> None:
+            peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+
+        app.on_response_prepare.append(note_peer)
+    return Served(app, port=port)
 
 
 def client_of(domain: DemoDomain, url: str, participant: str = "police") -> ObliviousPseudonymizer:
@@ -100,6 +111,48 @@ def test_a_batch_is_one_request_and_a_repeated_identifier_is_not_evaluated_twice
     assert client.pseudonyms([ID_NUMBER]) == [first[1]]
     assert client.metrics.requests.labels("ok")._value.get() == 1
     assert client.metrics.elements._value.get() == 2
+
+
+def phones(first: int, n: int) -> list[str]:
+    """``n`` identifiers no earlier request asked for (the client's cache would answer those)."""
+    return [normalize_subject(phone=f"139{i:08d}") for i in range(first, first + n)]
+
+
+def test_a_clients_requests_go_over_one_connection_the_service_keeps_open(oblivious: DemoDomain) -> None:
+    peers: list[Any] = []
+    served = the_service(oblivious, peers=peers, rate_per_s=1e9)
+    try:
+        client = client_of(oblivious, served.url)
+        for i in range(3):
+            assert client.pseudonyms(phones(10 * i, 2)) == oblivious.pseudonymizer_key().pseudonyms(
+                phones(10 * i, 2)
+            )
+        client.close()
+    finally:
+        served.close()
+    assert len(peers) == 3
+    assert len(set(peers)) == 1, "a new TCP connection a request"
+
+
+def test_a_kept_connection_the_service_closed_is_replaced_and_the_request_is_answered(
+    oblivious: DemoDomain,
+) -> None:
+    peers: list[Any] = []
+    first = the_service(oblivious, peers=peers, rate_per_s=1e9)
+    port = int(first.url.rsplit(":", 1)[1])
+    client = client_of(oblivious, first.url)
+    client.pseudonyms(phones(100, 1))
+    first.close()  # the service restarts: the connection the client keeps is closed under it
+    again = the_service(oblivious, port=port, peers=peers, rate_per_s=1e9)
+    try:
+        assert client.pseudonyms(phones(101, 1)) == oblivious.pseudonymizer_key().pseudonyms(phones(101, 1))
+        assert client.metrics.requests.labels("ok")._value.get() == 2
+        assert client.metrics.requests.labels("unavailable")._value.get() == 0
+    finally:
+        client.close()
+        again.close()
+    assert len(peers) == 2
+    assert peers[0] != peers[1], "the second answer went out on a new connection"
 
 
 def tampered(domain: DemoDomain, edit: str) -> web.Application:

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -330,10 +331,11 @@ class Client:
         )
         self._told_waiting = False
         self._waiting_code: str | None = None  # the pseudonymizer's last refusal while leads wait
-        # False: whoever owns ``metrics`` computes the outbox gauges when they are scraped (the gateway
-        # sums its clients'), so a publish need not query the outbox for them (four queries, each
-        # waiting for the outbox's lock, which a commit in flight holds through its fsync).
-        self._outbox_gauges = outbox_gauges
+        # The outbox gauges are read from the outbox when scraped (four queries), not after each publish
+        # and each batch sent. False: whoever owns ``metrics`` computes them (the gateway sums its
+        # clients').
+        if outbox_gauges:
+            self._watch_outbox()
         self._pseudonym_key: PseudonymKey | None = None
         self._pseudonymizer = pseudonymizer
         self._oblivious: ObliviousPseudonymizer | None = None
@@ -352,7 +354,6 @@ class Client:
             clock=self.clock,
             metrics=self.metrics.audit,
         )
-        self._update_gauges()
         if start:
             self.drainer.start()
         # ``follow``: this client keeps its registry current itself, in a thread of its own (a
@@ -591,7 +592,6 @@ class Client:
         self.outbox.put_deferred(event_id=event_id, kid=kid, sealed=sealed)
         self._starts_waiting(why)
         self.metrics.deferred.inc()
-        self._update_gauges()
         return event_id
 
     def _starts_waiting(self, code: str) -> None:
@@ -607,7 +607,6 @@ class Client:
         """Pseudonymize (one request for the whole batch), seal and sign waiting leads, and swap them
         for their sealed records; how many. A lead that cannot be opened, validated or sealed stays
         waiting, counted and logged by event id; while the service is away this raises."""
-        self._update_gauges()
         registry = self.registry
         role = registry.pseudonymizer
         if role is None:
@@ -647,7 +646,6 @@ class Client:
             self.trail.append("publish", subject=header.subject, object=header.id)
             self.metrics.accepted.labels(event_type).inc()
         left = self.outbox.waiting()
-        self._update_gauges()
         log.info(
             "%s: %d event(s) that waited for pseudonyms are sealed and queued for Kafka; %d still wait",
             self.participant, len(done), left,
@@ -738,7 +736,6 @@ class Client:
                                   durable=False)  # fmt: skip
                 self.metrics.accepted.labels(sealed.event_type).inc()
         self.trail.sync()
-        self._update_gauges()
         return [outcome != "conflict" for outcome in outcomes]
 
     def publish(
@@ -770,7 +767,6 @@ class Client:
         )
         self.trail.append("publish", subject=header.subject, object=header.id)
         self.metrics.accepted.labels(event.EVENT_TYPE).inc()
-        self._update_gauges()
         return header.id
 
     def _seal(
@@ -818,7 +814,6 @@ class Client:
         Leads waiting for their pseudonyms count: during an outage of the pseudonymizer this returns
         False after ``timeout`` (they stay in the outbox and are sent once it answers)."""
         done = self.drainer.wait_empty(timeout)
-        self._update_gauges()
         return done
 
     def _sent(self, records: list[Pending]) -> None:
@@ -826,15 +821,24 @@ class Client:
         for r in records:
             self.metrics.published.inc()
             self.metrics.spool_seconds.observe(max(0.0, now - r.accepted))
-        self._update_gauges()
 
-    def _update_gauges(self) -> None:
-        if not self._outbox_gauges:
-            return
-        self.metrics.outbox_depth.set(self.outbox.depth())
-        self.metrics.outbox_age.set(self.outbox.oldest_age())
-        self.metrics.waiting.set(self.outbox.waiting())
-        self.metrics.waiting_age.set(self.outbox.waiting_oldest_age())
+    def _watch_outbox(self) -> None:
+        """Set the outbox gauges to read this client's outbox when scraped (0 once it is closed)."""
+        outbox = self.outbox
+
+        def reading(query: Callable[[], float]) -> Callable[[], float]:
+            def read() -> float:
+                try:
+                    return float(query())
+                except sqlite3.ProgrammingError:  # closed (the client was closed): nothing is in it now
+                    return 0.0
+
+            return read
+
+        self.metrics.outbox_depth.set_function(reading(outbox.depth))
+        self.metrics.outbox_age.set_function(reading(outbox.oldest_age))
+        self.metrics.waiting.set_function(reading(outbox.waiting))
+        self.metrics.waiting_age.set_function(reading(outbox.waiting_oldest_age))
 
     # -- the inbox
 

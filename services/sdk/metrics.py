@@ -11,6 +11,7 @@ from services.bus.registry_follower import RegistryMetrics
 
 class SdkMetrics:
     def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
+        self.registry = registry  # what a scrape reads (the outbox gauges are computed then)
         self.audit = AuditMetrics(registry)  # this service's audit shippers register here
         self.accepted = Counter(
             "lianfang_adapter_events_accepted_total",
@@ -53,8 +54,7 @@ class SdkMetrics:
         )
         self.waiting_age = Gauge(
             "lianfang_outbox_waiting_for_pseudonyms_oldest_age_seconds",
-            "Age of the oldest lead waiting for the pseudonymizer (updated at each attempt, at least "
-            "every drainer back-off).",
+            "Age of the oldest lead waiting for the pseudonymizer.",
             registry=registry,
         )
         self.waiting_failures = Counter(

@@ -173,17 +173,21 @@ def test_the_sdk_refuses_to_publish_under_a_subject_that_is_not_a_pseudonym(
 
 
 @pytest.mark.parametrize("own", [True, False])
-def test_a_publish_sets_the_outbox_gauges_unless_the_metrics_owner_computes_them_when_scraped(
+def test_the_outbox_gauges_read_the_outbox_when_scraped_unless_the_metrics_owner_computes_them(
     domain: DemoDomain, tmp_path: Path, own: bool
 ) -> None:
-    metrics = SdkMetrics(CollectorRegistry())
+    registry = CollectorRegistry()
+    metrics = SdkMetrics(registry)
     client = _offline_client(domain, tmp_path, metrics=metrics, outbox_gauges=own)
     try:
         client.publish_lead(lead())
-        assert client.outbox.depth() == 1
-        assert metrics.outbox_depth._value.get() == (1 if own else 0)
+        client.publish_lead(lead())
+        assert client.outbox.depth() == 2
+        assert registry.get_sample_value("lianfang_outbox_depth") == (2 if own else 0)
+        assert registry.get_sample_value("lianfang_outbox_waiting_for_pseudonyms") == 0
     finally:
         client.close()
+    assert registry.get_sample_value("lianfang_outbox_depth") == 0, "a closed client's outbox: 0, no error"
 
 
 def test_the_offsets_to_commit_are_the_next_past_the_last_record_done_of_each_partition_once_due() -> None:

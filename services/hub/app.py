@@ -191,19 +191,42 @@ def rocksdb_memory_bound(settings: HubSettings) -> int:
     return len(TABLES) * settings.partitions * per_store
 
 
-class BatchWrites(MutableMapping[bytes, bytes]):
+class TableReads(MutableMapping[bytes, bytes]):
+    """A faust table whose reads ask its store once. faust's own ``table[key]`` (and so
+    ``table.get(key)``) asks the store whether the key is there, then for its value: two RocksDB reads
+    a lookup, and with the victims' partitioner a bloom-filter probe of every partition's database for
+    each. Writes, deletes and iteration are the table's (its changelog)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def __getitem__(self, key: bytes) -> bytes:
+        value: bytes = self.table.data[key]  # the store: KeyError when absent
+        return value
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.table[key] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        del self.table[key]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.table)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+class BatchWrites(TableReads):
     """The victims table as the worker writes it at the end of an inbox batch, after the records'
     stream iteration: faust files a write under the partition of the event being handled, so each
     write runs as the batch's event of the key's partition (the victim's inbox partition). Outside a
     batch (the other agents, in their event's iteration) writes go straight to the table."""
 
-    def __init__(self, table: MutableMapping[bytes, bytes], partitions: int) -> None:
-        self.table = table
+    def __init__(self, table: Any, partitions: int) -> None:
+        super().__init__(table)
         self.partitions = partitions
         self.events: dict[int, Any] = {}  # the batch in hand's last event of each partition
-
-    def __getitem__(self, key: bytes) -> bytes:
-        return self.table[key]
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
         event = self.events.get(topics.partition_for(key, self.partitions))
@@ -215,15 +238,6 @@ class BatchWrites(MutableMapping[bytes, bytes]):
             self.table[key] = value
         finally:
             _current_event.reset(token)
-
-    def __delitem__(self, key: bytes) -> None:
-        del self.table[key]
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self.table)
-
-    def __len__(self) -> int:
-        return len(self.table)
 
 
 class HubWorker:
@@ -290,8 +304,8 @@ class HubWorker:
             trail=trail,
             metrics=metrics,
             victims=self.victim_writes,
-            suspects=self.suspect_table,
-            links=self.link_table,
+            suspects=TableReads(self.suspect_table),
+            links=TableReads(self.link_table),
             send=self.send,
             clock=utcnow,
             newer_registry=newer_registry,

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from services.hub.app import (
     HubSettings,
+    TableReads,
     _HubWorker,
     agent_loop,
     faust_options,
@@ -280,3 +281,31 @@ def test_the_hub_s_worker_leaves_the_root_logger_at_warning_so_a_library_s_debug
     assert _root_logger_after_setup(faust.Worker) == (logging.DEBUG, True), (
         "faust's own, for its spinner: if it changes, look again"
     )
+
+
+class CountingDict(dict[bytes, bytes]):
+    """A memory store's dict that counts the lookups made of it (a RocksDB read each, on disk)."""
+
+    lookups = 0
+
+    def __getitem__(self, key: bytes) -> bytes:
+        self.lookups += 1
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self.lookups += 1
+        return super().__contains__(key)
+
+
+def test_a_hub_table_read_asks_the_store_once_where_faust_s_own_asks_twice() -> None:
+    app = faust.App("t-hub-reads", broker="kafka://127.0.0.1:9", store="memory://", web_enabled=False)
+    table = app.Table("t-hub-reads-victims", default=None, key_type=bytes, value_type=bytes)
+    store = CountingDict({b"victim": b"{}"})
+    table.data.data = store
+    reads = TableReads(table)
+
+    assert reads.get(b"victim") == b"{}"
+    assert reads.get(b"nobody") is None
+    assert store.lookups == 2
+    assert table.get(b"victim") == b"{}"
+    assert store.lookups == 4, "faust's own: if it reads once now, TableReads is not needed"

@@ -46,7 +46,7 @@ class Shipper:
 
     Woken by new lines, the thread first lingers ``linger_s`` so that the lines of a busy writer go in
     one send (one broker round trip and one mark a linger, not one a line: a gateway accepting 200
-    requests a second sent 200 times a second and spent about a millisecond of CPU a request on it).
+    requests a second sent 200 times a second and spent about 1.5 ms of its CPU a request on it).
     """
 
     MAX_LINES_PER_SEND = 1000

@@ -284,8 +284,8 @@ class Client:
     and its own record of the event ids it handed out (``handed_path``; default beside the outbox), so
     no reader takes another's records.
 
-    ``outbox_gauges=False`` leaves the outbox's gauges to whoever owns ``metrics`` (the gateway computes
-    them, summed over its clients, when they are scraped): a publish then does not query the outbox.
+    The outbox's gauges read this client's outbox when ``metrics`` is scraped; ``outbox_gauges=False``
+    leaves them to whoever owns ``metrics`` (the gateway computes them, summed over its clients).
     """
 
     def __init__(

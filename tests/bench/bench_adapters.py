@@ -206,6 +206,15 @@ def _metric(port: int, name: str, labels: str = "") -> float | None:
     return None
 
 
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def _wait(condition: Callable[[], bool], deadline_s: float, what: str) -> None:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
@@ -321,11 +330,7 @@ class Setup:
                 admin.close()
         except KafkaError:
             pass
-        self.pseudonymizer.terminate()
-        try:
-            self.pseudonymizer.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.pseudonymizer.kill()
+        _terminate(self.pseudonymizer)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -429,11 +434,7 @@ class SignatureOnly:
         return _load_run(self.url, self.setup.home, first, requests, concurrency)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        _terminate(self.proc)
 
 
 class Gateway:
@@ -493,11 +494,7 @@ class Gateway:
         return summary
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        _terminate(self.proc)
 
 
 SIGNATURE_ONLY = f"aiohttp signature check only, {CONCURRENCY} in flight"

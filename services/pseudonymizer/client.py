@@ -297,6 +297,10 @@ class ObliviousPseudonymizer:
         url = (self.url or role.url).rstrip("/") + "/v1/evaluate"
         if not url.startswith(("http://", "https://")):
             raise UsageError("the pseudonymizer's address must be an http(s) URL")
+        try:
+            urllib.parse.urlsplit(url).port  # noqa: B018 (parsing it is the check)
+        except ValueError as e:
+            raise UsageError(f"the pseudonymizer's address has no valid port: {e}") from e
         now = self.clock()
         kid = envelope.choose_signing_kid(self.keys, registry, now)
         headers = {"Content-Type": "application/json"}

@@ -155,6 +155,12 @@ def test_a_kept_connection_the_service_closed_is_replaced_and_the_request_is_ans
     assert peers[0] != peers[1], "the second answer went out on a new connection"
 
 
+def test_a_pseudonymizer_address_whose_port_is_not_a_number_is_a_usage_error(oblivious: DemoDomain) -> None:
+    client = client_of(oblivious, "http://127.0.0.1:port")
+    with pytest.raises(UsageError, match="no valid port"):
+        client.pseudonyms(phones(200, 1))
+
+
 def tampered(domain: DemoDomain, edit: str) -> web.Application:
     """A pseudonymizer that answers with another key (``other_key``) or an altered element, while
     claiming the registry's key and version."""

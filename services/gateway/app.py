@@ -239,15 +239,7 @@ class Gateway:
                 metrics=adapter,
                 start=drain,
                 security=settings.kafka_security,
-                outbox_gauges=False,  # computed below when scraped, summed over the clients
-            )
-        # The SDK's gauges are one series per process: report the sum (depth) and the max (age).
-        adapter.outbox_depth.set_function(lambda: sum(c.outbox.depth() for c in self.clients.values()))
-        adapter.outbox_age.set_function(lambda: max(c.outbox.oldest_age() for c in self.clients.values()))
-        adapter.waiting.set_function(lambda: sum(c.outbox.waiting() for c in self.clients.values()))
-        adapter.waiting_age.set_function(
-            lambda: max(c.outbox.waiting_oldest_age() for c in self.clients.values())
-        )
+            )  # the SDK's outbox gauges (one series per process) sum the clients' outboxes
         self.metrics.watch_outboxes(
             {p: c.outbox.depth for p, c in self.clients.items()},
             {p: c.outbox.oldest_age for p, c in self.clients.items()},

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -284,8 +283,8 @@ class Client:
     and its own record of the event ids it handed out (``handed_path``; default beside the outbox), so
     no reader takes another's records.
 
-    The outbox's gauges read this client's outbox when ``metrics`` is scraped; ``outbox_gauges=False``
-    leaves them to whoever owns ``metrics`` (the gateway computes them, summed over its clients).
+    The outbox's gauges read this client's outbox when ``metrics`` is scraped, summed with the other
+    clients reporting there; ``outbox_gauges=False`` leaves them to whoever owns ``metrics``.
     """
 
     def __init__(
@@ -331,11 +330,11 @@ class Client:
         )
         self._told_waiting = False
         self._waiting_code: str | None = None  # the pseudonymizer's last refusal while leads wait
-        # The outbox gauges are read from the outbox when scraped (four queries), not after each publish
-        # and each batch sent. False: whoever owns ``metrics`` computes them (the gateway sums its
-        # clients').
+        # The outbox gauges read this outbox when scraped (four queries), summed with the other clients'
+        # that report to ``metrics``, not after each publish and each batch sent. False: whoever owns
+        # ``metrics`` computes them.
         if outbox_gauges:
-            self._watch_outbox()
+            self.metrics.watch_outbox(self.outbox)
         self._pseudonym_key: PseudonymKey | None = None
         self._pseudonymizer = pseudonymizer
         self._oblivious: ObliviousPseudonymizer | None = None
@@ -822,24 +821,6 @@ class Client:
             self.metrics.published.inc()
             self.metrics.spool_seconds.observe(max(0.0, now - r.accepted))
 
-    def _watch_outbox(self) -> None:
-        """Set the outbox gauges to read this client's outbox when scraped (0 once it is closed)."""
-        outbox = self.outbox
-
-        def reading(query: Callable[[], float]) -> Callable[[], float]:
-            def read() -> float:
-                try:
-                    return float(query())
-                except sqlite3.ProgrammingError:  # closed (the client was closed): nothing is in it now
-                    return 0.0
-
-            return read
-
-        self.metrics.outbox_depth.set_function(reading(outbox.depth))
-        self.metrics.outbox_age.set_function(reading(outbox.oldest_age))
-        self.metrics.waiting.set_function(reading(outbox.waiting))
-        self.metrics.waiting_age.set_function(reading(outbox.waiting_oldest_age))
-
     # -- the inbox
 
     def inbox(
@@ -1112,6 +1093,7 @@ class Client:
             self._handed.close()
             self._handed = None
         self.trail.close(timeout)
+        self.metrics.forget_outbox(self.outbox)
         self.outbox.close()
         if self._oblivious is not None:
             self._oblivious.close()

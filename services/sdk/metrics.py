@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from services.audit.metrics import AuditMetrics
 from services.bus.freshness import FreshnessMetrics
 from services.bus.registry_follower import RegistryMetrics
+
+
+class Watched(Protocol):
+    """What the outbox gauges read of an outbox (:class:`~services.sdk.outbox.Outbox`)."""
+
+    def depth(self) -> int: ...
+
+    def oldest_age(self, now: float | None = None) -> float: ...
+
+    def waiting(self) -> int: ...
+
+    def waiting_oldest_age(self, now: float | None = None) -> float: ...
 
 
 class SdkMetrics:
@@ -102,6 +119,39 @@ class SdkMetrics:
         # clients that follow the registry topic themselves (Client.open), and their freshness.
         self.registry_in_force = RegistryMetrics.of(registry)
         self.freshness = FreshnessMetrics.of(registry)
+
+        # The outbox gauges read the watched outboxes when scraped: the sum of the counts and the
+        # greatest age over every client of this process that reports here (0 with none).
+        self._outboxes: list[Watched] = []
+        self._outboxes_lock = threading.Lock()
+        self.outbox_depth.set_function(self._over_outboxes(lambda o: o.depth(), sum))
+        self.outbox_age.set_function(self._over_outboxes(lambda o: o.oldest_age(), max))
+        self.waiting.set_function(self._over_outboxes(lambda o: o.waiting(), sum))
+        self.waiting_age.set_function(self._over_outboxes(lambda o: o.waiting_oldest_age(), max))
+
+    def watch_outbox(self, outbox: Watched) -> None:
+        with self._outboxes_lock:
+            self._outboxes.append(outbox)
+
+    def forget_outbox(self, outbox: Watched) -> None:
+        with self._outboxes_lock:
+            self._outboxes = [o for o in self._outboxes if o is not outbox]
+
+    def _over_outboxes(
+        self, read: Callable[[Watched], float], combine: Callable[[Iterable[float]], float]
+    ) -> Callable[[], float]:
+        def value() -> float:
+            with self._outboxes_lock:
+                outboxes = list(self._outboxes)
+            values = []
+            for outbox in outboxes:
+                try:
+                    values.append(float(read(outbox)))
+                except sqlite3.ProgrammingError:  # closed while being read: its client is closing
+                    continue
+            return float(combine(values)) if values else 0.0
+
+        return value
 
 
 _shared: SdkMetrics | None = None

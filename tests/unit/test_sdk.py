@@ -190,6 +190,26 @@ def test_the_outbox_gauges_read_the_outbox_when_scraped_unless_the_metrics_owner
     assert registry.get_sample_value("lianfang_outbox_depth") == 0, "a closed client's outbox: 0, no error"
 
 
+def test_clients_sharing_their_metrics_report_the_sum_of_their_outboxes_and_a_closed_one_leaves_it(
+    domain: DemoDomain, tmp_path: Path
+) -> None:
+    registry = CollectorRegistry()
+    metrics = SdkMetrics(registry)
+    first = _offline_client(domain, tmp_path / "first", metrics=metrics)
+    try:
+        second = _offline_client(domain, tmp_path / "second", metrics=metrics)
+        try:
+            first.publish_lead(lead())
+            second.publish_lead(lead())
+            second.publish_lead(lead())
+            assert registry.get_sample_value("lianfang_outbox_depth") == 3
+        finally:
+            second.close()
+        assert registry.get_sample_value("lianfang_outbox_depth") == 1
+    finally:
+        first.close()
+
+
 def test_the_offsets_to_commit_are_the_next_past_the_last_record_done_of_each_partition_once_due() -> None:
     now = [100.0]
     done = OffsetsToCommit(1.0, now=lambda: now[0])

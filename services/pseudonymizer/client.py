@@ -356,9 +356,10 @@ class _Connections:
 
     A request took a new TCP connection each (urllib): about 0.3 ms of a publish's time on loopback,
     more across machines and with TLS. A request takes an idle connection, or opens one, and gives it
-    back once its answer was read whole and the service did not ask to close it. A kept connection the
-    service closed meanwhile (its idle timeout) fails before the service reads the request: that
-    request is sent once more on a new connection; any other failure is the caller's.
+    back once its answer was read whole and the service did not ask to close it. A kept connection
+    that turns out closed (the service's idle timeout, most likely, before it read the request) gets
+    the request once more on a new connection: an evaluation is deterministic, so at worst the service
+    counts one twice. Any other failure is the caller's.
     """
 
     def __init__(self, timeout_s: float) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
 import sys
 from datetime import UTC, datetime
@@ -70,7 +69,6 @@ async def serve(home: Path, port: int) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    print(json.dumps({"serving": port}), flush=True)
     try:
         await stop.wait()
     finally:

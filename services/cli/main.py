@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from schemas.registry import MAX_REGISTRY_BYTES, PublicKey, RegistryDocument, Roots
 from services import trust
+from services.audit.chain import Action
 from services.cli import console as console_command
 from services.cli import local_kafka
 from services.cli.args import bus_parent
@@ -171,6 +172,19 @@ def _add_registry(subcommands: Subcommands, common: argparse.ArgumentParser) -> 
         "put the registry on the registry topic: every process takes it within seconds",
     )
     publish.add_argument("file", nargs="?", type=Path, metavar="FILE", help=file_help)
+    renew = _command(
+        registry,
+        "renew",
+        _cmd_registry_renew,
+        common,
+        "the next version, nothing changed but its dates, signed by the roots (before or after it expires)",
+    )
+    renew.add_argument(
+        "--lifetime-days",
+        type=_positive_int,
+        metavar="N",
+        help="days until the new version expires (default: the lifetime the registry in force had)",
+    )
     rotate = _command(
         registry,
         "rotate-roots",
@@ -472,6 +486,20 @@ def _cmd_registry_sign(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_registry_renew(args: argparse.Namespace) -> int:
+    """The registry in force again as its next version, issued now; an expired one too (renewing is how
+    a domain whose registry expired starts again), but only one that verifies against HOME's roots."""
+    home, now = _home(args), _now(args)
+    domain = trust.open_domain(home)
+    data = _read_registry(domain.registry_path)
+    registry = Registry.from_bytes(data, trusted_roots=domain.trusted_roots(), now=now, allow_expired=True)
+    lifetime = (
+        timedelta(days=args.lifetime_days) if args.lifetime_days else admin.lifetime_of(registry.document)
+    )
+    change = admin.renew(registry.document, now=now, lifetime=lifetime)
+    return _commit(domain, registry, change, now, changed_store=None, action="registry_change")
+
+
 def _cmd_registry_rotate_roots(args: argparse.Namespace) -> int:
     """The root ceremony of a domain whose root keystores are all in HOME/roots (the demo's): the
     next registry names the new root set and is signed by a threshold of the old roots and by every
@@ -760,8 +788,10 @@ def _commit(
     now: datetime,
     *,
     changed_store: Keystore | None,
+    action: Action = "key_change",
 ) -> int:
-    """Seal the pseudonym key to the new keys, sign by the roots, save the keystore, write the registry.
+    """Seal the pseudonym key to the new keys, sign by the roots, save the keystore, write the registry;
+    record ``action`` in the admin audit chain (a ``registry_change`` names no participant).
 
     Everything that can fail (opening keys) happens before the first write. The keystore is saved
     before the registry, so the registry never lists a key that no keystore holds.
@@ -784,8 +814,8 @@ def _commit(
     record_admin_change(
         domain,
         holders[next(iter(signers[0].signing))],
-        "key_change",
-        subject=change.participant,
+        action,
+        subject=change.participant if action == "key_change" else None,
         object=f"registry.v{written.version}",
         now=now,
     )

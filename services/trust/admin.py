@@ -1,5 +1,6 @@
-"""Changes to the trust registry: add a participant, add keys, rotate keys, revoke a key, and the
-pseudonymizer's key epochs (rotate its key, move a sealed-key domain to it, end the transition).
+"""Changes to the trust registry: add a participant, add keys, rotate keys, revoke a key, the
+pseudonymizer's key epochs (rotate its key, move a sealed-key domain to it, end the transition), and a
+renewal that changes nothing but the registry's dates.
 
 Every change is a pure function from one registry document to the next version: ``version + 1``, issued
 ``now``, expiring one ``lifetime`` later, and checked against the schema. Sealing the pseudonym key to
@@ -161,6 +162,14 @@ def revoke(
         participant_id,
         f"{participant_id}: revoked {_use(key)} key {kid} from {at.isoformat(timespec='seconds')}",
     )
+
+
+def renew(document: RegistryDocument, *, now: datetime, lifetime: timedelta) -> Change:
+    """The same registry as its next version, issued ``now`` and expiring one ``lifetime`` later: how a
+    domain whose registry nears its expiry, or has passed it, goes on when nothing else is to change."""
+    nxt = _next(document, list(document.participants), now=now, lifetime=lifetime)
+    was, until = (d.isoformat(timespec="seconds") for d in (document.expires, nxt.expires))
+    return Change(nxt, "registry", f"renewed: expires {until} (was {was})")
 
 
 def rotate_roots(document: RegistryDocument, roots: Roots, *, now: datetime, lifetime: timedelta) -> Change:

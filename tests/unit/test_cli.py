@@ -1,5 +1,5 @@
-"""The `lianfang` command for the trust domain: init, registry show|verify|sign, keys new|rotate|revoke,
-pseudonymizer rotate|migrate|end-transition."""
+"""The `lianfang` command for the trust domain: init, registry show|verify|sign|renew|rotate-roots,
+keys new|rotate|revoke, pseudonymizer rotate|migrate|end-transition."""
 
 from __future__ import annotations
 
@@ -521,6 +521,58 @@ def test_rotate_roots_refuses_an_impossible_threshold_and_a_holder_named_twice(d
     twice = domain("registry", "rotate-roots", "--holder", "court", "--holder", "court", "--threshold", "1")
     assert (twice.code, "named twice" in twice.err) == (2, True)
     assert (domain.home / "registry.json").read_bytes() == before
+
+
+def test_renew_writes_the_next_version_unchanged_but_for_its_dates_one_lifetime_from_now(
+    domain: Lianfang,
+) -> None:
+    before = domain.registry()
+    later = before.document.expires - timedelta(days=3)  # LianfangRegistryExpiresSoon has fired
+    result = domain("registry", "renew", now=later)
+    assert result.code == 0, result.err
+    renewed = domain.registry(later)
+    assert renewed.version == before.version + 1
+    assert (renewed.document.issued, renewed.document.expires) == (
+        later,
+        later + (before.document.expires - before.document.issued),
+    )
+    assert (
+        renewed.document.model_copy(
+            update={
+                "version": before.version,
+                "issued": before.document.issued,
+                "expires": before.document.expires,
+            }
+        )
+        == before.document
+    )
+    assert "renewed: expires" in result.out
+    (path,) = (domain.home / "audit" / "plc").glob("*.audit.jsonl")
+    entries = [i for i in (parse_line(line) for line in read_file(path)) if isinstance(i, AuditEntry)]
+    assert [(e.action, e.subject, e.object) for e in entries] == [("registry_change", None, "registry.v2")]
+
+
+def test_an_expired_registry_is_renewed_with_the_lifetime_asked_for_and_verifies_again(
+    lianfang: Lianfang,
+) -> None:
+    assert lianfang("init", "--lifetime-days", "1").code == 0
+    after = NOW + timedelta(days=2)
+    assert lianfang("registry", "verify", now=after).code == 1
+
+    result = lianfang("registry", "renew", "--lifetime-days", "30", now=after)
+    assert result.code == 0, result.err
+    assert lianfang("registry", "verify", now=after).code == 0
+    assert lianfang.registry(after).document.expires == after + timedelta(days=30)
+
+
+def test_renew_refuses_a_registry_the_roots_did_not_sign(domain: Lianfang) -> None:
+    path = domain.home / "registry.json"
+    path.write_text(path.read_text(encoding="utf-8").replace("区公安局", "区公安分局"), encoding="utf-8")
+    tampered = path.read_bytes()
+    result = domain("registry", "renew")
+    assert result.code == 1
+    assert result.err.startswith("error: [bad_signature]"), result.err
+    assert path.read_bytes() == tampered
 
 
 def test_init_force_forgets_the_records_of_the_replaced_domains_registries(domain: Lianfang) -> None:

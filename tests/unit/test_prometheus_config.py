@@ -17,13 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
+from services.cli.bus import SERVICES
 from services.console.metrics import ConsoleMetrics
+from services.console.settings import ConsoleSettings
+from services.gateway.app import GatewaySettings
 from services.gateway.metrics import GatewayMetrics
+from services.hub.app import HubSettings
 from services.hub.metrics import HubMetrics
+from services.pseudonymizer.app import PseudonymizerSettings
+from services.router.app import RouterSettings
 from services.router.metrics import RouterMetrics
 from services.sdk.metrics import SdkMetrics
+from services.timestamp.app import TimestampSettings
 
 pytestmark = pytest.mark.unit
 
@@ -140,6 +148,25 @@ def names_of(registry: CollectorRegistry) -> set[str]:
 def test_the_scrape_configuration_and_the_rule_files_it_names_are_valid() -> None:
     output = run("check", "config", PROMETHEUS / "prometheus.yml")
     assert "2 rule files found" in output
+
+
+def test_the_local_scrape_configuration_has_a_job_for_every_service_serve_all_starts_on_its_port() -> None:
+    jobs = {
+        job["job_name"]: [t for s in job["static_configs"] for t in s["targets"]]
+        for job in yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text(encoding="utf-8"))[
+            "scrape_configs"
+        ]
+    }
+    ports = {
+        "router": RouterSettings().metrics_port,
+        "hub": HubSettings().metrics_port,
+        "gateway": GatewaySettings().port,
+        "console": ConsoleSettings().metrics_port,
+        "timestamp": TimestampSettings().metrics_port,
+        "pseudonymizer": PseudonymizerSettings().port,
+    }
+    assert set(ports) == set(SERVICES)
+    assert {f"lianfang-{name}": [f"127.0.0.1:{port}"] for name, port in ports.items()}.items() <= jobs.items()
 
 
 def test_the_recording_and_alerting_rules_are_valid() -> None:

@@ -24,6 +24,7 @@ from services.audit.chain import Action, AuditEntry, AuditReport, KeyLookup, Sta
 from services.audit.kafka import KafkaSink, read_topic
 from services.audit.trail import participant_trail, read_file
 from services.bus.security import load_security
+from services.cli import local_kafka
 from services.cli.settings import HomeSettings, KafkaSettings
 from services.kernel import topics
 from services.kernel.errors import LianfangError, UsageError
@@ -48,6 +49,7 @@ def add_commands(
         "--bootstrap", default=None, help="read the audit topic from Kafka (default: $LIANFANG_BOOTSTRAP)"
     )
     options.add_argument("--topic-prefix", default="", help=argparse.SUPPRESS)
+    local_kafka.add_option(options)  # the audit topic of a secured local cluster, read as the operator
     audit_group = group(subcommands, "audit", "check the tamper-evident audit trail")
     verify = command(
         audit_group,

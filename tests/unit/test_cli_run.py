@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import shlex
@@ -64,6 +65,27 @@ def test_every_command_the_banner_prints_parses_as_printed_and_names_the_local_c
         args = build_parser().parse_args(argv[1:])
         assert args.local_kafka == Path(".run/kafka-1node-secure")
     assert "TLS + SCRAM-SHA-512" in banner
+
+
+def _leaf_commands(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subcommands:
+        yield " ".join(path), parser
+    for action in subcommands:
+        for name, sub in action.choices.items():
+            yield from _leaf_commands(sub, (*path, name))
+
+
+def test_every_command_that_talks_to_kafka_takes_the_local_cluster_option() -> None:
+    kafka = {
+        name: {o for a in sub._actions for o in a.option_strings}
+        for name, sub in _leaf_commands(build_parser())
+        if any("--bootstrap" in a.option_strings for a in sub._actions)
+    }
+    assert {"registry publish", "audit verify", "inbox", "serve"} <= set(kafka)
+    assert [name for name, options in kafka.items() if "--local-kafka" not in options] == []
 
 
 def test_a_plain_cluster_is_named_plaintext_in_the_banner(local: LocalCluster) -> None:

@@ -40,10 +40,10 @@ $(STAMP): pyproject.toml | prereqs
 	-@$(PY) -m pip install -q 'confluent-kafka>=2.4' >/dev/null 2>&1 || echo "note: confluent-kafka did not install; the benchmark leaves it out"
 	@touch $@
 
-deps: ## install the Debian packages the tests need (libsodium, prometheus, chromium, chromium-driver) when missing
+deps: ## install the Debian packages the tests need (libsodium, jemalloc, prometheus, chromium, chromium-driver, fonts) when missing
 	@bash deploy/system-deps.sh
 
-runtime-deps: ## install the Debian packages the services need (libsodium) when missing
+runtime-deps: ## install the Debian packages the services need (libsodium, jemalloc) when missing
 	@bash deploy/system-deps.sh runtime
 
 jars: $(STAMP) ## fetch the Kafka broker jars from Maven Central (once)

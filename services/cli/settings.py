@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class KafkaSettings(BaseSettings):
-    """How to reach Kafka. Environment: ``LIANFANG_BOOTSTRAP``, ``LIANFANG_CLIENT_ID``."""
+    """How to reach Kafka. Environment: ``LIANFANG_BOOTSTRAP``."""
 
     model_config = SettingsConfigDict(env_prefix="LIANFANG_", frozen=True, extra="ignore")
 
@@ -17,8 +17,6 @@ class KafkaSettings(BaseSettings):
         default="",
         description="Kafka bootstrap servers, host:port[,host:port]. Empty: none configured.",
     )
-    client_id: str = Field(default="lianfang", description="Client id reported to the broker.")
-    request_timeout_ms: int = Field(default=30_000, ge=1_000)
 
 
 class HomeSettings(BaseSettings):

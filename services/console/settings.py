@@ -23,7 +23,9 @@ class ConsoleSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LIANFANG_CONSOLE_", frozen=True, extra="ignore")
 
     bootstrap: str = Field(
-        default="", validation_alias=AliasChoices("LIANFANG_BOOTSTRAP", "bootstrap"), description="Kafka"
+        default="",
+        validation_alias=AliasChoices("LIANFANG_BOOTSTRAP", "bootstrap"),
+        description="Kafka bootstrap servers",
     )
     home: Path = Field(
         default=Path(".lianfang"),

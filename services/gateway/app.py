@@ -106,7 +106,9 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LIANFANG_GATEWAY_", frozen=True, extra="ignore")
 
     bootstrap: str = Field(
-        default="", validation_alias=AliasChoices("LIANFANG_BOOTSTRAP", "bootstrap"), description="Kafka"
+        default="",
+        validation_alias=AliasChoices("LIANFANG_BOOTSTRAP", "bootstrap"),
+        description="Kafka bootstrap servers",
     )
     home: Path = Field(
         default=Path(".lianfang"),

@@ -96,12 +96,22 @@ class HubSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LIANFANG_HUB_", frozen=True, extra="ignore")
 
-    bootstrap: str = Field(default="", validation_alias=AliasChoices("LIANFANG_BOOTSTRAP", "bootstrap"))
-    home: Path = Field(default=Path(".lianfang"), validation_alias=AliasChoices("LIANFANG_HOME", "home"))
+    bootstrap: str = Field(
+        default="",
+        validation_alias=AliasChoices("LIANFANG_BOOTSTRAP", "bootstrap"),
+        description="Kafka bootstrap servers",
+    )
+    home: Path = Field(
+        default=Path(".lianfang"),
+        validation_alias=AliasChoices("LIANFANG_HOME", "home"),
+        description="trust domain: the registry and the hub's keystore",
+    )
     app_id: str = Field(default="lianfang-hub", description="faust app id: consumer group and table names")
     topic_prefix: str = Field(default="", description="prefix of every bus topic (tests use one per run)")
     data_dir: Path = Field(default=Path(".run/hub"), description="RocksDB tables of this worker")
-    worker_name: str = Field(default="hub-1")
+    worker_name: str = Field(
+        default="hub-1", description="this worker's folder under the data dir: one name a worker of the group"
+    )
     partitions: int = Field(default=3, ge=1, description="partitions of the hub's inbox (and its tables)")
     replication: int = Field(default=1, ge=1, description="replication of the hub's changelog topics")
     topics_timeout_s: float = Field(

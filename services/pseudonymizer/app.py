@@ -72,10 +72,14 @@ class PseudonymizerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LIANFANG_PSEUDONYMIZER_", frozen=True, extra="ignore")
 
     bootstrap: str = Field(
-        default="", validation_alias=AliasChoices("LIANFANG_BOOTSTRAP", "bootstrap"), description="Kafka"
+        default="",
+        validation_alias=AliasChoices("LIANFANG_BOOTSTRAP", "bootstrap"),
+        description="Kafka bootstrap servers",
     )
     home: Path = Field(
-        default=Path(".lianfang"), validation_alias=AliasChoices("LIANFANG_HOME", "home"), description="trust"
+        default=Path(".lianfang"),
+        validation_alias=AliasChoices("LIANFANG_HOME", "home"),
+        description="trust domain: the registry, the operator's keystore and the service's VOPRF keys",
     )
     host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int = Field(default=8090, ge=0, le=65535, description="port to listen on")

@@ -69,9 +69,15 @@ class RouterSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LIANFANG_ROUTER_", frozen=True, extra="ignore")
 
     bootstrap: str = Field(
-        default="", validation_alias=AliasChoices("LIANFANG_BOOTSTRAP", "bootstrap"), description="Kafka"
+        default="",
+        validation_alias=AliasChoices("LIANFANG_BOOTSTRAP", "bootstrap"),
+        description="Kafka bootstrap servers",
     )
-    home: Path = Field(default=Path(".lianfang"), validation_alias=AliasChoices("LIANFANG_HOME", "home"))
+    home: Path = Field(
+        default=Path(".lianfang"),
+        validation_alias=AliasChoices("LIANFANG_HOME", "home"),
+        description="trust domain: the registry, the router's keystore (it signs its audit entries)",
+    )
     group_id: str = Field(default="lianfang-router", description="consumer group and transactional-id prefix")
     topic_prefix: str = Field(default="", description="prefix of every topic name (tests use one per run)")
     replay_window_s: float = Field(default=7 * 24 * 3600, gt=0, description="ids are remembered this long")

@@ -48,8 +48,16 @@ class TimestampSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LIANFANG_TIMESTAMP_", frozen=True, extra="ignore")
 
-    bootstrap: str = Field(default="", validation_alias=AliasChoices("LIANFANG_BOOTSTRAP", "bootstrap"))
-    home: Path = Field(default=Path(".lianfang"), validation_alias=AliasChoices("LIANFANG_HOME", "home"))
+    bootstrap: str = Field(
+        default="",
+        validation_alias=AliasChoices("LIANFANG_BOOTSTRAP", "bootstrap"),
+        description="Kafka bootstrap servers",
+    )
+    home: Path = Field(
+        default=Path(".lianfang"),
+        validation_alias=AliasChoices("LIANFANG_HOME", "home"),
+        description="trust domain: the registry and the timestamp role's online key",
+    )
     topic_prefix: str = Field(default="", description="prefix of every topic name (tests use one per run)")
     renew_every_s: float = Field(default=60.0, gt=0, description="a new statement this often")
     valid_for_s: float = Field(

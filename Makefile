@@ -20,7 +20,7 @@ PYTEST_PAR = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfil
 # (tests/conftest.py says how).
 PYTEST = PYTHONNODEBUGRANGES=1 $(PY) -m pytest
 
-.PHONY: help run test test-unit faults soak fuzz kafka-up kafka-down lint format bench prereqs jars deps runtime-deps prometheus clean
+.PHONY: help run test test-unit faults soak fuzz kafka-up kafka-down lint format bench prereqs jars deps runtime-deps docs prometheus clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -85,6 +85,10 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 
 bench: $(STAMP) jars ## run the benchmarks; prints figures and baselines, writes bench-results/*.json
 	$(PY) -m tests.bench
+
+docs: $(STAMP) ## write docs/configuration.md and docs/metrics.md from the settings classes and metrics modules
+	$(PY) -m services.cli.reference configuration > docs/configuration.md
+	$(PY) -m services.cli.reference metrics > docs/metrics.md
 
 prometheus: deps ## run Prometheus on 127.0.0.1:9090 with deploy/prometheus (scrapes what make run starts)
 	prometheus --config.file=deploy/prometheus/prometheus.yml --storage.tsdb.path=.run/prometheus --web.listen-address=127.0.0.1:9090

@@ -20,17 +20,13 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from services.cli import reference
 from services.cli.bus import SERVICES
-from services.console.metrics import ConsoleMetrics
 from services.console.settings import ConsoleSettings
 from services.gateway.app import GatewaySettings
-from services.gateway.metrics import GatewayMetrics
 from services.hub.app import HubSettings
-from services.hub.metrics import HubMetrics
 from services.pseudonymizer.app import PseudonymizerSettings
 from services.router.app import RouterSettings
-from services.router.metrics import RouterMetrics
-from services.sdk.metrics import SdkMetrics
 from services.timestamp.app import TimestampSettings
 
 pytestmark = pytest.mark.unit
@@ -119,19 +115,7 @@ def referenced_names(expr: str) -> set[str]:
 def declared_series() -> set[str]:
     """Every sample name the services' metrics modules declare, each service in a fresh registry of
     its own (as each runs in its own process; some share a series name, such as consumer lag)."""
-    return set().union(*(names_of(registry) for registry in service_registries().values()))
-
-
-def service_registries() -> dict[str, CollectorRegistry]:
-    """Each service's metrics module, declared in a fresh registry of its own."""
-    registries = {name: CollectorRegistry() for name in ("router", "hub", "sdk", "gateway", "console")}
-    RouterMetrics(registries["router"])
-    HubMetrics(registries["hub"])
-    SdkMetrics(registries["sdk"])
-    gateway = GatewayMetrics(registries["gateway"])
-    gateway.watch_outboxes({"police": lambda: 0.0}, {"police": lambda: 0.0})
-    ConsoleMetrics(registries["console"])
-    return registries
+    return set().union(*(names_of(registry) for registry in reference.service_registries().values()))
 
 
 def names_of(registry: CollectorRegistry) -> set[str]:
@@ -239,7 +223,7 @@ REGISTRY_SERIES = {
 
 @pytest.mark.parametrize("service", ["router", "hub", "sdk", "gateway", "console"])
 def test_every_service_that_follows_the_registry_declares_the_registry_series(service: str) -> None:
-    assert names_of(service_registries()[service]) >= REGISTRY_SERIES
+    assert names_of(reference.service_registries()[service]) >= REGISTRY_SERIES
 
 
 def test_the_registry_alerts_read_every_service_s_series_by_job_and_service() -> None:

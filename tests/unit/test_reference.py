@@ -1,0 +1,72 @@
+"""The operators' references (docs/configuration.md, docs/metrics.md) are the ones the code gives."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from pathlib import Path
+
+import pytest
+from pydantic_settings import BaseSettings
+
+import services
+from services.cli import reference
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+REGENERATE = "out of date with the code: run `make docs` and commit the result"
+
+
+def test_the_configuration_reference_in_docs_is_the_one_the_settings_classes_give() -> None:
+    text = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert text == reference.configuration_markdown(), f"docs/configuration.md is {REGENERATE}"
+
+
+def test_the_metrics_reference_in_docs_is_the_one_the_metrics_modules_give() -> None:
+    text = (REPO / "docs" / "metrics.md").read_text(encoding="utf-8")
+    assert text == reference.metrics_markdown(), f"docs/metrics.md is {REGENERATE}"
+
+
+def test_every_settings_class_of_the_services_is_in_the_configuration_reference() -> None:
+    for module in pkgutil.walk_packages(services.__path__, "services."):
+        if not module.name.endswith("__main__"):
+            importlib.import_module(module.name)
+    defined = {c for c in _subclasses(BaseSettings) if c.__module__.startswith("services.")}
+    assert defined - {cls for _, cls in reference.SETTINGS} == set()
+
+
+def test_every_setting_says_what_it_is_for() -> None:
+    undescribed = [
+        s.variable for _, cls in reference.SETTINGS for s in reference.settings_of(cls) if not s.description
+    ]
+    assert undescribed == []
+
+
+def test_every_series_the_code_declares_is_in_the_metrics_reference() -> None:
+    declaration = re.compile(
+        r"(?:Counter|Gauge|Histogram|Summary|MetricFamily)\(\s*\"(lianfang_[a-z0-9_]+)\""
+    )
+    declared = {
+        name
+        for path in (REPO / "services").rglob("*.py")
+        for name in declaration.findall(path.read_text(encoding="utf-8"))
+    }
+    documented = set(re.findall(r"^\| `(lianfang_[a-z0-9_]+)`", reference.metrics_markdown(), re.MULTILINE))
+    assert len(declared) > 80
+    missing = {name for name in declared if name not in documented and f"{name}_total" not in documented}
+    assert missing == set()
+
+
+def test_a_setting_is_listed_under_its_environment_variable_with_its_default() -> None:
+    rows = {s.variable: s for s in reference.settings_of(reference.SETTINGS[3][1])}  # the router's
+    assert rows["LIANFANG_ROUTER_METRICS_PORT"].default == "9102"
+    assert rows["LIANFANG_BOOTSTRAP"].default == "(none)"
+    assert rows["LIANFANG_ROUTER_REQUIRE_FRESHNESS"].default == "true"
+    assert "LIANFANG_ROUTER_KAFKA_SECURITY" not in rows, "the login has a section of its own"
+
+
+def _subclasses(cls: type) -> set[type]:
+    direct = set(cls.__subclasses__())
+    return direct.union(*(_subclasses(c) for c in direct)) if direct else set()

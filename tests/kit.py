@@ -25,6 +25,7 @@ from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.pseudonym import Pseudonymizer, PseudonymKey, normalize_subject
 from services.kernel.registry import Registry
 from services.pseudonymizer.core import PseudonymizerKey
+from services.pseudonymizer.metrics import PseudonymizerMetrics
 
 NOW = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 """The tests' clock: the demo domain is issued at NOW and expires 90 days later."""
@@ -204,7 +205,7 @@ def serve_pseudonymizer(domain: DemoDomain, port: int, clock: Callable[[], datet
         registry=domain.registry,
         trail=None,
         clock=clock,
-        metrics_registry=CollectorRegistry(),
+        metrics=PseudonymizerMetrics(CollectorRegistry()),
     )
     return Served(service.application(), port=port)
 

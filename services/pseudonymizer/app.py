@@ -182,7 +182,7 @@ class Pseudonymizer:
         key: core.PseudonymizerKey | Mapping[int, core.PseudonymizerKey],
         registry: Registry | RegistryInForce,
         trail: LocalTrail | None,
-        metrics_registry: CollectorRegistry | None = None,
+        metrics: PseudonymizerMetrics | None = None,
         clock: Clock = utcnow,
         key_folder: Path | None = None,
     ) -> None:
@@ -193,7 +193,7 @@ class Pseudonymizer:
         self.key_folder = KeyFolder(key_folder) if key_folder is not None else None
         self.in_force = registry if isinstance(registry, RegistryInForce) else RegistryInForce(registry)
         self.trail = trail
-        self.metrics = PseudonymizerMetrics(metrics_registry or CollectorRegistry())
+        self.metrics = metrics or PseudonymizerMetrics(CollectorRegistry())
         self.clock = clock
         self.limiter = core.RateLimiter(rate=settings.rate_per_s, burst=settings.burst, rates=settings.rates)
         self.metrics.default_rate.set(settings.rate_per_s)
@@ -460,7 +460,8 @@ async def _reconcile_every_second(service: Pseudonymizer) -> None:
 async def serve(settings: PseudonymizerSettings, *, clock: Clock = utcnow) -> None:
     """Run the pseudonymizer until SIGTERM or SIGINT."""
     domain = trust.open_domain(settings.home)
-    in_force = RegistryInForce.from_domain(domain, service="pseudonymizer", metrics=None)
+    metrics = PseudonymizerMetrics(CollectorRegistry())
+    in_force = RegistryInForce.from_domain(domain, service="pseudonymizer", metrics=metrics.registry_in_force)
     names = topics.TopicNames(settings.topic_prefix)
     sink = KafkaSink(settings.bootstrap, names.audit, settings.kafka_security) if settings.bootstrap else None
     try:
@@ -468,13 +469,20 @@ async def serve(settings: PseudonymizerSettings, *, clock: Clock = utcnow) -> No
     except UsageError as e:
         raise UsageError(f"the pseudonymizer signs its audit trail as {settings.operator}: {e}") from e
     trail = participant_trail(
-        settings.spool_dir / "audit", keystore, in_force.current, "pseudonymizer", ship=sink, clock=clock
+        settings.spool_dir / "audit",
+        keystore,
+        in_force.current,
+        "pseudonymizer",
+        ship=sink,
+        clock=clock,
+        metrics=metrics.audit,
     )
     service = Pseudonymizer(
         settings,
         key=load_keys(settings.home, in_force.current),
         registry=in_force,
         trail=trail,
+        metrics=metrics,
         clock=clock,
         key_folder=settings.home / KEY_FILE.parent,
     )

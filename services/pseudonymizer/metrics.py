@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
+from services.audit.metrics import AuditMetrics
+from services.bus.registry_follower import RegistryMetrics
+
 
 class PseudonymizerMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
@@ -67,6 +70,11 @@ class PseudonymizerMetrics:
             ["outcome"],
             registry=registry,
         )
+        # The registry in force (its follower reports here) and the audit chain's shipping, as every
+        # other service that follows the registry and writes an audit chain: the registry and audit
+        # alerts cover this job too.
+        self.registry_in_force = RegistryMetrics.of(registry)
+        self.audit = AuditMetrics(registry)
         if registry is not REGISTRY:  # the default registry has them already
             # process_start_time_seconds and the rest, as every other service's /metrics: a process
             # started again and again fires LianfangServiceRestarting.

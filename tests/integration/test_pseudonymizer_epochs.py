@@ -205,6 +205,13 @@ def test_a_sealed_key_domain_moves_to_the_pseudonymizer_linking_hmac_pseudonyms_
         )
         after = publish(bus, end.document)
         assert after.document.pseudonym_key is None
+        bus.wait_for(
+            lambda: worker.metric("lianfang_registry_version", service="pseudonymizer") == after.version,
+            60,
+            "the pseudonymizer to report the registry it took on its /metrics",
+        )
+        assert worker.total("lianfang_audit_ship_failures_total") == 0, "its audit chain is reported"
+        assert any(s.startswith("lianfang_audit_unshipped_bytes{") for s in worker.metrics() or {})
         asker = client(bus, migrating)
         asker.epochs(PEOPLE[:1])
         assert asker._sealed == hmac_key

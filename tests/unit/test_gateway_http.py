@@ -178,7 +178,6 @@ def test_a_lead_while_the_pseudonymizer_rate_limits_the_participant_is_accepted_
         registry=domain.registry,
         trail=None,
         clock=lambda: NOW,
-        metrics_registry=CollectorRegistry(),
     )
     served = Served(service.application())
     try:

@@ -221,7 +221,9 @@ REGISTRY_SERIES = {
 }
 
 
-@pytest.mark.parametrize("service", ["router", "hub", "sdk", "gateway", "console"])
+@pytest.mark.parametrize(
+    "service", ["router", "hub", "sdk", "gateway", "console", "timestamp", "pseudonymizer"]
+)
 def test_every_service_that_follows_the_registry_declares_the_registry_series(service: str) -> None:
     assert names_of(reference.service_registries()[service]) >= REGISTRY_SERIES
 

@@ -31,6 +31,7 @@ from services.kernel.registry import Registry, sign_document
 from services.pseudonymizer import core
 from services.pseudonymizer.app import Pseudonymizer, PseudonymizerSettings, load_keys
 from services.pseudonymizer.client import ClientMetrics, ObliviousPseudonymizer, PseudonymizerUnavailableError
+from services.pseudonymizer.metrics import PseudonymizerMetrics
 from services.sdk.client import lead_identities
 from services.trust import admin
 from tests.kit import NOW, DemoDomain, Served
@@ -317,7 +318,7 @@ def running(oblivious: DemoDomain) -> Iterator[Running]:
         registry=in_force,
         trail=None,
         clock=lambda: NOW,
-        metrics_registry=CollectorRegistry(),
+        metrics=PseudonymizerMetrics(CollectorRegistry()),
         key_folder=oblivious.home / "pseudonymizer",
     )
     served = Served(service.application())
@@ -456,7 +457,7 @@ def test_a_sealed_key_domain_moves_over_with_the_hmac_pseudonym_as_the_previous_
         registry=in_force,
         trail=None,
         clock=lambda: NOW,
-        metrics_registry=CollectorRegistry(),
+        metrics=PseudonymizerMetrics(CollectorRegistry()),
         key_folder=sealed.home / "pseudonymizer",
     )
     served = Served(service.application())

@@ -828,15 +828,19 @@ class Client:
     ) -> Iterator[envelope.Opened]:
         """Verified and opened events addressed to this participant, oldest first, each event id once.
 
-        The id of an event is remembered (on disk) as it is handed out; that record, not the consumer
-        group's offset, is what hands each event out once. The offsets of the events the caller is
-        done with (it asked for the next one) are committed together, at most ``inbox_commit_every_s``
+        The id of an event is remembered (on disk) once the caller is done with it: when it asks for
+        the next one, or the reading ends at ``max_records``; that record, not the consumer group's
+        offset, is what hands each event out once. So an event the caller was still handling when
+        its process died (a crash, a kill, a power cut) is handed out again at the next start, under
+        the same event id, for the caller to recognize if it had finished its part: nothing accepted
+        is lost to a crash. The offsets of the events the caller is
+        done with are committed together, at most ``inbox_commit_every_s``
         apart, when the inbox has nothing more to read, and when the iteration ends: a commit is a
         round trip to the group coordinator (about 7 ms on Kafka 4.1, which holds a commit up to 5 ms
         to batch it), so committing after each event would cap a reader near 130 events a second. A
-        copy of an event already handed out (Kafka's re-delivery after a crash before the commit, or a
+        copy of an event the caller finished (Kafka's re-delivery after a crash before the commit, or a
         second copy in the inbox) is skipped and counted. Stopping the iteration early (``break``, or an
-        exception in the caller's loop) takes the last hand-out back: the event is read again next time.
+        exception in the caller's loop) leaves the last event unfinished: it is read again next time.
         One process reads a reader's group (``reader``): another process of the same group would have
         another record of the ids it handed out.
         A record this participant cannot open (bad signature, unknown key, a section it cannot
@@ -885,7 +889,7 @@ class Client:
                             done.past(record.topic, record.partition, record.offset)
                             continue
                         event_id = result.header.id
-                        if not handed.remember(event_id, record.partition, record.offset):
+                        if handed.first(event_id) is not None:
                             self.metrics.duplicates_skipped.inc()
                             log.info("inbox event %s at offset %d was handed out before: skipped",
                                      event_id, record.offset)  # fmt: skip
@@ -901,9 +905,10 @@ class Client:
                             yield result
                         except GeneratorExit:
                             # The caller stopped before asking for the next: not committed, read again.
-                            handed.forget(event_id)
                             _rewind(consumer, record)
                             raise
+                        # The caller asked for the next: done with this one, never handed out again.
+                        handed.remember(event_id, record.partition, record.offset)
                         seen += 1
                         done.past(record.topic, record.partition, record.offset)
                         if done.due():

@@ -10,8 +10,6 @@ allowed clock skew): the router refuses an event that old, so no new copy of it 
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -84,11 +82,6 @@ class HandedOut:
     def remember_reported(self, partition: int, offset: int) -> None:
         """Record that the problem record about the record at ``partition``/``offset`` is written."""
         self.remember(_problem_key(partition, offset), partition, offset)
-
-    def forget(self, event_id: str) -> None:
-        """Take back a hand-out the reader's caller did not finish (it is read and handed out again)."""
-        with contextlib.suppress(sqlite3.ProgrammingError), store.transaction(self._db, self._lock) as tx:
-            tx.execute("DELETE FROM handed WHERE event_id = ?", (event_id,))
 
     def prune(self) -> int:
         """Forget ids handed out longer ago than ``keep``; returns how many."""

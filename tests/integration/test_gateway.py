@@ -492,13 +492,10 @@ def test_a_revocation_published_while_the_gateway_runs_refuses_a_request_signed_
         (kid,) = live_domain.keys("police").signing
         revoked = RegistryChange.revocation(live_domain, "police", kid)
         own.produce([(b"registry", revoked.data)], topic=own.names.registry)
-        published = time.monotonic()
         status, answer = own.wait_for(
             lambda: (r := gateway.post(lead_body("13700000302")))[0] != 202 and r, 10, "the revocation"
         )
-        took = time.monotonic() - published
         assert (status, answer["type"]) == (401, "https://lianfang.example/problems/key-revoked"), answer
-        assert took < 10
         # The gauge is set just after the new registry is in force: poll it, do not race it.
         own.wait_for(
             lambda: (

@@ -229,6 +229,6 @@ def test_registry_publish_refuses_a_registry_its_roots_did_not_sign(bus: Bus, tm
         capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
     assert result.returncode == 1
-    assert "bad_signature" in result.stderr or "signature" in result.stderr
+    assert "bad_signature" in result.stderr, result.stderr
     on_topic = bus.read_all([bus.names.registry])[bus.names.registry]
     assert forged.read_bytes() not in [r.value for r in on_topic], "nothing reached the topic"

@@ -162,9 +162,11 @@ def test_a_state_error_raised_inside_aiokafka_restarts_the_worker_and_is_counted
 
     async def until_it_restarted_twice() -> None:
         task = asyncio.create_task(runner.run())
+        deadline = asyncio.get_running_loop().time() + 10
         while runner.restarts < 2:
             assert not task.done(), "the worker ended on the client's state error"
-            await asyncio.sleep(0.01)  # the worker restarts without a back-off here
+            assert asyncio.get_running_loop().time() < deadline, "the worker did not restart twice in 10 s"
+            await asyncio.sleep(0.01)  # the poll interval inside the deadline
         runner.stop()
         await asyncio.wait_for(task, timeout=10)
 

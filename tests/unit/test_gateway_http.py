@@ -442,11 +442,29 @@ def test_a_signature_from_ten_minutes_ago_is_401(gw: Harness) -> None:
     _problem(status, answer, 401, "signature-stale")
 
 
-def test_a_body_declared_over_the_limit_is_413_before_it_is_read(gw: Harness) -> None:
+def test_a_body_over_the_limit_is_413_too_large(gw: Harness) -> None:
     big = body_of(lead(narrative="很" * 100_000))
     assert len(big) > 256 * 1024
     status, answer = gw.post(big)
     _problem(status, answer, 413, "too-large")
+
+
+def test_a_body_declared_over_the_limit_is_413_before_it_is_read(gw: Harness) -> None:
+    big = body_of(lead(narrative="很" * 100_000))
+    url = gw.server.make_url("/v1/events")
+
+    async def declare_only() -> bytes:
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        head = [f"POST {url.path} HTTP/1.1", f"Host: {url.host}:{url.port}", f"Content-Length: {len(big)}"]
+        head += [f"{name}: {value}" for name, value in gw.headers(big).items()]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode())  # and not a byte of the body
+        await writer.drain()
+        try:
+            return await asyncio.wait_for(reader.readline(), 10)  # a gateway reading the body waits
+        finally:
+            writer.close()
+
+    assert gw.loop.run_until_complete(declare_only()).startswith(b"HTTP/1.1 413 ")
 
 
 def test_a_chunked_body_over_the_limit_is_413(gw: Harness) -> None:

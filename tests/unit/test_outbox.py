@@ -116,7 +116,7 @@ def test_the_counts_a_publish_asks_for_do_not_wait_for_a_commit_in_flight(tmp_pa
 
     holder = threading.Thread(target=commit_in_flight)
     holder.start()
-    in_flight.wait(10)
+    until(in_flight.is_set, "the commit in flight holding the writer's lock")
     threading.Thread(target=count).start()
     try:
         until(counted.is_set, "the counts read while a commit holds the writer's lock", deadline_s=5)

@@ -253,7 +253,7 @@ def test_a_record_is_dead_lettered_even_when_its_audit_entry_cannot_be_made(
 
 
 @pytest.mark.parametrize("error", [KafkaConnectionError(), TransportError("the broker went away")])
-def test_a_kafka_failure_is_not_dead_lettered_but_restarts_the_worker(
+def test_a_kafka_failure_is_not_dead_lettered_but_raised_to_the_runner_that_restarts_on_it(
     domain: DemoDomain, harness: Harness, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
     def failing(*args: Any, **kwargs: Any) -> core.Route:

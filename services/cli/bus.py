@@ -489,7 +489,7 @@ def _describe(record: Any) -> dict[str, Any]:
             headers.get("lianfang_source_partition", "?"),
             headers.get("lianfang_source_offset", "?"),
         ),
-        "bytes": len(record.value or b""),
+        "bytes": int(headers.get("lianfang_value_bytes", len(record.value or b""))),
         "detail": headers.get("lianfang_detail", ""),
     }
     if "lianfang_reader" in headers:  # an inbox reader's problem record: headers only, no value

@@ -6,6 +6,7 @@ which names fields and checks, never values."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 
 from services.kernel.errors import ReasonCode
@@ -26,10 +27,12 @@ def deadletter_headers(
     event_id: str | None = None,
     sender: str | None = None,
     reader: str | None = None,
+    left_out: bytes | None = None,
 ) -> list[tuple[str, bytes]]:
     """Why and where from: the reason code, the source coordinates and the time; for a reader's problem
     record also the verified event id and sender (when known) and the reader
-    (``<participant>/<reader>``). No content."""
+    (``<participant>/<reader>``); for a refused record whose bytes the letter does not carry
+    (``left_out``), their size and SHA-256, to tell them at the source offset. No content."""
     headers = [
         ("lianfang_reason", reason.encode()),
         ("lianfang_detail", detail.encode("utf-8")[:MAX_DETAIL_BYTES]),
@@ -41,4 +44,7 @@ def deadletter_headers(
     for name, value in (("event_id", event_id), ("sender", sender), ("reader", reader)):
         if value is not None:
             headers.append((f"lianfang_{name}", value.encode()))
+    if left_out is not None:
+        headers.append(("lianfang_value_bytes", str(len(left_out)).encode()))
+        headers.append(("lianfang_value_sha256", hashlib.sha256(left_out).hexdigest().encode()))
     return headers

@@ -55,6 +55,14 @@ from services.router.metrics import RouterMetrics
 from services.router.seen import SeenStore
 from services.trust import TrustDomain
 
+UNREAD_REASONS: frozenset[ReasonCode] = frozenset({"too_large", "malformed"})
+"""Refusals whose record's bytes a dead letter does not carry, only their size and SHA-256. Such a
+record did not read as a well-formed envelope, so it may be anything: plain text a careless or hostile
+sender put on the bus (kept six times as long on the dead-letter topic as on the events topic), or a
+record that unpacks from a compressed batch to many megabytes, which no dead letter could hold (its send
+would fail, the transaction with it, and the partition would stop on that record). The letter's source
+offset points at the bytes for as long as the events topic keeps them."""
+
 log = logging.getLogger("lianfang.router")
 
 LOG_APPEND_TIME = 1
@@ -327,10 +335,17 @@ class Router:
         self, record: Any, state: PartitionState, now: datetime, reason: ReasonCode, detail: str
     ) -> list[Output]:
         self.metrics.deadlettered.labels(reason).inc()
+        unread = reason in UNREAD_REASONS
         headers = deadletter_headers(
-            reason, detail, topic=record.topic, partition=record.partition, offset=record.offset, now=now
+            reason,
+            detail,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            now=now,
+            left_out=record.value if unread else None,
         )
-        letter = Output(self.names.deadletter, record.value, record.key, headers)
+        letter = Output(self.names.deadletter, b"" if unread else record.value, record.key, headers)
         before = state.savepoint()
         try:
             return [letter, self.audit.record(state, "deadletter", now, object=_where(record))]

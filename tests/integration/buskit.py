@@ -5,6 +5,7 @@ reading inboxes back, and router, hub and pseudonymizer processes (their process
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -235,6 +236,17 @@ class Bus:
 
     def deadletters(self) -> list[Any]:
         return self.read_all([self.names.deadletter])[self.names.deadletter]
+
+    def letters_of(self, values: Iterable[bytes]) -> list[Any]:
+        """The dead letters of these refused records: by their bytes, or by the SHA-256 a letter gives
+        of bytes it leaves out (``too_large``, ``malformed``)."""
+        wanted = set(values)
+        digests = {hashlib.sha256(v).hexdigest().encode() for v in wanted}
+        return [
+            r
+            for r in self.deadletters()
+            if r.value in wanted or dict(r.headers).get("lianfang_value_sha256") in digests
+        ]
 
     def wait_for(self, condition: Any, timeout: float = 90, what: str = "condition") -> Any:
         """Poll ``condition()`` until it returns something truthy, or fail after ``timeout``."""

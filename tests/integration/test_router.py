@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from schemas.envelope import MAX_RECORD_BYTES
@@ -185,7 +185,7 @@ def _resigned(bus: Bus, phone: str, **changes: object) -> tuple[bytes, bytes]:
 def _letters(bus: Bus, values: set[bytes]) -> list[Any]:
     """The dead letters of these values, once there is one for each."""
     return bus.wait_for(
-        lambda: len(dl := [r for r in bus.deadletters() if r.value in values]) >= len(values) and dl,
+        lambda: len(dl := bus.letters_of(values)) >= len(values) and dl,
         what="dead letters",
     )
 
@@ -201,15 +201,16 @@ def test_each_reason_code_the_router_sees_reaches_the_deadletter_topic_with_that
     expected = Counter(reason.strip() for reason in cases) - Counter({"replay": 1})  # the first copy routes
     expected["misplaced"] = 1
     letters = bus.wait_for(
-        lambda: len(dl := [r for r in bus.deadletters() if r.value in ours]) >= expected.total() and dl,
+        lambda: len(dl := bus.letters_of(ours)) >= expected.total() and dl,
         what="dead letters",
     )
     reasons = Counter(dict(r.headers)["lianfang_reason"].decode() for r in letters)
     assert reasons == expected
     by_reason = {dict(r.headers)["lianfang_reason"].decode(): r for r in letters}
     malformed = by_reason["malformed"]
-    assert malformed.value == b"not an envelope", "a dead letter carries the original bytes"
     headers = dict(malformed.headers)
+    assert (malformed.value, headers["lianfang_value_bytes"]) == (b"", b"15"), "not an envelope: no copy"
+    assert by_reason["bad_signature"].value in ours, "an envelope's letter carries the original bytes"
     assert headers["lianfang_source_topic"] == bus.names.events.encode()
     assert int(headers["lianfang_source_offset"]) >= 0
     assert datetime.fromisoformat(headers["lianfang_deadlettered_at"].decode()) <= datetime.now(UTC)
@@ -231,6 +232,34 @@ def test_an_event_whose_subject_is_not_a_pseudonym_is_dead_lettered_and_the_rout
     bus.wait_for(lambda: _delivered_exactly_once(bus, leads), what="the leads after the hostile events")
     letters = _letters(bus, {value for _key, value in hostile})
     assert {dict(r.headers)["lianfang_reason"] for r in letters} == {b"malformed"}
+    assert [r.value for r in letters] == [b"", b""], "a name in the clear is not kept for 180 days"
+    assert router.alive(), router.tail()
+
+
+def test_a_record_that_unpacks_to_megabytes_is_dead_lettered_as_too_large_and_the_router_keeps_routing(
+    bus: Bus, router: Router
+) -> None:
+    """A hostile producer's compressed batch passes the broker's size limit (it counts the batch as
+    sent) and unpacks at the router to far more than any record may be, or than a dead letter could
+    hold: copied into its dead letter, it failed the transaction again and again."""
+    lead = bus.seal(phone="13900000040")
+    n = bus.partitions(bus.names.events)
+    key = lead.key
+    huge = b"\0" * (8 * MAX_RECORD_BYTES)  # 4 MiB of zeros: a few KiB gzipped
+    producer = KafkaProducer(
+        bootstrap_servers=bus.bootstrap, compression_type="gzip", max_request_size=16 * MAX_RECORD_BYTES
+    )
+    try:
+        producer.send(bus.names.events, key=key, value=huge, partition=topics.partition_for(key, n)).get(30)
+    finally:
+        producer.close()
+    bus.publish([lead])  # behind it on its partition
+
+    bus.wait_for(lambda: _delivered_exactly_once(bus, [lead]), what="the lead behind the huge record")
+    (letter,) = _letters(bus, {huge})
+    headers = dict(letter.headers)
+    assert (headers["lianfang_reason"], letter.value) == (b"too_large", b"")
+    assert headers["lianfang_value_bytes"] == str(len(huge)).encode()
     assert router.alive(), router.tail()
 
 
@@ -391,9 +420,7 @@ def test_a_revocation_published_on_the_registry_topic_takes_effect_without_a_res
     retired = bus.seal("trade_union", category="employment_discrimination", town=None, phone="13900000021")
     bus.publish([revoked, retired])
     ours = {revoked.value, retired.value}
-    letters = bus.wait_for(
-        lambda: len(dl := [r for r in bus.deadletters() if r.value in ours]) >= 2 and dl, what="dead letters"
-    )
+    letters = bus.wait_for(lambda: len(dl := bus.letters_of(ours)) >= 2 and dl, what="dead letters")
     assert {dict(r.headers)["lianfang_reason"] for r in letters} == {b"key_revoked", b"key_expired"}
 
 

@@ -37,7 +37,7 @@ def router(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Route
 def _letter_reasons(bus: Bus, values: set[bytes]) -> dict[bytes, str]:
     """The dead-letter reason of each of these values, once each has one."""
     letters = bus.wait_for(
-        lambda: len(dl := [r for r in bus.deadletters() if r.value in values]) >= len(values) and dl,
+        lambda: len(dl := bus.letters_of(values)) >= len(values) and dl,
         what="dead letters",
     )
     return {r.value: dict(r.headers)["lianfang_reason"].decode() for r in letters}

@@ -5,6 +5,7 @@ derived from the verified envelope. Each adversarial row names its attack."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -89,6 +90,11 @@ class Case:
 
 
 CASES = [
+    Case(
+        "a record that unpacks to megabytes is dead-lettered as too_large, without its bytes",
+        "too_large",
+        lambda d: _placed(b"\0" * (4 * envelope.MAX_RECORD_BYTES), b"k"),
+    ),
     Case(
         "a subject in Chinese characters is dead-lettered as malformed",
         "malformed",
@@ -178,7 +184,13 @@ def test_a_hostile_record_is_dead_lettered_with_its_reason_and_counted(
     assert not [o for o in outputs if ".inbox." in o.topic]
     assert harness.deadlettered(case.reason) == 1
     letter = next(o for o in outputs if "deadletter" in o.topic)
-    assert letter.value == record.value, "a dead letter carries the original bytes"
+    if case.reason in app.UNREAD_REASONS:  # not an envelope: maybe plain text, maybe megabytes
+        headers = dict(letter.headers)
+        assert letter.value == b""
+        assert headers["lianfang_value_bytes"] == str(len(record.value)).encode()
+        assert headers["lianfang_value_sha256"] == hashlib.sha256(record.value).hexdigest().encode()
+    else:
+        assert letter.value == record.value, "a dead letter carries the original bytes"
 
 
 def test_every_reason_code_is_counted_from_the_start() -> None:

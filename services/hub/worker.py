@@ -68,6 +68,7 @@ from services.kernel.deadletter import deadletter_headers
 from services.kernel.errors import (
     MalformedError,
     ReasonCode,
+    RegistryExpiredError,
     TransportError,
     UntrustedInputError,
 )
@@ -330,9 +331,12 @@ class RecordWorker:
     ) -> Refusal | None:
         """Parse a record, then apply it; why it was refused, or ``None``. A failed check while parsing
         is the record's reason; anything else but Kafka's failures is a bug met on it (``internal``),
-        including stored state that is unreadable."""
+        including stored state that is unreadable. An expired registry is no record's fault: see
+        :func:`_registry_expired`."""
         try:
             item = parse()
+        except RegistryExpiredError as e:
+            raise _registry_expired(e) from e
         except UntrustedInputError as e:
             return e.reason, str(e)
         except (TransportError, KafkaError):
@@ -345,6 +349,8 @@ class RecordWorker:
         """Run ``work``; ``internal`` when it meets anything but Kafka's failures, which propagate."""
         try:
             await work()
+        except RegistryExpiredError as e:  # sealing an alert under it
+            raise _registry_expired(e) from e
         except (TransportError, KafkaError):
             raise
         except Exception as e:
@@ -612,3 +618,11 @@ def _tick_time(value: bytes) -> datetime:
     if at is None:
         raise MalformedError("a tick is an aware ISO 8601 time")
     return at
+
+
+def _registry_expired(error: RegistryExpiredError) -> TransportError:
+    """While the registry in force has expired every record fails to open (and every alert to seal):
+    refused, each would be dead-lettered and lost to the hub. Raised as a transport failure instead, the
+    agent keeps what it took and handles it again after a pause, until a newer registry is in force,
+    as the router pauses routing."""
+    return TransportError(f"the registry in force has expired ({error}); waiting for a newer one")

@@ -566,6 +566,21 @@ def test_an_audit_trail_that_fails_while_opening_a_record_stops_the_worker_to_be
     assert hub.sent == []
 
 
+def test_a_record_met_while_the_registry_in_force_has_expired_is_kept_for_a_retry_not_dead_lettered(
+    hub: Harness,
+) -> None:
+    value = lead(hub.domain, 1, T)
+    in_time = hub.worker.clock
+    hub.worker.clock = lambda: hub.domain.registry.document.expires + timedelta(hours=1)
+    with pytest.raises(TransportError, match="registry in force has expired"):
+        hub.inbox(value)  # the agent handles it again after a pause (until_handled)
+    assert hub.sent == [], "nothing dead-lettered, nothing sent"
+    hub.worker.clock = in_time  # a newer registry, as far as this record can tell
+    hub.inbox(value)
+    assert hub.to(NAMES.deadletter) == []
+    assert hub.state().leads, "applied once a registry in force is not expired"
+
+
 def test_a_dead_letter_kafka_does_not_take_stops_the_worker_to_be_restarted(hub: Harness) -> None:
     async def refuse(topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None) -> None:
         raise ConnectionError("the broker is gone")

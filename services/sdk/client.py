@@ -847,8 +847,9 @@ class Client:
         decrypt) is never handed to the caller: it is counted by reason, logged without content, and
         reported by a problem record on the dead-letter topic, written before its offset is committed;
         then reading goes on. An expired registry stops the reading with
-        :class:`RegistryExpiredError` and commits nothing past the record it met: a newer registry is
-        needed first.
+        :class:`RegistryExpiredError` and commits nothing past the record it met, which the next
+        reading (of this client too) meets again: a newer registry is needed first. So does any other
+        failure before the event is handed out (the audit file, the record of ids).
 
         A client that follows the registry topic (:meth:`open`) reads nothing while it holds no fresh
         timestamp statement for its registry (a withheld revocation would go unnoticed): it waits,
@@ -875,40 +876,23 @@ class Client:
                 idle_deadline = time.monotonic() + timeout
                 for records in batch.values():
                     for record in records:
-                        # An expired registry raises here: not the record's fault, nothing is committed.
-                        result = registry_follower.open_or_unreadable(
-                            record.value,
-                            in_force=self.in_force,
-                            newer_registry=self._newer_registry,
-                            now=self.clock,
-                            keystore=self.keys,
-                            headers=record.headers,
-                        )
-                        if isinstance(result, envelope.Unreadable):
-                            self._report_unreadable(consumer, result, record)
-                            done.past(record.topic, record.partition, record.offset)
-                            continue
-                        event_id = result.header.id
-                        if handed.first(event_id) is not None:
-                            self.metrics.duplicates_skipped.inc()
-                            log.info("inbox event %s at offset %d was handed out before: skipped",
-                                     event_id, record.offset)  # fmt: skip
-                            done.past(record.topic, record.partition, record.offset)
-                            continue
-                        self.metrics.received.labels(result.header.type).inc()
-                        self.trail.append(
-                            "open_section",
-                            subject=result.header.subject,
-                            object=opened_object(result),
-                        )
                         try:
-                            yield result
+                            opened = self._to_hand_out(consumer, handed, record)
+                        except BaseException:
+                            # An expired registry, a disk that fails: not handed out, not committed;
+                            # the consumer's own position would pass it by in a next reading.
+                            _rewind(consumer, record)
+                            raise
+                        if opened is None:  # reported as unreadable, or finished before: skipped
+                            done.past(record.topic, record.partition, record.offset)
+                            continue
+                        try:
+                            yield opened
                         except GeneratorExit:
                             # The caller stopped before asking for the next: not committed, read again.
                             _rewind(consumer, record)
                             raise
-                        # The caller asked for the next: done with this one, never handed out again.
-                        handed.remember(event_id, record.partition, record.offset)
+                        _finished(consumer, handed, opened, record)  # the caller asked for the next
                         seen += 1
                         done.past(record.topic, record.partition, record.offset)
                         if done.due():
@@ -917,6 +901,31 @@ class Client:
             raise TransportError(f"reading the inbox of {self.participant} failed: {e}") from e
         finally:
             self._commit(consumer, done, wait_s=END_COMMIT_WAIT_S, best_effort=True)
+
+    def _to_hand_out(self, consumer: KafkaConsumer, handed: HandedOut, record: Any) -> envelope.Opened | None:
+        """The opened event of an inbox record, its opening audited; ``None`` when it is skipped: a
+        record this participant cannot open (counted and reported, :meth:`_report_unreadable`), or an
+        event the caller finished before (counted). An expired registry raises: not the record's
+        fault."""
+        result = registry_follower.open_or_unreadable(
+            record.value,
+            in_force=self.in_force,
+            newer_registry=self._newer_registry,
+            now=self.clock,
+            keystore=self.keys,
+            headers=record.headers,
+        )
+        if isinstance(result, envelope.Unreadable):
+            self._report_unreadable(consumer, result, record)
+            return None
+        if handed.first(result.header.id) is not None:
+            self.metrics.duplicates_skipped.inc()
+            log.info("inbox event %s at offset %d was handed out before: skipped",
+                     result.header.id, record.offset)  # fmt: skip
+            return None
+        self.metrics.received.labels(result.header.type).inc()
+        self.trail.append("open_section", subject=result.header.subject, object=opened_object(result))
+        return result
 
     def _commit(
         self,
@@ -1118,6 +1127,16 @@ def _why(e: LianfangError) -> str:
 
 def _iso(t: datetime) -> str:
     return t.isoformat()
+
+
+def _finished(consumer: KafkaConsumer, handed: HandedOut, opened: envelope.Opened, record: Any) -> None:
+    """Record that the caller is done with ``opened``: never handed out again. If that fails (the disk),
+    put the consumer back on the record, so that it is handed out again, and raise."""
+    try:
+        handed.remember(opened.header.id, record.partition, record.offset)
+    except BaseException:
+        _rewind(consumer, record)
+        raise
 
 
 def _rewind(consumer: KafkaConsumer, record: Any) -> None:

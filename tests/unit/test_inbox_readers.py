@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from services.bus.deadletter import problem_headers
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.webhooks import WebhookSender
 from services.kernel import envelope
+from services.kernel.errors import RegistryExpiredError
 from services.sdk.client import Client
 from services.sdk.metrics import SdkMetrics
 from services.store.handed import KEEP, HandedOut
@@ -261,6 +263,19 @@ def test_the_sdk_hands_out_again_the_event_its_caller_was_handling_when_its_proc
     event_id = next(reading).header.id  # the process "dies" while its caller handles the event
     _attach(client, [Record(value, 0)])  # Kafka re-delivers the uncommitted record
     assert [opened.header.id for opened in client.inbox(timeout=0)] == [event_id]
+
+
+def test_a_record_met_while_the_registry_has_expired_is_read_again_by_the_same_client_s_next_reading(
+    domain: DemoDomain, police: tuple[Client, SdkMetrics]
+) -> None:
+    client, _ = police
+    stand_in = _attach(client, [Record(seal(domain), 0)])
+    client.clock = lambda: domain.registry.document.expires + timedelta(hours=1)
+    with pytest.raises(RegistryExpiredError):
+        list(client.inbox(timeout=0))
+    client.clock = lambda: NOW  # a registry in force again (the console reads on with the same client)
+    assert len(list(client.inbox(timeout=0))) == 1
+    assert stand_in.log[0] == "seek 0", "put back on the record it could not open"
 
 
 def test_the_sdk_commits_once_the_interval_has_passed_and_at_the_end_of_the_reading(

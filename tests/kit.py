@@ -108,6 +108,22 @@ CONTENT = {
 }
 
 
+def sections_for(h: EnvelopeHeader, content: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``content`` as the SDK would seal it under ``h``: a lead's triage completed with the fields its
+    schema requires, from the header (the hub refuses a triage its schema refuses)."""
+    if h.type != "lead.reported":
+        return content
+    required = {
+        "category": h.category,
+        "channel": "police_call",
+        "minor": bool(h.minor),
+        "victim_pseudonym": h.subject,
+        "requests_joint_meeting": False,
+        **({"town": h.town} if h.town else {}),
+    }
+    return {**content, "triage": {**required, **content.get("triage", {})}}
+
+
 def seal(
     domain: DemoDomain, *, sender: str = "police", registry: Registry | None = None, **fields: Any
 ) -> bytes:

@@ -43,7 +43,7 @@ import asyncio
 import json
 import logging
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,8 +51,10 @@ from functools import partial
 from typing import Any, Literal, TypeVar
 
 from aiokafka.errors import KafkaError
+from pydantic import ValidationError
 
 from schemas.envelope import SectionName
+from schemas.events import join_sections
 from services.audit.chain import opened_object
 from services.audit.trail import LocalTrail
 from services.bus.registry_follower import NewerRegistry, RegistryInForce, in_force, no_newer_registry
@@ -71,6 +73,7 @@ from services.kernel.errors import (
     RegistryExpiredError,
     TransportError,
     UntrustedInputError,
+    validation_summary,
 )
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
@@ -164,15 +167,14 @@ class RecordWorker:
             value, registry=self.registry, now=self.clock(), keystore=self.keys, keys_at=keys_at
         )
         recipients = set().union(*opened.verified.recipients().values())
+        triage = _checked_triage(opened.header.type, opened.sections.get("triage", {}))
         self.trail.append(
             "open_section",
             subject=opened.header.subject,
             object=opened_object(opened),
             durable=False,  # on disk at the end of the batch, before its states and offsets
         )
-        return Observation.from_header(
-            opened.header, frozenset(recipients), opened.sections.get("triage", {})
-        )
+        return Observation.from_header(opened.header, frozenset(recipients), triage)
 
     def seal(
         self,
@@ -626,3 +628,16 @@ def _registry_expired(error: RegistryExpiredError) -> TransportError:
     agent keeps what it took and handles it again after a pause, until a newer registry is in force,
     as the router pauses routing."""
     return TransportError(f"the registry in force has expired ({error}); waiting for a newer one")
+
+
+def _checked_triage(event_type: str, triage: Mapping[str, Any]) -> dict[str, Any]:
+    """The triage section as its event type's schema has it (:func:`schemas.events.join_sections`), or
+    :class:`MalformedError`. It is the only part of an event the hub reads, and its sender wrote it:
+    unchecked, a pseudonym field could carry a name onto the hub's own topics in the clear, and a
+    category or town outside the schema would fail every alert sealed for that victim afterwards."""
+    try:
+        return join_sections(event_type, triage)
+    except ValidationError as e:
+        raise MalformedError(f"the triage section {validation_summary(e, whole='(triage)')}") from e
+    except KeyError as e:  # a type the registry's policy lets through but the catalogue does not know
+        raise MalformedError(f"no triage schema for event type {event_type!r}") from e

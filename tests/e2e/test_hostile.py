@@ -35,7 +35,7 @@ from services.kernel.pseudonym import id_check_digit
 from services.sdk.client import Client
 from tests.integration.buskit import Bus, HubProcess, RouterProcess
 from tests.integration.test_gateway import GatewayProcess
-from tests.kit import DemoDomain, header, rewrite_body
+from tests.kit import DemoDomain, header, rewrite_body, sections_for
 
 pytestmark = pytest.mark.e2e
 
@@ -150,8 +150,9 @@ def _sealed(bus: Bus, *, entropy: Any = envelope.SYSTEM_ENTROPY, **fields: Any) 
         "town": "mapo",
     }
     h = header(**{**defaults, **fields})
+    sections = sections_for(h, HOSTILE_CONTENT)
     return envelope.seal(
-        h, HOSTILE_CONTENT, registry=bus.domain.registry, signer=bus.domain.keys("health"), entropy=entropy
+        h, sections, registry=bus.domain.registry, signer=bus.domain.keys("health"), entropy=entropy
     )
 
 

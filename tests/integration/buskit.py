@@ -27,7 +27,7 @@ from services.kernel import envelope, freshness, topics
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry, sign_document
 from services.trust import admin
-from tests.kit import CONTENT, DemoDomain, header
+from tests.kit import CONTENT, DemoDomain, header, sections_for
 from tests.workers import Worker, free_port
 
 TEST_STATEMENT_LIFETIME = timedelta(hours=2)
@@ -123,7 +123,7 @@ class Bus:
         fields.setdefault("id", envelope.new_event_id())
         fields.setdefault("subject", self.domain.subject(phone))
         h = header(**fields)
-        sections = CONTENT if content is None else content
+        sections = sections_for(h, CONTENT if content is None else content)
         return envelope.seal(h, sections, registry=self.domain.registry, signer=self.domain.keys(sender))
 
     def produce(

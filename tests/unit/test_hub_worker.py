@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from schemas.events import RiskAnswers
 from services import trust
 from services.audit.trail import participant_trail
 from services.bus.registry_follower import RegistryInForce
@@ -190,12 +191,26 @@ def sealed(
 
 
 def lead(domain: DemoDomain, n: int, at: datetime, *, subject: str = VICTIM, **triage: Any) -> bytes:
-    fields = {"category": "domestic_violence", "minor": False, "town": "renhe", "victim_pseudonym": subject}
+    fields = {
+        "category": "domestic_violence",
+        "channel": "police_call",
+        "minor": False,
+        "town": "renhe",
+        "victim_pseudonym": subject,
+        "requests_joint_meeting": False,
+    }
     return sealed(domain, n, "lead.reported", at, {**fields, **triage}, subject=subject)
 
 
 def risk(domain: DemoDomain, n: int, at: datetime, score: int, lead_id: str) -> bytes:
-    triage = {"lead_id": lead_id, "victim_pseudonym": VICTIM, "score": score}
+    answers = {name: i < score for i, name in enumerate(RiskAnswers.model_fields)}  # score yes answers
+    triage = {
+        "lead_id": lead_id,
+        "victim_pseudonym": VICTIM,
+        "score": score,
+        "answers": answers,
+        "assessed_by": "womens_federation",
+    }
     return sealed(domain, n, "risk.assessed", at, triage, sender="womens_federation", refs=[lead_id])
 
 
@@ -495,6 +510,28 @@ def headers_of(sent: Sent) -> dict[str, str]:
     return {k: v.decode() for k, v in sent.headers or []}
 
 
+def test_a_lead_whose_triage_names_a_suspect_where_a_pseudonym_goes_is_dead_lettered_and_reaches_no_hub_topic(
+    hub: Harness,
+) -> None:
+    hub.inbox(lead(hub.domain, 1, T, suspect_pseudonyms=["钱某 13911112222"]))
+    assert [s.topic for s in hub.sent] == [NAMES.deadletter]
+    letter = hub.sent[0]
+    assert headers_of(letter)["lianfang_reason"] == "malformed"
+    assert "钱某" not in headers_of(letter)["lianfang_detail"]
+    assert hub.suspects == {}
+    assert hub.count("lianfang_hub_events_rejected_total", source="inbox", reason="malformed") == 1
+
+
+def test_a_lead_whose_triage_category_is_outside_the_schema_is_dead_lettered_and_the_victim_s_alerts_go_on(
+    hub: Harness,
+) -> None:
+    hub.inbox(lead(hub.domain, 1, T, category="家暴 (a name) 张三"))
+    assert [headers_of(s)["lianfang_reason"] for s in hub.to(NAMES.deadletter)] == ["malformed"]
+    hub.sent.clear()
+    hub.inbox(lead(hub.domain, 2, T + timedelta(minutes=1), requests_joint_meeting=True))
+    assert len(hub.alerts()) == 1, "the victim's next alert seals"
+
+
 def test_a_refused_inbox_record_is_dead_lettered_with_the_router_s_headers_and_no_content(
     hub: Harness,
 ) -> None:
@@ -679,7 +716,15 @@ def test_a_lead_signed_with_a_key_only_a_newer_registry_lists_is_opened_once_tha
     data = sign_document(rotated.document, roots)
     newer = Registry.from_bytes(data, trusted_roots=domain.trust.trusted_roots(), now=T)
     lead = kit.header(id=eid(900), source="urn:lianfang:health", time=T, subject=VICTIM)
-    content = {"triage": {"category": "domestic_violence", "risk_indicators": []}, "details": {"n": "测试。"}}
+    triage = {
+        "category": "domestic_violence",
+        "channel": "hospital",
+        "minor": False,
+        "town": "renhe",
+        "victim_pseudonym": VICTIM,
+        "requests_joint_meeting": False,
+    }
+    content = {"triage": triage, "details": {"n": "测试。"}}
     value = envelope.seal(lead, content, registry=newer, signer=health).value
 
     hub.inbox(value)  # no newer registry to be had: refused

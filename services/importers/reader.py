@@ -129,9 +129,12 @@ class ExportFile:
             self._columns[index] = column
         missing = [c for c in self.spec.required_columns() if c not in seen]
         if missing:
+            # Only the cells the format knows are named: a file without a header row has data here.
+            known = ", ".join(seen.values()) if seen else "none"
             raise FileFormatError(
                 f"{self.path.name} has no column {', '.join(missing)}, which the {self.spec.name} format "
-                f"requires; its columns are: {', '.join(self.header)}"
+                f"requires; of the {len(self.header)} cells of its first row the format knows {known}"
+                + ("" if seen else " (is its header row missing?)")
             )
 
     def _decoding(self, rows: Iterator[Any]) -> Iterator[Any]:

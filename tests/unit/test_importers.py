@@ -548,6 +548,17 @@ def _hotline_rows() -> tuple[list[str], list[list[str]]]:
     return rows[0], rows[1:]
 
 
+def test_a_file_without_its_header_row_stops_the_import_and_quotes_none_of_its_first_row(
+    tmp_path: Path,
+) -> None:
+    _header, rows = _hotline_rows()
+    path = _write_csv(tmp_path / "calls.csv", rows[0], rows[1:])  # the first data row where the header goes
+    with pytest.raises(FileFormatError, match=r"is its header row missing\?") as refused:
+        ExportFile.open(path, load_format("hotline_12338"))
+    quoted = [cell for cell in rows[0] if len(cell) > 1 and cell in str(refused.value)]
+    assert quoted == [], "a caller's data in an error message reaches logs"
+
+
 def test_a_header_without_a_required_column_stops_the_import_and_lists_the_columns(tmp_path: Path) -> None:
     header, rows = _hotline_rows()
     keep = [i for i, name in enumerate(header) if name != "来电时间"]

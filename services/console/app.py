@@ -599,7 +599,7 @@ class Console:
         with self.lock:
             body = pages.queue(viewer, self.view, where, self.clock())
             shown = len(self.view.queue(where, self.clock()))
-        self._audit(request, "view_queue", urlencode(where.query()), f"{shown} alerts", seen=("queue", None))
+        self._audit(request, "view_queue", where.audited(), f"{shown} alerts", seen=("queue", None))
         self.metrics.views.labels("queue").inc()
         return self._html(body)
 
@@ -616,7 +616,7 @@ class Console:
         self._audit(
             request,
             "view_queue",
-            urlencode(where.query()),
+            where.audited(),
             f"{len(alerts)} alerts (live)",
             seen=("queue", None),
         )

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal, get_args
+from urllib.parse import urlencode
 
 from pydantic import ValidationError
 
@@ -255,6 +256,14 @@ class QueueFilter:
             sort=sort if sort in SORTS else "priority",
             page=min(int(page), _MAX_PAGE) if page.isdigit() and int(page) > 0 else 1,
         )
+
+    def audited(self) -> str:
+        """The filters as the audit log keeps them: the search text only by its length (coordinators
+        type names and phone numbers into it; the log keeps who looked, not what they typed)."""
+        values = self.query()
+        if "q" in values:
+            values["q"] = f"({len(self.q)} chars)"
+        return urlencode(values)
 
     def query(self, **changes: str) -> dict[str, str]:
         """The query string of these filters with ``changes``, leaving out empty and default values.

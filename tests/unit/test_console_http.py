@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import aiohttp
 import pytest
@@ -329,12 +329,14 @@ def test_every_view_of_case_content_is_audited(signed_in: Harness, domain: DemoD
     signed_in.get(f"/alerts/{alert_id}")
     signed_in.get("/alerts/rows")
     signed_in.get("/supervision")
+    signed_in.get("/alerts?q=" + quote("王芳 13912345678"))
     rows = [(r.who, r.action, r.target) for r in signed_in.console.audit.rows()]
     assert rows[1:] == [
         ("wang", "view_queue", "town=renhe"),
         ("wang", "view_alert", alert_id),
         ("wang", "view_queue", ""),
         ("wang", "view_supervision", ""),
+        ("wang", "view_queue", "q=%2814+chars%29"),  # what was searched for, never the words
     ]
     assert all(r.remote == "127.0.0.1" for r in signed_in.console.audit.rows())
     trail = signed_in.console.trail
@@ -345,7 +347,9 @@ def test_every_view_of_case_content_is_audited(signed_in: Harness, domain: DemoD
         ("console_view", alert_id),
         ("console_view", "queue"),
         ("console_view", "supervision"),
+        ("console_view", "queue"),
     ]
+    assert "王芳" not in read_file(trail.path)[-1].decode()
     assert isinstance(chain[1], AuditEntry)
     assert chain[1].subject == event.header.subject
     assert [r.ok for r in verify_lines(read_file(trail.path)).chains] == [True]

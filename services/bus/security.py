@@ -32,7 +32,9 @@ SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
 class KafkaSecuritySettings(BaseSettings):
     """Client-side Kafka security. Environment: ``LIANFANG_KAFKA_<NAME>`` (see the module docstring)."""
 
-    model_config = SettingsConfigDict(env_prefix="LIANFANG_KAFKA_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LIANFANG_KAFKA_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     security_protocol: SecurityProtocol = Field(
         default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"

@@ -14,7 +14,7 @@ import getpass
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -146,7 +146,7 @@ class DemoLogin:
     the demo; the repository holds none."""
 
     name: str
-    password: str
+    password: str = field(repr=False)
 
 
 def demo_login(home: Path) -> DemoLogin:

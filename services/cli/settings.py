@@ -11,7 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class KafkaSettings(BaseSettings):
     """How to reach Kafka. Environment: ``LIANFANG_BOOTSTRAP``."""
 
-    model_config = SettingsConfigDict(env_prefix="LIANFANG_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LIANFANG_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     bootstrap: str = Field(
         default="",
@@ -22,6 +24,8 @@ class KafkaSettings(BaseSettings):
 class HomeSettings(BaseSettings):
     """Where the trust domain (registry, keystores) lives. Environment: ``LIANFANG_HOME``."""
 
-    model_config = SettingsConfigDict(env_prefix="LIANFANG_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LIANFANG_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     home: Path = Field(default=Path(".lianfang"), description="Folder of the demo trust domain.")

@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import secrets
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -42,7 +42,7 @@ def same_token(expected: str, given: str | None) -> bool:
 @dataclass(slots=True)
 class Session:
     user: str
-    csrf: str
+    csrf: str = field(repr=False)
     created: datetime
     seen: datetime
 

@@ -20,7 +20,9 @@ from services.kernel import ids
 class ConsoleSettings(BaseSettings):
     """Every option of the console, with its environment variable ``LIANFANG_CONSOLE_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="LIANFANG_CONSOLE_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LIANFANG_CONSOLE_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     bootstrap: str = Field(
         default="",

@@ -94,7 +94,9 @@ class HubSettings(BaseSettings):
     ``LIANFANG_HOME`` (the hub's keystore and the registry; passphrase as for every keystore) and the
     Kafka login ``LIANFANG_KAFKA_*`` (:mod:`services.bus.security`)."""
 
-    model_config = SettingsConfigDict(env_prefix="LIANFANG_HUB_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LIANFANG_HUB_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     bootstrap: str = Field(
         default="",

@@ -91,7 +91,9 @@ M_ARENA_MAX = -8
 class MallocSettings(BaseSettings):
     """The C allocator's settings, the same for every service. Environment: ``LIANFANG_MALLOC_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="LIANFANG_MALLOC_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LIANFANG_MALLOC_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     arena_max: int = Field(
         default=2, ge=0, description="most glibc malloc arenas the process's threads share; 0: glibc's own"

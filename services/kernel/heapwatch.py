@@ -97,7 +97,9 @@ Tally = dict[Site, tuple[int, int]]
 class HeapwatchSettings(BaseSettings):
     """The heap watch's settings, the same for every service. Environment: ``LIANFANG_TRACEMALLOC_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="LIANFANG_TRACEMALLOC_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LIANFANG_TRACEMALLOC_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     every_s: float = Field(
         default=0.0,

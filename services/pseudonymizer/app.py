@@ -69,7 +69,9 @@ class PseudonymizerSettings(BaseSettings):
     """Settings of the pseudonymizer. Environment variables: ``LIANFANG_PSEUDONYMIZER_<NAME>``, except the
     broker (``LIANFANG_BOOTSTRAP``) and the trust domain (``LIANFANG_HOME``)."""
 
-    model_config = SettingsConfigDict(env_prefix="LIANFANG_PSEUDONYMIZER_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LIANFANG_PSEUDONYMIZER_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     bootstrap: str = Field(
         default="",

@@ -74,7 +74,9 @@ class RouterSettings(BaseSettings):
     broker (``LIANFANG_BOOTSTRAP``), the trust domain (``LIANFANG_HOME``) and the Kafka login
     (``LIANFANG_KAFKA_*``, :mod:`services.bus.security`)."""
 
-    model_config = SettingsConfigDict(env_prefix="LIANFANG_ROUTER_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LIANFANG_ROUTER_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     bootstrap: str = Field(
         default="",

@@ -46,7 +46,9 @@ class TimestampSettings(BaseSettings):
     the broker (``LIANFANG_BOOTSTRAP``), the trust domain (``LIANFANG_HOME``: ``timestamp.key``, the
     registry and the anchor; passphrase as for every keystore) and the Kafka login (``LIANFANG_KAFKA_*``)."""
 
-    model_config = SettingsConfigDict(env_prefix="LIANFANG_TIMESTAMP_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LIANFANG_TIMESTAMP_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     bootstrap: str = Field(
         default="",

@@ -24,7 +24,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -149,7 +149,7 @@ class TrustDomain:
     """A domain folder opened with its passphrase."""
 
     home: Path
-    passphrase: str
+    passphrase: str = field(repr=False)
 
     @property
     def registry_path(self) -> Path:

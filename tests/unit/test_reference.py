@@ -8,10 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 import services
 from services.cli import reference
+from services.gateway.app import GatewaySettings
 
 pytestmark = pytest.mark.unit
 
@@ -70,3 +72,17 @@ def test_a_setting_is_listed_under_its_environment_variable_with_its_default() -
 def _subclasses(cls: type) -> set[type]:
     direct = set(cls.__subclasses__())
     return direct.union(*(_subclasses(c) for c in direct)) if direct else set()
+
+
+def test_a_refused_setting_is_never_echoed_in_the_error_a_service_prints(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LIANFANG_GATEWAY_WEBHOOKS", "stranger=https://hooks.example/x?token=S3CRET")
+    monkeypatch.setenv("LIANFANG_GATEWAY_PARTICIPANTS", "police")
+    with pytest.raises(ValidationError) as refused:
+        GatewaySettings()
+    assert "S3CRET" not in str(refused.value)
+    echoing = [
+        cls.__name__ for _, cls in reference.SETTINGS if not cls.model_config.get("hide_input_in_errors")
+    ]
+    assert echoing == [], "their errors quote the values they refused (a password, a token in a URL)"

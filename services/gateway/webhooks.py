@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import random
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -148,6 +149,17 @@ class WebhookSender:
                     "webhook %s: Kafka: %s; retrying in %.1f s", self.participant, type(e).__name__, delay
                 )
                 await asyncio.sleep(delay)  # back-off before reconnecting
+            except Exception as e:  # a bug: the sender must not end silently; what it took is read again
+                delay = self.backoff.delay(attempt)
+                attempt += 1
+                if self.metrics is not None:
+                    self.metrics.webhook_failures.labels(self.participant, "internal").inc()
+                # Only the type and the frames: an exception's message could quote an opened event.
+                log.error(
+                    "webhook %s: a bug (%s); reading again from the committed offset in %.1f s\n%s",
+                    self.participant, type(e).__name__, delay, "".join(traceback.format_tb(e.__traceback__)),
+                )  # fmt: skip
+                await asyncio.sleep(delay)
             finally:
                 with contextlib.suppress(Exception):
                     await consumer.stop()

@@ -17,6 +17,7 @@ from kafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
 from services.bus.deadletter import problem_headers
+from services.gateway import webhooks
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.webhooks import WebhookSender
 from services.kernel import envelope
@@ -450,3 +451,35 @@ def test_the_webhook_reports_an_event_police_cannot_open_once_and_posts_nothing_
     assert posted == []
     assert stand_in.log == ["problem decrypt_failed 0"]
     assert sender.metrics.inbox_rejected.labels("decrypt_failed")._value.get() == 1
+
+
+def test_a_bug_in_a_webhook_sender_is_counted_and_it_reads_again_instead_of_ending(
+    domain: DemoDomain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Consumer:  # the sender's Kafka consumer: started and stopped, never read (_consume is ours)
+        def __init__(self, *_args: Any, **_kwargs: Any) -> None:
+            pass
+
+        async def start(self) -> None:
+            pass
+
+        async def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(webhooks, "AIOKafkaConsumer", Consumer)
+    sender, _ = _webhook(domain, StandIn([]))
+    sender.backoff = webhooks.Backoff(first_s=0.001, cap_s=0.001)
+    rounds: list[int] = []
+
+    async def consume(_consumer: Any, _session: Any) -> None:
+        rounds.append(len(rounds))
+        if len(rounds) == 1:
+            raise ValueError("a bug met on one event")
+        raise asyncio.CancelledError  # the gateway stops
+
+    sender._consume = consume  # type: ignore[method-assign]
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(sender.run())
+    assert rounds == [0, 1], "it read again after the bug"
+    assert sender.metrics is not None
+    assert sender.metrics.webhook_failures.labels("police", "internal")._value.get() == 1

@@ -27,6 +27,7 @@ import logging
 import re
 import signal
 import time
+import traceback
 from collections.abc import Callable, Iterator, MutableMapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -283,7 +284,7 @@ class Router:
             return self._deadletter(record, state, now, e.reason, str(e))
         except Exception as e:
             state.rollback(before)  # the replay window must not remember an event it did not deliver
-            log.exception("a bug while routing %s: dead-lettered as internal", _where(record))
+            _log_bug(e, f"while routing {_where(record)}: dead-lettered as internal")
             return self._deadletter(
                 record, state, now, "internal", f"[internal] {type(e).__name__} while routing this record"
             )
@@ -353,11 +354,11 @@ class Router:
             return [letter, self.audit.record(state, "deadletter", now, object=_where(record))]
         except (TransportError, KafkaError):
             raise
-        except Exception:
+        except Exception as e:
             # A bug in the audit step must not stop the router either: the record is still
             # dead-lettered (and counted), and the log says its audit entry is missing.
             state.rollback(before)
-            log.exception("a bug while auditing the dead letter of %s: it has no audit entry", _where(record))
+            _log_bug(e, f"while auditing the dead letter of {_where(record)}: it has no audit entry")
             return [letter]
 
     def after_batch(self, state: PartitionState) -> list[Output]:
@@ -370,9 +371,9 @@ class Router:
             return self.audit.seal(state, self.clock())
         except (TransportError, KafkaError):
             raise
-        except Exception:
+        except Exception as e:
             state.rollback(before)
-            log.exception("a bug while signing partition %d's audit head: no checkpoint", state.partition)
+            _log_bug(e, f"while signing partition {state.partition}'s audit head: no checkpoint")
             return []
 
     def prune(self, state: PartitionState) -> None:
@@ -544,3 +545,10 @@ async def serve(
                 await task
         await asyncio.to_thread(follower.stop)
     log.info("router %s: stopped on %s", settings.group_id, stopped_by[0] if stopped_by else "request")
+
+
+def _log_bug(error: Exception, what: str) -> None:
+    """Log a bug met on a record with its type and frames only, as the hub and the gateway do: its
+    message could quote what the record's clear header or its sender's bytes hold."""
+    frames = "".join(traceback.format_tb(error.__traceback__))
+    log.error("a bug (%s) %s\n%s", type(error).__name__, what, frames)

@@ -264,6 +264,24 @@ def test_a_record_is_dead_lettered_even_when_its_audit_entry_cannot_be_made(
     assert _reason(outputs) == "malformed"
 
 
+def test_a_bug_met_on_a_record_is_logged_by_its_type_and_frames_never_its_message(
+    domain: DemoDomain, harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    quoted = "subject 张三 13800000000 does not parse"  # a message quoting what it met
+
+    def failing(*args: Any, **kwargs: Any) -> core.Route:
+        raise ValueError(quoted)
+
+    monkeypatch.setattr(core, "decide", failing)
+    sealed = _sealed(domain, phone="13800000018")
+    assert _reason(harness.handle(_placed(sealed.value, sealed.key))) == "internal"
+    logged = "\n".join(r.getMessage() + str(r.exc_info or "") for r in caplog.records)
+    assert "ValueError" in logged
+    assert "in failing" in logged, "where it happened"
+    assert "张三" not in logged
+    assert "13800000000" not in logged
+
+
 @pytest.mark.parametrize("error", [KafkaConnectionError(), TransportError("the broker went away")])
 def test_a_kafka_failure_is_not_dead_lettered_but_raised_to_the_runner_that_restarts_on_it(
     domain: DemoDomain, harness: Harness, monkeypatch: pytest.MonkeyPatch, error: Exception

@@ -28,6 +28,7 @@ import os
 import secrets
 import signal
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Final
@@ -416,20 +417,35 @@ class Pseudonymizer:
         try:
             response = await handler(request)
         except RefusalError as e:
-            self.metrics.rejections.labels(e.code).inc()
-            body = {
-                "type": f"https://lianfang.example/problems/{e.code}",
-                "title": e.code,
-                "status": e.status,
-                "detail": e.detail,
-            }
-            response = web.Response(
-                body=json.dumps(body).encode(), status=e.status, content_type=PROBLEM_TYPE, headers=e.headers
-            )
+            response = self._refuse(e)
         except web.HTTPException as e:
             response = e
+        except Exception as e:
+            # Only the type and the frames: an exception's message could quote what was asked.
+            log.error(
+                "unhandled %s on %s:\n%s",
+                type(e).__name__,
+                request.path,
+                "".join(traceback.format_tb(e.__traceback__)),
+            )
+            response = self._refuse(
+                RefusalError(500, "internal", "the pseudonymizer failed; nothing was evaluated")
+            )
         self.metrics.requests.labels(str(response.status)).inc()
         return response
+
+    def _refuse(self, e: RefusalError) -> web.Response:
+        """A problem document for ``e``, counted by its code."""
+        self.metrics.rejections.labels(e.code).inc()
+        body = {
+            "type": f"https://lianfang.example/problems/{e.code}",
+            "title": e.code,
+            "status": e.status,
+            "detail": e.detail,
+        }
+        return web.Response(
+            body=json.dumps(body).encode(), status=e.status, content_type=PROBLEM_TYPE, headers=e.headers
+        )
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self.middleware], client_max_size=core.MAX_BODY_BYTES)

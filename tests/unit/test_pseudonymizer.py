@@ -91,6 +91,25 @@ def test_a_signed_batch_is_evaluated_with_a_proof_that_verifies_against_the_serv
     assert outputs == [oprf.evaluate(harness.key.key, data, core.MODE) for data in inputs]
 
 
+def test_a_bug_is_answered_with_a_counted_internal_problem_and_logged_by_type_and_frames_only(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    quoted = "element cnid:110101199003071234 failed"  # a message quoting what was asked
+
+    def failing(*_args: Any) -> None:
+        raise ValueError(quoted)
+
+    monkeypatch.setattr(harness.service, "try_reconcile", failing)
+    _blinds, body = blinded(b"cnid:one")
+    status, _headers, problem = harness.post(body)
+    assert (status, problem["title"]) == (500, "internal")
+    assert harness.service.metrics.rejections.labels("internal")._value.get() == 1
+    assert harness.service.metrics.requests.labels("500")._value.get() == 1
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "ValueError" in logged
+    assert "110101199003071234" not in logged
+
+
 def test_an_unsigned_request_is_refused_with_401_and_counted(harness: Harness) -> None:
     _blinds, body = blinded(b"cnid:one")
     status, _headers, problem = harness.post(body, participant=None)

@@ -23,6 +23,7 @@ import logging
 import sqlite3
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -454,8 +455,12 @@ class Drainer:
             retry_after = float(getattr(e, "retry_after", 0) or 0)
             if getattr(e, "code", None) == "unreachable":
                 retry_after = 0.0  # its Retry-After is a guess for callers, not the service's word
-        except Exception:  # a bug in sealing must not stop the drainer; the leads stay on disk
-            log.exception("outbox: sealing %d waiting lead(s) failed; they stay in the outbox", len(waiting))
+        except Exception as e:  # a bug in sealing must not stop the drainer; the leads stay on disk
+            # Only the type and the frames: the leads are open here, and a message could quote them.
+            log.error(
+                "outbox: sealing %d waiting lead(s) failed (%s); they stay in the outbox\n%s",
+                len(waiting), type(e).__name__, "".join(traceback.format_tb(e.__traceback__)),
+            )  # fmt: skip
             done = 0
         # Leads that cannot be sent for a reason of their own stay where they are; a full batch of them
         # must not hold back the leads behind it, so the next attempt looks past it (from the oldest

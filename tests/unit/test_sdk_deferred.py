@@ -138,6 +138,26 @@ def test_once_it_answers_the_waiting_leads_are_pseudonymized_in_one_request_and_
     assert police.metrics.accepted.labels("lead.reported")._value.get() == 5
 
 
+def test_a_bug_while_sealing_waiting_leads_keeps_them_and_logs_no_word_of_them(
+    police: Client, service: Service, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    service.down = away()
+    police.publish_lead(a_lead())
+    service.down = None
+    quoted = f"cannot seal {NAME} {PHONE}"  # a message quoting an open lead
+
+    def failing(_rows: Any) -> int:
+        raise ValueError(quoted)
+
+    monkeypatch.setattr(police.drainer, "resolve", failing)
+    with caplog.at_level(logging.ERROR, "lianfang"):
+        assert police.drainer.resolve_waiting() == 0
+    assert police.outbox.waiting() == 1, "the lead stays in the outbox"
+    assert "ValueError" in caplog.text
+    assert NAME not in caplog.text
+    assert PHONE not in caplog.text
+
+
 def test_while_leads_wait_a_new_lead_waits_behind_them_even_when_the_service_answers(
     police: Client, service: Service
 ) -> None:

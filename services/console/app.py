@@ -27,6 +27,7 @@ import os
 import re
 import signal
 import threading
+import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -439,7 +440,20 @@ class Console:
                 self.metrics.logins.labels("csrf").inc()
                 return await self._login_form(request, note="error.csrf", status=403)
             return self._html(pages.error(self._viewer(request), i18n.text(request[LANG], "error.csrf")), 403)
-        return await handler(request)
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as e:
+            # Only the type and the frames: an exception's message could quote a form's text.
+            self.metrics.refused.labels("internal").inc()
+            log.error(
+                "unhandled %s on %s %s:\n%s",
+                type(e).__name__, request.method, request.path, "".join(traceback.format_tb(e.__traceback__)),
+            )  # fmt: skip
+            return self._html(
+                pages.error(self._viewer(request), i18n.text(request[LANG], "error.internal")), 500
+            )
 
     async def _csrf_ok(self, request: web.Request, session: Session | None) -> bool:
         """The form's token matches the session's (the sign-in form's: the pre-session cookie's), and

@@ -52,6 +52,10 @@ MESSAGES: Final[dict[str, tuple[str, str]]] = {
         "The security check failed (the page may be out of date). Go back, reload the page and try again.",
     ),
     "error.not_found": ("找不到该页面或预警。", "No such page or alert."),
+    "error.internal": (
+        "控制台出错，请求未完成。请稍后重试；如仍出错，请联系运维人员。",
+        "The console failed; nothing was done. Try again later; if it fails again, tell the operators.",
+    ),
     "error.back": ("返回预警队列", "Back to the alert queue"),
     # queue
     "queue.title": ("预警队列", "Alert queue"),

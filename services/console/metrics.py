@@ -37,7 +37,8 @@ class ConsoleMetrics:
         )
         self.refused = Counter(
             "lianfang_console_requests_refused_total",
-            "Requests refused before any work, by reason (csrf, unauthenticated, forbidden by the role).",
+            "Requests refused, by reason: before any work (csrf, unauthenticated, forbidden by the role), or "
+            "internal (a bug met on it, answered with an error page).",
             ["reason"],
             registry=registry,
         )

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from services.audit.chain import AuditEntry, parse_line, verify_lines
 from services.audit.trail import LocalTrail, read_file
+from services.console import pages as console_pages
 from services.console.accounts import AccountStore
 from services.console.app import Console, safe_next
 from services.console.audit import AuditLog
@@ -655,3 +656,22 @@ def test_the_broker_hands_out_what_a_page_missed_while_it_keeps_it() -> None:
     assert broker.missed(2) == [(3, changes[2]), (4, changes[3]), (5, changes[4])]
     assert broker.missed(1) is None, "change 2 is no longer kept"
     assert broker.missed(6) is None, "a number it never gave"
+
+
+def test_a_bug_met_on_a_page_is_an_error_page_counted_and_logged_by_type_and_frames_only(
+    signed_in: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    quoted = "meeting summary: 王芳 13912345678"  # a message quoting what a page or form held
+
+    def failing(*_args: Any) -> str:
+        raise ValueError(quoted)
+
+    monkeypatch.setattr(console_pages, "supervision", failing)
+    status, _headers, html = signed_in.get("/supervision")
+    assert status == 500
+    assert "Try again later" in html or "请稍后重试" in html
+    assert signed_in.console.metrics.refused.labels("internal")._value.get() == 1
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "ValueError" in logged
+    assert "王芳" not in logged
+    assert "王芳" not in html

@@ -8,32 +8,21 @@ from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from services.bus import metrics_endpoint
+from services.bus.settings import ServiceSettings
 from services.console.accounts import accounts_path
 from services.console.audit import audit_path
 from services.kernel import ids
 
 
-class ConsoleSettings(BaseSettings):
+class ConsoleSettings(ServiceSettings):
     """Every option of the console, with its environment variable ``LIANFANG_CONSOLE_<NAME>``."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="LIANFANG_CONSOLE_", frozen=True, extra="ignore", hide_input_in_errors=True
-    )
+    model_config = SettingsConfigDict(env_prefix="LIANFANG_CONSOLE_")
 
-    bootstrap: str = Field(
-        default="",
-        validation_alias=AliasChoices("LIANFANG_BOOTSTRAP", "bootstrap"),
-        description="Kafka bootstrap servers",
-    )
-    home: Path = Field(
-        default=Path(".lianfang"),
-        validation_alias=AliasChoices("LIANFANG_HOME", "home"),
-        description="trust domain: the coordinators' keystore, the registry, accounts and audit log",
-    )
     topic_prefix: str = Field(default="", description="prefix of every topic name (tests use one per run)")
     participant: str = Field(default=ids.COORDINATORS, description="whose inbox the console reads")
     host: str = Field(default="127.0.0.1", description="address to listen on")

@@ -38,8 +38,8 @@ from typing import Annotated, Final, TextIO
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
-from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from services import trust
 from services.bus.deadletter import ProblemWriter
@@ -52,6 +52,7 @@ from services.bus.registry_follower import (
     in_force,
 )
 from services.bus.security import KafkaSecuritySettings, load_security
+from services.bus.settings import ServiceSettings
 from services.gateway import httpsig, openapi
 from services.gateway.api import Submission, parse_submission, sealing_problem
 from services.gateway.idempotency import IdempotencyStore, KeyedLocks
@@ -98,25 +99,13 @@ def _split(value: object) -> object:
     return value
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(ServiceSettings):
     """Settings of the gateway. Environment variables: ``LIANFANG_GATEWAY_<NAME>``, except the broker
     (``LIANFANG_BOOTSTRAP``), the trust domain (``LIANFANG_HOME``) and the Kafka login
     (``LIANFANG_KAFKA_*``, :mod:`services.bus.security`)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="LIANFANG_GATEWAY_", frozen=True, extra="ignore", hide_input_in_errors=True
-    )
+    model_config = SettingsConfigDict(env_prefix="LIANFANG_GATEWAY_")
 
-    bootstrap: str = Field(
-        default="",
-        validation_alias=AliasChoices("LIANFANG_BOOTSTRAP", "bootstrap"),
-        description="Kafka bootstrap servers",
-    )
-    home: Path = Field(
-        default=Path(".lianfang"),
-        validation_alias=AliasChoices("LIANFANG_HOME", "home"),
-        description="trust domain: registry and the served participants' keystores",
-    )
     participants: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
         description="comma-separated participants this gateway serves (holds the keys of); empty: every "

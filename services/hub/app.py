@@ -54,8 +54,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from faust.streams import _current_event
 from prometheus_client import Gauge
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
 from services import trust
 from services.audit.kafka import KafkaSink
@@ -70,6 +70,7 @@ from services.bus.security import (
     faust_credentials,
     load_security,
 )
+from services.bus.settings import ServiceSettings
 from services.hub import store as hub_store
 from services.hub.commitwatch import CommitWatch
 from services.hub.config import HubConfig
@@ -89,25 +90,13 @@ from services.kernel.registry import Registry
 log = logging.getLogger("lianfang.hub")
 
 
-class HubSettings(BaseSettings):
+class HubSettings(ServiceSettings):
     """Settings of one hub worker. Environment: ``LIANFANG_HUB_<NAME>``, plus ``LIANFANG_BOOTSTRAP``,
     ``LIANFANG_HOME`` (the hub's keystore and the registry; passphrase as for every keystore) and the
     Kafka login ``LIANFANG_KAFKA_*`` (:mod:`services.bus.security`)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="LIANFANG_HUB_", frozen=True, extra="ignore", hide_input_in_errors=True
-    )
+    model_config = SettingsConfigDict(env_prefix="LIANFANG_HUB_")
 
-    bootstrap: str = Field(
-        default="",
-        validation_alias=AliasChoices("LIANFANG_BOOTSTRAP", "bootstrap"),
-        description="Kafka bootstrap servers",
-    )
-    home: Path = Field(
-        default=Path(".lianfang"),
-        validation_alias=AliasChoices("LIANFANG_HOME", "home"),
-        description="trust domain: the registry and the hub's keystore",
-    )
     app_id: str = Field(default="lianfang-hub", description="faust app id: consumer group and table names")
     topic_prefix: str = Field(default="", description="prefix of every bus topic (tests use one per run)")
     data_dir: Path = Field(default=Path(".run/hub"), description="RocksDB tables of this worker")

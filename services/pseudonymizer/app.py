@@ -35,14 +35,15 @@ from typing import Annotated, Final
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from pydantic import AliasChoices, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from services import trust
 from services.audit.kafka import KafkaSink
 from services.audit.trail import LocalTrail, participant_trail
 from services.bus.registry_follower import RegistryInForce, follow
 from services.bus.security import KafkaSecuritySettings, load_security
+from services.bus.settings import ServiceSettings
 from services.gateway import httpsig
 from services.kernel import crypto, ids, oprf, topics
 from services.kernel.clock import Clock, utcnow
@@ -66,24 +67,12 @@ PROBLEM_TYPE: Final = "application/problem+json"
 KEY_FILE: Final = trust.PSEUDONYMIZER_KEY
 
 
-class PseudonymizerSettings(BaseSettings):
+class PseudonymizerSettings(ServiceSettings):
     """Settings of the pseudonymizer. Environment variables: ``LIANFANG_PSEUDONYMIZER_<NAME>``, except the
     broker (``LIANFANG_BOOTSTRAP``) and the trust domain (``LIANFANG_HOME``)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="LIANFANG_PSEUDONYMIZER_", frozen=True, extra="ignore", hide_input_in_errors=True
-    )
+    model_config = SettingsConfigDict(env_prefix="LIANFANG_PSEUDONYMIZER_")
 
-    bootstrap: str = Field(
-        default="",
-        validation_alias=AliasChoices("LIANFANG_BOOTSTRAP", "bootstrap"),
-        description="Kafka bootstrap servers",
-    )
-    home: Path = Field(
-        default=Path(".lianfang"),
-        validation_alias=AliasChoices("LIANFANG_HOME", "home"),
-        description="trust domain: the registry, the operator's keystore and the service's VOPRF keys",
-    )
     host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int = Field(default=8090, ge=0, le=65535, description="port to listen on")
     operator: str = Field(

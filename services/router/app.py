@@ -35,8 +35,8 @@ from typing import Any
 
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 from prometheus_client import Counter
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
 from services import trust
 from services.audit.chain import Action, AuditEntry, Checkpoint, Signer, next_entry, parse_line
@@ -45,6 +45,7 @@ from services.bus.eos import Output, PartitionState, TransactionalRunner
 from services.bus.freshness import FreshnessInForce
 from services.bus.registry_follower import RegistryInForce, follow
 from services.bus.security import KafkaSecuritySettings, load_security
+from services.bus.settings import ServiceSettings
 from services.kernel import ids, topics
 from services.kernel.clock import Clock, utcnow
 from services.kernel.deadletter import deadletter_headers
@@ -70,25 +71,13 @@ LOG_APPEND_TIME = 1
 """A Kafka record's ``timestamp_type`` when the broker stamped it (0 is the producer's ``CreateTime``)."""
 
 
-class RouterSettings(BaseSettings):
+class RouterSettings(ServiceSettings):
     """Settings of one router worker. Environment variables: ``LIANFANG_ROUTER_<NAME>``, except the
     broker (``LIANFANG_BOOTSTRAP``), the trust domain (``LIANFANG_HOME``) and the Kafka login
     (``LIANFANG_KAFKA_*``, :mod:`services.bus.security`)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="LIANFANG_ROUTER_", frozen=True, extra="ignore", hide_input_in_errors=True
-    )
+    model_config = SettingsConfigDict(env_prefix="LIANFANG_ROUTER_")
 
-    bootstrap: str = Field(
-        default="",
-        validation_alias=AliasChoices("LIANFANG_BOOTSTRAP", "bootstrap"),
-        description="Kafka bootstrap servers",
-    )
-    home: Path = Field(
-        default=Path(".lianfang"),
-        validation_alias=AliasChoices("LIANFANG_HOME", "home"),
-        description="trust domain: the registry, the router's keystore (it signs its audit entries)",
-    )
     group_id: str = Field(default="lianfang-router", description="consumer group and transactional-id prefix")
     topic_prefix: str = Field(default="", description="prefix of every topic name (tests use one per run)")
     replay_window_s: float = Field(default=7 * 24 * 3600, gt=0, description="ids are remembered this long")

@@ -17,13 +17,12 @@ import logging
 import signal
 import threading
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
 from schemas.freshness import TIMESTAMP_RECORD_KEY
 from services import trust
@@ -31,6 +30,7 @@ from services.bus import metrics_endpoint
 from services.bus.cluster import DURABLE_PRODUCER
 from services.bus.registry_follower import RegistryInForce, follow
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
+from services.bus.settings import ServiceSettings
 from services.kernel import topics
 from services.kernel.clock import Clock, utcnow
 from services.kernel.errors import UsageError
@@ -41,25 +41,13 @@ from services.timestamp.metrics import TimestampMetrics
 log = logging.getLogger("lianfang.timestamp")
 
 
-class TimestampSettings(BaseSettings):
+class TimestampSettings(ServiceSettings):
     """Settings of the timestamp service. Environment variables: ``LIANFANG_TIMESTAMP_<NAME>``, except
     the broker (``LIANFANG_BOOTSTRAP``), the trust domain (``LIANFANG_HOME``: ``timestamp.key``, the
     registry and the anchor; passphrase as for every keystore) and the Kafka login (``LIANFANG_KAFKA_*``)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="LIANFANG_TIMESTAMP_", frozen=True, extra="ignore", hide_input_in_errors=True
-    )
+    model_config = SettingsConfigDict(env_prefix="LIANFANG_TIMESTAMP_")
 
-    bootstrap: str = Field(
-        default="",
-        validation_alias=AliasChoices("LIANFANG_BOOTSTRAP", "bootstrap"),
-        description="Kafka bootstrap servers",
-    )
-    home: Path = Field(
-        default=Path(".lianfang"),
-        validation_alias=AliasChoices("LIANFANG_HOME", "home"),
-        description="trust domain: the registry and the timestamp role's online key",
-    )
     topic_prefix: str = Field(default="", description="prefix of every topic name (tests use one per run)")
     renew_every_s: float = Field(default=60.0, gt=0, description="a new statement this often")
     valid_for_s: float = Field(

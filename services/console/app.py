@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -57,7 +58,13 @@ from services.console.view import Alert, CaseView, Change, OwnAction, OwnKind, Q
 from services.hub.config import HubConfig
 from services.kernel import envelope, topics
 from services.kernel.clock import Clock, utcnow
-from services.kernel.errors import LianfangError, RegistryExpiredError, RegistryStaleError, UsageError
+from services.kernel.errors import (
+    LianfangError,
+    ReasonCode,
+    RegistryExpiredError,
+    RegistryStaleError,
+    UsageError,
+)
 from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.registry import Registry
 from services.sdk.client import Client
@@ -274,8 +281,13 @@ class Console:
 
     # ------------------------------------------------------------------ the inbox
 
-    def ingest(self, opened: envelope.Opened) -> Change | None:
-        """Add one inbox event to the view, then keep its record (before its offset is committed)."""
+    def ingest(
+        self, opened: envelope.Opened, refuse: Callable[[ReasonCode, str], None] | None = None
+    ) -> Change | None:
+        """Add one inbox event to the view, then keep its record (before its offset is committed). One
+        that does not match its schema is not shown; ``refuse`` reports it (the inbox reader's
+        :meth:`~services.sdk.client.Client.refuse`: counted, and a problem record on the dead-letter
+        topic, so that its sender and the operators learn of it)."""
         header = opened.header
         try:
             with self.lock:
@@ -283,6 +295,10 @@ class Console:
         except ViewError:
             self.metrics.applied.labels("invalid").inc()
             log.warning("inbox event %s (%s) does not match its schema; not shown", header.id, header.type)
+            if refuse is not None:
+                refuse(
+                    "malformed", f"the console cannot show this {header.type}: it does not match its schema"
+                )
             return None
         self.store.add_record(header.id, opened.verified.value)
         if change is not None:
@@ -301,7 +317,7 @@ class Console:
         while not self._stop.is_set():
             try:
                 for opened in self.client.inbox(timeout=1.0):
-                    self.ingest(opened)
+                    self.ingest(opened, functools.partial(self.client.refuse, opened))
                     if self._stop.is_set():
                         break
                 self.metrics.inbox_up.set(1)

@@ -317,6 +317,8 @@ class Client:
         )
         self._handed: HandedOut | None = None
         self._problems: ProblemWriter | None = None
+        # The event inbox() handed out last, until the caller asks for the next (refuse() reports it).
+        self._in_hand: tuple[envelope.Opened, Any, KafkaConsumer] | None = None
         self.participant = keystore.participant
         self.in_force = registry_follower.in_force(registry)
         self.bootstrap = bootstrap
@@ -886,12 +888,7 @@ class Client:
                         if opened is None:  # reported as unreadable, or finished before: skipped
                             done.past(record.topic, record.partition, record.offset)
                             continue
-                        try:
-                            yield opened
-                        except GeneratorExit:
-                            # The caller stopped before asking for the next: not committed, read again.
-                            _rewind(consumer, record)
-                            raise
+                        yield from self._hand_out(opened, record, consumer)
                         _finished(consumer, handed, opened, record)  # the caller asked for the next
                         seen += 1
                         done.past(record.topic, record.partition, record.offset)
@@ -926,6 +923,34 @@ class Client:
         self.metrics.received.labels(result.header.type).inc()
         self.trail.append("open_section", subject=result.header.subject, object=opened_object(result))
         return result
+
+    def _hand_out(
+        self, opened: envelope.Opened, record: Any, consumer: KafkaConsumer
+    ) -> Iterator[envelope.Opened]:
+        """Hand ``opened`` to the caller, in hand for :meth:`refuse` until it asks for the next. A caller
+        that stops first leaves it unfinished: not committed, the consumer put back on it, read again."""
+        self._in_hand = (opened, record, consumer)
+        try:
+            yield opened
+        except GeneratorExit:
+            _rewind(consumer, record)
+            raise
+        finally:
+            self._in_hand = None
+
+    def refuse(self, opened: envelope.Opened, reason: ReasonCode, detail: str) -> None:
+        """Report the event :meth:`inbox` handed out last, which the caller cannot use (its sections do
+        not match its schema, say), as a record this participant cannot open is reported: counted in
+        ``lianfang_inbox_rejected_total`` by ``reason``, logged without content and reported by a
+        problem record on the dead-letter topic (``detail``: a line that quotes nothing of it). Call it
+        before asking for the next event; the event is then finished like any other."""
+        in_hand = self._in_hand
+        if in_hand is None or in_hand[0] is not opened:
+            raise UsageError(
+                "refuse() reports the event inbox() handed out last, before the next is asked for"
+            )
+        _opened, record, consumer = in_hand
+        self._report_unreadable(consumer, envelope.Unreadable(reason, detail, opened.header), record)
 
     def _commit(
         self,

@@ -6,6 +6,7 @@ updates, and what the actions put on the bus."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -675,3 +676,40 @@ def test_a_bug_met_on_a_page_is_an_error_page_counted_and_logged_by_type_and_fra
     assert "ValueError" in logged
     assert "王芳" not in logged
     assert "王芳" not in html
+
+
+def test_an_inbox_event_that_does_not_match_its_schema_is_not_shown_and_is_refused_to_the_reader(
+    signed_in: Harness, domain: DemoDomain
+) -> None:
+    event = hub_alert(domain)
+    broken = dataclasses.replace(
+        event, sections={"triage": {**event.sections["triage"], "reasons": []}, "details": {}}
+    )
+    refused: list[tuple[str, str]] = []
+    assert signed_in.console.ingest(broken, lambda reason, detail: refused.append((reason, detail))) is None
+    assert [reason for reason, _ in refused] == ["malformed"]
+    assert event.header.subject not in refused[0][1], "the detail quotes nothing of the event"
+    assert signed_in.console.metrics.applied.labels("invalid")._value.get() == 1
+
+
+def test_the_console_s_inbox_reader_refuses_to_its_client_an_event_it_cannot_show(
+    signed_in: Harness, domain: DemoDomain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    console = signed_in.console
+    assert console.client is not None
+    event = hub_alert(domain)
+    broken = dataclasses.replace(
+        event, sections={"triage": {**event.sections["triage"], "reasons": []}, "details": {}}
+    )
+    refused: list[tuple[str, str]] = []
+
+    def inbox(timeout: float) -> Iterator[envelope.Opened]:
+        yield broken
+        console._stop.set()  # one event, then the console stops reading
+
+    monkeypatch.setattr(console.client, "inbox", inbox)
+    monkeypatch.setattr(
+        console.client, "refuse", lambda opened, reason, _detail: refused.append((opened.header.id, reason))
+    )
+    console._read_inbox()
+    assert refused == [(event.header.id, "malformed")]

@@ -21,7 +21,7 @@ from services.gateway import webhooks
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.webhooks import WebhookSender
 from services.kernel import envelope
-from services.kernel.errors import RegistryExpiredError
+from services.kernel.errors import RegistryExpiredError, UsageError
 from services.sdk.client import Client
 from services.sdk.metrics import SdkMetrics
 from services.store.handed import KEEP, HandedOut
@@ -483,3 +483,33 @@ def test_a_bug_in_a_webhook_sender_is_counted_and_it_reads_again_instead_of_endi
     assert rounds == [0, 1], "it read again after the bug"
     assert sender.metrics is not None
     assert sender.metrics.webhook_failures.labels("police", "internal")._value.get() == 1
+
+
+def test_an_event_its_caller_refuses_is_counted_reported_and_not_handed_out_again(
+    domain: DemoDomain, police: tuple[Client, SdkMetrics]
+) -> None:
+    client, metrics = police
+    value = seal(domain)
+    stand_in = _attach(client, [Record(value, 0), Record(seal(domain), 1)])
+    reading = client.inbox(timeout=0)
+    first = next(reading)
+    client.refuse(first, "malformed", "it does not match its schema")
+    assert next(reading).header.id != first.header.id
+    reading.close()
+    assert "problem malformed 0" in stand_in.log
+    assert metrics.inbox_rejected.labels("malformed")._value.get() == 1
+    _attach(client, [Record(value, 0)])  # Kafka re-delivers it
+    assert list(client.inbox(timeout=0)) == []
+
+
+def test_refusing_an_event_that_is_not_the_one_in_hand_is_a_usage_error(
+    domain: DemoDomain, police: tuple[Client, SdkMetrics]
+) -> None:
+    client, _ = police
+    _attach(client, [Record(seal(domain), 0), Record(seal(domain), 1)])
+    reading = client.inbox(timeout=0)
+    first = next(reading)
+    next(reading)  # asked for the next: the first is finished
+    with pytest.raises(UsageError, match="handed out last"):
+        client.refuse(first, "malformed", "too late")
+    reading.close()

@@ -835,11 +835,11 @@ class Client:
         offset, is what hands each event out once. So an event the caller was still handling when
         its process died (a crash, a kill, a power cut) is handed out again at the next start, under
         the same event id, for the caller to recognize if it had finished its part: nothing accepted
-        is lost to a crash. The offsets of the events the caller is
-        done with are committed together, at most ``inbox_commit_every_s``
-        apart, when the inbox has nothing more to read, and when the iteration ends: a commit is a
-        round trip to the group coordinator (about 7 ms on Kafka 4.1, which holds a commit up to 5 ms
-        to batch it), so committing after each event would cap a reader near 130 events a second. A
+        is lost to a crash. The offsets of the events the caller is done with are committed together,
+        at most ``inbox_commit_every_s`` apart, when the inbox has nothing more to read, and when the
+        iteration ends: a commit is a round trip to the group coordinator (about 7 ms on Kafka 4.1,
+        which holds a commit up to 5 ms to batch it), so committing after each event would cap a reader
+        near 130 events a second. A
         copy of an event the caller finished (Kafka's re-delivery after a crash before the commit, or a
         second copy in the inbox) is skipped and counted. Stopping the iteration early (``break``, or an
         exception in the caller's loop) leaves the last event unfinished: it is read again next time.

@@ -5,7 +5,11 @@ For each participant with a webhook URL, a task reads the inbox topic in the con
 opens each event with the participant's keystore and POSTs it as JSON (the same object
 ``GET /v1/inbox`` returns per event).
 The offset is committed only after the receiver answered 2xx; until then the same event is retried
-with exponential back-off (capped, with jitter), so events arrive in order and none is skipped.
+with exponential back-off (capped, with jitter), so events arrive in order and none is skipped, but
+for one the receiver refuses for good: a 4xx other than 408, 425 or 429, :attr:`WebhookSender.
+MAX_REFUSALS` times in a row. That one is reported by a problem record on the dead-letter topic
+(``receiver_refused``: the operators and the sender learn of it) and passed, so that one event the
+receiver cannot take does not hold back every later one for that participant.
 After the 2xx the event id is remembered on disk (:class:`~services.store.handed.HandedOut`) before
 the commit, so neither a crash before the commit nor a second copy of the event in the inbox sends it
 again (such copies are skipped and counted). Only a crash between the POST and the 2xx sends it
@@ -79,6 +83,10 @@ class WebhookSender:
 
     ``security``: the Kafka login (``None``: the ``LIANFANG_KAFKA_*`` environment).
     """
+
+    MAX_REFUSALS = 5
+    """A 4xx the receiver answers for one event this many times in a row (but 408, 425, 429: come back
+    later) is its word that it will never take it: the event is reported and passed."""
 
     def __init__(
         self,
@@ -211,7 +219,7 @@ class WebhookSender:
             self.trail.append("open_section", subject=opened.header.subject, object=opened_object(opened))
         body = json.dumps(render(opened), ensure_ascii=False).encode("utf-8")
         event_id = opened.header.id
-        attempt = 0
+        attempt = refusals = 0
         while True:
             outcome = await self._post(session, body, event_id)
             if outcome is None:
@@ -221,6 +229,15 @@ class WebhookSender:
                 self.delivered += 1
                 return
             self.metrics.webhook_failures.labels(self.participant, outcome).inc()
+            refusals = refusals + 1 if outcome == "refused" else 0
+            if refusals >= self.MAX_REFUSALS:
+                detail = f"the receiver refused this {opened.header.type} {refusals} times in a row (4xx)"
+                await asyncio.to_thread(
+                    self._report, envelope.Unreadable("receiver_refused", detail, opened.header), record
+                )
+                await asyncio.to_thread(self.handed.remember, event_id, record.partition, record.offset)
+                self.metrics.webhook_backoff.labels(self.participant).set(0)
+                return
             delay = self.backoff.delay(attempt)
             attempt += 1
             self.metrics.webhook_backoff.labels(self.participant).set(delay)
@@ -237,7 +254,7 @@ class WebhookSender:
             return
         self.metrics.inbox_rejected.labels(problem.reason).inc()
         log.warning(
-            "webhook %s: the record at %s[%d]@%d cannot be opened (%s; event %s from %s); "
+            "webhook %s: the record at %s[%d]@%d is not delivered (%s; event %s from %s); "
             "reported on the dead-letter topic",
             self.participant, record.topic, record.partition, record.offset, problem.reason,
             problem.header.id if problem.header else "-", problem.header.sender if problem.header else "-",
@@ -286,7 +303,9 @@ class WebhookSender:
                 await response.read()
                 if 200 <= response.status < 300:
                     return None
-                return "status_4xx" if response.status < 500 else "status_5xx"
+                if response.status in (408, 425, 429):  # the receiver's "later"
+                    return "status_4xx"
+                return "refused" if response.status < 500 else "status_5xx"
         except TimeoutError:
             return "timeout"
         except aiohttp.ClientError:

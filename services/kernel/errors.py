@@ -35,6 +35,7 @@ ReasonCode = Literal[
     "misplaced",
     "time_skew",
     "internal",
+    "receiver_refused",  # a participant's webhook receiver refused an event for good (its 4xx, again)
 ]
 REASON_CODES: tuple[ReasonCode, ...] = get_args(ReasonCode)
 

@@ -300,13 +300,15 @@ def test_an_adversarial_record_is_refused_with_its_reason_code(domain: DemoDomai
 def test_every_reason_code_of_the_envelope_has_an_adversarial_case() -> None:
     covered = {c.reason for c in CASES}
     # replay and time_skew have their own tests below; misplaced and internal are the router's
-    # (tests/unit/test_router.py), encryption_key_revoked too (tests/unit/test_revoked_encryption_keys.py)
+    # (tests/unit/test_router.py), encryption_key_revoked too (tests/unit/test_revoked_encryption_keys.py);
+    # receiver_refused is a webhook receiver's word, not the envelope's (tests/unit/test_inbox_readers.py)
     assert set(REASON_CODES) - covered == {
         "replay",
         "time_skew",
         "misplaced",
         "internal",
         "encryption_key_revoked",
+        "receiver_refused",
     }
 
 

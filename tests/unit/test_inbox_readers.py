@@ -11,7 +11,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
@@ -25,7 +27,7 @@ from services.kernel.errors import RegistryExpiredError, UsageError
 from services.sdk.client import Client
 from services.sdk.metrics import SdkMetrics
 from services.store.handed import KEEP, HandedOut
-from tests.kit import CONTENT, NOW, DemoDomain, RandomKeyFor, header, rewrite_body, seal
+from tests.kit import CONTENT, NOW, DemoDomain, RandomKeyFor, Served, header, rewrite_body, seal
 
 pytestmark = pytest.mark.unit
 
@@ -513,3 +515,76 @@ def test_refusing_an_event_that_is_not_the_one_in_hand_is_a_usage_error(
     with pytest.raises(UsageError, match="handed out last"):
         client.refuse(first, "malformed", "too late")
     reading.close()
+
+
+def test_an_event_the_receiver_refuses_for_good_is_reported_and_passed_so_later_events_arrive(
+    domain: DemoDomain,
+) -> None:
+    stand_in = StandIn([])
+    sender, posted = _webhook(domain, stand_in)
+    sender.backoff = webhooks.Backoff(first_s=0.001, cap_s=0.001)
+    refused_one, good = seal(domain), seal(domain)
+    refused_id = envelope.parse(refused_one)[4].id
+
+    async def post(_session: Any, _body: bytes, event_id: str) -> str | None:
+        posted.append(event_id)
+        return "refused" if event_id == refused_id else None  # a 4xx for that one, every time
+
+    sender._post = post  # type: ignore[method-assign]
+    _deliver(sender, [Record(refused_one, 0), Record(good, 1)])
+    assert posted.count(refused_id) == WebhookSender.MAX_REFUSALS
+    assert posted[-1] == envelope.parse(good)[4].id, "the later event arrived"
+    assert "problem receiver_refused 0" in stand_in.log
+    assert sender.metrics is not None
+    assert sender.metrics.inbox_rejected.labels("receiver_refused")._value.get() == 1
+    _deliver(sender, [Record(refused_one, 0)])  # read again after a restart: not posted again
+    assert posted.count(refused_id) == WebhookSender.MAX_REFUSALS
+
+
+def test_a_receiver_that_says_later_is_asked_again_however_often(domain: DemoDomain) -> None:
+    sender, posted = _webhook(domain, StandIn([]))
+    sender.backoff = webhooks.Backoff(first_s=0.001, cap_s=0.001)
+    answers = iter(["status_4xx"] * (3 * WebhookSender.MAX_REFUSALS) + [None])  # 429s, then a 2xx
+
+    async def post(_session: Any, _body: bytes, event_id: str) -> str | None:
+        posted.append(event_id)
+        return next(answers)
+
+    sender._post = post  # type: ignore[method-assign]
+    _deliver(sender, [Record(seal(domain), 0)])
+    assert len(posted) == 3 * WebhookSender.MAX_REFUSALS + 1
+    assert sender.delivered == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (200, None),
+        (429, "status_4xx"),
+        (408, "status_4xx"),
+        (400, "refused"),
+        (422, "refused"),
+        (503, "status_5xx"),
+    ],
+)
+def test_a_receiver_s_answer_is_taken_as_done_later_refused_or_failed(
+    domain: DemoDomain, status: int, outcome: str | None
+) -> None:
+    async def answer(_request: web.Request) -> web.Response:
+        return web.Response(status=status)
+
+    app = web.Application()
+    app.router.add_post("/hook", answer)
+    served = Served(app)
+    try:
+        sender, _ = _webhook(domain, StandIn([]))
+        sender.url = served.url + "/hook"
+        sender._post = WebhookSender._post.__get__(sender)  # type: ignore[method-assign]  # the real one
+
+        async def post() -> str | None:
+            async with aiohttp.ClientSession() as session:
+                return await sender._post(session, b"{}", "0190f3a0-0000-7000-8000-000000000000")
+
+        assert asyncio.run(post()) == outcome
+    finally:
+        served.close()

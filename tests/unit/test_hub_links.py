@@ -193,15 +193,7 @@ def sealed_lead(domain: DemoDomain, n: int, sender: str, subject: str, links_: l
         subject=subject,
         links=links_,
     )
-    triage = {
-        "category": "domestic_violence",
-        "channel": "police_call",
-        "minor": False,
-        "town": "renhe",
-        "victim_pseudonym": subject,
-        "requests_joint_meeting": False,
-    }
-    content = {"triage": triage, "details": {"narrative": "测试。"}}
+    content = kit.sections_for(header, {"triage": {}, "details": {"narrative": "测试。"}})
     return envelope.seal(header, content, registry=domain.registry, signer=domain.keys(sender)).value
 
 

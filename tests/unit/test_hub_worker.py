@@ -176,7 +176,8 @@ def sealed(
     subject: str = VICTIM,
     refs: Sequence[str] = (),
 ) -> bytes:
-    """An event really sealed by ``sender`` under the demo policy, with ``triage`` as its triage section."""
+    """An event really sealed by ``sender`` under the demo policy, with ``triage`` as its triage section
+    (a lead's completed from the header as the SDK writes it, :func:`tests.kit.sections_for`)."""
     header = kit.header(
         id=eid(n),
         type=event_type,
@@ -186,20 +187,12 @@ def sealed(
         subject=subject,
         refs=list(refs),
     )
-    content = {"triage": triage, "details": {"narrative": "测试。"}}
+    content = kit.sections_for(header, {"triage": triage, "details": {"narrative": "测试。"}})
     return envelope.seal(header, content, registry=domain.registry, signer=domain.keys(sender)).value
 
 
 def lead(domain: DemoDomain, n: int, at: datetime, *, subject: str = VICTIM, **triage: Any) -> bytes:
-    fields = {
-        "category": "domestic_violence",
-        "channel": "police_call",
-        "minor": False,
-        "town": "renhe",
-        "victim_pseudonym": subject,
-        "requests_joint_meeting": False,
-    }
-    return sealed(domain, n, "lead.reported", at, {**fields, **triage}, subject=subject)
+    return sealed(domain, n, "lead.reported", at, triage, subject=subject)  # the rest as the SDK writes it
 
 
 def risk(domain: DemoDomain, n: int, at: datetime, score: int, lead_id: str) -> bytes:

@@ -4,12 +4,18 @@ and fields (``docs/configuration.md`` lists them all)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = ["ServiceSettings"]
+
+SHARED: dict[str, str] = {"home": "LIANFANG_HOME", "bootstrap": "LIANFANG_BOOTSTRAP"}
+"""The fields every service reads from one unprefixed variable each."""
 
 
 class ServiceSettings(BaseSettings):
@@ -29,3 +35,36 @@ class ServiceSettings(BaseSettings):
         validation_alias=AliasChoices("LIANFANG_HOME", "home"),
         description="trust domain: the registry and the keystores this service uses",
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _OnlyOurNames(settings_cls, env_settings), dotenv_settings, file_secret_settings
+
+
+class _OnlyOurNames(PydanticBaseSettingsSource):
+    """The environment, but ``home`` and ``bootstrap`` only from ``LIANFANG_HOME`` and
+    ``LIANFANG_BOOTSTRAP``: their short aliases (for keyword arguments) would otherwise match the
+    shell's own ``$HOME``, names being matched regardless of case, and a service started without
+    ``LIANFANG_HOME`` took the user's home folder for its trust domain."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._env = env
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._env.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        values = self._env()
+        for name, variable in SHARED.items():
+            if variable not in os.environ:  # whatever matched was another variable (the source keys it
+                values.pop(name, None)  # by the field's name or its first alias)
+                values.pop(variable, None)
+        return values

@@ -90,3 +90,21 @@ def test_a_refused_setting_is_never_echoed_in_the_error_a_service_prints(
         cls.__name__ for _, cls in reference.SETTINGS if not cls.model_config.get("hide_input_in_errors")
     ]
     assert echoing == [], "their errors quote the values they refused (a password, a token in a URL)"
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"), [(title, cls) for title, cls in reference.SETTINGS if "home" in cls.model_fields]
+)
+def test_a_service_started_without_lianfang_home_does_not_take_the_shell_s_home_for_its_trust_domain(
+    name: str, cls: type[BaseSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LIANFANG_HOME", raising=False)
+    monkeypatch.delenv("LIANFANG_BOOTSTRAP", raising=False)
+    monkeypatch.setenv("HOME", "/home/someone")
+    monkeypatch.setenv("BOOTSTRAP", "elsewhere:9092")
+    settings = cls()
+    assert str(settings.home) == ".lianfang", name  # type: ignore[attr-defined]
+    if "bootstrap" in cls.model_fields:
+        assert settings.bootstrap == "", name  # type: ignore[attr-defined]
+    monkeypatch.setenv("LIANFANG_HOME", "/srv/lianfang")
+    assert str(cls().home) == "/srv/lianfang"  # type: ignore[attr-defined]

@@ -6,10 +6,10 @@ opens each event with the participant's keystore and POSTs it as JSON (the same 
 ``GET /v1/inbox`` returns per event).
 The offset is committed only after the receiver answered 2xx; until then the same event is retried
 with exponential back-off (capped, with jitter), so events arrive in order and none is skipped, but
-for one the receiver refuses for good: a 4xx other than 408, 425 or 429, :attr:`WebhookSender.
-MAX_REFUSALS` times in a row. That one is reported by a problem record on the dead-letter topic
-(``receiver_refused``: the operators and the sender learn of it) and passed, so that one event the
-receiver cannot take does not hold back every later one for that participant.
+for one the receiver refuses for good: an answer of :data:`REFUSED_FOR_GOOD` (400, 409, 413, 415,
+422) :attr:`WebhookSender.MAX_REFUSALS` times in a row. That one is reported by a problem record on the
+dead-letter topic (``receiver_refused``: the operators and the sender learn of it) and passed, so that
+one event the receiver cannot take does not hold back every later one for that participant.
 After the 2xx the event id is remembered on disk (:class:`~services.store.handed.HandedOut`) before
 the commit, so neither a crash before the commit nor a second copy of the event in the inbox sends it
 again (such copies are skipped and counted). Only a crash between the POST and the 2xx sends it
@@ -74,6 +74,12 @@ class Backoff:
         return step / 2 + float(rand()) * step / 2
 
 
+REFUSED_FOR_GOOD = frozenset({400, 409, 413, 415, 422})
+"""A receiver's answers that refuse the event itself (its content, its size, its type), which asking
+again will not change. Every other 4xx is taken as "later": 401, 403, 404 and 405 say the receiver or
+its address is wrong (a key it has not taken yet, a URL mistyped), which is true of every event until
+it is put right, and 408, 425 and 429 say so in as many words."""
+
 signing_kid = envelope.choose_signing_kid
 """The newest of the participant's signing keys that the registry accepts at ``at``."""
 
@@ -85,8 +91,8 @@ class WebhookSender:
     """
 
     MAX_REFUSALS = 5
-    """A 4xx the receiver answers for one event this many times in a row (but 408, 425, 429: come back
-    later) is its word that it will never take it: the event is reported and passed."""
+    """An answer of :data:`REFUSED_FOR_GOOD` for one event this many times in a row is the receiver's
+    word that it will never take it: the event is reported and passed."""
 
     def __init__(
         self,
@@ -131,7 +137,7 @@ class WebhookSender:
 
     async def run(self) -> None:
         """Deliver until cancelled. Kafka being away is waited out with the same back-off."""
-        attempt = 0
+        attempt = bugs = 0  # bugs: its back-off is not reset by a reconnection, which the bug follows
         offsetfetch.install()  # committed offsets as the group's coordinator holds them
         while True:
             consumer = AIOKafkaConsumer(
@@ -158,10 +164,9 @@ class WebhookSender:
                 )
                 await asyncio.sleep(delay)  # back-off before reconnecting
             except Exception as e:  # a bug: the sender must not end silently; what it took is read again
-                delay = self.backoff.delay(attempt)
-                attempt += 1
-                if self.metrics is not None:
-                    self.metrics.webhook_failures.labels(self.participant, "internal").inc()
+                delay = self.backoff.delay(bugs)
+                bugs += 1
+                self.metrics.webhook_failures.labels(self.participant, "internal").inc()
                 # Only the type and the frames: an exception's message could quote an opened event.
                 log.error(
                     "webhook %s: a bug (%s); reading again from the committed offset in %.1f s\n%s",
@@ -177,8 +182,27 @@ class WebhookSender:
             batch = await consumer.getmany(timeout_ms=1000, max_records=100)
             for tp, records in batch.items():
                 for record in records:
-                    await self._deliver_one(session, record)
+                    try:
+                        await self._deliver_one(session, record)
+                    except (KafkaError, TransportError):
+                        raise
+                    except (
+                        Exception
+                    ) as e:  # a bug met on this record: reported and passed, as the router does
+                        await self._bug_on(record, e)
                     await self._commit(consumer, tp, record.offset + 1)
+
+    async def _bug_on(self, record: Any, error: Exception) -> None:
+        """Count and log (type and frames only: a message could quote the event) a bug met while
+        delivering ``record``, and report the record as ``internal`` on the dead-letter topic."""
+        self.metrics.webhook_failures.labels(self.participant, "internal").inc()
+        log.error(
+            "webhook %s: a bug (%s) while delivering the record at %s[%d]@%d\n%s",
+            self.participant, type(error).__name__, record.topic, record.partition, record.offset,
+            "".join(traceback.format_tb(error.__traceback__)),
+        )  # fmt: skip
+        detail = f"[internal] {type(error).__name__} while the webhook delivered this record"
+        await asyncio.to_thread(self._report, envelope.Unreadable("internal", detail, None), record)
 
     async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
         try:
@@ -231,7 +255,7 @@ class WebhookSender:
             self.metrics.webhook_failures.labels(self.participant, outcome).inc()
             refusals = refusals + 1 if outcome == "refused" else 0
             if refusals >= self.MAX_REFUSALS:
-                detail = f"the receiver refused this {opened.header.type} {refusals} times in a row (4xx)"
+                detail = f"the receiver refused this {opened.header.type} {refusals} times in a row"
                 await asyncio.to_thread(
                     self._report, envelope.Unreadable("receiver_refused", detail, opened.header), record
                 )
@@ -303,9 +327,9 @@ class WebhookSender:
                 await response.read()
                 if 200 <= response.status < 300:
                     return None
-                if response.status in (408, 425, 429):  # the receiver's "later"
-                    return "status_4xx"
-                return "refused" if response.status < 500 else "status_5xx"
+                if response.status in REFUSED_FOR_GOOD:
+                    return "refused"
+                return "status_4xx" if response.status < 500 else "status_5xx"
         except TimeoutError:
             return "timeout"
         except aiohttp.ClientError:

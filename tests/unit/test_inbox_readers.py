@@ -562,7 +562,10 @@ def test_a_receiver_that_says_later_is_asked_again_however_often(domain: DemoDom
         (200, None),
         (429, "status_4xx"),
         (408, "status_4xx"),
+        (401, "status_4xx"),  # a key the receiver has not taken yet: every event until it has
+        (404, "status_4xx"),  # a URL mistyped: every event until it is put right
         (400, "refused"),
+        (409, "refused"),
         (422, "refused"),
         (503, "status_5xx"),
     ],
@@ -588,3 +591,39 @@ def test_a_receiver_s_answer_is_taken_as_done_later_refused_or_failed(
         assert asyncio.run(post()) == outcome
     finally:
         served.close()
+
+
+def test_a_bug_met_delivering_one_record_reports_it_as_internal_and_the_next_is_delivered(
+    domain: DemoDomain,
+) -> None:
+    stand_in = StandIn([])
+    sender, posted = _webhook(domain, stand_in)
+    first, second = Record(seal(domain), 0), Record(seal(domain), 1)
+    deliver = sender._deliver_one
+
+    async def deliver_one(session: Any, record: Any) -> None:
+        if record is first:
+            raise ValueError("a bug met on this one")
+        await deliver(session, record)
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.batches = [{TopicPartition(first.topic, 0): [first, second]}]
+            self.committed: list[int] = []
+
+        async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
+            if not self.batches:
+                raise asyncio.CancelledError  # the gateway stops
+            return self.batches.pop()
+
+        async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+            self.committed += list(offsets.values())
+
+    consumer = Consumer()
+    sender._deliver_one = deliver_one  # type: ignore[method-assign]
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(sender._consume(consumer, None))  # type: ignore[arg-type]
+    assert "problem internal 0" in stand_in.log
+    assert posted == [envelope.parse(second.value)[4].id]
+    assert consumer.committed == [1, 2]
+    assert sender.metrics.webhook_failures.labels("police", "internal")._value.get() == 1

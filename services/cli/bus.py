@@ -479,6 +479,12 @@ def deadletter_rows(
     return sorted(rows, key=lambda row: str(row["at"]))
 
 
+def _size(declared: str | None, value: bytes | None) -> int:
+    """A dead letter's size: what its header says of bytes it left out, else its own value's (a
+    problem record comes from any participant: a header that is not a number is not believed)."""
+    return int(declared) if declared is not None and declared.isdigit() else len(value or b"")
+
+
 def _describe(record: Any) -> dict[str, Any]:
     headers = {k: v.decode("utf-8", "replace") for k, v in record.headers or []}
     row: dict[str, Any] = {
@@ -489,7 +495,7 @@ def _describe(record: Any) -> dict[str, Any]:
             headers.get("lianfang_source_partition", "?"),
             headers.get("lianfang_source_offset", "?"),
         ),
-        "bytes": int(headers.get("lianfang_value_bytes", len(record.value or b""))),
+        "bytes": _size(headers.get("lianfang_value_bytes"), record.value),
         "detail": headers.get("lianfang_detail", ""),
     }
     if "lianfang_reader" in headers:  # an inbox reader's problem record: headers only, no value

@@ -28,11 +28,13 @@ def deadletter_headers(
     sender: str | None = None,
     reader: str | None = None,
     left_out: bytes | None = None,
+    left_out_key: bytes | None = None,
 ) -> list[tuple[str, bytes]]:
     """Why and where from: the reason code, the source coordinates and the time; for a reader's problem
     record also the verified event id and sender (when known) and the reader
-    (``<participant>/<reader>``); for a refused record whose bytes the letter does not carry
-    (``left_out``), their size and SHA-256, to tell them at the source offset. No content."""
+    (``<participant>/<reader>``); for a refused record whose bytes, or whose Kafka key, the letter does
+    not carry (``left_out``, ``left_out_key``), their size and SHA-256, to tell them at the source
+    offset. No content."""
     headers = [
         ("lianfang_reason", reason.encode()),
         ("lianfang_detail", detail.encode("utf-8")[:MAX_DETAIL_BYTES]),
@@ -44,7 +46,8 @@ def deadletter_headers(
     for name, value in (("event_id", event_id), ("sender", sender), ("reader", reader)):
         if value is not None:
             headers.append((f"lianfang_{name}", value.encode()))
-    if left_out is not None:
-        headers.append(("lianfang_value_bytes", str(len(left_out)).encode()))
-        headers.append(("lianfang_value_sha256", hashlib.sha256(left_out).hexdigest().encode()))
+    for part, data in (("value", left_out), ("key", left_out_key)):
+        if data is not None:
+            headers.append((f"lianfang_{part}_bytes", str(len(data)).encode()))
+            headers.append((f"lianfang_{part}_sha256", hashlib.sha256(data).hexdigest().encode()))
     return headers

@@ -65,6 +65,10 @@ record that unpacks from a compressed batch to many megabytes, which no dead let
 would fail, the transaction with it, and the partition would stop on that record). The letter's source
 offset points at the bytes for as long as the events topic keeps them."""
 
+MAX_KEPT_KEY_BYTES = 256
+"""The longest Kafka key a dead letter carries (a subject pseudonym is 46 bytes); a longer one, or any
+key of an :data:`UNREAD_REASONS` record, is named by its size and SHA-256 instead."""
+
 log = logging.getLogger("lianfang.router")
 
 LOG_APPEND_TIME = 1
@@ -328,6 +332,9 @@ class Router:
     ) -> list[Output]:
         self.metrics.deadlettered.labels(reason).inc()
         unread = reason in UNREAD_REASONS
+        # The key is the sender's to choose, and is checked against the signed subject only late: one
+        # longer than any subject is left out as the bytes are (a name, or megabytes, in the key).
+        key_kept = not unread and (record.key is None or len(record.key) <= MAX_KEPT_KEY_BYTES)
         headers = deadletter_headers(
             reason,
             detail,
@@ -336,8 +343,10 @@ class Router:
             offset=record.offset,
             now=now,
             left_out=record.value if unread else None,
+            left_out_key=None if key_kept else record.key,
         )
-        letter = Output(self.names.deadletter, b"" if unread else record.value, record.key, headers)
+        value = b"" if unread else record.value
+        letter = Output(self.names.deadletter, value, record.key if key_kept else None, headers)
         before = state.savepoint()
         try:
             return [letter, self.audit.record(state, "deadletter", now, object=_where(record))]

@@ -161,3 +161,13 @@ def test_every_service_lianfang_run_starts_gets_the_allocator_the_settings_choos
     assert {name: env["LD_PRELOAD"] for name, env in environments.items()} == dict.fromkeys(
         bus.SERVICES, preloaded
     )
+
+
+def test_a_dead_letter_s_size_is_its_left_out_bytes_and_a_header_that_is_no_number_is_not_believed() -> None:
+    def letter(value: bytes, headers: list[tuple[str, bytes]]) -> SimpleNamespace:
+        return SimpleNamespace(value=value, headers=headers)
+
+    assert bus._describe(letter(b"", [("lianfang_value_bytes", b"4194304")]))["bytes"] == 4194304
+    assert bus._describe(letter(b"abc", []))["bytes"] == 3
+    hostile = letter(b"", [("lianfang_value_bytes", b"lots"), ("lianfang_reader", b"police/sdk")])
+    assert bus._describe(hostile)["bytes"] == 0, "a problem record's header does not break the listing"

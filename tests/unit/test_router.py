@@ -186,11 +186,26 @@ def test_a_hostile_record_is_dead_lettered_with_its_reason_and_counted(
     letter = next(o for o in outputs if "deadletter" in o.topic)
     if case.reason in app.UNREAD_REASONS:  # not an envelope: maybe plain text, maybe megabytes
         headers = dict(letter.headers)
-        assert letter.value == b""
+        assert (letter.value, letter.key) == (b"", None)
+        assert headers["lianfang_key_bytes"] == str(len(record.key or b"")).encode()
         assert headers["lianfang_value_bytes"] == str(len(record.value)).encode()
         assert headers["lianfang_value_sha256"] == hashlib.sha256(record.value).hexdigest().encode()
     else:
         assert letter.value == record.value, "a dead letter carries the original bytes"
+
+
+def test_a_dead_letter_never_carries_a_key_longer_than_any_subject(
+    domain: DemoDomain, harness: Harness
+) -> None:
+    sealed = _sealed(domain, phone="13800000019")
+    huge = b"\0" * (4 * envelope.MAX_RECORD_BYTES)  # a key is the sender's to choose, and compresses
+    forged = rewrite_body(sealed.value, lambda h, s: (h.replace(b'"urgent"', b'"routine"'), s))
+    outputs = harness.handle(_placed(forged, huge))  # its signature is checked before its key
+    assert _reason(outputs) == "bad_signature"
+    letter = next(o for o in outputs if "deadletter" in o.topic)
+    assert letter.value == forged, "a signed envelope's letter keeps its bytes"
+    assert letter.key is None
+    assert dict(letter.headers)["lianfang_key_bytes"] == str(len(huge)).encode()
 
 
 def test_every_reason_code_is_counted_from_the_start() -> None:

@@ -44,7 +44,8 @@ class ConsoleMetrics:
         )
         self.applied = Counter(
             "lianfang_console_inbox_events_total",
-            "Inbox events the console added to its view, by type.",
+            "Inbox events the console added to its view, by type (invalid: not its schema; internal: a bug "
+            "met on it; neither shown).",
             ["type"],
             registry=registry,
         )

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -903,15 +904,27 @@ class Client:
         """The opened event of an inbox record, its opening audited; ``None`` when it is skipped: a
         record this participant cannot open (counted and reported, :meth:`_report_unreadable`), or an
         event the caller finished before (counted). An expired registry raises: not the record's
-        fault."""
-        result = registry_follower.open_or_unreadable(
-            record.value,
-            in_force=self.in_force,
-            newer_registry=self._newer_registry,
-            now=self.clock,
-            keystore=self.keys,
-            headers=record.headers,
-        )
+        fault; nor is the disk's or Kafka's failure. A bug met while opening it is the record's: it is
+        reported as ``internal`` and passed (met again and again, it would stop the reader there)."""
+        try:
+            result = registry_follower.open_or_unreadable(
+                record.value,
+                in_force=self.in_force,
+                newer_registry=self._newer_registry,
+                now=self.clock,
+                keystore=self.keys,
+                headers=record.headers,
+            )
+        except (LianfangError, KafkaError, OSError):
+            raise
+        except Exception as e:
+            log.error(
+                "inbox %s: a bug (%s) while opening the record at %s[%d]@%d\n%s",
+                self.participant, type(e).__name__, record.topic, record.partition, record.offset,
+                "".join(traceback.format_tb(e.__traceback__)),
+            )  # fmt: skip
+            detail = f"[internal] {type(e).__name__} while the reader opened this record"
+            result = envelope.Unreadable("internal", detail, None)
         if isinstance(result, envelope.Unreadable):
             self._report_unreadable(consumer, result, record)
             return None

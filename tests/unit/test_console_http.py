@@ -713,3 +713,16 @@ def test_the_console_s_inbox_reader_refuses_to_its_client_an_event_it_cannot_sho
     )
     console._read_inbox()
     assert refused == [(event.header.id, "malformed")]
+
+
+def test_a_bug_met_adding_an_inbox_event_refuses_it_as_internal_and_the_console_goes_on(
+    signed_in: Harness, domain: DemoDomain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(*_args: Any) -> None:
+        raise ValueError("a bug met on this one")
+
+    monkeypatch.setattr(signed_in.console.view, "apply", failing)
+    refused: list[str] = []
+    assert signed_in.console.ingest(hub_alert(domain), lambda reason, _detail: refused.append(reason)) is None
+    assert refused == ["internal"]
+    assert signed_in.console.metrics.applied.labels("internal")._value.get() == 1

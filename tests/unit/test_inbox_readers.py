@@ -18,6 +18,7 @@ from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
+from services.bus import registry_follower
 from services.bus.deadletter import problem_headers
 from services.gateway import webhooks
 from services.gateway.metrics import GatewayMetrics
@@ -627,3 +628,23 @@ def test_a_bug_met_delivering_one_record_reports_it_as_internal_and_the_next_is_
     assert posted == [envelope.parse(second.value)[4].id]
     assert consumer.committed == [1, 2]
     assert sender.metrics.webhook_failures.labels("police", "internal")._value.get() == 1
+
+
+def test_a_bug_met_opening_one_record_reports_it_as_internal_and_the_reader_goes_on(
+    domain: DemoDomain, police: tuple[Client, SdkMetrics], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, metrics = police
+    first, second = seal(domain), seal(domain)
+    stand_in = _attach(client, [Record(first, 0), Record(second, 1)])
+    real = registry_follower.open_or_unreadable
+
+    def opening(value: bytes, **kwargs: Any) -> Any:
+        if value == first:
+            raise ValueError("a bug met on this one")
+        return real(value, **kwargs)
+
+    monkeypatch.setattr(registry_follower, "open_or_unreadable", opening)
+    got = [opened.header.id for opened in client.inbox(timeout=0)]
+    assert got == [envelope.parse(second)[4].id], "the reader went on past it"
+    assert "problem internal 0" in stand_in.log
+    assert metrics.inbox_rejected.labels("internal")._value.get() == 1

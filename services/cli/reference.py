@@ -238,7 +238,10 @@ def metrics_markdown() -> str:
         "| series | type | labels | exported by | help |",
         "|---|---|---|---|---|",
     ]
-    first = {s.name: s for declared in per_service.values() for s in reversed(declared)}
+    first: dict[str, Series] = {}
+    for declared in per_service.values():  # the help of the first service that declares a series
+        for s in declared:
+            first.setdefault(s.name, s)
     for name in sorted(shared):
         s, where = first[name], ", ".join(exporters[name])
         lines.append(f"| `{s.name}` | {s.type} | {_labels(s.labels)} | {where} | {_cell(s.help)} |")

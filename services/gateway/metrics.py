@@ -80,7 +80,8 @@ class GatewayMetrics:
         )
         self.webhook_failures = Counter(
             "lianfang_gateway_webhook_attempt_failures_total",
-            "Webhook attempts that failed and will be retried, by participant and outcome.",
+            "Webhook attempts that failed, by participant and outcome: retried, but for the last of an "
+            "event refused for good (refused) and a bug (internal), both then reported and passed.",
             ["participant", "outcome"],
             registry=registry,
         )

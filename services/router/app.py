@@ -59,7 +59,8 @@ from services.trust import TrustDomain
 
 UNREAD_REASONS: frozenset[ReasonCode] = frozenset({"too_large", "malformed"})
 """Refusals whose record's bytes a dead letter does not carry, only their size and SHA-256. Such a
-record did not read as a well-formed envelope, so it may be anything: plain text a careless or hostile
+record did not read as a well-formed envelope (or, for ``malformed``, its Kafka key is not its signed
+subject), so it may be anything: plain text a careless or hostile
 sender put on the bus (kept six times as long on the dead-letter topic as on the events topic), or a
 record that unpacks from a compressed batch to many megabytes, which no dead letter could hold (its send
 would fail, the transaction with it, and the partition would stop on that record). The letter's source

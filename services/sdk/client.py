@@ -3,7 +3,7 @@
     client = Client.open(participant="police", home=Path(".lianfang"), bootstrap="127.0.0.1:9092")
     lead_id = client.publish_lead({...})          # validated, pseudonymized, sealed, signed, spooled
     client.flush(timeout=30)                      # optional: wait until Kafka has it
-    for opened in client.inbox(max_records=10):   # verified and opened; each event handed out once
+    for opened in client.inbox(max_records=10):   # verified and opened; each finished event once
         ...
 
 ``publish`` returns once the sealed event is in the durable outbox (fsync'd); a background thread
@@ -829,7 +829,8 @@ class Client:
     def inbox(
         self, *, max_records: int | None = None, timeout: float = 5.0, follow: bool = False
     ) -> Iterator[envelope.Opened]:
-        """Verified and opened events addressed to this participant, oldest first, each event id once.
+        """Verified and opened events addressed to this participant, oldest first, each event id once
+        (again only the one a crash, a ``break`` or an exception interrupted).
 
         The id of an event is remembered (on disk) once the caller is done with it: when it asks for
         the next one, or the reading ends at ``max_records``; that record, not the consumer group's
@@ -942,14 +943,15 @@ class Client:
     ) -> Iterator[envelope.Opened]:
         """Hand ``opened`` to the caller, in hand for :meth:`refuse` until it asks for the next. A caller
         that stops first leaves it unfinished: not committed, the consumer put back on it, read again."""
-        self._in_hand = (opened, record, consumer)
+        mine = self._in_hand = (opened, record, consumer)
         try:
             yield opened
         except GeneratorExit:
             _rewind(consumer, record)
             raise
         finally:
-            self._in_hand = None
+            if self._in_hand is mine:  # another reading of this client may hold one since
+                self._in_hand = None
 
     def refuse(self, opened: envelope.Opened, reason: ReasonCode, detail: str) -> None:
         """Report the event :meth:`inbox` handed out last, which the caller cannot use (its sections do

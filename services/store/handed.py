@@ -1,8 +1,10 @@
-"""The event ids an inbox reader has handed out, so that it hands each event out once.
+"""The event ids an inbox reader's caller has finished, so that it hands each event out once.
 
 The router delivers each event id once, but a reader can still meet an id twice: Kafka re-delivers
-what was handed out but not yet committed when the reader died, and a copy of an event can reach an
-inbox twice at different offsets. Every inbox reader (the SDK's, the gateway's inbox and webhooks)
+what was finished but not yet committed when the reader died, and a copy of an event can reach an
+inbox twice at different offsets. An id is written once the caller is done with the event (the SDK's
+caller asks for the next, a webhook's receiver answers 2xx): an event in hand at a crash is handed out
+again. Every inbox reader (the SDK's, the gateway's inbox and webhooks)
 keeps one of these stores beside its other state: the id, where it was first read (partition and
 offset) and when. An id is forgotten once it is older than the router's replay window (plus its
 allowed clock skew): the router refuses an event that old, so no new copy of it can arrive.
@@ -55,7 +57,7 @@ class HandedOut:
         self.prune()
 
     def first(self, event_id: str) -> tuple[int, int] | None:
-        """Where the event was first handed out (partition, offset), or None if it never was."""
+        """Where the event was first finished (partition, offset), or None if it never was."""
         with self._lock:
             row = self._db.execute(
                 'SELECT partition, "offset" FROM handed WHERE event_id = ?', (event_id,)
@@ -63,8 +65,8 @@ class HandedOut:
         return None if row is None else (int(row[0]), int(row[1]))
 
     def remember(self, event_id: str, partition: int, offset: int) -> bool:
-        """Record that the event read at ``partition``/``offset`` is handed out (on disk when this
-        returns); False when its id was handed out before (the first place is kept)."""
+        """Record that the caller finished the event read at ``partition``/``offset`` (on disk when this
+        returns); False when its id was finished before (the first place is kept)."""
         now = self._now()
         if now - self._pruned > PRUNE_EVERY_S:
             self.prune()

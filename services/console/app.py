@@ -28,7 +28,6 @@ import os
 import re
 import signal
 import threading
-import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -64,6 +63,7 @@ from services.kernel.errors import (
     RegistryExpiredError,
     RegistryStaleError,
     UsageError,
+    frames,
 )
 from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.registry import Registry
@@ -304,7 +304,7 @@ class Console:
             self.metrics.applied.labels("internal").inc()
             log.error(
                 "a bug (%s) while the console added inbox event %s (%s); not shown\n%s",
-                type(e).__name__, header.id, header.type, "".join(traceback.format_tb(e.__traceback__)),
+                type(e).__name__, header.id, header.type, frames(e),
             )  # fmt: skip
             if refuse is not None:
                 refuse(
@@ -476,7 +476,7 @@ class Console:
             self.metrics.refused.labels("internal").inc()
             log.error(
                 "unhandled %s on %s %s:\n%s",
-                type(e).__name__, request.method, request.path, "".join(traceback.format_tb(e.__traceback__)),
+                type(e).__name__, request.method, request.path, frames(e),
             )  # fmt: skip
             return self._html(
                 pages.error(self._viewer(request), i18n.text(request[LANG], "error.internal")), 500

@@ -31,7 +31,6 @@ import os
 import signal
 import sqlite3
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Final, TextIO
@@ -73,6 +72,7 @@ from services.kernel.errors import (
     UnknownKeyError,
     UntrustedInputError,
     UsageError,
+    frames,
 )
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
@@ -607,7 +607,7 @@ class Gateway:
                 "unhandled %s on %s:\n%s",
                 type(e).__name__,
                 route,
-                "".join(traceback.format_tb(e.__traceback__)),
+                frames(e),
             )
             response = self._refuse(
                 ProblemError("internal", "the gateway failed; the request was not accepted")

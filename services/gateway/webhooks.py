@@ -34,7 +34,6 @@ import contextlib
 import json
 import logging
 import random
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +53,7 @@ from services.gateway.inbox import render
 from services.gateway.metrics import GatewayMetrics
 from services.kernel import envelope
 from services.kernel.clock import Clock
-from services.kernel.errors import RegistryExpiredError, TransportError
+from services.kernel.errors import RegistryExpiredError, TransportError, frames
 from services.kernel.keystore import Keystore
 from services.kernel.registry import Registry
 from services.store.handed import HandedOut
@@ -170,7 +169,7 @@ class WebhookSender:
                 # Only the type and the frames: an exception's message could quote an opened event.
                 log.error(
                     "webhook %s: a bug (%s); reading again from the committed offset in %.1f s\n%s",
-                    self.participant, type(e).__name__, delay, "".join(traceback.format_tb(e.__traceback__)),
+                    self.participant, type(e).__name__, delay, frames(e),
                 )  # fmt: skip
                 await asyncio.sleep(delay)
             finally:
@@ -199,7 +198,7 @@ class WebhookSender:
         log.error(
             "webhook %s: a bug (%s) while delivering the record at %s[%d]@%d\n%s",
             self.participant, type(error).__name__, record.topic, record.partition, record.offset,
-            "".join(traceback.format_tb(error.__traceback__)),
+            frames(error),
         )  # fmt: skip
         detail = f"[internal] {type(error).__name__} while the webhook delivered this record"
         await asyncio.to_thread(self._report, envelope.Unreadable("internal", detail, None), record)

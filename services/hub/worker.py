@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -73,6 +72,7 @@ from services.kernel.errors import (
     RegistryExpiredError,
     TransportError,
     UntrustedInputError,
+    frames,
     validation_summary,
 )
 from services.kernel.keystore import Keystore
@@ -362,8 +362,9 @@ class RecordWorker:
     @staticmethod
     def _bug(error: Exception) -> Refusal:
         # Only the type and the frames: an exception's message could quote what the record holds.
-        frames = "".join(traceback.format_tb(error.__traceback__))
-        log.error("a bug (%s) while handling a record: refused as internal\n%s", type(error).__name__, frames)
+        log.error(
+            "a bug (%s) while handling a record: refused as internal\n%s", type(error).__name__, frames(error)
+        )
         return "internal", f"[internal] {type(error).__name__} while the hub handled this record"
 
     def _count(self, source: Source, refusal: Refusal, partition: int, offset: int) -> None:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import traceback
 from typing import ClassVar, Literal, get_args
 
 from pydantic import ValidationError
@@ -188,3 +189,9 @@ def validation_summary(error: ValidationError, *, limit: int | None = 8, whole: 
         parts.append(f"{where}: {err['msg']}" if where else str(err["msg"]))
     more = f" (+{len(errors) - len(shown)} more)" if len(errors) > len(shown) else ""
     return "; ".join(parts) + more
+
+
+def frames(error: BaseException) -> str:
+    """Where ``error`` was raised, for the log of a bug: its traceback's frames (file, line, code),
+    never its message, which could quote what a record, a form or a lead held."""
+    return "".join(traceback.format_tb(error.__traceback__))

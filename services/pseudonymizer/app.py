@@ -28,7 +28,6 @@ import os
 import secrets
 import signal
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Final
@@ -54,6 +53,7 @@ from services.kernel.errors import (
     UnknownKeyError,
     UntrustedInputError,
     UsageError,
+    frames,
     validation_summary,
 )
 from services.kernel.registry import Registry
@@ -415,7 +415,7 @@ class Pseudonymizer:
                 "unhandled %s on %s:\n%s",
                 type(e).__name__,
                 request.path,
-                "".join(traceback.format_tb(e.__traceback__)),
+                frames(e),
             )
             response = self._refuse(
                 RefusalError(500, "internal", "the pseudonymizer failed; nothing was evaluated")

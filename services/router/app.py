@@ -27,7 +27,6 @@ import logging
 import re
 import signal
 import time
-import traceback
 from collections.abc import Callable, Iterator, MutableMapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,7 +49,7 @@ from services.kernel import ids, topics
 from services.kernel.clock import Clock, utcnow
 from services.kernel.deadletter import deadletter_headers
 from services.kernel.envelope import DuplicateError, ReplayWindow, Seen
-from services.kernel.errors import ReasonCode, TransportError, UntrustedInputError, UsageError
+from services.kernel.errors import ReasonCode, TransportError, UntrustedInputError, UsageError, frames
 from services.kernel.registry import Registry
 from services.router import core
 from services.router.metrics import RouterMetrics
@@ -549,5 +548,4 @@ async def serve(
 def _log_bug(error: Exception, what: str) -> None:
     """Log a bug met on a record with its type and frames only, as the hub and the gateway do: its
     message could quote what the record's clear header or its sender's bytes hold."""
-    frames = "".join(traceback.format_tb(error.__traceback__))
-    log.error("a bug (%s) %s\n%s", type(error).__name__, what, frames)
+    log.error("a bug (%s) %s\n%s", type(error).__name__, what, frames(error))

@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import time
-import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -64,6 +63,7 @@ from services.kernel.errors import (
     RegistryStaleError,
     TransportError,
     UsageError,
+    frames,
     validation_summary,
 )
 from services.kernel.keystore import Keystore
@@ -922,7 +922,7 @@ class Client:
             log.error(
                 "inbox %s: a bug (%s) while opening the record at %s[%d]@%d\n%s",
                 self.participant, type(e).__name__, record.topic, record.partition, record.offset,
-                "".join(traceback.format_tb(e.__traceback__)),
+                frames(e),
             )  # fmt: skip
             detail = f"[internal] {type(e).__name__} while the reader opened this record"
             result = envelope.Unreadable("internal", detail, None)

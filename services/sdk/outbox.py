@@ -23,7 +23,6 @@ import logging
 import sqlite3
 import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from kafka.errors import KafkaError
 
 from services.bus.cluster import BACKGROUND_BOOTSTRAP_TIMEOUT_MS, DURABLE_PRODUCER
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
-from services.kernel.errors import TransportError, UsageError
+from services.kernel.errors import TransportError, UsageError, frames
 from services.store import sqlite
 
 log = logging.getLogger("lianfang.outbox")
@@ -459,7 +458,7 @@ class Drainer:
             # Only the type and the frames: the leads are open here, and a message could quote them.
             log.error(
                 "outbox: sealing %d waiting lead(s) failed (%s); they stay in the outbox\n%s",
-                len(waiting), type(e).__name__, "".join(traceback.format_tb(e.__traceback__)),
+                len(waiting), type(e).__name__, frames(e),
             )  # fmt: skip
             done = 0
         # Leads that cannot be sent for a reason of their own stay where they are; a full batch of them

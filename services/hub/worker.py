@@ -52,7 +52,7 @@ from typing import Any, Literal, TypeVar
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from schemas.envelope import SectionName
+from schemas.envelope import EnvelopeHeader, SectionName
 from schemas.events import join_sections
 from services.audit.chain import opened_object
 from services.audit.trail import LocalTrail
@@ -167,7 +167,7 @@ class RecordWorker:
             value, registry=self.registry, now=self.clock(), keystore=self.keys, keys_at=keys_at
         )
         recipients = set().union(*opened.verified.recipients().values())
-        triage = _checked_triage(opened.header.type, opened.sections.get("triage", {}))
+        triage = _checked_triage(opened.header, opened.sections.get("triage", {}))
         self.trail.append(
             "open_section",
             subject=opened.header.subject,
@@ -631,14 +631,31 @@ def _registry_expired(error: RegistryExpiredError) -> TransportError:
     return TransportError(f"the registry in force has expired ({error}); waiting for a newer one")
 
 
-def _checked_triage(event_type: str, triage: Mapping[str, Any]) -> dict[str, Any]:
-    """The triage section as its event type's schema has it (:func:`schemas.events.join_sections`), or
-    :class:`MalformedError`. It is the only part of an event the hub reads, and its sender wrote it:
-    unchecked, a pseudonym field could carry a name onto the hub's own topics in the clear, and a
-    category or town outside the schema would fail every alert sealed for that victim afterwards."""
+AGREEING: dict[str, str] = {
+    "category": "category",
+    "minor": "minor",
+    "town": "town",
+    "victim_pseudonym": "subject",
+}
+"""Triage fields and the clear-header facts they repeat: the SDK writes both from one event, so they
+agree; a sender whose sealed triage says other than its signed header (routed as one category, judged
+by the hub's rules as another; keyed by one subject, about another victim) is refused."""
+
+
+def _checked_triage(header: EnvelopeHeader, triage: Mapping[str, Any]) -> dict[str, Any]:
+    """The triage section as its event type's schema has it (:func:`schemas.events.join_sections`), and
+    agreeing with the signed header (:data:`AGREEING`), or :class:`MalformedError`. It is the only part
+    of an event the hub reads, and its sender wrote it: unchecked, a pseudonym field could carry a name
+    onto the hub's own topics in the clear, and a category or town outside the schema would fail every
+    alert sealed for that victim afterwards."""
     try:
-        return join_sections(event_type, triage)
+        checked = join_sections(header.type, triage)
     except ValidationError as e:
         raise MalformedError(f"the triage section {validation_summary(e, whole='(triage)')}") from e
     except KeyError as e:  # a type the registry's policy lets through but the catalogue does not know
-        raise MalformedError(f"no triage schema for event type {event_type!r}") from e
+        raise MalformedError(f"no triage schema for event type {header.type!r}") from e
+    for field, fact in AGREEING.items():
+        said, signed = checked.get(field), getattr(header, fact)
+        if said is not None and signed is not None and said != signed:
+            raise MalformedError(f"the triage's {field} differs from the signed header's {fact}")
+    return checked

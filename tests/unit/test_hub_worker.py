@@ -525,6 +525,24 @@ def test_a_lead_whose_triage_category_is_outside_the_schema_is_dead_lettered_and
     assert len(hub.alerts()) == 1, "the victim's next alert seals"
 
 
+@pytest.mark.parametrize(
+    "triage",
+    [
+        {"category": "sexual_assault"},
+        {"minor": True},
+        {"town": "mapo"},
+        {"victim_pseudonym": "p1." + "B" * 42 + "A"},
+    ],
+    ids=["category", "minor", "town", "victim"],
+)
+def test_a_lead_whose_sealed_triage_contradicts_its_signed_header_is_dead_lettered(
+    hub: Harness, triage: dict[str, Any]
+) -> None:
+    hub.inbox(lead(hub.domain, 1, T, requests_joint_meeting=True, **triage))
+    assert [headers_of(s)["lianfang_reason"] for s in hub.sent] == ["malformed"]
+    assert hub.alerts() == []
+
+
 def test_a_refused_inbox_record_is_dead_lettered_with_the_router_s_headers_and_no_content(
     hub: Harness,
 ) -> None:

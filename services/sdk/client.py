@@ -852,8 +852,9 @@ class Client:
         reported by a problem record on the dead-letter topic, written before its offset is committed;
         then reading goes on. An expired registry stops the reading with
         :class:`RegistryExpiredError` and commits nothing past the record it met, which the next
-        reading (of this client too) meets again: a newer registry is needed first. So does any other
-        failure before the event is handed out (the audit file, the record of ids).
+        reading (of this client too) meets again: a newer registry is needed first. So does a failure of
+        the disk (the audit file, the record of ids) or of Kafka before the event is handed out; a bug
+        met opening a record is reported as ``internal`` and passed.
 
         A client that follows the registry topic (:meth:`open`) reads nothing while it holds no fresh
         timestamp statement for its registry (a withheld revocation would go unnoticed): it waits,

@@ -3,11 +3,13 @@
 The router delivers each event id once, but a reader can still meet an id twice: Kafka re-delivers
 what was finished but not yet committed when the reader died, and a copy of an event can reach an
 inbox twice at different offsets. An id is written once the caller is done with the event (the SDK's
-caller asks for the next, a webhook's receiver answers 2xx): an event in hand at a crash is handed out
-again. Every inbox reader (the SDK's, the gateway's inbox and webhooks)
-keeps one of these stores beside its other state: the id, where it was first read (partition and
-offset) and when. An id is forgotten once it is older than the router's replay window (plus its
-allowed clock skew): the router refuses an event that old, so no new copy of it can arrive.
+caller asks for the next, a webhook's receiver answers 2xx), so an event in hand at a crash is handed
+out again; the gateway's inbox writes it when it first returns the event (its client's cursor is the
+client's own commit, and an older cursor gets the same page again). Every inbox reader (the SDK's, the
+gateway's inbox and webhooks) keeps one of these stores beside its other state: the id, where it was
+first read (partition and offset) and when. An id is forgotten once it is older than the router's
+replay window (plus its allowed clock skew): the router refuses an event that old, so no new copy of it
+can arrive.
 """
 
 from __future__ import annotations

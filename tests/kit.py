@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from aiohttp import web
@@ -240,3 +241,55 @@ def offline_runner(
         security=KafkaSecuritySettings(),
         on_restart=on_restart,
     )
+
+
+class BatchSending:
+    """What the exactly-once runner asks of a producer to send a batch (``create_batch``,
+    ``send_batch``, ``partitions_for`` and the cluster's partitions), for a fake transactional producer
+    that defines ``send(topic, value, key=, headers=, partition=)``: a batch sent is each of its
+    records sent in order, and delivered once every one of them is (the first failure fails it)."""
+
+    PARTITIONS = 3
+
+    @property
+    def client(self) -> Any:
+        every = set(range(self.PARTITIONS))
+        cluster = SimpleNamespace(available_partitions_for_topic=lambda _topic: every)
+        return SimpleNamespace(cluster=cluster)
+
+    async def partitions_for(self, _topic: str) -> set[int]:
+        return set(range(self.PARTITIONS))
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> asyncio.Future[None]:
+        sends = [
+            await self.send(topic, value, key=key, headers=headers, partition=partition)  # type: ignore[attr-defined]
+            for key, value, headers in batch.records
+        ]
+        return asyncio.ensure_future(_all_delivered(sends))
+
+
+@dataclass
+class FakeBatch:
+    """A record batch being built: every record fits."""
+
+    records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = field(default_factory=list)
+
+    def append(
+        self,
+        *,
+        timestamp: float | None,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+    ) -> object:
+        self.records.append((key, value, headers))
+        return object()
+
+
+async def _all_delivered(sends: list[asyncio.Future[None]]) -> None:
+    for result in await asyncio.gather(*sends, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result

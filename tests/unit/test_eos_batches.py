@@ -15,16 +15,17 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from services.bus import eos
 from services.bus.eos import Output, PartitionState, TransactionalRunner
 from services.kernel import topics
-from tests.kit import offline_runner
+from tests.kit import BatchSending, offline_runner
 
 pytestmark = pytest.mark.unit
 
 SOURCE = "events"
 
 
-class FakeProducer:
+class FakeProducer(BatchSending):
     """A transactional producer that logs what happens; ``fail`` makes its first send fail;
     ``delivery_s`` is how long a sent record waits for the broker's acknowledgement (logged)."""
 
@@ -146,3 +147,71 @@ def test_the_producers_partitioner_puts_a_keyed_record_where_kafkas_default_part
     everyone = list(range(partitions))
     assert topics.partitioner(key, everyone, everyone) == DefaultPartitioner()(key, everyone, everyone)
     assert topics.partitioner(key, everyone, everyone) == topics.partition_for(key, partitions)
+
+
+class SmallBatches:
+    """A producer whose record batches hold ``room`` records; it logs each batch sent."""
+
+    def __init__(self, room: int, partitions: int = 4, available: set[int] | None = None) -> None:
+        self.room = room
+        self.every = set(range(partitions))
+        self.available = self.every if available is None else available
+        self.sent: list[tuple[str, int, list[bytes | None]]] = []
+        self.client = SimpleNamespace(
+            cluster=SimpleNamespace(available_partitions_for_topic=lambda _: self.available)
+        )
+
+    async def partitions_for(self, _topic: str) -> set[int]:
+        return self.every
+
+    def create_batch(self) -> Any:
+        records: list[bytes | None] = []
+
+        def append(*, timestamp: Any, key: Any, value: bytes | None, headers: Any) -> object | None:
+            if len(records) == self.room:
+                return None
+            records.append(value)
+            return object()
+
+        return SimpleNamespace(append=append, records=records)
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[None]:
+        self.sent.append((topic, partition, list(batch.records)))
+        delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        delivered.set_result(None)
+        return delivered
+
+
+def test_outputs_go_in_a_batch_a_partition_in_their_order_where_the_default_partitioner_puts_them() -> None:
+    producer = SmallBatches(room=100)
+    keys = [f"subject-{i}".encode() for i in range(12)]
+    outputs = [Output(topic, f"{topic}/{k.decode()}".encode(), k) for k in keys for topic in ("a", "b")]
+    deliveries: list[asyncio.Future[Any]] = []
+    asyncio.run(eos._send(producer, outputs, deliveries))  # type: ignore[arg-type]
+
+    everyone = [0, 1, 2, 3]
+    expected: dict[tuple[str, int], list[bytes | None]] = {}
+    for out in outputs:
+        where = DefaultPartitioner()(out.key, everyone, everyone)
+        expected.setdefault((out.topic, where), []).append(out.value)
+    assert {(topic, p): values for topic, p, values in producer.sent} == expected
+    assert len(producer.sent) == len(expected)  # one batch a partition
+    assert len(deliveries) == len(producer.sent)
+
+
+def test_a_partitions_records_past_a_batchs_room_go_in_the_next_batch_in_order() -> None:
+    producer = SmallBatches(room=2)
+    outputs = [Output("state", f"{i}".encode(), f"k{i}".encode()) for i in range(5)]
+    deliveries: list[asyncio.Future[Any]] = []
+    asyncio.run(eos._send(producer, outputs, deliveries, partition=7))  # type: ignore[arg-type]
+
+    assert producer.sent == [("state", 7, [b"0", b"1"]), ("state", 7, [b"2", b"3"]), ("state", 7, [b"4"])]
+    assert len(deliveries) == 3
+
+
+def test_an_unkeyed_output_goes_to_a_partition_that_has_a_leader() -> None:
+    producer = SmallBatches(room=100, partitions=4, available={2})
+    outputs = [Output("deadletter", f"{i}".encode()) for i in range(20)]
+    asyncio.run(eos._send(producer, outputs, []))  # type: ignore[arg-type]
+
+    assert producer.sent == [("deadletter", 2, [f"{i}".encode() for i in range(20)])]

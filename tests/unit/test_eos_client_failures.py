@@ -17,7 +17,7 @@ from aiokafka.producer.transaction_manager import TransactionManager
 from services.bus import eos
 from services.bus.eos import Output, PartitionState, TransactionalRunner, is_client_failure
 from services.kernel.errors import TransportError
-from tests.kit import offline_runner
+from tests.kit import BatchSending, offline_runner
 
 pytestmark = pytest.mark.unit
 
@@ -81,7 +81,7 @@ def test_a_failure_is_the_clients_or_a_bug(make: Callable[[], BaseException], ex
     assert is_client_failure(make()) is expected
 
 
-class FencedMidBatch:
+class FencedMidBatch(BatchSending):
     """A transactional producer (aiokafka's transaction states) whose sender dies of a fencing right
     after the batch's first send, as a worker's does when the partition's next owner starts its producer
     while this one is mid-batch; like aiokafka's, it then refuses a send with IllegalOperation."""

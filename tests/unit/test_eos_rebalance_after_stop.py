@@ -16,14 +16,14 @@ from aiokafka.errors import KafkaConnectionError
 from services.bus import eos
 from services.bus.eos import Output, PartitionState
 from services.kernel.errors import TransportError
-from tests.kit import offline_runner
+from tests.kit import BatchSending, offline_runner
 
 pytestmark = pytest.mark.unit
 
 FIRST, LATE = TopicPartition("events", 0), TopicPartition("events", 1)
 
 
-class FakeProducer:
+class FakeProducer(BatchSending):
     """A transactional producer whose sends the broker refuses; it logs its start."""
 
     started: ClassVar[list[str]] = []

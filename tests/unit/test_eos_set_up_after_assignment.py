@@ -14,7 +14,7 @@ from aiokafka import TopicPartition
 
 from services.bus import eos
 from services.bus.eos import Output, PartitionState
-from tests.kit import offline_runner
+from tests.kit import BatchSending, offline_runner
 
 pytestmark = pytest.mark.unit
 
@@ -22,7 +22,7 @@ FIRST = TopicPartition("events", 0)
 OFFSETS = [0, 1, 2, 3]
 
 
-class FakeProducer:
+class FakeProducer(BatchSending):
     """A transactional producer every send and commit of which succeeds."""
 
     def __init__(self, **_: Any) -> None:

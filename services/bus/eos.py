@@ -538,6 +538,7 @@ class TransactionalRunner:
             # a broker is given up: the next owner of the partition fences it and aborts it.
             state._discard()
             _forget(deliveries)
+            _forget_batches(producer)
             if producer._txn_manager.is_fatal_error():
                 # The producer's sender died (fenced by the partition's next owner after the group
                 # dropped this worker, or told something aiokafka does not retry): it cannot abort,
@@ -665,6 +666,21 @@ def _forget(deliveries: list[asyncio.Future[Any]]) -> None:
             _seen(delivery)
         else:
             delivery.add_done_callback(_seen)
+
+
+def _forget_batches(producer: AIOKafkaProducer) -> None:
+    """Take as seen the failure of every batch the producer still holds. When a fatal error (a fencing)
+    ends aiokafka's sender, it fails each batch it had not sent yet, and with it the batch's drain
+    waiter, a future only a sender waiting for room in that batch awaits: asyncio would log each as
+    an error ("Future exception was never retrieved") with the fencing's traceback."""
+    accumulator = getattr(producer, "_message_accumulator", None)
+    if accumulator is None:  # a test's fake producer
+        return
+    held = [
+        *(batch for queue in accumulator._batches.values() for batch in queue),
+        *accumulator._pending_batches,
+    ]
+    _forget([batch._drain_waiter for batch in held])
 
 
 def _seen(future: asyncio.Future[Any]) -> None:

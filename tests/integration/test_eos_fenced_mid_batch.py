@@ -22,9 +22,7 @@ from tests.integration.buskit import run_worker_until
 pytestmark = pytest.mark.integration
 
 
-def test_a_worker_fenced_between_two_sends_of_a_batch_restarts_and_handles_the_batch_again(
-    kafka_bootstrap: str,
-) -> None:
+def test_a_worker_fenced_mid_batch_restarts_and_commits_the_batch_once(kafka_bootstrap: str) -> None:
     suffix = uuid.uuid4().hex[:8]
     source, state = f"t-eos-in-{suffix}", f"t-eos-state-{suffix}"
     out, other = f"t-eos-out-{suffix}", f"t-eos-other-{suffix}"

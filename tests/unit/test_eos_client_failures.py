@@ -5,6 +5,7 @@ producer fenced in the middle of a batch) restarts it; a bug of ours still ends 
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -184,3 +185,27 @@ def test_a_bug_of_ours_still_ends_the_worker(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(AssertionError, match="a check of ours"):
         asyncio.run(asyncio.wait_for(runner.run(), timeout=10))
     assert runner.restarts == 0
+
+
+def test_a_fenced_producers_unsent_batches_leave_no_failure_for_asyncio_to_log() -> None:
+    reported: list[str] = []
+
+    async def fenced_with_batches_unsent() -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _loop, context: reported.append(context["message"])
+        )
+        producer = AIOKafkaProducer(bootstrap_servers="198.18.0.1:9")  # never started: no broker needed
+        accumulator = producer._message_accumulator
+        for partition in (0, 1):
+            batch = producer.create_batch()
+            batch.append(timestamp=None, key=b"k", value=b"v", headers=[])
+            sent = await accumulator.add_batch(batch, TopicPartition("out", partition), 1.0)
+            sent.add_done_callback(lambda f: f.exception())  # the runner awaits each delivery
+        accumulator.fail_all(ProducerFenced())  # what aiokafka does when a fencing ends the sender
+        eos._forget_batches(producer)
+        del producer, accumulator, batch, sent
+        gc.collect()
+
+    asyncio.run(fenced_with_batches_unsent())
+    gc.collect()
+    assert [message for message in reported if "never retrieved" in message] == []

@@ -673,14 +673,21 @@ def _forget_batches(producer: AIOKafkaProducer) -> None:
     ends aiokafka's sender, it fails each batch it had not sent yet, and with it the batch's drain
     waiter, a future only a sender waiting for room in that batch awaits: asyncio would log each as
     an error ("Future exception was never retrieved") with the fencing's traceback."""
-    accumulator = getattr(producer, "_message_accumulator", None)
-    if accumulator is None:  # a test's fake producer
-        return
+    # aiokafka's internals (0.14), read with defaults: on this path, already a failure's, a change in
+    # them may bring back asyncio's error lines, but must not turn Kafka's failure into a crash.
+    accumulator = getattr(producer, "_message_accumulator", None)  # None: a test's fake producer
+    queues = getattr(accumulator, "_batches", {})
     held = [
-        *(batch for queue in accumulator._batches.values() for batch in queue),
-        *accumulator._pending_batches,
+        *(batch for queue in queues.values() for batch in queue),
+        *getattr(accumulator, "_pending_batches", ()),
     ]
-    _forget([batch._drain_waiter for batch in held])
+    _forget(
+        [
+            waiter
+            for batch in held
+            if isinstance(waiter := getattr(batch, "_drain_waiter", None), asyncio.Future)
+        ]
+    )
 
 
 def _seen(future: asyncio.Future[Any]) -> None:

@@ -579,8 +579,13 @@ async def _send(
     Not ``producer.send`` a record: that makes a future, asks the partitioner and finds the batch to
     append to for every record, and resolves each future when the broker answers. The router writes
     six records an event (four inbox copies, an audit entry, the replay window's id): built batches
-    cut its CPU an event by about a tenth, the transactional relay's by two fifths
-    (docs/performance.md, "Batches built by the runner")."""
+    cut its CPU an event by a fifth, the transactional relay's by nearly a third
+    (docs/performance.md, "Batches built by the runner").
+
+    What ``send`` did that this does not: it refused a record over the producer's
+    ``max_request_size`` before sending (here the broker refuses the batch: the transaction aborts
+    either way, and the router dead-letters a record over its limit before this); it stamped each
+    record when sent (here, when its batch is built, after the handler ran for the whole batch)."""
     runs: dict[tuple[str, int], list[Output]] = {}
     placing: dict[str, tuple[list[int], list[int]]] = {}
     for out in outputs:
@@ -672,7 +677,8 @@ def _forget_batches(producer: AIOKafkaProducer) -> None:
     """Take as seen the failure of every batch the producer still holds. When a fatal error (a fencing)
     ends aiokafka's sender, it fails each batch it had not sent yet, and with it the batch's drain
     waiter, a future only a sender waiting for room in that batch awaits: asyncio would log each as
-    an error ("Future exception was never retrieved") with the fencing's traceback."""
+    an error ("Future exception was never retrieved") with the fencing's traceback. (A batch aiokafka
+    retries after this gets a new waiter, not covered: at worst that line comes back.)"""
     # aiokafka's internals (0.14), read with defaults: on this path, already a failure's, a change in
     # them may bring back asyncio's error lines, but must not turn Kafka's failure into a crash.
     accumulator = getattr(producer, "_message_accumulator", None)  # None: a test's fake producer

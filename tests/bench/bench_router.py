@@ -421,7 +421,6 @@ def _router_env(bootstrap: str, work: Workload, prefix: str, group: str, port: i
         "LIANFANG_ROUTER_GROUP_ID": group,
         "LIANFANG_ROUTER_METRICS_PORT": str(port),
         "LIANFANG_ROUTER_TIME_SKEW_S": str(TIME_SKEW_S),
-        **({"LIANFANG_ROUTER_MAX_BATCH": os.environ["XMB"]} if "XMB" in os.environ else {}),
     }
 
 

@@ -18,7 +18,7 @@ from aiokafka.producer.transaction_manager import TransactionManager
 from services.bus import eos
 from services.bus.eos import Output, PartitionState, TransactionalRunner, is_client_failure
 from services.kernel.errors import TransportError
-from tests.kit import BatchSending, offline_runner
+from tests.kit import BatchSending, FakeBatch, offline_runner
 
 pytestmark = pytest.mark.unit
 
@@ -84,8 +84,9 @@ def test_a_failure_is_the_clients_or_a_bug(make: Callable[[], BaseException], ex
 
 class FencedMidBatch(BatchSending):
     """A transactional producer (aiokafka's transaction states) whose sender dies of a fencing right
-    after the batch's first send, as a worker's does when the partition's next owner starts its producer
-    while this one is mid-batch; like aiokafka's, it then refuses a send with IllegalOperation."""
+    after the transaction's first record batch is sent, as a worker's does when the partition's next
+    owner starts its producer while this one is mid-batch; like aiokafka's, it then refuses the next
+    batch (here the partition's state changes) with IllegalOperation, checking once a batch."""
 
     def __init__(self) -> None:
         self._txn_manager = TransactionManager("g.events.0", 60_000)
@@ -95,7 +96,7 @@ class FencedMidBatch(BatchSending):
     async def begin_transaction(self) -> None:
         self._txn_manager.begin_transaction()
 
-    async def send(self, topic: str, value: bytes | None, **_: Any) -> asyncio.Future[None]:
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> asyncio.Future[None]:
         if not self._txn_manager.is_in_transaction():
             raise IllegalOperation("Can't send messages while not in transaction")
         delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -95,7 +95,8 @@ def test_the_transactions_of_a_polls_partitions_run_side_by_side_each_committing
     runner, tps = _runner(producers)
     asyncio.run(runner._process_all({tps[0]: _records(0, 3), tps[1]: _records(1, 2)}))
     assert log.index("p1 begin") < log.index("p0 commit"), log
-    assert [v for _, v in producers[0].sent if _ == "out"] == [b"v0", b"v1", b"v2"]
+    # Unkeyed, the copies go to partitions of "out" at random, and Kafka orders records only within one.
+    assert sorted(v for topic, v in producers[0].sent if topic == "out") == [b"v0", b"v1", b"v2"]
     assert runner.states[tps[0]].get("seen:2") == b"1"
     assert runner.states[tps[1]].get("seen:1") == b"1"
     assert not runner.states[tps[0]].pending

@@ -25,6 +25,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent import futures
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -317,6 +318,7 @@ class Client:
             f"{outbox_path.stem}.inbox-{reader or 'sdk'}.handed.sqlite"
         )
         self._handed: HandedOut | None = None
+        self._audit_syncer: futures.ThreadPoolExecutor | None = None
         self._problems: ProblemWriter | None = None
         # The event inbox() handed out last, until the caller asks for the next (refuse() reports it).
         self._in_hand: tuple[envelope.Opened, Any, KafkaConsumer] | None = None
@@ -833,7 +835,8 @@ class Client:
         (again only the one a crash, a ``break`` or an exception interrupted).
 
         The id of an event is remembered (on disk) once the caller is done with it: when it asks for
-        the next one, or the reading ends at ``max_records``; that record, not the consumer group's
+        the next one (written while the next one's opening is audited, before that one is handed out),
+        or the reading ends at ``max_records``; that record, not the consumer group's
         offset, is what hands each event out once. So an event the caller was still handling when
         its process died (a crash, a kill, a power cut) is handed out again at the next start, under
         the same event id, for the caller to recognize if it had finished its part: nothing accepted
@@ -868,11 +871,21 @@ class Client:
         done = OffsetsToCommit(self.inbox_commit_every_s)
         seen = 0
         idle_deadline = time.monotonic() + timeout
+        # The event the caller finished (it asked for the next) whose id is not written yet: it is
+        # written while the next event's audit entry goes to disk (two files, two fsyncs at once), and
+        # in any case before the next event is handed out or any offset past it is committed.
+        finished: Finished | None = None
         try:
             while max_records is None or seen < max_records:
                 if not self._fresh_to_read(None if follow else idle_deadline):
                     idle_deadline = time.monotonic() + timeout  # the caller's timeout, from freshness on
-                batch = consumer.poll(timeout_ms=500, max_records=1)
+                # With a finished event's id still to write, only a record already fetched: the id is
+                # not left waiting for the next record to arrive.
+                batch = consumer.poll(timeout_ms=0 if finished is not None else 500, max_records=1)
+                if not batch and finished is not None:
+                    _write_finished(consumer, handed, finished, done)
+                    finished = None
+                    continue
                 if not batch:
                     self._commit(consumer, done)  # nothing more to read for now: what is done, at once
                     if not follow and time.monotonic() > idle_deadline:
@@ -882,30 +895,71 @@ class Client:
                 for records in batch.values():
                     for record in records:
                         try:
-                            opened = self._to_hand_out(consumer, handed, record)
+                            opened = self._to_hand_out(consumer, handed, record, finished)
                         except BaseException:
                             # An expired registry, a disk that fails: not handed out, not committed;
                             # the consumer's own position would pass it by in a next reading.
                             _rewind(consumer, record)
                             raise
                         if opened is None:  # reported as unreadable, or finished before: skipped
+                            _write_finished(consumer, handed, finished, done)
+                            finished = None
                             done.past(record.topic, record.partition, record.offset)
                             continue
+                        self._audited_and_finished(consumer, handed, finished, done, record)
+                        finished = None
                         yield from self._hand_out(opened, record, consumer)
-                        _finished(consumer, handed, opened, record)  # the caller asked for the next
+                        finished = Finished(opened, record)  # the caller asked for the next
                         seen += 1
-                        done.past(record.topic, record.partition, record.offset)
                         if done.due():
                             self._commit(consumer, done)
+            _write_finished(consumer, handed, finished, done)
+            finished = None
         except KafkaError as e:
             raise TransportError(f"reading the inbox of {self.participant} failed: {e}") from e
         finally:
+            # Leaving on a failure: the finished event's id, if the disk takes it (else that event was
+            # put back, to be handed out again).
+            with contextlib.suppress(Exception):
+                _write_finished(consumer, handed, finished, done)
             self._commit(consumer, done, wait_s=END_COMMIT_WAIT_S, best_effort=True)
 
-    def _to_hand_out(self, consumer: KafkaConsumer, handed: HandedOut, record: Any) -> envelope.Opened | None:
-        """The opened event of an inbox record, its opening audited; ``None`` when it is skipped: a
-        record this participant cannot open (counted and reported, :meth:`_report_unreadable`), or an
-        event the caller finished before (counted). An expired registry raises: not the record's
+    def _audited_and_finished(
+        self,
+        consumer: KafkaConsumer,
+        handed: HandedOut,
+        finished: Finished | None,
+        done: OffsetsToCommit,
+        record: Any,
+    ) -> None:
+        """The audit entry of the event about to be handed out (``record``'s) on disk, and meanwhile the
+        id of the one the caller finished written (:func:`_write_finished`): the audit file's fsync in a
+        thread of the client's, the record of ids' here. If either fails, ``record`` is put back too,
+        not handed out, and the failure raised."""
+        syncing = self._syncer().submit(self.trail.sync)
+        try:
+            try:
+                _write_finished(consumer, handed, finished, done)
+            finally:
+                futures.wait([syncing])
+            syncing.result()
+        except BaseException:
+            _rewind(consumer, record)
+            raise
+
+    def _syncer(self) -> futures.ThreadPoolExecutor:
+        """The thread the audit file is synced in while :meth:`inbox` writes a finished event's id."""
+        if self._audit_syncer is None:
+            self._audit_syncer = futures.ThreadPoolExecutor(1, thread_name_prefix="lianfang-inbox-audit")
+        return self._audit_syncer
+
+    def _to_hand_out(
+        self, consumer: KafkaConsumer, handed: HandedOut, record: Any, finished: Finished | None = None
+    ) -> envelope.Opened | None:
+        """The opened event of an inbox record, its opening's audit entry written (on disk once the
+        trail is synced); ``None`` when it is skipped: a record this participant cannot open (counted
+        and reported, :meth:`_report_unreadable`), or an event the caller finished before (counted;
+        ``finished``: one whose id is not written yet). An expired registry raises: not the record's
         fault; nor is the disk's or Kafka's failure. A bug met while opening it is the record's: it is
         reported as ``internal`` and passed (met again and again, it would stop the reader there)."""
         try:
@@ -930,13 +984,17 @@ class Client:
         if isinstance(result, envelope.Unreadable):
             self._report_unreadable(consumer, result, record)
             return None
-        if handed.first(result.header.id) is not None:
+        if handed.first(result.header.id) is not None or (
+            finished is not None and finished.opened.header.id == result.header.id
+        ):
             self.metrics.duplicates_skipped.inc()
             log.info("inbox event %s at offset %d was handed out before: skipped",
                      result.header.id, record.offset)  # fmt: skip
             return None
         self.metrics.received.labels(result.header.type).inc()
-        self.trail.append("open_section", subject=result.header.subject, object=opened_object(result))
+        self.trail.append(
+            "open_section", subject=result.header.subject, object=opened_object(result), durable=False
+        )
         return result
 
     def _hand_out(
@@ -1147,6 +1205,9 @@ class Client:
         if self._handed is not None:
             self._handed.close()
             self._handed = None
+        if self._audit_syncer is not None:
+            self._audit_syncer.shutdown()
+            self._audit_syncer = None
         self.trail.close(timeout)
         self.metrics.forget_outbox(self.outbox)
         self.outbox.close()
@@ -1170,14 +1231,29 @@ def _iso(t: datetime) -> str:
     return t.isoformat()
 
 
-def _finished(consumer: KafkaConsumer, handed: HandedOut, opened: envelope.Opened, record: Any) -> None:
-    """Record that the caller is done with ``opened``: never handed out again. If that fails (the disk),
-    put the consumer back on the record, so that it is handed out again, and raise."""
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """An event the caller of :meth:`Client.inbox` is done with (it asked for the next), and its record."""
+
+    opened: envelope.Opened
+    record: Any
+
+
+def _write_finished(
+    consumer: KafkaConsumer, handed: HandedOut, finished: Finished | None, done: OffsetsToCommit
+) -> None:
+    """Record that the caller is done with ``finished`` (if any): never handed out again, and its offset
+    may be committed. If that fails (the disk), put the consumer back on the record, so that it is
+    handed out again, and raise."""
+    if finished is None:
+        return
+    record = finished.record
     try:
-        handed.remember(opened.header.id, record.partition, record.offset)
+        handed.remember(finished.opened.header.id, record.partition, record.offset)
     except BaseException:
         _rewind(consumer, record)
         raise
+    done.past(record.topic, record.partition, record.offset)
 
 
 def _rewind(consumer: KafkaConsumer, record: Any) -> None:

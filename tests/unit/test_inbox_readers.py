@@ -24,7 +24,7 @@ from services.gateway import webhooks
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.webhooks import WebhookSender
 from services.kernel import envelope
-from services.kernel.errors import RegistryExpiredError, UsageError
+from services.kernel.errors import RegistryExpiredError, TransportError, UsageError
 from services.sdk.client import Client
 from services.sdk.metrics import SdkMetrics
 from services.store.handed import KEEP, HandedOut
@@ -267,6 +267,44 @@ def test_the_sdk_hands_out_again_the_event_its_caller_was_handling_when_its_proc
     event_id = next(reading).header.id  # the process "dies" while its caller handles the event
     _attach(client, [Record(value, 0)])  # Kafka re-delivers the uncommitted record
     assert [opened.header.id for opened in client.inbox(timeout=0)] == [event_id]
+
+
+def test_the_sdk_has_the_finished_event_s_id_and_the_next_one_s_audit_entry_on_disk_before_handing_it_out(
+    domain: DemoDomain, police: tuple[Client, SdkMetrics], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, _ = police
+    _attach(client, [Record(seal(domain), 0), Record(seal(domain), 1)])
+    handed = client._handed_out()
+    synced: list[int] = []
+    audited = client.trail.sync
+    monkeypatch.setattr(client.trail, "sync", lambda: (audited(), synced.append(1)))
+    reading = client.inbox(timeout=0)
+    first = next(reading)
+    assert len(synced) == 1, "the opening of the first was audited on disk before it was handed out"
+    second = next(reading)  # the caller is done with the first
+    assert handed.first(first.header.id) == (0, 0), "its id was on disk before the second was handed out"
+    assert len(synced) == 2
+    assert handed.first(second.header.id) is None, "the second is in hand, not finished"
+
+
+def test_when_the_finished_event_s_id_cannot_be_written_it_and_the_next_are_put_back_and_nothing_is_committed(
+    domain: DemoDomain, police: tuple[Client, SdkMetrics], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, _ = police
+    stand_in = _attach(client, [Record(seal(domain), 0), Record(seal(domain), 1, partition=1)])
+    handed = client._handed_out()
+    reading = client.inbox(timeout=0)
+    next(reading)
+
+    def disk_fails(*_: Any) -> bool:
+        raise TransportError("the disk is full")
+
+    monkeypatch.setattr(handed, "remember", disk_fails)
+    with pytest.raises(TransportError, match="disk is full"):
+        next(reading)  # done with the first: its id cannot be written
+    assert "seek 0" in stand_in.log, "the first is put back, to be handed out again"
+    assert "seek 1" in stand_in.log, "the second, opened meanwhile, is put back too"
+    assert not any(line.startswith("commit") for line in stand_in.log)
 
 
 def test_a_record_met_while_the_registry_has_expired_is_read_again_by_the_same_client_s_next_reading(

@@ -318,7 +318,7 @@ class Client:
             f"{outbox_path.stem}.inbox-{reader or 'sdk'}.handed.sqlite"
         )
         self._handed: HandedOut | None = None
-        self._audit_syncer: futures.ThreadPoolExecutor | None = None
+        self._id_writer: futures.ThreadPoolExecutor | None = None
         self._problems: ProblemWriter | None = None
         # The event inbox() handed out last, until the caller asks for the next (refuse() reports it).
         self._in_hand: tuple[envelope.Opened, Any, KafkaConsumer] | None = None
@@ -871,22 +871,19 @@ class Client:
         done = OffsetsToCommit(self.inbox_commit_every_s)
         seen = 0
         idle_deadline = time.monotonic() + timeout
-        # The event the caller finished (it asked for the next) whose id is not written yet: it is
-        # written while the next event's audit entry goes to disk (two files, two fsyncs at once), and
-        # in any case before the next event is handed out or any offset past it is committed.
+        # The event the caller finished (it asked for the next), its id being written in a thread of the
+        # client's from that moment: meanwhile the next event is read, opened and its audit line put on
+        # disk (two files, two fsyncs at once). The write is awaited before the next event is handed
+        # out and before any offset past it is committed.
         finished: Finished | None = None
         try:
             while max_records is None or seen < max_records:
                 if not self._fresh_to_read(None if follow else idle_deadline):
                     idle_deadline = time.monotonic() + timeout  # the caller's timeout, from freshness on
-                # With a finished event's id still to write, only a record already fetched: the id is
-                # not left waiting for the next record to arrive.
-                batch = consumer.poll(timeout_ms=0 if finished is not None else 500, max_records=1)
-                if not batch and finished is not None:
-                    _write_finished(consumer, handed, finished, done)
-                    finished = None
-                    continue
+                batch = consumer.poll(timeout_ms=500, max_records=1)
                 if not batch:
+                    _settle(consumer, finished, done)
+                    finished = None
                     self._commit(consumer, done)  # nothing more to read for now: what is done, at once
                     if not follow and time.monotonic() > idle_deadline:
                         return
@@ -902,56 +899,56 @@ class Client:
                             _rewind(consumer, record)
                             raise
                         if opened is None:  # reported as unreadable, or finished before: skipped
-                            _write_finished(consumer, handed, finished, done)
+                            _settle(consumer, finished, done)
                             finished = None
                             done.past(record.topic, record.partition, record.offset)
                             continue
-                        self._audited_and_finished(consumer, handed, finished, done, record)
+                        self._audited(consumer, finished, done, record)
                         finished = None
-                        yield from self._hand_out(opened, record, consumer)
-                        finished = Finished(opened, record)  # the caller asked for the next
-                        seen += 1
                         if done.due():
                             self._commit(consumer, done)
-            _write_finished(consumer, handed, finished, done)
+                        yield from self._hand_out(opened, record, consumer)
+                        finished = Finished(opened, record, self._writer().submit(
+                            handed.remember, opened.header.id, record.partition, record.offset
+                        ))  # the caller asked for the next  # fmt: skip
+                        seen += 1
+            _settle(consumer, finished, done)
             finished = None
         except KafkaError as e:
             raise TransportError(f"reading the inbox of {self.participant} failed: {e}") from e
         finally:
-            # Leaving on a failure: the finished event's id, if the disk takes it (else that event was
+            # Leaving on a failure: the finished event's id, if the disk took it (else that event was
             # put back, to be handed out again).
             with contextlib.suppress(Exception):
-                _write_finished(consumer, handed, finished, done)
+                _settle(consumer, finished, done)
             self._commit(consumer, done, wait_s=END_COMMIT_WAIT_S, best_effort=True)
 
-    def _audited_and_finished(
-        self,
-        consumer: KafkaConsumer,
-        handed: HandedOut,
-        finished: Finished | None,
-        done: OffsetsToCommit,
-        record: Any,
+    def _audited(
+        self, consumer: KafkaConsumer, finished: Finished | None, done: OffsetsToCommit, record: Any
     ) -> None:
-        """The audit entry of the event about to be handed out (``record``'s) on disk, and meanwhile the
-        id of the one the caller finished written (:func:`_write_finished`): the audit file's fsync in a
-        thread of the client's, the record of ids' here. If either fails, ``record`` is put back too,
-        not handed out, and the failure raised."""
-        syncing = self._syncer().submit(self.trail.sync)
+        """The audit line of the event about to be handed out (``record``'s) on disk, and the finished
+        event's id (its write in flight since the caller asked for the next, :func:`_settle`). If either
+        fails, ``record`` is put back too, not handed out, and the failure raised."""
         try:
-            try:
-                _write_finished(consumer, handed, finished, done)
-            finally:
-                futures.wait([syncing])
-            syncing.result()
+            self.trail.sync()
         except BaseException:
             _rewind(consumer, record)
+            with contextlib.suppress(Exception):
+                _settle(consumer, finished, done)
+            raise
+        try:
+            _settle(consumer, finished, done)
+        except BaseException:
+            _rewind(consumer, record)
+            if finished is not None:
+                _rewind(consumer, finished.record)  # last: the earlier of the two in one partition
             raise
 
-    def _syncer(self) -> futures.ThreadPoolExecutor:
-        """The thread the audit file is synced in while :meth:`inbox` writes a finished event's id."""
-        if self._audit_syncer is None:
-            self._audit_syncer = futures.ThreadPoolExecutor(1, thread_name_prefix="lianfang-inbox-audit")
-        return self._audit_syncer
+    def _writer(self) -> futures.ThreadPoolExecutor:
+        """The thread :meth:`inbox` writes a finished event's id in while it reads the next."""
+        if self._id_writer is None:
+            self._id_writer = futures.ThreadPoolExecutor(1, thread_name_prefix="lianfang-inbox-ids")
+        return self._id_writer
 
     def _to_hand_out(
         self, consumer: KafkaConsumer, handed: HandedOut, record: Any, finished: Finished | None = None
@@ -1205,9 +1202,9 @@ class Client:
         if self._handed is not None:
             self._handed.close()
             self._handed = None
-        if self._audit_syncer is not None:
-            self._audit_syncer.shutdown()
-            self._audit_syncer = None
+        if self._id_writer is not None:
+            self._id_writer.shutdown()
+            self._id_writer = None
         self.trail.close(timeout)
         self.metrics.forget_outbox(self.outbox)
         self.outbox.close()
@@ -1233,23 +1230,23 @@ def _iso(t: datetime) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Finished:
-    """An event the caller of :meth:`Client.inbox` is done with (it asked for the next), and its record."""
+    """An event the caller of :meth:`Client.inbox` is done with (it asked for the next), its record, and
+    the write of its id (:meth:`HandedOut.remember`, in the client's thread)."""
 
     opened: envelope.Opened
     record: Any
+    writing: futures.Future[bool]
 
 
-def _write_finished(
-    consumer: KafkaConsumer, handed: HandedOut, finished: Finished | None, done: OffsetsToCommit
-) -> None:
-    """Record that the caller is done with ``finished`` (if any): never handed out again, and its offset
-    may be committed. If that fails (the disk), put the consumer back on the record, so that it is
-    handed out again, and raise."""
+def _settle(consumer: KafkaConsumer, finished: Finished | None, done: OffsetsToCommit) -> None:
+    """Wait for the write of ``finished``'s id (if any): then it is never handed out again, and its offset
+    may be committed. If the write failed (the disk), put the consumer back on its record, so that it
+    is handed out again, and raise."""
     if finished is None:
         return
     record = finished.record
     try:
-        handed.remember(finished.opened.header.id, record.partition, record.offset)
+        finished.writing.result()
     except BaseException:
         _rewind(consumer, record)
         raise

@@ -42,7 +42,10 @@ PRUNE_EVERY_S: Final = 3600.0
 
 
 class HandedOut:
-    """Thread-safe; one reader per file. ``path=None`` keeps the ids in memory (tests)."""
+    """Thread-safe; one reader per file. ``path=None`` keeps the ids in memory (tests).
+
+    Lookups read a connection of their own (the file is in WAL mode): a lookup does not wait for a
+    write in flight in another thread (its commit's fsync), and sees every write committed before it."""
 
     def __init__(
         self,
@@ -53,6 +56,8 @@ class HandedOut:
     ) -> None:
         self._lock = threading.Lock()
         self._db = store.connect(path, schema=SCHEMA)
+        self._read_lock = self._lock if path is None else threading.Lock()
+        self._reads = self._db if path is None else store.connect(path, schema=SCHEMA)
         self.keep_s = keep.total_seconds()
         self._now = now
         self._pruned = 0.0
@@ -60,8 +65,8 @@ class HandedOut:
 
     def first(self, event_id: str) -> tuple[int, int] | None:
         """Where the event was first finished (partition, offset), or None if it never was."""
-        with self._lock:
-            row = self._db.execute(
+        with self._read_lock:
+            row = self._reads.execute(
                 'SELECT partition, "offset" FROM handed WHERE event_id = ?', (event_id,)
             ).fetchone()
         return None if row is None else (int(row[0]), int(row[1]))
@@ -101,6 +106,9 @@ class HandedOut:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        if self._reads is not self._db:
+            with self._read_lock:
+                self._reads.close()
 
 
 def _problem_key(partition: int, offset: int) -> str:

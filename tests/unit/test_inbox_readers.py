@@ -5,6 +5,7 @@ webhook over a stand-in receiver."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -278,6 +279,13 @@ def test_the_sdk_has_the_finished_event_s_id_and_the_next_one_s_audit_entry_on_d
     synced: list[int] = []
     audited = client.trail.sync
     monkeypatch.setattr(client.trail, "sync", lambda: (audited(), synced.append(1)))
+    remember = handed.remember
+
+    def slow_disk(*args: Any) -> bool:
+        time.sleep(0.2)  # a slow fsync: the id's write is still in flight when the next is ready
+        return remember(*args)
+
+    monkeypatch.setattr(handed, "remember", slow_disk)
     reading = client.inbox(timeout=0)
     first = next(reading)
     assert len(synced) == 1, "the opening of the first was audited on disk before it was handed out"

@@ -905,13 +905,13 @@ class Client:
                             continue
                         self._audited(consumer, finished, done, record)
                         finished = None
-                        if done.due():
-                            self._commit(consumer, done)
                         yield from self._hand_out(opened, record, consumer)
                         finished = Finished(opened, record, self._writer().submit(
                             handed.remember, opened.header.id, record.partition, record.offset
                         ))  # the caller asked for the next  # fmt: skip
                         seen += 1
+                        if done.due():  # no record in hand or read ahead: a failure skips nothing
+                            self._commit(consumer, done)
             _settle(consumer, finished, done)
             finished = None
         except KafkaError as e:
@@ -1199,12 +1199,12 @@ class Client:
         if self._problems is not None:
             self._problems.close()
             self._problems = None
+        if self._id_writer is not None:  # first: an id's write in flight ends before its store closes
+            self._id_writer.shutdown()
+            self._id_writer = None
         if self._handed is not None:
             self._handed.close()
             self._handed = None
-        if self._id_writer is not None:
-            self._id_writer.shutdown()
-            self._id_writer = None
         self.trail.close(timeout)
         self.metrics.forget_outbox(self.outbox)
         self.outbox.close()

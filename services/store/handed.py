@@ -65,11 +65,11 @@ class HandedOut:
 
     def first(self, event_id: str) -> tuple[int, int] | None:
         """Where the event was first finished (partition, offset), or None if it never was."""
-        with self._read_lock:
-            row = self._reads.execute(
+        with self._read_lock:  # every row fetched: no statement left open to hold an old snapshot
+            rows = self._reads.execute(
                 'SELECT partition, "offset" FROM handed WHERE event_id = ?', (event_id,)
-            ).fetchone()
-        return None if row is None else (int(row[0]), int(row[1]))
+            ).fetchall()
+        return (int(rows[0][0]), int(rows[0][1])) if rows else None
 
     def remember(self, event_id: str, partition: int, offset: int) -> bool:
         """Record that the caller finished the event read at ``partition``/``offset`` (on disk when this

@@ -315,6 +315,24 @@ def test_when_the_finished_event_s_id_cannot_be_written_it_and_the_next_are_put_
     assert not any(line.startswith("commit") for line in stand_in.log)
 
 
+def test_a_periodic_commit_that_fails_skips_no_event_for_the_same_client_s_next_reading(
+    domain: DemoDomain, police: tuple[Client, SdkMetrics]
+) -> None:
+    client, _ = police
+    client.inbox_commit_every_s = 0  # every event is due at once
+    values = [seal(domain) for _ in range(3)]
+    stand_in = _attach(client, [Record(value, offset) for offset, value in enumerate(values)])
+    reading = client.inbox(timeout=0)
+    handed = [next(reading).header.id, next(reading).header.id]
+    stand_in.fail_commits = True
+    with pytest.raises(TransportError):
+        next(reading)  # done with the second; the commit then due (past the first) fails
+    stand_in.fail_commits = False
+    again = [opened.header.id for opened in client.inbox(timeout=0)]
+    assert again == [envelope.parse(values[2])[4].id], "the third is handed out; the two finished are not"
+    assert not set(again) & set(handed)
+
+
 def test_a_record_met_while_the_registry_has_expired_is_read_again_by_the_same_client_s_next_reading(
     domain: DemoDomain, police: tuple[Client, SdkMetrics]
 ) -> None:

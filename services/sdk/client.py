@@ -835,8 +835,9 @@ class Client:
         (again only the one a crash, a ``break`` or an exception interrupted).
 
         The id of an event is remembered (on disk) once the caller is done with it: when it asks for
-        the next one (written while the next one's opening is audited, before that one is handed out),
-        or the reading ends at ``max_records``; that record, not the consumer group's
+        the next one (written in a thread of the client's from that moment, while the next one is read
+        and its opening audited, and on disk before that one is handed out), or the reading ends at
+        ``max_records``; that record, not the consumer group's
         offset, is what hands each event out once. So an event the caller was still handling when
         its process died (a crash, a kill, a power cut) is handed out again at the next start, under
         the same event id, for the caller to recognize if it had finished its part: nothing accepted

@@ -23,13 +23,25 @@ from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, lo
 from services.kernel.clock import Clock, utcnow
 from services.kernel.deadletter import deadletter_headers
 from services.kernel.envelope import Unreadable
-from services.kernel.errors import TransportError
+from services.kernel.errors import TransportError, frames
 
 __all__ = ["ProblemWriter", "problem_headers"]
 
 log = logging.getLogger("lianfang.deadletter")
 
 SEND_TIMEOUT_S: Final = 30.0
+
+
+def bug_on_record(log: logging.Logger, reader: str, doing: str, record: Any, error: Exception) -> Unreadable:
+    """A bug met while a reader was ``doing`` (``"opening"``, ``"delivering"``) one record: logged with
+    its type and frames only (a message could quote the event), and returned as that record's
+    ``internal`` problem, for the reader to report and pass: met again and again, it would stop the
+    reader there. ``reader`` names it in the log line (``"inbox police"``)."""
+    log.error(
+        "%s: a bug (%s) while %s the record at %s[%d]@%d\n%s",
+        reader, type(error).__name__, doing, record.topic, record.partition, record.offset, frames(error),
+    )  # fmt: skip
+    return Unreadable("internal", f"[internal] {type(error).__name__} while {doing} this record", None)
 
 
 def problem_headers(

@@ -45,7 +45,7 @@ from aiokafka.errors import KafkaError
 from services.audit.chain import opened_object
 from services.audit.trail import LocalTrail
 from services.bus import offsetfetch, registry_follower
-from services.bus.deadletter import ProblemWriter
+from services.bus.deadletter import ProblemWriter, bug_on_record
 from services.bus.registry_follower import NewerRegistry, RegistryInForce, in_force, no_newer_registry
 from services.bus.security import KafkaSecuritySettings, aiokafka_kwargs, load_security
 from services.gateway import httpsig
@@ -195,13 +195,8 @@ class WebhookSender:
         """Count and log (type and frames only: a message could quote the event) a bug met while
         delivering ``record``, and report the record as ``internal`` on the dead-letter topic."""
         self.metrics.webhook_failures.labels(self.participant, "internal").inc()
-        log.error(
-            "webhook %s: a bug (%s) while delivering the record at %s[%d]@%d\n%s",
-            self.participant, type(error).__name__, record.topic, record.partition, record.offset,
-            frames(error),
-        )  # fmt: skip
-        detail = f"[internal] {type(error).__name__} while the webhook delivered this record"
-        await asyncio.to_thread(self._report, envelope.Unreadable("internal", detail, None), record)
+        problem = bug_on_record(log, f"webhook {self.participant}", "delivering", record, error)
+        await asyncio.to_thread(self._report, problem, record)
 
     async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
         try:

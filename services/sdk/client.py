@@ -51,7 +51,7 @@ from services.audit.chain import opened_object
 from services.audit.kafka import KafkaSink
 from services.audit.trail import participant_trail
 from services.bus import registry_follower
-from services.bus.deadletter import ProblemWriter
+from services.bus.deadletter import ProblemWriter, bug_on_record
 from services.bus.freshness import FreshnessInForce
 from services.bus.registry_follower import RegistryInForce
 from services.bus.security import KafkaSecuritySettings, kafka_python_kwargs, load_security
@@ -64,7 +64,6 @@ from services.kernel.errors import (
     RegistryStaleError,
     TransportError,
     UsageError,
-    frames,
     validation_summary,
 )
 from services.kernel.keystore import Keystore
@@ -972,13 +971,7 @@ class Client:
         except (LianfangError, KafkaError, OSError):
             raise
         except Exception as e:
-            log.error(
-                "inbox %s: a bug (%s) while opening the record at %s[%d]@%d\n%s",
-                self.participant, type(e).__name__, record.topic, record.partition, record.offset,
-                frames(e),
-            )  # fmt: skip
-            detail = f"[internal] {type(e).__name__} while the reader opened this record"
-            result = envelope.Unreadable("internal", detail, None)
+            result = bug_on_record(log, f"inbox {self.participant}", "opening", record, e)
         if isinstance(result, envelope.Unreadable):
             self._report_unreadable(consumer, result, record)
             return None

@@ -807,26 +807,21 @@ def _scaling(ctx: BenchContext, kafka_ctx: BenchContext, work: Workload, logs: P
             + (f", broker {100 * statistics.median(broker):.0f} %" if broker else ", broker not measured")
         )
     one, two = (statistics.median(c.rates(w)) for c in cases.values())
+    ceiling, why = _two_worker_ceiling(work)
     ctx.note(
         f"scaling on {SCALE_PARTITIONS} partitions: 2 workers / 1 worker = {two / one:.2f} (at most "
-        f"{_two_worker_ceiling(work):.2f}: {_ceiling_why(work)}); CPU during the timed interval (medians; "
+        f"{ceiling:.2f}: {why}); CPU during the timed interval (medians; "
         f"{os.cpu_count()} CPUs for workers, broker and everything else on the machine): " + "; ".join(parts)
     )
     return results
 
 
-def _scale_counts(work: Workload) -> list[int]:
-    """How many of the records each partition of the scaling cases' events topic holds."""
+def _two_worker_ceiling(work: Workload) -> tuple[float, str]:
+    """The most two workers can do beside one on the scaling cases' partitions, and why: a partition is
+    one worker's, so the run lasts as long as the busier worker's share, at best the most even split."""
     counts = [0] * SCALE_PARTITIONS
     for r in work.records:
         counts[topics.partition_for(r.key, SCALE_PARTITIONS)] += 1
-    return counts
-
-
-def _two_worker_ceiling(work: Workload) -> float:
-    """The most two workers can do beside one on the scaling cases' partitions: a partition is one
-    worker's, so the run lasts as long as the busier worker's share, at best the most even split."""
-    counts = _scale_counts(work)
     busiest = min(
         max(
             sum(c for p, c in enumerate(counts) if mask >> p & 1),
@@ -834,15 +829,11 @@ def _two_worker_ceiling(work: Workload) -> float:
         )
         for mask in range(2 ** len(counts))
     )
-    return sum(counts) / busiest
-
-
-def _ceiling_why(work: Workload) -> str:
-    counts = _scale_counts(work)
-    return (
+    why = (
         f"the records lie {' / '.join(f'{c:,}' for c in counts)} on the {SCALE_PARTITIONS} partitions and a "
         "partition is one worker's, so one of two workers routes at least the larger share of the best split"
     )
+    return sum(counts) / busiest, why
 
 
 # --------------------------------------------------------------------------- memory

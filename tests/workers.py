@@ -60,6 +60,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """CPU time every CPU of the machine spent busy so far, summed (user, nice, system, irq, softirq,
+    steal; not idle nor waiting for I/O): Linux /proc/stat, 0 elsewhere."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def status_bytes(pid: int, field: str) -> int | None:
     """One memory field of process ``pid``'s /proc status in bytes (``VmRSS``, ``VmHWM``, ``RssFile``:
     its file-backed resident pages, libraries' code among them); Linux /proc, None elsewhere or once

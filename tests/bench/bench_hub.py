@@ -46,7 +46,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,7 @@ from tests.bench.harness import (
     memory_events,
     wait_for_group,
 )
-from tests.workers import Worker, free_port
+from tests.workers import Worker, cpu_seconds, free_port, machine_busy_seconds
 
 LEADS_FULL = 2_000
 LEADS_QUICK = 300
@@ -642,6 +642,49 @@ class Latency:
     behind_s: float = 0.0  # how far the last publication started behind its schedule
     hops: tuple[tuple[str, float, float], ...] = ()  # (hop, p50 ms, p99 ms)
     hops_measured: int = 0
+    cpu: CpuBudget | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CpuBudget:
+    """The CPU the pipeline's processes used over the load (from the first publication to the last alert
+    read), in ms of CPU a lead, and how busy the machine's CPUs were."""
+
+    per_lead_ms: tuple[tuple[str, float], ...]  # (process, ms of CPU a lead); the rest of the machine last
+    busy: float  # share of the machine's CPUs busy over the window, 0 – 1
+    cpus: int
+
+
+class CpuWindow:
+    """CPU time of named processes, and of the whole machine, between :meth:`start` and :meth:`budget`
+    (``machine``: the busy CPU time of all CPUs so far, ``cpus`` of them; ``clock`` in seconds)."""
+
+    def __init__(
+        self,
+        meters: Sequence[tuple[str, Callable[[], float]]],
+        *,
+        machine: Callable[[], float] = machine_busy_seconds,
+        clock: Callable[[], float] = time.monotonic,
+        cpus: int | None = None,
+    ) -> None:
+        self.meters, self.machine, self.clock = meters, machine, clock
+        self.cpus = cpus or os.cpu_count() or 1
+        self.started: list[float] = []
+        self.busy = self.at = 0.0
+
+    def start(self) -> None:
+        self.started = [meter() for _, meter in self.meters]
+        self.busy, self.at = self.machine(), self.clock()
+
+    def budget(self, leads: int) -> CpuBudget:
+        """Each process's CPU a lead over the window, then the rest of the machine's busy time a lead."""
+        used = [meter() - before for (_, meter), before in zip(self.meters, self.started, strict=True)]
+        busy, seconds = self.machine() - self.busy, self.clock() - self.at
+        rows = [(name, MS * u / leads) for (name, _), u in zip(self.meters, used, strict=True)]
+        rows.append(
+            ("the rest of the machine (the Kafka broker, ...)", MS * max(0.0, busy - sum(used)) / leads)
+        )
+        return CpuBudget(tuple(rows), busy / (seconds * self.cpus), self.cpus)
 
 
 def _hub_latency(
@@ -659,14 +702,25 @@ def _hub_latency(
             tails = "\n".join(f"--- {w.what}:\n{w.tail()}" for w in workers)
             raise BenchError(f"the warm-up alerts did not reach the coordinators\n{tails}")
         hops = HopReader(bus.bootstrap, bus.names)
+        router, hub = workers
+        window = CpuWindow(
+            [
+                ("hub", hub.cpu_seconds),
+                ("router (a lead and its alert)", router.cpu_seconds),
+                ("coordinators' reader", reader.worker.cpu_seconds),
+                ("publishers' process (SDK, its drainer)", lambda: cpu_seconds(os.getpid())),
+            ]
+        )
 
         n = round(rate * seconds)
         phones = [f"137{i:08d}" for i in range(n)]
         subjects = [pseudonymize(key, phone=p) for p in phones]
+        window.start()
         done, offered, behind = _offered(
             n, rate, threads, lambda i: police.publish_lead(_lead(phones[i], joint_meeting=True))
         )
         reader.wait_for(subjects, ALERT_DEADLINE_S, workers)
+        cpu = window.budget(n)
         hops.read_to_end(DRAIN_DEADLINE_S)
     finally:
         if hops is not None:
@@ -697,6 +751,7 @@ def _hub_latency(
         behind,
         tuple(hop_cuts),
         len(per_hop),
+        cpu,
     )
 
 
@@ -815,6 +870,15 @@ def _end_to_end(
         f"alerts reached the coordinators at {hub_lat.delivered:.0f}/s on average (first publication to "
         "last arrival)"
     )
+    if hub_lat.cpu is not None:
+        budget = hub_lat.cpu
+        per_lead = sum(ms for _, ms in budget.per_lead_ms)
+        ctx.note(
+            f"CPU a lead over the load (first publication to last alert read), {per_lead:.1f} ms in all: "
+            + ", ".join(f"{name} {ms:.2f}" for name, ms in budget.per_lead_ms)
+            + f"; the machine's {budget.cpus} CPUs {100 * budget.busy:.0f} % busy (at {per_lead:.1f} ms a "
+            f"lead they could carry at most {MS * budget.cpus / per_lead:.0f} leads/s)"
+        )
     if hub_lat.received < hub_lat.sent:
         ctx.note(
             f"{hub_lat.sent - hub_lat.received} alerts had not arrived {ALERT_DEADLINE_S:.0f} s after the "

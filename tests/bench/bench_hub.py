@@ -509,7 +509,10 @@ class AlertReader:
 
     def wait_for(self, subjects: list[str], timeout: float, workers: list[Worker]) -> None:
         deadline = time.monotonic() + timeout
-        while not all(s in self.arrived for s in subjects) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            arrived = self.arrived  # the file read once a poll, not once a subject
+            if all(s in arrived for s in subjects):
+                break
             self.check()
             for w in workers:
                 w.check_alive()

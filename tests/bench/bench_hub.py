@@ -714,8 +714,8 @@ def _hub_latency(
             raise BenchError(f"the warm-up alerts did not reach the coordinators\n{tails}")
         # The same load for a while first, its alerts awaited: what the window measures is the pipeline
         # at that rate, not a cold broker's compiler (0.24 of a CPU over the first 20 s here).
-        warm_n = round(rate * warmup_s)
-        warm_phones = [f"135{i:08d}" for i in range(warm_n)]
+        warm_n = round(rate * warmup_s)  # new victims of their own (the throughput case's are 135…)
+        warm_phones = [f"134{i:08d}" for i in range(warm_n)]
         _offered(
             warm_n, rate, threads, lambda i: police.publish_lead(_lead(warm_phones[i], joint_meeting=True))
         )

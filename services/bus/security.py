@@ -2,7 +2,9 @@
 
 One frozen settings object, read from the environment, turned into keyword arguments for kafka-python
 (``KafkaProducer``, ``KafkaConsumer``, ``KafkaAdminClient``) and for aiokafka (and so faust). The
-password is a :class:`~pydantic.SecretStr`: neither the repr nor any message here shows it.
+password is a :class:`~pydantic.SecretStr`: neither the repr nor any message here shows it, and
+kafka-python's admin client, which logs the configuration it is given at DEBUG (a hub run with
+``LIANFANG_HUB_LOG_LEVEL=debug``), shows it as ``[hidden]`` (:class:`RedactedConfig`).
 
 Environment:
 
@@ -16,7 +18,9 @@ Environment:
 
 from __future__ import annotations
 
+import logging
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -103,8 +107,44 @@ def load_security() -> KafkaSecuritySettings:
     return settings
 
 
+SECRET_CONFIG_WORDS = ("password", "secret", "token")
+"""A client configuration key with one of these in its name holds a secret (``sasl_plain_password``,
+``ssl_password``, ``sasl_oauth_token_provider``)."""
+
+
+class RedactedConfig(logging.Filter):
+    """Hides the secrets of a client configuration a log record carries as an argument: kafka-python's
+    ``KafkaAdminClient`` logs its whole configuration at DEBUG, the SASL password in it. The record's
+    mapping arguments are replaced by copies whose secret values read ``[hidden]``; the record is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, Mapping):  # logging unwraps a lone mapping argument
+            record.args = _redacted(args)
+        elif isinstance(args, tuple) and any(isinstance(a, Mapping) for a in args):
+            record.args = tuple(_redacted(a) if isinstance(a, Mapping) else a for a in args)
+        return True
+
+
+def _redacted(config: Mapping[Any, Any]) -> dict[Any, Any]:
+    return {
+        k: "[hidden]" if v and any(w in str(k).lower() for w in SECRET_CONFIG_WORDS) else v
+        for k, v in config.items()
+    }
+
+
+KAFKA_PYTHON_CONFIG_LOGGERS = ("kafka.admin.client",)
+"""kafka-python's loggers that log a client's configuration (at DEBUG)."""
+_REDACTED_CONFIG = RedactedConfig()
+
+
 def kafka_python_kwargs(settings: KafkaSecuritySettings) -> dict[str, Any]:
-    """Keyword arguments for kafka-python's ``KafkaProducer``/``KafkaConsumer``/``KafkaAdminClient``."""
+    """Keyword arguments for kafka-python's ``KafkaProducer``/``KafkaConsumer``/``KafkaAdminClient``.
+
+    Every kafka-python client of Lianfang is configured here, so this is also where the loggers that
+    would print the password it returns get :class:`RedactedConfig` (once)."""
+    for name in KAFKA_PYTHON_CONFIG_LOGGERS:
+        logging.getLogger(name).addFilter(_REDACTED_CONFIG)  # a filter already there is not added twice
     kwargs: dict[str, Any] = {"security_protocol": settings.security_protocol}
     if settings.tls:
         settings.check_ca_file()

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
+from pydantic import SecretStr
 
 from services.bus.security import (
     KafkaSecuritySettings,
+    RedactedConfig,
     aiokafka_kwargs,
     kafka_python_kwargs,
     load_security,
@@ -218,3 +224,34 @@ def test_a_service_started_with_an_incomplete_login_says_which_variable_in_one_l
     assert "LIANFANG_KAFKA_SASL_USERNAME" in done.stderr
     assert "Traceback" not in done.stderr
     assert "not-shown-anywhere" not in done.stdout + done.stderr
+
+
+def test_kafka_python_s_admin_client_logs_its_configuration_without_the_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = KafkaSecuritySettings(
+        security_protocol="SASL_PLAINTEXT", sasl_username="police", sasl_password=SecretStr(SECRET)
+    )
+    auth = kafka_python_kwargs(settings)
+    with caplog.at_level(logging.DEBUG, logger="kafka"), contextlib.suppress(KafkaError):
+        # It logs the configuration it is given first, then refuses an option it does not know: the
+        # test ends there instead of waiting for a broker.
+        KafkaAdminClient(bootstrap_servers="127.0.0.1:1", no_such_option=True, **auth)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Starting KafkaAdminClient with configuration" in logged
+    assert "[hidden]" in logged
+    assert SECRET not in logged
+
+
+def test_a_redacted_record_keeps_what_is_not_secret() -> None:
+    record = logging.LogRecord(
+        "kafka.admin.client", logging.DEBUG, __file__, 1, "config %s, then %s", (
+            {"sasl_plain_password": "p", "ssl_password": "q", "client_id": "lianfang", "ssl_password_unset": None},
+            "more",
+        ), None,
+    )  # fmt: skip
+    RedactedConfig().filter(record)
+    assert record.getMessage() == (
+        "config {'sasl_plain_password': '[hidden]', 'ssl_password': '[hidden]', 'client_id': 'lianfang', "
+        "'ssl_password_unset': None}, then more"
+    )

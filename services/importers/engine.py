@@ -32,7 +32,7 @@ from typing import Any, Final, Protocol, cast
 from schemas.events import EventModel
 from services.importers.errors import FileFormatError
 from services.importers.ledger import Entry, Ledger
-from services.importers.mapping import Filtered, Mapper, Publication, Rejected, RowProblem
+from services.importers.mapping import Filtered, Mapper, Publication, Read, Rejected, RowProblem
 from services.importers.progress import Progress
 from services.importers.reader import ExportFile, Line
 from services.kernel.errors import LianfangError, TransportError, UntrustedInputError, UsageError
@@ -294,11 +294,13 @@ class _Run:
     waiting_rows: list[_Row] = field(default_factory=list)  # rows with events sealed, not yet stored
     staged_keys: dict[str, Entry] = field(default_factory=dict)  # their ledger entries-to-be
     waiting: str = ""  # why leads wait in the outbox, for the progress line (once a batch)
+    read_ahead: dict[int, Read] = field(default_factory=dict)  # rows read by ask(), by line number
 
     def ask(self, asking: Executor, lines: Sequence[Line]) -> Future[dict[str, str]]:
-        """Ask (in ``asking``) for every identifier these rows need, in one call: the rows are mapped
-        here with a pseudonymizer that only notes them. While leads wait in the outbox nothing is
-        asked: these rows wait behind them with stand-ins, and the outbox's sender asks for them."""
+        """Ask (in ``asking``) for every identifier these rows need, in one call: the rows are read here
+        (and kept for :meth:`row`), and a pseudonymizer that only notes is asked what mapping them
+        would ask. While leads wait in the outbox nothing is asked: these rows wait behind them with
+        stand-ins, and the outbox's sender asks for them."""
         if self.publisher.leads_waiting():
             behind: Future[dict[str, str]] = Future()
             behind.set_exception(
@@ -309,8 +311,10 @@ class _Run:
         probe = self.mapper.using(recorder)
         for line in lines:
             if line.cells is not None:
+                # Read once: the row is mapped from this record when its turn comes.
+                self.read_ahead[line.number] = read = self.mapper.read(line.cells)
                 with contextlib.suppress(LianfangError):  # the row's problems are reported when mapped
-                    probe.map_row(line.cells, _any_event_id)
+                    probe.ask_pseudonyms(read, _any_event_id("lead"))
         return asking.submit(_evaluate, self.publisher.pseudonymizer, list(recorder.asked))
 
     def use(self, answer: Future[dict[str, str]]) -> None:
@@ -343,7 +347,8 @@ class _Run:
             keys[emit] = self.ledger.key(fmt, emit, identity)
             return self.ledger.event_id(keys[emit])
 
-        result = (self.current or self.mapper).map_row(cells, event_ids)
+        read = self.read_ahead.pop(number) if number in self.read_ahead else self.mapper.read(cells)
+        result = (self.current or self.mapper).map_read(read, event_ids)
         if isinstance(result, Filtered):
             self.summary.filtered += 1
             return

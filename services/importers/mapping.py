@@ -15,6 +15,7 @@ replaces a stated age that is one or two years off (a nominal age, 虚岁); a la
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import unicodedata
@@ -85,6 +86,8 @@ class Rejected:
 
 RowResult = list[Publication] | Filtered | Rejected
 EventIds = Callable[[str], str]
+Read = tuple[dict[str, Any], Filtered | Rejected | None]
+"""A row read into a record of typed values (:meth:`Mapper.read`), or why it maps to no event."""
 """The event id of each ``emit`` of the row (deterministic: the import ledger derives it)."""
 
 
@@ -130,7 +133,13 @@ class Mapper:
 
     def map_row(self, row: Row, event_ids: EventIds) -> RowResult:
         """The events of ``row``, or why there are none."""
-        record, outcome = self.read(row)
+        return self.map_read(self.read(row), event_ids)
+
+    def map_read(self, read: Read, event_ids: EventIds) -> RowResult:
+        """The events of a row :meth:`read` read (by this mapping or another of the same format,
+        participant and clock: reading uses no pseudonymizer), or why there are none. The record is
+        not changed."""
+        record, outcome = read
         if outcome is not None:
             return outcome
         try:
@@ -140,7 +149,33 @@ class Mapper:
         except _RowProblemsError as e:
             return Rejected(e.problems)
 
-    def read(self, row: Row) -> tuple[dict[str, Any], Filtered | Rejected | None]:
+    def ask_pseudonyms(self, read: Read, event_id: str) -> None:
+        """Ask this mapping's pseudonymizer for every pseudonym :meth:`map_read` would ask it for on the
+        same row (``event_id`` standing for the lead's), and do nothing else: no event is built nor
+        validated. An import's first pass over a batch of rows, with a pseudonymizer that only notes
+        what it is asked (:class:`~services.sdk.deferred.Recording`)."""
+        record, outcome = read
+        if outcome is not None:
+            return
+        if self.spec.produces == "protection_order":
+            applicant = _person_json(record.get("applicant"))
+            try:
+                if applicant is not None:
+                    subject_pseudonym(self.key, applicant)
+            except UsageError:
+                return  # not identifiable: the row is rejected when mapped, before its respondent
+            respondent = _person_json(record.get("respondent"))
+            if applicant is not None and respondent is not None:
+                with contextlib.suppress(UsageError):  # not identifiable: nothing to ask
+                    subject_pseudonym(self.key, respondent)
+            return
+        try:
+            lead = self._lead_data(record)
+        except _RowProblemsError:
+            return  # no victim: the row is rejected when mapped
+        lead_identities(self.key, lead, token=event_id)
+
+    def read(self, row: Row) -> Read:
         """The row as a nested record of typed values, with defaults and derived values."""
         rejected = Rejected()
         record: dict[str, Any] = {}
@@ -262,7 +297,8 @@ class Mapper:
 
     # -- leads
 
-    def _leads(self, record: dict[str, Any], event_ids: EventIds) -> list[Publication]:
+    def _lead_data(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """The lead of a row's record, as :meth:`Client.publish_lead` takes it (no pseudonyms)."""
         victim = _person_json(record.get("victim"))
         if victim is None:
             raise _RowProblemsError([RowProblem("", "names no victim")])
@@ -282,7 +318,11 @@ class Mapper:
             "requests_joint_meeting": record.get("requests_joint_meeting", False),
             "reporter_contact": record.get("reporter_contact"),
         }
-        lead = {name: value for name, value in lead.items() if value is not None}
+        return {name: value for name, value in lead.items() if value is not None}
+
+    def _leads(self, record: dict[str, Any], event_ids: EventIds) -> list[Publication]:
+        lead = self._lead_data(record)
+        occurred: datetime | None = record.get("occurred_at")
         lead_id = event_ids("lead")
         model = self.lead_model(lead, event_id=lead_id)
         urgency = default_urgency(model)

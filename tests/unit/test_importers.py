@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from services.importers.progress import Progress
 from services.importers.reader import ExportFile, detect_encoding
 from services.importers.spec import FormatSpec, fold, format_names, load_format
 from services.kernel.pseudonym import PseudonymKey, pseudonymize
+from services.sdk.deferred import Recording
 from tests.samples import generate as samples
 
 pytestmark = pytest.mark.unit
@@ -740,3 +741,53 @@ def test_an_import_without_a_broker_address_exits_2(
     )
     assert code == 2
     assert "no Kafka bootstrap" in err
+
+
+# --------------------------------------------------------------------------- the import's first pass
+
+SAMPLE_FILES = {
+    "hotline_12338.csv": "hotline_12338",
+    "police.csv": "police",
+    "hospital.jsonl": "hospital",
+    "school.csv": "school",
+    "court.csv": "court",
+    "mediation_gb18030.csv": "mediation",
+    **FORMAT_OF,
+}
+
+
+@pytest.mark.parametrize("file", list(SAMPLE_FILES))
+def test_the_first_pass_asks_for_exactly_the_pseudonyms_mapping_the_row_asks_for(file: str) -> None:
+    fmt = SAMPLE_FILES[file]
+    spec = load_format(fmt)
+    mapper = Mapper(spec, participant=AS[fmt], pseudonymizer=KEY, now=NOW)
+    rows = 0
+    with ExportFile.open(SAMPLES / file, spec) as export:
+        for line in export.lines():
+            if line.cells is None:
+                continue
+            read = mapper.read(line.cells)
+            first, mapping = Recording(0), Recording(0)
+            mapper.using(first).ask_pseudonyms(read, _ids("lead"))
+            mapper.using(mapping).map_read(read, _ids)
+            assert list(first.asked) == list(mapping.asked), f"line {line.number}"
+            rows += bool(mapping.asked)
+    assert rows  # some rows of every file name someone to pseudonymize
+
+
+def test_an_import_reads_each_row_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    file, fmt = SAMPLES / "hotline_12338_with_errors.csv", "hotline_12338"
+    with ExportFile.open(file, load_format(fmt)) as export:
+        readable = sum(1 for line in export.lines() if line.cells is not None)
+    reads = 0
+    read = Mapper.read
+
+    def counted(self: Mapper, row: Mapping[str, str]) -> Any:
+        nonlocal reads
+        reads += 1
+        return read(self, row)
+
+    monkeypatch.setattr(Mapper, "read", counted)
+    summary, _ = run_file(file, fmt)
+    assert summary.imported  # the file's good rows went through
+    assert reads == readable

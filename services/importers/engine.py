@@ -311,9 +311,10 @@ class _Run:
         probe = self.mapper.using(recorder)
         for line in lines:
             if line.cells is not None:
-                # Read once: the row is mapped from this record when its turn comes.
-                self.read_ahead[line.number] = read = self.mapper.read(line.cells)
-                with contextlib.suppress(LianfangError):  # the row's problems are reported when mapped
+                # Read once: the row is mapped from this record when its turn comes, and its problems
+                # reported then (a failure to read it here too: it is read again in its turn).
+                with contextlib.suppress(LianfangError):
+                    self.read_ahead[line.number] = read = self.mapper.read(line.cells)
                     probe.ask_pseudonyms(read, _any_event_id("lead"))
         return asking.submit(_evaluate, self.publisher.pseudonymizer, list(recorder.asked))
 

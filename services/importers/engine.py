@@ -315,8 +315,14 @@ class _Run:
                 # reported then (a failure to read it here too: it is read again in its turn).
                 with contextlib.suppress(LianfangError):
                     self.read_ahead[line.number] = read = self.mapper.read(line.cells)
-                    probe.ask_pseudonyms(read, _any_event_id("lead"))
+                    probe.ask_pseudonyms(read, self._lead_id(line.cells))
         return asking.submit(_evaluate, self.publisher.pseudonymizer, list(recorder.asked))
+
+    def _lead_id(self, cells: Mapping[str, str]) -> str:
+        """The event id :meth:`row` gives the row's lead: a victim without any identifier is kept under
+        a pseudonym derived from it, which the first pass asks for too."""
+        identity, _ = self.mapper.identity(cells)
+        return self.ledger.event_id(self.ledger.key(self.mapper.spec.name, "lead", identity))
 
     def use(self, answer: Future[dict[str, str]]) -> None:
         """Map the next rows with the pseudonyms of ``answer``; while the service is away or busy, with
@@ -476,13 +482,6 @@ class _Run:
 
 def _evaluate(pseudonymizer: Pseudonymizer, asked: list[str]) -> dict[str, str]:
     return dict(zip(asked, pseudonymizer.pseudonyms(asked), strict=True)) if asked else {}
-
-
-def _any_event_id(_emit: str) -> str:
-    return _PROBE_EVENT_ID
-
-
-_PROBE_EVENT_ID: Final = "00000000-0000-8000-8000-000000000000"
 
 
 def _publish(

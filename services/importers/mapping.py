@@ -86,9 +86,9 @@ class Rejected:
 
 RowResult = list[Publication] | Filtered | Rejected
 EventIds = Callable[[str], str]
+"""The event id of each ``emit`` of the row (deterministic: the import ledger derives it)."""
 Read = tuple[dict[str, Any], Filtered | Rejected | None]
 """A row read into a record of typed values (:meth:`Mapper.read`), or why it maps to no event."""
-"""The event id of each ``emit`` of the row (deterministic: the import ledger derives it)."""
 
 
 def normalized(cell: str | None) -> str:

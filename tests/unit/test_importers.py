@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from services.importers.mapping import Filtered, Mapper, Publication, Rejected
 from services.importers.progress import Progress
 from services.importers.reader import ExportFile, detect_encoding
 from services.importers.spec import FormatSpec, fold, format_names, load_format
-from services.kernel.pseudonym import PseudonymKey, pseudonymize
+from services.kernel.pseudonym import Pseudonymizer, PseudonymKey, pseudonymize
 from services.sdk.deferred import Recording
 from tests.samples import generate as samples
 
@@ -791,3 +791,46 @@ def test_an_import_reads_each_row_once(monkeypatch: pytest.MonkeyPatch) -> None:
     summary, _ = run_file(file, fmt)
     assert summary.imported  # the file's good rows went through
     assert reads == readable
+
+
+class _CountingKey:
+    """A pseudonymizer that counts the calls made to it."""
+
+    def __init__(self, key: Pseudonymizer) -> None:
+        self.key, self.calls = key, 0
+
+    def pseudonyms(self, canonicals: Sequence[str]) -> list[str]:
+        self.calls += 1
+        return self.key.pseudonyms(canonicals)
+
+
+class _CountingDryRun(DryRun):
+    """A dry run whose pseudonymizer counts the calls made to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counting = _CountingKey(self._key)
+
+    @property
+    def pseudonymizer(self) -> Pseudonymizer:
+        return self.counting
+
+
+def test_a_victim_without_an_identifier_is_pseudonymized_in_the_batch_s_one_request(tmp_path: Path) -> None:
+    header, rows = _hotline_rows()
+    nameless = list(rows[0])
+    for column in ("身份证号", "联系电话"):
+        nameless[header.index(column)] = ""
+    path = _write_csv(tmp_path / "hotline.csv", header, [nameless, *rows[1:]])
+    publisher = _CountingDryRun()
+    with ExportFile.open(path, load_format("hotline_12338")) as export:
+        summary = run_import(
+            export,
+            participant="womens_federation",
+            publisher=publisher,
+            ledger=Ledger(None, participant="womens_federation"),
+            now=NOW,
+            report=lambda _line: None,
+        )
+    assert summary.imported == len(rows)  # the nameless victim's lead too, under a pseudonym of its own
+    assert publisher.counting.calls == 1  # one request for the batch; none for that row on its own

@@ -3,8 +3,10 @@
 One frozen settings object, read from the environment, turned into keyword arguments for kafka-python
 (``KafkaProducer``, ``KafkaConsumer``, ``KafkaAdminClient``) and for aiokafka (and so faust). The
 password is a :class:`~pydantic.SecretStr`: neither the repr nor any message here shows it, and
-kafka-python's admin client, which logs the configuration it is given at DEBUG (a hub run with
-``LIANFANG_HUB_LOG_LEVEL=debug``), shows it as ``[hidden]`` (:class:`RedactedConfig`).
+kafka-python's admin client, which logs the configuration it is given at DEBUG, shows it as ``[hidden]``
+(:class:`RedactedConfig`). No Lianfang process logs at DEBUG when it makes one (the hub's faust worker
+lowers its level only after its topics are prepared); a program of an operator's that calls
+:mod:`services.bus.cluster` with DEBUG logging would have printed it.
 
 Environment:
 

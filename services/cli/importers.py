@@ -17,7 +17,7 @@ from services import trust
 from services.cli.args import bootstrap_of as _bootstrap
 from services.cli.args import bus_parent
 from services.cli.args import home_of as _home
-from services.importers.engine import DryRun, Publisher, Summary, run_import
+from services.importers.engine import ASK_AHEAD, DryRun, Publisher, Summary, run_import
 from services.importers.ledger import Ledger
 from services.importers.progress import Progress
 from services.importers.reader import ENCODINGS, ExportFile
@@ -111,7 +111,11 @@ def cmd_import(args: argparse.Namespace) -> int:
             ledger = Ledger.open_for_dry_run(home, participant)
         else:
             client = Client.open(
-                participant=participant, home=home, bootstrap=_bootstrap(args), topic_prefix=args.topic_prefix
+                participant=participant,
+                home=home,
+                bootstrap=_bootstrap(args),
+                topic_prefix=args.topic_prefix,
+                pseudonym_requests_in_flight=ASK_AHEAD,  # the batches the import asks for ahead
             )
             publisher = client
             ledger = Ledger.open(home, participant)

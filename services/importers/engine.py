@@ -6,8 +6,9 @@ any point publishes no row twice.
 
 Pseudonyms are asked for in batches: the rows are read :data:`BATCH_ROWS` at a time, mapped once with a
 pseudonymizer that only notes the identifiers they need, and every one of those is evaluated in one call
-(the oblivious client splits it into requests of at most the service's batch limit, in a thread of its
-own: the next batch is read and its pseudonyms asked for while this one is imported); the rows are then
+(the oblivious client splits it into requests of at most the service's batch limit, in threads of their
+own: the next :data:`ASK_AHEAD` batches are read and their pseudonyms asked for while this one is
+imported, as many requests in flight at once); the rows are then
 mapped again from that answer, their events sealed and signed, and the batch stored with one commit of the
 SDK's outbox and one fsync of its audit file; only then are its rows entered in the ledger (one commit)
 and counted as imported. While the pseudonymizer is away or busy, the rows are mapped
@@ -22,7 +23,7 @@ many leads wait and why (``rate_limited``, and when the next request goes).
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +47,12 @@ from services.sdk.outbox import ConflictError
 BATCH_ROWS: Final = 256
 """Rows whose identifiers are evaluated in one call: a few identifiers a row stay within one request of
 :data:`~services.kernel.oprf.MAX_BATCH` elements."""
+
+ASK_AHEAD: Final = 2
+"""Batches whose pseudonyms are asked for while a batch is imported. The importer's client lets as many
+requests be in flight (``Client(pseudonym_requests_in_flight=...)``), so that one request's client work
+(blinding, checking the service's proof) overlaps the other's wait for the service; a client that allows
+one request at a time sends them one after the other."""
 
 
 class Publisher(SdkPublisher, Protocol):
@@ -163,15 +170,15 @@ def run_import(
     summary = Summary(export.path.name, spec.name, export.encoding, participant)
     say = progress.message if progress is not None else report
     run = _Run(mapper, publisher, ledger, summary, say, batch=_batching(publisher))
-    asking = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lianfang-import-pseudonyms")
+    asking = ThreadPoolExecutor(max_workers=ASK_AHEAD, thread_name_prefix="lianfang-import-pseudonyms")
     try:
-        answer: Future[dict[str, str]] | None = None
-        for chunk, after in _with_next(_chunks(export.lines(), BATCH_ROWS)):
-            answer = answer or run.ask(asking, chunk)
-            # The next batch's pseudonyms are asked for (and the service's proofs checked, in that
-            # thread) while this batch is mapped, sealed and stored.
-            following = run.ask(asking, after) if after is not None else None
-            run.use(answer)
+        answers: deque[Future[dict[str, str]]] = deque()  # this batch's, then those asked ahead
+        for chunk, after in _with_next(_chunks(export.lines(), BATCH_ROWS), ASK_AHEAD):
+            # The next batches' pseudonyms are asked for (and the service's proofs checked, in those
+            # threads) while this batch is mapped, sealed and stored.
+            for ask in [chunk, *after][len(answers) :]:
+                answers.append(run.ask(asking, ask))
+            run.use(answers.popleft())
             for line in chunk:
                 summary.rows += 1
                 if line.cells is None:
@@ -182,7 +189,6 @@ def run_import(
                     progress.update(summary.rows, export.position, _detail(summary, run.waiting))
             run.flush()  # the batch's events with one commit, then its ledger entries with one
             run.waiting = publisher.waiting_status()
-            answer = following
     except FileFormatError as e:
         summary.stopped = str(e)
     except TransportError as e:
@@ -216,13 +222,15 @@ def _chunks(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:
         yield chunk
 
 
-def _with_next(chunks: Iterator[list[Line]]) -> Iterator[tuple[list[Line], list[Line] | None]]:
-    """Each chunk with the one after it, read ahead (``None`` after the last); a file that cannot be
-    read further raises its :class:`FileFormatError` only after every chunk read before it."""
+def _with_next(chunks: Iterator[list[Line]], ahead: int = 1) -> Iterator[tuple[list[Line], list[list[Line]]]]:
+    """Each chunk with up to ``ahead`` chunks after it, read ahead (fewer near the end); a file that
+    cannot be read further raises its :class:`FileFormatError` only after every chunk read before it."""
     error: FileFormatError | None = None
 
     def following() -> list[Line] | None:
         nonlocal error
+        if error is not None:
+            return None
         try:
             return next(chunks)
         except StopIteration:
@@ -231,11 +239,14 @@ def _with_next(chunks: Iterator[list[Line]]) -> Iterator[tuple[list[Line], list[
             error = e
             return None
 
-    current = following()
-    while current is not None:
-        after = following()
-        yield current, after
-        current = after
+    window: deque[list[Line]] = deque()
+    while True:
+        while len(window) <= ahead and (chunk := following()) is not None:
+            window.append(chunk)
+        if not window:
+            break
+        current = window.popleft()
+        yield current, list(window)
     if error is not None:
         raise error
 

@@ -121,7 +121,9 @@ class ObliviousPseudonymizer:
     """Pseudonyms from the pseudonymizer the registry names, for one participant (its signing key).
 
     ``registry`` is called for the registry in force at each request (the key and version to verify
-    against); ``url`` overrides the address the registry gives (never the key).
+    against); ``url`` overrides the address the registry gives (never the key). Concurrent callers share
+    requests, ``in_flight`` of them at a time (see :mod:`.coalesce`): more than one for a caller that asks
+    ahead (an import), one for many small callers.
     """
 
     def __init__(
@@ -135,6 +137,7 @@ class ObliviousPseudonymizer:
         metrics: ClientMetrics | None = None,
         entropy: oprf.Entropy | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        in_flight: int = 1,
     ) -> None:
         self.keys = keystore
         self.registry = registry
@@ -151,7 +154,7 @@ class ObliviousPseudonymizer:
         self._lock = threading.Lock()  # the cache: an import's threads and an SDK's publishers share it
         # Threads asking at once (an SDK client's publishers, the gateway's requests) share one request.
         self._requests: Coalescer[Registry, EpochPseudonyms] = Coalescer(
-            self._evaluate_all, limit=oprf.MAX_BATCH
+            self._evaluate_all, limit=oprf.MAX_BATCH, in_flight=in_flight
         )
         self._connections = _Connections(timeout_s)
 

@@ -9,6 +9,11 @@ key (the registry in force), up to ``limit`` identifiers, each identifier once; 
 own answers, in its own order, or the error of the request that carried its identifiers. A caller whose
 key differs waits for a request of its own. The lead then passes to a caller still waiting.
 
+``in_flight`` requests may run at once (1 by default): a caller that finds fewer leading than that leads
+one of its own for the callers queued at that moment. More than one suits a caller that asks ahead for
+work it does meanwhile (an import asks for its next two batches); for many small callers (the gateway's
+requests) it splits one request into several smaller ones, each with its own proof and round trip.
+
 :func:`take` (whom a request serves) and :func:`plan` / :meth:`Plan.split` (one batch of distinct
 identifiers, and each caller's answers out of it) are pure.
 """
@@ -67,24 +72,30 @@ def take(sizes: Sequence[int], same_key: Sequence[bool], own: int, limit: int) -
 class _Call(Generic[K, T]):
     key: K
     items: Sequence[str]
+    taken: bool = False  # carried by a request in flight (its own or another caller's)
     done: bool = False
     result: list[T] = field(default_factory=list)
     error: BaseException | None = None
 
 
 class Coalescer(Generic[K, T]):
-    """One request in flight at a time for callers of one client; see the module's docstring.
+    """Up to ``in_flight`` requests at a time for callers of one client; see the module's docstring.
 
     ``evaluate(key, identifiers)`` asks the service (in as many requests of ``limit`` as it needs) and
     returns one answer an identifier, in order, or raises. Keys are compared by identity.
     """
 
-    def __init__(self, evaluate: Callable[[K, list[str]], list[T]], *, limit: int) -> None:
+    def __init__(
+        self, evaluate: Callable[[K, list[str]], list[T]], *, limit: int, in_flight: int = 1
+    ) -> None:
+        if in_flight < 1:
+            raise ValueError("at least one request in flight")
         self._evaluate = evaluate
         self._limit = limit
+        self._in_flight = in_flight
         self._queue: list[_Call[K, T]] = []
         self._cond = threading.Condition()
-        self._leading = False
+        self._leading = 0  # requests in flight
         self.requests = 0  # evaluations led (for tests and benchmarks: callers per request)
 
     @property
@@ -101,10 +112,11 @@ class Coalescer(Generic[K, T]):
         with self._cond:
             self._queue.append(call)
             while not call.done:
-                if self._leading:
+                # Carried by a request in flight, or no room for another: wait for a request to end.
+                if call.taken or self._leading >= self._in_flight:
                     self._cond.wait()
                     continue
-                self._leading = True
+                self._leading += 1
                 queue = self._queue
                 chosen = take(
                     [len(c.items) for c in queue],
@@ -113,6 +125,8 @@ class Coalescer(Generic[K, T]):
                     self._limit,
                 )
                 batch = [queue[i] for i in chosen]
+                for c in batch:
+                    c.taken = True
                 picked = set(chosen)
                 self._queue = [c for i, c in enumerate(queue) if i not in picked]
                 self._cond.release()
@@ -120,7 +134,7 @@ class Coalescer(Generic[K, T]):
                     self._lead(key, batch)
                 finally:
                     self._cond.acquire()
-                    self._leading = False
+                    self._leading -= 1
                     self._cond.notify_all()
         if call.error is not None:
             raise call.error

@@ -286,6 +286,9 @@ class Client:
 
     The outbox's gauges read this client's outbox when ``metrics`` is scraped, summed with the other
     clients reporting there; ``outbox_gauges=False`` leaves them to whoever owns ``metrics``.
+
+    ``pseudonym_requests_in_flight``: how many requests the oblivious pseudonymizer client sends at once
+    for this client's callers (1; an import, which asks for batches ahead, sets more).
     """
 
     def __init__(
@@ -308,6 +311,7 @@ class Client:
         require_freshness: bool = True,
         outbox_gauges: bool = True,
         inbox_commit_every_s: float = INBOX_COMMIT_EVERY_S,
+        pseudonym_requests_in_flight: int = 1,
     ) -> None:
         if reader is not None and not reader.replace("-", "").replace("_", "").isalnum():
             raise UsageError(f"a reader name is letters, digits, '-' and '_', not {reader!r}")
@@ -342,6 +346,7 @@ class Client:
         self._pseudonym_key: PseudonymKey | None = None
         self._pseudonymizer = pseudonymizer
         self._oblivious: ObliviousPseudonymizer | None = None
+        self._pseudonym_requests = pseudonym_requests_in_flight  # the oblivious client's, when made
         self._consumer: KafkaConsumer | None = None
         self.inbox_commit_every_s = inbox_commit_every_s
         self._told_not_fresh = False
@@ -432,7 +437,10 @@ class Client:
         if registry.pseudonymizer is not None:
             if self._oblivious is None:
                 self._oblivious = ObliviousPseudonymizer(
-                    keystore=self.keys, registry=lambda: self.registry, clock=self.clock
+                    keystore=self.keys,
+                    registry=lambda: self.registry,
+                    clock=self.clock,
+                    in_flight=self._pseudonym_requests,
                 )
             return self._oblivious
         return self.pseudonym_key

@@ -121,13 +121,16 @@ class Setup:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def asker(self) -> Any:
+    def asker(self, in_flight: int = 1) -> Any:
         from prometheus_client import CollectorRegistry
 
         from services.pseudonymizer.client import ClientMetrics, ObliviousPseudonymizer
 
         return ObliviousPseudonymizer(
-            keystore=self.keys, registry=lambda: self.registry, metrics=ClientMetrics(CollectorRegistry())
+            keystore=self.keys,
+            registry=lambda: self.registry,
+            metrics=ClientMetrics(CollectorRegistry()),
+            in_flight=in_flight,
         )
 
     def close(self) -> None:
@@ -255,7 +258,8 @@ def _import(ctx: BenchContext, setup: Setup, rows: int) -> list[Result]:
             bootstrap="",
             outbox_path=home / "outbox.sqlite",
             start=False,
-            pseudonymizer=new_pseudonym_key(1) if keyed else setup.asker(),
+            # As `lianfang import` sets up its client: as many requests in flight as batches asked ahead.
+            pseudonymizer=new_pseudonym_key(1) if keyed else setup.asker(engine.ASK_AHEAD),
             metrics=SdkMetrics(CollectorRegistry()),
         )
         ledger = Ledger.open(home, "womens_federation")

@@ -236,9 +236,10 @@ def test_a_rate_limited_import_says_so_on_its_progress_line_and_asks_nothing_mor
         finally:
             ledger.close()
         assert (summary.imported, client.leads_waiting()) == (20, 20)
-        # The first batch asked and was refused, and so was its first lead (told by the client, within
-        # the Retry-After); the four batches after it waited behind the leads, unasked.
-        assert len(asked) == 2
+        # The first batch and the two asked for ahead of it (before any answer came) asked; one request
+        # reached the service and was refused, and the client, within its Retry-After, refused the
+        # others itself; the two batches after them waited behind the leads, unasked.
+        assert len(asked) == 1 + engine.ASK_AHEAD
         assert requests(client, "rate_limited") == 1
         assert re.search(
             r"\d+ lead\(s\) wait for the pseudonymizer \(rate_limited, next request in \d+ s\)",

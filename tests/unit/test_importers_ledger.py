@@ -192,21 +192,21 @@ def test_an_import_killed_after_its_batch_reached_the_outbox_publishes_no_row_tw
     assert client.outbox.depth() == 20
 
 
-def test_the_next_batch_s_pseudonyms_are_asked_for_while_this_batch_is_stored(
+def test_the_next_two_batches_pseudonyms_are_asked_for_while_this_batch_is_stored(
     client_for: Callable[[str], Client], home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = client_for("womens_federation")
     real = client.pseudonymizer
     asked = 0
-    second_asked = threading.Event()
+    both_asked = threading.Event()
 
     class Counting:
         def pseudonyms(self, canonicals: Sequence[str]) -> list[str]:
             nonlocal asked
             if threading.current_thread().name.startswith("lianfang-import-pseudonyms"):  # a batch's
                 asked += 1
-                if asked == 2:
-                    second_asked.set()
+                if asked == 1 + engine.ASK_AHEAD:
+                    both_asked.set()
             return real.pseudonyms(canonicals)
 
     client._pseudonymizer = Counting()
@@ -214,8 +214,8 @@ def test_the_next_batch_s_pseudonyms_are_asked_for_while_this_batch_is_stored(
     overlapped: list[bool] = []
 
     def put_sealed(batch: Sequence[Sealed]) -> list[bool]:
-        if not overlapped:  # the first batch: is the second one's request on its way?
-            overlapped.append(second_asked.wait(timeout=5.0))
+        if not overlapped:  # the first batch: are the next two batches' requests on their way?
+            overlapped.append(both_asked.wait(timeout=5.0))
         return store(batch)
 
     monkeypatch.setattr(client, "put_sealed", put_sealed)
@@ -235,9 +235,22 @@ def test_each_chunk_comes_with_the_next_and_a_read_error_after_every_chunk_read_
     seen = []
     with pytest.raises(FileFormatError, match="line 3"):
         for chunk, after in engine._with_next(chunks()):
-            seen.append((chunk[0].number, after[0].number if after else None))
-    assert seen == [(1, 2), (2, None)]
-    assert [(c[0].number, a) for c, a in engine._with_next(iter([[Line(1, {})]]))] == [(1, None)]
+            seen.append((chunk[0].number, [a[0].number for a in after]))
+    assert seen == [(1, [2]), (2, [])]
+    assert [(c[0].number, a) for c, a in engine._with_next(iter([[Line(1, {})]]))] == [(1, [])]
+
+
+def test_each_chunk_comes_with_as_many_after_it_as_asked_and_a_read_error_still_comes_last() -> None:
+    def chunks() -> Iterator[list[Line]]:
+        for number in (1, 2, 3):
+            yield [Line(number, {"a": str(number)})]
+        raise FileFormatError("line 4: not UTF-8")
+
+    seen = []
+    with pytest.raises(FileFormatError, match="line 4"):
+        for chunk, after in engine._with_next(chunks(), 2):
+            seen.append((chunk[0].number, [a[0].number for a in after]))
+    assert seen == [(1, [2, 3]), (2, [3]), (3, [])]
 
 
 class Crashing:

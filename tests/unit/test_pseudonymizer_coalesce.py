@@ -141,3 +141,92 @@ def test_a_caller_alone_gets_a_request_at_once_and_one_with_nothing_to_ask_sends
     assert coalescer.run("k", ["a", "a"]) == ["k:a", "k:a"]
     assert coalescer.run("k", []) == []
     assert service.asked == [("k", ["a"])]
+
+
+# --------------------------------------------------------------------------- more than one in flight
+
+
+class HeldService:
+    """An evaluation that holds every request until the test releases it (in any order)."""
+
+    def __init__(self) -> None:
+        self.asked: list[list[str]] = []
+        self.releases: list[threading.Event] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, key: object, items: list[str]) -> list[str]:
+        release = threading.Event()
+        with self._lock:
+            self.asked.append(items)
+            self.releases.append(release)
+        release.wait(10)
+        return [f"{key}:{item}" for item in items]
+
+    def in_flight(self, n: int) -> bool:
+        with self._lock:
+            return len(self.asked) == n
+
+
+def _run_in_thread(
+    coalescer: Coalescer[object, str], items: list[str], outcomes: dict[str, object]
+) -> threading.Thread:
+    def call() -> None:
+        try:
+            outcomes[items[0]] = coalescer.run("k", items)
+        except Exception as e:
+            outcomes[items[0]] = e
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread
+
+
+def test_with_two_in_flight_a_second_caller_is_sent_at_once_and_a_third_waits_for_one_to_end() -> None:
+    service = HeldService()
+    coalescer: Coalescer[object, str] = Coalescer(service, limit=100, in_flight=2)
+    outcomes: dict[str, object] = {}
+    threads = [_run_in_thread(coalescer, ["a"], outcomes)]
+    until(lambda: service.in_flight(1), "the first request in flight")
+    threads.append(_run_in_thread(coalescer, ["b"], outcomes))
+    until(lambda: service.in_flight(2), "a second request in flight beside the first")
+    threads.append(_run_in_thread(coalescer, ["c"], outcomes))
+    until(lambda: coalescer.queued == 1, "the third caller queued")
+    assert service.in_flight(2), "no third request while two are in flight"
+    service.releases[1].set()  # the second ends first: the third caller's request goes out
+    until(lambda: service.in_flight(3), "the third caller's request in flight")
+    for release in service.releases:
+        release.set()
+    for t in threads:
+        t.join(10)
+    assert outcomes == {"a": ["k:a"], "b": ["k:b"], "c": ["k:c"]}
+    assert service.asked == [["a"], ["b"], ["c"]]
+
+
+def test_a_caller_carried_by_another_request_waits_for_it_when_a_different_request_ends_first() -> None:
+    service = HeldService()
+    coalescer: Coalescer[object, str] = Coalescer(service, limit=100, in_flight=2)
+    outcomes: dict[str, object] = {}
+    threads = [_run_in_thread(coalescer, ["a"], outcomes)]
+    until(lambda: service.in_flight(1), "the first request in flight")
+    threads.append(_run_in_thread(coalescer, ["b"], outcomes))
+    until(lambda: service.in_flight(2), "the second request in flight")
+    threads += [_run_in_thread(coalescer, [name], outcomes) for name in ("c", "d")]
+    until(lambda: coalescer.queued == 2, "two callers queued behind both requests")
+    service.releases[0].set()  # one of c and d leads a request carrying both
+    until(lambda: service.in_flight(3), "a third request, for c and d together")
+    assert sorted(service.asked[2]) == ["c", "d"]
+    # The second request ends while the third is in flight: whichever of c and d did not lead is
+    # woken with room for another request, and must keep waiting for the one that carries it.
+    service.releases[1].set()
+    threads[1].join(10)
+    assert coalescer.requests == 3, "no request of its own for a caller already carried"
+    service.releases[2].set()
+    for t in threads:
+        t.join(10)
+    assert outcomes == {"a": ["k:a"], "b": ["k:b"], "c": ["k:c"], "d": ["k:d"]}
+    assert len(service.asked) == 3
+
+
+def test_a_coalescer_needs_room_for_at_least_one_request() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        Coalescer(HeldService(), limit=100, in_flight=0)

@@ -109,6 +109,53 @@ def test_an_import_asks_for_a_batch_of_rows_pseudonyms_in_one_request(
     assert all(r.key is not None and r.key.startswith(b"p1.") for r in records)
 
 
+def test_an_import_whose_client_allows_two_requests_has_two_batches_requests_in_flight_at_once(
+    oblivious: DemoDomain, service: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "BATCH_ROWS", 4)  # 20 rows: 5 batches
+    asker = ObliviousPseudonymizer(
+        keystore=oblivious.keys("womens_federation"),
+        registry=lambda: oblivious.registry,
+        url=service.url,
+        clock=lambda: NOW,
+        metrics=ClientMetrics(CollectorRegistry()),
+        in_flight=engine.ASK_AHEAD,
+    )
+    # The first two requests each wait at the service's door until the other is there too: with one
+    # request in flight at a time, the first would wait alone and time out.
+    together = threading.Barrier(2, timeout=5.0)
+    post = asker._post
+    posted: list[bytes] = []
+    counting = threading.Lock()
+
+    def post_together(registry: Any, body: bytes) -> bytes:
+        with counting:
+            posted.append(body)
+            first_two = len(posted) <= 2
+        if first_two:
+            together.wait()
+        return post(registry, body)
+
+    monkeypatch.setattr(asker, "_post", post_together)
+    client = Client(
+        keystore=oblivious.keys("womens_federation"),
+        registry=oblivious.registry,
+        bootstrap="",
+        outbox_path=tmp_path / "outbox" / "womens_federation.sqlite",
+        clock=lambda: NOW,
+        start=False,
+        pseudonymizer=asker,
+        metrics=SdkMetrics(CollectorRegistry()),
+    )
+    try:
+        summary, reports = do_import(HOTLINE, "hotline_12338", "womens_federation", tmp_path, client)
+    finally:
+        client.close()
+    assert (summary.imported, reports) == (20, [])
+    assert not together.broken, "the second batch's request was not sent while the first was in flight"
+    assert requests(client, "ok") == 5, "one request a batch"
+
+
 def test_while_the_service_is_away_an_import_of_leads_goes_on_and_they_wait_encrypted(
     client_at: Callable[[str, str], Client], tmp_path: Path
 ) -> None:

@@ -55,14 +55,16 @@ def service(oblivious: DemoDomain) -> Iterator[Served]:
     served.close()
 
 
-def a_client(domain: DemoDomain, participant: str, url: str, folder: Path) -> Client:
-    """A client without Kafka (its sender not started) asking the pseudonymizer at ``url``."""
+def a_client(domain: DemoDomain, participant: str, url: str, folder: Path, in_flight: int = 1) -> Client:
+    """A client without Kafka (its sender not started) asking the pseudonymizer at ``url``, ``in_flight``
+    requests at a time."""
     asker = ObliviousPseudonymizer(
         keystore=domain.keys(participant),
         registry=lambda: domain.registry,
         url=url,
         clock=lambda: NOW,
         metrics=ClientMetrics(CollectorRegistry()),
+        in_flight=in_flight,
     )
     return Client(
         keystore=domain.keys(participant),
@@ -113,14 +115,9 @@ def test_an_import_whose_client_allows_two_requests_has_two_batches_requests_in_
     oblivious: DemoDomain, service: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(engine, "BATCH_ROWS", 4)  # 20 rows: 5 batches
-    asker = ObliviousPseudonymizer(
-        keystore=oblivious.keys("womens_federation"),
-        registry=lambda: oblivious.registry,
-        url=service.url,
-        clock=lambda: NOW,
-        metrics=ClientMetrics(CollectorRegistry()),
-        in_flight=engine.ASK_AHEAD,
-    )
+    client = a_client(oblivious, "womens_federation", service.url, tmp_path, in_flight=engine.ASK_AHEAD)
+    asker = client.pseudonymizer
+    assert isinstance(asker, ObliviousPseudonymizer)
     # The first two requests each wait at the service's door until the other is there too: with one
     # request in flight at a time, the first would wait alone and time out.
     together = threading.Barrier(2, timeout=5.0)
@@ -137,16 +134,6 @@ def test_an_import_whose_client_allows_two_requests_has_two_batches_requests_in_
         return post(registry, body)
 
     monkeypatch.setattr(asker, "_post", post_together)
-    client = Client(
-        keystore=oblivious.keys("womens_federation"),
-        registry=oblivious.registry,
-        bootstrap="",
-        outbox_path=tmp_path / "outbox" / "womens_federation.sqlite",
-        clock=lambda: NOW,
-        start=False,
-        pseudonymizer=asker,
-        metrics=SdkMetrics(CollectorRegistry()),
-    )
     try:
         summary, reports = do_import(HOTLINE, "hotline_12338", "womens_federation", tmp_path, client)
     finally:

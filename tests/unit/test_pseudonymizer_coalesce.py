@@ -181,14 +181,22 @@ def _run_in_thread(
     return thread
 
 
-def test_with_two_in_flight_a_second_caller_is_sent_at_once_and_a_third_waits_for_one_to_end() -> None:
-    service = HeldService()
+def _two_in_flight(
+    service: HeldService, outcomes: dict[str, object]
+) -> tuple[Coalescer[object, str], list[threading.Thread]]:
+    """A coalescer allowing two requests, with callers "a" and "b" each in a request of its own."""
     coalescer: Coalescer[object, str] = Coalescer(service, limit=100, in_flight=2)
-    outcomes: dict[str, object] = {}
     threads = [_run_in_thread(coalescer, ["a"], outcomes)]
     until(lambda: service.in_flight(1), "the first request in flight")
     threads.append(_run_in_thread(coalescer, ["b"], outcomes))
     until(lambda: service.in_flight(2), "a second request in flight beside the first")
+    return coalescer, threads
+
+
+def test_with_two_in_flight_a_second_caller_is_sent_at_once_and_a_third_waits_for_one_to_end() -> None:
+    service = HeldService()
+    outcomes: dict[str, object] = {}
+    coalescer, threads = _two_in_flight(service, outcomes)
     threads.append(_run_in_thread(coalescer, ["c"], outcomes))
     until(lambda: coalescer.queued == 1, "the third caller queued")
     assert service.in_flight(2), "no third request while two are in flight"
@@ -204,12 +212,8 @@ def test_with_two_in_flight_a_second_caller_is_sent_at_once_and_a_third_waits_fo
 
 def test_a_caller_carried_by_another_request_waits_for_it_when_a_different_request_ends_first() -> None:
     service = HeldService()
-    coalescer: Coalescer[object, str] = Coalescer(service, limit=100, in_flight=2)
     outcomes: dict[str, object] = {}
-    threads = [_run_in_thread(coalescer, ["a"], outcomes)]
-    until(lambda: service.in_flight(1), "the first request in flight")
-    threads.append(_run_in_thread(coalescer, ["b"], outcomes))
-    until(lambda: service.in_flight(2), "the second request in flight")
+    coalescer, threads = _two_in_flight(service, outcomes)
     threads += [_run_in_thread(coalescer, [name], outcomes) for name in ("c", "d")]
     until(lambda: coalescer.queued == 2, "two callers queued behind both requests")
     service.releases[0].set()  # one of c and d leads a request carrying both

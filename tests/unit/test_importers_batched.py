@@ -270,9 +270,9 @@ def test_a_rate_limited_import_says_so_on_its_progress_line_and_asks_nothing_mor
         finally:
             ledger.close()
         assert (summary.imported, client.leads_waiting()) == (20, 20)
-        # The first batch and the two asked for ahead of it (before any answer came) asked; one request
+        # The first batch and the next two (asked for ahead, before any answer came) asked; one request
         # reached the service and was refused, and the client, within its Retry-After, refused the
-        # others itself; the two batches after them waited behind the leads, unasked.
+        # others itself; the last two batches waited behind the leads, unasked.
         assert len(asked) == 1 + engine.ASK_AHEAD
         assert requests(client, "rate_limited") == 1
         assert re.search(

@@ -173,7 +173,7 @@ def run_import(
     asking = ThreadPoolExecutor(max_workers=ASK_AHEAD, thread_name_prefix="lianfang-import-pseudonyms")
     try:
         answers: deque[Future[dict[str, str]]] = deque()  # this batch's, then those asked ahead
-        for chunk, after in _with_next(_chunks(export.lines(), BATCH_ROWS), ASK_AHEAD):
+        for chunk, after in _with_following(_chunks(export.lines(), BATCH_ROWS), ASK_AHEAD):
             # The next batches' pseudonyms are asked for (and the service's proofs checked, in those
             # threads) while this batch is mapped, sealed and stored.
             for ask in [chunk, *after][len(answers) :]:
@@ -222,7 +222,9 @@ def _chunks(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:
         yield chunk
 
 
-def _with_next(chunks: Iterator[list[Line]], ahead: int = 1) -> Iterator[tuple[list[Line], list[list[Line]]]]:
+def _with_following(
+    chunks: Iterator[list[Line]], ahead: int = 1
+) -> Iterator[tuple[list[Line], list[list[Line]]]]:
     """Each chunk with up to ``ahead`` chunks after it, read ahead (fewer near the end); a file that
     cannot be read further raises its :class:`FileFormatError` only after every chunk read before it."""
     error: FileFormatError | None = None

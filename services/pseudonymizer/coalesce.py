@@ -117,6 +117,7 @@ class Coalescer(Generic[K, T]):
                     self._cond.wait()
                     continue
                 self._leading += 1
+                self.requests += 1  # counted under the lock: with two in flight, two leaders count
                 queue = self._queue
                 chosen = take(
                     [len(c.items) for c in queue],
@@ -142,7 +143,6 @@ class Coalescer(Generic[K, T]):
 
     def _lead(self, key: K, batch: list[_Call[K, T]]) -> None:
         """One evaluation for ``batch``; each call is done with its own answers or the request's error."""
-        self.requests += 1
         together = plan([c.items for c in batch])
         try:
             answers = self._evaluate(key, list(together.unique))

@@ -234,10 +234,10 @@ def test_each_chunk_comes_with_the_next_and_a_read_error_after_every_chunk_read_
 
     seen = []
     with pytest.raises(FileFormatError, match="line 3"):
-        for chunk, after in engine._with_next(chunks()):
+        for chunk, after in engine._with_following(chunks()):
             seen.append((chunk[0].number, [a[0].number for a in after]))
     assert seen == [(1, [2]), (2, [])]
-    assert [(c[0].number, a) for c, a in engine._with_next(iter([[Line(1, {})]]))] == [(1, [])]
+    assert [(c[0].number, a) for c, a in engine._with_following(iter([[Line(1, {})]]))] == [(1, [])]
 
 
 def test_each_chunk_comes_with_as_many_after_it_as_asked_and_a_read_error_still_comes_last() -> None:
@@ -248,7 +248,7 @@ def test_each_chunk_comes_with_as_many_after_it_as_asked_and_a_read_error_still_
 
     seen = []
     with pytest.raises(FileFormatError, match="line 4"):
-        for chunk, after in engine._with_next(chunks(), 2):
+        for chunk, after in engine._with_following(chunks(), 2):
             seen.append((chunk[0].number, [a[0].number for a in after]))
     assert seen == [(1, [2, 3]), (2, [3]), (3, [])]
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -293,3 +295,21 @@ async def _all_delivered(sends: list[asyncio.Future[None]]) -> None:
     for result in await asyncio.gather(*sends, return_exceptions=True):
         if isinstance(result, BaseException):
             raise result
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class WatchedWork(ProcessPoolExecutor):
+    """A pseudonymizer client's work pool as :func:`services.pseudonymizer.client.work_process` makes it,
+    noting the name of each function that ran to its end in its process (``ran``)."""
+
+    def __init__(self) -> None:
+        super().__init__(1, mp_context=multiprocessing.get_context("spawn"))
+        self.ran: list[str] = []
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        future = super().submit(fn, *args, **kwargs)
+        future.add_done_callback(lambda f: f.exception() is None and self.ran.append(fn.__name__))
+        return future

@@ -24,6 +24,7 @@ from services.importers.reader import ENCODINGS, ExportFile
 from services.importers.spec import FormatSpec, format_names, load_format
 from services.kernel.errors import UsageError
 from services.kernel.registry import Registry
+from services.pseudonymizer.client import work_process
 from services.sdk.client import Client
 
 if TYPE_CHECKING:
@@ -101,7 +102,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     spec = load_format(args.format)
     if args.progress_every < 1:
         raise UsageError("--progress-every must be at least 1")
-    with ExportFile.open(args.file, spec, args.encoding) as export:
+    # The pool is closed after the client (the outbox's sender may still ask for waiting leads' pseudonyms);
+    # its process starts only if the registry names a pseudonymizer and a row needs one.
+    with ExportFile.open(args.file, spec, args.encoding) as export, work_process() as work:
         registry = trust.TrustDomain(home=home, passphrase="").registry(now)
         _check_participant(registry, participant, spec)
         client: Client | None = None
@@ -116,6 +119,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                 bootstrap=_bootstrap(args),
                 topic_prefix=args.topic_prefix,
                 pseudonym_requests_in_flight=ASK_AHEAD,  # the batches the import asks for ahead
+                pseudonym_work=work,  # their arithmetic in a process of its own: the import uses 2 CPUs
             )
             publisher = client
             ledger = Ledger.open(home, participant)

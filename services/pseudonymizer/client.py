@@ -21,6 +21,13 @@ the current key and under the previous one: one request evaluated under both key
 checked against the registry's key of its version (or, for the sealed key, the HMAC computed here). The
 SDK puts the previous one in the header's ``links``.
 
+The client's arithmetic (blinding each identifier, then checking the proofs, unblinding and deriving)
+costs about 0.2 ms an identifier, most of it under the caller's interpreter lock; with ``work`` (a
+process pool: an import's) it runs in another process, so that the caller's own work (mapping, sealing,
+storing) and the next batch's arithmetic use two CPUs. What crosses to that process: the identifiers,
+the request's blinds and the service's answer; never a key (the request is signed here). If that process
+dies, the client says so once in the log and does the arithmetic in the caller's thread from then on.
+
 A small in-memory cache keeps the newest answers, so one lead's identifiers are not evaluated twice
 (an importer validates a row, then the SDK publishes it); it is emptied whenever the registry in force
 names other keys, and the sealed key is dropped once the registry no longer carries it. Nothing is logged
@@ -32,36 +39,41 @@ from __future__ import annotations
 import http.client
 import logging
 import math
+import multiprocessing
+import signal
 import ssl
 import threading
 import time
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from email.message import Message
-from typing import Final
+from typing import Final, ParamSpec, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from services.gateway import httpsig
-from services.kernel import crypto, envelope, jsonx, oprf
+from services.kernel import envelope, jsonx, oprf
 from services.kernel.clock import Clock, utcnow
 from services.kernel.errors import BadSignatureError, MalformedError, TransportError, UsageError
 from services.kernel.keystore import Keystore
 from services.kernel.pseudonym import (
     EpochPseudonyms,
     PseudonymKey,
-    oblivious_pseudonym,
-    oprf_input,
     pseudonym,
 )
 from services.kernel.registry import Registry
-from services.pseudonymizer import core
+from services.pseudonymizer import blinding, core
 from services.pseudonymizer.coalesce import Coalescer
 
 log = logging.getLogger("lianfang.pseudonymizer.client")
 
-__all__ = ["ClientMetrics", "ObliviousPseudonymizer", "PseudonymizerUnavailableError"]
+P = ParamSpec("P")
+T = TypeVar("T")
+
+__all__ = ["ClientMetrics", "ObliviousPseudonymizer", "PseudonymizerUnavailableError", "work_process"]
 
 DEFAULT_RETRY_AFTER_S: Final = 30
 CACHE_SIZE: Final = 4096
@@ -117,13 +129,26 @@ def shared_metrics() -> ClientMetrics:
     return _shared
 
 
+def work_process() -> ProcessPoolExecutor:
+    """One process for a client's arithmetic (``ObliviousPseudonymizer(work=...)``), started on first use
+    and fresh (``spawn``: nothing of this process, its threads or its keys, is inherited). Its owner shuts
+    it down after the client is closed. It ignores Ctrl-C: the owner stops on it, then shuts it down."""
+    spawn = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(1, mp_context=spawn, initializer=_ignore_interrupts)
+
+
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class ObliviousPseudonymizer:
     """Pseudonyms from the pseudonymizer the registry names, for one participant (its signing key).
 
     ``registry`` is called for the registry in force at each request (the key and version to verify
     against); ``url`` overrides the address the registry gives (never the key). Concurrent callers share
     requests, ``in_flight`` of them at a time (see :mod:`.coalesce`): more than one for a caller that asks
-    ahead (an import), one for many small callers.
+    ahead (an import), one for many small callers. ``work``: where the arithmetic runs (a process pool;
+    ``None``: in the caller's thread, as always with ``entropy``, which tests inject).
     """
 
     def __init__(
@@ -138,8 +163,10 @@ class ObliviousPseudonymizer:
         entropy: oprf.Entropy | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         in_flight: int = 1,
+        work: Executor | None = None,
     ) -> None:
         self.keys = keystore
+        self.work = work if entropy is None else None
         self.registry = registry
         self.url = url
         self.timeout_s = timeout_s
@@ -246,39 +273,20 @@ class ObliviousPseudonymizer:
                 retry_after=retry_after,
                 status=429,
             )
-        public = registry.pseudonymizer_public()
+        wanted = [(role.version, registry.pseudonymizer_public())]
         previous_public = registry.pseudonymizer_previous_public()
-        inputs = [oprf_input(c) for c in canonicals]
-        blinded = [
-            oprf.blind(i, core.MODE) if self.entropy is None else oprf.blind(i, core.MODE, self.entropy)
-            for i in inputs
-        ]
-        request: dict[str, object] = {
-            "elements": [crypto.b64e(b.element) for b in blinded],
-            "version": role.version,
-        }
-        if role.previous is not None:
-            request["previous"] = role.previous.version
-        answer = self._post(registry, jsonx.compact_json(request))
+        if role.previous is not None and previous_public is not None:
+            wanted.append((role.previous.version, previous_public))
+        body, blinded = self._compute(
+            blinding.blind_request,
+            canonicals,
+            role.version,
+            role.previous.version if role.previous is not None else None,
+            self.entropy,
+        )
+        answer = self._post(registry, body)
         try:
-            evaluations = core.parse_answers(answer, expected=len(inputs))
-            wanted = [(role.version, public)]
-            if role.previous is not None and previous_public is not None:
-                wanted.append((role.previous.version, previous_public))
-            if [v for v, _, _ in evaluations] != [v for v, _ in wanted]:
-                raise BadSignatureError(
-                    f"the pseudonymizer answered with key(s) {[v for v, _, _ in evaluations]}; the registry "
-                    f"names {[v for v, _ in wanted]}"
-                )
-            # Each proof is checked against the registry's key of its version; keys the service offers
-            # are ignored.
-            outputs = [
-                [
-                    oblivious_pseudonym(version, output)
-                    for output in oprf.finalize(inputs, blinded, evaluation, core.MODE, public=trusted)
-                ]
-                for (version, trusted), (_, _offered, evaluation) in zip(wanted, evaluations, strict=True)
-            ]
+            pairs = self._compute(blinding.read_answer, canonicals, blinded, answer, wanted)
         except BadSignatureError:
             self.metrics.requests.labels("bad_proof").inc()
             log.error(
@@ -290,9 +298,30 @@ class ObliviousPseudonymizer:
             self.metrics.requests.labels("malformed").inc()
             raise
         self.metrics.requests.labels("ok").inc()
-        self.metrics.elements.inc(len(inputs))
-        previous = outputs[1] if len(outputs) > 1 else [None] * len(inputs)
-        return [EpochPseudonyms(c, p) for c, p in zip(outputs[0], previous, strict=True)]
+        self.metrics.elements.inc(len(canonicals))
+        return pairs
+
+    def _compute(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(*args)`` in the work pool (the caller waits), or here when there is none or it died."""
+        work = self.work
+        if work is not None:
+            try:
+                future = work.submit(fn, *args, **kwargs)
+            except RuntimeError:  # shut down (its owner is closing) or broken before: fn has not run
+                self._work_gone()
+            else:
+                try:
+                    return future.result()
+                except BrokenProcessPool:  # the process died under fn: computing it again is harmless
+                    self._work_gone()
+        return fn(*args, **kwargs)
+
+    def _work_gone(self) -> None:
+        log.warning(
+            "the pseudonymizer client's work process is gone: its arithmetic runs in the caller's thread "
+            "from now on"
+        )
+        self.work = None
 
     def _post(self, registry: Registry, body: bytes) -> bytes:
         role = registry.pseudonymizer

@@ -288,7 +288,9 @@ class Client:
     clients reporting there; ``outbox_gauges=False`` leaves them to whoever owns ``metrics``.
 
     ``pseudonym_requests_in_flight``: how many requests the oblivious pseudonymizer client sends at once
-    for this client's callers (1; an import, which asks for batches ahead, sets more).
+    for this client's callers (1; an import, which asks for batches ahead, sets more);
+    ``pseudonym_work``: where that client's arithmetic runs (an import gives it a process of its own, see
+    :func:`services.pseudonymizer.client.work_process`; ``None``: in the caller's thread).
     """
 
     def __init__(
@@ -312,6 +314,7 @@ class Client:
         outbox_gauges: bool = True,
         inbox_commit_every_s: float = INBOX_COMMIT_EVERY_S,
         pseudonym_requests_in_flight: int = 1,
+        pseudonym_work: futures.Executor | None = None,
     ) -> None:
         if reader is not None and not reader.replace("-", "").replace("_", "").isalnum():
             raise UsageError(f"a reader name is letters, digits, '-' and '_', not {reader!r}")
@@ -347,6 +350,7 @@ class Client:
         self._pseudonymizer = pseudonymizer
         self._oblivious: ObliviousPseudonymizer | None = None
         self._pseudonym_requests = pseudonym_requests_in_flight  # the oblivious client's, when made
+        self._pseudonym_work = pseudonym_work
         self._consumer: KafkaConsumer | None = None
         self.inbox_commit_every_s = inbox_commit_every_s
         self._told_not_fresh = False
@@ -441,6 +445,7 @@ class Client:
                     registry=lambda: self.registry,
                     clock=self.clock,
                     in_flight=self._pseudonym_requests,
+                    work=self._pseudonym_work,
                 )
             return self._oblivious
         return self.pseudonym_key

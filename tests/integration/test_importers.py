@@ -14,10 +14,11 @@ import pytest
 
 from schemas.envelope import EnvelopeHeader
 from services import cli
+from services.cli import importers as importers_cli
 from services.kernel import envelope, policy
 from services.sdk.client import Client
 from tests.integration.buskit import Bus, RouterProcess
-from tests.kit import DemoDomain
+from tests.kit import DemoDomain, WatchedWork
 from tests.samples import generate as samples
 
 pytestmark = pytest.mark.integration
@@ -87,9 +88,15 @@ def test_an_imported_hotline_log_reaches_its_recipients_and_importing_it_again_a
         "--home", str(home), "import", "--as", "womens_federation", "--format", "hotline_12338",
         "--bootstrap", bus.bootstrap, "--topic-prefix", bus.prefix, str(HOTLINE),
     ]  # fmt: skip
+    pools: list[WatchedWork] = []
+    monkeypatch.setattr(importers_cli, "work_process", lambda: pools.append(WatchedWork()) or pools[-1])
     code, output = lianfang(monkeypatch, capsys, *argv)
     assert code == 0, output
     assert "imported               20" in output
+    # The pseudonyms' arithmetic (blinding, checking the service's proofs) ran in the import's process
+    # for it, which the import shut down.
+    assert {"blind_request", "read_answer"} <= set(pools[0].ran)
+    assert not pools[0]._processes
     assert "every accepted event was acknowledged by Kafka" in output
 
     headers = _published(bus)

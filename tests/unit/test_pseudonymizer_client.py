@@ -10,6 +10,7 @@ import json
 import re
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from services.pseudonymizer import core
 from services.pseudonymizer.app import Pseudonymizer, PseudonymizerSettings, load_key
 from services.pseudonymizer.client import ClientMetrics, ObliviousPseudonymizer, PseudonymizerUnavailableError
 from services.sdk.client import Client
-from tests.kit import NOW, DemoDomain, Served
+from tests.kit import NOW, DemoDomain, Served, WatchedWork
 
 pytestmark = pytest.mark.unit
 
@@ -69,14 +70,24 @@ def the_service(
     return Served(app, port=port)
 
 
-def client_of(domain: DemoDomain, url: str, participant: str = "police") -> ObliviousPseudonymizer:
+def client_of(
+    domain: DemoDomain, url: str, participant: str = "police", work: Executor | None = None
+) -> ObliviousPseudonymizer:
     return ObliviousPseudonymizer(
         keystore=domain.keys(participant),
         registry=lambda: domain.registry,
         url=url,
         clock=lambda: NOW,
         metrics=ClientMetrics(CollectorRegistry()),
+        work=work,
     )
+
+
+@pytest.fixture(scope="module")
+def work() -> Iterator[WatchedWork]:
+    pool = WatchedWork()
+    yield pool
+    pool.shutdown()
 
 
 @pytest.fixture
@@ -111,6 +122,38 @@ def test_a_batch_is_one_request_and_a_repeated_identifier_is_not_evaluated_twice
     assert client.pseudonyms([ID_NUMBER]) == [first[1]]
     assert client.metrics.requests.labels("ok")._value.get() == 1
     assert client.metrics.elements._value.get() == 2
+
+
+def test_pseudonyms_whose_arithmetic_ran_in_a_work_process_are_the_ones_the_keys_holder_computes(
+    oblivious: DemoDomain, service: Served, work: WatchedWork
+) -> None:
+    client = client_of(oblivious, service.url, work=work)
+    before = len(work.ran)
+    asked = [PHONE, ID_NUMBER, normalize_subject(phone="13600001111")]
+    assert client.pseudonyms(asked) == oblivious.pseudonymizer_key().pseudonyms(asked)
+    assert work.ran[before:] == ["blind_request", "read_answer"]
+    assert client.work is work
+
+
+@pytest.mark.parametrize("gone", ["killed", "shut down"])
+def test_when_the_work_process_is_gone_the_client_says_so_once_and_computes_in_the_callers_thread(
+    oblivious: DemoDomain, service: Served, gone: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = WatchedWork()
+    client = client_of(oblivious, service.url, work=pool)
+    assert client.pseudonyms([PHONE]) == oblivious.pseudonymizer_key().pseudonyms([PHONE])
+    if gone == "killed":
+        for process in list(pool._processes.values()):
+            process.kill()
+            process.join(10)
+    else:
+        pool.shutdown()
+    asked = [ID_NUMBER, normalize_subject(phone="13600002222")]
+    assert client.pseudonyms(asked) == oblivious.pseudonymizer_key().pseudonyms(asked)
+    assert client.work is None
+    said = [r.getMessage() for r in caplog.records if "work process is gone" in r.getMessage()]
+    assert len(said) == 1
+    pool.shutdown()
 
 
 def phones(first: int, n: int) -> list[str]:
@@ -182,13 +225,14 @@ def tampered(domain: DemoDomain, edit: str) -> web.Application:
     return app
 
 
+@pytest.mark.parametrize("where", ["here", "work process"])
 @pytest.mark.parametrize("edit", ["other_key", "altered_element", "other_version"])
 def test_an_answer_not_made_with_the_registrys_key_is_refused_and_counted(
-    oblivious: DemoDomain, edit: str
+    oblivious: DemoDomain, edit: str, where: str, work: WatchedWork
 ) -> None:
     served = serve(tampered(oblivious, edit))
     try:
-        client = client_of(oblivious, served.url)
+        client = client_of(oblivious, served.url, work=work if where == "work process" else None)
         with pytest.raises(BadSignatureError):
             client.pseudonyms([PHONE])
         assert client.metrics.requests.labels("bad_proof")._value.get() == 1

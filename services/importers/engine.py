@@ -4,11 +4,12 @@ Valid rows are published while bad ones are reported with their line and reasons
 (in this file or an earlier import) is skipped. See :mod:`services.importers.ledger` for why a crash at
 any point publishes no row twice.
 
-Pseudonyms are asked for in batches: the rows are read :data:`BATCH_ROWS` at a time, mapped once with a
-pseudonymizer that only notes the identifiers they need, and every one of those is evaluated in one call
-(the oblivious client splits it into requests of at most the service's batch limit, in threads of their
-own: the next :data:`ASK_AHEAD` batches are read and their pseudonyms asked for while this one is
-imported, as many requests in flight at once); the rows are then
+Pseudonyms are asked for in batches: the rows are read :data:`BATCH_ROWS` at a time (fewer in the first
+batches: :data:`FIRST_BATCH_ROWS`, doubling), mapped once with a pseudonymizer that only notes the
+identifiers they need, and every one of those is evaluated in one call (the oblivious client splits it
+into requests of at most the service's batch limit, in threads of their own: the next :data:`ASK_AHEAD`
+batches are read and their pseudonyms asked for while this one is imported, as many requests in flight
+at once; ``lianfang import`` has their arithmetic done in a process of its own); the rows are then
 mapped again from that answer, their events sealed and signed, and the batch stored with one commit of the
 SDK's outbox and one fsync of its audit file; only then are its rows entered in the ledger (one commit)
 and counted as imported. While the pseudonymizer is away or busy, the rows are mapped
@@ -47,6 +48,11 @@ from services.sdk.outbox import ConflictError
 BATCH_ROWS: Final = 256
 """Rows whose identifiers are evaluated in one call: a few identifiers a row stay within one request of
 :data:`~services.kernel.oprf.MAX_BATCH` elements."""
+
+FIRST_BATCH_ROWS: Final = 32
+"""The first batch's rows; each next batch doubles, up to :data:`BATCH_ROWS`. The first answer comes back
+soon, so rows are mapped and stored while the larger batches are asked for, instead of the import
+waiting for a whole batch's pseudonyms before its first row."""
 
 ASK_AHEAD: Final = 2
 """Batches whose pseudonyms are asked for while a batch is imported. The importer's client lets as many
@@ -173,7 +179,7 @@ def run_import(
     asking = ThreadPoolExecutor(max_workers=ASK_AHEAD, thread_name_prefix="lianfang-import-pseudonyms")
     try:
         answers: deque[Future[dict[str, str]]] = deque()  # this batch's, then those asked ahead
-        for chunk, after in _with_following(_chunks(export.lines(), BATCH_ROWS), ASK_AHEAD):
+        for chunk, after in _with_following(_chunks(export.lines(), _batch_sizes()), ASK_AHEAD):
             # The next batches' pseudonyms are asked for (and the service's proofs checked, in those
             # threads) while this batch is mapped, sealed and stored.
             for ask in [chunk, *after][len(answers) :]:
@@ -204,16 +210,26 @@ def run_import(
     return summary
 
 
-def _chunks(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:
-    """The lines in lists of ``size``; a file that cannot be read further ends with the lines read
-    before it, then its :class:`FileFormatError`."""
+def _batch_sizes() -> Iterator[int]:
+    """:data:`FIRST_BATCH_ROWS`, then twice the one before, up to :data:`BATCH_ROWS` (read when called)."""
+    size = min(FIRST_BATCH_ROWS, BATCH_ROWS)
+    while True:
+        yield size
+        size = min(2 * size, BATCH_ROWS)
+
+
+def _chunks(lines: Iterable[Line], sizes: Iterator[int]) -> Iterator[list[Line]]:
+    """The lines in lists of the next of ``sizes`` each; a file that cannot be read further ends with the
+    lines read before it, then its :class:`FileFormatError`."""
     chunk: list[Line] = []
+    size = next(sizes)
     try:
         for line in lines:
             chunk.append(line)
             if len(chunk) == size:
                 yield chunk
                 chunk = []
+                size = next(sizes)
     except FileFormatError:
         if chunk:
             yield chunk

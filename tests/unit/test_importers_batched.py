@@ -10,6 +10,7 @@ import json
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from services.importers import engine
 from services.importers.engine import run_import
 from services.importers.ledger import Ledger
 from services.importers.progress import Progress
-from services.importers.reader import ExportFile
+from services.importers.reader import ExportFile, Line
 from services.importers.spec import load_format
 from services.kernel import envelope
 from services.kernel.pseudonym import EpochPseudonyms, normalize_subject
@@ -109,6 +110,25 @@ def test_an_import_asks_for_a_batch_of_rows_pseudonyms_in_one_request(
     records = client.outbox.pending(100)
     assert len(records) == 20
     assert all(r.key is not None and r.key.startswith(b"p1.") for r in records)
+
+
+def test_an_imports_first_batches_are_small_and_double_up_to_the_batch_size(
+    service: Served, client_at: Callable[[str, str], Client], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "BATCH_ROWS", 8)
+    monkeypatch.setattr(engine, "FIRST_BATCH_ROWS", 2)
+    asked: list[int] = []
+    ask = engine._Run.ask
+
+    def noting(run: engine._Run, asking: Executor, lines: Sequence[Line]) -> Future[dict[str, str]]:
+        asked.append(len(lines))
+        return ask(run, asking, lines)
+
+    monkeypatch.setattr(engine._Run, "ask", noting)
+    client = client_at("womens_federation", service.url)
+    summary, reports = do_import(HOTLINE, "hotline_12338", "womens_federation", tmp_path, client)
+    assert (summary.imported, reports) == (20, [])
+    assert asked == [2, 4, 8, 6], "the rows of each batch whose pseudonyms were asked for"
 
 
 def test_an_import_whose_client_allows_two_requests_has_two_batches_requests_in_flight_at_once(

@@ -53,6 +53,7 @@ __all__ = [
     "generate_proof",
     "hash_to_group",
     "hash_to_scalar",
+    "invert_all",
     "verify_proof",
 ]
 
@@ -67,7 +68,8 @@ ORDER: Final = 2**252 + 27742317777372353535851937790883648493
 Mode = Literal["oprf", "voprf"]
 _MODE_BYTE: Final[dict[Mode, int]] = {"oprf": 0x00, "voprf": 0x01}
 _IDENTITY: Final = bytes(ELEMENT_LENGTH)
-_GENERATOR: Final = pysodium.crypto_scalarmult_ristretto255_base((1).to_bytes(SCALAR_LENGTH, "little"))
+_ONE: Final = (1).to_bytes(SCALAR_LENGTH, "little")
+_GENERATOR: Final = pysodium.crypto_scalarmult_ristretto255_base(_ONE)
 
 Entropy = Callable[[], bytes]
 """A source of uniformly random scalars (32 bytes, little-endian, below the order). Tests inject the
@@ -183,6 +185,22 @@ def _scalar_invert(s: bytes) -> bytes:
     except ValueError as e:
         raise UsageError("zero has no inverse") from e
     return inverse
+
+
+def invert_all(scalars: Sequence[bytes]) -> list[bytes]:
+    """The inverse of each non-zero scalar, with one inversion for them all (Montgomery's trick: three
+    scalar products each, about 3 µs, instead of an inversion each, about 20 µs)."""
+    prefixes: list[bytes] = []
+    product = _ONE
+    for s in scalars:
+        prefixes.append(product)
+        product = _scalar_mul(product, s)
+    inverse = _scalar_invert(product)  # of every scalar's product: a zero among them has none
+    out = [b""] * len(scalars)
+    for i in range(len(scalars) - 1, -1, -1):
+        out[i] = _scalar_mul(inverse, prefixes[i])
+        inverse = _scalar_mul(inverse, scalars[i])
+    return out
 
 
 def _is_zero(scalar: bytes) -> bool:
@@ -370,9 +388,10 @@ def finalize(
         if evaluation.proof is None:
             raise MalformedError("a VOPRF answer carries a proof")
         verify_proof(public, [b.element for b in blinded], evaluated, evaluation.proof, mode)
+    unblinders = invert_all([b.blind for b in blinded])
     return [
-        _output(data, _mul(_scalar_invert(b.blind), element))
-        for data, b, element in zip(inputs, blinded, evaluated, strict=True)
+        _output(data, _mul(unblinder, element))
+        for data, unblinder, element in zip(inputs, unblinders, evaluated, strict=True)
     ]
 
 

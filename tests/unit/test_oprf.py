@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pysodium
 import pytest
 
 from services.kernel import oprf
@@ -101,6 +102,23 @@ def test_a_fresh_round_trip_gives_what_the_key_holder_computes_directly() -> Non
     key, inputs, blinded, evaluation = evaluated_batch()
     outputs = oprf.finalize(inputs, blinded, evaluation, "voprf", public=key.public)
     assert outputs == [oprf.evaluate(key, data, "voprf") for data in inputs]
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 7])
+def test_scalars_inverted_together_are_each_ones_inverse(count: int) -> None:
+    scalars = [oprf.generate_key_pair().secret for _ in range(count)]
+    inverses = oprf.invert_all(scalars)
+    one = (1).to_bytes(oprf.SCALAR_LENGTH, "little")
+    assert inverses == [pysodium.crypto_core_ristretto255_scalar_invert(s) for s in scalars]
+    products = [
+        pysodium.crypto_core_ristretto255_scalar_mul(s, i) for s, i in zip(scalars, inverses, strict=True)
+    ]
+    assert products == [one] * count
+
+
+def test_a_zero_among_scalars_inverted_together_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="no inverse"):
+        oprf.invert_all([oprf.generate_key_pair().secret, bytes(oprf.SCALAR_LENGTH)])
 
 
 def test_an_answer_made_with_another_key_fails_the_proof() -> None:

@@ -132,7 +132,9 @@ def shared_metrics() -> ClientMetrics:
 def work_process() -> ProcessPoolExecutor:
     """One process for a client's arithmetic (``ObliviousPseudonymizer(work=...)``), started on first use
     and fresh (``spawn``: nothing of this process, its threads or its keys, is inherited). Its owner shuts
-    it down after the client is closed. It ignores Ctrl-C: the owner stops on it, then shuts it down."""
+    it down after the client is closed. It ignores Ctrl-C: the owner stops on it, then shuts it down.
+    As with any ``spawn`` pool, the new process imports the program's main module again: a program run
+    as a script keeps its work under ``if __name__ == "__main__":`` (``lianfang`` and ``python -m`` do)."""
     spawn = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(1, mp_context=spawn, initializer=_ignore_interrupts)
 

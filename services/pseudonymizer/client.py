@@ -310,20 +310,24 @@ class ObliviousPseudonymizer:
             try:
                 future = work.submit(fn, *args, **kwargs)
             except RuntimeError:  # shut down (its owner is closing) or broken before: fn has not run
-                self._work_gone()
+                self._work_gone(work)
             else:
                 try:
                     return future.result()
                 except BrokenProcessPool:  # the process died under fn: computing it again is harmless
-                    self._work_gone()
+                    self._work_gone(work)
         return fn(*args, **kwargs)
 
-    def _work_gone(self) -> None:
+    def _work_gone(self, work: Executor) -> None:
+        """Stop using ``work``, saying so once (threads that were using it all come here)."""
+        with self._lock:
+            if self.work is not work:
+                return
+            self.work = None
         log.warning(
             "the pseudonymizer client's work process is gone: its arithmetic runs in the caller's thread "
             "from now on"
         )
-        self.work = None
 
     def _post(self, registry: Registry, body: bytes) -> bytes:
         role = registry.pseudonymizer

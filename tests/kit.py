@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +26,7 @@ from services.kernel import crypto, envelope, jsonx
 from services.kernel.keystore import KdfParams, Keystore
 from services.kernel.pseudonym import Pseudonymizer, PseudonymKey, normalize_subject
 from services.kernel.registry import Registry
+from services.pseudonymizer.client import work_process
 from services.pseudonymizer.core import PseudonymizerKey
 from services.pseudonymizer.metrics import PseudonymizerMetrics
 
@@ -301,15 +301,18 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class WatchedWork(ProcessPoolExecutor):
-    """A pseudonymizer client's work pool as :func:`services.pseudonymizer.client.work_process` makes it,
-    noting the name of each function that ran to its end in its process (``ran``)."""
+class WatchedWork(Executor):
+    """The pool :func:`services.pseudonymizer.client.work_process` makes (``pool``), noting the name of
+    each function that ran to its end in its process (``ran``)."""
 
     def __init__(self) -> None:
-        super().__init__(1, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = work_process()
         self.ran: list[str] = []
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        future = super().submit(fn, *args, **kwargs)
+        future = self.pool.submit(fn, *args, **kwargs)
         future.add_done_callback(lambda f: f.exception() is None and self.ran.append(fn.__name__))
         return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.pool.shutdown(wait, cancel_futures=cancel_futures)

@@ -3,8 +3,8 @@ the service's answer into pseudonyms. Pure: no clock, network, keys or files.
 
 :class:`~services.pseudonymizer.client.ObliviousPseudonymizer` calls these around its signed request, in
 the caller's thread or in a process of their own (an import's: about 0.2 ms an identifier, mostly
-libsodium's group arithmetic, which would otherwise share the caller's interpreter lock); so their
-arguments and results are plain values a process pool can carry.
+libsodium's group arithmetic, whose calls would otherwise wait to win the caller's interpreter lock back
+from its other threads); so their arguments and results are plain values a process pool can carry.
 """
 
 from __future__ import annotations

@@ -22,11 +22,12 @@ checked against the registry's key of its version (or, for the sealed key, the H
 SDK puts the previous one in the header's ``links``.
 
 The client's arithmetic (blinding each identifier, then checking the proofs, unblinding and deriving)
-costs about 0.2 ms an identifier, most of it under the caller's interpreter lock; with ``work`` (a
-process pool: an import's) it runs in another process, so that the caller's own work (mapping, sealing,
-storing) and the next batch's arithmetic use two CPUs. What crosses to that process: the identifiers,
-the request's blinds and the service's answer; never a key (the request is signed here). If that process
-dies, the client says so once in the log and does the arithmetic in the caller's thread from then on.
+costs about 0.2 ms an identifier, most of it libsodium calls that give up the caller's interpreter lock
+and must win it back from the caller's busy threads; with ``work`` (a process pool: an import's) it runs
+in another process, so that the caller's own work (mapping, sealing, storing) and the next batch's
+arithmetic use two CPUs. What crosses to that process: the identifiers, the request's blinds and the
+service's answer; never a key (the request is signed here). If that process dies, the client says so
+once in the log and does the arithmetic in the caller's thread from then on.
 
 A small in-memory cache keeps the newest answers, so one lead's identifiers are not evaluated twice
 (an importer validates a row, then the SDK publishes it); it is emptied whenever the registry in force

@@ -96,7 +96,7 @@ def test_an_imported_hotline_log_reaches_its_recipients_and_importing_it_again_a
     # The pseudonyms' arithmetic (blinding, checking the service's proofs) ran in the import's process
     # for it, which the import shut down.
     assert {"blind_request", "read_answer"} <= set(pools[0].ran)
-    assert not pools[0]._processes
+    assert not pools[0].pool._processes
     assert "every accepted event was acknowledged by Kafka" in output
 
     headers = _published(bus)

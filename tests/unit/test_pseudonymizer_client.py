@@ -143,7 +143,7 @@ def test_when_the_work_process_is_gone_the_client_says_so_once_and_computes_in_t
     client = client_of(oblivious, service.url, work=pool)
     assert client.pseudonyms([PHONE]) == oblivious.pseudonymizer_key().pseudonyms([PHONE])
     if gone == "killed":
-        for process in list(pool._processes.values()):
+        for process in list(pool.pool._processes.values()):
             process.kill()
             process.join(10)
     else:

@@ -491,6 +491,9 @@ class LocalKafka:
             f"offsets.topic.replication.factor={rf}",
             f"transaction.state.log.replication.factor={rf}",
             f"transaction.state.log.min.isr={isr}",
+            # How often the broker aborts transactions open past their timeout (10 s by default): a
+            # router worker that died mid-batch holds back the inboxes' readers that long at most.
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000",
             f"share.coordinator.state.topic.replication.factor={rf}",
             f"share.coordinator.state.topic.min.isr={isr}",
             f"default.replication.factor={rf}",

@@ -1,16 +1,22 @@
 """Exactly-once consume → transform → produce on Kafka transactions, with per-partition state.
 
-Each assigned partition ``p`` of the source topic gets its own transactional producer (id
-``<group>.<source>.<p>``): starting it fences a zombie of the same partition and aborts what that one
-left open. A batch of ``p``'s records is handled in one transaction holding the outputs, the changes to
-``p``'s state (written to partition ``p`` of a compacted state topic) and the consumed offset, so after
-any crash the outputs, the state and the position agree. Readers of the outputs use
-``isolation_level="read_committed"``.
+A worker has one transactional producer (id ``<group>.worker-<random>``, kept across its restarts
+within the process). A poll's records, of every partition it returned, are handled in one
+transaction holding the outputs, the changes to each partition ``p``'s state (written to partition
+``p`` of a compacted state topic) and the consumed offsets, so after any crash the outputs, the states
+and the positions agree. Readers of the outputs use ``isolation_level="read_committed"``.
+
+The consumer group fences a worker it dropped (KIP-447, :mod:`services.bus.groupfence`): the offsets
+join the transaction with the worker's group generation and member id, which the group coordinator
+refuses from a worker no longer in the current generation, so that worker's transaction aborts; and a
+partition's new owner reads its committed offset with ``require_stable``, waiting for the previous
+owner's transaction to end, before it loads the partition's state and starts.
 
 Stopping (:meth:`TransactionalRunner.stop`, on SIGTERM) lets the batch in flight commit for a few
-seconds, then cancels it, and every close that talks to Kafka (the abort, each producer, the consumer)
-waits a bounded time: a worker whose broker is gone must still exit. What is left open on the broker
-is aborted by the next owner's producer (it fences this one), so giving up on a close loses nothing.
+seconds, then cancels it, and every close that talks to Kafka (the abort, the producer, the consumer)
+waits a bounded time: a worker whose broker is gone must still exit. What it leaves open on the broker
+is aborted by the broker after :data:`TRANSACTION_TIMEOUT_MS` (or at once by this worker's producer if
+the worker restarts first), so giving up on a close loses nothing.
 
 Why not faust-streaming's ``exactly_once``: it derives the transactional id from the *destination*
 topic's partition and topic group, so it holds only when every output is co-partitioned with the input
@@ -23,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +37,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, IllegalOperation, KafkaError
 
-from services.bus import offsetfetch
+from services.bus import groupfence, offsetfetch
 from services.bus.security import KafkaSecuritySettings, aiokafka_kwargs, load_security
 from services.kernel import topics
 from services.kernel.errors import TransportError
@@ -73,7 +80,19 @@ second): any stretch the loop is held for (:mod:`services.bus.looplag` measures 
 A partitions' set-up does not: the loop does it after the assignment, heartbeats going on."""
 
 REBALANCE_TIMEOUT_MS = 120_000
-"""How long a worker may take to rejoin its group in a rebalance (finish its batch, stop its producers)."""
+"""How long a worker may take to rejoin its group in a rebalance (finish its batch)."""
+
+TRANSACTION_TIMEOUT_MS = 10_000
+"""How long the broker lets a transaction of this worker stay open before it aborts it: how long a
+worker that died mid-batch holds back the ``read_committed`` readers of every partition its open
+transaction wrote, and the partitions' next owner (which waits for it to end). The broker looks for
+such transactions every ``transaction.abort.timed.out.transaction.cleanup.interval.ms`` (10 s by
+default; the brokers deploy/ configures: 1 s). A batch takes milliseconds; one that takes longer is aborted, and
+the worker restarts and does it again."""
+
+STABLE_OFFSETS_TIMEOUT_S = 60.0
+"""How long a worker waits for a partition's previous owner's transaction to end before it gives up
+(and restarts): the transaction timeout, the broker's clean-up interval and a margin."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +198,10 @@ class TransactionalRunner:
         self.max_batch = max_batch
         self.paused = paused
         self.client_id = client_id
-        self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        # One transactional id for the life of this runner: a restart within the process aborts what
+        # the previous run left open at once (its producer's start fences the old one).
+        self.transactional_id = f"{group_id}.worker-{uuid.uuid4().hex[:16]}"
+        self.producer: AIOKafkaProducer | None = None
         self.states: dict[TopicPartition, PartitionState] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self.stopping = asyncio.Event()
@@ -198,9 +220,6 @@ class TransactionalRunner:
 
     # -- partitions come and go
 
-    def _transactional_id(self, tp: TopicPartition) -> str:
-        return f"{self.group_id}.{tp.topic}.{tp.partition}"
-
     def _assign(self, tps: Iterable[TopicPartition], consumer: AIOKafkaConsumer) -> None:
         """Note the partitions the group assigned; the loop sets them up (:meth:`_set_up_assigned`).
 
@@ -211,22 +230,23 @@ class TransactionalRunner:
         rejoin set them up again: a worker could flap for as long as the load lasted. The rebalance
         timeout does not help: it bounds the join, not the time after it. docs/faults.md has the
         figures. (aiokafka also logs and swallows an exception raised here: the partition would
-        stay assigned with no producer.)"""
+        stay assigned with no state.)"""
         if consumer is not self._live:  # stopping: its partitions are no longer its own
             return
-        self._unready.update(tp for tp in tps if tp not in self.producers)
+        self._unready.update(tp for tp in tps if tp not in self.states)
 
     async def _set_up_assigned(self) -> dict[TopicPartition, int | None]:
-        """Set up every assigned partition that is not yet: start its transactional producer (which
-        fences the partition's previous owner and aborts what it left open), load its state, and
-        read its committed offset after the fence (a previous owner that the group dropped may have
-        committed a transaction since aiokafka first read it). Returns the partitions set up, each
-        with its committed offset (None: nothing committed yet): :meth:`_start_from` moves there.
+        """Set up every assigned partition that is not yet: read its committed offset once no
+        transaction holds one open (a previous owner that the group dropped may still be committing
+        a batch: its transaction commits or aborts first), then load its state (what that transaction
+        committed included). Starts the worker's transactional producer first if it has none. Returns
+        the partitions set up, each with its committed offset (None: nothing committed yet):
+        :meth:`_start_from` moves there.
 
-        The partitions are set up side by side: each is mostly waiting for the broker. Meanwhile
-        the consumer's heartbeats go on, and a revocation waits (for the lock). A failure (the broker
+        The states are loaded side by side: each is mostly waiting for the broker. Meanwhile the
+        consumer's heartbeats go on, and a revocation waits (for the lock). A failure (the broker
         went away) is raised to the loop, which restarts the worker; the partitions set up before it
-        are stopped with the others at the end of the run."""
+        are forgotten with the others at the end of the run."""
         if not self._unready:
             return {}
         assert self.consumer is not None
@@ -238,29 +258,31 @@ class TransactionalRunner:
             if not tps:
                 return {}
             started = time.monotonic()
-            results = await asyncio.gather(*(self._set_up(tp) for tp in tps), return_exceptions=True)
+            if self.producer is None:
+                self.producer = await self._start_producer()
+            committed = await self._committed(consumer, tps)
+            loading = (self._load_state(tp.partition) for tp in tps)
+            results = await asyncio.gather(*loading, return_exceptions=True)
             failure: BaseException | None = None
             for tp, result in zip(tps, results, strict=True):
                 if isinstance(result, BaseException):
                     failure = failure or result
                     continue
-                producer, state = result
-                self.producers[tp] = producer
-                self.states[tp] = state
+                self.states[tp] = result
                 self._unready.discard(tp)
-                log.info("partition %s assigned: %d state keys", tp, len(state.data))
+                log.info("partition %s assigned: %d state keys", tp, len(result.data))
             if failure is not None:
                 raise failure
-            committed = {tp: await consumer.committed(tp) for tp in tps}
             log.info("%d partitions set up in %.1f s", len(tps), time.monotonic() - started)
-            return committed
+            return {tp: committed.get(tp) for tp in tps}
 
     def _start_from(
         self, committed: dict[TopicPartition, int | None], fetched: dict[TopicPartition, list[Any]]
     ) -> dict[TopicPartition, list[Any]]:
         """Move the consumer to the committed offset of each partition just set up, and return the
-        batch without what was fetched of them before (from a position read before the fence). With
-        nothing committed, the partition goes back to the first record fetched of it: never skipped."""
+        batch without what was fetched of them before (from a position aiokafka read without waiting
+        for open transactions). With nothing committed, the partition goes back to the first record
+        fetched of it: never skipped."""
         assert self.consumer is not None
         for tp, offset in committed.items():
             records = fetched.get(tp)
@@ -269,46 +291,55 @@ class TransactionalRunner:
                 self.consumer.seek(tp, start)
         return {tp: records for tp, records in fetched.items() if records and tp not in committed}
 
-    async def _set_up(self, tp: TopicPartition) -> tuple[AIOKafkaProducer, PartitionState]:
-        """Start ``tp``'s transactional producer and load its state."""
+    async def _committed(
+        self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+    ) -> dict[TopicPartition, int | None]:
+        """The group's committed offsets of ``tps`` once no transaction holds one open."""
+        return await groupfence.stable_committed(
+            consumer, self.group_id, tps, timeout_s=STABLE_OFFSETS_TIMEOUT_S
+        )
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        """Start the worker's transactional producer: InitProducerId aborts what an earlier run of
+        this worker left open."""
+        groupfence.install()
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
-            transactional_id=self._transactional_id(tp),
+            transactional_id=self.transactional_id,
+            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
             enable_idempotence=True,
             acks="all",
-            client_id=f"{self.client_id}-{tp.partition}",
+            client_id=self.client_id,
             linger_ms=2,
             max_batch_size=PRODUCER_BATCH_BYTES,
             partitioner=topics.partitioner,
             **self._auth,
         )
         try:
-            await producer.start()  # InitProducerId: fences the previous owner, aborts its open txn
-            state = await self._load_state(tp.partition)
+            await producer.start()
         except BaseException:
             with contextlib.suppress(*_TRANSPORT_ERRORS):
                 await producer.stop()
             raise
-        return producer, state
+        return producer
 
     async def _revoke(self, tps: Iterable[TopicPartition] | None, consumer: AIOKafkaConsumer | None) -> None:
-        """Stop the producers of ``tps`` (None: of every partition) and forget their states; ``consumer``
-        is the one whose callback asks (None: the loop, ending a worker's run)."""
+        """Forget the states of ``tps``; with None (the loop, ending a worker's run: ``consumer`` is
+        None too), of every partition, and stop the producer. ``consumer`` is the one whose callback
+        asks. A batch in flight commits before (the lock)."""
         async with self._lock:
             if consumer is not None and consumer is not self._live:
                 return
             if tps is None:
-                tps = list(self.producers)
+                self.states.clear()
                 self._unready.clear()
-            tps = list(tps)
-            self._unready.difference_update(tps)
-            stopping = []
-            for tp in tps:
-                producer = self.producers.pop(tp, None)
-                self.states.pop(tp, None)
+                producer, self.producer = self.producer, None
                 if producer is not None:
-                    stopping.append(_bounded(producer.stop(), f"stopping the producer of {tp}"))
-            await asyncio.gather(*stopping)
+                    await _bounded(producer.stop(), "stopping the producer")
+                return
+            for tp in tps:
+                self._unready.discard(tp)
+                self.states.pop(tp, None)
 
     async def _load_state(self, partition: int) -> PartitionState:
         """Read partition ``partition`` of the state topic (committed records only) to its end."""
@@ -449,9 +480,9 @@ class TransactionalRunner:
             # after they were cleared, which the next run took for its own (skipping their set-up)
             # though the partitions' next owner had fenced them in between.
             self._live = None
-            with contextlib.suppress(*_TRANSPORT_ERRORS):  # producers of a failed txn may fail to stop
+            with contextlib.suppress(*_TRANSPORT_ERRORS):  # the producer of a failed txn may fail to stop
                 await self._revoke(None, None)
-            self.producers.clear()
+            self.producer = None
             self.states.clear()
             await _bounded(self.consumer.stop(), "stopping the consumer")
 
@@ -471,86 +502,94 @@ class TransactionalRunner:
         self.consumer.resume(*self.consumer.assignment())
 
     async def _process_all(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        """Each partition's batch in its own transaction, the partitions' transactions side by side.
+        """A poll's records, of every partition set up, in one transaction; those of a partition not
+        ready (not set up yet, or revoked) are rewound, never skipped.
 
-        A transaction is mostly waiting: for the broker to append, to take the offsets, to write its
-        markers. The partitions share nothing (each has its producer, its state and its offset), so
-        running their transactions together overlaps those waits instead of adding them up; each still
-        commits or aborts whole. All of them settle before a failure is raised, so none is left running
-        while the worker restarts.
-        """
+        One transaction a poll, not one a partition: at the rates the bus carries a poll returns a
+        record or two of each partition, and every transaction costs the client and the broker its
+        round trips and its markers whatever it carries (docs/decisions.md, "One transaction a
+        worker")."""
         if not batches:
             return
         rewind = False
         async with self._lock:
-            results = await asyncio.gather(
-                *(self._process(tp, records) for tp, records in batches.items()), return_exceptions=True
-            )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-            rewind = rewind or result is False
+            ready: dict[TopicPartition, list[Any]] = {}
+            for tp, records in batches.items():
+                if tp in self.states and self.producer is not None:
+                    ready[tp] = records
+                elif self.consumer is not None and tp in self.consumer.assignment():
+                    # Fetched before our assignment callback ran (or after a revocation): never skip
+                    # records; rewind so they are fetched again once the partition is set up.
+                    self.consumer.seek(tp, records[0].offset)
+                    rewind = True
+            if ready:
+                await self._transact(ready)
         if rewind:
             await asyncio.sleep(0.05)  # let the pending assignment callback run
 
-    async def _process(self, tp: TopicPartition, records: list[Any]) -> bool:
-        """One partition's batch in one transaction; ``False`` if the partition is not ready (not set
-        up yet, or revoked): its records are rewound, never skipped. Called with the lock held."""
-        producer = self.producers.get(tp)
-        state = self.states.get(tp)
-        if producer is None or state is None:
-            # Fetched before our assignment callback ran (or after a revocation): never skip
-            # records; rewind so they are fetched again once the partition is ours.
-            if self.consumer is not None and tp in self.consumer.assignment():
-                self.consumer.seek(tp, records[0].offset)
-                return False
-            return True
+    async def _transact(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        """``batches`` (each partition set up) in one transaction. Called with the lock held."""
+        producer = self.producer
+        assert producer is not None
+        assert self.consumer is not None
+        states = [self.states[tp] for tp in batches]
         # aiokafka, unlike the Java client, commits a transaction even when one of its sends
         # failed (a batch the broker refused for good, e.g. InvalidTxnState after a restart): the
-        # offset would commit without that output. So every delivery is awaited before the commit,
+        # offsets would commit without that output. So every delivery is awaited before the commit,
         # and a failed one aborts the transaction instead.
         deliveries: list[asyncio.Future[Any]] = []
         committing = False
         await producer.begin_transaction()
         try:
             outputs: list[Output] = []
-            for record in records:
-                outputs.extend(await self.handler(record, state))
-            if self.after_batch is not None:
-                outputs.extend(self.after_batch(state))
+            for state, records in zip(states, batches.values(), strict=True):
+                for record in records:
+                    outputs.extend(await self.handler(record, state))
+                if self.after_batch is not None:
+                    outputs.extend(self.after_batch(state))
             await _send(producer, outputs, deliveries)
-            changes = [Output(self.state_topic, value, key.encode()) for key, value in state.pending.items()]
-            await _send(producer, changes, deliveries, partition=tp.partition)
+            for state in states:
+                changes = [Output(self.state_topic, v, k.encode()) for k, v in state.pending.items()]
+                await _send(producer, changes, deliveries, partition=state.partition)
             # The offsets join the transaction only once every output is delivered. A Kafka broker
             # checks each transactional write (a produce, an offset commit) with the transaction
             # coordinator first, and of two checks of one producer waiting at once it drops the
             # older one: offsets sent beside the batch's produce requests had those refused with
             # NOT_ENOUGH_REPLICAS (or the offsets with a coordinator error) and retried after 100 ms.
-            # docs/decisions.md, "Kafka transactions per source partition", has the evidence.
+            # docs/decisions.md, "Kafka transactions", has the evidence.
             await _delivered(deliveries)
-            await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
+            # As the member the group knows now: if it has dropped this worker (and given these
+            # partitions to another), the offsets are refused and the whole transaction aborts.
+            await groupfence.send_offsets(
+                producer,
+                {tp: records[-1].offset + 1 for tp, records in batches.items()},
+                self.group_id,
+                groupfence.Member.of(self.consumer),
+            )
             committing = True
             await producer.commit_transaction()
         except BaseException as e:
             # Not committed: forget the batch's state changes. The worker starts afresh (run())
-            # from the last committed offset with the last committed state. A commit that failed
+            # from the last committed offsets with the last committed states. A commit that failed
             # is not aborted (as aiokafka's transaction context does); an abort that cannot reach
-            # a broker is given up: the next owner of the partition fences it and aborts it.
-            state._discard()
+            # a broker is given up: the broker aborts it after the transaction timeout, or the
+            # worker's next producer at its start.
+            for state in states:
+                state._discard()
             _forget(deliveries)
             _forget_batches(producer)
             if producer._txn_manager.is_fatal_error():
-                # The producer's sender died (fenced by the partition's next owner after the group
-                # dropped this worker, or told something aiokafka does not retry): it cannot abort,
-                # and it refuses the batch's next send with IllegalOperation, not a KafkaError.
+                # The producer's sender died (fenced, or told something aiokafka does not retry):
+                # it cannot abort, and it refuses the batch's next send with IllegalOperation, not a
+                # KafkaError.
                 cause = _fatal_cause(producer)
                 if isinstance(e, Exception) and not isinstance(e, _TRANSPORT_ERRORS) and cause is not None:
-                    raise TransportError(f"the producer of {tp} failed: {cause!r}") from e
+                    raise TransportError(f"the producer of {self.transactional_id} failed: {cause!r}") from e
             elif not committing:
-                await _bounded(producer.abort_transaction(), f"aborting the transaction of {tp}")
+                await _bounded(producer.abort_transaction(), "aborting the transaction")
             raise
-        state._apply()
-        return True
+        for state in states:
+            state._apply()
 
     def source_partitions(self) -> int:
         """How many partitions the source topic has, from the consumer's metadata (a record was just

@@ -122,7 +122,7 @@ def router_rules(
         *_rules(me, "TOPIC", "LITERAL", names.audit, "WRITE", "DESCRIBE"),
         *_rules(me, "GROUP", "LITERAL", group_id, "READ", "DESCRIBE"),
         *_rules(me, "GROUP", "PREFIXED", group_id + ".", "READ", "DESCRIBE"),
-        # services.bus.eos: transactional id "<group>.<topic>.<partition>".
+        # services.bus.eos: transactional id "<group>.worker-<random>".
         *_rules(me, "TRANSACTIONAL_ID", "PREFIXED", group_id + ".", "WRITE", "DESCRIBE"),
     ]
 

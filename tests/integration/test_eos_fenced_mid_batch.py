@@ -1,8 +1,9 @@
-"""A worker fenced in the middle of a batch (another worker took its partition while the group had
-dropped it: a network partition, a stalled broker) restarts instead of ending, and the batch is
-handled again and committed once: whichever way aiokafka's producer reports its fencing (a batch's
-delivery failed, or, once its sender has died, ``IllegalOperation`` from the next call, which is not a
-``KafkaError``), the worker takes it as Kafka's failure."""
+"""A worker whose producer is fenced in the middle of a batch (another producer started with its
+transactional id, as the worker's own restart does, or the broker aborted its transaction after the
+transaction timeout) restarts instead of ending, and the batch is handled again and committed once:
+whichever way aiokafka's producer reports its fencing (a batch's delivery failed, or, once its sender
+has died, ``IllegalOperation`` from the next call, which is not a ``KafkaError``), the worker takes it
+as Kafka's failure. (A worker the group dropped is fenced by the group: test_eos_zombie.py.)"""
 
 from __future__ import annotations
 
@@ -42,14 +43,13 @@ def test_a_worker_fenced_mid_batch_restarts_and_commits_the_batch_once(kafka_boo
 
     async def fence_then_copy(record: Any, _state: PartitionState) -> list[Output]:
         if not fenced and record.value == b"first":
-            # What the partition's next owner does: a producer of the same transactional id starts.
-            producer = runner.producers[next(iter(runner.producers))]
+            # A producer of the same transactional id starts (bumps the epoch).
             zombie_killer = AIOKafkaProducer(
-                bootstrap_servers=kafka_bootstrap, transactional_id=producer._txn_manager.transactional_id
+                bootstrap_servers=kafka_bootstrap, transactional_id=runner.transactional_id
             )
             await zombie_killer.start()
             await zombie_killer.stop()
-            fenced.append(producer._txn_manager.transactional_id)
+            fenced.append(runner.transactional_id)
         handled.append(record.value)
         return [Output(out, record.value, record.key), Output(other, record.value, record.key)]
 

@@ -1,7 +1,8 @@
-"""How the exactly-once runner handles one poll's batches, without Kafka: each partition's batch is one
-transaction of its own producer, the partitions' transactions run side by side, and a failure in one
-is raised only after every other has settled (committed or aborted, its state applied or forgotten).
-Also: the producers' partitioner puts a keyed record where Kafka's default partitioner does."""
+"""How the exactly-once runner handles one poll's batches, without Kafka: the batches of every
+partition set up go in one transaction of the worker's producer, whose offsets carry the worker's
+group membership (KIP-447) and join it only after every output is delivered; a failure aborts the
+whole transaction and forgets every partition's changes. Also: the producers' partitioner puts a
+keyed record where Kafka's default partitioner does."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.bus import eos
+from services.bus import eos, groupfence
 from services.bus.eos import Output, PartitionState, TransactionalRunner
 from services.kernel import topics
 from tests.kit import BatchSending, offline_runner
@@ -29,26 +30,23 @@ class FakeProducer(BatchSending):
     """A transactional producer that logs what happens; ``fail`` makes its first send fail;
     ``delivery_s`` is how long a sent record waits for the broker's acknowledgement (logged)."""
 
-    def __init__(self, name: str, log: list[str], *, fail: bool = False, delivery_s: float = 0.0) -> None:
-        self.name = name
+    def __init__(self, log: list[str], *, fail: bool = False, delivery_s: float = 0.0) -> None:
         self.log = log
         self.fail = fail
         self.delivery_s = delivery_s
         self.sent: list[tuple[str, bytes | None]] = []
+        self.offsets: list[tuple[dict[Any, Any], Any]] = []  # each commit's offsets, and as whom
+        self._txn_manager = SimpleNamespace(is_fatal_error=lambda: False, lianfang_member=None)
 
     async def begin_transaction(self) -> None:
-        self.log.append(f"{self.name} begin")
+        self.log.append("begin")
 
     async def commit_transaction(self) -> None:
         await asyncio.sleep(0.01)  # the commit's round trip
-        self.log.append(f"{self.name} commit")
+        self.log.append("commit")
 
     async def abort_transaction(self) -> None:
-        self.log.append(f"{self.name} abort")
-
-    @property
-    def _txn_manager(self) -> Any:
-        return SimpleNamespace(is_fatal_error=lambda: False)
+        self.log.append("abort")
 
     async def send(self, topic: str, value: bytes | None, **_: Any) -> asyncio.Future[None]:
         await asyncio.sleep(0)  # a send may yield, as aiokafka's does
@@ -64,11 +62,12 @@ class FakeProducer(BatchSending):
         return future
 
     def _deliver(self, future: asyncio.Future[None]) -> None:
-        self.log.append(f"{self.name} delivered")
+        self.log.append("delivered")
         future.set_result(None)
 
-    async def send_offsets_to_transaction(self, offsets: dict[Any, int], group: str) -> None:
-        self.log.append(f"{self.name} offsets")
+    async def send_offsets_to_transaction(self, offsets: dict[Any, Any], group: str) -> None:
+        self.log.append("offsets")
+        self.offsets.append((dict(offsets), self._txn_manager.lianfang_member))
 
 
 async def _copy(record: Any, state: PartitionState) -> list[Output]:
@@ -76,42 +75,75 @@ async def _copy(record: Any, state: PartitionState) -> list[Output]:
     return [Output("out", record.value)]
 
 
-def _runner(producers: dict[int, FakeProducer]) -> tuple[TransactionalRunner, dict[int, TopicPartition]]:
+def _consumer(assigned: set[TopicPartition], *, generation: int = 7, member_id: str = "worker-a") -> Any:
+    seeks: list[tuple[TopicPartition, int]] = []
+    return SimpleNamespace(
+        assignment=lambda: assigned,
+        seek=lambda tp, offset: seeks.append((tp, offset)),
+        seeks=seeks,
+        _coordinator=SimpleNamespace(generation=generation, member_id=member_id, _group_instance_id=None),
+    )
+
+
+def _runner(
+    producer: FakeProducer, partitions: list[int], **membership: Any
+) -> tuple[TransactionalRunner, dict[int, TopicPartition]]:
     runner = offline_runner(_copy, source=SOURCE)
-    tps = {p: TopicPartition(SOURCE, p) for p in producers}
-    for p, producer in producers.items():
-        runner.producers[tps[p]] = producer  # type: ignore[assignment]
-        runner.states[tps[p]] = PartitionState(p)
+    tps = {p: TopicPartition(SOURCE, p) for p in partitions}
+    runner.producer = producer  # type: ignore[assignment]
+    runner.consumer = _consumer(set(tps.values()), **membership)
+    for p, tp in tps.items():
+        runner.states[tp] = PartitionState(p)
     return runner, tps
 
 
-def _records(partition: int, n: int) -> list[Any]:
-    return [SimpleNamespace(partition=partition, offset=i, value=b"v%d" % i, key=None) for i in range(n)]
+def _records(partition: int, n: int, first: int = 0) -> list[Any]:
+    return [
+        SimpleNamespace(partition=partition, offset=i, value=b"v%d" % i, key=None)
+        for i in range(first, first + n)
+    ]
 
 
-def test_the_transactions_of_a_polls_partitions_run_side_by_side_each_committing_whole() -> None:
+def test_a_polls_partitions_commit_in_one_transaction_with_each_partitions_next_offset() -> None:
     log: list[str] = []
-    producers = {0: FakeProducer("p0", log), 1: FakeProducer("p1", log)}
-    runner, tps = _runner(producers)
-    asyncio.run(runner._process_all({tps[0]: _records(0, 3), tps[1]: _records(1, 2)}))
-    assert log.index("p1 begin") < log.index("p0 commit"), log
+    producer = FakeProducer(log)
+    runner, tps = _runner(producer, [0, 1])
+    asyncio.run(runner._process_all({tps[0]: _records(0, 3), tps[1]: _records(1, 2, first=10)}))
+    assert log == ["begin", "offsets", "commit"], log
+    assert [offsets for offsets, _ in producer.offsets] == [{tps[0]: 3, tps[1]: 12}]
     # Unkeyed, the copies go to partitions of "out" at random, and Kafka orders records only within one.
-    assert sorted(v for topic, v in producers[0].sent if topic == "out") == [b"v0", b"v1", b"v2"]
+    assert sorted(v for topic, v in producer.sent if topic == "out") == [b"v0", b"v1", b"v10", b"v11", b"v2"]
     assert runner.states[tps[0]].get("seen:2") == b"1"
-    assert runner.states[tps[1]].get("seen:1") == b"1"
+    assert runner.states[tps[1]].get("seen:11") == b"1"
     assert not runner.states[tps[0]].pending
 
 
-def test_a_failed_partition_is_raised_after_the_others_settled_and_forgets_only_its_own_state() -> None:
+def test_the_offsets_are_committed_as_the_group_member_the_worker_is_now() -> None:
+    producer = FakeProducer([])
+    runner, tps = _runner(producer, [0], generation=12, member_id="worker-b")
+    asyncio.run(runner._process_all({tps[0]: _records(0, 1)}))
+    assert [member for _, member in producer.offsets] == [groupfence.Member(12, "worker-b")]
+
+
+def test_a_worker_the_group_has_forgotten_commits_nothing_and_forgets_the_batchs_state() -> None:
+    """aiokafka forgets its generation and member id once a heartbeat hears the group dropped it; a
+    commit without them would be one the group coordinator does not fence."""
     log: list[str] = []
-    producers = {0: FakeProducer("p0", log, fail=True), 1: FakeProducer("p1", log)}
-    runner, tps = _runner(producers)
+    runner, tps = _runner(FakeProducer(log), [0], generation=-1, member_id="")
+    with pytest.raises(groupfence.NotAGroupMemberError):
+        asyncio.run(runner._process_all({tps[0]: _records(0, 2)}))
+    assert log == ["begin", "abort"], log
+    assert runner.states[tps[0]].get("seen:0") is None
+
+
+def test_a_failed_send_aborts_the_whole_poll_and_forgets_every_partitions_state() -> None:
+    log: list[str] = []
+    runner, tps = _runner(FakeProducer(log, fail=True), [0, 1])
     with pytest.raises(OSError, match="refused"):
         asyncio.run(runner._process_all({tps[0]: _records(0, 2), tps[1]: _records(1, 2)}))
-    assert "p0 abort" in log
-    assert "p1 commit" in log
-    assert runner.states[tps[0]].get("seen:0") is None, "the aborted batch's state is forgotten"
-    assert runner.states[tps[1]].get("seen:0") == b"1", "the committed batch's state is kept"
+    assert log == ["begin", "abort"], log
+    assert runner.states[tps[0]].get("seen:0") is None
+    assert runner.states[tps[1]].get("seen:0") is None
 
 
 def test_a_batchs_offsets_join_its_transaction_only_after_every_output_was_delivered() -> None:
@@ -119,26 +151,22 @@ def test_a_batchs_offsets_join_its_transaction_only_after_every_output_was_deliv
     one producer waiting at once, refuses the older: offsets sent while the batch's produce request
     waits for its check got that request refused (NOT_ENOUGH_REPLICAS) and retried."""
     log: list[str] = []
-    runner, tps = _runner({0: FakeProducer("p0", log, delivery_s=0.01)})
+    runner, tps = _runner(FakeProducer(log, delivery_s=0.01), [0])
     asyncio.run(runner._process_all({tps[0]: _records(0, 3)}))
-    assert log.count("p0 delivered") == 6, log  # three outputs and three state records
-    assert log.index("p0 offsets") > max(i for i, line in enumerate(log) if line == "p0 delivered"), log
-    assert log[-1] == "p0 commit", log
+    assert log.count("delivered") == 6, log  # three outputs and three state records
+    assert log.index("offsets") > max(i for i, line in enumerate(log) if line == "delivered"), log
+    assert log[-1] == "commit", log
 
 
 def test_a_partition_not_set_up_yet_is_rewound_and_not_skipped() -> None:
     log: list[str] = []
-    runner, tps = _runner({0: FakeProducer("p0", log)})
+    producer = FakeProducer(log)
+    runner, tps = _runner(producer, [0])
     late = TopicPartition(SOURCE, 5)
-    seeks: list[tuple[TopicPartition, int]] = []
-    runner.consumer = SimpleNamespace(  # type: ignore[assignment]
-        assignment=lambda: {tps[0], late}, seek=lambda tp, offset: seeks.append((tp, offset))
-    )
-    records = _records(5, 3)
-    records = [SimpleNamespace(**{**vars(r), "offset": r.offset + 40}) for r in records]
-    asyncio.run(runner._process_all({tps[0]: _records(0, 1), late: records}))
-    assert seeks == [(late, 40)]
-    assert "p0 commit" in log
+    runner.consumer = _consumer({tps[0], late})
+    asyncio.run(runner._process_all({tps[0]: _records(0, 1), late: _records(5, 3, first=40)}))
+    assert runner.consumer.seeks == [(late, 40)]  # type: ignore[attr-defined]
+    assert [offsets for offsets, _ in producer.offsets] == [{tps[0]: 1}]
 
 
 @given(key=st.binary(min_size=1, max_size=64), partitions=st.integers(min_value=1, max_value=64))

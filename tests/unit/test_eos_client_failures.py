@@ -39,7 +39,7 @@ def _raised(action: Callable[[], Any]) -> BaseException:
 
 
 def _begin_twice() -> None:
-    txn = TransactionManager("g.events.0", 60_000)
+    txn = TransactionManager("g.worker-0", 60_000)
     txn.set_pid_and_epoch(1, 0)
     txn.begin_transaction()
     txn.begin_transaction()  # asserts IN_TRANSACTION -> IN_TRANSACTION
@@ -89,7 +89,7 @@ class FencedMidBatch(BatchSending):
     batch (here the partition's state changes) with IllegalOperation, checking once a batch."""
 
     def __init__(self) -> None:
-        self._txn_manager = TransactionManager("g.events.0", 60_000)
+        self._txn_manager = TransactionManager("g.worker-0", 60_000)
         self._txn_manager.set_pid_and_epoch(1, 0)
         self.aborted = False
 
@@ -126,7 +126,8 @@ def test_a_producer_fenced_mid_batch_is_a_transport_failure_naming_the_fencing()
 
     async def batch() -> FencedMidBatch:
         producer = FencedMidBatch()
-        runner.producers[tp] = producer  # type: ignore[assignment]
+        runner.producer = producer  # type: ignore[assignment]
+        runner.consumer = SimpleNamespace(assignment=lambda: {tp})  # type: ignore[assignment]
         runner.states[tp] = PartitionState(0)
         with pytest.raises(TransportError, match="ProducerFenced") as raised:
             await runner._process_all({tp: records})

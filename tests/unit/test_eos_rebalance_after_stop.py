@@ -1,7 +1,8 @@
 """A rebalance callback of a consumer the worker is stopping changes nothing, without Kafka. One that
 waited for the failed batch's lock used to set up producers and states after the run had cleared
-them; the next run took them for its own (skipping their set-up) though the partitions' next owner had
-fenced them in between, and the first send of one ended the worker."""
+them; the next run took them for its own (skipping their set-up: the state read after the previous
+owner's last commit) though the partitions' next owner had moved on in between, and the first send of
+one ended the worker."""
 
 from __future__ import annotations
 
@@ -77,9 +78,6 @@ class FakeConsumer:
     def assignment(self) -> set[TopicPartition]:
         return {FIRST}
 
-    async def committed(self, _tp: TopicPartition) -> int | None:
-        return None  # nothing committed yet
-
     def seek(self, _tp: TopicPartition, _offset: int) -> None:
         pass  # every poll returns the same record anyway
 
@@ -94,7 +92,7 @@ class FakeConsumer:
     [False, True],
     ids=["a callback that waited for the failed batch", "a callback the consumer's stop lets finish"],
 )
-def test_an_assignment_of_a_consumer_being_stopped_sets_up_no_producer_for_the_next_run(
+def test_an_assignment_of_a_consumer_being_stopped_sets_up_nothing_for_the_next_run(
     monkeypatch: pytest.MonkeyPatch, on_stop: bool
 ) -> None:
     monkeypatch.setattr(eos, "AIOKafkaProducer", FakeProducer)
@@ -113,9 +111,18 @@ def test_an_assignment_of_a_consumer_being_stopped_sets_up_no_producer_for_the_n
     async def empty_state(partition: int) -> PartitionState:
         return PartitionState(partition)
 
+    async def nothing_committed(
+        _consumer: Any, tps: list[TopicPartition]
+    ) -> dict[TopicPartition, int | None]:
+        return dict.fromkeys(tps)
+
     runner._load_state = empty_state  # type: ignore[method-assign]
+    runner._committed = nothing_committed  # type: ignore[method-assign]
     with pytest.raises(TransportError, match="went away"):
         asyncio.run(runner._run_once())
-    assert runner.producers == {}, "the next run would take these for its own"
-    assert runner.states == {}
-    assert FakeProducer.started == ["g.events.0"], "the stopped consumer's late callback set one up"
+    assert runner.producer is None, "the next run would take it for its own"
+    assert runner.states == {}, "the next run would take these for its own"
+    assert runner._unready == set(), "the stopped consumer's late callback left partitions to set up"
+    assert FakeProducer.started == [runner.transactional_id], (
+        "the stopped consumer's late callback set one up"
+    )

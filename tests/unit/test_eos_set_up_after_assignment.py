@@ -1,7 +1,8 @@
 """The runner sets a partition up after the group assigned it (aiokafka sends no heartbeat during the
-assignment callback), so it may already hold records of it fetched from a position read before the
-set-up fenced the previous owner. Without Kafka: those records are fetched again from the committed
-offset read after the fence, none skipped and none handled twice."""
+assignment callback), so it may already hold records of it fetched from a position aiokafka read
+without waiting for the previous owner's open transaction. Without Kafka: those records are fetched
+again from the committed offset the set-up read once that transaction ended, none skipped and none
+handled twice."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class FakeProducer(BatchSending):
 
     def __init__(self, **_: Any) -> None:
         self._txn_manager = SimpleNamespace(is_fatal_error=lambda: False)
+        self.transactional_id = "g.worker-test"
 
     async def start(self) -> None:
         pass
@@ -51,15 +53,13 @@ class FakeProducer(BatchSending):
 
 class FakeConsumer:
     """One partition of four records: its first poll assigns it and returns them all at once (as a
-    fetch that ran during the callback); later polls return what lies past the position. ``committed``
-    is what the previous owner had committed by the time the new owner fenced it."""
-
-    committed_offset: int | None = None
+    fetch that ran during the callback); later polls return what lies past the position."""
 
     def __init__(self, **_: Any) -> None:
         self.listener: Any = None
         self.position = 0
         self.polls = 0
+        self._coordinator = SimpleNamespace(generation=1, member_id="worker-a", _group_instance_id=None)
 
     async def start(self) -> None:
         pass
@@ -84,9 +84,6 @@ class FakeConsumer:
     def seek(self, _tp: TopicPartition, offset: int) -> None:
         self.position = offset
 
-    async def committed(self, _tp: TopicPartition) -> int | None:
-        return self.committed_offset
-
     def assignment(self) -> set[TopicPartition]:
         return {FIRST}
 
@@ -104,7 +101,6 @@ def test_a_partition_set_up_after_its_records_were_fetched_starts_from_its_commi
 ) -> None:
     monkeypatch.setattr(eos, "AIOKafkaProducer", FakeProducer)
     monkeypatch.setattr(eos, "AIOKafkaConsumer", FakeConsumer)
-    monkeypatch.setattr(FakeConsumer, "committed_offset", committed)
     seen: list[int] = []
 
     async def handle(record: Any, _state: PartitionState) -> list[Output]:
@@ -118,6 +114,10 @@ def test_a_partition_set_up_after_its_records_were_fetched_starts_from_its_commi
     async def empty_state(partition: int) -> PartitionState:
         return PartitionState(partition)
 
+    async def stable_committed(_consumer: Any, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+        return dict.fromkeys(tps, committed)  # what the previous owner had committed when its txn ended
+
     runner._load_state = empty_state  # type: ignore[method-assign]
+    runner._committed = stable_committed  # type: ignore[method-assign]
     asyncio.run(runner._run_once())
     assert seen == handled

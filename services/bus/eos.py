@@ -87,8 +87,8 @@ TRANSACTION_TIMEOUT_MS = 10_000
 worker that died mid-batch holds back the ``read_committed`` readers of every partition its open
 transaction wrote, and the partitions' next owner (which waits for it to end). The broker looks for
 such transactions every ``transaction.abort.timed.out.transaction.cleanup.interval.ms`` (10 s by
-default; the brokers deploy/ configures: 1 s). A batch takes milliseconds; one that takes longer is aborted, and
-the worker restarts and does it again."""
+default; the brokers deploy/ configures: 1 s). A batch takes milliseconds; one that takes longer is
+aborted, and the worker restarts and does it again."""
 
 STABLE_OFFSETS_TIMEOUT_S = 60.0
 """How long a worker waits for a partition's previous owner's transaction to end before it gives up
@@ -507,8 +507,8 @@ class TransactionalRunner:
 
         One transaction a poll, not one a partition: at the rates the bus carries a poll returns a
         record or two of each partition, and every transaction costs the client and the broker its
-        round trips and its markers whatever it carries (docs/decisions.md, "One transaction a
-        worker")."""
+        round trips and its markers whatever it carries (docs/decisions.md, "Kafka transactions:
+        one a poll")."""
         if not batches:
             return
         rewind = False

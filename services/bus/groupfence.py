@@ -32,6 +32,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka import errors as kerrors
+from aiokafka.client import ConnectionGroup
 from aiokafka.producer import sender as aiokafka_sender
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import (
@@ -343,10 +344,17 @@ async def stable_committed(
     deadline = time.monotonic() + timeout_s
     why = "no answer"
     while time.monotonic() < deadline:
-        await coordinator.ensure_coordinator_known()
-        node = coordinator.coordinator_id
         try:
-            response = await client.send(node, OffsetFetchV7(group_id, tps))
+            await asyncio.wait_for(
+                coordinator.ensure_coordinator_known(), max(deadline - time.monotonic(), 0.1)
+            )
+            node = coordinator.coordinator_id
+            response = await client.send(
+                node, OffsetFetchV7(group_id, tps), group=ConnectionGroup.COORDINATION
+            )
+        except TimeoutError:
+            why = "no group coordinator found"
+            continue
         except kerrors.KafkaError as e:
             why = repr(e)
             coordinator.coordinator_dead()

@@ -5,9 +5,9 @@ verified event is copied (value and key unchanged, CloudEvents headers derived f
 header, never the producer's) into ``lianfang.inbox.<participant>.v1`` of every recipient; anything
 else goes to ``lianfang.deadletter.v1`` with its reason code, a bug met on one record included
 (``internal``): no record stops the router, only a Kafka failure restarts the worker. Deliveries,
-the replay window's state and the consumed offset commit in one Kafka transaction per source partition
-(:mod:`services.bus.eos`), so a router killed mid-batch and restarted delivers nothing twice and
-loses nothing. Several workers of one group share the partitions.
+the replay window's state and the consumed offsets of a poll commit in one Kafka transaction
+(:mod:`services.bus.eos`; a worker the group dropped cannot commit), so a router killed mid-batch and
+restarted delivers nothing twice and loses nothing. Several workers of one group share the partitions.
 
 Registry updates arrive on ``lianfang.registry.v1`` (:mod:`services.bus.registry_follower`) and take
 effect without a restart. While the registry in force has expired, or the worker holds no fresh

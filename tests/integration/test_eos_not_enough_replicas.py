@@ -5,7 +5,7 @@ broker's transaction verification: a partition leader checks each transactional 
 transaction coordinator, keeps one check a producer waiting, and refuses the older of two (a produce
 hears NOT_ENOUGH_REPLICAS). The runner sent a batch's offsets (a transactional offset commit, checked
 the same way) while the batch's produce request still waited for its check. It now sends them once
-every output is delivered (docs/decisions.md, "Kafka transactions per source partition").
+every output is delivered (docs/decisions.md, "Kafka transactions").
 """
 
 from __future__ import annotations

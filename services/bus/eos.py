@@ -1,7 +1,8 @@
 """Exactly-once consume → transform → produce on Kafka transactions, with per-partition state.
 
-A worker has one transactional producer (id ``<group>.worker-<random>``, kept across its restarts
-within the process). A poll's records, of every partition it returned, are handled in one
+A worker has one transactional producer (id ``<group>.worker-<name>``: the ``worker_id`` it is
+given, kept across the process's restarts, else a random name kept across its restarts within the
+process). A poll's records, of every partition it returned, are handled in one
 transaction holding the outputs, the changes to each partition ``p``'s state (written to partition
 ``p`` of a compacted state topic) and the consumed offsets, so after any crash the outputs, the states
 and the positions agree. Readers of the outputs use ``isolation_level="read_committed"``.
@@ -179,6 +180,7 @@ class TransactionalRunner:
         after_batch: BatchHook | None = None,
         store: Callable[[], MutableMapping[str, bytes]] = dict,
         max_batch: int = 500,
+        worker_id: str | None = None,
         paused: Callable[[], bool] | None = None,
         client_id: str = "lianfang",
         security: KafkaSecuritySettings | None = None,
@@ -198,9 +200,11 @@ class TransactionalRunner:
         self.max_batch = max_batch
         self.paused = paused
         self.client_id = client_id
-        # One transactional id for the life of this runner: a restart within the process aborts what
-        # the previous run left open at once (its producer's start fences the old one).
-        self.transactional_id = f"{group_id}.worker-{uuid.uuid4().hex[:16]}"
+        # One transactional id for the life of this runner (and, given a worker_id, across the
+        # process's restarts): a restart aborts what the previous run left open at once (its
+        # producer's start fences the old one). Two live workers must not share one: each start of
+        # one would fence the other.
+        self.transactional_id = f"{group_id}.worker-{worker_id or uuid.uuid4().hex[:16]}"
         self.producer: AIOKafkaProducer | None = None
         self.states: dict[TopicPartition, PartitionState] = {}
         self.consumer: AIOKafkaConsumer | None = None

@@ -92,6 +92,15 @@ class RouterSettings(ServiceSettings):
         description="how far the signed time may lie from the broker's append time, either way (time_skew)",
     )
     max_batch: int = Field(default=500, ge=1, description="records per transaction, at most")
+    worker_id: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9._-]{0,64}$",
+        description="this worker's name, distinct for each worker of the group and kept across its "
+        "restarts (e.g. router-1, or the pod's name): its transactional id is <group>.worker-<name>, so a "
+        "worker restarted after a crash aborts at once the transaction it left open; empty: a random name "
+        "each start, and a crashed worker's open transaction holds the inboxes' readers back until the "
+        "broker aborts it (about 11 s)",
+    )
     metrics_port: int = Field(default=9102, ge=0, description="port of /metrics; 0 turns it off")
     metrics_address: str = Field(default=metrics_endpoint.LOOPBACK, description=metrics_endpoint.ADDRESS_HELP)
     lag_interval_s: float = Field(
@@ -503,6 +512,7 @@ async def serve(
         after_batch=router.after_batch,
         store=SeenStore,
         max_batch=settings.max_batch,
+        worker_id=settings.worker_id or None,
         paused=router.paused,
         client_id="lianfang-router",
         security=settings.kafka_security,

@@ -261,6 +261,7 @@ class Bed:
                 "LIANFANG_ROUTER_GROUP_ID": f"{self.prefix}router",
                 "LIANFANG_ROUTER_METRICS_PORT": str(METRICS_PORT),
                 "LIANFANG_ROUTER_LAG_INTERVAL_S": "1",
+                "LIANFANG_ROUTER_WORKER_ID": name,
             }
         elif name == "hub":
             module = "services.hub"

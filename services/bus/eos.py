@@ -85,8 +85,9 @@ REBALANCE_TIMEOUT_MS = 120_000
 
 TRANSACTION_TIMEOUT_MS = 10_000
 """How long the broker lets a transaction of this worker stay open before it aborts it: how long a
-worker that died mid-batch holds back the ``read_committed`` readers of every partition its open
-transaction wrote, and the partitions' next owner (which waits for it to end). The broker looks for
+worker that died mid-batch, and is not started again under its ``worker_id``, holds back the
+``read_committed`` readers of every partition its open transaction wrote, and the partitions' next
+owner (which waits for it to end). The broker looks for
 such transactions every ``transaction.abort.timed.out.transaction.cleanup.interval.ms`` (10 s by
 default; the brokers deploy/ configures: 1 s). A batch takes milliseconds; one that takes longer is
 aborted, and the worker restarts and does it again."""

@@ -96,10 +96,11 @@ class RouterSettings(ServiceSettings):
         default="",
         pattern=r"^[A-Za-z0-9._-]{0,64}$",
         description="this worker's name, distinct for each worker of the group and kept across its "
-        "restarts (e.g. router-1, or the pod's name): its transactional id is <group>.worker-<name>, so a "
-        "worker restarted after a crash aborts at once the transaction it left open; empty: a random name "
-        "each start, and a crashed worker's open transaction holds the inboxes' readers back until the "
-        "broker aborts it (about 11 s)",
+        "restarts (e.g. router-1): its transactional id is <group>.worker-<name> and its static membership "
+        "of the group, so a worker restarted after a crash takes its partitions back and aborts the "
+        "transaction it left open at once (a stopped one keeps its partitions for the session timeout, "
+        "10 s); empty: a random name each start, and a crash stops its partitions until the group drops "
+        "it and holds the inboxes' readers back until the broker aborts its transaction (about 11 s)",
     )
     metrics_port: int = Field(default=9102, ge=0, description="port of /metrics; 0 turns it off")
     metrics_address: str = Field(default=metrics_endpoint.LOOPBACK, description=metrics_endpoint.ADDRESS_HELP)

@@ -1,13 +1,20 @@
-"""A router worker that crashed with a transaction open and is started again under its name
-(``worker_id``: the same transactional id) aborts that transaction as it starts, so the readers of the
-partitions it wrote wait for its restart, not for the broker's transaction timeout."""
+"""A router worker that crashed and is started again under its name (``worker_id``) carries on at
+once: it aborts the transaction it left open as it starts (the same transactional id), so the readers
+of the partitions it wrote wait for its restart, not for the broker's transaction timeout; and it takes
+its partitions back as the same static member of its group, without waiting for the group to drop its
+dead self (the session timeout)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +29,8 @@ pytestmark = pytest.mark.integration
 
 LEFT_OPEN_FOR_S = 120  # the crashed worker's transaction timeout: far past the test's deadline
 DEADLINE_S = 45
+SESSION_TIMEOUT_MS = 60_000  # how long the group would wait for a dead member: far past DEADLINE_S
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_worker_started_again_under_its_name_aborts_the_transaction_it_left_open(
@@ -113,3 +122,64 @@ def _read_committed_until(
         return read
     finally:
         reader.close()
+
+
+def test_a_worker_killed_and_started_again_under_its_name_takes_its_partitions_back_at_once(
+    kafka_bootstrap: str,
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    source, state, out = f"t-static-in-{suffix}", f"t-static-state-{suffix}", f"t-static-out-{suffix}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, 1, 1) for name in (source, state, out)])
+    finally:
+        admin.close()
+    group = f"t-static-group-{suffix}"
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    producer.send(source, key=b"k", value=b"before the kill").get(30)
+    failures: list[BaseException] = []
+    first = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.eos_worker", kafka_bootstrap, group, source, state, out,
+         "w1", str(SESSION_TIMEOUT_MS)],
+        cwd=REPO,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _read_committed_until(kafka_bootstrap, out, [b"before the kill"], failures)
+    finally:
+        first.send_signal(signal.SIGKILL)  # no LeaveGroup, no abort: the group still counts it
+        first.wait(30)
+    producer.send(source, key=b"k", value=b"after the kill").get(30)
+    producer.close()
+
+    async def copy(record: Any, _state: PartitionState) -> list[Output]:
+        return [Output(out, record.value, record.key)]
+
+    again = TransactionalRunner(
+        bootstrap=kafka_bootstrap,
+        group_id=group,
+        source=source,
+        state_topic=state,
+        handler=copy,
+        worker_id="w1",
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+    )
+    finished = threading.Event()
+
+    def run() -> None:
+        try:
+            asyncio.run(run_worker_until(again, finished.is_set, "the test's end", DEADLINE_S + 60))
+        except BaseException as e:  # reported by the test's thread
+            failures.append(e)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    try:
+        read = _read_committed_until(kafka_bootstrap, out, [b"before the kill", b"after the kill"], failures)
+    finally:
+        finished.set()
+        worker.join(90)
+    assert not failures, failures
+    assert read == [b"before the kill", b"after the kill"]

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,7 +16,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
 
 from schemas.freshness import TIMESTAMP_RECORD_KEY
 from schemas.registry import RegistryDocument
@@ -56,6 +59,104 @@ async def run_worker_until(runner: TransactionalRunner, done: Any, what: str, ti
     finally:
         runner.stop()
         await asyncio.wait_for(task, timeout=60)
+
+
+def eos_topics(bootstrap: str, kind: str, partitions: int = 1) -> tuple[str, str, str]:
+    """A new source, state and output topic for an exactly-once worker (``partitions`` each), named
+    after ``kind``."""
+    name = f"t-{kind}-{uuid.uuid4().hex[:8]}"
+    names = (f"{name}.in", f"{name}.state", f"{name}.out")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, partitions, 1) for topic in names])
+    finally:
+        admin.close()
+    return names
+
+
+def produce(bootstrap: str, topic: str, values: Iterable[bytes], key: bytes = b"k") -> None:
+    """Each of ``values`` under ``key``, acknowledged by every replica."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        for value in values:
+            producer.send(topic, key=key, value=value).get(30)
+    finally:
+        producer.close()
+
+
+class WorkerThread:
+    """An exactly-once worker in a thread of its own (its own event loop), as if in a process of its
+    own, until :meth:`stop`; what ended it early is in ``failures``."""
+
+    def __init__(self, runner: TransactionalRunner, timeout_s: float = 180) -> None:
+        self.runner = runner
+        self.finished = threading.Event()
+        self.failures: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, args=(timeout_s,), daemon=True)
+
+    def start(self) -> WorkerThread:
+        self._thread.start()
+        return self
+
+    def _run(self, timeout_s: float) -> None:
+        try:
+            asyncio.run(run_worker_until(self.runner, self.finished.is_set, "the test's end", timeout_s))
+        except BaseException as e:  # reported by the test's thread
+            self.failures.append(e)
+
+    def stop(self) -> None:
+        self.finished.set()
+        self._thread.join(90)
+
+
+def wait_for(condition: Any, what: str, timeout_s: float = 90, workers: Iterable[WorkerThread] = ()) -> None:
+    """Poll ``condition()`` until it holds; fail after ``timeout_s`` or once a worker failed."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        for worker in workers:
+            assert not worker.failures, worker.failures
+        assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
+        time.sleep(0.1)  # poll interval inside a deadline loop
+
+
+def committed_offset(bootstrap: str, group: str, topic: str) -> int | None:
+    """The offset ``group`` committed on partition 0 of ``topic``."""
+    reader = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        offset: int | None = reader.committed(TopicPartition(topic, 0))
+        return offset
+    finally:
+        reader.close()
+
+
+def read_committed(
+    bootstrap: str, topic: str, until: list[bytes] | None = None, timeout_s: float = 30
+) -> list[bytes]:
+    """The values a ``read_committed`` reader reads of partition 0 of ``topic``: to its end, or (with
+    ``until``) until it has read those values; fails after ``timeout_s`` (a reader held back by an open
+    transaction reads nothing past it)."""
+    reader = KafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", auto_offset_reset="earliest"
+    )
+    try:
+        tp = TopicPartition(topic, 0)
+        reader.assign([tp])
+        end = reader.end_offsets([tp])[tp]
+        read: list[bytes] = []
+
+        def more() -> bool:
+            return read != until if until is not None else reader.position(tp) < end
+
+        deadline = time.monotonic() + timeout_s
+        while more():
+            assert time.monotonic() < deadline, (
+                f"a read_committed reader of {topic} read {read} within {timeout_s} s"
+            )
+            for records in reader.poll(timeout_ms=200).values():
+                read.extend(r.value for r in records)
+        return read
+    finally:
+        reader.close()
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """One exactly-once worker copying its source to ``OUT``, in a process of its own, for tests that kill
 it: ``python -m tests.integration.eos_worker BOOTSTRAP GROUP SOURCE STATE OUT WORKER_ID SESSION_MS``
-(``WORKER_ID`` ``-``: unnamed). It runs until it is killed."""
+(``WORKER_ID`` ``-``: unnamed). It runs until it is killed. (The same worker in the test's process:
+``test_eos_restart._copier``.)"""
 
 from __future__ import annotations
 

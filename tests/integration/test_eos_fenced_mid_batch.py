@@ -8,17 +8,16 @@ as Kafka's failure. (A worker the group dropped is fenced by the group: test_eos
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
 from services.bus.eos import Output, PartitionState, TransactionalRunner
-from tests.integration.buskit import run_worker_until
+from tests.integration.buskit import committed_offset, read_committed, run_worker_until
 
 pytestmark = pytest.mark.integration
 
@@ -62,41 +61,10 @@ def test_a_worker_fenced_mid_batch_restarts_and_commits_the_batch_once(kafka_boo
         return (
             runner.restarts >= 1
             and handled.count(b"second") >= 2
-            and _committed(kafka_bootstrap, group, source) == 2
+            and committed_offset(kafka_bootstrap, group, source) == 2
         )
 
     asyncio.run(run_worker_until(runner, committed_again, "the batch handled again and committed", 90))
     assert len(fenced) == 1
-    assert _read_committed(kafka_bootstrap, [out, other]) == {
-        out: [b"first", b"second"],
-        other: [b"first", b"second"],
-    }
-
-
-def _committed(bootstrap: str, group: str, topic: str) -> int | None:
-    reader = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        offset: int | None = reader.committed(TopicPartition(topic, 0))
-        return offset
-    finally:
-        reader.close()
-
-
-def _read_committed(bootstrap: str, names: list[str]) -> dict[str, list[bytes]]:
-    """The committed values of partition 0 of each topic, to its end."""
-    reader = KafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level="read_committed", auto_offset_reset="earliest"
-    )
-    try:
-        tps = [TopicPartition(name, 0) for name in names]
-        reader.assign(tps)
-        ends = reader.end_offsets(tps)
-        read: dict[str, list[bytes]] = {name: [] for name in names}
-        deadline = time.monotonic() + 30
-        while any(reader.position(tp) < ends[tp] for tp in tps):
-            assert time.monotonic() < deadline, f"could not read {names} to their end"
-            for tp, records in reader.poll(timeout_ms=200).items():
-                read[tp.topic].extend(r.value for r in records)
-        return read
-    finally:
-        reader.close()
+    assert read_committed(kafka_bootstrap, out) == [b"first", b"second"]
+    assert read_committed(kafka_bootstrap, other) == [b"first", b"second"]

@@ -308,7 +308,6 @@ class TransactionalRunner:
     async def _start_producer(self) -> AIOKafkaProducer:
         """Start the worker's transactional producer: InitProducerId aborts what an earlier run of
         this worker left open."""
-        groupfence.install()
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             transactional_id=self.transactional_id,

@@ -46,20 +46,19 @@ from aiokafka.protocol.types import (
     TaggedFields,
 )
 
+from services.bus import offsetfetch
 from services.kernel.errors import TransportError
 
 __all__ = ["Member", "NotAGroupMemberError", "install", "send_offsets", "stable_committed"]
 
-ILLEGAL_GENERATION = 22
-UNKNOWN_MEMBER_ID = 25
+# Kafka's error codes aiokafka 0.14 has no class for.
 FENCED_INSTANCE_ID = 82
 UNSTABLE_OFFSET_COMMIT = 88
-COORDINATOR_LOAD_IN_PROGRESS = 14
-COORDINATOR_NOT_AVAILABLE = 15
-NOT_COORDINATOR = 16
 
 # A member's commit refused because the group has moved on without it: this worker is a zombie.
-_NOT_A_MEMBER = frozenset({ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID})
+_NOT_A_MEMBER = frozenset(
+    {kerrors.IllegalGenerationError.errno, kerrors.UnknownMemberIdError.errno, FENCED_INSTANCE_ID}
+)
 
 STABLE_RETRY_S = 0.05
 """How long :func:`stable_committed` waits before asking again while a transaction holds offsets open."""
@@ -319,9 +318,12 @@ class OffsetFetchV7(Request[OffsetFetchRequestV7]):  # type: ignore[misc]
 def read_offsets(response: Any) -> tuple[int, dict[TopicPartition, int | None], bool]:
     """An OffsetFetch v7 answer: its group error code, each partition's committed offset (None:
     nothing committed), and whether a partition was unstable (a transaction holds offsets open).
-    Another error of a partition is raised as aiokafka's error for its code."""
+    With a group error the partitions are not read (the broker may repeat it on each of them);
+    another error of a partition is raised as aiokafka's error for its code."""
     offsets: dict[TopicPartition, int | None] = {}
     unstable = False
+    if response.error_code:
+        return int(response.error_code), offsets, unstable
     for name, partitions, _ in response.topics:
         for partition, offset, _epoch, _metadata, code, _ in partitions:
             if code == UNSTABLE_OFFSET_COMMIT:
@@ -360,14 +362,15 @@ async def stable_committed(
             coordinator.coordinator_dead()
             await asyncio.sleep(STABLE_RETRY_S)
             continue
-        group_error, offsets, unstable = read_offsets(response)
-        if group_error in (NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE):
+        code, offsets, unstable = read_offsets(response)
+        error = kerrors.for_code(code) if code else None
+        if error is not None and issubclass(error, offsetfetch.COORDINATOR_GONE):
             coordinator.coordinator_dead()
-            why = f"group error {group_error}"
-        elif group_error == COORDINATOR_LOAD_IN_PROGRESS:
+            why = error.__name__
+        elif error is kerrors.GroupLoadInProgressError:
             why = "the coordinator is loading"
-        elif group_error:
-            raise kerrors.for_code(group_error)(f"OffsetFetch of group {group_id}")
+        elif error is not None:
+            raise error(f"OffsetFetch of group {group_id}")
         elif unstable:
             why = "a transaction holds offsets open"
         else:

@@ -28,11 +28,12 @@ from aiokafka import errors
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.protocol.commit import OffsetFetchRequest
 
-__all__ = ["group_error", "install"]
+__all__ = ["COORDINATOR_GONE", "group_error", "install"]
 
 log = logging.getLogger("lianfang.offsetfetch")
 
-_COORDINATOR_GONE = (errors.NotCoordinatorForGroupError, errors.GroupCoordinatorNotAvailableError)
+COORDINATOR_GONE = (errors.NotCoordinatorForGroupError, errors.GroupCoordinatorNotAvailableError)
+"""What a broker answers for a group whose coordinator it is not (now): look the coordinator up again."""
 
 
 def group_error(response: Any) -> type[errors.KafkaError] | None:
@@ -52,7 +53,7 @@ def _checked(
             error = group_error(response)
             if error is not None:
                 log.debug("OffsetFetch for group %s answered %s", self.group_id, error.__name__)
-                if issubclass(error, _COORDINATOR_GONE):
+                if issubclass(error, COORDINATOR_GONE):
                     self.coordinator_dead()
                 raise error()
         return response

@@ -61,14 +61,14 @@ async def run_worker_until(runner: TransactionalRunner, done: Any, what: str, ti
         await asyncio.wait_for(task, timeout=60)
 
 
-def eos_topics(bootstrap: str, kind: str, partitions: int = 1) -> tuple[str, str, str]:
-    """A new source, state and output topic for an exactly-once worker (``partitions`` each), named
+def eos_topics(bootstrap: str, kind: str) -> tuple[str, str, str]:
+    """A new source, state and output topic of one partition each for an exactly-once worker, named
     after ``kind``."""
     name = f"t-{kind}-{uuid.uuid4().hex[:8]}"
     names = (f"{name}.in", f"{name}.state", f"{name}.out")
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        admin.create_topics([NewTopic(topic, partitions, 1) for topic in names])
+        admin.create_topics([NewTopic(topic, 1, 1) for topic in names])
     finally:
         admin.close()
     return names

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -17,7 +20,19 @@ from services.bus import groupfence
 pytestmark = pytest.mark.integration
 
 
-async def _member_of_a_group(bootstrap: str) -> tuple[AIOKafkaConsumer, str, list[TopicPartition]]:
+@dataclass
+class Member:
+    """A consumer that is a member of a new group (both partitions of a new topic assigned to it), and
+    a transactional producer committing offsets for that group."""
+
+    consumer: AIOKafkaConsumer
+    producer: AIOKafkaProducer
+    group: str
+    tps: list[TopicPartition]
+
+
+@asynccontextmanager
+async def _member_of_a_group(bootstrap: str) -> AsyncIterator[Member]:
     suffix = uuid.uuid4().hex[:8]
     topic, group = f"t-fence-{suffix}", f"t-fence-group-{suffix}"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
@@ -26,29 +41,28 @@ async def _member_of_a_group(bootstrap: str) -> tuple[AIOKafkaConsumer, str, lis
     finally:
         admin.close()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    consumer.subscribe([topic])
-    tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
-    deadline = asyncio.get_running_loop().time() + 60
-    while consumer.assignment() != set(tps):
-        assert asyncio.get_running_loop().time() < deadline, "the consumer was assigned no partitions"
-        await consumer.getmany(timeout_ms=200)
-    return consumer, group, tps
-
-
-async def _transactional(bootstrap: str, group: str) -> AIOKafkaProducer:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"{group}.worker-test")
-    await producer.start()
-    return producer
+    await consumer.start()
+    try:
+        await producer.start()
+        consumer.subscribe([topic])
+        tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+        deadline = asyncio.get_running_loop().time() + 60
+        while consumer.assignment() != set(tps):
+            assert asyncio.get_running_loop().time() < deadline, "the consumer was assigned no partitions"
+            await consumer.getmany(timeout_ms=200)
+        yield Member(consumer, producer, group, tps)
+    finally:
+        await producer.stop()
+        await consumer.stop()
 
 
 def test_offsets_from_a_generation_the_group_has_left_or_an_unknown_member_are_refused(
     kafka_bootstrap: str,
 ) -> None:
     async def scenario() -> None:
-        consumer, group, tps = await _member_of_a_group(kafka_bootstrap)
-        producer = await _transactional(kafka_bootstrap, group)
-        try:
+        async with _member_of_a_group(kafka_bootstrap) as m:
+            consumer, producer, group, tps = m.consumer, m.producer, m.group, m.tps
             now = groupfence.Member.of(consumer)
             for member, code in (
                 (groupfence.Member(now.generation_id - 1, now.member_id), "error 22"),  # ILLEGAL_GENERATION
@@ -66,9 +80,6 @@ def test_offsets_from_a_generation_the_group_has_left_or_an_unknown_member_are_r
                 tps[0]: 3,
                 tps[1]: None,
             }
-        finally:
-            await producer.stop()
-            await consumer.stop()
 
     asyncio.run(scenario())
 
@@ -77,9 +88,8 @@ def test_a_stable_read_of_committed_offsets_waits_for_the_transaction_that_holds
     kafka_bootstrap: str,
 ) -> None:
     async def scenario() -> None:
-        consumer, group, tps = await _member_of_a_group(kafka_bootstrap)
-        producer = await _transactional(kafka_bootstrap, group)
-        try:
+        async with _member_of_a_group(kafka_bootstrap) as m:
+            consumer, producer, group, tps = m.consumer, m.producer, m.group, m.tps
             await producer.begin_transaction()
             await groupfence.send_offsets(producer, {tps[1]: 5}, group, groupfence.Member.of(consumer))
             reading = asyncio.ensure_future(groupfence.stable_committed(consumer, group, tps, timeout_s=30))
@@ -88,8 +98,5 @@ def test_a_stable_read_of_committed_offsets_waits_for_the_transaction_that_holds
             assert not done, "read around an open transaction's offsets"
             await producer.commit_transaction()
             assert await reading == {tps[0]: None, tps[1]: 5}
-        finally:
-            await producer.stop()
-            await consumer.stop()
 
     asyncio.run(scenario())

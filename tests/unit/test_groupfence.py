@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import TopicAuthorizationFailedError
+from aiokafka.errors import NotCoordinatorForGroupError, TopicAuthorizationFailedError
 from aiokafka.structs import OffsetAndMetadata
 
 from services.bus import groupfence
@@ -59,6 +59,13 @@ def test_an_offset_fetch_answer_says_when_a_transaction_holds_a_partitions_offse
         _answer([(0, 17, 0), (1, -1, groupfence.UNSTABLE_OFFSET_COMMIT)])
     )
     assert unstable
+
+
+def test_an_offset_fetch_answer_with_a_group_error_gives_it_whatever_its_partitions_say() -> None:
+    """The broker may repeat a group error (its coordinator moved) on each partition: that is a reason
+    to look the coordinator up again, not a partition's failure."""
+    moved = NotCoordinatorForGroupError.errno
+    assert groupfence.read_offsets(_answer([(0, -1, moved)], error_code=moved)) == (moved, {}, False)
 
 
 def test_an_offset_fetch_answer_with_another_partition_error_raises_it() -> None:

@@ -72,6 +72,7 @@ from services.bus.security import (
 )
 from services.bus.settings import ServiceSettings
 from services.hub import store as hub_store
+from services.hub import take
 from services.hub.commitwatch import CommitWatch
 from services.hub.config import HubConfig
 from services.hub.consumer import GapSafeConsumer, HubApp
@@ -720,12 +721,9 @@ def create_app(settings: HubSettings, *, metrics: HubMetrics | None = None) -> f
     def batch_loop(agent: str, stream: faust.StreamT[Any]) -> AsyncIterator[None]:
         # Acknowledged by hand once handled (HubWorker.on_inbox_batch); a batch that fails is handled
         # again in place (until_handled), never dropped.
-        batches = cast(faust.Stream[Any], stream).noack_take(
-            settings.batch_max, within=settings.batch_within_s
-        )
         return agent_loop(
             agent,
-            batches,
+            take.batches(cast(faust.Stream[Any], stream), settings.batch_max, settings.batch_within_s),
             lambda events: worker.on_inbox_batch(stream, events),
             freshness=freshness,
             metrics=metrics,

@@ -186,6 +186,7 @@ class TransactionalRunner:
         client_id: str = "lianfang",
         security: KafkaSecuritySettings | None = None,
         on_restart: Callable[[], None] | None = None,
+        on_commit: Callable[[int], None] | None = None,
         session_timeout_ms: int = SESSION_TIMEOUT_MS,
     ) -> None:
         self.bootstrap = bootstrap
@@ -213,6 +214,7 @@ class TransactionalRunner:
         self.stopping = asyncio.Event()
         self.restarts = 0
         self.on_restart = on_restart
+        self.on_commit = on_commit  # told each committed transaction's count of source records
         # Wall-clock time the loop last came back from Kafka (a poll answered, a batch committed): a
         # worker restarting over and over, or stuck in a transaction, stops moving it (a stall).
         self.progressed_at = time.time()
@@ -600,6 +602,8 @@ class TransactionalRunner:
             raise
         for state in states:
             state._apply()
+        if self.on_commit is not None:
+            self.on_commit(sum(len(records) for records in batches.values()))
 
     def source_partitions(self) -> int:
         """How many partitions the source topic has, from the consumer's metadata (a record was just

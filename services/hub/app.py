@@ -126,7 +126,8 @@ class HubSettings(ServiceSettings):
     batch_within_s: float = Field(
         default=0.005,
         gt=0,
-        description="how long a batch waits for more records before it is handled (added latency)",
+        description="how long a batch waits for more records after its first before it is handled "
+        "(added latency)",
     )
     rocksdb_write_buffer_mb: int = Field(
         default=1,

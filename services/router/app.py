@@ -518,6 +518,7 @@ async def serve(
         client_id="lianfang-router",
         security=settings.kafka_security,
         on_restart=metrics.worker_restarts.inc,
+        on_commit=metrics.transactions.observe,
     )
     metrics.worker_progress.set_function(lambda: runner.progressed_at)
     router.partitions = runner.source_partitions

@@ -63,6 +63,15 @@ class RouterMetrics:
             "refused): it rejoined the group, fenced its producers and redid the batch.",
             registry=registry,
         )
+        self.transactions = Histogram(
+            "lianfang_router_transaction_records",
+            "Records of the events topic each committed transaction of a worker took (a poll's records "
+            "of all its partitions). Its count is the transactions committed: each costs the same few "
+            "round trips to the broker however many records it holds, so a rate of transactions near "
+            "the rate of records means the router pays them a record.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+            registry=registry,
+        )
         self.worker_progress = Gauge(
             "lianfang_router_worker_progress_timestamp_seconds",
             "Unix time the worker's loop last came back from Kafka with its batch committed (or nothing to "

@@ -653,6 +653,17 @@ class Latency:
     hub_before: dict[str, float] = field(default_factory=dict)  # the hub's /metrics as the window opened
     hub_after: dict[str, float] = field(default_factory=dict)  # and once its last alert was read
     warmup_missing: int = 0  # alerts of the warm-up load that had not arrived when the window opened
+    router_before: dict[str, float] = field(default_factory=dict)  # the router's /metrics likewise
+    router_after: dict[str, float] = field(default_factory=dict)
+
+
+TRANSACTIONS = "lianfang_router_transaction_records"
+"""The router's histogram of records a committed transaction: its count and sum over the load."""
+
+
+def _grew(before: dict[str, float], after: dict[str, float], series: str) -> float:
+    """How much a series of /metrics grew between two scrapes (0 when the second lacks it)."""
+    return after.get(series, 0.0) - before.get(series, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -743,6 +754,7 @@ def _hub_latency(
         phones = [f"137{i:08d}" for i in range(n)]
         subjects = [pseudonymize(key, phone=p) for p in phones]
         hub_before = hub.metrics() or {}
+        router_before = router.metrics() or {}
         window.start()
         done, offered, behind = _offered(
             n, rate, threads, lambda i: police.publish_lead(_lead(phones[i], joint_meeting=True))
@@ -750,6 +762,7 @@ def _hub_latency(
         reader.wait_for(subjects, ALERT_DEADLINE_S, workers)
         cpu = window.budget(n)
         hub_after = hub.metrics() or {}
+        router_after = router.metrics() or {}
         hops.read_to_end(DRAIN_DEADLINE_S)
     finally:
         if hops is not None:
@@ -784,6 +797,8 @@ def _hub_latency(
         hub_before,
         hub_after,
         warmup_missing,
+        router_before,
+        router_after,
     )
 
 
@@ -911,6 +926,13 @@ def _end_to_end(
             + ", ".join(f"{name} {ms:.2f}" for name, ms in budget.per_lead_ms)
             + f"; the machine's {budget.cpus} CPUs {100 * budget.busy:.0f} % busy (a process's fixed costs, its "
             "polls and heartbeats, weigh more a lead at lower rates)"
+        )
+    transactions = _grew(hub_lat.router_before, hub_lat.router_after, TRANSACTIONS + "_count")
+    if transactions:
+        records = _grew(hub_lat.router_before, hub_lat.router_after, TRANSACTIONS + "_sum")
+        ctx.note(
+            f"the router committed {transactions:.0f} transactions over the load, {records / transactions:.1f} "
+            f"records each (a lead or an alert of the events topic; {TRANSACTIONS})"
         )
     if hub_lat.warmup_missing:
         ctx.note(

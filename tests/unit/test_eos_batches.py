@@ -136,6 +136,21 @@ def test_a_worker_the_group_has_forgotten_commits_nothing_and_forgets_the_batchs
     assert runner.states[tps[0]].get("seen:0") is None
 
 
+def test_each_committed_transaction_is_told_with_its_count_of_source_records_and_an_aborted_one_is_not() -> (
+    None
+):
+    told: list[int] = []
+    runner, tps = _runner(FakeProducer([]), [0, 1])
+    runner.on_commit = told.append
+    asyncio.run(runner._process_all({tps[0]: _records(0, 3), tps[1]: _records(1, 2, first=10)}))
+    assert told == [5]
+    failing, tps = _runner(FakeProducer([], fail=True), [0])
+    failing.on_commit = told.append
+    with pytest.raises(OSError, match="refused"):
+        asyncio.run(failing._process_all({tps[0]: _records(0, 2)}))
+    assert told == [5]
+
+
 def test_a_failed_send_aborts_the_whole_poll_and_forgets_every_partitions_state() -> None:
     log: list[str] = []
     runner, tps = _runner(FakeProducer(log, fail=True), [0, 1])

@@ -905,11 +905,9 @@ def _end_to_end(
         f"latency / raw round trip: p50 {hub_lat.p50_ms / raw.p50_ms:.0f}×, p99 {hub_lat.p99_ms / raw.p99_ms:.0f}× "
         "(the hub's path is 3 Kafka hops, 2 of them through the router's transactions)"
     )
-    count = "lianfang_hub_event_to_alert_seconds_count"
-    total = "lianfang_hub_event_to_alert_seconds_sum"
-    alerts = after.get(count, 0.0) - before.get(count, 0.0)
+    alerts = _grew(before, after, "lianfang_hub_event_to_alert_seconds_count")
     if alerts:
-        mean = (after.get(total, 0.0) - before.get(total, 0.0)) / alerts * MS
+        mean = _grew(before, after, "lianfang_hub_event_to_alert_seconds_sum") / alerts * MS
         ctx.note(
             f"the hub's own histogram over the window: {alerts:.0f} alerts, mean {mean:.0f} ms from the "
             "lead's time (set in publish) to the alert acknowledged on the events topic"

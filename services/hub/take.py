@@ -4,8 +4,9 @@ faust's ``Stream.noack_take(max_, within)`` waits for a full buffer with a timeo
 loop: an idle hub woke every 5 ms (its default window) to find nothing, 200 times a second, and each
 wake-up made three tasks and an ``asyncio.wait`` (mode's ``wait_first``): the event loop's thread
 used about 6 % of a CPU with no record in sight (the benchmark machine on a slow evening), and the
-same wake-ups ran in every gap between records under load. :func:`batches` keeps its contract (events in order, at most ``max_`` a batch, acknowledged by
-hand, so a batch that fails is not acknowledged) with another timing:
+same wake-ups ran in every gap between records under load. :func:`batches` keeps its contract
+(events in order, at most ``max_`` a batch, acknowledged by hand, so a batch that fails is not
+acknowledged) with another timing:
 
 - an empty stream waits for its first record and nothing else (no timer);
 - a batch waits at most ``within`` after its *first* record for more, or until it holds ``max_``; a

@@ -40,14 +40,21 @@ MAX_TIME: Final = 2**32 - 1
 
 
 def _uuid_bytes(key: str) -> bytes | None:
-    """The 16 bytes of ``key`` if it is a UUID in canonical lower-case form (so it can be rebuilt)."""
+    """The 16 bytes of ``key`` if it is a UUID in canonical lower-case form (so it can be rebuilt).
+
+    Read with ``bytes.fromhex`` and checked by writing the bytes back in canonical form (``fromhex``
+    also takes upper case and spaces, which the comparison refuses): the router asks this twice for
+    every event, and ``uuid.UUID`` costs several times more."""
     if len(key) != 36:
         return None
     try:
-        raw = uuid.UUID(key).bytes
+        raw = bytes.fromhex(key[0:8] + key[9:13] + key[14:18] + key[19:23] + key[24:36])
     except ValueError:
         return None
-    return raw if str(uuid.UUID(bytes=raw)) == key else None
+    if len(raw) != ID_BYTES:
+        return None
+    h = raw.hex()
+    return raw if f"{h[0:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}" == key else None
 
 
 def _packed(value: bytes) -> tuple[bytes, int] | None:
@@ -87,8 +94,16 @@ class SeenStore(MutableMapping[str, bytes]):
         self._other: dict[str, bytes] = {}
 
     def _find(self, raw: bytes) -> tuple[int, bool]:
+        """Where ``raw`` is, or would go, and whether it is there. A new UUIDv7 id sorts after every
+        remembered one: it is compared with the last record first, before any binary search."""
+        n = len(self._buf) // RECORD.size
+        if n == 0:
+            return 0, False
+        last = (n - 1) * RECORD.size
+        if self._buf[last : last + ID_BYTES] < raw:
+            return n, False
         i = bisect.bisect_left(self._ids, raw)
-        return i, i < len(self._ids) and self._ids[i] == raw
+        return i, i < n and self._ids[i] == raw
 
     def __getitem__(self, key: str) -> bytes:
         raw = _uuid_bytes(key)

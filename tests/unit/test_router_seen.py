@@ -23,8 +23,14 @@ from tests.kit import NOW
 
 pytestmark = pytest.mark.unit
 
-IDS = [str(uuid.UUID(int=i * 0x1_0000_0000_0001)) for i in range(1, 6)]
-KEYS = [*IDS, "audit:head", "audit:signed"]
+IDS = [
+    *(str(uuid.UUID(int=i * 0x1_0000_0000_0001)) for i in range(1, 6)),
+    "0190abcd-ef01-7abc-8def-0123456789ab",
+]
+# Keys that only look like ids: the upper-case form of one, one with a space where fromhex would skip
+# it, and 36 characters that are no UUID. The store keeps them apart from the ids, as a dict would.
+LOOKALIKES = [IDS[-1].upper(), "0190abcd-ef01-7abc-8def-0123456789 b", "x" * 36]
+KEYS = [*IDS, *LOOKALIKES, "audit:head", "audit:signed"]
 
 
 def _seen(time: float, body: bytes = b"x") -> bytes:

@@ -165,25 +165,37 @@ def wrap_info_v2(salt: bytes, hh: bytes, to: str, kid: str, names: Sequence[Sect
     return b"\0".join([b"lianfang/v2/wrap", salt + hh, to.encode(), kid.encode(), "+".join(names).encode()])
 
 
+_CE_FIELDS: tuple[tuple[str, str], ...] = tuple(
+    (info.alias or name, name) for name, info in EnvelopeHeader.model_fields.items() if name != "v"
+)
+"""(header name after ``ce_``, attribute) of every header field but ``v``, in the model's order."""
+_TIME_JSON = TypeAdapter(AwareDatetime)
+
+
 def kafka_headers(header: EnvelopeHeader) -> list[tuple[str, bytes]]:
     """CloudEvents Kafka binary-mode headers mirroring the clear header, for ordinary Kafka tools.
 
     They are a convenience only: routing decisions are made from the signed header, never from these.
     The router writes these, derived from the verified header, on every inbox copy; it never passes on
     the headers a producer wrote, which nobody signed.
+
+    One header per field of the header's JSON form (``model_dump(mode="json")``, which the unit tests
+    hold it to) but ``v``, absent or empty ones left out; lists joined by commas, booleans in lower
+    case. Read field by field rather than through a dump: the router calls this for every event.
     """
-    data = header.model_dump(mode="json", by_alias=True, exclude_none=True)
     out = [("content-type", PAYLOAD_TYPES[header.v].encode())]
-    for name, value in data.items():
-        if name == "v" or value in ([], ""):
+    for name, attr in _CE_FIELDS:
+        value = getattr(header, attr)
+        if value is None or value in ("", []):
             continue
-        text = (
-            ",".join(value)
-            if isinstance(value, list)
-            else str(value).lower()
-            if isinstance(value, bool)
-            else str(value)
-        )
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, list):
+            text = ",".join(value)
+        elif isinstance(value, datetime):
+            text = _TIME_JSON.dump_python(value, mode="json")
+        else:
+            text = str(value)
         out.append((f"ce_{name}", text.encode("utf-8")))
     return out
 

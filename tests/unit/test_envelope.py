@@ -667,6 +667,50 @@ def test_links_travel_in_the_clear_header_and_its_kafka_headers(domain: DemoDoma
     assert opened.header.links == [LINK, other]
 
 
+def _headers_from_the_json_dump(h: EnvelopeHeader) -> list[tuple[str, bytes]]:
+    """The Kafka headers as the header's own JSON form gives them: what ``kafka_headers`` must equal."""
+    out = [("content-type", envelope.PAYLOAD_TYPES[h.v].encode())]
+    for name, value in h.model_dump(mode="json", by_alias=True, exclude_none=True).items():
+        if name == "v" or value in ([], ""):
+            continue
+        text = (
+            ",".join(value)
+            if isinstance(value, list)
+            else str(value).lower()
+            if isinstance(value, bool)
+            else str(value)
+        )
+        out.append((f"ce_{name}", text.encode()))
+    return out
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({}, id="a lead"),
+        pytest.param({"v": 2, "minor": True, "school_related": False}, id="v2, booleans both ways"),
+        pytest.param({"category": None, "minor": None, "town": None}, id="optional fields absent"),
+        pytest.param({"time": "2026-05-01T08:00:00+08:00"}, id="a time in another offset, no fraction"),
+        pytest.param({"time": "2026-05-01T00:00:00.000001Z"}, id="a time to the microsecond"),
+        pytest.param(
+            {
+                "type": "joint_meeting.requested",
+                "schema": "joint_meeting.requested/1",
+                "audience": ["police", "court"],
+                "refs": [envelope.new_event_id(1), envelope.new_event_id(2)],
+                "links": [LINK],
+            },
+            id="lists of one and of several",
+        ),
+    ],
+)
+def test_the_kafka_headers_mirror_every_field_of_the_headers_json_form_but_its_version(
+    overrides: dict[str, Any],
+) -> None:
+    h = header(**overrides)
+    assert envelope.kafka_headers(h) == _headers_from_the_json_dump(h)
+
+
 def test_a_header_without_links_is_written_without_the_field() -> None:
     assert b"links" not in jsonx.compact_json(header().model_dump(mode="json", by_alias=True))
 

@@ -97,7 +97,7 @@ _ACTOR: Final = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)?(/[a-z0-9][a-z0-9_.-]
 _ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,199}")
 _HASH: Final = re.compile(r"[0-9a-f]{64}")
 # Identifiers that are personal data however they are spelled: mainland mobile and resident-ID numbers.
-_PERSONAL: Final = (re.compile(r"1\d{10}"), re.compile(r"\d{17}[\dXx]"), re.compile(r"\d{15}"))
+_PERSONAL: Final = re.compile(r"1\d{10}|\d{17}[\dXx]|\d{15}")  # the whole value: mobile, 18- or 15-digit ID
 _ENTRY_KEYS: Final = frozenset(
     {"v", "seq", "time", "actor", "action", "subject", "object", "to", "prev_hash", "hash"}
 )
@@ -142,7 +142,7 @@ def _check_id(value: str | None, what: str) -> None:
         return
     if not _ID.fullmatch(value):
         raise AuditError(f"audit {what} must be an id (letters, digits, ._:@/+=-), not free text")
-    if any(p.fullmatch(value) for p in _PERSONAL):
+    if _PERSONAL.fullmatch(value):
         raise AuditError(f"audit {what} looks like a phone or resident-ID number; record a pseudonym instead")
 
 
@@ -174,20 +174,17 @@ class AuditEntry:
 
     def body(self) -> dict[str, Any]:
         """Every field but ``hash`` and ``sig``: what the hash covers (``kid`` included)."""
-        body: dict[str, Any] = {
-            "v": AUDIT_VERSION if self.kid is None else SIGNED_VERSION,
-            "seq": self.seq,
-            "time": self.time,
-            "actor": self.actor,
-            "action": self.action,
-            "subject": self.subject,
-            "object": self.object,
-            "to": list(self.to) if self.to is not None else None,
-            "prev_hash": self.prev_hash,
-        }
-        if self.kid is not None:
-            body["kid"] = self.kid
-        return body
+        return _body(
+            seq=self.seq,
+            time=self.time,
+            actor=self.actor,
+            action=self.action,
+            subject=self.subject,
+            object=self.object,
+            to=self.to,
+            prev_hash=self.prev_hash,
+            kid=self.kid,
+        )
 
     def computed_hash(self) -> str:
         return entry_hash(self.body())
@@ -210,6 +207,34 @@ class AuditEntry:
     @property
     def at(self) -> datetime:
         return datetime.fromisoformat(self.time)
+
+
+def _body(
+    *,
+    seq: int,
+    time: str,
+    actor: str,
+    action: str,
+    subject: str | None,
+    object: str | None,
+    to: tuple[str, ...] | None,
+    prev_hash: str,
+    kid: str | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "v": AUDIT_VERSION if kid is None else SIGNED_VERSION,
+        "seq": seq,
+        "time": time,
+        "actor": actor,
+        "action": action,
+        "subject": subject,
+        "object": object,
+        "to": list(to) if to is not None else None,
+        "prev_hash": prev_hash,
+    }
+    if kid is not None:
+        body["kid"] = kid
+    return body
 
 
 def entry_hash(body: dict[str, Any]) -> str:
@@ -251,14 +276,21 @@ def next_entry(
             _check_id(participant, "recipient")
     seq, prev = (0, GENESIS) if head is None else (head.seq + 1, head.hash)
     kid = signer.kid if signer is not None else None
-    partial = AuditEntry(seq, _time_text(at), actor, action, subject, object, recipients, prev, "", kid)
-    digest = partial.computed_hash()
+    time = _time_text(at)
+    body = _body(
+        seq=seq,
+        time=time,
+        actor=actor,
+        action=action,
+        subject=subject,
+        object=object,
+        to=recipients,
+        prev_hash=prev,
+        kid=kid,
+    )
+    digest = entry_hash(body)
     sig = None if signer is None else crypto.sign(signer.key, ENTRY_PAYLOAD_TYPE, digest.encode("ascii"))
-    return AuditEntry(**{**_fields(partial), "hash": digest, "sig": sig})
-
-
-def _fields(entry: AuditEntry) -> dict[str, Any]:
-    return {name: getattr(entry, name) for name in AuditEntry.__slots__}
+    return AuditEntry(seq, time, actor, action, subject, object, recipients, prev, digest, kid, sig)
 
 
 @dataclass(frozen=True, slots=True)

@@ -166,7 +166,8 @@ def test_a_checkpoint_signed_by_another_key_is_set_aside_as_forged() -> None:
 
 
 def test_personal_data_is_refused_in_subject_and_object() -> None:
-    for bad in ("13800138000", "11010519491231002X", "王小红", "Wang Xiaohong"):
+    # a mobile number, an 18- and a 15-digit resident ID, a name
+    for bad in ("13800138000", "11010519491231002X", "110105491231002", "王小红", "Wang Xiaohong"):
         with pytest.raises(AuditError):
             next_entry(None, actor="police", action="publish", at=T0, subject=bad)
         with pytest.raises(AuditError):

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import functools
 import random
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from kafka.partitioner.default import murmur2
+from typing import Final
 
 EVENTS = "lianfang.events.v1"
 DEADLETTER = "lianfang.deadletter.v1"
@@ -81,9 +81,35 @@ def partition_for(key: bytes, partitions: int) -> int:
 
 @functools.lru_cache(maxsize=1024)
 def _key_hash(key: bytes) -> int:
-    # murmur2 is pure Python (~25 µs for a pseudonym). The router hashes each event's key once to check
-    # its partition and its producers again for each inbox copy: the same key, moments apart.
-    return int(murmur2(key) & 0x7FFFFFFF)
+    # The router hashes each event's key once to check its partition, and its producers again for each
+    # inbox copy: the same key, moments apart.
+    return murmur2(key) & 0x7FFFFFFF
+
+
+_M: Final = 0x5BD1E995
+_MASK: Final = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """MurmurHash2 (seed ``0x9747b28c``) of ``data`` as an unsigned 32-bit integer: the Java client's
+    ``Utils.murmur2``, which kafka-python's ``murmur2`` also computes (the unit tests hold the two
+    equal). Reads the key four bytes at a time with :mod:`struct` instead of byte by byte: several
+    times faster in pure Python, for the router's check of every event's partition."""
+    n = len(data)
+    whole = n - n % 4
+    h = (0x9747B28C ^ n) & _MASK
+    for (word,) in struct.iter_unpack("<I", data[:whole]):
+        k = (word * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ (((k ^ (k >> 24)) * _M) & _MASK)
+    rest = n - whole
+    if rest:
+        if rest == 3:
+            h ^= data[whole + 2] << 16
+        if rest >= 2:
+            h ^= data[whole + 1] << 8
+        h = ((h ^ data[whole]) * _M) & _MASK
+    h = ((h ^ (h >> 13)) * _M) & _MASK
+    return h ^ (h >> 15)
 
 
 def partitioner(key: bytes | None, all_partitions: Sequence[int], available: Sequence[int]) -> int:

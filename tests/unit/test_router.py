@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 from aiokafka.errors import KafkaConnectionError
+from hypothesis import given
+from hypothesis import strategies as st
+from kafka.partitioner.default import murmur2 as kafka_murmur2
 from prometheus_client import CollectorRegistry
 
 from services.audit.chain import next_entry, verify_lines
@@ -329,6 +332,11 @@ def test_a_copy_on_another_partition_is_refused_although_that_partition_never_sa
 def test_the_partition_of_a_key_is_the_one_kafkas_java_producer_gives_it(key: bytes, partition: int) -> None:
     # Partitions of 1000 that Kafka's Java DefaultPartitioner gives these keys (murmur2).
     assert topics.partition_for(key, 1000) == partition
+
+
+@given(st.binary(max_size=80))
+def test_the_keys_hash_is_kafka_pythons_murmur2_for_any_bytes(key: bytes) -> None:
+    assert topics.murmur2(key) == kafka_murmur2(key)
 
 
 def test_a_rollback_forgets_exactly_the_puts_after_its_savepoint() -> None:

@@ -93,8 +93,9 @@ _MASK: Final = 0xFFFFFFFF
 def murmur2(data: bytes) -> int:
     """MurmurHash2 (seed ``0x9747b28c``) of ``data`` as an unsigned 32-bit integer: the Java client's
     ``Utils.murmur2``, which kafka-python's ``murmur2`` also computes (the unit tests hold the two
-    equal). Reads the key four bytes at a time with :mod:`struct` instead of byte by byte: several
-    times faster in pure Python, for the router's check of every event's partition."""
+    equal). Reads the key four bytes at a time with :mod:`struct` instead of byte by byte: about twice
+    as fast in pure Python (3.5 against 6.9 µs for a pseudonym), for the router's check of every
+    event's partition."""
     n = len(data)
     whole = n - n % 4
     h = (0x9747B28C ^ n) & _MASK

@@ -129,6 +129,12 @@ class SeenIds(MutableMapping[str, Seen]):
             raise KeyError(key)
         return Seen.decode(value)
 
+    def get(self, key: str, default: Seen | None = None) -> Seen | None:  # type: ignore[override]
+        """The replay window asks this for every event's id, new ones above all: no ``KeyError``
+        raised and caught, as the mixin's ``get`` would."""
+        value = self.state.get(key)
+        return default if value is None else Seen.decode(value)
+
     def __setitem__(self, key: str, value: Seen) -> None:
         self.state.put(key, value.encode())
 

@@ -106,13 +106,21 @@ class SeenStore(MutableMapping[str, bytes]):
         return i, i < n and self._ids[i] == raw
 
     def __getitem__(self, key: str) -> bytes:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: str, default: bytes | None = None) -> bytes | None:  # type: ignore[override]
+        """The value under ``key``, or ``default``. The router asks this for every new event's id,
+        which is not there: answered without raising and catching a ``KeyError``, as the mixin would."""
         raw = _uuid_bytes(key)
         if raw is not None:
             i, found = self._find(raw)
             if found:
                 _, digest, at = RECORD.unpack_from(self._buf, i * RECORD.size)
                 return Seen(float(at), digest.hex()).encode()
-        return self._other[key]
+        return self._other.get(key, default)
 
     def __setitem__(self, key: str, value: bytes) -> None:
         raw = _uuid_bytes(key)

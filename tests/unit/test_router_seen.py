@@ -75,6 +75,8 @@ def test_the_store_holds_what_a_dict_holds_under_any_sequence_of_puts_and_delete
     assert dict(store.items()) == model
     assert len(store) == len(model)
     assert all((k in store) == (k in model) for k in KEYS)
+    assert all(store.get(k) == model.get(k) for k in KEYS)
+    assert store.get(str(uuid.UUID(int=7)), b"-") == b"-"  # an id never put: the default
 
 
 def test_ids_that_differ_in_one_bit_are_two_ids() -> None:

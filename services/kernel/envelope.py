@@ -169,7 +169,6 @@ _CE_FIELDS: tuple[tuple[str, str], ...] = tuple(
     (info.alias or name, name) for name, info in EnvelopeHeader.model_fields.items() if name != "v"
 )
 """(header name after ``ce_``, attribute) of every header field but ``v``, in the model's order."""
-_TIME_JSON = TypeAdapter(AwareDatetime)
 
 
 def kafka_headers(header: EnvelopeHeader) -> list[tuple[str, bytes]]:
@@ -193,7 +192,7 @@ def kafka_headers(header: EnvelopeHeader) -> list[tuple[str, bytes]]:
         elif isinstance(value, list):
             text = ",".join(value)
         elif isinstance(value, datetime):
-            text = _TIME_JSON.dump_python(value, mode="json")
+            text = _TIME.dump_python(value, mode="json")  # as the header's JSON form writes it
         else:
             text = str(value)
         out.append((f"ce_{name}", text.encode("utf-8")))

@@ -35,10 +35,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Final, TextIO
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
+from yarl import URL
 
 from services import trust
 from services.bus.deadletter import ProblemWriter
@@ -52,7 +54,7 @@ from services.bus.registry_follower import (
 )
 from services.bus.security import KafkaSecuritySettings, load_security
 from services.bus.settings import ServiceSettings
-from services.gateway import httpsig, openapi
+from services.gateway import httpsig, openapi, processes
 from services.gateway.api import Submission, parse_submission, sealing_problem
 from services.gateway.idempotency import IdempotencyStore, KeyedLocks
 from services.gateway.inbox import InboxReader, decode_cursor, encode_cursor
@@ -91,6 +93,14 @@ MAX_IDEMPOTENCY_KEY: Final = 255
 STALE_RETRY_AFTER_S: Final = 30
 """Retry-After of a 503 for want of a fresh timestamp statement: half the renewal period."""
 METHODS: Final = frozenset({"GET", "POST", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"})
+FORWARD_TIMEOUT_S: Final = 30.0
+"""How long a slot waits for slot 0's answer to an inbox read it handed over, or for a slot's metrics."""
+_HOP_BY_HOP: Final = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
+)
+_ANSWER_HEADERS: Final = frozenset(
+    {"content-type", "cache-control", "retry-after", "accept-signature", "allow"}
+)
 
 
 def _split(value: object) -> object:
@@ -115,6 +125,24 @@ class GatewaySettings(ServiceSettings):
     port: int = Field(default=8080, ge=0, le=65535, description="port to listen on")
     spool_dir: Path = Field(
         default=Path(".run/gateway"), description="outboxes and the idempotency store (one gateway each)"
+    )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="gateway processes on the one port, each with its own interpreter (one process is "
+        "bound by its interpreter lock): they share the idempotency store; the first also runs the "
+        "webhooks and the inbox reads, which the others hand to it",
+    )
+    slot: int = Field(
+        default=0,
+        ge=0,
+        description="which of the processes this one is: set by the gateway for the processes it starts",
+    )
+    supervised: bool = Field(
+        default=False,
+        description="this process is one of several the gateway started (it listens with SO_REUSEPORT "
+        "and serves its slot): set by the gateway for the processes it starts",
     )
     topic_prefix: str = Field(default="", description="prefix of every topic name (tests use one per run)")
     public_url: str = Field(
@@ -148,6 +176,12 @@ class GatewaySettings(ServiceSettings):
     )
 
     _split_lists = field_validator("participants", "webhooks", mode="before")(_split)
+
+    @model_validator(mode="after")
+    def _slot_is_one_of_the_processes(self) -> GatewaySettings:
+        if self.slot >= self.processes:
+            raise ValueError(f"LIANFANG_GATEWAY_SLOT is {self.slot}, not one of {self.processes} processes")
+        return self
 
     @model_validator(mode="after")
     def _webhooks_are_served(self) -> GatewaySettings:
@@ -215,31 +249,50 @@ class Gateway:
         self.names = topics.TopicNames(settings.topic_prefix)
         self.metrics = GatewayMetrics(metrics_registry)
         registry = self.in_force.current
-        self._spool_lock = _lock_spool(settings.spool_dir)
+        self.slot = settings.slot
+        self.folder = processes.slot_dir(settings.spool_dir, settings.slot)
+        self._spool_locks = [_lock_spool(self.folder)]
+        try:  # one store of the requests for every slot
+            self.idempotency = IdempotencyStore(settings.spool_dir / "idempotency.sqlite", slot=self.slot)
+        except BaseException:
+            self._spool_locks[0].close()
+            raise
         adapter = (
             sdk_metrics.shared() if metrics_registry is REGISTRY else sdk_metrics.SdkMetrics(metrics_registry)
         )
-        self.clients: dict[str, Client] = {}
-        for participant, keystore in keystores.items():
-            registry.participant(participant)  # refuses one the registry does not list
-            self.clients[participant] = Client(
-                keystore=keystore,
+
+        def client(participant: str, folder: Path) -> Client:
+            return Client(
+                keystore=keystores[participant],
                 registry=self.in_force,
                 bootstrap=settings.bootstrap,
-                outbox_path=settings.spool_dir / f"{participant}.outbox.sqlite",
+                outbox_path=folder / f"{participant}.outbox.sqlite",
                 topic_prefix=settings.topic_prefix,
                 clock=clock,
                 metrics=adapter,
                 start=drain,
                 security=settings.kafka_security,
             )  # the SDK's outbox gauges (one series per process) sum the clients' outboxes
+
+        self.clients: dict[str, Client] = {}
+        self.adopted: list[Client] = []  # slot 0: the clients draining the spools of slots not running
+        self.readers: dict[str, InboxReader] = {}
+        try:
+            for participant in keystores:
+                registry.participant(participant)  # refuses one the registry does not list
+                self.clients[participant] = client(participant, self.folder)
+            if self.slot == 0:
+                self._adopt(client)
+        except BaseException:
+            self.close()
+            raise
         self.metrics.watch_outboxes(
-            {p: c.outbox.depth for p, c in self.clients.items()},
-            {p: c.outbox.oldest_age for p, c in self.clients.items()},
+            {p: self._outboxes(p, "depth") for p in self.clients},
+            {p: self._outboxes(p, "oldest_age") for p in self.clients},
         )
-        self.idempotency = IdempotencyStore(settings.spool_dir / "idempotency.sqlite")
         self.prune()
         self.locks = KeyedLocks()
+        # What reads a consumer group runs in slot 0 alone; the other slots hand inbox reads to it.
         self.readers = {
             p: InboxReader(
                 bootstrap=settings.bootstrap,
@@ -255,7 +308,7 @@ class Gateway:
                 trail=self.clients[p].trail,
                 newer_registry=self.newer_registry,
             )
-            for p in keystores
+            for p in (keystores if self.slot == 0 else ())
         }
         self.openapi = json.dumps(
             openapi.document(max_body_bytes=settings.max_body_bytes, server_url=settings.public_url or None),
@@ -345,16 +398,57 @@ class Gateway:
             signatures_older_than_s=2 * self.settings.max_skew_s,
         )
 
+    def _adopt(self, client: Callable[[str, Path], Client]) -> None:
+        """Slot 0: drain the spools of the slots this gateway no longer runs (it ran more processes
+        before), and take over their reservations not yet accepted (:meth:`IdempotencyStore.adopt`)."""
+        spool = self.settings.spool_dir
+        outboxes: dict[tuple[int, str], Client] = {}
+        for slot in processes.orphaned_slots(spool, self.settings.processes):
+            folder = processes.slot_dir(spool, slot)
+            self._spool_locks.append(_lock_spool(folder))  # a process of the bigger gateway still runs?
+            for path in sorted(folder.glob("*.outbox.sqlite")):
+                participant = path.name.removesuffix(".outbox.sqlite")
+                if participant not in self.clients:
+                    log.warning(
+                        "%s holds an outbox of %s, whom this gateway does not serve: its events wait there",
+                        folder, participant,
+                    )  # fmt: skip
+                    continue
+                outboxes[slot, participant] = adopted = client(participant, folder)
+                self.adopted.append(adopted)
+
+        def sent(slot: int, participant: str, event_id: str) -> bool:
+            adopted = outboxes.get((slot, participant))
+            return adopted is not None and adopted.outbox.holds(event_id)
+
+        done = self.idempotency.adopt(self.settings.processes, sent=sent)
+        if self.adopted or done.accepted or done.moved:
+            log.info(
+                "slot 0 drains %d outboxes of slots no longer running; of their requests in progress, "
+                "%d were in an outbox (accepted) and %d are slot 0's to complete",
+                len(self.adopted), done.accepted, done.moved,
+            )  # fmt: skip
+
+    def _outboxes(self, participant: str, gauge: str) -> Callable[[], float]:
+        """A participant's outbox gauge over this slot's outbox and those it drains for other slots."""
+        outboxes = [
+            c.outbox for c in (self.clients[participant], *self.adopted) if c.participant == participant
+        ]
+        if gauge == "depth":
+            return lambda: float(sum(o.depth() for o in outboxes))
+        return lambda: max(o.oldest_age() for o in outboxes)
+
     def close(self) -> None:
         if self.follower is not None:
             self.follower.stop()
             self.follower = None
         for reader in self.readers.values():
             reader.close()
-        for client in self.clients.values():
+        for client in (*self.clients.values(), *self.adopted):
             client.close()
         self.idempotency.close()
-        self._spool_lock.close()
+        for lock in self._spool_locks:
+            lock.close()
 
     # -- authentication
 
@@ -477,6 +571,8 @@ class Gateway:
         if remembered is not None and remembered.accepted:
             self.metrics.idempotent_replays.inc()
             return remembered.event_id, None
+        if remembered is not None and remembered.slot != self.slot:
+            raise _in_progress(remembered.slot)
         self._check_registry(registry)
         submission = self._parse(client, participant, body, registry)
         reserved = remembered.event_id if remembered is not None else None
@@ -539,7 +635,16 @@ class Gateway:
         participant = client.participant
         fresh = reserved is None
         if reserved is None:
-            reserved = self.idempotency.reserve(participant, key, digest, envelope.new_event_id()).event_id
+            proposed = envelope.new_event_id()
+            remembered = self.idempotency.reserve(participant, key, digest, proposed)
+            if remembered.event_id != proposed:  # another slot reserved the key since the lookup
+                if remembered.digest != digest:
+                    raise ProblemError(
+                        "idempotency_conflict",
+                        "this Idempotency-Key was used with a different body; use a new key for a new event",
+                    )
+                raise _in_progress(remembered.slot)
+            reserved = proposed
         try:
             _publish(client, submission, reserved, registry)
         except ProblemError:
@@ -550,6 +655,8 @@ class Gateway:
         return reserved
 
     async def get_inbox(self, request: web.Request) -> web.Response:
+        if self.slot != 0:
+            return await self._forward_inbox(request)
         participant, _signature = self.authenticate(request, has_body=False)
         self._check_registry()
         query = request.rel_url.query
@@ -577,12 +684,72 @@ class Gateway:
             headers={"Cache-Control": "no-store"},
         )
 
+    async def _forward_inbox(self, request: web.Request) -> web.Response:
+        """Hand an inbox read to slot 0, which reads the consumer groups and keeps the record of what
+        was handed out, over its control socket; the request as it came (slot 0 checks its signature
+        over the same method, target and headers) and slot 0's answer as it is."""
+        path = processes.control_socket(self.settings.spool_dir, 0)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        try:
+            async with (
+                aiohttp.ClientSession(
+                    connector=aiohttp.UnixConnector(path=str(path)),
+                    timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S),
+                    auto_decompress=False,
+                ) as session,
+                session.get(
+                    URL(f"http://gateway{request.raw_path}", encoded=True),
+                    headers=headers,
+                    allow_redirects=False,
+                ) as answer,
+            ):
+                body = await answer.read()
+                kept = {k: v for k, v in answer.headers.items() if k.lower() in _ANSWER_HEADERS}
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            raise ProblemError(
+                "unavailable",
+                "the inbox is read by the gateway's process 0, which does not answer now",
+                headers={"Retry-After": "5"},
+            ) from e
+        return web.Response(body=body, status=answer.status, headers=kept)
+
     async def get_openapi(self, _request: web.Request) -> web.Response:
         return web.Response(body=self.openapi, content_type="application/json")
 
-    async def get_metrics(self, _request: web.Request) -> web.Response:
+    async def get_metrics(self, request: web.Request) -> web.Response:
+        """This process's metrics; with several processes, every one's, each sample labelled ``slot``."""
+        own = await self.get_own_metrics(request)
+        if self.settings.processes == 1:
+            return own
+        others = [slot for slot in range(self.settings.processes) if slot != self.slot]
+        answers = await asyncio.gather(*(self._slot_metrics(slot) for slot in others))
+        texts = {slot: text for slot, text in zip(others, answers, strict=True) if text is not None}
+        assert isinstance(own.body, bytes)
+        texts[self.slot] = own.body.decode("utf-8")
+        merged = await asyncio.to_thread(processes.merge_metrics, texts)
+        return web.Response(body=merged, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def get_own_metrics(self, _request: web.Request) -> web.Response:
         text = await asyncio.to_thread(generate_latest, self.metrics.registry)
         return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _slot_metrics(self, slot: int) -> str | None:
+        """Another slot's own metrics from its control socket; None (left out, logged) when it does not
+        answer: starting again, say."""
+        path = processes.control_socket(self.settings.spool_dir, slot)
+        try:
+            async with (
+                aiohttp.ClientSession(
+                    connector=aiohttp.UnixConnector(path=str(path)),
+                    timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S),
+                ) as session,
+                session.get(f"http://gateway{processes.METRICS_PATH}") as answer,
+            ):
+                if answer.status == 200:
+                    return await answer.text()
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            log.warning("gateway process %d gave no metrics: %s", slot, type(e).__name__)
+        return None
 
     # -- the application
 
@@ -590,7 +757,10 @@ class Gateway:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None and resource.canonical in ROUTES else "other"
+        canonical = resource.canonical if resource is not None else None
+        if canonical == processes.METRICS_PATH:  # another slot's scrape, over the control socket
+            canonical = "/metrics"
+        route = canonical if canonical in ROUTES else "other"
         try:
             response = await handler(request)
         except ProblemError as problem:
@@ -625,9 +795,12 @@ class Gateway:
                 f'sig1=("@method" "@target-uri" "content-digest" "content-type");alg="ed25519";'
                 f'tag="{httpsig.REQUEST_TAG}"'
             )
-        return web.Response(
+        response = web.Response(
             body=problem.body(), status=problem.status, content_type=MEDIA_TYPE, headers=headers
         )
+        if headers.get("Connection") == "close":
+            response.force_close()
+        return response
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self.middleware], client_max_size=self.settings.max_body_bytes)
@@ -637,7 +810,17 @@ class Gateway:
         app.router.add_get("/metrics", self.get_metrics)
         return app
 
+    def control_application(self) -> web.Application:
+        """What a slot serves on its control socket, to the other slots: its own metrics, and (slot 0)
+        the inbox reads they hand over."""
+        app = web.Application(middlewares=[self.middleware], client_max_size=self.settings.max_body_bytes)
+        app.router.add_get("/v1/inbox", self.get_inbox)
+        app.router.add_get(processes.METRICS_PATH, self.get_own_metrics)
+        return app
+
     def webhook_senders(self) -> list[WebhookSender]:
+        if self.slot != 0:
+            return []
         return [
             WebhookSender(
                 url=url,
@@ -729,6 +912,17 @@ def _publish(client: Client, submission: Submission, event_id: str, registry: Re
         raise ProblemError("unavailable", "the outbox cannot be written", headers={"Retry-After": "5"}) from e
 
 
+def _in_progress(slot: int) -> ProblemError:
+    """The request's key is reserved by another slot, whose outbox alone can take its event. The
+    connection is closed with the answer: the retry's new connection may reach that slot."""
+    return ProblemError(
+        "in_progress",
+        f"process {slot} of this gateway holds this request in progress; retry with the same "
+        "Idempotency-Key to get its answer",
+        headers={"Retry-After": "1", "Connection": "close"},
+    )
+
+
 def _accepted(event_id: str) -> web.Response:
     return web.Response(
         status=202, body=json.dumps({"event_id": event_id}).encode(), content_type="application/json"
@@ -739,16 +933,28 @@ async def serve(settings: GatewaySettings, *, clock: Clock = utcnow) -> None:
     """Run the gateway until SIGTERM or SIGINT."""
     if not settings.bootstrap:
         raise UsageError("no Kafka bootstrap: set LIANFANG_BOOTSTRAP or pass --bootstrap")
+    if settings.processes > 1 and not settings.supervised:
+        await processes.supervise(settings.processes, settings.host, settings.port)
+        return
     gateway = Gateway.open(settings, clock=clock)
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="lianfang-gateway")
     )
     await asyncio.to_thread(gateway.follow)
     runner = web.AppRunner(gateway.application(), access_log=None, handle_signals=False)
+    control = web.AppRunner(gateway.control_application(), access_log=None, handle_signals=False)
     tasks: list[asyncio.Task[None]] = []
     try:
+        if settings.processes > 1:  # before the port: another slot may ask for metrics at once
+            await control.setup()
+            path = processes.control_socket(settings.spool_dir, settings.slot)
+            path.unlink(missing_ok=True)  # left by this slot's last process (the slot's lock is held)
+            await web.UnixSite(control, str(path)).start()
+            path.chmod(0o600)
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        site = web.TCPSite(
+            runner, settings.host, settings.port, reuse_address=True, reuse_port=settings.supervised
+        )
         await site.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -758,7 +964,8 @@ async def serve(settings: GatewaySettings, *, clock: Clock = utcnow) -> None:
         tasks.append(asyncio.create_task(_prune_forever(gateway)))
         served = sorted(gateway.clients)
         log.info(
-            "gateway on http://%s:%d (pid %d) for %s; registry v%d; webhooks for %s",
+            "gateway%s on http://%s:%d (pid %d) for %s; registry v%d; webhooks for %s",
+            f" process {settings.slot} of {settings.processes}" if settings.supervised else "",
             settings.host, settings.port, os.getpid(),
             ", ".join(served) if len(served) <= 8 else f"{len(served)} participants (every keystore in home)",
             gateway.registry.version, ", ".join(sorted(settings.webhook_urls)) or "none",
@@ -771,6 +978,7 @@ async def serve(settings: GatewaySettings, *, clock: Clock = utcnow) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await runner.cleanup()
+        await control.cleanup()
         gateway.close()
 
 

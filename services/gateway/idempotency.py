@@ -17,9 +17,10 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from services.store import sqlite
 
@@ -31,10 +32,17 @@ CREATE TABLE IF NOT EXISTS requests (
     event_id    TEXT NOT NULL,
     accepted    INTEGER NOT NULL DEFAULT 0,
     created     REAL NOT NULL,
+    slot        INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (participant, key)
 );
 CREATE INDEX IF NOT EXISTS requests_created ON requests (created);
 """
+_ADD_SLOT = "ALTER TABLE requests ADD COLUMN slot INTEGER NOT NULL DEFAULT 0"
+"""A store written before there were slots: its every reservation is slot 0's (one process's, whose
+spool is slot 0's)."""
+BUSY_TIMEOUT_MS: Final = 10_000
+"""How long a write waits for another gateway process's transaction on the store (each is one
+group commit: milliseconds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,48 +50,76 @@ class Remembered:
     digest: str
     event_id: str
     accepted: bool
+    slot: int = 0
 
 
 class IdempotencyStore:
-    """Thread-safe; one gateway process per file (the gateway holds a lock on its spool folder)."""
+    """Thread-safe, and shared by the processes of one gateway (SQLite's WAL across processes on one
+    machine): ``slot`` is this process's."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, slot: int = 0) -> None:
+        self.slot = slot
         self._lock = threading.Lock()
-        self._db = sqlite.connect(path, schema=SCHEMA)
+        self._db = _connect(path)
         # Writes of concurrent requests share one commit (one fsync); each returns once its own is on disk.
         self._commits = sqlite.GroupCommit(self._db, self._lock)
         # Lookups read a connection of their own: in WAL mode it sees every committed reservation
         # without waiting for the writer's lock, which a commit in flight holds through its fsync.
         # (A request holds its key's lock from lookup to answer, and its writes are committed before.)
-        self._reads = sqlite.connect(path, schema=SCHEMA)
+        self._reads = _connect(path)
         self._reads_lock = threading.Lock()
 
     def lookup(self, participant: str, key: str) -> Remembered | None:
         with self._reads_lock:
-            row = self._reads.execute(
-                "SELECT digest, event_id, accepted FROM requests WHERE participant = ? AND key = ?",
-                (participant, key),
-            ).fetchone()
-        return None if row is None else Remembered(row[0], row[1], bool(row[2]))
+            row = self._reads.execute(_SELECT, (participant, key)).fetchone()
+        return None if row is None else Remembered(row[0], row[1], bool(row[2]), row[3])
 
     def reserve(self, participant: str, key: str, digest: str, event_id: str) -> Remembered:
-        """Remember the id for this key (durably) unless the key is taken; return what is remembered."""
+        """Remember the id for this key (durably) as this slot's, unless the key is taken (by this
+        process or another); return what is remembered."""
         now = time.time()
 
-        def insert(db: sqlite3.Connection) -> tuple[str, str, int]:
+        def insert(db: sqlite3.Connection) -> tuple[str, str, int, int]:
             db.execute(
-                "INSERT OR IGNORE INTO requests (participant, key, digest, event_id, accepted, created)"
-                " VALUES (?, ?, ?, ?, 0, ?)",
-                (participant, key, digest, event_id, now),
+                "INSERT OR IGNORE INTO requests (participant, key, digest, event_id, accepted, created, slot)"
+                " VALUES (?, ?, ?, ?, 0, ?, ?)",
+                (participant, key, digest, event_id, now, self.slot),
             )
-            row: tuple[str, str, int] = db.execute(
-                "SELECT digest, event_id, accepted FROM requests WHERE participant = ? AND key = ?",
-                (participant, key),
-            ).fetchone()
+            row: tuple[str, str, int, int] = db.execute(_SELECT, (participant, key)).fetchone()
             return row
 
         remembered = self._commits.run(insert)
-        return Remembered(remembered[0], remembered[1], bool(remembered[2]))
+        return Remembered(remembered[0], remembered[1], bool(remembered[2]), remembered[3])
+
+    def adopt(self, running: int, *, sent: Callable[[int, str, str], bool]) -> Adopted:
+        """Slot 0's work when the gateway starts with ``running`` processes: the reservations not yet
+        accepted of every slot from ``running`` up (a gateway that ran more processes before) become
+        slot 0's, so a retry completes them here, and slot 0 drains those slots' outboxes. One whose
+        event is in its slot's outbox already (``sent(slot, participant, event_id)``: the crash came
+        between the outbox and the mark) is marked accepted instead: re-published into slot 0's
+        outbox, it would be sent twice."""
+
+        def move(db: sqlite3.Connection) -> Adopted:
+            rows = db.execute(
+                "SELECT participant, key, event_id, slot FROM requests WHERE accepted = 0 AND slot >= ?",
+                (running,),
+            ).fetchall()
+            accepted = moved = 0
+            for participant, key, event_id, slot in rows:
+                if sent(slot, participant, event_id):
+                    db.execute(
+                        "UPDATE requests SET accepted = 1 WHERE participant = ? AND key = ?",
+                        (participant, key),
+                    )
+                    accepted += 1
+                else:
+                    db.execute(
+                        "UPDATE requests SET slot = 0 WHERE participant = ? AND key = ?", (participant, key)
+                    )
+                    moved += 1
+            return Adopted(accepted=accepted, moved=moved)
+
+        return self._commits.run(move)
 
     def release(self, participant: str, key: str, event_id: str) -> None:
         """Forget a reservation whose event never reached the outbox (its request was refused)."""
@@ -121,6 +157,27 @@ class IdempotencyStore:
             self._db.close()
         with self._reads_lock:
             self._reads.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Adopted:
+    """What :meth:`IdempotencyStore.adopt` did with the reservations of slots no longer running."""
+
+    accepted: int  # found in their slot's outbox: marked accepted
+    moved: int  # not there: slot 0's now, for the retry to complete
+
+
+_SELECT: Final = "SELECT digest, event_id, accepted, slot FROM requests WHERE participant = ? AND key = ?"
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite.connect(path, schema=SCHEMA)
+    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    columns = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+    if "slot" not in columns:
+        with contextlib.suppress(sqlite3.OperationalError):  # another process added it meanwhile
+            db.execute(_ADD_SLOT)
+    return db
 
 
 class KeyedLocks:

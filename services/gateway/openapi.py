@@ -177,8 +177,11 @@ def _header_parameters(*, body: bool) -> list[dict[str, Any]]:
                 "required": False,
                 "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                 "description": "Retries with the same key and the same body get the same 202 and make no "
-                "second event; the same key with a different body is refused with 409. Must be "
-                "covered by the signature when sent. Remembered for 7 days by default.",
+                "second event; the same key with a different body is refused with 409 "
+                "idempotency-conflict. A gateway of several processes answers 409 in-progress, with "
+                "Retry-After, while another of its processes is still accepting the key's request: "
+                "retry it with the same key and body. Must be covered by the signature when sent. "
+                "Remembered for 7 days by default.",
             },
         ]
     return params

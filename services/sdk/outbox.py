@@ -263,6 +263,17 @@ class Outbox:
                 db.execute("DELETE FROM outbox WHERE seq = ?", (r.seq,))
             self.changed.notify_all()
 
+    def holds(self, event_id: str) -> bool:
+        """Whether ``event_id`` was accepted into this outbox: waiting to be sent, sent, or waiting for
+        its pseudonyms."""
+        with self._reads_lock:
+            row = self._reads.execute(
+                "SELECT 1 FROM outbox WHERE event_id = ? UNION ALL SELECT 1 FROM sent WHERE event_id = ?"
+                " UNION ALL SELECT 1 FROM deferred WHERE event_id = ? LIMIT 1",
+                (event_id, event_id, event_id),
+            ).fetchone()
+        return row is not None
+
     def depth(self) -> int:
         """Records accepted and not yet acknowledged by Kafka, the leads waiting for pseudonyms included."""
         with self._reads_lock:

@@ -11,7 +11,9 @@ about 1 KiB. What each case times:
   signed when it is sent (RFC 9421, Ed25519) and needs the whole path: signature check, idempotency
   reservation (fsync), validation, pseudonyms, seal to 4 recipients, outbox write (fsync). Timed by
   the generator from its first request to its last 202; latency per request from send to response.
-  Between runs the gateway's outbox is left to drain to Kafka (not timed).
+  Between runs the gateway's outbox is left to drain to Kafka (not timed). ``gateway, 2 processes``:
+  the same at 32 in flight against ``LIANFANG_GATEWAY_PROCESSES=2`` (two processes on the port, one
+  idempotency store), started after the one-process gateway stopped.
 - ``SDK publish_lead``: one :class:`~services.sdk.client.Client` in this process, ``publish_lead`` N
   times (validate, pseudonymize, seal, outbox write with fsync), then ``flush`` until Kafka has acked
   every record (acks=all). Two figures: accepted/s (the publish loop) and in-Kafka/s (loop + flush).
@@ -439,10 +441,12 @@ class SignatureOnly:
 
 class Gateway:
     """``python -m services.gateway`` serving police on ``setup``'s domain and events topic (under the
-    stack sampler with ``LIANFANG_BENCH_SAMPLE=1``), and the load generator's runs against it."""
+    stack sampler with ``LIANFANG_BENCH_SAMPLE=1``), and the load generator's runs against it;
+    ``processes`` is ``LIANFANG_GATEWAY_PROCESSES``."""
 
-    def __init__(self, setup: Setup) -> None:
+    def __init__(self, setup: Setup, *, processes: int = 1) -> None:
         self.setup = setup
+        self.processes = processes
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1/events"
         self.sent = 0  # requests sent so far: the next run's first lead number
@@ -452,15 +456,18 @@ class Gateway:
             "LIANFANG_HOME": str(setup.home),
             "LIANFANG_GATEWAY_PARTICIPANTS": SENDER,
             "LIANFANG_GATEWAY_PORT": str(self.port),
-            "LIANFANG_GATEWAY_SPOOL_DIR": str(setup.tmp / "gateway-spool"),
+            "LIANFANG_GATEWAY_SPOOL_DIR": str(setup.tmp / f"gateway-spool-{processes}"),
+            "LIANFANG_GATEWAY_PROCESSES": str(processes),
             "LIANFANG_GATEWAY_TOPIC_PREFIX": setup.prefix,
             # No timestamp service runs here: without this every request is a 503 registry_stale (the
             # check itself is an in-memory comparison; it costs the request nothing measurable).
             "LIANFANG_GATEWAY_REQUIRE_FRESHNESS": "false",
         }
         self.sampled = setup.tmp / "gateway.sampled.json"
-        sampler = ["-m", "tests.bench.sampler", str(self.sampled), "services/gateway/"] if SAMPLE else ["-m"]
-        with (setup.tmp / "gateway.log").open("wb") as log:
+        sampled = SAMPLE and processes == 1
+        sampler = ["-m", "tests.bench.sampler", str(self.sampled), "services/gateway/"] if sampled else ["-m"]
+        self.log = setup.tmp / f"gateway-{processes}.log"
+        with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, *sampler, "services.gateway"],
                 cwd=REPO_ROOT,
@@ -475,7 +482,15 @@ class Gateway:
             raise
 
     def depth(self) -> float | None:
-        return _metric(self.port, "lianfang_gateway_outbox_depth", f'participant="{SENDER}"')
+        """The outbox depth (summed over the processes, each of which reports it by ``slot``)."""
+        return self.metric("lianfang_gateway_outbox_depth", f'participant="{SENDER}"')
+
+    def metric(self, name: str, labels: str = "") -> float | None:
+        if self.processes == 1:
+            return _metric(self.port, name, labels)
+        per_slot = [_metric(self.port, name, ",".join(filter(None, (labels, f'slot="{slot}"'))))
+                    for slot in range(self.processes)]  # fmt: skip
+        return None if None in per_slot else sum(v for v in per_slot if v is not None)
 
     def rss_bytes(self, *, peak: bool = False) -> int | None:
         return rss_bytes(self.proc.pid, peak=peak)
@@ -484,9 +499,7 @@ class Gateway:
         """One run of the load generator: ``requests`` leads not sent before, all answered 202 (or a
         :class:`BenchError`); then the outbox left to drain to Kafka (not timed). Its summary."""
         if self.proc.poll() is not None:
-            raise BenchError(
-                f"the gateway exited with {self.proc.returncode}; see {self.setup.tmp / 'gateway.log'}"
-            )
+            raise BenchError(f"the gateway exited with {self.proc.returncode}; see {self.log}")
         first = self.sent
         self.sent += requests
         summary = _load_run(self.url, self.setup.home, first, requests, concurrency)
@@ -545,7 +558,7 @@ def _gateway(ctx: BenchContext, setup: Setup, requests: int) -> list[Result]:
         for case, concurrency, n in cases:
             results += _gateway_case(ctx, gateway, track, case, concurrency, n)
         track.finished()
-        _no_lead_deferred(_metric(gateway.port, "lianfang_outbox_leads_deferred_total"), "the gateway")
+        _no_lead_deferred(gateway.metric("lianfang_outbox_leads_deferred_total"), "the gateway")
     finally:
         gateway.stop()
         if SAMPLE and gateway.sampled.exists():
@@ -554,6 +567,14 @@ def _gateway(ctx: BenchContext, setup: Setup, requests: int) -> list[Result]:
                 "gateway process, its request threads and event loop",
                 json.loads(gateway.sampled.read_text()),
             )
+    two = Gateway(setup, processes=2)
+    try:
+        results += _gateway_case(
+            ctx, two, None, f"gateway, 2 processes, {CONCURRENCY} in flight", CONCURRENCY, requests
+        )
+        _no_lead_deferred(two.metric("lianfang_outbox_leads_deferred_total"), "the gateway of 2 processes")
+    finally:
+        two.stop()
     return (
         baseline
         + results
@@ -566,13 +587,14 @@ def _gateway(ctx: BenchContext, setup: Setup, requests: int) -> list[Result]:
 
 
 def _gateway_case(
-    ctx: BenchContext, gateway: Gateway, track: RssTrack, case: str, concurrency: int, requests: int
+    ctx: BenchContext, gateway: Gateway, track: RssTrack | None, case: str, concurrency: int, requests: int
 ) -> list[Result]:
     summaries: list[dict[str, Any]] = []
 
     def one_run() -> float:
         summaries.append(gateway.load(requests, concurrency))
-        track.look(gateway.sent)
+        if track is not None:
+            track.look(gateway.sent)
         return float(summaries[-1]["seconds"])
 
     seconds = ctx.measure(case, one_run)
@@ -582,7 +604,7 @@ def _gateway_case(
         f"{requests:,} signed POST /v1/events per run, {concurrency} in flight from a second process on "
         f"loopback; request body {size:,} B; 202 = sealed to 4 recipients, fsync'd in the outbox and "
         "in the audit file"
-    )
+    ) + (f"; {gateway.processes} gateway processes on the port" if gateway.processes > 1 else "")
     return [
         ctx.result(case, "requests/s", per_second(seconds, requests), notes=notes),
         ctx.result(case, "p50 ms", [s["p50_ms"] for s in timed], notes=notes),
@@ -603,7 +625,7 @@ def _gateway_memory(ctx: BenchContext, setup: Setup, requests: int) -> list[Resu
             track.look(gateway.sent)
             ctx.progress(f"memory: {gateway.sent:,} of {requests:,} requests accepted")
         track.finished()
-        _no_lead_deferred(_metric(gateway.port, "lianfang_outbox_leads_deferred_total"), "the gateway")
+        _no_lead_deferred(gateway.metric("lianfang_outbox_leads_deferred_total"), "the gateway")
     finally:
         gateway.stop()
     return track.results(

@@ -139,10 +139,11 @@ class GatewaySettings(ServiceSettings):
         ge=0,
         description="which of the processes this one is: set by the gateway for the processes it starts",
     )
-    supervised: bool = Field(
-        default=False,
-        description="this process is one of several the gateway started (it listens with SO_REUSEPORT "
-        "and serves its slot): set by the gateway for the processes it starts",
+    supervisor: int = Field(
+        default=0,
+        ge=0,
+        description="the pid of the gateway that started this process as one of several (it listens with "
+        "SO_REUSEPORT, serves its slot and stops when that gateway does): set by it; 0 for a gateway",
     )
     topic_prefix: str = Field(default="", description="prefix of every topic name (tests use one per run)")
     public_url: str = Field(
@@ -933,9 +934,11 @@ async def serve(settings: GatewaySettings, *, clock: Clock = utcnow) -> None:
     """Run the gateway until SIGTERM or SIGINT."""
     if not settings.bootstrap:
         raise UsageError("no Kafka bootstrap: set LIANFANG_BOOTSTRAP or pass --bootstrap")
-    if settings.processes > 1 and not settings.supervised:
+    if settings.processes > 1 and not settings.supervisor:
         await processes.supervise(settings.processes, settings.host, settings.port)
         return
+    if settings.supervisor:
+        processes.stop_with(settings.supervisor)
     gateway = Gateway.open(settings, clock=clock)
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="lianfang-gateway")
@@ -953,7 +956,7 @@ async def serve(settings: GatewaySettings, *, clock: Clock = utcnow) -> None:
             path.chmod(0o600)
         await runner.setup()
         site = web.TCPSite(
-            runner, settings.host, settings.port, reuse_address=True, reuse_port=settings.supervised
+            runner, settings.host, settings.port, reuse_address=True, reuse_port=bool(settings.supervisor)
         )
         await site.start()
         stop = asyncio.Event()
@@ -965,7 +968,7 @@ async def serve(settings: GatewaySettings, *, clock: Clock = utcnow) -> None:
         served = sorted(gateway.clients)
         log.info(
             "gateway%s on http://%s:%d (pid %d) for %s; registry v%d; webhooks for %s",
-            f" process {settings.slot} of {settings.processes}" if settings.supervised else "",
+            f" process {settings.slot} of {settings.processes}" if settings.supervisor else "",
             settings.host, settings.port, os.getpid(),
             ", ".join(served) if len(served) <= 8 else f"{len(served)} participants (every keystore in home)",
             gateway.registry.version, ", ".join(sorted(settings.webhook_urls)) or "none",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -149,7 +150,7 @@ async def supervise(processes: int, host: str, port: int) -> None:
             **os.environ,
             "LIANFANG_GATEWAY_SLOT": str(slot),
             "LIANFANG_GATEWAY_PROCESSES": str(processes),
-            "LIANFANG_GATEWAY_SUPERVISED": "true",
+            "LIANFANG_GATEWAY_SUPERVISOR": str(os.getpid()),
             "LIANFANG_GATEWAY_PORT": str(bound),
         }
         child = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.gateway", env=env)
@@ -195,6 +196,22 @@ async def supervise(processes: int, host: str, port: int) -> None:
         sock.close()
     if failure:
         raise UsageError(failure[0])
+
+
+def stop_with(supervisor: int) -> None:
+    """Have the kernel send this process SIGTERM when its supervisor (pid ``supervisor``) dies, and send
+    it now if it has died already (Linux). A supervisor killed outright would otherwise leave its
+    processes serving the port and holding the spools' locks, and a gateway started again could not
+    take them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("this gateway process will not stop with its supervisor: prctl failed (errno %d)",
+                    ctypes.get_errno())  # fmt: skip
+    if os.getppid() != supervisor:  # it died before the request above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG: Final = 1
 
 
 def _running(children: Iterable[asyncio.subprocess.Process]) -> Iterator[asyncio.subprocess.Process]:

@@ -62,6 +62,19 @@ class TwoProcesses(GatewayProcess):
         return found
 
 
+def _running(pids: set[int]) -> list[int]:
+    """Those of ``pids`` still running (Linux /proc; a zombie, exited but not yet reaped, is not)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in {"Z", "X"}:
+            alive.append(pid)
+    return alive
+
+
 @pytest.fixture(scope="module")
 def bus(kafka_bootstrap: str, live_domain: DemoDomain) -> Bus:
     return Bus.create(kafka_bootstrap, f"t-gwp-{datetime.now(UTC):%H%M%S%f}.", live_domain)
@@ -136,7 +149,36 @@ def test_a_killed_process_is_started_again_and_sigterm_stops_every_process(
     running = gateway.children()
     gateway.proc.send_signal(signal.SIGTERM)
     assert gateway.proc.wait(timeout=60) == 0
-    assert not [pid for pid in running if Path(f"/proc/{pid}").exists()], "a process outlived the gateway"
+    assert not _running(running), "a process outlived the gateway"
+
+
+def test_a_sigkill_of_the_gateway_itself_stops_its_processes_and_a_gateway_started_again_serves(
+    bus: Bus, router: RouterProcess, tmp_path: Path
+) -> None:
+    """The supervisor alone is killed (not its process group): its processes must not go on holding the
+    port and the spools' locks."""
+    spool = tmp_path / "spool"
+    first = TwoProcesses(bus, spool, tmp_path / "first.log")
+    try:
+        first.wait_ready(bus)
+        orphans = first.children()
+        os.kill(first.proc.pid, signal.SIGKILL)
+        first.proc.wait(timeout=30)
+        bus.wait_for(
+            lambda: not _running(orphans),
+            60,
+            "the processes of the killed gateway to stop",
+        )
+    finally:
+        first.kill()
+    second = TwoProcesses(bus, spool, tmp_path / "second.log")
+    try:
+        second.wait_ready(bus)
+        status, answer = second.post(lead_body("13700020400", name="卫某某"))
+        assert status == 202, answer
+        bus.wait_for(lambda: _delivered_exactly_once(bus, {answer["event_id"]}), 90, "delivery")
+    finally:
+        second.stop()
 
 
 def test_a_gateway_started_again_with_one_process_sends_what_both_processes_spools_held(

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -208,6 +209,8 @@ class Bed:
         self.kafka: LocalKafka | None = None
         self.workers: dict[str, NsWorker] = {}
         self.restarts: Counter[str] = Counter()
+        self.gateway_processes = 1
+        """``LIANFANG_GATEWAY_PROCESSES`` of the gateway the bed starts next."""
         self._restarts_before: Counter[str] = Counter()  # in-process restarts of earlier processes
         self.prefix = f"t-faults-{datetime.now(UTC):%H%M%S%f}."
         self.accepted_file = tmp / "accepted.jsonl"
@@ -281,6 +284,7 @@ class Bed:
                 "LIANFANG_GATEWAY_PORT": str(GATEWAY_PORT),
                 "LIANFANG_GATEWAY_SPOOL_DIR": str(self.tmp / "spool"),
                 "LIANFANG_GATEWAY_TOPIC_PREFIX": self.prefix,
+                "LIANFANG_GATEWAY_PROCESSES": str(self.gateway_processes),
             }
         elif name == "agency":
             module = "tests.faults.agency"
@@ -338,6 +342,19 @@ class Bed:
     def restart(self, name: str) -> None:
         self.start(name)
         self.restarts[name] += 1
+
+    def kill_gateway_process(self, rng: random.Random) -> int:
+        """SIGKILL one of the processes a gateway of several runs (its supervisor starts it again);
+        its pid."""
+        supervisor = self.workers["gateway"].proc.pid
+        children = set()
+        for task in Path(f"/proc/{supervisor}/task").iterdir():
+            children.update(int(pid) for pid in (task / "children").read_text().split())
+        if not children:
+            raise AssertionError("the gateway runs no process of its own: is LIANFANG_GATEWAY_PROCESSES 1?")
+        victim = rng.choice(sorted(children))
+        os.kill(victim, signal.SIGKILL)
+        return victim
 
     def kill_broker(self, node_id: int) -> None:
         assert self.kafka is not None

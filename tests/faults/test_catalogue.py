@@ -193,6 +193,33 @@ def test_sigkill_of_a_service_at_random_points_repeatedly_loses_and_duplicates_n
     _report(pipeline, f"SIGKILL of {service} 3 times at random points", pipeline.recover(time.monotonic()))
 
 
+def test_a_gateway_of_two_processes_one_killed_at_random_points_then_one_process_again_loses_and_duplicates_no_lead(
+    pipeline: Bed,
+) -> None:
+    """The gateway started again as two processes on its port; three times one of them is SIGKILLed (its
+    supervisor starts it again), so a retry may reach the other while the killed one's request is in
+    progress (409, retried with the same key). Then one process again, which sends what the second's
+    spool held."""
+    rng = random.Random(f"{os.environ.get('SEED', '1')}-gateway-processes")
+    pipeline.kill("gateway")
+    pipeline.gateway_processes = 2
+    pipeline.restart("gateway")
+    try:
+        for _ in range(3):
+            _load(rng.uniform(2, 8))
+            pipeline.kill_gateway_process(rng)
+        _load(rng.uniform(2, 8))
+    finally:
+        pipeline.kill("gateway")
+        pipeline.gateway_processes = 1
+        pipeline.restart("gateway")
+    _report(
+        pipeline,
+        "SIGKILL of one of two gateway processes 3 times at random points, then one process",
+        pipeline.recover(time.monotonic()),
+    )
+
+
 def test_the_load_ends_with_every_offered_lead_accepted_and_the_outbox_drained(pipeline: Bed) -> None:
     counts = pipeline.stop_load()
     check = pipeline.check()

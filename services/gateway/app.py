@@ -37,6 +37,7 @@ from typing import Annotated, Final, TextIO
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict, MultiMapping
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
@@ -94,10 +95,17 @@ STALE_RETRY_AFTER_S: Final = 30
 """Retry-After of a 503 for want of a fresh timestamp statement: half the renewal period."""
 METHODS: Final = frozenset({"GET", "POST", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"})
 FORWARD_TIMEOUT_S: Final = 30.0
-"""How long a slot waits for slot 0's answer to an inbox read it handed over, or for a slot's metrics."""
+"""How long a slot waits for slot 0's answer to an inbox read it handed over."""
+SLOT_METRICS_TIMEOUT_S: Final = 2.0
+"""How long a scrape waits for another slot's metrics (Prometheus gives a whole scrape 10 s)."""
+SPOOL_LOCK_WAIT_S: Final = 90.0
+"""How long a supervised process waits for its slot's spool lock: the slot's earlier process may still
+be stopping (its supervisor was killed, and a new one started)."""
 _HOP_BY_HOP: Final = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 )
+_NOT_ADDED: Final = frozenset({"Accept", "Accept-Encoding", "User-Agent"})
+"""Headers aiohttp's client would add to a forwarded request that the caller did not send."""
 _ANSWER_HEADERS: Final = frozenset(
     {"content-type", "cache-control", "retry-after", "accept-signature", "allow"}
 )
@@ -182,6 +190,11 @@ class GatewaySettings(ServiceSettings):
     def _slot_is_one_of_the_processes(self) -> GatewaySettings:
         if self.slot >= self.processes:
             raise ValueError(f"LIANFANG_GATEWAY_SLOT is {self.slot}, not one of {self.processes} processes")
+        if self.processes > 1:
+            try:
+                processes.check_settings(self.spool_dir, self.processes)
+            except UsageError as e:
+                raise ValueError(str(e)) from e
         return self
 
     @model_validator(mode="after")
@@ -204,18 +217,29 @@ class GatewaySettings(ServiceSettings):
         return out
 
 
-def _lock_spool(spool: Path) -> TextIO:
-    """Hold an exclusive lock on the spool folder: two gateways draining one outbox would send twice."""
+def _lock_spool(spool: Path, *, wait_s: float = 0.0) -> TextIO:
+    """Hold an exclusive lock on the spool folder: two gateways draining one outbox would send twice.
+    ``wait_s``: how long to keep asking while another process holds it."""
     spool.mkdir(parents=True, exist_ok=True, mode=0o700)
     handle = (spool / "gateway.lock").open("w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        handle.close()
-        raise UsageError(
-            f"another gateway is using {spool}; give each its own LIANFANG_GATEWAY_SPOOL_DIR"
-        ) from e
-    return handle
+    deadline = time.monotonic() + wait_s
+    told = False
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if time.monotonic() < deadline:
+                if not told:
+                    log.info("waiting up to %.0f s for another process to release %s", wait_s, spool)
+                    told = True
+                time.sleep(0.2)  # polling a lock another process holds, with a deadline
+                continue
+            handle.close()
+            raise UsageError(
+                f"another gateway process is using {spool}; give each gateway its own "
+                "LIANFANG_GATEWAY_SPOOL_DIR"
+            ) from e
+        return handle
 
 
 class Gateway:
@@ -252,7 +276,7 @@ class Gateway:
         registry = self.in_force.current
         self.slot = settings.slot
         self.folder = processes.slot_dir(settings.spool_dir, settings.slot)
-        self._spool_locks = [_lock_spool(self.folder)]
+        self._spool_locks = [_lock_spool(self.folder, wait_s=SPOOL_LOCK_WAIT_S if settings.supervisor else 0)]
         try:  # one store of the requests for every slot
             self.idempotency = IdempotencyStore(settings.spool_dir / "idempotency.sqlite", slot=self.slot)
         except BaseException:
@@ -418,7 +442,9 @@ class Gateway:
                 outboxes[slot, participant] = adopted = client(participant, folder)
                 self.adopted.append(adopted)
 
-        def sent(slot: int, participant: str, event_id: str) -> bool:
+        def sent(slot: int, participant: str, event_id: str) -> bool | None:
+            if participant not in self.clients:  # its outbox stays where it is, unopened: not known
+                return None
             adopted = outboxes.get((slot, participant))
             return adopted is not None and adopted.outbox.holds(event_id)
 
@@ -690,7 +716,6 @@ class Gateway:
         was handed out, over its control socket; the request as it came (slot 0 checks its signature
         over the same method, target and headers) and slot 0's answer as it is."""
         path = processes.control_socket(self.settings.spool_dir, 0)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         try:
             async with (
                 aiohttp.ClientSession(
@@ -700,7 +725,8 @@ class Gateway:
                 ) as session,
                 session.get(
                     URL(f"http://gateway{request.raw_path}", encoded=True),
-                    headers=headers,
+                    headers=forwarded_headers(request.headers, host=request.host),
+                    skip_auto_headers=_NOT_ADDED,
                     allow_redirects=False,
                 ) as answer,
             ):
@@ -719,14 +745,13 @@ class Gateway:
 
     async def get_metrics(self, request: web.Request) -> web.Response:
         """This process's metrics; with several processes, every one's, each sample labelled ``slot``."""
-        own = await self.get_own_metrics(request)
         if self.settings.processes == 1:
-            return own
+            return await self.get_own_metrics(request)
+        own = await asyncio.to_thread(generate_latest, self.metrics.registry)
         others = [slot for slot in range(self.settings.processes) if slot != self.slot]
         answers = await asyncio.gather(*(self._slot_metrics(slot) for slot in others))
         texts = {slot: text for slot, text in zip(others, answers, strict=True) if text is not None}
-        assert isinstance(own.body, bytes)
-        texts[self.slot] = own.body.decode("utf-8")
+        texts[self.slot] = own.decode("utf-8")
         merged = await asyncio.to_thread(processes.merge_metrics, texts)
         return web.Response(body=merged, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -742,7 +767,7 @@ class Gateway:
             async with (
                 aiohttp.ClientSession(
                     connector=aiohttp.UnixConnector(path=str(path)),
-                    timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S),
+                    timeout=aiohttp.ClientTimeout(total=SLOT_METRICS_TIMEOUT_S),
                 ) as session,
                 session.get(f"http://gateway{processes.METRICS_PATH}") as answer,
             ):
@@ -756,22 +781,36 @@ class Gateway:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every request on the port: its problems rendered, and counted."""
         started = time.perf_counter()
         resource = request.match_info.route.resource
-        canonical = resource.canonical if resource is not None else None
-        if canonical == processes.METRICS_PATH:  # another slot's scrape, over the control socket
-            canonical = "/metrics"
-        route = canonical if canonical in ROUTES else "other"
+        route = resource.canonical if resource is not None and resource.canonical in ROUTES else "other"
+        response = await self._answer(request, handler, route)
+        method = request.method if request.method in METHODS else "other"
+        self.metrics.requests.labels(route, method, str(response.status)).inc()
+        self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    @web.middleware
+    async def control_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A request another slot hands over on the control socket: its problems rendered, not counted
+        (the slot it came to counted it), nor are its refusals."""
+        return await self._answer(request, handler, "control", counted=False)
+
+    async def _answer(
+        self, request: web.Request, handler: Handler, route: str, *, counted: bool = True
+    ) -> web.StreamResponse:
+        refuse = self._refuse if counted else _render
         try:
             response = await handler(request)
         except ProblemError as problem:
-            response = self._refuse(problem)
+            response = refuse(problem)
         except web.HTTPException as e:
             code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(e.status)
             if code is None:
                 raise
             allow = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else {}
-            response = self._refuse(ProblemError(code, e.reason, headers=allow))  # type: ignore[arg-type]
+            response = refuse(ProblemError(code, e.reason, headers=allow))  # type: ignore[arg-type]
         except Exception as e:
             # Only the type and the frames: an exception's message could hold a submitted value.
             log.error(
@@ -780,28 +819,12 @@ class Gateway:
                 route,
                 frames(e),
             )
-            response = self._refuse(
-                ProblemError("internal", "the gateway failed; the request was not accepted")
-            )
-        method = request.method if request.method in METHODS else "other"
-        self.metrics.requests.labels(route, method, str(response.status)).inc()
-        self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            response = refuse(ProblemError("internal", "the gateway failed; the request was not accepted"))
         return response
 
     def _refuse(self, problem: ProblemError) -> web.Response:
         self.metrics.rejections.labels(problem.code).inc()
-        headers = dict(problem.headers)
-        if problem.status == 401:
-            headers["Accept-Signature"] = (
-                f'sig1=("@method" "@target-uri" "content-digest" "content-type");alg="ed25519";'
-                f'tag="{httpsig.REQUEST_TAG}"'
-            )
-        response = web.Response(
-            body=problem.body(), status=problem.status, content_type=MEDIA_TYPE, headers=headers
-        )
-        if headers.get("Connection") == "close":
-            response.force_close()
-        return response
+        return _render(problem)
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self.middleware], client_max_size=self.settings.max_body_bytes)
@@ -814,7 +837,9 @@ class Gateway:
     def control_application(self) -> web.Application:
         """What a slot serves on its control socket, to the other slots: its own metrics, and (slot 0)
         the inbox reads they hand over."""
-        app = web.Application(middlewares=[self.middleware], client_max_size=self.settings.max_body_bytes)
+        app = web.Application(
+            middlewares=[self.control_middleware], client_max_size=self.settings.max_body_bytes
+        )
         app.router.add_get("/v1/inbox", self.get_inbox)
         app.router.add_get(processes.METRICS_PATH, self.get_own_metrics)
         return app
@@ -913,6 +938,36 @@ def _publish(client: Client, submission: Submission, event_id: str, registry: Re
         raise ProblemError("unavailable", "the outbox cannot be written", headers={"Retry-After": "5"}) from e
 
 
+def _render(problem: ProblemError) -> web.Response:
+    headers = dict(problem.headers)
+    if problem.status == 401:
+        headers["Accept-Signature"] = (
+            f'sig1=("@method" "@target-uri" "content-digest" "content-type");alg="ed25519";'
+            f'tag="{httpsig.REQUEST_TAG}"'
+        )
+    response = web.Response(
+        body=problem.body(), status=problem.status, content_type=MEDIA_TYPE, headers=headers
+    )
+    if headers.get("Connection") == "close":
+        response.force_close()
+    return response
+
+
+def forwarded_headers(headers: MultiMapping[str], *, host: str) -> CIMultiDict[str]:
+    """A request's header lines as slot 0 must see them to check its signature: every line in order
+    (RFC 9421 joins repeated lines of a field), without the hop-by-hop ones and those ``Connection``
+    names, and with the Host the request was addressed to."""
+    named = {
+        token.strip().lower() for value in headers.getall("Connection", []) for token in value.split(",")
+    }
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        if name.lower() not in _HOP_BY_HOP and name.lower() not in named and name.lower() != "host":
+            out.add(name, value)
+    out["Host"] = host
+    return out
+
+
 def _in_progress(slot: int) -> ProblemError:
     """The request's key is reserved by another slot, whose outbox alone can take its event. The
     connection is closed with the answer: the retry's new connection may reach that slot."""
@@ -952,8 +1007,11 @@ async def serve(settings: GatewaySettings, *, clock: Clock = utcnow) -> None:
             await control.setup()
             path = processes.control_socket(settings.spool_dir, settings.slot)
             path.unlink(missing_ok=True)  # left by this slot's last process (the slot's lock is held)
-            await web.UnixSite(control, str(path)).start()
-            path.chmod(0o600)
+            before = os.umask(0o177)  # made 0600, not chmod'ed after (the folder may be wider)
+            try:
+                await web.UnixSite(control, str(path)).start()
+            finally:
+                os.umask(before)
         await runner.setup()
         site = web.TCPSite(
             runner, settings.host, settings.port, reuse_address=True, reuse_port=bool(settings.supervisor)

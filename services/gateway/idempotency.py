@@ -8,6 +8,12 @@ The order makes a crash at any point safe: the event id is *reserved* (committed
 event is sealed into the outbox, and marked *accepted* after. A retry that finds a reservation that
 was never marked re-publishes under the reserved id: the outbox refuses a second copy of an id, so the
 event exists once whether or not the first attempt reached the outbox.
+
+Several gateway processes (``LIANFANG_GATEWAY_PROCESSES``) share one store, and each reservation
+records the *slot* (the process) whose outbox the event goes to. Only that slot may complete it: an
+outbox refuses a second copy of its own ids, not another outbox's, so another slot answers 409
+``in_progress``. :meth:`IdempotencyStore.adopt` hands the reservations of slots that no longer run to
+slot 0, which drains their spools.
 """
 
 from __future__ import annotations
@@ -91,13 +97,14 @@ class IdempotencyStore:
         remembered = self._commits.run(insert)
         return Remembered(remembered[0], remembered[1], bool(remembered[2]), remembered[3])
 
-    def adopt(self, running: int, *, sent: Callable[[int, str, str], bool]) -> Adopted:
+    def adopt(self, running: int, *, sent: Callable[[int, str, str], bool | None]) -> Adopted:
         """Slot 0's work when the gateway starts with ``running`` processes: the reservations not yet
         accepted of every slot from ``running`` up (a gateway that ran more processes before) become
         slot 0's, so a retry completes them here, and slot 0 drains those slots' outboxes. One whose
         event is in its slot's outbox already (``sent(slot, participant, event_id)``: the crash came
         between the outbox and the mark) is marked accepted instead: re-published into slot 0's
-        outbox, it would be sent twice."""
+        outbox, it would be sent twice. One ``sent`` cannot tell (None: its participant is not served
+        now, its outbox not opened) is left as it is."""
 
         def move(db: sqlite3.Connection) -> Adopted:
             rows = db.execute(
@@ -106,7 +113,10 @@ class IdempotencyStore:
             ).fetchall()
             accepted = moved = 0
             for participant, key, event_id, slot in rows:
-                if sent(slot, participant, event_id):
+                known = sent(slot, participant, event_id)
+                if known is None:
+                    continue
+                if known:
                     db.execute(
                         "UPDATE requests SET accepted = 1 WHERE participant = ? AND key = ?",
                         (participant, key),
@@ -173,11 +183,17 @@ _SELECT: Final = "SELECT digest, event_id, accepted, slot FROM requests WHERE pa
 def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite.connect(path, schema=SCHEMA)
     db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    columns = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
-    if "slot" not in columns:
-        with contextlib.suppress(sqlite3.OperationalError):  # another process added it meanwhile
+    if not _has_slot(db):
+        with contextlib.suppress(sqlite3.OperationalError):  # another process added it meanwhile?
             db.execute(_ADD_SLOT)
+        if not _has_slot(db):
+            db.close()
+            raise sqlite3.OperationalError(f"{path} lacks the slot column and it could not be added")
     return db
+
+
+def _has_slot(db: sqlite3.Connection) -> bool:
+    return "slot" in {row[1] for row in db.execute("PRAGMA table_info(requests)")}
 
 
 class KeyedLocks:

@@ -34,7 +34,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -57,8 +57,11 @@ RESTART_BACKOFF_S: Final = (1.0, 30.0)
 """The first and the longest wait before a slot that died is started again."""
 STABLE_AFTER_S: Final = 60.0
 """A slot that ran this long before it died is started again after the first wait, not a longer one."""
-STOP_GRACE_S: Final = 30.0
-"""How long the supervisor waits for its slots after SIGTERM before it kills them."""
+STOP_GRACE_S: Final = 90.0
+"""How long the supervisor waits for its slots after SIGTERM before it kills them: longer than a slot's
+own shutdown (aiohttp gives requests in flight 60 s), so each finishes as a one-process gateway does."""
+MAX_SOCKET_PATH: Final = 107
+"""The longest path of a unix socket Linux takes (``sun_path`` is 108 bytes with its terminating NUL)."""
 
 
 def slot_dir(spool: Path, slot: int) -> Path:
@@ -112,17 +115,43 @@ class _Families(Collector):
 
 def reserve(host: str, port: int) -> socket.socket:
     """A socket bound to the port with ``SO_REUSEPORT`` and never listening: it holds the port (port 0
-    picks one) for the slots, which listen on it themselves, and takes no connection."""
+    picks one) for the slots, which listen on it themselves, and takes no connection.
+
+    First the port is bound without ``SO_REUSEPORT``, which fails while anything holds it (another
+    gateway's reservation or processes included: with ``SO_REUSEPORT`` alone they would share the port,
+    and a retry reaching the other gateway's memory of requests would be sealed again) but not for
+    connections of an earlier run still in TIME_WAIT. The reservation itself has no ``SO_REUSEADDR``,
+    so a server without ``SO_REUSEPORT`` cannot take the port while no slot listens."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise UsageError(f"the gateway cannot bind {host}:{port}: {e.strerror}") from e
+        port = probe.getsockname()[1]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError as e:
         sock.close()
         raise UsageError(f"the gateway cannot bind {host}:{port}: {e.strerror}") from e
     return sock
+
+
+def check_settings(spool: Path, processes: int) -> None:
+    """What several processes need of the machine and the settings (:class:`UsageError` otherwise):
+    Linux (``SO_REUSEPORT``'s spreading, the parent-death signal) and control sockets' paths short
+    enough for ``sun_path``."""
+    if sys.platform != "linux":
+        raise UsageError("LIANFANG_GATEWAY_PROCESSES above 1 needs Linux")
+    longest = control_socket(spool.absolute(), processes - 1)
+    if len(os.fsencode(longest)) > MAX_SOCKET_PATH:
+        raise UsageError(
+            f"the spool folder's path is too long for the processes' control sockets ({longest} is over "
+            f"{MAX_SOCKET_PATH} bytes): give LIANFANG_GATEWAY_SPOOL_DIR a shorter one"
+        )
 
 
 def _backoff(previous: float, ran_s: float) -> float:
@@ -133,69 +162,91 @@ def _backoff(previous: float, ran_s: float) -> float:
 
 
 async def supervise(processes: int, host: str, port: int) -> None:
-    """Run ``processes`` gateway slots on one listening socket until SIGTERM or SIGINT; a slot that
-    dies is started again (after 1 s, doubling to 30 s while it keeps dying within a minute). A slot
-    that exits for a wrong setting stops the gateway with :class:`UsageError`."""
-    sock = reserve(host, port)
-    bound = sock.getsockname()[1]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    children: dict[int, asyncio.subprocess.Process] = {}
-    failure: list[str] = []
+    """Run ``processes`` gateway slots on one port until SIGTERM or SIGINT; a slot that dies is started
+    again (after 1 s, doubling to 30 s while it keeps dying within a minute). A slot that exits for a
+    wrong setting stops the gateway with :class:`UsageError`."""
+    sock = reserve(host, port)  # check_settings ran when the settings were made
+    try:
+        await _Supervisor(processes, sock.getsockname()[1]).run(host)
+    finally:
+        sock.close()
 
-    async def start(slot: int) -> asyncio.subprocess.Process:
+
+class _Supervisor:
+    def __init__(self, processes: int, port: int) -> None:
+        self.processes = processes
+        self.port = port
+        self.stop = asyncio.Event()
+        self.children: dict[int, asyncio.subprocess.Process] = {}
+        self.failure: str | None = None
+
+    async def run(self, host: str) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        tasks = [asyncio.create_task(self.keep(slot)) for slot in range(self.processes)]
+        log.info(
+            "gateway on http://%s:%d: %d processes (pid %d supervises)",
+            host, self.port, self.processes, os.getpid(),
+        )  # fmt: skip
+        try:
+            await self.stop.wait()
+        finally:
+            self.signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), STOP_GRACE_S)
+            except TimeoutError:
+                self.signal(signal.SIGKILL)
+                await asyncio.gather(*tasks, return_exceptions=True)
+        if self.failure is not None:
+            raise UsageError(self.failure)
+
+    def signal(self, sig: int) -> None:
+        for child in self.children.values():
+            if child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.send_signal(sig)
+
+    async def start(self, slot: int) -> asyncio.subprocess.Process:
         env = {
             **os.environ,
             "LIANFANG_GATEWAY_SLOT": str(slot),
-            "LIANFANG_GATEWAY_PROCESSES": str(processes),
+            "LIANFANG_GATEWAY_PROCESSES": str(self.processes),
             "LIANFANG_GATEWAY_SUPERVISOR": str(os.getpid()),
-            "LIANFANG_GATEWAY_PORT": str(bound),
+            "LIANFANG_GATEWAY_PORT": str(self.port),
         }
         child = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.gateway", env=env)
-        children[slot] = child
+        self.children[slot] = child
+        if self.stop.is_set():  # the stop came while it was being started: the sweep did not see it
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
         return child
 
-    async def keep(slot: int) -> None:
+    async def keep(self, slot: int) -> None:
         wait = 0.0
-        while not stop.is_set():
+        while not self.stop.is_set():
             started = time.monotonic()
-            child = await start(slot)
-            code = await child.wait()
-            if stop.is_set():
+            try:
+                child = await self.start(slot)
+            except OSError as e:  # no process could be made (out of memory, of pids): try again
+                code, pid = -1, 0
+                log.error("gateway process %d could not be started: %s", slot, e)
+            else:
+                code, pid = await child.wait(), child.pid
+            if self.stop.is_set():
                 return
             ran = time.monotonic() - started
             if code == USAGE_EXIT:
-                failure.append(f"gateway process {slot} refused its settings (exit {code}); see its log")
-                stop.set()
+                self.failure = f"gateway process {slot} refused its settings (exit {code}); see its log"
+                self.stop.set()
                 return
             wait = _backoff(wait, ran)
             log.error(
                 "gateway process %d (pid %d) exited with %d after %.0f s; starting it again in %.0f s",
-                slot, child.pid, code, ran, wait,
+                slot, pid, code, ran, wait,
             )  # fmt: skip
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), wait)  # a backoff, not a wait for a condition
-
-    tasks = [asyncio.create_task(keep(slot)) for slot in range(processes)]
-    log.info("gateway on http://%s:%d: %d processes (pid %d supervises)", host, bound, processes, os.getpid())
-    try:
-        await stop.wait()
-    finally:
-        for child in _running(children.values()):
-            with contextlib.suppress(ProcessLookupError):
-                child.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.gather(*tasks), STOP_GRACE_S)
-        except TimeoutError:
-            for child in _running(children.values()):
-                with contextlib.suppress(ProcessLookupError):
-                    child.kill()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        sock.close()
-    if failure:
-        raise UsageError(failure[0])
+                await asyncio.wait_for(self.stop.wait(), wait)  # a backoff, not a wait for a condition
 
 
 def stop_with(supervisor: int) -> None:
@@ -212,7 +263,3 @@ def stop_with(supervisor: int) -> None:
 
 
 _PR_SET_PDEATHSIG: Final = 1
-
-
-def _running(children: Iterable[asyncio.subprocess.Process]) -> Iterator[asyncio.subprocess.Process]:
-    return (child for child in children if child.returncode is None)

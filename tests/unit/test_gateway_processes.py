@@ -6,19 +6,26 @@ the supervisor and the port they share run in tests/integration/test_gateway_pro
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import socket
 import sqlite3
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
+from yarl import URL
 
 from services.gateway import processes
-from services.gateway.app import GatewaySettings
+from services.gateway.app import GatewaySettings, forwarded_headers
 from services.gateway.idempotency import IdempotencyStore
 from services.kernel import envelope
+from services.kernel.errors import UsageError
 from tests.kit import DemoDomain
 from tests.unit.test_gateway_http import Harness, body_of, lead
 
@@ -196,3 +203,127 @@ def test_the_merged_metrics_hold_every_slots_samples_labelled_by_slot_under_one_
         for s in families["demo_accepted"].samples
         if s.name == "demo_accepted_total"
     )
+
+
+def test_a_forwarded_inbox_read_carries_every_header_line_in_order_and_nothing_the_caller_did_not_send(
+    domain: DemoDomain, tmp_path: Path
+) -> None:
+    """Slot 0 checks the signature over the headers as they came: a field on two lines stays two lines
+    (RFC 9421 joins them), and no header is added or dropped but the hop-by-hop ones."""
+    spool = tmp_path / "s"
+    one = _slot(domain, spool, 1, 2)
+    seen: list[list[tuple[str, str]]] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        seen.append(list(request.headers.items()))
+        return web.json_response({"path": request.raw_path}, headers={"Cache-Control": "no-store"})
+
+    async def serve_slot_zero() -> web.AppRunner:
+        app = web.Application()
+        app.router.add_get("/v1/inbox", echo)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.UnixSite(runner, str(processes.control_socket(spool, 0))).start()
+        return runner
+
+    runner = one.loop.run_until_complete(serve_slot_zero())
+    try:
+        path = "/v1/inbox?limit=5&cursor=v1.e30"
+        headers = CIMultiDict(one.headers(None, method="GET", path=path))
+        headers.add("X-Trace", "a")
+        headers.add("X-Trace", "b")
+        headers["Keep-Alive"] = "timeout=5"
+        headers["Connection"] = "keep-alive, X-Hop"
+        headers["X-Hop"] = "dropped"
+
+        async def get() -> tuple[int, str, object]:
+            async with (
+                aiohttp.ClientSession(skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent")) as s,
+                s.get(URL(one.url(path), encoded=True), headers=headers) as response,
+            ):
+                return response.status, response.headers["Cache-Control"], await response.json()
+
+        assert one.loop.run_until_complete(get()) == (200, "no-store", {"path": path})
+        (got,) = seen
+        names = [name.lower() for name, _ in got]
+        assert [v for n, v in got if n.lower() == "x-trace"] == ["a", "b"]
+        assert {"accept", "accept-encoding", "user-agent", "keep-alive", "x-hop"}.isdisjoint(names)
+        sent = {k.lower(): v for k, v in headers.items() if k.lower().startswith("signature")}
+        assert sent == {n.lower(): v for n, v in got if n.lower().startswith("signature")}
+        assert dict(got)["Host"] == f"127.0.0.1:{one.server.port}"
+    finally:
+        one.loop.run_until_complete(runner.cleanup())
+        one.close()
+
+
+def test_forwarded_headers_keep_repeated_lines_and_drop_hop_by_hop_ones_and_those_connection_names() -> None:
+    headers = CIMultiDict(
+        [("A", "1"), ("Connection", "close, X-Private"), ("A", "2"), ("X-Private", "p"), ("TE", "t")]
+    )
+    headers.add("Host", "wrong")
+    out = forwarded_headers(headers, host="gw.example:8080")
+    assert list(out.items()) == [("A", "1"), ("A", "2"), ("Host", "gw.example:8080")]
+
+
+def test_a_spool_folder_too_long_for_the_control_sockets_is_refused_as_a_setting(tmp_path: Path) -> None:
+    long = tmp_path / ("s" * 120)
+    with pytest.raises(ValidationError, match="too long for the processes' control sockets"):
+        GatewaySettings(processes=2, spool_dir=long)
+    assert GatewaySettings(processes=1, spool_dir=long).processes == 1
+
+
+def test_adopting_leaves_a_reservation_whose_outbox_is_not_known_as_it_is(tmp_path: Path) -> None:
+    store = IdempotencyStore(tmp_path / "i.sqlite", slot=2)
+    try:
+        for key in ("unknown", "sent", "not-sent"):
+            store.reserve("police", key, "d", f"e-{key}")
+        answers = {"e-unknown": None, "e-sent": True, "e-not-sent": False}
+        done = store.adopt(1, sent=lambda slot, participant, event_id: answers[event_id])
+        assert (done.accepted, done.moved) == (1, 1)
+        after = {key: store.lookup("police", key) for key in ("unknown", "sent", "not-sent")}
+        assert (after["unknown"].slot, after["unknown"].accepted) == (2, False)
+        assert after["sent"].accepted
+        assert (after["not-sent"].slot, after["not-sent"].accepted) == (0, False)
+    finally:
+        store.close()
+
+
+def _bind(port: int, *, reuse_addr: bool = False, reuse_port: bool = False) -> socket.socket | int:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse_addr))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(reuse_port))
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as e:
+        sock.close()
+        return e.errno or 0
+    return sock
+
+
+def test_a_reserved_port_takes_the_slots_and_refuses_another_gateway_and_any_other_server() -> None:
+    held = processes.reserve("127.0.0.1", 0)
+    port = held.getsockname()[1]
+    opened: list[socket.socket] = []
+    try:
+        slot = _bind(port, reuse_addr=True, reuse_port=True)
+        assert isinstance(slot, socket.socket), "a slot listens beside the reservation"
+        opened.append(slot)
+        slot.listen()
+        assert _bind(port, reuse_addr=True) == errno.EADDRINUSE, "a one-process gateway"
+        with pytest.raises(UsageError, match="cannot bind"):
+            processes.reserve("127.0.0.1", port)  # a second gateway of several processes
+        slot.close()
+        assert _bind(port, reuse_addr=True) == errno.EADDRINUSE, "held while no slot listens"
+    finally:
+        held.close()
+        for sock in opened:
+            sock.close()
+
+
+def test_a_slot_that_keeps_dying_waits_twice_as_long_each_time_up_to_30_s_and_1_s_after_a_long_run() -> None:
+    waits = [1.0]
+    for _ in range(6):
+        waits.append(processes._backoff(waits[-1], ran_s=5))
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert processes._backoff(30.0, ran_s=120) == 1.0
+    assert processes._backoff(0.0, ran_s=1) == 1.0

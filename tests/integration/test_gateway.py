@@ -528,17 +528,23 @@ def test_events_accepted_right_before_a_sigkill_arrive_after_the_restart(
             ids.add(answer["event_id"])
     finally:
         first.kill()
-    second = GatewayProcess(bus, spool, tmp_path / "gateway-2.log")
+    sent_by_a_new_gateway(bus, spool, tmp_path / "gateway-2.log", ids)
+
+
+def sent_by_a_new_gateway(bus: Bus, spool: Path, log: Path, ids: set[str]) -> None:
+    """A gateway (one process) started on ``spool`` sends every lead of ``ids`` once, and its outboxes
+    empty."""
+    gateway = GatewayProcess(bus, spool, log)
     try:
-        second.wait_ready(bus)
+        gateway.wait_ready(bus)
         bus.wait_for(lambda: _delivered_exactly_once(bus, ids), 90, "every accepted lead")
         bus.wait_for(
-            lambda: second.metric("lianfang_gateway_outbox_depth", participant="police") == 0,
+            lambda: gateway.metric("lianfang_gateway_outbox_depth", participant="police") == 0,
             30,
-            "an empty outbox",
+            "empty outboxes",
         )
     finally:
-        second.stop()
+        gateway.stop()
 
 
 def test_an_event_that_never_left_the_outbox_before_a_sigkill_is_sent_by_the_restarted_gateway(

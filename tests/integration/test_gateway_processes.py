@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 from tests.integration.buskit import Bus
-from tests.integration.test_gateway import GatewayProcess, RouterProcess, _delivered_exactly_once, lead_body
+from tests.integration.test_gateway import (
+    GatewayProcess,
+    RouterProcess,
+    _delivered_exactly_once,
+    lead_body,
+    sent_by_a_new_gateway,
+)
 from tests.kit import DemoDomain
 from tests.workers import free_port
 
@@ -52,6 +58,18 @@ class TwoProcesses(GatewayProcess):
             90,
             f"both gateway processes:\n{self.tail()}",
         )
+
+    def post_until_both_accept(self, at_least: int, phones: str, name: str) -> set[str]:
+        """Leads posted, each on a connection of its own (the kernel gives it to one of the two), until
+        both processes accepted some and ``at_least`` in all; their event ids."""
+        ids: set[str] = set()
+        deadline = time.monotonic() + 120
+        while len(self.by_slot("lianfang_gateway_events_accepted_total")) < 2 or len(ids) < at_least:
+            assert time.monotonic() < deadline, f"one process took every connection: {self.tail()}"
+            status, answer = self.post(lead_body(f"{phones}{len(ids):02d}", name=name))
+            assert status == 202, answer
+            ids.add(answer["event_id"])
+        return ids
 
     def children(self) -> set[int]:
         """The pids of the processes the gateway started (Linux /proc)."""
@@ -99,14 +117,7 @@ def gateway(bus: Bus, router: RouterProcess, tmp_path: Path) -> Iterator[TwoProc
 def test_both_processes_accept_leads_each_delivered_once_and_metrics_report_both_by_slot(
     bus: Bus, gateway: TwoProcesses
 ) -> None:
-    """Each request opens a connection of its own, which the kernel gives to one of the two."""
-    ids = set()
-    deadline = time.monotonic() + 120
-    while len(gateway.by_slot("lianfang_gateway_events_accepted_total")) < 2 or len(ids) < 8:
-        assert time.monotonic() < deadline, f"one process took every connection: {gateway.tail()}"
-        status, answer = gateway.post(lead_body(f"137000200{len(ids):02d}", name="钱某某"))
-        assert status == 202, answer
-        ids.add(answer["event_id"])
+    ids = gateway.post_until_both_accept(8, "137000200", "钱某某")
     bus.wait_for(lambda: _delivered_exactly_once(bus, ids), 90, "every lead once")
     accepted = gateway.by_slot("lianfang_gateway_events_accepted_total", participant="police")
     assert sum(accepted.values()) == len(ids)
@@ -191,27 +202,11 @@ def test_a_gateway_started_again_with_one_process_sends_what_both_processes_spoo
     two = TwoProcesses(
         bus, spool, tmp_path / "two.log", LIANFANG_BOOTSTRAP=dead, LIANFANG_GATEWAY_REQUIRE_FRESHNESS="false"
     )
-    ids = set()
     try:
         two.wait_ready(bus)
-        deadline = time.monotonic() + 120
-        while len(two.by_slot("lianfang_gateway_events_accepted_total")) < 2 or len(ids) < 6:
-            assert time.monotonic() < deadline, f"one process took every connection: {two.tail()}"
-            status, answer = two.post(lead_body(f"137000203{len(ids):02d}", name="褚某某"))
-            assert status == 202, answer
-            ids.add(answer["event_id"])
+        ids = two.post_until_both_accept(6, "137000203", "褚某某")
         depth = two.by_slot("lianfang_gateway_outbox_depth", participant="police")
         assert depth.get("1", 0) > 0, depth
     finally:
         two.kill()
-    one = GatewayProcess(bus, spool, tmp_path / "one.log")
-    try:
-        one.wait_ready(bus)
-        bus.wait_for(lambda: _delivered_exactly_once(bus, ids), 90, "every lead both spools held")
-        bus.wait_for(
-            lambda: one.metric("lianfang_gateway_outbox_depth", participant="police") == 0,
-            30,
-            "empty outboxes",
-        )
-    finally:
-        one.stop()
+    sent_by_a_new_gateway(bus, spool, tmp_path / "one.log", ids)

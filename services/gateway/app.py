@@ -793,24 +793,21 @@ class Gateway:
 
     @web.middleware
     async def control_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """A request another slot hands over on the control socket: its problems rendered, not counted
-        (the slot it came to counted it), nor are its refusals."""
-        return await self._answer(request, handler, "control", counted=False)
+        """A request another slot hands over on the control socket: its problems rendered and counted by
+        reason here (where they are found), the request itself not (the slot it came to counted it)."""
+        return await self._answer(request, handler, "control")
 
-    async def _answer(
-        self, request: web.Request, handler: Handler, route: str, *, counted: bool = True
-    ) -> web.StreamResponse:
-        refuse = self._refuse if counted else _render
+    async def _answer(self, request: web.Request, handler: Handler, route: str) -> web.StreamResponse:
         try:
             response = await handler(request)
         except ProblemError as problem:
-            response = refuse(problem)
+            response = self._refuse(problem)
         except web.HTTPException as e:
             code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(e.status)
             if code is None:
                 raise
             allow = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else {}
-            response = refuse(ProblemError(code, e.reason, headers=allow))  # type: ignore[arg-type]
+            response = self._refuse(ProblemError(code, e.reason, headers=allow))  # type: ignore[arg-type]
         except Exception as e:
             # Only the type and the frames: an exception's message could hold a submitted value.
             log.error(
@@ -819,7 +816,9 @@ class Gateway:
                 route,
                 frames(e),
             )
-            response = refuse(ProblemError("internal", "the gateway failed; the request was not accepted"))
+            response = self._refuse(
+                ProblemError("internal", "the gateway failed; the request was not accepted")
+            )
         return response
 
     def _refuse(self, problem: ProblemError) -> web.Response:

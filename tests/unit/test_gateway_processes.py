@@ -327,3 +327,32 @@ def test_a_slot_that_keeps_dying_waits_twice_as_long_each_time_up_to_30_s_and_1_
     assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
     assert processes._backoff(30.0, ran_s=120) == 1.0
     assert processes._backoff(0.0, ran_s=1) == 1.0
+
+
+def test_an_inbox_read_another_process_hands_over_is_counted_once_and_its_refusal_once(
+    domain: DemoDomain, tmp_path: Path
+) -> None:
+    """The process the request came to counts the request; slot 0, which refuses it, the refusal."""
+    spool = tmp_path / "s"
+    zero, one = _slot(domain, spool, 0, 2), _slot(domain, spool, 1, 2)
+
+    async def serve_slot_zero() -> web.AppRunner:
+        runner = web.AppRunner(zero.gateway.control_application())
+        await runner.setup()
+        await web.UnixSite(runner, str(processes.control_socket(spool, 0))).start()
+        return runner
+
+    runner = one.loop.run_until_complete(serve_slot_zero())
+    try:
+        status, _headers, problem = one.send("GET", "/v1/inbox", None, {})
+        assert (status, problem["type"].rsplit("/", 1)[1]) == (401, "signature-missing")
+        requests = "lianfang_gateway_requests_total"
+        labels = {"route": "/v1/inbox", "method": "GET", "status": "401"}
+        assert (one.metric(requests, **labels), zero.metric(requests, **labels)) == (1, 0)
+        rejected = "lianfang_gateway_rejections_total"
+        assert one.metric(rejected, reason="signature_missing") == 0
+        assert zero.metric(rejected, reason="signature_missing") == 1
+    finally:
+        one.loop.run_until_complete(runner.cleanup())
+        zero.close()
+        one.close()

@@ -204,18 +204,26 @@ def test_a_gateway_of_two_processes_one_killed_at_random_points_then_one_process
     pipeline.kill("gateway")
     pipeline.gateway_processes = 2
     pipeline.restart("gateway")
+    in_progress = float("nan")
     try:
         for _ in range(3):
             _load(rng.uniform(2, 8))
             pipeline.kill_gateway_process(rng)
         _load(rng.uniform(2, 8))
+        series = pipeline.workers["gateway"].metrics() or {}
+        in_progress = sum(
+            v
+            for k, v in series.items()
+            if k.startswith("lianfang_gateway_rejections_total{") and 'reason="in_progress"' in k
+        )
     finally:
         pipeline.kill("gateway")
         pipeline.gateway_processes = 1
         pipeline.restart("gateway")
     _report(
         pipeline,
-        "SIGKILL of one of two gateway processes 3 times at random points, then one process",
+        "SIGKILL of one of two gateway processes 3 times at random points, then one process "
+        f"(409 in_progress answered by the processes running at the end: {in_progress:.0f})",
         pipeline.recover(time.monotonic()),
     )
 

@@ -32,6 +32,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Final, TextIO
 
@@ -83,7 +84,7 @@ from services.pseudonymizer.client import PseudonymizerUnavailableError
 from services.sdk import metrics as sdk_metrics
 from services.sdk.client import Client
 from services.sdk.deferred import StandIn
-from services.sdk.outbox import ConflictError
+from services.sdk.outbox import ConflictError, Outbox
 from services.store.handed import HandedOut
 
 log = logging.getLogger("lianfang.gateway")
@@ -312,8 +313,8 @@ class Gateway:
             self.close()
             raise
         self.metrics.watch_outboxes(
-            {p: self._outboxes(p, "depth") for p in self.clients},
-            {p: self._outboxes(p, "oldest_age") for p in self.clients},
+            {p: partial(_total_depth, self._outboxes(p)) for p in self.clients},
+            {p: partial(_oldest_age, self._outboxes(p)) for p in self.clients},
         )
         self.prune()
         self.locks = KeyedLocks()
@@ -456,14 +457,9 @@ class Gateway:
                 len(self.adopted), done.accepted, done.moved,
             )  # fmt: skip
 
-    def _outboxes(self, participant: str, gauge: str) -> Callable[[], float]:
-        """A participant's outbox gauge over this slot's outbox and those it drains for other slots."""
-        outboxes = [
-            c.outbox for c in (self.clients[participant], *self.adopted) if c.participant == participant
-        ]
-        if gauge == "depth":
-            return lambda: float(sum(o.depth() for o in outboxes))
-        return lambda: max(o.oldest_age() for o in outboxes)
+    def _outboxes(self, participant: str) -> list[Outbox]:
+        """A participant's outboxes: this slot's, and those it drains for slots no longer running."""
+        return [c.outbox for c in (self.clients[participant], *self.adopted) if c.participant == participant]
 
     def close(self) -> None:
         if self.follower is not None:
@@ -591,10 +587,7 @@ class Gateway:
         participant = client.participant
         remembered = self.idempotency.lookup(participant, key)
         if remembered is not None and remembered.digest != digest:
-            raise ProblemError(
-                "idempotency_conflict",
-                "this Idempotency-Key was used with a different body; use a new key for a new event",
-            )
+            raise _conflict()
         if remembered is not None and remembered.accepted:
             self.metrics.idempotent_replays.inc()
             return remembered.event_id, None
@@ -665,12 +658,7 @@ class Gateway:
             proposed = envelope.new_event_id()
             remembered = self.idempotency.reserve(participant, key, digest, proposed)
             if remembered.event_id != proposed:  # another slot reserved the key since the lookup
-                if remembered.digest != digest:
-                    raise ProblemError(
-                        "idempotency_conflict",
-                        "this Idempotency-Key was used with a different body; use a new key for a new event",
-                    )
-                raise _in_progress(remembered.slot)
+                raise _conflict() if remembered.digest != digest else _in_progress(remembered.slot)
             reserved = proposed
         try:
             _publish(client, submission, reserved, registry)
@@ -715,14 +703,9 @@ class Gateway:
         """Hand an inbox read to slot 0, which reads the consumer groups and keeps the record of what
         was handed out, over its control socket; the request as it came (slot 0 checks its signature
         over the same method, target and headers) and slot 0's answer as it is."""
-        path = processes.control_socket(self.settings.spool_dir, 0)
         try:
             async with (
-                aiohttp.ClientSession(
-                    connector=aiohttp.UnixConnector(path=str(path)),
-                    timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S),
-                    auto_decompress=False,
-                ) as session,
+                self._to_slot(0, FORWARD_TIMEOUT_S, auto_decompress=False) as session,
                 session.get(
                     URL(f"http://gateway{request.raw_path}", encoded=True),
                     headers=forwarded_headers(request.headers, host=request.host),
@@ -759,16 +742,22 @@ class Gateway:
         text = await asyncio.to_thread(generate_latest, self.metrics.registry)
         return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    def _to_slot(self, slot: int, timeout_s: float, *, auto_decompress: bool = True) -> aiohttp.ClientSession:
+        """A client session to another slot's control socket."""
+        return aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(
+                path=str(processes.control_socket(self.settings.spool_dir, slot))
+            ),
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            auto_decompress=auto_decompress,
+        )
+
     async def _slot_metrics(self, slot: int) -> str | None:
         """Another slot's own metrics from its control socket; None (left out, logged) when it does not
         answer: starting again, say."""
-        path = processes.control_socket(self.settings.spool_dir, slot)
         try:
             async with (
-                aiohttp.ClientSession(
-                    connector=aiohttp.UnixConnector(path=str(path)),
-                    timeout=aiohttp.ClientTimeout(total=SLOT_METRICS_TIMEOUT_S),
-                ) as session,
+                self._to_slot(slot, SLOT_METRICS_TIMEOUT_S) as session,
                 session.get(f"http://gateway{processes.METRICS_PATH}") as answer,
             ):
                 if answer.status == 200:
@@ -965,6 +954,21 @@ def forwarded_headers(headers: MultiMapping[str], *, host: str) -> CIMultiDict[s
             out.add(name, value)
     out["Host"] = host
     return out
+
+
+def _total_depth(outboxes: list[Outbox]) -> float:
+    return float(sum(o.depth() for o in outboxes))
+
+
+def _oldest_age(outboxes: list[Outbox]) -> float:
+    return max(o.oldest_age() for o in outboxes)
+
+
+def _conflict() -> ProblemError:
+    return ProblemError(
+        "idempotency_conflict",
+        "this Idempotency-Key was used with a different body; use a new key for a new event",
+    )
 
 
 def _in_progress(slot: int) -> ProblemError:
